@@ -1,0 +1,71 @@
+"""Code systems and identifier systems used across the adapter.
+
+The adapter's own canonical base is ``https://fhir-adapter.org/fhir``; its CodeSystems are published as FHIR R4
+JSON in ``profiles/`` (see ``profiles/README.md``). External systems are the HL7-registered URIs
+(https://terminology.hl7.org/external_terminologies.html).
+"""
+
+from __future__ import annotations
+
+CANONICAL = "https://fhir-adapter.org/fhir"
+
+# --- the adapter's own CodeSystems (profiles/CodeSystem-*.json) -----------------------------------
+#: the 24 SLEDAI-2K descriptors as clinicians record them (valueBoolean Observations)
+CS_SLEDAI2K_DESCRIPTOR = f"{CANONICAL}/CodeSystem/sledai-2k-descriptor"
+#: clinical inputs with no LOINC code: SLE PGA, CAR transgene copies, CAR+ cells, anti-CAR antibodies
+CS_CLINICAL_INPUT = f"{CANONICAL}/CodeSystem/clinical-input"
+#: the results the adapter derives and writes back (sledai-2k, lldas, dlt, cart-cmax, ...)
+CS_RESULTS = f"{CANONICAL}/CodeSystem/results"
+
+# --- identifier systems ---------------------------------------------------------------------------
+#: business identifier of every resource the adapter creates; the adapter never updates a resource
+#: that does not carry an identifier in this system.
+SID_RESULT = f"{CANONICAL}/sid/result"
+#: identifier of the adapter's Provenance / Device resources
+SID_DEVICE = f"{CANONICAL}/sid/device"
+
+# --- profiles (profiles/StructureDefinition-*.json) -----------------------------------------------
+SD_RESULT_OBSERVATION = f"{CANONICAL}/StructureDefinition/result-observation"
+SD_RESEARCH_SUBJECT = f"{CANONICAL}/StructureDefinition/research-subject"
+SD_PROVENANCE = f"{CANONICAL}/StructureDefinition/result-provenance"
+#: extension naming the ResearchSubject on a result Observation (besides Observation.focus)
+EXT_RESEARCH_SUBJECT = f"{CANONICAL}/StructureDefinition/research-subject-ref"
+
+# --- external terminologies -----------------------------------------------------------------------
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+UCUM = "http://unitsofmeasure.org"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+MEDDRA = "http://terminology.hl7.org/CodeSystem/mdr"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+OBS_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+AE_SERIOUSNESS = "http://terminology.hl7.org/CodeSystem/adverse-event-seriousness"
+AE_SEVERITY = "http://terminology.hl7.org/CodeSystem/adverse-event-severity"
+AE_CAUSALITY_ASSESS = "http://terminology.hl7.org/CodeSystem/adverse-event-causality-assess"
+PROVENANCE_AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+ROUTE_SNOMED = SNOMED
+
+# --- AE Clinical Research R4 backport IG (hl7.fhir.uv.ae-research-backport-ig 1.0.1) ---------------
+AE_BACKPORT = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition"
+EXT_AE_GRADE = f"{AE_BACKPORT}/ae-grade"
+EXT_AE_SERIOUSNESS_CRITERIA = f"{AE_BACKPORT}/seriousness-criteria"
+EXT_AE_SUSPECT_ENTITY = f"{AE_BACKPORT}/suspect-entity"
+EXT_AE_RESOLVE_DATE = f"{AE_BACKPORT}/resolve-date"
+EXT_AE_STATUS = f"{AE_BACKPORT}/status"
+PROFILE_AE_CLINICAL_RESEARCH = f"{AE_BACKPORT}/AdverseEvent-clinical-research"
+
+#: NCIt CTCAE grade concepts used by the backport IG examples (C41338 grade 1 ... C48275 grade 5)
+NCIT_CTCAE_GRADE = {"C41338": 1, "C41339": 2, "C41340": 3, "C41337": 4, "C48275": 5}
+
+#: The 24 SLEDAI-2K descriptor codes of CS_SLEDAI2K_DESCRIPTOR, in the order of Gladman 2002.
+SLEDAI2K_DESCRIPTOR_CODES: tuple[str, ...] = (
+    "seizure", "psychosis", "organic-brain-syndrome", "visual-disturbance", "cranial-nerve-disorder",
+    "lupus-headache", "cva", "vasculitis", "arthritis", "myositis", "urinary-casts", "hematuria",
+    "proteinuria", "pyuria", "rash", "alopecia", "mucosal-ulcers", "pleurisy", "pericarditis",
+    "low-complement", "increased-dna-binding", "fever", "thrombocytopenia", "leukopenia",
+)
