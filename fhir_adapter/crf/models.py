@@ -1,0 +1,169 @@
+"""CRF domain models (pydantic), CDASH-aligned where CDASH has a name.
+
+One :class:`SubjectCRF` per enrolled subject holds every domain. Each value keeps a :class:`SourceRef` to the
+FHIR resource (type/id/version) it came from, so any number in a CRF or a result can be traced to the EHR.
+
+Domains (CDASH v2.x naming in the exports, see ``fhir_adapter/export``):
+
+* DM  :class:`Demographics` — pseudonymised: subject ID, sex, age at consent. No name, MRN, address, birth date.
+* EX  :class:`Exposure` — lymphodepleting agents and the LCAR-AIO infusion with dose level.
+* LB, VS, PC, QS, IS  :class:`Finding` — one row per result: labs, vital signs, cellular kinetics (PC),
+  SLEDAI-2K descriptors and PGA (QS), immunogenicity (IS: anti-drug antibodies).
+* CM  :class:`ConMed` — concomitant medications with the daily prednisolone-equivalent dose.
+* AE  :class:`AdverseEvent` — term, code, CTCAE/ASTCT grade, seriousness, relatedness, dates, TEAE flag.
+
+Dates: ``date`` is the calendar date in the study's site time zone; ``partial_date`` keeps a partial date
+("2024" or "2024-03") as it came, never imputed (decisions.md "Time").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceRef(_Model):
+    """The FHIR resource a CRF value came from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resource_type: str
+    id: str
+    version: str | None = None
+
+    @property
+    def reference(self) -> str:
+        """Relative literal reference, versioned when the version is known (``Observation/1/_history/2``)."""
+        base = f"{self.resource_type}/{self.id}"
+        return f"{base}/_history/{self.version}" if self.version else base
+
+
+class Finding(_Model):
+    """One result in a findings domain (LB, VS, PC, QS, IS), in the item's CRF unit."""
+
+    domain: Literal["LB", "VS", "PC", "QS", "IS"]
+    item: str = Field(description="CRF item id from mappings/<study>/items.yaml")
+    value: float | None = Field(None, description="numeric value in `unit` (quantities)")
+    value_bool: bool | None = Field(None, description="boolean items, and coded positive/negative results")
+    value_text: str | None = Field(None, description="text or code as reported, for coded/text items")
+    comparator: Literal["<", "<=", ">", ">="] | None = Field(None, description="e.g. '<' for below LLOQ")
+    unit: str | None = None
+    orig_value: str | None = Field(None, description="the value as the EHR sent it")
+    orig_unit: str | None = None
+    datetime: dt.datetime | None = Field(None, description="effective time in the study time zone")
+    date: dt.date | None = None
+    partial_date: str | None = Field(None, description="year or year-month when the EHR sent no full date")
+    study_day: int | None = None
+    visit: str | None = Field(None, description="scheduled visit id, UNS-<day> for unscheduled, None if outside")
+    ref_low: float | None = None
+    ref_high: float | None = None
+    interpretation: tuple[str, ...] = ()
+    status: str = "final"
+    preliminary: bool = False
+    source: SourceRef
+
+
+class VisitRecord(_Model):
+    """A visit of one subject: its actual date and the value selected per item by the item's rule."""
+
+    visit: str
+    label: str = ""
+    target_day: int | None = None
+    date: dt.date | None = Field(None, description="clinician's assessment date, else the earliest result")
+    study_day: int | None = None
+    unscheduled: bool = False
+    values: dict[str, Finding] = Field(default_factory=dict)
+
+
+class Demographics(_Model):
+    subject_id: str
+    site: str | None = None
+    sex: Literal["M", "F", "U"] = "U"
+    age: int | None = Field(None, description="age in completed years at consent")
+    arm: str | None = None
+    status: str
+    consent_date: dt.date | None = None
+    source: tuple[SourceRef, ...] = ()
+
+
+class Exposure(_Model):
+    treatment: str = Field(description="e.g. fludarabine, cyclophosphamide, LCAR-AIO")
+    kind: Literal["lymphodepletion", "infusion"]
+    code: str | None = None
+    dose: float | None = None
+    dose_unit: str | None = None
+    dose_level: str | None = None
+    route: str | None = None
+    start: dt.datetime | None = None
+    start_date: dt.date | None = None
+    end_date: dt.date | None = None
+    partial_date: str | None = None
+    study_day: int | None = None
+    source: SourceRef
+
+
+class ConMed(_Model):
+    drug: str = Field(description="ingredient name, lower case")
+    rxnorm: str | None = None
+    drug_class: Literal["glucocorticoid", "immunosuppressant", "antimalarial", "crs_treatment", "other"] = "other"
+    dose: float | None = Field(None, description="dose per administration")
+    dose_unit: str | None = None
+    frequency_per_day: float | None = Field(None, description="administrations per day (0.5 = every other day)")
+    daily_dose_mg: float | None = None
+    route: str | None = None
+    systemic: bool | None = None
+    start_date: dt.date | None = None
+    end_date: dt.date | None = None
+    partial_start: str | None = None
+    partial_end: str | None = None
+    source_kind: Literal["statement", "request", "administration", "dispense"] = "statement"
+    status: str | None = None
+    source: SourceRef
+
+
+class AdverseEvent(_Model):
+    term: str
+    codes: tuple[str, ...] = Field(default=(), description="system|code of the event coding")
+    grade: int | None = Field(None, ge=1, le=5)
+    grade_approximate: bool = Field(False, description="grade mapped from mild/moderate/severe")
+    serious: bool | None = None
+    serious_criteria: tuple[str, ...] = ()
+    related: bool | None = Field(None, description="related to LCAR-AIO (possibly, probably, definitely)")
+    relatedness: str | None = Field(None, description="relatedness as recorded")
+    onset_date: dt.date | None = None
+    onset_partial: str | None = None
+    resolution_date: dt.date | None = None
+    resolution_partial: str | None = None
+    outcome: str | None = None
+    study_day: int | None = None
+    end_study_day: int | None = None
+    teae: bool | None = None
+    pre_infusion: bool = False
+    crs: bool = False
+    icans: bool = False
+    hematologic: bool = False
+    source: SourceRef
+
+
+class SubjectCRF(_Model):
+    """Everything the EHR holds for one enrolled subject, mapped to CRF domains."""
+
+    subject_id: str
+    arm: str | None = None
+    day1: dt.date | None = Field(None, description="date of the LCAR-AIO infusion (Day 1)")
+    lymphodepletion_start: dt.date | None = None
+    dm: Demographics
+    ex: list[Exposure] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list, description="every usable result, time-ordered")
+    visits: list[VisitRecord] = Field(default_factory=list)
+    cm: list[ConMed] = Field(default_factory=list)
+    ae: list[AdverseEvent] = Field(default_factory=list)
+
+    def findings_for(self, item: str) -> list[Finding]:
+        return [f for f in self.findings if f.item == item]

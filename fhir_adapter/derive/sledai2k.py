@@ -1,0 +1,234 @@
+"""SLEDAI-2K per visit and its change from baseline.
+
+Definition: Gladman DD, Ibañez D, Urowitz MB. *Systemic lupus erythematosus disease activity index 2000.*
+J Rheumatol 2002;29:288–291 — 24 weighted descriptors (0–105), scored with their full weight when present
+at the visit or in the preceding 10 days; 30-day window validated by Touma Z et al., Lupus 2010;19:49–51.
+Study choices (decisions.md "SLEDAI-2K") are settings in ``mappings/<study>/sledai2k.yaml``.
+
+How one descriptor is scored at a visit dated V (window = V − window_days … V inclusive);
+the first case that applies defines the value:
+
+1. **clinician** — a clinician-entered descriptor result (QS item ``sledai2k.<code>``) in the window:
+   the latest one wins, true scores the weight, false scores 0 (the clinician applies the exclusions);
+2. **lab** — a lab rule of the descriptor holds for any result of its items in the window
+   (strict thresholds; below/above the result's own reference range, else its interpretation code,
+   else the study default range). ``lab_fallback`` rules (spot UPCR) are used only when the window holds
+   no result of the primary items (24-h urine protein);
+3. **excluded** — thrombocytopenia/leukopenia results dated from lymphodepletion start through
+   ``cytopenia_exclusion_days`` after it are not scored (expected drug effect); scores 0;
+4. **lab** with score 0 — results exist and no rule holds;
+5. **not-assessed** — no data in the window: scores 0 and is listed in ``not_assessed``.
+
+The visit total is reported when the clinician recorded at least ``min_clinician_descriptors`` descriptors
+in the window, else it is None (a visit with only routine labs is not a SLEDAI-2K assessment).
+Baseline = the last visit with a total dated on or before Day 1; change = total − baseline for visits
+dated after the baseline visit (0 at baseline, None before it or when either value is missing).
+
+Examples (weights from Gladman 2002): arthritis (clinician true) + proteinuria 0.6 g/24 h + C3 0.8 g/L with
+range low 0.9 = 4 + 4 + 2 = 10; proteinuria 0.50 g/24 h does not score (strict >); a platelet count of 80 on
+study day 10 after lymphodepletion started on day −5 is excluded, the same count on day 40 scores 1.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.derive.compare import exceeds, is_present
+from fhir_adapter.terminology import SLEDAI2K_DESCRIPTOR_CODES
+
+Basis = Literal["clinician", "lab", "excluded", "not-assessed"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabRule(_Strict):
+    item: str
+    op: Literal[">", ">=", "<", "<=", "present", "below_range", "above_range"]
+    value: float | None = None
+    unit: str | None = None
+
+    @model_validator(mode="after")
+    def _value_for_thresholds(self) -> LabRule:
+        if self.op in (">", ">=", "<", "<=") and self.value is None:
+            raise ValueError(f"rule on '{self.item}': operator '{self.op}' needs a `value`")
+        return self
+
+
+class Descriptor(_Strict):
+    code: str
+    weight: int
+    group: str
+    label: str = ""
+    cytopenia: bool = False
+    lab: tuple[LabRule, ...] = ()
+    lab_fallback: tuple[LabRule, ...] = ()
+
+    @property
+    def item(self) -> str:
+        """CRF item id of the clinician-entered descriptor."""
+        return f"sledai2k.{self.code}"
+
+
+class Range(_Strict):
+    low: float | None = None
+    high: float | None = None
+
+
+class Sledai2kSettings(_Strict):
+    window_days: Literal[10, 28, 30] = 10
+    cytopenia_exclusion_days: int = Field(30, ge=0)
+    min_clinician_descriptors: int = Field(1, ge=0)
+    low_interpretations: tuple[str, ...] = ("L", "LL")
+    high_interpretations: tuple[str, ...] = ("H", "HH", "POS")
+    default_ranges: dict[str, Range] = Field(default_factory=dict)
+    descriptors: tuple[Descriptor, ...]
+
+    @model_validator(mode="after")
+    def _the_24_descriptors(self) -> Sledai2kSettings:
+        codes = [d.code for d in self.descriptors]
+        if sorted(codes) != sorted(SLEDAI2K_DESCRIPTOR_CODES):
+            missing = sorted(set(SLEDAI2K_DESCRIPTOR_CODES) - set(codes))
+            extra = sorted(set(codes) - set(SLEDAI2K_DESCRIPTOR_CODES))
+            raise ValueError(f"SLEDAI-2K needs exactly its 24 descriptors; missing {missing}, unknown {extra}")
+        total = sum(d.weight for d in self.descriptors)
+        if total != 105:
+            raise ValueError(f"SLEDAI-2K weights must add up to 105 (Gladman 2002), these add up to {total}")
+        return self
+
+    def lab_items(self) -> set[str]:
+        return {r.item for d in self.descriptors for r in (*d.lab, *d.lab_fallback)}
+
+
+class DescriptorScore(BaseModel):
+    code: str
+    weight: int
+    score: int
+    basis: Basis
+    sources: list[str] = Field(default_factory=list, description="references of the results that decided")
+
+
+class Sledai2kVisit(BaseModel):
+    visit: str
+    date: dt.date | None
+    total: int | None
+    change: int | None = None
+    baseline: bool = False
+    clinician_descriptors: int = 0
+    descriptors: list[DescriptorScore]
+
+    @property
+    def not_assessed(self) -> list[str]:
+        return [d.code for d in self.descriptors if d.basis == "not-assessed"]
+
+
+def _rule_holds(f: Finding, rule: LabRule, s: Sledai2kSettings) -> bool:
+    if rule.op == "present":
+        return is_present(f)
+    if rule.op == "below_range":
+        default = s.default_ranges.get(rule.item)
+        low = f.ref_low if f.ref_low is not None else None
+        if low is None and f.interpretation:
+            return any(code in s.low_interpretations for code in f.interpretation)
+        if low is None and default is not None:
+            low = default.low
+        return low is not None and exceeds(f, "<", low)
+    if rule.op == "above_range":
+        if f.ref_high is not None:
+            return exceeds(f, ">", f.ref_high)
+        if f.interpretation:
+            return any(code in s.high_interpretations for code in f.interpretation)
+        if f.value is None and f.value_bool is not None:
+            return f.value_bool
+        default = s.default_ranges.get(rule.item)
+        return default is not None and default.high is not None and exceeds(f, ">", default.high)
+    assert rule.value is not None
+    return exceeds(f, rule.op, rule.value)
+
+
+def _in_window(f: Finding, start: dt.date, end: dt.date) -> bool:
+    return f.date is not None and start <= f.date <= end
+
+
+def _score_descriptor(
+    d: Descriptor,
+    by_item: dict[str, list[Finding]],
+    start: dt.date,
+    end: dt.date,
+    exclusion: tuple[dt.date, dt.date] | None,
+    s: Sledai2kSettings,
+) -> DescriptorScore:
+    entries = [f for f in by_item.get(d.item, []) if f.value_bool is not None and _in_window(f, start, end)]
+    if entries:
+        latest = max(entries, key=lambda f: (f.date, f.datetime or dt.datetime.min.replace(tzinfo=dt.UTC)))
+        assert latest.value_bool is not None
+        return DescriptorScore(
+            code=d.code, weight=d.weight, score=d.weight if latest.value_bool else 0, basis="clinician",
+            sources=[latest.source.reference],
+        )
+    excluded_any = False
+    for rules in (d.lab, d.lab_fallback):
+        results: list[tuple[Finding, LabRule]] = []
+        for rule in rules:
+            for f in by_item.get(rule.item, []):
+                if not _in_window(f, start, end):
+                    continue
+                if d.cytopenia and exclusion and f.date is not None and exclusion[0] <= f.date <= exclusion[1]:
+                    excluded_any = True
+                    continue
+                results.append((f, rule))
+        if results:
+            hits = [f for f, rule in results if _rule_holds(f, rule, s)]
+            decided = hits or [f for f, _ in results]
+            return DescriptorScore(
+                code=d.code, weight=d.weight, score=d.weight if hits else 0, basis="lab",
+                sources=sorted({f.source.reference for f in decided}),
+            )
+    return DescriptorScore(code=d.code, weight=d.weight, score=0, basis="excluded" if excluded_any else "not-assessed")
+
+
+def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2kVisit]:
+    """SLEDAI-2K of every dated visit of ``crf``, with baseline flag and change from baseline."""
+    items = {d.item for d in settings.descriptors} | settings.lab_items()
+    by_item: dict[str, list[Finding]] = {}
+    for f in crf.findings:
+        if f.item in items:
+            by_item.setdefault(f.item, []).append(f)
+    exclusion = None
+    if crf.lymphodepletion_start and settings.cytopenia_exclusion_days:
+        ld = crf.lymphodepletion_start
+        exclusion = (ld, ld + dt.timedelta(days=settings.cytopenia_exclusion_days))
+    out: list[Sledai2kVisit] = []
+    for v in crf.visits:
+        if v.date is None:
+            continue
+        start = v.date - dt.timedelta(days=settings.window_days)
+        scores = [_score_descriptor(d, by_item, start, v.date, exclusion, settings) for d in settings.descriptors]
+        n_clin = sum(1 for sc in scores if sc.basis == "clinician")
+        enough = n_clin >= settings.min_clinician_descriptors and any(sc.basis != "not-assessed" for sc in scores)
+        total = sum(sc.score for sc in scores) if enough else None
+        out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin, descriptors=scores))
+    _apply_baseline(out, crf.day1)
+    return out
+
+
+def _apply_baseline(visits: list[Sledai2kVisit], day1: dt.date | None) -> None:
+    """Baseline = last visit with a total on or before Day 1; change = total − baseline after it."""
+    if day1 is None:
+        return
+    candidates = [v for v in visits if v.total is not None and v.date is not None and v.date <= day1]
+    if not candidates:
+        return
+    base = max(candidates, key=lambda v: v.date or dt.date.min)
+    base.baseline = True
+    assert base.total is not None and base.date is not None
+    for v in visits:
+        if v is base:
+            v.change = 0
+        elif v.total is not None and v.date is not None and v.date > base.date:
+            v.change = v.total - base.total

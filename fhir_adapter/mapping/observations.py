@@ -1,0 +1,257 @@
+"""Observations → findings (LB, VS, PC, QS, IS) in each item's CRF unit.
+
+For each Observation, in order:
+
+1. **status** — ``final``/``amended``/``corrected`` are used; ``preliminary`` is used and flagged;
+   ``registered``, ``cancelled`` and ``entered-in-error`` never feed a CRF (counted, not quarantined).
+2. **versions** — when the source holds several versions of one Observation id, the latest
+   (``meta.versionId``, then ``meta.lastUpdated``) wins.
+3. **code** — every coding of ``code`` (and of each ``component.code``) is looked up in the mapping;
+   a panel (``hasMember``) is mapped through its members, which are Observations of their own.
+4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``),
+   valueInteger, valueBoolean, valueCodeableConcept (positive/negative codes of the item).
+5. **unit** — the item's unit as is; a unit under the item's ``factors`` times its factor; a unit under
+   ``accept_units`` by UCUM conversion; any other unit is quarantined (rule ``unknown-unit``).
+6. **date** — ``effectiveDateTime``, ``effectivePeriod.start`` or ``effectiveInstant`` in the site time zone;
+   missing or unreadable → quarantined; partial (year, year-month) → kept partial, placed in no visit.
+7. **bounds** — a value outside the item's physiological bounds is quarantined (``out-of-bounds``).
+8. **duplicates** — same item, same time, same value: counted once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from fhir_adapter import units
+from fhir_adapter.crf.models import Finding, SourceRef
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.study import Study
+from fhir_adapter.study.models import Item
+from fhir_adapter.terminology import UCUM
+from fhir_adapter.timeline import DateError, parse_fhir_date
+
+USED_STATUSES = {"final", "amended", "corrected", "preliminary"}
+_NUMERIC = re.compile(r"^\s*(<=|>=|<|>)?\s*([-+]?\d+(?:[.,]\d+)?)\s*$")
+_POSITIVE_WORDS = {"positive", "pos", "detected", "present", "reactive", "true", "yes"}
+_NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", "nonreactive", "false", "no"}
+
+
+class Rejected(Exception):
+    def __init__(self, rule: str, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.rule, self.reason, self.fix = rule, reason, fix
+
+
+def _version_key(r: dict[str, Any]) -> tuple[int, str]:
+    meta = r.get("meta") or {}
+    v = str(meta.get("versionId") or "0")
+    return (int(v) if v.isdigit() else 0, str(meta.get("lastUpdated") or ""))
+
+
+def latest_versions(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep the latest version of each resource id (order of first appearance)."""
+    best: dict[str, dict[str, Any]] = {}
+    order: list[str] = []
+    for r in resources:
+        rid = str(r.get("id"))
+        if rid not in best:
+            order.append(rid)
+            best[rid] = r
+        elif _version_key(r) > _version_key(best[rid]):
+            best[rid] = r
+    return [best[i] for i in order]
+
+
+def _codings(cc: Any) -> list[tuple[str, str]]:
+    if not isinstance(cc, dict):
+        return []
+    return [(str(c.get("system", "")), str(c.get("code", ""))) for c in cc.get("coding") or [] if isinstance(c, dict)]
+
+
+def _unit_of(q: dict[str, Any]) -> str | None:
+    if q.get("code") and (q.get("system") in (None, UCUM)):
+        return str(q["code"])
+    return str(q["unit"]) if q.get("unit") else None
+
+
+class ObservationMapper:
+    """Maps the Observations of one subject; holds no state between subjects but the study."""
+
+    def __init__(self, study: Study, log: RunLog) -> None:
+        self.study = study
+        self.log = log
+        self.tz = study.info.timezone
+        self._positive = {k: {study.resolve_code(c) for c in it.positive_codes} for k, it in study.items.items()}
+        self._negative = {k: {study.resolve_code(c) for c in it.negative_codes} for k, it in study.items.items()}
+
+    def map(self, observations: list[dict[str, Any]], subject_id: str) -> list[Finding]:
+        out: list[Finding] = []
+        seen: set[tuple[Any, ...]] = set()
+        for obs in latest_versions(observations):
+            status = obs.get("status")
+            if status not in USED_STATUSES:
+                self.log.count(f"observations.not-used.{status}")
+                continue
+            for item_id, part in self._matches(obs):
+                try:
+                    f = self._finding(obs, part, item_id)
+                except Rejected as rej:
+                    self.log.reject("Observation", obs.get("id"), rej.rule, rej.reason, rej.fix,
+                                    subject_id=subject_id, raw=obs)
+                    continue
+                key = (f.item, f.datetime or f.date or f.partial_date, f.value, f.value_bool, f.value_text, f.comparator)
+                if key in seen:
+                    self.log.count("observations.duplicates")
+                    continue
+                seen.add(key)
+                if f.preliminary:
+                    self.log.warn(f"preliminary result used for {item_id}", resource=f"Observation/{obs.get('id')}",
+                                  subject_id=subject_id, rule="preliminary")
+                out.append(f)
+        out.sort(key=lambda f: (f.date is None, f.date, f.datetime is None, f.datetime, f.item))
+        return out
+
+    def _matches(self, obs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """(item, the element holding the value) for the Observation and each matching component."""
+        idx = self.study.code_index
+        found: list[tuple[str, dict[str, Any]]] = []
+        for key in _codings(obs.get("code")):
+            if key in idx:
+                found.append((idx[key], obs))
+                break
+        for comp in obs.get("component") or []:
+            for key in _codings(comp.get("code")):
+                if key in idx:
+                    found.append((idx[key], comp))
+                    break
+        if not found:
+            for system, code in _codings(obs.get("code"))[:1]:
+                self.log.count(f"unmapped.{system}|{code}")
+        return found
+
+    def _finding(self, obs: dict[str, Any], part: dict[str, Any], item_id: str) -> Finding:
+        item = self.study.items[item_id]
+        when = obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start") or obs.get(
+            "effectiveInstant")
+        if not when:
+            raise Rejected("missing-date", f"{item_id}: the Observation has no effective[x] date",
+                           "the EHR must send effectiveDateTime (the time the sample was taken)")
+        try:
+            fd = parse_fhir_date(when, self.tz)
+        except DateError as exc:
+            raise Rejected("bad-date", f"{item_id}: {exc}", "send an ISO 8601 date or dateTime with offset") from None
+        fields: dict[str, Any] = {}
+        if item.value == "quantity":
+            fields = self._quantity(part, item, item_id)
+        elif item.value == "boolean":
+            fields = self._boolean(part, item_id)
+        elif item.value == "coded":
+            fields = self._coded(part, item_id)
+        else:
+            text = part.get("valueString")
+            if text is None:
+                raise Rejected("no-value", f"{item_id}: no valueString", "send the result as text")
+            fields = {"value_text": str(text), "orig_value": str(text)}
+        interp = tuple(c for _, c in _codings((obs.get("interpretation") or [None])[0]))
+        return Finding(
+            domain=item.domain, item=item_id, datetime=fd.datetime, date=fd.date, partial_date=fd.partial,
+            interpretation=interp, status=str(obs.get("status")), preliminary=obs.get("status") == "preliminary",
+            source=SourceRef(resource_type="Observation", id=str(obs.get("id")),
+                             version=(obs.get("meta") or {}).get("versionId")),
+            **fields,
+        )
+
+    # -- values ------------------------------------------------------------------------------------
+    def _convert(self, value: float, unit: str | None, item: Item, item_id: str) -> float:
+        assert item.unit is not None
+        if unit is None:
+            if item.unit.startswith("{") or item.unit == "1":
+                return value
+            raise Rejected("missing-unit", f"{item_id}: value {value} has no unit",
+                           f"send the UCUM unit; the CRF stores {item_id} in {item.unit}")
+        if unit == item.unit:
+            return value
+        if unit in item.factors:
+            return float(f"{value * item.factors[unit]:.12g}")
+        if unit in item.accept_units:
+            return units.convert(value, unit, item.unit)
+        raise Rejected("unknown-unit", f"{item_id}: unit '{unit}' is not accepted (CRF unit {item.unit})",
+                       f"add '{unit}' to accept_units (UCUM-convertible) or factors of item {item_id} "
+                       "in items.yaml or the site overlay")
+
+    def _quantity(self, part: dict[str, Any], item: Item, item_id: str) -> dict[str, Any]:
+        comparator: str | None = None
+        if "valueQuantity" in part:
+            q = part["valueQuantity"]
+            if q.get("value") is None:
+                raise Rejected("no-value", f"{item_id}: valueQuantity without value", "send the numeric value")
+            raw = float(q["value"])
+            unit = _unit_of(q)
+            comparator = q.get("comparator")
+            orig = f"{comparator or ''}{q['value']}"
+        elif "valueString" in part:
+            m = _NUMERIC.match(str(part["valueString"]))
+            if not m:
+                raise Rejected("non-numeric", f"{item_id}: valueString '{part['valueString']}' is not a number",
+                               "send valueQuantity, or a numeric string such as '45' or '<0.2'")
+            comparator, raw = m.group(1), float(m.group(2).replace(",", "."))
+            unit, orig = item.unit, str(part["valueString"])
+        elif "valueInteger" in part:
+            raw, unit, orig = float(part["valueInteger"]), None, str(part["valueInteger"])
+        else:
+            reason = part.get("dataAbsentReason")
+            if reason:
+                raise Rejected("data-absent", f"{item_id}: no value ({_codings(reason)[:1]})", "nothing to do")
+            raise Rejected("no-value", f"{item_id}: no numeric value (valueQuantity expected)",
+                           "send the result as valueQuantity with a UCUM unit")
+        value = self._convert(raw, unit, item, item_id)
+        if item.bounds and not item.bounds[0] <= value <= item.bounds[1]:
+            raise Rejected("out-of-bounds", f"{item_id}: {value} {item.unit} is outside the physiological bounds "
+                           f"{list(item.bounds)}", "check the unit and the value in the EHR")
+        low = high = None
+        for rr in part.get("referenceRange") or []:
+            if isinstance(rr.get("low"), dict) and rr["low"].get("value") is not None:
+                low = self._range_value(rr["low"], unit, item, item_id)
+            if isinstance(rr.get("high"), dict) and rr["high"].get("value") is not None:
+                high = self._range_value(rr["high"], unit, item, item_id)
+            break
+        return {"value": value, "comparator": comparator, "unit": item.unit, "orig_value": orig,
+                "orig_unit": unit, "ref_low": low, "ref_high": high}
+
+    def _range_value(self, q: dict[str, Any], value_unit: str | None, item: Item, item_id: str) -> float | None:
+        try:
+            return self._convert(float(q["value"]), _unit_of(q) or value_unit, item, item_id)
+        except Rejected:
+            return None
+
+    def _boolean(self, part: dict[str, Any], item_id: str) -> dict[str, Any]:
+        if isinstance(part.get("valueBoolean"), bool):
+            return {"value_bool": part["valueBoolean"], "orig_value": str(part["valueBoolean"]).lower()}
+        return self._coded(part, item_id)
+
+    def _coded(self, part: dict[str, Any], item_id: str) -> dict[str, Any]:
+        if "valueCodeableConcept" in part:
+            cc = part["valueCodeableConcept"]
+            codes = set(_codings(cc))
+            text = (cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "")
+                    or next(iter(codes), ("", ""))[1])
+            if codes & self._positive.get(item_id, set()):
+                return {"value_bool": True, "value_text": text, "orig_value": text}
+            if codes & self._negative.get(item_id, set()):
+                return {"value_bool": False, "value_text": text, "orig_value": text}
+            word = str(text).strip().lower()
+        elif "valueString" in part:
+            word = str(part["valueString"]).strip().lower()
+            text = str(part["valueString"])
+        elif isinstance(part.get("valueBoolean"), bool):
+            return {"value_bool": part["valueBoolean"], "orig_value": str(part["valueBoolean"]).lower()}
+        else:
+            raise Rejected("no-value", f"{item_id}: no coded value", "send valueCodeableConcept positive/negative")
+        if word in _POSITIVE_WORDS:
+            return {"value_bool": True, "value_text": text, "orig_value": text}
+        if word in _NEGATIVE_WORDS:
+            return {"value_bool": False, "value_text": text, "orig_value": text}
+        raise Rejected("unknown-code", f"{item_id}: result '{text}' is neither a positive nor a negative code",
+                       f"add its code to positive_codes or negative_codes of item {item_id}")

@@ -1,0 +1,136 @@
+"""The offline job: source → roster → map → CRF → derive → results, write-back bundles and the run report.
+
+Each subject is processed on its own: a subject whose data cannot be mapped is reported and skipped,
+never stopping the others.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_adapter import __version__
+from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.mapping.subject import SubjectMapper
+from fhir_adapter.results.study_json import study_json, subject_row
+from fhir_adapter.results.subject import derive_subject
+from fhir_adapter.roster import build_roster, with_day1
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import Source
+from fhir_adapter.study import Study
+from fhir_adapter.writeback.bundle import transaction
+from fhir_adapter.writeback.observations import sledai2k_observation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    subjects: int = 0
+    subjects_failed: list[str] = field(default_factory=list)
+    visits: int = 0
+    results_written: int = 0
+    quarantined: int = 0
+    warnings: int = 0
+    excluded: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        """0 ok, 2 completed with quarantined input or subjects not written."""
+        return 2 if self.quarantined or self.subjects_failed else 0
+
+
+def _dump(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+
+
+def _safe_name(subject_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in subject_id)
+
+
+def writeback_resources(r: Any, e: Any, study: Study) -> list[dict[str, Any]]:
+    s = study.sledai2k
+    return [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None]
+
+
+def run(
+    source: Source,
+    study: Study,
+    out: Path,
+    runlog: RunLog | None = None,
+    on_subject: Callable[[str], None] | None = None,
+) -> RunSummary:
+    runlog = runlog or RunLog()
+    started = dt.datetime.now(dt.UTC)
+    out = Path(out)
+    for sub in ("crf", "results", "writeback", "quarantine"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    summary = RunSummary(out=out)
+    roster = build_roster(source.roster(), study, runlog)
+    summary.excluded = dict(roster.excluded)
+    mapper = SubjectMapper(study, runlog)
+    rows: list[dict[str, Any]] = []
+    for pid, resources in source.subject_resources(roster.patient_ids):
+        e = roster.enrolled[pid]
+        try:
+            e = with_day1(e, resources, study, runlog)
+            crf = mapper.map(e, resources)
+            res = derive_subject(crf, study)
+            rows.append(subject_row(res))
+            name = _safe_name(e.subject_id)
+            _dump(out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
+            bundle_resources = writeback_resources(res, e, study)
+            invalid = [p for p in (r4_problem(x) for x in bundle_resources) if p]
+            if invalid:
+                raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
+            _dump(out / "writeback" / f"{name}.json", transaction(bundle_resources))
+            summary.results_written += len(bundle_resources)
+            summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
+            summary.subjects += 1
+        except Exception as exc:  # one subject's failure never stops the others
+            log.debug("subject %s failed", e.subject_id, exc_info=True)
+            runlog.warn(f"subject not processed: {exc}", subject_id=e.subject_id, rule="subject-failed")
+            summary.subjects_failed.append(e.subject_id)
+        if on_subject:
+            on_subject(e.subject_id)
+    _dump(out / "results" / "study.json", study_json(study, rows))
+    summary.quarantined = len(runlog.quarantine)
+    summary.warnings = len(runlog.warnings)
+    _write_quarantine(out, runlog)
+    _dump(out / "run-report.json", {
+        "generated_by": f"fhir-adapter {__version__}",
+        "started": started.isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "source": source.description,
+        "study": study.info.id,
+        "exit_code": summary.exit_code,
+        "summary": {
+            "subjects": summary.subjects, "subjects_failed": summary.subjects_failed, "visits": summary.visits,
+            "results_written": summary.results_written, "quarantined": summary.quarantined,
+            "warnings": summary.warnings, "excluded_research_subjects": summary.excluded,
+        },
+        "counts": dict(sorted(runlog.counts.items())),
+        "warnings": runlog.warnings,
+        "quarantine": [q.as_report() for q in runlog.quarantine],
+    })
+    return summary
+
+
+def _write_quarantine(out: Path, runlog: RunLog) -> None:
+    qdir = out / "quarantine"
+    qdir.mkdir(parents=True, exist_ok=True)
+    by_type: dict[str, list[bytes]] = {}
+    for q in runlog.quarantine:
+        line = orjson.dumps({"reason": q.as_report(), "resource": q.raw})
+        by_type.setdefault(q.resource_type, []).append(line)
+    for rtype, lines in by_type.items():
+        (qdir / f"{rtype}.ndjson").write_bytes(b"\n".join(lines) + b"\n")

@@ -1,0 +1,1 @@
+"""Results: every derivation of a subject gathered, and the study-level ``results/study.json``."""

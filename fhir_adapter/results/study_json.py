@@ -1,0 +1,45 @@
+"""``results/study.json``: the results contract other tools rely on (keys are added, never renamed).
+
+Top level: ``study``, ``generated_by``, ``settings`` (the rules in force), ``subjects``. Per subject:
+``subject_id``, ``arm``, ``day1`` (YYYY-MM-DD) and ``visits``; per visit: ``visit``, ``date`` (the actual
+visit date), ``study_day``, ``sledai2k``, ``sledai2k_change`` and the per-descriptor detail.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_adapter import __version__
+from fhir_adapter.results.subject import SubjectResults
+from fhir_adapter.study import Study
+
+
+def settings_echo(study: Study) -> dict[str, Any]:
+    """The rules in force, so a reader knows which rule produced a number."""
+    return {
+        "study_folder": str(study.root),
+        "site_overlay": study.site,
+        "mapping_files_sha256": study.files,
+        "timezone": study.info.timezone,
+        "day1": "date of the LCAR-AIO infusion; study day = d - day1 + 1 on/after Day 1, d - day1 before (no Day 0)",
+        "enrolled_statuses": list(study.info.enrolled_statuses),
+        **{name: rule.model_dump(mode="json", exclude={"descriptors"}) for name, rule in study.rules.items()},
+    }
+
+
+def subject_row(r: SubjectResults) -> dict[str, Any]:
+    return {
+        "subject_id": r.crf.subject_id,
+        "arm": r.crf.arm,
+        "day1": r.crf.day1.isoformat() if r.crf.day1 else None,
+        "visits": r.visit_rows(),
+    }
+
+
+def study_json(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "study": study.info.id,
+        "generated_by": f"fhir-adapter {__version__}",
+        "settings": settings_echo(study),
+        "subjects": sorted(subjects, key=lambda s: s["subject_id"]),
+    }

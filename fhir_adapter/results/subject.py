@@ -1,0 +1,40 @@
+"""All derivations of one subject, run in order over its CRF (pure: no I/O)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.derive.sledai2k import Sledai2kVisit, derive_sledai2k
+from fhir_adapter.study import Study
+
+
+@dataclass
+class SubjectResults:
+    crf: SubjectCRF
+    sledai2k: list[Sledai2kVisit]
+
+    def visit_rows(self) -> list[dict[str, Any]]:
+        """The ``visits`` list of this subject in ``results/study.json`` (scheduled visits only)."""
+        by_visit = {s.visit: s for s in self.sledai2k}
+        rows = []
+        for v in self.crf.visits:
+            if v.unscheduled:
+                continue
+            s = by_visit.get(v.visit)
+            rows.append({
+                "visit": v.visit,
+                "date": v.date.isoformat() if v.date else None,
+                "study_day": v.study_day,
+                "sledai2k": s.total if s else None,
+                "sledai2k_change": s.change if s else None,
+                "sledai2k_baseline": bool(s and s.baseline),
+                "sledai2k_descriptors": [d.model_dump() for d in s.descriptors] if s and s.total is not None else [],
+                "sledai2k_not_assessed": s.not_assessed if s and s.total is not None else [],
+            })
+        return rows
+
+
+def derive_subject(crf: SubjectCRF, study: Study) -> SubjectResults:
+    return SubjectResults(crf=crf, sledai2k=derive_sledai2k(crf, study.sledai2k))

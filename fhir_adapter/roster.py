@@ -1,0 +1,176 @@
+"""Who is in the trial: enrolled subjects of the study, their subject ID, arm, and Day 1.
+
+Enrolled = a ResearchSubject of the study (ResearchStudy whose identifier value is the study id, or a
+site-level ResearchStudy ``partOf`` it — the FHIR-to-CDISC mapping IG's STUDYID rule) with a status listed
+in ``study.enrolled_statuses``. Data of anyone else is never read past this point, and never written.
+Day 1 = the date of the completed infusion Procedure (decisions.md "Time").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import RosterInput, ref_id
+from fhir_adapter.study import Study
+from fhir_adapter.timeline import DateError, parse_fhir_date
+
+
+class RosterError(RuntimeError):
+    """The study itself cannot be found: nothing can run."""
+
+
+@dataclass(frozen=True)
+class Enrollee:
+    subject_id: str
+    patient_id: str
+    research_subject: SourceRef
+    status: str
+    arm: str | None
+    consent_date: dt.date | None
+    site: str | None
+    sex: str
+    birth_date: dt.date | None
+    day1: dt.date | None = None
+    infusion: SourceRef | None = None
+
+
+@dataclass
+class Roster:
+    study_ids: set[str]
+    enrolled: dict[str, Enrollee]  # by patient id
+    excluded: dict[str, int]       # ResearchSubject status -> count
+
+    @property
+    def patient_ids(self) -> set[str]:
+        return set(self.enrolled)
+
+
+def _identifier_matches(res: dict[str, Any], value: str, system: str | None) -> bool:
+    return any(
+        isinstance(i, dict) and i.get("value") == value and (system is None or i.get("system") == system)
+        for i in res.get("identifier") or []
+    )
+
+
+def _subject_id(rs: dict[str, Any], system: str | None) -> str | None:
+    idents = [i for i in rs.get("identifier") or [] if isinstance(i, dict) and i.get("value")]
+    for i in idents:
+        if system is None or i.get("system") == system:
+            return str(i["value"])
+    return None
+
+
+def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
+    info = study.info
+    study_ids = {s["id"] for s in data.studies
+                 if isinstance(s.get("id"), str) and _identifier_matches(s, info.id, info.identifier_system)}
+    if not study_ids:
+        found = sorted({i.get("value", "?") for s in data.studies for i in s.get("identifier") or []})
+        raise RosterError(
+            f"no ResearchStudy with identifier '{info.id}' in the source (found: {found or 'none'}). "
+            "Check study.id in mappings/<study>/study.yaml, or that the export includes ResearchStudy."
+        )
+    study_ids |= {s["id"] for s in data.studies
+                  if ref_id((s.get("partOf") or [{}])[0].get("reference"), "ResearchStudy") in study_ids}
+    enrolled: dict[str, Enrollee] = {}
+    excluded: dict[str, int] = {}
+    seen_subject_ids: set[str] = set()
+    for rs in data.subjects:
+        if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy") not in study_ids:
+            continue
+        rid = rs.get("id")
+        problem = r4_problem(rs)
+        if problem:
+            log.reject("ResearchSubject", rid, "r4-invalid", problem, "correct the ResearchSubject in the EHR", raw=rs)
+            continue
+        status = rs.get("status", "")
+        if status not in info.enrolled_statuses:
+            excluded[status] = excluded.get(status, 0) + 1
+            continue
+        pid = ref_id((rs.get("individual") or {}).get("reference"), "Patient")
+        patient = data.patients.get(pid or "")
+        if pid is None or patient is None:
+            log.reject("ResearchSubject", rid, "unknown-patient",
+                       f"individual {pid and 'Patient/' + pid} is not in the source",
+                       "export the Patient with its ResearchSubject", raw=rs)
+            continue
+        sid = _subject_id(rs, info.subject_identifier_system)
+        if sid is None:
+            log.reject("ResearchSubject", rid, "no-subject-id",
+                       f"no identifier with system {info.subject_identifier_system}",
+                       "set the subject ID identifier, or subject_identifier_system in study.yaml")
+            continue
+        if sid in seen_subject_ids or pid in enrolled:
+            log.reject("ResearchSubject", rid, "duplicate-subject",
+                       f"subject {sid} / Patient/{pid} is enrolled twice in the study",
+                       "keep one ResearchSubject per patient", subject_id=sid)
+            continue
+        seen_subject_ids.add(sid)
+        enrolled[pid] = Enrollee(
+            subject_id=sid,
+            patient_id=pid,
+            research_subject=SourceRef(resource_type="ResearchSubject", id=str(rid),
+                                       version=(rs.get("meta") or {}).get("versionId")),
+            status=status,
+            arm=rs.get("assignedArm"),
+            consent_date=_date((rs.get("period") or {}).get("start"), study),
+            site=_site(patient),
+            sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
+            birth_date=_date(patient.get("birthDate"), study),
+        )
+    log.count("roster.enrolled", len(enrolled))
+    for status, n in excluded.items():
+        log.count(f"roster.excluded.{status or 'no-status'}", n)
+    return Roster(study_ids=study_ids, enrolled=enrolled, excluded=excluded)
+
+
+def _date(value: Any, study: Study) -> dt.date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_fhir_date(value, study.info.timezone).date
+    except DateError:
+        return None
+
+
+def _site(patient: dict[str, Any]) -> str | None:
+    org = (patient.get("managingOrganization") or {})
+    return ref_id(org.get("reference"), "Organization") or org.get("display")
+
+
+def _codings(cc: Any) -> list[tuple[str, str]]:
+    if not isinstance(cc, dict):
+        return []
+    return [(c.get("system", ""), c.get("code", "")) for c in cc.get("coding") or [] if isinstance(c, dict)]
+
+
+def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> Enrollee:
+    """Day 1 from the earliest completed infusion Procedure of the patient."""
+    found: list[tuple[dt.date, SourceRef]] = []
+    for r in resources:
+        if r.get("resourceType") != "Procedure" or not set(_codings(r.get("code"))) & study.infusion_codes:
+            continue
+        if r.get("status") in ("entered-in-error", "not-done", "stopped", "preparation"):
+            continue
+        when = r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
+        d = _date(when, study)
+        if d is None:
+            log.warn("infusion Procedure without a full performed date: Day 1 unknown",
+                     resource=f"Procedure/{r.get('id')}", subject_id=e.subject_id, rule="day1")
+            continue
+        found.append((d, SourceRef(resource_type="Procedure", id=str(r.get("id")),
+                                   version=(r.get("meta") or {}).get("versionId"))))
+    if not found:
+        log.warn("no completed LCAR-AIO infusion: Day 1 unknown, visits cannot be placed",
+                 subject_id=e.subject_id, rule="day1")
+        return e
+    found.sort(key=lambda x: x[0])
+    if len(found) > 1:
+        log.warn(f"{len(found)} infusion Procedures; Day 1 = the first ({found[0][0]})",
+                 subject_id=e.subject_id, rule="day1")
+    return replace(e, day1=found[0][0], infusion=found[0][1])

@@ -1,0 +1,229 @@
+"""Load a study folder (``mappings/<study>/``) and an optional site overlay into one checked :class:`Study`.
+
+Everything is checked here, at load time, so a run never starts on a broken mapping: unknown code systems,
+unknown items, units that are not UCUM or cannot be converted into the item's unit, overlapping visit
+windows, rule files nobody reads. Each error names the file, the line and what to change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from fhir_adapter import units
+from fhir_adapter.derive.sledai2k import Sledai2kSettings
+from fhir_adapter.study.models import Item, ItemsFile, Schedule, SiteOverlay, StudyInfo
+from fhir_adapter.study.rules import RULE_FILES
+from fhir_adapter.study.yamlfile import MappingError, YamlDoc, read_yaml
+
+M = TypeVar("M", bound=BaseModel)
+CORE_FILES = ("study", "schedule", "items")
+
+
+@dataclass
+class Study:
+    root: Path
+    info: StudyInfo
+    schedule: Schedule
+    code_systems: dict[str, str]
+    items: dict[str, Item]
+    code_index: dict[tuple[str, str], str]
+    infusion_codes: frozenset[tuple[str, str]]
+    lymphodepletion_codes: frozenset[tuple[str, str]]
+    rules: dict[str, BaseModel]
+    files: dict[str, str] = field(default_factory=dict, repr=False)
+    site: str | None = None
+
+    def rule(self, name: str, model: type[M]) -> M:
+        value = self.rules[name]
+        assert isinstance(value, model)
+        return value
+
+    @property
+    def sledai2k(self) -> Sledai2kSettings:
+        return self.rule("sledai2k", Sledai2kSettings)
+
+    def resolve_code(self, ref: str) -> tuple[str, str]:
+        alias, code = ref.split("|", 1)
+        return self.code_systems[alias], code
+
+
+def _validate(doc: YamlDoc, model: type[M], data: Any, prefix: tuple[str | int, ...] = ()) -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = (*prefix, *err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            raise doc.error(loc, f"unknown key '{loc[-1]}'", f"remove it or check its spelling ({where})") from None
+        if err["type"] == "missing":
+            raise doc.error(loc[:-1], f"missing required key '{loc[-1]}'", f"add it ({where})") from None
+        raise doc.error(loc, f"{where}: {msg}", "see mappings/README.md for what this key takes") from None
+
+
+def _code(doc: YamlDoc, loc: tuple[str | int, ...], ref: str, systems: dict[str, str]) -> tuple[str, str]:
+    if "|" not in ref:
+        raise doc.error(loc, f"code '{ref}' has no code system", "write it as alias|code, e.g. loinc|777-3")
+    alias, code = ref.split("|", 1)
+    if alias not in systems:
+        raise doc.error(
+            loc, f"unknown code system '{alias}' in '{ref}'",
+            f"use one of {sorted(systems)} or declare it under code_systems",
+        )
+    if not code:
+        raise doc.error(loc, f"empty code in '{ref}'", "write alias|code")
+    return systems[alias], code
+
+
+def _check_units(doc: YamlDoc, item_id: str, item: Item, base: tuple[str | int, ...]) -> None:
+    if item.value != "quantity" or item.unit is None:
+        return
+    if not units.is_valid(item.unit) and not item.unit.startswith("{"):
+        raise doc.error((*base, "unit"), f"'{item.unit}' is not a UCUM unit", "use a UCUM code, e.g. mg/dL, 10*9/L")
+    for i, u in enumerate(item.accept_units):
+        try:
+            units.converter(u, item.unit)
+        except units.UnitError as exc:
+            raise doc.error(
+                (*base, "accept_units", i), f"item {item_id}: {exc}",
+                f"remove '{u}' or give an analyte factor under `factors` for it",
+            ) from None
+    for u in item.factors:
+        if not units.is_valid(u):
+            raise doc.error((*base, "factors", u), f"'{u}' is not a UCUM unit", "use a UCUM code")
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def load_study(root: Path, site: Path | None = None) -> Study:
+    """Read and check ``root`` (a study folder) and the optional ``site`` overlay."""
+    root = Path(root)
+    if not root.is_dir():
+        raise MappingError(root, None, "study folder not found", "pass --study mappings/<study>")
+    docs: dict[str, YamlDoc] = {}
+    for name in CORE_FILES:
+        path = root / f"{name}.yaml"
+        if not path.exists():
+            raise MappingError(path, None, f"missing {name}.yaml", "every study folder needs study, schedule, items")
+        docs[name] = read_yaml(path)
+    extra = sorted(p for p in root.glob("*.yaml") if p.stem not in CORE_FILES)
+    for path in extra:
+        if path.stem not in RULE_FILES:
+            raise MappingError(path, None, f"unknown rule file '{path.name}'",
+                               f"known rule files: {sorted(RULE_FILES)}; rename or remove it")
+        docs[path.stem] = read_yaml(path)
+    for name in RULE_FILES:
+        if name not in docs:
+            raise MappingError(root / f"{name}.yaml", None, f"missing rule file {name}.yaml",
+                               "copy it from mappings/lcar-aio/ and adapt it")
+
+    sdoc = docs["study"]
+    if not isinstance(sdoc.data, dict) or "study" not in sdoc.data:
+        raise sdoc.error((), "study.yaml must have a top-level `study:` mapping", "see mappings/lcar-aio/study.yaml")
+    info = _validate(sdoc, StudyInfo, sdoc.data["study"], ("study",))
+    schedule = _validate(docs["schedule"], Schedule, docs["schedule"].data)
+    idoc = docs["items"]
+    items_file = _validate(idoc, ItemsFile, idoc.data)
+    systems = dict(items_file.code_systems)
+    items = dict(items_file.items)
+    item_codes: dict[str, list[str]] = {k: list(v.codes) for k, v in items.items()}
+    overlay: SiteOverlay | None = None
+    odoc: YamlDoc | None = None
+    if site is not None:
+        odoc = read_yaml(Path(site))
+        overlay = _validate(odoc, SiteOverlay, odoc.data)
+        for alias, uri in overlay.code_systems.items():
+            if alias in systems and systems[alias] != uri:
+                raise odoc.error(("code_systems", alias), f"alias '{alias}' already means {systems[alias]}",
+                                 "choose another alias for the local system")
+            systems[alias] = uri
+        for item_id, add in overlay.items.items():
+            if item_id not in items:
+                raise odoc.error(("items", item_id), f"unknown item '{item_id}'",
+                                 "a site overlay can only add codes and units to items of the study mapping")
+            base = items[item_id]
+            items[item_id] = base.model_copy(update={
+                "accept_units": (*base.accept_units, *add.accept_units),
+                "factors": {**base.factors, **add.factors},
+            })
+            item_codes[item_id].extend(add.codes)
+        if overlay.timezone:
+            info = StudyInfo.model_validate({**info.model_dump(), "timezone": overlay.timezone})
+
+    code_index: dict[tuple[str, str], str] = {}
+    for item_id, item in items.items():
+        from_overlay = overlay is not None and item_id in overlay.items
+        for i, ref in enumerate(item_codes[item_id]):
+            in_base = i < len(item.codes)
+            doc = idoc if in_base or not from_overlay or odoc is None else odoc
+            loc: tuple[str | int, ...] = ("items", item_id, "codes", i if in_base else i - len(item.codes))
+            key = _code(doc, loc, ref, systems)
+            if key in code_index and code_index[key] != item_id:
+                raise doc.error(loc, f"code {ref} already feeds item '{code_index[key]}'",
+                                "a code can feed one item only")
+            code_index[key] = item_id
+        _check_units(idoc, item_id, item, ("items", item_id))
+        items[item_id] = item.model_copy(update={"codes": tuple(item_codes[item_id])})
+
+    for i, name in enumerate(schedule.unscheduled_items):
+        if name not in items:
+            raise docs["schedule"].error(("unscheduled_items", i), f"unknown item '{name}'", "use an item id of items.yaml")
+
+    infusion = frozenset(_code(sdoc, ("study", "infusion_codes", i), r, systems) for i, r in enumerate(info.infusion_codes))
+    ld = frozenset(_code(sdoc, ("study", "lymphodepletion_codes", i), r, systems)
+                   for i, r in enumerate(info.lymphodepletion_codes))
+
+    rules: dict[str, BaseModel] = {}
+    for name, model in RULE_FILES.items():
+        rules[name] = _validate(docs[name], model, docs[name].data)
+    rules["sledai2k"] = _check_sledai_rules(docs["sledai2k"], rules["sledai2k"], items)  # type: ignore[arg-type]
+
+    files = {f"{name}.yaml": _sha(doc.path) for name, doc in docs.items()}
+    if odoc is not None:
+        files[str(odoc.path)] = _sha(odoc.path)
+    return Study(
+        root=root, info=info, schedule=schedule, code_systems=systems, items=items, code_index=code_index,
+        infusion_codes=infusion, lymphodepletion_codes=ld, rules=rules, files=files,
+        site=overlay.site if overlay else None,
+    )
+
+
+def _check_sledai_rules(doc: YamlDoc, s: Sledai2kSettings, items: dict[str, Item]) -> Sledai2kSettings:
+    """Every rule names a known item; thresholds given in another unit are converted to the item's unit."""
+    descriptors = []
+    for di, d in enumerate(s.descriptors):
+        if d.item not in items:
+            raise doc.error(("descriptors", di), f"descriptor '{d.code}' has no CRF item '{d.item}'",
+                            "add it to items.yaml")
+        new_rules: dict[str, list[Any]] = {"lab": [], "lab_fallback": []}
+        for key in ("lab", "lab_fallback"):
+            for ri, r in enumerate(getattr(d, key)):
+                loc = ("descriptors", di, key, ri)
+                item = items.get(r.item)
+                if item is None:
+                    raise doc.error(loc, f"unknown item '{r.item}'", "use an item id of items.yaml")
+                if r.unit and item.unit and r.value is not None and r.unit != item.unit:
+                    try:
+                        r = r.model_copy(update={"value": units.convert(r.value, r.unit, item.unit), "unit": item.unit})
+                    except units.UnitError as exc:
+                        raise doc.error(loc, f"threshold unit: {exc}", f"give the threshold in {item.unit}") from None
+                new_rules[key].append(r)
+        descriptors.append(d.model_copy(update={k: tuple(v) for k, v in new_rules.items()}))
+    for name in s.default_ranges:
+        if name not in items:
+            raise doc.error(("default_ranges", name), f"unknown item '{name}'", "use an item id of items.yaml")
+    return s.model_copy(update={"descriptors": tuple(descriptors)})
+
+
+def iter_item_ids(study: Study, domain: str | Iterable[str]) -> list[str]:
+    domains = {domain} if isinstance(domain, str) else set(domain)
+    return [k for k, v in study.items.items() if v.domain in domains]

@@ -1,0 +1,134 @@
+"""The study configuration as typed models: what ``mappings/<study>/*.yaml`` may say.
+
+Every model forbids unknown keys, so a typo in a mapping file is an error with its line, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StudyInfo(Strict):
+    """``study.yaml`` → ``study``: who is in the trial and what marks Day 1."""
+
+    id: str = Field(description="ResearchStudy.identifier value, e.g. LCAR-AIO-SLE")
+    name: str = ""
+    identifier_system: str | None = Field(None, description="if set, ResearchStudy.identifier.system must match")
+    subject_identifier_system: str | None = Field(
+        None, description="ResearchSubject.identifier system holding the subject ID; else the first identifier"
+    )
+    enrolled_statuses: tuple[str, ...] = ("on-study", "on-study-intervention", "on-study-observation", "follow-up")
+    timezone: str = Field("UTC", description="site time zone in which dates are compared (IANA name)")
+    infusion_codes: tuple[str, ...] = Field(description="codes (alias|code) of the Procedure that is Day 1")
+    lymphodepletion_codes: tuple[str, ...] = Field(
+        default=(), description="codes of the lymphodepleting agents (medication resources)"
+    )
+    product_name: str = "LCAR-AIO"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone '{v}': use an IANA name such as Europe/Berlin or UTC") from exc
+        return v
+
+
+class Visit(Strict):
+    id: str
+    label: str = ""
+    day: int = Field(description="target study day")
+    window: tuple[int, int]
+    baseline: bool = False
+
+    @model_validator(mode="after")
+    def _window_contains_target(self) -> Visit:
+        lo, hi = self.window
+        if lo > hi:
+            raise ValueError(f"visit {self.id}: window start {lo} is after its end {hi}")
+        if not lo <= self.day <= hi:
+            raise ValueError(f"visit {self.id}: target day {self.day} lies outside its window {self.window}")
+        if self.day == 0 or lo == 0 or hi == 0:
+            raise ValueError(f"visit {self.id}: study day 0 does not exist (Day 1 is the infusion; the day before is -1)")
+        return self
+
+
+class Schedule(Strict):
+    visits: tuple[Visit, ...]
+    unscheduled_items: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _no_overlap(self) -> Schedule:
+        ids = [v.id for v in self.visits]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"visit ids must be unique: {sorted(dup)}")
+        spans = sorted((v.window[0], v.window[1], v.id) for v in self.visits)
+        for (_a0, a1, a), (b0, _b1, b) in zip(spans, spans[1:], strict=False):
+            if b0 <= a1:
+                raise ValueError(f"visit windows of {a} and {b} overlap: a result could belong to both")
+        return self
+
+
+SelectRule = Literal["closest", "first", "last", "max", "min", "any_true"]
+ValueType = Literal["quantity", "boolean", "coded", "text"]
+Domain = Literal["LB", "VS", "PC", "QS", "IS"]
+
+
+class Item(Strict):
+    """One CRF item of a findings domain and the EHR codes that feed it."""
+
+    domain: Domain
+    label: str
+    codes: tuple[str, ...] = Field(description="alias|code, e.g. loinc|777-3; any number of site-local codes")
+    value: ValueType = "quantity"
+    unit: str | None = Field(None, description="UCUM unit the CRF stores the item in")
+    accept_units: tuple[str, ...] = Field(default=(), description="other UCUM units converted by UCUM rules")
+    factors: dict[str, float] = Field(
+        default_factory=dict, description="unit -> factor into `unit` for analyte-specific conversions"
+    )
+    select: SelectRule = "closest"
+    bounds: tuple[float, float] | None = Field(None, description="physiological bounds in `unit`")
+    positive_codes: tuple[str, ...] = ()
+    negative_codes: tuple[str, ...] = ()
+    lloq: float | None = None
+
+    @model_validator(mode="after")
+    def _unit_for_quantities(self) -> Item:
+        if self.value == "quantity" and not self.unit:
+            raise ValueError(f"item '{self.label}': a quantity item needs `unit` (UCUM)")
+        if self.value != "quantity" and (self.accept_units or self.factors):
+            raise ValueError(f"item '{self.label}': units apply to quantity items only")
+        return self
+
+
+class ItemsFile(Strict):
+    code_systems: dict[str, str]
+    items: dict[str, Item]
+
+
+class SiteOverlay(Strict):
+    """``--site mappings/sites/<name>.yaml``: local codes and units added to the study mapping."""
+
+    site: str
+    code_systems: dict[str, str] = Field(default_factory=dict)
+    items: dict[str, SiteItem] = Field(default_factory=dict)
+    timezone: str | None = None
+
+
+class SiteItem(Strict):
+    codes: tuple[str, ...] = ()
+    accept_units: tuple[str, ...] = ()
+    factors: dict[str, float] = Field(default_factory=dict)
+
+
+SiteOverlay.model_rebuild()

@@ -1,0 +1,74 @@
+"""Read YAML mapping files keeping the line of every key, so errors can name ``file:line``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+Path_ = tuple[str | int, ...]
+
+
+class MappingError(ValueError):
+    """A mapping file is wrong. The message names the file, the line and what to change."""
+
+    def __init__(self, file: Path | str, line: int | None, reason: str, fix: str = "") -> None:
+        self.file = str(file)
+        self.line = line
+        self.reason = reason
+        self.fix = fix
+        where = f"{self.file}:{line}" if line else self.file
+        super().__init__(f"{where}: {reason}" + (f" — {fix}" if fix else ""))
+
+
+@dataclass
+class YamlDoc:
+    """A parsed YAML file and the line of each node, by path (keys and list indexes)."""
+
+    path: Path
+    data: Any
+    lines: dict[Path_, int] = field(default_factory=dict)
+
+    def line_of(self, loc: Path_) -> int | None:
+        """Line of ``loc`` or of its nearest ancestor that has one."""
+        loc = tuple(loc)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return self.lines.get((), None)
+
+    def error(self, loc: Path_, reason: str, fix: str = "") -> MappingError:
+        return MappingError(self.path, self.line_of(loc), reason, fix)
+
+
+def _walk(node: yaml.Node, here: Path_, lines: dict[Path_, int]) -> None:
+    lines.setdefault(here, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*here, str(key.value))
+            lines[child] = key.start_mark.line + 1
+            _walk(value, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _walk(value, (*here, i), lines)
+
+
+def read_yaml(path: Path) -> YamlDoc:
+    """Parse ``path``; a syntax error becomes a :class:`MappingError` with its line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(path, None, f"cannot read the file ({exc.strerror})", "check the path") from exc
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise MappingError(path, line, f"not valid YAML: {exc.problem}", "fix the YAML syntax") from exc
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _walk(node, (), lines)
+    return YamlDoc(path=path, data=data if data is not None else {}, lines=lines)

@@ -1,0 +1,96 @@
+"""Result Observations (profile ``result-observation`` in ``profiles/``).
+
+Every result Observation has: a stable identifier (:mod:`identifiers`), ``meta.profile``, status
+``final``, a code of the results CodeSystem, ``subject`` = the Patient, ``focus`` = the ResearchSubject,
+``effectiveDateTime`` = the visit date, ``derivedFrom`` = the source resources, and ``method.text`` naming
+the rule and the adapter version, so a clinician reading the chart can tell how the number was made.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fhir_adapter import __version__
+from fhir_adapter.derive.sledai2k import Sledai2kSettings, Sledai2kVisit
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.terminology import (
+    CS_RESULTS,
+    CS_SLEDAI2K_DESCRIPTOR,
+    DATA_ABSENT_REASON,
+    EXT_RESEARCH_SUBJECT,
+    OBS_CATEGORY,
+    SD_RESULT_OBSERVATION,
+    SID_RESULT,
+)
+from fhir_adapter.writeback.identifiers import result_identifier
+
+RESULT_DISPLAY = {
+    "sledai-2k": "SLEDAI-2K total score",
+}
+
+
+def _refs(refs: list[str]) -> list[dict[str, str]]:
+    """Unversioned, de-duplicated, sorted references (the EHR resolves the current version)."""
+    plain = {r.split("/_history/")[0] for r in refs}
+    return [{"reference": r} for r in sorted(plain)]
+
+
+def result_observation(
+    e: Enrollee,
+    study_id: str,
+    scope: str,
+    code: str,
+    effective: dt.date | None,
+    value: dict[str, Any],
+    *,
+    derived_from: list[str] | None = None,
+    components: list[dict[str, Any]] | None = None,
+    method: str | None = None,
+    category: str = "survey",
+) -> dict[str, Any]:
+    """One result Observation; ``value`` is the ``value[x]`` element, e.g. ``{"valueInteger": 10}``."""
+    ident = result_identifier(study_id, e.subject_id, scope, code)
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "meta": {"profile": [SD_RESULT_OBSERVATION]},
+        "extension": [{"url": EXT_RESEARCH_SUBJECT, "valueReference": {"reference": e.research_subject.reference.split("/_history/")[0]}}],
+        "identifier": [{"system": SID_RESULT, "value": ident}],
+        "status": "final",
+        "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
+        "code": {"coding": [{"system": CS_RESULTS, "code": code, "display": RESULT_DISPLAY.get(code, code)}],
+                 "text": RESULT_DISPLAY.get(code, code)},
+        "subject": {"reference": f"Patient/{e.patient_id}"},
+        "focus": [{"reference": f"ResearchSubject/{e.research_subject.id}"}],
+    }
+    if effective is not None:
+        obs["effectiveDateTime"] = effective.isoformat()
+    obs.update(value)
+    if method:
+        obs["method"] = {"text": method}
+    if derived_from:
+        obs["derivedFrom"] = _refs(derived_from)
+    if components:
+        obs["component"] = components
+    return obs
+
+
+def sledai2k_observation(e: Enrollee, study_id: str, v: Sledai2kVisit, s: Sledai2kSettings) -> dict[str, Any]:
+    """SLEDAI-2K of one visit: total in valueInteger, one component per descriptor (a not-assessed
+    descriptor carries dataAbsentReason ``not-performed`` instead of a value)."""
+    assert v.total is not None
+    components = []
+    sources: list[str] = []
+    for d in v.descriptors:
+        comp: dict[str, Any] = {"code": {"coding": [{"system": CS_SLEDAI2K_DESCRIPTOR, "code": d.code}]}}
+        if d.basis == "not-assessed":
+            comp["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT_REASON, "code": "not-performed"}],
+                                        "text": "not assessed in the look-back window"}
+        else:
+            comp["valueInteger"] = d.score
+        components.append(comp)
+        sources.extend(d.sources)
+    method = (f"SLEDAI-2K (Gladman 2002), {s.window_days}-day look-back; clinician entries win over lab rules; "
+              f"fhir-adapter {__version__}")
+    return result_observation(e, study_id, v.visit, "sledai-2k", v.date, {"valueInteger": v.total},
+                              derived_from=sources, components=components, method=method)
