@@ -45,7 +45,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @main.command()
 @click.option("--subjects", default=34, show_default=True, help="Enrolled subjects to generate.")
 @click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same bytes).")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder to write the NDJSON feed to.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Folder to write the NDJSON feed to.")
 def synth(subjects: int, seed: int, out: Path) -> None:
     """Write a synthetic LCAR-AIO EHR export (Bulk Data NDJSON, one file per resource type).
 
@@ -67,7 +68,8 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--study", type=click.Path(path_type=Path), default=DEFAULT_STUDY, show_default=True,
               help="Study mapping folder.")
-@click.option("--site", type=click.Path(path_type=Path), default=None, help="Site overlay (mappings/sites/<site>.yaml).")
+@click.option("--site", type=click.Path(path_type=Path), default=None,
+              help="Site overlay (mappings/sites/<site>.yaml).")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.

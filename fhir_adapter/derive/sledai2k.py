@@ -212,7 +212,8 @@ def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2
         n_clin = sum(1 for sc in scores if sc.basis == "clinician")
         enough = n_clin >= settings.min_clinician_descriptors and any(sc.basis != "not-assessed" for sc in scores)
         total = sum(sc.score for sc in scores) if enough else None
-        out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin, descriptors=scores))
+        out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin,
+                                 descriptors=scores))
     _apply_baseline(out, crf.day1)
     return out
 

@@ -101,7 +101,8 @@ class ObservationMapper:
                     self.log.reject("Observation", obs.get("id"), rej.rule, rej.reason, rej.fix,
                                     subject_id=subject_id, raw=obs)
                     continue
-                key = (f.item, f.datetime or f.date or f.partial_date, f.value, f.value_bool, f.value_text, f.comparator)
+                when = f.datetime or f.date or f.partial_date
+                key = (f.item, when, f.value, f.value_bool, f.value_text, f.comparator)
                 if key in seen:
                     self.log.count("observations.duplicates")
                     continue

@@ -50,7 +50,7 @@ class SubjectMapper:
         findings, visits = place(findings, e.day1, self.study)
         ex = map_exposure(e, resources, self.study, self.log)
         dm = Demographics(
-            subject_id=e.subject_id, site=e.site, sex=e.sex,  # type: ignore[arg-type]
+            subject_id=e.subject_id, site=e.site, sex=e.sex,  # type: ignore[arg-type,unused-ignore]
             age=age_at(e.birth_date, e.consent_date), arm=e.arm, status=e.status, consent_date=e.consent_date,
             source=(e.research_subject,),
         )

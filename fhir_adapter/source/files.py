@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from fhir_adapter.runlog import RunLog
-from fhir_adapter.source.base import ROSTER_TYPES, SUBJECT_TYPES, Resource, RosterInput, patient_id_of
+from fhir_adapter.source.base import SUBJECT_TYPES, Resource, RosterInput, patient_id_of
 
 
 class FileSource:
@@ -33,7 +33,8 @@ class FileSource:
         if not self.folder.is_dir():
             raise FileNotFoundError(f"source folder {self.folder} does not exist: run `fhir-adapter synth --out "
                                     f"{self.folder}` or point --source at a Bulk Data export folder")
-        files = sorted(p for p in self.folder.iterdir() if p.suffix in (".ndjson", ".json") and p.name != "manifest.json")
+        files = sorted(p for p in self.folder.iterdir()
+                       if p.suffix in (".ndjson", ".json") and p.name != "manifest.json")
         if not files:
             raise FileNotFoundError(f"no .ndjson or .json files in {self.folder}")
         return files

@@ -176,9 +176,11 @@ def load_study(root: Path, site: Path | None = None) -> Study:
 
     for i, name in enumerate(schedule.unscheduled_items):
         if name not in items:
-            raise docs["schedule"].error(("unscheduled_items", i), f"unknown item '{name}'", "use an item id of items.yaml")
+            raise docs["schedule"].error(("unscheduled_items", i), f"unknown item '{name}'",
+                                         "use an item id of items.yaml")
 
-    infusion = frozenset(_code(sdoc, ("study", "infusion_codes", i), r, systems) for i, r in enumerate(info.infusion_codes))
+    infusion = frozenset(_code(sdoc, ("study", "infusion_codes", i), r, systems)
+                         for i, r in enumerate(info.infusion_codes))
     ld = frozenset(_code(sdoc, ("study", "lymphodepletion_codes", i), r, systems)
                    for i, r in enumerate(info.lymphodepletion_codes))
 

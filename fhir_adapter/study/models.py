@@ -5,6 +5,7 @@ Every model forbids unknown keys, so a typo in a mapping file is an error with i
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -58,7 +59,8 @@ class Visit(Strict):
         if not lo <= self.day <= hi:
             raise ValueError(f"visit {self.id}: target day {self.day} lies outside its window {self.window}")
         if self.day == 0 or lo == 0 or hi == 0:
-            raise ValueError(f"visit {self.id}: study day 0 does not exist (Day 1 is the infusion; the day before is -1)")
+            raise ValueError(
+                f"visit {self.id}: study day 0 does not exist (Day 1 is the infusion; the day before is -1)")
         return self
 
 
@@ -73,7 +75,7 @@ class Schedule(Strict):
         if dup:
             raise ValueError(f"visit ids must be unique: {sorted(dup)}")
         spans = sorted((v.window[0], v.window[1], v.id) for v in self.visits)
-        for (_a0, a1, a), (b0, _b1, b) in zip(spans, spans[1:], strict=False):
+        for (_a0, a1, a), (b0, _b1, b) in pairwise(spans):
             if b0 <= a1:
                 raise ValueError(f"visit windows of {a} and {b} overlap: a result could belong to both")
         return self

@@ -54,7 +54,8 @@ def result_observation(
     obs: dict[str, Any] = {
         "resourceType": "Observation",
         "meta": {"profile": [SD_RESULT_OBSERVATION]},
-        "extension": [{"url": EXT_RESEARCH_SUBJECT, "valueReference": {"reference": e.research_subject.reference.split("/_history/")[0]}}],
+        "extension": [{"url": EXT_RESEARCH_SUBJECT,
+                       "valueReference": {"reference": f"ResearchSubject/{e.research_subject.id}"}}],
         "identifier": [{"system": SID_RESULT, "value": ident}],
         "status": "final",
         "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def study():  # type: ignore[no-untyped-def]
+    from fhir_adapter.study import load_study
+
+    return load_study(ROOT / "mappings" / "lcar-aio")

@@ -1,0 +1,135 @@
+"""SLEDAI-2K on hand-built subjects; totals worked out from Gladman 2002 and decisions.md."""
+
+from __future__ import annotations
+
+from helpers import crf, descriptor, finding
+
+from fhir_adapter.derive.sledai2k import derive_sledai2k
+
+
+def score(study, findings, visit_day=40, **kw):  # type: ignore[no-untyped-def]
+    visits = derive_sledai2k(crf(findings, {"V": visit_day}, **kw), study.sledai2k)
+    return visits[0]
+
+
+def by_code(v):  # type: ignore[no-untyped-def]
+    return {d.code: d for d in v.descriptors}
+
+
+def test_clinical_plus_lab_descriptors_add_up(study):  # type: ignore[no-untyped-def]
+    # arthritis 4 + rash 2 (clinician) + proteinuria 4 (0.6 g/24 h) + low complement 2 (C3 below its range)
+    v = score(study, [
+        descriptor("arthritis", 40, True), descriptor("rash", 39, True), descriptor("seizure", 40, False),
+        finding("protein_24h", 38, 0.6, unit="g/(24.h)"),
+        finding("c3", 40, 0.8, ref_low=0.9, ref_high=1.8),
+    ])
+    assert v.total == 12
+    c = by_code(v)
+    assert c["arthritis"].basis == "clinician" and c["proteinuria"].basis == "lab" and c["seizure"].score == 0
+    assert "pleurisy" in v.not_assessed and "arthritis" not in v.not_assessed
+    assert len(v.descriptors) == 24
+
+
+def test_thresholds_are_strict(study):  # type: ignore[no-untyped-def]
+    at_limit = [descriptor("rash", 40, False), finding("protein_24h", 40, 0.5), finding("urine_rbc_hpf", 40, 5),
+                finding("urine_wbc_hpf", 40, 5), finding("temperature", 40, 38.0), finding("platelets", 40, 100),
+                finding("leukocytes", 40, 3.0)]
+    assert score(study, at_limit).total == 0
+    over = [descriptor("rash", 40, False), finding("protein_24h", 40, 0.51), finding("urine_rbc_hpf", 40, 6),
+            finding("urine_wbc_hpf", 40, 6), finding("temperature", 40, 38.1), finding("platelets", 40, 99),
+            finding("leukocytes", 40, 2.9)]
+    # proteinuria 4 + hematuria 4 + pyuria 4 + fever 1 + thrombocytopenia 1 + leukopenia 1
+    assert score(study, over).total == 15
+
+
+def test_look_back_window_is_visit_minus_10_through_visit(study):  # type: ignore[no-untyped-def]
+    base = [descriptor("rash", 40, False)]
+    assert score(study, [*base, finding("protein_24h", 30, 1.0)]).total == 4   # 10 days before: counts
+    assert score(study, [*base, finding("protein_24h", 29, 1.0)]).total == 0   # 11 days before: out
+    assert score(study, [*base, finding("protein_24h", 41, 1.0)]).total == 0   # after the visit: out
+
+
+def test_window_setting_30_days(study):  # type: ignore[no-untyped-def]
+    s30 = study.sledai2k.model_copy(update={"window_days": 30})
+    f = [descriptor("rash", 40, False), finding("protein_24h", 15, 1.0)]
+    assert derive_sledai2k(crf(f, {"V": 40}), s30)[0].total == 4
+    assert derive_sledai2k(crf(f, {"V": 40}), study.sledai2k)[0].total == 0
+
+
+def test_clinician_entry_wins_over_lab(study):  # type: ignore[no-untyped-def]
+    v = score(study, [descriptor("leukopenia", 40, False), finding("leukocytes", 40, 2.0),
+                      descriptor("proteinuria", 40, True), finding("protein_24h", 40, 0.1)])
+    c = by_code(v)
+    assert c["leukopenia"].score == 0 and c["leukopenia"].basis == "clinician"
+    assert c["proteinuria"].score == 4 and c["proteinuria"].basis == "clinician"
+    assert v.total == 4
+
+
+def test_latest_clinician_entry_in_window_wins(study):  # type: ignore[no-untyped-def]
+    v = score(study, [descriptor("arthritis", 32, True), descriptor("arthritis", 40, False)])
+    assert by_code(v)["arthritis"].score == 0
+
+
+def test_upcr_only_when_no_24h_protein(study):  # type: ignore[no-untyped-def]
+    rash = descriptor("rash", 40, False)
+    assert score(study, [rash, finding("upcr", 40, 0.6)]).total == 4
+    assert score(study, [rash, finding("upcr", 40, 0.5)]).total == 0
+    assert score(study, [rash, finding("protein_24h", 39, 0.3), finding("upcr", 40, 0.8)]).total == 0
+
+
+def test_censored_results(study):  # type: ignore[no-untyped-def]
+    rash = descriptor("rash", 40, False)
+    assert score(study, [rash, finding("upcr", 40, 0.2, comparator="<")]).total == 0
+    assert score(study, [rash, finding("platelets", 40, 20, comparator="<")]).total == 1
+
+
+def test_complement_range_interpretation_default(study):  # type: ignore[no-untyped-def]
+    rash = descriptor("rash", 40, False)
+    # own range first: 0.85 is below 0.9
+    assert score(study, [rash, finding("c3", 40, 0.85, ref_low=0.9)]).total == 2
+    # a lab whose own range starts at 0.8: 0.85 is normal
+    assert score(study, [rash, finding("c3", 40, 0.85, ref_low=0.8)]).total == 0
+    # no range: interpretation L
+    assert score(study, [rash, finding("c4", 40, 0.2, interpretation=("L",))]).total == 2
+    # no range, no interpretation: study default C3 low 0.9 g/L
+    assert score(study, [rash, finding("c3", 40, 0.85)]).total == 2
+    assert score(study, [rash, finding("c3", 40, 0.95)]).total == 0
+
+
+def test_dna_binding_above_range(study):  # type: ignore[no-untyped-def]
+    rash = descriptor("rash", 40, False)
+    assert score(study, [rash, finding("anti_dsdna", 40, 31, ref_high=30)]).total == 2
+    assert score(study, [rash, finding("anti_dsdna", 40, 30, ref_high=30)]).total == 0
+    assert score(study, [rash, finding("anti_dsdna", 40, 80, ref_high=100)]).total == 0
+
+
+def test_cytopenias_after_lymphodepletion_are_excluded(study):  # type: ignore[no-untyped-def]
+    # lymphodepletion starts on study day -5; exclusion runs through 30 days after it (study day 26)
+    low = [finding("platelets", 10, 50), finding("leukocytes", 10, 1.0)]
+    v = score(study, [descriptor("rash", 10, False), *low], visit_day=10, ld_start_day=-5)
+    assert v.total == 0 and by_code(v)["thrombocytopenia"].basis == "excluded"
+    v = score(study, [descriptor("rash", 26, False), finding("platelets", 26, 50)], visit_day=26, ld_start_day=-5)
+    assert v.total == 0
+    v = score(study, [descriptor("rash", 27, False), finding("platelets", 27, 50)], visit_day=27, ld_start_day=-5)
+    assert v.total == 1
+    # a clinician entry still counts inside the exclusion period
+    v = score(study, [descriptor("thrombocytopenia", 10, True), *low], visit_day=10, ld_start_day=-5)
+    assert v.total == 1
+
+
+def test_visit_without_clinician_assessment_has_no_total(study):  # type: ignore[no-untyped-def]
+    v = score(study, [finding("protein_24h", 40, 1.0), finding("platelets", 40, 50)])
+    assert v.total is None
+    labs_suffice = study.sledai2k.model_copy(update={"min_clinician_descriptors": 0})
+    v = derive_sledai2k(crf([finding("protein_24h", 40, 1.0)], {"V": 40}), labs_suffice)[0]
+    assert v.total == 4
+
+
+def test_baseline_and_change(study):  # type: ignore[no-untyped-def]
+    f = [descriptor("arthritis", -28, True), descriptor("rash", -28, True),       # SCR 6
+         descriptor("arthritis", -7, True), finding("protein_24h", -8, 1.2),     # BL 8 (baseline)
+         descriptor("arthritis", 29, False), finding("protein_24h", 29, 0.7),    # W4 4
+         descriptor("arthritis", 85, False), finding("protein_24h", 85, 0.2)]    # W12 0
+    visits = derive_sledai2k(crf(f, {"SCR": -28, "BL": -7, "W4": 29, "W12": 85}), study.sledai2k)
+    got = {v.visit: (v.total, v.change, v.baseline) for v in visits}
+    assert got == {"SCR": (6, None, False), "BL": (8, 0, True), "W4": (4, -4, False), "W12": (0, -8, False)}

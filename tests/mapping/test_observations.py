@@ -1,0 +1,137 @@
+"""Observation → Finding: codes, units (UCUM and analyte factors), statuses, versions, duplicates, quarantine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhir_adapter.mapping.observations import ObservationMapper
+from fhir_adapter.runlog import RunLog
+
+LOINC = "http://loinc.org"
+UCUM = "http://unitsofmeasure.org"
+CLIN = "https://fhir-adapter.org/fhir/CodeSystem/clinical-input"
+
+
+def obs(id_: str, code: str, value: Any = None, unit: str | None = None, *, system: str = LOINC,
+        when: str | None = "2024-03-05T09:00:00+01:00", status: str = "final", **extra: Any) -> dict[str, Any]:
+    o: dict[str, Any] = {"resourceType": "Observation", "id": id_, "status": status,
+                         "code": {"coding": [{"system": system, "code": code}]},
+                         "subject": {"reference": "Patient/p1"}}
+    if when:
+        o["effectiveDateTime"] = when
+    if value is not None:
+        q = {"value": value}
+        if unit:
+            q.update({"unit": unit, "system": UCUM, "code": unit})
+        o["valueQuantity"] = q
+    o.update(extra)
+    return o
+
+
+def mapped(study, resources):  # type: ignore[no-untyped-def]
+    log = RunLog()
+    return ObservationMapper(study, log).map(resources, "T-001"), log
+
+
+@pytest.mark.parametrize(("code", "value", "unit", "item", "expected"), [
+    ("4485-9", 95, "mg/dL", "c3", 0.95),
+    ("4485-9", 0.95, "g/L", "c3", 0.95),
+    ("777-3", 150, "10*3/uL", "platelets", 150.0),
+    ("777-3", 150, "10*9/L", "platelets", 150.0),
+    ("6690-2", 3500, "/uL", "leukocytes", 3.5),
+    ("8310-5", 100.4, "[degF]", "temperature", 38.0),
+    ("2890-2", 500, "mg/g{creat}", "upcr", 0.5),
+    ("2890-2", 56.56, "mg/mmol{creat}", "upcr", 0.5),
+    ("2889-4", 650, "mg/(24.h)", "protein_24h", 0.65),
+    ("2160-0", 88.4, "umol/L", "creatinine", 1.0),
+])
+def test_units_are_normalised_to_the_crf_unit(study, code, value, unit, item, expected):  # type: ignore[no-untyped-def]
+    (f,), log = mapped(study, [obs("o1", code, value, unit)])
+    assert f.item == item and f.value == pytest.approx(expected, rel=1e-4)
+    assert f.orig_unit == unit and f.unit == study.items[item].unit
+    assert not log.quarantine
+
+
+def test_pga_in_mm_converts_to_score(study):  # type: ignore[no-untyped-def]
+    (f,), _ = mapped(study, [obs("o1", "sle-pga", 40, "mm", system=CLIN)])
+    assert f.item == "pga" and f.value == pytest.approx(1.2)
+
+
+def test_reference_range_converted_with_the_value(study):  # type: ignore[no-untyped-def]
+    o = obs("o1", "4485-9", 80, "mg/dL", referenceRange=[{"low": {"value": 90, "unit": "mg/dL"},
+                                                          "high": {"value": 180, "unit": "mg/dL"}}])
+    (f,), _ = mapped(study, [o])
+    assert (f.value, f.ref_low, f.ref_high) == (0.8, 0.9, 1.8)
+
+
+def test_unknown_unit_is_quarantined_with_the_fix(study):  # type: ignore[no-untyped-def]
+    fs, log = mapped(study, [obs("o1", "4485-9", 95, "mmol/L"), obs("o2", "777-3", 150, "10*9/L")])
+    assert [f.item for f in fs] == ["platelets"]
+    (q,) = log.quarantine
+    assert (q.resource_type, q.id, q.rule) == ("Observation", "o1", "unknown-unit")
+    assert "accept_units" in q.fix and "c3" in q.fix
+
+
+def test_missing_date_and_out_of_bounds_are_quarantined(study):  # type: ignore[no-untyped-def]
+    fs, log = mapped(study, [obs("o1", "777-3", 150, "10*9/L", when=None), obs("o2", "8310-5", 60, "Cel")])
+    assert fs == []
+    assert sorted(q.rule for q in log.quarantine) == ["missing-date", "out-of-bounds"]
+
+
+def test_status_rules(study):  # type: ignore[no-untyped-def]
+    fs, log = mapped(study, [
+        obs("a", "777-3", 10, "10*9/L", status="entered-in-error"),
+        obs("b", "777-3", 11, "10*9/L", status="cancelled"),
+        obs("c", "777-3", 150, "10*9/L", status="preliminary", when="2024-03-06T09:00:00Z"),
+        obs("d", "777-3", 160, "10*9/L", status="corrected", when="2024-03-07T09:00:00Z"),
+    ])
+    assert [(f.source.id, f.preliminary) for f in fs] == [("c", True), ("d", False)]
+    assert not log.quarantine and log.counts["observations.not-used.entered-in-error"] == 1
+
+
+def test_latest_version_wins(study):  # type: ignore[no-untyped-def]
+    v1 = obs("a", "4485-9", 0.7, "g/L", meta={"versionId": "1"})
+    v2 = obs("a", "4485-9", 0.9, "g/L", status="amended", meta={"versionId": "2"})
+    (f,), _ = mapped(study, [v2, v1])
+    assert f.value == 0.9 and f.source.version == "2" and f.source.reference == "Observation/a/_history/2"
+
+
+def test_duplicates_count_once(study):  # type: ignore[no-untyped-def]
+    fs, log = mapped(study, [obs("a", "777-3", 150, "10*9/L"), obs("b", "777-3", 150, "10*9/L")])
+    assert len(fs) == 1 and log.counts["observations.duplicates"] == 1
+
+
+def test_string_numbers_comparators_and_components(study):  # type: ignore[no-untyped-def]
+    s = obs("s", "5130-0", valueString="45")
+    lloq = obs("q", "2890-2", 0.2, "mg/mg")
+    lloq["valueQuantity"]["comparator"] = "<"
+    bp = obs("bp", "85354-9", component=[
+        {"code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+         "valueQuantity": {"value": 120, "unit": "mm[Hg]", "system": UCUM, "code": "mm[Hg]"}},
+        {"code": {"coding": [{"system": LOINC, "code": "8462-4"}]},
+         "valueQuantity": {"value": 80, "unit": "mm[Hg]", "system": UCUM, "code": "mm[Hg]"}}])
+    fs, log = mapped(study, [s, lloq, bp])
+    got = {f.item: (f.value, f.comparator) for f in fs}
+    assert got == {"anti_dsdna": (45.0, None), "upcr": (0.2, "<"), "systolic_bp": (120.0, None),
+                   "diastolic_bp": (80.0, None)}
+    assert not log.quarantine
+
+
+def test_coded_and_boolean_values(study):  # type: ignore[no-untyped-def]
+    pos = obs("p", "anti-car-antibody", system=CLIN, valueCodeableConcept={
+        "coding": [{"system": "http://snomed.info/sct", "code": "10828004", "display": "Positive"}]})
+    desc = obs("d", "arthritis", system="https://fhir-adapter.org/fhir/CodeSystem/sledai-2k-descriptor",
+               valueBoolean=True)
+    weird = obs("w", "8061-4", valueCodeableConcept={"text": "equivocal"})
+    fs, log = mapped(study, [pos, desc, weird])
+    assert {(f.item, f.value_bool) for f in fs} == {("anti_car_antibody", True), ("sledai2k.arthritis", True)}
+    assert [q.rule for q in log.quarantine] == ["unknown-code"]
+
+
+def test_dates_in_the_site_time_zone(study):  # type: ignore[no-untyped-def]
+    (f,), _ = mapped(study, [obs("a", "777-3", 150, "10*9/L", when="2024-03-05T23:30:00-03:00")])
+    assert str(f.date) == "2024-03-06"  # UTC is the study default
+    (f,), _ = mapped(study, [obs("a", "777-3", 150, "10*9/L", when="2024-03")])
+    assert f.date is None and f.partial_date == "2024-03"

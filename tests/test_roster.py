@@ -1,0 +1,96 @@
+"""Roster: only enrolled subjects of the study are mapped; nobody else's data reaches any output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_adapter.pipeline import run
+from fhir_adapter.roster import RosterError, build_roster
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+
+SUBJ = "https://fhir-adapter.org/fhir/sid/lcar-aio-subject"
+
+
+def rs(id_: str, pid: str, status: str, sid: str, study: str = "rs-study") -> dict[str, Any]:
+    return {"resourceType": "ResearchSubject", "id": id_, "status": status,
+            "identifier": [{"system": SUBJ, "value": sid}], "study": {"reference": f"ResearchStudy/{study}"},
+            "individual": {"reference": f"Patient/{pid}"}, "assignedArm": "DL1",
+            "period": {"start": "2024-01-10"}}
+
+
+def patient(pid: str) -> dict[str, Any]:
+    return {"resourceType": "Patient", "id": pid, "gender": "female", "birthDate": "1990-05-01",
+            "name": [{"family": f"Fam{pid}", "given": ["Giv"]}]}
+
+
+def lab(id_: str, pid: str, value: float) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": id_, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
+            "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": "2024-02-10T09:00:00Z",
+            "valueQuantity": {"value": value, "unit": "10*9/L", "system": "http://unitsofmeasure.org",
+                              "code": "10*9/L"}}
+
+
+def infusion(pid: str) -> dict[str, Any]:
+    return {"resourceType": "Procedure", "id": f"inf-{pid}", "status": "completed",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1156961008"}]},
+            "subject": {"reference": f"Patient/{pid}"}, "performedDateTime": "2024-02-01T10:00:00+01:00"}
+
+
+def write_feed(folder: Path, resources: list[dict[str, Any]]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    by_type: dict[str, list[str]] = {}
+    for r in resources:
+        by_type.setdefault(r["resourceType"], []).append(json.dumps(r))
+    for t, lines in by_type.items():
+        (folder / f"{t}.ndjson").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+@pytest.fixture
+def feed(tmp_path: Path) -> Path:
+    study = {"resourceType": "ResearchStudy", "id": "rs-study", "status": "active",
+             "identifier": [{"system": "https://fhir-adapter.org/fhir/sid/research-study", "value": "LCAR-AIO-SLE"}]}
+    other = {"resourceType": "ResearchStudy", "id": "rs-other", "status": "active",
+             "identifier": [{"value": "OTHER-TRIAL"}]}
+    res: list[dict[str, Any]] = [study, other]
+    for pid in ("p1", "p2", "p3", "p4", "p5", "p6"):
+        res += [patient(pid), lab(f"lab-{pid}", pid, 150 + int(pid[1])), infusion(pid)]
+    res += [rs("r1", "p1", "follow-up", "101-001"), rs("r2", "p2", "on-study-intervention", "101-002"),
+            rs("r3", "p3", "ineligible", "101-903"), rs("r4", "p4", "withdrawn", "101-004"),
+            rs("r5", "p5", "on-study", "X-1", study="rs-other")]
+    # p6: a patient of the hospital with no ResearchSubject at all
+    return write_feed(tmp_path / "feed", res)
+
+
+def test_only_enrolled_subjects_of_the_study(feed: Path, study) -> None:  # type: ignore[no-untyped-def]
+    log = RunLog()
+    roster = build_roster(FileSource(feed, log).roster(), study, log)
+    assert {e.subject_id for e in roster.enrolled.values()} == {"101-001", "101-002"}
+    assert roster.excluded == {"ineligible": 1, "withdrawn": 1}
+
+
+def test_nobody_elses_data_in_any_output(feed: Path, study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "out"
+    log = RunLog()
+    summary = run(FileSource(feed, log), study, out, log)
+    assert summary.subjects == 2
+    assert sorted(p.name for p in (out / "crf").iterdir()) == ["101-001.json", "101-002.json"]
+    text = "".join(p.read_text() for p in out.rglob("*.json") if p.name != "run-report.json")
+    for pid in ("p3", "p4", "p5", "p6"):
+        assert f"lab-{pid}" not in text and f"Patient/{pid}" not in text and f"inf-{pid}" not in text
+    assert "lab-p1" in text
+    assert log.counts["skipped.not-enrolled"] == 8  # lab + infusion of p3..p6
+
+
+def test_missing_study_is_a_clear_error(feed: Path, study) -> None:  # type: ignore[no-untyped-def]
+    log = RunLog()
+    src = FileSource(feed, log).roster()
+    src.studies = [s for s in src.studies if s["id"] != "rs-study"]
+    with pytest.raises(RosterError, match="LCAR-AIO-SLE"):
+        build_roster(src, study, log)
