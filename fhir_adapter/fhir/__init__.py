@@ -1,0 +1,51 @@
+"""FHIR R4 REST client of fhir-adapter: the only place that talks HTTP to a hospital's FHIR server.
+
+Public surface (everything else in this package is private)::
+
+    async with FhirClient(base_url, auth=auth_from_env(os.environ, fhir_base_url=base_url),
+                          settings=ClientSettings(max_concurrency=4)) as client:
+        patient = await client.read("Patient", "123", label="S-001")
+        async for obs in client.search("Observation", {"patient": "123", "code": "http://loinc.org|718-7"}):
+            ...
+        for part in split_transaction(bundle, client.settings.max_transaction_entries):
+            await client.transaction(part)
+        print(client.stats.as_dict())
+
+Retries happen here and nowhere else (:mod:`fhir_adapter.fhir.retry` documents the policy); auth flows are
+pluggable :class:`httpx.Auth` objects; the transport is swappable for tests.
+"""
+
+from fhir_adapter.fhir.auth import BearerToken, SmartBackendServices, auth_from_env, load_private_key
+from fhir_adapter.fhir.bundles import split_transaction
+from fhir_adapter.fhir.client import FhirClient, SearchParams
+from fhir_adapter.fhir.errors import (
+    FhirAuthError,
+    FhirError,
+    FhirHttpError,
+    FhirPagingError,
+    FhirResponseError,
+    FhirTransportError,
+)
+from fhir_adapter.fhir.retry import parse_retry_after
+from fhir_adapter.fhir.settings import ClientSettings
+from fhir_adapter.fhir.stats import ClientStats, RequestCounts
+
+__all__ = [
+    "BearerToken",
+    "ClientSettings",
+    "ClientStats",
+    "FhirAuthError",
+    "FhirClient",
+    "FhirError",
+    "FhirHttpError",
+    "FhirPagingError",
+    "FhirResponseError",
+    "FhirTransportError",
+    "RequestCounts",
+    "SearchParams",
+    "SmartBackendServices",
+    "auth_from_env",
+    "load_private_key",
+    "parse_retry_after",
+    "split_transaction",
+]

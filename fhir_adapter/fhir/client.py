@@ -1,0 +1,459 @@
+"""FhirClient: the async FHIR R4 REST client — read, search with paging, batch, transaction, capabilities."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import httpx
+
+from fhir_adapter.fhir.auth import AUTH_REQUEST_EXTENSION, BearerToken, SmartBackendServices
+from fhir_adapter.fhir.bundles import bundle_link
+from fhir_adapter.fhir.errors import (
+    FhirAuthError,
+    FhirError,
+    FhirHttpError,
+    FhirPagingError,
+    FhirResponseError,
+    FhirTransportError,
+)
+from fhir_adapter.fhir.retry import RETRY_AFTER_STATUSES, RetryPolicy, Sleep, parse_retry_after
+from fhir_adapter.fhir.settings import ClientSettings
+from fhir_adapter.fhir.stats import ClientStats
+from fhir_adapter.fhir.urls import (
+    check_id,
+    check_type,
+    normalise_base_url,
+    redact_url,
+    resolve_link,
+    resource_path,
+    same_origin,
+)
+
+__all__ = ["FHIR_JSON", "FhirClient", "SearchParams"]
+
+log = logging.getLogger("fhir_adapter.fhir")
+
+FHIR_JSON = "application/fhir+json"
+_LABEL_EXTENSION = "fhir_adapter.label"
+_EXCERPT_CHARS = 300
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+SearchParams = Mapping[str, str | int | bool | Sequence[str | int]] | Sequence[tuple[str, str | int]]
+
+
+def _query_items(params: SearchParams | None) -> list[tuple[str, str]]:
+    def text(value: str | int | bool) -> str:
+        return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+    items: list[tuple[str, str]] = []
+    if params is None:
+        return items
+    if isinstance(params, Mapping):
+        for key, value in params.items():
+            if isinstance(value, list | tuple):
+                items.extend((key, text(v)) for v in value)
+            else:
+                items.append((key, text(value)))  # type: ignore[arg-type]
+    else:
+        items.extend((key, text(value)) for key, value in params)
+    return items
+
+
+def _outcome_messages(content: bytes) -> list[str]:
+    """``issue[].diagnostics`` and ``issue[].details.text`` of an OperationOutcome body (empty otherwise)."""
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return []
+    messages: list[str] = []
+    for issue in body.get("issue") or ():
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        texts = [
+            t
+            for t in (issue.get("diagnostics"), details.get("text") if isinstance(details, dict) else None)
+            if isinstance(t, str) and t.strip()
+        ]
+        if not texts:
+            continue
+        if len(texts) == 2 and texts[0].strip() == texts[1].strip():
+            texts = texts[:1]
+        prefix = "/".join(str(issue[k]) for k in ("severity", "code") if isinstance(issue.get(k), str))
+        messages.append((f"[{prefix}] " if prefix else "") + " — ".join(t.strip() for t in texts))
+    return messages
+
+
+def _body_excerpt(response: httpx.Response) -> str:
+    content_type = response.headers.get("Content-Type", "")
+    if not response.content:
+        return "empty body"
+    if "json" in content_type or content_type.startswith("text/") or not content_type:
+        text = " ".join(response.content[:2000].decode("utf-8", errors="replace").split())
+        return text[:_EXCERPT_CHARS] + ("…" if len(text) > _EXCERPT_CHARS else "")
+    return f"{len(response.content)} bytes of {content_type}"
+
+
+class FhirClient:
+    """Async client of one FHIR R4 server; use as ``async with FhirClient(base_url) as client: ...``.
+
+    Verbs (all return plain JSON dicts; parsing into fhir.resources models is the caller's job):
+
+    * :meth:`read` — ``GET [base]/[type]/[id]``;
+    * :meth:`search` (resources), :meth:`search_bundles` (pages), :meth:`search_all` (a list) — ``GET
+      [base]/[type]?params`` then only the server's ``Bundle.link[relation=next]`` URLs, never computed page
+      numbers; a ``next`` link that repeats a page or leaves the server's host raises
+      :class:`FhirPagingError`;
+    * :meth:`batch`, :meth:`transaction` — ``POST [base]`` with ``Content-Type: application/fhir+json``;
+    * :meth:`capabilities` — ``GET [base]/metadata``.
+
+    Every request goes through one retry policy (:mod:`fhir_adapter.fhir.retry`), one
+    ``asyncio.Semaphore(max_concurrency)`` (held only while a request is in flight, not during waits), and is
+    counted in :attr:`stats`, in total and under the caller's ``label`` (e.g. the trial subject).
+
+    ``transport`` replaces the network (tests); when given, ``verify``/``http2`` are the transport's business.
+    ``sleep`` replaces ``asyncio.sleep`` between attempts and ``clock`` (UNIX time) is used to read HTTP-date
+    ``Retry-After`` headers — both for tests.
+    """
+
+    def __init__(
+        self,
+        base_url: str | httpx.URL,
+        *,
+        auth: httpx.Auth | None = None,
+        settings: ClientSettings | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Sleep | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.base_url = normalise_base_url(base_url)
+        self.settings = settings if settings is not None else ClientSettings()
+        self.stats = ClientStats()
+        self._auth = auth
+        self._clock = clock
+        self._retry = RetryPolicy(self.settings, sleep=sleep)
+        self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+        s = self.settings
+        if auth is not None and self.base_url.scheme == "http" and self.base_url.host not in _LOOPBACK:
+            log.warning("credentials will be sent over plain http to %s", self.base_url)
+        common: dict[str, Any] = {
+            "auth": auth,
+            "headers": {"Accept": FHIR_JSON, "User-Agent": s.user_agent},
+            "timeout": httpx.Timeout(
+                connect=s.connect_timeout, read=s.read_timeout, write=s.write_timeout, pool=s.pool_timeout
+            ),
+            "follow_redirects": False,
+            "event_hooks": {"request": [self._count_request]},
+        }
+        if transport is not None:
+            self._http = httpx.AsyncClient(transport=transport, **common)
+        else:
+            http2 = s.http2 and importlib.util.find_spec("h2") is not None
+            if s.http2 and not http2:
+                log.warning("http2 requested but the 'h2' package is not installed; using HTTP/1.1")
+            self._http = httpx.AsyncClient(
+                http2=http2,
+                verify=self._ssl_verify(s.verify),
+                limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=s.max_concurrency),
+                **common,
+            )
+
+    @staticmethod
+    def _ssl_verify(verify: bool | Path) -> bool | ssl.SSLContext:
+        if isinstance(verify, Path):
+            return ssl.create_default_context(cafile=str(verify))
+        if not verify:
+            log.warning("TLS certificate verification is disabled")
+        return verify
+
+    def __repr__(self) -> str:
+        return f"FhirClient(base_url={str(self.base_url)!r}, auth={self._auth!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # ---------------------------------------------------------------------------------------------- verbs
+
+    async def read(self, resource_type: str, resource_id: str, *, label: str | None = None) -> dict[str, Any]:
+        """``GET [base]/[type]/[id]`` → the resource as a dict. A deleted resource raises
+        :class:`FhirHttpError` with status 410, an unknown one 404."""
+        url = resource_path(self.base_url, check_type(resource_type), check_id(resource_id))
+        resource = await self._call("GET", url, label=label, idempotent=True)
+        if resource.get("resourceType") != resource_type:
+            raise FhirResponseError(
+                f"GET {redact_url(url)} returned a {resource.get('resourceType')}, not a {resource_type}",
+                method="GET",
+                url=redact_url(url),
+            )
+        return resource
+
+    async def capabilities(self, *, label: str | None = None) -> dict[str, Any]:
+        """``GET [base]/metadata`` → the CapabilityStatement."""
+        return await self._call("GET", resource_path(self.base_url, "metadata"), label=label, idempotent=True)
+
+    async def search_bundles(
+        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the searchset Bundle pages of ``GET [base]/[type]?params``.
+
+        ``_count`` is set to ``settings.page_size`` unless ``params`` has one. Pages after the first are read
+        from ``Bundle.link[relation=next]`` only; relative links are resolved against the base URL (its path
+        included). Raises :class:`FhirPagingError` when a ``next`` link points to another scheme/host/port
+        than the base URL (credentials must not leave the server) or repeats an earlier page (a loop).
+        """
+        items = _query_items(params)
+        if self.settings.page_size is not None and not any(key == "_count" for key, _ in items):
+            items.append(("_count", str(self.settings.page_size)))
+        url = resource_path(self.base_url, check_type(resource_type)).copy_merge_params(httpx.QueryParams(tuple(items)))
+        seen: dict[str, int] = {}
+        page_number = 1
+        while True:
+            seen[str(url)] = page_number
+            bundle = await self._call("GET", url, label=label, idempotent=True)
+            if bundle.get("resourceType") != "Bundle":
+                raise FhirResponseError(
+                    f"GET {redact_url(url)} returned a {bundle.get('resourceType')}, not a searchset Bundle",
+                    method="GET",
+                    url=redact_url(url),
+                )
+            yield bundle
+            link = bundle_link(bundle, "next")
+            if link is None:
+                return
+            next_url = resolve_link(self.base_url, link)
+            if not same_origin(next_url, self.base_url):
+                raise FhirPagingError(
+                    f"refusing to follow the next link of page {page_number} of {resource_type} search to "
+                    f"{redact_url(next_url)}: it is not on the FHIR server {self.base_url} (scheme, host or "
+                    "port differ). Check the server's configured base address (e.g. behind a proxy).",
+                    method="GET",
+                    url=redact_url(next_url),
+                )
+            if str(next_url) in seen:
+                raise FhirPagingError(
+                    f"paging loop in {resource_type} search: the next link of page {page_number} repeats "
+                    f"page {seen[str(next_url)]} ({redact_url(next_url)}); stopped to avoid reading forever",
+                    method="GET",
+                    url=redact_url(next_url),
+                )
+            url = next_url
+            page_number += 1
+
+    async def search(
+        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield the resources (``entry.resource``) of every page of a search, lazily — ``_include``d
+        resources too. Entries with ``search.mode = outcome`` (server warnings) are logged, not yielded."""
+        async for bundle in self.search_bundles(resource_type, params, label=label):
+            for index, entry in enumerate(bundle.get("entry") or ()):
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(resource, dict):
+                    log.warning("%s search: entry %d of a page has no resource; skipped", resource_type, index)
+                    continue
+                mode = (entry.get("search") or {}).get("mode")
+                if mode == "outcome" or (mode is None and resource.get("resourceType") == "OperationOutcome"):
+                    warnings = _outcome_messages(json.dumps(resource).encode())
+                    log.warning("%s search: server reported %s", resource_type, "; ".join(warnings) or "an outcome")
+                    continue
+                yield resource
+
+    async def search_all(
+        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None
+    ) -> list[dict[str, Any]]:
+        """All resources of a search as a list (see :meth:`search`)."""
+        return [resource async for resource in self.search(resource_type, params, label=label)]
+
+    async def batch(self, bundle: dict[str, Any], *, label: str | None = None) -> dict[str, Any]:
+        """POST a ``batch`` Bundle to the base URL → the ``batch-response`` Bundle. Entries succeed or fail
+        independently: check each ``entry.response.status``. Retried like :meth:`transaction`."""
+        return await self._post_bundle(bundle, "batch", label)
+
+    async def transaction(self, bundle: dict[str, Any], *, label: str | None = None) -> dict[str, Any]:
+        """POST a ``transaction`` Bundle to the base URL → the ``transaction-response`` Bundle (atomic).
+
+        Retries: the adapter builds its transactions from conditional updates (``PUT
+        Type?identifier=system|value``) with stable identifiers, so its transactions are idempotent and
+        retrying them is safe — a replay converges to the same state instead of duplicating. The client
+        cannot know that of every bundle, though, so a POST is only retried when the server certainly did not
+        process it: 429 and 503 (honouring ``Retry-After``) and connections that could not be opened
+        (nothing was sent). After a 500/502/504 or a connection dropped mid-request the transaction may have
+        been committed; :class:`FhirHttpError` / :class:`FhirTransportError` is raised and the caller re-runs.
+
+        A Bundle with more than ``settings.max_transaction_entries`` entries is refused (ValueError); split it
+        with :func:`split_transaction`.
+        """
+        return await self._post_bundle(bundle, "transaction", label)
+
+    # ---------------------------------------------------------------------------------------------- internals
+
+    async def _post_bundle(self, bundle: dict[str, Any], kind: str, label: str | None) -> dict[str, Any]:
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or bundle.get("type") != kind:
+            raise ValueError(f"{kind}() needs a Bundle dict with type '{kind}'")
+        entries = bundle.get("entry") or []
+        limit = self.settings.max_transaction_entries
+        if len(entries) > limit:
+            raise ValueError(
+                f"{kind} Bundle has {len(entries)} entries, more than max_transaction_entries={limit}; "
+                "split it with split_transaction()"
+            )
+        try:
+            content = json.dumps(bundle, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"{kind} Bundle is not JSON-serialisable ({exc}); dump models with model_dump(mode='json')"
+            ) from None
+        response = await self._call("POST", self.base_url, label=label, idempotent=False, content=content)
+        if response.get("resourceType") != "Bundle":
+            raise FhirResponseError(
+                f"POST {redact_url(self.base_url)} ({kind}) returned a {response.get('resourceType')} "
+                f"instead of a {kind}-response Bundle",
+                method="POST",
+                url=redact_url(self.base_url),
+            )
+        return response
+
+    async def _count_request(self, request: httpx.Request) -> None:
+        if request.extensions.get(AUTH_REQUEST_EXTENSION):
+            self.stats.add(None, auth_requests=1)
+            return
+        label = request.extensions.get(_LABEL_EXTENSION)
+        body = request.content if isinstance(request.stream, httpx.ByteStream) else b""
+        self.stats.add(label if isinstance(label, str) else None, requests=1, bytes_sent=len(body))
+
+    def _redact(self, text: str) -> str:
+        if isinstance(self._auth, BearerToken | SmartBackendServices):
+            return self._auth.redact(text)
+        return text
+
+    async def _call(
+        self,
+        method: str,
+        url: httpx.URL,
+        *,
+        label: str | None,
+        idempotent: bool,
+        content: bytes | None = None,
+    ) -> dict[str, Any]:
+        """One logical request under the retry policy → the JSON object of a 2xx answer."""
+
+        async def attempt() -> dict[str, Any]:
+            return await self._attempt(method, url, label, content)
+
+        def on_retry(exc: BaseException, delay: float) -> None:
+            self.stats.add(label, retries=1)
+
+        try:
+            return await self._retry.call(attempt, idempotent=idempotent, on_retry=on_retry)
+        except FhirError:
+            self.stats.add(label, failures=1)
+            raise
+
+    async def _attempt(self, method: str, url: httpx.URL, label: str | None, content: bytes | None) -> dict[str, Any]:
+        headers = {"Content-Type": FHIR_JSON} if content is not None else None
+        extensions = {_LABEL_EXTENSION: label} if label is not None else None
+        request = self._http.build_request(method, url, content=content, headers=headers, extensions=extensions)
+        safe_url = redact_url(request.url)
+        async with self._semaphore:
+            started = time.monotonic()
+            try:
+                response = await self._http.send(request)
+            except httpx.RequestError as exc:
+                detail = self._redact(str(exc))[:_EXCERPT_CHARS] or "no detail"
+                raise FhirTransportError(
+                    f"{method} {safe_url} failed: {type(exc).__name__}: {detail}", method=method, url=safe_url
+                ) from exc
+        elapsed = time.monotonic() - started
+        self.stats.add(label, bytes_received=response.num_bytes_downloaded)
+        log.debug("%s %s -> %d (%.3f s)", method, safe_url, response.status_code, elapsed)
+        return self._parse(method, safe_url, response)
+
+    def _parse(self, method: str, safe_url: str, response: httpx.Response) -> dict[str, Any]:
+        status = response.status_code
+        if 200 <= status < 300:
+            return self._json_body(method, safe_url, response)
+        diagnostics = [self._redact(d) for d in _outcome_messages(response.content)]
+        excerpt = self._redact(_body_excerpt(response))
+        if 300 <= status < 400 and "Location" in response.headers:
+            location = redact_url(response.headers["Location"])
+            excerpt = f"redirect to {location} not followed; if that is the server's address, use it as base URL"
+        if status == 401:
+            raise self._auth_error(method, safe_url, response, diagnostics or [excerpt])
+        retry_after = None
+        if status in RETRY_AFTER_STATUSES:
+            now = datetime.fromtimestamp(self._clock(), UTC)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"), now=now)
+        raise FhirHttpError(
+            method=method,
+            url=safe_url,
+            status=status,
+            reason=response.reason_phrase,
+            diagnostics=diagnostics,
+            body_excerpt=excerpt,
+            retry_after=retry_after,
+        )
+
+    def _auth_error(self, method: str, safe_url: str, response: httpx.Response, answer: list[str]) -> FhirAuthError:
+        challenge = response.headers.get("WWW-Authenticate")
+        said = "; ".join(answer) + (f" (WWW-Authenticate: {self._redact(challenge)})" if challenge else "")
+        if self._auth is None:
+            hint = (
+                "the server requires authentication: set FHIR_ADAPTER_BEARER_TOKEN(_FILE) or the "
+                "FHIR_ADAPTER_SMART_* variables"
+            )
+        elif isinstance(self._auth, SmartBackendServices):
+            hint = "rejected again after renewing the access token once: check the client's registration/scopes"
+        elif isinstance(self._auth, BearerToken):
+            hint = "a static bearer token cannot be renewed: provide a valid one or use SMART Backend Services"
+        else:
+            hint = "the credentials were rejected"
+        return FhirAuthError(
+            f"{method} {safe_url} answered HTTP 401 Unauthorized: {said}; {hint}",
+            method=method,
+            url=safe_url,
+            status=401,
+        )
+
+    def _json_body(self, method: str, safe_url: str, response: httpx.Response) -> dict[str, Any]:
+        content_type = response.headers.get("Content-Type", "(none)")
+        if not response.content:
+            raise FhirResponseError(
+                f"{method} {safe_url} answered HTTP {response.status_code} with an empty body, not FHIR JSON",
+                method=method,
+                url=safe_url,
+            )
+        try:
+            body = json.loads(response.content)
+        except UnicodeDecodeError:
+            reason = "is not UTF-8 text"
+        except json.JSONDecodeError as exc:
+            reason = f"is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        else:
+            if isinstance(body, dict) and isinstance(body.get("resourceType"), str):
+                return body
+            reason = "is JSON but not a FHIR resource (an object with resourceType)"
+        raise FhirResponseError(
+            f"{method} {safe_url} answered HTTP {response.status_code} with a body that {reason}; "
+            f"Content-Type {content_type}",
+            method=method,
+            url=safe_url,
+        )

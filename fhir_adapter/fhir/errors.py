@@ -1,0 +1,103 @@
+"""Exceptions raised by the FHIR client.
+
+Every message names what was requested (method and URL, query secrets redacted), what the server answered
+and, where it helps, what the user can do. No message ever contains a token, a client assertion or a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "FhirAuthError",
+    "FhirError",
+    "FhirHttpError",
+    "FhirPagingError",
+    "FhirResponseError",
+    "FhirTransportError",
+]
+
+
+class FhirError(Exception):
+    """Base class of every error raised by :mod:`fhir_adapter.fhir`.
+
+    ``attempts`` is how many times the request was sent before giving up (1 when it was not retried).
+    """
+
+    def __init__(self, message: str, *, method: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.method = method
+        self.url = url
+        self.attempts = 1
+
+    def __str__(self) -> str:
+        if self.attempts > 1:
+            return f"{self.message} (gave up after {self.attempts} attempts)"
+        return self.message
+
+
+class FhirHttpError(FhirError):
+    """The server answered with an error status (4xx/5xx) that was not, or no longer, retried.
+
+    ``diagnostics`` holds the ``issue[].diagnostics`` and ``issue[].details.text`` of the OperationOutcome the
+    server returned (empty when it returned none); they are also part of the message.
+    """
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        url: str,
+        status: int,
+        reason: str,
+        diagnostics: Sequence[str] = (),
+        body_excerpt: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.diagnostics = list(diagnostics)
+        self.retry_after = retry_after
+        answer = "; ".join(self.diagnostics) if self.diagnostics else (body_excerpt or "no OperationOutcome")
+        message = f"{method} {url} failed with HTTP {status} {reason}: {answer}"
+        super().__init__(message, method=method, url=url)
+
+
+class FhirAuthError(FhirError):
+    """Authentication failed: the FHIR server rejected the credentials (HTTP 401, also after one token
+    refresh), or the token endpoint / SMART discovery could not issue a token.
+
+    ``transient`` is True when the token endpoint was temporarily unavailable (429/5xx); such errors are
+    retried by the client's retry policy like any other transient failure.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        transient: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+        self.status = status
+        self.transient = transient
+        self.retry_after = retry_after
+
+
+class FhirResponseError(FhirError):
+    """A successful (2xx) answer whose body is not what FHIR promises: not JSON, malformed JSON, not a JSON
+    object, or not the expected resource type."""
+
+
+class FhirPagingError(FhirError):
+    """Paging through a searchset was stopped: a ``next`` link repeated an earlier page (a paging loop) or
+    pointed to another host than the configured FHIR base URL."""
+
+
+class FhirTransportError(FhirError):
+    """The request could not be completed at the network level (connection refused or dropped, timeout,
+    protocol error) and was not, or no longer, retried. The original httpx exception is ``__cause__``."""

@@ -1,0 +1,53 @@
+"""Settings of the FHIR client (pydantic v2). Nothing secret lives here: credentials come from
+:func:`fhir_adapter.fhir.auth_from_env`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fhir_adapter import __version__
+
+__all__ = ["ClientSettings"]
+
+
+class ClientSettings(BaseModel):
+    """How the client talks to one FHIR server.
+
+    Timeouts are per HTTP attempt, in seconds. ``max_attempts`` and ``max_total_seconds`` bound the retries
+    of one logical request (all attempts plus the waits between them); ``max_retry_after_seconds`` caps how
+    long a server's ``Retry-After`` is honoured. Backoff for errors without ``Retry-After`` is
+    ``backoff_initial_seconds * 2**(n-1) + uniform(0, backoff_jitter_seconds)``, at most
+    ``backoff_max_seconds``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    connect_timeout: float = Field(10.0, gt=0)
+    read_timeout: float = Field(120.0, gt=0)
+    write_timeout: float = Field(60.0, gt=0)
+    pool_timeout: float = Field(60.0, gt=0)
+
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight to the server at any time.")
+    max_attempts: int = Field(5, ge=1, description="Attempts per logical request, the first included.")
+    max_total_seconds: float = Field(300.0, gt=0, description="Budget of one request, retries included.")
+    max_retry_after_seconds: float = Field(120.0, ge=0, description="Cap applied to a server's Retry-After.")
+    backoff_initial_seconds: float = Field(0.5, ge=0)
+    backoff_max_seconds: float = Field(30.0, ge=0)
+    backoff_jitter_seconds: float = Field(0.5, ge=0)
+
+    page_size: int | None = Field(100, ge=1, description="Sent as _count unless the caller sets _count.")
+    max_transaction_entries: int = Field(
+        100, ge=1, description="Largest batch/transaction sent; split larger ones with split_transaction."
+    )
+
+    http2: bool = Field(False, description="Use HTTP/2 when the 'h2' package is installed.")
+    verify: bool | Path = Field(True, description="TLS verification: True, False, or a CA bundle path.")
+    user_agent: str = f"fhir-adapter/{__version__}"
+
+    @model_validator(mode="after")
+    def _check_verify_path(self) -> ClientSettings:
+        if isinstance(self.verify, Path) and not self.verify.is_file():
+            raise ValueError(f"verify: CA bundle {self.verify} does not exist or is not a file")
+        return self
