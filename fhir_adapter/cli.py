@@ -64,14 +64,22 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 
 
 @main.command()
-@click.option("--source", required=True, help="Folder of NDJSON/Bundle files (a Bulk Data export).")
+@click.option("--source", required=True,
+              help="Folder of NDJSON/Bundle files (a Bulk Data export), or a FHIR R4 server base URL.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--study", type=click.Path(path_type=Path), default=DEFAULT_STUDY, show_default=True,
               help="Study mapping folder.")
 @click.option("--site", type=click.Path(path_type=Path), default=None,
               help="Site overlay (mappings/sites/<site>.yaml).")
+@click.option("--post", is_flag=True, help="Write the results back to the FHIR server (only what changed).")
+@click.option("--dry-run", is_flag=True, help="Show what --post would write, as a diff (OUT/writeback-diff/).")
+@click.option("--since", default=None,
+              help="Incremental: read only subjects changed since this ISO time, or 'last' (last successful run).")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Server settings YAML (concurrency, page size, timeouts, read mode). Secrets: environment only.")
 @click.pass_context
-def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None) -> None:
+def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
+        since: str | None, config: Path | None) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -82,31 +90,52 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       run-report.json              counts, warnings, quarantined input (also in quarantine/)
 
     \b
-    Example:
+    Examples:
       fhir-adapter run --source demo/feed --out demo/out
+      fhir-adapter run --source https://ehr.example.org/fhir --out out --dry-run
+      FHIR_ADAPTER_BEARER_TOKEN_FILE=/run/secrets/token \\
+        fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
     from fhir_adapter.pipeline import run as run_pipeline
     from fhir_adapter.roster import RosterError
     from fhir_adapter.runlog import RunLog
-    from fhir_adapter.source.files import FileSource
     from fhir_adapter.study import MappingError, load_study
 
     try:
         st = load_study(study, site)
     except MappingError as exc:
         _fail(str(exc))
+    import datetime as dt
+    import os
+
+    from fhir_adapter.connect import ConnectError, connect
+    from fhir_adapter.fhir import FhirError
+    from fhir_adapter.server_config import record_run
+
     log = RunLog()
+    started = dt.datetime.now(dt.UTC)
     try:
-        summary = run_pipeline(FileSource(Path(source), log), st, out, log)
-    except (RosterError, FileNotFoundError) as exc:
+        conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ)
+        try:
+            summary = run_pipeline(conn.source, st, out, log, sink=conn.sink)
+        finally:
+            conn.close()
+    except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError) as exc:
         if ctx.obj.get("verbose", 0) >= 2:
             raise
         _fail(str(exc))
+    if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
+        record_run(out, started, source)
     if not ctx.obj.get("quiet"):
         click.echo(f"subjects        {summary.subjects} enrolled and processed"
                    + (f", {len(summary.subjects_failed)} failed" if summary.subjects_failed else ""))
         click.echo(f"visits          {summary.visits}")
         click.echo(f"results         {summary.results_written} result resources in writeback/")
         click.echo(f"quarantined     {summary.quarantined} input resources (see run-report.json, quarantine/)")
+        if post or dry_run:
+            verb = "would write" if dry_run else "written"
+            click.echo(f"server          {summary.server_writes} {verb}, {summary.server_unchanged} unchanged"
+                       + (f", {len(summary.subjects_not_written)} subjects not written" if summary.subjects_not_written
+                          else "") + (f" (diffs in {out}/writeback-diff/)" if dry_run else ""))
         click.echo(f"outputs         {out}/results/study.json  {out}/crf/  {out}/writeback/  {out}/run-report.json")
     sys.exit(summary.exit_code)

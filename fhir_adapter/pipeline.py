@@ -10,25 +10,35 @@ import datetime as dt
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
 from fhir_adapter import __version__
+from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
-from fhir_adapter.roster import build_roster, with_day1
+from fhir_adapter.roster import Enrollee, build_roster, with_day1
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import Source
 from fhir_adapter.study import Study
 from fhir_adapter.writeback.bundle import transaction
 from fhir_adapter.writeback.observations import sledai2k_observation
+from fhir_adapter.writeback.sink import WriteResult
 
 log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where results are written besides OUT (a FHIR server)."""
+
+    def start(self, enrolled_patients: set[str]) -> None: ...
+
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str]) -> WriteResult: ...
 
 
 @dataclass
@@ -38,6 +48,10 @@ class RunSummary:
     subjects_failed: list[str] = field(default_factory=list)
     visits: int = 0
     results_written: int = 0
+    server_writes: int = 0
+    server_unchanged: int = 0
+    subjects_not_written: list[str] = field(default_factory=list)
+    writes: list[dict[str, Any]] = field(default_factory=list)
     quarantined: int = 0
     warnings: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
@@ -45,7 +59,7 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         """0 ok, 2 completed with quarantined input or subjects not written."""
-        return 2 if self.quarantined or self.subjects_failed else 0
+        return 2 if self.quarantined or self.subjects_failed or self.subjects_not_written else 0
 
 
 def _dump(path: Path, data: Any) -> None:
@@ -62,46 +76,98 @@ def writeback_resources(r: Any, e: Any, study: Study) -> list[dict[str, Any]]:
     return [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None]
 
 
+def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
+    return sorted({d["reference"] for r in resources for d in r.get("derivedFrom") or []})
+
+
 def run(
     source: Source,
     study: Study,
     out: Path,
     runlog: RunLog | None = None,
     on_subject: Callable[[str], None] | None = None,
+    sink: Sink | None = None,
 ) -> RunSummary:
+    """Run the job. With a ``sink``, results are also written to the server (only what changed).
+
+    Incremental runs: subjects the source reports as unchanged since the last run (``source.unchanged``)
+    are not read again; their CRF from the previous run in ``OUT/crf`` is derived again instead.
+    """
     runlog = runlog or RunLog()
     started = dt.datetime.now(dt.UTC)
     out = Path(out)
-    for sub in ("crf", "results", "writeback", "quarantine"):
-        shutil.rmtree(out / sub, ignore_errors=True)
     summary = RunSummary(out=out)
     roster = build_roster(source.roster(), study, runlog)
     summary.excluded = dict(roster.excluded)
+    labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}
+    if hasattr(source, "label_subjects"):
+        source.label_subjects(labels)
+    incremental = getattr(source, "since", None) is not None
+    keep = {"crf"} if incremental else set()
+    for sub in ("crf", "results", "writeback", "quarantine"):
+        if sub not in keep:
+            shutil.rmtree(out / sub, ignore_errors=True)
+    if sink is not None:
+        sink.start(roster.patient_ids)
     mapper = SubjectMapper(study, runlog)
     rows: list[dict[str, Any]] = []
-    for pid, resources in source.subject_resources(roster.patient_ids):
-        e = roster.enrolled[pid]
+
+    def finish(e: Enrollee, crf: SubjectCRF) -> None:
+        res = derive_subject(crf, study)
+        rows.append(subject_row(res))
+        name = _safe_name(e.subject_id)
+        _dump(out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
+        bundle_resources = writeback_resources(res, e, study)
+        invalid = [p for p in (r4_problem(x) for x in bundle_resources) if p]
+        if invalid:
+            raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
+        _dump(out / "writeback" / f"{name}.json", transaction(bundle_resources))
+        summary.results_written += len(bundle_resources)
+        summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
+        summary.subjects += 1
+        if sink is not None:
+            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))
+            summary.server_writes += len(w.written) + len(w.retracted)
+            summary.server_unchanged += w.unchanged
+            summary.writes.append({"subject_id": e.subject_id, "written": len(w.written),
+                                   "retracted": len(w.retracted), "unchanged": w.unchanged,
+                                   **({"error": w.error} if w.error else {})})
+            if w.diff:
+                (out / "writeback-diff").mkdir(parents=True, exist_ok=True)
+                (out / "writeback-diff" / f"{name}.diff").write_text(w.diff)
+            if w.error:
+                runlog.warn(f"results not written to the server: {w.error}", subject_id=e.subject_id,
+                            rule="write-failed")
+                summary.subjects_not_written.append(e.subject_id)
+
+    def guarded(e: Enrollee, step: Callable[[], None]) -> None:
         try:
-            e = with_day1(e, resources, study, runlog)
-            crf = mapper.map(e, resources)
-            res = derive_subject(crf, study)
-            rows.append(subject_row(res))
-            name = _safe_name(e.subject_id)
-            _dump(out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
-            bundle_resources = writeback_resources(res, e, study)
-            invalid = [p for p in (r4_problem(x) for x in bundle_resources) if p]
-            if invalid:
-                raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
-            _dump(out / "writeback" / f"{name}.json", transaction(bundle_resources))
-            summary.results_written += len(bundle_resources)
-            summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
-            summary.subjects += 1
+            step()
         except Exception as exc:  # one subject's failure never stops the others
             log.debug("subject %s failed", e.subject_id, exc_info=True)
             runlog.warn(f"subject not processed: {exc}", subject_id=e.subject_id, rule="subject-failed")
             summary.subjects_failed.append(e.subject_id)
         if on_subject:
             on_subject(e.subject_id)
+
+    for pid, resources in source.subject_resources(roster.patient_ids):
+        e0 = roster.enrolled[pid]
+
+        def fresh(e0: Enrollee = e0, resources: list[dict[str, Any]] = resources) -> None:
+            e = with_day1(e0, resources, study, runlog)
+            finish(e, mapper.map(e, resources))
+
+        guarded(e0, fresh)
+    for pid in sorted(getattr(source, "unchanged", set())):
+        e0 = roster.enrolled[pid]
+
+        def cached(e0: Enrollee = e0) -> None:
+            path = out / "crf" / f"{_safe_name(e0.subject_id)}.json"
+            crf = SubjectCRF.model_validate_json(path.read_bytes())
+            e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"), None))
+            finish(e, crf)
+
+        guarded(e0, cached)
     _dump(out / "results" / "study.json", study_json(study, rows))
     summary.quarantined = len(runlog.quarantine)
     summary.warnings = len(runlog.warnings)
@@ -116,9 +182,12 @@ def run(
         "summary": {
             "subjects": summary.subjects, "subjects_failed": summary.subjects_failed, "visits": summary.visits,
             "results_written": summary.results_written, "quarantined": summary.quarantined,
+            "server_writes": summary.server_writes, "server_unchanged": summary.server_unchanged,
+            "subjects_not_written": summary.subjects_not_written,
             "warnings": summary.warnings, "excluded_research_subjects": summary.excluded,
         },
         "counts": dict(sorted(runlog.counts.items())),
+        "writes": summary.writes,
         "warnings": runlog.warnings,
         "quarantine": [q.as_report() for q in runlog.quarantine],
     })

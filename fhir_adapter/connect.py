@@ -1,0 +1,75 @@
+"""Open the source and the sink a ``run`` asks for: a folder of files, or a FHIR server URL (read, and with
+``--post`` write back; ``--dry-run`` shows the writes as a diff without making them)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fhir_adapter.pipeline import Sink
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.server_config import last_run_started, load_server_config, open_client
+from fhir_adapter.source.base import Source
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.source.server import ServerSource
+from fhir_adapter.study import Study
+from fhir_adapter.writeback.sink import ServerSink
+
+
+class ConnectError(RuntimeError):
+    """The run cannot start: what was asked does not fit together (the message says what to change)."""
+
+
+@dataclass
+class Connection:
+    source: Source
+    sink: Sink | None
+    server: ServerSource | None = None
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def requests_per_subject(self) -> dict[str, int]:
+        if self.server is None:
+            return {}
+        return {label: counts.requests for label, counts in self.server.client.stats.by_label.items()}
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def parse_since(value: str | None, out: Path) -> dt.datetime | None:
+    if value is None:
+        return None
+    if value == "last":
+        started = last_run_started(out)
+        if started is None:
+            raise ConnectError(f"--since last: no earlier successful run recorded in {out}/state/; run once without "
+                               "--since first")
+        return started
+    try:
+        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ConnectError(f"--since {value!r} is not an ISO 8601 date/time (e.g. 2026-11-01T00:00:00Z) or 'last'") \
+            from exc
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.UTC)
+
+
+def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = False, dry_run: bool = False,
+            since: str | None = None, config: Path | None = None, env: Mapping[str, str] | None = None) -> Connection:
+    env = env if env is not None else {}
+    if not is_url(source):
+        if post or dry_run or since:
+            raise ConnectError("--post, --dry-run and --since need a FHIR server: give --source https://host/fhir")
+        return Connection(source=FileSource(Path(source), log), sink=None)
+    cfg = load_server_config(config, env)
+    client = open_client(source, cfg, env)
+    loop = asyncio.new_event_loop()
+    server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop)
+    sink = ServerSink(client, loop, dry_run=dry_run) if (post or dry_run) else None
+    return Connection(source=server, sink=sink, server=server)

@@ -1,0 +1,221 @@
+"""A live FHIR R4 server as the source (read only).
+
+Round trips, as few as the server allows:
+
+* roster: ``ResearchStudy?identifier=<study id>``, then
+  ``ResearchSubject?study=...&_include=ResearchSubject:individual`` (Patients come with their ResearchSubjects);
+* per enrolled patient, one search per resource type the mapping needs — ``Observation?patient=..&code=<the
+  mapping's codes>``, ``Procedure``, the four medication types (with ``_include`` of their Medication) and
+  ``AdverseEvent`` — each paged through ``next`` links with ``_count`` at the client's page size; or, with
+  ``read_mode="batch"``, one batch Bundle holding those searches;
+* incremental (``since``): the same searches with ``_lastUpdated=gt<since>`` and ``_elements=id`` find
+  which patients changed; only those are read again in full (a full read also drops deleted resources).
+  Type-level ``_history?_since=`` finds deletions where the server supports it.
+
+Requests are counted per subject (the subject ID is the request label) in the client's stats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+from fhir_adapter.fhir import FhirClient, FhirHttpError
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import Resource, RosterInput, patient_id_of, ref_id
+from fhir_adapter.study import Study
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: resource type -> (patient search parameter, extra parameters)
+SUBJECT_SEARCHES: dict[str, tuple[str, dict[str, str]]] = {
+    "Observation": ("patient", {}),
+    "Procedure": ("patient", {}),
+    "MedicationStatement": ("patient", {"_include": "MedicationStatement:medication"}),
+    "MedicationRequest": ("patient", {"_include": "MedicationRequest:medication"}),
+    "MedicationAdministration": ("patient", {"_include": "MedicationAdministration:medication"}),
+    "MedicationDispense": ("patient", {"_include": "MedicationDispense:medication"}),
+    "AdverseEvent": ("subject", {}),
+}
+MAX_CODE_PARAM = 1500  # characters of one `code` parameter; longer lists are split over several searches
+
+
+class ServerSource:
+    """Reads from a FHIR server through a :class:`FhirClient` it drives on its own event loop."""
+
+    def __init__(self, client: FhirClient, study: Study, log_: RunLog, *, since: dt.datetime | None = None,
+                 read_mode: str = "search", loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.client = client
+        self.study = study
+        self.log = log_
+        self.since = since
+        self.read_mode = read_mode
+        self.description = f"server:{client.base_url}"
+        self._loop = loop or asyncio.new_event_loop()
+        self._labels: dict[str, str] = {}
+        self.unchanged: set[str] = set()
+        self.deleted: dict[str, list[str]] = {}
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.client.aclose())
+        self._loop.close()
+
+    # -- roster ----------------------------------------------------------------------------------------
+    def roster(self) -> RosterInput:
+        return self.run(self._roster())
+
+    async def _roster(self) -> RosterInput:
+        info = self.study.info
+        token = f"{info.identifier_system}|{info.id}" if info.identifier_system else info.id
+        studies = await self.client.search_all("ResearchStudy", {"identifier": token}, label="roster")
+        out = RosterInput(studies=list(studies))
+        ids = [s["id"] for s in studies if "id" in s]
+        if ids:
+            parts = await self.client.search_all("ResearchStudy", {"partof": ",".join(ids)}, label="roster")
+            out.studies.extend(p for p in parts if p.get("id") not in ids)
+        study_refs = ",".join(f"ResearchStudy/{s['id']}" for s in out.studies if "id" in s)
+        if not study_refs:
+            return out
+        async for res in self.client.search(
+            "ResearchSubject", {"study": study_refs, "_include": "ResearchSubject:individual"}, label="roster"
+        ):
+            if res.get("resourceType") == "ResearchSubject":
+                out.subjects.append(res)
+            elif res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+                out.patients[res["id"]] = res
+        return out
+
+    # -- per subject -----------------------------------------------------------------------------------
+    def label_subjects(self, labels: dict[str, str]) -> None:
+        """Patient id -> subject ID, used as the request label (requests per subject in the report)."""
+        self._labels = dict(labels)
+
+    def _observation_code_params(self) -> list[str]:
+        codes = sorted(f"{system}|{code}" for system, code in self.study.code_index)
+        chunks: list[str] = []
+        current: list[str] = []
+        for c in codes:
+            if current and len(",".join([*current, c])) > MAX_CODE_PARAM:
+                chunks.append(",".join(current))
+                current = []
+            current.append(c)
+        if current:
+            chunks.append(",".join(current))
+        return chunks
+
+    def _searches(self, pid: str, extra: dict[str, str] | None = None) -> list[tuple[str, dict[str, str]]]:
+        out: list[tuple[str, dict[str, str]]] = []
+        for rtype, (param, params) in SUBJECT_SEARCHES.items():
+            ref = f"Patient/{pid}"
+            if rtype == "Observation":
+                for codes in self._observation_code_params():
+                    out.append((rtype, {param: ref, "code": codes, **params, **(extra or {})}))
+            elif rtype == "Procedure":
+                codes = ",".join(f"{s}|{c}" for s, c in sorted(self.study.infusion_codes))
+                out.append((rtype, {param: ref, "code": codes, **params, **(extra or {})}))
+            else:
+                out.append((rtype, {param: ref, **params, **(extra or {})}))
+        return out
+
+    async def _read_subject(self, pid: str) -> list[Resource]:
+        label = self._labels.get(pid, pid)
+        if self.read_mode == "batch":
+            return await self._read_subject_batch(pid, label)
+        results = await asyncio.gather(*(self.client.search_all(t, p, label=label) for t, p in self._searches(pid)))
+        return _dedupe([r for chunk in results for r in chunk])
+
+    async def _read_subject_batch(self, pid: str, label: str) -> list[Resource]:
+        from urllib.parse import urlencode
+
+        size = self.client.settings.page_size
+        entries = [{"request": {"method": "GET", "url": f"{t}?{urlencode({**p, '_count': str(size)})}"}}
+                   for t, p in self._searches(pid)]
+        reply = await self.client.batch({"resourceType": "Bundle", "type": "batch", "entry": entries}, label=label)
+        found: list[Resource] = []
+        for entry, asked in zip(reply.get("entry") or [], self._searches(pid), strict=False):
+            status = str((entry.get("response") or {}).get("status", ""))
+            page = entry.get("resource") or {}
+            if not status.startswith("2") or page.get("resourceType") != "Bundle":
+                code = int(status[:3]) if status[:3].isdigit() else 0
+                raise FhirHttpError(method="POST", url=f"{self.client.base_url} (batch: {asked[0]} for {label})",
+                                    status=code, reason=status or "no status in the batch response")
+            found.extend(e["resource"] for e in page.get("entry") or [] if isinstance(e.get("resource"), dict))
+            if any(link.get("relation") == "next" for link in page.get("link") or []):
+                # the rest of a long result: follow the server's paging from the first page's query
+                rest = await self.client.search_all(asked[0], asked[1], label=label)
+                found.extend(rest)
+        return _dedupe(found)
+
+    async def _changed(self, pids: set[str]) -> set[str]:
+        """Patients with a resource updated (or deleted) after ``since``."""
+        assert self.since is not None
+        stamp = self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        changed: set[str] = set()
+
+        async def probe(pid: str) -> None:
+            label = self._labels.get(pid, pid)
+            for rtype, params in self._searches(pid, {"_lastUpdated": f"gt{stamp}", "_count": "1"}):
+                async for _ in self.client.search(rtype, params, label=label):
+                    changed.add(pid)
+                    return
+
+        await asyncio.gather(*(probe(p) for p in sorted(pids)))
+        for rtype in SUBJECT_SEARCHES:
+            try:
+                async for entry_res in self._history(rtype, stamp):
+                    pid = patient_id_of(entry_res)
+                    if pid in pids:
+                        changed.add(pid)
+            except FhirHttpError as exc:
+                self.log.warn(f"the server cannot list {rtype} deletions since {stamp} ({exc.status}); a deletion "
+                              "alone is picked up by the next full run", rule="incremental")
+        return changed
+
+    async def _history(self, rtype: str, stamp: str) -> Any:
+        """Resources of ``rtype`` deleted since ``stamp`` (their last version before deletion, when given)."""
+        async for page in self.client.search_bundles(f"{rtype}/_history", {"_since": stamp}, label="history"):
+            for entry in page.get("entry") or []:
+                if (entry.get("request") or {}).get("method") == "DELETE":
+                    rid = ref_id(entry["request"].get("url"), rtype)
+                    self.deleted.setdefault(rtype, []).append(str(rid))
+                    if isinstance(entry.get("resource"), dict):
+                        yield entry["resource"]
+
+    async def _read_many(self, pids: list[str]) -> list[list[Resource]]:
+        return list(await asyncio.gather(*(self._read_subject(p) for p in pids)))
+
+    def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
+        todo = set(patient_ids)
+        if self.since is not None:
+            changed = self.run(self._changed(todo))
+            self.unchanged = todo - changed
+            todo = changed
+            self.log.count("incremental.changed_subjects", len(todo))
+            self.log.count("incremental.unchanged_subjects", len(self.unchanged))
+        ordered = sorted(todo)
+        chunk = max(1, self.client.settings.max_concurrency * 2)
+        for i in range(0, len(ordered), chunk):
+            part = ordered[i:i + chunk]
+            results = self.run(self._read_many(part))
+            for pid, resources in zip(part, results, strict=True):
+                for r in resources:
+                    self.log.count(f"read.{r.get('resourceType')}")
+                yield pid, resources
+
+
+def _dedupe(resources: list[Resource]) -> list[Resource]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for r in resources:
+        key = (str(r.get("resourceType")), str(r.get("id")))
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out
