@@ -1,0 +1,165 @@
+"""Load what a run wrote (``results/study.json``, ``run-report.json``, ``crf/*.json``) for the report.
+
+The results contract grows while derivations are added: every accessor here tolerates a missing key and
+returns ``None`` or an empty list, so a section without its data says so instead of failing. Nothing here
+computes an endpoint; it only reads and reshapes.
+
+Only pseudonymised subject IDs are ever read out of a CRF for display: the report never shows names,
+MRNs, addresses or birth dates (the CRF does not hold them either).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+JsonDict = dict[str, Any]
+
+
+class ReportError(Exception):
+    """The report cannot be built; the message says what to do."""
+
+
+def num(value: Any) -> float | None:
+    """A finite number, or None (booleans are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def as_list(value: Any) -> list[JsonDict]:
+    """The dicts of a JSON list (anything else: empty)."""
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def as_dict(value: Any) -> JsonDict:
+    return value if isinstance(value, dict) else {}
+
+
+@dataclass
+class ReportData:
+    """One run's outputs, as read from disk."""
+
+    results_dir: Path
+    study: JsonDict
+    run_report: JsonDict | None
+    crfs: dict[str, JsonDict] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    # --- subjects ------------------------------------------------------------------------------------
+    @property
+    def subjects(self) -> list[JsonDict]:
+        return sorted(as_list(self.study.get("subjects")), key=lambda s: str(s.get("subject_id", "")))
+
+    @property
+    def arms(self) -> list[str]:
+        """Dose levels in the order DL1, DL2, DL3, ..., EXP, then anything else, then '(no arm)'."""
+        from fhir_adapter.report.plotting import ARM_COLORS, NO_ARM
+
+        seen = {arm_of(s) for s in self.subjects} | {arm_of(c) for c in self.crfs.values()}
+        known = [a for a in ARM_COLORS if a in seen]
+        rest = sorted(a for a in seen if a not in ARM_COLORS and a != NO_ARM)
+        return known + rest + ([NO_ARM] if NO_ARM in seen else [])
+
+    def crf(self, subject_id: str) -> JsonDict | None:
+        return self.crfs.get(subject_id)
+
+    def subject_ids(self) -> list[str]:
+        """Every subject with results or a CRF."""
+        ids = {str(s["subject_id"]) for s in self.subjects if s.get("subject_id")}
+        return sorted(ids | set(self.crfs))
+
+    # --- visits -------------------------------------------------------------------------------------
+    def visit_order(self) -> list[str]:
+        """Scheduled visit ids in time order (median study day over subjects; unscheduled visits excluded)."""
+        days: dict[str, list[float]] = {}
+        for s in self.subjects:
+            for v in as_list(s.get("visits")):
+                vid = v.get("visit")
+                if isinstance(vid, str) and not vid.startswith("UNS"):
+                    d = num(v.get("study_day"))
+                    days.setdefault(vid, [])
+                    if d is not None:
+                        days[vid].append(d)
+        for c in self.crfs.values():
+            for v in as_list(c.get("visits")):
+                vid = v.get("visit")
+                if isinstance(vid, str) and not v.get("unscheduled") and not vid.startswith("UNS"):
+                    d = num(v.get("target_day"))
+                    if d is None:
+                        d = num(v.get("study_day"))
+                    days.setdefault(vid, [])
+                    if d is not None:
+                        days[vid].append(d)
+
+        def key(vid: str) -> tuple[float, str]:
+            ds = sorted(days[vid])
+            return (ds[len(ds) // 2] if ds else math.inf, vid)
+
+        return sorted(days, key=key)
+
+    def visit_values(self, key: str) -> dict[str, dict[str, float]]:
+        """``{visit: {subject_id: value}}`` of one numeric per-visit key of results/study.json."""
+        out: dict[str, dict[str, float]] = {}
+        for s in self.subjects:
+            sid = str(s.get("subject_id"))
+            for v in as_list(s.get("visits")):
+                x = num(v.get(key))
+                if x is not None and isinstance(v.get("visit"), str):
+                    out.setdefault(v["visit"], {})[sid] = x
+        return out
+
+    def has_visit_key(self, key: str) -> bool:
+        return any(key in v for s in self.subjects for v in as_list(s.get("visits")))
+
+
+def arm_of(subject: JsonDict) -> str:
+    from fhir_adapter.report.plotting import NO_ARM
+
+    arm = subject.get("arm")
+    if not arm:
+        arm = as_dict(subject.get("dm")).get("arm")
+    return str(arm) if arm else NO_ARM
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run "
+                          "`fhir-adapter run` to write it again") from exc
+
+
+def load(results_dir: Path) -> ReportData:
+    """Read a run's output folder. ``results/study.json`` is required; the rest is used when present."""
+    results_dir = Path(results_dir)
+    study_path = results_dir / "results" / "study.json"
+    if not study_path.is_file():
+        hint = (f"{results_dir} does not exist" if not results_dir.exists()
+                else f"{study_path} not found")
+        raise ReportError(f"{hint}: pass --results the OUT folder of `fhir-adapter run --out OUT`")
+    study = _read_json(study_path)
+    if not isinstance(study, dict):
+        raise ReportError(f"{study_path}: expected a JSON object at the top level")
+    data = ReportData(results_dir=results_dir, study=study, run_report=None)
+    rr_path = results_dir / "run-report.json"
+    if rr_path.is_file():
+        rr = _read_json(rr_path)
+        data.run_report = rr if isinstance(rr, dict) else None
+    else:
+        data.problems.append("run-report.json not found: data completeness is computed from the CRFs")
+    for path in _sorted_files((results_dir / "crf").glob("*.json")):
+        crf = _read_json(path)
+        if isinstance(crf, dict) and crf.get("subject_id"):
+            data.crfs[str(crf["subject_id"])] = crf
+    if not data.crfs:
+        data.problems.append("no CRF files in crf/: kinetics, adverse events and completeness use results only")
+    return data
+
+
+def _sorted_files(paths: Iterable[Path]) -> list[Path]:
+    return sorted(paths, key=lambda p: p.name)

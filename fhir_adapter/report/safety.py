@@ -1,0 +1,135 @@
+"""Safety: treatment-emergent adverse events by dose level — per-subject counts from results/study.json, and
+TEAEs by term and maximum grade from the CRF AE domain."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fhir_adapter.report.blocks import Section, TableBlock, pct
+from fhir_adapter.report.data import ReportData, arm_of, as_list, num
+
+SUBJECT_KEYS = ("teae_count", "serious_teae_count", "max_teae_grade", "crs_max_grade", "icans_max_grade", "dlt")
+
+
+def _overview(data: ReportData, arms: list[str]) -> TableBlock | None:
+    subjects = [s for s in data.subjects if any(k in s for k in SUBJECT_KEYS)]
+    if not subjects:
+        return None
+    cols = [*arms, "Total"]
+
+    def row(label: str, test: Any) -> list[str]:
+        cells = []
+        for arm in cols:
+            members = [s for s in subjects if arm == "Total" or arm_of(s) == arm]
+            cells.append(pct(sum(1 for s in members if test(s)), len(members)))
+        return [label, *cells]
+
+    def grade_at_least(key: str, g: int) -> Any:
+        return lambda s: (num(s.get(key)) or 0) >= g
+
+    n_row = ["Subjects (N)", *[str(sum(1 for s in subjects if c == "Total" or arm_of(s) == c)) for c in cols]]
+    rows = [
+        n_row,
+        row("Any TEAE", lambda s: (num(s.get("teae_count")) or 0) > 0),
+        row("Serious TEAE", lambda s: (num(s.get("serious_teae_count")) or 0) > 0),
+        row("TEAE grade ≥ 3", grade_at_least("max_teae_grade", 3)),
+        row("CRS, any grade", grade_at_least("crs_max_grade", 1)),
+        row("CRS grade ≥ 3", grade_at_least("crs_max_grade", 3)),
+        row("ICANS, any grade", grade_at_least("icans_max_grade", 1)),
+        row("ICANS grade ≥ 3", grade_at_least("icans_max_grade", 3)),
+        row("DLT", lambda s: s.get("dlt") is True),
+    ]
+    for g in range(1, 6):
+        rows.append(row(f"Maximum TEAE grade = {g}", lambda s, g=g: num(s.get("max_teae_grade")) == g))
+    return TableBlock(["Subjects with …", *cols], rows,
+                      "Subjects with TEAEs by dose level, n (%) of N (results/study.json per-subject counts)")
+
+
+def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]:
+    """Subjects per TEAE term by dose level and maximum grade; and the number of AEs without a TEAE flag."""
+    arm_by_subject = {str(s.get("subject_id")): arm_of(s) for s in data.subjects}
+    worst: dict[str, dict[str, int]] = {}  # term -> subject -> worst grade (0 = grade unknown)
+    unflagged = 0
+    for sid, crf in data.crfs.items():
+        arm_by_subject.setdefault(sid, arm_of(crf))
+        for ae in as_list(crf.get("ae")):
+            if ae.get("teae") is None:
+                unflagged += 1
+            if ae.get("teae") is not True:
+                continue
+            term = str(ae.get("term") or "(no term)")
+            g = int(num(ae.get("grade")) or 0)
+            per = worst.setdefault(term, {})
+            per[sid] = max(per.get(sid, 0), g)
+    if not worst:
+        return None, unflagged
+    n_arm = {a: sum(1 for s in arm_by_subject.values() if s == a) for a in arms}
+    rows = []
+    for term in sorted(worst, key=lambda t: (-len(worst[t]), t)):
+        per = worst[term]
+        cells = [term]
+        for arm in arms:
+            grades = [g for s, g in per.items() if arm_by_subject.get(s) == arm]
+            cells.append(f"{len(grades)} / {sum(1 for g in grades if g >= 3)}" if grades else "–")
+        total = list(per.values())
+        cells.append(f"{len(total)} / {sum(1 for g in total if g >= 3)}")
+        cells.append(" ".join(f"G{g}:{sum(1 for x in total if x == g)}" for g in range(1, 6)
+                              if any(x == g for x in total)) or "grade not recorded")
+        rows.append(cells)
+    header = ["TEAE term", *[f"{a} (N={n_arm[a]})" for a in arms], "Total", "Subjects by maximum grade"]
+    return TableBlock(header, rows, "TEAEs by term: subjects with the term, any grade / grade ≥ 3, per dose level "
+                                    "(CRF AE domain, events flagged treatment-emergent)"), unflagged
+
+
+def _teae_summary(data: ReportData) -> TableBlock | None:
+    """results/study.json teae_summary as derived: a list of rows, or a mapping of values or rows."""
+    summary = data.study.get("teae_summary")
+    rows = as_list(summary)
+    if not rows and isinstance(summary, dict):
+        if all(isinstance(v, dict) for v in summary.values()):
+            rows = [{"group": k, **v} for k, v in summary.items()]
+        else:
+            return TableBlock(["Item", "Value"], [[str(k), _cell(v)] for k, v in summary.items()],
+                              "TEAE summary (results/study.json teae_summary)")
+    if not rows:
+        return None
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    return TableBlock(cols, [[_cell(r.get(c)) for c in cols] for r in rows],
+                      "TEAE summary (results/study.json teae_summary)")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    return json.dumps(v, ensure_ascii=False)
+
+
+def safety_section(data: ReportData) -> Section:
+    sec = Section("safety", "Treatment-emergent adverse events",
+                  "TEAEs by dose level. Per-subject counts and maximum grades (TEAE, CRS, ICANS, DLT) are the "
+                  "derived values of results/study.json; the table by term counts subjects once per term at "
+                  "their worst grade, from the CRF AE records flagged treatment-emergent. Grades are CTCAE "
+                  "(ASTCT consensus grading for CRS and ICANS).")
+    arms = data.arms
+    derived = _teae_summary(data)
+    if derived:
+        sec.blocks.append(derived)
+    overview = _overview(data, arms)
+    if overview:
+        sec.blocks.append(overview)
+    else:
+        sec.no_data("per-subject TEAE counts (teae_count, max_teae_grade, crs/icans_max_grade, dlt) are not in "
+                    "results/study.json")
+    by_term, unflagged = _by_term(data, arms)
+    if by_term:
+        sec.blocks.append(by_term)
+    else:
+        sec.no_data("no CRF adverse event flagged treatment-emergent")
+    if unflagged:
+        sec.note(f"{unflagged} CRF adverse event(s) carry no TEAE flag and are not counted by term.")
+    return sec

@@ -1,0 +1,152 @@
+"""Swimmer plot: each subject's follow-up as a bar from Day 1 to the latest study day with data, with
+lymphodepletion, the infusion, CRS and ICANS episodes, DLTs and the visits in LLDAS."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
+
+from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, fmt
+from fhir_adapter.report.data import JsonDict, ReportData, arm_of, as_list, num
+from fhir_adapter.report.plotting import arm_color, figure, to_svg
+from fhir_adapter.report.summary import last_study_day
+
+CRS_COLOR = "#f28e2b"
+ICANS_COLOR = "#9467bd"
+DLT_COLOR = "#d62728"
+LLDAS_COLOR = "#2ca02c"
+ZOOM_DAYS = 35
+
+
+@dataclass
+class Lane:
+    subject_id: str
+    arm: str
+    last_day: float
+    ld_day: float | None = None
+    crs: list[tuple[float, float, int | None]] = field(default_factory=list)  # start, end, grade
+    icans: list[tuple[float, float, int | None]] = field(default_factory=list)
+    dlt_days: list[float] = field(default_factory=list)
+    dlt_undated: bool = False
+    lldas_days: list[float] = field(default_factory=list)
+
+
+def _study_day(day1: dt.date, d: dt.date) -> int:
+    delta = (d - day1).days
+    return delta + 1 if delta >= 0 else delta
+
+
+def _episodes(crf: JsonDict | None, flag: str) -> list[tuple[float, float, int | None]]:
+    out = []
+    for ae in as_list(crf.get("ae") if crf else None):
+        start = num(ae.get("study_day"))
+        if ae.get(flag) is True and start is not None:
+            end = num(ae.get("end_study_day"))
+            grade = num(ae.get("grade"))
+            out.append((start, end if end is not None and end >= start else start, int(grade) if grade else None))
+    return out
+
+
+def lanes(data: ReportData) -> list[Lane]:
+    out = []
+    for s in data.subjects:
+        if not s.get("day1"):
+            continue
+        sid = str(s.get("subject_id"))
+        crf = data.crf(sid)
+        last = last_study_day(s, crf)
+        lane = Lane(sid, arm_of(s), last if last is not None else 1.0)
+        if crf and isinstance(crf.get("lymphodepletion_start"), str):
+            try:
+                lane.ld_day = _study_day(dt.date.fromisoformat(str(s["day1"])),
+                                         dt.date.fromisoformat(crf["lymphodepletion_start"]))
+            except ValueError:
+                lane.ld_day = None
+        lane.crs = _episodes(crf, "crs")
+        lane.icans = _episodes(crf, "icans")
+        for ev in s.get("dlt_events") or []:
+            day = num(ev.get("study_day")) if isinstance(ev, dict) else None
+            if day is not None:
+                lane.dlt_days.append(day)
+        lane.dlt_undated = s.get("dlt") is True and not lane.dlt_days
+        lane.lldas_days = [d for v in as_list(s.get("visits"))
+                           if v.get("lldas") is True and (d := num(v.get("study_day"))) is not None]
+        out.append(lane)
+    order = {a: i for i, a in enumerate(data.arms)}
+    return sorted(out, key=lambda ln: (order.get(ln.arm, len(order)), ln.subject_id), reverse=True)
+
+
+def _draw(ax: Axes, lns: list[Lane], arms: list[str], scale: float, zoom: bool) -> None:
+    for y, ln in enumerate(lns):
+        color = arm_color(ln.arm, arms)
+        end = min(ln.last_day, ZOOM_DAYS) if zoom else ln.last_day
+        ax.barh(y, (end - 1) / scale, left=1 / scale, height=0.55, color=color, alpha=0.45, zorder=1)
+        if ln.ld_day is not None and ln.ld_day < 1:
+            ax.plot([ln.ld_day / scale, 1 / scale], [y, y], color="#555555", linewidth=1, zorder=1)
+        ax.scatter([1 / scale], [y], marker=">", s=22, color="#111111", zorder=4)
+        for eps, color_e, dy in ((ln.crs, CRS_COLOR, 0.18), (ln.icans, ICANS_COLOR, -0.18)):
+            for start, stop, _grade in eps:
+                ax.plot([start / scale, (stop + 0.6) / scale], [y + dy, y + dy], color=color_e, linewidth=3,
+                        solid_capstyle="butt", zorder=3)
+        if ln.dlt_days:
+            ax.scatter([d / scale for d in ln.dlt_days], [y] * len(ln.dlt_days), marker="X", s=40,
+                       color=DLT_COLOR, zorder=5)
+        days = [d for d in ln.lldas_days if not zoom or d <= ZOOM_DAYS]
+        if days:
+            ax.scatter([d / scale for d in days], [y] * len(days), marker="D", s=12, color=LLDAS_COLOR,
+                       edgecolors="white", linewidths=0.4, zorder=4)
+        if not zoom and (ln.dlt_undated or ln.dlt_days):
+            ax.annotate("DLT", (ln.last_day / scale, y), xytext=(4, -3), textcoords="offset points",
+                        fontsize=6, color=DLT_COLOR)
+
+
+def swimmer_section(data: ReportData) -> Section:
+    sec = Section("swimmer", "Follow-up per subject (swimmer plot)",
+                  "One lane per infused subject, grouped by dose level: bar from Day 1 (▶ infusion) to the "
+                  "latest study day with data; grey line = lymphodepletion before Day 1; orange = CRS and "
+                  "purple = ICANS episodes (onset to resolution, CRF AE domain); red ✕ = DLT (results "
+                  "dlt_events); green ◆ = visits in LLDAS. Left: the first five weeks in days; right: the "
+                  "whole follow-up in weeks.")
+    lns = lanes(data)
+    if not lns:
+        sec.no_data("no infused subject (Day 1) in results/study.json")
+        return sec
+    arms = data.arms
+    with figure(11, 1.4 + 0.2 * len(lns)) as fig:
+        ax_zoom, ax_all = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [1, 2.2]})
+        _draw(ax_zoom, lns, arms, 1.0, zoom=True)
+        _draw(ax_all, lns, arms, 7.0, zoom=False)
+        ax_zoom.set_xlim(-12, ZOOM_DAYS + 1)
+        ax_zoom.set_xlabel("study day")
+        ax_all.set_xlim(-2, max(ln.last_day for ln in lns) / 7 + 8)
+        ax_all.set_xlabel("study week")
+        ax_zoom.set_yticks(range(len(lns)))
+        ax_zoom.set_yticklabels([f"{ln.subject_id} {ln.arm}" for ln in lns], fontsize=7)
+        ax_zoom.set_ylim(-0.7, len(lns) - 0.3)
+        for ax in (ax_zoom, ax_all):
+            ax.grid(True, axis="x")
+            ax.grid(False, axis="y")
+        handles = [Line2D([0], [0], marker=">", color="#111111", linestyle="", label="infusion (Day 1)"),
+                   Line2D([0], [0], color=CRS_COLOR, linewidth=3, label="CRS"),
+                   Line2D([0], [0], color=ICANS_COLOR, linewidth=3, label="ICANS"),
+                   Line2D([0], [0], marker="X", color=DLT_COLOR, linestyle="", label="DLT"),
+                   Line2D([0], [0], marker="D", color=LLDAS_COLOR, linestyle="", markersize=4, label="in LLDAS"),
+                   *[Line2D([0], [0], color=arm_color(a, arms), linewidth=6, alpha=0.45, label=a) for a in arms]]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7,
+                   bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout()
+        sec.blocks.append(FigureBlock(to_svg(fig, "Swimmer plot of follow-up per subject"), "Swimmer plot"))
+    rows = []
+    for ln in sorted(lns, key=lambda x: x.subject_id):
+        first_lldas = min(ln.lldas_days) if ln.lldas_days else None
+        rows.append([ln.subject_id, ln.arm, fmt(ln.last_day, 0),
+                     ", ".join(f"d{fmt(a, 0)}–{fmt(b, 0)} G{g or '?'}" for a, b, g in ln.crs) or "–",
+                     ", ".join(f"d{fmt(a, 0)}–{fmt(b, 0)} G{g or '?'}" for a, b, g in ln.icans) or "–",
+                     ", ".join(f"d{fmt(d, 0)}" for d in ln.dlt_days) or ("yes (no day)" if ln.dlt_undated else "–"),
+                     fmt(first_lldas, 0)])
+    sec.blocks.append(TableBlock(["Subject", "Arm", "Last study day", "CRS", "ICANS", "DLT", "First LLDAS day"],
+                                 rows, "Events per subject, as plotted"))
+    return sec
