@@ -37,6 +37,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.derive.baseline import changes
 from fhir_adapter.derive.compare import exceeds, is_present
 from fhir_adapter.terminology import SLEDAI2K_DESCRIPTOR_CODES
 
@@ -219,17 +220,9 @@ def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2
 
 
 def _apply_baseline(visits: list[Sledai2kVisit], day1: dt.date | None) -> None:
-    """Baseline = last visit with a total on or before Day 1; change = total − baseline after it."""
-    if day1 is None:
-        return
-    candidates = [v for v in visits if v.total is not None and v.date is not None and v.date <= day1]
-    if not candidates:
-        return
-    base = max(candidates, key=lambda v: v.date or dt.date.min)
-    base.baseline = True
-    assert base.total is not None and base.date is not None
-    for v in visits:
-        if v is base:
-            v.change = 0
-        elif v.total is not None and v.date is not None and v.date > base.date:
-            v.change = v.total - base.total
+    """Baseline = last visit with a total on or before Day 1; change = total − baseline after it
+    (:func:`fhir_adapter.derive.baseline.changes`)."""
+    base, diffs = changes([v.date for v in visits], [v.total for v in visits], day1)
+    for i, v in enumerate(visits):
+        v.baseline = i == base
+        v.change = diffs[i]

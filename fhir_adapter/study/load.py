@@ -188,6 +188,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     for name, model in RULE_FILES.items():
         rules[name] = _validate(docs[name], model, docs[name].data)
     rules["sledai2k"] = _check_sledai_rules(docs["sledai2k"], rules["sledai2k"], items)  # type: ignore[arg-type]
+    _check_efficacy_rules(docs, rules, items)  # efficacy endpoints (pga, lldas, renal, immunology)
 
     files = {f"{name}.yaml": _sha(doc.path) for name, doc in docs.items()}
     if odoc is not None:
@@ -224,6 +225,42 @@ def _check_sledai_rules(doc: YamlDoc, s: Sledai2kSettings, items: dict[str, Item
         if name not in items:
             raise doc.error(("default_ranges", name), f"unknown item '{name}'", "use an item id of items.yaml")
     return s.model_copy(update={"descriptors": tuple(descriptors)})
+
+
+# --- efficacy endpoints: cross-file checks -----------------------------------------------------------------
+def _check_efficacy_rules(
+    docs: dict[str, YamlDoc], rules: dict[str, BaseModel], items: dict[str, Item],
+) -> None:
+    """Items named by the efficacy rule files exist; LLDAS major organ groups are groups of sledai2k.yaml."""
+    from fhir_adapter.derive.immunology import ImmunologySettings
+    from fhir_adapter.derive.lldas import LldasSettings
+    from fhir_adapter.derive.pga import PgaSettings
+    from fhir_adapter.derive.renal import RenalSettings
+
+    refs: list[tuple[str, tuple[str | int, ...], str]] = []
+    pga, renal, imm = rules.get("pga"), rules.get("renal"), rules.get("immunology")
+    if isinstance(pga, PgaSettings):
+        refs.append(("pga", ("item",), pga.item))
+    if isinstance(renal, RenalSettings):
+        refs += [("renal", (k,), getattr(renal, k)) for k in ("upcr_item", "protein_24h_item", "egfr_item")]
+    if isinstance(imm, ImmunologySettings):
+        refs += [("immunology", ("items", i), it) for i, it in enumerate(imm.items)]
+        refs += [("immunology", ("seroconversion", ab, i), it)
+                 for ab, its in imm.seroconversion.items() for i, it in enumerate(its)]
+        refs += [("immunology", ("default_upper_limits", it), it) for it in imm.default_upper_limits]
+        refs += [("immunology", ("cd19_item",), imm.cd19_item), ("immunology", ("ada_item",), imm.ada_item)]
+    for name, loc, item in refs:
+        if item not in items:
+            raise docs[name].error(loc, f"unknown item '{item}'", "use an item id of items.yaml")
+    lldas, sledai = rules.get("lldas"), rules.get("sledai2k")
+    if isinstance(lldas, LldasSettings) and isinstance(sledai, Sledai2kSettings):
+        groups = {d.group for d in sledai.descriptors}
+        for i, g in enumerate(lldas.major_organ_groups):
+            if g not in groups:
+                raise docs["lldas"].error(
+                    ("major_organ_groups", i), f"no SLEDAI-2K descriptor has group '{g}'",
+                    f"use a `group` of sledai2k.yaml: {sorted(groups)}",
+                )
 
 
 def iter_item_ids(study: Study, domain: str | Iterable[str]) -> list[str]:

@@ -1,0 +1,245 @@
+"""Prednisolone-equivalent daily glucocorticoid dose on a date, per visit and as a time series.
+
+Definition: equivalent anti-inflammatory doses of the BNF ("prednisolone 5 mg = methylprednisolone 4 mg =
+dexamethasone 750 µg = hydrocortisone 20 mg = …") and US tables (betamethasone 0.6 mg), as fixed in
+decisions.md "Glucocorticoids" and clinical-reference §4.1/§4.3; equivalences hold for oral/IV use only.
+The factors, RxNorm ingredient codes (clinical-reference §9.4) and systemic routes are data in
+``mappings/<study>/glucocorticoids.yaml``.
+
+Which concomitant-medication records (:class:`ConMed`) count; the first case that applies decides:
+
+1. status in ``excluded_statuses`` (entered-in-error, not-taken, …) or ``source_kind`` not in
+   ``source_kinds`` (dispenses duplicate their request by default) → ignored;
+2. ingredient not in the table (by RxNorm ingredient code, else by lower-case name or alias) → not a
+   glucocorticoid of the table; a record with ``drug_class`` glucocorticoid is listed in ``unrecognised``;
+3. route known: counted only when it is one of ``systemic_routes`` (oral, intravenous, intramuscular);
+   route unknown: the record's ``systemic`` flag when the mapping set it, else ``count_unknown_route``
+   (default true: an unstated route of a prednisolone tablet is oral, and counting it is the conservative
+   choice for LLDAS);
+4. no ``start_date`` → cannot be placed in time: listed in ``undated``, never counted.
+
+The dose of one counted record on a date D (mg/day of the drug; × factor → prednisolone-equivalent):
+
+* ``administration`` — counts on its ``start_date`` only: ``daily_dose_mg``, else ``dose`` in mg;
+* ``statement`` / ``request`` / ``dispense`` — active when start_date ≤ D ≤ end_date (inclusive; no end =
+  ongoing): ``daily_dose_mg``, else ``dose`` (mg) × ``frequency_per_day`` — averaged per day, so 20 mg every
+  other day (frequency 0.5) is 10 mg/day on every day of the period;
+* when ``administrations_replace_orders`` is on and a drug has an administration on D, the statement/request
+  records of that drug are not counted on D (the administration is the ground truth for that day);
+* a counted record whose daily dose cannot be computed (no dose, unit not convertible to mg, no frequency)
+  makes the dose on D not evaluable: None, with the reason and the record.
+
+Dose on D = Σ over counted records of daily mg × factor, rounded to 3 decimals. No counted record → 0.
+
+Examples (clinical-reference §4.3): prednisone 20 mg QOD → 10; methylprednisolone 16 mg daily → 20;
+dexamethasone 1.5 mg daily → 1.5 × 6.67 = 10.005; hydrocortisone 20 mg AM + 10 mg PM (two records) → 7.5;
+a 4-week taper 20/15/10/7.5 → 7.5 on day 28; topical betamethasone → 0; IV methylprednisolone 500 mg
+administrations on 3 days → 625 on each of those days and 0 on the day after.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fhir_adapter.crf.models import ConMed, SubjectCRF
+from fhir_adapter.timeline import study_day
+
+_MG_PER_UNIT = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "µg": 0.001}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Glucocorticoid(_Strict):
+    name: str = Field(description="ingredient name, lower case")
+    rxnorm: str | None = Field(None, description="RxNorm ingredient RxCUI")
+    factor: float = Field(gt=0, description="prednisolone-equivalent mg per mg of this drug")
+    aliases: tuple[str, ...] = ()
+
+
+class GlucocorticoidSettings(_Strict):
+    drugs: tuple[Glucocorticoid, ...]
+    systemic_routes: tuple[str, ...] = ("oral", "intravenous", "intramuscular")
+    count_unknown_route: bool = True
+    source_kinds: tuple[str, ...] = ("statement", "request", "administration")
+    administrations_replace_orders: bool = True
+    excluded_statuses: tuple[str, ...] = ("entered-in-error", "not-taken", "not-done", "cancelled", "draft")
+    decimals: int = Field(3, ge=0, le=6)
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> GlucocorticoidSettings:
+        seen: dict[str, str] = {}
+        for d in self.drugs:
+            for key in (d.name, *d.aliases, *([f"rxnorm:{d.rxnorm}"] if d.rxnorm else [])):
+                if key in seen and seen[key] != d.name:
+                    raise ValueError(f"'{key}' names both {seen[key]} and {d.name}")
+                seen[key] = d.name
+        allowed = {"statement", "request", "administration", "dispense"}
+        unknown = sorted(set(self.source_kinds) - allowed)
+        if unknown:
+            raise ValueError(f"unknown source_kinds {unknown}; use {sorted(allowed)}")
+        return self
+
+    def lookup(self, cm: ConMed) -> Glucocorticoid | None:
+        """The table row of a record: by RxNorm ingredient code first, else by name or alias."""
+        for d in self.drugs:
+            if cm.rxnorm and d.rxnorm == cm.rxnorm:
+                return d
+        name = cm.drug.strip().lower()
+        return next((d for d in self.drugs if name == d.name or name in d.aliases), None)
+
+
+class PredEqDose(BaseModel):
+    """Prednisolone-equivalent dose on one date."""
+
+    date: dt.date
+    mg_per_day: float | None
+    sources: list[str] = Field(default_factory=list, description="records that contributed")
+    reason: str | None = Field(None, description="why the dose is not evaluable")
+
+
+class PredEqVisit(BaseModel):
+    visit: str
+    date: dt.date | None
+    study_day: int | None = None
+    mg_per_day: float | None
+    sources: list[str] = Field(default_factory=list)
+    reason: str | None = None
+
+
+class SeriesPoint(BaseModel):
+    date: dt.date
+    study_day: int | None
+    mg_per_day: float | None
+
+
+class GlucocorticoidSeries(BaseModel):
+    """Step series of the dose: a point on the first date and on every date the dose changes."""
+
+    points: list[SeriesPoint] = Field(default_factory=list)
+    undated: list[str] = Field(default_factory=list, description="counted records without a start date")
+    unrecognised: list[str] = Field(default_factory=list, description="glucocorticoids not in the table")
+
+
+def _systemic(cm: ConMed, s: GlucocorticoidSettings) -> bool:
+    if cm.route:
+        return cm.route.strip().lower() in s.systemic_routes
+    if cm.systemic is not None:
+        return cm.systemic
+    return s.count_unknown_route
+
+
+def _counted(cms: Iterable[ConMed], s: GlucocorticoidSettings) -> list[tuple[ConMed, Glucocorticoid]]:
+    out = []
+    for cm in cms:
+        if (cm.status or "") in s.excluded_statuses or cm.source_kind not in s.source_kinds:
+            continue
+        drug = s.lookup(cm)
+        if drug is None or not _systemic(cm, s):
+            continue
+        out.append((cm, drug))
+    return out
+
+
+def _dose_mg(cm: ConMed) -> float | None:
+    if cm.dose is None or cm.dose_unit is None:
+        return None
+    factor = _MG_PER_UNIT.get(cm.dose_unit.strip())
+    return cm.dose * factor if factor is not None else None
+
+
+def _daily_mg(cm: ConMed) -> tuple[float | None, str | None]:
+    """Daily mg of the drug itself and, when unknown, why."""
+    if cm.daily_dose_mg is not None:
+        return cm.daily_dose_mg, None
+    mg = _dose_mg(cm)
+    if mg is None:
+        return None, f"dose {cm.dose!r} {cm.dose_unit!r} is not a mass in mg/g/ug"
+    if cm.source_kind == "administration":
+        return mg, None
+    if cm.frequency_per_day is None:
+        return None, "no frequency_per_day"
+    return mg * cm.frequency_per_day, None
+
+
+def active_on(cm: ConMed, day: dt.date) -> bool:
+    """Whether a record covers ``day``: an administration on its date(s), an order or statement from start
+    through end inclusive (no end = ongoing); a record without a start date never does."""
+    if cm.start_date is None:
+        return False
+    if cm.source_kind == "administration":
+        return cm.start_date <= day <= (cm.end_date or cm.start_date)
+    return cm.start_date <= day and (cm.end_date is None or day <= cm.end_date)
+
+
+def _dose_on(
+    counted: Sequence[tuple[ConMed, Glucocorticoid]], day: dt.date, s: GlucocorticoidSettings,
+) -> PredEqDose:
+    active = [(cm, g) for cm, g in counted if active_on(cm, day)]
+    if s.administrations_replace_orders:
+        administered = {g.name for cm, g in active if cm.source_kind == "administration"}
+        active = [(cm, g) for cm, g in active
+                  if cm.source_kind == "administration" or g.name not in administered]
+    total = 0.0
+    sources = []
+    for cm, g in active:
+        mg, why = _daily_mg(cm)
+        if mg is None:
+            return PredEqDose(date=day, mg_per_day=None, sources=[cm.source.reference],
+                              reason=f"{cm.drug} ({cm.source.reference}): {why}")
+        total += mg * g.factor
+        sources.append(cm.source.reference)
+    return PredEqDose(date=day, mg_per_day=round(total, s.decimals), sources=sorted(set(sources)))
+
+
+def pred_eq_on(cms: Iterable[ConMed], day: dt.date, settings: GlucocorticoidSettings) -> PredEqDose:
+    """Prednisolone-equivalent mg/day on ``day`` (cases of the module docstring)."""
+    return _dose_on(_counted(cms, settings), day, settings)
+
+
+def derive_pred_eq(crf: SubjectCRF, settings: GlucocorticoidSettings) -> list[PredEqVisit]:
+    """Prednisolone-equivalent mg/day on the date of every dated visit of ``crf``."""
+    counted = _counted(crf.cm, settings)
+    out = []
+    for v in crf.visits:
+        if v.date is None:
+            continue
+        dose = _dose_on(counted, v.date, settings)
+        out.append(PredEqVisit(visit=v.visit, date=v.date, study_day=v.study_day, mg_per_day=dose.mg_per_day,
+                               sources=dose.sources, reason=dose.reason))
+    return out
+
+
+def glucocorticoid_series(
+    crf: SubjectCRF,
+    settings: GlucocorticoidSettings,
+    start: dt.date | None = None,
+    end: dt.date | None = None,
+) -> GlucocorticoidSeries:
+    """Daily dose from ``start`` (default: the first visit date, else Day 1) through ``end`` (default: the
+    last visit date), as change points for a step plot."""
+    dated = [v.date for v in crf.visits if v.date is not None]
+    start = start or (min(dated) if dated else crf.day1)
+    end = end or (max(dated) if dated else crf.day1)
+    counted = _counted(crf.cm, settings)
+    series = GlucocorticoidSeries(
+        undated=sorted(cm.source.reference for cm, _ in counted if cm.start_date is None),
+        unrecognised=sorted(cm.source.reference for cm in crf.cm
+                            if cm.drug_class == "glucocorticoid" and settings.lookup(cm) is None),
+    )
+    if start is None or end is None:
+        return series
+    day = start
+    last: float | str | None = "start"
+    while day <= end:
+        mg = _dose_on(counted, day, settings).mg_per_day
+        if mg != last:
+            sd = study_day(day, crf.day1) if crf.day1 else None
+            series.points.append(SeriesPoint(date=day, study_day=sd, mg_per_day=mg))
+            last = mg
+        day += dt.timedelta(days=1)
+    return series

@@ -1,0 +1,227 @@
+"""Serology and B-cell endpoints: values with change from baseline, autoantibody seroconversion, B-cell
+aplasia and recovery, anti-drug (anti-CAR) antibody status.
+
+Sources: complement and autoantibody normalisation after CD19 CAR-T in SLE (Mackensen A et al., Nat Med
+2022;28:2124–2132; Müller F et al., N Engl J Med 2024;390:687–700 — seroconversion of anti-dsDNA, B-cell
+depletion and reconstitution); decisions.md "SLEDAI-2K" for what makes anti-dsDNA "above normal". Settings in
+``mappings/<study>/immunology.yaml``.
+
+**Values** — C3, C4, anti-dsDNA, anti-Sm, IgG, IgA, IgM (and CD19): the visit's selected value in the item's
+CRF unit, with change from baseline (:mod:`fhir_adapter.derive.baseline`; None for censored values).
+
+**Antibody status of one result** (anti-dsDNA, anti-Sm); the first case that applies defines it:
+
+1. a reference-range high: positive when the value is certainly above it (``>`` strict; ``>1000`` counts),
+   negative when certainly not (``12`` or ``<10`` against 30), else unknown (``<50`` against 30);
+2. an interpretation code: positive when in ``positive_interpretations`` (H, HH, POS), negative when in
+   ``negative_interpretations`` (N, NEG, L, LL);
+3. a qualitative result (``value_bool``, e.g. item ``anti_sm_presence``): as reported;
+4. the study's ``default_upper_limits`` for the item, as in case 1;
+5. unknown.
+
+At a visit the antibody's items are tried in order (``anti_sm`` then ``anti_sm_presence``).
+
+**Seroconversion** (positive → negative); the first case that applies defines it:
+
+1. no status on or before Day 1 → None ("no baseline result");
+2. negative at baseline (the last status on or before Day 1) → None ("negative at baseline": not applicable);
+3. no status at a visit after Day 1 → None;
+4. a negative visit after Day 1 → True, ``first_negative`` = the first such visit and its study day;
+   ``persistent`` = negative at the last visit with a status;
+5. otherwise False.
+
+**B-cell aplasia** = CD19+ B cells below ``b_cell_aplasia_below`` (1 /µL by default: a study choice at the
+usual lower limit of quantification of clinical flow cytometry, not a published cut-off): onset at the first
+visit after Day 1 certainly below it (``<1`` counts); **recovery** at the first later visit ≥ the threshold,
+reported with its study day. None when no CD19 result after Day 1 (aplasia) or after the onset (recovery).
+
+**Anti-drug antibodies** (item ``anti_car_antibody``, all results dated after Day 1): any positive →
+"positive" with the first positive study day; all negative → "negative"; no result → None.
+
+Examples: anti-dsDNA 120 (range high 30) at baseline, 45 at W4, 12 at W12, 8 at W24 → seroconverted at W12,
+persistent; CD19 150 at baseline, 0 at W1, <1 at W4, 35 at W24 → aplasia from W1, recovery at W24.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.derive.baseline import VisitValue, baseline_index, item_by_visit
+from fhir_adapter.derive.compare import exceeds
+
+Status = Literal["positive", "negative"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ImmunologySettings(_Strict):
+    items: tuple[str, ...] = ("c3", "c4", "anti_dsdna", "anti_sm", "igg", "iga", "igm", "cd19")
+    seroconversion: dict[str, tuple[str, ...]] = Field(
+        default_factory=lambda: {"anti_dsdna": ("anti_dsdna",), "anti_sm": ("anti_sm", "anti_sm_presence")},
+        description="antibody -> CRF items tried in order at each visit",
+    )
+    positive_interpretations: tuple[str, ...] = ("H", "HH", "POS")
+    negative_interpretations: tuple[str, ...] = ("N", "NEG", "L", "LL")
+    default_upper_limits: dict[str, float] = Field(default_factory=dict, description="item -> ULN, its unit")
+    cd19_item: str = "cd19"
+    b_cell_aplasia_below: float = Field(1.0, gt=0, description="CD19+ cells /uL below which: aplasia")
+    ada_item: str = "anti_car_antibody"
+
+
+class VisitEvent(BaseModel):
+    visit: str
+    date: dt.date | None
+    study_day: int | None
+
+
+class Seroconversion(BaseModel):
+    baseline_status: Status | None = None
+    baseline_visit: str | None = None
+    seroconverted: bool | None = None
+    first_negative: VisitEvent | None = None
+    persistent: bool | None = Field(None, description="negative at the last visit with a status")
+    last_visit: str | None = None
+    reason: str | None = None
+
+
+class BCellAplasia(BaseModel):
+    threshold: float
+    baseline_cd19: float | None = None
+    aplasia: bool | None = None
+    onset: VisitEvent | None = None
+    recovery: bool | None = None
+    recovered_at: VisitEvent | None = None
+    reason: str | None = None
+
+
+class AdaStatus(BaseModel):
+    status: Status | None = None
+    first_positive_day: int | None = None
+    first_positive_date: dt.date | None = None
+    n_tested: int = 0
+
+
+class ImmunologyResults(BaseModel):
+    values: dict[str, list[VisitValue]]
+    seroconversion: dict[str, Seroconversion]
+    b_cell_aplasia: BCellAplasia
+    ada: AdaStatus
+
+
+def _against_limit(f: Finding, high: float) -> Status | None:
+    if exceeds(f, ">", high):
+        return "positive"
+    if f.value is not None and f.comparator in (None, "<", "<=") and f.value <= high:
+        return "negative"
+    return None
+
+
+def antibody_status(f: Finding, s: ImmunologySettings) -> Status | None:
+    """Positive/negative/unknown of one result (cases 1–5 of the module docstring)."""
+    if f.ref_high is not None and f.value is not None:
+        return _against_limit(f, f.ref_high)
+    if any(c in s.positive_interpretations for c in f.interpretation):
+        return "positive"
+    if any(c in s.negative_interpretations for c in f.interpretation):
+        return "negative"
+    if f.value_bool is not None:
+        return "positive" if f.value_bool else "negative"
+    default = s.default_upper_limits.get(f.item)
+    if default is not None and f.value is not None:
+        return _against_limit(f, default)
+    return None
+
+
+def _event(crf: SubjectCRF, visit: str, f: Finding | None = None) -> VisitEvent:
+    v = next(r for r in crf.visits if r.visit == visit)
+    return VisitEvent(visit=visit, date=f.date if f and f.date else v.date,
+                      study_day=f.study_day if f and f.study_day is not None else v.study_day)
+
+
+def seroconversion(crf: SubjectCRF, items: tuple[str, ...], s: ImmunologySettings) -> Seroconversion:
+    """Positive → negative conversion of one antibody (cases 1–5 of the module docstring)."""
+    dated = [v for v in crf.visits if v.date is not None]
+    statuses: list[Status | None] = []
+    for v in dated:
+        found = (antibody_status(v.values[i], s) for i in items if i in v.values)
+        statuses.append(next((st for st in found if st is not None), None))
+    base = baseline_index([v.date for v in dated], [st is not None for st in statuses], crf.day1)
+    if base is None or crf.day1 is None:
+        return Seroconversion(reason="no baseline result")
+    out = Seroconversion(baseline_status=statuses[base], baseline_visit=dated[base].visit)
+    if statuses[base] == "negative":
+        out.reason = "negative at baseline"
+        return out
+    after = [(v, st) for v, st in zip(dated, statuses, strict=True)
+             if st is not None and v.date is not None and v.date > crf.day1]
+    if not after:
+        out.reason = "no result after Day 1"
+        return out
+    first_neg = next((v for v, st in after if st == "negative"), None)
+    out.last_visit = after[-1][0].visit
+    out.seroconverted = first_neg is not None
+    if first_neg is not None:
+        out.first_negative = _event(crf, first_neg.visit)
+        out.persistent = after[-1][1] == "negative"
+    return out
+
+
+def b_cell_aplasia(crf: SubjectCRF, s: ImmunologySettings) -> BCellAplasia:
+    """Onset of B-cell aplasia after Day 1 and recovery from it (see the module docstring)."""
+    res = BCellAplasia(threshold=s.b_cell_aplasia_below)
+    rows = [(v, v.values[s.cd19_item]) for v in crf.visits if v.date is not None and s.cd19_item in v.values]
+    base_i = baseline_index([v.date for v, _ in rows], [f.value is not None for _, f in rows], crf.day1)
+    if base_i is not None:
+        res.baseline_cd19 = rows[base_i][1].value
+    after = [(v, f) for v, f in rows if crf.day1 is not None and v.date is not None and v.date > crf.day1]
+    if not after:
+        res.reason = "no CD19 result after Day 1"
+        return res
+    onset_i = next((i for i, (_, f) in enumerate(after) if exceeds(f, "<", s.b_cell_aplasia_below)), None)
+    res.aplasia = onset_i is not None
+    if onset_i is None:
+        return res
+    res.onset = _event(crf, after[onset_i][0].visit, after[onset_i][1])
+    later = after[onset_i + 1:]
+    if not later:
+        res.reason = "no CD19 result after the onset of aplasia"
+        return res
+    rec = next(((v, f) for v, f in later if exceeds(f, ">=", s.b_cell_aplasia_below)), None)
+    res.recovery = rec is not None
+    if rec is not None:
+        res.recovered_at = _event(crf, rec[0].visit, rec[1])
+    return res
+
+
+def ada_status(crf: SubjectCRF, s: ImmunologySettings) -> AdaStatus:
+    """Anti-drug antibody status over all results dated after Day 1."""
+    if crf.day1 is None:
+        return AdaStatus()
+    day1 = crf.day1
+    results = sorted((f for f in crf.findings_for(s.ada_item)
+                      if f.date is not None and f.date > day1 and f.value_bool is not None),
+                     key=lambda f: (f.date or day1, f.datetime or dt.datetime.min.replace(tzinfo=dt.UTC)))
+    if not results:
+        return AdaStatus()
+    first = next((f for f in results if f.value_bool), None)
+    if first is None:
+        return AdaStatus(status="negative", n_tested=len(results))
+    return AdaStatus(status="positive", first_positive_day=first.study_day, first_positive_date=first.date,
+                     n_tested=len(results))
+
+
+def derive_immunology(crf: SubjectCRF, settings: ImmunologySettings) -> ImmunologyResults:
+    """Every immunology result of one subject."""
+    return ImmunologyResults(
+        values={item: item_by_visit(crf, item) for item in settings.items},
+        seroconversion={ab: seroconversion(crf, items, settings)
+                        for ab, items in settings.seroconversion.items()},
+        b_cell_aplasia=b_cell_aplasia(crf, settings),
+        ada=ada_status(crf, settings),
+    )

@@ -1,0 +1,207 @@
+"""Lupus Low Disease Activity State (LLDAS) per visit and the LLDAS response rate per visit.
+
+Definition: Franklyn K, Lau CS, Navarra SV, et al. *Definition and initial validation of a Lupus Low Disease
+Activity State (LLDAS).* Ann Rheum Dis 2016;75:1615–1621 (five criteria, Table 1). LCAR-AIO uses the four
+protocol criteria of decisions.md "LLDAS"; Franklyn's fifth is the setting ``maintenance_criterion`` (off by
+default). "No new features" follows the Oon et al. operationalisation (BLISS post hoc): no SLEDAI-2K
+descriptor scoring now that did not score at the previous assessment (clinical-reference §2.2). Thresholds,
+major organ groups and the fifth criterion's drug lists are data in ``mappings/<study>/lldas.yaml``.
+
+The criteria and their stable ids (``lldas_failed`` lists the ids that failed, in this order):
+
+* ``sledai_le_4`` — C1a: SLEDAI-2K total ≤ ``sledai_max`` (4);
+* ``no_major_organ_activity`` — C1b: no descriptor scoring in a ``major_organ_groups`` group (the ``group`` of
+  each descriptor in ``sledai2k.yaml``: cns, vascular, renal, cardiorespiratory, constitutional);
+* ``no_new_features`` — C2: every descriptor scoring now also scored at the previous assessed visit (the
+  latest earlier-dated visit with a SLEDAI-2K total, which may be the baseline);
+* ``pga_le_1`` — C3: PGA ≤ ``pga_max`` (1.0, inclusive; the PGA as stored, one decimal);
+* ``pred_eq_le_7_5`` — C4: prednisolone-equivalent dose on the visit date ≤ ``pred_eq_max_mg`` (7.5 mg/day);
+* ``maintenance_therapy`` — Franklyn's C5, only with ``maintenance_criterion: true``: no active record of an
+  ``excluded_drugs`` drug (investigational or induction agents) and no drug above its ``max_daily_mg``.
+
+The value at a dated visit; the first case that applies defines it (None comes with its ``reason``):
+
+1. Day 1 unknown → None;
+2. visit dated on or before Day 1 (the baseline period) → None;
+3. no SLEDAI-2K total at the visit → None;
+4. no PGA at the visit → None;
+5. no previous SLEDAI-2K assessment (nothing to compare new features with) → None;
+6. prednisolone-equivalent dose not evaluable on the visit date → None;
+7. fifth criterion on and not evaluable (a drug with a ceiling whose daily dose is unknown) → None;
+8. True when every criterion is met, else False with the failed ids.
+
+Response rate at a visit (decisions.md): n = subjects with a True/False value at that visit, responders =
+subjects with True, rate = responders / n (None when n = 0).
+
+Examples: SLEDAI-2K 4 (arthritis) with arthritis also at the previous visit, PGA 1.0, prednisolone 7.5 mg →
+LLDAS; the same with proteinuria instead of arthritis → fails ``no_major_organ_activity`` (and
+``no_new_features`` if proteinuria is new); SLEDAI-2K 2 (rash, new), PGA 1.1, 10 mg → fails
+``no_new_features``, ``pga_le_1``, ``pred_eq_le_7_5``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fhir_adapter.crf.models import ConMed
+from fhir_adapter.derive.glucocorticoids import PredEqVisit, active_on
+from fhir_adapter.derive.pga import PgaVisit
+from fhir_adapter.derive.sledai2k import Sledai2kVisit
+from fhir_adapter.timeline import study_day
+
+#: The criterion ids, in the order they are reported.
+CRITERIA = (
+    "sledai_le_4", "no_major_organ_activity", "no_new_features", "pga_le_1", "pred_eq_le_7_5",
+    "maintenance_therapy",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MaintenanceSettings(_Strict):
+    """Franklyn's fifth criterion as data: drugs that are never maintenance, and maintenance ceilings."""
+
+    excluded_drugs: tuple[str, ...] = Field(default=(), description="ingredient names (lower case)")
+    max_daily_mg: dict[str, float] = Field(default_factory=dict, description="ingredient -> highest mg/day")
+
+
+class LldasSettings(_Strict):
+    sledai_max: int = Field(4, ge=0)
+    major_organ_groups: tuple[str, ...] = ("cns", "vascular", "renal", "cardiorespiratory", "constitutional")
+    pga_max: float = Field(1.0, ge=0, le=3)
+    pred_eq_max_mg: float = Field(7.5, ge=0)
+    maintenance_criterion: bool = False
+    maintenance: MaintenanceSettings = MaintenanceSettings()
+
+
+class LldasVisit(BaseModel):
+    visit: str
+    date: dt.date | None
+    study_day: int | None = None
+    lldas: bool | None
+    failed: list[str] = Field(default_factory=list, description="ids of the criteria not met")
+    criteria: dict[str, bool] = Field(default_factory=dict, description="every evaluated criterion")
+    reason: str | None = Field(None, description="why the visit is not evaluable")
+    previous_visit: str | None = None
+    sources: list[str] = Field(default_factory=list, description="SLEDAI-2K, PGA and dose sources")
+
+
+class LldasRate(BaseModel):
+    visit: str
+    n: int
+    responders: int
+    rate: float | None
+
+
+def _scored(v: Sledai2kVisit) -> set[str]:
+    return {d.code for d in v.descriptors if d.score > 0}
+
+
+def _maintenance(
+    cms: Sequence[ConMed], day: dt.date, m: MaintenanceSettings,
+) -> tuple[bool | None, str | None]:
+    ok = True
+    for cm in cms:
+        name = cm.drug.strip().lower()
+        if not active_on(cm, day) or (cm.status or "") in ("entered-in-error", "not-taken", "cancelled"):
+            continue
+        if name in m.excluded_drugs:
+            ok = False
+        elif name in m.max_daily_mg:
+            if cm.daily_dose_mg is None:
+                ref = cm.source.reference
+                return None, f"daily dose of {name} ({ref}) unknown for the maintenance criterion"
+            ok = ok and cm.daily_dose_mg <= m.max_daily_mg[name]
+    return ok, None
+
+
+def _not_evaluable(
+    v: Sledai2kVisit, day1: dt.date | None, reason: str, previous: str | None = None,
+) -> LldasVisit:
+    sd = study_day(v.date, day1) if v.date and day1 else None
+    return LldasVisit(visit=v.visit, date=v.date, study_day=sd, lldas=None, reason=reason,
+                      previous_visit=previous)
+
+
+def derive_lldas(
+    sledai: Sequence[Sledai2kVisit],
+    pga: Sequence[PgaVisit],
+    pred_eq: Sequence[PredEqVisit],
+    day1: dt.date | None,
+    groups: Mapping[str, str],
+    settings: LldasSettings,
+    cm: Sequence[ConMed] = (),
+) -> list[LldasVisit]:
+    """LLDAS at every dated SLEDAI-2K visit (cases 1–8 of the module docstring).
+
+    ``groups`` maps each SLEDAI-2K descriptor code to its organ group (``Sledai2kSettings.descriptors``);
+    ``cm`` is needed only for the fifth criterion.
+    """
+    pga_by = {p.visit: p for p in pga}
+    pred_by = {p.visit: p for p in pred_eq}
+    assessed = [v for v in sledai if v.total is not None and v.date is not None]
+    out: list[LldasVisit] = []
+    for v in sledai:
+        if v.date is None:
+            continue
+        prev = max((a for a in assessed if a.date is not None and a.date < v.date),
+                   key=lambda a: a.date or dt.date.min, default=None)
+        p, dose = pga_by.get(v.visit), pred_by.get(v.visit)
+        if day1 is None:
+            out.append(_not_evaluable(v, day1, "Day 1 unknown"))
+        elif v.date <= day1:
+            out.append(_not_evaluable(v, day1, "baseline period (on or before Day 1)"))
+        elif v.total is None:
+            out.append(_not_evaluable(v, day1, "SLEDAI-2K not assessed at this visit"))
+        elif p is None or p.pga is None:
+            out.append(_not_evaluable(v, day1, "PGA missing at this visit"))
+        elif prev is None:
+            out.append(_not_evaluable(v, day1, "no previous SLEDAI-2K assessment to compare features with"))
+        elif dose is None or dose.mg_per_day is None:
+            why = dose.reason if dose is not None and dose.reason else "no visit date for the dose"
+            why = f"prednisolone-equivalent dose not evaluable: {why}"
+            out.append(_not_evaluable(v, day1, why, prev.visit))
+        else:
+            maint: bool | None = None
+            if settings.maintenance_criterion:
+                maint, why_m = _maintenance(cm, v.date, settings.maintenance)
+                if maint is None:
+                    why_m = why_m or "maintenance criterion not evaluable"
+                    out.append(_not_evaluable(v, day1, why_m, prev.visit))
+                    continue
+            now = _scored(v)
+            criteria = {
+                "sledai_le_4": v.total <= settings.sledai_max,
+                "no_major_organ_activity": not any(groups.get(c) in settings.major_organ_groups for c in now),
+                "no_new_features": now <= _scored(prev),
+                "pga_le_1": p.pga <= settings.pga_max,
+                "pred_eq_le_7_5": dose.mg_per_day <= settings.pred_eq_max_mg,
+            }
+            if maint is not None:
+                criteria["maintenance_therapy"] = maint
+            failed = [c for c in CRITERIA if c in criteria and not criteria[c]]
+            sources = {s for d in v.descriptors for s in d.sources} | set(dose.sources)
+            if p.source:
+                sources.add(p.source)
+            out.append(LldasVisit(
+                visit=v.visit, date=v.date, study_day=study_day(v.date, day1), lldas=not failed,
+                failed=failed, criteria=criteria, previous_visit=prev.visit, sources=sorted(sources),
+            ))
+    return out
+
+
+def lldas_rate(results: Iterable[tuple[str, bool | None]], visits: Sequence[str]) -> list[LldasRate]:
+    """Response rate per visit over (visit, lldas) pairs of all subjects, in the order of ``visits``."""
+    n: dict[str, int] = dict.fromkeys(visits, 0)
+    yes: dict[str, int] = dict.fromkeys(visits, 0)
+    for visit, value in results:
+        if visit in n and value is not None:
+            n[visit] += 1
+            yes[visit] += int(value)
+    return [LldasRate(visit=v, n=n[v], responders=yes[v], rate=yes[v] / n[v] if n[v] else None)
+            for v in visits]

@@ -1,0 +1,202 @@
+"""Proteinuria per visit with change from baseline, and the optional lupus nephritis renal response.
+
+Measures (decisions.md "Renal"; clinical-reference §8.1): 24-h urine protein in g/24 h and the urine
+protein/creatinine ratio (UPCR) in mg/mg (= g/g; mg/mmol ÷ 113.12, mg/g ÷ 1000). The mapping has already
+converted units and selected one value per visit (``items.yaml`` items ``protein_24h`` and ``upcr``).
+Change from baseline (:mod:`fhir_adapter.derive.baseline`): baseline = the last value on or before Day 1;
+change = value − baseline after it (None for a censored value such as ``<0.1``).
+
+Renal response (setting ``response.enabled``, off by default) — KDIGO 2024 Clinical Practice Guideline for
+the management of lupus nephritis, Kidney Int 2024;105(1S):S1–S69 (clinical-reference §8.2):
+
+* **complete**: proteinuria **< 0.5** g/g (strict, as KDIGO and BLISS-LN; AURORA used ≤ 0.5) with kidney
+  function stable or improved;
+* **partial**: proteinuria reduced by **≥ 50 %** from baseline **and < 3.0** g/g, kidney function stable;
+* **none**: neither.
+
+"Kidney function stable" = visit eGFR ≥ baseline eGFR × (1 − ``egfr_max_decline``) (0.15: the upper end of
+KDIGO's "±10–15 % of baseline"); an eGFR rise always counts as stable.
+
+Who is assessed, and with which measure; the first case that applies decides (per subject):
+
+1. response disabled → no result (null);
+2. no baseline value of any measure in ``measures`` (preference order; default UPCR, then 24-h protein: KDIGO
+   states its thresholds as PCR in g/g) → not evaluable;
+3. ``ln_at_baseline: proteinuria`` and baseline proteinuria ≤ ``ln_min_proteinuria`` (0.5; lupus nephritis
+   at baseline needs **> 0.5**, the SLEDAI-2K proteinuria threshold) → not applicable (no LN at baseline);
+   ``ln_at_baseline: all`` treats every subject as having LN (an LN cohort);
+4. otherwise every visit after Day 1 is graded with the one chosen measure (never mixed across visits):
+   no value → None; value censored above (``>3``) → None; eGFR missing at the visit or at baseline with
+   ``require_egfr`` → None; else complete, partial or none as above.
+
+Examples: baseline UPCR 2.0 → 0.45 with stable eGFR = complete; 2.0 → 0.5 = partial (75 % reduction, < 3.0;
+0.5 is not < 0.5); 4.0 → 2.0 = partial (exactly 50 %); 6.0 → 3.0 = none (50 % but not < 3.0); 2.0 → 0.4 with
+eGFR 100 → 84 (−16 %) = none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.derive.baseline import VisitValue, item_by_visit
+
+Measure = Literal["upcr", "protein_24h"]
+Response = Literal["complete", "partial", "none"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RenalResponseSettings(_Strict):
+    enabled: bool = False
+    ln_at_baseline: Literal["proteinuria", "all"] = "proteinuria"
+    ln_min_proteinuria: float = Field(0.5, ge=0, description="LN at baseline needs proteinuria > this")
+    measures: tuple[Measure, ...] = ("upcr", "protein_24h")
+    complete_below: float = Field(0.5, gt=0, description="complete: proteinuria < this")
+    partial_reduction: float = Field(0.5, gt=0, le=1, description="partial: reduction >= this fraction")
+    partial_below: float = Field(3.0, gt=0, description="partial: proteinuria < this")
+    egfr_max_decline: float = Field(0.15, ge=0, lt=1, description="stable: eGFR >= baseline x (1 - this)")
+    require_egfr: bool = True
+
+
+class RenalSettings(_Strict):
+    upcr_item: str = "upcr"
+    protein_24h_item: str = "protein_24h"
+    egfr_item: str = "egfr"
+    response: RenalResponseSettings = RenalResponseSettings()
+
+
+class RenalVisit(BaseModel):
+    visit: str
+    date: dt.date | None
+    study_day: int | None = None
+    upcr: float | None = None
+    upcr_change: float | None = None
+    protein_24h: float | None = None
+    protein_24h_change: float | None = None
+    egfr: float | None = None
+
+
+class RenalResponseVisit(BaseModel):
+    visit: str
+    study_day: int | None
+    value: float | None
+    reduction: float | None = Field(None, description="fraction of the baseline proteinuria lost")
+    egfr_change: float | None = Field(None, description="fractional change of eGFR from baseline")
+    response: Response | None
+    reason: str | None = None
+
+
+class RenalResponse(BaseModel):
+    ln_at_baseline: bool | None
+    measure: Measure | None = None
+    baseline_visit: str | None = None
+    baseline_value: float | None = None
+    baseline_egfr: float | None = None
+    reason: str | None = None
+    visits: list[RenalResponseVisit] = Field(default_factory=list)
+    first_complete: RenalResponseVisit | None = None
+    first_partial_or_better: RenalResponseVisit | None = None
+    last: RenalResponseVisit | None = Field(None, description="the last graded visit")
+
+
+class RenalResults(BaseModel):
+    visits: list[RenalVisit]
+    response: RenalResponse | None = None
+
+
+def _baseline(rows: list[VisitValue]) -> VisitValue | None:
+    return next((r for r in rows if r.baseline), None)
+
+
+def _grade(
+    r: VisitValue,
+    base: VisitValue,
+    egfr: VisitValue | None,
+    base_egfr: VisitValue | None,
+    s: RenalResponseSettings,
+) -> RenalResponseVisit:
+    assert base.value is not None
+    out = RenalResponseVisit(visit=r.visit, study_day=r.study_day, value=r.value, response=None)
+    if r.value is None:
+        out.reason = "no proteinuria result at this visit"
+        return out
+    if r.comparator in (">", ">="):
+        out.reason = f"censored result {r.comparator}{r.value}: reduction unknown"
+        return out
+    out.reduction = round((base.value - r.value) / base.value, 6) if base.value > 0 else None
+    stable = True
+    if egfr is not None and egfr.value is not None and base_egfr is not None and base_egfr.value:
+        out.egfr_change = round((egfr.value - base_egfr.value) / base_egfr.value, 6)
+        stable = egfr.value >= base_egfr.value * (1 - s.egfr_max_decline)
+    elif s.require_egfr:
+        out.reason = "eGFR missing at this visit or at baseline"
+        return out
+    # an upper-censored value (<0.1) is below a limit L when its bound is <= L; its reduction is a lower bound
+    below_complete = r.value < s.complete_below or (r.comparator is not None and r.value <= s.complete_below)
+    below_partial = r.value < s.partial_below or (r.comparator is not None and r.value <= s.partial_below)
+    if stable and below_complete:
+        out.response = "complete"
+    elif stable and below_partial and out.reduction is not None and out.reduction >= s.partial_reduction:
+        out.response = "partial"
+    else:
+        out.response = "none"
+    return out
+
+
+def renal_response(
+    crf: SubjectCRF,
+    by_measure: dict[Measure, list[VisitValue]],
+    egfr: list[VisitValue],
+    s: RenalResponseSettings,
+) -> RenalResponse:
+    """Renal response of one subject (cases 2–4 of the module docstring)."""
+    chosen = next(((m, b) for m in s.measures if (b := _baseline(by_measure[m])) is not None), None)
+    if chosen is None:
+        return RenalResponse(ln_at_baseline=None, reason=f"no baseline value of {', '.join(s.measures)}")
+    measure, base = chosen
+    assert base.value is not None
+    base_egfr = _baseline(egfr)
+    res = RenalResponse(
+        ln_at_baseline=s.ln_at_baseline == "all" or base.value > s.ln_min_proteinuria, measure=measure,
+        baseline_visit=base.visit, baseline_value=base.value,
+        baseline_egfr=base_egfr.value if base_egfr else None,
+    )
+    if not res.ln_at_baseline:
+        res.reason = f"no lupus nephritis at baseline ({measure} {base.value} <= {s.ln_min_proteinuria})"
+        return res
+    if base.comparator is not None:
+        res.reason = f"baseline {measure} is censored ({base.comparator}{base.value})"
+        return res
+    egfr_by = {e.visit: e for e in egfr}
+    for r in by_measure[measure]:
+        if crf.day1 is None or r.date is None or r.date <= crf.day1:
+            continue
+        g = _grade(r, base, egfr_by.get(r.visit), base_egfr, s)
+        res.visits.append(g)
+    graded = [g for g in res.visits if g.response is not None]
+    res.first_complete = next((g for g in graded if g.response == "complete"), None)
+    res.first_partial_or_better = next((g for g in graded if g.response in ("complete", "partial")), None)
+    res.last = graded[-1] if graded else None
+    return res
+
+
+def derive_renal(crf: SubjectCRF, settings: RenalSettings) -> RenalResults:
+    """UPCR and 24-h protein at every dated visit with changes from baseline, and the renal response."""
+    upcr = item_by_visit(crf, settings.upcr_item)
+    p24 = item_by_visit(crf, settings.protein_24h_item)
+    egfr = item_by_visit(crf, settings.egfr_item)
+    visits = [
+        RenalVisit(visit=u.visit, date=u.date, study_day=u.study_day, upcr=u.value, upcr_change=u.change,
+                   protein_24h=p.value, protein_24h_change=p.change, egfr=e.value)
+        for u, p, e in zip(upcr, p24, egfr, strict=True)
+    ]
+    response = None
+    if settings.response.enabled:
+        response = renal_response(crf, {"upcr": upcr, "protein_24h": p24}, egfr, settings.response)
+    return RenalResults(visits=visits, response=response)

@@ -1,0 +1,113 @@
+"""Prednisolone-equivalent dose: the worked numbers of clinical-reference §4.3 with decisions.md factors."""
+
+from __future__ import annotations
+
+import pytest
+from efficacy_helpers import conmed, rule, visit_crf
+from helpers import d
+
+from fhir_adapter.derive.glucocorticoids import (
+    GlucocorticoidSettings,
+    derive_pred_eq,
+    glucocorticoid_series,
+    pred_eq_on,
+)
+
+S = rule("glucocorticoids", GlucocorticoidSettings)
+
+
+def dose(cms, day=10):  # type: ignore[no-untyped-def]
+    return pred_eq_on(cms, d(day), S).mg_per_day
+
+
+def test_shipped_table_matches_decisions() -> None:
+    factors = {g.name: g.factor for g in S.drugs}
+    assert factors == {"prednisone": 1, "prednisolone": 1, "methylprednisolone": 1.25, "dexamethasone": 6.67,
+                       "hydrocortisone": 0.25, "betamethasone": 8.33, "triamcinolone": 1.25, "deflazacort": 0.83,
+                       "cortisone": 0.2}
+    assert {g.name: g.rxnorm for g in S.drugs}["methylprednisolone"] == "6902"
+    assert S.systemic_routes == ("oral", "intravenous", "intramuscular")
+
+
+def test_every_other_day_is_averaged() -> None:
+    assert dose([conmed("prednisone", 1, 60, dose=20, freq=0.5)]) == 10
+
+
+def test_factors() -> None:
+    assert dose([conmed("methylprednisolone", 1, None, dose=16)]) == 20
+    assert dose([conmed("dexamethasone", 1, None, dose=1.5)]) == pytest.approx(10, abs=0.01)   # 1.5 x 6.67
+    assert dose([conmed("deflazacort", 1, None, dose=6)]) == pytest.approx(5, abs=0.02)
+    assert dose([conmed("betamethasone", 1, None, dose=0.6)]) == pytest.approx(5, abs=0.01)
+    assert dose([conmed("cortisone acetate", 1, None, dose=25)]) == 5   # alias
+
+
+def test_concurrent_records_are_summed() -> None:
+    am_pm = [conmed("hydrocortisone", 1, None, dose=20), conmed("hydrocortisone", 1, None, dose=10)]
+    assert dose(am_pm) == 7.5
+    overlap = [conmed("prednisolone", 1, 20, dose=5), conmed("methylprednisolone", 10, 30, dose=4)]
+    assert dose(overlap, 9) == 5 and dose(overlap, 10) == 10 and dose(overlap, 20) == 10 and dose(overlap, 21) == 5
+
+
+def test_taper_and_inclusive_dates() -> None:
+    taper = [conmed("prednisolone", 1, 7, dose=20), conmed("prednisolone", 8, 14, dose=15),
+             conmed("prednisolone", 15, 21, dose=10), conmed("prednisolone", 22, 28, dose=7.5)]
+    assert [dose(taper, day) for day in (1, 7, 8, 14, 15, 22, 28, 29)] == [20, 20, 15, 15, 10, 7.5, 7.5, 0]
+    average = sum(dose(taper, day) or 0 for day in range(1, 29)) / 28
+    assert average == pytest.approx(13.125)
+    assert dose(taper, -1) == 0
+
+
+def test_routes() -> None:
+    assert dose([conmed("betamethasone", 1, None, dose=1, route="topical")]) == 0
+    assert dose([conmed("triamcinolone", 1, None, dose=40, route="intra-articular")]) == 0
+    assert dose([conmed("prednisolone", 1, None, dose=5, route="inhaled")]) == 0
+    assert dose([conmed("methylprednisolone", 1, None, dose=40, route="intravenous")]) == 50
+    assert dose([conmed("triamcinolone", 1, None, dose=4, route="intramuscular")]) == 5
+    # unknown route: the mapping's systemic flag, else count_unknown_route (true)
+    assert dose([conmed("prednisolone", 1, None, dose=5, route=None)]) == 5
+    assert dose([conmed("prednisolone", 1, None, dose=5, route=None, systemic=False)]) == 0
+    no_unknown = S.model_copy(update={"count_unknown_route": False})
+    assert pred_eq_on([conmed("prednisolone", 1, None, dose=5, route=None)], d(10), no_unknown).mg_per_day == 0
+
+
+def test_rxnorm_code_wins_over_the_name() -> None:
+    assert dose([conmed("solu-medrol", 1, None, dose=4, rxnorm="6902")]) == 5
+    assert dose([conmed("budesonide", 1, None, dose=9, drug_class="glucocorticoid")]) == 0
+
+
+def test_administrations_count_on_their_date_and_replace_orders() -> None:
+    pulse = [conmed("methylprednisolone", day, day, dose=500, kind="administration", route="intravenous",
+                    freq=None) for day in (2, 3, 4)]
+    oral = conmed("methylprednisolone", 1, None, dose=8)
+    assert [dose([*pulse, oral], day) for day in (1, 2, 4, 5)] == [10, 625, 625, 10]
+    keep_orders = S.model_copy(update={"administrations_replace_orders": False})
+    assert pred_eq_on([*pulse, oral], d(2), keep_orders).mg_per_day == 635
+
+
+def test_statuses_and_kinds_not_counted() -> None:
+    assert dose([conmed("prednisone", 1, None, dose=10, status="entered-in-error")]) == 0
+    assert dose([conmed("prednisone", 1, None, dose=10, kind="dispense")]) == 0
+    assert dose([conmed("prednisone", 1, None, daily=10, freq=None)]) == 10   # mapping's daily dose wins
+
+
+def test_unknown_dose_is_not_evaluable_with_reason() -> None:
+    r = pred_eq_on([conmed("prednisone", 1, None, dose=None), conmed("prednisolone", 1, None, dose=5)], d(10), S)
+    assert r.mg_per_day is None and "prednisone" in (r.reason or "")
+    r = pred_eq_on([conmed("prednisone", 1, None, dose=2, unit="{tbl}")], d(10), S)
+    assert r.mg_per_day is None and "{tbl}" in (r.reason or "")
+    r = pred_eq_on([conmed("prednisone", 1, None, dose=20, freq=None)], d(10), S)
+    assert r.mg_per_day is None and "frequency" in (r.reason or "")
+    assert dose([conmed("prednisone", 1, None, dose=0.01, unit="g")]) == 10
+
+
+def test_per_visit_and_series() -> None:
+    cms = [conmed("prednisolone", -30, 14, dose=20), conmed("prednisolone", 15, None, dose=5),
+           conmed("prednisone", None, None, dose=5), conmed("fludrocortisone", 1, None, dose=0.1,
+                                                              drug_class="glucocorticoid")]
+    crf = visit_crf({"BL": (-7, {}), "W2": (15, {}), "W4": (29, {})}, cm=cms)
+    visits = {v.visit: v for v in derive_pred_eq(crf, S)}
+    assert visits["BL"].mg_per_day == 20 and visits["W2"].mg_per_day == 5 and visits["W4"].mg_per_day == 5
+    assert visits["W2"].sources == [cms[1].source.reference]
+    series = glucocorticoid_series(crf, S)
+    assert [(p.study_day, p.mg_per_day) for p in series.points] == [(-7, 20), (15, 5)]
+    assert series.undated == [cms[2].source.reference] and series.unrecognised == [cms[3].source.reference]
