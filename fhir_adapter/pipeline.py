@@ -18,17 +18,19 @@ import orjson
 
 from fhir_adapter import __version__
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster import Enrollee, build_roster, with_day1
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.runlog import Quarantined, RunLog
 from fhir_adapter.source.base import Source
 from fhir_adapter.study import Study
 from fhir_adapter.writeback.bundle import transaction
 from fhir_adapter.writeback.observations import sledai2k_observation
 from fhir_adapter.writeback.sink import WriteResult
+from fhir_adapter.writeback.state import WrittenState
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,7 @@ def run(
     runlog: RunLog | None = None,
     on_subject: Callable[[str], None] | None = None,
     sink: Sink | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> RunSummary:
     """Run the job. With a ``sink``, results are also written to the server (only what changed).
 
@@ -99,29 +102,37 @@ def run(
     summary = RunSummary(out=out)
     roster = build_roster(source.roster(), study, runlog)
     summary.excluded = dict(roster.excluded)
+    if on_start:
+        on_start(len(roster.enrolled))  # the number of on_subject calls to come (progress displays)
     labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}
     if hasattr(source, "label_subjects"):
         source.label_subjects(labels)
     incremental = getattr(source, "since", None) is not None
     keep = {"crf"} if incremental else set()
-    for sub in ("crf", "results", "writeback", "quarantine"):
+    for sub in ("crf", "results", "writeback", "quarantine", "export"):
         if sub not in keep:
             shutil.rmtree(out / sub, ignore_errors=True)
+    exports = ExportWriter(out / "export", study)
+    state = WrittenState(out / "state" / "written.json")
     if sink is not None:
         sink.start(roster.patient_ids)
     mapper = SubjectMapper(study, runlog)
     rows: list[dict[str, Any]] = []
 
-    def finish(e: Enrollee, crf: SubjectCRF) -> None:
+    def finish(e: Enrollee, crf: SubjectCRF, quarantined: list[Quarantined] | None = None,
+               source_resources: list[dict[str, Any]] | None = None) -> None:
         res = derive_subject(crf, study)
         rows.append(subject_row(res))
         name = _safe_name(e.subject_id)
         _dump(out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
         bundle_resources = writeback_resources(res, e, study)
-        invalid = [p for p in (r4_problem(x) for x in bundle_resources) if p]
+        plan = state.plan(e.subject_id, bundle_resources, source_resources or [])
+        invalid = [p for p in (r4_problem(x) for x in bundle_resources + plan.retractions) if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
-        _dump(out / "writeback" / f"{name}.json", transaction(bundle_resources))
+        _dump(out / "writeback" / f"{name}.json", transaction(bundle_resources + plan.retractions))
+        state.commit(plan)
+        exports.add(crf, quarantined or [])
         summary.results_written += len(bundle_resources)
         summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1
@@ -154,8 +165,10 @@ def run(
         e0 = roster.enrolled[pid]
 
         def fresh(e0: Enrollee = e0, resources: list[dict[str, Any]] = resources) -> None:
+            q0 = len(runlog.quarantine)
             e = with_day1(e0, resources, study, runlog)
-            finish(e, mapper.map(e, resources))
+            crf = mapper.map(e, resources)
+            finish(e, crf, runlog.quarantine[q0:], resources)
 
         guarded(e0, fresh)
     for pid in sorted(getattr(source, "unchanged", set())):
@@ -169,6 +182,8 @@ def run(
 
         guarded(e0, cached)
     _dump(out / "results" / "study.json", study_json(study, rows))
+    coverage = exports.close(dict(runlog.counts))
+    state.save()
     summary.quarantined = len(runlog.quarantine)
     summary.warnings = len(runlog.warnings)
     _write_quarantine(out, runlog)
@@ -190,6 +205,8 @@ def run(
         "writes": summary.writes,
         "warnings": runlog.warnings,
         "quarantine": [q.as_report() for q in runlog.quarantine],
+        "coverage": coverage,
+        "writeback_state": state.report(),
     })
     return summary
 

@@ -160,6 +160,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
             info = StudyInfo.model_validate({**info.model_dump(), "timezone": overlay.timezone})
 
     code_index: dict[tuple[str, str], str] = {}
+    testcds: dict[tuple[str, str], str] = {}
     for item_id, item in items.items():
         from_overlay = overlay is not None and item_id in overlay.items
         for i, ref in enumerate(item_codes[item_id]):
@@ -172,6 +173,9 @@ def load_study(root: Path, site: Path | None = None) -> Study:
                                 "a code can feed one item only")
             code_index[key] = item_id
         _check_units(idoc, item_id, item, ("items", item_id))
+        if item.testcd and (first := testcds.setdefault((item.domain, item.testcd), item_id)) != item_id:
+            raise idoc.error(("items", item_id, "testcd"), f"testcd {item.testcd} is already used by item '{first}'",
+                             f"give each {item.domain} item its own testcd")
         items[item_id] = item.model_copy(update={"codes": tuple(item_codes[item_id])})
 
     for i, name in enumerate(schedule.unscheduled_items):

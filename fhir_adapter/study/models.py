@@ -91,6 +91,10 @@ class Item(Strict):
 
     domain: Domain
     label: str
+    testcd: str | None = Field(
+        None, pattern=r"^[A-Z][A-Z0-9_]{0,7}$",
+        description="CDISC --TESTCD in the exports (SDTM CT where one exists); default: derived from the item id",
+    )
     codes: tuple[str, ...] = Field(description="alias|code, e.g. loinc|777-3; any number of site-local codes")
     value: ValueType = "quantity"
     unit: str | None = Field(None, description="UCUM unit the CRF stores the item in")

@@ -1,0 +1,215 @@
+"""CDISC ODM 1.3.2 export (``OUT/export/odm.xml``) built with odmlib.
+
+* **MetaDataVersion** — one StudyEventDef per scheduled visit (``SE.<visit>``), a repeating ``SE.UNS`` for
+  unscheduled visits and a common ``SE.SUBJECT`` event holding the subject-level forms (DM, EX, CM, AE); one
+  FormDef and one ItemGroupDef per domain (``F.LB``, ``IG.LB``); one ItemDef per export column
+  (``IT.LB.LBORRES``) with its ODM DataType — ``partialDate``/``partialDatetime`` wherever a date may be
+  partial, so ``2024-03`` stays ``2024-03`` (never imputed); the ``--TESTCD`` values as CodeLists; the CRF
+  units as MeasurementUnits referenced by ``--STRESN``.
+* **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD``
+  for findings, ``--SEQ`` otherwise) with an ItemData per non-empty column: the same values as the CSV files.
+
+The file is written as it goes: the subjects' SubjectData are serialised one at a time to a side file, and
+:meth:`OdmWriter.close` wraps them in the ODM root and Study metadata, so memory does not grow with the
+number of subjects. The result validates against the ODM 1.3.2 XML schema shipped with odmlib
+(:func:`validate`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import odmlib.odm_1_3_2.model as ODM
+from odmlib import schema_manager
+
+from fhir_adapter import __version__
+from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_DOMAINS, data_type, testcd_map
+from fhir_adapter.study import Study
+
+SUBJECT_EVENT = "SE.SUBJECT"
+UNSCHEDULED_EVENT = "SE.UNS"
+SUBJECT_FORMS = ("DM", "EX", "CM", "AE")
+MDV_OID = "MDV.1"
+
+
+def schema_path() -> Path:
+    """The ODM 1.3.2 XML schema (``ODM1-3-2.xsd``) as distributed in the odmlib package."""
+    return Path(schema_manager.get_schema_path("odm", "1.3.2"))
+
+
+def validate(path: Path) -> None:
+    """Validate ``path`` against the ODM 1.3.2 schema; raises ``xmlschema.XMLSchemaValidationError``."""
+    import xmlschema
+
+    xmlschema.XMLSchema(str(schema_path())).validate(str(path))
+
+
+def _text(text: str) -> Any:
+    return ODM.Description(TranslatedText=[ODM.TranslatedText(_content=text, lang="en")])
+
+
+def _unit_oid(i: int) -> str:
+    return f"MU.{i}"
+
+
+def metadata(study: Study) -> tuple[Any, dict[str, str]]:
+    """The odmlib ``Study`` (GlobalVariables, BasicDefinitions, MetaDataVersion) and the unit → OID map."""
+    units = sorted({it.unit for it in study.items.values() if it.unit})
+    unit_oids = {u: _unit_oid(i) for i, u in enumerate(units, start=1)}
+    basic = ODM.BasicDefinitions(MeasurementUnit=[
+        ODM.MeasurementUnit(OID=oid, Name=u,
+                            Symbol=ODM.Symbol(TranslatedText=[ODM.TranslatedText(_content=u)]))
+        for u, oid in unit_oids.items()
+    ])
+    mdv = ODM.MetaDataVersion(OID=MDV_OID, Name=f"{study.info.id} CRF export",
+                              Description=f"fhir-adapter {__version__} EHR-to-EDC export of {study.info.id}")
+    visits = study.schedule.visits
+    mdv.Protocol = ODM.Protocol(StudyEventRef=[
+        ODM.StudyEventRef(StudyEventOID=SUBJECT_EVENT, OrderNumber=1, Mandatory="Yes"),
+        *(ODM.StudyEventRef(StudyEventOID=f"SE.{v.id}", OrderNumber=i, Mandatory="No")
+          for i, v in enumerate(visits, start=2)),
+        ODM.StudyEventRef(StudyEventOID=UNSCHEDULED_EVENT, OrderNumber=len(visits) + 2, Mandatory="No"),
+    ])
+    findings_refs = [ODM.FormRef(FormOID=f"F.{d}", OrderNumber=i, Mandatory="No")
+                     for i, d in enumerate(FINDINGS_DOMAINS, start=1)]
+    mdv.StudyEventDef.append(ODM.StudyEventDef(
+        OID=SUBJECT_EVENT, Name="Subject", Repeating="No", Type="Common",
+        FormRef=[ODM.FormRef(FormOID=f"F.{d}", OrderNumber=i, Mandatory="No")
+                 for i, d in enumerate(SUBJECT_FORMS, start=1)]))
+    for v in visits:
+        mdv.StudyEventDef.append(ODM.StudyEventDef(
+            OID=f"SE.{v.id}", Name=v.label or v.id, Repeating="No", Type="Scheduled",
+            Description=_text(f"target study day {v.day}, window {v.window[0]}..{v.window[1]}"),
+            FormRef=list(findings_refs)))
+    mdv.StudyEventDef.append(ODM.StudyEventDef(
+        OID=UNSCHEDULED_EVENT, Name="Unscheduled", Repeating="Yes", Type="Unscheduled",
+        Description=_text("results outside every visit window of items listed under unscheduled_items"),
+        FormRef=[ODM.FormRef(FormOID=f"F.{d}", OrderNumber=i, Mandatory="No")
+                 for i, d in enumerate(FINDINGS_DOMAINS, start=1)]))
+    testcd = testcd_map(study)
+    for domain in DOMAINS:
+        mdv.FormDef.append(ODM.FormDef(
+            OID=f"F.{domain}", Name=DOMAIN_LABELS[domain], Repeating="No",
+            ItemGroupRef=[ODM.ItemGroupRef(ItemGroupOID=f"IG.{domain}", OrderNumber=1, Mandatory="No")]))
+        mdv.ItemGroupDef.append(ODM.ItemGroupDef(
+            OID=f"IG.{domain}", Name=DOMAIN_LABELS[domain], Repeating="No" if domain == "DM" else "Yes",
+            SASDatasetName=domain, Domain=domain, Purpose="Tabulation",
+            ItemRef=[ODM.ItemRef(ItemOID=f"IT.{domain}.{c}", OrderNumber=i,
+                                 Mandatory="Yes" if c in ("STUDYID", "USUBJID") else "No")
+                     for i, c in enumerate(COLUMNS[domain], start=1)]))
+        for column in COLUMNS[domain]:
+            item = ODM.ItemDef(OID=f"IT.{domain}.{column}", Name=column, DataType=data_type(column))
+            if len(column) <= 8:
+                item.SASFieldName = column
+            if column == f"{domain}TESTCD":
+                item.CodeListRef = ODM.CodeListRef(CodeListOID=f"CL.{domain}TESTCD")
+            if column == f"{domain}STRESN":
+                domain_units = {it.unit for it in study.items.values() if it.domain == domain and it.unit}
+                item.MeasurementUnitRef = [
+                    ODM.MeasurementUnitRef(MeasurementUnitOID=unit_oids[u]) for u in sorted(domain_units)
+                ]
+            mdv.ItemDef.append(item)
+    for domain in FINDINGS_DOMAINS:
+        mdv.CodeList.append(ODM.CodeList(
+            OID=f"CL.{domain}TESTCD", Name=f"{domain} test codes", DataType="text",
+            CodeListItem=[
+                ODM.CodeListItem(CodedValue=testcd[k], Decode=ODM.Decode(
+                    TranslatedText=[ODM.TranslatedText(_content=it.label, lang="en")]))
+                for k, it in study.items.items() if it.domain == domain
+            ]))
+    gv = ODM.GlobalVariables(
+        StudyName=ODM.StudyName(_content=study.info.id),
+        StudyDescription=ODM.StudyDescription(_content=study.info.name or study.info.id),
+        ProtocolName=ODM.ProtocolName(_content=study.info.id),
+    )
+    return ODM.Study(OID=f"ST.{study.info.id}", GlobalVariables=gv, BasicDefinitions=basic,
+                     MetaDataVersion=[mdv]), unit_oids
+
+
+class OdmWriter:
+    """Streams SubjectData to ``<path>.part`` and assembles ``path`` on :meth:`close`."""
+
+    def __init__(self, path: Path, study: Study) -> None:
+        self.path = Path(path)
+        self.study = study
+        self._study_xml, self.unit_oids = metadata(study)
+        self.units = {v: k for k, v in self.unit_oids.items()}
+        self._part_path = self.path.with_name(self.path.name + ".part")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._part = self._part_path.open("wb")
+        self.subjects = 0
+
+    def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """Append one subject, from its export rows (:meth:`RowBuilder.rows`)."""
+        sd = ODM.SubjectData(SubjectKey=subject_id, TransactionType="Insert")
+        subject_event = ODM.StudyEventData(StudyEventOID=SUBJECT_EVENT)
+        for domain in SUBJECT_FORMS:
+            if rows.get(domain):
+                subject_event.FormData.append(self._form(domain, rows[domain]))
+        sd.StudyEventData.append(subject_event)
+        by_visit: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for domain in FINDINGS_DOMAINS:
+            for row in rows.get(domain, []):
+                by_visit.setdefault(row["_visit"], {}).setdefault(domain, []).append(row)
+        scheduled = {v.id for v in self.study.schedule.visits}
+        for visit, forms in by_visit.items():
+            if visit in scheduled:
+                ev = ODM.StudyEventData(StudyEventOID=f"SE.{visit}")
+            else:
+                ev = ODM.StudyEventData(StudyEventOID=UNSCHEDULED_EVENT, StudyEventRepeatKey=visit)
+            ev.FormData = [self._form(d, forms[d]) for d in FINDINGS_DOMAINS if d in forms]
+            sd.StudyEventData.append(ev)
+        elem = sd.to_xml()
+        assert elem is not None
+        self._part.write(ET.tostring(elem, encoding="utf-8", xml_declaration=False))
+        self._part.write(b"\n")
+        self.subjects += 1
+
+    def _form(self, domain: str, rows: list[dict[str, Any]]) -> Any:
+        groups = []
+        findings = domain in FINDINGS_DOMAINS
+        for row in rows:
+            key = row[f"{domain}TESTCD"] if findings else (row.get(f"{domain}SEQ") or "1")
+            ig = ODM.ItemGroupData(ItemGroupOID=f"IG.{domain}")
+            if domain != "DM":
+                ig.ItemGroupRepeatKey = str(key)
+            for column in COLUMNS[domain]:
+                value = row.get(column, "")
+                if value == "" or value is None:
+                    continue
+                data = ODM.ItemData(ItemOID=f"IT.{domain}.{column}", Value=str(value))
+                if findings and column == f"{domain}STRESN" and row.get(f"{domain}STRESU") in self.unit_oids:
+                    data.MeasurementUnitRef = ODM.MeasurementUnitRef(
+                        MeasurementUnitOID=self.unit_oids[row[f"{domain}STRESU"]])
+                ig.ItemData.append(data)
+            groups.append(ig)
+        return ODM.FormData(FormOID=f"F.{domain}", ItemGroupData=groups)
+
+    def close(self) -> Path:
+        """Write ``odm.xml``: ODM root, Study metadata, ClinicalData holding the streamed subjects."""
+        self._part.close()
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+        root = ODM.ODM(
+            FileType="Snapshot", Granularity="All", FileOID=f"FA.{self.study.info.id}.{now}",
+            CreationDateTime=now, ODMVersion="1.3.2", Originator="fhir-adapter",
+            SourceSystem="fhir-adapter", SourceSystemVersion=__version__,
+        )
+        root.Study = [self._study_xml]
+        root.ClinicalData = [
+            ODM.ClinicalData(StudyOID=f"ST.{self.study.info.id}", MetaDataVersionOID=MDV_OID)
+        ]
+        text = root.to_xml_string(xml_declaration=True)
+        marker = text.rfind("<ClinicalData ")
+        end = text.index("/>", marker)
+        head, tail = text[:end].rstrip() + ">\n", "</ClinicalData>" + text[end + 2:]
+        with self.path.open("wb") as out:
+            out.write(head.encode("utf-8"))
+            with self._part_path.open("rb") as part:
+                shutil.copyfileobj(part, out)
+            out.write(tail.encode("utf-8"))
+        self._part_path.unlink()
+        return self.path

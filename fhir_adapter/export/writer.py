@@ -1,0 +1,56 @@
+"""``OUT/export/``: the EDC exports of a run, written subject by subject.
+
+* ``<DOMAIN>.csv`` for DM, EX, LB, VS, PC, QS, IS, CM, AE (CDISC-style columns, :mod:`.cdisc`);
+* ``odm.xml`` — CDISC ODM 1.3.2 ClinicalData with its MetaDataVersion (:mod:`.odm`);
+* ``coverage.csv`` and ``coverage-subjects.csv`` (:mod:`.coverage`).
+
+Each subject's rows are written as soon as its CRF exists; nothing but counters is kept across subjects.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import IO, Any
+
+from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, RowBuilder
+from fhir_adapter.export.coverage import Coverage
+from fhir_adapter.export.odm import OdmWriter
+from fhir_adapter.runlog import Quarantined
+from fhir_adapter.study import Study
+
+
+class ExportWriter:
+    def __init__(self, folder: Path, study: Study) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.rows = RowBuilder(study)
+        self._files: dict[str, IO[str]] = {}
+        self._csv: dict[str, csv.DictWriter[str]] = {}
+        for domain in DOMAINS:
+            fh = (self.folder / f"{domain}.csv").open("w", newline="", encoding="utf-8")
+            w = csv.DictWriter(fh, fieldnames=list(COLUMNS[domain]), extrasaction="ignore")
+            w.writeheader()
+            self._files[domain], self._csv[domain] = fh, w
+        self.odm = OdmWriter(self.folder / "odm.xml", study)
+        self.coverage = Coverage(study, self.folder)
+        self.counts: dict[str, int] = dict.fromkeys(DOMAINS, 0)
+
+    def add(self, crf: SubjectCRF, quarantined: list[Quarantined]) -> None:
+        """Export one subject's CRF; ``quarantined`` = the quarantine entries added while mapping it."""
+        rows = self.rows.rows(crf)
+        for domain, domain_rows in rows.items():
+            self._csv[domain].writerows(domain_rows)
+            self.counts[domain] += len(domain_rows)
+        self.odm.add(crf.subject_id, rows)
+        self.coverage.add(crf, quarantined)
+
+    def close(self, run_counts: dict[str, int]) -> dict[str, Any]:
+        """Finish every file; return the report's ``coverage`` section (with the export row counts)."""
+        for fh in self._files.values():
+            fh.close()
+        self.odm.close()
+        report = self.coverage.close(run_counts)
+        report["export_rows"] = dict(self.counts)
+        return report

@@ -1,0 +1,183 @@
+"""What earlier runs wrote back, so a result whose inputs are gone is retracted on the next run.
+
+``OUT/state/written.json`` keeps, per result identifier, the subject, the source references the result was
+derived from, a content hash and the few elements needed to address it again (identifier, code, subject,
+focus, category). It survives between runs (the pipeline clears crf/, results/, writeback/ but not state/).
+
+For each subject processed in a run, comparing its new result resources with the state gives, the first
+case that applies:
+
+1. **new** — the identifier was never written;
+2. **unchanged** — same content hash as last time;
+3. **updated** — written before, the content changed (e.g. a SLEDAI-2K total after a source correction);
+4. **retracted** — written before and not produced any more: its inputs were retracted (entered-in-error,
+   cancelled, removed) or no longer qualify. The subject's write-back bundle gets a conditional update of that
+   Observation with ``status: entered-in-error``, the same identifier, code and subject, and a ``note``
+   naming the source resources and their current status. A retracted identifier is retracted once; if the
+   result comes back on a later run it is simply written again.
+
+A subject that is not processed in a run (failed, or no longer enrolled) keeps its state untouched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_adapter import __version__
+from fhir_adapter.terminology import SID_RESULT
+
+STATE_VERSION = 1
+_KEEP = ("resourceType", "meta", "extension", "identifier", "category", "code", "subject", "focus",
+         "effectiveDateTime")
+_VALUE_KEYS = ("valueInteger", "valueQuantity", "valueBoolean", "valueString", "valueCodeableConcept")
+
+
+def content_hash(resource: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def result_id(resource: dict[str, Any]) -> str:
+    """The adapter's business identifier value of a result resource."""
+    for ident in resource.get("identifier") or []:
+        if ident.get("system") == SID_RESULT:
+            return str(ident["value"])
+    raise ValueError(f"{resource.get('resourceType')} without an identifier in {SID_RESULT}")
+
+
+def _sources(resource: dict[str, Any]) -> list[str]:
+    return sorted({str(r.get("reference")) for r in resource.get("derivedFrom") or [] if r.get("reference")})
+
+
+def _value_text(entry: dict[str, Any]) -> str:
+    value = entry.get("value")
+    if not isinstance(value, dict) or not value:
+        return "no value"
+    v = next(iter(value.values()))
+    if isinstance(v, dict) and "value" in v:
+        return f"{v['value']} {v.get('unit') or v.get('code') or ''}".strip()
+    return str(v)
+
+
+def source_statuses(resources: list[dict[str, Any]]) -> dict[str, str]:
+    """``Type/id`` → status of the latest version present in this run's source."""
+    best: dict[str, tuple[tuple[int, str], str]] = {}
+    for r in resources:
+        if not isinstance(r.get("id"), str):
+            continue
+        meta = r.get("meta") or {}
+        v = str(meta.get("versionId") or "0")
+        key = (int(v) if v.isdigit() else 0, str(meta.get("lastUpdated") or ""))
+        ref = f"{r.get('resourceType')}/{r['id']}"
+        if ref not in best or key > best[ref][0]:
+            best[ref] = (key, str(r.get("status") or "unknown"))
+    return {ref: status for ref, (_, status) in best.items()}
+
+
+def retraction(entry: dict[str, Any], reason: str, on: dt.date) -> dict[str, Any]:
+    """The entered-in-error update of a result written by an earlier run."""
+    obs = {k: v for k, v in entry["resource"].items() if k in _KEEP}
+    obs["status"] = "entered-in-error"
+    if entry.get("sources"):
+        obs["derivedFrom"] = [{"reference": r} for r in entry["sources"]]
+    obs["note"] = [{"text": (f"Retracted by fhir-adapter {__version__} on {on.isoformat()}: {reason}. "
+                             f"The value written earlier ({_value_text(entry)}) no longer holds.")}]
+    return obs
+
+
+@dataclass
+class Plan:
+    """What one subject's write-back does compared with the state (applied by :meth:`WrittenState.commit`)."""
+
+    subject_id: str
+    entries: dict[str, dict[str, Any]]
+    retractions: list[dict[str, Any]] = field(default_factory=list)
+    report: list[dict[str, Any]] = field(default_factory=list)
+    changes: dict[str, int] = field(default_factory=lambda: {"new": 0, "updated": 0, "unchanged": 0})
+
+
+class WrittenState:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.results: dict[str, dict[str, Any]] = {}
+        if self.path.exists():
+            data = orjson.loads(self.path.read_bytes())
+            if data.get("version") == STATE_VERSION:
+                self.results = data.get("results") or {}
+        self.by_subject: dict[str, set[str]] = {}
+        for ident, entry in self.results.items():
+            self.by_subject.setdefault(entry["subject_id"], set()).add(ident)
+        self.retracted: list[dict[str, Any]] = []
+        self.changes = {"new": 0, "updated": 0, "unchanged": 0, "retracted": 0}
+
+    def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
+             today: dt.date | None = None) -> Plan:
+        """Compare the subject's new result resources with what was written before."""
+        today = today or dt.date.today()
+        entries: dict[str, dict[str, Any]] = {}
+        plan = Plan(subject_id=subject_id, entries=entries)
+        for r in resources:
+            ident = result_id(r)
+            h = content_hash(r)
+            old = self.results.get(ident)
+            if old is None or old.get("retracted"):
+                plan.changes["new"] += 1
+            elif old["hash"] == h:
+                plan.changes["unchanged"] += 1
+            else:
+                plan.changes["updated"] += 1
+            entries[ident] = {
+                "subject_id": subject_id, "hash": h, "sources": _sources(r),
+                "resource": {k: v for k, v in r.items() if k in _KEEP},
+                "value": {k: r[k] for k in _VALUE_KEYS if k in r},
+            }
+        statuses: dict[str, str] | None = None
+        for ident in sorted(self.by_subject.get(subject_id, set()) - set(entries)):
+            old = self.results[ident]
+            if old.get("retracted"):
+                entries[ident] = old
+                continue
+            statuses = statuses if statuses is not None else source_statuses(source)
+            why = []
+            for ref in old.get("sources") or []:
+                status = statuses.get(ref.split("/_history/")[0])
+                if status is None:
+                    why.append(f"{ref} is no longer in the source")
+                elif status in ("entered-in-error", "cancelled"):
+                    why.append(f"{ref} is now {status}")
+            reason = ("its source data changed: " + "; ".join(why)) if why else \
+                "the result is no longer derived from the current source data"
+            plan.retractions.append(retraction(old, reason, today))
+            plan.report.append({"subject_id": subject_id, "identifier": ident,
+                                "sources": old.get("sources") or [], "previous_value": _value_text(old),
+                                "reason": reason})
+            entries[ident] = {**old, "retracted": today.isoformat()}
+        return plan
+
+    def commit(self, plan: Plan) -> None:
+        """Record a subject's plan once its write-back bundle is written."""
+        for ident in self.by_subject.get(plan.subject_id, set()):
+            self.results.pop(ident, None)
+        self.results.update(plan.entries)
+        self.by_subject[plan.subject_id] = set(plan.entries)
+        self.retracted.extend(plan.report)
+        for k, n in plan.changes.items():
+            self.changes[k] += n
+        self.changes["retracted"] += len(plan.report)
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(orjson.dumps({"version": STATE_VERSION, "results": self.results},
+                                     option=orjson.OPT_SORT_KEYS))
+        os.replace(tmp, self.path)
+
+    def report(self) -> dict[str, Any]:
+        """The ``writeback`` section of the run report."""
+        return {"state_file": "state/written.json", **self.changes, "retractions": self.retracted}
