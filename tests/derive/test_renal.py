@@ -1,0 +1,101 @@
+"""Proteinuria per visit and the KDIGO 2024 renal response (fhir_adapter/derive/renal.py)."""
+
+from __future__ import annotations
+
+from efficacy_helpers import rule, visit_crf
+from helpers import finding
+
+from fhir_adapter.derive.renal import RenalSettings, derive_renal
+
+S = rule("renal", RenalSettings)
+ON = S.model_copy(update={"response": S.response.model_copy(update={"enabled": True})})
+
+
+def test_shipped_settings() -> None:
+    r = S.response
+    assert not r.enabled and r.ln_at_baseline == "proteinuria" and r.ln_min_proteinuria == 0.5
+    assert (r.complete_below, r.partial_reduction, r.partial_below, r.egfr_max_decline) == (0.5, 0.5, 3.0, 0.15)
+    assert r.measures == ("upcr", "protein_24h")
+
+
+def test_values_and_changes_of_both_measures() -> None:
+    crf = visit_crf({"BL": (-7, {"upcr": 2.4, "protein_24h": 3.1}), "W4": (29, {"upcr": 1.2}),
+                     "W12": (85, {"upcr": 0.3, "protein_24h": 0.4})})
+    res = derive_renal(crf, S)
+    v = {x.visit: x for x in res.visits}
+    assert v["BL"].upcr_change == 0 and v["BL"].protein_24h_change == 0
+    assert v["W4"].upcr_change == -1.2 and v["W4"].protein_24h is None and v["W4"].protein_24h_change is None
+    assert v["W12"].upcr_change == -2.1 and v["W12"].protein_24h_change == -2.7   # no float noise
+    assert res.response is None   # off by default
+
+
+def test_unit_variant_already_normalised_by_mapping() -> None:
+    # 226.24 mg/mmol converted by the mapping factor 0.00884017 -> 2.0 mg/mg
+    crf = visit_crf({"BL": (-7, {"upcr": 226.24 * 0.00884017}), "W4": (29, {"upcr": 1.0})})
+    assert derive_renal(crf, S).visits[1].upcr_change == -1.0
+
+
+def response(bl: float, w: float, egfr_bl: float | None = 100, egfr_w: float | None = 100, settings=ON):  # type: ignore[no-untyped-def]
+    bl_vals: dict[str, float] = {"upcr": bl}
+    w_vals: dict[str, float] = {"upcr": w}
+    if egfr_bl is not None:
+        bl_vals["egfr"] = egfr_bl
+    if egfr_w is not None:
+        w_vals["egfr"] = egfr_w
+    return derive_renal(visit_crf({"BL": (-7, bl_vals), "W24": (169, w_vals)}), settings).response
+
+
+def test_response_grades_at_the_limits() -> None:
+    def grade(bl: float, w: float, **kw: float | None) -> str | None:
+        r = response(bl, w, **kw)  # type: ignore[arg-type]
+        assert r is not None and r.ln_at_baseline
+        return r.visits[0].response
+
+    assert grade(2.0, 0.45) == "complete"
+    assert grade(2.0, 0.5) == "partial"        # 0.5 is not < 0.5; 75 % reduction
+    assert grade(4.0, 2.0) == "partial"        # exactly 50 %
+    assert grade(4.0, 2.01) == "none"          # 49.75 %
+    assert grade(6.0, 3.0) == "none"           # 50 % but not < 3.0
+    assert grade(2.0, 0.4, egfr_w=85) == "complete"   # -15 %: still stable
+    assert grade(2.0, 0.4, egfr_w=84) == "none"       # -16 %
+    assert grade(2.0, 0.4, egfr_w=130) == "complete"  # improvement
+
+
+def test_ln_at_baseline_needs_proteinuria_over_0_5() -> None:
+    r = response(0.5, 0.1)
+    assert r is not None and r.ln_at_baseline is False and r.visits == [] and "no lupus nephritis" in (r.reason or "")
+    every = ON.model_copy(update={"response": ON.response.model_copy(update={"ln_at_baseline": "all"})})
+    r = response(0.5, 0.1, settings=every)
+    assert r is not None and r.ln_at_baseline and r.visits[0].response == "complete"
+
+
+def test_missing_egfr_and_missing_values() -> None:
+    r = response(2.0, 0.3, egfr_w=None)
+    assert r is not None and r.visits[0].response is None and "eGFR" in (r.visits[0].reason or "")
+    lax = ON.model_copy(update={"response": ON.response.model_copy(update={"require_egfr": False})})
+    r = response(2.0, 0.3, egfr_w=None, settings=lax)
+    assert r is not None and r.visits[0].response == "complete"
+    none = derive_renal(visit_crf({"W4": (29, {"upcr": 1.0})}), ON).response
+    assert none is not None and none.ln_at_baseline is None and "no baseline" in (none.reason or "")
+
+
+def test_measure_preference_and_first_and_last_response() -> None:
+    crf = visit_crf({
+        "BL": (-7, {"protein_24h": 3.0, "egfr": 90}), "W4": (29, {"protein_24h": 2.0, "upcr": 0.1, "egfr": 90}),
+        "W12": (85, {"protein_24h": 1.2, "egfr": 90}), "W24": (169, {"protein_24h": 0.3, "egfr": 90}),
+        "W52": (365, {"protein_24h": 0.8, "egfr": 90}),
+    })
+    r = derive_renal(crf, ON).response
+    assert r is not None and r.measure == "protein_24h"   # no baseline UPCR: the 24-h protein grades every visit
+    assert [v.response for v in r.visits] == ["none", "partial", "complete", "partial"]
+    assert r.first_partial_or_better is not None and r.first_partial_or_better.visit == "W12"
+    assert r.first_complete is not None and r.first_complete.visit == "W24" and r.first_complete.study_day == 169
+    assert r.last is not None and r.last.visit == "W52"
+
+
+def test_censored_results() -> None:
+    crf = visit_crf({"BL": (-7, {"upcr": 2.0, "egfr": 90}),
+                     "W24": (169, {"upcr": finding("upcr", 169, 0.1, comparator="<"), "egfr": 90}),
+                     "W52": (365, {"upcr": finding("upcr", 365, 3.0, comparator=">"), "egfr": 90})})
+    r = derive_renal(crf, ON).response
+    assert r is not None and [v.response for v in r.visits] == ["complete", None]
