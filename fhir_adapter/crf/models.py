@@ -148,6 +148,10 @@ class AdverseEvent(_Model):
     crs: bool = False
     icans: bool = False
     hematologic: bool = False
+    baseline_grade: int | None = Field(
+        None, ge=1, le=5,
+        description="grade on Day 1 before the infusion of an event already present then (TEAE by worsening)",
+    )
     source: SourceRef
 
 

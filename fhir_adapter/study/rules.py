@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
+from fhir_adapter.derive.dlt import DltSettings
+from fhir_adapter.derive.escalation import EscalationSettings
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings
 from fhir_adapter.derive.immunology import ImmunologySettings
+from fhir_adapter.derive.kinetics import KineticsSettings
 from fhir_adapter.derive.lldas import LldasSettings
 from fhir_adapter.derive.pga import PgaSettings
 from fhir_adapter.derive.renal import RenalSettings
+from fhir_adapter.derive.safety import SafetySettings
 from fhir_adapter.derive.sledai2k import Sledai2kSettings
 from fhir_adapter.mapping.adverse_events import AdverseEventSettings
 from fhir_adapter.mapping.medications import MedicationSettings
@@ -29,4 +33,10 @@ RULE_FILES: dict[str, type[BaseModel]] = {
     "renal": RenalSettings,
     "immunology": ImmunologySettings,
     # --- end efficacy endpoints ---
+    # --- safety, DLT, escalation, cellular kinetics (issue 4 items 7-10) ---
+    "safety": SafetySettings,
+    "dlt": DltSettings,
+    "escalation": EscalationSettings,
+    "kinetics": KineticsSettings,
+    # --- end safety/kinetics ---
 }

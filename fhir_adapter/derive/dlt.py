@@ -1,0 +1,325 @@
+"""Dose-limiting toxicity (DLT) of one subject: the protocol's DLT rules, as data, applied to its AEs.
+
+Definition: the LCAR-AIO DLT list (decisions.md "Safety"; the CAR-T phase I pattern of clinical-reference
+§5.6): DLT window = onset on study days 1–30; grade ≥ 4 CRS or ICANS; grade 3 CRS or ICANS not resolved to
+≤ grade 2 within 72 h; grade ≥ 3 non-haematological TEAE (not CRS or ICANS) related to LCAR-AIO (possibly,
+probably or definitely) lasting > 7 days; grade 4 neutropenia or thrombocytopenia still present after
+Day 30; any grade 5 event not assessed as unrelated. Grades: CTCAE v5.0, CRS/ICANS by ASTCT 2019. The rules
+live in ``mappings/<study>/dlt.yaml``; this module is the engine that reads them (rules as data, as CDISC
+CORE's rules engine: every finding names its rule and its source).
+
+Rule vocabulary (``when``; every key given must hold — a key left out does not constrain):
+
+* ``category``: any of ``crs``, ``icans``, ``hematologic``, ``non_hematologic`` (neither CRS, ICANS nor
+  haematological), ``any`` — from the AE CRF flags;
+* ``terms`` / ``codes`` / ``code_prefixes``: a regular expression found in the event's term (any case), or
+  one of its codes equal to / starting with a listed one (``system|code``, or the bare code); either may
+  match;
+* ``grade_min`` / ``grade_eq``: the recorded (maximum) grade of the event;
+* ``related``: ``related`` (assessed as possibly, probably or definitely related) or ``not_unrelated``
+  (not assessed as unrelated: related, or relatedness missing);
+* ``duration_over_hours``: onset to resolution lasts strictly longer than this many hours;
+* ``persists_after_day``: the event is still present on a study day after this one.
+
+Time from dates: the AE CRF keeps one record per event at its maximum grade, with onset and resolution
+dates, so a duration is (resolution date − onset date) × 24 h, and "not resolved to ≤ grade 2 within 72 h"
+is read as **the grade-3 record lasts more than 72 h from onset to resolution** (exactly 72 h, i.e. 3 days,
+is not a DLT). When a site records each change of grade as its own record, that record's duration is the
+time at that grade; otherwise it is an upper bound of it (the conservative reading). An unresolved event
+lasts at least until the subject's last data date (``last contact``): a DLT when that alone exceeds the
+limit, otherwise undecided.
+
+Each condition is True, False or unknown. An event meets a rule when all its conditions are True, cannot
+meet it when any is False, and is **undecided** otherwise (grade, relatedness, onset or duration unknown),
+which is never counted either way. The DLT window is one more condition: onset study day in
+``window.first_day`` .. ``window.last_day`` (a partial onset whose period overlaps the window is unknown).
+
+Subject result; the first case that applies defines the value:
+
+1. not infused → ``dlt`` None, not evaluable "not infused";
+2. an event meets a rule → ``dlt`` True, with every such event in ``dlt_events``;
+3. an event is undecided for a rule → ``dlt`` None, with the reasons in ``not_evaluable``;
+4. ``require_complete_window`` and the subject's last data are before the window's last day → None;
+5. otherwise → ``dlt`` False.
+
+Examples (Day 1 = 2024-02-01): CRS grade 3 from day 2 to day 6 (96 h) → DLT; the same to day 5 (72 h) → no;
+grade-3 rash related from day 3 to day 11 (8 days) → DLT; to day 10 (7 days) → no; grade 4 neutropenia
+from day 10 resolved on day 31 → DLT, resolved on day 30 → no; grade 3 diarrhoea with relatedness missing,
+lasting 10 days → not evaluable; a grade-2 event with unknown relatedness → no DLT (cannot meet any rule).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Callable
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
+from fhir_adapter.derive.safety import partial_period
+from fhir_adapter.timeline import study_day
+
+Category = Literal["crs", "icans", "hematologic", "non_hematologic", "any"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class When(_Strict):
+    category: tuple[Category, ...] = ("any",)
+    terms: tuple[str, ...] = Field((), description="regular expressions searched in the term, any case")
+    codes: tuple[str, ...] = Field((), description="system|code, or a bare code")
+    code_prefixes: tuple[str, ...] = Field((), description="system|prefix, or a bare code prefix")
+    grade_min: int | None = Field(None, ge=1, le=5)
+    grade_eq: int | None = Field(None, ge=1, le=5)
+    related: Literal["related", "not_unrelated"] | None = None
+    duration_over_hours: float | None = Field(None, ge=0)
+    persists_after_day: int | None = Field(None, ge=1)
+
+    @field_validator("terms")
+    @classmethod
+    def _regexes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as exc:
+                raise ValueError(f"term pattern {p!r} is not a regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _one_grade_test(self) -> When:
+        if self.grade_min is not None and self.grade_eq is not None:
+            raise ValueError("give grade_min or grade_eq, not both")
+        return self
+
+
+class Rule(_Strict):
+    id: str
+    description: str = ""
+    when: When
+
+
+class Window(_Strict):
+    first_day: int = Field(1, ge=1)
+    last_day: int = Field(30, ge=1)
+
+
+class DltSettings(_Strict):
+    window: Window = Window()
+    require_complete_window: bool = True
+    resolved_outcomes: tuple[str, ...] = Field(
+        ("resolved", "recovered", "resolvedWithSequelae", "fatal", "C49498", "C49495", "C48275"),
+        description="outcomes meaning the event ended (its duration is unknown without a resolution date)",
+    )
+    rules: tuple[Rule, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> DltSettings:
+        ids = [r.id for r in self.rules]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"DLT rule ids must be unique: {dup}")
+        if self.window.last_day < self.window.first_day:
+            raise ValueError("window.last_day is before window.first_day")
+        return self
+
+
+class DltEvent(BaseModel):
+    source: str = Field(description="reference of the AdverseEvent")
+    term: str
+    rule: str
+    reason: str
+
+
+class DltResult(BaseModel):
+    dlt: bool | None
+    dlt_events: list[DltEvent] = Field(default_factory=list)
+    not_evaluable: list[str] = Field(default_factory=list)
+    evaluated: list[str] = Field(default_factory=list, description="AEs that could fall in the DLT window")
+
+
+# --- conditions: each returns (True | False | None, what was seen) --------------------------------------
+
+Outcome = tuple[bool | None, str]
+
+
+class _Ctx:
+    def __init__(self, crf: SubjectCRF, s: DltSettings) -> None:
+        assert crf.day1 is not None
+        self.day1: dt.date = crf.day1
+        self.s = s
+        self.last_contact = _last_contact(crf)
+
+    def day(self, d: dt.date) -> int:
+        return study_day(d, self.day1)
+
+    def ongoing(self, ae: AdverseEvent) -> bool:
+        return (ae.resolution_date is None and ae.resolution_partial is None
+                and (ae.outcome or "") not in self.s.resolved_outcomes)
+
+
+def _last_contact(crf: SubjectCRF) -> dt.date | None:
+    dates = [f.date for f in crf.findings if f.date] + [v.date for v in crf.visits if v.date]
+    dates += [d for ae in crf.ae for d in (ae.onset_date, ae.resolution_date) if d]
+    dates += [d for e in crf.ex for d in (e.start_date, e.end_date) if d]
+    return max(dates) if dates else None
+
+
+def _categories(ae: AdverseEvent) -> set[str]:
+    cats = {"any"}
+    cats |= {c for c, flag in (("crs", ae.crs), ("icans", ae.icans), ("hematologic", ae.hematologic)) if flag}
+    if not (ae.crs or ae.icans or ae.hematologic):
+        cats.add("non_hematologic")
+    return cats
+
+
+def _category(ae: AdverseEvent, w: When, _c: _Ctx) -> Outcome:
+    hit = _categories(ae) & set(w.category)
+    return bool(hit), "/".join(sorted(hit - {"any"})) or "event"
+
+
+def _code_hit(code: str, wanted: tuple[str, ...], prefix: bool) -> bool:
+    bare = code.split("|", 1)[-1]
+    for w in wanted:
+        target = code if "|" in w else bare
+        if target.startswith(w) if prefix else target == w:
+            return True
+    return False
+
+
+def _term(ae: AdverseEvent, w: When, _c: _Ctx) -> Outcome:
+    ok = any(re.search(p, ae.term, re.IGNORECASE) for p in w.terms) or any(
+        _code_hit(c, w.codes, False) or _code_hit(c, w.code_prefixes, True) for c in ae.codes)
+    return ok, f"'{ae.term}'"
+
+
+def _grade(ae: AdverseEvent, w: When, _c: _Ctx) -> Outcome:
+    if ae.grade is None:
+        return None, "grade unknown"
+    ok = ae.grade >= w.grade_min if w.grade_min is not None else ae.grade == w.grade_eq
+    return ok, f"grade {ae.grade}" + (" (approximate, from severity)" if ae.grade_approximate else "")
+
+
+def _related(ae: AdverseEvent, w: When, _c: _Ctx) -> Outcome:
+    if w.related == "not_unrelated":
+        return ae.related is not False, "not assessed as unrelated" if ae.related is None else (
+            "related" if ae.related else "unrelated")
+    if ae.related is None:
+        return None, "relatedness unknown"
+    return ae.related, "related" if ae.related else "unrelated"
+
+
+def _duration(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
+    limit = w.duration_over_hours
+    assert limit is not None
+    if ae.onset_date is None:
+        return None, "duration unknown (no onset date)"
+    if ae.resolution_date is not None:
+        hours = (ae.resolution_date - ae.onset_date).days * 24
+        return hours > limit, f"lasting {hours} h ({'>' if hours > limit else '≤'} {limit:g} h)"
+    if c.ongoing(ae) and c.last_contact is not None:
+        hours = (c.last_contact - ae.onset_date).days * 24
+        if hours > limit:
+            return True, f"unresolved, lasting at least {hours} h (> {limit:g} h)"
+        return None, f"unresolved at the last data ({hours} h so far): duration unknown"
+    return None, "duration unknown (no resolution date)"
+
+
+def _persists(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
+    after = w.persists_after_day
+    assert after is not None
+    if ae.resolution_date is not None:
+        end = c.day(ae.resolution_date)
+        return end > after, f"present until day {end}"
+    if c.ongoing(ae) and c.last_contact is not None:
+        last = c.day(c.last_contact)
+        if last > after:
+            return True, f"unresolved at the last data (day {last})"
+        return None, f"unresolved at the last data (day {last}): not known after day {after}"
+    return None, "end date unknown"
+
+
+def _window(ae: AdverseEvent, c: _Ctx) -> Outcome:
+    lo, hi = c.s.window.first_day, c.s.window.last_day
+    if ae.onset_date is not None:
+        day = c.day(ae.onset_date)
+        return lo <= day <= hi, f"onset day {day}"
+    if ae.resolution_date is not None and c.day(ae.resolution_date) < lo:
+        return False, "ended before the DLT window"
+    period = partial_period(ae.onset_partial)
+    if period is not None:
+        first, last = c.day(period[0]), c.day(period[1])
+        if last < lo or first > hi:
+            return False, f"onset {ae.onset_partial} outside the DLT window"
+        return None, f"partial onset date {ae.onset_partial}: in the DLT window unknown"
+    return None, "no onset date: in the DLT window unknown"
+
+
+_CONDITIONS: tuple[tuple[str, Callable[[AdverseEvent, When, _Ctx], Outcome]], ...] = (
+    ("category", _category),
+    ("terms", _term),
+    ("grade", _grade),
+    ("related", _related),
+    ("duration_over_hours", _duration),
+    ("persists_after_day", _persists),
+)
+
+
+def _applies(w: When, key: str) -> bool:
+    if key == "category":
+        return True
+    if key == "terms":
+        return bool(w.terms or w.codes or w.code_prefixes)
+    if key == "grade":
+        return w.grade_min is not None or w.grade_eq is not None
+    return getattr(w, key) is not None
+
+
+def evaluate_rule(ae: AdverseEvent, rule: Rule, ctx: _Ctx) -> Outcome:
+    """Does ``ae`` meet ``rule`` (window included)? (True/False/None, the reasons)."""
+    outcomes = [_window(ae, ctx)]
+    outcomes += [check(ae, rule.when, ctx) for key, check in _CONDITIONS if _applies(rule.when, key)]
+    if any(ok is False for ok, _ in outcomes):
+        return False, ""
+    unknown = [why for ok, why in outcomes if ok is None]
+    if unknown:
+        return None, "; ".join(unknown)
+    return True, ", ".join(why for _, why in outcomes)
+
+
+def derive_dlt(crf: SubjectCRF, s: DltSettings) -> DltResult:
+    """DLT evaluation of one subject (the cases of the module docstring, in order)."""
+    if crf.day1 is None:
+        return DltResult(dlt=None, not_evaluable=["not infused"])
+    ctx = _Ctx(crf, s)
+    events: list[DltEvent] = []
+    undecided: list[str] = []
+    evaluated: list[str] = []
+    for ae in crf.ae:
+        if _window(ae, ctx)[0] is not False:
+            evaluated.append(ae.source.reference)
+        open_rules: dict[str, list[str]] = {}
+        for rule in s.rules:
+            ok, why = evaluate_rule(ae, rule, ctx)
+            if ok:
+                events.append(DltEvent(source=ae.source.reference, term=ae.term, rule=rule.id, reason=why))
+            elif ok is None:
+                open_rules.setdefault(why, []).append(rule.id)
+        if open_rules and not any(e.source == ae.source.reference for e in events):
+            for why, ids in open_rules.items():
+                undecided.append(f"{ae.source.reference} '{ae.term}': {why} (could meet {', '.join(ids)})")
+    if events:
+        return DltResult(dlt=True, dlt_events=events, not_evaluable=undecided, evaluated=evaluated)
+    if undecided:
+        return DltResult(dlt=None, not_evaluable=undecided, evaluated=evaluated)
+    if s.require_complete_window:
+        last = ctx.last_contact
+        last_day = ctx.day(last) if last else None
+        if last_day is None or last_day < s.window.last_day:
+            return DltResult(dlt=None, evaluated=evaluated, not_evaluable=[
+                f"DLT window not completed: last data on study day {last_day} (window ends day "
+                f"{s.window.last_day})"])
+    return DltResult(dlt=False, evaluated=evaluated)

@@ -1,0 +1,255 @@
+"""CAR-T cellular kinetics: non-compartmental analysis (NCA) of the blood levels after the infusion.
+
+Definitions: non-compartmental parameters as used for CAR-T products (Mueller KT et al., Blood
+2017;130:2317–2325; Awasthi R et al., Blood Adv 2020;4:560–572): Cmax ("expansion"), Tmax, Clast, Tlast,
+AUC0–28d; trapezoid rules as in Phoenix WinNonlin / PKNCA ("linear" and "linear-up/log-down": a segment
+whose level falls, both levels > 0, has the area Δt·(C1 − C2)/ln(C1/C2); every other segment is a linear
+trapezoid). Study choices (decisions.md "Cellular kinetics") are settings in
+``mappings/<study>/kinetics.yaml``.
+
+Time axis: days after the infusion, Day 1 = time 0 (:func:`fhir_adapter.timeline.days_after_infusion`).
+
+How a series is prepared from the CRF (PC findings of the series item); the first case that applies
+defines what happens to a sample:
+
+1. no full date, or taken before the infusion (time < 0) → not used (pre-infusion samples are baseline);
+2. below the limit of quantification — comparator ``<``/``<=``, or value < LLOQ (the item's ``lloq`` in
+   items.yaml) — **before** the first quantifiable sample → level 0;
+3. below LLOQ **after** the first quantifiable sample → excluded (neither 0 nor LLOQ/2);
+4. otherwise the value as reported. Two samples on the same day: the later one (by time, else by order)
+   is used and the other is listed in ``notes``.
+
+When no sample is at time 0, the level at time 0 is taken as 0 (``zero_at_infusion``: there are no CAR-T
+cells in the blood before the infusion).
+
+Parameters:
+
+* Cmax, Tmax — the highest level and its time (the first one when tied, as WinNonlin and PKNCA);
+* Clast, Tlast — the last quantifiable level and its time; ``persistence_day`` = Tlast (the last day with
+  a quantifiable value, same axis);
+* AUC0–28d — area from 0 to ``auc_end_day``: up to the sample at day 28 when there is one; when day 28 lies
+  between two used samples it is interpolated in that segment (linear when rising or flat, logarithmic
+  when falling under linear-up/log-down; always linear under ``linear``); when no used sample is at or
+  after day 28 (the last quantifiable sample is earlier) AUC0–28d is None and ``auc_reason`` says why.
+
+Worked example (clinical-reference §7.3): days 0, 1, 4, 7, 10, 14, 21, 28, 56, 90 with copies/µg
+BLQ, 50, 2 000, 15 000, 30 000, 12 000, 3 000, 800, 100, BLQ (LLOQ 20) → Cmax 30 000 at day 10, Clast 100
+at day 56, AUC0–28d 231 773.7 (linear-up/log-down) and 245 900 (linear); the day-90 BLQ is excluded.
+The engine (:func:`nca`) is checked against Phoenix WinNonlin on R's ``Theoph`` (Han S., Transl Clin
+Pharmacol 2018;26:10–17).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.timeline import days_after_infusion
+
+AucMethod = Literal["lin-up/log-down", "linear"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SeriesSettings(_Strict):
+    item: str = Field(description="PC item id of items.yaml")
+    lloq: float | None = Field(None, description="overrides the item's lloq of items.yaml when set")
+
+
+class KineticsSettings(_Strict):
+    primary: SeriesSettings = SeriesSettings(item="car_transgene")
+    secondary: SeriesSettings | None = SeriesSettings(item="car_cells")
+    auc_end_day: float = Field(28, gt=0)
+    auc_method: AucMethod = "lin-up/log-down"
+    zero_at_infusion: bool = True
+
+
+# --- the NCA engine on plain arrays -------------------------------------------------------------------
+
+
+def _segment(t1: float, t2: float, c1: float, c2: float, method: AucMethod) -> float:
+    """Area of one segment: log trapezoid when falling (both > 0) under lin-up/log-down, else linear."""
+    if method == "lin-up/log-down" and c2 < c1 and c2 > 0:
+        return (t2 - t1) * (c1 - c2) / math.log(c1 / c2)
+    return (t2 - t1) * (c1 + c2) / 2
+
+
+def _interpolate(t1: float, t2: float, c1: float, c2: float, t: float, method: AucMethod) -> float:
+    """Level at ``t`` inside [t1, t2]: logarithmic when falling (both > 0) under lin-up/log-down."""
+    f = (t - t1) / (t2 - t1)
+    if method == "lin-up/log-down" and c2 < c1 and c2 > 0:
+        return c1 * math.exp(f * math.log(c2 / c1))
+    return c1 + f * (c2 - c1)
+
+
+def auc(times: Sequence[float], concs: Sequence[float], method: AucMethod = "lin-up/log-down",
+        end: float | None = None) -> float | None:
+    """Area under the curve from the first time to ``end`` (default: the last time).
+
+    ``end`` between two samples is reached by interpolation in that segment; ``end`` after the last
+    sample gives None (not bracketed). Times must be strictly increasing.
+    """
+    if len(times) != len(concs) or not times:
+        raise ValueError("times and concentrations must be non-empty and of the same length")
+    if any(b <= a for a, b in itertools.pairwise(times)):
+        raise ValueError("times must be strictly increasing")
+    stop = times[-1] if end is None else end
+    if stop > times[-1] or stop < times[0]:
+        return None
+    total = 0.0
+    for i in range(len(times) - 1):
+        t1, t2, c1, c2 = times[i], times[i + 1], concs[i], concs[i + 1]
+        if t1 >= stop:
+            break
+        if t2 > stop:
+            c_end = _interpolate(t1, t2, c1, c2, stop, method)
+            total += _segment(t1, stop, c1, c_end, method)
+            break
+        total += _segment(t1, t2, c1, c2, method)
+    return total
+
+
+@dataclass(frozen=True)
+class Nca:
+    cmax: float | None
+    tmax: float | None
+    clast: float | None
+    tlast: float | None
+    auclast: float | None
+    auc_end: float | None
+
+
+def nca(times: Sequence[float], concs: Sequence[float], method: AucMethod = "lin-up/log-down",
+        auc_end: float | None = None) -> Nca:
+    """Cmax/Tmax (first maximum), Clast/Tlast (last level > 0), AUC0–tlast and AUC0–``auc_end``.
+
+    The arrays are taken as they are (BLQ already handled): a level of 0 is "not quantifiable".
+    """
+    if not times:
+        return Nca(None, None, None, None, None, None)
+    cmax = max(concs)
+    tmax = times[list(concs).index(cmax)]
+    quant = [i for i, c in enumerate(concs) if c > 0]
+    if not quant:
+        return Nca(cmax, tmax, None, None, None, None)
+    last = quant[-1]
+    auclast = auc(times[: last + 1], concs[: last + 1], method) if last > 0 else 0.0
+    end_auc = auc(times, concs, method, auc_end) if auc_end is not None else None
+    return Nca(cmax, tmax, concs[last], times[last], auclast, end_auc)
+
+
+# --- from the CRF ------------------------------------------------------------------------------------
+
+
+class KineticsSeries(BaseModel):
+    item: str
+    unit: str | None
+    lloq: float | None
+    cmax: float | None = None
+    tmax_day: float | None = None
+    clast: float | None = None
+    tlast_day: float | None = None
+    auc0_28: float | None = None
+    auc_method: AucMethod = "lin-up/log-down"
+    auc_reason: str | None = Field(None, description="why AUC0-28d is None")
+    persistence_day: float | None = None
+    times: list[float] = Field(default_factory=list, description="days after infusion of the used samples")
+    levels: list[float] = Field(default_factory=list, description="levels used (BLQ before the first = 0)")
+    excluded_blq: list[float] = Field(default_factory=list, description="times of BLQ after the first")
+    sources: list[str] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class Kinetics(BaseModel):
+    primary: KineticsSeries | None
+    secondary: KineticsSeries | None
+
+
+def _is_blq(f: Finding, lloq: float | None) -> bool:
+    if f.comparator in ("<", "<="):
+        return True
+    return f.value is not None and lloq is not None and f.value < lloq
+
+
+def _usable(findings: list[Finding], day1: dt.date, notes: list[str]) -> list[tuple[float, Finding]]:
+    by_time: dict[float, Finding] = {}
+    for f in findings:
+        if f.date is None or (f.value is None and f.comparator is None):
+            continue
+        t = float(days_after_infusion(f.date, day1))
+        if t < 0:
+            continue
+        if t in by_time:
+            notes.append(f"two samples on day {t:g}: {by_time[t].source.reference} replaced by the later "
+                         f"{f.source.reference}")
+            prev = by_time[t]
+            if prev.datetime and f.datetime and prev.datetime > f.datetime:
+                continue
+        by_time[t] = f
+    return sorted(by_time.items())
+
+
+def derive_series(crf: SubjectCRF, series: SeriesSettings, lloq: float | None, unit: str | None,
+                  settings: KineticsSettings) -> KineticsSeries | None:
+    """NCA of one series of ``crf``; None when the subject was not infused or has no sample of the item."""
+    if crf.day1 is None:
+        return None
+    lloq = series.lloq if series.lloq is not None else lloq
+    out = KineticsSeries(item=series.item, unit=unit, lloq=lloq, auc_method=settings.auc_method)
+    samples = _usable(crf.findings_for(series.item), crf.day1, out.notes)
+    if not samples:
+        return None
+    seen_quantifiable = False
+    for t, f in samples:
+        if _is_blq(f, lloq):
+            if seen_quantifiable:
+                out.excluded_blq.append(t)
+                continue
+            level = 0.0
+        else:
+            assert f.value is not None
+            level = f.value
+            seen_quantifiable = seen_quantifiable or level > 0
+        out.times.append(t)
+        out.levels.append(level)
+        out.sources.append(f.source.reference)
+    if settings.zero_at_infusion and out.times[0] > 0:
+        out.times.insert(0, 0.0)
+        out.levels.insert(0, 0.0)
+        out.notes.append("no sample at the infusion: level 0 at time 0 assumed")
+    res = nca(out.times, out.levels, settings.auc_method, settings.auc_end_day)
+    if not seen_quantifiable:
+        out.auc_reason = "no quantifiable sample"
+        return out
+    out.cmax, out.tmax_day, out.clast, out.tlast_day = res.cmax, res.tmax, res.clast, res.tlast
+    out.persistence_day = res.tlast
+    end = settings.auc_end_day
+    if out.times[0] > 0:
+        out.auc_reason = f"no level at time 0 (first sample day {out.times[0]:g})"
+    elif res.auc_end is None:
+        out.auc_reason = (f"not evaluable: no quantifiable sample on or after day {end:g} "
+                          f"(last quantifiable on day {res.tlast:g})")
+    else:
+        out.auc0_28 = res.auc_end
+    return out
+
+
+def derive_kinetics(crf: SubjectCRF, settings: KineticsSettings,
+                    items: dict[str, tuple[float | None, str | None]]) -> Kinetics:
+    """Primary (transgene) and secondary (CAR+ cells) series; ``items`` gives each item's (lloq, unit)."""
+    def one(s: SeriesSettings | None) -> KineticsSeries | None:
+        if s is None:
+            return None
+        lloq, unit = items.get(s.item, (None, None))
+        return derive_series(crf, s, lloq, unit, settings)
+
+    return Kinetics(primary=one(settings.primary), secondary=one(settings.secondary))

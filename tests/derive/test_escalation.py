@@ -1,0 +1,224 @@
+"""Dose escalation: the Beta CDF, BOIN boundaries/tables/MTD (clinical-reference §6.2) and 3+3 (§6.1)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from fhir_adapter.derive.escalation import (
+    BoinSettings,
+    DltOutcome,
+    EscalationSettings,
+    beta_cdf,
+    boin_boundaries,
+    boin_row,
+    boin_select_mtd,
+    derive_escalation,
+    pava,
+    prob_above,
+)
+
+# --- regularised incomplete beta -------------------------------------------------------------------------
+
+
+def _binomial_tail(x: float, a: int, b: int) -> float:
+    """I_x(a, b) for integers = P(Binomial(a + b − 1, x) ≥ a)."""
+    n = a + b - 1
+    return sum(math.comb(n, k) * x**k * (1 - x) ** (n - k) for k in range(a, n + 1))
+
+
+@pytest.mark.parametrize("x", [0.01, 0.1, 0.25, 0.3, 0.33, 0.5, 0.77, 0.99])
+@pytest.mark.parametrize(("a", "b"), [(1, 1), (1, 4), (4, 1), (3, 5), (7, 13), (20, 2), (2, 30)])
+def test_beta_cdf_equals_the_binomial_identity_for_integers(x: float, a: int, b: int) -> None:
+    assert beta_cdf(x, a, b) == pytest.approx(_binomial_tail(x, a, b), abs=1e-13)
+
+
+def test_beta_cdf_closed_forms_and_edges() -> None:
+    assert beta_cdf(0.5, 0.5, 0.5) == pytest.approx(0.5, abs=1e-13)  # arcsine law, symmetric
+    assert beta_cdf(0.25, 0.5, 0.5) == pytest.approx(2 / math.pi * math.asin(math.sqrt(0.25)), abs=1e-12)
+    assert beta_cdf(0.3, 2.5, 1) == pytest.approx(0.3**2.5, abs=1e-13)  # I_x(a, 1) = x^a
+    assert beta_cdf(0.0, 2, 3) == 0.0 and beta_cdf(1.0, 2, 3) == 1.0
+    with pytest.raises(ValueError):
+        beta_cdf(0.5, 0, 1)
+
+
+def test_posterior_probability_above_target() -> None:
+    # 3/3 at phi 0.30: Beta(4, 1) → 1 − 0.3^4
+    assert prob_above(0.30, 3, 3) == pytest.approx(1 - 0.3**4)
+    # 2/3 at phi 0.30: Beta(3, 2) → 1 − (4·0.3³·0.7 + 0.3⁴) = 0.9163 ≤ 0.95 → no elimination
+    assert prob_above(0.30, 2, 3) == pytest.approx(1 - (4 * 0.3**3 * 0.7 + 0.3**4))
+
+
+# --- BOIN ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("phi", "lam_e", "lam_d"), [(0.25, 0.197, 0.298), (0.30, 0.236, 0.358),
+                                                     (0.33, 0.260, 0.395)])
+def test_boin_boundaries_liu_yuan_2015(phi: float, lam_e: float, lam_d: float) -> None:
+    # the 3-decimal values as quoted (decisions.md, Liu & Yuan): 0.3585 is quoted as 0.358
+    e, d = boin_boundaries(phi)
+    assert e == pytest.approx(lam_e, abs=6e-4) and d == pytest.approx(lam_d, abs=6e-4)
+
+
+def test_boin_boundaries_four_decimals() -> None:
+    assert [round(v, 4) for v in boin_boundaries(0.30)] == [0.2365, 0.3585]
+    assert [round(v, 4) for v in boin_boundaries(0.25)] == [0.1968, 0.2984]
+    assert [round(v, 4) for v in boin_boundaries(0.33)] == [0.2604, 0.3947]
+
+
+TABLES = {  # clinical-reference §6.2, n = 1..18
+    0.25: ([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3],
+           [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6],
+           [None, None, 3, 3, 3, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7, 7, 8, 8]),
+    0.30: ([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4],
+           [1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7],
+           [None, None, 3, 3, 4, 4, 5, 5, 5, 6, 6, 7, 7, 8, 8, 8, 9, 9]),
+    0.33: ([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4],
+           [1, 1, 2, 2, 2, 3, 3, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7, 8],
+           [None, None, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 8, 9, 9, 10]),
+}
+
+
+@pytest.mark.parametrize("phi", sorted(TABLES))
+def test_boin_integer_tables(phi: float) -> None:
+    esc, de, elim = TABLES[phi]
+    rows = [boin_row(n, phi) for n in range(1, 19)]
+    assert [r.escalate_max for r in rows] == esc
+    assert [r.deescalate_min for r in rows] == de
+    assert [r.eliminate_min for r in rows] == elim
+
+
+def test_pava_pools_violators_with_weights() -> None:
+    assert pava([0.1, 0.3, 0.2, 0.4], [1, 1, 1, 1]) == pytest.approx([0.1, 0.25, 0.25, 0.4])
+    assert pava([0.5, 0.1], [3, 1]) == pytest.approx([0.4, 0.4])
+    assert pava([0.3, 0.2, 0.1], [1, 1, 1]) == pytest.approx([0.2, 0.2, 0.2])
+
+
+def test_boin_worked_mtd_selections() -> None:
+    r = boin_select_mtd(0.30, [3, 6, 12, 6], [0, 1, 3, 3])
+    assert r.index == 2
+    assert [round(e, 3) for e in r.estimates if e is not None] == [0.016, 0.172, 0.252, 0.500]
+    r = boin_select_mtd(0.30, [6, 9, 6], [2, 2, 2])  # PAVA pools doses 1-2; the tie below φ goes up
+    assert r.index == 1
+    assert [round(e, 4) for e in r.estimates if e is not None] == [0.2646, 0.2646, 0.3361]
+    r = boin_select_mtd(0.25, [3, 6, 9, 3], [0, 1, 4, 2])
+    assert r.index == 1
+    assert [round(e, 3) for e in r.estimates if e is not None] == [0.016, 0.172, 0.445, 0.661]
+
+
+def test_boin_elimination_removes_the_dose_and_above_and_dose1_means_no_mtd() -> None:
+    r = boin_select_mtd(0.30, [3, 3, 3], [0, 3, 0])
+    assert r.eliminated == [False, True, True] and r.index == 0
+    r = boin_select_mtd(0.30, [3, 0], [3, 0])
+    assert r.index is None and r.eliminated == [True, True]
+    # 2 treated with 2 DLTs: fewer than 3 treated, never eliminated
+    assert boin_select_mtd(0.30, [2], [2]).eliminated == [False]
+
+
+def test_boin_settings_change_the_boundaries() -> None:
+    wide = BoinSettings(phi1_factor=0.5, phi2_factor=1.5)
+    assert (boin_row(9, 0.30, wide).escalate_max, boin_row(9, 0.30).escalate_max) == (1, 2)
+    assert (boin_row(11, 0.30, wide).deescalate_min, boin_row(11, 0.30).deescalate_min) == (5, 4)
+    assert boin_boundaries(0.30, 0.5, 1.5) != boin_boundaries(0.30)
+
+
+# --- 3+3 and the per-arm report -------------------------------------------------------------------------
+
+S33 = EscalationSettings(dose_levels=("DL1", "DL2", "DL3"), expansion_arms={"EXP": "DL2"})
+
+
+def cohort(arm: str, dlt: list[bool | None], not_infused: int = 0) -> list[DltOutcome]:
+    return [DltOutcome(arm, True, x) for x in dlt] + [DltOutcome(arm, False, None)] * not_infused
+
+
+def test_three_plus_three_synthetic_trial() -> None:
+    subjects = (cohort("DL1", [False] * 3) + cohort("DL2", [True] + [False] * 5, not_infused=1)
+                + cohort("DL3", [True, True, False]) + cohort("EXP", [False] * 9 + [True, None]))
+    r = derive_escalation(subjects, S33)
+    rows = {x.arm: x for x in r.dose_levels}
+    assert [x.arm for x in r.dose_levels] == ["DL1", "DL2", "DL3", "EXP"]
+    assert (rows["DL1"].decision, rows["DL2"].decision, rows["DL3"].decision) == (
+        "escalate", "MTD", "exceeds MTD: de-escalate")
+    assert (rows["DL2"].n_treated, rows["DL2"].n_dlt_evaluable, rows["DL2"].n_dlt) == (6, 6, 1)
+    assert (rows["EXP"].n_treated, rows["EXP"].n_dlt_evaluable, rows["EXP"].n_dlt) == (11, 10, 1)
+    assert rows["EXP"].role == "expansion" and "not used for escalation" in rows["EXP"].decision
+    assert r.rp2d.arm == "DL2" and r.rp2d.method == "3+3"
+    assert "DL3 exceeds the MTD" in r.rp2d.rationale and "EXP" in r.rp2d.rationale
+
+
+@pytest.mark.parametrize(("dlts", "decision"), [
+    ([False] * 3, "escalate"),
+    ([True, False, False], "expand to 6"),
+    ([True, True, False], "exceeds MTD: de-escalate"),
+    ([True] + [False] * 5, "escalate"),
+    ([True, True] + [False] * 4, "exceeds MTD: de-escalate"),
+    ([False, False], "cohort incomplete (2/3 evaluable)"),
+    ([True, False, False, False], "cohort incomplete (4/6 evaluable)"),
+    ([], "not treated"),
+])
+def test_three_plus_three_level_decisions(dlts: list[bool], decision: str) -> None:
+    s = EscalationSettings(dose_levels=("DL1", "DL2"))
+    r = derive_escalation(cohort("DL1", dlts), s)
+    assert r.dose_levels[0].decision == decision
+
+
+def test_not_evaluable_subjects_are_treated_but_not_evaluable() -> None:
+    r = derive_escalation(cohort("DL1", [None, False, False]), S33)
+    assert (r.dose_levels[0].n_treated, r.dose_levels[0].n_dlt_evaluable) == (3, 2)
+    assert r.dose_levels[0].decision == "cohort incomplete (2/3 evaluable)"
+    r = derive_escalation(cohort("DL1", [None]), S33)
+    assert r.dose_levels[0].decision == "no DLT-evaluable subjects"
+
+
+def test_three_plus_three_expand_lower_level_when_next_exceeds_and_mtd_pending() -> None:
+    r = derive_escalation(cohort("DL1", [False] * 3) + cohort("DL2", [True, True, False]), S33)
+    assert r.dose_levels[0].decision == "expand to 6: next level exceeds MTD"
+    assert r.rp2d.arm is None and "needs 6 evaluable" in r.rp2d.rationale
+
+
+def test_three_plus_three_lowest_level_too_toxic_and_mtd_not_reached() -> None:
+    r = derive_escalation(cohort("DL1", [True, True, False]), S33)
+    assert r.rp2d.arm is None and "lowest level" in r.rp2d.rationale
+    top = cohort("DL1", [False] * 3) + cohort("DL2", [False] * 3) + cohort("DL3", [True] + [False] * 5)
+    r = derive_escalation(top, S33)
+    assert r.dose_levels[2].decision == "highest level: MTD not reached"
+    assert r.rp2d.arm == "DL3" and "MTD not reached" in r.rp2d.rationale
+    ongoing = derive_escalation(cohort("DL1", [False] * 3) + cohort("DL2", [False]), S33)
+    assert ongoing.rp2d.arm is None and "ongoing" in ongoing.rp2d.rationale
+
+
+def test_expansion_arms_never_drive_escalation() -> None:
+    base = (cohort("DL1", [False] * 3) + cohort("DL2", [True] + [False] * 5)
+            + cohort("DL3", [True, True, False]))
+    with_exp = derive_escalation(base + cohort("EXP", [True] * 6), S33)
+    alone = derive_escalation(base, S33)
+    assert [x.decision for x in with_exp.dose_levels] == [x.decision for x in alone.dose_levels]
+    assert with_exp.rp2d.arm == alone.rp2d.arm == "DL2"
+    assert with_exp.dose_levels[3].n_dlt == 6
+
+
+def test_boin_method_per_level_and_rp2d() -> None:
+    s = EscalationSettings(method="boin", target_dlt_rate=0.30, dose_levels=("D1", "D2", "D3", "D4"))
+    subjects = (cohort("D1", [False] * 3) + cohort("D2", [True] + [False] * 5)
+                + cohort("D3", [True] * 3 + [False] * 9) + cohort("D4", [True] * 3 + [False] * 3))
+    r = derive_escalation(subjects, s)
+    assert [x.decision for x in r.dose_levels] == ["escalate", "escalate", "stay", "de-escalate"]
+    assert r.rp2d.arm == "D3" and r.rp2d.method == "BOIN (target 0.3)"
+    assert r.boundaries is not None and round(r.boundaries["lambda_e"], 4) == 0.2365
+
+
+def test_boin_eliminated_levels_reported() -> None:
+    s = EscalationSettings(method="boin", dose_levels=("D1", "D2", "D3"))
+    r = derive_escalation(cohort("D1", [False] * 3) + cohort("D2", [True] * 3), s)
+    assert [x.decision for x in r.dose_levels] == ["escalate", "eliminated", "eliminated"]
+    assert r.rp2d.arm == "D1"
+    r = derive_escalation(cohort("D1", [True] * 3), s)
+    assert r.rp2d.arm is None and "lowest level is eliminated" in r.rp2d.rationale
+
+
+def test_settings_reject_inconsistent_arms() -> None:
+    with pytest.raises(ValueError, match="not in dose_levels"):
+        EscalationSettings(dose_levels=("DL1",), expansion_arms={"EXP": "DL9"})
+    with pytest.raises(ValueError, match="unique"):
+        EscalationSettings(dose_levels=("DL1", "DL1"))
