@@ -11,7 +11,9 @@ from typing import Any
 
 from fhir_adapter.crf.models import Demographics, SubjectCRF
 from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.mapping.adverse_events import AdverseEventMapper
 from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure
+from fhir_adapter.mapping.medications import MedicationMapper
 from fhir_adapter.mapping.observations import ObservationMapper
 from fhir_adapter.mapping.visits import place
 from fhir_adapter.roster import Enrollee
@@ -42,6 +44,8 @@ class SubjectMapper:
         self.study = study
         self.log = log
         self.observations = ObservationMapper(study, log)
+        self.medications = MedicationMapper(study, log)
+        self.adverse_events = AdverseEventMapper(study, log)
 
     def map(self, e: Enrollee, resources: list[dict[str, Any]]) -> SubjectCRF:
         resources = valid_resources(resources, e.subject_id, self.log)
@@ -49,6 +53,10 @@ class SubjectMapper:
         findings = self.observations.map(obs, e.subject_id)
         findings, visits = place(findings, e.day1, self.study)
         ex = map_exposure(e, resources, self.study, self.log)
+        ld_start = lymphodepletion_start(ex)
+        cm = self.medications.map(resources, e.subject_id)
+        ae = self.adverse_events.map(resources, e.subject_id, day1=e.day1, lymphodepletion_start=ld_start,
+                                     infusion_id=e.infusion.id if e.infusion else None)
         dm = Demographics(
             subject_id=e.subject_id, site=e.site, sex=e.sex,  # type: ignore[arg-type,unused-ignore]
             age=age_at(e.birth_date, e.consent_date), arm=e.arm, status=e.status, consent_date=e.consent_date,
@@ -57,6 +65,6 @@ class SubjectMapper:
         self.log.count("crf.findings", len(findings))
         self.log.count("crf.visits", len(visits))
         return SubjectCRF(
-            subject_id=e.subject_id, arm=e.arm, day1=e.day1, lymphodepletion_start=lymphodepletion_start(ex),
-            dm=dm, ex=ex, findings=findings, visits=visits,
+            subject_id=e.subject_id, arm=e.arm, day1=e.day1, lymphodepletion_start=ld_start,
+            dm=dm, ex=ex, findings=findings, visits=visits, cm=cm, ae=ae,
         )

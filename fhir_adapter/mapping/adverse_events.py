@@ -1,0 +1,516 @@
+"""R4 AdverseEvent → AE (:class:`~fhir_adapter.crf.models.AdverseEvent`), driven by ``adverse_events.yaml``.
+
+Reads both plain R4 AdverseEvents (``severity``, ``seriousness``, ``suspectEntity.causality``) and the HL7 AE
+Clinical Research R4 backport (``ae-grade``, ``seriousness-criteria``, ``suspect-entity``, ``resolve-date``
+extensions and the ``status`` modifierExtension; clinical-reference.md §5.8; decisions.md "Safety").
+For each AdverseEvent, in order:
+
+1. **versions** — the latest version of each id wins.
+2. **excluded** — backport ``status`` in ``excluded_statuses`` (entered-in-error) and ``actuality`` potential
+   (a near miss, not an event) are counted and never mapped.
+3. **term** — ``event.text``, else the first coding display, else its code; ``codes`` = every coding as
+   ``system|code``. An AdverseEvent without ``event`` is quarantined (``no-event``).
+4. **grade** — the first case that applies: the backport ``ae-grade`` extension (NCIt CTCAE grade code of
+   ``grade_codes``, or a text "Grade N"); a study-configured extension (``grade_extension_urls``);
+   ``severity`` mild/moderate/severe → 1/2/3 with ``grade_approximate``; else None (counted ``ae.no-grade``).
+5. **seriousness** — ``seriousness`` code or text, any casing ("Serious", "non-serious"); else True when a
+   ``seriousness-criteria`` extension has ``criterionPresent`` true; ``serious_criteria`` lists the present
+   criteria as ``system|code``.
+6. **relatedness to LCAR-AIO** — only the suspect entity that *is* LCAR-AIO counts: a reference to the
+   subject's Day-1 infusion Procedure, a resource or concept carrying a ``product_codes``/infusion code, or a
+   display/text naming the product. When the only suspect entity is unidentifiable (no instance, or a
+   reference to nothing held and naming nothing), ``unidentified_single_entity_is_product`` decides (default:
+   it is LCAR-AIO, with a warning). An entity identified as another drug never counts. Its assessments
+   (``causality.assessment`` + ``productRelatedness``, or the backport ``entityRelatedness``) map by code,
+   then by text: possibly/probably/definitely/certain/related → True, unlikely/not related → False,
+   unassessable/unknown → None; of several assessments, True wins over False (conservative).
+7. **dates** — onset = ``date``, else an ``onset_extension_urls`` extension (valueDateTime or
+   valuePeriod.start), else ``detected``; resolution = the ``resolve-date`` extension, else the end of the
+   onset extension's valuePeriod when the outcome is resolved. Partial dates stay partial. ``study_day`` and
+   ``end_study_day`` count from Day 1 with no Day 0; ``pre_infusion`` = onset on or after lymphodepletion
+   start and before Day 1. ``teae`` is left None (set by the safety derivation).
+8. **flags** — ``crs``, ``icans``, ``hematologic`` from exact codes, code prefixes (ICD-10-CM D89.83x, G92.0x)
+   and term patterns (``not_terms`` veto: "febrile neutropenia" is not haematological).
+
+Examples (tests/mapping/test_adverse_events.py): severity "moderate" → grade 2, approximate; ae-grade
+NCIt C41340 → grade 3; backport entityRelatedness NCIt C53258 with instance ``Procedure/<infusion>`` →
+related True; an assessment "Possible" whose instance is ``Medication/fludarabine`` → related None.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.mapping.common import Unusable, codings, latest, texts
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.terminology import (
+    EXT_AE_GRADE,
+    EXT_AE_RESOLVE_DATE,
+    EXT_AE_SERIOUSNESS_CRITERIA,
+    EXT_AE_STATUS,
+    EXT_AE_SUSPECT_ENTITY,
+)
+from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date, study_day
+
+if TYPE_CHECKING:
+    from fhir_adapter.study import Study
+
+_GRADE_TEXT = re.compile(r"^\s*(?:ctcae\s*)?(?:grade\s*)?([1-5])\b", re.IGNORECASE)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EventClass(_Strict):
+    """Codes, code prefixes and term patterns that put an event in a class (CRS, ICANS, haematological)."""
+
+    codes: tuple[str, ...] = ()
+    code_prefixes: tuple[str, ...] = ()
+    terms: tuple[str, ...] = Field(default=(), description="regular expressions, case-insensitive")
+    not_terms: tuple[str, ...] = ()
+
+    @field_validator("terms", "not_terms")
+    @classmethod
+    def _regex(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in v:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"'{pattern}' is not a regular expression: {exc}") from None
+        return v
+
+
+class AdverseEventSettings(_Strict):
+    """``mappings/<study>/adverse_events.yaml``."""
+
+    code_systems: dict[str, str]
+    grade_extension_urls: tuple[str, ...] = ()
+    grade_codes: dict[str, int]
+    severity_grades: dict[str, int] = Field(default_factory=lambda: {"mild": 1, "moderate": 2, "severe": 3})
+    serious_words: tuple[str, ...] = ("serious",)
+    non_serious_words: tuple[str, ...] = ("nonserious",)
+    related_codes: tuple[str, ...] = ()
+    not_related_codes: tuple[str, ...] = ()
+    unknown_codes: tuple[str, ...] = ()
+    related_words: tuple[str, ...] = ()
+    not_related_words: tuple[str, ...] = ()
+    unknown_words: tuple[str, ...] = ()
+    product_codes: tuple[str, ...] = ()
+    product_names: tuple[str, ...] = ()
+    unidentified_single_entity_is_product: bool = True
+    onset_extension_urls: tuple[str, ...] = ()
+    resolved_outcomes: tuple[str, ...] = ("resolved", "resolvedWithSequelae")
+    excluded_statuses: tuple[str, ...] = ("entered-in-error",)
+    crs: EventClass = EventClass()
+    icans: EventClass = EventClass()
+    hematologic: EventClass = EventClass()
+
+    @field_validator("grade_codes", "severity_grades")
+    @classmethod
+    def _grades(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {k: g for k, g in v.items() if not 1 <= g <= 5}
+        if bad:
+            raise ValueError(f"grades must be 1-5: {bad}")
+        return v
+
+    @model_validator(mode="after")
+    def _aliases_declared(self) -> AdverseEventSettings:
+        refs = [
+            *self.grade_codes,
+            *self.related_codes,
+            *self.not_related_codes,
+            *self.unknown_codes,
+            *self.product_codes,
+            *(o for o in self.resolved_outcomes if "|" in o),
+        ]
+        for c in (self.crs, self.icans, self.hematologic):
+            refs += [*c.codes, *c.code_prefixes]
+        for ref in refs:
+            alias, _, code = ref.partition("|")
+            if alias not in self.code_systems or not code:
+                raise ValueError(
+                    f"code '{ref}' must be alias|code with an alias of code_systems "
+                    f"{sorted(self.code_systems)}"
+                )
+        return self
+
+    def resolve(self, ref: str) -> tuple[str, str]:
+        alias, code = ref.split("|", 1)
+        return self.code_systems[alias], code
+
+
+@dataclass(frozen=True)
+class _Entity:
+    """One suspect entity: what it points to, and its causality assessments (concept, text)."""
+
+    reference: str | None
+    display: str | None
+    concept: dict[str, Any] | None
+    assessments: tuple[tuple[dict[str, Any] | None, str | None], ...]
+
+
+@dataclass(frozen=True)
+class _Matcher:
+    codes: frozenset[tuple[str, str]]
+    prefixes: tuple[tuple[str, str], ...]
+    terms: tuple[re.Pattern[str], ...]
+    not_terms: tuple[re.Pattern[str], ...]
+
+    def __call__(self, codes: list[tuple[str, str]], term: str) -> bool:
+        if any(k in self.codes for k in codes):
+            return True
+        if any(s == ps and c.startswith(pc) for s, c in codes for ps, pc in self.prefixes):
+            return True
+        return any(p.search(term) for p in self.terms) and not any(p.search(term) for p in self.not_terms)
+
+
+def _ext(r: dict[str, Any], url: str, key: str = "extension") -> list[dict[str, Any]]:
+    return [x for x in r.get(key) or [] if isinstance(x, dict) and x.get("url") == url]
+
+
+def _sub(ext: dict[str, Any], url: str) -> dict[str, Any] | None:
+    return next(iter(_ext(ext, url)), None)
+
+
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"[-_]", " ", text.lower()).split())
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[\s_-]", "", text.lower())
+
+
+class AdverseEventMapper:
+    """Maps the AdverseEvents of one subject; holds no state between subjects but the settings."""
+
+    def __init__(self, study: Study, log: RunLog, settings: AdverseEventSettings | None = None) -> None:
+        self.s = settings or study.rule("adverse_events", AdverseEventSettings)
+        self.log = log
+        self.tz = study.info.timezone
+        self._grade_codes = {self.s.resolve(k): g for k, g in self.s.grade_codes.items()}
+        self._related = {self.s.resolve(k): True for k in self.s.related_codes}
+        self._related |= {self.s.resolve(k): False for k in self.s.not_related_codes}
+        self._unknown_codes = {self.s.resolve(k) for k in self.s.unknown_codes}
+        self._related_words = {_words(w): True for w in self.s.related_words}
+        self._related_words |= {_words(w): False for w in self.s.not_related_words}
+        self._unknown_words = {_words(w) for w in self.s.unknown_words}
+        self._product_codes = {self.s.resolve(k) for k in self.s.product_codes} | set(study.infusion_codes)
+        self._product_names = [
+            re.compile(rf"(?<!\w){re.escape(n)}(?!\w)", re.IGNORECASE) for n in self.s.product_names
+        ]
+        self._resolved = {o for o in self.s.resolved_outcomes if "|" not in o}
+        self._resolved_codes = {self.s.resolve(o) for o in self.s.resolved_outcomes if "|" in o}
+        self.is_crs, self.is_icans, self.is_hematologic = (
+            self._matcher(c) for c in (self.s.crs, self.s.icans, self.s.hematologic)
+        )
+
+    def _matcher(self, c: EventClass) -> _Matcher:
+        return _Matcher(
+            codes=frozenset(self.s.resolve(k) for k in c.codes),
+            prefixes=tuple(self.s.resolve(k) for k in c.code_prefixes),
+            terms=tuple(re.compile(p, re.IGNORECASE) for p in c.terms),
+            not_terms=tuple(re.compile(p, re.IGNORECASE) for p in c.not_terms),
+        )
+
+    # -- public ------------------------------------------------------------------------------------
+    def map(
+        self,
+        resources: list[dict[str, Any]],
+        subject_id: str,
+        *,
+        day1: dt.date | None,
+        lymphodepletion_start: dt.date | None,
+        infusion_id: str | None,
+    ) -> list[AdverseEvent]:
+        out: list[AdverseEvent] = []
+        for r in latest(x for x in resources if x.get("resourceType") == "AdverseEvent"):
+            status = next(
+                (str(x.get("valueCode")) for x in _ext(r, EXT_AE_STATUS, "modifierExtension")), None
+            )
+            if status in self.s.excluded_statuses:
+                self.log.count(f"ae.not-used.{status}")
+                continue
+            if r.get("actuality") == "potential":
+                self.log.count("ae.not-used.potential")
+                continue
+            try:
+                ae = self._event(r, resources, subject_id, day1, lymphodepletion_start, infusion_id)
+            except Unusable as rej:
+                self.log.reject(
+                    "AdverseEvent", r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r
+                )
+                continue
+            out.append(ae)
+        out.sort(key=lambda a: (a.onset_date is None, a.onset_date or dt.date.max, a.term, a.source.id))
+        self.log.count("crf.ae", len(out))
+        return out
+
+    # -- one event ---------------------------------------------------------------------------------
+    def _event(
+        self,
+        r: dict[str, Any],
+        siblings: list[dict[str, Any]],
+        subject_id: str,
+        day1: dt.date | None,
+        ld_start: dt.date | None,
+        infusion_id: str | None,
+    ) -> AdverseEvent:
+        event = r.get("event")
+        codes = codings(event)
+        terms = texts(event)
+        term = terms[0] if terms else (codes[0][1] if codes else None)
+        if not term:
+            raise Unusable(
+                "no-event",
+                "the AdverseEvent has no event (term or code)",
+                "send AdverseEvent.event with the MedDRA/SNOMED/ICD-10 code and its text",
+            )
+        ref = f"AdverseEvent/{r.get('id')}"
+        grade, approximate = self._grade(r)
+        if grade is None:
+            self.log.count("ae.no-grade")
+        serious, criteria = self._seriousness(r)
+        related, relatedness = self._relatedness(r, siblings, infusion_id, subject_id, ref)
+        onset, end = self._dates(r)
+        if onset is None:
+            self.log.count("ae.no-onset")
+        onset_d = onset.date if onset else None
+        end_d = end.date if end else None
+        term_all = " ".join([*terms, term])
+        return AdverseEvent(
+            term=term,
+            codes=tuple(f"{s}|{c}" for s, c in codes),
+            grade=grade,
+            grade_approximate=approximate,
+            serious=serious,
+            serious_criteria=criteria,
+            related=related,
+            relatedness=relatedness,
+            onset_date=onset_d,
+            onset_partial=onset.partial if onset else None,
+            resolution_date=end_d,
+            resolution_partial=end.partial if end else None,
+            outcome=self._outcome(r),
+            study_day=study_day(onset_d, day1) if onset_d and day1 else None,
+            end_study_day=study_day(end_d, day1) if end_d and day1 else None,
+            pre_infusion=bool(onset_d and day1 and ld_start and ld_start <= onset_d < day1),
+            crs=self.is_crs(codes, term_all),
+            icans=self.is_icans(codes, term_all),
+            hematologic=self.is_hematologic(codes, term_all),
+            source=SourceRef(
+                resource_type="AdverseEvent",
+                id=str(r.get("id")),
+                version=(r.get("meta") or {}).get("versionId"),
+            ),
+        )
+
+    # -- grade and seriousness ---------------------------------------------------------------------
+    def _grade_of(self, value: dict[str, Any]) -> int | None:
+        """Grade from an extension's value[x]: integer, string, Coding or CodeableConcept."""
+        if isinstance(value.get("valueInteger"), int):
+            g: int = value["valueInteger"]
+            return g if 1 <= g <= 5 else None
+        cc = value.get("valueCodeableConcept")
+        if isinstance(value.get("valueCoding"), dict):
+            cc = {"coding": [value["valueCoding"]]}
+        candidates: list[str] = [str(value["valueString"])] if value.get("valueString") else []
+        for key in codings(cc):
+            if key in self._grade_codes:
+                return self._grade_codes[key]
+        candidates += texts(cc) + [c for _, c in codings(cc)]
+        for t in candidates:
+            m = _GRADE_TEXT.match(t)
+            if m:
+                return int(m.group(1))
+        return None
+
+    def _grade(self, r: dict[str, Any]) -> tuple[int | None, bool]:
+        for url in (EXT_AE_GRADE, *self.s.grade_extension_urls):
+            for ext in _ext(r, url):
+                g = self._grade_of(ext)
+                if g is not None:
+                    return g, False
+                self.log.count("ae.unreadable-grade")
+        sev = r.get("severity")
+        words = [c for _, c in codings(sev)] + texts(sev)
+        for w in words:
+            g = self.s.severity_grades.get(w.strip().lower())
+            if g is not None:
+                return g, True
+        return None, False
+
+    def _seriousness(self, r: dict[str, Any]) -> tuple[bool | None, tuple[str, ...]]:
+        criteria: list[str] = []
+        for ext in _ext(r, EXT_AE_SERIOUSNESS_CRITERIA):
+            code = _sub(ext, "criterionCode") or {}
+            present = _sub(ext, "criterionPresent") or {}
+            if present.get("valueBoolean") is False:
+                continue
+            criteria += [f"{s}|{c}" for s, c in codings(code.get("valueCodeableConcept"))]
+        serious: bool | None = None
+        cc = r.get("seriousness")
+        words = {_squash(w) for w in [c for _, c in codings(cc)] + texts(cc)}
+        if words & {_squash(w) for w in self.s.non_serious_words}:
+            serious = False
+        elif words & {_squash(w) for w in self.s.serious_words} or criteria:
+            serious = True
+        elif words:
+            self.log.count("ae.unknown-seriousness")
+        return serious, tuple(criteria)
+
+    # -- relatedness -------------------------------------------------------------------------------
+    def _entities(self, r: dict[str, Any]) -> list[_Entity]:
+        out: list[_Entity] = []
+        for se in r.get("suspectEntity") or []:
+            inst = se.get("instance") or {}
+            assessments = tuple(
+                (c.get("assessment"), c.get("productRelatedness"))
+                for c in se.get("causality") or []
+                if isinstance(c, dict)
+            )
+            out.append(_Entity(inst.get("reference"), inst.get("display"), None, assessments))
+        for ext in _ext(r, EXT_AE_SUSPECT_ENTITY):
+            inst = _sub(ext, "instance") or {}
+            ref = inst.get("valueReference") or {}
+            found = []
+            for cz in _ext(ext, "causality"):
+                rel = _sub(cz, "entityRelatedness") or {}
+                found.append((rel.get("valueCodeableConcept"), rel.get("valueString")))
+            out.append(
+                _Entity(
+                    ref.get("reference"), ref.get("display"), inst.get("valueCodeableConcept"), tuple(found)
+                )
+            )
+        return out
+
+    def _names_product(self, labels: list[str]) -> bool:
+        return any(p.search(t) for t in labels for p in self._product_names)
+
+    def _is_product(
+        self, e: _Entity, r: dict[str, Any], siblings: list[dict[str, Any]], infusion_id: str | None
+    ) -> bool | None:
+        """True: LCAR-AIO; False: something else; None: cannot tell."""
+        if e.concept is not None:
+            if set(codings(e.concept)) & self._product_codes or self._names_product(texts(e.concept)):
+                return True
+            return False if (codings(e.concept) or texts(e.concept)) else None
+        if e.reference:
+            if e.reference.split("/_history")[0].endswith(f"Procedure/{infusion_id}") and infusion_id:
+                return True
+            target = self._resolve(e.reference, r, siblings)
+            if target is not None:
+                concepts = [target.get(k) for k in ("code", "productCode", "medicationCodeableConcept")]
+                codes = {k for cc in concepts for k in codings(cc)}
+                if codes & self._product_codes or self._names_product(
+                    [t for cc in concepts for t in texts(cc)]
+                ):
+                    return True
+                if codes:
+                    return False
+        if e.display:
+            return self._names_product([e.display]) or False
+        return None
+
+    @staticmethod
+    def _resolve(reference: str, r: dict[str, Any], siblings: list[dict[str, Any]]) -> dict[str, Any] | None:
+        if reference.startswith("#"):
+            return next((c for c in r.get("contained") or [] if c.get("id") == reference[1:]), None)
+        parts = reference.split("/_history")[0].split("/")
+        if len(parts) < 2:
+            return None
+        rtype, rid = parts[-2], parts[-1]
+        return next((x for x in siblings if x.get("resourceType") == rtype and x.get("id") == rid), None)
+
+    def _assess(self, cc: dict[str, Any] | None, text: str | None) -> tuple[bool | None, str | None]:
+        """(related, as recorded) of one assessment."""
+        shown = next(iter(texts(cc)), None) or next((c for _, c in codings(cc)), None) or text
+        for key in codings(cc):
+            if key in self._related:
+                return self._related[key], shown
+            if key in self._unknown_codes:
+                return None, shown
+        for t in [*texts(cc), *(c for _, c in codings(cc)), *([text] if text else [])]:
+            w = _words(t)
+            if w in self._related_words:
+                return self._related_words[w], shown
+            if w in self._unknown_words:
+                return None, shown
+        if shown:
+            self.log.count("ae.unknown-relatedness")
+        return None, shown
+
+    def _relatedness(
+        self,
+        r: dict[str, Any],
+        siblings: list[dict[str, Any]],
+        infusion_id: str | None,
+        subject_id: str,
+        ref: str,
+    ) -> tuple[bool | None, str | None]:
+        entities = self._entities(r)
+        if not entities:
+            return None, None
+        verdicts = [self._is_product(e, r, siblings, infusion_id) for e in entities]
+        chosen = [e for e, v in zip(entities, verdicts, strict=True) if v]
+        if not chosen and len(entities) == 1 and verdicts[0] is None:
+            if not self.s.unidentified_single_entity_is_product:
+                self.log.count("ae.unidentified-suspect-entity")
+                return None, None
+            self.log.warn(
+                "the only suspect entity does not identify what it is; its causality is read as "
+                "relatedness to the study product (adverse_events.yaml "
+                "unidentified_single_entity_is_product)",
+                resource=ref,
+                subject_id=subject_id,
+                rule="unidentified-suspect-entity",
+            )
+            chosen = entities
+        if not chosen:
+            self.log.count("ae.no-product-suspect-entity")
+            return None, None
+        results = [self._assess(cc, text) for e in chosen for cc, text in e.assessments]
+        for wanted in (True, False):
+            hits = [shown for value, shown in results if value is wanted]
+            if hits:
+                return wanted, hits[0]
+        return None, next((shown for _, shown in results if shown), None)
+
+    # -- dates and outcome -------------------------------------------------------------------------
+    def _parse(self, value: Any) -> FhirDate:
+        try:
+            return parse_fhir_date(value, self.tz)
+        except DateError as exc:
+            raise Unusable(
+                "bad-date", str(exc), "send ISO 8601 dates (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)"
+            ) from None
+
+    def _outcome(self, r: dict[str, Any]) -> str | None:
+        oc = r.get("outcome")
+        return next((c for _, c in codings(oc) if c), None) or next(iter(texts(oc)), None)
+
+    def _dates(self, r: dict[str, Any]) -> tuple[FhirDate | None, FhirDate | None]:
+        onset_ext = next((x for url in self.s.onset_extension_urls for x in _ext(r, url)), None)
+        period_end: str | None = None
+        onset_s: str | None = r.get("date")
+        if onset_ext is not None:
+            period = onset_ext.get("valuePeriod") or {}
+            period_end = period.get("end")
+            onset_s = onset_s or onset_ext.get("valueDateTime") or period.get("start")
+        onset_s = onset_s or r.get("detected")
+        onset = self._parse(onset_s) if onset_s else None
+        end_s = next(
+            (x.get("valueDateTime") or x.get("valueDate") for x in _ext(r, EXT_AE_RESOLVE_DATE)), None
+        )
+        if not end_s and period_end:
+            oc = r.get("outcome")
+            if {c for _, c in codings(oc)} & self._resolved or set(codings(oc)) & self._resolved_codes:
+                end_s = period_end
+        end = self._parse(end_s) if end_s else None
+        return onset, end

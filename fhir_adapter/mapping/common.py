@@ -1,0 +1,63 @@
+"""Small helpers shared by the CM and AE mappings (which the study loader imports, so they must not import
+:mod:`fhir_adapter.study` at run time): quarantine signal, latest versions, codings and texts of a concept."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from fhir_adapter.terminology import UCUM
+
+
+class Unusable(Exception):
+    """A resource cannot feed a CRF: the rule it broke, why, and what the EHR side can do about it."""
+
+    def __init__(self, rule: str, reason: str, fix: str) -> None:
+        super().__init__(reason)
+        self.rule, self.reason, self.fix = rule, reason, fix
+
+
+def _version_key(r: dict[str, Any]) -> tuple[int, str]:
+    meta = r.get("meta") or {}
+    v = str(meta.get("versionId") or "0")
+    return (int(v) if v.isdigit() else 0, str(meta.get("lastUpdated") or ""))
+
+
+def latest(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest version (``meta.versionId``, then ``meta.lastUpdated``) of each resource type/id, in order
+    of first appearance."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in resources:
+        key = (str(r.get("resourceType")), str(r.get("id")))
+        if key not in best or _version_key(r) > _version_key(best[key]):
+            best[key] = r
+    return list(best.values())
+
+
+def codings(cc: Any) -> list[tuple[str, str]]:
+    """(system, code) of every coding of a CodeableConcept."""
+    if not isinstance(cc, dict):
+        return []
+    return [
+        (str(c.get("system", "")), str(c.get("code", "")))
+        for c in cc.get("coding") or []
+        if isinstance(c, dict)
+    ]
+
+
+def texts(cc: Any) -> list[str]:
+    """``text``, then every coding ``display`` of a CodeableConcept."""
+    if not isinstance(cc, dict):
+        return []
+    out = [str(cc["text"])] if cc.get("text") else []
+    out += [str(c["display"]) for c in cc.get("coding") or [] if isinstance(c, dict) and c.get("display")]
+    return out
+
+
+def quantity_unit(q: dict[str, Any]) -> str | None:
+    """The UCUM code of a Quantity when it has one, else its human-readable unit."""
+    if q.get("code") and q.get("system") in (None, UCUM):
+        return str(q["code"])
+    if q.get("unit"):
+        return str(q["unit"])
+    return str(q["code"]) if q.get("code") else None

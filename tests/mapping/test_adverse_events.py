@@ -1,0 +1,326 @@
+"""AdverseEvent → AE: plain R4 and the AE Clinical Research R4 backport; grade, seriousness, relatedness, dates,
+CRS/ICANS/haematological flags, exclusions."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+
+from fhir_adapter.crf.models import AdverseEvent
+from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.mapping.adverse_events import AdverseEventMapper, AdverseEventSettings
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.terminology import (
+    AE_CAUSALITY_ASSESS,
+    AE_SERIOUSNESS,
+    AE_SEVERITY,
+    EXT_AE_GRADE,
+    EXT_AE_RESOLVE_DATE,
+    EXT_AE_SERIOUSNESS_CRITERIA,
+    EXT_AE_STATUS,
+    EXT_AE_SUSPECT_ENTITY,
+    ICD10CM,
+    MEDDRA,
+    NCIT,
+    SNOMED,
+)
+
+DAY1 = dt.date(2024, 2, 1)
+LD_START = dt.date(2024, 1, 27)
+INFUSION = "proc-inf-1"
+
+
+def cc(system: str, code: str, display: str = "") -> dict[str, Any]:
+    c: dict[str, Any] = {"system": system, "code": code}
+    if display:
+        c["display"] = display
+    return {"coding": [c]}
+
+
+def ae(id_: str, term: str = "Cytokine release syndrome", *, code: tuple[str, str] | None = (MEDDRA, "10052015"),
+       date: str | None = "2024-02-03", **extra: Any) -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "AdverseEvent", "id": id_, "actuality": "actual",
+                         "subject": {"reference": "Patient/p1"}}
+    event: dict[str, Any] = {"text": term}
+    if code:
+        event["coding"] = [{"system": code[0], "code": code[1], "display": term}]
+    r["event"] = event
+    if date:
+        r["date"] = date
+    r.update(extra)
+    return r
+
+
+def core_entity(assessment: str | None = None, *, ref: str = f"Procedure/{INFUSION}",
+                text: str | None = None) -> dict[str, Any]:
+    causality: dict[str, Any] = {}
+    if assessment:
+        causality["assessment"] = cc(AE_CAUSALITY_ASSESS, assessment)
+    if text:
+        causality["productRelatedness"] = text
+    return {"instance": {"reference": ref}, "causality": [causality]}
+
+
+def backport_entity(code: str, display: str, *, instance: dict[str, Any] | None = None) -> dict[str, Any]:
+    subs: list[dict[str, Any]] = []
+    if instance is not None:
+        subs.append({"url": "instance", **instance})
+    subs.append({"url": "causality", "extension": [
+        {"url": "entityRelatedness", "valueCodeableConcept": cc(NCIT, code, display)}]})
+    return {"url": EXT_AE_SUSPECT_ENTITY, "extension": subs}
+
+
+def grade_ext(code: str, display: str = "") -> dict[str, Any]:
+    return {"url": EXT_AE_GRADE, "valueCodeableConcept": cc(NCIT, code, display)}
+
+
+def criterion(code: str, present: bool = True) -> dict[str, Any]:
+    return {"url": EXT_AE_SERIOUSNESS_CRITERIA, "extension": [
+        {"url": "criterionCode", "valueCodeableConcept": cc(NCIT, code)},
+        {"url": "criterionPresent", "valueBoolean": present}]}
+
+
+def severity(word: str) -> dict[str, Any]:
+    return cc(AE_SEVERITY, word)
+
+
+def seriousness(code: str, display: str = "") -> dict[str, Any]:
+    return cc(AE_SERIOUSNESS, code, display)
+
+
+def run(study, resources: list[dict[str, Any]], settings: AdverseEventSettings | None = None  # type: ignore[no-untyped-def]
+        ) -> tuple[list[AdverseEvent], RunLog]:
+    for r in resources:
+        assert r4_problem(r) is None, (r.get("id"), r4_problem(r))
+    log = RunLog()
+    out = AdverseEventMapper(study, log, settings).map(resources, "T-001", day1=DAY1,
+                                                       lymphodepletion_start=LD_START, infusion_id=INFUSION)
+    return out, log
+
+
+# -- plain R4 ----------------------------------------------------------------------------------------
+def test_plain_r4_event(study):  # type: ignore[no-untyped-def]
+    r = ae("a1", severity=severity("moderate"), seriousness=seriousness("serious", "Serious"),
+           suspectEntity=[core_entity("Probably-Likely")], outcome=cc(
+               "http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved"))
+    (a,), log = run(study, [r])
+    assert (a.term, a.codes) == ("Cytokine release syndrome", (f"{MEDDRA}|10052015",))
+    assert (a.grade, a.grade_approximate, a.serious, a.serious_criteria) == (2, True, True, ())
+    assert (a.related, a.relatedness, a.outcome) == (True, "Probably-Likely", "resolved")
+    assert (a.onset_date, a.study_day, a.pre_infusion, a.teae) == (dt.date(2024, 2, 3), 3, False, None)
+    assert (a.crs, a.icans, a.hematologic) == (True, False, False)
+    assert a.source.reference == "AdverseEvent/a1" and not log.quarantine
+
+
+@pytest.mark.parametrize(("word", "grade"), [("mild", 1), ("moderate", 2), ("severe", 3)])
+def test_severity_maps_to_an_approximate_grade(study, word, grade):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", severity=severity(word))])
+    assert (a.grade, a.grade_approximate) == (grade, True)
+
+
+def test_missing_grade_is_none_and_counted(study):  # type: ignore[no-untyped-def]
+    (a,), log = run(study, [ae("a")])
+    assert (a.grade, a.grade_approximate) == (None, False) and log.counts["ae.no-grade"] == 1
+
+
+@pytest.mark.parametrize(("code", "display", "expected"), [
+    ("serious", "Serious", True), ("serious", "serious", True), ("Serious", "", True),
+    ("non-serious", "Non-serious", False), ("Non-serious", "", False), ("nonserious", "", False),
+])
+def test_seriousness_casing(study, code, display, expected):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", seriousness=seriousness(code, display))])
+    assert a.serious is expected
+
+
+def test_seriousness_from_text_only(study):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", seriousness={"text": "Non serious"})])
+    assert a.serious is False
+
+
+@pytest.mark.parametrize(("assessment", "related"), [
+    ("Certain", True), ("Probably-Likely", True), ("Possible", True), ("Unlikely", False),
+    ("Conditional-Classified", None), ("Unassessable-Unclassifiable", None),
+])
+def test_each_core_causality_code(study, assessment, related):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", suspectEntity=[core_entity(assessment)])])
+    assert (a.related, a.relatedness) == (related, assessment)
+
+
+@pytest.mark.parametrize(("text", "related"), [
+    ("Definitely related", True), ("probably related", True), ("possibly related", True), ("Related", True),
+    ("not related", False), ("Unrelated", False), ("unlikely", False), ("unknown", None),
+])
+def test_product_relatedness_text(study, text, related):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", suspectEntity=[core_entity(text=text)])])
+    assert (a.related, a.relatedness) == (related, text)
+
+
+def test_only_the_lcar_aio_entity_counts(study):  # type: ignore[no-untyped-def]
+    fluda = {"resourceType": "Medication", "id": "fluda", "code": cc(
+        "http://www.nlm.nih.gov/research/umls/rxnorm", "24698", "fludarabine")}
+    r = ae("a", suspectEntity=[core_entity("Certain", ref="Medication/fluda"),
+                               core_entity("Unlikely")])
+    (a,), _ = run(study, [r, fluda])
+    assert (a.related, a.relatedness) == (False, "Unlikely")
+    (b,), log = run(study, [ae("b", suspectEntity=[core_entity("Certain", ref="Medication/fluda")]), fluda])
+    assert b.related is None and log.counts["ae.no-product-suspect-entity"] == 1
+
+
+def test_product_identified_by_display_and_by_resolved_procedure(study):  # type: ignore[no-untyped-def]
+    proc = {"resourceType": "Procedure", "id": "other-proc", "status": "completed",
+            "subject": {"reference": "Patient/p1"}, "code": cc(SNOMED, "1156961008", "CAR-T immunotherapy")}
+    by_code = ae("a", suspectEntity=[core_entity("Possible", ref="Procedure/other-proc")])
+    by_display = ae("b", suspectEntity=[{"instance": {"display": "LCAR-AIO infusion"},
+                                         "causality": [{"assessment": cc(AE_CAUSALITY_ASSESS, "Possible")}]}])
+    cms, _ = run(study, [by_code, by_display, proc])
+    assert [a.related for a in cms] == [True, True]
+
+
+def test_unidentified_single_entity_is_read_as_the_product(study):  # type: ignore[no-untyped-def]
+    r = ae("a", suspectEntity=[core_entity("Possible", ref="Medication/not-in-source")])
+    (a,), log = run(study, [r])
+    assert a.related is True
+    assert log.warnings[0]["rule"] == "unidentified-suspect-entity"
+    off = study.rule("adverse_events", AdverseEventSettings).model_copy(
+        update={"unidentified_single_entity_is_product": False})
+    (b,), _ = run(study, [r], off)
+    assert b.related is None
+
+
+def test_most_related_assessment_wins(study):  # type: ignore[no-untyped-def]
+    entity = core_entity("Unlikely")
+    entity["causality"].append({"assessment": cc(AE_CAUSALITY_ASSESS, "Possible")})
+    (a,), _ = run(study, [ae("a", suspectEntity=[entity])])
+    assert (a.related, a.relatedness) == (True, "Possible")
+
+
+# -- R4 backport ----------------------------------------------------------------------------------------
+def test_backport_event(study):  # type: ignore[no-untyped-def]
+    r = ae("b1", "Immune effector cell-associated neurotoxicity syndrome", code=(ICD10CM, "G92.03"),
+           date="2024-02-06T22:30:00+01:00",
+           meta={"profile": ["http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/"
+                             "AdverseEvent-clinical-research"]},
+           modifierExtension=[{"url": EXT_AE_STATUS, "valueCode": "completed"}],
+           extension=[grade_ext("C41340", "Grade 3 Severe Adverse Event"), criterion("C83052"),
+                      criterion("C84266", present=False), {"url": EXT_AE_RESOLVE_DATE, "valueDateTime": "2024-02-09"},
+                      backport_entity("C53258", "Possibly related",
+                                      instance={"valueReference": {"reference": f"Procedure/{INFUSION}"}})],
+           seriousness=seriousness("serious", "Serious"), outcome=cc(NCIT, "C49498", "Recovered/Resolved"))
+    (a,), log = run(study, [r])
+    assert (a.grade, a.grade_approximate) == (3, False)
+    assert (a.serious, a.serious_criteria) == (True, (f"{NCIT}|C83052",))
+    assert (a.related, a.relatedness) == (True, "Possibly related")
+    assert (a.onset_date, a.resolution_date, a.study_day, a.end_study_day) == (
+        dt.date(2024, 2, 6), dt.date(2024, 2, 9), 6, 9)
+    assert (a.icans, a.crs, a.hematologic, a.outcome) == (True, False, False, "C49498")
+    assert not log.quarantine
+
+
+@pytest.mark.parametrize(("code", "display", "related"), [
+    ("C53256", "Not related", False), ("C53257", "Unlikely related", False),
+    ("C53258", "Possibly related", True), ("C53260", "Related", True),
+])
+def test_each_backport_relatedness_code(study, code, display, related):  # type: ignore[no-untyped-def]
+    ext = backport_entity(code, display, instance={"valueCodeableConcept": {"text": "LCAR-AIO"}})
+    (a,), _ = run(study, [ae("a", extension=[ext])])
+    assert (a.related, a.relatedness) == (related, display)
+
+
+def test_backport_entity_without_instance(study):  # type: ignore[no-untyped-def]
+    (a,), log = run(study, [ae("a", extension=[backport_entity("C53260", "Related")])])
+    assert a.related is True and log.warnings[0]["rule"] == "unidentified-suspect-entity"
+
+
+@pytest.mark.parametrize(("code", "grade"), [("C41338", 1), ("C41339", 2), ("C41340", 3), ("C41337", 4),
+                                             ("C48275", 5)])
+def test_ae_grade_codes(study, code, grade):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", extension=[grade_ext(code)], severity=severity("mild"))])
+    assert (a.grade, a.grade_approximate) == (grade, False)
+
+
+def test_ae_grade_as_text(study):  # type: ignore[no-untyped-def]
+    ext = {"url": EXT_AE_GRADE, "valueCodeableConcept": {"text": "Grade 4"}}
+    (a,), _ = run(study, [ae("a", extension=[ext])])
+    assert a.grade == 4
+
+
+def test_study_configured_grade_extension(study):  # type: ignore[no-untyped-def]
+    url = "https://hospital.example.org/fhir/StructureDefinition/ctcae-grade"
+    settings = study.rule("adverse_events", AdverseEventSettings).model_copy(update={"grade_extension_urls": (url,)})
+    (a,), _ = run(study, [ae("a", extension=[{"url": url, "valueInteger": 2}], severity=severity("severe"))],
+                  settings)
+    assert (a.grade, a.grade_approximate) == (2, False)
+
+
+def test_serious_from_criteria_only(study):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", extension=[criterion("C48275")])])
+    assert (a.serious, a.serious_criteria) == (True, (f"{NCIT}|C48275",))
+
+
+# -- exclusions and quarantine -----------------------------------------------------------------------------
+def test_entered_in_error_is_excluded(study):  # type: ignore[no-untyped-def]
+    r = ae("a", modifierExtension=[{"url": EXT_AE_STATUS, "valueCode": "entered-in-error"}])
+    out, log = run(study, [r])
+    assert out == [] and log.counts["ae.not-used.entered-in-error"] == 1 and not log.quarantine
+
+
+def test_potential_event_is_excluded(study):  # type: ignore[no-untyped-def]
+    out, log = run(study, [ae("a", actuality="potential")])
+    assert out == [] and log.counts["ae.not-used.potential"] == 1
+
+
+def test_event_without_term_is_quarantined(study):  # type: ignore[no-untyped-def]
+    r = ae("a")
+    del r["event"]
+    out, log = run(study, [r])
+    assert out == [] and log.quarantine[0].rule == "no-event"
+
+
+# -- dates ---------------------------------------------------------------------------------------------
+def test_partial_onset_date_stays_partial(study):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", date="2024-02")])
+    assert (a.onset_date, a.onset_partial, a.study_day, a.pre_infusion) == (None, "2024-02", None, False)
+
+
+@pytest.mark.parametrize(("date", "pre", "day"), [
+    ("2024-01-26", False, -6), ("2024-01-27", True, -5), ("2024-01-31", True, -1), ("2024-02-01", False, 1),
+])
+def test_pre_infusion_window(study, date, pre, day):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", "Nausea", code=None, date=date)])
+    assert (a.pre_infusion, a.study_day) == (pre, day)
+
+
+def test_detected_when_no_date(study):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", date=None, detected="2024-02-10")])
+    assert (a.onset_date, a.study_day) == (dt.date(2024, 2, 10), 10)
+
+
+def test_onset_extension_period_gives_resolution_when_resolved(study):  # type: ignore[no-untyped-def]
+    url = "http://hl7.org/fhir/5.0/StructureDefinition/extension-AdverseEvent.occurrence"
+    r = ae("a", date=None, extension=[{"url": url, "valuePeriod": {"start": "2024-02-04", "end": "2024-02-12"}}],
+           outcome=cc("http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved"))
+    (a,), _ = run(study, [r])
+    assert (a.onset_date, a.resolution_date, a.end_study_day) == (dt.date(2024, 2, 4), dt.date(2024, 2, 12), 12)
+
+
+# -- flags -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("term", "code", "crs", "icans", "haem"), [
+    ("Cytokine release syndrome", (ICD10CM, "D89.832"), True, False, False),
+    ("CRS grade 2", None, True, False, False),
+    ("ICANS", None, False, True, False),
+    ("Encephalopathy", (ICD10CM, "G92.01"), False, True, False),
+    ("Neutropenia", None, False, False, True),
+    ("Neutrophil count decreased", None, False, False, True),
+    ("Thrombocytopenia", None, False, False, True),
+    ("Anaemia", None, False, False, True),
+    ("Anemia", (ICD10CM, "D64.9"), False, False, True),
+    ("Leukopenia", None, False, False, True),
+    ("Lymphopenia", None, False, False, True),
+    ("Febrile neutropenia", None, False, False, False),
+    ("Pyrexia", None, False, False, False),
+])
+def test_event_flags(study, term, code, crs, icans, haem):  # type: ignore[no-untyped-def]
+    (a,), _ = run(study, [ae("a", term, code=code)])
+    assert (a.crs, a.icans, a.hematologic) == (crs, icans, haem)
