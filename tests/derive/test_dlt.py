@@ -1,0 +1,170 @@
+"""DLT evaluation with the study's rules (mappings/lcar-aio/dlt.yaml, decisions.md "Safety")."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from helpers import crf, d, finding
+
+from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.derive.dlt import DltSettings, derive_dlt
+
+_ids = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def rules(study):  # type: ignore[no-untyped-def]
+    return study.rule("dlt", DltSettings)
+
+
+def ae(term: str, onset: int | None, end: int | None, grade: int | None, **kw: Any) -> AdverseEvent:
+    return AdverseEvent(term=term, grade=grade, onset_date=d(onset) if onset is not None else None,
+                        resolution_date=d(end) if end is not None else None,
+                        source=SourceRef(resource_type="AdverseEvent", id=f"ae{next(_ids)}"), **kw)
+
+
+def evaluate(rules: DltSettings, *aes: AdverseEvent, last_day: int = 60):  # type: ignore[no-untyped-def]
+    """A subject followed up to ``last_day`` (a lab result that day) with these AEs."""
+    return derive_dlt(crf([finding("crp", last_day, 1.0)], {}, ae=list(aes)), rules)
+
+
+def crs(onset: int, end: int | None, grade: int | None, **kw: Any) -> AdverseEvent:
+    return ae("Cytokine release syndrome", onset, end, grade, crs=True, **kw)
+
+
+def rule_ids(r) -> list[str]:  # type: ignore[no-untyped-def]
+    return [e.rule for e in r.dlt_events]
+
+
+def test_grade_4_crs_or_icans_is_a_dlt(rules: DltSettings) -> None:
+    r = evaluate(rules, crs(3, 4, 4))
+    assert r.dlt is True and rule_ids(r) == ["crs-icans-grade-4"]
+    assert r.dlt_events[0].source.startswith("AdverseEvent/")
+    assert r.dlt_events[0].term == "Cytokine release syndrome"
+    r = evaluate(rules, ae("ICANS", 6, 7, 4, icans=True))
+    assert rule_ids(r) == ["crs-icans-grade-4"]
+
+
+@pytest.mark.parametrize(("end", "dlt"), [(5, False), (6, True), (3, False)])
+def test_grade_3_crs_72_hours_boundary(rules: DltSettings, end: int, dlt: bool) -> None:
+    # onset day 2: resolved day 5 = 72 h exactly (not > 72 h), day 6 = 96 h
+    r = evaluate(rules, crs(2, end, 3))
+    assert r.dlt is dlt
+    if dlt:
+        assert rule_ids(r) == ["crs-icans-grade-3-over-72h"] and "96 h" in r.dlt_events[0].reason
+
+
+def test_grade_3_icans_unresolved_beyond_72h_is_a_dlt_and_unresolved_short_is_not_evaluable(
+        rules: DltSettings) -> None:
+    r = evaluate(rules, ae("ICANS", 5, None, 3, icans=True), last_day=20)
+    assert r.dlt is True and "at least" in r.dlt_events[0].reason
+    r = evaluate(rules, ae("ICANS", 5, None, 3, icans=True), last_day=7)
+    assert r.dlt is None and any("unresolved" in x for x in r.not_evaluable)
+
+
+@pytest.mark.parametrize(("end", "dlt"), [(10, False), (11, True)])
+def test_related_non_haematological_grade_3_over_7_days(rules: DltSettings, end: int, dlt: bool) -> None:
+    # onset day 3: to day 10 = exactly 7 days (168 h, not > 7 days), to day 11 = 8 days
+    r = evaluate(rules, ae("Hepatotoxicity", 3, end, 3, related=True))
+    assert r.dlt is dlt
+    if dlt:
+        assert rule_ids(r) == ["non-hematologic-grade-3-related-over-7d"]
+
+
+def test_non_haematological_not_related_or_grade_2_is_no_dlt(rules: DltSettings) -> None:
+    assert evaluate(rules, ae("Hepatotoxicity", 3, 20, 3, related=False)).dlt is False
+    assert evaluate(rules, ae("Rash", 3, 20, 2)).dlt is False          # relatedness unknown but grade 2
+    # haematological grade 3 related for weeks: not the non-haematological rule, not grade 4
+    assert evaluate(rules, ae("Anaemia", 3, 40, 3, related=True, hematologic=True)).dlt is False
+    # CRS is excluded from the non-haematological rule: grade 3 related CRS for 3 days only
+    assert evaluate(rules, crs(3, 6, 3, related=True)).dlt is False
+
+
+def test_unknown_grade_relatedness_or_duration_is_not_evaluable(rules: DltSettings) -> None:
+    r = evaluate(rules, ae("Diarrhoea", 4, 20, None, related=True))
+    assert r.dlt is None and any("grade unknown" in x for x in r.not_evaluable)
+    r = evaluate(rules, ae("Diarrhoea", 4, 20, 3))
+    assert r.dlt is None and any("relatedness unknown" in x for x in r.not_evaluable)
+    r = evaluate(rules, ae("Diarrhoea", 4, None, 3, related=True, resolution_partial="2024-02"))
+    assert r.dlt is None and any("duration unknown" in x for x in r.not_evaluable)
+    r = evaluate(rules, ae("Diarrhoea", 4, None, 3, related=True, outcome="resolved"))
+    assert r.dlt is None and any("duration unknown" in x for x in r.not_evaluable)
+    # a DLT in another event decides the subject; the undecided event is still listed
+    r = evaluate(rules, ae("Diarrhoea", 4, 20, None), crs(2, 3, 4))
+    assert r.dlt is True and r.not_evaluable
+
+
+@pytest.mark.parametrize(("end", "dlt"), [(30, False), (31, True)])
+def test_grade_4_neutropenia_still_present_after_day_30(rules: DltSettings, end: int, dlt: bool) -> None:
+    r = evaluate(rules, ae("Neutrophil count decreased", 8, end, 4, hematologic=True))
+    assert r.dlt is dlt
+
+
+def test_neutropenia_rule_terms_codes_and_persistence(rules: DltSettings) -> None:
+    assert evaluate(rules, ae("Thrombocytopenia", 8, 45, 4, hematologic=True)).dlt is True
+    assert evaluate(rules, ae("Lymphocyte count decreased", 8, 45, 4, hematologic=True)).dlt is False
+    assert evaluate(rules, ae("Neutropenia", 8, 45, 3, hematologic=True)).dlt is False
+    coded = ae("Agranulocytosis", 8, 45, 4, hematologic=True, codes=("http://hl7.org/fhir/sid/icd-10-cm|D70.1",))
+    assert evaluate(rules, coded).dlt is True
+    # unresolved at the last data on day 40 → present after day 30; last data on day 25 → not known
+    assert evaluate(rules, ae("Neutropenia", 8, None, 4, hematologic=True), last_day=40).dlt is True
+    r = evaluate(rules, ae("Neutropenia", 8, None, 4, hematologic=True), last_day=25)
+    assert r.dlt is None
+
+
+def test_grade_5_not_assessed_as_unrelated(rules: DltSettings) -> None:
+    assert rule_ids(evaluate(rules, ae("Sepsis", 12, 14, 5, related=None))) == ["grade-5-not-unrelated"]
+    assert evaluate(rules, ae("Sepsis", 12, 14, 5, related=True)).dlt is True
+    assert evaluate(rules, ae("Road traffic accident", 12, 12, 5, related=False)).dlt is False
+
+
+@pytest.mark.parametrize(("onset", "in_window"), [(1, True), (30, True), (31, False), (-1, False)])
+def test_dlt_window_day_30_vs_31(rules: DltSettings, onset: int, in_window: bool) -> None:
+    r = evaluate(rules, crs(onset, onset + 1, 4))
+    assert r.dlt is in_window
+
+
+def test_partial_or_missing_onset(rules: DltSettings) -> None:
+    r = evaluate(rules, ae("ICANS", None, None, 4, icans=True, onset_partial="2024-02"))
+    assert r.dlt is None and any("partial onset" in x for x in r.not_evaluable)
+    assert evaluate(rules, ae("ICANS", None, None, 4, icans=True, onset_partial="2023")).dlt is False
+    r = evaluate(rules, ae("ICANS", None, None, 4, icans=True))
+    assert r.dlt is None and any("no onset date" in x for x in r.not_evaluable)
+    # not a candidate for any rule: an unknown onset does not matter
+    assert evaluate(rules, ae("Headache", None, None, 1)).dlt is False
+
+
+def test_approximate_grade_is_used_and_said(rules: DltSettings) -> None:
+    r = evaluate(rules, ae("Hepatotoxicity", 3, 20, 3, related=True, grade_approximate=True))
+    assert r.dlt is True and "approximate" in r.dlt_events[0].reason
+
+
+def test_not_infused_and_incomplete_window(rules: DltSettings) -> None:
+    c = crf([], {}).model_copy(update={"day1": None})
+    r = derive_dlt(c, rules)
+    assert r.dlt is None and r.not_evaluable == ["not infused"]
+    r = evaluate(rules, last_day=29)
+    assert r.dlt is None and "not completed" in r.not_evaluable[0]
+    assert evaluate(rules, last_day=30).dlt is False
+
+
+def test_evaluated_lists_the_events_that_could_fall_in_the_window(rules: DltSettings) -> None:
+    a, b, c = ae("Headache", 5, 6, 1), ae("Headache", 40, 41, 1), ae("Headache", None, None, 1)
+    r = evaluate(rules, a, b, c)
+    assert r.evaluated == [a.source.reference, c.source.reference]
+
+
+def test_rule_vocabulary_validation() -> None:
+    with pytest.raises(ValueError, match="grade_min or grade_eq"):
+        DltSettings.model_validate({"rules": [{"id": "x", "when": {"grade_min": 3, "grade_eq": 3}}]})
+    with pytest.raises(ValueError, match="unique"):
+        DltSettings.model_validate({"rules": [{"id": "x", "when": {}}, {"id": "x", "when": {}}]})
+    with pytest.raises(ValueError, match="regular expression"):
+        DltSettings.model_validate({"rules": [{"id": "x", "when": {"terms": ["("]}}]})
+    custom = DltSettings.model_validate({"window": {"first_day": 1, "last_day": 28},
+                                         "require_complete_window": False,
+                                         "rules": [{"id": "any-g3", "when": {"grade_min": 3}}]})
+    assert evaluate(custom, ae("Rash", 28, 29, 3)).dlt is True
+    assert evaluate(custom, ae("Rash", 29, 30, 3)).dlt is False
