@@ -365,3 +365,19 @@ def test_latest_version_wins(study):  # type: ignore[no-untyped-def]
     v2 = statement("v", PRED, [dosage({"doseQuantity": mg(7.5)}, timing=daily())], meta={"versionId": "2"})
     (c,), _ = run(study, [v2, v1])
     assert (c.daily_dose_mg, c.source.reference) == (7.5, "MedicationStatement/v/_history/2")
+
+
+# -- the mapping file ----------------------------------------------------------------------------------
+def test_unknown_code_system_alias_is_a_load_error_with_its_line(tmp_path):  # type: ignore[no-untyped-def]
+    import shutil
+    from pathlib import Path
+
+    from fhir_adapter.study import MappingError, load_study
+
+    root = Path(__file__).resolve().parents[2] / "mappings" / "lcar-aio"
+    shutil.copytree(root, tmp_path / "s")
+    path = tmp_path / "s" / "medications.yaml"
+    path.write_text(path.read_text().replace('"rxnorm|312617"', '"pharmacy|312617"'))
+    with pytest.raises(MappingError) as exc:
+        load_study(tmp_path / "s")
+    assert "medications.yaml" in str(exc.value) and "pharmacy|312617" in str(exc.value)
