@@ -1,0 +1,115 @@
+"""Write-back safety and diffing: never another patient, never a resource the adapter did not create,
+zero writes when nothing changed, retraction of results no longer produced."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.fhir import ClientSettings, FhirClient
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.writeback.sink import UnsafeWrite, WriteResult, check_safe, plan_writes, write_subject
+
+E = Enrollee(subject_id="101-001", patient_id="p1", research_subject=SourceRef(resource_type="ResearchSubject", id="r1"),
+             status="follow-up", arm="DL1", consent_date=None, site=None, sex="F", birth_date=None)
+
+
+def result(ident: str, value: int, patient: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Observation", "identifier": [{"system": SID_RESULT, "value": ident}],
+            "status": "final", "code": {"coding": [{"system": "https://fhir-adapter.org/fhir/CodeSystem/results",
+                                                    "code": "sledai-2k"}]},
+            "subject": {"reference": f"Patient/{patient}"}, "valueInteger": value,
+            "derivedFrom": [{"reference": "Observation/src1"}]}
+
+
+def on_server(res: dict[str, Any], id_: str, version: str = "1") -> dict[str, Any]:
+    r = copy.deepcopy(res)
+    r["id"] = id_
+    r["meta"] = {"versionId": version, "lastUpdated": "2026-11-01T10:00:00Z"}
+    return r
+
+
+def test_never_writes_for_a_patient_who_is_not_enrolled() -> None:
+    with pytest.raises(UnsafeWrite, match="not an enrolled subject"):
+        check_safe(E, [result("a", 1)], enrolled_patients={"p2"})
+
+
+def test_never_writes_a_resource_without_the_adapter_identifier() -> None:
+    foreign = result("a", 1)
+    foreign["identifier"] = [{"system": "http://hospital.example.org/lab", "value": "123"}]
+    with pytest.raises(UnsafeWrite, match="only writes resources it owns"):
+        check_safe(E, [foreign], enrolled_patients={"p1"})
+
+
+def test_never_writes_a_result_about_another_patient() -> None:
+    with pytest.raises(UnsafeWrite, match="Patient/p9"):
+        check_safe(E, [result("a", 1, patient="p9")], enrolled_patients={"p1", "p9"})
+
+
+def test_unchanged_content_is_not_written() -> None:
+    r = WriteResult(subject_id="101-001")
+    desired = [result("a", 10), result("b", 4)]
+    existing = {"a": on_server(desired[0], "x1"), "b": on_server(desired[1], "x2", "3")}
+    assert plan_writes(desired, existing, r) == []
+    assert r.unchanged == 2 and r.diff == ""
+
+
+def test_changed_new_and_retracted() -> None:
+    r = WriteResult(subject_id="101-001")
+    desired = [result("a", 10), result("c", 2)]
+    existing = {"a": on_server(result("a", 12), "x1"), "old": on_server(result("old", 5), "x3")}
+    out = plan_writes(desired, existing, r)
+    assert r.written == ["a", "c"] and r.retracted == ["old"]
+    retracted = out[-1]
+    assert retracted["status"] == "entered-in-error" and "id" not in retracted and retracted["valueInteger"] == 5
+    assert '-  "valueInteger": 12' in r.diff and '+  "valueInteger": 10' in r.diff
+
+
+async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+    base = "http://ehr.test/fhir"
+    existing = on_server(result("a", 10), "x1")
+    httpx_mock.add_response(method="GET", url=httpx.URL(f"{base}/Observation", params={
+        "patient": "Patient/p1", "identifier": f"{SID_RESULT}|", "_count": "100"}),
+        json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": existing}]})
+    httpx_mock.add_response(method="POST", url=base, json={"resourceType": "Bundle", "type": "transaction-response"})
+    async with FhirClient(base, settings=ClientSettings()) as client:
+        w = await write_subject(client, E, [result("a", 10), result("b", 3)], ["Observation/src1"], {"p1"},
+                                now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    assert w.error is None and w.written == ["b"] and w.unchanged == 1
+    posted = httpx_mock.get_requests(method="POST")[0]
+    import json
+    bundle = json.loads(posted.content)
+    kinds = [(e["request"]["method"], e["resource"]["resourceType"]) for e in bundle["entry"]]
+    assert kinds == [("PUT", "Device"), ("PUT", "Observation"), ("POST", "Provenance")]
+    assert bundle["entry"][1]["request"]["url"] == f"Observation?identifier={SID_RESULT}|b"
+    prov = bundle["entry"][2]["resource"]
+    assert prov["target"] == [{"reference": bundle["entry"][1]["fullUrl"]}]
+    assert prov["entity"] == [{"role": "source", "what": {"reference": "Observation/src1"}}]
+
+
+async def test_nothing_posted_when_nothing_changed(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+    base = "http://ehr.test/fhir"
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset",
+                                                "entry": [{"resource": on_server(result("a", 10), "x1")}]})
+    async with FhirClient(base) as client:
+        w = await write_subject(client, E, [result("a", 10)], [], {"p1"})
+    assert w.written == [] and w.unchanged == 1
+    assert httpx_mock.get_requests(method="POST") == []
+
+
+async def test_412_on_conditional_update_is_reported_not_raised(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+    base = "http://ehr.test/fhir"
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})
+    httpx_mock.add_response(method="POST", status_code=412, json={
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "duplicate", "diagnostics": "Multiple resources match the condition"}]})
+    async with FhirClient(base) as client:
+        w = await write_subject(client, E, [result("a", 10)], [], {"p1"})
+    assert w.error is not None and "412" in w.error and "Multiple resources" in w.error
+    assert w.written == []
