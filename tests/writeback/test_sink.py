@@ -16,7 +16,8 @@ from fhir_adapter.roster import Enrollee
 from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.sink import UnsafeWrite, WriteResult, check_safe, plan_writes, write_subject
 
-E = Enrollee(subject_id="101-001", patient_id="p1", research_subject=SourceRef(resource_type="ResearchSubject", id="r1"),
+E = Enrollee(subject_id="101-001", patient_id="p1",
+             research_subject=SourceRef(resource_type="ResearchSubject", id="r1"),
              status="follow-up", arm="DL1", consent_date=None, site=None, sex="F", birth_date=None)
 
 
