@@ -26,7 +26,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_adapter.fhir import FhirClient
+from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.terminology import SID_DEVICE, SID_RESULT
@@ -55,7 +55,7 @@ def _identifier(res: dict[str, Any], system: str = SID_RESULT) -> str | None:
 
 
 def comparable(res: dict[str, Any]) -> dict[str, Any]:
-    """The content that matters: server-assigned id, version, timestamps and narrative removed."""
+    """The content that matters: id, version, timestamps and narrative removed."""
     out = {k: v for k, v in res.items() if k not in ("id", "text")}
     meta = {k: v for k, v in (res.get("meta") or {}).items() if k not in _VOLATILE_META}
     if meta:
@@ -83,9 +83,23 @@ def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: 
                               f"Patient/{e.patient_id}")
 
 
-async def existing_results(client: FhirClient, e: Enrollee) -> dict[str, dict[str, Any]]:
-    """The adapter's Observations already on the server for this Patient, by identifier value."""
+async def existing_results(client: FhirClient, e: Enrollee,
+                           by_id: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """The adapter's Observations already on the server for this Patient, by identifier value; and the
+    resources the adapter writes under a fixed id (its own ResearchSubject), which must carry its identifier."""
     found: dict[str, dict[str, Any]] = {}
+    for want in by_id or []:
+        try:
+            held = await client.read(want["resourceType"], want["id"], label=e.subject_id)
+        except FhirHttpError as exc:
+            if exc.status in (404, 410):
+                continue
+            raise
+        ident = _identifier(held)
+        if ident is None:
+            raise UnsafeWrite(f"{want['resourceType']}/{want['id']} exists on the server and was not created by the "
+                              "adapter (no identifier in its system): it is left untouched")
+        found[ident] = held
     async for res in client.search("Observation", {"patient": f"Patient/{e.patient_id}",
                                                    "identifier": f"{SID_RESULT}|"}, label=e.subject_id):
         ident = _identifier(res)
@@ -110,7 +124,7 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
         result.written.append(ident)
         diffs.extend(difflib.unified_diff(_pretty(before), _pretty(res), f"server:{ident}", f"adapter:{ident}"))
     for ident, before in sorted(existing.items()):
-        if ident in wanted or before.get("status") == "entered-in-error":
+        if ident in wanted or before.get("status") == "entered-in-error" or before.get("resourceType") != "Observation":
             continue
         retracted = {k: v for k, v in before.items() if k not in ("id", "meta", "text")}
         retracted["status"] = "entered-in-error"
@@ -137,8 +151,8 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
         assert ident is not None
         url = full_url(SID_RESULT, ident)
         targets.append(url)
-        entries.append({"fullUrl": url, "resource": r,
-                        "request": {"method": "PUT", "url": conditional_url(r["resourceType"], ident)}})
+        request_url = f"{r['resourceType']}/{r['id']}" if r.get("id") else conditional_url(r["resourceType"], ident)
+        entries.append({"fullUrl": url, "resource": r, "request": {"method": "PUT", "url": request_url}})
     prov = provenance(targets, sources, device_url, now)
     entries.append({"fullUrl": full_url(SID_RESULT, f"provenance-{now.isoformat()}-{targets[0]}"),
                     "resource": prov, "request": {"method": "POST", "url": "Provenance"}})
@@ -155,7 +169,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             problem = r4_problem(r)
             if problem:
                 raise ValueError(f"{r['resourceType']} {_identifier(r)} is not valid FHIR R4: {problem}")
-        existing = await existing_results(client, e)
+        existing = await existing_results(client, e, [r for r in desired if r.get("id")])
         to_write = plan_writes(desired, existing, result)
         check_safe(e, to_write, enrolled_patients)
         if not to_write or dry_run:

@@ -1,0 +1,104 @@
+"""A site roster CSV reconciled into ResearchSubjects, for EHRs that hold no ResearchSubject.
+
+Columns (header row required; extra columns ignored)::
+
+    subject_id,patient_identifier,consent_date,arm,status
+    101-001,https://hospital.example.org/site-101/mrn|MRN0001,2024-01-10,DL1,follow-up
+
+``patient_identifier`` is ``system|value`` (or a bare value, matched against any Patient identifier).
+Reconciliation is idempotent: a subject the EHR already holds a ResearchSubject for (same subject ID) is
+left to the EHR; any other row becomes a ResearchSubject **owned by the adapter** — it carries a second
+identifier in the adapter's system, so the write-back may create and later update it (status, actualArm)
+with ``PUT ResearchSubject/<id>`` (a deterministic id, so result Observations can reference it in the same
+transaction), and never touches a ResearchSubject it did not create (the sink checks the identifier of
+whatever the server holds under that id first).
+"""
+
+from __future__ import annotations
+
+import csv
+import uuid
+from pathlib import Path
+from typing import Any
+
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import RosterInput
+from fhir_adapter.study import Study
+from fhir_adapter.terminology import SD_RESEARCH_SUBJECT, SID_RESULT
+from fhir_adapter.writeback.identifiers import result_identifier
+
+REQUIRED = ("subject_id", "patient_identifier", "consent_date", "arm", "status")
+_NS = uuid.UUID("0b3c1f2e-8d4a-5e6f-9a1b-2c3d4e5f6a7b")
+
+
+class RosterCsvError(ValueError):
+    pass
+
+
+def owned_identifier(study: Study, subject_id: str) -> str:
+    return result_identifier(study.info.id, subject_id, "subject", "research-subject")
+
+
+def _find_patient(patients: dict[str, dict[str, Any]], ident: str) -> str | None:
+    system, _, value = ident.rpartition("|")
+    for pid, p in patients.items():
+        for i in p.get("identifier") or []:
+            if i.get("value") == value and (not system or i.get("system") == system):
+                return pid
+    return None
+
+
+def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> RosterInput:
+    """Add a ResearchSubject for every roster row the EHR does not hold; returns ``data`` extended."""
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise RosterCsvError(f"{path}: missing column(s) {missing}; the header must have {list(REQUIRED)}")
+        rows = list(reader)
+    system = study.info.subject_identifier_system
+    held = {i.get("value") for rs in data.subjects for i in rs.get("identifier") or []
+            if system is None or i.get("system") == system}
+    study_id = next((s["id"] for s in data.studies
+                     if any(i.get("value") == study.info.id for i in s.get("identifier") or [])), None)
+    for n, row in enumerate(rows, start=2):
+        sid = (row.get("subject_id") or "").strip()
+        if not sid:
+            log.warn(f"{path}:{n}: row without subject_id skipped", rule="roster-csv")
+            continue
+        if sid in held:
+            log.count("roster_csv.held_by_ehr")
+            continue
+        pid = _find_patient(data.patients, (row.get("patient_identifier") or "").strip())
+        if pid is None or study_id is None:
+            log.warn(f"{path}:{n}: subject {sid}: "
+                     + ("no Patient with identifier " + row.get("patient_identifier", "") if pid is None
+                        else "ResearchStudy not found"), rule="roster-csv", subject_id=sid)
+            continue
+        ident = [{"system": SID_RESULT, "value": owned_identifier(study, sid)}]
+        if system:
+            ident.insert(0, {"system": system, "value": sid})
+        data.subjects.append({
+            "resourceType": "ResearchSubject",
+            "id": str(uuid.uuid5(_NS, study.info.id + "|" + sid)),
+            "meta": {"profile": [SD_RESEARCH_SUBJECT]},
+            "identifier": ident,
+            "status": row["status"].strip(),
+            "period": {"start": row["consent_date"].strip()},
+            "study": {"reference": f"ResearchStudy/{study_id}"},
+            "individual": {"reference": f"Patient/{pid}"},
+            "assignedArm": row["arm"].strip(),
+        })
+        log.count("roster_csv.created")
+    return data
+
+
+def research_subject_resource(rs: dict[str, Any], infused: bool) -> dict[str, Any]:
+    """The adapter-owned ResearchSubject as written back: ``actualArm`` set once the subject is infused,
+    and a status before treatment moved to ``on-study-intervention`` by the infusion."""
+    out = dict(rs)
+    if infused:
+        out["actualArm"] = rs.get("assignedArm")
+        if out.get("status") in ("candidate", "eligible", "pending-on-study", "on-study", "screening"):
+            out["status"] = "on-study-intervention"
+    return out
