@@ -1,18 +1,19 @@
-"""The ``fhir-adapter`` command line.
+"""The ``fhir-adapter`` command line (docs/cli.md).
 
 Exit codes: 0 ok; 1 failed (nothing or not everything could run: bad mapping, unreachable source);
 2 completed, but input was quarantined or some subjects were not written (see run-report.json).
+Errors print one line (``error: ...``); the stack trace only with ``-vv`` (fhir_adapter/console.py).
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
 
 from fhir_adapter import __version__
+from fhir_adapter.console import AdapterGroup, progress, setup_logging, summary_table
 
 DEFAULT_STUDY = Path("mappings/lcar-aio")
 
@@ -22,21 +23,32 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+EXIT_CODES = """\b
+Exit codes:
+  0  ok
+  1  failed: bad mapping, missing study or results folder, unreachable source (one-line error)
+  2  completed, but input was quarantined or some subjects were not written (see run-report.json)"""
+
+
+@click.group(cls=AdapterGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="fhir-adapter")
-@click.option("-v", "--verbose", count=True, help="More detail (-vv: debug, with stack traces).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option("-v", "--verbose", count=True,
+              help="More detail: -v info, -vv debug with stack traces on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Logs on stderr as text, or as one JSON object per line (for log collectors).")
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
     """Connect a hospital EHR to the LCAR-AIO trial over HL7 FHIR R4.
 
     \b
     Examples:
       fhir-adapter synth --subjects 34 --seed 7 --out demo/feed
       fhir-adapter run --source demo/feed --out demo/out
+      fhir-adapter report --results demo/out
+      fhir-adapter -v --log-format json run --source demo/feed --out demo/out 2> run.log.jsonl
     """
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(verbose, quiet, log_format)
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
@@ -77,9 +89,12 @@ def synth(subjects: int, seed: int, out: Path) -> None:
               help="Incremental: read only subjects changed since this ISO time, or 'last' (last successful run).")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
               help="Server settings YAML (concurrency, page size, timeouts, read mode). Secrets: environment only.")
+@click.option("--roster-csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="Site roster CSV (subject_id,patient_identifier,consent_date,arm,status) for subjects the EHR "
+                   "holds no ResearchSubject for.")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
-        since: str | None, config: Path | None) -> None:
+        since: str | None, config: Path | None, roster_csv: Path | None) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -117,7 +132,10 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     try:
         conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ)
         try:
-            summary = run_pipeline(conn.source, st, out, log, sink=conn.sink)
+            with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
+                          enabled=not ctx.obj.get("quiet")) as prog:
+                summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
+                                       on_subject=prog.advance, on_start=prog.start)
         finally:
             conn.close()
     except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError) as exc:
@@ -127,15 +145,50 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
         record_run(out, started, source)
     if not ctx.obj.get("quiet"):
-        click.echo(f"subjects        {summary.subjects} enrolled and processed"
-                   + (f", {len(summary.subjects_failed)} failed" if summary.subjects_failed else ""))
-        click.echo(f"visits          {summary.visits}")
-        click.echo(f"results         {summary.results_written} result resources in writeback/")
-        click.echo(f"quarantined     {summary.quarantined} input resources (see run-report.json, quarantine/)")
+        rows = [
+            ("subjects", f"{summary.subjects} enrolled and processed"
+             + (f", {len(summary.subjects_failed)} failed" if summary.subjects_failed else "")),
+            ("visits", str(summary.visits)),
+            ("results", f"{summary.results_written} result resources in writeback/"),
+            ("quarantined", f"{summary.quarantined} input resources (see run-report.json, quarantine/)"),
+            ("warnings", str(summary.warnings)),
+        ]
         if post or dry_run:
             verb = "would write" if dry_run else "written"
-            click.echo(f"server          {summary.server_writes} {verb}, {summary.server_unchanged} unchanged"
-                       + (f", {len(summary.subjects_not_written)} subjects not written" if summary.subjects_not_written
-                          else "") + (f" (diffs in {out}/writeback-diff/)" if dry_run else ""))
-        click.echo(f"outputs         {out}/results/study.json  {out}/crf/  {out}/writeback/  {out}/run-report.json")
+            rows.append(("server", f"{summary.server_writes} {verb}, {summary.server_unchanged} unchanged"
+                         + (f", {len(summary.subjects_not_written)} subjects not written"
+                            if summary.subjects_not_written else "")
+                         + (f" (diffs in {out}/writeback-diff/)" if dry_run else "")))
+        rows.append(("outputs", f"{out}/results/study.json  {out}/crf/  {out}/writeback/  {out}/run-report.json"))
+        rows.append(("exit code", f"{summary.exit_code} ({_EXIT_MEANING[summary.exit_code]})"))
+        summary_table(f"fhir-adapter run — {st.info.id}", rows)
     sys.exit(summary.exit_code)
+
+
+_EXIT_MEANING = {0: "ok", 1: "failed", 2: "completed with quarantined input or subjects not written"}
+
+
+@main.command()
+@click.option("--results", type=click.Path(path_type=Path), required=True,
+              help="The OUT folder of `fhir-adapter run` (holds results/study.json, crf/, run-report.json).")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="Folder for index.html  [default: RESULTS/report]")
+@click.pass_context
+def report(ctx: click.Context, results: Path, out: Path | None) -> None:
+    """Write the study report: one self-contained HTML page (figures inline, no network needed).
+
+    \b
+    Sections: study summary and dose escalation, SLEDAI-2K and PGA per visit, LLDAS rate, CAR-T kinetics
+    (log scale), swimmer plot, TEAE tables, UPCR/complement/anti-dsDNA, data completeness, settings.
+    A section whose data is not in the results says "No data" (docs/report.md).
+
+    \b
+    Examples:
+      fhir-adapter report --results demo/out
+      fhir-adapter report --results demo/out --out /srv/www/lcar-aio
+    """
+    from fhir_adapter.report import build_report
+
+    path = build_report(results, out)
+    if not ctx.obj.get("quiet"):
+        click.echo(f"report          {path}")

@@ -84,7 +84,8 @@ def subject_row(i: int) -> dict[str, Any]:
             "pga": v.values["pga"].value if "pga" in v.values else None, "pga_change": None,
             "lldas": lldas, "lldas_failed": [] if lldas in (True, None) else ["sledai2k>4"],
             "pred_eq_mg_per_day": 10.0 - n, "upcr_mg_mg": v.values["upcr"].value, "upcr_change": None,
-            "protein_24h_g": None, "protein_24h_change": None, "c3": v.values["c3"].value,
+            "protein_24h_g": round(1.1 * (v.values["upcr"].value or 0), 2), "protein_24h_change": None,
+            "c3": v.values["c3"].value,
             "c4": round(0.08 + 0.005 * i + 0.01 * n, 3), "anti_dsdna": round((1 + 0.2 * i) * 400.0 / (n + 1), 1),
             "anti_dsdna_change": None,
         })

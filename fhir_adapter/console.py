@@ -1,0 +1,181 @@
+"""What the command line shows a person: log set-up (text or JSON lines), progress of long runs, the run
+summary table, and one-line errors.
+
+* Logs go to stderr. ``-q`` only errors, default warnings, ``-v`` info, ``-vv`` debug. ``--log-format json``
+  writes one JSON object per line (``ts``, ``level``, ``logger``, ``message`` and any extra fields such as
+  ``subject_id``), for log collectors.
+* Progress: on a terminal a live bar (subjects done/total, resources read, ETA); elsewhere (CI, a pipe, a
+  log file) plain progress log records about every tenth of the subjects. ``-q`` hides both.
+* Errors: a failure prints ``error: <what happened and what to do>`` on one line and exits 1. The stack trace
+  is printed only with ``-vv`` (the debug level), where it helps whoever reads the code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, TextIO
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+PROGRESS_LOGGER = "fhir_adapter.progress"
+_STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record; extra fields given with ``logger.info(..., extra={...})`` are kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        out.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")})
+        if record.exc_info:
+            out["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def setup_logging(verbose: int, quiet: bool, fmt: str, stream: TextIO | None = None) -> None:
+    """Configure the root logger once per command (replacing handlers of an earlier call)."""
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.ERROR if quiet else logging.INFO)
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class RunProgress:
+    """Progress of the subjects of one run: ``start(total)`` then ``advance(subject_id)`` per subject."""
+
+    def __init__(self, resources: Callable[[], int], *, enabled: bool = True, live: bool | None = None) -> None:
+        self._resources = resources
+        self._enabled = enabled
+        self._live = is_terminal(sys.stderr) if live is None else live
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self._total = 0
+        self._done = 0
+        self._log = logging.getLogger(PROGRESS_LOGGER)
+
+    def start(self, total: int) -> None:
+        self._total = total
+        if not self._enabled:
+            return
+        if self._live:
+            self._bar = Progress(TextColumn("subjects"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[resources]} resources"), TimeElapsedColumn(),
+                                 TextColumn("ETA"), TimeRemainingColumn(),
+                                 console=Console(stderr=True), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("run", total=total, resources=0)
+        else:
+            self._log.info("processing %d subjects", total, extra={"subjects_total": total})
+
+    def advance(self, subject_id: str) -> None:
+        self._done += 1
+        if not self._enabled:
+            return
+        resources = self._resources()
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, resources=resources)
+            return
+        step = max(1, self._total // 10)
+        if self._done % step == 0 or self._done == self._total:
+            self._log.info("%d/%d subjects, %d resources read (last: %s)", self._done, self._total, resources,
+                           subject_id, extra={"subjects_done": self._done, "subjects_total": self._total,
+                                              "resources": resources})
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+@contextmanager
+def progress(resources: Callable[[], int], *, enabled: bool) -> Iterator[RunProgress]:
+    p = RunProgress(resources, enabled=enabled)
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+def summary_table(title: str, rows: Sequence[tuple[str, str]], stream: TextIO | None = None) -> None:
+    """The end-of-run summary: a rich table on a terminal, aligned plain text otherwise (logs, pipes, CI)."""
+    stream = stream or sys.stdout
+    if is_terminal(stream):
+        table = Table(title=title, show_header=False, title_justify="left")
+        table.add_column(style="bold")
+        table.add_column()
+        for key, value in rows:
+            table.add_row(key, value)
+        Console(file=stream).print(table)
+        return
+    width = max(len(k) for k, _ in rows) + 2
+    for key, value in rows:
+        click.echo(f"{key:<{width}}{value}", file=stream)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message is written for the person running the command."""
+    from fhir_adapter.fhir import FhirError
+    from fhir_adapter.report import ReportError
+    from fhir_adapter.roster import RosterError
+    from fhir_adapter.study import MappingError
+
+    types: list[type[BaseException]] = [MappingError, RosterError, FhirError, ReportError, OSError]
+    try:
+        from fhir_adapter.connect import ConnectError
+
+        types.append(ConnectError)
+    except ImportError:  # the live-server module is optional in a stripped-down install
+        pass
+    return tuple(types)
+
+
+def report_error(exc: BaseException, verbose: int) -> None:
+    """Print a failure for a person: one line, the stack trace only with ``-vv``."""
+    if verbose >= 2:
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, user_error_types()):
+        message = str(exc) or type(exc).__name__
+    else:
+        message = (f"internal error ({type(exc).__name__}: {exc}); this is a bug in fhir-adapter — "
+                   "run again with -vv for the stack trace and report it")
+    click.secho(f"error: {message}", fg="red", err=True)
+
+
+class AdapterGroup(click.Group):
+    """A click group whose commands fail with a one-line ``error:`` message and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            verbose = int((ctx.obj or {}).get("verbose", ctx.params.get("verbose") or 0))
+            report_error(exc, verbose)
+            ctx.exit(1)

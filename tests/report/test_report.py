@@ -1,0 +1,159 @@
+"""The HTML report over a hand-made run output that follows the results contract (report_fixture.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import report_fixture as fixture
+
+from fhir_adapter.report import ReportError, build_report
+from fhir_adapter.report.assemble import SECTIONS, sections
+from fhir_adapter.report.blocks import FigureBlock, NoteBlock, Section, TableBlock
+from fhir_adapter.report.data import load
+
+SECTION_IDS = ["summary", "disease-activity", "lldas", "kinetics", "swimmer", "safety", "labs", "completeness",
+               "settings"]
+
+
+def _section_html(html: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}".*?</section>', html, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(0)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Section]:
+    """Every section of the complete fixture, made once for the tests that only read them."""
+    out = fixture.write(tmp_path_factory.mktemp("report") / "out")
+    return {s.id: s for s in sections(load(out))}
+
+
+def _table(sec_blocks: list[object], caption_start: str) -> TableBlock:
+    return next(b for b in sec_blocks if isinstance(b, TableBlock) and b.caption.startswith(caption_start))
+
+
+def test_every_section_has_content_and_no_gaps(built: dict[str, Section]) -> None:
+    assert list(built) == SECTION_IDS
+    assert len(SECTIONS) == len(SECTION_IDS)
+    for s in built.values():
+        assert any(isinstance(b, FigureBlock | TableBlock) for b in s.blocks), s.id
+        assert not [b.text for b in s.blocks if isinstance(b, NoteBlock) and b.nodata], s.id
+
+
+def test_self_contained_and_reproducible(run_out: Path, tmp_path: Path) -> None:
+    first = build_report(run_out).read_text(encoding="utf-8")
+    second = build_report(run_out, tmp_path / "again").read_text(encoding="utf-8")
+    assert first == second  # svg.hashsalt and date-free metadata: byte-identical
+    assert "<script" not in first and "<link" not in first and "<img" not in first
+    assert not re.search(r'(src|href)="(https?:)?//', first)
+    assert first.count("<svg") == 7  # disease, LLDAS, kinetics x2, swimmer, labs, completeness
+    for sid in SECTION_IDS:
+        _section_html(first, sid)
+
+
+def test_summary_shows_dose_escalation_and_rp2d(built: dict[str, Section]) -> None:
+    summary = built["summary"]
+    doses = _table(summary.blocks, "Dose levels")
+    assert ["DL3", "2", "2", "2", "1", "stay"] in doses.rows
+    rp2d = _table(summary.blocks, "Recommended phase 2 dose")
+    assert rp2d.rows[0][:2] == ["DL3", "3+3"]
+    enrol = dict(_table(summary.blocks, "Enrolment").rows)  # type: ignore[arg-type]
+    assert enrol["Infused (Day 1 known)"] == "8"
+    assert enrol["Follow-up, latest study day with data: median (range)"] == "365 (365–365) days, n=8"
+
+
+def test_lldas_rate_table_reads_the_results(built: dict[str, Section]) -> None:
+    sec = built["lldas"]
+    rows = {r[0]: r for r in _table(sec.blocks, "LLDAS response").rows}
+    expected = {r["visit"]: r for r in fixture.study_json()["lldas_rate"]}
+    assert set(rows) == set(expected)
+    w52 = expected["W52"]
+    assert rows["W52"] == ["W52", str(w52["n"]), str(w52["responders"]), f"{100 * w52['rate']:.0f}%"]
+
+
+def test_kinetics_marks_cmax_and_tables_by_dose_level(built: dict[str, Section]) -> None:
+    sec = built["kinetics"]
+    per_subject = _table(sec.blocks, "Kinetic parameters per subject")
+    first = per_subject.rows[0]
+    assert first[:5] == ["LCAR-101", "DL1", "10,000", "{copies}/ug{DNA}", "11"]
+    svg = next(b.svg for b in sec.blocks if isinstance(b, FigureBlock))
+    assert "symlog" not in svg and "<svg" in svg
+    by_arm = _table(sec.blocks, "Kinetic parameters by dose level")
+    assert [r[0] for r in by_arm.rows] == ["DL1", "DL2", "DL3", "EXP"]
+
+
+def test_swimmer_lists_crs_icans_and_dlt(built: dict[str, Section]) -> None:
+    sec = built["swimmer"]
+    rows = {r[0]: r for r in _table(sec.blocks, "Events per subject").rows}
+    assert rows["LCAR-106"][3:6] == ["d4–8 G3", "d7–10 G3", "d7"]
+    assert rows["LCAR-101"][5] == "–"
+
+
+def test_teae_by_term_counts_subjects_once_at_worst_grade(built: dict[str, Section]) -> None:
+    sec = built["safety"]
+    by_term = {r[0]: r for r in _table(sec.blocks, "TEAEs by term").rows}
+    # neutropenia: grade 3 for odd subjects (one per dose level), grade 2 for even ones
+    assert by_term["Neutropenia"][1:6] == ["2 / 1", "2 / 1", "2 / 1", "2 / 1", "8 / 4"]
+    overview = {r[0]: r for r in _table(sec.blocks, "Subjects with TEAEs").rows}
+    assert overview["DLT"][1:] == ["0 (0%)", "0 (0%)", "1 (50%)", "0 (0%)", "1 (12%)"]
+
+
+def test_completeness_from_crfs_and_from_run_report_coverage(run_out: Path) -> None:
+    crf_sec = sections(load(run_out))[7]
+    per_visit = {r[0]: r for r in _table(crf_sec.blocks, "Completeness per visit").rows}
+    assert per_visit["W12"] == ["W12", "8", "3", "96%"]  # one PGA missing of 8 x 3 cells
+    rr_path = run_out / "run-report.json"
+    rr = json.loads(rr_path.read_text())
+    rr["coverage"] = {"never_filled": ["ch50"], "items": [
+        {"item": "c3", "visits": {"BL": {"filled": 3, "quarantined": 1, "no-data": 0}}},
+        {"item": "ch50", "visits": {"BL": {"filled": 0, "quarantined": 0, "no-data": 4}}},
+    ]}
+    rr_path.write_text(json.dumps(rr))
+    sec = sections(load(run_out))[7]
+    per_visit = {r[0]: r for r in _table(sec.blocks, "Completeness per visit").rows}
+    assert per_visit["BL"] == ["BL", "4", "1", "38%"]  # (75% + 0%) / 2
+    assert ["c3", "1"] in _table(sec.blocks, "Cells whose only input was quarantined").rows
+    assert any(isinstance(b, NoteBlock) and "ch50" in b.text for b in sec.blocks)
+
+
+@pytest.mark.parametrize("dropped", [
+    ("lldas_rate", "dose_levels", "rp2d", "teae_summary", "kinetics", "teae_count", "serious_teae_count",
+     "max_teae_grade", "crs_max_grade", "icans_max_grade", "dlt", "dlt_events", "lldas", "pga", "upcr_mg_mg",
+     "c3", "c4", "anti_dsdna", "protein_24h_g", "settings"),
+])
+def test_missing_keys_say_no_data_never_crash(tmp_path: Path, dropped: tuple[str, ...]) -> None:
+    out = fixture.write(tmp_path / "out", drop=dropped, run_report=False)
+    html = build_report(out).read_text(encoding="utf-8")
+    assert "No data: lldas_rate is not in results/study.json" in _section_html(html, "lldas")
+    assert "No data: rp2d" in _section_html(html, "summary")
+    assert "No data: settings" in _section_html(html, "settings")
+    # what the CRFs still hold is shown: kinetics profiles and C3 from the CRF visit values
+    assert "<svg" in _section_html(html, "kinetics")
+    assert "Complement C3: CRF visit values" in _section_html(html, "labs")
+
+
+def test_results_only_without_crfs(tmp_path: Path) -> None:
+    out = fixture.write(tmp_path / "out", crfs=False, run_report=False)
+    html = build_report(out).read_text(encoding="utf-8")
+    assert "No data: no CAR transgene" in _section_html(html, "kinetics")
+    assert "No data: neither run-report.json coverage nor CRF visits" in _section_html(html, "completeness")
+    assert "<svg" in _section_html(html, "disease-activity")
+
+
+def test_only_pseudonymised_ids(run_out: Path) -> None:
+    html = build_report(run_out).read_text(encoding="utf-8")
+    assert "LCAR-101" in html
+    for crf_only in ('"age"', ">F<", "consent_date", "Observation/"):
+        assert crf_only not in html
+
+
+def test_missing_results_is_a_report_error(tmp_path: Path) -> None:
+    with pytest.raises(ReportError, match="pass --results the OUT folder"):
+        build_report(tmp_path / "nowhere")
+    (tmp_path / "bad" / "results").mkdir(parents=True)
+    (tmp_path / "bad" / "results" / "study.json").write_text("{oops")
+    with pytest.raises(ReportError, match="not valid JSON"):
+        build_report(tmp_path / "bad")
