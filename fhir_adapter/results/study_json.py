@@ -3,6 +3,7 @@
 Top level: ``study``, ``generated_by``, ``settings`` (the rules in force), ``subjects``. Per subject:
 ``subject_id``, ``arm``, ``day1`` (YYYY-MM-DD) and ``visits``; per visit: ``visit``, ``date`` (the actual
 visit date), ``study_day``, ``sledai2k``, ``sledai2k_change`` and the per-descriptor detail.
+Efficacy keys (per visit, per subject, and the study-level ``lldas_rate``): see :mod:`fhir_adapter.results.efficacy`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_adapter import __version__
+from fhir_adapter.results.efficacy import lldas_rate_rows
 from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.study import Study
 
@@ -33,6 +35,7 @@ def subject_row(r: SubjectResults) -> dict[str, Any]:
         "arm": r.crf.arm,
         "day1": r.crf.day1.isoformat() if r.crf.day1 else None,
         "visits": r.visit_rows(),
+        **r.efficacy.subject_keys(),  # seroconversion, b_cell_aplasia, ada_status, renal_response, gc series
     }
 
 
@@ -42,4 +45,5 @@ def study_json(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
         "generated_by": f"fhir-adapter {__version__}",
         "settings": settings_echo(study),
         "subjects": sorted(subjects, key=lambda s: s["subject_id"]),
+        "lldas_rate": lldas_rate_rows(study, subjects),  # efficacy: LLDAS response rate per visit
     }

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.derive.sledai2k import Sledai2kVisit, derive_sledai2k
+from fhir_adapter.results.efficacy import EfficacyResults, derive_efficacy
 from fhir_adapter.study import Study
 
 
@@ -14,6 +15,7 @@ from fhir_adapter.study import Study
 class SubjectResults:
     crf: SubjectCRF
     sledai2k: list[Sledai2kVisit]
+    efficacy: EfficacyResults = field(default_factory=EfficacyResults)  # PGA, LLDAS, steroids, renal, serology
 
     def visit_rows(self) -> list[dict[str, Any]]:
         """The ``visits`` list of this subject in ``results/study.json`` (scheduled visits only)."""
@@ -33,8 +35,11 @@ class SubjectResults:
                 "sledai2k_descriptors": [d.model_dump() for d in s.descriptors] if s and s.total is not None else [],
                 "sledai2k_not_assessed": s.not_assessed if s and s.total is not None else [],
             })
+        for row in rows:  # efficacy endpoints: pga, lldas, pred_eq_mg_per_day, renal and immunology keys
+            row.update(self.efficacy.visit_keys(str(row["visit"])))
         return rows
 
 
 def derive_subject(crf: SubjectCRF, study: Study) -> SubjectResults:
-    return SubjectResults(crf=crf, sledai2k=derive_sledai2k(crf, study.sledai2k))
+    sledai2k = derive_sledai2k(crf, study.sledai2k)
+    return SubjectResults(crf=crf, sledai2k=sledai2k, efficacy=derive_efficacy(crf, study, sledai2k))

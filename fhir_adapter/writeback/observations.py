@@ -27,6 +27,16 @@ from fhir_adapter.writeback.identifiers import result_identifier
 
 RESULT_DISPLAY = {
     "sledai-2k": "SLEDAI-2K total score",
+    # --- efficacy endpoints (writeback/efficacy.py) ---
+    "lldas": "Lupus Low Disease Activity State (LLDAS)",
+    "pred-eq-daily-dose": "Prednisolone-equivalent daily glucocorticoid dose",
+    "lldas-sledai-le-4": "LLDAS: SLEDAI-2K total at or below the threshold",
+    "lldas-no-major-organ-activity": "LLDAS: no SLEDAI-2K descriptor of a major organ group",
+    "lldas-no-new-features": "LLDAS: no new SLEDAI-2K feature since the previous assessment",
+    "lldas-pga-le-1": "LLDAS: PGA at or below the threshold",
+    "lldas-pred-eq-le-7-5": "LLDAS: prednisolone-equivalent dose at or below the threshold",
+    "lldas-maintenance-therapy": "LLDAS: standard maintenance immunosuppression, no investigational drugs",
+    # --- end efficacy endpoints ---
 }
 
 

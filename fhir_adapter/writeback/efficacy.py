@@ -1,0 +1,67 @@
+"""Efficacy result Observations: LLDAS and the prednisolone-equivalent daily dose of each visit.
+
+* ``lldas`` — ``valueBoolean`` (LLDAS met), one component per evaluated criterion (code
+  ``lldas-<criterion id with hyphens>`` of the results CodeSystem, ``valueBoolean`` = criterion met),
+  ``derivedFrom`` the SLEDAI-2K descriptor, PGA and medication sources. Written only where LLDAS is
+  evaluable (true/false): a null LLDAS has no Observation.
+* ``pred-eq-daily-dose`` — ``valueQuantity`` in ``mg/d`` (UCUM), ``derivedFrom`` the medication records
+  active on the visit date. Written only where the dose is evaluable.
+
+The PGA is a clinician-entered input already in the EHR, so it is not written back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_adapter import __version__
+from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, PredEqVisit
+from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, LldasVisit
+from fhir_adapter.results.subject import SubjectResults
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.study import Study
+from fhir_adapter.terminology import CS_RESULTS, UCUM
+from fhir_adapter.writeback.observations import RESULT_DISPLAY, result_observation
+
+
+def criterion_code(criterion: str) -> str:
+    """Results CodeSystem code of an LLDAS criterion id (``pga_le_1`` → ``lldas-pga-le-1``)."""
+    return "lldas-" + criterion.replace("_", "-")
+
+
+def lldas_observation(e: Enrollee, study_id: str, v: LldasVisit, s: LldasSettings) -> dict[str, Any]:
+    assert v.lldas is not None
+    components = []
+    for c in CRITERIA:
+        if c not in v.criteria:
+            continue
+        code = criterion_code(c)
+        coding = {"system": CS_RESULTS, "code": code, "display": RESULT_DISPLAY.get(code, code)}
+        components.append({"code": {"coding": [coding]}, "valueBoolean": v.criteria[c]})
+    fifth = ", with Franklyn criterion 5" if s.maintenance_criterion else ""
+    method = (f"LLDAS (Franklyn 2016), protocol criteria 1-4{fifth}: SLEDAI-2K <= {s.sledai_max} without "
+              f"major organ activity, no new features vs {v.previous_visit}, PGA <= {s.pga_max}, "
+              f"prednisolone-eq <= {s.pred_eq_max_mg} mg/day; fhir-adapter {__version__}")
+    return result_observation(e, study_id, v.visit, "lldas", v.date, {"valueBoolean": v.lldas},
+                              derived_from=v.sources, components=components, method=method)
+
+
+def pred_eq_observation(
+    e: Enrollee, study_id: str, v: PredEqVisit, s: GlucocorticoidSettings,
+) -> dict[str, Any]:
+    assert v.mg_per_day is not None
+    routes = ", ".join(s.systemic_routes)
+    method = (f"Sum of systemic ({routes}) glucocorticoid doses active on the visit date x prednisolone "
+              f"equivalence (BNF/US tables), averaged per day; fhir-adapter {__version__}")
+    value = {"valueQuantity": {"value": v.mg_per_day, "unit": "mg/d", "system": UCUM, "code": "mg/d"}}
+    return result_observation(e, study_id, v.visit, "pred-eq-daily-dose", v.date, value,
+                              derived_from=v.sources, method=method, category="therapy")
+
+
+def efficacy_observations(r: SubjectResults, e: Enrollee, study: Study) -> list[dict[str, Any]]:
+    """LLDAS and dose Observations of one subject's results, evaluable visits only."""
+    lldas, gc = study.rule("lldas", LldasSettings), study.rule("glucocorticoids", GlucocorticoidSettings)
+    sid = study.info.id
+    out = [lldas_observation(e, sid, v, lldas) for v in r.efficacy.lldas if v.lldas is not None]
+    out += [pred_eq_observation(e, sid, v, gc) for v in r.efficacy.pred_eq if v.mg_per_day is not None]
+    return out
