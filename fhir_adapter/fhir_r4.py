@@ -16,6 +16,15 @@ def model_class(resource_type: str) -> Any:
     return get_fhir_model_class(resource_type)
 
 
+def is_r4_type(resource_type: str) -> bool:
+    """True when ``resource_type`` names a FHIR R4 resource (``Observation``, not ``Observaton``)."""
+    try:
+        model_class(resource_type)
+    except (KeyError, ValueError, AttributeError):
+        return False
+    return True
+
+
 def r4_problem(resource: dict[str, Any]) -> str | None:
     """None when ``resource`` parses as FHIR R4, else a one-line reason naming the element."""
     rtype = resource.get("resourceType")

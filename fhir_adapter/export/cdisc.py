@@ -204,7 +204,8 @@ class RowBuilder:
         extra: dict[int, int] = {}
         for v in sorted(visits, key=lambda r: (r.study_day if r.study_day is not None else 0, r.visit)):
             if v.visit in self.visitnum:
-                keys[v.visit] = (str(self.visitnum[v.visit]), v.label or v.visit, str(self.visit_day[v.visit]))
+                planned = str(self.visit_day[v.visit])
+                keys[v.visit] = (str(self.visitnum[v.visit]), v.label or v.visit, planned)
                 continue
             day = v.study_day if v.study_day is not None else 0
             before = [n for vid, n in self.visitnum.items() if self.visit_day[vid] <= day]

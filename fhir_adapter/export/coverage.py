@@ -89,8 +89,9 @@ class Coverage:
             comps = raw.get("component") or []
             parts = [raw.get("code"), *(c.get("code") for c in comps if isinstance(c, dict))]
             items = {idx[k] for cc in parts for k in _codings(cc) if k in idx}
-            when = raw.get("effectiveDateTime") or (raw.get("effectivePeriod") or {}).get("start") \
-                or raw.get("effectiveInstant")
+            period = raw.get("effectivePeriod")
+            when = raw.get("effectiveDateTime") or raw.get("effectiveInstant") or \
+                (period.get("start") if isinstance(period, dict) else None)
             try:
                 fd = parse_fhir_date(when, self.study.info.timezone) if isinstance(when, str) else None
             except DateError:

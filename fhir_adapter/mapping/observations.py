@@ -2,10 +2,11 @@
 
 For each Observation, in order:
 
-1. **status** — ``final``/``amended``/``corrected`` are used; ``preliminary`` is used and flagged;
-   ``registered``, ``cancelled`` and ``entered-in-error`` never feed a CRF (counted, not quarantined).
-2. **versions** — when the source holds several versions of one Observation id, the latest
-   (``meta.versionId``, then ``meta.lastUpdated``) wins.
+1. **versions** — when the source holds several versions of one Observation id, the latest
+   (``meta.versionId``, then ``meta.lastUpdated``) wins; its status decides.
+2. **status** — ``final``/``amended``/``corrected`` are used; ``preliminary`` is used and flagged;
+   ``registered``, ``unknown``, ``cancelled`` and ``entered-in-error`` never feed a CRF (counted, not
+   quarantined); a status that is no R4 ObservationStatus code is quarantined (``unknown-status``).
 3. **code** — every coding of ``code`` (and of each ``component.code``) is looked up in the mapping;
    a panel (``hasMember``) is mapped through its members, which are Observations of their own.
 4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``),
@@ -13,9 +14,12 @@ For each Observation, in order:
 5. **unit** — the item's unit as is; a unit under the item's ``factors`` times its factor; a unit under
    ``accept_units`` by UCUM conversion; any other unit is quarantined (rule ``unknown-unit``).
 6. **date** — ``effectiveDateTime``, ``effectivePeriod.start`` or ``effectiveInstant`` in the site time zone;
-   missing or unreadable → quarantined; partial (year, year-month) → kept partial, placed in no visit.
+   missing or unreadable → quarantined; partial (year, year-month) → kept partial, placed in no visit,
+   warned (``partial-date``).
 7. **bounds** — a value outside the item's physiological bounds is quarantined (``out-of-bounds``).
 8. **duplicates** — same item, same time, same value: counted once.
+
+Any other element that cannot be read quarantines that Observation (``unreadable``), never the subject.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from fhir_adapter.terminology import UCUM
 from fhir_adapter.timeline import DateError, parse_fhir_date
 
 USED_STATUSES = {"final", "amended", "corrected", "preliminary"}
+#: the R4 ObservationStatus codes; any other status is quarantined (``unknown-status``)
+R4_STATUSES = {*USED_STATUSES, "registered", "cancelled", "entered-in-error", "unknown"}
 _NUMERIC = re.compile(r"^\s*(<=|>=|<|>)?\s*([-+]?\d+(?:[.,]\d+)?)\s*$")
 _POSITIVE_WORDS = {"positive", "pos", "detected", "present", "reactive", "true", "yes"}
 _NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", "nonreactive", "false", "no"}
@@ -91,6 +97,11 @@ class ObservationMapper:
         seen: set[tuple[Any, ...]] = set()
         for obs in latest_versions(observations):
             status = obs.get("status")
+            if status not in R4_STATUSES:
+                self.log.reject("Observation", obs.get("id"), "unknown-status",
+                                f"status '{status}' is not an R4 ObservationStatus code",
+                                f"send one of {sorted(R4_STATUSES)}", subject_id=subject_id, raw=obs)
+                continue
             if status not in USED_STATUSES:
                 self.log.count(f"observations.not-used.{status}")
                 continue
@@ -99,6 +110,12 @@ class ObservationMapper:
                     f = self._finding(obs, part, item_id)
                 except Rejected as rej:
                     self.log.reject("Observation", obs.get("id"), rej.rule, rej.reason, rej.fix,
+                                    subject_id=subject_id, raw=obs)
+                    continue
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:  # quarantine this one only
+                    reason = f"{item_id}: {exc}".splitlines()[0]
+                    self.log.reject("Observation", obs.get("id"), "unreadable", reason,
+                                    "correct the Observation in the EHR (it is kept in quarantine/)",
                                     subject_id=subject_id, raw=obs)
                     continue
                 when = f.datetime or f.date or f.partial_date
@@ -110,6 +127,10 @@ class ObservationMapper:
                 if f.preliminary:
                     self.log.warn(f"preliminary result used for {item_id}", resource=f"Observation/{obs.get('id')}",
                                   subject_id=subject_id, rule="preliminary")
+                if f.partial_date:
+                    self.log.warn(f"{item_id}: partial date {f.partial_date} kept as is, placed in no visit",
+                                  resource=f"Observation/{obs.get('id')}", subject_id=subject_id,
+                                  rule="partial-date")
                 out.append(f)
         out.sort(key=lambda f: (f.date is None, f.date, f.datetime is None, f.datetime, f.item))
         return out
@@ -191,6 +212,9 @@ class ObservationMapper:
             raw = float(q["value"])
             unit = _unit_of(q)
             comparator = q.get("comparator")
+            if comparator not in (None, "<", "<=", ">", ">="):
+                raise Rejected("bad-comparator", f"{item_id}: comparator '{comparator}' is not an R4 code",
+                               "send one of <, <=, >, >= (or none)")
             orig = f"{comparator or ''}{q['value']}"
         elif "valueString" in part:
             m = _NUMERIC.match(str(part["valueString"]))

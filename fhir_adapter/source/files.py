@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from fhir_adapter.fhir_r4 import is_r4_type
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import SUBJECT_TYPES, Resource, RosterInput, patient_id_of
 
@@ -98,11 +99,22 @@ class FileSource:
                 self.log.reject("Patient", None, "missing-id", "Patient without id", "export resources with ids",
                                 file=file, line=line, raw=res)
         elif rtype in SUBJECT_TYPES:
+            if not isinstance(res.get("id"), str) or not res["id"]:
+                self.log.reject(rtype, None, "missing-id",
+                                f"{rtype} without id: versions and references cannot be resolved",
+                                "export resources with ids", file=file, line=line, raw=res)
+                return
             pid = patient_id_of(res)
             if pid is None:
                 self._orphans.append((res, file, line))
             else:
                 self._by_patient[pid].append(res)
+        elif not is_r4_type(rtype):
+            rid = res.get("id") if isinstance(res.get("id"), str) else None
+            self.log.reject(rtype, rid, "unknown-resource-type",
+                            f"'{rtype}' is not a FHIR R4 resource type",
+                            "check the spelling of resourceType; the line is kept in quarantine/",
+                            file=file, line=line, raw=res)
         else:
             self.log.count(f"ignored.{rtype}")
 
