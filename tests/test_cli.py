@@ -1,0 +1,131 @@
+"""The command line: help texts, exit codes, one-line errors, JSON logs (click's CliRunner)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fhir_adapter.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent / "report"))
+import report_fixture  # noqa: E402
+
+
+def _runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.mark.parametrize("args", [[], ["run"], ["synth"], ["report"]])
+def test_help_has_examples(args: list[str]) -> None:
+    res = _runner().invoke(main, [*args, "--help"])
+    assert res.exit_code == 0
+    assert "Example" in res.output and "fhir-adapter " in res.output
+
+
+def test_help_documents_exit_codes_and_options() -> None:
+    out = _runner().invoke(main, ["--help"]).output
+    assert "Exit codes:" in out and "0  ok" in out and "1  failed" in out and "2  completed" in out
+    assert "--log-format" in out and "-vv" in out and "--quiet" in out
+
+
+@pytest.fixture(scope="module")
+def quarantining_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic feed plus one Observation without a date (always quarantined)."""
+    from fhir_adapter.synth import write_feed
+
+    feed = tmp_path_factory.mktemp("feed")
+    write_feed(feed, subjects=3, seed=7)
+    obs_file = next(p for p in sorted(feed.glob("*.ndjson")) if p.name.startswith("Observation"))
+    first = json.loads(obs_file.read_text().splitlines()[0])
+    for key in [k for k in first if k.startswith("effective")]:
+        del first[key]
+    first["id"] = "no-date-for-the-cli-test"
+    with obs_file.open("a") as fh:
+        fh.write(json.dumps(first) + "\n")
+    return feed
+
+
+def test_quarantined_input_exits_2_with_a_summary(quarantining_feed: Path, tmp_path: Path) -> None:
+    res = _runner().invoke(main, ["run", "--source", str(quarantining_feed), "--out", str(tmp_path / "out"),
+                                  "--study", str(ROOT / "mappings" / "lcar-aio")])
+    assert res.exit_code == 2, res.output
+    assert "quarantined" in res.stdout and "exit code    2" in res.stdout
+    report = json.loads((tmp_path / "out" / "run-report.json").read_text())
+    assert any(q.get("id") == "no-date-for-the-cli-test" for q in report["quarantine"])
+    for name in ("results/study.json", "run-report.json"):
+        assert (tmp_path / "out" / name).is_file()
+
+
+def test_missing_study_folder_is_one_line_exit_1(tmp_path: Path) -> None:
+    res = _runner().invoke(main, ["run", "--source", str(tmp_path), "--out", str(tmp_path / "out"),
+                                  "--study", str(tmp_path / "no-such-study")])
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no-such-study" in lines[0]
+    assert "Traceback" not in res.output + res.stderr
+
+
+def test_bad_mapping_names_file_and_line(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(ROOT / "mappings" / "lcar-aio", study)
+    (study / "schedule.yaml").write_text("visits:\n  - {id: SCR, day: -28, window: [-56\n")
+    res = _runner().invoke(main, ["run", "--source", str(tmp_path), "--out", str(tmp_path / "out"),
+                                  "--study", str(study)])
+    assert res.exit_code == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "schedule.yaml:3:" in lines[0] and "fix the YAML" in lines[0]  # file:line, what to do
+    assert "Traceback" not in res.stderr
+
+
+def test_report_command_and_its_errors(tmp_path: Path) -> None:
+    out = report_fixture.write(tmp_path / "out")
+    res = _runner().invoke(main, ["report", "--results", str(out), "--out", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "rep" / "index.html").is_file()
+    res = _runner().invoke(main, ["report", "--results", str(tmp_path / "missing")])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing'} does not exist: pass --results the OUT folder of "
+        "`fhir-adapter run --out OUT`"]
+
+
+def test_stack_trace_only_with_vv(tmp_path: Path) -> None:
+    quiet = _runner().invoke(main, ["report", "--results", str(tmp_path / "missing")])
+    loud = _runner().invoke(main, ["-vv", "report", "--results", str(tmp_path / "missing")])
+    assert "Traceback" not in quiet.stderr
+    assert "Traceback" in loud.stderr and loud.exit_code == 1
+
+
+def test_internal_errors_are_one_line_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import fhir_adapter.report as rep
+
+    def boom(*_: object) -> Path:
+        raise KeyError("kinetics")
+
+    monkeypatch.setattr(rep, "build_report", boom)
+    res = _runner().invoke(main, ["report", "--results", str(tmp_path)])
+    assert res.exit_code == 1
+    assert res.stderr.startswith("error: internal error (KeyError") and "-vv" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_json_logs(quarantining_feed: Path, tmp_path: Path) -> None:
+    res = _runner().invoke(main, ["-v", "--log-format", "json", "run", "--source", str(quarantining_feed),
+                                  "--out", str(tmp_path / "out"), "--study", str(ROOT / "mappings" / "lcar-aio")])
+    assert res.exit_code == 2
+    records = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+    assert records and all({"ts", "level", "logger", "message"} <= set(r) for r in records)
+    progress = [r for r in records if r["logger"] == "fhir_adapter.progress"]
+    assert progress[-1]["subjects_done"] == progress[-1]["subjects_total"] == 3
+
+
+def test_quiet_prints_nothing_but_keeps_the_exit_code(quarantining_feed: Path, tmp_path: Path) -> None:
+    res = _runner().invoke(main, ["-q", "run", "--source", str(quarantining_feed), "--out", str(tmp_path / "o"),
+                                  "--study", str(ROOT / "mappings" / "lcar-aio")])
+    assert res.exit_code == 2 and res.stdout == "" and res.stderr == ""
