@@ -30,6 +30,7 @@ from fhir_adapter.study import Study
 from fhir_adapter.writeback.bundle import transaction
 from fhir_adapter.writeback.efficacy import efficacy_observations
 from fhir_adapter.writeback.observations import sledai2k_observation
+from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sink import WriteResult
 from fhir_adapter.writeback.state import WrittenState
 
@@ -77,7 +78,8 @@ def _safe_name(subject_id: str) -> str:
 def writeback_resources(r: Any, e: Any, study: Study) -> list[dict[str, Any]]:
     s = study.sledai2k
     return [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None] + \
-        efficacy_observations(r, e, study)  # efficacy: LLDAS and prednisolone-equivalent dose per visit
+        efficacy_observations(r, e, study) + \
+        safety_observations(r, e, study)  # efficacy: LLDAS, dose per visit; safety: DLT, CAR-T kinetics
 
 
 def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:

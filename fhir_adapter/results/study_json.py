@@ -4,6 +4,8 @@ Top level: ``study``, ``generated_by``, ``settings`` (the rules in force), ``sub
 ``subject_id``, ``arm``, ``day1`` (YYYY-MM-DD) and ``visits``; per visit: ``visit``, ``date`` (the actual
 visit date), ``study_day``, ``sledai2k``, ``sledai2k_change`` and the per-descriptor detail.
 Efficacy keys (per visit, per subject, and the study-level ``lldas_rate``): see :mod:`fhir_adapter.results.efficacy`.
+Safety keys (per subject, and the study-level ``teae_summary``, ``dose_levels``, ``rp2d``): see
+:mod:`fhir_adapter.results.safety`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 from fhir_adapter import __version__
 from fhir_adapter.results.efficacy import lldas_rate_rows
+from fhir_adapter.results.safety import study_safety_keys
 from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.study import Study
 
@@ -36,6 +39,7 @@ def subject_row(r: SubjectResults) -> dict[str, Any]:
         "day1": r.crf.day1.isoformat() if r.crf.day1 else None,
         "visits": r.visit_rows(),
         **r.efficacy.subject_keys(),  # seroconversion, b_cell_aplasia, ada_status, renal_response, gc series
+        **(r.safety.subject_keys() if r.safety else {}),  # safety: TEAE, CRS/ICANS, DLT, kinetics
     }
 
 
@@ -46,4 +50,5 @@ def study_json(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
         "settings": settings_echo(study),
         "subjects": sorted(subjects, key=lambda s: s["subject_id"]),
         "lldas_rate": lldas_rate_rows(study, subjects),  # efficacy: LLDAS response rate per visit
+        **study_safety_keys(study, subjects),  # safety: teae_summary, dose_levels, rp2d
     }

@@ -8,6 +8,7 @@ from typing import Any
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.derive.sledai2k import Sledai2kVisit, derive_sledai2k
 from fhir_adapter.results.efficacy import EfficacyResults, derive_efficacy
+from fhir_adapter.results.safety import SafetyResults, derive_safety_results  # safety/DLT/kinetics
 from fhir_adapter.study import Study
 
 
@@ -16,6 +17,7 @@ class SubjectResults:
     crf: SubjectCRF
     sledai2k: list[Sledai2kVisit]
     efficacy: EfficacyResults = field(default_factory=EfficacyResults)  # PGA, LLDAS, steroids, renal, serology
+    safety: SafetyResults | None = None  # TEAE, CRS/ICANS, DLT, cellular kinetics (results/safety.py)
 
     def visit_rows(self) -> list[dict[str, Any]]:
         """The ``visits`` list of this subject in ``results/study.json`` (scheduled visits only)."""
@@ -41,5 +43,7 @@ class SubjectResults:
 
 
 def derive_subject(crf: SubjectCRF, study: Study) -> SubjectResults:
+    safety = derive_safety_results(crf, study)  # safety; sets the TEAE flag on crf.ae (CRF written after)
     sledai2k = derive_sledai2k(crf, study.sledai2k)
-    return SubjectResults(crf=crf, sledai2k=sledai2k, efficacy=derive_efficacy(crf, study, sledai2k))
+    return SubjectResults(crf=crf, sledai2k=sledai2k, efficacy=derive_efficacy(crf, study, sledai2k),
+                          safety=safety)

@@ -37,6 +37,12 @@ RESULT_DISPLAY = {
     "lldas-pred-eq-le-7-5": "LLDAS: prednisolone-equivalent dose at or below the threshold",
     "lldas-maintenance-therapy": "LLDAS: standard maintenance immunosuppression, no investigational drugs",
     # --- end efficacy endpoints ---
+    # --- safety and cellular kinetics (writeback/safety.py) ---
+    "dlt": "Dose-limiting toxicity in the DLT window",
+    "cart-cmax": "CAR-T expansion: maximum CAR transgene level (Cmax)",
+    "cart-tmax": "CAR-T expansion: time of the maximum transgene level (Tmax)",
+    "cart-auc0-28d": "CAR-T exposure: area under the transgene level-time curve, day 0 to 28",
+    # --- end safety ---
 }
 
 

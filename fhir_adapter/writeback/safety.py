@@ -1,0 +1,72 @@
+"""Safety result Observations of one subject (scope ``subject`` in the identifier).
+
+* ``dlt`` — ``valueBoolean`` (a DLT in the DLT window), ``derivedFrom`` the AdverseEvents evaluated (those
+  that could fall in the window, the DLTs among them); ``effectiveDateTime`` = the last day of the DLT
+  window. Written only where the evaluation is true or false (a "not evaluable" subject has none).
+* ``cart-cmax`` — ``valueQuantity`` in ``{copies}/ug{DNA}`` (UCUM), effective on the day of Cmax;
+* ``cart-tmax`` — ``valueQuantity`` in ``d``, effective on the day of Cmax;
+* ``cart-auc0-28d`` — ``valueQuantity`` in ``{copies}/ug{DNA}.d``, effective on day 28 after the infusion.
+  The kinetics Observations are derived from the transgene (PC) Observations used, and written only
+  where the value is not None.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from fhir_adapter import __version__
+from fhir_adapter.derive.dlt import DltSettings
+from fhir_adapter.derive.kinetics import KineticsSettings
+from fhir_adapter.results.subject import SubjectResults
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.study import Study
+from fhir_adapter.terminology import UCUM
+from fhir_adapter.timeline import date_of_study_day
+from fhir_adapter.writeback.observations import result_observation
+
+SCOPE = "subject"
+TRANSGENE_UNIT = "{copies}/ug{DNA}"
+
+
+def _quantity(value: float, unit: str) -> dict[str, Any]:
+    return {"valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+
+
+def safety_observations(r: SubjectResults, e: Enrollee, study: Study) -> list[dict[str, Any]]:
+    """The ``dlt`` and CAR-T kinetics Observations of one subject (only where the value is known)."""
+    if r.safety is None or r.crf.day1 is None:
+        return []
+    day1: dt.date = r.crf.day1
+    study_id = study.info.id
+    out: list[dict[str, Any]] = []
+    d = r.safety.dlt
+    if d.dlt is not None:
+        w = study.rule("dlt", DltSettings).window
+        rules = ", ".join(sorted({ev.rule for ev in d.dlt_events})) or "none met"
+        method = (f"DLT rules of dlt.yaml (onset study days {w.first_day}-{w.last_day}; CTCAE v5.0, "
+                  f"ASTCT 2019 CRS/ICANS); rules met: {rules}; fhir-adapter {__version__}")
+        out.append(result_observation(e, study_id, SCOPE, "dlt", date_of_study_day(w.last_day, day1),
+                                      {"valueBoolean": d.dlt}, derived_from=d.evaluated, method=method,
+                                      category="exam"))
+    k = r.safety.kinetics.primary
+    if k is None:
+        return out
+    ks = study.rule("kinetics", KineticsSettings)
+    blq = (f" (LLOQ {k.lloq:g}; BLQ 0 before the first quantifiable value, excluded after it)"
+           if k.lloq is not None else "")
+    method = (f"Non-compartmental analysis of {k.item}{blq}, days after infusion (Day 1 = 0), "
+              f"AUC {ks.auc_method}; fhir-adapter {__version__}")
+    unit = k.unit or TRANSGENE_UNIT
+    at_tmax = day1 + dt.timedelta(days=k.tmax_day) if k.tmax_day is not None else None
+    values: list[tuple[str, float | None, str, dt.date | None]] = [
+        ("cart-cmax", k.cmax, unit, at_tmax),
+        ("cart-tmax", k.tmax_day, "d", at_tmax),
+        ("cart-auc0-28d", k.auc0_28, f"{unit}.d", day1 + dt.timedelta(days=ks.auc_end_day)),
+    ]
+    for code, value, u, effective in values:
+        if value is None:
+            continue
+        out.append(result_observation(e, study_id, SCOPE, code, effective, _quantity(value, u),
+                                      derived_from=k.sources, method=method, category="laboratory"))
+    return out

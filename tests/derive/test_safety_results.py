@@ -1,0 +1,107 @@
+"""Safety endpoints wired into the CRF, results/study.json and write-back, on hand-built subjects."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from helpers import DAY1, crf, d, finding
+
+from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.results.safety import KINETICS_KEYS
+from fhir_adapter.results.study_json import study_json, subject_row
+from fhir_adapter.results.subject import derive_subject
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.terminology import UCUM
+from fhir_adapter.writeback.safety import safety_observations
+
+_ids = itertools.count(1)
+E = Enrollee(subject_id="T-001", patient_id="p1",
+             research_subject=SourceRef(resource_type="ResearchSubject", id="rs1"), status="follow-up",
+             arm="DL1", consent_date=None, site=None, sex="F", birth_date=None, day1=DAY1)
+SUBJECT_KEYS = {"teae_count", "serious_teae_count", "max_teae_grade", "crs_max_grade", "icans_max_grade",
+                "dlt", "dlt_events", "kinetics", "pre_infusion_aes"}
+
+
+def ae(term: str, onset: int, end: int | None, grade: int | None, **kw: Any) -> AdverseEvent:
+    return AdverseEvent(term=term, grade=grade, onset_date=d(onset), resolution_date=d(end) if end else None,
+                        source=SourceRef(resource_type="AdverseEvent", id=f"sae{next(_ids)}"), **kw)
+
+
+def pc(day_after: int, value: float, comparator: str | None = None):  # type: ignore[no-untyped-def]
+    return finding("car_transgene", day_after + 1, value, domain="PC", comparator=comparator,
+                   unit="{copies}/ug{DNA}")
+
+
+def subject(sid: str, arm: str, aes: list[AdverseEvent], infused: bool = True):  # type: ignore[no-untyped-def]
+    # the worked CAR-T example of clinical-reference §7.3
+    kin = [pc(0, 20, "<"), pc(1, 50), pc(4, 2000), pc(7, 15000), pc(10, 30000), pc(14, 12000), pc(21, 3000),
+           pc(28, 800), pc(56, 100), pc(90, 20, "<")]
+    c = crf([*kin, finding("crp", 60, 1.0)], {}, ld_start_day=-5, ae=aes)
+    c = c.model_copy(update={"subject_id": sid, "arm": arm})
+    return c if infused else c.model_copy(update={"day1": None})
+
+
+def test_subject_keys_crf_flags_and_study_level(study) -> None:  # type: ignore[no-untyped-def]
+    a = subject("T-001", "DL1", [ae("Cytokine release syndrome", 2, 6, 3, crs=True, related=True),
+                                 ae("Nausea", -2, -1, 1)])
+    res_a = derive_subject(a, study)
+    assert [x.teae for x in a.ae] == [True, False] and [x.pre_infusion for x in a.ae] == [False, True]
+    row = subject_row(res_a)
+    assert set(row) >= SUBJECT_KEYS
+    counts = (row["teae_count"], row["max_teae_grade"], row["crs_max_grade"], row["icans_max_grade"])
+    assert counts == (1, 3, 3, None)
+    assert row["dlt"] is True and row["dlt_events"][0]["rule"] == "crs-icans-grade-3-over-72h"
+    assert set(row["kinetics"]) == {*KINETICS_KEYS, "car_cells"}
+    assert row["kinetics"]["cmax"] == 30000 and row["kinetics"]["cmax_unit"] == "{copies}/ug{DNA}"
+    assert row["kinetics"]["tmax_day"] == 10 and row["kinetics"]["persistence_day"] == 56
+    assert row["kinetics"]["car_cells"]["cmax"] is None
+    assert [x["term"] for x in row["pre_infusion_aes"]] == ["Nausea"]
+
+    rows = [row] + [subject_row(derive_subject(subject(f"T-00{i}", "DL1", []), study)) for i in (2, 3)]
+    rows.append(subject_row(derive_subject(subject("T-009", "DL1", [], infused=False), study)))
+    out = json.loads(json.dumps(study_json(study, rows)))
+    dl1 = next(x for x in out["dose_levels"] if x["arm"] == "DL1")
+    assert (dl1["n_treated"], dl1["n_dlt_evaluable"], dl1["n_dlt"]) == (3, 3, 1)
+    assert dl1["decision"] == "expand to 6"
+    assert {x["arm"] for x in out["dose_levels"]} == {"DL1", "DL2", "DL3", "EXP"}
+    assert out["rp2d"]["arm"] is None and out["rp2d"]["method"] == "3+3"
+    overall = out["teae_summary"]["overall"]
+    assert overall["n_subjects"] == 3 and overall["any_teae"] == 1
+    assert out["teae_summary"]["pre_infusion_aes"] == {"subjects": 1, "events": 1}
+    assert out["settings"]["dlt"]["window"] == {"first_day": 1, "last_day": 30}
+
+
+def test_writeback_observations(study) -> None:  # type: ignore[no-untyped-def]
+    r = derive_subject(subject("T-001", "DL1", [ae("ICANS", 3, 4, 4, icans=True)]), study)
+    obs = {o["code"]["coding"][0]["code"]: o for o in safety_observations(r, E, study)}
+    assert set(obs) == {"dlt", "cart-cmax", "cart-tmax", "cart-auc0-28d"}
+    for o in obs.values():
+        assert r4_problem(o) is None
+        assert o["identifier"][0]["value"].startswith("LCAR-AIO-SLE.T-001.subject.")
+    assert obs["dlt"]["valueBoolean"] is True and obs["dlt"]["effectiveDateTime"] == "2024-03-01"
+    assert obs["dlt"]["derivedFrom"] == [{"reference": r.crf.ae[0].source.reference}]
+    q = obs["cart-auc0-28d"]["valueQuantity"]
+    assert (q["system"], q["code"]) == (UCUM, "{copies}/ug{DNA}.d") and round(q["value"], 1) == 231773.7
+    tmax = obs["cart-tmax"]["valueQuantity"]
+    assert tmax["code"] == "d" and tmax["value"] == 10
+    assert obs["cart-cmax"]["effectiveDateTime"] == (DAY1 + dt.timedelta(days=10)).isoformat()
+
+
+def test_no_observation_where_the_value_is_unknown(study) -> None:  # type: ignore[no-untyped-def]
+    r = derive_subject(subject("T-001", "DL1", [ae("Diarrhoea", 3, 20, None)]), study)
+    codes = {o["code"]["coding"][0]["code"] for o in safety_observations(r, E, study)}
+    assert "dlt" not in codes and "cart-cmax" in codes
+    not_infused = derive_subject(subject("T-1", "DL1", [], infused=False), study)
+    assert safety_observations(not_infused, E, study) == []
+
+
+def test_result_codes_are_in_the_codesystem() -> None:
+    path = Path(__file__).resolve().parents[2] / "profiles" / "CodeSystem-results.json"
+    cs = json.loads(path.read_text())
+    assert {"dlt", "cart-cmax", "cart-tmax", "cart-auc0-28d"} <= {c["code"] for c in cs["concept"]}
+    assert cs["count"] == len(cs["concept"])
