@@ -160,7 +160,7 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
         when = r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
         d = _date(when, study)
         if d is None:
-            log.warn("infusion Procedure without a full performed date: Day 1 unknown",
+            log.warn("infusion Procedure without a full performed date: not used for Day 1",
                      resource=f"Procedure/{r.get('id')}", subject_id=e.subject_id, rule="day1")
             continue
         found.append((d, SourceRef(resource_type="Procedure", id=str(r.get("id")),

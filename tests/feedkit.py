@@ -33,8 +33,14 @@ class Feed:
         self.resources: dict[str, list[Any]] = defaultdict(list)
         self.raw_lines: list[bytes] = []
         self._ids = itertools.count(1)
-        self.add({"resourceType": "ResearchStudy", "id": "study", "status": "active",
-                  "identifier": [{"value": STUDY_ID}]})
+        self.add(
+            {
+                "resourceType": "ResearchStudy",
+                "id": "study",
+                "status": "active",
+                "identifier": [{"value": STUDY_ID}],
+            }
+        )
 
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids)}"
@@ -44,32 +50,88 @@ class Feed:
         self.resources[str(rtype)].append(resource)
         return resource
 
-    def subject(self, pid: str, subject_id: str, *, name: str, mrn: str, birth: str, day1: dt.date | None,
-                sex: str = "female", arm: str = "DL1") -> None:
-        self.add({"resourceType": "Patient", "id": pid, "gender": sex, "birthDate": birth,
-                  "identifier": [{"system": "urn:oid:1.2.3.4.5.mrn", "value": mrn}],
-                  "name": [{"family": name.split()[-1], "given": name.split()[:-1]}],
-                  "address": [{"line": ["12 Hospital Lane"], "city": "Springfield"}],
-                  "managingOrganization": {"reference": "Organization/site-01"}})
-        self.add({"resourceType": "ResearchSubject", "id": f"rs-{pid}", "status": "on-study",
-                  "study": {"reference": "ResearchStudy/study"}, "individual": {"reference": f"Patient/{pid}"},
-                  "identifier": [{"system": SUBJECT_SYSTEM, "value": subject_id}], "assignedArm": arm,
-                  "period": {"start": "2024-01-05"}})
+    def subject(
+        self,
+        pid: str,
+        subject_id: str,
+        *,
+        name: str,
+        mrn: str,
+        birth: str,
+        day1: dt.date | None,
+        sex: str = "female",
+        arm: str = "DL1",
+    ) -> None:
+        self.add(
+            {
+                "resourceType": "Patient",
+                "id": pid,
+                "gender": sex,
+                "birthDate": birth,
+                "identifier": [{"system": "urn:oid:1.2.3.4.5.mrn", "value": mrn}],
+                "name": [{"family": name.split()[-1], "given": name.split()[:-1]}],
+                "address": [{"line": ["12 Hospital Lane"], "city": "Springfield"}],
+                "managingOrganization": {"reference": "Organization/site-01"},
+            }
+        )
+        self.add(
+            {
+                "resourceType": "ResearchSubject",
+                "id": f"rs-{pid}",
+                "status": "on-study",
+                "study": {"reference": "ResearchStudy/study"},
+                "individual": {"reference": f"Patient/{pid}"},
+                "identifier": [{"system": SUBJECT_SYSTEM, "value": subject_id}],
+                "assignedArm": arm,
+                "period": {"start": "2024-01-05"},
+            }
+        )
         if day1 is not None:
-            self.add({"resourceType": "Procedure", "id": f"inf-{pid}", "status": "completed",
-                      "code": {"coding": [{"system": SNOMED, "code": "1156961008"}]},
-                      "subject": {"reference": f"Patient/{pid}"}, "performedDateTime": at(day1, 1, "10:00:00+00:00")})
-            self.add({"resourceType": "MedicationAdministration", "id": f"ld-{pid}", "status": "completed",
-                      "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "24698"}],
-                                                    "text": "Fludarabine"},
-                      "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": at(day1, -5),
-                      "dosage": {"dose": {"value": 30, "unit": "mg/m2"}}})
+            self.add(
+                {
+                    "resourceType": "Procedure",
+                    "id": f"inf-{pid}",
+                    "status": "completed",
+                    "code": {"coding": [{"system": SNOMED, "code": "1156961008"}]},
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "performedDateTime": at(day1, 1, "10:00:00+00:00"),
+                }
+            )
+            self.add(
+                {
+                    "resourceType": "MedicationAdministration",
+                    "id": f"ld-{pid}",
+                    "status": "completed",
+                    "medicationCodeableConcept": {
+                        "coding": [{"system": RXNORM, "code": "24698"}],
+                        "text": "Fludarabine",
+                    },
+                    "subject": {"reference": f"Patient/{pid}"},
+                    "effectiveDateTime": at(day1, -5),
+                    "dosage": {"dose": {"value": 30, "unit": "mg/m2"}},
+                }
+            )
 
-    def obs(self, pid: str, code: str, when: str | None, *, system: str = LOINC, value: float | None = None,
-            unit: str | None = None, id_: str | None = None, status: str = "final", **extra: Any) -> dict[str, Any]:
-        o: dict[str, Any] = {"resourceType": "Observation", "id": id_ or self.next_id("o"), "status": status,
-                             "code": {"coding": [{"system": system, "code": code}]},
-                             "subject": {"reference": f"Patient/{pid}"}}
+    def obs(
+        self,
+        pid: str,
+        code: str,
+        when: str | None,
+        *,
+        system: str = LOINC,
+        value: float | None = None,
+        unit: str | None = None,
+        id_: str | None = None,
+        status: str = "final",
+        **extra: Any,
+    ) -> dict[str, Any]:
+        o: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": id_ or self.next_id("o"),
+            "status": status,
+            "code": {"coding": [{"system": system, "code": code}]},
+            "subject": {"reference": f"Patient/{pid}"},
+        }
         if when is not None:
             o["effectiveDateTime"] = when
         if value is not None:

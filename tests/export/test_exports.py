@@ -1,4 +1,4 @@
-"""EDC exports: CDISC-style CSV per domain, ODM 1.3.2 (schema-valid, partial dates kept), coverage, privacy."""
+"""EDC exports: CDISC-style CSV per domain, ODM 1.3.2 (schema-valid, partial dates kept), coverage."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Any
 import orjson
 import pytest
 import xmlschema
-
 from feedkit import CLIN, Feed, at
+
 from fhir_adapter.crf.models import AdverseEvent, ConMed, Demographics, Exposure, SourceRef, SubjectCRF
-from fhir_adapter.export import ExportWriter
-from fhir_adapter.export import cdisc
+from fhir_adapter.export import ExportWriter, cdisc
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, num
 from fhir_adapter.export.odm import schema_path, validate
 from fhir_adapter.pipeline import run
@@ -24,8 +23,10 @@ from fhir_adapter.source.files import FileSource
 
 DAY1 = dt.date(2024, 2, 1)
 NS = "{http://www.cdisc.org/ns/odm/v1.3}"
-PEOPLE = [("p1", "101-001", "Alice Smithson", "MRN-7731001", "1985-04-17"),
-          ("p2", "101-002", "Bob Jonesworth", "MRN-7731002", "1979-11-02")]
+PEOPLE = [
+    ("p1", "101-001", "Alice Smithson", "MRN-7731001", "1985-04-17"),
+    ("p2", "101-002", "Bob Jonesworth", "MRN-7731002", "1979-11-02"),
+]
 
 
 def _feed() -> Feed:
@@ -34,22 +35,54 @@ def _feed() -> Feed:
         f.subject(pid, sid, name=name, mrn=mrn, birth=birth, day1=DAY1)
     f.obs("p1", "777-3", at(DAY1, 29), value=150, unit="10*3/uL", id_="plt-29")
     f.obs("p1", "777-3", at(DAY1, 27), value=120, unit="10*3/uL", id_="plt-27", meta={"versionId": "2"})
-    f.obs("p1", "718-7", at(DAY1, 29), value=12.5, unit="g/dL", id_="hgb-29",
-          referenceRange=[{"low": {"value": 12, "unit": "g/dL"}, "high": {"value": 16, "unit": "g/dL"}}])
-    f.obs("p1", "4485-9", at(DAY1, 29), value=95, unit="mg/dL", id_="c3-29",
-          referenceRange=[{"low": {"value": 90, "unit": "mg/dL"}, "high": {"value": 180, "unit": "mg/dL"}}])
+    f.obs(
+        "p1",
+        "718-7",
+        at(DAY1, 29),
+        value=12.5,
+        unit="g/dL",
+        id_="hgb-29",
+        referenceRange=[{"low": {"value": 12, "unit": "g/dL"}, "high": {"value": 16, "unit": "g/dL"}}],
+    )
+    f.obs(
+        "p1",
+        "4485-9",
+        at(DAY1, 29),
+        value=95,
+        unit="mg/dL",
+        id_="c3-29",
+        referenceRange=[{"low": {"value": 90, "unit": "mg/dL"}, "high": {"value": 180, "unit": "mg/dL"}}],
+    )
     f.obs("p1", "8310-5", at(DAY1, 29), value=38.5, unit="Cel", id_="temp-29")
     f.descriptor("p1", "arthritis", at(DAY1, 29, "11:00:00+00:00"), True, id_="arth-29")
-    f.obs("p1", "sle-pga", at(DAY1, 29, "11:00:00+00:00"), system=CLIN, value=1.5, unit="{score}", id_="pga-29")
+    f.obs(
+        "p1", "sle-pga", at(DAY1, 29, "11:00:00+00:00"), system=CLIN, value=1.5, unit="{score}", id_="pga-29"
+    )
     f.obs("p1", "777-3", at(DAY1, 57), value=5000, unit="10*9/L", id_="plt-57-bad")
     f.obs("p1", "9999-9", at(DAY1, 29), value=1, unit="mg/L")
     f.obs("p1", "9999-9", at(DAY1, 57), value=2, unit="mg/L")
-    f.obs("p1", "car-transgene-copies", at(DAY1, 200), system=CLIN, value=3500, unit="{copies}/ug{DNA}",
-          id_="cart-200")
-    f.add({"resourceType": "MedicationAdministration", "id": "ld2-p1", "status": "completed",
-           "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
-                                                     "code": "3002"}], "text": "Cyclophosphamide"},
-           "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01"})
+    f.obs(
+        "p1",
+        "car-transgene-copies",
+        at(DAY1, 200),
+        system=CLIN,
+        value=3500,
+        unit="{copies}/ug{DNA}",
+        id_="cart-200",
+    )
+    f.add(
+        {
+            "resourceType": "MedicationAdministration",
+            "id": "ld2-p1",
+            "status": "completed",
+            "medicationCodeableConcept": {
+                "coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "3002"}],
+                "text": "Cyclophosphamide",
+            },
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-01",
+        }
+    )
     f.obs("p2", "777-3", at(DAY1, 29), value=200, unit="10*9/L", id_="plt-p2")
     return f
 
@@ -176,13 +209,42 @@ def test_odm_metadata_matches_the_schedule_and_domains(out: Path, study: Any) ->
 def _crf_with_partial_dates() -> SubjectCRF:
     src = SourceRef(resource_type="MedicationStatement", id="ms1")
     return SubjectCRF(
-        subject_id="T-9", day1=DAY1, dm=Demographics(subject_id="T-9", status="on-study", age=40, sex="M"),
-        ex=[Exposure(treatment="LCAR-AIO", kind="infusion", start_date=DAY1, end_date=DAY1, study_day=1,
-                     source=SourceRef(resource_type="Procedure", id="inf"))],
-        cm=[ConMed(drug="prednisone", rxnorm="8640", drug_class="glucocorticoid", dose=10, dose_unit="mg",
-                   frequency_per_day=0.5, daily_dose_mg=5, partial_start="2023-11", source=src)],
-        ae=[AdverseEvent(term="Cytokine release syndrome", grade=2, onset_partial="2024-02", crs=True,
-                         teae=True, source=SourceRef(resource_type="AdverseEvent", id="ae1", version="3"))],
+        subject_id="T-9",
+        day1=DAY1,
+        dm=Demographics(subject_id="T-9", status="on-study", age=40, sex="M"),
+        ex=[
+            Exposure(
+                treatment="LCAR-AIO",
+                kind="infusion",
+                start_date=DAY1,
+                end_date=DAY1,
+                study_day=1,
+                source=SourceRef(resource_type="Procedure", id="inf"),
+            )
+        ],
+        cm=[
+            ConMed(
+                drug="prednisone",
+                rxnorm="8640",
+                drug_class="glucocorticoid",
+                dose=10,
+                dose_unit="mg",
+                frequency_per_day=0.5,
+                daily_dose_mg=5,
+                partial_start="2023-11",
+                source=src,
+            )
+        ],
+        ae=[
+            AdverseEvent(
+                term="Cytokine release syndrome",
+                grade=2,
+                onset_partial="2024-02",
+                crs=True,
+                teae=True,
+                source=SourceRef(resource_type="AdverseEvent", id="ae1", version="3"),
+            )
+        ],
     )
 
 
@@ -191,7 +253,12 @@ def test_cm_and_ae_partial_dates_in_csv_and_odm(tmp_path: Path, study: Any) -> N
     w.add(_crf_with_partial_dates(), [])
     report = w.close({"unmapped.http://loinc.org|1-8": 3})
     (cm,) = list(csv.DictReader((tmp_path / "CM.csv").open(encoding="utf-8")))
-    assert (cm["CMSTDTC"], cm["CMDOSFRQ"], cm["CMDOSTOT"], cm["CMCLAS"]) == ("2023-11", "QOD", "5", "GLUCOCORTICOID")
+    assert (cm["CMSTDTC"], cm["CMDOSFRQ"], cm["CMDOSTOT"], cm["CMCLAS"]) == (
+        "2023-11",
+        "QOD",
+        "5",
+        "GLUCOCORTICOID",
+    )
     (ae,) = list(csv.DictReader((tmp_path / "AE.csv").open(encoding="utf-8")))
     assert (ae["AESTDTC"], ae["AETOXGR"], ae["AECAT"], ae["AETRTEM"]) == ("2024-02", "2", "CRS", "Y")
     assert ae["SRCREF"] == "AdverseEvent/ae1/_history/3"
@@ -221,8 +288,13 @@ def test_coverage_counts_filled_quarantined_and_no_data(out: Path, study: Any) -
         rows = list(csv.DictReader(fh))
     assert len(rows) == n_cells
     w8 = next(r for r in rows if r["ITEM"] == "platelets" and r["VISIT"] == "W8")
-    assert (w8["SUBJECTS"], w8["FILLED"], w8["QUARANTINED"], w8["NO_DATA"], w8["PCT_FILLED"]) == \
-        ("2", "0", "1", "1", "0.0")
+    assert (w8["SUBJECTS"], w8["FILLED"], w8["QUARANTINED"], w8["NO_DATA"], w8["PCT_FILLED"]) == (
+        "2",
+        "0",
+        "1",
+        "1",
+        "0.0",
+    )
     with (out / "export" / "coverage-subjects.csv").open(encoding="utf-8") as fh:
         per_subject = list(csv.DictReader(fh))
     row = next(r for r in per_subject if r["SUBJID"] == "101-001" and r["ITEM"] == "platelets")
@@ -236,7 +308,16 @@ def test_testcd_is_unique_per_domain_and_sdtm_shaped(study: Any) -> None:
     assert all(len(c) <= 8 and c[0].isalpha() and c.isupper() for c in codes.values())
 
 
-@pytest.mark.parametrize(("value", "text"), [(0.00001, "0.00001"), (150.0, "150"), (1e20, "100000000000000000000"),
-                                            (0.95, "0.95"), (None, ""), (-2.5, "-2.5")])
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.00001, "0.00001"),
+        (150.0, "150"),
+        (1e20, "100000000000000000000"),
+        (0.95, "0.95"),
+        (None, ""),
+        (-2.5, "-2.5"),
+    ],
+)
 def test_numbers_are_plain_decimals(value: float | None, text: str) -> None:
     assert num(value) == text

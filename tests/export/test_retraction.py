@@ -8,8 +8,8 @@ from typing import Any
 
 import orjson
 import pytest
-
 from feedkit import Feed, at
+
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.pipeline import run
 from fhir_adapter.runlog import RunLog
@@ -25,18 +25,43 @@ def _feed(retract: bool) -> Feed:
     f = Feed()
     f.subject("p1", "101-001", name="Carol Testperson", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     f.obs("p1", "777-3", at(DAY1, 29), value=210, unit="10*9/L", id_="plt-29")
-    f.descriptor("p1", "arthritis", at(DAY1, 29, "11:00:00+00:00"), True, id_="arth-29", meta={"versionId": "1"})
+    f.descriptor(
+        "p1", "arthritis", at(DAY1, 29, "11:00:00+00:00"), True, id_="arth-29", meta={"versionId": "1"}
+    )
     f.descriptor("p1", "rash", at(DAY1, 57, "11:00:00+00:00"), True, id_="rash-57")
     f.obs("p1", "777-3", at(DAY1, 57), value=80, unit="10*9/L", id_="plt-57", meta={"versionId": "1"})
     f.obs("p1", "777-3", at(DAY1, 57), value=80, unit="10*9/L", id_="plt-57-dup")
     if retract:
         # the EHR corrected both: a later version of each Observation, entered-in-error
-        f.descriptor("p1", "arthritis", at(DAY1, 29, "11:00:00+00:00"), True, id_="arth-29",
-                     status="entered-in-error", meta={"versionId": "2"})
-        f.obs("p1", "777-3", at(DAY1, 57), value=80, unit="10*9/L", id_="plt-57", status="entered-in-error",
-              meta={"versionId": "2"})
-        f.obs("p1", "777-3", at(DAY1, 57), value=80, unit="10*9/L", id_="plt-57-dup",
-              status="cancelled", meta={"versionId": "2"})
+        f.descriptor(
+            "p1",
+            "arthritis",
+            at(DAY1, 29, "11:00:00+00:00"),
+            True,
+            id_="arth-29",
+            status="entered-in-error",
+            meta={"versionId": "2"},
+        )
+        f.obs(
+            "p1",
+            "777-3",
+            at(DAY1, 57),
+            value=80,
+            unit="10*9/L",
+            id_="plt-57",
+            status="entered-in-error",
+            meta={"versionId": "2"},
+        )
+        f.obs(
+            "p1",
+            "777-3",
+            at(DAY1, 57),
+            value=80,
+            unit="10*9/L",
+            id_="plt-57-dup",
+            status="cancelled",
+            meta={"versionId": "2"},
+        )
     return f
 
 
@@ -76,8 +101,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, study: Any) -> list[dict[str,
 def test_first_run_uses_the_results(runs: list[dict[str, Any]]) -> None:
     first = runs[0]
     entries = _entries(first["bundle"])
-    assert entries[W4]["resource"]["valueInteger"] == 4          # arthritis
-    assert entries[W8]["resource"]["valueInteger"] == 3          # rash 2 + thrombocytopenia 1 (platelets 80)
+    assert entries[W4]["resource"]["valueInteger"] == 4  # arthritis
+    assert entries[W8]["resource"]["valueInteger"] == 3  # rash 2 + thrombocytopenia 1 (platelets 80)
     assert {"reference": "Observation/plt-57"} in entries[W8]["resource"]["derivedFrom"]
     state = first["report"]["writeback_state"]
     assert (state["new"], state["retracted"], state["retractions"]) == (len(first["bundle"]["entry"]), 0, [])
@@ -95,7 +120,10 @@ def test_crf_values_from_entered_in_error_results_disappear(runs: list[dict[str,
     assert "platelets" not in values(after, "W8")
     assert not [f for f in after["findings"] if f["source"]["id"] in ("arth-29", "plt-57", "plt-57-dup")]
     counts = runs[1]["report"]["counts"]
-    assert counts["observations.not-used.entered-in-error"] == 2 and counts["observations.not-used.cancelled"] == 1
+    assert (
+        counts["observations.not-used.entered-in-error"] == 2
+        and counts["observations.not-used.cancelled"] == 1
+    )
 
 
 def test_derived_results_change_or_are_retracted(runs: list[dict[str, Any]]) -> None:
@@ -124,7 +152,9 @@ def test_run_report_lists_the_retraction(runs: list[dict[str, Any]]) -> None:
     assert state["retracted"] == len(state["retractions"]) >= 1 and state["updated"] >= 1
     (r,) = [r for r in state["retractions"] if r["identifier"] == W4]
     assert r["identifier"] == W4 and r["subject_id"] == "101-001" and r["previous_value"] == "4"
-    assert "Observation/arth-29" in r["sources"] and "Observation/arth-29 is now entered-in-error" in r["reason"]
+    assert (
+        "Observation/arth-29" in r["sources"] and "Observation/arth-29 is now entered-in-error" in r["reason"]
+    )
 
 
 def test_a_retraction_is_sent_once(runs: list[dict[str, Any]]) -> None:

@@ -1,0 +1,322 @@
+"""A corpus of bad input mixed with valid data of the same subjects (``tests/data/bad_input/``).
+
+``build(folder)`` writes the NDJSON feed and returns what the run must report for each kind of bad input
+and the valid Observations that must still reach the CRF. Run as a script to (re)write the corpus:
+``python tests/bad_input.py tests/data/bad_input``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from feedkit import CLIN, LOINC, RXNORM, SNOMED, SUBJECT_SYSTEM, Feed, at
+
+DAY1 = dt.date(2024, 2, 1)
+SUBJECTS = {"p1": "101-001", "p2": "101-002", "p3": "101-003"}
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Where the run must report one kind of bad input."""
+
+    kind: str
+    where: str  # "quarantine", "warning" or "count"
+    rule: str  # quarantine/warning rule, or the run-log counter
+    resource_type: str | None = None
+    id: str | None = None
+    file: str | None = None
+
+
+def _pl(f: Feed, pid: str, when: str, oid: str, **kw: Any) -> dict[str, Any]:
+    """A platelet count (10*9/L unless overridden)."""
+    kw.setdefault("value", 180)
+    kw.setdefault("unit", "10*9/L")
+    return f.obs(pid, "777-3", when, id_=oid, **kw)
+
+
+def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
+    f = Feed()
+    exp: list[Expect] = []
+    valid: dict[str, set[str]] = {sid: set() for sid in SUBJECTS.values()}
+    names = {"p1": "Dora Quarantine", "p2": "Evan Brokenfeed", "p3": "Fay Malformed"}
+    for i, (pid, sid) in enumerate(SUBJECTS.items()):
+        f.subject(pid, sid, name=names[pid], mrn=f"MRN-99{i}", birth=f"198{i}-05-0{i + 1}", day1=DAY1)
+        for oid, kw in [
+            (f"v-plt-{pid}", {"code": "777-3", "when": at(DAY1, 29), "value": 150 + i, "unit": "10*9/L"}),
+            (f"v-hgb-{pid}", {"code": "718-7", "when": at(DAY1, 29), "value": 12.1, "unit": "g/dL"}),
+            (f"v-temp-{pid}", {"code": "8310-5", "when": at(DAY1, 57), "value": 37.2, "unit": "Cel"}),
+            (f"v-c3-{pid}", {"code": "4485-9", "when": at(DAY1, 57), "value": 95, "unit": "mg/dL"}),
+        ]:
+            code, when = kw.pop("code"), kw.pop("when")
+            f.obs(pid, code, when, id_=oid, **kw)
+            valid[sid].add(oid)
+        f.descriptor(pid, "arthritis", at(DAY1, 29, "11:00:00+00:00"), True, id_=f"v-arth-{pid}")
+        valid[sid].add(f"v-arth-{pid}")
+
+    def q(
+        kind: str, rule: str, rtype: str | None = None, id_: str | None = None, file: str | None = None
+    ) -> None:
+        exp.append(Expect(kind, "quarantine", rule, rtype, id_, file))
+
+    # -- lines that are not FHIR resources (Broken.ndjson, line by line) -----------------------------
+    raw: list[tuple[str, bytes, str]] = [
+        (
+            "truncated JSON line",
+            b'{"resourceType": "Observation", "id": "trunc", "status": "fi',
+            "malformed-json",
+        ),
+        ("JSON array instead of an object", b"[1, 2, 3]", "not-a-resource"),
+        ("JSON null line", b"null", "not-a-resource"),
+        ("JSON string line", b'"Observation"', "not-a-resource"),
+        ("invalid UTF-8 bytes", b'{"resourceType": "Observation", "id": "\xff\xfe"}', "malformed-json"),
+        ("missing resourceType", orjson.dumps({"id": "nort", "status": "final"}), "not-a-resource"),
+        ("resourceType is not a string", orjson.dumps({"resourceType": 42, "id": "rt42"}), "not-a-resource"),
+    ]
+    for kind, line, rule in raw:
+        f.raw_lines.append(line)
+        q(kind, rule, file="Broken.ndjson")
+    f.add(
+        {
+            "resourceType": "Observaton",
+            "id": "typo",
+            "status": "final",
+            "subject": {"reference": "Patient/p1"},
+        },
+        "Misc",
+    )
+    q("unknown resourceType", "unknown-resource-type", "Observaton", "typo")
+
+    # -- roster ----------------------------------------------------------------------------------------
+    f.add(
+        {
+            "resourceType": "ResearchSubject",
+            "id": "rs-ghost",
+            "status": "on-study",
+            "study": {"reference": "ResearchStudy/study"},
+            "individual": {"reference": "Patient/ghost"},
+            "identifier": [{"system": SUBJECT_SYSTEM, "value": "101-099"}],
+        }
+    )
+    q("ResearchSubject pointing at a missing Patient", "unknown-patient", "ResearchSubject", "rs-ghost")
+    f.add({"resourceType": "Patient", "id": "p4", "gender": "male", "birthDate": "1970-01-01"})
+    f.add(
+        {
+            "resourceType": "ResearchSubject",
+            "id": "rs-dup",
+            "status": "on-study",
+            "study": {"reference": "ResearchStudy/study"},
+            "individual": {"reference": "Patient/p4"},
+            "identifier": [{"system": SUBJECT_SYSTEM, "value": "101-001"}],
+        }
+    )
+    q("duplicate subject id", "duplicate-subject", "ResearchSubject", "rs-dup")
+    f.add({"resourceType": "Patient", "id": "p5", "gender": "male"})
+    f.add(
+        {
+            "resourceType": "ResearchSubject",
+            "id": "rs-noid",
+            "status": "on-study",
+            "study": {"reference": "ResearchStudy/study"},
+            "individual": {"reference": "Patient/p5"},
+            "identifier": [{"system": "urn:other", "value": "X"}],
+        }
+    )
+    q("ResearchSubject without a subject ID", "no-subject-id", "ResearchSubject", "rs-noid")
+    f.add(
+        {
+            "resourceType": "ResearchSubject",
+            "id": "rs-bad",
+            "status": "on-study",
+            "study": {"reference": "ResearchStudy/study"},
+            "individual": {"reference": "Patient/p5"},
+            "period": {"start": "yesterday"},
+        }
+    )
+    q("ResearchSubject that fails R4 parsing", "r4-invalid", "ResearchSubject", "rs-bad")
+    f.add({"resourceType": "Patient", "gender": "female"})
+    q("Patient without id", "missing-id", "Patient")
+
+    # -- references ------------------------------------------------------------------------------------
+    _pl(f, "nobody", at(DAY1, 29), "o-unknown-patient")
+    q("reference to a Patient not in the export", "unknown-patient", "Observation", "o-unknown-patient")
+    o = _pl(f, "p1", at(DAY1, 29), "o-no-subject")
+    del o["subject"]
+    q("resource with no subject", "no-patient", "Observation", "o-no-subject")
+    _pl(f, "p1", at(DAY1, 29), "o-group-subject")["subject"] = {"reference": "Group/g1"}
+    q("subject is not a Patient", "no-patient", "Observation", "o-group-subject")
+    del _pl(f, "p2", at(DAY1, 29), "o-no-id")["id"]
+    q("Observation without id", "missing-id", "Observation")
+
+    # -- FHIR R4 parsing -------------------------------------------------------------------------------
+    _pl(f, "p1", at(DAY1, 29), "o-wrong-type", value=None, valueQuantity={"value": "abc", "unit": "10*9/L"})
+    q("wrong type for a field (value 'abc')", "r4-invalid", "Observation", "o-wrong-type")
+    _pl(f, "p1", at(DAY1, 29), "o-unknown-element", foo=1)
+    q("unknown element", "r4-invalid", "Observation", "o-unknown-element")
+    del _pl(f, "p2", at(DAY1, 29), "o-no-status")["status"]
+    q("Observation without status", "r4-invalid", "Observation", "o-no-status")
+    _pl(f, "p2", "2024-13", "o-month-13")
+    q("partial date with month 13 (2024-13)", "r4-invalid", "Observation", "o-month-13")
+    _pl(f, "p2", "2024-03-05T10:00:00+25:00", "o-bad-offset")
+    q("dateTime with a bad offset (+25:00)", "r4-invalid", "Observation", "o-bad-offset")
+    _pl(f, "p2", "2024-03-05T10:00:00", "o-no-offset")
+    q("dateTime without offset", "r4-invalid", "Observation", "o-no-offset")
+    _pl(f, "p3", at(DAY1, 29), "o-two-values", valueString="180")
+    q("two value[x] elements", "r4-invalid", "Observation", "o-two-values")
+    f.obs("p3", "718-7", at(DAY1, 29), id_="o-empty-string", valueString="")
+    q("empty string value", "r4-invalid", "Observation", "o-empty-string")
+
+    # -- observation mapping ---------------------------------------------------------------------------
+    _pl(f, "p1", at(DAY1, 29), "o-bogus-status", status="bogus")
+    q("status that is not an R4 code", "unknown-status", "Observation", "o-bogus-status")
+    _pl(f, "p1", None, "o-no-date")
+    q("Observation without effective date", "missing-date", "Observation", "o-no-date")
+    _pl(f, "p1", at(DAY1, 29), "o-date-int", effectiveDateTime=20240305)
+    q("effective date that is a number", "bad-date", "Observation", "o-date-int")
+    _pl(f, "p1", at(DAY1, 29), "o-unknown-unit", value=150, unit="mg/dL")
+    q("unknown unit (mg/dL for platelets)", "unknown-unit", "Observation", "o-unknown-unit")
+    _pl(f, "p2", at(DAY1, 29), "o-non-ucum", value=150, unit="cells per microlitre")
+    q("non-UCUM unit", "unknown-unit", "Observation", "o-non-ucum")
+    _pl(f, "p2", at(DAY1, 29), "o-no-unit", value=None, valueQuantity={"value": 150})
+    q("quantity without unit", "missing-unit", "Observation", "o-no-unit")
+    f.obs("p3", "8310-5", at(DAY1, 57), value=60, unit="Cel", id_="o-hot")
+    q("value outside physiological bounds (60 Cel)", "out-of-bounds", "Observation", "o-hot")
+    f.obs("p3", "718-7", at(DAY1, 29), id_="o-text", valueString="see comment")
+    q("valueString that is not a number", "non-numeric", "Observation", "o-text")
+    f.obs("p3", "718-7", at(DAY1, 29), id_="o-no-value", valueQuantity={"unit": "g/dL"})
+    q("valueQuantity without value", "no-value", "Observation", "o-no-value")
+    f.obs(
+        "p1",
+        "8061-4",
+        at(DAY1, 29),
+        id_="o-equivocal",
+        valueCodeableConcept={"coding": [{"system": SNOMED, "code": "42425007"}], "text": "equivocal"},
+    )
+    q("coded result neither positive nor negative", "unknown-code", "Observation", "o-equivocal")
+    f.obs(
+        "p2",
+        "718-7",
+        at(DAY1, 29),
+        id_="o-absent",
+        dataAbsentReason={
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}
+            ]
+        },
+    )
+    q("dataAbsentReason instead of a value", "data-absent", "Observation", "o-absent")
+    _pl(
+        f,
+        "p3",
+        at(DAY1, 29),
+        "o-comparator",
+        value=None,
+        valueQuantity={
+            "value": 20,
+            "comparator": "~",
+            "unit": "10*9/L",
+            "system": "http://unitsofmeasure.org",
+            "code": "10*9/L",
+        },
+    )
+    q("comparator that is not an R4 code", "bad-comparator", "Observation", "o-comparator")
+    f.descriptor("p3", "rash", at(DAY1, 29, "11:00:00+00:00"), True, id_="o-maybe")
+    f.resources["Observation"][-1].pop("valueBoolean")
+    f.resources["Observation"][-1]["valueString"] = "maybe"
+    q("SLEDAI-2K descriptor that is neither present nor absent", "unknown-code", "Observation", "o-maybe")
+    f.obs(
+        "p3",
+        "85354-9",
+        at(DAY1, 57),
+        id_="o-bp-kpa",
+        component=[
+            {
+                "code": {"coding": [{"system": LOINC, "code": "8480-6"}]},
+                "valueQuantity": {
+                    "value": 16,
+                    "unit": "kPa",
+                    "system": "http://unitsofmeasure.org",
+                    "code": "kPa",
+                },
+            }
+        ],
+    )
+    q("panel component with an unaccepted unit (kPa)", "unknown-unit", "Observation", "o-bp-kpa")
+    f.obs("p1", "sle-pga", at(DAY1, 29), system=CLIN, value=7, unit="{score}", id_="o-pga-7")
+    q("PGA outside 0-3", "out-of-bounds", "Observation", "o-pga-7")
+
+    # -- exposure --------------------------------------------------------------------------------------
+    f.add(
+        {
+            "resourceType": "MedicationAdministration",
+            "id": "ld-bad-date",
+            "status": "completed",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "3002"}]},
+            "subject": {"reference": "Patient/p2"},
+            "effectiveDateTime": "2024-02-30",
+        }
+    )
+    q(
+        "lymphodepletion with an impossible date (Feb 30)",
+        "r4-invalid",
+        "MedicationAdministration",
+        "ld-bad-date",
+    )
+
+    # -- used but reported (warnings) -------------------------------------------------------------------
+    _pl(f, "p1", at(DAY1, 8), "w-prelim", status="preliminary")
+    valid["101-001"].add("w-prelim")
+    exp.append(
+        Expect("preliminary result (used and flagged)", "warning", "preliminary", "Observation", "w-prelim")
+    )
+    _pl(f, "p2", "2024-03", "w-partial")
+    valid["101-002"].add("w-partial")
+    exp.append(
+        Expect(
+            "partial date on a result (kept, not imputed)",
+            "warning",
+            "partial-date",
+            "Observation",
+            "w-partial",
+        )
+    )
+    f.add(
+        {
+            "resourceType": "Procedure",
+            "id": "inf-nodate",
+            "status": "completed",
+            "code": {"coding": [{"system": SNOMED, "code": "1156961008"}]},
+            "subject": {"reference": "Patient/p2"},
+        }
+    )
+    exp.append(Expect("infusion without date", "warning", "day1", "Procedure", "inf-nodate"))
+    f.add(
+        {
+            "resourceType": "Procedure",
+            "id": "inf-second",
+            "status": "completed",
+            "code": {"coding": [{"system": SNOMED, "code": "1156961008"}]},
+            "subject": {"reference": "Patient/p3"},
+            "performedDateTime": at(DAY1, 40),
+        }
+    )
+    exp.append(Expect("two infusions", "warning", "day1", None, None))
+    f.obs("p1", "9999-9", at(DAY1, 29), value=1, unit="mg/L", id_="c-unmapped")
+    exp.append(Expect("code the mapping does not know", "count", "unmapped.http://loinc.org|9999-9"))
+
+    f.write(folder)
+    (folder / "Bundle-broken.json").write_bytes(
+        b'{"resourceType": "Bundle", "type": "collection", "entry": ['
+    )
+    q("truncated Bundle file", "malformed-json", file="Bundle-broken.json")
+    return exp, valid
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "tests/data/bad_input")
+    kinds, _ = build(target)
+    print(f"wrote {len(kinds)} kinds of bad input to {target}")

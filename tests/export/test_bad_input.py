@@ -1,0 +1,113 @@
+"""Bad input never stops the run and is never silently dropped (DESIGN.md "Habits").
+
+The corpus (``tests/bad_input.py``) mixes more than 30 kinds of bad input with valid data of the same
+subjects; each kind must be reported where expected, with its rule, and every valid value must still reach
+the CRF.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from bad_input import SUBJECTS, Expect, build
+
+from fhir_adapter.pipeline import run
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, study: Any) -> dict[str, Any]:
+    base = tmp_path_factory.mktemp("bad_input")
+    expected, valid = build(base / "feed")
+    log = RunLog()
+    summary = run(FileSource(base / "feed", log), study, base / "out", log)
+    report = orjson.loads((base / "out" / "run-report.json").read_bytes())
+    crfs = {
+        sid: orjson.loads((base / "out" / "crf" / f"{sid}.json").read_bytes()) for sid in SUBJECTS.values()
+    }
+    return {
+        "expected": expected,
+        "valid": valid,
+        "summary": summary,
+        "report": report,
+        "crfs": crfs,
+        "out": base / "out",
+    }
+
+
+def test_the_corpus_has_at_least_30_kinds(corpus: dict[str, Any]) -> None:
+    kinds = [e.kind for e in corpus["expected"]]
+    assert len(set(kinds)) == len(kinds) >= 30
+
+
+def test_the_run_completes_for_every_subject(corpus: dict[str, Any]) -> None:
+    s = corpus["summary"]
+    assert s.subjects == 3 and s.subjects_failed == [] and s.exit_code == 2
+
+
+def _matches(entry: dict[str, Any], e: Expect) -> bool:
+    return (
+        entry.get("rule") == e.rule
+        and (e.resource_type is None or entry.get("resource_type") == e.resource_type)
+        and (e.id is None or entry.get("id") == e.id)
+        and (e.file is None or entry.get("file") == e.file)
+    )
+
+
+@pytest.mark.parametrize("where", ["quarantine", "warning", "count"])
+def test_every_kind_is_reported_with_its_rule(corpus: dict[str, Any], where: str) -> None:
+    report = corpus["report"]
+    missing = []
+    for e in (x for x in corpus["expected"] if x.where == where):
+        if where == "quarantine":
+            found = any(_matches(q, e) for q in report["quarantine"])
+        elif where == "warning":
+            found = any(
+                w.get("rule") == e.rule and (e.id is None or str(w.get("resource", "")).endswith(f"/{e.id}"))
+                for w in report["warnings"]
+            )
+        else:
+            found = report["counts"].get(e.rule, 0) > 0
+        if not found:
+            missing.append(f"{e.kind} (rule {e.rule})")
+    assert not missing, missing
+
+
+def test_each_quarantine_entry_says_what_to_do(corpus: dict[str, Any]) -> None:
+    for q in corpus["report"]["quarantine"]:
+        assert q["rule"] and q["reason"] and q["fix"], q
+        assert q.get("id") or q.get("file") or q["rule"] == "missing-id", q
+
+
+def test_quarantined_resources_are_kept_in_the_quarantine_folder(corpus: dict[str, Any]) -> None:
+    qdir: Path = corpus["out"] / "quarantine"
+    kept = [orjson.loads(line) for p in qdir.glob("*.ndjson") for line in p.read_bytes().splitlines()]
+    assert len(kept) == len(corpus["report"]["quarantine"])
+    ids = {(k["resource"] or {}).get("id") for k in kept if isinstance(k["resource"], dict)}
+    assert {"o-hot", "o-unknown-unit", "o-wrong-type", "typo"} <= ids
+
+
+def test_every_valid_value_still_reaches_the_crf(corpus: dict[str, Any]) -> None:
+    for sid, ids in corpus["valid"].items():
+        crf = corpus["crfs"][sid]
+        used = {f["source"]["id"] for f in crf["findings"]}
+        assert ids <= used, (sid, ids - used)
+        w4 = next(v for v in crf["visits"] if v["visit"] == "W4")
+        assert {"platelets", "hemoglobin", "sledai2k.arthritis"} <= set(w4["values"])
+        w8 = next(v for v in crf["visits"] if v["visit"] == "W8")
+        assert {"temperature", "c3"} <= set(w8["values"])
+
+
+def test_no_quarantined_resource_feeds_a_crf(corpus: dict[str, Any]) -> None:
+    bad = {q.get("id") for q in corpus["report"]["quarantine"] if q.get("id")}
+    for crf in corpus["crfs"].values():
+        assert not bad & {f["source"]["id"] for f in crf["findings"]}
+
+
+def test_day1_survives_a_second_infusion_and_an_undated_one(corpus: dict[str, Any]) -> None:
+    for crf in corpus["crfs"].values():
+        assert crf["day1"] == "2024-02-01"
