@@ -19,8 +19,10 @@ the first case that applies defines the value:
 4. **lab** with score 0 — results exist and no rule holds;
 5. **not-assessed** — no data in the window: scores 0 and is listed in ``not_assessed``.
 
-The visit total is reported when the clinician recorded at least ``min_clinician_descriptors`` descriptors
-in the window, else it is None (a visit with only routine labs is not a SLEDAI-2K assessment).
+The visit total is reported only when the visit holds its own clinician SLEDAI-2K assessment — at least
+``min_clinician_descriptors`` descriptors recorded at that visit (placed in it, or dated on the visit date) —
+so a visit with routine labs only is not scored, and an assessment is never reused for a later visit through
+the look-back window. 0 scores every visit that has any data.
 Baseline = the last visit with a total dated on or before Day 1; change = total − baseline for visits
 dated after the baseline visit (0 at baseline, None before it or when either value is missing).
 
@@ -211,7 +213,9 @@ def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2
         start = v.date - dt.timedelta(days=settings.window_days)
         scores = [_score_descriptor(d, by_item, start, v.date, exclusion, settings) for d in settings.descriptors]
         n_clin = sum(1 for sc in scores if sc.basis == "clinician")
-        enough = n_clin >= settings.min_clinician_descriptors and any(sc.basis != "not-assessed" for sc in scores)
+        at_visit = sum(1 for d in settings.descriptors for f in by_item.get(d.item, [])
+                       if f.value_bool is not None and (f.visit == v.visit or (f.visit is None and f.date == v.date)))
+        enough = at_visit >= settings.min_clinician_descriptors and any(sc.basis != "not-assessed" for sc in scores)
         total = sum(sc.score for sc in scores) if enough else None
         out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin,
                                  descriptors=scores))

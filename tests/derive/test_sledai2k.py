@@ -133,3 +133,11 @@ def test_baseline_and_change(study):  # type: ignore[no-untyped-def]
     visits = derive_sledai2k(crf(f, {"SCR": -28, "BL": -7, "W4": 29, "W12": 85}), study.sledai2k)
     got = {v.visit: (v.total, v.change, v.baseline) for v in visits}
     assert got == {"SCR": (6, None, False), "BL": (8, 0, True), "W4": (4, -4, False), "W12": (0, -8, False)}
+
+
+def test_an_assessment_is_not_reused_by_a_later_visit(study):  # type: ignore[no-untyped-def]
+    # BL assessment on day -7; a D1 visit on day 1 with labs only lies within BL's 10-day look-back
+    f = [descriptor("arthritis", -7, True), finding("protein_24h", -8, 1.2), finding("platelets", 1, 250)]
+    visits = derive_sledai2k(crf(f, {"BL": -7, "D1": 1}), study.sledai2k)
+    got = {v.visit: (v.total, v.baseline) for v in visits}
+    assert got == {"BL": (8, True), "D1": (None, False)}
