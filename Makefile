@@ -25,16 +25,36 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
+# the real FHIR R4 server the integration tests start on 127.0.0.1 (Medplum router, from the npm registry)
+FHIR_SERVER_DIR := tests/fhir_server
+.PHONY: fhir-test-server browser
+fhir-test-server: $(FHIR_SERVER_DIR)/node_modules/.package-lock.json
+
+$(FHIR_SERVER_DIR)/node_modules/.package-lock.json: $(FHIR_SERVER_DIR)/package.json $(FHIR_SERVER_DIR)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for the test FHIR server (Node.js >= 20)"; exit 1; }
+	cd $(FHIR_SERVER_DIR) && npm ci --no-audit --no-fund
+	@touch $@
+
+# Debian's chromium for the report's headless-browser test (never a downloaded browser build)
+browser:
+	@command -v chromium >/dev/null || { \
+	  echo "installing chromium (Debian package) for the report browser test"; \
+	  SUDO=$$( [ "$$(id -u)" -eq 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
 # --- the main job on the embedded synthetic trial ----------------------------------------------
 demo: install
 	$(BIN)/fhir-adapter synth --subjects $(SUBJECTS) --seed $(SEED) --out $(DEMO)/feed
 	@# exit code 2 = completed with quarantined input (the synthetic feed carries deliberate EHR irregularities)
 	$(BIN)/fhir-adapter run --source $(DEMO)/feed --out $(DEMO)/out; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 2 ]
+	$(BIN)/fhir-adapter report --results $(DEMO)/out
 	@echo
 	@echo "Results:   $(DEMO)/out/results/study.json"
 	@echo "CRFs:      $(DEMO)/out/crf/<subject>.json"
 	@echo "Write-back bundles (FHIR transaction per subject): $(DEMO)/out/writeback/"
-	@echo "Run report (counts, warnings, quarantine): $(DEMO)/out/run-report.json"
+	@echo "Run report (counts, warnings, quarantine, coverage): $(DEMO)/out/run-report.json"
+	@echo "CDISC exports (CSV per domain, ODM 1.3.2): $(DEMO)/out/export/"
+	@echo "Study report (open in a browser): $(DEMO)/out/report/index.html"
 
 # --- tests ----------------------------------------------------------------------------------------
 lint: install-test
@@ -43,7 +63,7 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy --strict fhir_adapter
 
-unit: install-test
+unit: install-test fhir-test-server browser
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
