@@ -24,9 +24,11 @@ from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster import Enrollee, build_roster, with_day1
+from fhir_adapter.roster_csv import reconcile, research_subject_resource
 from fhir_adapter.runlog import Quarantined, RunLog
-from fhir_adapter.source.base import Source
+from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.study import Study
+from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.bundle import transaction
 from fhir_adapter.writeback.efficacy import efficacy_observations
 from fhir_adapter.writeback.observations import sledai2k_observation
@@ -94,9 +96,11 @@ def run(
     on_subject: Callable[[str], None] | None = None,
     sink: Sink | None = None,
     on_start: Callable[[int], None] | None = None,
+    roster_csv: Path | None = None,
 ) -> RunSummary:
     """Run the job. With a ``sink``, results are also written to the server (only what changed).
 
+    ``roster_csv``: a site roster reconciled into adapter-owned ResearchSubjects (see roster_csv.py).
     Incremental runs: subjects the source reports as unchanged since the last run (``source.unchanged``)
     are not read again; their CRF from the previous run in ``OUT/crf`` is derived again instead.
     """
@@ -104,7 +108,13 @@ def run(
     started = dt.datetime.now(dt.UTC)
     out = Path(out)
     summary = RunSummary(out=out)
-    roster = build_roster(source.roster(), study, runlog)
+    roster_input = source.roster()
+    if roster_csv is not None:
+        roster_input = reconcile(roster_input, roster_csv, study, runlog)
+    roster = build_roster(roster_input, study, runlog)
+    owned = {str(ref_id((rs.get("individual") or {}).get("reference"), "Patient")): rs
+             for rs in roster_input.subjects
+             if any(i.get("system") == SID_RESULT for i in rs.get("identifier") or [])}
     summary.excluded = dict(roster.excluded)
     if on_start:
         on_start(len(roster.enrolled))  # the number of on_subject calls to come (progress displays)
@@ -130,6 +140,8 @@ def run(
         name = _safe_name(e.subject_id)
         _dump(out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
         bundle_resources = writeback_resources(res, e, study)
+        if e.patient_id in owned:  # a ResearchSubject the adapter created from the site roster CSV
+            bundle_resources.insert(0, research_subject_resource(owned[e.patient_id], infused=e.day1 is not None))
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [])
         invalid = [p for p in (r4_problem(x) for x in bundle_resources + plan.retractions) if p]
         if invalid:

@@ -94,3 +94,38 @@ def test_missing_study_is_a_clear_error(feed: Path, study) -> None:  # type: ign
     src.studies = [s for s in src.studies if s["id"] != "rs-study"]
     with pytest.raises(RosterError, match="LCAR-AIO-SLE"):
         build_roster(src, study, log)
+
+
+def test_site_roster_csv_creates_owned_research_subjects(feed: Path, study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # p6 has no ResearchSubject in the EHR; the site roster enrols it. 101-001 is already held by the EHR.
+    pat = json.loads((feed / "Patient.ndjson").read_text().splitlines()[5])
+    assert pat["id"] == "p6"
+    pat["identifier"] = [{"system": "https://hospital.example.org/mrn", "value": "MRN-6"}]
+    lines = (feed / "Patient.ndjson").read_text().splitlines()
+    lines[5] = json.dumps(pat)
+    (feed / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+    csv = tmp_path / "roster.csv"
+    csv.write_text("subject_id,patient_identifier,consent_date,arm,status\n"
+                   "101-001,https://hospital.example.org/mrn|MRN-1,2024-01-10,DL1,follow-up\n"
+                   "101-006,https://hospital.example.org/mrn|MRN-6,2024-01-12,DL2,on-study\n")
+    out = tmp_path / "out"
+    log = RunLog()
+    summary = run(FileSource(feed, log), study, out, log, roster_csv=csv)
+    assert summary.subjects == 3
+    bundle = json.loads((out / "writeback" / "101-006.json").read_text())
+    rs = [e for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchSubject"]
+    assert len(rs) == 1
+    res = rs[0]["resource"]
+    assert rs[0]["request"] == {"method": "PUT", "url": f"ResearchSubject/{res['id']}"}
+    assert res["individual"] == {"reference": "Patient/p6"} and res["assignedArm"] == "DL2"
+    assert res["actualArm"] == "DL2" and res["status"] == "on-study-intervention"  # infused on Day 1
+    assert any(i["system"] == "https://fhir-adapter.org/fhir/sid/result" for i in res["identifier"])
+    # results reference the owned ResearchSubject by the same id
+    obs = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    assert all(o["focus"] == [{"reference": f"ResearchSubject/{res['id']}"}] for o in obs)
+    # the EHR's own ResearchSubject is never written
+    b1 = json.loads((out / "writeback" / "101-001.json").read_text())
+    assert not [e for e in b1["entry"] if e["resource"]["resourceType"] == "ResearchSubject"]
+    # idempotent: a second run produces the same bundle
+    run(FileSource(feed, RunLog()), study, out, RunLog(), roster_csv=csv)
+    assert json.loads((out / "writeback" / "101-006.json").read_text()) == bundle
