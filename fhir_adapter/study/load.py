@@ -8,6 +8,7 @@ windows, rule files nobody reads. Each error names the file, the line and what t
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from fhir_adapter import units
 from fhir_adapter.derive.sledai2k import Sledai2kSettings
-from fhir_adapter.study.models import Item, ItemsFile, Schedule, SiteOverlay, StudyInfo
+from fhir_adapter.study.models import Item, ItemsFile, Schedule, SiteItem, SiteOverlay, StudyInfo
 from fhir_adapter.study.rules import RULE_FILES
 from fhir_adapter.study.yamlfile import MappingError, YamlDoc, read_yaml
 
@@ -100,6 +101,40 @@ def _check_units(doc: YamlDoc, item_id: str, item: Item, base: tuple[str | int, 
             raise doc.error((*base, "factors", u), f"'{u}' is not a UCUM unit", "use a UCUM code")
 
 
+def _check_overlay_units(doc: YamlDoc, item_id: str, base: Item, add: SiteItem) -> None:
+    """Units a site overlay adds must convert into the item's CRF unit; errors name the overlay's line."""
+    loc: tuple[str | int, ...] = ("items", item_id)
+    if (add.accept_units or add.factors) and (base.value != "quantity" or base.unit is None):
+        raise doc.error(loc, f"item {item_id} is not a quantity: it takes no units",
+                        "remove accept_units and factors")
+    for i, u in enumerate(add.accept_units):
+        try:
+            units.converter(u, str(base.unit))
+        except units.UnitError as exc:
+            raise doc.error((*loc, "accept_units", i), f"item {item_id}: {exc}",
+                            f"remove '{u}' or give an analyte factor under `factors` for it") from None
+    for u in add.factors:
+        if not units.is_valid(u):
+            raise doc.error((*loc, "factors", u), f"'{u}' is not a UCUM unit", "use a UCUM code")
+
+
+def _check_windows(doc: YamlDoc) -> None:
+    """Overlapping visit windows, reported at the line of the later visit (the model check has no line)."""
+    visits = doc.data.get("visits") if isinstance(doc.data, dict) else None
+    if not isinstance(visits, list):
+        return
+    spans = []
+    for i, v in enumerate(visits):
+        w = v.get("window") if isinstance(v, dict) else None
+        if isinstance(w, list) and len(w) == 2 and all(isinstance(x, int) for x in w):
+            spans.append((w[0], w[1], str(v.get("id")), i))
+    spans.sort()
+    for (_a0, a1, a, _ai), (b0, _b1, b, bi) in itertools.pairwise(spans):
+        if b0 <= a1:
+            raise doc.error(("visits", bi), f"visit windows of {a} and {b} overlap: a result could belong to "
+                            "both", f"end {a} before day {b0} or start {b} after day {a1}")
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -130,6 +165,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     if not isinstance(sdoc.data, dict) or "study" not in sdoc.data:
         raise sdoc.error((), "study.yaml must have a top-level `study:` mapping", "see mappings/lcar-aio/study.yaml")
     info = _validate(sdoc, StudyInfo, sdoc.data["study"], ("study",))
+    _check_windows(docs["schedule"])
     schedule = _validate(docs["schedule"], Schedule, docs["schedule"].data)
     idoc = docs["items"]
     items_file = _validate(idoc, ItemsFile, idoc.data)
@@ -151,6 +187,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
                 raise odoc.error(("items", item_id), f"unknown item '{item_id}'",
                                  "a site overlay can only add codes and units to items of the study mapping")
             base = items[item_id]
+            _check_overlay_units(odoc, item_id, base, add)
             items[item_id] = base.model_copy(update={
                 "accept_units": (*base.accept_units, *add.accept_units),
                 "factors": {**base.factors, **add.factors},

@@ -1,0 +1,189 @@
+"""Mapping files as data: the site overlay adds without copying, and broken files are refused at load
+time with the file, the line and the reason."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_adapter.mapping.observations import ObservationMapper
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.study import MappingError, load_study
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDY = ROOT / "mappings" / "lcar-aio"
+OVERLAY = ROOT / "mappings" / "sites" / "example-site.yaml"
+LOCAL = "urn:oid:2.16.840.1.113883.3.9999.1.2"
+
+
+def _copy(tmp_path: Path) -> Path:
+    dst = tmp_path / "study"
+    shutil.copytree(STUDY, dst)
+    return dst
+
+
+def _edit(path: Path, old: str, new: str) -> int:
+    """Replace ``old`` (once) and return the 1-based line where ``new`` starts."""
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    text = text.replace(old, new)
+    path.write_text(text, encoding="utf-8")
+    return text[: text.index(new)].count("\n") + 1
+
+
+def _line_of(path: Path, needle: str) -> int:
+    text = path.read_text(encoding="utf-8")
+    return text[: text.index(needle)].count("\n") + 1
+
+
+def _refused(study: Path, site: Path | None = None) -> MappingError:
+    with pytest.raises(MappingError) as exc:
+        load_study(study, site)
+    return exc.value
+
+
+# -- the example overlay ------------------------------------------------------------------------------
+def test_overlay_adds_codes_and_units_without_copying_the_study_mapping() -> None:
+    base = load_study(STUDY)
+    site = load_study(STUDY, OVERLAY)
+    assert site.site == "example-site" and site.info.timezone == "Europe/Berlin"
+    assert site.code_systems["exlab"] == LOCAL and "exlab" not in base.code_systems
+    assert site.code_index[(LOCAL, "UCAST-HG")] == "urine_heme_granular_casts"
+    assert site.code_index[(LOCAL, "PLT")] == "platelets"
+    plt, plt0 = site.items["platelets"], base.items["platelets"]
+    assert plt.accept_units == (*plt0.accept_units, "/nL") and plt.unit == plt0.unit == "10*9/L"
+    assert plt.codes == (*plt0.codes, "exlab|PLT"), "study codes kept, local code added"
+    assert site.items["ferritin"].factors == {**base.items["ferritin"].factors, "pmol/L": 0.445}
+    assert set(base.code_index) < set(site.code_index)
+    assert len(OVERLAY.read_text().splitlines()) < 40, "an overlay holds only the additions"
+    for item_id, item in base.items.items():
+        other = site.items[item_id]
+        assert (other.unit, other.select, other.bounds, other.domain) == (
+            item.unit,
+            item.select,
+            item.bounds,
+            item.domain,
+        )
+
+
+def test_overlay_codes_and_units_feed_the_crf() -> None:
+    study = load_study(STUDY, OVERLAY)
+    ucum = "http://unitsofmeasure.org"
+
+    def o(oid: str, system: str, code: str, value: float, unit: str) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "id": oid,
+            "status": "final",
+            "code": {"coding": [{"system": system, "code": code}]},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-03-05T09:00:00+01:00",
+            "valueQuantity": {"value": value, "unit": unit, "system": ucum, "code": unit},
+        }
+
+    log = RunLog()
+    found = ObservationMapper(study, log).map(
+        [
+            o("a", LOCAL, "UCAST-HG", 2, "/[LPF]"),
+            o("b", LOCAL, "PLT", 85, "/nL"),
+            o("c", "http://loinc.org", "2276-4", 224.7, "pmol/L"),
+        ],
+        "T-1",
+    )
+    by_item = {f.item: f for f in found}
+    assert not log.quarantine
+    assert by_item["urine_heme_granular_casts"].value == 2
+    assert by_item["platelets"].value == pytest.approx(85) and by_item["platelets"].unit == "10*9/L"
+    assert by_item["ferritin"].value == pytest.approx(100, rel=1e-3)
+
+
+# -- refused at load time, with file and line --------------------------------------------------------------
+def test_unknown_code_system(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    line = _edit(study / "items.yaml", '"loinc|718-7"', '"loinx|718-7"')
+    err = _refused(study)
+    assert err.file.endswith("items.yaml") and err.line == line
+    assert "unknown code system 'loinx'" in err.reason
+
+
+def test_unknown_item_in_an_overlay(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\nitems:\n  platelet:\n    codes: ['loinc|999-1']\n")
+    err = _refused(STUDY, site)
+    assert err.file.endswith("site.yaml") and err.line == 3 and "unknown item 'platelet'" in err.reason
+
+
+def test_unknown_item_in_the_schedule(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    _edit(study / "schedule.yaml", "unscheduled_items: [temperature,", "unscheduled_items: [temperatur,")
+    err = _refused(study)
+    assert err.file.endswith("schedule.yaml") and err.line == _line_of(
+        study / "schedule.yaml", "unscheduled_items:"
+    )
+    assert "unknown item 'temperatur'" in err.reason
+
+
+def test_unknown_key(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    line = _edit(
+        study / "items.yaml", "  ch50:        {domain: LB,", "  ch50:        {domian: LB, domain: LB,"
+    )
+    err = _refused(study)
+    assert err.file.endswith("items.yaml") and err.line == line and "unknown key 'domian'" in err.reason
+
+
+def test_unknown_key_in_an_overlay(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\nitems:\n  platelets:\n    codes: ['loinc|999-1']\n    unit: mg/dL\n")
+    err = _refused(STUDY, site)
+    assert err.line == 5 and "unknown key 'unit'" in err.reason
+
+
+def test_inconvertible_unit(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    old = 'accept_units: ["mg/L"], factors: {"umol/L"'
+    line = _edit(study / "items.yaml", old, 'accept_units: ["mg/L", "mmol/L/s"], factors: {"umol/L"')
+    err = _refused(study)
+    assert err.file.endswith("items.yaml") and err.line == line and "mmol/L/s" in err.reason
+
+
+def test_inconvertible_unit_in_an_overlay_names_the_overlay_line(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\nitems:\n  platelets:\n    accept_units:\n      - /nL\n      - mg/dL\n")
+    err = _refused(STUDY, site)
+    assert err.file.endswith("site.yaml") and err.line == 6 and "mg/dL" in err.reason
+
+
+def test_overlapping_windows(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    line = _edit(study / "schedule.yaml", "day: 8,   window: [6, 10]}", "day: 8,   window: [5, 10]}")
+    err = _refused(study)
+    assert err.file.endswith("schedule.yaml") and err.line == line
+    assert "D4 and W1 overlap" in err.reason
+
+
+def test_bad_threshold_unit(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    old = '{item: platelets, op: "<", value: 100, unit: "10*9/L"}'
+    line = _edit(study / "sledai2k.yaml", old, '{item: platelets, op: "<", value: 100, unit: "mg/dL"}')
+    err = _refused(study)
+    assert err.file.endswith("sledai2k.yaml") and err.line == line and "threshold unit" in err.reason
+
+
+def test_duplicate_testcd(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    line = _edit(
+        study / "items.yaml", "label: Lymphocytes, testcd: LYM,", "label: Lymphocytes, testcd: NEUT,"
+    )
+    err = _refused(study)
+    assert err.line == line and "testcd NEUT is already used by item 'neutrophils'" in err.reason
+
+
+def test_error_message_names_file_line_reason_and_fix(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    line = _edit(study / "items.yaml", '"loinc|718-7"', '"loinx|718-7"')
+    msg = str(_refused(study))
+    assert msg.startswith(f"{study / 'items.yaml'}:{line}: unknown code system") and " — use one of " in msg
