@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fhir_adapter.report.blocks import Section, TableBlock, pct
-from fhir_adapter.report.data import ReportData, arm_of, as_list, num
+from fhir_adapter.report.blocks import Section, TableBlock, fmt, pct
+from fhir_adapter.report.data import ReportData, arm_of, as_dict, as_list, num
 
 SUBJECT_KEYS = ("teae_count", "serious_teae_count", "max_teae_grade", "crs_max_grade", "icans_max_grade", "dlt")
 
@@ -82,23 +82,55 @@ def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]
                                     "(CRF AE domain, events flagged treatment-emergent)"), unflagged
 
 
-def _teae_summary(data: ReportData) -> TableBlock | None:
-    """results/study.json teae_summary as derived: a list of rows, or a mapping of values or rows."""
+def _teae_summary(data: ReportData, arms: list[str]) -> list[TableBlock]:
+    """results/study.json ``teae_summary`` as derived: per-arm counts and, when given, subjects per term."""
     summary = data.study.get("teae_summary")
-    rows = as_list(summary)
-    if not rows and isinstance(summary, dict):
-        if all(isinstance(v, dict) for v in summary.values()):
-            rows = [{"group": k, **v} for k, v in summary.items()]
-        else:
-            return TableBlock(["Item", "Value"], [[str(k), _cell(v)] for k, v in summary.items()],
-                              "TEAE summary (results/study.json teae_summary)")
-    if not rows:
-        return None
-    cols: list[str] = []
-    for r in rows:
-        cols += [k for k in r if k not in cols]
-    return TableBlock(cols, [[_cell(r.get(c)) for c in cols] for r in rows],
-                      "TEAE summary (results/study.json teae_summary)")
+    by_arm = as_list(as_dict(summary).get("by_arm")) if isinstance(summary, dict) else as_list(summary)
+    if not by_arm:
+        if isinstance(summary, dict) and summary:
+            scalars = [[str(k), _cell(v)] for k, v in summary.items() if not isinstance(v, dict | list)]
+            return [TableBlock(["Item", "Value"], scalars, "TEAE summary (results/study.json teae_summary)")] \
+                if scalars else []
+        return []
+    order = {a: i for i, a in enumerate(arms)}
+    by_arm = sorted(by_arm, key=lambda r: (order.get(str(r.get("arm")), len(order)), str(r.get("arm"))))
+    grades = ["1", "2", "3", "4", "5", "unknown"]
+    rows = []
+    for r in by_arm:
+        n = int(num(r.get("n_subjects")) or 0)
+
+        def count(v: Any, n: int = n) -> str:
+            k = num(v)
+            return pct(int(k), n) if k is not None and n else _cell(v)
+
+        max_grade = as_dict(r.get("by_max_grade"))
+        rows.append([str(r.get("arm")), str(n), count(r.get("any_teae")), count(r.get("serious")),
+                     count(r.get("related")), count(as_dict(r.get("crs")).get("subjects")),
+                     count(as_dict(r.get("icans")).get("subjects")),
+                     *[_cell(max_grade.get(g)) for g in grades]])
+    blocks = [TableBlock(["Arm", "N", "Any TEAE", "Serious", "Related", "CRS", "ICANS",
+                          *[f"Max grade {g}" for g in grades]], rows,
+                         "Subjects with TEAEs per arm, n (%) of N, and by maximum grade "
+                         "(results/study.json teae_summary)")]
+    terms: dict[str, dict[str, str]] = {}
+    for r in by_arm:
+        for t in as_list(r.get("by_term")):
+            subjects, events = num(t.get("subjects")), num(t.get("events"))
+            terms.setdefault(str(t.get("term") or "(no term)"), {})[str(r.get("arm"))] = \
+                f"{fmt(subjects, 0)} ({fmt(events, 0)})"
+    if terms:
+        arm_names = [str(r.get("arm")) for r in by_arm]
+
+        def total(term: str) -> int:
+            return sum(int(num(t.get("subjects")) or 0) for r in by_arm for t in as_list(r.get("by_term"))
+                       if str(t.get("term") or "(no term)") == term)
+
+        blocks.append(TableBlock(
+            ["TEAE term", *arm_names],
+            [[term, *[terms[term].get(a, "–") for a in arm_names]]
+             for term in sorted(terms, key=lambda t: (-total(t), t))],
+            "TEAEs by term per arm: subjects (events) (results/study.json teae_summary)"))
+    return blocks
 
 
 def _cell(v: Any) -> str:
@@ -116,9 +148,7 @@ def safety_section(data: ReportData) -> Section:
                   "their worst grade, from the CRF AE records flagged treatment-emergent. Grades are CTCAE "
                   "(ASTCT consensus grading for CRS and ICANS).")
     arms = data.arms
-    derived = _teae_summary(data)
-    if derived:
-        sec.blocks.append(derived)
+    sec.blocks.extend(_teae_summary(data, arms))
     overview = _overview(data, arms)
     if overview:
         sec.blocks.append(overview)

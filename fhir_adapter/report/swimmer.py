@@ -50,6 +50,22 @@ def _episodes(crf: JsonDict | None, flag: str) -> list[tuple[float, float, int |
     return out
 
 
+def _strip_history(reference: str) -> str:
+    return reference.split("/_history/")[0]
+
+
+def _ae_days_by_source(crf: JsonDict | None) -> dict[str, float]:
+    """Onset study day of each CRF AE by its source reference (``AdverseEvent/<id>``), to place DLT events
+    that name their source instead of a day."""
+    out: dict[str, float] = {}
+    for ae in as_list(crf.get("ae") if crf else None):
+        src = ae.get("source")
+        day = num(ae.get("study_day"))
+        if isinstance(src, dict) and day is not None:
+            out[f"{src.get('resource_type')}/{src.get('id')}"] = day
+    return out
+
+
 def lanes(data: ReportData) -> list[Lane]:
     out = []
     for s in data.subjects:
@@ -67,8 +83,13 @@ def lanes(data: ReportData) -> list[Lane]:
                 lane.ld_day = None
         lane.crs = _episodes(crf, "crs")
         lane.icans = _episodes(crf, "icans")
+        ae_days = _ae_days_by_source(crf)
         for ev in s.get("dlt_events") or []:
-            day = num(ev.get("study_day")) if isinstance(ev, dict) else None
+            day = None
+            if isinstance(ev, dict):
+                day = num(ev.get("study_day"))
+                if day is None and isinstance(ev.get("source"), str):
+                    day = ae_days.get(_strip_history(ev["source"]))
             if day is not None:
                 lane.dlt_days.append(day)
         lane.dlt_undated = s.get("dlt") is True and not lane.dlt_days

@@ -95,7 +95,9 @@ def subject_row(i: int) -> dict[str, Any]:
         "teae_count": len(c.ae), "serious_teae_count": sum(1 for a in c.ae if a.serious),
         "max_teae_grade": max(a.grade or 0 for a in c.ae), "crs_max_grade": 1 + i % 3,
         "icans_max_grade": {4: 2, 5: 3}.get(i), "dlt": i == 5,
-        "dlt_events": [{"term": "ICANS grade 3", "study_day": 7}] if i == 5 else [],
+        # as derive/dlt.py writes them: the rule and the source AE, no study day (the report looks it up)
+        "dlt_events": [{"term": "ICANS", "rule": "icans-grade-3-over-72h",
+                        "source": "AdverseEvent/adverseevent-5-3/_history/1"}] if i == 5 else [],
         "kinetics": {"cmax": peak, "cmax_unit": "{copies}/ug{DNA}", "tmax_day": 11, "clast": _kinetic(i, 169),
                      "tlast_day": 169, "auc0_28": round(peak * 20), "persistence_day": 169},
     }
@@ -118,7 +120,12 @@ def study_json() -> dict[str, Any]:
                      "lldas": {"sledai2k_max": 4, "pga_max": 1.0, "pred_max_mg_per_day": 7.5}},
         "subjects": rows,
         "lldas_rate": lldas_rate(rows),
-        "teae_summary": [{"arm": a, "subjects": ARMS.count(a)} for a in ("DL1", "DL2", "DL3", "EXP")],
+        "teae_summary": {"by_arm": [
+            {"arm": a, "n_subjects": ARMS.count(a), "any_teae": ARMS.count(a), "serious": int(a == "DL3") * 2,
+             "related": ARMS.count(a), "crs": {"subjects": ARMS.count(a)}, "icans": {"subjects": int(a == "DL3") * 2},
+             "by_max_grade": {"1": 0, "2": 1, "3": 1, "4": 0, "5": 0, "unknown": 0},
+             "by_term": [{"term": "Neutropenia", "subjects": ARMS.count(a), "events": ARMS.count(a)}]}
+            for a in ("EXP", "DL1", "DL2", "DL3")]},
         "dose_levels": [
             {"arm": "DL1", "n_treated": 2, "n_dlt_evaluable": 2, "n_dlt": 0, "decision": "escalate"},
             {"arm": "DL2", "n_treated": 2, "n_dlt_evaluable": 2, "n_dlt": 0, "decision": "escalate"},

@@ -94,10 +94,14 @@ def test_swimmer_lists_crs_icans_and_dlt(built: dict[str, Section]) -> None:
 
 def test_teae_by_term_counts_subjects_once_at_worst_grade(built: dict[str, Section]) -> None:
     sec = built["safety"]
-    by_term = {r[0]: r for r in _table(sec.blocks, "TEAEs by term").rows}
+    by_term = {r[0]: r for r in _table(sec.blocks, "TEAEs by term: subjects with").rows}
     # neutropenia: grade 3 for odd subjects (one per dose level), grade 2 for even ones
     assert by_term["Neutropenia"][1:6] == ["2 / 1", "2 / 1", "2 / 1", "2 / 1", "8 / 4"]
-    overview = {r[0]: r for r in _table(sec.blocks, "Subjects with TEAEs").rows}
+    derived = _table(sec.blocks, "Subjects with TEAEs per arm")
+    assert [r[0] for r in derived.rows] == ["DL1", "DL2", "DL3", "EXP"]  # dose-level order, not file order
+    assert derived.rows[2][:4] == ["DL3", "2", "2 (100%)", "2 (100%)"]
+    assert _table(sec.blocks, "TEAEs by term per arm").rows == [["Neutropenia", "2 (2)", "2 (2)", "2 (2)", "2 (2)"]]
+    overview = {r[0]: r for r in _table(sec.blocks, "Subjects with TEAEs by dose level").rows}
     assert overview["DLT"][1:] == ["0 (0%)", "0 (0%)", "1 (50%)", "0 (0%)", "1 (12%)"]
 
 
