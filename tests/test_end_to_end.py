@@ -1,0 +1,163 @@
+"""The whole offline job over the 34-subject synthetic trial, checked against the generator's own plan."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.pipeline import RunSummary, run
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.synth import TrialPlan, plan_trial, write_feed
+from fhir_adapter.terminology import CS_RESULTS, SID_RESULT
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory: pytest.TempPathFactory, study) -> tuple[TrialPlan, Path, RunSummary]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("e2e")
+    write_feed(root / "feed", subjects=34, seed=7)
+    log = RunLog()
+    summary = run(FileSource(root / "feed", log), study, root / "out", log)
+    return plan_trial(34, 7), root / "out", summary
+
+
+def load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def test_counts(trial) -> None:  # type: ignore[no-untyped-def]
+    plan, out, summary = trial
+    assert summary.subjects == 34 and not summary.subjects_failed
+    results = load(out / "results" / "study.json")
+    assert [s["subject_id"] for s in results["subjects"]] == sorted(s.subject_id for s in plan.subjects)
+    assert len(list((out / "crf").glob("*.json"))) == 34
+    assert len(list((out / "writeback").glob("*.json"))) == 34
+    assert summary.excluded == {"ineligible": 3}
+
+
+def test_day1_arm_and_visit_dates(trial) -> None:  # type: ignore[no-untyped-def]
+    plan, out, _ = trial
+    for s in load(out / "results" / "study.json")["subjects"]:
+        p = plan.subject(s["subject_id"])
+        assert s["day1"] == p.day1.isoformat() and s["arm"] == p.arm
+        for v in s["visits"]:
+            assert v["study_day"] != 0
+            assert v["date"] is not None and len(v["date"]) == 10
+
+
+def test_nobody_else_reaches_any_output(trial) -> None:  # type: ignore[no-untyped-def]
+    plan, out, _ = trial
+    outsiders = [*plan.screen_failure_patient_ids, *plan.non_enrolled_patient_ids]
+    for path in out.rglob("*"):
+        if path.is_file() and path.name != "run-report.json":
+            text = path.read_text(errors="replace")
+            assert not any(pid in text for pid in outsiders), path
+
+
+def test_sledai_course_and_baseline(trial) -> None:  # type: ignore[no-untyped-def]
+    _, out, _ = trial
+    for s in load(out / "results" / "study.json")["subjects"]:
+        base = [v for v in s["visits"] if v["sledai2k_baseline"]]
+        assert len(base) == 1 and base[0]["visit"] in ("BL", "D1")
+        assert 8 <= base[0]["sledai2k"] <= 24  # protocol population: active SLE at baseline
+        for v in s["visits"]:
+            if v["sledai2k"] is not None:
+                assert len(v["sledai2k_descriptors"]) == 24
+                assert v["sledai2k"] == sum(d["score"] for d in v["sledai2k_descriptors"])
+                assert v["study_day"] <= 1 or v["sledai2k_change"] == v["sledai2k"] - base[0]["sledai2k"]
+    # the disease course the generator drew: most subjects respond by week 24
+    w24 = [v["sledai2k"] for s in load(out / "results" / "study.json")["subjects"]
+           for v in s["visits"] if v["visit"] == "W24" and v["sledai2k"] is not None]
+    assert sum(1 for x in w24 if x <= 4) > len(w24) / 2
+
+
+def test_irregularities_handled_as_planned(trial) -> None:  # type: ignore[no-untyped-def]
+    plan, out, summary = trial
+    report = load(out / "run-report.json")
+    crf_text = {p.stem: p.read_text() for p in (out / "crf").glob("*.json")}
+    by_kind = {i.kind: i for i in plan.irregularities}
+    # no effective date: quarantined with its reason, nothing else of that subject lost
+    q = by_kind["no-effective-date"]
+    assert [(x["id"], x["rule"]) for x in report["quarantine"]] == [(q.resource_id, "missing-date")]
+    assert summary.quarantined == 1
+    # entered-in-error never feeds a CRF; the redraw does
+    e = by_kind["entered-in-error"]
+    assert e.resource_id not in crf_text[e.subject_id] and e.related_id in crf_text[e.subject_id]
+    # amended: the latest version is used, with its version in the source reference
+    a = by_kind["amended"]
+    crf = load(out / "crf" / f"{a.subject_id}.json")
+    refs = [f["source"] for f in crf["findings"] if f["source"]["id"] == a.resource_id]
+    assert refs and refs[0]["version"] == "2"
+    # duplicate counted once
+    d = by_kind["duplicate"]
+    ids = [f["source"]["id"] for f in load(out / "crf" / f"{d.subject_id}.json")["findings"]]
+    assert (d.resource_id in ids) != (d.related_id in ids)
+    assert report["counts"]["observations.duplicates"] == 1
+
+
+def test_clinician_override_wins(trial) -> None:  # type: ignore[no-untyped-def]
+    plan, out, _ = trial
+    o = next(i for i in plan.irregularities if i.kind == "clinician-override-leukopenia")
+    subj = next(s for s in load(out / "results" / "study.json")["subjects"] if s["subject_id"] == o.subject_id)
+    visit = next(v for v in subj["visits"] if v["visit"] == o.visit)
+    leuko = next(d for d in visit["sledai2k_descriptors"] if d["code"] == "leukopenia")
+    assert leuko["basis"] == "clinician" and leuko["score"] == 0
+
+
+def test_dlts_and_escalation_as_planned(trial) -> None:  # type: ignore[no-untyped-def]
+    plan, out, _ = trial
+    results = load(out / "results" / "study.json")
+    for s in results["subjects"]:
+        p = plan.subject(s["subject_id"])
+        window_incomplete = (p.followup_end - p.day1).days < 29  # DLT window: study days 1-30
+        if p.dlt_not_evaluable or (window_incomplete and not p.dlt_expected):
+            assert s["dlt"] is None, s["subject_id"]
+        else:
+            assert s["dlt"] is p.dlt_expected, s["subject_id"]
+    levels = {d["arm"]: (d["n_treated"], d["n_dlt"], d["decision"]) for d in results["dose_levels"]}
+    assert levels["DL1"][:2] == (3, 0) and levels["DL2"][:2] == (6, 1) and levels["DL3"][:2] == (3, 2)
+    assert results["rp2d"]["arm"] == "DL2" and results["rp2d"]["method"] == "3+3"
+
+
+def test_writeback_bundles_are_valid_conditional_transactions(trial) -> None:  # type: ignore[no-untyped-def]
+    _, out, summary = trial
+    seen: set[str] = set()
+    codes = {c["code"] for c in load(Path(__file__).parent.parent / "profiles" / "CodeSystem-results.json")["concept"]}
+    n = 0
+    for path in sorted((out / "writeback").glob("*.json")):
+        bundle = load(path)
+        assert bundle["resourceType"] == "Bundle" and bundle["type"] == "transaction"
+        assert r4_problem(bundle) is None
+        results = load(out / "results" / "study.json")["subjects"]
+        subject = next(s for s in results if s["subject_id"] == path.stem)
+        scored = {v["visit"]: v["sledai2k"] for v in subject["visits"] if v["sledai2k"] is not None}
+        sledai = {}
+        for entry in bundle["entry"]:
+            res = entry["resource"]
+            ident = next(i["value"] for i in res["identifier"] if i["system"] == SID_RESULT)
+            assert ident not in seen
+            seen.add(ident)
+            assert entry["request"] == {"method": "PUT", "url": f"{res['resourceType']}?identifier={SID_RESULT}|{ident}"}
+            code = res["code"]["coding"][0]
+            assert code["system"] == CS_RESULTS and code["code"] in codes
+            if code["code"] == "sledai-2k":
+                sledai[ident.split(".")[2]] = res
+                assert res["focus"][0]["reference"].startswith("ResearchSubject/")
+                assert res["derivedFrom"] and len(res["component"]) == 24
+            n += 1
+        assert {v: r["valueInteger"] for v, r in sledai.items()} == scored
+        for v, r in sledai.items():
+            assert r["effectiveDateTime"] == next(x["date"] for x in subject["visits"] if x["visit"] == v)
+    assert n == summary.results_written
+
+
+def test_same_feed_same_results(trial, tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    _, out, _ = trial
+    write_feed(tmp_path / "feed", subjects=34, seed=7)
+    run(FileSource(tmp_path / "feed", RunLog()), study, tmp_path / "out", RunLog())
+    for rel in ("results/study.json", "writeback/101-001.json", "crf/103-010.json"):
+        assert (tmp_path / "out" / rel).read_bytes() == (out / rel).read_bytes(), rel
