@@ -141,7 +141,8 @@ def test_writeback_bundles_are_valid_conditional_transactions(trial) -> None:  #
             ident = next(i["value"] for i in res["identifier"] if i["system"] == SID_RESULT)
             assert ident not in seen
             seen.add(ident)
-            assert entry["request"] == {"method": "PUT", "url": f"{res['resourceType']}?identifier={SID_RESULT}|{ident}"}
+            url = f"{res['resourceType']}?identifier={SID_RESULT}|{ident}"
+            assert entry["request"] == {"method": "PUT", "url": url}
             code = res["code"]["coding"][0]
             assert code["system"] == CS_RESULTS and code["code"] in codes
             if code["code"] == "sledai-2k":
