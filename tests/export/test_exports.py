@@ -237,7 +237,7 @@ def _crf_with_partial_dates() -> SubjectCRF:
         ],
         ae=[
             AdverseEvent(
-                term="Cytokine release syndrome",
+                term='Cytokine release syndrome <grade 2> & "fever"\nnoted',
                 grade=2,
                 onset_partial="2024-02",
                 crs=True,
@@ -265,6 +265,7 @@ def test_cm_and_ae_partial_dates_in_csv_and_odm(tmp_path: Path, study: Any) -> N
     validate(tmp_path / "odm.xml")
     types, values = _item_values(tmp_path / "odm.xml")
     assert ("IT.CM.CMSTDTC", "2023-11") in values and types["IT.CM.CMSTDTC"].startswith("partialDate")
+    assert ("IT.AE.AETERM", 'Cytokine release syndrome <grade 2> & "fever"\nnoted') in values, "escaped"
     assert ("IT.AE.AESTDTC", "2024-02") in values and types["IT.AE.AESTDTC"].startswith("partialDate")
     assert report["unmapped_codes"] == [{"system": "http://loinc.org", "code": "1-8", "count": 3}]
     assert report["export_rows"]["CM"] == 1 and report["export_rows"]["AE"] == 1
