@@ -102,7 +102,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       crf/<subject_id>.json        CRF per subject, each value with its source reference
       results/study.json           endpoints per subject and visit
       writeback/<subject_id>.json  FHIR R4 transaction Bundle of the results
-      run-report.json              counts, warnings, quarantined input (also in quarantine/)
+      run-report.json              counts, warnings, quarantined input (also in quarantine/), coverage
+      export/                      <DOMAIN>.csv (CDISC-style), odm.xml (CDISC ODM 1.3.2), coverage*.csv
+      state/written.json           what was written back, to retract results whose inputs are gone (keep it)
 
     \b
     Examples:
