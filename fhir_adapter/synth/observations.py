@@ -1,0 +1,166 @@
+"""Observation resources as a hospital lab / ward system writes them.
+
+Observations are ~95% of the export, so they are rendered straight to compact JSON lines from
+pre-encoded fragments (lab_catalog.SiteAnalyte) instead of building dicts and running ``json`` on each.
+An ``ObservationFactory`` is bound to one patient at one site: it converts canonical values to the site's
+unit, rounds them as the lab prints them, flags them against the lab's own reference range, stamps
+``issued`` / ``meta`` and hands each line to the sink. Every method returns the new resource id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from random import Random
+from typing import Any
+
+from fhir_adapter.terminology import LOINC, OBS_INTERPRETATION, SNOMED
+
+from .ids import new_id
+from .lab_catalog import ANALYTES, SiteAnalyte, category, quantity, site_analyte, to_json
+from .sites import SiteConventions
+from .timeline import LAST_INSTANT, fmt_local, fmt_utc
+
+EmitLine = Callable[[str], None]
+
+_INTERPRETATION_DISPLAY = {"LL": "Critical low", "L": "Low", "N": "Normal", "H": "High", "HH": "Critical high",
+                           "POS": "Positive", "NEG": "Negative"}
+INTERPRETATION_JSON: dict[str, str] = {
+    code: ',"interpretation":' + to_json([{"coding": [{"system": OBS_INTERPRETATION, "code": code,
+                                                      "display": display}]}])
+    for code, display in _INTERPRETATION_DISPLAY.items()
+}
+POSITIVE = {"coding": [{"system": SNOMED, "code": "10828004", "display": "Positive"}], "text": "Positive"}
+NEGATIVE = {"coding": [{"system": SNOMED, "code": "260385009", "display": "Negative"}], "text": "Negative"}
+_CODED_JSON = {True: ',"valueCodeableConcept":' + to_json(POSITIVE),
+               False: ',"valueCodeableConcept":' + to_json(NEGATIVE)}
+LAB_JSON = '"category":' + to_json(category("laboratory"))
+VITALS_JSON = '"category":' + to_json(category("vital-signs"))
+CBC_PANEL_HEAD = LAB_JSON + ',"code":' + to_json(
+    {"coding": [{"system": LOINC, "code": "58410-2", "display": "CBC panel - Blood by Automated count"}],
+     "text": "Complete blood count"})
+BP_HEAD = VITALS_JSON + ',"code":' + to_json(
+    {"coding": [{"system": LOINC, "code": "85354-9", "display": "Blood pressure panel with all children optional"}],
+     "text": "Blood pressure"})
+_SYSTOLIC = to_json({"coding": [{"system": LOINC, "code": "8480-6", "display": "Systolic blood pressure"}]})
+_DIASTOLIC = to_json({"coding": [{"system": LOINC, "code": "8462-4", "display": "Diastolic blood pressure"}]})
+
+
+def _flag(sa: SiteAnalyte, v: float) -> str:
+    if sa.crit_low is not None and v < sa.crit_low:
+        return "LL"
+    if sa.low is not None and v < sa.low:
+        return "L"
+    if sa.crit_high is not None and v > sa.crit_high:
+        return "HH"
+    if sa.high is not None and v > sa.high:
+        return "H"
+    return "N"
+
+
+def head_json(cat: list[dict[str, Any]], code: Mapping[str, Any]) -> str:
+    """The '"category":..,"code":..' fragment of an Observation."""
+    return f'"category":{to_json(cat)},"code":{to_json(code)}'
+
+
+class ObservationFactory:
+    __slots__ = ("conv", "emit", "rng", "sex", "site", "subject_json")
+
+    def __init__(self, rng: Random, conv: SiteConventions, patient_id: str, sex: str, emit: EmitLine) -> None:
+        self.rng = rng
+        self.conv = conv
+        self.site = conv.site
+        self.sex = sex
+        self.subject_json = to_json({"reference": f"Patient/{patient_id}"})
+        self.emit = emit
+
+    def spec(self, key: str) -> SiteAnalyte:
+        return site_analyte(self.site, key, self.sex)
+
+    def report(self, key: str, canonical: float) -> float:
+        """The canonical value converted to the site's unit and rounded as the lab prints it."""
+        sa = self.spec(key)
+        v = canonical * sa.factor + sa.offset
+        return round(v) if sa.decimals <= 0 else round(v, sa.decimals)
+
+    def _write(self, rid: str | None, status: str, head: str, effective: str, issued: datetime | None,
+               body: str, updated: datetime, version: str = "1") -> str:
+        rid = rid or new_id(self.rng)
+        issued_json = f',"issued":"{fmt_local(issued)}"' if issued is not None else ""
+        self.emit(
+            f'{{"resourceType":"Observation","id":"{rid}","meta":{{"versionId":"{version}",'
+            f'"lastUpdated":"{fmt_utc(min(updated, LAST_INSTANT))}"}},"status":"{status}",{head},'
+            f'"subject":{self.subject_json}{effective}{issued_json}{body}}}'
+        )
+        return rid
+
+    @staticmethod
+    def _issued(when: datetime, delay_min: int) -> datetime:
+        issued = when + timedelta(minutes=delay_min)
+        return issued if issued <= LAST_INSTANT else max(when, LAST_INSTANT)   # nothing after the cut
+
+    def lab(self, key: str, canonical: float, when: datetime, delay_min: int, *, status: str = "final",
+            rid: str | None = None, comparator: str | None = None, effective: bool = True,
+            period: tuple[datetime, datetime] | None = None, version: str = "1", updated_after_min: int = 0,
+            duplicate_id: str | None = None) -> str:
+        sa = self.spec(key)
+        v = canonical * sa.factor + sa.offset
+        value = round(v) if sa.decimals <= 0 else round(v, sa.decimals)
+        if period is not None:
+            eff = f',"effectivePeriod":{{"start":"{fmt_local(period[0])}","end":"{fmt_local(period[1])}"}}'
+            issued = self._issued(period[1], delay_min)
+        else:
+            eff = f',"effectiveDateTime":"{fmt_local(when)}"' if effective else ""
+            issued = self._issued(when, delay_min)
+        cmp = f'"comparator":"{comparator}",' if comparator else ""
+        body = f',"valueQuantity":{{"value":{value!r},{cmp}{sa.unit_json[1:]}'
+        if sa.range_json:
+            flag = _flag(sa, value)
+            if flag != "N" or self.conv.flags_normal:
+                body += INTERPRETATION_JSON[flag]
+            body += sa.range_json
+        updated = issued + timedelta(minutes=updated_after_min)
+        rid = self._write(rid, status, sa.head_json, eff, issued, body, updated, version)
+        if duplicate_id is not None:
+            self._write(duplicate_id, status, sa.head_json, eff, issued, body, updated, version)
+        return rid
+
+    def lab_string(self, key: str, text: str, when: datetime, delay_min: int, rid: str | None = None) -> str:
+        sa = self.spec(key)
+        issued = self._issued(when, delay_min)
+        body = f',"valueString":{to_json(text)}{sa.range_json}'
+        return self._write(rid, "final", sa.head_json, f',"effectiveDateTime":"{fmt_local(when)}"', issued, body,
+                           issued)
+
+    def coded(self, key: str, positive: bool, when: datetime, delay_min: int) -> str:
+        sa = self.spec(key)
+        issued = self._issued(when, delay_min)
+        body = _CODED_JSON[positive]
+        if ANALYTES[key].system == LOINC and (positive or self.conv.flags_normal):
+            body += INTERPRETATION_JSON["POS" if positive else "NEG"]
+        return self._write(None, "final", sa.head_json, f',"effectiveDateTime":"{fmt_local(when)}"', issued,
+                           body, issued)
+
+    def vital(self, key: str, canonical: float, when: datetime) -> str:
+        sa = self.spec(key)
+        v = canonical * sa.factor + sa.offset
+        value = round(v) if sa.decimals <= 0 else round(v, sa.decimals)
+        return self._write(None, "final", sa.head_json, f',"effectiveDateTime":"{fmt_local(when)}"', None,
+                           f',"valueQuantity":{{"value":{value!r},{sa.unit_json[1:]}',
+                           when + timedelta(minutes=self.rng.randint(1, 20)))
+
+    def blood_pressure(self, systolic: int, diastolic: int, when: datetime) -> str:
+        body = (f',"component":[{{"code":{_SYSTOLIC},"valueQuantity":{to_json(quantity(systolic, "mm[Hg]"))}}},'
+                f'{{"code":{_DIASTOLIC},"valueQuantity":{to_json(quantity(diastolic, "mm[Hg]"))}}}]')
+        return self._write(None, "final", BP_HEAD, f',"effectiveDateTime":"{fmt_local(when)}"', None, body,
+                           when + timedelta(minutes=self.rng.randint(1, 20)))
+
+    def panel(self, member_ids: list[str], when: datetime, delay_min: int) -> str:
+        issued = self._issued(when, delay_min)
+        members = ",".join(f'{{"reference":"Observation/{m}"}}' for m in member_ids)
+        return self._write(None, "final", CBC_PANEL_HEAD, f',"effectiveDateTime":"{fmt_local(when)}"', issued,
+                           f',"hasMember":[{members}]', issued)
+
+    def clinical(self, head: str, when: datetime, body: str, saved: datetime, rid: str | None = None) -> str:
+        """An observation recorded by a clinician on a form saved at ``saved`` (no issued: no lab release)."""
+        return self._write(rid, "final", head, f',"effectiveDateTime":"{fmt_local(when)}"', None, body, saved)
