@@ -36,7 +36,8 @@ class Connection:
     def requests_per_subject(self) -> dict[str, int]:
         if self.server is None:
             return {}
-        return {label: counts.requests for label, counts in self.server.client.stats.by_label.items()}
+        per_subject: dict[str, int] = self.server.request_stats()["per_subject"]
+        return per_subject
 
 
 def is_url(source: str) -> bool:

@@ -147,12 +147,18 @@ def run(
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
         _dump(out / "writeback" / f"{name}.json", transaction(bundle_resources + plan.retractions))
+        # an incremental run's unchanged subject (source_resources None) whose results equal what the last run
+        # wrote needs no request to the server at all
+        unchanged_since_last = source_resources is None and not plan.retractions and \
+            plan.changes["new"] == plan.changes["updated"] == 0
         state.commit(plan)
         exports.add(crf, quarantined or [])
         summary.results_written += len(bundle_resources)
         summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1
-        if sink is not None:
+        if sink is not None and unchanged_since_last:
+            summary.server_unchanged += len(bundle_resources)
+        elif sink is not None:
             w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))
             summary.server_writes += len(w.written) + len(w.retracted)
             summary.server_unchanged += w.unchanged
@@ -199,7 +205,8 @@ def run(
         guarded(e0, cached)
     _dump(out / "results" / "study.json", study_json(study, rows))
     coverage = exports.close(dict(runlog.counts))
-    state.save()
+    if not getattr(sink, "dry_run", False):  # a dry run changes nothing, OUT/state included
+        state.save()
     summary.quarantined = len(runlog.quarantine)
     summary.warnings = len(runlog.warnings)
     _write_quarantine(out, runlog)
@@ -223,6 +230,7 @@ def run(
         "quarantine": [q.as_report() for q in runlog.quarantine],
         "coverage": coverage,
         "writeback_state": state.report(),
+        **({"server_requests": source.request_stats()} if hasattr(source, "request_stats") else {}),
     })
     return summary
 

@@ -212,9 +212,11 @@ class FhirClient:
         return await self._call("GET", resource_path(self.base_url, "metadata"), label=label, idempotent=True)
 
     async def search_bundles(
-        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None
+        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None,
+        history: bool = False,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield the searchset Bundle pages of ``GET [base]/[type]?params``.
+        """Yield the searchset Bundle pages of ``GET [base]/[type]?params`` (with ``history``: the history
+        Bundle pages of ``GET [base]/[type]/_history?params``, e.g. ``_since``).
 
         ``_count`` is set to ``settings.page_size`` unless ``params`` has one. Pages after the first are read
         from ``Bundle.link[relation=next]`` only; relative links are resolved against the base URL (its path
@@ -224,7 +226,8 @@ class FhirClient:
         items = _query_items(params)
         if self.settings.page_size is not None and not any(key == "_count" for key, _ in items):
             items.append(("_count", str(self.settings.page_size)))
-        url = resource_path(self.base_url, check_type(resource_type)).copy_merge_params(httpx.QueryParams(tuple(items)))
+        segments = (check_type(resource_type), "_history") if history else (check_type(resource_type),)
+        url = resource_path(self.base_url, *segments).copy_merge_params(httpx.QueryParams(tuple(items)))
         seen: dict[str, int] = {}
         page_number = 1
         while True:

@@ -4,15 +4,22 @@ Round trips, as few as the server allows:
 
 * roster: ``ResearchStudy?identifier=<study id>``, then
   ``ResearchSubject?study=...&_include=ResearchSubject:individual`` (Patients come with their ResearchSubjects);
-* per enrolled patient, one search per resource type the mapping needs — ``Observation?patient=..&code=<the
-  mapping's codes>``, ``Procedure``, the four medication types (with ``_include`` of their Medication) and
-  ``AdverseEvent`` — each paged through ``next`` links with ``_count`` at the client's page size; or, with
-  ``read_mode="batch"``, one batch Bundle holding those searches;
-* incremental (``since``): the same searches with ``_lastUpdated=gt<since>`` and ``_elements=id`` find
-  which patients changed; only those are read again in full (a full read also drops deleted resources).
-  Type-level ``_history?_since=`` finds deletions where the server supports it.
+* per enrolled patient, one search per resource type the mapping needs — ``Observation?patient=..&combo-code=<the
+  mapping's codes>`` (``combo-code``: a code in ``Observation.code`` or in a ``component.code``, e.g. blood
+  pressure in a panel's components), ``Procedure``, the four medication types (with ``_include`` of their
+  Medication) and ``AdverseEvent`` — each paged through ``next`` links with ``_count`` at the client's page
+  size; or, with ``read_mode="batch"``, one batch Bundle holding those searches;
+* incremental (``since``): per resource type, one search for up to ``PROBE_PATIENTS`` patients at a time
+  (``patient=Patient/a,Patient/b,..&_lastUpdated=gt<since>&_elements=identifier,subject``) finds which patients
+  changed; only those are read again in full (a full read also drops deleted resources). Type-level
+  ``_history?_since=`` finds deletions where the server's CapabilityStatement offers ``history-type``.
 
-Requests are counted per subject (the subject ID is the request label) in the client's stats.
+The adapter's own results (an identifier in its system) are never input: a SLEDAI-2K result carries the
+descriptor codes the mapping reads in its components, so they are dropped from every search, and a result
+written by the last run does not count as a change.
+
+Requests are counted per subject (the subject ID is the request label) in the client's stats; the roster,
+incremental probes and capability look-up under ``roster``, ``incremental`` and ``metadata``.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import Resource, RosterInput, patient_id_of, ref_id
 from fhir_adapter.study import Study
+from fhir_adapter.terminology import SID_RESULT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,7 +49,11 @@ SUBJECT_SEARCHES: dict[str, tuple[str, dict[str, str]]] = {
     "MedicationDispense": ("patient", {"_include": "MedicationDispense:medication"}),
     "AdverseEvent": ("subject", {}),
 }
-MAX_CODE_PARAM = 1500  # characters of one `code` parameter; longer lists are split over several searches
+#: characters of one code parameter; longer lists are split over several searches. 4000 keeps the URL of an
+#: incremental probe (codes + PROBE_PATIENTS references) under the 8 KB request line most servers accept.
+MAX_CODE_PARAM = 4000
+PROBE_PATIENTS = 20  # patients per incremental probe search
+NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history")
 
 
 class ServerSource:
@@ -63,6 +75,17 @@ class ServerSource:
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
 
+    def request_stats(self) -> dict[str, Any]:
+        """Requests to the server for the run report: total, per subject, and the shared ones by purpose."""
+        st = self.client.stats
+        per_subject = {k: v.requests for k, v in sorted(st.by_label.items()) if k not in NON_SUBJECT_LABELS}
+        return {
+            "total": st.total.requests, "retries": st.total.retries, "failures": st.total.failures,
+            "shared": {k: st.label(k).requests for k in NON_SUBJECT_LABELS if k in st.by_label},
+            "per_subject": per_subject,
+            "mean_per_subject": round(sum(per_subject.values()) / len(per_subject), 2) if per_subject else 0,
+        }
+
     def close(self) -> None:
         self.run(self.client.aclose())
         self._loop.close()
@@ -78,7 +101,16 @@ class ServerSource:
         out = RosterInput(studies=list(studies))
         ids = [s["id"] for s in studies if "id" in s]
         if ids:
-            parts = await self.client.search_all("ResearchStudy", {"partof": ",".join(ids)}, label="roster")
+            try:
+                parts = await self.client.search_all(
+                    "ResearchStudy", {"partof": ",".join(f"ResearchStudy/{i}" for i in ids)}, label="roster")
+            except FhirHttpError as exc:
+                if exc.status != 400:
+                    raise
+                parts = []
+                self.log.warn(f"the server does not search ResearchStudy by partof ({exc.status}): site "
+                              "sub-studies are not read; their subjects must reference the main study",
+                              rule="roster-partof")
             out.studies.extend(p for p in parts if p.get("id") not in ids)
         study_refs = ",".join(f"ResearchStudy/{s['id']}" for s in out.studies if "id" in s)
         if not study_refs:
@@ -116,7 +148,7 @@ class ServerSource:
             ref = f"Patient/{pid}"
             if rtype == "Observation":
                 for codes in self._observation_code_params():
-                    out.append((rtype, {param: ref, "code": codes, **params, **(extra or {})}))
+                    out.append((rtype, {param: ref, "combo-code": codes, **params, **(extra or {})}))
             elif rtype == "Procedure":
                 codes = ",".join(f"{s}|{c}" for s, c in sorted(self.study.infusion_codes))
                 out.append((rtype, {param: ref, "code": codes, **params, **(extra or {})}))
@@ -129,7 +161,17 @@ class ServerSource:
         if self.read_mode == "batch":
             return await self._read_subject_batch(pid, label)
         results = await asyncio.gather(*(self.client.search_all(t, p, label=label) for t, p in self._searches(pid)))
-        return _dedupe([r for chunk in results for r in chunk])
+        return self._input([r for chunk in results for r in chunk])
+
+    def _input(self, resources: list[Resource]) -> list[Resource]:
+        """Deduplicated, without the adapter's own results."""
+        out = []
+        for r in _dedupe(resources):
+            if _adapter_owned(r):
+                self.log.count("read.skipped-adapter-results")
+            else:
+                out.append(r)
+        return out
 
     async def _read_subject_batch(self, pid: str, label: str) -> list[Resource]:
         from urllib.parse import urlencode
@@ -151,23 +193,35 @@ class ServerSource:
                 # the rest of a long result: follow the server's paging from the first page's query
                 rest = await self.client.search_all(asked[0], asked[1], label=label)
                 found.extend(rest)
-        return _dedupe(found)
+        return self._input(found)
 
     async def _changed(self, pids: set[str]) -> set[str]:
         """Patients with a resource updated (or deleted) after ``since``."""
         assert self.since is not None
         stamp = self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         changed: set[str] = set()
+        ordered = sorted(pids)
+        groups = [ordered[i:i + PROBE_PATIENTS] for i in range(0, len(ordered), PROBE_PATIENTS)]
 
-        async def probe(pid: str) -> None:
-            label = self._labels.get(pid, pid)
-            for rtype, params in self._searches(pid, {"_lastUpdated": f"gt{stamp}", "_count": "1"}):
-                async for _ in self.client.search(rtype, params, label=label):
+        async def probe(rtype: str, params: dict[str, str]) -> None:
+            async for res in self.client.search(rtype, params, label="incremental"):
+                pid = patient_id_of(res)
+                if pid in pids and not _adapter_owned(res):
                     changed.add(pid)
-                    return
 
-        await asyncio.gather(*(probe(p) for p in sorted(pids)))
+        probes = []
+        for group in groups:
+            refs = ",".join(f"Patient/{p}" for p in group)
+            for rtype, params in self._searches(group[0]):
+                param = SUBJECT_SEARCHES[rtype][0]
+                query = {k: v for k, v in params.items() if k != "_include"}
+                query.update({param: refs, "_lastUpdated": f"gt{stamp}", "_elements": "identifier,subject"})
+                probes.append(probe(rtype, query))
+        await asyncio.gather(*probes)
+        history = await self._history_types()
         for rtype in SUBJECT_SEARCHES:
+            if rtype not in history:
+                continue
             try:
                 async for entry_res in self._history(rtype, stamp):
                     pid = patient_id_of(entry_res)
@@ -178,9 +232,25 @@ class ServerSource:
                               "alone is picked up by the next full run", rule="incremental")
         return changed
 
+    async def _history_types(self) -> set[str]:
+        """Resource types whose type-level history the server offers (CapabilityStatement ``history-type``)."""
+        try:
+            cap = await self.client.capabilities(label="metadata")
+        except FhirHttpError:
+            cap = {}
+        offered = {str(r.get("type")) for rest in cap.get("rest") or [] for r in rest.get("resource") or []
+                   if any(i.get("code") == "history-type" for i in r.get("interaction") or [])}
+        missing = sorted(set(SUBJECT_SEARCHES) - offered)
+        if missing:
+            self.log.warn(f"the server offers no type-level history for {', '.join(missing)}: a deletion alone "
+                          "(with no other change to that patient) is picked up by the next full run",
+                          rule="incremental")
+        return offered
+
     async def _history(self, rtype: str, stamp: str) -> Any:
         """Resources of ``rtype`` deleted since ``stamp`` (their last version before deletion, when given)."""
-        async for page in self.client.search_bundles(f"{rtype}/_history", {"_since": stamp}, label="history"):
+        async for page in self.client.search_bundles(rtype, {"_since": stamp}, label="history",
+                                                        history=True):
             for entry in page.get("entry") or []:
                 if (entry.get("request") or {}).get("method") == "DELETE":
                     rid = ref_id(entry["request"].get("url"), rtype)
@@ -208,6 +278,11 @@ class ServerSource:
                 for r in resources:
                     self.log.count(f"read.{r.get('resourceType')}")
                 yield pid, resources
+
+
+def _adapter_owned(resource: Resource) -> bool:
+    """A result the adapter wrote (an identifier in its system): output, never input."""
+    return any(i.get("system") == SID_RESULT for i in resource.get("identifier") or [] if isinstance(i, dict))
 
 
 def _dedupe(resources: list[Resource]) -> list[Resource]:

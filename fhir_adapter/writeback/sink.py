@@ -4,8 +4,9 @@ Per subject, one transaction (split by ``max_transaction_entries`` when a server
 
 1. **Guard**: every resource must be about the enrolled subject's Patient and carry an identifier in the
    adapter's system (``https://fhir-adapter.org/fhir/sid/result``); anything else is refused before any
-   request. Conditional updates match on that identifier only, so the adapter can never update a resource
-   it did not create.
+   request. Conditional updates match on that identifier and the subject's Patient
+   (``PUT Observation?identifier=<system>|<value>&patient=Patient/<id>``), so the adapter can never update a
+   resource it did not create, nor one about another patient.
 2. **Diff**: the adapter's resources already on the server for that Patient are read in one search
    (``identifier=<system>|``); a resource whose content is unchanged is not written, so a second run over
    unchanged data makes **zero writes**. A result the adapter wrote before that is no longer produced (its
@@ -15,6 +16,8 @@ Per subject, one transaction (split by ``max_transaction_entries`` when a server
 4. **Write**: the changed resources as conditional updates, the adapter Device (conditional update) and one
    Provenance naming the sources, in transactions of at most ``max_transaction_entries`` entries (a subject
    with more changes gets several, each with its own Provenance). ``dry_run`` returns the diff instead.
+   A 412 (a conditional update matched several resources) is reported for the subject with the identifiers
+   the server holds more than once.
 """
 
 from __future__ import annotations
@@ -83,10 +86,11 @@ def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: 
                               f"Patient/{e.patient_id}")
 
 
-async def existing_results(client: FhirClient, e: Enrollee,
-                           by_id: list[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str, Any]] | None = None,
+                           duplicates: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
     """The adapter's Observations already on the server for this Patient, by identifier value; and the
-    resources the adapter writes under a fixed id (its own ResearchSubject), which must carry its identifier."""
+    resources the adapter writes under a fixed id (its own ResearchSubject), which must carry its identifier.
+    ``duplicates`` collects identifier values held by more than one Observation (``Observation/id`` list)."""
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
         try:
@@ -104,6 +108,9 @@ async def existing_results(client: FhirClient, e: Enrollee,
                                                    "identifier": f"{SID_RESULT}|"}, label=e.subject_id):
         ident = _identifier(res)
         if ident is not None and res.get("resourceType") == "Observation":
+            if ident in found and duplicates is not None:
+                twice = duplicates.setdefault(ident, [f"Observation/{found[ident].get('id')}"])
+                twice.append(f"Observation/{res.get('id')}")
             found[ident] = res
     return found
 
@@ -138,7 +145,9 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
     return to_write
 
 
-def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now: dt.datetime) -> list[dict[str, Any]]:
+def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now: dt.datetime,
+                        patient_id: str | None = None) -> list[dict[str, Any]]:
+    """Device, the resources (conditional updates, narrowed to ``patient_id`` when given) and a Provenance."""
     device = adapter_device()
     device_url = full_url(SID_DEVICE, "fhir-adapter")
     entries: list[dict[str, Any]] = [{
@@ -151,7 +160,12 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
         assert ident is not None
         url = full_url(SID_RESULT, ident)
         targets.append(url)
-        request_url = f"{r['resourceType']}/{r['id']}" if r.get("id") else conditional_url(r["resourceType"], ident)
+        if r.get("id"):
+            request_url = f"{r['resourceType']}/{r['id']}"
+        else:
+            request_url = conditional_url(r["resourceType"], ident)
+            if patient_id is not None and r["resourceType"] == "Observation":
+                request_url += f"&patient=Patient/{patient_id}"
         entries.append({"fullUrl": url, "resource": r, "request": {"method": "PUT", "url": request_url}})
     prov = provenance(targets, sources, device_url, now)
     entries.append({"fullUrl": full_url(SID_RESULT, f"provenance-{now.isoformat()}-{targets[0]}"),
@@ -163,13 +177,14 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                         enrolled_patients: set[str], *, dry_run: bool = False,
                         now: dt.datetime | None = None) -> WriteResult:
     result = WriteResult(subject_id=e.subject_id)
+    duplicates: dict[str, list[str]] = {}
     try:
         check_safe(e, desired, enrolled_patients)
         for r in desired:
             problem = r4_problem(r)
             if problem:
                 raise ValueError(f"{r['resourceType']} {_identifier(r)} is not valid FHIR R4: {problem}")
-        existing = await existing_results(client, e, [r for r in desired if r.get("id")])
+        existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates)
         to_write = plan_writes(desired, existing, result)
         check_safe(e, to_write, enrolled_patients)
         if not to_write or dry_run:
@@ -177,12 +192,18 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
         # each part is its own transaction with the Device and a Provenance (2 entries of overhead)
         size = max(1, client.settings.max_transaction_entries - 2)
         for i in range(0, len(to_write), size):
-            entries = transaction_entries(to_write[i:i + size], sources, now or dt.datetime.now(dt.UTC))
+            entries = transaction_entries(to_write[i:i + size], sources, now or dt.datetime.now(dt.UTC), e.patient_id)
             await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
                                      label=e.subject_id)
     except Exception as exc:  # reported per subject; never stops the run
         result.error = str(exc)
+        if isinstance(exc, FhirHttpError) and exc.status == 412:
+            held = "; ".join(f"{ident} by {', '.join(refs)}" for ident, refs in sorted(duplicates.items()))
+            result.error += (f" — the server holds adapter identifiers more than once ({held}): remove the "
+                             "duplicates, then run again" if held else
+                             " — a conditional update matched several resources on the server")
         result.written = []
+        result.retracted = []
     return result
 
 

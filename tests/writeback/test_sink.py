@@ -88,7 +88,7 @@ async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_m
     bundle = json.loads(posted.content)
     kinds = [(e["request"]["method"], e["resource"]["resourceType"]) for e in bundle["entry"]]
     assert kinds == [("PUT", "Device"), ("PUT", "Observation"), ("POST", "Provenance")]
-    assert bundle["entry"][1]["request"]["url"] == f"Observation?identifier={SID_RESULT}|b"
+    assert bundle["entry"][1]["request"]["url"] == f"Observation?identifier={SID_RESULT}|b&patient=Patient/p1"
     prov = bundle["entry"][2]["resource"]
     assert prov["target"] == [{"reference": bundle["entry"][1]["fullUrl"]}]
     assert prov["entity"] == [{"role": "source", "what": {"reference": "Observation/src1"}}]
