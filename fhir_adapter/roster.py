@@ -14,6 +14,7 @@ from typing import Any
 
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.mapping.common import codings
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import RosterInput, ref_id
 from fhir_adapter.study import Study
@@ -143,17 +144,11 @@ def _site(patient: dict[str, Any]) -> str | None:
     return ref_id(org.get("reference"), "Organization") or org.get("display")
 
 
-def _codings(cc: Any) -> list[tuple[str, str]]:
-    if not isinstance(cc, dict):
-        return []
-    return [(c.get("system", ""), c.get("code", "")) for c in cc.get("coding") or [] if isinstance(c, dict)]
-
-
 def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> Enrollee:
     """Day 1 from the earliest completed infusion Procedure of the patient."""
     found: list[tuple[dt.date, SourceRef]] = []
     for r in resources:
-        if r.get("resourceType") != "Procedure" or not set(_codings(r.get("code"))) & study.infusion_codes:
+        if r.get("resourceType") != "Procedure" or not set(codings(r.get("code"))) & study.infusion_codes:
             continue
         if r.get("status") in ("entered-in-error", "not-done", "stopped", "preparation"):
             continue

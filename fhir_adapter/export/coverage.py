@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import testcd_map, visit_numbers
+from fhir_adapter.mapping.common import codings
 from fhir_adapter.runlog import Quarantined
 from fhir_adapter.study import Study
 from fhir_adapter.timeline import DateError, parse_fhir_date, study_day
@@ -35,13 +36,6 @@ STATES = {
     QUARANTINED: "a result for the item in the visit window was quarantined (see `quarantine`)",
     NO_DATA: "no result for the item in the visit window",
 }
-
-
-def _codings(cc: Any) -> list[tuple[str, str]]:
-    if not isinstance(cc, dict):
-        return []
-    codings = cc.get("coding") or []
-    return [(str(c.get("system", "")), str(c.get("code", ""))) for c in codings if isinstance(c, dict)]
 
 
 def unmapped_codes(counts: dict[str, int]) -> list[dict[str, Any]]:
@@ -88,7 +82,7 @@ class Coverage:
                 continue
             comps = raw.get("component") or []
             parts = [raw.get("code"), *(c.get("code") for c in comps if isinstance(c, dict))]
-            items = {idx[k] for cc in parts for k in _codings(cc) if k in idx}
+            items = {idx[k] for cc in parts for k in codings(cc) if k in idx}
             period = raw.get("effectivePeriod")
             when = raw.get("effectiveDateTime") or raw.get("effectiveInstant") or \
                 (period.get("start") if isinstance(period, dict) else None)

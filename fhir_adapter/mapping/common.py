@@ -1,5 +1,6 @@
-"""Small helpers shared by the CM and AE mappings (which the study loader imports, so they must not import
-:mod:`fhir_adapter.study` at run time): quarantine signal, latest versions, codings and texts of a concept."""
+"""Reading raw FHIR JSON elements, shared by every mapping and the roster: the quarantine signal, latest
+versions, codings and texts of a concept, the unit of a Quantity. The study loader imports the CM and AE
+mappings, so nothing here may import :mod:`fhir_adapter.study`."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from typing import Any
 from fhir_adapter.source.base import ref_id
 
 
-def _medication_resource(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dict[str, Any] | None:
+def medication_resource(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dict[str, Any] | None:
     ref = (r.get("medicationReference") or {}).get("reference")
     if not isinstance(ref, str):
         return None
@@ -22,7 +22,7 @@ def medication_concept(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dic
     if isinstance(r.get("medicationCodeableConcept"), dict):
         cc: dict[str, Any] = r["medicationCodeableConcept"]
         return cc
-    med = _medication_resource(r, siblings)
+    med = medication_resource(r, siblings)
     return (med or {}).get("code") or {}
 
 

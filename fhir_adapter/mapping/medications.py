@@ -55,9 +55,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fhir_adapter import units
 from fhir_adapter.crf.models import ConMed, SourceRef
 from fhir_adapter.mapping.common import Unusable, codings, latest, quantity_unit, texts
-from fhir_adapter.mapping.medication_codes import medication_concept
+from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
 from fhir_adapter.runlog import RunLog
-from fhir_adapter.source.base import ref_id
 from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date
 
 if TYPE_CHECKING:
@@ -160,16 +159,6 @@ class _Step:
     end: FhirDate | None
 
 
-def _medication_resource(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dict[str, Any] | None:
-    ref = (r.get("medicationReference") or {}).get("reference")
-    if not isinstance(ref, str):
-        return None
-    if ref.startswith("#"):
-        return next((c for c in r.get("contained") or [] if c.get("id") == ref[1:]), None)
-    mid = ref_id(ref, "Medication")
-    return next((m for m in siblings if m.get("resourceType") == "Medication" and m.get("id") == mid), None)
-
-
 def _add_days(d: FhirDate | None, days: int) -> FhirDate | None:
     if d is None or d.date is None:
         return None
@@ -228,7 +217,7 @@ class MedicationMapper:
     # -- the drug ----------------------------------------------------------------------------------
     def _identify(self, r: dict[str, Any], siblings: list[dict[str, Any]]) -> _Drug:
         cc = medication_concept(r, siblings)
-        med = _medication_resource(r, siblings)
+        med = medication_resource(r, siblings)
         ingredients = [i for i in (med or {}).get("ingredient") or [] if isinstance(i, dict)]
         keys = codings(cc) + [k for i in ingredients for k in codings(i.get("itemCodeableConcept"))]
         words = texts(cc) + [t for i in ingredients for t in texts(i.get("itemCodeableConcept"))]

@@ -25,15 +25,14 @@ Any other element that cannot be read quarantines that Observation (``unreadable
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from typing import Any
 
 from fhir_adapter import units
 from fhir_adapter.crf.models import Finding, SourceRef
+from fhir_adapter.mapping.common import Unusable, codings, latest, quantity_unit
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.study import Study
 from fhir_adapter.study.models import Item
-from fhir_adapter.terminology import UCUM
 from fhir_adapter.timeline import DateError, parse_fhir_date
 
 USED_STATUSES = {"final", "amended", "corrected", "preliminary"}
@@ -42,44 +41,6 @@ R4_STATUSES = {*USED_STATUSES, "registered", "cancelled", "entered-in-error", "u
 _NUMERIC = re.compile(r"^\s*(<=|>=|<|>)?\s*([-+]?\d+(?:[.,]\d+)?)\s*$")
 _POSITIVE_WORDS = {"positive", "pos", "detected", "present", "reactive", "true", "yes"}
 _NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", "nonreactive", "false", "no"}
-
-
-class Rejected(Exception):
-    def __init__(self, rule: str, reason: str, fix: str) -> None:
-        super().__init__(reason)
-        self.rule, self.reason, self.fix = rule, reason, fix
-
-
-def _version_key(r: dict[str, Any]) -> tuple[int, str]:
-    meta = r.get("meta") or {}
-    v = str(meta.get("versionId") or "0")
-    return (int(v) if v.isdigit() else 0, str(meta.get("lastUpdated") or ""))
-
-
-def latest_versions(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep the latest version of each resource id (order of first appearance)."""
-    best: dict[str, dict[str, Any]] = {}
-    order: list[str] = []
-    for r in resources:
-        rid = str(r.get("id"))
-        if rid not in best:
-            order.append(rid)
-            best[rid] = r
-        elif _version_key(r) > _version_key(best[rid]):
-            best[rid] = r
-    return [best[i] for i in order]
-
-
-def _codings(cc: Any) -> list[tuple[str, str]]:
-    if not isinstance(cc, dict):
-        return []
-    return [(str(c.get("system", "")), str(c.get("code", ""))) for c in cc.get("coding") or [] if isinstance(c, dict)]
-
-
-def _unit_of(q: dict[str, Any]) -> str | None:
-    if q.get("code") and (q.get("system") in (None, UCUM)):
-        return str(q["code"])
-    return str(q["unit"]) if q.get("unit") else None
 
 
 class ObservationMapper:
@@ -95,7 +56,7 @@ class ObservationMapper:
     def map(self, observations: list[dict[str, Any]], subject_id: str) -> list[Finding]:
         out: list[Finding] = []
         seen: set[tuple[Any, ...]] = set()
-        for obs in latest_versions(observations):
+        for obs in latest(observations):
             status = obs.get("status")
             if status not in R4_STATUSES:
                 self.log.reject("Observation", obs.get("id"), "unknown-status",
@@ -108,7 +69,7 @@ class ObservationMapper:
             for item_id, part in self._matches(obs):
                 try:
                     f = self._finding(obs, part, item_id)
-                except Rejected as rej:
+                except Unusable as rej:
                     self.log.reject("Observation", obs.get("id"), rej.rule, rej.reason, rej.fix,
                                     subject_id=subject_id, raw=obs)
                     continue
@@ -139,17 +100,17 @@ class ObservationMapper:
         """(item, the element holding the value) for the Observation and each matching component."""
         idx = self.study.code_index
         found: list[tuple[str, dict[str, Any]]] = []
-        for key in _codings(obs.get("code")):
+        for key in codings(obs.get("code")):
             if key in idx:
                 found.append((idx[key], obs))
                 break
         for comp in obs.get("component") or []:
-            for key in _codings(comp.get("code")):
+            for key in codings(comp.get("code")):
                 if key in idx:
                     found.append((idx[key], comp))
                     break
         if not found:
-            for system, code in _codings(obs.get("code"))[:1]:
+            for system, code in codings(obs.get("code"))[:1]:
                 self.log.count(f"unmapped.{system}|{code}")
         return found
 
@@ -158,12 +119,12 @@ class ObservationMapper:
         when = obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start") or obs.get(
             "effectiveInstant")
         if not when:
-            raise Rejected("missing-date", f"{item_id}: the Observation has no effective[x] date",
+            raise Unusable("missing-date", f"{item_id}: the Observation has no effective[x] date",
                            "the EHR must send effectiveDateTime (the time the sample was taken)")
         try:
             fd = parse_fhir_date(when, self.tz)
         except DateError as exc:
-            raise Rejected("bad-date", f"{item_id}: {exc}", "send an ISO 8601 date or dateTime with offset") from None
+            raise Unusable("bad-date", f"{item_id}: {exc}", "send an ISO 8601 date or dateTime with offset") from None
         fields: dict[str, Any] = {}
         if item.value == "quantity":
             fields = self._quantity(part, item, item_id)
@@ -174,9 +135,9 @@ class ObservationMapper:
         else:
             text = part.get("valueString")
             if text is None:
-                raise Rejected("no-value", f"{item_id}: no valueString", "send the result as text")
+                raise Unusable("no-value", f"{item_id}: no valueString", "send the result as text")
             fields = {"value_text": str(text), "orig_value": str(text)}
-        interp = tuple(c for _, c in _codings((obs.get("interpretation") or [None])[0]))
+        interp = tuple(c for _, c in codings((obs.get("interpretation") or [None])[0]))
         return Finding(
             domain=item.domain, item=item_id, datetime=fd.datetime, date=fd.date, partial_date=fd.partial,
             interpretation=interp, status=str(obs.get("status")), preliminary=obs.get("status") == "preliminary",
@@ -191,7 +152,7 @@ class ObservationMapper:
         if unit is None:
             if item.unit.startswith("{") or item.unit == "1":
                 return value
-            raise Rejected("missing-unit", f"{item_id}: value {value} has no unit",
+            raise Unusable("missing-unit", f"{item_id}: value {value} has no unit",
                            f"send the UCUM unit; the CRF stores {item_id} in {item.unit}")
         if unit == item.unit:
             return value
@@ -199,7 +160,7 @@ class ObservationMapper:
             return float(f"{value * item.factors[unit]:.12g}")
         if unit in item.accept_units:
             return units.convert(value, unit, item.unit)
-        raise Rejected("unknown-unit", f"{item_id}: unit '{unit}' is not accepted (CRF unit {item.unit})",
+        raise Unusable("unknown-unit", f"{item_id}: unit '{unit}' is not accepted (CRF unit {item.unit})",
                        f"add '{unit}' to accept_units (UCUM-convertible) or factors of item {item_id} "
                        "in items.yaml or the site overlay")
 
@@ -208,18 +169,18 @@ class ObservationMapper:
         if "valueQuantity" in part:
             q = part["valueQuantity"]
             if q.get("value") is None:
-                raise Rejected("no-value", f"{item_id}: valueQuantity without value", "send the numeric value")
+                raise Unusable("no-value", f"{item_id}: valueQuantity without value", "send the numeric value")
             raw = float(q["value"])
-            unit = _unit_of(q)
+            unit = quantity_unit(q)
             comparator = q.get("comparator")
             if comparator not in (None, "<", "<=", ">", ">="):
-                raise Rejected("bad-comparator", f"{item_id}: comparator '{comparator}' is not an R4 code",
+                raise Unusable("bad-comparator", f"{item_id}: comparator '{comparator}' is not an R4 code",
                                "send one of <, <=, >, >= (or none)")
             orig = f"{comparator or ''}{q['value']}"
         elif "valueString" in part:
             m = _NUMERIC.match(str(part["valueString"]))
             if not m:
-                raise Rejected("non-numeric", f"{item_id}: valueString '{part['valueString']}' is not a number",
+                raise Unusable("non-numeric", f"{item_id}: valueString '{part['valueString']}' is not a number",
                                "send valueQuantity, or a numeric string such as '45' or '<0.2'")
             comparator, raw = m.group(1), float(m.group(2).replace(",", "."))
             unit, orig = item.unit, str(part["valueString"])
@@ -228,12 +189,12 @@ class ObservationMapper:
         else:
             reason = part.get("dataAbsentReason")
             if reason:
-                raise Rejected("data-absent", f"{item_id}: no value ({_codings(reason)[:1]})", "nothing to do")
-            raise Rejected("no-value", f"{item_id}: no numeric value (valueQuantity expected)",
+                raise Unusable("data-absent", f"{item_id}: no value ({codings(reason)[:1]})", "nothing to do")
+            raise Unusable("no-value", f"{item_id}: no numeric value (valueQuantity expected)",
                            "send the result as valueQuantity with a UCUM unit")
         value = self._convert(raw, unit, item, item_id)
         if item.bounds and not item.bounds[0] <= value <= item.bounds[1]:
-            raise Rejected("out-of-bounds", f"{item_id}: {value} {item.unit} is outside the physiological bounds "
+            raise Unusable("out-of-bounds", f"{item_id}: {value} {item.unit} is outside the physiological bounds "
                            f"{list(item.bounds)}", "check the unit and the value in the EHR")
         low = high = None
         for rr in part.get("referenceRange") or []:
@@ -247,8 +208,8 @@ class ObservationMapper:
 
     def _range_value(self, q: dict[str, Any], value_unit: str | None, item: Item, item_id: str) -> float | None:
         try:
-            return self._convert(float(q["value"]), _unit_of(q) or value_unit, item, item_id)
-        except Rejected:
+            return self._convert(float(q["value"]), quantity_unit(q) or value_unit, item, item_id)
+        except Unusable:
             return None
 
     def _boolean(self, part: dict[str, Any], item_id: str) -> dict[str, Any]:
@@ -259,7 +220,7 @@ class ObservationMapper:
     def _coded(self, part: dict[str, Any], item_id: str) -> dict[str, Any]:
         if "valueCodeableConcept" in part:
             cc = part["valueCodeableConcept"]
-            codes = set(_codings(cc))
+            codes = set(codings(cc))
             text = (cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "")
                     or next(iter(codes), ("", ""))[1])
             if codes & self._positive.get(item_id, set()):
@@ -273,10 +234,10 @@ class ObservationMapper:
         elif isinstance(part.get("valueBoolean"), bool):
             return {"value_bool": part["valueBoolean"], "orig_value": str(part["valueBoolean"]).lower()}
         else:
-            raise Rejected("no-value", f"{item_id}: no coded value", "send valueCodeableConcept positive/negative")
+            raise Unusable("no-value", f"{item_id}: no coded value", "send valueCodeableConcept positive/negative")
         if word in _POSITIVE_WORDS:
             return {"value_bool": True, "value_text": text, "orig_value": text}
         if word in _NEGATIVE_WORDS:
             return {"value_bool": False, "value_text": text, "orig_value": text}
-        raise Rejected("unknown-code", f"{item_id}: result '{text}' is neither a positive nor a negative code",
+        raise Unusable("unknown-code", f"{item_id}: result '{text}' is neither a positive nor a negative code",
                        f"add its code to positive_codes or negative_codes of item {item_id}")
