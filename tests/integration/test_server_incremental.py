@@ -1,0 +1,87 @@
+"""``--dry-run`` and ``--since last`` against the real local FHIR server (10 synthetic subjects)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from feed_loader import load_feed, put_resources, search_all
+from server_fixture import ServerHandle
+from serverkit import adapter_observations, cli_run, offline_results, report, study_results, write_config, writes
+
+from fhir_adapter.synth import write_feed
+
+pytestmark = pytest.mark.server
+
+SUBJECTS = 10
+
+
+@pytest.fixture
+def loaded(clean_fhir_server: ServerHandle, tmp_path: Path) -> ServerHandle:
+    write_feed(tmp_path / "feed", subjects=SUBJECTS, seed=7)
+    load_feed(clean_fhir_server.base_url, tmp_path / "feed")
+    clean_fhir_server.reset("stats")
+    return clean_fhir_server
+
+
+def test_dry_run_writes_nothing_and_shows_the_diff(loaded: ServerHandle, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cli_run(loaded.base_url, out, "--dry-run", "--config", str(write_config(tmp_path / "a.yaml")))
+    assert writes(loaded.stats()) == 0
+    assert loaded.stats()["requests"]["by_method"].get("POST", 0) == 0
+    assert adapter_observations(loaded.base_url) == []
+    expected = offline_results(out)
+    diffs = {p.stem: p.read_text() for p in (out / "writeback-diff").glob("*.diff")}
+    assert set(diffs) == {s for s, ids in expected.items() if ids}
+    for subject, ids in expected.items():
+        for ident in ids:
+            assert f"+++ adapter:{ident}" in diffs[subject]
+    assert report(out)["summary"]["server_writes"] == sum(len(v) for v in expected.values())  # would write
+    assert not (out / "state" / "last-run.json").exists() and not (out / "state" / "written.json").exists()
+
+
+def test_since_last_rereads_and_rewrites_only_the_changed_subject(loaded: ServerHandle, tmp_path: Path) -> None:
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    before = study_results(out)
+    bundles = {p.stem: json.loads(p.read_text()) for p in (out / "writeback").glob("*.json")}
+    # a source Observation of one subject's SLEDAI-2K total is corrected on the server (entered in error)
+    subject = sorted(bundles)[0]
+    sledai = next(e["resource"] for e in bundles[subject]["entry"]
+                  if e["resource"]["code"]["coding"][0]["code"] == "sledai-2k" and e["resource"]["valueInteger"] > 0)
+    source_id = sledai["derivedFrom"][0]["reference"].split("/")[1]
+    [source] = search_all(loaded.base_url, "Observation", {"_id": source_id})
+    put_resources(loaded.base_url, [{k: v for k, v in {**source, "status": "entered-in-error"}.items()
+                                     if k != "meta"}])
+    on_server_before = {o["id"]: o["meta"]["versionId"] for o in adapter_observations(loaded.base_url)}
+    loaded.reset("stats")
+
+    cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert rep["counts"]["incremental.changed_subjects"] == 1
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 1
+    assert list(rep["server_requests"]["per_subject"]) == [subject]  # only that subject was read (and written)
+    written = {w["subject_id"]: w for w in rep["writes"]}
+    assert list(written) == [subject] and written[subject]["written"] + written[subject]["retracted"] > 0
+    stats = loaded.stats()
+    by_type = stats["writes"]["by_resource_type"]
+    assert by_type["Observation"]["created"] + by_type["Observation"]["updated"] == rep["summary"]["server_writes"]
+    assert rep["summary"]["server_writes"] > 0 and by_type["Provenance"]["created"] == 1
+    assert writes(stats) == rep["summary"]["server_writes"] + 1
+    changed = {o["id"] for o in adapter_observations(loaded.base_url)
+               if on_server_before.get(o["id"]) != o["meta"]["versionId"]}
+    assert changed and all(o["subject"]["reference"] == sledai["subject"]["reference"]
+                           for o in adapter_observations(loaded.base_url) if o["id"] in changed)
+    after = study_results(out)
+    assert [s for s in after["subjects"] if s["subject_id"] != subject] == \
+        [s for s in before["subjects"] if s["subject_id"] != subject]
+    assert next(s for s in after["subjects"] if s["subject_id"] == subject) != \
+        next(s for s in before["subjects"] if s["subject_id"] == subject)
+
+    # and once more: nothing changed since, no subject is read, nothing is written
+    loaded.reset("stats")
+    cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    assert report(out)["server_requests"]["per_subject"] == {}
+    assert writes(loaded.stats()) == 0
+    assert study_results(out) == after

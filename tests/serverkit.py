@@ -1,0 +1,90 @@
+"""Helpers of the integration tests against the real local FHIR server (tests/integration/)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner, Result
+from feed_loader import search_all
+
+from fhir_adapter.cli import main
+from fhir_adapter.terminology import SID_RESULT
+
+#: quick retries (the test server's Retry-After is 0), larger pages: requests per subject ≈ resource types
+FAST_CONFIG = """\
+client:
+  max_concurrency: 4
+  page_size: 1000
+  max_attempts: 12
+  max_total_seconds: 60
+  backoff_initial_seconds: 0.01
+  backoff_max_seconds: 0.05
+  backoff_jitter_seconds: 0.01
+"""
+
+
+def write_config(path: Path, extra: str = "") -> Path:
+    path.write_text(FAST_CONFIG + extra)
+    return path
+
+
+def cli_run(source: str, out: Path, *args: str) -> Result:
+    """``fhir-adapter -q run --source SOURCE --out OUT ARGS`` in process; the exit code is in ``.exit_code``."""
+    result = CliRunner().invoke(main, ["-q", "run", "--source", source, "--out", str(out), *args],
+                                catch_exceptions=False)
+    assert result.exit_code in (0, 2), result.output
+    return result
+
+
+def report(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "run-report.json").read_text())
+    return data
+
+
+def offline_results(out: Path) -> dict[str, list[str]]:
+    """Subject ID -> identifier values of the result resources in OUT/writeback/ (what the server must hold)."""
+    found: dict[str, list[str]] = {}
+    for path in sorted((out / "writeback").glob("*.json")):
+        bundle = json.loads(path.read_text())
+        found[path.stem] = [next(i["value"] for i in e["resource"]["identifier"] if i["system"] == SID_RESULT)
+                            for e in bundle["entry"] if e["resource"].get("status") != "entered-in-error"]
+    return found
+
+
+def adapter_observations(base_url: str) -> list[dict[str, Any]]:
+    """Every Observation on the server carrying an identifier in the adapter's system."""
+    return [o for o in search_all(base_url, "Observation", {"identifier": f"{SID_RESULT}|"})
+            if any(i.get("system") == SID_RESULT for i in o.get("identifier") or [])]
+
+
+def identifier_counts(observations: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(next(i["value"] for i in o["identifier"] if i["system"] == SID_RESULT) for o in observations)
+
+
+def _normalise_crf(value: Any) -> Any:
+    """The test server is JavaScript: a decimal sent as 39.0 comes back as 39, so ``orig_value`` ("the value as
+    the EHR sent it") differs in that trailing zero only. Everything else must be identical."""
+    if isinstance(value, dict):
+        return {k: re.sub(r"\.0$", "", v) if k == "orig_value" and isinstance(v, str) else _normalise_crf(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise_crf(v) for v in value]
+    return value
+
+
+def crfs(out: Path) -> dict[str, Any]:
+    return {p.stem: _normalise_crf(json.loads(p.read_text())) for p in sorted((out / "crf").glob("*.json"))}
+
+
+def study_results(out: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((out / "results" / "study.json").read_text())
+    return data
+
+
+def writes(server_stats: dict[str, Any]) -> int:
+    total: int = server_stats["writes"]["total"]
+    return total
