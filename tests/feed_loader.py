@@ -66,7 +66,8 @@ def load_feed(base_url: str, feed_dir: Path, *, chunk: int = 500, timeout: float
     batch: list[dict[str, Any]] = []
     with httpx.Client(base_url=base_url, timeout=timeout, headers={"Accept": FHIR_JSON}) as client:
         for earlier in prior_versions(feed_dir):
-            post_bundle(client, put_bundle(earlier))
+            for i in range(0, len(earlier), chunk):
+                post_bundle(client, put_bundle(earlier[i:i + chunk]))
         for resource in feed_resources(feed_dir):
             batch.append(resource)
             if len(batch) >= chunk:
