@@ -49,7 +49,9 @@ def main() -> None:
     from fhir_adapter.synth import write_feed
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fhir-adapter-bench-"))
-    print(f"{'subjects':>8} {'resources':>10} {'gen s':>7} {'run s':>7} {'res/s':>9} {'results':>8} {'peak RSS MB':>11}")
+    header = ("subjects", "resources", "gen s", "run s", "res/s", "results", "peak RSS MB")
+    widths = (8, 10, 7, 7, 9, 8, 11)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for n in args.sizes:
         feed, out = work / f"feed-{n}", work / f"out-{n}"
         t0 = time.perf_counter()
