@@ -1,0 +1,80 @@
+"""ServerSource incremental probes against a mocked server: batched per resource type, the adapter's own
+results are no change, deletions come from type-level history only where the CapabilityStatement offers it."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import httpx
+
+from fhir_adapter.fhir import ClientSettings, FhirClient
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
+from fhir_adapter.study import Study
+from fhir_adapter.terminology import SID_RESULT
+
+SINCE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def bundle(resources: list[dict[str, Any]], kind: str = "searchset") -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": kind, "entry": [{"resource": r} for r in resources]}
+
+
+def capability(history: bool) -> dict[str, Any]:
+    interactions = [{"code": "search-type"}] + ([{"code": "history-type"}] if history else [])
+    return {"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": [
+        {"type": t, "interaction": interactions} for t in SUBJECT_SEARCHES]}]}
+
+
+def run_probe(study: Study, history: bool) -> tuple[set[str], list[httpx.Request], RunLog]:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        path = request.url.path
+        if path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(history))
+        if path.endswith("/Observation/_history"):
+            return httpx.Response(200, json=bundle([], "history") | {"entry": [
+                {"request": {"method": "DELETE", "url": "Observation/gone"},
+                 "resource": {"resourceType": "Observation", "id": "gone", "subject": {"reference": "Patient/p3"}}}]})
+        if path.endswith("/Observation"):
+            return httpx.Response(200, json=bundle([
+                # written by the adapter's last run: not a change of the EHR data
+                {"resourceType": "Observation", "id": "r1", "subject": {"reference": "Patient/p1"},
+                 "identifier": [{"system": SID_RESULT, "value": "x"}]},
+                {"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p2"}}]))
+        return httpx.Response(200, json=bundle([]))
+
+    client = FhirClient("https://ehr.example.org/fhir", settings=ClientSettings(),
+                        transport=httpx.MockTransport(handler))
+    log = RunLog()
+    loop = asyncio.new_event_loop()
+    source = ServerSource(client, study, log, since=SINCE, loop=loop)
+    try:
+        changed = source.run(source._changed({"p1", "p2", "p3"}))
+    finally:
+        source.close()
+    return changed, seen, log
+
+
+def test_probe_is_one_search_per_type_and_ignores_the_adapter_results(study: Study) -> None:
+    changed, seen, log = run_probe(study, history=False)
+    assert changed == {"p2"}
+    searches = [r for r in seen if not r.url.path.endswith("/metadata")]
+    assert len(searches) == len(SUBJECT_SEARCHES)  # three patients, one search per resource type
+    obs = next(r for r in searches if r.url.path.endswith("/Observation"))
+    assert obs.url.params["patient"] == "Patient/p1,Patient/p2,Patient/p3"
+    assert obs.url.params["_lastUpdated"] == "gt2026-11-01T00:00:00Z"
+    assert "combo-code" in obs.url.params and "_include" not in obs.url.params
+    assert not any("_history" in r.url.path for r in seen)
+    assert any("no type-level history" in w["message"] for w in log.warnings)
+
+
+def test_deletions_from_type_level_history_when_offered(study: Study) -> None:
+    changed, seen, _ = run_probe(study, history=True)
+    assert changed == {"p2", "p3"}
+    hist = [r for r in seen if r.url.path.endswith("/Observation/_history")]
+    assert len(hist) == 1 and hist[0].url.params["_since"] == "2026-11-01T00:00:00Z"
