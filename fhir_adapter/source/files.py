@@ -26,7 +26,7 @@ class FileSource:
         self.log = log
         self.description = f"files:{self.folder}"
         self._roster: RosterInput | None = None
-        self._by_patient: dict[str, list[Resource]] = defaultdict(list)
+        self._by_patient: dict[str, list[Resource | bytes]] = defaultdict(list)
         self._orphans: list[tuple[Resource, str, int]] = []
 
     # -- reading -----------------------------------------------------------------------------------
@@ -60,7 +60,7 @@ class FileSource:
                             "fix the export; the line is kept in quarantine/", file=path.name, line=n,
                             raw=line.decode("utf-8", "replace"))
             return
-        self._take(res, path.name, n, roster)
+        self._take(res, path.name, n, roster, line)
 
     def _take_json_file(self, path: Path, roster: RosterInput) -> None:
         try:
@@ -80,7 +80,7 @@ class FileSource:
         else:
             self._take(doc, path.name, 1, roster)
 
-    def _take(self, res: Any, file: str, line: int, roster: RosterInput) -> None:
+    def _take(self, res: Any, file: str, line: int, roster: RosterInput, raw: bytes | None = None) -> None:
         if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
             self.log.reject("unknown", None, "not-a-resource", "JSON object without resourceType",
                             "export FHIR resources only", file=file, line=line, raw=res)
@@ -108,7 +108,9 @@ class FileSource:
             if pid is None:
                 self._orphans.append((res, file, line))
             else:
-                self._by_patient[pid].append(res)
+                # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are
+                # parsed again (orjson, microseconds) when that subject is processed
+                self._by_patient[pid].append(raw.strip() if raw is not None else res)
         elif not is_r4_type(rtype):
             rid = res.get("id") if isinstance(res.get("id"), str) else None
             self.log.reject(rtype, rid, "unknown-resource-type",
@@ -133,12 +135,19 @@ class FileSource:
                             "the EHR export must set subject to the Patient", file=file, line=line, raw=res)
         for pid in sorted(self._by_patient):
             if pid not in roster.patients:
-                for res in self._by_patient[pid]:
+                for res in map(_parsed, self._by_patient[pid]):
                     self.log.reject(res["resourceType"], res.get("id"), "unknown-patient",
                                     f"references Patient/{pid}, which is not in the source",
                                     "include the Patient in the export or correct the reference", raw=res)
             elif pid not in patient_ids:
                 self.log.count("skipped.not-enrolled", len(self._by_patient[pid]))
         for pid in sorted(patient_ids):
-            yield pid, self._by_patient.pop(pid, [])
+            yield pid, [_parsed(x) for x in self._by_patient.pop(pid, [])]
         self._by_patient.clear()
+
+
+def _parsed(x: Resource | bytes) -> Resource:
+    if isinstance(x, bytes):
+        res: Resource = orjson.loads(x)
+        return res
+    return x
