@@ -135,7 +135,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ)
         try:
             with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
-                          enabled=not ctx.obj.get("quiet")) as prog:
+                          enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
                 summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
                                        on_subject=prog.advance, on_start=prog.start)
         finally:

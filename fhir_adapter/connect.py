@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,14 @@ class Connection:
     def close(self) -> None:
         if self.server is not None:
             self.server.close()
+
+    @property
+    def requests_total(self) -> Callable[[], int] | None:
+        """A counter of the HTTP requests made so far (None when the source is files)."""
+        if self.server is None:
+            return None
+        client = self.server.client
+        return lambda: client.stats.total.requests
 
     def requests_per_subject(self) -> dict[str, int]:
         if self.server is None:

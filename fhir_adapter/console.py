@@ -69,8 +69,10 @@ def is_terminal(stream: TextIO) -> bool:
 class RunProgress:
     """Progress of the subjects of one run: ``start(total)`` then ``advance(subject_id)`` per subject."""
 
-    def __init__(self, resources: Callable[[], int], *, enabled: bool = True, live: bool | None = None) -> None:
+    def __init__(self, resources: Callable[[], int], *, enabled: bool = True, live: bool | None = None,
+                 requests: Callable[[], int] | None = None) -> None:
         self._resources = resources
+        self._requests = requests  # HTTP requests to the FHIR server (live-server runs only)
         self._enabled = enabled
         self._live = is_terminal(sys.stderr) if live is None else live
         self._bar: Progress | None = None
@@ -85,11 +87,13 @@ class RunProgress:
             return
         if self._live:
             self._bar = Progress(TextColumn("subjects"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[resources]} resources"), TimeElapsedColumn(),
+                                 TextColumn("{task.fields[resources]} resources"),
+                                 *([TextColumn("{task.fields[requests]} requests")] if self._requests else []),
+                                 TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(),
                                  console=Console(stderr=True), transient=True)
             self._bar.start()
-            self._task = self._bar.add_task("run", total=total, resources=0)
+            self._task = self._bar.add_task("run", total=total, resources=0, requests=0)
         else:
             self._log.info("processing %d subjects", total, extra={"subjects_total": total})
 
@@ -98,14 +102,17 @@ class RunProgress:
         if not self._enabled:
             return
         resources = self._resources()
+        requests = self._requests() if self._requests else None
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, resources=resources)
+            self._bar.update(self._task, advance=1, resources=resources, requests=requests or 0)
             return
         step = max(1, self._total // 10)
         if self._done % step == 0 or self._done == self._total:
-            self._log.info("%d/%d subjects, %d resources read (last: %s)", self._done, self._total, resources,
-                           subject_id, extra={"subjects_done": self._done, "subjects_total": self._total,
-                                              "resources": resources})
+            via = f", {requests} requests" if requests is not None else ""
+            self._log.info("%d/%d subjects, %d resources read%s (last: %s)", self._done, self._total, resources,
+                           via, subject_id, extra={"subjects_done": self._done, "subjects_total": self._total,
+                                                   "resources": resources,
+                                                   **({"requests": requests} if requests is not None else {})})
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -114,8 +121,9 @@ class RunProgress:
 
 
 @contextmanager
-def progress(resources: Callable[[], int], *, enabled: bool) -> Iterator[RunProgress]:
-    p = RunProgress(resources, enabled=enabled)
+def progress(resources: Callable[[], int], *, enabled: bool,
+             requests: Callable[[], int] | None = None) -> Iterator[RunProgress]:
+    p = RunProgress(resources, enabled=enabled, requests=requests)
     try:
         yield p
     finally:

@@ -129,3 +129,23 @@ def test_quiet_prints_nothing_but_keeps_the_exit_code(quarantining_feed: Path, t
     res = _runner().invoke(main, ["-q", "run", "--source", str(quarantining_feed), "--out", str(tmp_path / "o"),
                                   "--study", str(ROOT / "mappings" / "lcar-aio")])
     assert res.exit_code == 2 and res.stdout == "" and res.stderr == ""
+
+
+def test_progress_lines_count_requests_on_live_server_runs(caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from fhir_adapter.console import RunProgress
+
+    calls = iter(range(10, 1000, 10))
+    p = RunProgress(lambda: 500, enabled=True, live=False, requests=lambda: next(calls))
+    with caplog.at_level(logging.INFO, logger="fhir_adapter.progress"):
+        p.start(2)
+        p.advance("101-001")
+        p.advance("101-002")
+    done = [r for r in caplog.records if getattr(r, "subjects_done", None) == 2]
+    assert done and done[0].requests == 20 and "20 requests" in done[0].getMessage()
+    files_only = RunProgress(lambda: 5, enabled=True, live=False)
+    with caplog.at_level(logging.INFO, logger="fhir_adapter.progress"):
+        files_only.start(1)
+        files_only.advance("101-001")
+    assert "requests" not in caplog.records[-1].getMessage()
