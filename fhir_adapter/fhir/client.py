@@ -44,6 +44,7 @@ __all__ = ["FHIR_JSON", "FhirClient", "SearchParams"]
 log = logging.getLogger("fhir_adapter.fhir")
 
 FHIR_JSON = "application/fhir+json"
+FORM = "application/x-www-form-urlencoded"
 _LABEL_EXTENSION = "fhir_adapter.label"
 _EXCERPT_CHARS = 300
 _LOOPBACK = ("localhost", "127.0.0.1", "::1")
@@ -230,9 +231,20 @@ class FhirClient:
         url = resource_path(self.base_url, *segments).copy_merge_params(httpx.QueryParams(tuple(items)))
         seen: dict[str, int] = {}
         page_number = 1
+        # a first page whose URL is too long for the server's or a proxy's limit: POST [type]/_search, same
+        # parameters as a form body (a search, so as safe to retry as the GET); later pages follow `next` links
+        post_body: bytes | None = None
+        if not history and len(str(url)) > self.settings.max_get_url_length:
+            post_body = str(httpx.QueryParams(tuple(items))).encode()
         while True:
             seen[str(url)] = page_number
-            bundle = await self._call("GET", url, label=label, idempotent=True)
+            if post_body is not None:
+                search_url = resource_path(self.base_url, check_type(resource_type), "_search")
+                bundle = await self._call("POST", search_url, label=label, idempotent=True, content=post_body,
+                                          content_type=FORM)
+                post_body = None
+            else:
+                bundle = await self._call("GET", url, label=label, idempotent=True)
             if bundle.get("resourceType") != "Bundle":
                 raise FhirResponseError(
                     f"GET {redact_url(url)} returned a {bundle.get('resourceType')}, not a searchset Bundle",
@@ -356,11 +368,12 @@ class FhirClient:
         label: str | None,
         idempotent: bool,
         content: bytes | None = None,
+        content_type: str = FHIR_JSON,
     ) -> dict[str, Any]:
         """One logical request under the retry policy → the JSON object of a 2xx answer."""
 
         async def attempt() -> dict[str, Any]:
-            return await self._attempt(method, url, label, content)
+            return await self._attempt(method, url, label, content, content_type)
 
         def on_retry(exc: BaseException, delay: float) -> None:
             self.stats.add(label, retries=1)
@@ -371,8 +384,9 @@ class FhirClient:
             self.stats.add(label, failures=1)
             raise
 
-    async def _attempt(self, method: str, url: httpx.URL, label: str | None, content: bytes | None) -> dict[str, Any]:
-        headers = {"Content-Type": FHIR_JSON} if content is not None else None
+    async def _attempt(self, method: str, url: httpx.URL, label: str | None, content: bytes | None,
+                       content_type: str = FHIR_JSON) -> dict[str, Any]:
+        headers = {"Content-Type": content_type} if content is not None else None
         extensions = {_LABEL_EXTENSION: label} if label is not None else None
         request = self._http.build_request(method, url, content=content, headers=headers, extensions=extensions)
         safe_url = redact_url(request.url)

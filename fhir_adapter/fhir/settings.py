@@ -38,6 +38,11 @@ class ClientSettings(BaseModel):
     backoff_jitter_seconds: float = Field(0.5, ge=0)
 
     page_size: int | None = Field(100, ge=1, description="Sent as _count unless the caller sets _count.")
+    max_get_url_length: int = Field(
+        2048, ge=256,
+        description="A search whose GET URL would be longer is sent as POST [type]/_search with a form body "
+                    "(FHIR R4 http.html#search: servers SHALL support both); proxies and EHRs often cap URLs.",
+    )
     max_transaction_entries: int = Field(
         100, ge=1, description="Largest batch/transaction sent; split larger ones with split_transaction."
     )

@@ -325,3 +325,37 @@ async def test_redirects_are_not_followed(httpx_mock: HTTPXMock, fake_sleep: Fak
         ):
             await c.read("Patient", "p1")
     assert len(httpx_mock.get_requests()) == 1
+
+
+async def test_long_search_goes_as_post_search_and_pages_by_get(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+    from urllib.parse import parse_qs
+
+    from fhir_adapter.fhir import ClientSettings, FhirClient
+
+    base = "http://ehr.test/fhir"
+    codes = ",".join(f"http://loinc.org|{n}-{n % 9}" for n in range(1000, 1200))  # ~4 KB of codes
+    page2 = f"{base}/Observation?_getpages=abc&_offset=1"
+    httpx_mock.add_response(method="POST", url=f"{base}/Observation/_search", json={
+        "resourceType": "Bundle", "type": "searchset",
+        "entry": [{"resource": {"resourceType": "Observation", "id": "1"}}],
+        "link": [{"relation": "next", "url": page2}]})
+    httpx_mock.add_response(method="GET", url=page2, json={
+        "resourceType": "Bundle", "type": "searchset",
+        "entry": [{"resource": {"resourceType": "Observation", "id": "2"}}]})
+    async with FhirClient(base, settings=ClientSettings(max_get_url_length=1024)) as client:
+        got = await client.search_all("Observation", {"patient": "Patient/p1", "code": codes}, label="101-001")
+    assert [r["id"] for r in got] == ["1", "2"]
+    post = httpx_mock.get_requests(method="POST")[0]
+    assert post.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    form = parse_qs(post.content.decode())
+    assert form["code"] == [codes] and form["patient"] == ["Patient/p1"] and form["_count"] == ["100"]
+    assert client.stats.by_label["101-001"].requests == 2
+
+
+async def test_short_search_stays_get(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+    from fhir_adapter.fhir import FhirClient
+
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})
+    async with FhirClient("http://ehr.test/fhir") as client:
+        assert await client.search_all("Observation", {"patient": "Patient/p1"}) == []
+    assert not httpx_mock.get_requests(method="POST")
