@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
-from fhir_adapter.mapping.common import Unusable, codings, latest, texts
+from fhir_adapter.mapping.common import Unusable, check_code_refs, codings, latest, resolve_code, texts
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.terminology import (
     EXT_AE_GRADE,
@@ -132,18 +132,11 @@ class AdverseEventSettings(_Strict):
         ]
         for c in (self.crs, self.icans, self.hematologic):
             refs += [*c.codes, *c.code_prefixes]
-        for ref in refs:
-            alias, _, code = ref.partition("|")
-            if alias not in self.code_systems or not code:
-                raise ValueError(
-                    f"code '{ref}' must be alias|code with an alias of code_systems "
-                    f"{sorted(self.code_systems)}"
-                )
+        check_code_refs(refs, self.code_systems)
         return self
 
     def resolve(self, ref: str) -> tuple[str, str]:
-        alias, code = ref.split("|", 1)
-        return self.code_systems[alias], code
+        return resolve_code(ref, self.code_systems)
 
 
 @dataclass(frozen=True)

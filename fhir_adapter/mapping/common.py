@@ -62,3 +62,17 @@ def quantity_unit(q: dict[str, Any]) -> str | None:
     if q.get("unit"):
         return str(q["unit"])
     return str(q["code"]) if q.get("code") else None
+
+
+def check_code_refs(refs: Iterable[str], code_systems: dict[str, str]) -> None:
+    """Every ``alias|code`` names a declared code system alias and a non-empty code (else ValueError)."""
+    for ref in refs:
+        alias, _, code = ref.partition("|")
+        if alias not in code_systems or not code:
+            raise ValueError(f"code '{ref}' must be alias|code with an alias of code_systems {sorted(code_systems)}")
+
+
+def resolve_code(ref: str, code_systems: dict[str, str]) -> tuple[str, str]:
+    """``alias|code`` → (system URI, code)."""
+    alias, code = ref.split("|", 1)
+    return code_systems[alias], code

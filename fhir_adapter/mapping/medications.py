@@ -54,7 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fhir_adapter import units
 from fhir_adapter.crf.models import ConMed, SourceRef
-from fhir_adapter.mapping.common import Unusable, codings, latest, quantity_unit, texts
+from fhir_adapter.mapping.common import Unusable, check_code_refs, codings, latest, quantity_unit, resolve_code, texts
 from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date
@@ -124,13 +124,7 @@ class MedicationSettings(_Strict):
         if "rxnorm" not in self.code_systems:
             raise ValueError("code_systems must declare the alias 'rxnorm' (ingredient RxCUIs use it)")
         refs = [c.code for d in self.drugs.values() for c in d.codes] + list(self.route_codes)
-        for ref in refs:
-            alias = ref.split("|", 1)[0] if "|" in ref else None
-            if alias is None or alias not in self.code_systems or not ref.split("|", 1)[1]:
-                raise ValueError(
-                    f"code '{ref}' must be alias|code with an alias of code_systems "
-                    f"{sorted(self.code_systems)}"
-                )
+        check_code_refs(refs, self.code_systems)
         known = set(self.route_codes.values()) | set(self.route_text.values())
         unknown = [r for r in self.systemic_routes if r not in known]
         if unknown:
@@ -138,8 +132,7 @@ class MedicationSettings(_Strict):
         return self
 
     def resolve(self, ref: str) -> tuple[str, str]:
-        alias, code = ref.split("|", 1)
-        return self.code_systems[alias], code
+        return resolve_code(ref, self.code_systems)
 
 
 @dataclass(frozen=True)
