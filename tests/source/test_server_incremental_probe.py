@@ -28,6 +28,17 @@ def capability(history: bool) -> dict[str, Any]:
         {"type": t, "interaction": interactions} for t in SUBJECT_SEARCHES]}]}
 
 
+def params_of(request: httpx.Request) -> httpx.QueryParams:
+    """Search parameters of a GET, or of a POST [type]/_search form body (long code lists go as POST)."""
+    if request.method == "POST" and request.url.path.endswith("/_search"):
+        return httpx.QueryParams(request.content.decode())
+    return request.url.params
+
+
+def search_type(request: httpx.Request) -> str:
+    return request.url.path.removesuffix("/_search").rsplit("/", 1)[-1]
+
+
 def run_probe(study: Study, history: bool) -> tuple[set[str], list[httpx.Request], RunLog]:
     seen: list[httpx.Request] = []
 
@@ -40,7 +51,7 @@ def run_probe(study: Study, history: bool) -> tuple[set[str], list[httpx.Request
             return httpx.Response(200, json=bundle([], "history") | {"entry": [
                 {"request": {"method": "DELETE", "url": "Observation/gone"},
                  "resource": {"resourceType": "Observation", "id": "gone", "subject": {"reference": "Patient/p3"}}}]})
-        if path.endswith("/Observation"):
+        if search_type(request) == "Observation" and "_history" not in path:
             return httpx.Response(200, json=bundle([
                 # written by the adapter's last run: not a change of the EHR data
                 {"resourceType": "Observation", "id": "r1", "subject": {"reference": "Patient/p1"},
@@ -65,10 +76,10 @@ def test_probe_is_one_search_per_type_and_ignores_the_adapter_results(study: Stu
     assert changed == {"p2"}
     searches = [r for r in seen if not r.url.path.endswith("/metadata")]
     assert len(searches) == len(SUBJECT_SEARCHES)  # three patients, one search per resource type
-    obs = next(r for r in searches if r.url.path.endswith("/Observation"))
-    assert obs.url.params["patient"] == "Patient/p1,Patient/p2,Patient/p3"
-    assert obs.url.params["_lastUpdated"] == "gt2026-11-01T00:00:00Z"
-    assert "combo-code" in obs.url.params and "_include" not in obs.url.params
+    obs = params_of(next(r for r in searches if search_type(r) == "Observation"))
+    assert obs["patient"] == "Patient/p1,Patient/p2,Patient/p3"
+    assert obs["_lastUpdated"] == "gt2026-11-01T00:00:00Z"
+    assert "combo-code" in obs and "_include" not in obs
     assert not any("_history" in r.url.path for r in seen)
     assert any("no type-level history" in w["message"] for w in log.warnings)
 
