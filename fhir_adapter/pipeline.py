@@ -1,4 +1,5 @@
-"""The offline job: source → roster → map → CRF → derive → results, write-back bundles and the run report.
+"""The job: source → roster → map → CRF → derive → results; write-back bundles (and, with a sink, the writes
+to the FHIR server), exports and the run report.
 
 Each subject is processed on its own: a subject whose data cannot be mapped is reported and skipped,
 never stopping the others.
@@ -160,18 +161,7 @@ def run(
             summary.server_unchanged += len(bundle_resources)
         elif sink is not None:
             w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))
-            summary.server_writes += len(w.written) + len(w.retracted)
-            summary.server_unchanged += w.unchanged
-            summary.writes.append({"subject_id": e.subject_id, "written": len(w.written),
-                                   "retracted": len(w.retracted), "unchanged": w.unchanged,
-                                   **({"error": w.error} if w.error else {})})
-            if w.diff:
-                (out / "writeback-diff").mkdir(parents=True, exist_ok=True)
-                (out / "writeback-diff" / f"{name}.diff").write_text(w.diff)
-            if w.error:
-                runlog.warn(f"results not written to the server: {w.error}", subject_id=e.subject_id,
-                            rule="write-failed")
-                summary.subjects_not_written.append(e.subject_id)
+            _record_write(w, summary, runlog, out / "writeback-diff" / f"{name}.diff")
 
     def guarded(e: Enrollee, step: Callable[[], None]) -> None:
         try:
@@ -233,6 +223,20 @@ def run(
         **({"server_requests": source.request_stats()} if hasattr(source, "request_stats") else {}),
     })
     return summary
+
+
+def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path: Path) -> None:
+    """Account for one subject's write to the server: counts, the diff (dry runs and real ones), failures."""
+    summary.server_writes += len(w.written) + len(w.retracted)
+    summary.server_unchanged += w.unchanged
+    summary.writes.append({"subject_id": w.subject_id, "written": len(w.written), "retracted": len(w.retracted),
+                           "unchanged": w.unchanged, **({"error": w.error} if w.error else {})})
+    if w.diff:
+        diff_path.parent.mkdir(parents=True, exist_ok=True)
+        diff_path.write_text(w.diff)
+    if w.error:
+        runlog.warn(f"results not written to the server: {w.error}", subject_id=w.subject_id, rule="write-failed")
+        summary.subjects_not_written.append(w.subject_id)
 
 
 def _write_quarantine(out: Path, runlog: RunLog) -> None:
