@@ -47,7 +47,15 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
-from fhir_adapter.mapping.common import Unusable, check_code_refs, codings, latest, resolve_code, texts
+from fhir_adapter.mapping.common import (
+    Unusable,
+    check_code_refs,
+    codings,
+    latest,
+    parse_date_or_reject,
+    resolve_code,
+    texts,
+)
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.terminology import (
     EXT_AE_GRADE,
@@ -56,7 +64,7 @@ from fhir_adapter.terminology import (
     EXT_AE_STATUS,
     EXT_AE_SUSPECT_ENTITY,
 )
-from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date, study_day
+from fhir_adapter.timeline import FhirDate, study_day
 
 if TYPE_CHECKING:
     from fhir_adapter.study import Study
@@ -477,12 +485,7 @@ class AdverseEventMapper:
 
     # -- dates and outcome -------------------------------------------------------------------------
     def _parse(self, value: Any) -> FhirDate:
-        try:
-            return parse_fhir_date(value, self.tz)
-        except DateError as exc:
-            raise Unusable(
-                "bad-date", str(exc), "send ISO 8601 dates (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)"
-            ) from None
+        return parse_date_or_reject(value, self.tz)
 
     def _outcome(self, r: dict[str, Any]) -> str | None:
         oc = r.get("outcome")

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from fhir_adapter.terminology import UCUM
+from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date
 
 
 class Unusable(Exception):
@@ -76,3 +77,11 @@ def resolve_code(ref: str, code_systems: dict[str, str]) -> tuple[str, str]:
     """``alias|code`` → (system URI, code)."""
     alias, code = ref.split("|", 1)
     return code_systems[alias], code
+
+
+def parse_date_or_reject(value: Any, tz: str) -> FhirDate:
+    """A FHIR date/dateTime in the site time zone, or :class:`Unusable` (rule ``bad-date``) naming the fix."""
+    try:
+        return parse_fhir_date(value, tz)
+    except DateError as exc:
+        raise Unusable("bad-date", str(exc), "send ISO 8601 dates (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)") from None

@@ -54,10 +54,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fhir_adapter import units
 from fhir_adapter.crf.models import ConMed, SourceRef
-from fhir_adapter.mapping.common import Unusable, check_code_refs, codings, latest, quantity_unit, resolve_code, texts
+from fhir_adapter.mapping.common import (
+    Unusable,
+    check_code_refs,
+    codings,
+    latest,
+    parse_date_or_reject,
+    quantity_unit,
+    resolve_code,
+    texts,
+)
 from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
 from fhir_adapter.runlog import RunLog
-from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date
+from fhir_adapter.timeline import FhirDate
 
 if TYPE_CHECKING:
     from fhir_adapter.study import Study
@@ -404,12 +413,7 @@ class MedicationMapper:
 
     # -- dates -------------------------------------------------------------------------------------
     def _parse(self, value: Any) -> FhirDate:
-        try:
-            return parse_fhir_date(value, self.tz)
-        except DateError as exc:
-            raise Unusable(
-                "bad-date", str(exc), "send ISO 8601 dates (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)"
-            ) from None
+        return parse_date_or_reject(value, self.tz)
 
     def _days(self, duration: Any) -> float | None:
         if not isinstance(duration, dict) or duration.get("value") is None:
