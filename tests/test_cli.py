@@ -149,3 +149,16 @@ def test_progress_lines_count_requests_on_live_server_runs(caplog) -> None:  # t
         files_only.start(1)
         files_only.advance("101-001")
     assert "requests" not in caplog.records[-1].getMessage()
+
+
+def test_default_study_is_found_from_any_directory(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from fhir_adapter.cli import main
+    from fhir_adapter.synth import write_feed
+
+    write_feed(tmp_path / "feed", subjects=2, seed=3)
+    monkeypatch.chdir(tmp_path)  # no mappings/ here: the default --study resolves to the project's own
+    result = CliRunner().invoke(main, ["-q", "run", "--source", "feed", "--out", "out"])
+    assert result.exit_code in (0, 2), result.output
+    assert (tmp_path / "out" / "results" / "study.json").exists()

@@ -139,9 +139,24 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+#: the checkout fhir-adapter runs from (``mappings/`` lives at its top level)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def resolve_study_dir(root: Path) -> Path:
+    """``root`` as given when it exists; a relative path that does not exist here is looked up in the
+    project's own tree (so ``--study mappings/lcar-aio``, the default, and ``--site mappings/sites/...`` work
+    from any directory)."""
+    root = Path(root)
+    if root.exists() or root.is_absolute():
+        return root
+    shipped = PROJECT_ROOT / root
+    return shipped if shipped.exists() else root
+
+
 def load_study(root: Path, site: Path | None = None) -> Study:
     """Read and check ``root`` (a study folder) and the optional ``site`` overlay."""
-    root = Path(root)
+    root = resolve_study_dir(root)
     if not root.is_dir():
         raise MappingError(root, None, "study folder not found", "pass --study mappings/<study>")
     docs: dict[str, YamlDoc] = {}
@@ -175,7 +190,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     overlay: SiteOverlay | None = None
     odoc: YamlDoc | None = None
     if site is not None:
-        odoc = read_yaml(Path(site))
+        odoc = read_yaml(resolve_study_dir(Path(site)))
         overlay = _validate(odoc, SiteOverlay, odoc.data)
         for alias, uri in overlay.code_systems.items():
             if alias in systems and systems[alias] != uri:
