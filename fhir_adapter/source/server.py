@@ -122,7 +122,21 @@ class ServerSource:
                 out.subjects.append(res)
             elif res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
                 out.patients[res["id"]] = res
+        await self._missing_patients(out)
         return out
+
+    async def _missing_patients(self, out: RosterInput, chunk: int = 50) -> None:
+        """Patients the server did not ``_include`` (many EHRs ignore ``_include`` on ResearchSubject): read
+        them with ``Patient?_id=a,b,...``, so a subject is never rejected as 'unknown patient' for that."""
+        wanted = sorted({pid for rs in out.subjects
+                         if (pid := ref_id((rs.get("individual") or {}).get("reference"), "Patient"))
+                         and pid not in out.patients})
+        if wanted:
+            self.log.count("roster.patients_read_without_include", len(wanted))
+        for i in range(0, len(wanted), chunk):
+            async for res in self.client.search("Patient", {"_id": ",".join(wanted[i:i + chunk])}, label="roster"):
+                if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+                    out.patients[res["id"]] = res
 
     # -- per subject -----------------------------------------------------------------------------------
     def label_subjects(self, labels: dict[str, str]) -> None:
