@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -194,3 +195,65 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
     path = build_report(results, out)
     if not ctx.obj.get("quiet"):
         click.echo(f"report          {path}")
+
+
+@main.command()
+@click.option("--study", type=click.Path(path_type=Path), default=DEFAULT_STUDY, show_default=True,
+              help="Study mapping folder.")
+@click.option("--site", type=click.Path(path_type=Path), default=None,
+              help="Site overlay (mappings/sites/<site>.yaml).")
+@click.option("--source", default=None, help="A FHIR R4 server base URL whose CapabilityStatement to check.")
+@click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
+              help="Server settings YAML, as for `run` (observation_code_param, timeouts...).")
+@click.option("--post", is_flag=True, help="Also check what writing results back (--post) needs.")
+@click.pass_context
+def check(ctx: click.Context, study: Path, site: Path | None, source: str | None, config: Path | None,
+          post: bool) -> None:
+    """Check a mapping, and what a FHIR server offers, before the first run. Reads only the server's
+    CapabilityStatement (GET [base]/metadata); writes nothing.
+
+    \b
+    Exit code 0 when the run can work, 1 on an error (a gap listed as "error").
+
+    \b
+    Examples:
+      fhir-adapter check --site mappings/sites/example-site.yaml
+      fhir-adapter check --source https://ehr.example.org/fhir/R4 --post
+    """
+    import asyncio
+    import os
+
+    from fhir_adapter.preflight import capability_gaps
+    from fhir_adapter.server_config import load_server_config, open_client
+    from fhir_adapter.study import load_study
+
+    st = load_study(study, site)
+    rules = ", ".join(sorted(st.rules))
+    click.echo(f"mapping ok    {st.root}" + (f" + site {st.site}" if st.site else ""))
+    click.echo(f"              study {st.info.id}, {len(st.items)} CRF items fed by {len(st.code_index)} codes, "
+               f"{len(st.schedule.visits)} visits, time zone {st.info.timezone}")
+    click.echo(f"              rules: {rules}")
+    if source is None:
+        return
+    cfg = load_server_config(config, os.environ)
+
+    async def metadata() -> dict[str, Any]:
+        async with open_client(source, cfg, os.environ) as client:
+            return await client.capabilities(label="check")
+
+    cs = asyncio.run(metadata())
+    gaps = capability_gaps(cs, observation_code_param=cfg.observation_code_param, post=post)
+    software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
+    click.echo(f"server        {source}: FHIR {cs.get('fhirVersion')} "
+               f"{software.get('name', '')} {software.get('version', '')}".rstrip())
+    for g in gaps:
+        click.echo(f"  {g.level:<8} {g.what}: {g.consequence}")
+    errors = [g for g in gaps if g.level == "error"]
+    click.echo(f"              {len(errors)} errors, {len(gaps) - len(errors)} warnings"
+               + ("" if errors else ": the adapter can run against this server"))
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

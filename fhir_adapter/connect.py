@@ -79,6 +79,7 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
     cfg = load_server_config(config, env)
     client = open_client(source, cfg, env)
     loop = asyncio.new_event_loop()
-    server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop)
+    server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop,
+                          observation_code_param=cfg.observation_code_param)
     sink = ServerSink(client, loop, dry_run=dry_run) if (post or dry_run) else None
     return Connection(source=server, sink=sink, server=server)

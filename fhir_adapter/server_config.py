@@ -10,6 +10,7 @@ Config file (``--config adapter.yaml``)::
       read_timeout: 120
       verify: true                # or a CA bundle path
     read_mode: search             # search (one search per resource type) | batch (one batch Bundle per subject)
+    observation_code_param: combo-code   # combo-code | code | none (see `fhir-adapter check --source URL`)
 
 Environment (override the file): ``FHIR_ADAPTER_MAX_CONCURRENCY``, ``FHIR_ADAPTER_PAGE_SIZE``,
 ``FHIR_ADAPTER_MAX_TRANSACTION_ENTRIES``, ``FHIR_ADAPTER_READ_MODE``, ``FHIR_ADAPTER_CA_BUNDLE``.
@@ -23,7 +24,7 @@ import datetime as dt
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -42,7 +43,8 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     client: ClientSettings = ClientSettings()
-    read_mode: str = "search"
+    read_mode: Literal["search", "batch"] = "search"
+    observation_code_param: Literal["combo-code", "code", "none"] = "combo-code"
 
 
 def load_server_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:

@@ -60,12 +60,19 @@ class ServerSource:
     """Reads from a FHIR server through a :class:`FhirClient` it drives on its own event loop."""
 
     def __init__(self, client: FhirClient, study: Study, log_: RunLog, *, since: dt.datetime | None = None,
-                 read_mode: str = "search", loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 read_mode: str = "search", loop: asyncio.AbstractEventLoop | None = None,
+                 observation_code_param: str = "combo-code") -> None:
         self.client = client
         self.study = study
         self.log = log_
         self.since = since
         self.read_mode = read_mode
+        #: how Observations are filtered: combo-code (code or component code: panels such as blood pressure),
+        #: code (the Observation's own code only), or none (every Observation of the patient; the mapping
+        #: picks what it needs) — for EHRs that do not support combo-code
+        if observation_code_param not in ("combo-code", "code", "none"):
+            raise ValueError(f"observation_code_param must be combo-code, code or none, not {observation_code_param!r}")
+        self.observation_code_param = observation_code_param
         self.description = f"server:{client.base_url}"
         self._loop = loop or asyncio.new_event_loop()
         self._labels: dict[str, str] = {}
@@ -160,9 +167,11 @@ class ServerSource:
         out: list[tuple[str, dict[str, str]]] = []
         for rtype, (param, params) in SUBJECT_SEARCHES.items():
             ref = f"Patient/{pid}"
-            if rtype == "Observation":
+            if rtype == "Observation" and self.observation_code_param == "none":
+                out.append((rtype, {param: ref, **params, **(extra or {})}))
+            elif rtype == "Observation":
                 for codes in self._observation_code_params():
-                    out.append((rtype, {param: ref, "combo-code": codes, **params, **(extra or {})}))
+                    out.append((rtype, {param: ref, self.observation_code_param: codes, **params, **(extra or {})}))
             elif rtype == "Procedure":
                 codes = ",".join(f"{s}|{c}" for s, c in sorted(self.study.infusion_codes))
                 out.append((rtype, {param: ref, "code": codes, **params, **(extra or {})}))

@@ -1,0 +1,108 @@
+"""Before the first run against an EHR: does the mapping load, and does the FHIR server offer what the
+adapter will ask of it? ``fhir-adapter check`` prints the answers; nothing is read past the
+CapabilityStatement and nothing is written.
+
+What the adapter needs of a server (FHIR R4 ``CapabilityStatement.rest[mode=server]``):
+
+* reading (every run): search on ResearchStudy (``identifier``), ResearchSubject (``study``), Patient
+  (``_id``), Observation (``patient`` + the ``observation_code_param`` setting), Procedure (``patient``,
+  ``code``), the four medication types and AdverseEvent (``patient``/``subject``);
+* incremental runs (``--since``): ``_lastUpdated`` on those types; ``history-type`` for deletions;
+* writing back (``--post``): the system ``transaction`` interaction, ``update`` with ``conditionalUpdate``
+  on Observation and Device, ``create`` on Provenance.
+
+A server may support more than it declares: every gap is reported with what happens if it is real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+#: resource type -> (search parameters every run needs, what is lost without the type)
+READS: dict[str, tuple[tuple[str, ...], str]] = {
+    "ResearchStudy": (("identifier",), "the study cannot be found: nothing runs"),
+    "ResearchSubject": (("study",), "no roster: nothing runs"),
+    "Patient": (("_id",), "Patients the server does not _include cannot be read"),
+    "Observation": (("patient",), "no labs, vital signs, SLEDAI-2K, PGA or CAR-T kinetics"),
+    "Procedure": (("patient", "code"), "no infusion: Day 1 unknown, no visits"),
+    "MedicationStatement": (("patient",), "no concomitant medications from statements"),
+    "MedicationRequest": (("patient",), "no concomitant medications from orders"),
+    "MedicationAdministration": (("patient",), "no lymphodepletion or administrations"),
+    "MedicationDispense": (("patient",), "no concomitant medications from dispenses"),
+    "AdverseEvent": (("subject",), "no adverse events: TEAE and DLT not derivable"),
+}
+CRITICAL = {"ResearchStudy", "ResearchSubject", "Observation", "Procedure"}
+#: the per-subject data an incremental run probes for changes and deletions
+SUBJECT_DATA = set(READS) - {"ResearchStudy", "ResearchSubject", "Patient"}
+
+
+@dataclass(frozen=True)
+class Gap:
+    level: Literal["error", "warning"]
+    what: str
+    consequence: str
+
+
+def _server_rest(cs: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in cs.get("rest") or [] if r.get("mode") == "server"), None)
+
+
+def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-code",
+                    post: bool = False) -> list[Gap]:
+    """What the server's CapabilityStatement does not declare of what the adapter needs."""
+    gaps: list[Gap] = []
+    version = str(cs.get("fhirVersion", ""))
+    if not version.startswith("4.0"):
+        gaps.append(Gap("error", f"fhirVersion is '{version or 'missing'}'", "the adapter reads FHIR R4 (4.0.x)"))
+    rest = _server_rest(cs)
+    if rest is None:
+        return [*gaps, Gap("error", "no rest entry with mode=server", "the server declares no REST API")]
+    resources = {r.get("type"): r for r in rest.get("resource") or []}
+    no_last_updated: list[str] = []
+    no_history: list[str] = []
+    for rtype, (params, lost) in READS.items():
+        needed = list(params)
+        if rtype == "Observation" and observation_code_param != "none":
+            needed.append(observation_code_param)
+        level: Literal["error", "warning"] = "error" if rtype in CRITICAL else "warning"
+        res = resources.get(rtype)
+        if res is None or "search-type" not in {i.get("code") for i in res.get("interaction") or []}:
+            gaps.append(Gap(level, f"{rtype}: no search", lost))
+            continue
+        declared = {p.get("name") for p in res.get("searchParam") or []}
+        for p in needed:
+            if p in declared:
+                continue
+            if rtype == "Observation" and p == observation_code_param:
+                gaps.append(Gap("error", f"Observation: search parameter '{p}' not declared",
+                                "set observation_code_param: code (or none) in the --config file"))
+            else:
+                gaps.append(Gap(level, f"{rtype}: search parameter '{p}' not declared", lost))
+        if rtype in SUBJECT_DATA and "_lastUpdated" not in declared:
+            no_last_updated.append(rtype)
+        if rtype in SUBJECT_DATA and "history-type" not in {i.get("code") for i in res.get("interaction") or []}:
+            no_history.append(rtype)
+    if no_last_updated:
+        gaps.append(Gap("warning", f"_lastUpdated not declared on {', '.join(no_last_updated)}",
+                        "--since cannot find changes of these types: run without --since"))
+    if no_history:
+        gaps.append(Gap("warning", f"no history-type on {', '.join(no_history)}",
+                        "under --since a deletion alone is picked up by the next full run"))
+    rs = resources.get("ResearchSubject") or {}
+    if "ResearchSubject:individual" not in (rs.get("searchInclude") or []):
+        gaps.append(Gap("warning", "ResearchSubject: _include ResearchSubject:individual not declared",
+                        "Patients are read by _id instead (one request per 50 subjects)"))
+    if post:
+        if "transaction" not in {i.get("code") for i in rest.get("interaction") or []}:
+            gaps.append(Gap("error", "no system transaction interaction", "--post cannot write results"))
+        for rtype in ("Observation", "Device"):
+            res = resources.get(rtype) or {}
+            if "update" not in {i.get("code") for i in res.get("interaction") or []} or not res.get(
+                    "conditionalUpdate"):
+                gaps.append(Gap("error", f"{rtype}: no conditional update",
+                                "--post cannot update results idempotently"))
+        prov = resources.get("Provenance") or {}
+        if "create" not in {i.get("code") for i in prov.get("interaction") or []}:
+            gaps.append(Gap("error", "Provenance: no create", "--post cannot record where results came from"))
+    return gaps

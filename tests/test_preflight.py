@@ -1,0 +1,88 @@
+"""`fhir-adapter check`: the mapping loads, and the server's CapabilityStatement offers what a run needs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_adapter.preflight import READS, capability_gaps
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def statement(drop_type: str | None = None, drop_param: tuple[str, str] | None = None,
+              conditional: bool = True, transaction: bool = True) -> dict[str, Any]:
+    resources = []
+    for rtype, (params, _) in READS.items():
+        if rtype == drop_type:
+            continue
+        names = [*params, "_lastUpdated", "combo-code", "code"]
+        names = [n for n in names if (rtype, n) != drop_param]
+        resources.append({"type": rtype, "interaction": [{"code": c} for c in ("search-type", "history-type",
+                                                                               "update", "create")],
+                          "searchParam": [{"name": n, "type": "token"} for n in names],
+                          "conditionalUpdate": conditional,
+                          **({"searchInclude": ["ResearchSubject:individual"]} if rtype == "ResearchSubject" else {})})
+    resources += [{"type": t, "interaction": [{"code": "update"}, {"code": "create"}], "conditionalUpdate": conditional}
+                  for t in ("Device", "Provenance")]
+    rest = {"mode": "server", "resource": resources,
+            "interaction": [{"code": "transaction"}] if transaction else []}
+    return {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [rest]}
+
+
+def test_a_complete_server_has_no_gaps() -> None:
+    assert capability_gaps(statement(), post=True) == []
+
+
+def test_missing_observation_search_is_an_error_missing_adverse_events_a_warning() -> None:
+    gaps = capability_gaps(statement(drop_type="Observation"))
+    assert [(g.level, g.what) for g in gaps] == [("error", "Observation: no search")]
+    gaps = capability_gaps(statement(drop_type="AdverseEvent"))
+    assert [(g.level, g.what) for g in gaps] == [("warning", "AdverseEvent: no search")]
+
+
+def test_combo_code_missing_points_at_the_setting() -> None:
+    gaps = capability_gaps(statement(drop_param=("Observation", "combo-code")))
+    assert len(gaps) == 1 and gaps[0].level == "error" and "observation_code_param" in gaps[0].consequence
+    assert capability_gaps(statement(drop_param=("Observation", "combo-code")), observation_code_param="code") == []
+
+
+def test_write_back_needs() -> None:
+    gaps = capability_gaps(statement(conditional=False, transaction=False), post=True)
+    assert {g.what for g in gaps} == {"no system transaction interaction", "Observation: no conditional update",
+                                      "Device: no conditional update"}
+    assert capability_gaps(statement(conditional=False, transaction=False), post=False) == []
+
+
+def test_not_r4() -> None:
+    cs = statement() | {"fhirVersion": "5.0.0"}
+    assert [g.level for g in capability_gaps(cs)] == ["error"]
+
+
+@pytest.mark.server
+def test_check_against_the_real_server(fhir_server) -> None:  # type: ignore[no-untyped-def]
+    cmd = [sys.executable, "-m", "fhir_adapter.cli", "check", "--source", fhir_server.base_url, "--post"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "mapping ok" in run.stdout and "FHIR 4.0.1" in run.stdout and "0 errors" in run.stdout
+    assert fhir_server.stats()["writes"]["total"] == 0
+
+
+def test_check_reports_a_bad_mapping(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\nitems:\n  c3:\n    accept_units: ['mmol/L']\n")
+    run = subprocess.run([sys.executable, "-m", "fhir_adapter.cli", "check", "--site", str(site)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1 and f"{site}:4" in run.stderr and "mmol/L" in run.stderr
+
+
+def test_the_documented_example_config_loads() -> None:
+    from fhir_adapter.server_config import load_server_config
+
+    cfg = load_server_config(ROOT / "docs" / "adapter.example.yaml", {"FHIR_ADAPTER_MAX_CONCURRENCY": "2"})
+    assert cfg.client.page_size == 200 and cfg.observation_code_param == "combo-code"
+    assert cfg.client.max_concurrency == 2  # the environment overrides the file
