@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import pytest
 
 from fhir_adapter.fhir import ClientSettings, FhirClient
 from fhir_adapter.runlog import RunLog
@@ -60,3 +61,22 @@ def test_patients_read_by_id_when_the_include_is_ignored(study: Study) -> None:
     assert sorted(data.patients) == ["p0", "p1", "p2"]
     reads = [r for r in seen if r.url.path.endswith("/Patient")]
     assert len(reads) == 1 and reads[0].url.params["_id"] == "p0,p1,p2"
+
+
+def test_observation_code_parameter_modes(study: Study) -> None:
+    client = FhirClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(lambda r: httpx.Response(404)))
+    loop = asyncio.new_event_loop()
+    try:
+        for mode, expected in (("combo-code", "combo-code"), ("code", "code"), ("none", None)):
+            source = ServerSource(client, study, RunLog(), loop=loop, observation_code_param=mode)
+            obs = [p for t, p in source._searches("p1") if t == "Observation"]
+            assert len(obs) == 1 and obs[0]["patient"] == "Patient/p1"
+            if expected is None:
+                assert "code" not in obs[0] and "combo-code" not in obs[0]
+            else:
+                assert "http://loinc.org|777-3" in obs[0][expected].split(",")
+    finally:
+        loop.run_until_complete(client.aclose())
+        loop.close()
+    with pytest.raises(ValueError, match="observation_code_param"):
+        ServerSource(client, study, RunLog(), observation_code_param="codes")
