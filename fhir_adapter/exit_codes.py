@@ -1,0 +1,36 @@
+"""Exit codes of the ``fhir-adapter`` command (docs/cli.md), and what the site does after each."""
+
+from __future__ import annotations
+
+OK = 0
+FAILED = 1
+COMPLETED_WITH_WARNINGS = 2
+SERVER_UNAVAILABLE = 3
+AUTH_FAILED = 4
+USAGE = 64
+
+#: code -> (meaning, what the site does next)
+EXIT_CODES: dict[int, tuple[str, str]] = {
+    OK: ("ok", "nothing"),
+    FAILED: ("failed: bad mapping/config, unreadable source, nothing processed",
+             "fix what the one-line error names, then run again"),
+    COMPLETED_WITH_WARNINGS: ("completed with warnings: quarantined input, or subjects not processed / not written",
+                              "read run-report.json (quarantine, subjects_failed, subjects_not_written); the next "
+                              "run picks those subjects up again"),
+    SERVER_UNAVAILABLE: ("server unavailable: the run stopped early, completed subjects kept",
+                         "run again later (same command); nothing to repair"),
+    AUTH_FAILED: ("authentication failed",
+                  "check the client registration, key and scopes at the token endpoint named in the error"),
+    USAGE: ("usage error on the command line", "correct the command (see --help)"),
+}
+
+
+def meaning(code: int) -> str:
+    return EXIT_CODES[code][0] if code in EXIT_CODES else f"exit code {code}"
+
+
+def help_table() -> str:
+    """The table shown in ``fhir-adapter --help`` (Click's ``\\b`` keeps the lines as they are)."""
+    lines = ["\b", "Exit codes (what to do next):"]
+    lines += [f"  {code:>2}  {what} — {then}" for code, (what, then) in EXIT_CODES.items()]
+    return "\n".join(lines)
