@@ -22,6 +22,7 @@ from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.mapping.subject import SubjectMapper
+from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster import Enrollee, build_roster, with_day1
@@ -69,13 +70,9 @@ class RunSummary:
         return 2 if self.quarantined or self.subjects_failed or self.subjects_not_written else 0
 
 
-def _dump(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _dump(out: Path, path: Path, data: Any) -> None:
+    inside(out, path).parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-
-
-def _safe_name(subject_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in subject_id)
 
 
 def writeback_resources(r: Any, e: Any, study: Study) -> list[dict[str, Any]]:
@@ -132,14 +129,15 @@ def run(
     if sink is not None:
         sink.start(roster.patient_ids)
     mapper = SubjectMapper(study, runlog)
+    file_names = SubjectFileNames()
     rows: list[dict[str, Any]] = []
 
     def finish(e: Enrollee, crf: SubjectCRF, quarantined: list[Quarantined] | None = None,
                source_resources: list[dict[str, Any]] | None = None) -> None:
         res = derive_subject(crf, study)
         rows.append(subject_row(res))
-        name = _safe_name(e.subject_id)
-        _dump(out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
+        name = file_names.name(e.subject_id)
+        _dump(out, out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
         bundle_resources = writeback_resources(res, e, study)
         if e.patient_id in owned:  # a ResearchSubject the adapter created from the site roster CSV
             bundle_resources.insert(0, research_subject_resource(owned[e.patient_id], infused=e.day1 is not None))
@@ -147,7 +145,7 @@ def run(
         invalid = [p for p in (r4_problem(x) for x in bundle_resources + plan.retractions) if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
-        _dump(out / "writeback" / f"{name}.json", transaction(bundle_resources + plan.retractions))
+        _dump(out, out / "writeback" / f"{name}.json", transaction(bundle_resources + plan.retractions))
         # an incremental run's unchanged subject (source_resources None) whose results equal what the last run
         # wrote needs no request to the server at all
         unchanged_since_last = source_resources is None and not plan.retractions and \
@@ -161,7 +159,7 @@ def run(
             summary.server_unchanged += len(bundle_resources)
         elif sink is not None:
             w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))
-            _record_write(w, summary, runlog, out / "writeback-diff" / f"{name}.diff")
+            _record_write(w, summary, runlog, inside(out, out / "writeback-diff" / f"{name}.diff"))
 
     def guarded(e: Enrollee, step: Callable[[], None]) -> None:
         try:
@@ -187,20 +185,20 @@ def run(
         e0 = roster.enrolled[pid]
 
         def cached(e0: Enrollee = e0) -> None:
-            path = out / "crf" / f"{_safe_name(e0.subject_id)}.json"
+            path = inside(out, out / "crf" / f"{file_names.name(e0.subject_id)}.json")
             crf = SubjectCRF.model_validate_json(path.read_bytes())
             e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"), None))
             finish(e, crf)
 
         guarded(e0, cached)
-    _dump(out / "results" / "study.json", study_json(study, rows))
+    _dump(out, out / "results" / "study.json", study_json(study, rows))
     coverage = exports.close(dict(runlog.counts))
     if not getattr(sink, "dry_run", False):  # a dry run changes nothing, OUT/state included
         state.save()
     summary.quarantined = len(runlog.quarantine)
     summary.warnings = len(runlog.warnings)
     _write_quarantine(out, runlog)
-    _dump(out / "run-report.json", {
+    _dump(out, out / "run-report.json", {
         "generated_by": f"fhir-adapter {__version__}",
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -245,6 +243,6 @@ def _write_quarantine(out: Path, runlog: RunLog) -> None:
     by_type: dict[str, list[bytes]] = {}
     for q in runlog.quarantine:
         line = orjson.dumps({"reason": q.as_report(), "resource": q.raw})
-        by_type.setdefault(q.resource_type, []).append(line)
-    for rtype, lines in by_type.items():
-        (qdir / f"{rtype}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+        by_type.setdefault(quarantine_file_name(q.resource_type), []).append(line)
+    for name, lines in by_type.items():
+        inside(out, qdir / name).write_bytes(b"\n".join(lines) + b"\n")

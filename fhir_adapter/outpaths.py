@@ -1,0 +1,81 @@
+"""Every file name the adapter writes under OUT, built from a closed set of names or from a subject ID.
+
+Input decides file names in two places only, and neither can leave OUT:
+
+* **subject IDs** (``crf/<subject>.json``, ``writeback/<subject>.json``, ``writeback-diff/<subject>.diff``) go
+  through :func:`subject_file_name`, an injective encoding: ``[A-Za-z0-9-.]`` is kept, every other character
+  (``_`` included) becomes ``_XX`` (its UTF-8 bytes in hex), so ``a/b`` → ``a_2Fb`` and ``a_b`` → ``a_5Fb``.
+  A name longer than :data:`MAX_NAME` keeps a prefix and a hash of the whole ID. :class:`SubjectFileNames`
+  refuses a second subject whose name equals an earlier one's on a case-insensitive file system (or after
+  shortening), naming both subjects.
+* **quarantine files** (``quarantine/<Type>.ndjson``) are named by :func:`quarantine_file_name` from the
+  FHIR R4 resource types, anything else ``unknown``.
+
+:func:`inside` is the last guard: a path that would resolve outside OUT raises :class:`UnsafePath`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from fhir_adapter.fhir_r4 import is_r4_type
+
+#: longest file name stem built from a subject ID (file systems allow 255 bytes; suffixes are added)
+MAX_NAME = 120
+UNKNOWN_TYPE = "unknown"
+_KEEP = re.compile(r"[A-Za-z0-9.-]")
+_TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
+
+
+class UnsafePath(ValueError):
+    """A path built from input would leave OUT, or two subjects would share a file."""
+
+
+def subject_file_name(subject_id: str) -> str:
+    """The file name stem of a subject's files: injective, no separators, NUL or control characters."""
+    parts = []
+    for i, c in enumerate(subject_id):
+        if _KEEP.fullmatch(c) and not (i == 0 and c == "."):
+            parts.append(c)
+        else:
+            parts.append("".join(f"_{b:02X}" for b in c.encode("utf-8", "surrogatepass")))
+    name = "".join(parts) or "_"
+    if len(name) > MAX_NAME:
+        digest = hashlib.sha256(subject_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        name = f"{name[:MAX_NAME - 18]}~~{digest}"
+    return name
+
+
+def quarantine_file_name(resource_type: str) -> str:
+    """``<Type>.ndjson`` for a FHIR R4 resource type, ``unknown.ndjson`` for anything else."""
+    ok = isinstance(resource_type, str) and _TYPE_NAME.fullmatch(resource_type) and is_r4_type(resource_type)
+    return f"{resource_type if ok else UNKNOWN_TYPE}.ndjson"
+
+
+def inside(out: Path, path: Path) -> Path:
+    """``path`` unchanged when it stays inside ``out``; else :class:`UnsafePath`."""
+    if "\x00" in str(path):
+        raise UnsafePath(f"refused to write {str(path)!r}: the path contains a NUL character")
+    root = Path(out).resolve()
+    target = Path(path).resolve()
+    if target != root and not target.is_relative_to(root):
+        raise UnsafePath(f"refused to write {path}: it is outside the output folder {root}")
+    return path
+
+
+class SubjectFileNames:
+    """The subject file names handed out in one run; a clash is an error naming both subjects."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, str] = {}
+
+    def name(self, subject_id: str) -> str:
+        name = subject_file_name(subject_id)
+        key = name.casefold()
+        other = self._by_key.setdefault(key, subject_id)
+        if other != subject_id:
+            raise UnsafePath(f"subject {subject_id!r} would share the file name '{name}' with subject {other!r} "
+                             "(file names are case-insensitive on some systems): give the subjects distinct IDs")
+        return name
