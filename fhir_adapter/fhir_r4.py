@@ -1,6 +1,11 @@
-"""FHIR R4 parsing with ``fhir.resources.R4B`` models (never the default R5 import, which silently drops
-R4-only fields). Used to check every input resource before it feeds a CRF and every output before it is
-written; the mapping itself reads the checked JSON."""
+"""FHIR R4 (4.0.1) checks of every input resource before it feeds a CRF and every output before it is written;
+the mapping itself reads the checked JSON.
+
+Which types exist is R4's own list (:mod:`fhir_adapter.fhir_r4_types`). ``fhir.resources`` ships R5 (default),
+R4B and STU3 models but no R4 ones, so the content of a resource is parsed with the ``R4B`` model of the same
+type (never the default R5 import, which silently drops R4-only fields); an R4 type that R4B removed
+(``MedicinalProduct``, ``EffectEvidenceSynthesis``…) is checked for its shape only (a JSON object with
+``resourceType``). An R4B-only type (``Citation``, ``SubscriptionTopic``…) is not R4."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from fhir_adapter.fhir_r4_types import R4_RESOURCE_TYPES
+
 
 @lru_cache(maxsize=64)
 def model_class(resource_type: str) -> Any:
@@ -17,12 +24,15 @@ def model_class(resource_type: str) -> Any:
 
 
 def is_r4_type(resource_type: str) -> bool:
-    """True when ``resource_type`` names a FHIR R4 resource (``Observation``, not ``Observaton``)."""
+    """True when ``resource_type`` names a FHIR R4 (4.0.1) resource (``Observation``, not ``Observaton``)."""
+    return resource_type in R4_RESOURCE_TYPES
+
+
+def _r4b_model(resource_type: str) -> Any | None:
     try:
-        model_class(resource_type)
+        return model_class(resource_type)
     except (KeyError, ValueError, AttributeError):
-        return False
-    return True
+        return None
 
 
 def r4_problem(resource: dict[str, Any]) -> str | None:
@@ -30,10 +40,11 @@ def r4_problem(resource: dict[str, Any]) -> str | None:
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return "no resourceType"
-    try:
-        cls = model_class(rtype)
-    except (KeyError, ValueError):
+    if not is_r4_type(rtype):
         return f"'{rtype}' is not a FHIR R4 resource type"
+    cls = _r4b_model(rtype)
+    if cls is None:  # an R4 type with no R4B model: shape only
+        return None
     try:
         cls.model_validate(resource)
     except ValidationError as exc:
