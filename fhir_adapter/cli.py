@@ -1,7 +1,7 @@
 """The ``fhir-adapter`` command line (docs/cli.md).
 
-Exit codes: 0 ok; 1 failed (nothing or not everything could run: bad mapping, unreachable source);
-2 completed, but input was quarantined or some subjects were not written (see run-report.json).
+Exit codes: fhir_adapter/exit_codes.py (0 ok, 1 failed, 2 completed with warnings, 3 server unavailable,
+4 authentication failed, 64 usage error).
 Errors print one line (``error: ...``); the stack trace only with ``-vv`` (fhir_adapter/console.py).
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from fhir_adapter import __version__
+from fhir_adapter import __version__, exit_codes
 from fhir_adapter.console import AdapterGroup, progress, setup_logging, summary_table
 
 DEFAULT_STUDY = Path("mappings/lcar-aio")
@@ -24,11 +24,7 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-EXIT_CODES = """\b
-Exit codes:
-  0  ok
-  1  failed: bad mapping, missing study or results folder, unreachable source (one-line error)
-  2  completed, but input was quarantined or some subjects were not written (see run-report.json)"""
+EXIT_CODES = exit_codes.help_table()
 
 
 @click.group(cls=AdapterGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -128,7 +124,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
 
     from fhir_adapter.connect import ConnectError, connect
     from fhir_adapter.fhir import FhirError
-    from fhir_adapter.server_config import record_run
+    from fhir_adapter.server_config import ServerConfigError, record_run
 
     log = RunLog()
     started = dt.datetime.now(dt.UTC)
@@ -141,7 +137,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                                        on_subject=prog.advance, on_start=prog.start)
         finally:
             conn.close()
-    except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError) as exc:
+    except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError) as exc:
         if ctx.obj.get("verbose", 0) >= 2:
             raise
         _fail(str(exc))
@@ -163,12 +159,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                             if summary.subjects_not_written else "")
                          + (f" (diffs in {out}/writeback-diff/)" if dry_run else "")))
         rows.append(("outputs", f"{out}/results/study.json  {out}/crf/  {out}/writeback/  {out}/run-report.json"))
-        rows.append(("exit code", f"{summary.exit_code} ({_EXIT_MEANING[summary.exit_code]})"))
+        rows.append(("exit code", f"{summary.exit_code} ({exit_codes.meaning(summary.exit_code)})"))
         summary_table(f"fhir-adapter run — {st.info.id}", rows)
     sys.exit(summary.exit_code)
-
-
-_EXIT_MEANING = {0: "ok", 1: "failed", 2: "completed with quarantined input or subjects not written"}
 
 
 @main.command()
@@ -234,6 +227,14 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
                f"{len(st.schedule.visits)} visits, time zone {st.info.timezone}")
     click.echo(f"              rules: {rules}")
     if source is None:
+        if config is not None:
+            load_server_config(config, os.environ)  # a mistake in it is reported now, not on the first run
+            click.echo(f"config ok     {config}")
+        return
+    from fhir_adapter.connect import is_url
+
+    if not is_url(source):
+        _check_file_source(Path(source), config)
         return
     cfg = load_server_config(config, os.environ)
 
@@ -253,6 +254,21 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
                + ("" if errors else ": the adapter can run against this server"))
     if errors:
         sys.exit(1)
+
+
+def _check_file_source(folder: Path, config: Path | None) -> None:
+    """``check --source FOLDER``: a folder of NDJSON/Bundle files has no CapabilityStatement to compare."""
+    if not folder.is_dir():
+        _fail(f"--source {folder}: neither a FHIR server base URL (https://host/fhir) nor an existing folder of "
+              "NDJSON/Bundle files — give the server's base URL, or the folder of a Bulk Data export")
+    files = sorted(p.name for p in folder.iterdir() if p.suffix in (".ndjson", ".json"))
+    if not files:
+        _fail(f"--source {folder}: the folder holds no .ndjson or .json files — give the folder of a Bulk Data "
+              "export (one NDJSON file per resource type) or a folder of Bundles")
+    click.echo(f"source        {folder}: folder of {len(files)} NDJSON/Bundle files; no server to check "
+               "(files are read as they are)")
+    if config is not None:
+        click.echo(f"  warning  --config {config} applies to a FHIR server source only; it is ignored for a folder")
 
 
 if __name__ == "__main__":

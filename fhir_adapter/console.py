@@ -26,6 +26,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from fhir_adapter import exit_codes
+
 PROGRESS_LOGGER = "fhir_adapter.progress"
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -151,9 +153,11 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from fhir_adapter.fhir import FhirError
     from fhir_adapter.report import ReportError
     from fhir_adapter.roster import RosterError
+    from fhir_adapter.server_config import ServerConfigError
     from fhir_adapter.study import MappingError
 
-    types: list[type[BaseException]] = [MappingError, RosterError, FhirError, ReportError, OSError]
+    types: list[type[BaseException]] = [MappingError, RosterError, FhirError, ReportError, OSError,
+                                        ServerConfigError]
     try:
         from fhir_adapter.connect import ConnectError
 
@@ -176,11 +180,24 @@ def report_error(exc: BaseException, verbose: int) -> None:
 
 
 class AdapterGroup(click.Group):
-    """A click group whose commands fail with a one-line ``error:`` message and exit code 1."""
+    """A click group whose commands fail with a one-line ``error:`` message and exit code 1, and whose
+    usage errors (unknown option, missing argument, a ``--config`` file that does not exist) exit 64
+    (:data:`fhir_adapter.exit_codes.USAGE`), so that 2 keeps meaning "completed with warnings"."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.UsageError as exc:
+            exc.exit_code = exit_codes.USAGE  # type: ignore[misc]  # click reads it per instance
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.exceptions.UsageError as exc:
+            exc.exit_code = exit_codes.USAGE  # type: ignore[misc]  # click reads it per instance
+            raise
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except Exception as exc:

@@ -21,22 +21,31 @@ Credentials: see :func:`fhir_adapter.fhir.auth_from_env` (``FHIR_ADAPTER_BEARER_
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fhir_adapter.fhir import ClientSettings, FhirClient, auth_from_env
 from fhir_adapter.study.yamlfile import read_yaml
 
-_ENV = {
-    "FHIR_ADAPTER_MAX_CONCURRENCY": ("max_concurrency", int),
-    "FHIR_ADAPTER_PAGE_SIZE": ("page_size", int),
-    "FHIR_ADAPTER_MAX_TRANSACTION_ENTRIES": ("max_transaction_entries", int),
-    "FHIR_ADAPTER_CA_BUNDLE": ("verify", Path),
+#: environment variable -> key under ``client:`` it sets (the environment overrides the file)
+ENV_CLIENT = {
+    "FHIR_ADAPTER_MAX_CONCURRENCY": "max_concurrency",
+    "FHIR_ADAPTER_PAGE_SIZE": "page_size",
+    "FHIR_ADAPTER_MAX_TRANSACTION_ENTRIES": "max_transaction_entries",
+    "FHIR_ADAPTER_CA_BUNDLE": "verify",
 }
+#: environment variable -> top-level key it sets
+ENV_TOP = {"FHIR_ADAPTER_READ_MODE": "read_mode"}
+
+
+class ServerConfigError(ValueError):
+    """The server settings (``--config`` file or ``FHIR_ADAPTER_*`` environment) are wrong; the message names
+    the file and key, or the variable, and what to write instead."""
 
 
 class ServerConfig(BaseModel):
@@ -48,18 +57,72 @@ class ServerConfig(BaseModel):
 
 
 def load_server_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
+    """The settings of ``path`` (YAML) overridden by the environment; every mistake is a
+    :class:`ServerConfigError` naming the file and key (with its line) or the environment variable."""
     data: dict[str, Any] = {}
+    doc = None
     if path is not None:
         doc = read_yaml(Path(path))
-        data = dict(doc.data or {})
-    client = dict(data.get("client") or {})
-    for var, (key, cast) in _ENV.items():
+        if not isinstance(doc.data, dict):
+            raise ServerConfigError(f"{path}: the server config must be a YAML mapping (keys: "
+                                    f"{', '.join(ServerConfig.model_fields)}) — see docs/adapter.example.yaml")
+        data = dict(doc.data)
+    client = data.get("client") or {}
+    if not isinstance(client, dict):
+        raise ServerConfigError(_where(path, doc, ("client",)) + "`client` must be a mapping of client settings "
+                                f"({', '.join(ClientSettings.model_fields)})")
+    client = dict(client)
+    from_env: dict[tuple[str, ...], str] = {}
+    for var, key in ENV_CLIENT.items():
         if env.get(var):
-            client[key] = cast(env[var])
+            client[key] = Path(env[var]) if key == "verify" else env[var]
+            from_env[("client", key)] = var
     data["client"] = client
-    if env.get("FHIR_ADAPTER_READ_MODE"):
-        data["read_mode"] = env["FHIR_ADAPTER_READ_MODE"]
-    return ServerConfig.model_validate(data)
+    for var, key in ENV_TOP.items():
+        if env.get(var):
+            data[key] = env[var]
+            from_env[(key,)] = var
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, path, doc, from_env, env) from None
+
+
+def _where(path: Path | None, doc: Any, loc: tuple[str | int, ...]) -> str:
+    if path is None:
+        return ""
+    line = doc.line_of(loc) if doc is not None else None
+    return f"{path}:{line}: " if line else f"{path}: "
+
+
+def _config_error(exc: ValidationError, path: Path | None, doc: Any, from_env: dict[tuple[str, ...], str],
+                  env: Mapping[str, str]) -> ServerConfigError:
+    err = exc.errors()[0]
+    loc = tuple(str(p) for p in err["loc"])
+    key = ".".join(loc) or "(top level)"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    client_keys = list(ClientSettings.model_fields)
+    top_keys = list(ServerConfig.model_fields)
+    var = (from_env.get(loc[:2]) or from_env.get(loc[:1])) if loc else None
+    if len(loc) == 1 and loc[0] == "client":  # a check across client keys: its message names the key
+        var = next((v for (sec, *k), v in from_env.items() if sec == "client" and k and msg.startswith(k[0])), None)
+    if var is not None:
+        return ServerConfigError(f"environment variable {var}={env.get(var)!r}: {msg} — set it to a valid value "
+                                 f"(key {key} of the server config; see docs/integrator-guide.md) or unset it")
+    where = _where(path, doc, loc)
+    if err["type"] == "extra_forbidden":
+        name = loc[-1]
+        if len(loc) == 1 and name in client_keys:
+            fix = f"move it under `client:` (`client: {{{name}: ...}}`)"
+        elif len(loc) == 2 and loc[0] == "client" and name in top_keys:
+            fix = "move it to the top level, out of `client:`"
+        else:
+            known = client_keys if loc[0] == "client" else top_keys
+            close = difflib.get_close_matches(name, known, n=1)
+            fix = (f"did you mean '{close[0]}'? " if close else "") + f"known keys here: {', '.join(known)}"
+        return ServerConfigError(f"{where}unknown key '{key}' — {fix}")
+    return ServerConfigError(f"{where}{key}: {msg} (got {err.get('input')!r}) — "
+                             "see docs/adapter.example.yaml for what this key takes")
 
 
 def open_client(base_url: str, config: ServerConfig, env: Mapping[str, str]) -> FhirClient:
