@@ -30,7 +30,7 @@ def test_help_has_examples(args: list[str]) -> None:
 
 def test_help_documents_exit_codes_and_options() -> None:
     out = _runner().invoke(main, ["--help"]).output
-    assert "Exit codes:" in out and "0  ok" in out and "1  failed" in out and "2  completed" in out
+    assert "Exit codes" in out and "0  ok" in out and "1  failed" in out and "2  completed" in out
     assert "--log-format" in out and "-vv" in out and "--quiet" in out
 
 
