@@ -38,6 +38,8 @@ class Enrollee:
     birth_date: dt.date | None
     day1: dt.date | None = None
     infusion: SourceRef | None = None
+    end_of_study: dt.date | None = None
+    infusion_time: dt.datetime | None = None
 
 
 @dataclass
@@ -120,6 +122,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
             status=status,
             arm=rs.get("assignedArm"),
             consent_date=_date((rs.get("period") or {}).get("start"), study),
+            end_of_study=_date((rs.get("period") or {}).get("end"), study),
             site=_site(patient),
             sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
             birth_date=_date(patient.get("birthDate"), study),

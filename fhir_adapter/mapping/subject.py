@@ -15,6 +15,7 @@ from fhir_adapter.mapping.adverse_events import AdverseEventMapper
 from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure
 from fhir_adapter.mapping.medications import MedicationMapper
 from fhir_adapter.mapping.observations import ObservationMapper
+from fhir_adapter.mapping.participation import participation
 from fhir_adapter.mapping.visits import place
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.runlog import RunLog
@@ -51,7 +52,16 @@ class SubjectMapper:
         resources = valid_resources(resources, e.subject_id, self.log)
         obs = [r for r in resources if r.get("resourceType") == "Observation"]
         findings = self.observations.map(obs, e.subject_id)
-        findings, visits = place(findings, e.day1, self.study)
+        span = participation(e, self.study)
+        before = sum(1 for f in findings if span.position(f.date) == "before")
+        after = sum(1 for f in findings if span.position(f.date) == "after")
+        findings, visits = place(findings, e.day1, self.study, span)
+        if before:
+            self.log.count("participation.before-start", before)
+        if after:
+            self.log.count("participation.after-end", after)
+            self.log.warn(f"{after} result(s) dated after the end of participation ({span.end}, "
+                          f"{span.end_basis}) were not used", subject_id=e.subject_id, rule="participation")
         ex = map_exposure(e, resources, self.study, self.log)
         ld_start = lymphodepletion_start(ex)
         cm = self.medications.map(resources, e.subject_id)

@@ -4,6 +4,8 @@
   (windows are inclusive and never overlap — checked when the mapping loads).
 * Outside every window: an item listed in ``unscheduled_items`` starts an unscheduled visit ``UNS<d>``
   (e.g. ``UNS5``, ``UNS-4``); any other item stays in the CRF timeline with no visit (coverage: out of window).
+* Only inside the subject's participation (:mod:`participation`): a finding dated before its start keeps no
+  visit (look-backs still read it); one dated after its end is left out of the CRF (the caller counts it).
 * Visit date = the date of the clinician's assessment at that visit (the latest QS result in the visit),
   else the date of its earliest result — never the schedule's target date.
 * Per item, the selection rule of ``items.yaml`` picks the value the visit keeps when it holds several:
@@ -16,6 +18,7 @@ import datetime as dt
 from collections import defaultdict
 
 from fhir_adapter.crf.models import Finding, VisitRecord
+from fhir_adapter.mapping.participation import Span
 from fhir_adapter.study import Study
 from fhir_adapter.study.models import SelectRule
 from fhir_adapter.timeline import study_day
@@ -50,8 +53,12 @@ def select(findings: list[Finding], rule: SelectRule, target_day: int | None) ->
     return min(ordered, key=lambda f: abs((f.study_day or 0) - target_day))
 
 
-def place(findings: list[Finding], day1: dt.date | None, study: Study) -> tuple[list[Finding], list[VisitRecord]]:
-    """Set ``study_day`` and ``visit`` on each finding; build the subject's visit records."""
+def place(findings: list[Finding], day1: dt.date | None, study: Study,
+          span: Span | None = None) -> tuple[list[Finding], list[VisitRecord]]:
+    """Set ``study_day`` and ``visit`` on each finding inside ``span``; build the subject's visit records.
+    Findings after the end of ``span`` are not returned."""
+    span = span or Span(None, None)
+    findings = [f for f in findings if span.position(f.date) != "after"]
     if day1 is None:
         return findings, []
     visits = study.schedule.visits
@@ -64,7 +71,9 @@ def place(findings: list[Finding], day1: dt.date | None, study: Study) -> tuple[
             continue
         d = study_day(f.date, day1)
         visit = next((v.id for v in visits if v.window[0] <= d <= v.window[1]), None)
-        if visit is None and f.item in unscheduled:
+        if span.position(f.date) == "before":
+            visit = None
+        elif visit is None and f.item in unscheduled:
             visit = f"UNS{d}"
         f = f.model_copy(update={"study_day": d, "visit": visit})
         placed.append(f)

@@ -64,9 +64,33 @@ class Visit(Strict):
         return self
 
 
+ParticipationStart = Literal["consent", "screening_window"]
+ParticipationEnd = Literal["end_of_study", "last_window"]
+
+
+class Participation(Strict):
+    """``schedule.yaml`` → ``participation``: the span in which visits and results may lie.
+
+    ``start``: the first known of ``consent`` (ResearchSubject.period.start, which the roster CSV's
+    consent_date fills) and ``screening_window`` (the start of the earliest visit window); ``end``: the first
+    known of ``end_of_study`` (ResearchSubject.period.end) and ``last_window`` (the end of the latest window).
+    """
+
+    start: tuple[ParticipationStart, ...] = ("consent", "screening_window")
+    end: tuple[ParticipationEnd, ...] = ("end_of_study", "last_window")
+
+    @model_validator(mode="after")
+    def _has_fallback(self) -> Participation:
+        if "screening_window" not in self.start or "last_window" not in self.end:
+            raise ValueError("participation needs the schedule as its last resort: start must list "
+                             "screening_window and end must list last_window")
+        return self
+
+
 class Schedule(Strict):
     visits: tuple[Visit, ...]
     unscheduled_items: tuple[str, ...] = ()
+    participation: Participation = Participation()
 
     @model_validator(mode="after")
     def _no_overlap(self) -> Schedule:
