@@ -193,6 +193,10 @@ def run(
         guarded(e0, cached)
     _dump(out, out / "results" / "study.json", study_json(study, rows))
     coverage = exports.close(dict(runlog.counts))
+    for sid, n in sorted(exports.odm.removed.items()):
+        runlog.warn(f"{n} character(s) that XML 1.0 forbids (NUL, control characters) removed from this subject's "
+                    "text in export/odm.xml; correct the source text in the EHR",
+                    subject_id=sid, rule="xml-forbidden-characters")
     if not getattr(sink, "dry_run", False):  # a dry run changes nothing, OUT/state included
         state.save()
     summary.quarantined = len(runlog.quarantine)

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import testcd_map, visit_numbers
+from fhir_adapter.export.sanitize import csv_cells
 from fhir_adapter.mapping.common import codings
 from fhir_adapter.runlog import Quarantined
 from fhir_adapter.study import Study
@@ -127,7 +128,7 @@ class Coverage:
                 totals[state] += 1
                 states.append(state)
             domain = self.study.items[item].domain
-            self._csv.writerow([crf.subject_id, item, domain, self.testcd[item], *states])
+            self._csv.writerow(csv_cells([crf.subject_id, item, domain, self.testcd[item], *states]))
         self.per_subject[crf.subject_id] = {
             "day1": crf.day1.isoformat(), FILLED: totals[FILLED], NO_DATA: totals[NO_DATA],
             QUARANTINED: totals[QUARANTINED], "quarantined_cells": q_list,
@@ -149,8 +150,8 @@ class Coverage:
                     c = self.cells[(item, visit)]
                     n = sum(c.values())
                     pct = f"{100 * c[FILLED] / n:.1f}" if n else ""
-                    w.writerow([item, it.domain, self.testcd[item], it.label, visit, vnum[visit], n,
-                                c[FILLED], c[QUARANTINED], c[NO_DATA], pct])
+                    w.writerow(csv_cells([item, it.domain, self.testcd[item], it.label, visit, vnum[visit], n,
+                                          c[FILLED], c[QUARANTINED], c[NO_DATA], pct]))
                     per_visit[visit] = {FILLED: c[FILLED], QUARANTINED: c[QUARANTINED], NO_DATA: c[NO_DATA]}
                 items_report.append({
                     "item": item, "domain": it.domain, "testcd": self.testcd[item],

@@ -32,6 +32,7 @@ from odmlib import schema_manager
 
 from fhir_adapter import __version__
 from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_DOMAINS, data_type, testcd_map
+from fhir_adapter.export.sanitize import xml_text
 from fhir_adapter.study import Study
 
 SUBJECT_EVENT = "SE.SUBJECT"
@@ -158,10 +159,20 @@ class OdmWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._part = self._part_path.open("wb")
         self.subjects = 0
+        #: subject ID -> characters XML 1.0 forbids that were removed from that subject's text
+        self.removed: dict[str, int] = {}
+        self._removed = 0
+
+    def _attr(self, text: str) -> str:
+        """A quoted attribute value without the characters XML 1.0 forbids (counted)."""
+        clean, n = xml_text(text)
+        self._removed += n
+        return quoteattr(clean)
 
     def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> None:
         """Append one subject, from its export rows (:meth:`RowBuilder.rows`)."""
-        out: list[str] = [f'<SubjectData SubjectKey={quoteattr(subject_id)} TransactionType="Insert">',
+        self._removed = 0
+        out: list[str] = [f'<SubjectData SubjectKey={self._attr(subject_id)} TransactionType="Insert">',
                           f'<StudyEventData StudyEventOID="{SUBJECT_EVENT}">']
         for domain in SUBJECT_FORMS:
             if rows.get(domain):
@@ -173,10 +184,10 @@ class OdmWriter:
                 by_visit.setdefault(row["_visit"], {}).setdefault(domain, []).append(row)
         for visit, forms in by_visit.items():
             if visit in self.scheduled:
-                out.append(f"<StudyEventData StudyEventOID={quoteattr('SE.' + visit)}>")
+                out.append(f"<StudyEventData StudyEventOID={self._attr('SE.' + visit)}>")
             else:
                 out.append(f'<StudyEventData StudyEventOID="{UNSCHEDULED_EVENT}" '
-                           f"StudyEventRepeatKey={quoteattr(visit)}>")
+                           f"StudyEventRepeatKey={self._attr(visit)}>")
             for d in FINDINGS_DOMAINS:
                 if d in forms:
                     self._form(out, d, forms[d])
@@ -184,6 +195,8 @@ class OdmWriter:
         out.append("</SubjectData>\n")
         self._part.write("".join(out).encode("utf-8"))
         self.subjects += 1
+        if self._removed:
+            self.removed[subject_id] = self.removed.get(subject_id, 0) + self._removed
 
     def _form(self, out: list[str], domain: str, rows: list[dict[str, Any]]) -> None:
         out.append(f'<FormData FormOID="F.{domain}">')
@@ -194,13 +207,13 @@ class OdmWriter:
                 out.append(f'<ItemGroupData ItemGroupOID="IG.{domain}">')
             else:
                 key = row[f"{domain}TESTCD"] if findings else row[f"{domain}SEQ"]
-                repeat = quoteattr(str(key))
+                repeat = self._attr(str(key))
                 out.append(f'<ItemGroupData ItemGroupOID="IG.{domain}" ItemGroupRepeatKey={repeat}>')
             for column in ODM_COLUMNS[domain]:
                 value = row.get(column)
                 if value is None or value == "":
                     continue
-                attrs = f'ItemOID="IT.{domain}.{column}" Value={quoteattr(str(value))}'
+                attrs = f'ItemOID="IT.{domain}.{column}" Value={self._attr(str(value))}'
                 unit = self.unit_oids.get(row.get(stresu) or "") if column == stresn else None
                 if unit:
                     ref = f'<MeasurementUnitRef MeasurementUnitOID="{unit}"/>'

@@ -17,6 +17,7 @@ from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, RowBuilder
 from fhir_adapter.export.coverage import Coverage
 from fhir_adapter.export.odm import OdmWriter
+from fhir_adapter.export.sanitize import csv_row
 from fhir_adapter.runlog import Quarantined
 from fhir_adapter.study import Study
 
@@ -41,7 +42,7 @@ class ExportWriter:
         """Export one subject's CRF; ``quarantined`` = the quarantine entries added while mapping it."""
         rows = self.rows.rows(crf)
         for domain, domain_rows in rows.items():
-            self._csv[domain].writerows(domain_rows)
+            self._csv[domain].writerows(csv_row(r) for r in domain_rows)  # the single CSV write point
             self.counts[domain] += len(domain_rows)
         self.odm.add(crf.subject_id, rows)
         self.coverage.add(crf, quarantined)

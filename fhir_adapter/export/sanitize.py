@@ -1,0 +1,40 @@
+"""Text from the EHR made safe for the file it goes into.
+
+* **XML** (``odm.xml``): XML 1.0 allows only ``#x9 | #xA | #xD | [#x20-#xD7FF] | [#xE000-#xFFFD] |
+  [#x10000-#x10FFFF]`` (https://www.w3.org/TR/xml/#charsets); anything else (NUL, other control characters,
+  lone surrogates, U+FFFE/U+FFFF) makes the document not well-formed, so it is removed and counted — the
+  run report names the subject.
+* **CSV** (``export/*.csv``): a cell beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is
+  a formula to a spreadsheet (OWASP "CSV Injection"); such a cell is prefixed with a single quote so it
+  reads as text. Numbers stay numbers: ``-2`` and ``-0.5`` (and any int/float value) are left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def xml_text(text: str) -> tuple[str, int]:
+    """``text`` without the characters XML 1.0 forbids, and how many were removed."""
+    return _XML_FORBIDDEN.subn("", text)
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not evaluate (OWASP CSV injection); numbers unchanged."""
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START) or _NUMBER.fullmatch(value):
+        return value
+    return "'" + value
+
+
+def csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: csv_cell(v) for k, v in row.items()}
+
+
+def csv_cells(cells: Iterable[Any]) -> list[Any]:
+    return [csv_cell(v) for v in cells]
