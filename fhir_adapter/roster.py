@@ -3,7 +3,7 @@
 Enrolled = a ResearchSubject of the study (ResearchStudy whose identifier value is the study id, or a
 site-level ResearchStudy ``partOf`` it — the FHIR-to-CDISC mapping IG's STUDYID rule) with a status listed
 in ``study.enrolled_statuses``. Data of anyone else is never read past this point, and never written.
-Day 1 = the date of the completed infusion Procedure (decisions.md "Time").
+Day 1 = the date of the completed infusion Procedure (docs/clinical-rules.md#day-1).
 """
 
 from __future__ import annotations

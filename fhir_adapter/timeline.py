@@ -1,4 +1,4 @@
-"""Dates and study days (decisions.md "Time").
+"""Dates and study days (docs/clinical-rules.md#study-day, docs/clinical-rules.md#dates).
 
 * Day 1 is the date of the LCAR-AIO infusion. Study day of a date d is ``d − day1 + 1`` on or after Day 1 and
   ``d − day1`` before it: there is no Day 0 (CDISC SDTM IG v3.4 §4.4.4 "Use of the Study Day Variables").

@@ -463,7 +463,7 @@ def _related(ae: Resource) -> bool:
 
 
 def _dlt_status(ae: Resource, day1: date) -> str:
-    """A small independent reading of the decisions.md DLT rules: 'dlt', 'no' or 'not-evaluable'."""
+    """An independent reading of the DLT rules (docs/clinical-rules.md#dlt-rules): 'dlt', 'no' or 'not-evaluable'."""
     onset = datetime.fromisoformat(ae["date"])
     if not 1 <= _study_day(day1, onset.date()) <= 30:
         return "no"

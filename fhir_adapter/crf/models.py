@@ -13,7 +13,7 @@ Domains (CDASH v2.x naming in the exports, see ``fhir_adapter/export``):
 * AE  :class:`AdverseEvent` — term, code, CTCAE/ASTCT grade, seriousness, relatedness, dates, TEAE flag.
 
 Dates: ``date`` is the calendar date in the study's site time zone; ``partial_date`` keeps a partial date
-("2024" or "2024-03") as it came, never imputed (decisions.md "Time").
+("2024" or "2024-03") as it came, never imputed (docs/clinical-rules.md#dates).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Baseline and change from baseline — the one rule every per-visit endpoint shares.
 
-Definition (decisions.md "SLEDAI-2K", applied to every endpoint with a change from baseline): baseline = the
-last assessment dated on or before Day 1 (before the infusion); change = value − baseline.
+Definition (docs/clinical-rules.md#baseline, applied to every endpoint with a change from baseline):
+baseline = the last assessment dated on or before Day 1 (before the infusion); change = value − baseline.
 
 For a subject's dated visits and one value per visit, the first case that applies defines the change:
 

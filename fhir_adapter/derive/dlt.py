@@ -1,7 +1,7 @@
 """Dose-limiting toxicity (DLT) of one subject: the protocol's DLT rules, as data, applied to its AEs.
 
-Definition: the LCAR-AIO DLT list (decisions.md "Safety"; the CAR-T phase I pattern of clinical-reference
-§5.6): DLT window = onset on study days 1–30; grade ≥ 4 CRS or ICANS; grade 3 CRS or ICANS not resolved to
+Definition: the LCAR-AIO DLT list (docs/clinical-rules.md#dlt-rules, the CAR-T phase I pattern):
+DLT window = onset on study days 1–30; grade ≥ 4 CRS or ICANS; grade 3 CRS or ICANS not resolved to
 ≤ grade 2 within 72 h; grade ≥ 3 non-haematological TEAE (not CRS or ICANS) related to LCAR-AIO (possibly,
 probably or definitely) lasting > 7 days; grade 4 neutropenia or thrombocytopenia still present after
 Day 30; any grade 5 event not assessed as unrelated. Grades: CTCAE v5.0, CRS/ICANS by ASTCT 2019. The rules

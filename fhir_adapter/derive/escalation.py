@@ -3,9 +3,10 @@
 Definitions:
 
 * **3+3** (Storer BE, Biometrics 1989;45:925–937; Le Tourneau C et al., J Natl Cancer Inst 2009;101:708–720),
-  as decisions.md "Safety" states it: 0/3 → escalate; 1/3 → expand to 6; ≤ 1/6 → escalate; ≥ 2 DLTs in 3
-  or 6 → the level exceeds the MTD (de-escalate; a lower level with only 3 evaluable gets 3 more);
-  MTD = the highest level with ≤ 1 DLT in ≥ 6 evaluable subjects, the next level exceeding the MTD.
+  as docs/clinical-rules.md#three-plus-three states it: 0/3 → escalate; 1/3 → expand to 6; ≤ 1/6 →
+  escalate; ≥ 2 DLTs in 3 or 6 → the level exceeds the MTD (de-escalate; a lower level with only 3
+  evaluable gets 3 more); MTD = the highest level with ≤ 1 DLT in ≥ 6 evaluable subjects, the next level
+  exceeding the MTD.
 * **BOIN** (Liu S, Yuan Y. J R Stat Soc C 2015;64:507–523; R package BOIN 2.7.2 ``get.boundary`` and
   ``select.mtd``, cran/BOIN): λe = ln[(1−φ1)/(1−φ)] / ln[φ(1−φ1)/(φ1(1−φ))], λd = ln[(1−φ)/(1−φ2)] /
   ln[φ2(1−φ)/(φ(1−φ2))] with φ1 = 0.6φ, φ2 = 1.4φ; escalate if y ≤ floor(λe·n), de-escalate if

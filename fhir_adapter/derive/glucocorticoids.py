@@ -2,9 +2,9 @@
 
 Definition: equivalent anti-inflammatory doses of the BNF ("prednisolone 5 mg = methylprednisolone 4 mg =
 dexamethasone 750 µg = hydrocortisone 20 mg = …") and US tables (betamethasone 0.6 mg), as fixed in
-decisions.md "Glucocorticoids" and clinical-reference §4.1/§4.3; equivalences hold for oral/IV use only.
-The factors, RxNorm ingredient codes (clinical-reference §9.4) and systemic routes are data in
-``mappings/<study>/glucocorticoids.yaml``.
+docs/clinical-rules.md#glucocorticoid-equivalence; only systemic routes count
+(docs/clinical-rules.md#glucocorticoid-routes).
+The factors, RxNorm ingredient codes and systemic routes are data in ``mappings/<study>/glucocorticoids.yaml``.
 
 Which concomitant-medication records (:class:`ConMed`) count; the first case that applies decides:
 
@@ -31,10 +31,10 @@ The dose of one counted record on a date D (mg/day of the drug; × factor → pr
 
 Dose on D = Σ over counted records of daily mg × factor, rounded to 3 decimals. No counted record → 0.
 
-Examples (clinical-reference §4.3): prednisone 20 mg QOD → 10; methylprednisolone 16 mg daily → 20;
-dexamethasone 1.5 mg daily → 1.5 × 6.67 = 10.005; hydrocortisone 20 mg AM + 10 mg PM (two records) → 7.5;
-a 4-week taper 20/15/10/7.5 → 7.5 on day 28; topical betamethasone → 0; IV methylprednisolone 500 mg
-administrations on 3 days → 625 on each of those days and 0 on the day after.
+Examples (docs/clinical-rules.md#glucocorticoid-daily-dose): prednisone 20 mg QOD → 10; methylprednisolone
+16 mg daily → 20; dexamethasone 1.5 mg daily → 1.5 × 6.67 = 10.005; hydrocortisone 20 mg AM + 10 mg PM
+(two records) → 7.5; a 4-week taper 20/15/10/7.5 → 7.5 on day 28; topical betamethasone → 0;
+IV methylprednisolone 500 mg administrations on 3 days → 625 on each of those days and 0 on the day after.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@ aplasia and recovery, anti-drug (anti-CAR) antibody status.
 
 Sources: complement and autoantibody normalisation after CD19 CAR-T in SLE (Mackensen A et al., Nat Med
 2022;28:2124–2132; Müller F et al., N Engl J Med 2024;390:687–700 — seroconversion of anti-dsDNA, B-cell
-depletion and reconstitution); decisions.md "SLEDAI-2K" for what makes anti-dsDNA "above normal". Settings in
-``mappings/<study>/immunology.yaml``.
+depletion and reconstitution); docs/clinical-rules.md#immunology for what makes anti-dsDNA "above normal".
+Settings in ``mappings/<study>/immunology.yaml``.
 
 **Values** — C3, C4, anti-dsDNA, anti-Sm, IgG, IgA, IgM (and CD19): the visit's selected value in the item's
 CRF unit, with change from baseline (:mod:`fhir_adapter.derive.baseline`; None for censored values).

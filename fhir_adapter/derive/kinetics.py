@@ -4,7 +4,7 @@ Definitions: non-compartmental parameters as used for CAR-T products (Mueller KT
 2017;130:2317–2325; Awasthi R et al., Blood Adv 2020;4:560–572): Cmax ("expansion"), Tmax, Clast, Tlast,
 AUC0–28d; trapezoid rules as in Phoenix WinNonlin / PKNCA ("linear" and "linear-up/log-down": a segment
 whose level falls, both levels > 0, has the area Δt·(C1 − C2)/ln(C1/C2); every other segment is a linear
-trapezoid). Study choices (decisions.md "Cellular kinetics") are settings in
+trapezoid). Study choices (docs/clinical-rules.md#kinetics) are settings in
 ``mappings/<study>/kinetics.yaml``.
 
 Time axis: days after the infusion, Day 1 = time 0 (:func:`fhir_adapter.timeline.days_after_infusion`).
@@ -32,7 +32,7 @@ Parameters:
   when falling under linear-up/log-down; always linear under ``linear``); when no used sample is at or
   after day 28 (the last quantifiable sample is earlier) AUC0–28d is None and ``auc_reason`` says why.
 
-Worked example (clinical-reference §7.3): days 0, 1, 4, 7, 10, 14, 21, 28, 56, 90 with copies/µg
+Worked example (constructed CAR-T-like profile): days 0, 1, 4, 7, 10, 14, 21, 28, 56, 90 with copies/µg
 BLQ, 50, 2 000, 15 000, 30 000, 12 000, 3 000, 800, 100, BLQ (LLOQ 20) → Cmax 30 000 at day 10, Clast 100
 at day 56, AUC0–28d 231 773.7 (linear-up/log-down) and 245 900 (linear); the day-90 BLQ is excluded.
 The engine (:func:`nca`) is checked against Phoenix WinNonlin on R's ``Theoph`` (Han S., Transl Clin

@@ -2,10 +2,10 @@
 
 Definition: Franklyn K, Lau CS, Navarra SV, et al. *Definition and initial validation of a Lupus Low Disease
 Activity State (LLDAS).* Ann Rheum Dis 2016;75:1615–1621 (five criteria, Table 1). LCAR-AIO uses the four
-protocol criteria of decisions.md "LLDAS"; Franklyn's fifth is the setting ``maintenance_criterion`` (off by
-default). "No new features" follows the Oon et al. operationalisation (BLISS post hoc): no SLEDAI-2K
-descriptor scoring now that did not score at the previous assessment (clinical-reference §2.2). Thresholds,
-major organ groups and the fifth criterion's drug lists are data in ``mappings/<study>/lldas.yaml``.
+protocol criteria (docs/clinical-rules.md#lldas); Franklyn's fifth is the setting ``maintenance_criterion``
+(off by default). "No new features" follows the Oon et al. operationalisation (BLISS post hoc): no SLEDAI-2K
+descriptor scoring now that did not score at the previous assessment (docs/clinical-rules.md#lldas-new-features).
+Thresholds, major organ groups and the fifth criterion's drug lists are data in ``mappings/<study>/lldas.yaml``.
 
 The criteria and their stable ids (``lldas_failed`` lists the ids that failed, in this order):
 
@@ -30,8 +30,8 @@ The value at a dated visit; the first case that applies defines it (None comes w
 7. fifth criterion on and not evaluable (a drug with a ceiling whose daily dose is unknown) → None;
 8. True when every criterion is met, else False with the failed ids.
 
-Response rate at a visit (decisions.md): n = subjects with a True/False value at that visit, responders =
-subjects with True, rate = responders / n (None when n = 0).
+Response rate at a visit (docs/clinical-rules.md#lldas-rate): n = subjects with a True/False value at that visit,
+responders = subjects with True, rate = responders / n (None when n = 0).
 
 Examples: SLEDAI-2K 4 (arthritis) with arthritis also at the previous visit, PGA 1.0, prednisolone 7.5 mg →
 LLDAS; the same with proteinuria instead of arthritis → fails ``no_major_organ_activity`` (and

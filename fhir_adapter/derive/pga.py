@@ -2,8 +2,8 @@
 
 Definition: the SELENA-SLEDAI PGA, a 0–3 visual analogue scale (0 none, 1 mild, 2 moderate, 3 severe disease
 activity; Petri M et al., N Engl J Med 2005;353:2550–2558; PISCOS consensus, Piga M et al., Lancet Rheumatol
-2022). decisions.md "PGA": stored on the 0–3 scale with one decimal; a 0–100 mm VAS converts as mm × 0.03 —
-the mapping (``items.yaml`` item ``pga``, factor ``mm: 0.03``) has already done that conversion.
+2022). Stored on the 0–3 scale with one decimal (docs/clinical-rules.md#pga); a 0–100 mm VAS converts as
+mm × 0.03 — the mapping (``items.yaml`` item ``pga``, factor ``mm: 0.03``) has already done that conversion.
 
 How the PGA of a visit is set; the first case that applies defines the value:
 

@@ -1,13 +1,13 @@
 """Proteinuria per visit with change from baseline, and the optional lupus nephritis renal response.
 
-Measures (decisions.md "Renal"; clinical-reference §8.1): 24-h urine protein in g/24 h and the urine
+Measures (docs/clinical-rules.md#renal-units): 24-h urine protein in g/24 h and the urine
 protein/creatinine ratio (UPCR) in mg/mg (= g/g; mg/mmol ÷ 113.12, mg/g ÷ 1000). The mapping has already
 converted units and selected one value per visit (``items.yaml`` items ``protein_24h`` and ``upcr``).
 Change from baseline (:mod:`fhir_adapter.derive.baseline`): baseline = the last value on or before Day 1;
 change = value − baseline after it (None for a censored value such as ``<0.1``).
 
 Renal response (setting ``response.enabled``, off by default) — KDIGO 2024 Clinical Practice Guideline for
-the management of lupus nephritis, Kidney Int 2024;105(1S):S1–S69 (clinical-reference §8.2):
+the management of lupus nephritis, Kidney Int 2024;105(1S):S1–S69 (docs/clinical-rules.md#renal-response):
 
 * **complete**: proteinuria **< 0.5** g/g (strict, as KDIGO and BLISS-LN; AURORA used ≤ 0.5) with kidney
   function stable or improved;

@@ -1,7 +1,7 @@
 """Safety: treatment-emergent adverse events (TEAE), CRS/ICANS, and their per-arm summary.
 
 Definitions: ICH E9 (treatment-emergent = emerges, or worsens, after treatment start); the study's rule
-(decisions.md "Safety") — onset, or worsening of grade, on or after Day 1 through the end of follow-up;
+(docs/clinical-rules.md#teae) — onset, or worsening of grade, on or after Day 1 through the end of follow-up;
 events from lymphodepletion start to before the infusion are pre-infusion AEs, reported separately; an
 AE with no onset date counts as treatment-emergent unless it ended before Day 1, and is listed — the
 conservative choice of pharmaverse/admiral ``derive_var_trtemfl`` (a missing start date is flagged

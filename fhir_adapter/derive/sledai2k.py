@@ -3,7 +3,8 @@
 Definition: Gladman DD, Ibañez D, Urowitz MB. *Systemic lupus erythematosus disease activity index 2000.*
 J Rheumatol 2002;29:288–291 — 24 weighted descriptors (0–105), scored with their full weight when present
 at the visit or in the preceding 10 days; 30-day window validated by Touma Z et al., Lupus 2010;19:49–51.
-Study choices (decisions.md "SLEDAI-2K") are settings in ``mappings/<study>/sledai2k.yaml``.
+Study choices (from docs/clinical-rules.md#sledai2k-descriptors on) are settings in
+``mappings/<study>/sledai2k.yaml``.
 
 How one descriptor is scored at a visit dated V (window = V − window_days … V inclusive);
 the first case that applies defines the value:

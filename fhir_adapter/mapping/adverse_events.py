@@ -2,7 +2,8 @@
 
 Reads both plain R4 AdverseEvents (``severity``, ``seriousness``, ``suspectEntity.causality``) and the HL7 AE
 Clinical Research R4 backport (``ae-grade``, ``seriousness-criteria``, ``suspect-entity``, ``resolve-date``
-extensions and the ``status`` modifierExtension; clinical-reference.md §5.8; decisions.md "Safety").
+extensions and the ``status`` modifierExtension; docs/clinical-rules.md#ae-grade,
+docs/clinical-rules.md#ae-relatedness).
 For each AdverseEvent, in order:
 
 1. **versions** — the latest version of each id wins.

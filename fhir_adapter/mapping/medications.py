@@ -2,7 +2,8 @@
 
 Reads the four R4 medication resources a server may offer (Vulcan RWD IG: at least one of them):
 MedicationStatement, MedicationRequest, MedicationAdministration and MedicationDispense
-(clinical-reference.md §4.2–4.3; decisions.md "Glucocorticoids"). For each resource, in order:
+(FHIR R4 Dosage/Timing; docs/clinical-rules.md#glucocorticoid-orders, docs/clinical-rules.md#dosage-arithmetic).
+For each resource, in order:
 
 1. **versions** — the latest version of each id wins (``meta.versionId``, then ``meta.lastUpdated``).
 2. **status** — statuses listed under ``used_statuses`` feed CM; any other (``entered-in-error``,

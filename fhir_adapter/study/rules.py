@@ -26,17 +26,15 @@ RULE_FILES: dict[str, type[BaseModel]] = {
     "sledai2k": Sledai2kSettings,
     "medications": MedicationSettings,
     "adverse_events": AdverseEventSettings,
-    # --- efficacy endpoints (issue 4 items 2-6) ---
+    # efficacy endpoints
     "pga": PgaSettings,
     "lldas": LldasSettings,
     "glucocorticoids": GlucocorticoidSettings,
     "renal": RenalSettings,
     "immunology": ImmunologySettings,
-    # --- end efficacy endpoints ---
-    # --- safety, DLT, escalation, cellular kinetics (issue 4 items 7-10) ---
+    # safety, DLT, escalation, cellular kinetics
     "safety": SafetySettings,
     "dlt": DltSettings,
     "escalation": EscalationSettings,
     "kinetics": KineticsSettings,
-    # --- end safety/kinetics ---
 }

@@ -1,4 +1,4 @@
-"""DLT evaluation with the study's rules (mappings/lcar-aio/dlt.yaml, decisions.md "Safety")."""
+"""DLT evaluation with the study's rules (mappings/lcar-aio/dlt.yaml, docs/clinical-rules.md#dlt-rules)."""
 
 from __future__ import annotations
 

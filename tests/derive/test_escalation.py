@@ -1,4 +1,7 @@
-"""Dose escalation: the Beta CDF, BOIN boundaries/tables/MTD (clinical-reference §6.2) and 3+3 (§6.1)."""
+"""Dose escalation: the Beta CDF, BOIN boundaries/tables/MTD and 3+3.
+
+Rules: docs/clinical-rules.md#boin and docs/clinical-rules.md#three-plus-three.
+"""
 
 from __future__ import annotations
 
@@ -56,7 +59,7 @@ def test_posterior_probability_above_target() -> None:
 @pytest.mark.parametrize(("phi", "lam_e", "lam_d"), [(0.25, 0.197, 0.298), (0.30, 0.236, 0.358),
                                                      (0.33, 0.260, 0.395)])
 def test_boin_boundaries_liu_yuan_2015(phi: float, lam_e: float, lam_d: float) -> None:
-    # the 3-decimal values as quoted (decisions.md, Liu & Yuan): 0.3585 is quoted as 0.358
+    # the 3-decimal values as quoted (Liu & Yuan 2015): 0.3585 is quoted as 0.358
     e, d = boin_boundaries(phi)
     assert e == pytest.approx(lam_e, abs=6e-4) and d == pytest.approx(lam_d, abs=6e-4)
 
@@ -67,7 +70,7 @@ def test_boin_boundaries_four_decimals() -> None:
     assert [round(v, 4) for v in boin_boundaries(0.33)] == [0.2604, 0.3947]
 
 
-TABLES = {  # clinical-reference §6.2, n = 1..18
+TABLES = {  # BOIN get.boundary() integer tables, n = 1..18
     0.25: ([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3],
            [1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 5, 5, 5, 6, 6],
            [None, None, 3, 3, 3, 4, 4, 4, 5, 5, 6, 6, 6, 7, 7, 7, 8, 8]),

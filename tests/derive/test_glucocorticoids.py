@@ -1,4 +1,4 @@
-"""Prednisolone-equivalent dose: the worked numbers of clinical-reference §4.3 with decisions.md factors."""
+"""Prednisolone-equivalent dose: the worked numbers of docs/clinical-rules.md#glucocorticoid-daily-dose."""
 
 from __future__ import annotations
 

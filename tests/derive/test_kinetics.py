@@ -3,7 +3,7 @@
 Theoph data: ``tests/derive/data/Theoph.csv`` is R's ``datasets::Theoph`` as shipped by
 vincentarelbundock/Rdatasets ``csv/datasets/Theoph.csv`` (commit e38552ac3cb40a532941b09d7332b03d19409919).
 Reference values: WinNonlin AUClast (linear and linear-up/log-down) from Han S., Transl Clin Pharmacol
-2018;26:10–17 (asancpt/NonCompart-tests), as transcribed in clinical-reference §7.4.
+2018;26:10–17: the reference values of that validation (asancpt/NonCompart-tests CSVs).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fhir_adapter.derive.kinetics import KineticsSettings, auc, derive_kinetics,
 
 DATA = Path(__file__).parent / "data" / "Theoph.csv"
 
-# subject: (Cmax, Tmax, Clast, Tlast, AUClast linear, AUClast lin-up/log-down) — WinNonlin, §7.4
+# subject: (Cmax, Tmax, Clast, Tlast, AUClast linear, AUClast lin-up/log-down) — Phoenix WinNonlin values
 WINNONLIN = {
     1: (10.50, 1.12, 3.28, 24.37, "148.92305", "147.2347485"),
     2: (8.33, 1.92, 0.90, 24.30, "91.5268", "88.7312755"),
@@ -68,7 +68,7 @@ def test_theoph_has_12_subjects_of_11_samples() -> None:
     assert sorted(data) == list(range(1, 13)) and all(len(t) == 11 for t, _ in data.values())
 
 
-# --- the constructed CAR-T example of clinical-reference §7.3 ---------------------------------------
+# --- a constructed CAR-T-like example (copies/ug, LLOQ 20) -----------------------------------------------
 T = [0, 1, 4, 7, 10, 14, 21, 28, 56, 90]
 C = [0, 50, 2000, 15000, 30000, 12000, 3000, 800, 100, 0]
 

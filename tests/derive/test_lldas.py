@@ -1,4 +1,4 @@
-"""LLDAS per visit (decisions.md "LLDAS"; Franklyn 2016) and the response rate, built from hand-made
+"""LLDAS per visit (docs/clinical-rules.md#lldas; Franklyn 2016) and the response rate, built from hand-made
 SLEDAI-2K, PGA and dose results."""
 
 from __future__ import annotations

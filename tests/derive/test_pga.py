@@ -1,4 +1,4 @@
-"""PGA per visit (decisions.md "PGA") and the shared baseline rule (fhir_adapter/derive/baseline.py)."""
+"""PGA per visit (docs/clinical-rules.md#pga) and the shared baseline rule (fhir_adapter/derive/baseline.py)."""
 
 from __future__ import annotations
 

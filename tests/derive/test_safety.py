@@ -1,4 +1,4 @@
-"""TEAE flag (decisions.md "Safety", admiral derive_var_trtemfl), per-subject counts, per-arm summary."""
+"""TEAE flag (docs/clinical-rules.md#teae, admiral derive_var_trtemfl), per-subject counts, per-arm summary."""
 
 from __future__ import annotations
 

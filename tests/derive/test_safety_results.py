@@ -38,7 +38,7 @@ def pc(day_after: int, value: float, comparator: str | None = None):  # type: ig
 
 
 def subject(sid: str, arm: str, aes: list[AdverseEvent], infused: bool = True):  # type: ignore[no-untyped-def]
-    # the worked CAR-T example of clinical-reference §7.3
+    # a constructed CAR-T-like profile (days 0..90, copies/ug)
     kin = [pc(0, 20, "<"), pc(1, 50), pc(4, 2000), pc(7, 15000), pc(10, 30000), pc(14, 12000), pc(21, 3000),
            pc(28, 800), pc(56, 100), pc(90, 20, "<")]
     c = crf([*kin, finding("crp", 60, 1.0)], {}, ld_start_day=-5, ae=aes)

@@ -1,4 +1,4 @@
-"""SLEDAI-2K on hand-built subjects; totals worked out from Gladman 2002 and decisions.md."""
+"""SLEDAI-2K on hand-built subjects; totals from Gladman 2002 (docs/clinical-rules.md#sledai2k-thresholds)."""
 
 from __future__ import annotations
 
