@@ -25,7 +25,8 @@ from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
-from fhir_adapter.roster import Enrollee, build_roster, with_day1
+from fhir_adapter.roster import Enrollee, RosterError, build_roster, with_day1
+from fhir_adapter.roster_check import nobody_enrolled
 from fhir_adapter.roster_csv import reconcile, research_subject_resource
 from fhir_adapter.runlog import Quarantined, RunLog
 from fhir_adapter.source.base import Source, ref_id
@@ -66,7 +67,10 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        """0 ok, 2 completed with quarantined input or subjects not written."""
+        """0 ok, 1 nobody processed (every enrolled subject failed), 2 completed with quarantined input or
+        subjects not processed / not written."""
+        if self.subjects == 0 and self.subjects_failed:
+            return 1
         return 2 if self.quarantined or self.subjects_failed or self.subjects_not_written else 0
 
 
@@ -110,6 +114,8 @@ def run(
     if roster_csv is not None:
         roster_input = reconcile(roster_input, roster_csv, study, runlog)
     roster = build_roster(roster_input, study, runlog)
+    if (empty := nobody_enrolled(roster_input, roster, study)) is not None:
+        raise RosterError(empty)
     owned = {str(ref_id((rs.get("individual") or {}).get("reference"), "Patient")): rs
              for rs in roster_input.subjects
              if any(i.get("system") == SID_RESULT for i in rs.get("identifier") or [])}

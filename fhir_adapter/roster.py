@@ -12,6 +12,7 @@ import datetime as dt
 from dataclasses import dataclass, replace
 from typing import Any
 
+from fhir_adapter import subject_ids
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.mapping.common import codings
@@ -60,14 +61,6 @@ def _identifier_matches(res: dict[str, Any], value: str, system: str | None) -> 
     )
 
 
-def _subject_id(rs: dict[str, Any], system: str | None) -> str | None:
-    idents = [i for i in rs.get("identifier") or [] if isinstance(i, dict) and i.get("value")]
-    for i in idents:
-        if system is None or i.get("system") == system:
-            return str(i["value"])
-    return None
-
-
 def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
     info = study.info
     study_ids = {s["id"] for s in data.studies
@@ -102,11 +95,10 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
                        f"individual {pid and 'Patient/' + pid} is not in the source",
                        "export the Patient with its ResearchSubject", raw=rs)
             continue
-        sid = _subject_id(rs, info.subject_identifier_system)
+        sid = subject_ids.subject_id(rs, study.subject_id_rule)
         if sid is None:
-            log.reject("ResearchSubject", rid, "no-subject-id",
-                       f"no identifier with system {info.subject_identifier_system}",
-                       "set the subject ID identifier, or subject_identifier_system in study.yaml")
+            reason, fix = subject_ids.missing_fix(rs, study)
+            log.reject("ResearchSubject", rid, "no-subject-id", reason, fix)
             continue
         if sid in seen_subject_ids or pid in enrolled:
             log.reject("ResearchSubject", rid, "duplicate-subject",

@@ -24,6 +24,7 @@ from typing import Any
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import RosterInput
 from fhir_adapter.study import Study
+from fhir_adapter.subject_ids import subject_id, subject_id_system
 from fhir_adapter.terminology import SD_RESEARCH_SUBJECT, SID_RESULT
 from fhir_adapter.writeback.identifiers import result_identifier
 
@@ -56,9 +57,8 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         if missing:
             raise RosterCsvError(f"{path}: missing column(s) {missing}; the header must have {list(REQUIRED)}")
         rows = list(reader)
-    system = study.info.subject_identifier_system
-    held = {i.get("value") for rs in data.subjects for i in rs.get("identifier") or []
-            if system is None or i.get("system") == system}
+    system = subject_id_system(study)
+    held = {subject_id(rs, study.subject_id_rule) for rs in data.subjects}
     study_id = next((s["id"] for s in data.studies
                      if any(i.get("value") == study.info.id for i in s.get("identifier") or [])), None)
     for n, row in enumerate(rows, start=2):

@@ -18,7 +18,15 @@ from pydantic import BaseModel, ValidationError
 
 from fhir_adapter import units
 from fhir_adapter.derive.sledai2k import Sledai2kSettings
-from fhir_adapter.study.models import Item, ItemsFile, Schedule, SiteItem, SiteOverlay, StudyInfo
+from fhir_adapter.study.models import (
+    Item,
+    ItemsFile,
+    Schedule,
+    SiteItem,
+    SiteOverlay,
+    StudyInfo,
+    SubjectIdentifierRule,
+)
 from fhir_adapter.study.rules import RULE_FILES
 from fhir_adapter.study.yamlfile import MappingError, YamlDoc, read_yaml
 
@@ -39,6 +47,9 @@ class Study:
     rules: dict[str, BaseModel]
     files: dict[str, str] = field(default_factory=dict, repr=False)
     site: str | None = None
+    #: which ResearchSubject identifier is the subject ID, and the file:line that says so
+    subject_id_rule: SubjectIdentifierRule | None = None
+    subject_id_rule_origin: str = ""
 
     def rule(self, name: str, model: type[M]) -> M:
         value = self.rules[name]
@@ -210,6 +221,13 @@ def load_study(root: Path, site: Path | None = None) -> Study:
             item_codes[item_id].extend(add.codes)
         if overlay.timezone:
             info = StudyInfo.model_validate({**info.model_dump(), "timezone": overlay.timezone})
+    id_rule: SubjectIdentifierRule | None = None
+    id_origin = f"{sdoc.path}:{sdoc.line_of(('study', 'subject_identifier_system')) or ''}".rstrip(":")
+    if info.subject_identifier_system:
+        id_rule = SubjectIdentifierRule(system=info.subject_identifier_system)
+    if overlay is not None and odoc is not None and overlay.subject_identifier is not None:
+        id_rule = overlay.subject_identifier
+        id_origin = f"{odoc.path}:{odoc.line_of(('subject_identifier',))}"
 
     code_index: dict[tuple[str, str], str] = {}
     testcds: dict[tuple[str, str], str] = {}
@@ -252,7 +270,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     return Study(
         root=root, info=info, schedule=schedule, code_systems=systems, items=items, code_index=code_index,
         infusion_codes=infusion, lymphodepletion_codes=ld, rules=rules, files=files,
-        site=overlay.site if overlay else None,
+        site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
     )
 
 

@@ -146,6 +146,24 @@ class ItemsFile(Strict):
     items: dict[str, Item]
 
 
+class SubjectIdentifierRule(Strict):
+    """Which ``ResearchSubject.identifier`` holds the subject ID — one of: ``system`` (the identifier with
+    this system), ``type`` (the identifier whose ``type`` has this code, ``system|code`` or a bare code), or
+    ``only: true`` (the ResearchSubject's only identifier, whatever its system)."""
+
+    system: str | None = Field(None, description="identifier.system holding the subject ID")
+    type: str | None = Field(None, description="identifier.type code (system|code or code) of the subject ID")
+    only: bool = Field(False, description="the ResearchSubject's only identifier is the subject ID")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> SubjectIdentifierRule:
+        given = [k for k in ("system", "type") if getattr(self, k)] + (["only"] if self.only else [])
+        if len(given) != 1:
+            raise ValueError("subject_identifier takes exactly one of `system: <uri>`, `type: <code>`, `only: true`"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
 class SiteOverlay(Strict):
     """``--site mappings/sites/<name>.yaml``: local codes and units added to the study mapping."""
 
@@ -153,6 +171,8 @@ class SiteOverlay(Strict):
     code_systems: dict[str, str] = Field(default_factory=dict)
     items: dict[str, SiteItem] = Field(default_factory=dict)
     timezone: str | None = None
+    subject_identifier: SubjectIdentifierRule | None = Field(
+        None, description="which ResearchSubject identifier is the subject ID at this site (overrides study.yaml)")
 
 
 class SiteItem(Strict):

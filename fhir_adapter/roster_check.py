@@ -1,0 +1,42 @@
+"""A roster that enrols nobody although the source holds ResearchSubjects of the study is a failed run, not
+an empty one: the message lists what the source holds (identifier systems, statuses) and the line that fixes it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from fhir_adapter.roster import Roster
+from fhir_adapter.source.base import RosterInput, ref_id
+from fhir_adapter.study import Study
+from fhir_adapter.subject_ids import describe, overlay_line, subject_id
+
+
+def nobody_enrolled(data: RosterInput, roster: Roster, study: Study) -> str | None:
+    """The error message when ``roster`` enrolled nobody out of ResearchSubjects of the study; else None."""
+    if roster.enrolled:
+        return None
+    of_study = [rs for rs in data.subjects
+                if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy") in roster.study_ids]
+    if not of_study:
+        return None
+    systems = Counter(str(i.get("system")) for rs in of_study for i in rs.get("identifier") or []
+                      if isinstance(i, dict))
+    statuses = Counter(str(rs.get("status") or "(none)") for rs in of_study)
+    enrolled_status = [rs for rs in of_study if rs.get("status") in study.info.enrolled_statuses]
+    without_id = [rs for rs in enrolled_status if subject_id(rs, study.subject_id_rule) is None]
+    seen = (f"the source holds {len(of_study)} ResearchSubjects of study {study.info.id} but none was processed — "
+            f"identifier systems seen: {_fmt(systems)}; statuses seen: {_fmt(statuses)}")
+    if not enrolled_status:
+        return (f"{seen}. None has an enrolled status {list(study.info.enrolled_statuses)}: check the "
+                "ResearchSubject.status the EHR writes, or enrolled_statuses in study.yaml")
+    if without_id:
+        return (f"{seen}. The subject ID is read from {describe(study.subject_id_rule)} "
+                f"({study.subject_id_rule_origin or 'study.yaml'}). If the hospital keeps the trial ID under its "
+                f"own identifier system, add to your site overlay (--site mappings/sites/<site>.yaml): "
+                f"{overlay_line(sorted(systems))}")
+    return f"{seen}. See OUT/run-report.json → quarantine for why each was not enrolled"
+
+
+def _fmt(c: Counter[str]) -> str:
+    return ", ".join(f"{k} ({n})" for k, n in c.most_common()) or "none"
