@@ -34,7 +34,7 @@ from fhir_adapter.study import Study
 from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.bundle import transaction
 from fhir_adapter.writeback.efficacy import efficacy_observations
-from fhir_adapter.writeback.observations import sledai2k_observation
+from fhir_adapter.writeback.observations import result_sources, sledai2k_observation
 from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sink import WriteResult
 from fhir_adapter.writeback.state import WrittenState
@@ -79,15 +79,21 @@ def _dump(out: Path, path: Path, data: Any) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
-def writeback_resources(r: Any, e: Any, study: Study) -> list[dict[str, Any]]:
+def writeback_resources(r: Any, e: Any, study: Study, runlog: RunLog | None = None) -> list[dict[str, Any]]:
+    """The result resources of one subject; a result that names no source is never written back (counted
+    ``writeback.no-source``)."""
     s = study.sledai2k
-    return [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None] + \
+    results = [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None] + \
         efficacy_observations(r, e, study) + \
         safety_observations(r, e, study)  # efficacy: LLDAS, dose per visit; safety: DLT, CAR-T kinetics
+    kept = [x for x in results if result_sources(x)]
+    if runlog is not None and len(kept) < len(results):
+        runlog.count("writeback.no-source", len(results) - len(kept))
+    return kept
 
 
 def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
-    return sorted({d["reference"] for r in resources for d in r.get("derivedFrom") or []})
+    return sorted({ref for r in resources for ref in result_sources(r)})
 
 
 def run(
@@ -144,7 +150,7 @@ def run(
         rows.append(subject_row(res))
         name = file_names.name(e.subject_id)
         _dump(out, out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
-        bundle_resources = writeback_resources(res, e, study)
+        bundle_resources = writeback_resources(res, e, study, runlog)
         if e.patient_id in owned:  # a ResearchSubject the adapter created from the site roster CSV
             bundle_resources.insert(0, research_subject_resource(owned[e.patient_id], infused=e.day1 is not None))
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [])

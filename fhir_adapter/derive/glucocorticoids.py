@@ -29,7 +29,16 @@ The dose of one counted record on a date D (mg/day of the drug; × factor → pr
 * a counted record whose daily dose cannot be computed (no dose, unit not convertible to mg, no frequency)
   makes the dose on D not evaluable: None, with the reason and the record.
 
-Dose on D = Σ over counted records of daily mg × factor, rounded to 3 decimals. No counted record → 0.
+Dose on D = Σ over counted records of daily mg × factor, rounded to 3 decimals. No counted record active on D:
+missing is not zero (docs/clinical-rules.md "Missing is not zero"); the first case that applies decides:
+
+a. a glucocorticoid MedicationStatement of the table says the drug is not taken on D (status in
+   ``not_taken_statuses`` covering D) or was stopped before D (status in ``stopped_statuses``, ended before D)
+   → 0, citing those records (``basis`` ``record``);
+b. ``medication_list_complete`` (a site declares its EHR's medication list complete) → 0, citing the
+   setting and the medication records read (``basis`` ``medication-list-complete``);
+c. otherwise → None ("no glucocorticoid record"): the dose is missing, and LLDAS's steroid criterion is not
+   assessable.
 
 Examples (docs/clinical-rules.md#glucocorticoid-daily-dose): prednisone 20 mg QOD → 10; methylprednisolone
 16 mg daily → 20; dexamethasone 1.5 mg daily → 1.5 × 6.67 = 10.005; hydrocortisone 20 mg AM + 10 mg PM
@@ -69,6 +78,9 @@ class GlucocorticoidSettings(_Strict):
     administrations_replace_orders: bool = True
     excluded_statuses: tuple[str, ...] = ("entered-in-error", "not-taken", "not-done", "cancelled", "draft")
     decimals: int = Field(3, ge=0, le=6)
+    not_taken_statuses: tuple[str, ...] = ("not-taken",)
+    stopped_statuses: tuple[str, ...] = ("stopped", "completed")
+    medication_list_complete: bool = False
 
     @model_validator(mode="after")
     def _unique_keys(self) -> GlucocorticoidSettings:
@@ -100,6 +112,7 @@ class PredEqDose(BaseModel):
     mg_per_day: float | None
     sources: list[str] = Field(default_factory=list, description="records that contributed")
     reason: str | None = Field(None, description="why the dose is not evaluable")
+    basis: str | None = Field(None, description="doses | record | medication-list-complete (what a 0 rests on)")
 
 
 class PredEqVisit(BaseModel):
@@ -109,6 +122,7 @@ class PredEqVisit(BaseModel):
     mg_per_day: float | None
     sources: list[str] = Field(default_factory=list)
     reason: str | None = None
+    basis: str | None = None
 
 
 class SeriesPoint(BaseModel):
@@ -176,10 +190,41 @@ def active_on(cm: ConMed, day: dt.date) -> bool:
     return cm.start_date <= day and (cm.end_date is None or day <= cm.end_date)
 
 
+def _zero_evidence(cms: Iterable[ConMed], s: GlucocorticoidSettings) -> list[ConMed]:
+    """Glucocorticoid statements that can show a zero dose: not taken, or stopped/completed with an end."""
+    out = []
+    for cm in cms:
+        if cm.source_kind != "statement" or s.lookup(cm) is None or cm.start_date is None:
+            continue
+        if (cm.status or "") in s.not_taken_statuses or \
+                ((cm.status or "") in s.stopped_statuses and cm.end_date is not None):
+            out.append(cm)
+    return out
+
+
+def _zero_on(evidence: Sequence[ConMed], read: Sequence[str], day: dt.date,
+             s: GlucocorticoidSettings) -> PredEqDose:
+    """The dose on a day with no counted record active (cases a-c of the module docstring)."""
+    shown = [cm.source.reference for cm in evidence
+             if ((cm.status or "") in s.not_taken_statuses and active_on(cm, day))
+             or ((cm.status or "") in s.stopped_statuses and cm.end_date is not None and cm.end_date < day)]
+    if shown:
+        return PredEqDose(date=day, mg_per_day=0.0, sources=sorted(set(shown)), basis="record")
+    if s.medication_list_complete:
+        return PredEqDose(date=day, mg_per_day=0.0, sources=sorted(set(read)), basis="medication-list-complete")
+    return PredEqDose(date=day, mg_per_day=None, basis=None,
+                      reason="no glucocorticoid record covers the date: the dose is missing, not 0 (a record "
+                             "of the drug stopped or not taken, or a site declaring its medication list "
+                             "complete, would make it 0)")
+
+
 def _dose_on(
     counted: Sequence[tuple[ConMed, Glucocorticoid]], day: dt.date, s: GlucocorticoidSettings,
+    evidence: Sequence[ConMed] = (), read: Sequence[str] = (),
 ) -> PredEqDose:
     active = [(cm, g) for cm, g in counted if active_on(cm, day)]
+    if not active:
+        return _zero_on(evidence, read, day, s)
     if s.administrations_replace_orders:
         administered = {g.name for cm, g in active if cm.source_kind == "administration"}
         active = [(cm, g) for cm, g in active
@@ -193,24 +238,27 @@ def _dose_on(
                               reason=f"{cm.drug} ({cm.source.reference}): {why}")
         total += mg * g.factor
         sources.append(cm.source.reference)
-    return PredEqDose(date=day, mg_per_day=round(total, s.decimals), sources=sorted(set(sources)))
+    return PredEqDose(date=day, mg_per_day=round(total, s.decimals), sources=sorted(set(sources)), basis="doses")
 
 
 def pred_eq_on(cms: Iterable[ConMed], day: dt.date, settings: GlucocorticoidSettings) -> PredEqDose:
     """Prednisolone-equivalent mg/day on ``day`` (cases of the module docstring)."""
-    return _dose_on(_counted(cms, settings), day, settings)
+    cms = list(cms)
+    return _dose_on(_counted(cms, settings), day, settings, _zero_evidence(cms, settings),
+                    [cm.source.reference for cm in cms])
 
 
 def derive_pred_eq(crf: SubjectCRF, settings: GlucocorticoidSettings) -> list[PredEqVisit]:
     """Prednisolone-equivalent mg/day on the date of every dated visit of ``crf``."""
     counted = _counted(crf.cm, settings)
+    evidence, read = _zero_evidence(crf.cm, settings), [cm.source.reference for cm in crf.cm]
     out = []
     for v in crf.visits:
         if v.date is None:
             continue
-        dose = _dose_on(counted, v.date, settings)
+        dose = _dose_on(counted, v.date, settings, evidence, read)
         out.append(PredEqVisit(visit=v.visit, date=v.date, study_day=v.study_day, mg_per_day=dose.mg_per_day,
-                               sources=dose.sources, reason=dose.reason))
+                               sources=dose.sources, reason=dose.reason, basis=dose.basis))
     return out
 
 
@@ -226,6 +274,7 @@ def glucocorticoid_series(
     start = start or (min(dated) if dated else crf.day1)
     end = end or (max(dated) if dated else crf.day1)
     counted = _counted(crf.cm, settings)
+    evidence, read = _zero_evidence(crf.cm, settings), [cm.source.reference for cm in crf.cm]
     series = GlucocorticoidSeries(
         undated=sorted(cm.source.reference for cm, _ in counted if cm.start_date is None),
         unrecognised=sorted(cm.source.reference for cm in crf.cm
@@ -236,7 +285,7 @@ def glucocorticoid_series(
     day = start
     last: float | str | None = "start"
     while day <= end:
-        mg = _dose_on(counted, day, settings).mg_per_day
+        mg = _dose_on(counted, day, settings, evidence, read).mg_per_day
         if mg != last:
             sd = study_day(day, crf.day1) if crf.day1 else None
             series.points.append(SeriesPoint(date=day, study_day=sd, mg_per_day=mg))

@@ -6,8 +6,10 @@ MedicationStatement, MedicationRequest, MedicationAdministration and MedicationD
 For each resource, in order:
 
 1. **versions** — the latest version of each id wins (``meta.versionId``, then ``meta.lastUpdated``).
-2. **status** — statuses listed under ``used_statuses`` feed CM; any other (``entered-in-error``,
-   ``cancelled``, ``not-taken``, ``draft``, ``not-done``…) is counted (``medications.not-used.<status>``).
+2. **status** — statuses listed under ``used_statuses`` feed CM; a MedicationStatement with a status of
+   ``evidence_statuses`` (``not-taken``) is kept in CM with its drug and dates only (no dose needed: it is the
+   evidence that makes a glucocorticoid dose 0); any other (``entered-in-error``, ``cancelled``, ``draft``,
+   ``not-done``…) is counted (``medications.not-used.<status>``).
 3. **drug** — every coding of ``medicationCodeableConcept``, or of the code and the ingredients of a contained
    or referenced Medication, is looked up among the drugs' ingredient RxCUIs, SCD codes and site codes; else
    the medication text is searched for a drug's ``names``. Unknown drugs are kept with class ``other``.
@@ -112,6 +114,8 @@ class MedicationSettings(_Strict):
     code_systems: dict[str, str]
     drugs: dict[str, Drug]
     used_statuses: tuple[str, ...] = ("active", "completed", "stopped", "on-hold", "in-progress")
+    evidence_statuses: tuple[str, ...] = Field(
+        ("not-taken",), description="statuses kept in CM with their dates only (evidence that a drug was not taken)")
     range_choice: Literal["high", "mid", "low"] = "high"
     tablet_units: tuple[str, ...] = ("{tbl}", "TAB")
     period_days: dict[str, float]
@@ -198,6 +202,15 @@ class MedicationMapper:
         for r in meds:
             rtype = str(r["resourceType"])
             status = str(r.get("status"))
+            if status in self.s.evidence_statuses and rtype == "MedicationStatement":
+                try:
+                    drug = self._identify(r, resources)
+                    start, end = self._resource_dates(r)
+                    out.append(self._record(r, drug, _Step(start, end), None, None, None, None, None))
+                    self.log.count(f"medications.evidence.{status}")
+                except Unusable as rej:
+                    self.log.reject(rtype, r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r)
+                continue
             if status not in self.s.used_statuses:
                 self.log.count(f"medications.not-used.{status}")
                 continue

@@ -261,6 +261,9 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     rules: dict[str, BaseModel] = {}
     for name, model in RULE_FILES.items():
         rules[name] = _validate(docs[name], model, docs[name].data)
+    if overlay is not None and overlay.medication_list_complete is not None:
+        gc = rules["glucocorticoids"]
+        rules["glucocorticoids"] = gc.model_copy(update={"medication_list_complete": overlay.medication_list_complete})
     rules["sledai2k"] = _check_sledai_rules(docs["sledai2k"], rules["sledai2k"], items)  # type: ignore[arg-type]
     _check_efficacy_rules(docs, rules, items)  # efficacy endpoints (pga, lldas, renal, immunology)
 

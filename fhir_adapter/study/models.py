@@ -173,6 +173,8 @@ class SiteOverlay(Strict):
     timezone: str | None = None
     subject_identifier: SubjectIdentifierRule | None = Field(
         None, description="which ResearchSubject identifier is the subject ID at this site (overrides study.yaml)")
+    medication_list_complete: bool | None = Field(
+        None, description="the site's EHR medication list is complete: no glucocorticoid record = 0 mg/day")
 
 
 class SiteItem(Strict):

@@ -46,6 +46,11 @@ RESULT_DISPLAY = {
 }
 
 
+def result_sources(res: dict[str, Any]) -> list[str]:
+    """The source references a result names (``derivedFrom``); a result naming none is never written back."""
+    return sorted({d["reference"] for d in res.get("derivedFrom") or [] if isinstance(d.get("reference"), str)})
+
+
 def _refs(refs: list[str]) -> list[dict[str, str]]:
     """Unversioned, de-duplicated, sorted references (the EHR resolves the current version)."""
     plain = {r.split("/_history/")[0] for r in refs}

@@ -51,28 +51,31 @@ def test_concurrent_records_are_summed() -> None:
 def test_taper_and_inclusive_dates() -> None:
     taper = [conmed("prednisolone", 1, 7, dose=20), conmed("prednisolone", 8, 14, dose=15),
              conmed("prednisolone", 15, 21, dose=10), conmed("prednisolone", 22, 28, dose=7.5)]
-    assert [dose(taper, day) for day in (1, 7, 8, 14, 15, 22, 28, 29)] == [20, 20, 15, 15, 10, 7.5, 7.5, 0]
+    assert [dose(taper, day) for day in (1, 7, 8, 14, 15, 22, 28, 29)] == [20, 20, 15, 15, 10, 7.5, 7.5, None]
     average = sum(dose(taper, day) or 0 for day in range(1, 29)) / 28
     assert average == pytest.approx(13.125)
-    assert dose(taper, -1) == 0
+    assert dose(taper, -1) is None   # no record before the taper: missing, not 0
+    taper[-1] = taper[-1].model_copy(update={"status": "completed"})
+    assert dose(taper, 29) == 0       # the completed last step is the evidence of 0
+    assert pred_eq_on(taper, d(29), S).sources == [taper[-1].source.reference]
 
 
 def test_routes() -> None:
-    assert dose([conmed("betamethasone", 1, None, dose=1, route="topical")]) == 0
-    assert dose([conmed("triamcinolone", 1, None, dose=40, route="intra-articular")]) == 0
-    assert dose([conmed("prednisolone", 1, None, dose=5, route="inhaled")]) == 0
+    assert dose([conmed("betamethasone", 1, None, dose=1, route="topical")]) is None
+    assert dose([conmed("triamcinolone", 1, None, dose=40, route="intra-articular")]) is None
+    assert dose([conmed("prednisolone", 1, None, dose=5, route="inhaled")]) is None
     assert dose([conmed("methylprednisolone", 1, None, dose=40, route="intravenous")]) == 50
     assert dose([conmed("triamcinolone", 1, None, dose=4, route="intramuscular")]) == 5
     # unknown route: the mapping's systemic flag, else count_unknown_route (true)
     assert dose([conmed("prednisolone", 1, None, dose=5, route=None)]) == 5
-    assert dose([conmed("prednisolone", 1, None, dose=5, route=None, systemic=False)]) == 0
+    assert dose([conmed("prednisolone", 1, None, dose=5, route=None, systemic=False)]) is None
     no_unknown = S.model_copy(update={"count_unknown_route": False})
-    assert pred_eq_on([conmed("prednisolone", 1, None, dose=5, route=None)], d(10), no_unknown).mg_per_day == 0
+    assert pred_eq_on([conmed("prednisolone", 1, None, dose=5, route=None)], d(10), no_unknown).mg_per_day is None
 
 
 def test_rxnorm_code_wins_over_the_name() -> None:
     assert dose([conmed("solu-medrol", 1, None, dose=4, rxnorm="6902")]) == 5
-    assert dose([conmed("budesonide", 1, None, dose=9, drug_class="glucocorticoid")]) == 0
+    assert dose([conmed("budesonide", 1, None, dose=9, drug_class="glucocorticoid")]) is None
 
 
 def test_administrations_count_on_their_date_and_replace_orders() -> None:
@@ -85,8 +88,8 @@ def test_administrations_count_on_their_date_and_replace_orders() -> None:
 
 
 def test_statuses_and_kinds_not_counted() -> None:
-    assert dose([conmed("prednisone", 1, None, dose=10, status="entered-in-error")]) == 0
-    assert dose([conmed("prednisone", 1, None, dose=10, kind="dispense")]) == 0
+    assert dose([conmed("prednisone", 1, None, dose=10, status="entered-in-error")]) is None
+    assert dose([conmed("prednisone", 1, None, dose=10, kind="dispense")]) is None
     assert dose([conmed("prednisone", 1, None, daily=10, freq=None)]) == 10   # mapping's daily dose wins
 
 
@@ -111,3 +114,35 @@ def test_per_visit_and_series() -> None:
     series = glucocorticoid_series(crf, S)
     assert [(p.study_day, p.mg_per_day) for p in series.points] == [(-7, 20), (15, 5)]
     assert series.undated == [cms[2].source.reference] and series.unrecognised == [cms[3].source.reference]
+
+
+def test_missing_is_not_zero() -> None:
+    none = pred_eq_on([], d(10), S)
+    assert none.mg_per_day is None and "missing, not 0" in (none.reason or "")
+    # a record that the drug is not taken, covering the date
+    not_taken = conmed("prednisone", 1, None, dose=None, status="not-taken")
+    r = pred_eq_on([not_taken], d(10), S)
+    assert (r.mg_per_day, r.basis, r.sources) == (0, "record", [not_taken.source.reference])
+    # stopped before the date: 0 after its end, its dose while it ran
+    stopped = conmed("prednisolone", 1, 5, dose=10, status="stopped")
+    assert dose([stopped], 3) == 10 and dose([stopped], 6) == 0
+    # an order that ended is no evidence of 0; only a statement is
+    ended_order = conmed("prednisolone", 1, 5, dose=10, status="completed", kind="request")
+    assert dose([ended_order], 6) is None
+    # a site that declares its medication list complete: 0 citing the records read
+    complete = S.model_copy(update={"medication_list_complete": True})
+    hcq = conmed("hydroxychloroquine", 1, None, dose=200, drug_class="antimalarial")
+    r = pred_eq_on([hcq], d(10), complete)
+    assert (r.mg_per_day, r.basis, r.sources) == (0, "medication-list-complete", [hcq.source.reference])
+
+
+def test_site_overlay_declares_the_medication_list_complete(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from fhir_adapter.study import load_study
+
+    site = tmp_path / "site.yaml"
+    site.write_text("site: complete-list-site\nmedication_list_complete: true\n")
+    root = Path(__file__).resolve().parents[2] / "mappings" / "lcar-aio"
+    study = load_study(root, site)
+    assert study.rule("glucocorticoids", GlucocorticoidSettings).medication_list_complete

@@ -329,10 +329,16 @@ def test_route_from_text(study):  # type: ignore[no-untyped-def]
 
 
 # -- statuses, dates, versions -----------------------------------------------------------------------
-@pytest.mark.parametrize("status", ["entered-in-error", "not-taken", "intended"])
+@pytest.mark.parametrize("status", ["entered-in-error", "intended"])
 def test_unused_statement_statuses_are_counted(study, status):  # type: ignore[no-untyped-def]
     cms, log = run(study, [statement("x", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())], status=status)])
     assert cms == [] and log.counts[f"medications.not-used.{status}"] == 1 and not log.quarantine
+
+
+def test_not_taken_statement_is_kept_as_evidence_without_a_dose(study):  # type: ignore[no-untyped-def]
+    cms, log = run(study, [statement("x", PRED, [], status="not-taken")])
+    assert [(c.drug, c.status, c.daily_dose_mg) for c in cms] == [("prednisone", "not-taken", None)]
+    assert log.counts["medications.evidence.not-taken"] == 1 and not log.quarantine
 
 
 @pytest.mark.parametrize("status", ["cancelled", "draft"])
