@@ -89,9 +89,15 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--roster-csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Site roster CSV (subject_id,patient_identifier,consent_date,arm,status) for subjects the EHR "
                    "holds no ResearchSubject for.")
+@click.option("--review-state", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder of the review decision file (review-decisions.jsonl)  [default: OUT/state]")
+@click.option("--reviewed-only", is_flag=True,
+              help="Write back only results derived solely from reviewed values (also: `writeback_reviewed_only: "
+                   "true` in --config); others are held until reviewed.")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
-        since: str | None, config: Path | None, roster_csv: Path | None) -> None:
+        since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,
+        reviewed_only: bool) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -102,6 +108,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       run-report.json              counts, warnings, quarantined input (also in quarantine/), coverage
       export/                      <DOMAIN>.csv (CDISC-style), odm.xml (CDISC ODM 1.3.2), coverage*.csv
       state/written.json           what was written back, to retract results whose inputs are gone (keep it)
+      review/candidates/<subject>.json  every candidate value per visit and item (`fhir-adapter review`)
+
+    Review decisions (state/review-decisions.jsonl) replace the rule's pick; see docs/review.md.
 
     \b
     Examples:
@@ -111,6 +120,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
     from fhir_adapter.pipeline import run as run_pipeline
+    from fhir_adapter.review.store import TamperedError
     from fhir_adapter.roster import RosterError
     from fhir_adapter.runlog import RunLog
     from fhir_adapter.study import MappingError, load_study
@@ -134,10 +144,12 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
                           enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
                 summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
-                                       on_subject=prog.advance, on_start=prog.start)
+                                       on_subject=prog.advance, on_start=prog.start, review_state=review_state,
+                                       reviewed_only=reviewed_only or _reviewed_only_setting(config))
         finally:
             conn.close()
-    except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError) as exc:
+    except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
+            TamperedError) as exc:
         if ctx.obj.get("verbose", 0) >= 2:
             raise
         _fail(str(exc))
@@ -162,6 +174,49 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         rows.append(("exit code", f"{summary.exit_code} ({exit_codes.meaning(summary.exit_code)})"))
         summary_table(f"fhir-adapter run — {st.info.id}", rows)
     sys.exit(summary.exit_code)
+
+
+def _reviewed_only_setting(config: Path | None) -> bool:
+    import os
+
+    from fhir_adapter.server_config import load_server_config
+
+    return load_server_config(config, os.environ).writeback_reviewed_only
+
+
+@main.command()
+@click.option("--results", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
+              help="The OUT folder of `fhir-adapter run` (holds review/candidates/, results/study.json).")
+@click.option("--reviewer", default=None, help="Your name, recorded with each decision  [default: the OS user]")
+@click.option("--port", default=0, show_default=True, help="Port on 127.0.0.1 (0: a free one, printed).")
+@click.option("--review-state", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder of the review decision file  [default: RESULTS/state]")
+def review(results: Path, reviewer: str | None, port: int, review_state: Path | None) -> None:
+    """Review the values a run picked: a local web app on 127.0.0.1 (no network beyond this machine).
+
+    \b
+    Per subject, visit and CRF item: the rule's pick, every other candidate in the window (value, unit,
+    date/time, status, source), rule, window and flags. Accept, choose another candidate, enter "not
+    available" with a reason, or raise a query; each decision is appended to
+    RESULTS/state/review-decisions.jsonl (hash-chained) and applied by the next `fhir-adapter run`.
+    Stop with Ctrl-C. See docs/review.md.
+
+    \b
+    Examples:
+      fhir-adapter review --results demo/out
+      fhir-adapter review --results demo/out --reviewer "A. Example" --port 8765
+    """
+    from fhir_adapter.review.app import ReviewConfig, serve
+    from fhir_adapter.review.store import default_reviewer
+
+    name = (reviewer or "").strip() or default_reviewer()
+    if not (results / "review" / "candidates").is_dir():
+        _fail(f"{results} holds no review/candidates/: run `fhir-adapter run --out {results}` first")
+    cfg = ReviewConfig(results=results, reviewer=name, state_dir=review_state)
+    try:
+        serve(cfg, port, on_ready=lambda url: click.echo(f"review app      {url}  (reviewer: {name}; Ctrl-C stops)"))
+    except OSError as exc:
+        _fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} — choose another --port")
 
 
 @main.command()

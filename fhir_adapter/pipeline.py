@@ -25,6 +25,7 @@ from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
+from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster import Enrollee, RosterError, build_roster, with_day1
 from fhir_adapter.roster_check import nobody_enrolled
 from fhir_adapter.roster_csv import reconcile, research_subject_resource
@@ -37,7 +38,7 @@ from fhir_adapter.writeback.efficacy import efficacy_observations
 from fhir_adapter.writeback.observations import result_sources, sledai2k_observation
 from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sink import WriteResult
-from fhir_adapter.writeback.state import WrittenState
+from fhir_adapter.writeback.state import WrittenState, result_id
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,17 @@ def run(
     sink: Sink | None = None,
     on_start: Callable[[int], None] | None = None,
     roster_csv: Path | None = None,
+    review_state: Path | None = None,
+    reviewed_only: bool = False,
 ) -> RunSummary:
     """Run the job. With a ``sink``, results are also written to the server (only what changed).
 
     ``roster_csv``: a site roster reconciled into adapter-owned ResearchSubjects (see roster_csv.py).
     Incremental runs: subjects the source reports as unchanged since the last run (``source.unchanged``)
     are not read again; their CRF from the previous run in ``OUT/crf`` is derived again instead.
+    Review decisions (``review_state``/review-decisions.jsonl, default ``OUT/state``) replace the rule's pick
+    before deriving; ``reviewed_only`` holds back results not derived solely from reviewed values
+    (fhir_adapter/review/run.py).
     """
     runlog = runlog or RunLog()
     started = dt.datetime.now(dt.UTC)
@@ -138,6 +144,7 @@ def run(
             shutil.rmtree(out / sub, ignore_errors=True)
     exports = ExportWriter(out / "export", study)
     state = WrittenState(out / "state" / "written.json")
+    reviews = ReviewRun(out, study, review_state, reviewed_only, runlog)
     if sink is not None:
         sink.start(roster.patient_ids)
     mapper = SubjectMapper(study, runlog)
@@ -146,14 +153,20 @@ def run(
 
     def finish(e: Enrollee, crf: SubjectCRF, quarantined: list[Quarantined] | None = None,
                source_resources: list[dict[str, Any]] | None = None) -> None:
+        name = file_names.name(e.subject_id)
+        review = reviews.subject(crf, name)  # the reviewers' decisions replace the rule's picks
+        crf = review.crf
         res = derive_subject(crf, study)
         rows.append(subject_row(res))
-        name = file_names.name(e.subject_id)
         _dump(out, out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
         bundle_resources = writeback_resources(res, e, study, runlog)
         if e.patient_id in owned:  # a ResearchSubject the adapter created from the site roster CSV
             bundle_resources.insert(0, research_subject_resource(owned[e.patient_id], infused=e.day1 is not None))
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [])
+        writable = reviews.writable(review, bundle_resources)
+        if len(writable) < len(bundle_resources):
+            reviews.hold(plan, state, {result_id(r) for r in bundle_resources if r not in writable})
+            bundle_resources = writable
         invalid = [p for p in (r4_problem(x) for x in bundle_resources + plan.retractions) if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
@@ -163,7 +176,7 @@ def run(
         unchanged_since_last = source_resources is None and not plan.retractions and \
             plan.changes["new"] == plan.changes["updated"] == 0
         state.commit(plan)
-        exports.add(crf, quarantined or [])
+        exports.add(crf, quarantined or [], review.status, review.decisions)
         summary.results_written += len(bundle_resources)
         summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1
@@ -234,6 +247,7 @@ def run(
         "quarantine": [q.as_report() for q in runlog.quarantine],
         "coverage": coverage,
         "writeback_state": state.report(),
+        "review": reviews.report(),
         **({"server_requests": source.request_stats()} if hasattr(source, "request_stats") else {}),
     })
     return summary

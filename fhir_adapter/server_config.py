@@ -11,6 +11,7 @@ Config file (``--config adapter.yaml``)::
       verify: true                # or a CA bundle path
     read_mode: search             # search (one search per resource type) | batch (one batch Bundle per subject)
     observation_code_param: combo-code   # combo-code | code | none (see `fhir-adapter check --source URL`)
+    writeback_reviewed_only: false       # true: only results derived from reviewed values (docs/review.md)
 
 Environment (override the file): ``FHIR_ADAPTER_MAX_CONCURRENCY``, ``FHIR_ADAPTER_PAGE_SIZE``,
 ``FHIR_ADAPTER_MAX_TRANSACTION_ENTRIES``, ``FHIR_ADAPTER_READ_MODE``, ``FHIR_ADAPTER_CA_BUNDLE``.
@@ -54,6 +55,7 @@ class ServerConfig(BaseModel):
     client: ClientSettings = ClientSettings()
     read_mode: Literal["search", "batch"] = "search"
     observation_code_param: Literal["combo-code", "code", "none"] = "combo-code"
+    writeback_reviewed_only: bool = False  # write back only results a reviewer has looked at (docs/review.md)
 
 
 def load_server_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:

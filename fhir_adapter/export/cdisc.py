@@ -19,6 +19,8 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
   ``VISITDY``: the planned study day (empty for unscheduled visits).
 * ``SRCREF``: the FHIR resource the value came from (``Observation/123/_history/2``); ``SRCSTAT``: its
   status (``final``, ``amended``, ``corrected``, ``preliminary``).
+* ``REVSTAT``: the value's review status (``unreviewed``, ``accepted``, ``changed``, ``not-available`` has no
+  row, ``query``, ``re-review``; docs/review.md) — empty when the rows were built without review.
 
 No name, MRN, address or birth date is ever written: DM carries the age at consent only.
 """
@@ -57,7 +59,7 @@ DATA_TYPES: dict[str, str] = {
 def _findings_columns(p: str) -> tuple[str, ...]:
     return (*_IDS, f"{p}SEQ", f"{p}TESTCD", f"{p}TEST", f"{p}ORRES", f"{p}ORRESU", f"{p}STRESC", f"{p}STRESN",
             f"{p}STRESU", f"{p}ORNRLO", f"{p}ORNRHI", f"{p}STNRLO", f"{p}STNRHI", f"{p}NRIND", f"{p}STAT",
-            f"{p}LLOQ", "VISITNUM", "VISIT", "VISITDY", f"{p}DTC", f"{p}DY", "SRCSTAT", "SRCREF")
+            f"{p}LLOQ", "VISITNUM", "VISIT", "VISITDY", f"{p}DTC", f"{p}DY", "SRCSTAT", "SRCREF", "REVSTAT")
 
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -253,7 +255,7 @@ class RowBuilder:
             f"{p}LLOQ": num(item.lloq) if item and item.lloq is not None else "",
             "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], f"{p}DTC": _dtc(f),
             f"{p}DY": "" if f.study_day is None else str(f.study_day), "SRCSTAT": f.status,
-            "SRCREF": f.source.reference, "_visit": visit,
+            "SRCREF": f.source.reference, "_visit": visit, "_item": f.item,
         }
 
     def cm(self, crf: SubjectCRF) -> list[dict[str, Any]]:

@@ -9,6 +9,9 @@
 * **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD``
   for findings, ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of the CSV files,
   less what the ODM context already states (study, subject and visit identifiers, the test name).
+* **Review** — a findings row a reviewer decided on (docs/review.md) carries an ``AuditRecord`` (the reviewer
+  as a ``User`` of ``AdminData``, the time, the reason, the decision's number in the decision file) and an
+  ``Annotation`` with the review status; every findings row has the status as ItemData ``REVSTAT``.
 
 The file is written as it goes: each subject's SubjectData is serialised to a side file as soon as its CRF
 exists, and :meth:`OdmWriter.close` wraps them in the ODM root and Study metadata (odmlib), so memory does
@@ -25,7 +28,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import escape, quoteattr
 
 import odmlib.odm_1_3_2.model as ODM
 from odmlib import schema_manager
@@ -39,6 +42,7 @@ SUBJECT_EVENT = "SE.SUBJECT"
 UNSCHEDULED_EVENT = "SE.UNS"
 SUBJECT_FORMS = ("DM", "EX", "CM", "AE")
 MDV_OID = "MDV.1"
+REVIEW_LOCATION = "LOC.REVIEW"
 _IN_CONTEXT = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID", "VISIT", "VISITNUM", "VISITDY")
 
 
@@ -168,6 +172,7 @@ class OdmWriter:
         clean, n = xml_text(text)
         self._removed += n
         return quoteattr(clean)
+        self.reviewers: dict[str, str] = {}  # reviewer name → User OID (AdminData)
 
     def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> None:
         """Append one subject, from its export rows (:meth:`RowBuilder.rows`)."""
@@ -209,6 +214,8 @@ class OdmWriter:
                 key = row[f"{domain}TESTCD"] if findings else row[f"{domain}SEQ"]
                 repeat = self._attr(str(key))
                 out.append(f'<ItemGroupData ItemGroupOID="IG.{domain}" ItemGroupRepeatKey={repeat}>')
+                if findings and row.get("_decision"):
+                    out.append(self._review(row["_decision"], str(row.get("REVSTAT") or "")))
             for column in ODM_COLUMNS[domain]:
                 value = row.get(column)
                 if value is None or value == "":
@@ -222,6 +229,35 @@ class OdmWriter:
                     out.append(f"<ItemData {attrs}/>")
             out.append("</ItemGroupData>")
         out.append("</FormData>")
+
+    def _review(self, d: dict[str, Any], status: str) -> str:
+        """The reviewer's decision on a findings row: an AuditRecord (who, when, why) and an Annotation
+        (the review status and the decision)."""
+        user = self.reviewers.setdefault(d["reviewer"], f"USR.REVIEW.{len(self.reviewers) + 1}")
+        why = d.get("reason") or {"accept": "accepted the value picked by the rule",
+                                   "choose": f"chose {d.get('candidate')}"}.get(d["action"], d["action"])
+        what = f"review status {status}: {d['action']}" + (f" {d['candidate']}" if d.get("candidate") else "")
+        if d.get("open_query"):
+            what += f"; open query: {d['open_query'].get('reason', '')}"
+        return (f'<AuditRecord EditPoint="DataManagement" UsedImputationMethod="No">'
+                f'<UserRef UserOID="{user}"/><LocationRef LocationOID="{REVIEW_LOCATION}"/>'
+                f"<DateTimeStamp>{escape(str(d['at']))}</DateTimeStamp>"
+                f"<ReasonForChange>{escape(why)}</ReasonForChange>"
+                f"<SourceID>review-decisions.jsonl#{escape(str(d.get('seq')))}</SourceID>"
+                f"</AuditRecord>"
+                f'<Annotation SeqNum="1"><Comment SponsorOrSite="Site">{escape(what)}</Comment></Annotation>')
+
+    def _admin_data(self) -> str:
+        """Users (reviewers) and the review Location the AuditRecords refer to."""
+        if not self.reviewers:
+            return ""
+        sid = quoteattr(f"ST.{self.study.info.id}")
+        users = "".join(f"<User OID={quoteattr(oid)}><LoginName>{escape(name)}</LoginName></User>"
+                        for name, oid in self.reviewers.items())
+        location = (f'<Location OID="{REVIEW_LOCATION}" Name="fhir-adapter review" LocationType="Site">'
+                    f'<MetaDataVersionRef StudyOID={sid} MetaDataVersionOID="{MDV_OID}" '
+                    f'EffectiveDate="{dt.date.today().isoformat()}"/></Location>')
+        return f"<AdminData StudyOID={sid}>{users}{location}</AdminData>\n"
 
     def close(self) -> Path:
         """Write ``odm.xml``: ODM root, Study metadata, ClinicalData holding the streamed subjects."""
@@ -239,7 +275,8 @@ class OdmWriter:
         text = root.to_xml_string(xml_declaration=True)
         marker = text.rfind("<ClinicalData ")
         end = text.index("/>", marker)
-        head, tail = text[:end].rstrip() + ">\n", "</ClinicalData>" + text[end + 2:]
+        head = text[:marker] + self._admin_data() + text[marker:end].rstrip() + ">\n"
+        tail = "</ClinicalData>" + text[end + 2:]
         with self.path.open("wb") as out:
             out.write(head.encode("utf-8"))
             with self._part_path.open("rb") as part:

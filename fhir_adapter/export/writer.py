@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, RowBuilder
+from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, FINDINGS_DOMAINS, RowBuilder
 from fhir_adapter.export.coverage import Coverage
 from fhir_adapter.export.odm import OdmWriter
 from fhir_adapter.export.sanitize import csv_row
@@ -38,9 +38,20 @@ class ExportWriter:
         self.coverage = Coverage(study, self.folder)
         self.counts: dict[str, int] = dict.fromkeys(DOMAINS, 0)
 
-    def add(self, crf: SubjectCRF, quarantined: list[Quarantined]) -> None:
-        """Export one subject's CRF; ``quarantined`` = the quarantine entries added while mapping it."""
+    def add(self, crf: SubjectCRF, quarantined: list[Quarantined],
+            review: dict[tuple[str, str], str] | None = None,
+            decisions: dict[tuple[str, str], dict[str, Any]] | None = None) -> None:
+        """Export one subject's CRF; ``quarantined`` = the quarantine entries added while mapping it;
+        ``review`` = the review status per (visit, item) (column REVSTAT); ``decisions`` = the reviewer's
+        decision per (visit, item) (ODM AuditRecord and Annotation)."""
         rows = self.rows.rows(crf)
+        if review is not None:
+            for domain in FINDINGS_DOMAINS:
+                for row in rows[domain]:
+                    key = (row["_visit"], row["_item"])
+                    row["REVSTAT"] = review.get(key, "unreviewed")
+                    if decisions and key in decisions:
+                        row["_decision"] = decisions[key]
         for domain, domain_rows in rows.items():
             self._csv[domain].writerows(csv_row(r) for r in domain_rows)  # the single CSV write point
             self.counts[domain] += len(domain_rows)

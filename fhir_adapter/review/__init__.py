@@ -1,0 +1,1 @@
+"""Review of pre-populated values: candidates, decisions, the review app (docs/review.md)."""

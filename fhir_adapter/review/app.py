@@ -1,0 +1,234 @@
+"""``fhir-adapter review --results OUT``: the local review web app (Starlette, server-rendered Jinja2).
+
+Pages: ``/`` subjects with progress; ``/s/<subject>`` its visits → items (``?filter=needs-review``) and its
+endpoints from ``results/study.json``; ``/s/<subject>/<visit>/<item>`` one item: the rule's pick, every
+candidate, rule, window and flags, the decision forms and the item's history; ``/audit`` every decision, with
+the hash chain verified. Reads ``OUT/review/candidates/``, ``OUT/results/study.json`` and the decision file;
+writes only decisions (append-only, :mod:`.store`).
+
+Bound to 127.0.0.1; requests must name 127.0.0.1 or localhost as host (no DNS rebinding) and every form
+carries a token made at start (no cross-site posts from other pages open in the browser). No asset is
+loaded from anywhere: CSS and the few lines of keyboard script are inline.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from fhir_adapter import __version__
+from fhir_adapter.review.apply import REVIEWED, status_of
+from fhir_adapter.review.run import CANDIDATES_DIR
+from fhir_adapter.review.store import ACTIONS, DecisionError, DecisionStore, TamperedError, new_decision
+
+NEEDS_REVIEW = ("unreviewed", "query", "re-review")
+ACTION_LABELS = {"accept": "accepted the rule's pick", "choose": "chose another candidate",
+                 "not_available": "not available", "query": "query"}
+
+
+@dataclass
+class ReviewConfig:
+    results: Path
+    reviewer: str
+    state_dir: Path | None = None
+    token: str = ""
+
+
+class Workspace:
+    """What the app reads from OUT, read again on each request (a rerun may have replaced it)."""
+
+    def __init__(self, cfg: ReviewConfig) -> None:
+        self.cfg = cfg
+        self.store = DecisionStore.under(cfg.results, cfg.state_dir)
+
+    def subjects(self) -> dict[str, dict[str, Any]]:
+        folder = self.cfg.results / CANDIDATES_DIR
+        docs: dict[str, dict[str, Any]] = {}
+        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+            doc = orjson.loads(path.read_bytes())
+            docs[doc["subject_id"]] = doc
+        return docs
+
+    def endpoints(self, subject_id: str) -> list[dict[str, Any]]:
+        path = self.cfg.results / "results" / "study.json"
+        if not path.exists():
+            return []
+        study = orjson.loads(path.read_bytes())
+        row = next((s for s in study.get("subjects", []) if s.get("subject_id") == subject_id), None)
+        return list(row.get("visits", [])) if row else []
+
+    def decided(self) -> tuple[dict[tuple[str, str, str], dict[str, Any]], list[dict[str, Any]], str | None]:
+        chain = self.store.read()
+        return chain.current(), chain.entries, chain.torn
+
+
+def _items(doc: dict[str, Any], current: dict[tuple[str, str, str], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The subject's items with their live review status (decisions made since the run count)."""
+    out = []
+    for e in doc["items"]:
+        d = current.get((doc["subject_id"], e["visit"], e["item"]))
+        status, diffs = status_of(e, d)
+        out.append({**e, "status": status, "changes": diffs, "decision": d,
+                    "picked_value": next((c for c in e["candidates"] if c["id"] == e["picked"]), None)})
+    return out
+
+
+def _progress(items: list[dict[str, Any]]) -> dict[str, int]:
+    done = sum(1 for i in items if i["status"] in REVIEWED)
+    return {"done": done, "total": len(items), "needs": sum(1 for i in items if i["status"] in NEEDS_REVIEW),
+            "pct": round(100 * done / len(items)) if items else 100}
+
+
+def _url(*parts: str) -> str:
+    return "/" + "/".join(quote(p, safe="") for p in parts)
+
+
+def create_app(cfg: ReviewConfig) -> Starlette:
+    cfg.token = cfg.token or secrets.token_urlsafe(24)
+    ws = Workspace(cfg)
+    env = Environment(loader=PackageLoader("fhir_adapter.review", "templates"),
+                      autoescape=select_autoescape(["html", "j2"]))
+    env.globals.update(url=_url, version=__version__, reviewer=cfg.reviewer, token=cfg.token,
+                       action_labels=ACTION_LABELS)
+
+    def render(name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(name).render(**ctx), status_code=status_code)
+
+    def problem(message: str, status_code: int) -> HTMLResponse:
+        return render("problem.html.j2", status_code=status_code, message=message)
+
+    def load() -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str, str], dict[str, Any]],
+                        list[dict[str, Any]], str | None]:
+        current, entries, torn = ws.decided()
+        return ws.subjects(), current, entries, torn
+
+    async def index(request: Request) -> Response:
+        try:
+            subjects, current, _, torn = load()
+        except TamperedError as exc:
+            return problem(str(exc), 500)
+        rows = []
+        for sid, doc in subjects.items():
+            items = _items(doc, current)
+            rows.append({"subject_id": sid, "arm": doc.get("arm"), "day1": doc.get("day1"), **_progress(items)})
+        return render("index.html.j2", subjects=rows, results=str(cfg.results), torn=torn,
+                      decisions_file=str(ws.store.path))
+
+    async def subject(request: Request) -> Response:
+        sid = request.path_params["subject"]
+        only = request.query_params.get("filter") == "needs-review"
+        try:
+            subjects, current, _, torn = load()
+        except TamperedError as exc:
+            return problem(str(exc), 500)
+        if sid not in subjects:
+            return problem(f"no subject {sid} in {cfg.results / CANDIDATES_DIR}: run `fhir-adapter run` first", 404)
+        items = _items(subjects[sid], current)
+        shown = [i for i in items if not only or i["status"] in NEEDS_REVIEW]
+        visits: dict[str, dict[str, Any]] = {}
+        for i in shown:
+            v = visits.setdefault(i["visit"], {"visit": i["visit"], "label": i["visit_label"],
+                                               "date": i["visit_date"], "rows": []})
+            v["rows"].append(i)
+        return render("subject.html.j2", subject_id=sid, doc=subjects[sid], visits=list(visits.values()),
+                      progress=_progress(items), only=only, endpoints=ws.endpoints(sid), torn=torn)
+
+    async def item(request: Request) -> Response:
+        sid, visit, item_id = (request.path_params[k] for k in ("subject", "visit", "item"))
+        try:
+            subjects, current, entries, torn = load()
+        except TamperedError as exc:
+            return problem(str(exc), 500)
+        if sid not in subjects:
+            return problem(f"no subject {sid}", 404)
+        items = _items(subjects[sid], current)
+        pos = next((n for n, i in enumerate(items) if i["visit"] == visit and i["item"] == item_id), None)
+        if pos is None:
+            return problem(f"no item {item_id} at visit {visit} of subject {sid}", 404)
+        only = request.query_params.get("filter") == "needs-review"
+        seq = [n for n, i in enumerate(items) if not only or i["status"] in NEEDS_REVIEW or n == pos]
+        k = seq.index(pos)
+        prev_i = items[seq[k - 1]] if k > 0 else None
+        next_i = items[seq[k + 1]] if k + 1 < len(seq) else None
+        history = [e for e in entries if (e["subject_id"], e["visit"], e["item"]) == (sid, visit, item_id)]
+        return render("item.html.j2", subject_id=sid, it=items[pos], prev_i=prev_i, next_i=next_i, only=only,
+                      history=history, progress=_progress(items), torn=torn,
+                      error=request.query_params.get("error"))
+
+    async def decide(request: Request) -> Response:
+        sid, visit, item_id = (request.path_params[k] for k in ("subject", "visit", "item"))
+        form = await request.form()
+        if not secrets.compare_digest(str(form.get("token", "")), cfg.token):
+            return problem("this form was not made by this review session: reload the page", 403)
+        only = form.get("filter") == "needs-review"
+        base = _url("s", sid, visit, item_id)
+        subjects = ws.subjects()
+        entry = next((e for e in subjects.get(sid, {}).get("items", [])
+                      if e["visit"] == visit and e["item"] == item_id), None)
+        if entry is None:
+            return problem(f"no item {item_id} at visit {visit} of subject {sid}", 404)
+        action = str(form.get("action", ""))
+        try:
+            d = new_decision(subject_id=sid, visit=visit, item=item_id, action=action, reviewer=cfg.reviewer,
+                             shown=entry, candidate=str(form.get("candidate") or "") or None,
+                             reason=str(form.get("reason") or ""))
+            ws.store.append(d)
+        except (DecisionError, TamperedError) as exc:
+            return RedirectResponse(f"{base}?error={quote(str(exc))}" + ("&filter=needs-review" if only else ""),
+                                    status_code=303)
+        # on to the next item that still needs review
+        current, _, _ = ws.decided()
+        items = _items(subjects[sid], current)
+        pos = next(n for n, i in enumerate(items) if i["visit"] == visit and i["item"] == item_id)
+        after = [i for i in items[pos + 1:] + items[:pos] if i["status"] in NEEDS_REVIEW] if only else items[pos + 1:]
+        target = _url("s", sid, after[0]["visit"], after[0]["item"]) if after else _url("s", sid)
+        return RedirectResponse(target + ("?filter=needs-review" if only else ""), status_code=303)
+
+    async def audit(request: Request) -> Response:
+        try:
+            _, entries, torn = ws.decided()
+        except TamperedError as exc:
+            return problem(str(exc), 500)
+        return render("audit.html.j2", entries=list(reversed(entries)), torn=torn,
+                      decisions_file=str(ws.store.path))
+
+    routes = [
+        Route("/", index),
+        Route("/audit", audit),
+        Route("/s/{subject}", subject),
+        Route("/s/{subject}/{visit}/{item}", item),
+        Route("/s/{subject}/{visit}/{item}/decide", decide, methods=["POST"]),
+    ]
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])]
+    return Starlette(routes=routes, middleware=middleware)
+
+
+def serve(cfg: ReviewConfig, port: int = 0, on_ready: Any = None) -> None:
+    """Serve on 127.0.0.1:``port`` (0: a free port); ``on_ready(url)`` once it listens."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    if on_ready:
+        on_ready(url)
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), log_level="warning", access_log=False))
+    server.run(sockets=[sock])
+
+
+__all__ = ["ACTIONS", "ReviewConfig", "create_app", "serve"]

@@ -1,0 +1,117 @@
+"""Decisions → the CRF a run derives from: the adjudicated value replaces the rule's pick.
+
+Per subject, visit and item, the current decision (:meth:`Chain.current`) gives the item's **review status**:
+
+* ``unreviewed`` — no decision: the rule's pick stays;
+* ``accepted`` — the reviewer accepted the rule's pick;
+* ``changed`` — the reviewer chose another candidate: the visit keeps that one;
+* ``not-available`` — the visit keeps no value for the item (the reason is in the decision);
+* ``query`` — a query is open (the value stays as it was: the rule's pick, or the earlier decision's);
+* ``re-review`` — the EHR changed what the reviewer saw: a candidate's value or version changed, one was
+  added, or one is gone. The decision still applies where it can (the chosen resource, at its current
+  version; "not available" stays) and is listed in the run report and the review app until a reviewer
+  decides again; when the chosen resource is no longer a candidate, the rule's pick is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.review.candidates import finding_for, item_candidates
+
+STATUS_BY_ACTION = {"accept": "accepted", "choose": "changed", "not_available": "not-available", "query": "query"}
+#: statuses whose value a person has looked at and settled
+REVIEWED = ("accepted", "changed", "not-available")
+
+
+@dataclass
+class SubjectReview:
+    """What the decisions did to one subject."""
+
+    crf: SubjectCRF
+    candidates: list[dict[str, Any]]
+    status: dict[tuple[str, str], str] = field(default_factory=dict)  # (visit, item) → review status
+    decisions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    re_review: list[dict[str, Any]] = field(default_factory=list)
+    applied: int = 0
+
+    def reviewed_sources(self) -> set[str]:
+        """Source references without version (``Observation/1``) of the values a reviewer accepted or chose."""
+        refs: set[str] = set()
+        for v in self.crf.visits:
+            for item, f in v.values.items():
+                if self.status.get((v.visit, item)) in ("accepted", "changed"):
+                    refs.add(f"{f.source.resource_type}/{f.source.id}")
+        return refs
+
+
+def _fingerprint(cands: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
+    return {c["id"]: ((c.get("source") or {}).get("version"), c.get("value")) for c in cands}
+
+
+def changes_since(shown: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:
+    """What differs between the candidates a reviewer saw and the current ones (empty: nothing)."""
+    before, after = _fingerprint(shown), _fingerprint(now)
+    out = []
+    for cid in sorted(before.keys() | after.keys()):
+        if cid not in after:
+            out.append(f"{cid} is no longer a candidate (removed, retracted or moved out of the window)")
+        elif cid not in before:
+            out.append(f"{cid} is a new candidate ({after[cid][1]})")
+        elif before[cid] != after[cid]:
+            (v0, x0), (v1, x1) = before[cid], after[cid]
+            what = f"value {x0} → {x1}" if x0 != x1 else "same value"
+            out.append(f"{cid} changed in the EHR: version {v0} → {v1}, {what}")
+    return out
+
+
+def status_of(entry: dict[str, Any] | None, decision: dict[str, Any] | None) -> tuple[str, list[str]]:
+    """An item's review status given its candidates entry (None: no result any more) and its current
+    decision, with what changed in the EHR since the decision (empty unless ``re-review``)."""
+    if decision is None:
+        return "unreviewed", []
+    diffs = changes_since(decision["shown"].get("candidates") or [], entry["candidates"] if entry else [])
+    if entry is None:
+        diffs = diffs or [f"no result of {decision['item']} at {decision['visit']} any more"]
+    if diffs:
+        return "re-review", diffs
+    if decision.get("open_query"):
+        return "query", []
+    return STATUS_BY_ACTION[decision["action"]], []
+
+
+def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, str], dict[str, Any]]) -> SubjectReview:
+    """The subject's CRF with its decisions applied, and each item's review status."""
+    cands = item_candidates(crf, study)
+    review = SubjectReview(crf=crf, candidates=cands)
+    entries = {(e["visit"], e["item"]): e for e in cands}
+    for e in cands:
+        review.status[(e["visit"], e["item"])] = "unreviewed"
+    mine = {(v, i): d for (s, v, i), d in current.items() if s == crf.subject_id}
+    if not mine:
+        return review
+    visits = {v.visit: v for v in crf.visits}
+    new_values = {v.visit: dict(v.values) for v in crf.visits}
+    for (visit, item), d in sorted(mine.items()):
+        review.decisions[(visit, item)] = d
+        entry = entries.get((visit, item))
+        status, diffs = status_of(entry, d)
+        if d["action"] in ("accept", "choose") and visit in visits:
+            f = finding_for(crf, study, visit, item, d["candidate"])
+            if f is not None and entry is not None and any(c["id"] == d["candidate"] for c in entry["candidates"]):
+                new_values[visit][item] = f
+                review.applied += 1
+        elif d["action"] == "not_available" and visit in visits:
+            new_values[visit].pop(item, None)
+            review.applied += 1
+        if diffs:
+            review.re_review.append({
+                "subject_id": crf.subject_id, "visit": visit, "item": item, "decision_seq": d["seq"],
+                "action": d["action"], "reviewer": d["reviewer"], "at": d["at"], "changes": diffs,
+            })
+        review.status[(visit, item)] = status
+    review.crf = crf.model_copy(update={"visits": [
+        v.model_copy(update={"values": new_values[v.visit]}) for v in crf.visits]})
+    return review

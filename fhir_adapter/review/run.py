@@ -1,0 +1,112 @@
+"""The review's part of a run: decisions applied per subject, candidates written, write-back held.
+
+* ``OUT/review/candidates/<subject>.json`` — every candidate per visit and item (:mod:`.candidates`) with
+  the item's review status as of this run; the review app reads it.
+* ``run-report.json`` → ``review``: the decision file, how many decisions applied, and every decision
+  flagged for re-review with what changed in the EHR.
+* ``reviewed_only``: result resources not derived solely from reviewed values are held back from the
+  write-back (not written, not retracted; written by a later run once reviewed).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.outpaths import inside
+from fhir_adapter.review.apply import SubjectReview, apply_decisions
+from fhir_adapter.review.store import DecisionStore
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.study import Study
+from fhir_adapter.writeback.state import Plan, WrittenState, result_id
+
+CANDIDATES_DIR = Path("review") / "candidates"
+
+
+def candidates_document(review: SubjectReview) -> dict[str, Any]:
+    crf = review.crf
+    items = [{**e, "review_status": review.status.get((e["visit"], e["item"]), "unreviewed")}
+             for e in review.candidates]
+    return {"subject_id": crf.subject_id, "arm": crf.arm, "day1": crf.day1.isoformat() if crf.day1 else None,
+            "items": items}
+
+
+def _sources(resource: dict[str, Any]) -> set[str]:
+    return {str(r.get("reference")).split("/_history/")[0] for r in resource.get("derivedFrom") or []
+            if r.get("reference")}
+
+
+class ReviewRun:
+    def __init__(self, out: Path, study: Study, state_dir: Path | None = None, reviewed_only: bool = False,
+                 runlog: RunLog | None = None) -> None:
+        self.out = Path(out)
+        self.runlog = runlog
+        self.study = study
+        self.store = DecisionStore.under(out, state_dir)
+        chain = self.store.read()  # TamperedError: the run stops, decisions are never silently dropped
+        self.torn = chain.torn
+        self.decisions = len(chain.entries)
+        self.current = chain.current()
+        self.reviewed_only = reviewed_only
+        self.applied = 0
+        self.re_review: list[dict[str, Any]] = []
+        self.held: list[str] = []
+        self.status_counts: dict[str, int] = {}
+        shutil.rmtree(self.out / CANDIDATES_DIR, ignore_errors=True)
+
+    def subject(self, crf: SubjectCRF, file_name: str) -> SubjectReview:
+        """Apply the subject's decisions; write its candidates file."""
+        review = apply_decisions(crf, self.study, self.current)
+        self.applied += review.applied
+        self.re_review.extend(review.re_review)
+        for r in review.re_review if self.runlog else []:
+            assert self.runlog is not None
+            self.runlog.warn(f"{r['item']} at {r['visit']}: decision #{r['decision_seq']} of {r['reviewer']} needs "
+                             f"re-review: {'; '.join(r['changes'])}", subject_id=r["subject_id"], rule="re-review")
+        for s in review.status.values():
+            self.status_counts[s] = self.status_counts.get(s, 0) + 1
+        path = inside(self.out, self.out / CANDIDATES_DIR / f"{file_name}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(orjson.dumps(candidates_document(review), option=orjson.OPT_INDENT_2))
+        return review
+
+    def writable(self, review: SubjectReview, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The result resources that may be written back: all, or with ``reviewed_only`` those derived
+        solely from values a reviewer accepted or chose."""
+        if not self.reviewed_only:
+            return resources
+        ok = review.reviewed_sources()
+        keep = []
+        for r in resources:
+            src = _sources(r)
+            if r.get("resourceType") == "Observation" and not (src and src <= ok):
+                self.held.append(result_id(r))
+            else:
+                keep.append(r)
+        return keep
+
+    def hold(self, plan: Plan, state: WrittenState, held: set[str]) -> None:
+        """Keep held results out of the state: neither recorded as written nor retracted."""
+        for ident in held:
+            old = state.results.get(ident)
+            if old is not None:
+                plan.entries[ident] = old
+            else:
+                plan.entries.pop(ident, None)
+
+    def report(self) -> dict[str, Any]:
+        """The ``review`` section of the run report."""
+        return {
+            "decisions_file": str(self.store.path),
+            "decisions": self.decisions,
+            "applied": self.applied,
+            "items": dict(sorted(self.status_counts.items())),
+            "re_review": self.re_review,
+            "writeback_reviewed_only": self.reviewed_only,
+            "held_back": sorted(self.held),
+            **({"torn_last_line": self.torn} if self.torn else {}),
+        }

@@ -1,0 +1,204 @@
+"""The review decisions: an append-only, hash-chained JSON Lines file (``OUT/state/review-decisions.jsonl``).
+
+* **Append-only**: a decision is never changed or removed; a later decision on the same subject/visit/item
+  supersedes the earlier one for the runs, and both stay in the file (the audit trail).
+* **Hash chain**: each entry carries ``prev`` (the ``hash`` of the entry before it, :data:`GENESIS` for the
+  first) and ``hash`` = SHA-256 over its canonical JSON without ``hash``. Editing, deleting or reordering
+  an entry breaks the chain at that line; :meth:`DecisionStore.read` reports where (:class:`TamperedError`).
+* **Concurrent reviewers**: an append takes an exclusive ``flock`` on the file, reads the chain's head,
+  writes one line and ``fsync``\\s before releasing it, so two reviewers writing at once both land, chained.
+* **A crash mid-write** leaves at most a torn last line (no newline at the end). Reading reports it
+  (``torn``) and keeps every complete entry before it; the next append moves the torn bytes to
+  ``<file>.torn-<UTC time>`` (kept for inspection) before writing, so the chain goes on intact.
+
+What the chain does not prove: who typed the name (no authentication, no e-signature), and that nobody
+removed the *last* entries and rewrote nothing else (keep copies of the file; docs/review.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import getpass
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+GENESIS = "0" * 64
+ACTIONS = ("accept", "choose", "not_available", "query")
+Action = Literal["accept", "choose", "not_available", "query"]
+FILE_NAME = "review-decisions.jsonl"
+
+
+class TamperedError(Exception):
+    """The decision file was changed after it was written: the line and what is wrong."""
+
+
+class DecisionError(ValueError):
+    """A decision that cannot be recorded (missing reason, unknown action…)."""
+
+
+def default_reviewer() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid-{os.getuid()}"
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    body = {k: v for k, v in entry.items() if k != "hash"}
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@dataclass
+class Chain:
+    """What :meth:`DecisionStore.read` found."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    torn: str | None = None  # description of a torn last line, if any
+
+    @property
+    def head(self) -> str:
+        return self.entries[-1]["hash"] if self.entries else GENESIS
+
+    def current(self) -> dict[tuple[str, str, str], dict[str, Any]]:
+        """Per (subject, visit, item) the latest decision that settles the value (accept, choose, not
+        available), with ``open_query`` set to a query raised after it; else the latest query."""
+        out: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for e in self.entries:
+            key = (e["subject_id"], e["visit"], e["item"])
+            prev = out.get(key)
+            if e["action"] == "query":
+                if prev is not None and prev["action"] != "query":
+                    out[key] = {**prev, "open_query": e}
+                else:
+                    out[key] = e
+            else:
+                out[key] = e
+        return out
+
+
+class DecisionStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    @classmethod
+    def under(cls, out: Path, state_dir: Path | None = None) -> DecisionStore:
+        return cls((state_dir or Path(out) / "state") / FILE_NAME)
+
+    # -- reading -------------------------------------------------------------------------------------
+    def read(self) -> Chain:
+        """Every complete entry, verified; raises :class:`TamperedError` when the chain is broken."""
+        if not self.path.exists():
+            return Chain()
+        return self._parse(self.path.read_bytes())
+
+    def _parse(self, data: bytes) -> Chain:
+        chain = Chain()
+        if not data:
+            return chain
+        lines = data.split(b"\n")
+        tail = lines.pop()  # b"" when the file ends with a newline
+        if tail:
+            chain.torn = (f"{self.path}: the last line ({len(tail)} bytes) is incomplete — a write was "
+                          "interrupted; the entries before it are intact, the next decision moves it aside")
+        prev = GENESIS
+        for n, line in enumerate(lines, start=1):
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                raise TamperedError(f"{self.path}:{n}: not a JSON entry — the file was edited; restore it "
+                                    "from a copy") from None
+            if not isinstance(entry, dict) or entry.get("prev") != prev:
+                raise TamperedError(f"{self.path}:{n}: the hash chain is broken (an entry before it was changed, "
+                                    "removed or reordered) — restore the file from a copy")
+            if entry.get("hash") != entry_hash(entry):
+                raise TamperedError(f"{self.path}:{n}: the entry does not match its hash (it was edited after it "
+                                    "was written) — restore the file from a copy")
+            prev = entry["hash"]
+            chain.entries.append(entry)
+        return chain
+
+    # -- writing -------------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def append(self, decision: dict[str, Any]) -> dict[str, Any]:
+        """Record one decision (see :func:`new_decision`); returns the entry as written, chained."""
+        with self._locked() as fd:
+            data = _read_all(fd)
+            chain = self._parse(data)
+            if chain.torn:
+                keep = data.rfind(b"\n") + 1
+                stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+                self.path.with_name(f"{self.path.name}.torn-{stamp}").write_bytes(data[keep:])
+                os.ftruncate(fd, keep)
+            entry = {**decision, "seq": len(chain.entries) + 1, "prev": chain.head}
+            entry["hash"] = entry_hash(entry)
+            os.lseek(fd, 0, os.SEEK_END)
+            _write_all(fd, orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) + b"\n")
+            os.fsync(fd)
+        return entry
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    parts = []
+    while chunk := os.read(fd, 1 << 20):
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def new_decision(*, subject_id: str, visit: str, item: str, action: str, reviewer: str,
+                 shown: dict[str, Any], candidate: str | None = None, reason: str = "",
+                 at: dt.datetime | None = None) -> dict[str, Any]:
+    """A decision as stored: who, when, what was shown (the candidates entry), what was decided and why."""
+    if action not in ACTIONS:
+        raise DecisionError(f"unknown action '{action}': use one of {', '.join(ACTIONS)}")
+    reason = reason.strip()
+    if action in ("not_available", "query") and not reason:
+        raise DecisionError(f"'{action}' needs a reason (free text): say why the value is not available, "
+                            "or what the query asks")
+    ids = [c["id"] for c in shown.get("candidates", [])]
+    if action == "accept":
+        candidate = shown.get("picked")
+    if action in ("accept", "choose"):
+        if candidate not in ids:
+            raise DecisionError(f"candidate '{candidate}' is not among the values shown for {subject_id} "
+                                f"{visit} {item}: {', '.join(ids)}")
+    else:
+        candidate = None
+    if not reviewer.strip():
+        raise DecisionError("a decision needs the reviewer's name")
+    chosen = next((c for c in shown.get("candidates", []) if c["id"] == candidate), None)
+    return {
+        "at": (at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+        "reviewer": reviewer.strip(),
+        "subject_id": subject_id, "visit": visit, "item": item,
+        "action": action, "candidate": candidate,
+        "value": chosen["value"] if chosen else None,
+        "unit": chosen["unit"] if chosen else None,
+        "reason": reason,
+        "shown": {k: shown.get(k) for k in ("rule", "window", "target_day", "picked", "candidates")},
+    }

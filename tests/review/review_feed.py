@@ -1,0 +1,47 @@
+"""A two-subject feed whose C3 at week 24 has three candidates (the rule picks the one closest to day 169),
+plus one result of each flag: unit converted, amended, out of window, below LLOQ."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from feedkit import CLIN, Feed, at
+
+from fhir_adapter.pipeline import RunSummary, run
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.study import Study
+
+DAY1 = dt.date(2024, 3, 1)
+SUBJECT = "101-001"
+C3 = "4485-9"
+
+
+def feed(*, amend_chosen: bool = False) -> Feed:
+    """``amend_chosen``: the EHR later corrects the day-176 C3 (version 2, another value)."""
+    f = Feed()
+    f.subject("p1", SUBJECT, name="Carol Testperson", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.subject("p2", "101-002", name="Dana Testperson", mrn="MRN-2", birth="1979-05-05", day1=DAY1)
+    f.obs("p1", C3, at(DAY1, -7), value=0.5, unit="g/L", id_="c3-bl", meta={"versionId": "1"})
+    f.obs("p1", C3, at(DAY1, 85), value=0.8, unit="g/L", id_="c3-w12", status="amended", meta={"versionId": "2"})
+    f.obs("p1", C3, at(DAY1, 169), value=0.9, unit="g/L", id_="c3-w24a", meta={"versionId": "1"})
+    if amend_chosen:
+        f.obs("p1", C3, at(DAY1, 176), value=130, unit="mg/dL", id_="c3-w24b", status="corrected",
+              meta={"versionId": "2"})
+    else:
+        f.obs("p1", C3, at(DAY1, 176), value=120, unit="mg/dL", id_="c3-w24b", meta={"versionId": "1"})
+    f.obs("p1", C3, at(DAY1, 188), value=1.4, unit="g/L", id_="c3-late", meta={"versionId": "1"})
+    f.obs("p1", "car-transgene-copies", at(DAY1, 15), system=CLIN, valueString="<20", id_="cart-15",
+          meta={"versionId": "1"})
+    f.descriptor("p1", "rash", at(DAY1, -7, "11:00:00+00:00"), True, id_="rash-bl", meta={"versionId": "1"})
+    f.obs("p2", C3, at(DAY1, -7), value=0.7, unit="g/L", id_="c3-p2-bl", meta={"versionId": "1"})
+    return f
+
+
+def run_feed(tmp: Path, study: Study, out: Path | None = None, **kw: Any) -> tuple[Path, RunSummary]:
+    src = feed(amend_chosen=kw.pop("amend_chosen", False)).write(tmp / "feed")
+    out = out or tmp / "out"
+    log = RunLog()
+    return out, run(FileSource(src, log), study, out, log, **kw)

@@ -1,0 +1,110 @@
+"""The review app over HTTP (Starlette's test client): pages, decisions, guards, the CLI command."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import httpx
+import pytest
+from review_feed import SUBJECT, run_feed
+
+from fhir_adapter.review.app import ReviewConfig, create_app
+from fhir_adapter.review.store import DecisionStore
+from fhir_adapter.study import Study
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def reviewed(tmp_path: Path, study: Study) -> tuple[Path, ReviewConfig, TestClient]:
+    out, _ = run_feed(tmp_path, study)
+    cfg = ReviewConfig(results=out, reviewer="D. Manager")
+    return out, cfg, TestClient(create_app(cfg), base_url="http://127.0.0.1")
+
+
+def test_pages_show_subjects_items_candidates_and_progress(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    _, _, client = reviewed
+    index = client.get("/").text
+    assert "101-001" in index and "101-002" in index and "0 / 5" in index
+    page = client.get(f"/s/{SUBJECT}").text
+    assert "0 of 5 items reviewed" in page and "Complement C3" in page and 'id="endpoint-table"' in page
+    item = client.get(f"/s/{SUBJECT}/W24/c3").text
+    for text in ("closest", "155..183", "c3-w24a", "c3-w24b", "c3-late", "unit converted", "out of window",
+                 "s pick</span>", "120 mg/dL"):
+        assert text in item, text
+
+
+def test_decisions_are_recorded_with_who_when_what_and_why(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    out, cfg, client = reviewed
+    r = client.post(f"/s/{SUBJECT}/W24/c3/decide", follow_redirects=False,
+                    data={"token": cfg.token, "action": "choose", "candidate": "Observation/c3-w24b",
+                          "reason": "day-169 sample haemolysed", "filter": "needs-review"})
+    assert r.status_code == 303 and r.headers["location"].endswith("?filter=needs-review")
+    [entry] = DecisionStore.under(out).read().entries
+    assert (entry["reviewer"], entry["action"], entry["candidate"], entry["reason"]) == (
+        "D. Manager", "choose", "Observation/c3-w24b", "day-169 sample haemolysed")
+    assert [c["id"] for c in entry["shown"]["candidates"]] == [
+        "Observation/c3-w24a", "Observation/c3-w24b", "Observation/c3-late"]
+    assert "1 of 5 items reviewed" in client.get(f"/s/{SUBJECT}").text
+    needs = client.get(f"/s/{SUBJECT}?filter=needs-review").text
+    assert "/s/101-001/W24/c3" not in needs and "/s/101-001/BL/c3" in needs
+    audit = client.get("/audit").text
+    assert "D. Manager" in audit and "day-169 sample haemolysed" in audit and "chose another candidate" in audit
+    # not available without a reason is refused and says why
+    r = client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": cfg.token, "action": "not_available"})
+    assert r.status_code == 200 and "needs a reason" in r.text
+    assert len(DecisionStore.under(out).read().entries) == 1
+
+
+def test_foreign_posts_and_hosts_are_refused(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    out, cfg, client = reviewed
+    r = client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": "from-another-page", "action": "accept"})
+    assert r.status_code == 403
+    assert TestClient(create_app(cfg), base_url="http://rebound.example").get("/").status_code == 400
+    assert not DecisionStore.under(out).path.exists()
+
+
+def test_a_tampered_decision_file_is_shown_not_ignored(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    out, cfg, client = reviewed
+    client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": cfg.token, "action": "accept"})
+    path = DecisionStore.under(out).path
+    path.write_bytes(path.read_bytes().replace(b'"accept"', b'"choose"'))
+    r = client.get(f"/s/{SUBJECT}")
+    assert r.status_code == 500 and "does not match its hash" in r.text
+
+
+def test_cli_review_serves_on_localhost_and_prints_the_url(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study)
+    proc = subprocess.Popen([sys.executable, "-m", "fhir_adapter.cli", "review", "--results", str(out),
+                             "--reviewer", "D. Manager"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert m, line
+        for _ in range(50):
+            try:
+                page = httpx.get(m.group(0), timeout=5)
+                break
+            except httpx.ConnectError:
+                import time
+
+                time.sleep(0.1)
+        assert page.status_code == 200 and "reviewing as <strong id=\"reviewer\">D. Manager</strong>" in page.text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_cli_review_needs_a_run_first(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "fhir_adapter.cli", "review", "--results", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "run `fhir-adapter run" in r.stderr

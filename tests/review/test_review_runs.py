@@ -1,0 +1,145 @@
+"""Candidates written by a run, and decisions honoured by the next run: values, endpoints, exports,
+re-review when the EHR changed a value after it was adjudicated, write-back limited to reviewed results."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from review_feed import SUBJECT, run_feed
+
+from fhir_adapter.export.odm import validate
+from fhir_adapter.review.store import DecisionStore, TamperedError, new_decision
+from fhir_adapter.study import Study
+
+
+def _json(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def _candidates(out: Path, visit: str, item: str) -> dict[str, Any]:
+    doc = _json(out / "review" / "candidates" / f"{SUBJECT}.json")
+    return next(e for e in doc["items"] if e["visit"] == visit and e["item"] == item)
+
+
+def _visit(out: Path, visit: str) -> dict[str, Any]:
+    study = _json(out / "results" / "study.json")
+    row = next(s for s in study["subjects"] if s["subject_id"] == SUBJECT)
+    return next(v for v in row["visits"] if v["visit"] == visit)
+
+
+def _decide(out: Path, visit: str, item: str, action: str, **kw: Any) -> dict[str, Any]:
+    d = new_decision(subject_id=SUBJECT, visit=visit, item=item, action=action, reviewer="D. Manager",
+                     shown=_candidates(out, visit, item), **kw)
+    return DecisionStore.under(out).append(d)
+
+
+def _rows(out: Path, domain: str) -> list[dict[str, str]]:
+    with (out / "export" / f"{domain}.csv").open(newline="") as fh:
+        return [r for r in csv.DictReader(fh) if r["SUBJID"] == SUBJECT]
+
+
+def test_candidates_list_every_value_in_the_window_with_rule_window_and_flags(tmp_path: Path, study: Study) -> None:
+    out, summary = run_feed(tmp_path, study)
+    assert summary.exit_code == 0
+    w24 = _candidates(out, "W24", "c3")
+    assert (w24["rule"], w24["window"], w24["target_day"]) == ("closest", [155, 183], 169)
+    assert w24["picked"] == "Observation/c3-w24a"
+    by_id = {c["id"]: c for c in w24["candidates"]}
+    assert list(by_id) == ["Observation/c3-w24a", "Observation/c3-w24b", "Observation/c3-late"]
+    b = by_id["Observation/c3-w24b"]
+    assert (b["value"], b["unit"], b["orig_value"], b["orig_unit"], b["status"]) == ("1.2", "g/L", "120", "mg/dL",
+                                                                                      "final")
+    assert b["source"] == {"resource_type": "Observation", "id": "c3-w24b", "version": "1"}
+    assert b["datetime"].startswith("2024-08-23T09:00") and b["study_day"] == 176
+    flags = {cid: {k for k, on in c["flags"].items() if on} for cid, c in by_id.items()}
+    assert flags == {"Observation/c3-w24a": set(), "Observation/c3-w24b": {"unit_converted"},
+                     "Observation/c3-late": {"out_of_window"}}
+    assert _candidates(out, "W12", "c3")["candidates"][0]["flags"]["amended"] is True
+    assert _candidates(out, "W2", "car_transgene")["candidates"][0]["flags"]["below_lloq"] is True
+    # the CRF keeps the rule's pick; nothing is reviewed yet
+    crf = _json(out / "crf" / f"{SUBJECT}.json")
+    w24_rec = next(v for v in crf["visits"] if v["visit"] == "W24")
+    assert w24_rec["values"]["c3"]["source"]["id"] == "c3-w24a"
+    assert {r["REVSTAT"] for r in _rows(out, "LB")} == {"unreviewed"}
+    report = _json(out / "run-report.json")["review"]
+    assert report["decisions"] == 0 and report["re_review"] == [] and report["items"] == {"unreviewed": 6}
+
+
+def test_the_next_run_uses_the_chosen_value_and_recomputes_endpoints(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study)
+    assert (_visit(out, "W24")["c3"], _visit(out, "W24")["c3_change"]) == (0.9, 0.4)
+    _decide(out, "W24", "c3", "choose", candidate="Observation/c3-w24b", reason="day-169 sample haemolysed")
+    _decide(out, "BL", "c3", "accept")
+    _decide(out, "W12", "c3", "not_available", reason="sample from another patient (lab incident 12)")
+    _decide(out, "W2", "car_transgene", "query", reason="LLOQ of the new assay?")
+    out, summary = run_feed(tmp_path, study)
+    assert summary.exit_code == 0
+    assert (_visit(out, "W24")["c3"], _visit(out, "W24")["c3_change"]) == (1.2, 0.7)
+    assert _visit(out, "W12")["c3"] is None
+    crf = _json(out / "crf" / f"{SUBJECT}.json")
+    w24 = next(v for v in crf["visits"] if v["visit"] == "W24")
+    assert w24["values"]["c3"]["source"]["id"] == "c3-w24b"
+    status = {(r["VISIT"], r["LBTESTCD"]): r["REVSTAT"] for r in _rows(out, "LB")}
+    assert status == {("Baseline (pre-lymphodepletion)", "C3"): "accepted", ("Week 24", "C3"): "changed"}
+    assert [r["REVSTAT"] for r in _rows(out, "PC")] == ["query"]
+    report = _json(out / "run-report.json")["review"]
+    assert report["decisions"] == 4 and report["applied"] == 3 and report["re_review"] == []
+    assert report["items"] == {"accepted": 1, "changed": 1, "not-available": 1, "query": 1, "unreviewed": 2}
+    odm = (out / "export" / "odm.xml").read_text()
+    validate(out / "export" / "odm.xml")
+    assert '<User OID="USR.REVIEW.1"><LoginName>D. Manager</LoginName></User>' in odm
+    assert "<ReasonForChange>day-169 sample haemolysed</ReasonForChange>" in odm
+    assert "review status changed: choose Observation/c3-w24b" in odm
+    assert 'ItemOID="IT.LB.REVSTAT" Value="changed"' in odm
+
+
+def test_a_source_changed_after_adjudication_is_flagged_for_re_review(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study)
+    _decide(out, "W24", "c3", "choose", candidate="Observation/c3-w24b", reason="day-169 sample haemolysed")
+    out, _ = run_feed(tmp_path, study, amend_chosen=True)  # the EHR corrects the chosen result: 130 mg/dL
+    report = _json(out / "run-report.json")
+    [flag] = report["review"]["re_review"]
+    assert (flag["visit"], flag["item"], flag["decision_seq"], flag["reviewer"]) == ("W24", "c3", 1, "D. Manager")
+    assert flag["changes"] == ["Observation/c3-w24b changed in the EHR: version 1 → 2, value 1.2 → 1.3"]
+    assert any(w["rule"] == "re-review" and "c3 at W24" in w["message"] for w in report["warnings"])
+    # the decision still applies (the chosen resource at its current version), flagged, never silently kept
+    assert _visit(out, "W24")["c3"] == 1.3
+    assert [r["REVSTAT"] for r in _rows(out, "LB") if r["VISIT"] == "Week 24"] == ["re-review"]
+    # a new decision settles it
+    _decide(out, "W24", "c3", "accept")
+    out, _ = run_feed(tmp_path, study, amend_chosen=True)
+    assert _json(out / "run-report.json")["review"]["re_review"] == []
+    assert _visit(out, "W24")["c3"] == 0.9
+
+
+def test_writeback_can_be_limited_to_reviewed_results(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study, reviewed_only=True)
+    bundle = _json(out / "writeback" / f"{SUBJECT}.json")
+    assert bundle["entry"] == []
+    report = _json(out / "run-report.json")
+    held = report["review"]["held_back"]
+    assert "LCAR-AIO-SLE.101-001.BL.sledai-2k" in held
+    assert not any(k.startswith("LCAR-AIO-SLE.101-001") for k in _json(out / "state" / "written.json")["results"])
+    # the SLEDAI-2K at baseline is derived from C3 and the rash descriptor: once both are reviewed, it goes back
+    _decide(out, "BL", "c3", "accept")
+    _decide(out, "BL", "sledai2k.rash", "accept")
+    out, _ = run_feed(tmp_path, study, reviewed_only=True)
+    written = [e["resource"]["identifier"][0]["value"] for e in _json(out / "writeback" / f"{SUBJECT}.json")["entry"]]
+    assert written == ["LCAR-AIO-SLE.101-001.BL.sledai-2k"]
+    assert "LCAR-AIO-SLE.101-001.BL.sledai-2k" not in _json(out / "run-report.json")["review"]["held_back"]
+    # default: everything goes back, as before
+    out, _ = run_feed(tmp_path, study)
+    assert len(_json(out / "writeback" / f"{SUBJECT}.json")["entry"]) > 1
+
+
+def test_a_tampered_decision_file_stops_the_run(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study)
+    _decide(out, "BL", "c3", "accept")
+    path = DecisionStore.under(out).path
+    path.write_bytes(path.read_bytes().replace(b"D. Manager", b"X. Forger"))
+    with pytest.raises(TamperedError, match=r"review-decisions\.jsonl:1"):
+        run_feed(tmp_path, study)

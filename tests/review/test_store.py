@@ -1,0 +1,129 @@
+"""The decision store: append-only, hash-chained, safe for concurrent reviewers and a crash mid-write."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_adapter.review.store import (
+    GENESIS,
+    DecisionError,
+    DecisionStore,
+    TamperedError,
+    new_decision,
+)
+
+SHOWN: dict[str, Any] = {
+    "rule": "closest", "window": [155, 183], "target_day": 169, "picked": "Observation/a",
+    "candidates": [{"id": "Observation/a", "value": "0.9", "unit": "g/L", "source": {"version": "1"}},
+                   {"id": "Observation/b", "value": "1.2", "unit": "g/L", "source": {"version": "1"}}],
+}
+
+
+def decision(n: int = 0, action: str = "accept", reviewer: str = "R. One", **kw: Any) -> dict[str, Any]:
+    return new_decision(subject_id=f"101-{n:03d}", visit="W24", item="c3", action=action, reviewer=reviewer,
+                        shown=SHOWN, **kw)
+
+
+def test_entries_are_chained_and_superseded_not_replaced(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "state" / "review-decisions.jsonl")
+    first = store.append(decision(1))
+    second = store.append(decision(1, "choose", candidate="Observation/b", reason="first sample haemolysed"))
+    chain = store.read()
+    assert [e["seq"] for e in chain.entries] == [1, 2]
+    assert first["prev"] == GENESIS and second["prev"] == first["hash"] and chain.head == second["hash"]
+    current = chain.current()[("101-001", "W24", "c3")]
+    assert current["action"] == "choose" and current["candidate"] == "Observation/b" and current["value"] == "1.2"
+    assert current["reviewer"] == "R. One" and current["at"] and current["shown"]["picked"] == "Observation/a"
+    # a query after a decision is kept with it, it does not replace the value decision
+    store.append(decision(1, "query", reason="is the day-176 sample the right one?"))
+    current = store.read().current()[("101-001", "W24", "c3")]
+    assert current["action"] == "choose" and current["open_query"]["reason"].startswith("is the day-176")
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"action": "not_available"}, "needs a reason"),
+    ({"action": "query", "reason": "  "}, "needs a reason"),
+    ({"action": "choose", "candidate": "Observation/zzz"}, "not among the values shown"),
+    ({"action": "delete"}, "unknown action"),
+    ({"action": "accept", "reviewer": " "}, "reviewer's name"),
+])
+def test_incomplete_decisions_are_refused(kw: dict[str, Any], message: str) -> None:
+    with pytest.raises(DecisionError, match=message):
+        decision(**kw)
+
+
+@pytest.mark.parametrize("edit", ["value", "delete", "reorder", "garbage"])
+def test_a_tampered_file_is_detected(tmp_path: Path, edit: str) -> None:
+    store = DecisionStore(tmp_path / "d.jsonl")
+    for n in range(4):
+        store.append(decision(n))
+    lines = store.path.read_bytes().splitlines(keepends=True)
+    if edit == "value":
+        e = orjson.loads(lines[1])
+        e["reviewer"] = "Somebody Else"
+        lines[1] = orjson.dumps(e, option=orjson.OPT_SORT_KEYS) + b"\n"
+    elif edit == "delete":
+        del lines[1]
+    elif edit == "reorder":
+        lines[1], lines[2] = lines[2], lines[1]
+    else:
+        lines[2] = b"{not json\n"
+    store.path.write_bytes(b"".join(lines))
+    with pytest.raises(TamperedError, match=r"d\.jsonl:2|d\.jsonl:3"):
+        store.read()
+    with pytest.raises(TamperedError):  # nothing is appended to a broken chain either
+        store.append(decision(9))
+
+
+def _append_many(path: str, worker: int, n: int) -> None:
+    store = DecisionStore(Path(path))
+    for i in range(n):
+        store.append(decision(i, reviewer=f"reviewer-{worker}"))
+
+
+def test_concurrent_reviewers_on_one_file_all_land_chained(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_append_many, args=(str(path), w, 25)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    chain = DecisionStore(path).read()  # verifies every link
+    assert len(chain.entries) == 100 and chain.torn is None
+    assert [e["seq"] for e in chain.entries] == list(range(1, 101))
+    assert {e["reviewer"] for e in chain.entries} == {f"reviewer-{w}" for w in range(4)}
+
+
+def _crash_mid_write(path: str) -> None:
+    """Write half of an entry line, then die without cleanup (as a killed process or a power cut would)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    line = orjson.dumps({**decision(7), "seq": 3}, option=orjson.OPT_SORT_KEYS)
+    os.write(fd, line[: len(line) // 2])
+    os._exit(9)
+
+
+def test_a_crash_mid_write_leaves_earlier_entries_intact(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.jsonl")
+    store.append(decision(1))
+    store.append(decision(2))
+    p = multiprocessing.get_context("fork").Process(target=_crash_mid_write, args=(str(store.path),))
+    p.start()
+    p.join(timeout=30)
+    assert p.exitcode == 9
+    chain = store.read()
+    assert [e["subject_id"] for e in chain.entries] == ["101-001", "101-002"]
+    assert chain.torn and "incomplete" in chain.torn
+    # the next decision moves the torn bytes aside and continues the chain
+    store.append(decision(3))
+    chain = store.read()
+    assert chain.torn is None and [e["seq"] for e in chain.entries] == [1, 2, 3]
+    aside = list(tmp_path.glob("d.jsonl.torn-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b'{"action":"accept"')
