@@ -73,6 +73,11 @@ def _text(text: str) -> Any:
     return ODM.Description(TranslatedText=[ODM.TranslatedText(_content=text, lang="en")])
 
 
+def _xml(text: str) -> str:
+    """Element text: escaped, without the characters XML 1.0 forbids."""
+    return escape(xml_text(text)[0])
+
+
 def _unit_oid(i: int) -> str:
     return f"MU.{i}"
 
@@ -166,13 +171,13 @@ class OdmWriter:
         #: subject ID -> characters XML 1.0 forbids that were removed from that subject's text
         self.removed: dict[str, int] = {}
         self._removed = 0
+        self.reviewers: dict[str, str] = {}  # reviewer name → User OID (AdminData)
 
     def _attr(self, text: str) -> str:
         """A quoted attribute value without the characters XML 1.0 forbids (counted)."""
         clean, n = xml_text(text)
         self._removed += n
         return quoteattr(clean)
-        self.reviewers: dict[str, str] = {}  # reviewer name → User OID (AdminData)
 
     def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> None:
         """Append one subject, from its export rows (:meth:`RowBuilder.rows`)."""
@@ -242,17 +247,17 @@ class OdmWriter:
         return (f'<AuditRecord EditPoint="DataManagement" UsedImputationMethod="No">'
                 f'<UserRef UserOID="{user}"/><LocationRef LocationOID="{REVIEW_LOCATION}"/>'
                 f"<DateTimeStamp>{escape(str(d['at']))}</DateTimeStamp>"
-                f"<ReasonForChange>{escape(why)}</ReasonForChange>"
+                f"<ReasonForChange>{_xml(why)}</ReasonForChange>"
                 f"<SourceID>review-decisions.jsonl#{escape(str(d.get('seq')))}</SourceID>"
                 f"</AuditRecord>"
-                f'<Annotation SeqNum="1"><Comment SponsorOrSite="Site">{escape(what)}</Comment></Annotation>')
+                f'<Annotation SeqNum="1"><Comment SponsorOrSite="Site">{_xml(what)}</Comment></Annotation>')
 
     def _admin_data(self) -> str:
         """Users (reviewers) and the review Location the AuditRecords refer to."""
         if not self.reviewers:
             return ""
         sid = quoteattr(f"ST.{self.study.info.id}")
-        users = "".join(f"<User OID={quoteattr(oid)}><LoginName>{escape(name)}</LoginName></User>"
+        users = "".join(f"<User OID={quoteattr(oid)}><LoginName>{_xml(name)}</LoginName></User>"
                         for name, oid in self.reviewers.items())
         location = (f'<Location OID="{REVIEW_LOCATION}" Name="fhir-adapter review" LocationType="Site">'
                     f'<MetaDataVersionRef StudyOID={sid} MetaDataVersionOID="{MDV_OID}" '
