@@ -8,6 +8,7 @@ import json
 import logging
 import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +25,11 @@ from fhir_adapter.fhir.errors import (
     FhirHttpError,
     FhirPagingError,
     FhirResponseError,
+    FhirServerUnavailable,
     FhirTransportError,
 )
-from fhir_adapter.fhir.retry import RETRY_AFTER_STATUSES, RetryPolicy, Sleep, parse_retry_after
+from fhir_adapter.fhir.flow import AdaptiveLimit, CircuitBreaker
+from fhir_adapter.fhir.retry import RETRY_AFTER_STATUSES, RetryPolicy, Sleep, parse_retry_after, transport_failure
 from fhir_adapter.fhir.settings import ClientSettings
 from fhir_adapter.fhir.stats import ClientStats
 from fhir_adapter.fhir.urls import (
@@ -120,9 +123,13 @@ class FhirClient:
     * :meth:`batch`, :meth:`transaction` — ``POST [base]`` with ``Content-Type: application/fhir+json``;
     * :meth:`capabilities` — ``GET [base]/metadata``.
 
-    Every request goes through one retry policy (:mod:`fhir_adapter.fhir.retry`), one
-    ``asyncio.Semaphore(max_concurrency)`` (held only while a request is in flight, not during waits), and is
-    counted in :attr:`stats`, in total and under the caller's ``label`` (e.g. the trial subject).
+    Every request goes through one retry policy (:mod:`fhir_adapter.fhir.retry`), one adaptive limit of
+    requests in flight (:class:`~fhir_adapter.fhir.flow.AdaptiveLimit`: at most ``max_concurrency``, halved on
+    a 429, held only while a request is in flight, not during waits) and one circuit breaker
+    (:class:`~fhir_adapter.fhir.flow.CircuitBreaker`: once the server is recognised as down, every request
+    raises :class:`FhirServerUnavailable` without being sent), and is counted in :attr:`stats`, in total and
+    under the caller's ``label`` (e.g. the trial subject). An answer must be complete within
+    ``max_response_seconds`` and at most ``max_response_bytes`` long.
 
     ``transport`` replaces the network (tests); when given, ``verify``/``http2`` are the transport's business.
     ``sleep`` replaces ``asyncio.sleep`` between attempts and ``clock`` (UNIX time) is used to read HTTP-date
@@ -145,8 +152,9 @@ class FhirClient:
         self._auth = auth
         self._clock = clock
         self._retry = RetryPolicy(self.settings, sleep=sleep)
-        self._semaphore = asyncio.Semaphore(self.settings.max_concurrency)
         s = self.settings
+        self.limit = AdaptiveLimit(s.max_concurrency, adaptive=s.adaptive_concurrency)
+        self.breaker = CircuitBreaker(s.circuit_breaker_failures, s.circuit_breaker_subjects)
         if auth is not None and self.base_url.scheme == "http" and self.base_url.host not in _LOOPBACK:
             log.warning("credentials will be sent over plain http to %s", self.base_url)
         common: dict[str, Any] = {
@@ -373,16 +381,22 @@ class FhirClient:
         """One logical request under the retry policy → the JSON object of a 2xx answer."""
 
         async def attempt() -> dict[str, Any]:
+            self.breaker.check()  # the server is down: nothing more is sent, retries included
             return await self._attempt(method, url, label, content, content_type)
 
         def on_retry(exc: BaseException, delay: float) -> None:
             self.stats.add(label, retries=1)
 
         try:
-            return await self._retry.call(attempt, idempotent=idempotent, on_retry=on_retry)
-        except FhirError:
-            self.stats.add(label, failures=1)
+            result = await self._retry.call(attempt, idempotent=idempotent, on_retry=on_retry)
+        except FhirServerUnavailable:
             raise
+        except FhirError as exc:
+            self.stats.add(label, failures=1)
+            self.breaker.failed(exc, label)
+            raise
+        self.breaker.succeeded()
+        return result
 
     async def _attempt(self, method: str, url: httpx.URL, label: str | None, content: bytes | None,
                        content_type: str = FHIR_JSON) -> dict[str, Any]:
@@ -390,19 +404,71 @@ class FhirClient:
         extensions = {_LABEL_EXTENSION: label} if label is not None else None
         request = self._http.build_request(method, url, content=content, headers=headers, extensions=extensions)
         safe_url = redact_url(request.url)
-        async with self._semaphore:
-            started = time.monotonic()
+        await self.limit.acquire()
+        throttled: bool | None = None
+        started = time.monotonic()
+        try:
             try:
-                response = await self._http.send(request)
-            except httpx.RequestError as exc:
-                detail = self._redact(str(exc))[:_EXCERPT_CHARS] or "no detail"
-                raise FhirTransportError(
-                    f"{method} {safe_url} failed: {type(exc).__name__}: {detail}", method=method, url=safe_url
-                ) from exc
+                async with asyncio.timeout(self.settings.max_response_seconds):
+                    response = await self._receive(request, safe_url)
+            except TimeoutError:
+                slow = httpx.ReadTimeout(f"the answer was not complete within max_response_seconds="
+                                         f"{self.settings.max_response_seconds:g}", request=request)
+                raise self._transport_error(method, safe_url, slow) from slow
+            throttled = response.status_code == 429
+        finally:
+            await self.limit.release(throttled=throttled)
         elapsed = time.monotonic() - started
         self.stats.add(label, bytes_received=response.num_bytes_downloaded)
         log.debug("%s %s -> %d (%.3f s)", method, safe_url, response.status_code, elapsed)
         return self._parse(method, safe_url, response)
+
+    async def _receive(self, request: httpx.Request, safe_url: str) -> httpx.Response:
+        """Send and read the whole answer, refusing one longer than ``max_response_bytes``."""
+        limit = self.settings.max_response_bytes
+        try:
+            response = await self._http.send(request, stream=True)
+            try:
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise FhirTransportError(
+                            f"{request.method} {safe_url}: the answer is larger than max_response_bytes={limit}",
+                            method=request.method, url=safe_url, kind="too-large",
+                            hint="lower client.page_size (or raise client.max_response_bytes)")
+                    chunks.append(chunk)
+                response._content = b"".join(chunks)
+            finally:
+                await response.aclose()
+        except httpx.RequestError as exc:
+            raise self._transport_error(request.method, safe_url, exc) from exc
+        return response
+
+    def _transport_error(self, method: str, safe_url: str, exc: httpx.RequestError) -> FhirTransportError:
+        """A network failure as a one-line error: what was tried and what to check."""
+        detail = self._redact(str(exc))[:_EXCERPT_CHARS] or "no detail"
+        kind = transport_failure(exc)
+        url = httpx.URL(safe_url)
+        host = url.host
+        endpoint = f"{host}:{url.port or (443 if url.scheme == 'https' else 80)}"
+        proxies = urllib.request.getproxies()
+        proxy = proxies.get(url.scheme) or proxies.get("all")
+        via = f"through the proxy {redact_url(proxy)} (from the environment)" if proxy else "directly (no proxy set)"
+        hints = {
+            "dns": f"the host name {host!r} does not resolve (DNS; not retried): check the URL in --source and "
+                   "the proxy settings (HTTPS_PROXY / NO_PROXY)",
+            "tls": f"the TLS certificate of {host} is not trusted (not retried): set client.verify in the server "
+                   "config, or FHIR_ADAPTER_CA_BUNDLE, to the hospital's CA bundle file; check the URL",
+            "refused": f"nothing accepts connections at {endpoint}, tried {via}: check the URL and port in "
+                       "--source, that the FHIR server is running, and the proxy settings (HTTPS_PROXY / NO_PROXY)",
+            "timeout": f"the server at {endpoint} did not answer in time: it is slow or overloaded; run later, or "
+                       "raise client.read_timeout / client.max_response_seconds",
+            "dropped": f"the connection to {endpoint} was dropped by the server or a proxy",
+        }
+        return FhirTransportError(f"{method} {safe_url} failed: {type(exc).__name__}: {detail}", method=method,
+                                  url=safe_url, kind=kind, hint=hints.get(kind, ""))
 
     def _parse(self, method: str, safe_url: str, response: httpx.Response) -> dict[str, Any]:
         status = response.status_code

@@ -14,6 +14,7 @@ __all__ = [
     "FhirHttpError",
     "FhirPagingError",
     "FhirResponseError",
+    "FhirServerUnavailable",
     "FhirTransportError",
 ]
 
@@ -30,10 +31,12 @@ class FhirError(Exception):
         self.method = method
         self.url = url
         self.attempts = 1
+        self.elapsed = 0.0  # seconds from the first attempt to giving up
 
     def __str__(self) -> str:
         if self.attempts > 1:
-            return f"{self.message} (gave up after {self.attempts} attempts)"
+            over = f" over {self.elapsed:.0f} s" if self.elapsed >= 1 else ""
+            return f"{self.message} (gave up after {self.attempts} attempts{over})"
         return self.message
 
 
@@ -100,4 +103,29 @@ class FhirPagingError(FhirError):
 
 class FhirTransportError(FhirError):
     """The request could not be completed at the network level (connection refused or dropped, timeout,
-    protocol error) and was not, or no longer, retried. The original httpx exception is ``__cause__``."""
+    protocol error) and was not, or no longer, retried. The original httpx exception is ``__cause__``.
+
+    ``kind``: ``dns`` (the host name does not resolve), ``tls`` (certificate not trusted), ``refused``,
+    ``timeout``, ``dropped``, ``too-large`` or ``other``; the message says what to check for each."""
+
+    def __init__(self, message: str, *, method: str | None = None, url: str | None = None,
+                 kind: str = "other", hint: str = "") -> None:
+        super().__init__(message, method=method, url=url)
+        self.kind = kind
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text}; {self.hint}" if self.hint else text
+
+
+class FhirServerUnavailable(FhirError):
+    """The client stopped sending requests: too many consecutive requests failed for reasons of the server
+    (connection refused or dropped, timeouts, 5xx/429 after every retry), across several subjects.
+
+    ``since`` is when the first of those failures happened (UTC); ``last_error`` the failure that tripped it."""
+
+    def __init__(self, message: str, *, since: str, last_error: FhirError | None = None) -> None:
+        super().__init__(message)
+        self.since = since
+        self.last_error = last_error

@@ -1,7 +1,14 @@
 """The one retry policy of fhir-adapter, declared here and applied at the HTTP edge only.
 
 Nothing deeper in the adapter retries: a stage that gets an exception from :class:`FhirClient` treats it as
-final. The policy is built from the server's own signals:
+final. The policy is built from tenacity's own building blocks (:meth:`RetryPolicy.retrying`)::
+
+    AsyncRetrying(
+        retry=retry_if_exception(is_retryable),                       # the table below
+        wait=wait_retry_after(cap, fallback=wait_random_exponential(initial, max) + wait_random(0, jitter)),
+        stop=stop_after_attempt(max_attempts) | stop_before_delay(max_total_seconds),
+        before_sleep=<log the failure and the wait, count the retry>,
+    )
 
 ======================================  ==========================================  ======================
 What happened                           Wait before the next attempt                GET   batch/transaction
@@ -9,12 +16,16 @@ What happened                           Wait before the next attempt            
 429 Too Many Requests, 503 Unavailable  ``Retry-After`` (seconds or HTTP-date),      yes   yes
                                         capped by ``max_retry_after_seconds``;
                                         exponential backoff when absent
-408, 500, 502, 504                      exponential backoff with jitter             yes   no
-connection refused / connect or pool    exponential backoff with jitter             yes   yes
+408, 500, 502, 504                      exponential backoff with full jitter        yes   no
+connection refused / connect or pool    exponential backoff with full jitter        yes   yes
 timeout (request never left the client)
-read/write timeout, dropped connection  exponential backoff with jitter             yes   no
-(``RemoteProtocolError``, ``ReadError``)
+read timeout (a response slower than    exponential backoff with full jitter        yes   no
+``read_timeout``, or not complete
+within ``max_response_seconds``),
+dropped connection (reset, protocol)
 token endpoint 429/5xx/unreachable      as above                                    yes   yes
+host name does not resolve (DNS), TLS   not retried: :class:`FhirTransportError`     -     -
+certificate not trusted                 whose message says what to check
 any other 4xx (400, 401, 403, 404,      not retried: :class:`FhirHttpError`          -     -
 409, 410, 412, 422...)                  (401: :class:`FhirAuthError`)
 ======================================  ==========================================  ======================
@@ -29,28 +40,37 @@ dropped after sending may hide a committed transaction; the caller gets the erro
 the adapter is the safe retry, because its transactions are idempotent).
 
 Every logical request is bounded by ``max_attempts`` (first attempt included) and by ``max_total_seconds``
-(time spent in attempts plus the waits between them; the client gives up instead of starting a wait that
-would exceed it). The sleep function is injectable so tests never really wait.
+(the client gives up instead of starting a wait that would end after it). The sleep function is injectable
+so tests never really wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
+import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random,
+    wait_random_exponential,
+)
+from tenacity.wait import wait_base
 
 from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, FhirTransportError
 from fhir_adapter.fhir.settings import ClientSettings
 
-__all__ = ["RetryPolicy", "Sleep", "is_retryable", "parse_retry_after"]
+__all__ = ["RetryPolicy", "Sleep", "is_retryable", "parse_retry_after", "transport_failure", "wait_retry_after"]
 
 log = logging.getLogger("fhir_adapter.fhir")
 
@@ -61,6 +81,8 @@ RETRY_AFTER_STATUSES = frozenset({429, 503})
 BACKOFF_STATUSES = frozenset({408, 500, 502, 504})
 _SAFE_TRANSPORT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _IDEMPOTENT_TRANSPORT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+_DNS_TEXT = ("name or service not known", "nodename nor servname", "getaddrinfo failed",
+             "name resolution", "no address associated")
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -82,6 +104,34 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, (when - reference).total_seconds())
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def transport_failure(exc: BaseException) -> str:
+    """What kind of network failure an httpx exception is: ``dns`` (the host name does not resolve), ``tls``
+    (certificate not trusted / handshake failed), ``refused``, ``timeout``, ``dropped`` or ``other``."""
+    chain = _chain(exc)
+    text = " ".join(str(e).lower() for e in chain)
+    if any(isinstance(e, socket.gaierror) for e in chain) or any(t in text for t in _DNS_TEXT):
+        return "dns"
+    if any(isinstance(e, ssl.SSLError) for e in chain) or "certificate verify failed" in text:
+        return "tls"
+    if any(isinstance(e, ConnectionRefusedError) for e in chain) or "connection refused" in text \
+            or "all connection attempts failed" in text:
+        return "refused"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        return "dropped"
+    return "other"
+
+
 def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
     """The single retry predicate (see the module docstring's table)."""
     if isinstance(exc, FhirHttpError):
@@ -92,6 +142,8 @@ def is_retryable(exc: BaseException, *, idempotent: bool) -> bool:
         return exc.transient
     if isinstance(exc, FhirTransportError):
         cause = exc.__cause__
+        if cause is None or transport_failure(cause) in ("dns", "tls"):
+            return False  # a name that does not resolve or a certificate not trusted will not heal by waiting
         if isinstance(cause, _SAFE_TRANSPORT_ERRORS):
             return True
         return idempotent and isinstance(cause, _IDEMPOTENT_TRANSPORT_ERRORS)
@@ -104,35 +156,59 @@ def _retry_after_of(exc: BaseException | None) -> float | None:
     return None
 
 
+class wait_retry_after(wait_base):  # named like tenacity's wait strategies
+    """The server's ``Retry-After`` (capped at ``cap`` seconds) when the failed attempt carried one,
+    otherwise the ``fallback`` wait."""
+
+    def __init__(self, cap: float, fallback: wait_base) -> None:
+        self.cap = cap
+        self.fallback = fallback
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        outcome = retry_state.outcome
+        retry_after = _retry_after_of(outcome.exception() if outcome is not None else None)
+        if retry_after is not None:
+            return min(retry_after, self.cap)
+        return float(self.fallback(retry_state))
+
+
 class RetryPolicy:
     """Retry policy built from :class:`ClientSettings`; :meth:`call` runs one logical request under it."""
 
-    def __init__(
-        self,
-        settings: ClientSettings,
-        *,
-        sleep: Sleep | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
+    def __init__(self, settings: ClientSettings, *, sleep: Sleep | None = None) -> None:
         self.settings = settings
         self._sleep: Sleep = sleep if sleep is not None else asyncio.sleep
-        self._rng = rng if rng is not None else random.Random()
+        s = settings
+        self.wait = wait_retry_after(
+            s.max_retry_after_seconds,
+            fallback=wait_random_exponential(multiplier=s.backoff_initial_seconds, max=s.backoff_max_seconds)
+            + wait_random(0, s.backoff_jitter_seconds),
+        )
+        self.stop = stop_after_attempt(s.max_attempts) | stop_before_delay(s.max_total_seconds)
 
-    def backoff(self, attempt_number: int) -> float:
-        """Exponential backoff with jitter after failed attempt ``attempt_number`` (1-based)."""
-        s = self.settings
-        try:
-            delay = s.backoff_initial_seconds * 2.0 ** (attempt_number - 1)
-        except OverflowError:
-            delay = s.backoff_max_seconds
-        return min(s.backoff_max_seconds, delay + self._rng.uniform(0.0, s.backoff_jitter_seconds))
+    def retrying(self, *, idempotent: bool,
+                 on_retry: Callable[[BaseException, float], None] | None = None) -> AsyncRetrying:
+        """The tenacity controller of one logical request."""
+        max_attempts = self.settings.max_attempts
 
-    def delay_for(self, exc: BaseException | None, attempt_number: int) -> float:
-        """How long to wait after ``exc`` ended attempt ``attempt_number``."""
-        retry_after = _retry_after_of(exc)
-        if retry_after is not None:
-            return min(retry_after, self.settings.max_retry_after_seconds)
-        return self.backoff(attempt_number)
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome is not None else None
+            if exc is None:
+                return
+            source = "Retry-After" if _retry_after_of(exc) is not None else "backoff"
+            log.warning("attempt %d of %d failed (%s); retrying in %.2f s (%s)", state.attempt_number,
+                        max_attempts, exc, state.upcoming_sleep, source)
+            if on_retry is not None:
+                on_retry(exc, state.upcoming_sleep)
+
+        return AsyncRetrying(
+            sleep=self._sleep,
+            stop=self.stop,
+            wait=self.wait,
+            retry=retry_if_exception(lambda e: is_retryable(e, idempotent=idempotent)),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
 
     async def call(
         self,
@@ -143,59 +219,10 @@ class RetryPolicy:
     ) -> T:
         """Run ``attempt`` until it succeeds, fails with a non-retryable error, or the bounds are reached.
 
-        The final exception is re-raised unchanged except that a :class:`FhirError` gets ``attempts`` set.
-        ``on_retry(exc, delay)`` is called before each wait (for statistics).
+        The final exception is re-raised unchanged except that a :class:`FhirError` gets ``attempts`` and
+        ``elapsed`` set. ``on_retry(exc, delay)`` is called before each wait (for statistics).
         """
-        settings = self.settings
-        real_sleep = 0.0
-        planned: dict[int, float] = {}
-
-        def wait(state: RetryCallState) -> float:
-            # memoised: tenacity may ask for the wait in its stop check and again before sleeping
-            if state.attempt_number not in planned:
-                exc = state.outcome.exception() if state.outcome is not None else None
-                planned[state.attempt_number] = self.delay_for(exc, state.attempt_number)
-            return planned[state.attempt_number]
-
-        def stop(state: RetryCallState) -> bool:
-            if state.attempt_number >= settings.max_attempts:
-                return True
-            elapsed = state.seconds_since_start or 0.0
-            used = max(0.0, elapsed - real_sleep) + state.idle_for  # time in attempts + time waited
-            return used + wait(state) > settings.max_total_seconds
-
-        async def sleep(seconds: float) -> None:
-            nonlocal real_sleep
-            started = time.monotonic()
-            try:
-                await self._sleep(seconds)
-            finally:
-                real_sleep += time.monotonic() - started
-
-        def before_sleep(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome is not None else None
-            assert exc is not None
-            delay = state.upcoming_sleep
-            source = "Retry-After" if _retry_after_of(exc) is not None else "backoff"
-            log.warning(
-                "attempt %d of %d failed (%s); retrying in %.2f s (%s)",
-                state.attempt_number,
-                settings.max_attempts,
-                exc,
-                delay,
-                source,
-            )
-            if on_retry is not None:
-                on_retry(exc, delay)
-
-        retrying = AsyncRetrying(
-            sleep=sleep,
-            stop=stop,
-            wait=wait,
-            retry=retry_if_exception(lambda e: is_retryable(e, idempotent=idempotent)),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
+        retrying = self.retrying(idempotent=idempotent, on_retry=on_retry)
         attempt_number = 0
         try:
             async for try_ in retrying:
@@ -204,5 +231,7 @@ class RetryPolicy:
                     return await attempt()
         except FhirError as exc:
             exc.attempts = attempt_number
+            stats = retrying.statistics
+            exc.elapsed = max(float(stats.get("delay_since_first_attempt") or 0.0), float(stats.get("idle_for") or 0.0))
             raise
         raise AssertionError("unreachable: tenacity ended without result or exception")  # pragma: no cover

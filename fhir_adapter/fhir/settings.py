@@ -17,25 +17,43 @@ class ClientSettings(BaseModel):
 
     Timeouts are per HTTP attempt, in seconds. ``max_attempts`` and ``max_total_seconds`` bound the retries
     of one logical request (all attempts plus the waits between them); ``max_retry_after_seconds`` caps how
-    long a server's ``Retry-After`` is honoured. Backoff for errors without ``Retry-After`` is
-    ``backoff_initial_seconds * 2**(n-1) + uniform(0, backoff_jitter_seconds)``, at most
-    ``backoff_max_seconds``.
+    long a server's ``Retry-After`` is honoured. Backoff for errors without ``Retry-After`` is "full jitter":
+    ``uniform(0, min(backoff_max_seconds, backoff_initial_seconds * 2**(n-1))) + uniform(0,
+    backoff_jitter_seconds)``. The defaults ride out a server answering 20 % of requests with 503 and
+    throttling with 429 (about 2 minutes per request at most).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(120.0, gt=0)
+    read_timeout: float = Field(
+        60.0, gt=0, description="Longest wait for the next bytes of an answer; a slower answer is retried like a 503.")
     write_timeout: float = Field(60.0, gt=0)
     pool_timeout: float = Field(60.0, gt=0)
+    max_response_seconds: float = Field(
+        300.0, gt=0,
+        description="Longest time one answer may take in full (a server trickling a huge page is cut off and "
+                    "retried like a timeout).")
+    max_response_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024,
+        description="Largest answer accepted (bytes after decompression); lower page_size if a page is larger.")
 
-    max_concurrency: int = Field(4, ge=1, description="Requests in flight to the server at any time.")
-    max_attempts: int = Field(5, ge=1, description="Attempts per logical request, the first included.")
-    max_total_seconds: float = Field(300.0, gt=0, description="Budget of one request, retries included.")
-    max_retry_after_seconds: float = Field(120.0, ge=0, description="Cap applied to a server's Retry-After.")
-    backoff_initial_seconds: float = Field(0.5, ge=0)
-    backoff_max_seconds: float = Field(30.0, ge=0)
-    backoff_jitter_seconds: float = Field(0.5, ge=0)
+    max_concurrency: int = Field(4, ge=1, description="Requests in flight to the server at any time (at most).")
+    adaptive_concurrency: bool = Field(
+        True, description="Halve the requests in flight on a 429 and raise them again one by one as the server "
+                          "answers (never above max_concurrency).")
+    max_attempts: int = Field(10, ge=1, description="Attempts per logical request, the first included.")
+    max_total_seconds: float = Field(120.0, gt=0, description="Budget of one request, retries and waits included.")
+    max_retry_after_seconds: float = Field(60.0, ge=0, description="Cap applied to a server's Retry-After.")
+    backoff_initial_seconds: float = Field(0.5, ge=0, description="First backoff window (doubles per attempt).")
+    backoff_max_seconds: float = Field(30.0, ge=0, description="Largest backoff window.")
+    backoff_jitter_seconds: float = Field(0.5, ge=0, description="Extra random wait added to each backoff.")
+    circuit_breaker_failures: int = Field(
+        4, ge=1,
+        description="Consecutive requests failing for the server's reasons (after their retries) that make the "
+                    "client stop sending: the run ends with exit code 3 (server unavailable).")
+    circuit_breaker_subjects: int = Field(
+        2, ge=1, description="...and the number of different subjects (request labels) they must span.")
 
     page_size: int | None = Field(100, ge=1, description="Sent as _count unless the caller sets _count.")
     max_get_url_length: int = Field(
