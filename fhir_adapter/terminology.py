@@ -7,7 +7,13 @@ JSON in ``profiles/`` (see ``profiles/README.md``). External systems are the HL7
 
 from __future__ import annotations
 
+import json
+from functools import cache
+from pathlib import Path
+
 CANONICAL = "https://fhir-adapter.org/fhir"
+#: the adapter's published conformance resources (``profiles/`` at the top of the project)
+PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 
 # --- the adapter's own CodeSystems (profiles/CodeSystem-*.json) -----------------------------------
 #: the 24 SLEDAI-2K descriptors as clinicians record them (valueBoolean Observations)
@@ -69,3 +75,16 @@ SLEDAI2K_DESCRIPTOR_CODES: tuple[str, ...] = (
     "proteinuria", "pyuria", "rash", "alopecia", "mucosal-ulcers", "pleurisy", "pericarditis",
     "low-complement", "increased-dna-binding", "fever", "thrombocytopenia", "leukopenia",
 )
+
+
+@cache
+def codesystem_displays(name: str) -> dict[str, str]:
+    """code → display of the adapter's CodeSystem ``profiles/CodeSystem-<name>.json``: the one place its
+    display names are written (code reads them from there, never repeats them)."""
+    path = PROFILES_DIR / f"CodeSystem-{name}.json"
+    try:
+        concepts = json.loads(path.read_text(encoding="utf-8"))["concept"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise RuntimeError(f"cannot read the CodeSystem {path}: {exc}; run from the project checkout, "
+                           "which ships profiles/") from exc
+    return {str(c["code"]): str(c["display"]) for c in concepts}

@@ -33,8 +33,9 @@ For each resource, in order:
    (Statement), ``dispenseRequest.validityPeriod`` or ``authoredOn`` + ``expectedSupplyDuration`` (Request),
    ``whenHandedOver`` + ``daysSupply`` (Dispense). Partial dates stay partial (never imputed).
 8. **route** — SNOMED route codes and route text via ``route_codes``/``route_text``; else the route of the
-   matched SCD code. ``systemic`` is True for ``systemic_routes``, False for any other known route, None
-   when the route is unknown.
+   matched SCD code. ``systemic`` is True for the systemic routes of ``glucocorticoids.yaml`` (the one list;
+   the study loader fills it in as ``systemic_routes``), False for any other known route, None when the
+   route is unknown.
 9. **quarantine** — no start date at all, an unreadable date, a taper step without a start; and, for the
    ``dose_required_classes`` (glucocorticoids) on a systemic or unknown route, a dose that cannot be read in
    mg/day. Other classes keep such records with ``daily_dose_mg`` None (counted ``medications.dose-not-mg``).
@@ -102,6 +103,8 @@ class DrugCode(_Strict):
 
 
 class Drug(_Strict):
+    """A drug of medications.yaml; for glucocorticoids the class and ``rxnorm`` come from glucocorticoids.yaml."""
+
     rxnorm: str = Field(description="RxNorm ingredient RxCUI")
     drug_class: DrugClass = Field(alias="class")
     names: tuple[str, ...] = Field(default=(), description="lower-case words that name the drug in free text")
@@ -122,7 +125,8 @@ class MedicationSettings(_Strict):
     timing_codes: dict[str, float]
     route_codes: dict[str, str] = Field(default_factory=dict)
     route_text: dict[str, str] = Field(default_factory=dict)
-    systemic_routes: tuple[str, ...] = ("oral", "intravenous", "intramuscular")
+    systemic_routes: tuple[str, ...] = Field(
+        description="routes that count as systemic; owned by glucocorticoids.yaml, filled in by the study loader")
     dose_required_classes: tuple[DrugClass, ...] = ("glucocorticoid",)
     default_frequency_per_day: float | None = Field(None, gt=0)
 

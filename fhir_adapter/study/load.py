@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from fhir_adapter import units
+from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings
 from fhir_adapter.derive.sledai2k import Sledai2kSettings
 from fhir_adapter.study.models import (
     Item,
@@ -259,10 +260,11 @@ def load_study(root: Path, site: Path | None = None) -> Study:
                    for i, r in enumerate(info.lymphodepletion_codes))
 
     rules: dict[str, BaseModel] = {}
+    gc = _validate(docs["glucocorticoids"], GlucocorticoidSettings, docs["glucocorticoids"].data)
     for name, model in RULE_FILES.items():
-        rules[name] = _validate(docs[name], model, docs[name].data)
+        data = _medications_data(docs[name], gc) if name == "medications" else docs[name].data
+        rules[name] = gc if name == "glucocorticoids" else _validate(docs[name], model, data)
     if overlay is not None and overlay.medication_list_complete is not None:
-        gc = rules["glucocorticoids"]
         rules["glucocorticoids"] = gc.model_copy(update={"medication_list_complete": overlay.medication_list_complete})
     rules["sledai2k"] = _check_sledai_rules(docs["sledai2k"], rules["sledai2k"], items)  # type: ignore[arg-type]
     _check_efficacy_rules(docs, rules, items)  # efficacy endpoints (pga, lldas, renal, immunology)
@@ -275,6 +277,43 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         infusion_codes=infusion, lymphodepletion_codes=ld, rules=rules, files=files,
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
     )
+
+
+def _medications_data(doc: YamlDoc, gc: GlucocorticoidSettings) -> Any:
+    """medications.yaml with the facts glucocorticoids.yaml owns filled in: the systemic routes, and for
+    every glucocorticoid of its table the drug class and RxNorm ingredient (its names and product codes
+    stay in medications.yaml). A medications.yaml that states one of them differently is an error."""
+    data = doc.data
+    if not isinstance(data, dict) or not isinstance(data.get("drugs", {}), dict):
+        return data
+    owner = "glucocorticoids.yaml"
+    if "systemic_routes" in data:
+        raise doc.error(("systemic_routes",), f"the systemic routes are set in {owner}",
+                        f"remove systemic_routes here and edit systemic_routes in {owner}")
+    drugs: dict[str, Any] = dict(data.get("drugs") or {})
+    table = {g.name: g for g in gc.drugs}
+    for name, entry in drugs.items():
+        if isinstance(entry, dict) and entry.get("class") == "glucocorticoid" and name not in table:
+            raise doc.error(("drugs", name), f"glucocorticoid '{name}' is not in {owner}",
+                            f"add it to the drugs of {owner} with its factor (the steroid list lives there)")
+    for g in gc.drugs:
+        entry = drugs.get(g.name) or {}
+        if not isinstance(entry, dict):
+            raise doc.error(("drugs", g.name), f"'{g.name}' must be a mapping (names, codes)", "see the other drugs")
+        if entry.get("class", "glucocorticoid") != "glucocorticoid":
+            raise doc.error(("drugs", g.name, "class"), f"'{g.name}' is a glucocorticoid in {owner}",
+                            f"remove class here ({owner} owns the steroid list)")
+        if g.rxnorm and str(entry.get("rxnorm", g.rxnorm)) != g.rxnorm:
+            raise doc.error(("drugs", g.name, "rxnorm"), f"RxNorm {entry['rxnorm']} differs from {g.rxnorm} in {owner}",
+                            f"remove rxnorm here ({owner} owns the ingredient codes)")
+    merged: dict[str, Any] = {}
+    for g in gc.drugs:   # the steroid table first, in its order; then the other drugs as listed
+        entry = drugs.get(g.name) or {}
+        names = [n for n in entry.get("names") or [] if n != g.name]
+        merged[g.name] = {**entry, "class": "glucocorticoid", "rxnorm": g.rxnorm or entry.get("rxnorm"),
+                          "names": [g.name, *names]}
+    merged.update((name, entry) for name, entry in drugs.items() if name not in merged)
+    return {**data, "drugs": merged, "systemic_routes": list(gc.systemic_routes)}
 
 
 def _check_sledai_rules(doc: YamlDoc, s: Sledai2kSettings, items: dict[str, Item]) -> Sledai2kSettings:

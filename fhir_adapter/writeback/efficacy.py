@@ -21,7 +21,7 @@ from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.study import Study
 from fhir_adapter.terminology import CS_RESULTS, UCUM
-from fhir_adapter.writeback.observations import RESULT_DISPLAY, result_observation
+from fhir_adapter.writeback.observations import result_display, result_observation
 
 
 def criterion_code(criterion: str) -> str:
@@ -36,7 +36,7 @@ def lldas_observation(e: Enrollee, study_id: str, v: LldasVisit, s: LldasSetting
         if c not in v.criteria:
             continue
         code = criterion_code(c)
-        coding = {"system": CS_RESULTS, "code": code, "display": RESULT_DISPLAY.get(code, code)}
+        coding = {"system": CS_RESULTS, "code": code, "display": result_display(code)}
         components.append({"code": {"coding": [coding]}, "valueBoolean": v.criteria[c]})
     fifth = ", with Franklyn criterion 5" if s.maintenance_criterion else ""
     method = (f"LLDAS (Franklyn 2016), protocol criteria 1-4{fifth}: SLEDAI-2K <= {s.sledai_max} without "

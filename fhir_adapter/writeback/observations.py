@@ -22,28 +22,17 @@ from fhir_adapter.terminology import (
     OBS_CATEGORY,
     SD_RESULT_OBSERVATION,
     SID_RESULT,
+    codesystem_displays,
 )
 from fhir_adapter.writeback.identifiers import result_identifier
 
-RESULT_DISPLAY = {
-    "sledai-2k": "SLEDAI-2K total score",
-    # --- efficacy endpoints (writeback/efficacy.py) ---
-    "lldas": "Lupus Low Disease Activity State (LLDAS)",
-    "pred-eq-daily-dose": "Prednisolone-equivalent daily glucocorticoid dose",
-    "lldas-sledai-le-4": "LLDAS: SLEDAI-2K total at or below the threshold",
-    "lldas-no-major-organ-activity": "LLDAS: no SLEDAI-2K descriptor of a major organ group",
-    "lldas-no-new-features": "LLDAS: no new SLEDAI-2K feature since the previous assessment",
-    "lldas-pga-le-1": "LLDAS: PGA at or below the threshold",
-    "lldas-pred-eq-le-7-5": "LLDAS: prednisolone-equivalent dose at or below the threshold",
-    "lldas-maintenance-therapy": "LLDAS: standard maintenance immunosuppression, no investigational drugs",
-    # --- end efficacy endpoints ---
-    # --- safety and cellular kinetics (writeback/safety.py) ---
-    "dlt": "Dose-limiting toxicity in the DLT window",
-    "cart-cmax": "CAR-T expansion: maximum CAR transgene level (Cmax)",
-    "cart-tmax": "CAR-T expansion: time of the maximum transgene level (Tmax)",
-    "cart-auc0-28d": "CAR-T exposure: area under the transgene level-time curve, day 0 to 28",
-    # --- end safety ---
-}
+
+def result_display(code: str) -> str:
+    """Display name of a result code, as defined in ``profiles/CodeSystem-results.json`` (its one owner)."""
+    displays = codesystem_displays("results")
+    if code not in displays:
+        raise KeyError(f"result code '{code}' is not defined in profiles/CodeSystem-results.json; add it there")
+    return displays[code]
 
 
 def result_sources(res: dict[str, Any]) -> list[str]:
@@ -80,8 +69,8 @@ def result_observation(
         "identifier": [{"system": SID_RESULT, "value": ident}],
         "status": "final",
         "category": [{"coding": [{"system": OBS_CATEGORY, "code": category}]}],
-        "code": {"coding": [{"system": CS_RESULTS, "code": code, "display": RESULT_DISPLAY.get(code, code)}],
-                 "text": RESULT_DISPLAY.get(code, code)},
+        "code": {"coding": [{"system": CS_RESULTS, "code": code, "display": result_display(code)}],
+                 "text": result_display(code)},
         "subject": {"reference": f"Patient/{e.patient_id}"},
         "focus": [{"reference": f"ResearchSubject/{e.research_subject.id}"}],
     }

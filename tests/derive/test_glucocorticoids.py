@@ -20,13 +20,13 @@ def dose(cms, day=10):  # type: ignore[no-untyped-def]
     return pred_eq_on(cms, d(day), S).mg_per_day
 
 
-def test_shipped_table_matches_decisions() -> None:
+def test_shipped_table() -> None:
     factors = {g.name: g.factor for g in S.drugs}
     assert factors == {"prednisone": 1, "prednisolone": 1, "methylprednisolone": 1.25, "dexamethasone": 6.67,
                        "hydrocortisone": 0.25, "betamethasone": 8.33, "triamcinolone": 1.25, "deflazacort": 0.83,
                        "cortisone": 0.2}
     assert {g.name: g.rxnorm for g in S.drugs}["methylprednisolone"] == "6902"
-    assert S.systemic_routes == ("oral", "intravenous", "intramuscular")
+    assert S.systemic_routes == ("oral", "intravenous", "intramuscular", "subcutaneous")
 
 
 def test_every_other_day_is_averaged() -> None:
@@ -66,6 +66,8 @@ def test_routes() -> None:
     assert dose([conmed("prednisolone", 1, None, dose=5, route="inhaled")]) is None
     assert dose([conmed("methylprednisolone", 1, None, dose=40, route="intravenous")]) == 50
     assert dose([conmed("triamcinolone", 1, None, dose=4, route="intramuscular")]) == 5
+    # subcutaneous dexamethasone (palliative use) is systemic: 3 mg x 6.67
+    assert dose([conmed("dexamethasone", 1, None, dose=3, route="subcutaneous")]) == 20.01
     # unknown route: the mapping's systemic flag, else count_unknown_route (true)
     assert dose([conmed("prednisolone", 1, None, dose=5, route=None)]) == 5
     assert dose([conmed("prednisolone", 1, None, dose=5, route=None, systemic=False)]) is None
