@@ -79,7 +79,7 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--study", type=click.Path(path_type=Path), default=DEFAULT_STUDY, show_default=True,
               help="Study mapping folder.")
 @click.option("--site", type=click.Path(path_type=Path), default=None,
-              help="Site overlay (mappings/sites/<site>.yaml).")
+              help="Site overlay: a file, or a site name (example-site = mappings/sites/example-site.yaml).")
 @click.option("--post", is_flag=True, help="Write the results back to the FHIR server (only what changed).")
 @click.option("--dry-run", is_flag=True, help="Show what --post would write, as a diff (OUT/writeback-diff/).")
 @click.option("--since", default=None,
@@ -249,7 +249,7 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
 @click.option("--study", type=click.Path(path_type=Path), default=DEFAULT_STUDY, show_default=True,
               help="Study mapping folder.")
 @click.option("--site", type=click.Path(path_type=Path), default=None,
-              help="Site overlay (mappings/sites/<site>.yaml).")
+              help="Site overlay: a file, or a site name (example-site = mappings/sites/example-site.yaml).")
 @click.option("--source", default=None, help="A FHIR R4 server base URL whose CapabilityStatement to check.")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
               help="Server settings YAML, as for `run` (observation_code_param, timeouts...).")
@@ -281,6 +281,9 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     click.echo(f"              study {st.info.id}, {len(st.items)} CRF items fed by {len(st.code_index)} codes, "
                f"{len(st.schedule.visits)} visits, time zone {st.info.timezone}")
     click.echo(f"              rules: {rules}")
+    for o in st.overrides:
+        click.echo(f"  override item {o['item']}: factor for {o['unit']} {o['study_factor']} (study) -> "
+                   f"{o['site_factor']} (site, {o['where']})")
     if source is None:
         if config is not None:
             load_server_config(config, os.environ)  # a mistake in it is reported now, not on the first run

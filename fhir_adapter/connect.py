@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,11 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
     if not is_url(source):
         if post or dry_run or since:
             raise ConnectError("--post, --dry-run and --since need a FHIR server: give --source https://host/fhir")
+        if config is not None:
+            msg = (f"--config {config} is ignored: server settings apply to a FHIR server source, and "
+                   f"{source} is a folder of files")
+            logging.getLogger(__name__).warning(msg)
+            log.warn(msg, rule="config-ignored")
         return Connection(source=FileSource(Path(source), log), sink=None)
     cfg = load_server_config(config, env)
     client = open_client(source, cfg, env)

@@ -120,6 +120,9 @@ def run(
     """
     runlog = runlog or RunLog()
     started = dt.datetime.now(dt.UTC)
+    for o in study.overrides:
+        log.warning("site overlay overrides the study's factor of item %s for %s: %s -> %s (%s)", o["item"],
+                    o["unit"], o["study_factor"], o["site_factor"], o["where"])
     out = Path(out)
     summary = RunSummary(out=out)
     roster_input = source.roster()
@@ -234,6 +237,7 @@ def run(
         "source": source.description,
         "study": study.info.id,
         "exit_code": summary.exit_code,
+        "site_overrides": study.overrides,
         "summary": {
             "subjects": summary.subjects, "subjects_failed": summary.subjects_failed, "visits": summary.visits,
             "results_written": summary.results_written, "quarantined": summary.quarantined,

@@ -12,7 +12,8 @@ For each Observation, in order:
 4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``),
    valueInteger, valueBoolean, valueCodeableConcept (positive/negative codes of the item).
 5. **unit** — the item's unit as is; a unit under the item's ``factors`` times its factor; a unit under
-   ``accept_units`` by UCUM conversion; any other unit is quarantined (rule ``unknown-unit``).
+   ``accept_units`` by UCUM conversion; a converted value is rounded to the item's ``decimals``; any other
+   unit is quarantined (rule ``unknown-unit``).
 6. **date** — ``effectiveDateTime``, ``effectivePeriod.start`` or ``effectiveInstant`` in the site time zone;
    missing or unreadable → quarantined; partial (year, year-month) → kept partial, placed in no visit,
    warned (``partial-date``).
@@ -41,6 +42,11 @@ R4_STATUSES = {*USED_STATUSES, "registered", "cancelled", "entered-in-error", "u
 _NUMERIC = re.compile(r"^\s*(<=|>=|<|>)?\s*([-+]?\d+(?:[.,]\d+)?)\s*$")
 _POSITIVE_WORDS = {"positive", "pos", "detected", "present", "reactive", "true", "yes"}
 _NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", "nonreactive", "false", "no"}
+
+
+def _rounded(value: float, item: Item) -> float:
+    """A converted value at the item's declared precision (``decimals``), else without float noise."""
+    return round(value, item.decimals) if item.decimals is not None else float(f"{value:.12g}")
 
 
 class ObservationMapper:
@@ -157,9 +163,9 @@ class ObservationMapper:
         if unit == item.unit:
             return value
         if unit in item.factors:
-            return float(f"{value * item.factors[unit]:.12g}")
+            return _rounded(value * item.factors[unit], item)
         if unit in item.accept_units:
-            return units.convert(value, unit, item.unit)
+            return _rounded(units.convert(value, unit, item.unit), item)
         raise Unusable("unknown-unit", f"{item_id}: unit '{unit}' is not accepted (CRF unit {item.unit})",
                        f"add '{unit}' to accept_units (UCUM-convertible) or factors of item {item_id} "
                        "in items.yaml or the site overlay")

@@ -28,6 +28,7 @@ def settings_echo(study: Study) -> dict[str, Any]:
         "timezone": study.info.timezone,
         "day1": "date of the LCAR-AIO infusion; study day = d - day1 + 1 on/after Day 1, d - day1 before (no Day 0)",
         "enrolled_statuses": list(study.info.enrolled_statuses),
+        "site_overrides": [{k: v for k, v in o.items() if k != "where"} for o in study.overrides],
         **{name: rule.model_dump(mode="json", exclude={"descriptors"}) for name, rule in study.rules.items()},
     }
 

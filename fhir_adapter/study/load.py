@@ -51,6 +51,8 @@ class Study:
     #: which ResearchSubject identifier is the subject ID, and the file:line that says so
     subject_id_rule: SubjectIdentifierRule | None = None
     subject_id_rule_origin: str = ""
+    #: study-defined conversion factors the site overlay replaced (override_factors), for check and run-report
+    overrides: list[dict[str, Any]] = field(default_factory=list)
 
     def rule(self, name: str, model: type[M]) -> M:
         value = self.rules[name]
@@ -130,6 +132,30 @@ def _check_overlay_units(doc: YamlDoc, item_id: str, base: Item, add: SiteItem) 
             raise doc.error((*loc, "factors", u), f"'{u}' is not a UCUM unit", "use a UCUM code")
 
 
+def _factor_overrides(doc: YamlDoc, item_id: str, base: Item, add: SiteItem) -> list[dict[str, Any]]:
+    """A site adds factors for new units; changing a factor the study defines takes ``override_factors``
+    (and is reported), so a study's conversion is never changed by a line that looks like an addition."""
+    loc: tuple[str | int, ...] = ("items", item_id)
+    for u, f in add.factors.items():
+        if u in base.factors and base.factors[u] != f:
+            raise doc.error((*loc, "factors", u),
+                            f"item {item_id}: the study defines the factor for '{u}' ({base.factors[u]}); "
+                            f"`factors` only adds units",
+                            "remove it to keep the study's factor, or move it under `override_factors:` to change "
+                            "it for this site (the override is reported by check and in run-report.json)")
+    out: list[dict[str, Any]] = []
+    for u, f in add.override_factors.items():
+        if u not in base.factors:
+            raise doc.error((*loc, "override_factors", u),
+                            f"item {item_id}: the study defines no factor for '{u}' to override",
+                            "put a new unit's factor under `factors:`")
+        if not units.is_valid(u):
+            raise doc.error((*loc, "override_factors", u), f"'{u}' is not a UCUM unit", "use a UCUM code")
+        out.append({"item": item_id, "unit": u, "study_factor": base.factors[u], "site_factor": f,
+                    "where": f"{doc.path}:{doc.line_of((*loc, 'override_factors', u))}"})
+    return out
+
+
 def _check_windows(doc: YamlDoc) -> None:
     """Overlapping visit windows, reported at the line of the later visit (the model check has no line)."""
     visits = doc.data.get("visits") if isinstance(doc.data, dict) else None
@@ -164,6 +190,22 @@ def resolve_study_dir(root: Path) -> Path:
         return root
     shipped = PROJECT_ROOT / root
     return shipped if shipped.exists() else root
+
+
+def resolve_site(site: Path, study_root: Path) -> Path:
+    """``--site``: a path to an overlay file, or a site name (``example-site``) looked up as
+    ``sites/<name>.yaml`` next to the study folder, then in the project's ``mappings/sites/``."""
+    found = resolve_study_dir(site)
+    if found.exists() or site.suffix or len(site.parts) != 1:
+        return found
+    name = f"{site}.yaml"
+    for candidate in (study_root.parent / "sites" / name, PROJECT_ROOT / "mappings" / "sites" / name):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in (study_root.parent / "sites").glob("*.yaml"))
+    raise MappingError(site, None, "no such site overlay",
+                       "pass a file (--site mappings/sites/<site>.yaml) or a site name of "
+                       f"{known or 'mappings/sites/'}")
 
 
 def load_study(root: Path, site: Path | None = None) -> Study:
@@ -201,8 +243,9 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     item_codes: dict[str, list[str]] = {k: list(v.codes) for k, v in items.items()}
     overlay: SiteOverlay | None = None
     odoc: YamlDoc | None = None
+    overrides: list[dict[str, Any]] = []
     if site is not None:
-        odoc = read_yaml(resolve_study_dir(Path(site)))
+        odoc = read_yaml(resolve_site(Path(site), root))
         overlay = _validate(odoc, SiteOverlay, odoc.data)
         for alias, uri in overlay.code_systems.items():
             if alias in systems and systems[alias] != uri:
@@ -215,9 +258,10 @@ def load_study(root: Path, site: Path | None = None) -> Study:
                                  "a site overlay can only add codes and units to items of the study mapping")
             base = items[item_id]
             _check_overlay_units(odoc, item_id, base, add)
+            overrides += _factor_overrides(odoc, item_id, base, add)
             items[item_id] = base.model_copy(update={
                 "accept_units": (*base.accept_units, *add.accept_units),
-                "factors": {**base.factors, **add.factors},
+                "factors": {**base.factors, **add.factors, **add.override_factors},
             })
             item_codes[item_id].extend(add.codes)
         if overlay.timezone:
@@ -276,6 +320,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         root=root, info=info, schedule=schedule, code_systems=systems, items=items, code_index=code_index,
         infusion_codes=infusion, lymphodepletion_codes=ld, rules=rules, files=files,
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
+        overrides=overrides,
     )
 
 

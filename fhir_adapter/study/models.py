@@ -126,6 +126,8 @@ class Item(Strict):
     factors: dict[str, float] = Field(
         default_factory=dict, description="unit -> factor into `unit` for analyte-specific conversions"
     )
+    decimals: int | None = Field(
+        None, ge=0, le=12, description="precision the CRF keeps: values converted from another unit are rounded to it")
     select: SelectRule = "closest"
     bounds: tuple[float, float] | None = Field(None, description="physiological bounds in `unit`")
     positive_codes: tuple[str, ...] = ()
@@ -180,7 +182,10 @@ class SiteOverlay(Strict):
 class SiteItem(Strict):
     codes: tuple[str, ...] = ()
     accept_units: tuple[str, ...] = ()
-    factors: dict[str, float] = Field(default_factory=dict)
+    factors: dict[str, float] = Field(default_factory=dict, description="factors for units the study has none for")
+    override_factors: dict[str, float] = Field(
+        default_factory=dict,
+        description="a different factor for a unit the study defines one for; reported by check and the run report")
 
 
 SiteOverlay.model_rebuild()

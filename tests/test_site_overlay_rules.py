@@ -1,0 +1,103 @@
+"""Site overlays add, and change a study's conversion only explicitly; --site takes a name; --config for a
+folder is reported; converted values keep the item's declared precision (issue 16 items 6 and 7)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fhir_adapter.cli import main
+from fhir_adapter.mapping.observations import ObservationMapper
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.study import MappingError, load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDY = ROOT / "mappings" / "lcar-aio"
+
+
+def _overlay(tmp_path: Path, body: str) -> Path:
+    p = tmp_path / "s.yaml"
+    p.write_text("site: s\nitems:\n" + body)
+    return p
+
+
+def test_a_factor_the_study_defines_cannot_change_quietly(tmp_path: Path) -> None:
+    site = _overlay(tmp_path, '  upcr:\n    factors: {"mg/mmol": 0.0088}\n')
+    with pytest.raises(MappingError, match="override_factors") as err:
+        load_study(STUDY, site)
+    assert f"{site}:4" in str(err.value) and "0.00884017" in str(err.value)
+    res = CliRunner().invoke(main, ["check", "--site", str(site)])
+    assert res.exit_code == 1 and "mapping ok" not in res.stdout
+
+
+def test_the_same_factor_and_new_units_are_additions(tmp_path: Path) -> None:
+    site = _overlay(tmp_path, '  upcr:\n    factors: {"mg/mmol": 0.00884017, "ug/mmol": 0.00000884017}\n')
+    st = load_study(STUDY, site)
+    assert st.items["upcr"].factors["ug/mmol"] == pytest.approx(8.84017e-6) and st.overrides == []
+
+
+def test_an_explicit_override_is_applied_and_reported(tmp_path: Path) -> None:
+    site = _overlay(tmp_path, '  upcr:\n    override_factors: {"mg/mmol": 0.0088}\n')
+    st = load_study(STUDY, site)
+    assert st.items["upcr"].factors["mg/mmol"] == 0.0088
+    (o,) = st.overrides
+    assert o["item"] == "upcr" and o["study_factor"] == 0.00884017 and o["site_factor"] == 0.0088
+    res = CliRunner().invoke(main, ["check", "--site", str(site)])
+    assert res.exit_code == 0 and "override item upcr: factor for mg/mmol 0.00884017 (study) -> 0.0088" in res.stdout
+    with pytest.raises(MappingError, match="defines no factor"):
+        load_study(STUDY, _overlay(tmp_path, '  upcr:\n    override_factors: {"ug/mmol": 1.0}\n'))
+
+
+def test_the_override_is_in_the_run_report_and_settings(tmp_path: Path) -> None:
+    from fhir_adapter.synth import write_feed
+
+    write_feed(tmp_path / "feed", subjects=1, seed=5)
+    site = _overlay(tmp_path, '  upcr:\n    override_factors: {"mg/mmol": 0.0088}\n')
+    res = CliRunner().invoke(main, ["run", "--source", str(tmp_path / "feed"), "--out", str(tmp_path / "out"),
+                                    "--site", str(site)])
+    assert res.exit_code in (0, 2), res.output
+    report = json.loads((tmp_path / "out" / "run-report.json").read_text())
+    assert report["site_overrides"][0]["site_factor"] == 0.0088
+    study = json.loads((tmp_path / "out" / "results" / "study.json").read_text())
+    assert study["settings"]["site_overrides"][0]["unit"] == "mg/mmol"
+
+
+def test_site_by_name(tmp_path: Path) -> None:
+    st = load_study(STUDY, Path("example-site"))
+    assert st.site == "example-site"
+    res = CliRunner().invoke(main, ["check", "--site", "example-site"])
+    assert res.exit_code == 0 and "site example-site" in res.stdout
+    bad = CliRunner().invoke(main, ["check", "--site", "no-such-site"])
+    assert bad.exit_code == 1 and "no such site overlay" in bad.stderr and "example-site" in bad.stderr
+
+
+def test_config_with_a_folder_source_is_a_reported_warning(tmp_path: Path) -> None:
+    from fhir_adapter.synth import write_feed
+
+    write_feed(tmp_path / "feed", subjects=1, seed=5)
+    cfg = tmp_path / "adapter.yaml"
+    cfg.write_text("client: {max_concurrency: 2}\n")
+    res = CliRunner().invoke(main, ["run", "--source", str(tmp_path / "feed"), "--out", str(tmp_path / "out"),
+                                    "--config", str(cfg)])
+    assert res.exit_code in (0, 2) and "is ignored" in res.stderr
+    report = json.loads((tmp_path / "out" / "run-report.json").read_text())
+    assert any(w.get("rule") == "config-ignored" for w in report["warnings"])
+
+
+def _upcr(value: float, unit: str) -> dict[str, object]:
+    return {"resourceType": "Observation", "id": "u1", "status": "final", "subject": {"reference": "Patient/p"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "2890-2"}]},
+            "effectiveDateTime": "2024-03-01T08:00:00Z",
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+
+
+def test_converted_values_keep_the_declared_precision() -> None:
+    st = load_study(STUDY)
+    assert st.items["upcr"].decimals == 2
+    (f,) = ObservationMapper(st, RunLog()).map([_upcr(10.2, "mg/mmol")], "S")
+    assert f.value == 0.09  # 10.2 x 0.00884017 = 0.090169734 before rounding
+    (g,) = ObservationMapper(st, RunLog()).map([_upcr(0.123456, "mg/mg")], "S")
+    assert g.value == 0.123456  # a value in the CRF unit is kept as sent
