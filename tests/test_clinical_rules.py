@@ -45,6 +45,15 @@ def test_no_citation_of_notes_outside_the_project() -> None:
     assert not hits, ("cite docs/clinical-rules.md#<anchor> or the primary source instead:\n" + "\n".join(hits))
 
 
+def test_citations_name_an_anchor() -> None:
+    """A rule is cited by its anchor (``docs/clinical-rules.md#missing-is-not-zero``), not by a heading title."""
+    by_title = re.compile(r'clinical-rules\.md "')
+    hits = [f"{path.relative_to(ROOT)}:{no}: {line.strip()}" for path in _project_files()
+            for no, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1)
+            if by_title.search(line)]
+    assert hits == [], "cite docs/clinical-rules.md#<anchor>:\n" + "\n".join(hits)
+
+
 def test_rulebook_anchors_are_unique() -> None:
     anchors = _anchors()
     assert len(anchors) > 40

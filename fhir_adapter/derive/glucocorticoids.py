@@ -31,7 +31,7 @@ The dose of one counted record on a date D (mg/day of the drug; × factor → pr
   makes the dose on D not evaluable: None, with the reason and the record.
 
 Dose on D = Σ over counted records of daily mg × factor, rounded to 3 decimals. No counted record active on D:
-missing is not zero (docs/clinical-rules.md "Missing is not zero"); the first case that applies decides:
+missing is not zero (docs/clinical-rules.md#missing-is-not-zero); the first case that applies decides:
 
 a. a glucocorticoid MedicationStatement of the table says the drug is not taken on D (status in
    ``not_taken_statuses`` covering D) or was stopped before D (status in ``stopped_statuses``, ended before D)

@@ -1,5 +1,5 @@
 """A subject's participation: the span in which visits and results may lie (``schedule.yaml`` →
-``participation``; docs/clinical-rules.md "Participation").
+``participation``; docs/clinical-rules.md#participation).
 
 * start = consent (ResearchSubject.period.start, which a roster CSV's consent_date fills), else the start of
   the earliest visit window (the screening window) counted from Day 1;
