@@ -135,6 +135,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     from fhir_adapter.connect import ConnectError, connect
     from fhir_adapter.fhir import FhirError
     from fhir_adapter.server_config import ServerConfigError, record_run
+    from fhir_adapter.source.base import SourceError
 
     log = RunLog()
     started = dt.datetime.now(dt.UTC)
@@ -149,7 +150,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         finally:
             conn.close()
     except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
-            TamperedError) as exc:
+            TamperedError, SourceError) as exc:
         if ctx.obj.get("verbose", 0) >= 2:
             raise
         _fail(str(exc))

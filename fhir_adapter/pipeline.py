@@ -28,7 +28,7 @@ from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster import Enrollee, RosterError, build_roster, with_day1
 from fhir_adapter.roster_check import nobody_enrolled
-from fhir_adapter.roster_csv import reconcile, research_subject_resource
+from fhir_adapter.roster_csv import csv_identifiers, reconcile, research_subject_resource
 from fhir_adapter.runlog import Quarantined, RunLog
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.study import Study
@@ -112,7 +112,7 @@ def run(
     """Run the job. With a ``sink``, results are also written to the server (only what changed).
 
     ``roster_csv``: a site roster reconciled into adapter-owned ResearchSubjects (see roster_csv.py).
-    Incremental runs: subjects the source reports as unchanged since the last run (``source.unchanged``)
+    Incremental runs: subjects the source reports unchanged since the last run (``source.unchanged_subjects()``)
     are not read again; their CRF from the previous run in ``OUT/crf`` is derived again instead.
     Review decisions (``review_state``/review-decisions.jsonl, default ``OUT/state``) replace the rule's pick
     before deriving; ``reviewed_only`` holds back results not derived solely from reviewed values
@@ -125,7 +125,7 @@ def run(
                     o["unit"], o["study_factor"], o["site_factor"], o["where"])
     out = Path(out)
     summary = RunSummary(out=out)
-    roster_input = source.roster()
+    roster_input = source.roster(csv_identifiers(roster_csv) if roster_csv is not None else ())
     if roster_csv is not None:
         roster_input = reconcile(roster_input, roster_csv, study, runlog)
     roster = build_roster(roster_input, study, runlog)
@@ -138,9 +138,8 @@ def run(
     if on_start:
         on_start(len(roster.enrolled))  # the number of on_subject calls to come (progress displays)
     labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}
-    if hasattr(source, "label_subjects"):
-        source.label_subjects(labels)
-    incremental = getattr(source, "since", None) is not None
+    source.label_subjects(labels)
+    incremental = source.since is not None
     keep = {"crf"} if incremental else set()
     for sub in ("crf", "results", "writeback", "quarantine", "export"):
         if sub not in keep:
@@ -209,7 +208,7 @@ def run(
             finish(e, crf, runlog.quarantine[q0:], resources)
 
         guarded(e0, fresh)
-    for pid in sorted(getattr(source, "unchanged", set())):
+    for pid in sorted(source.unchanged_subjects()):
         e0 = roster.enrolled[pid]
 
         def cached(e0: Enrollee = e0) -> None:
@@ -252,7 +251,7 @@ def run(
         "coverage": coverage,
         "writeback_state": state.report(),
         "review": reviews.report(),
-        **({"server_requests": source.request_stats()} if hasattr(source, "request_stats") else {}),
+        **({"server_requests": requests} if (requests := source.request_stats()) is not None else {}),
     })
     return summary
 

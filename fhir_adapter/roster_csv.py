@@ -49,6 +49,16 @@ def _find_patient(patients: dict[str, dict[str, Any]], ident: str) -> str | None
     return None
 
 
+def csv_identifiers(path: Path) -> frozenset[str]:
+    """The ``patient_identifier`` values of a roster CSV: the Patients a source must read besides those its
+    ResearchSubjects name (an unreadable or malformed CSV is reported by :func:`reconcile`)."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            return frozenset(v for row in csv.DictReader(fh) if (v := (row.get("patient_identifier") or "").strip()))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return frozenset()
+
+
 def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> RosterInput:
     """Add a ResearchSubject for every roster row the EHR does not hold; returns ``data`` extended."""
     with Path(path).open(newline="", encoding="utf-8") as fh:

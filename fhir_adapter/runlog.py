@@ -23,6 +23,7 @@ class Quarantined:
     subject_id: str | None = None
     file: str | None = None
     line: int | None = None
+    entry: int | None = None  # the entry of a Bundle (a JSON file, or an NDJSON line holding a Bundle)
     raw: Any = None  # the offending resource or line, written to OUT/quarantine/, not to the report
 
     def as_report(self) -> dict[str, Any]:

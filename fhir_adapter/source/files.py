@@ -1,15 +1,31 @@
-"""A folder of FHIR R4 NDJSON files (a Bulk Data ``$export``) and/or Bundle JSON files: the embedded
-default, no server needed.
+"""A folder of FHIR R4 files — a Bulk Data ``$export`` (NDJSON, gzip'd or not, in any layout of
+:mod:`fhir_adapter.source.layout`) and/or Bundle JSON files: the embedded default, no server needed.
 
-Files are read in one pass: every line is parsed once (orjson), roster resources are kept, and the
-other resources are grouped by the Patient they reference. Malformed lines and resources that name no
-known Patient are quarantined with the file and line.
+Memory follows the trial, not the export: the folder is streamed in passes, and only the enrolled subjects'
+resources are kept.
+
+1. **roster** — the ResearchStudy, ResearchSubject and Patient files: the studies and subjects, the Patients
+   they name (or a roster CSV names), and the id of every other Patient (to tell an unknown patient from a
+   patient not in the trial);
+2. **subjects** — the files of :data:`~fhir_adapter.source.base.SUBJECT_TYPES`: each line is parsed once; an
+   enrolled patient's line is kept as bytes (parsed again when the subject is mapped), anyone else's is
+   counted and dropped;
+3. **shared** — the Medication, Organization, Location and Specimen files: only the resources the enrolled
+   subjects' resources reference are kept, and given to each subject that references them.
+
+Two streaming passes rather than an offset index: an index would itself grow with the export (an entry per
+line), and gzip'd files cannot be read at an offset; the passes read each file of the export at most once
+(files of mixed types, which are rare, are parsed in each pass), and files of types the mapping does not use
+are not read at all. Bundle JSON files are parsed whole (a Bundle is one document) and read in each pass.
+
+Malformed lines and resources that name no known Patient are quarantined with the file and line (and the
+entry, for a Bundle).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator
+import datetime as dt
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +33,36 @@ import orjson
 
 from fhir_adapter.fhir_r4 import is_r4_type
 from fhir_adapter.runlog import RunLog
-from fhir_adapter.source.base import SUBJECT_TYPES, Resource, RosterInput, patient_id_of
+from fhir_adapter.source.base import (
+    ROSTER_TYPES,
+    SHARED_TYPES,
+    SUBJECT_TYPES,
+    Resource,
+    RosterInput,
+    id_from_full_url,
+    identifier_matches,
+    patient_id_of,
+    ref_id,
+    shared_references,
+)
+from fhir_adapter.source.layout import DataFile, Layout, discover, read_document, read_lines
+
+#: which pass reads (and quarantines the bad lines of) a file of a given type; mixed files: every pass reads
+#: them, the subjects pass reports their bad lines
+_ROSTER, _SUBJECTS, _SHARED = "roster", "subjects", "shared"
+_OUTCOME = "OperationOutcome"
+
+
+def _pass_of(rtype: str | None) -> str | None:
+    if rtype is None:
+        return None
+    if rtype in ROSTER_TYPES:
+        return _ROSTER
+    if rtype in SUBJECT_TYPES:
+        return _SUBJECTS
+    if rtype in SHARED_TYPES:
+        return _SHARED
+    return "none"
 
 
 class FileSource:
@@ -25,125 +70,212 @@ class FileSource:
         self.folder = Path(folder)
         self.log = log
         self.description = f"files:{self.folder}"
+        self.since: dt.datetime | None = None
+        self._layout: Layout | None = None
         self._roster: RosterInput | None = None
-        self._by_patient: dict[str, list[Resource | bytes]] = defaultdict(list)
-        self._orphans: list[tuple[Resource, str, int]] = []
+        self._all_patients: set[str] = set()
 
-    # -- reading -----------------------------------------------------------------------------------
-    def _files(self) -> list[Path]:
-        if not self.folder.is_dir():
-            raise FileNotFoundError(f"source folder {self.folder} does not exist: run `fhir-adapter synth --out "
-                                    f"{self.folder}` or point --source at a Bulk Data export folder")
-        files = sorted(p for p in self.folder.iterdir()
-                       if p.suffix in (".ndjson", ".json") and p.name != "manifest.json")
-        if not files:
-            raise FileNotFoundError(f"no .ndjson or .json files in {self.folder}")
-        return files
+    # -- the Source interface ---------------------------------------------------------------------
+    def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
+        if self._roster is None:
+            self._roster = self._read_roster(set(patient_identifiers))
+        return self._roster
 
-    def _load(self) -> None:
-        roster = RosterInput()
-        for path in self._files():
-            if path.suffix == ".ndjson":
-                with path.open("rb") as fh:
-                    for n, line in enumerate(fh, start=1):
-                        if line.strip():
-                            self._take_line(line, path, n, roster)
-            else:
-                self._take_json_file(path, roster)
-        self._roster = roster
+    def label_subjects(self, labels: dict[str, str]) -> None:
+        """Files are read without requests: nothing is counted per subject."""
 
-    def _take_line(self, line: bytes, path: Path, n: int, roster: RosterInput) -> None:
-        try:
-            res = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",
-                            "fix the export; the line is kept in quarantine/", file=path.name, line=n,
-                            raw=line.decode("utf-8", "replace"))
-            return
-        self._take(res, path.name, n, roster, line)
+    def unchanged_subjects(self) -> set[str]:
+        return set()
 
-    def _take_json_file(self, path: Path, roster: RosterInput) -> None:
-        try:
-            doc = orjson.loads(path.read_bytes())
-        except orjson.JSONDecodeError as exc:
-            self.log.reject("unknown", None, "malformed-json", f"file is not JSON ({exc.msg})",
-                            "fix or remove the file", file=path.name)
-            return
-        if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
-            for i, entry in enumerate(doc.get("entry") or [], start=1):
-                res = entry.get("resource") if isinstance(entry, dict) else None
-                if isinstance(res, dict):
-                    full = entry.get("fullUrl", "")
-                    if "id" not in res and isinstance(full, str) and full.startswith("urn:uuid:"):
-                        res["id"] = full[len("urn:uuid:"):]
-                    self._take(res, path.name, i, roster)
-        else:
-            self._take(doc, path.name, 1, roster)
+    def request_stats(self) -> dict[str, Any] | None:
+        return None
 
-    def _take(self, res: Any, file: str, line: int, roster: RosterInput, raw: bytes | None = None) -> None:
-        if not isinstance(res, dict) or not isinstance(res.get("resourceType"), str):
-            self.log.reject("unknown", None, "not-a-resource", "JSON object without resourceType",
-                            "export FHIR resources only", file=file, line=line, raw=res)
-            return
-        rtype = res["resourceType"]
-        self.log.count(f"read.{rtype}")
-        if rtype == "ResearchStudy":
-            roster.studies.append(res)
-        elif rtype == "ResearchSubject":
-            roster.subjects.append(res)
-        elif rtype == "Patient":
-            pid = res.get("id")
-            if isinstance(pid, str):
-                roster.patients[pid] = res
-            else:
-                self.log.reject("Patient", None, "missing-id", "Patient without id", "export resources with ids",
-                                file=file, line=line, raw=res)
-        elif rtype in SUBJECT_TYPES:
+    def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
+        self.roster()
+        by_patient: dict[str, list[bytes | Resource]] = {pid: [] for pid in patient_ids}
+        wanted: set[tuple[str, str]] = set()
+        for f, n, entry, res, raw in self._resources(_SUBJECTS):
+            rtype = res["resourceType"]
+            if rtype not in SUBJECT_TYPES:
+                if rtype not in ROSTER_TYPES and rtype not in SHARED_TYPES:
+                    self.log.count(f"ignored.{rtype}")
+                continue
+            self.log.count(f"read.{rtype}")
             if not isinstance(res.get("id"), str) or not res["id"]:
                 self.log.reject(rtype, None, "missing-id",
                                 f"{rtype} without id: versions and references cannot be resolved",
-                                "export resources with ids", file=file, line=line, raw=res)
-                return
+                                "export resources with ids", **_where(f, n, entry), raw=res)
+                continue
             pid = patient_id_of(res)
             if pid is None:
-                self._orphans.append((res, file, line))
-            else:
+                self.log.reject(rtype, res.get("id"), "no-patient",
+                                "the resource names no Patient (subject/patient reference missing)",
+                                "the EHR export must set subject to the Patient", **_where(f, n, entry), raw=res)
+            elif pid in by_patient:
                 # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are
                 # parsed again (orjson, microseconds) when that subject is processed
-                self._by_patient[pid].append(raw.strip() if raw is not None else res)
-        elif not is_r4_type(rtype):
-            rid = res.get("id") if isinstance(res.get("id"), str) else None
-            self.log.reject(rtype, rid, "unknown-resource-type",
-                            f"'{rtype}' is not a FHIR R4 resource type",
-                            "check the spelling of resourceType; the line is kept in quarantine/",
-                            file=file, line=line, raw=res)
-        else:
-            self.log.count(f"ignored.{rtype}")
-
-    # -- the Source interface ---------------------------------------------------------------------
-    def roster(self) -> RosterInput:
-        if self._roster is None:
-            self._load()
-        assert self._roster is not None
-        return self._roster
-
-    def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
-        roster = self.roster()
-        for res, file, line in self._orphans:
-            self.log.reject(res["resourceType"], res.get("id"), "no-patient",
-                            "the resource names no Patient (subject/patient reference missing)",
-                            "the EHR export must set subject to the Patient", file=file, line=line, raw=res)
-        for pid in sorted(self._by_patient):
-            if pid not in roster.patients:
-                for res in map(_parsed, self._by_patient[pid]):
-                    self.log.reject(res["resourceType"], res.get("id"), "unknown-patient",
-                                    f"references Patient/{pid}, which is not in the source",
-                                    "include the Patient in the export or correct the reference", raw=res)
-            elif pid not in patient_ids:
-                self.log.count("skipped.not-enrolled", len(self._by_patient[pid]))
+                by_patient[pid].append(raw.strip() if raw is not None else res)
+                wanted |= shared_references([res])
+            elif pid in self._all_patients:
+                self.log.count("skipped.not-enrolled")
+            else:
+                self.log.reject(rtype, res.get("id"), "unknown-patient",
+                                f"references Patient/{pid}, which is not in the source",
+                                "include the Patient in the export or correct the reference",
+                                **_where(f, n, entry), raw=res)
+        shared = self._read_shared(wanted)
         for pid in sorted(patient_ids):
-            yield pid, [_parsed(x) for x in self._by_patient.pop(pid, [])]
-        self._by_patient.clear()
+            resources = [_parsed(x) for x in by_patient.pop(pid)]
+            refs = shared_references(resources)
+            resources.extend(shared[key] for key in sorted(refs) if key in shared)
+            yield pid, resources
+
+    # -- the passes ---------------------------------------------------------------------------------
+    def _files(self) -> Layout:
+        if self._layout is None:
+            self._layout = discover(self.folder)
+            skipped = [f for f in self._layout.data if _pass_of(f.rtype) == "none" and f.rtype != _OUTCOME]
+            for f in skipped:
+                self.log.count(f"ignored.file.{f.rtype}")
+        return self._layout
+
+    def _read_roster(self, identifiers: set[str]) -> RosterInput:
+        """Studies and subjects first, then the Patient files, keeping only the Patients the subjects (or the
+        roster CSV's identifiers) name; Patients in files of mixed types (Bundles) are all kept."""
+        roster = RosterInput()
+        self._export_errors()
+        files = [f for f in self._files().data if f.rtype is None or f.rtype in ROSTER_TYPES]
+        patient_files = [f for f in files if f.rtype == "Patient"]
+        named: set[str] = set()
+        for f in [f for f in files if f.rtype != "Patient"] + patient_files:
+            for n, entry, res, _raw in self._read_file(f, report=f.rtype is not None):
+                rtype = res["resourceType"]
+                if rtype not in ROSTER_TYPES:
+                    continue
+                self.log.count(f"read.{rtype}")
+                if rtype == "ResearchStudy":
+                    roster.studies.append(res)
+                elif rtype == "ResearchSubject":
+                    roster.subjects.append(res)
+                    pid = ref_id((res.get("individual") or {}).get("reference"), "Patient")
+                    if pid:
+                        named.add(pid)
+                elif not isinstance(res.get("id"), str) or not res["id"]:
+                    self.log.reject("Patient", None, "missing-id", "Patient without id",
+                                    "export resources with ids", **_where(f, n, entry), raw=res)
+                else:
+                    self._all_patients.add(res["id"])
+                    if f.rtype is None or res["id"] in named or (identifiers and identifier_matches(res, identifiers)):
+                        roster.patients[res["id"]] = res
+        return roster
+
+    def _read_shared(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Resource]:
+        found: dict[tuple[str, str], Resource] = {}
+        if not wanted:
+            return found
+        for _f, _n, _entry, res, _raw in self._resources(_SHARED):
+            key = (res["resourceType"], res.get("id"))
+            if key in wanted:
+                self.log.count(f"read.{key[0]}")
+                found[(key[0], str(key[1]))] = res
+        return found
+
+    def _export_errors(self) -> None:
+        """The export's OperationOutcome files (a manifest's ``error[]``): each one quarantined with its issues,
+        so the run reports what the server could not export."""
+        layout = self._files()
+        files = layout.errors + [f for f in layout.data if f.rtype == _OUTCOME]
+        for f in files:
+            for n, entry, res, _raw in self._read_file(f, report=True):
+                if res.get("resourceType") != _OUTCOME:
+                    continue
+                issues = [i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code")
+                          for i in res.get("issue") or [] if isinstance(i, dict)]
+                self.log.reject(_OUTCOME, res.get("id"), "export-error",
+                                "the server reported an error exporting data: "
+                                + "; ".join(str(i) for i in issues if i),
+                                "ask the hospital to fix the export (data may be missing); see the "
+                                "OperationOutcome in quarantine/", **_where(f, n, entry), raw=res)
+
+    def _resources(self, which: str) -> Iterator[tuple[DataFile, int, int | None, Resource, bytes | None]]:
+        """(file, line, Bundle entry, resource, raw line) of the files a pass reads; bad lines are quarantined by
+        the pass that owns the file."""
+        for f in self._files().data:
+            owner = _pass_of(f.rtype)
+            if owner is not None and owner != which:
+                continue
+            report = owner == which or (owner is None and which == _SUBJECTS)
+            for n, entry, res, raw in self._read_file(f, report):
+                yield f, n, entry, res, raw
+
+    def _read_file(self, f: DataFile, report: bool) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:
+        if f.ndjson:
+            for n, line in read_lines(f):
+                try:
+                    doc = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    if report:
+                        self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",
+                                        "fix the export; the line is kept in quarantine/", file=f.name, line=n,
+                                        raw=line.decode("utf-8", "replace"))
+                    continue
+                yield from self._document(doc, f, n, report, line)
+        else:
+            try:
+                doc = orjson.loads(read_document(f))
+            except orjson.JSONDecodeError as exc:
+                if report:
+                    self.log.reject("unknown", None, "malformed-json", f"file is not JSON ({exc.msg})",
+                                    "fix or remove the file", file=f.name)
+                return
+            yield from self._document(doc, f, None, report, None)
+
+    def _document(self, doc: Any, f: DataFile, n: int | None, report: bool,
+                  raw: bytes | None) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:
+        """A resource, or each resource of a Bundle (a JSON file or an NDJSON line holding a Bundle)."""
+        if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
+            if report:
+                self.log.count("read.Bundle")
+            for i, entry in enumerate(doc.get("entry") or [], start=1):
+                res = entry.get("resource") if isinstance(entry, dict) else None
+                if not isinstance(res, dict):
+                    if report and isinstance(entry, dict) and "request" not in entry:
+                        self.log.reject("unknown", None, "not-a-resource", "Bundle entry without a resource",
+                                        "export FHIR resources only", file=f.name, line=n, entry=i, raw=entry)
+                    continue
+                if not isinstance(res.get("resourceType"), str):
+                    if report:
+                        self.log.reject("unknown", None, "not-a-resource", "JSON object without resourceType",
+                                        "export FHIR resources only", file=f.name, line=n, entry=i, raw=res)
+                    continue
+                if "id" not in res:
+                    rid = id_from_full_url(entry.get("fullUrl"), res["resourceType"])
+                    if rid is not None:
+                        res["id"] = rid
+                yield (n or 0), i, res, None
+            return
+        if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
+            if report:
+                self.log.reject("unknown", None, "not-a-resource", "JSON object without resourceType",
+                                "export FHIR resources only", file=f.name, line=n or 1, raw=doc)
+            return
+        rtype = doc["resourceType"]
+        if not is_r4_type(rtype) and rtype not in ROSTER_TYPES + SHARED_TYPES and rtype not in SUBJECT_TYPES:
+            if report:
+                rid = doc.get("id") if isinstance(doc.get("id"), str) else None
+                self.log.reject(rtype, rid, "unknown-resource-type", f"'{rtype}' is not a FHIR R4 resource type",
+                                "check the spelling of resourceType; the line is kept in quarantine/",
+                                file=f.name, line=n or 1, raw=doc)
+            return
+        yield (n or 1), None, doc, raw
+
+
+def _where(f: DataFile, line: int, entry: int | None) -> dict[str, Any]:
+    """Where a quarantined resource was: the file and line, and for a Bundle the entry (and the line of an
+    NDJSON file holding the Bundle)."""
+    if entry is None:
+        return {"file": f.name, "line": line}
+    return {"file": f.name, "entry": entry, **({"line": line} if f.ndjson else {})}
 
 
 def _parsed(x: Resource | bytes) -> Resource:

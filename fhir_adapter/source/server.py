@@ -27,12 +27,19 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Coroutine, Iterator
+from collections.abc import Collection, Coroutine, Iterator
 from typing import Any, TypeVar
 
 from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.runlog import RunLog
-from fhir_adapter.source.base import Resource, RosterInput, patient_id_of, ref_id
+from fhir_adapter.source.base import (
+    SHARED_TYPES,
+    Resource,
+    RosterInput,
+    patient_id_of,
+    ref_id,
+    shared_references,
+)
 from fhir_adapter.study import Study
 from fhir_adapter.terminology import SID_RESULT
 
@@ -78,9 +85,13 @@ class ServerSource:
         self._labels: dict[str, str] = {}
         self.unchanged: set[str] = set()
         self.deleted: dict[str, list[str]] = {}
+        self._shared: dict[tuple[str, str], Resource | None] = {}
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
+
+    def unchanged_subjects(self) -> set[str]:
+        return set(self.unchanged)
 
     def request_stats(self) -> dict[str, Any]:
         """Requests to the server for the run report: total, per subject, and the shared ones by purpose."""
@@ -98,10 +109,10 @@ class ServerSource:
         self._loop.close()
 
     # -- roster ----------------------------------------------------------------------------------------
-    def roster(self) -> RosterInput:
-        return self.run(self._roster())
+    def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
+        return self.run(self._roster(sorted(set(patient_identifiers))))
 
-    async def _roster(self) -> RosterInput:
+    async def _roster(self, patient_identifiers: list[str] | None = None) -> RosterInput:
         info = self.study.info
         token = f"{info.identifier_system}|{info.id}" if info.identifier_system else info.id
         studies = await self.client.search_all("ResearchStudy", {"identifier": token}, label="roster")
@@ -119,6 +130,7 @@ class ServerSource:
                               "sub-studies are not read; their subjects must reference the main study",
                               rule="roster-partof")
             out.studies.extend(p for p in parts if p.get("id") not in ids)
+        await self._patients_by_identifier(out, patient_identifiers or [])
         study_refs = ",".join(f"ResearchStudy/{s['id']}" for s in out.studies if "id" in s)
         if not study_refs:
             return out
@@ -142,6 +154,14 @@ class ServerSource:
             self.log.count("roster.patients_read_without_include", len(wanted))
         for i in range(0, len(wanted), chunk):
             async for res in self.client.search("Patient", {"_id": ",".join(wanted[i:i + chunk])}, label="roster"):
+                if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+                    out.patients[res["id"]] = res
+
+    async def _patients_by_identifier(self, out: RosterInput, identifiers: list[str], chunk: int = 50) -> None:
+        """The Patients a site roster CSV names by identifier (``Patient?identifier=a,b,...``)."""
+        for i in range(0, len(identifiers), chunk):
+            async for res in self.client.search("Patient", {"identifier": ",".join(identifiers[i:i + chunk])},
+                                                label="roster"):
                 if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
                     out.patients[res["id"]] = res
 
@@ -184,7 +204,26 @@ class ServerSource:
         if self.read_mode == "batch":
             return await self._read_subject_batch(pid, label)
         results = await asyncio.gather(*(self.client.search_all(t, p, label=label) for t, p in self._searches(pid)))
-        return self._input([r for chunk in results for r in chunk])
+        return await self._with_shared(self._input([r for chunk in results for r in chunk]), label)
+
+    async def _with_shared(self, resources: list[Resource], label: str) -> list[Resource]:
+        """The Medication, Organization, Location and Specimen resources the subject's resources reference and
+        the searches did not ``_include``: read by id (``Medication?_id=a,b``), once per run."""
+        have = {(str(r.get("resourceType")), str(r.get("id"))) for r in resources}
+        for r in resources:
+            if r.get("resourceType") in SHARED_TYPES:
+                self._shared[(str(r["resourceType"]), str(r.get("id")))] = r
+        missing = sorted(k for k in shared_references(resources) if k not in have and k not in self._shared)
+        for rtype in sorted({t for t, _ in missing}):
+            ids = [i for t, i in missing if t == rtype]
+            for i in ids:
+                self._shared[(rtype, i)] = None
+            found = await self.client.search_all(rtype, {"_id": ",".join(ids)}, label=label)
+            for res in found:
+                if res.get("resourceType") == rtype and isinstance(res.get("id"), str):
+                    self._shared[(rtype, res["id"])] = res
+        extra = [x for k in sorted(shared_references(resources)) if k not in have and (x := self._shared.get(k))]
+        return resources + extra
 
     def _input(self, resources: list[Resource]) -> list[Resource]:
         """Deduplicated, without the adapter's own results."""
@@ -216,7 +255,7 @@ class ServerSource:
                 # the rest of a long result: follow the server's paging from the first page's query
                 rest = await self.client.search_all(asked[0], asked[1], label=label)
                 found.extend(rest)
-        return self._input(found)
+        return await self._with_shared(self._input(found), label)
 
     async def _changed(self, pids: set[str]) -> set[str]:
         """Patients with a resource updated (or deleted) after ``since``."""

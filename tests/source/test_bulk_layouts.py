@@ -1,0 +1,162 @@
+"""Every layout a Bulk Data export produces reads the same: gzip'd files, numbered parts, ``N.Type`` names,
+sub-folders, a manifest with absolute URLs and error files — same CRFs, results and write-back bundles, byte
+for byte, as the plain NDJSON of the same data. A file the adapter cannot read is an error naming it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from fhir_adapter.cli import main
+from fhir_adapter.pipeline import RunSummary, run
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import SourceError
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.synth import write_feed
+
+COMPARED = ("crf", "results", "writeback")
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory: pytest.TempPathFactory, study: Any) -> Path:
+    root = tmp_path_factory.mktemp("layouts")
+    write_feed(root / "feed", subjects=4, seed=7)
+    log = RunLog()
+    summary = run(FileSource(root / "feed", log), study, root / "out", log)
+    assert summary.subjects == 4 and summary.visits > 0
+    (root / "exit_code").write_text(str(summary.exit_code))
+    return root
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes()
+            for sub in COMPARED for p in sorted((out / sub).rglob("*")) if p.is_file()}
+
+
+def _lines(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _gz(path: Path, lines: list[bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wb") as fh:
+        fh.write(b"\n".join(lines) + b"\n")
+
+
+def all_gzipped(feed: Path, dst: Path) -> None:
+    for p in feed.glob("*.ndjson"):
+        _gz(dst / (p.name + ".gz"), _lines(p))
+
+
+def only_observations_gzipped(feed: Path, dst: Path) -> None:
+    shutil.copytree(feed, dst)
+    (dst / "manifest.json").unlink()
+    _gz(dst / "Observation.ndjson.gz", _lines(feed / "Observation.ndjson"))
+    (dst / "Observation.ndjson").unlink()
+
+
+def numbered_parts(feed: Path, dst: Path) -> None:
+    """``Type.000.ndjson.gz`` … in a sub-folder; Observations split over three parts."""
+    for p in feed.glob("*.ndjson"):
+        lines = _lines(p)
+        third = max(1, len(lines) // 3)
+        parts = [lines[:third], lines[third:2 * third], lines[2 * third:]] if p.stem == "Observation" else [lines]
+        for i, part in enumerate(parts):
+            if part:
+                _gz(dst / "export" / f"{p.stem}.{i:03d}.ndjson.gz", part)
+
+
+def smart_manifest(feed: Path, dst: Path) -> None:
+    """The SMART reference server's names (``1.Observation.ndjson``), absolute URLs in the manifest, one error
+    file."""
+    manifest: dict[str, Any] = {"transactionTime": "2026-11-01T00:00:00Z", "request": "https://x/$export",
+                                "requiresAccessToken": False, "output": [], "error": []}
+    dst.mkdir(parents=True)
+    for n, p in enumerate(sorted(feed.glob("*.ndjson")), start=1):
+        name = f"{n}.{p.stem}.ndjson"
+        shutil.copy(p, dst / name)
+        manifest["output"].append({"type": p.stem, "url": f"https://bulk.example.org/files/{name}"})
+    (dst / "errors").mkdir()
+    outcome = {"resourceType": "OperationOutcome", "id": "e1", "issue": [
+        {"severity": "error", "code": "processing", "diagnostics": "Condition export failed: timeout"}]}
+    (dst / "errors" / "OperationOutcome.ndjson").write_bytes(orjson.dumps(outcome) + b"\n")
+    manifest["error"].append({"type": "OperationOutcome", "url": "https://bulk.example.org/files/errors/"
+                              "OperationOutcome.ndjson"})
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+
+
+LAYOUTS: dict[str, Callable[[Path, Path], None]] = {
+    "gzip": all_gzipped, "only-observations-gzip": only_observations_gzipped, "numbered-parts": numbered_parts,
+    "smart-manifest": smart_manifest,
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_every_layout_gives_the_same_outputs(plain: Path, tmp_path: Path, study: Any, layout: str) -> None:
+    LAYOUTS[layout](plain / "feed", tmp_path / "feed")
+    log = RunLog()
+    summary: RunSummary = run(FileSource(tmp_path / "feed", log), study, tmp_path / "out", log)
+    assert _outputs(tmp_path / "out") == _outputs(plain / "out")
+    assert summary.visits > 0
+    if layout == "smart-manifest":  # the export's error file is in the run report, and the run is not "ok"
+        report = orjson.loads((tmp_path / "out" / "run-report.json").read_bytes())
+        errors = [q for q in report["quarantine"] if q["rule"] == "export-error"]
+        assert len(errors) == 1 and "Condition export failed" in errors[0]["reason"]
+        assert errors[0]["file"] == "errors/OperationOutcome.ndjson" and summary.exit_code == 2
+    else:
+        assert summary.exit_code == int((plain / "exit_code").read_text())
+        report = orjson.loads((tmp_path / "out" / "run-report.json").read_bytes())
+        assert report["quarantine"] == orjson.loads((plain / "out" / "run-report.json").read_bytes())["quarantine"]
+
+
+def _cli_run(feed: Path, out: Path) -> Any:
+    return CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out)])
+
+
+def test_truncated_gzip_is_an_error_naming_the_file(plain: Path, tmp_path: Path) -> None:
+    all_gzipped(plain / "feed", tmp_path / "feed")
+    path = tmp_path / "feed" / "Observation.ndjson.gz"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    result = _cli_run(tmp_path / "feed", tmp_path / "out")
+    assert result.exit_code == 1
+    assert "Observation.ndjson.gz" in result.output and "truncated" in result.output
+
+
+def test_unknown_extension_next_to_data_files_is_an_error(plain: Path, tmp_path: Path) -> None:
+    shutil.copytree(plain / "feed", tmp_path / "feed")
+    (tmp_path / "feed" / "Observation.ndjson.bz2").write_bytes(b"BZh")
+    result = _cli_run(tmp_path / "feed", tmp_path / "out")
+    assert result.exit_code == 1 and "Observation.ndjson.bz2" in result.output
+
+
+def test_a_manifest_entry_whose_file_is_missing_is_an_error(plain: Path, tmp_path: Path, study: Any) -> None:
+    smart_manifest(plain / "feed", tmp_path / "feed")
+    next(tmp_path.glob("feed/*.Observation.ndjson")).unlink()
+    with pytest.raises(SourceError, match=r"https://bulk.example.org/files/\d+.Observation.ndjson"):
+        FileSource(tmp_path / "feed", RunLog()).roster()
+    result = _cli_run(tmp_path / "feed", tmp_path / "out")
+    assert result.exit_code == 1 and "Observation.ndjson" in result.output
+
+
+def test_gzip_that_is_not_gzip_is_an_error(plain: Path, tmp_path: Path) -> None:
+    shutil.copytree(plain / "feed", tmp_path / "feed")
+    (tmp_path / "feed" / "Observation.ndjson").rename(tmp_path / "feed" / "Observation.ndjson.gz")
+    result = _cli_run(tmp_path / "feed", tmp_path / "out")
+    assert result.exit_code == 1 and "Observation.ndjson.gz" in result.output
+
+
+def test_hidden_files_are_not_data(plain: Path, tmp_path: Path, study: Any) -> None:
+    shutil.copytree(plain / "feed", tmp_path / "feed")
+    (tmp_path / "feed" / ".Observation.000.ndjson.gz.part").write_bytes(b"\x1f\x8b partial")
+    log = RunLog()
+    run(FileSource(tmp_path / "feed", log), study, tmp_path / "out", log)
+    assert _outputs(tmp_path / "out") == _outputs(plain / "out")
