@@ -27,6 +27,8 @@ The dose of one counted record on a date D (mg/day of the drug; × factor → pr
   other day (frequency 0.5) is 10 mg/day on every day of the period;
 * when ``administrations_replace_orders`` is on and a drug has an administration on D, the statement/request
   records of that drug are not counted on D (the administration is the ground truth for that day);
+* when ``statements_replace_orders`` is on and a drug has a statement active on D, the orders (requests) of
+  that drug are not counted on D (what was taken beats what was prescribed);
 * a counted record whose daily dose cannot be computed (no dose, unit not convertible to mg, no frequency)
   makes the dose on D not evaluable: None, with the reason and the record.
 
@@ -77,6 +79,7 @@ class GlucocorticoidSettings(_Strict):
     count_unknown_route: bool = True
     source_kinds: tuple[str, ...] = ("statement", "request", "administration")
     administrations_replace_orders: bool = True
+    statements_replace_orders: bool = True
     excluded_statuses: tuple[str, ...] = ("entered-in-error", "not-taken", "not-done", "cancelled", "draft")
     decimals: int = Field(3, ge=0, le=6)
     not_taken_statuses: tuple[str, ...] = ("not-taken",)
@@ -230,6 +233,9 @@ def _dose_on(
         administered = {g.name for cm, g in active if cm.source_kind == "administration"}
         active = [(cm, g) for cm, g in active
                   if cm.source_kind == "administration" or g.name not in administered]
+    if s.statements_replace_orders:
+        stated = {g.name for cm, g in active if cm.source_kind == "statement"}
+        active = [(cm, g) for cm, g in active if cm.source_kind != "request" or g.name not in stated]
     total = 0.0
     sources = []
     for cm, g in active:

@@ -9,7 +9,8 @@ For each resource, in order:
 2. **status** — statuses listed under ``used_statuses`` feed CM; a MedicationStatement with a status of
    ``evidence_statuses`` (``not-taken``) is kept in CM with its drug and dates only (no dose needed: it is the
    evidence that makes a glucocorticoid dose 0); any other (``entered-in-error``, ``cancelled``, ``draft``,
-   ``not-done``…) is counted (``medications.not-used.<status>``).
+   ``not-done``…) is counted (``medications.not-used.<status>``). A MedicationRequest counts only with an
+   ``intent`` of ``request_intents`` (orders; a ``plan`` or ``proposal`` is counted ``not-used.intent-<x>``).
 3. **drug** — every coding of ``medicationCodeableConcept``, or of the code and the ingredients of a contained
    or referenced Medication, is looked up among the drugs' ingredient RxCUIs, SCD codes and site codes; else
    the medication text is searched for a drug's ``names``. Unknown drugs are kept with class ``other``.
@@ -22,8 +23,11 @@ For each resource, in order:
 5. **dose** — ``doseQuantity``; ``doseRange`` reduced to one number by ``range_choice`` (default ``high``);
    ``rateQuantity``/``rateRatio``/``rateRange`` (mass per time: a continuous infusion gives its mg/day; with
    ``Timing.repeat.duration`` the rate × duration is the dose of one administration). Mass units convert to
-   mg by UCUM; tablet units (``tablet_units``) convert by the strength of the matched SCD/site code, else the
-   Medication's ``ingredient.strength``.
+   mg by UCUM; tablet units (``tablet_units``) — and a dose with no unit (or ``1``), which is a count of units
+   of presentation — convert by the strength of the matched SCD/site code, else the Medication's
+   ``ingredient.strength``, else the strength in the RxNorm clinical drug name of the coding display or text
+   (``predniSONE 5 MG Oral Tablet`` → 5 mg per tablet; :mod:`clinical_drug`) when its dose form is listed
+   under ``dose_forms`` with ``unit_dose: true``.
 6. **frequency per day** — ``Timing.repeat``: frequency (``frequencyMax`` by ``range_choice``; else the number
    of ``timeOfDay`` or ``when`` entries; else 1) / (period × ``period_days[periodUnit]``), times *k*/7 when
    ``dayOfWeek`` lists *k* days of a daily schedule; else ``Timing.code`` via ``timing_codes``.
@@ -33,9 +37,9 @@ For each resource, in order:
    (Statement), ``dispenseRequest.validityPeriod`` or ``authoredOn`` + ``expectedSupplyDuration`` (Request),
    ``whenHandedOver`` + ``daysSupply`` (Dispense). Partial dates stay partial (never imputed).
 8. **route** — SNOMED route codes and route text via ``route_codes``/``route_text``; else the route of the
-   matched SCD code. ``systemic`` is True for the systemic routes of ``glucocorticoids.yaml`` (the one list;
-   the study loader fills it in as ``systemic_routes``), False for any other known route, None when the
-   route is unknown.
+   matched SCD code; else the route of the clinical drug name's dose form (``dose_forms``: oral tablet →
+   oral). ``systemic`` is True for the systemic routes of ``glucocorticoids.yaml`` (the one list; the study
+   loader fills it in as ``systemic_routes``), False for any other known route, None when the route is unknown.
 9. **quarantine** — no start date at all, an unreadable date, a taper step without a start; and, for the
    ``dose_required_classes`` (glucocorticoids) on a systemic or unknown route, a dose that cannot be read in
    mg/day. Other classes keep such records with ``daily_dose_mg`` None (counted ``medications.dose-not-mg``).
@@ -58,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fhir_adapter import units
 from fhir_adapter.crf.models import ConMed, SourceRef
+from fhir_adapter.mapping.clinical_drug import ClinicalDrug, parse_clinical_drug
 from fhir_adapter.mapping.common import (
     Unusable,
     check_code_refs,
@@ -102,6 +107,14 @@ class DrugCode(_Strict):
     label: str = ""
 
 
+class DoseForm(_Strict):
+    """An RxNorm dose form (lower case, as in the clinical drug name): the route it implies, and whether one
+    unit of it (a tablet, a capsule) holds the strength the name gives."""
+
+    route: str | None = None
+    unit_dose: bool = False
+
+
 class Drug(_Strict):
     """A drug of medications.yaml; for glucocorticoids the class and ``rxnorm`` come from glucocorticoids.yaml."""
 
@@ -129,6 +142,8 @@ class MedicationSettings(_Strict):
         description="routes that count as systemic; owned by glucocorticoids.yaml, filled in by the study loader")
     dose_required_classes: tuple[DrugClass, ...] = ("glucocorticoid",)
     default_frequency_per_day: float | None = Field(None, gt=0)
+    dose_forms: dict[str, DoseForm] = Field(default_factory=dict)
+    request_intents: tuple[str, ...] = ("order", "original-order", "reflex-order", "filler-order", "instance-order")
 
     @field_validator("period_days")
     @classmethod
@@ -145,8 +160,10 @@ class MedicationSettings(_Strict):
         check_code_refs(refs, self.code_systems)
         known = set(self.route_codes.values()) | set(self.route_text.values())
         unknown = [r for r in self.systemic_routes if r not in known]
+        unknown += [f"{f.route} (dose_forms: {name})" for name, f in self.dose_forms.items()
+                    if f.route is not None and f.route not in known]
         if unknown:
-            raise ValueError(f"systemic_routes {unknown} are not route names of route_codes/route_text")
+            raise ValueError(f"routes {unknown} are not route names of route_codes/route_text")
         return self
 
     def resolve(self, ref: str) -> tuple[str, str]:
@@ -174,6 +191,13 @@ def _add_days(d: FhirDate | None, days: int) -> FhirDate | None:
     if d is None or d.date is None:
         return None
     return FhirDate(date=d.date + dt.timedelta(days=days))
+
+
+def _label(clinical: ClinicalDrug | None, words: list[str], keys: list[tuple[str, str]]) -> str:
+    """Name of a drug the mapping does not list: the clinical drug's ingredient, else its text or code."""
+    if clinical is not None:
+        return clinical.ingredient
+    return words[0].lower() if words else f"{keys[0][0]}|{keys[0][1]}"
 
 
 class MedicationMapper:
@@ -218,6 +242,9 @@ class MedicationMapper:
             if status not in self.s.used_statuses:
                 self.log.count(f"medications.not-used.{status}")
                 continue
+            if rtype == "MedicationRequest" and r.get("intent") not in self.s.request_intents:
+                self.log.count(f"medications.not-used.intent-{r.get('intent')}")
+                continue
             try:
                 drug = self._identify(r, resources)
                 if drug.drug_class == "lymphodepletion":
@@ -251,12 +278,18 @@ class MedicationMapper:
         if name is None:
             text = " ".join(words).lower()
             name = next((n for pattern, n in self._names if pattern.search(text)), None)
+        clinical = next((c for c in map(parse_clinical_drug, texts(cc)) if c is not None), None)
+        form = self.s.dose_forms.get(clinical.form) if clinical else None
         strength = code.strength_mg if code else None
         if strength is None:
             strength = self._ingredient_strength(ingredients)
+        if strength is None and clinical is not None and form is not None and form.unit_dose:
+            strength = clinical.strength_mg
+            self.log.count("medications.strength-from-rxnorm-name")
+        route = (code.route if code else None) or (form.route if form else None)
         if name is not None:
             d = self.s.drugs[name]
-            return _Drug(name, d.rxnorm, d.drug_class, strength, code.route if code else None)
+            return _Drug(name, d.rxnorm, d.drug_class, strength, route)
         if not keys and not words:
             raise Unusable(
                 "no-medication",
@@ -266,8 +299,8 @@ class MedicationMapper:
         self.log.count("medications.other-drug")
         rx = self.s.code_systems["rxnorm"]
         rxnorm = next((c for s, c in keys if s == rx), None)
-        label = words[0].lower() if words else f"{keys[0][0]}|{keys[0][1]}"
-        return _Drug(label, rxnorm, "other", strength, None)
+        label = _label(clinical, words, keys)
+        return _Drug(label, rxnorm, "other", strength, route)
 
     def _ingredient_strength(self, ingredients: list[dict[str, Any]]) -> float | None:
         """mg per tablet of a single-ingredient Medication (``ingredient.strength`` numerator/denominator)."""
@@ -571,7 +604,7 @@ class MedicationMapper:
     def _dose_mg(
         self, value: float, unit: str | None, drug: _Drug
     ) -> tuple[float | None, tuple[str, str] | None]:
-        if unit in self._tablets:
+        if unit in self._tablets or (unit in (None, "1") and drug.strength_mg is not None):
             if drug.strength_mg is None:
                 return None, (
                     f"dose {value} {unit} in tablets, and the tablet strength is unknown",

@@ -184,8 +184,15 @@ def test_unknown_drug_is_kept_as_other(study):  # type: ignore[no-untyped-def]
     r = statement("s6", cc("310965", "Ibuprofen 200 MG Oral Tablet"), [dosage({"doseQuantity": mg(1, "{tbl}")},
                                                                                timing=daily())])
     (c,), log = run(study, [r])
-    assert (c.drug, c.rxnorm, c.drug_class, c.dose, c.dose_unit, c.daily_dose_mg) == (
-        "ibuprofen 200 mg oral tablet", "310965", "other", 1.0, "{tbl}", None)
+    # the RxNorm clinical drug name gives the ingredient, the tablet strength and the route
+    assert (c.drug, c.rxnorm, c.drug_class, c.dose, c.dose_unit, c.daily_dose_mg, c.route) == (
+        "ibuprofen", "310965", "other", 200.0, "mg", 200.0, "oral")
+    assert not log.quarantine and log.counts["medications.other-drug"] == 1
+    r = statement("s6", cc("999999", "Unlisted Oral Product"), [dosage({"doseQuantity": mg(1, "{tbl}")},
+                                                                       timing=daily())])
+    (c,), log = run(study, [r])
+    assert (c.drug, c.drug_class, c.dose, c.dose_unit, c.daily_dose_mg) == (
+        "unlisted oral product", "other", 1.0, "{tbl}", None)
     assert not log.quarantine and log.counts["medications.dose-not-mg"] == 1
 
 
