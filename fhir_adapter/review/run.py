@@ -50,6 +50,7 @@ class ReviewRun:
         chain = self.store.read()  # TamperedError: the run stops, decisions are never silently dropped
         self.torn = chain.torn
         self.decisions = len(chain.entries)
+        self.head = chain.head
         self.current = chain.current()
         self.reviewed_only = reviewed_only
         self.applied = 0
@@ -103,6 +104,7 @@ class ReviewRun:
         return {
             "decisions_file": str(self.store.path),
             "decisions": self.decisions,
+            "decisions_head": self.head,  # hash of the last entry: keep it to detect a later truncation
             "applied": self.applied,
             "items": dict(sorted(self.status_counts.items())),
             "re_review": self.re_review,

@@ -51,7 +51,7 @@ def _endpoint(page: Page, visit: str, col: str) -> str:
 def test_a_review_in_chromium_changes_the_endpoint_and_leaves_an_audit_entry(
         app_url: tuple[str, Path], tmp_path: Path, study: Study) -> None:
     assert shutil.which(CHROMIUM), "chromium is missing: `make test` installs it (apt-get install chromium)"
-    base, out = app_url
+    base, _ = app_url
     problems: list[str] = []
     requests: list[str] = []
     shots = tmp_path / "screenshots"
@@ -83,7 +83,8 @@ def test_a_review_in_chromium_changes_the_endpoint_and_leaves_an_audit_entry(
             assert page.locator("tr.current").get_attribute("data-item") == "W24/c3"
             page.keyboard.press("Enter")
             page.wait_for_url(f"**/s/{SUBJECT}/W24/c3")
-            assert page.locator("#rule").inner_text() == "closest" and page.locator("#window").inner_text() == "155..183"
+            assert page.locator("#rule").inner_text() == "closest"
+            assert page.locator("#window").inner_text() == "155..183"
             assert page.locator("#candidates tbody tr").count() == 3
             page.keyboard.press("2")  # select the second candidate: 120 mg/dL on day 176
             assert page.locator("#cand-2").is_checked()

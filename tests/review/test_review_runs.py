@@ -88,6 +88,7 @@ def test_the_next_run_uses_the_chosen_value_and_recomputes_endpoints(tmp_path: P
     assert [r["REVSTAT"] for r in _rows(out, "PC")] == ["query"]
     report = _json(out / "run-report.json")["review"]
     assert report["decisions"] == 4 and report["applied"] == 3 and report["re_review"] == []
+    assert report["decisions_head"] == DecisionStore.under(out).read().head
     assert report["items"] == {"accepted": 1, "changed": 1, "not-available": 1, "query": 1, "unreviewed": 2}
     odm = (out / "export" / "odm.xml").read_text()
     validate(out / "export" / "odm.xml")
@@ -144,3 +145,23 @@ def test_a_tampered_decision_file_stops_the_run(tmp_path: Path, study: Study) ->
     path.write_bytes(path.read_bytes().replace(b"D. Manager", b"X. Forger"))
     with pytest.raises(TamperedError, match=r"review-decisions\.jsonl:1"):
         run_feed(tmp_path, study)
+
+
+def test_cli_reviewed_only_setting_from_the_config_file(tmp_path: Path, study: Study) -> None:
+    from click.testing import CliRunner
+    from review_feed import feed
+
+    from fhir_adapter.cli import main
+
+    src = feed().write(tmp_path / "feed")
+    cfg = tmp_path / "adapter.yaml"
+    cfg.write_text("writeback_reviewed_only: true\n")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["-q", "run", "--source", str(src), "--out", str(out), "--config", str(cfg)])
+    assert r.exit_code == 0, r.output
+    assert _json(out / "writeback" / f"{SUBJECT}.json")["entry"] == []
+    assert _json(out / "run-report.json")["review"]["writeback_reviewed_only"] is True
+    state = tmp_path / "elsewhere"
+    r = CliRunner().invoke(main, ["-q", "run", "--source", str(src), "--out", str(out), "--review-state", str(state)])
+    assert r.exit_code == 0, r.output
+    assert _json(out / "run-report.json")["review"]["decisions_file"] == str(state / "review-decisions.jsonl")
