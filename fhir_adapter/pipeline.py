@@ -249,6 +249,7 @@ def run(
         "warnings": runlog.warnings,
         "quarantine": [q.as_report() for q in runlog.quarantine],
         "coverage": coverage,
+        "cdisc": exports.cdisc_report(),
         "writeback_state": state.report(),
         "review": reviews.report(),
         **({"server_requests": requests} if (requests := source.request_stats()) is not None else {}),

@@ -15,6 +15,7 @@ from typing import Any
 from fhir_adapter import subject_ids
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.mapping.cdisc_details import race_ethnicity
 from fhir_adapter.mapping.common import codings
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import RosterInput, ref_id
@@ -41,6 +42,9 @@ class Enrollee:
     infusion: SourceRef | None = None
     end_of_study: dt.date | None = None
     infusion_time: dt.datetime | None = None
+    site_study: str | None = None   # identifier of the site-level ResearchStudy the subject is enrolled in
+    race: str | None = None
+    ethnicity: str | None = None
 
 
 @dataclass
@@ -73,6 +77,9 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
         )
     study_ids |= {s["id"] for s in data.studies
                   if ref_id((s.get("partOf") or [{}])[0].get("reference"), "ResearchStudy") in study_ids}
+    site_studies = {str(s["id"]): str(next((i.get("value") for i in s.get("identifier") or []
+                                             if isinstance(i, dict) and i.get("value")), s["id"]))
+                    for s in data.studies if s.get("id") in study_ids and s.get("partOf")}
     enrolled: dict[str, Enrollee] = {}
     excluded: dict[str, int] = {}
     seen_subject_ids: set[str] = set()
@@ -118,6 +125,9 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
             site=_site(patient),
             sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
             birth_date=_date(patient.get("birthDate"), study),
+            site_study=site_studies.get(str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy"))),
+            race=race_ethnicity(patient)[0],
+            ethnicity=race_ethnicity(patient)[1],
         )
     log.count("roster.enrolled", len(enrolled))
     for status, n in excluded.items():

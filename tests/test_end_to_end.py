@@ -162,3 +162,54 @@ def test_same_feed_same_results(trial, tmp_path: Path, study) -> None:  # type: 
     run(FileSource(tmp_path / "feed", RunLog()), study, tmp_path / "out", RunLog())
     for rel in ("results/study.json", "writeback/101-001.json", "crf/103-010.json"):
         assert (tmp_path / "out" / rel).read_bytes() == (out / rel).read_bytes(), rel
+
+
+def _csv(out: Path, domain: str) -> list[dict[str, str]]:
+    import csv
+
+    with (out / "export" / f"{domain}.csv").open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_coded_columns_hold_only_cdisc_ct_terms(trial) -> None:  # type: ignore[no-untyped-def]
+    from fhir_adapter.export.cdisc import COLUMNS, codelist
+    from fhir_adapter.export.ct import load_terminology
+
+    _, out, _ = trial
+    ct = load_terminology()
+    for domain, columns in COLUMNS.items():
+        rows = _csv(out, domain)
+        for column in columns:
+            name = codelist(column)
+            if name is None:
+                continue
+            outside = {r[column] for r in rows if r[column]} - set(ct.codelists[name].terms)
+            assert not outside, f"{domain}.{column}: {sorted(outside)[:5]} not in codelist {name}"
+    report = load(out / "run-report.json")["cdisc"]
+    assert report["ct_package"] == ct.package
+    assert report["meddra"]["dictionary"] is None and "HLT" in report["meddra"]["note"]
+    assert report["aeser_y_without_criteria"] == 0
+    # values the CT has no term for are listed, never passed through: the cellular-kinetics unit is one
+    assert any(m["column"] == "PCORRESU" for m in report["no_ct_term"])
+
+
+def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-untyped-def]
+    _, out, _ = trial
+    filled = {
+        "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "EPOCH"),
+        "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH"),
+        "LB": ("LBCAT", "LBLOINC", "LBORRESU", "LBSTRESU", "LBORUCUM", "LBORNRLO", "LBBLFL", "EPOCH"),
+        "VS": ("VSCAT", "VSLOINC", "VSORRESU", "EPOCH"),
+        "EX": ("EPOCH", "EXSTDY"),
+    }
+    for domain, columns in filled.items():
+        rows = _csv(out, domain)
+        for column in columns:
+            assert any(r[column] for r in rows), f"{domain}.{column} is never filled"
+    ae = _csv(out, "AE")
+    assert all(r["AESER"] != "Y" or "Y" in {r[f] for f in ("AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG",
+                                                             "AESMIE")} for r in ae)
+    assert {r["AEOUT"] for r in ae} <= {"RECOVERED/RESOLVED", "NOT RECOVERED/NOT RESOLVED"}
+    converted = [r for r in _csv(out, "LB") if r["LBORUCUM"] != r["LBSTUCUM"] and r["LBSTNRLO"]]
+    assert converted and all(r["LBORNRLO"] for r in converted), "original-unit ranges kept after conversion"
+    assert all(len(r[f"{d}TEST"]) <= 40 for d in ("LB", "VS", "QS", "PC", "IS") for r in _csv(out, d))

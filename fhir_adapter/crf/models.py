@@ -66,6 +66,32 @@ class Finding(_Model):
     interpretation: tuple[str, ...] = ()
     status: str = "final"
     preliminary: bool = False
+    category: str | None = Field(None, description="Observation.category code (laboratory, vital-signs, ...)")
+    loinc: str | None = Field(None, description="the LOINC code of Observation.code, when it has one")
+    method: str | None = Field(None, description="Observation.method text or display")
+    specimen: str | None = Field(None, description="Specimen.type display of Observation.specimen")
+    fasting: bool | None = Field(None, description="Specimen.collection.fastingStatus: fasting (True) or not")
+    collected: str | None = Field(None, description="Specimen.collection.collectedDateTime as sent (ISO 8601)")
+    spid: str | None = Field(None, description="Observation.identifier value")
+    orig_ref_low: float | None = Field(None, description="reference range low as sent, in orig_unit")
+    orig_ref_high: float | None = Field(None, description="reference range high as sent, in orig_unit")
+    source: SourceRef
+
+
+class NotDone(_Model):
+    """A result that was ordered or expected but not obtained: a cancelled Observation, or one with a
+    dataAbsentReason and no value. Exported as a ``--STAT`` = NOT DONE row; never used by a derivation."""
+
+    domain: Literal["LB", "VS", "PC", "QS", "IS"]
+    item: str
+    reason: str = Field(description="why: dataAbsentReason text/display, or the Observation status")
+    datetime: dt.datetime | None = None
+    date: dt.date | None = None
+    study_day: int | None = None
+    visit: str | None = None
+    category: str | None = None
+    loinc: str | None = None
+    status: str
     source: SourceRef
 
 
@@ -89,6 +115,8 @@ class Demographics(_Model):
     arm: str | None = None
     status: str
     consent_date: dt.date | None = None
+    race: str | None = Field(None, description="US Core race ombCategory display (CDISC RACE term in the export)")
+    ethnicity: str | None = Field(None, description="US Core ethnicity ombCategory display")
     source: tuple[SourceRef, ...] = ()
 
 
@@ -110,6 +138,11 @@ class Exposure(_Model):
 
 class ConMed(_Model):
     drug: str = Field(description="ingredient name, lower case")
+    verbatim: str | None = Field(None, description="the medication as the EHR names it (text or display)")
+    spid: str | None = Field(None, description="identifier value of the source resource")
+    indication: str | None = Field(None, description="reasonCode text or display")
+    dose_form: str | None = Field(None, description="Medication.form code or text")
+    route_code: str | None = Field(None, description="route code as sent (SNOMED CT)")
     rxnorm: str | None = None
     drug_class: Literal["glucocorticoid", "immunosuppressant", "antimalarial", "crs_treatment", "other"] = "other"
     dose: float | None = Field(None, description="dose per administration")
@@ -122,13 +155,18 @@ class ConMed(_Model):
     end_date: dt.date | None = None
     partial_start: str | None = None
     partial_end: str | None = None
-    source_kind: Literal["statement", "request", "administration", "dispense"] = "statement"
+    source_kind: Literal["statement", "request", "administration", "dispense", "immunization"] = "statement"
     status: str | None = None
     source: SourceRef
 
 
 class AdverseEvent(_Model):
     term: str
+    spid: str | None = Field(None, description="AdverseEvent.identifier value")
+    meddra_code: str | None = Field(None, description="code of the MedDRA coding (an LLT code)")
+    meddra_term: str | None = Field(None, description="display of the MedDRA coding")
+    severity: str | None = Field(None, description="AdverseEvent.severity code (mild, moderate, severe)")
+    action_taken: str | None = Field(None, description="action taken with the study treatment, code as sent")
     codes: tuple[str, ...] = Field(default=(), description="system|code of the event coding")
     grade: int | None = Field(None, ge=1, le=5)
     grade_approximate: bool = Field(False, description="grade mapped from mild/moderate/severe")
@@ -155,6 +193,47 @@ class AdverseEvent(_Model):
     source: SourceRef
 
 
+class MedicalHistory(_Model):
+    """MH: a Condition or an AllergyIntolerance of the subject that began before the study treatment."""
+
+    term: str
+    kind: Literal["condition", "allergy"]
+    category: str | None = None
+    spid: str | None = None
+    code: str | None = Field(None, description="system|code of the first coding")
+    meddra_code: str | None = None
+    meddra_term: str | None = None
+    occurred: bool = Field(True, description="False for a refuted condition/allergy")
+    ongoing: bool | None = None
+    recorded_date: dt.date | None = None
+    start_date: dt.date | None = None
+    start_partial: str | None = None
+    end_date: dt.date | None = None
+    end_partial: str | None = None
+    body_site: str | None = None
+    source: SourceRef
+
+
+class ProcedureRecord(_Model):
+    """PR: a Procedure other than the study infusion (the infusion is in EX)."""
+
+    term: str
+    code: str | None = Field(None, description="system|code of the first coding")
+    category: str | None = None
+    spid: str | None = None
+    occurred: bool = True
+    status: str
+    reason_not_done: str | None = None
+    indication: str | None = None
+    body_site: str | None = None
+    start: dt.datetime | None = None
+    start_date: dt.date | None = None
+    start_partial: str | None = None
+    end_date: dt.date | None = None
+    study_day: int | None = None
+    source: SourceRef
+
+
 class SubjectCRF(_Model):
     """Everything the EHR holds for one enrolled subject, mapped to CRF domains."""
 
@@ -168,6 +247,9 @@ class SubjectCRF(_Model):
     visits: list[VisitRecord] = Field(default_factory=list)
     cm: list[ConMed] = Field(default_factory=list)
     ae: list[AdverseEvent] = Field(default_factory=list)
+    mh: list[MedicalHistory] = Field(default_factory=list)
+    pr: list[ProcedureRecord] = Field(default_factory=list)
+    not_done: list[NotDone] = Field(default_factory=list, description="results not obtained (--STAT NOT DONE)")
 
     def findings_for(self, item: str) -> list[Finding]:
         return [f for f in self.findings if f.item == item]

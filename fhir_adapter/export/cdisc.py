@@ -33,16 +33,19 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
-from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
+from fhir_adapter.crf.models import Finding, NotDone, SubjectCRF, VisitRecord
+from fhir_adapter.export.ct import Terminology, load_terminology
+from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study import Study
 from fhir_adapter.timeline import study_day
 
 FINDINGS_DOMAINS = ("LB", "VS", "PC", "QS", "IS")
-DOMAINS = ("DM", "EX", *FINDINGS_DOMAINS, "CM", "AE")
+DOMAINS = ("DM", "EX", *FINDINGS_DOMAINS, "CM", "AE", "MH", "PR")
 DOMAIN_LABELS = {
     "DM": "Demographics", "EX": "Exposure", "LB": "Laboratory Test Results", "VS": "Vital Signs",
     "PC": "Pharmacokinetics Concentrations (cellular kinetics)", "QS": "Questionnaires (SLEDAI-2K, PGA)",
     "IS": "Immunogenicity Specimen Assessments", "CM": "Concomitant Medications", "AE": "Adverse Events",
+    "MH": "Medical History", "PR": "Procedures",
 }
 _IDS = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID")
 
@@ -55,27 +58,56 @@ DATA_TYPES: dict[str, str] = {
     "--STDY": "integer", "--ENDY": "integer", "--TOXGR": "integer",
 }
 
+#: the CDISC CT codelist (mappings/cdisc/ct.yaml) of each coded column (``--`` = the domain prefix)
+CODELISTS: dict[str, str] = {
+    "AGEU": "AGEU", "SEX": "SEX", "RACE": "RACE", "ETHNIC": "ETHNIC", "EPOCH": "EPOCH",
+    "--ORRESU": "UNIT", "--STRESU": "UNIT", "--NRIND": "NRIND", "--STAT": "ND", "--FAST": "NY",
+    "CMROUTE": "ROUTE", "EXROUTE": "ROUTE", "CMDOSFRM": "FRM", "CMDOSFRQ": "FREQ", "CMDOSU": "UNIT",
+    "EXDOSU": "UNIT", "AESEV": "AESEV", "AEOUT": "OUT", "AEACN": "ACN", "AESER": "NY", "AEREL": "NY",
+    "AESDTH": "NY", "AESLIFE": "NY", "AESHOSP": "NY", "AESDISAB": "NY", "AESCONG": "NY", "AESMIE": "NY",
+    "--BLFL": "NY", "AETRTEM": "NY", "AETOXAPP": "NY", "AEPREINF": "NY", "MHOCCUR": "NY", "PROCCUR": "NY",
+    "MHENRTPT": "STENRF",
+}
+
+
+def codelist(column: str) -> str | None:
+    """The CT codelist of an export column, or None for a free-text column."""
+    if column in CODELISTS:
+        return CODELISTS[column]
+    return CODELISTS.get("--" + column[2:]) if len(column) > 2 else None
+
 
 def _findings_columns(p: str) -> tuple[str, ...]:
-    return (*_IDS, f"{p}SEQ", f"{p}TESTCD", f"{p}TEST", f"{p}ORRES", f"{p}ORRESU", f"{p}STRESC", f"{p}STRESN",
-            f"{p}STRESU", f"{p}ORNRLO", f"{p}ORNRHI", f"{p}STNRLO", f"{p}STNRHI", f"{p}NRIND", f"{p}STAT",
-            f"{p}LLOQ", "VISITNUM", "VISIT", "VISITDY", f"{p}DTC", f"{p}DY", "SRCSTAT", "SRCREF", "REVSTAT")
+    extra = (f"{p}LOINC", f"{p}SPEC", f"{p}FAST", f"{p}METHOD") if p in ("LB", "IS", "PC") else \
+        (f"{p}LOINC", f"{p}METHOD")
+    return (*_IDS, f"{p}SEQ", f"{p}SPID", f"{p}TESTCD", f"{p}TEST", f"{p}CAT", f"{p}ORRES", f"{p}ORRESU",
+            f"{p}STRESC", f"{p}STRESN", f"{p}STRESU", f"{p}ORNRLO", f"{p}ORNRHI", f"{p}STNRLO", f"{p}STNRHI",
+            f"{p}NRIND", f"{p}STAT", f"{p}REASND", *extra, f"{p}LLOQ", f"{p}BLFL", "VISITNUM", "VISIT", "VISITDY",
+            "EPOCH", f"{p}DTC", f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM", "SRCSTAT", "SRCREF", "REVSTAT")
 
+
+_MEDDRA = ("LLT", "LLTCD", "DECOD", "PTCD", "HLT", "HLTCD", "HLGT", "HLGTCD", "SOC", "SOCCD")
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "DM": (*_IDS, "AGE", "AGEU", "SEX", "ARMCD", "ARM", "RFSTDTC", "RFICDTC", "SRCREF"),
+    "DM": (*_IDS, "AGE", "AGEU", "SEX", "RACE", "ETHNIC", "ARMCD", "ARM", "RFSTDTC", "RFICDTC", "SRCREF"),
     "EX": (*_IDS, "EXSEQ", "EXTRT", "EXCAT", "EXDOSE", "EXDOSU", "EXROUTE", "EXSTDTC", "EXENDTC", "EXSTDY",
-           "SRCREF"),
+           "EXENDY", "EPOCH", "SRCREF"),
     **{d: _findings_columns(d) for d in FINDINGS_DOMAINS},
-    "CM": (*_IDS, "CMSEQ", "CMTRT", "CMCODE", "CMCLAS", "CMDOSE", "CMDOSU", "CMDOSFRQ", "CMDOSTOT", "CMROUTE",
-           "CMSTDTC", "CMENDTC", "CMSTDY", "CMENDY", "SRCTYPE", "SRCSTAT", "SRCREF"),
-    "AE": (*_IDS, "AESEQ", "AETERM", "AECODE", "AETOXGR", "AETOXAPP", "AESER", "AEREL", "AERELNST", "AEOUT",
-           "AESTDTC", "AEENDTC", "AESTDY", "AEENDY", "AETRTEM", "AEPREINF", "AECAT", "SRCREF"),
+    "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMCODE", "CMCLAS", "CMINDC", "CMDOSE", "CMDOSU",
+           "CMDOSFRM", "CMDOSFRQ", "CMDOSTOT", "CMROUTE", "CMSTDTC", "CMENDTC", "CMSTDY", "CMENDY", "EPOCH",
+           "SRCTYPE", "SRCSTAT", "SRCREF"),
+    "AE": (*_IDS, "AESEQ", "AESPID", "AETERM", *(f"AE{m}" for m in _MEDDRA), "AECODE", "AESEV", "AETOXGR",
+           "AETOXAPP", "AESER", "AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE", "AEACN", "AEREL",
+           "AERELNST", "AEOUT", "AESTDTC", "AEENDTC", "AESTDY", "AEENDY", "EPOCH", "AETRTEM", "AEPREINF", "AECAT",
+           "SRCREF"),
+    "MH": (*_IDS, "MHSEQ", "MHSPID", "MHTERM", *(f"MH{m}" for m in _MEDDRA), "MHCAT", "MHOCCUR", "MHDTC",
+           "MHSTDTC", "MHENDTC", "MHENRTPT", "MHENTPT", "MHLOC", "EPOCH", "SRCTYPE", "SRCREF"),
+    "PR": (*_IDS, "PRSEQ", "PRSPID", "PRTRT", "PRDECOD", "PRCAT", "PROCCUR", "PRREASND", "PRINDC", "PRLOC",
+           "PRSTDTC", "PRENDTC", "PRSTDY", "EPOCH", "SRCSTAT", "SRCREF"),
 }
 
 _NRIND = {"H": "HIGH", "HH": "HIGH", "HU": "HIGH", "L": "LOW", "LL": "LOW", "LU": "LOW", "N": "NORMAL",
           "A": "ABNORMAL", "AA": "ABNORMAL", "POS": "ABNORMAL", "NEG": "NORMAL"}
-_FREQ = {1.0: "QD", 2.0: "BID", 3.0: "TID", 4.0: "QID", 0.5: "QOD"}
 
 
 def data_type(column: str) -> str:
@@ -151,18 +183,37 @@ def nrind(f: Finding) -> str:
 
 
 class RowBuilder:
-    """Builds the export rows of one subject's CRF; holds only study-level lookups."""
+    """Builds the export rows of one subject's CRF; holds only study-level lookups, the CT tables (with their
+    record of values that have no term) and the site's MedDRA dictionary when it has one."""
 
-    def __init__(self, study: Study) -> None:
+    def __init__(self, study: Study, ct: Terminology | None = None, meddra: Meddra | None = None) -> None:
         self.study = study
         self.study_id = study.info.id
         self.testcd = testcd_map(study)
         self.visitnum = visit_numbers(study)
         self.visit_day = {v.id: v.day for v in study.schedule.visits}
+        self.baseline = {v.id for v in study.schedule.visits if v.baseline}
+        self.ct = ct or load_terminology()
+        self.meddra = meddra
+        self.meddra_missing: set[str] = set()
+        self.serious_without_criteria = 0
 
     def _ids(self, crf: SubjectCRF, domain: str) -> dict[str, Any]:
         return {"STUDYID": self.study_id, "DOMAIN": domain, "USUBJID": f"{self.study_id}-{crf.subject_id}",
                 "SUBJID": crf.subject_id, "SITEID": crf.dm.site or ""}
+
+    def _epoch(self, crf: SubjectCRF, d: dt.date | None) -> str:
+        """SCREENING from consent to lymphodepletion (or Day 1), TREATMENT from lymphodepletion to Day 1,
+        FOLLOW-UP after Day 1; empty before consent (pre-study) or without a date."""
+        if d is None or crf.day1 is None:
+            return ""
+        if crf.dm.consent_date and d < crf.dm.consent_date:
+            return ""
+        if d > crf.day1:
+            return "FOLLOW-UP"
+        if crf.lymphodepletion_start and d >= crf.lymphodepletion_start:
+            return "TREATMENT"
+        return "TREATMENT" if d == crf.day1 else "SCREENING"
 
     def rows(self, crf: SubjectCRF) -> dict[str, list[dict[str, Any]]]:
         """Every domain's rows for ``crf`` (domains without data give an empty list)."""
@@ -173,13 +224,17 @@ class RowBuilder:
             out[domain] = rows
         out["CM"] = self.cm(crf)
         out["AE"] = self.ae(crf)
+        out["MH"] = self.mh(crf)
+        out["PR"] = self.pr(crf)
         return out
 
     def dm(self, crf: SubjectCRF) -> dict[str, Any]:
         dm = crf.dm
         return {
             **self._ids(crf, "DM"), "AGE": "" if dm.age is None else str(dm.age),
-            "AGEU": "YEARS" if dm.age is not None else "", "SEX": dm.sex, "ARMCD": dm.arm or crf.arm or "",
+            "AGEU": "YEARS" if dm.age is not None else "", "SEX": dm.sex,
+            "RACE": self.ct.term("RACE", dm.race, "RACE"), "ETHNIC": self.ct.term("ETHNIC", dm.ethnicity, "ETHNIC"),
+            "ARMCD": dm.arm or crf.arm or "",
             "ARM": dm.arm or crf.arm or "", "RFSTDTC": _date(crf.day1), "RFICDTC": _date(dm.consent_date),
             "SRCREF": " ".join(s.reference for s in dm.source),
         }
@@ -193,9 +248,11 @@ class RowBuilder:
             start = x.start.isoformat() if x.start else _date(x.start_date, x.partial_date)
             rows.append({
                 **self._ids(crf, "EX"), "EXSEQ": str(seq), "EXTRT": x.treatment, "EXCAT": x.kind.upper(),
-                "EXDOSE": num(x.dose), "EXDOSU": x.dose_unit or "", "EXROUTE": x.route or "",
+                "EXDOSE": num(x.dose), "EXDOSU": x.dose_unit or "",
+                "EXROUTE": self.ct.term("ROUTE", x.route, "EXROUTE"),
                 "EXSTDTC": start,
                 "EXENDTC": _date(x.end_date), "EXSTDY": "" if x.study_day is None else str(x.study_day),
+                "EXENDY": self._dy(crf, x.end_date), "EPOCH": self._epoch(crf, x.start_date),
                 "SRCREF": x.source.reference,
             })
         return rows
@@ -222,6 +279,11 @@ class RowBuilder:
         for v in sorted(crf.visits, key=lambda r: float(keys[r.visit][0])):
             for f in v.values.values():
                 out[f.domain].append(self._finding(crf, f, v.visit, keys[v.visit]))
+        labels = {v.id: v.label or v.id for v in self.study.schedule.visits}
+        for nd in crf.not_done:
+            key = (str(self.visitnum[nd.visit]), labels[nd.visit], str(self.visit_day[nd.visit])) \
+                if nd.visit in self.visitnum else ("", "", "")
+            out[nd.domain].append(self._not_done(crf, nd, key))
         for domain, rows in out.items():
             for seq, row in enumerate(rows, start=1):
                 row[f"{domain}SEQ"] = str(seq)
@@ -241,52 +303,155 @@ class RowBuilder:
             orres = _yn(f.value_bool)
         if item is not None and item.value == "coded" and f.value_bool is False:
             stresc = "NEGATIVE"
+        or_ucum = (f.orig_unit or f.unit or "") if f.value is not None else ""
+        st_ucum = f.unit or "" if f.value is not None else ""
         same_unit = f.orig_unit in (None, f.unit)
-        return {
-            **self._ids(crf, p), f"{p}TESTCD": self.testcd.get(f.item, f.item.upper()[:8]),
-            f"{p}TEST": item.label if item else f.item, f"{p}ORRES": orres,
-            f"{p}ORRESU": (f.orig_unit or f.unit or "") if f.value is not None else "", f"{p}STRESC": stresc,
+        collected = f.collected
+        dtc = _dtc(f)
+        if collected and p == "LB":
+            dtc = collected
+        row = {
+            **self._ids(crf, p), f"{p}SPID": f.spid or "", f"{p}TESTCD": self.testcd.get(f.item, f.item.upper()[:8]),
+            f"{p}TEST": (item.label if item else f.item)[:40], f"{p}CAT": (f.category or "").upper(),
+            f"{p}ORRES": orres,
+            f"{p}ORRESU": self.ct.term("UNIT", or_ucum, f"{p}ORRESU"), f"{p}STRESC": stresc,
             f"{p}STRESN": num(f.value) if f.value is not None and not f.comparator else "",
-            f"{p}STRESU": f.unit or "" if f.value is not None else "",
-            f"{p}ORNRLO": num(f.ref_low) if same_unit else "",
-            f"{p}ORNRHI": num(f.ref_high) if same_unit else "",
+            f"{p}STRESU": self.ct.term("UNIT", st_ucum, f"{p}STRESU"),
+            f"{p}ORNRLO": num(f.ref_low) if same_unit else num(f.orig_ref_low),
+            f"{p}ORNRHI": num(f.ref_high) if same_unit else num(f.orig_ref_high),
             f"{p}STNRLO": num(f.ref_low), f"{p}STNRHI": num(f.ref_high), f"{p}NRIND": nrind(f),
-            f"{p}STAT": "",
+            f"{p}STAT": "", f"{p}REASND": "", f"{p}LOINC": f.loinc or "", f"{p}METHOD": (f.method or "").upper(),
             f"{p}LLOQ": num(item.lloq) if item and item.lloq is not None else "",
-            "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], f"{p}DTC": _dtc(f),
-            f"{p}DY": "" if f.study_day is None else str(f.study_day), "SRCSTAT": f.status,
+            f"{p}BLFL": "Y" if visit in self.baseline else "",
+            "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], "EPOCH": self._epoch(crf, f.date),
+            f"{p}DTC": dtc, f"{p}DY": "" if f.study_day is None else str(f.study_day),
+            f"{p}ORUCUM": or_ucum, f"{p}STUCUM": st_ucum, "SRCSTAT": f.status,
             "SRCREF": f.source.reference, "_visit": visit, "_item": f.item,
+        }
+        if f"{p}SPEC" in COLUMNS[p]:
+            row[f"{p}SPEC"] = (f.specimen or "").upper()
+            row[f"{p}FAST"] = _yn(f.fasting)
+        return row
+
+    def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> dict[str, Any]:
+        p = nd.domain
+        item = self.study.items.get(nd.item)
+        when = nd.datetime.isoformat() if nd.datetime else _date(nd.date)
+        return {
+            **self._ids(crf, p), f"{p}TESTCD": self.testcd.get(nd.item, nd.item.upper()[:8]),
+            f"{p}TEST": (item.label if item else nd.item)[:40], f"{p}CAT": (nd.category or "").upper(),
+            f"{p}STAT": "NOT DONE", f"{p}REASND": nd.reason, f"{p}LOINC": nd.loinc or "",
+            "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], "EPOCH": self._epoch(crf, nd.date),
+            f"{p}DTC": when, f"{p}DY": "" if nd.study_day is None else str(nd.study_day), "SRCSTAT": nd.status,
+            "SRCREF": nd.source.reference, "_visit": nd.visit or "", "_item": nd.item,
         }
 
     def cm(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []
         for seq, c in enumerate(crf.cm, start=1):
             freq = c.frequency_per_day
+            route = self.ct.first("ROUTE", [v for v in (c.route_code, c.route) if v], "CMROUTE")
             rows.append({
-                **self._ids(crf, "CM"), "CMSEQ": str(seq), "CMTRT": c.drug, "CMCODE": c.rxnorm or "",
-                "CMCLAS": c.drug_class.upper(), "CMDOSE": num(c.dose), "CMDOSU": c.dose_unit or "",
-                "CMDOSFRQ": "" if freq is None else _FREQ.get(freq, f"{num(freq)} PER DAY"),
-                "CMDOSTOT": num(c.daily_dose_mg), "CMROUTE": c.route or "",
+                **self._ids(crf, "CM"), "CMSEQ": str(seq), "CMSPID": c.spid or "",
+                "CMTRT": c.verbatim or c.drug, "CMDECOD": c.drug.upper() if c.drug_class != "other" or c.rxnorm
+                else "", "CMCODE": c.rxnorm or "",
+                "CMCLAS": c.drug_class.upper(), "CMINDC": c.indication or "", "CMDOSE": num(c.dose),
+                "CMDOSU": self.ct.term("UNIT", c.dose_unit, "CMDOSU"),
+                "CMDOSFRM": self.ct.term("FRM", c.dose_form, "CMDOSFRM"),
+                "CMDOSFRQ": "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ"),
+                "CMDOSTOT": num(c.daily_dose_mg), "CMROUTE": route,
                 "CMSTDTC": _date(c.start_date, c.partial_start), "CMENDTC": _date(c.end_date, c.partial_end),
                 "CMSTDY": self._dy(crf, c.start_date), "CMENDY": self._dy(crf, c.end_date),
+                "EPOCH": self._epoch(crf, c.start_date),
                 "SRCTYPE": c.source_kind, "SRCSTAT": c.status or "", "SRCREF": c.source.reference,
             })
         return rows
+
+    def _meddra(self, p: str, code: str | None, term: str | None) -> dict[str, str]:
+        """The MedDRA columns of an event: LLT from the EHR's coding; PT and above from the site's dictionary
+        (without one the PT columns repeat the coding, read as a PT-level code, and HLT…SOC stay empty)."""
+        out = {f"{p}{m}": "" for m in _MEDDRA}
+        if not code:
+            return out
+        out |= {f"{p}LLT": term or "", f"{p}LLTCD": code}
+        h = self.meddra.hierarchy(code) if self.meddra else None
+        if h is None:
+            if self.meddra is not None:
+                self.meddra_missing.add(code)
+            return out | {f"{p}DECOD": term or "", f"{p}PTCD": code}
+        return out | {f"{p}LLT": h.llt, f"{p}DECOD": h.pt, f"{p}PTCD": h.pt_code, f"{p}HLT": h.hlt,
+                      f"{p}HLTCD": h.hlt_code, f"{p}HLGT": h.hlgt, f"{p}HLGTCD": h.hlgt_code, f"{p}SOC": h.soc,
+                      f"{p}SOCCD": h.soc_code}
 
     def ae(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []
         for seq, a in enumerate(crf.ae, start=1):
             cat = "CRS" if a.crs else ("ICANS" if a.icans else "")
+            flags = self.ct.serious_flags(a.serious_criteria)
+            if a.serious and not flags:
+                self.serious_without_criteria += 1
+            known = a.serious is not None
             rows.append({
-                **self._ids(crf, "AE"), "AESEQ": str(seq), "AETERM": a.term, "AECODE": ";".join(a.codes),
+                **self._ids(crf, "AE"), "AESEQ": str(seq), "AESPID": a.spid or "", "AETERM": a.term,
+                **self._meddra("AE", a.meddra_code, a.meddra_term),
+                "AECODE": ";".join(a.codes),
+                "AESEV": self.ct.term("AESEV", a.severity, "AESEV"),
                 "AETOXGR": "" if a.grade is None else str(a.grade),
                 "AETOXAPP": _yn(a.grade_approximate or None),
-                "AESER": _yn(a.serious), "AEREL": _yn(a.related), "AERELNST": a.relatedness or "",
-                "AEOUT": a.outcome or "", "AESTDTC": _date(a.onset_date, a.onset_partial),
+                "AESER": _yn(a.serious),
+                **{f: ("Y" if f in flags else "N") if known else ""
+                   for f in ("AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE")},
+                "AEACN": self.ct.term("ACN", a.action_taken, "AEACN"),
+                "AEREL": _yn(a.related), "AERELNST": "",
+                "AEOUT": self.ct.term("OUT", a.outcome, "AEOUT"), "AESTDTC": _date(a.onset_date, a.onset_partial),
                 "AEENDTC": _date(a.resolution_date, a.resolution_partial),
                 "AESTDY": "" if a.study_day is None else str(a.study_day),
                 "AEENDY": "" if a.end_study_day is None else str(a.end_study_day),
+                "EPOCH": self._epoch(crf, a.onset_date),
                 "AETRTEM": _yn(a.teae), "AEPREINF": _yn(a.pre_infusion or None), "AECAT": cat,
                 "SRCREF": a.source.reference,
             })
         return rows
+
+    def mh(self, crf: SubjectCRF) -> list[dict[str, Any]]:
+        rows = []
+        for seq, m in enumerate(crf.mh, start=1):
+            enrtpt = "" if m.ongoing is None else ("ONGOING" if m.ongoing else "BEFORE")
+            rows.append({
+                **self._ids(crf, "MH"), "MHSEQ": str(seq), "MHSPID": m.spid or "", "MHTERM": m.term,
+                **self._meddra("MH", m.meddra_code, m.meddra_term),
+                "MHCAT": (m.category or m.kind).upper().replace("-", " "), "MHOCCUR": "Y" if m.occurred else "N",
+                "MHDTC": _date(m.recorded_date), "MHSTDTC": _date(m.start_date, m.start_partial),
+                "MHENDTC": _date(m.end_date, m.end_partial), "MHENRTPT": enrtpt,
+                "MHENTPT": _date(crf.dm.consent_date) if enrtpt else "", "MHLOC": (m.body_site or "").upper(),
+                "EPOCH": self._epoch(crf, m.start_date), "SRCTYPE": m.source.resource_type,
+                "SRCREF": m.source.reference,
+            })
+        return rows
+
+    def pr(self, crf: SubjectCRF) -> list[dict[str, Any]]:
+        rows = []
+        for seq, r in enumerate(crf.pr, start=1):
+            start = r.start.isoformat() if r.start else _date(r.start_date, r.start_partial)
+            rows.append({
+                **self._ids(crf, "PR"), "PRSEQ": str(seq), "PRSPID": r.spid or "", "PRTRT": r.term,
+                "PRDECOD": r.code or "", "PRCAT": (r.category or "").upper(), "PROCCUR": "Y" if r.occurred else "N",
+                "PRREASND": r.reason_not_done or "", "PRINDC": r.indication or "", "PRLOC": (r.body_site or "").upper(),
+                "PRSTDTC": start, "PRENDTC": _date(r.end_date),
+                "PRSTDY": "" if r.study_day is None else str(r.study_day), "EPOCH": self._epoch(crf, r.start_date),
+                "SRCSTAT": r.status, "SRCREF": r.source.reference,
+            })
+        return rows
+
+    def cdisc_report(self) -> dict[str, Any]:
+        """What the run report says about the CDISC exports: the CT package and the values without a term,
+        the MedDRA dictionary in use (or why the hierarchy columns are empty), AESER=Y without criteria."""
+        meddra: dict[str, Any] = {"dictionary": str(self.meddra.folder), "version": self.meddra.version,
+                                  "codes_not_in_dictionary": sorted(self.meddra_missing)} if self.meddra else {
+            "dictionary": None,
+            "note": "no MedDRA dictionary configured (meddra_dir in the site overlay, or FHIR_ADAPTER_MEDDRA_DIR): "
+                    "--LLT/--LLTCD hold the EHR's MedDRA coding, --DECOD/--PTCD repeat it as sent, and "
+                    "--HLT, --HLGT, --SOC (and codes) stay empty",
+        }
+        return {**self.ct.report(), "meddra": meddra,
+                "aeser_y_without_criteria": self.serious_without_criteria}

@@ -1,6 +1,7 @@
 """``OUT/export/``: the EDC exports of a run, written subject by subject.
 
-* ``<DOMAIN>.csv`` for DM, EX, LB, VS, PC, QS, IS, CM, AE (CDISC-style columns, :mod:`.cdisc`);
+* ``<DOMAIN>.csv`` for DM, EX, LB, VS, PC, QS, IS, CM, AE, MH, PR (CDISC columns, :mod:`.cdisc`; which IG
+  variable each column serves: ``mappings/cdisc/variables.csv`` → docs/cdisc-mapping.md);
 * ``odm.xml`` — CDISC ODM 1.3.2 ClinicalData with its MetaDataVersion (:mod:`.odm`);
 * ``coverage.csv`` and ``coverage-subjects.csv`` (:mod:`.coverage`).
 
@@ -16,6 +17,7 @@ from typing import IO, Any
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, FINDINGS_DOMAINS, RowBuilder
 from fhir_adapter.export.coverage import Coverage
+from fhir_adapter.export.meddra import Meddra, meddra_folder
 from fhir_adapter.export.odm import OdmWriter
 from fhir_adapter.export.sanitize import csv_row
 from fhir_adapter.runlog import Quarantined
@@ -26,7 +28,8 @@ class ExportWriter:
     def __init__(self, folder: Path, study: Study) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.rows = RowBuilder(study)
+        folder_setting = meddra_folder(study.meddra_dir)
+        self.rows = RowBuilder(study, meddra=Meddra(folder_setting) if folder_setting else None)
         self._files: dict[str, IO[str]] = {}
         self._csv: dict[str, csv.DictWriter[str]] = {}
         for domain in DOMAINS:
@@ -66,3 +69,7 @@ class ExportWriter:
         report = self.coverage.close(run_counts)
         report["export_rows"] = dict(self.counts)
         return report
+
+    def cdisc_report(self) -> dict[str, Any]:
+        """The run report's ``cdisc`` section (CT package, values without a CT term, MedDRA)."""
+        return self.rows.cdisc_report()

@@ -181,6 +181,35 @@ def _sub(ext: dict[str, Any], url: str) -> dict[str, Any] | None:
     return next(iter(_ext(ext, url)), None)
 
 
+def _displayed(cc: Any) -> list[tuple[str, str, str | None]]:
+    """(system, code, display) of every coding of a CodeableConcept."""
+    if not isinstance(cc, dict):
+        return []
+    return [(str(c.get("system")), str(c.get("code")), c.get("display")) for c in cc.get("coding") or []
+            if isinstance(c, dict) and c.get("code")]
+
+
+def _identifier(r: dict[str, Any]) -> str | None:
+    ident = r.get("identifier")
+    first = ident[0] if isinstance(ident, list) and ident else ident
+    return str(first["value"]) if isinstance(first, dict) and first.get("value") else None
+
+
+def _action_taken(r: dict[str, Any]) -> str | None:
+    """Action taken with the study treatment: the R5 ``mitigatingAction`` cross-version extension (its
+    ``item`` sub-extension, or its own value) — the element the FHIR-to-CDISC IG names for AEACN."""
+    for ext in r.get("extension") or []:
+        if not str(ext.get("url", "")).endswith("AdverseEvent.mitigatingAction"):
+            continue
+        values = [ext] + [x for x in ext.get("extension") or [] if x.get("url") == "item"]
+        for v in values:
+            cc = v.get("valueCodeableConcept")
+            code = next((c for _, c in codings(cc) if c), None) or next(iter(texts(cc)), None)
+            if code:
+                return code
+    return None
+
+
 def _words(text: str) -> str:
     return " ".join(re.sub(r"[-_]", " ", text.lower()).split())
 
@@ -207,6 +236,7 @@ class AdverseEventMapper:
         self._product_names = [
             re.compile(rf"(?<!\w){re.escape(n)}(?!\w)", re.IGNORECASE) for n in self.s.product_names
         ]
+        self.meddra_systems = {url for alias, url in self.s.code_systems.items() if alias.startswith("meddra")}
         self._resolved = {o for o in self.s.resolved_outcomes if "|" not in o}
         self._resolved_codes = {self.s.resolve(o) for o in self.s.resolved_outcomes if "|" in o}
         self.is_crs, self.is_icans, self.is_hematologic = (
@@ -286,8 +316,15 @@ class AdverseEventMapper:
         onset_d = onset.date if onset else None
         end_d = end.date if end else None
         term_all = " ".join([*terms, term])
+        meddra = next(((c, d) for sys_, c, d in _displayed(event) if sys_ in self.meddra_systems), None)
+        sev = r.get("severity")
         return AdverseEvent(
             term=term,
+            spid=_identifier(r),
+            meddra_code=meddra[0] if meddra else None,
+            meddra_term=meddra[1] if meddra else None,
+            severity=next((c for _, c in codings(sev) if c), None) or next(iter(texts(sev)), None),
+            action_taken=_action_taken(r),
             codes=tuple(f"{s}|{c}" for s, c in codes),
             grade=grade,
             grade_approximate=approximate,

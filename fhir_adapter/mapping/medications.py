@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fhir_adapter import units
 from fhir_adapter.crf.models import ConMed, SourceRef
+from fhir_adapter.mapping.cdisc_details import medication_details
 from fhir_adapter.mapping.clinical_drug import ClinicalDrug, parse_clinical_drug
 from fhir_adapter.mapping.common import (
     Unusable,
@@ -251,6 +252,8 @@ class MedicationMapper:
                     self.log.count("medications.study-treatment")
                     continue
                 records = self._records(r, drug, subject_id)
+                details = medication_details(r, resources)
+                records = [c.model_copy(update=details) for c in records]
             except Unusable as rej:
                 self.log.reject(
                     rtype, r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r

@@ -30,6 +30,7 @@ from typing import Any
 
 from fhir_adapter import units
 from fhir_adapter.crf.models import Finding, SourceRef
+from fhir_adapter.mapping.cdisc_details import finding_details
 from fhir_adapter.mapping.common import Unusable, codings, latest, quantity_unit
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.study import Study
@@ -58,10 +59,17 @@ class ObservationMapper:
         self.tz = study.info.timezone
         self._positive = {k: {study.resolve_code(c) for c in it.positive_codes} for k, it in study.items.items()}
         self._negative = {k: {study.resolve_code(c) for c in it.negative_codes} for k, it in study.items.items()}
+        self.specimens: dict[str, dict[str, Any]] = {}
+        self.not_done_obs: list[tuple[dict[str, Any], str]] = []
 
-    def map(self, observations: list[dict[str, Any]], subject_id: str) -> list[Finding]:
+    def map(self, observations: list[dict[str, Any]], subject_id: str,
+            specimens: dict[str, dict[str, Any]] | None = None) -> list[Finding]:
+        """The findings of one subject; the results not obtained (cancelled, or a dataAbsentReason and no
+        value) are kept apart in :attr:`not_done_obs` as (Observation, item) for the NOT DONE rows."""
         out: list[Finding] = []
         seen: set[tuple[Any, ...]] = set()
+        self.specimens = specimens or {}
+        self.not_done_obs = []
         for obs in latest(observations):
             status = obs.get("status")
             if status not in R4_STATUSES:
@@ -71,6 +79,8 @@ class ObservationMapper:
                 continue
             if status not in USED_STATUSES:
                 self.log.count(f"observations.not-used.{status}")
+                if status == "cancelled":
+                    self.not_done_obs += [(obs, item_id) for item_id, _ in self._matches(obs)]
                 continue
             for item_id, part in self._matches(obs):
                 try:
@@ -78,6 +88,8 @@ class ObservationMapper:
                 except Unusable as rej:
                     self.log.reject("Observation", obs.get("id"), rej.rule, rej.reason, rej.fix,
                                     subject_id=subject_id, raw=obs)
+                    if rej.rule == "data-absent":
+                        self.not_done_obs.append((obs, item_id))
                     continue
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:  # quarantine this one only
                     reason = f"{item_id}: {exc}".splitlines()[0]
@@ -147,6 +159,7 @@ class ObservationMapper:
         return Finding(
             domain=item.domain, item=item_id, datetime=fd.datetime, date=fd.date, partial_date=fd.partial,
             interpretation=interp, status=str(obs.get("status")), preliminary=obs.get("status") == "preliminary",
+            **finding_details(obs, part, self.specimens),
             source=SourceRef(resource_type="Observation", id=str(obs.get("id")),
                              version=(obs.get("meta") or {}).get("versionId")),
             **fields,

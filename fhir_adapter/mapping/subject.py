@@ -12,7 +12,10 @@ from typing import Any
 from fhir_adapter.crf.models import Demographics, SubjectCRF
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper
+from fhir_adapter.mapping.cdisc_details import immunizations
+from fhir_adapter.mapping.cdisc_details import not_done as nd
 from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure
+from fhir_adapter.mapping.history import HistoryMapper
 from fhir_adapter.mapping.medications import MedicationMapper
 from fhir_adapter.mapping.observations import ObservationMapper
 from fhir_adapter.mapping.participation import participation
@@ -47,11 +50,15 @@ class SubjectMapper:
         self.observations = ObservationMapper(study, log)
         self.medications = MedicationMapper(study, log)
         self.adverse_events = AdverseEventMapper(study, log)
+        self.history = HistoryMapper(study, log, self.adverse_events.meddra_systems)
 
     def map(self, e: Enrollee, resources: list[dict[str, Any]]) -> SubjectCRF:
         resources = valid_resources(resources, e.subject_id, self.log)
         obs = [r for r in resources if r.get("resourceType") == "Observation"]
-        findings = self.observations.map(obs, e.subject_id)
+        specimens = {str(r.get("id")): r for r in resources if r.get("resourceType") == "Specimen"}
+        findings = self.observations.map(obs, e.subject_id, specimens)
+        not_done = [nd(o, item, self.study.items[item].domain, self.study, e.day1)
+                    for o, item in self.observations.not_done_obs]
         span = participation(e, self.study)
         before = sum(1 for f in findings if span.position(f.date) == "before")
         after = sum(1 for f in findings if span.position(f.date) == "after")
@@ -64,11 +71,15 @@ class SubjectMapper:
                           f"{span.end_basis}) were not used", subject_id=e.subject_id, rule="participation")
         ex = map_exposure(e, resources, self.study, self.log)
         ld_start = lymphodepletion_start(ex)
-        cm = self.medications.map(resources, e.subject_id)
+        cm = self.medications.map(resources, e.subject_id) + immunizations(resources, e.subject_id, self.study,
+                                                                           self.log)
+        mh = self.history.medical_history(resources, e.subject_id, e.day1)
+        pr = self.history.procedures(resources, e.subject_id, e.day1)
         ae = self.adverse_events.map(resources, e.subject_id, day1=e.day1, lymphodepletion_start=ld_start,
                                      infusion_id=e.infusion.id if e.infusion else None)
         dm = Demographics(
-            subject_id=e.subject_id, site=e.site, sex=e.sex,  # type: ignore[arg-type,unused-ignore]
+            subject_id=e.subject_id, site=self._site(e), sex=e.sex,  # type: ignore[arg-type,unused-ignore]
+            race=e.race, ethnicity=e.ethnicity,
             age=age_at(e.birth_date, e.consent_date), arm=e.arm, status=e.status, consent_date=e.consent_date,
             source=(e.research_subject,),
         )
@@ -76,5 +87,12 @@ class SubjectMapper:
         self.log.count("crf.visits", len(visits))
         return SubjectCRF(
             subject_id=e.subject_id, arm=e.arm, day1=e.day1, lymphodepletion_start=ld_start,
-            dm=dm, ex=ex, findings=findings, visits=visits, cm=cm, ae=ae,
+            dm=dm, ex=ex, findings=findings, visits=visits, cm=cm, ae=ae, mh=mh, pr=pr, not_done=not_done,
         )
+
+    def _site(self, e: Enrollee) -> str | None:
+        """SITEID by the site overlay's rule (``siteid``): the site-level ResearchStudy's identifier (the
+        FHIR-to-CDISC IG), else — or with ``organization`` — the Patient's managing organisation."""
+        if self.study.siteid_rule == "research-study" and e.site_study:
+            return e.site_study
+        return e.site

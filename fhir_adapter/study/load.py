@@ -53,6 +53,8 @@ class Study:
     subject_id_rule_origin: str = ""
     #: study-defined conversion factors the site overlay replaced (override_factors), for check and run-report
     overrides: list[dict[str, Any]] = field(default_factory=list)
+    siteid_rule: str = "research-study"
+    meddra_dir: Path | None = None
 
     def rule(self, name: str, model: type[M]) -> M:
         value = self.rules[name]
@@ -321,6 +323,8 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         infusion_codes=infusion, lymphodepletion_codes=ld, rules=rules, files=files,
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
         overrides=overrides,
+        siteid_rule=overlay.siteid if overlay else "research-study",
+        meddra_dir=(odoc.path.parent / overlay.meddra_dir) if overlay and odoc and overlay.meddra_dir else None,
     )
 
 

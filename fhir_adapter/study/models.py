@@ -177,6 +177,14 @@ class SiteOverlay(Strict):
         None, description="which ResearchSubject identifier is the subject ID at this site (overrides study.yaml)")
     medication_list_complete: bool | None = Field(
         None, description="the site's EHR medication list is complete: no glucocorticoid record = 0 mg/day")
+    siteid: Literal["research-study", "organization"] = Field(
+        "research-study",
+        description="SITEID: the identifier of the site-level ResearchStudy the subject is enrolled in (the "
+        "FHIR-to-CDISC IG's rule; the Patient's managing organisation when there is none), or always the "
+        "managing organisation")
+    meddra_dir: str | None = Field(
+        None, description="folder of the site's MedDRA release (MedAscii: llt.asc, mdhier.asc), relative to "
+        "this file; gives AEHLT/AEHLGT/AESOC")
 
 
 class SiteItem(Strict):

@@ -75,9 +75,11 @@ def _statement(ctx: SubjectContext, drug: str, dose_mg: float, start: date, end:
     if end is not None:
         eff["end"] = end.isoformat()
     updated = at(min(end or start, DATA_CUT - timedelta(days=1)), ctx.rng.randint(480, 1080))
+    mid = rid or new_id(ctx.rng)
     return {
-        "resourceType": "MedicationStatement", "id": rid or new_id(ctx.rng),
+        "resourceType": "MedicationStatement", "id": mid,
         "meta": {"versionId": "1", "lastUpdated": fmt_utc(updated)},
+        "identifier": [{"system": f"https://hospital.example.org/site-{ctx.site.site}/medication", "value": mid}],
         "status": "completed" if end is not None else "active",
         "medicationCodeableConcept": medication(drug),
         "subject": ctx.patient_ref(),
@@ -170,8 +172,10 @@ def _administration(ctx: SubjectContext, drug: str, dose_mg: float, start: datet
                     text: str, reason: dict[str, Any] | None = None) -> Resource | None:
     if start >= LAST_INSTANT or start.date() >= DATA_CUT:
         return None
+    mid = new_id(ctx.rng)
     res: Resource = {
-        "resourceType": "MedicationAdministration", "id": new_id(ctx.rng),
+        "resourceType": "MedicationAdministration", "id": mid,
+        "identifier": [{"system": f"https://hospital.example.org/site-{ctx.site.site}/medication", "value": mid}],
         "meta": {"versionId": "1", "lastUpdated": fmt_utc(start + timedelta(minutes=(minutes or 0) + 30))},
         "status": "completed", "medicationCodeableConcept": medication(drug), "subject": ctx.patient_ref(),
     }

@@ -119,18 +119,20 @@ def test_findings_rows_are_the_values_selected_per_visit(out: Path) -> None:
     assert len(plt) == 1, "one row per subject/visit/item: W4 keeps the minimum (select: min)"
     (w4,) = plt
     assert w4["VISIT"] == "Week 4 (day 29)" and w4["VISITNUM"] == "8" and w4["VISITDY"] == "29"
-    assert w4["LBORRES"] == "120" and w4["LBORRESU"] == "10*3/uL"
-    assert w4["LBSTRESN"] == "120" and w4["LBSTRESU"] == "10*9/L" and w4["LBDY"] == "27"
+    assert w4["LBORRES"] == "120" and w4["LBORRESU"] == "10^3/uL" and w4["LBORUCUM"] == "10*3/uL"
+    assert w4["LBSTRESN"] == "120" and w4["LBSTRESU"] == "10^9/L" and w4["LBSTUCUM"] == "10*9/L"
+    assert w4["LBDY"] == "27" and w4["LBLOINC"] == "777-3" and w4["EPOCH"] == "FOLLOW-UP"
     assert w4["LBDTC"] == "2024-02-27T09:00:00+00:00"
     assert w4["SRCREF"] == "Observation/plt-27/_history/2" and w4["SRCSTAT"] == "final"
     (c3,) = [r for r in lb if r["LBTESTCD"] == "C3"]
     assert c3["LBORRES"] == "95" and c3["LBORRESU"] == "mg/dL" and c3["LBSTRESN"] == "0.95"
-    assert c3["LBSTNRLO"] == "0.9" and c3["LBORNRLO"] == "", "original-unit range only when no conversion"
+    assert c3["LBSTNRLO"] == "0.9" and c3["LBORNRLO"] == "90", "original-unit range kept beside the standard one"
     assert c3["LBNRIND"] == "NORMAL"
     (hgb,) = [r for r in lb if r["LBTESTCD"] == "HGB"]
     assert (hgb["LBORNRLO"], hgb["LBORNRHI"], hgb["LBNRIND"]) == ("12", "16", "NORMAL")
     vs = _rows(out, "VS")
-    assert [(r["VSTESTCD"], r["VSSTRESN"], r["VSSTRESU"]) for r in vs] == [("TEMP", "38.5", "Cel")]
+    assert [(r["VSTESTCD"], r["VSSTRESN"], r["VSSTRESU"], r["VSSTUCUM"]) for r in vs] == [
+        ("TEMP", "38.5", "C", "Cel")]
     qs = {r["QSTESTCD"]: r for r in _rows(out, "QS")}
     assert qs["ARTHRIT"]["QSORRES"] == "Y" and qs["PGA"]["QSSTRESN"] == "1.5"
     assert [r["LBSEQ"] for r in lb] == [str(i) for i in range(1, len(lb) + 1)]

@@ -1,0 +1,148 @@
+"""The elements the FHIR-to-CDISC Joint Mapping IG reads beyond what the derivations need: Observation category,
+LOINC code, method, Specimen (type, fasting status, collection time), identifiers, the original-unit reference
+range; NOT DONE results; medication verbatim name, indication, dose form; Immunization into CM; US Core race and
+ethnicity. Each function reads one resource and returns plain values (docs/cdisc-mapping.md says which IG row
+each one serves)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from fhir_adapter.crf.models import ConMed, NotDone
+from fhir_adapter.mapping.common import codings, latest, texts
+from fhir_adapter.mapping.history import first_text, identifier_value, source_ref
+from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import ref_id
+from fhir_adapter.timeline import DateError, parse_fhir_date, study_day
+
+if TYPE_CHECKING:
+    from fhir_adapter.study import Study
+
+LOINC = "http://loinc.org"
+US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
+US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+#: fasting status codes (HL7 v2 table 0916 as used by Specimen.collection.fastingStatusCodeableConcept)
+FASTING = {"F": True, "NF": False, "NG": None}
+
+
+def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Category, LOINC, method, specimen, identifier and the as-sent reference range of one Observation."""
+    cat = (obs.get("category") or [None])[0]
+    details: dict[str, Any] = {
+        "category": next((c for _, c in codings(cat) if c), None) or first_text(cat),
+        "loinc": next((c for s, c in codings(part.get("code") or obs.get("code")) if s == LOINC), None),
+        "method": first_text(obs.get("method")),
+        "spid": identifier_value(obs),
+    }
+    for rr in part.get("referenceRange") or []:
+        low, high = rr.get("low") or {}, rr.get("high") or {}
+        details["orig_ref_low"] = float(low["value"]) if low.get("value") is not None else None
+        details["orig_ref_high"] = float(high["value"]) if high.get("value") is not None else None
+        break
+    sid = ref_id((obs.get("specimen") or {}).get("reference"), "Specimen")
+    spec = specimens.get(sid or "")
+    if spec is not None:
+        details["specimen"] = first_text(spec.get("type"))
+        coll = spec.get("collection") or {}
+        fasting = coll.get("fastingStatusCodeableConcept")
+        codes = [c for _, c in codings(fasting)]
+        details["fasting"] = next((FASTING[c] for c in codes if c in FASTING), None)
+        details["collected"] = coll.get("collectedDateTime") or (coll.get("collectedPeriod") or {}).get("start")
+    return details
+
+
+def not_done(obs: dict[str, Any], item: str, domain: str, study: Study, day1: dt.date | None) -> NotDone:
+    """A cancelled Observation, or one with a dataAbsentReason and no value, as a NOT DONE record."""
+    reason_cc = obs.get("dataAbsentReason")
+    reason = first_text(reason_cc) or next((c for _, c in codings(reason_cc)), None) or str(obs.get("status"))
+    when = obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start") or obs.get("issued")
+    date: dt.date | None = None
+    moment: dt.datetime | None = None
+    if isinstance(when, str):
+        try:
+            fd = parse_fhir_date(when, study.info.timezone)
+            date, moment = fd.date, fd.datetime
+        except DateError:
+            pass
+    d = study_day(date, day1) if date and day1 else None
+    visit = next((v.id for v in study.schedule.visits if d is not None and v.window[0] <= d <= v.window[1]), None)
+    cat = (obs.get("category") or [None])[0]
+    return NotDone(
+        domain=domain,  # type: ignore[arg-type,unused-ignore]
+        item=item, reason=reason, datetime=moment, date=date, study_day=d, visit=visit,
+        category=next((c for _, c in codings(cat) if c), None),
+        loinc=next((c for s, c in codings(obs.get("code")) if s == LOINC), None),
+        status=str(obs.get("status")), source=source_ref(obs),
+    )
+
+
+def medication_details(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Verbatim name, identifier, indication and dose form of a medication resource (CMTRT, CMSPID, CMINDC,
+    CMDOSFRM)."""
+    cc = medication_concept(r, siblings)
+    med = medication_resource(r, siblings) or {}
+    reasons = r.get("reasonCode") or []
+    form = med.get("form")
+    return {
+        "verbatim": first_text(cc),
+        "spid": identifier_value(r),
+        "indication": first_text(reasons[0]) if reasons else None,
+        "dose_form": next((c for _, c in codings(form) if c), None) or first_text(form),
+    }
+
+
+def immunizations(resources: list[dict[str, Any]], subject_id: str, study: Study, log: RunLog) -> list[ConMed]:
+    """Immunization (status completed) → CM records of class other, source kind ``immunization``."""
+    out: list[ConMed] = []
+    for r in latest(x for x in resources if x.get("resourceType") == "Immunization"):
+        status = str(r.get("status"))
+        if status != "completed":
+            log.count(f"immunizations.not-used.{status}")
+            continue
+        name = first_text(r.get("vaccineCode"))
+        when = r.get("occurrenceDateTime")
+        if not name or not isinstance(when, str):
+            log.reject("Immunization", r.get("id"), "unreadable", "no vaccineCode text or no occurrenceDateTime",
+                       "send vaccineCode with a display and occurrenceDateTime", subject_id=subject_id, raw=r)
+            continue
+        try:
+            fd = parse_fhir_date(when, study.info.timezone)
+        except DateError as exc:
+            log.reject("Immunization", r.get("id"), "bad-date", str(exc), "send an ISO 8601 occurrenceDateTime",
+                       subject_id=subject_id, raw=r)
+            continue
+        dose = r.get("doseQuantity") or {}
+        reasons = r.get("reasonCode") or []
+        route = r.get("route")
+        out.append(ConMed(
+            drug=name.lower(), verbatim=name, spid=identifier_value(r),
+            indication=first_text(reasons[0]) if reasons else "Prophylaxis",
+            rxnorm=None, drug_class="other",
+            dose=float(dose["value"]) if dose.get("value") is not None else None,
+            dose_unit=dose.get("code") or dose.get("unit"),
+            route=next(iter(texts(route)), None), route_code=next((c for _, c in codings(route)), None),
+            start_date=fd.date, partial_start=fd.partial, end_date=fd.date, partial_end=fd.partial,
+            source_kind="immunization", status=status, source=source_ref(r),
+        ))
+    log.count("crf.cm.immunizations", len(out))
+    return out
+
+
+def race_ethnicity(patient: dict[str, Any] | None) -> tuple[str | None, str | None]:
+    """US Core race and ethnicity: the ``ombCategory`` display, else the ``text`` sub-extension."""
+    def read(url: str) -> str | None:
+        for ext in (patient or {}).get("extension") or []:
+            if ext.get("url") != url:
+                continue
+            subs = ext.get("extension") or []
+            omb = [s.get("valueCoding") or {} for s in subs if s.get("url") == "ombCategory"]
+            if len(omb) > 1:
+                return "MULTIPLE"
+            if omb and omb[0].get("display"):
+                return str(omb[0]["display"])
+            text = next((s.get("valueString") for s in subs if s.get("url") == "text"), None)
+            return str(text) if text else None
+        return None
+    return read(US_CORE_RACE), read(US_CORE_ETHNICITY)

@@ -1,0 +1,160 @@
+"""Condition / AllergyIntolerance → MH and Procedure (other than the study infusion) → PR, following the
+FHIR-to-CDISC Joint Mapping IG (MH and PR rows; docs/cdisc-mapping.md).
+
+* **MH** — every Condition and AllergyIntolerance of the subject whose onset (``onset[x]``, else
+  ``recordedDate``) is before Day 1 (or undated, or with no Day 1 known): the subject's medical history. An
+  event that starts on or after Day 1 is an adverse event, reported in AE, not here. ``entered-in-error``
+  (verificationStatus) is not used; ``refuted`` gives MHOCCUR = N. MHENRTPT/ongoing from ``clinicalStatus``
+  (active, recurrence, relapse → ongoing; inactive, remission, resolved → not).
+* **PR** — every Procedure except the study infusion and lymphodepletion codes (EX) and ``entered-in-error``;
+  ``not-done`` gives PROCCUR = N with PRREASND from ``statusReason``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from fhir_adapter.crf.models import MedicalHistory, ProcedureRecord, SourceRef
+from fhir_adapter.mapping.common import codings, latest, texts
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date, study_day
+
+if TYPE_CHECKING:
+    from fhir_adapter.study import Study
+
+ONGOING = {"active", "recurrence", "relapse"}
+NOT_ONGOING = {"inactive", "remission", "resolved"}
+
+
+def source_ref(r: dict[str, Any]) -> SourceRef:
+    return SourceRef(resource_type=str(r.get("resourceType")), id=str(r.get("id")),
+                     version=(r.get("meta") or {}).get("versionId"))
+
+
+def identifier_value(r: dict[str, Any]) -> str | None:
+    ident = r.get("identifier")
+    first = ident[0] if isinstance(ident, list) and ident else ident
+    return str(first["value"]) if isinstance(first, dict) and first.get("value") else None
+
+
+def first_text(cc: Any) -> str | None:
+    t = texts(cc)
+    return t[0] if t else None
+
+
+def _first_code(cc: Any) -> str | None:
+    c = codings(cc)
+    return f"{c[0][0]}|{c[0][1]}" if c else None
+
+
+def _category(r: dict[str, Any]) -> str | None:
+    cat = r.get("category")
+    if isinstance(cat, list):  # Condition/Procedure: CodeableConcept list or AllergyIntolerance: code list
+        first = cat[0] if cat else None
+        if isinstance(first, str):
+            return first
+        return next((c for _, c in codings(first) if c), None) or first_text(first)
+    return next((c for _, c in codings(cat) if c), None) or first_text(cat)
+
+
+class HistoryMapper:
+    def __init__(self, study: Study, log: RunLog, meddra_systems: set[str]) -> None:
+        self.study = study
+        self.log = log
+        self.tz = study.info.timezone
+        self.meddra_systems = meddra_systems
+        self.ex_codes = study.infusion_codes | study.lymphodepletion_codes
+
+    def _date(self, value: Any, r: dict[str, Any], subject_id: str) -> FhirDate | None:
+        if not isinstance(value, str):
+            return None
+        try:
+            return parse_fhir_date(value, self.tz)
+        except DateError as exc:
+            self.log.warn(f"unreadable date {value!r}: {exc}", resource=f"{r.get('resourceType')}/{r.get('id')}",
+                          subject_id=subject_id, rule="bad-date")
+            return None
+
+    def medical_history(self, resources: list[dict[str, Any]], subject_id: str,
+                        day1: dt.date | None) -> list[MedicalHistory]:
+        out: list[MedicalHistory] = []
+        for r in latest(x for x in resources if x.get("resourceType") in ("Condition", "AllergyIntolerance")):
+            verification = {c for _, c in codings(r.get("verificationStatus"))}
+            if "entered-in-error" in verification:
+                self.log.count("mh.not-used.entered-in-error")
+                continue
+            code = r.get("code")
+            term = first_text(code)
+            if not term:
+                self.log.reject(str(r.get("resourceType")), r.get("id"), "no-code", "no code text or display",
+                                "send code with its text or a coding display", subject_id=subject_id, raw=r)
+                continue
+            onset_s = r.get("onsetDateTime") or (r.get("onsetPeriod") or {}).get("start")
+            onset = self._date(onset_s, r, subject_id)
+            recorded = self._date(r.get("recordedDate"), r, subject_id)
+            start = onset or recorded
+            if day1 and start and start.date and start.date >= day1:
+                self.log.count("mh.not-used.on-study")  # on/after Day 1: an adverse event, not history
+                continue
+            end = self._date(r.get("abatementDateTime") or (r.get("abatementPeriod") or {}).get("end")
+                             or r.get("lastOccurrence"), r, subject_id)
+            clinical = {c for _, c in codings(r.get("clinicalStatus"))}
+            ongoing = True if clinical & ONGOING else (False if clinical & NOT_ONGOING else None)
+            meddra = next(((c, d) for s, c, d in _displayed(code) if s in self.meddra_systems), None)
+            kind = "allergy" if r.get("resourceType") == "AllergyIntolerance" else "condition"
+            body = first_text((r.get("bodySite") or [None])[0])
+            out.append(MedicalHistory(
+                term=term, kind=kind, category=_category(r), spid=identifier_value(r), code=_first_code(code),
+                meddra_code=meddra[0] if meddra else None, meddra_term=meddra[1] if meddra else None,
+                occurred="refuted" not in verification, ongoing=ongoing,
+                recorded_date=recorded.date if recorded else None,
+                start_date=onset.date if onset else None, start_partial=onset.partial if onset else None,
+                end_date=end.date if end else None, end_partial=end.partial if end else None,
+                body_site=body, source=source_ref(r),
+            ))
+        out.sort(key=lambda m: (m.start_date or dt.date.min, m.term, m.source.id))
+        self.log.count("crf.mh", len(out))
+        return out
+
+    def procedures(self, resources: list[dict[str, Any]], subject_id: str,
+                   day1: dt.date | None) -> list[ProcedureRecord]:
+        out: list[ProcedureRecord] = []
+        for r in latest(x for x in resources if x.get("resourceType") == "Procedure"):
+            if set(codings(r.get("code"))) & self.ex_codes:
+                continue  # the infusion and lymphodepletion are study treatment (EX)
+            status = str(r.get("status"))
+            if status == "entered-in-error":
+                self.log.count("pr.not-used.entered-in-error")
+                continue
+            term = first_text(r.get("code"))
+            if not term:
+                self.log.reject("Procedure", r.get("id"), "no-code", "no code text or display",
+                                "send Procedure.code with its text or a coding display", subject_id=subject_id, raw=r)
+                continue
+            when = r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start") or \
+                (r.get("performedRange") or {}).get("low")
+            start = self._date(when, r, subject_id)
+            end = self._date((r.get("performedPeriod") or {}).get("end"), r, subject_id)
+            reason = r.get("reasonCode") or []
+            out.append(ProcedureRecord(
+                term=term, code=_first_code(r.get("code")), category=_category(r), spid=identifier_value(r),
+                occurred=status != "not-done", status=status,
+                reason_not_done=first_text(r.get("statusReason")) if status in ("not-done", "stopped") else None,
+                indication=first_text(reason[0]) if reason else None,
+                body_site=first_text((r.get("bodySite") or [None])[0]),
+                start=start.datetime if start else None, start_date=start.date if start else None,
+                start_partial=start.partial if start else None, end_date=end.date if end else None,
+                study_day=study_day(start.date, day1) if start and start.date and day1 else None,
+                source=source_ref(r),
+            ))
+        out.sort(key=lambda p: (p.start_date or dt.date.max, p.term, p.source.id))
+        self.log.count("crf.pr", len(out))
+        return out
+
+
+def _displayed(cc: Any) -> list[tuple[str, str, str | None]]:
+    if not isinstance(cc, dict):
+        return []
+    return [(str(c.get("system")), str(c.get("code")), c.get("display")) for c in cc.get("coding") or []
+            if isinstance(c, dict) and c.get("code")]
