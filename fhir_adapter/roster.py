@@ -144,6 +144,16 @@ def _date(value: Any, study: Study) -> dt.date | None:
         return None
 
 
+def _datetime(value: Any, study: Study) -> dt.datetime | None:
+    """The date-time of a FHIR dateTime with a time of day, in the site time zone (None for a date)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_fhir_date(value, study.info.timezone).datetime
+    except DateError:
+        return None
+
+
 def _site(patient: dict[str, Any]) -> str | None:
     org = (patient.get("managingOrganization") or {})
     return ref_id(org.get("reference"), "Organization") or org.get("display")
@@ -151,7 +161,7 @@ def _site(patient: dict[str, Any]) -> str | None:
 
 def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> Enrollee:
     """Day 1 from the earliest completed infusion Procedure of the patient."""
-    found: list[tuple[dt.date, SourceRef]] = []
+    found: list[tuple[dt.date, SourceRef, dt.datetime | None]] = []
     for r in resources:
         if r.get("resourceType") != "Procedure" or not set(codings(r.get("code"))) & study.infusion_codes:
             continue
@@ -159,12 +169,13 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
             continue
         when = r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
         d = _date(when, study)
+        at = _datetime(when, study)
         if d is None:
             log.warn("infusion Procedure without a full performed date: not used for Day 1",
                      resource=f"Procedure/{r.get('id')}", subject_id=e.subject_id, rule="day1")
             continue
         found.append((d, SourceRef(resource_type="Procedure", id=str(r.get("id")),
-                                   version=(r.get("meta") or {}).get("versionId"))))
+                                   version=(r.get("meta") or {}).get("versionId")), at))
     if not found:
         log.warn("no completed LCAR-AIO infusion: Day 1 unknown, visits cannot be placed",
                  subject_id=e.subject_id, rule="day1")
@@ -173,4 +184,4 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
     if len(found) > 1:
         log.warn(f"{len(found)} infusion Procedures; Day 1 = the first ({found[0][0]})",
                  subject_id=e.subject_id, rule="day1")
-    return replace(e, day1=found[0][0], infusion=found[0][1])
+    return replace(e, day1=found[0][0], infusion=found[0][1], infusion_time=found[0][2])

@@ -240,6 +240,8 @@ class SubjectCRF(_Model):
     subject_id: str
     arm: str | None = None
     day1: dt.date | None = Field(None, description="date of the LCAR-AIO infusion (Day 1)")
+    infusion_time: dt.datetime | None = Field(
+        None, description="date-time of the infusion when the EHR records a time of day (kinetics time 0)")
     lymphodepletion_start: dt.date | None = None
     dm: Demographics
     ex: list[Exposure] = Field(default_factory=list)

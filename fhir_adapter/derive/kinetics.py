@@ -7,17 +7,21 @@ whose level falls, both levels > 0, has the area Δt·(C1 − C2)/ln(C1/C2); eve
 trapezoid). Study choices (docs/clinical-rules.md#kinetics) are settings in
 ``mappings/<study>/kinetics.yaml``.
 
-Time axis: days after the infusion, Day 1 = time 0 (:func:`fhir_adapter.timeline.days_after_infusion`).
+Time axis: actual sampling times in fractional days after time 0 (docs/clinical-rules.md#kinetics): time 0
+is the infusion's date-time when the EHR records one (the Day-1 Procedure's performed dateTime), else Day 1
+00:00 in the site time zone; a sample is taken at its effective date-time, a date-only sample at 00:00 of
+that date. A sample 6 h after the infusion is at 0.25, one at 30 h at 1.25.
 
 How a series is prepared from the CRF (PC findings of the series item); the first case that applies
 defines what happens to a sample:
 
-1. no full date, or taken before the infusion (time < 0) → not used (pre-infusion samples are baseline);
+1. no full date, or taken before the infusion (time < 0, including a Day-1 sample drawn before the infusion's
+   time) → not used (pre-infusion samples are baseline);
 2. below the limit of quantification — comparator ``<``/``<=``, or value < LLOQ (the item's ``lloq`` in
    items.yaml) — **before** the first quantifiable sample → level 0;
 3. below LLOQ **after** the first quantifiable sample → excluded (neither 0 nor LLOQ/2);
-4. otherwise the value as reported. Two samples on the same day: the later one (by time, else by order)
-   is used and the other is listed in ``notes``.
+4. otherwise the value as reported. Several samples on one day are all kept (each at its own time); two
+   samples at exactly the same time: the later in the input is used and the other is listed in ``notes``.
 
 When no sample is at time 0, the level at time 0 is taken as 0 (``zero_at_infusion``: there are no CAR-T
 cells in the blood before the infusion).
@@ -51,7 +55,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import Finding, SubjectCRF
-from fhir_adapter.timeline import days_after_infusion
 
 AucMethod = Literal["lin-up/log-down", "linear"]
 
@@ -162,6 +165,8 @@ class KineticsSeries(BaseModel):
     auc_method: AucMethod = "lin-up/log-down"
     auc_reason: str | None = Field(None, description="why AUC0-28d is None")
     persistence_day: float | None = None
+    tmax_date: dt.date | None = Field(None, description="calendar date of the Cmax sample")
+    time0: dt.datetime | None = Field(None, description="time 0: the infusion's date-time, else Day 1 00:00")
     times: list[float] = Field(default_factory=list, description="days after infusion of the used samples")
     levels: list[float] = Field(default_factory=list, description="levels used (BLQ before the first = 0)")
     excluded_blq: list[float] = Field(default_factory=list, description="times of BLQ after the first")
@@ -180,20 +185,31 @@ def _is_blq(f: Finding, lloq: float | None) -> bool:
     return f.value is not None and lloq is not None and f.value < lloq
 
 
-def _usable(findings: list[Finding], day1: dt.date, notes: list[str]) -> list[tuple[float, Finding]]:
+def time_zero(crf: SubjectCRF) -> dt.datetime | None:
+    """The infusion's date-time when the EHR recorded one, else Day 1 00:00 (site clock); None if not infused."""
+    if crf.day1 is None:
+        return None
+    return crf.infusion_time or dt.datetime.combine(crf.day1, dt.time())
+
+
+def elapsed_days(when: dt.datetime, time0: dt.datetime) -> float:
+    """Fractional days from ``time0`` to ``when``; a naive value is read on the site clock of the other."""
+    if (when.tzinfo is None) != (time0.tzinfo is None):
+        when, time0 = when.replace(tzinfo=None), time0.replace(tzinfo=None)
+    return round((when - time0).total_seconds() / 86400, 6)
+
+
+def _usable(findings: list[Finding], time0: dt.datetime, notes: list[str]) -> list[tuple[float, Finding]]:
     by_time: dict[float, Finding] = {}
     for f in findings:
         if f.date is None or (f.value is None and f.comparator is None):
             continue
-        t = float(days_after_infusion(f.date, day1))
+        t = elapsed_days(f.datetime or dt.datetime.combine(f.date, dt.time()), time0)
         if t < 0:
             continue
         if t in by_time:
-            notes.append(f"two samples on day {t:g}: {by_time[t].source.reference} replaced by the later "
+            notes.append(f"two samples at day {t:g}: {by_time[t].source.reference} replaced by the later "
                          f"{f.source.reference}")
-            prev = by_time[t]
-            if prev.datetime and f.datetime and prev.datetime > f.datetime:
-                continue
         by_time[t] = f
     return sorted(by_time.items())
 
@@ -201,11 +217,13 @@ def _usable(findings: list[Finding], day1: dt.date, notes: list[str]) -> list[tu
 def derive_series(crf: SubjectCRF, series: SeriesSettings, lloq: float | None, unit: str | None,
                   settings: KineticsSettings) -> KineticsSeries | None:
     """NCA of one series of ``crf``; None when the subject was not infused or has no sample of the item."""
-    if crf.day1 is None:
+    time0 = time_zero(crf)
+    if time0 is None:
         return None
     lloq = series.lloq if series.lloq is not None else lloq
-    out = KineticsSeries(item=series.item, unit=unit, lloq=lloq, auc_method=settings.auc_method)
-    samples = _usable(crf.findings_for(series.item), crf.day1, out.notes)
+    out = KineticsSeries(item=series.item, unit=unit, lloq=lloq, auc_method=settings.auc_method, time0=time0)
+    samples = _usable(crf.findings_for(series.item), time0, out.notes)
+    date_at = {t: f.date for t, f in samples}
     if not samples:
         return None
     seen_quantifiable = False
@@ -231,6 +249,7 @@ def derive_series(crf: SubjectCRF, series: SeriesSettings, lloq: float | None, u
         out.auc_reason = "no quantifiable sample"
         return out
     out.cmax, out.tmax_day, out.clast, out.tlast_day = res.cmax, res.tmax, res.clast, res.tlast
+    out.tmax_date = date_at.get(res.tmax) if res.tmax is not None else None
     out.persistence_day = res.tlast
     end = settings.auc_end_day
     if out.times[0] > 0:

@@ -86,7 +86,8 @@ class SubjectMapper:
         self.log.count("crf.findings", len(findings))
         self.log.count("crf.visits", len(visits))
         return SubjectCRF(
-            subject_id=e.subject_id, arm=e.arm, day1=e.day1, lymphodepletion_start=ld_start,
+            subject_id=e.subject_id, arm=e.arm, day1=e.day1, infusion_time=e.infusion_time,
+            lymphodepletion_start=ld_start,
             dm=dm, ex=ex, findings=findings, visits=visits, cm=cm, ae=ae, mh=mh, pr=pr, not_done=not_done,
         )
 

@@ -4,7 +4,7 @@
   that could fall in the window, the DLTs among them); ``effectiveDateTime`` = the last day of the DLT
   window. Written only where the evaluation is true or false (a "not evaluable" subject has none).
 * ``cart-cmax`` — ``valueQuantity`` in ``{copies}/ug{DNA}`` (UCUM), effective on the day of Cmax;
-* ``cart-tmax`` — ``valueQuantity`` in ``d``, effective on the day of Cmax;
+* ``cart-tmax`` — ``valueQuantity`` in ``d`` (fractional days after the infusion), effective on the day of Cmax;
 * ``cart-auc0-28d`` — ``valueQuantity`` in ``{copies}/ug{DNA}.d``, effective on day 28 after the infusion.
   The kinetics Observations are derived from the transgene (PC) Observations used, and written only
   where the value is not None.
@@ -55,10 +55,11 @@ def safety_observations(r: SubjectResults, e: Enrollee, study: Study) -> list[di
     ks = study.rule("kinetics", KineticsSettings)
     blq = (f" (LLOQ {k.lloq:g}; BLQ 0 before the first quantifiable value, excluded after it)"
            if k.lloq is not None else "")
-    method = (f"Non-compartmental analysis of {k.item}{blq}, days after infusion (Day 1 = 0), "
+    method = (f"Non-compartmental analysis of {k.item}{blq}, actual sampling times in fractional days after the "
+              f"infusion's date-time (else Day 1 00:00), "
               f"AUC {ks.auc_method}; fhir-adapter {__version__}")
     unit = k.unit or TRANSGENE_UNIT
-    at_tmax = day1 + dt.timedelta(days=k.tmax_day) if k.tmax_day is not None else None
+    at_tmax = k.tmax_date
     values: list[tuple[str, float | None, str, dt.date | None]] = [
         ("cart-cmax", k.cmax, unit, at_tmax),
         ("cart-tmax", k.tmax_day, "d", at_tmax),

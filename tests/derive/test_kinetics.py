@@ -9,6 +9,7 @@ Reference values: WinNonlin AUClast (linear and linear-up/log-down) from Han S.,
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from helpers import DAY1, crf, d, finding
 
+from fhir_adapter.crf.models import Finding, SourceRef
 from fhir_adapter.derive.kinetics import KineticsSettings, auc, derive_kinetics, nca
 
 DATA = Path(__file__).parent / "data" / "Theoph.csv"
@@ -156,3 +158,24 @@ def test_secondary_series_uses_its_own_item() -> None:
     assert k.primary is None and k.secondary is not None
     assert k.secondary.cmax == 45 and k.secondary.tmax_day == 10 and k.secondary.unit == "/uL"
     assert d(1) == DAY1
+
+
+def _timed(when: dt.datetime, value: float) -> Finding:
+    return Finding(domain="PC", item="car_transgene", value=value, unit="{copies}/ug{DNA}", datetime=when,
+                   date=when.date(), source=SourceRef(resource_type="Observation", id=f"t{when:%d%H}"))
+
+
+def test_actual_sampling_times_in_fractional_days_from_the_infusion_time() -> None:
+    infused = dt.datetime.combine(DAY1, dt.time(10, 0), tzinfo=dt.UTC)
+    samples = [_timed(infused - dt.timedelta(hours=2), 0.0),        # pre-dose on Day 1: not used
+               _timed(infused + dt.timedelta(hours=6), 900.0),      # 0.25
+               _timed(infused + dt.timedelta(hours=30), 4000.0),    # 1.25 (day 2, two samples that day)
+               _timed(infused + dt.timedelta(hours=40), 2500.0),    # 1.666667
+               _timed(infused + dt.timedelta(days=3), 1000.0)]      # 3 (day 4)
+    k = derive_kinetics(crf(samples, {}, infusion_time=infused), KineticsSettings(), ITEMS).primary
+    assert k is not None and k.time0 == infused
+    assert k.times == [0.0, 0.25, 1.25, 1.666667, 3.0]                # level 0 at time 0, every sample kept
+    assert (k.cmax, k.tmax_day, k.tmax_date) == (4000.0, 1.25, DAY1 + dt.timedelta(days=1))
+    # without an infusion time, time 0 is Day 1 00:00: the 16:00 sample of Day 1 is at 0.666667
+    k = derive_kinetics(crf(samples, {}), KineticsSettings(), ITEMS).primary
+    assert k is not None and k.times[:3] == [0.0, 0.333333, 0.666667] and k.tmax_day == 1.666667
