@@ -25,6 +25,8 @@ entry, for a Bundle).
 from __future__ import annotations
 
 import datetime as dt
+import re
+from collections import Counter
 from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,9 @@ from fhir_adapter.source.layout import DataFile, Layout, discover, read_document
 #: them, the subjects pass reports their bad lines
 _ROSTER, _SUBJECTS, _SHARED = "roster", "subjects", "shared"
 _OUTCOME = "OperationOutcome"
+#: a line that may reference a shared resource (checked on the bytes before looking through the parsed resource)
+_SHARED_HINT = re.compile(rb"(?:Medication|Organization|Location|Specimen)/")
+_KNOWN = frozenset((*ROSTER_TYPES, *SHARED_TYPES, _OUTCOME))
 
 
 def _pass_of(rtype: str | None) -> str | None:
@@ -93,41 +98,46 @@ class FileSource:
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
         self.roster()
         by_patient: dict[str, list[bytes | Resource]] = {pid: [] for pid in patient_ids}
-        wanted: set[tuple[str, str]] = set()
+        refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
+        counts: Counter[str] = Counter()  # counted here, added to the run log once (a lock per line is slow)
+        known = self._all_patients
         for f, n, entry, res, raw in self._resources(_SUBJECTS):
             rtype = res["resourceType"]
             if rtype not in SUBJECT_TYPES:
-                if rtype not in ROSTER_TYPES and rtype not in SHARED_TYPES:
-                    self.log.count(f"ignored.{rtype}")
+                if rtype not in _KNOWN:
+                    counts[f"ignored.{rtype}"] += 1
                 continue
-            self.log.count(f"read.{rtype}")
-            if not isinstance(res.get("id"), str) or not res["id"]:
+            counts[f"read.{rtype}"] += 1
+            rid = res.get("id")
+            if not isinstance(rid, str) or not rid:
                 self.log.reject(rtype, None, "missing-id",
                                 f"{rtype} without id: versions and references cannot be resolved",
                                 "export resources with ids", **_where(f, n, entry), raw=res)
                 continue
             pid = patient_id_of(res)
-            if pid is None:
-                self.log.reject(rtype, res.get("id"), "no-patient",
-                                "the resource names no Patient (subject/patient reference missing)",
-                                "the EHR export must set subject to the Patient", **_where(f, n, entry), raw=res)
-            elif pid in by_patient:
+            if pid in by_patient:
                 # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are
                 # parsed again (orjson, microseconds) when that subject is processed
                 by_patient[pid].append(raw.strip() if raw is not None else res)
-                wanted |= shared_references([res])
-            elif pid in self._all_patients:
-                self.log.count("skipped.not-enrolled")
+                if raw is None or _SHARED_HINT.search(raw):
+                    refs[pid] |= shared_references([res])
+            elif pid in known:
+                counts["skipped.not-enrolled"] += 1
+            elif pid is None:
+                self.log.reject(rtype, rid, "no-patient",
+                                "the resource names no Patient (subject/patient reference missing)",
+                                "the EHR export must set subject to the Patient", **_where(f, n, entry), raw=res)
             else:
-                self.log.reject(rtype, res.get("id"), "unknown-patient",
+                self.log.reject(rtype, rid, "unknown-patient",
                                 f"references Patient/{pid}, which is not in the source",
                                 "include the Patient in the export or correct the reference",
                                 **_where(f, n, entry), raw=res)
-        shared = self._read_shared(wanted)
+        for key, value in counts.items():
+            self.log.count(key, value)
+        shared = self._read_shared(set().union(*refs.values()))
         for pid in sorted(patient_ids):
             resources = [_parsed(x) for x in by_patient.pop(pid)]
-            refs = shared_references(resources)
-            resources.extend(shared[key] for key in sorted(refs) if key in shared)
+            resources.extend(shared[key] for key in sorted(refs.pop(pid)) if key in shared)
             yield pid, resources
 
     # -- the passes ---------------------------------------------------------------------------------
@@ -260,7 +270,7 @@ class FileSource:
                                 "export FHIR resources only", file=f.name, line=n or 1, raw=doc)
             return
         rtype = doc["resourceType"]
-        if not is_r4_type(rtype) and rtype not in ROSTER_TYPES + SHARED_TYPES and rtype not in SUBJECT_TYPES:
+        if rtype not in SUBJECT_TYPES and rtype not in _KNOWN and not is_r4_type(rtype):
             if report:
                 rid = doc.get("id") if isinstance(doc.get("id"), str) else None
                 self.log.reject(rtype, rid, "unknown-resource-type", f"'{rtype}' is not a FHIR R4 resource type",
