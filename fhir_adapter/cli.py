@@ -87,8 +87,8 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
               help="Server settings YAML (concurrency, page size, timeouts, read mode). Secrets: environment only.")
 @click.option("--roster-csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="Site roster CSV (subject_id,patient_identifier,consent_date,arm,status) for subjects the EHR "
-                   "holds no ResearchSubject for.")
+              help="Site roster CSV (subject_id,patient_identifier,consent_date,arm,status[,infusion_date]) for "
+                   "subjects the EHR holds no ResearchSubject for (docs/integrator-guide.md).")
 @click.option("--review-state", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder of the review decision file (review-decisions.jsonl)  [default: OUT/state]")
 @click.option("--reviewed-only", is_flag=True,

@@ -19,6 +19,7 @@ import orjson
 
 from fhir_adapter import __version__
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.day1 import with_day1
 from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.mapping.subject import SubjectMapper
@@ -26,9 +27,9 @@ from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.review.run import ReviewRun
-from fhir_adapter.roster import Enrollee, RosterError, build_roster, with_day1
+from fhir_adapter.roster import Enrollee, RosterError, build_roster
 from fhir_adapter.roster_check import nobody_enrolled
-from fhir_adapter.roster_csv import csv_identifiers, reconcile, research_subject_resource
+from fhir_adapter.roster_csv import csv_identifiers, infusion_dates, is_owned, reconcile, research_subject_resource
 from fhir_adapter.runlog import Quarantined, RunLog
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.study import Study
@@ -126,8 +127,12 @@ def run(
     out = Path(out)
     summary = RunSummary(out=out)
     roster_input = source.roster(csv_identifiers(roster_csv) if roster_csv is not None else ())
+    roster_infusions = {}
     if roster_csv is not None:
         roster_input = reconcile(roster_input, roster_csv, study, runlog)
+        roster_infusions = infusion_dates(roster_csv, study, runlog)
+    owned_study = next((s for s in roster_input.studies if is_owned(s)), None)  # from study.yaml
+    day1_sources: list[dict[str, Any]] = []
     roster = build_roster(roster_input, study, runlog)
     if (empty := nobody_enrolled(roster_input, roster, study)) is not None:
         raise RosterError(empty)
@@ -164,6 +169,10 @@ def run(
         bundle_resources = writeback_resources(res, e, study, runlog)
         if e.patient_id in owned:  # a ResearchSubject the adapter created from the site roster CSV
             bundle_resources.insert(0, research_subject_resource(owned[e.patient_id], infused=e.day1 is not None))
+            if owned_study is not None:  # ... of the ResearchStudy it created from study.yaml
+                bundle_resources.insert(0, dict(owned_study))
+        day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
+                             "source": e.day1_source})
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [])
         writable = reviews.writable(review, bundle_resources)
         if len(writable) < len(bundle_resources):
@@ -203,7 +212,7 @@ def run(
 
         def fresh(e0: Enrollee = e0, resources: list[dict[str, Any]] = resources) -> None:
             q0 = len(runlog.quarantine)
-            e = with_day1(e0, resources, study, runlog)
+            e = with_day1(e0, resources, study, runlog, roster_infusions.get(e0.subject_id))
             crf = mapper.map(e, resources)
             finish(e, crf, runlog.quarantine[q0:], resources)
 
@@ -214,7 +223,8 @@ def run(
         def cached(e0: Enrollee = e0) -> None:
             path = inside(out, out / "crf" / f"{file_names.name(e0.subject_id)}.json")
             crf = SubjectCRF.model_validate_json(path.read_bytes())
-            e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"), None))
+            e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"), None),
+                        day1_source="previous run (OUT/crf)" if crf.day1 else None)
             finish(e, crf)
 
         guarded(e0, cached)
@@ -250,6 +260,7 @@ def run(
         "quarantine": [q.as_report() for q in runlog.quarantine],
         "coverage": coverage,
         "cdisc": exports.cdisc_report(),
+        "day1_sources": day1_sources,
         "writeback_state": state.report(),
         "review": reviews.report(),
         **({"server_requests": requests} if (requests := source.request_stats()) is not None else {}),

@@ -9,14 +9,13 @@ Day 1 = the date of the completed infusion Procedure (docs/clinical-rules.md#day
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from fhir_adapter import subject_ids
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.mapping.cdisc_details import race_ethnicity
-from fhir_adapter.mapping.common import codings
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import RosterInput, ref_id
 from fhir_adapter.study import Study
@@ -40,6 +39,7 @@ class Enrollee:
     birth_date: dt.date | None
     day1: dt.date | None = None
     infusion: SourceRef | None = None
+    day1_source: str | None = None  # where Day 1 came from (fhir_adapter/day1.py)
     end_of_study: dt.date | None = None
     infusion_time: dt.datetime | None = None
     site_study: str | None = None   # identifier of the site-level ResearchStudy the subject is enrolled in
@@ -73,7 +73,8 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
         found = sorted({i.get("value", "?") for s in data.studies for i in s.get("identifier") or []})
         raise RosterError(
             f"no ResearchStudy with identifier '{info.id}' in the source (found: {found or 'none'}). "
-            "Check study.id in mappings/<study>/study.yaml, or that the export includes ResearchStudy."
+            "Check study.id in mappings/<study>/study.yaml, or that the export includes ResearchStudy; an EHR "
+            "that holds no research resources enrols from the site roster: pass --roster-csv roster.csv"
         )
     study_ids |= {s["id"] for s in data.studies
                   if ref_id((s.get("partOf") or [{}])[0].get("reference"), "ResearchStudy") in study_ids}
@@ -144,44 +145,6 @@ def _date(value: Any, study: Study) -> dt.date | None:
         return None
 
 
-def _datetime(value: Any, study: Study) -> dt.datetime | None:
-    """The date-time of a FHIR dateTime with a time of day, in the site time zone (None for a date)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return parse_fhir_date(value, study.info.timezone).datetime
-    except DateError:
-        return None
-
-
 def _site(patient: dict[str, Any]) -> str | None:
     org = (patient.get("managingOrganization") or {})
     return ref_id(org.get("reference"), "Organization") or org.get("display")
-
-
-def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> Enrollee:
-    """Day 1 from the earliest completed infusion Procedure of the patient."""
-    found: list[tuple[dt.date, SourceRef, dt.datetime | None]] = []
-    for r in resources:
-        if r.get("resourceType") != "Procedure" or not set(codings(r.get("code"))) & study.infusion_codes:
-            continue
-        if r.get("status") in ("entered-in-error", "not-done", "stopped", "preparation"):
-            continue
-        when = r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
-        d = _date(when, study)
-        at = _datetime(when, study)
-        if d is None:
-            log.warn("infusion Procedure without a full performed date: not used for Day 1",
-                     resource=f"Procedure/{r.get('id')}", subject_id=e.subject_id, rule="day1")
-            continue
-        found.append((d, SourceRef(resource_type="Procedure", id=str(r.get("id")),
-                                   version=(r.get("meta") or {}).get("versionId")), at))
-    if not found:
-        log.warn("no completed LCAR-AIO infusion: Day 1 unknown, visits cannot be placed",
-                 subject_id=e.subject_id, rule="day1")
-        return e
-    found.sort(key=lambda x: x[0])
-    if len(found) > 1:
-        log.warn(f"{len(found)} infusion Procedures; Day 1 = the first ({found[0][0]})",
-                 subject_id=e.subject_id, rule="day1")
-    return replace(e, day1=found[0][0], infusion=found[0][1], infusion_time=found[0][2])

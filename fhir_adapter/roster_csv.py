@@ -6,6 +6,12 @@ Columns (header row required; extra columns ignored)::
     101-001,https://hospital.example.org/site-101/mrn|MRN0001,2024-01-10,DL1,follow-up
 
 ``patient_identifier`` is ``system|value`` (or a bare value, matched against any Patient identifier).
+An optional ``infusion_date`` column (ISO date or date-time) gives Day 1 for sites whose infusion is recorded
+in another system; the EHR's own infusion record wins when there is one (fhir_adapter/day1.py).
+
+When the EHR holds no ResearchStudy of the study (a hospital whose EHR knows nothing of the trial), the study's
+own definition in ``study.yaml`` stands in for it: an adapter-owned ResearchStudy (identifier ``study.id``,
+a deterministic id) is created and written back with the first subject's results.
 Reconciliation is idempotent: a subject the EHR already holds a ResearchSubject for (same subject ID) is
 left to the EHR; any other row becomes a ResearchSubject **owned by the adapter** — it carries a second
 identifier in the adapter's system, so the write-back may create and later update it (status, actualArm)
@@ -21,11 +27,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.day1 import RosterInfusion
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import RosterInput
 from fhir_adapter.study import Study
 from fhir_adapter.subject_ids import subject_id, subject_id_system
 from fhir_adapter.terminology import SD_RESEARCH_SUBJECT, SID_RESULT
+from fhir_adapter.timeline import DateError, parse_fhir_date
 from fhir_adapter.writeback.identifiers import result_identifier
 
 REQUIRED = ("subject_id", "patient_identifier", "consent_date", "arm", "status")
@@ -71,6 +79,11 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
     held = {subject_id(rs, study.subject_id_rule) for rs in data.subjects}
     study_id = next((s["id"] for s in data.studies
                      if any(i.get("value") == study.info.id for i in s.get("identifier") or [])), None)
+    if study_id is None:
+        owned_study = research_study_resource(study)
+        data.studies.append(owned_study)
+        study_id = owned_study["id"]
+        log.count("roster_csv.research_study_from_study_yaml")
     for n, row in enumerate(rows, start=2):
         sid = (row.get("subject_id") or "").strip()
         if not sid:
@@ -101,6 +114,51 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         })
         log.count("roster_csv.created")
     return data
+
+
+SID_RESEARCH_STUDY = "https://fhir-adapter.org/fhir/sid/research-study"
+
+
+def research_study_resource(study: Study) -> dict[str, Any]:
+    """The ResearchStudy of ``study.yaml``, owned by the adapter (for an EHR that holds none)."""
+    return {
+        "resourceType": "ResearchStudy",
+        "id": str(uuid.uuid5(_NS, "ResearchStudy|" + study.info.id)),
+        "identifier": [{"system": study.info.identifier_system or SID_RESEARCH_STUDY, "value": study.info.id},
+                       {"system": SID_RESULT, "value": result_identifier(study.info.id, "study", "study",
+                                                                         "research-study")}],
+        "title": study.info.name or study.info.id,
+        "status": "active",
+    }
+
+
+def is_owned(resource: dict[str, Any]) -> bool:
+    return any(i.get("system") == SID_RESULT for i in resource.get("identifier") or [])
+
+
+def infusion_dates(path: Path, study: Study, log: RunLog) -> dict[str, RosterInfusion]:
+    """subject_id -> the ``infusion_date`` of the roster CSV (the column is optional)."""
+    out: dict[str, RosterInfusion] = {}
+    with Path(path).open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if "infusion_date" not in (reader.fieldnames or []):
+            return out
+        for n, row in enumerate(reader, start=2):
+            sid, value = (row.get("subject_id") or "").strip(), (row.get("infusion_date") or "").strip()
+            if not sid or not value:
+                continue
+            try:
+                d = parse_fhir_date(value, study.info.timezone)
+            except DateError as exc:
+                log.warn(f"{path}:{n}: subject {sid}: infusion_date {value!r} not used ({exc}); write YYYY-MM-DD "
+                         "or an ISO date-time", rule="roster-csv", subject_id=sid)
+                continue
+            if d.partial or d.date is None:
+                log.warn(f"{path}:{n}: subject {sid}: infusion_date {value!r} is not a full date; not used",
+                         rule="roster-csv", subject_id=sid)
+                continue
+            out[sid] = RosterInfusion(date=d.date, where=f"{Path(path).name}:{n}", at=d.datetime)
+    return out
 
 
 def research_subject_resource(rs: dict[str, Any], infused: bool) -> dict[str, Any]:

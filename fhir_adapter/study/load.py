@@ -44,6 +44,7 @@ class Study:
     items: dict[str, Item]
     code_index: dict[tuple[str, str], str]
     infusion_codes: frozenset[tuple[str, str]]
+    infusion_medication_codes: frozenset[tuple[str, str]]
     lymphodepletion_codes: frozenset[tuple[str, str]]
     rules: dict[str, BaseModel]
     files: dict[str, str] = field(default_factory=dict, repr=False)
@@ -302,6 +303,11 @@ def load_study(root: Path, site: Path | None = None) -> Study:
 
     infusion = frozenset(_code(sdoc, ("study", "infusion_codes", i), r, systems)
                          for i, r in enumerate(info.infusion_codes))
+    if overlay is not None and odoc is not None:
+        infusion |= frozenset(_code(odoc, ("infusion_codes", i), r, systems)
+                              for i, r in enumerate(overlay.infusion_codes))
+    infusion_meds = frozenset(_code(sdoc, ("study", "infusion_medication_codes", i), r, systems)
+                              for i, r in enumerate(info.infusion_medication_codes))
     ld = frozenset(_code(sdoc, ("study", "lymphodepletion_codes", i), r, systems)
                    for i, r in enumerate(info.lymphodepletion_codes))
 
@@ -320,7 +326,8 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         files[str(odoc.path)] = _sha(odoc.path)
     return Study(
         root=root, info=info, schedule=schedule, code_systems=systems, items=items, code_index=code_index,
-        infusion_codes=infusion, lymphodepletion_codes=ld, rules=rules, files=files,
+        infusion_codes=infusion, infusion_medication_codes=infusion_meds, lymphodepletion_codes=ld,
+        rules=rules, files=files,
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
         overrides=overrides,
         siteid_rule=overlay.siteid if overlay else "research-study",

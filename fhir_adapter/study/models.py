@@ -27,6 +27,8 @@ class StudyInfo(Strict):
     enrolled_statuses: tuple[str, ...] = ("on-study", "on-study-intervention", "on-study-observation", "follow-up")
     timezone: str = Field("UTC", description="site time zone in which dates are compared (IANA name)")
     infusion_codes: tuple[str, ...] = Field(description="codes (alias|code) of the Procedure that is Day 1")
+    infusion_medication_codes: tuple[str, ...] = Field(
+        default=(), description="codes of the cell product: a MedicationAdministration of it is Day 1")
     lymphodepletion_codes: tuple[str, ...] = Field(
         default=(), description="codes of the lymphodepleting agents (medication resources)"
     )
@@ -173,6 +175,8 @@ class SiteOverlay(Strict):
     code_systems: dict[str, str] = Field(default_factory=dict)
     items: dict[str, SiteItem] = Field(default_factory=dict)
     timezone: str | None = None
+    infusion_codes: tuple[str, ...] = Field(
+        default=(), description="the site's own codes (alias|code) of the infusion Procedure, added to the study's")
     subject_identifier: SubjectIdentifierRule | None = Field(
         None, description="which ResearchSubject identifier is the subject ID at this site (overrides study.yaml)")
     medication_list_complete: bool | None = Field(

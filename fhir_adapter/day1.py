@@ -1,0 +1,114 @@
+"""Day 1 of each subject: the date of the LCAR-AIO infusion (decisions.md "Time"), from what the EHR records.
+
+In order of preference:
+
+1. a completed ``Procedure`` with an infusion code (``study.yaml`` ``infusion_codes``, plus the site's own
+   under ``infusion_codes`` in its overlay);
+2. a completed ``MedicationAdministration`` of the cell product (``study.yaml`` ``infusion_medication_codes``,
+   on ``medicationCodeableConcept`` or the referenced/contained ``Medication``);
+3. the ``infusion_date`` column of the site roster CSV, for sites whose infusion lives in another system.
+
+The earliest record of the first kind found wins; where each subject's Day 1 came from is reported
+(``run-report.json`` → ``day1_sources``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.mapping.common import codings
+from fhir_adapter.mapping.medication_codes import medication_codings
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.study import Study
+from fhir_adapter.timeline import DateError, parse_fhir_date
+
+_NOT_GIVEN = {"entered-in-error", "not-done", "stopped", "preparation", "on-hold", "cancelled", "unknown"}
+
+
+@dataclass(frozen=True)
+class RosterInfusion:
+    """An infusion date(-time) from the site roster CSV and the line it came from."""
+
+    date: dt.date
+    where: str
+    at: dt.datetime | None = None  # when the column gives a time of day
+
+
+def _date(value: Any, study: Study) -> dt.date | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_fhir_date(value, study.info.timezone).date
+    except DateError:
+        return None
+
+
+def _datetime(value: Any, study: Study) -> dt.datetime | None:
+    """The date-time of a FHIR dateTime with a time of day, in the site time zone (None for a date)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_fhir_date(value, study.info.timezone).datetime
+    except DateError:
+        return None
+
+
+def _ref(r: dict[str, Any]) -> SourceRef:
+    return SourceRef(resource_type=str(r.get("resourceType")), id=str(r.get("id")),
+                     version=(r.get("meta") or {}).get("versionId"))
+
+
+def _records(resources: list[dict[str, Any]], study: Study) -> list[tuple[dict[str, Any], str | None]]:
+    """The infusion records of the subject: (resource, its performed/effective time)."""
+    out: list[tuple[dict[str, Any], str | None]] = []
+    for r in resources:
+        rtype = r.get("resourceType")
+        if r.get("status") in _NOT_GIVEN:
+            continue
+        if rtype == "Procedure" and set(codings(r.get("code"))) & study.infusion_codes:
+            out.append((r, r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")))
+        elif rtype == "MedicationAdministration" and study.infusion_medication_codes and \
+                set(medication_codings(r, resources)) & study.infusion_medication_codes:
+            out.append((r, r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")))
+    return out
+
+
+def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog,
+              roster_infusion: RosterInfusion | None = None) -> Enrollee:
+    """``e`` with Day 1 and the record it came from (``infusion``, ``day1_source``)."""
+    found: list[tuple[int, dt.date, dict[str, Any]]] = []
+    times: dict[int, dt.datetime | None] = {}
+    for r, when in _records(resources, study):
+        d = _date(when, study)
+        if d is None:
+            log.warn(f"infusion {r.get('resourceType')} without a full date: not used for Day 1",
+                     resource=f"{r.get('resourceType')}/{r.get('id')}", subject_id=e.subject_id, rule="day1")
+            continue
+        found.append((0 if r.get("resourceType") == "Procedure" else 1, d, r))
+        times[id(r)] = _datetime(when, study)
+    if found:
+        kind = min(k for k, _, _ in found)
+        first = sorted((d, str(r.get("id"))) for k, d, r in found if k == kind)
+        day1 = first[0][0]
+        r = next(r for k, d, r in found if k == kind and d == day1 and str(r.get("id")) == first[0][1])
+        if len(first) > 1:
+            log.warn(f"{len(first)} infusion {r['resourceType']}s; Day 1 = the first ({day1})",
+                     subject_id=e.subject_id, rule="day1")
+        if roster_infusion is not None and roster_infusion.date != day1:
+            log.warn(f"the roster CSV gives infusion date {roster_infusion.date} ({roster_infusion.where}) but the "
+                     f"EHR records {day1} ({r['resourceType']}/{r.get('id')}); Day 1 = the EHR's",
+                     subject_id=e.subject_id, rule="day1")
+        ref = _ref(r)
+        return replace(e, day1=day1, infusion=ref, infusion_time=times.get(id(r)),
+                       day1_source=f"{ref.resource_type}/{ref.id}")
+    if roster_infusion is not None:
+        return replace(e, day1=roster_infusion.date, infusion=None, infusion_time=roster_infusion.at,
+                       day1_source=f"roster CSV {roster_infusion.where}")
+    log.warn("no completed LCAR-AIO infusion (Procedure, MedicationAdministration of the cell product, or "
+             "infusion_date in the roster CSV): Day 1 unknown, visits cannot be placed",
+             subject_id=e.subject_id, rule="day1")
+    return e

@@ -1,0 +1,114 @@
+"""An EHR that knows nothing of the trial: study.yaml and the site roster CSV enrol the subjects, and Day 1
+comes from a Procedure (study or site code), a MedicationAdministration of the cell product, or the roster
+CSV's infusion_date — the run report says which (issue 16 item 8)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fhir_adapter.cli import main
+
+SNOMED_INFUSION = "1156961008"
+CLIN = "https://fhir-adapter.org/fhir/CodeSystem/clinical-input"
+
+
+def _read(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write(path: Path, rows: list[dict[str, object]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def no_trial_feed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, str]]:
+    """Three subjects, no ResearchStudy/ResearchSubject; subject 1's infusion a Procedure with a site code,
+    subject 2's a MedicationAdministration of the cell product, subject 3's only in the roster CSV."""
+    from fhir_adapter.synth import write_feed
+
+    feed = tmp_path_factory.mktemp("no-trial")
+    write_feed(feed, subjects=3, seed=11)
+    subjects = [s for s in _read(feed / "ResearchSubject.ndjson") if s["status"] != "ineligible"]
+    (feed / "ResearchSubject.ndjson").unlink()
+    (feed / "ResearchStudy.ndjson").unlink()
+    patients = {p["id"]: p for p in _read(feed / "Patient.ndjson")}
+    procedures = _read(feed / "Procedure.ndjson")
+    infusions = {str(p["subject"]["reference"]).split("/")[1]: p for p in procedures  # type: ignore[index]
+                 if SNOMED_INFUSION in json.dumps(p["code"])}
+    pids = [str(s["individual"]["reference"]).split("/")[1] for s in subjects]  # type: ignore[index]
+    sids = [str(s["identifier"][0]["value"]) for s in subjects]  # type: ignore[index]
+    kept: list[dict[str, object]] = []
+    admins = _read(feed / "MedicationAdministration.ndjson") if (feed / "MedicationAdministration.ndjson").exists() \
+        else []
+    for p in procedures:
+        pid = str(p["subject"]["reference"]).split("/")[1]  # type: ignore[index]
+        if p is infusions.get(pids[0]):
+            p["code"] = {"coding": [{"system": "https://hospital.example.org/procedure-code", "code": "CART-INF"}]}
+        elif p is infusions.get(pids[1]):
+            admins.append({"resourceType": "MedicationAdministration", "id": "cart-admin-1", "status": "completed",
+                           "medicationCodeableConcept": {"coding": [{"system": CLIN,
+                                                                     "code": "lcar-aio-cell-product"}]},
+                           "subject": {"reference": f"Patient/{pid}"},
+                           "effectiveDateTime": p["performedDateTime"]})
+            continue
+        elif p is infusions.get(pids[2]):
+            continue
+        kept.append(p)
+    _write(feed / "Procedure.ndjson", kept)
+    _write(feed / "MedicationAdministration.ndjson", admins)
+    lines = ["subject_id,patient_identifier,consent_date,arm,status,infusion_date"]
+    for sid, pid, s in zip(sids, pids, subjects, strict=True):
+        ident = patients[pid]["identifier"][0]  # type: ignore[index]
+        infusion = str(infusions[pid]["performedDateTime"])[:10] if pid == pids[2] else ""
+        lines.append(f"{sid},{ident['system']}|{ident['value']},{s['period']['start']},{s['assignedArm']},"  # type: ignore[index]
+                     f"follow-up,{infusion}")
+    roster = feed.parent / f"{feed.name}-roster.csv"
+    roster.write_text("\n".join(lines) + "\n")
+    site = feed.parent / f"{feed.name}-site.yaml"
+    site.write_text("site: hospital\ncode_systems:\n  hproc: https://hospital.example.org/procedure-code\n"
+                    "infusion_codes: [\"hproc|CART-INF\"]\n")
+    expected = {sids[0]: f"Procedure/{infusions[pids[0]]['id']}", sids[1]: "MedicationAdministration/cart-admin-1",
+                sids[2]: f"roster CSV {roster.name}:4"}
+    return feed, roster, {"site": str(site), **expected}
+
+
+def test_study_yaml_and_roster_csv_are_enough(no_trial_feed: tuple[Path, Path, dict[str, str]],
+                                              tmp_path: Path) -> None:
+    feed, roster, given = no_trial_feed
+    expected = dict(given)
+    site = expected.pop("site")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(roster),
+                                    "--site", site])
+    assert res.exit_code in (0, 2), res.output
+    report = json.loads((out / "run-report.json").read_text())
+    assert report["summary"]["subjects"] == 3
+    sources = {d["subject_id"]: d["source"] for d in report["day1_sources"]}
+    assert sources == expected
+    assert all(d["day1"] for d in report["day1_sources"])
+    # the adapter writes the ResearchStudy of study.yaml it enrolled them in, with its own identifier
+    bundle = json.loads(next((out / "writeback").glob("*.json")).read_text())
+    studies = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchStudy"]
+    assert studies and studies[0]["identifier"][0]["value"] == "LCAR-AIO-SLE"
+    assert bundle["entry"][0]["request"]["url"] == f"ResearchStudy/{studies[0]['id']}"
+
+
+def test_without_the_site_code_that_subject_has_no_day1(no_trial_feed: tuple[Path, Path, dict[str, str]],
+                                                        tmp_path: Path) -> None:
+    feed, roster, _ = no_trial_feed
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "o"),
+                                    "--roster-csv", str(roster)])
+    report = json.loads((tmp_path / "o" / "run-report.json").read_text())
+    missing = [d for d in report["day1_sources"] if d["source"] is None]
+    assert len(missing) == 1 and missing[0]["day1"] is None, res.output
+
+
+def test_without_a_roster_the_error_says_how_to_enrol(no_trial_feed: tuple[Path, Path, dict[str, str]],
+                                                      tmp_path: Path) -> None:
+    feed, _, _ = no_trial_feed
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1 and "--roster-csv" in res.stderr
