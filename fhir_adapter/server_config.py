@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fhir_adapter.fhir import ClientSettings, FhirClient, auth_from_env
 from fhir_adapter.study.yamlfile import read_yaml
@@ -53,8 +53,13 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     client: ClientSettings = ClientSettings()
-    read_mode: Literal["search", "batch"] = "search"
-    observation_code_param: Literal["combo-code", "code", "none"] = "combo-code"
+    read_mode: Literal["search", "batch"] = Field(
+        "search", description="search: one search per resource type and subject; batch: one batch Bundle of "
+                              "those searches per subject")
+    observation_code_param: Literal["combo-code", "code", "none"] = Field(
+        "combo-code", description="how Observations are filtered by the mapping's codes: combo-code (also "
+                                  "component codes), code, or none (read all, filter locally); "
+                                  "`fhir-adapter check --source URL` says which the server supports")
     writeback_reviewed_only: bool = False  # write back only results a reviewer has looked at (docs/review.md)
 
 

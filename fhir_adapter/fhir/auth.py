@@ -505,3 +505,20 @@ def auth_from_env(
         fhir_base_url=fhir_base_url,
         clock=clock,
     )
+
+
+#: every environment variable :func:`auth_from_env` reads, and its meaning (docs/integrator-guide.md is
+#: generated from it by fhir_adapter/docgen.py)
+AUTH_ENV: dict[str, str] = {
+    "FHIR_ADAPTER_BEARER_TOKEN": "static bearer token (value); not with the SMART variables",
+    "FHIR_ADAPTER_BEARER_TOKEN_FILE": "file holding the static bearer token (surrounding whitespace ignored)",
+    "FHIR_ADAPTER_SMART_CLIENT_ID": "SMART Backend Services: client_id registered with the EHR (iss = sub of the JWT)",
+    "FHIR_ADAPTER_SMART_KEY_FILE": "SMART: private key file, PEM (PKCS#1/PKCS#8/SEC1) or JWK / JWK Set JSON",
+    "FHIR_ADAPTER_SMART_KEY": "SMART: the same key inline (alternative to _KEY_FILE, e.g. a mounted secret)",
+    "FHIR_ADAPTER_SMART_KEY_PASSWORD": "SMART: password of an encrypted PEM key (optional)",
+    "FHIR_ADAPTER_SMART_KID": "SMART: kid of the public key registered with the EHR (JWT header)",
+    "FHIR_ADAPTER_SMART_ALG": "SMART: RS384 (default) or ES384",
+    "FHIR_ADAPTER_SMART_SCOPE": "SMART: requested scopes, e.g. system/Patient.rs system/Observation.rs",
+    "FHIR_ADAPTER_SMART_TOKEN_URL": "SMART: token endpoint; when unset it is discovered from "
+                                    "[base]/.well-known/smart-configuration",
+}

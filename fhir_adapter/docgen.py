@@ -1,0 +1,106 @@
+"""Tables of docs/integrator-guide.md generated from the settings models, so the guide cannot drift from the
+code: the server config keys (``ServerConfig`` and ``ClientSettings``: name, type, default, meaning, the
+environment variable that overrides it) and every ``FHIR_ADAPTER_*`` environment variable.
+
+    python -m fhir_adapter.docgen            # rewrite the generated blocks of docs/integrator-guide.md
+    python -m fhir_adapter.docgen --check    # exit 1 when the guide is stale (what the test suite checks)
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic.fields import FieldInfo
+
+from fhir_adapter.fhir.auth import AUTH_ENV
+from fhir_adapter.fhir.settings import ClientSettings
+from fhir_adapter.server_config import ENV_CLIENT, ENV_TOP, ServerConfig
+
+GUIDE = Path(__file__).resolve().parent.parent / "docs" / "integrator-guide.md"
+_FALLBACK = {  # fields the models leave without a description
+    "connect_timeout": "Seconds to open a connection (per attempt).",
+    "write_timeout": "Seconds to send a request body (per attempt).",
+    "pool_timeout": "Seconds to wait for a free connection of the pool.",
+    "user_agent": "User-Agent header sent with every request.",
+    "writeback_reviewed_only": "true: write back only results derived solely from reviewed values (docs/review.md).",
+}
+
+
+def _type(f: FieldInfo) -> str:
+    text = str(f.annotation).replace("typing.", "").replace("pathlib.", "").replace("<class '", "")
+    text = text.replace("'>", "").replace("Literal", "one of ")
+    return re.sub(r"PosixPath|WindowsPath", "Path", text)
+
+
+def _default(name: str, f: FieldInfo) -> str:
+    if name == "user_agent":
+        return "`fhir-adapter/<version>`"
+    value: Any = f.get_default(call_default_factory=True)
+    if isinstance(value, ClientSettings):
+        return "(see below)"
+    return f"`{value}`"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def config_table() -> str:
+    env_of = {("client", k): v for v, k in ENV_CLIENT.items()} | {("", k): v for v, k in ENV_TOP.items()}
+    rows = ["| key | type | default | meaning | environment |", "|---|---|---|---|---|"]
+    for name, f in ServerConfig.model_fields.items():
+        if name == "client":
+            continue
+        env = env_of.get(("", name))
+        rows.append(f"| `{name}` | {_cell(_type(f))} | {_default(name, f)} | "
+                    f"{_cell(f.description or _FALLBACK.get(name, ''))} | "
+                    f"{f'`{env}`' if env else ''} |")
+    for name, f in ClientSettings.model_fields.items():
+        env = env_of.get(("client", name))
+        rows.append(f"| `client.{name}` | {_cell(_type(f))} | {_default(name, f)} | "
+                    f"{_cell(f.description or _FALLBACK.get(name, ''))} | {f'`{env}`' if env else ''} |")
+    return "\n".join(rows)
+
+
+def env_table() -> str:
+    rows = ["| variable | meaning |", "|---|---|"]
+    for var, key in {**ENV_CLIENT, **ENV_TOP}.items():
+        path = f"client.{key}" if var in ENV_CLIENT else key
+        note = " (a CA bundle file)" if key == "verify" else ""
+        rows.append(f"| `{var}` | server config `{path}`{note}; overrides the `--config` file |")
+    for var, meaning in AUTH_ENV.items():
+        rows.append(f"| `{var}` | {_cell(meaning)} |")
+    return "\n".join(rows)
+
+
+BLOCKS = {"config-keys": config_table, "env-vars": env_table}
+
+
+def render(text: str) -> str:
+    for name, make in BLOCKS.items():
+        begin, end = f"<!-- BEGIN generated:{name} -->", f"<!-- END generated:{name} -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"{GUIDE}: the markers {begin} … {end} are missing")
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{begin}\n{make()}\n{end}{tail}"
+    return text
+
+
+def main(argv: list[str]) -> int:
+    current = GUIDE.read_text(encoding="utf-8")
+    fresh = render(current)
+    if "--check" in argv:
+        if fresh != current:
+            print(f"{GUIDE} is stale: run `python -m fhir_adapter.docgen`", file=sys.stderr)
+            return 1
+        return 0
+    GUIDE.write_text(fresh, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,50 @@
+"""docs/integrator-guide.md: its config-key and environment-variable tables are generated from the settings
+models and fail this test when stale (issue 16 item 9)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from fhir_adapter import docgen
+from fhir_adapter.fhir.settings import ClientSettings
+from fhir_adapter.server_config import ServerConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+GUIDE = ROOT / "docs" / "integrator-guide.md"
+
+
+def test_the_generated_tables_are_current() -> None:
+    assert docgen.main(["--check"]) == 0, "run `python -m fhir_adapter.docgen` and commit docs/integrator-guide.md"
+
+
+def test_a_stale_table_is_detected() -> None:
+    text = GUIDE.read_text()
+    stale = text.replace("`client.max_concurrency`", "`client.max_concurrency_old`")
+    assert stale != text and docgen.render(stale) == text
+
+
+def test_every_setting_is_documented_with_a_meaning() -> None:
+    table = docgen.config_table()
+    cells = [re.split(r"(?<!\\)\|", r) for r in table.splitlines()[2:]]
+    rows = {c[1].strip().strip("`"): c[4].strip() for c in cells}
+    expected = {k for k in ServerConfig.model_fields if k != "client"} | \
+        {f"client.{k}" for k in ClientSettings.model_fields}
+    assert set(rows) == expected
+    assert all(rows.values()), [k for k, v in rows.items() if not v]
+
+
+def test_every_environment_variable_the_code_reads_is_documented() -> None:
+    read = set()
+    for path in (ROOT / "fhir_adapter").rglob("*.py"):
+        read |= set(re.findall(r"\"(FHIR_ADAPTER_[A-Z0-9_]+)\"", path.read_text()))
+    documented = set(re.findall(r"`(FHIR_ADAPTER_[A-Z0-9_]+)`", docgen.env_table()))
+    assert read and read <= documented, read - documented
+
+
+def test_the_guide_covers_what_an_integrator_needs() -> None:
+    text = GUIDE.read_text()
+    for part in ("_include=ResearchSubject:individual", "combo-code", "system/Observation.rs", "system|value",
+                 "infusion_date", "--since last", "OnCalendar", "crontab", "--dry-run", "Go-live checklist",
+                 "| 64 |", "| 3 |"):
+        assert part in text, part
