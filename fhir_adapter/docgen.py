@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic.fields import FieldInfo
 
+from fhir_adapter.export import meddra
 from fhir_adapter.fhir.auth import AUTH_ENV
 from fhir_adapter.fhir.settings import ClientSettings
 from fhir_adapter.server_config import ENV_CLIENT, ENV_TOP, ServerConfig
@@ -73,6 +74,8 @@ def env_table() -> str:
         rows.append(f"| `{var}` | server config `{path}`{note}; overrides the `--config` file |")
     for var, meaning in AUTH_ENV.items():
         rows.append(f"| `{var}` | {_cell(meaning)} |")
+    rows.append(f"| `{meddra.ENV_DIR}` | the `MedAscii` folder of the site's licensed MedDRA release (else the "
+                "overlay's `meddra_dir`); for MedDRA terms in the CDISC exports |")
     return "\n".join(rows)
 
 

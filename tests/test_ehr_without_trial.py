@@ -35,6 +35,9 @@ def no_trial_feed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path,
     subjects = [s for s in _read(feed / "ResearchSubject.ndjson") if s["status"] != "ineligible"]
     (feed / "ResearchSubject.ndjson").unlink()
     (feed / "ResearchStudy.ndjson").unlink()
+    manifest = json.loads((feed / "manifest.json").read_text())
+    manifest["output"] = [o for o in manifest["output"] if o["type"] not in ("ResearchStudy", "ResearchSubject")]
+    (feed / "manifest.json").write_text(json.dumps(manifest))
     patients = {p["id"]: p for p in _read(feed / "Patient.ndjson")}
     procedures = _read(feed / "Procedure.ndjson")
     infusions = {str(p["subject"]["reference"]).split("/")[1]: p for p in procedures  # type: ignore[index]
