@@ -142,8 +142,12 @@ def create_app(cfg: ReviewConfig) -> Starlette:
             v = visits.setdefault(i["visit"], {"visit": i["visit"], "label": i["visit_label"],
                                                "date": i["visit_date"], "rows": []})
             v["rows"].append(i)
+        present = {(i["visit"], i["item"]) for i in items}
+        orphans = [{**d, "changes": status_of(None, d)[1]} for (s, v, it), d in sorted(current.items())
+                   if s == sid and (v, it) not in present]
         return render("subject.html.j2", subject_id=sid, doc=subjects[sid], visits=list(visits.values()),
-                      progress=_progress(items), only=only, endpoints=ws.endpoints(sid), torn=torn)
+                      progress=_progress(items), only=only, endpoints=ws.endpoints(sid), torn=torn,
+                      orphans=orphans)
 
     async def item(request: Request) -> Response:
         sid, visit, item_id = (request.path_params[k] for k in ("subject", "visit", "item"))

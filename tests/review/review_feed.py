@@ -19,13 +19,15 @@ SUBJECT = "101-001"
 C3 = "4485-9"
 
 
-def feed(*, amend_chosen: bool = False) -> Feed:
-    """``amend_chosen``: the EHR later corrects the day-176 C3 (version 2, another value)."""
+def feed(*, amend_chosen: bool = False, retract_w12: bool = False) -> Feed:
+    """``amend_chosen``: the EHR later corrects the day-176 C3 (version 2, another value);
+    ``retract_w12``: the week-12 C3 is entered-in-error (version 3)."""
     f = Feed()
     f.subject("p1", SUBJECT, name="Carol Testperson", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     f.subject("p2", "101-002", name="Dana Testperson", mrn="MRN-2", birth="1979-05-05", day1=DAY1)
     f.obs("p1", C3, at(DAY1, -7), value=0.5, unit="g/L", id_="c3-bl", meta={"versionId": "1"})
-    f.obs("p1", C3, at(DAY1, 85), value=0.8, unit="g/L", id_="c3-w12", status="amended", meta={"versionId": "2"})
+    f.obs("p1", C3, at(DAY1, 85), value=0.8, unit="g/L", id_="c3-w12", meta={"versionId": "2"},
+          status="entered-in-error" if retract_w12 else "amended")
     f.obs("p1", C3, at(DAY1, 169), value=0.9, unit="g/L", id_="c3-w24a", meta={"versionId": "1"})
     if amend_chosen:
         f.obs("p1", C3, at(DAY1, 176), value=130, unit="mg/dL", id_="c3-w24b", status="corrected",
@@ -41,7 +43,7 @@ def feed(*, amend_chosen: bool = False) -> Feed:
 
 
 def run_feed(tmp: Path, study: Study, out: Path | None = None, **kw: Any) -> tuple[Path, RunSummary]:
-    src = feed(amend_chosen=kw.pop("amend_chosen", False)).write(tmp / "feed")
+    src = feed(amend_chosen=kw.pop("amend_chosen", False), retract_w12=kw.pop("retract_w12", False)).write(tmp / "feed")
     out = out or tmp / "out"
     log = RunLog()
     return out, run(FileSource(src, log), study, out, log, **kw)

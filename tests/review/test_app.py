@@ -64,6 +64,21 @@ def test_decisions_are_recorded_with_who_when_what_and_why(reviewed: tuple[Path,
     assert len(DecisionStore.under(out).read().entries) == 1
 
 
+def test_changes_in_the_ehr_after_a_decision_show_as_re_review(
+        reviewed: tuple[Path, ReviewConfig, TestClient], study: Study) -> None:
+    out, cfg, client = reviewed
+    for visit, candidate in (("W24", "Observation/c3-w24b"), ("W12", "Observation/c3-w12")):
+        client.post(f"/s/{SUBJECT}/{visit}/c3/decide", data={"token": cfg.token, "action": "choose",
+                                                              "candidate": candidate})
+    run_feed(out.parent, study, amend_chosen=True, retract_w12=True)
+    item = client.get(f"/s/{SUBJECT}/W24/c3").text
+    assert 'id="status">re-review<' in item
+    assert "Observation/c3-w24b changed in the EHR: version 1 → 2, value 1.2 → 1.3" in item
+    page = client.get(f"/s/{SUBJECT}?filter=needs-review").text
+    assert "/s/101-001/W24/c3" in page and 'id="orphans"' in page
+    assert "Observation/c3-w12 is no longer a candidate" in page
+
+
 def test_foreign_posts_and_hosts_are_refused(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
     out, cfg, client = reviewed
     r = client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": "from-another-page", "action": "accept"})
