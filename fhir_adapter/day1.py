@@ -1,4 +1,4 @@
-"""Day 1 of each subject: the date of the LCAR-AIO infusion (decisions.md "Time"), from what the EHR records.
+"""Day 1 of each subject: the date of the LCAR-AIO infusion (docs/clinical-rules.md#day-1), from what the EHR records.
 
 In order of preference:
 

@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RULEBOOK = ROOT / "docs" / "clinical-rules.md"
 SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".mypy_cache", ".pytest_cache",
              ".ruff_cache", "build", "dist"}
-TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".json", ".toml", ".txt", ".j2", ".mjs", ".js", ".cfg", ".ini"}
+TEXT_SUFFIXES = {".py", ".yaml", ".yml", ".md", ".json", ".toml", ".txt", ".j2", ".mjs", ".js", ".cfg", ".ini", ".csv",
+                 ".html", ".xml", ".sh"}
 # notes that are not part of the project (spelled in pieces so this file does not match itself)
 OUTSIDE = re.compile("|".join([r"decisions\.md", "clinical" + "-reference", "shared" + "/reference",
                                r"\.\./" + "shared"]))
