@@ -52,13 +52,20 @@ class Workspace:
     def __init__(self, cfg: ReviewConfig) -> None:
         self.cfg = cfg
         self.store = DecisionStore.under(cfg.results, cfg.state_dir)
+        self._parsed: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
 
     def subjects(self) -> dict[str, dict[str, Any]]:
+        """Every subject's candidates document; a file is parsed again only when a run replaced it."""
         folder = self.cfg.results / CANDIDATES_DIR
         docs: dict[str, dict[str, Any]] = {}
         for path in sorted(folder.glob("*.json")) if folder.exists() else []:
-            doc = orjson.loads(path.read_bytes())
-            docs[doc["subject_id"]] = doc
+            st = path.stat()
+            key = (st.st_mtime_ns, st.st_size)
+            cached = self._parsed.get(path)
+            if cached is None or cached[0] != key:
+                cached = (key, orjson.loads(path.read_bytes()))
+                self._parsed[path] = cached
+            docs[cached[1]["subject_id"]] = cached[1]
         return docs
 
     def endpoints(self, subject_id: str) -> list[dict[str, Any]]:
@@ -200,6 +207,27 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         target = _url("s", sid, after[0]["visit"], after[0]["item"]) if after else _url("s", sid)
         return RedirectResponse(target + ("?filter=needs-review" if only else ""), status_code=303)
 
+    async def accept_visit(request: Request) -> Response:
+        """Accept the rule's pick for the unreviewed items of one visit that the reviewer saw listed."""
+        sid, visit = request.path_params["subject"], request.path_params["visit"]
+        form = await request.form()
+        if not secrets.compare_digest(str(form.get("token", "")), cfg.token):
+            return problem("this form was not made by this review session: reload the page", 403)
+        listed = {str(x) for x in form.getlist("item")}
+        subjects = ws.subjects()
+        try:
+            current, _, _ = ws.decided()
+            for i in _items(subjects.get(sid, {"subject_id": sid, "items": []}), current):
+                if i["visit"] == visit and i["item"] in listed and i["status"] == "unreviewed":
+                    entry = {k: v for k, v in i.items() if k not in ("status", "changes", "decision", "picked_value")}
+                    ws.store.append(new_decision(subject_id=sid, visit=visit, item=i["item"], action="accept",
+                                                 reviewer=cfg.reviewer, shown=entry,
+                                                 reason="accepted with the other items of the visit"))
+        except (DecisionError, TamperedError) as exc:
+            return problem(str(exc), 400)
+        only = form.get("filter") == "needs-review"
+        return RedirectResponse(_url("s", sid) + ("?filter=needs-review" if only else ""), status_code=303)
+
     async def audit(request: Request) -> Response:
         try:
             _, entries, torn = ws.decided()
@@ -214,6 +242,7 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         Route("/s/{subject}", subject),
         Route("/s/{subject}/{visit}/{item}", item),
         Route("/s/{subject}/{visit}/{item}/decide", decide, methods=["POST"]),
+        Route("/s/{subject}/{visit}/accept-unreviewed", accept_visit, methods=["POST"]),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])]
     return Starlette(routes=routes, middleware=middleware)

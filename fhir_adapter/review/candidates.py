@@ -57,8 +57,6 @@ def candidate(f: Finding, cid: str, visit: str, lloq: float | None) -> dict[str,
     return {
         "id": cid,
         "value": display_value(f),
-        "value_num": f.value,
-        "value_bool": f.value_bool,
         "unit": f.unit,
         "orig_value": f.orig_value,
         "orig_unit": f.orig_unit,
@@ -67,7 +65,6 @@ def candidate(f: Finding, cid: str, visit: str, lloq: float | None) -> dict[str,
         "study_day": f.study_day,
         "status": f.status,
         "source": {"resource_type": f.source.resource_type, "id": f.source.id, "version": f.source.version},
-        "source_reference": f.source.reference,
         "flags": {
             "unit_converted": f.orig_unit is not None and f.orig_unit != f.unit,
             "amended": _amended(f),
@@ -97,26 +94,39 @@ def item_candidates(crf: SubjectCRF, study: Study) -> list[dict[str, Any]]:
     for f in crf.findings:
         if f.study_day is not None and f.item in study.items:
             by_item[f.item].append(f)
+    per_item: dict[str, tuple[dict[int, str], dict[str, list[int]], list[int]]] = {}
+    for item_id, findings in by_item.items():
+        in_visit: dict[str, list[int]] = defaultdict(list)
+        outside: list[int] = []
+        for i, f in enumerate(findings):
+            if f.visit is not None:
+                in_visit[f.visit].append(i)
+            if f.visit is None or f.visit.startswith("UNS"):
+                outside.append(i)
+        per_item[item_id] = (_ids(findings), in_visit, outside)
     entries: list[dict[str, Any]] = []
     for rec in crf.visits:
         window = windows.get(rec.visit)
-        lo, hi = window if window else (rec.study_day or 0, rec.study_day or 0)
         for item_id in sorted(by_item):
-            findings = by_item[item_id]
-            ids = _ids(findings)
-            inside = [i for i, f in enumerate(findings) if f.visit == rec.visit]
+            ids, in_visit, outside = per_item[item_id]
+            inside = in_visit.get(rec.visit)
             if not inside:
                 continue
-            near = [i for i, f in enumerate(findings)
-                    if i not in inside and (f.visit is None or f.visit.startswith("UNS")) and window
-                    and f.study_day is not None
-                    and lo - OUT_OF_WINDOW_DAYS <= f.study_day <= hi + OUT_OF_WINDOW_DAYS]
+            findings = by_item[item_id]
+            near = [i for i in outside if window and i not in inside
+                    and window[0] - OUT_OF_WINDOW_DAYS <= (findings[i].study_day or 0)
+                    <= window[1] + OUT_OF_WINDOW_DAYS]
             item = study.items[item_id]
-            picked = select([findings[i] for i in inside], item.select, rec.target_day)
-            picked_id = next(ids[i] for i in inside if findings[i] is picked)
-            cands = [candidate(findings[i], ids[i], rec.visit, item.lloq) for i in sorted(
-                inside + near, key=lambda i: (findings[i].study_day or 0, findings[i].datetime is None,
-                                              findings[i].datetime, ids[i]))]
+            if len(inside) == 1:
+                picked_id = ids[inside[0]]
+            else:
+                picked = select([findings[i] for i in inside], item.select, rec.target_day)
+                picked_id = next(ids[i] for i in inside if findings[i] is picked)
+            shown = inside + near
+            if len(shown) > 1:
+                shown.sort(key=lambda i: (findings[i].study_day or 0, findings[i].datetime is None,
+                                          findings[i].datetime, ids[i]))
+            cands = [candidate(findings[i], ids[i], rec.visit, item.lloq) for i in shown]
             entries.append({
                 "visit": rec.visit, "visit_label": rec.label or rec.visit, "visit_date":
                     rec.date.isoformat() if rec.date else None,

@@ -72,7 +72,7 @@ class ReviewRun:
             self.status_counts[s] = self.status_counts.get(s, 0) + 1
         path = inside(self.out, self.out / CANDIDATES_DIR / f"{file_name}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps(candidates_document(review), option=orjson.OPT_INDENT_2))
+        path.write_bytes(orjson.dumps(candidates_document(review)))
         return review
 
     def writable(self, review: SubjectReview, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:

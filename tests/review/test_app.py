@@ -79,6 +79,21 @@ def test_changes_in_the_ehr_after_a_decision_show_as_re_review(
     assert "Observation/c3-w12 is no longer a candidate" in page
 
 
+def test_a_visit_s_unreviewed_items_can_be_accepted_at_once(
+        reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    out, cfg, client = reviewed
+    client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": cfg.token, "action": "query", "reason": "fasting?"})
+    page = client.get(f"/s/{SUBJECT}").text
+    assert 'id="accept-visit-BL"' in page and "for the 1 unreviewed item above" in page
+    r = client.post(f"/s/{SUBJECT}/BL/accept-unreviewed", follow_redirects=False,
+                    data={"token": cfg.token, "item": ["c3", "sledai2k.rash"]})
+    assert r.status_code == 303
+    entries = DecisionStore.under(out).read().entries
+    assert [(e["item"], e["action"]) for e in entries] == [("c3", "query"), ("sledai2k.rash", "accept")]
+    assert entries[1]["shown"]["picked"] == "Observation/rash-bl" and entries[1]["reviewer"] == "D. Manager"
+    assert 'id="accept-visit-BL"' not in client.get(f"/s/{SUBJECT}").text
+
+
 def test_foreign_posts_and_hosts_are_refused(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
     out, cfg, client = reviewed
     r = client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": "from-another-page", "action": "accept"})
