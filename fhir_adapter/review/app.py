@@ -77,7 +77,7 @@ class Workspace:
         return list(row.get("visits", [])) if row else []
 
     def decided(self) -> tuple[dict[tuple[str, str, str], dict[str, Any]], list[dict[str, Any]], str | None]:
-        chain = self.store.read()
+        chain = self.store.read_cached()
         return chain.current(), chain.entries, chain.torn
 
 
@@ -217,12 +217,11 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         subjects = ws.subjects()
         try:
             current, _, _ = ws.decided()
-            for i in _items(subjects.get(sid, {"subject_id": sid, "items": []}), current):
-                if i["visit"] == visit and i["item"] in listed and i["status"] == "unreviewed":
-                    entry = {k: v for k, v in i.items() if k not in ("status", "changes", "decision", "picked_value")}
-                    ws.store.append(new_decision(subject_id=sid, visit=visit, item=i["item"], action="accept",
-                                                 reviewer=cfg.reviewer, shown=entry,
-                                                 reason="accepted with the other items of the visit"))
+            ws.store.append_many([
+                new_decision(subject_id=sid, visit=visit, item=i["item"], action="accept", reviewer=cfg.reviewer,
+                             shown=i, reason="accepted with the other items of the visit")
+                for i in _items(subjects.get(sid, {"subject_id": sid, "items": []}), current)
+                if i["visit"] == visit and i["item"] in listed and i["status"] == "unreviewed"])
         except (DecisionError, TamperedError) as exc:
             return problem(str(exc), 400)
         only = form.get("filter") == "needs-review"

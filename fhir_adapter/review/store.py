@@ -87,6 +87,7 @@ class Chain:
 class DecisionStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._cache: tuple[tuple[int, int, int], Chain] | None = None
 
     @classmethod
     def under(cls, out: Path, state_dir: Path | None = None) -> DecisionStore:
@@ -98,6 +99,17 @@ class DecisionStore:
         if not self.path.exists():
             return Chain()
         return self._parse(self.path.read_bytes())
+
+    def read_cached(self) -> Chain:
+        """:meth:`read`, verified again only when the file changed (size or modification time)."""
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            return Chain()
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.read())
+        return self._cache[1]
 
     def _parse(self, data: bytes) -> Chain:
         chain = Chain()
@@ -139,6 +151,10 @@ class DecisionStore:
 
     def append(self, decision: dict[str, Any]) -> dict[str, Any]:
         """Record one decision (see :func:`new_decision`); returns the entry as written, chained."""
+        return self.append_many([decision])[0]
+
+    def append_many(self, decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Record several decisions under one lock, chained in order (all or, after a crash, a prefix)."""
         with self._locked() as fd:
             data = _read_all(fd)
             chain = self._parse(data)
@@ -147,12 +163,17 @@ class DecisionStore:
                 stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
                 self.path.with_name(f"{self.path.name}.torn-{stamp}").write_bytes(data[keep:])
                 os.ftruncate(fd, keep)
-            entry = {**decision, "seq": len(chain.entries) + 1, "prev": chain.head}
-            entry["hash"] = entry_hash(entry)
+            prev, seq, written, lines = chain.head, len(chain.entries), [], []
+            for decision in decisions:
+                seq += 1
+                entry = {**decision, "seq": seq, "prev": prev}
+                entry["hash"] = prev = entry_hash(entry)
+                written.append(entry)
+                lines.append(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) + b"\n")
             os.lseek(fd, 0, os.SEEK_END)
-            _write_all(fd, orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) + b"\n")
+            _write_all(fd, b"".join(lines))
             os.fsync(fd)
-        return entry
+        return written
 
 
 def _read_all(fd: int) -> bytes:

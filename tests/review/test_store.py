@@ -127,3 +127,15 @@ def test_a_crash_mid_write_leaves_earlier_entries_intact(tmp_path: Path) -> None
     assert chain.torn is None and [e["seq"] for e in chain.entries] == [1, 2, 3]
     aside = list(tmp_path.glob("d.jsonl.torn-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b'{"action":"accept"')
+
+
+def test_several_decisions_in_one_append_are_chained_in_order(tmp_path: Path) -> None:
+    store = DecisionStore(tmp_path / "d.jsonl")
+    store.append(decision(0))
+    written = store.append_many([decision(n) for n in range(1, 4)])
+    chain = store.read()
+    assert chain.entries == [chain.entries[0], *written]
+    assert [e["subject_id"] for e in chain.entries] == ["101-000", "101-001", "101-002", "101-003"]
+    assert store.read_cached() is store.read_cached()  # verified once while the file is unchanged
+    store.append(decision(4))
+    assert len(store.read_cached().entries) == 5
