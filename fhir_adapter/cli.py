@@ -94,10 +94,13 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--reviewed-only", is_flag=True,
               help="Write back only results derived solely from reviewed values (also: `writeback_reviewed_only: "
                    "true` in --config); others are held until reviewed.")
+@click.option("--bulk", is_flag=True,
+              help="Read the server through a Bulk Data $export (Group or Patient level; also `read_mode: bulk` in "
+                   "--config); the files are kept under OUT/bulk/ unless `bulk: {keep_files: false}`.")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
         since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,
-        reviewed_only: bool) -> None:
+        reviewed_only: bool, bulk: bool) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -116,6 +119,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     Examples:
       fhir-adapter run --source demo/feed --out demo/out
       fhir-adapter run --source https://ehr.example.org/fhir --out out --dry-run
+      fhir-adapter run --source https://ehr.example.org/fhir --out out --bulk
       FHIR_ADAPTER_BEARER_TOKEN_FILE=/run/secrets/token \\
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
@@ -140,7 +144,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     log = RunLog()
     started = dt.datetime.now(dt.UTC)
     try:
-        conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ)
+        conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ,
+                       bulk=bulk)
         try:
             with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
                           enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
@@ -155,7 +160,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             raise
         _fail(str(exc))
     if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
-        record_run(out, started, source)
+        record_run(out, conn.next_since or started, source)
     if not ctx.obj.get("quiet"):
         rows = [
             ("subjects", f"{summary.subjects} enrolled and processed"

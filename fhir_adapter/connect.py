@@ -14,6 +14,7 @@ from fhir_adapter.pipeline import Sink
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.server_config import last_run_started, load_server_config, open_client
 from fhir_adapter.source.base import Source
+from fhir_adapter.source.bulk import BulkSource
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.server import ServerSource
 from fhir_adapter.study import Study
@@ -29,6 +30,13 @@ class Connection:
     source: Source
     sink: Sink | None
     server: ServerSource | None = None
+    bulk: BulkSource | None = None
+
+    @property
+    def next_since(self) -> dt.datetime | None:
+        """The time the next ``--since last`` starts from when the source says (a Bulk export's
+        transactionTime); None: the start of this run."""
+        return self.bulk.transaction_time if self.bulk is not None else None
 
     def close(self) -> None:
         if self.server is not None:
@@ -71,11 +79,13 @@ def parse_since(value: str | None, out: Path) -> dt.datetime | None:
 
 
 def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = False, dry_run: bool = False,
-            since: str | None = None, config: Path | None = None, env: Mapping[str, str] | None = None) -> Connection:
+            since: str | None = None, config: Path | None = None, env: Mapping[str, str] | None = None,
+            bulk: bool = False) -> Connection:
     env = env if env is not None else {}
     if not is_url(source):
-        if post or dry_run or since:
-            raise ConnectError("--post, --dry-run and --since need a FHIR server: give --source https://host/fhir")
+        if post or dry_run or since or bulk:
+            raise ConnectError("--post, --dry-run, --since and --bulk need a FHIR server: give --source "
+                               "https://host/fhir")
         if config is not None:
             msg = (f"--config {config} is ignored: server settings apply to a FHIR server source, and "
                    f"{source} is a folder of files")
@@ -85,7 +95,12 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
     cfg = load_server_config(config, env)
     client = open_client(source, cfg, env)
     loop = asyncio.new_event_loop()
+    sink = ServerSink(client, loop, dry_run=dry_run) if (post or dry_run) else None
+    if bulk or cfg.read_mode == "bulk":
+        rest = ServerSource(client, study, log, read_mode="search", loop=loop,
+                            observation_code_param=cfg.observation_code_param)
+        exported = BulkSource(rest, cfg.bulk, out / "bulk", log, since=parse_since(since, out))
+        return Connection(source=exported, sink=sink, server=rest, bulk=exported)
     server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop,
                           observation_code_param=cfg.observation_code_param)
-    sink = ServerSink(client, loop, dry_run=dry_run) if (post or dry_run) else None
     return Connection(source=server, sink=sink, server=server)

@@ -10,6 +10,13 @@ Config file (``--config adapter.yaml``)::
       read_timeout: 120
       verify: true                # or a CA bundle path
     read_mode: search             # search (one search per resource type) | batch (one batch Bundle per subject)
+                                  # | bulk (a Bulk Data $export, as `run --bulk`)
+    bulk:                         # fhir_adapter.source.bulk.BulkSettings (read_mode: bulk / --bulk)
+      group_id: null              # the study's Group (else ResearchStudy.enrollment, else Patient/$export)
+      keep_files: true            # keep the export under OUT/bulk/ for audit (false: removed once read)
+      type_filter: true           # _typeFilter with the study's codes (dropped when the server refuses it)
+      poll_limit_seconds: 3600    # stop waiting for the export after this long (a rerun resumes the job)
+      max_retry_after_seconds: 300
     observation_code_param: combo-code   # combo-code | code | none (see `fhir-adapter check --source URL`)
     writeback_reviewed_only: false       # true: only results derived from reviewed values (docs/review.md)
 
@@ -31,6 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fhir_adapter.fhir import ClientSettings, FhirClient, auth_from_env
+from fhir_adapter.source.bulk import BulkSettings
 from fhir_adapter.study.yamlfile import read_yaml
 
 #: environment variable -> key under ``client:`` it sets (the environment overrides the file)
@@ -53,9 +61,10 @@ class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     client: ClientSettings = ClientSettings()
-    read_mode: Literal["search", "batch"] = Field(
+    read_mode: Literal["search", "batch", "bulk"] = Field(
         "search", description="search: one search per resource type and subject; batch: one batch Bundle of "
-                              "those searches per subject")
+                              "those searches per subject; bulk: a Bulk Data $export (as `run --bulk`)")
+    bulk: BulkSettings = Field(BulkSettings(), description="Bulk Data $export settings (read_mode: bulk)")
     observation_code_param: Literal["combo-code", "code", "none"] = Field(
         "combo-code", description="how Observations are filtered by the mapping's codes: combo-code (also "
                                   "component codes), code, or none (read all, filter locally); "

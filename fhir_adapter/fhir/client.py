@@ -220,6 +220,34 @@ class FhirClient:
         """``GET [base]/metadata`` → the CapabilityStatement."""
         return await self._call("GET", resource_path(self.base_url, "metadata"), label=label, idempotent=True)
 
+    async def exchange(self, method: str, url: str | httpx.URL, *, headers: Mapping[str, str] | None = None,
+                       label: str | None = None, with_auth: bool = True, stream: bool = False) -> httpx.Response:
+        """One request outside the REST verbs (the Bulk Data protocol: kick-off, status, file, DELETE), answered
+        as it is, whatever its status: counted under ``label``, within the limit of requests in flight and the
+        circuit breaker, but not retried (the caller owns that protocol's waits). ``with_auth=False`` sends no
+        credentials (a file server that does not require the token); ``stream=True`` leaves the body unread
+        (the caller reads it and closes the response). A network failure raises :class:`FhirTransportError`."""
+        self.breaker.check()
+        extensions = {_LABEL_EXTENSION: label} if label is not None else None
+        request = self._http.build_request(method, url, headers=headers, extensions=extensions)
+        await self.limit.acquire()
+        throttled: bool | None = None
+        try:
+            response = await self._http.send(request, stream=stream,
+                                             auth=httpx.USE_CLIENT_DEFAULT if with_auth else None)
+            throttled = response.status_code == 429
+        except httpx.RequestError as exc:
+            raise self._transport_error(method, redact_url(request.url), exc) from exc
+        finally:
+            await self.limit.release(throttled=throttled)
+        if not stream:
+            self.stats.add(label, bytes_received=response.num_bytes_downloaded)
+        return response
+
+    def outcome_messages(self, content: bytes) -> list[str]:
+        """The diagnostics/details texts of an OperationOutcome body (credentials redacted)."""
+        return [self._redact(d) for d in _outcome_messages(content)]
+
     async def search_bundles(
         self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None,
         history: bool = False,

@@ -48,6 +48,7 @@ from fhir_adapter.source.base import (
     shared_references,
 )
 from fhir_adapter.source.layout import DataFile, Layout, discover, read_document, read_lines
+from fhir_adapter.terminology import SID_RESULT
 
 #: which pass reads (and quarantines the bad lines of) a file of a given type; mixed files: every pass reads
 #: them, the subjects pass reports their bad lines
@@ -116,6 +117,9 @@ class FileSource:
                 continue
             pid = patient_id_of(res)
             if pid in by_patient:
+                if _adapter_owned(res):  # a result the adapter wrote to the server, exported with the rest
+                    counts["read.skipped-adapter-results"] += 1
+                    continue
                 # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are
                 # parsed again (orjson, microseconds) when that subject is processed
                 by_patient[pid].append(raw.strip() if raw is not None else res)
@@ -286,6 +290,11 @@ def _where(f: DataFile, line: int, entry: int | None) -> dict[str, Any]:
     if entry is None:
         return {"file": f.name, "line": line}
     return {"file": f.name, "entry": entry, **({"line": line} if f.ndjson else {})}
+
+
+def _adapter_owned(resource: Resource) -> bool:
+    """A result the adapter wrote (an identifier in its system): output, never input."""
+    return any(isinstance(i, dict) and i.get("system") == SID_RESULT for i in resource.get("identifier") or [])
 
 
 def _parsed(x: Resource | bytes) -> Resource:

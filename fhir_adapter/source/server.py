@@ -6,7 +6,8 @@ Round trips, as few as the server allows:
   ``ResearchSubject?study=...&_include=ResearchSubject:individual`` (Patients come with their ResearchSubjects);
 * per enrolled patient, one search per resource type the mapping needs — ``Observation?patient=..&combo-code=<the
   mapping's codes>`` (``combo-code``: a code in ``Observation.code`` or in a ``component.code``, e.g. blood
-  pressure in a panel's components), ``Procedure``, the four medication types (with ``_include`` of their
+  pressure in a panel's components), ``Procedure`` (all of them: the infusion and the procedures the CRF's PR
+  domain lists), the four medication types (with ``_include`` of their
   Medication) and ``AdverseEvent`` — each paged through ``next`` links with ``_count`` at the client's page
   size; or, with ``read_mode="batch"``, one batch Bundle holding those searches;
 * incremental (``since``): per resource type, one search for up to ``PROBE_PATIENTS`` patients at a time
@@ -192,9 +193,6 @@ class ServerSource:
             elif rtype == "Observation":
                 for codes in self._observation_code_params():
                     out.append((rtype, {param: ref, self.observation_code_param: codes, **params, **(extra or {})}))
-            elif rtype == "Procedure":
-                codes = ",".join(f"{s}|{c}" for s, c in sorted(self.study.infusion_codes))
-                out.append((rtype, {param: ref, "code": codes, **params, **(extra or {})}))
             else:
                 out.append((rtype, {param: ref, **params, **(extra or {})}))
         return out

@@ -17,6 +17,7 @@ import { OperationOutcomeError, getStatus, globalSchema, isOk, normalizeOperatio
 import { FhirRouter } from '@medplum/fhir-router';
 import { isKnownResourceType, loadDefinitions, resourceTypes } from './fhir-setup.mjs';
 import { TestRepository } from './repository.mjs';
+import { createBulkExport } from './bulk-export.mjs';
 
 // ------------------------------------------------------------------ config
 const env = process.env;
@@ -50,6 +51,7 @@ const CONTROL_PARAMS = new Set(['_count', '_offset', '_sort', '_include', '_revi
 loadDefinitions();
 const repo = new TestRepository({ defaultPageSize: config.defaultPageSize, maxPageSize: config.maxPageSize });
 const router = new FhirRouter();
+const bulk = createBulkExport({ repo, baseUrl: () => baseUrl, outcome: (...a) => outcome(...a), isKnownResourceType });
 let baseUrl = ''; // http://127.0.0.1:PORT/fhir/R4, known after listen()
 let stats;
 let faultState;
@@ -182,6 +184,7 @@ function capabilityStatement() {
           })),
         })),
         interaction: [{ code: 'transaction' }, { code: 'batch' }],
+        operation: bulk.operations(),
       },
     ],
   };
@@ -196,6 +199,8 @@ async function handleFhir(method, rel, params, body, headers) {
   const prefer = String(headers.prefer ?? '');
 
   if (method === 'GET' && rel === 'metadata') return { status: 200, body: capabilityStatement() };
+  const bulkAnswer = bulk.handle(method, rel, params, headers); // Bulk Data $export (bulk-export.mjs)
+  if (bulkAnswer) return bulkAnswer;
   if (type && !type.startsWith('$') && !isKnownResourceType(type)) {
     return { status: 404, body: outcome('not-supported', `Unknown resource type: ${type}`) };
   }
@@ -318,11 +323,13 @@ async function runBundle(bundle, entries, headers, isTransaction) {
 // ------------------------------------------------------------------ admin
 function handleAdmin(method, path, params, body) {
   if (method === 'GET' && path === '/admin/health') return { status: 200, body: { status: 'ok' } };
+  if (path === '/admin/bulk') return bulk.admin(method, body);
   if (method === 'POST' && path === '/admin/reset') {
     const scope = params.get('scope') ?? 'all';
     if (scope === 'all') repo.reset();
     resetStats();
     resetFaults();
+    bulk.reset();
     return { status: 200, body: { status: 'ok', scope } };
   }
   if (method === 'GET' && path === '/admin/stats') {
@@ -366,9 +373,9 @@ function readBody(req) {
   });
 }
 
-function send(res, { status, body, headers = {} }, contentType = FHIR_JSON) {
-  const payload = body === undefined ? '' : JSON.stringify(body);
-  res.writeHead(status, { ...(payload ? { 'Content-Type': contentType } : {}), ...headers });
+function send(res, { status, body, headers = {}, raw, contentType: bodyType }, contentType = FHIR_JSON) {
+  const payload = raw ?? (body === undefined ? '' : JSON.stringify(body));
+  res.writeHead(status, { ...(payload.length ? { 'Content-Type': bodyType ?? contentType } : {}), ...headers });
   res.end(payload);
 }
 

@@ -1,0 +1,318 @@
+"""FHIR Bulk Data Access (IG v2.0.0) ``$export`` client: kick-off, status polling, downloads, DELETE.
+
+As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Epic, Oracle Health) behave:
+
+* kick-off ``GET [base]/Group/[id]/$export`` or ``[base]/Patient/$export`` with ``Prefer: respond-async`` and
+  ``Accept: application/fhir+json``; ``202`` + ``Content-Location`` is the status URL; an error answer's
+  OperationOutcome is shown; ``429``/``503`` with ``Retry-After`` are waited out;
+* status: ``202`` (``X-Progress`` reported, ``Retry-After`` as seconds or an HTTP-date, capped at
+  ``max_retry_after_seconds``; exponential backoff without it), ``200`` + the manifest (or a redirect to it),
+  ``429`` (polled too often: wait longer), ``5xx`` (transient: retried ``status_attempts`` times), other ``4xx``
+  (the job failed, expired or is unknown: the OperationOutcome shown); all within ``poll_limit_seconds``;
+* manifest: ``output[]`` and ``error[]`` file URLs, absolute or relative to the base URL; ``link[next]`` pages
+  (v2) followed; ``requiresAccessToken``: the credentials are sent with the downloads only when it is true;
+* downloads: gzip transfer encoding accepted, retries on network failures, ``429`` and ``5xx``; a file is
+  written under a hidden ``.part`` name and renamed when complete, so an interrupted run resumes where it
+  stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``);
+* ``DELETE`` of the status URL once the files are down (the server may then free them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+
+from fhir_adapter.fhir.client import FhirClient
+from fhir_adapter.fhir.errors import FhirError
+from fhir_adapter.fhir.retry import parse_retry_after
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = ".bulk-job.json"
+LABEL = "bulk"
+FHIR_JSON = "application/fhir+json"
+
+
+class BulkExportError(FhirError):
+    """The export could not be made or fetched; the message says what the server answered and what to do."""
+
+    def __init__(self, message: str, *, url: str, status: int | None = None,
+                 diagnostics: Sequence[str] = ()) -> None:
+        super().__init__(message, method="GET", url=url)
+        self.status = status
+        self.diagnostics = list(diagnostics)
+
+
+@dataclass(frozen=True)
+class BulkOptions:
+    poll_limit_seconds: float = 3600.0
+    max_retry_after_seconds: float = 300.0
+    first_poll_seconds: float = 1.0
+    max_poll_seconds: float = 60.0
+    status_attempts: int = 5
+    download_attempts: int = 4
+
+
+@dataclass
+class Job:
+    """One export: what was asked, where its status is, and (when complete) its manifest."""
+
+    kickoff: str
+    status_url: str | None = None
+    manifest: dict[str, Any] | None = None
+    progress: list[str] = field(default_factory=list)
+    requests: dict[str, int] = field(default_factory=lambda: {"kickoff": 0, "status": 0, "files": 0, "delete": 0})
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class BulkExporter:
+    def __init__(self, client: FhirClient, options: BulkOptions | None = None, *, sleep: Sleep | None = None,
+                 clock: Callable[[], float] = time.time,
+                 on_progress: Callable[[str], None] | None = None) -> None:
+        self.client = client
+        self.options = options or BulkOptions()
+        self._sleep = sleep or asyncio.sleep
+        self._clock = clock
+        self._on_progress = on_progress
+
+    # -- kick-off --------------------------------------------------------------------------------------
+    def kickoff_url(self, path: str, params: Sequence[tuple[str, str]]) -> str:
+        return f"{str(self.client.base_url).rstrip('/')}/{path}" + (f"?{urlencode(list(params))}" if params else "")
+
+    async def kickoff(self, job: Job) -> str:
+        """Start the export; returns the status URL (``Content-Location``)."""
+        headers = {"Accept": FHIR_JSON, "Prefer": "respond-async"}
+        for attempt in range(1, self.options.status_attempts + 1):
+            job.requests["kickoff"] += 1
+            response = await self.client.exchange("GET", job.kickoff, headers=headers, label=LABEL)
+            if response.status_code == 202:
+                location = response.headers.get("Content-Location")
+                if not location:
+                    raise BulkExportError(f"GET {job.kickoff}: HTTP 202 without Content-Location: the server gave "
+                                          "no status URL; this is not a Bulk Data server answer", url=job.kickoff)
+                job.status_url = self._absolute(location)
+                return job.status_url
+            if response.status_code in (429, 503) and attempt < self.options.status_attempts:
+                await self._sleep(self._retry_after(response, 2.0 ** attempt))
+                continue
+            raise self._error("kick-off", job.kickoff, response)
+        raise AssertionError("unreachable")
+
+    # -- status ----------------------------------------------------------------------------------------
+    async def wait(self, job: Job) -> dict[str, Any]:
+        """Poll the status URL until the manifest is there; returns it (pages merged)."""
+        assert job.status_url is not None
+        url = job.status_url
+        started = self._clock()
+        interval = self.options.first_poll_seconds
+        failures = 0
+        while True:
+            job.requests["status"] += 1
+            response = await self.client.exchange("GET", url, headers={"Accept": "application/json"}, label=LABEL)
+            status = response.status_code
+            if status == 200:
+                manifest = await self._manifest_pages(job, self._json(url, response))
+                job.manifest = manifest
+                return manifest
+            if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+                url = self._absolute(response.headers["Location"])  # the manifest at another address
+                continue
+            if status == 202:
+                failures = 0
+                progress = response.headers.get("X-Progress")
+                if progress:
+                    job.progress.append(progress)
+                    if self._on_progress:
+                        self._on_progress(progress)
+                delay = self._retry_after(response, interval)
+                interval = min(interval * 2, self.options.max_poll_seconds)
+            elif status == 429:
+                delay = self._retry_after(response, interval * 2)
+                interval = min(interval * 2, self.options.max_poll_seconds)
+            elif status >= 500 and failures + 1 < self.options.status_attempts:
+                failures += 1
+                delay = self._retry_after(response, interval * 2 ** failures)
+            else:
+                raise self._error("status", url, response)
+            if self._clock() - started + delay > self.options.poll_limit_seconds:
+                raise BulkExportError(
+                    f"the export at {job.status_url} is not finished after {self.options.poll_limit_seconds:g} s "
+                    f"(last progress: {job.progress[-1] if job.progress else 'none reported'}): run again later to "
+                    "resume waiting for the same job, or raise bulk.poll_limit_seconds", url=job.status_url)
+            await self._sleep(delay)
+
+    async def _manifest_pages(self, job: Job, manifest: dict[str, Any]) -> dict[str, Any]:
+        """A v2 manifest may be paged (``link[relation=next]``): the pages' output/error lists merged."""
+        merged = dict(manifest)
+        page = manifest
+        seen: set[str] = set()
+        while (nxt := next((link.get("url") for link in page.get("link") or []
+                            if isinstance(link, dict) and link.get("relation") == "next"), None)):
+            nxt = self._absolute(str(nxt))
+            if nxt in seen:
+                break
+            seen.add(nxt)
+            job.requests["status"] += 1
+            response = await self.client.exchange("GET", nxt, headers={"Accept": "application/json"}, label=LABEL)
+            if response.status_code != 200:
+                raise self._error("manifest page", nxt, response)
+            page = self._json(nxt, response)
+            for key in ("output", "error", "deleted"):
+                merged[key] = list(merged.get(key) or []) + list(page.get(key) or [])
+        merged.pop("link", None)
+        return merged
+
+    # -- files -----------------------------------------------------------------------------------------
+    async def download(self, job: Job, folder: Path) -> dict[str, Any]:
+        """Every output and error file of the manifest into ``folder``; returns the local manifest (file names
+        instead of URLs), also written to ``folder/manifest.json``. Files already there are not fetched again."""
+        assert job.manifest is not None
+        folder.mkdir(parents=True, exist_ok=True)
+        with_auth = bool(job.manifest.get("requiresAccessToken"))
+        local: dict[str, Any] = {k: v for k, v in job.manifest.items() if k not in ("output", "error")}
+        for key in ("output", "error"):
+            local[key] = []
+            for n, entry in enumerate(job.manifest.get(key) or [], start=1):
+                if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
+                    raise BulkExportError(f"the manifest's {key}[{n}] has no url", url=str(job.status_url))
+                rtype = str(entry.get("type") or "OperationOutcome")
+                stem = f"{'error.' if key == 'error' else ''}{n:03d}.{rtype}"
+                name = await self._fetch(job, self._absolute(entry["url"]), folder, stem, with_auth)
+                local[key].append({**entry, "url": name, "source_url": entry["url"]})
+        (folder / "manifest.json").write_text(json.dumps(local, indent=2) + "\n")
+        return local
+
+    async def _fetch(self, job: Job, url: str, folder: Path, stem: str, with_auth: bool) -> str:
+        for done in (f"{stem}.ndjson", f"{stem}.ndjson.gz"):
+            if (folder / done).is_file():
+                return done  # finished by an earlier, interrupted run
+        part = folder / f".{stem}.part"
+        for attempt in range(1, self.options.download_attempts + 1):
+            job.requests["files"] += 1
+            try:
+                response = await self.client.exchange(
+                    "GET", url, headers={"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip"},
+                    label=LABEL, with_auth=with_auth, stream=True)
+            except FhirError as exc:
+                if attempt == self.options.download_attempts:
+                    raise BulkExportError(f"{url}: download failed: {exc}", url=url) from exc
+                await self._sleep(2.0 ** attempt)
+                continue
+            try:
+                if response.status_code == 200:
+                    size = 0
+                    head = b""
+                    with part.open("wb") as fh:
+                        async for chunk in response.aiter_bytes():
+                            if not head:
+                                head = chunk[:2]
+                            size += len(chunk)
+                            fh.write(chunk)
+                    self.client.stats.add(LABEL, bytes_received=size)
+                    name = f"{stem}.ndjson.gz" if head == b"\x1f\x8b" else f"{stem}.ndjson"  # a gzip'd file as is
+                    part.rename(folder / name)
+                    return name
+                await response.aread()
+            except httpx.HTTPError as exc:
+                if attempt == self.options.download_attempts:
+                    raise BulkExportError(f"{url}: download interrupted ({exc}); run again to resume",
+                                          url=url) from exc
+                await self._sleep(2.0 ** attempt)
+                continue
+            finally:
+                await response.aclose()
+            if (response.status_code == 429 or response.status_code >= 500) and \
+                    attempt < self.options.download_attempts:
+                await self._sleep(self._retry_after(response, 2.0 ** attempt))
+                continue
+            hint = (" (the manifest says requiresAccessToken=false, so no token was sent)"
+                    if response.status_code in (401, 403) and not with_auth else "")
+            raise self._error(f"file download{hint}", url, response)
+        raise AssertionError("unreachable")
+
+    async def delete(self, job: Job) -> str | None:
+        """``DELETE`` the job; returns a warning when the server refused (the files then expire on its own)."""
+        if job.status_url is None:
+            return None
+        job.requests["delete"] += 1
+        try:
+            response = await self.client.exchange("DELETE", job.status_url, headers={"Accept": FHIR_JSON},
+                                                  label=LABEL)
+        except FhirError as exc:
+            return f"DELETE {job.status_url} failed ({exc}); the server deletes the files when they expire"
+        if response.status_code in (200, 202, 204, 404, 410):
+            return None
+        return str(self._error("DELETE", job.status_url, response))
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _absolute(self, url: str) -> str:
+        """Absolute URLs as they are; a relative one (some servers write file URLs so) against the base URL."""
+        if url.startswith(("http://", "https://")):
+            return url
+        return f"{str(self.client.base_url).rstrip('/')}/{url.lstrip('/')}"
+
+    def _retry_after(self, response: httpx.Response, default: float) -> float:
+        now = dt.datetime.fromtimestamp(self._clock(), dt.UTC)
+        seconds = parse_retry_after(response.headers.get("Retry-After"), now=now)
+        return min(seconds if seconds is not None else default, self.options.max_retry_after_seconds)
+
+    def _json(self, url: str, response: httpx.Response) -> dict[str, Any]:
+        try:
+            doc = json.loads(response.content)
+        except ValueError as exc:
+            raise BulkExportError(f"GET {url}: HTTP 200 but the manifest is not JSON", url=url) from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("output"), list):
+            raise BulkExportError(f"GET {url}: HTTP 200 but the body is not a Bulk Data manifest (no output[])",
+                                  url=url)
+        return doc
+
+    def _error(self, what: str, url: str, response: httpx.Response) -> BulkExportError:
+        try:
+            said = self.client.outcome_messages(response.content)
+        except httpx.ResponseNotRead:
+            said = []
+        answer = "; ".join(said) if said else "no OperationOutcome"
+        hints = {
+            401: "the credentials were refused: check FHIR_ADAPTER_BEARER_TOKEN / FHIR_ADAPTER_SMART_* and the "
+                 "client's bulk scopes (system/*.read)",
+            403: "the client is not allowed to export: ask the hospital to grant the bulk export scope",
+            404: "the server does not know it (an unknown Group, or an expired or deleted job): check "
+                 "bulk.group_id, or run again to start a new export",
+            410: "the job or its files expired: run again to start a new export",
+        }
+        hint = hints.get(response.status_code, "see the server's answer" if response.status_code < 500
+                         else "the server failed: run again later")
+        return BulkExportError(f"Bulk Data {what}: GET {url} answered HTTP {response.status_code}: {answer}; {hint}",
+                               url=url, status=response.status_code, diagnostics=said)
+
+
+def load_job(folder: Path) -> dict[str, Any] | None:
+    path = folder / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())
+    except ValueError:
+        return None
+    return doc
+
+
+def save_job(folder: Path, job: Job, **extra: Any) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"kickoff": job.kickoff, "status_url": job.status_url, "manifest": job.manifest, **extra}
+    tmp = folder / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(state, indent=2))
+    tmp.replace(folder / STATE_FILE)
+

@@ -1,0 +1,263 @@
+"""A FHIR server read through a Bulk Data ``$export`` (``run --source URL --bulk``, or ``read_mode: bulk``).
+
+* roster: as from the server's REST API (ResearchStudy, ResearchSubject and their Patients: a Patient-level
+  export holds no ResearchStudy);
+* the export: ``Group/[id]/$export`` when the study's Group is known (``bulk.group_id``, else the
+  ResearchStudy's ``enrollment``), else ``Patient/$export`` — also when the server knows no such Group — whose
+  other patients are dropped as the file source drops them; ``_type`` = the types the mapping reads (those the
+  server's CapabilityStatement lists) plus Patient and the shared Medication/Organization/Location/Specimen;
+  ``_typeFilter`` with the study's codes (the same filter as the REST searches), dropped when the server
+  refuses it; a ``_type`` the server refuses (400 naming it) is dropped and reported;
+* then the files are read as a folder (:class:`~fhir_adapter.source.files.FileSource`): same CRFs and results
+  as the REST path;
+* ``--since``: the export asks ``_since``; the patients it names are read again in full (through REST:
+  an export since a time holds only the changed resources), the others are unchanged; the manifest's
+  ``transactionTime`` is the next ``--since last``.
+
+Files are kept under ``OUT/bulk/`` for audit (``bulk.keep_files``) or removed once read; an interrupted run
+resumes the same job and does not download finished files again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Collection, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from pydantic import BaseModel, ConfigDict
+
+from fhir_adapter.fhir import FhirError
+from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job, load_job, save_job
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import (
+    SHARED_TYPES,
+    SUBJECT_TYPES,
+    Resource,
+    RosterInput,
+    patient_id_of,
+    ref_id,
+)
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.source.layout import discover, read_lines
+from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
+
+#: longest kick-off URL sent with _typeFilter (8 KB request lines are a common server limit)
+MAX_KICKOFF_URL = 7500
+
+
+class BulkSettings(BaseModel):
+    """``bulk:`` in the server config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str | None = None          # the study's Group on the server (else ResearchStudy.enrollment)
+    keep_files: bool = True              # keep OUT/bulk/ for audit; False: removed once read
+    type_filter: bool = True             # send _typeFilter with the study's codes (dropped if refused)
+    poll_limit_seconds: float = 3600.0   # give up waiting for the export after this long (rerun resumes)
+    max_retry_after_seconds: float = 300.0  # cap on a server's Retry-After
+    download_attempts: int = 4
+
+
+class BulkSource:
+    def __init__(self, server: ServerSource, settings: BulkSettings, folder: Path, log: RunLog, *,
+                 since: dt.datetime | None = None, exporter: BulkExporter | None = None) -> None:
+        self.server = server
+        self.settings = settings
+        self.folder = Path(folder)
+        self.log = log
+        self.since = since
+        self.description = f"bulk:{server.client.base_url}"
+        self.exporter = exporter or BulkExporter(server.client, BulkOptions(
+            poll_limit_seconds=settings.poll_limit_seconds, max_retry_after_seconds=settings.max_retry_after_seconds,
+            download_attempts=settings.download_attempts))
+        self._studies: list[Resource] = []
+        self._unchanged: set[str] = set()
+        self.job: Job | None = None
+        self.transaction_time: dt.datetime | None = None
+        self._notes: dict[str, Any] = {}
+        self._kickoffs = 0
+
+    # -- the Source interface ---------------------------------------------------------------------
+    def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
+        roster = self.server.roster(patient_identifiers)
+        self._studies = roster.studies
+        return roster
+
+    def label_subjects(self, labels: dict[str, str]) -> None:
+        self.server.label_subjects(labels)
+
+    def unchanged_subjects(self) -> set[str]:
+        return set(self._unchanged)
+
+    def request_stats(self) -> dict[str, Any] | None:
+        stats = self.server.request_stats()
+        requests = dict(self.job.requests) if self.job else {}
+        requests["kickoff"] = self._kickoffs  # every kick-off sent, refused ones included
+        stats["bulk"] = {**requests, **self._notes}
+        return stats
+
+    def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
+        self.server.run(self._export())
+        if self.since is None:
+            files = FileSource(self.folder, self.log)
+            yield from files.subject_resources(patient_ids)
+        else:
+            changed = self._patients_in_export() & patient_ids
+            self._unchanged = patient_ids - changed
+            self.log.count("incremental.changed_subjects", len(changed))
+            self.log.count("incremental.unchanged_subjects", len(self._unchanged))
+            yield from self.server.subject_resources(changed)
+        self._finish()
+
+    # -- the export ---------------------------------------------------------------------------------
+    def _group_id(self) -> str | None:
+        if self.settings.group_id:
+            return self.settings.group_id
+        for study in self._studies:
+            gid = ref_id((study.get("enrollment") or [{}])[0].get("reference"), "Group") \
+                if study.get("enrollment") else None
+            if gid:
+                return gid
+        return None
+
+    async def _types(self) -> list[str]:
+        wanted = ["Patient", *SUBJECT_TYPES, *SHARED_TYPES]
+        try:
+            cap = await self.server.client.capabilities(label="metadata")
+        except FhirError:  # no CapabilityStatement: ask for every type
+            return wanted
+        listed = {str(r.get("type")) for rest in cap.get("rest") or [] for r in rest.get("resource") or []}
+        if not listed:
+            return wanted
+        missing = [t for t in wanted if t not in listed]
+        if missing:
+            self._notes["types_not_on_server"] = missing
+        return [t for t in wanted if t in listed]
+
+    def _type_filters(self) -> list[str]:
+        """One ``_typeFilter`` query per filtered type: the filters of the REST searches (codes)."""
+        filters = []
+        for rtype, params in self.server._searches("PID"):
+            query = {k: v for k, v in params.items()
+                     if k not in (SUBJECT_SEARCHES[rtype][0], "_include")}
+            if query:
+                filters.append(f"{rtype}?{urlencode(query)}")
+        return filters
+
+    async def _export(self) -> None:
+        state = load_job(self.folder)
+        if state and not state.get("done") and state.get("status_url"):
+            job = Job(kickoff=str(state["kickoff"]), status_url=str(state["status_url"]),
+                      manifest=state.get("manifest"))
+            self._notes["resumed"] = True
+        else:
+            if self.folder.exists():
+                shutil.rmtree(self.folder)  # the files of an earlier, finished run
+            job = await self._kickoff()
+        self.job = job
+        save_job(self.folder, job)
+        if job.manifest is None:
+            try:
+                await self.exporter.wait(job)
+            except BulkExportError as exc:
+                if exc.status in (404, 410) and self._notes.get("resumed"):
+                    # the job of an interrupted run is gone: start again
+                    job = await self._kickoff()
+                    self.job = job
+                    save_job(self.folder, job)
+                    await self.exporter.wait(job)
+                else:
+                    raise
+            save_job(self.folder, job)
+        assert job.manifest is not None
+        await self.exporter.download(job, self.folder)
+        if job.progress:
+            self._notes["progress"] = job.progress[-1]
+        stamp = job.manifest.get("transactionTime")
+        if isinstance(stamp, str):
+            try:
+                self.transaction_time = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+            except ValueError:
+                self.transaction_time = None
+        warning = await self.exporter.delete(job)
+        if warning:
+            self.log.warn(warning, rule="bulk-export")
+        save_job(self.folder, job, deleted=warning is None)
+        self.log.count("bulk.files", len(job.manifest.get("output") or []))
+
+    async def _kickoff(self) -> Job:
+        types = await self._types()
+        group = self._group_id()
+        filters = self._type_filters() if self.settings.type_filter else []
+        paths = [f"Group/{group}/$export"] if group else []
+        paths.append("Patient/$export")
+        last: BulkExportError | None = None
+        for path in paths:
+            while True:
+                params: list[tuple[str, str]] = [("_type", ",".join(types))]
+                if self.since is not None:
+                    params.append(("_since", self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
+                params += [("_typeFilter", f) for f in filters]
+                job = Job(kickoff=self.exporter.kickoff_url(path, params))
+                if filters and len(job.kickoff) > MAX_KICKOFF_URL:
+                    filters = []  # a request line most servers refuse: whole types instead
+                    self._notes["type_filter_too_long"] = True
+                    continue
+                self._kickoffs += 1
+                try:
+                    await self.exporter.kickoff(job)
+                    self._notes.update({"kickoff_path": path, "type_filter": bool(filters)})
+                    return job
+                except BulkExportError as exc:
+                    last = exc
+                    refused = next((t for t in types if any(t in d for d in exc.diagnostics)), None)
+                    if exc.status == 400 and filters and any("_typeFilter" in d or "typeFilter" in d
+                                                             for d in [*exc.diagnostics, str(exc)]):
+                        filters = []  # _typeFilter unsupported: the mapping picks what it needs from _type
+                        self.log.warn("the server does not support _typeFilter: exporting whole resource types",
+                                      rule="bulk-export")
+                        continue
+                    if exc.status == 400 and refused and refused != "Patient":
+                        types = [t for t in types if t != refused]
+                        self.log.warn(f"the server refused to export {refused} ({'; '.join(exc.diagnostics)}); "
+                                      "exporting without it", rule="bulk-export")
+                        continue
+                    if exc.status == 400 and filters:
+                        filters = []
+                        self.log.warn(f"the export was refused with _typeFilter ({'; '.join(exc.diagnostics)}); "
+                                      "trying without it", rule="bulk-export")
+                        continue
+                    if path.startswith("Group/") and exc.status in (400, 404, 405, 501):
+                        self.log.warn(f"{path} failed ({exc.status}: {'; '.join(exc.diagnostics)}); exporting "
+                                      "with Patient/$export and keeping the enrolled patients only",
+                                      rule="bulk-export")
+                        break
+                    raise
+        assert last is not None
+        raise last
+
+    def _patients_in_export(self) -> set[str]:
+        """Patients any exported resource names (an export ``_since``: the patients with a change)."""
+        import orjson
+
+        found: set[str] = set()
+        for f in discover(self.folder).data:
+            for _n, line in read_lines(f):
+                res = orjson.loads(line)
+                pid = patient_id_of(res) if isinstance(res, dict) else None
+                if pid:
+                    found.add(pid)
+        return found
+
+    def _finish(self) -> None:
+        if self.job is not None:
+            save_job(self.folder, self.job, done=True)
+        if not self.settings.keep_files:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        self.server.close()
+

@@ -1,0 +1,167 @@
+"""The Bulk Data $export protocol paths a real server does not produce on demand (pytest-httpx): 5xx while
+polling, an expired job, a manifest file that 404s, Retry-After as an HTTP-date or far in the future, 429 on
+the status URL, a redirect to the manifest, paged manifests, requiresAccessToken true/false, relative URLs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fhir_testkit import BASE, FakeClock, FakeSleep, outcome
+from pytest_httpx import HTTPXMock
+
+from fhir_adapter.fhir import BearerToken, FhirClient
+from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job
+
+STATUS = f"{BASE}/$export-status/job-1"
+KICKOFF = f"{BASE}/Patient/$export?_type=Observation"
+LINE = b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}\n'
+
+
+def manifest(*urls: str, token: bool = False, **extra: Any) -> dict[str, Any]:
+    return {"transactionTime": "2026-11-01T00:00:00Z", "request": KICKOFF, "requiresAccessToken": token,
+            "output": [{"type": "Observation", "url": u} for u in urls], "error": [], **extra}
+
+
+def exporter(clock: FakeClock, sleep: FakeSleep, auth: httpx.Auth | None = None, **options: Any) -> BulkExporter:
+    client = FhirClient(BASE, auth=auth)
+    return BulkExporter(client, BulkOptions(**options), sleep=sleep, clock=clock)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sleep(clock: FakeClock) -> FakeSleep:
+    return FakeSleep(clock)
+
+
+async def test_kickoff_returns_the_status_url_and_sends_the_async_headers(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                                          sleep: FakeSleep) -> None:
+    httpx_mock.add_response(url=KICKOFF, status_code=202, headers={"Content-Location": STATUS})
+    job = Job(kickoff=KICKOFF)
+    assert await exporter(clock, sleep).kickoff(job) == STATUS
+    request = httpx_mock.get_requests()[0]
+    assert request.headers["Prefer"] == "respond-async" and request.headers["Accept"] == "application/fhir+json"
+
+
+async def test_kickoff_refused_shows_the_operation_outcome(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                           sleep: FakeSleep) -> None:
+    httpx_mock.add_response(url=KICKOFF, status_code=400, json=outcome("_type: Specimen is not exportable"))
+    with pytest.raises(BulkExportError, match=r"HTTP 400: .*_type: Specimen is not exportable") as err:
+        await exporter(clock, sleep).kickoff(Job(kickoff=KICKOFF))
+    assert err.value.status == 400 and err.value.diagnostics[0].endswith("_type: Specimen is not exportable")
+
+
+async def test_5xx_while_polling_is_retried(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
+    httpx_mock.add_response(url=STATUS, status_code=202, headers={"X-Progress": "50%", "Retry-After": "5"})
+    httpx_mock.add_response(url=STATUS, status_code=503, json=outcome("busy", code="transient"))
+    httpx_mock.add_response(url=STATUS, status_code=500)
+    httpx_mock.add_response(url=STATUS, json=manifest(f"{BASE}/files/1.ndjson"))
+    job = Job(kickoff=KICKOFF, status_url=STATUS)
+    got = await exporter(clock, sleep).wait(job)
+    assert got["output"][0]["url"] == f"{BASE}/files/1.ndjson" and job.progress == ["50%"]
+    assert sleep.delays[0] == 5 and len(sleep.delays) == 3 and job.requests["status"] == 4
+
+
+async def test_5xx_that_persists_is_an_error(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
+    for _ in range(3):
+        httpx_mock.add_response(url=STATUS, status_code=503, json=outcome("export worker crashed"))
+    with pytest.raises(BulkExportError, match=r"HTTP 503: .*export worker crashed; the server failed"):
+        await exporter(clock, sleep, status_attempts=3).wait(Job(kickoff=KICKOFF, status_url=STATUS))
+
+
+async def test_an_expired_job_is_an_error_naming_it(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                    sleep: FakeSleep) -> None:
+    httpx_mock.add_response(url=STATUS, status_code=404, json=outcome("job job-1 expired"))
+    with pytest.raises(BulkExportError, match=r"job job-1 expired.*expired or deleted job") as err:
+        await exporter(clock, sleep).wait(Job(kickoff=KICKOFF, status_url=STATUS))
+    assert err.value.status == 404
+
+
+async def test_retry_after_as_http_date_and_far_future_capped(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                              sleep: FakeSleep) -> None:
+    now = datetime.fromtimestamp(clock.now, UTC)
+    httpx_mock.add_response(url=STATUS, status_code=202,
+                            headers={"Retry-After": format_datetime(now + timedelta(seconds=30), usegmt=True)})
+    httpx_mock.add_response(url=STATUS, status_code=202,
+                            headers={"Retry-After": format_datetime(now + timedelta(days=3), usegmt=True)})
+    httpx_mock.add_response(url=STATUS, status_code=202, headers={"Retry-After": "86400"})
+    httpx_mock.add_response(url=STATUS, json=manifest())
+    await exporter(clock, sleep, max_retry_after_seconds=120, poll_limit_seconds=10_000).wait(
+        Job(kickoff=KICKOFF, status_url=STATUS))
+    assert sleep.delays == [30, 120, 120]
+
+
+async def test_rate_limited_polling_waits_longer(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
+    httpx_mock.add_response(url=STATUS, status_code=202)
+    httpx_mock.add_response(url=STATUS, status_code=429, headers={"Retry-After": "17"})
+    httpx_mock.add_response(url=STATUS, status_code=429)
+    httpx_mock.add_response(url=STATUS, json=manifest())
+    await exporter(clock, sleep, first_poll_seconds=1).wait(Job(kickoff=KICKOFF, status_url=STATUS))
+    assert sleep.delays[0] == 1 and sleep.delays[1] == 17 and sleep.delays[2] > sleep.delays[0]
+
+
+async def test_time_limit(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
+    httpx_mock.add_response(url=STATUS, status_code=202, headers={"Retry-After": "100", "X-Progress": "10%"},
+                            is_reusable=True)
+    with pytest.raises(BulkExportError, match=r"not finished after 250 s \(last progress: 10%\).*resume"):
+        await exporter(clock, sleep, poll_limit_seconds=250).wait(Job(kickoff=KICKOFF, status_url=STATUS))
+
+
+async def test_status_answered_with_a_redirect_and_a_paged_manifest(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                                    sleep: FakeSleep) -> None:
+    httpx_mock.add_response(url=STATUS, status_code=303, headers={"Location": f"{BASE}/manifests/1"})
+    httpx_mock.add_response(url=f"{BASE}/manifests/1", json=manifest(
+        "files/a.ndjson", link=[{"relation": "next", "url": f"{BASE}/manifests/2"}]))
+    httpx_mock.add_response(url=f"{BASE}/manifests/2", json=manifest("files/b.ndjson"))
+    got = await exporter(clock, sleep).wait(Job(kickoff=KICKOFF, status_url=STATUS))
+    assert [o["url"] for o in got["output"]] == ["files/a.ndjson", "files/b.ndjson"] and "link" not in got
+
+
+@pytest.mark.parametrize("token", [True, False])
+async def test_downloads_send_the_token_only_when_required(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                           sleep: FakeSleep, tmp_path: Path, token: bool) -> None:
+    httpx_mock.add_response(url=f"{BASE}/files/1.ndjson", content=LINE)  # relative in the manifest
+    httpx_mock.add_response(url="https://storage.example.org/x/2.ndjson", content=LINE)
+    job = Job(kickoff=KICKOFF, status_url=STATUS,
+              manifest=manifest("files/1.ndjson", "https://storage.example.org/x/2.ndjson", token=token))
+    local = await exporter(clock, sleep, auth=BearerToken("s3cret")).download(job, tmp_path)
+    assert [o["url"] for o in local["output"]] == ["001.Observation.ndjson", "002.Observation.ndjson"]
+    assert (tmp_path / "001.Observation.ndjson").read_bytes() == LINE
+    sent = [("Authorization" in r.headers) for r in httpx_mock.get_requests()]
+    assert sent == [token, token]
+
+
+async def test_a_manifest_file_that_404s_is_an_error_naming_it(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                               sleep: FakeSleep, tmp_path: Path) -> None:
+    url = f"{BASE}/files/gone.ndjson"
+    httpx_mock.add_response(url=url, status_code=404, json=outcome("file expired"))
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(url))
+    with pytest.raises(BulkExportError, match=r"files/gone.ndjson answered HTTP 404: .*file expired"):
+        await exporter(clock, sleep).download(job, tmp_path)
+    assert not list(tmp_path.glob("*.ndjson"))
+
+
+async def test_a_gzip_file_served_as_is_is_kept_gzipped(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                        sleep: FakeSleep, tmp_path: Path) -> None:
+    import gzip
+
+    httpx_mock.add_response(url=f"{BASE}/files/1.ndjson.gz", content=gzip.compress(LINE),
+                            headers={"Content-Type": "application/gzip"})
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(f"{BASE}/files/1.ndjson.gz"))
+    local = await exporter(clock, sleep).download(job, tmp_path)
+    assert local["output"][0]["url"] == "001.Observation.ndjson.gz"
+    assert gzip.decompress((tmp_path / "001.Observation.ndjson.gz").read_bytes()) == LINE
+
+
+async def test_delete_refused_is_a_warning(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
+    httpx_mock.add_response(method="DELETE", url=STATUS, status_code=500, json=outcome("cannot delete"))
+    warning = await exporter(clock, sleep).delete(Job(kickoff=KICKOFF, status_url=STATUS))
+    assert warning is not None and "cannot delete" in warning

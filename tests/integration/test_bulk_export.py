@@ -1,0 +1,157 @@
+"""The Bulk Data $export client against the running test server (tests/fhir_server/bulk-export.mjs): the same
+CRFs and results as the REST path on the same server, Group and Patient level, the server's quirks handled
+(_typeFilter refused, no such Group, relative file URLs, several files per type, error files, polling with
+Retry-After/X-Progress), the job deleted, an interrupted download resumed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from feed_loader import load_feed, put_resources
+from server_fixture import ServerHandle
+from serverkit import cli_run, crfs, report, study_results, write_config
+
+from fhir_adapter.cli import main
+from fhir_adapter.synth import plan_trial, write_feed
+
+pytestmark = pytest.mark.server
+
+SUBJECTS = 4
+DEFAULT_KNOBS: dict[str, Any] = {
+    "polls_until_done": 1, "retry_after": "0", "requires_token": False, "relative_urls": False,
+    "files_per_type": 1, "error_text": "", "type_filter": "reject", "group_404": False, "fail_file": -1,
+    "fail_file_times": 0,
+}
+
+
+@dataclass
+class Setup:
+    server: ServerHandle
+    tmp: Path
+    rest_out: Path
+    config: Path
+    group_config: Path
+
+    def bulk(self, **knobs: Any) -> dict[str, Any]:
+        answer = httpx.post(f"{self.server.root_url}/admin/bulk", json={**DEFAULT_KNOBS, **knobs}, timeout=10)
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+
+@pytest.fixture(scope="module")
+def setup(fhir_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    tmp = tmp_path_factory.mktemp("bulk")
+    write_feed(tmp / "feed", subjects=SUBJECTS, seed=7)
+    fhir_server.clear_faults()
+    fhir_server.reset()
+    load_feed(fhir_server.base_url, tmp / "feed")
+    enrolled = [s.patient_id for s in plan_trial(SUBJECTS, 7).subjects]
+    put_resources(fhir_server.base_url, [{"resourceType": "Group", "id": "lcar-aio-cohort", "type": "person",
+                                          "actual": True, "member": [{"entity": {"reference": f"Patient/{p}"}}
+                                                                     for p in enrolled]}])
+    config = write_config(tmp / "adapter.yaml")
+    group_config = write_config(tmp / "group.yaml", "bulk:\n  group_id: lcar-aio-cohort\n")
+    cli_run(fhir_server.base_url, tmp / "rest-out", "--config", str(config))
+    s = Setup(fhir_server, tmp, tmp / "rest-out", config, group_config)
+    yield s
+    s.bulk()
+
+
+def _same_as_rest(setup: Setup, out: Path) -> None:
+    assert study_results(out) == study_results(setup.rest_out)
+    assert crfs(out) == crfs(setup.rest_out)
+    for path in sorted((setup.rest_out / "writeback").glob("*.json")):
+        assert (out / "writeback" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_patient_export_gives_the_rest_results(setup: Setup) -> None:
+    setup.bulk(polls_until_done=3, files_per_type=2)
+    out = setup.tmp / "patient"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    _same_as_rest(setup, out)
+    rep = report(out)
+    assert rep["source"].startswith("bulk:")
+    bulk = rep["server_requests"]["bulk"]
+    assert bulk["kickoff"] == 2 and bulk["kickoff_path"] == "Patient/$export" and bulk["type_filter"] is False
+    assert bulk["status"] == 4 and bulk["delete"] == 1 and bulk["progress"].startswith("in progress")
+    # _typeFilter refused by this server: one kick-off with it (400), one without
+    assert any(w["rule"] == "bulk-export" and "_typeFilter" in w["message"] for w in rep["warnings"])
+    after = setup.bulk()
+    assert after["jobs"] == 0 and after["counters"]["deletes"] == 1  # the job was deleted
+    manifest = json.loads((out / "bulk" / "manifest.json").read_text())
+    assert len(manifest["output"]) > len({o["type"] for o in manifest["output"]})  # several files per type
+    assert (out / "state" / "last-run.json").is_file()
+    assert json.loads((out / "state" / "last-run.json").read_text())["started"][:10] == manifest["transactionTime"][:10]
+
+
+def test_group_export_with_relative_urls_and_gzip(setup: Setup) -> None:
+    setup.bulk(relative_urls=True, type_filter="ignore")
+    out = setup.tmp / "group"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.group_config))
+    _same_as_rest(setup, out)
+    bulk = report(out)["server_requests"]["bulk"]
+    assert bulk["kickoff"] == 1 and bulk["type_filter"] is True
+    manifest = json.loads((out / "bulk" / "manifest.json").read_text())
+    assert manifest["request"].split("/fhir/R4/")[1].startswith("Group/lcar-aio-cohort/$export")
+    assert all(o["source_url"].startswith("$export-file/") for o in manifest["output"])
+
+
+def test_unknown_group_falls_back_to_patient_export(setup: Setup) -> None:
+    setup.bulk(group_404=True)
+    out = setup.tmp / "fallback"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.group_config))
+    _same_as_rest(setup, out)
+    warnings = [w["message"] for w in report(out)["warnings"] if w.get("rule") == "bulk-export"]
+    assert any("Group/lcar-aio-cohort/$export failed (404" in w for w in warnings)
+
+
+def test_error_files_are_reported_and_the_run_is_not_ok(setup: Setup) -> None:
+    setup.bulk(error_text="Condition: export failed for 2 resources")
+    out = setup.tmp / "errors"
+    result = CliRunner().invoke(main, ["-q", "run", "--source", setup.server.base_url, "--out", str(out), "--bulk",
+                                       "--config", str(setup.config)])
+    assert result.exit_code == 2, result.output
+    errors = [q for q in report(out)["quarantine"] if q["rule"] == "export-error"]
+    assert len(errors) == 1 and "export failed for 2 resources" in errors[0]["reason"]
+    _same_as_rest(setup, out)
+
+
+def test_interrupted_download_resumes_without_fetching_finished_files(setup: Setup) -> None:
+    setup.bulk(fail_file=2, fail_file_times=100, files_per_type=1)
+    out = setup.tmp / "resume"
+    config = write_config(setup.tmp / "resume.yaml", "bulk:\n  download_attempts: 1\n")
+    result = CliRunner().invoke(main, ["-q", "run", "--source", setup.server.base_url, "--out", str(out), "--bulk",
+                                       "--config", str(config)])
+    assert result.exit_code == 1 and "503" in result.output and "$export-file" in result.output
+    state = json.loads((out / "bulk" / ".bulk-job.json").read_text())
+    assert state["manifest"] is not None and not state.get("done")
+    finished = sorted(p.name for p in (out / "bulk").glob("*.ndjson*"))
+    assert len(finished) == 2  # files 0 and 1 are down, file 2 failed
+    before = setup.bulk(fail_file=-1)["counters"]
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(config))
+    after = setup.bulk()["counters"]
+    assert after["kickoffs"] == before["kickoffs"]  # the same job, not a new export
+    assert after["files"] - before["files"] == len(state["manifest"]["output"]) - 2
+    _same_as_rest(setup, out)
+
+
+def test_files_removed_when_the_user_says_so(setup: Setup) -> None:
+    setup.bulk()
+    out = setup.tmp / "removed"
+    config = write_config(setup.tmp / "remove.yaml", "bulk:\n  keep_files: false\n")
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(config))
+    _same_as_rest(setup, out)
+    assert not (out / "bulk").exists()
+
+
+def test_bulk_needs_a_server(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--bulk"])
+    assert result.exit_code == 1 and "--bulk" in result.output
