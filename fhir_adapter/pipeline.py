@@ -36,9 +36,10 @@ from fhir_adapter.study import Study
 from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.bundle import transaction
 from fhir_adapter.writeback.efficacy import efficacy_observations
-from fhir_adapter.writeback.observations import result_sources, sledai2k_observation
+from fhir_adapter.writeback.observations import sledai2k_observation
 from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sink import WriteResult
+from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import WrittenState, result_id
 
 log = logging.getLogger(__name__)

@@ -36,6 +36,9 @@ SD_RESEARCH_SUBJECT = f"{CANONICAL}/StructureDefinition/research-subject"
 SD_PROVENANCE = f"{CANONICAL}/StructureDefinition/result-provenance"
 #: extension naming the ResearchSubject on a result Observation (besides Observation.focus)
 EXT_RESEARCH_SUBJECT = f"{CANONICAL}/StructureDefinition/research-subject-ref"
+#: extension naming an EHR resource a result was derived from whose type R4 does not allow in
+#: Observation.derivedFrom (MedicationStatement, AdverseEvent, Procedure...); also a Provenance entity
+EXT_RESULT_SOURCE = f"{CANONICAL}/StructureDefinition/result-source"
 
 # --- external terminologies -----------------------------------------------------------------------
 LOINC = "http://loinc.org"

@@ -22,6 +22,7 @@ from fhir_adapter.review.apply import SubjectReview, apply_decisions
 from fhir_adapter.review.store import DecisionStore
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.study import Study
+from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import Plan, WrittenState, result_id
 
 CANDIDATES_DIR = Path("review") / "candidates"
@@ -36,8 +37,7 @@ def candidates_document(review: SubjectReview) -> dict[str, Any]:
 
 
 def _sources(resource: dict[str, Any]) -> set[str]:
-    return {str(r.get("reference")).split("/_history/")[0] for r in resource.get("derivedFrom") or []
-            if r.get("reference")}
+    return {r.split("/_history/")[0] for r in result_sources(resource)}
 
 
 class ReviewRun:

@@ -2,8 +2,14 @@
 
 Every result Observation has: a stable identifier (:mod:`identifiers`), ``meta.profile``, status
 ``final``, a code of the results CodeSystem, ``subject`` = the Patient, ``focus`` = the ResearchSubject,
-``effectiveDateTime`` = the visit date, ``derivedFrom`` = the source resources, and ``method.text`` naming
-the rule and the adapter version, so a clinician reading the chart can tell how the number was made.
+``effectiveDateTime`` = the visit date, its sources, and ``method.text`` naming the rule and the adapter
+version, so a clinician reading the chart can tell how the number was made.
+
+Sources: ``derivedFrom`` holds those of a type R4 allows there (Observation, QuestionnaireResponse,
+DocumentReference, ImagingStudy, Media, MolecularSequence: https://hl7.org/fhir/R4/observation-definitions.html
+#Observation.derivedFrom); any other source (MedicationStatement, AdverseEvent, Procedure…) is named by the
+extension ``result-source`` (profiles/StructureDefinition-result-source.json). Both are Provenance entities of
+the write. A result with no source at all is never written back.
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ from fhir_adapter.terminology import (
     CS_SLEDAI2K_DESCRIPTOR,
     DATA_ABSENT_REASON,
     EXT_RESEARCH_SUBJECT,
+    EXT_RESULT_SOURCE,
     OBS_CATEGORY,
     SD_RESULT_OBSERVATION,
     SID_RESULT,
     codesystem_displays,
 )
 from fhir_adapter.writeback.identifiers import result_identifier
+from fhir_adapter.writeback.sources import DERIVED_FROM_TYPES
 
 
 def result_display(code: str) -> str:
@@ -33,11 +41,6 @@ def result_display(code: str) -> str:
     if code not in displays:
         raise KeyError(f"result code '{code}' is not defined in profiles/CodeSystem-results.json; add it there")
     return displays[code]
-
-
-def result_sources(res: dict[str, Any]) -> list[str]:
-    """The source references a result names (``derivedFrom``); a result naming none is never written back."""
-    return sorted({d["reference"] for d in res.get("derivedFrom") or [] if isinstance(d.get("reference"), str)})
 
 
 def _refs(refs: list[str]) -> list[dict[str, str]]:
@@ -79,8 +82,11 @@ def result_observation(
     obs.update(value)
     if method:
         obs["method"] = {"text": method}
-    if derived_from:
-        obs["derivedFrom"] = _refs(derived_from)
+    refs = _refs(derived_from or [])
+    allowed = [r for r in refs if r["reference"].split("/")[0] in DERIVED_FROM_TYPES]
+    obs["extension"] += [{"url": EXT_RESULT_SOURCE, "valueReference": r} for r in refs if r not in allowed]
+    if allowed:
+        obs["derivedFrom"] = allowed
     if components:
         obs["component"] = components
     return obs

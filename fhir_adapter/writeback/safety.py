@@ -1,8 +1,10 @@
 """Safety result Observations of one subject (scope ``subject`` in the identifier).
 
-* ``dlt`` — ``valueBoolean`` (a DLT in the DLT window), ``derivedFrom`` the AdverseEvents evaluated (those
-  that could fall in the window, the DLTs among them); ``effectiveDateTime`` = the last day of the DLT
-  window. Written only where the evaluation is true or false (a "not evaluable" subject has none).
+* ``dlt`` — ``valueBoolean`` (a DLT in the DLT window), sources (``result-source`` extensions) the infusion
+  Procedure and the AdverseEvents evaluated (those that could fall in the window, the DLTs among them), the
+  method text naming the window's dates and how many AEs were considered, so a "no DLT" says what it was
+  judged from; ``effectiveDateTime`` = the last day of the DLT window. Written only where the evaluation is
+  true or false (a "not evaluable" subject has none).
 * ``cart-cmax`` — ``valueQuantity`` in ``{copies}/ug{DNA}`` (UCUM), effective on the day of Cmax;
 * ``cart-tmax`` — ``valueQuantity`` in ``d`` (fractional days after the infusion), effective on the day of Cmax;
 * ``cart-auc0-28d`` — ``valueQuantity`` in ``{copies}/ug{DNA}.d``, effective on day 28 after the infusion.
@@ -44,10 +46,14 @@ def safety_observations(r: SubjectResults, e: Enrollee, study: Study) -> list[di
     if d.dlt is not None:
         w = study.rule("dlt", DltSettings).window
         rules = ", ".join(sorted({ev.rule for ev in d.dlt_events})) or "none met"
-        method = (f"DLT rules of dlt.yaml (onset study days {w.first_day}-{w.last_day}; CTCAE v5.0, "
-                  f"ASTCT 2019 CRS/ICANS); rules met: {rules}; fhir-adapter {__version__}")
+        window = f"{date_of_study_day(w.first_day, day1)} to {date_of_study_day(w.last_day, day1)}"
+        judged = f"{len(d.evaluated)} adverse event(s) considered" if d.evaluated else "no adverse event in the window"
+        method = (f"DLT rules of dlt.yaml (onset study days {w.first_day}-{w.last_day}, {window}; CTCAE v5.0, "
+                  f"ASTCT 2019 CRS/ICANS); rules met: {rules}; judged from the infusion "
+                  f"{e.infusion.reference if e.infusion else '(unknown)'} and {judged}; fhir-adapter {__version__}")
+        sources = [*([e.infusion.reference] if e.infusion else []), *d.evaluated]
         out.append(result_observation(e, study_id, SCOPE, "dlt", date_of_study_day(w.last_day, day1),
-                                      {"valueBoolean": d.dlt}, derived_from=d.evaluated, method=method,
+                                      {"valueBoolean": d.dlt}, derived_from=sources, method=method,
                                       category="exam"))
     k = r.safety.kinetics.primary
     if k is None:

@@ -32,6 +32,7 @@ import orjson
 
 from fhir_adapter import __version__
 from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.writeback.sources import derived_from_allowed, result_sources
 
 STATE_VERSION = 1
 _KEEP = ("resourceType", "meta", "extension", "identifier", "category", "code", "subject", "focus",
@@ -52,7 +53,7 @@ def result_id(resource: dict[str, Any]) -> str:
 
 
 def _sources(resource: dict[str, Any]) -> list[str]:
-    return sorted({str(r.get("reference")) for r in resource.get("derivedFrom") or [] if r.get("reference")})
+    return result_sources(resource)
 
 
 def _value_text(entry: dict[str, Any]) -> str:
@@ -84,8 +85,9 @@ def retraction(entry: dict[str, Any], reason: str, on: dt.date) -> dict[str, Any
     """The entered-in-error update of a result written by an earlier run."""
     obs = {k: v for k, v in entry["resource"].items() if k in _KEEP}
     obs["status"] = "entered-in-error"
-    if entry.get("sources"):
-        obs["derivedFrom"] = [{"reference": r} for r in entry["sources"]]
+    allowed = [r for r in entry.get("sources") or [] if derived_from_allowed(r)]
+    if allowed:
+        obs["derivedFrom"] = [{"reference": r} for r in allowed]
     obs["note"] = [{"text": (f"Retracted by fhir-adapter {__version__} on {on.isoformat()}: {reason}. "
                              f"The value written earlier ({_value_text(entry)}) no longer holds.")}]
     return obs

@@ -14,8 +14,9 @@ from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.results.study_json import settings_echo, study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster import Enrollee
-from fhir_adapter.terminology import UCUM
+from fhir_adapter.terminology import EXT_RESULT_SOURCE, UCUM
 from fhir_adapter.writeback.efficacy import efficacy_observations
+from fhir_adapter.writeback.sources import result_sources
 
 VISIT_KEYS = {"pga", "pga_change", "lldas", "lldas_failed", "pred_eq_mg_per_day", "upcr_mg_mg", "upcr_change",
               "protein_24h_g", "protein_24h_change", "c3", "c3_change", "c4", "c4_change", "anti_dsdna",
@@ -74,8 +75,12 @@ def test_writeback_lldas_and_dose_observations(study) -> None:  # type: ignore[n
     comps = {c["code"]["coding"][0]["code"]: c["valueBoolean"] for c in lldas["component"]}
     assert comps == {"lldas-sledai-le-4": True, "lldas-no-major-organ-activity": True,
                      "lldas-no-new-features": True, "lldas-pga-le-1": True, "lldas-pred-eq-le-7-5": False}
-    refs = {d["reference"] for d in lldas["derivedFrom"]}
+    # R4 allows only Observation & co in derivedFrom; the medication sources are result-source extensions
+    assert all(d["reference"].startswith("Observation/") for d in lldas["derivedFrom"])
+    refs = set(result_sources(lldas))
     assert any(r.startswith("MedicationStatement/") for r in refs) and len(refs) >= 3
+    assert {x["valueReference"]["reference"] for x in lldas["extension"] if x["url"] == EXT_RESULT_SOURCE} == {
+        r for r in refs if not r.startswith("Observation/")}
     dose = by[("pred-eq-daily-dose", "W12")]
     assert dose["valueQuantity"] == {"value": 5.0, "unit": "mg/d", "system": UCUM, "code": "mg/d"}
     codes = {c["code"] for c in json.loads(

@@ -18,11 +18,13 @@ from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.terminology import UCUM
 from fhir_adapter.writeback.safety import safety_observations
+from fhir_adapter.writeback.sources import result_sources
 
 _ids = itertools.count(1)
 E = Enrollee(subject_id="T-001", patient_id="p1",
              research_subject=SourceRef(resource_type="ResearchSubject", id="rs1"), status="follow-up",
-             arm="DL1", consent_date=None, site=None, sex="F", birth_date=None, day1=DAY1)
+             arm="DL1", consent_date=None, site=None, sex="F", birth_date=None, day1=DAY1,
+             infusion=SourceRef(resource_type="Procedure", id="inf1"))
 SUBJECT_KEYS = {"teae_count", "serious_teae_count", "max_teae_grade", "crs_max_grade", "icans_max_grade",
                 "dlt", "dlt_events", "kinetics", "pre_infusion_aes"}
 
@@ -84,12 +86,22 @@ def test_writeback_observations(study) -> None:  # type: ignore[no-untyped-def]
         assert r4_problem(o) is None
         assert o["identifier"][0]["value"].startswith("LCAR-AIO-SLE.T-001.subject.")
     assert obs["dlt"]["valueBoolean"] is True and obs["dlt"]["effectiveDateTime"] == "2024-03-01"
-    assert obs["dlt"]["derivedFrom"] == [{"reference": r.crf.ae[0].source.reference}]
+    # AdverseEvent and Procedure are not derivedFrom types in R4: the sources are result-source extensions
+    assert "derivedFrom" not in obs["dlt"]
+    assert result_sources(obs["dlt"]) == sorted(["Procedure/inf1", r.crf.ae[0].source.reference])
     q = obs["cart-auc0-28d"]["valueQuantity"]
     assert (q["system"], q["code"]) == (UCUM, "{copies}/ug{DNA}.d") and round(q["value"], 1) == 231773.7
     tmax = obs["cart-tmax"]["valueQuantity"]
     assert tmax["code"] == "d" and tmax["value"] == 10
     assert obs["cart-cmax"]["effectiveDateTime"] == (DAY1 + dt.timedelta(days=10)).isoformat()
+
+
+def test_no_dlt_names_what_it_was_judged_from(study) -> None:  # type: ignore[no-untyped-def]
+    r = derive_subject(subject("T-001", "DL1", []), study)
+    (dlt,) = [o for o in safety_observations(r, E, study) if o["code"]["coding"][0]["code"] == "dlt"]
+    assert dlt["valueBoolean"] is False and result_sources(dlt) == ["Procedure/inf1"]
+    first, last = DAY1.isoformat(), (DAY1 + dt.timedelta(days=29)).isoformat()
+    assert f"{first} to {last}" in dlt["method"]["text"] and "no adverse event in the window" in dlt["method"]["text"]
 
 
 def test_no_observation_where_the_value_is_unknown(study) -> None:  # type: ignore[no-untyped-def]
