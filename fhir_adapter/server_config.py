@@ -142,7 +142,18 @@ def _config_error(exc: ValidationError, path: Path | None, doc: Any, from_env: d
 
 
 def open_client(base_url: str, config: ServerConfig, env: Mapping[str, str]) -> FhirClient:
-    return FhirClient(base_url, auth=auth_from_env(env, fhir_base_url=base_url), settings=config.client)
+    """The client for ``base_url``; incomplete or conflicting credentials in the environment and a malformed
+    URL are :class:`ServerConfigError` (the message names the variables, never their secret values)."""
+    try:
+        auth = auth_from_env(env, fhir_base_url=base_url)
+    except ValueError as exc:
+        raise ServerConfigError(f"credentials in the environment: {exc} — see docs/integrator-guide.md "
+                                "(environment variables)") from None
+    try:
+        return FhirClient(base_url, auth=auth, settings=config.client)
+    except ValueError as exc:
+        raise ServerConfigError(f"--source {base_url}: {exc} — give the server's base URL, e.g. "
+                                "https://ehr.example.org/fhir/R4") from None
 
 
 STATE_FILE = Path("state") / "last-run.json"

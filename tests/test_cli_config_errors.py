@@ -96,3 +96,11 @@ def test_exit_code_table_in_help_and_docs() -> None:
         assert f"  {code:<3}" in out, code
         assert f"| {code} |" in doc, code
     assert "usage error on the command line" in out
+
+
+def test_incomplete_smart_credentials_are_a_user_error(tmp_path: Path) -> None:
+    res = CliRunner(env={"FHIR_ADAPTER_SMART_CLIENT_ID": "adapter"}).invoke(
+        main, ["check", "--source", "https://127.0.0.1:9/fhir"])
+    assert res.exit_code == exit_codes.FAILED
+    assert res.stderr.startswith("error: credentials in the environment") and "FHIR_ADAPTER_SMART_KID" in res.stderr
+    assert "internal error" not in res.stderr
