@@ -80,6 +80,8 @@ def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: 
         if _identifier(r) is None:
             raise UnsafeWrite(f"{r.get('resourceType')} without an identifier in {SID_RESULT}: the adapter only "
                               "writes resources it owns")
+        if r.get("resourceType") == "ResearchStudy":  # the adapter's own study (from study.yaml): no patient
+            continue
         subj = (r.get("subject") or r.get("individual") or {}).get("reference")
         if subj != f"Patient/{e.patient_id}":
             raise UnsafeWrite(f"{r.get('resourceType')} {_identifier(r)} points at {subj}, not at the subject's "

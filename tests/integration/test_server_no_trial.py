@@ -1,0 +1,44 @@
+"""A FHIR server that knows nothing of the trial (no ResearchStudy, no ResearchSubject): study.yaml and the
+site roster CSV enrol the subjects, and --post writes the adapter's own ResearchStudy and ResearchSubjects with
+the results (issue 16 item 8), on the real test server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from feed_loader import load_feed, search_all
+from no_trial_feed import build_no_trial_feed
+from server_fixture import ServerHandle
+from serverkit import cli_run, report, write_config
+
+from fhir_adapter.terminology import SID_RESULT
+
+pytestmark = pytest.mark.server
+
+
+def test_roster_csv_and_study_yaml_enrol_and_write_back(clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    feed, roster, expected = build_no_trial_feed(tmp_path / "feed")
+    site = expected.pop("site")
+    load_feed(clean_fhir_server.base_url, feed)
+    assert search_all(clean_fhir_server.base_url, "ResearchStudy", {}) == []
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "adapter.yaml")
+    cli_run(clean_fhir_server.base_url, out, "--post", "--roster-csv", str(roster), "--site", site,
+            "--config", str(config))
+    rep = report(out)
+    assert rep["summary"]["subjects"] == 3 and rep["summary"]["subjects_not_written"] == []
+    assert {d["subject_id"]: d["source"] for d in rep["day1_sources"]} == expected
+    studies = search_all(clean_fhir_server.base_url, "ResearchStudy", {})
+    assert len(studies) == 1 and studies[0]["identifier"][0]["value"] == "LCAR-AIO-SLE"
+    assert any(i["system"] == SID_RESULT for i in studies[0]["identifier"])
+    subjects = search_all(clean_fhir_server.base_url, "ResearchSubject", {})
+    assert len(subjects) == 3
+    assert {s["study"]["reference"] for s in subjects} == {f"ResearchStudy/{studies[0]['id']}"}
+    # a second run reads the adapter's own ResearchStudy back, and changes nothing
+    cli_run(clean_fhir_server.base_url, out, "--post", "--roster-csv", str(roster), "--site", site,
+            "--config", str(config))
+    second = report(out)
+    assert second["summary"]["server_writes"] == 0, json.dumps(second["writes"])[:500]
+    assert len(search_all(clean_fhir_server.base_url, "ResearchStudy", {})) == 1
