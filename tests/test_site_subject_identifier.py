@@ -97,3 +97,11 @@ def test_the_overlay_rule_is_checked_and_recorded(tmp_path: Path) -> None:
     with pytest.raises(MappingError, match="exactly one of"):
         load_study(ROOT / "mappings" / "lcar-aio",
                    _overlay(tmp_path, "subject_identifier: {system: urn:x, only: true}\n"))
+
+
+def test_a_run_whose_every_subject_failed_is_a_failed_run() -> None:
+    from fhir_adapter.pipeline import RunSummary
+
+    assert RunSummary(out=Path("o"), subjects=0, subjects_failed=["101-001"]).exit_code == exit_codes.FAILED
+    assert RunSummary(out=Path("o"), subjects=1, subjects_failed=["101-002"]).exit_code == \
+        exit_codes.COMPLETED_WITH_WARNINGS
