@@ -56,6 +56,21 @@ def texts(cc: Any) -> list[str]:
     return out
 
 
+def decimal_text(value: Any) -> str:
+    """A FHIR decimal as text, the same whichever JSON parser or server carried it.
+
+    JSON does not keep a number's trailing zeros through every hop (a server written in JavaScript returns
+    ``37.0`` as ``37``), so an integral value is written without its fraction and any other value in its
+    shortest round-trip form.
+
+    >>> decimal_text(37.0), decimal_text(37), decimal_text(0.10), decimal_text("12.5")
+    ('37', '37', '0.1', '12.5')
+    """
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def quantity_unit(q: dict[str, Any]) -> str | None:
     """The UCUM code of a Quantity when it has one, else its human-readable unit."""
     if q.get("code") and q.get("system") in (None, UCUM):

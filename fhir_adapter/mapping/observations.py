@@ -31,7 +31,7 @@ from typing import Any
 from fhir_adapter import units
 from fhir_adapter.crf.models import Finding, SourceRef
 from fhir_adapter.mapping.cdisc_details import finding_details
-from fhir_adapter.mapping.common import Unusable, codings, latest, quantity_unit
+from fhir_adapter.mapping.common import Unusable, codings, decimal_text, latest, quantity_unit
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.study import Study
 from fhir_adapter.study.models import Item
@@ -195,7 +195,7 @@ class ObservationMapper:
             if comparator not in (None, "<", "<=", ">", ">="):
                 raise Unusable("bad-comparator", f"{item_id}: comparator '{comparator}' is not an R4 code",
                                "send one of <, <=, >, >= (or none)")
-            orig = f"{comparator or ''}{q['value']}"
+            orig = f"{comparator or ''}{decimal_text(q['value'])}"
         elif "valueString" in part:
             m = _NUMERIC.match(str(part["valueString"]))
             if not m:

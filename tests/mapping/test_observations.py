@@ -135,3 +135,12 @@ def test_dates_in_the_site_time_zone(study):  # type: ignore[no-untyped-def]
     assert str(f.date) == "2024-03-06"  # UTC is the study default
     (f,), _ = mapped(study, [obs("a", "777-3", 150, "10*9/L", when="2024-03")])
     assert f.date is None and f.partial_date == "2024-03"
+
+
+def test_original_value_text_does_not_depend_on_how_json_carried_the_number(study):  # type: ignore[no-untyped-def]
+    # a file export keeps 37.0, a JavaScript server returns 37: ORRES must read the same from both sources
+    (a,), _ = mapped(study, [obs("o1", "8310-5", 37.0, "Cel")])
+    (b,), _ = mapped(study, [obs("o1", "8310-5", 37, "Cel")])
+    (c,), _ = mapped(study, [obs("o2", "8310-5", 37.25, "Cel")])
+    assert a.orig_value == b.orig_value == "37"
+    assert c.orig_value == "37.25"
