@@ -103,12 +103,18 @@ def _sc_dexamethasone() -> dict[str, Any]:
     }
 
 
-def test_subcutaneous_glucocorticoid_is_systemic_in_the_mapping_and_in_the_dose(study: Study) -> None:
-    """docs/clinical-rules.md#glucocorticoid-routes: one list, read by CM.systemic and the dose alike."""
+def test_routes_come_from_one_list_read_by_the_mapping_and_the_dose(study: Study) -> None:
+    """docs/clinical-rules.md#glucocorticoid-routes: one list, read by CM.systemic and the dose alike.
+
+    The study list is oral, intravenous and intramuscular: a subcutaneous record is kept in CM but is neither
+    systemic nor counted; a site that adds subcutaneous to the one list changes both at once."""
     (cm,) = MedicationMapper(study, RunLog()).map([_sc_dexamethasone()], "T-001")
-    assert (cm.drug, cm.route, cm.systemic) == ("dexamethasone", "subcutaneous", True)
-    dose = pred_eq_on([cm], dt.date(2024, 1, 12), study.rule("glucocorticoids", GlucocorticoidSettings))
-    assert dose.mg_per_day == 20.01   # 3 mg x 6.67
+    assert (cm.drug, cm.route, cm.systemic) == ("dexamethasone", "subcutaneous", False)
+    settings = study.rule("glucocorticoids", GlucocorticoidSettings)
+    assert settings.systemic_routes == ("oral", "intravenous", "intramuscular")
+    assert pred_eq_on([cm], dt.date(2024, 1, 12), settings).mg_per_day is None
+    with_sc = settings.model_copy(update={"systemic_routes": (*settings.systemic_routes, "subcutaneous")})
+    assert pred_eq_on([cm], dt.date(2024, 1, 12), with_sc).mg_per_day == 20.01   # 3 mg x 6.67
 
 
 # -- result display names ------------------------------------------------------------------------------

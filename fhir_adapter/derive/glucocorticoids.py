@@ -12,8 +12,8 @@ Which concomitant-medication records (:class:`ConMed`) count; the first case tha
    ``source_kinds`` (dispenses duplicate their request by default) → ignored;
 2. ingredient not in the table (by RxNorm ingredient code, else by lower-case name or alias) → not a
    glucocorticoid of the table; a record with ``drug_class`` glucocorticoid is listed in ``unrecognised``;
-3. route known: counted only when it is one of ``systemic_routes`` (oral, intravenous, intramuscular,
-   subcutaneous; the one list of systemic routes, which the medication mapping also uses);
+3. route known: counted only when it is one of ``systemic_routes`` (oral, intravenous, intramuscular
+   by default; the one list of systemic routes, which the medication mapping also uses);
    route unknown: the record's ``systemic`` flag when the mapping set it, else ``count_unknown_route``
    (default true: an unstated route of a prednisolone tablet is oral, and counting it is the conservative
    choice for LLDAS);
@@ -75,7 +75,7 @@ class Glucocorticoid(_Strict):
 
 class GlucocorticoidSettings(_Strict):
     drugs: tuple[Glucocorticoid, ...]
-    systemic_routes: tuple[str, ...] = ("oral", "intravenous", "intramuscular", "subcutaneous")
+    systemic_routes: tuple[str, ...] = ("oral", "intravenous", "intramuscular")
     count_unknown_route: bool = True
     source_kinds: tuple[str, ...] = ("statement", "request", "administration")
     administrations_replace_orders: bool = True
