@@ -60,7 +60,7 @@ def test_visit_subject_and_study_keys(study) -> None:  # type: ignore[no-untyped
     assert rate["W4"] == {"visit": "W4", "n": 1, "responders": 0, "rate": 0.0} and rate["BL"]["rate"] is None
     echo = settings_echo(study)
     assert echo["lldas"]["pred_eq_max_mg"] == 7.5 and echo["glucocorticoids"]["systemic_routes"] == [
-        "oral", "intravenous", "intramuscular", "subcutaneous"]
+        "oral", "intravenous", "intramuscular"]
     assert {"pga", "renal", "immunology"} <= set(echo)
 
 

@@ -26,7 +26,7 @@ def test_shipped_table() -> None:
                        "hydrocortisone": 0.25, "betamethasone": 8.33, "triamcinolone": 1.25, "deflazacort": 0.83,
                        "cortisone": 0.2}
     assert {g.name: g.rxnorm for g in S.drugs}["methylprednisolone"] == "6902"
-    assert S.systemic_routes == ("oral", "intravenous", "intramuscular", "subcutaneous")
+    assert S.systemic_routes == ("oral", "intravenous", "intramuscular")
 
 
 def test_every_other_day_is_averaged() -> None:
@@ -66,8 +66,11 @@ def test_routes() -> None:
     assert dose([conmed("prednisolone", 1, None, dose=5, route="inhaled")]) is None
     assert dose([conmed("methylprednisolone", 1, None, dose=40, route="intravenous")]) == 50
     assert dose([conmed("triamcinolone", 1, None, dose=4, route="intramuscular")]) == 5
-    # subcutaneous dexamethasone (palliative use) is systemic: 3 mg x 6.67
-    assert dose([conmed("dexamethasone", 1, None, dose=3, route="subcutaneous")]) == 20.01
+    # subcutaneous is not in the study's list (docs/clinical-rules.md#glucocorticoid-routes); a site adds it
+    assert dose([conmed("dexamethasone", 1, None, dose=3, route="subcutaneous")]) is None
+    with_sc = S.model_copy(update={"systemic_routes": (*S.systemic_routes, "subcutaneous")})
+    sc = [conmed("dexamethasone", 1, None, dose=3, route="subcutaneous")]
+    assert pred_eq_on(sc, d(10), with_sc).mg_per_day == 20.01   # 3 mg x 6.67
     # unknown route: the mapping's systemic flag, else count_unknown_route (true)
     assert dose([conmed("prednisolone", 1, None, dose=5, route=None)]) == 5
     assert dose([conmed("prednisolone", 1, None, dose=5, route=None, systemic=False)]) is None
