@@ -97,10 +97,13 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--bulk", is_flag=True,
               help="Read the server through a Bulk Data $export (Group or Patient level; also `read_mode: bulk` in "
                    "--config); the files are kept under OUT/bulk/ unless `bulk: {keep_files: false}`.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes mapping and deriving subjects in parallel (the source is read in this "
+                   "process); 1 = in this process. Outputs are the same for any number.  [default: number of cores]")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
         since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,
-        reviewed_only: bool, bulk: bool) -> None:
+        reviewed_only: bool, bulk: bool, workers: int | None) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -123,6 +126,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       FHIR_ADAPTER_BEARER_TOKEN_FILE=/run/secrets/token \\
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
+    from fhir_adapter.engine.parallel import default_workers
     from fhir_adapter.pipeline import run as run_pipeline
     from fhir_adapter.review.store import TamperedError
     from fhir_adapter.roster import RosterError
@@ -151,7 +155,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                           enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
                 summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
                                        on_subject=prog.advance, on_start=prog.start, review_state=review_state,
-                                       reviewed_only=reviewed_only or _reviewed_only_setting(config))
+                                       reviewed_only=reviewed_only or _reviewed_only_setting(config),
+                                       workers=workers or default_workers())
         finally:
             conn.close()
     except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,

@@ -19,30 +19,30 @@ import orjson
 
 from fhir_adapter import __version__
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.day1 import with_day1
+from fhir_adapter.engine.parallel import subject_outcomes
+from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir_r4 import r4_problem
-from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name
-from fhir_adapter.results.study_json import study_json, subject_row
-from fhir_adapter.results.subject import derive_subject
+from fhir_adapter.results.study_json import study_json
 from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster import Enrollee, RosterError, build_roster
 from fhir_adapter.roster_check import nobody_enrolled
-from fhir_adapter.roster_csv import csv_identifiers, infusion_dates, is_owned, reconcile, research_subject_resource
-from fhir_adapter.runlog import Quarantined, RunLog
+from fhir_adapter.roster_csv import csv_identifiers, infusion_dates, is_owned, reconcile
+from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.study import Study
 from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.bundle import transaction
-from fhir_adapter.writeback.efficacy import efficacy_observations
-from fhir_adapter.writeback.observations import sledai2k_observation
-from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sink import WriteResult
 from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import WrittenState, result_id
 
 log = logging.getLogger(__name__)
+
+
+class SubjectFailed(Exception):
+    """A subject the per-subject engine could not process (the message says why)."""
 
 
 class Sink(Protocol):
@@ -82,19 +82,6 @@ def _dump(out: Path, path: Path, data: Any) -> None:
     path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
 
 
-def writeback_resources(r: Any, e: Any, study: Study, runlog: RunLog | None = None) -> list[dict[str, Any]]:
-    """The result resources of one subject; a result that names no source is never written back (counted
-    ``writeback.no-source``)."""
-    s = study.sledai2k
-    results = [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None] + \
-        efficacy_observations(r, e, study) + \
-        safety_observations(r, e, study)  # efficacy: LLDAS, dose per visit; safety: DLT, CAR-T kinetics
-    kept = [x for x in results if result_sources(x)]
-    if runlog is not None and len(kept) < len(results):
-        runlog.count("writeback.no-source", len(results) - len(kept))
-    return kept
-
-
 def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
     return sorted({ref for r in resources for ref in result_sources(r)})
 
@@ -110,6 +97,7 @@ def run(
     roster_csv: Path | None = None,
     review_state: Path | None = None,
     reviewed_only: bool = False,
+    workers: int = 1,
 ) -> RunSummary:
     """Run the job. With a ``sink``, results are also written to the server (only what changed).
 
@@ -119,6 +107,8 @@ def run(
     Review decisions (``review_state``/review-decisions.jsonl, default ``OUT/state``) replace the rule's pick
     before deriving; ``reviewed_only`` holds back results not derived solely from reviewed values
     (fhir_adapter/review/run.py).
+    ``workers``: subjects are processed by the per-subject engine (fhir_adapter/engine/subject.py) in this
+    many worker processes (1: in this process); outputs are the same for any number.
     """
     runlog = runlog or RunLog()
     started = dt.datetime.now(dt.UTC)
@@ -155,23 +145,25 @@ def run(
     reviews = ReviewRun(out, study, review_state, reviewed_only, runlog)
     if sink is not None:
         sink.start(roster.patient_ids)
-    mapper = SubjectMapper(study, runlog)
+    work = SubjectWork(study=study, decisions=reviews.current, roster_infusions=roster_infusions, owned=owned,
+                       owned_study=owned_study)
+    engine = SubjectEngine(work)
     file_names = SubjectFileNames()
     rows: list[dict[str, Any]] = []
 
-    def finish(e: Enrollee, crf: SubjectCRF, quarantined: list[Quarantined] | None = None,
-               source_resources: list[dict[str, Any]] | None = None) -> None:
-        name = file_names.name(e.subject_id)
-        review = reviews.subject(crf, name)  # the reviewers' decisions replace the rule's picks
-        crf = review.crf
-        res = derive_subject(crf, study)
-        rows.append(subject_row(res))
+    def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None) -> None:
+        o.merge_log(runlog)
+        name = file_names.name(o.subject_id) if o.enrollee is not None else ""
+        if o.review is not None:
+            reviews.record(o.review, name)
+        if o.error is not None:
+            raise SubjectFailed(o.error)
+        assert o.enrollee is not None and o.review is not None and o.row is not None
+        e, review, crf = o.enrollee, o.review, o.crf
+        rows.append(o.row)
         _dump(out, out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
-        bundle_resources = writeback_resources(res, e, study, runlog)
-        if e.patient_id in owned:  # a ResearchSubject the adapter created from the site roster CSV
-            bundle_resources.insert(0, research_subject_resource(owned[e.patient_id], infused=e.day1 is not None))
-            if owned_study is not None:  # ... of the ResearchStudy it created from study.yaml
-                bundle_resources.insert(0, dict(owned_study))
+        bundle_resources = list(o.resources)
+        problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [])
@@ -179,7 +171,8 @@ def run(
         if len(writable) < len(bundle_resources):
             reviews.hold(plan, state, {result_id(r) for r in bundle_resources if r not in writable})
             bundle_resources = writable
-        invalid = [p for p in (r4_problem(x) for x in bundle_resources + plan.retractions) if p]
+        invalid = [p for p in [problems[id(x)] for x in bundle_resources] + [r4_problem(x) for x in plan.retractions]
+                   if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
         _dump(out, out / "writeback" / f"{name}.json", transaction(bundle_resources + plan.retractions))
@@ -188,7 +181,7 @@ def run(
         unchanged_since_last = source_resources is None and not plan.retractions and \
             plan.changes["new"] == plan.changes["updated"] == 0
         state.commit(plan)
-        exports.add(crf, quarantined or [], review.status, review.decisions)
+        exports.add(crf, o.quarantine, review.status, review.decisions)
         summary.results_written += len(bundle_resources)
         summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1
@@ -208,14 +201,11 @@ def run(
         if on_subject:
             on_subject(e.subject_id)
 
-    for pid, resources in source.subject_resources(roster.patient_ids):
-        e0 = roster.enrolled[pid]
+    subjects = ((roster.enrolled[pid], resources) for pid, resources in source.subject_resources(roster.patient_ids))
+    for e0, outcome, resources in subject_outcomes(subjects, work, engine, workers):
 
-        def fresh(e0: Enrollee = e0, resources: list[dict[str, Any]] = resources) -> None:
-            q0 = len(runlog.quarantine)
-            e = with_day1(e0, resources, study, runlog, roster_infusions.get(e0.subject_id))
-            crf = mapper.map(e, resources)
-            finish(e, crf, runlog.quarantine[q0:], resources)
+        def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:
+            finish(o, resources)
 
         guarded(e0, fresh)
     for pid in sorted(source.unchanged_subjects()):
@@ -226,7 +216,7 @@ def run(
             crf = SubjectCRF.model_validate_json(path.read_bytes())
             e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"), None),
                         day1_source="previous run (OUT/crf)" if crf.day1 else None)
-            finish(e, crf)
+            finish(engine.cached(e, crf))
 
         guarded(e0, cached)
     _dump(out, out / "results" / "study.json", study_json(study, rows))

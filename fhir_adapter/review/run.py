@@ -62,6 +62,11 @@ class ReviewRun:
     def subject(self, crf: SubjectCRF, file_name: str) -> SubjectReview:
         """Apply the subject's decisions; write its candidates file."""
         review = apply_decisions(crf, self.study, self.current)
+        self.record(review, file_name)
+        return review
+
+    def record(self, review: SubjectReview, file_name: str) -> None:
+        """Account for decisions applied elsewhere (the per-subject engine); write the candidates file."""
         self.applied += review.applied
         self.re_review.extend(review.re_review)
         for r in review.re_review if self.runlog else []:
@@ -73,7 +78,6 @@ class ReviewRun:
         path = inside(self.out, self.out / CANDIDATES_DIR / f"{file_name}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(orjson.dumps(candidates_document(review)))
-        return review
 
     def writable(self, review: SubjectReview, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The result resources that may be written back: all, or with ``reviewed_only`` those derived

@@ -1,0 +1,1 @@
+"""The per-subject engine and the ways to run it: in process, worker processes, Spark."""

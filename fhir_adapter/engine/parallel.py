@@ -1,0 +1,96 @@
+"""Subjects in worker processes: the per-subject engine in ``workers`` processes, outcomes in subject order.
+
+The study and the run's shared inputs (:class:`SubjectWork`) are sent once to each worker; each subject's
+resources go to a worker and its :class:`SubjectOutcome` comes back. Reading the source stays in the calling
+process (a live server is read there; workers only map and derive). At most a few subjects per worker are in
+flight, so memory stays flat in the cohort size. A subject whose worker dies (killed, out of memory) fails
+alone: the pool is started again for the subjects after it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
+from fhir_adapter.roster import Enrollee
+
+#: subjects in flight per worker (enough to keep every worker busy while the source is read)
+IN_FLIGHT_PER_WORKER = 4
+
+_engine: SubjectEngine | None = None
+
+
+def default_workers() -> int:
+    """The number of cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _start(work: SubjectWork) -> None:
+    global _engine
+    _engine = SubjectEngine(work)
+
+
+def _fresh(e0: Enrollee, resources: list[dict[str, Any]]) -> SubjectOutcome:
+    assert _engine is not None
+    return _engine.fresh(e0, resources)
+
+
+def subject_outcomes(subjects: Iterable[tuple[Enrollee, list[dict[str, Any]]]], work: SubjectWork,
+                     engine: SubjectEngine, workers: int = 1,
+                     ) -> Iterator[tuple[Enrollee, SubjectOutcome, list[dict[str, Any]]]]:
+    """Each subject's outcome, in the order of ``subjects``: in this process with ``engine`` (``workers`` 1),
+    else in ``workers`` worker processes."""
+    if workers <= 1:
+        for e0, resources in subjects:
+            yield e0, engine.fresh(e0, resources), resources
+        return
+    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
+                                      else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+    pending: deque[tuple[Enrollee, list[dict[str, Any]], Future[SubjectOutcome]]] = deque()
+    try:
+        it = iter(subjects)
+        done = False
+        while True:
+            while not done and len(pending) < workers * IN_FLIGHT_PER_WORKER:
+                nxt = next(it, None)
+                if nxt is None:
+                    done = True
+                    break
+                pending.append((nxt[0], nxt[1], pool.submit(_fresh, nxt[0], nxt[1])))
+            if not pending:
+                return
+            e0, resources, fut = pending.popleft()
+            try:
+                outcome = fut.result()
+            except BrokenProcessPool:  # a worker died: this subject is tried once more on its own
+                pool.shutdown(wait=False, cancel_futures=True)
+                outcome = _alone(e0, resources, work, ctx)
+                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+                pending = deque((e, r, pool.submit(_fresh, e, r)) for e, r, _ in pending)
+            except Exception as exc:  # e.g. an outcome that could not be sent back
+                outcome = SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id, error=str(exc))
+            yield e0, outcome, resources
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _alone(e0: Enrollee, resources: list[dict[str, Any]], work: SubjectWork,
+           ctx: Any) -> SubjectOutcome:
+    """One subject in a worker of its own: if that worker dies too, the subject fails (alone)."""
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_start, initargs=(work,)) as one:
+        try:
+            return one.submit(_fresh, e0, resources).result()
+        except BrokenProcessPool:
+            return SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id,
+                                  error="the worker process mapping this subject stopped (killed or out of memory); "
+                                        "run again with --workers 1 to see the error")

@@ -1,0 +1,162 @@
+"""The per-subject work as one function: (study, one subject's resources) → :class:`SubjectOutcome`.
+
+Everything a subject needs is in :class:`SubjectWork` (the study, the reviewers' current decisions, the site
+roster's infusion dates and adapter-owned ResearchSubjects) and everything it produces is in the outcome (CRF,
+results row, write-back resources with their R4 check, and the log entries: quarantine, counts, warnings).
+Both are picklable, so the same function runs in the run's own process, in worker processes
+(:mod:`fhir_adapter.engine.parallel`) or on Spark executors (:mod:`fhir_adapter.engine.spark`); what is
+study-wide (file names, the write-back state, exports, study.json, the run report) stays with the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.day1 import RosterInfusion, with_day1
+from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.mapping.subject import SubjectMapper
+from fhir_adapter.results.study_json import subject_row
+from fhir_adapter.results.subject import derive_subject
+from fhir_adapter.review.apply import SubjectReview, apply_decisions
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.roster_csv import research_subject_resource
+from fhir_adapter.runlog import Quarantined, RunLog
+from fhir_adapter.study import Study
+from fhir_adapter.writeback.efficacy import efficacy_observations
+from fhir_adapter.writeback.observations import sledai2k_observation
+from fhir_adapter.writeback.safety import safety_observations
+from fhir_adapter.writeback.sources import result_sources
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubjectWork:
+    """What every subject of one run shares (sent once to each worker or executor)."""
+
+    study: Study
+    #: the reviewers' current decisions per (subject, visit, item) (DecisionStore.current())
+    decisions: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    #: subject ID → infusion date/time from the site roster CSV
+    roster_infusions: dict[str, RosterInfusion] = field(default_factory=dict)
+    #: patient id → ResearchSubject the adapter owns (created from the site roster CSV)
+    owned: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the ResearchStudy the adapter created from study.yaml, if any
+    owned_study: dict[str, Any] | None = None
+
+
+@dataclass
+class SubjectOutcome:
+    """One subject's results and log entries; ``error`` set when the subject could not be processed (the log
+    entries up to the failure are kept, as a run in one process keeps them)."""
+
+    subject_id: str
+    patient_id: str
+    enrollee: Enrollee | None = None
+    review: SubjectReview | None = None
+    row: dict[str, Any] | None = None
+    #: write-back resources (before the state's retractions and reviewed-only hold-back) and, per resource,
+    #: its R4 problem (None: valid)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str | None] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+    warnings: list[dict[str, Any]] = field(default_factory=list)
+    quarantine: list[Quarantined] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def crf(self) -> SubjectCRF:
+        assert self.review is not None
+        return self.review.crf
+
+    def merge_log(self, runlog: RunLog) -> None:
+        """Add this subject's counts, warnings and quarantined input to the run's log."""
+        for k, n in self.counts.items():
+            runlog.count(k, n)
+        runlog.warnings.extend(self.warnings)
+        runlog.quarantine.extend(self.quarantine)
+
+
+def writeback_resources(r: Any, e: Any, study: Study, runlog: RunLog | None = None) -> list[dict[str, Any]]:
+    """The result resources of one subject; a result that names no source is never written back (counted
+    ``writeback.no-source``)."""
+    s = study.sledai2k
+    results = [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None] + \
+        efficacy_observations(r, e, study) + \
+        safety_observations(r, e, study)  # efficacy: LLDAS, dose per visit; safety: DLT, CAR-T kinetics
+    kept = [x for x in results if result_sources(x)]
+    if runlog is not None and len(kept) < len(results):
+        runlog.count("writeback.no-source", len(results) - len(kept))
+    return kept
+
+
+class SubjectEngine:
+    """Holds what is costly to build once per process (the mappers); :meth:`fresh` and :meth:`cached` are
+    the per-subject function."""
+
+    def __init__(self, work: SubjectWork) -> None:
+        self.work = work
+        self.log = RunLog()
+        self.mapper = SubjectMapper(work.study, self.log)
+
+    def fresh(self, e0: Enrollee, resources: list[dict[str, Any]]) -> SubjectOutcome:
+        """Day 1, map, review decisions, derive, write-back resources from the subject's source resources."""
+        out = SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id)
+        try:
+            e = with_day1(e0, resources, self.work.study, self.log, self.work.roster_infusions.get(e0.subject_id))
+            crf = self.mapper.map(e, resources)
+            self._derive(out, e, crf)
+        except Exception as exc:  # one subject's failure never stops the others
+            log.debug("subject %s failed", e0.subject_id, exc_info=True)
+            out.error = str(exc)
+        self._drain(out)
+        return out
+
+    def cached(self, e: Enrollee, crf: SubjectCRF) -> SubjectOutcome:
+        """The same from a CRF of an earlier run (an incremental run's unchanged subject)."""
+        out = SubjectOutcome(subject_id=e.subject_id, patient_id=e.patient_id)
+        try:
+            self._derive(out, e, crf)
+        except Exception as exc:
+            log.debug("subject %s failed", e.subject_id, exc_info=True)
+            out.error = str(exc)
+        self._drain(out)
+        return out
+
+    def _derive(self, out: SubjectOutcome, e: Enrollee, crf: SubjectCRF) -> None:
+        work = self.work
+        out.enrollee = e
+        review = apply_decisions(crf, work.study, work.decisions)  # the reviewers' decisions replace the picks
+        out.review = review
+        res = derive_subject(review.crf, work.study)
+        out.row = subject_row(res)
+        resources = writeback_resources(res, e, work.study, self.log)
+        if e.patient_id in work.owned:  # a ResearchSubject the adapter created from the site roster CSV
+            resources.insert(0, research_subject_resource(work.owned[e.patient_id], infused=e.day1 is not None))
+            if work.owned_study is not None:  # ... of the ResearchStudy it created from study.yaml
+                resources.insert(0, dict(work.owned_study))
+        out.resources = resources
+        out.problems = [r4_problem(x) for x in resources]
+
+    def _drain(self, out: SubjectOutcome) -> None:
+        out.counts = dict(self.log.counts)
+        out.warnings = list(self.log.warnings)
+        out.quarantine = list(self.log.quarantine)
+        self.log.counts.clear()
+        self.log.warnings.clear()
+        self.log.quarantine.clear()
+
+
+_engines: dict[int, SubjectEngine] = {}
+
+
+def process_subject(work: SubjectWork, e0: Enrollee, resources: list[dict[str, Any]]) -> SubjectOutcome:
+    """The per-subject function: one engine (mappers) per ``work`` and process, reused across subjects."""
+    engine = _engines.get(id(work))
+    if engine is None or engine.work is not work:
+        _engines.clear()
+        engine = _engines[id(work)] = SubjectEngine(work)
+    return engine.fresh(e0, resources)

@@ -1,0 +1,56 @@
+"""``workers``: subjects mapped and derived in worker processes give the same OUT, byte for byte, as one
+process; a subject that fails in a worker fails alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from outtree import differences, out_tree
+
+from fhir_adapter.engine.parallel import subject_outcomes
+from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
+from fhir_adapter.pipeline import run
+from fhir_adapter.roster import build_roster
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.synth import write_feed
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("workers")
+    write_feed(root / "feed", subjects=34, seed=7)
+    return root / "feed"
+
+
+def test_two_workers_write_the_same_out_as_one_process(feed: Path, tmp_path: Path, study: Any) -> None:
+    trees = []
+    for workers in (1, 2):
+        log = RunLog()
+        out = tmp_path / f"out{workers}"
+        seen: list[str] = []
+        summary = run(FileSource(feed, log), study, out, log, workers=workers, on_subject=seen.append)
+        assert summary.subjects == 34 and not summary.subjects_failed
+        assert len(seen) == 34  # the progress display advances once per subject, in subject order
+        trees.append((out_tree(out), seen))
+    (one, seen1), (two, seen2) = trees
+    assert seen1 == seen2
+    assert len(one) > 34 * 3
+    assert differences(one, two) == []
+
+
+def test_a_subject_failing_in_a_worker_fails_alone(feed: Path, study: Any) -> None:
+    log = RunLog()
+    source = FileSource(feed, log)
+    roster = build_roster(source.roster(), study, log)
+    subjects = [(roster.enrolled[pid], res) for pid, res in source.subject_resources(roster.patient_ids)][:4]
+    broken = subjects[1][0].subject_id
+    # an infusion date that is not a date: Day 1 cannot be set for this subject
+    work = SubjectWork(study=study, roster_infusions={broken: "not a date"})  # type: ignore[dict-item]
+    outcomes = list(subject_outcomes(subjects, work, SubjectEngine(work), workers=2))
+    assert [e.subject_id for e, _, _ in outcomes] == [e.subject_id for e, _ in subjects]
+    failed = {o.subject_id: o.error for _, o, _ in outcomes if o.error}
+    assert list(failed) == [broken] and "date" in str(failed[broken])
+    assert all(o.row is not None for _, o, _ in outcomes if o.subject_id != broken)
