@@ -1,0 +1,61 @@
+"""``run --workers N``: wall time of the offline run with 1 worker (in process) and with N worker processes on
+the same synthetic feed, and whether the two OUT folders are identical.
+
+Usage: python benchmarks/workers.py [--subjects 340] [--workers 2]
+
+Each run is ``fhir-adapter -q run --source FEED --out OUT --workers K`` in a fresh child process (start-up
+included, as a user sees it). Prints the figures and the speed-up; no pass/fail. The speed-up is bounded by
+the cores the machine gives the run: on a shared machine, say what else was running (the load average is
+printed before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "engine"))
+
+from outtree import differences, out_tree  # noqa: E402
+
+
+def timed_run(feed: Path, out: Path, workers: int) -> float:
+    cli = str(Path(sys.executable).parent / "fhir-adapter")
+    t0 = time.perf_counter()
+    rc = subprocess.run([cli, "-q", "run", "--source", str(feed), "--out", str(out), "--workers", str(workers)],
+                        check=False).returncode
+    took = time.perf_counter() - t0
+    if rc not in (0, 2):
+        raise SystemExit(f"run --workers {workers} exited {rc}")
+    return took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--subjects", type=int, default=340)
+    ap.add_argument("--workers", type=int, default=2)
+    args = ap.parse_args()
+    from fhir_adapter.synth import write_feed
+
+    with tempfile.TemporaryDirectory(prefix="fa-workers-") as tmp:
+        root = Path(tmp)
+        write_feed(root / "feed", subjects=args.subjects, seed=7)
+        print(f"{args.subjects} subjects, {len(os.sched_getaffinity(0))} cores; load average before "
+              f"{os.getloadavg()[0]:.1f}")
+        one = timed_run(root / "feed", root / "out1", 1)
+        print(f"  --workers 1              {one:7.1f} s")
+        many = timed_run(root / "feed", root / "outN", args.workers)
+        print(f"  --workers {args.workers:<14} {many:7.1f} s   speed-up {one / many:.2f}x")
+        diff = differences(out_tree(root / "out1"), out_tree(root / "outN"))
+        print(f"  OUT identical: {'yes' if not diff else 'NO: ' + ', '.join(diff[:5])}")
+        print(f"  load average after {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
