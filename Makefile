@@ -55,6 +55,7 @@ demo: install
 	@echo "Run report (counts, warnings, quarantine, coverage): $(DEMO)/out/run-report.json"
 	@echo "CDISC exports (CSV per domain, ODM 1.3.2): $(DEMO)/out/export/"
 	@echo "Study report (open in a browser): $(DEMO)/out/report/index.html"
+	@echo "Review the picked values: $(BIN)/fhir-adapter review --results $(DEMO)/out   (docs/review.md)"
 
 # --- tests ----------------------------------------------------------------------------------------
 lint: install-test
