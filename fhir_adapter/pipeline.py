@@ -127,7 +127,7 @@ def run(
     roster = build_roster(roster_input, study, runlog)
     if (empty := nobody_enrolled(roster_input, roster, study)) is not None:
         raise RosterError(empty)
-    owned = {str(ref_id((rs.get("individual") or {}).get("reference"), "Patient")): rs
+    owned = {str(ref_id((rs.get("individual") or {}).get("reference"), "Patient", roster_input.base)): rs
              for rs in roster_input.subjects
              if any(i.get("system") == SID_RESULT for i in rs.get("identifier") or [])}
     summary.excluded = dict(roster.excluded)

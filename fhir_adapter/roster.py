@@ -65,27 +65,88 @@ def _identifier_matches(res: dict[str, Any], value: str, system: str | None) -> 
     )
 
 
-def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
+def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
+    """The ResearchStudy ids of the study. Matched on the identifier value alone (no ``identifier_system`` in
+    study.yaml), the match must be unambiguous: studies carrying the value under different systems stop the
+    run."""
     info = study.info
-    study_ids = {s["id"] for s in data.studies
-                 if isinstance(s.get("id"), str) and _identifier_matches(s, info.id, info.identifier_system)}
-    if not study_ids:
+    matches = [s for s in data.studies
+               if isinstance(s.get("id"), str) and _identifier_matches(s, info.id, info.identifier_system)]
+    if not matches:
         found = sorted({i.get("value", "?") for s in data.studies for i in s.get("identifier") or []})
         raise RosterError(
             f"no ResearchStudy with identifier '{info.id}' in the source (found: {found or 'none'}). "
             "Check study.id in mappings/<study>/study.yaml, or that the export includes ResearchStudy; an EHR "
             "that holds no research resources enrols from the site roster: pass --roster-csv roster.csv"
         )
-    study_ids |= {s["id"] for s in data.studies
-                  if ref_id((s.get("partOf") or [{}])[0].get("reference"), "ResearchStudy") in study_ids}
+    if info.identifier_system is None:
+        systems = {f"ResearchStudy/{s['id']}": sorted({str(i.get("system") or "no system")
+                                                        for i in s.get("identifier") or []
+                                                        if isinstance(i, dict) and i.get("value") == info.id})
+                   for s in matches}
+        if len({tuple(v) for v in systems.values()}) > 1 or any(len(v) > 1 for v in systems.values()):
+            named = "; ".join(f"{ref} ({', '.join(v)})" for ref, v in sorted(systems.items()))
+            raise RosterError(
+                f"the study identifier '{info.id}' is ambiguous: {named}. Set study.identifier_system in "
+                "mappings/<study>/study.yaml to the system of the study's own identifier.")
+        log.warn(f"ResearchStudy matched on the identifier value '{info.id}' alone; set study.identifier_system "
+                 "in study.yaml so a study with the same value under another system is never taken for it",
+                 rule="study-identifier-system")
+    ids = {str(s["id"]) for s in matches}
+    return ids | {s["id"] for s in data.studies
+                  if ref_id((s.get("partOf") or [{}])[0].get("reference"), "ResearchStudy", data.base) in ids}
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """An enrolled-status ResearchSubject of the study, before ambiguity is ruled out."""
+
+    rs: dict[str, Any]
+    rid: str
+    status: str
+    patient_id: str
+    patient: dict[str, Any]
+    subject_id: str
+
+
+def _ambiguous(claims: list[_Claim], data: RosterInput) -> dict[str, tuple[str, str]]:
+    """ResearchSubject id -> (rule, reason) for every claim the roster cannot attribute to one person: a
+    subject ID claimed by several ResearchSubjects, a Patient enrolled by several, or a Patient the source
+    holds in differing copies. Every claimant is refused, never the first one kept."""
+    by_sid: dict[str, list[_Claim]] = {}
+    by_pid: dict[str, list[_Claim]] = {}
+    for c in claims:
+        by_sid.setdefault(c.subject_id, []).append(c)
+        by_pid.setdefault(c.patient_id, []).append(c)
+    out: dict[str, tuple[str, str]] = {}
+    for sid, group in by_sid.items():
+        if len(group) > 1:
+            named = ", ".join(f"ResearchSubject/{c.rid} (Patient/{c.patient_id})" for c in group)
+            for c in group:
+                out[c.rid] = ("duplicate-subject-id", f"subject ID {sid} is claimed by {named}")
+    for pid, group in by_pid.items():
+        if len(group) > 1:
+            named = ", ".join(f"ResearchSubject/{c.rid} (subject {c.subject_id})" for c in group)
+            for c in group:
+                out.setdefault(c.rid, ("duplicate-subject", f"Patient/{pid} is enrolled twice in the study: {named}"))
+        if pid in data.duplicate_patients:
+            where = ", ".join(data.duplicate_patients[pid])
+            for c in group:
+                out.setdefault(c.rid, ("duplicate-patient",
+                                       f"the source holds differing Patient resources with id {pid} ({where})"))
+    return out
+
+
+def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
+    info = study.info
+    study_ids = _study_ids(data, study, log)
     site_studies = {str(s["id"]): str(next((i.get("value") for i in s.get("identifier") or []
                                              if isinstance(i, dict) and i.get("value")), s["id"]))
                     for s in data.studies if s.get("id") in study_ids and s.get("partOf")}
-    enrolled: dict[str, Enrollee] = {}
     excluded: dict[str, int] = {}
-    seen_subject_ids: set[str] = set()
+    claims: list[_Claim] = []
     for rs in data.subjects:
-        if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy") not in study_ids:
+        if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base) not in study_ids:
             continue
         rid = rs.get("id")
         problem = r4_problem(rs)
@@ -96,37 +157,45 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
         if status not in info.enrolled_statuses:
             excluded[status] = excluded.get(status, 0) + 1
             continue
-        pid = ref_id((rs.get("individual") or {}).get("reference"), "Patient")
+        ref = (rs.get("individual") or {}).get("reference")
+        pid = ref_id(ref, "Patient", data.base)
         patient = data.patients.get(pid or "")
         if pid is None or patient is None:
             log.reject("ResearchSubject", rid, "unknown-patient",
-                       f"individual {pid and 'Patient/' + pid} is not in the source",
-                       "export the Patient with its ResearchSubject", raw=rs)
+                       f"individual {ref} is not a Patient of this source" if pid is None else
+                       f"individual Patient/{pid} is not in the source",
+                       "export the Patient with its ResearchSubject and reference it as Patient/<id>", raw=rs)
             continue
         sid = subject_ids.subject_id(rs, study.subject_id_rule)
         if sid is None:
             reason, fix = subject_ids.missing_fix(rs, study)
             log.reject("ResearchSubject", rid, "no-subject-id", reason, fix)
             continue
-        if sid in seen_subject_ids or pid in enrolled:
-            log.reject("ResearchSubject", rid, "duplicate-subject",
-                       f"subject {sid} / Patient/{pid} is enrolled twice in the study",
-                       "keep one ResearchSubject per patient", subject_id=sid)
+        claims.append(_Claim(rs=rs, rid=str(rid), status=status, patient_id=pid, patient=patient, subject_id=sid))
+    refused = _ambiguous(claims, data)
+    enrolled: dict[str, Enrollee] = {}
+    for c in claims:
+        if c.rid in refused:
+            rule, reason = refused[c.rid]
+            log.reject("ResearchSubject", c.rid, rule, f"{reason}: none of them is processed",
+                       "correct the EHR so that each subject ID belongs to one ResearchSubject of one Patient",
+                       subject_id=c.subject_id)
             continue
-        seen_subject_ids.add(sid)
-        enrolled[pid] = Enrollee(
-            subject_id=sid,
-            patient_id=pid,
-            research_subject=SourceRef(resource_type="ResearchSubject", id=str(rid),
+        rs, patient = c.rs, c.patient
+        enrolled[c.patient_id] = Enrollee(
+            subject_id=c.subject_id,
+            patient_id=c.patient_id,
+            research_subject=SourceRef(resource_type="ResearchSubject", id=c.rid,
                                        version=(rs.get("meta") or {}).get("versionId")),
-            status=status,
+            status=c.status,
             arm=rs.get("assignedArm"),
             consent_date=_date((rs.get("period") or {}).get("start"), study),
             end_of_study=_date((rs.get("period") or {}).get("end"), study),
             site=_site(patient),
             sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
             birth_date=_date(patient.get("birthDate"), study),
-            site_study=site_studies.get(str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy"))),
+            site_study=site_studies.get(str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy",
+                                                   data.base))),
             race=race_ethnicity(patient)[0],
             ethnicity=race_ethnicity(patient)[1],
         )

@@ -17,7 +17,7 @@ def nobody_enrolled(data: RosterInput, roster: Roster, study: Study) -> str | No
     if roster.enrolled:
         return None
     of_study = [rs for rs in data.subjects
-                if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy") in roster.study_ids]
+                if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base) in roster.study_ids]
     if not of_study:
         return None
     systems = Counter(str(i.get("system")) for rs in of_study for i in rs.get("identifier") or []

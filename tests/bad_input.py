@@ -103,18 +103,20 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
         }
     )
     q("ResearchSubject pointing at a missing Patient", "unknown-patient", "ResearchSubject", "rs-ghost")
-    f.add({"resourceType": "Patient", "id": "p4", "gender": "male", "birthDate": "1970-01-01"})
-    f.add(
-        {
-            "resourceType": "ResearchSubject",
-            "id": "rs-dup",
-            "status": "on-study",
-            "study": {"reference": "ResearchStudy/study"},
-            "individual": {"reference": "Patient/p4"},
-            "identifier": [{"system": SUBJECT_SYSTEM, "value": "101-001"}],
-        }
-    )
-    q("duplicate subject id", "duplicate-subject", "ResearchSubject", "rs-dup")
+    # two ResearchSubjects claiming one subject ID: neither is processed (never "the first one wins")
+    for pid, rsid in (("p4", "rs-dup"), ("p6", "rs-dup-twin")):
+        f.add({"resourceType": "Patient", "id": pid, "gender": "male", "birthDate": "1970-01-01"})
+        f.add(
+            {
+                "resourceType": "ResearchSubject",
+                "id": rsid,
+                "status": "on-study",
+                "study": {"reference": "ResearchStudy/study"},
+                "individual": {"reference": f"Patient/{pid}"},
+                "identifier": [{"system": SUBJECT_SYSTEM, "value": "101-904"}],
+            }
+        )
+    q("duplicate subject id", "duplicate-subject-id", "ResearchSubject", "rs-dup")
     f.add({"resourceType": "Patient", "id": "p5", "gender": "male"})
     f.add(
         {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_adapter.source.base import ref_id
+from fhir_adapter.source.base import id_from_full_url
 
 
 def medication_resource(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -14,7 +14,7 @@ def medication_resource(r: dict[str, Any], siblings: list[dict[str, Any]]) -> di
         return None
     if ref.startswith("#"):
         return next((c for c in r.get("contained") or [] if c.get("id") == ref[1:]), None)
-    mid = ref_id(ref, "Medication")
+    mid = id_from_full_url(ref, "Medication")  # among the Medications the source resolved for this subject
     return next((m for m in siblings if m.get("resourceType") == "Medication" and m.get("id") == mid), None)
 
 

@@ -37,6 +37,10 @@ class RosterInput:
     studies: list[Resource] = field(default_factory=list)
     subjects: list[Resource] = field(default_factory=list)
     patients: dict[str, Resource] = field(default_factory=dict)
+    #: the source's own FHIR base: absolute references are resolved only under it (:func:`ref_id`)
+    base: str | None = None
+    #: Patient id -> where each of its differing copies was read (``file:line``); such a Patient is ambiguous
+    duplicate_patients: dict[str, list[str]] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -71,31 +75,81 @@ class Source(Protocol):
         ...
 
 
-def ref_id(reference: str | None, resource_type: str) -> str | None:
-    """The logical id in a reference to ``resource_type``: ``Patient/1``, ``Patient/1/_history/2``,
-    ``https://host/fhir/Patient/1`` all give ``1``; ``urn:uuid:...`` gives the uuid."""
-    if not reference:
+def ref_id(reference: str | None, resource_type: str, base: str | None = None) -> str | None:
+    """The logical id in a reference to ``resource_type``, for the source's own references only:
+    ``Patient/1`` and ``Patient/1/_history/2`` give ``1``, and so does ``https://host/fhir/Patient/1`` when
+    ``base`` (the source's FHIR base) is ``https://host/fhir``. A reference to another server, or a
+    ``urn:uuid:`` (meaningful only inside the Bundle that defines it, which the source resolves while reading
+    that Bundle: :func:`resolve_bundle_references`) gives None."""
+    if not isinstance(reference, str) or not reference:
         return None
-    if reference.startswith("urn:uuid:"):
-        return reference[len("urn:uuid:"):]
+    if "://" in reference or reference.startswith(("urn:", "/")):
+        prefix = base.rstrip("/") + "/" if base else None
+        if prefix is None or not reference.startswith(prefix):
+            return None
+        reference = reference[len(prefix):]
     parts = reference.split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
-    if len(parts) >= 2 and parts[-2] == resource_type:
-        return parts[-1]
+    if len(parts) == 2 and parts[0] == resource_type and parts[1]:
+        return parts[1]
     return None
 
 
-def patient_id_of(resource: Resource) -> str | None:
-    """The Patient a resource is about (None when it names no Patient)."""
+def patient_id_of(resource: Resource, base: str | None = None) -> str | None:
+    """The Patient a resource is about (None when it names no Patient of this source)."""
     rtype = resource.get("resourceType")
     if rtype == "Patient":
         return resource.get("id")
     for key in SUBJECT_TYPES.get(str(rtype), ("subject",)):
         ref = resource.get(key)
         if isinstance(ref, dict):
-            return ref_id(ref.get("reference"), "Patient")
+            return ref_id(ref.get("reference"), "Patient", base)
     return None
+
+
+def resolve_bundle_references(entries: list[Any]) -> None:
+    """Rewrite, in place, the references between the entries of one Bundle that use an entry's ``fullUrl``
+    (``urn:uuid:...`` or absolute) to the relative ``Type/id`` of that entry — the only place such a
+    reference means anything (FHIR R4 bundle.html#references)."""
+    local: dict[str, str] = {}
+    for entry in entries:
+        res = entry.get("resource") if isinstance(entry, dict) else None
+        full = entry.get("fullUrl") if isinstance(entry, dict) else None
+        if isinstance(res, dict) and isinstance(full, str) and isinstance(res.get("id"), str):
+            local[full] = f"{res.get('resourceType')}/{res['id']}"
+    if not local:
+        return
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("reference")
+            if isinstance(ref, str) and ref in local:
+                node["reference"] = local[ref]
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for entry in entries:
+        if isinstance(entry, dict):
+            walk(entry.get("resource"))
+
+
+def export_base(manifest: Any) -> str | None:
+    """The FHIR base of a Bulk Data export, from its manifest's ``request`` (``<base>/$export``,
+    ``<base>/Patient/$export`` or ``<base>/Group/<id>/$export``)."""
+    request = manifest.get("request") if isinstance(manifest, dict) else None
+    if not isinstance(request, str) or "/$export" not in request or "://" not in request:
+        return None
+    base = request.split("/$export")[0]
+    parts = base.split("/")
+    if parts[-1] == "Patient":
+        parts = parts[:-1]
+    elif len(parts) >= 2 and parts[-2] == "Group":
+        parts = parts[:-2]
+    return "/".join(parts)
 
 
 def shared_references(resources: list[Resource]) -> set[tuple[str, str]]:
@@ -128,7 +182,8 @@ def id_from_full_url(full_url: Any, resource_type: str) -> str | None:
         return None
     if full_url.startswith("urn:uuid:"):
         return full_url[len("urn:uuid:"):] or None
-    return ref_id(full_url, resource_type)
+    parts = full_url.split("/_history")[0].split("/")
+    return parts[-1] if len(parts) >= 2 and parts[-2] == resource_type and parts[-1] else None
 
 
 def identifier_matches(resource: Resource, identifiers: Collection[str]) -> bool:

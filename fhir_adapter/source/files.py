@@ -41,10 +41,12 @@ from fhir_adapter.source.base import (
     SUBJECT_TYPES,
     Resource,
     RosterInput,
+    export_base,
     id_from_full_url,
     identifier_matches,
     patient_id_of,
     ref_id,
+    resolve_bundle_references,
     shared_references,
 )
 from fhir_adapter.source.layout import DataFile, Layout, discover, read_document, read_lines
@@ -97,7 +99,7 @@ class FileSource:
         return None
 
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
-        self.roster()
+        base = self.roster().base
         by_patient: dict[str, list[bytes | Resource]] = {pid: [] for pid in patient_ids}
         refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
         counts: Counter[str] = Counter()  # counted here, added to the run log once (a lock per line is slow)
@@ -115,7 +117,7 @@ class FileSource:
                                 f"{rtype} without id: versions and references cannot be resolved",
                                 "export resources with ids", **_where(f, n, entry), raw=res)
                 continue
-            pid = patient_id_of(res)
+            pid = patient_id_of(res, base)
             if pid in by_patient:
                 if _adapter_owned(res):  # a result the adapter wrote to the server, exported with the rest
                     counts["read.skipped-adapter-results"] += 1
@@ -129,8 +131,10 @@ class FileSource:
                 counts["skipped.not-enrolled"] += 1
             elif pid is None:
                 self.log.reject(rtype, rid, "no-patient",
-                                "the resource names no Patient (subject/patient reference missing)",
-                                "the EHR export must set subject to the Patient", **_where(f, n, entry), raw=res)
+                                "the resource names no Patient of this export (subject missing, a reference to "
+                                "another server, or a urn:uuid outside the Bundle that defines it)",
+                                "the EHR export must set subject to the Patient (Patient/<id>)",
+                                **_where(f, n, entry), raw=res)
             else:
                 self.log.reject(rtype, rid, "unknown-patient",
                                 f"references Patient/{pid}, which is not in the source",
@@ -156,7 +160,8 @@ class FileSource:
     def _read_roster(self, identifiers: set[str]) -> RosterInput:
         """Studies and subjects first, then the Patient files, keeping only the Patients the subjects (or the
         roster CSV's identifiers) name; Patients in files of mixed types (Bundles) are all kept."""
-        roster = RosterInput()
+        roster = RosterInput(base=export_base(self._files().manifest))
+        first_seen: dict[str, tuple[bytes, str]] = {}  # Patient id -> (its content, file:line)
         self._export_errors()
         files = [f for f in self._files().data if f.rtype is None or f.rtype in ROSTER_TYPES]
         patient_files = [f for f in files if f.rtype == "Patient"]
@@ -171,17 +176,27 @@ class FileSource:
                     roster.studies.append(res)
                 elif rtype == "ResearchSubject":
                     roster.subjects.append(res)
-                    pid = ref_id((res.get("individual") or {}).get("reference"), "Patient")
+                    pid = ref_id((res.get("individual") or {}).get("reference"), "Patient", roster.base)
                     if pid:
                         named.add(pid)
                 elif not isinstance(res.get("id"), str) or not res["id"]:
                     self.log.reject("Patient", None, "missing-id", "Patient without id",
                                     "export resources with ids", **_where(f, n, entry), raw=res)
                 else:
+                    self._note_patient(res, f"{f.name}:{n}" + (f"#{entry}" if entry else ""), first_seen, roster)
                     self._all_patients.add(res["id"])
                     if f.rtype is None or res["id"] in named or (identifiers and identifier_matches(res, identifiers)):
                         roster.patients[res["id"]] = res
         return roster
+
+    @staticmethod
+    def _note_patient(res: Resource, where: str, first_seen: dict[str, tuple[bytes, str]],
+                      roster: RosterInput) -> None:
+        """Record a Patient id read twice with differing content (the roster refuses its subject)."""
+        content = orjson.dumps(res, option=orjson.OPT_SORT_KEYS)
+        seen = first_seen.setdefault(res["id"], (content, where))
+        if seen[0] != content:
+            roster.duplicate_patients.setdefault(res["id"], [seen[1]]).append(where)
 
     def _read_shared(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Resource]:
         found: dict[tuple[str, str], Resource] = {}
@@ -250,7 +265,15 @@ class FileSource:
         if isinstance(doc, dict) and doc.get("resourceType") == "Bundle":
             if report:
                 self.log.count("read.Bundle")
-            for i, entry in enumerate(doc.get("entry") or [], start=1):
+            entries: list[Any] = doc["entry"] if isinstance(doc.get("entry"), list) else []
+            for entry in entries:
+                res = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(res, dict) and "id" not in res and isinstance(res.get("resourceType"), str):
+                    rid = id_from_full_url(entry.get("fullUrl"), res["resourceType"])
+                    if rid is not None:
+                        res["id"] = rid
+            resolve_bundle_references(entries)
+            for i, entry in enumerate(entries, start=1):
                 res = entry.get("resource") if isinstance(entry, dict) else None
                 if not isinstance(res, dict):
                     if report and isinstance(entry, dict) and "request" not in entry:

@@ -109,6 +109,11 @@ class ServerSource:
         self.run(self.client.aclose())
         self._loop.close()
 
+    @property
+    def _base(self) -> str:
+        """The server's FHIR base: absolute references are resolved only under it."""
+        return str(self.client.base_url).rstrip("/")
+
     # -- roster ----------------------------------------------------------------------------------------
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
         return self.run(self._roster(sorted(set(patient_identifiers))))
@@ -117,7 +122,7 @@ class ServerSource:
         info = self.study.info
         token = f"{info.identifier_system}|{info.id}" if info.identifier_system else info.id
         studies = await self.client.search_all("ResearchStudy", {"identifier": token}, label="roster")
-        out = RosterInput(studies=list(studies))
+        out = RosterInput(studies=list(studies), base=self._base)
         ids = [s["id"] for s in studies if "id" in s]
         if ids:
             try:
@@ -149,7 +154,7 @@ class ServerSource:
         """Patients the server did not ``_include`` (many EHRs ignore ``_include`` on ResearchSubject): read
         them with ``Patient?_id=a,b,...``, so a subject is never rejected as 'unknown patient' for that."""
         wanted = sorted({pid for rs in out.subjects
-                         if (pid := ref_id((rs.get("individual") or {}).get("reference"), "Patient"))
+                         if (pid := ref_id((rs.get("individual") or {}).get("reference"), "Patient", self._base))
                          and pid not in out.patients})
         if wanted:
             self.log.count("roster.patients_read_without_include", len(wanted))
@@ -265,7 +270,7 @@ class ServerSource:
 
         async def probe(rtype: str, params: dict[str, str]) -> None:
             async for res in self.client.search(rtype, params, label="incremental"):
-                pid = patient_id_of(res)
+                pid = patient_id_of(res, self._base)
                 if pid in pids and not _adapter_owned(res):
                     changed.add(pid)
 
@@ -284,7 +289,7 @@ class ServerSource:
                 continue
             try:
                 async for entry_res in self._history(rtype, stamp):
-                    pid = patient_id_of(entry_res)
+                    pid = patient_id_of(entry_res, self._base)
                     if pid in pids:
                         changed.add(pid)
             except FhirHttpError as exc:
@@ -313,7 +318,7 @@ class ServerSource:
                                                         history=True):
             for entry in page.get("entry") or []:
                 if (entry.get("request") or {}).get("method") == "DELETE":
-                    rid = ref_id(entry["request"].get("url"), rtype)
+                    rid = ref_id(entry["request"].get("url"), rtype, self._base)
                     self.deleted.setdefault(rtype, []).append(str(rid))
                     if isinstance(entry.get("resource"), dict):
                         yield entry["resource"]

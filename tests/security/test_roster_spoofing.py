@@ -1,0 +1,164 @@
+"""No one can pose as a subject: the roster refuses ambiguity (duplicate subject IDs, duplicate Patients, a
+study matched on its identifier value under another system) and resolves references only for the source's
+own base, ``urn:uuid`` only inside the Bundle that defines it."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from feedkit import SUBJECT_SYSTEM, Feed, at
+
+from fhir_adapter.pipeline import run
+from fhir_adapter.roster import RosterError, build_roster
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import ref_id
+from fhir_adapter.source.files import FileSource
+
+DAY1 = dt.date(2024, 2, 1)
+BASE = "https://ehr.hospital.example.org/fhir"
+
+
+def _rs(rid: str, pid: str, sid: str) -> dict[str, Any]:
+    return {"resourceType": "ResearchSubject", "id": rid, "status": "on-study",
+            "study": {"reference": "ResearchStudy/study"}, "individual": {"reference": f"Patient/{pid}"},
+            "identifier": [{"system": SUBJECT_SYSTEM, "value": sid}], "period": {"start": "2024-01-05"}}
+
+
+def _run(folder: Path, f: Feed, study):  # type: ignore[no-untyped-def]
+    feed = f.write(folder / "feed")
+    log = RunLog()
+    summary = run(FileSource(feed, log), study, folder / "out", runlog=log)
+    return summary, json.loads((folder / "out" / "run-report.json").read_text())
+
+
+def _crf_ids(out: Path) -> dict[str, set[str]]:
+    return {json.loads(p.read_text())["subject_id"]: {x["source"]["id"] for x in json.loads(p.read_text())["findings"]}
+            for p in (out / "crf").glob("*.json")}
+
+
+def test_a_second_research_subject_cannot_take_a_subject_id(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    f = Feed()
+    # the spoof comes first in the file and points at a patient who is not enrolled
+    f.add({"resourceType": "Patient", "id": "intruder", "gender": "male", "birthDate": "1960-01-01"})
+    f.add(_rs("rs-spoof", "intruder", "103-001"))
+    f.obs("intruder", "777-3", at(DAY1, 29), value=99, unit="10*9/L", id_="intruder-plt")
+    f.subject("real", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.subject("other", "103-002", name="Other Subject", mrn="MRN-2", birth="1981-01-01", day1=DAY1)
+    summary, report = _run(tmp_path, f, study)
+    crfs = _crf_ids(tmp_path / "out")
+    assert set(crfs) == {"103-002"}  # 103-001 is ambiguous: stopped, not attributed to the first claimant
+    assert not any("intruder-plt" in ids for ids in crfs.values())
+    refused = [q for q in report["quarantine"] if q["rule"] == "duplicate-subject-id"]
+    assert {q["id"] for q in refused} == {"rs-spoof", "rs-real"}
+    assert all("ResearchSubject/rs-spoof" in q["reason"] and "ResearchSubject/rs-real" in q["reason"]
+               for q in refused)
+    assert summary.exit_code == 2
+
+
+def test_one_patient_enrolled_twice_is_refused(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    f = Feed()
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.add(_rs("rs-again", "p1", "103-009"))
+    log = RunLog()
+    roster = build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+    assert roster.enrolled == {}
+    assert {q.id for q in log.quarantine if q.rule == "duplicate-subject"} == {"rs-p1", "rs-again"}
+
+
+def test_differing_patients_with_one_id_are_refused(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    f = Feed()
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.subject("p2", "103-002", name="Other Subject", mrn="MRN-2", birth="1981-01-01", day1=DAY1)
+    f.add({"resourceType": "Patient", "id": "p1", "gender": "male", "birthDate": "1950-01-01"})
+    # an identical second copy (the same Patient exported twice) is not ambiguous
+    f.add(dict(f.resources["Patient"][1]))
+    log = RunLog()
+    roster = build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+    assert {e.subject_id for e in roster.enrolled.values()} == {"103-002"}
+    (q,) = [q for q in log.quarantine if q.rule == "duplicate-patient"]
+    assert q.id == "rs-p1" and "Patient.ndjson:1" in q.reason and "Patient.ndjson:3" in q.reason
+
+
+def _two_studies(f: Feed, system: str) -> None:
+    f.add({"resourceType": "ResearchStudy", "id": "foreign", "status": "active",
+           "identifier": [{"system": system, "value": "LCAR-AIO-SLE"}]})
+
+
+def test_study_identifier_under_another_system_stops_the_run(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    f = Feed()  # its own ResearchStudy carries the value without a system
+    _two_studies(f, "https://other-sponsor.example/studies")
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    log = RunLog()
+    with pytest.raises(RosterError, match=r"ResearchStudy/foreign.*ResearchStudy/study"):
+        build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+
+
+def test_study_identifier_system_when_configured(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    system = "https://fhir-adapter.org/fhir/sid/research-study"
+    f = Feed()
+    f.resources["ResearchStudy"][0]["identifier"][0]["system"] = system
+    _two_studies(f, "https://other-sponsor.example/studies")
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.add({**_rs("rs-f", "p9", "103-900"), "study": {"reference": "ResearchStudy/foreign"}})
+    f.add({"resourceType": "Patient", "id": "p9", "gender": "male"})
+    strict = dataclasses.replace(study, info=study.info.model_copy(update={"identifier_system": system}))
+    log = RunLog()
+    roster = build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), strict, log)
+    assert roster.study_ids == {"study"}
+    assert {e.subject_id for e in roster.enrolled.values()} == {"103-001"}
+
+
+def test_value_only_match_is_reported(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    f = Feed()
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    log = RunLog()
+    build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+    assert any(w.get("rule") == "study-identifier-system" for w in log.warnings)
+
+
+def test_ref_id_resolves_only_the_sources_own_references() -> None:
+    assert ref_id("Patient/p1", "Patient") == "p1"
+    assert ref_id("Patient/p1/_history/3", "Patient") == "p1"
+    assert ref_id(f"{BASE}/Patient/p1", "Patient", BASE) == "p1"
+    assert ref_id(f"{BASE}/Patient/p1", "Patient") is None
+    assert ref_id("https://other-ehr.example/fhir/Patient/p1", "Patient", BASE) is None
+    assert ref_id(f"{BASE}.evil.example/Patient/p1", "Patient", BASE) is None
+    assert ref_id("urn:uuid:p1", "Patient", BASE) is None
+    assert ref_id("Group/g/Patient/p1", "Patient") is None
+
+
+def test_foreign_and_urn_references_never_reach_the_enrolled_patient(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+    f = Feed()
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.obs("p1", "777-3", at(DAY1, 29), value=150, unit="10*9/L", id_="own-relative")
+    f.obs("p1", "718-7", at(DAY1, 29), value=12.0, unit="g/dL", id_="own-absolute",
+          subject={"reference": f"{BASE}/Patient/p1"})
+    f.obs("p1", "4485-9", at(DAY1, 29), value=90, unit="mg/dL", id_="foreign-ehr",
+          subject={"reference": "https://other-ehr.example/fhir/Patient/p1"})
+    f.obs("p1", "4498-2", at(DAY1, 29), value=20, unit="mg/dL", id_="loose-urn",
+          subject={"reference": "urn:uuid:p1"})
+    feed = f.write(tmp_path / "feed")
+    (feed / "manifest.json").write_text(json.dumps({"request": f"{BASE}/Group/trial/$export", "output": []}))
+    # a Bundle file whose urn:uuid references are its own: resolved inside it
+    (feed / "bundle.json").write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"fullUrl": "urn:uuid:0b7e6c1e-0000-4000-8000-000000000001",
+         "resource": f.resources["Patient"][0]},  # the same Patient as in Patient.ndjson
+        {"fullUrl": "urn:uuid:0b7e6c1e-0000-4000-8000-000000000002",
+         "resource": {"resourceType": "Observation", "id": "bundle-urn", "status": "final",
+                      "code": {"coding": [{"system": "http://loinc.org", "code": "8310-5"}]},
+                      "subject": {"reference": "urn:uuid:0b7e6c1e-0000-4000-8000-000000000001"},
+                      "effectiveDateTime": at(DAY1, 29),
+                      "valueQuantity": {"value": 37.0, "unit": "Cel", "system": "http://unitsofmeasure.org",
+                                        "code": "Cel"}}}]}))
+    log = RunLog()
+    run(FileSource(feed, log), study, tmp_path / "out", runlog=log)
+    report = json.loads((tmp_path / "out" / "run-report.json").read_text())
+    ids = _crf_ids(tmp_path / "out")["103-001"]
+    assert {"own-relative", "own-absolute", "bundle-urn"} <= ids
+    assert not {"foreign-ehr", "loose-urn"} & ids
+    assert {q["id"] for q in report["quarantine"] if q["rule"] == "no-patient"} >= {"foreign-ehr", "loose-urn"}
