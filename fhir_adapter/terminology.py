@@ -22,6 +22,8 @@ CS_SLEDAI2K_DESCRIPTOR = f"{CANONICAL}/CodeSystem/sledai-2k-descriptor"
 CS_CLINICAL_INPUT = f"{CANONICAL}/CodeSystem/clinical-input"
 #: the results the adapter derives and writes back (sledai-2k, lldas, dlt, cart-cmax, ...)
 CS_RESULTS = f"{CANONICAL}/CodeSystem/results"
+#: meta.tag on every resource the adapter writes to a server (code ``fhir-adapter``)
+CS_TAGS = f"{CANONICAL}/CodeSystem/tags"
 
 # --- identifier systems ---------------------------------------------------------------------------
 #: business identifier of every resource the adapter creates; the adapter never updates a resource

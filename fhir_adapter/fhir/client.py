@@ -110,6 +110,21 @@ def _body_excerpt(response: httpx.Response) -> str:
     return f"{len(response.content)} bytes of {content_type}"
 
 
+def check_transport(base_url: httpx.URL, settings: ClientSettings, *, credentials: bool) -> None:
+    """Refuse what would expose the adapter's credentials or data: credentials over plain http to anything
+    but this machine, and TLS without certificate verification to another host."""
+    loopback = base_url.host in _LOOPBACK
+    if credentials and base_url.scheme == "http" and not loopback:
+        raise FhirError(f"refusing to send credentials over plain http to {base_url}: use https (plain http only "
+                        "for a server on this machine: localhost, 127.0.0.1, ::1)", url=str(base_url))
+    if settings.insecure_skip_tls_verify and settings.verify is True:
+        if not loopback:
+            raise FhirError(f"insecure_skip_tls_verify is refused for {base_url.host}: only a server on this machine "
+                            "may skip certificate verification; give the server's CA bundle instead (verify: "
+                            "/path/ca.pem in --config, or FHIR_ADAPTER_CA_BUNDLE)", url=str(base_url))
+        log.warning("INSECURE: TLS certificate verification is disabled for %s (insecure_skip_tls_verify)", base_url)
+
+
 class FhirClient:
     """Async client of one FHIR R4 server; use as ``async with FhirClient(base_url) as client: ...``.
 
@@ -155,8 +170,7 @@ class FhirClient:
         s = self.settings
         self.limit = AdaptiveLimit(s.max_concurrency, adaptive=s.adaptive_concurrency)
         self.breaker = CircuitBreaker(s.circuit_breaker_failures, s.circuit_breaker_subjects)
-        if auth is not None and self.base_url.scheme == "http" and self.base_url.host not in _LOOPBACK:
-            log.warning("credentials will be sent over plain http to %s", self.base_url)
+        check_transport(self.base_url, s, credentials=auth is not None)
         common: dict[str, Any] = {
             "auth": auth,
             "headers": {"Accept": FHIR_JSON, "User-Agent": s.user_agent},
@@ -174,7 +188,7 @@ class FhirClient:
                 log.warning("http2 requested but the 'h2' package is not installed; using HTTP/1.1")
             self._http = httpx.AsyncClient(
                 http2=http2,
-                verify=self._ssl_verify(s.verify),
+                verify=False if s.insecure_skip_tls_verify and s.verify is True else self._ssl_verify(s.verify),
                 limits=httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=s.max_concurrency),
                 **common,
             )
@@ -183,8 +197,6 @@ class FhirClient:
     def _ssl_verify(verify: bool | Path) -> bool | ssl.SSLContext:
         if isinstance(verify, Path):
             return ssl.create_default_context(cafile=str(verify))
-        if not verify:
-            log.warning("TLS certificate verification is disabled")
         return verify
 
     def __repr__(self) -> str:

@@ -66,11 +66,21 @@ class ClientSettings(BaseModel):
     )
 
     http2: bool = Field(False, description="Use HTTP/2 when the 'h2' package is installed.")
-    verify: bool | Path = Field(True, description="TLS verification: True, False, or a CA bundle path.")
+    verify: bool | Path = Field(
+        True, description="TLS verification: True, or the path of a CA bundle for a server with a private CA. "
+                          "Never False: see insecure_skip_tls_verify.")
+    insecure_skip_tls_verify: bool = Field(
+        False, description="Do not verify the server's TLS certificate. Only for a server on this machine "
+                           "(localhost, 127.0.0.1, ::1): refused for any other host, which needs its CA bundle "
+                           "in verify instead.")
     user_agent: str = f"fhir-adapter/{__version__}"
 
     @model_validator(mode="after")
     def _check_verify_path(self) -> ClientSettings:
         if isinstance(self.verify, Path) and not self.verify.is_file():
             raise ValueError(f"verify: CA bundle {self.verify} does not exist or is not a file")
+        if self.verify is False:
+            raise ValueError("verify: false is not accepted: give the server's CA bundle (verify: /path/ca.pem or "
+                             "FHIR_ADAPTER_CA_BUNDLE); for a test server on this machine only, set "
+                             "insecure_skip_tls_verify: true")
         return self

@@ -4,20 +4,24 @@ Per subject, one transaction (split by ``max_transaction_entries`` when a server
 
 1. **Guard**: every resource must be about the enrolled subject's Patient and carry an identifier in the
    adapter's system (``https://fhir-adapter.org/fhir/sid/result``); anything else is refused before any
-   request. Conditional updates match on that identifier and the subject's Patient
-   (``PUT Observation?identifier=<system>|<value>&patient=Patient/<id>``), so the adapter can never update a
-   resource it did not create, nor one about another patient.
+   request. Each resource written carries the adapter's ``meta.tag`` (:mod:`.ownership`).
 2. **Diff**: the adapter's resources already on the server for that Patient are read in one search
-   (``identifier=<system>|``); a resource whose content is unchanged is not written, so a second run over
-   unchanged data makes **zero writes**. A result the adapter wrote before that is no longer produced (its
-   inputs were retracted) is updated to ``status = entered-in-error``.
+   (``identifier=<system>|``). Only a resource with the adapter's identifier *and* tag *and* the subject's
+   Patient is the adapter's; another one holding an identifier the adapter wants to write stops that
+   subject's write (it is never overwritten), as does an identifier held more than once. A resource whose
+   content is unchanged is not written, so a second run over unchanged data makes **zero writes**. A result
+   the adapter wrote before that is no longer produced (its inputs were retracted) is updated to
+   ``status = entered-in-error`` — unless that would retract more than ``max_retraction_share`` of the
+   subject's results on the server in one run, which needs ``allow_mass_retraction``
+   (``--allow-mass-retraction``) and is otherwise reported for the subject before anything is sent.
 3. **Validate**: each resource to write is parsed as FHIR R4; a failure stops that subject's write (with the
    reason in the report), not the run.
-4. **Write**: the changed resources as conditional updates, the adapter Device (conditional update) and one
-   Provenance naming the sources, in transactions of at most ``max_transaction_entries`` entries (a subject
-   with more changes gets several, each with its own Provenance). ``dry_run`` returns the diff instead.
-   A 412 (a conditional update matched several resources) is reported for the subject with the identifiers
-   the server holds more than once.
+4. **Write**: new resources as conditional creates (``POST`` with ``If-None-Exist: identifier=<system>|<value>
+   &patient=Patient/<id>``), changed and retracted ones as updates of the server's resource
+   (``PUT <Type>/<id>`` with ``If-Match`` on the version the adapter read: a resource changed meanwhile gives
+   412, reported, never overwritten), the adapter Device (conditional create) and one Provenance naming the
+   sources, in transactions of at most ``max_transaction_entries`` entries (a subject with more changes gets
+   several, each with its own Provenance). ``dry_run`` returns the diff instead.
 """
 
 from __future__ import annotations
@@ -33,14 +37,22 @@ from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.terminology import SID_DEVICE, SID_RESULT
-from fhir_adapter.writeback.identifiers import conditional_url, full_url
+from fhir_adapter.writeback.identifiers import full_url
+from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance
+
+#: default share of a subject's results on the server one run may retract without --allow-mass-retraction
+MAX_RETRACTION_SHARE = 0.5
 
 _VOLATILE_META = ("versionId", "lastUpdated", "source", "author", "project", "compartment", "accounts")
 
 
 class UnsafeWrite(RuntimeError):
     """A resource would be written outside what the adapter may touch."""
+
+
+class MassRetraction(RuntimeError):
+    """A run would retract more of a subject's results than allowed without ``--allow-mass-retraction``."""
 
 
 @dataclass
@@ -89,10 +101,13 @@ def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: 
 
 
 async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str, Any]] | None = None,
-                           duplicates: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
-    """The adapter's Observations already on the server for this Patient, by identifier value; and the
-    resources the adapter writes under a fixed id (its own ResearchSubject), which must carry its identifier.
-    ``duplicates`` collects identifier values held by more than one Observation (``Observation/id`` list)."""
+                           duplicates: dict[str, list[str]] | None = None,
+                           foreign: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+    """The adapter's resources already on the server for this Patient, by identifier value: its Observations
+    (one search) and the resources it writes under a fixed id (its own ResearchSubject), which must be the
+    adapter's (:func:`~.ownership.why_not_owned`). ``duplicates`` collects identifier values held by more than
+    one Observation (``Observation/id`` list); ``foreign`` the identifier values held by Observations that are
+    not the adapter's (``Observation/id (why)``): never part of the result, never touched."""
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
         try:
@@ -101,19 +116,28 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
             if exc.status in (404, 410):
                 continue
             raise
+        why = why_not_owned(held, e.patient_id)
+        if why is not None:
+            raise UnsafeWrite(f"{want['resourceType']}/{want['id']} exists on the server and is not the adapter's "
+                              f"({why}): it is left untouched")
         ident = _identifier(held)
-        if ident is None:
-            raise UnsafeWrite(f"{want['resourceType']}/{want['id']} exists on the server and was not created by the "
-                              "adapter (no identifier in its system): it is left untouched")
+        assert ident is not None
         found[ident] = held
+    holders: dict[str, list[str]] = {}
     async for res in client.search("Observation", {"patient": f"Patient/{e.patient_id}",
                                                    "identifier": f"{SID_RESULT}|"}, label=e.subject_id):
         ident = _identifier(res)
-        if ident is not None and res.get("resourceType") == "Observation":
-            if ident in found and duplicates is not None:
-                twice = duplicates.setdefault(ident, [f"Observation/{found[ident].get('id')}"])
-                twice.append(f"Observation/{res.get('id')}")
-            found[ident] = res
+        if ident is None or res.get("resourceType") != "Observation":
+            continue
+        holders.setdefault(ident, []).append(f"Observation/{res.get('id')}")
+        why = why_not_owned(res, e.patient_id)
+        if why is not None:
+            if foreign is not None:
+                foreign.setdefault(ident, []).append(f"Observation/{res.get('id')} ({why})")
+            continue
+        found[ident] = res
+    if duplicates is not None:
+        duplicates.update({i: refs for i, refs in holders.items() if len(refs) > 1})
     return found
 
 
@@ -129,13 +153,13 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
         if before is not None and comparable(before) == comparable(res):
             result.unchanged += 1
             continue
-        to_write.append(res)
+        to_write.append(res if before is None else {**res, "id": before["id"]})
         result.written.append(ident)
         diffs.extend(difflib.unified_diff(_pretty(before), _pretty(res), f"server:{ident}", f"adapter:{ident}"))
     for ident, before in sorted(existing.items()):
         if ident in wanted or before.get("status") == "entered-in-error" or before.get("resourceType") != "Observation":
             continue
-        retracted = {k: v for k, v in before.items() if k not in ("id", "meta", "text")}
+        retracted = with_owner_tag({k: v for k, v in before.items() if k not in ("meta", "text")})
         retracted["status"] = "entered-in-error"
         retracted["note"] = [{"text": "Retracted by fhir-adapter: the EHR data this result was derived from was "
                                       "corrected or entered in error."}]
@@ -148,13 +172,16 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
 
 
 def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now: dt.datetime,
-                        patient_id: str | None = None) -> list[dict[str, Any]]:
-    """Device, the resources (conditional updates, narrowed to ``patient_id`` when given) and a Provenance."""
-    device = adapter_device()
+                        patient_id: str | None = None,
+                        versions: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """Device (conditional create), the resources and a Provenance. A resource with a server id is updated
+    with ``If-Match`` on ``versions[identifier]`` (the version the adapter read); one without is created
+    with ``If-None-Exist`` on its identifier (and ``patient_id``, for an Observation)."""
+    device = with_owner_tag(adapter_device())
     device_url = full_url(SID_DEVICE, "fhir-adapter")
     entries: list[dict[str, Any]] = [{
         "fullUrl": device_url, "resource": device,
-        "request": {"method": "PUT", "url": conditional_url("Device", "fhir-adapter", SID_DEVICE)},
+        "request": {"method": "POST", "url": "Device", "ifNoneExist": f"identifier={SID_DEVICE}|fhir-adapter"},
     }]
     targets = []
     for r in to_write:
@@ -162,48 +189,81 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
         assert ident is not None
         url = full_url(SID_RESULT, ident)
         targets.append(url)
+        request: dict[str, str]
         if r.get("id"):
-            request_url = f"{r['resourceType']}/{r['id']}"
+            request = {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}
+            version = (versions or {}).get(ident)
+            if version:
+                request["ifMatch"] = f'W/"{version}"'
         else:
-            request_url = conditional_url(r["resourceType"], ident)
+            condition = f"identifier={SID_RESULT}|{ident}"
             if patient_id is not None and r["resourceType"] == "Observation":
-                request_url += f"&patient=Patient/{patient_id}"
-        entries.append({"fullUrl": url, "resource": r, "request": {"method": "PUT", "url": request_url}})
-    prov = provenance(targets, sources, device_url, now)
+                condition += f"&patient=Patient/{patient_id}"
+            request = {"method": "POST", "url": r["resourceType"], "ifNoneExist": condition}
+        entries.append({"fullUrl": url, "resource": r, "request": request})
+    prov = with_owner_tag(provenance(targets, sources, device_url, now))
     entries.append({"fullUrl": full_url(SID_RESULT, f"provenance-{now.isoformat()}-{targets[0]}"),
                     "resource": prov, "request": {"method": "POST", "url": "Provenance"}})
     return entries
 
 
+def check_retraction_share(result: WriteResult, existing: dict[str, dict[str, Any]], max_share: float) -> None:
+    """Refuse (before any request) a run that would retract more than ``max_share`` of the subject's results
+    on the server."""
+    live = sum(1 for r in existing.values() if r.get("status") != "entered-in-error")
+    if result.retracted and len(result.retracted) > max_share * live:
+        raise MassRetraction(
+            f"this run would retract {len(result.retracted)} of the subject's {live} results on the server "
+            f"(more than {max_share:.0%}): nothing was sent for this subject. Check that the source export is "
+            "complete (the diff is in OUT/writeback-diff/); if the retractions are right, run again with "
+            "--allow-mass-retraction")
+
+
 async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str, Any]], sources: list[str],
                         enrolled_patients: set[str], *, dry_run: bool = False,
-                        now: dt.datetime | None = None) -> WriteResult:
+                        now: dt.datetime | None = None, allow_mass_retraction: bool = False,
+                        max_retraction_share: float = MAX_RETRACTION_SHARE) -> WriteResult:
     result = WriteResult(subject_id=e.subject_id)
     duplicates: dict[str, list[str]] = {}
+    foreign: dict[str, list[str]] = {}
     try:
+        desired = [with_owner_tag(r) for r in desired]
         check_safe(e, desired, enrolled_patients)
         for r in desired:
             problem = r4_problem(r)
             if problem:
                 raise ValueError(f"{r['resourceType']} {_identifier(r)} is not valid FHIR R4: {problem}")
-        existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates)
+        existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates, foreign)
+        wanted = {_identifier(r) for r in desired}
+        if clash := sorted(i for i in foreign if i in wanted):
+            held = "; ".join(f"{i} by {', '.join(foreign[i])}" for i in clash)
+            raise UnsafeWrite(f"the server holds resources with the adapter's identifiers that are not the "
+                              f"adapter's ({held}): they are left untouched and nothing is written for this "
+                              "subject; remove the adapter identifier from them (or the resources), then run again")
+        if duplicates:
+            held = "; ".join(f"{ident} by {', '.join(refs)}" for ident, refs in sorted(duplicates.items()))
+            raise UnsafeWrite(f"the server holds adapter identifiers more than once ({held}): remove the "
+                              "duplicates, then run again")
         to_write = plan_writes(desired, existing, result)
         check_safe(e, to_write, enrolled_patients)
+        if not allow_mass_retraction:
+            check_retraction_share(result, existing, max_retraction_share)
         if not to_write or dry_run:
             return result
+        versions = {ident: str((r.get("meta") or {}).get("versionId") or "") for ident, r in existing.items()}
         # each part is its own transaction with the Device and a Provenance (2 entries of overhead)
         size = max(1, client.settings.max_transaction_entries - 2)
         for i in range(0, len(to_write), size):
-            entries = transaction_entries(to_write[i:i + size], sources, now or dt.datetime.now(dt.UTC), e.patient_id)
+            entries = transaction_entries(to_write[i:i + size], sources, now or dt.datetime.now(dt.UTC),
+                                          e.patient_id, versions)
             await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
                                      label=e.subject_id)
     except Exception as exc:  # reported per subject; never stops the run
         result.error = str(exc)
         if isinstance(exc, FhirHttpError) and exc.status == 412:
-            held = "; ".join(f"{ident} by {', '.join(refs)}" for ident, refs in sorted(duplicates.items()))
-            result.error += (f" — the server holds adapter identifiers more than once ({held}): remove the "
-                             "duplicates, then run again" if held else
-                             " — a conditional update matched several resources on the server")
+            result.error += (" — a result changed on the server since the adapter read it (If-Match), or a "
+                             "conditional create matched several resources: nothing of this transaction was "
+                             "written; run again")
         result.written = []
         result.retracted = []
     return result
@@ -212,10 +272,13 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
 class ServerSink:
     """The pipeline's sink for a FHIR server: drives :func:`write_subject` on the given event loop."""
 
-    def __init__(self, client: FhirClient, loop: asyncio.AbstractEventLoop, *, dry_run: bool = False) -> None:
+    def __init__(self, client: FhirClient, loop: asyncio.AbstractEventLoop, *, dry_run: bool = False,
+                 allow_mass_retraction: bool = False, max_retraction_share: float = MAX_RETRACTION_SHARE) -> None:
         self.client = client
         self.loop = loop
         self.dry_run = dry_run
+        self.allow_mass_retraction = allow_mass_retraction
+        self.max_retraction_share = max_retraction_share
         self.enrolled: set[str] = set()
 
     def start(self, enrolled_patients: set[str]) -> None:
@@ -223,4 +286,6 @@ class ServerSink:
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str]) -> WriteResult:
         return self.loop.run_until_complete(
-            write_subject(self.client, e, resources, sources, self.enrolled, dry_run=self.dry_run))
+            write_subject(self.client, e, resources, sources, self.enrolled, dry_run=self.dry_run,
+                          allow_mass_retraction=self.allow_mass_retraction,
+                          max_retraction_share=self.max_retraction_share))

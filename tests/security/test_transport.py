@@ -1,0 +1,78 @@
+"""Credentials never travel over plain http except to this machine; TLS verification is off only through a
+loudly named setting, and only for a server on this machine."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from pydantic import ValidationError
+
+from fhir_adapter.cli import main
+from fhir_adapter.fhir import ClientSettings, FhirClient, FhirError
+from fhir_adapter.fhir.auth import BearerToken
+
+
+@pytest.mark.parametrize("url", ["http://ehr.example.org/fhir", "http://10.0.0.5:8080/fhir",
+                                 "http://localhost.evil.example/fhir"])
+async def test_a_token_is_never_sent_over_plain_http_to_another_host(url: str) -> None:
+    with pytest.raises(FhirError, match="refusing to send credentials over plain http"):
+        FhirClient(url, auth=BearerToken("secret-token"))
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8080/fhir", "http://127.0.0.1/fhir", "http://[::1]:9/fhir",
+                                 "https://ehr.example.org/fhir"])
+async def test_loopback_http_and_https_take_a_token(url: str) -> None:
+    async with FhirClient(url, auth=BearerToken("secret-token")):
+        pass
+
+
+async def test_plain_http_without_credentials_is_allowed() -> None:
+    async with FhirClient("http://ehr.example.org/fhir"):
+        pass
+
+
+def test_verify_false_is_not_accepted() -> None:
+    with pytest.raises(ValidationError, match="insecure_skip_tls_verify"):
+        ClientSettings(verify=False)
+
+
+async def test_skipping_verification_is_refused_for_another_host() -> None:
+    settings = ClientSettings(insecure_skip_tls_verify=True)
+    with pytest.raises(FhirError, match="CA bundle"):
+        FhirClient("https://ehr.example.org/fhir", settings=settings)
+
+
+async def test_skipping_verification_for_loopback_is_loud(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        async with FhirClient("https://localhost:8443/fhir", settings=ClientSettings(insecure_skip_tls_verify=True)):
+            pass
+    assert "INSECURE" in caplog.text
+
+
+async def test_a_ca_bundle_serves_another_host(tmp_path: Path) -> None:
+    import certifi
+
+    ca = tmp_path / "ca.pem"
+    ca.write_bytes(Path(certifi.where()).read_bytes())
+    settings = ClientSettings(verify=ca, insecure_skip_tls_verify=True)  # the CA bundle wins: verification on
+    async with FhirClient("https://ehr.example.org/fhir", settings=settings):
+        pass
+
+
+def test_cli_refuses_a_token_over_plain_http(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "--source", "http://ehr.example.org/fhir", "--out", str(tmp_path / "o")],
+                                env={"FHIR_ADAPTER_BEARER_TOKEN": "secret-token"})
+    assert result.exit_code == 1
+    assert "plain http" in result.output and "secret-token" not in result.output
+    assert not (tmp_path / "o" / "run-report.json").exists()
+
+
+def test_cli_refuses_verify_false_in_the_config(tmp_path: Path) -> None:
+    config = tmp_path / "adapter.yaml"
+    config.write_text("client:\n  verify: false\n")
+    result = CliRunner().invoke(main, ["run", "--source", "https://ehr.example.org/fhir", "--out", str(tmp_path / "o"),
+                                       "--config", str(config)])
+    assert result.exit_code == 1 and "insecure_skip_tls_verify" in result.output
