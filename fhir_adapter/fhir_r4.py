@@ -9,6 +9,7 @@ type (never the default R5 import, which silently drops R4-only fields); an R4 t
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -46,12 +47,42 @@ def r4_problem(resource: dict[str, Any]) -> str | None:
     if cls is None:  # an R4 type with no R4B model: shape only
         return None
     try:
-        cls.model_validate(resource)
+        parsed = cls.model_validate(resource)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or rtype
         extra = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         return f"{where}: {first['msg'].removeprefix('Value error, ')}{extra}"
+    quoted = _quoted_scalar(resource, parsed, "")
+    if quoted is not None:
+        where, value = quoted
+        return (f"{where}: {value!r} is a JSON string where FHIR R4 requires a JSON "
+                f"{'boolean' if value in ('true', 'false') else 'number'} (json.html#primitive)")
+    return None
+
+
+def _quoted_scalar(raw: Any, model: Any, path: str) -> tuple[str, str] | None:
+    """The first element the JSON gives as a string where the model holds a number or boolean: pydantic
+    coerces ``"12.5"`` to a decimal, FHIR R4 JSON does not (a decimal is a JSON number)."""
+    if isinstance(raw, dict) and hasattr(type(model), "model_fields"):
+        for key, value in raw.items():
+            if key == "resourceType" or not isinstance(key, str):
+                continue
+            attr = getattr(model, key, None)
+            if attr is None:
+                attr = getattr(model, key + "__ext", None) if key.startswith("_") else getattr(model, key + "_", None)
+            here = f"{path}.{key}" if path else key
+            if isinstance(value, str) and isinstance(attr, (int, float, Decimal)):
+                return here, value
+            if isinstance(value, (dict, list)):
+                found = _quoted_scalar(value, attr, here)
+                if found is not None:
+                    return found
+    elif isinstance(raw, list) and isinstance(model, list):
+        for i, (value, attr) in enumerate(zip(raw, model, strict=False)):
+            found = _quoted_scalar(value, attr, f"{path}.{i}")
+            if found is not None:
+                return found
     return None
 
 

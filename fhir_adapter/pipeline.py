@@ -24,6 +24,7 @@ from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWo
 from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name
+from fhir_adapter.quarantine import quarantine_record
 from fhir_adapter.results.study_json import study_json
 from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster import Enrollee, RosterError, build_roster
@@ -98,6 +99,7 @@ def run(
     review_state: Path | None = None,
     reviewed_only: bool = False,
     workers: int = 1,
+    quarantine_full_copies: bool = False,
 ) -> RunSummary:
     """Run the job. With a ``sink``, results are also written to the server (only what changed).
 
@@ -229,7 +231,7 @@ def run(
         state.save()
     summary.quarantined = len(runlog.quarantine)
     summary.warnings = len(runlog.warnings)
-    _write_quarantine(out, runlog)
+    _write_quarantine(out, runlog, full_copies=quarantine_full_copies)
     _dump(out, out / "run-report.json", {
         "generated_by": f"fhir-adapter {__version__}",
         "started": started.isoformat(timespec="seconds"),
@@ -273,12 +275,12 @@ def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path
         summary.subjects_not_written.append(w.subject_id)
 
 
-def _write_quarantine(out: Path, runlog: RunLog) -> None:
+def _write_quarantine(out: Path, runlog: RunLog, *, full_copies: bool = False) -> None:
     qdir = out / "quarantine"
     qdir.mkdir(parents=True, exist_ok=True)
     by_type: dict[str, list[bytes]] = {}
     for q in runlog.quarantine:
-        line = orjson.dumps({"reason": q.as_report(), "resource": q.raw})
+        line = orjson.dumps(quarantine_record(q, full_copy=full_copies))
         by_type.setdefault(quarantine_file_name(q.resource_type), []).append(line)
     for name, lines in by_type.items():
         inside(out, qdir / name).write_bytes(b"\n".join(lines) + b"\n")
