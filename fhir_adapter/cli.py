@@ -100,10 +100,18 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes mapping and deriving subjects in parallel (the source is read in this "
                    "process); 1 = in this process. Outputs are the same for any number.  [default: number of cores]")
+@click.option("--allow-mass-retraction", is_flag=True,
+              help="With --post: let one run retract more than max_retraction_share (--config; default 0.5) of a "
+                   "subject's results on the server. Without it such a subject is not written (exit 2) and the "
+                   "retractions are listed in OUT/writeback-diff/.")
+@click.option("--quarantine-full-copies", is_flag=True,
+              help="Keep whole copies of quarantined input in OUT/quarantine/ (they may hold names, MRNs, free "
+                   "text). Default: type, id, file, line, reason and the offending element only.")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
         since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,
-        reviewed_only: bool, bulk: bool, workers: int | None) -> None:
+        reviewed_only: bool, bulk: bool, workers: int | None, allow_mass_retraction: bool,
+        quarantine_full_copies: bool) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -149,14 +157,15 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     started = dt.datetime.now(dt.UTC)
     try:
         conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ,
-                       bulk=bulk)
+                       bulk=bulk, allow_mass_retraction=allow_mass_retraction)
         try:
             with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
                           enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
                 summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
                                        on_subject=prog.advance, on_start=prog.start, review_state=review_state,
                                        reviewed_only=reviewed_only or _reviewed_only_setting(config),
-                                       workers=workers or default_workers())
+                                       workers=workers or default_workers(),
+                                       quarantine_full_copies=quarantine_full_copies)
         finally:
             conn.close()
     except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,

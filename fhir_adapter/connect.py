@@ -80,7 +80,7 @@ def parse_since(value: str | None, out: Path) -> dt.datetime | None:
 
 def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = False, dry_run: bool = False,
             since: str | None = None, config: Path | None = None, env: Mapping[str, str] | None = None,
-            bulk: bool = False) -> Connection:
+            bulk: bool = False, allow_mass_retraction: bool = False) -> Connection:
     env = env if env is not None else {}
     if not is_url(source):
         if post or dry_run or since or bulk:
@@ -95,7 +95,8 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
     cfg = load_server_config(config, env)
     client = open_client(source, cfg, env)
     loop = asyncio.new_event_loop()
-    sink = ServerSink(client, loop, dry_run=dry_run) if (post or dry_run) else None
+    sink = ServerSink(client, loop, dry_run=dry_run, allow_mass_retraction=allow_mass_retraction,
+                      max_retraction_share=cfg.max_retraction_share) if (post or dry_run) else None
     if bulk or cfg.read_mode == "bulk":
         rest = ServerSource(client, study, log, read_mode="search", loop=loop,
                             observation_code_param=cfg.observation_code_param)

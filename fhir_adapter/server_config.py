@@ -19,6 +19,7 @@ Config file (``--config adapter.yaml``)::
       max_retry_after_seconds: 300
     observation_code_param: combo-code   # combo-code | code | none (see `fhir-adapter check --source URL`)
     writeback_reviewed_only: false       # true: only results derived from reviewed values (docs/review.md)
+    max_retraction_share: 0.5     # more of a subject's results retracted in one run needs --allow-mass-retraction
 
 Environment (override the file): ``FHIR_ADAPTER_MAX_CONCURRENCY``, ``FHIR_ADAPTER_PAGE_SIZE``,
 ``FHIR_ADAPTER_MAX_TRANSACTION_ENTRIES``, ``FHIR_ADAPTER_READ_MODE``, ``FHIR_ADAPTER_CA_BUNDLE``.
@@ -70,6 +71,8 @@ class ServerConfig(BaseModel):
                                   "component codes), code, or none (read all, filter locally); "
                                   "`fhir-adapter check --source URL` says which the server supports")
     writeback_reviewed_only: bool = False  # write back only results a reviewer has looked at (docs/review.md)
+    #: largest share of a subject's results on the server one run may retract without --allow-mass-retraction
+    max_retraction_share: float = Field(0.5, ge=0, le=1)
 
 
 def load_server_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:

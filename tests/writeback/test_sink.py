@@ -14,6 +14,7 @@ from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir import ClientSettings, FhirClient
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.writeback.ownership import with_owner_tag
 from fhir_adapter.writeback.sink import UnsafeWrite, WriteResult, check_safe, plan_writes, write_subject
 
 E = Enrollee(subject_id="101-001", patient_id="p1",
@@ -30,9 +31,10 @@ def result(ident: str, value: int, patient: str = "p1") -> dict[str, Any]:
 
 
 def on_server(res: dict[str, Any], id_: str, version: str = "1") -> dict[str, Any]:
-    r = copy.deepcopy(res)
+    """A result as the adapter wrote it (with its tag), as the server returns it."""
+    r = copy.deepcopy(with_owner_tag(res))
     r["id"] = id_
-    r["meta"] = {"versionId": version, "lastUpdated": "2026-11-01T10:00:00Z"}
+    r["meta"].update({"versionId": version, "lastUpdated": "2026-11-01T10:00:00Z"})
     return r
 
 
@@ -55,7 +57,7 @@ def test_never_writes_a_result_about_another_patient() -> None:
 
 def test_unchanged_content_is_not_written() -> None:
     r = WriteResult(subject_id="101-001")
-    desired = [result("a", 10), result("b", 4)]
+    desired = [with_owner_tag(result("a", 10)), with_owner_tag(result("b", 4))]
     existing = {"a": on_server(desired[0], "x1"), "b": on_server(desired[1], "x2", "3")}
     assert plan_writes(desired, existing, r) == []
     assert r.unchanged == 2 and r.diff == ""
@@ -63,12 +65,13 @@ def test_unchanged_content_is_not_written() -> None:
 
 def test_changed_new_and_retracted() -> None:
     r = WriteResult(subject_id="101-001")
-    desired = [result("a", 10), result("c", 2)]
+    desired = [with_owner_tag(result("a", 10)), with_owner_tag(result("c", 2))]
     existing = {"a": on_server(result("a", 12), "x1"), "old": on_server(result("old", 5), "x3")}
     out = plan_writes(desired, existing, r)
     assert r.written == ["a", "c"] and r.retracted == ["old"]
+    assert out[0]["id"] == "x1" and "id" not in out[1]  # an update addresses the server's resource
     retracted = out[-1]
-    assert retracted["status"] == "entered-in-error" and "id" not in retracted and retracted["valueInteger"] == 5
+    assert retracted["status"] == "entered-in-error" and retracted["id"] == "x3" and retracted["valueInteger"] == 5
     assert '-  "valueInteger": 12' in r.diff and '+  "valueInteger": 10' in r.diff
 
 
@@ -87,8 +90,9 @@ async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_m
     import json
     bundle = json.loads(posted.content)
     kinds = [(e["request"]["method"], e["resource"]["resourceType"]) for e in bundle["entry"]]
-    assert kinds == [("PUT", "Device"), ("PUT", "Observation"), ("POST", "Provenance")]
-    assert bundle["entry"][1]["request"]["url"] == f"Observation?identifier={SID_RESULT}|b&patient=Patient/p1"
+    assert kinds == [("POST", "Device"), ("POST", "Observation"), ("POST", "Provenance")]
+    assert bundle["entry"][1]["request"] == {"method": "POST", "url": "Observation",
+                                             "ifNoneExist": f"identifier={SID_RESULT}|b&patient=Patient/p1"}
     prov = bundle["entry"][2]["resource"]
     assert prov["target"] == [{"reference": bundle["entry"][1]["fullUrl"]}]
     assert prov["entity"] == [{"role": "source", "what": {"reference": "Observation/src1"}}]

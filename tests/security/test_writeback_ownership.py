@@ -1,0 +1,130 @@
+"""Live write-back touches only what the adapter created (its identifier *and* its tag *and* the enrolled
+patient), creates with If-None-Exist, updates with If-Match on the version it read, and does not retract
+most of a subject's results in one run without --allow-mass-retraction — against the real test server."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import httpx
+import pytest
+from feed_loader import put_resources, search_all
+from server_fixture import ServerHandle
+
+from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.fhir import FhirClient, FhirHttpError
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.writeback.ownership import has_owner_tag
+from fhir_adapter.writeback.sink import transaction_entries, write_subject
+
+E = Enrollee(subject_id="101-001", patient_id="p1",
+             research_subject=SourceRef(resource_type="ResearchSubject", id="r1"),
+             status="follow-up", arm="DL1", consent_date=None, site=None, sex="F", birth_date=None)
+NOW = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+
+
+def result(ident: str, value: int, patient: str = "p1") -> dict[str, Any]:
+    return {"resourceType": "Observation", "identifier": [{"system": SID_RESULT, "value": ident}],
+            "status": "final", "code": {"coding": [{"system": "https://fhir-adapter.org/fhir/CodeSystem/results",
+                                                    "code": "sledai-2k"}]},
+            "subject": {"reference": f"Patient/{patient}"}, "valueInteger": value,
+            "derivedFrom": [{"reference": "Observation/src1"}]}
+
+
+def on_server(base: str) -> dict[str, dict[str, Any]]:
+    found = search_all(base, "Observation", {"identifier": f"{SID_RESULT}|"})
+    return {str(r["identifier"][0]["value"]) + ("" if has_owner_tag(r) else "@foreign"): r for r in found}
+
+
+async def write(base: str, desired: list[dict[str, Any]], **kw: Any):  # type: ignore[no-untyped-def]
+    async with FhirClient(base) as client:
+        return await write_subject(client, E, desired, ["Observation/src1"], {"p1"}, now=NOW, **kw)
+
+
+@pytest.fixture
+def server(clean_fhir_server: ServerHandle) -> str:
+    base = clean_fhir_server.base_url
+    put_resources(base, [{"resourceType": "Patient", "id": "p1"}, {"resourceType": "Patient", "id": "p2"}])
+    return base
+
+
+async def test_foreign_resources_with_the_adapter_identifier_are_never_touched(server: str) -> None:
+    # a hospital Observation that happens to use the adapter's identifier system (no adapter tag)
+    foreign = {**result("r-old", 1), "id": "foreign-1", "note": [{"text": "hospital's own"}]}
+    put_resources(server, [foreign])
+    w = await write(server, [result("r-a", 10), result("r-b", 4)])
+    assert w.error is None and sorted(w.written) == ["r-a", "r-b"] and w.retracted == []
+    held = on_server(server)
+    assert held["r-old@foreign"]["status"] == "final" and held["r-old@foreign"]["meta"]["versionId"] == "1"
+    assert has_owner_tag(held["r-a"]) and has_owner_tag(held["r-b"])
+    # wanting an identifier a foreign resource holds: refused for the subject, before any request
+    w = await write(server, [result("r-a", 10), result("r-b", 4), result("r-old", 2)])
+    assert w.error is not None and "Observation/foreign-1" in w.error and w.written == []
+    assert on_server(server)["r-old@foreign"]["meta"]["versionId"] == "1"
+
+
+async def test_unchanged_results_make_no_request_and_changes_use_if_match(server: str) -> None:
+    assert (await write(server, [result("r-a", 10)])).written == ["r-a"]
+    again = await write(server, [result("r-a", 10)])
+    assert again.written == [] and again.unchanged == 1
+    changed = await write(server, [result("r-a", 11)])
+    assert changed.error is None and changed.written == ["r-a"]
+    held = on_server(server)["r-a"]
+    assert held["valueInteger"] == 11 and held["meta"]["versionId"] == "2"
+    assert len(on_server(server)) == 1  # updated in place, never duplicated
+
+
+async def test_a_result_changed_on_the_server_since_it_was_read_is_not_overwritten(server: str) -> None:
+    await write(server, [result("r-a", 10)])
+    held = on_server(server)["r-a"]
+    # someone edits the adapter's result after the adapter read version 1
+    edited = {**held, "note": [{"text": "edited by a person"}]}
+    with httpx.Client() as http:
+        http.put(f"{server}/Observation/{held['id']}", json=edited).raise_for_status()
+    update = {**result("r-a", 12), "id": held["id"]}
+    entries = transaction_entries([update], ["Observation/src1"], NOW, "p1", {"r-a": "1"})
+    assert entries[1]["request"] == {"method": "PUT", "url": f"Observation/{held['id']}", "ifMatch": 'W/"1"'}
+    async with FhirClient(server) as client:
+        with pytest.raises(FhirHttpError) as err:
+            await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert err.value.status == 412
+    after = on_server(server)["r-a"]
+    assert after["valueInteger"] == 10 and after["note"] == [{"text": "edited by a person"}]
+
+
+async def test_if_none_exist_never_creates_a_second_copy(server: str) -> None:
+    await write(server, [result("r-a", 10)])
+    entries = transaction_entries([result("r-a", 10)], [], NOW, "p1")
+    assert entries[1]["request"]["ifNoneExist"] == f"identifier={SID_RESULT}|r-a&patient=Patient/p1"
+    async with FhirClient(server) as client:
+        await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+    assert len(on_server(server)) == 1
+
+
+async def test_mass_retraction_needs_the_flag_and_is_refused_before_anything_is_sent(server: str) -> None:
+    await write(server, [result(f"r-{n}", n) for n in range(4)])
+    before = {k: r["meta"]["versionId"] for k, r in on_server(server).items()}
+    # one input disappears from a re-export and 3 of the subject's 4 results would go
+    w = await write(server, [result("r-0", 0)])
+    assert w.error is not None and "3 of the subject's 4 results" in w.error and "--allow-mass-retraction" in w.error
+    assert w.written == [] and w.retracted == [] and "entered-in-error" in w.diff
+    assert {k: r["meta"]["versionId"] for k, r in on_server(server).items()} == before
+    # below the share: retracted
+    assert (await write(server, [result(f"r-{n}", n) for n in range(3)])).retracted == ["r-3"]
+    # with the flag: retracted
+    w = await write(server, [result("r-0", 0)], allow_mass_retraction=True)
+    assert w.error is None and sorted(w.retracted) == ["r-1", "r-2"]
+    assert {k: r["status"] for k, r in on_server(server).items()} == {
+        "r-0": "final", "r-1": "entered-in-error", "r-2": "entered-in-error", "r-3": "entered-in-error"}
+
+
+async def test_a_result_about_another_patient_is_not_the_adapters(server: str) -> None:
+    # an adapter-tagged result about p2 found in p1's search would not be touched either
+    from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
+
+    other = with_owner_tag(result("r-x", 1, patient="p2"))
+    assert "Patient/p2" in str(why_not_owned(other, "p1"))
+    assert why_not_owned(with_owner_tag(result("r-x", 1)), "p1") is None
+    assert "tag" in str(why_not_owned(result("r-x", 1), "p1"))
