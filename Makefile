@@ -8,22 +8,35 @@ DEMO    := demo
 SUBJECTS ?= 34
 SEED    ?= 7
 
-.PHONY: demo test lint typecheck unit install install-test bench clean
+.PHONY: demo test lint typecheck unit install install-test bench clean constraints audit
 
 # --- environment -------------------------------------------------------------------------------
-$(VENV)/.installed: pyproject.toml
+CONSTRAINTS := constraints.txt
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install -q -e '.[test]'
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml $(CONSTRAINTS)
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+
+# pin what the tests passed with (after changing dependencies in pyproject.toml): SECURITY.md
+constraints: install-test
+	{ echo "# Every dependency at the version the test suite passed with (pip install -c constraints.txt)."; \
+	  echo "# Regenerate after a dependency change: make constraints"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^fhir[-_]adapter'; } > $(CONSTRAINTS)
+
+# known vulnerabilities in the pinned dependencies; needs the PyPI/OSV vulnerability service (not in `make test`)
+audit: install
+	$(BIN)/python -m pip install -q pip-audit
+	$(BIN)/pip-audit --strict --no-deps --disable-pip -r $(CONSTRAINTS)
 
 # the real FHIR R4 server the integration tests start on 127.0.0.1 (Medplum router, from the npm registry)
 FHIR_SERVER_DIR := tests/fhir_server

@@ -8,8 +8,9 @@ What the adapter needs of a server (FHIR R4 ``CapabilityStatement.rest[mode=serv
   (``_id``), Observation (``patient`` + the ``observation_code_param`` setting), Procedure (``patient``,
   ``code``), the four medication types and AdverseEvent (``patient``/``subject``);
 * incremental runs (``--since``): ``_lastUpdated`` on those types; ``history-type`` for deletions;
-* writing back (``--post``): the system ``transaction`` interaction, ``update`` with ``conditionalUpdate``
-  on Observation and Device, ``create`` on Provenance.
+* writing back (``--post``): the system ``transaction`` interaction, ``create`` with ``conditionalCreate``
+  (``If-None-Exist``) on Observation and Device, ``update`` on Observation (with ``If-Match``), ``create`` on
+  Provenance.
 
 A server may support more than it declares: every gap is reported with what happens if it is real.
 """
@@ -98,10 +99,12 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
             gaps.append(Gap("error", "no system transaction interaction", "--post cannot write results"))
         for rtype in ("Observation", "Device"):
             res = resources.get(rtype) or {}
-            if "update" not in {i.get("code") for i in res.get("interaction") or []} or not res.get(
-                    "conditionalUpdate"):
-                gaps.append(Gap("error", f"{rtype}: no conditional update",
-                                "--post cannot update results idempotently"))
+            if "create" not in {i.get("code") for i in res.get("interaction") or []} or not res.get(
+                    "conditionalCreate"):
+                gaps.append(Gap("error", f"{rtype}: no conditional create",
+                                "--post cannot create results without risking duplicates (If-None-Exist)"))
+        if "update" not in {i.get("code") for i in (resources.get("Observation") or {}).get("interaction") or []}:
+            gaps.append(Gap("error", "Observation: no update", "--post cannot update or retract results"))
         prov = resources.get("Provenance") or {}
         if "create" not in {i.get("code") for i in prov.get("interaction") or []}:
             gaps.append(Gap("error", "Provenance: no create", "--post cannot record where results came from"))

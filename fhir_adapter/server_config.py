@@ -72,7 +72,9 @@ class ServerConfig(BaseModel):
                                   "`fhir-adapter check --source URL` says which the server supports")
     writeback_reviewed_only: bool = False  # write back only results a reviewer has looked at (docs/review.md)
     #: largest share of a subject's results on the server one run may retract without --allow-mass-retraction
-    max_retraction_share: float = Field(0.5, ge=0, le=1)
+    max_retraction_share: float = Field(
+        0.5, ge=0, le=1, description="Largest share of a subject's results on the server one run may retract "
+                                     "(set to entered-in-error); more needs --allow-mass-retraction.")
 
 
 def load_server_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:

@@ -25,9 +25,9 @@ def statement(drop_type: str | None = None, drop_param: tuple[str, str] | None =
         resources.append({"type": rtype, "interaction": [{"code": c} for c in ("search-type", "history-type",
                                                                                "update", "create")],
                           "searchParam": [{"name": n, "type": "token"} for n in names],
-                          "conditionalUpdate": conditional,
+                          "conditionalCreate": conditional,
                           **({"searchInclude": ["ResearchSubject:individual"]} if rtype == "ResearchSubject" else {})})
-    resources += [{"type": t, "interaction": [{"code": "update"}, {"code": "create"}], "conditionalUpdate": conditional}
+    resources += [{"type": t, "interaction": [{"code": "update"}, {"code": "create"}], "conditionalCreate": conditional}
                   for t in ("Device", "Provenance")]
     rest = {"mode": "server", "resource": resources,
             "interaction": [{"code": "transaction"}] if transaction else []}
@@ -53,8 +53,8 @@ def test_combo_code_missing_points_at_the_setting() -> None:
 
 def test_write_back_needs() -> None:
     gaps = capability_gaps(statement(conditional=False, transaction=False), post=True)
-    assert {g.what for g in gaps} == {"no system transaction interaction", "Observation: no conditional update",
-                                      "Device: no conditional update"}
+    assert {g.what for g in gaps} == {"no system transaction interaction", "Observation: no conditional create",
+                                      "Device: no conditional create"}
     assert capability_gaps(statement(conditional=False, transaction=False), post=False) == []
 
 
