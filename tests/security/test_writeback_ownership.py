@@ -5,6 +5,7 @@ most of a subject's results in one run without --allow-mass-retraction — again
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -128,3 +129,39 @@ async def test_a_result_about_another_patient_is_not_the_adapters(server: str) -
     assert "Patient/p2" in str(why_not_owned(other, "p1"))
     assert why_not_owned(with_owner_tag(result("r-x", 1)), "p1") is None
     assert "tag" in str(why_not_owned(result("r-x", 1), "p1"))
+
+
+def test_a_dropped_infusion_does_not_retract_a_subject_without_the_flag(clean_fhir_server: ServerHandle,
+                                                                        tmp_path: Path) -> None:
+    """The probe: one infusion Procedure disappears from the EHR and every result of that subject would be
+    retracted in one go — refused for that subject (exit 2) before anything is sent, unless the flag is given."""
+    from feed_loader import load_feed
+    from serverkit import cli_run, report, write_config
+
+    from fhir_adapter.synth import write_feed
+
+    base = clean_fhir_server.base_url
+    write_feed(tmp_path / "feed", subjects=2, seed=7)
+    load_feed(base, tmp_path / "feed")
+    config = str(write_config(tmp_path / "a.yaml"))
+    cli_run(base, tmp_path / "out1", "--post", "--config", config)
+    procedures = search_all(base, "Procedure", {})
+    victim = next(p for p in procedures if p.get("status") == "completed")
+    pid = victim["subject"]["reference"].split("/")[-1]
+    held = [r for r in search_all(base, "Observation", {"identifier": f"{SID_RESULT}|", "patient": f"Patient/{pid}"})
+            if r.get("status") != "entered-in-error"]
+    assert len(held) > 2
+    with httpx.Client() as http:
+        for p in procedures:
+            if p["subject"]["reference"] == f"Patient/{pid}":
+                http.delete(f"{base}/Procedure/{p['id']}").raise_for_status()
+    refused = cli_run(base, tmp_path / "out2", "--post", "--config", config)
+    rep = report(tmp_path / "out2")
+    assert refused.exit_code == 2 and len(rep["summary"]["subjects_not_written"]) == 1
+    error = next(w["error"] for w in rep["writes"] if "error" in w)
+    assert "--allow-mass-retraction" in error
+    after = search_all(base, "Observation", {"identifier": f"{SID_RESULT}|", "patient": f"Patient/{pid}"})
+    assert all(r.get("status") != "entered-in-error" for r in after)  # nothing was sent
+    cli_run(base, tmp_path / "out3", "--post", "--config", config, "--allow-mass-retraction")
+    after = search_all(base, "Observation", {"identifier": f"{SID_RESULT}|", "patient": f"Patient/{pid}"})
+    assert sum(r.get("status") == "entered-in-error" for r in after) > len(held) / 2
