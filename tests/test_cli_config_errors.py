@@ -29,7 +29,7 @@ def _check(tmp_path: Path, config_text: str | None, env: dict[str, str] | None =
     ("max_concurrency: 8\n", ["adapter.yaml:1", "'max_concurrency'", "under `client:`"]),
     ("client:\n  max_concurency: 8\n", ["adapter.yaml:2", "client.max_concurency", "did you mean 'max_concurrency'"]),
     ("client:\n  max_concurrency: eight\n", ["adapter.yaml:2", "client.max_concurrency", "integer", "'eight'"]),
-    ("read_mode: bulk\n", ["adapter.yaml:1", "read_mode", "'search' or 'batch'"]),
+    ("read_mode: fast\n", ["adapter.yaml:1", "read_mode", "Input should be 'search'", "'fast'"]),
     ("client:\n  read_mode: batch\n", ["client.read_mode", "move it to the top level"]),
 ])
 def test_a_config_file_mistake_is_a_one_line_user_error(tmp_path: Path, text: str, expected: list[str]) -> None:
