@@ -198,7 +198,11 @@ def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-
     filled = {
         "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "EPOCH"),
         "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH"),
-        "LB": ("LBCAT", "LBLOINC", "LBORRESU", "LBSTRESU", "LBORUCUM", "LBORNRLO", "LBBLFL", "EPOCH"),
+        "LB": ("LBCAT", "LBLOINC", "LBORRESU", "LBSTRESU", "LBORUCUM", "LBORNRLO", "LBBLFL", "EPOCH", "LBSPID",
+               "LBREFID", "LBSPEC", "LBFAST", "LBMETHOD", "LBSTAT", "LBREASND"),
+        "DM": ("RACE", "ETHNIC"),
+        "MH": ("MHSPID", "MHTERM", "MHCAT", "MHSTDTC", "MHDTC", "MHENDTC", "MHENRTPT", "MHLOC"),
+        "PR": ("PRSPID", "PRTRT", "PRDECOD", "PRCAT", "PRINDC", "PRLOC", "PRSTDTC", "PRREASND"),
         "VS": ("VSCAT", "VSLOINC", "VSORRESU", "EPOCH"),
         "EX": ("EPOCH", "EXSTDY"),
     }
@@ -213,3 +217,7 @@ def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-
     converted = [r for r in _csv(out, "LB") if r["LBORUCUM"] != r["LBSTUCUM"] and r["LBSTNRLO"]]
     assert converted and all(r["LBORNRLO"] for r in converted), "original-unit ranges kept after conversion"
     assert all(len(r[f"{d}TEST"]) <= 40 for d in ("LB", "VS", "QS", "PC", "IS") for r in _csv(out, d))
+    cm = _csv(out, "CM")
+    assert any(r["SRCTYPE"] == "immunization" for r in cm), "Immunizations reach CM"
+    assert {r["MHOCCUR"] for r in _csv(out, "MH")} <= {"Y", "N"}
+    assert {r["PROCCUR"] for r in _csv(out, "PR")} == {"Y", "N"}

@@ -73,6 +73,13 @@ class Finding(_Model):
     fasting: bool | None = Field(None, description="Specimen.collection.fastingStatus: fasting (True) or not")
     collected: str | None = Field(None, description="Specimen.collection.collectedDateTime as sent (ISO 8601)")
     spid: str | None = Field(None, description="Observation.identifier value")
+    accession: str | None = Field(None, description="Specimen.accessionIdentifier value")
+    specimen_condition: str | None = Field(None, description="Specimen.condition text or display")
+    specimen_site: str | None = Field(None, description="Specimen.collection.bodySite text or display")
+    collected_end: str | None = Field(None, description="Specimen.collection.collectedPeriod.end as sent")
+    body_site: str | None = Field(None, description="Observation.bodySite text or display")
+    performer: str | None = Field(None, description="display of the Organization among Observation.performer")
+    ref_text: str | None = Field(None, description="Observation.referenceRange.text")
     orig_ref_low: float | None = Field(None, description="reference range low as sent, in orig_unit")
     orig_ref_high: float | None = Field(None, description="reference range high as sent, in orig_unit")
     source: SourceRef
@@ -143,6 +150,8 @@ class ConMed(_Model):
     indication: str | None = Field(None, description="reasonCode text or display")
     dose_form: str | None = Field(None, description="Medication.form code or text")
     route_code: str | None = Field(None, description="route code as sent (SNOMED CT)")
+    category: str | None = Field(None, description="category code or text of the source resource")
+    dose_text: str | None = Field(None, description="dosage text as sent")
     rxnorm: str | None = None
     drug_class: Literal["glucocorticoid", "immunosuppressant", "antimalarial", "crs_treatment", "other"] = "other"
     dose: float | None = Field(None, description="dose per administration")

@@ -78,12 +78,13 @@ def codelist(column: str) -> str | None:
 
 
 def _findings_columns(p: str) -> tuple[str, ...]:
-    extra = (f"{p}LOINC", f"{p}SPEC", f"{p}FAST", f"{p}METHOD") if p in ("LB", "IS", "PC") else \
-        (f"{p}LOINC", f"{p}METHOD")
+    extra = (f"{p}LOINC", f"{p}REFID", f"{p}SPEC", f"{p}SPCCND", f"{p}LOC", f"{p}FAST", f"{p}METHOD", f"{p}NAM",
+             f"{p}STNRC") if p in ("LB", "IS", "PC") else (f"{p}LOINC", f"{p}LOC", f"{p}METHOD")
     return (*_IDS, f"{p}SEQ", f"{p}SPID", f"{p}TESTCD", f"{p}TEST", f"{p}CAT", f"{p}ORRES", f"{p}ORRESU",
             f"{p}STRESC", f"{p}STRESN", f"{p}STRESU", f"{p}ORNRLO", f"{p}ORNRHI", f"{p}STNRLO", f"{p}STNRHI",
             f"{p}NRIND", f"{p}STAT", f"{p}REASND", *extra, f"{p}LLOQ", f"{p}BLFL", "VISITNUM", "VISIT", "VISITDY",
-            "EPOCH", f"{p}DTC", f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM", "SRCSTAT", "SRCREF", "REVSTAT")
+            "EPOCH", f"{p}DTC", *((f"{p}ENDTC",) if p == "LB" else ()), f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM",
+            "SRCSTAT", "SRCREF", "REVSTAT")
 
 
 _MEDDRA = ("LLT", "LLTCD", "DECOD", "PTCD", "HLT", "HLTCD", "HLGT", "HLGTCD", "SOC", "SOCCD")
@@ -93,7 +94,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "EX": (*_IDS, "EXSEQ", "EXTRT", "EXCAT", "EXDOSE", "EXDOSU", "EXROUTE", "EXSTDTC", "EXENDTC", "EXSTDY",
            "EXENDY", "EPOCH", "SRCREF"),
     **{d: _findings_columns(d) for d in FINDINGS_DOMAINS},
-    "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMCODE", "CMCLAS", "CMINDC", "CMDOSE", "CMDOSU",
+    "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMCODE", "CMCAT", "CMCLAS", "CMINDC", "CMDOSE",
+           "CMDOSTXT", "CMDOSU",
            "CMDOSFRM", "CMDOSFRQ", "CMDOSTOT", "CMROUTE", "CMSTDTC", "CMENDTC", "CMSTDY", "CMENDY", "EPOCH",
            "SRCTYPE", "SRCSTAT", "SRCREF"),
     "AE": (*_IDS, "AESEQ", "AESPID", "AETERM", *(f"AE{m}" for m in _MEDDRA), "AECODE", "AESEV", "AETOXGR",
@@ -328,9 +330,11 @@ class RowBuilder:
             f"{p}ORUCUM": or_ucum, f"{p}STUCUM": st_ucum, "SRCSTAT": f.status,
             "SRCREF": f.source.reference, "_visit": visit, "_item": f.item,
         }
+        row[f"{p}LOC"] = (f.specimen_site or f.body_site or "").upper()
         if f"{p}SPEC" in COLUMNS[p]:
-            row[f"{p}SPEC"] = (f.specimen or "").upper()
-            row[f"{p}FAST"] = _yn(f.fasting)
+            row |= {f"{p}SPEC": (f.specimen or "").upper(), f"{p}FAST": _yn(f.fasting), f"{p}REFID": f.accession or "",
+                    f"{p}SPCCND": (f.specimen_condition or "").upper(), f"{p}NAM": f.performer or "",
+                    f"{p}STNRC": f.ref_text or "", f"{p}ENDTC": f.collected_end or ""}
         return row
 
     def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> dict[str, Any]:
@@ -355,6 +359,7 @@ class RowBuilder:
                 **self._ids(crf, "CM"), "CMSEQ": str(seq), "CMSPID": c.spid or "",
                 "CMTRT": c.verbatim or c.drug, "CMDECOD": c.drug.upper() if c.drug_class != "other" or c.rxnorm
                 else "", "CMCODE": c.rxnorm or "",
+                "CMCAT": (c.category or "").upper().replace("-", " "), "CMDOSTXT": c.dose_text or "",
                 "CMCLAS": c.drug_class.upper(), "CMINDC": c.indication or "", "CMDOSE": num(c.dose),
                 "CMDOSU": self.ct.term("UNIT", c.dose_unit, "CMDOSU"),
                 "CMDOSFRM": self.ct.term("FRM", c.dose_form, "CMDOSFRM"),

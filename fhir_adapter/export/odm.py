@@ -34,7 +34,9 @@ import odmlib.odm_1_3_2.model as ODM
 from odmlib import schema_manager
 
 from fhir_adapter import __version__
-from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_DOMAINS, data_type, testcd_map
+from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_DOMAINS, codelist, data_type, testcd_map
+from fhir_adapter.export.ct import load_terminology
+from fhir_adapter.export.labels import label
 from fhir_adapter.export.sanitize import xml_text
 from fhir_adapter.study import Study
 
@@ -117,6 +119,7 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
         FormRef=[ODM.FormRef(FormOID=f"F.{d}", OrderNumber=i, Mandatory="No")
                  for i, d in enumerate(FINDINGS_DOMAINS, start=1)]))
     testcd = testcd_map(study)
+    used_codelists: set[str] = set()
     for domain in DOMAINS:
         mdv.FormDef.append(ODM.FormDef(
             OID=f"F.{domain}", Name=DOMAIN_LABELS[domain], Repeating="No",
@@ -128,7 +131,12 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
                                  Mandatory="Yes" if c in ("USUBJID", f"{domain}TESTCD") else "No")
                      for i, c in enumerate(ODM_COLUMNS[domain], start=1)]))
         for column in ODM_COLUMNS[domain]:
-            item = ODM.ItemDef(OID=f"IT.{domain}.{column}", Name=column, DataType=data_type(column))
+            item = ODM.ItemDef(OID=f"IT.{domain}.{column}", Name=column, DataType=data_type(column),
+                               Description=_text(label(domain, column)))
+            ct_list = codelist(column)
+            if ct_list is not None:
+                item.CodeListRef = ODM.CodeListRef(CodeListOID=f"CL.{ct_list}")
+                used_codelists.add(ct_list)
             if len(column) <= 8:
                 item.SASFieldName = column
             if column == f"{domain}TESTCD":
@@ -147,6 +155,13 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
                     TranslatedText=[ODM.TranslatedText(_content=it.label, lang="en")]))
                 for k, it in study.items.items() if it.domain == domain
             ]))
+    ct = load_terminology()
+    for name in sorted(used_codelists):
+        cl = ct.codelists[name]
+        mdv.CodeList.append(ODM.CodeList(
+            OID=f"CL.{name}", Name=f"{name} ({ct.package})", DataType="text",
+            EnumeratedItem=[ODM.EnumeratedItem(CodedValue=t) for t in cl.terms],
+            Alias=[ODM.Alias(Context="nci:ExtCodeID", Name=cl.code)]))
     gv = ODM.GlobalVariables(
         StudyName=ODM.StudyName(_content=study.info.id),
         StudyDescription=ODM.StudyDescription(_content=study.info.name or study.info.id),

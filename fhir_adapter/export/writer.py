@@ -2,6 +2,7 @@
 
 * ``<DOMAIN>.csv`` for DM, EX, LB, VS, PC, QS, IS, CM, AE, MH, PR (CDISC columns, :mod:`.cdisc`; which IG
   variable each column serves: ``mappings/cdisc/variables.csv`` → docs/cdisc-mapping.md);
+* ``<DOMAIN>.json`` — the same rows as CDISC Dataset-JSON v1.1, metadata as in odm.xml (:mod:`.dataset_json`);
 * ``odm.xml`` — CDISC ODM 1.3.2 ClinicalData with its MetaDataVersion (:mod:`.odm`);
 * ``coverage.csv`` and ``coverage-subjects.csv`` (:mod:`.coverage`).
 
@@ -17,6 +18,7 @@ from typing import IO, Any
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, FINDINGS_DOMAINS, RowBuilder
 from fhir_adapter.export.coverage import Coverage
+from fhir_adapter.export.dataset_json import DatasetJsonWriter
 from fhir_adapter.export.meddra import Meddra, meddra_folder
 from fhir_adapter.export.odm import OdmWriter
 from fhir_adapter.export.sanitize import csv_row
@@ -38,6 +40,7 @@ class ExportWriter:
             w.writeheader()
             self._files[domain], self._csv[domain] = fh, w
         self.odm = OdmWriter(self.folder / "odm.xml", study)
+        self.dataset_json = DatasetJsonWriter(self.folder, study)
         self.coverage = Coverage(study, self.folder)
         self.counts: dict[str, int] = dict.fromkeys(DOMAINS, 0)
 
@@ -59,6 +62,7 @@ class ExportWriter:
             self._csv[domain].writerows(csv_row(r) for r in domain_rows)  # the single CSV write point
             self.counts[domain] += len(domain_rows)
         self.odm.add(crf.subject_id, rows)
+        self.dataset_json.add(rows)
         self.coverage.add(crf, quarantined)
 
     def close(self, run_counts: dict[str, int]) -> dict[str, Any]:
@@ -66,6 +70,7 @@ class ExportWriter:
         for fh in self._files.values():
             fh.close()
         self.odm.close()
+        self.dataset_json.close()
         report = self.coverage.close(run_counts)
         report["export_rows"] = dict(self.counts)
         return report

@@ -35,11 +35,16 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[s
         "loinc": next((c for s, c in codings(part.get("code") or obs.get("code")) if s == LOINC), None),
         "method": first_text(obs.get("method")),
         "spid": identifier_value(obs),
+        "body_site": first_text(obs.get("bodySite")),
+        "performer": next((str(p["display"]) for p in obs.get("performer") or []
+                           if isinstance(p, dict) and p.get("display")
+                           and str(p.get("reference", "")).startswith("Organization/")), None),
     }
     for rr in part.get("referenceRange") or []:
         low, high = rr.get("low") or {}, rr.get("high") or {}
         details["orig_ref_low"] = float(low["value"]) if low.get("value") is not None else None
         details["orig_ref_high"] = float(high["value"]) if high.get("value") is not None else None
+        details["ref_text"] = rr.get("text")
         break
     sid = ref_id((obs.get("specimen") or {}).get("reference"), "Specimen")
     spec = specimens.get(sid or "")
@@ -50,6 +55,10 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[s
         codes = [c for _, c in codings(fasting)]
         details["fasting"] = next((FASTING[c] for c in codes if c in FASTING), None)
         details["collected"] = coll.get("collectedDateTime") or (coll.get("collectedPeriod") or {}).get("start")
+        details["collected_end"] = (coll.get("collectedPeriod") or {}).get("end")
+        details["accession"] = (spec.get("accessionIdentifier") or {}).get("value")
+        details["specimen_condition"] = first_text((spec.get("condition") or [None])[0])
+        details["specimen_site"] = first_text(coll.get("bodySite"))
     return details
 
 
@@ -85,7 +94,13 @@ def medication_details(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dic
     med = medication_resource(r, siblings) or {}
     reasons = r.get("reasonCode") or []
     form = med.get("form")
+    cat = r.get("category")
+    cat = cat[0] if isinstance(cat, list) and cat else cat
+    dosage = r.get("dosage") or r.get("dosageInstruction")
+    dosage = dosage[0] if isinstance(dosage, list) and dosage else dosage
     return {
+        "category": next((c for _, c in codings(cat) if c), None) or first_text(cat),
+        "dose_text": (dosage or {}).get("text") if isinstance(dosage, dict) else None,
         "verbatim": first_text(cc),
         "spid": identifier_value(r),
         "indication": first_text(reasons[0]) if reasons else None,
@@ -118,7 +133,7 @@ def immunizations(resources: list[dict[str, Any]], subject_id: str, study: Study
         route = r.get("route")
         out.append(ConMed(
             drug=name.lower(), verbatim=name, spid=identifier_value(r),
-            indication=first_text(reasons[0]) if reasons else "Prophylaxis",
+            indication=first_text(reasons[0]) if reasons else None,
             rxnorm=None, drug_class="other",
             dose=float(dose["value"]) if dose.get("value") is not None else None,
             dose_unit=dose.get("code") or dose.get("unit"),

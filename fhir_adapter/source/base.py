@@ -19,6 +19,9 @@ SUBJECT_TYPES: dict[str, tuple[str, ...]] = {
     "MedicationAdministration": ("subject",),
     "MedicationDispense": ("subject",),
     "AdverseEvent": ("subject",),
+    "Condition": ("subject",),
+    "AllergyIntolerance": ("patient",),
+    "Immunization": ("patient",),
 }
 ROSTER_TYPES = ("ResearchStudy", "ResearchSubject", "Patient")
 #: resources outside the patient compartment that subject resources reference (a Bulk export writes them to

@@ -56,6 +56,9 @@ SUBJECT_SEARCHES: dict[str, tuple[str, dict[str, str]]] = {
     "MedicationAdministration": ("patient", {"_include": "MedicationAdministration:medication"}),
     "MedicationDispense": ("patient", {"_include": "MedicationDispense:medication"}),
     "AdverseEvent": ("subject", {}),
+    "Condition": ("patient", {}),
+    "AllergyIntolerance": ("patient", {}),
+    "Immunization": ("patient", {}),
 }
 #: characters of one code parameter; longer lists are split over several searches. 4000 keeps the URL of an
 #: incremental probe (codes + PROBE_PATIENTS references) under the 8 KB request line most servers accept.

@@ -21,7 +21,8 @@ from .timeline import TRANSACTION_TIME
 
 RESOURCE_TYPES: tuple[str, ...] = (
     "Organization", "ResearchStudy", "Patient", "ResearchSubject", "Procedure", "MedicationStatement",
-    "MedicationAdministration", "Observation", "AdverseEvent",
+    "MedicationAdministration", "Observation", "AdverseEvent", "Specimen", "Condition", "AllergyIntolerance",
+    "Immunization",
 )
 EXPORT_REQUEST = "https://ehr.hospital.example.org/fhir/Group/lcar-aio-sle/$export"
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode

@@ -19,6 +19,7 @@ from fhir_adapter.terminology import LOINC, OBS_INTERPRETATION, SNOMED
 from .ids import new_id
 from .lab_catalog import ANALYTES, SiteAnalyte, category, quantity, site_analyte, to_json
 from .sites import SiteConventions
+from .specimens import METHODS, specimen_details
 from .timeline import LAST_INSTANT, fmt_local, fmt_utc
 
 EmitLine = Callable[[str], None]
@@ -64,7 +65,7 @@ def head_json(cat: list[dict[str, Any]], code: Mapping[str, Any]) -> str:
 
 
 class ObservationFactory:
-    __slots__ = ("conv", "emit", "rng", "sex", "site", "subject_json")
+    __slots__ = ("conv", "emit", "patient_id", "rng", "sex", "site", "specimen_emit", "specimens", "subject_json")
 
     def __init__(self, rng: Random, conv: SiteConventions, patient_id: str, sex: str, emit: EmitLine) -> None:
         self.rng = rng
@@ -73,6 +74,40 @@ class ObservationFactory:
         self.sex = sex
         self.subject_json = to_json({"reference": f"Patient/{patient_id}"})
         self.emit = emit
+        self.patient_id = patient_id
+        #: set for study subjects: lab results then reference a Specimen (emitted once per draw and type),
+        #: name their method where the lab does, and carry the lab's result identifier
+        self.specimen_emit: Callable[[dict[str, Any]], None] | None = None
+        self.specimens: set[str] = set()
+
+    def _lab_details(self, key: str, rid: str, when: datetime) -> str:
+        """',"identifier":..,"specimen":..,"method":..' of a study subject's lab result (no random draws)."""
+        assert self.specimen_emit is not None
+        kind, snomed = specimen_details(key)
+        sid = f"spec-{self.patient_id[:8]}-{when:%Y%m%d%H%M}-{kind.lower().replace(' ', '-')}"
+        if sid not in self.specimens:
+            self.specimens.add(sid)
+            spec: dict[str, Any] = {
+                "resourceType": "Specimen", "id": sid, "meta": {"versionId": "1", "lastUpdated": fmt_utc(when)},
+                "accessionIdentifier": {"system": f"https://hospital.example.org/site-{self.site}/accession",
+                                        "value": sid[5:]},
+                "status": "available",
+                "type": {"coding": [{"system": SNOMED, "code": snomed, "display": kind}], "text": kind},
+                "subject": {"reference": f"Patient/{self.patient_id}"},
+                "collection": {"collectedDateTime": fmt_local(when)},
+            }
+            if kind != "Urine" and self.site != 3:  # site 3's lab does not record fasting status
+                fasting = ("F", "Patient was fasting prior to the procedure.") if when.hour < 9 else \
+                    ("NF", "The patient indicated they did not fast prior to the procedure.")
+                spec["collection"]["fastingStatusCodeableConcept"] = {"coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v2-0916", "code": fasting[0],
+                     "display": fasting[1]}]}
+            self.specimen_emit(spec)
+        out = (f',"identifier":[{{"system":"https://hospital.example.org/site-{self.site}/lab-result",'
+               f'"value":"{rid}"}}],"specimen":{{"reference":"Specimen/{sid}"}}')
+        if key in METHODS:
+            out += f',"method":{{"text":{to_json(METHODS[key])}}}'
+        return out
 
     def spec(self, key: str) -> SiteAnalyte:
         return site_analyte(self.site, key, self.sex)
@@ -120,6 +155,9 @@ class ObservationFactory:
                 body += INTERPRETATION_JSON[flag]
             body += sa.range_json
         updated = issued + timedelta(minutes=updated_after_min)
+        if self.specimen_emit is not None:
+            rid = rid or new_id(self.rng)
+            body += self._lab_details(key, rid, period[0] if period is not None else when)
         rid = self._write(rid, status, sa.head_json, eff, issued, body, updated, version)
         if duplicate_id is not None:
             self._write(duplicate_id, status, sa.head_json, eff, issued, body, updated, version)

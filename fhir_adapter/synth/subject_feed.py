@@ -8,6 +8,7 @@ from random import Random
 
 from . import scenarios as sc
 from .adverse_events import AEvent, adverse_event_resource, clip_to_cut
+from .clinical_history import emit_clinical_history, race_ethnicity_extensions
 from .context import Sink, SubjectContext
 from .course import draw_course
 from .irregularities import OVERRIDE_FEVER, OVERRIDE_LEUKOPENIA, Irregularity
@@ -62,7 +63,11 @@ def enrolled_resources(plan: TrialPlan, sp: SubjectPlan, irregular: list[Irregul
     rng = Random(sp.seed)
     emit = sink.add
     conv = SITES[sp.site]
-    emit(patient(rng, sp.patient_id, sp.site, plan.organization_ids[sp.site], sp.sex, sp.birth_date))
+    person = patient(rng, sp.patient_id, sp.site, plan.organization_ids[sp.site], sp.sex, sp.birth_date)
+    race_ethnicity = race_ethnicity_extensions(sp.seed)
+    if race_ethnicity:
+        person["extension"] = race_ethnicity
+    emit(person)
     emit(enrolled_subject(sp, plan.study_id))
     course = draw_course(rng, sex=sp.sex, birth_date=sp.birth_date, ln=sp.ln_at_baseline,
                          responder=sp.responder, dose_per_kg=sp.dose_per_kg)
@@ -73,6 +78,7 @@ def enrolled_resources(plan: TrialPlan, sp: SubjectPlan, irregular: list[Irregul
         procedure_id=sp.infusion_procedure_id, followup_end=sp.followup_end,
         irregular={(ir.visit, ir.item): ir for ir in irregular},
     )
+    ctx.obs.specimen_emit = emit
     ctx.infusion = at(sp.day1, rng.randint(660, 840))
     draw_visits(ctx, sp.screening_date, frozenset(ir.visit for ir in irregular if ir.visit))
     febrile = _force_planned_values(ctx, sp, irregular)
@@ -91,6 +97,7 @@ def enrolled_resources(plan: TrialPlan, sp: SubjectPlan, irregular: list[Irregul
     emit_sledai(ctx, frozenset(febrile))
     for k, ev in enumerate(events, 1):
         emit(adverse_event_resource(ctx, ev, k, sp.subject_id))
+    emit_clinical_history(ctx, sp)
 
 
 def _outside_context(rng: Random, patient_id: str, site: int, sex: str, birth_date: date, anchor: date,

@@ -88,10 +88,12 @@ def test_second_run_writes_nothing(e2e: E2E) -> None:
     assert writes(e2e.second_stats) == 0
     assert e2e.second["summary"]["server_writes"] == 0
     assert e2e.second["summary"]["server_unchanged"] == 1044
-    # reads only: GETs, and the Observation searches whose code list is too long for a GET URL go as
-    # POST Observation/_search (one per subject); no transaction, no batch
+    # reads only: GETs, and the searches too long for a GET URL go as POST <type>/_search: the Observation
+    # search (its code list; one per subject) and, for subjects with many lab draws, the Specimen?_id look-up of
+    # the specimens their results reference; no transaction, no batch
     requests = e2e.second_stats["requests"]
-    assert set(requests["by_method"]) <= {"GET", "POST"} and requests["by_method"].get("POST", 0) == SUBJECTS
+    assert set(requests["by_method"]) <= {"GET", "POST"}
+    assert SUBJECTS <= requests["by_method"].get("POST", 0) <= 2 * SUBJECTS
     assert set(requests["by_interaction"]) <= {"search-type", "read", "capabilities"}
 
 

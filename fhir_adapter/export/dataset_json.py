@@ -1,0 +1,91 @@
+"""CDISC Dataset-JSON v1.1 per domain (``OUT/export/<DOMAIN>.json``), beside the CSV files.
+
+The metadata comes from the same definitions as ``odm.xml``: ``studyOID`` is the ODM Study OID,
+``metaDataVersionOID`` its MetaDataVersion, ``itemGroupOID`` the domain's ItemGroupDef (``IG.LB``), every
+column's ``itemOID`` its ItemDef OID (``IT.LB.LBORRES``) and its label the ItemDef's description
+(:mod:`.labels`); ``metaDataRef`` points at ``odm.xml``. Rows are the CSV rows, typed: ODM ``integer`` →
+``integer``, ``float`` → ``double`` (JSON numbers), everything else — ISO 8601 dates too, which may be partial
+in SDTM — ``string``; an empty cell is ``null``.
+
+Written as it goes, like the CSV files: each subject's rows are appended to the open ``rows`` array and the
+record count is written after it on :meth:`DatasetJsonWriter.close`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import IO, Any
+
+from fhir_adapter import __version__
+from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, data_type
+from fhir_adapter.export.labels import label
+from fhir_adapter.study import Study
+
+VERSION = "1.1.0"
+MDV_OID = "MDV.1"   # the MetaDataVersion of odm.xml
+_TYPES = {"integer": "integer", "float": "double"}
+
+
+def dataset_type(column: str) -> str:
+    """Dataset-JSON dataType of an export column (from its ODM DataType)."""
+    return _TYPES.get(data_type(column), "string")
+
+
+def columns(domain: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    keys = ("STUDYID", "USUBJID", f"{domain}SEQ") if domain != "DM" else ("STUDYID", "USUBJID")
+    for column in COLUMNS[domain]:
+        col: dict[str, Any] = {"itemOID": f"IT.{domain}.{column}", "name": column, "label": label(domain, column),
+                               "dataType": dataset_type(column)}
+        if column in keys:
+            col["keySequence"] = keys.index(column) + 1
+        out.append(col)
+    return out
+
+
+def _value(kind: str, text: Any) -> Any:
+    if text is None or text == "":
+        return None
+    if kind == "integer":
+        return int(str(text))
+    if kind == "double":
+        return float(str(text))
+    return str(text)
+
+
+class DatasetJsonWriter:
+    """One open Dataset-JSON file per domain."""
+
+    def __init__(self, folder: Path, study: Study) -> None:
+        self.folder = Path(folder)
+        now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+        self._files: dict[str, IO[str]] = {}
+        self._kinds = {d: [dataset_type(c) for c in COLUMNS[d]] for d in DOMAINS}
+        self.records: dict[str, int] = dict.fromkeys(DOMAINS, 0)
+        for domain in DOMAINS:
+            head = {
+                "creationDateTime": now, "datasetJSONVersion": VERSION,
+                "fileOID": f"{study.info.id}.{domain}", "asOfDateTime": now,
+                "originator": "fhir-adapter", "sourceSystem": {"name": "fhir-adapter", "version": __version__},
+                "studyOID": f"ST.{study.info.id}", "metaDataVersionOID": MDV_OID, "metaDataRef": "odm.xml",
+                "itemGroupOID": f"IG.{domain}", "isReferenceData": False, "name": domain,
+                "label": DOMAIN_LABELS[domain], "columns": columns(domain),
+            }
+            fh = (self.folder / f"{domain}.json").open("w", encoding="utf-8")
+            fh.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "rows": [')
+            self._files[domain] = fh
+
+    def add(self, rows: dict[str, list[dict[str, Any]]]) -> None:
+        for domain, domain_rows in rows.items():
+            fh, kinds, cols = self._files[domain], self._kinds[domain], COLUMNS[domain]
+            for row in domain_rows:
+                values = [_value(k, row.get(c)) for k, c in zip(kinds, cols, strict=True)]
+                fh.write(("\n" if self.records[domain] == 0 else ",\n") + json.dumps(values, ensure_ascii=False))
+                self.records[domain] += 1
+
+    def close(self) -> None:
+        for domain, fh in self._files.items():
+            fh.write(f'\n], "records": {self.records[domain]}}}\n')
+            fh.close()

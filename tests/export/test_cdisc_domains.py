@@ -1,0 +1,241 @@
+"""MH, PR, Immunization → CM, NOT DONE rows, specimens, race/ethnicity, SITEID by the site-level ResearchStudy,
+MedDRA hierarchy from a site dictionary: one small feed through the whole job."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from feedkit import Feed, at
+from test_cdisc_ig import synthetic_meddra
+
+from fhir_adapter.pipeline import run
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.study import load_study
+
+DAY1 = dt.date(2024, 2, 1)
+ROOT = Path(__file__).resolve().parents[2]
+MDR = "http://terminology.hl7.org/CodeSystem/mdr"
+NCIT = "http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl"
+OMB = "urn:oid:2.16.840.1.113883.6.238"
+
+
+def _feed() -> Feed:
+    f = Feed()
+    f.subject("p1", "101-001", name="Cara Quellmarsh", mrn="MRN-1", birth="1990-02-03", day1=DAY1)
+    f.subject("p2", "101-002", name="Dov Tivelby", mrn="MRN-2", birth="1985-06-07", day1=DAY1)
+    f.add({"resourceType": "ResearchStudy", "id": "site-study", "status": "active",
+           "identifier": [{"value": "LCAR-AIO-SLE-SITE-07"}], "partOf": [{"reference": "ResearchStudy/study"}]})
+    for rs in f.resources["ResearchSubject"]:
+        if rs["id"] == "rs-p2":
+            rs["study"] = {"reference": "ResearchStudy/site-study"}
+    p1 = next(p for p in f.resources["Patient"] if p["id"] == "p1")
+    p1["extension"] = [
+        {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race", "extension": [
+            {"url": "ombCategory", "valueCoding": {"system": OMB, "code": "2028-9", "display": "Asian"}}]},
+        {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity", "extension": [
+            {"url": "ombCategory", "valueCoding": {"system": OMB, "code": "2186-5",
+                                                   "display": "Not Hispanic or Latino"}}]}]
+    f.add({"resourceType": "Specimen", "id": "sp1", "type": {"text": "Serum"},
+           "accessionIdentifier": {"value": "ACC-77"}, "subject": {"reference": "Patient/p1"},
+           "collection": {"collectedDateTime": at(DAY1, 29, "07:40:00+00:00"),
+                          "fastingStatusCodeableConcept": {"coding": [
+                              {"system": "http://terminology.hl7.org/CodeSystem/v2-0916", "code": "F"}]}}})
+    f.obs("p1", "4485-9", at(DAY1, 29), value=95, unit="mg/dL", id_="c3-29", specimen={"reference": "Specimen/sp1"},
+          method={"text": "Nephelometry"}, identifier=[{"value": "LAB-c3-29"}],
+          category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                                 "code": "laboratory"}]}])
+    f.obs("p1", "2889-4", at(DAY1, 57), status="cancelled", id_="prot-57",
+          dataAbsentReason={"text": "Collection not returned"})
+    f.add({"resourceType": "Condition", "id": "c1", "identifier": [{"value": "PROB-1"}],
+           "clinicalStatus": {"coding": [{"code": "active"}]},
+           "verificationStatus": {"coding": [{"code": "confirmed"}]},
+           "category": [{"coding": [{"code": "problem-list-item"}]}],
+           "code": {"coding": [{"system": MDR, "code": "90000001", "display": "Synthetic headache term"}],
+                    "text": "Chronic headache"},
+           "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2019-05", "recordedDate": "2019-06-01"})
+    f.add({"resourceType": "Condition", "id": "c-on-study", "code": {"text": "Herpes zoster"},
+           "subject": {"reference": "Patient/p1"}, "onsetDateTime": at(DAY1, 40)})
+    f.add({"resourceType": "Condition", "id": "c-refuted", "code": {"text": "Antiphospholipid syndrome"},
+           "verificationStatus": {"coding": [{"code": "refuted"}]}, "subject": {"reference": "Patient/p1"},
+           "recordedDate": "2023-12-01"})
+    f.add({"resourceType": "AllergyIntolerance", "id": "a1", "category": ["medication"], "code": {"text": "Penicillin"},
+           "clinicalStatus": {"coding": [{"code": "active"}]}, "patient": {"reference": "Patient/p1"},
+           "onsetDateTime": "2005"})
+    f.add({"resourceType": "Procedure", "id": "pr1", "status": "completed", "identifier": [{"value": "OR-9"}],
+           "code": {"coding": [{"system": "https://hospital.example.org/procedures", "code": "CVC"}],
+                    "text": "Central venous catheter insertion"},
+           "category": {"coding": [{"code": "387713003", "display": "Surgical procedure"}]},
+           "reasonCode": [{"text": "Vascular access for leukapheresis"}], "bodySite": [{"text": "Right jugular vein"}],
+           "subject": {"reference": "Patient/p1"}, "performedDateTime": at(DAY1, -20)})
+    f.add({"resourceType": "Procedure", "id": "pr2", "status": "not-done", "code": {"text": "Bone marrow biopsy"},
+           "statusReason": {"text": "Patient declined"}, "subject": {"reference": "Patient/p1"}})
+    f.add({"resourceType": "Immunization", "id": "im1", "status": "completed", "identifier": [{"value": "VAX-1"}],
+           "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "141"}],
+                           "text": "Influenza vaccine"},
+           "patient": {"reference": "Patient/p1"}, "occurrenceDateTime": "2023-11-02",
+           "route": {"coding": [{"system": "http://snomed.info/sct", "code": "78421000"}]},
+           "doseQuantity": {"value": 0.5, "unit": "mL", "code": "mL"}})
+    f.add({"resourceType": "AdverseEvent", "id": "ae1", "actuality": "actual", "identifier": {"value": "AE-001"},
+           "event": {"coding": [{"system": MDR, "code": "90000001", "display": "Synthetic headache term"}],
+                     "text": "Headache"},
+           "subject": {"reference": "Patient/p1"}, "date": at(DAY1, 3),
+           "seriousness": {"coding": [{"code": "serious"}]},
+           "severity": {"coding": [{"code": "severe"}]}, "outcome": {"coding": [{"code": "resolved"}]},
+           "extension": [
+               {"url": "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/seriousness-criteria",
+                "extension": [{"url": "criterionCode", "valueCodeableConcept": {"coding": [
+                    {"system": NCIT, "code": "C83052"}]}}, {"url": "criterionPresent", "valueBoolean": True}]},
+               {"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-AdverseEvent.mitigatingAction",
+                "extension": [{"url": "item", "valueCodeableConcept": {"coding": [
+                    {"system": NCIT, "code": "C48660"}]}}]}]})
+    return f
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("cdisc")
+    synthetic_meddra(base / "meddra")
+    overlay = base / "site.yaml"
+    overlay.write_text("site: test-site\nmeddra_dir: meddra\n", encoding="utf-8")
+    study = load_study(ROOT / "mappings" / "lcar-aio", overlay)
+    feed = _feed().write(base / "feed")
+    run(FileSource(feed, RunLog()), study, base / "out", RunLog())
+    return base / "out"
+
+
+def _rows(out: Path, domain: str) -> list[dict[str, str]]:
+    with (out / "export" / f"{domain}.csv").open(newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_dm_race_ethnicity_and_siteid_by_site_study(out: Path) -> None:
+    dm = {r["SUBJID"]: r for r in _rows(out, "DM")}
+    assert (dm["101-001"]["RACE"], dm["101-001"]["ETHNIC"]) == ("ASIAN", "NOT HISPANIC OR LATINO")
+    assert dm["101-001"]["SITEID"] == "site-01", "no site-level study: the managing organisation"
+    assert dm["101-002"]["SITEID"] == "LCAR-AIO-SLE-SITE-07", "the site-level ResearchStudy (IG rule)"
+    assert dm["101-002"]["RACE"] == ""
+
+
+def test_mh_from_conditions_and_allergies_before_day1(out: Path) -> None:
+    mh = {r["MHSPID"] or r["MHTERM"]: r for r in _rows(out, "MH")}
+    assert set(mh) == {"PROB-1", "Antiphospholipid syndrome", "Penicillin"}, "on-study conditions are AEs"
+    c = mh["PROB-1"]
+    assert (c["MHTERM"], c["MHCAT"], c["MHSTDTC"], c["MHDTC"], c["MHENRTPT"], c["MHOCCUR"]) == (
+        "Chronic headache", "PROBLEM LIST ITEM", "2019-05", "2019-06-01", "ONGOING", "Y")
+    assert (c["MHDECOD"], c["MHPTCD"], c["MHSOC"]) == ("Synthetic headache PT", "90000010", "Synthetic nervous SOC")
+    assert mh["Antiphospholipid syndrome"]["MHOCCUR"] == "N"
+    assert (mh["Penicillin"]["MHCAT"], mh["Penicillin"]["MHSTDTC"]) == ("MEDICATION", "2005")
+
+
+def test_pr_excludes_the_infusion_and_keeps_not_done(out: Path) -> None:
+    pr = {r["PRTRT"]: r for r in _rows(out, "PR") if r["SUBJID"] == "101-001"}
+    assert set(pr) == {"Central venous catheter insertion", "Bone marrow biopsy"}
+    cvc = pr["Central venous catheter insertion"]
+    assert (cvc["PRSPID"], cvc["PRCAT"], cvc["PROCCUR"], cvc["PRINDC"], cvc["PRLOC"], cvc["PRSTDY"], cvc["EPOCH"]) == (
+        "OR-9", "387713003", "Y", "Vascular access for leukapheresis", "RIGHT JUGULAR VEIN", "-20", "SCREENING")
+    assert cvc["PRDECOD"] == "https://hospital.example.org/procedures|CVC"
+    assert (pr["Bone marrow biopsy"]["PROCCUR"], pr["Bone marrow biopsy"]["PRREASND"]) == ("N", "Patient declined")
+
+
+def test_immunization_in_cm(out: Path) -> None:
+    (im,) = [r for r in _rows(out, "CM") if r["SRCTYPE"] == "immunization"]
+    assert (im["CMTRT"], im["CMSPID"], im["CMROUTE"], im["CMDOSU"], im["CMSTDTC"]) == (
+        "Influenza vaccine", "VAX-1", "INTRAMUSCULAR", "mL", "2023-11-02")
+
+
+def test_not_done_and_specimen_columns(out: Path) -> None:
+    lb = [r for r in _rows(out, "LB") if r["SUBJID"] == "101-001"]
+    (nd,) = [r for r in lb if r["LBSTAT"]]
+    assert (nd["LBSTAT"], nd["LBREASND"], nd["LBTESTCD"], nd["LBORRES"], nd["VISIT"]) == (
+        "NOT DONE", "Collection not returned", "PROT24H", "", "Week 8")
+    (c3,) = [r for r in lb if r["LBTESTCD"] == "C3"]
+    assert (c3["LBSPEC"], c3["LBFAST"], c3["LBREFID"], c3["LBMETHOD"], c3["LBSPID"], c3["LBCAT"]) == (
+        "SERUM", "Y", "ACC-77", "NEPHELOMETRY", "LAB-c3-29", "LABORATORY")
+    assert c3["LBDTC"] == "2024-02-29T07:40:00+00:00", "LBDTC is the collection time of the specimen"
+
+
+def test_ae_meddra_hierarchy_seriousness_and_ct(out: Path) -> None:
+    (ae,) = _rows(out, "AE")
+    assert (ae["AESPID"], ae["AELLT"], ae["AELLTCD"], ae["AEDECOD"], ae["AEPTCD"]) == (
+        "AE-001", "Synthetic headache term", "90000001", "Synthetic headache PT", "90000010")
+    assert (ae["AEHLT"], ae["AEHLGT"], ae["AESOC"], ae["AESOCCD"]) == (
+        "Synthetic pain HLT", "Synthetic pain HLGT", "Synthetic nervous SOC", "90010000")
+    assert (ae["AESER"], ae["AESHOSP"], ae["AESDTH"], ae["AESLIFE"]) == ("Y", "Y", "N", "N")
+    assert (ae["AESEV"], ae["AEOUT"], ae["AEACN"], ae["AERELNST"]) == (
+        "SEVERE", "RECOVERED/RESOLVED", "NOT APPLICABLE", "")
+    report: dict[str, Any] = json.loads((out / "run-report.json").read_text())["cdisc"]
+    assert report["meddra"]["dictionary"].endswith("meddra") and report["meddra"]["codes_not_in_dictionary"] == []
+
+
+_ISO = (r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?"
+        r"([+-]([01]\d|2[0-3]):[0-5]\d|Z)?$")
+_TOP = {"creationDateTime", "datasetJSONVersion", "fileOID", "asOfDateTime", "originator", "sourceSystem",
+        "studyOID", "metaDataVersionOID", "metaDataRef", "itemGroupOID", "isReferenceData", "records", "name",
+        "label", "columns", "rows"}
+_COLUMN = {"itemOID", "name", "label", "dataType", "targetDataType", "length", "displayFormat", "keySequence"}
+_DATA_TYPES = {"string", "integer", "decimal", "float", "double", "boolean", "datetime", "date", "time", "URI"}
+_PY = {"string": (str,), "integer": (int,), "double": (int, float), "float": (int, float), "boolean": (bool,)}
+
+
+def validate_dataset_json(doc: dict[str, Any]) -> None:
+    """The rules of the Dataset-JSON v1.1 JSON schema (cdisc-org/DataExchange-DatasetJson, schema/
+    dataset.schema.json), checked structurally: the schema file itself is not copied into this repository."""
+    import re
+
+    missing = {"creationDateTime", "datasetJSONVersion", "itemGroupOID", "records", "name", "label",
+               "columns"} - set(doc)
+    assert not missing, missing
+    assert set(doc) <= _TOP, set(doc) - _TOP
+    assert re.match(r"^1\.1(\.(0|[1-9][0-9]*))?$", doc["datasetJSONVersion"])
+    assert re.match(_ISO, doc["creationDateTime"]) and re.match(_ISO, doc["asOfDateTime"])
+    assert set(doc["sourceSystem"]) == {"name", "version"}
+    assert isinstance(doc["records"], int) and doc["records"] == len(doc["rows"]) >= 0
+    for col in doc["columns"]:
+        assert {"itemOID", "name", "label", "dataType"} <= set(col) <= _COLUMN, col
+        assert col["dataType"] in _DATA_TYPES and isinstance(col["label"], str) and len(col["label"]) <= 40
+        assert col.get("keySequence", 1) >= 1
+    for row in doc["rows"]:
+        assert isinstance(row, list) and len(row) == len(doc["columns"])
+        for value, col in zip(row, doc["columns"], strict=True):
+            assert value is None or isinstance(value, _PY[col["dataType"]]), (col["name"], value)
+
+
+def test_dataset_json_per_domain_matches_csv_and_odm(out: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    from fhir_adapter.export.cdisc import COLUMNS, DOMAINS
+
+    ns = "{http://www.cdisc.org/ns/odm/v1.3}"
+    odm = ET.parse(out / "export" / "odm.xml").getroot()
+    study = odm.find(f"{ns}Study")
+    assert study is not None
+    item_defs = {e.get("OID"): e for e in study.iter(f"{ns}ItemDef")}
+    for domain in DOMAINS:
+        doc = json.loads((out / "export" / f"{domain}.json").read_text(encoding="utf-8"))
+        validate_dataset_json(doc)
+        assert doc["studyOID"] == study.get("OID") and doc["itemGroupOID"] == f"IG.{domain}"
+        group = next(g for g in study.iter(f"{ns}ItemGroupDef") if g.get("OID") == f"IG.{domain}")
+        odm_items = {r.get("ItemOID") for r in group.iter(f"{ns}ItemRef")}
+        assert odm_items <= {c["itemOID"] for c in doc["columns"]}, "every ODM item is a Dataset-JSON column"
+        assert [c["name"] for c in doc["columns"]] == list(COLUMNS[domain])
+        for c in doc["columns"]:
+            if c["itemOID"] in item_defs:  # one label for both
+                text = item_defs[c["itemOID"]].find(f"{ns}Description/{ns}TranslatedText")
+                assert text is not None and text.text == c["label"]
+        csv_rows = _rows(out, domain)
+        assert len(csv_rows) == doc["records"]
+        for csv_row, row in zip(csv_rows, doc["rows"], strict=True):
+            assert [("" if v is None else v) for v in row] == [
+                int(csv_row[c]) if t["dataType"] == "integer" and csv_row[c] else
+                float(csv_row[c]) if t["dataType"] == "double" and csv_row[c] else csv_row[c]
+                for c, t in zip(COLUMNS[domain], doc["columns"], strict=True)]
+    ae_outcome = item_defs["IT.AE.AEOUT"].find(f"{ns}CodeListRef")
+    assert ae_outcome is not None and ae_outcome.get("CodeListOID") == "CL.OUT"
+    outs = next(c for c in study.iter(f"{ns}CodeList") if c.get("OID") == "CL.OUT")
+    assert "RECOVERED/RESOLVED" in {i.get("CodedValue") for i in outs.iter(f"{ns}EnumeratedItem")}
