@@ -196,7 +196,7 @@ def test_coded_columns_hold_only_cdisc_ct_terms(trial) -> None:  # type: ignore[
 def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-untyped-def]
     _, out, _ = trial
     filled = {
-        "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "EPOCH"),
+        "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "AEACN", "EPOCH"),
         "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH"),
         "LB": ("LBCAT", "LBLOINC", "LBORRESU", "LBSTRESU", "LBORUCUM", "LBORNRLO", "LBBLFL", "EPOCH", "LBSPID",
                "LBREFID", "LBSPEC", "LBFAST", "LBMETHOD", "LBSTAT", "LBREASND"),

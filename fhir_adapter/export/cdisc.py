@@ -198,6 +198,7 @@ class RowBuilder:
         self.ct = ct or load_terminology()
         self.meddra = meddra
         self.meddra_missing: set[str] = set()
+        self.meddra_problem: str | None = None
         self.serious_without_criteria = 0
 
     def _ids(self, crf: SubjectCRF, domain: str) -> dict[str, Any]:
@@ -454,6 +455,7 @@ class RowBuilder:
         meddra: dict[str, Any] = {"dictionary": str(self.meddra.folder), "version": self.meddra.version,
                                   "codes_not_in_dictionary": sorted(self.meddra_missing)} if self.meddra else {
             "dictionary": None,
+            **({"error": self.meddra_problem} if self.meddra_problem else {}),
             "note": "no MedDRA dictionary configured (meddra_dir in the site overlay, or FHIR_ADAPTER_MEDDRA_DIR): "
                     "--LLT/--LLTCD hold the EHR's MedDRA coding, --DECOD/--PTCD repeat it as sent, and "
                     "--HLT, --HLGT, --SOC (and codes) stay empty",

@@ -19,7 +19,7 @@ from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, FINDINGS_DOMAINS, RowBuilder
 from fhir_adapter.export.coverage import Coverage
 from fhir_adapter.export.dataset_json import DatasetJsonWriter
-from fhir_adapter.export.meddra import Meddra, meddra_folder
+from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
 from fhir_adapter.export.odm import OdmWriter
 from fhir_adapter.export.sanitize import csv_row
 from fhir_adapter.runlog import Quarantined
@@ -31,7 +31,14 @@ class ExportWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         folder_setting = meddra_folder(study.meddra_dir)
-        self.rows = RowBuilder(study, meddra=Meddra(folder_setting) if folder_setting else None)
+        meddra: Meddra | None = None
+        problem: str | None = None
+        try:
+            meddra = Meddra(folder_setting) if folder_setting else None
+        except (MeddraError, OSError) as exc:  # FHIR_ADAPTER_MEDDRA_DIR wrong: no hierarchy, and say why
+            problem = str(exc)
+        self.rows = RowBuilder(study, meddra=meddra)
+        self.rows.meddra_problem = problem
         self._files: dict[str, IO[str]] = {}
         self._csv: dict[str, csv.DictWriter[str]] = {}
         for domain in DOMAINS:

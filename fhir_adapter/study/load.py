@@ -331,7 +331,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
         overrides=overrides,
         siteid_rule=overlay.siteid if overlay else "research-study",
-        meddra_dir=(odoc.path.parent / overlay.meddra_dir) if overlay and odoc and overlay.meddra_dir else None,
+        meddra_dir=_meddra_dir(odoc, overlay),
     )
 
 
@@ -370,6 +370,18 @@ def _medications_data(doc: YamlDoc, gc: GlucocorticoidSettings) -> Any:
                           "names": [g.name, *names]}
     merged.update((name, entry) for name, entry in drugs.items() if name not in merged)
     return {**data, "drugs": merged, "systemic_routes": list(gc.systemic_routes)}
+
+
+def _meddra_dir(odoc: YamlDoc | None, overlay: SiteOverlay | None) -> Path | None:
+    """The overlay's ``meddra_dir`` (relative to the overlay file), checked to hold the MedAscii files."""
+    if odoc is None or overlay is None or not overlay.meddra_dir:
+        return None
+    folder = odoc.path.parent / overlay.meddra_dir
+    missing = [f for f in ("llt.asc", "mdhier.asc") if not (folder / f).is_file()]
+    if missing:
+        raise odoc.error(("meddra_dir",), f"MedDRA folder {folder} lacks {', '.join(missing)}",
+                         "point meddra_dir at the MedAscii folder of the site's MedDRA release (llt.asc, mdhier.asc)")
+    return folder
 
 
 def _check_sledai_rules(doc: YamlDoc, s: Sledai2kSettings, items: dict[str, Item]) -> Sledai2kSettings:

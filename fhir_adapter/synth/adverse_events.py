@@ -78,6 +78,8 @@ CAUSALITY: dict[str, tuple[str, str, str, str]] = {
 HOSPITALISATION = ("C83052", "Requires Inpatient Hospitalization")
 LIFE_THREATENING = ("C84266", "Is Life Threatening")
 OUTCOME_SYSTEM = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
+#: R5 AdverseEvent.mitigatingAction as an R4 cross-version extension (the element the FHIR-to-CDISC IG maps AEACN to)
+EXT_AE_MITIGATING_ACTION = "http://hl7.org/fhir/5.0/StructureDefinition/extension-AdverseEvent.mitigatingAction"
 
 
 @dataclass(slots=True)
@@ -141,6 +143,9 @@ def adverse_event_resource(ctx: SubjectContext, ev: AEvent, number: int, id_pref
             {"url": "criterionCode", "valueCodeableConcept": _codeable(NCIT, code, display)},
             {"url": "criterionPresent", "valueBoolean": True}]})
     study = ctx.study_id is not None and ctx.procedure_id is not None
+    if study and ctx.site.site == 102:  # this site's AE form asks for the action taken (one infusion: none possible)
+        ext.append({"url": EXT_AE_MITIGATING_ACTION, "extension": [
+            {"url": "item", "valueCodeableConcept": _codeable(NCIT, "C48660", "Not Applicable")}]})
     if study and ctx.site.ae_causality == "backport":
         ext.append(_causality_backport(ctx, ev.causality))
     res: Resource = {

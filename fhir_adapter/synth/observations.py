@@ -96,7 +96,7 @@ class ObservationFactory:
                 "subject": {"reference": f"Patient/{self.patient_id}"},
                 "collection": {"collectedDateTime": fmt_local(when)},
             }
-            if kind != "Urine" and self.site != 3:  # site 3's lab does not record fasting status
+            if kind != "Urine" and self.site != 103:  # site 103's lab does not record fasting status
                 fasting = ("F", "Patient was fasting prior to the procedure.") if when.hour < 9 else \
                     ("NF", "The patient indicated they did not fast prior to the procedure.")
                 spec["collection"]["fastingStatusCodeableConcept"] = {"coding": [

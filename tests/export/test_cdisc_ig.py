@@ -99,3 +99,12 @@ def test_meddra_hierarchy_from_the_ascii_files(tmp_path: Path) -> None:
     assert m.hierarchy("12345678") is None
     with pytest.raises(MeddraError, match=r"mdhier\.asc"):
         Meddra(tmp_path)
+
+
+def test_overlay_meddra_dir_must_hold_the_ascii_files(tmp_path: Path) -> None:
+    from fhir_adapter.study import MappingError, load_study
+
+    overlay = tmp_path / "site.yaml"
+    overlay.write_text("site: s\nmeddra_dir: nowhere\n", encoding="utf-8")
+    with pytest.raises(MappingError, match=r"site\.yaml:2.*llt\.asc"):
+        load_study(ROOT / "mappings" / "lcar-aio", overlay)

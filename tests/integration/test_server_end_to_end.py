@@ -111,10 +111,11 @@ def test_one_provenance_per_subject_targets_the_written_results(e2e: E2E) -> Non
 def test_requests_per_subject_close_to_the_resource_types(e2e: E2E) -> None:
     per_subject = e2e.first["server_requests"]["per_subject"]
     assert len(per_subject) == SUBJECTS
-    # one search per resource type the mapping reads, the diff search of the adapter's results, one transaction
-    assert set(per_subject.values()) == {len(SUBJECT_SEARCHES) + 2}
+    # one search per resource type the mapping reads, one Specimen?_id read of the specimens the subject's lab
+    # results reference, the diff search of the adapter's results, one transaction
+    assert set(per_subject.values()) == {len(SUBJECT_SEARCHES) + 3}
     assert e2e.first["server_requests"]["shared"] == {"roster": 3}
-    assert set(e2e.second["server_requests"]["per_subject"].values()) == {len(SUBJECT_SEARCHES) + 1}
+    assert set(e2e.second["server_requests"]["per_subject"].values()) == {len(SUBJECT_SEARCHES) + 2}
 
 
 def test_file_and_server_sources_give_the_same_crfs_and_results(e2e: E2E) -> None:
