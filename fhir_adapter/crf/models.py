@@ -71,12 +71,12 @@ class Finding(_Model):
     method: str | None = Field(None, description="Observation.method text or display")
     specimen: str | None = Field(None, description="Specimen.type display of Observation.specimen")
     fasting: bool | None = Field(None, description="Specimen.collection.fastingStatus: fasting (True) or not")
-    collected: str | None = Field(None, description="Specimen.collection.collectedDateTime as sent (ISO 8601)")
+    collected: dt.datetime | None = Field(None, description="Specimen.collection.collected[x] in the study time zone")
     spid: str | None = Field(None, description="Observation.identifier value")
     accession: str | None = Field(None, description="Specimen.accessionIdentifier value")
     specimen_condition: str | None = Field(None, description="Specimen.condition text or display")
     specimen_site: str | None = Field(None, description="Specimen.collection.bodySite text or display")
-    collected_end: str | None = Field(None, description="Specimen.collection.collectedPeriod.end as sent")
+    collected_end: dt.datetime | None = Field(None, description="Specimen.collection.collectedPeriod.end")
     body_site: str | None = Field(None, description="Observation.bodySite text or display")
     performer: str | None = Field(None, description="display of the Organization among Observation.performer")
     ref_text: str | None = Field(None, description="Observation.referenceRange.text")
@@ -228,6 +228,8 @@ class ProcedureRecord(_Model):
 
     term: str
     code: str | None = Field(None, description="system|code of the first coding")
+    meddra_code: str | None = None
+    meddra_term: str | None = None
     category: str | None = None
     spid: str | None = None
     occurred: bool = True

@@ -66,7 +66,7 @@ CODELISTS: dict[str, str] = {
     "EXDOSU": "UNIT", "AESEV": "AESEV", "AEOUT": "OUT", "AEACN": "ACN", "AESER": "NY", "AEREL": "NY",
     "AESDTH": "NY", "AESLIFE": "NY", "AESHOSP": "NY", "AESDISAB": "NY", "AESCONG": "NY", "AESMIE": "NY",
     "--BLFL": "NY", "AETRTEM": "NY", "AETOXAPP": "NY", "AEPREINF": "NY", "MHOCCUR": "NY", "PROCCUR": "NY",
-    "MHENRTPT": "STENRF",
+    "MHENRTPT": "STENRF", "AEENRTPT": "STENRF", "PRENRTPT": "STENRF",
 }
 
 
@@ -100,12 +100,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
            "SRCTYPE", "SRCSTAT", "SRCREF"),
     "AE": (*_IDS, "AESEQ", "AESPID", "AETERM", *(f"AE{m}" for m in _MEDDRA), "AECODE", "AESEV", "AETOXGR",
            "AETOXAPP", "AESER", "AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE", "AEACN", "AEREL",
-           "AERELNST", "AEOUT", "AESTDTC", "AEENDTC", "AESTDY", "AEENDY", "EPOCH", "AETRTEM", "AEPREINF", "AECAT",
-           "SRCREF"),
+           "AERELNST", "AEOUT", "AESTDTC", "AEENDTC", "AEENRTPT", "AEENTPT", "AESTDY", "AEENDY", "EPOCH",
+           "AETRTEM", "AEPREINF", "AECAT", "SRCREF"),
     "MH": (*_IDS, "MHSEQ", "MHSPID", "MHTERM", *(f"MH{m}" for m in _MEDDRA), "MHCAT", "MHOCCUR", "MHDTC",
            "MHSTDTC", "MHENDTC", "MHENRTPT", "MHENTPT", "MHLOC", "EPOCH", "SRCTYPE", "SRCREF"),
-    "PR": (*_IDS, "PRSEQ", "PRSPID", "PRTRT", "PRDECOD", "PRCAT", "PROCCUR", "PRREASND", "PRINDC", "PRLOC",
-           "PRSTDTC", "PRENDTC", "PRSTDY", "EPOCH", "SRCSTAT", "SRCREF"),
+    "PR": (*_IDS, "PRSEQ", "PRSPID", "PRTRT", "PRDECOD", *(f"PR{m}" for m in _MEDDRA if m != "DECOD"), "PRCAT",
+           "PROCCUR", "PRREASND", "PRINDC", "PRLOC", "PRSTDTC", "PRENDTC", "PRENRTPT", "PRENTPT", "PRSTDY", "EPOCH",
+           "SRCSTAT", "SRCREF"),
 }
 
 _NRIND = {"H": "HIGH", "HH": "HIGH", "HU": "HIGH", "L": "LOW", "LL": "LOW", "LU": "LOW", "N": "NORMAL",
@@ -167,6 +168,12 @@ def _date(d: dt.date | None, partial: str | None = None) -> str:
 
 def _yn(flag: bool | None) -> str:
     return "" if flag is None else ("Y" if flag else "N")
+
+
+def _last_date(crf: SubjectCRF) -> str:
+    """The subject's last dated result: the reference time point of an --ENRTPT ONGOING (AEENTPT, PRENTPT)."""
+    dates = [f.date for f in crf.findings if f.date]
+    return max(dates).isoformat() if dates else ""
 
 
 def nrind(f: Finding) -> str:
@@ -309,10 +316,7 @@ class RowBuilder:
         or_ucum = (f.orig_unit or f.unit or "") if f.value is not None else ""
         st_ucum = f.unit or "" if f.value is not None else ""
         same_unit = f.orig_unit in (None, f.unit)
-        collected = f.collected
-        dtc = _dtc(f)
-        if collected and p == "LB":
-            dtc = collected
+        dtc = f.collected.isoformat() if f.collected and p == "LB" else _dtc(f)
         row = {
             **self._ids(crf, p), f"{p}SPID": f.spid or "", f"{p}TESTCD": self.testcd.get(f.item, f.item.upper()[:8]),
             f"{p}TEST": (item.label if item else f.item)[:40], f"{p}CAT": (f.category or "").upper(),
@@ -335,7 +339,8 @@ class RowBuilder:
         if f"{p}SPEC" in COLUMNS[p]:
             row |= {f"{p}SPEC": (f.specimen or "").upper(), f"{p}FAST": _yn(f.fasting), f"{p}REFID": f.accession or "",
                     f"{p}SPCCND": (f.specimen_condition or "").upper(), f"{p}NAM": f.performer or "",
-                    f"{p}STNRC": f.ref_text or "", f"{p}ENDTC": f.collected_end or ""}
+                    f"{p}STNRC": f.ref_text or "",
+                    f"{p}ENDTC": f.collected_end.isoformat() if f.collected_end else ""}
         return row
 
     def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> dict[str, Any]:
@@ -391,8 +396,10 @@ class RowBuilder:
 
     def ae(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []
+        last = _last_date(crf)
         for seq, a in enumerate(crf.ae, start=1):
             cat = "CRS" if a.crs else ("ICANS" if a.icans else "")
+            ongoing = a.outcome in ("ongoing", "recovering") and a.resolution_date is None
             flags = self.ct.serious_flags(a.serious_criteria)
             if a.serious and not flags:
                 self.serious_without_criteria += 1
@@ -411,6 +418,7 @@ class RowBuilder:
                 "AEREL": _yn(a.related), "AERELNST": "",
                 "AEOUT": self.ct.term("OUT", a.outcome, "AEOUT"), "AESTDTC": _date(a.onset_date, a.onset_partial),
                 "AEENDTC": _date(a.resolution_date, a.resolution_partial),
+                "AEENRTPT": "ONGOING" if ongoing else "", "AEENTPT": last if ongoing else "",
                 "AESTDY": "" if a.study_day is None else str(a.study_day),
                 "AEENDY": "" if a.end_study_day is None else str(a.end_study_day),
                 "EPOCH": self._epoch(crf, a.onset_date),
@@ -437,13 +445,19 @@ class RowBuilder:
 
     def pr(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []
+        last = _last_date(crf)
         for seq, r in enumerate(crf.pr, start=1):
             start = r.start.isoformat() if r.start else _date(r.start_date, r.start_partial)
+            meddra = self._meddra("PR", r.meddra_code, r.meddra_term)
+            meddra.pop("PRDECOD")
             rows.append({
                 **self._ids(crf, "PR"), "PRSEQ": str(seq), "PRSPID": r.spid or "", "PRTRT": r.term,
-                "PRDECOD": r.code or "", "PRCAT": (r.category or "").upper(), "PROCCUR": "Y" if r.occurred else "N",
+                "PRDECOD": r.code or "", **meddra, "PRCAT": (r.category or "").upper(),
+                "PROCCUR": "Y" if r.occurred else "N",
                 "PRREASND": r.reason_not_done or "", "PRINDC": r.indication or "", "PRLOC": (r.body_site or "").upper(),
                 "PRSTDTC": start, "PRENDTC": _date(r.end_date),
+                "PRENRTPT": "ONGOING" if r.status == "in-progress" else "",
+                "PRENTPT": last if r.status == "in-progress" else "",
                 "PRSTDY": "" if r.study_day is None else str(r.study_day), "EPOCH": self._epoch(crf, r.start_date),
                 "SRCSTAT": r.status, "SRCREF": r.source.reference,
             })

@@ -59,6 +59,25 @@ def render(variables: list[Variable]) -> str:
         "MedDRA release: `meddra_dir` in the site overlay or `FHIR_ADAPTER_MEDDRA_DIR` (MSSO ASCII files "
         "`llt.asc`, `mdhier.asc`).",
         "",
+        "## Rules the exports apply",
+        "",
+        "* **EPOCH** (every domain but DM): SCREENING from consent (RFICDTC) to the day before lymphodepletion, "
+        "TREATMENT from lymphodepletion to Day 1 (the infusion), FOLLOW-UP after Day 1; empty before consent "
+        "(pre-study history) and when the record has no full date.",
+        "* **MH or AE**: a Condition or AllergyIntolerance whose onset (else recorded date) is before Day 1 is "
+        "medical history; one starting on or after Day 1 is left to AE (counted `mh.not-used.on-study`).",
+        "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX).",
+        "* **NOT DONE**: a cancelled Observation, or one with a dataAbsentReason and no value, gives a row with "
+        "`--STAT` = NOT DONE and `--REASND` = the reason; it never feeds a derivation.",
+        "* **SITEID**: the site-level ResearchStudy (partOf the study) the ResearchSubject is enrolled in; without "
+        "one, or with `siteid: organization` in the site overlay, the Patient's managing organisation.",
+        "* **Seriousness**: AESDTH…AESMIE from the seriousness-criteria codes (`seriousness_criteria` in "
+        "mappings/cdisc/ct.yaml); Y/N when seriousness is known, empty otherwise. An event the EHR calls serious "
+        "without any criterion keeps AESER = Y and is counted in `cdisc.aeser_y_without_criteria` (no criterion "
+        "is invented).",
+        "* **MedDRA**: the event's MedDRA coding is read as an LLT; with the site's dictionary its PT, HLT, HLGT "
+        "and primary SOC fill the hierarchy columns.",
+        "",
         "## IG variables",
         "",
     ]

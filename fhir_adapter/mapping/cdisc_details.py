@@ -27,7 +27,18 @@ US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-eth
 FASTING = {"F": True, "NF": False, "NG": None}
 
 
-def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _moment(value: Any, tz: str) -> dt.datetime | None:
+    """A full dateTime in the study time zone; None for a date, a partial or an unreadable value."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_fhir_date(value, tz).datetime
+    except DateError:
+        return None
+
+
+def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[str, dict[str, Any]],
+                    tz: str) -> dict[str, Any]:
     """Category, LOINC, method, specimen, identifier and the as-sent reference range of one Observation."""
     cat = (obs.get("category") or [None])[0]
     details: dict[str, Any] = {
@@ -54,8 +65,9 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[s
         fasting = coll.get("fastingStatusCodeableConcept")
         codes = [c for _, c in codings(fasting)]
         details["fasting"] = next((FASTING[c] for c in codes if c in FASTING), None)
-        details["collected"] = coll.get("collectedDateTime") or (coll.get("collectedPeriod") or {}).get("start")
-        details["collected_end"] = (coll.get("collectedPeriod") or {}).get("end")
+        details["collected"] = _moment(coll.get("collectedDateTime") or (coll.get("collectedPeriod") or {})
+                                       .get("start"), tz)
+        details["collected_end"] = _moment((coll.get("collectedPeriod") or {}).get("end"), tz)
         details["accession"] = (spec.get("accessionIdentifier") or {}).get("value")
         details["specimen_condition"] = first_text((spec.get("condition") or [None])[0])
         details["specimen_site"] = first_text(coll.get("bodySite"))

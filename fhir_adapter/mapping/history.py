@@ -137,8 +137,11 @@ class HistoryMapper:
             start = self._date(when, r, subject_id)
             end = self._date((r.get("performedPeriod") or {}).get("end"), r, subject_id)
             reason = r.get("reasonCode") or []
+            meddra = next(((c, d) for s, c, d in _displayed(r.get("code")) if s in self.meddra_systems), None)
             out.append(ProcedureRecord(
-                term=term, code=_first_code(r.get("code")), category=_category(r), spid=identifier_value(r),
+                term=term, code=_first_code(r.get("code")),
+                meddra_code=meddra[0] if meddra else None, meddra_term=meddra[1] if meddra else None,
+                category=_category(r), spid=identifier_value(r),
                 occurred=status != "not-done", status=status,
                 reason_not_done=first_text(r.get("statusReason")) if status in ("not-done", "stopped") else None,
                 indication=first_text(reason[0]) if reason else None,
