@@ -291,7 +291,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     import asyncio
     import os
 
-    from fhir_adapter.preflight import capability_gaps
+    from fhir_adapter.preflight import bulk_export_levels, capability_gaps
     from fhir_adapter.server_config import load_server_config, open_client
     from fhir_adapter.study import load_study
 
@@ -327,6 +327,12 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
     for g in gaps:
         click.echo(f"  {g.level:<8} {g.what}: {g.consequence}")
+    levels = bulk_export_levels(cs)
+    if levels:
+        click.echo(f"bulk          $export declared ({', '.join(levels)}): `run --bulk` (or read_mode: bulk) reads "
+                   "the server through a Bulk Data export, fewer requests for large cohorts")
+    else:
+        click.echo("bulk          no $export declared: `run` reads through searches")
     errors = [g for g in gaps if g.level == "error"]
     click.echo(f"              {len(errors)} errors, {len(gaps) - len(errors)} warnings"
                + ("" if errors else ": the adapter can run against this server"))

@@ -109,3 +109,23 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
         if "create" not in {i.get("code") for i in prov.get("interaction") or []}:
             gaps.append(Gap("error", "Provenance: no create", "--post cannot record where results came from"))
     return gaps
+
+
+def bulk_export_levels(cs: dict[str, Any]) -> list[str]:
+    """The levels at which the CapabilityStatement declares the Bulk Data ``$export`` operation (``system``,
+    ``Patient``, ``Group``): as a system operation (named by its definition: export, patient-export,
+    group-export) or on the Patient/Group resource; empty when it declares none."""
+    rest = _server_rest(cs) or {}
+    levels: set[str] = set()
+    for op in rest.get("operation") or []:
+        if not isinstance(op, dict) or str(op.get("name", "")).lstrip("$") not in ("export", "bulk-export"):
+            continue
+        definition = str(op.get("definition", ""))
+        levels.add("Patient" if definition.endswith("patient-export") else "Group"
+                   if definition.endswith("group-export") else "system")
+    for res in rest.get("resource") or []:
+        if res.get("type") in ("Patient", "Group") and any(
+                isinstance(op, dict) and str(op.get("name", "")).lstrip("$") == "export"
+                for op in res.get("operation") or []):
+            levels.add(str(res["type"]))
+    return sorted(levels)

@@ -87,3 +87,26 @@ def test_the_documented_example_config_loads() -> None:
     cfg = load_server_config(ROOT / "docs" / "adapter.example.yaml", {"FHIR_ADAPTER_MAX_CONCURRENCY": "2"})
     assert cfg.client.page_size == 200 and cfg.observation_code_param == "combo-code"
     assert cfg.client.max_concurrency == 2  # the environment overrides the file
+
+
+def test_bulk_export_is_offered_when_declared() -> None:
+    from fhir_adapter.preflight import bulk_export_levels
+
+    bulk = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+    cs = statement()
+    assert bulk_export_levels(cs) == []
+    cs["rest"][0]["operation"] = [{"name": "export", "definition": bulk + "patient-export"},
+                                  {"name": "$export", "definition": bulk + "group-export"}]
+    assert bulk_export_levels(cs) == ["Group", "Patient"]
+    cs = statement()
+    patient = next(r for r in cs["rest"][0]["resource"] if r["type"] == "Patient")
+    patient["operation"] = [{"name": "export", "definition": bulk + "patient-export"}]
+    assert bulk_export_levels(cs) == ["Patient"]
+
+
+@pytest.mark.server
+def test_check_offers_bulk_on_the_real_server(fhir_server) -> None:  # type: ignore[no-untyped-def]
+    cmd = [sys.executable, "-m", "fhir_adapter.cli", "check", "--source", fhir_server.base_url]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert "$export declared (Group, Patient, system): `run --bulk`" in run.stdout
