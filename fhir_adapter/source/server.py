@@ -64,7 +64,7 @@ SUBJECT_SEARCHES: dict[str, tuple[str, dict[str, str]]] = {
 #: incremental probe (codes + PROBE_PATIENTS references) under the 8 KB request line most servers accept.
 MAX_CODE_PARAM = 4000
 PROBE_PATIENTS = 20  # patients per incremental probe search
-NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history")
+NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history", "bulk")
 
 
 class ServerSource:

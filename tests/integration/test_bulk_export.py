@@ -155,3 +155,51 @@ def test_files_removed_when_the_user_says_so(setup: Setup) -> None:
 def test_bulk_needs_a_server(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--source", str(tmp_path), "--out", str(tmp_path / "o"), "--bulk"])
     assert result.exit_code == 1 and "--bulk" in result.output
+
+
+# -- the tests below change the server's data: they come last --------------------------------------------------
+
+def test_since_reads_again_only_the_patients_the_export_names(setup: Setup) -> None:
+    setup.bulk()
+    out = setup.tmp / "since"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    transaction_time = json.loads((out / "bulk" / "manifest.json").read_text())["transactionTime"]
+    assert json.loads((out / "state" / "last-run.json").read_text())["started"].startswith(transaction_time[:19])
+    patient = plan_trial(SUBJECTS, 7).subjects[0].patient_id
+    put_resources(setup.server.base_url, [{
+        "resourceType": "Observation", "id": "since-new", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+        "subject": {"reference": f"Patient/{patient}"}, "effectiveDateTime": "2024-03-20",
+        "valueQuantity": {"value": 12.5, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}])
+    cli_run(setup.server.base_url, out, "--bulk", "--since", "last", "--config", str(setup.config))
+    rep = report(out)
+    assert rep["counts"]["incremental.changed_subjects"] == 1
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 1
+    manifest = json.loads((out / "bulk" / "manifest.json").read_text())
+    assert "_since=" in manifest["request"] and {o["type"] for o in manifest["output"]} == {"Observation"}
+    assert len(rep["server_requests"]["per_subject"]) == 1  # only the changed subject read in full (REST)
+
+
+def test_server_reads_shared_resources_by_id(setup: Setup, study: Any) -> None:
+    """A Specimen (or Organization, Location) a subject's resource references is read by id, once, as the file
+    source takes it from the export."""
+    from fhir_adapter.fhir import FhirClient
+    from fhir_adapter.runlog import RunLog
+    from fhir_adapter.source.server import ServerSource
+
+    patient = plan_trial(SUBJECTS, 7).subjects[1].patient_id
+    put_resources(setup.server.base_url, [
+        {"resourceType": "Specimen", "id": "sp-1", "type": {"text": "serum"}},
+        {"resourceType": "Observation", "id": "with-specimen", "status": "final", "code": {"text": "x"},
+         "subject": {"reference": f"Patient/{patient}"}, "specimen": {"reference": "Specimen/sp-1"}}])
+    src = ServerSource(FhirClient(setup.server.base_url), study, RunLog(), observation_code_param="none")
+    setup.server.reset("stats")
+    try:
+        first = src.run(src._read_subject(patient))
+        again = src.run(src._read_subject(patient))
+    finally:
+        src.close()
+    assert ("Specimen", "sp-1") in {(r["resourceType"], r["id"]) for r in first}
+    assert [r for r in again if r["resourceType"] == "Specimen"] == \
+        [r for r in first if r["resourceType"] == "Specimen"]
+    assert setup.server.stats()["requests"]["by_resource_type"]["Specimen"] == 1  # read once, kept for the run
