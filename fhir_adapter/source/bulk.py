@@ -150,27 +150,26 @@ class BulkSource:
     async def _export(self) -> None:
         state = load_job(self.folder)
         if state and not state.get("done") and state.get("status_url"):
-            job = Job(kickoff=str(state["kickoff"]), status_url=str(state["status_url"]),
-                      manifest=state.get("manifest"))
             self._notes["resumed"] = True
-        else:
-            if self.folder.exists():
-                shutil.rmtree(self.folder)  # the files of an earlier, finished run
-            job = await self._kickoff()
+            try:
+                await self._complete(Job(kickoff=str(state["kickoff"]), status_url=str(state["status_url"]),
+                                         manifest=state.get("manifest")))
+                return
+            except BulkExportError as exc:
+                if exc.status not in (404, 410):
+                    raise
+                self.log.warn(f"the export job of the interrupted run is gone (HTTP {exc.status}): a new export is "
+                              "made", rule="bulk-export")
+        if self.folder.exists():
+            shutil.rmtree(self.folder)  # the files of an earlier, finished run
+        await self._complete(await self._kickoff())
+
+    async def _complete(self, job: Job) -> None:
+        """Wait for the job (unless its manifest is known), download what is not down yet, delete the job."""
         self.job = job
         save_job(self.folder, job)
         if job.manifest is None:
-            try:
-                await self.exporter.wait(job)
-            except BulkExportError as exc:
-                if exc.status in (404, 410) and self._notes.get("resumed"):
-                    # the job of an interrupted run is gone: start again
-                    job = await self._kickoff()
-                    self.job = job
-                    save_job(self.folder, job)
-                    await self.exporter.wait(job)
-                else:
-                    raise
+            await self.exporter.wait(job)
             save_job(self.folder, job)
         assert job.manifest is not None
         await self.exporter.download(job, self.folder)

@@ -143,6 +143,21 @@ def test_interrupted_download_resumes_without_fetching_finished_files(setup: Set
     _same_as_rest(setup, out)
 
 
+def test_a_resumed_job_that_is_gone_starts_a_new_export(setup: Setup) -> None:
+    setup.bulk()
+    out = setup.tmp / "gone"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    state_path = out / "bulk" / ".bulk-job.json"
+    state = json.loads(state_path.read_text())
+    state_path.write_text(json.dumps({**state, "done": False}))  # as if the run had stopped before reading
+    next((out / "bulk").glob("*.Observation.ndjson*")).unlink()  # and one file was lost
+    before = setup.bulk()["counters"]["kickoffs"]
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    assert setup.bulk()["counters"]["kickoffs"] > before  # the deleted job answered 404: a new export
+    assert any("interrupted run is gone" in w["message"] for w in report(out)["warnings"])
+    _same_as_rest(setup, out)
+
+
 def test_files_removed_when_the_user_says_so(setup: Setup) -> None:
     setup.bulk()
     out = setup.tmp / "removed"
