@@ -8,7 +8,7 @@ DEMO    := demo
 SUBJECTS ?= 34
 SEED    ?= 7
 
-.PHONY: demo test lint typecheck unit install install-test bench clean constraints audit
+.PHONY: demo test lint typecheck unit install install-test bench clean constraints audit java
 
 # --- environment -------------------------------------------------------------------------------
 CONSTRAINTS := constraints.txt
@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml $(CONSTRAINTS)
-	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test]'
+	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e '.[test,spark]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -77,8 +77,14 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy --strict fhir_adapter
 
-unit: install-test fhir-test-server browser
+unit: install-test fhir-test-server browser java
 	$(BIN)/pytest -q
+
+# Java 17+ for the Spark engine's tests (pyspark starts a local JVM)
+java:
+	@command -v java >/dev/null || { echo "Java 17+ is needed for the Spark tests (run --engine spark): install" \
+	  "it, e.g. 'sudo apt-get install -y openjdk-17-jre-headless' (Debian/Ubuntu) or 'brew install openjdk@17'," \
+	  "or set JAVA_HOME"; exit 1; }
 
 test: lint typecheck unit
 

@@ -107,11 +107,16 @@ def synth(subjects: int, seed: int, out: Path) -> None:
 @click.option("--quarantine-full-copies", is_flag=True,
               help="Keep whole copies of quarantined input in OUT/quarantine/ (they may hold names, MRNs, free "
                    "text). Default: type, id, file, line, reason and the offending element only.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help="spark: read a folder source with Apache Spark and run each subject on the executors "
+                   "(pip install 'fhir-adapter[spark]', Java 17+; docs/spark.md).")
+@click.option("--spark-master", default=None,
+              help="Spark master URL for --engine spark  [default: SPARK_REMOTE or spark-submit's, else local[*]]")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
         since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,
         reviewed_only: bool, bulk: bool, workers: int | None, allow_mass_retraction: bool,
-        quarantine_full_copies: bool) -> None:
+        quarantine_full_copies: bool, engine: str, spark_master: str | None) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -148,13 +153,16 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     import datetime as dt
     import os
 
-    from fhir_adapter.connect import ConnectError, connect
+    from fhir_adapter.connect import ConnectError, connect, is_url
     from fhir_adapter.fhir import FhirError
     from fhir_adapter.server_config import ServerConfigError, record_run
     from fhir_adapter.source.base import SourceError
 
     log = RunLog()
     started = dt.datetime.now(dt.UTC)
+    if engine == "spark" and (is_url(source) or bulk or post or dry_run or since):
+        raise click.UsageError("--engine spark reads a folder of NDJSON/Bundle files (a Bulk Data export): "
+                               "--source must be a folder, without --bulk, --post, --dry-run or --since")
     try:
         conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ,
                        bulk=bulk, allow_mass_retraction=allow_mass_retraction)
@@ -165,7 +173,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                                        on_subject=prog.advance, on_start=prog.start, review_state=review_state,
                                        reviewed_only=reviewed_only or _reviewed_only_setting(config),
                                        workers=workers or default_workers(),
-                                       quarantine_full_copies=quarantine_full_copies)
+                                       quarantine_full_copies=quarantine_full_copies,
+                                       engine_outcomes=_spark_engine(conn.source, log, spark_master)
+                                       if engine == "spark" else None)
         finally:
             conn.close()
     except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
@@ -194,6 +204,18 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         rows.append(("exit code", f"{summary.exit_code} ({exit_codes.meaning(summary.exit_code)})"))
         summary_table(f"fhir-adapter run — {st.info.id}", rows)
     sys.exit(summary.exit_code)
+
+
+def _spark_engine(source: object, log: object, master: str | None) -> Any:
+    from fhir_adapter.engine.spark import SparkSubjects, SparkUnavailable, spark_session
+    from fhir_adapter.runlog import RunLog
+    from fhir_adapter.source.files import FileSource
+
+    assert isinstance(source, FileSource) and isinstance(log, RunLog)
+    try:
+        return SparkSubjects(spark_session(master), source, log)
+    except SparkUnavailable as exc:
+        _fail(str(exc))
 
 
 def _reviewed_only_setting(config: Path | None) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +40,11 @@ from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import WrittenState, result_id
 
 log = logging.getLogger(__name__)
+
+
+#: (enrolled patients by id, the run's SubjectWork) → (enrollee, outcome, source resources) in patient-id order
+EngineOutcomes = Callable[[dict[str, Enrollee], SubjectWork],
+                          Iterator[tuple[Enrollee, SubjectOutcome, list[dict[str, Any]]]]]
 
 
 class SubjectFailed(Exception):
@@ -100,6 +105,7 @@ def run(
     reviewed_only: bool = False,
     workers: int = 1,
     quarantine_full_copies: bool = False,
+    engine_outcomes: EngineOutcomes | None = None,
 ) -> RunSummary:
     """Run the job. With a ``sink``, results are also written to the server (only what changed).
 
@@ -110,7 +116,8 @@ def run(
     before deriving; ``reviewed_only`` holds back results not derived solely from reviewed values
     (fhir_adapter/review/run.py).
     ``workers``: subjects are processed by the per-subject engine (fhir_adapter/engine/subject.py) in this
-    many worker processes (1: in this process); outputs are the same for any number.
+    many worker processes (1: in this process); outputs are the same for any number. ``engine_outcomes``: the
+    subjects' outcomes from another engine (fhir_adapter/engine/spark.py) instead of ``source.subject_resources``.
     """
     runlog = runlog or RunLog()
     started = dt.datetime.now(dt.UTC)
@@ -168,7 +175,7 @@ def run(
         problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
-        plan = state.plan(e.subject_id, bundle_resources, source_resources or [])
+        plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses)
         writable = reviews.writable(review, bundle_resources)
         if len(writable) < len(bundle_resources):
             reviews.hold(plan, state, {result_id(r) for r in bundle_resources if r not in writable})
@@ -203,8 +210,13 @@ def run(
         if on_subject:
             on_subject(e.subject_id)
 
-    subjects = ((roster.enrolled[pid], resources) for pid, resources in source.subject_resources(roster.patient_ids))
-    for e0, outcome, resources in subject_outcomes(subjects, work, engine, workers):
+    if engine_outcomes is not None:  # another engine (Spark) reads the subjects' resources and runs the engine
+        outcomes = engine_outcomes(roster.enrolled, work)
+    else:
+        subjects = ((roster.enrolled[pid], resources)
+                    for pid, resources in source.subject_resources(roster.patient_ids))
+        outcomes = subject_outcomes(subjects, work, engine, workers)
+    for e0, outcome, resources in outcomes:
 
         def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:
             finish(o, resources)

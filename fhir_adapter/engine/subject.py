@@ -66,6 +66,9 @@ class SubjectOutcome:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[Quarantined] = field(default_factory=list)
     error: str | None = None
+    #: ``Type/id`` → status of the subject's source resources, when the caller does not keep the resources
+    #: (writeback/state.py source_statuses)
+    statuses: dict[str, str] | None = None
 
     @property
     def crf(self) -> SubjectCRF:

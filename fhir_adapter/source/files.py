@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,43 +103,14 @@ class FileSource:
         by_patient: dict[str, list[bytes | Resource]] = {pid: [] for pid in patient_ids}
         refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
         counts: Counter[str] = Counter()  # counted here, added to the run log once (a lock per line is slow)
-        known = self._all_patients
         for f, n, entry, res, raw in self._resources(_SUBJECTS):
-            rtype = res["resourceType"]
-            if rtype not in SUBJECT_TYPES:
-                if rtype not in _KNOWN:
-                    counts[f"ignored.{rtype}"] += 1
-                continue
-            counts[f"read.{rtype}"] += 1
-            rid = res.get("id")
-            if not isinstance(rid, str) or not rid:
-                self.log.reject(rtype, None, "missing-id",
-                                f"{rtype} without id: versions and references cannot be resolved",
-                                "export resources with ids", **_where(f, n, entry), raw=res)
-                continue
-            pid = patient_id_of(res, base)
-            if pid in by_patient:
-                if _adapter_owned(res):  # a result the adapter wrote to the server, exported with the rest
-                    counts["read.skipped-adapter-results"] += 1
-                    continue
+            pid = self.enrolled_patient(f, n, entry, res, by_patient, counts, base)
+            if pid is not None:
                 # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are
                 # parsed again (orjson, microseconds) when that subject is processed
                 by_patient[pid].append(raw.strip() if raw is not None else res)
                 if raw is None or _SHARED_HINT.search(raw):
                     refs[pid] |= shared_references([res])
-            elif pid in known:
-                counts["skipped.not-enrolled"] += 1
-            elif pid is None:
-                self.log.reject(rtype, rid, "no-patient",
-                                "the resource names no Patient of this export (subject missing, a reference to "
-                                "another server, or a urn:uuid outside the Bundle that defines it)",
-                                "the EHR export must set subject to the Patient (Patient/<id>)",
-                                **_where(f, n, entry), raw=res)
-            else:
-                self.log.reject(rtype, rid, "unknown-patient",
-                                f"references Patient/{pid}, which is not in the source",
-                                "include the Patient in the export or correct the reference",
-                                **_where(f, n, entry), raw=res)
         for key, value in counts.items():
             self.log.count(key, value)
         shared = self._read_shared(set().union(*refs.values()))
@@ -147,6 +118,66 @@ class FileSource:
             resources = [_parsed(x) for x in by_patient.pop(pid)]
             resources.extend(shared[key] for key in sorted(refs.pop(pid)) if key in shared)
             yield pid, resources
+
+    def enrolled_patient(self, f: DataFile, n: int, entry: int | None, res: Resource, enrolled: Collection[str],
+                         counts: Counter[str], base: str | None) -> str | None:
+        """The enrolled patient a resource of the subjects pass belongs to; None when it is not kept (counted in
+        ``counts``, or quarantined with its file and line)."""
+        rtype = res["resourceType"]
+        if rtype not in SUBJECT_TYPES:
+            if rtype not in _KNOWN:
+                counts[f"ignored.{rtype}"] += 1
+            return None
+        counts[f"read.{rtype}"] += 1
+        rid = res.get("id")
+        if not isinstance(rid, str) or not rid:
+            self.log.reject(rtype, None, "missing-id",
+                            f"{rtype} without id: versions and references cannot be resolved",
+                            "export resources with ids", **_where(f, n, entry), raw=res)
+            return None
+        pid = patient_id_of(res, base)
+        if pid in enrolled:
+            if _adapter_owned(res):  # a result the adapter wrote to the server, exported with the rest
+                counts["read.skipped-adapter-results"] += 1
+                return None
+            return pid
+        if pid in self._all_patients:
+            counts["skipped.not-enrolled"] += 1
+        elif pid is None:
+            self.log.reject(rtype, rid, "no-patient",
+                            "the resource names no Patient of this export (subject missing, a reference to "
+                            "another server, or a urn:uuid outside the Bundle that defines it)",
+                            "the EHR export must set subject to the Patient (Patient/<id>)",
+                            **_where(f, n, entry), raw=res)
+        else:
+            self.log.reject(rtype, rid, "unknown-patient",
+                            f"references Patient/{pid}, which is not in the source",
+                            "include the Patient in the export or correct the reference",
+                            **_where(f, n, entry), raw=res)
+        return None
+
+    @classmethod
+    def line_reader(cls, known_patients: set[str], log: RunLog) -> FileSource:
+        """A source that only classifies lines already read elsewhere (a Spark task):
+        :meth:`ndjson_resources`, :meth:`document_resources`, :meth:`enrolled_patient`."""
+        source = cls(Path("."), log)
+        source._all_patients = known_patients
+        return source
+
+    def known_patients(self) -> set[str]:
+        """The id of every Patient in the export (after the roster pass)."""
+        self.roster()
+        return self._all_patients
+
+    def subject_files(self) -> list[DataFile]:
+        """The files the subjects pass reads (other engines read them with :meth:`ndjson_resources` /
+        :meth:`document_resources` and keep lines with :meth:`enrolled_patient`)."""
+        self.roster()
+        return [f for f in self._files().data if _pass_of(f.rtype) in (_SUBJECTS, None)]
+
+    def shared_resources(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Resource]:
+        """The shared resources (Medication, Organization, Location, Specimen) of ``wanted`` (type, id)."""
+        return self._read_shared(wanted)
 
     # -- the passes ---------------------------------------------------------------------------------
     def _files(self) -> Layout:
@@ -239,25 +270,35 @@ class FileSource:
 
     def _read_file(self, f: DataFile, report: bool) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:
         if f.ndjson:
-            for n, line in read_lines(f):
-                try:
-                    doc = orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
-                    if report:
-                        self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",
-                                        "fix the export; the line is kept in quarantine/", file=f.name, line=n,
-                                        raw=line.decode("utf-8", "replace"))
-                    continue
-                yield from self._document(doc, f, n, report, line)
+            yield from self.ndjson_resources(f, read_lines(f), report)
         else:
+            yield from self.document_resources(f, read_document(f), report)
+
+    def ndjson_resources(self, f: DataFile, lines: Iterable[tuple[int, bytes]],
+                         report: bool) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:
+        """(line, Bundle entry, resource, raw line) of an NDJSON file's (line number, line) pairs."""
+        for n, line in lines:
             try:
-                doc = orjson.loads(read_document(f))
+                doc = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 if report:
-                    self.log.reject("unknown", None, "malformed-json", f"file is not JSON ({exc.msg})",
-                                    "fix or remove the file", file=f.name)
-                return
-            yield from self._document(doc, f, None, report, None)
+                    self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",
+                                    "fix the export; the line is kept in quarantine/", file=f.name, line=n,
+                                    raw=line.decode("utf-8", "replace"))
+                continue
+            yield from self._document(doc, f, n, report, line)
+
+    def document_resources(self, f: DataFile, data: bytes,
+                           report: bool) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:
+        """The resources of a JSON file (a Bundle or one resource)."""
+        try:
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            if report:
+                self.log.reject("unknown", None, "malformed-json", f"file is not JSON ({exc.msg})",
+                                "fix or remove the file", file=f.name)
+            return
+        yield from self._document(doc, f, None, report, None)
 
     def _document(self, doc: Any, f: DataFile, n: int | None, report: bool,
                   raw: bytes | None) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:

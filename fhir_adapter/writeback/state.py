@@ -119,8 +119,9 @@ class WrittenState:
         self.changes = {"new": 0, "updated": 0, "unchanged": 0, "retracted": 0}
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
-             today: dt.date | None = None) -> Plan:
-        """Compare the subject's new result resources with what was written before."""
+             today: dt.date | None = None, statuses: dict[str, str] | None = None) -> Plan:
+        """Compare the subject's new result resources with what was written before (``statuses``: those of
+        :func:`source_statuses` of ``source``, when computed where the source resources are)."""
         today = today or dt.date.today()
         entries: dict[str, dict[str, Any]] = {}
         plan = Plan(subject_id=subject_id, entries=entries)
@@ -139,7 +140,6 @@ class WrittenState:
                 "resource": {k: v for k, v in r.items() if k in _KEEP},
                 "value": {k: r[k] for k in _VALUE_KEYS if k in r},
             }
-        statuses: dict[str, str] | None = None
         for ident in sorted(self.by_subject.get(subject_id, set()) - set(entries)):
             old = self.results[ident]
             if old.get("retracted"):

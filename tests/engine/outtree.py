@@ -1,5 +1,5 @@
-"""An OUT folder as {relative path: bytes}, without what legitimately differs between two runs (the run
-report's start and finish times, the ODM file's creation time, the OUT folder's own path)."""
+"""An OUT folder as {relative path: bytes}, without what legitimately differs between two runs (the start and
+finish times of run-report.json and state/last-run.json, the ODM file's creation time, the OUT folder's path)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def out_tree(out: Path) -> dict[str, bytes]:
             data = p.read_bytes().replace(str(out).encode(), b"OUT")
             if p.name == "odm.xml":
                 data = _ODM_TIME.sub(rb"\1TIME", data)
-            if p.name == "run-report.json":
+            if p.name in ("run-report.json", "last-run.json"):
                 data = _REPORT_TIME.sub(rb'"\1": "TIME"', data)
             tree[str(p.relative_to(out))] = data
     return tree

@@ -1,0 +1,199 @@
+"""Subjects on Apache Spark: the export's subject files read by Spark, grouped per subject, and the per-subject
+engine (:mod:`fhir_adapter.engine.subject`) run on the executors; everything study-wide stays on the driver
+(:func:`fhir_adapter.pipeline.run` with ``engine_outcomes``).
+
+The reader model is the file source's (:mod:`fhir_adapter.source.files`): the driver discovers the files and
+reads the roster (ResearchStudy, ResearchSubject, Patient) and, once the subjects' references are known, the
+shared resources (Medication, Organization, Location, Specimen). Spark reads the subject files
+(``binaryFile``: one task per file, gzip'd or not), and each task finds every line's patient exactly as the
+file source does (same line numbers, same quarantine entries, same counts). Lines of enrolled patients (the
+roster broadcast) are grouped per subject (``groupBy(pid).applyInPandas``), sorted back into file order, and
+the engine runs on them; each subject's outcome comes back pickled and is merged on the driver in patient-id
+order, so every output equals the local engine's. A subject whose engine fails fails alone (its outcome
+carries the error).
+
+Needs the ``spark`` extra (``pip install 'fhir-adapter[spark]'``) and Java 17+; see docs/spark.md.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
+
+import orjson
+
+from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
+from fhir_adapter.roster import Enrollee
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import Resource, shared_references
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.source.layout import DataFile
+from fhir_adapter.writeback.state import source_statuses
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import SparkSession
+
+#: the lines Spark keeps: an enrolled patient's line (pid set) or a file's log (pid null)
+LINES_SCHEMA = "pid string, file int, line int, entry int, raw binary, log binary"
+OUTCOME_SCHEMA = "pid string, outcome binary"
+#: shuffle partitions on one machine (Spark's 200 cost a Python worker round trip each); a cluster's setting
+#: (spark-submit --conf spark.sql.shuffle.partitions=N) is kept
+LOCAL_SHUFFLE_PARTITIONS = 8
+
+
+class SparkUnavailable(RuntimeError):
+    """pyspark (or Java) is missing: the message says how to install it."""
+
+
+def spark_session(master: str | None = None) -> SparkSession:
+    """A Spark session: ``master`` if given; else SPARK_REMOTE (Spark Connect) or what spark-submit set;
+    else ``local[*]``. Executors run this interpreter unless PYSPARK_PYTHON says otherwise."""
+    try:
+        from pyspark import SparkConf
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise SparkUnavailable("--engine spark needs pyspark: pip install 'fhir-adapter[spark]' (and Java 17+)") \
+            from exc
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("fhir-adapter")
+    conf = SparkConf()
+    if master:
+        builder = builder.master(master)
+    elif not os.environ.get("SPARK_REMOTE") and not conf.contains("spark.master"):
+        builder = builder.master("local[*]")
+    if (master or conf.get("spark.master", "local")).startswith("local") and \
+            not conf.contains("spark.sql.shuffle.partitions") and not os.environ.get("SPARK_REMOTE"):
+        builder = builder.config("spark.sql.shuffle.partitions", str(LOCAL_SHUFFLE_PARTITIONS))
+    return builder.getOrCreate()
+
+
+def _local_path(uri: str) -> str:
+    p = urlparse(uri)
+    return os.path.realpath(unquote(p.path)) if p.scheme in ("file", "") else uri
+
+
+def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) as :func:`fhir_adapter.source.layout.read_lines` gives them."""
+    for n, line in enumerate(io.BytesIO(data), start=1):
+        if line.strip():
+            yield n, line
+
+
+def _read_files(files: list[DataFile], enrolled: frozenset[str], known: set[str], base: str | None,
+                batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Executor: the enrolled patients' lines of each file, and per file its counts, quarantine and shared
+    references (the file source's subjects pass, one file at a time)."""
+    import pandas as pd
+
+    index = {os.path.realpath(f.path): (i, f) for i, f in enumerate(files)}
+    for batch in batches:
+        rows: list[tuple[Any, ...]] = []
+        for path, content in zip(batch["path"], batch["content"], strict=True):
+            i, f = index[_local_path(str(path))]
+            data = bytes(content)
+            if f.path.name.endswith(".gz"):
+                data = gzip.decompress(data)
+            log = RunLog()
+            source = FileSource.line_reader(known, log)
+            counts: Counter[str] = Counter()
+            refs: set[tuple[str, str]] = set()
+            found = source.ndjson_resources(f, _lines(data), True) if f.ndjson else \
+                source.document_resources(f, data, True)
+            for n, entry, res, raw in found:
+                pid = source.enrolled_patient(f, n, entry, res, enrolled, counts, base)
+                if pid is not None:
+                    rows.append((pid, i, n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res), None))
+                    refs |= shared_references([res])
+            counts.update(log.counts)
+            rows.append((None, i, 0, 0, None, pickle.dumps((dict(counts), log.warnings, log.quarantine, refs))))
+        yield pd.DataFrame(rows, columns=["pid", "file", "line", "entry", "raw", "log"])
+
+
+_engine: tuple[int, SubjectEngine] | None = None
+
+
+def _subject(work: Any, enrolled: Any, shared: Any, pdf: pd.DataFrame) -> pd.DataFrame:
+    """Executor: one subject's lines in file order → its pickled :class:`SubjectOutcome`."""
+    import pandas as pd
+
+    global _engine
+    if _engine is None or _engine[0] != id(work.value):  # one engine per Python worker and run
+        _engine = (id(work.value), SubjectEngine(work.value))
+    pdf = pdf.sort_values(["file", "line", "entry"], kind="stable")
+    pid = str(pdf["pid"].iloc[0])
+    outcome = _fresh(_engine[1], enrolled.value[pid], [orjson.loads(bytes(r)) for r in pdf["raw"]], shared.value)
+    return pd.DataFrame({"pid": [pid], "outcome": [pickle.dumps(outcome)]})
+
+
+def _fresh(engine: SubjectEngine, e0: Enrollee, resources: list[Resource],
+           shared: dict[tuple[str, str], Resource]) -> SubjectOutcome:
+    resources.extend(shared[key] for key in sorted(shared_references(resources)) if key in shared)
+    outcome = engine.fresh(e0, resources)
+    outcome.statuses = source_statuses(resources)
+    return outcome
+
+
+class SparkSubjects:
+    """``engine_outcomes`` for :func:`fhir_adapter.pipeline.run`: the subjects of a file source on Spark."""
+
+    def __init__(self, spark: SparkSession, source: FileSource, runlog: RunLog) -> None:
+        self.spark = spark
+        self.source = source
+        self.runlog = runlog
+
+    def __call__(self, enrolled: dict[str, Enrollee],
+                 work: SubjectWork) -> Iterator[tuple[Enrollee, SubjectOutcome, list[Resource]]]:
+        spark, source = self.spark, self.source
+        files = source.subject_files()
+        known = source.known_patients()
+        base = source.roster().base
+        pids = frozenset(enrolled)
+        sc = spark.sparkContext
+        if not files:
+            yield from self._driver_only(enrolled, work)
+            return
+        raw = spark.read.format("binaryFile").load([str(f.path) for f in files]).select("path", "content")
+        lines = raw.mapInPandas(lambda b: _read_files(files, pids, known, base, b), LINES_SCHEMA).persist()
+        try:
+            wanted: set[tuple[str, str]] = set()
+            logs = sorted((r["file"], r["log"]) for r in lines.where("pid is null").select("file", "log").collect())
+            for _, blob in logs:  # in file order, as the file source's pass adds them
+                counts, warnings, quarantine, refs = pickle.loads(blob)
+                for k, n in counts.items():
+                    self.runlog.count(k, n)
+                self.runlog.warnings.extend(warnings)
+                self.runlog.quarantine.extend(quarantine)
+                wanted |= refs
+            shared = source.shared_resources(wanted)
+            b_work, b_enrolled, b_shared = sc.broadcast(work), sc.broadcast(enrolled), sc.broadcast(shared)
+            # persisted: ordering samples its input, which must not run the engine twice
+            outcomes = (lines.where("pid is not null").groupBy("pid")
+                        .applyInPandas(lambda pdf: _subject(b_work, b_enrolled, b_shared, pdf), OUTCOME_SCHEMA)
+                        .persist())
+            got = ((str(r["pid"]), bytes(r["outcome"])) for r in outcomes.orderBy("pid").toLocalIterator())
+            engine: SubjectEngine | None = None
+            nxt = next(got, None)
+            for pid in sorted(enrolled):
+                if nxt is not None and nxt[0] == pid:
+                    yield enrolled[pid], pickle.loads(nxt[1]), []
+                    nxt = next(got, None)
+                else:  # an enrolled subject with no resources in the export
+                    engine = engine or SubjectEngine(work)
+                    yield enrolled[pid], _fresh(engine, enrolled[pid], [], shared), []
+        finally:
+            spark.catalog.clearCache()
+
+    def _driver_only(self, enrolled: dict[str, Enrollee],
+                     work: SubjectWork) -> Iterator[tuple[Enrollee, SubjectOutcome, list[Resource]]]:
+        engine = SubjectEngine(work)
+        for pid in sorted(enrolled):
+            yield enrolled[pid], _fresh(engine, enrolled[pid], [], {}), []
