@@ -136,6 +136,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       fhir-adapter run --source demo/feed --out demo/out
       fhir-adapter run --source https://ehr.example.org/fhir --out out --dry-run
       fhir-adapter run --source https://ehr.example.org/fhir --out out --bulk
+      fhir-adapter run --engine spark --spark-master 'local[2]' --source /data/export --out out
       FHIR_ADAPTER_BEARER_TOKEN_FILE=/run/secrets/token \\
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
