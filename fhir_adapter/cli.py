@@ -111,7 +111,7 @@ def synth(subjects: int, seed: int, out: Path) -> None:
               help="spark: read a folder source with Apache Spark and run each subject on the executors "
                    "(pip install 'fhir-adapter[spark]', Java 17+; docs/spark.md).")
 @click.option("--spark-master", default=None,
-              help="Spark master URL for --engine spark  [default: SPARK_REMOTE or spark-submit's, else local[*]]")
+              help="Spark master URL for --engine spark  [default: spark-submit's master, else local[*]]")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
         since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,

@@ -54,8 +54,12 @@ class SparkUnavailable(RuntimeError):
 
 
 def spark_session(master: str | None = None) -> SparkSession:
-    """A Spark session: ``master`` if given; else SPARK_REMOTE (Spark Connect) or what spark-submit set;
-    else ``local[*]``. Executors run this interpreter unless PYSPARK_PYTHON says otherwise."""
+    """A Spark session: ``master`` if given; else what spark-submit set; else ``local[*]``. Executors run this
+    interpreter unless PYSPARK_PYTHON says otherwise. Spark Connect (SPARK_REMOTE) is refused: the engine
+    broadcasts the study through the SparkContext, which a Connect session does not have."""
+    if os.environ.get("SPARK_REMOTE"):
+        raise SparkUnavailable("--engine spark does not run over Spark Connect yet (SPARK_REMOTE is set): unset "
+                               "SPARK_REMOTE and give --spark-master, or start the run with spark-submit")
     try:
         from pyspark import SparkConf
         from pyspark.sql import SparkSession
@@ -68,10 +72,10 @@ def spark_session(master: str | None = None) -> SparkSession:
     conf = SparkConf()
     if master:
         builder = builder.master(master)
-    elif not os.environ.get("SPARK_REMOTE") and not conf.contains("spark.master"):
+    elif not conf.contains("spark.master"):
         builder = builder.master("local[*]")
     if (master or conf.get("spark.master", "local")).startswith("local") and \
-            not conf.contains("spark.sql.shuffle.partitions") and not os.environ.get("SPARK_REMOTE"):
+            not conf.contains("spark.sql.shuffle.partitions"):
         builder = builder.config("spark.sql.shuffle.partitions", str(LOCAL_SHUFFLE_PARTITIONS))
     return builder.getOrCreate()
 

@@ -37,3 +37,9 @@ def test_spark_engine_reads_folders_only(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["run", "--engine", "spark", "--source", "https://ehr.example.org/fhir",
                                   "--out", str(tmp_path / "out")])
     assert r.exit_code == 64 and "--engine spark reads a folder" in r.output
+
+
+def test_spark_connect_is_refused_with_what_to_do(feed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPARK_REMOTE", "sc://localhost:15002")
+    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--source", str(feed), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "Spark Connect" in r.output and "spark-submit" in r.output
