@@ -34,7 +34,7 @@ from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.study import Study
 from fhir_adapter.terminology import SID_RESULT
-from fhir_adapter.writeback.bundle import transaction
+from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sink import WriteResult
 from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import WrittenState, result_id
@@ -184,7 +184,8 @@ def run(
                    if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
-        _dump(out, out / "writeback" / f"{name}.json", transaction(bundle_resources + plan.retractions))
+        _dump(out, out / "writeback" / f"{name}.json",
+              offline_transaction(bundle_resources + plan.retractions, e.patient_id))
         # an incremental run's unchanged subject (source_resources None) whose results equal what the last run
         # wrote needs no request to the server at all
         unchanged_since_last = source_resources is None and not plan.retractions and \

@@ -50,8 +50,9 @@ def offline_results(out: Path) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for path in sorted((out / "writeback").glob("*.json")):
         bundle = json.loads(path.read_text())
-        found[path.stem] = [next(i["value"] for i in e["resource"]["identifier"] if i["system"] == SID_RESULT)
-                            for e in bundle["entry"] if e["resource"].get("status") != "entered-in-error"]
+        # the results of the transaction (not the adapter Device nor the Provenance that travel with them)
+        found[path.stem] = [i["value"] for e in bundle["entry"] if e["resource"].get("status") != "entered-in-error"
+                            for i in e["resource"].get("identifier") or [] if i["system"] == SID_RESULT]
     return found
 
 

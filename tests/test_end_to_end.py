@@ -14,6 +14,7 @@ from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import TrialPlan, plan_trial, write_feed
 from fhir_adapter.terminology import CS_RESULTS, SID_RESULT
+from fhir_adapter.writeback.sources import result_sources
 
 
 @pytest.fixture(scope="module")
@@ -136,19 +137,22 @@ def test_writeback_bundles_are_valid_conditional_transactions(trial) -> None:  #
         subject = next(s for s in results if s["subject_id"] == path.stem)
         scored = {v["visit"]: v["sledai2k"] for v in subject["visits"] if v["sledai2k"] is not None}
         sledai = {}
-        for entry in bundle["entry"]:
+        # the transaction --post sends: the adapter Device, the results, the Provenance naming their sources
+        assert bundle["entry"][0]["resource"]["resourceType"] == "Device"
+        assert bundle["entry"][-1]["resource"]["resourceType"] == "Provenance"
+        for entry in bundle["entry"][1:-1]:
             res = entry["resource"]
             ident = next(i["value"] for i in res["identifier"] if i["system"] == SID_RESULT)
             assert ident not in seen
             seen.add(ident)
-            url = f"{res['resourceType']}?identifier={SID_RESULT}|{ident}"
+            url = f"{res['resourceType']}?identifier={SID_RESULT}|{ident}&patient={res['subject']['reference']}"
             assert entry["request"] == {"method": "PUT", "url": url}
             code = res["code"]["coding"][0]
             assert code["system"] == CS_RESULTS and code["code"] in codes
             if code["code"] == "sledai-2k":
                 sledai[ident.split(".")[2]] = res
                 assert res["focus"][0]["reference"].startswith("ResearchSubject/")
-                assert res["derivedFrom"] and len(res["component"]) == 24
+                assert result_sources(res) and len(res["component"]) == 24
             n += 1
         assert {v: r["valueInteger"] for v, r in sledai.items()} == scored
         for v, r in sledai.items():

@@ -52,7 +52,7 @@ def test_every_writeback_bundle_of_the_demo_has_no_error_and_no_warning(demo_out
     assert len(bundles) == 34
     result = validate(bundles)
     resources = sum(len(json.loads(b.read_text())["entry"]) for b in bundles)
-    assert result["checked"] > resources  # every bundle, and every entry against its profile
+    assert result["checked"] >= resources  # every bundle, and every entry that claims a profile against it
     assert result["issues"] == []
 
 

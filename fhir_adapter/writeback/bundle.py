@@ -1,11 +1,15 @@
-"""The per-subject transaction Bundle: every entry a conditional update on its stable identifier."""
+"""The per-subject transaction Bundle: every entry a conditional update on its stable identifier; the offline
+write-back file is the very transaction a live write sends (:func:`offline_transaction`)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.identifiers import conditional_url, full_url
+from fhir_adapter.writeback.sink import transaction_entries
+from fhir_adapter.writeback.sources import result_sources
 
 
 def transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -22,3 +26,19 @@ def transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
                         else conditional_url(r["resourceType"], ident["value"], ident["system"])},
         })
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dict[str, Any]:
+    """``OUT/writeback/<subject>.json``: the transaction ``--post`` sends for these resources — the adapter
+    Device, each resource as a conditional update narrowed to the subject's Patient, and the Provenance whose
+    entities are every source the results name — so what a site reviews or loads by hand is what the adapter
+    would write. ``Provenance.recorded`` is the latest effective date of the results (00:00 UTC), so the file is
+    the same for the same data; a live write records the moment of posting."""
+    if not resources:
+        return {"resourceType": "Bundle", "type": "transaction", "entry": []}
+    sources = sorted({s for r in resources for s in result_sources(r)})
+    dates = [str(r["effectiveDateTime"])[:10] for r in resources if r.get("effectiveDateTime")]
+    day = dt.date.fromisoformat(max(dates)) if dates else dt.date(1970, 1, 1)
+    recorded = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
+    return {"resourceType": "Bundle", "type": "transaction",
+            "entry": transaction_entries(resources, sources, recorded, patient_id)}

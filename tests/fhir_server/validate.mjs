@@ -49,8 +49,27 @@ function check(file, entry, resource, profile) {
   }
 }
 
+// A transaction's entries reference each other by their urn:uuid fullUrls; the server resolves them to the
+// entries' resources when it processes the transaction (https://hl7.org/fhir/R4/bundle.html#references), so
+// they are checked here as references to those resources' types.
+function resolveLocal(doc) {
+  if (doc.resourceType !== 'Bundle') return doc;
+  const types = new Map((doc.entry ?? []).filter((e) => e.fullUrl?.startsWith('urn:uuid:'))
+    .map((e) => [e.fullUrl, `${e.resource.resourceType}/${e.fullUrl.slice(9)}`]));
+  const walk = (x) => {
+    if (Array.isArray(x)) return x.map(walk);
+    if (x && typeof x === 'object') {
+      const out = {};
+      for (const [k, v] of Object.entries(x)) out[k] = k === 'reference' && types.has(v) ? types.get(v) : walk(v);
+      return out;
+    }
+    return x;
+  };
+  return { ...doc, entry: (doc.entry ?? []).map((e) => ({ ...e, resource: walk(e.resource) })) };
+}
+
 for (const file of files) {
-  const doc = JSON.parse(readFileSync(file, 'utf8'));
+  const doc = resolveLocal(JSON.parse(readFileSync(file, 'utf8')));
   const resources = doc.resourceType === 'Bundle' ? (doc.entry ?? []).map((e) => e.resource) : [doc];
   check(file, null, doc, undefined);
   resources.forEach((r, n) => {

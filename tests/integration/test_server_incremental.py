@@ -49,8 +49,8 @@ def test_since_last_rereads_and_rewrites_only_the_changed_subject(loaded: Server
     bundles = {p.stem: json.loads(p.read_text()) for p in (out / "writeback").glob("*.json")}
     # a source Observation of one subject's SLEDAI-2K total is corrected on the server (entered in error)
     subject = sorted(bundles)[0]
-    sledai = next(e["resource"] for e in bundles[subject]["entry"]
-                  if e["resource"]["code"]["coding"][0]["code"] == "sledai-2k" and e["resource"]["valueInteger"] > 0)
+    sledai = next(e["resource"] for e in bundles[subject]["entry"] if e["resource"]["resourceType"] == "Observation"
+                  and e["resource"]["code"]["coding"][0]["code"] == "sledai-2k" and e["resource"]["valueInteger"] > 0)
     source_id = sledai["derivedFrom"][0]["reference"].split("/")[1]
     [source] = search_all(loaded.base_url, "Observation", {"_id": source_id})
     put_resources(loaded.base_url, [{k: v for k, v in {**source, "status": "entered-in-error"}.items()

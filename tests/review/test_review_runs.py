@@ -120,8 +120,10 @@ def test_a_source_changed_after_adjudication_is_flagged_for_re_review(tmp_path: 
 def test_writeback_can_be_limited_to_reviewed_results(tmp_path: Path, study: Study) -> None:
     default, _ = run_feed(tmp_path, study, out=tmp_path / "default")  # default: everything goes back, as before
     everything = [e["resource"]["identifier"][0]["value"]
-                  for e in _json(default / "writeback" / f"{SUBJECT}.json")["entry"]]
-    assert "LCAR-AIO-SLE.101-001.BL.sledai-2k" in everything
+                  for e in _json(default / "writeback" / f"{SUBJECT}.json")["entry"]
+                  if e["resource"]["resourceType"] == "Observation"]
+    # the "no DLT" result cites the infusion it was judged from (and the AEs considered: none here)
+    assert everything == ["LCAR-AIO-SLE.101-001.BL.sledai-2k", "LCAR-AIO-SLE.101-001.subject.dlt"]
     out, _ = run_feed(tmp_path, study, reviewed_only=True)
     bundle = _json(out / "writeback" / f"{SUBJECT}.json")
     assert bundle["entry"] == []
@@ -133,7 +135,8 @@ def test_writeback_can_be_limited_to_reviewed_results(tmp_path: Path, study: Stu
     _decide(out, "BL", "c3", "accept")
     _decide(out, "BL", "sledai2k.rash", "accept")
     out, _ = run_feed(tmp_path, study, reviewed_only=True)
-    written = [e["resource"]["identifier"][0]["value"] for e in _json(out / "writeback" / f"{SUBJECT}.json")["entry"]]
+    written = [e["resource"]["identifier"][0]["value"] for e in _json(out / "writeback" / f"{SUBJECT}.json")["entry"]
+               if e["resource"]["resourceType"] == "Observation"]
     assert written == ["LCAR-AIO-SLE.101-001.BL.sledai-2k"]
     assert "LCAR-AIO-SLE.101-001.BL.sledai-2k" not in _json(out / "run-report.json")["review"]["held_back"]
 

@@ -1,0 +1,81 @@
+"""OUT/writeback/<subject>.json is the transaction ``--post`` sends: the adapter Device, every result as a
+conditional update matched on its identifier AND the subject's Patient, and the Provenance naming every
+source the results rest on."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from fhir_adapter.pipeline import run
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.synth import plan_trial, write_feed
+from fhir_adapter.terminology import SID_DEVICE, SID_RESULT
+from fhir_adapter.writeback.identifiers import full_url
+from fhir_adapter.writeback.sink import transaction_entries
+from fhir_adapter.writeback.sources import result_sources
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory: pytest.TempPathFactory, study) -> Path:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("offline")
+    write_feed(root / "feed", subjects=4, seed=7)
+    log = RunLog()
+    run(FileSource(root / "feed", log), study, root / "out", log)
+    return root / "out"
+
+
+def test_the_offline_bundle_is_the_posted_transaction(out: Path) -> None:
+    plan = {s.subject_id: s for s in plan_trial(4, 7).subjects}
+    for path in sorted((out / "writeback").glob("*.json")):
+        bundle = json.loads(path.read_text())
+        patient = plan[path.stem].patient_id
+        entries = bundle["entry"]
+        device, results, prov = entries[0], entries[1:-1], entries[-1]
+        assert device["request"] == {"method": "PUT",
+                                     "url": f"Device?identifier={SID_DEVICE}|fhir-adapter"}
+        for e in results:
+            r = e["resource"]
+            assert r["subject"] == {"reference": f"Patient/{patient}"}
+            ident = r["identifier"][0]["value"]
+            assert e["request"] == {"method": "PUT", "url": f"Observation?identifier={SID_RESULT}|{ident}"
+                                                           f"&patient=Patient/{patient}"}
+        assert prov["request"] == {"method": "POST", "url": "Provenance"}
+        p = prov["resource"]
+        assert [t["reference"] for t in p["target"]] == [e["fullUrl"] for e in results]
+        assert p["agent"][0]["who"]["reference"] == full_url(SID_DEVICE, "fhir-adapter") == device["fullUrl"]
+        sources = sorted({s for e in results for s in result_sources(e["resource"])})
+        assert sorted(x["what"]["reference"] for x in p["entity"]) == sources   # every result's sources
+        # exactly the entries the live write sends for these results
+        recorded = dt.datetime.fromisoformat(p["recorded"])
+        assert entries == json.loads(json.dumps(
+            transaction_entries([e["resource"] for e in results], sources, recorded, patient)))
+
+
+def test_no_dlt_names_the_infusion_and_the_aes_considered(out: Path) -> None:
+    seen = 0
+    for path in sorted((out / "writeback").glob("*.json")):
+        bundle = json.loads(path.read_text())
+        for e in bundle["entry"]:
+            r = e["resource"]
+            if r["resourceType"] == "Observation" and r["code"]["coding"][0]["code"] == "dlt" \
+                    and r["valueBoolean"] is False:
+                srcs = result_sources(r)
+                assert any(s.startswith("Procedure/") for s in srcs)
+                assert "judged from the infusion Procedure/" in r["method"]["text"]
+                entity = {x["what"]["reference"] for x in bundle["entry"][-1]["resource"]["entity"]}
+                assert set(srcs) <= entity
+                seen += 1
+    assert seen >= 1
+
+
+def test_same_data_same_file(out: Path, study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    feed = out.parent / "feed"
+    log = RunLog()
+    run(FileSource(feed, log), study, tmp_path / "again", log)
+    for path in sorted((out / "writeback").glob("*.json")):
+        assert (tmp_path / "again" / "writeback" / path.name).read_bytes() == path.read_bytes()
