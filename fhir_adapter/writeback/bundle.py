@@ -8,6 +8,7 @@ from typing import Any
 
 from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.identifiers import conditional_url, full_url
+from fhir_adapter.writeback.ownership import with_owner_tag
 from fhir_adapter.writeback.sink import transaction_entries
 from fhir_adapter.writeback.sources import result_sources
 
@@ -30,15 +31,26 @@ def transaction(resources: list[dict[str, Any]]) -> dict[str, Any]:
 
 def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dict[str, Any]:
     """``OUT/writeback/<subject>.json``: the transaction ``--post`` sends for these resources — the adapter
-    Device, each resource as a conditional update narrowed to the subject's Patient, and the Provenance whose
-    entities are every source the results name — so what a site reviews or loads by hand is what the adapter
-    would write. ``Provenance.recorded`` is the latest effective date of the results (00:00 UTC), so the file is
-    the same for the same data; a live write records the moment of posting."""
+    Device, the results with the adapter's owner tag, and the Provenance whose entities are every source the
+    results name — so what a site reviews or loads by hand is what the adapter would write. As the file cannot
+    know the server's ids and versions, each result is a conditional update matched on its identifier and the
+    subject's Patient (``PUT Observation?identifier=…&patient=Patient/<id>``): loading it twice duplicates
+    nothing, and a retraction updates the result it retracts. ``Provenance.recorded`` is the latest effective
+    date of the results (00:00 UTC), so the file is the same for the same data; a live write records the moment
+    of posting."""
     if not resources:
         return {"resourceType": "Bundle", "type": "transaction", "entry": []}
     sources = sorted({s for r in resources for s in result_sources(r)})
     dates = [str(r["effectiveDateTime"])[:10] for r in resources if r.get("effectiveDateTime")]
     day = dt.date.fromisoformat(max(dates)) if dates else dt.date(1970, 1, 1)
     recorded = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    return {"resourceType": "Bundle", "type": "transaction",
-            "entry": transaction_entries(resources, sources, recorded, patient_id)}
+    entries = transaction_entries([with_owner_tag(r) for r in resources], sources, recorded, patient_id)
+    for entry in entries[1:-1]:
+        r = entry["resource"]
+        if not r.get("id"):  # the file cannot know the server's ids and versions: a conditional update
+            ident = next(i["value"] for i in r["identifier"] if i.get("system") == SID_RESULT)
+            url = conditional_url(r["resourceType"], ident)
+            if r["resourceType"] == "Observation":
+                url += f"&patient=Patient/{patient_id}"
+            entry["request"] = {"method": "PUT", "url": url}
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

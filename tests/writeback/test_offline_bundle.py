@@ -36,8 +36,9 @@ def test_the_offline_bundle_is_the_posted_transaction(out: Path) -> None:
         patient = plan[path.stem].patient_id
         entries = bundle["entry"]
         device, results, prov = entries[0], entries[1:-1], entries[-1]
-        assert device["request"] == {"method": "PUT",
-                                     "url": f"Device?identifier={SID_DEVICE}|fhir-adapter"}
+        assert device["resource"]["resourceType"] == "Device"
+        assert device["request"] == {"method": "POST", "url": "Device",
+                                     "ifNoneExist": f"identifier={SID_DEVICE}|fhir-adapter"}
         for e in results:
             r = e["resource"]
             assert r["subject"] == {"reference": f"Patient/{patient}"}
@@ -50,10 +51,14 @@ def test_the_offline_bundle_is_the_posted_transaction(out: Path) -> None:
         assert p["agent"][0]["who"]["reference"] == full_url(SID_DEVICE, "fhir-adapter") == device["fullUrl"]
         sources = sorted({s for e in results for s in result_sources(e["resource"])})
         assert sorted(x["what"]["reference"] for x in p["entity"]) == sources   # every result's sources
-        # exactly the entries the live write sends for these results
+        # the Device, resources (owner tag included) and Provenance the live write sends for these results; only
+        # the result requests differ: the file cannot know server ids and versions, so it updates conditionally
         recorded = dt.datetime.fromisoformat(p["recorded"])
-        assert entries == json.loads(json.dumps(
+        live = json.loads(json.dumps(
             transaction_entries([e["resource"] for e in results], sources, recorded, patient)))
+        assert [device, prov] == [live[0], live[-1]]
+        assert [(e["fullUrl"], e["resource"]) for e in results] == [(e["fullUrl"], e["resource"]) for e in live[1:-1]]
+        assert all(r["resource"]["meta"]["tag"] for r in results)
 
 
 def test_no_dlt_names_the_infusion_and_the_aes_considered(out: Path) -> None:
