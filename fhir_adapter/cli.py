@@ -126,10 +126,15 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       writeback/<subject_id>.json  FHIR R4 transaction Bundle of the results
       run-report.json              counts, warnings, quarantined input (also in quarantine/), coverage
       export/                      <DOMAIN>.csv (CDISC-style), odm.xml (CDISC ODM 1.3.2), coverage*.csv
-      state/written.json           what was written back, to retract results whose inputs are gone (keep it)
+      state/written.json           what the server confirmed was written back, to retract results whose
+                                   inputs are gone (keep it)
       review/candidates/<subject>.json  every candidate value per visit and item (`fhir-adapter review`)
 
     Review decisions (state/review-decisions.jsonl) replace the rule's pick; see docs/review.md.
+
+    Outputs are replaced only when the run has finished (it writes into OUT/.staging-<run id>/ first): a run
+    that fails, is interrupted or killed leaves the previous ones as they were. A run that stops early (exit
+    3: server unavailable, 4: authentication failed) replaces only run-report.json and state/written.json.
 
     \b
     Examples:
@@ -184,6 +189,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         if ctx.obj.get("verbose", 0) >= 2:
             raise
         _fail(str(exc))
+    if summary.stopped is not None:
+        click.secho(f"error: {summary.stopped.message}", fg="red", err=True)
+        sys.exit(summary.exit_code)
     if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
         record_run(out, conn.next_since or started, source)
     if not ctx.obj.get("quiet"):

@@ -15,12 +15,12 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     FAILED: ("failed: bad mapping/config, unreadable source, nothing processed",
              "fix what the one-line error names, then run again"),
     COMPLETED_WITH_WARNINGS: ("completed with warnings: quarantined input, or subjects not processed / not written",
-                              "read run-report.json (quarantine, subjects_failed, subjects_not_written); the next "
-                              "run picks those subjects up again"),
+                              "read run-report.json (quarantine, subject_failures); the next run picks those "
+                              "subjects up again"),
     SERVER_UNAVAILABLE: ("server unavailable: the run stopped early, completed subjects kept",
                          "run again later (same command); nothing to repair"),
-    AUTH_FAILED: ("authentication failed",
-                  "check the client registration, key and scopes at the token endpoint named in the error"),
+    AUTH_FAILED: ("authentication failed: the run stopped, nothing half-written",
+                  "check the client id, key and scopes with the token endpoint named in the error; rerun"),
     USAGE: ("usage error on the command line", "correct the command (see --help)"),
 }
 
@@ -32,5 +32,6 @@ def meaning(code: int) -> str:
 def help_table() -> str:
     """The table shown in ``fhir-adapter --help`` (Click's ``\\b`` keeps the lines as they are)."""
     lines = ["\b", "Exit codes (what to do next):"]
-    lines += [f"  {code:>2}  {what} — {then}" for code, (what, then) in EXIT_CODES.items()]
+    for code, (what, then) in EXIT_CODES.items():
+        lines += [f"  {code:>2}  {what}", f"      then: {then}"]
     return "\n".join(lines)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,13 +16,15 @@ from typing import Any, Protocol
 
 import orjson
 
-from fhir_adapter import __version__
+from fhir_adapter import __version__, exit_codes
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.export import ExportWriter
+from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, FhirServerUnavailable
+from fhir_adapter.fhir.flow import is_unavailability
 from fhir_adapter.fhir_r4 import r4_problem
-from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name
+from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name, subject_file_name
 from fhir_adapter.quarantine import quarantine_record
 from fhir_adapter.results.study_json import study_json
 from fhir_adapter.review.run import ReviewRun
@@ -32,6 +33,7 @@ from fhir_adapter.roster_check import nobody_enrolled
 from fhir_adapter.roster_csv import csv_identifiers, infusion_dates, is_owned, reconcile
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import Source, ref_id
+from fhir_adapter.staging import Staging
 from fhir_adapter.study import Study
 from fhir_adapter.terminology import SID_RESULT
 from fhir_adapter.writeback.bundle import offline_transaction
@@ -73,14 +75,84 @@ class RunSummary:
     quarantined: int = 0
     warnings: int = 0
     excluded: dict[str, int] = field(default_factory=dict)
+    #: per subject not processed or not written: stage, request, last status, error, what to do
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    #: set when the run stopped early (server unavailable, authentication failed): see :class:`Stopped`
+    stopped: Stopped | None = None
 
     @property
     def exit_code(self) -> int:
         """0 ok, 1 nobody processed (every enrolled subject failed), 2 completed with quarantined input or
-        subjects not processed / not written."""
+        subjects not processed / not written, 3 server unavailable (stopped early), 4 authentication failed
+        (fhir_adapter/exit_codes.py)."""
+        if self.stopped is not None:
+            return self.stopped.exit_code
         if self.subjects == 0 and self.subjects_failed:
-            return 1
-        return 2 if self.quarantined or self.subjects_failed or self.subjects_not_written else 0
+            return exit_codes.FAILED
+        if self.quarantined or self.subjects_failed or self.subjects_not_written:
+            return exit_codes.COMPLETED_WITH_WARNINGS
+        return exit_codes.OK
+
+
+@dataclass
+class Stopped:
+    """Why and where a run stopped before every subject was processed."""
+
+    exit_code: int
+    reason: str            # server-unavailable | auth-failed
+    since: str             # when the server was first seen failing (UTC, ISO 8601)
+    error: str
+    subjects_done: list[str] = field(default_factory=list)
+    subjects_left: list[str] = field(default_factory=list)
+    roster_read: bool = True
+
+    @property
+    def message(self) -> str:
+        """The one line the command prints."""
+        done = f"{len(self.subjects_done)} subjects done, " + (
+            f"{len(self.subjects_left)} left" if self.roster_read else "roster not read")
+        if self.reason == "auth-failed":
+            return f"authentication failed: {self.error}; {done}; nothing half-written — fix it, then rerun"
+        return f"server unavailable since {self.since}; {done}; rerun ({self.error})"
+
+    def as_report(self) -> dict[str, Any]:
+        return {"reason": self.reason, "exit_code": self.exit_code, "since": self.since, "error": self.error,
+                "message": self.message, "subjects_done": len(self.subjects_done),
+                "subjects_left": self.subjects_left}
+
+
+class _Stop(Exception):
+    """Internal: end the subject loop (the server is down, or authentication failed for good)."""
+
+    def __init__(self, error: FhirError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _stop_for(exc: BaseException) -> _Stop | None:
+    """The failures that end a run instead of one subject."""
+    if isinstance(exc, FhirServerUnavailable) or (isinstance(exc, FhirAuthError) and not exc.transient):
+        return _Stop(exc)
+    return None
+
+
+def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str | None = None) -> dict[str, Any]:
+    """A subject not processed / not written, for the run report: the request, last status, what to do."""
+    entry: dict[str, Any] = {"subject_id": subject_id, "stage": stage, "error": error or str(exc)}
+    if isinstance(exc, FhirError):
+        if exc.method and exc.url:
+            entry["request"] = f"{exc.method} {exc.url}"
+        status = getattr(exc, "status", None)
+        entry["last_status"] = status if status is not None else getattr(exc, "kind", "network")
+        entry["attempts"] = exc.attempts
+    again = "the next run (full or --since last) picks this subject up again"
+    if isinstance(exc, FhirHttpError) and exc.status < 500 and exc.status != 429:
+        entry["what_to_do"] = f"the server refused the request (HTTP {exc.status}): fix what the error names; {again}"
+    elif isinstance(exc, FhirError):
+        entry["what_to_do"] = f"the server kept failing after every retry: {again}; nothing to repair"
+    else:
+        entry["what_to_do"] = f"fix what the error names; {again}"
+    return entry
 
 
 def _dump(out: Path, path: Path, data: Any) -> None:
@@ -118,15 +190,61 @@ def run(
     ``workers``: subjects are processed by the per-subject engine (fhir_adapter/engine/subject.py) in this
     many worker processes (1: in this process); outputs are the same for any number. ``engine_outcomes``: the
     subjects' outcomes from another engine (fhir_adapter/engine/spark.py) instead of ``source.subject_resources``.
+
+    Outputs are atomic (:mod:`fhir_adapter.staging`): everything is written into ``OUT/.staging-<run id>/`` and
+    moved into OUT when the run has finished. A run that stops early (server unavailable, authentication
+    failed: :attr:`RunSummary.stopped`) keeps the previous outputs and replaces only ``run-report.json`` and
+    ``state/written.json`` (which records the writes the server confirmed); a run that fails with an exception,
+    is interrupted or killed changes nothing in OUT.
     """
-    runlog = runlog or RunLog()
-    started = dt.datetime.now(dt.UTC)
     for o in study.overrides:
         log.warning("site overlay overrides the study's factor of item %s for %s: %s -> %s (%s)", o["item"],
                     o["unit"], o["study_factor"], o["site_factor"], o["where"])
     out = Path(out)
+    staging = Staging(out)
+    work_dir = staging.open()
+    try:
+        summary = _run(source, study, out, work_dir, runlog or RunLog(), on_subject, sink, on_start, roster_csv,
+                       review_state or out / "state", reviewed_only, workers, quarantine_full_copies, engine_outcomes)
+    except BaseException:
+        staging.discard()
+        raise
+    if summary.stopped is not None:
+        staging.commit(("run-report.json", "state/written.json"))
+    else:
+        staging.commit()
+    return summary
+
+
+def _run(
+    source: Source,
+    study: Study,
+    out: Path,
+    work_dir: Path,
+    runlog: RunLog,
+    on_subject: Callable[[str], None] | None,
+    sink: Sink | None,
+    on_start: Callable[[int], None] | None,
+    roster_csv: Path | None,
+    review_state: Path,
+    reviewed_only: bool,
+    workers: int,
+    quarantine_full_copies: bool,
+    engine_outcomes: EngineOutcomes | None,
+) -> RunSummary:
+    """The run itself: reads ``out`` (the previous CRFs, state), writes only into the staging folder."""
+    started = dt.datetime.now(dt.UTC)
     summary = RunSummary(out=out)
-    roster_input = source.roster(csv_identifiers(roster_csv) if roster_csv is not None else ())
+    state = WrittenState(out / "state" / "written.json")
+    try:
+        roster_input = source.roster(csv_identifiers(roster_csv) if roster_csv is not None else ())
+    except FhirError as exc:
+        stop = _stop_for(exc)
+        if stop is None and not is_unavailability(exc):
+            raise
+        summary.stopped = _stopped(stop.error if stop else exc, [], [], roster_read=False)
+        _write_report(work_dir, source, study, runlog, summary, state, started)
+        return summary
     roster_infusions = {}
     if roster_csv is not None:
         roster_input = reconcile(roster_input, roster_csv, study, runlog)
@@ -144,21 +262,20 @@ def run(
         on_start(len(roster.enrolled))  # the number of on_subject calls to come (progress displays)
     labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}
     source.label_subjects(labels)
-    incremental = source.since is not None
-    keep = {"crf"} if incremental else set()
-    for sub in ("crf", "results", "writeback", "quarantine", "export"):
-        if sub not in keep:
-            shutil.rmtree(out / sub, ignore_errors=True)
-    exports = ExportWriter(out / "export", study)
-    state = WrittenState(out / "state" / "written.json")
-    reviews = ReviewRun(out, study, review_state, reviewed_only, runlog)
+    if hasattr(source, "reusable"):  # an incremental read may skip only subjects whose last CRF is at hand
+        source.reusable = {pid for pid, e in roster.enrolled.items()
+                           if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    exports = ExportWriter(work_dir / "export", study)
+    reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)
     if sink is not None:
         sink.start(roster.patient_ids)
+    dry_run = bool(getattr(sink, "dry_run", False))
     work = SubjectWork(study=study, decisions=reviews.current, roster_infusions=roster_infusions, owned=owned,
                        owned_study=owned_study)
     engine = SubjectEngine(work)
     file_names = SubjectFileNames()
     rows: list[dict[str, Any]] = []
+    done: list[str] = []
 
     def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None) -> None:
         o.merge_log(runlog)
@@ -169,8 +286,6 @@ def run(
             raise SubjectFailed(o.error)
         assert o.enrollee is not None and o.review is not None and o.row is not None
         e, review, crf = o.enrollee, o.review, o.crf
-        rows.append(o.row)
-        _dump(out, out / "crf" / f"{name}.json", crf.model_dump(mode="json"))
         bundle_resources = list(o.resources)
         problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
@@ -184,68 +299,120 @@ def run(
                    if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
-        _dump(out, out / "writeback" / f"{name}.json",
-              offline_transaction(bundle_resources + plan.retractions, e.patient_id))
         # an incremental run's unchanged subject (source_resources None) whose results equal what the last run
         # wrote needs no request to the server at all
         unchanged_since_last = source_resources is None and not plan.retractions and \
             plan.changes["new"] == plan.changes["updated"] == 0
-        state.commit(plan)
+        w: WriteResult | None = None
+        if sink is not None and not unchanged_since_last:
+            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))  # may stop the run
+        rows.append(o.row)
+        _dump(work_dir, work_dir / "crf" / f"{name}.json", crf.model_dump(mode="json"))
+        _dump(work_dir, work_dir / "writeback" / f"{name}.json",
+              offline_transaction(bundle_resources + plan.retractions, e.patient_id))
+        if w is None or not w.error:  # the state records only what the server confirmed (or the file run)
+            state.commit(plan)
         exports.add(crf, o.quarantine, review.status, review.decisions)
         summary.results_written += len(bundle_resources)
         summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1
-        if sink is not None and unchanged_since_last:
+        if sink is not None and w is None:
             summary.server_unchanged += len(bundle_resources)
-        elif sink is not None:
-            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))
-            _record_write(w, summary, runlog, inside(out, out / "writeback-diff" / f"{name}.diff"))
+        elif w is not None:
+            _record_write(w, summary, runlog, inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff"))
+        done.append(e.subject_id)
 
     def guarded(e: Enrollee, step: Callable[[], None]) -> None:
         try:
             step()
         except Exception as exc:  # one subject's failure never stops the others
+            stop = _stop_for(exc)
+            if stop is not None:
+                raise stop from exc
             log.debug("subject %s failed", e.subject_id, exc_info=True)
             runlog.warn(f"subject not processed: {exc}", subject_id=e.subject_id, rule="subject-failed")
             summary.subjects_failed.append(e.subject_id)
+            summary.failures.append(_failure(e.subject_id, "map", exc))
         if on_subject:
             on_subject(e.subject_id)
 
-    if engine_outcomes is not None:  # another engine (Spark) reads the subjects' resources and runs the engine
-        outcomes = engine_outcomes(roster.enrolled, work)
-    else:
-        subjects = ((roster.enrolled[pid], resources)
-                    for pid, resources in source.subject_resources(roster.patient_ids))
-        outcomes = subject_outcomes(subjects, work, engine, workers)
-    for e0, outcome, resources in outcomes:
+    try:
+        try:
+            if engine_outcomes is not None:  # another engine (Spark) reads the subjects' resources, runs the engine
+                outcomes = engine_outcomes(roster.enrolled, work)
+            else:
+                subjects = ((roster.enrolled[pid], resources)
+                            for pid, resources in source.subject_resources(roster.patient_ids))
+                outcomes = subject_outcomes(subjects, work, engine, workers)
+            for e0, outcome, resources in outcomes:
 
-        def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:
-            finish(o, resources)
+                def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:
+                    finish(o, resources)
 
-        guarded(e0, fresh)
-    for pid in sorted(source.unchanged_subjects()):
-        e0 = roster.enrolled[pid]
+                guarded(e0, fresh)
+        except FhirError as exc:  # raised by the source between subjects (e.g. the incremental probes)
+            stop = _stop_for(exc) or (_Stop(exc) if is_unavailability(exc) else None)
+            if stop is None:
+                raise
+            raise stop from exc
+        for pid, read_error in sorted(getattr(source, "failed", {}).items()):
+            e0 = roster.enrolled[pid]
+            runlog.warn(f"subject not processed: reading its data failed: {read_error}", subject_id=e0.subject_id,
+                        rule="subject-read-failed")
+            summary.subjects_failed.append(e0.subject_id)
+            summary.failures.append(_failure(e0.subject_id, "read", read_error))
+            if on_subject:
+                on_subject(e0.subject_id)
+        for pid in sorted(source.unchanged_subjects()):
+            e0 = roster.enrolled[pid]
 
-        def cached(e0: Enrollee = e0) -> None:
-            path = inside(out, out / "crf" / f"{file_names.name(e0.subject_id)}.json")
-            crf = SubjectCRF.model_validate_json(path.read_bytes())
-            e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"), None),
-                        day1_source="previous run (OUT/crf)" if crf.day1 else None)
-            finish(engine.cached(e, crf))
+            def cached(e0: Enrollee = e0) -> None:
+                path = inside(out, out / "crf" / f"{subject_file_name(e0.subject_id)}.json")
+                crf = SubjectCRF.model_validate_json(path.read_bytes())
+                e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"),
+                                                             None),
+                            day1_source="previous run (OUT/crf)" if crf.day1 else None)
+                finish(engine.cached(e, crf))
 
-        guarded(e0, cached)
-    _dump(out, out / "results" / "study.json", study_json(study, rows))
+            guarded(e0, cached)
+    except _Stop as stop:
+        left = sorted(e.subject_id for e in roster.enrolled.values() if e.subject_id not in done)
+        summary.stopped = _stopped(stop.error, done, left)
+        if not dry_run:
+            state.save(work_dir / "state" / "written.json")
+        _write_report(work_dir, source, study, runlog, summary, state, started, review=reviews.report(),
+                      day1_sources=day1_sources)
+        return summary
+    _dump(work_dir, work_dir / "results" / "study.json", study_json(study, rows))
     coverage = exports.close(dict(runlog.counts))
     for sid, n in sorted(exports.odm.removed.items()):
         runlog.warn(f"{n} character(s) that XML 1.0 forbids (NUL, control characters) removed from this subject's "
                     "text in export/odm.xml; correct the source text in the EHR",
                     subject_id=sid, rule="xml-forbidden-characters")
-    if not getattr(sink, "dry_run", False):  # a dry run changes nothing, OUT/state included
-        state.save()
+    if not dry_run:  # a dry run changes nothing, OUT/state included
+        state.save(work_dir / "state" / "written.json")
+    _write_quarantine(work_dir, runlog, full_copies=quarantine_full_copies)
+    _write_report(work_dir, source, study, runlog, summary, state, started, coverage=coverage,
+                  review=reviews.report(), cdisc=exports.cdisc_report(), day1_sources=day1_sources)
+    return summary
+
+
+def _stopped(error: FhirError, done: list[str], left: list[str], *, roster_read: bool = True) -> Stopped:
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    if isinstance(error, FhirAuthError) and not error.transient:
+        return Stopped(exit_codes.AUTH_FAILED, "auth-failed", now, str(error), done, left, roster_read)
+    since = error.since if isinstance(error, FhirServerUnavailable) else now
+    cause = error.last_error if isinstance(error, FhirServerUnavailable) and error.last_error else error
+    return Stopped(exit_codes.SERVER_UNAVAILABLE, "server-unavailable", since, str(cause), done, left, roster_read)
+
+
+def _write_report(work: Path, source: Source, study: Study, runlog: RunLog, summary: RunSummary,
+                  state: WrittenState, started: dt.datetime, *, coverage: Any = None,
+                  review: dict[str, Any] | None = None, cdisc: Any = None,
+                  day1_sources: list[dict[str, Any]] | None = None) -> None:
     summary.quarantined = len(runlog.quarantine)
     summary.warnings = len(runlog.warnings)
-    _write_quarantine(out, runlog, full_copies=quarantine_full_copies)
-    _dump(out, out / "run-report.json", {
+    _dump(work, work / "run-report.json", {
         "generated_by": f"fhir-adapter {__version__}",
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -260,18 +427,19 @@ def run(
             "subjects_not_written": summary.subjects_not_written,
             "warnings": summary.warnings, "excluded_research_subjects": summary.excluded,
         },
+        "subject_failures": summary.failures,
+        **({"stopped": summary.stopped.as_report()} if summary.stopped is not None else {}),
         "counts": dict(sorted(runlog.counts.items())),
         "writes": summary.writes,
         "warnings": runlog.warnings,
         "quarantine": [q.as_report() for q in runlog.quarantine],
-        "coverage": coverage,
-        "cdisc": exports.cdisc_report(),
-        "day1_sources": day1_sources,
+        **({"coverage": coverage} if coverage is not None else {}),
+        **({"cdisc": cdisc} if cdisc is not None else {}),
+        "day1_sources": day1_sources or [],
         "writeback_state": state.report(),
-        "review": reviews.report(),
+        **({"review": review} if review is not None else {}),
         **({"server_requests": requests} if (requests := source.request_stats()) is not None else {}),
     })
-    return summary
 
 
 def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path: Path) -> None:
@@ -286,6 +454,7 @@ def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path
     if w.error:
         runlog.warn(f"results not written to the server: {w.error}", subject_id=w.subject_id, rule="write-failed")
         summary.subjects_not_written.append(w.subject_id)
+        summary.failures.append(_failure(w.subject_id, "write", w.exception, w.error))
 
 
 def _write_quarantine(out: Path, runlog: RunLog, *, full_copies: bool = False) -> None:

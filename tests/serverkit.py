@@ -8,8 +8,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 from click.testing import CliRunner, Result
 from feed_loader import search_all
+from server_fixture import ServerHandle
 
 from fhir_adapter.cli import main
 from fhir_adapter.terminology import SID_RESULT
@@ -89,3 +91,34 @@ def study_results(out: Path) -> dict[str, Any]:
 def writes(server_stats: dict[str, Any]) -> int:
     total: int = server_stats["writes"]["total"]
     return total
+
+
+def wipe_adapter_writes(server: ServerHandle) -> None:
+    """Delete what the adapter wrote (its Observations, every Provenance and Device); faults and counters off."""
+    server.clear_faults()
+    written = adapter_observations(server.base_url) + search_all(server.base_url, "Provenance", {}) + \
+        search_all(server.base_url, "Device", {})
+    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+        for r in written:
+            client.delete(f"/{r['resourceType']}/{r['id']}").raise_for_status()
+    server.reset("stats")
+
+
+def assert_like_uninterrupted(base_url: str, out: Path, file_out: Path) -> None:
+    """The server holds exactly the resources of an uninterrupted run (the clean file run's results, each once;
+    one Provenance per subject with results, every target present; one Device) and OUT's outputs equal the
+    clean run's."""
+    expected = offline_results(file_out)
+    observations = adapter_observations(base_url)
+    counts = identifier_counts(observations)
+    assert sorted(counts) == sorted(i for ids in expected.values() for i in ids)
+    assert set(counts.values()) == {1}, "duplicate results"
+    provenance = search_all(base_url, "Provenance", {})
+    assert len(provenance) == sum(1 for ids in expected.values() if ids), "a Provenance written twice or missing"
+    ids = {f"Observation/{o['id']}" for o in observations} | \
+        {f"ResearchSubject/{r['id']}" for r in search_all(base_url, "ResearchSubject", {})}
+    assert all(t["reference"] in ids for p in provenance for t in p["target"]), "orphan Provenance"
+    assert len(search_all(base_url, "Device", {})) == 1
+    assert study_results(out) == study_results(file_out)
+    assert crfs(out) == crfs(file_out)
+    assert not list(out.glob(".staging-*"))

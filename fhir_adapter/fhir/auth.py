@@ -370,7 +370,8 @@ class SmartBackendServices(_RedactingAuth):
                 )
             status = response.status_code
             raise FhirAuthError(
-                self.redact(f"SMART token request POST {url} failed with HTTP {status}{detail}"),
+                self.redact(f"SMART token request POST {url} for client id {self.client_id!r} failed with HTTP "
+                            f"{status}{detail}"),
                 method="POST",
                 url=url,
                 status=status,

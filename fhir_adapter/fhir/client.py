@@ -544,7 +544,9 @@ class FhirClient:
                 "FHIR_ADAPTER_SMART_* variables"
             )
         elif isinstance(self._auth, SmartBackendServices):
-            hint = "rejected again after renewing the access token once: check the client's registration/scopes"
+            hint = (f"rejected again after renewing the access token once at the token endpoint "
+                    f"{self._auth.token_url or '(discovered from ' + str(self.base_url) + ')'} for client id "
+                    f"{self._auth.client_id!r}: check that client's registration, key and scopes there")
         elif isinstance(self._auth, BearerToken):
             hint = "a static bearer token cannot be renewed: provide a valid one or use SMART Backend Services"
         else:

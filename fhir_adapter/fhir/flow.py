@@ -116,4 +116,4 @@ class CircuitBreaker:
             self.error = FhirServerUnavailable(
                 f"server unavailable since {since}: {len(self._streak)} requests in a row failed after their "
                 f"retries (last: {exc})", since=since, last_error=exc)
-            log.error("%s; no more requests are sent", self.error)
+            log.warning("%s; no more requests are sent", self.error)

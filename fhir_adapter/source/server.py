@@ -31,7 +31,8 @@ import logging
 from collections.abc import Collection, Coroutine, Iterator
 from typing import Any, TypeVar
 
-from fhir_adapter.fhir import FhirClient, FhirHttpError
+from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpError
+from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import (
     SHARED_TYPES,
@@ -90,6 +91,10 @@ class ServerSource:
         self.unchanged: set[str] = set()
         self.deleted: dict[str, list[str]] = {}
         self._shared: dict[tuple[str, str], Resource | None] = {}
+        #: patients whose reads failed after every retry (the pipeline reports them; the next run reads them)
+        self.failed: dict[str, FhirError] = {}
+        #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
+        self.reusable: set[str] | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
@@ -209,8 +214,13 @@ class ServerSource:
         label = self._labels.get(pid, pid)
         if self.read_mode == "batch":
             return await self._read_subject_batch(pid, label)
-        results = await asyncio.gather(*(self.client.search_all(t, p, label=label) for t, p in self._searches(pid)))
-        return await self._with_shared(self._input([r for chunk in results for r in chunk]), label)
+        results = await asyncio.gather(*(self.client.search_all(t, p, label=label) for t, p in self._searches(pid)),
+                                       return_exceptions=True)  # every search ends before the subject fails
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:  # the one that says most: the server is down, the credentials are rejected, else the first
+            raise next((e for e in errors if isinstance(e, FhirServerUnavailable | FhirAuthError)), errors[0])
+        found = [r for chunk in results if not isinstance(chunk, BaseException) for r in chunk]
+        return await self._with_shared(self._input(found), label)
 
     async def _with_shared(self, resources: list[Resource], label: str) -> list[Resource]:
         """The Medication, Organization, Location and Specimen resources the subject's resources reference and
@@ -285,7 +295,10 @@ class ServerSource:
                 query = {k: v for k, v in params.items() if k != "_include"}
                 query.update({param: refs, "_lastUpdated": f"gt{stamp}", "_elements": "identifier,subject"})
                 probes.append(probe(rtype, query))
-        await asyncio.gather(*probes)
+        outcomes = await asyncio.gather(*probes, return_exceptions=True)  # every probe ends before one fails
+        errors = [e for e in outcomes if isinstance(e, BaseException)]
+        if errors:
+            raise next((e for e in errors if isinstance(e, FhirServerUnavailable | FhirAuthError)), errors[0])
         history = await self._history_types()
         for rtype in SUBJECT_SEARCHES:
             if rtype not in history:
@@ -326,15 +339,17 @@ class ServerSource:
                     if isinstance(entry.get("resource"), dict):
                         yield entry["resource"]
 
-    async def _read_many(self, pids: list[str]) -> list[list[Resource]]:
-        return list(await asyncio.gather(*(self._read_subject(p) for p in pids)))
+    async def _read_many(self, pids: list[str]) -> list[list[Resource] | BaseException]:
+        return list(await asyncio.gather(*(self._read_subject(p) for p in pids), return_exceptions=True))
 
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
         todo = set(patient_ids)
         if self.since is not None:
             changed = self.run(self._changed(todo))
             self.unchanged = todo - changed
-            todo = changed
+            if self.reusable is not None:  # no CRF from the last run (e.g. it failed then): read in full
+                self.unchanged &= self.reusable
+            todo -= self.unchanged
             self.log.count("incremental.changed_subjects", len(todo))
             self.log.count("incremental.unchanged_subjects", len(self.unchanged))
         ordered = sorted(todo)
@@ -342,7 +357,17 @@ class ServerSource:
         for i in range(0, len(ordered), chunk):
             part = ordered[i:i + chunk]
             results = self.run(self._read_many(part))
+            for outcome in results:  # the server is down or the credentials are rejected: stop reading
+                if isinstance(outcome, FhirServerUnavailable) or \
+                        (isinstance(outcome, FhirAuthError) and not outcome.transient):
+                    raise outcome
             for pid, resources in zip(part, results, strict=True):
+                if isinstance(resources, FhirError):  # this subject only; the others go on
+                    log.warning("reading %s failed: %s", self._labels.get(pid, pid), resources)
+                    self.failed[pid] = resources
+                    continue
+                if isinstance(resources, BaseException):
+                    raise resources
                 for r in resources:
                     self.log.count(f"read.{r.get('resourceType')}")
                 yield pid, resources

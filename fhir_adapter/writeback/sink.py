@@ -33,7 +33,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_adapter.fhir import FhirClient, FhirHttpError
+from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirHttpError
+from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.fhir_r4 import r4_problem
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.terminology import SID_DEVICE, SID_RESULT
@@ -63,6 +64,7 @@ class WriteResult:
     retracted: list[str] = field(default_factory=list)
     diff: str = ""
     error: str | None = None
+    exception: BaseException | None = field(default=None, repr=False)  # what ended the write, for the report
 
 
 def _identifier(res: dict[str, Any], system: str = SID_RESULT) -> str | None:
@@ -258,8 +260,13 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                                           e.patient_id, versions)
             await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
                                      label=e.subject_id)
+    except FhirServerUnavailable:
+        raise  # the server is down: the run stops (exit 3), not just this subject
     except Exception as exc:  # reported per subject; never stops the run
+        if isinstance(exc, FhirAuthError) and not exc.transient:
+            raise  # the credentials are rejected: the run stops (exit 4)
         result.error = str(exc)
+        result.exception = exc
         if isinstance(exc, FhirHttpError) and exc.status == 412:
             result.error += (" — a result changed on the server since the adapter read it (If-Match), or a "
                              "conditional create matched several resources: nothing of this transaction was "

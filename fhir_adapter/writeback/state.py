@@ -2,7 +2,8 @@
 
 ``OUT/state/written.json`` keeps, per result identifier, the subject, the source references the result was
 derived from, a content hash and the few elements needed to address it again (identifier, code, subject,
-focus, category). It survives between runs (the pipeline clears crf/, results/, writeback/ but not state/).
+focus, category). It survives between runs. With a FHIR server as sink it records only writes the server
+confirmed, subject by subject; a run that fails or is killed leaves it as it was (fhir_adapter/staging.py).
 
 For each subject processed in a run, comparing its new result resources with the state gives, the first
 case that applies:
@@ -173,12 +174,15 @@ class WrittenState:
             self.changes[k] += n
         self.changes["retracted"] += len(plan.report)
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
+    def save(self, path: Path | None = None) -> None:
+        """Write the state to ``path`` (default: where it was read from; the pipeline saves into its staging
+        folder, which is moved into OUT when the run has finished)."""
+        path = Path(path) if path is not None else self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_bytes(orjson.dumps({"version": STATE_VERSION, "results": self.results},
                                      option=orjson.OPT_SORT_KEYS))
-        os.replace(tmp, self.path)
+        os.replace(tmp, path)
 
     def report(self) -> dict[str, Any]:
         """The ``writeback`` section of the run report."""

@@ -40,6 +40,15 @@ const faults = {
   fault_429_every: num(env.FAULT_429_EVERY, 0), // every Nth FHIR request answered 429
   fault_seed: num(env.FAULT_SEED, 1), // seed of the 503 PRNG (deterministic sequence)
   fault_retry_after: env.FAULT_RETRY_AFTER ?? '0', // Retry-After header on 429
+  fault_reset_every: num(env.FAULT_RESET_EVERY, 0), // every Nth FHIR request: connection reset, no answer
+  fault_slow_every: num(env.FAULT_SLOW_EVERY, 0), // every Nth FHIR request answered after fault_slow_ms
+  fault_slow_ms: num(env.FAULT_SLOW_MS, 0),
+  fault_slow_only: env.FAULT_SLOW_ONLY ?? '', // 'transaction': only batch/transaction POSTs are slowed ('' = any)
+  fault_down_after: num(env.FAULT_DOWN_AFTER, 0), // from the Nth FHIR request on, the server is down...
+  fault_down_ms: num(env.FAULT_DOWN_MS, 0), // ...for this long (0: until the faults are changed): every connection reset
+  fault_match: env.FAULT_MATCH ?? '', // FHIR requests whose URL contains this text are always answered 503
+  fault_401_after: num(env.FAULT_401_AFTER, 0), // from the Nth FHIR request on, fault_401_count requests answer 401
+  fault_401_count: num(env.FAULT_401_COUNT, 1),
 };
 const MEDPLUM_VERSION = JSON.parse(
   readFileSync(new URL('./node_modules/@medplum/fhir-router/package.json', import.meta.url), 'utf8')
@@ -61,12 +70,13 @@ function resetStats() {
     started_at: new Date().toISOString(),
     requests: { total: 0, by_method: {}, by_resource_type: {}, by_interaction: {}, by_status: {} },
     bundle_entries: { total: 0, by_method: {}, by_resource_type: {} },
-    faults: { 503: 0, 429: 0 },
+    faults: { 503: 0, 429: 0, reset: 0, slow: 0, down: 0, match: 0, 401: 0 },
+    tokens_issued: 0,
   };
   repo.resetWriteStats();
 }
 function resetFaults() {
-  faultState = { counter: 0, rng: mulberry32(faults.fault_seed) };
+  faultState = { counter: 0, rng: mulberry32(faults.fault_seed), downUntil: 0 };
 }
 const bump = (obj, key) => (obj[key] = (obj[key] ?? 0) + 1);
 resetStats();
@@ -349,7 +359,7 @@ function handleAdmin(method, path, params, body) {
   if (path === '/admin/faults' && (method === 'GET' || method === 'POST')) {
     if (method === 'POST') {
       for (const k of Object.keys(faults)) {
-        if (body && k in body) faults[k] = k === 'fault_retry_after' ? String(body[k]) : Number(body[k]);
+        if (body && k in body) faults[k] = ['fault_retry_after', 'fault_match', 'fault_slow_only'].includes(k) ? String(body[k]) : Number(body[k]);
       }
       resetFaults();
     }
@@ -395,6 +405,11 @@ async function onRequest(req, res) {
     }
     return send(res, handleAdmin(method, url.pathname, url.searchParams, json), 'application/json');
   }
+  if (method === 'POST' && url.pathname === '/auth/token') {
+    // a stand-in SMART token endpoint: any client_credentials request gets a fresh token (nothing is verified)
+    stats.tokens_issued++;
+    return send(res, { status: 200, body: { access_token: `test-token-${stats.tokens_issued}`, token_type: 'bearer', expires_in: 300, scope: 'system/*.rs' } }, 'application/json');
+  }
   if (url.pathname !== config.basePath && !url.pathname.startsWith(config.basePath + '/')) {
     return send(res, { status: 404, body: outcome('not-found', `Not a FHIR endpoint; base is ${baseUrl}`) });
   }
@@ -405,7 +420,31 @@ async function onRequest(req, res) {
   bump(stats.requests.by_method, method);
   bump(stats.requests.by_resource_type, rel.split('/')[0] || (method === 'POST' ? 'Bundle' : 'system'));
   const n = ++faultState.counter;
-  if (faults.fault_429_every > 0 && n % faults.fault_429_every === 0) {
+  const now = Date.now();
+  if (faults.fault_down_after > 0 && n === faults.fault_down_after) {
+    faultState.downUntil = faults.fault_down_ms > 0 ? now + faults.fault_down_ms : Infinity;
+  }
+  const down = now < faultState.downUntil;
+  if (down || (faults.fault_reset_every > 0 && n % faults.fault_reset_every === 0)) {
+    // connection reset before anything is processed: the client sees the connection dropped, no answer
+    stats.faults[down ? 'down' : 'reset']++;
+    bump(stats.requests.by_status, 'reset');
+    if (config.logRequests) console.error(`${method} ${req.url} -> connection reset${down ? ' (down)' : ''}`);
+    req.socket.resetAndDestroy?.() ?? req.socket.destroy();
+    return;
+  }
+  const bundlePost = method === 'POST' && !rel;
+  if (faults.fault_slow_every > 0 && n % faults.fault_slow_every === 0 && (faults.fault_slow_only !== 'transaction' || bundlePost)) {
+    stats.faults.slow++;
+    await new Promise((resolve) => setTimeout(resolve, faults.fault_slow_ms));
+  }
+  if (faults.fault_401_after > 0 && n >= faults.fault_401_after && n < faults.fault_401_after + faults.fault_401_count) {
+    stats.faults[401]++;
+    result = { status: 401, body: outcome('login', 'Injected fault: access token expired'), headers: { 'WWW-Authenticate': 'Bearer error="invalid_token"' } };
+  } else if (faults.fault_match && req.url.includes(faults.fault_match)) {
+    stats.faults.match++;
+    result = { status: 503, body: outcome('transient', 'Injected fault: this request always fails') };
+  } else if (faults.fault_429_every > 0 && n % faults.fault_429_every === 0) {
     stats.faults[429]++;
     result = { status: 429, body: outcome('throttled', 'Injected fault: too many requests'), headers: { 'Retry-After': String(faults.fault_retry_after) } };
   } else if (faults.fault_503_rate > 0 && faultState.rng() < faults.fault_503_rate) {

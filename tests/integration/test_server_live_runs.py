@@ -1,0 +1,272 @@
+"""Live runs against the real local FHIR server under the faults real servers produce (10 synthetic subjects):
+one subject's reads failing for good, the server going down mid-run (circuit breaker, exit 3), nothing
+listening at all, an access token rejected twice (exit 4), and kill -9 of ``run --post`` at several points —
+each followed by a rerun that must end in exactly the state of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from feed_loader import load_feed
+from server_fixture import ServerHandle, start_fhir_server
+from serverkit import (
+    adapter_observations,
+    assert_like_uninterrupted,
+    identifier_counts,
+    offline_results,
+    report,
+    wipe_adapter_writes,
+    write_config,
+)
+
+from fhir_adapter.cli import main
+from fhir_adapter.synth import plan_trial, write_feed
+
+pytestmark = pytest.mark.server
+
+SUBJECTS = 10
+#: quick retries for tests; the server's Retry-After is honoured up to 0.05 s
+FAST = "  max_retry_after_seconds: 0.05\n  max_attempts: 4\n  circuit_breaker_failures: 3\n"
+
+
+def invoke(source: str, out: Path, *args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(main, ["-q", "run", "--source", source, "--out", str(out), *args],
+                              catch_exceptions=False, env=env)
+
+
+@pytest.fixture(scope="module")
+def trial(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(feed, OUT of the clean file run): the ground truth."""
+    tmp = tmp_path_factory.mktemp("live")
+    write_feed(tmp / "feed", subjects=SUBJECTS, seed=7)
+    result = invoke(str(tmp / "feed"), tmp / "file-out")
+    assert result.exit_code in (0, 2), result.output
+    return tmp / "feed", tmp / "file-out"
+
+
+@pytest.fixture(scope="module")
+def server(trial: tuple[Path, Path]) -> Iterator[ServerHandle]:
+    """One server for the module, loaded once; :func:`fresh` removes what the adapter wrote."""
+    with start_fhir_server() as handle:
+        load_feed(handle.base_url, trial[0])
+        yield handle
+
+
+@pytest.fixture
+def fresh(server: ServerHandle) -> ServerHandle:
+    """The loaded server without anything the adapter wrote, no faults, counters at zero."""
+    wipe_adapter_writes(server)
+    return server
+
+
+def per_subject_on_server(base_url: str, expected: dict[str, list[str]]) -> dict[str, int]:
+    """Subject -> how many of its expected results the server holds."""
+    counts = identifier_counts(adapter_observations(base_url))
+    return {s: sum(counts[i] for i in ids) for s, ids in expected.items()}
+
+
+def outputs_snapshot(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file() and not str(p.relative_to(out)).startswith(".staging-")}
+
+
+def test_a_subject_whose_reads_keep_failing_fails_alone_and_the_next_runs_pick_it_up(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path
+) -> None:
+    file_out = trial[1]
+    expected = offline_results(file_out)
+    victim = plan_trial(SUBJECTS, 7).subjects[3]
+    config = str(write_config(tmp_path / "a.yaml", FAST))
+    out = tmp_path / "out"
+
+    fresh.set_faults(fault_match=victim.patient_id)  # every read of that patient's data answers 503
+    first = invoke(fresh.base_url, out, "--post", "--config", config)
+    assert first.exit_code == 2
+    rep = report(out)
+    assert rep["summary"]["subjects_failed"] == [victim.subject_id]
+    [failure] = rep["subject_failures"]
+    assert failure["subject_id"] == victim.subject_id and failure["stage"] == "read"
+    assert victim.patient_id in failure["request"] and failure["request"].startswith("GET ")
+    assert failure["last_status"] == 503 and failure["attempts"] == 4
+    assert "picks this subject up again" in failure["what_to_do"]
+    on_server = per_subject_on_server(fresh.base_url, expected)
+    assert on_server[victim.subject_id] == 0
+    assert all(on_server[s] == len(ids) for s, ids in expected.items() if s != victim.subject_id)
+    assert not (out / "crf" / f"{victim.subject_id}.json").exists()
+    assert not (out / "state" / "last-run.json").exists()
+
+    fresh.clear_faults()  # the next full run picks the subject up
+    assert invoke(fresh.base_url, out, "--post", "--config", config).exit_code in (0, 2)
+    assert report(out)["subject_failures"] == []
+    assert_like_uninterrupted(fresh.base_url, out, file_out)
+
+    fresh.set_faults(fault_match=victim.patient_id)  # fails again in a full run...
+    assert invoke(fresh.base_url, out, "--post", "--config", config).exit_code == 2
+    fresh.clear_faults()  # ...and an incremental run reads it in full: its last CRF is not at hand
+    assert invoke(fresh.base_url, out, "--post", "--since", "last", "--config", config).exit_code in (0, 2)
+    rep = report(out)
+    assert rep["subject_failures"] == [] and rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 1
+    assert_like_uninterrupted(fresh.base_url, out, file_out)
+
+
+def test_a_server_going_down_mid_run_stops_it_with_exit_3_and_keeps_what_is_complete(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path
+) -> None:
+    feed, file_out = trial
+    expected = offline_results(file_out)
+    out = tmp_path / "out"
+    assert invoke(str(feed), out).exit_code in (0, 2)  # the previous (file) run's outputs
+    before = outputs_snapshot(out)
+    config = str(write_config(tmp_path / "a.yaml", FAST + "  max_concurrency: 1\n"))
+
+    fresh.set_faults(fault_down_after=40)  # down for good from the 40th request on
+    stopped = invoke(fresh.base_url, out, "--post", "--config", config)
+    assert stopped.exit_code == 3
+    lines = [x for x in stopped.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith("error: server unavailable since ")
+    rep = report(out)
+    done, left = rep["stopped"]["subjects_done"], rep["stopped"]["subjects_left"]
+    assert f"; {done} subjects done, {len(left)} left; rerun" in line
+    assert 0 < done < SUBJECTS and done + len(left) == SUBJECTS and rep["exit_code"] == 3
+    after = outputs_snapshot(out)
+    changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed <= {"run-report.json", "state/written.json"}  # the previous outputs are kept
+    requests = fresh.stats()["requests"]["total"]
+    assert requests < 40 + 2 * 8 * 4 + 8  # only the subjects in flight (2 at a time) were tried, then it stopped
+    fresh.clear_faults()  # the server is back (the checks below read it)
+    on_server = per_subject_on_server(fresh.base_url, expected)
+    assert all(n in (0, len(expected[s])) for s, n in on_server.items()), "a subject half-written"
+    state_before = json.loads(before["state/written.json"])["results"]
+    state = json.loads((out / "state" / "written.json").read_text())["results"]
+    assert {i: e for i, e in state.items() if e["subject_id"] in left} == \
+        {i: e for i, e in state_before.items() if e["subject_id"] in left}  # only confirmed writes recorded
+
+    assert invoke(fresh.base_url, out, "--post", "--config", config).exit_code in (0, 2)
+    assert_like_uninterrupted(fresh.base_url, out, file_out)
+
+
+def test_nothing_listening_exits_3_naming_the_url_and_what_to_check(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}/fhir/R4"
+    config = str(write_config(tmp_path / "a.yaml", "  max_attempts: 2\n"))
+    out = tmp_path / "out"
+    result = invoke(url, out, "--config", config)
+    assert result.exit_code == 3
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: server unavailable since ") and "0 subjects done, roster not read" in line
+    assert url in line and f"nothing accepts connections at 127.0.0.1:{port}" in line
+    assert "check the URL and port in --source" in line and "HTTPS_PROXY" in line
+    assert report(out)["stopped"]["reason"] == "server-unavailable"
+
+
+@pytest.fixture(scope="module")
+def smart_env(tmp_path_factory: pytest.TempPathFactory, server: ServerHandle) -> dict[str, str]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path_factory.mktemp("smart") / "key.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return {"FHIR_ADAPTER_SMART_CLIENT_ID": "fhir-adapter-test-client", "FHIR_ADAPTER_SMART_KEY_FILE": str(path),
+            "FHIR_ADAPTER_SMART_KID": "k1", "FHIR_ADAPTER_SMART_SCOPE": "system/*.rs system/Observation.cu",
+            "FHIR_ADAPTER_SMART_TOKEN_URL": f"{server.root_url}/auth/token"}
+
+
+def test_an_expired_token_is_renewed_once_and_the_run_goes_on(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path, smart_env: dict[str, str]
+) -> None:
+    fresh.set_faults(fault_401_after=30, fault_401_count=1)
+    out = tmp_path / "out"
+    result = invoke(fresh.base_url, out, "--post", "--config", str(write_config(tmp_path / "a.yaml", FAST)),
+                    env=smart_env)
+    assert result.exit_code in (0, 2), result.stderr
+    stats = fresh.stats()
+    assert stats["faults"]["401"] == 1 and stats["tokens_issued"] == 2
+    fresh.clear_faults()
+    assert_like_uninterrupted(fresh.base_url, out, trial[1])
+
+
+def test_a_second_401_ends_the_run_with_exit_4_naming_the_token_endpoint_and_client(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path, smart_env: dict[str, str]
+) -> None:
+    feed, file_out = trial
+    expected = offline_results(file_out)
+    out = tmp_path / "out"
+    assert invoke(str(feed), out).exit_code in (0, 2)
+    before = outputs_snapshot(out)
+    fresh.set_faults(fault_401_after=60, fault_401_count=1000)
+    result = invoke(fresh.base_url, out, "--post", "--config", str(write_config(tmp_path / "a.yaml", FAST)),
+                    env=smart_env)
+    assert result.exit_code == 4
+    [line] = [x for x in result.stderr.splitlines() if x.strip()]
+    assert line.startswith("error: authentication failed: ")
+    assert smart_env["FHIR_ADAPTER_SMART_TOKEN_URL"] in line and "'fhir-adapter-test-client'" in line
+    key = Path(smart_env["FHIR_ADAPTER_SMART_KEY_FILE"]).read_text()
+    assert "test-token-" not in line and key.splitlines()[1] not in result.output + result.stderr
+    after = outputs_snapshot(out)
+    assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} <= \
+        {"run-report.json", "state/written.json"}
+    assert report(out)["stopped"]["reason"] == "auth-failed"
+    fresh.clear_faults()
+    on_server = per_subject_on_server(fresh.base_url, expected)
+    assert all(n in (0, len(expected[s])) for s, n in on_server.items()), "a subject half-written"
+
+
+def _kill_when(server: ServerHandle, out: Path, config: Path, ready: Callable[[dict[str, Any]], bool]) -> None:
+    cmd = [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "-q", "run",
+           "--source", server.base_url, "--out", str(out), "--post", "--config", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None and not ready(server.stats()):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+
+def _transactions(stats: dict[str, Any]) -> int:
+    """Write transactions that reached the server (counted when processed; a held one in ``faults.slow``)."""
+    return int(stats["requests"]["by_interaction"].get("transaction", 0))
+
+
+@pytest.mark.parametrize("point", ["before the first write", "between subjects", "during a transaction"])
+def test_kill_9_anywhere_then_rerun_gives_the_state_of_an_uninterrupted_run(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path, point: str
+) -> None:
+    feed, file_out = trial
+    out = tmp_path / "out"
+    assert invoke(str(feed), out).exit_code in (0, 2)  # previous outputs
+    before = outputs_snapshot(out)
+    config = write_config(tmp_path / "a.yaml", "  max_concurrency: 1\n")
+    if point == "before the first write":
+        _kill_when(fresh, out, config, lambda st: st["requests"]["by_method"].get("GET", 0) >= 15)
+        assert _transactions(fresh.stats()) == 0
+    elif point == "between subjects":
+        _kill_when(fresh, out, config, lambda st: _transactions(st) >= 2)
+    else:  # the 2nd transaction arrives, the server holds it 1.5 s, the client dies meanwhile; the server commits it
+        fresh.set_faults(fault_slow_every=1, fault_slow_ms=1500, fault_slow_only="transaction")
+        _kill_when(fresh, out, config, lambda st: st["faults"]["slow"] >= 2)
+        time.sleep(2)
+        assert _transactions(fresh.stats()) == 2  # committed after the client was gone
+        fresh.clear_faults()
+    assert outputs_snapshot(out) == before  # previous outputs and state/written.json exactly as they were
+    assert list(out.glob(".staging-*"))  # the killed run's partial folder, named as such
+
+    result = invoke(fresh.base_url, out, "--post", "--config", str(write_config(tmp_path / "b.yaml")))
+    assert result.exit_code in (0, 2), result.stderr
+    assert_like_uninterrupted(fresh.base_url, out, file_out)

@@ -1,0 +1,90 @@
+"""Atomic outputs (fhir_adapter/staging.py): a run's outputs replace the previous ones only when it finished;
+what a killed run left is removed, or moved in when it had finished."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fhir_adapter.pipeline import run
+from fhir_adapter.runlog import RunLog
+from fhir_adapter.source.base import Resource
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.staging import COMPLETE, Staging, recover
+from fhir_adapter.study import Study
+from fhir_adapter.synth import write_feed
+
+
+def previous(out: Path) -> None:
+    (out / "crf").mkdir(parents=True)
+    (out / "crf" / "101-001.json").write_text("old crf")
+    (out / "state").mkdir()
+    (out / "state" / "written.json").write_text("old state")
+    (out / "state" / "last-run.json").write_text("kept")
+    (out / "run-report.json").write_text("old report")
+
+
+def test_commit_replaces_the_outputs_and_keeps_what_is_not_the_runs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    previous(out)
+    staging = Staging(out)
+    work = staging.open()
+    (work / "crf").mkdir()
+    (work / "crf" / "101-002.json").write_text("new crf")
+    (work / "run-report.json").write_text("new report")
+    staging.commit()
+    assert sorted(p.name for p in (out / "crf").iterdir()) == ["101-002.json"]
+    assert (out / "run-report.json").read_text() == "new report"
+    assert (out / "state" / "written.json").read_text() == "old state"  # not produced by this run: kept
+    assert (out / "state" / "last-run.json").read_text() == "kept"
+    assert not list(out.glob(".staging-*"))
+
+
+def test_an_unfinished_staging_folder_is_removed_and_the_previous_outputs_stay(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    previous(out)
+    killed = Staging(out, "killed").open()
+    (killed / "crf").mkdir()
+    (killed / "crf" / "101-001.json").write_text("half")
+    recover(out)
+    assert not killed.exists()
+    assert (out / "crf" / "101-001.json").read_text() == "old crf"
+
+
+def test_a_finished_run_killed_while_moving_in_is_completed_by_the_next(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    previous(out)
+    killed = Staging(out, "killed").open()
+    (killed / "crf").mkdir()
+    (killed / "crf" / "101-001.json").write_text("new crf")
+    (killed / "run-report.json").write_text("new report")
+    (killed / COMPLETE).write_text("crf\nrun-report.json\n")
+    (killed / ".previous").mkdir()
+    (out / "crf").rename(killed / ".previous" / "crf")  # killed after parking the old crf/
+    recover(out)
+    assert (out / "crf" / "101-001.json").read_text() == "new crf"
+    assert (out / "run-report.json").read_text() == "new report"
+    assert not killed.exists()
+
+
+class Interrupted(FileSource):
+    """Ctrl-C after the first subject."""
+
+    def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
+        for n, item in enumerate(super().subject_resources(patient_ids)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield item
+
+
+def test_a_run_interrupted_leaves_the_previous_outputs_exactly_as_they_were(tmp_path: Path, study: Study) -> None:
+    feed, out = tmp_path / "feed", tmp_path / "out"
+    write_feed(feed, subjects=3, seed=7)
+    run(FileSource(feed, RunLog()), study, out)
+    before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    with pytest.raises(KeyboardInterrupt):
+        run(Interrupted(feed, RunLog()), study, out)
+    after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert after == before
