@@ -203,4 +203,17 @@ class AdapterGroup(click.Group):
         except Exception as exc:
             verbose = int((ctx.obj or {}).get("verbose", ctx.params.get("verbose") or 0))
             report_error(exc, verbose)
-            ctx.exit(1)
+            ctx.exit(exit_code_of(exc))
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """A failure's exit code: 4 rejected credentials, 3 a server that is down or cannot be reached (connection
+    refused, timeouts, 5xx after every retry; not a name that does not resolve), else 1."""
+    from fhir_adapter.fhir import FhirAuthError
+    from fhir_adapter.fhir.flow import is_unavailability
+
+    if isinstance(exc, FhirAuthError) and not exc.transient:
+        return exit_codes.AUTH_FAILED
+    if is_unavailability(exc):
+        return exit_codes.SERVER_UNAVAILABLE
+    return exit_codes.FAILED

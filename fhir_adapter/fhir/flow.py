@@ -71,7 +71,7 @@ def is_unavailability(exc: BaseException) -> bool:
         return exc.status in (429, 500, 502, 503, 504)
     if isinstance(exc, FhirTransportError):
         return exc.kind in ("refused", "timeout", "dropped", "other")
-    return False
+    return isinstance(exc, FhirServerUnavailable)
 
 
 class CircuitBreaker:

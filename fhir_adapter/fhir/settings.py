@@ -53,7 +53,8 @@ class ClientSettings(BaseModel):
         description="Consecutive requests failing for the server's reasons (after their retries) that make the "
                     "client stop sending: the run ends with exit code 3 (server unavailable).")
     circuit_breaker_subjects: int = Field(
-        2, ge=1, description="...and the number of different subjects (request labels) they must span.")
+        2, ge=1, description="Different subjects (request labels) those consecutive failures must span before the "
+                             "client stops sending.")
 
     page_size: int | None = Field(100, ge=1, description="Sent as _count unless the caller sets _count.")
     max_get_url_length: int = Field(

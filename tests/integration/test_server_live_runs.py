@@ -200,6 +200,18 @@ def test_nothing_listening_exits_3_naming_the_url_and_what_to_check(tmp_path: Pa
     assert report(out)["stopped"]["reason"] == "server-unavailable"
 
 
+def test_check_against_nothing_listening_exits_3_and_a_name_that_does_not_resolve_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = str(write_config(tmp_path / "a.yaml", "  max_attempts: 2\n"))
+    refused = CliRunner().invoke(main, ["check", "--source", f"http://127.0.0.1:{port}/fhir", "--config", config])
+    assert refused.exit_code == 3 and f"nothing accepts connections at 127.0.0.1:{port}" in refused.stderr
+    unknown = CliRunner().invoke(main, ["check", "--source", "http://fhir.invalid/fhir", "--config", config])
+    assert unknown.exit_code == 1 and "'fhir.invalid' does not resolve" in unknown.stderr
+    assert "gave up" not in unknown.stderr  # not retried
+
+
 @pytest.fixture(scope="module")
 def smart_env(tmp_path_factory: pytest.TempPathFactory, server: ServerHandle) -> dict[str, str]:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
