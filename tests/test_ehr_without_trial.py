@@ -37,7 +37,8 @@ def test_study_yaml_and_roster_csv_are_enough(no_trial_feed: tuple[Path, Path, d
     bundle = json.loads(next((out / "writeback").glob("*.json")).read_text())
     studies = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchStudy"]
     assert studies and studies[0]["identifier"][0]["value"] == "LCAR-AIO-SLE"
-    assert bundle["entry"][0]["request"]["url"] == f"ResearchStudy/{studies[0]['id']}"
+    study_entry = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchStudy")
+    assert study_entry["request"]["url"] == f"ResearchStudy/{studies[0]['id']}"
 
 
 def test_without_the_site_code_that_subject_has_no_day1(no_trial_feed: tuple[Path, Path, dict[str, str]],
