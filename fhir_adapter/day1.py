@@ -24,7 +24,7 @@ from fhir_adapter.mapping.medication_codes import medication_codings
 from fhir_adapter.roster import Enrollee
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.study import Study
-from fhir_adapter.timeline import DateError, parse_fhir_date
+from fhir_adapter.timeline import DateError, parse_fhir_date, site_date
 
 _NOT_GIVEN = {"entered-in-error", "not-done", "stopped", "preparation", "on-hold", "cancelled", "unknown"}
 
@@ -39,12 +39,7 @@ class RosterInfusion:
 
 
 def _date(value: Any, study: Study) -> dt.date | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return parse_fhir_date(value, study.info.timezone).date
-    except DateError:
-        return None
+    return site_date(value, study.info.timezone)
 
 
 def _datetime(value: Any, study: Study) -> dt.datetime | None:

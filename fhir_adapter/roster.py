@@ -19,7 +19,7 @@ from fhir_adapter.mapping.cdisc_details import race_ethnicity
 from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import RosterInput, ref_id
 from fhir_adapter.study import Study
-from fhir_adapter.timeline import DateError, parse_fhir_date
+from fhir_adapter.timeline import site_date
 
 
 class RosterError(RuntimeError):
@@ -206,12 +206,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
 
 
 def _date(value: Any, study: Study) -> dt.date | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        return parse_fhir_date(value, study.info.timezone).date
-    except DateError:
-        return None
+    return site_date(value, study.info.timezone)
 
 
 def _site(patient: dict[str, Any]) -> str | None:

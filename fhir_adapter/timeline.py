@@ -96,3 +96,14 @@ def date_of_study_day(day: int, day1: dt.date) -> dt.date:
 def days_after_infusion(d: dt.date, day1: dt.date) -> int:
     """Elapsed days since the infusion (Day 1 = time 0), the time axis of cellular kinetics."""
     return (d - day1).days
+
+
+def site_date(value: object, tz: str = "UTC") -> dt.date | None:
+    """The calendar date of a FHIR date/dateTime in the site time zone; None when absent or unreadable
+    (callers that must report an unreadable date use ``parse_fhir_date`` and its ``DateError``)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_fhir_date(value, tz).date
+    except DateError:
+        return None
