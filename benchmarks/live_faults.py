@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from cli_run import timed_cli  # noqa: E402
 from feed_loader import load_feed, search_all  # noqa: E402
 from server_fixture import ServerHandle, start_fhir_server  # noqa: E402
 
@@ -37,11 +36,7 @@ from fhir_adapter.terminology import SID_RESULT  # noqa: E402
 
 
 def adapter_run(base_url: str, out: Path) -> tuple[float, int]:
-    cmd = [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "-q", "run", "--source", base_url,
-           "--out", str(out), "--post"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    return time.perf_counter() - t0, proc.returncode
+    return timed_cli("run", "--source", base_url, "--out", str(out), "--post")
 
 
 def server_results(base_url: str) -> tuple[Counter[str], int]:

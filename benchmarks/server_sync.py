@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
+from cli_run import timed_run  # noqa: E402
 from feed_loader import load_feed  # noqa: E402
 from server_fixture import start_fhir_server  # noqa: E402
 
@@ -34,14 +34,7 @@ from fhir_adapter.synth import write_feed  # noqa: E402
 
 
 def adapter_run(base_url: str, out: Path, config: Path, *extra: str) -> float:
-    cmd = [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "-q", "run", "--source", base_url,
-           "--out", str(out), "--post", "--config", str(config), *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - t0
-    if proc.returncode not in (0, 2):
-        raise SystemExit(f"fhir-adapter run failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return seconds
+    return timed_run(base_url, out, "--post", "--config", str(config), *extra)
 
 
 def row(label: str, subjects: int, seconds: float, report: dict[str, object], writes: int) -> str:
