@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def timed_cli(*args: str) -> tuple[float, int]:
     """Wall seconds and exit code of ``fhir-adapter -q ARGS`` run from the project root."""
-    cmd = [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "-q", *args]
+    cmd = [sys.executable, "-c", "from fhir_adapter.cli.commands import main; main()", "-q", *args]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - t0

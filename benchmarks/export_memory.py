@@ -41,7 +41,7 @@ def peak_rss_mb():
 READ = PEAK + r"""
 import json, sys, time, types
 from pathlib import Path
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.runlog import RunLog
 feed, ref_source = Path(sys.argv[1]), sys.argv[2]
 if ref_source:
     mod = types.ModuleType("old_files")
@@ -65,10 +65,10 @@ print(json.dumps({"seconds": seconds, "lines": lines, "kept": kept,
 RUN = PEAK + r"""
 import json, sys, time
 from pathlib import Path
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.study import load_study
+from fhir_adapter.study.load import load_study
 feed, out, study = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 st = load_study(study)
 log = RunLog()

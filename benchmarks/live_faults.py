@@ -32,7 +32,7 @@ from feed_loader import load_feed, search_all  # noqa: E402
 from server_fixture import ServerHandle, start_fhir_server  # noqa: E402
 
 from fhir_adapter.synth import write_feed  # noqa: E402
-from fhir_adapter.terminology import SID_RESULT  # noqa: E402
+from fhir_adapter.terminology.codes import SID_RESULT  # noqa: E402
 
 
 def adapter_run(base_url: str, out: Path) -> tuple[float, int]:

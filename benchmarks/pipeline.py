@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time
 from pathlib import Path
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.study import load_study
+from fhir_adapter.study.load import load_study
 
 feed, out, study = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 st = load_study(study)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fhir_adapter.pipeline import RunSummary
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import RunSummary
+from fhir_adapter.job.runlog import RunLog
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -105,9 +105,9 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
     (default: ``os.environ``). Errors raise the adapter's exceptions (``MappingError``, ``RosterError``,
     ``ServerConfigError``, ``ConnectError``, ``FhirError``) with the same one-line messages as the CLI.
     """
-    from fhir_adapter.connect import connect
-    from fhir_adapter.pipeline import run as run_pipeline
-    from fhir_adapter.study import load_study
+    from fhir_adapter.job.connect import connect
+    from fhir_adapter.job.pipeline import run as run_pipeline
+    from fhir_adapter.study.load import load_study
 
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="fhir-adapter-"))
     st = load_study(Path(study), Path(site) if site is not None else None)

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 @pytest.fixture(scope="session")
 def study():  # type: ignore[no-untyped-def]
-    from fhir_adapter.study import load_study
+    from fhir_adapter.study.load import load_study
 
     return load_study(ROOT / "mappings" / "lcar-aio")
 

@@ -7,7 +7,7 @@ import itertools
 from typing import Any
 
 from fhir_adapter.crf.models import Demographics, Finding, SourceRef, SubjectCRF, VisitRecord
-from fhir_adapter.timeline import study_day
+from fhir_adapter.study.timeline import study_day
 
 DAY1 = dt.date(2024, 2, 1)
 _ids = itertools.count(1)

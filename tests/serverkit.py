@@ -13,8 +13,8 @@ from click.testing import CliRunner, Result
 from feed_loader import search_all
 from server_fixture import ServerHandle
 
-from fhir_adapter.cli import main
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.cli.commands import main
+from fhir_adapter.terminology.codes import SID_RESULT
 
 #: quick retries (the test server's Retry-After is 0), larger pages: requests per subject ≈ resource types
 FAST_CONFIG = """\

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent / "report"))
@@ -134,7 +134,7 @@ def test_quiet_prints_nothing_but_keeps_the_exit_code(quarantining_feed: Path, t
 def test_progress_lines_count_requests_on_live_server_runs(caplog) -> None:  # type: ignore[no-untyped-def]
     import logging
 
-    from fhir_adapter.console import RunProgress
+    from fhir_adapter.cli.console import RunProgress
 
     calls = iter(range(10, 1000, 10))
     p = RunProgress(lambda: 500, enabled=True, live=False, requests=lambda: next(calls))
@@ -154,7 +154,7 @@ def test_progress_lines_count_requests_on_live_server_runs(caplog) -> None:  # t
 def test_default_study_is_found_from_any_directory(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from click.testing import CliRunner
 
-    from fhir_adapter.cli import main
+    from fhir_adapter.cli.commands import main
     from fhir_adapter.synth import write_feed
 
     write_feed(tmp_path / "feed", subjects=2, seed=3)

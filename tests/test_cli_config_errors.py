@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fhir_adapter import exit_codes
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
+from fhir_adapter.job import exit_codes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +84,7 @@ def test_usage_errors_exit_64_not_2(args: list[str]) -> None:
 
 
 def test_usage_error_exit_code_in_a_real_process(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "fhir_adapter.cli", "run", "--bogus"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "fhir_adapter.cli.commands", "run", "--bogus"], capture_output=True,
                           text=True, cwd=tmp_path, check=False)
     assert proc.returncode == 64, proc.stderr
 

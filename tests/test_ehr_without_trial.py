@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from no_trial_feed import build_no_trial_feed
 
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
 
 
 @pytest.fixture(scope="module")

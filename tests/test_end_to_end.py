@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.fhir_r4 import r4_problem
-from fhir_adapter.pipeline import RunSummary, run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job.pipeline import RunSummary, run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import TrialPlan, plan_trial, write_feed
-from fhir_adapter.terminology import CS_RESULTS, SID_RESULT
+from fhir_adapter.terminology.codes import CS_RESULTS, SID_RESULT
 from fhir_adapter.writeback.sources import result_sources
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from fhir_adapter.fhir_r4 import is_r4_type, r4_problem
-from fhir_adapter.fhir_r4_types import R4_RESOURCE_TYPES
+from fhir_adapter.fhir.r4 import is_r4_type, r4_problem
+from fhir_adapter.fhir.r4_types import R4_RESOURCE_TYPES
 
 
 @pytest.mark.parametrize("rtype", ["MedicinalProduct", "EffectEvidenceSynthesis", "RiskEvidenceSynthesis",

@@ -6,16 +6,16 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fhir_adapter import docgen
+from fhir_adapter.cli import docgen
+from fhir_adapter.fhir.server_config import ServerConfig
 from fhir_adapter.fhir.settings import ClientSettings
-from fhir_adapter.server_config import ServerConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "integrator-guide.md"
 
 
 def test_the_generated_tables_are_current() -> None:
-    assert docgen.main(["--check"]) == 0, "run `python -m fhir_adapter.docgen` and commit docs/integrator-guide.md"
+    assert docgen.main(["--check"]) == 0, "run `python -m fhir_adapter.cli.docgen` and commit docs/integrator-guide.md"
 
 
 def test_a_stale_table_is_detected() -> None:

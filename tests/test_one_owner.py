@@ -19,10 +19,11 @@ import pytest
 import yaml
 
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, pred_eq_on
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.medications import MedicationMapper, MedicationSettings
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import MappingError, Study, load_study
-from fhir_adapter.terminology import CS_RESULTS, SLEDAI2K_DESCRIPTOR_CODES, codesystem_displays
+from fhir_adapter.study.load import Study, load_study
+from fhir_adapter.study.yamlfile import MappingError
+from fhir_adapter.terminology.codes import CS_RESULTS, SLEDAI2K_DESCRIPTOR_CODES, codesystem_displays
 from fhir_adapter.writeback.observations import result_display
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.preflight import READS, capability_gaps
+from fhir_adapter.job.preflight import READS, capability_gaps
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def test_not_r4() -> None:
 @pytest.mark.server
 def test_check_against_the_real_server(fhir_server) -> None:  # type: ignore[no-untyped-def]
     writes = fhir_server.stats()["writes"]["total"]  # the session server may hold earlier tests' writes
-    cmd = [sys.executable, "-m", "fhir_adapter.cli", "check", "--source", fhir_server.base_url, "--post"]
+    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", fhir_server.base_url, "--post"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "mapping ok" in run.stdout and "FHIR 4.0.1" in run.stdout and "0 errors" in run.stdout
@@ -76,13 +76,13 @@ def test_check_against_the_real_server(fhir_server) -> None:  # type: ignore[no-
 def test_check_reports_a_bad_mapping(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("site: x\nitems:\n  c3:\n    accept_units: ['mmol/L']\n")
-    run = subprocess.run([sys.executable, "-m", "fhir_adapter.cli", "check", "--site", str(site)],
+    run = subprocess.run([sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--site", str(site)],
                          capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 1 and f"{site}:4" in run.stderr and "mmol/L" in run.stderr
 
 
 def test_the_documented_example_config_loads() -> None:
-    from fhir_adapter.server_config import load_server_config
+    from fhir_adapter.fhir.server_config import load_server_config
 
     cfg = load_server_config(ROOT / "docs" / "adapter.example.yaml", {"FHIR_ADAPTER_MAX_CONCURRENCY": "2"})
     assert cfg.client.page_size == 200 and cfg.observation_code_param == "combo-code"
@@ -90,7 +90,7 @@ def test_the_documented_example_config_loads() -> None:
 
 
 def test_bulk_export_is_offered_when_declared() -> None:
-    from fhir_adapter.preflight import bulk_export_levels
+    from fhir_adapter.job.preflight import bulk_export_levels
 
     bulk = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
     cs = statement()
@@ -106,7 +106,7 @@ def test_bulk_export_is_offered_when_declared() -> None:
 
 @pytest.mark.server
 def test_check_offers_bulk_on_the_real_server(fhir_server) -> None:  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "fhir_adapter.cli", "check", "--source", fhir_server.base_url]
+    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", fhir_server.base_url]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "$export declared (Group, Patient, system): `run --bulk`" in run.stdout

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fhir_adapter.fhir_r4 import r4_problem
-from fhir_adapter.terminology import SLEDAI2K_DESCRIPTOR_CODES
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.terminology.codes import SLEDAI2K_DESCRIPTOR_CODES
 
 PROFILES = Path(__file__).resolve().parent.parent / "profiles"
 FILES = sorted(PROFILES.glob("*.json"))

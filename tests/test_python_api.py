@@ -10,7 +10,7 @@ import pytest
 
 import fhir_adapter
 from fhir_adapter.api import DOMAINS, RunResult
-from fhir_adapter.study import MappingError
+from fhir_adapter.study.yamlfile import MappingError
 
 
 @pytest.fixture(scope="module")

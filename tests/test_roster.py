@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.pipeline import run
-from fhir_adapter.roster import RosterError, build_roster
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.enrollees import RosterError, build_roster
 from fhir_adapter.source.files import FileSource
 
 SUBJ = "https://fhir-adapter.org/fhir/sid/lcar-aio-subject"

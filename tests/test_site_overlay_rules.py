@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import ObservationMapper
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import MappingError, load_study
+from fhir_adapter.study.load import load_study
+from fhir_adapter.study.yamlfile import MappingError
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDY = ROOT / "mappings" / "lcar-aio"

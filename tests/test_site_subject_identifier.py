@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fhir_adapter import exit_codes
-from fhir_adapter.cli import main
-from fhir_adapter.study import MappingError, load_study
+from fhir_adapter.cli.commands import main
+from fhir_adapter.job import exit_codes
+from fhir_adapter.roster.subject_ids import subject_id
+from fhir_adapter.study.load import load_study
 from fhir_adapter.study.models import SubjectIdentifierRule
-from fhir_adapter.subject_ids import subject_id
+from fhir_adapter.study.yamlfile import MappingError
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSPITAL = "https://hospital.example.org/trial-id"
@@ -100,7 +101,7 @@ def test_the_overlay_rule_is_checked_and_recorded(tmp_path: Path) -> None:
 
 
 def test_a_run_whose_every_subject_failed_is_a_failed_run() -> None:
-    from fhir_adapter.pipeline import RunSummary
+    from fhir_adapter.job.pipeline import RunSummary
 
     assert RunSummary(out=Path("o"), subjects=0, subjects_failed=["101-001"]).exit_code == exit_codes.FAILED
     assert RunSummary(out=Path("o"), subjects=1, subjects_failed=["101-002"]).exit_code == \

@@ -1,4 +1,4 @@
-"""Atomic outputs (fhir_adapter/staging.py): a run's outputs replace the previous ones only when it finished;
+"""Atomic outputs (fhir_adapter/job/staging.py): a run's outputs replace the previous ones only when it finished;
 what a killed run left is removed, or moved in when it had finished."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.job.staging import COMPLETE, Staging, recover
 from fhir_adapter.source.base import Resource
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.staging import COMPLETE, Staging, recover
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 from fhir_adapter.synth import write_feed
 
 

@@ -59,7 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
 from fhir_adapter.derive.safety import partial_period
-from fhir_adapter.timeline import study_day
+from fhir_adapter.study.timeline import study_day
 
 Category = Literal["crs", "icans", "hematologic", "non_hematologic", "any"]
 

@@ -57,7 +57,7 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_adapter.crf.models import ConMed, SubjectCRF
-from fhir_adapter.timeline import study_day
+from fhir_adapter.study.timeline import study_day
 
 _MG_PER_UNIT = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "µg": 0.001}
 

@@ -50,7 +50,7 @@ from fhir_adapter.crf.models import ConMed
 from fhir_adapter.derive.glucocorticoids import PredEqVisit, active_on
 from fhir_adapter.derive.pga import PgaVisit
 from fhir_adapter.derive.sledai2k import Sledai2kVisit
-from fhir_adapter.timeline import study_day
+from fhir_adapter.study.timeline import study_day
 
 #: The criterion ids, in the order they are reported.
 CRITERIA = (

@@ -44,7 +44,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
-from fhir_adapter.timeline import study_day
+from fhir_adapter.study.timeline import study_day
 
 TeaeCase = Literal[
     "not-infused", "onset", "after-follow-up", "worsened", "pre-infusion", "before-treatment",

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fhir_adapter.crf.models import Finding, SubjectCRF
 from fhir_adapter.derive.baseline import changes
 from fhir_adapter.derive.compare import exceeds, is_present
-from fhir_adapter.terminology import SLEDAI2K_DESCRIPTOR_CODES
+from fhir_adapter.terminology.codes import SLEDAI2K_DESCRIPTOR_CODES
 
 Basis = Literal["clinician", "lab", "excluded", "not-assessed"]
 

@@ -18,7 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
-from fhir_adapter.roster import Enrollee
+from fhir_adapter.roster.enrollees import Enrollee
 
 #: subjects in flight per worker (enough to keep every worker busy while the source is read)
 IN_FLIGHT_PER_WORKER = 4

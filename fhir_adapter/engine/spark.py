@@ -1,6 +1,6 @@
 """Subjects on Apache Spark: the export's subject files read by Spark, grouped per subject, and the per-subject
 engine (:mod:`fhir_adapter.engine.subject`) run on the executors; everything study-wide stays on the driver
-(:func:`fhir_adapter.pipeline.run` with ``engine_outcomes``).
+(:func:`fhir_adapter.job.pipeline.run` with ``engine_outcomes``).
 
 The reader model is the file source's (:mod:`fhir_adapter.source.files`): the driver discovers the files and
 reads the roster (ResearchStudy, ResearchSubject, Patient) and, once the subjects' references are known, the
@@ -30,8 +30,8 @@ from urllib.parse import unquote, urlparse
 import orjson
 
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource, shared_references
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import DataFile
@@ -147,7 +147,7 @@ def _fresh(engine: SubjectEngine, e0: Enrollee, resources: list[Resource],
 
 
 class SparkSubjects:
-    """``engine_outcomes`` for :func:`fhir_adapter.pipeline.run`: the subjects of a file source on Spark."""
+    """``engine_outcomes`` for :func:`fhir_adapter.job.pipeline.run`: the subjects of a file source on Spark."""
 
     def __init__(self, spark: SparkSession, source: FileSource, runlog: RunLog) -> None:
         self.spark = spark

@@ -15,16 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.day1 import RosterInfusion, with_day1
-from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job.runlog import Quarantined, RunLog
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.results.study_json import subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.review.apply import SubjectReview, apply_decisions
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.roster_csv import research_subject_resource
-from fhir_adapter.runlog import Quarantined, RunLog
-from fhir_adapter.study import Study
+from fhir_adapter.roster.day1 import RosterInfusion, with_day1
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.roster.site_csv import research_subject_resource
+from fhir_adapter.study.load import Study
 from fhir_adapter.writeback.efficacy import efficacy_observations
 from fhir_adapter.writeback.observations import sledai2k_observation
 from fhir_adapter.writeback.safety import safety_observations

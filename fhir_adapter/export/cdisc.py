@@ -36,8 +36,8 @@ from typing import Any
 from fhir_adapter.crf.models import Finding, NotDone, SubjectCRF, VisitRecord
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
-from fhir_adapter.study import Study
-from fhir_adapter.timeline import study_day
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import study_day
 
 FINDINGS_DOMAINS = ("LB", "VS", "PC", "QS", "IS")
 DOMAINS = ("DM", "EX", *FINDINGS_DOMAINS, "CM", "AE", "MH", "PR")

@@ -26,10 +26,10 @@ from typing import IO, Any
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import testcd_map, visit_numbers
 from fhir_adapter.export.sanitize import csv_cells
+from fhir_adapter.job.runlog import Quarantined
 from fhir_adapter.mapping.common import codings
-from fhir_adapter.runlog import Quarantined
-from fhir_adapter.study import Study
-from fhir_adapter.timeline import DateError, parse_fhir_date, study_day
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import DateError, parse_fhir_date, study_day
 
 FILLED, QUARANTINED, NO_DATA = "filled", "quarantined", "no-data"
 STATES = {

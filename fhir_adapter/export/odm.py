@@ -38,7 +38,7 @@ from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_
 from fhir_adapter.export.ct import load_terminology
 from fhir_adapter.export.labels import label
 from fhir_adapter.export.sanitize import xml_text
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 SUBJECT_EVENT = "SE.SUBJECT"
 UNSCHEDULED_EVENT = "SE.UNS"

@@ -22,8 +22,8 @@ from fhir_adapter.export.dataset_json import DatasetJsonWriter
 from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
 from fhir_adapter.export.odm import OdmWriter
 from fhir_adapter.export.sanitize import csv_row
-from fhir_adapter.runlog import Quarantined
-from fhir_adapter.study import Study
+from fhir_adapter.job.runlog import Quarantined
+from fhir_adapter.study.load import Study
 
 
 class ExportWriter:

@@ -1,6 +1,7 @@
-"""FHIR R4 REST client of fhir-adapter: the only place that talks HTTP to a hospital's FHIR server.
+"""FHIR R4: the REST client of fhir-adapter (the only place that talks HTTP to a hospital's FHIR server), the
+R4 checks of every resource read or written (``r4.py``, ``r4_types.py``) and the server settings (``server_config.py``).
 
-Public surface (everything else in this package is private)::
+Public surface of the client (its other modules are private)::
 
     async with FhirClient(base_url, auth=auth_from_env(os.environ, fhir_base_url=base_url),
                           settings=ClientSettings(max_concurrency=4)) as client:

@@ -509,7 +509,7 @@ def auth_from_env(
 
 
 #: every environment variable :func:`auth_from_env` reads, and its meaning (docs/integrator-guide.md is
-#: generated from it by fhir_adapter/docgen.py)
+#: generated from it by fhir_adapter/cli/docgen.py)
 AUTH_ENV: dict[str, str] = {
     "FHIR_ADAPTER_BEARER_TOKEN": "static bearer token (value); not with the SMART variables",
     "FHIR_ADAPTER_BEARER_TOKEN_FILE": "file holding the static bearer token (surrounding whitespace ignored)",

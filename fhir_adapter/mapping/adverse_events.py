@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.common import (
     Unusable,
     check_code_refs,
@@ -57,18 +58,17 @@ from fhir_adapter.mapping.common import (
     resolve_code,
     texts,
 )
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.terminology import (
+from fhir_adapter.study.timeline import FhirDate, study_day
+from fhir_adapter.terminology.codes import (
     EXT_AE_GRADE,
     EXT_AE_RESOLVE_DATE,
     EXT_AE_SERIOUSNESS_CRITERIA,
     EXT_AE_STATUS,
     EXT_AE_SUSPECT_ENTITY,
 )
-from fhir_adapter.timeline import FhirDate, study_day
 
 if TYPE_CHECKING:
-    from fhir_adapter.study import Study
+    from fhir_adapter.study.load import Study
 
 _GRADE_TEXT = re.compile(r"^\s*(?:ctcae\s*)?(?:grade\s*)?([1-5])\b", re.IGNORECASE)
 

@@ -10,15 +10,15 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.crf.models import ConMed, NotDone
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.common import codings, latest, texts
 from fhir_adapter.mapping.history import first_text, identifier_value, source_ref
 from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
-from fhir_adapter.runlog import RunLog
 from fhir_adapter.source.base import ref_id
-from fhir_adapter.timeline import DateError, parse_fhir_date, study_day
+from fhir_adapter.study.timeline import DateError, parse_fhir_date, study_day
 
 if TYPE_CHECKING:
-    from fhir_adapter.study import Study
+    from fhir_adapter.study.load import Study
 
 LOINC = "http://loinc.org"
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"

@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from fhir_adapter.terminology import UCUM
-from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date
+from fhir_adapter.study.timeline import DateError, FhirDate, parse_fhir_date
+from fhir_adapter.terminology.codes import UCUM
 
 
 class Unusable(Exception):

@@ -11,11 +11,11 @@ import datetime as dt
 from typing import Any
 
 from fhir_adapter.crf.models import Exposure, SourceRef
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.medication_codes import medication_codings, medication_name
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import Study
-from fhir_adapter.timeline import DateError, parse_fhir_date, study_day
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import DateError, parse_fhir_date, study_day
 
 LD_TYPES = ("MedicationAdministration", "MedicationStatement", "MedicationRequest")
 

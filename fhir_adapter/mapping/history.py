@@ -16,12 +16,12 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.crf.models import MedicalHistory, ProcedureRecord, SourceRef
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.common import codings, latest, texts
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.timeline import DateError, FhirDate, parse_fhir_date, study_day
+from fhir_adapter.study.timeline import DateError, FhirDate, parse_fhir_date, study_day
 
 if TYPE_CHECKING:
-    from fhir_adapter.study import Study
+    from fhir_adapter.study.load import Study
 
 ONGOING = {"active", "recurrence", "relapse"}
 NOT_ONGOING = {"inactive", "remission", "resolved"}

@@ -60,8 +60,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fhir_adapter import units
 from fhir_adapter.crf.models import ConMed, SourceRef
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.cdisc_details import medication_details
 from fhir_adapter.mapping.clinical_drug import ClinicalDrug, parse_clinical_drug
 from fhir_adapter.mapping.common import (
@@ -75,11 +75,11 @@ from fhir_adapter.mapping.common import (
     texts,
 )
 from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.timeline import FhirDate
+from fhir_adapter.study.timeline import FhirDate
+from fhir_adapter.terminology import units
 
 if TYPE_CHECKING:
-    from fhir_adapter.study import Study
+    from fhir_adapter.study.load import Study
 
 DrugClass = Literal[
     "glucocorticoid", "immunosuppressant", "antimalarial", "crs_treatment", "lymphodepletion", "other"

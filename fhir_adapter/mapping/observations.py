@@ -28,14 +28,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_adapter import units
 from fhir_adapter.crf.models import Finding, SourceRef
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.cdisc_details import finding_details
 from fhir_adapter.mapping.common import Unusable, codings, decimal_text, latest, quantity_unit
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import Item
-from fhir_adapter.timeline import DateError, parse_fhir_date
+from fhir_adapter.study.timeline import DateError, parse_fhir_date
+from fhir_adapter.terminology import units
 
 USED_STATUSES = {"final", "amended", "corrected", "preliminary"}
 #: the R4 ObservationStatus codes; any other status is quarantined (``unknown-status``)

@@ -16,9 +16,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.study import Study
-from fhir_adapter.timeline import date_of_study_day
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import date_of_study_day
 
 
 @dataclass(frozen=True)

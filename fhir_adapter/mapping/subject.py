@@ -10,7 +10,8 @@ import datetime as dt
 from typing import Any
 
 from fhir_adapter.crf.models import Demographics, SubjectCRF
-from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper
 from fhir_adapter.mapping.cdisc_details import immunizations
 from fhir_adapter.mapping.cdisc_details import not_done as nd
@@ -20,9 +21,8 @@ from fhir_adapter.mapping.medications import MedicationMapper
 from fhir_adapter.mapping.observations import ObservationMapper
 from fhir_adapter.mapping.participation import participation
 from fhir_adapter.mapping.visits import place
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import Study
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
 
 
 def age_at(birth: dt.date | None, on: dt.date | None) -> int | None:

@@ -19,9 +19,9 @@ from collections import defaultdict
 
 from fhir_adapter.crf.models import Finding, VisitRecord
 from fhir_adapter.mapping.participation import Span
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import SelectRule
-from fhir_adapter.timeline import study_day
+from fhir_adapter.study.timeline import study_day
 
 
 def _order(f: Finding) -> tuple[dt.date, dt.datetime | None, str]:

@@ -29,7 +29,7 @@ from fhir_adapter.derive.lldas import LldasSettings, LldasVisit, derive_lldas, l
 from fhir_adapter.derive.pga import PgaSettings, PgaVisit, derive_pga
 from fhir_adapter.derive.renal import RenalResults, RenalSettings, derive_renal
 from fhir_adapter.derive.sledai2k import Sledai2kVisit
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 #: immunology items reported per visit with their change (``cd19`` is reported without one)
 IMMUNOLOGY_WITH_CHANGE = ("c3", "c4", "anti_dsdna", "anti_sm", "igg", "iga", "igm")

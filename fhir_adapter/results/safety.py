@@ -31,7 +31,7 @@ from fhir_adapter.derive.safety import (
     flag_teae,
     summarize_teae,
 )
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 KINETICS_KEYS = ("cmax", "cmax_unit", "tmax_day", "clast", "tlast_day", "auc0_28", "persistence_day")
 

@@ -16,7 +16,7 @@ from fhir_adapter import __version__
 from fhir_adapter.results.efficacy import lldas_rate_rows
 from fhir_adapter.results.safety import study_safety_keys
 from fhir_adapter.results.subject import SubjectResults
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 
 def settings_echo(study: Study) -> dict[str, Any]:

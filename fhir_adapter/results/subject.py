@@ -9,7 +9,7 @@ from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.derive.sledai2k import Sledai2kVisit, derive_sledai2k
 from fhir_adapter.results.efficacy import EfficacyResults, derive_efficacy
 from fhir_adapter.results.safety import SafetyResults, derive_safety_results  # safety/DLT/kinetics
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 
 @dataclass

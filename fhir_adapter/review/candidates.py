@@ -22,7 +22,7 @@ from typing import Any
 
 from fhir_adapter.crf.models import Finding, SubjectCRF
 from fhir_adapter.mapping.visits import select
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 #: results of an item this many days outside a visit's window are shown as (out-of-window) candidates
 OUT_OF_WINDOW_DAYS = 7

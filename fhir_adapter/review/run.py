@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.outpaths import inside
+from fhir_adapter.job.outpaths import inside
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.review.apply import SubjectReview, apply_decisions
 from fhir_adapter.review.store import DecisionStore
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import Plan, WrittenState, result_id
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fhir_adapter.fhir import FhirError
 from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job, load_job, save_job
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import (
     SHARED_TYPES,
     SUBJECT_TYPES,

@@ -33,8 +33,8 @@ from typing import Any
 
 import orjson
 
-from fhir_adapter.fhir_r4 import is_r4_type
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.fhir.r4 import is_r4_type
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import (
     ROSTER_TYPES,
     SHARED_TYPES,
@@ -50,7 +50,7 @@ from fhir_adapter.source.base import (
     shared_references,
 )
 from fhir_adapter.source.layout import DataFile, Layout, discover, read_document, read_lines
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.terminology.codes import SID_RESULT
 
 #: which pass reads (and quarantines the bad lines of) a file of a given type; mixed files: every pass reads
 #: them, the subjects pass reports their bad lines

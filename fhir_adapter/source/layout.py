@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from fhir_adapter.fhir_r4 import is_r4_type
+from fhir_adapter.fhir.r4 import is_r4_type
 from fhir_adapter.source.base import SourceError
 
 DATA_SUFFIXES = (".ndjson", ".ndjson.gz", ".json", ".json.gz")

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import (
     SHARED_TYPES,
     Resource,
@@ -42,8 +42,8 @@ from fhir_adapter.source.base import (
     ref_id,
     shared_references,
 )
-from fhir_adapter.study import Study
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.study.load import Study
+from fhir_adapter.terminology.codes import SID_RESULT
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -1,6 +1,2 @@
-"""Study configuration: ``mappings/<study>/`` read into a checked :class:`Study`."""
-
-from fhir_adapter.study.load import Study, load_study
-from fhir_adapter.study.yamlfile import MappingError
-
-__all__ = ["MappingError", "Study", "load_study"]
+"""Study configuration: ``mappings/<study>/`` read into a checked :class:`~fhir_adapter.study.load.Study`
+(``load.py``), the models of what its files may say (``models.py``), and study days (``timeline.py``)."""

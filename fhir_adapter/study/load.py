@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fhir_adapter import units
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings
 from fhir_adapter.derive.sledai2k import Sledai2kSettings
 from fhir_adapter.study.models import (
@@ -30,6 +29,7 @@ from fhir_adapter.study.models import (
 )
 from fhir_adapter.study.rules import RULE_FILES
 from fhir_adapter.study.yamlfile import MappingError, YamlDoc, read_yaml
+from fhir_adapter.terminology import units
 
 M = TypeVar("M", bound=BaseModel)
 CORE_FILES = ("study", "schedule", "items")

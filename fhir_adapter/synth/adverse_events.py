@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from fhir_adapter.terminology import (
+from fhir_adapter.terminology.codes import (
     AE_CAUSALITY_ASSESS,
     AE_SERIOUSNESS,
     AE_SEVERITY,

@@ -13,7 +13,7 @@ from datetime import date, timedelta
 from random import Random
 from typing import Any
 
-from fhir_adapter.terminology import DATA_ABSENT_REASON, ICD10CM, LOINC, SNOMED
+from fhir_adapter.terminology.codes import DATA_ABSENT_REASON, ICD10CM, LOINC, SNOMED
 
 from .context import Resource, SubjectContext
 from .ids import new_id

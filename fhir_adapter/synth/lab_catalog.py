@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from fhir_adapter.terminology import CS_CLINICAL_INPUT, LOINC, OBS_CATEGORY, UCUM
+from fhir_adapter.terminology.codes import CS_CLINICAL_INPUT, LOINC, OBS_CATEGORY, UCUM
 
 from .sites import SITES
 

@@ -8,7 +8,7 @@ import math
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from fhir_adapter.terminology import ROUTE_SNOMED, RXNORM, SNOMED
+from fhir_adapter.terminology.codes import ROUTE_SNOMED, RXNORM, SNOMED
 
 from .adverse_events import AEvent
 from .context import Resource, SubjectContext

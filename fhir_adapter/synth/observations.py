@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from random import Random
 from typing import Any
 
-from fhir_adapter.terminology import LOINC, OBS_INTERPRETATION, SNOMED
+from fhir_adapter.terminology.codes import LOINC, OBS_INTERPRETATION, SNOMED
 
 from .ids import new_id
 from .lab_catalog import ANALYTES, SiteAnalyte, category, quantity, site_analyte, to_json

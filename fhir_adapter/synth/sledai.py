@@ -11,7 +11,7 @@ import math
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from fhir_adapter.terminology import CS_CLINICAL_INPUT, CS_SLEDAI2K_DESCRIPTOR, SLEDAI2K_DESCRIPTOR_CODES, UCUM
+from fhir_adapter.terminology.codes import CS_CLINICAL_INPUT, CS_SLEDAI2K_DESCRIPTOR, SLEDAI2K_DESCRIPTOR_CODES, UCUM
 
 from .context import SubjectContext
 from .course import DiseaseCourse

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from random import Random
 
-from fhir_adapter.terminology import SNOMED
+from fhir_adapter.terminology.codes import SNOMED
 
 from .context import Resource
 from .ids import new_id, ref

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.writeback.identifiers import conditional_url, full_url
 from fhir_adapter.writeback.ownership import with_owner_tag
 from fhir_adapter.writeback.sink import transaction_entries

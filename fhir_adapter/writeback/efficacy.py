@@ -18,9 +18,9 @@ from fhir_adapter import __version__
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, PredEqVisit
 from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, LldasVisit
 from fhir_adapter.results.subject import SubjectResults
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.study import Study
-from fhir_adapter.terminology import CS_RESULTS, UCUM
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
+from fhir_adapter.terminology.codes import CS_RESULTS, UCUM
 from fhir_adapter.writeback.observations import result_display, result_observation
 
 

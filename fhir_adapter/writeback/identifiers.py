@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from urllib.parse import quote
 
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.terminology.codes import SID_RESULT
 
 _NAMESPACE = uuid.UUID("6f1c7d4e-3b7a-5c2e-9d1f-0a4b8e6c2d10")
 

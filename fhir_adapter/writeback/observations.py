@@ -19,8 +19,8 @@ from typing import Any
 
 from fhir_adapter import __version__
 from fhir_adapter.derive.sledai2k import Sledai2kSettings, Sledai2kVisit
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.terminology import (
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.terminology.codes import (
     CS_RESULTS,
     CS_SLEDAI2K_DESCRIPTOR,
     DATA_ABSENT_REASON,

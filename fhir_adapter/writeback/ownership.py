@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from fhir_adapter.terminology import CS_TAGS, SID_RESULT
+from fhir_adapter.terminology.codes import CS_TAGS, SID_RESULT
 
 OWNER_TAG = {"system": CS_TAGS, "code": "fhir-adapter", "display": "Written by fhir-adapter"}
 

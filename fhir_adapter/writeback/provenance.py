@@ -8,7 +8,7 @@ import datetime as dt
 from typing import Any
 
 from fhir_adapter import __version__
-from fhir_adapter.terminology import (
+from fhir_adapter.terminology.codes import (
     PROVENANCE_AGENT_TYPE,
     SD_PROVENANCE,
     SID_DEVICE,

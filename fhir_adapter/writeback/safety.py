@@ -21,10 +21,10 @@ from fhir_adapter import __version__
 from fhir_adapter.derive.dlt import DltSettings
 from fhir_adapter.derive.kinetics import KineticsSettings
 from fhir_adapter.results.subject import SubjectResults
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.study import Study
-from fhir_adapter.terminology import UCUM
-from fhir_adapter.timeline import date_of_study_day
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import date_of_study_day
+from fhir_adapter.terminology.codes import UCUM
 from fhir_adapter.writeback.observations import result_observation
 
 SCOPE = "subject"

@@ -35,9 +35,9 @@ from typing import Any
 
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirHttpError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
-from fhir_adapter.fhir_r4 import r4_problem
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.terminology import SID_DEVICE, SID_RESULT
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance

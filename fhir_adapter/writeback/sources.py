@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_adapter.terminology import EXT_RESULT_SOURCE
+from fhir_adapter.terminology.codes import EXT_RESULT_SOURCE
 
 #: the target types R4 allows in Observation.derivedFrom
 DERIVED_FROM_TYPES = frozenset({"DocumentReference", "ImagingStudy", "Media", "QuestionnaireResponse", "Observation",

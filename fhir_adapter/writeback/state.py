@@ -3,7 +3,7 @@
 ``OUT/state/written.json`` keeps, per result identifier, the subject, the source references the result was
 derived from, a content hash and the few elements needed to address it again (identifier, code, subject,
 focus, category). It survives between runs. With a FHIR server as sink it records only writes the server
-confirmed, subject by subject; a run that fails or is killed leaves it as it was (fhir_adapter/staging.py).
+confirmed, subject by subject; a run that fails or is killed leaves it as it was (fhir_adapter/job/staging.py).
 
 For each subject processed in a run, comparing its new result resources with the state gives, the first
 case that applies:
@@ -32,7 +32,7 @@ from typing import Any
 import orjson
 
 from fhir_adapter import __version__
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.writeback.sources import derived_from_allowed, result_sources
 
 STATE_VERSION = 1

@@ -10,11 +10,11 @@ from efficacy_helpers import conmed, visit_crf
 from helpers import descriptor, finding
 
 from fhir_adapter.crf.models import SourceRef
-from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.results.study_json import settings_echo, study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.terminology import EXT_RESULT_SOURCE, UCUM
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.terminology.codes import EXT_RESULT_SOURCE, UCUM
 from fhir_adapter.writeback.efficacy import efficacy_observations
 from fhir_adapter.writeback.sources import result_sources
 

@@ -144,7 +144,7 @@ def test_missing_is_not_zero() -> None:
 def test_site_overlay_declares_the_medication_list_complete(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from pathlib import Path
 
-    from fhir_adapter.study import load_study
+    from fhir_adapter.study.load import load_study
 
     site = tmp_path / "site.yaml"
     site.write_text("site: complete-list-site\nmedication_list_complete: true\n")

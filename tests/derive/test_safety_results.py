@@ -11,12 +11,12 @@ from typing import Any
 from helpers import DAY1, crf, d, finding
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
-from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.results.safety import KINETICS_KEYS
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.terminology import UCUM
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.terminology.codes import UCUM
 from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sources import result_sources
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from outtree import differences, out_tree
 
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
 from fhir_adapter.synth import write_feed
 
 

@@ -11,9 +11,9 @@ from outtree import differences, out_tree
 
 from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
-from fhir_adapter.pipeline import run
-from fhir_adapter.roster import build_roster
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.enrollees import build_roster
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
 

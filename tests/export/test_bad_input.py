@@ -14,8 +14,8 @@ import orjson
 import pytest
 from bad_input import SUBJECTS, Expect, build
 
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 
 

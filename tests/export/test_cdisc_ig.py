@@ -102,7 +102,8 @@ def test_meddra_hierarchy_from_the_ascii_files(tmp_path: Path) -> None:
 
 
 def test_overlay_meddra_dir_must_hold_the_ascii_files(tmp_path: Path) -> None:
-    from fhir_adapter.study import MappingError, load_study
+    from fhir_adapter.study.load import load_study
+    from fhir_adapter.study.yamlfile import MappingError
 
     overlay = tmp_path / "site.yaml"
     overlay.write_text("site: s\nmeddra_dir: nowhere\n", encoding="utf-8")

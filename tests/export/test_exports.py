@@ -17,8 +17,8 @@ from fhir_adapter.crf.models import AdverseEvent, ConMed, Demographics, Exposure
 from fhir_adapter.export import ExportWriter, cdisc
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, num
 from fhir_adapter.export.odm import schema_path, validate
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 
 DAY1 = dt.date(2024, 2, 1)

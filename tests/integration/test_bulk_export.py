@@ -18,7 +18,7 @@ from feed_loader import load_feed, put_resources
 from server_fixture import ServerHandle
 from serverkit import cli_run, crfs, report, study_results, write_config
 
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
 from fhir_adapter.synth import plan_trial, write_feed
 
 pytestmark = pytest.mark.server
@@ -199,7 +199,7 @@ def test_server_reads_shared_resources_by_id(setup: Setup, study: Any) -> None:
     """A Specimen (or Organization, Location) a subject's resource references is read by id, once, as the file
     source takes it from the export."""
     from fhir_adapter.fhir import FhirClient
-    from fhir_adapter.runlog import RunLog
+    from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.source.server import ServerSource
 
     patient = plan_trial(SUBJECTS, 7).subjects[1].patient_id

@@ -27,7 +27,7 @@ from serverkit import (
 
 from fhir_adapter.source.server import SUBJECT_SEARCHES
 from fhir_adapter.synth import plan_trial, write_feed
-from fhir_adapter.terminology import CS_RESULTS, SID_RESULT
+from fhir_adapter.terminology.codes import CS_RESULTS, SID_RESULT
 
 pytestmark = pytest.mark.server
 

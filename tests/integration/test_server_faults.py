@@ -28,7 +28,7 @@ from serverkit import (
 )
 
 from fhir_adapter.synth import write_feed
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.terminology.codes import SID_RESULT
 
 pytestmark = pytest.mark.server
 
@@ -146,7 +146,7 @@ def test_a_run_killed_midway_and_started_again_converges(clean_fhir_server: Serv
     config = write_config(tmp_path / "a.yaml").read_text().replace("max_concurrency: 4", "max_concurrency: 1")
     (tmp_path / "slow.yaml").write_text(config)
     total = sum(len(v) for v in offline_results(file_out).values())
-    cmd = [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "-q", "run",
+    cmd = [sys.executable, "-c", "from fhir_adapter.cli.commands import main; main()", "-q", "run",
            "--source", clean_fhir_server.base_url, "--out", str(out), "--post", "--config", str(tmp_path / "slow.yaml")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     created = 0

@@ -32,7 +32,7 @@ from serverkit import (
     write_config,
 )
 
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
 from fhir_adapter.synth import plan_trial, write_feed
 
 pytestmark = pytest.mark.server
@@ -268,7 +268,7 @@ def test_a_second_401_ends_the_run_with_exit_4_naming_the_token_endpoint_and_cli
 
 
 def _kill_when(server: ServerHandle, out: Path, config: Path, ready: Callable[[dict[str, Any]], bool]) -> None:
-    cmd = [sys.executable, "-c", "from fhir_adapter.cli import main; main()", "-q", "run",
+    cmd = [sys.executable, "-c", "from fhir_adapter.cli.commands import main; main()", "-q", "run",
            "--source", server.base_url, "--out", str(out), "--post", "--config", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     deadline = time.monotonic() + 180

@@ -13,7 +13,7 @@ from no_trial_feed import build_no_trial_feed
 from server_fixture import ServerHandle
 from serverkit import cli_run, report, write_config
 
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.terminology.codes import SID_RESULT
 
 pytestmark = pytest.mark.server
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from fhir_adapter.crf.models import AdverseEvent
-from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper, AdverseEventSettings
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.terminology import (
+from fhir_adapter.terminology.codes import (
     AE_CAUSALITY_ASSESS,
     AE_SERIOUSNESS,
     AE_SEVERITY,

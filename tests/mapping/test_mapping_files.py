@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import ObservationMapper
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import MappingError, load_study
+from fhir_adapter.study.load import load_study
+from fhir_adapter.study.yamlfile import MappingError
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDY = ROOT / "mappings" / "lcar-aio"

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from fhir_adapter.crf.models import ConMed
-from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.medications import MedicationMapper
-from fhir_adapter.runlog import RunLog
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SCT = "http://snomed.info/sct"
@@ -385,7 +385,8 @@ def test_unknown_code_system_alias_is_a_load_error_with_its_line(tmp_path):  # t
     import shutil
     from pathlib import Path
 
-    from fhir_adapter.study import MappingError, load_study
+    from fhir_adapter.study.load import load_study
+    from fhir_adapter.study.yamlfile import MappingError
 
     root = Path(__file__).resolve().parents[2] / "mappings" / "lcar-aio"
     shutil.copytree(root, tmp_path / "s")

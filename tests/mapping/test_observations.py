@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import ObservationMapper
-from fhir_adapter.runlog import RunLog
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

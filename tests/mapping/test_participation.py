@@ -6,10 +6,10 @@ import datetime as dt
 from typing import Any
 
 from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.participation import participation
 from fhir_adapter.mapping.subject import SubjectMapper
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.roster.enrollees import Enrollee
 
 DAY1 = dt.date(2024, 3, 1)
 

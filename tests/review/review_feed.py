@@ -9,10 +9,10 @@ from typing import Any
 
 from feedkit import CLIN, Feed, at
 
-from fhir_adapter.pipeline import RunSummary, run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import RunSummary, run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 DAY1 = dt.date(2024, 3, 1)
 SUBJECT = "101-001"

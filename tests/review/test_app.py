@@ -14,7 +14,7 @@ from review_feed import SUBJECT, run_feed
 
 from fhir_adapter.review.app import ReviewConfig, create_app
 from fhir_adapter.review.store import DecisionStore
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -113,7 +113,7 @@ def test_a_tampered_decision_file_is_shown_not_ignored(reviewed: tuple[Path, Rev
 
 def test_cli_review_serves_on_localhost_and_prints_the_url(tmp_path: Path, study: Study) -> None:
     out, _ = run_feed(tmp_path, study)
-    proc = subprocess.Popen([sys.executable, "-m", "fhir_adapter.cli", "review", "--results", str(out),
+    proc = subprocess.Popen([sys.executable, "-m", "fhir_adapter.cli.commands", "review", "--results", str(out),
                              "--reviewer", "D. Manager"], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -135,6 +135,6 @@ def test_cli_review_serves_on_localhost_and_prints_the_url(tmp_path: Path, study
 
 
 def test_cli_review_needs_a_run_first(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "fhir_adapter.cli", "review", "--results", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "fhir_adapter.cli.commands", "review", "--results", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "run `fhir-adapter run" in r.stderr

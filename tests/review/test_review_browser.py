@@ -16,7 +16,7 @@ from playwright.sync_api import ConsoleMessage, Page, sync_playwright
 from review_feed import SUBJECT, run_feed
 
 from fhir_adapter.review.app import ReviewConfig, create_app
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -13,7 +13,7 @@ from review_feed import SUBJECT, run_feed
 
 from fhir_adapter.export.odm import validate
 from fhir_adapter.review.store import DecisionStore, TamperedError, new_decision
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 
 def _json(path: Path) -> Any:
@@ -154,7 +154,7 @@ def test_cli_reviewed_only_setting_from_the_config_file(tmp_path: Path, study: S
     from click.testing import CliRunner
     from review_feed import feed
 
-    from fhir_adapter.cli import main
+    from fhir_adapter.cli.commands import main
 
     src = feed().write(tmp_path / "feed")
     cfg = tmp_path / "adapter.yaml"

@@ -14,8 +14,8 @@ import pytest
 from feedkit import Feed, at
 
 from fhir_adapter.export.sanitize import csv_cell, xml_text
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 
 DAY1 = dt.date(2024, 2, 1)

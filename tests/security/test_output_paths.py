@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from feedkit import Feed, at
 
-from fhir_adapter.outpaths import (
+from fhir_adapter.job.outpaths import (
     MAX_NAME,
     SubjectFileNames,
     UnsafePath,
@@ -18,8 +18,8 @@ from fhir_adapter.outpaths import (
     quarantine_file_name,
     subject_file_name,
 )
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 
 DAY1 = dt.date(2024, 2, 1)

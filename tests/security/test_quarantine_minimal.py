@@ -11,9 +11,9 @@ from typing import Any
 
 from feedkit import Feed, at
 
-from fhir_adapter.fhir_r4 import r4_problem
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 
 DAY1 = dt.date(2024, 2, 1)

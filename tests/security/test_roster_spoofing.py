@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from feedkit import SUBJECT_SYSTEM, Feed, at
 
-from fhir_adapter.pipeline import run
-from fhir_adapter.roster import RosterError, build_roster
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.enrollees import RosterError, build_roster
 from fhir_adapter.source.base import ref_id
 from fhir_adapter.source.files import FileSource
 

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from pydantic import ValidationError
 
-from fhir_adapter.cli import main
+from fhir_adapter.cli.commands import main
 from fhir_adapter.fhir import ClientSettings, FhirClient, FhirError
 from fhir_adapter.fhir.auth import BearerToken
 

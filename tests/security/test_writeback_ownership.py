@@ -15,8 +15,8 @@ from server_fixture import ServerHandle
 
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir import FhirClient, FhirHttpError
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.writeback.ownership import has_owner_tag
 from fhir_adapter.writeback.sink import transaction_entries, write_subject
 

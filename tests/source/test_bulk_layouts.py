@@ -15,9 +15,9 @@ import orjson
 import pytest
 from click.testing import CliRunner
 
-from fhir_adapter.cli import main
-from fhir_adapter.pipeline import RunSummary, run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.cli.commands import main
+from fhir_adapter.job.pipeline import RunSummary, run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import SourceError
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import shared_references
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 
 from fhir_adapter.fhir import ClientSettings, FhirClient
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
-from fhir_adapter.study import Study
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.study.load import Study
+from fhir_adapter.terminology.codes import SID_RESULT
 
 SINCE = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 

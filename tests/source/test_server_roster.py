@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from fhir_adapter.fhir import ClientSettings, FhirClient
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.server import ServerSource
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 
 
 def bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:

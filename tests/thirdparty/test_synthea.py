@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.pipeline import RunSummary, run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import RunSummary, run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.study import Study, load_study
+from fhir_adapter.study.load import Study, load_study
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED, PATIENTS, REFERENCE_DATE = 42, 3, "20240101"

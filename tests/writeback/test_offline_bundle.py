@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from fhir_adapter.pipeline import run
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import plan_trial, write_feed
-from fhir_adapter.terminology import SID_DEVICE, SID_RESULT
+from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.sink import transaction_entries
 from fhir_adapter.writeback.sources import result_sources

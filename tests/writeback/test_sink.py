@@ -12,8 +12,8 @@ import pytest
 
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir import ClientSettings, FhirClient
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.writeback.ownership import with_owner_tag
 from fhir_adapter.writeback.sink import UnsafeWrite, WriteResult, check_safe, plan_writes, write_subject
 

@@ -2,8 +2,8 @@
 code: the server config keys (``ServerConfig`` and ``ClientSettings``: name, type, default, meaning, the
 environment variable that overrides it) and every ``FHIR_ADAPTER_*`` environment variable.
 
-    python -m fhir_adapter.docgen            # rewrite the generated blocks of docs/integrator-guide.md
-    python -m fhir_adapter.docgen --check    # exit 1 when the guide is stale (what the test suite checks)
+    python -m fhir_adapter.cli.docgen            # rewrite the generated blocks of docs/integrator-guide.md
+    python -m fhir_adapter.cli.docgen --check    # exit 1 when the guide is stale (what the test suite checks)
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pydantic.fields import FieldInfo
 
 from fhir_adapter.export import meddra
 from fhir_adapter.fhir.auth import AUTH_ENV
+from fhir_adapter.fhir.server_config import ENV_CLIENT, ENV_TOP, ServerConfig
 from fhir_adapter.fhir.settings import ClientSettings
-from fhir_adapter.server_config import ENV_CLIENT, ENV_TOP, ServerConfig
 
-GUIDE = Path(__file__).resolve().parent.parent / "docs" / "integrator-guide.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "integrator-guide.md"
 _FALLBACK = {  # fields the models leave without a description
     "connect_timeout": "Seconds to open a connection (per attempt).",
     "write_timeout": "Seconds to send a request body (per attempt).",
@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
     fresh = render(current)
     if "--check" in argv:
         if fresh != current:
-            print(f"{GUIDE} is stale: run `python -m fhir_adapter.docgen`", file=sys.stderr)
+            print(f"{GUIDE} is stale: run `python -m fhir_adapter.cli.docgen`", file=sys.stderr)
             return 1
         return 0
     GUIDE.write_text(fresh, encoding="utf-8")

@@ -12,14 +12,14 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from fhir_adapter import subject_ids
 from fhir_adapter.crf.models import SourceRef
-from fhir_adapter.fhir_r4 import r4_problem
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.cdisc_details import race_ethnicity
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.roster import subject_ids
 from fhir_adapter.source.base import RosterInput, ref_id
-from fhir_adapter.study import Study
-from fhir_adapter.timeline import site_date
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import site_date
 
 
 class RosterError(RuntimeError):
@@ -39,7 +39,7 @@ class Enrollee:
     birth_date: dt.date | None
     day1: dt.date | None = None
     infusion: SourceRef | None = None
-    day1_source: str | None = None  # where Day 1 came from (fhir_adapter/day1.py)
+    day1_source: str | None = None  # where Day 1 came from (fhir_adapter/roster/day1.py)
     end_of_study: dt.date | None = None
     infusion_time: dt.datetime | None = None
     site_study: str | None = None   # identifier of the site-level ResearchStudy the subject is enrolled in

@@ -7,7 +7,7 @@ Columns (header row required; extra columns ignored)::
 
 ``patient_identifier`` is ``system|value`` (or a bare value, matched against any Patient identifier).
 An optional ``infusion_date`` column (ISO date or date-time) gives Day 1 for sites whose infusion is recorded
-in another system; the EHR's own infusion record wins when there is one (fhir_adapter/day1.py).
+in another system; the EHR's own infusion record wins when there is one (fhir_adapter/roster/day1.py).
 
 When the EHR holds no ResearchStudy of the study (a hospital whose EHR knows nothing of the trial), the study's
 own definition in ``study.yaml`` stands in for it: an adapter-owned ResearchStudy (identifier ``study.id``,
@@ -27,13 +27,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from fhir_adapter.day1 import RosterInfusion
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.day1 import RosterInfusion
+from fhir_adapter.roster.subject_ids import subject_id, subject_id_system
 from fhir_adapter.source.base import RosterInput
-from fhir_adapter.study import Study
-from fhir_adapter.subject_ids import subject_id, subject_id_system
-from fhir_adapter.terminology import SD_RESEARCH_SUBJECT, SID_RESULT
-from fhir_adapter.timeline import DateError, parse_fhir_date
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import DateError, parse_fhir_date
+from fhir_adapter.terminology.codes import SD_RESEARCH_SUBJECT, SID_RESULT
 from fhir_adapter.writeback.identifiers import result_identifier
 
 REQUIRED = ("subject_id", "patient_identifier", "consent_date", "arm", "status")

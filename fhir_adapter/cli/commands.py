@@ -1,8 +1,8 @@
 """The ``fhir-adapter`` command line (docs/cli.md).
 
-Exit codes: fhir_adapter/exit_codes.py (0 ok, 1 failed, 2 completed with warnings, 3 server unavailable,
+Exit codes: fhir_adapter/job/exit_codes.py (0 ok, 1 failed, 2 completed with warnings, 3 server unavailable,
 4 authentication failed, 64 usage error).
-Errors print one line (``error: ...``); the stack trace only with ``-vv`` (fhir_adapter/console.py).
+Errors print one line (``error: ...``); the stack trace only with ``-vv`` (fhir_adapter/cli/console.py).
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from fhir_adapter import __version__, exit_codes
-from fhir_adapter.console import AdapterGroup, progress, setup_logging, summary_table
+from fhir_adapter import __version__
+from fhir_adapter.cli.console import AdapterGroup, progress, setup_logging, summary_table
+from fhir_adapter.job import exit_codes
 
 DEFAULT_STUDY = Path("mappings/lcar-aio")
 
@@ -146,11 +147,12 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
     from fhir_adapter.engine.parallel import default_workers
-    from fhir_adapter.pipeline import run as run_pipeline
+    from fhir_adapter.job.pipeline import run as run_pipeline
+    from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.review.store import TamperedError
-    from fhir_adapter.roster import RosterError
-    from fhir_adapter.runlog import RunLog
-    from fhir_adapter.study import MappingError, load_study
+    from fhir_adapter.roster.enrollees import RosterError
+    from fhir_adapter.study.load import load_study
+    from fhir_adapter.study.yamlfile import MappingError
 
     try:
         st = load_study(study, site)
@@ -159,9 +161,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     import datetime as dt
     import os
 
-    from fhir_adapter.connect import ConnectError, connect, is_url
     from fhir_adapter.fhir import FhirError
-    from fhir_adapter.server_config import ServerConfigError, record_run
+    from fhir_adapter.fhir.server_config import ServerConfigError, record_run
+    from fhir_adapter.job.connect import ConnectError, connect, is_url
     from fhir_adapter.source.base import SourceError
 
     log = RunLog()
@@ -217,7 +219,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
 
 def _spark_engine(source: object, log: object, master: str | None) -> Any:
     from fhir_adapter.engine.spark import SparkSubjects, SparkUnavailable, spark_session
-    from fhir_adapter.runlog import RunLog
+    from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.source.files import FileSource
 
     assert isinstance(source, FileSource) and isinstance(log, RunLog)
@@ -230,7 +232,7 @@ def _spark_engine(source: object, log: object, master: str | None) -> Any:
 def _reviewed_only_setting(config: Path | None) -> bool:
     import os
 
-    from fhir_adapter.server_config import load_server_config
+    from fhir_adapter.fhir.server_config import load_server_config
 
     return load_server_config(config, os.environ).writeback_reviewed_only
 
@@ -322,9 +324,9 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     import asyncio
     import os
 
-    from fhir_adapter.preflight import bulk_export_levels, capability_gaps
-    from fhir_adapter.server_config import load_server_config, open_client
-    from fhir_adapter.study import load_study
+    from fhir_adapter.fhir.server_config import load_server_config, open_client
+    from fhir_adapter.job.preflight import bulk_export_levels, capability_gaps
+    from fhir_adapter.study.load import load_study
 
     st = load_study(study, site)
     rules = ", ".join(sorted(st.rules))
@@ -340,7 +342,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
             load_server_config(config, os.environ)  # a mistake in it is reported now, not on the first run
             click.echo(f"config ok     {config}")
         return
-    from fhir_adapter.connect import is_url
+    from fhir_adapter.job.connect import is_url
 
     if not is_url(source):
         _check_file_source(Path(source), config)

@@ -20,7 +20,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from fhir_adapter.fhir_r4 import is_r4_type
+from fhir_adapter.fhir.r4 import is_r4_type
 
 #: longest file name stem built from a subject ID (file systems allow 255 bytes; suffixes are added)
 MAX_NAME = 120

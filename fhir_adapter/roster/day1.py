@@ -19,12 +19,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.common import codings
 from fhir_adapter.mapping.medication_codes import medication_codings
-from fhir_adapter.roster import Enrollee
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.study import Study
-from fhir_adapter.timeline import DateError, parse_fhir_date, site_date
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import DateError, parse_fhir_date, site_date
 
 _NOT_GIVEN = {"entered-in-error", "not-done", "stopped", "preparation", "on-hold", "cancelled", "unknown"}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import SubjectIdentifierRule
 
 

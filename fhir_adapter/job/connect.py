@@ -10,14 +10,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from fhir_adapter.pipeline import Sink
-from fhir_adapter.runlog import RunLog
-from fhir_adapter.server_config import last_run_started, load_server_config, open_client
+from fhir_adapter.fhir.server_config import last_run_started, load_server_config, open_client
+from fhir_adapter.job.pipeline import Sink
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Source
 from fhir_adapter.source.bulk import BulkSource
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.server import ServerSource
-from fhir_adapter.study import Study
+from fhir_adapter.study.load import Study
 from fhir_adapter.writeback.sink import ServerSink
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fhir_adapter.roster import Roster
+from fhir_adapter.roster.enrollees import Roster
+from fhir_adapter.roster.subject_ids import describe, overlay_line, subject_id
 from fhir_adapter.source.base import RosterInput, ref_id
-from fhir_adapter.study import Study
-from fhir_adapter.subject_ids import describe, overlay_line, subject_id
+from fhir_adapter.study.load import Study
 
 
 def nobody_enrolled(data: RosterInput, roster: Roster, study: Study) -> str | None:

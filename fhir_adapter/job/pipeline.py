@@ -16,26 +16,27 @@ from typing import Any, Protocol
 
 import orjson
 
-from fhir_adapter import __version__, exit_codes
+from fhir_adapter import __version__
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, FhirServerUnavailable
 from fhir_adapter.fhir.flow import is_unavailability
-from fhir_adapter.fhir_r4 import r4_problem
-from fhir_adapter.outpaths import SubjectFileNames, inside, quarantine_file_name, subject_file_name
-from fhir_adapter.quarantine import quarantine_record
+from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.job import exit_codes
+from fhir_adapter.job.outpaths import SubjectFileNames, inside, quarantine_file_name, subject_file_name
+from fhir_adapter.job.quarantine import quarantine_record
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.job.staging import Staging
 from fhir_adapter.results.study_json import study_json
 from fhir_adapter.review.run import ReviewRun
-from fhir_adapter.roster import Enrollee, RosterError, build_roster
-from fhir_adapter.roster_check import nobody_enrolled
-from fhir_adapter.roster_csv import csv_identifiers, infusion_dates, is_owned, reconcile
-from fhir_adapter.runlog import RunLog
+from fhir_adapter.roster.check import nobody_enrolled
+from fhir_adapter.roster.enrollees import Enrollee, RosterError, build_roster
+from fhir_adapter.roster.site_csv import csv_identifiers, infusion_dates, is_owned, reconcile
 from fhir_adapter.source.base import Source, ref_id
-from fhir_adapter.staging import Staging
-from fhir_adapter.study import Study
-from fhir_adapter.terminology import SID_RESULT
+from fhir_adapter.study.load import Study
+from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sink import WriteResult
 from fhir_adapter.writeback.sources import result_sources
@@ -84,7 +85,7 @@ class RunSummary:
     def exit_code(self) -> int:
         """0 ok, 1 nobody processed (every enrolled subject failed), 2 completed with quarantined input or
         subjects not processed / not written, 3 server unavailable (stopped early), 4 authentication failed
-        (fhir_adapter/exit_codes.py)."""
+        (fhir_adapter/job/exit_codes.py)."""
         if self.stopped is not None:
             return self.stopped.exit_code
         if self.subjects == 0 and self.subjects_failed:
@@ -191,7 +192,7 @@ def run(
     many worker processes (1: in this process); outputs are the same for any number. ``engine_outcomes``: the
     subjects' outcomes from another engine (fhir_adapter/engine/spark.py) instead of ``source.subject_resources``.
 
-    Outputs are atomic (:mod:`fhir_adapter.staging`): everything is written into ``OUT/.staging-<run id>/`` and
+    Outputs are atomic (:mod:`fhir_adapter.job.staging`): everything is written into ``OUT/.staging-<run id>/`` and
     moved into OUT when the run has finished. A run that stops early (server unavailable, authentication
     failed: :attr:`RunSummary.stopped`) keeps the previous outputs and replaces only ``run-report.json`` and
     ``state/written.json`` (which records the writes the server confirmed); a run that fails with an exception,

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from fhir_adapter import exit_codes
+from fhir_adapter.job import exit_codes
 
 PROGRESS_LOGGER = "fhir_adapter.progress"
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -151,15 +151,15 @@ def summary_table(title: str, rows: Sequence[tuple[str, str]], stream: TextIO | 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is written for the person running the command."""
     from fhir_adapter.fhir import FhirError
+    from fhir_adapter.fhir.server_config import ServerConfigError
     from fhir_adapter.report import ReportError
-    from fhir_adapter.roster import RosterError
-    from fhir_adapter.server_config import ServerConfigError
-    from fhir_adapter.study import MappingError
+    from fhir_adapter.roster.enrollees import RosterError
+    from fhir_adapter.study.yamlfile import MappingError
 
     types: list[type[BaseException]] = [MappingError, RosterError, FhirError, ReportError, OSError,
                                         ServerConfigError]
     try:
-        from fhir_adapter.connect import ConnectError
+        from fhir_adapter.job.connect import ConnectError
 
         types.append(ConnectError)
     except ImportError:  # the live-server module is optional in a stripped-down install
@@ -182,7 +182,7 @@ def report_error(exc: BaseException, verbose: int) -> None:
 class AdapterGroup(click.Group):
     """A click group whose commands fail with a one-line ``error:`` message and exit code 1, and whose
     usage errors (unknown option, missing argument, a ``--config`` file that does not exist) exit 64
-    (:data:`fhir_adapter.exit_codes.USAGE`), so that 2 keeps meaning "completed with warnings"."""
+    (:data:`fhir_adapter.job.exit_codes.USAGE`), so that 2 keeps meaning "completed with warnings"."""
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:

@@ -1,7 +1,7 @@
 """FHIR R4 (4.0.1) checks of every input resource before it feeds a CRF and every output before it is written;
 the mapping itself reads the checked JSON.
 
-Which types exist is R4's own list (:mod:`fhir_adapter.fhir_r4_types`). ``fhir.resources`` ships R5 (default),
+Which types exist is R4's own list (:mod:`fhir_adapter.fhir.r4_types`). ``fhir.resources`` ships R5 (default),
 R4B and STU3 models but no R4 ones, so the content of a resource is parsed with the ``R4B`` model of the same
 type (never the default R5 import, which silently drops R4-only fields); an R4 type that R4B removed
 (``MedicinalProduct``, ``EffectEvidenceSynthesis``…) is checked for its shape only (a JSON object with
@@ -16,7 +16,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
-from fhir_adapter.fhir_r4_types import R4_RESOURCE_TYPES
+from fhir_adapter.fhir.r4_types import R4_RESOURCE_TYPES
 
 
 @lru_cache(maxsize=64)

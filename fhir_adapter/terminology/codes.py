@@ -13,7 +13,7 @@ from pathlib import Path
 
 CANONICAL = "https://fhir-adapter.org/fhir"
 #: the adapter's published conformance resources (``profiles/`` at the top of the project)
-PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+PROFILES_DIR = Path(__file__).resolve().parents[2] / "profiles"
 
 # --- the adapter's own CodeSystems (profiles/CodeSystem-*.json) -----------------------------------
 #: the 24 SLEDAI-2K descriptors as clinicians record them (valueBoolean Observations)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from fhir_adapter.runlog import Quarantined
+from fhir_adapter.job.runlog import Quarantined
 
 #: the element that names the patient, for the rules that are about it
 _PATIENT_PATHS = ("subject.reference", "patient.reference", "individual.reference")

@@ -1,0 +1,1 @@
+"""Code systems, identifier systems and UCUM units used across the adapter."""
