@@ -20,7 +20,8 @@ import yaml
 
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, pred_eq_on
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.medications import MedicationMapper, MedicationSettings
+from fhir_adapter.mapping.medications.mapper import MedicationMapper
+from fhir_adapter.mapping.medications.settings import MedicationSettings
 from fhir_adapter.study.load import Study, load_study
 from fhir_adapter.study.yamlfile import MappingError
 from fhir_adapter.terminology.codes import CS_RESULTS, SLEDAI2K_DESCRIPTOR_CODES, codesystem_displays

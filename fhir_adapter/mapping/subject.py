@@ -17,7 +17,7 @@ from fhir_adapter.mapping.cdisc_details import immunizations
 from fhir_adapter.mapping.cdisc_details import not_done as nd
 from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure
 from fhir_adapter.mapping.history import HistoryMapper
-from fhir_adapter.mapping.medications import MedicationMapper
+from fhir_adapter.mapping.medications.mapper import MedicationMapper
 from fhir_adapter.mapping.observations import ObservationMapper
 from fhir_adapter.mapping.participation import participation
 from fhir_adapter.mapping.visits import place

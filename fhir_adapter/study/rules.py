@@ -20,7 +20,7 @@ from fhir_adapter.derive.renal import RenalSettings
 from fhir_adapter.derive.safety import SafetySettings
 from fhir_adapter.derive.sledai2k import Sledai2kSettings
 from fhir_adapter.mapping.adverse_events import AdverseEventSettings
-from fhir_adapter.mapping.medications import MedicationSettings
+from fhir_adapter.mapping.medications.settings import MedicationSettings
 
 RULE_FILES: dict[str, type[BaseModel]] = {
     "sledai2k": Sledai2kSettings,

@@ -10,7 +10,7 @@ import pytest
 from fhir_adapter.crf.models import ConMed
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.medications import MedicationMapper
+from fhir_adapter.mapping.medications.mapper import MedicationMapper
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SCT = "http://snomed.info/sct"
@@ -203,7 +203,7 @@ def test_lymphodepleting_agents_are_not_cm(study):  # type: ignore[no-untyped-de
 
 
 def test_site_local_code_with_strength(study):  # type: ignore[no-untyped-def]
-    from fhir_adapter.mapping.medications import DrugCode, MedicationSettings
+    from fhir_adapter.mapping.medications.settings import DrugCode, MedicationSettings
 
     base = study.rule("medications", MedicationSettings)
     pred = base.drugs["prednisolone"].model_copy(update={

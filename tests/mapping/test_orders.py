@@ -17,7 +17,7 @@ import pytest
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, pred_eq_on
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.medications import MedicationMapper
+from fhir_adapter.mapping.medications.mapper import MedicationMapper
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
