@@ -39,8 +39,13 @@ Subject result; the first case that applies defines the value:
 1. not infused → ``dlt`` None, not evaluable "not infused";
 2. an event meets a rule → ``dlt`` True, with every such event in ``dlt_events``;
 3. an event is undecided for a rule → ``dlt`` None, with the reasons in ``not_evaluable``;
-4. ``require_complete_window`` and the subject's last data are before the window's last day → None;
+4. ``require_complete_window`` and the subject was not followed through the window → None: no data dated
+   after the infusion day inside the window (study days 2 .. ``window.last_day``: a result, a visit, an AE
+   onset or resolution), or the last such data before ``window.last_day`` (docs/clinical-rules.md#dlt-window);
 5. otherwise → ``dlt`` False.
+
+"No DLT" therefore needs evidence that the subject was seen during the window and through its end: years of
+routine-care data after the infusion with nothing in days 2–30 do not show that no DLT happened.
 
 Examples (Day 1 = 2024-02-01): CRS grade 3 from day 2 to day 6 (96 h) → DLT; the same to day 5 (72 h) → no;
 grade-3 rash related from day 3 to day 11 (8 days) → DLT; to day 10 (7 days) → no; grade 4 neutropenia
@@ -316,10 +321,32 @@ def derive_dlt(crf: SubjectCRF, s: DltSettings) -> DltResult:
     if undecided:
         return DltResult(dlt=None, not_evaluable=undecided, evaluated=evaluated)
     if s.require_complete_window:
-        last = ctx.last_contact
-        last_day = ctx.day(last) if last else None
-        if last_day is None or last_day < s.window.last_day:
-            return DltResult(dlt=None, evaluated=evaluated, not_evaluable=[
-                f"DLT window not completed: last data on study day {last_day} (window ends day "
-                f"{s.window.last_day})"])
+        gap = _followup_gap(crf, ctx)
+        if gap is not None:
+            return DltResult(dlt=None, evaluated=evaluated, not_evaluable=[gap])
     return DltResult(dlt=False, evaluated=evaluated)
+
+
+def _contact_days(crf: SubjectCRF, ctx: _Ctx) -> list[int]:
+    """Study days on which the subject was seen: results, visits, AE onsets and resolutions."""
+    dates = [f.date for f in crf.findings if f.date] + [v.date for v in crf.visits if v.date]
+    dates += [d for ae in crf.ae for d in (ae.onset_date, ae.resolution_date) if d]
+    return sorted({ctx.day(x) for x in dates})
+
+
+def _followup_gap(crf: SubjectCRF, ctx: _Ctx) -> str | None:
+    """Why the subject was not followed through the DLT window (case 4), or None when it was."""
+    w = ctx.s.window
+    days = _contact_days(crf, ctx)
+    after = [x for x in days if x > 1]
+    in_window = [x for x in after if x <= w.last_day]
+    if not after:
+        return (f"DLT window not followed: no data after the infusion day (window study days "
+                f"{w.first_day}-{w.last_day})")
+    if not in_window:
+        return (f"DLT window not followed: no data on study days 2-{w.last_day} (next data on study day "
+                f"{after[0]})")
+    if after[-1] < w.last_day:
+        return (f"DLT window not completed: last data on study day {after[-1]} (window ends day "
+                f"{w.last_day})")
+    return None

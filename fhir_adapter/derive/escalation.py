@@ -14,10 +14,11 @@ Definitions:
   Beta(1, 1) prior; MTD by isotonic regression (PAVA) of p̂ = (y + 0.05)/(n + 0.1), the level closest to φ.
 
 Counting (per arm): ``n_treated`` = infused subjects; ``n_dlt_evaluable`` = infused subjects whose DLT
-evaluation is True or False (a "not evaluable" subject, dlt None, is not counted, as 3+3 replaces them);
-``n_dlt`` = subjects with dlt True. Expansion arms (``expansion_arms``) are reported with their counts and
-the dose level they run at, but never enter the escalation decisions or the MTD (the escalation data alone
-decide, as in the protocol; expansion safety is reviewed separately).
+evaluation is True or False (a "not evaluable" subject, dlt None — e.g. not followed through the DLT window —
+is not counted, as 3+3 replaces them: ``n_dlt_not_evaluable`` = ``n_treated`` − ``n_dlt_evaluable`` is the
+number to replace); ``n_dlt`` = subjects with dlt True. Expansion arms (``expansion_arms``) are reported
+with their counts and the dose level they run at, but never enter the escalation decisions or the MTD (the
+escalation data alone decide, as in the protocol; expansion safety is reviewed separately).
 
 3+3 decision of one level with n evaluable and y DLTs; the first case that applies defines the value:
 
@@ -226,6 +227,7 @@ class DoseLevel(BaseModel):
     n_dlt_evaluable: int
     n_dlt: int
     decision: str
+    n_dlt_not_evaluable: int = Field(0, description="infused but not DLT-evaluable: replaced, never counted")
 
 
 class Rp2d(BaseModel):
@@ -339,11 +341,13 @@ def derive_escalation(subjects: Sequence[DltOutcome], settings: EscalationSettin
     else:
         decisions, rp2d = _three_plus_three(levels)
     rows = [DoseLevel(arm=a, role="escalation", dose_level=a, n_treated=nt, n_dlt_evaluable=n, n_dlt=y,
-                      decision=dec) for (a, nt, n, y), dec in zip(levels, decisions, strict=True)]
+                      n_dlt_not_evaluable=nt - n, decision=dec)
+            for (a, nt, n, y), dec in zip(levels, decisions, strict=True)]
     for arm, level in settings.expansion_arms.items():
         nt, n, y = _counts(subjects, arm)
         rows.append(DoseLevel(arm=arm, role="expansion", dose_level=level, n_treated=nt, n_dlt_evaluable=n,
-                              n_dlt=y, decision=f"expansion at {level}: not used for escalation decisions"))
+                              n_dlt=y, n_dlt_not_evaluable=nt - n,
+                              decision=f"expansion at {level}: not used for escalation decisions"))
     if rp2d.arm is not None:
         exp = [a for a, lv in settings.expansion_arms.items() if lv == rp2d.arm]
         others = sorted(set(settings.expansion_arms) - set(exp))

@@ -8,8 +8,8 @@ max_grade, onset_day, duration_days}), ``teaes`` (listing), ``pre_infusion_aes``
 ``kinetics`` ({cmax, cmax_unit, tmax_day, clast, tlast_day, auc0_28, persistence_day} of the transgene
 series, and ``car_cells`` with the same keys for the CAR+ cell series) and ``kinetics_notes``.
 Study level: ``teae_summary``, ``dose_levels`` ([{arm, n_treated, n_dlt_evaluable, n_dlt, decision, role,
-dose_level}]) and ``rp2d`` ({arm, method, rationale}); computed from the subject rows, so they need all
-subjects.
+dose_level, n_dlt_not_evaluable}]) and ``rp2d`` ({arm, method, rationale}); computed from the subject rows,
+so they need all subjects.
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ def ae(term: str, onset: int | None, end: int | None, grade: int | None, **kw: A
 
 
 def evaluate(rules: DltSettings, *aes: AdverseEvent, last_day: int = 60):  # type: ignore[no-untyped-def]
-    """A subject followed up to ``last_day`` (a lab result that day) with these AEs."""
-    return derive_dlt(crf([finding("crp", last_day, 1.0)], {}, ae=list(aes)), rules)
+    """A subject followed up to ``last_day`` (a lab result weekly from day 8, and on that day) with these AEs."""
+    days = sorted({x for x in (8, 15, 22, 29) if x < last_day} | {last_day})
+    return derive_dlt(crf([finding("crp", x, 1.0) for x in days], {}, ae=list(aes)), rules)
 
 
 def crs(onset: int, end: int | None, grade: int | None, **kw: Any) -> AdverseEvent:
@@ -148,6 +149,27 @@ def test_not_infused_and_incomplete_window(rules: DltSettings) -> None:
     r = evaluate(rules, last_day=29)
     assert r.dlt is None and "not completed" in r.not_evaluable[0]
     assert evaluate(rules, last_day=30).dlt is False
+
+
+@pytest.mark.parametrize(("days", "reason"), [
+    ([-20, -7, 1], "no data after the infusion day"),
+    ([-7, 1, 482], "no data on study days 2-30 (next data on study day 482)"),
+    ([-7, 15], "not completed: last data on study day 15"),
+])
+def test_no_follow_up_through_the_window_is_not_evaluable(rules: DltSettings, days: list[int],
+                                                          reason: str) -> None:
+    # routine-care data long after the infusion, with nothing in the window, is no evidence of "no DLT"
+    r = derive_dlt(crf([finding("weight", x, 60.0, domain="VS") for x in days], {}), rules)
+    assert r.dlt is None and len(r.not_evaluable) == 1 and reason in r.not_evaluable[0]
+
+
+def test_follow_up_in_and_through_the_window_is_evaluable(rules: DltSettings) -> None:
+    # seen in the window (an AE resolving on day 12) and on day 30: no DLT
+    r = derive_dlt(crf([finding("weight", 30, 60.0, domain="VS")], {}, ae=[ae("Headache", 10, 12, 1)]), rules)
+    assert r.dlt is False
+    # a DLT needs no follow-up beyond the event
+    r = derive_dlt(crf([], {}, ae=[crs(3, 4, 4)]), rules)
+    assert r.dlt is True
 
 
 def test_evaluated_lists_the_events_that_could_fall_in_the_window(rules: DltSettings) -> None:

@@ -145,6 +145,7 @@ def test_three_plus_three_synthetic_trial() -> None:
         "escalate", "MTD", "exceeds MTD: de-escalate")
     assert (rows["DL2"].n_treated, rows["DL2"].n_dlt_evaluable, rows["DL2"].n_dlt) == (6, 6, 1)
     assert (rows["EXP"].n_treated, rows["EXP"].n_dlt_evaluable, rows["EXP"].n_dlt) == (11, 10, 1)
+    assert (rows["DL2"].n_dlt_not_evaluable, rows["EXP"].n_dlt_not_evaluable) == (0, 1)
     assert rows["EXP"].role == "expansion" and "not used for escalation" in rows["EXP"].decision
     assert r.rp2d.arm == "DL2" and r.rp2d.method == "3+3"
     assert "DL3 exceeds the MTD" in r.rp2d.rationale and "EXP" in r.rp2d.rationale
@@ -169,6 +170,7 @@ def test_three_plus_three_level_decisions(dlts: list[bool], decision: str) -> No
 def test_not_evaluable_subjects_are_treated_but_not_evaluable() -> None:
     r = derive_escalation(cohort("DL1", [None, False, False]), S33)
     assert (r.dose_levels[0].n_treated, r.dose_levels[0].n_dlt_evaluable) == (3, 2)
+    assert r.dose_levels[0].n_dlt_not_evaluable == 1  # to be replaced
     assert r.dose_levels[0].decision == "cohort incomplete (2/3 evaluable)"
     r = derive_escalation(cohort("DL1", [None]), S33)
     assert r.dose_levels[0].decision == "no DLT-evaluable subjects"

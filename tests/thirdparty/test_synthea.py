@@ -141,4 +141,18 @@ def test_nothing_outside_participation(synthea_run) -> None:  # type: ignore[no-
             if r["resourceType"] == "Observation":
                 assert start <= dt.date.fromisoformat(r["effectiveDateTime"][:10]) <= end
                 written.append((path.stem, r["code"]["coding"][0]["code"], r["effectiveDateTime"]))
-    assert written == [("901-003", "dlt", "2022-09-13")]
+    # 901-003's "no DLT" (judged from routine care 16 months after the infusion) is gone: not DLT-evaluable
+    assert written == []
+
+
+def test_no_dlt_result_without_follow_up_through_the_window(synthea_run) -> None:  # type: ignore[no-untyped-def]
+    out, _, _, _ = synthea_run
+    results = json.loads((out / "results" / "study.json").read_text())
+    assert {s["subject_id"]: (s["dlt"], s["dlt_not_evaluable"]) for s in results["subjects"]} == {
+        "901-001": (None, ["DLT window not followed: no data after the infusion day (window study days 1-30)"]),
+        "901-002": (None, ["DLT window not completed: last data on study day 21 (window ends day 30)"]),
+        "901-003": (None, ["DLT window not followed: no data on study days 2-30 (next data on study day 482)"]),
+    }
+    dl1 = next(d for d in results["dose_levels"] if d["arm"] == "DL1")
+    assert (dl1["n_treated"], dl1["n_dlt_evaluable"], dl1["n_dlt_not_evaluable"], dl1["n_dlt"]) == (3, 0, 3, 0)
+    assert dl1["decision"] == "no DLT-evaluable subjects"
