@@ -142,7 +142,7 @@ class SubjectEngine:
             if work.owned_study is not None:  # ... of the ResearchStudy it created from study.yaml
                 resources.insert(0, dict(work.owned_study))
         out.resources = resources
-        out.problems = [r4_problem(x) for x in resources]
+        out.problems = [r4_problem(x, full=True) for x in resources]
 
     def _drain(self, out: SubjectOutcome) -> None:
         out.counts = dict(self.log.counts)

@@ -5,7 +5,12 @@ Which types exist is R4's own list (:mod:`fhir_adapter.fhir.r4_types`). ``fhir.r
 R4B and STU3 models but no R4 ones, so the content of a resource is parsed with the ``R4B`` model of the same
 type (never the default R5 import, which silently drops R4-only fields); an R4 type that R4B removed
 (``MedicinalProduct``, ``EffectEvidenceSynthesis``…) is checked for its shape only (a JSON object with
-``resourceType``). An R4B-only type (``Citation``, ``SubscriptionTopic``…) is not R4."""
+``resourceType``). An R4B-only type (``Citation``, ``SubscriptionTopic``…) is not R4.
+
+Input resources are first given the quick check of :mod:`fhir_adapter.fhir.r4_elements` (the same models'
+element tables walked over the JSON, never more lenient than the models); only a resource it cannot vouch for
+is parsed with the model, which decides and names the reason. Resources the adapter writes are always parsed
+with the model (``full=True``)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from fhir_adapter.fhir.r4_elements import conforms
 from fhir_adapter.fhir.r4_types import R4_RESOURCE_TYPES
 
 
@@ -36,8 +42,9 @@ def _r4b_model(resource_type: str) -> Any | None:
         return None
 
 
-def r4_problem(resource: dict[str, Any]) -> str | None:
-    """None when ``resource`` parses as FHIR R4, else a one-line reason naming the element."""
+def r4_problem(resource: dict[str, Any], *, full: bool = False) -> str | None:
+    """None when ``resource`` parses as FHIR R4, else a one-line reason naming the element. ``full``: parse it
+    with the model even when the quick check accepts it (what the adapter writes)."""
     rtype = resource.get("resourceType")
     if not isinstance(rtype, str):
         return "no resourceType"
@@ -46,6 +53,8 @@ def r4_problem(resource: dict[str, Any]) -> str | None:
     cls = _r4b_model(rtype)
     if cls is None:  # an R4 type with no R4B model: shape only
         return None
+    if not full and conforms(resource, cls):
+        return None
     try:
         parsed = cls.model_validate(resource)
     except ValidationError as exc:
@@ -53,6 +62,8 @@ def r4_problem(resource: dict[str, Any]) -> str | None:
         where = ".".join(str(p) for p in first["loc"]) or rtype
         extra = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         return f"{where}: {first['msg'].removeprefix('Value error, ')}{extra}"
+    except (AttributeError, TypeError, ValueError) as exc:  # a model validator that trips over odd JSON
+        return f"{rtype} cannot be parsed ({type(exc).__name__}: {exc}); an element has the wrong JSON type"
     quoted = _quoted_scalar(resource, parsed, "")
     if quoted is not None:
         where, value = quoted

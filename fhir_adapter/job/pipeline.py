@@ -296,8 +296,8 @@ def _run(
         if len(writable) < len(bundle_resources):
             reviews.hold(plan, state, {result_id(r) for r in bundle_resources if r not in writable})
             bundle_resources = writable
-        invalid = [p for p in [problems[id(x)] for x in bundle_resources] + [r4_problem(x) for x in plan.retractions]
-                   if p]
+        invalid = [p for p in [problems[id(x)] for x in bundle_resources]
+                   + [r4_problem(x, full=True) for x in plan.retractions] if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
         # an incremental run's unchanged subject (source_resources None) whose results equal what the last run

@@ -232,7 +232,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
         desired = [with_owner_tag(r) for r in desired]
         check_safe(e, desired, enrolled_patients)
         for r in desired:
-            problem = r4_problem(r)
+            problem = r4_problem(r, full=True)
             if problem:
                 raise ValueError(f"{r['resourceType']} {_identifier(r)} is not valid FHIR R4: {problem}")
         existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates, foreign)

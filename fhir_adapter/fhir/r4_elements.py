@@ -1,0 +1,210 @@
+"""A quick FHIR R4 check that answers only "valid" or "ask the full parser", built from the ``fhir.resources``
+R4B models' own element tables.
+
+Parsing a resource into its ``fhir.resources`` model builds a pydantic object per element (hundreds of
+microseconds per resource). :func:`conforms` walks the JSON instead, with a table per model compiled once from
+that model's fields: every key must be an element of the model (``extra="forbid"``), a complex element a
+non-empty JSON object (a list of them where the element repeats, no nulls), a required element present, at
+most one element of a choice (``value[x]``) and one where the choice is required, and every primitive value of
+the JSON type R4 gives it (a decimal is a JSON number, a boolean ``true``/``false``) and accepted by the very
+validator the model uses for that primitive (dates on the calendar, offsets on dateTimes, codes without stray
+whitespace, ids of ≤ 64 characters…). Values already accepted are remembered per primitive type, so a date or
+a code seen before costs a dictionary look-up.
+
+Anything it does not model — a primitive's extension (``_value``), ``fhir_comments``, a contained resource, a
+null, an empty list — makes it answer False, and the caller asks the full parser
+(:func:`fhir_adapter.fhir.r4.r4_problem`), which gives the reason. It is therefore never more lenient than the
+models: ``conforms(r)`` implies that the model accepts ``r`` (``tests/test_fhir_r4_elements.py`` checks it on
+the synthetic feed, the bad-input corpus and mutations of both).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhir_core.types import FhirBase, FhirElementOrResourceBase
+from pydantic import TypeAdapter, ValidationError
+
+_UNIONS = (typing.Union, types.UnionType)
+#: values remembered as accepted per primitive type before the memory is cleared (bounds memory in long runs)
+MAX_REMEMBERED = 20_000
+
+
+class _Primitive:
+    """One primitive type's check: the JSON type, then the model's own validator, remembering accepted values."""
+
+    __slots__ = ("adapter", "json_types", "seen")
+
+    def __init__(self, annotation: Any) -> None:
+        base = _bare(annotation)
+        if base is bool:
+            self.json_types: tuple[type, ...] = (bool,)
+        elif base is int:
+            self.json_types = (int,)
+        elif base in (float, decimal.Decimal):
+            self.json_types = (int, float)
+        else:  # str, uri, code, date, dateTime, instant, time, base64Binary…: a JSON string
+            self.json_types = (str,)
+        self.adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+        self.seen: set[Any] = set()
+
+    def accepts(self, value: Any) -> bool:
+        if type(value) not in self.json_types:
+            return False
+        if value in self.seen:
+            return True
+        try:
+            self.adapter.validate_python(value)
+        except (ValidationError, ValueError, TypeError):
+            return False
+        if len(self.seen) >= MAX_REMEMBERED:
+            self.seen.clear()
+        self.seen.add(value)
+        return True
+
+
+@dataclass
+class _Element:
+    repeats: bool
+    primitive: _Primitive | None = None
+    #: the complex type's table (filled in after construction: types refer to each other)
+    complex: _Table | None = None
+    #: a type the quick check does not model (contained resources): present means "ask the full parser"
+    opaque: bool = False
+
+
+@dataclass
+class _Table:
+    elements: dict[str, _Element] = field(default_factory=dict)
+    required: tuple[str, ...] = ()
+    #: (the elements of one choice, whether one of them is required)
+    choices: tuple[tuple[tuple[str, ...], bool], ...] = ()
+
+
+_tables: dict[type, _Table] = {}
+_primitives: dict[Any, _Primitive] = {}
+
+
+def _bare(annotation: Any) -> Any:
+    """``Optional[Annotated[T, ...]]`` → ``T``."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is typing.Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in _UNIONS:
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            if len(args) != 1:
+                return annotation
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _unwrap(annotation: Any) -> tuple[Any, bool]:
+    """(the item annotation, whether the element repeats) of a field annotation."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] \
+        if typing.get_origin(annotation) in _UNIONS \
+        else [annotation]
+    if len(args) != 1:
+        return annotation, False
+    inner = args[0]
+    if typing.get_origin(inner) in (list, typing.List):  # noqa: UP006
+        return typing.get_args(inner)[0], True
+    return inner, False
+
+
+def _primitive(annotation: Any) -> _Primitive:
+    key = repr(annotation)
+    found = _primitives.get(key)
+    if found is None:
+        found = _primitives[key] = _Primitive(annotation)
+    return found
+
+
+_PRIMITIVE_BASES = (str, bool, int, float, decimal.Decimal, dt.date, dt.datetime, dt.time, bytes)
+
+
+def table(model: type) -> _Table:
+    """The element table of a ``fhir.resources`` model class (built once)."""
+    found = _tables.get(model)
+    if found is not None:
+        return found
+    t = _tables[model] = _Table()
+    required: list[str] = []
+    choices: dict[str, tuple[list[str], bool]] = {}
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if name.endswith("__ext") or not extra.get("element_property", False):
+            continue  # _value extensions and fhir_comments: not modelled, so not in the table
+        alias = info.alias or name
+        annotation = info.annotation
+        if info.metadata:
+            annotation = typing.Annotated[(annotation, *info.metadata)]
+        item, repeats = _unwrap(annotation)
+        bare = _bare(item)
+        if isinstance(bare, type) and issubclass(bare, FhirElementOrResourceBase):
+            element = _Element(repeats, opaque=True)
+        elif isinstance(bare, type) and issubclass(bare, FhirBase):
+            element = _Element(repeats)
+            element.complex = table(bare.get_model_klass())
+        elif isinstance(bare, type) and issubclass(bare, _PRIMITIVE_BASES):
+            element = _Element(repeats, primitive=_primitive(item))
+        else:
+            element = _Element(repeats, opaque=True)
+        t.elements[alias] = element
+        if info.is_required() or extra.get("element_required") is True:
+            required.append(alias)
+        if isinstance(extra.get("one_of_many"), str):
+            group = choices.setdefault(str(extra["one_of_many"]), ([], bool(extra.get("one_of_many_required"))))
+            group[0].append(alias)
+    t.required = tuple(required)
+    t.choices = tuple((tuple(names), req) for names, req in choices.values())
+    return t
+
+
+def _conforms(node: dict[str, Any], t: _Table) -> bool:
+    elements = t.elements
+    for key, value in node.items():
+        e = elements.get(key)
+        if e is None or value is None or e.opaque:
+            return False
+        sub, prim = e.complex, e.primitive
+        if e.repeats:
+            if type(value) is not list or not value:
+                return False
+            for item in value:
+                if sub is not None:
+                    if type(item) is not dict or not item or not _conforms(item, sub):
+                        return False
+                elif prim is None or (not (type(item) in prim.json_types and item in prim.seen) \
+                        and not prim.accepts(item)):
+                    return False
+        elif sub is not None:
+            if type(value) is not dict or not value or not _conforms(value, sub):
+                return False
+        elif prim is None or (not (type(value) in prim.json_types and value in prim.seen) and not prim.accepts(value)):
+            return False
+    for key in t.required:
+        if key not in node:
+            return False
+    for names, required in t.choices:
+        present = 0
+        for k in names:
+            if k in node:
+                present += 1
+        if present > 1 or (required and not present):
+            return False
+    return True
+
+
+def conforms(resource: dict[str, Any], model: type) -> bool:
+    """True when ``resource`` (a JSON object whose ``resourceType`` is ``model``'s) is certainly accepted by
+    ``model``; False means "parse it with the model to find out (and to learn why not)"."""
+    body = {k: v for k, v in resource.items() if k != "resourceType"}
+    return _conforms(body, table(model))
+
