@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from fhir_adapter.synth import DATA_CUT, TRANSACTION_TIME, TrialPlan, plan_trial, write_feed
-from fhir_adapter.synth.schedule import GROUP_ITEMS, GROUP_VISITS, VISITS
+from fhir_adapter.synth.cart_sle.schedule import GROUP_ITEMS, GROUP_VISITS, VISITS
 from fhir_adapter.terminology.codes import (
     AE_CAUSALITY_ASSESS,
     CS_CLINICAL_INPUT,

@@ -53,20 +53,32 @@ def main(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None
 
 
 @main.command()
+@click.option("--study", type=click.Path(path_type=Path), default=DEFAULT_STUDY, show_default=True,
+              help="Study folder (or the name of one in mappings/) whose schedule, items and endpoints the feed "
+                   "follows.")
 @click.option("--subjects", default=34, show_default=True, help="Enrolled subjects to generate.")
 @click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same bytes).")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Folder to write the NDJSON feed to.")
-def synth(subjects: int, seed: int, out: Path) -> None:
-    """Write a synthetic LCAR-AIO EHR export (Bulk Data NDJSON, one file per resource type).
+def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
+    """Write a synthetic EHR export for a study (Bulk Data NDJSON, one file per resource type).
+
+    Patients, enrolment, the first dose of the study product (Day 1), the study's scheduled visits with lab
+    values for its items, and glucocorticoids; a study whose endpoints need more (SLEDAI-2K, CRS/ICANS,
+    CAR-T kinetics, DLTs) gets its generator plug-in. Only synthetic, made-up people.
 
     \b
-    Example:
+    Examples:
       fhir-adapter synth --subjects 34 --seed 7 --out demo/feed
+      fhir-adapter synth --study syn-ln --subjects 12 --out ln/feed
     """
-    from fhir_adapter.synth import write_feed
+    from fhir_adapter.synth.plugins import write_synthetic_feed
 
-    counts = write_feed(out, subjects=subjects, seed=seed)
+    try:
+        counts = write_synthetic_feed(study, out, subjects, seed)
+    except ValueError as exc:   # a MappingError names the file, the line and the fix
+        _fail(str(exc))
+        return
     total = sum(counts.values())
     click.echo(f"wrote {total} resources for {subjects} enrolled subjects to {out}")
     for rtype, n in sorted(counts.items()):

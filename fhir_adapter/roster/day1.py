@@ -1,15 +1,17 @@
-"""Day 1 of each subject: the date of the LCAR-AIO infusion (docs/clinical-rules.md#day-1), from what the EHR records.
+"""Day 1 of each subject: the date of the study product's infusion or first dose (docs/clinical-rules.md#day-1),
+from what the EHR records.
 
 In order of preference:
 
 1. a completed ``Procedure`` with an infusion code (``study.yaml`` ``infusion_codes``, plus the site's own
    under ``infusion_codes`` in its overlay);
-2. a completed ``MedicationAdministration`` of the cell product (``study.yaml`` ``infusion_medication_codes``,
+2. a completed ``MedicationAdministration`` of the study product (``study.yaml`` ``infusion_medication_codes``,
    on ``medicationCodeableConcept`` or the referenced/contained ``Medication``);
 3. the ``infusion_date`` column of the site roster CSV, for sites whose infusion lives in another system.
 
 The earliest record of the first kind found wins; where each subject's Day 1 came from is reported
-(``run-report.json`` → ``day1_sources``).
+(``run-report.json`` → ``day1_sources``). Several records are warned about unless the study gives its product
+more than once (``study.yaml`` ``repeated_doses: true``: Day 1 is the first dose).
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
         first = sorted((d, str(r.get("id"))) for k, d, r in found if k == kind)
         day1 = first[0][0]
         r = next(r for k, d, r in found if k == kind and d == day1 and str(r.get("id")) == first[0][1])
-        if len(first) > 1:
+        if len(first) > 1 and not study.info.repeated_doses:
             log.warn(f"{len(first)} infusion {r['resourceType']}s; Day 1 = the first ({day1})",
                      subject_id=e.subject_id, rule="day1")
         if roster_infusion is not None and roster_infusion.date != day1:
@@ -103,7 +105,7 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
     if roster_infusion is not None:
         return replace(e, day1=roster_infusion.date, infusion=None, infusion_time=roster_infusion.at,
                        day1_source=f"roster CSV {roster_infusion.where}")
-    log.warn("no completed LCAR-AIO infusion (Procedure, MedicationAdministration of the cell product, or "
-             "infusion_date in the roster CSV): Day 1 unknown, visits cannot be placed",
+    log.warn(f"no completed infusion or dose of {study.info.product_name} (Procedure, MedicationAdministration "
+             "of the study product, or infusion_date in the roster CSV): Day 1 unknown, visits cannot be placed",
              subject_id=e.subject_id, rule="day1")
     return e

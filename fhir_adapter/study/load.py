@@ -187,11 +187,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 def resolve_study_dir(root: Path) -> Path:
     """``root`` as given when it exists; a relative path that does not exist here is looked up in the
     project's own tree (so ``--study mappings/lcar-aio``, the default, and ``--site mappings/sites/...`` work
-    from any directory)."""
+    from any directory), and a bare name as a study folder the project ships (``--study syn-ln``)."""
     root = Path(root)
     if root.exists() or root.is_absolute():
         return root
     shipped = PROJECT_ROOT / root
+    if not shipped.exists() and len(root.parts) == 1 and not root.suffix:
+        shipped = PROJECT_ROOT / "mappings" / root
     return shipped if shipped.exists() else root
 
 

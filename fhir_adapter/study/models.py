@@ -18,7 +18,7 @@ class Strict(BaseModel):
 class StudyInfo(Strict):
     """``study.yaml`` → ``study``: who is in the trial and what marks Day 1."""
 
-    id: str = Field(description="ResearchStudy.identifier value, e.g. LCAR-AIO-SLE")
+    id: str = Field(description="ResearchStudy.identifier value, e.g. SYN-LN-0001")
     name: str = ""
     identifier_system: str | None = Field(None, description="if set, ResearchStudy.identifier.system must match")
     subject_identifier_system: str | None = Field(
@@ -32,7 +32,9 @@ class StudyInfo(Strict):
     lymphodepletion_codes: tuple[str, ...] = Field(
         default=(), description="codes of the lymphodepleting agents (medication resources)"
     )
-    product_name: str = "LCAR-AIO"
+    product_name: str = Field("the study product", description="the study product as outputs name it")
+    repeated_doses: bool = Field(
+        False, description="the product is given more than once: Day 1 is its first dose, the others are expected")
 
     @field_validator("timezone")
     @classmethod

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import date
 from random import Random
 
-from .context import Resource
 from .ids import ref
+from .sink import Resource
 from .sites import HOME_TOWNS, SITES, STREET_KINDS, STREET_STEMS
 
 #: invented syllables: names are built from these, never taken from a list of real people's names

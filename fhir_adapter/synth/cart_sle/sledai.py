@@ -13,13 +13,13 @@ from typing import Any
 
 from fhir_adapter.terminology.codes import CS_CLINICAL_INPUT, CS_SLEDAI2K_DESCRIPTOR, SLEDAI2K_DESCRIPTOR_CODES, UCUM
 
+from ..lab_catalog import category, to_json
+from ..observations import head_json
+from ..timeline import DATA_CUT, at, date_to_study_day
 from .context import SubjectContext
 from .course import DiseaseCourse
 from .irregularities import OVERRIDE_FEVER, OVERRIDE_LEUKOPENIA
-from .lab_catalog import category, to_json
-from .observations import head_json
 from .schedule import GROUP_VISITS, VISIT_BY_ID
-from .timeline import DATA_CUT, at, date_to_study_day
 
 LAB_DESCRIPTORS = frozenset({
     "urinary-casts", "hematuria", "proteinuria", "pyuria", "low-complement", "increased-dna-binding",

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from random import Random
-from typing import Any, Protocol
 
+from ..observations import ObservationFactory
+from ..sink import Emit, Resource, Sink
+from ..sites import SiteConventions
+from ..timeline import at, date_to_study_day, study_day_to_date
 from .course import DiseaseCourse
 from .irregularities import Irregularity
-from .observations import ObservationFactory
-from .sites import SiteConventions
-from .timeline import at, date_to_study_day, study_day_to_date
 
-Resource = dict[str, Any]
-Emit = Callable[[Resource], None]
-
-
-class Sink(Protocol):
-    """Where resources go: dicts for most types, pre-rendered JSON lines for Observations."""
-
-    def add(self, resource: Resource) -> None: ...
-
-    def add_observation(self, line: str) -> None: ...
+__all__ = ["Emit", "Resource", "Sink", "SubjectContext"]
 
 
 @dataclass(slots=True)

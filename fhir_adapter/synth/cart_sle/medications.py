@@ -8,34 +8,14 @@ import math
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from fhir_adapter.terminology.codes import ROUTE_SNOMED, RXNORM, SNOMED
+from fhir_adapter.terminology.codes import SNOMED
 
+from ..medication_records import administration, statement, taper_doses
 from .adverse_events import AEvent
 from .context import Resource, SubjectContext
-from .ids import new_id
 from .irregularities import ALTERNATE_DAY_GLUCOCORTICOID, TOPICAL_GLUCOCORTICOID
-from .lab_catalog import quantity
 from .schedule import LD_CY_DAY, LD_FLU_DAYS
-from .timeline import DATA_CUT, LAST_INSTANT, at, fmt_local, fmt_utc
 
-#: drug key -> (RxNorm ingredient RxCUI, ingredient name, product text as the EHR prints it)
-DRUGS: dict[str, tuple[str, str, str]] = {
-    "prednisone": ("8640", "prednisone", "Prednisone 5 mg oral tablet"),
-    "methylprednisolone": ("6902", "methylprednisolone", "Methylprednisolone 4 mg oral tablet"),
-    "hydrocortisone": ("5492", "hydrocortisone", "Hydrocortisone 1% cream"),
-    "hydroxychloroquine": ("5521", "hydroxychloroquine", "Hydroxychloroquine sulfate 200 mg oral tablet"),
-    "mycophenolate": ("68149", "mycophenolate mofetil", "Mycophenolate mofetil 500 mg oral tablet"),
-    "valaciclovir": ("73645", "valacyclovir", "Valaciclovir 500 mg oral tablet"),
-    "fludarabine": ("24698", "fludarabine", "Fludarabine phosphate 50 mg powder for injection"),
-    "cyclophosphamide": ("3002", "cyclophosphamide", "Cyclophosphamide 1 g powder for injection"),
-    "tocilizumab": ("612865", "tocilizumab", "Tocilizumab 20 mg/mL concentrate for infusion"),
-    "dexamethasone": ("3264", "dexamethasone", "Dexamethasone 4 mg/mL injection"),
-}
-ROUTES: dict[str, tuple[str, str]] = {
-    "oral": ("26643006", "Oral route"), "iv": ("47625008", "Intravenous route"),
-    "topical": ("6064005", "Topical route"),
-}
-ROUTE_WORDS = {"oral": "orally", "iv": "intravenously", "topical": "topically"}
 SLE_REASON = [{"coding": [{"system": SNOMED, "code": "55464009", "display": "Systemic lupus erythematosus"}]}]
 
 #: glucocorticoid taper (prednisone-equivalent mg/day)
@@ -49,62 +29,11 @@ CYCLOPHOSPHAMIDE_MG_M2 = 1000.0
 TOCILIZUMAB_MG_KG = 8.0
 
 
-def medication(drug: str) -> dict[str, Any]:
-    code, name, text = DRUGS[drug]
-    return {"coding": [{"system": RXNORM, "code": code, "display": name}], "text": text}
-
-
-def route(kind: str) -> dict[str, Any]:
-    code, display = ROUTES[kind]
-    return {"coding": [{"system": ROUTE_SNOMED, "code": code, "display": display}]}
-
-
 def _statement(ctx: SubjectContext, drug: str, dose_mg: float, start: date, end: date | None, *,
                frequency: int = 1, period: int = 1, route_kind: str = "oral", text: str | None = None,
                rid: str | None = None) -> Resource | None:
-    if start >= DATA_CUT:
-        return None
-    if end is not None and end >= DATA_CUT:
-        end = None
-    dose: float | int = int(dose_mg) if float(dose_mg).is_integer() else dose_mg
-    if text is None:
-        how = "once daily" if (frequency, period) == (1, 1) else (
-            "every other day" if (frequency, period) == (1, 2) else f"{frequency} times daily")
-        text = f"{dose} mg {ROUTE_WORDS[route_kind]} {how}"
-    eff: dict[str, str] = {"start": start.isoformat()}
-    if end is not None:
-        eff["end"] = end.isoformat()
-    updated = at(min(end or start, DATA_CUT - timedelta(days=1)), ctx.rng.randint(480, 1080))
-    mid = rid or new_id(ctx.rng)
-    return {
-        "resourceType": "MedicationStatement", "id": mid,
-        "meta": {"versionId": "1", "lastUpdated": fmt_utc(updated)},
-        "identifier": [{"system": f"https://hospital.example.org/site-{ctx.site.site}/medication", "value": mid}],
-        "status": "completed" if end is not None else "active",
-        "medicationCodeableConcept": medication(drug),
-        "subject": ctx.patient_ref(),
-        "effectivePeriod": eff,
-        "dateAsserted": start.isoformat(),
-        "reasonCode": SLE_REASON,
-        "dosage": [{
-            "sequence": 1, "text": text,
-            "timing": {"repeat": {"frequency": frequency, "period": period, "periodUnit": "d"}},
-            "route": route(route_kind),
-            "doseAndRate": [{"doseQuantity": quantity(dose, "mg")}],
-        }],
-    }
-
-
-def taper_doses(start: float, target: float, include: float | None = None) -> list[float]:
-    doses = [start]
-    while doses[-1] > target:
-        d = doses[-1]
-        nxt = d - 5.0 if d > 10.0 else (d - 2.5)
-        doses.append(max(nxt, target))
-    if include is not None and include not in doses and doses[0] > include > doses[-1]:
-        doses.append(include)
-        doses.sort(reverse=True)
-    return doses
+    return statement(ctx.rng, ctx.site.site, ctx.patient_id, drug, dose_mg, start, end, SLE_REASON,
+                     frequency=frequency, period=period, route_kind=route_kind, text=text, rid=rid)
 
 
 def emit_glucocorticoids(ctx: SubjectContext, consent: date) -> None:
@@ -170,24 +99,7 @@ def emit_standing_therapy(ctx: SubjectContext, consent: date, enrolled: bool) ->
 
 def _administration(ctx: SubjectContext, drug: str, dose_mg: float, start: datetime, minutes: int | None,
                     text: str, reason: dict[str, Any] | None = None) -> Resource | None:
-    if start >= LAST_INSTANT or start.date() >= DATA_CUT:
-        return None
-    mid = new_id(ctx.rng)
-    res: Resource = {
-        "resourceType": "MedicationAdministration", "id": mid,
-        "identifier": [{"system": f"https://hospital.example.org/site-{ctx.site.site}/medication", "value": mid}],
-        "meta": {"versionId": "1", "lastUpdated": fmt_utc(start + timedelta(minutes=(minutes or 0) + 30))},
-        "status": "completed", "medicationCodeableConcept": medication(drug), "subject": ctx.patient_ref(),
-    }
-    if minutes:
-        res["effectivePeriod"] = {"start": fmt_local(start), "end": fmt_local(start + timedelta(minutes=minutes))}
-    else:
-        res["effectiveDateTime"] = fmt_local(start)
-    if reason is not None:
-        res["reasonCode"] = [reason]
-    dose: float | int = int(dose_mg) if float(dose_mg).is_integer() else dose_mg
-    res["dosage"] = {"text": text, "route": route("iv"), "dose": quantity(dose, "mg")}
-    return res
+    return administration(ctx.rng, ctx.site.site, ctx.patient_id, drug, dose_mg, start, minutes, text, reason)
 
 
 def emit_lymphodepletion(ctx: SubjectContext) -> None:

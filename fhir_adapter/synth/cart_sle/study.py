@@ -8,12 +8,13 @@ from random import Random
 
 from fhir_adapter.terminology.codes import SNOMED
 
-from .context import Resource
-from .ids import new_id, ref
+from ..enrolment import SID_RESEARCH_STUDY
+from ..enrolment import research_subject as enrolment_record
+from ..ids import new_id, ref
+from ..sink import Resource
+from ..timeline import DATA_CUT, fmt_local, fmt_utc
 from .plan import ARM_DOSE, ScreenFailurePlan, SubjectPlan
-from .timeline import DATA_CUT, fmt_local, fmt_utc
 
-SID_RESEARCH_STUDY = "https://fhir-adapter.org/fhir/sid/research-study"
 SID_SUBJECT = "https://fhir-adapter.org/fhir/sid/lcar-aio-subject"
 STUDY_IDENTIFIER = "LCAR-AIO-SLE"
 STUDY_TITLE = ("LCAR-AIO autologous anti-CD19/BCMA CAR-T cells in relapsed/refractory systemic lupus "
@@ -57,21 +58,8 @@ def research_study(study_id: str) -> Resource:
 
 def research_subject(rs_id: str, subject_id: str, study_id: str, patient_id: str, status: str,
                      consent: date, arm: str | None, updated: date, end: date | None = None) -> Resource:
-    res: Resource = {
-        "resourceType": "ResearchSubject", "id": rs_id,
-        "meta": {"versionId": "2" if updated > consent else "1", "lastUpdated": f"{updated.isoformat()}T15:00:00Z"},
-        "identifier": [{"system": SID_SUBJECT, "value": subject_id}],
-        "status": status,
-        "period": {"start": consent.isoformat()},
-        "study": ref("ResearchStudy", study_id),
-        "individual": ref("Patient", patient_id),
-    }
-    if end is not None:
-        res["period"]["end"] = end.isoformat()
-    if arm is not None:
-        res["assignedArm"] = arm
-        res["actualArm"] = arm
-    return res
+    return enrolment_record(rs_id, SID_SUBJECT, subject_id, study_id, patient_id, status, consent, arm, updated,
+                            end)
 
 
 def enrolled_subject(sp: SubjectPlan, study_id: str) -> Resource:

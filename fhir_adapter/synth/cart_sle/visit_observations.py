@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
 
+from ..timeline import DATA_CUT, at, study_day_to_date
 from .context import SubjectContext
 from .irregularities import (
     AMENDED,
@@ -20,7 +21,6 @@ from .irregularities import (
 from .kinetics import CELLS_LLOQ, TRANSGENE_LLOQ
 from .lab_values import VALUE_MODELS, egfr_ckd_epi_2021
 from .schedule import GROUP_ITEMS, GROUP_VISITS, PROTEIN_24H_VISITS, VISIT_BY_ID, VISITS
-from .timeline import DATA_CUT, at, study_day_to_date
 
 #: per visit: candidate study days of its window (no Day 0) and their weights (target day most likely)
 _DAY_CHOICES: dict[str, tuple[list[int], list[int]]] = {

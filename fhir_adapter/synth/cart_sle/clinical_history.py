@@ -15,10 +15,10 @@ from typing import Any
 
 from fhir_adapter.terminology.codes import DATA_ABSENT_REASON, ICD10CM, LOINC, SNOMED
 
+from ..ids import new_id
+from ..timeline import DATA_CUT, at, fmt_local, fmt_utc
 from .context import Resource, SubjectContext
-from .ids import new_id
 from .plan import SubjectPlan
-from .timeline import DATA_CUT, at, fmt_local, fmt_utc
 
 HISTORY_SALT = 0x5EED_C015
 CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"

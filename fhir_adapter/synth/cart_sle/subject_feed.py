@@ -6,6 +6,10 @@ from __future__ import annotations
 from datetime import date, timedelta
 from random import Random
 
+from ..observations import ObservationFactory
+from ..people import patient
+from ..sites import SITES
+from ..timeline import DATA_CUT, at
 from . import scenarios as sc
 from .adverse_events import AEvent, adverse_event_resource, clip_to_cut
 from .clinical_history import emit_clinical_history, race_ethnicity_extensions
@@ -19,13 +23,9 @@ from .medications import (
     emit_topical_steroid,
     emit_toxicity_treatment,
 )
-from .observations import ObservationFactory
-from .people import patient
 from .plan import NonEnrolledPlan, ScreenFailurePlan, SubjectPlan, TrialPlan
-from .sites import SITES
 from .sledai import emit_sledai
 from .study import apheresis, enrolled_subject, infusion, screen_failure_subject
-from .timeline import DATA_CUT, at
 from .toxicities import draw_events
 from .visit_observations import draw_visits, emit_crs_day_results, emit_groups, emit_visit_results
 

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from random import Random
 
+from ..timeline import DATA_CUT
 from . import scenarios as sc
 from .adverse_events import HOSPITALISATION, LIFE_THREATENING, AEvent
 from .context import SubjectContext
 from .course import DiseaseCourse, Haem
 from .irregularities import AE_MISSING_GRADE, AE_ONGOING, OVERRIDE_FEVER
-from .timeline import DATA_CUT
 
 HOURS = 60   # minutes
 DLT_WINDOW_DAYS = 30

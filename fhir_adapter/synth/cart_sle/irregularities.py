@@ -12,9 +12,9 @@ from datetime import timedelta
 from random import Random
 from typing import TYPE_CHECKING
 
-from .ids import new_id
+from ..ids import new_id
+from ..timeline import DATA_CUT
 from .schedule import VISIT_BY_ID
-from .timeline import DATA_CUT
 
 if TYPE_CHECKING:
     from .plan import SubjectPlan

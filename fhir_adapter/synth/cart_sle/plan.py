@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from random import Random
 
-from .ids import new_id
+from ..ids import new_id
+from ..sites import SITE_NUMBERS, SITES, SiteConventions
+from ..timeline import DATA_CUT
 from .irregularities import Irregularity, place_irregularities
 from .scenarios import assign_scenarios
 from .schedule import SCREENING_DAYS
-from .sites import SITE_NUMBERS, SITES, SiteConventions
-from .timeline import DATA_CUT
 
 #: dose levels: arm name -> 10^6 CAR+ T cells/kg (EXP runs at the RP2D = DL2)
 ARM_DOSE: dict[str, float] = {"DL1": 1.0, "DL2": 2.0, "DL3": 4.0, "EXP": 2.0}

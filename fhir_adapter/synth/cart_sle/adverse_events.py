@@ -21,9 +21,9 @@ from fhir_adapter.terminology.codes import (
     NCIT_CTCAE_GRADE,
 )
 
+from ..ids import new_id, ref
+from ..timeline import DATA_CUT, LAST_INSTANT, at, fmt_local, fmt_utc
 from .context import Resource, SubjectContext
-from .ids import new_id, ref
-from .timeline import DATA_CUT, LAST_INSTANT, at, fmt_local, fmt_utc
 
 
 @dataclass(frozen=True, slots=True)

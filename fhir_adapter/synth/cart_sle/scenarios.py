@@ -8,7 +8,7 @@ from datetime import timedelta
 from random import Random
 from typing import TYPE_CHECKING
 
-from .timeline import DATA_CUT
+from ..timeline import DATA_CUT
 
 if TYPE_CHECKING:
     from .plan import SubjectPlan
