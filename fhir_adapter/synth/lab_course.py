@@ -50,6 +50,9 @@ COURSES: dict[str, AnalyteCourse] = {
     "c3": AnalyteCourse((0.45, 0.80), complete=(1.5, 2.1), partial=(1.2, 1.6), none=(0.95, 1.15), cap=1.6),
     "c4": AnalyteCourse((0.04, 0.09), complete=(2.0, 3.5), partial=(1.4, 2.2), none=(0.9, 1.2), cap=0.35),
     "ch50": AnalyteCourse((18.0, 36.0), complete=(1.8, 2.4), partial=(1.3, 1.8), none=(0.9, 1.2), cap=90.0),
+    # a B-cell-depleting study drug: CD19+ B cells fall within days in every class, least in non-responders
+    "cd19": AnalyteCourse((60.0, 400.0), complete=(0.0, 0.004), partial=(0.0, 0.02), none=(0.02, 0.3),
+                          tau=(3.0, 10.0), noise=0.15),
     "dsdna": AnalyteCourse((60.0, 400.0), complete=(0.03, 0.12), partial=(0.15, 0.40), none=(0.6, 1.0),
                            noise=0.08, floor=2.0),
 }

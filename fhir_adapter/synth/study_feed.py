@@ -5,8 +5,8 @@ identifier system and the study product whose first dose is Day 1 (a MedicationA
 ``infusion_medication_codes``, else a Procedure with one of ``infusion_codes``); ``schedule.yaml`` the visits
 (one visit date per scheduled visit, near its target day and inside its window); ``items.yaml`` which lab
 results are drawn at every visit (each quantity item whose LOINC code the lab catalogue knows, in the unit the
-site reports it); ``medications.yaml`` nothing is read from it, but the feed's glucocorticoid taper and
-background mycophenolate are RxNorm-coded as every hospital's are.
+site reports it). Every subject also has a glucocorticoid taper and background mycophenolate, RxNorm-coded as
+hospitals record them, for the glucocorticoid endpoint and the CM domain.
 
 Besides the enrolled subjects the export holds screen failures (ResearchSubject ``ineligible``, screening labs)
 and patients of the same clinics who are not in the study, whose data must never reach the study's outputs.
