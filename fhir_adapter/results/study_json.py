@@ -26,7 +26,8 @@ def settings_echo(study: Study) -> dict[str, Any]:
         "site_overlay": study.site,
         "mapping_files_sha256": study.files,
         "timezone": study.info.timezone,
-        "day1": "date of the LCAR-AIO infusion; study day = d - day1 + 1 on/after Day 1, d - day1 before (no Day 0)",
+        "day1": f"date of the {study.info.product_name} {'first dose' if study.info.repeated_doses else 'infusion'}; "
+                "study day = d - day1 + 1 on/after Day 1, d - day1 before (no Day 0)",
         "enrolled_statuses": list(study.info.enrolled_statuses),
         "site_overrides": [{k: v for k, v in o.items() if k != "where"} for o in study.overrides],
         **{name: rule.model_dump(mode="json", exclude={"descriptors"}) for name, rule in study.rules.items()},
