@@ -2,7 +2,7 @@
 which one ran: the roster resources (ResearchStudy, ResearchSubject, Patient) and then, per enrolled
 patient, that patient's resources of the types the mapping needs (:class:`Source` in ``base.py``).
 
-``files.py`` (a folder; ``layout.py``: the Bulk export layouts it reads), ``server.py`` (REST searches),
+``files.py`` (a folder; ``layout.py``: the Bulk export layouts it reads), ``server/`` (REST searches),
 ``bulk.py`` (a server through a Bulk Data ``$export``, then read as a folder).
 """
 

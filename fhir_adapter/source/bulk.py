@@ -140,7 +140,7 @@ class BulkSource:
     def _type_filters(self) -> list[str]:
         """One ``_typeFilter`` query per filtered type: the filters of the REST searches (codes)."""
         filters = []
-        for rtype, params in self.server._searches("PID"):
+        for rtype, params in self.server.plan.searches("PID"):
             query = {k: v for k, v in params.items()
                      if k not in (SUBJECT_SEARCHES[rtype][0], "_include")}
             if query:

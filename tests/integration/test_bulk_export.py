@@ -210,8 +210,8 @@ def test_server_reads_shared_resources_by_id(setup: Setup, study: Any) -> None:
     src = ServerSource(FhirClient(setup.server.base_url), study, RunLog(), observation_code_param="none")
     setup.server.reset("stats")
     try:
-        first = src.run(src._read_subject(patient))
-        again = src.run(src._read_subject(patient))
+        first = src.run(src.read_subject(patient))
+        again = src.run(src.read_subject(patient))
     finally:
         src.close()
     assert ("Specimen", "sp-1") in {(r["resourceType"], r["id"]) for r in first}

@@ -12,6 +12,7 @@ import httpx
 from fhir_adapter.fhir import ClientSettings, FhirClient
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
+from fhir_adapter.source.server.incremental import ChangeProbe
 from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import SID_RESULT
 
@@ -65,7 +66,7 @@ def run_probe(study: Study, history: bool) -> tuple[set[str], list[httpx.Request
     loop = asyncio.new_event_loop()
     source = ServerSource(client, study, log, since=SINCE, loop=loop)
     try:
-        changed = source.run(source._changed({"p1", "p2", "p3"}))
+        changed = source.run(ChangeProbe(client, source.plan, log, source.base, SINCE).changed({"p1", "p2", "p3"}))
     finally:
         source.close()
     return changed, seen, log

@@ -1,0 +1,71 @@
+"""The roster from a FHIR server: ``ResearchStudy?identifier=<study id>`` (and its site sub-studies,
+``ResearchStudy?partof=``), then ``ResearchSubject?study=...&_include=ResearchSubject:individual`` (Patients come
+with their ResearchSubjects; those the server did not include are read by ``Patient?_id=a,b,...``), and the
+Patients a site roster CSV names by identifier. Requests are counted under the label ``roster``."""
+
+from __future__ import annotations
+
+from fhir_adapter.fhir import FhirClient, FhirHttpError
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.source.base import RosterInput, ref_id
+from fhir_adapter.study.load import Study
+
+LABEL = "roster"
+PATIENTS_PER_SEARCH = 50
+
+
+async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
+                      patient_identifiers: list[str]) -> RosterInput:
+    info = study.info
+    token = f"{info.identifier_system}|{info.id}" if info.identifier_system else info.id
+    studies = await client.search_all("ResearchStudy", {"identifier": token}, label=LABEL)
+    out = RosterInput(studies=list(studies), base=base)
+    ids = [s["id"] for s in studies if "id" in s]
+    if ids:
+        try:
+            parts = await client.search_all(
+                "ResearchStudy", {"partof": ",".join(f"ResearchStudy/{i}" for i in ids)}, label=LABEL)
+        except FhirHttpError as exc:
+            if exc.status != 400:
+                raise
+            parts = []
+            log.warn(f"the server does not search ResearchStudy by partof ({exc.status}): site "
+                     "sub-studies are not read; their subjects must reference the main study",
+                     rule="roster-partof")
+        out.studies.extend(p for p in parts if p.get("id") not in ids)
+    await _patients_by_identifier(client, out, patient_identifiers)
+    study_refs = ",".join(f"ResearchStudy/{s['id']}" for s in out.studies if "id" in s)
+    if not study_refs:
+        return out
+    async for res in client.search(
+        "ResearchSubject", {"study": study_refs, "_include": "ResearchSubject:individual"}, label=LABEL
+    ):
+        if res.get("resourceType") == "ResearchSubject":
+            out.subjects.append(res)
+        elif res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+            out.patients[res["id"]] = res
+    await _missing_patients(client, out, base, log)
+    return out
+
+
+async def _missing_patients(client: FhirClient, out: RosterInput, base: str, log: RunLog) -> None:
+    """Patients the server did not ``_include`` (many EHRs ignore ``_include`` on ResearchSubject): read
+    them with ``Patient?_id=a,b,...``, so a subject is never rejected as 'unknown patient' for that."""
+    wanted = sorted({pid for rs in out.subjects
+                     if (pid := ref_id((rs.get("individual") or {}).get("reference"), "Patient", base))
+                     and pid not in out.patients})
+    if wanted:
+        log.count("roster.patients_read_without_include", len(wanted))
+    for i in range(0, len(wanted), PATIENTS_PER_SEARCH):
+        async for res in client.search("Patient", {"_id": ",".join(wanted[i:i + PATIENTS_PER_SEARCH])}, label=LABEL):
+            if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+                out.patients[res["id"]] = res
+
+
+async def _patients_by_identifier(client: FhirClient, out: RosterInput, identifiers: list[str]) -> None:
+    """The Patients a site roster CSV names by identifier (``Patient?identifier=a,b,...``)."""
+    for i in range(0, len(identifiers), PATIENTS_PER_SEARCH):
+        async for res in client.search("Patient", {"identifier": ",".join(identifiers[i:i + PATIENTS_PER_SEARCH])},
+                                       label=LABEL):
+            if res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
+                out.patients[res["id"]] = res

@@ -1,0 +1,139 @@
+"""ServerSource: a live FHIR R4 server as the source (read only), driven on its own event loop.
+
+The roster (:mod:`.roster`), then per enrolled patient the searches of :mod:`.searches` — each paged through
+``next`` links with ``_count`` at the client's page size; or, with ``read_mode="batch"``, one batch Bundle
+holding those searches (:mod:`.batch`) — and the shared resources they reference (:mod:`.shared`).
+Incremental runs (``since``) read only the patients :mod:`.incremental` finds changed.
+
+Requests are counted per subject (the subject ID is the request label) in the client's stats; the roster,
+incremental probes and capability look-up under ``roster``, ``incremental`` and ``metadata``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Collection, Coroutine, Iterator
+from typing import Any, TypeVar
+
+from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError
+from fhir_adapter.fhir.errors import FhirServerUnavailable
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.source.base import Resource, RosterInput
+from fhir_adapter.source.server.batch import batch_search
+from fhir_adapter.source.server.incremental import ChangeProbe, first_error
+from fhir_adapter.source.server.roster import read_roster
+from fhir_adapter.source.server.searches import SearchPlan, input_resources
+from fhir_adapter.source.server.shared import SharedResources
+from fhir_adapter.study.load import Study
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history", "bulk")
+
+
+class ServerSource:
+    """Reads from a FHIR server through a :class:`FhirClient` it drives on its own event loop."""
+
+    def __init__(self, client: FhirClient, study: Study, log_: RunLog, *, since: dt.datetime | None = None,
+                 read_mode: str = "search", loop: asyncio.AbstractEventLoop | None = None,
+                 observation_code_param: str = "combo-code") -> None:
+        self.client = client
+        self.study = study
+        self.log = log_
+        self.since = since
+        self.read_mode = read_mode
+        self.plan = SearchPlan(study, observation_code_param)
+        self.description = f"server:{client.base_url}"
+        self._loop = loop or asyncio.new_event_loop()
+        self._labels: dict[str, str] = {}
+        self.unchanged: set[str] = set()
+        self.shared = SharedResources(client)
+        #: patients whose reads failed after every retry (the pipeline reports them; the next run reads them)
+        self.failed: dict[str, FhirError] = {}
+        #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
+        self.reusable: set[str] | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._loop.run_until_complete(coro)
+
+    def unchanged_subjects(self) -> set[str]:
+        return set(self.unchanged)
+
+    def request_stats(self) -> dict[str, Any]:
+        """Requests to the server for the run report: total, per subject, and the shared ones by purpose."""
+        st = self.client.stats
+        per_subject = {k: v.requests for k, v in sorted(st.by_label.items()) if k not in NON_SUBJECT_LABELS}
+        return {
+            "total": st.total.requests, "retries": st.total.retries, "failures": st.total.failures,
+            "shared": {k: st.label(k).requests for k in NON_SUBJECT_LABELS if k in st.by_label},
+            "per_subject": per_subject,
+            "mean_per_subject": round(sum(per_subject.values()) / len(per_subject), 2) if per_subject else 0,
+        }
+
+    def close(self) -> None:
+        self.run(self.client.aclose())
+        self._loop.close()
+
+    @property
+    def base(self) -> str:
+        """The server's FHIR base: absolute references are resolved only under it."""
+        return str(self.client.base_url).rstrip("/")
+
+    def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
+        return self.run(read_roster(self.client, self.study, self.log, self.base, sorted(set(patient_identifiers))))
+
+    def label_subjects(self, labels: dict[str, str]) -> None:
+        """Patient id -> subject ID, used as the request label (requests per subject in the report)."""
+        self._labels = dict(labels)
+
+    async def read_subject(self, pid: str) -> list[Resource]:
+        """One patient's resources: its searches (one batch with ``read_mode="batch"``), then the shared
+        resources they reference."""
+        label = self._labels.get(pid, pid)
+        if self.read_mode == "batch":
+            found = await batch_search(self.client, self.plan.searches(pid), label)
+        else:
+            results = await asyncio.gather(*(self.client.search_all(t, p, label=label)
+                                             for t, p in self.plan.searches(pid)),
+                                           return_exceptions=True)  # every search ends before the subject fails
+            error = first_error(list(results))
+            if error is not None:
+                raise error
+            found = [r for chunk in results if not isinstance(chunk, BaseException) for r in chunk]
+        return await self.shared.complete(input_resources(found, self.log), label)
+
+    async def _read_many(self, pids: list[str]) -> list[list[Resource] | BaseException]:
+        return list(await asyncio.gather(*(self.read_subject(p) for p in pids), return_exceptions=True))
+
+    def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
+        todo = set(patient_ids)
+        if self.since is not None:
+            changed = self.run(ChangeProbe(self.client, self.plan, self.log, self.base, self.since).changed(todo))
+            self.unchanged = todo - changed
+            if self.reusable is not None:  # no CRF from the last run (e.g. it failed then): read in full
+                self.unchanged &= self.reusable
+            todo -= self.unchanged
+            self.log.count("incremental.changed_subjects", len(todo))
+            self.log.count("incremental.unchanged_subjects", len(self.unchanged))
+        ordered = sorted(todo)
+        chunk = max(1, self.client.settings.max_concurrency * 2)
+        for i in range(0, len(ordered), chunk):
+            part = ordered[i:i + chunk]
+            results = self.run(self._read_many(part))
+            for outcome in results:  # the server is down or the credentials are rejected: stop reading
+                if isinstance(outcome, FhirServerUnavailable) or \
+                        (isinstance(outcome, FhirAuthError) and not outcome.transient):
+                    raise outcome
+            for pid, resources in zip(part, results, strict=True):
+                if isinstance(resources, FhirError):  # this subject only; the others go on
+                    log.warning("reading %s failed: %s", self._labels.get(pid, pid), resources)
+                    self.failed[pid] = resources
+                    continue
+                if isinstance(resources, BaseException):
+                    raise resources
+                for r in resources:
+                    self.log.count(f"read.{r.get('resourceType')}")
+                yield pid, resources
