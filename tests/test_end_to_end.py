@@ -193,8 +193,36 @@ def test_coded_columns_hold_only_cdisc_ct_terms(trial) -> None:  # type: ignore[
     assert report["ct_package"] == ct.package
     assert report["meddra"]["dictionary"] is None and "HLT" in report["meddra"]["note"]
     assert report["aeser_y_without_criteria"] == 0
-    # values the CT has no term for are listed, never passed through: the cellular-kinetics unit is one
-    assert any(m["column"] == "PCORRESU" for m in report["no_ct_term"])
+    # every unit the demo feed sends has a CDISC term (cellular kinetics: DNA copies/ug, scores: POINT)
+    assert report["no_ct_term"] == []
+    assert {r["PCORRESU"] for r in _csv(out, "PC") if r["PCORRES"]} == {"DNA copies/ug", "10^6/L"}
+
+
+def test_core_rules_that_need_no_cdisc_library(trial) -> None:  # type: ignore[no-untyped-def]
+    """The SDTMIG v3.4 checks of the CDISC rules engine (CORE) that run without the CDISC Library, held here
+    because the engine's rules come only from the Library (API key) and its PyPI package ships none: EPOCH in
+    every domain but DM, --TEST at most 40 characters, AESER = Y with a seriousness criterion, EXENDTC with
+    EXENDY."""
+    from fhir_adapter.export.cdisc import COLUMNS, FINDINGS_DOMAINS
+
+    _, out, _ = trial
+    for domain in COLUMNS:
+        rows = _csv(out, domain)
+        if domain == "DM":
+            continue
+        assert "EPOCH" in COLUMNS[domain], f"{domain}: EPOCH missing"
+        dated = [r for r in rows if r.get(f"{domain}DY") or r.get(f"{domain}STDY")]
+        assert all(r["EPOCH"] for r in dated if int(r.get(f"{domain}DY") or r.get(f"{domain}STDY")) > 0), \
+            f"{domain}: a record after Day 1 without EPOCH"
+    for domain in FINDINGS_DOMAINS:
+        assert all(len(r[f"{domain}TEST"]) <= 40 for r in _csv(out, domain)), f"{domain}TEST longer than 40"
+    criteria = ("AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE")
+    ae = _csv(out, "AE")
+    assert any(r["AESER"] == "Y" for r in ae)
+    assert all("Y" in {r[c] for c in criteria} for r in ae if r["AESER"] == "Y"), "AESER = Y without a criterion"
+    ex = _csv(out, "EX")
+    assert any(r["EXENDTC"] for r in ex)
+    assert all(r["EXENDY"] for r in ex if r["EXENDTC"]), "EXENDTC without EXENDY"
 
 
 def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-untyped-def]

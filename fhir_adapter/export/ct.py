@@ -24,6 +24,8 @@ class Codelist:
     code: str
     terms: tuple[str, ...]
     map: dict[str, str]
+    #: NCI term code (C-code) of each submission value, as checked against the named CT release
+    nci: dict[str, str] = field(default_factory=dict)
 
     def lookup(self, value: str) -> str | None:
         if value in self.terms:
@@ -89,7 +91,8 @@ def _load(path: Path) -> tuple[str, dict[str, Codelist], dict[str, tuple[frozens
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     lists = {
         name: Codelist(name=name, code=str(spec["code"]), terms=tuple(str(t) for t in spec["terms"]),
-                       map={str(k): str(v) for k, v in (spec.get("map") or {}).items()})
+                       map={str(k): str(v) for k, v in (spec.get("map") or {}).items()},
+                       nci={str(t): str(c) for t, c in spec["terms"].items() if c})
         for name, spec in doc["codelists"].items()
     }
     for cl in lists.values():

@@ -55,7 +55,10 @@ def render(variables: list[Variable]) -> str:
         "",
         f"Coded columns hold CDISC Controlled Terminology only ({ct.package}, `mappings/cdisc/ct.yaml`); a value "
         "with no term is left empty and listed in `run-report.json` under `cdisc.no_ct_term`. `--ORUCUM`/`--STUCUM` "
-        "keep the UCUM codes beside the CDISC units. MedDRA hierarchy (HLT, HLGT, SOC) needs the site's own "
+        "keep the UCUM codes beside the CDISC units (a CDISC synonym such as `ng/mL` becomes its submission value "
+        "`ug/L`). Every term carries the NCI code it was checked against in that release's `SDTM Terminology.txt` "
+        "(in ct.yaml, and as `nci:ExtCodeID` aliases in odm.xml); RACE = MULTIPLE (SDTMIG DM convention) is the "
+        "one value outside its codelist. MedDRA hierarchy (HLT, HLGT, SOC) needs the site's own "
         "MedDRA release: `meddra_dir` in the site overlay or `FHIR_ADAPTER_MEDDRA_DIR` (MSSO ASCII files "
         "`llt.asc`, `mdhier.asc`).",
         "",
@@ -77,6 +80,10 @@ def render(variables: list[Variable]) -> str:
         "is invented).",
         "* **MedDRA**: the event's MedDRA coding is read as an LLT; with the site's dictionary its PT, HLT, HLGT "
         "and primary SOC fill the hierarchy columns.",
+        "* **CDISC rules engine (CORE)**: its SDTMIG v3.4 rules come from the CDISC Library (an API key) and its "
+        "PyPI package ships none, so it cannot run offline; the four of its checks that need no Library data "
+        "run in the test suite on the demo exports (`tests/test_end_to_end.py`): EPOCH in every domain but DM, "
+        "--TEST at most 40 characters, AESER = Y with a seriousness criterion, EXENDTC with EXENDY.",
         "",
         "## IG variables",
         "",

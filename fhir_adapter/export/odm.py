@@ -160,7 +160,8 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
         cl = ct.codelists[name]
         mdv.CodeList.append(ODM.CodeList(
             OID=f"CL.{name}", Name=f"{name} ({ct.package})", DataType="text",
-            EnumeratedItem=[ODM.EnumeratedItem(CodedValue=t) for t in cl.terms],
+            EnumeratedItem=[ODM.EnumeratedItem(CodedValue=t, Alias=[ODM.Alias(Context="nci:ExtCodeID", Name=cl.nci[t])]
+                                               if t in cl.nci else []) for t in cl.terms],
             Alias=[ODM.Alias(Context="nci:ExtCodeID", Name=cl.code)]))
     gv = ODM.GlobalVariables(
         StudyName=ODM.StudyName(_content=study.info.id),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,34 @@ def test_ct_tables_translate_and_report_values_without_a_term() -> None:
     assert ct.term("ROUTE", "26643006", "CMROUTE") == "ORAL"
     assert ct.term("FREQ", "0.5", "CMDOSFRQ") == "QOD"
     assert ct.term("RACE", "White", "RACE") == "WHITE"
-    assert ct.term("UNIT", "{copies}/ug{DNA}", "PCORRESU") == ""
-    assert ct.report()["no_ct_term"] == [{"column": "PCORRESU", "value": "{copies}/ug{DNA}", "rows": 1}]
+    assert ct.term("UNIT", "ng/mL", "LBORRESU") == "ug/L", "a CDISC synonym is mapped to its submission value"
+    assert ct.term("UNIT", "{copies}/ug{DNA}", "PCORRESU") == "DNA copies/ug"
+    assert ct.term("UNIT", "{score}", "QSORRESU") == "POINT"
+    assert ct.term("LAT", "419161000", "PRLAT") == "LEFT"
+    assert ct.term("UNIT", "{vials}", "CMDOSU") == ""
+    assert ct.report()["no_ct_term"] == [{"column": "CMDOSU", "value": "{vials}", "rows": 1}]
     assert ct.serious_flags(("http://ncicb.nci.nih.gov/xml/owl/EVS/Thesaurus.owl|C83052",)) == {"AESHOSP"}
     for column in ("AEOUT", "LBSTRESU", "CMROUTE", "AESDTH", "LBSTAT", "EPOCH"):
         assert codelist(column) in ct.codelists, column
+
+
+def test_every_ct_term_names_its_nci_code() -> None:
+    """Each submission value in ct.yaml carries the NCI term code it was checked against in the named release;
+    the one exception is RACE = MULTIPLE (an SDTMIG DM convention, no term of the Race codelist)."""
+    import yaml
+
+    from fhir_adapter.export.ct import CT_FILE
+
+    doc = yaml.safe_load(CT_FILE.read_text(encoding="utf-8"))
+    assert re.fullmatch(r"SDTM CT \d{4}-\d{2}-\d{2}", doc["package"])
+    for name, spec in doc["codelists"].items():
+        assert re.fullmatch(r"C\d+", spec["code"]), name
+        assert isinstance(spec["terms"], dict), f"{name}: terms map each submission value to its C-code"
+        for term, code in spec["terms"].items():
+            if (name, term) == ("RACE", "MULTIPLE"):
+                assert code is None
+                continue
+            assert isinstance(code, str) and re.fullmatch(r"C\d+", code), f"{name}.{term}: no NCI code"
 
 
 SYNTHETIC_LLT = ("90000001$Synthetic headache term$90000010$$$$$$$Y$$\n"

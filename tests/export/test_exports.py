@@ -119,7 +119,7 @@ def test_findings_rows_are_the_values_selected_per_visit(out: Path) -> None:
     assert len(plt) == 1, "one row per subject/visit/item: W4 keeps the minimum (select: min)"
     (w4,) = plt
     assert w4["VISIT"] == "Week 4 (day 29)" and w4["VISITNUM"] == "8" and w4["VISITDY"] == "29"
-    assert w4["LBORRES"] == "120" and w4["LBORRESU"] == "10^3/uL" and w4["LBORUCUM"] == "10*3/uL"
+    assert w4["LBORRES"] == "120" and w4["LBORRESU"] == "10^9/L" and w4["LBORUCUM"] == "10*3/uL"
     assert w4["LBSTRESN"] == "120" and w4["LBSTRESU"] == "10^9/L" and w4["LBSTUCUM"] == "10*9/L"
     assert w4["LBDY"] == "27" and w4["LBLOINC"] == "777-3" and w4["EPOCH"] == "FOLLOW-UP"
     assert w4["LBDTC"] == "2024-02-27T09:00:00+00:00"
