@@ -63,8 +63,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
-from fhir_adapter.derive.safety import partial_period
-from fhir_adapter.study.timeline import study_day
+from fhir_adapter.study.timeline import partial_period, study_day
 
 Category = Literal["crs", "icans", "hematologic", "non_hematologic", "any"]
 

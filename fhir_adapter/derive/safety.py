@@ -36,7 +36,6 @@ Examples (Day 1 = 2024-02-01, lymphodepletion from day −5): onset day 1 → TE
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 from collections.abc import Sequence
 from typing import Literal
@@ -44,7 +43,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
-from fhir_adapter.study.timeline import study_day
+from fhir_adapter.study.timeline import partial_period, study_day
 
 TeaeCase = Literal[
     "not-infused", "onset", "after-follow-up", "worsened", "pre-infusion", "before-treatment",
@@ -64,21 +63,6 @@ class SafetySettings(_Strict):
 
 
 # --- dates -----------------------------------------------------------------------------------------------
-
-
-def partial_period(text: str | None) -> tuple[dt.date, dt.date] | None:
-    """First and last calendar date of a partial date ``YYYY`` or ``YYYY-MM`` (None if not partial)."""
-    if not text:
-        return None
-    parts = text.split("-")
-    try:
-        year = int(parts[0])
-        if len(parts) == 1:
-            return dt.date(year, 1, 1), dt.date(year, 12, 31)
-        month = int(parts[1])
-        return dt.date(year, month, 1), dt.date(year, month, calendar.monthrange(year, month)[1])
-    except (ValueError, IndexError):
-        return None
 
 
 def onset_day(ae: AdverseEvent, day1: dt.date | None) -> int | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fhir_adapter.crf.models import Demographics, SubjectCRF
+from fhir_adapter.crf.models import AdverseEvent, Demographics, MedicalHistory, SubjectCRF
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper
@@ -19,7 +19,7 @@ from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure
 from fhir_adapter.mapping.history import HistoryMapper
 from fhir_adapter.mapping.medications.mapper import MedicationMapper
 from fhir_adapter.mapping.observations import ObservationMapper
-from fhir_adapter.mapping.participation import participation
+from fhir_adapter.mapping.participation import Span, bound_adverse_events, participation
 from fhir_adapter.mapping.visits import place
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
@@ -77,6 +77,7 @@ class SubjectMapper:
         pr = self.history.procedures(resources, e.subject_id, e.day1)
         ae = self.adverse_events.map(resources, e.subject_id, day1=e.day1, lymphodepletion_start=ld_start,
                                      infusion_id=e.infusion.id if e.infusion else None)
+        ae, mh = self._bound_adverse_events(ae, mh, span, e)
         dm = Demographics(
             subject_id=e.subject_id, site=self._site(e), sex=e.sex,  # type: ignore[arg-type,unused-ignore]
             race=e.race, ethnicity=e.ethnicity,
@@ -90,6 +91,25 @@ class SubjectMapper:
             lymphodepletion_start=ld_start,
             dm=dm, ex=ex, findings=findings, visits=visits, cm=cm, ae=ae, mh=mh, pr=pr, not_done=not_done,
         )
+
+    def _bound_adverse_events(self, ae: list[AdverseEvent], mh: list[MedicalHistory], span: Span,
+                              e: Enrollee) -> tuple[list[AdverseEvent], list[MedicalHistory]]:
+        """AEs of the trial only: those before the participation start become medical history, those after
+        its end are left out; both are counted and listed in the run report (participation.py)."""
+        bounded = bound_adverse_events(ae, span, e.day1)
+        for h in bounded.history:
+            self.log.count("participation.ae-before-start")
+            self.log.warn(f"adverse event '{h.term}' began before the participation start ({span.start}, "
+                          f"{span.start_basis}): reported as medical history, not as an AE of the trial",
+                          resource=h.source.reference, subject_id=e.subject_id, rule="participation")
+        for a in bounded.after_end:
+            self.log.count("participation.ae-after-end")
+            self.log.warn(f"adverse event '{a.term}' began after the end of participation ({span.end}, "
+                          f"{span.end_basis}): not used", resource=a.source.reference, subject_id=e.subject_id,
+                          rule="participation")
+        if bounded.history:
+            mh = sorted([*mh, *bounded.history], key=lambda m: (m.start_date or dt.date.min, m.term, m.source.id))
+        return bounded.kept, mh
 
     def _site(self, e: Enrollee) -> str | None:
         """SITEID by the site overlay's rule (``siteid``): the site-level ResearchStudy's identifier (the

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import re
 from dataclasses import dataclass
@@ -106,4 +107,19 @@ def site_date(value: object, tz: str = "UTC") -> dt.date | None:
     try:
         return parse_fhir_date(value, tz).date
     except DateError:
+        return None
+
+
+def partial_period(text: str | None) -> tuple[dt.date, dt.date] | None:
+    """First and last calendar date of a partial date ``YYYY`` or ``YYYY-MM`` (None if not partial)."""
+    if not text:
+        return None
+    parts = text.split("-")
+    try:
+        year = int(parts[0])
+        if len(parts) == 1:
+            return dt.date(year, 1, 1), dt.date(year, 12, 31)
+        month = int(parts[1])
+        return dt.date(year, month, 1), dt.date(year, month, calendar.monthrange(year, month)[1])
+    except (ValueError, IndexError):
         return None

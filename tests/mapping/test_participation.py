@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.derive.safety import SafetySettings, teae_flag
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.participation import participation
+from fhir_adapter.mapping.participation import Span, bound_adverse_events, participation
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.roster.enrollees import Enrollee
 
@@ -65,3 +66,42 @@ def test_without_research_subject_dates_the_schedule_bounds_unscheduled_visits(s
     crf = SubjectMapper(study, log).map(enrollee(None), resources)
     assert [v.visit for v in crf.visits] == ["UNS11"]
     assert [f.source.id for f in crf.findings] == ["a", "c"]
+
+
+def adverse_event(id_: str, when: str | None, term: str = "Headache") -> dict[str, Any]:
+    r: dict[str, Any] = {"resourceType": "AdverseEvent", "id": id_, "actuality": "actual",
+                         "subject": {"reference": "Patient/p1"}, "event": {"text": term}}
+    if when:
+        r["date"] = when
+    return r
+
+
+def test_adverse_events_before_consent_are_history_and_after_end_of_study_are_out(study) -> None:  # type: ignore[no-untyped-def]
+    log = RunLog()
+    resources = [
+        adverse_event("before", "2024-01-05", "Migraine"),   # before consent (2024-01-20): pre-existing
+        adverse_event("partial", "2023-11", "Rash"),         # partial onset wholly before consent
+        adverse_event("screening", "2024-01-25"),            # after consent, before Day 1: kept
+        adverse_event("on-study", "2024-03-10"),             # kept (treatment-emergent)
+        adverse_event("undated", None),                      # no onset: kept, the TEAE rule decides
+        adverse_event("late", "2024-10-01"),                 # after the end of study: out of scope
+    ]
+    crf = SubjectMapper(study, log).map(enrollee(dt.date(2024, 1, 20), dt.date(2024, 9, 1)), resources)
+    assert sorted(a.source.id for a in crf.ae) == ["on-study", "screening", "undated"]
+    history = {m.source.id: (m.term, m.category, m.start_date, m.start_partial) for m in crf.mh}
+    assert history == {"before": ("Migraine", "pre-existing adverse event", dt.date(2024, 1, 5), None),
+                       "partial": ("Rash", "pre-existing adverse event", None, "2023-11")}
+    assert log.counts["participation.ae-before-start"] == 2
+    assert log.counts["participation.ae-after-end"] == 1
+    said = {w["resource"]: w["message"] for w in log.warnings if w.get("rule") == "participation"}
+    assert "medical history" in said["AdverseEvent/before"] and "not used" in said["AdverseEvent/late"]
+
+
+def test_a_pre_existing_event_that_worsens_after_day1_stays_an_adverse_event() -> None:
+    span = Span(dt.date(2024, 1, 20), dt.date(2024, 9, 1))
+    worse = AdverseEvent(term="Arthralgia", grade=3, baseline_grade=1, onset_date=dt.date(2023, 12, 1),
+                         source=SourceRef(resource_type="AdverseEvent", id="w"))
+    same = worse.model_copy(update={"grade": 1, "source": SourceRef(resource_type="AdverseEvent", id="s")})
+    out = bound_adverse_events([worse, same], span, DAY1)
+    assert [a.source.id for a in out.kept] == ["w"] and [m.source.id for m in out.history] == ["s"]
+    assert teae_flag(out.kept[0], DAY1, None, SafetySettings()).case == "worsened"
