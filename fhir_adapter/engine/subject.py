@@ -19,15 +19,12 @@ from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import Quarantined, RunLog
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.results.study_json import subject_row
-from fhir_adapter.results.subject import derive_subject
+from fhir_adapter.results.subject import SubjectResults, derive_subject
 from fhir_adapter.review.apply import SubjectReview, apply_decisions
 from fhir_adapter.roster.day1 import RosterInfusion, with_day1
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.roster.site_csv import research_subject_resource
 from fhir_adapter.study.load import Study
-from fhir_adapter.writeback.efficacy import efficacy_observations
-from fhir_adapter.writeback.observations import sledai2k_observation
-from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sources import result_sources
 
 log = logging.getLogger(__name__)
@@ -83,13 +80,11 @@ class SubjectOutcome:
         runlog.quarantine.extend(self.quarantine)
 
 
-def writeback_resources(r: Any, e: Any, study: Study, runlog: RunLog | None = None) -> list[dict[str, Any]]:
-    """The result resources of one subject; a result that names no source is never written back (counted
-    ``writeback.no-source``)."""
-    s = study.sledai2k
-    results = [sledai2k_observation(e, study.info.id, v, s) for v in r.sledai2k if v.total is not None] + \
-        efficacy_observations(r, e, study) + \
-        safety_observations(r, e, study)  # efficacy: LLDAS, dose per visit; safety: DLT, CAR-T kinetics
+def writeback_resources(r: SubjectResults, e: Enrollee, study: Study,
+                        runlog: RunLog | None = None) -> list[dict[str, Any]]:
+    """The result resources of one subject, endpoint by endpoint in study.yaml's order; a result that names
+    no source is never written back (counted ``writeback.no-source``)."""
+    results = r.observations(e, study)
     kept = [x for x in results if result_sources(x)]
     if runlog is not None and len(kept) < len(results):
         runlog.count("writeback.no-source", len(results) - len(kept))
@@ -135,6 +130,9 @@ class SubjectEngine:
         review = apply_decisions(crf, work.study, work.decisions)  # the reviewers' decisions replace the picks
         out.review = review
         res = derive_subject(review.crf, work.study)
+        safety = res.results.get("safety")
+        if safety is not None:  # the CRF file carries the TEAE flags of the safety result
+            review.crf = review.crf.model_copy(update={"ae": safety.flagged_ae})
         out.row = subject_row(res)
         resources = writeback_resources(res, e, work.study, self.log)
         if e.patient_id in work.owned:  # a ResearchSubject the adapter created from the site roster CSV

@@ -1,11 +1,10 @@
 """``results/study.json``: the results contract other tools rely on (keys are added, never renamed).
 
-Top level: ``study``, ``generated_by``, ``settings`` (the rules in force), ``subjects``. Per subject:
-``subject_id``, ``arm``, ``day1`` (YYYY-MM-DD) and ``visits``; per visit: ``visit``, ``date`` (the actual
-visit date), ``study_day``, ``sledai2k``, ``sledai2k_change`` and the per-descriptor detail.
-Efficacy keys (per visit, per subject, and the study-level ``lldas_rate``): see :mod:`fhir_adapter.results.efficacy`.
-Safety keys (per subject, and the study-level ``teae_summary``, ``dose_levels``, ``rp2d``): see
-:mod:`fhir_adapter.results.safety`.
+Top level: ``study``, ``generated_by``, ``settings`` (the rules in force), ``subjects``, then the study-level
+keys of the named endpoints (``lldas_rate``, ``teae_summary``, ``dose_levels``, ``rp2d``...). Per subject:
+``subject_id``, ``arm``, ``day1`` (YYYY-MM-DD), ``visits`` and the per-subject keys of the named endpoints; per
+visit: ``visit``, ``date`` (the actual visit date), ``study_day`` and the per-visit keys of the named
+endpoints. Each endpoint's keys are documented in its module of :mod:`fhir_adapter.endpoints`.
 """
 
 from __future__ import annotations
@@ -13,8 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_adapter import __version__
-from fhir_adapter.results.efficacy import lldas_rate_rows
-from fhir_adapter.results.safety import study_safety_keys
+from fhir_adapter.endpoints.registry import StudyInput
 from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.study.load import Study
 
@@ -40,9 +38,17 @@ def subject_row(r: SubjectResults) -> dict[str, Any]:
         "arm": r.crf.arm,
         "day1": r.crf.day1.isoformat() if r.crf.day1 else None,
         "visits": r.visit_rows(),
-        **r.efficacy.subject_keys(),  # seroconversion, b_cell_aplasia, ada_status, renal_response, gc series
-        **(r.safety.subject_keys() if r.safety else {}),  # safety: TEAE, CRS/ICANS, DLT, kinetics
+        **r.subject_keys(),
     }
+
+
+def study_keys(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
+    """The study-level keys of the named endpoints, from all subject rows (study.yaml's order)."""
+    out: dict[str, Any] = {}
+    for ep in study.endpoint_plugins():
+        if ep.study_keys is not None:
+            out.update(ep.study_keys(StudyInput(study=study, settings=study.rules[ep.name], rows=subjects)))
+    return out
 
 
 def study_json(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
@@ -51,6 +57,5 @@ def study_json(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
         "generated_by": f"fhir-adapter {__version__}",
         "settings": settings_echo(study),
         "subjects": sorted(subjects, key=lambda s: s["subject_id"]),
-        "lldas_rate": lldas_rate_rows(study, subjects),  # efficacy: LLDAS response rate per visit
-        **study_safety_keys(study, subjects),  # safety: teae_summary, dose_levels, rp2d
+        **study_keys(study, subjects),
     }

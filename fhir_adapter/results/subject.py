@@ -1,49 +1,74 @@
-"""All derivations of one subject, run in order over its CRF (pure: no I/O)."""
+"""All endpoints a study names, derived for one subject in run order over its CRF (pure: no I/O, the CRF is
+never changed), and the subject's rows of ``results/study.json``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.derive.sledai2k import Sledai2kVisit, derive_sledai2k
-from fhir_adapter.results.efficacy import EfficacyResults, derive_efficacy
-from fhir_adapter.results.safety import SafetyResults, derive_safety_results  # safety/DLT/kinetics
+from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput
+from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
+
+T = TypeVar("T")
 
 
 @dataclass
 class SubjectResults:
     crf: SubjectCRF
-    sledai2k: list[Sledai2kVisit]
-    efficacy: EfficacyResults = field(default_factory=EfficacyResults)  # PGA, LLDAS, steroids, renal, serology
-    safety: SafetyResults | None = None  # TEAE, CRS/ICANS, DLT, cellular kinetics (results/safety.py)
+    #: endpoint name → its typed result (per-subject endpoints the study names)
+    results: dict[str, Any] = field(default_factory=dict)
+    #: the per-subject endpoints in study.yaml's order (outputs follow it)
+    endpoints: list[Endpoint] = field(default_factory=list)
+
+    def get(self, name: str, kind: type[T]) -> T | None:
+        """The result of endpoint ``name`` (None when the study does not name it)."""
+        value = self.results.get(name)
+        assert value is None or isinstance(value, kind)
+        return value
 
     def visit_rows(self) -> list[dict[str, Any]]:
         """The ``visits`` list of this subject in ``results/study.json`` (scheduled visits only)."""
-        by_visit = {s.visit: s for s in self.sledai2k}
         rows = []
         for v in self.crf.visits:
             if v.unscheduled:
                 continue
-            s = by_visit.get(v.visit)
-            rows.append({
-                "visit": v.visit,
-                "date": v.date.isoformat() if v.date else None,
-                "study_day": v.study_day,
-                "sledai2k": s.total if s else None,
-                "sledai2k_change": s.change if s else None,
-                "sledai2k_baseline": bool(s and s.baseline),
-                "sledai2k_descriptors": [d.model_dump() for d in s.descriptors] if s and s.total is not None else [],
-                "sledai2k_not_assessed": s.not_assessed if s and s.total is not None else [],
-            })
-        for row in rows:  # efficacy endpoints: pga, lldas, pred_eq_mg_per_day, renal and immunology keys
-            row.update(self.efficacy.visit_keys(str(row["visit"])))
+            row: dict[str, Any] = {"visit": v.visit, "date": v.date.isoformat() if v.date else None,
+                                   "study_day": v.study_day}
+            for ep in self.endpoints:
+                if ep.visit_keys is not None:
+                    row.update(ep.visit_keys(self.results[ep.name], v.visit))
+            rows.append(row)
         return rows
+
+    def observations(self, e: Enrollee, study: Study, only: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """The write-back Observations of the named endpoints (or of those in ``only``), in study.yaml's order."""
+        out: list[dict[str, Any]] = []
+        for ep in self.endpoints:
+            if ep.observations is not None and (only is None or ep.name in only):
+                out += ep.observations(OutputInput(result=self.results[ep.name], enrollee=e, study=study,
+                                                   settings=study.rules[ep.name], day1=self.crf.day1))
+        return out
+
+    def subject_keys(self) -> dict[str, Any]:
+        """The per-subject keys of the named endpoints."""
+        out: dict[str, Any] = {}
+        for ep in self.endpoints:
+            if ep.subject_keys is not None:
+                out.update(ep.subject_keys(self.results[ep.name]))
+        return out
 
 
 def derive_subject(crf: SubjectCRF, study: Study) -> SubjectResults:
-    safety = derive_safety_results(crf, study)  # safety; sets the TEAE flag on crf.ae (CRF written after)
-    sledai2k = derive_sledai2k(crf, study.sledai2k)
-    return SubjectResults(crf=crf, sledai2k=sledai2k, efficacy=derive_efficacy(crf, study, sledai2k),
-                          safety=safety)
+    """Every per-subject endpoint of the study, each after those it needs."""
+    results: dict[str, Any] = {}
+    for ep in study.run_order():
+        if ep.derive is None:
+            continue
+        needed = {n: results[n] for n in ep.needs if n in results}
+        value = ep.derive(SubjectInput(crf=crf, study=study, settings=study.rules[ep.name], results=needed,
+                                       endpoint=ep.name))
+        results[ep.name] = value
+    return SubjectResults(crf=crf, results=results,
+                          endpoints=[ep for ep in study.endpoint_plugins() if ep.derive is not None])

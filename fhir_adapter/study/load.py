@@ -12,12 +12,12 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings
-from fhir_adapter.derive.sledai2k import Sledai2kSettings
+from fhir_adapter.endpoints import registry
+from fhir_adapter.endpoints.registry import CheckInput, Endpoint, RegistryError
 from fhir_adapter.study.models import (
     Item,
     ItemsFile,
@@ -27,9 +27,12 @@ from fhir_adapter.study.models import (
     StudyInfo,
     SubjectIdentifierRule,
 )
-from fhir_adapter.study.rules import RULE_FILES
 from fhir_adapter.study.yamlfile import MappingError, YamlDoc, read_yaml
 from fhir_adapter.terminology import units
+
+if TYPE_CHECKING:
+    from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings
+    from fhir_adapter.derive.sledai2k import Sledai2kSettings
 
 M = TypeVar("M", bound=BaseModel)
 CORE_FILES = ("study", "schedule", "items")
@@ -46,8 +49,11 @@ class Study:
     infusion_codes: frozenset[tuple[str, str]]
     infusion_medication_codes: frozenset[tuple[str, str]]
     lymphodepletion_codes: frozenset[tuple[str, str]]
+    #: settings per rule file: the domain mappings (medications, adverse_events) and the named endpoints
     rules: dict[str, BaseModel]
     files: dict[str, str] = field(default_factory=dict, repr=False)
+    #: the endpoints study.yaml names, in its order (outputs follow it); :attr:`run_order` derives them
+    endpoints: tuple[str, ...] = ()
     site: str | None = None
     #: which ResearchSubject identifier is the subject ID, and the file:line that says so
     subject_id_rule: SubjectIdentifierRule | None = None
@@ -64,7 +70,17 @@ class Study:
 
     @property
     def sledai2k(self) -> Sledai2kSettings:
+        from fhir_adapter.derive.sledai2k import Sledai2kSettings
+
         return self.rule("sledai2k", Sledai2kSettings)
+
+    def endpoint_plugins(self) -> list[Endpoint]:
+        """The named endpoints in study.yaml's order."""
+        return [registry.get(n) for n in self.endpoints]
+
+    def run_order(self) -> list[Endpoint]:
+        """The named endpoints ordered so each runs after those it needs."""
+        return registry.run_order(self.endpoint_plugins())
 
     def resolve_code(self, ref: str) -> tuple[str, str]:
         alias, code = ref.split("|", 1)
@@ -224,18 +240,22 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         if not path.exists():
             raise MappingError(path, None, f"missing {name}.yaml", "every study folder needs study, schedule, items")
         docs[name] = read_yaml(path)
+    sdoc = docs["study"]
+    named = _named_endpoints(sdoc)
+    mappings = registry.mapping_names()
     extra = sorted(p for p in root.glob("*.yaml") if p.stem not in CORE_FILES)
     for path in extra:
-        if path.stem not in RULE_FILES:
-            raise MappingError(path, None, f"unknown rule file '{path.name}'",
-                               f"known rule files: {sorted(RULE_FILES)}; rename or remove it")
+        if path.stem not in mappings and path.stem not in named:
+            raise _unexpected_rule_file(path, sdoc, mappings)
         docs[path.stem] = read_yaml(path)
-    for name in RULE_FILES:
+    for name in [*mappings, *named]:
         if name not in docs:
-            raise MappingError(root / f"{name}.yaml", None, f"missing rule file {name}.yaml",
-                               "copy it from mappings/lcar-aio/ and adapt it")
+            why = (f"study.yaml:{sdoc.line_of(('endpoints', list(named).index(name)))} names the endpoint '{name}'"
+                   if name in named else f"every study maps {name}")
+            raise MappingError(root / f"{name}.yaml", None, f"missing rule file {name}.yaml ({why})",
+                               "copy it from mappings/lcar-aio/ and adapt it"
+                               + (f", or remove {name} from the endpoints of study.yaml" if name in named else ""))
 
-    sdoc = docs["study"]
     if not isinstance(sdoc.data, dict) or "study" not in sdoc.data:
         raise sdoc.error((), "study.yaml must have a top-level `study:` mapping", "see mappings/lcar-aio/study.yaml")
     info = _validate(sdoc, StudyInfo, sdoc.data["study"], ("study",))
@@ -313,15 +333,13 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     ld = frozenset(_code(sdoc, ("study", "lymphodepletion_codes", i), r, systems)
                    for i, r in enumerate(info.lymphodepletion_codes))
 
-    rules: dict[str, BaseModel] = {}
-    gc = _validate(docs["glucocorticoids"], GlucocorticoidSettings, docs["glucocorticoids"].data)
-    for name, model in RULE_FILES.items():
+    rules = _endpoint_rules(docs, sdoc, named, items, overlay)
+    gc: GlucocorticoidSettings | None = rules.get("glucocorticoids")  # type: ignore[assignment]
+    for name in mappings:
+        model = registry.mapping_settings(name)
+        assert model is not None
         data = _medications_data(docs[name], gc) if name == "medications" else docs[name].data
-        rules[name] = gc if name == "glucocorticoids" else _validate(docs[name], model, data)
-    if overlay is not None and overlay.medication_list_complete is not None:
-        rules["glucocorticoids"] = gc.model_copy(update={"medication_list_complete": overlay.medication_list_complete})
-    rules["sledai2k"] = _check_sledai_rules(docs["sledai2k"], rules["sledai2k"], items)  # type: ignore[arg-type]
-    _check_efficacy_rules(docs, rules, items)  # efficacy endpoints (pga, lldas, renal, immunology)
+        rules[name] = _validate(docs[name], model, data)
 
     files = {f"{name}.yaml": _sha(doc.path) for name, doc in docs.items()}
     if odoc is not None:
@@ -329,7 +347,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     return Study(
         root=root, info=info, schedule=schedule, code_systems=systems, items=items, code_index=code_index,
         infusion_codes=infusion, infusion_medication_codes=infusion_meds, lymphodepletion_codes=ld,
-        rules=rules, files=files,
+        rules=rules, files=files, endpoints=tuple(named),
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
         overrides=overrides,
         siteid_rule=overlay.siteid if overlay else "research-study",
@@ -337,12 +355,13 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     )
 
 
-def _medications_data(doc: YamlDoc, gc: GlucocorticoidSettings) -> Any:
+def _medications_data(doc: YamlDoc, gc: GlucocorticoidSettings | None) -> Any:
     """medications.yaml with the facts glucocorticoids.yaml owns filled in: the systemic routes, and for
     every glucocorticoid of its table the drug class and RxNorm ingredient (its names and product codes
-    stay in medications.yaml). A medications.yaml that states one of them differently is an error."""
+    stay in medications.yaml). A medications.yaml that states one of them differently is an error. A study
+    that does not name the glucocorticoids endpoint states its systemic routes in medications.yaml."""
     data = doc.data
-    if not isinstance(data, dict) or not isinstance(data.get("drugs", {}), dict):
+    if gc is None or not isinstance(data, dict) or not isinstance(data.get("drugs", {}), dict):
         return data
     owner = "glucocorticoids.yaml"
     if "systemic_routes" in data:
@@ -386,69 +405,61 @@ def _meddra_dir(odoc: YamlDoc | None, overlay: SiteOverlay | None) -> Path | Non
     return folder
 
 
-def _check_sledai_rules(doc: YamlDoc, s: Sledai2kSettings, items: dict[str, Item]) -> Sledai2kSettings:
-    """Every rule names a known item; thresholds given in another unit are converted to the item's unit."""
-    descriptors = []
-    for di, d in enumerate(s.descriptors):
-        if d.item not in items:
-            raise doc.error(("descriptors", di), f"descriptor '{d.code}' has no CRF item '{d.item}'",
-                            "add it to items.yaml")
-        new_rules: dict[str, list[Any]] = {"lab": [], "lab_fallback": []}
-        for key in ("lab", "lab_fallback"):
-            for ri, r in enumerate(getattr(d, key)):
-                loc = ("descriptors", di, key, ri)
-                item = items.get(r.item)
-                if item is None:
-                    raise doc.error(loc, f"unknown item '{r.item}'", "use an item id of items.yaml")
-                if r.unit and item.unit and r.value is not None and r.unit != item.unit:
-                    try:
-                        r = r.model_copy(update={"value": units.convert(r.value, r.unit, item.unit), "unit": item.unit})
-                    except units.UnitError as exc:
-                        raise doc.error(loc, f"threshold unit: {exc}", f"give the threshold in {item.unit}") from None
-                new_rules[key].append(r)
-        descriptors.append(d.model_copy(update={k: tuple(v) for k, v in new_rules.items()}))
-    for name in s.default_ranges:
-        if name not in items:
-            raise doc.error(("default_ranges", name), f"unknown item '{name}'", "use an item id of items.yaml")
-    return s.model_copy(update={"descriptors": tuple(descriptors)})
-
-
-# --- efficacy endpoints: cross-file checks -----------------------------------------------------------------
-def _check_efficacy_rules(
-    docs: dict[str, YamlDoc], rules: dict[str, BaseModel], items: dict[str, Item],
-) -> None:
-    """Items named by the efficacy rule files exist; LLDAS major organ groups are groups of sledai2k.yaml."""
-    from fhir_adapter.derive.immunology import ImmunologySettings
-    from fhir_adapter.derive.lldas import LldasSettings
-    from fhir_adapter.derive.pga import PgaSettings
-    from fhir_adapter.derive.renal import RenalSettings
-
-    refs: list[tuple[str, tuple[str | int, ...], str]] = []
-    pga, renal, imm = rules.get("pga"), rules.get("renal"), rules.get("immunology")
-    if isinstance(pga, PgaSettings):
-        refs.append(("pga", ("item",), pga.item))
-    if isinstance(renal, RenalSettings):
-        refs += [("renal", (k,), getattr(renal, k)) for k in ("upcr_item", "protein_24h_item", "egfr_item")]
-    if isinstance(imm, ImmunologySettings):
-        refs += [("immunology", ("items", i), it) for i, it in enumerate(imm.items)]
-        refs += [("immunology", ("seroconversion", ab, i), it)
-                 for ab, its in imm.seroconversion.items() for i, it in enumerate(its)]
-        refs += [("immunology", ("default_upper_limits", it), it) for it in imm.default_upper_limits]
-        refs += [("immunology", ("cd19_item",), imm.cd19_item), ("immunology", ("ada_item",), imm.ada_item)]
-    for name, loc, item in refs:
-        if item not in items:
-            raise docs[name].error(loc, f"unknown item '{item}'", "use an item id of items.yaml")
-    lldas, sledai = rules.get("lldas"), rules.get("sledai2k")
-    if isinstance(lldas, LldasSettings) and isinstance(sledai, Sledai2kSettings):
-        groups = {d.group for d in sledai.descriptors}
-        for i, g in enumerate(lldas.major_organ_groups):
-            if g not in groups:
-                raise docs["lldas"].error(
-                    ("major_organ_groups", i), f"no SLEDAI-2K descriptor has group '{g}'",
-                    f"use a `group` of sledai2k.yaml: {sorted(groups)}",
-                )
-
-
 def iter_item_ids(study: Study, domain: str | Iterable[str]) -> list[str]:
     domains = {domain} if isinstance(domain, str) else set(domain)
     return [k for k, v in study.items.items() if v.domain in domains]
+
+
+# --- endpoints: which ones the study names, their rule files, their load-time checks ---------------------------
+def _named_endpoints(sdoc: YamlDoc) -> list[str]:
+    """``endpoints:`` of study.yaml: names of installed endpoints, each once, whose needs are named too."""
+    data = sdoc.data if isinstance(sdoc.data, dict) else {}
+    names = data.get("endpoints")
+    if names is None:
+        raise sdoc.error((), "study.yaml names no endpoints",
+                         "add a top-level `endpoints: [...]` listing the endpoints the study derives "
+                         f"(available: {', '.join(registry.available())}; `endpoints: []` for none)")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise sdoc.error(("endpoints",), "`endpoints` must be a list of endpoint names",
+                         "write e.g. endpoints: [sledai2k, pga]")
+    known = registry.available()
+    found: list[Endpoint] = []
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise sdoc.error(("endpoints", i), f"endpoint '{name}' is named twice", "name it once")
+        if name not in known:
+            raise sdoc.error(("endpoints", i), f"unknown endpoint '{name}'",
+                             f"use one of {', '.join(known) or '(none installed)'}, or install the package that "
+                             "provides it (entry-point group fhir_adapter.endpoints; fhir-adapter's own are "
+                             "registered when it is installed: `make install` or `pip install -e .`)")
+        found.append(registry.get(name))
+    try:
+        registry.run_order(found)
+    except RegistryError as exc:
+        raise sdoc.error(("endpoints",), str(exc), "name the endpoints each one needs, with no cycle") from None
+    return list(names)
+
+
+def _unexpected_rule_file(path: Path, sdoc: YamlDoc, mappings: list[str]) -> MappingError:
+    if path.stem in registry.available():
+        return MappingError(path, None, f"rule file of the endpoint '{path.stem}', which study.yaml does not name",
+                            f"add {path.stem} to the endpoints of {sdoc.path.name} "
+                            f"(line {sdoc.line_of(('endpoints',))}) or remove {path.name}")
+    return MappingError(path, None, f"unknown rule file '{path.name}'",
+                        f"rule files are those of the domain mappings ({', '.join(mappings)}) and of the named "
+                        f"endpoints ({', '.join(registry.available())}); rename or remove it")
+
+
+def _endpoint_rules(docs: dict[str, YamlDoc], sdoc: YamlDoc, named: list[str], items: dict[str, Item],
+                    overlay: SiteOverlay | None) -> dict[str, BaseModel]:
+    """Each named endpoint's rule file read into its settings model and checked, in run order (a check may
+    read the settings of the endpoints it needs)."""
+    rules: dict[str, BaseModel] = {}
+    for ep in registry.run_order(registry.get(n) for n in named):
+        settings: BaseModel = _validate(docs[ep.name], ep.settings, docs[ep.name].data)
+        if ep.name == "glucocorticoids" and overlay is not None and overlay.medication_list_complete is not None:
+            settings = settings.model_copy(update={"medication_list_complete": overlay.medication_list_complete})
+        if ep.check is not None:
+            settings = ep.check(CheckInput(doc=docs[ep.name], settings=settings, items=items, rules=rules))
+        rules[ep.name] = settings
+    return rules

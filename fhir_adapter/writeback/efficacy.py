@@ -17,9 +17,7 @@ from typing import Any
 from fhir_adapter import __version__
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, PredEqVisit
 from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, LldasVisit
-from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.roster.enrollees import Enrollee
-from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import CS_RESULTS, UCUM
 from fhir_adapter.writeback.observations import result_display, result_observation
 
@@ -56,12 +54,3 @@ def pred_eq_observation(
     value = {"valueQuantity": {"value": v.mg_per_day, "unit": "mg/d", "system": UCUM, "code": "mg/d"}}
     return result_observation(e, study_id, v.visit, "pred-eq-daily-dose", v.date, value,
                               derived_from=v.sources, method=method, category="therapy")
-
-
-def efficacy_observations(r: SubjectResults, e: Enrollee, study: Study) -> list[dict[str, Any]]:
-    """LLDAS and dose Observations of one subject's results, evaluable visits only."""
-    lldas, gc = study.rule("lldas", LldasSettings), study.rule("glucocorticoids", GlucocorticoidSettings)
-    sid = study.info.id
-    out = [lldas_observation(e, sid, v, lldas) for v in r.efficacy.lldas if v.lldas is not None]
-    out += [pred_eq_observation(e, sid, v, gc) for v in r.efficacy.pred_eq if v.mg_per_day is not None]
-    return out

@@ -17,13 +17,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fhir_adapter import __version__
-from fhir_adapter.derive.sledai2k import Sledai2kSettings, Sledai2kVisit
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import (
     CS_RESULTS,
-    CS_SLEDAI2K_DESCRIPTOR,
-    DATA_ABSENT_REASON,
     EXT_RESEARCH_SUBJECT,
     EXT_RESULT_SOURCE,
     OBS_CATEGORY,
@@ -90,24 +86,3 @@ def result_observation(
     if components:
         obs["component"] = components
     return obs
-
-
-def sledai2k_observation(e: Enrollee, study_id: str, v: Sledai2kVisit, s: Sledai2kSettings) -> dict[str, Any]:
-    """SLEDAI-2K of one visit: total in valueInteger, one component per descriptor (a not-assessed
-    descriptor carries dataAbsentReason ``not-performed`` instead of a value)."""
-    assert v.total is not None
-    components = []
-    sources: list[str] = []
-    for d in v.descriptors:
-        comp: dict[str, Any] = {"code": {"coding": [{"system": CS_SLEDAI2K_DESCRIPTOR, "code": d.code}]}}
-        if d.basis == "not-assessed":
-            comp["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT_REASON, "code": "not-performed"}],
-                                        "text": "not assessed in the look-back window"}
-        else:
-            comp["valueInteger"] = d.score
-        components.append(comp)
-        sources.extend(d.sources)
-    method = (f"SLEDAI-2K (Gladman 2002), {s.window_days}-day look-back; clinician entries win over lab rules; "
-              f"fhir-adapter {__version__}")
-    return result_observation(e, study_id, v.visit, "sledai-2k", v.date, {"valueInteger": v.total},
-                              derived_from=sources, components=components, method=method)

@@ -18,11 +18,9 @@ import datetime as dt
 from typing import Any
 
 from fhir_adapter import __version__
-from fhir_adapter.derive.dlt import DltSettings
-from fhir_adapter.derive.kinetics import KineticsSettings
-from fhir_adapter.results.subject import SubjectResults
+from fhir_adapter.derive.dlt import DltResult, DltSettings
+from fhir_adapter.derive.kinetics import Kinetics, KineticsSettings
 from fhir_adapter.roster.enrollees import Enrollee
-from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import date_of_study_day
 from fhir_adapter.terminology.codes import UCUM
 from fhir_adapter.writeback.observations import result_observation
@@ -35,30 +33,30 @@ def _quantity(value: float, unit: str) -> dict[str, Any]:
     return {"valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
 
 
-def safety_observations(r: SubjectResults, e: Enrollee, study: Study) -> list[dict[str, Any]]:
-    """The ``dlt`` and CAR-T kinetics Observations of one subject (only where the value is known)."""
-    if r.safety is None or r.crf.day1 is None:
+def dlt_observations(d: DltResult, e: Enrollee, study_id: str, s: DltSettings, day1: dt.date | None,
+                     ) -> list[dict[str, Any]]:
+    """The ``dlt`` Observation of one subject (only where the evaluation is true or false)."""
+    if d.dlt is None or day1 is None:
         return []
-    day1: dt.date = r.crf.day1
-    study_id = study.info.id
+    w = s.window
+    rules = ", ".join(sorted({ev.rule for ev in d.dlt_events})) or "none met"
+    window = f"{date_of_study_day(w.first_day, day1)} to {date_of_study_day(w.last_day, day1)}"
+    judged = f"{len(d.evaluated)} adverse event(s) considered" if d.evaluated else "no adverse event in the window"
+    method = (f"DLT rules of dlt.yaml (onset study days {w.first_day}-{w.last_day}, {window}; CTCAE v5.0, "
+              f"ASTCT 2019 CRS/ICANS); rules met: {rules}; judged from the infusion "
+              f"{e.infusion.reference if e.infusion else '(unknown)'} and {judged}; fhir-adapter {__version__}")
+    sources = [*([e.infusion.reference] if e.infusion else []), *d.evaluated]
+    return [result_observation(e, study_id, SCOPE, "dlt", date_of_study_day(w.last_day, day1),
+                               {"valueBoolean": d.dlt}, derived_from=sources, method=method, category="exam")]
+
+
+def kinetics_observations(kin: Kinetics, e: Enrollee, study_id: str, ks: KineticsSettings, day1: dt.date | None,
+                          ) -> list[dict[str, Any]]:
+    """The CAR-T kinetics Observations of one subject's transgene series (only where the value is known)."""
+    k = kin.primary
+    if k is None or day1 is None:
+        return []
     out: list[dict[str, Any]] = []
-    d = r.safety.dlt
-    if d.dlt is not None:
-        w = study.rule("dlt", DltSettings).window
-        rules = ", ".join(sorted({ev.rule for ev in d.dlt_events})) or "none met"
-        window = f"{date_of_study_day(w.first_day, day1)} to {date_of_study_day(w.last_day, day1)}"
-        judged = f"{len(d.evaluated)} adverse event(s) considered" if d.evaluated else "no adverse event in the window"
-        method = (f"DLT rules of dlt.yaml (onset study days {w.first_day}-{w.last_day}, {window}; CTCAE v5.0, "
-                  f"ASTCT 2019 CRS/ICANS); rules met: {rules}; judged from the infusion "
-                  f"{e.infusion.reference if e.infusion else '(unknown)'} and {judged}; fhir-adapter {__version__}")
-        sources = [*([e.infusion.reference] if e.infusion else []), *d.evaluated]
-        out.append(result_observation(e, study_id, SCOPE, "dlt", date_of_study_day(w.last_day, day1),
-                                      {"valueBoolean": d.dlt}, derived_from=sources, method=method,
-                                      category="exam"))
-    k = r.safety.kinetics.primary
-    if k is None:
-        return out
-    ks = study.rule("kinetics", KineticsSettings)
     blq = (f" (LLOQ {k.lloq:g}; BLQ 0 before the first quantifiable value, excluded after it)"
            if k.lloq is not None else "")
     method = (f"Non-compartmental analysis of {k.item}{blq}, actual sampling times in fractional days after the "

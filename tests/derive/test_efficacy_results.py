@@ -15,7 +15,6 @@ from fhir_adapter.results.study_json import settings_echo, study_json, subject_r
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import EXT_RESULT_SOURCE, UCUM
-from fhir_adapter.writeback.efficacy import efficacy_observations
 from fhir_adapter.writeback.sources import result_sources
 
 VISIT_KEYS = {"pga", "pga_change", "lldas", "lldas_failed", "pred_eq_mg_per_day", "upcr_mg_mg", "upcr_change",
@@ -66,7 +65,7 @@ def test_visit_subject_and_study_keys(study) -> None:  # type: ignore[no-untyped
 
 def test_writeback_lldas_and_dose_observations(study) -> None:  # type: ignore[no-untyped-def]
     res = derive_subject(subject(), study)
-    obs = efficacy_observations(res, E, study)
+    obs = res.observations(E, study, ("lldas", "glucocorticoids"))
     assert all(r4_problem(o) is None for o in obs)
     by = {(o["code"]["coding"][0]["code"], o["identifier"][0]["value"].split(".")[2]): o for o in obs}
     assert ("lldas", "BL") not in by   # not evaluable: nothing written

@@ -11,13 +11,13 @@ from typing import Any
 from helpers import DAY1, crf, d, finding
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.endpoints.kinetics import KEYS as KINETICS_KEYS
+from fhir_adapter.endpoints.safety import SafetyResult
 from fhir_adapter.fhir.r4 import r4_problem
-from fhir_adapter.results.safety import KINETICS_KEYS
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import UCUM
-from fhir_adapter.writeback.safety import safety_observations
 from fhir_adapter.writeback.sources import result_sources
 
 _ids = itertools.count(1)
@@ -52,7 +52,11 @@ def test_subject_keys_crf_flags_and_study_level(study) -> None:  # type: ignore[
     a = subject("T-001", "DL1", [ae("Cytokine release syndrome", 2, 6, 3, crs=True, related=True),
                                  ae("Nausea", -2, -1, 1)])
     res_a = derive_subject(a, study)
-    assert [x.teae for x in a.ae] == [True, False] and [x.pre_infusion for x in a.ae] == [False, True]
+    flagged = res_a.get("safety", SafetyResult)
+    assert flagged is not None
+    assert [x.teae for x in flagged.flagged_ae] == [True, False]
+    assert [x.pre_infusion for x in flagged.flagged_ae] == [False, True]
+    assert [x.teae for x in a.ae] == [None, None]  # the CRF is not changed by the derivation
     row = subject_row(res_a)
     assert set(row) >= SUBJECT_KEYS
     counts = (row["teae_count"], row["max_teae_grade"], row["crs_max_grade"], row["icans_max_grade"])
@@ -80,7 +84,7 @@ def test_subject_keys_crf_flags_and_study_level(study) -> None:  # type: ignore[
 
 def test_writeback_observations(study) -> None:  # type: ignore[no-untyped-def]
     r = derive_subject(subject("T-001", "DL1", [ae("ICANS", 3, 4, 4, icans=True)]), study)
-    obs = {o["code"]["coding"][0]["code"]: o for o in safety_observations(r, E, study)}
+    obs = {o["code"]["coding"][0]["code"]: o for o in r.observations(E, study, ("dlt", "kinetics"))}
     assert set(obs) == {"dlt", "cart-cmax", "cart-tmax", "cart-auc0-28d"}
     for o in obs.values():
         assert r4_problem(o) is None
@@ -98,7 +102,7 @@ def test_writeback_observations(study) -> None:  # type: ignore[no-untyped-def]
 
 def test_no_dlt_names_what_it_was_judged_from(study) -> None:  # type: ignore[no-untyped-def]
     r = derive_subject(subject("T-001", "DL1", []), study)
-    (dlt,) = [o for o in safety_observations(r, E, study) if o["code"]["coding"][0]["code"] == "dlt"]
+    (dlt,) = [o for o in r.observations(E, study, ("dlt", "kinetics")) if o["code"]["coding"][0]["code"] == "dlt"]
     assert dlt["valueBoolean"] is False and result_sources(dlt) == ["Procedure/inf1"]
     first, last = DAY1.isoformat(), (DAY1 + dt.timedelta(days=29)).isoformat()
     assert f"{first} to {last}" in dlt["method"]["text"] and "no adverse event in the window" in dlt["method"]["text"]
@@ -106,10 +110,10 @@ def test_no_dlt_names_what_it_was_judged_from(study) -> None:  # type: ignore[no
 
 def test_no_observation_where_the_value_is_unknown(study) -> None:  # type: ignore[no-untyped-def]
     r = derive_subject(subject("T-001", "DL1", [ae("Diarrhoea", 3, 20, None)]), study)
-    codes = {o["code"]["coding"][0]["code"] for o in safety_observations(r, E, study)}
+    codes = {o["code"]["coding"][0]["code"] for o in r.observations(E, study, ("dlt", "kinetics"))}
     assert "dlt" not in codes and "cart-cmax" in codes
     not_infused = derive_subject(subject("T-1", "DL1", [], infused=False), study)
-    assert safety_observations(not_infused, E, study) == []
+    assert not_infused.observations(E, study, ("dlt", "kinetics")) == []
 
 
 def test_result_codes_are_in_the_codesystem() -> None:

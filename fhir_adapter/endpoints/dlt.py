@@ -1,0 +1,35 @@
+"""Dose-limiting toxicities (:mod:`fhir_adapter.derive.dlt`).
+
+Per subject: ``dlt`` (true/false/null), ``dlt_events`` ({source, term, rule, reason}), ``dlt_not_evaluable``
+(reasons). Write-back: ``dlt`` where true or false, effective on the last day of the DLT window.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt
+from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput
+from fhir_adapter.writeback.safety import dlt_observations
+
+
+def derive(x: SubjectInput) -> DltResult:
+    return derive_dlt(x.crf, x.rules(DltSettings))
+
+
+def subject_keys(r: DltResult) -> dict[str, Any]:
+    return {"dlt": r.dlt, "dlt_events": [e.model_dump(mode="json") for e in r.dlt_events],
+            "dlt_not_evaluable": list(r.not_evaluable)}
+
+
+def observations(o: OutputInput) -> list[dict[str, Any]]:
+    s = o.settings
+    assert isinstance(s, DltSettings)
+    return dlt_observations(o.result, o.enrollee, o.study.info.id, s, o.day1)
+
+
+ENDPOINT = Endpoint(
+    name="dlt", settings=DltSettings, result=DltResult,
+    summary="dose-limiting toxicity in the DLT window, with its events or why not evaluable",
+    derive=derive, subject_keys=subject_keys, observations=observations, codes=("dlt",),
+)

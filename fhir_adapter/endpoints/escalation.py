@@ -1,0 +1,33 @@
+"""Dose escalation (3+3 or BOIN) and the RP2D, across subjects (:mod:`fhir_adapter.derive.escalation`);
+needs the DLT of every subject, so it runs on the driver after all subjects.
+
+Study level: ``dose_levels`` ([{arm, n_treated, n_dlt_evaluable, n_dlt, decision, role, dose_level,
+n_dlt_not_evaluable}]),
+``rp2d`` ({arm, method, rationale}) and ``escalation_boundaries``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_adapter.derive.escalation import DltOutcome, EscalationSettings, derive_escalation
+from fhir_adapter.endpoints.registry import Endpoint, StudyInput
+
+
+def study_keys(x: StudyInput) -> dict[str, Any]:
+    esc = x.settings
+    assert isinstance(esc, EscalationSettings)
+    rows = [r for r in x.rows if "dlt" in r]
+    result = derive_escalation([DltOutcome(r["arm"], r["day1"] is not None, r["dlt"]) for r in rows], esc)
+    return {
+        "dose_levels": [d.model_dump(mode="json") for d in result.dose_levels],
+        "rp2d": result.rp2d.model_dump(mode="json"),
+        "escalation_boundaries": result.boundaries,
+    }
+
+
+ENDPOINT = Endpoint(
+    name="escalation", settings=EscalationSettings, level="study", needs=("dlt",),
+    summary="dose-level decisions (3+3 or BOIN) and the recommended phase 2 dose",
+    study_keys=study_keys,
+)

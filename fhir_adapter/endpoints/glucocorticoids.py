@@ -1,0 +1,58 @@
+"""Prednisolone-equivalent daily dose (:mod:`fhir_adapter.derive.glucocorticoids`).
+
+Per visit: ``pred_eq_mg_per_day``. Per subject: ``glucocorticoid_series`` (change points of the daily dose).
+Write-back: ``pred-eq-daily-dose`` (``mg/d``) where the dose is evaluable.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from fhir_adapter.derive.glucocorticoids import (
+    GlucocorticoidSeries,
+    GlucocorticoidSettings,
+    PredEqVisit,
+    derive_pred_eq,
+    glucocorticoid_series,
+)
+from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput
+from fhir_adapter.writeback.efficacy import pred_eq_observation
+
+
+class GlucocorticoidResult(BaseModel):
+    visits: list[PredEqVisit]
+    series: GlucocorticoidSeries
+
+    def visit(self, visit: str) -> PredEqVisit | None:
+        return next((v for v in self.visits if v.visit == visit), None)
+
+
+def derive(x: SubjectInput) -> GlucocorticoidResult:
+    s = x.rules(GlucocorticoidSettings)
+    return GlucocorticoidResult(visits=derive_pred_eq(x.crf, s), series=glucocorticoid_series(x.crf, s))
+
+
+def visit_keys(r: GlucocorticoidResult, visit: str) -> dict[str, Any]:
+    d = r.visit(visit)
+    return {"pred_eq_mg_per_day": d.mg_per_day if d else None}
+
+
+def subject_keys(r: GlucocorticoidResult) -> dict[str, Any]:
+    return {"glucocorticoid_series": r.series.model_dump(mode="json")}
+
+
+def observations(o: OutputInput) -> list[dict[str, Any]]:
+    r: GlucocorticoidResult = o.result
+    s = o.settings
+    assert isinstance(s, GlucocorticoidSettings)
+    return [pred_eq_observation(o.enrollee, o.study.info.id, v, s) for v in r.visits if v.mg_per_day is not None]
+
+
+ENDPOINT = Endpoint(
+    name="glucocorticoids", settings=GlucocorticoidSettings, result=GlucocorticoidResult,
+    summary="prednisolone-equivalent daily dose per visit and over time",
+    derive=derive, visit_keys=visit_keys, subject_keys=subject_keys, observations=observations,
+    codes=("pred-eq-daily-dose",),
+)

@@ -1,0 +1,43 @@
+"""Physician's Global Assessment per visit (:mod:`fhir_adapter.derive.pga`).
+
+Per visit: ``pga``, ``pga_change``. The PGA is a clinician entry already in the EHR: nothing is written back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from fhir_adapter.derive.pga import PgaSettings, PgaVisit, derive_pga
+from fhir_adapter.endpoints.registry import CheckInput, Endpoint, SubjectInput, check_items
+
+
+class PgaResult(BaseModel):
+    visits: list[PgaVisit]
+
+    def visit(self, visit: str) -> PgaVisit | None:
+        return next((v for v in self.visits if v.visit == visit), None)
+
+
+def derive(x: SubjectInput) -> PgaResult:
+    return PgaResult(visits=derive_pga(x.crf, x.rules(PgaSettings)))
+
+
+def visit_keys(r: PgaResult, visit: str) -> dict[str, Any]:
+    p = r.visit(visit)
+    return {"pga": p.pga if p else None, "pga_change": p.change if p else None}
+
+
+def check(c: CheckInput) -> PgaSettings:
+    s = c.settings
+    assert isinstance(s, PgaSettings)
+    check_items(c, [(("item",), s.item)])
+    return s
+
+
+ENDPOINT = Endpoint(
+    name="pga", settings=PgaSettings, result=PgaResult,
+    summary="PGA (0-3) and change from baseline per visit",
+    derive=derive, visit_keys=visit_keys, check=check,
+)

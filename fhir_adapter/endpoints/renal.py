@@ -1,0 +1,41 @@
+"""24-h urine protein, UPCR and the renal response (:mod:`fhir_adapter.derive.renal`).
+
+Per visit: ``upcr_mg_mg``, ``upcr_change``, ``protein_24h_g``, ``protein_24h_change``. Per subject:
+``renal_response`` (null when the setting is off).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhir_adapter.derive.renal import RenalResults, RenalSettings, derive_renal
+from fhir_adapter.endpoints.registry import CheckInput, Endpoint, SubjectInput, check_items
+
+
+def derive(x: SubjectInput) -> RenalResults:
+    return derive_renal(x.crf, x.rules(RenalSettings))
+
+
+def visit_keys(r: RenalResults, visit: str) -> dict[str, Any]:
+    rn = next((x for x in r.visits if x.visit == visit), None)
+    return {"upcr_mg_mg": rn.upcr if rn else None, "upcr_change": rn.upcr_change if rn else None,
+            "protein_24h_g": rn.protein_24h if rn else None,
+            "protein_24h_change": rn.protein_24h_change if rn else None}
+
+
+def subject_keys(r: RenalResults) -> dict[str, Any]:
+    return {"renal_response": r.response.model_dump(mode="json") if r.response else None}
+
+
+def check(c: CheckInput) -> RenalSettings:
+    s = c.settings
+    assert isinstance(s, RenalSettings)
+    check_items(c, [((k,), getattr(s, k)) for k in ("upcr_item", "protein_24h_item", "egfr_item")])
+    return s
+
+
+ENDPOINT = Endpoint(
+    name="renal", settings=RenalSettings, result=RenalResults,
+    summary="UPCR and 24-h urine protein per visit with change from baseline; renal response",
+    derive=derive, visit_keys=visit_keys, subject_keys=subject_keys, check=check,
+)
