@@ -1,8 +1,11 @@
-"""EX: the lymphodepleting agents and the LCAR-AIO infusion.
+"""EX: the lymphodepleting agents and the study product (``study.yaml`` ``product_name``).
 
 Lymphodepletion = MedicationAdministration (else MedicationStatement/MedicationRequest) whose medication
 carries one of ``study.lymphodepletion_codes``; its first date is the *lymphodepletion start* used by the
-SLEDAI-2K cytopenia exclusion and the pre-infusion AE rule. The infusion is the roster's Day-1 Procedure.
+SLEDAI-2K cytopenia exclusion and the pre-infusion AE rule. The infusion is the roster's Day-1 record. A
+product given more than once (``repeated_doses: true``) has one EX record per completed MedicationAdministration
+of ``infusion_medication_codes``, Day 1 being the first. Administrations of the product are study treatment,
+never concomitant medication: :func:`without_study_product` keeps them out of CM.
 """
 
 from __future__ import annotations
@@ -61,7 +64,9 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
             source=SourceRef(resource_type=r["resourceType"], id=str(r.get("id")),
                              version=(r.get("meta") or {}).get("versionId")),
         ))
-    if e.day1 and e.infusion:
+    doses = _product_doses(e, resources, study, log) if study.info.repeated_doses else []
+    out += doses
+    if e.day1 and e.infusion and not any(d.source.id == e.infusion.id for d in doses):
         out.append(Exposure(
             treatment=study.info.product_name, kind="infusion", dose_level=e.arm, start_date=e.day1,
             end_date=e.day1, study_day=1, source=e.infusion,
@@ -73,3 +78,47 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
 def lymphodepletion_start(ex: list[Exposure]) -> dt.date | None:
     dates = [x.start_date for x in ex if x.kind == "lymphodepletion" and x.start_date]
     return min(dates) if dates else None
+
+
+_NOT_GIVEN = ("entered-in-error", "not-done", "stopped", "on-hold", "cancelled", "unknown", "in-progress")
+
+
+def is_study_product(r: dict[str, Any], resources: list[dict[str, Any]], study: Study) -> bool:
+    """A MedicationAdministration of the study product (``infusion_medication_codes``)."""
+    return (r.get("resourceType") == "MedicationAdministration" and bool(study.infusion_medication_codes)
+            and bool(set(medication_codings(r, resources)) & study.infusion_medication_codes))
+
+
+def without_study_product(resources: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    """``resources`` without the administrations of the study product (EX, not CM)."""
+    if not study.infusion_medication_codes:
+        return resources
+    return [r for r in resources if not is_study_product(r, resources, study)]
+
+
+def _product_doses(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> list[Exposure]:
+    out: list[Exposure] = []
+    for r in resources:
+        if not is_study_product(r, resources, study) or r.get("status") in _NOT_GIVEN:
+            continue
+        start, end = _when(r)
+        try:
+            s = parse_fhir_date(start, study.info.timezone) if start else None
+            en = parse_fhir_date(end, study.info.timezone) if end else None
+        except DateError as exc:
+            log.reject(r["resourceType"], r.get("id"), "bad-date", str(exc), "send ISO 8601 dates",
+                       subject_id=e.subject_id, raw=r)
+            continue
+        dose = (r.get("dosage") or {}).get("dose") or {}
+        out.append(Exposure(
+            treatment=study.info.product_name, kind="infusion", dose_level=e.arm,
+            code=next((f"{s_}|{c}" for s_, c in medication_codings(r, resources)
+                       if (s_, c) in study.infusion_medication_codes), None),
+            dose=dose.get("value"), dose_unit=dose.get("unit") or dose.get("code"),
+            start=s.datetime if s else None, start_date=s.date if s else None,
+            end_date=en.date if en else (s.date if s else None), partial_date=s.partial if s else None,
+            study_day=study_day(s.date, e.day1) if s and s.date and e.day1 else None,
+            source=SourceRef(resource_type=r["resourceType"], id=str(r.get("id")),
+                             version=(r.get("meta") or {}).get("versionId")),
+        ))
+    return out

@@ -15,7 +15,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper
 from fhir_adapter.mapping.cdisc_details import immunizations
 from fhir_adapter.mapping.cdisc_details import not_done as nd
-from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure
+from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure, without_study_product
 from fhir_adapter.mapping.history import HistoryMapper
 from fhir_adapter.mapping.medications.mapper import MedicationMapper
 from fhir_adapter.mapping.observations import ObservationMapper
@@ -71,8 +71,8 @@ class SubjectMapper:
                           f"{span.end_basis}) were not used", subject_id=e.subject_id, rule="participation")
         ex = map_exposure(e, resources, self.study, self.log)
         ld_start = lymphodepletion_start(ex)
-        cm = self.medications.map(resources, e.subject_id) + immunizations(resources, e.subject_id, self.study,
-                                                                           self.log)
+        cm = self.medications.map(without_study_product(resources, self.study), e.subject_id) + immunizations(
+            resources, e.subject_id, self.study, self.log)
         mh = self.history.medical_history(resources, e.subject_id, e.day1)
         pr = self.history.procedures(resources, e.subject_id, e.day1)
         ae = self.adverse_events.map(resources, e.subject_id, day1=e.day1, lymphodepletion_start=ld_start,
