@@ -71,8 +71,10 @@ demo: install
 	@echo "Review the picked values: $(BIN)/fhir-adapter review --results $(DEMO)/out   (docs/review.md)"
 
 # --- tests ----------------------------------------------------------------------------------------
+# ruff, and the architecture contracts of pyproject.toml [tool.importlinter] (docs/architecture.md)
 lint: install-test
 	$(BIN)/ruff check fhir_adapter tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: install-test
 	$(BIN)/mypy --strict fhir_adapter

@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
+from cli_run import timed_run
+
+from fhir_adapter.synth import write_feed
+from fhir_adapter.testing.feed_loader import load_feed
+from fhir_adapter.testing.fhir_server import start_fhir_server
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
 
-from cli_run import timed_run  # noqa: E402
-from feed_loader import load_feed  # noqa: E402
-from server_fixture import start_fhir_server  # noqa: E402
 
-from fhir_adapter.synth import write_feed  # noqa: E402
 
 
 def adapter_run(base_url: str, out: Path, config: Path, *extra: str) -> float:

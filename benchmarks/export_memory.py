@@ -122,7 +122,6 @@ def main() -> None:
     ap.add_argument("--compare-ref", default=None, help="git revision whose file source to read with as well")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from fhir_adapter.synth import write_feed
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fhir-adapter-export-mem-"))

@@ -15,24 +15,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cli_run import timed_cli
+
+from fhir_adapter.synth import write_feed
+from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.testing.feed_loader import load_feed, search_all
+from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT))
 
-from cli_run import timed_cli  # noqa: E402
-from feed_loader import load_feed, search_all  # noqa: E402
-from server_fixture import ServerHandle, start_fhir_server  # noqa: E402
 
-from fhir_adapter.synth import write_feed  # noqa: E402
-from fhir_adapter.terminology.codes import SID_RESULT  # noqa: E402
 
 
 def adapter_run(base_url: str, out: Path) -> tuple[float, int]:

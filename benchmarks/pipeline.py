@@ -45,7 +45,6 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[34, 340, 3400])
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
     from fhir_adapter.synth import write_feed
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fhir-adapter-bench-"))

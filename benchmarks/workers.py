@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "engine"))
+from fhir_adapter.testing.outtree import differences, out_tree
 
-from outtree import differences, out_tree  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+
 
 
 def timed_run(feed: Path, out: Path, workers: int) -> float:

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from feedkit import CLIN, LOINC, RXNORM, SNOMED, SUBJECT_SYSTEM, Feed, at
+
+from tests.feedkit import CLIN, LOINC, RXNORM, SNOMED, SUBJECT_SYSTEM, Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 SUBJECTS = {"p1": "101-001", "p2": "101-002", "p3": "101-003"}

@@ -1,20 +1,38 @@
+"""Fixtures of the whole suite: the LCAR-AIO study and the real FHIR R4 test server
+(:mod:`fhir_adapter.testing.fhir_server`, Node/Medplum in ``tests/fhir_server/``, started once on 127.0.0.1)."""
+
 from __future__ import annotations
 
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fhir_adapter.study.load import Study, load_study
+from fhir_adapter.testing.fhir_server import FhirServerError, ServerHandle, start_fhir_server
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")
-def study():  # type: ignore[no-untyped-def]
-    from fhir_adapter.study.load import load_study
-
+def study() -> Study:
     return load_study(ROOT / "mappings" / "lcar-aio")
 
 
-# the real FHIR R4 test server (tests/fhir_server/, started by the suite on 127.0.0.1)
-from server_fixture import clean_fhir_server, fhir_server  # noqa: E402, F401
+@pytest.fixture(scope="session")
+def fhir_server() -> Iterator[ServerHandle]:
+    """A test FHIR server shared by the whole session (data persists between tests)."""
+    try:
+        server = start_fhir_server()
+    except FhirServerError as err:
+        pytest.fail(str(err), pytrace=False)
+    with server:
+        yield server
+
+
+@pytest.fixture
+def clean_fhir_server(fhir_server: ServerHandle) -> ServerHandle:
+    """The session server, emptied (store, counters, faults) before the test."""
+    fhir_server.clear_faults()
+    fhir_server.reset()
+    return fhir_server

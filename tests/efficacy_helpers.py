@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from helpers import DAY1, d, finding
 from pydantic import BaseModel
 
 from fhir_adapter.crf.models import ConMed, Demographics, Finding, SourceRef, SubjectCRF, VisitRecord
+from tests.helpers import DAY1, d, finding
 
 STUDY = Path(__file__).resolve().parent.parent / "mappings" / "lcar-aio"
 M = TypeVar("M", bound=BaseModel)

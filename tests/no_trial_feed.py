@@ -1,5 +1,5 @@
 """A synthetic Bulk export of a hospital whose EHR holds no research resources (no ResearchStudy, no
-ResearchSubject), its site roster CSV and site overlay — for the tests of issue 16 item 8."""
+ResearchSubject), its site roster CSV and site overlay — for the tests of an EHR that does not know the trial."""
 
 from __future__ import annotations
 

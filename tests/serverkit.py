@@ -10,11 +10,11 @@ from typing import Any
 
 import httpx
 from click.testing import CliRunner, Result
-from feed_loader import search_all
-from server_fixture import ServerHandle
 
 from fhir_adapter.cli.commands import main
 from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.testing.feed_loader import search_all
+from fhir_adapter.testing.fhir_server import ServerHandle
 
 #: quick retries (the test server's Retry-After is 0), larger pages: requests per subject ≈ resource types
 FAST_CONFIG = """\

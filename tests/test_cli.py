@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from fhir_adapter.cli.commands import main
+from tests.report import report_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent / "report"))
-import report_fixture  # noqa: E402
 
 
 def _runner() -> CliRunner:

@@ -1,4 +1,4 @@
-"""Server config mistakes and command-line usage errors are the user's, and say so (issue 16 items 1 and 4)."""
+"""Server config mistakes and command-line usage errors are the user's, and say so."""
 
 from __future__ import annotations
 

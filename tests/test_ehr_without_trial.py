@@ -1,6 +1,6 @@
 """An EHR that knows nothing of the trial: study.yaml and the site roster CSV enrol the subjects, and Day 1
 comes from a Procedure (study or site code), a MedicationAdministration of the cell product, or the roster
-CSV's infusion_date — the run report says which (issue 16 item 8)."""
+CSV's infusion_date — the run report says which."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from no_trial_feed import build_no_trial_feed
 
 from fhir_adapter.cli.commands import main
+from tests.no_trial_feed import build_no_trial_feed
 
 
 @pytest.fixture(scope="module")

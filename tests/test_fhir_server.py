@@ -15,7 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
-from server_fixture import INSTALL_TARGET, FhirServerError, ServerHandle, check_installed, start_fhir_server
+
+from fhir_adapter.testing.fhir_server import (
+    INSTALL_TARGET,
+    FhirServerError,
+    ServerHandle,
+    check_installed,
+    start_fhir_server,
+)
 
 pytestmark = pytest.mark.server
 

@@ -1,5 +1,5 @@
 """docs/integrator-guide.md: its config-key and environment-variable tables are generated from the settings
-models and fail this test when stale (issue 16 item 9)."""
+models and fail this test when stale."""
 
 from __future__ import annotations
 

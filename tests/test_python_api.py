@@ -1,4 +1,4 @@
-"""fhir_adapter.run(...) from Python, with endpoints and CRF domains as pandas DataFrames (issue 16 item 10)."""
+"""fhir_adapter.run(...) from Python, with endpoints and CRF domains as pandas DataFrames."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Site overlays add, and change a study's conversion only explicitly; --site takes a name; --config for a
-folder is reported; converted values keep the item's declared precision (issue 16 items 6 and 7)."""
+folder is reported; converted values keep the item's declared precision."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """A site names the identifier that holds the subject ID in its overlay, and a run that enrols nobody from
-ResearchSubjects of the study fails with what it saw and the overlay line that fixes it (issue 16 items 2, 3)."""
+ResearchSubjects of the study fails with what it saw and the overlay line that fixes it."""
 
 from __future__ import annotations
 

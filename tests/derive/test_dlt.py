@@ -6,10 +6,10 @@ import itertools
 from typing import Any
 
 import pytest
-from helpers import crf, d, finding
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
 from fhir_adapter.derive.dlt import DltSettings, derive_dlt
+from tests.helpers import crf, d, finding
 
 _ids = itertools.count(1)
 

@@ -6,9 +6,6 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from efficacy_helpers import conmed, visit_crf
-from helpers import descriptor, finding
-
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.results.study_json import settings_echo, study_json, subject_row
@@ -16,6 +13,8 @@ from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import EXT_RESULT_SOURCE, UCUM
 from fhir_adapter.writeback.sources import result_sources
+from tests.efficacy_helpers import conmed, visit_crf
+from tests.helpers import descriptor, finding
 
 VISIT_KEYS = {"pga", "pga_change", "lldas", "lldas_failed", "pred_eq_mg_per_day", "upcr_mg_mg", "upcr_change",
               "protein_24h_g", "protein_24h_change", "c3", "c3_change", "c4", "c4_change", "anti_dsdna",

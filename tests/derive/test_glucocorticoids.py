@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from efficacy_helpers import conmed, rule, visit_crf
-from helpers import d
 
 from fhir_adapter.derive.glucocorticoids import (
     GlucocorticoidSettings,
@@ -12,6 +10,8 @@ from fhir_adapter.derive.glucocorticoids import (
     glucocorticoid_series,
     pred_eq_on,
 )
+from tests.efficacy_helpers import conmed, rule, visit_crf
+from tests.helpers import d
 
 S = rule("glucocorticoids", GlucocorticoidSettings)
 

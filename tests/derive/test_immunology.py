@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from efficacy_helpers import rule, visit_crf
-from helpers import finding
-
 from fhir_adapter.derive.immunology import ImmunologySettings, antibody_status, derive_immunology
+from tests.efficacy_helpers import rule, visit_crf
+from tests.helpers import finding
 
 S = rule("immunology", ImmunologySettings)
 

@@ -15,10 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from helpers import DAY1, crf, d, finding
 
 from fhir_adapter.crf.models import Finding, SourceRef
 from fhir_adapter.derive.kinetics import KineticsSettings, auc, derive_kinetics, nca
+from tests.helpers import DAY1, crf, d, finding
 
 DATA = Path(__file__).parent / "data" / "Theoph.csv"
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import datetime as dt
 
 import yaml
-from efficacy_helpers import STUDY, conmed, rule
-from helpers import DAY1, d
 
 from fhir_adapter.derive.glucocorticoids import PredEqVisit
 from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, derive_lldas, lldas_rate
 from fhir_adapter.derive.pga import PgaVisit
 from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kVisit
+from tests.efficacy_helpers import STUDY, conmed, rule
+from tests.helpers import DAY1, d
 
 S = rule("lldas", LldasSettings)
 GROUPS = {x["code"]: x["group"] for x in yaml.safe_load((STUDY / "sledai2k.yaml").read_text())["descriptors"]}

@@ -5,11 +5,11 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from efficacy_helpers import rule, visit_crf
-from helpers import finding
 
 from fhir_adapter.derive.baseline import changes, item_by_visit, round_half_up
 from fhir_adapter.derive.pga import PgaSettings, derive_pga
+from tests.efficacy_helpers import rule, visit_crf
+from tests.helpers import finding
 
 S = rule("pga", PgaSettings)
 

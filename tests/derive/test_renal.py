@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from efficacy_helpers import rule, visit_crf
-from helpers import finding
-
 from fhir_adapter.derive.renal import RenalSettings, derive_renal
+from tests.efficacy_helpers import rule, visit_crf
+from tests.helpers import finding
 
 S = rule("renal", RenalSettings)
 ON = S.model_copy(update={"response": S.response.model_copy(update={"enabled": True})})

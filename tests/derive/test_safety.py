@@ -6,7 +6,6 @@ import itertools
 from typing import Any
 
 import pytest
-from helpers import crf, d
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
 from fhir_adapter.derive.safety import (
@@ -17,6 +16,7 @@ from fhir_adapter.derive.safety import (
     summarize_teae,
     teae_flag,
 )
+from tests.helpers import crf, d
 
 S = SafetySettings()
 _ids = itertools.count(1)

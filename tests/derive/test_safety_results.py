@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from helpers import DAY1, crf, d, finding
-
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
 from fhir_adapter.endpoints.kinetics import KEYS as KINETICS_KEYS
 from fhir_adapter.endpoints.safety import SafetyResult
@@ -19,6 +17,7 @@ from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import UCUM
 from fhir_adapter.writeback.sources import result_sources
+from tests.helpers import DAY1, crf, d, finding
 
 _ids = itertools.count(1)
 E = Enrollee(subject_id="T-001", patient_id="p1",

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from helpers import crf, descriptor, finding
-
 from fhir_adapter.derive.sledai2k import derive_sledai2k
+from tests.helpers import crf, descriptor, finding
 
 
 def score(study, findings, visit_day=40, **kw):  # type: ignore[no-untyped-def]

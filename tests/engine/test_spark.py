@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from outtree import differences, out_tree
 
 from fhir_adapter.cli.commands import main
 from fhir_adapter.synth import write_feed
+from fhir_adapter.testing.outtree import differences, out_tree
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from outtree import differences, out_tree
 
 from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
@@ -16,6 +15,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import build_roster
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
+from fhir_adapter.testing.outtree import differences, out_tree
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
-from bad_input import SUBJECTS, Expect, build
 
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from tests.bad_input import SUBJECTS, Expect, build
 
 
 @pytest.fixture(scope="module")

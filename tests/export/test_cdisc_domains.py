@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feedkit import Feed, at
-from test_cdisc_ig import synthetic_meddra
 
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import load_study
+from tests.export.test_cdisc_ig import synthetic_meddra
+from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 ROOT = Path(__file__).resolve().parents[2]

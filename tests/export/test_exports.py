@@ -11,7 +11,6 @@ from typing import Any
 import orjson
 import pytest
 import xmlschema
-from feedkit import CLIN, Feed, at
 
 from fhir_adapter.crf.models import AdverseEvent, ConMed, Demographics, Exposure, SourceRef, SubjectCRF
 from fhir_adapter.export import ExportWriter, cdisc
@@ -20,6 +19,7 @@ from fhir_adapter.export.odm import schema_path, validate
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from tests.feedkit import CLIN, Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 NS = "{http://www.cdisc.org/ns/odm/v1.3}"

@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 import pytest
-from feedkit import Feed, at
 
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.terminology.codes import SID_RESULT
+from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 W4 = "LCAR-AIO-SLE.101-001.W4.sledai-2k"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fhir_testkit import FakeClock, FakeSleep
+
+from tests.fhir.fhir_testkit import FakeClock, FakeSleep
 
 
 @pytest.fixture

@@ -11,11 +11,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fhir_testkit import BASE, FakeClock, FakeSleep, outcome
 from pytest_httpx import HTTPXMock
 
 from fhir_adapter.fhir import BearerToken, FhirClient
 from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job
+from tests.fhir.fhir_testkit import BASE, FakeClock, FakeSleep, outcome
 
 STATUS = f"{BASE}/$export-status/job-1"
 KICKOFF = f"{BASE}/Patient/$export?_type=Observation"

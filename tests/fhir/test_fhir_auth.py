@@ -14,17 +14,6 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from fhir_testkit import (
-    BASE,
-    TOKEN_URL,
-    FakeClock,
-    FakeSleep,
-    TokenServer,
-    all_text,
-    bearer_of,
-    bundle,
-    patients,
-)
 from pydantic import SecretStr
 from pytest_httpx import HTTPXMock
 
@@ -36,6 +25,17 @@ from fhir_adapter.fhir import (
     SmartBackendServices,
     auth_from_env,
     load_private_key,
+)
+from tests.fhir.fhir_testkit import (
+    BASE,
+    TOKEN_URL,
+    FakeClock,
+    FakeSleep,
+    TokenServer,
+    all_text,
+    bearer_of,
+    bundle,
+    patients,
 )
 
 CLIENT_ID = "trial-adapter-001"

@@ -8,7 +8,6 @@ import re
 
 import httpx
 import pytest
-from fhir_testkit import BASE, FakeSleep, bundle, json_of, patients
 from pytest_httpx import HTTPXMock
 
 import fhir_adapter
@@ -19,6 +18,7 @@ from fhir_adapter.fhir import (
     FhirPagingError,
     FhirResponseError,
 )
+from tests.fhir.fhir_testkit import BASE, FakeSleep, bundle, json_of, patients
 
 
 def client(fake_sleep: FakeSleep, **settings: object) -> FhirClient:

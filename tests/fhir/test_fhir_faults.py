@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from fhir_testkit import BASE, FakeSleep, bundle
 from pytest_httpx import HTTPXMock
 
 from fhir_adapter.fhir import ClientSettings, FhirClient, FhirHttpError, FhirTransportError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
+from tests.fhir.fhir_testkit import BASE, FakeSleep, bundle
 
 PATIENT = {"resourceType": "Patient", "id": "p1"}
 URL = f"{BASE}/Patient/p1"

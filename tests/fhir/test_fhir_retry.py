@@ -7,7 +7,6 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
-from fhir_testkit import BASE, FakeClock, FakeSleep, outcome
 from pytest_httpx import HTTPXMock
 
 from fhir_adapter.fhir import (
@@ -18,6 +17,7 @@ from fhir_adapter.fhir import (
     FhirTransportError,
     parse_retry_after,
 )
+from tests.fhir.fhir_testkit import BASE, FakeClock, FakeSleep, outcome
 
 PATIENT = {"resourceType": "Patient", "id": "p1"}
 URL = f"{BASE}/Patient/p1"

@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from click.testing import CliRunner
-from feed_loader import load_feed, put_resources
-from server_fixture import ServerHandle
-from serverkit import cli_run, crfs, report, study_results, write_config
 
 from fhir_adapter.cli.commands import main
 from fhir_adapter.synth import plan_trial, write_feed
+from fhir_adapter.testing.feed_loader import load_feed, put_resources
+from fhir_adapter.testing.fhir_server import ServerHandle
+from tests.serverkit import cli_run, crfs, report, study_results, write_config
 
 pytestmark = pytest.mark.server
 

@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feed_loader import load_feed, put_resources, search_all
-from server_fixture import ServerHandle
-from serverkit import (
+
+from fhir_adapter.source.server import SUBJECT_SEARCHES
+from fhir_adapter.synth import plan_trial, write_feed
+from fhir_adapter.terminology.codes import CS_RESULTS, SID_RESULT
+from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
+from fhir_adapter.testing.fhir_server import ServerHandle
+from tests.serverkit import (
     adapter_observations,
     cli_run,
     crfs,
@@ -24,10 +28,6 @@ from serverkit import (
     write_config,
     writes,
 )
-
-from fhir_adapter.source.server import SUBJECT_SEARCHES
-from fhir_adapter.synth import plan_trial, write_feed
-from fhir_adapter.terminology.codes import CS_RESULTS, SID_RESULT
 
 pytestmark = pytest.mark.server
 

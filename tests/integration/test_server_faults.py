@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from feed_loader import load_feed, put_resources, search_all
-from server_fixture import ServerHandle, start_fhir_server
-from serverkit import (
+
+from fhir_adapter.synth import write_feed
+from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
+from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
+from tests.serverkit import (
     adapter_observations,
     cli_run,
     crfs,
@@ -26,9 +29,6 @@ from serverkit import (
     study_results,
     write_config,
 )
-
-from fhir_adapter.synth import write_feed
-from fhir_adapter.terminology.codes import SID_RESULT
 
 pytestmark = pytest.mark.server
 

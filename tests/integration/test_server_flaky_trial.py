@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from feed_loader import load_feed
-from server_fixture import ServerHandle, start_fhir_server
-from serverkit import assert_like_uninterrupted, cli_run, report, wipe_adapter_writes, write_config
 
 from fhir_adapter.synth import write_feed
+from fhir_adapter.testing.feed_loader import load_feed
+from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
+from tests.serverkit import assert_like_uninterrupted, cli_run, report, wipe_adapter_writes, write_config
 
 pytestmark = pytest.mark.server
 

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from feed_loader import load_feed, put_resources, search_all
-from server_fixture import ServerHandle
-from serverkit import adapter_observations, cli_run, offline_results, report, study_results, write_config, writes
 
 from fhir_adapter.synth import write_feed
+from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
+from fhir_adapter.testing.fhir_server import ServerHandle
+from tests.serverkit import adapter_observations, cli_run, offline_results, report, study_results, write_config, writes
 
 pytestmark = pytest.mark.server
 

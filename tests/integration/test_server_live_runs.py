@@ -20,9 +20,12 @@ import pytest
 from click.testing import CliRunner, Result
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from feed_loader import load_feed
-from server_fixture import ServerHandle, start_fhir_server
-from serverkit import (
+
+from fhir_adapter.cli.commands import main
+from fhir_adapter.synth import plan_trial, write_feed
+from fhir_adapter.testing.feed_loader import load_feed
+from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
+from tests.serverkit import (
     adapter_observations,
     assert_like_uninterrupted,
     identifier_counts,
@@ -31,9 +34,6 @@ from serverkit import (
     wipe_adapter_writes,
     write_config,
 )
-
-from fhir_adapter.cli.commands import main
-from fhir_adapter.synth import plan_trial, write_feed
 
 pytestmark = pytest.mark.server
 

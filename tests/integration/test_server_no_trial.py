@@ -1,6 +1,6 @@
 """A FHIR server that knows nothing of the trial (no ResearchStudy, no ResearchSubject): study.yaml and the
 site roster CSV enrol the subjects, and --post writes the adapter's own ResearchStudy and ResearchSubjects with
-the results (issue 16 item 8), on the real test server."""
+the results, on the real test server."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-from feed_loader import load_feed, search_all
-from no_trial_feed import build_no_trial_feed
-from server_fixture import ServerHandle
-from serverkit import cli_run, report, write_config
 
 from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.testing.feed_loader import load_feed, search_all
+from fhir_adapter.testing.fhir_server import ServerHandle
+from tests.no_trial_feed import build_no_trial_feed
+from tests.serverkit import cli_run, report, write_config
 
 pytestmark = pytest.mark.server
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import report_fixture as fixture
+
+from tests.report import report_fixture as fixture
 
 
 @pytest.fixture

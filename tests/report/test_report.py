@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
-import report_fixture as fixture
 
 from fhir_adapter.report import ReportError, build_report
 from fhir_adapter.report.assemble import SECTIONS, sections
 from fhir_adapter.report.blocks import FigureBlock, NoteBlock, Section, TableBlock
 from fhir_adapter.report.data import load
+from tests.report import report_fixture as fixture
 
 SECTION_IDS = ["summary", "disease-activity", "lldas", "kinetics", "swimmer", "safety", "labs", "completeness",
                "settings"]

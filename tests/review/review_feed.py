@@ -7,12 +7,11 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from feedkit import CLIN, Feed, at
-
 from fhir_adapter.job.pipeline import RunSummary, run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
+from tests.feedkit import CLIN, Feed, at
 
 DAY1 = dt.date(2024, 3, 1)
 SUBJECT = "101-001"

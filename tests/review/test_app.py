@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from review_feed import SUBJECT, run_feed
 
 from fhir_adapter.review.app import ReviewConfig, create_app
 from fhir_adapter.review.store import DecisionStore
 from fhir_adapter.study.load import Study
+from tests.review.review_feed import SUBJECT, run_feed
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, sync_playwright
-from review_feed import SUBJECT, run_feed
 
 from fhir_adapter.review.app import ReviewConfig, create_app
 from fhir_adapter.study.load import Study
+from tests.review.review_feed import SUBJECT, run_feed
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

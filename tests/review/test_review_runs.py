@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
-from review_feed import SUBJECT, run_feed
 
 from fhir_adapter.export.odm import validate
 from fhir_adapter.review.store import DecisionStore, TamperedError, new_decision
 from fhir_adapter.study.load import Study
+from tests.review.review_feed import SUBJECT, run_feed
 
 
 def _json(path: Path) -> Any:
@@ -152,9 +152,9 @@ def test_a_tampered_decision_file_stops_the_run(tmp_path: Path, study: Study) ->
 
 def test_cli_reviewed_only_setting_from_the_config_file(tmp_path: Path, study: Study) -> None:
     from click.testing import CliRunner
-    from review_feed import feed
 
     from fhir_adapter.cli.commands import main
+    from tests.review.review_feed import feed
 
     src = feed().write(tmp_path / "feed")
     cfg = tmp_path / "adapter.yaml"

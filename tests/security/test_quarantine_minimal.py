@@ -9,12 +9,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from feedkit import Feed, at
-
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 NAME_AND_MRN = "DOE, Jane Q. (MRN 4711-0815)"

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feedkit import SUBJECT_SYSTEM, Feed, at
 
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import RosterError, build_roster
 from fhir_adapter.source.base import ref_id
 from fhir_adapter.source.files import FileSource
+from tests.feedkit import SUBJECT_SYSTEM, Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 BASE = "https://ehr.hospital.example.org/fhir"

@@ -10,13 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from feed_loader import put_resources, search_all
-from server_fixture import ServerHandle
 
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.testing.feed_loader import put_resources, search_all
+from fhir_adapter.testing.fhir_server import ServerHandle
 from fhir_adapter.writeback.ownership import has_owner_tag
 from fhir_adapter.writeback.sink import transaction_entries, write_subject
 
@@ -135,10 +135,9 @@ def test_a_dropped_infusion_does_not_retract_a_subject_without_the_flag(clean_fh
                                                                         tmp_path: Path) -> None:
     """The probe: one infusion Procedure disappears from the EHR and every result of that subject would be
     retracted in one go — refused for that subject (exit 2) before anything is sent, unless the flag is given."""
-    from feed_loader import load_feed
-    from serverkit import cli_run, report, write_config
-
     from fhir_adapter.synth import write_feed
+    from fhir_adapter.testing.feed_loader import load_feed
+    from tests.serverkit import cli_run, report, write_config
 
     base = clean_fhir_server.base_url
     write_feed(tmp_path / "feed", subjects=2, seed=7)

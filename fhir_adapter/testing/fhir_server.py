@@ -1,20 +1,17 @@
-"""Start the in-memory FHIR R4 test server (``tests/fhir_server/server.mjs``) from Python/pytest.
+"""Start the in-memory FHIR R4 test server of a source checkout (``tests/fhir_server/server.mjs``, Node.js and
+Medplum's FHIR router) on 127.0.0.1, e.g. to try a configuration or a feed against a real server::
 
-Usage::
-
-    from server_fixture import start_fhir_server
+    from fhir_adapter.testing.fhir_server import start_fhir_server
 
     with start_fhir_server(FAULT_429_EVERY="3") as server:
         httpx.get(f"{server.base_url}/Patient")      # base_url = http://127.0.0.1:PORT/fhir/R4
         server.stats()["writes"]["total"]
         server.reset()
 
-Other test modules get a shared, session-scoped server through the ``fhir_server`` fixture
-(and ``clean_fhir_server``, which empties it first). ``tests/conftest.py`` has to import them::
-
-    from server_fixture import clean_fhir_server, fhir_server  # noqa: F401
-
-The server needs its npm packages: ``make fhir-test-server`` (= ``cd tests/fhir_server && npm ci``).
+The test suite and the benchmarks start it through here (the suite's ``fhir_server`` and
+``clean_fhir_server`` fixtures live in ``tests/conftest.py``). The server's folder is ``server_dir``, else
+``$FHIR_ADAPTER_TEST_SERVER_DIR``, else ``tests/fhir_server`` of the checkout this package runs from; it needs
+its npm packages: ``make fhir-test-server`` (= ``cd tests/fhir_server && npm ci``).
 """
 
 from __future__ import annotations
@@ -25,15 +22,15 @@ import queue
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import httpx
-import pytest
 
-SERVER_DIR = Path(__file__).resolve().parent / "fhir_server"
+SERVER_DIR = Path(
+    os.environ.get("FHIR_ADAPTER_TEST_SERVER_DIR") or Path(__file__).resolve().parents[2] / "tests" / "fhir_server"
+)
 SERVER_ENTRY = "server.mjs"
 INSTALL_TARGET = "fhir-test-server"
 INSTALL_HINT = f"run `make {INSTALL_TARGET}` (equivalent: `cd tests/fhir_server && npm ci`)"
@@ -128,7 +125,7 @@ def _pump(stream: Any, sink: Any, at_eof: Any = None) -> None:
 def start_fhir_server(
     *, startup_timeout: float = 60.0, server_dir: Path = SERVER_DIR, **env: str | int | float
 ) -> ServerHandle:
-    """Start ``node tests/fhir_server/server.mjs`` on 127.0.0.1 (a free port unless PORT is given).
+    """Start ``node server.mjs`` of the server folder on 127.0.0.1 (a free port unless PORT is given).
 
     Keyword arguments in UPPER_CASE are passed as environment variables, e.g.
     ``start_fhir_server(FAULT_503_RATE=0.1, FAULT_SEED=3, MAX_PAGE_SIZE=50)``; see
@@ -141,7 +138,7 @@ def start_fhir_server(
         ["node", SERVER_ENTRY],
         cwd=server_dir,
         env=child_env,
-        stdin=subprocess.PIPE,  # kept open: the server exits when it closes (pytest died)
+        stdin=subprocess.PIPE,  # kept open: the server exits when it closes (its parent died)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -172,22 +169,3 @@ def start_fhir_server(
     if not first_line.startswith(LISTENING_PREFIX):
         raise fail(f"unexpected first stdout line {first_line!r}")
     return ServerHandle(process, first_line[len(LISTENING_PREFIX) :].strip(), stderr_lines)
-
-
-@pytest.fixture(scope="session")
-def fhir_server() -> Iterator[ServerHandle]:
-    """A test FHIR server shared by the whole session (data persists between tests)."""
-    try:
-        server = start_fhir_server()
-    except FhirServerError as err:
-        pytest.fail(str(err), pytrace=False)
-    with server:
-        yield server
-
-
-@pytest.fixture
-def clean_fhir_server(fhir_server: ServerHandle) -> ServerHandle:
-    """The session server, emptied (store, counters, faults) before the test."""
-    fhir_server.clear_faults()
-    fhir_server.reset()
-    return fhir_server

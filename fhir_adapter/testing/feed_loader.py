@@ -1,8 +1,7 @@
 """Load a synthetic NDJSON feed (``fhir_adapter.synth.write_feed``) into a FHIR server.
 
 Resources keep their ids (``PUT Type/id`` entries, update-as-create), so the feed's references resolve on
-the server exactly as in the files. Sent as transaction Bundles of ``chunk`` entries. Used by the
-integration tests and by ``benchmarks/server_sync.py``.
+the server exactly as in the files. Sent as transaction Bundles of ``chunk`` entries.
 """
 
 from __future__ import annotations
