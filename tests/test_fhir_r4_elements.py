@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
-from bad_input import build
 
 from fhir_adapter.fhir.r4 import _r4b_model, r4_problem
 from fhir_adapter.fhir.r4_elements import conforms
 from fhir_adapter.synth import write_feed
+from tests.bad_input import build
 
 
 def _ndjson(folder: Path) -> list[dict[str, Any]]:
