@@ -228,14 +228,18 @@ def test_core_rules_that_need_no_cdisc_library(trial) -> None:  # type: ignore[n
 def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-untyped-def]
     _, out, _ = trial
     filled = {
-        "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "AEACN", "EPOCH"),
-        "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH"),
+        "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "AEACN", "EPOCH",
+               "AECONTRT", "AEACNOTH", "AEACNOYN"),
+        "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH", "CMOCCUR", "CMAENO", "CMMHNO",
+               "CMCLASCD"),
         "LB": ("LBCAT", "LBLOINC", "LBORRESU", "LBSTRESU", "LBORUCUM", "LBORNRLO", "LBBLFL", "EPOCH", "LBSPID",
-               "LBREFID", "LBSPEC", "LBFAST", "LBMETHOD", "LBSTAT", "LBREASND"),
+               "LBREFID", "LBSPEC", "LBFAST", "LBMETHOD", "LBSTAT", "LBREASND", "LBPOS", "LBDUR", "LBENDTC",
+               "LBTOXGR", "LBTOX", "LBSPCUFL", "LBSPCCND"),
         "DM": ("RACE", "ETHNIC"),
-        "MH": ("MHSPID", "MHTERM", "MHCAT", "MHSTDTC", "MHDTC", "MHENDTC", "MHENRTPT", "MHLOC"),
-        "PR": ("PRSPID", "PRTRT", "PRDECOD", "PRCAT", "PRINDC", "PRLOC", "PRSTDTC", "PRREASND"),
-        "VS": ("VSCAT", "VSLOINC", "VSORRESU", "EPOCH"),
+        "MH": ("MHSPID", "MHTERM", "MHCAT", "MHSTDTC", "MHDTC", "MHENDTC", "MHENRTPT", "MHLOC", "MHCTRL"),
+        "PR": ("PRSPID", "PRTRT", "PRDECOD", "PRCAT", "PRINDC", "PRLOC", "PRSTDTC", "PRREASND", "PRLAT", "PRDIR",
+               "PRITRPYN", "PRITRPRS", "PRREASOC", "PRAENO", "PRSTRF"),
+        "VS": ("VSCAT", "VSLOINC", "VSORRESU", "EPOCH", "VSPOS", "VSLAT", "VSDIR", "VSLOC", "VSSPID"),
         "EX": ("EPOCH", "EXSTDY"),
     }
     for domain, columns in filled.items():
@@ -253,3 +257,15 @@ def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-
     assert any(r["SRCTYPE"] == "immunization" for r in cm), "Immunizations reach CM"
     assert {r["MHOCCUR"] for r in _csv(out, "MH")} <= {"Y", "N"}
     assert {r["PROCCUR"] for r in _csv(out, "PR")} == {"Y", "N"}
+    lb = _csv(out, "LB")
+    assert {r["LBDUR"] for r in lb if r["LBDUR"]} == {"PT24H"}, "the 24-hour urine collection"
+    assert {r["LBTESTCD"] for r in lb if r["LBTOXGR"]} <= {"NEUT", "PLAT"} and all(
+        r["LBTOX"] == "NCI CTCAE v5.0" and r["LBNRIND"] == "LOW" for r in lb if r["LBTOXGR"]), "cytopenia grades"
+    assert all(r["LBSTAT"] == "NOT DONE" for r in lb if r["LBSPCUFL"] == "N")
+    pr = _csv(out, "PR")
+    assert all(r["PRITRPRS"] for r in pr if r["PRITRPYN"] == "Y"), "an interrupted procedure names why"
+    ae_ids = {r["AESPID"] for r in ae}
+    treated = {r["AESPID"] for r in ae if r["AECONTRT"] == "Y"}
+    assert {r["CMAENO"] for r in cm if r["CMAENO"]} | {r["PRAENO"] for r in pr if r["PRAENO"]} <= treated <= ae_ids, \
+        "CMAENO/PRAENO name events whose mitigatingAction names the treatment"
+    assert {r["CMMHNO"] for r in cm if r["CMMHNO"]} <= {r["MHSPID"] for r in _csv(out, "MH")}

@@ -149,6 +149,9 @@ def test_references_resolve_and_times_carry_offsets(feed: Feed) -> None:
     for rs in feed.resources.values():
         for r in rs:
             for reference in refs(r):
+                if reference.startswith("#"):  # a contained resource (a body site's BodyStructure)
+                    assert reference[1:] in {c["id"] for c in r.get("contained") or []}, reference
+                    continue
                 rtype, rid = reference.split("/")
                 assert (rtype, rid) in feed.by_id, reference
     for o in feed.of("Observation"):

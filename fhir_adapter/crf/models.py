@@ -78,6 +78,11 @@ class Finding(_Model):
     specimen_site: str | None = Field(None, description="Specimen.collection.bodySite text or display")
     collected_end: dt.datetime | None = Field(None, description="Specimen.collection.collectedPeriod.end")
     body_site: str | None = Field(None, description="Observation.bodySite text or display")
+    qualifiers: tuple[str, ...] = Field((), description="locationQualifier codes of the body site's BodyStructure")
+    position: str | None = Field(None, description="observation-bodyPosition code (Observation, else Specimen)")
+    specimen_unusable: bool = Field(False, description="the Specimen's status is unsatisfactory (--SPCUFL = N)")
+    tox_grade: int | None = Field(None, description="toxicity grade among Observation.interpretation (NCIt CTCAE)")
+    tox_scale: str | None = Field(None, description="the grading scale and its version (NCI CTCAE v5.0)")
     performer: str | None = Field(None, description="display of the Organization among Observation.performer")
     ref_text: str | None = Field(None, description="Observation.referenceRange.text")
     orig_ref_low: float | None = Field(None, description="reference range low as sent, in orig_unit")
@@ -98,6 +103,9 @@ class NotDone(_Model):
     visit: str | None = None
     category: str | None = None
     loinc: str | None = None
+    accession: str | None = Field(None, description="accessionIdentifier of the Specimen it names")
+    specimen_condition: str | None = Field(None, description="Specimen.condition text or display")
+    specimen_unusable: bool = Field(False, description="the Specimen's status is unsatisfactory (--SPCUFL = N)")
     status: str
     source: SourceRef
 
@@ -164,6 +172,9 @@ class ConMed(_Model):
     end_date: dt.date | None = None
     partial_start: str | None = None
     partial_end: str | None = None
+    atc: str | None = Field(None, description="ATC code among the medication codings (CMCLASCD)")
+    ae_spid: str | None = Field(None, description="identifier of the AdverseEvent in reasonReference (CMAENO)")
+    mh_spid: str | None = Field(None, description="identifier of the Condition in reasonReference (CMMHNO)")
     source_kind: Literal["statement", "request", "administration", "dispense", "immunization"] = "statement"
     status: str | None = None
     source: SourceRef
@@ -176,6 +187,9 @@ class AdverseEvent(_Model):
     meddra_term: str | None = Field(None, description="display of the MedDRA coding")
     severity: str | None = Field(None, description="AdverseEvent.severity code (mild, moderate, severe)")
     action_taken: str | None = Field(None, description="action taken with the study treatment, code as sent")
+    mitigation_recorded: bool = Field(False, description="the event carries mitigatingAction at all")
+    treatments: tuple[str, ...] = Field((), description="references of treatments given for it (mitigatingAction)")
+    other_actions: tuple[str, ...] = Field((), description="other actions taken, as text (mitigatingAction)")
     codes: tuple[str, ...] = Field(default=(), description="system|code of the event coding")
     grade: int | None = Field(None, ge=1, le=5)
     grade_approximate: bool = Field(False, description="grade mapped from mild/moderate/severe")
@@ -237,6 +251,9 @@ class ProcedureRecord(_Model):
     reason_not_done: str | None = None
     indication: str | None = None
     body_site: str | None = None
+    qualifiers: tuple[str, ...] = Field((), description="locationQualifier codes of the target BodyStructure")
+    status_reason: str | None = Field(None, description="statusReason text or display")
+    ae_spid: str | None = Field(None, description="identifier of the AdverseEvent in reasonReference (PRAENO)")
     start: dt.datetime | None = None
     start_date: dt.date | None = None
     start_partial: str | None = None

@@ -66,7 +66,9 @@ CODELISTS: dict[str, str] = {
     "EXDOSU": "UNIT", "AESEV": "AESEV", "AEOUT": "OUT", "AEACN": "ACN", "AESER": "NY", "AEREL": "NY",
     "AESDTH": "NY", "AESLIFE": "NY", "AESHOSP": "NY", "AESDISAB": "NY", "AESCONG": "NY", "AESMIE": "NY",
     "--BLFL": "NY", "AETRTEM": "NY", "AETOXAPP": "NY", "AEPREINF": "NY", "MHOCCUR": "NY", "PROCCUR": "NY",
-    "MHENRTPT": "STENRF", "AEENRTPT": "STENRF", "PRENRTPT": "STENRF",
+    "MHENRTPT": "STENRF", "AEENRTPT": "STENRF", "PRENRTPT": "STENRF", "--STRF": "STENRF", "CMOCCUR": "NY",
+    "MHCTRL": "NY", "PRITRPYN": "NY", "AECONTRT": "NY", "AEACNOYN": "NY", "--LAT": "LAT", "--DIR": "DIR",
+    "--POS": "POSITION", "--SPCUFL": "NY",
 }
 
 
@@ -79,11 +81,15 @@ def codelist(column: str) -> str | None:
 
 def _findings_columns(p: str) -> tuple[str, ...]:
     extra = (f"{p}LOINC", f"{p}REFID", f"{p}SPEC", f"{p}SPCCND", f"{p}LOC", f"{p}FAST", f"{p}METHOD", f"{p}NAM",
-             f"{p}STNRC") if p in ("LB", "IS", "PC") else (f"{p}LOINC", f"{p}LOC", f"{p}METHOD")
+             f"{p}STNRC", f"{p}POS") if p in ("LB", "IS", "PC") else (f"{p}LOINC", f"{p}LOC", f"{p}METHOD")
+    if p == "VS":
+        extra = (*extra, "VSLAT", "VSDIR", "VSPOS")
+    if p == "LB":
+        extra = (*extra, "LBSPCUFL", "LBTOXGR", "LBTOX")
     return (*_IDS, f"{p}SEQ", f"{p}SPID", f"{p}TESTCD", f"{p}TEST", f"{p}CAT", f"{p}ORRES", f"{p}ORRESU",
             f"{p}STRESC", f"{p}STRESN", f"{p}STRESU", f"{p}ORNRLO", f"{p}ORNRHI", f"{p}STNRLO", f"{p}STNRHI",
             f"{p}NRIND", f"{p}STAT", f"{p}REASND", *extra, f"{p}LLOQ", f"{p}BLFL", "VISITNUM", "VISIT", "VISITDY",
-            "EPOCH", f"{p}DTC", *((f"{p}ENDTC",) if p == "LB" else ()), f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM",
+            "EPOCH", f"{p}DTC", *((f"{p}ENDTC", f"{p}DUR") if p == "LB" else ()), f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM",
             "SRCSTAT", "SRCREF", "REVSTAT")
 
 
@@ -94,19 +100,21 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "EX": (*_IDS, "EXSEQ", "EXTRT", "EXCAT", "EXDOSE", "EXDOSU", "EXROUTE", "EXSTDTC", "EXENDTC", "EXSTDY",
            "EXENDY", "EPOCH", "SRCREF"),
     **{d: _findings_columns(d) for d in FINDINGS_DOMAINS},
-    "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMCODE", "CMCAT", "CMCLAS", "CMINDC", "CMDOSE",
+    "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMCODE", "CMCAT", "CMCLAS", "CMCLASCD", "CMINDC", "CMOCCUR",
+           "CMAENO", "CMMHNO", "CMDOSE",
            "CMDOSTXT", "CMDOSU",
            "CMDOSFRM", "CMDOSFRQ", "CMDOSTOT", "CMROUTE", "CMSTDTC", "CMENDTC", "CMSTDY", "CMENDY", "EPOCH",
            "SRCTYPE", "SRCSTAT", "SRCREF"),
     "AE": (*_IDS, "AESEQ", "AESPID", "AETERM", *(f"AE{m}" for m in _MEDDRA), "AECODE", "AESEV", "AETOXGR",
-           "AETOXAPP", "AESER", "AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE", "AEACN", "AEREL",
+           "AETOXAPP", "AESER", "AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE", "AEACN",
+           "AECONTRT", "AEACNOTH", "AEACNOYN", "AEREL",
            "AERELNST", "AEOUT", "AESTDTC", "AEENDTC", "AEENRTPT", "AEENTPT", "AESTDY", "AEENDY", "EPOCH",
            "AETRTEM", "AEPREINF", "AECAT", "SRCREF"),
     "MH": (*_IDS, "MHSEQ", "MHSPID", "MHTERM", *(f"MH{m}" for m in _MEDDRA), "MHCAT", "MHOCCUR", "MHDTC",
-           "MHSTDTC", "MHENDTC", "MHENRTPT", "MHENTPT", "MHLOC", "EPOCH", "SRCTYPE", "SRCREF"),
+           "MHSTDTC", "MHENDTC", "MHENRTPT", "MHENTPT", "MHCTRL", "MHLOC", "EPOCH", "SRCTYPE", "SRCREF"),
     "PR": (*_IDS, "PRSEQ", "PRSPID", "PRTRT", "PRDECOD", *(f"PR{m}" for m in _MEDDRA if m != "DECOD"), "PRCAT",
-           "PROCCUR", "PRREASND", "PRINDC", "PRLOC", "PRSTDTC", "PRENDTC", "PRENRTPT", "PRENTPT", "PRSTDY", "EPOCH",
-           "SRCSTAT", "SRCREF"),
+           "PROCCUR", "PRREASND", "PRREASOC", "PRINDC", "PRAENO", "PRLOC", "PRLAT", "PRDIR", "PRSTDTC", "PRENDTC",
+           "PRSTRF", "PRENRTPT", "PRENTPT", "PRSTDY", "PRITRPYN", "PRITRPRS", "EPOCH", "SRCSTAT", "SRCREF"),
 }
 
 _NRIND = {"H": "HIGH", "HH": "HIGH", "HU": "HIGH", "L": "LOW", "LL": "LOW", "LU": "LOW", "N": "NORMAL",
@@ -174,6 +182,22 @@ def _last_date(crf: SubjectCRF) -> str:
     """The subject's last dated result: the reference time point of an --ENRTPT ONGOING (AEENTPT, PRENTPT)."""
     dates = [f.date for f in crf.findings if f.date]
     return max(dates).isoformat() if dates else ""
+
+
+def _duration(start: dt.datetime | None, end: dt.datetime | None) -> str:
+    """ISO 8601 duration of a collection period (PT24H, PT1H30M); empty without both ends."""
+    if start is None or end is None or end < start:
+        return ""
+    minutes = int((end - start).total_seconds() // 60)
+    hours, mins = divmod(minutes, 60)
+    return "PT" + (f"{hours}H" if hours else "") + (f"{mins}M" if mins or not hours else "")
+
+
+def _strf(d: dt.date | None, day1: dt.date | None) -> str:
+    """--STRF: the start relative to the study reference period (RFSTDTC on; no RFENDTC, so DURING/AFTER)."""
+    if d is None or day1 is None:
+        return ""
+    return "BEFORE" if d < day1 else "DURING/AFTER"
 
 
 def nrind(f: Finding) -> str:
@@ -248,6 +272,21 @@ class RowBuilder:
             "ARM": dm.arm or crf.arm or "", "RFSTDTC": _date(crf.day1), "RFICDTC": _date(dm.consent_date),
             "SRCREF": " ".join(s.reference for s in dm.source),
         }
+
+    def _qualifier(self, codes: tuple[str, ...], codelist: str) -> str:
+        """The first laterality (LAT) or directionality (DIR) term among BodyStructure qualifier codes; codes that
+        are neither are reported under ``--LOC`` (no CT term)."""
+        for code in codes:
+            found = self.ct.codelists[codelist].lookup(code)
+            if found is not None:
+                return found
+        return ""
+
+    def _site_columns(self, p: str, codes: tuple[str, ...]) -> dict[str, str]:
+        for code in codes:
+            if self.ct.codelists["LAT"].lookup(code) is None and self.ct.codelists["DIR"].lookup(code) is None:
+                self.ct.missing[(f"{p}LAT/{p}DIR", code)] += 1
+        return {f"{p}LAT": self._qualifier(codes, "LAT"), f"{p}DIR": self._qualifier(codes, "DIR")}
 
     def _dy(self, crf: SubjectCRF, d: dt.date | None) -> str:
         return str(study_day(d, crf.day1)) if d and crf.day1 else ""
@@ -336,11 +375,19 @@ class RowBuilder:
             "SRCREF": f.source.reference, "_visit": visit, "_item": f.item,
         }
         row[f"{p}LOC"] = (f.specimen_site or f.body_site or "").upper()
+        if f"{p}POS" in COLUMNS[p]:
+            row[f"{p}POS"] = self.ct.term("POSITION", f.position, f"{p}POS")
+        if p == "VS":
+            row |= self._site_columns(p, f.qualifiers)
+        if p == "LB":
+            row |= {"LBTOXGR": "" if f.tox_grade is None else str(f.tox_grade), "LBTOX": f.tox_scale or "",
+                    "LBSPCUFL": "N" if f.specimen_unusable else ""}
         if f"{p}SPEC" in COLUMNS[p]:
             row |= {f"{p}SPEC": (f.specimen or "").upper(), f"{p}FAST": _yn(f.fasting), f"{p}REFID": f.accession or "",
                     f"{p}SPCCND": (f.specimen_condition or "").upper(), f"{p}NAM": f.performer or "",
                     f"{p}STNRC": f.ref_text or "",
-                    f"{p}ENDTC": f.collected_end.isoformat() if f.collected_end else ""}
+                    f"{p}ENDTC": f.collected_end.isoformat() if f.collected_end else "",
+                    f"{p}DUR": _duration(f.collected, f.collected_end)}
         return row
 
     def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> dict[str, Any]:
@@ -353,6 +400,8 @@ class RowBuilder:
             f"{p}STAT": "NOT DONE", f"{p}REASND": nd.reason, f"{p}LOINC": nd.loinc or "",
             "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], "EPOCH": self._epoch(crf, nd.date),
             f"{p}DTC": when, f"{p}DY": "" if nd.study_day is None else str(nd.study_day), "SRCSTAT": nd.status,
+            **({"LBSPCUFL": "N" if nd.specimen_unusable else "", "LBREFID": nd.accession or "",
+                "LBSPCCND": (nd.specimen_condition or "").upper()} if p == "LB" else {}),
             "SRCREF": nd.source.reference, "_visit": nd.visit or "", "_item": nd.item,
         }
 
@@ -366,7 +415,9 @@ class RowBuilder:
                 "CMTRT": c.verbatim or c.drug, "CMDECOD": c.drug.upper() if c.drug_class != "other" or c.rxnorm
                 else "", "CMCODE": c.rxnorm or "",
                 "CMCAT": (c.category or "").upper().replace("-", " "), "CMDOSTXT": c.dose_text or "",
-                "CMCLAS": c.drug_class.upper(), "CMINDC": c.indication or "", "CMDOSE": num(c.dose),
+                "CMCLAS": c.drug_class.upper(), "CMCLASCD": c.atc or "", "CMINDC": c.indication or "",
+                "CMOCCUR": "N" if c.status == "not-taken" else "Y", "CMAENO": c.ae_spid or "",
+                "CMMHNO": c.mh_spid or "", "CMDOSE": num(c.dose),
                 "CMDOSU": self.ct.term("UNIT", c.dose_unit, "CMDOSU"),
                 "CMDOSFRM": self.ct.term("FRM", c.dose_form, "CMDOSFRM"),
                 "CMDOSFRQ": "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ"),
@@ -415,6 +466,9 @@ class RowBuilder:
                 **{f: ("Y" if f in flags else "N") if known else ""
                    for f in ("AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE")},
                 "AEACN": self.ct.term("ACN", a.action_taken, "AEACN"),
+                "AECONTRT": _yn(bool(a.treatments)) if a.mitigation_recorded else "",
+                "AEACNOTH": "; ".join(a.other_actions),
+                "AEACNOYN": _yn(bool(a.other_actions)) if a.mitigation_recorded else "",
                 "AEREL": _yn(a.related), "AERELNST": "",
                 "AEOUT": self.ct.term("OUT", a.outcome, "AEOUT"), "AESTDTC": _date(a.onset_date, a.onset_partial),
                 "AEENDTC": _date(a.resolution_date, a.resolution_partial),
@@ -437,7 +491,8 @@ class RowBuilder:
                 "MHCAT": (m.category or m.kind).upper().replace("-", " "), "MHOCCUR": "Y" if m.occurred else "N",
                 "MHDTC": _date(m.recorded_date), "MHSTDTC": _date(m.start_date, m.start_partial),
                 "MHENDTC": _date(m.end_date, m.end_partial), "MHENRTPT": enrtpt,
-                "MHENTPT": _date(crf.dm.consent_date) if enrtpt else "", "MHLOC": (m.body_site or "").upper(),
+                "MHENTPT": _date(crf.dm.consent_date) if enrtpt else "",
+                "MHCTRL": "" if m.ongoing is None else _yn(not m.ongoing), "MHLOC": (m.body_site or "").upper(),
                 "EPOCH": self._epoch(crf, m.start_date), "SRCTYPE": m.source.resource_type,
                 "SRCREF": m.source.reference,
             })
@@ -454,8 +509,13 @@ class RowBuilder:
                 **self._ids(crf, "PR"), "PRSEQ": str(seq), "PRSPID": r.spid or "", "PRTRT": r.term,
                 "PRDECOD": r.code or "", **meddra, "PRCAT": (r.category or "").upper(),
                 "PROCCUR": "Y" if r.occurred else "N",
-                "PRREASND": r.reason_not_done or "", "PRINDC": r.indication or "", "PRLOC": (r.body_site or "").upper(),
-                "PRSTDTC": start, "PRENDTC": _date(r.end_date),
+                "PRREASND": r.reason_not_done or "",
+                "PRREASOC": (r.status_reason if r.status == "not-done" else r.indication) or "",
+                "PRINDC": r.indication or "", "PRAENO": r.ae_spid or "", "PRLOC": (r.body_site or "").upper(),
+                **self._site_columns("PR", r.qualifiers),
+                "PRSTDTC": start, "PRENDTC": _date(r.end_date), "PRSTRF": _strf(r.start_date, crf.day1),
+                "PRITRPYN": "Y" if r.status in ("stopped", "on-hold") else ("N" if r.status == "completed" else ""),
+                "PRITRPRS": (r.status_reason or "") if r.status in ("stopped", "on-hold") else "",
                 "PRENRTPT": "ONGOING" if r.status == "in-progress" else "",
                 "PRENTPT": last if r.status == "in-progress" else "",
                 "PRSTDY": "" if r.study_day is None else str(r.study_day), "EPOCH": self._epoch(crf, r.start_date),

@@ -25,6 +25,11 @@ NAMED: dict[str, str] = {
     "AESER": "Serious Event", "AESEV": "Severity/Intensity", "AETOXGR": "Standard Toxicity Grade",
     "CMINDC": "Indication", "CMCLAS": "Medication Class", "MHENTPT": "End Reference Time Point",
     "MHENRTPT": "End Relative to Reference Time Point", "PRINDC": "Indication", "CMDOSFRM": "Dose Form",
+    "CMCLASCD": "Medication Class Code", "CMAENO": "Related Adverse Event ID",
+    "CMMHNO": "Related Medical History Event ID", "MHCTRL": "Controlled", "PRREASOC": "Reason for Occur Value",
+    "PRAENO": "Related Adverse Event ID", "PRITRPYN": "Procedure Interrupted",
+    "PRITRPRS": "Reason Procedure Interrupted", "DTHDTC": "Date/Time of Death", "DTHFL": "Subject Death Flag",
+    "INVID": "Investigator Identifier",
 }
 #: labels of the part after the two-letter domain prefix
 SUFFIX: dict[str, str] = {
@@ -48,7 +53,11 @@ SUFFIX: dict[str, str] = {
     "HLT": "High Level Term", "HLTCD": "High Level Term Code", "HLGT": "High Level Group Term",
     "HLGTCD": "High Level Group Term Code", "SOC": "Primary System Organ Class",
     "SOCCD": "Primary System Organ Class Code", "OCCUR": "Occurrence", "LOC_": "Location",
-    "EXTRT": "Name of Treatment", "CAT_": "Category",
+    "EXTRT": "Name of Treatment", "CAT_": "Category", "LAT": "Laterality", "DIR": "Directionality",
+    "POS": "Position of Subject", "STRF": "Start Relative to Reference Period", "DUR": "Duration",
+    "SPCUFL": "Specimen Usability for the Test", "TOXGR": "Standard Toxicity Grade", "TOX": "Toxicity",
+    "TOXV": "Toxicity Scale Version", "CONTRT": "Concomitant or Additional Trtmnt Given",
+    "ACNOTH": "Other Action Taken", "ACNOYN": "Any Other Actions Taken",
 }
 
 

@@ -58,6 +58,7 @@ from fhir_adapter.mapping.common import (
     resolve_code,
     texts,
 )
+from fhir_adapter.mapping.references import mitigating_actions
 from fhir_adapter.study.timeline import FhirDate, study_day
 from fhir_adapter.terminology.codes import (
     EXT_AE_GRADE,
@@ -196,18 +197,23 @@ def _identifier(r: dict[str, Any]) -> str | None:
 
 
 def _action_taken(r: dict[str, Any]) -> str | None:
-    """Action taken with the study treatment: the R5 ``mitigatingAction`` cross-version extension (its
-    ``item`` sub-extension, or its own value) — the element the FHIR-to-CDISC IG names for AEACN."""
-    for ext in r.get("extension") or []:
-        if not str(ext.get("url", "")).endswith("AdverseEvent.mitigatingAction"):
-            continue
-        values = [ext] + [x for x in ext.get("extension") or [] if x.get("url") == "item"]
-        for v in values:
-            cc = v.get("valueCodeableConcept")
-            code = next((c for _, c in codings(cc) if c), None) or next(iter(texts(cc)), None)
-            if code:
-                return code
+    """Action taken with the study treatment: the first coded value among the R5 ``mitigatingAction``
+    cross-version extensions (``item`` sub-extension, or its own value) — the element the FHIR-to-CDISC IG
+    names for AEACN. Uncoded items are other actions (AEACNOTH); references are treatments (AECONTRT)."""
+    for action in mitigating_actions(r):
+        code = next((c for _, c in codings(action.get("valueCodeableConcept")) if c), None)
+        if code:
+            return code
     return None
+
+
+def _other_actions(r: dict[str, Any]) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(mitigatingAction recorded at all, treatment references, texts of the uncoded other actions)."""
+    actions = mitigating_actions(r)
+    refs = tuple(str(a["valueReference"].get("reference")) for a in actions if a.get("valueReference"))
+    others = tuple(t for a in actions if a.get("valueCodeableConcept") and not codings(a["valueCodeableConcept"])
+                   for t in texts(a["valueCodeableConcept"])[:1])
+    return bool(actions), refs, others
 
 
 def _words(text: str) -> str:
@@ -318,6 +324,7 @@ class AdverseEventMapper:
         term_all = " ".join([*terms, term])
         meddra = next(((c, d) for sys_, c, d in _displayed(event) if sys_ in self.meddra_systems), None)
         sev = r.get("severity")
+        actions = _other_actions(r)
         return AdverseEvent(
             term=term,
             spid=_identifier(r),
@@ -325,6 +332,7 @@ class AdverseEventMapper:
             meddra_term=meddra[1] if meddra else None,
             severity=next((c for _, c in codings(sev) if c), None) or next(iter(texts(sev)), None),
             action_taken=_action_taken(r),
+            mitigation_recorded=actions[0], treatments=actions[1], other_actions=actions[2],
             codes=tuple(f"{s}|{c}" for s, c in codes),
             grade=grade,
             grade_approximate=approximate,

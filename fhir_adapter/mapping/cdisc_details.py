@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.crf.models import ConMed, NotDone
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.common import codings, latest, texts
-from fhir_adapter.mapping.history import first_text, identifier_value, source_ref
+from fhir_adapter.mapping.common import codings, identifier_value, latest, texts
+from fhir_adapter.mapping.history import first_text, source_ref
 from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
+from fhir_adapter.mapping.references import referenced_identifier, site_qualifiers
 from fhir_adapter.source.base import ref_id
 from fhir_adapter.study.timeline import DateError, parse_fhir_date, study_day
+from fhir_adapter.terminology.codes import NCIT, NCIT_CTCAE_GRADE
 
 if TYPE_CHECKING:
     from fhir_adapter.study.load import Study
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
 LOINC = "http://loinc.org"
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
+ATC = "http://www.whocc.no/atc"
+BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
 #: fasting status codes (HL7 v2 table 0916 as used by Specimen.collection.fastingStatusCodeableConcept)
 FASTING = {"F": True, "NF": False, "NG": None}
 
@@ -47,6 +51,9 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[s
         "method": first_text(obs.get("method")),
         "spid": identifier_value(obs),
         "body_site": first_text(obs.get("bodySite")),
+        "qualifiers": site_qualifiers(obs),
+        **_toxicity(obs),
+        "position": _position(obs),
         "performer": next((str(p["display"]) for p in obs.get("performer") or []
                            if isinstance(p, dict) and p.get("display")
                            and str(p.get("reference", "")).startswith("Organization/")), None),
@@ -71,11 +78,34 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[s
         details["accession"] = (spec.get("accessionIdentifier") or {}).get("value")
         details["specimen_condition"] = first_text((spec.get("condition") or [None])[0])
         details["specimen_site"] = first_text(coll.get("bodySite"))
+        details["specimen_unusable"] = spec.get("status") == "unsatisfactory"
+        details["position"] = details["position"] or _position(coll)
     return details
 
 
-def not_done(obs: dict[str, Any], item: str, domain: str, study: Study, day1: dt.date | None) -> NotDone:
-    """A cancelled Observation, or one with a dataAbsentReason and no value, as a NOT DONE record."""
+def _toxicity(obs: dict[str, Any]) -> dict[str, Any]:
+    """A CTCAE grade sent among Observation.interpretation (an NCIt grade code; ``version`` the CTCAE version)."""
+    for cc in obs.get("interpretation") or []:
+        for c in (cc or {}).get("coding") or []:
+            if c.get("system") == NCIT and c.get("code") in NCIT_CTCAE_GRADE:
+                version = f" v{c['version']}" if c.get("version") else ""
+                return {"tox_grade": NCIT_CTCAE_GRADE[c["code"]], "tox_scale": f"NCI CTCAE{version}"}
+    return {}
+
+
+def _position(element: dict[str, Any]) -> str | None:
+    """The code (else text) of an observation-bodyPosition extension on an Observation or a Specimen.collection."""
+    for ext in element.get("extension") or []:
+        if ext.get("url") == BODY_POSITION:
+            cc = ext.get("valueCodeableConcept")
+            return next((c for _, c in codings(cc) if c), None) or first_text(cc)
+    return None
+
+
+def not_done(obs: dict[str, Any], item: str, domain: str, study: Study, day1: dt.date | None,
+             specimens: dict[str, dict[str, Any]] | None = None) -> NotDone:
+    """A cancelled Observation, or one with a dataAbsentReason and no value, as a NOT DONE record (with the
+    Specimen it names: accession, condition, and whether the lab found it unsatisfactory)."""
     reason_cc = obs.get("dataAbsentReason")
     reason = first_text(reason_cc) or next((c for _, c in codings(reason_cc)), None) or str(obs.get("status"))
     when = obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("start") or obs.get("issued")
@@ -90,18 +120,25 @@ def not_done(obs: dict[str, Any], item: str, domain: str, study: Study, day1: dt
     d = study_day(date, day1) if date and day1 else None
     visit = next((v.id for v in study.schedule.visits if d is not None and v.window[0] <= d <= v.window[1]), None)
     cat = (obs.get("category") or [None])[0]
+    spec = (specimens or {}).get(ref_id((obs.get("specimen") or {}).get("reference"), "Specimen") or "") or {}
     return NotDone(
         domain=domain,  # type: ignore[arg-type,unused-ignore]
         item=item, reason=reason, datetime=moment, date=date, study_day=d, visit=visit,
         category=next((c for _, c in codings(cat) if c), None),
         loinc=next((c for s, c in codings(obs.get("code")) if s == LOINC), None),
+        accession=(spec.get("accessionIdentifier") or {}).get("value"),
+        specimen_condition=first_text((spec.get("condition") or [None])[0]),
+        specimen_unusable=spec.get("status") == "unsatisfactory",
         status=str(obs.get("status")), source=source_ref(obs),
     )
 
 
-def medication_details(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dict[str, Any]:
-    """Verbatim name, identifier, indication and dose form of a medication resource (CMTRT, CMSPID, CMINDC,
-    CMDOSFRM)."""
+def medication_details(r: dict[str, Any], siblings: list[dict[str, Any]],
+                       mitigated: dict[str, str] | None = None) -> dict[str, Any]:
+    """Verbatim name, identifier, indication, dose form, ATC class code and related records of a medication
+    resource (CMTRT, CMSPID, CMINDC, CMDOSFRM, CMCLASCD; CMAENO from reasonReference or from the AdverseEvent
+    whose mitigatingAction names it — ``mitigated``, see :func:`~fhir_adapter.mapping.references.mitigated_by`;
+    CMMHNO from reasonReference)."""
     cc = medication_concept(r, siblings)
     med = medication_resource(r, siblings) or {}
     reasons = r.get("reasonCode") or []
@@ -117,6 +154,10 @@ def medication_details(r: dict[str, Any], siblings: list[dict[str, Any]]) -> dic
         "spid": identifier_value(r),
         "indication": first_text(reasons[0]) if reasons else None,
         "dose_form": next((c for _, c in codings(form) if c), None) or first_text(form),
+        "atc": next((c for sys, c in codings(cc) if sys == ATC), None),
+        "ae_spid": referenced_identifier(r, "reasonReference", "AdverseEvent", siblings)
+        or (mitigated or {}).get(f"{r.get('resourceType')}/{r.get('id')}"),
+        "mh_spid": referenced_identifier(r, "reasonReference", "Condition", siblings),
     }
 
 

@@ -100,3 +100,9 @@ def parse_date_or_reject(value: Any, tz: str) -> FhirDate:
         return parse_fhir_date(value, tz)
     except DateError as exc:
         raise Unusable("bad-date", str(exc), "send ISO 8601 dates (YYYY, YYYY-MM, YYYY-MM-DD or a dateTime)") from None
+
+
+def identifier_value(r: dict[str, Any]) -> str | None:
+    ident = r.get("identifier")
+    first = ident[0] if isinstance(ident, list) and ident else ident
+    return str(first["value"]) if isinstance(first, dict) and first.get("value") else None

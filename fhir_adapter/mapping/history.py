@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.crf.models import MedicalHistory, ProcedureRecord, SourceRef
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.common import codings, latest, texts
+from fhir_adapter.mapping.common import codings, identifier_value, latest, texts
+from fhir_adapter.mapping.references import mitigated_by, referenced_identifier, site_qualifiers
 from fhir_adapter.study.timeline import DateError, FhirDate, parse_fhir_date, study_day
 
 if TYPE_CHECKING:
@@ -30,12 +31,6 @@ NOT_ONGOING = {"inactive", "remission", "resolved"}
 def source_ref(r: dict[str, Any]) -> SourceRef:
     return SourceRef(resource_type=str(r.get("resourceType")), id=str(r.get("id")),
                      version=(r.get("meta") or {}).get("versionId"))
-
-
-def identifier_value(r: dict[str, Any]) -> str | None:
-    ident = r.get("identifier")
-    first = ident[0] if isinstance(ident, list) and ident else ident
-    return str(first["value"]) if isinstance(first, dict) and first.get("value") else None
 
 
 def first_text(cc: Any) -> str | None:
@@ -120,6 +115,7 @@ class HistoryMapper:
     def procedures(self, resources: list[dict[str, Any]], subject_id: str,
                    day1: dt.date | None) -> list[ProcedureRecord]:
         out: list[ProcedureRecord] = []
+        mitigated = mitigated_by(resources)
         for r in latest(x for x in resources if x.get("resourceType") == "Procedure"):
             if set(codings(r.get("code"))) & self.ex_codes:
                 continue  # the infusion and lymphodepletion are study treatment (EX)
@@ -146,6 +142,9 @@ class HistoryMapper:
                 reason_not_done=first_text(r.get("statusReason")) if status in ("not-done", "stopped") else None,
                 indication=first_text(reason[0]) if reason else None,
                 body_site=first_text((r.get("bodySite") or [None])[0]),
+                qualifiers=site_qualifiers(r, resources), status_reason=first_text(r.get("statusReason")),
+                ae_spid=referenced_identifier(r, "reasonReference", "AdverseEvent", resources)
+                or mitigated.get(f"Procedure/{r.get('id')}"),
                 start=start.datetime if start else None, start_date=start.date if start else None,
                 start_partial=start.partial if start else None, end_date=end.date if end else None,
                 study_day=study_day(start.date, day1) if start and start.date and day1 else None,

@@ -57,7 +57,7 @@ class SubjectMapper:
         obs = [r for r in resources if r.get("resourceType") == "Observation"]
         specimens = {str(r.get("id")): r for r in resources if r.get("resourceType") == "Specimen"}
         findings = self.observations.map(obs, e.subject_id, specimens)
-        not_done = [nd(o, item, self.study.items[item].domain, self.study, e.day1)
+        not_done = [nd(o, item, self.study.items[item].domain, self.study, e.day1, specimens)
                     for o, item in self.observations.not_done_obs]
         span = participation(e, self.study)
         before = sum(1 for f in findings if span.position(f.date) == "before")

@@ -27,6 +27,13 @@ DRUGS: dict[str, tuple[str, str, str]] = {
     "tocilizumab": ("612865", "tocilizumab", "Tocilizumab 20 mg/mL concentrate for infusion"),
     "dexamethasone": ("3264", "dexamethasone", "Dexamethasone 4 mg/mL injection"),
 }
+#: drug key -> WHO ATC code (the class code EHRs send beside RxNorm; CMCLASCD)
+ATC_CODES: dict[str, str] = {
+    "prednisone": "H02AB07", "methylprednisolone": "H02AB04", "hydrocortisone": "D07AA02",
+    "hydroxychloroquine": "P01BA02", "mycophenolate": "L04AA06", "valaciclovir": "J05AB11",
+    "fludarabine": "L01BB05", "cyclophosphamide": "L01AA01", "tocilizumab": "L04AC07", "dexamethasone": "H02AB02",
+}
+ATC = "http://www.whocc.no/atc"
 ROUTES: dict[str, tuple[str, str]] = {
     "oral": ("26643006", "Oral route"), "iv": ("47625008", "Intravenous route"),
     "topical": ("6064005", "Topical route"),
@@ -35,7 +42,10 @@ ROUTE_WORDS = {"oral": "orally", "iv": "intravenously", "topical": "topically"}
 
 def medication(drug: str) -> dict[str, Any]:
     code, name, text = DRUGS[drug]
-    return {"coding": [{"system": RXNORM, "code": code, "display": name}], "text": text}
+    coding = [{"system": RXNORM, "code": code, "display": name}]
+    if drug in ATC_CODES:
+        coding.append({"system": ATC, "code": ATC_CODES[drug], "display": name})
+    return {"coding": coding, "text": text}
 
 
 def route(kind: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from random import Random
 from typing import Any
 
-from fhir_adapter.terminology.codes import LOINC, OBS_INTERPRETATION, SNOMED
+from fhir_adapter.terminology.codes import LOINC, NCIT, NCIT_CTCAE_GRADE, OBS_INTERPRETATION, SNOMED
 
 from .ids import new_id
 from .lab_catalog import ANALYTES, SiteAnalyte, category, quantity, site_analyte, to_json
@@ -31,6 +31,14 @@ INTERPRETATION_JSON: dict[str, str] = {
                                                       "display": display}]}])
     for code, display in _INTERPRETATION_DISPLAY.items()
 }
+#: R4 core extensions: the subject's position during the measurement; the BodyStructure of the body site
+BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
+BODY_SITE = "http://hl7.org/fhir/StructureDefinition/bodySite"
+SITTING = {"coding": [{"system": SNOMED, "code": "33586001", "display": "Sitting position"}], "text": "Sitting"}
+#: the arm a site's ward measures blood pressure on (SNOMED CT laterality qualifiers)
+BP_ARMS = ({"coding": [{"system": SNOMED, "code": "419161000", "display": "Unilateral left"}]},
+           {"coding": [{"system": SNOMED, "code": "419465000", "display": "Unilateral right"}]})
+UPPER = {"coding": [{"system": SNOMED, "code": "261183002", "display": "Upper"}]}
 POSITIVE = {"coding": [{"system": SNOMED, "code": "10828004", "display": "Positive"}], "text": "Positive"}
 NEGATIVE = {"coding": [{"system": SNOMED, "code": "260385009", "display": "Negative"}], "text": "Negative"}
 _CODED_JSON = {True: ',"valueCodeableConcept":' + to_json(POSITIVE),
@@ -45,6 +53,24 @@ BP_HEAD = VITALS_JSON + ',"code":' + to_json(
      "text": "Blood pressure"})
 _SYSTOLIC = to_json({"coding": [{"system": LOINC, "code": "8480-6", "display": "Systolic blood pressure"}]})
 _DIASTOLIC = to_json({"coding": [{"system": LOINC, "code": "8462-4", "display": "Diastolic blood pressure"}]})
+
+
+#: CTCAE v5.0 lower bounds (10^9/L) of grades 2, 3 and 4 of "neutrophil count decreased" and "platelet count
+#: decreased"; grade 1 is below the lower limit of normal
+CTCAE_CYTOPENIA: dict[str, tuple[float, float, float]] = {"neutrophils": (1.5, 1.0, 0.5), "platelets": (75, 50, 25)}
+CTCAE_GRADE_CODE = {g: c for c, g in NCIT_CTCAE_GRADE.items()}
+
+
+def ctcae_grade(key: str, canonical: float, sa: SiteAnalyte) -> int | None:
+    """CTCAE v5.0 grade of a decreased neutrophil or platelet count (canonical unit 10^9/L); None otherwise."""
+    if key not in CTCAE_CYTOPENIA or sa.low is None:
+        return None
+    g2, g3, g4 = CTCAE_CYTOPENIA[key]
+    lln = (sa.low - sa.offset) / sa.factor
+    for grade, bound in ((4, g4), (3, g3), (2, g2)):
+        if canonical < bound:
+            return grade
+    return 1 if canonical < lln else None
 
 
 def _flag(sa: SiteAnalyte, v: float) -> str:
@@ -85,6 +111,8 @@ class ObservationFactory:
         assert self.specimen_emit is not None
         kind, snomed = specimen_details(key)
         sid = f"spec-{self.patient_id[:8]}-{when:%Y%m%d%H%M}-{kind.lower().replace(' ', '-')}"
+        if key == "protein_24h":  # its own container
+            sid += "-24h"
         if sid not in self.specimens:
             self.specimens.add(sid)
             spec: dict[str, Any] = {
@@ -96,6 +124,11 @@ class ObservationFactory:
                 "subject": {"reference": f"Patient/{self.patient_id}"},
                 "collection": {"collectedDateTime": fmt_local(when)},
             }
+            if key == "protein_24h":  # a timed collection: the 24 hours ending when the container is handed in
+                spec["collection"] = {"collectedPeriod": {"start": fmt_local(when - timedelta(hours=24)),
+                                                          "end": fmt_local(when)}}
+            if kind != "Urine" and self.site == 101:  # this site's phlebotomy records the patient's position
+                spec["collection"]["extension"] = [{"url": BODY_POSITION, "valueCodeableConcept": SITTING}]
             if kind != "Urine" and self.site != 103:  # site 103's lab does not record fasting status
                 fasting = ("F", "Patient was fasting prior to the procedure.") if when.hour < 9 else \
                     ("NF", "The patient indicated they did not fast prior to the procedure.")
@@ -151,8 +184,14 @@ class ObservationFactory:
         body = f',"valueQuantity":{{"value":{value!r},{cmp}{sa.unit_json[1:]}'
         if sa.range_json:
             flag = _flag(sa, value)
-            if flag != "N" or self.conv.flags_normal:
-                body += INTERPRETATION_JSON[flag]
+            grade = ctcae_grade(key, canonical, sa) if self.specimen_emit is not None and self.site != 103 else None
+            if flag != "N" or self.conv.flags_normal or grade:
+                interp: list[dict[str, Any]] = [{"coding": [{"system": OBS_INTERPRETATION, "code": flag,
+                                       "display": _INTERPRETATION_DISPLAY[flag]}]}]
+                if grade:  # the oncology lab system grades cytopenias (site 103's does not)
+                    interp.append({"coding": [{"system": NCIT, "version": "5.0", "code": CTCAE_GRADE_CODE[grade],
+                                               "display": f"Grade {grade}"}], "text": f"CTCAE v5.0 grade {grade}"})
+                body += ',"interpretation":' + to_json(interp)
             body += sa.range_json
         updated = issued + timedelta(minutes=updated_after_min)
         if self.specimen_emit is not None:
@@ -188,10 +227,20 @@ class ObservationFactory:
                            when + timedelta(minutes=self.rng.randint(1, 20)))
 
     def blood_pressure(self, systolic: int, diastolic: int, when: datetime) -> str:
+        """Blood pressure with where and how it was taken, as the ward's charting sends it: the hospital's
+        identifier, the body site (an arm: a contained BodyStructure with its laterality) and the position."""
+        updated = when + timedelta(minutes=self.rng.randint(1, 20))
+        rid = new_id(self.rng)
+        arm = BP_ARMS[self.site % len(BP_ARMS)]
         body = (f',"component":[{{"code":{_SYSTOLIC},"valueQuantity":{to_json(quantity(systolic, "mm[Hg]"))}}},'
-                f'{{"code":{_DIASTOLIC},"valueQuantity":{to_json(quantity(diastolic, "mm[Hg]"))}}}]')
-        return self._write(None, "final", BP_HEAD, f',"effectiveDateTime":"{fmt_local(when)}"', None, body,
-                           when + timedelta(minutes=self.rng.randint(1, 20)))
+                f'{{"code":{_DIASTOLIC},"valueQuantity":{to_json(quantity(diastolic, "mm[Hg]"))}}}]'
+                f',"identifier":[{{"system":"https://hospital.example.org/site-{self.site}/vital-sign",'
+                f'"value":"{rid}"}}],"bodySite":{{"text":"Arm"}}'
+                f',"contained":[{{"resourceType":"BodyStructure","id":"arm","patient":{self.subject_json},'
+                f'"location":{{"text":"Arm"}},"locationQualifier":[{to_json(arm)},{to_json(UPPER)}]}}]'
+                f',"extension":[{{"url":"{BODY_POSITION}","valueCodeableConcept":{to_json(SITTING)}}},'
+                f'{{"url":"{BODY_SITE}","valueReference":{{"reference":"#arm"}}}}]')
+        return self._write(rid, "final", BP_HEAD, f',"effectiveDateTime":"{fmt_local(when)}"', None, body, updated)
 
     def panel(self, member_ids: list[str], when: datetime, delay_min: int) -> str:
         issued = self._issued(when, delay_min)

@@ -16,6 +16,7 @@ from fhir_adapter.mapping.medications.identify import DrugIdentifier, Identified
 from fhir_adapter.mapping.medications.routes import RouteReader
 from fhir_adapter.mapping.medications.settings import CmClass, MedicationSettings
 from fhir_adapter.mapping.medications.timing import frequency_per_day
+from fhir_adapter.mapping.references import mitigated_by
 
 if TYPE_CHECKING:
     from fhir_adapter.study.load import Study
@@ -44,6 +45,7 @@ class MedicationMapper:
     def map(self, resources: list[dict[str, Any]], subject_id: str) -> list[ConMed]:
         out: list[ConMed] = []
         meds = latest(r for r in resources if r.get("resourceType") in KINDS)
+        mitigated = mitigated_by(resources)
         for r in meds:
             rtype = str(r["resourceType"])
             status = str(r.get("status"))
@@ -68,7 +70,7 @@ class MedicationMapper:
                     self.log.count("medications.study-treatment")
                     continue
                 records = self._records(r, drug)
-                details = medication_details(r, resources)
+                details = medication_details(r, resources, mitigated)
                 records = [c.model_copy(update=details) for c in records]
             except Unusable as rej:
                 self.log.reject(rtype, r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r)

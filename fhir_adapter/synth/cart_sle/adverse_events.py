@@ -3,7 +3,7 @@ extensions): background CAR-T toxicities, the plan's DLT / look-alike scenarios,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -91,6 +91,7 @@ class AEvent:
     causality: str
     criteria: tuple[tuple[str, str], ...] = ()   # seriousness criteria; empty: non-serious
     rid: str | None = None
+    treatments: list[str] = field(default_factory=list)   # references of what was given for it (mitigatingAction)
 
 
 def _codeable(system: str, code: str, display: str) -> dict[str, Any]:
@@ -146,6 +147,12 @@ def adverse_event_resource(ctx: SubjectContext, ev: AEvent, number: int, id_pref
     if study and ctx.site.site == 102:  # this site's AE form asks for the action taken (one infusion: none possible)
         ext.append({"url": EXT_AE_MITIGATING_ACTION, "extension": [
             {"url": "item", "valueCodeableConcept": _codeable(NCIT, "C48660", "Not Applicable")}]})
+    for treatment in ev.treatments:  # what was given for the event (tocilizumab, dexamethasone, transfusions)
+        ext.append({"url": EXT_AE_MITIGATING_ACTION, "extension": [
+            {"url": "item", "valueReference": {"reference": treatment}}]})
+    if ev.term == "icans" and (ev.grade or 0) >= 2:
+        ext.append({"url": EXT_AE_MITIGATING_ACTION, "extension": [
+            {"url": "item", "valueCodeableConcept": {"text": "Neurology consultation; ICE score every 8 hours"}}]})
     if study and ctx.site.ae_causality == "backport":
         ext.append(_causality_backport(ctx, ev.causality))
     res: Resource = {

@@ -9,7 +9,7 @@ procedure catalogue (a local code system, as EHRs send)."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from random import Random
 from typing import Any
 
@@ -34,6 +34,13 @@ ROUTE_IM = ("78421000", "Intramuscular route")
 PROCEDURE_CATALOGUE = "https://hospital.example.org/fhir/CodeSystem/procedure-catalogue"
 DIAGNOSTIC = ("103693007", "Diagnostic procedure")
 SURGICAL = ("387713003", "Surgical procedure")
+THERAPEUTIC = ("277132007", "Therapeutic procedure")
+TARGET_BODY_STRUCTURE = "http://hl7.org/fhir/StructureDefinition/procedure-targetBodyStructure"
+#: SNOMED CT location qualifiers (FHIR value set bodystructure-relative-location)
+LEFT, RIGHT = ("419161000", "Unilateral left"), ("419465000", "Unilateral right")
+LOWER, POSTERIOR = ("261122009", "Lower"), ("255551008", "Posterior")
+#: salt of the stream for the procedure details added after the history stream was fixed
+DETAIL_SALT = 0x15A
 
 #: (ICD-10-CM, display, share of subjects, resolved share)
 COMORBIDITIES: tuple[tuple[str, str, float, float], ...] = (
@@ -102,13 +109,16 @@ def emit_clinical_history(ctx: SubjectContext, sp: SubjectPlan) -> None:
     rng = Random(sp.seed ^ HISTORY_SALT)
     consent = sp.consent_date
     sle_onset = consent - timedelta(days=rng.randint(3 * 365, 15 * 365))
-    ctx.emit(_condition(ctx, rng, "M32.9", "Systemic lupus erythematosus, unspecified", sle_onset, resolved=None))
+    sle = _condition(ctx, rng, "M32.9", "Systemic lupus erythematosus, unspecified", sle_onset, resolved=None)
+    sle["identifier"] = _ident(ctx, "condition", f"SLE-{ctx.patient_id[:8]}")  # lupus medications name it
+    ctx.emit(sle)
+    detail = Random(sp.seed ^ HISTORY_SALT ^ DETAIL_SALT)
     if sp.ln_at_baseline:
         ln_onset = sle_onset + timedelta(days=rng.randint(200, max(201, (consent - sle_onset).days - 60)))
         ctx.emit(_condition(ctx, rng, "M32.14", "Glomerular disease in systemic lupus erythematosus", ln_onset,
                             resolved=None, body_site="Kidney"))
         ctx.emit(_procedure(ctx, rng, "RBX", "Percutaneous renal biopsy", DIAGNOSTIC, ln_onset + timedelta(days=5),
-                            reason="Lupus nephritis", body_site="Kidney"))
+                            reason="Lupus nephritis", body_site="Kidney", qualifiers=(LEFT, LOWER)))
     for code, display, share, resolved_share in COMORBIDITIES:
         if rng.random() >= share:
             continue
@@ -129,14 +139,20 @@ def emit_clinical_history(ctx: SubjectContext, sp: SubjectPlan) -> None:
         ctx.emit(_immunization(ctx, rng, "141", VACCINES[0][1], revaccination))
     apheresis_access = sp.day1 - timedelta(days=rng.randint(34, 40))
     if rng.random() < 0.7 and apheresis_access > consent:
+        if detail.random() < 0.1:  # a first attempt abandoned the day before
+            ctx.emit(_procedure(ctx, detail, "CVC", "Insertion of central venous catheter", SURGICAL,
+                                apheresis_access - timedelta(days=1), reason="Vascular access for leukapheresis",
+                                body_site="Internal jugular vein", qualifiers=(RIGHT,),
+                                stopped="Arterial puncture; attempt abandoned"))
         ctx.emit(_procedure(ctx, rng, "CVC", "Insertion of central venous catheter", SURGICAL, apheresis_access,
-                            reason="Vascular access for leukapheresis", body_site="Right internal jugular vein"))
+                            reason="Vascular access for leukapheresis", body_site="Internal jugular vein",
+                            qualifiers=(RIGHT,)))
     if rng.random() < 0.06 and sp.day1 + timedelta(days=30) < DATA_CUT:
         ctx.emit(_procedure(ctx, rng, "BMB", "Bone marrow biopsy", DIAGNOSTIC, sp.day1 + timedelta(days=28),
-                            reason="Prolonged cytopenia", body_site="Posterior iliac crest",
+                            reason="Prolonged cytopenia", body_site="Iliac crest", qualifiers=(POSTERIOR, RIGHT),
                             not_done="Patient declined"))
     if rng.random() < 0.25:
-        _cancelled_order(ctx, rng, sp)
+        _cancelled_order(ctx, rng, sp, detail)
 
 
 def _allergy(ctx: SubjectContext, rng: Random, text: str, category: str, consent: date) -> Resource:
@@ -165,38 +181,63 @@ def _immunization(ctx: SubjectContext, rng: Random, cvx: str, display: str, when
 
 
 def _procedure(ctx: SubjectContext, rng: Random, code: str, display: str, category: tuple[str, str], when: date,
-               *, reason: str, body_site: str, not_done: str | None = None) -> Resource:
+               *, reason: str, body_site: str | None, not_done: str | None = None, stopped: str | None = None,
+               qualifiers: tuple[tuple[str, str], ...] = ()) -> Resource:
     rid = new_id(rng)
     res: Resource = {
         "resourceType": "Procedure", "id": rid, "meta": _meta(when),
         "identifier": _ident(ctx, "procedure", rid[:13]),
-        "status": "not-done" if not_done else "completed",
+        "status": "not-done" if not_done else ("stopped" if stopped else "completed"),
         "category": _cc(SNOMED, *category), "code": _cc(PROCEDURE_CATALOGUE, code, display, display),
-        "subject": ctx.patient_ref(), "reasonCode": [{"text": reason}], "bodySite": [{"text": body_site}],
+        "subject": ctx.patient_ref(), "reasonCode": [{"text": reason}],
     }
-    if not_done:
-        res["statusReason"] = {"text": not_done}
-    else:
+    if body_site:
+        res["bodySite"] = [{"text": body_site}]
+    if qualifiers:  # laterality / directionality: the target BodyStructure, contained
+        res["contained"] = [{"resourceType": "BodyStructure", "id": "site", "patient": ctx.patient_ref(),
+                             "location": {"text": body_site},
+                             "locationQualifier": [_cc(SNOMED, c, d) for c, d in qualifiers]}]
+        res["extension"] = [{"url": TARGET_BODY_STRUCTURE, "valueReference": {"reference": "#site"}}]
+    if not_done or stopped:
+        res["statusReason"] = {"text": not_done or stopped}
+    if not not_done:
         start = at(when, rng.randint(480, 900))
         res["performedPeriod"] = {"start": fmt_local(start), "end": fmt_local(start + timedelta(minutes=45))}
     return res
 
 
-def _cancelled_order(ctx: SubjectContext, rng: Random, sp: SubjectPlan) -> None:
-    """A 24-h urine collection ordered at a follow-up visit and cancelled: a NOT DONE row in LB."""
+def _cancelled_order(ctx: SubjectContext, rng: Random, sp: SubjectPlan, detail: Random) -> None:
+    """A 24-h urine collection ordered at a follow-up visit and cancelled: a NOT DONE row in LB. About half
+    came back incomplete: the lab marks the Specimen unsatisfactory (LBSPCUFL = N) with its condition."""
     when = sp.day1 + timedelta(days=rng.choice((28, 56, 84)))
     if when >= DATA_CUT:
         return
     rid = new_id(rng)
-    ctx.emit({
+    taken = at(when, rng.randint(480, 720))
+    obs: Resource = {
         "resourceType": "Observation", "id": rid, "meta": _meta(when), "status": "cancelled",
         "identifier": _ident(ctx, "lab-result", rid[:13]),
         "category": [_cc("http://terminology.hl7.org/CodeSystem/observation-category", "laboratory", "Laboratory")],
         "code": _cc(LOINC, "2889-4", "Protein [Mass/time] in 24 hour Urine", "24-h urine protein"),
-        "subject": ctx.patient_ref(), "effectiveDateTime": fmt_local(at(when, rng.randint(480, 720))),
+        "subject": ctx.patient_ref(), "effectiveDateTime": fmt_local(taken),
         "dataAbsentReason": {"coding": [{"system": DATA_ABSENT_REASON, "code": "not-performed",
                                          "display": "Not Performed"}], "text": "Collection not returned"},
-    })
+    }
+    if detail.random() < 0.5:
+        sid = new_id(detail)
+        ctx.emit({
+            "resourceType": "Specimen", "id": sid, "meta": _meta(when), "status": "unsatisfactory",
+            "accessionIdentifier": {"system": f"https://hospital.example.org/site-{ctx.site.site}/accession",
+                                    "value": sid[:13]},
+            "type": _cc(SNOMED, "122575003", "Urine", "Urine"), "subject": ctx.patient_ref(),
+            "collection": {"collectedPeriod": {"start": fmt_local(taken - timedelta(hours=24)),
+                                               "end": fmt_local(taken)}},
+            "condition": [{"text": "Incomplete collection"}],
+        })
+        obs["specimen"] = {"reference": f"Specimen/{sid}"}
+        obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT_REASON, "code": "error", "display": "Error"}],
+                                   "text": "Specimen unsatisfactory: incomplete collection"}
+    ctx.emit(obs)
 
 
 def race_ethnicity_extensions(seed: int) -> list[dict[str, Any]]:
@@ -221,3 +262,12 @@ def race_ethnicity_extensions(seed: int) -> list[dict[str, Any]]:
             {"url": "ombCategory", "valueCoding": {"system": OMB, "code": eth[0], "display": eth[1]}},
             {"url": "text", "valueString": eth[1]}]},
     ]
+
+
+def oxygen_therapy(ctx: SubjectContext, start: datetime, reason: str) -> Resource:
+    """Supplemental oxygen given for an adverse event (CRS with hypoxia): a therapeutic Procedure the event's
+    mitigatingAction names. Its id comes from its own stream (the subject's main stream stays as it was)."""
+    rng = Random(f"{ctx.patient_id}-oxygen-{start.isoformat()}")
+    res = _procedure(ctx, rng, "O2", "Oxygen therapy", THERAPEUTIC, start.date(), reason=reason, body_site=None)
+    res["performedPeriod"] = {"start": fmt_local(start), "end": fmt_local(start + timedelta(hours=30))}
+    return res

@@ -11,7 +11,9 @@ from typing import Any
 from fhir_adapter.terminology.codes import SNOMED
 
 from ..medication_records import administration, statement, taper_doses
+from ..timeline import LAST_INSTANT
 from .adverse_events import AEvent
+from .clinical_history import oxygen_therapy
 from .context import Resource, SubjectContext
 from .irregularities import ALTERNATE_DAY_GLUCOCORTICOID, TOPICAL_GLUCOCORTICOID
 from .schedule import LD_CY_DAY, LD_FLU_DAYS
@@ -32,8 +34,19 @@ TOCILIZUMAB_MG_KG = 8.0
 def _statement(ctx: SubjectContext, drug: str, dose_mg: float, start: date, end: date | None, *,
                frequency: int = 1, period: int = 1, route_kind: str = "oral", text: str | None = None,
                rid: str | None = None) -> Resource | None:
-    return statement(ctx.rng, ctx.site.site, ctx.patient_id, drug, dose_mg, start, end, SLE_REASON,
-                     frequency=frequency, period=period, route_kind=route_kind, text=text, rid=rid)
+    res = statement(ctx.rng, ctx.site.site, ctx.patient_id, drug, dose_mg, start, end, SLE_REASON,
+                    frequency=frequency, period=period, route_kind=route_kind, text=text, rid=rid)
+    if res is not None and drug != "valaciclovir":  # prophylaxis: given for the treatment, not for the lupus
+        res["reasonReference"] = [sle_condition_reference(ctx)]
+    return res
+
+
+def sle_condition_reference(ctx: SubjectContext) -> dict[str, Any]:
+    """A logical reference (identifier) to the subject's lupus Condition (clinical_history gives it that
+    identifier): the medical-history record a lupus medication is for (CMMHNO)."""
+    return {"type": "Condition", "display": "Systemic lupus erythematosus",
+            "identifier": {"system": f"https://hospital.example.org/site-{ctx.site.site}/condition",
+                           "value": f"SLE-{ctx.patient_id[:8]}"}}
 
 
 def emit_glucocorticoids(ctx: SubjectContext, consent: date) -> None:
@@ -128,6 +141,13 @@ def emit_toxicity_treatment(ctx: SubjectContext, events: list[AEvent]) -> None:
                                   60, f"Tocilizumab {TOCILIZUMAB_MG_KG:g} mg/kg = {mg} mg IV over 1 h", reason)
             if res:
                 ctx.emit(res)
+                ev.treatments.append(f"MedicationAdministration/{res['id']}")
+            if (ev.grade or 0) >= 3 or ev.onset.minute % 2 == 0:  # hypoxia: about half of grade 2, all of 3+
+                start = ev.onset + timedelta(minutes=45)
+                if start < LAST_INSTANT:
+                    o2 = oxygen_therapy(ctx, start, f"Cytokine release syndrome grade {ev.grade} with hypoxia")
+                    ctx.emit(o2)
+                    ev.treatments.append(f"Procedure/{o2['id']}")
         elif ev.term == "icans" and (ev.grade or 0) >= 2:
             first = ev.onset + timedelta(minutes=rng.randint(60, 180))
             reason = {"text": f"ICANS grade {ev.grade}"}
@@ -136,3 +156,4 @@ def emit_toxicity_treatment(ctx: SubjectContext, events: list[AEvent]) -> None:
                                       "Dexamethasone 10 mg IV every 6 hours", reason)
                 if res:
                     ctx.emit(res)
+                    ev.treatments.append(f"MedicationAdministration/{res['id']}")
