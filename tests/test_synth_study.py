@@ -7,15 +7,21 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections import Counter
+from datetime import date
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from fhir_adapter.cli.commands import main
-from fhir_adapter.synth import write_feed
+from fhir_adapter.study.load import load_study
+from fhir_adapter.study.timeline import study_day
+from fhir_adapter.synth import write_feed, write_study_feed
 from fhir_adapter.synth.plugins import plugin_for
 
 ROOT = Path(__file__).resolve().parent.parent
+SYN_LN = ROOT / "mappings" / "syn-ln"
 LCAR = ROOT / "mappings" / "lcar-aio"
 #: modules of the CAR-T lupus generator plug-in
 PLUGIN_PREFIX = "fhir_adapter.synth.cart_sle"
@@ -25,9 +31,15 @@ def _hashes(directory: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.iterdir())}
 
 
+def _lines(folder: Path, rtype: str) -> list[dict[str, object]]:
+    path = folder / f"{rtype}.ndjson"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
 def test_the_cart_plugin_is_chosen_by_the_endpoints_a_study_names() -> None:
     plugin = plugin_for(LCAR)
     assert plugin is not None and plugin.name == "cart-sle"
+    assert plugin_for(SYN_LN) is None
 
 
 def test_synth_study_of_lcar_aio_is_the_cart_generator_byte_for_byte(tmp_path: Path) -> None:
@@ -42,11 +54,75 @@ def test_the_generic_feed_loads_no_plugin_module(tmp_path: Path) -> None:
     code = (
         "import sys, json\n"
         "from pathlib import Path\n"
-        "from fhir_adapter.synth.study_feed import write_study_feed\n"
-        f"write_study_feed(Path({str(LCAR)!r}), Path({str(tmp_path / 'feed')!r}), 3, 5)\n"
+        "from fhir_adapter.synth.plugins import write_synthetic_feed\n"
+        f"write_synthetic_feed(Path({str(SYN_LN)!r}), Path({str(tmp_path / 'feed')!r}), 3, 5)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith('fhir_adapter.synth'))))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = json.loads(done.stdout.strip().splitlines()[-1])
     assert "fhir_adapter.synth.study_feed" in loaded
     assert not [m for m in loaded if m.startswith(PLUGIN_PREFIX)], loaded
+
+
+@pytest.fixture(scope="module")
+def ln_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("syn-ln") / "feed"
+    write_study_feed(SYN_LN, out, subjects=8, seed=3)
+    return out
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path, ln_feed: Path) -> None:
+    write_study_feed(SYN_LN, tmp_path / "again", subjects=8, seed=3)
+    assert _hashes(tmp_path / "again") == _hashes(ln_feed)
+    write_study_feed(SYN_LN, tmp_path / "other", subjects=8, seed=4)
+    assert _hashes(tmp_path / "other")["Observation.ndjson"] != _hashes(ln_feed)["Observation.ndjson"]
+
+
+def test_manifest_and_study_identity_come_from_the_study_folder(ln_feed: Path) -> None:
+    manifest = json.loads((ln_feed / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["request"].endswith("/Group/syn-ln-0001/$export")
+    for entry in manifest["output"]:
+        assert entry["count"] == len(_lines(ln_feed, entry["type"]))
+    (rs,) = _lines(ln_feed, "ResearchStudy")
+    assert rs["identifier"] == [{"system": "https://fhir-adapter.org/fhir/sid/research-study", "value": "SYN-LN-0001"}]
+    subjects = _lines(ln_feed, "ResearchSubject")
+    statuses = Counter(str(s["status"]) for s in subjects)
+    assert statuses["ineligible"] == 1 and sum(statuses.values()) == 9
+    assert {i["system"] for s in subjects for i in s["identifier"]} == {  # type: ignore[attr-defined]
+        "https://fhir-adapter.org/fhir/sid/syn-ln-subject"}
+    patients = _lines(ln_feed, "Patient")
+    assert len(patients) == 10   # 8 enrolled, 1 screen failure, 1 clinic patient outside the study
+
+
+def test_day1_is_the_first_dose_and_labs_follow_the_schedule_and_items(ln_feed: Path) -> None:
+    study = load_study(SYN_LN)
+    product = next(iter(study.infusion_medication_codes))
+    doses: dict[str, list[date]] = {}
+    for ma in _lines(ln_feed, "MedicationAdministration"):
+        coding = ma["medicationCodeableConcept"]["coding"][0]  # type: ignore[index]
+        assert (coding["system"], coding["code"]) == product
+        doses.setdefault(ma["subject"]["reference"], []).append(  # type: ignore[index]
+            date.fromisoformat(ma["effectivePeriod"]["start"][:10]))  # type: ignore[index]
+    assert len(doses) == 8
+    item_of = {c.split("|")[1]: item for item in ("upcr", "protein_24h", "egfr", "creatinine", "c3", "c4",
+                                                   "anti_dsdna", "cd19") for c in study.items[item].codes}
+    windows = [v.window for v in study.schedule.visits]
+    items_seen: set[str] = set()
+    for obs in _lines(ln_feed, "Observation"):
+        ref = obs["subject"]["reference"]  # type: ignore[index]
+        code = obs["code"]["coding"][-1]["code"]  # type: ignore[index]
+        items_seen.add(item_of[code])
+        if ref not in doses:
+            continue   # screen failure or clinic patient
+        when = obs.get("effectiveDateTime") or obs["effectivePeriod"]["end"]  # type: ignore[index]
+        sd = study_day(date.fromisoformat(str(when)[:10]), min(doses[ref]))
+        assert any(lo <= sd <= hi for lo, hi in windows), (code, sd)
+    assert items_seen == set(item_of.values())
+
+
+def test_synth_study_by_name_on_the_command_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["synth", "--study", "syn-ln", "--subjects", "2", "--seed", "1",
+                                       "--out", str(tmp_path / "feed")])
+    assert result.exit_code == 0, result.output
+    assert "for 2 enrolled subjects" in result.output
+    assert (tmp_path / "feed" / "manifest.json").is_file()

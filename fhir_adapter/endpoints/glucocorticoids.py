@@ -18,7 +18,7 @@ from fhir_adapter.derive.glucocorticoids import (
     glucocorticoid_series,
 )
 from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput
-from fhir_adapter.writeback.efficacy import pred_eq_observation
+from fhir_adapter.writeback.glucocorticoids import pred_eq_observation
 
 
 class GlucocorticoidResult(BaseModel):

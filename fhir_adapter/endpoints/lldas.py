@@ -18,7 +18,7 @@ from fhir_adapter.endpoints.glucocorticoids import GlucocorticoidResult
 from fhir_adapter.endpoints.pga import PgaResult
 from fhir_adapter.endpoints.registry import CheckInput, Endpoint, OutputInput, StudyInput, SubjectInput
 from fhir_adapter.endpoints.sledai2k import Sledai2kResult
-from fhir_adapter.writeback.efficacy import lldas_observation
+from fhir_adapter.writeback.lldas import lldas_observation
 
 
 class LldasResult(BaseModel):

@@ -1,11 +1,7 @@
-"""Efficacy result Observations: LLDAS and the prednisolone-equivalent daily dose of each visit.
-
-* ``lldas`` — ``valueBoolean`` (LLDAS met), one component per evaluated criterion (code
-  ``lldas-<criterion id with hyphens>`` of the results CodeSystem, ``valueBoolean`` = criterion met),
-  ``derivedFrom`` the SLEDAI-2K descriptor, PGA and medication sources. Written only where LLDAS is
-  evaluable (true/false): a null LLDAS has no Observation.
-* ``pred-eq-daily-dose`` — ``valueQuantity`` in ``mg/d`` (UCUM), ``derivedFrom`` the medication records
-  active on the visit date. Written only where the dose is evaluable.
+"""The LLDAS result Observation of a visit: ``lldas`` — ``valueBoolean`` (LLDAS met), one component per
+evaluated criterion (code ``lldas-<criterion id with hyphens>`` of the results CodeSystem, ``valueBoolean`` =
+criterion met), ``derivedFrom`` the SLEDAI-2K descriptor, PGA and medication sources. Written only where LLDAS
+is evaluable (true/false): a null LLDAS has no Observation.
 
 The PGA is a clinician-entered input already in the EHR, so it is not written back.
 """
@@ -15,10 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_adapter import __version__
-from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, PredEqVisit
 from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, LldasVisit
 from fhir_adapter.roster.enrollees import Enrollee
-from fhir_adapter.terminology.codes import CS_RESULTS, UCUM
+from fhir_adapter.terminology.codes import CS_RESULTS
 from fhir_adapter.writeback.observations import result_display, result_observation
 
 
@@ -42,15 +37,3 @@ def lldas_observation(e: Enrollee, study_id: str, v: LldasVisit, s: LldasSetting
               f"prednisolone-eq <= {s.pred_eq_max_mg} mg/day; fhir-adapter {__version__}")
     return result_observation(e, study_id, v.visit, "lldas", v.date, {"valueBoolean": v.lldas},
                               derived_from=v.sources, components=components, method=method)
-
-
-def pred_eq_observation(
-    e: Enrollee, study_id: str, v: PredEqVisit, s: GlucocorticoidSettings,
-) -> dict[str, Any]:
-    assert v.mg_per_day is not None
-    routes = ", ".join(s.systemic_routes)
-    method = (f"Sum of systemic ({routes}) glucocorticoid doses active on the visit date x prednisolone "
-              f"equivalence (BNF/US tables), averaged per day; fhir-adapter {__version__}")
-    value = {"valueQuantity": {"value": v.mg_per_day, "unit": "mg/d", "system": UCUM, "code": "mg/d"}}
-    return result_observation(e, study_id, v.visit, "pred-eq-daily-dose", v.date, value,
-                              derived_from=v.sources, method=method, category="therapy")

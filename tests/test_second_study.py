@@ -1,0 +1,162 @@
+"""A second study runs from its folder alone: the synthetic lupus-nephritis study (mappings/syn-ln/), copied
+without any other study folder to a temporary directory, goes through ``synth --study``, ``run`` (CRFs,
+results, CSV / ODM / Dataset-JSON exports, write-back bundles), ``report`` and ``run --post`` against the test
+FHIR server. No output names LCAR-AIO, no LCAR-AIO file is opened, and the modules only LCAR-AIO needs are
+never imported; the write-back bundles pass the independent validator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from feed_loader import load_feed
+from server_fixture import ServerHandle
+from serverkit import adapter_observations, write_config
+
+from fhir_adapter.terminology.codes import SID_RESULT
+
+ROOT = Path(__file__).resolve().parents[1]
+SYN_LN = ROOT / "mappings" / "syn-ln"
+SERVER_DIR = ROOT / "tests" / "fhir_server"
+SUBJECTS = 6
+#: modules only a CAR-T lupus study needs (its endpoints and their derivations, its synthetic feed)
+LCAR_ONLY_ENDPOINTS = ("sledai2k", "pga", "lldas", "safety", "dlt", "escalation", "kinetics")
+LCAR_ONLY_PREFIXES = (
+    "fhir_adapter.synth.cart_sle",
+    *(f"fhir_adapter.derive.{name}" for name in LCAR_ONLY_ENDPOINTS),
+    *(f"fhir_adapter.endpoints.{name}" for name in LCAR_ONLY_ENDPOINTS),
+)
+
+#: runs the commands in a fresh interpreter, records every file it opens, prints what it imported
+DRIVER = r"""
+import json, sys
+opened = []
+sys.addaudithook(lambda event, args: opened.append(str(args[0])) if event == "open" and args and
+                 isinstance(args[0], str) else None)
+from fhir_adapter.cli.commands import main
+codes = []
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv, standalone_mode=False)
+        codes.append(0)
+    except SystemExit as exc:
+        codes.append(exc.code)
+print(json.dumps({"codes": codes, "modules": sorted(sys.modules), "opened": sorted(set(opened))}))
+"""
+
+
+@dataclass
+class SecondStudy:
+    study: Path
+    feed: Path
+    out: Path
+    codes: list[Any]
+    modules: list[str]
+    opened: list[str]
+
+
+def _drive(commands: list[list[str]], cwd: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(commands)], cwd=cwd, capture_output=True,
+                          text=True, timeout=900, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecondStudy]:
+    tmp = tmp_path_factory.mktemp("second-study")
+    study = tmp / "studies" / "syn-ln"
+    shutil.copytree(SYN_LN, study)
+    feed, out = tmp / "feed", tmp / "out"
+    result = _drive([
+        ["-q", "synth", "--study", str(study), "--subjects", str(SUBJECTS), "--seed", "5", "--out", str(feed)],
+        ["-q", "run", "--study", str(study), "--source", str(feed), "--out", str(out)],
+        ["-q", "report", "--results", str(out)],
+    ], cwd=tmp)
+    yield SecondStudy(study, feed, out, result["codes"], result["modules"], result["opened"])
+
+
+def _text_files(folder: Path) -> Iterator[Path]:
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in {".json", ".ndjson", ".csv", ".xml", ".html", ".jsonl", ".txt"}:
+            yield path
+
+
+def test_synth_run_and_report_succeed(second: SecondStudy) -> None:
+    assert second.codes == [0, 0, 0]
+    study = json.loads((second.out / "results" / "study.json").read_text(encoding="utf-8"))
+    assert study["study"] == "SYN-LN-0001"
+    assert len(study["subjects"]) == SUBJECTS
+    assert (second.out / "report" / "index.html").is_file()
+    export = second.out / "export"
+    assert (export / "odm.xml").is_file()
+    assert (export / "LB.csv").is_file() and (export / "LB.json").is_file()
+    assert len(list((second.out / "writeback").glob("*.json"))) == SUBJECTS
+
+
+def test_renal_response_is_derived_from_the_study_yaml(second: SecondStudy) -> None:
+    study = json.loads((second.out / "results" / "study.json").read_text(encoding="utf-8"))
+    grades = []
+    for subject in study["subjects"]:
+        response = subject["renal_response"]
+        assert response["ln_at_baseline"] is True     # ln_at_baseline: all in renal.yaml
+        assert response["measure"] == "upcr"
+        grades += [v["response"] for v in response["visits"] if v["response"] is not None]
+        assert subject["visits"], subject["subject_id"]
+    assert {"complete", "partial", "none"} & set(grades)
+    assert study["settings"]["renal"]["response"]["enabled"] is True
+
+
+def test_no_output_names_lcar_aio(second: SecondStudy) -> None:
+    named = [str(p.relative_to(second.out.parent)) for folder in (second.feed, second.out)
+             for p in _text_files(folder) if "lcar" in p.read_text(encoding="utf-8", errors="replace").lower()]
+    assert named == []
+
+
+def test_no_lcar_aio_file_is_read_and_no_lcar_aio_module_imported(second: SecondStudy) -> None:
+    lcar_files = [f for f in second.opened if "lcar-aio" in f.lower()]
+    assert lcar_files == []
+    assert not [m for m in second.modules if m.startswith(LCAR_ONLY_PREFIXES)]
+    assert "fhir_adapter.synth.study_feed" in second.modules
+
+
+def test_write_back_bundles_pass_the_independent_validator(second: SecondStudy) -> None:
+    node = shutil.which("node")
+    assert node, "node is needed for the independent validator (Node.js >= 20)"
+    bundles = sorted((second.out / "writeback").glob("*.json"))
+    done = subprocess.run([node, "validate.mjs", str(ROOT / "profiles"), *map(str, bundles)], cwd=SERVER_DIR,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["checked"] >= sum(len(json.loads(b.read_text())["entry"]) for b in bundles)
+    assert result["issues"] == []
+
+
+@pytest.mark.server
+def test_post_writes_the_second_study_results_to_the_server(second: SecondStudy, fhir_server: ServerHandle,
+                                                             tmp_path: Path) -> None:
+    fhir_server.clear_faults()
+    fhir_server.reset()
+    load_feed(fhir_server.base_url, second.feed)
+    config = write_config(tmp_path / "adapter.yaml")
+    out = tmp_path / "server-out"
+    result = _drive([["-q", "run", "--study", str(second.study), "--source", fhir_server.base_url, "--out", str(out),
+                      "--config", str(config), "--post"]], cwd=tmp_path)
+    assert result["codes"] == [0]
+    assert not [m for m in result["modules"] if m.startswith(LCAR_ONLY_PREFIXES)]
+    written = adapter_observations(fhir_server.base_url)
+    values = {i["value"] for o in written for i in o["identifier"] if i["system"] == SID_RESULT}
+    assert values and all(v.startswith("SYN-LN-0001.") for v in values)
+    offline = {i["value"] for b in (second.out / "writeback").glob("*.json")
+               for e in json.loads(b.read_text())["entry"] for i in e["resource"].get("identifier") or []
+               if i.get("system") == SID_RESULT}
+    assert values == offline
+    assert not any("lcar" in json.dumps(o).lower() for o in written)
