@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from feed_loader import load_feed
-from server_fixture import ServerHandle
-from serverkit import adapter_observations, write_config
 
 from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.testing.feed_loader import load_feed
+from fhir_adapter.testing.fhir_server import ServerHandle
+from tests.serverkit import adapter_observations, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SYN_LN = ROOT / "mappings" / "syn-ln"
