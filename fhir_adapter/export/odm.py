@@ -37,7 +37,7 @@ from fhir_adapter import __version__
 from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_DOMAINS, codelist, data_type, testcd_map
 from fhir_adapter.export.ct import load_terminology
 from fhir_adapter.export.labels import label
-from fhir_adapter.export.sanitize import xml_text
+from fhir_adapter.export.sanitize import xml_plain, xml_text
 from fhir_adapter.study.load import Study
 
 SUBJECT_EVENT = "SE.SUBJECT"
@@ -191,6 +191,8 @@ class OdmWriter:
 
     def _attr(self, text: str) -> str:
         """A quoted attribute value without the characters XML 1.0 forbids (counted)."""
+        if xml_plain(text):
+            return f'"{text}"'
         clean, n = xml_text(text)
         self._removed += n
         return quoteattr(clean)

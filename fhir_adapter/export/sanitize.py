@@ -16,8 +16,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 _XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+#: text that is its own XML attribute value: nothing to remove, nothing to escape
+_XML_PLAIN = re.compile("[^&<>\"\x00-\x1f\ud800-\udfff\ufffe\uffff]*")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_FIRST = frozenset(_FORMULA_START)
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+
+
+def xml_plain(text: str) -> bool:
+    """True when ``text`` needs neither removals (:func:`xml_text`) nor escaping in a quoted attribute."""
+    return _XML_PLAIN.fullmatch(text) is not None
 
 
 def xml_text(text: str) -> tuple[str, int]:
@@ -33,7 +41,7 @@ def csv_cell(value: Any) -> Any:
 
 
 def csv_row(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: csv_cell(v) for k, v in row.items()}
+    return {k: csv_cell(v) if type(v) is str and v and v[0] in _FORMULA_FIRST else v for k, v in row.items()}
 
 
 def csv_cells(cells: Iterable[Any]) -> list[Any]:

@@ -342,8 +342,8 @@ def _run(
             if engine_outcomes is not None:  # another engine (Spark) reads the subjects' resources, runs the engine
                 outcomes = engine_outcomes(roster.enrolled, work)
             else:
-                subjects = ((roster.enrolled[pid], resources)
-                            for pid, resources in source.subject_resources(roster.patient_ids))
+                read = getattr(source, "subject_records", source.subject_resources)  # files: unparsed lines
+                subjects = ((roster.enrolled[pid], records) for pid, records in read(roster.patient_ids))
                 outcomes = subject_outcomes(subjects, work, engine, workers)
             for e0, outcome, resources in outcomes:
 

@@ -99,6 +99,12 @@ class FileSource:
         return None
 
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
+        for pid, records in self.subject_records(patient_ids):
+            yield pid, [parsed(x) for x in records]
+
+    def subject_records(self, patient_ids: set[str]) -> Iterator[tuple[str, list[bytes | Resource]]]:
+        """:meth:`subject_resources` before parsing: an NDJSON line stays the line's bytes (parsed where the
+        subject is processed: a worker process, which saves this process parsing and pickling the dicts)."""
         base = self.roster().base
         by_patient: dict[str, list[bytes | Resource]] = {pid: [] for pid in patient_ids}
         refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
@@ -115,9 +121,9 @@ class FileSource:
             self.log.count(key, value)
         shared = self._read_shared(set().union(*refs.values()))
         for pid in sorted(patient_ids):
-            resources = [_parsed(x) for x in by_patient.pop(pid)]
-            resources.extend(shared[key] for key in sorted(refs.pop(pid)) if key in shared)
-            yield pid, resources
+            records = by_patient.pop(pid)
+            records.extend(shared[key] for key in sorted(refs.pop(pid)) if key in shared)
+            yield pid, records
 
     def enrolled_patient(self, f: DataFile, n: int, entry: int | None, res: Resource, enrolled: Collection[str],
                          counts: Counter[str], base: str | None) -> str | None:
@@ -361,7 +367,8 @@ def _adapter_owned(resource: Resource) -> bool:
     return any(isinstance(i, dict) and i.get("system") == SID_RESULT for i in resource.get("identifier") or [])
 
 
-def _parsed(x: Resource | bytes) -> Resource:
+def parsed(x: Resource | bytes) -> Resource:
+    """A record of :meth:`FileSource.subject_records` as the resource."""
     if isinstance(x, bytes):
         res: Resource = orjson.loads(x)
         return res
