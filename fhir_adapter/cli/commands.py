@@ -87,7 +87,8 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
 
 @main.command()
 @click.option("--source", required=True,
-              help="Folder of NDJSON/Bundle files (a Bulk Data export), or a FHIR R4 server base URL.")
+              help="Folder of NDJSON/Bundle files (a Bulk Data export), or a FHIR R4 server base URL; with "
+                   "--engine spark also any URI Spark reads (s3a://, hdfs://, file://).")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--study", type=click.Path(path_type=Path), default=DEFAULT_STUDY, show_default=True,
               help="Study mapping folder.")
@@ -121,15 +122,19 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
               help="Keep whole copies of quarantined input in OUT/quarantine/ (they may hold names, MRNs, free "
                    "text). Default: type, id, file, line, reason and the offending element only.")
 @click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
-              help="spark: read a folder source with Apache Spark and run each subject on the executors "
+              help="spark: read the export with Apache Spark (--source: a folder or any URI Spark reads, e.g. "
+                   "s3a://bucket/export, hdfs://…, file:///…) and run each subject on the executors "
                    "(pip install 'fhir-adapter[spark]', Java 17+; docs/spark.md).")
 @click.option("--spark-master", default=None,
               help="Spark master URL for --engine spark  [default: spark-submit's master, else local[*]]")
+@click.option("--spark-remote", default=None, envvar="SPARK_REMOTE", show_envvar=True,
+              help="Spark Connect server for --engine spark (sc://host:15002; local[N]: a Connect server in this "
+                   "process). Not together with --spark-master.")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
         since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,
         reviewed_only: bool, bulk: bool, workers: int | None, allow_mass_retraction: bool,
-        quarantine_full_copies: bool, engine: str, spark_master: str | None) -> None:
+        quarantine_full_copies: bool, engine: str, spark_master: str | None, spark_remote: str | None) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -155,6 +160,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       fhir-adapter run --source https://ehr.example.org/fhir --out out --dry-run
       fhir-adapter run --source https://ehr.example.org/fhir --out out --bulk
       fhir-adapter run --engine spark --spark-master 'local[2]' --source /data/export --out out
+      fhir-adapter run --engine spark --spark-remote sc://spark.example.org:15002 \\
+        --source s3a://bucket/export --out out
       FHIR_ADAPTER_BEARER_TOKEN_FILE=/run/secrets/token \\
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
@@ -182,10 +189,16 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     started = dt.datetime.now(dt.UTC)
     if engine == "spark" and (is_url(source) or bulk or post or dry_run or since):
         raise click.UsageError("--engine spark reads a folder of NDJSON/Bundle files (a Bulk Data export): "
-                               "--source must be a folder, without --bulk, --post, --dry-run or --since")
+                               "--source must be a folder or a URI Spark reads (s3a://, hdfs://, file://), not a "
+                               "FHIR server, without --bulk, --post, --dry-run or --since")
+    if engine == "spark" and spark_master and spark_remote:
+        raise click.UsageError(f"--spark-master {spark_master} and --spark-remote (or SPARK_REMOTE) {spark_remote}: "
+                               "give one (a Spark Connect server has its own master)")
+    spark = _spark(spark_master, spark_remote) if engine == "spark" else None
     try:
         conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ,
-                       bulk=bulk, allow_mass_retraction=allow_mass_retraction)
+                       bulk=bulk, allow_mass_retraction=allow_mass_retraction,
+                       folder=_spark_folder(spark, source) if spark is not None else None)
         try:
             with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
                           enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
@@ -194,8 +207,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                                        reviewed_only=reviewed_only or _reviewed_only_setting(config),
                                        workers=workers or default_workers(),
                                        quarantine_full_copies=quarantine_full_copies,
-                                       engine_outcomes=_spark_engine(conn.source, log, spark_master)
-                                       if engine == "spark" else None)
+                                       engine_outcomes=_spark_engine(spark, conn.source, log)
+                                       if spark is not None else None)
         finally:
             conn.close()
     except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
@@ -229,16 +242,28 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     sys.exit(summary.exit_code)
 
 
-def _spark_engine(source: object, log: object, master: str | None) -> Any:
-    from fhir_adapter.engine.spark import SparkSubjects, SparkUnavailable, spark_session
+def _spark(master: str | None, remote: str | None) -> Any:
+    from fhir_adapter.engine.spark import SparkUnavailable, spark_session
+
+    try:
+        return spark_session(master, remote)
+    except SparkUnavailable as exc:
+        _fail(str(exc))
+
+
+def _spark_folder(spark: Any, source: str) -> Any:
+    from fhir_adapter.engine.spark_files import SparkFolder
+
+    return SparkFolder(spark, source)
+
+
+def _spark_engine(spark: Any, source: object, log: object) -> Any:
+    from fhir_adapter.engine.spark import SparkSubjects
     from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.source.files import FileSource
 
     assert isinstance(source, FileSource) and isinstance(log, RunLog)
-    try:
-        return SparkSubjects(spark_session(master), source, log)
-    except SparkUnavailable as exc:
-        _fail(str(exc))
+    return SparkSubjects(spark, source, log)
 
 
 def _reviewed_only_setting(config: Path | None) -> bool:

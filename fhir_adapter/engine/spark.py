@@ -2,15 +2,21 @@
 engine (:mod:`fhir_adapter.engine.subject`) run on the executors; everything study-wide stays on the driver
 (:func:`fhir_adapter.job.pipeline.run` with ``engine_outcomes``).
 
-The reader model is the file source's (:mod:`fhir_adapter.source.files`): the driver discovers the files and
-reads the roster (ResearchStudy, ResearchSubject, Patient) and, once the subjects' references are known, the
-shared resources (Medication, Organization, Location, Specimen). Spark reads the subject files
-(``binaryFile``: one task per file, gzip'd or not), and each task finds every line's patient exactly as the
-file source does (same line numbers, same quarantine entries, same counts). Lines of enrolled patients (the
+The reader model is the file source's (:mod:`fhir_adapter.source.files`) over a folder Spark lists and reads
+(:class:`fhir_adapter.engine.spark_files.SparkFolder`: any URI Spark's readers accept): the driver classifies
+the files and reads the roster (ResearchStudy, ResearchSubject, Patient) and, once the subjects' references
+are known, the shared resources (Medication, Organization, Location, Specimen), each file fetched through
+Spark. Spark reads the subject files on the executors (``binaryFile``: one task per file, gzip'd or not), and
+each task finds every line's patient exactly as the file source does (same line numbers, same quarantine
+entries, same counts). Lines of enrolled patients (the
 roster broadcast) are grouped per subject (``groupBy(pid).applyInPandas``), sorted back into file order, and
 the engine runs on them; each subject's outcome comes back pickled and is merged on the driver in patient-id
 order, so every output equals the local engine's. A subject whose engine fails fails alone (its outcome
 carries the error).
+
+A classic session (``--spark-master``, spark-submit) broadcasts the study, the roster and the shared
+resources; a Spark Connect session (``--spark-remote``, ``SPARK_REMOTE``) has no SparkContext and sends them
+inside the functions' closures (in the plan, once per query).
 
 Needs the ``spark`` extra (``pip install 'fhir-adapter[spark]'``) and Java 17+; see docs/spark.md.
 """
@@ -22,19 +28,20 @@ import io
 import os
 import pickle
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlparse
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import orjson
 
+from fhir_adapter.engine.spark_files import job_failed, spark_errors
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource, shared_references
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.source.layout import DataFile
+from fhir_adapter.source.layout import UNREADABLE, DataFile, unreadable
 from fhir_adapter.writeback.state import source_statuses
 
 if TYPE_CHECKING:
@@ -53,13 +60,12 @@ class SparkUnavailable(RuntimeError):
     """pyspark (or Java) is missing: the message says how to install it."""
 
 
-def spark_session(master: str | None = None) -> SparkSession:
-    """A Spark session: ``master`` if given; else what spark-submit set; else ``local[*]``. Executors run this
-    interpreter unless PYSPARK_PYTHON says otherwise. Spark Connect (SPARK_REMOTE) is refused: the engine
-    broadcasts the study through the SparkContext, which a Connect session does not have."""
-    if os.environ.get("SPARK_REMOTE"):
-        raise SparkUnavailable("--engine spark does not run over Spark Connect yet (SPARK_REMOTE is set): unset "
-                               "SPARK_REMOTE and give --spark-master, or start the run with spark-submit")
+
+
+def spark_session(master: str | None = None, remote: str | None = None) -> SparkSession:
+    """A Spark session: Spark Connect to ``remote`` (``sc://host:15002``, or ``local[N]`` for a Connect server
+    in this process); else a classic session on ``master``; else on spark-submit's master; else ``local[*]``.
+    Executors run this interpreter unless PYSPARK_PYTHON says otherwise."""
     try:
         from pyspark import SparkConf
         from pyspark.sql import SparkSession
@@ -68,6 +74,13 @@ def spark_session(master: str | None = None) -> SparkSession:
             from exc
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if remote:
+        try:
+            import pyspark.sql.connect.session  # noqa: F401  (grpcio and the other Connect client packages)
+        except ImportError as exc:
+            raise SparkUnavailable(f"--spark-remote {remote} needs the Spark Connect client: pip install "
+                                   f"'fhir-adapter[spark]' ({exc})") from exc
+        return SparkSession.builder.remote(remote).appName("fhir-adapter").getOrCreate()
     builder = SparkSession.builder.appName("fhir-adapter")
     conf = SparkConf()
     if master:
@@ -80,9 +93,26 @@ def spark_session(master: str | None = None) -> SparkSession:
     return builder.getOrCreate()
 
 
-def _local_path(uri: str) -> str:
-    p = urlparse(uri)
-    return os.path.realpath(unquote(p.path)) if p.scheme in ("file", "") else uri
+def is_connect(spark: SparkSession) -> bool:
+    """A Spark Connect session (no SparkContext on this side)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+T = TypeVar("T")
+
+
+class Shipped(Generic[T]):
+    """A value sent to the executors inside a function's closure (what a broadcast is on Spark Connect)."""
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+
+def ship(spark: SparkSession, value: T) -> Any:
+    """``value`` for the executors (``.value`` there): a broadcast on a classic session, the closure on Connect."""
+    if is_connect(spark):
+        return Shipped(value)
+    return spark.sparkContext.broadcast(value)
 
 
 def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
@@ -98,14 +128,17 @@ def _read_files(files: list[DataFile], enrolled: frozenset[str], known: set[str]
     references (the file source's subjects pass, one file at a time)."""
     import pandas as pd
 
-    index = {os.path.realpath(f.path): (i, f) for i, f in enumerate(files)}
+    index = {f.path: (i, f) for i, f in enumerate(files)}
     for batch in batches:
         rows: list[tuple[Any, ...]] = []
         for path, content in zip(batch["path"], batch["content"], strict=True):
-            i, f = index[_local_path(str(path))]
+            i, f = index[str(path)]
             data = bytes(content)
-            if f.path.name.endswith(".gz"):
-                data = gzip.decompress(data)
+            if f.name.endswith(".gz"):
+                try:
+                    data = gzip.decompress(data)
+                except UNREADABLE as exc:
+                    raise unreadable(f, exc) from exc
             log = RunLog()
             source = FileSource.line_reader(known, log)
             counts: Counter[str] = Counter()
@@ -122,16 +155,16 @@ def _read_files(files: list[DataFile], enrolled: frozenset[str], known: set[str]
         yield pd.DataFrame(rows, columns=["pid", "file", "line", "entry", "raw", "log"])
 
 
-_engine: tuple[int, SubjectEngine] | None = None
+_engine: tuple[str, SubjectEngine] | None = None
 
 
-def _subject(work: Any, enrolled: Any, shared: Any, pdf: pd.DataFrame) -> pd.DataFrame:
+def _subject(run: str, work: Any, enrolled: Any, shared: Any, pdf: pd.DataFrame) -> pd.DataFrame:
     """Executor: one subject's lines in file order → its pickled :class:`SubjectOutcome`."""
     import pandas as pd
 
     global _engine
-    if _engine is None or _engine[0] != id(work.value):  # one engine per Python worker and run
-        _engine = (id(work.value), SubjectEngine(work.value))
+    if _engine is None or _engine[0] != run:  # one engine per Python worker and run
+        _engine = (run, SubjectEngine(work.value))
     pdf = pdf.sort_values(["file", "line", "entry"], kind="stable")
     pid = str(pdf["pid"].iloc[0])
     outcome = _fresh(_engine[1], enrolled.value[pid], [orjson.loads(bytes(r)) for r in pdf["raw"]], shared.value)
@@ -156,16 +189,22 @@ class SparkSubjects:
 
     def __call__(self, enrolled: dict[str, Enrollee],
                  work: SubjectWork) -> Iterator[tuple[Enrollee, SubjectOutcome, list[Resource]]]:
+        try:
+            yield from self._outcomes(enrolled, work)
+        except spark_errors() as exc:
+            raise job_failed(exc) from exc
+
+    def _outcomes(self, enrolled: dict[str, Enrollee],
+                  work: SubjectWork) -> Iterator[tuple[Enrollee, SubjectOutcome, list[Resource]]]:
         spark, source = self.spark, self.source
         files = source.subject_files()
         known = source.known_patients()
         base = source.roster().base
         pids = frozenset(enrolled)
-        sc = spark.sparkContext
         if not files:
             yield from self._driver_only(enrolled, work)
             return
-        raw = spark.read.format("binaryFile").load([str(f.path) for f in files]).select("path", "content")
+        raw = spark.read.format("binaryFile").load([f.path for f in files]).select("path", "content")
         lines = raw.mapInPandas(lambda b: _read_files(files, pids, known, base, b), LINES_SCHEMA).persist()
         try:
             wanted: set[tuple[str, str]] = set()
@@ -178,10 +217,12 @@ class SparkSubjects:
                 self.runlog.quarantine.extend(quarantine)
                 wanted |= refs
             shared = source.shared_resources(wanted)
-            b_work, b_enrolled, b_shared = sc.broadcast(work), sc.broadcast(enrolled), sc.broadcast(shared)
+            b_work, b_enrolled, b_shared = ship(spark, work), ship(spark, enrolled), ship(spark, shared)
+            run = uuid.uuid4().hex
             # persisted: ordering samples its input, which must not run the engine twice
             outcomes = (lines.where("pid is not null").groupBy("pid")
-                        .applyInPandas(lambda pdf: _subject(b_work, b_enrolled, b_shared, pdf), OUTCOME_SCHEMA)
+                        .applyInPandas(lambda pdf: _subject(run, b_work, b_enrolled, b_shared, pdf),
+                                       OUTCOME_SCHEMA)
                         .persist())
             got = ((str(r["pid"]), bytes(r["outcome"])) for r in outcomes.orderBy("pid").toLocalIterator())
             engine: SubjectEngine | None = None

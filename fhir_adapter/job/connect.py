@@ -16,6 +16,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Source
 from fhir_adapter.source.bulk import BulkSource
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.source.layout import Folder
 from fhir_adapter.source.server import ServerSource
 from fhir_adapter.study.load import Study
 from fhir_adapter.writeback.sink import ServerSink
@@ -80,7 +81,9 @@ def parse_since(value: str | None, out: Path) -> dt.datetime | None:
 
 def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = False, dry_run: bool = False,
             since: str | None = None, config: Path | None = None, env: Mapping[str, str] | None = None,
-            bulk: bool = False, allow_mass_retraction: bool = False) -> Connection:
+            bulk: bool = False, allow_mass_retraction: bool = False, folder: Folder | None = None) -> Connection:
+    """``folder``: where a non-URL ``source`` is read from when not from the local file system (the Spark
+    engine's folder)."""
     env = env if env is not None else {}
     if not is_url(source):
         if post or dry_run or since or bulk:
@@ -91,7 +94,7 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
                    f"{source} is a folder of files")
             logging.getLogger(__name__).warning(msg)
             log.warn(msg, rule="config-ignored")
-        return Connection(source=FileSource(Path(source), log), sink=None)
+        return Connection(source=FileSource(folder if folder is not None else Path(source), log), sink=None)
     cfg = load_server_config(config, env)
     client = open_client(source, cfg, env)
     loop = asyncio.new_event_loop()

@@ -49,7 +49,15 @@ from fhir_adapter.source.base import (
     resolve_bundle_references,
     shared_references,
 )
-from fhir_adapter.source.layout import DataFile, Layout, discover, read_document, read_lines
+from fhir_adapter.source.layout import (
+    DataFile,
+    Folder,
+    Layout,
+    LocalFolder,
+    discover,
+    read_document,
+    read_lines,
+)
 from fhir_adapter.terminology.codes import SID_RESULT
 
 #: which pass reads (and quarantines the bad lines of) a file of a given type; mixed files: every pass reads
@@ -74,10 +82,12 @@ def _pass_of(rtype: str | None) -> str | None:
 
 
 class FileSource:
-    def __init__(self, folder: Path, log: RunLog) -> None:
-        self.folder = Path(folder)
+    def __init__(self, folder: Path | Folder, log: RunLog) -> None:
+        """``folder``: a local folder, or a :class:`~fhir_adapter.source.layout.Folder` another reader lists and
+        opens (the Spark engine's)."""
+        self.folder: Folder = LocalFolder(folder) if isinstance(folder, Path) else folder
         self.log = log
-        self.description = f"files:{self.folder}"
+        self.description = f"files:{self.folder.location}"
         self.since: dt.datetime | None = None
         self._layout: Layout | None = None
         self._roster: RosterInput | None = None
@@ -276,9 +286,9 @@ class FileSource:
 
     def _read_file(self, f: DataFile, report: bool) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:
         if f.ndjson:
-            yield from self.ndjson_resources(f, read_lines(f), report)
+            yield from self.ndjson_resources(f, read_lines(f, self.folder), report)
         else:
-            yield from self.document_resources(f, read_document(f), report)
+            yield from self.document_resources(f, read_document(f, self.folder), report)
 
     def ndjson_resources(self, f: DataFile, lines: Iterable[tuple[int, bytes]],
                          report: bool) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:

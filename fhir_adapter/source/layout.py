@@ -8,17 +8,22 @@
 A file the adapter cannot read is an error naming the file (never skipped): an unknown extension next to the
 data files, a manifest entry whose file is missing, a damaged or truncated gzip file. Hidden files (a name
 starting with ``.``: partial downloads, the Bulk client's job state) are not data.
+
+Where the files are is a :class:`Folder`: a local folder (:class:`LocalFolder`), or any location another reader
+lists and opens (the Spark engine's :class:`fhir_adapter.engine.spark_files.SparkFolder`: ``s3a://``,
+``hdfs://``, ``file://`` …). Every engine classifies and reads the files the same way, whatever the folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import orjson
@@ -31,9 +36,52 @@ MANIFEST = "manifest.json"
 _PART = re.compile(r"^\d+$")
 
 
+class Folder(Protocol):
+    """Where an export's files are."""
+
+    #: the folder as the user named it (shown in messages)
+    location: str
+
+    def files(self) -> list[str]:
+        """The relative (``/``-separated) names of every file under the folder, sub-folders included; hidden
+        files (a name part starting with ``.``) left out. FileNotFoundError when the folder does not exist."""
+
+    def path(self, name: str) -> str:
+        """The full location of the file ``name`` (shown in messages; what :meth:`open` takes)."""
+
+    def open(self, path: str) -> IO[bytes]:
+        """The bytes of a file as stored (gzip'd or not)."""
+
+
+class LocalFolder:
+    """A folder on this machine's file system."""
+
+    def __init__(self, folder: Path) -> None:
+        self.root = Path(folder)
+        self.location = str(folder)
+
+    def files(self) -> list[str]:
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"source folder {self.root} does not exist: run `fhir-adapter synth --out "
+                                    f"{self.root}` or point --source at a Bulk Data export folder")
+        names = []
+        for path in sorted(self.root.rglob("*")):
+            rel = path.relative_to(self.root)
+            if not any(part.startswith(".") for part in rel.parts) and path.is_file():
+                names.append(rel.as_posix())
+        return names
+
+    def path(self, name: str) -> str:
+        return str(self.root.joinpath(*name.split("/")))
+
+    def open(self, path: str) -> IO[bytes]:
+        return open(path, "rb", buffering=1 << 20)  # the caller closes it
+
+
 @dataclass(frozen=True)
 class DataFile:
-    path: Path
+    #: the file's full location (a local path, or a URI for a folder another reader lists)
+    path: str
     #: the path shown in messages and quarantine entries (relative to the folder)
     name: str
     #: the resource type the file name (or the manifest) gives; None for a file of mixed types
@@ -45,7 +93,7 @@ class DataFile:
     def sort_key(self) -> tuple[str, int, str]:
         """Files of one type together, their parts in numeric order: the resources reach the mapping in the
         same order whatever the layout (``Observation.ndjson`` or ``Observation.000…002.ndjson.gz``)."""
-        stem = _stem(self.path.name)
+        stem = _stem(self.name.rsplit("/", 1)[-1])
         part = next((int(p) for p in stem.split(".") if _PART.match(p)), -1)
         return (self.rtype or "~", part, self.name)
 
@@ -74,58 +122,56 @@ def type_from_name(name: str) -> str | None:
     return None
 
 
-def _data_file(folder: Path, path: Path, rtype: str | None = None) -> DataFile:
-    name = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
-    return DataFile(path=path, name=name, rtype=rtype or type_from_name(path.name),
-                    ndjson=path.name.endswith((".ndjson", ".ndjson.gz")))
+def _data_file(folder: Folder, name: str, rtype: str | None = None) -> DataFile:
+    base = name.rsplit("/", 1)[-1]
+    return DataFile(path=folder.path(name), name=name, rtype=rtype or type_from_name(base),
+                    ndjson=base.endswith((".ndjson", ".ndjson.gz")))
 
 
-def discover(folder: Path) -> Layout:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"source folder {folder} does not exist: run `fhir-adapter synth --out {folder}` "
-                                "or point --source at a Bulk Data export folder")
-    found: list[Path] = []
-    unknown: list[Path] = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+def discover(where: Path | Folder) -> Layout:
+    folder = LocalFolder(where) if isinstance(where, Path) else where
+    found: list[str] = []
+    unknown: list[str] = []
+    names = folder.files()
+    for name in names:
+        base = name.rsplit("/", 1)[-1]
+        if base == MANIFEST:
             continue
-        if path.name == MANIFEST:
-            continue
-        (found if path.name.endswith(DATA_SUFFIXES) else unknown).append(path)
+        (found if base.endswith(DATA_SUFFIXES) else unknown).append(name)
     if unknown:
-        raise SourceError(f"{unknown[0]}: not a file the adapter can read (FHIR NDJSON or JSON: "
-                          f"{', '.join(DATA_SUFFIXES)}); remove it from {folder} or convert it"
+        raise SourceError(f"{folder.path(unknown[0])}: not a file the adapter can read (FHIR NDJSON or JSON: "
+                          f"{', '.join(DATA_SUFFIXES)}); remove it from {folder.location} or convert it"
                           + (f" ({len(unknown) - 1} more such file(s))" if len(unknown) > 1 else ""))
-    manifest_path = folder / MANIFEST
-    manifest = _read_manifest(manifest_path) if manifest_path.is_file() else None
-    data: dict[Path, DataFile] = {}
-    errors: dict[Path, DataFile] = {}
+    manifest_path = folder.path(MANIFEST)
+    manifest = _read_manifest(folder, manifest_path) if MANIFEST in names else None
+    data: dict[str, DataFile] = {}
+    errors: dict[str, DataFile] = {}
     if manifest is not None:
+        listed = set(found)
         for key, target in (("output", data), ("error", errors)):
             for n, entry in enumerate(manifest.get(key) or [], start=1):
                 if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
                     raise SourceError(f"{manifest_path}: {key}[{n}] has no url; the manifest is not a Bulk Data "
                                       "manifest")
-                local = _local_file(folder, entry["url"])
-                if local is None:
-                    raise SourceError(f"{manifest_path}: {key}[{n}] lists {entry['url']}, which is not in {folder}; "
-                                      "download the export again (or remove the entry)")
+                listed_name = _listed_file(listed, entry["url"])
+                if listed_name is None:
+                    raise SourceError(f"{manifest_path}: {key}[{n}] lists {entry['url']}, which is not in "
+                                      f"{folder.location}; download the export again (or remove the entry)")
                 rtype = entry.get("type") if isinstance(entry.get("type"), str) else None
-                target[local] = _data_file(folder, local, rtype)
-    for path in found:
-        if path not in data and path not in errors:
-            data[path] = _data_file(folder, path)
+                target[listed_name] = _data_file(folder, listed_name, rtype)
+    for name in found:
+        if name not in data and name not in errors:
+            data[name] = _data_file(folder, name)
     if not data and not errors:
-        raise FileNotFoundError(f"no FHIR data files ({', '.join(DATA_SUFFIXES)}) in {folder}")
+        raise FileNotFoundError(f"no FHIR data files ({', '.join(DATA_SUFFIXES)}) in {folder.location}")
     return Layout(data=sorted(data.values(), key=lambda f: f.sort_key),
                   errors=sorted(errors.values(), key=lambda f: f.name), manifest=manifest)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def _read_manifest(folder: Folder, path: str) -> dict[str, Any]:
     try:
-        doc = orjson.loads(path.read_bytes())
+        with folder.open(path) as fh:
+            doc = orjson.loads(fh.read())
     except orjson.JSONDecodeError as exc:
         raise SourceError(f"{path}: not JSON ({exc.msg}); a Bulk Data manifest is a JSON object with output[]") \
             from exc
@@ -134,43 +180,52 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return doc
 
 
-def _local_file(folder: Path, url: str) -> Path | None:
-    """Where a manifest's file URL is in the folder: the relative path it names, or the longest tail of its path
-    that exists (a downloaded export keeps the server's file names; a gzip'd download may have ``.gz`` added)."""
+def _listed_file(listed: set[str], url: str) -> str | None:
+    """Which file of the folder a manifest's file URL is: the relative path it names, or the longest tail of its
+    path that is in the folder (a downloaded export keeps the server's file names; a gzip'd download may have
+    ``.gz`` added)."""
     path = urlsplit(url).path if "://" in url else url
-    parts = [p for p in path.split("/") if p]
-    candidates = [folder.joinpath(*parts[k:]) for k in range(len(parts))]  # the longest tail that exists
-    for c in list(candidates):
-        candidates.append(c.with_name(c.name + ".gz"))
-    for c in candidates:
-        if c.is_file() and c.resolve().is_relative_to(folder.resolve()):
-            return c
-    return None
+    parts = [p for p in path.split("/") if p and p not in (".", "..")]
+    candidates = ["/".join(parts[k:]) for k in range(len(parts))]  # the longest tail first
+    candidates += [c + ".gz" for c in candidates]
+    return next((c for c in candidates if c in listed), None)
 
 
-def read_lines(f: DataFile) -> Iterator[tuple[int, bytes]]:
+def read_lines(f: DataFile, folder: Folder | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of an NDJSON file, gzip'd or not; blank lines skipped."""
     try:
-        with _open(f.path) as fh:
+        with _open(f, folder) as fh:
             for n, line in enumerate(fh, start=1):
                 if line.strip():
                     yield n, line
-    except (EOFError, OSError, zlib.error) as exc:
-        raise SourceError(f"{f.path}: cannot be read ({exc}); the file is damaged or truncated: export or "
-                          "download it again") from exc
+    except UNREADABLE as exc:
+        raise unreadable(f, exc) from exc
 
 
-def read_document(f: DataFile) -> bytes:
+def read_document(f: DataFile, folder: Folder | None = None) -> bytes:
     try:
-        with _open(f.path) as fh:
+        with _open(f, folder) as fh:
             data: bytes = fh.read()
             return data
-    except (EOFError, OSError, zlib.error) as exc:
-        raise SourceError(f"{f.path}: cannot be read ({exc}); the file is damaged or truncated: export or "
-                          "download it again") from exc
+    except UNREADABLE as exc:
+        raise unreadable(f, exc) from exc
 
 
-def _open(path: Path) -> Any:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    return path.open("rb", buffering=1 << 20)
+#: what reading a damaged or truncated file raises
+UNREADABLE = (EOFError, OSError, zlib.error)
+
+
+def unreadable(f: DataFile, exc: BaseException) -> SourceError:
+    return SourceError(f"{f.path}: cannot be read ({exc}); the file is damaged or truncated: export or download "
+                       "it again")
+
+
+@contextlib.contextmanager
+def _open(f: DataFile, folder: Folder | None) -> Iterator[IO[bytes]]:
+    """A file's decompressed bytes; ``folder`` None: a local file."""
+    with (folder.open(f.path) if folder is not None else open(f.path, "rb", buffering=1 << 20)) as raw:
+        if f.name.endswith(".gz"):
+            with gzip.GzipFile(fileobj=raw, mode="rb") as fh:
+                yield cast(IO[bytes], fh)
+        else:
+            yield raw

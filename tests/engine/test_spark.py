@@ -1,14 +1,32 @@
-"""``run --engine spark``: Spark (local[2]) reads the export and runs the per-subject engine on its executors;
-every output equals the local engine's, byte for byte."""
+"""``run --engine spark``: Spark (local[2]) lists and reads the export, wherever Spark's readers reach it, and runs
+the per-subject engine on its executors; every output equals the local engine's, byte for byte; a subject that
+fails on an executor fails alone; over Spark Connect too.
+
+One JVM serves the module: the classic session the first test starts is reused by the next ones (the CLI's
+``getOrCreate``); the Spark Connect test runs last, on a Connect server started in the same JVM."""
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
+import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from click.testing import CliRunner
 
 from fhir_adapter.cli.commands import main
+from fhir_adapter.engine.spark import SparkSubjects, spark_session
+from fhir_adapter.engine.spark_files import SparkFolder
+from fhir_adapter.engine.subject import SubjectWork
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
 
@@ -18,6 +36,57 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("spark")
     write_feed(root / "feed", subjects=34, seed=7)
     return root / "feed"
+
+
+def _bulk_layouts(feed: Path, dst: Path) -> None:
+    """The layouts of one Bulk export at once: Observation in three gzip'd numbered parts in a sub-folder,
+    Condition gzip'd, the SMART server's ``N.Type.ndjson`` names, ``Type.ndjson``, a manifest with absolute
+    URLs and an error file."""
+    manifest: dict[str, Any] = {"transactionTime": "2026-11-01T00:00:00Z", "request": "https://x/$export",
+                                "requiresAccessToken": False, "output": [], "error": []}
+    dst.mkdir(parents=True)
+    for n, p in enumerate(sorted(feed.glob("*.ndjson")), start=1):
+        lines = [line for line in p.read_bytes().splitlines() if line.strip()]
+        if p.stem == "Observation":
+            third = len(lines) // 3
+            for i, part in enumerate([lines[:third], lines[third:2 * third], lines[2 * third:]]):
+                name = f"parts/Observation.{i:03d}.ndjson.gz"
+                (dst / "parts").mkdir(exist_ok=True)
+                (dst / name).write_bytes(gzip.compress(b"\n".join(part) + b"\n"))
+                manifest["output"].append({"type": "Observation", "url": f"https://bulk.example.org/f/{name}"})
+            continue
+        if p.stem == "Condition":
+            (dst / "Condition.ndjson.gz").write_bytes(gzip.compress(p.read_bytes()))
+            continue  # not in the manifest: found next to the listed files
+        name = f"{n}.{p.stem}.ndjson" if n % 2 else p.name
+        shutil.copy(p, dst / name)
+        manifest["output"].append({"type": p.stem, "url": f"https://bulk.example.org/f/{name}"})
+    outcome = {"resourceType": "OperationOutcome", "id": "e1", "issue": [
+        {"severity": "error", "code": "processing", "diagnostics": "Immunization export failed: timeout"}]}
+    (dst / "errors").mkdir()
+    (dst / "errors" / "OperationOutcome.ndjson").write_bytes(orjson.dumps(outcome) + b"\n")
+    manifest["error"].append({"type": "OperationOutcome", "url": "https://bulk.example.org/f/errors/"
+                              "OperationOutcome.ndjson"})
+    (dst / "manifest.json").write_bytes(orjson.dumps(manifest))
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six subjects in every Bulk layout at once; the local engine's OUT of it in ``local-out``."""
+    root = tmp_path_factory.mktemp("spark-small")
+    write_feed(root / "plain", subjects=6, seed=11)
+    _bulk_layouts(root / "plain", root / "export")
+    r = CliRunner().invoke(main, ["-q", "run", "--source", str(root / "export"), "--out", str(root / "local-out"),
+                                  "--workers", "1"])
+    assert r.exit_code == 2, r.output  # 2: the export's error file is quarantined
+    return root
+
+
+def _same_out(local: Path, spark: Path, spark_source: str, local_source: str) -> list[str]:
+    one = out_tree(local)
+    two = {k: v.replace(spark_source.encode(), local_source.encode()) for k, v in out_tree(spark).items()}
+    assert len([k for k in one if k.startswith("crf/")]) > 0
+    return differences(one, two)
 
 
 def test_spark_local2_writes_the_same_out_as_the_local_engine(feed: Path, tmp_path: Path) -> None:
@@ -33,13 +102,104 @@ def test_spark_local2_writes_the_same_out_as_the_local_engine(feed: Path, tmp_pa
     assert differences(one, two) == []
 
 
-def test_spark_engine_reads_folders_only(tmp_path: Path) -> None:
+def test_spark_reads_a_file_uri_in_every_bulk_layout(small: Path, tmp_path: Path) -> None:
+    """The whole export (roster, shared resources, error file, manifest and subject files) read through Spark's
+    readers from a ``file://`` URI: gzip'd numbered parts in a sub-folder, ``N.Type`` names, a manifest."""
+    uri = (small / "export").as_uri()
+    r = CliRunner().invoke(main, ["-q", "run", "--engine", "spark", "--spark-master", "local[2]",
+                                  "--source", uri, "--out", str(tmp_path / "spark")])
+    assert r.exit_code == 2, r.output
+    assert _same_out(small / "local-out", tmp_path / "spark", uri, str(small / "export")) == []
+    report = orjson.loads((tmp_path / "spark" / "run-report.json").read_bytes())
+    assert report["source"] == f"files:{uri}"
+    [error] = [q for q in report["quarantine"] if q["rule"] == "export-error"]
+    assert error["file"] == "errors/OperationOutcome.ndjson" and "Immunization export failed" in error["reason"]
+    assert report["counts"]["read.Observation"] > 0 and report["counts"]["read.Condition"] > 0
+
+
+def test_spark_source_that_does_not_exist_is_an_error_naming_it(tmp_path: Path) -> None:
+    uri = (tmp_path / "nowhere").as_uri()
+    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--spark-master", "local[2]", "--source", uri,
+                                  "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1 and uri in r.output and "does not exist" in r.output
+
+
+def test_a_truncated_gzip_part_read_on_an_executor_is_an_error_naming_it(small: Path, tmp_path: Path) -> None:
+    shutil.copytree(small / "export", tmp_path / "export")
+    part = tmp_path / "export" / "parts" / "Observation.001.ndjson.gz"
+    part.write_bytes(part.read_bytes()[:-40])
+    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--spark-master", "local[2]",
+                                  "--source", str(tmp_path / "export"), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    assert "parts/Observation.001.ndjson.gz: cannot be read" in r.output and "truncated" in r.output
+    assert not (tmp_path / "out" / "crf").exists()  # nothing written: the run stopped before moving outputs in
+
+
+def test_a_subject_failing_on_an_executor_fails_alone(small: Path, tmp_path: Path, study: Any) -> None:
+    spark = spark_session("local[2]")
+    log = RunLog()
+    source = FileSource(SparkFolder(spark, str(small / "export")), log)
+    subjects = SparkSubjects(spark, source, log)
+    broken: list[str] = []
+
+    def with_one_broken(enrolled: dict[str, Enrollee],
+                        work: SubjectWork) -> Iterator[tuple[Enrollee, Any, list[Any]]]:
+        # an infusion date that is not a date: Day 1 cannot be set for this subject, on the executor
+        broken.append(enrolled[sorted(enrolled)[2]].subject_id)
+        bad = dataclasses.replace(work, roster_infusions={**work.roster_infusions,
+                                                          broken[0]: "not a date"})  # type: ignore[dict-item]
+        return subjects(enrolled, bad)
+
+    summary = run(source, study, tmp_path / "out", log, engine_outcomes=with_one_broken)
+    assert summary.subjects_failed == broken and summary.exit_code == 2
+    report = orjson.loads((tmp_path / "out" / "run-report.json").read_bytes())
+    [failure] = [w for w in report["warnings"] if w.get("rule") == "subject-failed"]
+    assert failure["subject_id"] == broken[0] and "date" in failure["message"]
+    crfs = sorted(p.name for p in (tmp_path / "out" / "crf").glob("*.json"))
+    local_crfs = sorted(p.name for p in (small / "local-out" / "crf").glob("*.json"))
+    assert len(crfs) == len(local_crfs) - 1 and len(local_crfs) == 6
+    for name in crfs:  # the other subjects' outputs are untouched by the failure
+        assert (tmp_path / "out" / "crf" / name).read_bytes() == (small / "local-out" / "crf" / name).read_bytes()
+
+
+def test_spark_engine_reads_files_not_fhir_servers(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["run", "--engine", "spark", "--source", "https://ehr.example.org/fhir",
                                   "--out", str(tmp_path / "out")])
     assert r.exit_code == 64 and "--engine spark reads a folder" in r.output
 
 
-def test_spark_connect_is_refused_with_what_to_do(feed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SPARK_REMOTE", "sc://localhost:15002")
-    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--source", str(feed), "--out", str(tmp_path / "o")])
-    assert r.exit_code == 1 and "Spark Connect" in r.output and "spark-submit" in r.output
+def test_spark_master_and_spark_remote_together_is_a_usage_error(small: Path, tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--spark-master", "local[2]", "--spark-remote",
+                                  "sc://localhost:15002", "--source", str(small / "export"), "--out", str(tmp_path)])
+    assert r.exit_code == 64 and "give one" in r.output
+
+
+_CONNECT_ENV = ("SPARK_TESTING", "SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE",
+                "SPARK_CONNECT_AUTHENTICATE_TOKEN")
+
+
+def test_spark_connect_writes_the_same_out_as_the_local_engine(small: Path, tmp_path: Path) -> None:
+    """``--spark-remote local[2]``: PySpark starts a Spark Connect server in this process (its jar ships in the
+    pyspark package) and the run is a Connect client of it — no SparkContext on the client side. Runs last: a
+    classic session cannot be started again in this process once a Connect session was."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:  # the classic session of the tests above: Connect starts its own
+        active.stop()
+    saved = {k: os.environ.get(k) for k in _CONNECT_ENV}
+    os.environ["SPARK_TESTING"] = "1"  # pyspark's switch for a Connect server on a free port (parallel test runs)
+    try:
+        r = CliRunner().invoke(main, ["-q", "run", "--engine", "spark", "--spark-remote", "local[2]",
+                                      "--source", str(small / "export"), "--out", str(tmp_path / "connect")])
+        session = SparkSession.getActiveSession()
+        assert session is not None and type(session).__module__.startswith("pyspark.sql.connect")
+        session.stop()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert r.exit_code == 2, r.output
+    assert _same_out(small / "local-out", tmp_path / "connect", str(small / "export"), str(small / "export")) == []
