@@ -113,6 +113,29 @@ def test_renal_response_is_derived_from_the_study_yaml(second: SecondStudy) -> N
         assert subject["visits"], subject["subject_id"]
     assert {"complete", "partial", "none"} & set(grades)
     assert study["settings"]["renal"]["response"]["enabled"] is True
+    written: dict[tuple[str, str], str] = {}
+    for bundle in (second.out / "writeback").glob("*.json"):
+        for entry in json.loads(bundle.read_text(encoding="utf-8"))["entry"]:
+            res = entry["resource"]
+            if res["resourceType"] == "Observation" and res["code"]["coding"][0]["code"] == "renal-response":
+                assert res.get("derivedFrom"), res["identifier"]
+                ident = res["identifier"][0]["value"]          # SYN-LN-0001.<subject>.<visit>.renal-response
+                written[(ident.split(".")[1], ident.split(".")[2])] = res["valueCodeableConcept"]["coding"][0]["code"]
+    graded = {(s["subject_id"], v["visit"]): f"renal-response-{v['response']}" for s in study["subjects"]
+              for v in s["renal_response"]["visits"] if v["response"] is not None}
+    assert written == graded
+
+
+def test_every_dose_of_the_study_drug_is_exposure_not_a_concomitant_medication(second: SecondStudy) -> None:
+    doses = 0
+    for crf_file in (second.out / "crf").glob("*.json"):
+        crf = json.loads(crf_file.read_text(encoding="utf-8"))
+        ex = [x for x in crf["ex"] if x["kind"] == "infusion"]
+        assert ex and ex[0]["study_day"] == 1 and all(x["treatment"] == "SYNLN study drug" for x in ex)
+        assert not [c for c in crf["cm"] if "synln" in json.dumps(c).lower()]
+        doses += len(ex)
+    feed_doses = len((second.feed / "MedicationAdministration.ndjson").read_text(encoding="utf-8").splitlines())
+    assert doses == feed_doses
 
 
 def test_no_output_names_lcar_aio(second: SecondStudy) -> None:

@@ -84,12 +84,14 @@ class RenalVisit(BaseModel):
 
 class RenalResponseVisit(BaseModel):
     visit: str
+    date: dt.date | None = None
     study_day: int | None
     value: float | None
     reduction: float | None = Field(None, description="fraction of the baseline proteinuria lost")
     egfr_change: float | None = Field(None, description="fractional change of eGFR from baseline")
     response: Response | None
     reason: str | None = None
+    sources: list[str] = Field(default_factory=list, description="the proteinuria and eGFR results it rests on")
 
 
 class RenalResponse(BaseModel):
@@ -122,7 +124,7 @@ def _grade(
     s: RenalResponseSettings,
 ) -> RenalResponseVisit:
     assert base.value is not None
-    out = RenalResponseVisit(visit=r.visit, study_day=r.study_day, value=r.value, response=None)
+    out = RenalResponseVisit(visit=r.visit, date=r.date, study_day=r.study_day, value=r.value, response=None)
     if r.value is None:
         out.reason = "no proteinuria result at this visit"
         return out
@@ -131,7 +133,9 @@ def _grade(
         return out
     out.reduction = round((base.value - r.value) / base.value, 6) if base.value > 0 else None
     stable = True
+    used: list[VisitValue] = [r, base]
     if egfr is not None and egfr.value is not None and base_egfr is not None and base_egfr.value:
+        used += [egfr, base_egfr]
         out.egfr_change = round((egfr.value - base_egfr.value) / base_egfr.value, 6)
         stable = egfr.value >= base_egfr.value * (1 - s.egfr_max_decline)
     elif s.require_egfr:
@@ -140,6 +144,7 @@ def _grade(
     # an upper-censored value (<0.1) is below a limit L when its bound is <= L; its reduction is a lower bound
     below_complete = r.value < s.complete_below or (r.comparator is not None and r.value <= s.complete_below)
     below_partial = r.value < s.partial_below or (r.comparator is not None and r.value <= s.partial_below)
+    out.sources = sorted({v.source for v in used if v.source})
     if stable and below_complete:
         out.response = "complete"
     elif stable and below_partial and out.reduction is not None and out.reduction >= s.partial_reduction:

@@ -1,7 +1,7 @@
 """24-h urine protein, UPCR and the renal response (:mod:`fhir_adapter.derive.renal`).
 
 Per visit: ``upcr_mg_mg``, ``upcr_change``, ``protein_24h_g``, ``protein_24h_change``. Per subject:
-``renal_response`` (null when the setting is off).
+``renal_response`` (null when the setting is off). Write-back: ``renal-response`` at every graded visit.
 """
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_adapter.derive.renal import RenalResults, RenalSettings, derive_renal
-from fhir_adapter.endpoints.registry import CheckInput, Endpoint, SubjectInput, check_items
+from fhir_adapter.endpoints.registry import CheckInput, Endpoint, OutputInput, SubjectInput, check_items
+from fhir_adapter.writeback.renal import renal_response_observation
 
 
 def derive(x: SubjectInput) -> RenalResults:
@@ -27,6 +28,16 @@ def subject_keys(r: RenalResults) -> dict[str, Any]:
     return {"renal_response": r.response.model_dump(mode="json") if r.response else None}
 
 
+def observations(o: OutputInput) -> list[dict[str, Any]]:
+    r: RenalResults = o.result
+    s = o.settings
+    assert isinstance(s, RenalSettings)
+    if r.response is None or r.response.measure is None:
+        return []
+    return [renal_response_observation(o.enrollee, o.study.info.id, r.response, v, s.response)
+            for v in r.response.visits if v.response is not None]
+
+
 def check(c: CheckInput) -> RenalSettings:
     s = c.settings
     assert isinstance(s, RenalSettings)
@@ -37,5 +48,6 @@ def check(c: CheckInput) -> RenalSettings:
 ENDPOINT = Endpoint(
     name="renal", settings=RenalSettings, result=RenalResults,
     summary="UPCR and 24-h urine protein per visit with change from baseline; renal response",
-    derive=derive, visit_keys=visit_keys, subject_keys=subject_keys, check=check,
+    derive=derive, visit_keys=visit_keys, subject_keys=subject_keys, observations=observations,
+    codes=("renal-response",), check=check,
 )
