@@ -258,3 +258,45 @@ def test_endpoints_of_the_lcar_aio_study(study) -> None:  # type: ignore[no-unty
     names = yaml.safe_load((LCAR / "study.yaml").read_text())["endpoints"]
     assert sorted(names) == sorted(p.stem for p in LCAR.glob("*.yaml")
                                    if p.stem not in ("study", "schedule", "items", "medications", "adverse_events"))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, feed: Path) -> Path:
+    out = tmp_path_factory.mktemp("full") / "out"
+    log = RunLog()
+    run(FileSource(feed, log), load_study(LCAR), out, log)
+    return out
+
+
+def test_deriving_every_endpoint_leaves_the_crf_as_mapped(full_run: Path) -> None:
+    from fhir_adapter.crf.models import SubjectCRF
+    from fhir_adapter.results.subject import derive_subject
+
+    study = load_study(LCAR)
+    crfs = [SubjectCRF.model_validate_json(p.read_bytes()) for p in sorted((full_run / "crf").glob("*.json"))]
+    assert crfs and any(c.ae for c in crfs)
+    for crf in crfs:
+        before = crf.model_dump(mode="json")
+        results = derive_subject(crf, study)
+        assert crf.model_dump(mode="json") == before, f"a derivation changed the CRF of {crf.subject_id}"
+        assert set(results.results) == set(BUILTIN) - {"escalation"}
+        assert all(ae.teae is None for ae in crf.ae)  # the TEAE flag lives in the safety results
+
+
+def test_the_crf_does_not_depend_on_the_endpoints(tmp_path: Path, feed: Path, full_run: Path) -> None:
+    """The CRF a run writes is the mapping's output: the same whether the study derives every endpoint or
+    none; the exports' AE domain shows the TEAE flag of the safety results."""
+    log = RunLog()
+    run(FileSource(feed, log), load_study(study_folder(tmp_path, [])), tmp_path / "out", log)
+    for path in sorted((full_run / "crf").glob("*.json")):
+        assert (tmp_path / "out" / "crf" / path.name).read_bytes() == path.read_bytes(), path.name
+    flags = {r["AETRTEM"] for r in _csv(full_run / "export" / "AE.csv")}
+    assert "Y" in flags
+    assert {r["AETRTEM"] for r in _csv(tmp_path / "out" / "export" / "AE.csv")} == {""}
+
+
+def _csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))

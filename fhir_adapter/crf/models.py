@@ -204,6 +204,8 @@ class AdverseEvent(_Model):
     outcome: str | None = None
     study_day: int | None = None
     end_study_day: int | None = None
+    #: None in the CRF (the mapping's output): the TEAE flag is derived, it lives in the safety results and the
+    #: exports' AE domain (AETRTEM)
     teae: bool | None = None
     pre_infusion: bool = False
     crs: bool = False

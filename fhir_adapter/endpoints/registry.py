@@ -112,7 +112,9 @@ class Endpoint:
       endpoints such as dose escalation have only this);
     * ``observations``: the result as write-back Observations (codes of ``profiles/CodeSystem-results.json``,
       listed in ``codes``);
-    * ``check``: load-time cross-file checks of the settings (items exist, groups exist...).
+    * ``check``: load-time cross-file checks of the settings (items exist, groups exist...);
+    * ``annotate``: CRF fields as the exports show them with this endpoint's derived flags (e.g. the AEs with
+      their TEAE flag), applied to a copy for the exports only; the CRF file stays the mapping's output.
     """
 
     name: str
@@ -128,6 +130,7 @@ class Endpoint:
     observations: Callable[[OutputInput], list[dict[str, Any]]] | None = None
     codes: tuple[str, ...] = ()
     check: Callable[[CheckInput], BaseModel] | None = None
+    annotate: Callable[[Any], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.level == "subject" and (self.derive is None or self.result is None):

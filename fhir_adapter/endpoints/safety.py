@@ -1,7 +1,8 @@
 """Treatment-emergent adverse events, CRS and ICANS (:mod:`fhir_adapter.derive.safety`).
 
 The TEAE and pre-infusion flags of each AE live in this result (``flagged_ae``: copies of the CRF's AEs with
-``teae`` and ``pre_infusion`` set); the CRF itself is never changed.
+``teae`` and ``pre_infusion`` set); the CRF itself is never changed, the exports' AE domain shows the flags
+(``annotate``) and the report reads the TEAEs from ``teaes``.
 
 Per subject: ``teae_count``, ``serious_teae_count``, ``related_teae_count``, ``max_teae_grade``,
 ``teae_grade_unknown``, ``crs_max_grade``, ``icans_max_grade``, ``crs`` and ``icans`` ({present, episodes,
@@ -79,8 +80,13 @@ def study_keys(x: StudyInput) -> dict[str, Any]:
                                            arm_order)}
 
 
+def annotate(r: SafetyResult) -> dict[str, Any]:
+    """The AE domain of the exports carries the TEAE and pre-infusion flags (AETRTEM, AEPREINF)."""
+    return {"ae": r.flagged_ae}
+
+
 ENDPOINT = Endpoint(
     name="safety", settings=SafetySettings, result=SafetyResult,
     summary="TEAEs (CTCAE), CRS and ICANS (ASTCT) per subject; TEAE summary per arm",
-    derive=derive, subject_keys=subject_keys, study_keys=study_keys,
+    derive=derive, subject_keys=subject_keys, study_keys=study_keys, annotate=annotate,
 )

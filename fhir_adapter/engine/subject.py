@@ -55,6 +55,9 @@ class SubjectOutcome:
     enrollee: Enrollee | None = None
     review: SubjectReview | None = None
     row: dict[str, Any] | None = None
+    #: CRF fields the exports show with the endpoints' derived flags (the AEs' TEAE flag); the CRF file is
+    #: the mapping's output (with the reviewers' decisions)
+    export_updates: dict[str, Any] = field(default_factory=dict)
     #: write-back resources (before the state's retractions and reviewed-only hold-back) and, per resource,
     #: its R4 problem (None: valid)
     resources: list[dict[str, Any]] = field(default_factory=list)
@@ -130,10 +133,8 @@ class SubjectEngine:
         review = apply_decisions(crf, work.study, work.decisions)  # the reviewers' decisions replace the picks
         out.review = review
         res = derive_subject(review.crf, work.study)
-        safety = res.results.get("safety")
-        if safety is not None:  # the CRF file carries the TEAE flags of the safety result
-            review.crf = review.crf.model_copy(update={"ae": safety.flagged_ae})
         out.row = subject_row(res)
+        out.export_updates = res.export_updates()
         resources = writeback_resources(res, e, work.study, self.log)
         if e.patient_id in work.owned:  # a ResearchSubject the adapter created from the site roster CSV
             resources.insert(0, research_subject_resource(work.owned[e.patient_id], infused=e.day1 is not None))

@@ -313,7 +313,7 @@ def _run(
               offline_transaction(bundle_resources + plan.retractions, e.patient_id))
         if w is None or not w.error:  # the state records only what the server confirmed (or the file run)
             state.commit(plan)
-        exports.add(crf, o.quarantine, review.status, review.decisions)
+        exports.add(crf.model_copy(update=o.export_updates), o.quarantine, review.status, review.decisions)
         summary.results_written += len(bundle_resources)
         summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1

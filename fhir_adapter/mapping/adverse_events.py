@@ -29,7 +29,7 @@ For each AdverseEvent, in order:
    valuePeriod.start), else ``detected``; resolution = the ``resolve-date`` extension, else the end of the
    onset extension's valuePeriod when the outcome is resolved. Partial dates stay partial. ``study_day`` and
    ``end_study_day`` count from Day 1 with no Day 0; ``pre_infusion`` = onset on or after lymphodepletion
-   start and before Day 1. ``teae`` is left None (set by the safety derivation).
+   start and before Day 1. ``teae`` is left None: the flag is derived (the safety results hold it).
 8. **flags** — ``crs``, ``icans``, ``hematologic`` from exact codes, code prefixes (ICD-10-CM D89.83x, G92.0x)
    and term patterns (``not_terms`` veto: "febrile neutropenia" is not haematological).
 

@@ -47,17 +47,20 @@ def _overview(data: ReportData, arms: list[str]) -> TableBlock | None:
 
 
 def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]:
-    """Subjects per TEAE term by dose level and maximum grade; and the number of AEs without a TEAE flag."""
+    """Subjects per TEAE term by dose level and maximum grade (the ``teaes`` of results/study.json); and the
+    number of CRF AEs of subjects without safety results (no TEAE flag)."""
     arm_by_subject = {str(s.get("subject_id")): arm_of(s) for s in data.subjects}
-    worst: dict[str, dict[str, int]] = {}  # term -> subject -> worst grade (0 = grade unknown)
-    unflagged = 0
     for sid, crf in data.crfs.items():
         arm_by_subject.setdefault(sid, arm_of(crf))
-        for ae in as_list(crf.get("ae")):
-            if ae.get("teae") is None:
-                unflagged += 1
-            if ae.get("teae") is not True:
-                continue
+    rows_by_id = {str(s.get("subject_id")): s for s in data.subjects}
+    worst: dict[str, dict[str, int]] = {}  # term -> subject -> worst grade (0 = grade unknown)
+    unflagged = 0
+    for sid in arm_by_subject:
+        row = rows_by_id.get(sid)
+        if row is None or "teaes" not in row:
+            unflagged += len(as_list((data.crf(sid) or {}).get("ae")))
+            continue
+        for ae in as_list(row.get("teaes")):
             term = str(ae.get("term") or "(no term)")
             g = int(num(ae.get("grade")) or 0)
             per = worst.setdefault(term, {})

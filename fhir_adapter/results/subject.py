@@ -51,6 +51,15 @@ class SubjectResults:
                                                    settings=study.rules[ep.name], day1=self.crf.day1))
         return out
 
+    def export_updates(self) -> dict[str, Any]:
+        """CRF field updates that show the endpoints' derived flags in the exports (a copy of the CRF takes
+        them; the CRF itself is the mapping's output)."""
+        out: dict[str, Any] = {}
+        for ep in self.endpoints:
+            if ep.annotate is not None:
+                out.update(ep.annotate(self.results[ep.name]))
+        return out
+
     def subject_keys(self) -> dict[str, Any]:
         """The per-subject keys of the named endpoints."""
         out: dict[str, Any] = {}

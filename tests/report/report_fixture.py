@@ -93,6 +93,9 @@ def subject_row(i: int) -> dict[str, Any]:
     return {
         "subject_id": c.subject_id, "arm": c.arm, "day1": c.day1.isoformat() if c.day1 else None, "visits": rows,
         "teae_count": len(c.ae), "serious_teae_count": sum(1 for a in c.ae if a.serious),
+        # the TEAE listing of the safety results (the report's by-term tables read it)
+        "teaes": [{"source": a.source.reference, "term": a.term, "grade": a.grade, "onset_day": a.study_day,
+                   "crs": a.crs, "icans": a.icans, "teae_case": "onset"} for a in c.ae if a.teae],
         "max_teae_grade": max(a.grade or 0 for a in c.ae), "crs_max_grade": 1 + i % 3,
         "icans_max_grade": {4: 2, 5: 3}.get(i), "dlt": i == 5,
         # as derive/dlt.py writes them: the rule and the source AE, no study day (the report looks it up)
