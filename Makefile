@@ -77,7 +77,7 @@ lint: install-test
 	$(BIN)/lint-imports
 
 typecheck: install-test
-	$(BIN)/mypy --strict fhir_adapter
+	$(BIN)/mypy --strict fhir_adapter tests
 
 unit: install-test fhir-test-server browser java
 	$(BIN)/pytest -q

@@ -33,7 +33,7 @@ class Expect:
     file: str | None = None
 
 
-def _pl(f: Feed, pid: str, when: str, oid: str, **kw: Any) -> dict[str, Any]:
+def _pl(f: Feed, pid: str, when: str | None, oid: str, **kw: Any) -> dict[str, Any]:
     """A platelet count (10*9/L unless overridden)."""
     kw.setdefault("value", 180)
     kw.setdefault("unit", "10*9/L")
@@ -47,14 +47,13 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
     names = {"p1": "Dora Quarantine", "p2": "Evan Brokenfeed", "p3": "Fay Malformed"}
     for i, (pid, sid) in enumerate(SUBJECTS.items()):
         f.subject(pid, sid, name=names[pid], mrn=f"MRN-99{i}", birth=f"198{i}-05-0{i + 1}", day1=DAY1)
-        for oid, kw in [
-            (f"v-plt-{pid}", {"code": "777-3", "when": at(DAY1, 29), "value": 150 + i, "unit": "10*9/L"}),
-            (f"v-hgb-{pid}", {"code": "718-7", "when": at(DAY1, 29), "value": 12.1, "unit": "g/dL"}),
-            (f"v-temp-{pid}", {"code": "8310-5", "when": at(DAY1, 57), "value": 37.2, "unit": "Cel"}),
-            (f"v-c3-{pid}", {"code": "4485-9", "when": at(DAY1, 57), "value": 95, "unit": "mg/dL"}),
+        for oid, code, when, value, unit in [
+            (f"v-plt-{pid}", "777-3", at(DAY1, 29), 150 + i, "10*9/L"),
+            (f"v-hgb-{pid}", "718-7", at(DAY1, 29), 12.1, "g/dL"),
+            (f"v-temp-{pid}", "8310-5", at(DAY1, 57), 37.2, "Cel"),
+            (f"v-c3-{pid}", "4485-9", at(DAY1, 57), 95, "mg/dL"),
         ]:
-            code, when = kw.pop("code"), kw.pop("when")
-            f.obs(pid, code, when, id_=oid, **kw)
+            f.obs(pid, code, when, id_=oid, value=value, unit=unit)
             valid[sid].add(oid)
         f.descriptor(pid, "arthritis", at(DAY1, 29, "11:00:00+00:00"), True, id_=f"v-arth-{pid}")
         valid[sid].add(f"v-arth-{pid}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +26,7 @@ def rule(name: str, model: type[M], **update: Any) -> M:
     return model.model_validate({**data, **update})
 
 
-def visit_crf(visits: dict[str, tuple[int, dict[str, Finding | float]]], *, day1: dt.date | None = DAY1,
+def visit_crf(visits: Mapping[str, tuple[int, Mapping[str, Finding | float]]], *, day1: dt.date | None = DAY1,
               cm: list[ConMed] | None = None, findings: list[Finding] | None = None) -> SubjectCRF:
     """A subject with visits ``{id: (study day, {item: Finding or plain value})}``; plain values become
     findings dated on the visit day."""
@@ -50,6 +51,6 @@ def conmed(drug: str, start: int | None, end: int | None = None, *, dose: float 
     return ConMed(
         drug=drug, dose=dose, dose_unit=unit, frequency_per_day=freq, daily_dose_mg=daily, route=route,
         start_date=d(start) if start is not None else None, end_date=d(end) if end is not None else None,
-        source_kind=kind, source=SourceRef(resource_type="MedicationStatement", id=f"m{next(_ids)}"),  # type: ignore[arg-type]
+        source_kind=kind, source=SourceRef(resource_type="MedicationStatement", id=f"m{next(_ids)}"),
         **kw,
     )

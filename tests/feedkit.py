@@ -45,7 +45,7 @@ class Feed:
     def next_id(self, prefix: str) -> str:
         return f"{prefix}{next(self._ids)}"
 
-    def add(self, resource: Any, file_type: str | None = None) -> Any:
+    def add(self, resource: dict[str, Any], file_type: str | None = None) -> dict[str, Any]:
         rtype = file_type or (resource.get("resourceType") if isinstance(resource, dict) else None) or "Misc"
         self.resources[str(rtype)].append(resource)
         return resource
@@ -140,7 +140,7 @@ class Feed:
                 q.update({"unit": unit, "system": UCUM, "code": unit})
             o["valueQuantity"] = q
         o.update(extra)
-        return self.add(o)  # type: ignore[no-any-return]
+        return self.add(o)
 
     def descriptor(self, pid: str, code: str, when: str, present: bool, **kw: Any) -> dict[str, Any]:
         return self.obs(pid, code, when, system=SLEDAI, valueBoolean=present, **kw)

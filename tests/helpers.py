@@ -22,7 +22,7 @@ def finding(item: str, day: int, value: float | None = None, *, domain: str = "L
             **kw: Any) -> Finding:
     date = d(day, day1)
     return Finding(domain=domain, item=item, value=value, date=date, study_day=study_day(date, day1),
-                   source=SourceRef(resource_type="Observation", id=f"o{next(_ids)}"), **kw)  # type: ignore[arg-type]
+                   source=SourceRef(resource_type="Observation", id=f"o{next(_ids)}"), **kw)
 
 
 def descriptor(code: str, day: int, present: bool, day1: dt.date = DAY1) -> Finding:

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 SNOMED_INFUSION = "1156961008"
 CLIN = "https://fhir-adapter.org/fhir/CodeSystem/clinical-input"
 
 
-def _read(path: Path) -> list[dict[str, object]]:
+def _read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -32,15 +33,15 @@ def build_no_trial_feed(feed: Path) -> tuple[Path, Path, dict[str, str]]:
     (feed / "manifest.json").write_text(json.dumps(manifest))
     patients = {p["id"]: p for p in _read(feed / "Patient.ndjson")}
     procedures = _read(feed / "Procedure.ndjson")
-    infusions = {str(p["subject"]["reference"]).split("/")[1]: p for p in procedures  # type: ignore[index]
+    infusions = {str(p["subject"]["reference"]).split("/")[1]: p for p in procedures
                  if SNOMED_INFUSION in json.dumps(p["code"])}
-    pids = [str(s["individual"]["reference"]).split("/")[1] for s in subjects]  # type: ignore[index]
-    sids = [str(s["identifier"][0]["value"]) for s in subjects]  # type: ignore[index]
+    pids = [str(s["individual"]["reference"]).split("/")[1] for s in subjects]
+    sids = [str(s["identifier"][0]["value"]) for s in subjects]
     kept: list[dict[str, object]] = []
     admins = _read(feed / "MedicationAdministration.ndjson") if (feed / "MedicationAdministration.ndjson").exists() \
         else []
     for p in procedures:
-        pid = str(p["subject"]["reference"]).split("/")[1]  # type: ignore[index]
+        pid = str(p["subject"]["reference"]).split("/")[1]
         if p is infusions.get(pids[0]):
             p["code"] = {"coding": [{"system": "https://hospital.example.org/procedure-code", "code": "CART-INF"}]}
         elif p is infusions.get(pids[1]):
@@ -57,9 +58,9 @@ def build_no_trial_feed(feed: Path) -> tuple[Path, Path, dict[str, str]]:
     _write(feed / "MedicationAdministration.ndjson", admins)
     lines = ["subject_id,patient_identifier,consent_date,arm,status,infusion_date"]
     for sid, pid, s in zip(sids, pids, subjects, strict=True):
-        ident = patients[pid]["identifier"][0]  # type: ignore[index]
+        ident = patients[pid]["identifier"][0]
         infusion = str(infusions[pid]["performedDateTime"])[:10] if pid == pids[2] else ""
-        lines.append(f"{sid},{ident['system']}|{ident['value']},{s['period']['start']},{s['assignedArm']},"  # type: ignore[index]
+        lines.append(f"{sid},{ident['system']}|{ident['value']},{s['period']['start']},{s['assignedArm']},"
                      f"follow-up,{infusion}")
     roster = feed.parent / f"{feed.name}-roster.csv"
     roster.write_text("\n".join(lines) + "\n")

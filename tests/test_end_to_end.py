@@ -12,13 +12,16 @@ from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.pipeline import RunSummary, run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 from fhir_adapter.synth import TrialPlan, plan_trial, write_feed
 from fhir_adapter.terminology.codes import CS_RESULTS, SID_RESULT
 from fhir_adapter.writeback.sources import result_sources
 
+Trial = tuple[TrialPlan, Path, RunSummary]
+
 
 @pytest.fixture(scope="module")
-def trial(tmp_path_factory: pytest.TempPathFactory, study) -> tuple[TrialPlan, Path, RunSummary]:  # type: ignore[no-untyped-def]
+def trial(tmp_path_factory: pytest.TempPathFactory, study: Study) -> tuple[TrialPlan, Path, RunSummary]:
     root = tmp_path_factory.mktemp("e2e")
     write_feed(root / "feed", subjects=34, seed=7)
     log = RunLog()
@@ -30,7 +33,7 @@ def load(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
-def test_counts(trial) -> None:  # type: ignore[no-untyped-def]
+def test_counts(trial: Trial) -> None:
     plan, out, summary = trial
     assert summary.subjects == 34 and not summary.subjects_failed
     results = load(out / "results" / "study.json")
@@ -40,7 +43,7 @@ def test_counts(trial) -> None:  # type: ignore[no-untyped-def]
     assert summary.excluded == {"ineligible": 3}
 
 
-def test_day1_arm_and_visit_dates(trial) -> None:  # type: ignore[no-untyped-def]
+def test_day1_arm_and_visit_dates(trial: Trial) -> None:
     plan, out, _ = trial
     for s in load(out / "results" / "study.json")["subjects"]:
         p = plan.subject(s["subject_id"])
@@ -50,7 +53,7 @@ def test_day1_arm_and_visit_dates(trial) -> None:  # type: ignore[no-untyped-def
             assert v["date"] is not None and len(v["date"]) == 10
 
 
-def test_nobody_else_reaches_any_output(trial) -> None:  # type: ignore[no-untyped-def]
+def test_nobody_else_reaches_any_output(trial: Trial) -> None:
     plan, out, _ = trial
     outsiders = [*plan.screen_failure_patient_ids, *plan.non_enrolled_patient_ids]
     for path in out.rglob("*"):
@@ -59,7 +62,7 @@ def test_nobody_else_reaches_any_output(trial) -> None:  # type: ignore[no-untyp
             assert not any(pid in text for pid in outsiders), path
 
 
-def test_sledai_course_and_baseline(trial) -> None:  # type: ignore[no-untyped-def]
+def test_sledai_course_and_baseline(trial: Trial) -> None:
     _, out, _ = trial
     for s in load(out / "results" / "study.json")["subjects"]:
         base = [v for v in s["visits"] if v["sledai2k_baseline"]]
@@ -76,7 +79,7 @@ def test_sledai_course_and_baseline(trial) -> None:  # type: ignore[no-untyped-d
     assert sum(1 for x in w24 if x <= 4) > len(w24) / 2
 
 
-def test_irregularities_handled_as_planned(trial) -> None:  # type: ignore[no-untyped-def]
+def test_irregularities_handled_as_planned(trial: Trial) -> None:
     plan, out, summary = trial
     report = load(out / "run-report.json")
     crf_text = {p.stem: p.read_text() for p in (out / "crf").glob("*.json")}
@@ -87,6 +90,7 @@ def test_irregularities_handled_as_planned(trial) -> None:  # type: ignore[no-un
     assert summary.quarantined == 1
     # entered-in-error never feeds a CRF; the redraw does
     e = by_kind["entered-in-error"]
+    assert e.related_id is not None
     assert e.resource_id not in crf_text[e.subject_id] and e.related_id in crf_text[e.subject_id]
     # amended: the latest version is used, with its version in the source reference
     a = by_kind["amended"]
@@ -100,7 +104,7 @@ def test_irregularities_handled_as_planned(trial) -> None:  # type: ignore[no-un
     assert report["counts"]["observations.duplicates"] == 1
 
 
-def test_clinician_override_wins(trial) -> None:  # type: ignore[no-untyped-def]
+def test_clinician_override_wins(trial: Trial) -> None:
     plan, out, _ = trial
     o = next(i for i in plan.irregularities if i.kind == "clinician-override-leukopenia")
     subj = next(s for s in load(out / "results" / "study.json")["subjects"] if s["subject_id"] == o.subject_id)
@@ -109,7 +113,7 @@ def test_clinician_override_wins(trial) -> None:  # type: ignore[no-untyped-def]
     assert leuko["basis"] == "clinician" and leuko["score"] == 0
 
 
-def test_dlts_and_escalation_as_planned(trial) -> None:  # type: ignore[no-untyped-def]
+def test_dlts_and_escalation_as_planned(trial: Trial) -> None:
     plan, out, _ = trial
     results = load(out / "results" / "study.json")
     for s in results["subjects"]:
@@ -124,7 +128,7 @@ def test_dlts_and_escalation_as_planned(trial) -> None:  # type: ignore[no-untyp
     assert results["rp2d"]["arm"] == "DL2" and results["rp2d"]["method"] == "3+3"
 
 
-def test_writeback_bundles_are_valid_conditional_transactions(trial) -> None:  # type: ignore[no-untyped-def]
+def test_writeback_bundles_are_valid_conditional_transactions(trial: Trial) -> None:
     _, out, summary = trial
     seen: set[str] = set()
     codes = {c["code"] for c in load(Path(__file__).parent.parent / "profiles" / "CodeSystem-results.json")["concept"]}
@@ -160,7 +164,7 @@ def test_writeback_bundles_are_valid_conditional_transactions(trial) -> None:  #
     assert n == summary.results_written
 
 
-def test_same_feed_same_results(trial, tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_same_feed_same_results(trial: Trial, tmp_path: Path, study: Study) -> None:
     _, out, _ = trial
     write_feed(tmp_path / "feed", subjects=34, seed=7)
     run(FileSource(tmp_path / "feed", RunLog()), study, tmp_path / "out", RunLog())
@@ -175,7 +179,7 @@ def _csv(out: Path, domain: str) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def test_coded_columns_hold_only_cdisc_ct_terms(trial) -> None:  # type: ignore[no-untyped-def]
+def test_coded_columns_hold_only_cdisc_ct_terms(trial: Trial) -> None:
     from fhir_adapter.export.cdisc import COLUMNS, codelist
     from fhir_adapter.export.ct import load_terminology
 
@@ -198,7 +202,7 @@ def test_coded_columns_hold_only_cdisc_ct_terms(trial) -> None:  # type: ignore[
     assert {r["PCORRESU"] for r in _csv(out, "PC") if r["PCORRES"]} == {"DNA copies/ug", "10^6/L"}
 
 
-def test_core_rules_that_need_no_cdisc_library(trial) -> None:  # type: ignore[no-untyped-def]
+def test_core_rules_that_need_no_cdisc_library(trial: Trial) -> None:
     """The SDTMIG v3.4 checks of the CDISC rules engine (CORE) that run without the CDISC Library, held here
     because the engine's rules come only from the Library (API key) and its PyPI package ships none: EPOCH in
     every domain but DM, --TEST at most 40 characters, AESER = Y with a seriousness criterion, EXENDTC with
@@ -212,7 +216,7 @@ def test_core_rules_that_need_no_cdisc_library(trial) -> None:  # type: ignore[n
             continue
         assert "EPOCH" in COLUMNS[domain], f"{domain}: EPOCH missing"
         dated = [r for r in rows if r.get(f"{domain}DY") or r.get(f"{domain}STDY")]
-        assert all(r["EPOCH"] for r in dated if int(r.get(f"{domain}DY") or r.get(f"{domain}STDY")) > 0), \
+        assert all(r["EPOCH"] for r in dated if int(r.get(f"{domain}DY") or r[f"{domain}STDY"]) > 0), \
             f"{domain}: a record after Day 1 without EPOCH"
     for domain in FINDINGS_DOMAINS:
         assert all(len(r[f"{domain}TEST"]) <= 40 for r in _csv(out, domain)), f"{domain}TEST longer than 40"
@@ -225,7 +229,7 @@ def test_core_rules_that_need_no_cdisc_library(trial) -> None:  # type: ignore[n
     assert all(r["EXENDY"] for r in ex if r["EXENDTC"]), "EXENDTC without EXENDY"
 
 
-def test_ig_columns_are_filled_from_the_feed(trial) -> None:  # type: ignore[no-untyped-def]
+def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:
     _, out, _ = trial
     filled = {
         "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "AEACN", "EPOCH",

@@ -22,7 +22,7 @@ from fhir_adapter.endpoints.registry import Endpoint, StudyInput, SubjectInput
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.study.load import load_study
+from fhir_adapter.study.load import Study, load_study
 from fhir_adapter.study.yamlfile import MappingError
 from fhir_adapter.synth import write_feed
 
@@ -250,7 +250,7 @@ def test_third_party_package_entry_point(tmp_path: Path) -> None:
     assert done.stdout.split() == ["('acme',)", "acme_endpoint"]
 
 
-def test_endpoints_of_the_lcar_aio_study(study) -> None:  # type: ignore[no-untyped-def]
+def test_endpoints_of_the_lcar_aio_study(study: Study) -> None:
     assert study.endpoints == BUILTIN
     order = [e.name for e in study.run_order()]
     assert order.index("lldas") > max(order.index(n) for n in ("sledai2k", "pga", "glucocorticoids"))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fhir_adapter.job.preflight import READS, capability_gaps
+from fhir_adapter.testing.fhir_server import ServerHandle
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,7 +65,7 @@ def test_not_r4() -> None:
 
 
 @pytest.mark.server
-def test_check_against_the_real_server(fhir_server) -> None:  # type: ignore[no-untyped-def]
+def test_check_against_the_real_server(fhir_server: ServerHandle) -> None:
     writes = fhir_server.stats()["writes"]["total"]  # the session server may hold earlier tests' writes
     cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", fhir_server.base_url, "--post"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -105,7 +106,7 @@ def test_bulk_export_is_offered_when_declared() -> None:
 
 
 @pytest.mark.server
-def test_check_offers_bulk_on_the_real_server(fhir_server) -> None:  # type: ignore[no-untyped-def]
+def test_check_offers_bulk_on_the_real_server(fhir_server: ServerHandle) -> None:
     cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", fhir_server.base_url]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr

@@ -12,6 +12,7 @@ from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import RosterError, build_roster
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 
 SUBJ = "https://fhir-adapter.org/fhir/sid/lcar-aio-subject"
 
@@ -68,14 +69,14 @@ def feed(tmp_path: Path) -> Path:
     return write_feed(tmp_path / "feed", res)
 
 
-def test_only_enrolled_subjects_of_the_study(feed: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_only_enrolled_subjects_of_the_study(feed: Path, study: Study) -> None:
     log = RunLog()
     roster = build_roster(FileSource(feed, log).roster(), study, log)
     assert {e.subject_id for e in roster.enrolled.values()} == {"101-001", "101-002"}
     assert roster.excluded == {"ineligible": 1, "withdrawn": 1}
 
 
-def test_nobody_elses_data_in_any_output(feed: Path, study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_nobody_elses_data_in_any_output(feed: Path, study: Study, tmp_path: Path) -> None:
     out = tmp_path / "out"
     log = RunLog()
     summary = run(FileSource(feed, log), study, out, log)
@@ -88,7 +89,7 @@ def test_nobody_elses_data_in_any_output(feed: Path, study, tmp_path: Path) -> N
     assert log.counts["skipped.not-enrolled"] == 8  # lab + infusion of p3..p6
 
 
-def test_missing_study_is_a_clear_error(feed: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_missing_study_is_a_clear_error(feed: Path, study: Study) -> None:
     log = RunLog()
     src = FileSource(feed, log).roster()
     src.studies = [s for s in src.studies if s["id"] != "rs-study"]
@@ -96,7 +97,7 @@ def test_missing_study_is_a_clear_error(feed: Path, study) -> None:  # type: ign
         build_roster(src, study, log)
 
 
-def test_site_roster_csv_creates_owned_research_subjects(feed: Path, study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_site_roster_csv_creates_owned_research_subjects(feed: Path, study: Study, tmp_path: Path) -> None:
     # p6 has no ResearchSubject in the EHR; the site roster enrols it. 101-001 is already held by the EHR.
     pat = json.loads((feed / "Patient.ndjson").read_text().splitlines()[5])
     assert pat["id"] == "p6"

@@ -16,6 +16,7 @@ import pytest
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 from fhir_adapter.synth import write_feed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +40,7 @@ def validate(files: list[Path]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def demo_out(tmp_path_factory: pytest.TempPathFactory, study) -> Path:  # type: ignore[no-untyped-def]
+def demo_out(tmp_path_factory: pytest.TempPathFactory, study: Study) -> Path:
     root = tmp_path_factory.mktemp("validator")
     write_feed(root / "feed", subjects=34, seed=7)
     log = RunLog()

@@ -8,14 +8,15 @@ from typing import Any
 import pytest
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
-from fhir_adapter.derive.dlt import DltSettings, derive_dlt
+from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt
+from fhir_adapter.study.load import Study
 from tests.helpers import crf, d, finding
 
 _ids = itertools.count(1)
 
 
 @pytest.fixture(scope="module")
-def rules(study):  # type: ignore[no-untyped-def]
+def rules(study: Study) -> DltSettings:
     return study.rule("dlt", DltSettings)
 
 
@@ -25,7 +26,7 @@ def ae(term: str, onset: int | None, end: int | None, grade: int | None, **kw: A
                         source=SourceRef(resource_type="AdverseEvent", id=f"ae{next(_ids)}"), **kw)
 
 
-def evaluate(rules: DltSettings, *aes: AdverseEvent, last_day: int = 60):  # type: ignore[no-untyped-def]
+def evaluate(rules: DltSettings, *aes: AdverseEvent, last_day: int = 60) -> DltResult:
     """A subject followed up to ``last_day`` (a lab result weekly from day 8, and on that day) with these AEs."""
     days = sorted({x for x in (8, 15, 22, 29) if x < last_day} | {last_day})
     return derive_dlt(crf([finding("crp", x, 1.0) for x in days], {}, ae=list(aes)), rules)
@@ -35,7 +36,7 @@ def crs(onset: int, end: int | None, grade: int | None, **kw: Any) -> AdverseEve
     return ae("Cytokine release syndrome", onset, end, grade, crs=True, **kw)
 
 
-def rule_ids(r) -> list[str]:  # type: ignore[no-untyped-def]
+def rule_ids(r: DltResult) -> list[str]:
     return [e.rule for e in r.dlt_events]
 
 

@@ -6,11 +6,12 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.crf.models import Finding, SourceRef, SubjectCRF
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.results.study_json import settings_echo, study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import EXT_RESULT_SOURCE, UCUM
 from fhir_adapter.writeback.sources import result_sources
 from tests.efficacy_helpers import conmed, visit_crf
@@ -26,18 +27,20 @@ E = Enrollee(subject_id="T-001", patient_id="p1", research_subject=SourceRef(res
              day1=dt.date(2024, 2, 1))
 
 
-def subject():  # type: ignore[no-untyped-def]
-    bl = {"pga": finding("pga", -7, 1.8, domain="QS"), "sledai2k.arthritis": descriptor("arthritis", -7, True),
-          "upcr": 1.2, "c3": 0.6, "anti_dsdna": finding("anti_dsdna", -7, 120, ref_high=30), "cd19": 180}
-    w4 = {"pga": finding("pga", 29, 0.9, domain="QS"), "sledai2k.arthritis": descriptor("arthritis", 29, True),
-          "upcr": 0.4, "c3": 0.9, "anti_dsdna": finding("anti_dsdna", 29, 12, ref_high=30), "cd19": 0}
-    w12 = {"pga": finding("pga", 85, 0.5, domain="QS"), "sledai2k.rash": descriptor("rash", 85, True),
-           "cd19": 20}
+def subject() -> SubjectCRF:
+    bl: dict[str, Finding | float] = {
+        "pga": finding("pga", -7, 1.8, domain="QS"), "sledai2k.arthritis": descriptor("arthritis", -7, True),
+        "upcr": 1.2, "c3": 0.6, "anti_dsdna": finding("anti_dsdna", -7, 120, ref_high=30), "cd19": 180}
+    w4: dict[str, Finding | float] = {
+        "pga": finding("pga", 29, 0.9, domain="QS"), "sledai2k.arthritis": descriptor("arthritis", 29, True),
+        "upcr": 0.4, "c3": 0.9, "anti_dsdna": finding("anti_dsdna", 29, 12, ref_high=30), "cd19": 0}
+    w12: dict[str, Finding | float] = {
+        "pga": finding("pga", 85, 0.5, domain="QS"), "sledai2k.rash": descriptor("rash", 85, True), "cd19": 20}
     return visit_crf({"BL": (-7, bl), "W4": (29, w4), "W12": (85, w12)},
                      cm=[conmed("prednisolone", -60, 29, dose=20), conmed("prednisolone", 30, None, dose=5)])
 
 
-def test_visit_subject_and_study_keys(study) -> None:  # type: ignore[no-untyped-def]
+def test_visit_subject_and_study_keys(study: Study) -> None:
     res = derive_subject(subject(), study)
     row = subject_row(res)
     assert set(row) >= SUBJECT_KEYS
@@ -62,7 +65,7 @@ def test_visit_subject_and_study_keys(study) -> None:  # type: ignore[no-untyped
     assert {"pga", "renal", "immunology"} <= set(echo)
 
 
-def test_writeback_lldas_and_dose_observations(study) -> None:  # type: ignore[no-untyped-def]
+def test_writeback_lldas_and_dose_observations(study: Study) -> None:
     res = derive_subject(subject(), study)
     obs = res.observations(E, study, ("lldas", "glucocorticoids"))
     assert all(r4_problem(o) is None for o in obs)

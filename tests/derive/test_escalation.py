@@ -6,6 +6,7 @@ Rules: docs/clinical-rules.md#boin and docs/clinical-rules.md#three-plus-three.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import pytest
 
@@ -131,7 +132,7 @@ def test_boin_settings_change_the_boundaries() -> None:
 S33 = EscalationSettings(dose_levels=("DL1", "DL2", "DL3"), expansion_arms={"EXP": "DL2"})
 
 
-def cohort(arm: str, dlt: list[bool | None], not_infused: int = 0) -> list[DltOutcome]:
+def cohort(arm: str, dlt: Sequence[bool | None], not_infused: int = 0) -> list[DltOutcome]:
     return [DltOutcome(arm, True, x) for x in dlt] + [DltOutcome(arm, False, None)] * not_infused
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from fhir_adapter.crf.models import ConMed
 from fhir_adapter.derive.glucocorticoids import (
     GlucocorticoidSettings,
     derive_pred_eq,
@@ -16,7 +19,7 @@ from tests.helpers import d
 S = rule("glucocorticoids", GlucocorticoidSettings)
 
 
-def dose(cms, day=10):  # type: ignore[no-untyped-def]
+def dose(cms: list[ConMed], day: int = 10) -> float | None:
     return pred_eq_on(cms, d(day), S).mg_per_day
 
 
@@ -141,7 +144,7 @@ def test_missing_is_not_zero() -> None:
     assert (r.mg_per_day, r.basis, r.sources) == (0, "medication-list-complete", [hcq.source.reference])
 
 
-def test_site_overlay_declares_the_medication_list_complete(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_site_overlay_declares_the_medication_list_complete(tmp_path: Path) -> None:
     from pathlib import Path
 
     from fhir_adapter.study.load import load_study

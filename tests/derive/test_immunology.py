@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from fhir_adapter.derive.immunology import ImmunologySettings, antibody_status, derive_immunology
+from typing import Any
+
+from fhir_adapter.crf.models import Finding
+from fhir_adapter.derive.immunology import AdaStatus, ImmunologySettings, antibody_status, derive_immunology
 from tests.efficacy_helpers import rule, visit_crf
 from tests.helpers import finding
 
 S = rule("immunology", ImmunologySettings)
 
 
-def dsdna(day: int, value: float | None = None, **kw):  # type: ignore[no-untyped-def]
+def dsdna(day: int, value: float | None = None, **kw: Any) -> Finding:
     return finding("anti_dsdna", day, value, **kw)
 
 
@@ -108,7 +111,7 @@ def test_b_cell_aplasia_edges() -> None:
 
 
 def test_ada_status() -> None:
-    def ada(*results: tuple[int, bool]):  # type: ignore[no-untyped-def]
+    def ada(*results: tuple[int, bool]) -> AdaStatus:
         fs = [finding("anti_car_antibody", day, domain="IS", value_bool=v) for day, v in results]
         return derive_immunology(visit_crf({"BL": (-7, {})}, findings=fs), S).ada
 

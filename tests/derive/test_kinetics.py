@@ -12,12 +12,14 @@ import csv
 import datetime as dt
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fhir_adapter.crf.models import Finding, SourceRef
-from fhir_adapter.derive.kinetics import KineticsSettings, auc, derive_kinetics, nca
+from fhir_adapter.derive.kinetics import KineticsSeries, KineticsSettings, auc, derive_kinetics, nca
 from tests.helpers import DAY1, crf, d, finding
 
 DATA = Path(__file__).parent / "data" / "Theoph.csv"
@@ -75,23 +77,31 @@ T = [0, 1, 4, 7, 10, 14, 21, 28, 56, 90]
 C = [0, 50, 2000, 15000, 30000, 12000, 3000, 800, 100, 0]
 
 
+def _auc_1dp(times: Sequence[float], concs: Sequence[float]) -> float:
+    """The log-down AUC rounded to 0.1 (there is one: these profiles have positive concentrations)."""
+    value = auc(times, concs, "lin-up/log-down")
+    assert value is not None
+    return round(value, 1)
+
+
 def test_worked_cart_example_engine() -> None:
-    assert round(auc(T[:8], C[:8], "lin-up/log-down"), 1) == 231773.7  # type: ignore[arg-type]
+    assert _auc_1dp(T[:8], C[:8]) == 231773.7
     assert auc(T[:8], C[:8], "linear") == pytest.approx(245900, abs=1e-9)
-    assert round(auc(T[:9], C[:9], "lin-up/log-down"), 1) == 241199.3  # type: ignore[arg-type]
+    assert _auc_1dp(T[:9], C[:9]) == 241199.3
     assert auc(T[:9], C[:9], "linear") == pytest.approx(258500, abs=1e-9)
     # AUCall: trailing BLQ as 0, linear segment 56 -> 90
-    assert round(auc(T, C, "lin-up/log-down"), 1) == 242899.3  # type: ignore[arg-type]
+    assert _auc_1dp(T, C) == 242899.3
 
 
-def _pc(day_after: int, value: float, *, comparator: str | None = None, item: str = "car_transgene"):  # type: ignore[no-untyped-def]
+def _pc(day_after: int, value: float, *, comparator: str | None = None, item: str = "car_transgene") -> Finding:
     return finding(item, day_after + 1, value, domain="PC", comparator=comparator, unit="{copies}/ug{DNA}")
 
 
-ITEMS = {"car_transgene": (20.0, "{copies}/ug{DNA}"), "car_cells": (None, "/uL")}
+ITEMS: dict[str, tuple[float | None, str | None]] = {"car_transgene": (20.0, "{copies}/ug{DNA}"),
+                                                     "car_cells": (None, "/uL")}
 
 
-def _series(findings, **settings):  # type: ignore[no-untyped-def]
+def _series(findings: list[Finding], **settings: Any) -> KineticsSeries | None:
     k = derive_kinetics(crf(findings, {}), KineticsSettings(**settings), ITEMS)
     return k.primary
 

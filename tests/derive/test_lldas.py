@@ -4,11 +4,13 @@ SLEDAI-2K, PGA and dose results."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import yaml
 
+from fhir_adapter.crf.models import ConMed
 from fhir_adapter.derive.glucocorticoids import PredEqVisit
-from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, derive_lldas, lldas_rate
+from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, LldasVisit, derive_lldas, lldas_rate
 from fhir_adapter.derive.pga import PgaVisit
 from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kVisit
 from tests.efficacy_helpers import STUDY, conmed, rule
@@ -37,7 +39,11 @@ def dose(visit: str, day: int, mg: float | None, reason: str | None = None) -> P
     return PredEqVisit(visit=visit, date=d(day), mg_per_day=mg, reason=reason)
 
 
-def run(visits, settings=S, cm=(), day1: dt.date | None = DAY1):  # type: ignore[no-untyped-def]
+Visit = tuple[str, int, list[str] | None, float | None, float | None]
+
+
+def run(visits: list[Visit], settings: LldasSettings = S, cm: Sequence[ConMed] = (),
+        day1: dt.date | None = DAY1) -> dict[str, LldasVisit]:
     """visits: (id, day, scored descriptors or None, pga, mg/day)."""
     sl = [sledai(v, day, sc) for v, day, sc, _, _ in visits]
     pg = [pga(v, day, p) for v, day, _, p, _ in visits]
@@ -109,7 +115,7 @@ def test_dose_not_evaluable_makes_the_visit_not_evaluable() -> None:
 
 
 def test_fifth_criterion_is_off_by_default_and_works_when_on() -> None:
-    visits = [("BL", -7, [], 1.0, 5), ("W4", 29, [], 0.5, 5)]
+    visits: list[Visit] = [("BL", -7, [], 1.0, 5), ("W4", 29, [], 0.5, 5)]
     cms = [conmed("mycophenolate mofetil", 1, None, daily=3000, kind="statement")]
     assert run(visits, cm=cms)["W4"].lldas is True
     on = S.model_copy(update={"maintenance_criterion": True})

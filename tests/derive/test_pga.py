@@ -6,15 +6,16 @@ import datetime as dt
 
 import pytest
 
+from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.derive.baseline import changes, item_by_visit, round_half_up
-from fhir_adapter.derive.pga import PgaSettings, derive_pga
+from fhir_adapter.derive.pga import PgaSettings, PgaVisit, derive_pga
 from tests.efficacy_helpers import rule, visit_crf
 from tests.helpers import finding
 
 S = rule("pga", PgaSettings)
 
 
-def by_visit(crf):  # type: ignore[no-untyped-def]
+def by_visit(crf: SubjectCRF) -> dict[str, PgaVisit]:
     return {p.visit: p for p in derive_pga(crf, S)}
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fhir_adapter.derive.renal import RenalSettings, derive_renal
+from fhir_adapter.derive.renal import RenalResponse, RenalSettings, derive_renal
 from tests.efficacy_helpers import rule, visit_crf
 from tests.helpers import finding
 
@@ -34,7 +34,8 @@ def test_unit_variant_already_normalised_by_mapping() -> None:
     assert derive_renal(crf, S).visits[1].upcr_change == -1.0
 
 
-def response(bl: float, w: float, egfr_bl: float | None = 100, egfr_w: float | None = 100, settings=ON):  # type: ignore[no-untyped-def]
+def response(bl: float, w: float, egfr_bl: float | None = 100, egfr_w: float | None = 100,
+             settings: RenalSettings = ON) -> RenalResponse | None:
     bl_vals: dict[str, float] = {"upcr": bl}
     w_vals: dict[str, float] = {"upcr": w}
     if egfr_bl is not None:
@@ -45,8 +46,8 @@ def response(bl: float, w: float, egfr_bl: float | None = 100, egfr_w: float | N
 
 
 def test_response_grades_at_the_limits() -> None:
-    def grade(bl: float, w: float, **kw: float | None) -> str | None:
-        r = response(bl, w, **kw)  # type: ignore[arg-type]
+    def grade(bl: float, w: float, egfr_bl: float | None = 100, egfr_w: float | None = 100) -> str | None:
+        r = response(bl, w, egfr_bl, egfr_w)
         assert r is not None and r.ln_at_baseline
         return r.visits[0].response
 

@@ -7,15 +7,16 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.crf.models import AdverseEvent, SourceRef, SubjectCRF
 from fhir_adapter.derive.safety import (
     SafetySettings,
+    TeaeFlag,
     derive_safety,
     flag_teae,
-    partial_period,
     summarize_teae,
     teae_flag,
 )
+from fhir_adapter.study.timeline import partial_period
 from tests.helpers import crf, d
 
 S = SafetySettings()
@@ -28,11 +29,11 @@ def ae(term: str = "Headache", onset: int | None = 2, end: int | None = None, **
                         source=SourceRef(resource_type="AdverseEvent", id=f"ae{next(_ids)}"), **kw)
 
 
-def subject(aes: list[AdverseEvent], ld_start_day: int | None = -5, **kw: Any):  # type: ignore[no-untyped-def]
+def subject(aes: list[AdverseEvent], ld_start_day: int | None = -5, **kw: Any) -> SubjectCRF:
     return crf([], {}, ld_start_day=ld_start_day, ae=aes, **kw)
 
 
-def flag(a: AdverseEvent, ld: int | None = -5, s: SafetySettings = S):  # type: ignore[no-untyped-def]
+def flag(a: AdverseEvent, ld: int | None = -5, s: SafetySettings = S) -> TeaeFlag:
     return teae_flag(a, d(1), d(ld) if ld is not None else None, s)
 
 
@@ -84,7 +85,8 @@ def test_not_infused_subject_has_no_teae_but_pre_infusion_aes() -> None:
 
 def test_partial_period() -> None:
     assert partial_period("2024") == (d(-31), d(335))   # 2024-01-01 .. 2024-12-31 (Day 1 = 2024-02-01)
-    assert partial_period("2024-02")[1].day == 29  # type: ignore[index]  # leap year
+    february = partial_period("2024-02")
+    assert february is not None and february[1].day == 29  # leap year
     assert partial_period(None) is None and partial_period("x") is None
 
 
@@ -131,9 +133,9 @@ def test_summary_by_arm_grade_term_and_overall() -> None:
     c = derive_safety(subject([ae("Headache", grade=4, serious=True), ae("ICANS", grade=3, icans=True)]), S)
     e = derive_safety(subject([ae(onset=-2)]), S)  # only a pre-infusion AE
     not_infused = derive_safety(subject([ae(onset=-2)]).model_copy(update={"day1": None}), S)
-    summary = summarize_teae([("DL1", True, a), ("DL1", True, b), ("DL2", True, c), ("DL2", True, e),
+    summary: dict[str, Any] = summarize_teae([("DL1", True, a), ("DL1", True, b), ("DL2", True, c), ("DL2", True, e),
                               ("DL2", False, not_infused)], ["DL1", "DL2", "DL3"])
-    dl1, dl2 = summary["by_arm"]  # type: ignore[misc]
+    dl1, dl2 = summary["by_arm"]
     assert dl1["arm"] == "DL1" and dl1["n_subjects"] == 2 and dl1["any_teae"] == 2
     assert dl1["by_max_grade"] == {"1": 0, "2": 1, "3": 0, "4": 0, "5": 0, "unknown": 1}
     # coded terms count by code: Pyrexia and Fever are one term with 2 events in 1 subject
@@ -145,7 +147,7 @@ def test_summary_by_arm_grade_term_and_overall() -> None:
     assert dl2["n_subjects"] == 2 and dl2["any_teae"] == 1 and dl2["serious"] == 1
     assert dl2["icans"]["subjects"] == 1 and dl2["by_max_grade"]["4"] == 1
     overall = summary["overall"]
-    assert overall["n_subjects"] == 4 and overall["any_teae"] == 3  # type: ignore[index]
-    headache = next(t for t in overall["by_term"] if t["term"] == "Headache")  # type: ignore[index]
+    assert overall["n_subjects"] == 4 and overall["any_teae"] == 3
+    headache = next(t for t in overall["by_term"] if t["term"] == "Headache")
     assert headache["subjects"] == 2
     assert summary["pre_infusion_aes"] == {"subjects": 2, "events": 2}

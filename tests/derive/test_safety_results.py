@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.crf.models import AdverseEvent, Finding, SourceRef, SubjectCRF
 from fhir_adapter.endpoints.kinetics import KEYS as KINETICS_KEYS
 from fhir_adapter.endpoints.safety import SafetyResult
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import UCUM
 from fhir_adapter.writeback.sources import result_sources
 from tests.helpers import DAY1, crf, d, finding
@@ -33,12 +34,12 @@ def ae(term: str, onset: int, end: int | None, grade: int | None, **kw: Any) -> 
                         source=SourceRef(resource_type="AdverseEvent", id=f"sae{next(_ids)}"), **kw)
 
 
-def pc(day_after: int, value: float, comparator: str | None = None):  # type: ignore[no-untyped-def]
+def pc(day_after: int, value: float, comparator: str | None = None) -> Finding:
     return finding("car_transgene", day_after + 1, value, domain="PC", comparator=comparator,
                    unit="{copies}/ug{DNA}")
 
 
-def subject(sid: str, arm: str, aes: list[AdverseEvent], infused: bool = True):  # type: ignore[no-untyped-def]
+def subject(sid: str, arm: str, aes: list[AdverseEvent], infused: bool = True) -> SubjectCRF:
     # a constructed CAR-T-like profile (days 0..90, copies/ug)
     kin = [pc(0, 20, "<"), pc(1, 50), pc(4, 2000), pc(7, 15000), pc(10, 30000), pc(14, 12000), pc(21, 3000),
            pc(28, 800), pc(56, 100), pc(90, 20, "<")]
@@ -47,7 +48,7 @@ def subject(sid: str, arm: str, aes: list[AdverseEvent], infused: bool = True): 
     return c if infused else c.model_copy(update={"day1": None})
 
 
-def test_subject_keys_crf_flags_and_study_level(study) -> None:  # type: ignore[no-untyped-def]
+def test_subject_keys_crf_flags_and_study_level(study: Study) -> None:
     a = subject("T-001", "DL1", [ae("Cytokine release syndrome", 2, 6, 3, crs=True, related=True),
                                  ae("Nausea", -2, -1, 1)])
     res_a = derive_subject(a, study)
@@ -81,7 +82,7 @@ def test_subject_keys_crf_flags_and_study_level(study) -> None:  # type: ignore[
     assert out["settings"]["dlt"]["window"] == {"first_day": 1, "last_day": 30}
 
 
-def test_writeback_observations(study) -> None:  # type: ignore[no-untyped-def]
+def test_writeback_observations(study: Study) -> None:
     r = derive_subject(subject("T-001", "DL1", [ae("ICANS", 3, 4, 4, icans=True)]), study)
     obs = {o["code"]["coding"][0]["code"]: o for o in r.observations(E, study, ("dlt", "kinetics"))}
     assert set(obs) == {"dlt", "cart-cmax", "cart-tmax", "cart-auc0-28d"}
@@ -99,7 +100,7 @@ def test_writeback_observations(study) -> None:  # type: ignore[no-untyped-def]
     assert obs["cart-cmax"]["effectiveDateTime"] == (DAY1 + dt.timedelta(days=10)).isoformat()
 
 
-def test_no_dlt_names_what_it_was_judged_from(study) -> None:  # type: ignore[no-untyped-def]
+def test_no_dlt_names_what_it_was_judged_from(study: Study) -> None:
     r = derive_subject(subject("T-001", "DL1", []), study)
     (dlt,) = [o for o in r.observations(E, study, ("dlt", "kinetics")) if o["code"]["coding"][0]["code"] == "dlt"]
     assert dlt["valueBoolean"] is False and result_sources(dlt) == ["Procedure/inf1"]
@@ -107,7 +108,7 @@ def test_no_dlt_names_what_it_was_judged_from(study) -> None:  # type: ignore[no
     assert f"{first} to {last}" in dlt["method"]["text"] and "no adverse event in the window" in dlt["method"]["text"]
 
 
-def test_no_observation_where_the_value_is_unknown(study) -> None:  # type: ignore[no-untyped-def]
+def test_no_observation_where_the_value_is_unknown(study: Study) -> None:
     r = derive_subject(subject("T-001", "DL1", [ae("Diarrhoea", 3, 20, None)]), study)
     codes = {o["code"]["coding"][0]["code"] for o in r.observations(E, study, ("dlt", "kinetics"))}
     assert "dlt" not in codes and "cart-cmax" in codes

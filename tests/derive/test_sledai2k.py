@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from fhir_adapter.derive.sledai2k import derive_sledai2k
+from typing import Any
+
+from fhir_adapter.crf.models import Finding
+from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kVisit, derive_sledai2k
+from fhir_adapter.study.load import Study
 from tests.helpers import crf, descriptor, finding
 
 
-def score(study, findings, visit_day=40, **kw):  # type: ignore[no-untyped-def]
+def score(study: Study, findings: list[Finding], visit_day: int = 40, **kw: Any) -> Sledai2kVisit:
     visits = derive_sledai2k(crf(findings, {"V": visit_day}, **kw), study.sledai2k)
     return visits[0]
 
 
-def by_code(v):  # type: ignore[no-untyped-def]
+def by_code(v: Sledai2kVisit) -> dict[str, DescriptorScore]:
     return {d.code: d for d in v.descriptors}
 
 
-def test_clinical_plus_lab_descriptors_add_up(study):  # type: ignore[no-untyped-def]
+def test_clinical_plus_lab_descriptors_add_up(study: Study) -> None:
     # arthritis 4 + rash 2 (clinician) + proteinuria 4 (0.6 g/24 h) + low complement 2 (C3 below its range)
     v = score(study, [
         descriptor("arthritis", 40, True), descriptor("rash", 39, True), descriptor("seizure", 40, False),
@@ -29,7 +33,7 @@ def test_clinical_plus_lab_descriptors_add_up(study):  # type: ignore[no-untyped
     assert len(v.descriptors) == 24
 
 
-def test_thresholds_are_strict(study):  # type: ignore[no-untyped-def]
+def test_thresholds_are_strict(study: Study) -> None:
     at_limit = [descriptor("rash", 40, False), finding("protein_24h", 40, 0.5), finding("urine_rbc_hpf", 40, 5),
                 finding("urine_wbc_hpf", 40, 5), finding("temperature", 40, 38.0), finding("platelets", 40, 100),
                 finding("leukocytes", 40, 3.0)]
@@ -41,21 +45,21 @@ def test_thresholds_are_strict(study):  # type: ignore[no-untyped-def]
     assert score(study, over).total == 15
 
 
-def test_look_back_window_is_visit_minus_10_through_visit(study):  # type: ignore[no-untyped-def]
+def test_look_back_window_is_visit_minus_10_through_visit(study: Study) -> None:
     base = [descriptor("rash", 40, False)]
     assert score(study, [*base, finding("protein_24h", 30, 1.0)]).total == 4   # 10 days before: counts
     assert score(study, [*base, finding("protein_24h", 29, 1.0)]).total == 0   # 11 days before: out
     assert score(study, [*base, finding("protein_24h", 41, 1.0)]).total == 0   # after the visit: out
 
 
-def test_window_setting_30_days(study):  # type: ignore[no-untyped-def]
+def test_window_setting_30_days(study: Study) -> None:
     s30 = study.sledai2k.model_copy(update={"window_days": 30})
     f = [descriptor("rash", 40, False), finding("protein_24h", 15, 1.0)]
     assert derive_sledai2k(crf(f, {"V": 40}), s30)[0].total == 4
     assert derive_sledai2k(crf(f, {"V": 40}), study.sledai2k)[0].total == 0
 
 
-def test_clinician_entry_wins_over_lab(study):  # type: ignore[no-untyped-def]
+def test_clinician_entry_wins_over_lab(study: Study) -> None:
     v = score(study, [descriptor("leukopenia", 40, False), finding("leukocytes", 40, 2.0),
                       descriptor("proteinuria", 40, True), finding("protein_24h", 40, 0.1)])
     c = by_code(v)
@@ -64,25 +68,25 @@ def test_clinician_entry_wins_over_lab(study):  # type: ignore[no-untyped-def]
     assert v.total == 4
 
 
-def test_latest_clinician_entry_in_window_wins(study):  # type: ignore[no-untyped-def]
+def test_latest_clinician_entry_in_window_wins(study: Study) -> None:
     v = score(study, [descriptor("arthritis", 32, True), descriptor("arthritis", 40, False)])
     assert by_code(v)["arthritis"].score == 0
 
 
-def test_upcr_only_when_no_24h_protein(study):  # type: ignore[no-untyped-def]
+def test_upcr_only_when_no_24h_protein(study: Study) -> None:
     rash = descriptor("rash", 40, False)
     assert score(study, [rash, finding("upcr", 40, 0.6)]).total == 4
     assert score(study, [rash, finding("upcr", 40, 0.5)]).total == 0
     assert score(study, [rash, finding("protein_24h", 39, 0.3), finding("upcr", 40, 0.8)]).total == 0
 
 
-def test_censored_results(study):  # type: ignore[no-untyped-def]
+def test_censored_results(study: Study) -> None:
     rash = descriptor("rash", 40, False)
     assert score(study, [rash, finding("upcr", 40, 0.2, comparator="<")]).total == 0
     assert score(study, [rash, finding("platelets", 40, 20, comparator="<")]).total == 1
 
 
-def test_complement_range_interpretation_default(study):  # type: ignore[no-untyped-def]
+def test_complement_range_interpretation_default(study: Study) -> None:
     rash = descriptor("rash", 40, False)
     # own range first: 0.85 is below 0.9
     assert score(study, [rash, finding("c3", 40, 0.85, ref_low=0.9)]).total == 2
@@ -95,14 +99,14 @@ def test_complement_range_interpretation_default(study):  # type: ignore[no-unty
     assert score(study, [rash, finding("c3", 40, 0.95)]).total == 0
 
 
-def test_dna_binding_above_range(study):  # type: ignore[no-untyped-def]
+def test_dna_binding_above_range(study: Study) -> None:
     rash = descriptor("rash", 40, False)
     assert score(study, [rash, finding("anti_dsdna", 40, 31, ref_high=30)]).total == 2
     assert score(study, [rash, finding("anti_dsdna", 40, 30, ref_high=30)]).total == 0
     assert score(study, [rash, finding("anti_dsdna", 40, 80, ref_high=100)]).total == 0
 
 
-def test_cytopenias_after_lymphodepletion_are_excluded(study):  # type: ignore[no-untyped-def]
+def test_cytopenias_after_lymphodepletion_are_excluded(study: Study) -> None:
     # lymphodepletion starts on study day -5; exclusion runs through 30 days after it (study day 26)
     low = [finding("platelets", 10, 50), finding("leukocytes", 10, 1.0)]
     v = score(study, [descriptor("rash", 10, False), *low], visit_day=10, ld_start_day=-5)
@@ -116,7 +120,7 @@ def test_cytopenias_after_lymphodepletion_are_excluded(study):  # type: ignore[n
     assert v.total == 1
 
 
-def test_visit_without_clinician_assessment_has_no_total(study):  # type: ignore[no-untyped-def]
+def test_visit_without_clinician_assessment_has_no_total(study: Study) -> None:
     v = score(study, [finding("protein_24h", 40, 1.0), finding("platelets", 40, 50)])
     assert v.total is None
     labs_suffice = study.sledai2k.model_copy(update={"min_clinician_descriptors": 0})
@@ -124,7 +128,7 @@ def test_visit_without_clinician_assessment_has_no_total(study):  # type: ignore
     assert v.total == 4
 
 
-def test_baseline_and_change(study):  # type: ignore[no-untyped-def]
+def test_baseline_and_change(study: Study) -> None:
     f = [descriptor("arthritis", -28, True), descriptor("rash", -28, True),       # SCR 6
          descriptor("arthritis", -7, True), finding("protein_24h", -8, 1.2),     # BL 8 (baseline)
          descriptor("arthritis", 29, False), finding("protein_24h", 29, 0.7),    # W4 4
@@ -134,7 +138,7 @@ def test_baseline_and_change(study):  # type: ignore[no-untyped-def]
     assert got == {"SCR": (6, None, False), "BL": (8, 0, True), "W4": (4, -4, False), "W12": (0, -8, False)}
 
 
-def test_an_assessment_is_not_reused_by_a_later_visit(study):  # type: ignore[no-untyped-def]
+def test_an_assessment_is_not_reused_by_a_later_visit(study: Study) -> None:
     # BL assessment on day -7; a D1 visit on day 1 with labs only lies within BL's 10-day look-back
     f = [descriptor("arthritis", -7, True), finding("protein_24h", -8, 1.2), finding("platelets", 1, 250)]
     visits = derive_sledai2k(crf(f, {"BL": -7, "D1": 1}), study.sledai2k)

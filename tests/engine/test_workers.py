@@ -48,6 +48,7 @@ def test_a_subject_failing_in_a_worker_fails_alone(feed: Path, study: Any) -> No
     subjects = [(roster.enrolled[pid], res) for pid, res in source.subject_resources(roster.patient_ids)][:4]
     broken = subjects[1][0].subject_id
     # an infusion date that is not a date: Day 1 cannot be set for this subject
+    # deliberately not a RosterInfusion: setting Day 1 raises inside the worker
     work = SubjectWork(study=study, roster_infusions={broken: "not a date"})  # type: ignore[dict-item]
     outcomes = list(subject_outcomes(subjects, work, SubjectEngine(work), workers=2))
     assert [e.subject_id for e, _, _ in outcomes] == [e.subject_id for e, _ in subjects]

@@ -113,7 +113,8 @@ def test_crf_values_from_entered_in_error_results_disappear(runs: list[dict[str,
     before, after = runs[0]["crf"], runs[1]["crf"]
 
     def values(crf: dict[str, Any], visit: str) -> dict[str, Any]:
-        return next(v for v in crf["visits"] if v["visit"] == visit)["values"]
+        found: dict[str, Any] = next(v for v in crf["visits"] if v["visit"] == visit)["values"]
+        return found
 
     assert "sledai2k.arthritis" in values(before, "W4") and "sledai2k.arthritis" not in values(after, "W4")
     assert values(before, "W8")["platelets"]["source"]["id"] in ("plt-57", "plt-57-dup")

@@ -90,7 +90,7 @@ class TokenServer:
 
 
 def bearer_of(request: httpx.Request) -> str:
-    value = request.headers.get("Authorization", "")
+    value = str(request.headers.get("Authorization", ""))
     assert value.startswith("Bearer "), value
     return value.removeprefix("Bearer ")
 

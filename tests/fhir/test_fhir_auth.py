@@ -7,7 +7,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import httpx
 import jwt
@@ -45,8 +45,9 @@ PATIENT = {"resourceType": "Patient", "id": "p1"}
 
 
 def smart(key: Any, alg: str = "RS384", **kwargs: Any) -> SmartBackendServices:
+    """The client under test; ``alg`` may be one it must refuse (RS256), hence the cast."""
     kwargs.setdefault("token_url", TOKEN_URL)
-    return SmartBackendServices(CLIENT_ID, key, KID, alg, SCOPE, **kwargs)  # type: ignore[arg-type]
+    return SmartBackendServices(CLIENT_ID, key, KID, cast(Literal["RS384", "ES384"], alg), SCOPE, **kwargs)
 
 
 def key_for(alg: str, rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey) -> Any:
@@ -378,7 +379,8 @@ def _pem(key: Any, password: bytes | None = None) -> bytes:
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
     )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    pem: bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    return pem
 
 
 def _jwk(key: Any, kid: str) -> dict[str, Any]:
@@ -393,21 +395,21 @@ def test_load_private_key_from_pem_and_jwk(
 ) -> None:
     pem_file = tmp_path / "key.pem"
     pem_file.write_bytes(_pem(rsa_key))
-    assert load_private_key(pem_file).private_numbers() == rsa_key.private_numbers()  # type: ignore[union-attr]
-    assert load_private_key(str(pem_file)).private_numbers() == rsa_key.private_numbers()  # type: ignore[union-attr]
-    assert load_private_key(_pem(rsa_key).decode()).private_numbers() == rsa_key.private_numbers()  # type: ignore[union-attr]
+    assert load_private_key(pem_file).private_numbers() == rsa_key.private_numbers()
+    assert load_private_key(str(pem_file)).private_numbers() == rsa_key.private_numbers()
+    assert load_private_key(_pem(rsa_key).decode()).private_numbers() == rsa_key.private_numbers()
 
     enc = tmp_path / "enc.pem"
     enc.write_bytes(_pem(ec_key, b"pw"))
-    assert load_private_key(enc, password="pw").private_numbers() == ec_key.private_numbers()  # type: ignore[union-attr]
+    assert load_private_key(enc, password="pw").private_numbers() == ec_key.private_numbers()
     with pytest.raises(ValueError, match="password"):
         load_private_key(enc)
 
     jwks = {"keys": [_jwk(rsa_key, "a"), _jwk(ec_key, "b")]}
     jwks_file = tmp_path / "jwks.json"
     jwks_file.write_text(json.dumps(jwks))
-    assert load_private_key(jwks_file, kid="b").private_numbers() == ec_key.private_numbers()  # type: ignore[union-attr]
-    assert load_private_key(json.dumps(_jwk(rsa_key, "a"))).private_numbers() == rsa_key.private_numbers()  # type: ignore[union-attr]
+    assert load_private_key(jwks_file, kid="b").private_numbers() == ec_key.private_numbers()
+    assert load_private_key(json.dumps(_jwk(rsa_key, "a"))).private_numbers() == rsa_key.private_numbers()
     with pytest.raises(ValueError, match="2 private keys"):
         load_private_key(jwks_file)
     public = {k: v for k, v in _jwk(rsa_key, "a").items() if k not in ("d", "p", "q", "dp", "dq", "qi")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from typing import Any
 
 import httpx
 import pytest
@@ -22,7 +23,7 @@ from tests.fhir.fhir_testkit import BASE, FakeSleep, bundle, json_of, patients
 
 
 def client(fake_sleep: FakeSleep, **settings: object) -> FhirClient:
-    return FhirClient(BASE, settings=ClientSettings(**settings), sleep=fake_sleep)  # type: ignore[arg-type]
+    return FhirClient(BASE, settings=ClientSettings(**settings), sleep=fake_sleep)
 
 
 async def test_read_sends_fhir_headers(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:
@@ -226,17 +227,17 @@ async def test_stats_per_label_and_total(httpx_mock: HTTPXMock, fake_sleep: Fake
     async with client(fake_sleep) as c:
         await c.read("Patient", "a", label="S-001")
         await c.read("Patient", "b", label="S-002")
-        report = c.stats.as_dict()
-    assert report["total"]["requests"] == 3  # type: ignore[index]
-    assert report["total"]["retries"] == 1  # type: ignore[index]
-    assert report["by_label"]["S-001"]["requests"] == 1  # type: ignore[index]
-    assert report["by_label"]["S-002"] == {  # type: ignore[index]
+        report: dict[str, Any] = c.stats.as_dict()
+    assert report["total"]["requests"] == 3
+    assert report["total"]["retries"] == 1
+    assert report["by_label"]["S-001"]["requests"] == 1
+    assert report["by_label"]["S-002"] == {
         "requests": 2,
         "retries": 1,
         "auth_requests": 0,
         "failures": 0,
         "bytes_sent": 0,
-        "bytes_received": report["by_label"]["S-002"]["bytes_received"],  # type: ignore[index]
+        "bytes_received": report["by_label"]["S-002"]["bytes_received"],
     }
 
 
@@ -288,7 +289,7 @@ def test_settings_defaults() -> None:
     assert s.verify is True and s.http2 is False
     assert s.user_agent == f"fhir-adapter/{fhir_adapter.__version__}"
     with pytest.raises(ValueError, match="CA bundle"):
-        ClientSettings(verify="/nonexistent/ca.pem")  # type: ignore[arg-type]
+        ClientSettings(verify="/nonexistent/ca.pem")
 
 
 async def test_http2_without_h2_falls_back(
@@ -327,7 +328,7 @@ async def test_redirects_are_not_followed(httpx_mock: HTTPXMock, fake_sleep: Fak
     assert len(httpx_mock.get_requests()) == 1
 
 
-async def test_long_search_goes_as_post_search_and_pages_by_get(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+async def test_long_search_goes_as_post_search_and_pages_by_get(httpx_mock: HTTPXMock) -> None:
     from urllib.parse import parse_qs
 
     from fhir_adapter.fhir import ClientSettings, FhirClient
@@ -352,7 +353,7 @@ async def test_long_search_goes_as_post_search_and_pages_by_get(httpx_mock) -> N
     assert client.stats.by_label["101-001"].requests == 2
 
 
-async def test_short_search_stays_get(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+async def test_short_search_stays_get(httpx_mock: HTTPXMock) -> None:
     from fhir_adapter.fhir import FhirClient
 
     httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})

@@ -19,7 +19,7 @@ URL = f"{BASE}/Patient/p1"
 
 
 def client(sleep: FakeSleep, transport: httpx.AsyncBaseTransport | None = None, **settings: object) -> FhirClient:
-    return FhirClient(BASE, settings=ClientSettings(**settings), sleep=sleep,  # type: ignore[arg-type]
+    return FhirClient(BASE, settings=ClientSettings(**settings), sleep=sleep,
                       transport=transport)
 
 

@@ -24,7 +24,7 @@ URL = f"{BASE}/Patient/p1"
 
 
 def client(sleep: FakeSleep, **settings: object) -> FhirClient:
-    return FhirClient(BASE, settings=ClientSettings(**settings), sleep=sleep)  # type: ignore[arg-type]
+    return FhirClient(BASE, settings=ClientSettings(**settings), sleep=sleep)
 
 
 async def test_429_retry_after_seconds_then_200(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:

@@ -12,6 +12,7 @@ from fhir_adapter.crf.models import AdverseEvent
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper, AdverseEventSettings
+from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import (
     AE_CAUSALITY_ASSESS,
     AE_SERIOUSNESS,
@@ -90,7 +91,7 @@ def seriousness(code: str, display: str = "") -> dict[str, Any]:
     return cc(AE_SERIOUSNESS, code, display)
 
 
-def run(study, resources: list[dict[str, Any]], settings: AdverseEventSettings | None = None  # type: ignore[no-untyped-def]
+def run(study: Study, resources: list[dict[str, Any]], settings: AdverseEventSettings | None = None
         ) -> tuple[list[AdverseEvent], RunLog]:
     for r in resources:
         assert r4_problem(r) is None, (r.get("id"), r4_problem(r))
@@ -101,7 +102,7 @@ def run(study, resources: list[dict[str, Any]], settings: AdverseEventSettings |
 
 
 # -- plain R4 ----------------------------------------------------------------------------------------
-def test_plain_r4_event(study):  # type: ignore[no-untyped-def]
+def test_plain_r4_event(study: Study) -> None:
     r = ae("a1", severity=severity("moderate"), seriousness=seriousness("serious", "Serious"),
            suspectEntity=[core_entity("Probably-Likely")], outcome=cc(
                "http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved"))
@@ -115,12 +116,12 @@ def test_plain_r4_event(study):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("word", "grade"), [("mild", 1), ("moderate", 2), ("severe", 3)])
-def test_severity_maps_to_an_approximate_grade(study, word, grade):  # type: ignore[no-untyped-def]
+def test_severity_maps_to_an_approximate_grade(study: Study, word: str, grade: int) -> None:
     (a,), _ = run(study, [ae("a", severity=severity(word))])
     assert (a.grade, a.grade_approximate) == (grade, True)
 
 
-def test_missing_grade_is_none_and_counted(study):  # type: ignore[no-untyped-def]
+def test_missing_grade_is_none_and_counted(study: Study) -> None:
     (a,), log = run(study, [ae("a")])
     assert (a.grade, a.grade_approximate) == (None, False) and log.counts["ae.no-grade"] == 1
 
@@ -129,12 +130,12 @@ def test_missing_grade_is_none_and_counted(study):  # type: ignore[no-untyped-de
     ("serious", "Serious", True), ("serious", "serious", True), ("Serious", "", True),
     ("non-serious", "Non-serious", False), ("Non-serious", "", False), ("nonserious", "", False),
 ])
-def test_seriousness_casing(study, code, display, expected):  # type: ignore[no-untyped-def]
+def test_seriousness_casing(study: Study, code: str, display: str, expected: bool) -> None:
     (a,), _ = run(study, [ae("a", seriousness=seriousness(code, display))])
     assert a.serious is expected
 
 
-def test_seriousness_from_text_only(study):  # type: ignore[no-untyped-def]
+def test_seriousness_from_text_only(study: Study) -> None:
     (a,), _ = run(study, [ae("a", seriousness={"text": "Non serious"})])
     assert a.serious is False
 
@@ -143,7 +144,7 @@ def test_seriousness_from_text_only(study):  # type: ignore[no-untyped-def]
     ("Certain", True), ("Probably-Likely", True), ("Possible", True), ("Unlikely", False),
     ("Conditional-Classified", None), ("Unassessable-Unclassifiable", None),
 ])
-def test_each_core_causality_code(study, assessment, related):  # type: ignore[no-untyped-def]
+def test_each_core_causality_code(study: Study, assessment: str, related: bool | None) -> None:
     (a,), _ = run(study, [ae("a", suspectEntity=[core_entity(assessment)])])
     assert (a.related, a.relatedness) == (related, assessment)
 
@@ -152,12 +153,12 @@ def test_each_core_causality_code(study, assessment, related):  # type: ignore[n
     ("Definitely related", True), ("probably related", True), ("possibly related", True), ("Related", True),
     ("not related", False), ("Unrelated", False), ("unlikely", False), ("unknown", None),
 ])
-def test_product_relatedness_text(study, text, related):  # type: ignore[no-untyped-def]
+def test_product_relatedness_text(study: Study, text: str, related: bool | None) -> None:
     (a,), _ = run(study, [ae("a", suspectEntity=[core_entity(text=text)])])
     assert (a.related, a.relatedness) == (related, text)
 
 
-def test_only_the_lcar_aio_entity_counts(study):  # type: ignore[no-untyped-def]
+def test_only_the_lcar_aio_entity_counts(study: Study) -> None:
     fluda = {"resourceType": "Medication", "id": "fluda", "code": cc(
         "http://www.nlm.nih.gov/research/umls/rxnorm", "24698", "fludarabine")}
     r = ae("a", suspectEntity=[core_entity("Certain", ref="Medication/fluda"),
@@ -168,7 +169,7 @@ def test_only_the_lcar_aio_entity_counts(study):  # type: ignore[no-untyped-def]
     assert b.related is None and log.counts["ae.no-product-suspect-entity"] == 1
 
 
-def test_product_identified_by_display_and_by_resolved_procedure(study):  # type: ignore[no-untyped-def]
+def test_product_identified_by_display_and_by_resolved_procedure(study: Study) -> None:
     proc = {"resourceType": "Procedure", "id": "other-proc", "status": "completed",
             "subject": {"reference": "Patient/p1"}, "code": cc(SNOMED, "1156961008", "CAR-T immunotherapy")}
     by_code = ae("a", suspectEntity=[core_entity("Possible", ref="Procedure/other-proc")])
@@ -178,7 +179,7 @@ def test_product_identified_by_display_and_by_resolved_procedure(study):  # type
     assert [a.related for a in cms] == [True, True]
 
 
-def test_unidentified_single_entity_is_read_as_the_product(study):  # type: ignore[no-untyped-def]
+def test_unidentified_single_entity_is_read_as_the_product(study: Study) -> None:
     r = ae("a", suspectEntity=[core_entity("Possible", ref="Medication/not-in-source")])
     (a,), log = run(study, [r])
     assert a.related is True
@@ -189,7 +190,7 @@ def test_unidentified_single_entity_is_read_as_the_product(study):  # type: igno
     assert b.related is None
 
 
-def test_most_related_assessment_wins(study):  # type: ignore[no-untyped-def]
+def test_most_related_assessment_wins(study: Study) -> None:
     entity = core_entity("Unlikely")
     entity["causality"].append({"assessment": cc(AE_CAUSALITY_ASSESS, "Possible")})
     (a,), _ = run(study, [ae("a", suspectEntity=[entity])])
@@ -197,7 +198,7 @@ def test_most_related_assessment_wins(study):  # type: ignore[no-untyped-def]
 
 
 # -- R4 backport ----------------------------------------------------------------------------------------
-def test_backport_event(study):  # type: ignore[no-untyped-def]
+def test_backport_event(study: Study) -> None:
     r = ae("b1", "Immune effector cell-associated neurotoxicity syndrome", code=(ICD10CM, "G92.03"),
            date="2024-02-06T22:30:00+01:00",
            meta={"profile": ["http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/"
@@ -222,31 +223,31 @@ def test_backport_event(study):  # type: ignore[no-untyped-def]
     ("C53256", "Not related", False), ("C53257", "Unlikely related", False),
     ("C53258", "Possibly related", True), ("C53260", "Related", True),
 ])
-def test_each_backport_relatedness_code(study, code, display, related):  # type: ignore[no-untyped-def]
+def test_each_backport_relatedness_code(study: Study, code: str, display: str, related: bool | None) -> None:
     ext = backport_entity(code, display, instance={"valueCodeableConcept": {"text": "LCAR-AIO"}})
     (a,), _ = run(study, [ae("a", extension=[ext])])
     assert (a.related, a.relatedness) == (related, display)
 
 
-def test_backport_entity_without_instance(study):  # type: ignore[no-untyped-def]
+def test_backport_entity_without_instance(study: Study) -> None:
     (a,), log = run(study, [ae("a", extension=[backport_entity("C53260", "Related")])])
     assert a.related is True and log.warnings[0]["rule"] == "unidentified-suspect-entity"
 
 
 @pytest.mark.parametrize(("code", "grade"), [("C41338", 1), ("C41339", 2), ("C41340", 3), ("C41337", 4),
                                              ("C48275", 5)])
-def test_ae_grade_codes(study, code, grade):  # type: ignore[no-untyped-def]
+def test_ae_grade_codes(study: Study, code: str, grade: int) -> None:
     (a,), _ = run(study, [ae("a", extension=[grade_ext(code)], severity=severity("mild"))])
     assert (a.grade, a.grade_approximate) == (grade, False)
 
 
-def test_ae_grade_as_text(study):  # type: ignore[no-untyped-def]
+def test_ae_grade_as_text(study: Study) -> None:
     ext = {"url": EXT_AE_GRADE, "valueCodeableConcept": {"text": "Grade 4"}}
     (a,), _ = run(study, [ae("a", extension=[ext])])
     assert a.grade == 4
 
 
-def test_study_configured_grade_extension(study):  # type: ignore[no-untyped-def]
+def test_study_configured_grade_extension(study: Study) -> None:
     url = "https://hospital.example.org/fhir/StructureDefinition/ctcae-grade"
     settings = study.rule("adverse_events", AdverseEventSettings).model_copy(update={"grade_extension_urls": (url,)})
     (a,), _ = run(study, [ae("a", extension=[{"url": url, "valueInteger": 2}], severity=severity("severe"))],
@@ -254,24 +255,24 @@ def test_study_configured_grade_extension(study):  # type: ignore[no-untyped-def
     assert (a.grade, a.grade_approximate) == (2, False)
 
 
-def test_serious_from_criteria_only(study):  # type: ignore[no-untyped-def]
+def test_serious_from_criteria_only(study: Study) -> None:
     (a,), _ = run(study, [ae("a", extension=[criterion("C48275")])])
     assert (a.serious, a.serious_criteria) == (True, (f"{NCIT}|C48275",))
 
 
 # -- exclusions and quarantine -----------------------------------------------------------------------------
-def test_entered_in_error_is_excluded(study):  # type: ignore[no-untyped-def]
+def test_entered_in_error_is_excluded(study: Study) -> None:
     r = ae("a", modifierExtension=[{"url": EXT_AE_STATUS, "valueCode": "entered-in-error"}])
     out, log = run(study, [r])
     assert out == [] and log.counts["ae.not-used.entered-in-error"] == 1 and not log.quarantine
 
 
-def test_potential_event_is_excluded(study):  # type: ignore[no-untyped-def]
+def test_potential_event_is_excluded(study: Study) -> None:
     out, log = run(study, [ae("a", actuality="potential")])
     assert out == [] and log.counts["ae.not-used.potential"] == 1
 
 
-def test_event_without_term_is_quarantined(study):  # type: ignore[no-untyped-def]
+def test_event_without_term_is_quarantined(study: Study) -> None:
     r = ae("a")
     del r["event"]
     out, log = run(study, [r])
@@ -279,7 +280,7 @@ def test_event_without_term_is_quarantined(study):  # type: ignore[no-untyped-de
 
 
 # -- dates ---------------------------------------------------------------------------------------------
-def test_partial_onset_date_stays_partial(study):  # type: ignore[no-untyped-def]
+def test_partial_onset_date_stays_partial(study: Study) -> None:
     (a,), _ = run(study, [ae("a", date="2024-02")])
     assert (a.onset_date, a.onset_partial, a.study_day, a.pre_infusion) == (None, "2024-02", None, False)
 
@@ -287,17 +288,17 @@ def test_partial_onset_date_stays_partial(study):  # type: ignore[no-untyped-def
 @pytest.mark.parametrize(("date", "pre", "day"), [
     ("2024-01-26", False, -6), ("2024-01-27", True, -5), ("2024-01-31", True, -1), ("2024-02-01", False, 1),
 ])
-def test_pre_infusion_window(study, date, pre, day):  # type: ignore[no-untyped-def]
+def test_pre_infusion_window(study: Study, date: str, pre: bool, day: int) -> None:
     (a,), _ = run(study, [ae("a", "Nausea", code=None, date=date)])
     assert (a.pre_infusion, a.study_day) == (pre, day)
 
 
-def test_detected_when_no_date(study):  # type: ignore[no-untyped-def]
+def test_detected_when_no_date(study: Study) -> None:
     (a,), _ = run(study, [ae("a", date=None, detected="2024-02-10")])
     assert (a.onset_date, a.study_day) == (dt.date(2024, 2, 10), 10)
 
 
-def test_onset_extension_period_gives_resolution_when_resolved(study):  # type: ignore[no-untyped-def]
+def test_onset_extension_period_gives_resolution_when_resolved(study: Study) -> None:
     url = "http://hl7.org/fhir/5.0/StructureDefinition/extension-AdverseEvent.occurrence"
     r = ae("a", date=None, extension=[{"url": url, "valuePeriod": {"start": "2024-02-04", "end": "2024-02-12"}}],
            outcome=cc("http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved"))
@@ -321,6 +322,7 @@ def test_onset_extension_period_gives_resolution_when_resolved(study):  # type: 
     ("Febrile neutropenia", None, False, False, False),
     ("Pyrexia", None, False, False, False),
 ])
-def test_event_flags(study, term, code, crs, icans, haem):  # type: ignore[no-untyped-def]
+def test_event_flags(study: Study, term: str, code: tuple[str, str], crs: bool, icans: bool,
+                haem: bool) -> None:
     (a,), _ = run(study, [ae("a", term, code=code)])
     assert (a.crs, a.icans, a.hematologic) == (crs, icans, haem)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from fhir_adapter.crf.models import ConMed
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.medications.mapper import MedicationMapper
+from fhir_adapter.study.load import Study
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
 SCT = "http://snomed.info/sct"
@@ -67,7 +69,7 @@ def statement(id_: str, med: dict[str, Any] | None = None, dosages: list[dict[st
     return r
 
 
-def run(study, resources: list[dict[str, Any]]) -> tuple[list[ConMed], RunLog]:  # type: ignore[no-untyped-def]
+def run(study: Study, resources: list[dict[str, Any]]) -> tuple[list[ConMed], RunLog]:
     for r in resources:
         assert r4_problem(r) is None, (r.get("id"), r4_problem(r))
     log = RunLog()
@@ -78,7 +80,7 @@ PRED = cc("8640", "prednisone")
 
 
 # -- the four resource types -------------------------------------------------------------------------
-def test_statement_with_ingredient_code_and_qd(study):  # type: ignore[no-untyped-def]
+def test_statement_with_ingredient_code_and_qd(study: Study) -> None:
     (c,), log = run(study, [statement("s1", PRED, [dosage({"doseQuantity": mg(10)}, timing=daily())],
                                       end="2024-02-20")])
     assert (c.drug, c.rxnorm, c.drug_class, c.dose, c.dose_unit) == ("prednisone", "8640", "glucocorticoid", 10, "mg")
@@ -88,7 +90,7 @@ def test_statement_with_ingredient_code_and_qd(study):  # type: ignore[no-untype
     assert c.source.reference == "MedicationStatement/s1" and not log.quarantine
 
 
-def test_request_authored_on_and_validity_period(study):  # type: ignore[no-untyped-def]
+def test_request_authored_on_and_validity_period(study: Study) -> None:
     r = {"resourceType": "MedicationRequest", "id": "r1", "status": "active", "intent": "order",
          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": cc("5521", "hydroxychloroquine"),
          "authoredOn": "2024-01-05T10:00:00Z",
@@ -100,7 +102,7 @@ def test_request_authored_on_and_validity_period(study):  # type: ignore[no-unty
     assert (c.start_date, c.end_date) == (dt.date(2024, 1, 5), dt.date(2024, 4, 5))
 
 
-def test_request_validity_period_start_wins_over_authored_on(study):  # type: ignore[no-untyped-def]
+def test_request_validity_period_start_wins_over_authored_on(study: Study) -> None:
     r = {"resourceType": "MedicationRequest", "id": "r2", "status": "completed", "intent": "order",
          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": PRED, "authoredOn": "2024-01-05",
          "dosageInstruction": [dosage({"doseQuantity": mg(5)}, timing=daily())],
@@ -110,7 +112,7 @@ def test_request_validity_period_start_wins_over_authored_on(study):  # type: ig
     assert (c.start_date, c.end_date, c.status) == (dt.date(2024, 1, 7), dt.date(2024, 2, 5), "completed")
 
 
-def test_dispense_when_handed_over_plus_days_supply(study):  # type: ignore[no-untyped-def]
+def test_dispense_when_handed_over_plus_days_supply(study: Study) -> None:
     r = {"resourceType": "MedicationDispense", "id": "d1", "status": "completed",
          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": cc("200060", "mycophenolate 500"),
          "whenHandedOver": "2024-01-10T15:00:00Z", "daysSupply": {"value": 28, "unit": "d", "system": UCUM,
@@ -123,7 +125,7 @@ def test_dispense_when_handed_over_plus_days_supply(study):  # type: ignore[no-u
     assert (c.start_date, c.end_date) == (dt.date(2024, 1, 10), dt.date(2024, 2, 6))
 
 
-def test_administration_is_one_record_with_the_dose_given(study):  # type: ignore[no-untyped-def]
+def test_administration_is_one_record_with_the_dose_given(study: Study) -> None:
     r = {"resourceType": "MedicationAdministration", "id": "a1", "status": "completed",
          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": cc("6902", "methylprednisolone"),
          "effectiveDateTime": "2024-01-12T08:00:00Z", "dosage": {"route": IV, "dose": mg(0.5, "g")}}
@@ -134,7 +136,7 @@ def test_administration_is_one_record_with_the_dose_given(study):  # type: ignor
     assert c.start_date == c.end_date == dt.date(2024, 1, 12)
 
 
-def test_administration_by_rate_over_its_period(study):  # type: ignore[no-untyped-def]
+def test_administration_by_rate_over_its_period(study: Study) -> None:
     r = {"resourceType": "MedicationAdministration", "id": "a2", "status": "completed",
          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": cc("612865", "tocilizumab"),
          "effectivePeriod": {"start": "2024-02-03T10:00:00Z", "end": "2024-02-03T11:00:00Z"},
@@ -146,7 +148,7 @@ def test_administration_by_rate_over_its_period(study):  # type: ignore[no-untyp
 
 
 # -- the medication ----------------------------------------------------------------------------------
-def test_contained_medication_with_ingredient_strength(study):  # type: ignore[no-untyped-def]
+def test_contained_medication_with_ingredient_strength(study: Study) -> None:
     med = {"resourceType": "Medication", "id": "m", "code": {"text": "Decortin 5 mg Tabletten"},
            "ingredient": [{"itemCodeableConcept": cc("8640", "prednisone"),
                            "strength": {"numerator": mg(5), "denominator": {"value": 1, "unit": "tablet",
@@ -157,7 +159,7 @@ def test_contained_medication_with_ingredient_strength(study):  # type: ignore[n
     assert (c.drug, c.rxnorm, c.dose, c.daily_dose_mg) == ("prednisone", "8640", 15.0, 15.0)
 
 
-def test_referenced_medication_with_scd_code(study):  # type: ignore[no-untyped-def]
+def test_referenced_medication_with_scd_code(study: Study) -> None:
     med = {"resourceType": "Medication", "id": "med-pred20", "code": cc("312615", "predniSONE 20 MG Oral Tablet")}
     r = statement("s3", None, [dosage({"doseQuantity": mg(1, "TAB")}, timing=daily(), route=None)],
                   medicationReference={"reference": "Medication/med-pred20"})
@@ -167,20 +169,20 @@ def test_referenced_medication_with_scd_code(study):  # type: ignore[no-untyped-
     assert (c.route, c.systemic) == ("oral", True)
 
 
-def test_scd_code_tablets_bid(study):  # type: ignore[no-untyped-def]
+def test_scd_code_tablets_bid(study: Study) -> None:
     r = statement("s4", cc("312617", "predniSONE 5 MG Oral Tablet"),
                   [dosage({"doseQuantity": mg(2, "{tbl}")}, timing={"code": cc("BID", system=GTS)})])
     (c,), _ = run(study, [r])
     assert (c.dose, c.frequency_per_day, c.daily_dose_mg) == (10.0, 2.0, 20.0)
 
 
-def test_drug_recognised_by_text_only(study):  # type: ignore[no-untyped-def]
+def test_drug_recognised_by_text_only(study: Study) -> None:
     r = statement("s5", {"text": "Methylprednisolone 4mg tablets"}, [dosage({"doseQuantity": mg(8)}, timing=daily())])
     (c,), _ = run(study, [r])
     assert (c.drug, c.rxnorm, c.drug_class, c.daily_dose_mg) == ("methylprednisolone", "6902", "glucocorticoid", 8.0)
 
 
-def test_unknown_drug_is_kept_as_other(study):  # type: ignore[no-untyped-def]
+def test_unknown_drug_is_kept_as_other(study: Study) -> None:
     r = statement("s6", cc("310965", "Ibuprofen 200 MG Oral Tablet"), [dosage({"doseQuantity": mg(1, "{tbl}")},
                                                                                timing=daily())])
     (c,), log = run(study, [r])
@@ -196,13 +198,13 @@ def test_unknown_drug_is_kept_as_other(study):  # type: ignore[no-untyped-def]
     assert not log.quarantine and log.counts["medications.dose-not-mg"] == 1
 
 
-def test_lymphodepleting_agents_are_not_cm(study):  # type: ignore[no-untyped-def]
+def test_lymphodepleting_agents_are_not_cm(study: Study) -> None:
     r = statement("s7", cc("24698", "fludarabine"), [dosage({"doseQuantity": mg(50)}, timing=daily(), route=IV)])
     cms, log = run(study, [r])
     assert cms == [] and log.counts["medications.study-treatment"] == 1
 
 
-def test_site_local_code_with_strength(study):  # type: ignore[no-untyped-def]
+def test_site_local_code_with_strength(study: Study) -> None:
     from fhir_adapter.mapping.medications.settings import DrugCode, MedicationSettings
 
     base = study.rule("medications", MedicationSettings)
@@ -220,20 +222,20 @@ def test_site_local_code_with_strength(study):  # type: ignore[no-untyped-def]
 
 
 # -- doses -------------------------------------------------------------------------------------------
-def test_dose_range_takes_the_high_end(study):  # type: ignore[no-untyped-def]
+def test_dose_range_takes_the_high_end(study: Study) -> None:
     r = statement("s9", PRED, [dosage({"doseRange": {"low": mg(10), "high": mg(20)}}, timing=daily())])
     (c,), _ = run(study, [r])
     assert (c.dose, c.daily_dose_mg) == (20.0, 20.0)
 
 
-def test_continuous_rate_gives_mg_per_day(study):  # type: ignore[no-untyped-def]
+def test_continuous_rate_gives_mg_per_day(study: Study) -> None:
     rate = {"value": 2, "unit": "mg/h", "system": UCUM, "code": "mg/h"}
     r = statement("s10", cc("3264", "dexamethasone"), [dosage({"rateQuantity": rate}, route=IV)])
     (c,), _ = run(study, [r])
     assert (c.dose, c.dose_unit, c.frequency_per_day, c.daily_dose_mg) == (2.0, "mg/h", None, 48.0)
 
 
-def test_rate_with_duration_and_frequency(study):  # type: ignore[no-untyped-def]
+def test_rate_with_duration_and_frequency(study: Study) -> None:
     rate = {"value": 250, "unit": "mg/h", "system": UCUM, "code": "mg/h"}
     timing = daily(duration=2, durationUnit="h")
     r = statement("s11", cc("6902", "methylprednisolone"), [dosage({"rateQuantity": rate}, timing=timing, route=IV)])
@@ -241,7 +243,7 @@ def test_rate_with_duration_and_frequency(study):  # type: ignore[no-untyped-def
     assert (c.frequency_per_day, c.daily_dose_mg) == (1.0, 500.0)
 
 
-def test_glucocorticoid_dose_not_in_mg_is_quarantined(study):  # type: ignore[no-untyped-def]
+def test_glucocorticoid_dose_not_in_mg_is_quarantined(study: Study) -> None:
     r = statement("s12", PRED, [dosage({"doseQuantity": mg(1, "{tbl}")}, timing=daily())])
     cms, log = run(study, [r])
     assert cms == []
@@ -250,7 +252,7 @@ def test_glucocorticoid_dose_not_in_mg_is_quarantined(study):  # type: ignore[no
     assert "strength" in q.reason and "strength_mg" in q.fix
 
 
-def test_glucocorticoid_without_timing_is_quarantined(study):  # type: ignore[no-untyped-def]
+def test_glucocorticoid_without_timing_is_quarantined(study: Study) -> None:
     cms, log = run(study, [statement("s13", PRED, [dosage({"doseQuantity": mg(10)})])])
     assert cms == [] and log.quarantine[0].rule == "dose-not-mg" and "timing" in log.quarantine[0].reason
 
@@ -275,21 +277,21 @@ def test_glucocorticoid_without_timing_is_quarantined(study):  # type: ignore[no
     ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d", "dayOfWeek": ["mon", "wed", "fri"]}}, 3 / 7),
     ({"repeat": {"period": 1, "periodUnit": "wk", "dayOfWeek": ["mon", "thu"]}}, 2 / 7),
 ])
-def test_timing_forms(study, timing, per_day):  # type: ignore[no-untyped-def]
+def test_timing_forms(study: Study, timing: dict[str, Any], per_day: float) -> None:
     r = statement("t1", PRED, [dosage({"doseQuantity": mg(20)}, timing=timing)])
     (c,), _ = run(study, [r])
     assert c.frequency_per_day == pytest.approx(per_day)
     assert c.daily_dose_mg == pytest.approx(20 * per_day)
 
 
-def test_prednisone_every_other_day_is_10_mg_per_day(study):  # type: ignore[no-untyped-def]
+def test_prednisone_every_other_day_is_10_mg_per_day(study: Study) -> None:
     timing = {"repeat": {"frequency": 1, "period": 2, "periodUnit": "d"}}
     (c,), _ = run(study, [statement("t2", PRED, [dosage({"doseQuantity": mg(20)}, timing=timing)])])
     assert (c.dose, c.frequency_per_day, c.daily_dose_mg) == (20.0, 0.5, 10.0)
 
 
 # -- several dosage lines ----------------------------------------------------------------------------
-def test_taper_by_sequence_gives_consecutive_steps(study):  # type: ignore[no-untyped-def]
+def test_taper_by_sequence_gives_consecutive_steps(study: Study) -> None:
     steps = [dosage({"doseQuantity": mg(dose)}, sequence=i + 1,
                     timing=daily(boundsDuration={"value": 7, "unit": "d", "system": UCUM, "code": "d"}))
              for i, dose in enumerate((20, 15, 10, 7.5))]
@@ -302,7 +304,7 @@ def test_taper_by_sequence_gives_consecutive_steps(study):  # type: ignore[no-un
     ]
 
 
-def test_taper_last_step_runs_to_the_resource_end(study):  # type: ignore[no-untyped-def]
+def test_taper_last_step_runs_to_the_resource_end(study: Study) -> None:
     steps = [dosage({"doseQuantity": mg(10)}, sequence=1,
                     timing=daily(boundsPeriod={"start": "2024-03-01", "end": "2024-03-10"})),
              dosage({"doseQuantity": mg(5)}, sequence=2, timing=daily())]
@@ -311,7 +313,7 @@ def test_taper_last_step_runs_to_the_resource_end(study):  # type: ignore[no-unt
         (10.0, dt.date(2024, 3, 1), dt.date(2024, 3, 10)), (5.0, dt.date(2024, 3, 11), dt.date(2024, 4, 30))]
 
 
-def test_same_sequence_lines_are_concurrent(study):  # type: ignore[no-untyped-def]
+def test_same_sequence_lines_are_concurrent(study: Study) -> None:
     am = dosage({"doseQuantity": mg(20)}, sequence=1, timing={"code": cc("AM", system=GTS)})
     pm = dosage({"doseQuantity": mg(10)}, sequence=1, timing={"code": cc("PM", system=GTS)})
     cms, _ = run(study, [statement("h1", cc("5492", "hydrocortisone"), [am, pm], start="2024-01-01")])
@@ -319,7 +321,7 @@ def test_same_sequence_lines_are_concurrent(study):  # type: ignore[no-untyped-d
     assert {c.start_date for c in cms} == {dt.date(2024, 1, 1)} and {c.end_date for c in cms} == {None}
 
 
-def test_topical_glucocorticoid_is_not_systemic_and_never_quarantined(study):  # type: ignore[no-untyped-def]
+def test_topical_glucocorticoid_is_not_systemic_and_never_quarantined(study: Study) -> None:
     topical = {"coding": [{"system": SCT, "code": "6064005", "display": "Topical route"}]}
     r = statement("c1", cc("10759", "triamcinolone"), [dosage({"doseQuantity": {"value": 1, "unit": "application"}},
                                                               timing={"code": cc("BID", system=GTS)}, route=topical)])
@@ -329,7 +331,7 @@ def test_topical_glucocorticoid_is_not_systemic_and_never_quarantined(study):  #
     assert not log.quarantine
 
 
-def test_route_from_text(study):  # type: ignore[no-untyped-def]
+def test_route_from_text(study: Study) -> None:
     r = statement("c2", cc("5521"), [dosage({"doseQuantity": mg(200)}, timing=daily(), route={"text": "by mouth"})])
     (c,), _ = run(study, [r])
     assert (c.route, c.systemic) == ("oral", True)
@@ -337,19 +339,19 @@ def test_route_from_text(study):  # type: ignore[no-untyped-def]
 
 # -- statuses, dates, versions -----------------------------------------------------------------------
 @pytest.mark.parametrize("status", ["entered-in-error", "intended"])
-def test_unused_statement_statuses_are_counted(study, status):  # type: ignore[no-untyped-def]
+def test_unused_statement_statuses_are_counted(study: Study, status: str) -> None:
     cms, log = run(study, [statement("x", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())], status=status)])
     assert cms == [] and log.counts[f"medications.not-used.{status}"] == 1 and not log.quarantine
 
 
-def test_not_taken_statement_is_kept_as_evidence_without_a_dose(study):  # type: ignore[no-untyped-def]
+def test_not_taken_statement_is_kept_as_evidence_without_a_dose(study: Study) -> None:
     cms, log = run(study, [statement("x", PRED, [], status="not-taken")])
     assert [(c.drug, c.status, c.daily_dose_mg) for c in cms] == [("prednisone", "not-taken", None)]
     assert log.counts["medications.evidence.not-taken"] == 1 and not log.quarantine
 
 
 @pytest.mark.parametrize("status", ["cancelled", "draft"])
-def test_unused_request_statuses_are_counted(study, status):  # type: ignore[no-untyped-def]
+def test_unused_request_statuses_are_counted(study: Study, status: str) -> None:
     r = {"resourceType": "MedicationRequest", "id": "x", "status": status, "intent": "order",
          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": PRED, "authoredOn": "2024-01-05"}
     cms, log = run(study, [r])
@@ -357,23 +359,23 @@ def test_unused_request_statuses_are_counted(study, status):  # type: ignore[no-
 
 
 @pytest.mark.parametrize("status", ["stopped", "completed", "on-hold"])
-def test_used_statuses(study, status):  # type: ignore[no-untyped-def]
+def test_used_statuses(study: Study, status: str) -> None:
     (c,), _ = run(study, [statement("x", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())], status=status)])
     assert c.status == status
 
 
-def test_partial_start_date_is_kept_partial(study):  # type: ignore[no-untyped-def]
+def test_partial_start_date_is_kept_partial(study: Study) -> None:
     (c,), _ = run(study, [statement("x", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())],
                                     start="2023-06", end="2024-01-15")])
     assert (c.start_date, c.partial_start, c.end_date, c.partial_end) == (None, "2023-06", dt.date(2024, 1, 15), None)
 
 
-def test_missing_date_is_quarantined(study):  # type: ignore[no-untyped-def]
+def test_missing_date_is_quarantined(study: Study) -> None:
     cms, log = run(study, [statement("x", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())], start=None)])
     assert cms == [] and log.quarantine[0].rule == "missing-date"
 
 
-def test_latest_version_wins(study):  # type: ignore[no-untyped-def]
+def test_latest_version_wins(study: Study) -> None:
     v1 = statement("v", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())], meta={"versionId": "1"})
     v2 = statement("v", PRED, [dosage({"doseQuantity": mg(7.5)}, timing=daily())], meta={"versionId": "2"})
     (c,), _ = run(study, [v2, v1])
@@ -381,7 +383,7 @@ def test_latest_version_wins(study):  # type: ignore[no-untyped-def]
 
 
 # -- the mapping file ----------------------------------------------------------------------------------
-def test_unknown_code_system_alias_is_a_load_error_with_its_line(tmp_path):  # type: ignore[no-untyped-def]
+def test_unknown_code_system_alias_is_a_load_error_with_its_line(tmp_path: Path) -> None:
     import shutil
     from pathlib import Path
 

@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
+from fhir_adapter.crf.models import Finding
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import ObservationMapper
+from fhir_adapter.study.load import Study
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -30,7 +32,7 @@ def obs(id_: str, code: str, value: Any = None, unit: str | None = None, *, syst
     return o
 
 
-def mapped(study, resources):  # type: ignore[no-untyped-def]
+def mapped(study: Study, resources: list[dict[str, Any]]) -> tuple[list[Finding], RunLog]:
     log = RunLog()
     return ObservationMapper(study, log).map(resources, "T-001"), log
 
@@ -47,26 +49,27 @@ def mapped(study, resources):  # type: ignore[no-untyped-def]
     ("2889-4", 650, "mg/(24.h)", "protein_24h", 0.65),
     ("2160-0", 88.4, "umol/L", "creatinine", 1.0),
 ])
-def test_units_are_normalised_to_the_crf_unit(study, code, value, unit, item, expected):  # type: ignore[no-untyped-def]
+def test_units_are_normalised_to_the_crf_unit(study: Study, code: str, value: float, unit: str, item: str,
+                                         expected: float) -> None:
     (f,), log = mapped(study, [obs("o1", code, value, unit)])
     assert f.item == item and f.value == pytest.approx(expected, rel=1e-4)
     assert f.orig_unit == unit and f.unit == study.items[item].unit
     assert not log.quarantine
 
 
-def test_pga_in_mm_converts_to_score(study):  # type: ignore[no-untyped-def]
+def test_pga_in_mm_converts_to_score(study: Study) -> None:
     (f,), _ = mapped(study, [obs("o1", "sle-pga", 40, "mm", system=CLIN)])
     assert f.item == "pga" and f.value == pytest.approx(1.2)
 
 
-def test_reference_range_converted_with_the_value(study):  # type: ignore[no-untyped-def]
+def test_reference_range_converted_with_the_value(study: Study) -> None:
     o = obs("o1", "4485-9", 80, "mg/dL", referenceRange=[{"low": {"value": 90, "unit": "mg/dL"},
                                                           "high": {"value": 180, "unit": "mg/dL"}}])
     (f,), _ = mapped(study, [o])
     assert (f.value, f.ref_low, f.ref_high) == (0.8, 0.9, 1.8)
 
 
-def test_unknown_unit_is_quarantined_with_the_fix(study):  # type: ignore[no-untyped-def]
+def test_unknown_unit_is_quarantined_with_the_fix(study: Study) -> None:
     fs, log = mapped(study, [obs("o1", "4485-9", 95, "mmol/L"), obs("o2", "777-3", 150, "10*9/L")])
     assert [f.item for f in fs] == ["platelets"]
     (q,) = log.quarantine
@@ -74,13 +77,13 @@ def test_unknown_unit_is_quarantined_with_the_fix(study):  # type: ignore[no-unt
     assert "accept_units" in q.fix and "c3" in q.fix
 
 
-def test_missing_date_and_out_of_bounds_are_quarantined(study):  # type: ignore[no-untyped-def]
+def test_missing_date_and_out_of_bounds_are_quarantined(study: Study) -> None:
     fs, log = mapped(study, [obs("o1", "777-3", 150, "10*9/L", when=None), obs("o2", "8310-5", 60, "Cel")])
     assert fs == []
     assert sorted(q.rule for q in log.quarantine) == ["missing-date", "out-of-bounds"]
 
 
-def test_status_rules(study):  # type: ignore[no-untyped-def]
+def test_status_rules(study: Study) -> None:
     fs, log = mapped(study, [
         obs("a", "777-3", 10, "10*9/L", status="entered-in-error"),
         obs("b", "777-3", 11, "10*9/L", status="cancelled"),
@@ -91,19 +94,19 @@ def test_status_rules(study):  # type: ignore[no-untyped-def]
     assert not log.quarantine and log.counts["observations.not-used.entered-in-error"] == 1
 
 
-def test_latest_version_wins(study):  # type: ignore[no-untyped-def]
+def test_latest_version_wins(study: Study) -> None:
     v1 = obs("a", "4485-9", 0.7, "g/L", meta={"versionId": "1"})
     v2 = obs("a", "4485-9", 0.9, "g/L", status="amended", meta={"versionId": "2"})
     (f,), _ = mapped(study, [v2, v1])
     assert f.value == 0.9 and f.source.version == "2" and f.source.reference == "Observation/a/_history/2"
 
 
-def test_duplicates_count_once(study):  # type: ignore[no-untyped-def]
+def test_duplicates_count_once(study: Study) -> None:
     fs, log = mapped(study, [obs("a", "777-3", 150, "10*9/L"), obs("b", "777-3", 150, "10*9/L")])
     assert len(fs) == 1 and log.counts["observations.duplicates"] == 1
 
 
-def test_string_numbers_comparators_and_components(study):  # type: ignore[no-untyped-def]
+def test_string_numbers_comparators_and_components(study: Study) -> None:
     s = obs("s", "5130-0", valueString="45")
     lloq = obs("q", "2890-2", 0.2, "mg/mg")
     lloq["valueQuantity"]["comparator"] = "<"
@@ -119,7 +122,7 @@ def test_string_numbers_comparators_and_components(study):  # type: ignore[no-un
     assert not log.quarantine
 
 
-def test_coded_and_boolean_values(study):  # type: ignore[no-untyped-def]
+def test_coded_and_boolean_values(study: Study) -> None:
     pos = obs("p", "anti-car-antibody", system=CLIN, valueCodeableConcept={
         "coding": [{"system": "http://snomed.info/sct", "code": "10828004", "display": "Positive"}]})
     desc = obs("d", "arthritis", system="https://fhir-adapter.org/fhir/CodeSystem/sledai-2k-descriptor",
@@ -130,14 +133,14 @@ def test_coded_and_boolean_values(study):  # type: ignore[no-untyped-def]
     assert [q.rule for q in log.quarantine] == ["unknown-code"]
 
 
-def test_dates_in_the_site_time_zone(study):  # type: ignore[no-untyped-def]
+def test_dates_in_the_site_time_zone(study: Study) -> None:
     (f,), _ = mapped(study, [obs("a", "777-3", 150, "10*9/L", when="2024-03-05T23:30:00-03:00")])
     assert str(f.date) == "2024-03-06"  # UTC is the study default
     (f,), _ = mapped(study, [obs("a", "777-3", 150, "10*9/L", when="2024-03")])
     assert f.date is None and f.partial_date == "2024-03"
 
 
-def test_original_value_text_does_not_depend_on_how_json_carried_the_number(study):  # type: ignore[no-untyped-def]
+def test_original_value_text_does_not_depend_on_how_json_carried_the_number(study: Study) -> None:
     # a file export keeps 37.0, a JavaScript server returns 37: ORRES must read the same from both sources
     (a,), _ = mapped(study, [obs("o1", "8310-5", 37.0, "Cel")])
     (b,), _ = mapped(study, [obs("o1", "8310-5", 37, "Cel")])

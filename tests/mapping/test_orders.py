@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
+from fhir_adapter.crf.models import ConMed
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, pred_eq_on
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.medications.mapper import MedicationMapper
+from fhir_adapter.study.load import Study
 
 RX = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
@@ -40,7 +42,7 @@ def order(id_: str, code: str, display: str, count: float | None, *, frequency: 
     return r
 
 
-def mapped(study, resources):  # type: ignore[no-untyped-def]
+def mapped(study: Study, resources: list[dict[str, Any]]) -> tuple[list[ConMed], RunLog]:
     for r in resources:
         assert r4_problem(r) is None
     log = RunLog()
@@ -55,8 +57,9 @@ def mapped(study, resources):  # type: ignore[no-untyped-def]
     ("197582", "dexAMETHasone 4 MG Oral Tablet", 0.5, 1, 1, "dexamethasone", 2.0, 13.34),
     ("102858", "prednisolone 5 MG Oral Tablet [Stintisone]", 1.5, 1, 1, "prednisolone", 7.5, 7.5),
 ])
-def test_order_dose_is_count_times_strength_times_frequency(study, code, display, count, frequency, period, drug,  # type: ignore[no-untyped-def]
-                                                            daily, pred_eq):
+def test_order_dose_is_count_times_strength_times_frequency(study: Study, code: str, display: str, count: float,
+                                                            frequency: int, period: int, drug: str,
+                                                            daily: float, pred_eq: float) -> None:
     (c,), log = mapped(study, [order("o1", code, display, count, frequency=frequency, period=period)])
     assert (c.drug, c.drug_class, c.source_kind, c.daily_dose_mg) == (drug, "glucocorticoid", "request", daily)
     assert (c.route, c.systemic) == ("oral", True)                  # from the dose form "Oral Tablet"
@@ -67,7 +70,7 @@ def test_order_dose_is_count_times_strength_times_frequency(study, code, display
     assert pred_eq_on([c], dt.date(2024, 2, 7), gc).mg_per_day is None  # order over, no evidence of 0
 
 
-def test_strength_from_the_medication_resource(study):  # type: ignore[no-untyped-def]
+def test_strength_from_the_medication_resource(study: Study) -> None:
     r = order("o2", "000000", "local steroid", 3)
     del r["medicationCodeableConcept"]
     r["medicationReference"] = {"reference": "#m"}
@@ -81,7 +84,7 @@ def test_strength_from_the_medication_resource(study):  # type: ignore[no-untype
     assert (c.drug, c.daily_dose_mg) == ("prednisolone", 7.5)
 
 
-def test_an_order_whose_dose_cannot_be_worked_out_is_quarantined(study):  # type: ignore[no-untyped-def]
+def test_an_order_whose_dose_cannot_be_worked_out_is_quarantined(study: Study) -> None:
     # a concentration is not a tablet strength: "1" of it is no dose in mg
     cms, log = mapped(study, [order("o3", "000001", "prednisolone 3 MG/ML Oral Solution", 1)])
     assert cms == [] and [q.rule for q in log.quarantine] == ["dose-not-mg"]
@@ -89,7 +92,7 @@ def test_an_order_whose_dose_cannot_be_worked_out_is_quarantined(study):  # type
     assert cms == [] and [q.rule for q in log.quarantine] == ["dose-not-mg"]
 
 
-def test_only_orders_count_and_statements_beat_orders(study):  # type: ignore[no-untyped-def]
+def test_only_orders_count_and_statements_beat_orders(study: Study) -> None:
     cms, log = mapped(study, [order("p1", "312617", "predniSONE 5 MG Oral Tablet", 4, intent="plan")])
     assert cms == [] and log.counts["medications.not-used.intent-plan"] == 1
     statement = {"resourceType": "MedicationStatement", "id": "s1", "status": "active",

@@ -11,6 +11,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.participation import Span, bound_adverse_events, participation
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.roster.enrollees import Enrollee
+from fhir_adapter.study.load import Study
 
 DAY1 = dt.date(2024, 3, 1)
 
@@ -29,7 +30,7 @@ def temp(id_: str, when: str, value: float = 37.0) -> dict[str, Any]:
             "valueQuantity": {"value": value, "unit": "Cel", "system": "http://unitsofmeasure.org", "code": "Cel"}}
 
 
-def test_span_falls_back_to_the_schedule(study) -> None:  # type: ignore[no-untyped-def]
+def test_span_falls_back_to_the_schedule(study: Study) -> None:
     s = participation(enrollee(None), study)
     assert (s.start, s.start_basis) == (DAY1 - dt.timedelta(days=56), "screening_window")
     assert (s.end, s.end_basis) == (DAY1 + dt.timedelta(days=749), "last_window")
@@ -38,7 +39,7 @@ def test_span_falls_back_to_the_schedule(study) -> None:  # type: ignore[no-unty
                                                              dt.date(2024, 9, 1), "end_of_study")
 
 
-def test_no_visit_before_consent_or_after_end_of_study(study) -> None:  # type: ignore[no-untyped-def]
+def test_no_visit_before_consent_or_after_end_of_study(study: Study) -> None:
     log = RunLog()
     resources = [
         temp("old", "1982-07-03"),         # decades before consent: no unscheduled visit
@@ -59,7 +60,7 @@ def test_no_visit_before_consent_or_after_end_of_study(study) -> None:  # type: 
     assert any(w["rule"] == "participation" for w in log.warnings)
 
 
-def test_without_research_subject_dates_the_schedule_bounds_unscheduled_visits(study) -> None:  # type: ignore[no-untyped-def]
+def test_without_research_subject_dates_the_schedule_bounds_unscheduled_visits(study: Study) -> None:
     log = RunLog()
     # day -91 (before the screening window), day 762 (after the W104 window), day 11 (between W1 and W2)
     resources = [temp("a", "2023-12-01"), temp("b", "2026-04-01"), temp("c", "2024-03-11")]
@@ -76,7 +77,7 @@ def adverse_event(id_: str, when: str | None, term: str = "Headache") -> dict[st
     return r
 
 
-def test_adverse_events_before_consent_are_history_and_after_end_of_study_are_out(study) -> None:  # type: ignore[no-untyped-def]
+def test_adverse_events_before_consent_are_history_and_after_end_of_study_are_out(study: Study) -> None:
     log = RunLog()
     resources = [
         adverse_event("before", "2024-01-05", "Migraine"),   # before consent (2024-01-20): pre-existing

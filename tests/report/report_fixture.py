@@ -32,8 +32,9 @@ def _kinetic(i: int, day: int) -> float:
     """Peak of 10^(4 + i/4) copies/ug DNA at day 11 (index 3), below LLOQ (20) before infusion."""
     if day < 1:
         return 20.0
-    peak = 10 ** (4 + i / 4)
-    return round(peak * (0.5 ** (abs(day - 11) / 14)), 1)
+    peak: float = 10 ** (4 + i / 4)
+    decay: float = 0.5 ** (abs(day - 11) / 14)
+    return round(peak * decay, 1)
 
 
 def crf(i: int) -> SubjectCRF:
@@ -42,7 +43,7 @@ def crf(i: int) -> SubjectCRF:
     visits, findings = [], []
     for n, (vid, day) in enumerate(VISITS):
         date = day1 + dt.timedelta(days=day - 1 if day >= 1 else day)
-        values = {}
+        values: dict[str, Finding] = {}
         for item, value, unit in (("upcr", round((1 + 0.15 * i) * 2.0 / (n + 1), 3), "mg/mg"),
                                   ("c3", round(0.5 + 0.02 * i + 0.05 * n, 3), "g/L"),
                                   ("pga", round(max(0.0, 2.5 - 0.1 * (i % 3) - 0.3 * n), 2), "{score}")):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Section]:
     return {s.id: s for s in sections(load(out))}
 
 
-def _table(sec_blocks: list[object], caption_start: str) -> TableBlock:
+def _table(sec_blocks: Sequence[object], caption_start: str) -> TableBlock:
     return next(b for b in sec_blocks if isinstance(b, TableBlock) and b.caption.startswith(caption_start))
 
 
@@ -60,7 +61,7 @@ def test_summary_shows_dose_escalation_and_rp2d(built: dict[str, Section]) -> No
     assert ["DL3", "2", "2", "2", "1", "stay"] in doses.rows
     rp2d = _table(summary.blocks, "Recommended phase 2 dose")
     assert rp2d.rows[0][:2] == ["DL3", "3+3"]
-    enrol = dict(_table(summary.blocks, "Enrolment").rows)  # type: ignore[arg-type]
+    enrol = dict(_table(summary.blocks, "Enrolment").rows)
     assert enrol["Infused (Day 1 known)"] == "8"
     assert enrol["Follow-up, latest study day with data: median (range)"] == "365 (365–365) days, n=8"
 

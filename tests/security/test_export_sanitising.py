@@ -16,6 +16,7 @@ from fhir_adapter.export.sanitize import csv_cell, xml_text
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
@@ -31,7 +32,7 @@ def _ae(f: Feed, pid: str, aid: str, term: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory, study) -> tuple[Path, dict[str, Any]]:  # type: ignore[no-untyped-def]
+def exported(tmp_path_factory: pytest.TempPathFactory, study: Study) -> tuple[Path, dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("sanitise")
     f = Feed()
     subjects = {"p1": "101-001", "p2": "101\x00-002", "p3": "=1+1"}

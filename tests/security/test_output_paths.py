@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,10 @@ from fhir_adapter.job.outpaths import (
     quarantine_file_name,
     subject_file_name,
 )
-from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.pipeline import RunSummary, run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
@@ -33,7 +35,7 @@ def _feed(subject_ids: list[str]) -> Feed:
     return f
 
 
-def _run(tmp_path: Path, f: Feed, study):  # type: ignore[no-untyped-def]
+def _run(tmp_path: Path, f: Feed, study: Study) -> tuple[RunSummary, Path, dict[str, Any]]:
     feed = f.write(tmp_path / "work" / "feed")
     out = tmp_path / "work" / "out"
     log = RunLog()
@@ -48,7 +50,7 @@ def _all_files(root: Path) -> set[Path]:
 
 @pytest.mark.parametrize("rtype", ["../../PWNED", "../PWNED", "/tmp/fhir-adapter-PWNED", "Obs\x00ervation",
                                    "X" * 5000, "Observation/../../x", "..", ""])
-def test_resource_type_never_names_a_path(tmp_path: Path, study, rtype: str) -> None:  # type: ignore[no-untyped-def]
+def test_resource_type_never_names_a_path(tmp_path: Path, study: Study, rtype: str) -> None:
     f = _feed(["101-001"])
     f.raw_lines.append(json.dumps({"resourceType": rtype, "id": "x"}).encode())
     before = _all_files(tmp_path)
@@ -99,7 +101,7 @@ def test_inside_refuses_paths_outside_out(tmp_path: Path) -> None:
             inside(out, bad)
 
 
-def test_slash_and_underscore_subjects_keep_their_own_files(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_slash_and_underscore_subjects_keep_their_own_files(tmp_path: Path, study: Study) -> None:
     summary, out, _ = _run(tmp_path, _feed(["a/b", "a_b", "../evil", "/abs"]), study)
     assert summary.subjects == 4 and not summary.subjects_failed
     crfs = {json.loads(p.read_text())["subject_id"] for p in (out / "crf").glob("*.json")}
@@ -108,7 +110,7 @@ def test_slash_and_underscore_subjects_keep_their_own_files(tmp_path: Path, stud
     assert not (tmp_path / "work" / "evil.json").exists() and not Path("/abs.json").exists()
 
 
-def test_long_subject_id_is_processed(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_long_subject_id_is_processed(tmp_path: Path, study: Study) -> None:
     long_id = "1" * 300
     summary, out, _ = _run(tmp_path, _feed([long_id]), study)
     assert summary.subjects == 1 and not summary.subjects_failed
@@ -117,7 +119,7 @@ def test_long_subject_id_is_processed(tmp_path: Path, study) -> None:  # type: i
     assert len(crf.name) <= MAX_NAME + len(".json")
 
 
-def test_case_clash_fails_the_second_subject_naming_both(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_case_clash_fails_the_second_subject_naming_both(tmp_path: Path, study: Study) -> None:
     summary, _, report = _run(tmp_path, _feed(["AB-1", "ab-1"]), study)
     assert summary.subjects == 1 and len(summary.subjects_failed) == 1
     msg = next(w["message"] for w in report["warnings"] if w.get("rule") == "subject-failed")

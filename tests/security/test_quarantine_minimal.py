@@ -13,6 +13,7 @@ from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
@@ -41,7 +42,7 @@ def _run(tmp: Path, study: Any, **kw: Any) -> tuple[Path, list[dict[str, Any]]]:
     return tmp / "out", lines
 
 
-def test_quarantine_keeps_no_chart_by_default(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_quarantine_keeps_no_chart_by_default(tmp_path: Path, study: Study) -> None:
     out, lines = _run(tmp_path, study)
     text = (out / "quarantine" / "Observation.ndjson").read_text()
     assert "Jane" not in text and "4711" not in text and "House" not in text
@@ -52,13 +53,13 @@ def test_quarantine_keeps_no_chart_by_default(tmp_path: Path, study) -> None:  #
     assert "resource" not in stranger
 
 
-def test_full_copies_only_when_asked(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_full_copies_only_when_asked(tmp_path: Path, study: Study) -> None:
     _, lines = _run(tmp_path, study, quarantine_full_copies=True)
     stranger = next(rec for rec in lines if rec["reason"].get("id") == "plt-stranger")
     assert stranger["resource"]["subject"]["display"] == NAME_AND_MRN
 
 
-def test_a_quoted_decimal_is_quarantined_not_mapped(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_a_quoted_decimal_is_quarantined_not_mapped(tmp_path: Path, study: Study) -> None:
     out, lines = _run(tmp_path, study)
     crf = json.loads((out / "crf" / "101-001.json").read_text())
     ids = {f["source"]["id"] for f in crf["findings"]}
@@ -69,8 +70,8 @@ def test_a_quoted_decimal_is_quarantined_not_mapped(tmp_path: Path, study) -> No
 
 
 def test_quoted_numbers_and_booleans_anywhere() -> None:
-    obs = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
-           "valueQuantity": {"value": 12.5}}
+    obs: dict[str, Any] = {"resourceType": "Observation", "id": "o", "status": "final", "code": {"text": "x"},
+                           "valueQuantity": {"value": 12.5}}
     assert r4_problem(obs) is None
     obs["component"] = [{"code": {"text": "c"}, "valueInteger": "3"}]
     assert "component.0.valueInteger" in str(r4_problem(obs))

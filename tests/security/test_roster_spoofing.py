@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.pipeline import RunSummary, run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import RosterError, build_roster
 from fhir_adapter.source.base import ref_id
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 from tests.feedkit import SUBJECT_SYSTEM, Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
@@ -29,7 +30,7 @@ def _rs(rid: str, pid: str, sid: str) -> dict[str, Any]:
             "identifier": [{"system": SUBJECT_SYSTEM, "value": sid}], "period": {"start": "2024-01-05"}}
 
 
-def _run(folder: Path, f: Feed, study):  # type: ignore[no-untyped-def]
+def _run(folder: Path, f: Feed, study: Study) -> tuple[RunSummary, dict[str, Any]]:
     feed = f.write(folder / "feed")
     log = RunLog()
     summary = run(FileSource(feed, log), study, folder / "out", runlog=log)
@@ -41,7 +42,7 @@ def _crf_ids(out: Path) -> dict[str, set[str]]:
             for p in (out / "crf").glob("*.json")}
 
 
-def test_a_second_research_subject_cannot_take_a_subject_id(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_research_subject_cannot_take_a_subject_id(tmp_path: Path, study: Study) -> None:
     f = Feed()
     # the spoof comes first in the file and points at a patient who is not enrolled
     f.add({"resourceType": "Patient", "id": "intruder", "gender": "male", "birthDate": "1960-01-01"})
@@ -60,7 +61,7 @@ def test_a_second_research_subject_cannot_take_a_subject_id(tmp_path: Path, stud
     assert summary.exit_code == 2
 
 
-def test_one_patient_enrolled_twice_is_refused(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_one_patient_enrolled_twice_is_refused(tmp_path: Path, study: Study) -> None:
     f = Feed()
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     f.add(_rs("rs-again", "p1", "103-009"))
@@ -70,7 +71,7 @@ def test_one_patient_enrolled_twice_is_refused(tmp_path: Path, study) -> None:  
     assert {q.id for q in log.quarantine if q.rule == "duplicate-subject"} == {"rs-p1", "rs-again"}
 
 
-def test_differing_patients_with_one_id_are_refused(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_differing_patients_with_one_id_are_refused(tmp_path: Path, study: Study) -> None:
     f = Feed()
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     f.subject("p2", "103-002", name="Other Subject", mrn="MRN-2", birth="1981-01-01", day1=DAY1)
@@ -89,7 +90,7 @@ def _two_studies(f: Feed, system: str) -> None:
            "identifier": [{"system": system, "value": "LCAR-AIO-SLE"}]})
 
 
-def test_study_identifier_under_another_system_stops_the_run(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_study_identifier_under_another_system_stops_the_run(tmp_path: Path, study: Study) -> None:
     f = Feed()  # its own ResearchStudy carries the value without a system
     _two_studies(f, "https://other-sponsor.example/studies")
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
@@ -98,7 +99,7 @@ def test_study_identifier_under_another_system_stops_the_run(tmp_path: Path, stu
         build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
 
 
-def test_study_identifier_system_when_configured(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_study_identifier_system_when_configured(tmp_path: Path, study: Study) -> None:
     system = "https://fhir-adapter.org/fhir/sid/research-study"
     f = Feed()
     f.resources["ResearchStudy"][0]["identifier"][0]["system"] = system
@@ -113,7 +114,7 @@ def test_study_identifier_system_when_configured(tmp_path: Path, study) -> None:
     assert {e.subject_id for e in roster.enrolled.values()} == {"103-001"}
 
 
-def test_value_only_match_is_reported(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_value_only_match_is_reported(tmp_path: Path, study: Study) -> None:
     f = Feed()
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     log = RunLog()
@@ -132,7 +133,7 @@ def test_ref_id_resolves_only_the_sources_own_references() -> None:
     assert ref_id("Group/g/Patient/p1", "Patient") is None
 
 
-def test_foreign_and_urn_references_never_reach_the_enrolled_patient(tmp_path: Path, study) -> None:  # type: ignore[no-untyped-def]
+def test_foreign_and_urn_references_never_reach_the_enrolled_patient(tmp_path: Path, study: Study) -> None:
     f = Feed()
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     f.obs("p1", "777-3", at(DAY1, 29), value=150, unit="10*9/L", id_="own-relative")

@@ -18,7 +18,7 @@ from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.testing.feed_loader import put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
 from fhir_adapter.writeback.ownership import has_owner_tag
-from fhir_adapter.writeback.sink import transaction_entries, write_subject
+from fhir_adapter.writeback.sink import WriteResult, transaction_entries, write_subject
 
 E = Enrollee(subject_id="101-001", patient_id="p1",
              research_subject=SourceRef(resource_type="ResearchSubject", id="r1"),
@@ -39,7 +39,7 @@ def on_server(base: str) -> dict[str, dict[str, Any]]:
     return {str(r["identifier"][0]["value"]) + ("" if has_owner_tag(r) else "@foreign"): r for r in found}
 
 
-async def write(base: str, desired: list[dict[str, Any]], **kw: Any):  # type: ignore[no-untyped-def]
+async def write(base: str, desired: list[dict[str, Any]], **kw: Any) -> WriteResult:
     async with FhirClient(base) as client:
         return await write_subject(client, E, desired, ["Observation/src1"], {"p1"}, now=NOW, **kw)
 

@@ -59,6 +59,9 @@ def enrolment(patient_ids: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+SyntheaRun = tuple[Path, RunSummary, RunLog, Study]
+
+
 @pytest.fixture(scope="module")
 def synthea_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunSummary, RunLog, Study]:
     root = tmp_path_factory.mktemp("synthea")
@@ -83,7 +86,7 @@ def _crfs(out: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted((out / "crf").glob("*.json"))}
 
 
-def test_what_is_mapped(synthea_run) -> None:  # type: ignore[no-untyped-def]
+def test_what_is_mapped(synthea_run: SyntheaRun) -> None:
     out, summary, log, _ = synthea_run
     assert (summary.subjects, summary.subjects_failed, summary.visits) == (3, [], 2)
     crfs = _crfs(out)
@@ -111,7 +114,7 @@ def test_what_is_mapped(synthea_run) -> None:  # type: ignore[no-untyped-def]
     assert not any(m["drug_class"] == "glucocorticoid" for c in crfs.values() for m in c["cm"])
 
 
-def test_what_is_quarantined_and_why(synthea_run) -> None:  # type: ignore[no-untyped-def]
+def test_what_is_quarantined_and_why(synthea_run: SyntheaRun) -> None:
     out, summary, log, _ = synthea_run
     rep = json.loads((out / "run-report.json").read_text())
     # nothing of Synthea's is rejected: what the study does not use is counted, not quarantined
@@ -122,7 +125,7 @@ def test_what_is_quarantined_and_why(synthea_run) -> None:  # type: ignore[no-un
     assert counts["ignored.Encounter"] == counts["ignored.Claim"] == 544
 
 
-def test_nothing_outside_participation(synthea_run) -> None:  # type: ignore[no-untyped-def]
+def test_nothing_outside_participation(synthea_run: SyntheaRun) -> None:
     out, _, log, study = synthea_run
     start, end = dt.date.fromisoformat(CONSENT), DAY1 + dt.timedelta(days=max(v.window[1] for v in
                                                                             study.schedule.visits) - 1)
@@ -145,7 +148,7 @@ def test_nothing_outside_participation(synthea_run) -> None:  # type: ignore[no-
     assert written == []
 
 
-def test_no_dlt_result_without_follow_up_through_the_window(synthea_run) -> None:  # type: ignore[no-untyped-def]
+def test_no_dlt_result_without_follow_up_through_the_window(synthea_run: SyntheaRun) -> None:
     out, _, _, _ = synthea_run
     results = json.loads((out / "results" / "study.json").read_text())
     assert {s["subject_id"]: (s["dlt"], s["dlt_not_evaluable"]) for s in results["subjects"]} == {

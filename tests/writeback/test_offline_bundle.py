@@ -13,6 +13,7 @@ import pytest
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
 from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
@@ -21,7 +22,7 @@ from fhir_adapter.writeback.sources import result_sources
 
 
 @pytest.fixture(scope="module")
-def out(tmp_path_factory: pytest.TempPathFactory, study) -> Path:  # type: ignore[no-untyped-def]
+def out(tmp_path_factory: pytest.TempPathFactory, study: Study) -> Path:
     root = tmp_path_factory.mktemp("offline")
     write_feed(root / "feed", subjects=4, seed=7)
     log = RunLog()
@@ -78,7 +79,7 @@ def test_no_dlt_names_the_infusion_and_the_aes_considered(out: Path) -> None:
     assert seen >= 1
 
 
-def test_same_data_same_file(out: Path, study, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_same_data_same_file(out: Path, study: Study, tmp_path: Path) -> None:
     feed = out.parent / "feed"
     log = RunLog()
     run(FileSource(feed, log), study, tmp_path / "again", log)

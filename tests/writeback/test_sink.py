@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from pytest_httpx import HTTPXMock
 
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir import ClientSettings, FhirClient
@@ -75,7 +76,7 @@ def test_changed_new_and_retracted() -> None:
     assert '-  "valueInteger": 12' in r.diff and '+  "valueInteger": 10' in r.diff
 
 
-async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_mock: HTTPXMock) -> None:
     base = "http://ehr.test/fhir"
     existing = on_server(result("a", 10), "x1")
     httpx_mock.add_response(method="GET", url=httpx.URL(f"{base}/Observation", params={
@@ -98,7 +99,7 @@ async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_m
     assert prov["entity"] == [{"role": "source", "what": {"reference": "Observation/src1"}}]
 
 
-async def test_nothing_posted_when_nothing_changed(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+async def test_nothing_posted_when_nothing_changed(httpx_mock: HTTPXMock) -> None:
     base = "http://ehr.test/fhir"
     httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset",
                                                 "entry": [{"resource": on_server(result("a", 10), "x1")}]})
@@ -108,7 +109,7 @@ async def test_nothing_posted_when_nothing_changed(httpx_mock) -> None:  # type:
     assert httpx_mock.get_requests(method="POST") == []
 
 
-async def test_412_on_conditional_update_is_reported_not_raised(httpx_mock) -> None:  # type: ignore[no-untyped-def]
+async def test_412_on_conditional_update_is_reported_not_raised(httpx_mock: HTTPXMock) -> None:
     base = "http://ehr.test/fhir"
     httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})
     httpx_mock.add_response(method="POST", status_code=412, json={
