@@ -10,6 +10,7 @@ import sys
 from collections import Counter
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -31,7 +32,7 @@ def _hashes(directory: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(directory.iterdir())}
 
 
-def _lines(folder: Path, rtype: str) -> list[dict[str, object]]:
+def _lines(folder: Path, rtype: str) -> list[dict[str, Any]]:
     path = folder / f"{rtype}.ndjson"
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
 
@@ -88,7 +89,7 @@ def test_manifest_and_study_identity_come_from_the_study_folder(ln_feed: Path) -
     subjects = _lines(ln_feed, "ResearchSubject")
     statuses = Counter(str(s["status"]) for s in subjects)
     assert statuses["ineligible"] == 1 and sum(statuses.values()) == 9
-    assert {i["system"] for s in subjects for i in s["identifier"]} == {  # type: ignore[attr-defined]
+    assert {i["system"] for s in subjects for i in s["identifier"]} == {
         "https://fhir-adapter.org/fhir/sid/syn-ln-subject"}
     patients = _lines(ln_feed, "Patient")
     assert len(patients) == 10   # 8 enrolled, 1 screen failure, 1 clinic patient outside the study
@@ -99,22 +100,22 @@ def test_day1_is_the_first_dose_and_labs_follow_the_schedule_and_items(ln_feed: 
     product = next(iter(study.infusion_medication_codes))
     doses: dict[str, list[date]] = {}
     for ma in _lines(ln_feed, "MedicationAdministration"):
-        coding = ma["medicationCodeableConcept"]["coding"][0]  # type: ignore[index]
+        coding = ma["medicationCodeableConcept"]["coding"][0]
         assert (coding["system"], coding["code"]) == product
-        doses.setdefault(ma["subject"]["reference"], []).append(  # type: ignore[index]
-            date.fromisoformat(ma["effectivePeriod"]["start"][:10]))  # type: ignore[index]
+        doses.setdefault(ma["subject"]["reference"], []).append(
+            date.fromisoformat(ma["effectivePeriod"]["start"][:10]))
     assert len(doses) == 8
     item_of = {c.split("|")[1]: item for item in ("upcr", "protein_24h", "egfr", "creatinine", "c3", "c4",
                                                    "anti_dsdna", "cd19") for c in study.items[item].codes}
     windows = [v.window for v in study.schedule.visits]
     items_seen: set[str] = set()
     for obs in _lines(ln_feed, "Observation"):
-        ref = obs["subject"]["reference"]  # type: ignore[index]
-        code = obs["code"]["coding"][-1]["code"]  # type: ignore[index]
+        ref = obs["subject"]["reference"]
+        code = obs["code"]["coding"][-1]["code"]
         items_seen.add(item_of[code])
         if ref not in doses:
             continue   # screen failure or clinic patient
-        when = obs.get("effectiveDateTime") or obs["effectivePeriod"]["end"]  # type: ignore[index]
+        when = obs.get("effectiveDateTime") or obs["effectivePeriod"]["end"]
         sd = study_day(date.fromisoformat(str(when)[:10]), min(doses[ref]))
         assert any(lo <= sd <= hi for lo, hi in windows), (code, sd)
     assert items_seen == set(item_of.values())
