@@ -300,3 +300,21 @@ def _csv(path: Path) -> list[dict[str, str]]:
 
     with path.open(newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
+
+
+def test_study_json_keys_are_the_endpoints_contracts(full_run: Path) -> None:
+    """Every key of results/study.json is declared by the contract of the endpoint that writes it."""
+    from typing import get_args
+
+    from fhir_adapter.endpoints.registry import Unit
+
+    doc = json.loads((full_run / "results" / "study.json").read_text())
+    eps = [registry.get(n) for n in BUILTIN]
+    assert set(doc) == {"study", "generated_by", "settings", "subjects"} | {k for e in eps for k in e.keys("study")}
+    subject_keys = {"subject_id", "arm", "day1", "visits"} | {k for e in eps for k in e.keys("subject")}
+    visit_keys = {"visit", "date", "study_day"} | {k for e in eps for k in e.keys("visit")}
+    for s in doc["subjects"]:
+        assert set(s) == subject_keys
+        assert all(set(v) == visit_keys for v in s["visits"])
+    dose = registry.get("glucocorticoids").keys("visit")["pred_eq_mg_per_day"]
+    assert Unit("mg/d") in get_args(dose)

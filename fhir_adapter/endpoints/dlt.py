@@ -6,18 +6,24 @@ Per subject: ``dlt`` (true/false/null), ``dlt_events`` ({source, term, rule, rea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt
-from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput
+from fhir_adapter.endpoints.registry import Contracts, Endpoint, OutputInput, SubjectInput
 from fhir_adapter.writeback.safety import dlt_observations
+
+
+class DltSubjectKeys(TypedDict):
+    dlt: bool | None
+    dlt_events: list[dict[str, Any]]
+    dlt_not_evaluable: list[str]
 
 
 def derive(x: SubjectInput) -> DltResult:
     return derive_dlt(x.crf, x.rules(DltSettings))
 
 
-def subject_keys(r: DltResult) -> dict[str, Any]:
+def subject_keys(r: DltResult) -> DltSubjectKeys:
     return {"dlt": r.dlt, "dlt_events": [e.model_dump(mode="json") for e in r.dlt_events],
             "dlt_not_evaluable": list(r.not_evaluable)}
 
@@ -32,4 +38,5 @@ ENDPOINT = Endpoint(
     name="dlt", settings=DltSettings, result=DltResult,
     summary="dose-limiting toxicity in the DLT window, with its events or why not evaluable",
     derive=derive, subject_keys=subject_keys, observations=observations, codes=("dlt",),
+    contracts=Contracts(subject=DltSubjectKeys),
 )

@@ -8,13 +8,19 @@ n_dlt_not_evaluable}]),
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from fhir_adapter.derive.escalation import DltOutcome, EscalationSettings, derive_escalation
-from fhir_adapter.endpoints.registry import Endpoint, StudyInput
+from fhir_adapter.endpoints.registry import Contracts, Endpoint, StudyInput
 
 
-def study_keys(x: StudyInput) -> dict[str, Any]:
+class EscalationStudyKeys(TypedDict):
+    dose_levels: list[dict[str, Any]]
+    rp2d: dict[str, Any]
+    escalation_boundaries: dict[str, float] | None
+
+
+def study_keys(x: StudyInput) -> EscalationStudyKeys:
     esc = x.settings
     assert isinstance(esc, EscalationSettings)
     rows = [r for r in x.rows if "dlt" in r]
@@ -29,5 +35,5 @@ def study_keys(x: StudyInput) -> dict[str, Any]:
 ENDPOINT = Endpoint(
     name="escalation", settings=EscalationSettings, level="study", needs=("dlt",),
     summary="dose-level decisions (3+3 or BOIN) and the recommended phase 2 dose",
-    study_keys=study_keys,
+    study_keys=study_keys, contracts=Contracts(study=EscalationStudyKeys),
 )

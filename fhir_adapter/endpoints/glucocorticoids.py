@@ -6,7 +6,7 @@ Write-back: ``pred-eq-daily-dose`` (``mg/d``) where the dose is evaluable.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, TypedDict
 
 from pydantic import BaseModel
 
@@ -17,8 +17,16 @@ from fhir_adapter.derive.glucocorticoids import (
     derive_pred_eq,
     glucocorticoid_series,
 )
-from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput
+from fhir_adapter.endpoints.registry import Contracts, Endpoint, OutputInput, SubjectInput, Unit
 from fhir_adapter.writeback.glucocorticoids import pred_eq_observation
+
+
+class GlucocorticoidVisitKeys(TypedDict):
+    pred_eq_mg_per_day: Annotated[float | None, Unit("mg/d")]
+
+
+class GlucocorticoidSubjectKeys(TypedDict):
+    glucocorticoid_series: dict[str, Any]
 
 
 class GlucocorticoidResult(BaseModel):
@@ -34,12 +42,12 @@ def derive(x: SubjectInput) -> GlucocorticoidResult:
     return GlucocorticoidResult(visits=derive_pred_eq(x.crf, s), series=glucocorticoid_series(x.crf, s))
 
 
-def visit_keys(r: GlucocorticoidResult, visit: str) -> dict[str, Any]:
+def visit_keys(r: GlucocorticoidResult, visit: str) -> GlucocorticoidVisitKeys:
     d = r.visit(visit)
     return {"pred_eq_mg_per_day": d.mg_per_day if d else None}
 
 
-def subject_keys(r: GlucocorticoidResult) -> dict[str, Any]:
+def subject_keys(r: GlucocorticoidResult) -> GlucocorticoidSubjectKeys:
     return {"glucocorticoid_series": r.series.model_dump(mode="json")}
 
 
@@ -55,4 +63,5 @@ ENDPOINT = Endpoint(
     summary="prednisolone-equivalent daily dose per visit and over time",
     derive=derive, visit_keys=visit_keys, subject_keys=subject_keys, observations=observations,
     codes=("pred-eq-daily-dose",),
+    contracts=Contracts(visit=GlucocorticoidVisitKeys, subject=GlucocorticoidSubjectKeys),
 )

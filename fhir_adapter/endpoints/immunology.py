@@ -7,31 +7,58 @@ and ``cd19``. Per subject: ``seroconversion`` ({anti_dsdna, anti_sm}), ``b_cell_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from fhir_adapter.derive.baseline import VisitValue
 from fhir_adapter.derive.immunology import ImmunologyResults, ImmunologySettings, derive_immunology
-from fhir_adapter.endpoints.registry import CheckInput, Endpoint, SubjectInput, check_items
+from fhir_adapter.endpoints.registry import CheckInput, Contracts, Endpoint, SubjectInput, check_items
 
 #: immunology items reported per visit with their change (``cd19`` is reported without one)
 WITH_CHANGE = ("c3", "c4", "anti_dsdna", "anti_sm", "igg", "iga", "igm")
+
+
+
+class ImmunologyVisitKeys(TypedDict):
+    """Each value in its item's CRF unit (items.yaml)."""
+
+    c3: float | None
+    c3_change: float | None
+    c4: float | None
+    c4_change: float | None
+    anti_dsdna: float | None
+    anti_dsdna_change: float | None
+    anti_sm: float | None
+    anti_sm_change: float | None
+    igg: float | None
+    igg_change: float | None
+    iga: float | None
+    iga_change: float | None
+    igm: float | None
+    igm_change: float | None
+    cd19: float | None
+
+
+class ImmunologySubjectKeys(TypedDict):
+    seroconversion: dict[str, Any]
+    b_cell_aplasia: dict[str, Any]
+    ada_status: dict[str, Any]
 
 
 def derive(x: SubjectInput) -> ImmunologyResults:
     return derive_immunology(x.crf, x.rules(ImmunologySettings))
 
 
-def visit_keys(r: ImmunologyResults, visit: str) -> dict[str, Any]:
+def visit_keys(r: ImmunologyResults, visit: str) -> ImmunologyVisitKeys:
     row: dict[str, Any] = {}
     for item in (*WITH_CHANGE, "cd19"):
         vv: VisitValue | None = next((x for x in r.values.get(item, []) if x.visit == visit), None)
         row[item] = vv.value if vv else None
         if item != "cd19":
             row[f"{item}_change"] = vv.change if vv else None
-    return row
+    return cast(ImmunologyVisitKeys, row)
 
 
-def subject_keys(r: ImmunologyResults) -> dict[str, Any]:
+def subject_keys(r: ImmunologyResults) -> ImmunologySubjectKeys:
     return {
         "seroconversion": {k: v.model_dump(mode="json") for k, v in r.seroconversion.items()},
         "b_cell_aplasia": r.b_cell_aplasia.model_dump(mode="json"),
@@ -54,4 +81,5 @@ ENDPOINT = Endpoint(
     name="immunology", settings=ImmunologySettings, result=ImmunologyResults,
     summary="complement, anti-dsDNA/anti-Sm, immunoglobulins, CD19 B cells, anti-drug antibodies",
     derive=derive, visit_keys=visit_keys, subject_keys=subject_keys, check=check,
+    contracts=Contracts(visit=ImmunologyVisitKeys, subject=ImmunologySubjectKeys),
 )

@@ -7,13 +7,28 @@ Write-back: ``cart-cmax``, ``cart-tmax``, ``cart-auc0-28d`` of the transgene ser
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from fhir_adapter.derive.kinetics import Kinetics, KineticsSeries, KineticsSettings, derive_kinetics
-from fhir_adapter.endpoints.registry import CheckInput, Endpoint, OutputInput, SubjectInput, check_items
+from fhir_adapter.endpoints.registry import (
+    CheckInput,
+    Contracts,
+    Endpoint,
+    OutputInput,
+    SubjectInput,
+    check_items,
+)
 from fhir_adapter.writeback.safety import kinetics_observations
 
 KEYS = ("cmax", "cmax_unit", "tmax_day", "clast", "tlast_day", "auc0_28", "persistence_day")
+
+
+class KineticsSubjectKeys(TypedDict):
+    """``kinetics``: the keys of :data:`KEYS` for the transgene series (cmax in its item's unit,
+    ``cmax_unit``; days after the infusion) and ``car_cells`` with the same keys for the CAR+ cell series."""
+
+    kinetics: dict[str, Any]
+    kinetics_notes: list[str]
 
 
 def derive(x: SubjectInput) -> Kinetics:
@@ -38,7 +53,7 @@ def notes(k: Kinetics) -> list[str]:
     return out
 
 
-def subject_keys(r: Kinetics) -> dict[str, Any]:
+def subject_keys(r: Kinetics) -> KineticsSubjectKeys:
     return {"kinetics": {**series_keys(r.primary), "car_cells": series_keys(r.secondary)},
             "kinetics_notes": notes(r)}
 
@@ -61,5 +76,5 @@ ENDPOINT = Endpoint(
     name="kinetics", settings=KineticsSettings, result=Kinetics,
     summary="CAR-T Cmax, Tmax, AUC0-28d, persistence of the transgene and CAR+ cell series",
     derive=derive, subject_keys=subject_keys, observations=observations,
-    codes=("cart-cmax", "cart-tmax", "cart-auc0-28d"), check=check,
+    codes=("cart-cmax", "cart-tmax", "cart-auc0-28d"), check=check, contracts=Contracts(subject=KineticsSubjectKeys),
 )

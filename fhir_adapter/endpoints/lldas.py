@@ -8,7 +8,7 @@ evaluable, one component per criterion.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
@@ -16,9 +16,26 @@ from fhir_adapter.derive.lldas import LldasSettings, LldasVisit, derive_lldas, l
 from fhir_adapter.derive.sledai2k import Sledai2kSettings
 from fhir_adapter.endpoints.glucocorticoids import GlucocorticoidResult
 from fhir_adapter.endpoints.pga import PgaResult
-from fhir_adapter.endpoints.registry import CheckInput, Endpoint, OutputInput, StudyInput, SubjectInput
+from fhir_adapter.endpoints.registry import (
+    CheckInput,
+    Contracts,
+    Endpoint,
+    OutputInput,
+    StudyInput,
+    SubjectInput,
+)
 from fhir_adapter.endpoints.sledai2k import Sledai2kResult
 from fhir_adapter.writeback.lldas import lldas_observation
+
+
+class LldasVisitKeys(TypedDict):
+    lldas: bool | None
+    lldas_failed: list[str]
+    lldas_reason: str | None
+
+
+class LldasStudyKeys(TypedDict):
+    lldas_rate: list[dict[str, Any]]
 
 
 class LldasResult(BaseModel):
@@ -37,13 +54,13 @@ def derive(x: SubjectInput) -> LldasResult:
     return LldasResult(visits=visits)
 
 
-def visit_keys(r: LldasResult, visit: str) -> dict[str, Any]:
+def visit_keys(r: LldasResult, visit: str) -> LldasVisitKeys:
     ld = r.visit(visit)
     return {"lldas": ld.lldas if ld else None, "lldas_failed": list(ld.failed) if ld else [],
             "lldas_reason": ld.reason if ld else None}
 
 
-def study_keys(x: StudyInput) -> dict[str, Any]:
+def study_keys(x: StudyInput) -> LldasStudyKeys:
     """``lldas_rate`` from the subjects' visit rows."""
     pairs = [(v["visit"], v.get("lldas")) for s in x.rows for v in s.get("visits", [])]
     return {"lldas_rate": [r.model_dump() for r in lldas_rate(pairs, [v.id for v in x.study.schedule.visits])]}
@@ -72,5 +89,5 @@ ENDPOINT = Endpoint(
     name="lldas", settings=LldasSettings, result=LldasResult, needs=("sledai2k", "pga", "glucocorticoids"),
     summary="LLDAS per visit and the LLDAS response rate",
     derive=derive, visit_keys=visit_keys, study_keys=study_keys, observations=observations,
-    codes=("lldas",), check=check,
+    codes=("lldas",), check=check, contracts=Contracts(visit=LldasVisitKeys, study=LldasStudyKeys),
 )

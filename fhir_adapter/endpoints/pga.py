@@ -5,12 +5,17 @@ Per visit: ``pga``, ``pga_change``. The PGA is a clinician entry already in the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, TypedDict
 
 from pydantic import BaseModel
 
 from fhir_adapter.derive.pga import PgaSettings, PgaVisit, derive_pga
-from fhir_adapter.endpoints.registry import CheckInput, Endpoint, SubjectInput, check_items
+from fhir_adapter.endpoints.registry import CheckInput, Contracts, Endpoint, SubjectInput, Unit, check_items
+
+
+class PgaVisitKeys(TypedDict):
+    pga: Annotated[float | None, Unit("{score}")]
+    pga_change: Annotated[float | None, Unit("{score}")]
 
 
 class PgaResult(BaseModel):
@@ -24,7 +29,7 @@ def derive(x: SubjectInput) -> PgaResult:
     return PgaResult(visits=derive_pga(x.crf, x.rules(PgaSettings)))
 
 
-def visit_keys(r: PgaResult, visit: str) -> dict[str, Any]:
+def visit_keys(r: PgaResult, visit: str) -> PgaVisitKeys:
     p = r.visit(visit)
     return {"pga": p.pga if p else None, "pga_change": p.change if p else None}
 
@@ -39,5 +44,5 @@ def check(c: CheckInput) -> PgaSettings:
 ENDPOINT = Endpoint(
     name="pga", settings=PgaSettings, result=PgaResult,
     summary="PGA (0-3) and change from baseline per visit",
-    derive=derive, visit_keys=visit_keys, check=check,
+    derive=derive, visit_keys=visit_keys, check=check, contracts=Contracts(visit=PgaVisitKeys),
 )

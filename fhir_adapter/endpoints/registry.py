@@ -17,10 +17,10 @@ module.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, get_type_hints
 
 from pydantic import BaseModel
 
@@ -101,6 +101,17 @@ class CheckInput:
     rules: dict[str, BaseModel]
 
 
+class Unit(NamedTuple):
+    """A key's UCUM unit, as ``Annotated[float | None, Unit("mg/d")]`` in a contract."""
+
+    ucum: str
+
+
+def contract_keys(contract: type | None) -> dict[str, Any]:
+    """The keys a contract (a TypedDict) declares, with their types (``Annotated`` carries a :class:`Unit`)."""
+    return get_type_hints(contract, include_extras=True) if contract is not None else {}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One endpoint a study may name.
@@ -110,6 +121,8 @@ class Endpoint:
       ``results/study.json`` (``visit_keys(result, visit_id)``);
     * ``study_keys``: top-level keys of ``results/study.json`` computed from all subject rows (study-level
       endpoints such as dose escalation have only this);
+    * ``contracts``: the keys each of these writes, as TypedDicts (visit row, subject row, top level) — the
+      endpoint's part of the ``results/study.json`` contract, which a test holds every output to;
     * ``observations``: the result as write-back Observations (codes of ``profiles/CodeSystem-results.json``,
       listed in ``codes``);
     * ``check``: load-time cross-file checks of the settings (items exist, groups exist...);
@@ -124,19 +137,34 @@ class Endpoint:
     needs: tuple[str, ...] = ()
     level: Literal["subject", "study"] = "subject"
     derive: Callable[[SubjectInput], Any] | None = None
-    visit_keys: Callable[[Any, str], dict[str, Any]] | None = None
-    subject_keys: Callable[[Any], dict[str, Any]] | None = None
-    study_keys: Callable[[StudyInput], dict[str, Any]] | None = None
+    visit_keys: Callable[[Any, str], Mapping[str, Any]] | None = None
+    subject_keys: Callable[[Any], Mapping[str, Any]] | None = None
+    study_keys: Callable[[StudyInput], Mapping[str, Any]] | None = None
     observations: Callable[[OutputInput], list[dict[str, Any]]] | None = None
     codes: tuple[str, ...] = ()
+    contracts: Contracts | None = None
     check: Callable[[CheckInput], BaseModel] | None = None
     annotate: Callable[[Any], dict[str, Any]] | None = None
+
+    def keys(self, where: Literal["visit", "subject", "study"]) -> dict[str, Any]:
+        """The keys this endpoint writes to a visit row, a subject row or the top of ``results/study.json``."""
+        c = self.contracts or Contracts()
+        return contract_keys({"visit": c.visit, "subject": c.subject, "study": c.study}[where])
 
     def __post_init__(self) -> None:
         if self.level == "subject" and (self.derive is None or self.result is None):
             raise ValueError(f"endpoint '{self.name}': a per-subject endpoint needs derive and result")
         if self.level == "study" and self.study_keys is None:
             raise ValueError(f"endpoint '{self.name}': a study-level endpoint needs study_keys")
+
+
+@dataclass(frozen=True)
+class Contracts:
+    """The TypedDicts of an endpoint's ``results/study.json`` keys per visit, per subject and at the top."""
+
+    visit: type | None = None
+    subject: type | None = None
+    study: type | None = None
 
 
 @dataclass

@@ -12,7 +12,7 @@ Study level: ``teae_summary`` (per arm in the order of the dose levels when the 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
@@ -26,7 +26,26 @@ from fhir_adapter.derive.safety import (
     flag_teae,
     summarize_teae,
 )
-from fhir_adapter.endpoints.registry import Endpoint, StudyInput, SubjectInput
+from fhir_adapter.endpoints.registry import Contracts, Endpoint, StudyInput, SubjectInput
+
+
+class SafetySubjectKeys(TypedDict):
+    teae_count: int
+    serious_teae_count: int
+    related_teae_count: int
+    max_teae_grade: int | None
+    teae_grade_unknown: int
+    crs_max_grade: int | None
+    icans_max_grade: int | None
+    crs: dict[str, Any]
+    icans: dict[str, Any]
+    teaes: list[dict[str, Any]]
+    pre_infusion_aes: list[dict[str, Any]]
+    onset_unknown_aes: list[dict[str, Any]]
+
+
+class SafetyStudyKeys(TypedDict):
+    teae_summary: dict[str, object]
 
 
 class SafetyResult(BaseModel):
@@ -40,7 +59,7 @@ def derive(x: SubjectInput) -> SafetyResult:
     return SafetyResult(safety=derive_safety(x.crf, s), flagged_ae=flag_teae(x.crf, s))
 
 
-def subject_keys(r: SafetyResult) -> dict[str, Any]:
+def subject_keys(r: SafetyResult) -> SafetySubjectKeys:
     s = r.safety
     return {
         "teae_count": s.teae_count,
@@ -71,7 +90,7 @@ def from_row(row: dict[str, Any]) -> SafetySubject:
     )
 
 
-def study_keys(x: StudyInput) -> dict[str, Any]:
+def study_keys(x: StudyInput) -> SafetyStudyKeys:
     """``teae_summary`` from all subject rows."""
     esc = x.study.rules.get("escalation")  # arms in dose order when the study escalates doses
     arm_order = [*getattr(esc, "dose_levels", ()), *getattr(esc, "expansion_arms", {})]
@@ -89,4 +108,5 @@ ENDPOINT = Endpoint(
     name="safety", settings=SafetySettings, result=SafetyResult,
     summary="TEAEs (CTCAE), CRS and ICANS (ASTCT) per subject; TEAE summary per arm",
     derive=derive, subject_keys=subject_keys, study_keys=study_keys, annotate=annotate,
+    contracts=Contracts(subject=SafetySubjectKeys, study=SafetyStudyKeys),
 )

@@ -6,17 +6,25 @@ Per visit: ``sledai2k``, ``sledai2k_change``, ``sledai2k_baseline``, ``sledai2k_
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel
 
 from fhir_adapter import __version__
 from fhir_adapter.derive.sledai2k import Sledai2kSettings, Sledai2kVisit, derive_sledai2k
-from fhir_adapter.endpoints.registry import CheckInput, Endpoint, OutputInput, SubjectInput
+from fhir_adapter.endpoints.registry import CheckInput, Contracts, Endpoint, OutputInput, SubjectInput
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology import units
 from fhir_adapter.terminology.codes import CS_SLEDAI2K_DESCRIPTOR, DATA_ABSENT_REASON
 from fhir_adapter.writeback.observations import result_observation
+
+
+class Sledai2kVisitKeys(TypedDict):
+    sledai2k: int | None
+    sledai2k_change: int | None
+    sledai2k_baseline: bool
+    sledai2k_descriptors: list[dict[str, Any]]
+    sledai2k_not_assessed: list[str]
 
 
 class Sledai2kResult(BaseModel):
@@ -30,7 +38,7 @@ def derive(x: SubjectInput) -> Sledai2kResult:
     return Sledai2kResult(visits=derive_sledai2k(x.crf, x.rules(Sledai2kSettings)))
 
 
-def visit_keys(r: Sledai2kResult, visit: str) -> dict[str, Any]:
+def visit_keys(r: Sledai2kResult, visit: str) -> Sledai2kVisitKeys:
     s = r.visit(visit)
     scored = s is not None and s.total is not None
     return {
@@ -103,4 +111,5 @@ ENDPOINT = Endpoint(
     name="sledai2k", settings=Sledai2kSettings, result=Sledai2kResult,
     summary="SLEDAI-2K total, change from baseline and descriptors per visit",
     derive=derive, visit_keys=visit_keys, observations=observations, codes=("sledai-2k",), check=check,
+    contracts=Contracts(visit=Sledai2kVisitKeys),
 )
