@@ -202,6 +202,35 @@ def test_coded_columns_hold_only_cdisc_ct_terms(trial: Trial) -> None:
     assert {r["PCORRESU"] for r in _csv(out, "PC") if r["PCORRES"]} == {"DNA copies/ug", "10^6/L"}
 
 
+#: exported IG variables the 34-subject demo leaves empty, and why
+EMPTY_IN_THE_DEMO = {
+    **{f"{d}{m}": "needs the site's MedDRA dictionary (tests/export/test_cdisc_ig.py uses a synthetic one)"
+       for d in ("AE", "MH", "PR") for m in ("HLT", "HLTCD", "HLGT", "HLGTCD", "SOC", "SOCCD")},
+    **{f"PR{m}": "the feed codes procedures in a local catalogue, not MedDRA"
+       for m in ("LLT", "LLTCD", "PTCD")},
+    "PRENRTPT": "no procedure is in progress at the data cut",
+    "LBNAM": "the feed's results name no performing laboratory",
+    "LBSTNRC": "no result of the feed has a text reference range",
+    "LBLOC": "the feed's specimens carry no collection body site",
+    "CMDOSFRM": "the feed codes medications as CodeableConcepts (no Medication.form)",
+}
+
+
+def test_every_exported_ig_variable_is_filled_by_the_demo_feed(trial: Trial) -> None:
+    from fhir_adapter.export import mapping_doc
+
+    _, out, _ = trial
+    rows = {d: _csv(out, d) for d in ("DM", "VS", "LB", "CM", "AE", "MH", "PR")}
+    empty: set[str] = set()
+    for v in mapping_doc.load_variables():
+        if v.status != "exported":
+            continue
+        domain, _, column = v.column.rpartition(".")
+        if not any(r[column] for r in rows[domain or v.domain]):
+            empty.add(column)
+    assert empty == set(EMPTY_IN_THE_DEMO), sorted(empty ^ set(EMPTY_IN_THE_DEMO))
+
+
 def test_core_rules_that_need_no_cdisc_library(trial: Trial) -> None:
     """The SDTMIG v3.4 checks of the CDISC rules engine (CORE) that run without the CDISC Library, held here
     because the engine's rules come only from the Library (API key) and its PyPI package ships none: EPOCH in
@@ -233,7 +262,7 @@ def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:
     _, out, _ = trial
     filled = {
         "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "AEACN", "EPOCH",
-               "AECONTRT", "AEACNOTH", "AEACNOYN"),
+               "AECONTRT", "AEACNOTH", "AEACNOYN", "AELOC", "AELAT", "AEDIR"),
         "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH", "CMOCCUR", "CMAENO", "CMMHNO",
                "CMCLASCD"),
         "LB": ("LBCAT", "LBLOINC", "LBORRESU", "LBSTRESU", "LBORUCUM", "LBORNRLO", "LBBLFL", "EPOCH", "LBSPID",

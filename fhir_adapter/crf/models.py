@@ -188,6 +188,8 @@ class AdverseEvent(_Model):
     severity: str | None = Field(None, description="AdverseEvent.severity code (mild, moderate, severe)")
     action_taken: str | None = Field(None, description="action taken with the study treatment, code as sent")
     mitigation_recorded: bool = Field(False, description="the event carries mitigatingAction at all")
+    body_site: str | None = Field(None, description="bodySite of the resultingCondition (text or display)")
+    qualifiers: tuple[str, ...] = Field((), description="locationQualifier codes of that body site's BodyStructure")
     treatments: tuple[str, ...] = Field((), description="references of treatments given for it (mitigatingAction)")
     other_actions: tuple[str, ...] = Field((), description="other actions taken, as text (mitigatingAction)")
     codes: tuple[str, ...] = Field(default=(), description="system|code of the event coding")

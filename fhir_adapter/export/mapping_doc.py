@@ -80,6 +80,17 @@ def render(variables: list[Variable]) -> str:
         "is invented).",
         "* **MedDRA**: the event's MedDRA coding is read as an LLT; with the site's dictionary its PT, HLT, HLGT "
         "and primary SOC fill the hierarchy columns.",
+        "* **Body sites**: --LOC is the bodySite text; --LAT and --DIR come from the locationQualifier codes "
+        "(SNOMED CT, mappings/cdisc/ct.yaml LAT/DIR) of the BodyStructure that the procedure-targetBodyStructure or "
+        "bodySite extension names (contained, or among the subject's resources); AELOC/AELAT/AEDIR from the "
+        "AdverseEvent's resultingCondition. --POS from the observation-bodyPosition extension (Observation, or "
+        "Specimen.collection for LB).",
+        "* **Related records**: CMAENO and PRAENO name the AdverseEvent whose R5 mitigatingAction names the "
+        "medication or procedure (or that its reasonReference names); CMMHNO the Condition its reasonReference "
+        "names. A Condition that an AdverseEvent names as its resultingCondition is that event, never MH "
+        "(counted `mh.not-used.adverse-event`).",
+        "* **MHCTRL** follows the IG: clinicalStatus inactive, remission or resolved → Y, active, recurrence or "
+        "relapse → N. **PRSTRF** is derived from the start date: BEFORE RFSTDTC, else DURING/AFTER (no RFENDTC).",
         "* **CDISC rules engine (CORE)**: its SDTMIG v3.4 rules come from the CDISC Library (an API key) and its "
         "PyPI package ships none, so it cannot run offline; the four of its checks that need no Library data "
         "run in the test suite on the demo exports (`tests/test_end_to_end.py`): EPOCH in every domain but DM, "

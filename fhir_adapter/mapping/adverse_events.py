@@ -58,7 +58,7 @@ from fhir_adapter.mapping.common import (
     resolve_code,
     texts,
 )
-from fhir_adapter.mapping.references import mitigating_actions
+from fhir_adapter.mapping.references import mitigating_actions, resolve, site_qualifiers
 from fhir_adapter.study.timeline import FhirDate, study_day
 from fhir_adapter.terminology.codes import (
     EXT_AE_GRADE,
@@ -325,6 +325,9 @@ class AdverseEventMapper:
         meddra = next(((c, d) for sys_, c, d in _displayed(event) if sys_ in self.meddra_systems), None)
         sev = r.get("severity")
         actions = _other_actions(r)
+        condition = next((c for ref in r.get("resultingCondition") or []
+                          if (c := resolve(r, ref, siblings)) is not None and c.get("resourceType") == "Condition"),
+                         {})
         return AdverseEvent(
             term=term,
             spid=_identifier(r),
@@ -333,6 +336,8 @@ class AdverseEventMapper:
             severity=next((c for _, c in codings(sev) if c), None) or next(iter(texts(sev)), None),
             action_taken=_action_taken(r),
             mitigation_recorded=actions[0], treatments=actions[1], other_actions=actions[2],
+            body_site=next(iter(texts((condition.get("bodySite") or [None])[0])), None),
+            qualifiers=site_qualifiers(condition, siblings),
             codes=tuple(f"{s}|{c}" for s, c in codes),
             grade=grade,
             grade_approximate=approximate,

@@ -74,7 +74,12 @@ class HistoryMapper:
     def medical_history(self, resources: list[dict[str, Any]], subject_id: str,
                         day1: dt.date | None) -> list[MedicalHistory]:
         out: list[MedicalHistory] = []
+        of_events = {str(ref.get("reference")) for r in resources if r.get("resourceType") == "AdverseEvent"
+                     for ref in r.get("resultingCondition") or [] if isinstance(ref, dict)}
         for r in latest(x for x in resources if x.get("resourceType") in ("Condition", "AllergyIntolerance")):
+            if f"Condition/{r.get('id')}" in of_events:
+                self.log.count("mh.not-used.adverse-event")  # the condition an AdverseEvent resulted in: AE
+                continue
             verification = {c for _, c in codings(r.get("verificationStatus"))}
             if "entered-in-error" in verification:
                 self.log.count("mh.not-used.entered-in-error")

@@ -77,6 +77,8 @@ def statement(rng: Random, site: int, patient_id: str, drug: str, dose_mg: float
         "meta": {"versionId": "1", "lastUpdated": fmt_utc(updated)},
         "identifier": [{"system": f"https://hospital.example.org/site-{site}/medication", "value": mid}],
         "status": "completed" if end is not None else "active",
+        "category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/medication-statement-category",
+                                 "code": "community", "display": "Community"}]},
         "medicationCodeableConcept": medication(drug),
         "subject": ref("Patient", patient_id),
         "effectivePeriod": eff,
@@ -115,7 +117,10 @@ def administration(rng: Random, site: int, patient_id: str, drug: str, dose_mg: 
         "resourceType": "MedicationAdministration", "id": mid,
         "identifier": [{"system": f"https://hospital.example.org/site-{site}/medication", "value": mid}],
         "meta": {"versionId": "1", "lastUpdated": fmt_utc(start + timedelta(minutes=(minutes or 0) + 30))},
-        "status": "completed", "medicationCodeableConcept": medication_concept or medication(drug),
+        "status": "completed",
+        "category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/medication-admin-category",
+                                 "code": "inpatient", "display": "Inpatient"}]},
+        "medicationCodeableConcept": medication_concept or medication(drug),
         "subject": ref("Patient", patient_id),
     }
     if minutes:

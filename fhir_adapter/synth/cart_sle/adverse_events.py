@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from random import Random
 from typing import Any
 
 from fhir_adapter.terminology.codes import (
@@ -19,6 +20,7 @@ from fhir_adapter.terminology.codes import (
     MEDDRA,
     NCIT,
     NCIT_CTCAE_GRADE,
+    SNOMED,
 )
 
 from ..ids import new_id, ref
@@ -128,6 +130,44 @@ def _causality_backport(ctx: SubjectContext, causality: str) -> dict[str, Any]:
     ]}
 
 
+#: where an event sits, for events the ward charts as a diagnosis with a body site: (site, qualifiers)
+EVENT_SITES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "zoster": ("Thoracic dermatome", ()),
+    "pneumonia": ("Lung", (("261122009", "Lower"),)),
+}
+LATERALITY = (("419161000", "Unilateral left"), ("419465000", "Unilateral right"))
+BODY_SITE_EXT = "http://hl7.org/fhir/StructureDefinition/bodySite"
+CONDITION_CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+
+
+def resulting_condition(ctx: SubjectContext, ev: AEvent) -> Resource | None:
+    """The encounter diagnosis an event was charted as (zoster, pneumonia): a Condition with its body site and
+    a contained BodyStructure holding laterality and direction, named by AdverseEvent.resultingCondition. Drawn
+    from its own stream, so the subject's main stream stays as it was."""
+    if ev.term not in EVENT_SITES:
+        return None
+    rng = Random(f"{ctx.patient_id}-{ev.term}-{ev.onset.isoformat()}")
+    site, qualifiers = EVENT_SITES[ev.term]
+    term = AE_TERMS[ev.term]
+    qualifiers = (rng.choice(LATERALITY), *qualifiers)
+    rid = new_id(rng)
+    return {
+        "resourceType": "Condition", "id": rid,
+        "meta": {"versionId": "1", "lastUpdated": fmt_utc(min(ev.onset + timedelta(hours=2), LAST_INSTANT))},
+        "identifier": [{"system": f"https://hospital.example.org/site-{ctx.site.site}/condition", "value": rid[:13]}],
+        "contained": [{"resourceType": "BodyStructure", "id": "site", "patient": ctx.patient_ref(),
+                       "location": {"text": site},
+                       "locationQualifier": [_codeable(SNOMED, c, d) for c, d in qualifiers]}],
+        "extension": [{"url": BODY_SITE_EXT, "valueReference": {"reference": "#site"}}],
+        "clinicalStatus": _codeable("http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                    *(("resolved", "Resolved") if ev.resolved else ("active", "Active"))),
+        "category": [_codeable(CONDITION_CATEGORY, "encounter-diagnosis", "Encounter Diagnosis")],
+        "code": {**_codeable(ICD10CM, term.icd10, term.icd10_display), "text": term.text},
+        "bodySite": [{"text": site}], "subject": ctx.patient_ref(), "onsetDateTime": fmt_local(ev.onset),
+        "recordedDate": fmt_local(min(ev.onset + timedelta(hours=2), LAST_INSTANT)),
+    }
+
+
 def adverse_event_resource(ctx: SubjectContext, ev: AEvent, number: int, id_prefix: str) -> Resource:
     rng = ctx.rng
     recorded = at(ev.onset.date() + timedelta(days=rng.randint(0, 3)), rng.randint(480, 1080))
@@ -178,6 +218,10 @@ def adverse_event_resource(ctx: SubjectContext, ev: AEvent, number: int, id_pref
     res["outcome"] = _codeable(OUTCOME_SYSTEM, *(("resolved", "Resolved") if ev.resolved else ("ongoing", "Ongoing")))
     if study and ctx.site.ae_causality == "core":
         res["suspectEntity"] = _causality_core(ctx, ev.causality)
+    condition = resulting_condition(ctx, ev)
+    if condition is not None:
+        ctx.emit(condition)
+        res["resultingCondition"] = [ref("Condition", condition["id"])]
     if ctx.study_id is not None:
         res["study"] = [ref("ResearchStudy", ctx.study_id)]
     return res

@@ -13,7 +13,7 @@ from datetime import date, datetime, timedelta
 from random import Random
 from typing import Any
 
-from fhir_adapter.terminology.codes import DATA_ABSENT_REASON, ICD10CM, LOINC, SNOMED
+from fhir_adapter.terminology.codes import DATA_ABSENT_REASON, ICD10CM, LOINC, MEDDRA, SNOMED
 
 from ..ids import new_id
 from ..timeline import DATA_CUT, at, fmt_local, fmt_utc
@@ -39,6 +39,8 @@ TARGET_BODY_STRUCTURE = "http://hl7.org/fhir/StructureDefinition/procedure-targe
 #: SNOMED CT location qualifiers (FHIR value set bodystructure-relative-location)
 LEFT, RIGHT = ("419161000", "Unilateral left"), ("419465000", "Unilateral right")
 LOWER, POSTERIOR = ("261122009", "Lower"), ("255551008", "Posterior")
+#: ICD-10-CM → MedDRA LLT of the comorbidities the problem list codes in both
+MEDDRA_CODED = {"B02.9": "10019974"}
 #: salt of the stream for the procedure details added after the history stream was fixed
 DETAIL_SALT = 0x15A
 
@@ -124,7 +126,10 @@ def emit_clinical_history(ctx: SubjectContext, sp: SubjectPlan) -> None:
             continue
         onset = consent - timedelta(days=rng.randint(180, 12 * 365))
         resolved = onset + timedelta(days=rng.randint(20, 150)) if rng.random() < resolved_share else None
-        ctx.emit(_condition(ctx, rng, code, display, onset, resolved=resolved))
+        condition = _condition(ctx, rng, code, display, onset, resolved=resolved)
+        if code in MEDDRA_CODED:  # the problem list codes it in MedDRA too
+            condition["code"]["coding"].append({"system": MEDDRA, "code": MEDDRA_CODED[code], "display": display})
+        ctx.emit(condition)
     if rng.random() < 0.04:  # suspected at referral, ruled out by the antibody panel
         ctx.emit(_condition(ctx, rng, "D68.61", "Antiphospholipid syndrome", consent - timedelta(days=90),
                             resolved=None, category="encounter-diagnosis", refuted=True))
@@ -153,6 +158,9 @@ def emit_clinical_history(ctx: SubjectContext, sp: SubjectPlan) -> None:
                             not_done="Patient declined"))
     if rng.random() < 0.25:
         _cancelled_order(ctx, rng, sp, detail)
+    weigh_day = sp.day1 + timedelta(days=28)
+    if detail.random() < 0.12 and weigh_day < min(sp.followup_end, DATA_CUT):
+        ctx.emit(_weight_not_measured(ctx, detail, weigh_day))
 
 
 def _allergy(ctx: SubjectContext, rng: Random, text: str, category: str, consent: date) -> Resource:
@@ -238,6 +246,20 @@ def _cancelled_order(ctx: SubjectContext, rng: Random, sp: SubjectPlan, detail: 
         obs["dataAbsentReason"] = {"coding": [{"system": DATA_ABSENT_REASON, "code": "error", "display": "Error"}],
                                    "text": "Specimen unsatisfactory: incomplete collection"}
     ctx.emit(obs)
+
+
+def _weight_not_measured(ctx: SubjectContext, rng: Random, when: date) -> Resource:
+    """A body weight the ward could not take (patient unable to stand): a NOT DONE row in VS."""
+    rid = new_id(rng)
+    return {
+        "resourceType": "Observation", "id": rid, "meta": _meta(when), "status": "cancelled",
+        "identifier": _ident(ctx, "vital-sign", rid[:13]),
+        "category": [_cc("http://terminology.hl7.org/CodeSystem/observation-category", "vital-signs", "Vital Signs")],
+        "code": _cc(LOINC, "29463-7", "Body weight", "Body weight"),
+        "subject": ctx.patient_ref(), "effectiveDateTime": fmt_local(at(when, rng.randint(480, 720))),
+        "dataAbsentReason": {"coding": [{"system": DATA_ABSENT_REASON, "code": "not-performed",
+                                         "display": "Not Performed"}], "text": "Patient unable to stand"},
+    }
 
 
 def race_ethnicity_extensions(seed: int) -> list[dict[str, Any]]:
