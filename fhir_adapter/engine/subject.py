@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.export.writer import ExportRenderer, SubjectExport
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import Quarantined, RunLog
 from fhir_adapter.mapping.subject import SubjectMapper
@@ -43,6 +44,9 @@ class SubjectWork:
     owned: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: the ResearchStudy the adapter created from study.yaml, if any
     owned_study: dict[str, Any] | None = None
+    #: render each subject's export rows into the files' text here (:class:`SubjectOutcome.export`), so the
+    #: run's process only appends them (worker processes)
+    render_exports: bool = False
 
 
 @dataclass
@@ -69,6 +73,8 @@ class SubjectOutcome:
     #: ``Type/id`` → status of the subject's source resources, when the caller does not keep the resources
     #: (writeback/state.py source_statuses)
     statuses: dict[str, str] | None = None
+    #: the subject's exports rendered (with ``SubjectWork.render_exports``)
+    export: SubjectExport | None = None
 
     @property
     def crf(self) -> SubjectCRF:
@@ -102,6 +108,7 @@ class SubjectEngine:
         self.work = work
         self.log = RunLog()
         self.mapper = SubjectMapper(work.study, self.log)
+        self._renderer: ExportRenderer | None = None
 
     def fresh(self, e0: Enrollee, resources: list[dict[str, Any]]) -> SubjectOutcome:
         """Day 1, map, review decisions, derive, write-back resources from the subject's source resources."""
@@ -142,6 +149,11 @@ class SubjectEngine:
                 resources.insert(0, dict(work.owned_study))
         out.resources = resources
         out.problems = [r4_problem(x, full=True) for x in resources]
+        if work.render_exports:
+            if self._renderer is None:
+                self._renderer = ExportRenderer(work.study)
+            out.export = self._renderer.render(review.crf.model_copy(update=out.export_updates), review.status,
+                                               review.decisions)
 
     def _drain(self, out: SubjectOutcome) -> None:
         out.counts = dict(self.log.counts)

@@ -55,6 +55,18 @@ def _value(kind: str, text: Any) -> Any:
     return str(text)
 
 
+def column_kinds() -> dict[str, list[str]]:
+    """Domain → the Dataset-JSON data type of each column."""
+    return {d: [dataset_type(c) for c in COLUMNS[d]] for d in DOMAINS}
+
+
+def render_rows(rows: dict[str, list[dict[str, Any]]], kinds: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Domain → each row as its Dataset-JSON array text."""
+    return {domain: [json.dumps([_value(k, row.get(c)) for k, c in zip(kinds[domain], COLUMNS[domain], strict=True)],
+                                ensure_ascii=False) for row in domain_rows]
+            for domain, domain_rows in rows.items()}
+
+
 class DatasetJsonWriter:
     """One open Dataset-JSON file per domain."""
 
@@ -62,7 +74,7 @@ class DatasetJsonWriter:
         self.folder = Path(folder)
         now = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
         self._files: dict[str, IO[str]] = {}
-        self._kinds = {d: [dataset_type(c) for c in COLUMNS[d]] for d in DOMAINS}
+        self._kinds = column_kinds()
         self.records: dict[str, int] = dict.fromkeys(DOMAINS, 0)
         for domain in DOMAINS:
             head = {
@@ -78,11 +90,14 @@ class DatasetJsonWriter:
             self._files[domain] = fh
 
     def add(self, rows: dict[str, list[dict[str, Any]]]) -> None:
-        for domain, domain_rows in rows.items():
-            fh, kinds, cols = self._files[domain], self._kinds[domain], COLUMNS[domain]
-            for row in domain_rows:
-                values = [_value(k, row.get(c)) for k, c in zip(kinds, cols, strict=True)]
-                fh.write(("\n" if self.records[domain] == 0 else ",\n") + json.dumps(values, ensure_ascii=False))
+        self.write(render_rows(rows, self._kinds))
+
+    def write(self, rendered: dict[str, list[str]]) -> None:
+        """Append rows rendered by :func:`render_rows` (here or in a worker)."""
+        for domain, texts in rendered.items():
+            fh = self._files[domain]
+            for text in texts:
+                fh.write(("\n" if self.records[domain] == 0 else ",\n") + text)
                 self.records[domain] += 1
 
     def close(self) -> None:

@@ -84,10 +84,15 @@ def _unit_oid(i: int) -> str:
     return f"MU.{i}"
 
 
+def unit_oid_map(study: Study) -> dict[str, str]:
+    """Unit → MeasurementUnit OID."""
+    units = sorted({it.unit for it in study.items.values() if it.unit})
+    return {u: _unit_oid(i) for i, u in enumerate(units, start=1)}
+
+
 def metadata(study: Study) -> tuple[Any, dict[str, str]]:
     """The odmlib ``Study`` (GlobalVariables, BasicDefinitions, MetaDataVersion) and the unit → OID map."""
-    units = sorted({it.unit for it in study.items.values() if it.unit})
-    unit_oids = {u: _unit_oid(i) for i, u in enumerate(units, start=1)}
+    unit_oids = unit_oid_map(study)
     basic = ODM.BasicDefinitions(MeasurementUnit=[
         ODM.MeasurementUnit(OID=oid, Name=u,
                             Symbol=ODM.Symbol(TranslatedText=[ODM.TranslatedText(_content=u)]))
@@ -172,20 +177,13 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
                      MetaDataVersion=[mdv]), unit_oids
 
 
-class OdmWriter:
-    """Streams SubjectData to ``<path>.part`` and assembles ``path`` on :meth:`close`."""
+class OdmSubjects:
+    """One subject's SubjectData as XML text (:meth:`render`), wherever the subject is processed."""
 
-    def __init__(self, path: Path, study: Study) -> None:
-        self.path = Path(path)
+    def __init__(self, study: Study) -> None:
         self.study = study
-        self._study_xml, self.unit_oids = metadata(study)
+        self.unit_oids = unit_oid_map(study)
         self.scheduled = {v.id for v in study.schedule.visits}
-        self._part_path = self.path.with_name(self.path.name + ".part")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._part = self._part_path.open("wb")
-        self.subjects = 0
-        #: subject ID -> characters XML 1.0 forbids that were removed from that subject's text
-        self.removed: dict[str, int] = {}
         self._removed = 0
         self.reviewers: dict[str, str] = {}  # reviewer name → User OID (AdminData)
 
@@ -197,8 +195,10 @@ class OdmWriter:
         self._removed += n
         return quoteattr(clean)
 
-    def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> None:
-        """Append one subject, from its export rows (:meth:`RowBuilder.rows`)."""
+    def render(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> tuple[str, int]:
+        """One subject's SubjectData from its export rows (:meth:`RowBuilder.rows`), and how many characters
+        XML 1.0 forbids were removed from its text. Reviewer OIDs are numbered in the order reviewers first
+        appear, so rows carrying a reviewer's decision are rendered by the run's own :class:`OdmWriter`."""
         self._removed = 0
         out: list[str] = [f'<SubjectData SubjectKey={self._attr(subject_id)} TransactionType="Insert">',
                           f'<StudyEventData StudyEventOID="{SUBJECT_EVENT}">']
@@ -221,10 +221,7 @@ class OdmWriter:
                     self._form(out, d, forms[d])
             out.append("</StudyEventData>")
         out.append("</SubjectData>\n")
-        self._part.write("".join(out).encode("utf-8"))
-        self.subjects += 1
-        if self._removed:
-            self.removed[subject_id] = self.removed.get(subject_id, 0) + self._removed
+        return "".join(out), self._removed
 
     def _form(self, out: list[str], domain: str, rows: list[dict[str, Any]]) -> None:
         out.append(f'<FormData FormOID="F.{domain}">')
@@ -269,6 +266,32 @@ class OdmWriter:
                 f"<SourceID>review-decisions.jsonl#{escape(str(d.get('seq')))}</SourceID>"
                 f"</AuditRecord>"
                 f'<Annotation SeqNum="1"><Comment SponsorOrSite="Site">{_xml(what)}</Comment></Annotation>')
+
+
+class OdmWriter(OdmSubjects):
+    """Streams SubjectData to ``<path>.part`` and assembles ``path`` on :meth:`close`."""
+
+    def __init__(self, path: Path, study: Study) -> None:
+        super().__init__(study)
+        self.path = Path(path)
+        self._study_xml, self.unit_oids = metadata(study)
+        self._part_path = self.path.with_name(self.path.name + ".part")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._part = self._part_path.open("wb")
+        self.subjects = 0
+        #: subject ID -> characters XML 1.0 forbids that were removed from that subject's text
+        self.removed: dict[str, int] = {}
+
+    def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> None:
+        """Append one subject, from its export rows (:meth:`RowBuilder.rows`)."""
+        self.write(subject_id, *self.render(subject_id, rows))
+
+    def write(self, subject_id: str, xml: str, removed: int) -> None:
+        """Append one subject's SubjectData rendered by :meth:`render` (here or in a worker)."""
+        self._part.write(xml.encode("utf-8"))
+        self.subjects += 1
+        if removed:
+            self.removed[subject_id] = self.removed.get(subject_id, 0) + removed
 
     def _admin_data(self) -> str:
         """Users (reviewers) and the review Location the AuditRecords refer to."""

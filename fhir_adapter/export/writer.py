@@ -12,33 +12,105 @@ Each subject's rows are written as soon as its CRF exists; nothing but counters 
 from __future__ import annotations
 
 import csv
+import io
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, FINDINGS_DOMAINS, RowBuilder
 from fhir_adapter.export.coverage import Coverage
-from fhir_adapter.export.dataset_json import DatasetJsonWriter
+from fhir_adapter.export.dataset_json import DatasetJsonWriter, column_kinds, render_rows
 from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
-from fhir_adapter.export.odm import OdmWriter
+from fhir_adapter.export.odm import OdmSubjects, OdmWriter
 from fhir_adapter.export.sanitize import csv_row
 from fhir_adapter.job.runlog import Quarantined
 from fhir_adapter.study.load import Study
+
+
+def _row_builder(study: Study) -> RowBuilder:
+    folder_setting = meddra_folder(study.meddra_dir)
+    meddra: Meddra | None = None
+    problem: str | None = None
+    try:
+        meddra = Meddra(folder_setting) if folder_setting else None
+    except (MeddraError, OSError) as exc:  # FHIR_ADAPTER_MEDDRA_DIR wrong: no hierarchy, and say why
+        problem = str(exc)
+    rows = RowBuilder(study, meddra=meddra)
+    rows.meddra_problem = problem
+    return rows
+
+
+def _rows(builder: RowBuilder, crf: SubjectCRF, review: dict[tuple[str, str], str] | None,
+          decisions: dict[tuple[str, str], dict[str, Any]] | None) -> dict[str, list[dict[str, Any]]]:
+    rows = builder.rows(crf)
+    if review is not None:
+        for domain in FINDINGS_DOMAINS:
+            for row in rows[domain]:
+                key = (row["_visit"], row["_item"])
+                row["REVSTAT"] = review.get(key, "unreviewed")
+                if decisions and key in decisions:
+                    row["_decision"] = decisions[key]
+    return rows
+
+
+@dataclass
+class SubjectExport:
+    """One subject's export rows rendered as the files' text where the subject was processed (a worker), and
+    what the run's report counts from them; :meth:`ExportWriter.write` appends it."""
+
+    subject_id: str
+    #: domain → the rows' CSV text, and how many rows
+    csv: dict[str, str]
+    counts: dict[str, int]
+    #: domain → each row's Dataset-JSON text
+    dataset_json: dict[str, list[str]]
+    #: SubjectData XML and the characters XML forbids removed from it; None when a row carries a reviewer's
+    #: decision (reviewer OIDs are numbered by the run's ODM writer, which renders ``rows`` then)
+    odm: str | None
+    odm_removed: int = 0
+    rows: dict[str, list[dict[str, Any]]] | None = None
+    ct_missing: Counter[tuple[str, str]] = field(default_factory=Counter)
+    meddra_missing: set[str] = field(default_factory=set)
+    serious_without_criteria: int = 0
+
+
+class ExportRenderer:
+    """Renders subjects' exports (:class:`SubjectExport`) away from the files: in a worker process."""
+
+    def __init__(self, study: Study) -> None:
+        self.rows = _row_builder(study)
+        self.odm = OdmSubjects(study)
+        self.kinds = column_kinds()
+
+    def render(self, crf: SubjectCRF, review: dict[tuple[str, str], str] | None = None,
+               decisions: dict[tuple[str, str], dict[str, Any]] | None = None) -> SubjectExport:
+        b = self.rows
+        ct_before, meddra_before, serious_before = Counter(b.ct.missing), set(b.meddra_missing), \
+            b.serious_without_criteria
+        rows = _rows(b, crf, review, decisions)
+        texts: dict[str, str] = {}
+        for domain, domain_rows in rows.items():
+            buf = io.StringIO(newline="")
+            csv.DictWriter(buf, fieldnames=list(COLUMNS[domain]), extrasaction="ignore").writerows(
+                csv_row(r) for r in domain_rows)
+            texts[domain] = buf.getvalue()
+        reviewed = any(row.get("_decision") for d in FINDINGS_DOMAINS for row in rows.get(d, []))
+        xml, removed = (None, 0) if reviewed else self.odm.render(crf.subject_id, rows)
+        return SubjectExport(
+            subject_id=crf.subject_id, csv=texts, counts={d: len(r) for d, r in rows.items()},
+            dataset_json=render_rows(rows, self.kinds), odm=xml, odm_removed=removed,
+            rows=rows if reviewed else None, ct_missing=Counter(b.ct.missing) - ct_before,
+            meddra_missing=b.meddra_missing - meddra_before,
+            serious_without_criteria=b.serious_without_criteria - serious_before)
 
 
 class ExportWriter:
     def __init__(self, folder: Path, study: Study) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        folder_setting = meddra_folder(study.meddra_dir)
-        meddra: Meddra | None = None
-        problem: str | None = None
-        try:
-            meddra = Meddra(folder_setting) if folder_setting else None
-        except (MeddraError, OSError) as exc:  # FHIR_ADAPTER_MEDDRA_DIR wrong: no hierarchy, and say why
-            problem = str(exc)
-        self.rows = RowBuilder(study, meddra=meddra)
-        self.rows.meddra_problem = problem
+        self.rows = _row_builder(study)
         self._files: dict[str, IO[str]] = {}
         self._csv: dict[str, csv.DictWriter[str]] = {}
         for domain in DOMAINS:
@@ -57,19 +129,28 @@ class ExportWriter:
         """Export one subject's CRF; ``quarantined`` = the quarantine entries added while mapping it;
         ``review`` = the review status per (visit, item) (column REVSTAT); ``decisions`` = the reviewer's
         decision per (visit, item) (ODM AuditRecord and Annotation)."""
-        rows = self.rows.rows(crf)
-        if review is not None:
-            for domain in FINDINGS_DOMAINS:
-                for row in rows[domain]:
-                    key = (row["_visit"], row["_item"])
-                    row["REVSTAT"] = review.get(key, "unreviewed")
-                    if decisions and key in decisions:
-                        row["_decision"] = decisions[key]
+        rows = _rows(self.rows, crf, review, decisions)
         for domain, domain_rows in rows.items():
             self._csv[domain].writerows(csv_row(r) for r in domain_rows)  # the single CSV write point
             self.counts[domain] += len(domain_rows)
         self.odm.add(crf.subject_id, rows)
         self.dataset_json.add(rows)
+        self.coverage.add(crf, quarantined)
+
+    def write(self, export: SubjectExport, crf: SubjectCRF, quarantined: list[Quarantined]) -> None:
+        """:meth:`add` for a subject whose export a worker rendered (:class:`ExportRenderer`): the same bytes."""
+        for domain, text in export.csv.items():
+            self._files[domain].write(text)
+            self.counts[domain] += export.counts[domain]
+        if export.odm is not None:
+            self.odm.write(export.subject_id, export.odm, export.odm_removed)
+        else:
+            assert export.rows is not None
+            self.odm.add(export.subject_id, export.rows)
+        self.dataset_json.write(export.dataset_json)
+        self.rows.ct.missing.update(export.ct_missing)
+        self.rows.meddra_missing |= export.meddra_missing
+        self.rows.serious_without_criteria += export.serious_without_criteria
         self.coverage.add(crf, quarantined)
 
     def close(self, run_counts: dict[str, int]) -> dict[str, Any]:

@@ -272,7 +272,7 @@ def _run(
         sink.start(roster.patient_ids)
     dry_run = bool(getattr(sink, "dry_run", False))
     work = SubjectWork(study=study, decisions=reviews.current, roster_infusions=roster_infusions, owned=owned,
-                       owned_study=owned_study)
+                       owned_study=owned_study, render_exports=workers > 1 and engine_outcomes is None)
     engine = SubjectEngine(work)
     file_names = SubjectFileNames()
     rows: list[dict[str, Any]] = []
@@ -313,7 +313,11 @@ def _run(
               offline_transaction(bundle_resources + plan.retractions, e.patient_id))
         if w is None or not w.error:  # the state records only what the server confirmed (or the file run)
             state.commit(plan)
-        exports.add(crf.model_copy(update=o.export_updates), o.quarantine, review.status, review.decisions)
+        exported = crf.model_copy(update=o.export_updates)
+        if o.export is not None:  # rendered by a worker
+            exports.write(o.export, exported, o.quarantine)
+        else:
+            exports.add(exported, o.quarantine, review.status, review.decisions)
         summary.results_written += len(bundle_resources)
         summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1

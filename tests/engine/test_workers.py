@@ -6,16 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.review.store import DecisionStore, new_decision
 from fhir_adapter.roster.enrollees import build_roster
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
+from tests.review.review_feed import SUBJECT, run_feed
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +58,25 @@ def test_a_subject_failing_in_a_worker_fails_alone(feed: Path, study: Any) -> No
     failed = {o.subject_id: o.error for _, o, _ in outcomes if o.error}
     assert list(failed) == [broken] and "date" in str(failed[broken])
     assert all(o.row is not None for _, o, _ in outcomes if o.subject_id != broken)
+
+
+def test_reviewed_values_with_two_workers_write_the_same_out_as_one_process(tmp_path: Path, study: Any) -> None:
+    """Rows carrying a reviewer's decision (ODM AuditRecords, reviewer OIDs numbered by the run) and the
+    REVSTAT column come out the same when workers render the exports."""
+    first, _ = run_feed(tmp_path, study, out=tmp_path / "first")
+    store = DecisionStore.under(first)
+    for visit, item, action, kw in [("W24", "c3", "choose", {"candidate": "Observation/c3-w24b",
+                                                             "reason": "day-169 sample haemolysed"}),
+                                    ("W12", "c3", "accept", {})]:
+        shown = next(e for e in orjson.loads((first / "review" / "candidates" / f"{SUBJECT}.json").read_bytes())
+                     ["items"] if e["visit"] == visit and e["item"] == item)
+        store.append(new_decision(subject_id=SUBJECT, visit=visit, item=item, action=action, reviewer="D. Manager",
+                                  shown=shown, **kw))
+    trees = []
+    for workers in (1, 2):
+        out, summary = run_feed(tmp_path, study, out=tmp_path / f"w{workers}", review_state=first / "state",
+                                workers=workers)
+        assert summary.subjects == 2 and not summary.subjects_failed
+        trees.append(out_tree(out))
+    assert b"<AuditRecord" in trees[0]["export/odm.xml"] and b"USR.REVIEW.1" in trees[0]["export/odm.xml"]
+    assert differences(trees[0], trees[1]) == []
