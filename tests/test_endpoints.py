@@ -197,7 +197,7 @@ def test_third_party_endpoint_runs_end_to_end(tmp_path: Path, feed: Path, regist
     folder = study_folder(tmp_path, ["visit_count", "pga"])
     (folder / "visit_count.yaml").write_text("item: pga\n", encoding="utf-8")
     study = load_study(folder)
-    assert [e.name for e in study.run_order()] == ["pga", "visit_count"]
+    assert [e.name for e in registry.run_order(registry.endpoints_of(study))] == ["pga", "visit_count"]
     log = RunLog()
     run(FileSource(feed, log), study, tmp_path / "out", log)
     doc = json.loads((tmp_path / "out" / "results" / "study.json").read_text())
@@ -252,7 +252,7 @@ def test_third_party_package_entry_point(tmp_path: Path) -> None:
 
 def test_endpoints_of_the_lcar_aio_study(study: Study) -> None:
     assert study.endpoints == BUILTIN
-    order = [e.name for e in study.run_order()]
+    order = [e.name for e in registry.run_order(registry.endpoints_of(study))]
     assert order.index("lldas") > max(order.index(n) for n in ("sledai2k", "pga", "glucocorticoids"))
     assert order.index("escalation") > order.index("dlt")
     names = yaml.safe_load((LCAR / "study.yaml").read_text())["endpoints"]

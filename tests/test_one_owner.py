@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, pred_eq_on
+from fhir_adapter.derive.sledai2k import Sledai2kSettings
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.medications.mapper import MedicationMapper
 from fhir_adapter.mapping.medications.settings import MedicationSettings
@@ -144,6 +145,6 @@ def test_sledai2k_descriptors_and_weights_agree_with_the_codesystem(study: Study
     cs = json.loads((PROFILES / "CodeSystem-sledai-2k-descriptor.json").read_text(encoding="utf-8"))
     published = {c["code"]: next(p["valueInteger"] for p in c["property"] if p["code"] == "weight")
                  for c in cs["concept"]}
-    configured = {d.code: d.weight for d in study.sledai2k.descriptors}
+    configured = {d.code: d.weight for d in study.rule("sledai2k", Sledai2kSettings).descriptors}
     assert list(configured) == list(published) == list(SLEDAI2K_DESCRIPTOR_CODES)
     assert configured == published

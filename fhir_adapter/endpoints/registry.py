@@ -10,36 +10,41 @@ sponsor ships one as a separate package with the same group. :func:`register` ad
 notebook). Nothing is imported until a study names it, so a study that uses three endpoints imports three.
 
 Domain-mapping settings (``medications.yaml``, ``adverse_events.yaml``) are found the same way, through the
-group ``fhir_adapter.mappings`` (name → ``module:SettingsModel``), so the study loader never imports a mapping
-module.
+group ``fhir_adapter.mappings`` (name → ``module:SettingsModel``). The lookup by entry point, the run order and
+the load-time check's input live with the study loader (:mod:`fhir_adapter.study.plugins`), which reads only
+an endpoint's name, settings, needs and check, so it imports no endpoint, derivation or mapping module.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from importlib.metadata import EntryPoint, entry_points
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypeVar, get_type_hints
 
 from pydantic import BaseModel
+
+from fhir_adapter.study import plugins
+from fhir_adapter.study.plugins import (
+    ENDPOINT_GROUP,
+    MAPPING_GROUP,
+    CheckInput,
+    RegistryError,
+    check_items,
+    run_order,
+)
 
 if TYPE_CHECKING:
     from fhir_adapter.crf.models import SubjectCRF
     from fhir_adapter.roster.enrollees import Enrollee
     from fhir_adapter.study.load import Study
-    from fhir_adapter.study.models import Item
-    from fhir_adapter.study.yamlfile import YamlDoc
 
-ENDPOINT_GROUP = "fhir_adapter.endpoints"
-MAPPING_GROUP = "fhir_adapter.mappings"
+__all__ = ["ENDPOINT_GROUP", "MAPPING_GROUP", "CheckInput", "Contracts", "Endpoint", "OutputInput", "RegistryError",
+           "StudyInput", "SubjectInput", "Unit", "available", "check_items", "endpoints_of", "get", "register",
+           "run_order", "unregister"]
 
 T = TypeVar("T")
 S = TypeVar("S", bound=BaseModel)
-
-
-class RegistryError(LookupError):
-    """An endpoint name that no package provides, or endpoints that need each other."""
 
 
 def _need(found: dict[str, Any], name: str, kind: type[T], who: str) -> T:
@@ -88,17 +93,6 @@ class StudyInput:
     study: Study
     settings: BaseModel
     rows: Sequence[dict[str, Any]]
-
-
-@dataclass(frozen=True)
-class CheckInput:
-    """What a load-time check reads: the endpoint's rule file, the items and the settings of other endpoints.
-    A check raises ``doc.error(...)`` (file:line and the fix) or returns the settings, possibly completed."""
-
-    doc: YamlDoc
-    settings: BaseModel
-    items: dict[str, Item]
-    rules: dict[str, BaseModel]
 
 
 class Unit(NamedTuple):
@@ -167,100 +161,30 @@ class Contracts:
     study: type | None = None
 
 
-@dataclass
-class _Registry:
-    added: dict[str, Endpoint] = field(default_factory=dict)
-    loaded: dict[str, Endpoint] = field(default_factory=dict)
-
-
-_registry = _Registry()
-
-
 def register(endpoint: Endpoint) -> None:
     """Make ``endpoint`` available by its name (in addition to the installed entry points; it wins over one of
     the same name)."""
-    _registry.added[endpoint.name] = endpoint
-    _registry.loaded.pop(endpoint.name, None)
+    plugins.add(endpoint)
 
 
 def unregister(name: str) -> None:
     """Forget an endpoint added with :func:`register`."""
-    _registry.added.pop(name, None)
-    _registry.loaded.pop(name, None)
-
-
-def _entry_points(group: str) -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=group)}
+    plugins.remove(name)
 
 
 def available() -> list[str]:
     """Names of every endpoint a study may name (nothing is imported)."""
-    return sorted(_entry_points(ENDPOINT_GROUP).keys() | _registry.added.keys())
+    return plugins.available()
 
 
 def get(name: str) -> Endpoint:
     """The endpoint called ``name``; imports its module on first use."""
-    if name in _registry.added:
-        return _registry.added[name]
-    if name in _registry.loaded:
-        return _registry.loaded[name]
-    ep = _entry_points(ENDPOINT_GROUP).get(name)
-    if ep is None:
-        raise RegistryError(f"no endpoint '{name}' is installed (available: {', '.join(available()) or 'none'})")
-    obj = ep.load()
-    if not isinstance(obj, Endpoint) or obj.name != name:
-        raise RegistryError(f"entry point '{name}' ({ep.value}) is not an Endpoint called '{name}'")
-    _registry.loaded[name] = obj
-    return obj
+    found = plugins.find(name)
+    if not isinstance(found, Endpoint):
+        raise RegistryError(f"endpoint '{name}' is not a fhir_adapter.endpoints.registry.Endpoint")
+    return found
 
 
-def mapping_settings(name: str) -> type[BaseModel] | None:
-    """The settings model of the domain mapping ``name`` (``medications``, ``adverse_events``), or None."""
-    ep = _entry_points(MAPPING_GROUP).get(name)
-    if ep is None:
-        return None
-    model = ep.load()
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
-        raise RegistryError(f"mapping entry point '{name}' ({ep.value}) is not a pydantic model")
-    return model
-
-
-def mapping_names() -> list[str]:
-    return sorted(_entry_points(MAPPING_GROUP))
-
-
-def run_order(endpoints: Iterable[Endpoint]) -> list[Endpoint]:
-    """``endpoints`` ordered so each comes after those it needs (ties keep the given order). Raises
-    :class:`RegistryError` naming a cycle or a needed endpoint that is not in the list."""
-    given = list(endpoints)
-    by_name = {e.name: e for e in given}
-    for e in given:
-        missing = [n for n in e.needs if n not in by_name]
-        if missing:
-            raise RegistryError(f"endpoint '{e.name}' needs {', '.join(missing)}: add "
-                                f"{' and '.join(missing)} to the endpoints of study.yaml")
-    order: list[Endpoint] = []
-    state: dict[str, int] = {}  # 1 = visiting, 2 = done
-
-    def visit(e: Endpoint, path: list[str]) -> None:
-        if state.get(e.name) == 2:
-            return
-        if state.get(e.name) == 1:
-            cycle = [*path[path.index(e.name):], e.name]
-            raise RegistryError(f"endpoints need each other in a cycle: {' -> '.join(cycle)}")
-        state[e.name] = 1
-        for n in e.needs:
-            visit(by_name[n], [*path, e.name])
-        state[e.name] = 2
-        order.append(e)
-
-    for e in given:
-        visit(e, [])
-    return order
-
-
-def check_items(c: CheckInput, refs: Iterable[tuple[tuple[str | int, ...], str]]) -> None:
-    """Each (location in the rule file, item id) names an item of items.yaml, else a load error at its line."""
-    for loc, item in refs:
-        if item not in c.items:
-            raise c.doc.error(loc, f"unknown item '{item}'", "use an item id of items.yaml")
+def endpoints_of(study: Study) -> list[Endpoint]:
+    """The endpoints the study names, in study.yaml's order (outputs follow it)."""
+    return [get(n) for n in study.endpoints]

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_adapter import __version__
-from fhir_adapter.endpoints.registry import StudyInput
+from fhir_adapter.endpoints.registry import StudyInput, endpoints_of
 from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.study.load import Study
 
@@ -45,7 +45,7 @@ def subject_row(r: SubjectResults) -> dict[str, Any]:
 def study_keys(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
     """The study-level keys of the named endpoints, from all subject rows (study.yaml's order)."""
     out: dict[str, Any] = {}
-    for ep in study.endpoint_plugins():
+    for ep in endpoints_of(study):
         if ep.study_keys is not None:
             out.update(ep.study_keys(StudyInput(study=study, settings=study.rules[ep.name], rows=subjects)))
     return out

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput
+from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput, endpoints_of, run_order
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
 
@@ -72,7 +72,8 @@ class SubjectResults:
 def derive_subject(crf: SubjectCRF, study: Study) -> SubjectResults:
     """Every per-subject endpoint of the study, each after those it needs."""
     results: dict[str, Any] = {}
-    for ep in study.run_order():
+    named = endpoints_of(study)
+    for ep in run_order(named):
         if ep.derive is None:
             continue
         needed = {n: results[n] for n in ep.needs if n in results}
@@ -80,4 +81,4 @@ def derive_subject(crf: SubjectCRF, study: Study) -> SubjectResults:
                                        endpoint=ep.name))
         results[ep.name] = value
     return SubjectResults(crf=crf, results=results,
-                          endpoints=[ep for ep in study.endpoint_plugins() if ep.derive is not None])
+                          endpoints=[ep for ep in named if ep.derive is not None])

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fhir_adapter.endpoints import registry
-from fhir_adapter.endpoints.registry import CheckInput, Endpoint, RegistryError
+from fhir_adapter.study import plugins
 from fhir_adapter.study.models import (
     Item,
     ItemsFile,
@@ -27,12 +26,19 @@ from fhir_adapter.study.models import (
     StudyInfo,
     SubjectIdentifierRule,
 )
+from fhir_adapter.study.plugins import CheckInput, EndpointSpec, RegistryError
 from fhir_adapter.study.yamlfile import MappingError, YamlDoc, read_yaml
 from fhir_adapter.terminology import units
 
-if TYPE_CHECKING:
-    from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings
-    from fhir_adapter.derive.sledai2k import Sledai2kSettings
+
+class _SteroidTable(Protocol):
+    """What medications.yaml takes from glucocorticoids.yaml (its settings, when the study names it)."""
+
+    @property
+    def drugs(self) -> Sequence[Any]: ...
+
+    @property
+    def systemic_routes(self) -> Sequence[str]: ...
 
 M = TypeVar("M", bound=BaseModel)
 CORE_FILES = ("study", "schedule", "items")
@@ -52,7 +58,7 @@ class Study:
     #: settings per rule file: the domain mappings (medications, adverse_events) and the named endpoints
     rules: dict[str, BaseModel]
     files: dict[str, str] = field(default_factory=dict, repr=False)
-    #: the endpoints study.yaml names, in its order (outputs follow it); :attr:`run_order` derives them
+    #: the endpoints study.yaml names, in its order (outputs follow it; they run in the order their needs give)
     endpoints: tuple[str, ...] = ()
     site: str | None = None
     #: which ResearchSubject identifier is the subject ID, and the file:line that says so
@@ -67,20 +73,6 @@ class Study:
         value = self.rules[name]
         assert isinstance(value, model)
         return value
-
-    @property
-    def sledai2k(self) -> Sledai2kSettings:
-        from fhir_adapter.derive.sledai2k import Sledai2kSettings
-
-        return self.rule("sledai2k", Sledai2kSettings)
-
-    def endpoint_plugins(self) -> list[Endpoint]:
-        """The named endpoints in study.yaml's order."""
-        return [registry.get(n) for n in self.endpoints]
-
-    def run_order(self) -> list[Endpoint]:
-        """The named endpoints ordered so each runs after those it needs."""
-        return registry.run_order(self.endpoint_plugins())
 
     def resolve_code(self, ref: str) -> tuple[str, str]:
         alias, code = ref.split("|", 1)
@@ -242,7 +234,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         docs[name] = read_yaml(path)
     sdoc = docs["study"]
     named = _named_endpoints(sdoc)
-    mappings = registry.mapping_names()
+    mappings = plugins.mapping_names()
     extra = sorted(p for p in root.glob("*.yaml") if p.stem not in CORE_FILES)
     for path in extra:
         if path.stem not in mappings and path.stem not in named:
@@ -334,9 +326,9 @@ def load_study(root: Path, site: Path | None = None) -> Study:
                    for i, r in enumerate(info.lymphodepletion_codes))
 
     rules = _endpoint_rules(docs, sdoc, named, items, overlay)
-    gc: GlucocorticoidSettings | None = rules.get("glucocorticoids")  # type: ignore[assignment]
+    gc: _SteroidTable | None = rules.get("glucocorticoids")  # type: ignore[assignment]
     for name in mappings:
-        model = registry.mapping_settings(name)
+        model = plugins.mapping_settings(name)
         assert model is not None
         data = _medications_data(docs[name], gc) if name == "medications" else docs[name].data
         rules[name] = _validate(docs[name], model, data)
@@ -355,7 +347,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     )
 
 
-def _medications_data(doc: YamlDoc, gc: GlucocorticoidSettings | None) -> Any:
+def _medications_data(doc: YamlDoc, gc: _SteroidTable | None) -> Any:
     """medications.yaml with the facts glucocorticoids.yaml owns filled in: the systemic routes, and for
     every glucocorticoid of its table the drug class and RxNorm ingredient (its names and product codes
     stay in medications.yaml). A medications.yaml that states one of them differently is an error. A study
@@ -418,12 +410,12 @@ def _named_endpoints(sdoc: YamlDoc) -> list[str]:
     if names is None:
         raise sdoc.error((), "study.yaml names no endpoints",
                          "add a top-level `endpoints: [...]` listing the endpoints the study derives "
-                         f"(available: {', '.join(registry.available())}; `endpoints: []` for none)")
+                         f"(available: {', '.join(plugins.available())}; `endpoints: []` for none)")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise sdoc.error(("endpoints",), "`endpoints` must be a list of endpoint names",
                          "write e.g. endpoints: [sledai2k, pga]")
-    known = registry.available()
-    found: list[Endpoint] = []
+    known = plugins.available()
+    found: list[EndpointSpec] = []
     for i, name in enumerate(names):
         if name in names[:i]:
             raise sdoc.error(("endpoints", i), f"endpoint '{name}' is named twice", "name it once")
@@ -432,22 +424,22 @@ def _named_endpoints(sdoc: YamlDoc) -> list[str]:
                              f"use one of {', '.join(known) or '(none installed)'}, or install the package that "
                              "provides it (entry-point group fhir_adapter.endpoints; fhir-adapter's own are "
                              "registered when it is installed: `make install` or `pip install -e .`)")
-        found.append(registry.get(name))
+        found.append(plugins.find(name))
     try:
-        registry.run_order(found)
+        plugins.run_order(found)
     except RegistryError as exc:
         raise sdoc.error(("endpoints",), str(exc), "name the endpoints each one needs, with no cycle") from None
     return list(names)
 
 
 def _unexpected_rule_file(path: Path, sdoc: YamlDoc, mappings: list[str]) -> MappingError:
-    if path.stem in registry.available():
+    if path.stem in plugins.available():
         return MappingError(path, None, f"rule file of the endpoint '{path.stem}', which study.yaml does not name",
                             f"add {path.stem} to the endpoints of {sdoc.path.name} "
                             f"(line {sdoc.line_of(('endpoints',))}) or remove {path.name}")
     return MappingError(path, None, f"unknown rule file '{path.name}'",
                         f"rule files are those of the domain mappings ({', '.join(mappings)}) and of the named "
-                        f"endpoints ({', '.join(registry.available())}); rename or remove it")
+                        f"endpoints ({', '.join(plugins.available())}); rename or remove it")
 
 
 def _endpoint_rules(docs: dict[str, YamlDoc], sdoc: YamlDoc, named: list[str], items: dict[str, Item],
@@ -455,7 +447,7 @@ def _endpoint_rules(docs: dict[str, YamlDoc], sdoc: YamlDoc, named: list[str], i
     """Each named endpoint's rule file read into its settings model and checked, in run order (a check may
     read the settings of the endpoints it needs)."""
     rules: dict[str, BaseModel] = {}
-    for ep in registry.run_order(registry.get(n) for n in named):
+    for ep in plugins.run_order(plugins.find(n) for n in named):
         settings: BaseModel = _validate(docs[ep.name], ep.settings, docs[ep.name].data)
         if ep.name == "glucocorticoids" and overlay is not None and overlay.medication_list_complete is not None:
             settings = settings.model_copy(update={"medication_list_complete": overlay.medication_list_complete})

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_adapter.crf.models import Finding
-from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kVisit, derive_sledai2k
+from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kSettings, Sledai2kVisit, derive_sledai2k
 from fhir_adapter.study.load import Study
 from tests.helpers import crf, descriptor, finding
 
 
 def score(study: Study, findings: list[Finding], visit_day: int = 40, **kw: Any) -> Sledai2kVisit:
-    visits = derive_sledai2k(crf(findings, {"V": visit_day}, **kw), study.sledai2k)
+    visits = derive_sledai2k(crf(findings, {"V": visit_day}, **kw), study.rule("sledai2k", Sledai2kSettings))
     return visits[0]
 
 
@@ -53,10 +53,10 @@ def test_look_back_window_is_visit_minus_10_through_visit(study: Study) -> None:
 
 
 def test_window_setting_30_days(study: Study) -> None:
-    s30 = study.sledai2k.model_copy(update={"window_days": 30})
+    s30 = study.rule("sledai2k", Sledai2kSettings).model_copy(update={"window_days": 30})
     f = [descriptor("rash", 40, False), finding("protein_24h", 15, 1.0)]
     assert derive_sledai2k(crf(f, {"V": 40}), s30)[0].total == 4
-    assert derive_sledai2k(crf(f, {"V": 40}), study.sledai2k)[0].total == 0
+    assert derive_sledai2k(crf(f, {"V": 40}), study.rule("sledai2k", Sledai2kSettings))[0].total == 0
 
 
 def test_clinician_entry_wins_over_lab(study: Study) -> None:
@@ -123,7 +123,7 @@ def test_cytopenias_after_lymphodepletion_are_excluded(study: Study) -> None:
 def test_visit_without_clinician_assessment_has_no_total(study: Study) -> None:
     v = score(study, [finding("protein_24h", 40, 1.0), finding("platelets", 40, 50)])
     assert v.total is None
-    labs_suffice = study.sledai2k.model_copy(update={"min_clinician_descriptors": 0})
+    labs_suffice = study.rule("sledai2k", Sledai2kSettings).model_copy(update={"min_clinician_descriptors": 0})
     v = derive_sledai2k(crf([finding("protein_24h", 40, 1.0)], {"V": 40}), labs_suffice)[0]
     assert v.total == 4
 
@@ -133,7 +133,8 @@ def test_baseline_and_change(study: Study) -> None:
          descriptor("arthritis", -7, True), finding("protein_24h", -8, 1.2),     # BL 8 (baseline)
          descriptor("arthritis", 29, False), finding("protein_24h", 29, 0.7),    # W4 4
          descriptor("arthritis", 85, False), finding("protein_24h", 85, 0.2)]    # W12 0
-    visits = derive_sledai2k(crf(f, {"SCR": -28, "BL": -7, "W4": 29, "W12": 85}), study.sledai2k)
+    settings = study.rule("sledai2k", Sledai2kSettings)
+    visits = derive_sledai2k(crf(f, {"SCR": -28, "BL": -7, "W4": 29, "W12": 85}), settings)
     got = {v.visit: (v.total, v.change, v.baseline) for v in visits}
     assert got == {"SCR": (6, None, False), "BL": (8, 0, True), "W4": (4, -4, False), "W12": (0, -8, False)}
 
@@ -141,6 +142,6 @@ def test_baseline_and_change(study: Study) -> None:
 def test_an_assessment_is_not_reused_by_a_later_visit(study: Study) -> None:
     # BL assessment on day -7; a D1 visit on day 1 with labs only lies within BL's 10-day look-back
     f = [descriptor("arthritis", -7, True), finding("protein_24h", -8, 1.2), finding("platelets", 1, 250)]
-    visits = derive_sledai2k(crf(f, {"BL": -7, "D1": 1}), study.sledai2k)
+    visits = derive_sledai2k(crf(f, {"BL": -7, "D1": 1}), study.rule("sledai2k", Sledai2kSettings))
     got = {v.visit: (v.total, v.baseline) for v in visits}
     assert got == {"BL": (8, True), "D1": (None, False)}
