@@ -1,7 +1,8 @@
 """One enrolled subject's resources → :class:`SubjectCRF`.
 
-Each input resource is first parsed as FHIR R4 (``fhir.resources.R4B``); one that fails is quarantined
-with the element and the reason, and the subject's other resources still flow.
+Each input resource is first checked as FHIR R4 (:func:`fhir_adapter.fhir.r4.r4_problem`: the quick check of the
+``fhir.resources.R4B`` models' element tables, the model itself for anything it cannot vouch for); one that
+fails is quarantined with the element and the reason, and the subject's other resources still flow.
 """
 
 from __future__ import annotations

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import struct
+import tempfile
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal, overload
 
 import orjson
 
@@ -67,6 +69,14 @@ _OUTCOME = "OperationOutcome"
 #: a line that may reference a shared resource (checked on the bytes before looking through the parsed resource)
 _SHARED_HINT = re.compile(rb"(?:Medication|Organization|Location|Specimen)/")
 _KNOWN = frozenset((*ROSTER_TYPES, *SHARED_TYPES, _OUTCOME))
+#: enrolled subjects' lines kept in memory up to this many bytes; beyond, on disk (FileSource.spool_bytes)
+SPOOL_BYTES = 256 * 1024 * 1024
+#: consecutive subjects per spool file
+SPOOL_SUBJECTS = 32
+#: a spool record: the subject's index in the run's order, the length of the JSON bytes that follow
+_RECORD = struct.Struct("<II")
+#: what a resource kept parsed (a Bundle entry) is counted as against SPOOL_BYTES
+_DICT_SIZE = 2048
 
 
 def _pass_of(rtype: str | None) -> str | None:
@@ -81,7 +91,78 @@ def _pass_of(rtype: str | None) -> str | None:
     return "none"
 
 
+class _SubjectLines:
+    """The enrolled subjects' lines (or Bundle entries) in the order they are read, given back subject by
+    subject in ``order``: in memory up to ``limit`` bytes, beyond that in spool files on disk, one per
+    :data:`SPOOL_SUBJECTS` consecutive subjects of ``order`` (so one file at a time is read back)."""
+
+    def __init__(self, order: list[str], limit: int) -> None:
+        self.order = order
+        self.index = {pid: i for i, pid in enumerate(order)}
+        self.limit = limit
+        self.size = 0
+        self.memory: dict[str, list[bytes | Resource]] = {pid: [] for pid in order}
+        self.spool: tempfile.TemporaryDirectory[str] | None = None
+        self.files: dict[int, BinaryIO] = {}
+
+    def add(self, pid: str, record: bytes | Resource) -> None:
+        if self.spool is not None:
+            self._write(pid, record)
+            return
+        self.memory[pid].append(record)
+        self.size += len(record) if isinstance(record, bytes) else _DICT_SIZE
+        if self.size > self.limit:
+            self.spool = tempfile.TemporaryDirectory(prefix="fhir-adapter-subjects-")
+            for p, records in self.memory.items():
+                for r in records:
+                    self._write(p, r)
+            self.memory = {}
+
+    def _write(self, pid: str, record: bytes | Resource) -> None:
+        assert self.spool is not None
+        data = record if isinstance(record, bytes) else orjson.dumps(record)
+        i = self.index[pid]
+        fh = self.files.get(i // SPOOL_SUBJECTS)
+        if fh is None:
+            path = Path(self.spool.name) / str(i // SPOOL_SUBJECTS)
+            fh = self.files[i // SPOOL_SUBJECTS] = path.open("ab")
+        fh.write(_RECORD.pack(i, len(data)) + data)
+
+    def subjects(self) -> Iterator[tuple[str, list[bytes | Resource]]]:
+        if self.spool is None:
+            for pid in self.order:
+                yield pid, self.memory.pop(pid)
+            return
+        for fh in self.files.values():
+            fh.close()
+        for chunk in range(0, len(self.order), SPOOL_SUBJECTS):
+            group: dict[str, list[bytes | Resource]] = {pid: [] for pid in self.order[chunk:chunk + SPOOL_SUBJECTS]}
+            path = Path(self.spool.name) / str(chunk // SPOOL_SUBJECTS)
+            if path.is_file():
+                data = path.read_bytes()
+                at = 0
+                while at < len(data):
+                    i, length = _RECORD.unpack_from(data, at)
+                    at += _RECORD.size
+                    group[self.order[i]].append(data[at:at + length])
+                    at += length
+                del data
+                path.unlink()
+            for pid, records in group.items():
+                yield pid, records
+            group.clear()
+
+    def close(self) -> None:
+        for fh in self.files.values():
+            fh.close()
+        if self.spool is not None:
+            self.spool.cleanup()
+
+
 class FileSource:
+    #: bytes of enrolled subjects' lines kept in memory before they go to spool files (:class:`_SubjectLines`)
+    spool_bytes = SPOOL_BYTES
+
     def __init__(self, folder: Path | Folder, log: RunLog) -> None:
         """``folder``: a local folder, or a :class:`~fhir_adapter.source.layout.Folder` another reader lists and
         opens (the Spark engine's)."""
@@ -114,26 +195,30 @@ class FileSource:
 
     def subject_records(self, patient_ids: set[str]) -> Iterator[tuple[str, list[bytes | Resource]]]:
         """:meth:`subject_resources` before parsing: an NDJSON line stays the line's bytes (parsed where the
-        subject is processed: a worker process, which saves this process parsing and pickling the dicts)."""
+        subject is processed: a worker process, which saves this process parsing and pickling the dicts).
+        Beyond :attr:`spool_bytes` of enrolled subjects' lines, they wait in spool files on disk
+        (:class:`_SubjectLines`), so memory stays flat in the cohort size."""
         base = self.roster().base
-        by_patient: dict[str, list[bytes | Resource]] = {pid: [] for pid in patient_ids}
+        lines = _SubjectLines(sorted(patient_ids), self.spool_bytes)
         refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
         counts: Counter[str] = Counter()  # counted here, added to the run log once (a lock per line is slow)
-        for f, n, entry, res, raw in self._resources(_SUBJECTS):
-            pid = self.enrolled_patient(f, n, entry, res, by_patient, counts, base)
-            if pid is not None:
-                # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are
-                # parsed again (orjson, microseconds) when that subject is processed
-                by_patient[pid].append(raw.strip() if raw is not None else res)
-                if raw is None or _SHARED_HINT.search(raw):
-                    refs[pid] |= shared_references([res])
-        for key, value in counts.items():
-            self.log.count(key, value)
-        shared = self._read_shared(set().union(*refs.values()))
-        for pid in sorted(patient_ids):
-            records = by_patient.pop(pid)
-            records.extend(shared[key] for key in sorted(refs.pop(pid)) if key in shared)
-            yield pid, records
+        try:
+            for f, n, entry, res, raw in self._resources(_SUBJECTS):
+                pid = self.enrolled_patient(f, n, entry, res, lines.index, counts, base)
+                if pid is not None:
+                    # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources
+                    # are parsed again (orjson, microseconds) when that subject is processed
+                    lines.add(pid, raw.strip() if raw is not None else res)
+                    if raw is None or _SHARED_HINT.search(raw):
+                        refs[pid] |= shared_references([res])
+            for key, value in counts.items():
+                self.log.count(key, value)
+            shared = self._read_shared(set().union(*refs.values()), as_bytes=True)
+            for pid, records in lines.subjects():
+                records.extend(shared[key] for key in sorted(refs.pop(pid)) if key in shared)
+                yield pid, records
+        finally:
+            lines.close()
 
     def enrolled_patient(self, f: DataFile, n: int, entry: int | None, res: Resource, enrolled: Collection[str],
                          counts: Counter[str], base: str | None) -> str | None:
@@ -245,15 +330,25 @@ class FileSource:
         if seen[0] != content:
             roster.duplicate_patients.setdefault(res["id"], [seen[1]]).append(where)
 
-    def _read_shared(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Resource]:
-        found: dict[tuple[str, str], Resource] = {}
+    @overload
+    def _read_shared(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], Resource]: ...
+
+    @overload
+    def _read_shared(self, wanted: set[tuple[str, str]],
+                     as_bytes: Literal[True]) -> dict[tuple[str, str], bytes]: ...
+
+    def _read_shared(self, wanted: set[tuple[str, str]],
+                     as_bytes: bool = False) -> dict[tuple[str, str], Resource] | dict[tuple[str, str], bytes]:
+        """The wanted shared resources, parsed or (``as_bytes``: a fraction of the memory) as JSON bytes."""
+        found: dict[tuple[str, str], Any] = {}
         if not wanted:
             return found
-        for _f, _n, _entry, res, _raw in self._resources(_SHARED):
+        for _f, _n, _entry, res, raw in self._resources(_SHARED):
             key = (res["resourceType"], res.get("id"))
             if key in wanted:
                 self.log.count(f"read.{key[0]}")
-                found[(key[0], str(key[1]))] = res
+                found[(key[0], str(key[1]))] = res if not as_bytes else \
+                    raw.strip() if raw is not None else orjson.dumps(res)
         return found
 
     def _export_errors(self) -> None:

@@ -1,0 +1,61 @@
+"""Enrolled subjects' lines beyond FileSource.spool_bytes wait on disk: the same resources, in the same
+subject order, as when they are all kept in memory; the spool files are gone afterwards."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.enrollees import build_roster
+from fhir_adapter.source.files import SPOOL_SUBJECTS, FileSource, _SubjectLines, parsed
+from fhir_adapter.study.load import Study
+from fhir_adapter.synth import write_feed
+
+
+def _records(n: int) -> list[tuple[str, bytes | dict[str, Any]]]:
+    """Lines of ``n`` subjects, interleaved as an export's files interleave them; every third one parsed (a
+    Bundle entry)."""
+    out: list[tuple[str, bytes | dict[str, Any]]] = []
+    for k in range(5):
+        for i in range(n):
+            res = {"resourceType": "Observation", "id": f"o{i}-{k}", "subject": {"reference": f"Patient/p{i:03d}"}}
+            out.append((f"p{i:03d}", res if (i + k) % 3 == 0 else orjson.dumps(res)))
+    return out
+
+
+@pytest.mark.parametrize("limit", [0, 300])
+def test_spooled_lines_come_back_per_subject_in_order(limit: int) -> None:
+    n = 2 * SPOOL_SUBJECTS + 3  # three spool files, the last one short
+    order = sorted({pid for pid, _ in _records(n)} | {"p999"})  # p999: enrolled, no lines
+    kept, spooled = _SubjectLines(order, 10**9), _SubjectLines(order, limit)
+    for pid, record in _records(n):
+        kept.add(pid, record)
+        spooled.add(pid, record)
+    assert kept.spool is None and spooled.spool is not None
+    folder = Path(spooled.spool.name)
+    a = [(pid, [parsed(r) for r in records]) for pid, records in kept.subjects()]
+    b = [(pid, [parsed(r) for r in records]) for pid, records in spooled.subjects()]
+    spooled.close()
+    assert a == b and [pid for pid, _ in b] == order and b[-1] == ("p999", [])
+    assert [r["id"] for r in b[0][1]] == [f"o0-{k}" for k in range(5)]
+    assert not folder.exists()
+
+
+def test_a_feed_read_through_the_spool_gives_the_same_subjects(tmp_path: Path, study: Study) -> None:
+    write_feed(tmp_path / "feed", subjects=4, seed=7)
+    results = []
+    for spool_bytes in (FileSource.spool_bytes, 0):
+        log = RunLog()
+        source = FileSource(tmp_path / "feed", log)
+        source.spool_bytes = spool_bytes
+        roster = build_roster(source.roster(), study, log)
+        before = set(Path(tempfile.gettempdir()).glob("fhir-adapter-subjects-*"))
+        results.append(list(source.subject_resources(roster.patient_ids)))
+        assert set(Path(tempfile.gettempdir()).glob("fhir-adapter-subjects-*")) == before
+    assert len(results[0]) == 4 and sum(len(r) for _, r in results[0]) > 400
+    assert results[0] == results[1]
