@@ -318,3 +318,45 @@ def test_study_json_keys_are_the_endpoints_contracts(full_run: Path) -> None:
         assert all(set(v) == visit_keys for v in s["visits"])
     dose = registry.get("glucocorticoids").keys("visit")["pred_eq_mg_per_day"]
     assert Unit("mg/d") in get_args(dose)
+
+
+class _Reads(dict):  # type: ignore[type-arg]
+    """A study.json object that records the keys read from it (top level, subject rows, visit rows)."""
+
+    def __init__(self, data: dict[str, Any], seen: dict[str, set[str]], where: str) -> None:
+        below = {"top": ("subjects", "subject"), "subject": ("visits", "visit")}.get(where)
+        if below is not None and isinstance(data.get(below[0]), list):
+            data = {**data, below[0]: [_Reads(x, seen, below[1]) if isinstance(x, dict) else x
+                                       for x in data[below[0]]]}
+        super().__init__(data)
+        self.seen, self.where = seen, where
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self.seen[self.where].add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: Any) -> Any:
+        self.seen[self.where].add(key)
+        return super().__getitem__(key)
+
+
+def test_the_report_reads_only_keys_the_endpoints_declare(full_run: Path) -> None:
+    """Every results/study.json key the report reads is a base key or one an endpoint's contract declares, so
+    a key an endpoint renames or drops cannot silently empty a report table."""
+    from fhir_adapter.report.assemble import render
+    from fhir_adapter.report.data import load
+
+    data = load(full_run)
+    seen: dict[str, set[str]] = {"top": set(), "subject": set(), "visit": set()}
+    data.study = _Reads(data.study, seen, "top")
+    render(data)
+    eps = [registry.get(n) for n in registry.available() if n in BUILTIN]
+    declared = {
+        "top": {"study", "generated_by", "settings", "subjects"} | {k for e in eps for k in e.keys("study")},
+        "subject": {"subject_id", "arm", "day1", "visits"} | {k for e in eps for k in e.keys("subject")},
+        "visit": {"visit", "date", "study_day"} | {k for e in eps for k in e.keys("visit")},
+    }
+    assert {"teae_count", "dlt", "kinetics"} <= seen["subject"] and {"sledai2k", "pga", "lldas"} <= seen["visit"]
+    assert {"lldas_rate", "dose_levels", "rp2d", "teae_summary"} <= seen["top"]
+    undeclared = {where: sorted(seen[where] - declared[where]) for where in seen}
+    assert undeclared == {"top": [], "subject": [], "visit": []}
