@@ -262,7 +262,7 @@ class FhirClient:
 
     async def search_bundles(
         self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None,
-        history: bool = False,
+        history: bool = False, trips_breaker: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield the searchset Bundle pages of ``GET [base]/[type]?params`` (with ``history``: the history
         Bundle pages of ``GET [base]/[type]/_history?params``, e.g. ``_since``).
@@ -271,6 +271,9 @@ class FhirClient:
         from ``Bundle.link[relation=next]`` only; relative links are resolved against the base URL (its path
         included). Raises :class:`FhirPagingError` when a ``next`` link points to another scheme/host/port
         than the base URL (credentials must not leave the server) or repeats an earlier page (a loop).
+
+        ``trips_breaker=False``: a failure of this search does not count toward the circuit breaker (the caller
+        asks again in smaller parts, e.g. a search for many patients again per patient, whose failures count).
         """
         items = _query_items(params)
         if self.settings.page_size is not None and not any(key == "_count" for key, _ in items):
@@ -289,10 +292,10 @@ class FhirClient:
             if post_body is not None:
                 search_url = resource_path(self.base_url, check_type(resource_type), "_search")
                 bundle = await self._call("POST", search_url, label=label, idempotent=True, content=post_body,
-                                          content_type=FORM)
+                                          content_type=FORM, trips_breaker=trips_breaker)
                 post_body = None
             else:
-                bundle = await self._call("GET", url, label=label, idempotent=True)
+                bundle = await self._call("GET", url, label=label, idempotent=True, trips_breaker=trips_breaker)
             if bundle.get("resourceType") != "Bundle":
                 raise FhirResponseError(
                     f"GET {redact_url(url)} returned a {bundle.get('resourceType')}, not a searchset Bundle",
@@ -323,11 +326,12 @@ class FhirClient:
             page_number += 1
 
     async def search(
-        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None
+        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None,
+        trips_breaker: bool = True,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield the resources (``entry.resource``) of every page of a search, lazily — ``_include``d
         resources too. Entries with ``search.mode = outcome`` (server warnings) are logged, not yielded."""
-        async for bundle in self.search_bundles(resource_type, params, label=label):
+        async for bundle in self.search_bundles(resource_type, params, label=label, trips_breaker=trips_breaker):
             for index, entry in enumerate(bundle.get("entry") or ()):
                 resource = entry.get("resource") if isinstance(entry, dict) else None
                 if not isinstance(resource, dict):
@@ -341,15 +345,19 @@ class FhirClient:
                 yield resource
 
     async def search_all(
-        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None
+        self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None,
+        trips_breaker: bool = True,
     ) -> list[dict[str, Any]]:
         """All resources of a search as a list (see :meth:`search`)."""
-        return [resource async for resource in self.search(resource_type, params, label=label)]
+        return [resource async for resource in self.search(resource_type, params, label=label,
+                                                           trips_breaker=trips_breaker)]
 
-    async def batch(self, bundle: dict[str, Any], *, label: str | None = None) -> dict[str, Any]:
+    async def batch(self, bundle: dict[str, Any], *, label: str | None = None,
+                    trips_breaker: bool = True) -> dict[str, Any]:
         """POST a ``batch`` Bundle to the base URL → the ``batch-response`` Bundle. Entries succeed or fail
-        independently: check each ``entry.response.status``. Retried like :meth:`transaction`."""
-        return await self._post_bundle(bundle, "batch", label)
+        independently: check each ``entry.response.status``. Retried like :meth:`transaction`;
+        ``trips_breaker`` as for :meth:`search_bundles`."""
+        return await self._post_bundle(bundle, "batch", label, trips_breaker)
 
     async def transaction(self, bundle: dict[str, Any], *, label: str | None = None) -> dict[str, Any]:
         """POST a ``transaction`` Bundle to the base URL → the ``transaction-response`` Bundle (atomic).
@@ -369,7 +377,8 @@ class FhirClient:
 
     # ---------------------------------------------------------------------------------------------- internals
 
-    async def _post_bundle(self, bundle: dict[str, Any], kind: str, label: str | None) -> dict[str, Any]:
+    async def _post_bundle(self, bundle: dict[str, Any], kind: str, label: str | None,
+                           trips_breaker: bool = True) -> dict[str, Any]:
         if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" or bundle.get("type") != kind:
             raise ValueError(f"{kind}() needs a Bundle dict with type '{kind}'")
         entries = bundle.get("entry") or []
@@ -385,7 +394,8 @@ class FhirClient:
             raise ValueError(
                 f"{kind} Bundle is not JSON-serialisable ({exc}); dump models with model_dump(mode='json')"
             ) from None
-        response = await self._call("POST", self.base_url, label=label, idempotent=False, content=content)
+        response = await self._call("POST", self.base_url, label=label, idempotent=False, content=content,
+                                    trips_breaker=trips_breaker)
         if response.get("resourceType") != "Bundle":
             raise FhirResponseError(
                 f"POST {redact_url(self.base_url)} ({kind}) returned a {response.get('resourceType')} "
@@ -417,6 +427,7 @@ class FhirClient:
         idempotent: bool,
         content: bytes | None = None,
         content_type: str = FHIR_JSON,
+        trips_breaker: bool = True,
     ) -> dict[str, Any]:
         """One logical request under the retry policy → the JSON object of a 2xx answer."""
 
@@ -433,7 +444,8 @@ class FhirClient:
             raise
         except FhirError as exc:
             self.stats.add(label, failures=1)
-            self.breaker.failed(exc, label)
+            if trips_breaker:
+                self.breaker.failed(exc, label)
             raise
         self.breaker.succeeded()
         return result

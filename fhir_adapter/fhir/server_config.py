@@ -5,7 +5,7 @@ Config file (``--config adapter.yaml``)::
 
     client:                       # fhir_adapter.fhir.ClientSettings
       max_concurrency: 4          # requests in flight at once (a hospital server is never flooded)
-      page_size: 200              # _count
+      page_size: 1000             # _count (the server may cap it; its next links are followed)
       max_transaction_entries: 100
       read_timeout: 120
       verify: true                # or a CA bundle path
@@ -18,6 +18,7 @@ Config file (``--config adapter.yaml``)::
       poll_limit_seconds: 3600    # stop waiting for the export after this long (a rerun resumes the job)
       max_retry_after_seconds: 300
     observation_code_param: combo-code   # combo-code | code | none (see `fhir-adapter check --source URL`)
+    patients_per_search: 50       # patients per multi-patient search (1: one search per patient and type)
     writeback_reviewed_only: false       # true: only results derived from reviewed values (docs/review.md)
     max_retraction_share: 0.5     # more of a subject's results retracted in one run needs --allow-mass-retraction
 
@@ -70,6 +71,10 @@ class ServerConfig(BaseModel):
         "combo-code", description="how Observations are filtered by the mapping's codes: combo-code (also "
                                   "component codes), code, or none (read all, filter locally); "
                                   "`fhir-adapter check --source URL` says which the server supports")
+    patients_per_search: int = Field(
+        50, ge=1, description="patients one search asks for (patient=Patient/a,Patient/b,...; fewer when the URL "
+                              "would exceed client.max_get_url_length, and for Observations as many as fill about "
+                              "one page of client.page_size); 1: one search per patient and resource type")
     writeback_reviewed_only: bool = False  # write back only results a reviewer has looked at (docs/review.md)
     #: largest share of a subject's results on the server one run may retract without --allow-mass-retraction
     max_retraction_share: float = Field(

@@ -56,7 +56,9 @@ class ClientSettings(BaseModel):
         2, ge=1, description="Different subjects (request labels) those consecutive failures must span before the "
                              "client stops sending.")
 
-    page_size: int | None = Field(100, ge=1, description="Sent as _count unless the caller sets _count.")
+    page_size: int | None = Field(
+        1000, ge=1, description="Sent as _count unless the caller sets _count: the server's largest page (a server "
+                                "with a lower maximum answers smaller pages, and its next links are followed).")
     max_get_url_length: int = Field(
         2048, ge=256,
         description="A search whose GET URL would be longer is sent as POST [type]/_search with a form body "

@@ -102,9 +102,11 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
                       max_retraction_share=cfg.max_retraction_share) if (post or dry_run) else None
     if bulk or cfg.read_mode == "bulk":
         rest = ServerSource(client, study, log, read_mode="search", loop=loop,
-                            observation_code_param=cfg.observation_code_param)
+                            observation_code_param=cfg.observation_code_param,
+                            patients_per_search=cfg.patients_per_search)
         exported = BulkSource(rest, cfg.bulk, out / "bulk", log, since=parse_since(since, out))
         return Connection(source=exported, sink=sink, server=rest, bulk=exported)
     server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop,
-                          observation_code_param=cfg.observation_code_param)
+                          observation_code_param=cfg.observation_code_param,
+                          patients_per_search=cfg.patients_per_search)
     return Connection(source=server, sink=sink, server=server)

@@ -132,8 +132,10 @@ def test_a_server_going_down_mid_run_stops_it_with_exit_3_and_keeps_what_is_comp
     before = outputs_snapshot(out)
     config = str(write_config(tmp_path / "a.yaml", FAST + "  max_concurrency: 1\n"))
 
-    fresh.set_faults(fault_down_after=40)  # down for good from the 40th request on
-    # one worker: subjects are read, derived and written one after the other (no read-ahead), so some are done
+    # down for good from the 30th request on: after the reads (3 roster searches, one group of 10 subjects: 9
+    # searches for the group and 10 Observation searches), while the subjects are written one by one (a diff
+    # search and a transaction each); one worker, so some are done
+    fresh.set_faults(fault_down_after=30)
     stopped = invoke(fresh.base_url, out, "--post", "--config", config, "--workers", "1")
     assert stopped.exit_code == 3
     lines = [x for x in stopped.stderr.splitlines() if x.strip()]
@@ -148,7 +150,7 @@ def test_a_server_going_down_mid_run_stops_it_with_exit_3_and_keeps_what_is_comp
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed <= {"run-report.json", "state/written.json"}  # the previous outputs are kept
     requests = fresh.stats()["requests"]["total"]
-    assert requests < 40 + 2 * 8 * 4 + 8  # only the subjects in flight (2 at a time) were tried, then it stopped
+    assert requests < 30 + 2 * 8 * 4 + 8  # only the subjects in flight (2 at a time) were tried, then it stopped
     fresh.clear_faults()  # the server is back (the checks below read it)
     on_server = per_subject_on_server(fresh.base_url, expected)
     assert all(n in (0, len(expected[s])) for s, n in on_server.items()), "a subject half-written"

@@ -55,15 +55,16 @@ class SearchPlan:
 
     def searches(self, pids: str | list[str], extra: dict[str, str] | None = None) -> list[Search]:
         """The searches for one patient id, or for several at once (their references comma-separated)."""
+        return [s for rtype in SUBJECT_SEARCHES for s in self.type_searches(rtype, pids, extra)]
+
+    def type_searches(self, rtype: str, pids: str | list[str], extra: dict[str, str] | None = None) -> list[Search]:
+        """The searches of one resource type (several for Observations when the codes need several)."""
         refs = ",".join(f"Patient/{p}" for p in ([pids] if isinstance(pids, str) else pids))
-        out: list[Search] = []
-        for rtype, (param, params) in SUBJECT_SEARCHES.items():
-            if rtype == "Observation" and self.observation_code_param != "none":
-                for codes in self._code_params:
-                    out.append((rtype, {param: refs, self.observation_code_param: codes, **params, **(extra or {})}))
-            else:
-                out.append((rtype, {param: refs, **params, **(extra or {})}))
-        return out
+        param, params = SUBJECT_SEARCHES[rtype]
+        if rtype == "Observation" and self.observation_code_param != "none":
+            return [(rtype, {param: refs, self.observation_code_param: codes, **params, **(extra or {})})
+                    for codes in self._code_params]
+        return [(rtype, {param: refs, **params, **(extra or {})})]
 
 
 def _code_params(study: Study) -> list[str]:

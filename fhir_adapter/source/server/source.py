@@ -22,6 +22,8 @@ from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, RosterInput
 from fhir_adapter.source.server.batch import batch_search
+from fhir_adapter.source.server.groups import LABEL as GROUP_LABEL
+from fhir_adapter.source.server.groups import GroupReader
 from fhir_adapter.source.server.incremental import ChangeProbe, first_error
 from fhir_adapter.source.server.roster import read_roster
 from fhir_adapter.source.server.searches import SearchPlan, input_resources
@@ -31,7 +33,7 @@ from fhir_adapter.study.load import Study
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history", "bulk")
+NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history", "bulk", GROUP_LABEL)
 
 
 class ServerSource:
@@ -39,7 +41,7 @@ class ServerSource:
 
     def __init__(self, client: FhirClient, study: Study, log_: RunLog, *, since: dt.datetime | None = None,
                  read_mode: str = "search", loop: asyncio.AbstractEventLoop | None = None,
-                 observation_code_param: str = "combo-code") -> None:
+                 observation_code_param: str = "combo-code", patients_per_search: int = 1) -> None:
         self.client = client
         self.study = study
         self.log = log_
@@ -51,6 +53,11 @@ class ServerSource:
         self._labels: dict[str, str] = {}
         self.unchanged: set[str] = set()
         self.shared = SharedResources(client)
+        #: more than 1: patients are read in groups by multi-patient searches (:mod:`.groups`)
+        self.patients_per_search = patients_per_search
+        self.groups = GroupReader(client, self.plan, self.shared, log_, self.base, batch=read_mode == "batch",
+                                  most=patients_per_search)
+        self._read: set[str] = set()
         #: patients whose reads failed after every retry (the pipeline reports them; the next run reads them)
         self.failed: dict[str, FhirError] = {}
         #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
@@ -63,14 +70,18 @@ class ServerSource:
         return set(self.unchanged)
 
     def request_stats(self) -> dict[str, Any]:
-        """Requests to the server for the run report: total, per subject, and the shared ones by purpose."""
+        """Requests to the server for the run report: total, per subject (the requests for that subject alone),
+        the shared ones by purpose (``subjects``: the searches for several subjects at once), and their mean per
+        subject read or written (a subject's own requests plus an even share of the ``subjects`` ones)."""
         st = self.client.stats
         per_subject = {k: v.requests for k, v in sorted(st.by_label.items()) if k not in NON_SUBJECT_LABELS}
+        subjects = len(set(per_subject) | self._read)
+        together = st.label(GROUP_LABEL).requests
         return {
             "total": st.total.requests, "retries": st.total.retries, "failures": st.total.failures,
             "shared": {k: st.label(k).requests for k in NON_SUBJECT_LABELS if k in st.by_label},
             "per_subject": per_subject,
-            "mean_per_subject": round(sum(per_subject.values()) / len(per_subject), 2) if per_subject else 0,
+            "mean_per_subject": round((sum(per_subject.values()) + together) / subjects, 2) if subjects else 0,
         }
 
     def close(self) -> None:
@@ -119,15 +130,19 @@ class ServerSource:
             self.log.count("incremental.changed_subjects", len(todo))
             self.log.count("incremental.unchanged_subjects", len(self.unchanged))
         ordered = sorted(todo)
-        chunk = max(1, self.client.settings.max_concurrency * 2)
-        for i in range(0, len(ordered), chunk):
-            part = ordered[i:i + chunk]
-            results = self.run(self._read_many(part))
+        if self.patients_per_search > 1:
+            parts = self.groups.groups(ordered)
+        else:
+            chunk = max(1, self.client.settings.max_concurrency * 2)
+            parts = [ordered[i:i + chunk] for i in range(0, len(ordered), chunk)]
+        for part in parts:
+            results = self.run(self._read_part(part))
             for outcome in results:  # the server is down or the credentials are rejected: stop reading
                 if isinstance(outcome, FhirServerUnavailable) or \
                         (isinstance(outcome, FhirAuthError) and not outcome.transient):
                     raise outcome
             for pid, resources in zip(part, results, strict=True):
+                self._read.add(self._labels.get(pid, pid))
                 if isinstance(resources, FhirError):  # this subject only; the others go on
                     log.warning("reading %s failed: %s", self._labels.get(pid, pid), resources)
                     self.failed[pid] = resources
@@ -137,3 +152,16 @@ class ServerSource:
                 for r in resources:
                     self.log.count(f"read.{r.get('resourceType')}")
                 yield pid, resources
+
+    async def _read_part(self, pids: list[str]) -> list[list[Resource] | BaseException]:
+        """The resources of each patient of ``pids`` (or why they could not be read), in that order."""
+        if self.patients_per_search <= 1:
+            return await self._read_many(pids)
+        found, alone = await self.groups.read(pids)
+        done: dict[str, list[Resource] | BaseException] = {}
+        for pid, resources in found.items():
+            done[pid] = await self.shared.complete(input_resources(resources, self.log), self._labels.get(pid, pid))
+        ordered_alone = [p for p in pids if p in alone]
+        for pid, outcome in zip(ordered_alone, await self._read_many(ordered_alone), strict=True):
+            done[pid] = outcome
+        return [done[p] for p in pids]
