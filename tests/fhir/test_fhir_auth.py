@@ -205,7 +205,7 @@ async def test_401_mid_paging_renews_token_once_and_paging_completes(
     tokens = TokenServer().register(httpx_mock)
     page2, page3 = f"{BASE}/Patient?page=2", f"{BASE}/Patient?page=3"
     pages = {
-        f"{BASE}/Patient?_count=100": bundle(patients("a"), page2),
+        f"{BASE}/Patient?_count=1000": bundle(patients("a"), page2),
         page2: bundle(patients("b"), page3),
         page3: bundle(patients("c")),
     }
@@ -334,7 +334,7 @@ async def test_tokens_and_assertions_never_appear_in_logs(
     caplog.set_level(logging.DEBUG)  # root: every logger, httpx and httpcore included
     tokens = TokenServer().register(httpx_mock)
     page2 = f"{BASE}/Patient?page=2"
-    httpx_mock.add_response(url=f"{BASE}/Patient?_count=100", json=bundle(patients("a"), page2))
+    httpx_mock.add_response(url=f"{BASE}/Patient?_count=1000", json=bundle(patients("a"), page2))
     httpx_mock.add_response(url=page2, status_code=401)
     httpx_mock.add_response(url=page2, status_code=503, headers={"Retry-After": "1"})
     httpx_mock.add_response(url=page2, json=bundle(patients("b")))

@@ -86,7 +86,7 @@ async def test_search_all_with_repeated_parameters(httpx_mock: HTTPXMock, fake_s
 
 async def test_search_stops_on_a_next_link_loop(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:
     page2 = f"{BASE}/Patient?page=2"
-    httpx_mock.add_response(url=f"{BASE}/Patient?_count=100", json=bundle(patients("a"), page2))
+    httpx_mock.add_response(url=f"{BASE}/Patient?_count=1000", json=bundle(patients("a"), page2))
     httpx_mock.add_response(url=page2, json=bundle(patients("b"), page2))  # next points to itself
     seen: list[str] = []
     async with client(fake_sleep) as c:
@@ -99,7 +99,7 @@ async def test_search_stops_on_a_next_link_loop(httpx_mock: HTTPXMock, fake_slee
 
 
 async def test_search_detects_a_loop_back_to_the_first_page(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:
-    first = f"{BASE}/Patient?_count=100"
+    first = f"{BASE}/Patient?_count=1000"
     httpx_mock.add_response(url=first, json=bundle(patients("a"), f"{BASE}/Patient?page=2"))
     httpx_mock.add_response(url=f"{BASE}/Patient?page=2", json=bundle(patients("b"), first))
     async with client(fake_sleep) as c:
@@ -119,7 +119,7 @@ async def test_search_detects_a_loop_back_to_the_first_page(httpx_mock: HTTPXMoc
 async def test_search_refuses_next_link_to_another_host(
     httpx_mock: HTTPXMock, fake_sleep: FakeSleep, next_url: str
 ) -> None:
-    httpx_mock.add_response(url=f"{BASE}/Patient?_count=100", json=bundle(patients("a"), next_url))
+    httpx_mock.add_response(url=f"{BASE}/Patient?_count=1000", json=bundle(patients("a"), next_url))
     async with client(fake_sleep) as c:
         with pytest.raises(FhirPagingError, match="refusing to follow the next link") as info:
             await c.search_all("Patient")
@@ -168,7 +168,7 @@ async def test_malformed_body_raises_response_error_naming_the_url(
 
 
 async def test_malformed_page_in_search_raises(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:
-    httpx_mock.add_response(url=f"{BASE}/Patient?_count=100", json=bundle(patients("a"), f"{BASE}/Patient?p=2"))
+    httpx_mock.add_response(url=f"{BASE}/Patient?_count=1000", json=bundle(patients("a"), f"{BASE}/Patient?p=2"))
     httpx_mock.add_response(url=f"{BASE}/Patient?p=2", content=b"{truncated")
     async with client(fake_sleep) as c:
         with pytest.raises(FhirResponseError, match=r"Patient\?p=2"):
@@ -349,7 +349,7 @@ async def test_long_search_goes_as_post_search_and_pages_by_get(httpx_mock: HTTP
     post = httpx_mock.get_requests(method="POST")[0]
     assert post.headers["Content-Type"] == "application/x-www-form-urlencoded"
     form = parse_qs(post.content.decode())
-    assert form["code"] == [codes] and form["patient"] == ["Patient/p1"] and form["_count"] == ["100"]
+    assert form["code"] == [codes] and form["patient"] == ["Patient/p1"] and form["_count"] == ["1000"]
     assert client.stats.by_label["101-001"].requests == 2
 
 

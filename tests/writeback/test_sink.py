@@ -80,7 +80,7 @@ async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_m
     base = "http://ehr.test/fhir"
     existing = on_server(result("a", 10), "x1")
     httpx_mock.add_response(method="GET", url=httpx.URL(f"{base}/Observation", params={
-        "patient": "Patient/p1", "identifier": f"{SID_RESULT}|", "_count": "100"}),
+        "patient": "Patient/p1", "identifier": f"{SID_RESULT}|", "_count": "1000"}),
         json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": existing}]})
     httpx_mock.add_response(method="POST", url=base, json={"resourceType": "Bundle", "type": "transaction-response"})
     async with FhirClient(base, settings=ClientSettings()) as client:
