@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.writer import ExportRenderer, SubjectExport
 from fhir_adapter.fhir.r4 import r4_problem
@@ -73,8 +75,9 @@ class SubjectOutcome:
     #: ``Type/id`` → status of the subject's source resources, when the caller does not keep the resources
     #: (writeback/state.py source_statuses)
     statuses: dict[str, str] | None = None
-    #: the subject's exports rendered (with ``SubjectWork.render_exports``)
+    #: the subject's exports and its CRF file rendered (with ``SubjectWork.render_exports``)
     export: SubjectExport | None = None
+    crf_json: bytes | None = None
 
     @property
     def crf(self) -> SubjectCRF:
@@ -87,6 +90,11 @@ class SubjectOutcome:
             runlog.count(k, n)
         runlog.warnings.extend(self.warnings)
         runlog.quarantine.extend(self.quarantine)
+
+
+def json_file(data: Any) -> bytes:
+    """The bytes of an OUT JSON file (indented, keys sorted)."""
+    return orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)
 
 
 def writeback_resources(r: SubjectResults, e: Enrollee, study: Study,
@@ -152,6 +160,7 @@ class SubjectEngine:
         if work.render_exports:
             if self._renderer is None:
                 self._renderer = ExportRenderer(work.study)
+            out.crf_json = json_file(review.crf.model_dump(mode="json"))
             out.export = self._renderer.render(review.crf.model_copy(update=out.export_updates), review.status,
                                                review.decisions)
 

@@ -19,7 +19,7 @@ import orjson
 from fhir_adapter import __version__
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.engine.parallel import subject_outcomes
-from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
+from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork, json_file
 from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, FhirServerUnavailable
 from fhir_adapter.fhir.flow import is_unavailability
@@ -158,7 +158,7 @@ def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str 
 
 def _dump(out: Path, path: Path, data: Any) -> None:
     inside(out, path).parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
+    path.write_bytes(json_file(data))
 
 
 def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
@@ -308,7 +308,11 @@ def _run(
         if sink is not None and not unchanged_since_last:
             w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))  # may stop the run
         rows.append(o.row)
-        _dump(work_dir, work_dir / "crf" / f"{name}.json", crf.model_dump(mode="json"))
+        if o.crf_json is not None:  # rendered by a worker
+            inside(work_dir, work_dir / "crf").mkdir(parents=True, exist_ok=True)
+            (work_dir / "crf" / f"{name}.json").write_bytes(o.crf_json)
+        else:
+            _dump(work_dir, work_dir / "crf" / f"{name}.json", crf.model_dump(mode="json"))
         _dump(work_dir, work_dir / "writeback" / f"{name}.json",
               offline_transaction(bundle_resources + plan.retractions, e.patient_id))
         if w is None or not w.error:  # the state records only what the server confirmed (or the file run)

@@ -68,6 +68,8 @@ _ROSTER, _SUBJECTS, _SHARED = "roster", "subjects", "shared"
 _OUTCOME = "OperationOutcome"
 #: a line that may reference a shared resource (checked on the bytes before looking through the parsed resource)
 _SHARED_HINT = re.compile(rb"(?:Medication|Organization|Location|Specimen)/")
+#: a "reference" element and its string value (without escapes) in a JSON line
+_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*)"')
 _KNOWN = frozenset((*ROSTER_TYPES, *SHARED_TYPES, _OUTCOME))
 #: enrolled subjects' lines kept in memory up to this many bytes; beyond, on disk (FileSource.spool_bytes)
 SPOOL_BYTES = 256 * 1024 * 1024
@@ -209,8 +211,10 @@ class FileSource:
                     # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources
                     # are parsed again (orjson, microseconds) when that subject is processed
                     lines.add(pid, raw.strip() if raw is not None else res)
-                    if raw is None or _SHARED_HINT.search(raw):
+                    if raw is None:
                         refs[pid] |= shared_references([res])
+                    elif _SHARED_HINT.search(raw):
+                        refs[pid] |= line_references(raw, res)
             for key, value in counts.items():
                 self.log.count(key, value)
             shared = self._read_shared(set().union(*refs.values()), as_bytes=True)
@@ -457,6 +461,23 @@ class FileSource:
                                 file=f.name, line=n or 1, raw=doc)
             return
         yield (n or 1), None, doc, raw
+
+
+def line_references(raw: bytes, res: Resource) -> set[tuple[str, str]]:
+    """:func:`~fhir_adapter.source.base.shared_references` of one NDJSON line's resource, read off the line's
+    bytes (a regular expression instead of a walk through the parsed resource); a line with contained
+    resources or JSON escapes is walked."""
+    if b"\\" in raw or b'"contained"' in raw:
+        return shared_references([res])
+    found: set[tuple[str, str]] = set()
+    for m in _REFERENCE.finditer(raw):
+        value = m.group(1).decode()
+        if value.startswith("#"):
+            continue
+        parts = value.split("/_history")[0].split("/")
+        if len(parts) >= 2 and parts[-2] in SHARED_TYPES and parts[-1]:
+            found.add((parts[-2], parts[-1]))
+    return found
 
 
 def _where(f: DataFile, line: int, entry: int | None) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""Enrolled subjects' lines beyond FileSource.spool_bytes wait on disk: the same resources, in the same
-subject order, as when they are all kept in memory; the spool files are gone afterwards."""
+"""Reading the enrolled subjects' lines: beyond FileSource.spool_bytes they wait on disk and come back as the
+same resources, in the same subject order, as when they are all kept in memory (the spool files are gone
+afterwards); the shared resources a line references are read off its bytes as a walk through it finds them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import build_roster
-from fhir_adapter.source.files import SPOOL_SUBJECTS, FileSource, _SubjectLines, parsed
+from fhir_adapter.source.base import shared_references
+from fhir_adapter.source.files import SPOOL_SUBJECTS, FileSource, _SubjectLines, line_references, parsed
 from fhir_adapter.study.load import Study
 from fhir_adapter.synth import write_feed
 
@@ -59,3 +61,29 @@ def test_a_feed_read_through_the_spool_gives_the_same_subjects(tmp_path: Path, s
         assert set(Path(tempfile.gettempdir()).glob("fhir-adapter-subjects-*")) == before
     assert len(results[0]) == 4 and sum(len(r) for _, r in results[0]) > 400
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("resource", [
+    {"resourceType": "Observation", "specimen": {"reference": "Specimen/s1"},
+     "performer": [{"reference": "Organization/o1"}, {"reference": "#x"}]},
+    {"resourceType": "Observation", "specimen": {"reference": "https://h/fhir/Specimen/s2/_history/3"}},
+    {"resourceType": "MedicationRequest", "medicationReference": {"reference": "Medication/m1"},
+     "contained": [{"resourceType": "Medication", "id": "x", "manufacturer": {"reference": "Organization/o9"}}]},
+    {"resourceType": "Observation", "note": [{"text": 'see "reference": "Specimen/s3"'}]},
+    {"resourceType": "Observation", "specimen": {"reference": "Specimen/s\u00e9"}},
+    {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}, "specimen": {"display": "none"}},
+])
+def test_references_read_off_a_line_are_those_of_the_parsed_resource(resource: dict[str, Any]) -> None:
+    for raw in (orjson.dumps(resource), orjson.dumps(resource, option=orjson.OPT_INDENT_2).replace(b"\n", b" ")):
+        assert line_references(raw, resource) == shared_references([resource])
+
+
+def test_references_of_every_line_of_the_synthetic_feed(tmp_path: Path) -> None:
+    write_feed(tmp_path / "feed", subjects=2, seed=7)
+    lines = [line for f in sorted((tmp_path / "feed").glob("*.ndjson")) for line in f.read_bytes().splitlines()]
+    found = 0
+    for raw in lines:
+        res = orjson.loads(raw)
+        assert line_references(raw, res) == shared_references([res])
+        found += bool(shared_references([res]))
+    assert found > 100
