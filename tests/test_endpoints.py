@@ -320,7 +320,7 @@ def test_study_json_keys_are_the_endpoints_contracts(full_run: Path) -> None:
     assert Unit("mg/d") in get_args(dose)
 
 
-class _Reads(dict):  # type: ignore[type-arg]
+class _Reads(dict[str, Any]):
     """A study.json object that records the keys read from it (top level, subject rows, visit rows)."""
 
     def __init__(self, data: dict[str, Any], seen: dict[str, set[str]], where: str) -> None:

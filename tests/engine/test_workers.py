@@ -65,13 +65,13 @@ def test_reviewed_values_with_two_workers_write_the_same_out_as_one_process(tmp_
     REVSTAT column come out the same when workers render the exports."""
     first, _ = run_feed(tmp_path, study, out=tmp_path / "first")
     store = DecisionStore.under(first)
-    for visit, item, action, kw in [("W24", "c3", "choose", {"candidate": "Observation/c3-w24b",
-                                                             "reason": "day-169 sample haemolysed"}),
-                                    ("W12", "c3", "accept", {})]:
+    for visit, item, action, candidate, reason in [
+            ("W24", "c3", "choose", "Observation/c3-w24b", "day-169 sample haemolysed"),
+            ("W12", "c3", "accept", None, "")]:
         shown = next(e for e in orjson.loads((first / "review" / "candidates" / f"{SUBJECT}.json").read_bytes())
                      ["items"] if e["visit"] == visit and e["item"] == item)
         store.append(new_decision(subject_id=SUBJECT, visit=visit, item=item, action=action, reviewer="D. Manager",
-                                  shown=shown, **kw))
+                                  shown=shown, candidate=candidate, reason=reason))
     trees = []
     for workers in (1, 2):
         out, summary = run_feed(tmp_path, study, out=tmp_path / f"w{workers}", review_state=first / "state",
