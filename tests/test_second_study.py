@@ -7,6 +7,7 @@ never imported; the write-back bundles pass the independent validator."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -100,6 +101,14 @@ def test_synth_run_and_report_succeed(second: SecondStudy) -> None:
     assert (export / "odm.xml").is_file()
     assert (export / "LB.csv").is_file() and (export / "LB.json").is_file()
     assert len(list((second.out / "writeback").glob("*.json"))) == SUBJECTS
+
+
+def test_the_report_shows_the_study_s_endpoints_only(second: SecondStudy) -> None:
+    html = (second.out / "report" / "index.html").read_text(encoding="utf-8")
+    titles = re.findall(r"<h2>(.*?)</h2>", html)
+    assert "Renal response" in titles and "Renal and serological markers" in titles
+    assert not [t for t in titles if any(w in t for w in ("SLEDAI", "LLDAS", "kinetics", "adverse events"))]
+    assert "Renal response per visit" in html
 
 
 def test_renal_response_is_derived_from_the_study_yaml(second: SecondStudy) -> None:

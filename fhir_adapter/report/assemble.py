@@ -13,26 +13,39 @@ from fhir_adapter.report.data import ReportData, load
 from fhir_adapter.report.disease import disease_activity_section, lldas_section
 from fhir_adapter.report.kinetics import kinetics_section
 from fhir_adapter.report.labs import labs_section
+from fhir_adapter.report.renal_response import has_renal_response, renal_response_section
 from fhir_adapter.report.safety import safety_section
 from fhir_adapter.report.summary import settings_section, summary_section
 from fhir_adapter.report.swimmer import swimmer_section
 
-#: the sections in page order
-SECTIONS: tuple[Callable[[ReportData], Section], ...] = (
-    summary_section,
-    disease_activity_section,
-    lldas_section,
-    kinetics_section,
-    swimmer_section,
-    safety_section,
-    labs_section,
-    completeness_section,
-    settings_section,
+#: the sections in page order, each with the endpoints it reports (empty: every study gets it)
+SECTIONS: tuple[tuple[Callable[[ReportData], Section], frozenset[str]], ...] = (
+    (summary_section, frozenset()),
+    (disease_activity_section, frozenset({"sledai2k", "pga"})),
+    (lldas_section, frozenset({"lldas"})),
+    (renal_response_section, frozenset({"renal"})),
+    (kinetics_section, frozenset({"kinetics"})),
+    (swimmer_section, frozenset()),
+    (safety_section, frozenset({"safety"})),
+    (labs_section, frozenset({"renal", "immunology"})),
+    (completeness_section, frozenset()),
+    (settings_section, frozenset()),
 )
 
 
 def sections(data: ReportData) -> list[Section]:
-    return [make(data) for make in SECTIONS]
+    """The sections of the endpoints the study named (``endpoints`` of results/study.json; a study.json without
+    that key gets every section, each saying "no data" for what it lacks); the renal response only where it
+    was graded."""
+    named = data.study.get("endpoints")
+    out: list[Section] = []
+    for make, reports in SECTIONS:
+        if reports and isinstance(named, list) and not reports & set(named):
+            continue
+        if make is renal_response_section and not has_renal_response(data):
+            continue
+        out.append(make(data))
+    return out
 
 
 def render(data: ReportData) -> str:

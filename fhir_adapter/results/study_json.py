@@ -55,6 +55,7 @@ def study_json(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "study": study.info.id,
         "generated_by": f"fhir-adapter {__version__}",
+        "endpoints": list(study.endpoints),
         "settings": settings_echo(study),
         "subjects": sorted(subjects, key=lambda s: s["subject_id"]),
         **study_keys(study, subjects),

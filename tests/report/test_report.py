@@ -38,10 +38,27 @@ def _table(sec_blocks: Sequence[object], caption_start: str) -> TableBlock:
 
 def test_every_section_has_content_and_no_gaps(built: dict[str, Section]) -> None:
     assert list(built) == SECTION_IDS
-    assert len(SECTIONS) == len(SECTION_IDS)
+    assert len(SECTIONS) == len(SECTION_IDS) + 1   # + the renal response, shown only where it was graded
     for s in built.values():
         assert any(isinstance(b, FigureBlock | TableBlock) for b in s.blocks), s.id
         assert not [b.text for b in s.blocks if isinstance(b, NoteBlock) and b.nodata], s.id
+
+
+def test_sections_follow_the_endpoints_in_study_json(tmp_path: Path) -> None:
+    out = fixture.write(tmp_path / "out")
+    study_file = out / "results" / "study.json"
+    study = json.loads(study_file.read_text(encoding="utf-8"))
+    study["endpoints"] = ["sledai2k", "pga", "glucocorticoids", "lldas", "renal", "immunology"]
+    study_file.write_text(json.dumps(study), encoding="utf-8")
+    assert [s.id for s in sections(load(out))] == [i for i in SECTION_IDS if i not in ("kinetics", "safety")]
+    for k, subject in enumerate(study["subjects"]):
+        subject["renal_response"] = {"measure": "upcr", "visits": [
+            {"visit": "W24", "response": ("complete", "partial", "none")[k % 3]}]}
+    study_file.write_text(json.dumps(study), encoding="utf-8")
+    renal = next(s for s in sections(load(out)) if s.id == "renal-response")
+    table = _table(renal.blocks, "Renal response per visit")
+    n = len(study["subjects"])
+    assert table.rows[0][:2] == ["W24", str(n)]
 
 
 def test_self_contained_and_reproducible(run_out: Path, tmp_path: Path) -> None:
