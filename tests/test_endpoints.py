@@ -95,7 +95,7 @@ def test_study_naming_some_endpoints_runs_only_those(tmp_path: Path, feed: Path)
         "fhir_adapter.derive.pga", "fhir_adapter.derive.renal", "fhir_adapter.derive.baseline",
         "fhir_adapter.derive.compare"}
     doc = json.loads((tmp_path / "out" / "results" / "study.json").read_text())
-    assert set(doc) == {"study", "generated_by", "settings", "subjects"}
+    assert set(doc) == {"study", "generated_by", "endpoints", "settings", "subjects"}
     subject = doc["subjects"][0]
     assert "renal_response" in subject and "teae_count" not in subject and "dlt" not in subject
     visit = subject["visits"][0]
@@ -302,6 +302,10 @@ def _csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+#: top-level keys of results/study.json that no endpoint writes
+STUDY_JSON_BASE = {"study", "generated_by", "endpoints", "settings", "subjects"}
+
+
 def test_study_json_keys_are_the_endpoints_contracts(full_run: Path) -> None:
     """Every key of results/study.json is declared by the contract of the endpoint that writes it."""
     from typing import get_args
@@ -310,7 +314,7 @@ def test_study_json_keys_are_the_endpoints_contracts(full_run: Path) -> None:
 
     doc = json.loads((full_run / "results" / "study.json").read_text())
     eps = [registry.get(n) for n in BUILTIN]
-    assert set(doc) == {"study", "generated_by", "settings", "subjects"} | {k for e in eps for k in e.keys("study")}
+    assert set(doc) == STUDY_JSON_BASE | {k for e in eps for k in e.keys("study")}
     subject_keys = {"subject_id", "arm", "day1", "visits"} | {k for e in eps for k in e.keys("subject")}
     visit_keys = {"visit", "date", "study_day"} | {k for e in eps for k in e.keys("visit")}
     for s in doc["subjects"]:
@@ -352,7 +356,7 @@ def test_the_report_reads_only_keys_the_endpoints_declare(full_run: Path) -> Non
     render(data)
     eps = [registry.get(n) for n in registry.available() if n in BUILTIN]
     declared = {
-        "top": {"study", "generated_by", "settings", "subjects"} | {k for e in eps for k in e.keys("study")},
+        "top": STUDY_JSON_BASE | {k for e in eps for k in e.keys("study")},
         "subject": {"subject_id", "arm", "day1", "visits"} | {k for e in eps for k in e.keys("subject")},
         "visit": {"visit", "date", "study_day"} | {k for e in eps for k in e.keys("visit")},
     }
