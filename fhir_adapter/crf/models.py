@@ -275,6 +275,10 @@ class SubjectCRF(_Model):
     infusion_time: dt.datetime | None = Field(
         None, description="date-time of the infusion when the EHR records a time of day (kinetics time 0)")
     lymphodepletion_start: dt.date | None = None
+    participation_start: dt.date | None = Field(
+        None, description="start of the subject's participation (consent, else the screening window)")
+    baseline_from: dt.date | None = Field(
+        None, description="earliest date a baseline may come from (Day 1 minus the baseline look-back)")
     dm: Demographics
     ex: list[Exposure] = Field(default_factory=list)
     findings: list[Finding] = Field(default_factory=list, description="every usable result, time-ordered")

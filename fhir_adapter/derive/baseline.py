@@ -1,30 +1,38 @@
 """Baseline and change from baseline — the one rule every per-visit endpoint shares.
 
 Definition (docs/clinical-rules.md#baseline, applied to every endpoint with a change from baseline):
-baseline = the last assessment dated on or before Day 1 (before the infusion); change = value − baseline.
+baseline = the last assessment dated on or before Day 1 (before the infusion) and no earlier than the
+look-back start ``crf.baseline_from`` (Day 1 − ``schedule.yaml`` ``baseline.lookback_days``); change =
+value − baseline. The assessment may be a visit's value, or a result placed in no visit — dated before the
+subject's consent (screening labs drawn before the form was signed, the last routine-care value), or between
+visit windows. Such a result is the baseline without becoming a visit: no visit row is flagged, and
+:class:`BaselineSource` names its date and resource (``before_participation`` when it precedes consent).
 
 For a subject's dated visits and one value per visit, the first case that applies defines the change:
 
-1. Day 1 unknown, or no visit on or before Day 1 has a value → no baseline: every change is None;
-2. the baseline visit (the latest valued visit dated on or before Day 1; of two on the same date the first in
-   the list) → change 0;
-3. a visit with a value dated after the baseline visit → value − baseline (rounded to ``ndigits`` when given,
+1. Day 1 unknown, or no value on or before Day 1 inside the look-back → no baseline: every change is None;
+2. the baseline is a visit (the latest valued visit dated on or before Day 1; of two on the same date the
+   first in the list; a result in no visit on the same date yields to the visit) → change 0 at it;
+3. a visit with a value dated after the baseline → value − baseline (rounded to ``ndigits`` when given,
    which strips binary noise such as 0.8 − 1.2 = −0.39999999999999997);
 4. anything else (no value, undated, dated before the baseline) → None.
 
 Example: values on study days −28 (2.0), −7 (1.5), 29 (0.5), Day 1 = day 1 → baseline is day −7;
-changes None, 0, −1.0.
+changes None, 0, −1.0. With consent on day −20 and a value of 2.0 on day −25 only (no visit), then 0.5 at
+day 29: baseline 2.0 from day −25 (before participation), change −1.5 at day 29.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TypeVar
 
-from fhir_adapter.crf.models import SubjectCRF
+from pydantic import BaseModel, Field
+
+from fhir_adapter.crf.models import Finding, SubjectCRF
 
 N = TypeVar("N", int, float)
 
@@ -34,13 +42,15 @@ LAB_CHANGE_DIGITS = 6
 
 def baseline_index(
     dates: Sequence[dt.date | None], has_value: Sequence[bool], day1: dt.date | None,
+    since: dt.date | None = None,
 ) -> int | None:
-    """Index of the baseline: the last entry with a value dated on or before ``day1`` (None if none)."""
+    """Index of the baseline: the last entry with a value dated on or before ``day1`` and not before
+    ``since`` (the look-back start; None if no entry qualifies)."""
     if day1 is None:
         return None
     best: int | None = None
     for i, (date, valued) in enumerate(zip(dates, has_value, strict=True)):
-        if not valued or date is None or date > day1:
+        if not valued or date is None or date > day1 or (since is not None and date < since):
             continue
         best_date = dates[best] if best is not None else None
         if best is None or (best_date is not None and date > best_date):
@@ -53,21 +63,80 @@ def changes(
     values: Sequence[N | None],
     day1: dt.date | None,
     ndigits: int | None = None,
+    *,
+    since: dt.date | None = None,
+    prior: tuple[dt.date, N] | None = None,
 ) -> tuple[int | None, list[N | None]]:
-    """The baseline index and the change from baseline of every entry (cases 1–4 of the module docstring)."""
-    base = baseline_index(dates, [v is not None for v in values], day1)
+    """The baseline index and the change from baseline of every entry (cases 1–4 of the module docstring).
+
+    ``prior`` = (date, value) of the last result in no visit inside the look-back: it is the baseline when it
+    is later than every valued entry on or before Day 1; the index returned is then None and the changes are
+    against it (see :func:`prior_wins`)."""
+    base = baseline_index(dates, [v is not None for v in values], day1, since)
     out: list[N | None] = [None] * len(values)
-    if base is None:
+    if prior_wins(base, dates, day1, prior):
+        assert prior is not None
+        base_date, base_value = prior
+        base = None
+    elif base is None:
         return None, out
-    base_value, base_date = values[base], dates[base]
+    else:
+        base_value, base_date = values[base], dates[base]  # type: ignore[assignment]
     assert base_value is not None and base_date is not None
     for i, (date, value) in enumerate(zip(dates, values, strict=True)):
-        if i == base:
+        if base is not None and i == base:
             out[i] = base_value - base_value
         elif value is not None and date is not None and date > base_date:
             diff = value - base_value
             out[i] = round(diff, ndigits) if ndigits is not None else diff
     return base, out
+
+
+def prior_wins(base: int | None, dates: Sequence[dt.date | None], day1: dt.date | None,
+               prior: tuple[dt.date, object] | None) -> bool:
+    """Is the result in no visit (``prior``) the baseline rather than the visit at index ``base``?"""
+    if prior is None or day1 is None or prior[0] > day1:
+        return False
+    base_date = dates[base] if base is not None else None
+    return base_date is None or prior[0] > base_date
+
+
+def in_lookback(crf: SubjectCRF, d: dt.date | None) -> bool:
+    """Is ``d`` on or before Day 1 and not before the look-back start?"""
+    return (d is not None and crf.day1 is not None and d <= crf.day1
+            and (crf.baseline_from is None or d >= crf.baseline_from))
+
+
+def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] | None = None) -> Finding | None:
+    """The last result of ``item`` placed in no visit and dated inside the baseline look-back (None if none).
+    ``valued`` says which results count (default: a numeric value)."""
+    ok = valued or (lambda f: f.value is not None)
+    found = [f for f in crf.findings if f.item == item and f.visit is None and ok(f) and in_lookback(crf, f.date)]
+    return max(found, key=lambda f: (f.date, f.source.id)) if found else None
+
+
+class BaselineSource(BaseModel):
+    """Where a baseline taken from a result in no visit came from (``results/study.json`` ``baselines``)."""
+
+    item: str
+    value: float | None
+    date: dt.date
+    study_day: int | None
+    sources: tuple[str, ...]
+    before_participation: bool = Field(description="dated before the subject's consent (participation start)")
+    comparator: str | None = None
+    unit: str | None = None
+
+    @classmethod
+    def of(cls, crf: SubjectCRF, f: Finding, value: float | None = None) -> BaselineSource:
+        assert f.date is not None
+        return cls(item=f.item, value=f.value if value is None else value, date=f.date,
+                   study_day=f.study_day, sources=(f.source.reference,),
+                   before_participation=before_participation(crf, f.date), comparator=f.comparator, unit=f.unit)
+
+
+def before_participation(crf: SubjectCRF, d: dt.date) -> bool:
+    return crf.participation_start is not None and d < crf.participation_start
 
 
 @dataclass(frozen=True)
@@ -94,6 +163,13 @@ def item_by_visit(
     but its change, and every change against a censored baseline, is None: the difference is not a known
     number. ``decimals`` rounds the stored value itself (see :func:`round_half_up`).
     """
+    return item_with_baseline(crf, item, ndigits, decimals)[0]
+
+
+def item_with_baseline(
+    crf: SubjectCRF, item: str, ndigits: int | None = LAB_CHANGE_DIGITS, decimals: int | None = None,
+) -> tuple[list[VisitValue], BaselineSource | None]:
+    """:func:`item_by_visit` and, when the baseline is a result in no visit, where it came from."""
     rows: list[VisitValue] = []
     for v in crf.visits:
         if v.date is None:
@@ -107,15 +183,24 @@ def item_by_visit(
             comparator=f.comparator if f is not None and value is not None else None,
             unit=f.unit if f is not None else None, source=f.source.reference if f is not None else None,
         ))
-    base, diffs = changes([r.date for r in rows], [r.value for r in rows], crf.day1, ndigits)
-    base_censored = base is not None and rows[base].comparator is not None
+    prior = prior_result(crf, item)
+    dates, values = [r.date for r in rows], [r.value for r in rows]
+    pair: tuple[dt.date, float] | None = None
+    if prior is not None and prior.value is not None and prior.date is not None:
+        pair = (prior.date, round_half_up(prior.value, decimals) if decimals is not None else prior.value)
+    base, diffs = changes(dates, values, crf.day1, ndigits, since=crf.baseline_from, prior=pair)
+    visit_base = baseline_index(dates, [v is not None for v in values], crf.day1, crf.baseline_from)
+    source = (BaselineSource.of(crf, prior, value=pair[1])
+              if prior is not None and pair is not None and prior_wins(visit_base, dates, crf.day1, pair) else None)
+    base_censored = (rows[base].comparator is not None if base is not None
+                     else source is not None and source.comparator is not None)
     out = []
     for i, r in enumerate(rows):
         change = diffs[i]
         if i != base and (base_censored or r.comparator is not None):
             change = None
         out.append(replace(r, baseline=i == base, change=change))
-    return out
+    return out, source
 
 
 def round_half_up(value: float, decimals: int) -> float:

@@ -23,8 +23,9 @@ At a visit the antibody's items are tried in order (``anti_sm`` then ``anti_sm_p
 
 **Seroconversion** (positive → negative); the first case that applies defines it:
 
-1. no status on or before Day 1 → None ("no baseline result");
-2. negative at baseline (the last status on or before Day 1) → None ("negative at baseline": not applicable);
+1. no status on or before Day 1 (inside the baseline look-back) → None ("no baseline result");
+2. negative at baseline (the last status on or before Day 1 — at a visit, or a result in no visit such as one
+   dated before consent, named in ``baseline_source``) → None ("negative at baseline": not applicable);
 3. no status at a visit after Day 1 → None;
 4. a negative visit after Day 1 → True, ``first_negative`` = the first such visit and its study day;
    ``persistent`` = negative at the last visit with a status;
@@ -50,7 +51,14 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import Finding, SubjectCRF
-from fhir_adapter.derive.baseline import VisitValue, baseline_index, item_by_visit
+from fhir_adapter.derive.baseline import (
+    BaselineSource,
+    VisitValue,
+    baseline_index,
+    item_with_baseline,
+    prior_result,
+    prior_wins,
+)
 from fhir_adapter.derive.compare import exceeds
 
 Status = Literal["positive", "negative"]
@@ -83,6 +91,7 @@ class VisitEvent(BaseModel):
 class Seroconversion(BaseModel):
     baseline_status: Status | None = None
     baseline_visit: str | None = None
+    baseline_source: str | None = Field(None, description="the baseline result when it lies in no visit")
     seroconverted: bool | None = None
     first_negative: VisitEvent | None = None
     persistent: bool | None = Field(None, description="negative at the last visit with a status")
@@ -93,6 +102,7 @@ class Seroconversion(BaseModel):
 class BCellAplasia(BaseModel):
     threshold: float
     baseline_cd19: float | None = None
+    baseline_source: str | None = Field(None, description="the baseline result when it lies in no visit")
     aplasia: bool | None = None
     onset: VisitEvent | None = None
     recovery: bool | None = None
@@ -112,6 +122,7 @@ class ImmunologyResults(BaseModel):
     seroconversion: dict[str, Seroconversion]
     b_cell_aplasia: BCellAplasia
     ada: AdaStatus
+    baselines: list[BaselineSource] = Field(default_factory=list, description="baselines from no visit")
 
 
 def _against_limit(f: Finding, high: float) -> Status | None:
@@ -151,11 +162,21 @@ def seroconversion(crf: SubjectCRF, items: tuple[str, ...], s: ImmunologySetting
     for v in dated:
         found = (antibody_status(v.values[i], s) for i in items if i in v.values)
         statuses.append(next((st for st in found if st is not None), None))
-    base = baseline_index([v.date for v in dated], [st is not None for st in statuses], crf.day1)
-    if base is None or crf.day1 is None:
+    dates = [v.date for v in dated]
+    base = baseline_index(dates, [st is not None for st in statuses], crf.day1, crf.baseline_from)
+    priors = [f for i in items if (f := prior_result(crf, i, lambda f: antibody_status(f, s) is not None))]
+    prior = max(priors, key=lambda f: (f.date, f.source.id)) if priors else None
+    prior_status = antibody_status(prior, s) if prior is not None else None
+    if prior is not None and prior.date is not None and prior_wins(base, dates, crf.day1,
+                                                                   (prior.date, prior_status)):
+        out = Seroconversion(baseline_status=prior_status, baseline_source=prior.source.reference)
+    elif base is None or crf.day1 is None:
         return Seroconversion(reason="no baseline result")
-    out = Seroconversion(baseline_status=statuses[base], baseline_visit=dated[base].visit)
-    if statuses[base] == "negative":
+    else:
+        out = Seroconversion(baseline_status=statuses[base], baseline_visit=dated[base].visit)
+    if crf.day1 is None:
+        return Seroconversion(reason="no baseline result")
+    if out.baseline_status == "negative":
         out.reason = "negative at baseline"
         return out
     after = [(v, st) for v, st in zip(dated, statuses, strict=True)
@@ -176,8 +197,13 @@ def b_cell_aplasia(crf: SubjectCRF, s: ImmunologySettings) -> BCellAplasia:
     """Onset of B-cell aplasia after Day 1 and recovery from it (see the module docstring)."""
     res = BCellAplasia(threshold=s.b_cell_aplasia_below)
     rows = [(v, v.values[s.cd19_item]) for v in crf.visits if v.date is not None and s.cd19_item in v.values]
-    base_i = baseline_index([v.date for v, _ in rows], [f.value is not None for _, f in rows], crf.day1)
-    if base_i is not None:
+    dates = [v.date for v, _ in rows]
+    base_i = baseline_index(dates, [f.value is not None for _, f in rows], crf.day1, crf.baseline_from)
+    prior = prior_result(crf, s.cd19_item)
+    if prior is not None and prior.date is not None and prior_wins(base_i, dates, crf.day1,
+                                                                   (prior.date, prior.value)):
+        res.baseline_cd19, res.baseline_source = prior.value, prior.source.reference
+    elif base_i is not None:
         res.baseline_cd19 = rows[base_i][1].value
     after = [(v, f) for v, f in rows if crf.day1 is not None and v.date is not None and v.date > crf.day1]
     if not after:
@@ -218,8 +244,10 @@ def ada_status(crf: SubjectCRF, s: ImmunologySettings) -> AdaStatus:
 
 def derive_immunology(crf: SubjectCRF, settings: ImmunologySettings) -> ImmunologyResults:
     """Every immunology result of one subject."""
+    values = {item: item_with_baseline(crf, item) for item in settings.items}
     return ImmunologyResults(
-        values={item: item_by_visit(crf, item) for item in settings.items},
+        values={item: rows for item, (rows, _) in values.items()},
+        baselines=[b for _, b in values.values() if b is not None],
         seroconversion={ab: seroconversion(crf, items, settings)
                         for ab, items in settings.seroconversion.items()},
         b_cell_aplasia=b_cell_aplasia(crf, settings),

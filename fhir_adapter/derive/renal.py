@@ -42,7 +42,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.derive.baseline import VisitValue, item_by_visit
+from fhir_adapter.derive.baseline import BaselineSource, VisitValue, item_with_baseline
 
 Measure = Literal["upcr", "protein_24h"]
 Response = Literal["complete", "partial", "none"]
@@ -99,6 +99,7 @@ class RenalResponse(BaseModel):
     measure: Measure | None = None
     baseline_visit: str | None = None
     baseline_value: float | None = None
+    baseline_source: str | None = Field(None, description="the baseline result when it lies in no visit")
     baseline_egfr: float | None = None
     reason: str | None = None
     visits: list[RenalResponseVisit] = Field(default_factory=list)
@@ -110,10 +111,16 @@ class RenalResponse(BaseModel):
 class RenalResults(BaseModel):
     visits: list[RenalVisit]
     response: RenalResponse | None = None
+    baselines: list[BaselineSource] = Field(default_factory=list, description="baselines from no visit")
 
 
-def _baseline(rows: list[VisitValue]) -> VisitValue | None:
-    return next((r for r in rows if r.baseline), None)
+def _baseline(rows: list[VisitValue], prior: BaselineSource | None = None) -> VisitValue | None:
+    """The baseline visit row, else the result in no visit that is the baseline (visit "")."""
+    flagged = next((r for r in rows if r.baseline), None)
+    if flagged is not None or prior is None:
+        return flagged
+    return VisitValue(visit="", date=prior.date, study_day=prior.study_day, value=prior.value,
+                      comparator=prior.comparator, unit=prior.unit, source=prior.sources[0], baseline=True)
 
 
 def _grade(
@@ -159,17 +166,21 @@ def renal_response(
     by_measure: dict[Measure, list[VisitValue]],
     egfr: list[VisitValue],
     s: RenalResponseSettings,
+    priors: dict[str, BaselineSource | None] | None = None,
 ) -> RenalResponse:
-    """Renal response of one subject (cases 2–4 of the module docstring)."""
-    chosen = next(((m, b) for m in s.measures if (b := _baseline(by_measure[m])) is not None), None)
+    """Renal response of one subject (cases 2–4 of the module docstring); ``priors``: per measure (and
+    ``egfr``) the result in no visit that is its baseline, if any."""
+    pr = priors or {}
+    chosen = next(((m, b) for m in s.measures if (b := _baseline(by_measure[m], pr.get(m))) is not None), None)
     if chosen is None:
         return RenalResponse(ln_at_baseline=None, reason=f"no baseline value of {', '.join(s.measures)}")
     measure, base = chosen
     assert base.value is not None
-    base_egfr = _baseline(egfr)
+    base_egfr = _baseline(egfr, pr.get("egfr"))
     res = RenalResponse(
         ln_at_baseline=s.ln_at_baseline == "all" or base.value > s.ln_min_proteinuria, measure=measure,
-        baseline_visit=base.visit, baseline_value=base.value,
+        baseline_visit=base.visit or None, baseline_value=base.value,
+        baseline_source=base.source if not base.visit else None,
         baseline_egfr=base_egfr.value if base_egfr else None,
     )
     if not res.ln_at_baseline:
@@ -193,9 +204,9 @@ def renal_response(
 
 def derive_renal(crf: SubjectCRF, settings: RenalSettings) -> RenalResults:
     """UPCR and 24-h protein at every dated visit with changes from baseline, and the renal response."""
-    upcr = item_by_visit(crf, settings.upcr_item)
-    p24 = item_by_visit(crf, settings.protein_24h_item)
-    egfr = item_by_visit(crf, settings.egfr_item)
+    upcr, upcr_prior = item_with_baseline(crf, settings.upcr_item)
+    p24, p24_prior = item_with_baseline(crf, settings.protein_24h_item)
+    egfr, egfr_prior = item_with_baseline(crf, settings.egfr_item)
     visits = [
         RenalVisit(visit=u.visit, date=u.date, study_day=u.study_day, upcr=u.value, upcr_change=u.change,
                    protein_24h=p.value, protein_24h_change=p.change, egfr=e.value)
@@ -203,5 +214,7 @@ def derive_renal(crf: SubjectCRF, settings: RenalSettings) -> RenalResults:
     ]
     response = None
     if settings.response.enabled:
-        response = renal_response(crf, {"upcr": upcr, "protein_24h": p24}, egfr, settings.response)
-    return RenalResults(visits=visits, response=response)
+        response = renal_response(crf, {"upcr": upcr, "protein_24h": p24}, egfr, settings.response,
+                                  {"upcr": upcr_prior, "protein_24h": p24_prior, "egfr": egfr_prior})
+    return RenalResults(visits=visits, response=response,
+                        baselines=[b for b in (upcr_prior, p24_prior, egfr_prior) if b is not None])

@@ -24,8 +24,10 @@ The visit total is reported only when the visit holds its own clinician SLEDAI-2
 ``min_clinician_descriptors`` descriptors recorded at that visit (placed in it, or dated on the visit date) —
 so a visit with routine labs only is not scored, and an assessment is never reused for a later visit through
 the look-back window. 0 scores every visit that has any data.
-Baseline = the last visit with a total dated on or before Day 1; change = total − baseline for visits
-dated after the baseline visit (0 at baseline, None before it or when either value is missing).
+Baseline = the last assessment dated on or before Day 1 inside the baseline look-back (``crf.baseline_from``):
+a visit with a total, or — when later — a clinician assessment placed in no visit, such as one recorded
+before consent (:func:`prior_assessment`: scored on its date, never turned into a visit); change = total −
+baseline for visits dated after it (0 at a baseline visit, None before it or when either value is missing).
 
 Examples (weights from Gladman 2002): arthritis (clinician true) + proteinuria 0.6 g/24 h + C3 0.8 g/L with
 range low 0.9 = 4 + 4 + 2 = 10; proteinuria 0.50 g/24 h does not score (strict >); a platelet count of 80 on
@@ -40,8 +42,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_adapter.crf.models import Finding, SubjectCRF
-from fhir_adapter.derive.baseline import changes
+from fhir_adapter.derive.baseline import (
+    BaselineSource,
+    baseline_index,
+    before_participation,
+    changes,
+    in_lookback,
+    prior_wins,
+)
 from fhir_adapter.derive.compare import exceeds, is_present
+from fhir_adapter.study.timeline import study_day
 from fhir_adapter.terminology.codes import SLEDAI2K_DESCRIPTOR_CODES
 
 Basis = Literal["clinician", "lab", "excluded", "not-assessed"]
@@ -196,23 +206,37 @@ def _score_descriptor(
     return DescriptorScore(code=d.code, weight=d.weight, score=0, basis="excluded" if excluded_any else "not-assessed")
 
 
-def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2kVisit]:
-    """SLEDAI-2K of every dated visit of ``crf``, with baseline flag and change from baseline."""
+def _by_item(crf: SubjectCRF, settings: Sledai2kSettings) -> dict[str, list[Finding]]:
     items = {d.item for d in settings.descriptors} | settings.lab_items()
     by_item: dict[str, list[Finding]] = {}
     for f in crf.findings:
         if f.item in items:
             by_item.setdefault(f.item, []).append(f)
-    exclusion = None
+    return by_item
+
+
+def _exclusion(crf: SubjectCRF, settings: Sledai2kSettings) -> tuple[dt.date, dt.date] | None:
     if crf.lymphodepletion_start and settings.cytopenia_exclusion_days:
         ld = crf.lymphodepletion_start
-        exclusion = (ld, ld + dt.timedelta(days=settings.cytopenia_exclusion_days))
+        return ld, ld + dt.timedelta(days=settings.cytopenia_exclusion_days)
+    return None
+
+
+def _scores(date: dt.date, by_item: dict[str, list[Finding]], exclusion: tuple[dt.date, dt.date] | None,
+            settings: Sledai2kSettings) -> list[DescriptorScore]:
+    start = date - dt.timedelta(days=settings.window_days)
+    return [_score_descriptor(d, by_item, start, date, exclusion, settings) for d in settings.descriptors]
+
+
+def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2kVisit]:
+    """SLEDAI-2K of every dated visit of ``crf``, with baseline flag and change from baseline."""
+    by_item = _by_item(crf, settings)
+    exclusion = _exclusion(crf, settings)
     out: list[Sledai2kVisit] = []
     for v in crf.visits:
         if v.date is None:
             continue
-        start = v.date - dt.timedelta(days=settings.window_days)
-        scores = [_score_descriptor(d, by_item, start, v.date, exclusion, settings) for d in settings.descriptors]
+        scores = _scores(v.date, by_item, exclusion, settings)
         n_clin = sum(1 for sc in scores if sc.basis == "clinician")
         at_visit = sum(1 for d in settings.descriptors for f in by_item.get(d.item, [])
                        if f.value_bool is not None and (f.visit == v.visit or (f.visit is None and f.date == v.date)))
@@ -220,14 +244,68 @@ def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2
         total = sum(sc.score for sc in scores) if enough else None
         out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin,
                                  descriptors=scores))
-    _apply_baseline(out, crf.day1)
+    _apply_baseline(out, crf, prior_assessment(crf, settings))
     return out
 
 
-def _apply_baseline(visits: list[Sledai2kVisit], day1: dt.date | None) -> None:
-    """Baseline = last visit with a total on or before Day 1; change = total − baseline after it
-    (:func:`fhir_adapter.derive.baseline.changes`)."""
-    base, diffs = changes([v.date for v in visits], [v.total for v in visits], day1)
+class Sledai2kPrior(BaseModel):
+    """A SLEDAI-2K assessment in no visit (e.g. recorded before consent) that is the baseline."""
+
+    date: dt.date
+    total: int
+    sources: list[str] = Field(description="the clinician descriptor results of that date")
+    descriptors: list[DescriptorScore]
+
+
+def prior_assessment(crf: SubjectCRF, settings: Sledai2kSettings) -> Sledai2kPrior | None:
+    """The last clinician SLEDAI-2K assessment placed in no visit and dated inside the baseline look-back
+    (docs/clinical-rules.md#baseline): at least ``min_clinician_descriptors`` descriptors recorded on one date,
+    scored with the usual look-back window ending on that date. None when there is none, or when a visit's
+    assessment on or before Day 1 is as late or later (the visit is then the baseline)."""
+    by_item = _by_item(crf, settings)
+    codes = {d.item for d in settings.descriptors}
+    per_date: dict[dt.date, list[Finding]] = {}
+    for item in codes:
+        for f in by_item.get(item, []):
+            if f.visit is None and f.value_bool is not None and f.date is not None and in_lookback(crf, f.date):
+                per_date.setdefault(f.date, []).append(f)
+    dates = sorted((d for d, fs in per_date.items() if len(fs) >= settings.min_clinician_descriptors),
+                   reverse=True)
+    if not dates:
+        return None
+    date = dates[0]
+    scores = _scores(date, by_item, _exclusion(crf, settings), settings)
+    return Sledai2kPrior(date=date, total=sum(sc.score for sc in scores),
+                         sources=sorted(f.source.reference for f in per_date[date]), descriptors=scores)
+
+
+def _apply_baseline(visits: list[Sledai2kVisit], crf: SubjectCRF, prior: Sledai2kPrior | None) -> None:
+    """Baseline = last assessment on or before Day 1 inside the look-back — a visit's total, or ``prior``
+    when it is later; change = total − baseline after it (:func:`fhir_adapter.derive.baseline.changes`)."""
+    base, diffs = changes([v.date for v in visits], [v.total for v in visits], crf.day1, since=crf.baseline_from,
+                          prior=(prior.date, prior.total) if prior is not None else None)
     for i, v in enumerate(visits):
         v.baseline = i == base
         v.change = diffs[i]
+
+
+def baseline_prior(visits: list[Sledai2kVisit], crf: SubjectCRF,
+                   settings: Sledai2kSettings) -> Sledai2kPrior | None:
+    """The assessment in no visit that is the SLEDAI-2K baseline of ``visits`` (None: a visit is, or none)."""
+    prior = prior_assessment(crf, settings)
+    if prior is None:
+        return None
+    dates = [v.date for v in visits]
+    base = baseline_index(dates, [v.total is not None for v in visits], crf.day1, crf.baseline_from)
+    return prior if prior_wins(base, dates, crf.day1, (prior.date, prior.total)) else None
+
+
+def baseline_source(visits: list[Sledai2kVisit], crf: SubjectCRF,
+                    settings: Sledai2kSettings) -> BaselineSource | None:
+    """:func:`baseline_prior` as the ``baselines`` entry of ``results/study.json`` (item ``sledai2k``)."""
+    prior = baseline_prior(visits, crf, settings)
+    if prior is None:
+        return None
+    return BaselineSource(item="sledai2k", value=prior.total, date=prior.date,
+                          study_day=study_day(prior.date, crf.day1) if crf.day1 else None,
+                          sources=tuple(prior.sources), before_participation=before_participation(crf, prior.date))

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, TypedDict
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from fhir_adapter.derive.baseline import BaselineSource, item_with_baseline
 from fhir_adapter.derive.pga import PgaSettings, PgaVisit, derive_pga
 from fhir_adapter.endpoints.registry import CheckInput, Contracts, Endpoint, SubjectInput, Unit, check_items
 
@@ -20,13 +21,16 @@ class PgaVisitKeys(TypedDict):
 
 class PgaResult(BaseModel):
     visits: list[PgaVisit]
+    baselines: list[BaselineSource] = Field(default_factory=list, description="a baseline from no visit")
 
     def visit(self, visit: str) -> PgaVisit | None:
         return next((v for v in self.visits if v.visit == visit), None)
 
 
 def derive(x: SubjectInput) -> PgaResult:
-    return PgaResult(visits=derive_pga(x.crf, x.rules(PgaSettings)))
+    s = x.rules(PgaSettings)
+    source = item_with_baseline(x.crf, s.item, ndigits=s.decimals, decimals=s.decimals)[1]
+    return PgaResult(visits=derive_pga(x.crf, s), baselines=[source] if source else [])
 
 
 def visit_keys(r: PgaResult, visit: str) -> PgaVisitKeys:

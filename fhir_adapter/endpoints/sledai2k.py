@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from fhir_adapter import __version__
-from fhir_adapter.derive.sledai2k import Sledai2kSettings, Sledai2kVisit, derive_sledai2k
+from fhir_adapter.derive.baseline import BaselineSource
+from fhir_adapter.derive.sledai2k import Sledai2kSettings, Sledai2kVisit, baseline_source, derive_sledai2k
 from fhir_adapter.endpoints.registry import CheckInput, Contracts, Endpoint, OutputInput, SubjectInput
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology import units
@@ -29,13 +30,17 @@ class Sledai2kVisitKeys(TypedDict):
 
 class Sledai2kResult(BaseModel):
     visits: list[Sledai2kVisit]
+    baselines: list[BaselineSource] = Field(default_factory=list, description="an assessment in no visit")
 
     def visit(self, visit: str) -> Sledai2kVisit | None:
         return next((v for v in self.visits if v.visit == visit), None)
 
 
 def derive(x: SubjectInput) -> Sledai2kResult:
-    return Sledai2kResult(visits=derive_sledai2k(x.crf, x.rules(Sledai2kSettings)))
+    s = x.rules(Sledai2kSettings)
+    visits = derive_sledai2k(x.crf, s)
+    source = baseline_source(visits, x.crf, s)
+    return Sledai2kResult(visits=visits, baselines=[source] if source else [])
 
 
 def visit_keys(r: Sledai2kResult, visit: str) -> Sledai2kVisitKeys:

@@ -148,6 +148,8 @@ class SubjectEngine:
         review = apply_decisions(crf, work.study, work.decisions)  # the reviewers' decisions replace the picks
         out.review = review
         res = derive_subject(review.crf, work.study)
+        for b in res.baselines():  # listed in results/study.json `baselines`; counted in the run report
+            self.log.count("baseline.before-participation" if b.before_participation else "baseline.outside-visits")
         out.row = subject_row(res)
         out.export_updates = res.export_updates()
         resources = writeback_resources(res, e, work.study, self.log)

@@ -89,7 +89,8 @@ class SubjectMapper:
         self.log.count("crf.visits", len(visits))
         return SubjectCRF(
             subject_id=e.subject_id, arm=e.arm, day1=e.day1, infusion_time=e.infusion_time,
-            lymphodepletion_start=ld_start,
+            lymphodepletion_start=ld_start, participation_start=span.start,
+            baseline_from=self._baseline_from(e.day1),
             dm=dm, ex=ex, findings=findings, visits=visits, cm=cm, ae=ae, mh=mh, pr=pr, not_done=not_done,
         )
 
@@ -111,6 +112,10 @@ class SubjectMapper:
         if bounded.history:
             mh = sorted([*mh, *bounded.history], key=lambda m: (m.start_date or dt.date.min, m.term, m.source.id))
         return bounded.kept, mh
+
+    def _baseline_from(self, day1: dt.date | None) -> dt.date | None:
+        lookback = self.study.schedule.baseline.lookback_days
+        return day1 - dt.timedelta(days=lookback) if day1 is not None and lookback is not None else None
 
     def _site(self, e: Enrollee) -> str | None:
         """SITEID by the site overlay's rule (``siteid``): the site-level ResearchStudy's identifier (the

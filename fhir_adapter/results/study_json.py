@@ -2,9 +2,11 @@
 
 Top level: ``study``, ``generated_by``, ``settings`` (the rules in force), ``subjects``, then the study-level
 keys of the named endpoints (``lldas_rate``, ``teae_summary``, ``dose_levels``, ``rp2d``...). Per subject:
-``subject_id``, ``arm``, ``day1`` (YYYY-MM-DD), ``visits`` and the per-subject keys of the named endpoints; per
-visit: ``visit``, ``date`` (the actual visit date), ``study_day`` and the per-visit keys of the named
-endpoints. Each endpoint's keys are documented in its module of :mod:`fhir_adapter.endpoints`.
+``subject_id``, ``arm``, ``day1`` (YYYY-MM-DD), ``visits``, the per-subject keys of the named endpoints and
+``baselines`` (each baseline taken from a result in no visit — before consent or between visit windows:
+{item, value, date, study_day, sources, before_participation, comparator, unit}); per visit: ``visit``,
+``date`` (the actual visit date), ``study_day`` and the per-visit keys of the named endpoints. Each
+endpoint's keys are documented in its module of :mod:`fhir_adapter.endpoints`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def settings_echo(study: Study) -> dict[str, Any]:
         "day1": f"date of the {study.info.product_name} {'first dose' if study.info.repeated_doses else 'infusion'}; "
                 "study day = d - day1 + 1 on/after Day 1, d - day1 before (no Day 0)",
         "enrolled_statuses": list(study.info.enrolled_statuses),
+        "baseline_lookback_days": study.schedule.baseline.lookback_days,
         "site_overrides": [{k: v for k, v in o.items() if k != "where"} for o in study.overrides],
         **{name: rule.model_dump(mode="json", exclude={"descriptors"}) for name, rule in study.rules.items()},
     }
@@ -39,6 +42,7 @@ def subject_row(r: SubjectResults) -> dict[str, Any]:
         "day1": r.crf.day1.isoformat() if r.crf.day1 else None,
         "visits": r.visit_rows(),
         **r.subject_keys(),
+        "baselines": [b.model_dump(mode="json") for b in r.baselines()],
     }
 
 

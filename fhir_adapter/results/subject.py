@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.derive.baseline import BaselineSource
 from fhir_adapter.endpoints.registry import Endpoint, OutputInput, SubjectInput, endpoints_of, run_order
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
@@ -58,6 +59,14 @@ class SubjectResults:
         for ep in self.endpoints:
             if ep.annotate is not None:
                 out.update(ep.annotate(self.results[ep.name]))
+        return out
+
+    def baselines(self) -> list[BaselineSource]:
+        """Every baseline taken from a result in no visit (before consent, or between visit windows), from the
+        endpoints whose result lists them (``baselines``), in study.yaml's order."""
+        out: list[BaselineSource] = []
+        for ep in self.endpoints:
+            out += getattr(self.results[ep.name], "baselines", [])
         return out
 
     def subject_keys(self) -> dict[str, Any]:

@@ -91,10 +91,19 @@ class Participation(Strict):
         return self
 
 
+class BaselineRule(Strict):
+    """``schedule.yaml`` → ``baseline`` (docs/clinical-rules.md#baseline): the baseline of a measure is its last
+    value dated on or before Day 1 and no more than ``lookback_days`` before it — from a visit, or from a result
+    in no visit (before consent, or between visit windows). None: no limit."""
+
+    lookback_days: int | None = Field(56, ge=0)
+
+
 class Schedule(Strict):
     visits: tuple[Visit, ...]
     unscheduled_items: tuple[str, ...] = ()
     participation: Participation = Participation()
+    baseline: BaselineRule = BaselineRule()
 
     @model_validator(mode="after")
     def _no_overlap(self) -> Schedule:

@@ -7,6 +7,7 @@ from typing import Any
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
 from fhir_adapter.derive.safety import SafetySettings, teae_flag
+from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.participation import Span, bound_adverse_events, participation
 from fhir_adapter.mapping.subject import SubjectMapper
@@ -106,3 +107,30 @@ def test_a_pre_existing_event_that_worsens_after_day1_stays_an_adverse_event() -
     out = bound_adverse_events([worse, same], span, DAY1)
     assert [a.source.id for a in out.kept] == ["w"] and [m.source.id for m in out.history] == ["s"]
     assert teae_flag(out.kept[0], DAY1, None, SafetySettings()).case == "worsened"
+
+
+def c3(id_: str, when: str, value: float) -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": id_, "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "4485-9"}]},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": when,
+            "valueQuantity": {"value": value, "unit": "g/L", "system": "http://unitsofmeasure.org", "code": "g/L"}}
+
+
+def test_baseline_drawn_before_consent_is_read_and_named_but_never_a_visit(study) -> None:  # type: ignore[no-untyped-def]
+    infusion = {"resourceType": "Procedure", "id": "inf", "status": "completed",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1156961008"}]},
+                "subject": {"reference": "Patient/p1"}, "performedDateTime": "2024-03-01"}
+    # consent 2024-02-15 (day -15); screening C3 drawn on 2024-02-10 (day -20, before consent), W4 on day 29
+    resources = [infusion, c3("scr-c3", "2024-02-10", 0.5), c3("w4-c3", "2024-03-29", 0.9),
+                 c3("routine", "2023-12-01", 0.4)]  # day -91: older than the 56-day look-back
+    engine = SubjectEngine(SubjectWork(study=study))
+    out = engine.fresh(enrollee(dt.date(2024, 2, 15)), resources)
+    assert out.error is None and out.row is not None
+    assert out.crf.baseline_from == DAY1 - dt.timedelta(days=56) and out.crf.participation_start == dt.date(2024, 2, 15)
+    assert [v.visit for v in out.crf.visits] == ["W4"]
+    assert {f.source.id: f.visit for f in out.crf.findings} == {"routine": None, "scr-c3": None, "w4-c3": "W4"}
+    w4 = next(v for v in out.row["visits"] if v["visit"] == "W4")
+    assert w4["c3"] == 0.9 and w4["c3_change"] == 0.4
+    assert [(b["item"], b["value"], b["date"], b["study_day"], b["sources"], b["before_participation"])
+            for b in out.row["baselines"]] == [("c3", 0.5, "2024-02-10", -20, ["Observation/scr-c3"], True)]
+    assert out.counts["baseline.before-participation"] == 1

@@ -1,0 +1,110 @@
+"""Baseline from a result in no visit — before consent, or between visit windows — inside the look-back
+(docs/clinical-rules.md#baseline, ``schedule.yaml`` ``baseline.lookback_days``): it is the baseline without
+becoming a visit, and ``BaselineSource`` names it."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.derive.baseline import item_with_baseline
+from fhir_adapter.derive.immunology import ImmunologySettings, derive_immunology
+from fhir_adapter.derive.pga import PgaSettings, derive_pga
+from fhir_adapter.derive.renal import RenalSettings, derive_renal
+from fhir_adapter.derive.sledai2k import baseline_prior, derive_sledai2k
+from tests.efficacy_helpers import rule, visit_crf
+from tests.helpers import DAY1, d, descriptor, finding
+
+CONSENT = d(-20)
+LOOKBACK_FROM = DAY1 - dt.timedelta(days=56)
+RENAL = rule("renal", RenalSettings)
+RENAL_ON = RENAL.model_copy(update={"response": RENAL.response.model_copy(update={"enabled": True})})
+
+
+def subject(visits, findings=(), **kw) -> SubjectCRF:  # type: ignore[no-untyped-def]
+    """Consent on day -20, look-back from day -56; ``findings`` are results placed in no visit."""
+    c = visit_crf(visits, findings=list(findings))
+    return c.model_copy(update={"participation_start": CONSENT, "baseline_from": LOOKBACK_FROM, **kw})
+
+
+def test_a_value_from_before_consent_is_the_baseline_without_a_visit() -> None:
+    crf = subject({"W4": (29, {"c3": 0.9}), "W12": (85, {"c3": 1.1})}, [finding("c3", -25, 0.5)])
+    rows, source = item_with_baseline(crf, "c3")
+    assert [(r.visit, r.change, r.baseline) for r in rows] == [("W4", 0.4, False), ("W12", 0.6, False)]
+    assert source is not None and (source.value, source.date, source.study_day) == (0.5, d(-25), -25)
+    assert source.before_participation and source.sources[0].startswith("Observation/")
+    assert [v.visit for v in crf.visits] == ["W4", "W12"]  # never a visit
+
+
+def test_the_look_back_bounds_how_old_a_baseline_may_be() -> None:
+    old = subject({"W4": (29, {"c3": 0.9})}, [finding("c3", -57, 0.5)])
+    rows, source = item_with_baseline(old, "c3")
+    assert source is None and rows[0].change is None
+    unlimited = old.model_copy(update={"baseline_from": None})  # lookback_days: null
+    assert item_with_baseline(unlimited, "c3")[0][0].change == 0.4
+
+
+def test_the_last_value_on_or_before_day1_wins_visit_or_not() -> None:
+    # a BL visit on day -7 is later than the pre-consent value: the visit is the baseline
+    crf = subject({"BL": (-7, {"c3": 0.7}), "W4": (29, {"c3": 0.9})}, [finding("c3", -25, 0.5)])
+    rows, source = item_with_baseline(crf, "c3")
+    assert source is None and [(r.visit, r.baseline, r.change) for r in rows] == [
+        ("BL", True, 0.0), ("W4", False, 0.2)]
+    # a result between windows (day -4, lymphodepletion) is later than the BL visit: it is the baseline
+    crf = subject({"BL": (-7, {"c3": 0.7}), "W4": (29, {"c3": 0.9})}, [finding("c3", -4, 0.6)])
+    rows, source = item_with_baseline(crf, "c3")
+    assert source is not None and not source.before_participation and source.study_day == -4
+    assert [(r.visit, r.baseline, r.change) for r in rows] == [("BL", False, None), ("W4", False, 0.3)]
+    # nothing after Day 1 is ever a baseline
+    crf = subject({"W4": (29, {"c3": 0.9})}, [finding("c3", 2, 0.6)])
+    assert item_with_baseline(crf, "c3")[1] is None
+
+
+def test_a_censored_baseline_has_no_change() -> None:
+    crf = subject({"W4": (29, {"c3": 0.9})}, [finding("c3", -25, 0.2, comparator="<")])
+    rows, source = item_with_baseline(crf, "c3")
+    assert source is not None and source.comparator == "<" and rows[0].change is None
+
+
+def test_pga_change_against_a_pre_consent_pga() -> None:
+    crf = subject({"W4": (29, {"pga": 0.5})}, [finding("pga", -30, 1.8, domain="QS")])
+    (w4,) = derive_pga(crf, rule("pga", PgaSettings))
+    assert (w4.pga, w4.change, w4.baseline) == (0.5, -1.3, False)
+
+
+def test_sledai2k_assessment_before_consent_is_the_baseline(study) -> None:  # type: ignore[no-untyped-def]
+    pre = [descriptor("arthritis", -30, True), descriptor("rash", -30, True), finding("protein_24h", -32, 1.2)]
+    at_w4 = [descriptor("arthritis", 29, False), descriptor("rash", 29, False)]
+    crf = subject({"W4": (29, {})}, pre + at_w4)
+    visits = derive_sledai2k(crf, study.sledai2k)
+    assert [(v.visit, v.total, v.change, v.baseline) for v in visits] == [("W4", 0, -10, False)]
+    prior = baseline_prior(visits, crf, study.sledai2k)
+    assert prior is not None and (prior.date, prior.total) == (d(-30), 10) and len(prior.sources) == 2
+    # with a later assessment at a visit on or before Day 1, that visit is the baseline
+    crf = subject({"BL": (-7, {}), "W4": (29, {})}, [*pre, descriptor("arthritis", -7, True), *at_w4])
+    visits = derive_sledai2k(crf, study.sledai2k)
+    assert baseline_prior(visits, crf, study.sledai2k) is None
+    assert [(v.visit, v.baseline, v.change) for v in visits] == [("BL", True, 0), ("W4", False, -4)]
+
+
+def test_serology_and_b_cells_against_a_pre_consent_baseline() -> None:
+    s = rule("immunology", ImmunologySettings)
+    crf = subject({"W4": (29, {"anti_dsdna": finding("anti_dsdna", 29, 10.0, ref_high=30.0), "cd19": 0.0})},
+                  [finding("anti_dsdna", -40, 150.0, ref_high=30.0), finding("cd19", -40, 120.0)])
+    res = derive_immunology(crf, s)
+    sero = res.seroconversion["anti_dsdna"]
+    assert (sero.baseline_status, sero.baseline_visit, sero.seroconverted) == ("positive", None, True)
+    assert sero.baseline_source is not None and sero.baseline_source.startswith("Observation/")
+    assert res.b_cell_aplasia.baseline_cd19 == 120.0 and res.b_cell_aplasia.baseline_source is not None
+    assert res.values["anti_dsdna"][0].change == -140.0
+
+
+def test_renal_response_against_a_pre_consent_upcr() -> None:
+    crf = subject({"W24": (169, {"upcr": 0.3, "egfr": 90.0})},
+                  [finding("upcr", -30, 2.0), finding("egfr", -30, 88.0)])
+    res = derive_renal(crf, RENAL_ON)
+    assert res.visits[0].upcr_change == -1.7
+    r = res.response
+    assert r is not None and (r.baseline_visit, r.baseline_value, r.baseline_egfr) == (None, 2.0, 88.0)
+    assert r.baseline_source is not None and r.last is not None and r.last.response == "complete"
+    assert {b.item for b in res.baselines} == {"upcr", "egfr"}
