@@ -114,7 +114,7 @@ class SubjectMapper:
         return bounded.kept, mh
 
     def _baseline_from(self, day1: dt.date | None) -> dt.date | None:
-        lookback = self.study.schedule.baseline.lookback_days
+        lookback = self.study.schedule.baseline_lookback_days()
         return day1 - dt.timedelta(days=lookback) if day1 is not None and lookback is not None else None
 
     def _site(self, e: Enrollee) -> str | None:

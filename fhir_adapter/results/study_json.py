@@ -29,7 +29,7 @@ def settings_echo(study: Study) -> dict[str, Any]:
         "day1": f"date of the {study.info.product_name} {'first dose' if study.info.repeated_doses else 'infusion'}; "
                 "study day = d - day1 + 1 on/after Day 1, d - day1 before (no Day 0)",
         "enrolled_statuses": list(study.info.enrolled_statuses),
-        "baseline_lookback_days": study.schedule.baseline.lookback_days,
+        "baseline_lookback_days": study.schedule.baseline_lookback_days(),
         "site_overrides": [{k: v for k, v in o.items() if k != "where"} for o in study.overrides],
         **{name: rule.model_dump(mode="json", exclude={"descriptors"}) for name, rule in study.rules.items()},
     }

@@ -94,9 +94,17 @@ class Participation(Strict):
 class BaselineRule(Strict):
     """``schedule.yaml`` → ``baseline`` (docs/clinical-rules.md#baseline): the baseline of a measure is its last
     value dated on or before Day 1 and no more than ``lookback_days`` before it — from a visit, or from a result
-    in no visit (before consent, or between visit windows). None: no limit."""
+    in no visit (before consent, or between visit windows). ``screening_window`` (the default): as far back as
+    the earliest visit window starts; null: no limit."""
 
-    lookback_days: int | None = Field(56, ge=0)
+    lookback_days: int | Literal["screening_window"] | None = "screening_window"
+
+    @field_validator("lookback_days")
+    @classmethod
+    def _not_negative(cls, v: int | str | None) -> int | str | None:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("lookback_days must be >= 0 (days before Day 1), 'screening_window' or null")
+        return v
 
 
 class Schedule(Strict):
@@ -104,6 +112,14 @@ class Schedule(Strict):
     unscheduled_items: tuple[str, ...] = ()
     participation: Participation = Participation()
     baseline: BaselineRule = BaselineRule()
+
+    def baseline_lookback_days(self) -> int | None:
+        """Days before Day 1 a baseline may lie (None: no limit); ``screening_window`` resolved."""
+        v = self.baseline.lookback_days
+        if v == "screening_window":
+            return max(0, -min(w.window[0] for w in self.visits)) if self.visits else None
+        assert not isinstance(v, str)
+        return v
 
     @model_validator(mode="after")
     def _no_overlap(self) -> Schedule:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
 from fhir_adapter.derive.safety import SafetySettings, teae_flag
 from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
@@ -13,6 +15,7 @@ from fhir_adapter.mapping.participation import Span, bound_adverse_events, parti
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
+from fhir_adapter.study.models import BaselineRule, Schedule, Visit
 
 DAY1 = dt.date(2024, 3, 1)
 
@@ -134,3 +137,13 @@ def test_baseline_drawn_before_consent_is_read_and_named_but_never_a_visit(study
     assert [(b["item"], b["value"], b["date"], b["study_day"], b["sources"], b["before_participation"])
             for b in out.row["baselines"]] == [("c3", 0.5, "2024-02-10", -20, ["Observation/scr-c3"], True)]
     assert out.counts["baseline.before-participation"] == 1
+
+
+def test_baseline_look_back_is_a_setting_defaulting_to_the_screening_window(study) -> None:  # type: ignore[no-untyped-def]
+    assert study.schedule.baseline_lookback_days() == 56  # lcar-aio schedule.yaml: 56
+    visits = (Visit(id="SCR", label="Screening", day=-21, window=(-42, -2)),
+              Visit(id="W4", label="Week 4", day=29, window=(22, 36)))
+    assert Schedule(visits=visits).baseline_lookback_days() == 42  # left out: the earliest window's start
+    assert Schedule(visits=visits, baseline=BaselineRule(lookback_days=None)).baseline_lookback_days() is None
+    with pytest.raises(ValueError, match="lookback_days"):
+        BaselineRule(lookback_days=-1)
