@@ -5,13 +5,16 @@ becoming a visit, and ``BaselineSource`` names it."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
+from typing import Any
 
-from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.crf.models import Finding, SubjectCRF
 from fhir_adapter.derive.baseline import item_with_baseline
 from fhir_adapter.derive.immunology import ImmunologySettings, derive_immunology
 from fhir_adapter.derive.pga import PgaSettings, derive_pga
 from fhir_adapter.derive.renal import RenalSettings, derive_renal
 from fhir_adapter.derive.sledai2k import baseline_prior, derive_sledai2k
+from fhir_adapter.study.load import Study
 from tests.efficacy_helpers import rule, visit_crf
 from tests.helpers import DAY1, d, descriptor, finding
 
@@ -21,7 +24,8 @@ RENAL = rule("renal", RenalSettings)
 RENAL_ON = RENAL.model_copy(update={"response": RENAL.response.model_copy(update={"enabled": True})})
 
 
-def subject(visits, findings=(), **kw) -> SubjectCRF:  # type: ignore[no-untyped-def]
+def subject(visits: dict[str, tuple[int, dict[str, Finding | float]]], findings: Sequence[Finding] = (),
+            **kw: Any) -> SubjectCRF:
     """Consent on day -20, look-back from day -56; ``findings`` are results placed in no visit."""
     c = visit_crf(visits, findings=list(findings))
     return c.model_copy(update={"participation_start": CONSENT, "baseline_from": LOOKBACK_FROM, **kw})
@@ -72,7 +76,7 @@ def test_pga_change_against_a_pre_consent_pga() -> None:
     assert (w4.pga, w4.change, w4.baseline) == (0.5, -1.3, False)
 
 
-def test_sledai2k_assessment_before_consent_is_the_baseline(study) -> None:  # type: ignore[no-untyped-def]
+def test_sledai2k_assessment_before_consent_is_the_baseline(study: Study) -> None:
     pre = [descriptor("arthritis", -30, True), descriptor("rash", -30, True), finding("protein_24h", -32, 1.2)]
     at_w4 = [descriptor("arthritis", 29, False), descriptor("rash", 29, False)]
     crf = subject({"W4": (29, {})}, pre + at_w4)

@@ -119,7 +119,7 @@ def c3(id_: str, when: str, value: float) -> dict[str, Any]:
             "valueQuantity": {"value": value, "unit": "g/L", "system": "http://unitsofmeasure.org", "code": "g/L"}}
 
 
-def test_baseline_drawn_before_consent_is_read_and_named_but_never_a_visit(study) -> None:  # type: ignore[no-untyped-def]
+def test_baseline_drawn_before_consent_is_read_and_named_but_never_a_visit(study: Study) -> None:
     infusion = {"resourceType": "Procedure", "id": "inf", "status": "completed",
                 "code": {"coding": [{"system": "http://snomed.info/sct", "code": "1156961008"}]},
                 "subject": {"reference": "Patient/p1"}, "performedDateTime": "2024-03-01"}
@@ -139,7 +139,7 @@ def test_baseline_drawn_before_consent_is_read_and_named_but_never_a_visit(study
     assert out.counts["baseline.before-participation"] == 1
 
 
-def test_baseline_look_back_is_a_setting_defaulting_to_the_screening_window(study) -> None:  # type: ignore[no-untyped-def]
+def test_baseline_look_back_is_a_setting_defaulting_to_the_screening_window(study: Study) -> None:
     assert study.schedule.baseline_lookback_days() == 56  # lcar-aio schedule.yaml: 56
     visits = (Visit(id="SCR", label="Screening", day=-21, window=(-42, -2)),
               Visit(id="W4", label="Week 4", day=29, window=(22, 36)))
