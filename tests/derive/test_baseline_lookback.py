@@ -13,7 +13,7 @@ from fhir_adapter.derive.baseline import item_with_baseline
 from fhir_adapter.derive.immunology import ImmunologySettings, derive_immunology
 from fhir_adapter.derive.pga import PgaSettings, derive_pga
 from fhir_adapter.derive.renal import RenalSettings, derive_renal
-from fhir_adapter.derive.sledai2k import baseline_prior, derive_sledai2k
+from fhir_adapter.derive.sledai2k import Sledai2kSettings, baseline_prior, derive_sledai2k
 from fhir_adapter.study.load import Study
 from tests.efficacy_helpers import rule, visit_crf
 from tests.helpers import DAY1, d, descriptor, finding
@@ -80,14 +80,14 @@ def test_sledai2k_assessment_before_consent_is_the_baseline(study: Study) -> Non
     pre = [descriptor("arthritis", -30, True), descriptor("rash", -30, True), finding("protein_24h", -32, 1.2)]
     at_w4 = [descriptor("arthritis", 29, False), descriptor("rash", 29, False)]
     crf = subject({"W4": (29, {})}, pre + at_w4)
-    visits = derive_sledai2k(crf, study.sledai2k)
+    visits = derive_sledai2k(crf, study.rule("sledai2k", Sledai2kSettings))
     assert [(v.visit, v.total, v.change, v.baseline) for v in visits] == [("W4", 0, -10, False)]
-    prior = baseline_prior(visits, crf, study.sledai2k)
+    prior = baseline_prior(visits, crf, study.rule("sledai2k", Sledai2kSettings))
     assert prior is not None and (prior.date, prior.total) == (d(-30), 10) and len(prior.sources) == 2
     # with a later assessment at a visit on or before Day 1, that visit is the baseline
     crf = subject({"BL": (-7, {}), "W4": (29, {})}, [*pre, descriptor("arthritis", -7, True), *at_w4])
-    visits = derive_sledai2k(crf, study.sledai2k)
-    assert baseline_prior(visits, crf, study.sledai2k) is None
+    visits = derive_sledai2k(crf, study.rule("sledai2k", Sledai2kSettings))
+    assert baseline_prior(visits, crf, study.rule("sledai2k", Sledai2kSettings)) is None
     assert [(v.visit, v.baseline, v.change) for v in visits] == [("BL", True, 0), ("W4", False, -4)]
 
 
