@@ -21,6 +21,7 @@ from fhir_adapter.endpoints import registry
 from fhir_adapter.endpoints.registry import Endpoint, StudyInput, SubjectInput
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.results.study_json import BASE_SUBJECT_KEYS
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study, load_study
 from fhir_adapter.study.yamlfile import MappingError
@@ -315,7 +316,7 @@ def test_study_json_keys_are_the_endpoints_contracts(full_run: Path) -> None:
     doc = json.loads((full_run / "results" / "study.json").read_text())
     eps = [registry.get(n) for n in BUILTIN]
     assert set(doc) == STUDY_JSON_BASE | {k for e in eps for k in e.keys("study")}
-    subject_keys = {"subject_id", "arm", "day1", "visits"} | {k for e in eps for k in e.keys("subject")}
+    subject_keys = set(BASE_SUBJECT_KEYS) | {k for e in eps for k in e.keys("subject")}
     visit_keys = {"visit", "date", "study_day"} | {k for e in eps for k in e.keys("visit")}
     for s in doc["subjects"]:
         assert set(s) == subject_keys
@@ -357,7 +358,7 @@ def test_the_report_reads_only_keys_the_endpoints_declare(full_run: Path) -> Non
     eps = [registry.get(n) for n in registry.available() if n in BUILTIN]
     declared = {
         "top": STUDY_JSON_BASE | {k for e in eps for k in e.keys("study")},
-        "subject": {"subject_id", "arm", "day1", "visits"} | {k for e in eps for k in e.keys("subject")},
+        "subject": set(BASE_SUBJECT_KEYS) | {k for e in eps for k in e.keys("subject")},
         "visit": {"visit", "date", "study_day"} | {k for e in eps for k in e.keys("visit")},
     }
     assert {"teae_count", "dlt", "kinetics"} <= seen["subject"] and {"sledai2k", "pga", "lldas"} <= seen["visit"]

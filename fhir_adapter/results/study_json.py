@@ -18,6 +18,9 @@ from fhir_adapter.endpoints.registry import StudyInput, endpoints_of
 from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.study.load import Study
 
+#: the keys of every subject row that no endpoint declares (the endpoints' keys follow their contracts)
+BASE_SUBJECT_KEYS = ("subject_id", "arm", "day1", "visits", "baselines")
+
 
 def settings_echo(study: Study) -> dict[str, Any]:
     """The rules in force, so a reader knows which rule produced a number."""
