@@ -37,7 +37,8 @@ EXIT_CODES = exit_codes.help_table()
               help="Logs on stderr as text, or as one JSON object per line (for log collectors).")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool, log_format: str) -> None:
-    """Connect a hospital EHR to the LCAR-AIO trial over HL7 FHIR R4.
+    """Connect a hospital EHR to a clinical trial over HL7 FHIR R4. The trial is a study folder
+    (--study, default mappings/lcar-aio; a second, synthetic study: mappings/syn-ln).
 
     \b
     Examples:
