@@ -72,7 +72,7 @@ _SHARED_HINT = re.compile(rb"(?:Medication|Organization|Location|Specimen)/")
 _REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*)"')
 _KNOWN = frozenset((*ROSTER_TYPES, *SHARED_TYPES, _OUTCOME))
 #: enrolled subjects' lines kept in memory up to this many bytes; beyond, on disk (FileSource.spool_bytes)
-SPOOL_BYTES = 256 * 1024 * 1024
+SPOOL_BYTES = 64 * 1024 * 1024
 #: consecutive subjects per spool file
 SPOOL_SUBJECTS = 32
 #: a spool record: the subject's index in the run's order, the length of the JSON bytes that follow
