@@ -1,11 +1,14 @@
-"""Local engine vs Spark (``local[2]``): wall time and peak memory of ``fhir-adapter run`` on the same feed,
-and whether the two OUT folders are identical.
+"""Local engine vs Spark (``local[2]``): wall time and peak memory of ``fhir-adapter run`` on the same feed, for
+340 and 3,400 subjects, and whether the two OUT folders are identical (340 subjects by default; the OUT of
+3,400 subjects is compared with ``--compare-up-to 3400``).
 
-Usage: python benchmarks/spark.py [--subjects 340] [--master 'local[2]'] [--workers 1]
+Usage: python benchmarks/spark.py [--subjects 340 3400] [--master 'local[2]'] [--remote 'local[2]'] [--workers 1]
 
 Each run is a fresh child process (Spark start-up included, as a user sees it). Peak memory is the peak of the
-summed RSS of the run's whole process tree (for Spark: the driver, its JVM and the Python workers), sampled
-every 0.2 s. Prints numbers only; no pass/fail.
+summed RSS of the run's whole process tree, sampled every 0.2 s, and the peak of each part of it: for Spark the
+driver (the ``fhir-adapter`` process), the JVM (driver and, with a local master, the executors) and the
+executors' Python workers. ``--remote local[2]`` also times the run over Spark Connect (a Connect server in the
+run's process). Prints numbers only; no pass/fail.
 
 What changes on a cluster: the executors' cores add up (one machine's two cores here are shared by the JVM,
 the Python workers and the driver writing outputs), the files are read where they are stored, and the
@@ -29,8 +32,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Summed RSS of ``pid`` and its descendants (Linux /proc)."""
+def _tree_rss_mb(pid: int) -> dict[str, float]:
+    """RSS of ``pid`` and its descendants (Linux /proc), in MB: in all, and per part (driver, JVM, Python
+    workers)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for d in Path("/proc").iterdir():
@@ -42,21 +46,32 @@ def _tree_rss_mb(pid: int) -> float:
             rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [pid]
+    parts = {"all": 0.0, "driver": 0.0, "jvm": 0.0, "python workers": 0.0}
+    todo = [pid]
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
+        mb = rss.get(p, 0) / 2**20
+        parts["all"] += mb
+        if p == pid:
+            parts["driver"] += mb
+        else:
+            try:
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes()
+            except OSError:
+                cmd = b""
+            parts["jvm" if b"java" in cmd.split(b"\0", 1)[0] else "python workers"] += mb
         todo.extend(children.get(p, []))
-    return total / 2**20
+    return parts
 
 
-def timed_run(args: list[str]) -> tuple[float, float]:
+def timed_run(args: list[str]) -> tuple[float, dict[str, float]]:
     cli = str(Path(sys.executable).parent / "fhir-adapter")
     t0 = time.perf_counter()
     proc = subprocess.Popen([cli, "-q", "run", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    peak = 0.0
+    peak: dict[str, float] = {}
     while proc.poll() is None:
-        peak = max(peak, _tree_rss_mb(proc.pid))
+        for k, v in _tree_rss_mb(proc.pid).items():
+            peak[k] = max(peak.get(k, 0.0), v)
         time.sleep(0.2)
     took = time.perf_counter() - t0
     if proc.returncode not in (0, 2):
@@ -64,28 +79,41 @@ def timed_run(args: list[str]) -> tuple[float, float]:
     return took, peak
 
 
+def _memory(peak: dict[str, float]) -> str:
+    parts = ", ".join(f"{k} {v:.0f}" for k, v in peak.items() if k != "all" and v)
+    return f"peak {peak.get('all', 0):6.0f} MB ({parts})"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--subjects", type=int, default=340)
+    ap.add_argument("--subjects", type=int, nargs="+", default=[340, 3400])
     ap.add_argument("--master", default="local[2]")
+    ap.add_argument("--remote", default=None, help="also run over Spark Connect (e.g. 'local[2]')")
     ap.add_argument("--workers", type=int, default=1, help="--workers of the local run")
+    ap.add_argument("--compare-up-to", type=int, default=340, help="compare the OUT folders up to this many subjects")
     args = ap.parse_args()
     from fhir_adapter.synth import write_feed
 
-    with tempfile.TemporaryDirectory(prefix="fa-spark-") as tmp:
-        root = Path(tmp)
-        feed = root / "feed"
-        write_feed(feed, subjects=args.subjects, seed=7)
-        print(f"{args.subjects} subjects, {len(os.sched_getaffinity(0))} cores; load average before "
-              f"{os.getloadavg()[0]:.1f}")
-        t, m = timed_run(["--source", str(feed), "--out", str(root / "local"), "--workers", str(args.workers)])
-        print(f"  local --workers {args.workers:<10} {t:7.1f} s   peak {m:7.0f} MB")
-        ts, ms = timed_run(["--engine", "spark", "--spark-master", args.master, "--source", str(feed),
-                            "--out", str(root / "spark")])
-        print(f"  spark {args.master:<20} {ts:7.1f} s   peak {ms:7.0f} MB   time {ts / t:.2f}x local")
-        diff = differences(out_tree(root / "local"), out_tree(root / "spark"))
-        print(f"  OUT identical: {'yes' if not diff else 'NO: ' + ', '.join(diff[:5])}")
-        print(f"  load average after {os.getloadavg()[0]:.1f}")
+    for n in args.subjects:
+        with tempfile.TemporaryDirectory(prefix="fa-spark-") as tmp:
+            root = Path(tmp)
+            feed = root / "feed"
+            write_feed(feed, subjects=n, seed=7)
+            print(f"{n} subjects, {len(os.sched_getaffinity(0))} cores; load average before "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+            t, m = timed_run(["--source", str(feed), "--out", str(root / "local"), "--workers", str(args.workers)])
+            print(f"  local --workers {args.workers:<12} {t:7.1f} s   {_memory(m)}", flush=True)
+            runs = [("spark", ["--spark-master", args.master], f"--spark-master {args.master}")]
+            if args.remote:
+                runs.append(("connect", ["--spark-remote", args.remote], f"--spark-remote {args.remote}"))
+            for name, opts, label in runs:
+                ts, ms = timed_run(["--engine", "spark", *opts, "--source", str(feed), "--out", str(root / name)])
+                print(f"  {label:<24} {ts:7.1f} s   {_memory(ms)}   time {ts / t:.2f}x local", flush=True)
+                if n <= args.compare_up_to:
+                    diff = differences(out_tree(root / "local"), out_tree(root / name))
+                    print(f"    OUT identical to local: {'yes' if not diff else 'NO: ' + ', '.join(diff[:5])}",
+                          flush=True)
+            print(f"  load average after {os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -201,6 +201,9 @@ class SparkSubjects:
         known = source.known_patients()
         base = source.roster().base
         pids = frozenset(enrolled)
+        run = uuid.uuid4().hex
+        if not is_connect(spark):  # the run's jobs, for their failed tasks (Spark Connect has no status tracker)
+            spark.sparkContext.setJobGroup(run, "fhir-adapter run")
         if not files:
             yield from self._driver_only(enrolled, work)
             return
@@ -218,24 +221,48 @@ class SparkSubjects:
                 wanted |= refs
             shared = source.shared_resources(wanted)
             b_work, b_enrolled, b_shared = ship(spark, work), ship(spark, enrolled), ship(spark, shared)
-            run = uuid.uuid4().hex
             # persisted: ordering samples its input, which must not run the engine twice
-            outcomes = (lines.where("pid is not null").groupBy("pid")
+            # subjects in ranges of patient ids: each partition's subjects come out in id order, so the driver
+            # reads the outcomes in patient-id order without sorting them (no shuffle of the outcomes)
+            outcomes = (lines.where("pid is not null").repartitionByRange("pid").groupBy("pid")
                         .applyInPandas(lambda pdf: _subject(run, b_work, b_enrolled, b_shared, pdf),
                                        OUTCOME_SCHEMA)
                         .persist())
-            got = ((str(r["pid"]), bytes(r["outcome"])) for r in outcomes.orderBy("pid").toLocalIterator())
+            outcomes.count()  # every subject at once on the executors; then read back one partition at a time
+            got = ((str(r["pid"]), bytes(r["outcome"])) for r in outcomes.toLocalIterator())
             engine: SubjectEngine | None = None
-            nxt = next(got, None)
+            pending: dict[str, bytes] = {}
             for pid in sorted(enrolled):
-                if nxt is not None and nxt[0] == pid:
-                    yield enrolled[pid], pickle.loads(nxt[1]), []
-                    nxt = next(got, None)
+                while pid not in pending and (row := next(got, None)) is not None:
+                    pending[row[0]] = row[1]  # holds more than one outcome only if Spark changed the order
+                blob = pending.pop(pid, None)
+                if blob is not None:
+                    yield enrolled[pid], pickle.loads(blob), []
                 else:  # an enrolled subject with no resources in the export
                     engine = engine or SubjectEngine(work)
                     yield enrolled[pid], _fresh(engine, enrolled[pid], [], shared), []
+            self._report_retries(run)
         finally:
             spark.catalog.clearCache()
+
+    def _report_retries(self, run: str) -> None:
+        """Tasks Spark ran again (a Python worker or an executor that stopped, a task that raised): every task
+        succeeded in the end, so no output differs, but the run report says so."""
+        if is_connect(self.spark):
+            return
+        sc = self.spark.sparkContext
+        tracker = sc.statusTracker()
+        failed = 0
+        for job in tracker.getJobIdsForGroup(run):
+            info = tracker.getJobInfo(job)
+            for stage in info.stageIds if info is not None else []:
+                stage_info = tracker.getStageInfo(stage)
+                failed += stage_info.numFailedTasks if stage_info is not None else 0
+        if failed:
+            self.runlog.count("spark.tasks-retried", failed)
+            self.runlog.warn(f"Spark ran {failed} failed task(s) again (an executor or its Python worker stopped, "
+                             "or a task raised) and every task then succeeded: no output is affected; the Spark "
+                             f"UI and logs of application {sc.applicationId} say why", rule="spark-task-retried")
 
     def _driver_only(self, enrolled: dict[str, Enrollee],
                      work: SubjectWork) -> Iterator[tuple[Enrollee, SubjectOutcome, list[Resource]]]:

@@ -174,6 +174,56 @@ def test_spark_master_and_spark_remote_together_is_a_usage_error(small: Path, tm
     assert r.exit_code == 64 and "give one" in r.output
 
 
+_CRASH_ONCE = """
+import os
+
+import fhir_adapter.engine.spark as spark_engine
+
+_fresh = spark_engine._fresh
+
+
+def _crash_once(*args, **kwargs):
+    try:  # the first subject of the run, in whichever Python worker gets it first: that worker dies
+        os.close(os.open(os.environ["FA_TEST_CRASH_MARKER"], os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return _fresh(*args, **kwargs)
+    os._exit(1)
+
+
+spark_engine._fresh = _crash_once
+"""
+
+
+def test_a_python_worker_that_dies_is_retried_by_spark_and_reported(small: Path, tmp_path: Path) -> None:
+    """A Python worker that dies mid-task (``os._exit`` in the first subject, injected by a ``sitecustomize``
+    on the executors' PYTHONPATH — test code only) fails its task; Spark runs the task again
+    (``local[2,2]``: two attempts per task), the run's outputs are the local engine's and the run report says
+    a task was retried."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:  # local[2] runs a task once; a new context with two attempts per task
+        active.stop()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CRASH_ONCE)
+    marker = tmp_path / "crashed"
+    spark = spark_session("local[2,2]")
+    try:  # the executors' Python workers of this context start with the hook
+        spark.sparkContext.environment.update({"PYTHONPATH": str(hook), "FA_TEST_CRASH_MARKER": str(marker)})
+        r = CliRunner().invoke(main, ["-q", "run", "--engine", "spark", "--spark-master", "local[2,2]",
+                                      "--source", str(small / "export"), "--out", str(tmp_path / "spark")])
+    finally:
+        spark.stop()
+    assert r.exit_code == 2, r.output
+    assert marker.exists()  # a worker died
+    report = orjson.loads((tmp_path / "spark" / "run-report.json").read_bytes())
+    [retried] = [w for w in report["warnings"] if w.get("rule") == "spark-task-retried"]
+    assert "no output is affected" in retried["message"] and report["counts"]["spark.tasks-retried"] >= 1
+    diff = _same_out(small / "local-out", tmp_path / "spark", str(small / "export"), str(small / "export"))
+    assert diff == ["run-report.json"]  # the retry's warning and count; every other file is the local engine's
+
+
 _CONNECT_ENV = ("SPARK_TESTING", "SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE",
                 "SPARK_CONNECT_AUTHENTICATE_TOKEN")
 
