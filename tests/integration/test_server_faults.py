@@ -130,7 +130,7 @@ def test_503_and_429_faults_give_the_results_of_a_clean_run(own_server: ServerHa
     rep = report(out)
     faults = own_server.stats()["faults"]
     own_server.clear_faults()  # the checks below read without faults
-    assert faults["503"] > 10 and faults["429"] > 5
+    assert faults["503"] > 5 and faults["429"] > 4  # of about 55 requests (reads in groups), retries included
     assert rep["server_requests"]["retries"] >= faults["503"] + faults["429"]
     assert rep["summary"]["subjects_not_written"] == [] and rep["summary"]["subjects_failed"] == []
     assert_final_state(own_server.base_url, out, file_out)

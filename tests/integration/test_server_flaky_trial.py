@@ -42,7 +42,7 @@ def test_the_trial_under_503_and_429_gives_the_results_and_server_state_of_a_cle
     faults = server.stats()["faults"]
     server.clear_faults()
     rep = report(out)
-    assert faults["503"] > 30 and faults["429"] > 30
+    assert faults["503"] > 15 and faults["429"] > 15  # of about 160 requests (reads in groups), retries included
     assert rep["subject_failures"] == [] and rep["summary"]["subjects_not_written"] == []
     assert rep["server_requests"]["retries"] >= faults["503"] + faults["429"]
     assert_like_uninterrupted(server.base_url, out, file_out)
