@@ -166,3 +166,17 @@ def test_a_group_fits_the_url_limit(max_url: int, expected: int) -> None:
             "patient": ",".join(f"Patient/{p}" for p in pids[:size]),
             "_include": "MedicationAdministration:medication", "_count": "1000"})
         assert len(str(url)) <= max_url
+
+
+def test_a_group_of_one_patient_is_counted_as_that_subjects_requests(study: Study) -> None:
+    handler = Ehr(ehr())
+    client = FhirClient(BASE, transport=httpx.MockTransport(handler), settings=ClientSettings(max_attempts=1))
+    source = ServerSource(client, study, RunLog(), loop=asyncio.new_event_loop(), observation_code_param="none",
+                          patients_per_search=50)
+    source.label_subjects({"p2": "101-002"})
+    try:
+        assert [pid for pid, _ in source.subject_resources({"p2"})] == ["p2"]
+    finally:
+        source.close()
+    stats = source.request_stats()
+    assert stats["per_subject"] == {"101-002": len(SUBJECT_SEARCHES)} and LABEL not in stats["shared"]

@@ -90,17 +90,18 @@ class GroupReader:
         size = group_size(pids, self.client.settings.max_get_url_length, self.most)
         return [pids[i:i + size] for i in range(0, len(pids), size)]
 
-    async def read(self, pids: list[str]) -> tuple[dict[str, list[Resource]], set[str]]:
+    async def read(self, pids: list[str], label: str = LABEL) -> tuple[dict[str, list[Resource]], set[str]]:
         """Per patient of ``pids``, the resources its searches found (in search order, the adapter's results
         and duplicates still in), and the patients to read again alone (a search for them failed). The
-        server being down or credentials rejected for good raise."""
+        server being down or credentials rejected for good raise. ``label``: of the requests (the subject's
+        own when the group is one patient)."""
         jobs: list[tuple[Search, list[str]]] = []
         for rtype in SUBJECT_SEARCHES:
             k = self.sizer.patients_per_search(rtype)
             for i in range(0, len(pids), k):
                 part = pids[i:i + k]
                 jobs.extend((s, part) for s in self.plan.type_searches(rtype, part, GROUP_INCLUDES.get(rtype)))
-        outcomes = await self._run([s for s, _ in jobs])
+        outcomes = await self._run([s for s, _ in jobs], label)
         found: dict[str, list[Resource]] = {p: [] for p in pids}
         alone: set[str] = set()
         for ((rtype, _), part), outcome in zip(jobs, outcomes, strict=True):
@@ -110,22 +111,22 @@ class GroupReader:
                 continue
             self._split(rtype, part, outcome, found)
         try:
-            await self.shared.fetch(self._shared_wanted(found), LABEL, trips_breaker=False)
+            await self.shared.fetch(self._shared_wanted(found), label, trips_breaker=False)
         except FhirError as exc:
             _raise_if_fatal(exc)
             return {}, set(pids)
         return {p: r for p, r in found.items() if p not in alone}, alone
 
-    async def _run(self, searches: list[Search]) -> list[Outcome]:
+    async def _run(self, searches: list[Search], label: str) -> list[Outcome]:
         if self.batch:
             try:
-                return await batch_searches(self.client, searches, LABEL, trips_breaker=False)
+                return await batch_searches(self.client, searches, label, trips_breaker=False)
             except FhirError as exc:
                 return [exc] * len(searches)
 
         async def one(rtype: str, params: dict[str, str]) -> Outcome:
             try:
-                return await self.client.search_all(rtype, params, label=LABEL, trips_breaker=False)
+                return await self.client.search_all(rtype, params, label=label, trips_breaker=False)
             except FhirError as exc:
                 return exc
 

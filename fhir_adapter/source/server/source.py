@@ -157,7 +157,8 @@ class ServerSource:
         """The resources of each patient of ``pids`` (or why they could not be read), in that order."""
         if self.patients_per_search <= 1:
             return await self._read_many(pids)
-        found, alone = await self.groups.read(pids)
+        found, alone = await self.groups.read(pids, self._labels.get(pids[0], pids[0]) if len(pids) == 1
+                                              else GROUP_LABEL)
         done: dict[str, list[Resource] | BaseException] = {}
         for pid, resources in found.items():
             done[pid] = await self.shared.complete(input_resources(resources, self.log), self._labels.get(pid, pid))
