@@ -180,3 +180,14 @@ def test_a_group_of_one_patient_is_counted_as_that_subjects_requests(study: Stud
         source.close()
     stats = source.request_stats()
     assert stats["per_subject"] == {"101-002": len(SUBJECT_SEARCHES)} and LABEL not in stats["shared"]
+
+
+def test_groups_are_even(study: Study) -> None:
+    client = FhirClient(BASE, transport=httpx.MockTransport(Ehr([])))
+    source = ServerSource(client, study, RunLog(), loop=asyncio.new_event_loop(), patients_per_search=33)
+    try:
+        assert [len(g) for g in source.groups.groups([f"p{i:02d}" for i in range(34)])] == [17, 17]
+        assert [len(g) for g in source.groups.groups([f"p{i:02d}" for i in range(67)])] == [22, 22, 23]
+        assert source.groups.groups(["p1"]) == [["p1"]] and source.groups.groups([]) == []
+    finally:
+        source.close()

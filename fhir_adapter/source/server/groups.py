@@ -87,8 +87,10 @@ class GroupReader:
         self.sizer = PageSizer(client.settings.page_size or 100, most)
 
     def groups(self, pids: list[str]) -> list[list[str]]:
+        """``pids`` in groups of :func:`group_size` at most, as even as can be (no small group left over)."""
         size = group_size(pids, self.client.settings.max_get_url_length, self.most)
-        return [pids[i:i + size] for i in range(0, len(pids), size)]
+        n = -(-len(pids) // size)
+        return [pids[len(pids) * i // n:len(pids) * (i + 1) // n] for i in range(n)]
 
     async def read(self, pids: list[str], label: str = LABEL) -> tuple[dict[str, list[Resource]], set[str]]:
         """Per patient of ``pids``, the resources its searches found (in search order, the adapter's results
