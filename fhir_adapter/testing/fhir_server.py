@@ -10,8 +10,8 @@ Medplum's FHIR router) on 127.0.0.1, e.g. to try a configuration or a feed again
 
 The test suite and the benchmarks start it through here (the suite's ``fhir_server`` and
 ``clean_fhir_server`` fixtures live in ``tests/conftest.py``). The server's folder is ``server_dir``, else
-``$FHIR_ADAPTER_TEST_SERVER_DIR``, else ``tests/fhir_server`` of the checkout this package runs from; it needs
-its npm packages: ``make fhir-test-server`` (= ``cd tests/fhir_server && npm ci``).
+``tests/fhir_server`` of the checkout this package runs from; it needs its npm packages:
+``make fhir-test-server`` (= ``cd tests/fhir_server && npm ci``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,7 @@ from typing import Any
 
 import httpx
 
-SERVER_DIR = Path(
-    os.environ.get("FHIR_ADAPTER_TEST_SERVER_DIR") or Path(__file__).resolve().parents[2] / "tests" / "fhir_server"
-)
+SERVER_DIR = Path(__file__).resolve().parents[2] / "tests" / "fhir_server"
 SERVER_ENTRY = "server.mjs"
 INSTALL_TARGET = "fhir-test-server"
 INSTALL_HINT = f"run `make {INSTALL_TARGET}` (equivalent: `cd tests/fhir_server && npm ci`)"
