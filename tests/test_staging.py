@@ -72,8 +72,8 @@ def test_a_finished_run_killed_while_moving_in_is_completed_by_the_next(tmp_path
 class Interrupted(FileSource):
     """Ctrl-C after the first subject."""
 
-    def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
-        for n, item in enumerate(super().subject_resources(patient_ids)):
+    def subject_records(self, patient_ids: set[str]) -> Iterator[tuple[str, list[bytes | Resource]]]:
+        for n, item in enumerate(super().subject_records(patient_ids)):
             if n == 1:
                 raise KeyboardInterrupt
             yield item
