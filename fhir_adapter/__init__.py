@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from fhir_adapter.version import __version__ as __version__
 
 if TYPE_CHECKING:
     from fhir_adapter.api import RunResult as RunResult

@@ -13,9 +13,9 @@ from typing import Any
 
 import click
 
-from fhir_adapter import __version__
 from fhir_adapter.cli.console import AdapterGroup, progress, setup_logging, summary_table
 from fhir_adapter.job import exit_codes
+from fhir_adapter.version import __version__
 
 DEFAULT_STUDY = Path("mappings/lcar-aio")
 

@@ -10,13 +10,13 @@ from typing import Any, TypedDict
 
 from pydantic import BaseModel, Field
 
-from fhir_adapter import __version__
 from fhir_adapter.derive.baseline import BaselineSource
 from fhir_adapter.derive.sledai2k import Sledai2kSettings, Sledai2kVisit, baseline_source, derive_sledai2k
 from fhir_adapter.endpoints.registry import CheckInput, Contracts, Endpoint, OutputInput, SubjectInput
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology import units
 from fhir_adapter.terminology.codes import CS_SLEDAI2K_DESCRIPTOR, DATA_ABSENT_REASON
+from fhir_adapter.version import __version__
 from fhir_adapter.writeback.observations import result_observation
 
 

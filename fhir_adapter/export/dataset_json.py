@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 from typing import IO, Any
 
-from fhir_adapter import __version__
 from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, data_type
 from fhir_adapter.export.labels import label
 from fhir_adapter.study.load import Study
+from fhir_adapter.version import __version__
 
 VERSION = "1.1.0"
 MDV_OID = "MDV.1"   # the MetaDataVersion of odm.xml

@@ -33,12 +33,12 @@ from xml.sax.saxutils import escape, quoteattr
 import odmlib.odm_1_3_2.model as ODM
 from odmlib import schema_manager
 
-from fhir_adapter import __version__
 from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_DOMAINS, codelist, data_type, testcd_map
 from fhir_adapter.export.ct import load_terminology
 from fhir_adapter.export.labels import label
 from fhir_adapter.export.sanitize import xml_plain, xml_text
 from fhir_adapter.study.load import Study
+from fhir_adapter.version import __version__
 
 SUBJECT_EVENT = "SE.SUBJECT"
 UNSCHEDULED_EVENT = "SE.UNS"

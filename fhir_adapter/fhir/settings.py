@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_adapter import __version__
+from fhir_adapter.version import __version__
 
 __all__ = ["ClientSettings"]
 

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import orjson
 
-from fhir_adapter import __version__
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork, json_file
@@ -37,6 +36,7 @@ from fhir_adapter.roster.site_csv import csv_identifiers, infusion_dates, is_own
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.version import __version__
 from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sink import WriteResult
 from fhir_adapter.writeback.sources import result_sources

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_adapter import __version__
 from fhir_adapter.endpoints.registry import StudyInput, endpoints_of
 from fhir_adapter.results.subject import SubjectResults
 from fhir_adapter.study.load import Study
+from fhir_adapter.version import __version__
 
 #: the keys of every subject row that no endpoint declares (the endpoints' keys follow their contracts)
 BASE_SUBJECT_KEYS = ("subject_id", "arm", "day1", "visits", "baselines")

@@ -28,10 +28,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from fhir_adapter import __version__
 from fhir_adapter.review.apply import REVIEWED, status_of
 from fhir_adapter.review.run import CANDIDATES_DIR
 from fhir_adapter.review.store import ACTIONS, DecisionError, DecisionStore, TamperedError, new_decision
+from fhir_adapter.version import __version__
 
 NEEDS_REVIEW = ("unreviewed", "query", "re-review")
 ACTION_LABELS = {"accept": "accepted the rule's pick", "choose": "chose another candidate",

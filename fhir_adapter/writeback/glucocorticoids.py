@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_adapter import __version__
 from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, PredEqVisit
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import UCUM
+from fhir_adapter.version import __version__
 from fhir_adapter.writeback.observations import result_observation
 
 

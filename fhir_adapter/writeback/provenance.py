@@ -7,13 +7,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fhir_adapter import __version__
 from fhir_adapter.terminology.codes import (
     PROVENANCE_AGENT_TYPE,
     SD_PROVENANCE,
     SID_DEVICE,
     V3_DATA_OPERATION,
 )
+from fhir_adapter.version import __version__
 
 DEVICE_IDENTIFIER = "fhir-adapter"
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhir_adapter import __version__
 from fhir_adapter.derive.renal import RenalResponse, RenalResponseSettings, RenalResponseVisit
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import CS_RESULTS
+from fhir_adapter.version import __version__
 from fhir_adapter.writeback.observations import result_display, result_observation
 
 MEASURE_NAMES = {"upcr": "urine protein/creatinine ratio", "protein_24h": "24-h urine protein"}

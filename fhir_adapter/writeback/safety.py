@@ -17,12 +17,12 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fhir_adapter import __version__
 from fhir_adapter.derive.dlt import DltResult, DltSettings
 from fhir_adapter.derive.kinetics import Kinetics, KineticsSettings
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.timeline import date_of_study_day
 from fhir_adapter.terminology.codes import UCUM
+from fhir_adapter.version import __version__
 from fhir_adapter.writeback.observations import result_observation
 
 SCOPE = "subject"

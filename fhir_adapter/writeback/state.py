@@ -31,8 +31,8 @@ from typing import Any
 
 import orjson
 
-from fhir_adapter import __version__
 from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.version import __version__
 from fhir_adapter.writeback.sources import derived_from_allowed, result_sources
 
 STATE_VERSION = 1
