@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import resource
 import subprocess
 import tempfile
@@ -39,6 +38,7 @@ from fhir_adapter.source.server import SUBJECT_SEARCHES
 from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.feed_loader import load_feed
 from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
+from fhir_adapter.testing.outtree import server_read_crfs
 
 
 def children_cpu() -> float:
@@ -87,21 +87,9 @@ def enrolled_patients(feed: Path) -> list[str]:
     return sorted({json.loads(x)["individual"]["reference"].split("/")[-1] for x in lines if x.strip()})
 
 
-def _without_trailing_zero(value: Any) -> Any:
-    """The test server is JavaScript: a decimal sent as 39.0 comes back as 39, so a CRF's ``orig_value`` (the
-    value as the EHR sent it) differs in that trailing zero only (as the integration tests compare CRFs)."""
-    if isinstance(value, dict):
-        return {k: re.sub(r"\.0$", "", v) if k == "orig_value" and isinstance(v, str) else _without_trailing_zero(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_trailing_zero(v) for v in value]
-    return value
-
-
 def outputs(out: Path) -> tuple[Any, bytes]:
     """The CRFs and study.json."""
-    crfs = {p.stem: _without_trailing_zero(json.loads(p.read_text())) for p in sorted((out / "crf").glob("*.json"))}
-    return crfs, (out / "results" / "study.json").read_bytes()
+    return server_read_crfs(out), (out / "results" / "study.json").read_bytes()
 
 
 def main() -> None:

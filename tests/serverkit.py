@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from fhir_adapter.cli.commands import main
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.testing.feed_loader import search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
+from fhir_adapter.testing.outtree import server_read_crfs
 
 #: quick retries (the test server's Retry-After is 0), larger pages: requests per subject ≈ resource types
 FAST_CONFIG = """\
@@ -68,19 +68,6 @@ def identifier_counts(observations: list[dict[str, Any]]) -> Counter[str]:
     return Counter(next(i["value"] for i in o["identifier"] if i["system"] == SID_RESULT) for o in observations)
 
 
-def _normalise_crf(value: Any) -> Any:
-    """The test server is JavaScript: a decimal sent as 39.0 comes back as 39, so ``orig_value`` ("the value as
-    the EHR sent it") differs in that trailing zero only. Everything else must be identical."""
-    if isinstance(value, dict):
-        return {k: re.sub(r"\.0$", "", v) if k == "orig_value" and isinstance(v, str) else _normalise_crf(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_normalise_crf(v) for v in value]
-    return value
-
-
-def crfs(out: Path) -> dict[str, Any]:
-    return {p.stem: _normalise_crf(json.loads(p.read_text())) for p in sorted((out / "crf").glob("*.json"))}
 
 
 def study_results(out: Path) -> dict[str, Any]:
@@ -120,5 +107,5 @@ def assert_like_uninterrupted(base_url: str, out: Path, file_out: Path) -> None:
     assert all(t["reference"] in ids for p in provenance for t in p["target"]), "orphan Provenance"
     assert len(search_all(base_url, "Device", {})) == 1
     assert study_results(out) == study_results(file_out)
-    assert crfs(out) == crfs(file_out)
+    assert server_read_crfs(out) == server_read_crfs(file_out)
     assert not list(out.glob(".staging-*"))

@@ -1,11 +1,14 @@
 """An OUT folder as {relative path: bytes}, without what legitimately differs between two runs (the start and
 finish times of run-report.json and state/last-run.json, the creation times of
-the ODM and Dataset-JSON files, the OUT folder's path)."""
+the ODM and Dataset-JSON files, the OUT folder's path), and the CRFs of a run that read a FHIR server compared
+with those of a run that read the same feed from files."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 
 _ODM_TIME = re.compile(rb'(FileOID="[^"]*?\.|CreationDateTime=")\d{4}-\d\d-\d\dT[0-9:+.]+')
 _REPORT_TIME = re.compile(rb'"(started|finished)": "[^"]*"')
@@ -30,3 +33,19 @@ def out_tree(out: Path) -> dict[str, bytes]:
 def differences(a: dict[str, bytes], b: dict[str, bytes]) -> list[str]:
     """Files only in one tree or with other content."""
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def _without_trailing_zero(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: re.sub(r"\.0$", "", v) if k == "orig_value" and isinstance(v, str) else _without_trailing_zero(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_trailing_zero(v) for v in value]
+    return value
+
+
+def server_read_crfs(out: Path) -> dict[str, Any]:
+    """The CRFs of OUT, comparable between a run that read a FHIR server and one that read the same feed from
+    files. The test server is JavaScript: a decimal sent as 39.0 comes back as 39, so a CRF's ``orig_value``
+    (the value as the EHR sent it) differs in that trailing zero only; everything else must be identical."""
+    return {p.stem: _without_trailing_zero(json.loads(p.read_text())) for p in sorted((out / "crf").glob("*.json"))}

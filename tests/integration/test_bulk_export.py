@@ -19,7 +19,8 @@ from fhir_adapter.cli.commands import main
 from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.testing.feed_loader import load_feed, put_resources
 from fhir_adapter.testing.fhir_server import ServerHandle
-from tests.serverkit import cli_run, crfs, report, study_results, write_config
+from fhir_adapter.testing.outtree import server_read_crfs
+from tests.serverkit import cli_run, report, study_results, write_config
 
 pytestmark = pytest.mark.server
 
@@ -67,7 +68,7 @@ def setup(fhir_server: ServerHandle, tmp_path_factory: pytest.TempPathFactory) -
 
 def _same_as_rest(setup: Setup, out: Path) -> None:
     assert study_results(out) == study_results(setup.rest_out)
-    assert crfs(out) == crfs(setup.rest_out)
+    assert server_read_crfs(out) == server_read_crfs(setup.rest_out)
     for path in sorted((setup.rest_out / "writeback").glob("*.json")):
         assert (out / "writeback" / path.name).read_bytes() == path.read_bytes()
 

@@ -17,10 +17,10 @@ from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.terminology.codes import CS_RESULTS, SID_RESULT
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
+from fhir_adapter.testing.outtree import server_read_crfs
 from tests.serverkit import (
     adapter_observations,
     cli_run,
-    crfs,
     identifier_counts,
     offline_results,
     report,
@@ -125,7 +125,7 @@ def test_at_most_three_requests_per_subject(e2e: E2E) -> None:
 
 def test_file_and_server_sources_give_the_same_crfs_and_results(e2e: E2E) -> None:
     assert study_results(e2e.out) == study_results(e2e.file_out)
-    assert crfs(e2e.out) == crfs(e2e.file_out)
+    assert server_read_crfs(e2e.out) == server_read_crfs(e2e.file_out)
     for name in ("writeback",):
         assert sorted(p.name for p in (e2e.out / name).iterdir()) == sorted(p.name for p in (e2e.file_out / name)
                                                                               .iterdir())

@@ -19,10 +19,10 @@ from fhir_adapter.synth import write_feed
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
+from fhir_adapter.testing.outtree import server_read_crfs
 from tests.serverkit import (
     adapter_observations,
     cli_run,
-    crfs,
     identifier_counts,
     offline_results,
     report,
@@ -56,7 +56,7 @@ def assert_final_state(base_url: str, out: Path, file_out: Path) -> None:
     assert sorted(counts) == sorted(i for ids in expected.values() for i in ids)
     assert set(counts.values()) == {1}
     assert study_results(out) == study_results(file_out)
-    assert crfs(out) == crfs(file_out)
+    assert server_read_crfs(out) == server_read_crfs(file_out)
 
 
 def test_412_on_write_back_is_reported_for_that_subject_only(clean_fhir_server: ServerHandle,
