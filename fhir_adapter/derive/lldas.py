@@ -12,8 +12,9 @@ The criteria and their stable ids (``lldas_failed`` lists the ids that failed, i
 * ``sledai_le_4`` — C1a: SLEDAI-2K total ≤ ``sledai_max`` (4);
 * ``no_major_organ_activity`` — C1b: no descriptor scoring in a ``major_organ_groups`` group (the ``group`` of
   each descriptor in ``sledai2k.yaml``: cns, vascular, renal, cardiorespiratory, constitutional);
-* ``no_new_features`` — C2: every descriptor scoring now also scored at the previous assessed visit (the
-  latest earlier-dated visit with a SLEDAI-2K total, which may be the baseline);
+* ``no_new_features`` — C2: every descriptor scoring now also scored at the previous assessment: the latest
+  earlier-dated SLEDAI-2K assessment, a visit with a total (which may be the baseline) or a clinician
+  assessment placed in no visit (:func:`fhir_adapter.derive.sledai2k.off_visit_assessments`), visit or not;
 * ``pga_le_1`` — C3: PGA ≤ ``pga_max`` (1.0, inclusive; the PGA as stored, one decimal);
 * ``pred_eq_le_7_5`` — C4: prednisolone-equivalent dose on the visit date ≤ ``pred_eq_max_mg`` (7.5 mg/day);
 * ``maintenance_therapy`` — Franklyn's C5, only with ``maintenance_criterion: true``: no active record of an
@@ -25,7 +26,7 @@ The value at a dated visit; the first case that applies defines it (None comes w
 2. visit dated on or before Day 1 (the baseline period) → None;
 3. no SLEDAI-2K total at the visit → None;
 4. no PGA at the visit → None;
-5. no previous SLEDAI-2K assessment (nothing to compare new features with) → None;
+5. no previous SLEDAI-2K assessment, in a visit or not (nothing to compare new features with) → None;
 6. prednisolone-equivalent dose not evaluable on the visit date → None;
 7. fifth criterion on and not evaluable (a drug with a ceiling whose daily dose is unknown) → None;
 8. True when every criterion is met, else False with the failed ids.
@@ -49,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fhir_adapter.crf.models import ConMed
 from fhir_adapter.derive.glucocorticoids import PredEqVisit, active_on
 from fhir_adapter.derive.pga import PgaVisit
-from fhir_adapter.derive.sledai2k import Sledai2kVisit
+from fhir_adapter.derive.sledai2k import Sledai2kPrior, Sledai2kVisit
 from fhir_adapter.study.timeline import study_day
 
 #: The criterion ids, in the order they are reported.
@@ -87,7 +88,8 @@ class LldasVisit(BaseModel):
     failed: list[str] = Field(default_factory=list, description="ids of the criteria not met")
     criteria: dict[str, bool] = Field(default_factory=dict, description="every evaluated criterion")
     reason: str | None = Field(None, description="why the visit is not evaluable")
-    previous_visit: str | None = None
+    previous_visit: str | None = Field(None, description="visit of the previous assessment (None: in no visit)")
+    previous_date: dt.date | None = Field(None, description="date of the previous SLEDAI-2K assessment")
     sources: list[str] = Field(default_factory=list, description="SLEDAI-2K, PGA and dose sources")
 
 
@@ -120,12 +122,26 @@ def _maintenance(
     return ok, None
 
 
+class _Previous(BaseModel):
+    """The assessment new features are compared with: a visit's or one placed in no visit."""
+
+    visit: str | None
+    date: dt.date
+    scored: frozenset[str]
+
+
+def _previous(assessed: Sequence[_Previous], day: dt.date) -> _Previous | None:
+    """The latest assessment dated before ``day``; on one date a visit's assessment wins."""
+    return max((a for a in assessed if a.date < day), key=lambda a: (a.date, a.visit is not None), default=None)
+
+
 def _not_evaluable(
-    v: Sledai2kVisit, day1: dt.date | None, reason: str, previous: str | None = None,
+    v: Sledai2kVisit, day1: dt.date | None, reason: str, previous: _Previous | None = None,
 ) -> LldasVisit:
     sd = study_day(v.date, day1) if v.date and day1 else None
     return LldasVisit(visit=v.visit, date=v.date, study_day=sd, lldas=None, reason=reason,
-                      previous_visit=previous)
+                      previous_visit=previous.visit if previous else None,
+                      previous_date=previous.date if previous else None)
 
 
 def derive_lldas(
@@ -136,21 +152,25 @@ def derive_lldas(
     groups: Mapping[str, str],
     settings: LldasSettings,
     cm: Sequence[ConMed] = (),
+    off_visit: Sequence[Sledai2kPrior] = (),
 ) -> list[LldasVisit]:
     """LLDAS at every dated SLEDAI-2K visit (cases 1–8 of the module docstring).
 
     ``groups`` maps each SLEDAI-2K descriptor code to its organ group (``Sledai2kSettings.descriptors``);
-    ``cm`` is needed only for the fifth criterion.
+    ``cm`` is needed only for the fifth criterion; ``off_visit`` are the SLEDAI-2K assessments placed in no
+    visit, which can be the previous assessment too.
     """
     pga_by = {p.visit: p for p in pga}
     pred_by = {p.visit: p for p in pred_eq}
-    assessed = [v for v in sledai if v.total is not None and v.date is not None]
+    assessed = [_Previous(visit=v.visit, date=v.date, scored=frozenset(_scored(v)))
+                for v in sledai if v.total is not None and v.date is not None]
+    assessed += [_Previous(visit=None, date=a.date, scored=frozenset(d.code for d in a.descriptors if d.score > 0))
+                 for a in off_visit]
     out: list[LldasVisit] = []
     for v in sledai:
         if v.date is None:
             continue
-        prev = max((a for a in assessed if a.date is not None and a.date < v.date),
-                   key=lambda a: a.date or dt.date.min, default=None)
+        prev = _previous(assessed, v.date)
         p, dose = pga_by.get(v.visit), pred_by.get(v.visit)
         if day1 is None:
             out.append(_not_evaluable(v, day1, "Day 1 unknown"))
@@ -165,20 +185,20 @@ def derive_lldas(
         elif dose is None or dose.mg_per_day is None:
             why = dose.reason if dose is not None and dose.reason else "no visit date for the dose"
             why = f"prednisolone-equivalent dose not evaluable: {why}"
-            out.append(_not_evaluable(v, day1, why, prev.visit))
+            out.append(_not_evaluable(v, day1, why, prev))
         else:
             maint: bool | None = None
             if settings.maintenance_criterion:
                 maint, why_m = _maintenance(cm, v.date, settings.maintenance)
                 if maint is None:
                     why_m = why_m or "maintenance criterion not evaluable"
-                    out.append(_not_evaluable(v, day1, why_m, prev.visit))
+                    out.append(_not_evaluable(v, day1, why_m, prev))
                     continue
             now = _scored(v)
             criteria = {
                 "sledai_le_4": v.total <= settings.sledai_max,
                 "no_major_organ_activity": not any(groups.get(c) in settings.major_organ_groups for c in now),
-                "no_new_features": now <= _scored(prev),
+                "no_new_features": now <= prev.scored,
                 "pga_le_1": p.pga <= settings.pga_max,
                 "pred_eq_le_7_5": dose.mg_per_day <= settings.pred_eq_max_mg,
             }
@@ -190,7 +210,8 @@ def derive_lldas(
                 sources.add(p.source)
             out.append(LldasVisit(
                 visit=v.visit, date=v.date, study_day=study_day(v.date, day1), lldas=not failed,
-                failed=failed, criteria=criteria, previous_visit=prev.visit, sources=sorted(sources),
+                failed=failed, criteria=criteria, previous_visit=prev.visit, previous_date=prev.date,
+                sources=sorted(sources),
             ))
     return out
 

@@ -249,12 +249,31 @@ def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2
 
 
 class Sledai2kPrior(BaseModel):
-    """A SLEDAI-2K assessment in no visit (e.g. recorded before consent) that is the baseline."""
+    """A clinician SLEDAI-2K assessment placed in no visit (e.g. recorded before consent, or between visit
+    windows), scored on its date; the baseline when it is the last one before Day 1."""
 
     date: dt.date
     total: int
     sources: list[str] = Field(description="the clinician descriptor results of that date")
     descriptors: list[DescriptorScore]
+
+
+def _off_visit_dates(crf: SubjectCRF, by_item: dict[str, list[Finding]],
+                     settings: Sledai2kSettings) -> dict[dt.date, list[Finding]]:
+    """Dates with at least ``min_clinician_descriptors`` clinician descriptor results placed in no visit."""
+    per_date: dict[dt.date, list[Finding]] = {}
+    for item in {d.item for d in settings.descriptors}:
+        for f in by_item.get(item, []):
+            if f.visit is None and f.value_bool is not None and f.date is not None:
+                per_date.setdefault(f.date, []).append(f)
+    return {d: fs for d, fs in per_date.items() if len(fs) >= settings.min_clinician_descriptors}
+
+
+def _scored_on(date: dt.date, findings: list[Finding], crf: SubjectCRF, by_item: dict[str, list[Finding]],
+               settings: Sledai2kSettings) -> Sledai2kPrior:
+    scores = _scores(date, by_item, _exclusion(crf, settings), settings)
+    return Sledai2kPrior(date=date, total=sum(sc.score for sc in scores),
+                         sources=sorted(f.source.reference for f in findings), descriptors=scores)
 
 
 def prior_assessment(crf: SubjectCRF, settings: Sledai2kSettings) -> Sledai2kPrior | None:
@@ -263,20 +282,21 @@ def prior_assessment(crf: SubjectCRF, settings: Sledai2kSettings) -> Sledai2kPri
     scored with the usual look-back window ending on that date. None when there is none, or when a visit's
     assessment on or before Day 1 is as late or later (the visit is then the baseline)."""
     by_item = _by_item(crf, settings)
-    codes = {d.item for d in settings.descriptors}
-    per_date: dict[dt.date, list[Finding]] = {}
-    for item in codes:
-        for f in by_item.get(item, []):
-            if f.visit is None and f.value_bool is not None and f.date is not None and in_lookback(crf, f.date):
-                per_date.setdefault(f.date, []).append(f)
-    dates = sorted((d for d, fs in per_date.items() if len(fs) >= settings.min_clinician_descriptors),
-                   reverse=True)
-    if not dates:
+    per_date = {d: fs for d, fs in _off_visit_dates(crf, by_item, settings).items() if in_lookback(crf, d)}
+    if not per_date:
         return None
-    date = dates[0]
-    scores = _scores(date, by_item, _exclusion(crf, settings), settings)
-    return Sledai2kPrior(date=date, total=sum(sc.score for sc in scores),
-                         sources=sorted(f.source.reference for f in per_date[date]), descriptors=scores)
+    date = max(per_date)
+    return _scored_on(date, per_date[date], crf, by_item, settings)
+
+
+def off_visit_assessments(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2kPrior]:
+    """Every clinician SLEDAI-2K assessment placed in no visit and not dated on a visit's date (that one is
+    the visit's own), whatever its date, in date order — the previous assessment LLDAS compares new features
+    with may be one of them (docs/clinical-rules.md#lldas-new-features)."""
+    by_item = _by_item(crf, settings)
+    visit_dates = {v.date for v in crf.visits}
+    per_date = _off_visit_dates(crf, by_item, settings)
+    return [_scored_on(d, per_date[d], crf, by_item, settings) for d in sorted(per_date) if d not in visit_dates]
 
 
 def _apply_baseline(visits: list[Sledai2kVisit], crf: SubjectCRF, prior: Sledai2kPrior | None) -> None:

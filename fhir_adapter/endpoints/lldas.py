@@ -13,7 +13,7 @@ from typing import Any, TypedDict
 from pydantic import BaseModel
 
 from fhir_adapter.derive.lldas import LldasSettings, LldasVisit, derive_lldas, lldas_rate
-from fhir_adapter.derive.sledai2k import Sledai2kSettings
+from fhir_adapter.derive.sledai2k import Sledai2kSettings, off_visit_assessments
 from fhir_adapter.endpoints.glucocorticoids import GlucocorticoidResult
 from fhir_adapter.endpoints.pga import PgaResult
 from fhir_adapter.endpoints.registry import (
@@ -47,10 +47,11 @@ class LldasResult(BaseModel):
 
 def derive(x: SubjectInput) -> LldasResult:
     sledai = x.need("sledai2k", Sledai2kResult)
-    groups = {d.code: d.group for d in x.study.rule("sledai2k", Sledai2kSettings).descriptors}
+    sledai_settings = x.study.rule("sledai2k", Sledai2kSettings)
+    groups = {d.code: d.group for d in sledai_settings.descriptors}
     visits = derive_lldas(sledai.visits, x.need("pga", PgaResult).visits,
                           x.need("glucocorticoids", GlucocorticoidResult).visits, x.crf.day1, groups,
-                          x.rules(LldasSettings), x.crf.cm)
+                          x.rules(LldasSettings), x.crf.cm, off_visit_assessments(x.crf, sledai_settings))
     return LldasResult(visits=visits)
 
 

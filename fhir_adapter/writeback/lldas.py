@@ -32,8 +32,9 @@ def lldas_observation(e: Enrollee, study_id: str, v: LldasVisit, s: LldasSetting
         coding = {"system": CS_RESULTS, "code": code, "display": result_display(code)}
         components.append({"code": {"coding": [coding]}, "valueBoolean": v.criteria[c]})
     fifth = ", with Franklyn criterion 5" if s.maintenance_criterion else ""
+    previous = v.previous_visit or f"the assessment of {v.previous_date}"
     method = (f"LLDAS (Franklyn 2016), protocol criteria 1-4{fifth}: SLEDAI-2K <= {s.sledai_max} without "
-              f"major organ activity, no new features vs {v.previous_visit}, PGA <= {s.pga_max}, "
+              f"major organ activity, no new features vs {previous}, PGA <= {s.pga_max}, "
               f"prednisolone-eq <= {s.pred_eq_max_mg} mg/day; fhir-adapter {__version__}")
     return result_observation(e, study_id, v.visit, "lldas", v.date, {"valueBoolean": v.lldas},
                               derived_from=v.sources, components=components, method=method)

@@ -14,8 +14,10 @@ from fhir_adapter.derive.immunology import ImmunologySettings, derive_immunology
 from fhir_adapter.derive.pga import PgaSettings, derive_pga
 from fhir_adapter.derive.renal import RenalSettings, derive_renal
 from fhir_adapter.derive.sledai2k import Sledai2kSettings, baseline_prior, derive_sledai2k
+from fhir_adapter.results.study_json import subject_row
+from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.study.load import Study
-from tests.efficacy_helpers import rule, visit_crf
+from tests.efficacy_helpers import conmed, rule, visit_crf
 from tests.helpers import DAY1, d, descriptor, finding
 
 CONSENT = d(-20)
@@ -112,3 +114,18 @@ def test_renal_response_against_a_pre_consent_upcr() -> None:
     assert r is not None and (r.baseline_visit, r.baseline_value, r.baseline_egfr) == (None, 2.0, 88.0)
     assert r.baseline_source is not None and r.last is not None and r.last.response == "complete"
     assert {b.item for b in res.baselines} == {"upcr", "egfr"}
+
+
+def test_lldas_compares_new_features_with_an_assessment_in_no_visit(study: Study) -> None:
+    """docs/clinical-rules.md#lldas-new-features: the previous assessment is the comparator, visit or not."""
+    pre = [descriptor("arthritis", -30, True), descriptor("rash", -30, False)]   # before consent, no visit
+    w4: dict[str, Finding | float] = {"pga": finding("pga", 29, 0.5, domain="QS"),
+                                      "sledai2k.arthritis": descriptor("arthritis", 29, True)}
+    w12: dict[str, Finding | float] = {"pga": finding("pga", 85, 0.5, domain="QS"),
+                                       "sledai2k.arthritis": descriptor("arthritis", 85, True),
+                                       "sledai2k.rash": descriptor("rash", 85, True)}
+    between = [descriptor("arthritis", 50, True), descriptor("rash", 50, True)]   # day 50: in no window
+    crf = subject({"W4": (29, w4), "W12": (85, w12)}, [*pre, *between], cm=[conmed("prednisolone", -60, None, dose=5)])
+    visits = {v["visit"]: v for v in subject_row(derive_subject(crf, study))["visits"]}
+    assert (visits["W4"]["lldas"], visits["W4"]["lldas_reason"]) == (True, None)
+    assert visits["W12"]["lldas_failed"] == ["sledai_le_4"]   # rash scored on day 50 already: not new

@@ -12,7 +12,7 @@ from fhir_adapter.crf.models import ConMed
 from fhir_adapter.derive.glucocorticoids import PredEqVisit
 from fhir_adapter.derive.lldas import CRITERIA, LldasSettings, LldasVisit, derive_lldas, lldas_rate
 from fhir_adapter.derive.pga import PgaVisit
-from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kVisit
+from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kPrior, Sledai2kVisit
 from tests.efficacy_helpers import STUDY, conmed, rule
 from tests.helpers import DAY1, d
 
@@ -135,3 +135,24 @@ def test_response_rate_per_visit() -> None:
     assert rates["W8"].rate == 1.0
     assert rates["BL"].n == 0 and rates["BL"].rate is None
     assert [r.visit for r in lldas_rate(pairs, ["BL", "W4", "W8"])] == ["BL", "W4", "W8"]
+
+
+def test_previous_assessment_in_no_visit_is_the_comparator() -> None:
+    """docs/clinical-rules.md#lldas-new-features: the previous assessment, visit or not."""
+    def off(day: int, scored: list[str]) -> Sledai2kPrior:
+        desc = [DescriptorScore(code=c, weight=WEIGHTS[c], score=WEIGHTS[c], basis="clinician") for c in scored]
+        return Sledai2kPrior(date=d(day), total=sum(x.score for x in desc), sources=[], descriptors=desc)
+
+    sl = [sledai("W4", 29, ["rash"]), sledai("W12", 85, ["rash", "arthritis"])]
+    pg = [pga("W4", 29, 0.5), pga("W12", 85, 0.5)]
+    pr = [dose("W4", 29, 5), dose("W12", 85, 5)]
+    alone = {x.visit: x for x in derive_lldas(sl, pg, pr, DAY1, GROUPS, S)}
+    assert alone["W4"].lldas is None and "no previous" in (alone["W4"].reason or "")
+    r = {x.visit: x for x in derive_lldas(sl, pg, pr, DAY1, GROUPS, S,
+                                          off_visit=[off(-40, ["rash"]), off(50, ["rash", "arthritis"])])}
+    assert r["W4"].lldas is True and (r["W4"].previous_visit, r["W4"].previous_date) == (None, d(-40))
+    # the one between the windows (day 50) is later than W4: arthritis is not new at W12
+    assert r["W12"].failed == ["sledai_le_4"] and r["W12"].previous_date == d(50)
+    # on one date a visit's assessment wins over one in no visit
+    same = derive_lldas(sl, pg, pr, DAY1, GROUPS, S, off_visit=[off(29, [])])
+    assert (same[1].previous_visit, same[1].previous_date) == ("W4", d(29))
