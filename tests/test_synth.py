@@ -18,6 +18,7 @@ import yaml
 
 from fhir_adapter.synth import DATA_CUT, TRANSACTION_TIME, TrialPlan, plan_trial, write_feed
 from fhir_adapter.synth.cart_sle.schedule import GROUP_ITEMS, GROUP_VISITS, VISITS
+from fhir_adapter.synth.people import ClinicPatient
 from fhir_adapter.terminology.codes import (
     AE_CAUSALITY_ASSESS,
     CS_CLINICAL_INPUT,
@@ -198,6 +199,7 @@ def test_research_subjects_screen_failures_and_outsiders(feed: Feed) -> None:
         assert by_patient[sf.patient_id]["status"] == "ineligible"
         assert feed.for_patient("Observation", sf.patient_id)
     assert len(plan.non_enrolled_patient_ids) == 3
+    assert all(type(ne) is ClinicPatient for ne in plan.non_enrolled)   # the generic feed's clinic patient
     for pid in plan.non_enrolled_patient_ids:
         assert pid not in by_patient
         assert (("Patient", pid)) in feed.by_id

@@ -1,7 +1,9 @@
-"""Organizations (the three sites) and Patients with made-up names built from invented syllables."""
+"""Organizations (the three sites), Patients with made-up names built from invented syllables, and the clinic
+patients outside the study (:class:`ClinicPatient`)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 from random import Random
 
@@ -22,6 +24,17 @@ FAMILY_ENDINGS: tuple[str, ...] = (
 )
 SID_SITE = "https://fhir-adapter.org/fhir/sid/site"
 LAST_UPDATED = "2026-10-31T06:00:00Z"
+
+
+@dataclass(frozen=True, slots=True)
+class ClinicPatient:
+    """A clinic patient outside the study (never enrolled): the feed gives them a Patient and routine data."""
+
+    patient_id: str
+    site: int
+    sex: str
+    birth_date: date
+    seed: int
 
 
 def organization(site: int, org_id: str) -> Resource:

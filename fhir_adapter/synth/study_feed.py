@@ -34,7 +34,7 @@ from .lab_catalog import ANALYTES
 from .lab_course import LabCourse, draw_response
 from .medication_records import administration, statement, taper_doses
 from .observations import ObservationFactory
-from .people import organization, patient
+from .people import ClinicPatient, organization, patient
 from .sink import NdjsonWriter, Resource, Sink, clear_feed, write_manifest
 from .sites import SITE_NUMBERS, SITES
 from .timeline import DATA_CUT, TRANSACTION_TIME, at, date_to_study_day, fmt_local, fmt_utc, study_day_to_date
@@ -73,15 +73,6 @@ class PlannedSubject:
     screening: date
     day1: date | None      # None: a screen failure
     response: str          # complete | partial | none (the generator's intent, not read back)
-    seed: int
-
-
-@dataclass(frozen=True, slots=True)
-class ClinicPatient:
-    patient_id: str
-    site: int
-    sex: str
-    birth_date: date
     seed: int
 
 

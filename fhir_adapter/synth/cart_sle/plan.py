@@ -13,6 +13,7 @@ from datetime import date, timedelta
 from random import Random
 
 from ..ids import new_id
+from ..people import ClinicPatient
 from ..sites import SITE_NUMBERS, SITES, SiteConventions
 from ..timeline import DATA_CUT
 from .irregularities import Irregularity, place_irregularities
@@ -73,13 +74,8 @@ class ScreenFailurePlan:
     seed: int
 
 
-@dataclass(frozen=True, slots=True)
-class NonEnrolledPlan:
-    patient_id: str
-    site: int
-    sex: str
-    birth_date: date
-    seed: int
+#: a patient of the sites never enrolled (the generic clinic patient; the name the plan has always exported)
+NonEnrolledPlan = ClinicPatient
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +86,7 @@ class TrialPlan:
     organization_ids: dict[int, str]
     subjects: tuple[SubjectPlan, ...]
     screen_failures: tuple[ScreenFailurePlan, ...]
-    non_enrolled: tuple[NonEnrolledPlan, ...]
+    non_enrolled: tuple[ClinicPatient, ...]
     irregularities: tuple[Irregularity, ...]
     site_conventions: dict[int, SiteConventions] = field(default_factory=lambda: dict(SITES))
 
@@ -218,10 +214,10 @@ def plan_trial(subjects: int = 34, seed: int = 7) -> TrialPlan:
             screening_date=screening, reason=SCREEN_FAILURE_REASONS[k % len(SCREEN_FAILURE_REASONS)],
             seed=rng.getrandbits(63),
         ))
-    non_enrolled: list[NonEnrolledPlan] = []
+    non_enrolled: list[ClinicPatient] = []
     for _ in range(n_other):
         sex = "female" if rng.random() < 0.7 else "male"
-        non_enrolled.append(NonEnrolledPlan(
+        non_enrolled.append(ClinicPatient(
             patient_id=new_id(rng), site=rng.choice(SITE_NUMBERS), sex=sex,
             birth_date=_birth_date(rng, date(2025, 1, 1)), seed=rng.getrandbits(63),
         ))

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 from random import Random
 
 from ..observations import ObservationFactory
-from ..people import patient
+from ..people import ClinicPatient, patient
 from ..sites import SITES
 from ..timeline import DATA_CUT, at
 from . import scenarios as sc
@@ -23,7 +23,7 @@ from .medications import (
     emit_topical_steroid,
     emit_toxicity_treatment,
 )
-from .plan import NonEnrolledPlan, ScreenFailurePlan, SubjectPlan, TrialPlan
+from .plan import ScreenFailurePlan, SubjectPlan, TrialPlan
 from .sledai import emit_sledai
 from .study import apheresis, enrolled_subject, infusion, screen_failure_subject
 from .toxicities import draw_events
@@ -123,7 +123,7 @@ def screen_failure_resources(plan: TrialPlan, sf: ScreenFailurePlan, sink: Sink)
     emit_groups(ctx, "SCR", when, SCREENING_GROUPS)
 
 
-def non_enrolled_resources(plan: TrialPlan, ne: NonEnrolledPlan, number: int, sink: Sink) -> None:
+def non_enrolled_resources(plan: TrialPlan, ne: ClinicPatient, number: int, sink: Sink) -> None:
     """A lupus-clinic patient of a study site who is not in the study: labs, medications, one AE."""
     rng = Random(ne.seed)
     emit = sink.add
