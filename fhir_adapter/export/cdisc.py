@@ -19,6 +19,9 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
   ``VISITDY``: the planned study day (empty for unscheduled visits).
 * ``SRCREF``: the FHIR resource the value came from (``Observation/123/_history/2``); ``SRCSTAT``: its
   status (``final``, ``amended``, ``corrected``, ``preliminary``).
+* ``--BLFL``: ``Y`` on the one record per test that is its baseline by the rule every derivation uses
+  (docs/clinical-rules.md#baseline: the last result on or before Day 1 inside the look-back); a baseline that is
+  a result in no visit gets its own row (VISIT empty, ``--BLFL`` = Y) so the flagged record is in the dataset.
 * ``REVSTAT``: the value's review status (``unreviewed``, ``accepted``, ``changed``, ``not-available`` has no
   row, ``query``, ``re-review``; docs/review.md) — empty when the rows were built without review.
 
@@ -29,11 +32,12 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
 from fhir_adapter.crf.models import Finding, NotDone, SubjectCRF, VisitRecord
+from fhir_adapter.derive.baseline import baseline_index, prior_result, prior_wins
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study.load import Study
@@ -226,7 +230,6 @@ class RowBuilder:
         self.testcd = testcd_map(study)
         self.visitnum = visit_numbers(study)
         self.visit_day = {v.id: v.day for v in study.schedule.visits}
-        self.baseline = {v.id for v in study.schedule.visits if v.baseline}
         self.ct = ct or load_terminology()
         self.meddra = meddra
         self.meddra_missing: set[str] = set()
@@ -323,12 +326,43 @@ class RowBuilder:
             keys[v.visit] = (num(base + extra[base] / 100), v.label or v.visit, "")
         return keys
 
+    def _valued(self, item: str) -> Callable[[Finding], bool]:
+        """Which results of ``item`` can be its baseline: a number for quantities (as the derivations read
+        them), any reported result for boolean, coded and text items."""
+        spec = self.study.items.get(item)
+        if spec is None or spec.value == "quantity":
+            return lambda f: f.value is not None
+        return lambda f: f.value is not None or f.value_bool is not None or bool(f.value_text)
+
+    def baseline_records(self, crf: SubjectCRF) -> tuple[set[tuple[str, str]], list[Finding]]:
+        """The baseline record of each test (docs/clinical-rules.md#baseline, :mod:`fhir_adapter.derive.baseline`):
+        (visit id, item) when it is a visit's value, else the result in no visit that the derivations take."""
+        dated = [v for v in crf.visits if v.date is not None]
+        dates = [v.date for v in dated]
+        in_visits = {i for v in crf.visits for i in v.values}
+        no_visit = {f.item for f in crf.findings if f.visit is None}
+        flagged: set[tuple[str, str]] = set()
+        priors: list[Finding] = []
+        for item in sorted(in_visits | no_visit):
+            ok = self._valued(item)
+            base = baseline_index(dates, [item in v.values and ok(v.values[item]) for v in dated], crf.day1,
+                                  crf.baseline_from)
+            prior = prior_result(crf, item, ok) if item in no_visit else None
+            if prior is not None and prior.date is not None and prior_wins(base, dates, crf.day1, (prior.date, 0)):
+                priors.append(prior)
+            elif base is not None:
+                flagged.add((dated[base].visit, item))
+        return flagged, priors
+
     def findings(self, crf: SubjectCRF) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {d: [] for d in FINDINGS_DOMAINS}
         keys = self._visit_keys(crf.visits)
+        flagged, priors = self.baseline_records(crf)
+        for f in sorted(priors, key=lambda r: (r.date or dt.date.min, r.item)):
+            out[f.domain].append(self._finding(crf, f, "", ("", "", ""), baseline=True))
         for v in sorted(crf.visits, key=lambda r: float(keys[r.visit][0])):
             for f in v.values.values():
-                out[f.domain].append(self._finding(crf, f, v.visit, keys[v.visit]))
+                out[f.domain].append(self._finding(crf, f, v.visit, keys[v.visit], (v.visit, f.item) in flagged))
         labels = {v.id: v.label or v.id for v in self.study.schedule.visits}
         for nd in crf.not_done:
             key = (str(self.visitnum[nd.visit]), labels[nd.visit], str(self.visit_day[nd.visit])) \
@@ -339,7 +373,8 @@ class RowBuilder:
                 row[f"{domain}SEQ"] = str(seq)
         return out
 
-    def _finding(self, crf: SubjectCRF, f: Finding, visit: str, key: tuple[str, str, str]) -> dict[str, Any]:
+    def _finding(self, crf: SubjectCRF, f: Finding, visit: str, key: tuple[str, str, str],
+                 baseline: bool = False) -> dict[str, Any]:
         p = f.domain
         item = self.study.items.get(f.item)
         if f.value is not None:
@@ -369,7 +404,7 @@ class RowBuilder:
             f"{p}STNRLO": num(f.ref_low), f"{p}STNRHI": num(f.ref_high), f"{p}NRIND": nrind(f),
             f"{p}STAT": "", f"{p}REASND": "", f"{p}LOINC": f.loinc or "", f"{p}METHOD": (f.method or "").upper(),
             f"{p}LLOQ": num(item.lloq) if item and item.lloq is not None else "",
-            f"{p}BLFL": "Y" if visit in self.baseline else "",
+            f"{p}BLFL": "Y" if baseline else "",
             "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], "EPOCH": self._epoch(crf, f.date),
             f"{p}DTC": dtc, f"{p}DY": "" if f.study_day is None else str(f.study_day),
             f"{p}ORUCUM": or_ucum, f"{p}STUCUM": st_ucum, "SRCSTAT": f.status,

@@ -52,6 +52,14 @@ def _feed() -> Feed:
                                  "code": "laboratory"}]}])
     f.obs("p1", "2889-4", at(DAY1, 57), status="cancelled", id_="prot-57",
           dataAbsentReason={"text": "Collection not returned"})
+    # baselines of 101-002 (consent 2024-01-05 = day -27): C3 at BL and before the infusion on Day 1 -> Day 1;
+    # C4 at screening only -> screening; CRP before consent (no visit, inside the 56-day look-back) -> its own row
+    for day, value, time in ((-7, 90, "09:00:00+00:00"), (1, 85, "08:00:00+00:00"), (29, 80, "09:00:00+00:00")):
+        f.obs("p2", "4485-9", at(DAY1, day, time), value=value, unit="mg/dL", id_=f"p2-c3-{day}")
+    for day, value in ((-20, 12), (29, 15)):
+        f.obs("p2", "4498-2", at(DAY1, day), value=value, unit="mg/dL", id_=f"p2-c4-{day}")
+    for day, value in ((-40, 9), (-30, 7), (29, 2)):
+        f.obs("p2", "1988-5", at(DAY1, day), value=value, unit="mg/L", id_=f"p2-crp-{day}")
     f.add({"resourceType": "Condition", "id": "c1", "identifier": [{"value": "PROB-1"}],
            "clinicalStatus": {"coding": [{"code": "active"}]},
            "verificationStatus": {"coding": [{"code": "confirmed"}]},
@@ -158,6 +166,25 @@ def test_not_done_and_specimen_columns(out: Path) -> None:
     assert (c3["LBSPEC"], c3["LBFAST"], c3["LBREFID"], c3["LBMETHOD"], c3["LBSPID"], c3["LBCAT"]) == (
         "SERUM", "Y", "ACC-77", "NEPHELOMETRY", "LAB-c3-29", "LABORATORY")
     assert c3["LBDTC"] == "2024-02-29T07:40:00+00:00", "LBDTC is the collection time of the specimen"
+
+
+def test_blfl_marks_the_record_the_derivations_take_as_baseline(out: Path) -> None:
+    lb = [r for r in _rows(out, "LB") if r["SUBJID"] == "101-002"]
+    flagged = {(r["LBTESTCD"], r["VISIT"], r["LBDTC"][:10], r["SRCREF"].split("/")[1]) for r in lb if r["LBBLFL"]}
+    assert flagged == {("C3", "Day 1 (infusion)", "2024-02-01", "p2-c3-1"),
+                       ("C4", "Screening", "2024-01-12", "p2-c4--20"),
+                       ("CRP", "", "2024-01-02", "p2-crp--30")}, \
+        "the last result on or before Day 1 in the look-back, whatever visit (or none) it falls in"
+    assert [r["LBBLFL"] for r in lb if r["LBTESTCD"] == "C3"] == ["", "Y", ""], "the BL visit is not the baseline"
+    crp = [r for r in lb if r["LBTESTCD"] == "CRP"]
+    assert [(r["VISIT"], r["LBSTRESN"], r["LBBLFL"]) for r in crp] == [("", "7", "Y"), ("Week 4 (day 29)", "2", "")]
+    by_test: dict[tuple[str, str], int] = {}
+    for domain in ("LB", "VS", "QS", "PC", "IS"):
+        for r in _rows(out, domain):
+            if r[f"{domain}BLFL"] == "Y":
+                key = (r["USUBJID"], r[f"{domain}TESTCD"])
+                by_test[key] = by_test.get(key, 0) + 1
+    assert set(by_test.values()) == {1}, "one baseline record per subject and test"
 
 
 def test_ae_meddra_hierarchy_seriousness_and_ct(out: Path) -> None:
