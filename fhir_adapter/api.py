@@ -103,27 +103,30 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
     ``source``: a folder of NDJSON/Bundle files or a FHIR server base URL. ``out``: the output folder (a new
     temporary folder when omitted; it is kept). ``env``: the ``FHIR_ADAPTER_*`` settings and credentials
     (default: ``os.environ``). Errors raise the adapter's exceptions (``MappingError``, ``RosterError``,
-    ``ServerConfigError``, ``ConnectError``, ``FhirError``) with the same one-line messages as the CLI.
+    ``ServerConfigError``, ``ConnectError``, ``FhirError``, ``OutInUse`` when another run holds ``out``) with the
+    same one-line messages as the CLI.
     """
     from fhir_adapter.job.connect import connect
+    from fhir_adapter.job.outlock import hold_out
     from fhir_adapter.job.pipeline import run as run_pipeline
     from fhir_adapter.study.load import load_study
 
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="fhir-adapter-"))
     st = load_study(Path(study), Path(site) if site is not None else None)
     log = RunLog()
-    conn = connect(str(source), st, log, out_dir, post=post, dry_run=dry_run, since=since,
-                   config=Path(config) if config is not None else None,
-                   env=env if env is not None else os.environ)
-    try:
-        summary = run_pipeline(conn.source, st, out_dir, log, sink=conn.sink,
-                               roster_csv=Path(roster_csv) if roster_csv is not None else None)
-    finally:
-        conn.close()
-    crfs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out_dir / "crf").glob("*.json"))]
-    return RunResult(
-        out=out_dir, summary=summary, exit_code=summary.exit_code,
-        study=json.loads((out_dir / "results" / "study.json").read_text(encoding="utf-8")),
-        run_report=json.loads((out_dir / "run-report.json").read_text(encoding="utf-8")),
-        crfs=crfs,
-    )
+    with hold_out(out_dir, "fhir_adapter.run"):
+        conn = connect(str(source), st, log, out_dir, post=post, dry_run=dry_run, since=since,
+                       config=Path(config) if config is not None else None,
+                       env=env if env is not None else os.environ)
+        try:
+            summary = run_pipeline(conn.source, st, out_dir, log, sink=conn.sink,
+                                   roster_csv=Path(roster_csv) if roster_csv is not None else None)
+        finally:
+            conn.close()
+        crfs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out_dir / "crf").glob("*.json"))]
+        return RunResult(
+            out=out_dir, summary=summary, exit_code=summary.exit_code,
+            study=json.loads((out_dir / "results" / "study.json").read_text(encoding="utf-8")),
+            run_report=json.loads((out_dir / "run-report.json").read_text(encoding="utf-8")),
+            crfs=crfs,
+        )

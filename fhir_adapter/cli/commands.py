@@ -154,6 +154,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     Outputs are replaced only when the run has finished (it writes into OUT/.staging-<run id>/ first): a run
     that fails, is interrupted or killed leaves the previous ones as they were. A run that stops early (exit
     3: server unavailable, 4: authentication failed) replaces only run-report.json and state/written.json.
+    One run per OUT at a time: a second run on the same OUT exits 1 naming the run that holds it (its pid and
+    start time, from OUT/.fhir-adapter.lock); a lock left by a run that was killed does not block.
 
     \b
     Examples:
@@ -180,10 +182,12 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         _fail(str(exc))
     import datetime as dt
     import os
+    from contextlib import ExitStack
 
     from fhir_adapter.fhir import FhirError
     from fhir_adapter.fhir.server_config import ServerConfigError, record_run
     from fhir_adapter.job.connect import ConnectError, connect, is_url
+    from fhir_adapter.job.outlock import OutInUse, hold_out
     from fhir_adapter.source.base import SourceError
 
     log = RunLog()
@@ -196,32 +200,37 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         raise click.UsageError(f"--spark-master {spark_master} and --spark-remote (or SPARK_REMOTE) {spark_remote}: "
                                "give one (a Spark Connect server has its own master)")
     spark = _spark(spark_master, spark_remote) if engine == "spark" else None
-    try:
-        conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config, env=os.environ,
-                       bulk=bulk, allow_mass_retraction=allow_mass_retraction,
-                       folder=_spark_folder(spark, source) if spark is not None else None)
+    with ExitStack() as held:   # one run per OUT at a time, from connecting to recording the run
         try:
-            with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
-                          enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
-                summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
-                                       on_subject=prog.advance, on_start=prog.start, review_state=review_state,
-                                       reviewed_only=reviewed_only or _reviewed_only_setting(config),
-                                       workers=workers or default_workers(),
-                                       quarantine_full_copies=quarantine_full_copies,
-                                       engine_outcomes=_spark_engine(spark, conn.source, log)
-                                       if spark is not None else None)
-        finally:
-            conn.close()
-    except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
-            TamperedError, SourceError) as exc:
-        if ctx.obj.get("verbose", 0) >= 2:
-            raise
-        _fail(str(exc))
-    if summary.stopped is not None:
-        click.secho(f"error: {summary.stopped.message}", fg="red", err=True)
-        sys.exit(summary.exit_code)
-    if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
-        record_run(out, conn.next_since or started, source)
+            held.enter_context(hold_out(out))
+        except OutInUse as exc:
+            _fail(str(exc))
+        try:
+            conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config,
+                           env=os.environ, bulk=bulk, allow_mass_retraction=allow_mass_retraction,
+                           folder=_spark_folder(spark, source) if spark is not None else None)
+            try:
+                with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
+                              enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
+                    summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
+                                           on_subject=prog.advance, on_start=prog.start, review_state=review_state,
+                                           reviewed_only=reviewed_only or _reviewed_only_setting(config),
+                                           workers=workers or default_workers(),
+                                           quarantine_full_copies=quarantine_full_copies,
+                                           engine_outcomes=_spark_engine(spark, conn.source, log)
+                                           if spark is not None else None)
+            finally:
+                conn.close()
+        except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
+                TamperedError, SourceError) as exc:
+            if ctx.obj.get("verbose", 0) >= 2:
+                raise
+            _fail(str(exc))
+        if summary.stopped is not None:
+            click.secho(f"error: {summary.stopped.message}", fg="red", err=True)
+            sys.exit(summary.exit_code)
+        if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
+            record_run(out, conn.next_since or started, source)
     if not ctx.obj.get("quiet"):
         rows = [
             ("subjects", f"{summary.subjects} enrolled and processed"

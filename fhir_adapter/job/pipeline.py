@@ -24,6 +24,7 @@ from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, Fh
 from fhir_adapter.fhir.flow import is_unavailability
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job import exit_codes
+from fhir_adapter.job.outlock import hold_out
 from fhir_adapter.job.outpaths import SubjectFileNames, inside, quarantine_file_name, subject_file_name
 from fhir_adapter.job.quarantine import quarantine_record
 from fhir_adapter.job.runlog import RunLog
@@ -196,24 +197,27 @@ def run(
     moved into OUT when the run has finished. A run that stops early (server unavailable, authentication
     failed: :attr:`RunSummary.stopped`) keeps the previous outputs and replaces only ``run-report.json`` and
     ``state/written.json`` (which records the writes the server confirmed); a run that fails with an exception,
-    is interrupted or killed changes nothing in OUT.
+    is interrupted or killed changes nothing in OUT. The run holds the lock of OUT throughout
+    (:mod:`fhir_adapter.job.outlock`): :class:`~fhir_adapter.job.outlock.OutInUse` when another process holds it.
     """
     for o in study.overrides:
         log.warning("site overlay overrides the study's factor of item %s for %s: %s -> %s (%s)", o["item"],
                     o["unit"], o["study_factor"], o["site_factor"], o["where"])
     out = Path(out)
-    staging = Staging(out)
-    work_dir = staging.open()
-    try:
-        summary = _run(source, study, out, work_dir, runlog or RunLog(), on_subject, sink, on_start, roster_csv,
-                       review_state or out / "state", reviewed_only, workers, quarantine_full_copies, engine_outcomes)
-    except BaseException:
-        staging.discard()
-        raise
-    if summary.stopped is not None:
-        staging.commit(("run-report.json", "state/written.json"))
-    else:
-        staging.commit()
+    with hold_out(out):   # one run per OUT at a time (OutInUse otherwise)
+        staging = Staging(out)
+        work_dir = staging.open()
+        try:
+            summary = _run(source, study, out, work_dir, runlog or RunLog(), on_subject, sink, on_start, roster_csv,
+                           review_state or out / "state", reviewed_only, workers, quarantine_full_copies,
+                           engine_outcomes)
+        except BaseException:
+            staging.discard()
+            raise
+        if summary.stopped is not None:
+            staging.commit(("run-report.json", "state/written.json"))
+        else:
+            staging.commit()
     return summary
 
 
