@@ -7,6 +7,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from fhir_adapter.report.baselines import baselines_section
 from fhir_adapter.report.blocks import Section
 from fhir_adapter.report.completeness import completeness_section
 from fhir_adapter.report.data import ReportData, load
@@ -28,6 +29,7 @@ SECTIONS: tuple[tuple[Callable[[ReportData], Section], frozenset[str]], ...] = (
     (swimmer_section, frozenset()),
     (safety_section, frozenset({"safety"})),
     (labs_section, frozenset({"renal", "immunology"})),
+    (baselines_section, frozenset()),
     (completeness_section, frozenset()),
     (settings_section, frozenset()),
 )

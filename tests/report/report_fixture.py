@@ -104,7 +104,23 @@ def subject_row(i: int) -> dict[str, Any]:
                         "source": "AdverseEvent/adverseevent-5-3/_history/1"}] if i == 5 else [],
         "kinetics": {"cmax": peak, "cmax_unit": "{copies}/ug{DNA}", "tmax_day": 11, "clast": _kinetic(i, 169),
                      "tlast_day": 169, "auc0_28": round(peak * 20), "persistence_day": 169},
+        "baselines": baselines(i),
     }
+
+
+def baselines(i: int) -> list[dict[str, Any]]:
+    """Baselines from results in no visit, as derive/baseline.py writes them: a UPCR before consent (subjects 1
+    and 6), a censored C3 between the windows (subject 3); the others' baselines are visit values."""
+    out: list[dict[str, Any]] = []
+    if i in (1, 6):
+        out.append({"item": "upcr", "value": 1.84, "date": "2024-01-02", "study_day": -30 - i,
+                    "sources": [f"Observation/upcr-{i}"], "before_participation": True, "comparator": None,
+                    "unit": "mg/mg"})
+    if i == 3:
+        out.append({"item": "c3", "value": 0.2, "date": "2024-02-20", "study_day": -4,
+                    "sources": [f"Observation/c3-{i}", f"Observation/c3b-{i}"], "before_participation": False,
+                    "comparator": "<", "unit": "g/L"})
+    return out
 
 
 def lldas_rate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

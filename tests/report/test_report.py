@@ -15,8 +15,8 @@ from fhir_adapter.report.blocks import FigureBlock, NoteBlock, Section, TableBlo
 from fhir_adapter.report.data import load
 from tests.report import report_fixture as fixture
 
-SECTION_IDS = ["summary", "disease-activity", "lldas", "kinetics", "swimmer", "safety", "labs", "completeness",
-               "settings"]
+SECTION_IDS = ["summary", "disease-activity", "lldas", "kinetics", "swimmer", "safety", "labs", "baselines",
+               "completeness", "settings"]
 
 
 def _section_html(html: str, sid: str) -> str:
@@ -123,8 +123,41 @@ def test_teae_by_term_counts_subjects_once_at_worst_grade(built: dict[str, Secti
     assert overview["DLT"][1:] == ["0 (0%)", "0 (0%)", "1 (50%)", "0 (0%)", "1 (12%)"]
 
 
+def test_baselines_from_results_in_no_visit_per_subject_and_parameter(built: dict[str, Section]) -> None:
+    sec = built["baselines"]
+    assert _table(sec.blocks, "Baselines from results in no visit, per parameter").rows == [
+        ["c3", "1", "0", "1"], ["upcr", "2", "2", "0"]]
+    rows = _table(sec.blocks, "Per subject and parameter").rows
+    assert [fixture.subject_id(3), "c3", "< 0.2 g/L", "2024-02-20", "-4", "in no visit window",
+            "2 Observation"] in rows
+    assert [fixture.subject_id(1), "upcr", "1.84 mg/mg", "2024-01-02", "-31", "before consent",
+            "1 Observation"] in rows and len(rows) == 3
+
+
+def test_baselines_are_escaped_and_absent_ones_said(tmp_path: Path) -> None:
+    out = fixture.write(tmp_path / "out")
+    study_file = out / "results" / "study.json"
+    study = json.loads(study_file.read_text(encoding="utf-8"))
+    study["subjects"][0]["baselines"] = [{"item": "<img src=x onerror=alert(1)>", "value": 3, "date": "2024-01-05",
+                                          "study_day": -27, "sources": [], "before_participation": True,
+                                          "comparator": "<", "unit": "mg&L"}]
+    study_file.write_text(json.dumps(study), encoding="utf-8")
+    html = _section_html(build_report(out).read_text(encoding="utf-8"), "baselines")
+    assert "<img" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html and "&lt; 3 mg&amp;L" in html
+    for s in study["subjects"]:
+        s["baselines"] = []
+    study_file.write_text(json.dumps(study), encoding="utf-8")
+    sec = next(s for s in sections(load(out)) if s.id == "baselines")
+    assert [b.text for b in sec.blocks if isinstance(b, NoteBlock)] == [
+        "Every baseline of this run is a visit's own value: none was taken from a result in no visit."]
+    for s in study["subjects"]:
+        del s["baselines"]
+    study_file.write_text(json.dumps(study), encoding="utf-8")
+    assert "No data: baselines is not in results/study.json" in build_report(out).read_text(encoding="utf-8")
+
+
 def test_completeness_from_crfs_and_from_run_report_coverage(run_out: Path) -> None:
-    crf_sec = sections(load(run_out))[7]
+    crf_sec = next(s for s in sections(load(run_out)) if s.id == "completeness")
     per_visit = {r[0]: r for r in _table(crf_sec.blocks, "Completeness per visit").rows}
     assert per_visit["W12"] == ["W12", "8", "3", "96%"]  # one PGA missing of 8 x 3 cells
     rr_path = run_out / "run-report.json"
@@ -134,7 +167,7 @@ def test_completeness_from_crfs_and_from_run_report_coverage(run_out: Path) -> N
         {"item": "ch50", "visits": {"BL": {"filled": 0, "quarantined": 0, "no-data": 4}}},
     ]}
     rr_path.write_text(json.dumps(rr))
-    sec = sections(load(run_out))[7]
+    sec = next(s for s in sections(load(run_out)) if s.id == "completeness")
     per_visit = {r[0]: r for r in _table(sec.blocks, "Completeness per visit").rows}
     assert per_visit["BL"] == ["BL", "4", "1", "38%"]  # (75% + 0%) / 2
     assert ["c3", "1"] in _table(sec.blocks, "Cells whose only input was quarantined").rows
