@@ -4,6 +4,7 @@ CSV's infusion_date — the run report says which."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -39,6 +40,19 @@ def test_study_yaml_and_roster_csv_are_enough(no_trial_feed: tuple[Path, Path, d
     assert studies and studies[0]["identifier"][0]["value"] == "LCAR-AIO-SLE"
     study_entry = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "ResearchStudy")
     assert study_entry["request"]["url"] == f"ResearchStudy/{studies[0]['id']}"
+    # every infused subject has its EX row — also the one whose infusion only the roster CSV dates: the product
+    # on Day 1, dose unknown (empty), sourced to its ResearchSubject, the CRF naming the CSV line
+    day1 = {d["subject_id"]: d["day1"] for d in report["day1_sources"]}
+    with (out / "export" / "EX.csv").open(newline="", encoding="utf-8") as fh:
+        infusions = {r["SUBJID"]: r for r in csv.DictReader(fh) if r["EXCAT"] == "INFUSION"}
+    assert set(infusions) == set(expected)
+    assert all(r["EXTRT"] == "LCAR-AIO" and r["EXSTDTC"] == day1[sid] and r["EXSTDY"] == "1"
+               for sid, r in infusions.items())
+    by_csv = next(sid for sid, src in expected.items() if src.startswith("roster CSV"))
+    assert infusions[by_csv]["EXDOSE"] == "" and infusions[by_csv]["SRCREF"].startswith("ResearchSubject/")
+    crf = json.loads((out / "crf" / f"{by_csv}.json").read_text())
+    (row,) = [x for x in crf["ex"] if x["kind"] == "infusion"]
+    assert row["day1_source"] == expected[by_csv] and row["dose"] is None
 
 
 def test_without_the_site_code_that_subject_has_no_day1(no_trial_feed: tuple[Path, Path, dict[str, str]],

@@ -149,6 +149,9 @@ class Exposure(_Model):
     partial_date: str | None = None
     study_day: int | None = None
     source: SourceRef
+    day1_source: str | None = Field(
+        None, description="an infusion no FHIR record holds: where its date came from (the roster CSV line); "
+                          "``source`` is then the subject's ResearchSubject")
 
 
 class ConMed(_Model):

@@ -70,6 +70,11 @@ def render(variables: list[Variable]) -> str:
         "* **MH or AE**: a Condition or AllergyIntolerance whose onset (else recorded date) is before Day 1 is "
         "medical history; one starting on or after Day 1 is left to AE (counted `mh.not-used.on-study`).",
         "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX).",
+        "* **EX of an infusion the roster CSV dates** (`infusion_date`; no Procedure or MedicationAdministration "
+        "in the EHR): the same row as a FHIR infusion's — EXTRT = the study product, EXCAT = INFUSION, EXSTDTC = "
+        "EXENDTC = Day 1, EXSTDY = 1 — with EXDOSE, EXDOSU and EXROUTE empty (the roster holds no dose; none is "
+        "invented) and SRCREF = the subject's ResearchSubject; the CRF's EX record names the CSV line "
+        "(`day1_source`).",
         "* **NOT DONE**: a cancelled Observation, or one with a dataAbsentReason and no value, gives a row with "
         "`--STAT` = NOT DONE and `--REASND` = the reason; it never feeds a derivation.",
         "* **SITEID**: the site-level ResearchStudy (partOf the study) the ResearchSubject is enrolled in; without "

@@ -29,6 +29,7 @@ from fhir_adapter.job.outpaths import SubjectFileNames, inside, quarantine_file_
 from fhir_adapter.job.quarantine import quarantine_record
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.job.staging import Staging
+from fhir_adapter.mapping.exposure import infusion_record
 from fhir_adapter.results.study_json import study_json
 from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster.check import nobody_enrolled
@@ -382,8 +383,7 @@ def _run(
             def cached(e0: Enrollee = e0) -> None:
                 path = inside(out, out / "crf" / f"{subject_file_name(e0.subject_id)}.json")
                 crf = SubjectCRF.model_validate_json(path.read_bytes())
-                e = replace(e0, day1=crf.day1, infusion=next((x.source for x in crf.ex if x.kind == "infusion"),
-                                                             None),
+                e = replace(e0, day1=crf.day1, infusion=infusion_record(crf.ex),
                             day1_source="previous run (OUT/crf)" if crf.day1 else None)
                 finish(engine.cached(e, crf))
 

@@ -2,7 +2,10 @@
 
 Lymphodepletion = MedicationAdministration (else MedicationStatement/MedicationRequest) whose medication
 carries one of ``study.lymphodepletion_codes``; its first date is the *lymphodepletion start* used by the
-SLEDAI-2K cytopenia exclusion and the pre-infusion AE rule. The infusion is the roster's Day-1 record. A
+SLEDAI-2K cytopenia exclusion and the pre-infusion AE rule. The infusion is the roster's Day-1 record; a Day 1
+known only from the roster CSV's ``infusion_date`` gives the same EX row — the product on Day 1, dose, route and
+time unknown (left empty, never invented) — sourced to the subject's ResearchSubject, ``day1_source`` naming
+the CSV line. A
 product given more than once (``repeated_doses: true``) has one EX record per completed MedicationAdministration
 of ``infusion_medication_codes``, Day 1 being the first. Administrations of the product are study treatment,
 never concomitant medication: :func:`without_study_product` keeps them out of CM.
@@ -71,8 +74,18 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
             treatment=study.info.product_name, kind="infusion", dose_level=e.arm, start_date=e.day1,
             end_date=e.day1, study_day=1, source=e.infusion,
         ))
+    elif e.day1 and e.infusion is None and not doses:   # Day 1 from the roster CSV: no FHIR infusion record
+        out.append(Exposure(
+            treatment=study.info.product_name, kind="infusion", dose_level=e.arm, start_date=e.day1,
+            end_date=e.day1, study_day=1, source=e.research_subject, day1_source=e.day1_source,
+        ))
     out.sort(key=lambda x: (x.start_date or dt.date.max, x.treatment))
     return out
+
+
+def infusion_record(ex: list[Exposure]) -> SourceRef | None:
+    """The FHIR record of the (first) infusion among the EX rows; None when only the roster CSV dates it."""
+    return next((x.source for x in ex if x.kind == "infusion" and x.day1_source is None), None)
 
 
 def lymphodepletion_start(ex: list[Exposure]) -> dt.date | None:
