@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from fhir_adapter.fhir.r4 import _r4b_model, r4_problem
+from fhir_adapter.fhir.r4 import _r4b_model, model_problem, r4_problem
 from fhir_adapter.fhir.r4_elements import conforms
 from fhir_adapter.synth import write_feed
 from tests.bad_input import build
@@ -85,7 +85,7 @@ def _mutants(resource: dict[str, Any], rng: random.Random, n: int) -> Iterator[d
 
 
 def _same(r: dict[str, Any]) -> None:
-    assert r4_problem(r) == r4_problem(r, full=True), orjson.dumps(r).decode()
+    assert r4_problem(r) == model_problem(r) == r4_problem(r, full=True), orjson.dumps(r).decode()
 
 
 def test_the_quick_check_vouches_for_every_valid_resource_of_the_synthetic_feed(
@@ -93,9 +93,8 @@ def test_the_quick_check_vouches_for_every_valid_resource_of_the_synthetic_feed(
     assert len(synthetic) > 500
     for r in synthetic:
         model = _r4b_model(r["resourceType"])
-        assert model is not None and r4_problem(r, full=True) is None
-        # a contained resource (a body site's BodyStructure) is the one thing the quick check leaves to the model
-        assert conforms(r, model) or "contained" in r, r["resourceType"]
+        assert model is not None and model_problem(r) is None
+        assert conforms(r, model), r["resourceType"]
 
 
 def test_every_bad_input_gets_the_models_reason(bad: list[dict[str, Any]]) -> None:
@@ -135,6 +134,18 @@ def test_mutations_get_the_models_verdict_and_reason(synthetic: list[dict[str, A
     {"resourceType": "Observation", "status": "final", "code": {"coding": [{"code": " x"}]}},
     {"resourceType": "MedicationRequest", "status": "active", "intent": "order", "subject": {"reference": "P/1"},
      "medicationReference": {"reference": "#m"}, "contained": [{"resourceType": "Medication", "id": "m"}]},
+    *({"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "contained": [c]} for c in (
+        {"resourceType": "BodyStructure", "id": "b", "patient": {"reference": "Patient/p"},
+         "location": {"text": "left arm"}},
+        {"resourceType": "BodyStructure", "id": "b"},                                      # patient is required
+        {"resourceType": "BodyStructure", "id": "b", "patient": {"reference": "Patient/p"}, "foo": 1},
+        {"resourceType": "BodyStructure", "id": "b c", "patient": {"reference": "Patient/p"}},
+        {"resourceType": "Citation", "id": "c", "status": "active"},                       # R4B, not R4
+        {"resourceType": "Observaton", "id": "o"},
+        {"id": "b", "patient": {"reference": "Patient/p"}},
+        {"resourceType": "Medication", "id": "m", "contained": [{"resourceType": "Medication", "id": "n"}]},
+        "Medication/m",
+    )),
     {"resourceType": "Patient", "id": "p" * 65},
     {"resourceType": "Patient", "birthDate": "1980-02-30"},
 ])

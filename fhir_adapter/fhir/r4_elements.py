@@ -11,8 +11,9 @@ validator the model uses for that primitive (dates on the calendar, offsets on d
 whitespace, ids of ≤ 64 characters…). Values already accepted are remembered per primitive type, so a date or
 a code seen before costs a dictionary look-up.
 
-Anything it does not model — a primitive's extension (``_value``), ``fhir_comments``, a contained resource, a
-null, an empty list — makes it answer False, and the caller asks the full parser
+A contained resource (an element whose type is ``Resource``) is checked as the model checks it: with the table of
+the model its own ``resourceType`` names (an R4 type). Anything it does not model — a primitive's extension
+(``_value``), ``fhir_comments``, a null, an empty list — makes it answer False, and the caller asks the full parser
 (:func:`fhir_adapter.fhir.r4.r4_problem`), which gives the reason. It is therefore never more lenient than the
 models: ``conforms(r)`` implies that the model accepts ``r`` (``tests/test_fhir_r4_elements.py`` checks it on
 the synthetic feed, the bad-input corpus and mutations of both).
@@ -22,13 +23,18 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import importlib
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhir_core.constraints import FHIR_TYPES_MAPS
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from fhir_core.types import FhirBase, FhirElementOrResourceBase
 from pydantic import TypeAdapter, ValidationError
+
+from fhir_adapter.fhir.r4_types import R4_RESOURCE_TYPES
 
 _UNIONS = (typing.Union, types.UnionType)
 #: values remembered as accepted per primitive type before the memory is cleared (bounds memory in long runs)
@@ -74,8 +80,10 @@ class _Element:
     primitive: _Primitive | None = None
     #: the complex type's table (filled in after construction: types refer to each other)
     complex: _Table | None = None
-    #: a type the quick check does not model (contained resources): present means "ask the full parser"
+    #: a type the quick check does not model: present means "ask the full parser"
     opaque: bool = False
+    #: a whole resource (``contained``): the prefix under which fhir_core finds the model of its resourceType
+    resource_prefix: str | None = None
 
 
 @dataclass
@@ -148,7 +156,8 @@ def table(model: type) -> _Table:
         item, repeats = _unwrap(annotation)
         bare = _bare(item)
         if isinstance(bare, type) and issubclass(bare, FhirElementOrResourceBase):
-            element = _Element(repeats, opaque=True)
+            resource = bare.get_model_klass().__name__ == "Resource"
+            element = _Element(repeats, opaque=not resource, resource_prefix=bare._prefix if resource else None)
         elif isinstance(bare, type) and issubclass(bare, FhirBase):
             element = _Element(repeats)
             element.complex = table(bare.get_model_klass())
@@ -167,6 +176,31 @@ def table(model: type) -> _Table:
     return t
 
 
+_resource_models: dict[tuple[str, str], type | None] = {}
+
+
+def _resource_model(prefix: str, rtype: Any) -> type | None:
+    """The model fhir_core validates a contained resource with (by its ``resourceType``), if an R4 type."""
+    if type(rtype) is not str or rtype not in R4_RESOURCE_TYPES:
+        return None
+    key = (prefix, rtype)
+    if key not in _resource_models:
+        module, _, name = FHIR_TYPES_MAPS.get(f"{prefix}{rtype}Type", "").rpartition(".")
+        model = getattr(importlib.import_module(module), name, None) if module else None
+        _resource_models[key] = model if isinstance(model, type) and issubclass(model, FHIRAbstractModel) \
+            and model.has_resource_base() else None
+    return _resource_models[key]
+
+
+def _resource_conforms(item: Any, prefix: str) -> bool:
+    if type(item) is not dict:
+        return False
+    model = _resource_model(prefix, item.get("resourceType"))
+    if model is None:
+        return False
+    return _conforms({k: v for k, v in item.items() if k != "resourceType"}, table(model))
+
+
 def _conforms(node: dict[str, Any], t: _Table) -> bool:
     elements = t.elements
     for key, value in node.items():
@@ -174,7 +208,16 @@ def _conforms(node: dict[str, Any], t: _Table) -> bool:
         if e is None or value is None or e.opaque:
             return False
         sub, prim = e.complex, e.primitive
-        if e.repeats:
+        if e.resource_prefix is not None:
+            if e.repeats:
+                if type(value) is not list or not value:
+                    return False
+                for item in value:
+                    if not _resource_conforms(item, e.resource_prefix):
+                        return False
+            elif not _resource_conforms(value, e.resource_prefix):
+                return False
+        elif e.repeats:
             if type(value) is not list or not value:
                 return False
             for item in value:
