@@ -6,9 +6,10 @@ The reader model is the file source's (:mod:`fhir_adapter.source.files`) over a 
 (:class:`fhir_adapter.engine.spark_files.SparkFolder`: any URI Spark's readers accept): the driver classifies
 the files and reads the roster (ResearchStudy, ResearchSubject, Patient) and, once the subjects' references
 are known, the shared resources (Medication, Organization, Location, Specimen), each file fetched through
-Spark. Spark reads the subject files on the executors (``binaryFile``: one task per file, gzip'd or not), and
-each task finds every line's patient exactly as the file source does (same line numbers, same quarantine
-entries, same counts). Lines of enrolled patients (the
+Spark. Spark reads the subject files on the executors — NDJSON through its text reader, split and streamed
+line by line (a task numbers its split's lines; the driver adds the line counts of the file's earlier splits),
+JSON documents whole through ``binaryFile`` — and each task finds every line's patient exactly as the file
+source does (same line numbers, same quarantine entries, same counts). Lines of enrolled patients (the
 roster broadcast) are grouped per subject (``groupBy(pid).applyInPandas``), sorted back into file order, and
 the engine runs on them; each subject's outcome comes back pickled and is merged on the driver in patient-id
 order, so every output equals the local engine's. A subject whose engine fails fails alone (its outcome
@@ -23,6 +24,7 @@ Needs the ``spark`` extra (``pip install 'fhir-adapter[spark]'``) and Java 17+; 
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
@@ -32,12 +34,13 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from urllib.parse import unquote
 
 import orjson
 
 from fhir_adapter.engine.spark_files import job_failed, spark_errors
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
-from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.job.runlog import Quarantined, RunLog
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource, shared_references
 from fhir_adapter.source.files import FileSource
@@ -46,10 +49,13 @@ from fhir_adapter.writeback.state import source_statuses
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 #: the lines Spark keeps: an enrolled patient's line (pid set) or a file's log (pid null)
-LINES_SCHEMA = "pid string, file int, line int, entry int, raw binary, log binary"
+#: ``block``: the first byte of the file split the line was read from (lines are numbered within it); for a
+#: split's log, ``line`` holds its number of lines
+LINES_SCHEMA = "pid string, file int, block long, line int, entry int, raw binary, log binary"
+_LINE_COLUMNS = ["pid", "file", "block", "line", "entry", "raw", "log"]
 OUTCOME_SCHEMA = "pid string, outcome binary"
 #: shuffle partitions on one machine (Spark's 200 cost a Python worker round trip each); a cluster's setting
 #: (spark-submit --conf spark.sql.shuffle.partitions=N) is kept
@@ -122,10 +128,69 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes]]:
             yield n, line
 
 
-def _read_files(files: list[DataFile], enrolled: frozenset[str], known: set[str], base: str | None,
-                batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """Executor: the enrolled patients' lines of each file, and per file its counts, quarantine and shared
-    references (the file source's subjects pass, one file at a time)."""
+class _Block:
+    """What one task saw of one split of an NDJSON file (Spark's text reader: a split's lines in order; a
+    gzip'd file is one split): its line count, and the file source's counts, quarantine and shared references
+    for its lines, with line numbers counted from the split's first line (the driver adds the lines of the
+    file's earlier splits)."""
+
+    def __init__(self, known: set[str]) -> None:
+        self.log = RunLog()
+        self.source = FileSource.line_reader(known, self.log)
+        self.counts: Counter[str] = Counter()
+        self.refs: set[tuple[str, str]] = set()
+        self.lines = 0
+
+    def summary(self) -> bytes:
+        self.counts.update(self.log.counts)
+        return pickle.dumps((dict(self.counts), self.log.warnings, self.log.quarantine, self.refs))
+
+
+def _read_ndjson(files: list[DataFile], enrolled: frozenset[str], known: set[str], base: str | None,
+                 batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Executor: the enrolled patients' lines of NDJSON files read line by line by Spark (``path``, ``block``:
+    the split's first byte, ``value``: the line without its ``\\n``), and per split its line count, counts,
+    quarantine and shared references (the file source's subjects pass, one split at a time)."""
+    import pandas as pd
+
+    index = {f.path: (i, f) for i, f in enumerate(files)}
+    key: tuple[str, int] | None = None
+    block = _Block(known)
+    out: list[tuple[Any, ...]] = []
+
+    def close() -> None:
+        if key is not None:
+            out.append((None, index[key[0]][0], key[1], block.lines, 0, None, block.summary()))
+
+    for batch in batches:
+        for path, start, value in zip(batch["path"], batch["block"], batch["value"], strict=True):
+            here = (unquote(str(path)), int(start))
+            if here != key:
+                close()
+                key, block = here, _Block(known)
+            block.lines += 1
+            line = str(value).encode()
+            if not line.strip():
+                continue
+            i, f = index[key[0]]
+            for n, entry, res, raw in block.source.ndjson_resources(f, [(block.lines, line)], True):
+                pid = block.source.enrolled_patient(f, n, entry, res, enrolled, block.counts, base)
+                if pid is not None:
+                    out.append((pid, i, key[1], n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res),
+                                None))
+                    block.refs |= shared_references([res])
+        if out:
+            yield pd.DataFrame(out, columns=_LINE_COLUMNS)
+            out = []
+    close()
+    if out:
+        yield pd.DataFrame(out, columns=_LINE_COLUMNS)
+
+
+def _read_documents(files: list[DataFile], enrolled: frozenset[str], known: set[str], base: str | None,
+                    batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Executor: the enrolled patients' resources of JSON documents (a Bundle or a resource per file, read
+    whole), and per file its counts, quarantine and shared references."""
     import pandas as pd
 
     index = {f.path: (i, f) for i, f in enumerate(files)}
@@ -139,20 +204,30 @@ def _read_files(files: list[DataFile], enrolled: frozenset[str], known: set[str]
                     data = gzip.decompress(data)
                 except UNREADABLE as exc:
                     raise unreadable(f, exc) from exc
-            log = RunLog()
-            source = FileSource.line_reader(known, log)
-            counts: Counter[str] = Counter()
-            refs: set[tuple[str, str]] = set()
-            found = source.ndjson_resources(f, _lines(data), True) if f.ndjson else \
-                source.document_resources(f, data, True)
-            for n, entry, res, raw in found:
-                pid = source.enrolled_patient(f, n, entry, res, enrolled, counts, base)
+            block = _Block(known)
+            for n, entry, res, raw in block.source.document_resources(f, data, True):
+                pid = block.source.enrolled_patient(f, n, entry, res, enrolled, block.counts, base)
                 if pid is not None:
-                    rows.append((pid, i, n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res), None))
-                    refs |= shared_references([res])
-            counts.update(log.counts)
-            rows.append((None, i, 0, 0, None, pickle.dumps((dict(counts), log.warnings, log.quarantine, refs))))
-        yield pd.DataFrame(rows, columns=["pid", "file", "line", "entry", "raw", "log"])
+                    rows.append((pid, i, 0, n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res),
+                                 None))
+                    block.refs |= shared_references([res])
+            rows.append((None, i, 0, 0, 0, None, block.summary()))
+        yield pd.DataFrame(rows, columns=_LINE_COLUMNS)
+
+
+def _file_logs(rows: list[tuple[int, int, int, bytes]], files: list[DataFile]) -> Iterator[
+        tuple[dict[str, int], list[dict[str, Any]], list[Quarantined], set[tuple[str, str]]]]:
+    """The splits' summaries in file order, their quarantine entries numbered from the start of the file (the
+    line counts of the file's earlier splits added), as the file source's pass gives them."""
+    offset: dict[int, int] = {}
+    for i, _, lines, blob in sorted(rows, key=lambda r: (r[0], r[1])):
+        counts, warnings, quarantine, refs = pickle.loads(blob)
+        skip = offset.get(i, 0)
+        if skip:
+            quarantine = [dataclasses.replace(q, line=q.line + skip) if q.line is not None and q.file == files[i].name
+                          else q for q in quarantine]
+        offset[i] = skip + lines
+        yield counts, warnings, quarantine, refs
 
 
 _engine: tuple[str, SubjectEngine] | None = None
@@ -165,7 +240,7 @@ def _subject(run: str, work: Any, enrolled: Any, shared: Any, pdf: pd.DataFrame)
     global _engine
     if _engine is None or _engine[0] != run:  # one engine per Python worker and run
         _engine = (run, SubjectEngine(work.value))
-    pdf = pdf.sort_values(["file", "line", "entry"], kind="stable")
+    pdf = pdf.sort_values(["file", "block", "line", "entry"], kind="stable")
     pid = str(pdf["pid"].iloc[0])
     outcome = _fresh(_engine[1], enrolled.value[pid], [orjson.loads(bytes(r)) for r in pdf["raw"]], shared.value)
     return pd.DataFrame({"pid": [pid], "outcome": [pickle.dumps(outcome)]})
@@ -192,7 +267,7 @@ class SparkSubjects:
         try:
             yield from self._outcomes(enrolled, work)
         except spark_errors() as exc:
-            raise job_failed(exc) from exc
+            raise job_failed(exc, self.source.subject_files()) from exc
 
     def _outcomes(self, enrolled: dict[str, Enrollee],
                   work: SubjectWork) -> Iterator[tuple[Enrollee, SubjectOutcome, list[Resource]]]:
@@ -207,13 +282,12 @@ class SparkSubjects:
         if not files:
             yield from self._driver_only(enrolled, work)
             return
-        raw = spark.read.format("binaryFile").load([f.path for f in files]).select("path", "content")
-        lines = raw.mapInPandas(lambda b: _read_files(files, pids, known, base, b), LINES_SCHEMA).persist()
+        lines = self._lines(files, pids, known, base).persist()
         try:
             wanted: set[tuple[str, str]] = set()
-            logs = sorted((r["file"], r["log"]) for r in lines.where("pid is null").select("file", "log").collect())
-            for _, blob in logs:  # in file order, as the file source's pass adds them
-                counts, warnings, quarantine, refs = pickle.loads(blob)
+            logs = [(r["file"], r["block"], r["line"], r["log"])
+                    for r in lines.where("pid is null").select("file", "block", "line", "log").collect()]
+            for counts, warnings, quarantine, refs in _file_logs(logs, files):  # as the file source's pass adds them
                 for k, n in counts.items():
                     self.runlog.count(k, n)
                 self.runlog.warnings.extend(warnings)
@@ -244,6 +318,26 @@ class SparkSubjects:
             self._report_retries(run)
         finally:
             spark.catalog.clearCache()
+
+    def _lines(self, files: list[DataFile], pids: frozenset[str], known: set[str], base: str | None) -> DataFrame:
+        """The subject files' kept lines and per-split logs (:data:`LINES_SCHEMA`): NDJSON files through Spark's
+        text reader, split by Spark and streamed line by line (gzip'd ones whole, still streamed), so no file
+        is ever held in memory; JSON documents whole, through ``binaryFile``."""
+        from pyspark.sql import functions as fn
+
+        ndjson = [f for f in files if f.ndjson]
+        documents = [f for f in files if not f.ndjson]
+        parts: list[DataFrame] = []
+        if ndjson:
+            text = (self.spark.read.option("lineSep", "\n").text([f.path for f in ndjson])
+                    .select(fn.col("_metadata.file_path").alias("path"),
+                            fn.col("_metadata.file_block_start").alias("block"), "value"))
+            parts.append(text.mapInPandas(lambda b: _read_ndjson(files, pids, known, base, b), LINES_SCHEMA))
+        if documents:
+            whole = self.spark.read.format("binaryFile").load([f.path for f in documents]).select("path", "content")
+            parts.append(whole.mapInPandas(lambda b: _read_documents(files, pids, known, base, b),
+                                           LINES_SCHEMA))
+        return parts[0] if len(parts) == 1 else parts[0].unionByName(parts[1])
 
     def _report_retries(self, run: str) -> None:
         """Tasks Spark ran again (a Python worker or an executor that stopped, a task that raised): every task

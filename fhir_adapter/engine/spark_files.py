@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import io
 import os
+import re
+from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fhir_adapter.source.base import SourceError
+from fhir_adapter.source.layout import DataFile, unreadable
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrameReader, SparkSession
@@ -25,13 +28,26 @@ class SparkJobFailed(SourceError):
     """A Spark job of the run failed (after Spark's task retries): the run stops, outputs untouched."""
 
 
-def job_failed(exc: BaseException) -> SparkJobFailed:
+#: Spark's error when its reader could not read a file (a damaged or truncated gzip part, a file gone)
+_FAILED_READ = re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)")
+
+
+def job_failed(exc: BaseException, files: Sequence[DataFile] = ()) -> SparkJobFailed:
     """The error a failed Spark job raised, told in one line: an executor's SourceError (a file that cannot be
-    read) as it is, anything else with what to do."""
+    read) as it is; a file Spark's own reader could not read (one of ``files``) as the file source says it;
+    anything else with what to do."""
     text = str(exc)
     for line in text.splitlines():
         if "SourceError: " in line:
             return SparkJobFailed(line.split("SourceError: ", 1)[1].strip())
+    failed = _FAILED_READ.search(text)
+    if failed:
+        where = unquote(urlsplit(failed.group(1)).path)
+        f = next((f for f in files if urlsplit(f.path).path == where), None)
+        cause = next((line.split("Caused by: ", 1)[1].strip() for line in text.splitlines() if "Caused by: " in line),
+                     "the reader failed")
+        if f is not None:
+            return SparkJobFailed(str(unreadable(f, OSError(cause))))
     first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
     return SparkJobFailed(f"the Spark job failed: {first[:500]}; a task that fails on every attempt "
                           "(spark.task.maxFailures) stops the run: see docs/spark.md, 'When something fails' (run "

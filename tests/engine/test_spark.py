@@ -135,6 +135,39 @@ def test_a_truncated_gzip_part_read_on_an_executor_is_an_error_naming_it(small: 
     assert not (tmp_path / "out" / "crf").exists()  # nothing written: the run stopped before moving outputs in
 
 
+def test_lines_of_a_file_spark_splits_are_numbered_as_the_file_source_numbers_them(small: Path,
+                                                                                   tmp_path: Path) -> None:
+    """Spark's text reader splits a large NDJSON file between tasks (here every 256 KB) and each task numbers
+    its lines from its split's start: the quarantine still names each bad line by its line in the file, and
+    every output is the local engine's."""
+    shutil.copytree(small / "plain", tmp_path / "feed")
+    obs = tmp_path / "feed" / "Observation.ndjson"
+    lines = obs.read_bytes().splitlines(keepends=True)
+    assert len(obs.read_bytes()) > 8 * 256 * 1024
+    malformed, no_id = b"{not json\n", b'{"resourceType": "Observation"}\n'
+    bad = {5: malformed, len(lines) // 2: b"\n", len(lines) - 3: no_id}
+    for at in sorted(bad, reverse=True):
+        lines.insert(at, bad[at])
+    obs.write_bytes(b"".join(lines))
+    expected = [n for n, line in enumerate(lines, start=1) if line in (malformed, no_id)]
+    assert len(expected) == 2
+    spark = spark_session("local[2]")
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(256 * 1024))
+    try:
+        runner = CliRunner()
+        local = runner.invoke(main, ["-q", "run", "--source", str(tmp_path / "feed"), "--out", str(tmp_path / "local"),
+                                     "--workers", "1"])
+        on_spark = runner.invoke(main, ["-q", "run", "--engine", "spark", "--spark-master", "local[2]",
+                                        "--source", str(tmp_path / "feed"), "--out", str(tmp_path / "spark")])
+    finally:
+        spark.conf.unset("spark.sql.files.maxPartitionBytes")
+    assert local.exit_code == on_spark.exit_code == 2, (local.output, on_spark.output)
+    report = orjson.loads((tmp_path / "spark" / "run-report.json").read_bytes())
+    found = sorted(q["line"] for q in report["quarantine"] if q.get("file") == "Observation.ndjson")
+    assert found == expected and found[-1] > len(lines) // 2  # the last one is in a later split
+    assert differences(out_tree(tmp_path / "local"), out_tree(tmp_path / "spark")) == []
+
+
 def test_a_subject_failing_on_an_executor_fails_alone(small: Path, tmp_path: Path, study: Any) -> None:
     spark = spark_session("local[2]")
     log = RunLog()
