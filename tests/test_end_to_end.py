@@ -211,7 +211,7 @@ EMPTY_IN_THE_DEMO = {
     "PRENRTPT": "no procedure is in progress at the data cut",
     "LBNAM": "the feed's results name no performing laboratory",
     "LBSTNRC": "no result of the feed has a text reference range",
-    "LBLOC": "the feed's specimens carry no collection body site",
+    "DTHDTC": "no subject of the demo feed dies (tests/export/test_cdisc_domains.py reads a death)",
     "CMDOSFRM": "the feed codes medications as CodeableConcepts (no Medication.form)",
 }
 
@@ -263,16 +263,19 @@ def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:
     filled = {
         "AE": ("AESPID", "AELLT", "AELLTCD", "AEDECOD", "AEPTCD", "AESEV", "AEOUT", "AESHOSP", "AEACN", "EPOCH",
                "AECONTRT", "AEACNOTH", "AEACNOYN", "AELOC", "AELAT", "AEDIR"),
-        "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH", "CMOCCUR", "CMAENO", "CMMHNO",
-               "CMCLASCD"),
+        "CM": ("CMSPID", "CMTRT", "CMDECOD", "CMINGRD", "CMINDC", "CMROUTE", "CMDOSFRQ", "EPOCH", "CMOCCUR", "CMAENO",
+               "CMMHNO", "CMCLASCD"),
         "LB": ("LBCAT", "LBLOINC", "LBORRESU", "LBSTRESU", "LBORUCUM", "LBORNRLO", "LBBLFL", "EPOCH", "LBSPID",
                "LBREFID", "LBSPEC", "LBFAST", "LBMETHOD", "LBSTAT", "LBREASND", "LBPOS", "LBDUR", "LBENDTC",
-               "LBTOXGR", "LBTOX", "LBSPCUFL", "LBSPCCND"),
-        "DM": ("RACE", "ETHNIC"),
-        "MH": ("MHSPID", "MHTERM", "MHCAT", "MHSTDTC", "MHDTC", "MHENDTC", "MHENRTPT", "MHLOC", "MHCTRL"),
+               "LBTOXGR", "LBTOX", "LBSPCUFL", "LBSPCCND", "LBLOC", "LBANTREG", "LBTPT", "LBTPTREF", "LBELTM",
+               "INVID"),
+        "DM": ("RACE", "ETHNIC", "INVID", "INVNAM"),
+        "MH": ("MHSPID", "MHTERM", "MHCAT", "MHSCAT", "MHSTDTC", "MHDTC", "MHENDTC", "MHENRTPT", "MHLOC", "MHCTRL"),
         "PR": ("PRSPID", "PRTRT", "PRDECOD", "PRCAT", "PRINDC", "PRLOC", "PRSTDTC", "PRREASND", "PRLAT", "PRDIR",
-               "PRITRPYN", "PRITRPRS", "PRREASOC", "PRAENO", "PRSTRF"),
-        "VS": ("VSCAT", "VSLOINC", "VSORRESU", "EPOCH", "VSPOS", "VSLAT", "VSDIR", "VSLOC", "VSSPID"),
+               "PRITRPYN", "PRITRPRS", "PRREASOC", "PRAENO", "PRSTRF", "PRDOSFRQ"),
+        "VS": ("VSCAT", "VSLOINC", "VSORRESU", "EPOCH", "VSPOS", "VSLAT", "VSDIR", "VSLOC", "VSSPID", "VSTPT",
+               "VSELTM"),
+        "PC": ("PCTPT", "PCELTM"),
         "EX": ("EPOCH", "EXSTDY"),
     }
     for domain, columns in filled.items():

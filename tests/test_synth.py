@@ -18,6 +18,7 @@ import yaml
 
 from fhir_adapter.synth import DATA_CUT, TRANSACTION_TIME, TrialPlan, plan_trial, write_feed
 from fhir_adapter.synth.cart_sle.schedule import GROUP_ITEMS, GROUP_VISITS, VISITS
+from fhir_adapter.synth.cart_sle.study import site_study_id
 from fhir_adapter.synth.people import ClinicPatient
 from fhir_adapter.terminology.codes import (
     AE_CAUSALITY_ASSESS,
@@ -173,11 +174,18 @@ def test_sites_patients_and_study(feed: Feed) -> None:
         site = mrn["system"].rsplit("site-", 1)[1].split("/")[0]
         assert p["managingOrganization"]["reference"] == f"Organization/{orgs[site]}"
         assert p["name"][0]["family"] and p["name"][0]["given"] and p["gender"] in ("female", "male")
-    (study,) = feed.of("ResearchStudy")
+    (study,) = [s for s in feed.of("ResearchStudy") if "partOf" not in s]
     assert study["identifier"] == [{"system": "https://fhir-adapter.org/fhir/sid/research-study",
                                     "value": "LCAR-AIO-SLE"}]
     assert study["status"] == "active"
     assert [a["name"] for a in study["arm"]] == ["DL1", "DL2", "DL3", "EXP"]
+    # one site-level study per site, partOf the protocol, its principal investigator contained (INVID, INVNAM)
+    sites = [s for s in feed.of("ResearchStudy") if "partOf" in s]
+    assert sorted(s["identifier"][0]["value"] for s in sites) == [f"LCAR-AIO-SLE-{n}" for n in orgs]
+    for s in sites:
+        assert s["partOf"] == [{"reference": f"ResearchStudy/{study['id']}"}]
+        (pi,) = s["contained"]
+        assert s["principalInvestigator"]["reference"] == f"#{pi['id']}" and pi["identifier"][0]["value"]
 
 
 def test_research_subjects_screen_failures_and_outsiders(feed: Feed) -> None:
@@ -194,7 +202,7 @@ def test_research_subjects_screen_failures_and_outsiders(feed: Feed) -> None:
         assert re.fullmatch(rf"{sp.site}-\d{{3}}", sp.subject_id)
         assert rs["assignedArm"] == sp.arm and rs["status"] == sp.status
         assert rs["period"]["start"] == sp.consent_date.isoformat()
-        assert rs["study"]["reference"] == f"ResearchStudy/{plan.study_id}"
+        assert rs["study"]["reference"] == f"ResearchStudy/{site_study_id(plan.study_id, sp.site)}"
     for sf in plan.screen_failures:
         assert by_patient[sf.patient_id]["status"] == "ineligible"
         assert feed.for_patient("Observation", sf.patient_id)
@@ -525,12 +533,16 @@ def test_adverse_event_coding(feed: Feed) -> None:
 
 def test_glucocorticoids_taper_with_systemic_routes(feed: Feed) -> None:
     statements = [m for sp in feed.plan.subjects for m in feed.for_patient("MedicationStatement", sp.patient_id)]
-    codes = Counter(m["medicationCodeableConcept"]["coding"][0]["code"] for m in statements)
+    formulary = {m["id"]: m for m in feed.of("Medication")}
+    codes = Counter((m.get("medicationCodeableConcept")
+                     or formulary[m["medicationReference"]["reference"].split("/")[1]]["code"])["coding"][0]["code"]
+                    for m in statements)
+    assert codes["73645"] == 34, "valaciclovir prophylaxis references the site formulary's Medication"
     assert codes["8640"] > codes["6902"] > 0 and codes["5492"] == 1
     for code in ("5521", "68149"):           # stopped before lymphodepletion
         for sp in feed.plan.subjects:
             for m in feed.for_patient("MedicationStatement", sp.patient_id):
-                if m["medicationCodeableConcept"]["coding"][0]["code"] == code:
+                if "medicationCodeableConcept" in m and m["medicationCodeableConcept"]["coding"][0]["code"] == code:
                     end = date.fromisoformat(m["effectivePeriod"]["end"])
                     assert _study_day(sp.day1, end) < -5
 

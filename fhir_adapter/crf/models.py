@@ -76,6 +76,9 @@ class Finding(_Model):
     accession: str | None = Field(None, description="Specimen.accessionIdentifier value")
     specimen_condition: str | None = Field(None, description="Specimen.condition text or display")
     specimen_site: str | None = Field(None, description="Specimen.collection.bodySite text or display")
+    timepoint: str | None = Field(None, description="planned time point (cqf-relativeDateTime), e.g. 1 h before …")
+    timepoint_ref: str | None = Field(None, description="the event the time point is relative to (its display)")
+    elapsed: str | None = Field(None, description="planned elapsed time from that event, ISO 8601 (-PT1H, PT6H)")
     collected_end: dt.datetime | None = Field(None, description="Specimen.collection.collectedPeriod.end")
     body_site: str | None = Field(None, description="Observation.bodySite text or display")
     qualifiers: tuple[str, ...] = Field((), description="locationQualifier codes of the body site's BodyStructure")
@@ -132,6 +135,10 @@ class Demographics(_Model):
     consent_date: dt.date | None = None
     race: str | None = Field(None, description="US Core race ombCategory display (CDISC RACE term in the export)")
     ethnicity: str | None = Field(None, description="US Core ethnicity ombCategory display")
+    investigator_id: str | None = Field(None, description="principalInvestigator identifier of the study enrolled in")
+    investigator_name: str | None = Field(None, description="that investigator's name")
+    death_date: dt.date | None = Field(None, description="Patient.deceasedDateTime (site time zone)")
+    deceased: bool | None = Field(None, description="Patient.deceased[x] (None: not sent)")
     source: tuple[SourceRef, ...] = ()
 
 
@@ -160,6 +167,7 @@ class ConMed(_Model):
     spid: str | None = Field(None, description="identifier value of the source resource")
     indication: str | None = Field(None, description="reasonCode text or display")
     dose_form: str | None = Field(None, description="Medication.form code or text")
+    ingredients: str | None = Field(None, description="active Medication.ingredient names, '; '-joined (CMINGRD)")
     route_code: str | None = Field(None, description="route code as sent (SNOMED CT)")
     category: str | None = Field(None, description="category code or text of the source resource")
     dose_text: str | None = Field(None, description="dosage text as sent")
@@ -229,6 +237,7 @@ class MedicalHistory(_Model):
     term: str
     kind: Literal["condition", "allergy"]
     category: str | None = None
+    subcategory: str | None = Field(None, description="the second category sent (MHSCAT)")
     spid: str | None = None
     code: str | None = Field(None, description="system|code of the first coding")
     meddra_code: str | None = None
@@ -248,6 +257,7 @@ class ProcedureRecord(_Model):
     """PR: a Procedure other than the study infusion (the infusion is in EX)."""
 
     term: str
+    frequency_per_day: float | None = Field(None, description="sessions per day of an R5 occurrence Timing (PRDOSFRQ)")
     code: str | None = Field(None, description="system|code of the first coding")
     meddra_code: str | None = None
     meddra_term: str | None = None

@@ -6,7 +6,12 @@ selection rule — what a CRF page shows — not every result of the timeline.
 
 Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
 
-* ``USUBJID`` = ``STUDYID-SUBJID``; ``SITEID`` = the Patient's managing organisation (id or display).
+* ``USUBJID`` = ``STUDYID-SUBJID``; ``SITEID`` = the site-level ResearchStudy's identifier (else the Patient's
+  managing organisation, by the overlay's ``siteid`` rule); ``INVID`` = the identifier of the principalInvestigator
+  of the ResearchStudy the subject is enrolled in (DM also ``INVNAM``).
+* ``DTHDTC``/``DTHFL`` (DM) from Patient.deceased[x]; AE carries ``DTHDTC`` on the fatal event's row.
+* ``--TPT``/``--TPTREF``/``--ELTM``: the planned time point of a cqf-relativeDateTime extension on the Specimen
+  (else on the Observation): ``1 H BEFORE LCAR-AIO INFUSION``, the reference event, ``-PT1H``.
 * ``--ORRES``/``--ORRESU``: the value and unit as the EHR sent them; ``--STRESC``/``--STRESN``/``--STRESU``:
   in the CRF unit of ``items.yaml`` (``--STRESN`` is empty for censored values such as ``<0.2``).
 * ``--ORNRLO``/``--ORNRHI``: the reference range in the original unit, filled only when the value came in
@@ -51,11 +56,11 @@ DOMAIN_LABELS = {
     "IS": "Immunogenicity Specimen Assessments", "CM": "Concomitant Medications", "AE": "Adverse Events",
     "MH": "Medical History", "PR": "Procedures",
 }
-_IDS = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID")
+_IDS = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID", "INVID")
 
 #: ODM DataType of each column (``--`` stands for the domain prefix); any other column is text
 DATA_TYPES: dict[str, str] = {
-    "AGE": "integer", "RFSTDTC": "date", "RFICDTC": "date", "VISITNUM": "float", "VISITDY": "integer",
+    "AGE": "integer", "RFSTDTC": "date", "RFICDTC": "date", "DTHDTC": "date", "VISITNUM": "float", "VISITDY": "integer",
     "--SEQ": "integer", "--STRESN": "float", "--ORNRLO": "float", "--ORNRHI": "float", "--STNRLO": "float",
     "--STNRHI": "float", "--LLOQ": "float", "--DTC": "partialDatetime", "--DY": "integer",
     "--DOSE": "float", "--DOSTOT": "float", "--STDTC": "partialDatetime", "--ENDTC": "partialDate",
@@ -64,9 +69,9 @@ DATA_TYPES: dict[str, str] = {
 
 #: the CDISC CT codelist (mappings/cdisc/ct.yaml) of each coded column (``--`` = the domain prefix)
 CODELISTS: dict[str, str] = {
-    "AGEU": "AGEU", "SEX": "SEX", "RACE": "RACE", "ETHNIC": "ETHNIC", "EPOCH": "EPOCH",
+    "AGEU": "AGEU", "SEX": "SEX", "DTHFL": "NY", "RACE": "RACE", "ETHNIC": "ETHNIC", "EPOCH": "EPOCH",
     "--ORRESU": "UNIT", "--STRESU": "UNIT", "--NRIND": "NRIND", "--STAT": "ND", "--FAST": "NY",
-    "CMROUTE": "ROUTE", "EXROUTE": "ROUTE", "CMDOSFRM": "FRM", "CMDOSFRQ": "FREQ", "CMDOSU": "UNIT",
+    "CMROUTE": "ROUTE", "EXROUTE": "ROUTE", "CMDOSFRM": "FRM", "CMDOSFRQ": "FREQ", "PRDOSFRQ": "FREQ", "CMDOSU": "UNIT",
     "EXDOSU": "UNIT", "AESEV": "AESEV", "AEOUT": "OUT", "AEACN": "ACN", "AESER": "NY", "AEREL": "NY",
     "AESDTH": "NY", "AESLIFE": "NY", "AESHOSP": "NY", "AESDISAB": "NY", "AESCONG": "NY", "AESMIE": "NY",
     "--BLFL": "NY", "AETRTEM": "NY", "AETOXAPP": "NY", "AEPREINF": "NY", "MHOCCUR": "NY", "PROCCUR": "NY",
@@ -89,36 +94,40 @@ def _findings_columns(p: str) -> tuple[str, ...]:
     if p == "VS":
         extra = (*extra, "VSLAT", "VSDIR", "VSPOS")
     if p == "LB":
-        extra = (*extra, "LBSPCUFL", "LBTOXGR", "LBTOX")
+        extra = (*extra, "LBANTREG", "LBSPCUFL", "LBTOXGR", "LBTOX")
     return (*_IDS, f"{p}SEQ", f"{p}SPID", f"{p}TESTCD", f"{p}TEST", f"{p}CAT", f"{p}ORRES", f"{p}ORRESU",
             f"{p}STRESC", f"{p}STRESN", f"{p}STRESU", f"{p}ORNRLO", f"{p}ORNRHI", f"{p}STNRLO", f"{p}STNRHI",
             f"{p}NRIND", f"{p}STAT", f"{p}REASND", *extra, f"{p}LLOQ", f"{p}BLFL", "VISITNUM", "VISIT", "VISITDY",
-            "EPOCH", f"{p}DTC", *((f"{p}ENDTC", f"{p}DUR") if p == "LB" else ()), f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM",
+            "EPOCH", f"{p}TPT", f"{p}TPTREF", f"{p}ELTM", f"{p}DTC", *((f"{p}ENDTC", f"{p}DUR") if p == "LB" else ()),
+            f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM",
             "SRCSTAT", "SRCREF", "REVSTAT")
 
 
 _MEDDRA = ("LLT", "LLTCD", "DECOD", "PTCD", "HLT", "HLTCD", "HLGT", "HLGTCD", "SOC", "SOCCD")
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "DM": (*_IDS, "AGE", "AGEU", "SEX", "RACE", "ETHNIC", "ARMCD", "ARM", "RFSTDTC", "RFICDTC", "SRCREF"),
+    "DM": (*_IDS, "INVNAM", "AGE", "AGEU", "SEX", "RACE", "ETHNIC", "ARMCD", "ARM", "RFSTDTC", "RFICDTC", "DTHDTC",
+           "DTHFL", "SRCREF"),
     "EX": (*_IDS, "EXSEQ", "EXTRT", "EXCAT", "EXDOSE", "EXDOSU", "EXROUTE", "EXSTDTC", "EXENDTC", "EXSTDY",
            "EXENDY", "EPOCH", "SRCREF"),
     **{d: _findings_columns(d) for d in FINDINGS_DOMAINS},
-    "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMCODE", "CMCAT", "CMCLAS", "CMCLASCD", "CMINDC", "CMOCCUR",
+    "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMINGRD", "CMCODE", "CMCAT", "CMCLAS", "CMCLASCD", "CMINDC",
+           "CMOCCUR",
            "CMAENO", "CMMHNO", "CMDOSE",
            "CMDOSTXT", "CMDOSU",
            "CMDOSFRM", "CMDOSFRQ", "CMDOSTOT", "CMROUTE", "CMSTDTC", "CMENDTC", "CMSTDY", "CMENDY", "EPOCH",
            "SRCTYPE", "SRCSTAT", "SRCREF"),
     "AE": (*_IDS, "AESEQ", "AESPID", "AETERM", *(f"AE{m}" for m in _MEDDRA), "AECODE", "AESEV", "AETOXGR",
-           "AETOXAPP", "AESER", "AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE", "AEACN",
+           "AETOXAPP", "AESER", "AESDTH", "DTHDTC", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE", "AEACN",
            "AECONTRT", "AEACNOTH", "AEACNOYN", "AEREL",
            "AERELNST", "AEOUT", "AELOC", "AELAT", "AEDIR", "AESTDTC", "AEENDTC", "AEENRTPT", "AEENTPT", "AESTDY",
            "AEENDY", "EPOCH",
            "AETRTEM", "AEPREINF", "AECAT", "SRCREF"),
-    "MH": (*_IDS, "MHSEQ", "MHSPID", "MHTERM", *(f"MH{m}" for m in _MEDDRA), "MHCAT", "MHOCCUR", "MHDTC",
+    "MH": (*_IDS, "MHSEQ", "MHSPID", "MHTERM", *(f"MH{m}" for m in _MEDDRA), "MHCAT", "MHSCAT", "MHOCCUR", "MHDTC",
            "MHSTDTC", "MHENDTC", "MHENRTPT", "MHENTPT", "MHCTRL", "MHLOC", "EPOCH", "SRCTYPE", "SRCREF"),
     "PR": (*_IDS, "PRSEQ", "PRSPID", "PRTRT", "PRDECOD", *(f"PR{m}" for m in _MEDDRA if m != "DECOD"), "PRCAT",
-           "PROCCUR", "PRREASND", "PRREASOC", "PRINDC", "PRAENO", "PRLOC", "PRLAT", "PRDIR", "PRSTDTC", "PRENDTC",
+           "PROCCUR", "PRDOSFRQ", "PRREASND", "PRREASOC", "PRINDC", "PRAENO", "PRLOC", "PRLAT", "PRDIR", "PRSTDTC",
+           "PRENDTC",
            "PRSTRF", "PRENRTPT", "PRENTPT", "PRSTDY", "PRITRPYN", "PRITRPRS", "EPOCH", "SRCSTAT", "SRCREF"),
 }
 
@@ -238,7 +247,7 @@ class RowBuilder:
 
     def _ids(self, crf: SubjectCRF, domain: str) -> dict[str, Any]:
         return {"STUDYID": self.study_id, "DOMAIN": domain, "USUBJID": f"{self.study_id}-{crf.subject_id}",
-                "SUBJID": crf.subject_id, "SITEID": crf.dm.site or ""}
+                "SUBJID": crf.subject_id, "SITEID": crf.dm.site or "", "INVID": crf.dm.investigator_id or ""}
 
     def _epoch(self, crf: SubjectCRF, d: dt.date | None) -> str:
         """SCREENING from consent to lymphodepletion (or Day 1), TREATMENT from lymphodepletion to Day 1,
@@ -269,11 +278,12 @@ class RowBuilder:
     def dm(self, crf: SubjectCRF) -> dict[str, Any]:
         dm = crf.dm
         return {
-            **self._ids(crf, "DM"), "AGE": "" if dm.age is None else str(dm.age),
+            **self._ids(crf, "DM"), "INVNAM": dm.investigator_name or "", "AGE": "" if dm.age is None else str(dm.age),
             "AGEU": "YEARS" if dm.age is not None else "", "SEX": dm.sex,
             "RACE": self.ct.term("RACE", dm.race, "RACE"), "ETHNIC": self.ct.term("ETHNIC", dm.ethnicity, "ETHNIC"),
             "ARMCD": dm.arm or crf.arm or "",
             "ARM": dm.arm or crf.arm or "", "RFSTDTC": _date(crf.day1), "RFICDTC": _date(dm.consent_date),
+            "DTHDTC": _date(dm.death_date), "DTHFL": "Y" if dm.deceased else "",
             "SRCREF": " ".join(s.reference for s in dm.source),
         }
 
@@ -406,7 +416,8 @@ class RowBuilder:
             f"{p}LLOQ": num(item.lloq) if item and item.lloq is not None else "",
             f"{p}BLFL": "Y" if baseline else "",
             "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], "EPOCH": self._epoch(crf, f.date),
-            f"{p}DTC": dtc, f"{p}DY": "" if f.study_day is None else str(f.study_day),
+            f"{p}TPT": (f.timepoint or "").upper(), f"{p}TPTREF": (f.timepoint_ref or "").upper(),
+            f"{p}ELTM": f.elapsed or "", f"{p}DTC": dtc, f"{p}DY": "" if f.study_day is None else str(f.study_day),
             f"{p}ORUCUM": or_ucum, f"{p}STUCUM": st_ucum, "SRCSTAT": f.status,
             "SRCREF": f.source.reference, "_visit": visit, "_item": f.item,
         }
@@ -417,6 +428,7 @@ class RowBuilder:
             row |= self._site_columns(p, f.qualifiers)
         if p == "LB":
             row |= {"LBTOXGR": "" if f.tox_grade is None else str(f.tox_grade), "LBTOX": f.tox_scale or "",
+                    "LBANTREG": (f.specimen_site or "").upper(),
                     "LBSPCUFL": "N" if f.specimen_unusable else ""}
         if f"{p}SPEC" in COLUMNS[p]:
             row |= {f"{p}SPEC": (f.specimen or "").upper(), f"{p}FAST": _yn(f.fasting), f"{p}REFID": f.accession or "",
@@ -449,7 +461,7 @@ class RowBuilder:
             rows.append({
                 **self._ids(crf, "CM"), "CMSEQ": str(seq), "CMSPID": c.spid or "",
                 "CMTRT": c.verbatim or c.drug, "CMDECOD": c.drug.upper() if c.drug_class != "other" or c.rxnorm
-                else "", "CMCODE": c.rxnorm or "",
+                else "", "CMINGRD": c.ingredients or "", "CMCODE": c.rxnorm or "",
                 "CMCAT": (c.category or "").upper().replace("-", " "), "CMDOSTXT": c.dose_text or "",
                 "CMCLAS": c.drug_class.upper(), "CMCLASCD": c.atc or "", "CMINDC": c.indication or "",
                 "CMOCCUR": "N" if c.status == "not-taken" else "Y", "CMAENO": c.ae_spid or "",
@@ -499,6 +511,7 @@ class RowBuilder:
                 "AETOXGR": "" if a.grade is None else str(a.grade),
                 "AETOXAPP": _yn(a.grade_approximate or None),
                 "AESER": _yn(a.serious),
+                "DTHDTC": _date(crf.dm.death_date) if a.outcome == "fatal" or "AESDTH" in flags else "",
                 **{f: ("Y" if f in flags else "N") if known else ""
                    for f in ("AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE")},
                 "AEACN": self.ct.term("ACN", a.action_taken, "AEACN"),
@@ -525,7 +538,8 @@ class RowBuilder:
             rows.append({
                 **self._ids(crf, "MH"), "MHSEQ": str(seq), "MHSPID": m.spid or "", "MHTERM": m.term,
                 **self._meddra("MH", m.meddra_code, m.meddra_term),
-                "MHCAT": (m.category or m.kind).upper().replace("-", " "), "MHOCCUR": "Y" if m.occurred else "N",
+                "MHCAT": (m.category or m.kind).upper().replace("-", " "),
+                "MHSCAT": (m.subcategory or "").upper().replace("-", " "), "MHOCCUR": "Y" if m.occurred else "N",
                 "MHDTC": _date(m.recorded_date), "MHSTDTC": _date(m.start_date, m.start_partial),
                 "MHENDTC": _date(m.end_date, m.end_partial), "MHENRTPT": enrtpt,
                 "MHENTPT": _date(crf.dm.consent_date) if enrtpt else "",
@@ -546,6 +560,8 @@ class RowBuilder:
                 **self._ids(crf, "PR"), "PRSEQ": str(seq), "PRSPID": r.spid or "", "PRTRT": r.term,
                 "PRDECOD": r.code or "", **meddra, "PRCAT": (r.category or "").upper(),
                 "PROCCUR": "Y" if r.occurred else "N",
+                "PRDOSFRQ": "" if r.frequency_per_day is None else self.ct.term(
+                    "FREQ", num(r.frequency_per_day), "PRDOSFRQ"),
                 "PRREASND": r.reason_not_done or "",
                 "PRREASOC": (r.status_reason if r.status == "not-done" else r.indication) or "",
                 "PRINDC": r.indication or "", "PRAENO": r.ae_spid or "", "PRLOC": (r.body_site or "").upper(),

@@ -29,12 +29,13 @@ NAMED: dict[str, str] = {
     "CMMHNO": "Related Medical History Event ID", "MHCTRL": "Controlled", "PRREASOC": "Reason for Occur Value",
     "PRAENO": "Related Adverse Event ID", "PRITRPYN": "Procedure Interrupted",
     "PRITRPRS": "Reason Procedure Interrupted", "DTHDTC": "Date/Time of Death", "DTHFL": "Subject Death Flag",
-    "INVID": "Investigator Identifier",
+    "INVID": "Investigator Identifier", "INVNAM": "Investigator Name", "CMINGRD": "Medication Ingredients",
+    "LBANTREG": "Anatomical Region",
 }
 #: labels of the part after the two-letter domain prefix
 SUFFIX: dict[str, str] = {
     "SEQ": "Sequence Number", "SPID": "Sponsor-Defined Identifier", "TESTCD": "Short Name of Test",
-    "TEST": "Name of Test", "CAT": "Category", "ORRES": "Result or Finding in Original Units",
+    "TEST": "Name of Test", "CAT": "Category", "SCAT": "Subcategory", "ORRES": "Result or Finding in Original Units",
     "ORRESU": "Original Units", "STRESC": "Character Result/Finding in Std Format",
     "STRESN": "Numeric Result/Finding in Standard Units", "STRESU": "Standard Units",
     "ORNRLO": "Reference Range Lower Limit in Orig Unit", "ORNRHI": "Reference Range Upper Limit in Orig Unit",
@@ -57,7 +58,8 @@ SUFFIX: dict[str, str] = {
     "POS": "Position of Subject", "STRF": "Start Relative to Reference Period", "DUR": "Duration",
     "SPCUFL": "Specimen Usability for the Test", "TOXGR": "Standard Toxicity Grade", "TOX": "Toxicity",
     "TOXV": "Toxicity Scale Version", "CONTRT": "Concomitant or Additional Trtmnt Given",
-    "ACNOTH": "Other Action Taken", "ACNOYN": "Any Other Actions Taken",
+    "ACNOTH": "Other Action Taken", "ACNOYN": "Any Other Actions Taken", "TPT": "Planned Time Point Name",
+    "TPTREF": "Time Point Reference", "ELTM": "Planned Elapsed Time from Time Point Ref",
 }
 
 

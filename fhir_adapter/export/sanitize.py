@@ -6,7 +6,8 @@
   run report names the subject.
 * **CSV** (``export/*.csv``): a cell beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is
   a formula to a spreadsheet (OWASP "CSV Injection"); such a cell is prefixed with a single quote so it
-  reads as text. Numbers stay numbers: ``-2`` and ``-0.5`` (and any int/float value) are left alone.
+  reads as text. Numbers stay numbers: ``-2`` and ``-0.5`` (and any int/float value) are left alone, and so
+  does a negative ISO 8601 duration (``--ELTM`` = ``-PT1H``), which a spreadsheet cannot evaluate to anything.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ff
 _XML_PLAIN = re.compile("[^&<>\"\x00-\x1f\ud800-\udfff\ufffe\uffff]*")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_FIRST = frozenset(_FORMULA_START)
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+_NUMBER_OR_DURATION = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|-P(\d+[WD])?(T(\d+H)?(\d+M)?(\d+S)?)?")
 
 
 def xml_plain(text: str) -> bool:
@@ -35,7 +36,7 @@ def xml_text(text: str) -> tuple[str, int]:
 
 def csv_cell(value: Any) -> Any:
     """A CSV cell a spreadsheet will not evaluate (OWASP CSV injection); numbers unchanged."""
-    if not isinstance(value, str) or not value.startswith(_FORMULA_START) or _NUMBER.fullmatch(value):
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START) or _NUMBER_OR_DURATION.fullmatch(value):
         return value
     return "'" + value
 

@@ -27,6 +27,10 @@ US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 ATC = "http://www.whocc.no/atc"
 BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
+RELATIVE_TIME = "http://hl7.org/fhir/StructureDefinition/cqf-relativeDateTime"
+#: UCUM time units of a Duration → ISO 8601 designators (time part when ``T``)
+_ISO_UNITS = {"min": ("T", "M"), "h": ("T", "H"), "s": ("T", "S"), "d": ("", "D"), "wk": ("", "W")}
+_UNIT_WORDS = {"min": "min", "h": "h", "s": "s", "d": "day", "wk": "week"}
 #: fasting status codes (HL7 v2 table 0916 as used by Specimen.collection.fastingStatusCodeableConcept)
 FASTING = {"F": True, "NF": False, "NG": None}
 
@@ -80,7 +84,36 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[s
         details["specimen_site"] = first_text(coll.get("bodySite"))
         details["specimen_unusable"] = spec.get("status") == "unsatisfactory"
         details["position"] = details["position"] or _position(coll)
+        details |= relative_time(spec)
+    if "timepoint" not in details:  # vital signs have no Specimen: the Observation's own extension
+        details |= relative_time(obs)
     return details
+
+
+def relative_time(element: dict[str, Any]) -> dict[str, str]:
+    """The planned time point of a cqf-relativeDateTime extension (on a Specimen, the IG's LBTPT/LBELTM path,
+    or on the Observation itself): ``timepoint_ref`` = the display of the event it is relative to (sub-extension
+    ``target``, the IG's ``reference``), ``elapsed`` = the ``offset`` Duration as signed ISO 8601 (negative
+    ``before…``), ``timepoint`` = e.g. ``1 h before LCAR-AIO infusion``. Empty without a readable offset."""
+    for ext in element.get("extension") or []:
+        if not isinstance(ext, dict) or ext.get("url") != RELATIVE_TIME:
+            continue
+        parts = {e.get("url"): e for e in ext.get("extension") or [] if isinstance(e, dict)}
+        target = (parts.get("target") or parts.get("reference") or {}).get("valueReference") or {}
+        relation = str((parts.get("relationship") or {}).get("valueCode") or "after")
+        offset = (parts.get("offset") or {}).get("valueDuration") or {}
+        unit, value = offset.get("code") or offset.get("unit"), offset.get("value")
+        if unit not in _ISO_UNITS or not isinstance(value, int | float):
+            continue
+        before = relation.startswith("before")
+        part, designator = _ISO_UNITS[unit]
+        amount = int(value) if float(value).is_integer() else value
+        name = str(target.get("display") or "")
+        words = f"{amount} {_UNIT_WORDS[unit]}{'s' if amount != 1 and unit in ('d', 'wk') else ''}"
+        return {"elapsed": f"{'-' if before and amount else ''}P{part}{amount}{designator}",
+                "timepoint": f"{words} {'before' if before else 'after'} {name}".strip(),
+                "timepoint_ref": name}
+    return {}
 
 
 def _toxicity(obs: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +191,22 @@ def medication_details(r: dict[str, Any], siblings: list[dict[str, Any]],
         "ae_spid": referenced_identifier(r, "reasonReference", "AdverseEvent", siblings)
         or (mitigated or {}).get(f"{r.get('resourceType')}/{r.get('id')}"),
         "mh_spid": referenced_identifier(r, "reasonReference", "Condition", siblings),
+        "ingredients": active_ingredients(med),
     }
+
+
+def active_ingredients(medication: dict[str, Any]) -> str | None:
+    """CMINGRD: the active ingredients of the Medication a record references (``ingredient.where(isActive)``;
+    an ingredient without ``isActive`` counts as active — R4 leaves it optional), names joined by ``; ``."""
+    names = []
+    for ing in medication.get("ingredient") or []:
+        if not isinstance(ing, dict) or ing.get("isActive") is False:
+            continue
+        item = ing.get("itemCodeableConcept") or ing.get("itemReference") or {}
+        name = first_text(item) or item.get("display")
+        if name:
+            names.append(str(name))
+    return "; ".join(names) or None
 
 
 def immunizations(resources: list[dict[str, Any]], subject_id: str, study: Study, log: RunLog) -> list[ConMed]:

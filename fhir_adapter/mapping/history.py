@@ -53,6 +53,36 @@ def _category(r: dict[str, Any]) -> str | None:
     return next((c for _, c in codings(cat) if c), None) or first_text(cat)
 
 
+def _subcategory(r: dict[str, Any]) -> str | None:
+    """MHSCAT: the second category of a Condition (CodeableConcept list) or an AllergyIntolerance (code list),
+    e.g. an allergy to a monoclonal antibody sent as ``medication`` and ``biologic``."""
+    cat = r.get("category")
+    if not isinstance(cat, list) or len(cat) < 2:
+        return None
+    second = cat[1]
+    if isinstance(second, str):
+        return second
+    return next((c for _, c in codings(second) if c), None) or first_text(second)
+
+
+#: R5 Procedure.occurrence[x] pre-adopted in R4 (the IG's PRDOSFRQ path ``extension('R5/occurrenceTiming')``)
+R5_OCCURRENCE = ("http://hl7.org/fhir/5.0/StructureDefinition/extension-Procedure.occurrence",
+                 "http://hl7.org/fhir/5.0/StructureDefinition/extension-Procedure.occurrenceTiming")
+_PER_DAY = {"h": 24.0, "d": 1.0, "wk": 1 / 7, "mo": 1 / 30, "a": 1 / 365}
+
+
+def _frequency_per_day(r: dict[str, Any]) -> float | None:
+    """Sessions per day of a Procedure's R5 occurrence Timing: repeat.frequency per repeat.period periodUnit."""
+    for ext in r.get("extension") or []:
+        if not isinstance(ext, dict) or ext.get("url") not in R5_OCCURRENCE:
+            continue
+        rep = (ext.get("valueTiming") or {}).get("repeat") or {}
+        freq, period, unit = rep.get("frequency", 1), rep.get("period"), rep.get("periodUnit")
+        if isinstance(freq, int) and isinstance(period, int | float) and period > 0 and unit in _PER_DAY:
+            return round(freq / period * _PER_DAY[unit], 6)
+    return None
+
+
 class HistoryMapper:
     def __init__(self, study: Study, log: RunLog, meddra_systems: set[str]) -> None:
         self.study = study
@@ -105,7 +135,8 @@ class HistoryMapper:
             kind = "allergy" if r.get("resourceType") == "AllergyIntolerance" else "condition"
             body = first_text((r.get("bodySite") or [None])[0])
             out.append(MedicalHistory(
-                term=term, kind=kind, category=_category(r), spid=identifier_value(r), code=_first_code(code),
+                term=term, kind=kind, category=_category(r), subcategory=_subcategory(r), spid=identifier_value(r),
+                code=_first_code(code),
                 meddra_code=meddra[0] if meddra else None, meddra_term=meddra[1] if meddra else None,
                 occurred="refuted" not in verification, ongoing=ongoing,
                 recorded_date=recorded.date if recorded else None,
@@ -140,7 +171,7 @@ class HistoryMapper:
             reason = r.get("reasonCode") or []
             meddra = next(((c, d) for s, c, d in _displayed(r.get("code")) if s in self.meddra_systems), None)
             out.append(ProcedureRecord(
-                term=term, code=_first_code(r.get("code")),
+                term=term, code=_first_code(r.get("code")), frequency_per_day=_frequency_per_day(r),
                 meddra_code=meddra[0] if meddra else None, meddra_term=meddra[1] if meddra else None,
                 category=_category(r), spid=identifier_value(r),
                 occurred=status != "not-done", status=status,

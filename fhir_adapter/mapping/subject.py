@@ -81,7 +81,8 @@ class SubjectMapper:
         ae, mh = self._bound_adverse_events(ae, mh, span, e)
         dm = Demographics(
             subject_id=e.subject_id, site=self._site(e), sex=e.sex,  # type: ignore[arg-type,unused-ignore]
-            race=e.race, ethnicity=e.ethnicity,
+            race=e.race, ethnicity=e.ethnicity, investigator_id=e.investigator_id,
+            investigator_name=e.investigator_name, death_date=e.death_date, deceased=e.deceased,
             age=age_at(e.birth_date, e.consent_date), arm=e.arm, status=e.status, consent_date=e.consent_date,
             source=(e.research_subject,),
         )

@@ -45,6 +45,10 @@ class Enrollee:
     site_study: str | None = None   # identifier of the site-level ResearchStudy the subject is enrolled in
     race: str | None = None
     ethnicity: str | None = None
+    investigator_id: str | None = None    # identifier of the principalInvestigator of the study enrolled in
+    investigator_name: str | None = None  # that investigator's name (contained Practitioner) or the display
+    death_date: dt.date | None = None     # Patient.deceasedDateTime
+    deceased: bool | None = None          # Patient.deceased[x]: True (date or true), False, None (not sent)
 
 
 @dataclass
@@ -143,6 +147,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
     site_studies = {str(s["id"]): str(next((i.get("value") for i in s.get("identifier") or []
                                              if isinstance(i, dict) and i.get("value")), s["id"]))
                     for s in data.studies if s.get("id") in study_ids and s.get("partOf")}
+    investigators = {str(s["id"]): _investigator(s) for s in data.studies if s.get("id") in study_ids}
     excluded: dict[str, int] = {}
     claims: list[_Claim] = []
     for rs in data.subjects:
@@ -182,6 +187,9 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
                        subject_id=c.subject_id)
             continue
         rs, patient = c.rs, c.patient
+        enrolled_in = str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base))
+        inv_id, inv_name = investigators.get(enrolled_in, (None, None))
+        death_date, deceased = _death(patient, study)
         enrolled[c.patient_id] = Enrollee(
             subject_id=c.subject_id,
             patient_id=c.patient_id,
@@ -194,10 +202,10 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
             site=_site(patient),
             sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
             birth_date=_date(patient.get("birthDate"), study),
-            site_study=site_studies.get(str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy",
-                                                   data.base))),
+            site_study=site_studies.get(enrolled_in),
             race=race_ethnicity(patient)[0],
             ethnicity=race_ethnicity(patient)[1],
+            investigator_id=inv_id, investigator_name=inv_name, death_date=death_date, deceased=deceased,
         )
     log.count("roster.enrolled", len(enrolled))
     for status, n in excluded.items():
@@ -212,3 +220,42 @@ def _date(value: Any, study: Study) -> dt.date | None:
 def _site(patient: dict[str, Any]) -> str | None:
     org = (patient.get("managingOrganization") or {})
     return ref_id(org.get("reference"), "Organization") or org.get("display")
+
+
+def _investigator(research_study: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(identifier value, name) of a ResearchStudy's principalInvestigator (the FHIR-to-CDISC IG's DM.INVID:
+    ``study.resolve().principalInvestigator.resolve().identifier``): resolved when the Practitioner or
+    PractitionerRole is contained in the ResearchStudy, else the Reference's own ``identifier`` and ``display``."""
+    pi = research_study.get("principalInvestigator")
+    if not isinstance(pi, dict):
+        return None, None
+    ref = pi.get("reference")
+    target: dict[str, Any] = {}
+    if isinstance(ref, str) and ref.startswith("#"):
+        target = next((c for c in research_study.get("contained") or []
+                       if isinstance(c, dict) and c.get("id") == ref[1:]), {})
+    ids = [i for i in target.get("identifier") or [] if isinstance(i, dict) and i.get("value")]
+    ident = ids[0] if ids else pi.get("identifier")
+    value = ident.get("value") if isinstance(ident, dict) else None
+    return (str(value) if value else None), _person_name(target) or pi.get("display")
+
+
+def _person_name(resource: dict[str, Any]) -> str | None:
+    for name in resource.get("name") or []:
+        if isinstance(name, dict):
+            if name.get("text"):
+                return str(name["text"])
+            parts = [*(name.get("given") or []), name.get("family") or ""]
+            text = " ".join(str(x) for x in parts if x)
+            if text:
+                return text
+    return None
+
+
+def _death(patient: dict[str, Any], study: Study) -> tuple[dt.date | None, bool | None]:
+    """Patient.deceased[x]: (date of death, deceased) — a deceasedDateTime is a death on that date (in the site
+    time zone), deceasedBoolean says only whether; neither sent: (None, None)."""
+    if "deceasedDateTime" in patient:
+        return _date(patient.get("deceasedDateTime"), study), True
+    flag = patient.get("deceasedBoolean")
+    return None, flag if isinstance(flag, bool) else None

@@ -48,6 +48,28 @@ def medication(drug: str) -> dict[str, Any]:
     return {"coding": coding, "text": text}
 
 
+def formulary_id(site: int, drug: str) -> str:
+    """The id of a site pharmacy's formulary Medication (shared by every record that references it)."""
+    return f"formulary-{site}-{drug}"
+
+
+def formulary_medication(site: int, drug: str) -> dict[str, Any]:
+    """A shared Medication of a site's formulary: the product code and its active ingredient (Medication.ingredient
+    — CMINGRD), as pharmacy systems send the products their prescriptions reference."""
+    code, name, _ = DRUGS[drug]
+    return {
+        "resourceType": "Medication", "id": formulary_id(site, drug),
+        "meta": {"versionId": "1", "lastUpdated": "2023-06-01T08:00:00Z"},
+        "code": medication(drug), "status": "active",
+        "ingredient": [{"itemCodeableConcept": {"coding": [{"system": RXNORM, "code": code, "display": name}],
+                                                "text": FORMULARY_INGREDIENTS[drug]}, "isActive": True}],
+    }
+
+
+#: drugs the sites' pharmacies send as a shared Medication (medicationReference) → the active ingredient's name
+FORMULARY_INGREDIENTS: dict[str, str] = {"valaciclovir": "Valaciclovir hydrochloride"}
+
+
 def route(kind: str) -> dict[str, Any]:
     code, display = ROUTES[kind]
     return {"coding": [{"system": ROUTE_SNOMED, "code": code, "display": display}]}
@@ -79,7 +101,8 @@ def statement(rng: Random, site: int, patient_id: str, drug: str, dose_mg: float
         "status": "completed" if end is not None else "active",
         "category": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/medication-statement-category",
                                  "code": "community", "display": "Community"}]},
-        "medicationCodeableConcept": medication(drug),
+        **({"medicationReference": ref("Medication", formulary_id(site, drug))} if drug in FORMULARY_INGREDIENTS
+           else {"medicationCodeableConcept": medication(drug)}),
         "subject": ref("Patient", patient_id),
         "effectivePeriod": eff,
         "dateAsserted": start.isoformat(),

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from random import Random
 from typing import Any
 
-from fhir_adapter.terminology.codes import LOINC, NCIT, NCIT_CTCAE_GRADE, OBS_INTERPRETATION, SNOMED
+from fhir_adapter.terminology.codes import LOINC, NCIT, NCIT_CTCAE_GRADE, OBS_INTERPRETATION, SNOMED, UCUM
 
 from .ids import new_id
 from .lab_catalog import ANALYTES, SiteAnalyte, category, quantity, site_analyte, to_json
@@ -33,6 +33,7 @@ INTERPRETATION_JSON: dict[str, str] = {
 }
 #: R4 core extensions: the subject's position during the measurement; the BodyStructure of the body site
 BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
+RELATIVE_TIME = "http://hl7.org/fhir/StructureDefinition/cqf-relativeDateTime"
 BODY_SITE = "http://hl7.org/fhir/StructureDefinition/bodySite"
 SITTING = {"coding": [{"system": SNOMED, "code": "33586001", "display": "Sitting position"}], "text": "Sitting"}
 #: the arm a site's ward measures blood pressure on (SNOMED CT laterality qualifiers)
@@ -91,7 +92,8 @@ def head_json(cat: list[dict[str, Any]], code: Mapping[str, Any]) -> str:
 
 
 class ObservationFactory:
-    __slots__ = ("conv", "emit", "patient_id", "rng", "sex", "site", "specimen_emit", "specimens", "subject_json")
+    __slots__ = ("conv", "emit", "patient_id", "relative_to", "rng", "sex", "site", "specimen_emit", "specimens",
+                 "subject_json")
 
     def __init__(self, rng: Random, conv: SiteConventions, patient_id: str, sex: str, emit: EmitLine) -> None:
         self.rng = rng
@@ -105,6 +107,23 @@ class ObservationFactory:
         #: name their method where the lab does, and carry the lab's result identifier
         self.specimen_emit: Callable[[dict[str, Any]], None] | None = None
         self.specimens: set[str] = set()
+        #: (moment, reference, display) of the event that samples and vital signs taken the same day are planned
+        #: relative to (the CAR-T infusion): they then carry a cqf-relativeDateTime extension (--TPT, --ELTM)
+        self.relative_to: tuple[datetime, str, str] | None = None
+
+    def relative_time(self, when: datetime) -> list[dict[str, Any]]:
+        """The cqf-relativeDateTime extension of a sample or measurement taken on the day of ``relative_to``:
+        the planned time point the ward works to (whole hours, or 15-minute steps within the first hour)."""
+        if self.relative_to is None or when.date() != self.relative_to[0].date():
+            return []
+        moment, reference, display = self.relative_to
+        minutes = abs(int((moment - when).total_seconds() // 60))
+        steps = max(15, 15 * round(minutes / 15))
+        value, unit = (steps, "min") if steps < 60 else (round(minutes / 60), "h")
+        return [{"url": RELATIVE_TIME, "extension": [
+            {"url": "target", "valueReference": {"reference": reference, "display": display}},
+            {"url": "relationship", "valueCode": "before-start" if when < moment else "after-start"},
+            {"url": "offset", "valueDuration": {"value": value, "unit": unit, "system": UCUM, "code": unit}}]}]
 
     def _lab_details(self, key: str, rid: str, when: datetime) -> str:
         """',"identifier":..,"specimen":..,"method":..' of a study subject's lab result (no random draws)."""
@@ -129,6 +148,11 @@ class ObservationFactory:
                                                           "end": fmt_local(when)}}
             if kind != "Urine" and self.site == 101:  # this site's phlebotomy records the patient's position
                 spec["collection"]["extension"] = [{"url": BODY_POSITION, "valueCodeableConcept": SITTING}]
+            if kind != "Urine" and self.site == 102:  # and this one the venipuncture site
+                spec["collection"]["bodySite"] = {"text": "Antecubital vein"}
+            timing = self.relative_time(when)
+            if timing:
+                spec["extension"] = timing
             if kind != "Urine" and self.site != 103:  # site 103's lab does not record fasting status
                 fasting = ("F", "Patient was fasting prior to the procedure.") if when.hour < 9 else \
                     ("NF", "The patient indicated they did not fast prior to the procedure.")
@@ -222,8 +246,10 @@ class ObservationFactory:
         sa = self.spec(key)
         v = canonical * sa.factor + sa.offset
         value = round(v) if sa.decimals <= 0 else round(v, sa.decimals)
+        timing = self.relative_time(when)
         return self._write(None, "final", sa.head_json, f',"effectiveDateTime":"{fmt_local(when)}"', None,
-                           f',"valueQuantity":{{"value":{value!r},{sa.unit_json[1:]}',
+                           f',"valueQuantity":{{"value":{value!r},{sa.unit_json[1:]}'
+                           + (f',"extension":{to_json(timing)}' if timing else ""),
                            when + timedelta(minutes=self.rng.randint(1, 20)))
 
     def blood_pressure(self, systolic: int, diastolic: int, when: datetime) -> str:

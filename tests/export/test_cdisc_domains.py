@@ -30,7 +30,11 @@ def _feed() -> Feed:
     f.subject("p1", "101-001", name="Cara Quellmarsh", mrn="MRN-1", birth="1990-02-03", day1=DAY1)
     f.subject("p2", "101-002", name="Dov Tivelby", mrn="MRN-2", birth="1985-06-07", day1=DAY1)
     f.add({"resourceType": "ResearchStudy", "id": "site-study", "status": "active",
-           "identifier": [{"value": "LCAR-AIO-SLE-SITE-07"}], "partOf": [{"reference": "ResearchStudy/study"}]})
+           "identifier": [{"value": "LCAR-AIO-SLE-SITE-07"}], "partOf": [{"reference": "ResearchStudy/study"}],
+           "contained": [{"resourceType": "Practitioner", "id": "pi",
+                          "identifier": [{"system": "https://hospital.example.org/investigator", "value": "INV-0707"}],
+                          "name": [{"family": "Quarrendon", "given": ["Ysolde"]}]}],
+           "principalInvestigator": {"reference": "#pi"}})
     for rs in f.resources["ResearchSubject"]:
         if rs["id"] == "rs-p2":
             rs["study"] = {"reference": "ResearchStudy/site-study"}
@@ -60,6 +64,46 @@ def _feed() -> Feed:
         f.obs("p2", "4498-2", at(DAY1, day), value=value, unit="mg/dL", id_=f"p2-c4-{day}")
     for day, value in ((-40, 9), (-30, 7), (29, 2)):
         f.obs("p2", "1988-5", at(DAY1, day), value=value, unit="mg/L", id_=f"p2-crp-{day}")
+    # 101-002 dies on day 60 of the grade 5 event it had on day 55 (Patient.deceasedDateTime)
+    next(p for p in f.resources["Patient"] if p["id"] == "p2")["deceasedDateTime"] = at(DAY1, 60)
+    f.add({"resourceType": "AdverseEvent", "id": "ae-fatal", "actuality": "actual", "identifier": {"value": "AE-201"},
+           "event": {"text": "Sepsis"}, "subject": {"reference": "Patient/p2"}, "date": at(DAY1, 55),
+           "seriousness": {"coding": [{"code": "serious"}]}, "outcome": {"coding": [{"code": "fatal"}]},
+           "extension": [{"url": "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition/"
+                                 "seriousness-criteria", "extension": [
+               {"url": "criterionCode", "valueCodeableConcept": {"coding": [{"system": NCIT, "code": "C48275"}]}},
+               {"url": "criterionPresent", "valueBoolean": True}]}]})
+    # a shared Medication with two active ingredients and an excipient (CMINGRD)
+    f.add({"resourceType": "Medication", "id": "med-smx-tmp", "code": {"coding": [
+        {"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "198335",
+         "display": "sulfamethoxazole 800 MG / trimethoprim 160 MG Oral Tablet"}]},
+        "ingredient": [{"itemCodeableConcept": {"text": "Sulfamethoxazole"}, "isActive": True},
+                       {"itemCodeableConcept": {"text": "Trimethoprim"}, "isActive": True},
+                       {"itemCodeableConcept": {"text": "Povidone"}, "isActive": False}]})
+    f.add({"resourceType": "MedicationStatement", "id": "ms-smx", "status": "active",
+           "medicationReference": {"reference": "Medication/med-smx-tmp"}, "subject": {"reference": "Patient/p1"},
+           "effectivePeriod": {"start": at(DAY1, 2)[:10]}, "reasonCode": [{"text": "Pneumocystis prophylaxis"}],
+           "dosage": [{"text": "1 tablet three times weekly"}]})
+    # planned time points around the infusion: a specimen drawn 1 h before it, a temperature 15 min after it
+    rel = "http://hl7.org/fhir/StructureDefinition/cqf-relativeDateTime"
+
+    def relative(relation: str, minutes: int) -> list[dict[str, Any]]:
+        return [{"url": rel, "extension": [
+            {"url": "target", "valueReference": {"reference": "Procedure/inf-p1", "display": "LCAR-AIO infusion"}},
+            {"url": "relationship", "valueCode": relation},
+            {"url": "offset", "valueDuration": {"value": minutes // 60 if minutes % 60 == 0 else minutes,
+                                                "unit": "h" if minutes % 60 == 0 else "min",
+                                                "system": "http://unitsofmeasure.org",
+                                                "code": "h" if minutes % 60 == 0 else "min"}}]}]
+    f.add({"resourceType": "Specimen", "id": "sp-pre", "type": {"text": "Serum"},
+           "subject": {"reference": "Patient/p1"},
+           "collection": {"collectedDateTime": at(DAY1, 1, "09:00:00+00:00"),
+                          "bodySite": {"text": "Left antecubital vein"}},
+           "extension": relative("before-start", 60)})
+    f.obs("p1", "1988-5", at(DAY1, 1, "09:00:00+00:00"), value=4, unit="mg/L", id_="crp-pre",
+          specimen={"reference": "Specimen/sp-pre"})
+    f.obs("p1", "8310-5", at(DAY1, 1, "10:15:00+00:00"), value=37.9, unit="Cel", id_="temp-post",
+          extension=relative("after-end", 15))
     f.add({"resourceType": "Condition", "id": "c1", "identifier": [{"value": "PROB-1"}],
            "clinicalStatus": {"coding": [{"code": "active"}]},
            "verificationStatus": {"coding": [{"code": "confirmed"}]},
@@ -81,6 +125,14 @@ def _feed() -> Feed:
            "category": {"coding": [{"code": "387713003", "display": "Surgical procedure"}]},
            "reasonCode": [{"text": "Vascular access for leukapheresis"}], "bodySite": [{"text": "Right jugular vein"}],
            "subject": {"reference": "Patient/p1"}, "performedDateTime": at(DAY1, -20)})
+    f.add({"resourceType": "AllergyIntolerance", "id": "a-rtx", "category": ["medication", "biologic"],
+           "code": {"text": "Rituximab"}, "patient": {"reference": "Patient/p2"}, "onsetDateTime": "2021-03"})
+    f.add({"resourceType": "Procedure", "id": "tpe", "status": "completed",
+           "code": {"text": "Therapeutic plasma exchange"},
+           "subject": {"reference": "Patient/p2"},
+           "performedPeriod": {"start": "2023-06-01T08:00:00+00:00", "end": "2023-06-09T11:00:00+00:00"},
+           "extension": [{"url": "http://hl7.org/fhir/5.0/StructureDefinition/extension-Procedure.occurrence",
+                          "valueTiming": {"repeat": {"count": 5, "frequency": 1, "period": 2, "periodUnit": "d"}}}]})
     f.add({"resourceType": "Procedure", "id": "pr2", "status": "not-done", "code": {"text": "Bone marrow biopsy"},
            "statusReason": {"text": "Patient declined"}, "subject": {"reference": "Patient/p1"}})
     f.add({"resourceType": "Immunization", "id": "im1", "status": "completed", "identifier": [{"value": "VAX-1"}],
@@ -132,7 +184,10 @@ def test_dm_race_ethnicity_and_siteid_by_site_study(out: Path) -> None:
 
 def test_mh_from_conditions_and_allergies_before_day1(out: Path) -> None:
     mh = {r["MHSPID"] or r["MHTERM"]: r for r in _rows(out, "MH")}
-    assert set(mh) == {"PROB-1", "Antiphospholipid syndrome", "Penicillin"}, "on-study conditions are AEs"
+    assert set(mh) == {"PROB-1", "Antiphospholipid syndrome", "Penicillin", "Rituximab"}, \
+        "on-study conditions are AEs"
+    assert (mh["Rituximab"]["MHCAT"], mh["Rituximab"]["MHSCAT"]) == ("MEDICATION", "BIOLOGIC")
+    assert mh["Penicillin"]["MHSCAT"] == "" and mh["PROB-1"]["MHSCAT"] == "", "one category: no subcategory"
     c = mh["PROB-1"]
     assert (c["MHTERM"], c["MHCAT"], c["MHSTDTC"], c["MHDTC"], c["MHENRTPT"], c["MHOCCUR"]) == (
         "Chronic headache", "PROBLEM LIST ITEM", "2019-05", "2019-06-01", "ONGOING", "Y")
@@ -149,6 +204,9 @@ def test_pr_excludes_the_infusion_and_keeps_not_done(out: Path) -> None:
         "OR-9", "387713003", "Y", "Vascular access for leukapheresis", "RIGHT JUGULAR VEIN", "-20", "SCREENING")
     assert cvc["PRDECOD"] == "https://hospital.example.org/procedures|CVC"
     assert (pr["Bone marrow biopsy"]["PROCCUR"], pr["Bone marrow biopsy"]["PRREASND"]) == ("N", "Patient declined")
+    assert {r["PRDOSFRQ"] for r in pr.values()} == {""}, "no occurrence Timing"
+    (tpe,) = [r for r in _rows(out, "PR") if r["SUBJID"] == "101-002"]
+    assert (tpe["PRTRT"], tpe["PRDOSFRQ"]) == ("Therapeutic plasma exchange", "QOD"), "R5 occurrence Timing: 1 per 2 d"
 
 
 def test_immunization_in_cm(out: Path) -> None:
@@ -166,6 +224,32 @@ def test_not_done_and_specimen_columns(out: Path) -> None:
     assert (c3["LBSPEC"], c3["LBFAST"], c3["LBREFID"], c3["LBMETHOD"], c3["LBSPID"], c3["LBCAT"]) == (
         "SERUM", "Y", "ACC-77", "NEPHELOMETRY", "LAB-c3-29", "LABORATORY")
     assert c3["LBDTC"] == "2024-02-29T07:40:00+00:00", "LBDTC is the collection time of the specimen"
+
+
+def test_investigator_and_death_from_the_site_study_and_patient(out: Path) -> None:
+    dm = {r["SUBJID"]: r for r in _rows(out, "DM")}
+    assert (dm["101-002"]["INVID"], dm["101-002"]["INVNAM"]) == ("INV-0707", "Ysolde Quarrendon"), \
+        "the contained Practitioner that is the site study's principalInvestigator"
+    assert (dm["101-001"]["INVID"], dm["101-001"]["INVNAM"]) == ("", ""), "the protocol study names no investigator"
+    assert {r["INVID"] for r in _rows(out, "LB") if r["SUBJID"] == "101-002"} == {"INV-0707"}
+    assert (dm["101-002"]["DTHDTC"], dm["101-002"]["DTHFL"]) == ("2024-03-31", "Y")
+    assert (dm["101-001"]["DTHDTC"], dm["101-001"]["DTHFL"]) == ("", "")
+    (fatal,) = [r for r in _rows(out, "AE") if r["SUBJID"] == "101-002"]
+    assert (fatal["AEOUT"], fatal["AESDTH"], fatal["DTHDTC"]) == ("FATAL", "Y", "2024-03-31")
+
+
+def test_ingredients_time_points_and_anatomical_region(out: Path) -> None:
+    cm = {r["SRCREF"].split("/")[1]: r for r in _rows(out, "CM")}
+    assert cm["ms-smx"]["CMINGRD"] == "Sulfamethoxazole; Trimethoprim", "active ingredients of the Medication"
+    assert cm["im1"]["CMINGRD"] == "", "no Medication referenced"
+    lb = {r["SRCREF"].split("/")[1]: r for r in _rows(out, "LB") if r["SUBJID"] == "101-001"}
+    pre = lb["crp-pre"]
+    assert (pre["LBTPT"], pre["LBTPTREF"], pre["LBELTM"]) == (
+        "1 H BEFORE LCAR-AIO INFUSION", "LCAR-AIO INFUSION", "-PT1H")
+    assert (pre["LBLOC"], pre["LBANTREG"]) == ("LEFT ANTECUBITAL VEIN", "LEFT ANTECUBITAL VEIN")
+    assert (lb["c3-29"]["LBTPT"], lb["c3-29"]["LBELTM"], lb["c3-29"]["LBANTREG"]) == ("", "", "")
+    (temp,) = [r for r in _rows(out, "VS") if r["SRCREF"].startswith("Observation/temp-post")]
+    assert (temp["VSTPT"], temp["VSELTM"]) == ("15 MIN AFTER LCAR-AIO INFUSION", "PT15M")
 
 
 def test_blfl_marks_the_record_the_derivations_take_as_baseline(out: Path) -> None:
@@ -188,7 +272,7 @@ def test_blfl_marks_the_record_the_derivations_take_as_baseline(out: Path) -> No
 
 
 def test_ae_meddra_hierarchy_seriousness_and_ct(out: Path) -> None:
-    (ae,) = _rows(out, "AE")
+    (ae,) = [r for r in _rows(out, "AE") if r["SUBJID"] == "101-001"]
     assert (ae["AESPID"], ae["AELLT"], ae["AELLTCD"], ae["AEDECOD"], ae["AEPTCD"]) == (
         "AE-001", "Synthetic headache term", "90000001", "Synthetic headache PT", "90000010")
     assert (ae["AEHLT"], ae["AEHLGT"], ae["AESOC"], ae["AESOCCD"]) == (

@@ -43,6 +43,9 @@ LOWER, POSTERIOR = ("261122009", "Lower"), ("255551008", "Posterior")
 MEDDRA_CODED = {"B02.9": "10019974"}
 #: salt of the stream for the procedure details added after the history stream was fixed
 DETAIL_SALT = 0x15A
+EXCHANGE_SALT = 0x7E5
+#: R5 Procedure.occurrence[x] (a Timing) pre-adopted in R4 through the cross-version extension (PRDOSFRQ)
+R5_PROCEDURE_OCCURRENCE = "http://hl7.org/fhir/5.0/StructureDefinition/extension-Procedure.occurrence"
 
 #: (ICD-10-CM, display, share of subjects, resolved share)
 COMORBIDITIES: tuple[tuple[str, str, float, float], ...] = (
@@ -54,10 +57,12 @@ COMORBIDITIES: tuple[tuple[str, str, float, float], ...] = (
     ("F32.9", "Major depressive disorder, single episode, unspecified", 0.12, 0.5),
     ("B02.9", "Zoster without complications", 0.10, 1.0),
 )
-#: (text, category, share)
-ALLERGIES: tuple[tuple[str, str, float], ...] = (
-    ("Penicillin", "medication", 0.12), ("Sulfonamide antibiotics", "medication", 0.10),
-    ("Peanut", "food", 0.03), ("House dust mite", "environment", 0.05), ("Hydroxychloroquine", "medication", 0.02),
+#: (text, categories, share): a hypersensitivity to rituximab (given for refractory lupus before CAR-T) is a
+#: medication and a biologic (AllergyIntolerance.category repeats: MHCAT, MHSCAT)
+ALLERGIES: tuple[tuple[str, tuple[str, ...], float], ...] = (
+    ("Penicillin", ("medication",), 0.12), ("Sulfonamide antibiotics", ("medication",), 0.10),
+    ("Peanut", ("food",), 0.03), ("House dust mite", ("environment",), 0.05),
+    ("Rituximab", ("medication", "biologic"), 0.08),
 )
 #: (CVX, display)
 VACCINES: tuple[tuple[str, str], ...] = (
@@ -161,9 +166,24 @@ def emit_clinical_history(ctx: SubjectContext, sp: SubjectPlan) -> None:
     weigh_day = sp.day1 + timedelta(days=28)
     if detail.random() < 0.12 and weigh_day < min(sp.followup_end, DATA_CUT):
         ctx.emit(_weight_not_measured(ctx, detail, weigh_day))
+    exchange = Random(sp.seed ^ HISTORY_SALT ^ EXCHANGE_SALT)  # its own stream: nothing above moves
+    if exchange.random() < 0.12:
+        ctx.emit(_plasma_exchange(ctx, exchange, consent - timedelta(days=exchange.randint(120, 900))))
 
 
-def _allergy(ctx: SubjectContext, rng: Random, text: str, category: str, consent: date) -> Resource:
+def _plasma_exchange(ctx: SubjectContext, rng: Random, first: date) -> Resource:
+    """A course of therapeutic plasma exchange for a severe flare before referral: five sessions every other day,
+    recorded as one Procedure whose R5 occurrence Timing says how often (PRDOSFRQ = QOD)."""
+    res = _procedure(ctx, rng, "TPE", "Therapeutic plasma exchange", THERAPEUTIC, first,
+                     reason="Severe lupus flare refractory to pulse glucocorticoids", body_site=None)
+    start = at(first, rng.randint(480, 720))
+    res["performedPeriod"] = {"start": fmt_local(start), "end": fmt_local(start + timedelta(days=8, hours=3))}
+    res["extension"] = [{"url": R5_PROCEDURE_OCCURRENCE, "valueTiming": {
+        "repeat": {"count": 5, "frequency": 1, "period": 2, "periodUnit": "d"}}}]
+    return res
+
+
+def _allergy(ctx: SubjectContext, rng: Random, text: str, category: tuple[str, ...], consent: date) -> Resource:
     rid = new_id(rng)
     onset = consent - timedelta(days=rng.randint(2 * 365, 20 * 365))
     return {
@@ -171,7 +191,7 @@ def _allergy(ctx: SubjectContext, rng: Random, text: str, category: str, consent
         "identifier": _ident(ctx, "allergy", rid[:13]),
         "clinicalStatus": _cc(ALLERGY_CLINICAL, "active", "Active"),
         "verificationStatus": _cc(ALLERGY_VERIFICATION, "confirmed", "Confirmed"),
-        "category": [category], "code": {"text": text}, "patient": ctx.patient_ref(),
+        "category": list(category), "code": {"text": text}, "patient": ctx.patient_ref(),
         "onsetDateTime": str(onset.year), "recordedDate": (consent - timedelta(days=rng.randint(0, 400))).isoformat(),
     }
 

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..medication_records import FORMULARY_INGREDIENTS, formulary_medication
 from ..people import organization
 from ..sink import NdjsonWriter, clear_feed, write_manifest
 from ..timeline import TRANSACTION_TIME
 from .irregularities import Irregularity
 from .plan import TrialPlan, plan_trial
-from .study import research_study
+from .study import research_study, site_research_study
 from .subject_feed import enrolled_resources, non_enrolled_resources, screen_failure_resources
 
 RESOURCE_TYPES: tuple[str, ...] = (
-    "Organization", "ResearchStudy", "Patient", "ResearchSubject", "Procedure", "MedicationStatement",
+    "Organization", "ResearchStudy", "Medication", "Patient", "ResearchSubject", "Procedure", "MedicationStatement",
     "MedicationAdministration", "Observation", "AdverseEvent", "Specimen", "Condition", "AllergyIntolerance",
     "Immunization",
 )
@@ -40,6 +41,10 @@ def write_plan_feed(out_dir: Path, plan: TrialPlan) -> dict[str, int]:
         for site, org_id in plan.organization_ids.items():
             w.add(organization(site, org_id))
         w.add(research_study(plan.study_id))
+        for site in plan.organization_ids:
+            w.add(site_research_study(plan.study_id, site))
+            for drug in FORMULARY_INGREDIENTS:
+                w.add(formulary_medication(site, drug))
         for i, sp in enumerate(plan.subjects):
             enrolled_resources(plan, sp, by_subject.get(sp.subject_id, []), w)
             for k in insert_after.get(i, ()):

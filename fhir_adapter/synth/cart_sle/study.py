@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import date, datetime, timedelta
 from random import Random
 
@@ -56,6 +57,39 @@ def research_study(study_id: str) -> Resource:
     }
 
 
+#: the made-up principal investigator of each site (given, family): synthetic names, no real person
+SITE_INVESTIGATORS: dict[int, tuple[str, str]] = {
+    101: ("Ysolde", "Marrowick"), 102: ("Teodor", "Vanclere"), 103: ("Ilse", "Brackenfold"),
+}
+SID_INVESTIGATOR = "https://hospital.example.org/sid/investigator"
+
+
+def site_study_id(study_id: str, site: int) -> str:
+    """The id of a site's ResearchStudy: derived from the protocol study's id (no draw from the plan's random
+    stream, so adding site studies moved no other value of the feed)."""
+    h = hashlib.sha256(f"{study_id}/site/{site}".encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
+
+
+def site_research_study(study_id: str, site: int) -> Resource:
+    """The site-level ResearchStudy ``partOf`` the protocol study (the FHIR-to-CDISC IG's SITEID): its
+    identifier is the site number, its principalInvestigator a Practitioner contained in it (INVID, INVNAM)."""
+    given, family = SITE_INVESTIGATORS[site]
+    return {
+        "resourceType": "ResearchStudy", "id": site_study_id(study_id, site),
+        "meta": {"versionId": "1", "lastUpdated": "2024-01-08T09:00:00Z"},
+        "contained": [{"resourceType": "Practitioner", "id": "pi",
+                       "identifier": [{"system": SID_INVESTIGATOR, "value": f"INV-{site}"}],
+                       "name": [{"family": family, "given": [given], "prefix": ["Dr."]}]}],
+        "identifier": [{"system": f"{SID_RESEARCH_STUDY}/site", "value": f"{STUDY_IDENTIFIER}-{site}"}],
+        "title": f"{STUDY_IDENTIFIER} at site {site}",
+        "partOf": [ref("ResearchStudy", study_id)],
+        "status": "active",
+        "period": {"start": "2024-01-08"},
+        "principalInvestigator": {"reference": "#pi", "display": f"Dr. {given} {family}"},
+    }
+
+
 def research_subject(rs_id: str, subject_id: str, study_id: str, patient_id: str, status: str,
                      consent: date, arm: str | None, updated: date, end: date | None = None) -> Resource:
     return enrolment_record(rs_id, SID_SUBJECT, subject_id, study_id, patient_id, status, consent, arm, updated,
@@ -65,12 +99,13 @@ def research_subject(rs_id: str, subject_id: str, study_id: str, patient_id: str
 def enrolled_subject(sp: SubjectPlan, study_id: str) -> Resource:
     """Status last changed after the infusion (to on-study-observation, then follow-up after Day 29)."""
     changed = sp.day1 + timedelta(days=STATUS_CHANGED_DAYS_AFTER_DAY1[sp.status])
-    return research_subject(sp.research_subject_id, sp.subject_id, study_id, sp.patient_id, sp.status,
-                            sp.consent_date, sp.arm, min(changed, DATA_CUT))
+    return research_subject(sp.research_subject_id, sp.subject_id, site_study_id(study_id, sp.site), sp.patient_id,
+                            sp.status, sp.consent_date, sp.arm, min(changed, DATA_CUT))
 
 
 def screen_failure_subject(sf: ScreenFailurePlan, study_id: str, failed_on: date) -> Resource:
-    return research_subject(sf.research_subject_id, sf.subject_id, study_id, sf.patient_id, "ineligible",
+    return research_subject(sf.research_subject_id, sf.subject_id, site_study_id(study_id, sf.site), sf.patient_id,
+                            "ineligible",
                             sf.consent_date, None, failed_on, end=failed_on)
 
 

@@ -80,6 +80,7 @@ def enrolled_resources(plan: TrialPlan, sp: SubjectPlan, irregular: list[Irregul
     )
     ctx.obs.specimen_emit = emit
     ctx.infusion = at(sp.day1, rng.randint(660, 840))
+    ctx.obs.relative_to = (ctx.infusion, f"Procedure/{sp.infusion_procedure_id}", "LCAR-AIO infusion")
     draw_visits(ctx, sp.screening_date, frozenset(ir.visit for ir in irregular if ir.visit))
     febrile = _force_planned_values(ctx, sp, irregular)
     events = clip_to_cut(draw_events(ctx, sp.scenarios))
