@@ -79,6 +79,16 @@ def render(variables: list[Variable]) -> str:
         "`--STAT` = NOT DONE and `--REASND` = the reason; it never feeds a derivation.",
         "* **SITEID**: the site-level ResearchStudy (partOf the study) the ResearchSubject is enrolled in; without "
         "one, or with `siteid: organization` in the site overlay, the Patient's managing organisation.",
+        "* **INVID** (every domain, beside SITEID) and **INVNAM** (DM): the principalInvestigator of the "
+        "ResearchStudy the subject is enrolled in — the Practitioner (or PractitionerRole) contained in it, else the "
+        "Reference's own identifier and display.",
+        "* **--BLFL** = Y on one record per subject and test: the one the derivations take as baseline (the last "
+        "result on or before Day 1 inside the look-back, docs/clinical-rules.md#baseline) — a visit's value, or a "
+        "result in no visit, which then gets its own row with VISIT empty. Not the schedule's baseline visit.",
+        "* **--TPT / --TPTREF / --ELTM**: the cqf-relativeDateTime extension of the Specimen (LB, PC, IS; the IG's "
+        "path), else of the Observation (VS): `1 H BEFORE LCAR-AIO INFUSION`, the event it is relative to, `-PT1H`.",
+        "* **Death**: DM.DTHDTC from Patient.deceasedDateTime, DM.DTHFL = Y also for deceasedBoolean true; AE "
+        "carries DTHDTC on the fatal event's row (AEOUT = FATAL or AESDTH = Y).",
         "* **Seriousness**: AESDTH…AESMIE from the seriousness-criteria codes (`seriousness_criteria` in "
         "mappings/cdisc/ct.yaml); Y/N when seriousness is known, empty otherwise. An event the EHR calls serious "
         "without any criterion keeps AESER = Y and is counted in `cdisc.aeser_y_without_criteria` (no criterion "

@@ -109,8 +109,9 @@ def test_standalone_medications_are_resolved_across_the_export(plain: Path, tmp_
         (feed / f"{name}.ndjson").write_bytes(b"\n".join(orjson.dumps(r) for r in rows) + b"\n")
     assert len(medications) > 10
     unused = {"resourceType": "Medication", "id": "never-referenced", "code": {"text": "aspirin"}}
+    formulary = _resources(feed / "Medication.ndjson")  # the feed's own shared Medications stay
     (feed / "Medication.ndjson").write_bytes(
-        b"\n".join(orjson.dumps(m) for m in [*medications.values(), unused]) + b"\n")
+        b"\n".join(orjson.dumps(m) for m in [*formulary, *medications.values(), unused]) + b"\n")
     log = RunLog()
     run(FileSource(feed, log), study, tmp_path / "out", log)
     assert not [q for q in log.quarantine if q.rule == "no-medication"]
