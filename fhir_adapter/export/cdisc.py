@@ -369,7 +369,7 @@ class RowBuilder:
         keys = self._visit_keys(crf.visits)
         flagged, priors = self.baseline_records(crf)
         for f in sorted(priors, key=lambda r: (r.date or dt.date.min, r.item)):
-            out[f.domain].append(self._finding(crf, f, "", ("", "", ""), baseline=True))
+            out[f.domain].append(self._finding(crf, f, f"NO-VISIT-{f.date}", ("", "", ""), baseline=True))
         for v in sorted(crf.visits, key=lambda r: float(keys[r.visit][0])):
             for f in v.values.values():
                 out[f.domain].append(self._finding(crf, f, v.visit, keys[v.visit], (v.visit, f.item) in flagged))

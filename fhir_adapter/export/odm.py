@@ -42,6 +42,9 @@ from fhir_adapter.version import __version__
 
 SUBJECT_EVENT = "SE.SUBJECT"
 UNSCHEDULED_EVENT = "SE.UNS"
+#: repeat key of the unscheduled event holding rows in no visit (a NOT DONE outside every window); a baseline
+#: result in no visit has its own key (``NO-VISIT-<date>``, export/cdisc.py)
+NO_VISIT = "NO-VISIT"
 SUBJECT_FORMS = ("DM", "EX", "CM", "AE", "MH", "PR")
 MDV_OID = "MDV.1"
 REVIEW_LOCATION = "LOC.REVIEW"
@@ -215,7 +218,7 @@ class OdmSubjects:
                 out.append(f"<StudyEventData StudyEventOID={self._attr('SE.' + visit)}>")
             else:
                 out.append(f'<StudyEventData StudyEventOID="{UNSCHEDULED_EVENT}" '
-                           f"StudyEventRepeatKey={self._attr(visit)}>")
+                           f"StudyEventRepeatKey={self._attr(visit or NO_VISIT)}>")
             for d in FINDINGS_DOMAINS:
                 if d in forms:
                     self._form(out, d, forms[d])

@@ -21,7 +21,8 @@ _XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ff
 _XML_PLAIN = re.compile("[^&<>\"\x00-\x1f\ud800-\udfff\ufffe\uffff]*")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_FIRST = frozenset(_FORMULA_START)
-_NUMBER_OR_DURATION = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?|-P(\d+[WD])?(T(\d+H)?(\d+M)?(\d+S)?)?")
+_NUMBER_OR_DURATION = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?"
+                                 r"|-P(?=\d|T\d)(\d+[WD])?(T(?=\d)(\d+H)?(\d+M)?(\d+S)?)?")
 
 
 def xml_plain(text: str) -> bool:

@@ -16,6 +16,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import load_study
 from tests.export.test_cdisc_ig import synthetic_meddra
+from tests.export.test_exports import validate
 from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
@@ -269,6 +270,7 @@ def test_blfl_marks_the_record_the_derivations_take_as_baseline(out: Path) -> No
                 key = (r["USUBJID"], r[f"{domain}TESTCD"])
                 by_test[key] = by_test.get(key, 0) + 1
     assert set(by_test.values()) == {1}, "one baseline record per subject and test"
+    validate(out / "export" / "odm.xml")  # the row in no visit is an unscheduled event with its own repeat key
 
 
 def test_ae_meddra_hierarchy_seriousness_and_ct(out: Path) -> None:
