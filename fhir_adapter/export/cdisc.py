@@ -42,7 +42,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhir_adapter.crf.models import Finding, NotDone, SubjectCRF, VisitRecord
-from fhir_adapter.derive.baseline import baseline_index, prior_result, prior_wins
+from fhir_adapter.derive.baseline import baseline_index, in_lookback, prior_wins
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study.load import Study
@@ -350,14 +350,19 @@ class RowBuilder:
         dated = [v for v in crf.visits if v.date is not None]
         dates = [v.date for v in dated]
         in_visits = {i for v in crf.visits for i in v.values}
-        no_visit = {f.item for f in crf.findings if f.visit is None}
+        no_visit: dict[str, list[Finding]] = {}
+        for f in crf.findings:
+            if f.visit is None and in_lookback(crf, f.date):
+                no_visit.setdefault(f.item, []).append(f)
         flagged: set[tuple[str, str]] = set()
         priors: list[Finding] = []
-        for item in sorted(in_visits | no_visit):
+        for item in sorted(in_visits | set(no_visit)):
             ok = self._valued(item)
             base = baseline_index(dates, [item in v.values and ok(v.values[item]) for v in dated], crf.day1,
                                   crf.baseline_from)
-            prior = prior_result(crf, item, ok) if item in no_visit else None
+            # derive.baseline.prior_result over this item's results in no visit only
+            candidates = [f for f in no_visit.get(item, ()) if ok(f)]
+            prior = max(candidates, key=lambda f: (f.date, f.source.id)) if candidates else None
             if prior is not None and prior.date is not None and prior_wins(base, dates, crf.day1, (prior.date, 0)):
                 priors.append(prior)
             elif base is not None:
