@@ -26,6 +26,8 @@ from fhir_adapter.version import __version__
 VERSION = "1.1.0"
 MDV_OID = "MDV.1"   # the MetaDataVersion of odm.xml
 _TYPES = {"integer": "integer", "float": "double"}
+#: what json.dumps(..., ensure_ascii=False) uses, built once
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def dataset_type(column: str) -> str:
@@ -62,9 +64,13 @@ def column_kinds() -> dict[str, list[str]]:
 
 def render_rows(rows: dict[str, list[dict[str, Any]]], kinds: dict[str, list[str]]) -> dict[str, list[str]]:
     """Domain → each row as its Dataset-JSON array text."""
-    return {domain: [json.dumps([_value(k, row.get(c)) for k, c in zip(kinds[domain], COLUMNS[domain], strict=True)],
-                                ensure_ascii=False) for row in domain_rows]
-            for domain, domain_rows in rows.items()}
+    out: dict[str, list[str]] = {}
+    for domain, domain_rows in rows.items():
+        cells = list(zip(kinds[domain], COLUMNS[domain], strict=True))
+        out[domain] = [_ENCODE([None if (text := row.get(c)) is None or text == "" else
+                                str(text) if k == "string" else _value(k, text) for k, c in cells])
+                       for row in domain_rows]
+    return out
 
 
 class DatasetJsonWriter:

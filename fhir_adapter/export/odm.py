@@ -47,6 +47,8 @@ UNSCHEDULED_EVENT = "SE.UNS"
 NO_VISIT = "NO-VISIT"
 SUBJECT_FORMS = ("DM", "EX", "CM", "AE", "MH", "PR")
 MDV_OID = "MDV.1"
+#: ItemData elements remembered before the memory is cleared (bounds memory in long runs)
+MAX_REMEMBERED_ITEMS = 50_000
 REVIEW_LOCATION = "LOC.REVIEW"
 _IN_CONTEXT = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID", "VISIT", "VISITNUM", "VISITDY")
 
@@ -189,6 +191,8 @@ class OdmSubjects:
         self.scheduled = {v.id for v in study.schedule.visits}
         self._removed = 0
         self.reviewers: dict[str, str] = {}  # reviewer name → User OID (AdminData)
+        #: (domain, column, value type, value) → its ItemData element, for values XML takes as they are
+        self._items: dict[tuple[str, str, type, Any], str] = {}
 
     def _attr(self, text: str) -> str:
         """A quoted attribute value without the characters XML 1.0 forbids (counted)."""
@@ -243,13 +247,22 @@ class OdmSubjects:
                 value = row.get(column)
                 if value is None or value == "":
                     continue
-                attrs = f'ItemOID="IT.{domain}.{column}" Value={self._attr(str(value))}'
                 unit = self.unit_oids.get(row.get(stresu) or "") if column == stresn else None
-                if unit:
-                    ref = f'<MeasurementUnitRef MeasurementUnitOID="{unit}"/>'
-                    out.append(f"<ItemData {attrs}>{ref}</ItemData>")
-                else:
-                    out.append(f"<ItemData {attrs}/>")
+                if not unit:
+                    key = (domain, column, type(value), value)
+                    item = self._items.get(key)
+                    if item is None:
+                        text = str(value)
+                        if not xml_plain(text):  # characters to remove (counted each time) or escape
+                            out.append(f'<ItemData ItemOID="IT.{domain}.{column}" Value={self._attr(text)}/>')
+                            continue
+                        if len(self._items) >= MAX_REMEMBERED_ITEMS:
+                            self._items.clear()
+                        item = self._items[key] = f'<ItemData ItemOID="IT.{domain}.{column}" Value="{text}"/>'
+                    out.append(item)
+                    continue
+                attrs = f'ItemOID="IT.{domain}.{column}" Value={self._attr(str(value))}'
+                out.append(f'<ItemData {attrs}><MeasurementUnitRef MeasurementUnitOID="{unit}"/></ItemData>')
             out.append("</ItemGroupData>")
         out.append("</FormData>")
 

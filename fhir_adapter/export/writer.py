@@ -24,7 +24,7 @@ from fhir_adapter.export.coverage import Coverage
 from fhir_adapter.export.dataset_json import DatasetJsonWriter, column_kinds, render_rows
 from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
 from fhir_adapter.export.odm import OdmSubjects, OdmWriter
-from fhir_adapter.export.sanitize import csv_row
+from fhir_adapter.export.sanitize import csv_values
 from fhir_adapter.job.runlog import Quarantined
 from fhir_adapter.study.load import Study
 
@@ -93,8 +93,8 @@ class ExportRenderer:
         texts: dict[str, str] = {}
         for domain, domain_rows in rows.items():
             buf = io.StringIO(newline="")
-            csv.DictWriter(buf, fieldnames=list(COLUMNS[domain]), extrasaction="ignore").writerows(
-                csv_row(r) for r in domain_rows)
+            columns = COLUMNS[domain]
+            csv.writer(buf).writerows(csv_values(r, columns) for r in domain_rows)
             texts[domain] = buf.getvalue()
         reviewed = any(row.get("_decision") for d in FINDINGS_DOMAINS for row in rows.get(d, []))
         xml, removed = (None, 0) if reviewed else self.odm.render(crf.subject_id, rows)
@@ -112,11 +112,11 @@ class ExportWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows = _row_builder(study)
         self._files: dict[str, IO[str]] = {}
-        self._csv: dict[str, csv.DictWriter[str]] = {}
+        self._csv: dict[str, Any] = {}  # domain → its csv.writer
         for domain in DOMAINS:
             fh = (self.folder / f"{domain}.csv").open("w", newline="", encoding="utf-8")
-            w = csv.DictWriter(fh, fieldnames=list(COLUMNS[domain]), extrasaction="ignore")
-            w.writeheader()
+            w = csv.writer(fh)
+            w.writerow(COLUMNS[domain])
             self._files[domain], self._csv[domain] = fh, w
         self.odm = OdmWriter(self.folder / "odm.xml", study)
         self.dataset_json = DatasetJsonWriter(self.folder, study)
@@ -131,7 +131,8 @@ class ExportWriter:
         decision per (visit, item) (ODM AuditRecord and Annotation)."""
         rows = _rows(self.rows, crf, review, decisions)
         for domain, domain_rows in rows.items():
-            self._csv[domain].writerows(csv_row(r) for r in domain_rows)  # the single CSV write point
+            columns = COLUMNS[domain]
+            self._csv[domain].writerows(csv_values(r, columns) for r in domain_rows)  # the single CSV write point
             self.counts[domain] += len(domain_rows)
         self.odm.add(crf.subject_id, rows)
         self.dataset_json.add(rows)
