@@ -56,6 +56,12 @@ def parse_fhir_date(value: str, tz: str = "UTC") -> FhirDate:
     """
     if not isinstance(value, str) or not value:
         raise DateError(f"not a FHIR date: {value!r}")
+    return _parsed(value, tz)
+
+
+#: the same dateTimes come again and again (a panel's results, a specimen's collection): each string read once
+@lru_cache(maxsize=20_000)
+def _parsed(value: str, tz: str) -> FhirDate:
     if _PARTIAL.match(value):
         return FhirDate(date=None, partial=value)
     if _DATE.match(value):
