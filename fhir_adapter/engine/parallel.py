@@ -21,8 +21,10 @@ from typing import Any
 
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.job.collector import run_settings
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Enrollee
-from fhir_adapter.source.files import parsed
+from fhir_adapter.source.base import Resource
+from fhir_adapter.source.files import checked_records
 from fhir_adapter.writeback.state import source_statuses
 
 #: subjects in flight per worker (enough to keep every worker busy while the source is read)
@@ -49,12 +51,21 @@ def _start(work: SubjectWork) -> None:
 Records = Sequence[bytes | dict[str, Any]]
 
 
-def _fresh(e0: Enrollee, records: Records) -> SubjectOutcome:
+def _fresh(e0: Enrollee, records: Records, key: str) -> SubjectOutcome:
     assert _engine is not None
-    resources = [parsed(x) for x in records]
-    outcome = _engine.fresh(e0, resources)
+    outcome, resources = fresh(_engine, e0, records, key)
     outcome.statuses = source_statuses(resources)
     return outcome
+
+
+def fresh(engine: SubjectEngine, e0: Enrollee, records: Records, key: str) -> tuple[SubjectOutcome, list[Resource]]:
+    """One subject's outcome from its records (lines routed unparsed are checked here: checked_records), and
+    its resources."""
+    read = RunLog()
+    resources = checked_records(records, e0.patient_id, engine.work.source_base, read)
+    outcome = engine.fresh(e0, resources, key)
+    outcome.read_counts, outcome.read_quarantine = dict(read.counts), read.quarantine
+    return outcome, resources
 
 
 def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: SubjectWork,
@@ -62,18 +73,20 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
                      ) -> Iterator[tuple[Enrollee, SubjectOutcome, list[dict[str, Any]]]]:
     """Each subject's outcome, in the order of ``subjects``: in this process with ``engine`` (``workers`` 1;
     the parsed resources come with it), else in ``workers`` worker processes (the outcome carries the
-    resources' statuses, the resources are not sent back: an empty list)."""
+    resources' statuses, the resources are not sent back: an empty list). With ``work.pieces``, each subject's
+    files are written where it is processed, named by its position in ``subjects``
+    (:class:`~fhir_adapter.engine.subject.SubjectPieces`)."""
     if workers <= 1:
-        for e0, records in subjects:
-            resources = [parsed(x) for x in records]
-            yield e0, engine.fresh(e0, resources), resources
+        for i, (e0, records) in enumerate(subjects):
+            outcome, resources = fresh(engine, e0, records, str(i))
+            yield e0, outcome, resources
         return
     ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
                                       else "spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
-    pending: deque[tuple[Enrollee, Records, Future[SubjectOutcome]]] = deque()
+    pending: deque[tuple[Enrollee, Records, str, Future[SubjectOutcome]]] = deque()
     try:
-        it = iter(subjects)
+        it = enumerate(subjects)
         done = False
         while True:
             while not done and len(pending) < workers * IN_FLIGHT_PER_WORKER:
@@ -81,17 +94,18 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
                 if nxt is None:
                     done = True
                     break
-                pending.append((nxt[0], nxt[1], pool.submit(_fresh, nxt[0], nxt[1])))
+                key, (e, r) = str(nxt[0]), nxt[1]
+                pending.append((e, r, key, pool.submit(_fresh, e, r, key)))
             if not pending:
                 return
-            e0, records, fut = pending.popleft()
+            e0, records, key, fut = pending.popleft()
             try:
                 outcome = fut.result()
             except BrokenProcessPool:  # a worker died: this subject is tried once more on its own
                 pool.shutdown(wait=False, cancel_futures=True)
-                outcome = _alone(e0, records, work, ctx)
+                outcome = _alone(e0, records, key, work, ctx)
                 pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
-                pending = deque((e, r, pool.submit(_fresh, e, r)) for e, r, _ in pending)
+                pending = deque((e, r, k, pool.submit(_fresh, e, r, k)) for e, r, k, _ in pending)
             except Exception as exc:  # e.g. an outcome that could not be sent back
                 outcome = SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id, error=str(exc))
             yield e0, outcome, []
@@ -99,11 +113,11 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _alone(e0: Enrollee, records: Records, work: SubjectWork, ctx: Any) -> SubjectOutcome:
+def _alone(e0: Enrollee, records: Records, key: str, work: SubjectWork, ctx: Any) -> SubjectOutcome:
     """One subject in a worker of its own: if that worker dies too, the subject fails (alone)."""
     with ProcessPoolExecutor(1, mp_context=ctx, initializer=_start, initargs=(work,)) as one:
         try:
-            return one.submit(_fresh, e0, records).result()
+            return one.submit(_fresh, e0, records, key).result()
         except BrokenProcessPool:
             return SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id,
                                   error="the worker process mapping this subject stopped (killed or out of memory); "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,10 +25,12 @@ from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.results.study_json import subject_row
 from fhir_adapter.results.subject import SubjectResults, derive_subject
 from fhir_adapter.review.apply import SubjectReview, apply_decisions
+from fhir_adapter.review.run import ReviewCounts, candidates_file
 from fhir_adapter.roster.day1 import RosterInfusion, with_day1
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.roster.site_csv import research_subject_resource
 from fhir_adapter.study.load import Study
+from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sources import result_sources
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,37 @@ class SubjectWork:
     #: render each subject's export rows into the files' text here (:class:`SubjectOutcome.export`), so the
     #: run's process only appends them (worker processes)
     render_exports: bool = False
+    #: a folder (in the run's staging folder) where each subject's files — CRF, review candidates, write-back
+    #: bundle — are written where the subject is processed (:class:`SubjectPieces`); the run's process moves
+    #: them into place. Implies ``render_exports``.
+    pieces: Path | None = None
+    #: the FHIR base of the source's export (absolute references to it are its own): routed NDJSON lines are
+    #: checked with it (source/files.py checked_records)
+    source_base: str | None = None
+
+
+@dataclass
+class SubjectPieces:
+    """A subject's files written where it was processed (``SubjectWork.pieces``), named ``<key>.<kind>.json``,
+    and what the run's process counts from them instead of receiving the CRF and review."""
+
+    folder: Path
+    key: str
+    #: the kinds written: ``candidates`` (review/candidates/), ``crf`` (crf/), ``writeback`` (writeback/: the
+    #: bundle of :attr:`SubjectOutcome.resources` as they are, without retractions)
+    written: list[str] = field(default_factory=list)
+    review: ReviewCounts | None = None
+    #: scheduled visits of the CRF
+    visits: int = 0
+    #: the subject's row of results/study.json, as JSON (``orjson.dumps``)
+    row: bytes | None = None
+
+    def path(self, kind: str) -> Path:
+        return self.folder / f"{self.key}.{kind}.json"
+
+    def write(self, kind: str, data: bytes) -> None:
+        self.path(kind).write_bytes(data)
+        self.written.append(kind)
 
 
 @dataclass
@@ -78,6 +112,12 @@ class SubjectOutcome:
     #: the subject's exports and its CRF file rendered (with ``SubjectWork.render_exports``)
     export: SubjectExport | None = None
     crf_json: bytes | None = None
+    #: the subject's files already written (with ``SubjectWork.pieces``); ``review`` is then not sent
+    pieces: SubjectPieces | None = None
+    #: what reading the subject's records counted and quarantined (lines that were not its resources after
+    #: all): the run's, not the subject's (not in the subject's coverage)
+    read_counts: dict[str, int] = field(default_factory=dict)
+    read_quarantine: list[Quarantined] = field(default_factory=list)
 
     @property
     def crf(self) -> SubjectCRF:
@@ -86,6 +126,9 @@ class SubjectOutcome:
 
     def merge_log(self, runlog: RunLog) -> None:
         """Add this subject's counts, warnings and quarantined input to the run's log."""
+        for k, n in self.read_counts.items():
+            runlog.count(k, n)
+        runlog.quarantine.extend(self.read_quarantine)
         for k, n in self.counts.items():
             runlog.count(k, n)
         runlog.warnings.extend(self.warnings)
@@ -118,9 +161,12 @@ class SubjectEngine:
         self.mapper = SubjectMapper(work.study, self.log)
         self._renderer: ExportRenderer | None = None
 
-    def fresh(self, e0: Enrollee, resources: list[dict[str, Any]]) -> SubjectOutcome:
-        """Day 1, map, review decisions, derive, write-back resources from the subject's source resources."""
+    def fresh(self, e0: Enrollee, resources: list[dict[str, Any]], key: str | None = None) -> SubjectOutcome:
+        """Day 1, map, review decisions, derive, write-back resources from the subject's source resources;
+        with ``key`` and ``SubjectWork.pieces``, the subject's files are written too (:class:`SubjectPieces`)."""
         out = SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id)
+        if key is not None and self.work.pieces is not None:
+            out.pieces = SubjectPieces(self.work.pieces, key)
         try:
             e = with_day1(e0, resources, self.work.study, self.log, self.work.roster_infusions.get(e0.subject_id))
             crf = self.mapper.map(e, resources)
@@ -129,6 +175,10 @@ class SubjectEngine:
             log.debug("subject %s failed", e0.subject_id, exc_info=True)
             out.error = str(exc)
         self._drain(out)
+        if out.pieces is not None:  # what the run's process needs of these is in the pieces
+            out.review = None
+            if out.row is not None:
+                out.pieces.row, out.row = orjson.dumps(out.row), None
         return out
 
     def cached(self, e: Enrollee, crf: SubjectCRF) -> SubjectOutcome:
@@ -147,6 +197,9 @@ class SubjectEngine:
         out.enrollee = e
         review = apply_decisions(crf, work.study, work.decisions)  # the reviewers' decisions replace the picks
         out.review = review
+        if out.pieces is not None:
+            out.pieces.review = ReviewCounts.of(review)
+            out.pieces.write("candidates", candidates_file(review))
         res = derive_subject(review.crf, work.study)
         for b in res.baselines():  # listed in results/study.json `baselines`; counted in the run report
             self.log.count("baseline.before-participation" if b.before_participation else "baseline.outside-visits")
@@ -159,12 +212,20 @@ class SubjectEngine:
                 resources.insert(0, dict(work.owned_study))
         out.resources = resources
         out.problems = [r4_problem(x, full=True) for x in resources]
-        if work.render_exports:
+        if work.render_exports or out.pieces is not None:
             if self._renderer is None:
                 self._renderer = ExportRenderer(work.study)
-            out.crf_json = json_file(review.crf.model_dump(mode="json"))
-            out.export = self._renderer.render(review.crf.model_copy(update=out.export_updates), review.status,
-                                               review.decisions)
+            crf_json = json_file(review.crf.model_dump(mode="json"))
+            out.export = self._renderer.render(
+                review.crf.model_copy(update=out.export_updates), review.status, review.decisions,
+                quarantined=list(self.log.quarantine) if out.pieces is not None else None)
+            if out.pieces is None:
+                out.crf_json = crf_json
+                return
+            out.pieces.visits = sum(1 for v in review.crf.visits if not v.unscheduled)
+            out.pieces.write("crf", crf_json)
+            if not any(out.problems):  # else the run's process reports the invalid resource
+                out.pieces.write("writeback", json_file(offline_transaction(resources, e.patient_id)))
 
     def _drain(self, out: SubjectOutcome) -> None:
         out.counts = dict(self.log.counts)

@@ -19,7 +19,9 @@ and to ``OUT/export/coverage.csv`` (one row per item and visit) and ``OUT/export
 from __future__ import annotations
 
 import csv
+import io
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,10 +51,25 @@ def unmapped_codes(counts: dict[str, int]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (-r["count"], r["system"], r["code"]))
 
 
+@dataclass
+class SubjectCoverage:
+    """One subject's share of the coverage (:meth:`Coverage.subject`): per item the state of each visit, the
+    subject's rows of coverage-subjects.csv, its totals for the report."""
+
+    subject_id: str
+    partial_date: Counter[str] = field(default_factory=Counter)
+    out_of_window: Counter[str] = field(default_factory=Counter)
+    #: per item of the study (its order), the state per scheduled visit; empty without Day 1
+    states: list[list[str]] = field(default_factory=list)
+    csv: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
 class Coverage:
     """Accumulates coverage subject by subject; per-subject rows go straight to ``coverage-subjects.csv``."""
 
-    def __init__(self, study: Study, folder: Path) -> None:
+    def __init__(self, study: Study, folder: Path | None) -> None:
+        """``folder``: where the CSV files go; None for one that only computes subjects' shares (a worker)."""
         self.study = study
         self.visits = [v.id for v in study.schedule.visits]
         self.items = list(study.items)
@@ -64,11 +81,12 @@ class Coverage:
         self.partial_date: Counter[str] = Counter()
         self.per_subject: dict[str, dict[str, Any]] = {}
         self.without_day1: list[str] = []
+        if folder is None:
+            return
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._fh: IO[str] = (self.folder / "coverage-subjects.csv").open("w", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._fh)
-        self._csv.writerow(["SUBJID", "ITEM", "DOMAIN", "TESTCD", *self.visits])
+        csv.writer(self._fh).writerow(["SUBJID", "ITEM", "DOMAIN", "TESTCD", *self.visits])
 
     def _quarantined_cells(self, crf: SubjectCRF, quarantined: list[Quarantined]) -> set[tuple[str, str]]:
         """(item, visit) of each quarantined Observation of the subject naming a mapped code and a date."""
@@ -101,19 +119,25 @@ class Coverage:
 
     def add(self, crf: SubjectCRF, quarantined: list[Quarantined]) -> None:
         """Count one subject; ``quarantined`` = the run-log entries added while mapping it."""
+        self.merge(self.subject(crf, quarantined))
+
+    def subject(self, crf: SubjectCRF, quarantined: list[Quarantined]) -> SubjectCoverage:
+        """One subject's share (wherever the subject is processed: a worker); :meth:`merge` counts it."""
+        sc = SubjectCoverage(subject_id=crf.subject_id)
         for f in crf.findings:
             if f.partial_date and f.date is None:
-                self.partial_date[f.item] += 1
+                sc.partial_date[f.item] += 1
             elif f.visit is None and crf.day1 is not None:
-                self.out_of_window[f.item] += 1
+                sc.out_of_window[f.item] += 1
         if crf.day1 is None:
-            self.without_day1.append(crf.subject_id)
-            self.per_subject[crf.subject_id] = {"day1": None}
-            return
+            sc.summary = {"day1": None}
+            return sc
         filled = {(item, v.visit) for v in crf.visits for item in v.values}
         q_cells = self._quarantined_cells(crf, quarantined)
         totals: Counter[str] = Counter()
         q_list: list[str] = []
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
         for item in self.items:
             states = []
             for visit in self.visits:
@@ -124,15 +148,29 @@ class Coverage:
                     q_list.append(f"{item}@{visit}")
                 else:
                     state = NO_DATA
-                self.cells[(item, visit)][state] += 1
                 totals[state] += 1
                 states.append(state)
+            sc.states.append(states)
             domain = self.study.items[item].domain
-            self._csv.writerow(csv_cells([crf.subject_id, item, domain, self.testcd[item], *states]))
-        self.per_subject[crf.subject_id] = {
+            w.writerow(csv_cells([crf.subject_id, item, domain, self.testcd[item], *states]))
+        sc.csv = buf.getvalue()
+        sc.summary = {
             "day1": crf.day1.isoformat(), FILLED: totals[FILLED], NO_DATA: totals[NO_DATA],
             QUARANTINED: totals[QUARANTINED], "quarantined_cells": q_list,
         }
+        return sc
+
+    def merge(self, sc: SubjectCoverage) -> None:
+        """Count one subject's share (:meth:`subject`): the cells, the totals, its rows of coverage-subjects.csv."""
+        self.partial_date.update(sc.partial_date)
+        self.out_of_window.update(sc.out_of_window)
+        if sc.summary.get("day1") is None:
+            self.without_day1.append(sc.subject_id)
+        for item, states in zip(self.items, sc.states, strict=False):
+            for visit, state in zip(self.visits, states, strict=True):
+                self.cells[(item, visit)][state] += 1
+        self._fh.write(sc.csv)
+        self.per_subject[sc.subject_id] = sc.summary
 
     def close(self, run_counts: dict[str, int]) -> dict[str, Any]:
         """Write ``coverage.csv``; return the ``coverage`` section of the run report."""

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, FINDINGS_DOMAINS, RowBuilder
-from fhir_adapter.export.coverage import Coverage
+from fhir_adapter.export.coverage import Coverage, SubjectCoverage
 from fhir_adapter.export.dataset_json import DatasetJsonWriter, column_kinds, render_rows
 from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
 from fhir_adapter.export.odm import OdmSubjects, OdmWriter
@@ -71,6 +71,8 @@ class SubjectExport:
     odm: str | None
     odm_removed: int = 0
     rows: dict[str, list[dict[str, Any]]] | None = None
+    #: the subject's share of the coverage (with the quarantine entries of its mapping)
+    coverage: SubjectCoverage | None = None
     ct_missing: Counter[tuple[str, str]] = field(default_factory=Counter)
     meddra_missing: set[str] = field(default_factory=set)
     serious_without_criteria: int = 0
@@ -83,9 +85,13 @@ class ExportRenderer:
         self.rows = _row_builder(study)
         self.odm = OdmSubjects(study)
         self.kinds = column_kinds()
+        self.coverage = Coverage(study, None)
 
     def render(self, crf: SubjectCRF, review: dict[tuple[str, str], str] | None = None,
-               decisions: dict[tuple[str, str], dict[str, Any]] | None = None) -> SubjectExport:
+               decisions: dict[tuple[str, str], dict[str, Any]] | None = None,
+               quarantined: list[Quarantined] | None = None) -> SubjectExport:
+        """The subject's export text; with ``quarantined`` (the quarantine entries of its mapping) its share of
+        the coverage too."""
         b = self.rows
         ct_before, meddra_before, serious_before = Counter(b.ct.missing), set(b.meddra_missing), \
             b.serious_without_criteria
@@ -101,7 +107,9 @@ class ExportRenderer:
         return SubjectExport(
             subject_id=crf.subject_id, csv=texts, counts={d: len(r) for d, r in rows.items()},
             dataset_json=render_rows(rows, self.kinds), odm=xml, odm_removed=removed,
-            rows=rows if reviewed else None, ct_missing=Counter(b.ct.missing) - ct_before,
+            rows=rows if reviewed else None,
+            coverage=self.coverage.subject(crf, quarantined) if quarantined is not None else None,
+            ct_missing=Counter(b.ct.missing) - ct_before,
             meddra_missing=b.meddra_missing - meddra_before,
             serious_without_criteria=b.serious_without_criteria - serious_before)
 
@@ -138,8 +146,10 @@ class ExportWriter:
         self.dataset_json.add(rows)
         self.coverage.add(crf, quarantined)
 
-    def write(self, export: SubjectExport, crf: SubjectCRF, quarantined: list[Quarantined]) -> None:
-        """:meth:`add` for a subject whose export a worker rendered (:class:`ExportRenderer`): the same bytes."""
+    def write(self, export: SubjectExport, crf: SubjectCRF | None = None,
+              quarantined: list[Quarantined] | None = None) -> None:
+        """:meth:`add` for a subject whose export a worker rendered (:class:`ExportRenderer`): the same bytes;
+        ``crf`` and ``quarantined`` for the coverage when the export carries no share of it."""
         for domain, text in export.csv.items():
             self._files[domain].write(text)
             self.counts[domain] += export.counts[domain]
@@ -152,7 +162,11 @@ class ExportWriter:
         self.rows.ct.missing.update(export.ct_missing)
         self.rows.meddra_missing |= export.meddra_missing
         self.rows.serious_without_criteria += export.serious_without_criteria
-        self.coverage.add(crf, quarantined)
+        if export.coverage is not None:
+            self.coverage.merge(export.coverage)
+        else:
+            assert crf is not None and quarantined is not None
+            self.coverage.add(crf, quarantined)
 
     def close(self, run_counts: dict[str, int]) -> dict[str, Any]:
         """Finish every file; return the report's ``coverage`` section (with the export row counts)."""

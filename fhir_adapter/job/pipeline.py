@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ from fhir_adapter.job.quarantine import quarantine_record
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.job.staging import Staging
 from fhir_adapter.mapping.exposure import infusion_record
-from fhir_adapter.results.study_json import study_json
+from fhir_adapter.results.spill import SubjectRows, write_study_json
 from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster.check import nobody_enrolled
 from fhir_adapter.roster.enrollees import Enrollee, RosterError, build_roster
@@ -164,6 +165,12 @@ def _dump(out: Path, path: Path, data: Any) -> None:
     path.write_bytes(json_file(data))
 
 
+def _folder_made(out: Path, path: Path) -> Path:
+    """``path`` (inside ``out``), its folder created."""
+    inside(out, path).parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
     return sorted({ref for r in resources for ref in result_sources(r)})
 
@@ -278,28 +285,38 @@ def _run(
     if sink is not None:
         sink.start(roster.patient_ids)
     dry_run = bool(getattr(sink, "dry_run", False))
+    # the subjects' files are written where they are processed (a worker), unless another engine runs them or
+    # the write-back is held back per reviewed value (which needs each subject's review here)
+    pieces = work_dir / ".subjects" if engine_outcomes is None and not reviewed_only else None
+    if pieces is not None:
+        pieces.mkdir()
     work = SubjectWork(study=study, decisions=reviews.current, roster_infusions=roster_infusions, owned=owned,
-                       owned_study=owned_study, render_exports=workers > 1 and engine_outcomes is None)
+                       owned_study=owned_study, render_exports=workers > 1 and engine_outcomes is None,
+                       pieces=pieces, source_base=roster_input.base)
     engine = SubjectEngine(work)
     file_names = SubjectFileNames()
-    rows: list[dict[str, Any]] = []
+    rows = SubjectRows(work_dir / ".rows")  # on disk: memory stays flat in the number of subjects
     done: list[str] = []
 
     def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None) -> None:
         o.merge_log(runlog)
         name = file_names.name(o.subject_id) if o.enrollee is not None else ""
+        p = o.pieces  # the subject's files, written where it was processed
         if o.review is not None:
             reviews.record(o.review, name)
+        elif p is not None and p.review is not None:
+            reviews.account(p.review)
+            os.replace(p.path("candidates"), reviews.candidates_path(name))
         if o.error is not None:
             raise SubjectFailed(o.error)
-        assert o.enrollee is not None and o.review is not None and o.row is not None
-        e, review, crf = o.enrollee, o.review, o.crf
+        assert o.enrollee is not None and ((o.row is not None and o.review is not None) or p is not None)
+        e = o.enrollee
         bundle_resources = list(o.resources)
         problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses)
-        writable = reviews.writable(review, bundle_resources)
+        writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
         if len(writable) < len(bundle_resources):
             reviews.hold(plan, state, {result_id(r) for r in bundle_resources if r not in writable})
             bundle_resources = writable
@@ -314,23 +331,39 @@ def _run(
         w: WriteResult | None = None
         if sink is not None and not unchanged_since_last:
             w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))  # may stop the run
-        rows.append(o.row)
-        if o.crf_json is not None:  # rendered by a worker
-            inside(work_dir, work_dir / "crf").mkdir(parents=True, exist_ok=True)
-            (work_dir / "crf" / f"{name}.json").write_bytes(o.crf_json)
+        if p is not None:
+            assert p.row is not None
+            rows.add_json(o.subject_id, p.row)
         else:
-            _dump(work_dir, work_dir / "crf" / f"{name}.json", crf.model_dump(mode="json"))
-        _dump(work_dir, work_dir / "writeback" / f"{name}.json",
-              offline_transaction(bundle_resources + plan.retractions, e.patient_id))
+            assert o.row is not None
+            rows.add(o.row)
+        crf_path, writeback_path = work_dir / "crf" / f"{name}.json", work_dir / "writeback" / f"{name}.json"
+        if p is not None:
+            os.replace(p.path("crf"), _folder_made(work_dir, crf_path))
+        elif o.crf_json is not None:  # rendered by a worker
+            _folder_made(work_dir, crf_path).write_bytes(o.crf_json)
+        else:
+            _dump(work_dir, crf_path, o.crf.model_dump(mode="json"))
+        if p is not None and "writeback" in p.written and not plan.retractions:
+            os.replace(p.path("writeback"), _folder_made(work_dir, writeback_path))
+        else:
+            _dump(work_dir, writeback_path, offline_transaction(bundle_resources + plan.retractions, e.patient_id))
         if w is None or not w.error:  # the state records only what the server confirmed (or the file run)
             state.commit(plan)
-        exported = crf.model_copy(update=o.export_updates)
-        if o.export is not None:  # rendered by a worker
-            exports.write(o.export, exported, o.quarantine)
+        if p is not None:
+            assert o.export is not None and o.export.coverage is not None
+            exports.write(o.export)
+            summary.visits += p.visits
         else:
-            exports.add(exported, o.quarantine, review.status, review.decisions)
+            crf = o.crf
+            exported = crf.model_copy(update=o.export_updates)
+            if o.export is not None:  # rendered by a worker
+                exports.write(o.export, exported, o.quarantine)
+            else:
+                assert o.review is not None
+                exports.add(exported, o.quarantine, o.review.status, o.review.decisions)
+            summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.results_written += len(bundle_resources)
-        summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.subjects += 1
         if sink is not None and w is None:
             summary.server_unchanged += len(bundle_resources)
@@ -398,7 +431,8 @@ def _run(
         _write_report(work_dir, source, study, runlog, summary, state, started, review=reviews.report(),
                       day1_sources=day1_sources)
         return summary
-    _dump(work_dir, work_dir / "results" / "study.json", study_json(study, rows))
+    write_study_json(work_dir / "results" / "study.json", study, rows)
+    rows.close()
     coverage = exports.close(dict(runlog.counts))
     for sid, n in sorted(exports.odm.removed.items()):
         runlog.warn(f"{n} character(s) that XML 1.0 forbids (NUL, control characters) removed from this subject's "

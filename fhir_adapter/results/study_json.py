@@ -11,6 +11,7 @@ endpoint's keys are documented in its module of :mod:`fhir_adapter.endpoints`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fhir_adapter.endpoints.registry import StudyInput, endpoints_of
@@ -49,7 +50,7 @@ def subject_row(r: SubjectResults) -> dict[str, Any]:
     }
 
 
-def study_keys(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
+def study_keys(study: Study, subjects: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The study-level keys of the named endpoints, from all subject rows (study.yaml's order)."""
     out: dict[str, Any] = {}
     for ep in endpoints_of(study):
@@ -58,12 +59,16 @@ def study_keys(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def study_json(study: Study, subjects: list[dict[str, Any]]) -> dict[str, Any]:
+def study_json(study: Study, subjects: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return {**study_head(study), "subjects": sorted(subjects, key=lambda s: s["subject_id"]),
+            **study_keys(study, subjects)}
+
+
+def study_head(study: Study) -> dict[str, Any]:
+    """The top-level keys before ``subjects`` and the endpoints' study-level keys."""
     return {
         "study": study.info.id,
         "generated_by": f"fhir-adapter {__version__}",
         "endpoints": list(study.endpoints),
         "settings": settings_echo(study),
-        "subjects": sorted(subjects, key=lambda s: s["subject_id"]),
-        **study_keys(study, subjects),
     }

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,25 @@ def candidates_document(review: SubjectReview) -> dict[str, Any]:
              for e in review.candidates]
     return {"subject_id": crf.subject_id, "arm": crf.arm, "day1": crf.day1.isoformat() if crf.day1 else None,
             "items": items}
+
+
+def candidates_file(review: SubjectReview) -> bytes:
+    """The bytes of ``OUT/review/candidates/<subject>.json``."""
+    return orjson.dumps(candidates_document(review))
+
+
+@dataclass
+class ReviewCounts:
+    """What the run report counts of one subject's review (sent instead of the review by a worker)."""
+
+    applied: int
+    re_review: list[dict[str, Any]]
+    #: the review status of each (visit, item), in the review's order
+    statuses: list[str]
+
+    @classmethod
+    def of(cls, review: SubjectReview) -> ReviewCounts:
+        return cls(review.applied, review.re_review, list(review.status.values()))
 
 
 def _sources(resource: dict[str, Any]) -> set[str]:
@@ -67,17 +87,25 @@ class ReviewRun:
 
     def record(self, review: SubjectReview, file_name: str) -> None:
         """Account for decisions applied elsewhere (the per-subject engine); write the candidates file."""
-        self.applied += review.applied
-        self.re_review.extend(review.re_review)
-        for r in review.re_review if self.runlog else []:
+        self.account(ReviewCounts.of(review))
+        self.candidates_path(file_name).write_bytes(candidates_file(review))
+
+    def candidates_path(self, file_name: str) -> Path:
+        """Where the subject's candidates file goes (its folder created)."""
+        path = inside(self.out, self.out / CANDIDATES_DIR / f"{file_name}.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def account(self, counts: ReviewCounts) -> None:
+        """Account for one subject's decisions (:meth:`record` without the candidates file)."""
+        self.applied += counts.applied
+        self.re_review.extend(counts.re_review)
+        for r in counts.re_review if self.runlog else []:
             assert self.runlog is not None
             self.runlog.warn(f"{r['item']} at {r['visit']}: decision #{r['decision_seq']} of {r['reviewer']} needs "
                              f"re-review: {'; '.join(r['changes'])}", subject_id=r["subject_id"], rule="re-review")
-        for s in review.status.values():
+        for s in counts.statuses:
             self.status_counts[s] = self.status_counts.get(s, 0) + 1
-        path = inside(self.out, self.out / CANDIDATES_DIR / f"{file_name}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(orjson.dumps(candidates_document(review)))
 
     def writable(self, review: SubjectReview, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The result resources that may be written back: all, or with ``reviewed_only`` those derived

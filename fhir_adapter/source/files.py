@@ -192,8 +192,9 @@ class FileSource:
         return None
 
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
+        base = self.roster().base
         for pid, records in self.subject_records(patient_ids):
-            yield pid, [parsed(x) for x in records]
+            yield pid, checked_records(records, pid, base, self.log)
 
     def subject_records(self, patient_ids: set[str]) -> Iterator[tuple[str, list[bytes | Resource]]]:
         """:meth:`subject_resources` before parsing: an NDJSON line stays the line's bytes (parsed where the
@@ -205,7 +206,7 @@ class FileSource:
         refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
         counts: Counter[str] = Counter()  # counted here, added to the run log once (a lock per line is slow)
         try:
-            for f, n, entry, res, raw in self._resources(_SUBJECTS):
+            for f, n, entry, res, raw in self._subject_pass(lines, refs, counts, base):
                 pid = self.enrolled_patient(f, n, entry, res, lines.index, counts, base)
                 if pid is not None:
                     # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources
@@ -223,6 +224,33 @@ class FileSource:
                 yield pid, records
         finally:
             lines.close()
+
+    def _subject_pass(self, lines: _SubjectLines, refs: dict[str, set[tuple[str, str]]], counts: Counter[str],
+                      base: str | None) -> Iterator[tuple[DataFile, int, int | None, Resource, bytes | None]]:
+        """:meth:`_resources` of the subjects pass, less the NDJSON lines :class:`LineRouter` routes to an enrolled
+        patient without parsing them: those are kept (as :func:`routed_line`), counted and their shared
+        references noted here; the worker that parses them checks them (:func:`checked_records`)."""
+        for f in self._files().data:
+            owner = _pass_of(f.rtype)
+            if owner is not None and owner != _SUBJECTS:
+                continue
+            if not (f.ndjson and f.rtype in SUBJECT_TYPES):
+                for n, entry, res, raw in self._read_file(f, True):
+                    yield f, n, entry, res, raw
+                continue
+            router = LineRouter(f.rtype, base)
+            counted = f"read.{f.rtype}"
+            for n, line in read_lines(f, self.folder):
+                pid = router.patient(line)
+                if pid is None or pid not in lines.index:
+                    for n1, entry, res, raw in self.ndjson_resources(f, ((n, line),), True):
+                        yield f, n1, entry, res, raw
+                    continue
+                counts[counted] += 1
+                raw = line.strip()
+                lines.add(pid, routed_line(f, n, raw))
+                if _SHARED_HINT.search(raw):
+                    refs[pid] |= _line_references(raw)
 
     def enrolled_patient(self, f: DataFile, n: int, entry: int | None, res: Resource, enrolled: Collection[str],
                          counts: Counter[str], base: str | None) -> str | None:
@@ -469,6 +497,11 @@ def line_references(raw: bytes, res: Resource) -> set[tuple[str, str]]:
     resources or JSON escapes is walked."""
     if b"\\" in raw or b'"contained"' in raw:
         return shared_references([res])
+    return _line_references(raw)
+
+
+def _line_references(raw: bytes) -> set[tuple[str, str]]:
+    """:func:`line_references` of a line without contained resources or JSON escapes."""
     found: set[tuple[str, str]] = set()
     for m in _REFERENCE.finditer(raw):
         value = m.group(1).decode()
@@ -499,3 +532,77 @@ def parsed(x: Resource | bytes) -> Resource:
         res: Resource = orjson.loads(x)
         return res
     return x
+
+
+#: the start of a record of :meth:`FileSource.subject_records` that is an NDJSON line routed without parsing:
+#: ``\0<file name>\0<resource type>\0<line number>\0<line>`` (a JSON line never starts with NUL)
+_ROUTED = b"\x00"
+
+
+def routed_line(f: DataFile, n: int, raw: bytes) -> bytes:
+    return b"%b%b\x00%b\x00%d\x00%b" % (_ROUTED, f.name.encode(), str(f.rtype).encode(), n, raw)
+
+
+class LineRouter:
+    """The enrolled patient of an NDJSON line of a subject resource type, read off the line's bytes without
+    parsing it: only for a line where the bytes leave no doubt — no JSON escapes (so every quote delimits a
+    string), no contained resources, ``resourceType`` once and equal to the file's type, the patient element
+    (``subject``/``patient``) once, an object holding one ``reference``. Anything else: None (the line is
+    parsed). A routed line is parsed and checked where its subject is processed (:func:`checked_records`);
+    the bytes cannot contradict the parse for any line the JSON parser accepts, and a line they do
+    contradict (malformed JSON) is handled there as the parse would have handled it here."""
+
+    def __init__(self, rtype: str, base: str | None) -> None:
+        self.base = base
+        self.type_key = re.compile(rb'"resourceType"\s*:\s*"' + re.escape(rtype.encode()) + rb'"')
+        self.keys = [b'"%b"' % k.encode() for k in SUBJECT_TYPES[rtype]]
+        self.element = re.compile(rb'"(?:' + b"|".join(re.escape(k.encode()) for k in SUBJECT_TYPES[rtype])
+                                  + rb')"\s*:\s*\{([^{}]*)\}')
+
+    def patient(self, line: bytes) -> str | None:
+        if b"\\" in line or b'"contained"' in line or line.count(b'"resourceType"') != 1 \
+                or sum(line.count(k) for k in self.keys) != 1 or not self.type_key.search(line):
+            return None
+        m = self.element.search(line)
+        if m is None or m.group(1).count(b'"reference"') != 1:
+            return None
+        ref = _REFERENCE.search(m.group(1))
+        return ref_id(ref.group(1).decode(), "Patient", self.base) if ref else None
+
+
+def checked_records(records: Iterable[Resource | bytes], patient_id: str, base: str | None,
+                    log: RunLog) -> list[Resource]:
+    """The resources of one subject's records (:meth:`FileSource.subject_records`), each routed line
+    (:class:`LineRouter`) parsed and checked as the subjects pass checks a line: one that is not the
+    patient's valid resource after all is quarantined or counted into ``log`` as it would have been there,
+    and left out."""
+    out: list[Resource] = []
+    for x in records:
+        if not (isinstance(x, bytes) and x.startswith(_ROUTED)):
+            out.append(parsed(x))
+            continue
+        name, rtype, n, raw = x[1:].split(b"\x00", 3)
+        try:
+            res = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            res = None
+        if isinstance(res, dict) and res.get("resourceType") == rtype.decode() and isinstance(res.get("id"), str) \
+                and res["id"] and patient_id_of(res, base) == patient_id and not _adapter_owned(res):
+            out.append(res)
+            continue
+        out.extend(_recheck(DataFile(path=name.decode(), name=name.decode(), rtype=rtype.decode(), ndjson=True),
+                            int(n), raw, patient_id, base, log))
+    return out
+
+
+def _recheck(f: DataFile, n: int, raw: bytes, patient_id: str, base: str | None, log: RunLog) -> list[Resource]:
+    """A routed line that failed the quick check: what the subjects pass does with it (kept, quarantined or
+    counted in ``log``), less the ``read.<type>`` already counted when it was routed."""
+    reader = FileSource.line_reader(set(), log)
+    counts: Counter[str] = Counter({f"read.{f.rtype}": -1})
+    kept = [res for n1, entry, res, _raw in reader.ndjson_resources(f, ((n, raw),), True)
+            if reader.enrolled_patient(f, n1, entry, res, {patient_id}, counts, base) == patient_id]
+    for key, value in counts.items():
+        if value:
+            log.count(key, value)
+    return kept

@@ -1,0 +1,106 @@
+"""The subjects' rows of ``results/study.json`` on disk while a run goes on, and the file written from them.
+
+A run keeps no subject row in memory: each row is appended to a spill file as JSON the moment its subject is
+done (:class:`SubjectRows`), the study-level keys are computed reading the rows back one at a time, and
+``results/study.json`` is written streaming (:func:`write_study_json`) — the same bytes as
+``json_file(study_json(study, rows))`` (:mod:`.study_json`), with memory flat in the number of subjects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO, overload
+
+import orjson
+
+from fhir_adapter.results.study_json import study_head, study_keys
+from fhir_adapter.study.load import Study
+
+_INDENT = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
+
+
+class SubjectRows(Sequence[dict[str, Any]]):
+    """Subject rows appended to ``path`` (JSON, one after another); read back in the order they came, one at a
+    time. Only each row's subject ID and place in the file stay in memory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._out: BinaryIO | None = self.path.open("wb")
+        self._size = 0
+        #: (subject ID, offset, length) of each row, in the order added
+        self._entries: list[tuple[str, int, int]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.add_json(row["subject_id"], orjson.dumps(row))
+
+    def add_json(self, subject_id: str, data: bytes) -> None:
+        """Append a row already serialised with ``orjson.dumps`` (where the subject was processed)."""
+        assert self._out is not None, "rows are read back: no more can be added"
+        self._out.write(data)
+        self._entries.append((subject_id, self._size, len(data)))
+        self._size += len(data)
+
+    def _read(self, entries: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        with self.path.open("rb") as fh:
+            for _sid, offset, length in entries:
+                fh.seek(offset)
+                row: dict[str, Any] = orjson.loads(fh.read(length))
+                yield row
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[dict[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | Sequence[dict[str, Any]]:
+        if isinstance(i, slice):
+            return list(self._read(self._entries[i]))
+        return next(self._read([self._entries[i]]))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return self._read(list(self._entries))
+
+    def by_subject_id(self) -> Iterator[dict[str, Any]]:
+        """The rows sorted by subject ID (as ``results/study.json`` lists them)."""
+        return self._read(sorted(self._entries, key=lambda x: x[0]))
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+        self.path.unlink(missing_ok=True)
+
+
+def _nested(data: bytes, depth: int) -> bytes:
+    """A value dumped with ``OPT_INDENT_2`` as it reads ``depth`` levels down in an indented document."""
+    return data.replace(b"\n", b"\n" + b"  " * depth)
+
+
+def write_study_json(path: Path, study: Study, rows: SubjectRows) -> None:
+    """``results/study.json`` from the spilled rows: the study-level keys from the rows read back one at a time,
+    the subjects written one by one in subject ID order."""
+    doc: dict[str, Any] = {**study_head(study), "subjects": None, **study_keys(study, rows)}  # subjects: below
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as out:
+        out.write(b"{")
+        for n, key in enumerate(sorted(doc)):
+            out.write((b"," if n else b"") + b"\n  " + orjson.dumps(key) + b": ")
+            if key != "subjects":
+                out.write(_nested(orjson.dumps(doc[key], option=_INDENT), 1))
+            elif not len(rows):
+                out.write(b"[]")
+            else:
+                out.write(b"[")
+                for i, row in enumerate(rows.by_subject_id()):
+                    out.write((b"," if i else b"") + b"\n    " + _nested(orjson.dumps(row, option=_INDENT), 2))
+                out.write(b"\n  ]")
+        out.write(b"\n}")
