@@ -1,16 +1,16 @@
 """Offline pipeline throughput and memory on generated feeds, one worker against N in the same run.
 
-Usage: python benchmarks/pipeline.py [--sizes 34 340 3400] [--workers 2] [--workdir DIR]
+Usage: python benchmarks/pipeline.py [--sizes 34 340 3400] [--workers 1 2] [--workdir DIR]
 
 For each size: generates the synthetic feed (seed 7), then runs the whole pipeline (roster, mapping,
-derivations, write-back bundles, exports, run report) in a fresh child process, first with one worker (in
-process: the baseline) and then with ``--workers`` worker processes, and prints per run: wall seconds, CPU
-seconds (all processes: the workers are sampled from /proc) and those of the run's own process (it reads the
-source and writes the files: the part that does not spread over workers), resources read per wall second and
-per CPU second, peak resident memory (RSS) of the run's process and of its largest worker, the speed-up
-against the one-worker run, and whether both runs wrote the same OUT. The load average is printed before and
-after: on a shared machine the wall figures follow the load, the CPU figures much less. Prints numbers only;
-no pass/fail.
+derivations, write-back bundles, exports, run report) into a fresh OUT in a fresh child process, first with
+one worker (in process: the baseline) and then with each ``--workers`` count above 1, and prints per run: wall
+seconds, CPU seconds (all processes: the workers are sampled from /proc) and those of the run's own process
+(it routes the source's lines and moves the subjects' files into place: the part that does not spread over
+workers), resources read per wall second and per CPU second, peak resident memory (RSS) of the run's process,
+of its largest worker and of all of them together, the speed-up against the one-worker run, and whether both
+runs wrote the same OUT. The load average is printed before and after: on a shared machine the wall figures
+follow the load, the CPU figures much less. Prints numbers only; no pass/fail.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,7 +82,8 @@ def main():
     print(json.dumps({"seconds": seconds, "cpu": cpu + sum(c for c, _ in seen.values()), "cpu_main": cpu,
                       "resources": read, "subjects": summary.subjects, "results": summary.results_written,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "worker_rss_mb": max((r for _, r in seen.values()), default=0.0)}))
+                      "worker_rss_mb": max((r for _, r in seen.values()), default=0.0),
+                      "workers_rss_mb": sum(r for _, r in seen.values())}))
 
 
 if __name__ == "__main__":
@@ -90,6 +92,7 @@ if __name__ == "__main__":
 
 
 def _run(feed: Path, out: Path, workers: int) -> dict[str, float]:
+    shutil.rmtree(out, ignore_errors=True)  # a fresh OUT: no write-back state of an earlier run
     script = out.parent / "bench_child.py"
     script.write_text(CHILD)
     proc = subprocess.run([sys.executable, str(script), str(feed), str(out), str(ROOT / "mappings" / "lcar-aio"),
@@ -104,7 +107,8 @@ def _run(feed: Path, out: Path, workers: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[34, 340, 3400])
-    ap.add_argument("--workers", type=int, default=2, help="worker processes of the second run (0: skip it)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[2],
+                    help="worker processes of the runs after the one-worker baseline (1 alone: only the baseline)")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fhir-adapter-bench-"))
@@ -112,15 +116,15 @@ def main() -> None:
     print(f"{len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f} "
           f"{os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
     header = ("subjects", "resources", "workers", "wall s", "CPU s", "main CPU", "res/s", "res/CPU-s", "RSS MB",
-              "worker RSS", "speed-up", "same OUT")
-    widths = (8, 10, 7, 7, 7, 8, 8, 9, 7, 10, 8, 8)
+              "worker RSS", "all RSS", "speed-up", "same OUT")
+    widths = (8, 10, 7, 7, 7, 8, 8, 9, 7, 10, 7, 8, 8)
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for n in args.sizes:
         feed = work / f"feed-{n}"
         if not (feed / "manifest.json").is_file():
             write_feed(feed, subjects=n, seed=7)
         base: dict[str, float] | None = None
-        for workers in [1] + ([args.workers] if args.workers > 1 else []):
+        for workers in [1, *sorted({w for w in args.workers if w > 1})]:
             out = work / f"out-{n}-w{workers}"
             r = _run(feed, out, workers)
             base = base or r
@@ -130,6 +134,7 @@ def main() -> None:
                   f"{r['cpu_main']:>8.1f} "
                   f"{r['resources'] / r['seconds']:>8.0f} {r['resources'] / r['cpu']:>9.0f} "
                   f"{r['peak_rss_mb']:>7.0f} {r['worker_rss_mb'] if workers > 1 else 0:>10.0f} "
+                  f"{r['peak_rss_mb'] + (r['workers_rss_mb'] if workers > 1 else 0):>7.0f} "
                   f"{base['seconds'] / r['seconds']:>7.2f}x {same:>8}", flush=True)
     print(f"load average after {os.getloadavg()[0]:.1f}; feeds and outputs in {work}")
 

@@ -70,6 +70,8 @@ _OUTCOME = "OperationOutcome"
 _SHARED_HINT = re.compile(rb"(?:Medication|Organization|Location|Specimen)/")
 #: a "reference" element and its string value (without escapes) in a JSON line
 _REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*)"')
+#: a "reference" whose value names a shared type (a subset of _REFERENCE's matches)
+_SHARED_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:Medication|Organization|Location|Specimen)/[^"\\]*)"')
 _KNOWN = frozenset((*ROSTER_TYPES, *SHARED_TYPES, _OUTCOME))
 #: enrolled subjects' lines kept in memory up to this many bytes; beyond, on disk (FileSource.spool_bytes)
 SPOOL_BYTES = 64 * 1024 * 1024
@@ -239,7 +241,7 @@ class FileSource:
                     yield f, n, entry, res, raw
                 continue
             router = LineRouter(f.rtype, base)
-            counted = f"read.{f.rtype}"
+            counted, prefix = f"read.{f.rtype}", routed_prefix(f)
             for n, line in read_lines(f, self.folder):
                 pid = router.patient(line)
                 if pid is None or pid not in lines.index:
@@ -248,9 +250,9 @@ class FileSource:
                     continue
                 counts[counted] += 1
                 raw = line.strip()
-                lines.add(pid, routed_line(f, n, raw))
-                if _SHARED_HINT.search(raw):
-                    refs[pid] |= _line_references(raw)
+                lines.add(pid, prefix + b"%d\x00" % n + raw)
+                if b"Specimen/" in raw or b"Medication/" in raw or b"Organization/" in raw or b"Location/" in raw:
+                    refs[pid] |= _line_references(raw)  # (what _SHARED_HINT finds, without a regular expression)
 
     def enrolled_patient(self, f: DataFile, n: int, entry: int | None, res: Resource, enrolled: Collection[str],
                          counts: Counter[str], base: str | None) -> str | None:
@@ -503,7 +505,7 @@ def line_references(raw: bytes, res: Resource) -> set[tuple[str, str]]:
 def _line_references(raw: bytes) -> set[tuple[str, str]]:
     """:func:`line_references` of a line without contained resources or JSON escapes."""
     found: set[tuple[str, str]] = set()
-    for m in _REFERENCE.finditer(raw):
+    for m in _SHARED_REFERENCE.finditer(raw):
         value = m.group(1).decode()
         if value.startswith("#"):
             continue
@@ -539,8 +541,9 @@ def parsed(x: Resource | bytes) -> Resource:
 _ROUTED = b"\x00"
 
 
-def routed_line(f: DataFile, n: int, raw: bytes) -> bytes:
-    return b"%b%b\x00%b\x00%d\x00%b" % (_ROUTED, f.name.encode(), str(f.rtype).encode(), n, raw)
+def routed_prefix(f: DataFile) -> bytes:
+    """The start of the routed lines of file ``f``: ``routed_prefix(f) + b"%d\\0" % line_number + line``."""
+    return b"%b%b\x00%b\x00" % (_ROUTED, f.name.encode(), str(f.rtype).encode())
 
 
 class LineRouter:
@@ -558,16 +561,24 @@ class LineRouter:
         self.keys = [b'"%b"' % k.encode() for k in SUBJECT_TYPES[rtype]]
         self.element = re.compile(rb'"(?:' + b"|".join(re.escape(k.encode()) for k in SUBJECT_TYPES[rtype])
                                   + rb')"\s*:\s*\{([^{}]*)\}')
+        self._patients: dict[bytes, str | None] = {}  # reference → patient id (ref_id)
 
     def patient(self, line: bytes) -> str | None:
         if b"\\" in line or b'"contained"' in line or line.count(b'"resourceType"') != 1 \
-                or sum(line.count(k) for k in self.keys) != 1 or not self.type_key.search(line):
+                or (line.count(self.keys[0]) if len(self.keys) == 1 else sum(line.count(k) for k in self.keys)) != 1 \
+                or not self.type_key.search(line):
             return None
         m = self.element.search(line)
         if m is None or m.group(1).count(b'"reference"') != 1:
             return None
         ref = _REFERENCE.search(m.group(1))
-        return ref_id(ref.group(1).decode(), "Patient", self.base) if ref else None
+        if ref is None:
+            return None
+        value = ref.group(1)
+        pid = self._patients.get(value, "")
+        if pid == "":
+            pid = self._patients[value] = ref_id(value.decode(), "Patient", self.base)
+        return pid
 
 
 def checked_records(records: Iterable[Resource | bytes], patient_id: str, base: str | None,

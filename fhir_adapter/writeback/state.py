@@ -25,9 +25,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 
@@ -118,6 +119,12 @@ class WrittenState:
             self.by_subject.setdefault(entry["subject_id"], set()).add(ident)
         self.retracted: list[dict[str, Any]] = []
         self.changes = {"new": 0, "updated": 0, "unchanged": 0, "retracted": 0}
+        #: the entries committed in this run, on disk until :meth:`save` (memory stays flat in the number of
+        #: subjects): identifier → (offset, length) of the entry's JSON in ``_spill``; ``results`` keeps the
+        #: entries of earlier runs not replaced yet
+        # lives as long as the state (an anonymous file: gone when closed or when the process ends)
+        self._spill: IO[bytes] = tempfile.TemporaryFile(prefix="fhir-adapter-state-")  # noqa: SIM115
+        self._committed: dict[str, tuple[int, int]] = {}
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
              today: dt.date | None = None, statuses: dict[str, str] | None = None) -> Plan:
@@ -167,7 +174,13 @@ class WrittenState:
         """Record a subject's plan once its write-back bundle is written."""
         for ident in self.by_subject.get(plan.subject_id, set()):
             self.results.pop(ident, None)
-        self.results.update(plan.entries)
+            self._committed.pop(ident, None)
+        self._spill.seek(0, os.SEEK_END)
+        for ident, entry in plan.entries.items():
+            data = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+            self.results.pop(ident, None)
+            self._committed[ident] = (self._spill.tell(), len(data))
+            self._spill.write(data)
         self.by_subject[plan.subject_id] = set(plan.entries)
         self.retracted.extend(plan.report)
         for k, n in plan.changes.items():
@@ -180,9 +193,21 @@ class WrittenState:
         path = Path(path) if path is not None else self.path
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(orjson.dumps({"version": STATE_VERSION, "results": self.results},
-                                     option=orjson.OPT_SORT_KEYS))
+        # orjson.dumps({"version": ..., "results": ...}, option=OPT_SORT_KEYS), one entry at a time
+        with tmp.open("wb") as out:
+            out.write(b'{"results":{')
+            for n, ident in enumerate(sorted(self.results.keys() | self._committed.keys())):
+                out.write((b"," if n else b"") + orjson.dumps(ident) + b":" + self.entry_json(ident))
+            out.write(b'},"version":' + orjson.dumps(STATE_VERSION) + b"}")
         os.replace(tmp, path)
+
+    def entry_json(self, ident: str) -> bytes:
+        """The state's entry of a result identifier as JSON (keys sorted)."""
+        at = self._committed.get(ident)
+        if at is None:
+            return orjson.dumps(self.results[ident], option=orjson.OPT_SORT_KEYS)
+        self._spill.seek(at[0])
+        return self._spill.read(at[1])
 
     def report(self) -> dict[str, Any]:
         """The ``writeback`` section of the run report."""

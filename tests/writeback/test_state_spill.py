@@ -1,0 +1,45 @@
+"""The write-back state keeps this run's entries on disk until it is saved: the saved file is the same bytes as
+one orjson dump of all entries (keys sorted), with earlier runs' entries kept or replaced subject by subject."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.writeback.state import STATE_VERSION, WrittenState
+
+
+def result(subject: str, name: str, value: int) -> dict[str, Any]:
+    return {"resourceType": "Observation", "status": "final", "code": {"text": name},
+            "identifier": [{"system": SID_RESULT, "value": f"{subject}-{name}"}],
+            "subject": {"reference": f"Patient/{subject}"}, "valueInteger": value,
+            "derivedFrom": [{"reference": f"Observation/{subject}-src"}], "note": [{"text": "\u00e9 \"q\""}]}
+
+
+def test_saved_state_is_one_dump_of_every_entry(tmp_path: Path) -> None:
+    path = tmp_path / "written.json"
+    first = WrittenState(path)
+    for subject in ("s2", "s1", "s3"):
+        first.commit(first.plan(subject, [result(subject, "b", 1), result(subject, "a", 2)], [], dt.date(2025, 1, 1)))
+    first.save()
+    data = orjson.loads(path.read_bytes())
+    assert path.read_bytes() == orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    assert sorted(data["results"]) == ["s1-a", "s1-b", "s2-a", "s2-b", "s3-a", "s3-b"]
+    assert data["version"] == STATE_VERSION
+
+    second = WrittenState(path)  # s1 changes, s2 loses a result (retracted), s3 is not processed
+    second.commit(second.plan("s1", [result("s1", "a", 5), result("s1", "b", 1)], [], dt.date(2025, 2, 1)))
+    plan = second.plan("s2", [result("s2", "a", 2)], [], dt.date(2025, 2, 1))
+    assert [r["status"] for r in plan.retractions] == ["entered-in-error"]
+    second.commit(plan)
+    second.save(tmp_path / "again.json")
+    again = orjson.loads((tmp_path / "again.json").read_bytes())
+    assert (tmp_path / "again.json").read_bytes() == orjson.dumps(again, option=orjson.OPT_SORT_KEYS)
+    assert again["results"]["s3-a"] == data["results"]["s3-a"]
+    assert again["results"]["s1-a"]["hash"] != data["results"]["s1-a"]["hash"]
+    assert again["results"]["s2-b"]["retracted"] == "2025-02-01"
+    assert second.changes == {"new": 0, "updated": 1, "unchanged": 2, "retracted": 1}
