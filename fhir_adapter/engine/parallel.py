@@ -19,8 +19,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from fhir_adapter.engine.collector import run_settings
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
-from fhir_adapter.job.collector import run_settings
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource
@@ -44,7 +44,7 @@ def default_workers() -> int:
 def _start(work: SubjectWork) -> None:
     global _engine
     _engine = SubjectEngine(work)
-    run_settings()  # the worker's cycle collector as during a run (fhir_adapter/job/collector.py)
+    run_settings()  # the worker's cycle collector as during a run (fhir_adapter/engine/collector.py)
 
 
 #: one subject's resources, each as a dict or as the JSON bytes of one

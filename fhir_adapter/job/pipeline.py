@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import orjson
 
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.engine.collector import fewer_collections
 from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork, json_file
 from fhir_adapter.export import ExportWriter
@@ -25,7 +26,6 @@ from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, Fh
 from fhir_adapter.fhir.flow import is_unavailability
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job import exit_codes
-from fhir_adapter.job.collector import fewer_collections
 from fhir_adapter.job.outlock import hold_out
 from fhir_adapter.job.outpaths import SubjectFileNames, inside, quarantine_file_name, subject_file_name
 from fhir_adapter.job.quarantine import quarantine_record
@@ -217,7 +217,7 @@ def run(
         staging = Staging(out)
         work_dir = staging.open()
         try:
-            with fewer_collections():  # the cycle collector's settings for a run (job/collector.py)
+            with fewer_collections():  # the cycle collector's settings for a run (engine/collector.py)
                 summary = _run(source, study, out, work_dir, runlog or RunLog(), on_subject, sink, on_start,
                                roster_csv, review_state or out / "state", reviewed_only, workers,
                                quarantine_full_copies, engine_outcomes)
