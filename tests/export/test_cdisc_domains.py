@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
+from fhir_adapter.export.odm import validate
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import load_study
 from tests.export.test_cdisc_ig import synthetic_meddra
-from tests.export.test_exports import validate
 from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
