@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from fhir_adapter.cli.commands import main
+from fhir_adapter.job.outlock import LOCK_NAME
 from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.testing.feed_loader import load_feed
 from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
@@ -79,8 +80,9 @@ def per_subject_on_server(base_url: str, expected: dict[str, list[str]]) -> dict
 
 
 def outputs_snapshot(out: Path) -> dict[str, bytes]:
+    """The outputs in OUT: neither a run's staging folder nor the lock file of the run holding OUT."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and not str(p.relative_to(out)).startswith(".staging-")}
+            if p.is_file() and not str(p.relative_to(out)).startswith(".staging-") and p.name != LOCK_NAME}
 
 
 def test_a_subject_whose_reads_keep_failing_fails_alone_and_the_next_runs_pick_it_up(
@@ -310,7 +312,9 @@ def test_kill_9_anywhere_then_rerun_gives_the_state_of_an_uninterrupted_run(
         fresh.clear_faults()
     assert outputs_snapshot(out) == before  # previous outputs and state/written.json exactly as they were
     assert list(out.glob(".staging-*"))  # the killed run's partial folder, named as such
+    assert (out / LOCK_NAME).exists()   # the killed run's lock file: its process is gone, so it does not block
 
     result = invoke(fresh.base_url, out, "--post", "--config", str(write_config(tmp_path / "b.yaml")))
     assert result.exit_code in (0, 2), result.stderr
+    assert not (out / LOCK_NAME).exists()
     assert_like_uninterrupted(fresh.base_url, out, file_out)
