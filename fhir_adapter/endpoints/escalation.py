@@ -23,8 +23,9 @@ class EscalationStudyKeys(TypedDict):
 def study_keys(x: StudyInput) -> EscalationStudyKeys:
     esc = x.settings
     assert isinstance(esc, EscalationSettings)
-    rows = [r for r in x.rows if "dlt" in r]
-    result = derive_escalation([DltOutcome(r["arm"], r["day1"] is not None, r["dlt"]) for r in rows], esc)
+    # one pass over the rows, keeping only what the decision needs (the rows may be read back from disk)
+    result = derive_escalation([DltOutcome(r["arm"], r["day1"] is not None, r["dlt"]) for r in x.rows if "dlt" in r],
+                               esc)
     return {
         "dose_levels": [d.model_dump(mode="json") for d in result.dose_levels],
         "rp2d": result.rp2d.model_dump(mode="json"),

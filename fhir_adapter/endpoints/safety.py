@@ -94,9 +94,9 @@ def study_keys(x: StudyInput) -> SafetyStudyKeys:
     """``teae_summary`` from all subject rows."""
     esc = x.study.rules.get("escalation")  # arms in dose order when the study escalates doses
     arm_order = [*getattr(esc, "dose_levels", ()), *getattr(esc, "expansion_arms", {})]
-    rows = [r for r in x.rows if "teae_count" in r]
-    return {"teae_summary": summarize_teae([(r["arm"], r["day1"] is not None, from_row(r)) for r in rows],
-                                           arm_order)}
+    # one pass over the rows, keeping only what the summary needs (the rows may be read back from disk)
+    return {"teae_summary": summarize_teae([(r["arm"], r["day1"] is not None, from_row(r)) for r in x.rows
+                                            if "teae_count" in r], arm_order)}
 
 
 def annotate(r: SafetyResult) -> dict[str, Any]:
