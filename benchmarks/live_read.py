@@ -2,15 +2,16 @@
 same local FHIR test server (tests/fhir_server) and cohort, in one run.
 
 Usage: python benchmarks/live_read.py [--subjects 34] [--page-size 1000] [--inflight 8] [--workdir DIR]
-                                      [--code-param combo-code none]
+                                      [--code-param auto none combo-code]
 
 Writes the synthetic feed (seed 7), runs the offline pipeline on it (``run --source FOLDER``), starts a fresh
 server, loads the feed, then
 * the plain reader: an async httpx client, ``--inflight`` requests in flight, one ``Type?patient=Patient/x&_count=
   PAGE`` search per enrolled patient and resource type the mapping reads, following ``next`` links — reading
   only, no mapping;
-* the adapter: ``run --source URL`` in a fresh process, once per ``--code-param`` (``observation_code_param``),
-  with ``client.page_size`` PAGE and the default ``patients_per_search``.
+* the adapter: ``run --source URL`` in a fresh process, once per ``--code-param`` (``observation_code_param``;
+  ``auto``, the default configuration, prints what the run's timing chose), with ``client.page_size`` PAGE and
+  the default ``patients_per_search``.
 Prints per row: requests to the server and per subject, wall seconds, client CPU seconds (the process and its
 children), server CPU seconds (the Node process, /proc), and for the adapter the ratios to the baseline (plain
 reader + offline pipeline: wall and client CPU added up; server CPU of the plain reader) and whether its
@@ -97,7 +98,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=34)
     ap.add_argument("--page-size", type=int, default=1000, help="_count of the plain reader and the adapter")
     ap.add_argument("--inflight", type=int, default=8, help="requests in flight (plain reader and adapter)")
-    ap.add_argument("--code-param", nargs="+", default=["combo-code", "none"],
+    ap.add_argument("--code-param", nargs="+", default=["auto", "none", "combo-code"],
                     help="observation_code_param values to run the adapter with")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args()
@@ -137,7 +138,9 @@ def main() -> None:
             total = int(server.stats()["requests"]["total"])
             report = json.loads((out / "run-report.json").read_text())
             same = outputs(out) == expected
-            print(f"{'adapter live, ' + param:<34} {total:>8} {total / n:>8.2f} {wall:>7.1f} {cpu:>7.1f} "
+            how = report["server_requests"].get("observation_search") or {}
+            chose = f" ({how.get('observation_code_param')})" if param == "auto" else ""
+            print(f"{'adapter live, ' + param + chose:<34} {total:>8} {total / n:>8.2f} {wall:>7.1f} {cpu:>7.1f} "
                   f"{scpu:>12.1f}   wall x{wall / base_wall:.2f}, CPU x{cpu / base_cpu:.2f}, "
                   f"server CPU x{scpu / plain[2]:.2f}; outputs = offline: {same}; "
                   f"report mean_per_subject {report['server_requests']['mean_per_subject']}")

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from fhir_adapter.cli.console import AdapterGroup, progress, setup_logging, summary_table
 from fhir_adapter.job import exit_codes
 from fhir_adapter.version import __version__
+
+if TYPE_CHECKING:
+    from fhir_adapter.fhir.server_config import ServerConfig
+    from fhir_adapter.source.server.probe import SearchTiming
+    from fhir_adapter.study.load import Study
 
 DEFAULT_STUDY = Path("mappings/lcar-aio")
 
@@ -100,7 +105,9 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
 @click.option("--since", default=None,
               help="Incremental: read only subjects changed since this ISO time, or 'last' (last successful run).")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
-              help="Server settings YAML (concurrency, page size, timeouts, read mode). Secrets: environment only.")
+              help="Server settings YAML (concurrency, page size, timeouts, read mode, observation_code_param: "
+                   "auto by default, each run times a code-filtered and an unfiltered Observation search once and "
+                   "reads with the faster). Secrets: environment only.")
 @click.option("--roster-csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="Site roster CSV (subject_id,patient_identifier,consent_date,arm,status[,infusion_date]) for "
                    "subjects the EHR holds no ResearchSubject for (docs/integrator-guide.md).")
@@ -357,8 +364,10 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
 @click.pass_context
 def check(ctx: click.Context, study: Path, site: Path | None, source: str | None, config: Path | None,
           post: bool) -> None:
-    """Check a mapping, and what a FHIR server offers, before the first run. Reads only the server's
-    CapabilityStatement (GET [base]/metadata); writes nothing.
+    """Check a mapping, and what a FHIR server offers, before the first run. Reads the server's
+    CapabilityStatement (GET [base]/metadata), and times the study's Observation searches for its first
+    enrolled patient, filtered by code (combo-code) and unfiltered (none): the faster is what
+    `observation_code_param: auto` (the default) reads with. Writes nothing.
 
     \b
     Exit code 0 when the run can work, 1 on an error (a gap listed as "error").
@@ -401,12 +410,14 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
             return await client.capabilities(label="check")
 
     cs = asyncio.run(metadata())
+    timing = _time_searches(source, cfg, st)
     gaps = capability_gaps(cs, observation_code_param=cfg.observation_code_param, post=post)
     software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
     click.echo(f"server        {source}: FHIR {cs.get('fhirVersion')} "
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
     for g in gaps:
         click.echo(f"  {g.level:<8} {g.what}: {g.consequence}")
+    click.echo(f"observations  {timing}")
     levels = bulk_export_levels(cs)
     if levels:
         click.echo(f"bulk          $export declared ({', '.join(levels)}): `run --bulk` (or read_mode: bulk) reads "
@@ -418,6 +429,32 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
                + ("" if errors else ": the adapter can run against this server"))
     if errors:
         sys.exit(1)
+
+
+def _time_searches(source: str, cfg: ServerConfig, st: Study) -> str:
+    """``check``: the timed Observation searches (:mod:`fhir_adapter.source.server.probe`), as one line."""
+    import asyncio
+    import os
+
+    from fhir_adapter.fhir import FhirError
+    from fhir_adapter.fhir.server_config import open_client
+    from fhir_adapter.job.runlog import RunLog
+    from fhir_adapter.source.server.probe import time_study_searches
+
+    async def probe() -> SearchTiming | None:
+        async with open_client(source, cfg, os.environ) as client:
+            return await time_study_searches(client, st, RunLog())
+
+    try:
+        timing = asyncio.run(probe())
+    except FhirError as exc:
+        return f"not timed: {exc}"
+    if timing is None:
+        return f"not timed: no subject of study {st.info.id} on the server"
+    setting = cfg.observation_code_param
+    then = ("`observation_code_param: auto` reads with it" if setting == "auto"
+            else f"the config sets observation_code_param: {setting} (auto would read with {timing.chosen})")
+    return f"{timing.summary()}; {then}"
 
 
 def _check_file_source(folder: Path, config: Path | None) -> None:

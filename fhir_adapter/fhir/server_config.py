@@ -17,7 +17,8 @@ Config file (``--config adapter.yaml``)::
       type_filter: true           # _typeFilter with the study's codes (dropped when the server refuses it)
       poll_limit_seconds: 3600    # stop waiting for the export after this long (a rerun resumes the job)
       max_retry_after_seconds: 300
-    observation_code_param: combo-code   # combo-code | code | none (see `fhir-adapter check --source URL`)
+    observation_code_param: auto  # auto | combo-code | code | none (auto: timed once per run, the faster of
+                                  # combo-code and none; `fhir-adapter check --source URL` prints the timing)
     patients_per_search: 50       # patients per multi-patient search (1: one search per patient and type)
     writeback_reviewed_only: false       # true: only results derived from reviewed values (docs/review.md)
     max_retraction_share: 0.5     # more of a subject's results retracted in one run needs --allow-mass-retraction
@@ -67,10 +68,12 @@ class ServerConfig(BaseModel):
         "search", description="search: one search per resource type and subject; batch: one batch Bundle of "
                               "those searches per subject; bulk: a Bulk Data $export (as `run --bulk`)")
     bulk: BulkSettings = Field(BulkSettings(), description="Bulk Data $export settings (read_mode: bulk)")
-    observation_code_param: Literal["combo-code", "code", "none"] = Field(
-        "combo-code", description="how Observations are filtered by the mapping's codes: combo-code (also "
-                                  "component codes), code, or none (read all, filter locally); "
-                                  "`fhir-adapter check --source URL` says which the server supports")
+    observation_code_param: Literal["auto", "combo-code", "code", "none"] = Field(
+        "auto", description="how Observations are filtered by the mapping's codes: combo-code (on the server, "
+                            "also component codes), code (on the server, own code only), none (all of the "
+                            "patient's, filtered on the client like combo-code), or auto (each run times a "
+                            "combo-code and an unfiltered search once and reads with the faster); "
+                            "`fhir-adapter check --source URL` prints that timing and what the server supports")
     patients_per_search: int = Field(
         50, ge=1, description="patients one search asks for (patient=Patient/a,Patient/b,...; fewer when the URL "
                               "would exceed client.max_get_url_length, and for Observations as many as fill about "

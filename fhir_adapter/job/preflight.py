@@ -1,11 +1,14 @@
 """Before the first run against an EHR: does the mapping load, and does the FHIR server offer what the
-adapter will ask of it? ``fhir-adapter check`` prints the answers; nothing is read past the
-CapabilityStatement and nothing is written.
+adapter will ask of it? ``fhir-adapter check`` prints the answers; nothing is written.
+
+``check`` also times the study's Observation searches on one enrolled patient, filtered and unfiltered
+(:func:`fhir_adapter.source.server.probe.time_study_searches`): what ``observation_code_param: auto`` picks.
 
 What the adapter needs of a server (FHIR R4 ``CapabilityStatement.rest[mode=server]``):
 
 * reading (every run): search on ResearchStudy (``identifier``), ResearchSubject (``study``), Patient
-  (``_id``), Observation (``patient`` + the ``observation_code_param`` setting), Procedure (``patient``,
+  (``_id``), Observation (``patient`` + the ``observation_code_param`` setting; ``auto`` needs no code
+  parameter: a server that refuses ``combo-code`` is read unfiltered), Procedure (``patient``,
   ``code``), the four medication types and AdverseEvent (``patient``/``subject``);
 * incremental runs (``--since``): ``_lastUpdated`` on those types; ``history-type`` for deletions;
 * writing back (``--post``): the system ``transaction`` interaction, ``create`` with ``conditionalCreate``
@@ -64,7 +67,7 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
     no_history: list[str] = []
     for rtype, (params, lost) in READS.items():
         needed = list(params)
-        if rtype == "Observation" and observation_code_param != "none":
+        if rtype == "Observation" and observation_code_param not in ("none", "auto"):
             needed.append(observation_code_param)
         level: Literal["error", "warning"] = "error" if rtype in CRITICAL else "warning"
         res = resources.get(rtype)

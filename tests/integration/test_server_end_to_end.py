@@ -88,12 +88,13 @@ def test_second_run_writes_nothing(e2e: E2E) -> None:
     assert writes(e2e.second_stats) == 0
     assert e2e.second["summary"]["server_writes"] == 0
     assert e2e.second["summary"]["server_unchanged"] == 1044
-    # reads only: GETs, and the searches too long for a GET URL go as POST <type>/_search: the Observation
-    # search (its code list; one per subject) and, for subjects with many lab draws, the Specimen?_id look-up of
-    # the specimens their results reference; no transaction, no batch
+    # reads only: GETs, and the searches too long for a GET URL go as POST <type>/_search: an Observation
+    # search with the study's code list (the run's timed probe; every one when they are read filtered) and, for
+    # subjects with many lab draws, the Specimen?_id look-up of the specimens their results reference; no
+    # transaction, no batch
     requests = e2e.second_stats["requests"]
     assert set(requests["by_method"]) <= {"GET", "POST"}
-    assert SUBJECTS <= requests["by_method"].get("POST", 0) <= 2 * SUBJECTS
+    assert 1 <= requests["by_method"].get("POST", 0) <= 2 * SUBJECTS
     assert set(requests["by_interaction"]) <= {"search-type", "read", "capabilities"}
 
 

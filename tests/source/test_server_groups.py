@@ -22,12 +22,13 @@ from fhir_adapter.study.load import Study
 Resource = dict[str, Any]
 PATIENTS = ["p1", "p2", "p3"]
 BASE = "https://ehr.example.org/fhir"
+PLATELETS = {"coding": [{"system": "http://loinc.org", "code": "777-3"}]}  # one of the study's codes
 
 
 def ehr(observations_per_patient: int = 5) -> list[Resource]:
     data: list[Resource] = []
     for p in PATIENTS:
-        data += [{"resourceType": "Observation", "id": f"{p}-o{i}", "status": "final", "code": {"text": "x"},
+        data += [{"resourceType": "Observation", "id": f"{p}-o{i}", "status": "final", "code": PLATELETS,
                   "subject": {"reference": f"Patient/{p}"}} for i in range(observations_per_patient)]
         data.append({"resourceType": "Condition", "id": f"{p}-c", "subject": {"reference": f"Patient/{p}"}})
         data.append({"resourceType": "AdverseEvent", "id": f"{p}-ae", "subject": {"reference": f"Patient/{p}"}})

@@ -3,10 +3,13 @@
 The roster (:mod:`.roster`), then per enrolled patient the searches of :mod:`.searches` — each paged through
 ``next`` links with ``_count`` at the client's page size; or, with ``read_mode="batch"``, one batch Bundle
 holding those searches (:mod:`.batch`) — and the shared resources they reference (:mod:`.shared`).
-Incremental runs (``since``) read only the patients :mod:`.incremental` finds changed.
+Incremental runs (``since``) read only the patients :mod:`.incremental` finds changed. With
+``observation_code_param="auto"`` the first read times filtered and unfiltered Observation searches once
+(:mod:`.probe`) and reads with the faster.
 
 Requests are counted per subject (the subject ID is the request label) in the client's stats; the roster,
-incremental probes and capability look-up under ``roster``, ``incremental`` and ``metadata``.
+incremental probes, capability look-up and the timed Observation searches under ``roster``, ``incremental``,
+``metadata`` and ``probe``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from fhir_adapter.source.server.batch import batch_search
 from fhir_adapter.source.server.groups import LABEL as GROUP_LABEL
 from fhir_adapter.source.server.groups import GroupReader
 from fhir_adapter.source.server.incremental import ChangeProbe, first_error
+from fhir_adapter.source.server.probe import LABEL as PROBE_LABEL
+from fhir_adapter.source.server.probe import PROBE_PATIENTS, SearchTiming, time_observation_searches
 from fhir_adapter.source.server.roster import read_roster
 from fhir_adapter.source.server.searches import SearchPlan, input_resources
 from fhir_adapter.source.server.shared import SharedResources
@@ -33,7 +38,7 @@ from fhir_adapter.study.load import Study
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history", "bulk", GROUP_LABEL)
+NON_SUBJECT_LABELS = ("roster", "incremental", "metadata", "history", "bulk", PROBE_LABEL, GROUP_LABEL)
 
 
 class ServerSource:
@@ -62,6 +67,9 @@ class ServerSource:
         self.failed: dict[str, FhirError] = {}
         #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
         self.reusable: set[str] | None = None
+        #: how ``auto`` was settled (None: not ``auto``, or nothing read yet)
+        self.timing: SearchTiming | None = None
+        self._probe_failed: str | None = None
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
@@ -82,7 +90,35 @@ class ServerSource:
             "shared": {k: st.label(k).requests for k in NON_SUBJECT_LABELS if k in st.by_label},
             "per_subject": per_subject,
             "mean_per_subject": round((sum(per_subject.values()) + together) / subjects, 2) if subjects else 0,
+            "observation_search": self._observation_search(),
         }
+
+    def _observation_search(self) -> dict[str, Any]:
+        """How Observations were searched: the setting, else what ``auto`` chose and why."""
+        if self.timing is not None:
+            return self.timing.report()
+        if self._probe_failed is not None:
+            return {"observation_code_param": self.plan.code_param, "chosen_by": "probe failed",
+                    "error": self._probe_failed}
+        return {"observation_code_param": self.plan.observation_code_param, "chosen_by": "setting"}
+
+    def _settle_code_param(self, pids: list[str]) -> None:
+        """``auto``: time the Observation searches of the first patients (:mod:`.probe`) and keep the faster
+        way; when the timing fails (not for the server being down), combo-code."""
+        if self.plan.observation_code_param != "auto" or not pids:
+            return
+        try:
+            self.timing = self.run(time_observation_searches(self.client, self.plan, pids[:PROBE_PATIENTS]))
+        except FhirError as exc:
+            if isinstance(exc, FhirServerUnavailable) or (isinstance(exc, FhirAuthError) and not exc.transient):
+                raise
+            self._probe_failed = str(exc)
+            self.plan.choose("combo-code")
+            self.log.warn(f"timing the Observation searches failed ({exc}); reading them with combo-code. Set "
+                          "observation_code_param in the --config file to skip the timing", rule="search-probe")
+            return
+        self.plan.choose(self.timing.chosen)
+        log.info("Observation searches: %s", self.timing.summary())
 
     def close(self) -> None:
         self.run(self.client.aclose())
@@ -114,13 +150,14 @@ class ServerSource:
             if error is not None:
                 raise error
             found = [r for chunk in results if not isinstance(chunk, BaseException) for r in chunk]
-        return await self.shared.complete(input_resources(found, self.log), label)
+        return await self.shared.complete(input_resources(found, self.log, self.plan), label)
 
     async def _read_many(self, pids: list[str]) -> list[list[Resource] | BaseException]:
         return list(await asyncio.gather(*(self.read_subject(p) for p in pids), return_exceptions=True))
 
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
         todo = set(patient_ids)
+        self._settle_code_param(sorted(todo))
         if self.since is not None:
             changed = self.run(ChangeProbe(self.client, self.plan, self.log, self.base, self.since).changed(todo))
             self.unchanged = todo - changed
@@ -161,7 +198,8 @@ class ServerSource:
                                               else GROUP_LABEL)
         done: dict[str, list[Resource] | BaseException] = {}
         for pid, resources in found.items():
-            done[pid] = await self.shared.complete(input_resources(resources, self.log), self._labels.get(pid, pid))
+            done[pid] = await self.shared.complete(input_resources(resources, self.log, self.plan),
+                                                   self._labels.get(pid, pid))
         ordered_alone = [p for p in pids if p in alone]
         for pid, outcome in zip(ordered_alone, await self._read_many(ordered_alone), strict=True):
             done[pid] = outcome
