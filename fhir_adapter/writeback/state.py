@@ -172,15 +172,18 @@ class WrittenState:
 
     def commit(self, plan: Plan) -> None:
         """Record a subject's plan once its write-back bundle is written."""
+        # written first, recorded after: a failed write (disk full) leaves the state as it was
+        data = [orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) for entry in plan.entries.values()]
+        at = self._spill.seek(0, os.SEEK_END)
+        self._spill.write(b"".join(data))
+        self._spill.flush()
         for ident in self.by_subject.get(plan.subject_id, set()):
             self.results.pop(ident, None)
             self._committed.pop(ident, None)
-        self._spill.seek(0, os.SEEK_END)
-        for ident, entry in plan.entries.items():
-            data = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
+        for ident, d in zip(plan.entries, data, strict=True):
             self.results.pop(ident, None)
-            self._committed[ident] = (self._spill.tell(), len(data))
-            self._spill.write(data)
+            self._committed[ident] = (at, len(d))
+            at += len(d)
         self.by_subject[plan.subject_id] = set(plan.entries)
         self.retracted.extend(plan.report)
         for k, n in plan.changes.items():
