@@ -206,7 +206,8 @@ def test_server_reads_shared_resources_by_id(setup: Setup, study: Any) -> None:
     patient = plan_trial(SUBJECTS, 7).subjects[1].patient_id
     put_resources(setup.server.base_url, [
         {"resourceType": "Specimen", "id": "sp-1", "type": {"text": "serum"}},
-        {"resourceType": "Observation", "id": "with-specimen", "status": "final", "code": {"text": "x"},
+        {"resourceType": "Observation", "id": "with-specimen", "status": "final",  # a study code: kept when unfiltered
+         "code": {"coding": [{"system": "http://loinc.org", "code": "777-3"}]},
          "subject": {"reference": f"Patient/{patient}"}, "specimen": {"reference": "Specimen/sp-1"}}])
     src = ServerSource(FhirClient(setup.server.base_url), study, RunLog(), observation_code_param="none")
     setup.server.reset("stats")
