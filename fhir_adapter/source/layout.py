@@ -52,6 +52,10 @@ class Folder(Protocol):
     def open(self, path: str) -> IO[bytes]:
         """The bytes of a file as stored (gzip'd or not)."""
 
+    def lines(self, f: DataFile) -> Iterator[bytes]:
+        """The lines of an NDJSON file, decompressed, in file order (each as stored, with its ``\\n``), read
+        as they are used: a file of any size is never held whole."""
+
 
 class LocalFolder:
     """A folder on this machine's file system."""
@@ -76,6 +80,10 @@ class LocalFolder:
 
     def open(self, path: str) -> IO[bytes]:
         return open(path, "rb", buffering=1 << 20)  # the caller closes it
+
+    def lines(self, f: DataFile) -> Iterator[bytes]:
+        with _open(f, self) as fh:
+            yield from fh
 
 
 @dataclass(frozen=True)
@@ -194,12 +202,16 @@ def _listed_file(listed: set[str], url: str) -> str | None:
 def read_lines(f: DataFile, folder: Folder | None = None) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of an NDJSON file, gzip'd or not; blank lines skipped."""
     try:
-        with _open(f, folder) as fh:
-            for n, line in enumerate(fh, start=1):
-                if line.strip():
-                    yield n, line
+        for n, line in enumerate(folder.lines(f) if folder is not None else _local_lines(f), start=1):
+            if line.strip():
+                yield n, line
     except UNREADABLE as exc:
         raise unreadable(f, exc) from exc
+
+
+def _local_lines(f: DataFile) -> Iterator[bytes]:
+    with _open(f, None) as fh:
+        yield from fh
 
 
 def read_document(f: DataFile, folder: Folder | None = None) -> bytes:
