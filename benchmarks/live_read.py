@@ -41,9 +41,6 @@ from fhir_adapter.testing.feed_loader import load_feed
 from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
 from fhir_adapter.testing.outtree import server_read_crfs
 
-#: the plain reader's patient search parameter (``patient`` where the type has one), as in issue 18's baseline
-PLAIN_PARAM = {"AdverseEvent": "subject"}
-
 
 def children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -73,7 +70,7 @@ async def plain_read(base: str, patients: list[str], page: int, inflight: int) -
         async def search(rtype: str, pid: str) -> None:
             nonlocal requests, resources
             url: str | None = f"{base}/{rtype}"
-            params: dict[str, Any] | None = {PLAIN_PARAM.get(rtype, "patient"): f"Patient/{pid}", "_count": page}
+            params: dict[str, Any] | None = {SUBJECT_SEARCHES[rtype][0]: f"Patient/{pid}", "_count": page}
             while url is not None:
                 async with gate:
                     bundle = (await client.get(url, params=params)).raise_for_status().json()

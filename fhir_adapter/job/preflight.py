@@ -7,7 +7,7 @@ adapter will ask of it? ``fhir-adapter check`` prints the answers; nothing is wr
 What the adapter needs of a server (FHIR R4 ``CapabilityStatement.rest[mode=server]``):
 
 * reading (every run): search on ResearchStudy (``identifier``), ResearchSubject (``study``), Patient
-  (``_id``), Observation (``subject`` + the ``observation_code_param`` setting; ``auto`` needs no code
+  (``_id``), Observation (``patient`` + the ``observation_code_param`` setting; ``auto`` needs no code
   parameter: a server that refuses ``combo-code`` is read unfiltered), Procedure (``patient``,
   ``code``), the four medication types and AdverseEvent (``patient``/``subject``);
 * incremental runs (``--since``): ``_lastUpdated`` on those types; ``history-type`` for deletions;
@@ -28,7 +28,7 @@ READS: dict[str, tuple[tuple[str, ...], str]] = {
     "ResearchStudy": (("identifier",), "the study cannot be found: nothing runs"),
     "ResearchSubject": (("study",), "no roster: nothing runs"),
     "Patient": (("_id",), "Patients the server does not _include cannot be read"),
-    "Observation": (("subject",), "no labs, vital signs, SLEDAI-2K, PGA or CAR-T kinetics"),
+    "Observation": (("patient",), "no labs, vital signs, SLEDAI-2K, PGA or CAR-T kinetics"),
     "Procedure": (("patient", "code"), "no infusion: Day 1 unknown, no visits"),
     "MedicationStatement": (("patient",), "no concomitant medications from statements"),
     "MedicationRequest": (("patient",), "no concomitant medications from orders"),

@@ -103,7 +103,7 @@ def test_one_search_per_sparse_type_for_the_group_split_by_subject(study: Study)
     assert [u.params["patient"] for u in conditions] == ["Patient/p1,Patient/p2,Patient/p3"]
     assert next(by_type(handler, "AdverseEvent")).params["subject"] == "Patient/p1,Patient/p2,Patient/p3"
     # Observations: one patient a search until the answers show how many fill a page
-    assert [u.params["subject"] for u in by_type(handler, "Observation")] == [f"Patient/{p}" for p in PATIENTS]
+    assert [u.params["patient"] for u in by_type(handler, "Observation")] == [f"Patient/{p}" for p in PATIENTS]
     stats = source.request_stats()
     assert stats["per_subject"] == {} and stats["shared"][LABEL] == len(handler.seen)
     assert len(handler.seen) == len(SUBJECT_SEARCHES) - 1 + len(PATIENTS)

@@ -78,7 +78,7 @@ def test_probe_is_one_search_per_type_and_ignores_the_adapter_results(study: Stu
     searches = [r for r in seen if not r.url.path.endswith("/metadata")]
     assert len(searches) == len(SUBJECT_SEARCHES)  # three patients, one search per resource type
     obs = params_of(next(r for r in searches if search_type(r) == "Observation"))
-    assert obs["subject"] == "Patient/p1,Patient/p2,Patient/p3"
+    assert obs["patient"] == "Patient/p1,Patient/p2,Patient/p3"
     assert obs["_lastUpdated"] == "gt2026-11-01T00:00:00Z"
     assert "combo-code" in obs and "_include" not in obs
     assert not any("_history" in r.url.path for r in seen)

@@ -70,7 +70,7 @@ def test_observation_code_parameter_modes(study: Study) -> None:
         for mode, expected in (("combo-code", "combo-code"), ("code", "code"), ("none", None)):
             source = ServerSource(client, study, RunLog(), loop=loop, observation_code_param=mode)
             obs = [p for t, p in source.plan.searches("p1") if t == "Observation"]
-            assert len(obs) == 1 and obs[0]["subject"] == "Patient/p1"
+            assert len(obs) == 1 and obs[0]["patient"] == "Patient/p1"
             if expected is None:
                 assert "code" not in obs[0] and "combo-code" not in obs[0]
             else:

@@ -1,12 +1,10 @@
 """Which searches read one subject's resources, and what of their answer is input.
 
-One search per resource type the mapping needs (:data:`SUBJECT_SEARCHES`): ``Observation?subject=..&combo-code=
+One search per resource type the mapping needs (:data:`SUBJECT_SEARCHES`): ``Observation?patient=..&combo-code=
 <the mapping's codes>`` (``combo-code``: a code in ``Observation.code`` or in a ``component.code``, e.g. blood
 pressure in a panel's components), ``Procedure`` (all of them: the infusion and the procedures the CRF's PR
 domain lists), the four medication types (with ``_include`` of their Medication), ``AdverseEvent``,
-``Condition``, ``AllergyIntolerance`` and ``Immunization``. Observations are searched by ``subject=Patient/x``:
-the same Observations as ``patient=Patient/x`` (whose definition, ``subject.where(resolve() is Patient)``, some
-servers evaluate per candidate: the test server spends a quarter more CPU on it). Unfiltered Observation searches
+``Condition``, ``AllergyIntolerance`` and ``Immunization``. Unfiltered Observation searches
 (``observation_code_param: none``, or what ``auto`` chose) are filtered here instead: an Observation none of
 whose codes (own or component) is the study's is not input (:meth:`SearchPlan.keep`).
 
@@ -25,7 +23,7 @@ from fhir_adapter.terminology.codes import SID_RESULT
 
 #: resource type -> (patient search parameter, extra parameters)
 SUBJECT_SEARCHES: dict[str, tuple[str, dict[str, str]]] = {
-    "Observation": ("subject", {}),  # = patient for Patient/x references; servers need not resolve() them
+    "Observation": ("patient", {}),
     "Procedure": ("patient", {}),
     "MedicationStatement": ("patient", {"_include": "MedicationStatement:medication"}),
     "MedicationRequest": ("patient", {"_include": "MedicationRequest:medication"}),
