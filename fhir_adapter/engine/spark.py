@@ -60,6 +60,10 @@ OUTCOME_SCHEMA = "pid string, outcome binary"
 #: shuffle partitions on one machine (Spark's 200 cost a Python worker round trip each); a cluster's setting
 #: (spark-submit --conf spark.sql.shuffle.partitions=N) is kept
 LOCAL_SHUFFLE_PARTITIONS = 8
+#: at most this many subjects in one partition of the grouping (its lines are sorted in one task's memory, its
+#: outcomes reach the driver as one task result): a large cohort gets more partitions than
+#: ``spark.sql.shuffle.partitions``
+SUBJECTS_PER_PARTITION = 50
 
 
 class SparkUnavailable(RuntimeError):
@@ -282,7 +286,11 @@ class SparkSubjects:
         if not files:
             yield from self._driver_only(enrolled, work)
             return
-        lines = self._lines(files, pids, known, base).persist()
+        from pyspark import StorageLevel
+
+        # on disk: the memory of an executor's JVM stays for sorting the subjects' lines (a cached copy of the
+        # export's lines filled a 1 GB heap at 3,400 subjects)
+        lines = self._lines(files, pids, known, base).persist(StorageLevel.DISK_ONLY)
         try:
             wanted: set[tuple[str, str]] = set()
             logs = [(r["file"], r["block"], r["line"], r["log"])
@@ -298,10 +306,12 @@ class SparkSubjects:
             # persisted: ordering samples its input, which must not run the engine twice
             # subjects in ranges of patient ids: each partition's subjects come out in id order, so the driver
             # reads the outcomes in patient-id order without sorting them (no shuffle of the outcomes)
-            outcomes = (lines.where("pid is not null").repartitionByRange("pid").groupBy("pid")
+            partitions = max(int(spark.conf.get("spark.sql.shuffle.partitions") or LOCAL_SHUFFLE_PARTITIONS),
+                             -(-len(enrolled) // SUBJECTS_PER_PARTITION))
+            outcomes = (lines.where("pid is not null").repartitionByRange(partitions, "pid").groupBy("pid")
                         .applyInPandas(lambda pdf: _subject(run, b_work, b_enrolled, b_shared, pdf),
                                        OUTCOME_SCHEMA)
-                        .persist())
+                        .persist(StorageLevel.DISK_ONLY))
             outcomes.count()  # every subject at once on the executors; then read back one partition at a time
             got = ((str(r["pid"]), bytes(r["outcome"])) for r in outcomes.toLocalIterator())
             engine: SubjectEngine | None = None
