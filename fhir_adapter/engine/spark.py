@@ -32,7 +32,7 @@ import pickle
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote
 
@@ -145,6 +145,16 @@ class _Block:
         self.refs: set[tuple[str, str]] = set()
         self.lines = 0
 
+    def keep(self, found: Iterable[tuple[int, int | None, Resource, bytes | None]], f: DataFile, i: int,
+             start: int, enrolled: frozenset[str], base: str | None, out: list[tuple[Any, ...]]) -> None:
+        """The enrolled patients' resources of ``found`` (the file source's reading of file ``i``, split
+        ``start``) as rows of :data:`LINES_SCHEMA`; the others counted or quarantined."""
+        for n, entry, res, raw in found:
+            pid = self.source.enrolled_patient(f, n, entry, res, enrolled, self.counts, base)
+            if pid is not None:
+                out.append((pid, i, start, n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res), None))
+                self.refs |= shared_references([res])
+
     def summary(self) -> bytes:
         self.counts.update(self.log.counts)
         return pickle.dumps((dict(self.counts), self.log.warnings, self.log.quarantine, self.refs))
@@ -177,12 +187,8 @@ def _read_ndjson(files: list[DataFile], enrolled: frozenset[str], known: set[str
             if not line.strip():
                 continue
             i, f = index[key[0]]
-            for n, entry, res, raw in block.source.ndjson_resources(f, [(block.lines, line)], True):
-                pid = block.source.enrolled_patient(f, n, entry, res, enrolled, block.counts, base)
-                if pid is not None:
-                    out.append((pid, i, key[1], n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res),
-                                None))
-                    block.refs |= shared_references([res])
+            block.keep(block.source.ndjson_resources(f, [(block.lines, line)], True), f, i, key[1], enrolled, base,
+                       out)
         if out:
             yield pd.DataFrame(out, columns=_LINE_COLUMNS)
             out = []
@@ -209,12 +215,7 @@ def _read_documents(files: list[DataFile], enrolled: frozenset[str], known: set[
                 except UNREADABLE as exc:
                     raise unreadable(f, exc) from exc
             block = _Block(known)
-            for n, entry, res, raw in block.source.document_resources(f, data, True):
-                pid = block.source.enrolled_patient(f, n, entry, res, enrolled, block.counts, base)
-                if pid is not None:
-                    rows.append((pid, i, 0, n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res),
-                                 None))
-                    block.refs |= shared_references([res])
+            block.keep(block.source.document_resources(f, data, True), f, i, 0, enrolled, base, rows)
             rows.append((None, i, 0, 0, 0, None, block.summary()))
         yield pd.DataFrame(rows, columns=_LINE_COLUMNS)
 
