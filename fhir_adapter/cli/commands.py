@@ -138,11 +138,16 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
 @click.option("--spark-remote", default=None, envvar="SPARK_REMOTE", show_envvar=True,
               help="Spark Connect server for --engine spark (sc://host:15002; local[N]: a Connect server in this "
                    "process). Not together with --spark-master.")
+@click.option("--spark-staging", default=None,
+              help="Folder where the executors write the subjects' outcomes for the driver to read (removed after "
+                   "the run): on a cluster, shared storage both reach (s3a://, gs://, hdfs://, abfss://, or a "
+                   "path mounted on every node)  [default: OUT/.spark-staging]")
 @click.pass_context
 def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | None, post: bool, dry_run: bool,
         since: str | None, config: Path | None, roster_csv: Path | None, review_state: Path | None,
         reviewed_only: bool, bulk: bool, workers: int | None, allow_mass_retraction: bool,
-        quarantine_full_copies: bool, engine: str, spark_master: str | None, spark_remote: str | None) -> None:
+        quarantine_full_copies: bool, engine: str, spark_master: str | None, spark_remote: str | None,
+        spark_staging: str | None) -> None:
     """Run the pipeline: roster, mapping, CRFs, derivations, write-back bundles.
 
     \b
@@ -224,7 +229,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                                            reviewed_only=reviewed_only or _reviewed_only_setting(config),
                                            workers=workers or default_workers(),
                                            quarantine_full_copies=quarantine_full_copies,
-                                           engine_outcomes=_spark_engine(spark, conn.source, log)
+                                           engine_outcomes=_spark_engine(spark, conn.source, log, out,
+                                                                         spark_staging)
                                            if spark is not None else None)
             finally:
                 conn.close()
@@ -274,13 +280,15 @@ def _spark_folder(spark: Any, source: str) -> Any:
     return SparkFolder(spark, source)
 
 
-def _spark_engine(spark: Any, source: object, log: object) -> Any:
+def _spark_engine(spark: Any, source: object, log: object, out: Path, staging: str | None) -> Any:
     from fhir_adapter.engine.spark import SparkSubjects
     from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.source.files import FileSource
 
     assert isinstance(source, FileSource) and isinstance(log, RunLog)
-    return SparkSubjects(spark, source, log)
+    if staging is None:  # OUT's own: the run holds OUT's lock
+        return SparkSubjects(spark, source, log, str(out / ".spark-staging"), own=True)
+    return SparkSubjects(spark, source, log, staging)
 
 
 def _reviewed_only_setting(config: Path | None) -> bool:

@@ -11,8 +11,10 @@ line by line (a task numbers its split's lines; the driver adds the line counts 
 JSON documents whole through ``binaryFile`` — and each task finds every line's patient exactly as the file
 source does (same line numbers, same quarantine entries, same counts). Lines of enrolled patients (the
 roster broadcast) are grouped per subject (``groupBy(pid).applyInPandas``), sorted back into file order, and
-the engine runs on them; each subject's outcome comes back pickled and is merged on the driver in patient-id
-order, so every output equals the local engine's. A subject whose engine fails fails alone (its outcome
+the engine runs on them; each task writes its subjects' pickled outcomes into a staging folder
+(:mod:`fhir_adapter.engine.spark_staging`), from which the driver reads them one row group at a time and
+merges them in patient-id order, so every output equals the local engine's and the driver's memory stays flat
+in the number of subjects. A subject whose engine fails fails alone (its outcome
 carries the error).
 
 A classic session (``--spark-master``, spark-submit) broadcasts the study, the roster and the shared
@@ -30,6 +32,7 @@ import io
 import os
 import pickle
 import sys
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -39,6 +42,8 @@ from urllib.parse import unquote
 import orjson
 
 from fhir_adapter.engine.spark_files import job_failed, spark_errors
+from fhir_adapter.engine.spark_staging import StagedOutcomes, arrow_filesystem, staging_location
+from fhir_adapter.engine.spark_staging import remove as remove_staged
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.job.runlog import Quarantined, RunLog
 from fhir_adapter.roster.enrollees import Enrollee
@@ -61,7 +66,7 @@ OUTCOME_SCHEMA = "pid string, outcome binary"
 #: (spark-submit --conf spark.sql.shuffle.partitions=N) is kept
 LOCAL_SHUFFLE_PARTITIONS = 8
 #: at most this many subjects in one partition of the grouping (its lines are sorted in one task's memory, its
-#: outcomes reach the driver as one task result): a large cohort gets more partitions than
+#: outcomes are one row group the driver holds at a time): a large cohort gets more partitions than
 #: ``spark.sql.shuffle.partitions``
 SUBJECTS_PER_PARTITION = 50
 
@@ -262,10 +267,18 @@ def _fresh(engine: SubjectEngine, e0: Enrollee, resources: list[Resource],
 class SparkSubjects:
     """``engine_outcomes`` for :func:`fhir_adapter.job.pipeline.run`: the subjects of a file source on Spark."""
 
-    def __init__(self, spark: SparkSession, source: FileSource, runlog: RunLog) -> None:
+    def __init__(self, spark: SparkSession, source: FileSource, runlog: RunLog, staging: str | None = None, *,
+                 own: bool = False) -> None:
+        """``staging``: the folder (a path of the driver, or a URI) the executors write the subjects' outcomes
+        into and the driver reads them from (:mod:`fhir_adapter.engine.spark_staging`): each run writes a
+        sub-folder of its own and removes it at the end; ``own``: the folder is this run's alone (in OUT, whose
+        lock the run holds), so what a killed run left there is removed and the folder with it. None: a new
+        folder in this machine's temporary folder (a local master only)."""
         self.spark = spark
         self.source = source
         self.runlog = runlog
+        self.staging = staging_location(staging) if staging is not None else None
+        self.own = own or staging is None
 
     def __call__(self, enrolled: dict[str, Enrollee],
                  work: SubjectWork) -> Iterator[tuple[Enrollee, SubjectOutcome, list[Resource]]]:
@@ -289,6 +302,11 @@ class SparkSubjects:
             return
         from pyspark import StorageLevel
 
+        location = self.staging or staging_location(tempfile.mkdtemp(prefix="fhir-adapter-spark-"))
+        if self.own:  # what a killed run left (or the empty temporary folder: Spark's writer creates its own)
+            remove_staged(location)
+        else:  # one the driver cannot read stops the run now, not after every subject was processed
+            arrow_filesystem(location)
         # on disk: the memory of an executor's JVM stays for sorting the subjects' lines (a cached copy of the
         # export's lines filled a 1 GB heap at 3,400 subjects)
         lines = self._lines(files, pids, known, base).persist(StorageLevel.DISK_ONLY)
@@ -304,23 +322,19 @@ class SparkSubjects:
                 wanted |= refs
             shared = source.shared_resources(wanted)
             b_work, b_enrolled, b_shared = ship(spark, work), ship(spark, enrolled), ship(spark, shared)
-            # persisted: ordering samples its input, which must not run the engine twice
-            # subjects in ranges of patient ids: each partition's subjects come out in id order, so the driver
-            # reads the outcomes in patient-id order without sorting them (no shuffle of the outcomes)
+            # subjects in ranges of patient ids (at most SUBJECTS_PER_PARTITION per range), each range's outcomes
+            # written by its task into the staging folder: one row group the driver reads at a time
             partitions = max(int(spark.conf.get("spark.sql.shuffle.partitions") or LOCAL_SHUFFLE_PARTITIONS),
                              -(-len(enrolled) // SUBJECTS_PER_PARTITION))
             outcomes = (lines.where("pid is not null").repartitionByRange(partitions, "pid").groupBy("pid")
                         .applyInPandas(lambda pdf: _subject(run, b_work, b_enrolled, b_shared, pdf),
-                                       OUTCOME_SCHEMA)
-                        .persist(StorageLevel.DISK_ONLY))
-            outcomes.count()  # every subject at once on the executors; then read back one partition at a time
-            got = ((str(r["pid"]), bytes(r["outcome"])) for r in outcomes.toLocalIterator())
+                                       OUTCOME_SCHEMA))
+            # every subject at once on the executors, each task writing its subjects' outcomes
+            outcomes.write.parquet(f"{location}/{run}")
+            staged = StagedOutcomes(f"{location}/{run}")
             engine: SubjectEngine | None = None
-            pending: dict[str, bytes] = {}
             for pid in sorted(enrolled):
-                while pid not in pending and (row := next(got, None)) is not None:
-                    pending[row[0]] = row[1]  # holds more than one outcome only if Spark changed the order
-                blob = pending.pop(pid, None)
+                blob = staged.pop(pid)
                 if blob is not None:
                     yield enrolled[pid], pickle.loads(blob), []
                 else:  # an enrolled subject with no resources in the export
@@ -329,6 +343,7 @@ class SparkSubjects:
             self._report_retries(run)
         finally:
             spark.catalog.clearCache()
+            remove_staged(location if self.own else f"{location}/{run}")
 
     def _lines(self, files: list[DataFile], pids: frozenset[str], known: set[str], base: str | None) -> DataFrame:
         """The subject files' kept lines and per-split logs (:data:`LINES_SCHEMA`): NDJSON files through Spark's

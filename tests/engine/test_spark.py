@@ -90,6 +90,11 @@ def _same_out(local: Path, spark: Path, spark_source: str, local_source: str) ->
 
 
 def test_spark_local2_writes_the_same_out_as_the_local_engine(feed: Path, tmp_path: Path) -> None:
+    """... and OUT/.spark-staging, where the executors wrote the outcomes, is gone after the run, with what a
+    killed run had left there."""
+    left = tmp_path / "spark" / ".spark-staging" / "a-killed-run"
+    left.mkdir(parents=True)
+    (left / "part-00000-x.snappy.parquet").write_bytes(b"half written")
     runner = CliRunner()
     local = runner.invoke(main, ["-q", "run", "--source", str(feed), "--out", str(tmp_path / "local"),
                                  "--workers", "1"])
@@ -100,6 +105,7 @@ def test_spark_local2_writes_the_same_out_as_the_local_engine(feed: Path, tmp_pa
     assert len([k for k in one if k.startswith("crf/")]) == 34
     assert any(k.startswith("export/") for k in one) and any(k.startswith("writeback/") for k in one)
     assert differences(one, two) == []
+    assert not (tmp_path / "spark" / ".spark-staging").exists()
 
 
 def test_spark_reads_a_file_uri_in_every_bulk_layout(small: Path, tmp_path: Path) -> None:
@@ -169,11 +175,16 @@ def test_lines_of_a_file_spark_splits_are_numbered_as_the_file_source_numbers_th
 
 
 def test_a_subject_failing_on_an_executor_fails_alone(small: Path, tmp_path: Path, study: Any) -> None:
+    """... its outcome (with the error) staged by the executors like the others' (``--spark-staging``: a
+    folder shared by other runs) and read back in patient-id order; the run's sub-folder removed at the end."""
     spark = spark_session("local[2]")
     log = RunLog()
     source = FileSource(SparkFolder(spark, str(small / "export")), log)
-    subjects = SparkSubjects(spark, source, log)
+    shared = tmp_path / "staging"
+    subjects = SparkSubjects(spark, source, log, str(shared))
     broken: list[str] = []
+    order: list[str] = []
+    staged: list[Path] = []
 
     def with_one_broken(enrolled: dict[str, Enrollee],
                         work: SubjectWork) -> Iterator[tuple[Enrollee, Any, list[Any]]]:
@@ -181,10 +192,15 @@ def test_a_subject_failing_on_an_executor_fails_alone(small: Path, tmp_path: Pat
         broken.append(enrolled[sorted(enrolled)[2]].subject_id)
         bad = dataclasses.replace(work, roster_infusions={**work.roster_infusions,
                                                           broken[0]: "not a date"})  # type: ignore[dict-item]
-        return subjects(enrolled, bad)
+        for e0, outcome, resources in subjects(enrolled, bad):
+            staged.extend(shared.glob("*/part-*.parquet"))  # the executors' files, read while the run goes on
+            order.append(e0.patient_id)
+            yield e0, outcome, resources
 
     summary = run(source, study, tmp_path / "out", log, engine_outcomes=with_one_broken)
     assert summary.subjects_failed == broken and summary.exit_code == 2
+    assert len(order) == 6 and order == sorted(order) and staged
+    assert shared.is_dir() and list(shared.iterdir()) == []
     report = orjson.loads((tmp_path / "out" / "run-report.json").read_bytes())
     [failure] = [w for w in report["warnings"] if w.get("rule") == "subject-failed"]
     assert failure["subject_id"] == broken[0] and "date" in failure["message"]
@@ -193,6 +209,16 @@ def test_a_subject_failing_on_an_executor_fails_alone(small: Path, tmp_path: Pat
     assert len(crfs) == len(local_crfs) - 1 and len(local_crfs) == 6
     for name in crfs:  # the other subjects' outputs are untouched by the failure
         assert (tmp_path / "out" / "crf" / name).read_bytes() == (small / "local-out" / "crf" / name).read_bytes()
+
+
+def test_a_staging_location_the_driver_cannot_read_stops_the_run_before_the_subjects(small: Path,
+                                                                                      tmp_path: Path) -> None:
+    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--spark-master", "local[2]", "--spark-staging",
+                                  "nowhere://bucket/staging", "--source", str(small / "export"),
+                                  "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    assert "--spark-staging nowhere://bucket/staging: the driver cannot open it" in r.output
+    assert not (tmp_path / "out" / "crf").exists()
 
 
 def test_spark_engine_reads_files_not_fhir_servers(tmp_path: Path) -> None:
