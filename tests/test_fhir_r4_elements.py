@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from fhir_adapter.fhir.r4 import _r4b_model, model_problem, r4_problem
-from fhir_adapter.fhir.r4_elements import conforms
+from fhir_adapter.fhir.r4_elements import _primitives, conforms, table
 from fhir_adapter.synth import write_feed
 from tests.bad_input import build
 
@@ -151,3 +151,71 @@ def test_mutations_get_the_models_verdict_and_reason(synthetic: list[dict[str, A
 ])
 def test_edge_cases_get_the_models_reason(resource: dict[str, Any]) -> None:
     _same(resource)
+
+
+def _times(rng: random.Random) -> Iterator[str]:
+    """dateTime/instant strings near and across every edge of the format and the calendar."""
+    years = ["0000", "0001", "1900", "2000", "2023", "2024", "9999", "999", "20245"]
+    months = ["00", "01", "02", "04", "12", "13", "1"]
+    days = ["00", "01", "28", "29", "30", "31", "32", "1"]
+    times = ["T00:00:00", "T23:59:59", "T24:00:00", "T12:60:00", "T12:00:60", "T23:59:60", "T10:00", "T9:00:00",
+             "T10:00:00.5", "T10:00:00.123456", "T10:00:00.1234567", "T10:00:00.", "t10:00:00", " T10:00:00"]
+    tails = ["", "", " ", "\n"]
+    zones = ["", "Z", "z", "+00:00", "-05:00", "+14:00", "+14:01", "-13:59", "+15:00", "+0100", "+01", " Z"]
+    for y in years:
+        yield y
+        for m in months:
+            yield f"{y}-{m}"
+            for d in days:
+                yield f"{y}-{m}-{d}"
+    for _ in range(6000):
+        yield (f"{rng.choice(years)}-{rng.choice(months)}-{rng.choice(days)}{rng.choice(times)}"
+               f"{rng.choice(zones)}{rng.choice(tails)}")
+
+
+def test_the_date_time_fast_path_accepts_nothing_the_validator_rejects() -> None:
+    from fhir.resources.R4B.observation import Observation
+    from pydantic import ValidationError
+
+    table(Observation)  # the primitives of dateTime (effectiveDateTime) and instant (issued)
+    paths = {name: p for name, p in _primitives.items() if p.fast is not None}
+    assert {"DateTime", "Instant"} <= {k for k in ("DateTime", "Instant") for n in paths if f"{k}()" in n}
+    rng = random.Random(7)
+    accepted = 0
+    for p in paths.values():
+        for value in _times(rng):
+            if p.fast is not None and p.fast(value):
+                accepted += 1
+                try:
+                    p.validate(value)
+                except (ValidationError, ValueError, TypeError):
+                    pytest.fail(f"the fast path accepts {value!r}, fhir_core does not")
+    assert accepted > 300  # and it does vouch for the common forms
+
+
+@pytest.mark.parametrize(("element", "value"), [
+    ("effectiveDateTime", "2024-02-30T10:00:00Z"),            # not on the calendar
+    ("effectiveDateTime", "2024-03-05T10:00:00"),             # a time without an offset
+    ("issued", "2024-03-05"),                                 # an instant needs a time
+    ("issued", "2023-02-29T10:00:00Z"),
+    ("valueQuantity", {"value": "12.5", "unit": "g/dL"}),     # a decimal as a JSON string
+    ("valueQuantity", [{"value": 12.5}]),                     # a list where R4 has one
+    ("code", [{"text": "x"}]),
+    ("category", {"text": "laboratory"}),                     # one where R4 has a list
+    ("category", [None]),
+])
+def test_a_malformed_date_quantity_or_cardinality_in_a_crf_feeding_observation_is_quarantined(
+        element: str, value: Any) -> None:
+    from fhir_adapter.job.runlog import RunLog
+    from fhir_adapter.mapping.subject import valid_resources
+
+    good = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "effectiveDateTime": "2024-03-05T10:00:00+01:00", "issued": "2024-03-05T12:00:00.123+01:00",
+            "valueQuantity": {"value": 12.5, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}
+    log = RunLog()
+    assert valid_resources([good], "S-1", log) == [good] and not log.quarantine
+    bad = {**good, element: value}
+    assert valid_resources([bad], "S-1", log) == []
+    (q,) = log.quarantine
+    assert q.rule == "r4-invalid" and element in q.reason and q.reason == f"not valid FHIR R4: {model_problem(bad)}"

@@ -24,14 +24,16 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import importlib
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_core.constraints import FHIR_TYPES_MAPS
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
-from fhir_core.types import FhirBase, FhirElementOrResourceBase
+from fhir_core.types import DateTime, FhirBase, FhirElementOrResourceBase, Instant
 from pydantic import TypeAdapter, ValidationError
 
 from fhir_adapter.fhir.r4_types import R4_RESOURCE_TYPES
@@ -42,9 +44,11 @@ MAX_REMEMBERED = 20_000
 
 
 class _Primitive:
-    """One primitive type's check: the JSON type, then the model's own validator, remembering accepted values."""
+    """One primitive type's check: the JSON type, then the model's own validator, remembering accepted values.
+    A dateTime or an instant first gets a fast path (:func:`_fast_path`) that only accepts what the validator
+    accepts; what it does not accept goes to the validator."""
 
-    __slots__ = ("adapter", "json_types", "seen")
+    __slots__ = ("fast", "json_types", "seen", "validate")
 
     def __init__(self, annotation: Any) -> None:
         base = _bare(annotation)
@@ -56,7 +60,8 @@ class _Primitive:
             self.json_types = (int, float)
         else:  # str, uri, code, date, dateTime, instant, time, base64Binary…: a JSON string
             self.json_types = (str,)
-        self.adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+        self.validate: Callable[[Any], Any] = TypeAdapter(annotation).validator.validate_python
+        self.fast: Callable[[str], bool] | None = _fast_path(annotation) if self.json_types == (str,) else None
         self.seen: set[Any] = set()
 
     def accepts(self, value: Any) -> bool:
@@ -64,14 +69,56 @@ class _Primitive:
             return False
         if value in self.seen:
             return True
-        try:
-            self.adapter.validate_python(value)
-        except (ValidationError, ValueError, TypeError):
-            return False
+        if self.fast is None or not self.fast(value):
+            try:
+                self.validate(value)
+            except (ValidationError, ValueError, TypeError):
+                return False
         if len(self.seen) >= MAX_REMEMBERED:
             self.seen.clear()
         self.seen.add(value)
         return True
+
+
+#: the forms the fast paths accept (besides fhir_core's own pattern): fractions of a second up to microseconds,
+#: no leap second, an offset on every time
+_DATE_TIME = re.compile(r"\d{4}(-\d\d(-\d\d(T\d\d:\d\d:[0-5]\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d))?)?)?")
+_INSTANT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:[0-5]\d(\.\d{1,6})?(Z|[+-]\d\d:\d\d)")
+
+
+def _fast_path(annotation: Any) -> Callable[[str], bool] | None:
+    """A check that says True only of values the primitive's validator accepts (None: no fast path):
+    ``dateTime`` and ``instant`` values that match fhir_core's own pattern and :data:`_DATE_TIME` /
+    :data:`_INSTANT` and that Python's calendar parses — a subset of what fhir_core accepts (its pattern,
+    then pydantic's date-time parser, which takes any calendar date and time with an offset)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] \
+        if typing.get_origin(annotation) in _UNIONS else [annotation]
+    if len(args) != 1 or typing.get_origin(args[0]) is not typing.Annotated:
+        return None
+    meta = typing.get_args(args[0])[1:]
+    if len(meta) != 1:
+        return None
+    kind = meta[0]
+    if type(kind) is Instant:
+        spec = kind.pattern
+        return lambda v: _INSTANT.fullmatch(v) is not None and spec.fullmatch(v) is not None and _calendar(v)
+    if type(kind) is DateTime:
+        spec = kind.pattern
+        return lambda v: _DATE_TIME.fullmatch(v) is not None and spec.fullmatch(v) is not None \
+            and (len(v) < 10 or _calendar(v))
+    return None
+
+
+def _calendar(value: str) -> bool:
+    """A date or a date-time with an offset (``Z`` included) that is on the calendar."""
+    try:
+        if len(value) == 10:
+            dt.date.fromisoformat(value)
+        else:
+            dt.datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -176,6 +223,31 @@ def table(model: type) -> _Table:
     return t
 
 
+class _AnyString(_Primitive):
+    """``resourceType`` of a resource's own JSON object: the caller chose the model by it."""
+
+    def __init__(self) -> None:
+        self.json_types = (str,)
+        self.fast = None
+        self.seen = set()
+
+    def accepts(self, value: Any) -> bool:
+        return type(value) is str
+
+
+_resource_tables: dict[type, _Table] = {}
+
+
+def resource_table(model: type) -> _Table:
+    """:func:`table` of a resource model with its ``resourceType`` key (a JSON string) besides its elements."""
+    found = _resource_tables.get(model)
+    if found is None:
+        t = table(model)
+        found = _resource_tables[model] = _Table(
+            {**t.elements, "resourceType": _Element(False, primitive=_AnyString())}, t.required, t.choices)
+    return found
+
+
 _resource_models: dict[tuple[str, str], type | None] = {}
 
 
@@ -198,7 +270,7 @@ def _resource_conforms(item: Any, prefix: str) -> bool:
     model = _resource_model(prefix, item.get("resourceType"))
     if model is None:
         return False
-    return _conforms({k: v for k, v in item.items() if k != "resourceType"}, table(model))
+    return _conforms(item, resource_table(model))
 
 
 def _conforms(node: dict[str, Any], t: _Table) -> bool:
@@ -248,6 +320,5 @@ def _conforms(node: dict[str, Any], t: _Table) -> bool:
 def conforms(resource: dict[str, Any], model: type) -> bool:
     """True when ``resource`` (a JSON object whose ``resourceType`` is ``model``'s) is certainly accepted by
     ``model``; False means "parse it with the model to find out (and to learn why not)"."""
-    body = {k: v for k, v in resource.items() if k != "resourceType"}
-    return _conforms(body, table(model))
+    return _conforms(resource, resource_table(model))
 
