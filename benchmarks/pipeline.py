@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, os, resource, sys, threading, time
 from pathlib import Path
+from fhir_adapter.engine.parallel import prepare
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
@@ -73,6 +74,7 @@ def main():
     seen, stop = {}, threading.Event()
     threading.Thread(target=watch, args=(seen, stop), daemon=True).start()
     t0, c0 = time.perf_counter(), time.process_time()
+    prepare(workers)  # as the CLI does: the workers' forkserver preloads while the study is loaded
     st = load_study(study)
     log = RunLog()
     summary = run(FileSource(feed, log), st, out, log, workers=workers)

@@ -7,12 +7,17 @@ source resources (:func:`~fhir_adapter.writeback.state.source_statuses`) instead
 the source stays in the calling process (a live server is read there; workers only map and derive). At most
 a few subjects per worker are in flight, so memory stays flat in the cohort size. A subject whose worker dies
 (killed, out of memory) fails alone: the pool is started again for the subjects after it.
+
+Workers are forked by a forkserver that has imported the engine and built the R4 models once
+(:mod:`fhir_adapter.engine.preload`), and they start while the source is still being read (the first subject
+is ready only when the source has been read through), so their start-up is not added to the run's time.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -29,6 +34,8 @@ from fhir_adapter.writeback.state import source_statuses
 
 #: subjects in flight per worker (enough to keep every worker busy while the source is read)
 IN_FLIGHT_PER_WORKER = 4
+#: modules the forkserver imports before it forks any worker (:mod:`fhir_adapter.engine.preload`)
+PRELOAD = ["fhir_adapter.engine.preload"]
 
 _engine: SubjectEngine | None = None
 
@@ -41,10 +48,49 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def context() -> Any:
+    """The start method of the workers: a forkserver preloaded with :data:`PRELOAD` where the platform has
+    one, else spawn."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)  # for a forkserver started from now on
+    return ctx
+
+
+def prepare(workers: int) -> None:
+    """Start the forkserver now (it preloads in the background) when ``workers`` processes will be needed."""
+    if workers > 1 and "forkserver" in multiprocessing.get_all_start_methods():
+        context()
+        from multiprocessing import forkserver
+        forkserver.ensure_running()
+
+
 def _start(work: SubjectWork) -> None:
     global _engine
     _engine = SubjectEngine(work)
+    _engine.prepare()
     run_settings()  # the worker's cycle collector as during a run (fhir_adapter/engine/collector.py)
+
+
+def _ready() -> None:
+    """A task that only makes the pool start a worker."""
+
+
+def _pool(workers: int, work: SubjectWork, ctx: Any) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes, started in the background (a forkserver answers once it has preloaded):
+    the caller goes on reading the source meanwhile."""
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+
+    def start() -> None:
+        try:
+            for _ in range(workers):
+                pool.submit(_ready)
+        except (RuntimeError, BrokenProcessPool):  # the pool was shut down (the run ended or failed early)
+            pass
+
+    threading.Thread(target=start, name="fhir-adapter-workers", daemon=True).start()
+    return pool
 
 
 #: one subject's resources, each as a dict or as the JSON bytes of one
@@ -81,9 +127,8 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
             outcome, resources = fresh(engine, e0, records, str(i))
             yield e0, outcome, resources
         return
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in multiprocessing.get_all_start_methods()
-                                      else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+    ctx = context()
+    pool = _pool(workers, work, ctx)
     pending: deque[tuple[Enrollee, Records, str, Future[SubjectOutcome]]] = deque()
     try:
         it = enumerate(subjects)

@@ -161,6 +161,11 @@ class SubjectEngine:
         self.mapper = SubjectMapper(work.study, self.log)
         self._renderer: ExportRenderer | None = None
 
+    def prepare(self) -> None:
+        """Build now what the first subject would otherwise build (the export renderer and its tables)."""
+        if self._renderer is None and (self.work.render_exports or self.work.pieces is not None):
+            self._renderer = ExportRenderer(self.work.study)
+
     def fresh(self, e0: Enrollee, resources: list[dict[str, Any]], key: str | None = None) -> SubjectOutcome:
         """Day 1, map, review decisions, derive, write-back resources from the subject's source resources;
         with ``key`` and ``SubjectWork.pieces``, the subject's files are written too (:class:`SubjectPieces`)."""

@@ -43,6 +43,11 @@ def _registry() -> Any:
     return PintUcumRegistry()
 
 
+def load_registry() -> None:
+    """Build the UCUM registry now (in a process whose children will convert units: the workers' forkserver)."""
+    _registry()
+
+
 def _annotations(unit: str) -> tuple[str, ...]:
     return tuple(sorted(_ANNOTATION.findall(unit)))
 

@@ -3,13 +3,15 @@ process; a subject that fails in a worker fails alone."""
 
 from __future__ import annotations
 
+import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from fhir_adapter.engine.parallel import subject_outcomes
+from fhir_adapter.engine.parallel import context, subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
@@ -42,6 +44,16 @@ def test_two_workers_write_the_same_out_as_one_process(feed: Path, tmp_path: Pat
     assert seen1 == seen2
     assert len(one) > 34 * 3
     assert differences(one, two) == []
+
+
+def _preloaded() -> tuple[bool, int]:
+    from fhir_adapter.terminology import units
+    return "fhir_adapter.engine.preload" in sys.modules, units._registry.cache_info().currsize
+
+
+def test_workers_start_with_the_engine_and_the_ucum_registry_already_loaded() -> None:
+    with ProcessPoolExecutor(1, mp_context=context()) as pool:
+        assert pool.submit(_preloaded).result() == (True, 1)
 
 
 def test_a_subject_failing_in_a_worker_fails_alone(feed: Path, study: Any) -> None:
