@@ -143,12 +143,25 @@ def data_type(column: str) -> str:
     return DATA_TYPES.get(generic, "text")
 
 
+#: num() of the values seen but zero (results repeat: reference ranges, doses, scores); at most this many kept
+_NUM_KEPT = 50_000
+_nums: dict[float | int, str] = {}
+
+
 def num(value: float | int | None) -> str:
     """A number as a plain decimal (no exponent, no trailing zeros): valid xs:decimal and CSV-friendly."""
     if value is None:
         return ""
-    text = format(Decimal(repr(float(value))).normalize(), "f")
-    return text[:-2] if text.endswith(".0") else text
+    text = _nums.get(value)
+    if text is None:
+        text = format(Decimal(repr(float(value))).normalize(), "f")
+        if text.endswith(".0"):
+            text = text[:-2]
+        if value:  # 0.0 and -0.0 are one key but two texts
+            if len(_nums) >= _NUM_KEPT:
+                _nums.clear()
+            _nums[value] = text
+    return text
 
 
 def testcd_map(study: Study) -> dict[str, str]:
@@ -244,10 +257,24 @@ class RowBuilder:
         self.meddra_missing: set[str] = set()
         self.meddra_problem: str | None = None
         self.serious_without_criteria = 0
+        #: every column of each domain, empty: a row starts from it, so it has every column in column order
+        self._blank = {d: dict.fromkeys(COLUMNS[d], "") for d in DOMAINS}
+        self._ids_of: tuple[str, str | None, str | None] | None = None
+        self._ids_rows: dict[str, dict[str, Any]] = {}
 
     def _ids(self, crf: SubjectCRF, domain: str) -> dict[str, Any]:
-        return {"STUDYID": self.study_id, "DOMAIN": domain, "USUBJID": f"{self.study_id}-{crf.subject_id}",
-                "SUBJID": crf.subject_id, "SITEID": crf.dm.site or "", "INVID": crf.dm.investigator_id or ""}
+        """The start of each row of ``domain``: every column, the identifiers filled (the same dict for the
+        subject's rows: unpacked into each row, never changed)."""
+        of = (crf.subject_id, crf.dm.site, crf.dm.investigator_id)
+        if of != self._ids_of:
+            self._ids_of, self._ids_rows = of, {}
+        ids = self._ids_rows.get(domain)
+        if ids is None:
+            ids = self._ids_rows[domain] = {
+                **self._blank[domain], "STUDYID": self.study_id, "DOMAIN": domain,
+                "USUBJID": f"{self.study_id}-{crf.subject_id}", "SUBJID": crf.subject_id,
+                "SITEID": crf.dm.site or "", "INVID": crf.dm.investigator_id or ""}
+        return ids
 
     def _epoch(self, crf: SubjectCRF, d: dt.date | None) -> str:
         """SCREENING from consent to lymphodepletion (or Day 1), TREATMENT from lymphodepletion to Day 1,

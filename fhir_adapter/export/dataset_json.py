@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from pathlib import Path
 from typing import IO, Any
 
 from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, data_type
 from fhir_adapter.export.labels import label
+from fhir_adapter.export.table import Table, tables
 from fhir_adapter.study.load import Study
 from fhir_adapter.version import __version__
 
@@ -64,12 +66,37 @@ def column_kinds() -> dict[str, list[str]]:
 
 def render_rows(rows: dict[str, list[dict[str, Any]]], kinds: dict[str, list[str]]) -> dict[str, list[str]]:
     """Domain → each row as its Dataset-JSON array text."""
+    return render_tables(tables(rows), kinds)
+
+
+def _number(kind: str, text: str) -> str:
+    """A cell of an integer or double column as JSON, as :func:`json.dumps` writes the number."""
+    if kind == "integer":
+        return int.__repr__(int(text))
+    value = float(text)
+    return float.__repr__(value) if math.isfinite(value) else _ENCODE(value)
+
+
+def render_tables(domains: dict[str, Table], kinds: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Domain → each row of its :class:`Table` as its Dataset-JSON array text: a plain row's strings are
+    quoted as they are (nothing in them JSON escapes), its numbers converted; any other row cell by cell."""
     out: dict[str, list[str]] = {}
-    for domain, domain_rows in rows.items():
-        cells = list(zip(kinds[domain], COLUMNS[domain], strict=True))
-        out[domain] = [_ENCODE([None if (text := row.get(c)) is None or text == "" else
-                                str(text) if k == "string" else _value(k, text) for k, c in cells])
-                       for row in domain_rows]
+    for domain, t in domains.items():
+        domain_kinds = kinds[domain]
+        cells = list(zip(domain_kinds, COLUMNS[domain], strict=True))
+        numbers = [(i, k) for i, k in enumerate(domain_kinds) if k != "string"]
+        texts: list[str] = []
+        for row, values, plain in zip(t.rows, t.cells, t.plain, strict=True):
+            if not plain:
+                texts.append(_ENCODE([None if (text := row.get(c)) is None or text == "" else
+                                      str(text) if k == "string" else _value(k, text) for k, c in cells]))
+                continue
+            parts = ['"' + v + '"' if v else "null" for v in values]
+            for i, k in numbers:
+                if values[i]:
+                    parts[i] = _number(k, values[i])
+            texts.append("[" + ", ".join(parts) + "]")
+        out[domain] = texts
     return out
 
 
@@ -95,8 +122,8 @@ class DatasetJsonWriter:
             fh.write(json.dumps(head, ensure_ascii=False)[:-1] + ', "rows": [')
             self._files[domain] = fh
 
-    def add(self, rows: dict[str, list[dict[str, Any]]]) -> None:
-        self.write(render_rows(rows, self._kinds))
+    def add(self, domains: dict[str, Table]) -> None:
+        self.write(render_tables(domains, self._kinds))
 
     def write(self, rendered: dict[str, list[str]]) -> None:
         """Append rows rendered by :func:`render_rows` (here or in a worker)."""

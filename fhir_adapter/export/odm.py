@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -37,6 +38,7 @@ from fhir_adapter.export.cdisc import COLUMNS, DOMAIN_LABELS, DOMAINS, FINDINGS_
 from fhir_adapter.export.ct import load_terminology
 from fhir_adapter.export.labels import label
 from fhir_adapter.export.sanitize import xml_plain, xml_text
+from fhir_adapter.export.table import Table, table
 from fhir_adapter.study.load import Study
 from fhir_adapter.version import __version__
 
@@ -47,8 +49,6 @@ UNSCHEDULED_EVENT = "SE.UNS"
 NO_VISIT = "NO-VISIT"
 SUBJECT_FORMS = ("DM", "EX", "CM", "AE", "MH", "PR")
 MDV_OID = "MDV.1"
-#: ItemData elements remembered before the memory is cleared (bounds memory in long runs)
-MAX_REMEMBERED_ITEMS = 50_000
 REVIEW_LOCATION = "LOC.REVIEW"
 _IN_CONTEXT = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID", "VISIT", "VISITNUM", "VISITDY")
 
@@ -182,6 +182,24 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
                      MetaDataVersion=[mdv]), unit_oids
 
 
+class _FormSpec:
+    """What writing a domain's rows as ItemGroupData needs, worked out once: the ItemData text before each
+    value (by the cell's position in ``COLUMNS[domain]``), the repeat key's cell, --STRESN and --STRESU."""
+
+    def __init__(self, domain: str) -> None:
+        columns = COLUMNS[domain]
+        at = {c: i for i, c in enumerate(columns)}
+        stresn = f"{domain}STRESN"
+        items = [(at[c], f'<ItemData ItemOID="IT.{domain}.{c}" Value="') for c in ODM_COLUMNS[domain]]
+        split = next((n for n, c in enumerate(ODM_COLUMNS[domain]) if c == stresn), len(items))
+        self.before, self.after = items[:split], items[split + 1:]
+        self.stresn = at[stresn] if split < len(items) else None
+        self.stresu = at.get(f"{domain}STRESU")
+        self.stresn_oid = f"IT.{domain}.{stresn}"
+        self.key = None if domain == "DM" else at[f"{domain}TESTCD" if domain in FINDINGS_DOMAINS else f"{domain}SEQ"]
+        self.group = f'<ItemGroupData ItemGroupOID="IG.{domain}"'
+
+
 class OdmSubjects:
     """One subject's SubjectData as XML text (:meth:`render`), wherever the subject is processed."""
 
@@ -191,8 +209,7 @@ class OdmSubjects:
         self.scheduled = {v.id for v in study.schedule.visits}
         self._removed = 0
         self.reviewers: dict[str, str] = {}  # reviewer name → User OID (AdminData)
-        #: (domain, column, value type, value) → its ItemData element, for values XML takes as they are
-        self._items: dict[tuple[str, str, type, Any], str] = {}
+        self._specs = {d: _FormSpec(d) for d in DOMAINS}
 
     def _attr(self, text: str) -> str:
         """A quoted attribute value without the characters XML 1.0 forbids (counted)."""
@@ -202,21 +219,25 @@ class OdmSubjects:
         self._removed += n
         return quoteattr(clean)
 
-    def render(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> tuple[str, int]:
-        """One subject's SubjectData from its export rows (:meth:`RowBuilder.rows`), and how many characters
-        XML 1.0 forbids were removed from its text. Reviewer OIDs are numbered in the order reviewers first
-        appear, so rows carrying a reviewer's decision are rendered by the run's own :class:`OdmWriter`."""
+    def render(self, subject_id: str, rows: dict[str, list[dict[str, Any]]] | dict[str, Table]) -> tuple[str, int]:
+        """One subject's SubjectData from its export rows (:meth:`RowBuilder.rows`, or their tables), and how
+        many characters XML 1.0 forbids were removed from its text. Reviewer OIDs are numbered in the order
+        reviewers first appear, so rows carrying a reviewer's decision are rendered by the run's own
+        :class:`OdmWriter`."""
+        domains = {d: r if isinstance(r, Table) else table(d, r) for d, r in rows.items()}
         self._removed = 0
         out: list[str] = [f'<SubjectData SubjectKey={self._attr(subject_id)} TransactionType="Insert">',
                           f'<StudyEventData StudyEventOID="{SUBJECT_EVENT}">']
         for domain in SUBJECT_FORMS:
-            if rows.get(domain):
-                self._form(out, domain, rows[domain])
+            t = domains.get(domain)
+            if t is not None and t.rows:
+                self._form(out, t, range(len(t.rows)))
         out.append("</StudyEventData>")
-        by_visit: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        by_visit: dict[str, dict[str, list[int]]] = {}
         for domain in FINDINGS_DOMAINS:
-            for row in rows.get(domain, []):
-                by_visit.setdefault(row["_visit"], {}).setdefault(domain, []).append(row)
+            if (t := domains.get(domain)) is not None:
+                for i, row in enumerate(t.rows):
+                    by_visit.setdefault(row["_visit"], {}).setdefault(domain, []).append(i)
         for visit, forms in by_visit.items():
             if visit in self.scheduled:
                 out.append(f"<StudyEventData StudyEventOID={self._attr('SE.' + visit)}>")
@@ -225,46 +246,50 @@ class OdmSubjects:
                            f"StudyEventRepeatKey={self._attr(visit or NO_VISIT)}>")
             for d in FINDINGS_DOMAINS:
                 if d in forms:
-                    self._form(out, d, forms[d])
+                    self._form(out, domains[d], forms[d])
             out.append("</StudyEventData>")
         out.append("</SubjectData>\n")
         return "".join(out), self._removed
 
-    def _form(self, out: list[str], domain: str, rows: list[dict[str, Any]]) -> None:
+    def _form(self, out: list[str], t: Table, indices: Iterable[int]) -> None:
+        domain = t.domain
+        spec = self._specs[domain]
         out.append(f'<FormData FormOID="F.{domain}">')
         findings = domain in FINDINGS_DOMAINS
-        stresn, stresu = f"{domain}STRESN", f"{domain}STRESU"
-        for row in rows:
-            if domain == "DM":
-                out.append(f'<ItemGroupData ItemGroupOID="IG.{domain}">')
+        for i in indices:
+            row, cells = t.rows[i], t.cells[i]
+            if spec.key is None:
+                out.append(spec.group + ">")
             else:
-                key = row[f"{domain}TESTCD"] if findings else row[f"{domain}SEQ"]
-                repeat = self._attr(str(key))
-                out.append(f'<ItemGroupData ItemGroupOID="IG.{domain}" ItemGroupRepeatKey={repeat}>')
+                key = cells[spec.key]
+                out.append(f'{spec.group} ItemGroupRepeatKey={self._attr(str(key))}>')
                 if findings and row.get("_decision"):
                     out.append(self._review(row["_decision"], str(row.get("REVSTAT") or "")))
-            for column in ODM_COLUMNS[domain]:
-                value = row.get(column)
-                if value is None or value == "":
-                    continue
-                unit = self.unit_oids.get(row.get(stresu) or "") if column == stresn else None
-                if not unit:
-                    key = (domain, column, type(value), value)
-                    item = self._items.get(key)
-                    if item is None:
-                        text = str(value)
-                        if not xml_plain(text):  # characters to remove (counted each time) or escape
-                            out.append(f'<ItemData ItemOID="IT.{domain}.{column}" Value={self._attr(text)}/>')
-                            continue
-                        if len(self._items) >= MAX_REMEMBERED_ITEMS:
-                            self._items.clear()
-                        item = self._items[key] = f'<ItemData ItemOID="IT.{domain}.{column}" Value="{text}"/>'
-                    out.append(item)
-                    continue
-                attrs = f'ItemOID="IT.{domain}.{column}" Value={self._attr(str(value))}'
-                out.append(f'<ItemData {attrs}><MeasurementUnitRef MeasurementUnitOID="{unit}"/></ItemData>')
+            if not t.plain[i]:
+                self._items(out, domain, row)
+                out.append("</ItemGroupData>")
+                continue
+            out += [pre + v + '"/>' for n, pre in spec.before if (v := cells[n])]
+            if spec.stresn is not None and (v := cells[spec.stresn]):
+                unit = self.unit_oids.get(cells[spec.stresu] or "") if spec.stresu is not None else None
+                out.append(f'<ItemData ItemOID="{spec.stresn_oid}" Value="{v}"><MeasurementUnitRef '
+                           f'MeasurementUnitOID="{unit}"/></ItemData>' if unit else
+                           f'<ItemData ItemOID="{spec.stresn_oid}" Value="{v}"/>')
+            out += [pre + v + '"/>' for n, pre in spec.after if (v := cells[n])]
             out.append("</ItemGroupData>")
         out.append("</FormData>")
+
+    def _items(self, out: list[str], domain: str, row: dict[str, Any]) -> None:
+        """The ItemData of a row that is not plain, value by value (forbidden characters removed, counted)."""
+        stresn, stresu = f"{domain}STRESN", f"{domain}STRESU"
+        for column in ODM_COLUMNS[domain]:
+            value = row.get(column)
+            if value is None or value == "":
+                continue
+            unit = self.unit_oids.get(row.get(stresu) or "") if column == stresn else None
+            attrs = f'ItemOID="IT.{domain}.{column}" Value={self._attr(str(value))}'
+            out.append(f'<ItemData {attrs}><MeasurementUnitRef MeasurementUnitOID="{unit}"/></ItemData>' if unit
+                       else f"<ItemData {attrs}/>")
 
     def _review(self, d: dict[str, Any], status: str) -> str:
         """The reviewer's decision on a findings row: an AuditRecord (who, when, why) and an Annotation
@@ -298,8 +323,8 @@ class OdmWriter(OdmSubjects):
         #: subject ID -> characters XML 1.0 forbids that were removed from that subject's text
         self.removed: dict[str, int] = {}
 
-    def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]]) -> None:
-        """Append one subject, from its export rows (:meth:`RowBuilder.rows`)."""
+    def add(self, subject_id: str, rows: dict[str, list[dict[str, Any]]] | dict[str, Table]) -> None:
+        """Append one subject, from its export rows (:meth:`RowBuilder.rows`) or their tables."""
         self.write(subject_id, *self.render(subject_id, rows))
 
     def write(self, subject_id: str, xml: str, removed: int) -> None:

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 _XML_FORBIDDEN = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -50,6 +50,14 @@ def csv_values(row: Mapping[str, Any], columns: Iterable[str]) -> list[Any]:
     """The cells of ``row`` in ``columns`` order ('' where it has none), made safe as :func:`csv_cell` does."""
     return [csv_cell(v) if type(v) is str and v and v[0] in _FORMULA_FIRST else v
             for v in [row.get(c, "") for c in columns]]
+
+
+def csv_safe(cells: Sequence[Any], formula_free: bool) -> Sequence[Any]:
+    """``cells`` made safe as :func:`csv_cell` does; as they are when the row has no cell that starts like a
+    formula (``Table.formula_free``, export/table.py)."""
+    if formula_free:
+        return cells
+    return [csv_cell(v) if type(v) is str and v and v[0] in _FORMULA_FIRST else v for v in cells]
 
 
 def csv_cells(cells: Iterable[Any]) -> list[Any]:

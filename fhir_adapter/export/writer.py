@@ -21,10 +21,11 @@ from typing import IO, Any
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, FINDINGS_DOMAINS, RowBuilder
 from fhir_adapter.export.coverage import Coverage, SubjectCoverage
-from fhir_adapter.export.dataset_json import DatasetJsonWriter, column_kinds, render_rows
+from fhir_adapter.export.dataset_json import DatasetJsonWriter, column_kinds, render_tables
 from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
 from fhir_adapter.export.odm import OdmSubjects, OdmWriter
-from fhir_adapter.export.sanitize import csv_values
+from fhir_adapter.export.sanitize import csv_safe
+from fhir_adapter.export.table import tables
 from fhir_adapter.job.runlog import Quarantined
 from fhir_adapter.study.load import Study
 
@@ -96,17 +97,17 @@ class ExportRenderer:
         ct_before, meddra_before, serious_before = Counter(b.ct.missing), set(b.meddra_missing), \
             b.serious_without_criteria
         rows = _rows(b, crf, review, decisions)
+        domains = tables(rows)
         texts: dict[str, str] = {}
-        for domain, domain_rows in rows.items():
+        for domain, t in domains.items():
             buf = io.StringIO(newline="")
-            columns = COLUMNS[domain]
-            csv.writer(buf).writerows(csv_values(r, columns) for r in domain_rows)
+            csv.writer(buf).writerows(map(csv_safe, t.cells, t.formula_free))
             texts[domain] = buf.getvalue()
         reviewed = any(row.get("_decision") for d in FINDINGS_DOMAINS for row in rows.get(d, []))
-        xml, removed = (None, 0) if reviewed else self.odm.render(crf.subject_id, rows)
+        xml, removed = (None, 0) if reviewed else self.odm.render(crf.subject_id, domains)
         return SubjectExport(
             subject_id=crf.subject_id, csv=texts, counts={d: len(r) for d, r in rows.items()},
-            dataset_json=render_rows(rows, self.kinds), odm=xml, odm_removed=removed,
+            dataset_json=render_tables(domains, self.kinds), odm=xml, odm_removed=removed,
             rows=rows if reviewed else None,
             coverage=self.coverage.subject(crf, quarantined) if quarantined is not None else None,
             ct_missing=Counter(b.ct.missing) - ct_before,
@@ -137,13 +138,12 @@ class ExportWriter:
         """Export one subject's CRF; ``quarantined`` = the quarantine entries added while mapping it;
         ``review`` = the review status per (visit, item) (column REVSTAT); ``decisions`` = the reviewer's
         decision per (visit, item) (ODM AuditRecord and Annotation)."""
-        rows = _rows(self.rows, crf, review, decisions)
-        for domain, domain_rows in rows.items():
-            columns = COLUMNS[domain]
-            self._csv[domain].writerows(csv_values(r, columns) for r in domain_rows)  # the single CSV write point
-            self.counts[domain] += len(domain_rows)
-        self.odm.add(crf.subject_id, rows)
-        self.dataset_json.add(rows)
+        domains = tables(_rows(self.rows, crf, review, decisions))
+        for domain, t in domains.items():
+            self._csv[domain].writerows(map(csv_safe, t.cells, t.formula_free))
+            self.counts[domain] += len(t.rows)
+        self.odm.add(crf.subject_id, domains)
+        self.dataset_json.add(domains)
         self.coverage.add(crf, quarantined)
 
     def write(self, export: SubjectExport, crf: SubjectCRF | None = None,

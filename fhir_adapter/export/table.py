@@ -1,0 +1,74 @@
+"""One subject's export rows of a domain as the cells every export file is written from.
+
+:meth:`RowBuilder.rows <fhir_adapter.export.cdisc.RowBuilder.rows>` gives dicts keyed by column; the CSV
+file, Dataset-JSON and ODM each need the same values in column order, and each needs to know whether a value
+must be sanitised or escaped. A :class:`Table` reads each row's cells once (``''`` where a row has no value)
+and tests each row once, on all its cells joined, whether it is *plain* — every cell a string without a
+character that XML forbids or must escape in an attribute and without one JSON escapes — and whether any
+cell starts like a spreadsheet formula. Plain rows (nearly all) are written without looking at single cells
+again; the others take the per-cell path (:mod:`.sanitize`), which gives the same text for plain values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any
+
+from fhir_adapter.export.cdisc import COLUMNS
+
+#: joins a row's cells for the row tests: itself plain and no formula start, so it changes neither answer
+_SEP = "\ue000"
+#: every character of the joined row is one XML takes as is in a quoted attribute and JSON in a string
+_PLAIN = re.compile('[^&<>"\\\\\x00-\x1f\ud800-\udfff\ufffe\uffff]*')
+#: how a cell of a plain row may start a spreadsheet formula (TAB and CR are not plain); export/sanitize.py
+#: csv_cell decides what such a cell gets
+_FORMULA_FIRST = frozenset("=+-@")
+_FORMULA_AFTER_SEP = tuple(_SEP + c for c in sorted(_FORMULA_FIRST))
+#: a row's cells in column order, from a row that has every column (RowBuilder's rows have)
+_CELLS = {domain: itemgetter(*columns) for domain, columns in COLUMNS.items()}
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of one domain, each row's cells in ``COLUMNS[domain]`` order and its two tests."""
+
+    domain: str
+    rows: list[dict[str, Any]]
+    cells: list[Sequence[Any]]
+    #: the row's cells are all strings that XML attributes and JSON strings take as they are
+    plain: list[bool]
+    #: no cell of the row may start a spreadsheet formula (all strings, none starting with = + - @ TAB CR)
+    formula_free: list[bool]
+
+
+def _tests(cells: Sequence[Any]) -> tuple[bool, bool]:
+    """(plain, formula-free) of one row; a row that is not plain takes the per-cell path everywhere."""
+    try:
+        joined = _SEP.join(cells)
+    except TypeError:  # a cell that is not a string
+        return False, False
+    if _PLAIN.fullmatch(joined) is None:
+        return False, False
+    return True, not (cells and cells[0][:1] in _FORMULA_FIRST) and not any(s in joined for s in _FORMULA_AFTER_SEP)
+
+
+def _cells(domain: str, row: dict[str, Any]) -> Sequence[Any]:
+    try:
+        cells: Sequence[Any] = _CELLS[domain](row)
+    except KeyError:  # a row without some column: '' there
+        return [row.get(c, "") for c in COLUMNS[domain]]
+    return cells
+
+
+def table(domain: str, rows: list[dict[str, Any]]) -> Table:
+    cells = [_cells(domain, r) for r in rows]
+    tests = [_tests(c) for c in cells]
+    return Table(domain, rows, cells, [t[0] for t in tests], [t[1] for t in tests])
+
+
+def tables(rows: Mapping[str, list[dict[str, Any]]]) -> dict[str, Table]:
+    """Every domain's :class:`Table` of one subject's rows (:meth:`RowBuilder.rows`)."""
+    return {domain: table(domain, domain_rows) for domain, domain_rows in rows.items()}
