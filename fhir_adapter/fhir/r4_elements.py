@@ -139,6 +139,28 @@ class _Table:
     required: tuple[str, ...] = ()
     #: (the elements of one choice, whether one of them is required)
     choices: tuple[tuple[tuple[str, ...], bool], ...] = ()
+    #: what :func:`_conforms` does with each element: :func:`_step` of every element it may accept
+    steps: dict[str, tuple[int, Any, Any]] = field(default_factory=dict)
+
+
+#: the kinds of :attr:`_Table.steps` (the most frequent first)
+_TEXT, _COMPLEX, _VALUE, _COMPLEX_LIST, _VALUE_LIST, _RESOURCE, _RESOURCE_LIST = range(7)
+
+
+def _step(e: _Element) -> tuple[int, Any, Any] | None:
+    """An element's kind with what checking it needs (None: an element the quick check does not model)."""
+    if e.opaque:
+        return None
+    if e.resource_prefix is not None:
+        return (_RESOURCE_LIST if e.repeats else _RESOURCE), e.resource_prefix, None
+    if e.complex is not None:
+        return (_COMPLEX_LIST if e.repeats else _COMPLEX), e.complex, None
+    assert e.primitive is not None
+    if e.repeats:
+        return _VALUE_LIST, e.primitive, None
+    if e.primitive.json_types == (str,):  # the seen values and the check of a JSON string
+        return _TEXT, e.primitive.seen, e.primitive.accepts
+    return _VALUE, e.primitive, None
 
 
 _tables: dict[type, _Table] = {}
@@ -220,19 +242,13 @@ def table(model: type) -> _Table:
             group[0].append(alias)
     t.required = tuple(required)
     t.choices = tuple((tuple(names), req) for names, req in choices.values())
+    t.steps = {alias: step for alias, e in t.elements.items() if (step := _step(e)) is not None}
     return t
 
 
-class _AnyString(_Primitive):
+def _any_string(value: Any) -> bool:
     """``resourceType`` of a resource's own JSON object: the caller chose the model by it."""
-
-    def __init__(self) -> None:
-        self.json_types = (str,)
-        self.fast = None
-        self.seen = set()
-
-    def accepts(self, value: Any) -> bool:
-        return type(value) is str
+    return type(value) is str
 
 
 _resource_tables: dict[type, _Table] = {}
@@ -243,8 +259,8 @@ def resource_table(model: type) -> _Table:
     found = _resource_tables.get(model)
     if found is None:
         t = table(model)
-        found = _resource_tables[model] = _Table(
-            {**t.elements, "resourceType": _Element(False, primitive=_AnyString())}, t.required, t.choices)
+        found = _resource_tables[model] = _Table(t.elements, t.required, t.choices,
+                                                 {**t.steps, "resourceType": (_TEXT, set(), _any_string)})
     return found
 
 
@@ -274,36 +290,38 @@ def _resource_conforms(item: Any, prefix: str) -> bool:
 
 
 def _conforms(node: dict[str, Any], t: _Table) -> bool:
-    elements = t.elements
+    steps = t.steps
     for key, value in node.items():
-        e = elements.get(key)
-        if e is None or value is None or e.opaque:
+        step = steps.get(key)
+        if step is None:
             return False
-        sub, prim = e.complex, e.primitive
-        if e.resource_prefix is not None:
-            if e.repeats:
-                if type(value) is not list or not value:
-                    return False
-                for item in value:
-                    if not _resource_conforms(item, e.resource_prefix):
-                        return False
-            elif not _resource_conforms(value, e.resource_prefix):
+        kind, arg, accepts = step
+        if kind == _TEXT:  # a JSON string, seen before or accepted by the primitive's check
+            if type(value) is not str or (value not in arg and not accepts(value)):
                 return False
-        elif e.repeats:
-            if type(value) is not list or not value:
+        elif kind == _COMPLEX:
+            if type(value) is not dict or not value or not _conforms(value, arg):
                 return False
+        elif kind == _VALUE:
+            if not ((type(value) in arg.json_types and value in arg.seen) or arg.accepts(value)):
+                return False
+        elif kind == _RESOURCE:
+            if not _resource_conforms(value, arg):
+                return False
+        elif type(value) is not list or not value:
+            return False
+        elif kind == _COMPLEX_LIST:
             for item in value:
-                if sub is not None:
-                    if type(item) is not dict or not item or not _conforms(item, sub):
-                        return False
-                elif prim is None or (not (type(item) in prim.json_types and item in prim.seen) \
-                        and not prim.accepts(item)):
+                if type(item) is not dict or not item or not _conforms(item, arg):
                     return False
-        elif sub is not None:
-            if type(value) is not dict or not value or not _conforms(value, sub):
-                return False
-        elif prim is None or (not (type(value) in prim.json_types and value in prim.seen) and not prim.accepts(value)):
-            return False
+        elif kind == _VALUE_LIST:
+            for item in value:
+                if not ((type(item) in arg.json_types and item in arg.seen) or arg.accepts(item)):
+                    return False
+        else:  # _RESOURCE_LIST
+            for item in value:
+                if not _resource_conforms(item, arg):
+                    return False
     for key in t.required:
         if key not in node:
             return False

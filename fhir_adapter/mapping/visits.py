@@ -55,27 +55,30 @@ def select(findings: list[Finding], rule: SelectRule, target_day: int | None) ->
 
 def place(findings: list[Finding], day1: dt.date | None, study: Study,
           span: Span | None = None) -> tuple[list[Finding], list[VisitRecord]]:
-    """Set ``study_day`` and ``visit`` on each finding inside ``span``; build the subject's visit records.
-    Findings after the end of ``span`` are not returned."""
+    """Set ``study_day`` and ``visit`` on each finding inside ``span`` (on the findings themselves); build the
+    subject's visit records. Findings after the end of ``span`` are not returned."""
     span = span or Span(None, None)
-    findings = [f for f in findings if span.position(f.date) != "after"]
+    kept = [(f, where) for f in findings if (where := span.position(f.date)) != "after"]
     if day1 is None:
-        return findings, []
+        return [f for f, _ in kept], []
     visits = study.schedule.visits
     unscheduled = set(study.schedule.unscheduled_items)
     placed: list[Finding] = []
     groups: dict[str, list[Finding]] = defaultdict(list)
-    for f in findings:
+    visit_of_day: dict[int, str | None] = {}
+    for f, where in kept:
         if f.date is None:
             placed.append(f)
             continue
         d = study_day(f.date, day1)
-        visit = next((v.id for v in visits if v.window[0] <= d <= v.window[1]), None)
-        if span.position(f.date) == "before":
+        if d not in visit_of_day:
+            visit_of_day[d] = next((v.id for v in visits if v.window[0] <= d <= v.window[1]), None)
+        visit = visit_of_day[d]
+        if where == "before":
             visit = None
         elif visit is None and f.item in unscheduled:
             visit = f"UNS{d}"
-        f = f.model_copy(update={"study_day": d, "visit": visit})
+        f.study_day, f.visit = d, visit  # the mapper's own findings: set in place, not copied
         placed.append(f)
         if visit is not None:
             groups[visit].append(f)
