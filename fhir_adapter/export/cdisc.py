@@ -38,6 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from decimal import Decimal
 from typing import Any
 
@@ -130,6 +131,57 @@ COLUMNS: dict[str, tuple[str, ...]] = {
            "PRENDTC",
            "PRSTRF", "PRENRTPT", "PRENTPT", "PRSTDY", "PRITRPYN", "PRITRPRS", "EPOCH", "SRCSTAT", "SRCREF"),
 }
+
+@dataclass(frozen=True)
+class _FindingColumns:
+    """The names of a findings domain's prefixed columns (``LBORRES`` …), worked out once per domain."""
+
+    SPID: str
+    TESTCD: str
+    TEST: str
+    CAT: str
+    ORRES: str
+    ORRESU: str
+    STRESC: str
+    STRESN: str
+    STRESU: str
+    ORNRLO: str
+    ORNRHI: str
+    STNRLO: str
+    STNRHI: str
+    NRIND: str
+    LOINC: str
+    METHOD: str
+    LLOQ: str
+    BLFL: str
+    TPT: str
+    TPTREF: str
+    ELTM: str
+    DTC: str
+    DY: str
+    ORUCUM: str
+    STUCUM: str
+    LOC: str
+    POS: str
+    SPEC: str
+    FAST: str
+    REFID: str
+    SPCCND: str
+    NAM: str
+    STNRC: str
+    ENDTC: str
+    DUR: str
+    #: the domain has --POS, and the specimen columns (--SPEC, --FAST, --REFID, …)
+    has_pos: bool
+    has_specimen: bool
+
+    @classmethod
+    def of(cls, p: str) -> _FindingColumns:
+        names = {f.name: p + f.name for f in fields(cls) if not f.name.startswith("has_")}
+        return cls(**names, has_pos=f"{p}POS" in COLUMNS[p], has_specimen=f"{p}SPEC" in COLUMNS[p])
+
+
+_FINDING_COLUMNS = {p: _FindingColumns.of(p) for p in FINDINGS_DOMAINS}
 
 _NRIND = {"H": "HIGH", "HH": "HIGH", "HU": "HIGH", "L": "LOW", "LL": "LOW", "LU": "LOW", "N": "NORMAL",
           "A": "ABNORMAL", "AA": "ABNORMAL", "POS": "ABNORMAL", "NEG": "NORMAL"}
@@ -418,9 +470,11 @@ class RowBuilder:
     def _finding(self, crf: SubjectCRF, f: Finding, visit: str, key: tuple[str, str, str],
                  baseline: bool = False) -> dict[str, Any]:
         p = f.domain
+        k = _FINDING_COLUMNS[p]
         item = self.study.items.get(f.item)
-        if f.value is not None:
-            stresc = f"{f.comparator or ''}{num(f.value)}"
+        value = f.value
+        if value is not None:
+            stresc = f"{f.comparator or ''}{num(value)}"
         elif f.value_bool is not None:
             stresc = "POSITIVE" if item is not None and item.value == "coded" else _yn(f.value_bool)
         else:
@@ -430,44 +484,44 @@ class RowBuilder:
             orres = _yn(f.value_bool)
         if item is not None and item.value == "coded" and f.value_bool is False:
             stresc = "NEGATIVE"
-        or_ucum = (f.orig_unit or f.unit or "") if f.value is not None else ""
-        st_ucum = f.unit or "" if f.value is not None else ""
+        or_ucum = (f.orig_unit or f.unit or "") if value is not None else ""
+        st_ucum = f.unit or "" if value is not None else ""
         same_unit = f.orig_unit in (None, f.unit)
         dtc = f.collected.isoformat() if f.collected and p == "LB" else _dtc(f)
         row = {
-            **self._ids(crf, p), f"{p}SPID": f.spid or "", f"{p}TESTCD": self.testcd.get(f.item, f.item.upper()[:8]),
-            f"{p}TEST": (item.label if item else f.item)[:40], f"{p}CAT": (f.category or "").upper(),
-            f"{p}ORRES": orres,
-            f"{p}ORRESU": self.ct.term("UNIT", or_ucum, f"{p}ORRESU"), f"{p}STRESC": stresc,
-            f"{p}STRESN": num(f.value) if f.value is not None and not f.comparator else "",
-            f"{p}STRESU": self.ct.term("UNIT", st_ucum, f"{p}STRESU"),
-            f"{p}ORNRLO": num(f.ref_low) if same_unit else num(f.orig_ref_low),
-            f"{p}ORNRHI": num(f.ref_high) if same_unit else num(f.orig_ref_high),
-            f"{p}STNRLO": num(f.ref_low), f"{p}STNRHI": num(f.ref_high), f"{p}NRIND": nrind(f),
-            f"{p}STAT": "", f"{p}REASND": "", f"{p}LOINC": f.loinc or "", f"{p}METHOD": (f.method or "").upper(),
-            f"{p}LLOQ": num(item.lloq) if item and item.lloq is not None else "",
-            f"{p}BLFL": "Y" if baseline else "",
+            **self._ids(crf, p), k.SPID: f.spid or "", k.TESTCD: self.testcd.get(f.item, f.item.upper()[:8]),
+            k.TEST: (item.label if item else f.item)[:40], k.CAT: (f.category or "").upper(),
+            k.ORRES: orres,
+            k.ORRESU: self.ct.term("UNIT", or_ucum, k.ORRESU), k.STRESC: stresc,
+            k.STRESN: num(value) if value is not None and not f.comparator else "",
+            k.STRESU: self.ct.term("UNIT", st_ucum, k.STRESU),
+            k.ORNRLO: num(f.ref_low) if same_unit else num(f.orig_ref_low),
+            k.ORNRHI: num(f.ref_high) if same_unit else num(f.orig_ref_high),
+            k.STNRLO: num(f.ref_low), k.STNRHI: num(f.ref_high), k.NRIND: nrind(f),
+            k.LOINC: f.loinc or "", k.METHOD: (f.method or "").upper(),
+            k.LLOQ: num(item.lloq) if item and item.lloq is not None else "",
+            k.BLFL: "Y" if baseline else "",
             "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], "EPOCH": self._epoch(crf, f.date),
-            f"{p}TPT": (f.timepoint or "").upper(), f"{p}TPTREF": (f.timepoint_ref or "").upper(),
-            f"{p}ELTM": f.elapsed or "", f"{p}DTC": dtc, f"{p}DY": "" if f.study_day is None else str(f.study_day),
-            f"{p}ORUCUM": or_ucum, f"{p}STUCUM": st_ucum, "SRCSTAT": f.status,
+            k.TPT: (f.timepoint or "").upper(), k.TPTREF: (f.timepoint_ref or "").upper(),
+            k.ELTM: f.elapsed or "", k.DTC: dtc, k.DY: "" if f.study_day is None else str(f.study_day),
+            k.ORUCUM: or_ucum, k.STUCUM: st_ucum, "SRCSTAT": f.status,
             "SRCREF": f.source.reference, "_visit": visit, "_item": f.item,
+            k.LOC: (f.specimen_site or f.body_site or "").upper(),
         }
-        row[f"{p}LOC"] = (f.specimen_site or f.body_site or "").upper()
-        if f"{p}POS" in COLUMNS[p]:
-            row[f"{p}POS"] = self.ct.term("POSITION", f.position, f"{p}POS")
+        if k.has_pos:
+            row[k.POS] = self.ct.term("POSITION", f.position, k.POS)
         if p == "VS":
             row |= self._site_columns(p, f.qualifiers)
         if p == "LB":
             row |= {"LBTOXGR": "" if f.tox_grade is None else str(f.tox_grade), "LBTOX": f.tox_scale or "",
                     "LBANTREG": (f.specimen_site or "").upper(),
                     "LBSPCUFL": "N" if f.specimen_unusable else ""}
-        if f"{p}SPEC" in COLUMNS[p]:
-            row |= {f"{p}SPEC": (f.specimen or "").upper(), f"{p}FAST": _yn(f.fasting), f"{p}REFID": f.accession or "",
-                    f"{p}SPCCND": (f.specimen_condition or "").upper(), f"{p}NAM": f.performer or "",
-                    f"{p}STNRC": f.ref_text or "",
-                    f"{p}ENDTC": f.collected_end.isoformat() if f.collected_end else "",
-                    f"{p}DUR": _duration(f.collected, f.collected_end)}
+        if k.has_specimen:
+            row |= {k.SPEC: (f.specimen or "").upper(), k.FAST: _yn(f.fasting), k.REFID: f.accession or "",
+                    k.SPCCND: (f.specimen_condition or "").upper(), k.NAM: f.performer or "",
+                    k.STNRC: f.ref_text or "",
+                    k.ENDTC: f.collected_end.isoformat() if f.collected_end else "",
+                    k.DUR: _duration(f.collected, f.collected_end)}
         return row
 
     def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> dict[str, Any]:

@@ -26,7 +26,10 @@ _PLAIN = re.compile('[^&<>"\\\\\x00-\x1f\ud800-\udfff\ufffe\uffff]*')
 #: how a cell of a plain row may start a spreadsheet formula (TAB and CR are not plain); export/sanitize.py
 #: csv_cell decides what such a cell gets
 _FORMULA_FIRST = frozenset("=+-@")
-_FORMULA_AFTER_SEP = tuple(_SEP + c for c in sorted(_FORMULA_FIRST))
+#: a cell after the first that starts with = + @, or with - and is not a number or a negative duration (the
+#: cells csv_cell leaves alone: ``-28`` as a study day, ``-PT1H``)
+_FORMULA_AFTER_SEP = re.compile("\ue000(?:[=+@]|-(?!(?:(?:\\d+(?:\\.\\d*)?|\\.\\d+)(?:[eE][+-]?\\d+)?"
+                                "|P(?=\\d|T\\d)(?:\\d+[WD])?(?:T(?=\\d)(?:\\d+H)?(?:\\d+M)?(?:\\d+S)?)?)(?:\ue000|$)))")
 #: a row's cells in column order, from a row that has every column (RowBuilder's rows have)
 _CELLS = {domain: itemgetter(*columns) for domain, columns in COLUMNS.items()}
 
@@ -50,9 +53,9 @@ def _tests(cells: Sequence[Any]) -> tuple[bool, bool]:
         joined = _SEP.join(cells)
     except TypeError:  # a cell that is not a string
         return False, False
-    if _PLAIN.fullmatch(joined) is None:
+    if _PLAIN.fullmatch(joined) is None or joined.count(_SEP) != len(cells) - 1:  # (a cell holding _SEP)
         return False, False
-    return True, not (cells and cells[0][:1] in _FORMULA_FIRST) and not any(s in joined for s in _FORMULA_AFTER_SEP)
+    return True, not (cells and cells[0][:1] in _FORMULA_FIRST) and _FORMULA_AFTER_SEP.search(joined) is None
 
 
 def _cells(domain: str, row: dict[str, Any]) -> Sequence[Any]:

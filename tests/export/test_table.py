@@ -72,3 +72,13 @@ def test_a_formula_after_the_first_cell_is_found(study: Study) -> None:
             buf = io.StringIO(newline="")
             csv.writer(buf).writerows(map(csv_safe, t.cells, t.formula_free))
             assert next(csv.reader(io.StringIO(buf.getvalue())))[where] == csv_cell(formula)
+
+
+def test_negative_numbers_and_durations_keep_the_fast_path() -> None:
+    row = {c: "plain" for c in COLUMNS["PC"]}
+    row |= {"VISITDY": "-28", "PCDY": "-36", "PCELTM": "-PT1H", "PCSTRESN": "-0.5"}
+    t = tables({"PC": [row]})["PC"]
+    assert t.plain == [True] and t.formula_free == [True]
+    assert list(csv_safe(t.cells[0], True)) == [csv_cell(row[c]) for c in COLUMNS["PC"]]
+    row["PCORRES"] = "-2x"
+    assert tables({"PC": [row]})["PC"].formula_free == [False]
