@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.writer import ExportRenderer, SubjectExport
 from fhir_adapter.fhir.r4 import r4_problem
@@ -220,7 +221,7 @@ class SubjectEngine:
         if work.render_exports or out.pieces is not None:
             if self._renderer is None:
                 self._renderer = ExportRenderer(work.study)
-            crf_json = json_file(review.crf.model_dump(mode="json"))
+            crf_json = json_file(crf_document(review.crf))
             out.export = self._renderer.render(
                 review.crf.model_copy(update=out.export_updates), review.status, review.decisions,
                 quarantined=list(self.log.quarantine) if out.pieces is not None else None)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.engine.collector import fewer_collections
 from fhir_adapter.engine.parallel import subject_outcomes
@@ -343,7 +344,7 @@ def _run(
         elif o.crf_json is not None:  # rendered by a worker
             _folder_made(work_dir, crf_path).write_bytes(o.crf_json)
         else:
-            _dump(work_dir, crf_path, o.crf.model_dump(mode="json"))
+            _dump(work_dir, crf_path, crf_document(o.crf))
         if p is not None and "writeback" in p.written and not plan.retractions:
             os.replace(p.path("writeback"), _folder_made(work_dir, writeback_path))
         else:
