@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import tempfile
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 from fhir_adapter.engine.collector import run_settings
@@ -29,7 +31,8 @@ from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWo
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource
-from fhir_adapter.source.files import checked_records
+from fhir_adapter.source.files import FileSource, checked_records
+from fhir_adapter.source.parts import PartInput, PartResult, chunk_records, chunks, plan, route
 from fhir_adapter.writeback.state import source_statuses
 
 #: subjects in flight per worker (enough to keep every worker busy while the source is read)
@@ -167,3 +170,96 @@ def _alone(e0: Enrollee, records: Records, key: str, work: SubjectWork, ctx: Any
             return SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id,
                                   error="the worker process mapping this subject stopped (killed or out of memory); "
                                         "run again with --workers 1 to see the error")
+
+
+#: a chunk of subjects for a worker: (index of its first subject, each subject with its shared resources'
+#: records, the (part file, spans) of the chunk's records in part order)
+Chunk = tuple[int, list[tuple[Enrollee, list[bytes]]], list[tuple[Path, list[tuple[int, int]]]]]
+
+#: chunks in flight per worker
+CHUNKS_PER_WORKER = 2
+
+
+def _chunk(first: int, subjects: list[tuple[Enrollee, list[bytes]]],
+           sections: list[tuple[Path, list[tuple[int, int]]]]) -> list[SubjectOutcome]:
+    records = chunk_records(sections, first, len(subjects))
+    out = []
+    for k, ((e0, shared), mine) in enumerate(zip(subjects, records, strict=True)):
+        mine.extend(shared)
+        out.append(_fresh(e0, mine, str(first + k)))
+    return out
+
+
+def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: SubjectWork, workers: int,
+                  ) -> Iterator[tuple[Enrollee, SubjectOutcome, list[dict[str, Any]]]]:
+    """:func:`subject_outcomes` of ``source.subject_records`` (``workers`` above 1), with the subjects pass
+    itself read by the workers, part by part (:mod:`fhir_adapter.source.parts`): the parts' counts and
+    quarantined lines go to ``source.log`` in the pass's order, then each chunk of subjects goes to a worker,
+    which reads its records from the part files. Same outcomes, same order."""
+    order = sorted(enrolled)
+    chunk_of: list[int] = []
+    starts: list[int] = []
+    for c, size in enumerate(chunks(len(order), workers)):
+        starts.append(len(chunk_of))
+        chunk_of.extend([c] * size)
+    starts.append(len(order))
+    ctx = context()
+    pool = _pool(workers, work, ctx)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fhir-adapter-parts-") as folder:
+            given = PartInput(order, chunk_of, source.roster().base, source.known_patients(), Path(folder))
+            results = [f.result() for f in [pool.submit(route, part, given) for part in plan(source)]]
+            refs = _merge(results, source)
+            shared = source.shared_records(set().union(*refs.values()))
+
+            def chunk(c: int) -> Chunk:
+                first = starts[c]
+                return first, [(enrolled[pid], [shared[key] for key in sorted(refs.get(pid, ())) if key in shared])
+                               for pid in order[first:starts[c + 1]]], \
+                    [(r.path, r.sections[c]) for r in results if c in r.sections]
+
+            pending: deque[tuple[Chunk, Future[list[SubjectOutcome]]]] = deque()
+            todo = iter(range(len(starts) - 1))
+            while True:
+                while len(pending) < workers * CHUNKS_PER_WORKER and (nxt := next(todo, None)) is not None:
+                    job = chunk(nxt)
+                    pending.append((job, pool.submit(_chunk, *job)))
+                if not pending:
+                    return
+                job, fut = pending.popleft()
+                try:
+                    outcomes = fut.result()
+                except BrokenProcessPool:  # a worker died: each subject of the chunk is tried once more alone
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    outcomes = _alone_chunk(job, work, ctx)
+                    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+                    pending = deque((j, pool.submit(_chunk, *j)) for j, _ in pending)
+                for (e0, _), outcome in zip(job[1], outcomes, strict=True):
+                    yield e0, outcome, []
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _merge(results: list[PartResult], source: FileSource) -> dict[str, set[tuple[str, str]]]:
+    """The parts' log entries and counts added to the source's log in part order (as the one-process pass
+    adds them); the shared resources each patient's records reference."""
+    counts: Counter[str] = Counter()
+    refs: dict[str, set[tuple[str, str]]] = {}
+    for r in results:
+        for key, n in r.log_counts.items():
+            source.log.count(key, n)
+        source.log.warnings.extend(r.warnings)
+        source.log.quarantine.extend(r.quarantine)
+        counts.update(r.counts)
+        for pid, found in r.refs.items():
+            refs.setdefault(pid, set()).update(found)
+    for key, n in counts.items():
+        source.log.count(key, n)
+    return refs
+
+
+def _alone_chunk(job: Chunk, work: SubjectWork, ctx: Any) -> list[SubjectOutcome]:
+    first, subjects, sections = job
+    records = chunk_records(sections, first, len(subjects))
+    return [_alone(e0, [*mine, *shared], str(first + k), work, ctx)
+            for k, ((e0, shared), mine) in enumerate(zip(subjects, records, strict=True))]

@@ -20,7 +20,7 @@ import orjson
 from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.engine.collector import fewer_collections
-from fhir_adapter.engine.parallel import subject_outcomes
+from fhir_adapter.engine.parallel import file_outcomes, subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork, json_file
 from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, FhirServerUnavailable
@@ -39,6 +39,7 @@ from fhir_adapter.roster.check import nobody_enrolled
 from fhir_adapter.roster.enrollees import Enrollee, RosterError, build_roster
 from fhir_adapter.roster.site_csv import csv_identifiers, infusion_dates, is_owned, reconcile
 from fhir_adapter.source.base import Source, ref_id
+from fhir_adapter.source.parts import splittable
 from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
@@ -393,7 +394,9 @@ def _run(
             else:
                 read = getattr(source, "subject_records", source.subject_resources)  # files: unparsed lines
                 subjects = ((roster.enrolled[pid], records) for pid, records in read(roster.patient_ids))
-                outcomes = subject_outcomes(subjects, work, engine, workers)
+                # a local folder with workers: the workers read it too, in parts
+                outcomes = file_outcomes(source, roster.enrolled, work, workers) \
+                    if workers > 1 and splittable(source) else subject_outcomes(subjects, work, engine, workers)
             for e0, outcome, resources in outcomes:
 
                 def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:

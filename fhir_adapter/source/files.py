@@ -208,51 +208,65 @@ class FileSource:
         refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
         counts: Counter[str] = Counter()  # counted here, added to the run log once (a lock per line is slow)
         try:
-            for f, n, entry, res, raw in self._subject_pass(lines, refs, counts, base):
-                pid = self.enrolled_patient(f, n, entry, res, lines.index, counts, base)
-                if pid is not None:
-                    # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources
-                    # are parsed again (orjson, microseconds) when that subject is processed
-                    lines.add(pid, raw.strip() if raw is not None else res)
-                    if raw is None:
-                        refs[pid] |= shared_references([res])
-                    elif _SHARED_HINT.search(raw):
-                        refs[pid] |= line_references(raw, res)
+            for f in self.subject_files():
+                for pid, record, found in self.kept_records(f, self.file_lines(f), lines.index, counts, base):
+                    lines.add(pid, record)
+                    if found:
+                        refs[pid] |= found
             for key, value in counts.items():
                 self.log.count(key, value)
-            shared = self._read_shared(set().union(*refs.values()), as_bytes=True)
+            shared = self.shared_records(set().union(*refs.values()))
             for pid, records in lines.subjects():
                 records.extend(shared[key] for key in sorted(refs.pop(pid)) if key in shared)
                 yield pid, records
         finally:
             lines.close()
 
-    def _subject_pass(self, lines: _SubjectLines, refs: dict[str, set[tuple[str, str]]], counts: Counter[str],
-                      base: str | None) -> Iterator[tuple[DataFile, int, int | None, Resource, bytes | None]]:
-        """:meth:`_resources` of the subjects pass, less the NDJSON lines :class:`LineRouter` routes to an enrolled
-        patient without parsing them: those are kept (as :func:`routed_line`), counted and their shared
-        references noted here; the worker that parses them checks them (:func:`checked_records`)."""
-        for f in self._files().data:
-            owner = _pass_of(f.rtype)
-            if owner is not None and owner != _SUBJECTS:
+    def file_lines(self, f: DataFile) -> Iterable[tuple[int, bytes]] | None:
+        """(line number, line) of an NDJSON file of a subject type (routed by :meth:`kept_records`); None for
+        any other file (read whole)."""
+        return read_lines(f, self.folder) if f.ndjson and f.rtype in SUBJECT_TYPES else None
+
+    def kept_records(self, f: DataFile, lines: Iterable[tuple[int, bytes]] | None, enrolled: Collection[str],
+                     counts: Counter[str], base: str | None,
+                     ) -> Iterator[tuple[str, bytes | Resource, set[tuple[str, str]] | None]]:
+        """(enrolled patient, record, the shared resources it references) of what the subjects pass keeps of
+        file ``f`` — of its ``lines`` (:meth:`file_lines`, or a part of them), else of the whole file. A line
+        :class:`LineRouter` routes to an enrolled patient is kept unparsed (:func:`routed_prefix`: the worker
+        that parses it checks it, :func:`checked_records`); any other is parsed here, and kept as its bytes (a
+        Bundle entry: as the resource) when :meth:`enrolled_patient` keeps it."""
+        if lines is None:
+            for n, entry, res, raw in self._read_file(f, True):
+                yield from self._kept(f, n, entry, res, raw, enrolled, counts, base)
+            return
+        assert f.rtype is not None
+        router = LineRouter(f.rtype, base)
+        counted, prefix = f"read.{f.rtype}", routed_prefix(f)
+        for n, line in lines:
+            pid = router.patient(line)
+            if pid is None or pid not in enrolled:
+                for n1, entry, res, raw in self.ndjson_resources(f, ((n, line),), True):
+                    yield from self._kept(f, n1, entry, res, raw, enrolled, counts, base)
                 continue
-            if not (f.ndjson and f.rtype in SUBJECT_TYPES):
-                for n, entry, res, raw in self._read_file(f, True):
-                    yield f, n, entry, res, raw
-                continue
-            router = LineRouter(f.rtype, base)
-            counted, prefix = f"read.{f.rtype}", routed_prefix(f)
-            for n, line in read_lines(f, self.folder):
-                pid = router.patient(line)
-                if pid is None or pid not in lines.index:
-                    for n1, entry, res, raw in self.ndjson_resources(f, ((n, line),), True):
-                        yield f, n1, entry, res, raw
-                    continue
-                counts[counted] += 1
-                raw = line.strip()
-                lines.add(pid, prefix + b"%d\x00" % n + raw)
-                if b"Specimen/" in raw or b"Medication/" in raw or b"Organization/" in raw or b"Location/" in raw:
-                    refs[pid] |= _line_references(raw)  # (what _SHARED_HINT finds, without a regular expression)
+            counts[counted] += 1
+            raw = line.strip()
+            # (what _SHARED_HINT finds, without a regular expression)
+            found = _line_references(raw) if b"Specimen/" in raw or b"Medication/" in raw \
+                or b"Organization/" in raw or b"Location/" in raw else None
+            yield pid, prefix + b"%d\x00" % n + raw, found
+
+    def _kept(self, f: DataFile, n: int, entry: int | None, res: Resource, raw: bytes | None,
+              enrolled: Collection[str], counts: Counter[str], base: str | None,
+              ) -> Iterator[tuple[str, bytes | Resource, set[tuple[str, str]] | None]]:
+        pid = self.enrolled_patient(f, n, entry, res, enrolled, counts, base)
+        if pid is None:
+            return
+        # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are parsed
+        # again (orjson, microseconds) when that subject is processed
+        if raw is None:
+            yield pid, res, shared_references([res])
+        else:
+            yield pid, raw.strip(), line_references(raw, res) if _SHARED_HINT.search(raw) else None
 
     def enrolled_patient(self, f: DataFile, n: int, entry: int | None, res: Resource, enrolled: Collection[str],
                          counts: Counter[str], base: str | None) -> str | None:
@@ -303,6 +317,11 @@ class FileSource:
         """The id of every Patient in the export (after the roster pass)."""
         self.roster()
         return self._all_patients
+
+    def shared_records(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """The wanted shared resources (``(type, id)``) as JSON bytes: what the subjects pass adds to each
+        subject's records that references them."""
+        return self._read_shared(wanted, as_bytes=True)
 
     def subject_files(self) -> list[DataFile]:
         """The files the subjects pass reads (other engines read them with :meth:`ndjson_resources` /

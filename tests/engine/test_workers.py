@@ -17,9 +17,11 @@ from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.review.store import DecisionStore, new_decision
 from fhir_adapter.roster.enrollees import build_roster
+from fhir_adapter.source import parts
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
+from tests.bad_input import build
 from tests.review.review_feed import SUBJECT, run_feed
 
 
@@ -44,6 +46,24 @@ def test_two_workers_write_the_same_out_as_one_process(feed: Path, tmp_path: Pat
     assert seen1 == seen2
     assert len(one) > 34 * 3
     assert differences(one, two) == []
+
+
+def test_bad_input_read_in_parts_by_two_workers_gives_the_same_out_as_one_process(
+        tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers read the folder in parts (source/parts.py): the quarantine, counts and every file are the
+    one-process run's."""
+    build(tmp_path / "feed")
+    monkeypatch.setattr(parts, "PART_BYTES", 300)  # every file of more than 450 bytes read in several parts
+    source = FileSource(tmp_path / "feed", RunLog())
+    assert parts.splittable(source) and len(parts.plan(source)) > 2 * len(source.subject_files())
+    trees = []
+    for workers in (1, 2):
+        log = RunLog()
+        summary = run(FileSource(tmp_path / "feed", log), study, tmp_path / f"out{workers}", log, workers=workers)
+        assert summary.subjects == 3 and not summary.subjects_failed
+        trees.append(out_tree(tmp_path / f"out{workers}"))
+    assert differences(*trees) == []
+    assert len(orjson.loads(trees[1]["run-report.json"])["quarantine"]) > 10
 
 
 def _preloaded() -> tuple[bool, int]:
