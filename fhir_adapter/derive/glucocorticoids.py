@@ -206,12 +206,17 @@ def _zero_evidence(cms: Iterable[ConMed], s: GlucocorticoidSettings) -> list[Con
     return out
 
 
+def _showing_zero(evidence: Sequence[ConMed], day: dt.date, s: GlucocorticoidSettings) -> list[str]:
+    """The statements that show a zero dose on ``day``: not taken and covering it, or stopped before it."""
+    return [cm.source.reference for cm in evidence
+            if ((cm.status or "") in s.not_taken_statuses and active_on(cm, day))
+            or ((cm.status or "") in s.stopped_statuses and cm.end_date is not None and cm.end_date < day)]
+
+
 def _zero_on(evidence: Sequence[ConMed], read: Sequence[str], day: dt.date,
              s: GlucocorticoidSettings) -> PredEqDose:
     """The dose on a day with no counted record active (cases a-c of the module docstring)."""
-    shown = [cm.source.reference for cm in evidence
-             if ((cm.status or "") in s.not_taken_statuses and active_on(cm, day))
-             or ((cm.status or "") in s.stopped_statuses and cm.end_date is not None and cm.end_date < day)]
+    shown = _showing_zero(evidence, day, s)
     if shown:
         return PredEqDose(date=day, mg_per_day=0.0, sources=sorted(set(shown)), basis="record")
     if s.medication_list_complete:
@@ -291,8 +296,16 @@ def glucocorticoid_series(
         return series
     day = start
     last: float | str | None = "start"
+    # the dose is a function of which counted records are active (and, with none, of whether a statement
+    # shows a zero dose): worked out once per such state, not once per day
+    doses: dict[tuple[object, ...], float | None] = {}
     while day <= end:
-        mg = _dose_on(counted, day, settings, evidence, read).mg_per_day
+        active = tuple(i for i, (cm, _) in enumerate(counted) if active_on(cm, day))
+        state = active or ((), bool(_showing_zero(evidence, day, settings)))
+        if state in doses:
+            mg = doses[state]
+        else:
+            mg = doses[state] = _dose_on(counted, day, settings, evidence, read).mg_per_day
         if mg != last:
             sd = study_day(day, crf.day1) if crf.day1 else None
             series.points.append(SeriesPoint(date=day, study_day=sd, mg_per_day=mg))

@@ -8,7 +8,7 @@ from typing import Any
 
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.writeback.identifiers import conditional_url, full_url
-from fhir_adapter.writeback.ownership import with_owner_tag
+from fhir_adapter.writeback.ownership import tagged
 from fhir_adapter.writeback.sink import transaction_entries
 from fhir_adapter.writeback.sources import result_sources
 
@@ -44,7 +44,8 @@ def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dic
     dates = [str(r["effectiveDateTime"])[:10] for r in resources if r.get("effectiveDateTime")]
     day = dt.date.fromisoformat(max(dates)) if dates else dt.date(1970, 1, 1)
     recorded = dt.datetime.combine(day, dt.time(), tzinfo=dt.UTC)
-    entries = transaction_entries([with_owner_tag(r) for r in resources], sources, recorded, patient_id)
+    # the bundle is serialised at once: tagged copies share all but their meta with ``resources``
+    entries = transaction_entries([tagged(r) for r in resources], sources, recorded, patient_id)
     for entry in entries[1:-1]:
         r = entry["resource"]
         if not r.get("id"):  # the file cannot know the server's ids and versions: a conditional update

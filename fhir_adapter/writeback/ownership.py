@@ -42,6 +42,15 @@ def with_owner_tag(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def tagged(res: dict[str, Any]) -> dict[str, Any]:
+    """:func:`with_owner_tag` for a resource that is only serialised (the offline bundle file): a new
+    top-level dict and ``meta``, everything else shared with ``res``."""
+    if has_owner_tag(res):
+        return res
+    meta = res.get("meta") or {}
+    return {**res, "meta": {**meta, "tag": [*(meta.get("tag") or []), dict(OWNER_TAG)]}}
+
+
 def patient_of(res: dict[str, Any]) -> str | None:
     ref = (res.get("subject") or res.get("individual") or {}).get("reference")
     return ref if isinstance(ref, str) else None
