@@ -141,6 +141,9 @@ class _Table:
     choices: tuple[tuple[tuple[str, ...], bool], ...] = ()
     #: what :func:`_conforms` does with each element: :func:`_step` of every element it may accept
     steps: dict[str, tuple[int, Any, Any]] = field(default_factory=dict)
+    #: the choices as bits: element → the bit of its choice; the bits of the required choices
+    choice_bits: dict[str, int] = field(default_factory=dict)
+    required_choices: int = 0
 
 
 #: the kinds of :attr:`_Table.steps` (the most frequent first)
@@ -243,6 +246,9 @@ def table(model: type) -> _Table:
     t.required = tuple(required)
     t.choices = tuple((tuple(names), req) for names, req in choices.values())
     t.steps = {alias: step for alias, e in t.elements.items() if (step := _step(e)) is not None}
+    for i, (names, req) in enumerate(t.choices):
+        t.choice_bits.update(dict.fromkeys(names, 1 << i))
+        t.required_choices |= (1 << i) if req else 0
     return t
 
 
@@ -260,7 +266,8 @@ def resource_table(model: type) -> _Table:
     if found is None:
         t = table(model)
         found = _resource_tables[model] = _Table(t.elements, t.required, t.choices,
-                                                 {**t.steps, "resourceType": (_TEXT, set(), _any_string)})
+                                                 {**t.steps, "resourceType": (_TEXT, set(), _any_string)},
+                                                 t.choice_bits, t.required_choices)
     return found
 
 
@@ -325,12 +332,16 @@ def _conforms(node: dict[str, Any], t: _Table) -> bool:
     for key in t.required:
         if key not in node:
             return False
-    for names, required in t.choices:
+    bits = t.choice_bits
+    if bits:  # at most one element of each choice, one of each required choice
         present = 0
-        for k in names:
-            if k in node:
-                present += 1
-        if present > 1 or (required and not present):
+        for key in node:
+            bit = bits.get(key)
+            if bit is not None:
+                if present & bit:
+                    return False
+                present |= bit
+        if present & t.required_choices != t.required_choices:
             return False
     return True
 
