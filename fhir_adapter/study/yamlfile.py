@@ -56,6 +56,21 @@ def _walk(node: yaml.Node, here: Path_, lines: dict[Path_, int]) -> None:
             _walk(value, (*here, i), lines)
 
 
+#: libyaml's parser where PyYAML was built with it (the same nodes and data, a fraction of the CPU)
+_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _parsed(text: str, loader_class: Any) -> tuple[yaml.Node | None, Any]:
+    """The node tree of one YAML document (for the lines) and its data, from one parse."""
+    loader = loader_class(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    finally:
+        loader.dispose()
+    return node, data
+
+
 def read_yaml(path: Path) -> YamlDoc:
     """Parse ``path``; a syntax error becomes a :class:`MappingError` with its line."""
     try:
@@ -63,11 +78,13 @@ def read_yaml(path: Path) -> YamlDoc:
     except OSError as exc:
         raise MappingError(path, None, f"cannot read the file ({exc.strerror})", "check the path") from exc
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise MappingError(path, line, f"not valid YAML: {exc.problem}", "fix the YAML syntax") from exc
+        node, data = _parsed(text, _FAST_LOADER)
+    except yaml.YAMLError:
+        try:  # the pure-Python parser names the problem (libyaml's wording differs)
+            node, data = _parsed(text, yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            line = exc.problem_mark.line + 1 if exc.problem_mark else None
+            raise MappingError(path, line, f"not valid YAML: {exc.problem}", "fix the YAML syntax") from exc
     lines: dict[Path_, int] = {}
     if node is not None:
         _walk(node, (), lines)
