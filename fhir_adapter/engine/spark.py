@@ -257,8 +257,8 @@ def _subject(run: str, work: Any, enrolled: Any, shared: Any, pdf: pd.DataFrame)
 
 
 def _fresh(engine: SubjectEngine, e0: Enrollee, resources: list[Resource],
-           shared: dict[tuple[str, str], Resource]) -> SubjectOutcome:
-    resources.extend(shared[key] for key in sorted(shared_references(resources)) if key in shared)
+           shared: dict[tuple[str, str], bytes]) -> SubjectOutcome:
+    resources.extend(orjson.loads(shared[key]) for key in sorted(shared_references(resources)) if key in shared)
     outcome = engine.fresh(e0, resources)
     outcome.statuses = source_statuses(resources)
     return outcome
@@ -320,7 +320,7 @@ class SparkSubjects:
                 self.runlog.warnings.extend(warnings)
                 self.runlog.quarantine.extend(quarantine)
                 wanted |= refs
-            shared = source.shared_resources(wanted)
+            shared = source.shared_records(wanted)  # as JSON bytes: a hospital's Specimens go to every executor
             b_work, b_enrolled, b_shared = ship(spark, work), ship(spark, enrolled), ship(spark, shared)
             # subjects in ranges of patient ids (at most SUBJECTS_PER_PARTITION per range), each range's outcomes
             # written by its task into the staging folder: one row group the driver reads at a time
