@@ -25,9 +25,9 @@ BASE = "https://ehr.example.org/fhir"
 PLATELETS = {"coding": [{"system": "http://loinc.org", "code": "777-3"}]}  # one of the study's codes
 
 
-def ehr(observations_per_patient: int = 5) -> list[Resource]:
+def ehr(observations_per_patient: int = 5, patients: list[str] = PATIENTS) -> list[Resource]:
     data: list[Resource] = []
-    for p in PATIENTS:
+    for p in patients:
         data += [{"resourceType": "Observation", "id": f"{p}-o{i}", "status": "final", "code": PLATELETS,
                   "subject": {"reference": f"Patient/{p}"}} for i in range(observations_per_patient)]
         data.append({"resourceType": "Condition", "id": f"{p}-c", "subject": {"reference": f"Patient/{p}"}})
@@ -39,10 +39,11 @@ class Ehr:
     """Searches by patient/subject (comma OR), ``_count`` and ``_offset`` paging with absolute next links."""
 
     def __init__(self, resources: list[Resource], *, failing: str | None = None,
-                 extra: Resource | None = None) -> None:
+                 extra: Resource | None = None, refuse: str | None = None) -> None:
         self.resources = resources
         self.failing = failing  # a patient whose every search answers 503
         self.extra = extra  # one more resource in every Condition answer
+        self.refuse = refuse  # a resource type whose searches by patient answer 400
         self.seen: list[httpx.URL] = []
         self.batches = 0
 
@@ -61,8 +62,11 @@ class Ehr:
         refs = (params.get("patient") or params.get("subject") or "").split(",")
         if self.failing and f"Patient/{self.failing}" in refs:
             return httpx.Response(503)
+        if rtype == self.refuse and "patient" in params:
+            return httpx.Response(400)
+        ids = params["_id"].split(",") if "_id" in params else None
         found = [r for r in self.resources if r["resourceType"] == rtype
-                 and (r.get("subject") or {}).get("reference") in refs]
+                 and ((r.get("subject") or {}).get("reference") in refs if ids is None else r["id"] in ids)]
         if rtype == "Condition" and self.extra:
             found.append(self.extra)
         count, offset = int(params.get("_count", "100")), int(params.get("_offset", "0"))
@@ -106,8 +110,53 @@ def test_one_search_per_sparse_type_for_the_group_split_by_subject(study: Study)
     assert [u.params["patient"] for u in by_type(handler, "Observation")] == [f"Patient/{p}" for p in PATIENTS]
     stats = source.request_stats()
     assert stats["per_subject"] == {} and stats["shared"][LABEL] == len(handler.seen)
-    assert len(handler.seen) == len(SUBJECT_SEARCHES) - 1 + len(PATIENTS)
+    # and the group's Specimens (one search: none of them has any)
+    assert [u.params["patient"] for u in by_type(handler, "Specimen")] == ["Patient/p1,Patient/p2,Patient/p3"]
+    assert len(handler.seen) == len(SUBJECT_SEARCHES) - 1 + len(PATIENTS) + 1
     assert stats["mean_per_subject"] == round(len(handler.seen) / len(PATIENTS), 2)
+
+
+def with_specimens(patients: list[str] = PATIENTS) -> list[Resource]:
+    """Each patient's first Observation on a Specimen of its own; p2 has another Specimen nothing references."""
+    data = ehr(patients=patients)
+    for r in data:
+        if r["id"].endswith("-o0"):
+            r["specimen"] = {"reference": f"Specimen/{r['id'][:2]}-s"}
+    data += [{"resourceType": "Specimen", "id": f"{p}-s", "subject": {"reference": f"Patient/{p}"}} for p in patients]
+    data.append({"resourceType": "Specimen", "id": "p2-unused", "subject": {"reference": "Patient/p2"}})
+    return data
+
+
+def test_the_groups_specimens_are_searched_by_patient_and_only_the_referenced_ones_are_input(study: Study) -> None:
+    handler = Ehr(with_specimens())
+    got, _, log = read(study, handler)
+    for p in PATIENTS:
+        assert sorted(r["id"] for r in got[p] if r["resourceType"] == "Specimen") == [f"{p}-s"]
+    assert [u.params["patient"] for u in by_type(handler, "Specimen")] == ["Patient/p1,Patient/p2,Patient/p3"]
+    assert not any("_include" in u.params for u in handler.seen if "Observation" in u.path)
+    assert not any("_id" in u.params for u in handler.seen)  # nothing left to read by id
+    assert "read.Specimen-search-failed" not in log.counts
+
+
+def test_a_refused_specimen_search_reads_them_by_id_and_is_not_asked_again(study: Study) -> None:
+    patients = [*PATIENTS, "p4"]
+    handler = Ehr(with_specimens(patients), refuse="Specimen")
+    client = FhirClient(BASE, transport=httpx.MockTransport(handler), settings=ClientSettings(max_attempts=1))
+    log = RunLog()
+    source = ServerSource(client, study, log, loop=asyncio.new_event_loop(), observation_code_param="none",
+                          patients_per_search=2)  # two groups: p1 and p2, p3 and p4
+    try:
+        got = dict(source.subject_resources(set(patients)))
+    finally:
+        source.close()
+    for p in patients:
+        assert sorted(r["id"] for r in got[p] if r["resourceType"] == "Specimen") == [f"{p}-s"]
+    by_patient = [u for u in by_type(handler, "Specimen") if "patient" in u.params]
+    assert [u.params["patient"] for u in by_patient] == ["Patient/p1,Patient/p2"]  # refused once, not again
+    assert sorted(u.params["_id"] for u in by_type(handler, "Specimen") if "_id" in u.params) == \
+        ["p1-s,p2-s", "p3-s,p4-s"]
+    assert log.counts["read.Specimen-search-failed"] == 1 and "Specimen" in source.groups.refused
+    assert not source.failed
 
 
 def test_batch_mode_sends_the_group_searches_in_one_batch(study: Study) -> None:

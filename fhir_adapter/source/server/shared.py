@@ -1,6 +1,6 @@
 """Shared resources (Medication, Organization, Location, Specimen) that a subject's resources reference and
-its searches did not ``_include``: read by id (``Medication?_id=a,b``, :data:`IDS_PER_SEARCH` ids a search), once per
-run."""
+its searches did not return (``_include``, a group's Specimen search: :mod:`.groups`): read by id
+(``Medication?_id=a,b``, :data:`IDS_PER_SEARCH` ids a search), once per run."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class SharedResources:
         return resources + extra
 
     def add(self, resource: Resource) -> None:
-        """A shared resource a search returned (``_include``)."""
+        """A shared resource a search returned (``_include``, a Specimen search)."""
         self._cache[(str(resource.get("resourceType")), str(resource.get("id")))] = resource
 
     async def fetch(self, wanted: list[tuple[str, str]], label: str, *, trips_breaker: bool = True) -> None:
