@@ -29,11 +29,12 @@ from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import UNREADABLE, DataFile, LocalFolder, unreadable
 
 #: a large file is cut into parts of about this many bytes
-PART_BYTES = 16 * 1024 * 1024
+PART_BYTES = 8 * 1024 * 1024
 #: what a part keeps in memory before it writes it to its part file
-BUFFER_BYTES = 16 * 1024 * 1024
-#: subjects per chunk at most (a chunk's records are read back at once)
-CHUNK_SUBJECTS = 32
+BUFFER_BYTES = 8 * 1024 * 1024
+#: subjects per chunk at most (a chunk's records are read back at once, and its outcomes, which carry the
+#: subjects' export text, come back at once)
+CHUNK_SUBJECTS = 8
 #: a record of a part file: the subject's index in the run's order, the length of the bytes that follow
 RECORD = struct.Struct("<II")
 
