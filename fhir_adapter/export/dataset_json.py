@@ -69,17 +69,34 @@ def render_rows(rows: dict[str, list[dict[str, Any]]], kinds: dict[str, list[str
     return render_tables(tables(rows), kinds)
 
 
+#: marks a number's text among a plain row's quoted cells (a plain row holds no NUL): ``"\0 3\0"`` → ``3``
+_NUMBER_MARK = "\x00"
+#: (kind, text) → the number as JSON, for the texts seen (study days, sequence numbers, results repeat)
+_NUMBERS_KEPT = 50_000
+_numbers: dict[tuple[str, str], str] = {}
+
+
 def _number(kind: str, text: str) -> str:
     """A cell of an integer or double column as JSON, as :func:`json.dumps` writes the number."""
-    if kind == "integer":
-        return int.__repr__(int(text))
-    value = float(text)
-    return float.__repr__(value) if math.isfinite(value) else _ENCODE(value)
+    key = (kind, text)
+    found = _numbers.get(key)
+    if found is None:
+        if kind == "integer":
+            found = int.__repr__(int(text))
+        else:
+            value = float(text)
+            found = float.__repr__(value) if math.isfinite(value) else _ENCODE(value)
+        if len(_numbers) >= _NUMBERS_KEPT:
+            _numbers.clear()
+        _numbers[key] = found
+    return found
 
 
 def render_tables(domains: dict[str, Table], kinds: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Domain → each row of its :class:`Table` as its Dataset-JSON array text: a plain row's strings are
-    quoted as they are (nothing in them JSON escapes), its numbers converted; any other row cell by cell."""
+    """Domain → each row of its :class:`Table` as its Dataset-JSON array text. A plain row's cells are
+    quoted as they are (nothing in them JSON escapes) and joined at once; as no cell holds a quote, ``""``
+    there is an empty cell (``null``); numbers are marked in the joined text and unquoted. Any other row is
+    encoded cell by cell."""
     out: dict[str, list[str]] = {}
     for domain, t in domains.items():
         domain_kinds = kinds[domain]
@@ -91,11 +108,14 @@ def render_tables(domains: dict[str, Table], kinds: dict[str, list[str]]) -> dic
                 texts.append(_ENCODE([None if (text := row.get(c)) is None or text == "" else
                                       str(text) if k == "string" else _value(k, text) for k, c in cells]))
                 continue
-            parts = ['"' + v + '"' if v else "null" for v in values]
+            marked = list(values)
             for i, k in numbers:
-                if values[i]:
-                    parts[i] = _number(k, values[i])
-            texts.append("[" + ", ".join(parts) + "]")
+                if marked[i]:
+                    marked[i] = _NUMBER_MARK + _number(k, marked[i]) + _NUMBER_MARK
+            text = ('["' + '", "'.join(marked) + '"]').replace('""', "null")
+            if _NUMBER_MARK in text:
+                text = text.replace('"' + _NUMBER_MARK, "").replace(_NUMBER_MARK + '"', "")
+            texts.append(text)
         out[domain] = texts
     return out
 

@@ -11,6 +11,8 @@ again; the others take the per-cell path (:mod:`.sanitize`), which gives the sam
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from operator import itemgetter
 from typing import Any
 
 from fhir_adapter.export.cdisc import COLUMNS
+from fhir_adapter.export.sanitize import csv_safe
 
 #: joins a row's cells for the row tests: itself plain and no formula start, so it changes neither answer
 _SEP = "\ue000"
@@ -45,17 +48,32 @@ class Table:
     plain: list[bool]
     #: no cell of the row may start a spreadsheet formula (all strings, none starting with = + - @ TAB CR)
     formula_free: list[bool]
+    #: the row's CSV line is its cells joined by commas: plain, formula-free and without a comma
+    csv_simple: list[bool]
+
+    def csv_text(self) -> str:
+        """The rows as CSV lines (what ``csv.writer`` writes for the cells :func:`csv_safe` gives)."""
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf)
+        for cells, formula_free, simple in zip(self.cells, self.formula_free, self.csv_simple, strict=True):
+            if simple:
+                buf.write(",".join(cells) + "\r\n")
+            else:
+                writer.writerow(csv_safe(cells, formula_free))
+        return buf.getvalue()
 
 
-def _tests(cells: Sequence[Any]) -> tuple[bool, bool]:
-    """(plain, formula-free) of one row; a row that is not plain takes the per-cell path everywhere."""
+def _tests(cells: Sequence[Any]) -> tuple[bool, bool, bool]:
+    """(plain, formula-free, CSV-simple) of one row; a row that is not plain takes the per-cell path
+    everywhere."""
     try:
         joined = _SEP.join(cells)
     except TypeError:  # a cell that is not a string
-        return False, False
+        return False, False, False
     if _PLAIN.fullmatch(joined) is None or joined.count(_SEP) != len(cells) - 1:  # (a cell holding _SEP)
-        return False, False
-    return True, not (cells and cells[0][:1] in _FORMULA_FIRST) and _FORMULA_AFTER_SEP.search(joined) is None
+        return False, False, False
+    formula_free = not (cells and cells[0][:1] in _FORMULA_FIRST) and _FORMULA_AFTER_SEP.search(joined) is None
+    return True, formula_free, formula_free and len(cells) > 1 and "," not in joined
 
 
 def _cells(domain: str, row: dict[str, Any]) -> Sequence[Any]:
@@ -69,7 +87,7 @@ def _cells(domain: str, row: dict[str, Any]) -> Sequence[Any]:
 def table(domain: str, rows: list[dict[str, Any]]) -> Table:
     cells = [_cells(domain, r) for r in rows]
     tests = [_tests(c) for c in cells]
-    return Table(domain, rows, cells, [t[0] for t in tests], [t[1] for t in tests])
+    return Table(domain, rows, cells, [t[0] for t in tests], [t[1] for t in tests], [t[2] for t in tests])
 
 
 def tables(rows: Mapping[str, list[dict[str, Any]]]) -> dict[str, Table]:

@@ -12,7 +12,6 @@ Each subject's rows are written as soon as its CRF exists; nothing but counters 
 from __future__ import annotations
 
 import csv
-import io
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from fhir_adapter.export.coverage import Coverage, SubjectCoverage
 from fhir_adapter.export.dataset_json import DatasetJsonWriter, column_kinds, render_tables
 from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
 from fhir_adapter.export.odm import OdmSubjects, OdmWriter
-from fhir_adapter.export.sanitize import csv_safe
 from fhir_adapter.export.table import tables
 from fhir_adapter.job.runlog import Quarantined
 from fhir_adapter.study.load import Study
@@ -98,11 +96,7 @@ class ExportRenderer:
             b.serious_without_criteria
         rows = _rows(b, crf, review, decisions)
         domains = tables(rows)
-        texts: dict[str, str] = {}
-        for domain, t in domains.items():
-            buf = io.StringIO(newline="")
-            csv.writer(buf).writerows(map(csv_safe, t.cells, t.formula_free))
-            texts[domain] = buf.getvalue()
+        texts = {domain: t.csv_text() for domain, t in domains.items()}
         reviewed = any(row.get("_decision") for d in FINDINGS_DOMAINS for row in rows.get(d, []))
         xml, removed = (None, 0) if reviewed else self.odm.render(crf.subject_id, domains)
         return SubjectExport(
@@ -140,7 +134,7 @@ class ExportWriter:
         decision per (visit, item) (ODM AuditRecord and Annotation)."""
         domains = tables(_rows(self.rows, crf, review, decisions))
         for domain, t in domains.items():
-            self._csv[domain].writerows(map(csv_safe, t.cells, t.formula_free))
+            self._files[domain].write(t.csv_text())
             self.counts[domain] += len(t.rows)
         self.odm.add(crf.subject_id, domains)
         self.dataset_json.add(domains)

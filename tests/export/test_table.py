@@ -31,7 +31,8 @@ def _rows(rng: random.Random, domain: str, n: int) -> list[dict[str, str]]:
             row[c] = rng.choice(TRICKY)
         for c, kind in zip(COLUMNS[domain], column_kinds()[domain], strict=True):  # numeric columns hold numbers
             if kind != "string":
-                row[c] = rng.choice(["", "3", "-2", "12"])
+                doubles = ["1.50", "-0.0", "1e-7", "2.5E3"] if kind == "double" else []
+                row[c] = rng.choice(["", "3", "-2", "12", *doubles])
         row["_visit"], row["_item"] = "V1", "x"
         rows.append(row)
     return rows
@@ -46,6 +47,9 @@ def test_plain_rows_are_written_as_the_per_cell_path_writes_them(study: Study) -
         assert any(t.plain) and not all(t.plain) and not all(t.formula_free)
         for row, cells, formula_free in zip(rows, t.cells, t.formula_free, strict=True):
             assert list(csv_safe(cells, formula_free)) == [csv_cell(row[c]) for c in COLUMNS[domain]]
+        buf = io.StringIO(newline="")
+        csv.writer(buf).writerows([csv_cell(row[c]) for c in COLUMNS[domain]] for row in rows)
+        assert t.csv_text() == buf.getvalue() and any(t.csv_simple) and not all(t.csv_simple)
         got = render_tables({domain: t}, kinds)[domain]
         for row, text in zip(rows, got, strict=True):
             values = [None if row[c] == "" else int(row[c]) if k == "integer" else float(row[c]) if k == "double"
