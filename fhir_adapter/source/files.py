@@ -318,11 +318,6 @@ class FileSource:
         self.roster()
         return self._all_patients
 
-    def shared_records(self, wanted: set[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
-        """The wanted shared resources (``(type, id)``) as JSON bytes: what the subjects pass adds to each
-        subject's records that references them."""
-        return self._read_shared(wanted, as_bytes=True)
-
     def subject_files(self) -> list[DataFile]:
         """The files the subjects pass reads (other engines read them with :meth:`ndjson_resources` /
         :meth:`document_resources` and keep lines with :meth:`enrolled_patient`)."""
