@@ -195,7 +195,8 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
     """:func:`subject_outcomes` of ``source.subject_records`` (``workers`` above 1), with the subjects pass
     itself read by the workers, part by part (:mod:`fhir_adapter.source.parts`): the parts' counts and
     quarantined lines go to ``source.log`` in the pass's order, then each chunk of subjects goes to a worker,
-    which reads its records from the part files. Same outcomes, same order."""
+    which reads its records from the part files. Same outcomes, same order. A worker that dies reading a part
+    (killed, out of memory): the folder is read in this process as with :func:`subject_outcomes`."""
     order = sorted(enrolled)
     chunk_of: list[int] = []
     starts: list[int] = []
@@ -208,7 +209,14 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
     try:
         with tempfile.TemporaryDirectory(prefix="fhir-adapter-parts-") as folder:
             given = PartInput(order, chunk_of, source.roster().base, source.known_patients(), Path(folder))
-            results = [f.result() for f in [pool.submit(route, part, given) for part in plan(source)]]
+            try:
+                results = [f.result() for f in [pool.submit(route, part, given) for part in plan(source)]]
+            except BrokenProcessPool:  # a worker died reading a part: this process reads the folder instead
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = _pool(workers, work, ctx)
+                subjects = ((enrolled[pid], records) for pid, records in source.subject_records(set(order)))
+                yield from subject_outcomes(subjects, work, SubjectEngine(work), workers)
+                return
             refs = _merge(results, source)
             shared = source.shared_records(set().union(*refs.values()))
 

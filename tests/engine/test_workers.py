@@ -3,6 +3,7 @@ process; a subject that fails in a worker fails alone."""
 
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 
+from fhir_adapter.engine import parallel
 from fhir_adapter.engine.parallel import context, subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
 from fhir_adapter.job.pipeline import run
@@ -64,6 +66,22 @@ def test_bad_input_read_in_parts_by_two_workers_gives_the_same_out_as_one_proces
         trees.append(out_tree(tmp_path / f"out{workers}"))
     assert differences(*trees) == []
     assert len(orjson.loads(trees[1]["run-report.json"])["quarantine"]) > 10
+
+
+def _dies(*_: Any) -> None:
+    os._exit(1)
+
+
+def test_a_worker_dying_while_reading_a_part_leaves_the_reading_to_the_run_process(
+        feed: Path, tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(parallel, "route", _dies)  # what the workers are asked to read a part with
+    trees = []
+    for workers in (1, 2):
+        log = RunLog()
+        summary = run(FileSource(feed, log), study, tmp_path / f"out{workers}", log, workers=workers)
+        assert summary.subjects == 34 and not summary.subjects_failed
+        trees.append(out_tree(tmp_path / f"out{workers}"))
+    assert differences(*trees) == []
 
 
 def _preloaded() -> tuple[bool, int]:
