@@ -96,22 +96,23 @@ def chunks(subjects: int, workers: int) -> list[int]:
     return sizes
 
 
-def plan(source: FileSource) -> list[Part]:
-    """The parts of the subjects pass, in its order."""
-    parts: list[Part] = []
+def plan(source: FileSource) -> Iterator[Part]:
+    """The parts of the subjects pass, in its order (each as soon as it is found: the first ones can be read
+    while a large file is still being cut)."""
+    n = 0
     for f in source.subject_files():
         if f.ndjson and f.rtype in SUBJECT_TYPES and not f.name.endswith(".gz") \
                 and isinstance(source.folder, LocalFolder):
             for start, end, first_line in _ranges(f):
-                parts.append(Part(len(parts), f, start, end, first_line))
+                yield Part(n, f, start, end, first_line)
+                n += 1
         else:
-            parts.append(Part(len(parts), f))
-    return parts
+            yield Part(n, f)
+            n += 1
 
 
-def _ranges(f: DataFile) -> list[tuple[int, int | None, int]]:
+def _ranges(f: DataFile) -> Iterator[tuple[int, int | None, int]]:
     """(start, end, first line number) of ranges of about :data:`PART_BYTES` cut after a line end."""
-    ranges: list[tuple[int, int | None, int]] = []
     try:
         size = os.path.getsize(f.path)
         with open(f.path, "rb") as fh:
@@ -121,12 +122,11 @@ def _ranges(f: DataFile) -> list[tuple[int, int | None, int]]:
                 newlines = fh.read(PART_BYTES).count(b"\n")
                 rest = fh.readline()  # to the end of the line the cut falls in
                 newlines += rest.endswith(b"\n")
-                ranges.append((start, start + PART_BYTES + len(rest), line))
+                yield start, start + PART_BYTES + len(rest), line
                 start, line = start + PART_BYTES + len(rest), line + newlines
     except UNREADABLE as exc:
         raise unreadable(f, exc) from exc
-    ranges.append((start, None, line))
-    return ranges
+    yield start, None, line
 
 
 def _lines(part: Part) -> Iterator[tuple[int, bytes]]:

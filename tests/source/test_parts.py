@@ -66,7 +66,7 @@ def test_subjects_read_in_parts_get_the_records_and_log_of_the_one_process_pass(
     sizes = parts.chunks(len(order), 2)
     chunk_of = [c for c, size in enumerate(sizes) for _ in range(size)]
     given = parts.PartInput(order, chunk_of, source.roster().base, source.known_patients(), tmp_path)
-    planned = parts.plan(source)
+    planned = list(parts.plan(source))
     assert len(planned) > len(source.subject_files())
     results = [parts.route(p, given) for p in planned]
     counts: Counter[str] = Counter()
