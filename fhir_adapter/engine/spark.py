@@ -42,7 +42,7 @@ from urllib.parse import unquote
 import orjson
 
 from fhir_adapter.engine.spark_files import job_failed, spark_errors
-from fhir_adapter.engine.spark_staging import StagedOutcomes, arrow_filesystem, staging_location
+from fhir_adapter.engine.spark_staging import StagedOutcomes, StagingUnreadable, arrow_filesystem, staging_location
 from fhir_adapter.engine.spark_staging import remove as remove_staged
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.job.runlog import Quarantined, RunLog
@@ -141,13 +141,14 @@ class _Block:
     """What one task saw of one split of an NDJSON file (Spark's text reader: a split's lines in order; a
     gzip'd file is one split): its line count, and the file source's counts, quarantine and shared references
     for its lines, with line numbers counted from the split's first line (the driver adds the lines of the
-    file's earlier splits)."""
+    file's earlier splits), and the enrolled patients whose lines it kept."""
 
     def __init__(self, known: set[str]) -> None:
         self.log = RunLog()
         self.source = FileSource.line_reader(known, self.log)
         self.counts: Counter[str] = Counter()
         self.refs: set[tuple[str, str]] = set()
+        self.pids: set[str] = set()
         self.lines = 0
 
     def keep(self, found: Iterable[tuple[int, int | None, Resource, bytes | None]], f: DataFile, i: int,
@@ -159,10 +160,11 @@ class _Block:
             if pid is not None:
                 out.append((pid, i, start, n, entry or 0, raw.strip() if raw is not None else orjson.dumps(res), None))
                 self.refs |= shared_references([res])
+                self.pids.add(pid)
 
     def summary(self) -> bytes:
         self.counts.update(self.log.counts)
-        return pickle.dumps((dict(self.counts), self.log.warnings, self.log.quarantine, self.refs))
+        return pickle.dumps((dict(self.counts), self.log.warnings, self.log.quarantine, self.refs, self.pids))
 
 
 def _read_ndjson(files: list[DataFile], enrolled: frozenset[str], known: set[str], base: str | None,
@@ -226,18 +228,19 @@ def _read_documents(files: list[DataFile], enrolled: frozenset[str], known: set[
 
 
 def _file_logs(rows: list[tuple[int, int, int, bytes]], files: list[DataFile]) -> Iterator[
-        tuple[dict[str, int], list[dict[str, Any]], list[Quarantined], set[tuple[str, str]]]]:
+        tuple[dict[str, int], list[dict[str, Any]], list[Quarantined], set[tuple[str, str]], set[str]]]:
     """The splits' summaries in file order, their quarantine entries numbered from the start of the file (the
-    line counts of the file's earlier splits added), as the file source's pass gives them."""
+    line counts of the file's earlier splits added), as the file source's pass gives them; with each split's
+    shared references and the patients whose lines it kept."""
     offset: dict[int, int] = {}
     for i, _, lines, blob in sorted(rows, key=lambda r: (r[0], r[1])):
-        counts, warnings, quarantine, refs = pickle.loads(blob)
+        counts, warnings, quarantine, refs, pids = pickle.loads(blob)
         skip = offset.get(i, 0)
         if skip:
             quarantine = [dataclasses.replace(q, line=q.line + skip) if q.line is not None and q.file == files[i].name
                           else q for q in quarantine]
         offset[i] = skip + lines
-        yield counts, warnings, quarantine, refs
+        yield counts, warnings, quarantine, refs, pids
 
 
 _engine: tuple[str, SubjectEngine] | None = None
@@ -314,12 +317,14 @@ class SparkSubjects:
             wanted: set[tuple[str, str]] = set()
             logs = [(r["file"], r["block"], r["line"], r["log"])
                     for r in lines.where("pid is null").select("file", "block", "line", "log").collect()]
-            for counts, warnings, quarantine, refs in _file_logs(logs, files):  # as the file source's pass adds them
+            kept: set[str] = set()  # the subjects with lines: each one's outcome must come back
+            for counts, warnings, quarantine, refs, seen in _file_logs(logs, files):  # as the file source adds them
                 for k, n in counts.items():
                     self.runlog.count(k, n)
                 self.runlog.warnings.extend(warnings)
                 self.runlog.quarantine.extend(quarantine)
                 wanted |= refs
+                kept |= seen
             shared = source.shared_records(wanted)  # as JSON bytes: a hospital's Specimens go to every executor
             b_work, b_enrolled, b_shared = ship(spark, work), ship(spark, enrolled), ship(spark, shared)
             # subjects in ranges of patient ids (at most SUBJECTS_PER_PARTITION per range), each range's outcomes
@@ -332,6 +337,12 @@ class SparkSubjects:
             # every subject at once on the executors, each task writing its subjects' outcomes
             outcomes.write.parquet(f"{location}/{run}")
             staged = StagedOutcomes(f"{location}/{run}")
+            if missing := kept - staged.index.keys():
+                raise StagingUnreadable(
+                    f"{len(missing)} of {len(kept)} subjects' outcomes are not in {location}/{run} as the driver "
+                    "reads it: the executors wrote them where the driver does not see them; on a cluster give "
+                    "--spark-staging on storage both reach (s3a://, gs://, hdfs://, abfss://, a path mounted on "
+                    "every node; docs/spark.md)")
             engine: SubjectEngine | None = None
             for pid in sorted(enrolled):
                 blob = staged.pop(pid)

@@ -14,6 +14,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import orjson
 import pytest
@@ -219,6 +220,28 @@ def test_a_staging_location_the_driver_cannot_read_stops_the_run_before_the_subj
     assert r.exit_code == 1, r.output
     assert "--spark-staging nowhere://bucket/staging: the driver cannot open it" in r.output
     assert not (tmp_path / "out" / "crf").exists()
+
+
+def test_outcomes_written_where_the_driver_does_not_see_them_stop_the_run(small: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A staging folder the executors and the driver do not share (a local path on a cluster): the driver finds
+    fewer outcomes than subjects the executors processed, and the run stops (exit 1, OUT untouched) instead of
+    taking the missing ones for subjects without data. Here one task's file is gone before the driver reads."""
+    import fhir_adapter.engine.spark as spark_engine
+    from fhir_adapter.engine.spark_staging import StagedOutcomes
+
+    class NotShared(StagedOutcomes):
+        def __init__(self, location: str) -> None:
+            folder = Path(unquote(urlsplit(location).path))
+            sorted(folder.glob("part-*.parquet"))[0].unlink()
+            super().__init__(location)
+
+    monkeypatch.setattr(spark_engine, "StagedOutcomes", NotShared)
+    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--spark-master", "local[2]",
+                                  "--source", str(small / "export"), "--out", str(tmp_path / "out")])
+    assert r.exit_code == 1, r.output
+    assert "subjects' outcomes are not in" in r.output and "where the driver does not see them" in r.output
+    assert not (tmp_path / "out" / "crf").exists() and not (tmp_path / "out" / ".spark-staging").exists()
 
 
 def test_spark_engine_reads_files_not_fhir_servers(tmp_path: Path) -> None:
