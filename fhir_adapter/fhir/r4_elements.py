@@ -8,8 +8,9 @@ non-empty JSON object (a list of them where the element repeats, no nulls), a re
 most one element of a choice (``value[x]``) and one where the choice is required, and every primitive value of
 the JSON type R4 gives it (a decimal is a JSON number, a boolean ``true``/``false``) and accepted by the very
 validator the model uses for that primitive (dates on the calendar, offsets on dateTimes, codes without stray
-whitespace, ids of ≤ 64 characters…). Values already accepted are remembered per primitive type, so a date or
-a code seen before costs a dictionary look-up.
+whitespace, ids of ≤ 64 characters…); a dateTime or an instant first goes through a fast path that accepts
+only a subset of what that validator accepts (:func:`_fast_path`). Values already accepted are remembered per
+primitive type, so a date or a code seen before costs a dictionary look-up.
 
 A contained resource (an element whose type is ``Resource``) is checked as the model checks it: with the table of
 the model its own ``resourceType`` names (an R4 type). Anything it does not model — a primitive's extension
