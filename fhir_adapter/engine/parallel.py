@@ -213,7 +213,6 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
                 results = [f.result() for f in [pool.submit(route, part, given) for part in plan(source)]]
             except BrokenProcessPool:  # a worker died reading a part: this process reads the folder instead
                 pool.shutdown(wait=False, cancel_futures=True)
-                pool = _pool(workers, work, ctx)
                 subjects = ((enrolled[pid], records) for pid, records in source.subject_records(set(order)))
                 yield from subject_outcomes(subjects, work, SubjectEngine(work), workers)
                 return

@@ -84,6 +84,19 @@ def test_a_worker_dying_while_reading_a_part_leaves_the_reading_to_the_run_proce
     assert differences(*trees) == []
 
 
+def test_the_subjects_of_a_chunk_whose_worker_dies_are_tried_alone(
+        tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    build(tmp_path / "feed")
+    monkeypatch.setattr(parallel, "_chunk", _dies)  # every worker given a chunk of subjects dies
+    trees = []
+    for workers in (1, 2):
+        log = RunLog()
+        summary = run(FileSource(tmp_path / "feed", log), study, tmp_path / f"out{workers}", log, workers=workers)
+        assert summary.subjects == 3 and not summary.subjects_failed
+        trees.append(out_tree(tmp_path / f"out{workers}"))
+    assert differences(*trees) == []
+
+
 def _preloaded() -> tuple[bool, int]:
     from fhir_adapter.terminology import units
     return "fhir_adapter.engine.preload" in sys.modules, units._registry.cache_info().currsize
