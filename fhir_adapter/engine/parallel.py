@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import tempfile
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -69,11 +71,42 @@ def prepare(workers: int) -> None:
         forkserver.ensure_running()
 
 
-def _start(work: SubjectWork) -> None:
+def _start(work: SubjectWork, run_pid: int) -> None:
+    _end_with(run_pid)
     global _engine
     _engine = SubjectEngine(work)
     _engine.prepare()
     run_settings()  # the worker's cycle collector as during a run (fhir_adapter/engine/collector.py)
+
+
+def _end_with(pid: int) -> None:
+    """This worker ends as soon as the run's process ``pid`` has ended. A worker waits for tasks on a queue it
+    holds both ends of, and it holds the forkserver's keep-alive pipe: when the run's process is killed
+    (SIGKILL, the OOM killer, a scheduler's time limit) neither would ever end on its own."""
+
+    def watch() -> None:
+        try:
+            fd = os.pidfd_open(pid)  # readable once the process has ended (Linux 5.3)
+        except (AttributeError, OSError):
+            fd = None
+        if fd is not None:
+            select.select([fd], [], [])
+            os._exit(1)
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:  # the pid is another user's: the run's process is gone
+                os._exit(1)
+
+    threading.Thread(target=watch, name="fhir-adapter-run-watch", daemon=True).start()
+
+
+def _executor(workers: int, work: SubjectWork, ctx: Any) -> ProcessPoolExecutor:
+    """``workers`` worker processes, each with the engine for ``work``, each ending with this process."""
+    return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work, os.getpid()))
 
 
 def _ready() -> None:
@@ -83,7 +116,7 @@ def _ready() -> None:
 def _pool(workers: int, work: SubjectWork, ctx: Any) -> ProcessPoolExecutor:
     """A pool of ``workers`` processes, started in the background (a forkserver answers once it has preloaded):
     the caller goes on reading the source meanwhile."""
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+    pool = _executor(workers, work, ctx)
 
     def start() -> None:
         try:
@@ -152,7 +185,7 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
             except BrokenProcessPool:  # a worker died: this subject is tried once more on its own
                 pool.shutdown(wait=False, cancel_futures=True)
                 outcome = _alone(e0, records, key, work, ctx)
-                pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+                pool = _executor(workers, work, ctx)
                 pending = deque((e, r, k, pool.submit(_fresh, e, r, k)) for e, r, k, _ in pending)
             except Exception as exc:  # e.g. an outcome that could not be sent back
                 outcome = SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id, error=str(exc))
@@ -163,7 +196,7 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
 
 def _alone(e0: Enrollee, records: Records, key: str, work: SubjectWork, ctx: Any) -> SubjectOutcome:
     """One subject in a worker of its own: if that worker dies too, the subject fails (alone)."""
-    with ProcessPoolExecutor(1, mp_context=ctx, initializer=_start, initargs=(work,)) as one:
+    with _executor(1, work, ctx) as one:
         try:
             return one.submit(_fresh, e0, records, key).result()
         except BrokenProcessPool:
@@ -205,9 +238,9 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
         chunk_of.extend([c] * size)
     starts.append(len(order))
     ctx = context()
-    pool = _pool(workers, work, ctx)
-    try:
-        with tempfile.TemporaryDirectory(prefix="fhir-adapter-parts-") as folder:
+    with tempfile.TemporaryDirectory(prefix="fhir-adapter-parts-") as folder:
+        pool = _pool(workers, work, ctx)
+        try:
             given = PartInput(order, chunk_of, source.roster().base, source.known_patients(), Path(folder))
             try:
                 results = [f.result() for f in [pool.submit(route, part, given) for part in plan(source)]]
@@ -239,12 +272,13 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
                 except BrokenProcessPool:  # a worker died: each subject of the chunk is tried once more alone
                     pool.shutdown(wait=False, cancel_futures=True)
                     outcomes = _alone_chunk(job, work, ctx)
-                    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start, initargs=(work,))
+                    pool = _executor(workers, work, ctx)
                     pending = deque((j, pool.submit(_chunk, *j)) for j, _ in pending)
                 for (e0, _), outcome in zip(job[1], outcomes, strict=True):
                     yield e0, outcome, []
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        finally:  # before the part files are removed: a part that failed (a file that is not gzip) may
+            # leave others still being written
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _merge(results: list[PartResult], source: FileSource) -> dict[str, set[tuple[str, str]]]:

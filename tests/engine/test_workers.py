@@ -143,3 +143,62 @@ def test_reviewed_values_with_two_workers_write_the_same_out_as_one_process(tmp_
         trees.append(out_tree(out))
     assert b"<AuditRecord" in trees[0]["export/odm.xml"] and b"USR.REVIEW.1" in trees[0]["export/odm.xml"]
     assert differences(trees[0], trees[1]) == []
+
+
+_KILLED_RUN = """
+import os, sys, time
+from pathlib import Path
+from fhir_adapter.engine import parallel
+from fhir_adapter.engine.subject import SubjectWork
+from fhir_adapter.study.load import load_study
+
+def _pid_after_a_while():
+    time.sleep(0.5)
+    return os.getpid()
+
+if __name__ == "__main__":
+    pool = parallel._executor(2, SubjectWork(study=load_study(Path(sys.argv[1]))), parallel.context())
+    pids = {f.result() for f in [pool.submit(_pid_after_a_while) for _ in range(4)]}
+    print(" ".join(map(str, sorted(pids))), flush=True)
+    time.sleep(600)
+"""
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc (Linux)")
+def test_workers_and_their_forkserver_end_when_the_run_process_is_killed(tmp_path: Path) -> None:
+    """A run killed with SIGKILL (the OOM killer, a scheduler's time limit) leaves no worker behind: each
+    worker would otherwise wait forever on its task queue and keep the forkserver alive."""
+    import signal
+    import subprocess
+    import time
+
+    script = tmp_path / "killed_run.py"
+    script.write_text(_KILLED_RUN)
+    run = subprocess.Popen([sys.executable, str(script), str(Path(__file__).parents[2] / "mappings" / "lcar-aio")],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout is not None
+        workers = [int(p) for p in run.stdout.readline().split()]
+        assert workers and all(_running(p) for p in workers)
+        helpers = {_parent(p) for p in workers} - {run.pid}  # the forkserver that forked them
+        run.send_signal(signal.SIGKILL)
+        run.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_running(p) for p in [*workers, *helpers]):
+            time.sleep(0.2)
+        assert not [p for p in [*workers, *helpers] if _running(p)]
+    finally:
+        if run.poll() is None:
+            run.kill()
