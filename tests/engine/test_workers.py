@@ -50,6 +50,17 @@ def test_two_workers_write_the_same_out_as_one_process(feed: Path, tmp_path: Pat
     assert differences(one, two) == []
 
 
+def _outs_of_one_and_two_workers(feed: Path, root: Path, study: Any, subjects: int) -> list[dict[str, bytes]]:
+    """The OUT trees of the same run with one worker and with two; every subject processed in both."""
+    trees = []
+    for workers in (1, 2):
+        log = RunLog()
+        summary = run(FileSource(feed, log), study, root / f"out{workers}", log, workers=workers)
+        assert summary.subjects == subjects and not summary.subjects_failed
+        trees.append(out_tree(root / f"out{workers}"))
+    return trees
+
+
 def test_bad_input_read_in_parts_by_two_workers_gives_the_same_out_as_one_process(
         tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers read the folder in parts (source/parts.py): the quarantine, counts and every file are the
@@ -58,12 +69,7 @@ def test_bad_input_read_in_parts_by_two_workers_gives_the_same_out_as_one_proces
     monkeypatch.setattr(parts, "PART_BYTES", 300)  # every file of more than 450 bytes read in several parts
     source = FileSource(tmp_path / "feed", RunLog())
     assert parts.splittable(source) and len(list(parts.plan(source))) > 2 * len(source.subject_files())
-    trees = []
-    for workers in (1, 2):
-        log = RunLog()
-        summary = run(FileSource(tmp_path / "feed", log), study, tmp_path / f"out{workers}", log, workers=workers)
-        assert summary.subjects == 3 and not summary.subjects_failed
-        trees.append(out_tree(tmp_path / f"out{workers}"))
+    trees = _outs_of_one_and_two_workers(tmp_path / "feed", tmp_path, study, 3)
     assert differences(*trees) == []
     assert len(orjson.loads(trees[1]["run-report.json"])["quarantine"]) > 10
 
@@ -75,12 +81,7 @@ def _dies(*_: Any) -> None:
 def test_a_worker_dying_while_reading_a_part_leaves_the_reading_to_the_run_process(
         feed: Path, tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel, "route", _dies)  # what the workers are asked to read a part with
-    trees = []
-    for workers in (1, 2):
-        log = RunLog()
-        summary = run(FileSource(feed, log), study, tmp_path / f"out{workers}", log, workers=workers)
-        assert summary.subjects == 34 and not summary.subjects_failed
-        trees.append(out_tree(tmp_path / f"out{workers}"))
+    trees = _outs_of_one_and_two_workers(feed, tmp_path, study, 34)
     assert differences(*trees) == []
 
 
@@ -88,12 +89,7 @@ def test_the_subjects_of_a_chunk_whose_worker_dies_are_tried_alone(
         tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     build(tmp_path / "feed")
     monkeypatch.setattr(parallel, "_chunk", _dies)  # every worker given a chunk of subjects dies
-    trees = []
-    for workers in (1, 2):
-        log = RunLog()
-        summary = run(FileSource(tmp_path / "feed", log), study, tmp_path / f"out{workers}", log, workers=workers)
-        assert summary.subjects == 3 and not summary.subjects_failed
-        trees.append(out_tree(tmp_path / f"out{workers}"))
+    trees = _outs_of_one_and_two_workers(tmp_path / "feed", tmp_path, study, 3)
     assert differences(*trees) == []
 
 
