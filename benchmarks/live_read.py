@@ -2,7 +2,7 @@
 same local FHIR test server (tests/fhir_server) and cohort, in one run.
 
 Usage: python benchmarks/live_read.py [--subjects 34] [--page-size 1000] [--inflight 8] [--workdir DIR]
-                                      [--code-param auto none combo-code]
+                                      [--code-param auto none combo-code] [--repeat N]
 
 Writes the synthetic feed (seed 7), runs the offline pipeline on it (``run --source FOLDER``), starts a fresh
 server, loads the feed, then
@@ -20,7 +20,9 @@ Prints per row: requests to the server and per subject, wall seconds, client CPU
 process it starts: the benchmark is their child subreaper, so workers are counted too), server CPU seconds (the
 Node process, /proc), and for the adapter the ratios to the baseline (plain reader + offline pipeline: wall and
 client CPU added up; server CPU of the plain reader) and whether its outputs (CRFs, study.json) equal the
-offline run's. Prints ``uptime`` before and after: the machine may be shared (CPU seconds and requests hold
+offline run's. With ``--repeat N`` the plain reader and the adapter runs alternate N times on the same server
+and the median ratios (each against the plain reader of its own round) are printed last: one pair of runs can
+differ by several per cent in server CPU. Prints ``uptime`` before and after: the machine may be shared (CPU seconds and requests hold
 under load; wall ratios only within one run). Numbers only; no pass/fail. Needs `make fhir-test-server`.
 """
 
@@ -33,6 +35,8 @@ import ctypes
 import json
 import os
 import resource
+import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -155,6 +159,9 @@ def main() -> None:
     ap.add_argument("--code-param", nargs="+", default=["auto", "none", "combo-code"],
                     help="observation_code_param values to run the adapter with")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of (plain reader, then the adapter per --code-param) on the same server; with more "
+                         "than one, the median ratios are printed last")
     args = ap.parse_args()
     adopt_orphans()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="fhir-adapter-live-bench-"))
@@ -169,38 +176,48 @@ def main() -> None:
     header = f"{'':<34} {'requests':>8} {'req/subj':>8} {'wall s':>7} {'CPU s':>7} {'server CPU s':>12}"
     with start_fhir_server(MAX_PAGE_SIZE=str(max(1000, args.page_size))) as server:
         load_feed(server.base_url, feed)
-        print(f"{n} subjects, page size {args.page_size}, {args.inflight} requests in flight")
+        print(f"{n} subjects, page size {args.page_size}, {args.inflight} requests in flight, {args.repeat} round(s)")
         print(header)
-        server.reset("stats")
-        s0, c0, t0 = server_cpu(server), time.process_time(), time.perf_counter()
-        requests, read, patients = asyncio.run(plain_read(server.base_url, study_token(feed), enrolled,
-                                                          args.page_size, args.inflight))
-        plain = (time.perf_counter() - t0, time.process_time() - c0, server_cpu(server) - s0)
-        print(f"{'plain reader (' + str(read) + ' resources)':<34} {requests:>8} {requests / n:>8.2f} "
-              f"{plain[0]:>7.1f} {plain[1]:>7.1f} {plain[2]:>12.1f}   {patients} patients")
-        print(f"{'offline pipeline (run FOLDER)':<34} {'':>8} {'':>8} {offline_wall:>7.1f} {offline_cpu:>7.1f}")
-        base_wall, base_cpu = plain[0] + offline_wall, plain[1] + offline_cpu
-        print(f"{'baseline: plain reader + offline':<34} {requests:>8} {requests / n:>8.2f} {base_wall:>7.1f} "
-              f"{base_cpu:>7.1f} {plain[2]:>12.1f}")
-        for param in args.code_param:
-            config = work / f"adapter-{param}.yaml"
-            config.write_text(f"client:\n  page_size: {args.page_size}\n  max_concurrency: {args.inflight}\n"
-                              f"observation_code_param: {param}\n")
-            out = work / f"live-{param}"
+        ratios: dict[str, list[tuple[float, float, float]]] = {}
+        for _ in range(args.repeat):  # a round: the plain reader, then the adapter once per --code-param
             server.reset("stats")
-            s0 = server_cpu(server)
-            wall, cpu = timed_adapter("run", "--source", server.base_url, "--out", str(out), "--config", str(config),
-                                      keep={server.process.pid})
-            scpu = server_cpu(server) - s0
-            total = int(server.stats()["requests"]["total"])
-            report = json.loads((out / "run-report.json").read_text())
-            same = outputs(out) == expected
-            how = report["server_requests"].get("observation_search") or {}
-            chose = f" ({how.get('observation_code_param')})" if param == "auto" else ""
-            print(f"{'adapter live, ' + param + chose:<34} {total:>8} {total / n:>8.2f} {wall:>7.1f} {cpu:>7.1f} "
-                  f"{scpu:>12.1f}   wall x{wall / base_wall:.2f}, CPU x{cpu / base_cpu:.2f}, "
-                  f"server CPU x{scpu / plain[2]:.2f}; outputs = offline: {same}; "
-                  f"report mean_per_subject {report['server_requests']['mean_per_subject']}")
+            s0, c0, t0 = server_cpu(server), time.process_time(), time.perf_counter()
+            requests, read, patients = asyncio.run(plain_read(server.base_url, study_token(feed), enrolled,
+                                                              args.page_size, args.inflight))
+            plain = (time.perf_counter() - t0, time.process_time() - c0, server_cpu(server) - s0)
+            print(f"{'plain reader (' + str(read) + ' resources)':<34} {requests:>8} {requests / n:>8.2f} "
+                  f"{plain[0]:>7.1f} {plain[1]:>7.1f} {plain[2]:>12.1f}   {patients} patients")
+            print(f"{'offline pipeline (run FOLDER)':<34} {'':>8} {'':>8} {offline_wall:>7.1f} {offline_cpu:>7.1f}")
+            base_wall, base_cpu = plain[0] + offline_wall, plain[1] + offline_cpu
+            print(f"{'baseline: plain reader + offline':<34} {requests:>8} {requests / n:>8.2f} {base_wall:>7.1f} "
+                  f"{base_cpu:>7.1f} {plain[2]:>12.1f}")
+            for param in args.code_param:
+                config = work / f"adapter-{param}.yaml"
+                config.write_text(f"client:\n  page_size: {args.page_size}\n  max_concurrency: {args.inflight}\n"
+                                  f"observation_code_param: {param}\n")
+                out = work / f"live-{param}"
+                shutil.rmtree(out, ignore_errors=True)
+                server.reset("stats")
+                s0 = server_cpu(server)
+                wall, cpu = timed_adapter("run", "--source", server.base_url, "--out", str(out), "--config",
+                                          str(config), keep={server.process.pid})
+                scpu = server_cpu(server) - s0
+                total = int(server.stats()["requests"]["total"])
+                report = json.loads((out / "run-report.json").read_text())
+                same = outputs(out) == expected
+                how = report["server_requests"].get("observation_search") or {}
+                chose = f" ({how.get('observation_code_param')})" if param == "auto" else ""
+                ratios.setdefault(param, []).append((wall / base_wall, cpu / base_cpu, scpu / plain[2]))
+                print(f"{'adapter live, ' + param + chose:<34} {total:>8} {total / n:>8.2f} {wall:>7.1f} {cpu:>7.1f} "
+                      f"{scpu:>12.1f}   wall x{wall / base_wall:.2f}, CPU x{cpu / base_cpu:.2f}, "
+                      f"server CPU x{scpu / plain[2]:.2f}; outputs = offline: {same}; "
+                      f"report mean_per_subject {report['server_requests']['mean_per_subject']}")
+        if args.repeat > 1:
+            print(f"median of {args.repeat} rounds (each ratio against the plain reader of its own round):")
+            for param, rows in ratios.items():
+                wall_r, cpu_r, server_r = (statistics.median(col) for col in zip(*rows, strict=True))
+                print(f"  adapter live, {param:<20} wall x{wall_r:.2f}, CPU x{cpu_r:.2f}, server CPU x{server_r:.2f}"
+                      f"  (server CPU ratios: {', '.join(f'{r[2]:.2f}' for r in rows)})")
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
 
