@@ -6,6 +6,10 @@ temperature scales), so the hot path is two float operations. UCUM annotations i
 ``{copies}``) carry no dimension; two units that differ only by annotation convert with factor 1 only when
 the annotations are identical or absent on one side — otherwise the mapping must give an explicit factor.
 Analyte-specific factors (creatinine mg/dL↔umol/L, PGA mm→score) are data in ``mappings/``, not here.
+
+Building the registry costs about a second of CPU, so the registry's answers for the units the shipped studies
+check and for common dose units are kept in :mod:`fhir_adapter.terminology.known_units`: a unit or a conversion
+found there is answered without the registry; anything else is asked of the registry, as strictly as ever.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from fhir_adapter.terminology.known_units import CONVERSIONS, VALID
 
 _ANNOTATION = re.compile(r"\{[^}]*\}")
 # an annotation standing alone as a term ("{score}", "mL/min/{1.73_m2}") is the unit 1 in UCUM
@@ -67,6 +73,11 @@ def _parse(unit: str) -> Any:
 
 
 def is_valid(unit: str) -> bool:
+    return unit in VALID or registry_is_valid(unit)
+
+
+def registry_is_valid(unit: str) -> bool:
+    """:func:`is_valid` as the registry answers it (never from :mod:`~fhir_adapter.terminology.known_units`)."""
     try:
         _parse(unit)
     except UnitError:
@@ -82,6 +93,12 @@ def converter(from_unit: str, to_unit: str) -> Affine:
     ann_from, ann_to = _annotations(from_unit), _annotations(to_unit)
     if ann_from and ann_to and ann_from != ann_to:
         raise UnitError(f"'{from_unit}' and '{to_unit}' measure different things (annotations differ)")
+    known = CONVERSIONS.get((from_unit, to_unit))
+    return Affine(*known) if known is not None else registry_converter(from_unit, to_unit)
+
+
+def registry_converter(from_unit: str, to_unit: str) -> Affine:
+    """:func:`converter` of two units whose annotations agree, as the registry computes it."""
     q_from, q_to = _parse(from_unit), _parse(to_unit)
     reg = _registry()
     try:
