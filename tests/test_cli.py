@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -147,6 +150,31 @@ def test_progress_lines_count_requests_on_live_server_runs(caplog: pytest.LogCap
         files_only.start(1)
         files_only.advance("101-001")
     assert "requests" not in caplog.records[-1].getMessage()
+
+
+def test_rich_is_imported_only_to_draw_on_a_terminal() -> None:
+    """--help and runs into logs or pipes start without rich; the terminal's bar and table still draw."""
+    script = textwrap.dedent("""
+        import io, sys
+        from click.testing import CliRunner
+        from fhir_adapter.cli.commands import main
+        from fhir_adapter.cli.console import RunProgress, summary_table
+        assert CliRunner().invoke(main, ["--help"]).exit_code == 0
+        assert not [m for m in sys.modules if m.split(".")[0] == "rich"]
+        bar = RunProgress(lambda: 7, enabled=True, live=True)
+        bar.start(2)
+        bar.advance("101-001")
+        bar.stop()
+        class Terminal(io.StringIO):
+            def isatty(self) -> bool:
+                return True
+        screen = Terminal()
+        summary_table("run", [("subjects", "2")], stream=screen)
+        assert "subjects" in screen.getvalue() and "rich.table" in sys.modules
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 def test_default_study_is_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,14 +19,14 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
 
 from fhir_adapter.job import exit_codes
+
+if TYPE_CHECKING:  # rich is imported only to draw on a terminal (not for --help, logs, pipes or CI)
+    from rich.progress import Progress
 
 PROGRESS_LOGGER = "fhir_adapter.progress"
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
@@ -88,6 +88,16 @@ class RunProgress:
         if not self._enabled:
             return
         if self._live:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
             self._bar = Progress(TextColumn("subjects"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[resources]} resources"),
                                  *([TextColumn("{task.fields[requests]} requests")] if self._requests else []),
@@ -136,6 +146,9 @@ def summary_table(title: str, rows: Sequence[tuple[str, str]], stream: TextIO | 
     """The end-of-run summary: a rich table on a terminal, aligned plain text otherwise (logs, pipes, CI)."""
     stream = stream or sys.stdout
     if is_terminal(stream):
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(title=title, show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
