@@ -37,6 +37,7 @@ study day 10 after lymphodepletion started on day −5 is excluded, the same cou
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_left, bisect_right
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -165,19 +166,47 @@ def _rule_holds(f: Finding, rule: LabRule, s: Sledai2kSettings) -> bool:
     return exceeds(f, rule.op, rule.value)
 
 
-def _in_window(f: Finding, start: dt.date, end: dt.date) -> bool:
-    return f.date is not None and start <= f.date <= end
+class _ByItem:
+    """One subject's results of the SLEDAI-2K items (clinician descriptors and lab items), per item in the
+    CRF's order and, for the look-back windows, the dated ones in date order (a stable sort: results of one
+    date keep the CRF's order; made on an item's first window), so a window is found by bisection instead of
+    a scan of every result."""
+
+    def __init__(self, crf: SubjectCRF, settings: Sledai2kSettings) -> None:
+        items = {d.item for d in settings.descriptors} | settings.lab_items()
+        self.all: dict[str, list[Finding]] = {}
+        for f in crf.findings:
+            if f.item in items:
+                self.all.setdefault(f.item, []).append(f)
+        self._dated: dict[str, tuple[list[dt.date], list[Finding]]] = {}
+
+    def get(self, item: str) -> list[Finding]:
+        """Every result of ``item``, in the CRF's order."""
+        return self.all.get(item, [])
+
+    def in_window(self, item: str, start: dt.date, end: dt.date) -> list[Finding]:
+        """The results of ``item`` dated ``start`` … ``end`` (inclusive), in date order."""
+        if item not in self._dated:
+            dated = sorted((f for f in self.get(item) if f.date is not None), key=_date)
+            self._dated[item] = [_date(f) for f in dated], dated
+        dates, findings = self._dated[item]
+        return findings[bisect_left(dates, start):bisect_right(dates, end)]
+
+
+def _date(f: Finding) -> dt.date:
+    assert f.date is not None
+    return f.date
 
 
 def _score_descriptor(
     d: Descriptor,
-    by_item: dict[str, list[Finding]],
+    by_item: _ByItem,
     start: dt.date,
     end: dt.date,
     exclusion: tuple[dt.date, dt.date] | None,
     s: Sledai2kSettings,
 ) -> DescriptorScore:
-    entries = [f for f in by_item.get(d.item, []) if f.value_bool is not None and _in_window(f, start, end)]
+    entries = [f for f in by_item.in_window(d.item, start, end) if f.value_bool is not None]
     if entries:
         latest = max(entries, key=lambda f: (f.date, f.datetime or dt.datetime.min.replace(tzinfo=dt.UTC)))
         assert latest.value_bool is not None
@@ -189,9 +218,7 @@ def _score_descriptor(
     for rules in (d.lab, d.lab_fallback):
         results: list[tuple[Finding, LabRule]] = []
         for rule in rules:
-            for f in by_item.get(rule.item, []):
-                if not _in_window(f, start, end):
-                    continue
+            for f in by_item.in_window(rule.item, start, end):
                 if d.cytopenia and exclusion and f.date is not None and exclusion[0] <= f.date <= exclusion[1]:
                     excluded_any = True
                     continue
@@ -206,15 +233,6 @@ def _score_descriptor(
     return DescriptorScore(code=d.code, weight=d.weight, score=0, basis="excluded" if excluded_any else "not-assessed")
 
 
-def _by_item(crf: SubjectCRF, settings: Sledai2kSettings) -> dict[str, list[Finding]]:
-    items = {d.item for d in settings.descriptors} | settings.lab_items()
-    by_item: dict[str, list[Finding]] = {}
-    for f in crf.findings:
-        if f.item in items:
-            by_item.setdefault(f.item, []).append(f)
-    return by_item
-
-
 def _exclusion(crf: SubjectCRF, settings: Sledai2kSettings) -> tuple[dt.date, dt.date] | None:
     if crf.lymphodepletion_start and settings.cytopenia_exclusion_days:
         ld = crf.lymphodepletion_start
@@ -222,7 +240,7 @@ def _exclusion(crf: SubjectCRF, settings: Sledai2kSettings) -> tuple[dt.date, dt
     return None
 
 
-def _scores(date: dt.date, by_item: dict[str, list[Finding]], exclusion: tuple[dt.date, dt.date] | None,
+def _scores(date: dt.date, by_item: _ByItem, exclusion: tuple[dt.date, dt.date] | None,
             settings: Sledai2kSettings) -> list[DescriptorScore]:
     start = date - dt.timedelta(days=settings.window_days)
     return [_score_descriptor(d, by_item, start, date, exclusion, settings) for d in settings.descriptors]
@@ -230,16 +248,26 @@ def _scores(date: dt.date, by_item: dict[str, list[Finding]], exclusion: tuple[d
 
 def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2kVisit]:
     """SLEDAI-2K of every dated visit of ``crf``, with baseline flag and change from baseline."""
-    by_item = _by_item(crf, settings)
+    by_item = _ByItem(crf, settings)
     exclusion = _exclusion(crf, settings)
+    # clinician descriptor results per visit they are placed in, and per date of those placed in no visit
+    placed: dict[str, int] = {}
+    unplaced: dict[dt.date | None, int] = {}
+    for d in settings.descriptors:
+        for f in by_item.get(d.item):
+            if f.value_bool is None:
+                continue
+            if f.visit is not None:
+                placed[f.visit] = placed.get(f.visit, 0) + 1
+            else:
+                unplaced[f.date] = unplaced.get(f.date, 0) + 1
     out: list[Sledai2kVisit] = []
     for v in crf.visits:
         if v.date is None:
             continue
         scores = _scores(v.date, by_item, exclusion, settings)
         n_clin = sum(1 for sc in scores if sc.basis == "clinician")
-        at_visit = sum(1 for d in settings.descriptors for f in by_item.get(d.item, [])
-                       if f.value_bool is not None and (f.visit == v.visit or (f.visit is None and f.date == v.date)))
+        at_visit = placed.get(v.visit, 0) + unplaced.get(v.date, 0)
         enough = at_visit >= settings.min_clinician_descriptors and any(sc.basis != "not-assessed" for sc in scores)
         total = sum(sc.score for sc in scores) if enough else None
         out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin,
@@ -258,18 +286,18 @@ class Sledai2kPrior(BaseModel):
     descriptors: list[DescriptorScore]
 
 
-def _off_visit_dates(crf: SubjectCRF, by_item: dict[str, list[Finding]],
+def _off_visit_dates(crf: SubjectCRF, by_item: _ByItem,
                      settings: Sledai2kSettings) -> dict[dt.date, list[Finding]]:
     """Dates with at least ``min_clinician_descriptors`` clinician descriptor results placed in no visit."""
     per_date: dict[dt.date, list[Finding]] = {}
     for item in {d.item for d in settings.descriptors}:
-        for f in by_item.get(item, []):
+        for f in by_item.get(item):
             if f.visit is None and f.value_bool is not None and f.date is not None:
                 per_date.setdefault(f.date, []).append(f)
     return {d: fs for d, fs in per_date.items() if len(fs) >= settings.min_clinician_descriptors}
 
 
-def _scored_on(date: dt.date, findings: list[Finding], crf: SubjectCRF, by_item: dict[str, list[Finding]],
+def _scored_on(date: dt.date, findings: list[Finding], crf: SubjectCRF, by_item: _ByItem,
                settings: Sledai2kSettings) -> Sledai2kPrior:
     scores = _scores(date, by_item, _exclusion(crf, settings), settings)
     return Sledai2kPrior(date=date, total=sum(sc.score for sc in scores),
@@ -281,7 +309,7 @@ def prior_assessment(crf: SubjectCRF, settings: Sledai2kSettings) -> Sledai2kPri
     (docs/clinical-rules.md#baseline): at least ``min_clinician_descriptors`` descriptors recorded on one date,
     scored with the usual look-back window ending on that date. None when there is none, or when a visit's
     assessment on or before Day 1 is as late or later (the visit is then the baseline)."""
-    by_item = _by_item(crf, settings)
+    by_item = _ByItem(crf, settings)
     per_date = {d: fs for d, fs in _off_visit_dates(crf, by_item, settings).items() if in_lookback(crf, d)}
     if not per_date:
         return None
@@ -293,7 +321,7 @@ def off_visit_assessments(crf: SubjectCRF, settings: Sledai2kSettings) -> list[S
     """Every clinician SLEDAI-2K assessment placed in no visit and not dated on a visit's date (that one is
     the visit's own), whatever its date, in date order — the previous assessment LLDAS compares new features
     with may be one of them (docs/clinical-rules.md#lldas-new-features)."""
-    by_item = _by_item(crf, settings)
+    by_item = _ByItem(crf, settings)
     visit_dates = {v.date for v in crf.visits}
     per_date = _off_visit_dates(crf, by_item, settings)
     return [_scored_on(d, per_date[d], crf, by_item, settings) for d in sorted(per_date) if d not in visit_dates]

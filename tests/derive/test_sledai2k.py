@@ -73,6 +73,23 @@ def test_latest_clinician_entry_in_window_wins(study: Study) -> None:
     assert by_code(v)["arthritis"].score == 0
 
 
+def test_window_edges_and_order_of_results_in_the_crf(study: Study) -> None:
+    # results arrive in any date order; the window V-10 … V is inclusive at both ends whatever the order
+    rash = descriptor("rash", 40, False)
+    assert score(study, [finding("protein_24h", 41, 1.0), rash, finding("protein_24h", 30, 1.0),
+                         finding("protein_24h", 29, 1.0)]).total == 4
+    assert score(study, [finding("protein_24h", 41, 1.0), rash, finding("protein_24h", 29, 1.0)]).total == 0
+    late, early = descriptor("arthritis", 40, False), descriptor("arthritis", 31, True)
+    assert by_code(score(study, [late, early]))["arthritis"].score == 0
+    # two entries of one date and no time: the first in the CRF's order is the latest
+    yes, no = descriptor("arthritis", 40, True), descriptor("arthritis", 40, False)
+    assert by_code(score(study, [early, yes, no]))["arthritis"].score == 4
+    assert by_code(score(study, [no, early, yes]))["arthritis"].score == 0
+    high = finding("protein_24h", 35, 1.0)
+    v = score(study, [finding("protein_24h", 41, 0.1), rash, high, finding("protein_24h", 30, 0.2)])
+    assert by_code(v)["proteinuria"].sources == [high.source.reference]
+
+
 def test_upcr_only_when_no_24h_protein(study: Study) -> None:
     rash = descriptor("rash", 40, False)
     assert score(study, [rash, finding("upcr", 40, 0.6)]).total == 4
