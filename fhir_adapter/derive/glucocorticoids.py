@@ -194,6 +194,15 @@ def active_on(cm: ConMed, day: dt.date) -> bool:
     return cm.start_date <= day and (cm.end_date is None or day <= cm.end_date)
 
 
+def _edges(cm: ConMed) -> tuple[dt.date, ...]:
+    """The days on which :func:`active_on` of ``cm`` may change, and the day after its end (when a stopped
+    statement starts to show a zero dose): its start, the day after it and the day after its end."""
+    if cm.start_date is None:
+        return ()
+    one = dt.timedelta(days=1)
+    return (cm.start_date, cm.start_date + one, *((cm.end_date + one,) if cm.end_date is not None else ()))
+
+
 def _zero_evidence(cms: Iterable[ConMed], s: GlucocorticoidSettings) -> list[ConMed]:
     """Glucocorticoid statements that can show a zero dose: not taken, or stopped/completed with an end."""
     out = []
@@ -294,12 +303,14 @@ def glucocorticoid_series(
     )
     if start is None or end is None:
         return series
-    day = start
     last: float | str | None = "start"
     # the dose is a function of which counted records are active (and, with none, of whether a statement
-    # shows a zero dose): worked out once per such state, not once per day
+    # shows a zero dose), which changes only on a record's edges: worked out on those days and once per state
+    records = [cm for cm, _ in counted] + evidence
+    edges = {day for cm in records for day in _edges(cm) if start < day <= end}
+    days = sorted({start} | edges) if start <= end else []
     doses: dict[tuple[object, ...], float | None] = {}
-    while day <= end:
+    for day in days:
         active = tuple(i for i, (cm, _) in enumerate(counted) if active_on(cm, day))
         state = active or ((), bool(_showing_zero(evidence, day, settings)))
         if state in doses:
@@ -310,5 +321,4 @@ def glucocorticoid_series(
             sd = study_day(day, crf.day1) if crf.day1 else None
             series.points.append(SeriesPoint(date=day, study_day=sd, mg_per_day=mg))
             last = mg
-        day += dt.timedelta(days=1)
     return series

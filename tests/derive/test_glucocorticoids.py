@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -154,3 +155,26 @@ def test_site_overlay_declares_the_medication_list_complete(tmp_path: Path) -> N
     root = Path(__file__).resolve().parents[2] / "mappings" / "lcar-aio"
     study = load_study(root, site)
     assert study.rule("glucocorticoids", GlucocorticoidSettings).medication_list_complete
+
+
+def test_series_changes_on_the_days_the_daily_doses_change() -> None:
+    # administrations (one day, and one with an end), a taper, an ongoing order, statements stopped and not taken
+    cms = [conmed("methylprednisolone", 3, None, dose=500, kind="administration", route="intravenous", freq=None),
+           conmed("methylprednisolone", 5, 6, dose=250, kind="administration", route="intravenous", freq=None),
+           conmed("prednisolone", 1, 9, dose=20), conmed("prednisolone", 10, 19, dose=10),
+           conmed("prednisone", 24, 27, dose=5, status="stopped"), conmed("prednisone", 21, 22, status="not-taken"),
+           conmed("prednisolone", 36, None, dose=2.5, kind="request"), conmed("prednisone", 40, 40, dose=7.5)]
+    crf = visit_crf({"SCR": (-2, {}), "W6": (42, {})}, cm=cms)
+    series = glucocorticoid_series(crf, S)
+    expected: list[tuple[dt.date, float | None]] = []
+    day, last = d(-2), -1.0
+    while day <= d(42):  # the dose worked out on every single day
+        mg = pred_eq_on(cms, day, S).mg_per_day
+        if mg != last:
+            expected.append((day, mg))
+            last = mg
+        day += dt.timedelta(days=1)
+    assert [(p.date, p.mg_per_day) for p in series.points] == expected
+    assert expected[:3] == [(d(-2), None), (d(1), 20), (d(3), 645)]
+    assert expected[7:11] == [(d(20), None), (d(21), 0), (d(23), None), (d(24), 5)]  # not taken on 21-22
+    assert glucocorticoid_series(crf, S, start=d(20), end=d(19)).points == []
