@@ -488,40 +488,59 @@ class RowBuilder:
         st_ucum = f.unit or "" if value is not None else ""
         same_unit = f.orig_unit in (None, f.unit)
         dtc = f.collected.isoformat() if f.collected and p == "LB" else _dtc(f)
-        row = {
-            **self._ids(crf, p), k.SPID: f.spid or "", k.TESTCD: self.testcd.get(f.item, f.item.upper()[:8]),
-            k.TEST: (item.label if item else f.item)[:40], k.CAT: (f.category or "").upper(),
-            k.ORRES: orres,
-            k.ORRESU: self.ct.term("UNIT", or_ucum, k.ORRESU), k.STRESC: stresc,
-            k.STRESN: num(value) if value is not None and not f.comparator else "",
-            k.STRESU: self.ct.term("UNIT", st_ucum, k.STRESU),
-            k.ORNRLO: num(f.ref_low) if same_unit else num(f.orig_ref_low),
-            k.ORNRHI: num(f.ref_high) if same_unit else num(f.orig_ref_high),
-            k.STNRLO: num(f.ref_low), k.STNRHI: num(f.ref_high), k.NRIND: nrind(f),
-            k.LOINC: f.loinc or "", k.METHOD: (f.method or "").upper(),
-            k.LLOQ: num(item.lloq) if item and item.lloq is not None else "",
-            k.BLFL: "Y" if baseline else "",
-            "VISITNUM": key[0], "VISIT": key[1], "VISITDY": key[2], "EPOCH": self._epoch(crf, f.date),
-            k.TPT: (f.timepoint or "").upper(), k.TPTREF: (f.timepoint_ref or "").upper(),
-            k.ELTM: f.elapsed or "", k.DTC: dtc, k.DY: "" if f.study_day is None else str(f.study_day),
-            k.ORUCUM: or_ucum, k.STUCUM: st_ucum, "SRCSTAT": f.status,
-            "SRCREF": f.source.reference, "_visit": visit, "_item": f.item,
-            k.LOC: (f.specimen_site or f.body_site or "").upper(),
-        }
+        # a copy of the identifiers' row (every column, in column order) with the finding's cells stored into
+        # it: cheaper than a new dict of every column per row
+        row = self._ids(crf, p).copy()
+        row[k.SPID] = f.spid or ""
+        row[k.TESTCD] = self.testcd.get(f.item, f.item.upper()[:8])
+        row[k.TEST] = (item.label if item else f.item)[:40]
+        row[k.CAT] = (f.category or "").upper()
+        row[k.ORRES] = orres
+        row[k.ORRESU] = self.ct.term("UNIT", or_ucum, k.ORRESU)
+        row[k.STRESC] = stresc
+        row[k.STRESN] = num(value) if value is not None and not f.comparator else ""
+        row[k.STRESU] = self.ct.term("UNIT", st_ucum, k.STRESU)
+        row[k.ORNRLO] = num(f.ref_low) if same_unit else num(f.orig_ref_low)
+        row[k.ORNRHI] = num(f.ref_high) if same_unit else num(f.orig_ref_high)
+        row[k.STNRLO] = num(f.ref_low)
+        row[k.STNRHI] = num(f.ref_high)
+        row[k.NRIND] = nrind(f)
+        row[k.LOINC] = f.loinc or ""
+        row[k.METHOD] = (f.method or "").upper()
+        row[k.LLOQ] = num(item.lloq) if item and item.lloq is not None else ""
+        row[k.BLFL] = "Y" if baseline else ""
+        row["VISITNUM"], row["VISIT"], row["VISITDY"] = key
+        row["EPOCH"] = self._epoch(crf, f.date)
+        row[k.TPT] = (f.timepoint or "").upper()
+        row[k.TPTREF] = (f.timepoint_ref or "").upper()
+        row[k.ELTM] = f.elapsed or ""
+        row[k.DTC] = dtc
+        row[k.DY] = "" if f.study_day is None else str(f.study_day)
+        row[k.ORUCUM] = or_ucum
+        row[k.STUCUM] = st_ucum
+        row["SRCSTAT"] = f.status
+        row["SRCREF"] = f.source.reference
+        row["_visit"] = visit
+        row["_item"] = f.item
+        row[k.LOC] = (f.specimen_site or f.body_site or "").upper()
         if k.has_pos:
             row[k.POS] = self.ct.term("POSITION", f.position, k.POS)
         if p == "VS":
             row |= self._site_columns(p, f.qualifiers)
         if p == "LB":
-            row |= {"LBTOXGR": "" if f.tox_grade is None else str(f.tox_grade), "LBTOX": f.tox_scale or "",
-                    "LBANTREG": (f.specimen_site or "").upper(),
-                    "LBSPCUFL": "N" if f.specimen_unusable else ""}
+            row["LBTOXGR"] = "" if f.tox_grade is None else str(f.tox_grade)
+            row["LBTOX"] = f.tox_scale or ""
+            row["LBANTREG"] = (f.specimen_site or "").upper()
+            row["LBSPCUFL"] = "N" if f.specimen_unusable else ""
         if k.has_specimen:
-            row |= {k.SPEC: (f.specimen or "").upper(), k.FAST: _yn(f.fasting), k.REFID: f.accession or "",
-                    k.SPCCND: (f.specimen_condition or "").upper(), k.NAM: f.performer or "",
-                    k.STNRC: f.ref_text or "",
-                    k.ENDTC: f.collected_end.isoformat() if f.collected_end else "",
-                    k.DUR: _duration(f.collected, f.collected_end)}
+            row[k.SPEC] = (f.specimen or "").upper()
+            row[k.FAST] = _yn(f.fasting)
+            row[k.REFID] = f.accession or ""
+            row[k.SPCCND] = (f.specimen_condition or "").upper()
+            row[k.NAM] = f.performer or ""
+            row[k.STNRC] = f.ref_text or ""
+            row[k.ENDTC] = f.collected_end.isoformat() if f.collected_end else ""
+            row[k.DUR] = _duration(f.collected, f.collected_end)
         return row
 
     def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> dict[str, Any]:

@@ -139,20 +139,14 @@ class Coverage:
         buf = io.StringIO(newline="")
         w = csv.writer(buf)
         for item in self.items:
-            states = []
-            for visit in self.visits:
-                if (item, visit) in filled:
-                    state = FILLED
-                elif (item, visit) in q_cells:
-                    state = QUARANTINED
-                    q_list.append(f"{item}@{visit}")
-                else:
-                    state = NO_DATA
-                totals[state] += 1
-                states.append(state)
+            states = [FILLED if (item, visit) in filled else QUARANTINED if (item, visit) in q_cells else NO_DATA
+                      for visit in self.visits]
+            if QUARANTINED in states:
+                q_list += [f"{item}@{v}" for v, state in zip(self.visits, states, strict=True) if state == QUARANTINED]
+            totals.update(states)
             sc.states.append(states)
             domain = self.study.items[item].domain
-            w.writerow(csv_cells([crf.subject_id, item, domain, self.testcd[item], *states]))
+            w.writerow([*csv_cells([crf.subject_id, item, domain, self.testcd[item]]), *states])  # states: plain
         sc.csv = buf.getvalue()
         sc.summary = {
             "day1": crf.day1.isoformat(), FILLED: totals[FILLED], NO_DATA: totals[NO_DATA],

@@ -71,24 +71,26 @@ def render_rows(rows: dict[str, list[dict[str, Any]]], kinds: dict[str, list[str
 
 #: marks a number's text among a plain row's quoted cells (a plain row holds no NUL): ``"\0 3\0"`` → ``3``
 _NUMBER_MARK = "\x00"
-#: (kind, text) → the number as JSON, for the texts seen (study days, sequence numbers, results repeat)
+#: per kind (``integer``, ``double``), a cell's text → the number's JSON between marks, for the texts seen
+#: (study days, sequence numbers, results repeat); each holds at most this many
 _NUMBERS_KEPT = 50_000
-_numbers: dict[tuple[str, str], str] = {}
+_marked: dict[str, dict[str, str]] = {"integer": {}, "double": {}}
 
 
 def _number(kind: str, text: str) -> str:
     """A cell of an integer or double column as JSON, as :func:`json.dumps` writes the number."""
-    key = (kind, text)
-    found = _numbers.get(key)
-    if found is None:
-        if kind == "integer":
-            found = int.__repr__(int(text))
-        else:
-            value = float(text)
-            found = float.__repr__(value) if math.isfinite(value) else _ENCODE(value)
-        if len(_numbers) >= _NUMBERS_KEPT:
-            _numbers.clear()
-        _numbers[key] = found
+    if kind == "integer":
+        return int.__repr__(int(text))
+    value = float(text)
+    return float.__repr__(value) if math.isfinite(value) else _ENCODE(value)
+
+
+def _marked_number(kind: str, text: str) -> str:
+    """:func:`_number` between marks, remembered in ``_marked[kind]``."""
+    known = _marked[kind]
+    if len(known) >= _NUMBERS_KEPT:
+        known.clear()
+    found = known[text] = _NUMBER_MARK + _number(kind, text) + _NUMBER_MARK
     return found
 
 
@@ -101,7 +103,7 @@ def render_tables(domains: dict[str, Table], kinds: dict[str, list[str]]) -> dic
     for domain, t in domains.items():
         domain_kinds = kinds[domain]
         cells = list(zip(domain_kinds, COLUMNS[domain], strict=True))
-        numbers = [(i, k) for i, k in enumerate(domain_kinds) if k != "string"]
+        numbers = [(i, k, _marked[k]) for i, k in enumerate(domain_kinds) if k != "string"]
         texts: list[str] = []
         for row, values, plain in zip(t.rows, t.cells, t.plain, strict=True):
             if not plain:
@@ -109,9 +111,9 @@ def render_tables(domains: dict[str, Table], kinds: dict[str, list[str]]) -> dic
                                       str(text) if k == "string" else _value(k, text) for k, c in cells]))
                 continue
             marked = list(values)
-            for i, k in numbers:
-                if marked[i]:
-                    marked[i] = _NUMBER_MARK + _number(k, marked[i]) + _NUMBER_MARK
+            for i, k, known in numbers:
+                if text := marked[i]:
+                    marked[i] = known.get(text) or _marked_number(k, text)
             text = ('["' + '", "'.join(marked) + '"]').replace('""', "null")
             if _NUMBER_MARK in text:
                 text = text.replace('"' + _NUMBER_MARK, "").replace(_NUMBER_MARK + '"', "")
