@@ -31,6 +31,7 @@ from fhir_adapter.roster.day1 import RosterInfusion, with_day1
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.roster.site_csv import research_subject_resource
 from fhir_adapter.study.load import Study
+from fhir_adapter.terminology import units
 from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sources import result_sources
 
@@ -158,6 +159,7 @@ class SubjectEngine:
 
     def __init__(self, work: SubjectWork) -> None:
         self.work = work
+        units.learn(work.study.unit_conversions)  # a worker converts the study's units without the UCUM registry
         self.log = RunLog()
         self.mapper = SubjectMapper(work.study, self.log)
         self._renderer: ExportRenderer | None = None

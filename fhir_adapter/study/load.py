@@ -68,6 +68,9 @@ class Study:
     overrides: list[dict[str, Any]] = field(default_factory=list)
     siteid_rule: str = "research-study"
     meddra_dir: Path | None = None
+    #: (unit, CRF unit) → (a, b) of ``CRF value = a·value + b`` for every accept_units entry, computed at load
+    #: time; worker processes take them (:func:`fhir_adapter.terminology.units.learn`) instead of the registry
+    unit_conversions: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, repr=False)
 
     def rule(self, name: str, model: type[M]) -> M:
         value = self.rules[name]
@@ -344,7 +347,21 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         overrides=overrides,
         siteid_rule=overlay.siteid if overlay else "research-study",
         meddra_dir=_meddra_dir(odoc, overlay),
+        unit_conversions=_unit_conversions(items),
     )
+
+
+def _unit_conversions(items: dict[str, Item]) -> dict[tuple[str, str], tuple[float, float]]:
+    """The accepted units' conversions into their CRF units (each checked, hence cached, by :func:`_check_units`)."""
+    out: dict[tuple[str, str], tuple[float, float]] = {}
+    for item in items.values():
+        if item.value != "quantity" or item.unit is None:
+            continue
+        for u in item.accept_units:
+            if u != item.unit:
+                c = units.converter(u, item.unit)
+                out[(u, item.unit)] = (c.a, c.b)
+    return out
 
 
 def _medications_data(doc: YamlDoc, gc: _SteroidTable | None) -> Any:

@@ -10,11 +10,14 @@ Analyte-specific factors (creatinine mg/dL↔umol/L, PGA mm→score) are data in
 Building the registry costs about a second of CPU, so the registry's answers for the units the shipped studies
 check and for common dose units are kept in :mod:`fhir_adapter.terminology.known_units`: a unit or a conversion
 found there is answered without the registry; anything else is asked of the registry, as strictly as ever.
+A worker process is handed the conversions its study computed when it was loaded (:func:`learn`), so it builds
+the registry only for a unit neither gives (an unusual dose unit).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -42,16 +45,15 @@ class Affine:
         return float(f"{self.a * value + self.b:.12g}")
 
 
+#: conversions computed in another process and handed over with :func:`learn`: (from, to) → (a, b)
+_learned: dict[tuple[str, str], tuple[float, float]] = {}
+
+
 @lru_cache(maxsize=1)
 def _registry() -> Any:
     from ucumvert import PintUcumRegistry  # imported lazily: building the registry takes ~0.5 s
 
     return PintUcumRegistry()
-
-
-def load_registry() -> None:
-    """Build the UCUM registry now (in a process whose children will convert units: the workers' forkserver)."""
-    _registry()
 
 
 def _annotations(unit: str) -> tuple[str, ...]:
@@ -93,8 +95,14 @@ def converter(from_unit: str, to_unit: str) -> Affine:
     ann_from, ann_to = _annotations(from_unit), _annotations(to_unit)
     if ann_from and ann_to and ann_from != ann_to:
         raise UnitError(f"'{from_unit}' and '{to_unit}' measure different things (annotations differ)")
-    known = CONVERSIONS.get((from_unit, to_unit))
+    known = CONVERSIONS.get((from_unit, to_unit)) or _learned.get((from_unit, to_unit))
     return Affine(*known) if known is not None else registry_converter(from_unit, to_unit)
+
+
+def learn(conversions: Mapping[tuple[str, str], tuple[float, float]]) -> None:
+    """Take ``(from, to) → (a, b)`` conversions computed by :func:`converter` in another process (the study's,
+    when it was loaded), so this process answers them without building the registry."""
+    _learned.update(conversions)
 
 
 def registry_converter(from_unit: str, to_unit: str) -> Affine:

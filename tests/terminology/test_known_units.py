@@ -4,6 +4,7 @@ unit that is not in them."""
 
 from __future__ import annotations
 
+import pickle
 import shutil
 import subprocess
 import sys
@@ -60,3 +61,26 @@ def test_a_crf_unit_that_is_not_ucum_still_fails_the_study_naming_the_item(tmp_p
         load_study(study)
     assert err.value.file.endswith("items.yaml") and "'10*9/Lx' is not a UCUM unit" in err.value.reason
     assert "platelets" in (text.splitlines()[err.value.line - 1] if err.value.line else "")
+
+
+def test_a_process_handed_the_study_converts_its_units_without_the_registry(tmp_path: Path) -> None:
+    """A worker gets the study's conversions with the study (SubjectEngine): a unit an overlay accepts that the
+    table does not hold is converted there as the registry computed it when the study was loaded."""
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\nitems:\n  platelets:\n    accept_units: ['10*3/mL']\n", encoding="utf-8")
+    assert ("10*3/mL", "10*9/L") not in CONVERSIONS
+    study = load_study(STUDY, site)
+    expected = units.registry_converter("10*3/mL", "10*9/L")
+    assert study.unit_conversions[("10*3/mL", "10*9/L")] == (expected.a, expected.b)
+    (tmp_path / "study.pickle").write_bytes(pickle.dumps(study))
+    script = (
+        "import pickle, sys\n"
+        "from fhir_adapter.engine.subject import SubjectEngine, SubjectWork\n"
+        "from fhir_adapter.terminology import units\n"
+        "study = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "SubjectEngine(SubjectWork(study=study))\n"
+        "print(units.convert(7.0, '10*3/mL', '10*9/L'), units._registry.cache_info().currsize)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "study.pickle")], capture_output=True,
+                          text=True, cwd=ROOT, check=True)
+    assert done.stdout.split() == [str(expected(7.0)), "0"]
