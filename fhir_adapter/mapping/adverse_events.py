@@ -53,6 +53,8 @@ from fhir_adapter.mapping.common import (
     Unusable,
     check_code_refs,
     codings,
+    first_code,
+    first_text,
     latest,
     parse_date_or_reject,
     resolve_code,
@@ -201,7 +203,7 @@ def _action_taken(r: dict[str, Any]) -> str | None:
     cross-version extensions (``item`` sub-extension, or its own value) — the element the FHIR-to-CDISC IG
     names for AEACN. Uncoded items are other actions (AEACNOTH); references are treatments (AECONTRT)."""
     for action in mitigating_actions(r):
-        code = next((c for _, c in codings(action.get("valueCodeableConcept")) if c), None)
+        code = first_code(action.get("valueCodeableConcept"))
         if code:
             return code
     return None
@@ -333,7 +335,7 @@ class AdverseEventMapper:
             spid=_identifier(r),
             meddra_code=meddra[0] if meddra else None,
             meddra_term=meddra[1] if meddra else None,
-            severity=next((c for _, c in codings(sev) if c), None) or next(iter(texts(sev)), None),
+            severity=first_code(sev) or first_text(sev),
             action_taken=_action_taken(r),
             mitigation_recorded=actions[0], treatments=actions[1], other_actions=actions[2],
             body_site=next(iter(texts((condition.get("bodySite") or [None])[0])), None),
@@ -482,7 +484,7 @@ class AdverseEventMapper:
 
     def _assess(self, cc: dict[str, Any] | None, text: str | None) -> tuple[bool | None, str | None]:
         """(related, as recorded) of one assessment."""
-        shown = next(iter(texts(cc)), None) or next((c for _, c in codings(cc)), None) or text
+        shown = first_text(cc) or next((c for _, c in codings(cc)), None) or text
         for key in codings(cc):
             if key in self._related:
                 return self._related[key], shown
@@ -540,7 +542,7 @@ class AdverseEventMapper:
 
     def _outcome(self, r: dict[str, Any]) -> str | None:
         oc = r.get("outcome")
-        return next((c for _, c in codings(oc) if c), None) or next(iter(texts(oc)), None)
+        return first_code(oc) or first_text(oc)
 
     def _dates(self, r: dict[str, Any]) -> tuple[FhirDate | None, FhirDate | None]:
         onset_ext = next((x for url in self.s.onset_extension_urls for x in _ext(r, url)), None)

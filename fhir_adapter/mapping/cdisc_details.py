@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.crf.models import ConMed, NotDone
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.common import codings, identifier_value, latest, texts
-from fhir_adapter.mapping.history import first_text, source_ref
+from fhir_adapter.mapping.common import codings, first_code, first_text, identifier_value, latest, system_code
+from fhir_adapter.mapping.history import source_ref
 from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
 from fhir_adapter.mapping.references import referenced_identifier, site_qualifiers
 from fhir_adapter.source.base import ref_id
@@ -45,13 +45,13 @@ def _moment(value: Any, tz: str) -> dt.datetime | None:
         return None
 
 
-def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[str, dict[str, Any]],
-                    tz: str) -> dict[str, Any]:
-    """Category, LOINC, method, specimen, identifier and the as-sent reference range of one Observation."""
+def finding_details(obs: dict[str, Any], part: dict[str, Any], specimen: dict[str, Any] | None) -> dict[str, Any]:
+    """Category, LOINC, method, specimen, identifier and the as-sent reference range of one Observation;
+    ``specimen``: :func:`specimen_details` of the Specimen it names (:func:`specimen_id`), if the subject has it."""
     cat = (obs.get("category") or [None])[0]
     details: dict[str, Any] = {
-        "category": next((c for _, c in codings(cat) if c), None) or first_text(cat),
-        "loinc": next((c for s, c in codings(part.get("code") or obs.get("code")) if s == LOINC), None),
+        "category": first_code(cat) or first_text(cat),
+        "loinc": system_code(part.get("code") or obs.get("code"), LOINC),
         "method": first_text(obs.get("method")),
         "spid": identifier_value(obs),
         "body_site": first_text(obs.get("bodySite")),
@@ -68,26 +68,39 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimens: dict[s
         details["orig_ref_high"] = float(high["value"]) if high.get("value") is not None else None
         details["ref_text"] = rr.get("text")
         break
-    sid = ref_id((obs.get("specimen") or {}).get("reference"), "Specimen")
-    spec = specimens.get(sid or "")
-    if spec is not None:
-        details["specimen"] = first_text(spec.get("type"))
-        coll = spec.get("collection") or {}
-        fasting = coll.get("fastingStatusCodeableConcept")
-        codes = [c for _, c in codings(fasting)]
-        details["fasting"] = next((FASTING[c] for c in codes if c in FASTING), None)
-        details["collected"] = _moment(coll.get("collectedDateTime") or (coll.get("collectedPeriod") or {})
-                                       .get("start"), tz)
-        details["collected_end"] = _moment((coll.get("collectedPeriod") or {}).get("end"), tz)
-        details["accession"] = (spec.get("accessionIdentifier") or {}).get("value")
-        details["specimen_condition"] = first_text((spec.get("condition") or [None])[0])
-        details["specimen_site"] = first_text(coll.get("bodySite"))
-        details["specimen_unusable"] = spec.get("status") == "unsatisfactory"
-        details["position"] = details["position"] or _position(coll)
-        details |= relative_time(spec)
+    if specimen is not None:
+        position = details["position"]
+        details |= specimen
+        details["position"] = position or specimen["position"]
     if "timepoint" not in details:  # vital signs have no Specimen: the Observation's own extension
         details |= relative_time(obs)
     return details
+
+
+def specimen_id(obs: dict[str, Any]) -> str:
+    """The id of the Specimen an Observation names ("" when none)."""
+    return ref_id((obs.get("specimen") or {}).get("reference"), "Specimen") or ""
+
+
+def specimen_details(spec: dict[str, Any], tz: str) -> dict[str, Any]:
+    """What :func:`finding_details` reads of the Specimen an Observation names (the same for every Observation
+    naming it): type, fasting status, collection time, accession, condition, site, whether unsatisfactory,
+    its planned time point; ``position``: that of its collection (used when the Observation has none)."""
+    coll = spec.get("collection") or {}
+    fasting = coll.get("fastingStatusCodeableConcept")
+    codes = [c for _, c in codings(fasting)]
+    return {
+        "specimen": first_text(spec.get("type")),
+        "fasting": next((FASTING[c] for c in codes if c in FASTING), None),
+        "collected": _moment(coll.get("collectedDateTime") or (coll.get("collectedPeriod") or {}).get("start"), tz),
+        "collected_end": _moment((coll.get("collectedPeriod") or {}).get("end"), tz),
+        "accession": (spec.get("accessionIdentifier") or {}).get("value"),
+        "specimen_condition": first_text((spec.get("condition") or [None])[0]),
+        "specimen_site": first_text(coll.get("bodySite")),
+        "specimen_unusable": spec.get("status") == "unsatisfactory",
+        "position": _position(coll),
+        **relative_time(spec),
+    }
 
 
 def relative_time(element: dict[str, Any]) -> dict[str, str]:
@@ -131,7 +144,7 @@ def _position(element: dict[str, Any]) -> str | None:
     for ext in element.get("extension") or []:
         if ext.get("url") == BODY_POSITION:
             cc = ext.get("valueCodeableConcept")
-            return next((c for _, c in codings(cc) if c), None) or first_text(cc)
+            return first_code(cc) or first_text(cc)
     return None
 
 
@@ -157,8 +170,8 @@ def not_done(obs: dict[str, Any], item: str, domain: str, study: Study, day1: dt
     return NotDone(
         domain=domain,  # type: ignore[arg-type,unused-ignore]
         item=item, reason=reason, datetime=moment, date=date, study_day=d, visit=visit,
-        category=next((c for _, c in codings(cat) if c), None),
-        loinc=next((c for s, c in codings(obs.get("code")) if s == LOINC), None),
+        category=first_code(cat),
+        loinc=system_code(obs.get("code"), LOINC),
         accession=(spec.get("accessionIdentifier") or {}).get("value"),
         specimen_condition=first_text((spec.get("condition") or [None])[0]),
         specimen_unusable=spec.get("status") == "unsatisfactory",
@@ -181,13 +194,13 @@ def medication_details(r: dict[str, Any], siblings: list[dict[str, Any]],
     dosage = r.get("dosage") or r.get("dosageInstruction")
     dosage = dosage[0] if isinstance(dosage, list) and dosage else dosage
     return {
-        "category": next((c for _, c in codings(cat) if c), None) or first_text(cat),
+        "category": first_code(cat) or first_text(cat),
         "dose_text": (dosage or {}).get("text") if isinstance(dosage, dict) else None,
         "verbatim": first_text(cc),
         "spid": identifier_value(r),
         "indication": first_text(reasons[0]) if reasons else None,
-        "dose_form": next((c for _, c in codings(form) if c), None) or first_text(form),
-        "atc": next((c for sys, c in codings(cc) if sys == ATC), None),
+        "dose_form": first_code(form) or first_text(form),
+        "atc": system_code(cc, ATC),
         "ae_spid": referenced_identifier(r, "reasonReference", "AdverseEvent", siblings)
         or (mitigated or {}).get(f"{r.get('resourceType')}/{r.get('id')}"),
         "mh_spid": referenced_identifier(r, "reasonReference", "Condition", siblings),
@@ -238,7 +251,7 @@ def immunizations(resources: list[dict[str, Any]], subject_id: str, study: Study
             rxnorm=None, drug_class="other",
             dose=float(dose["value"]) if dose.get("value") is not None else None,
             dose_unit=dose.get("code") or dose.get("unit"),
-            route=next(iter(texts(route)), None), route_code=next((c for _, c in codings(route)), None),
+            route=first_text(route), route_code=next((c for _, c in codings(route)), None),
             start_date=fd.date, partial_start=fd.partial, end_date=fd.date, partial_end=fd.partial,
             source_kind="immunization", status=status, source=source_ref(r),
         ))

@@ -4,11 +4,13 @@ mappings, so nothing here may import :mod:`fhir_adapter.study`."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
 from fhir_adapter.study.timeline import DateError, FhirDate, parse_fhir_date
 from fhir_adapter.terminology.codes import UCUM
+
+T = TypeVar("T")
 
 
 class Unusable(Exception):
@@ -31,7 +33,8 @@ def latest(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in resources:
         key = (str(r.get("resourceType")), str(r.get("id")))
-        if key not in best or _version_key(r) > _version_key(best[key]):
+        kept = best.get(key)
+        if kept is None or _version_key(r) > _version_key(kept):
             best[key] = r
     return list(best.values())
 
@@ -45,6 +48,53 @@ def codings(cc: Any) -> list[tuple[str, str]]:
         for c in cc.get("coding") or []
         if isinstance(c, dict)
     ]
+
+
+def indexed(cc: Any, index: Mapping[tuple[str, str], T]) -> T | None:
+    """What ``index`` holds for the first of :func:`codings` of a CodeableConcept that it holds (one pass, no
+    list)."""
+    if not isinstance(cc, dict):
+        return None
+    for c in cc.get("coding") or []:
+        if isinstance(c, dict):
+            found = index.get((str(c.get("system", "")), str(c.get("code", ""))))
+            if found is not None:
+                return found
+    return None
+
+
+def first_code(cc: Any) -> str | None:
+    """The first non-empty code among :func:`codings` of a CodeableConcept (without building the list)."""
+    if not isinstance(cc, dict):
+        return None
+    for c in cc.get("coding") or []:
+        if isinstance(c, dict):
+            code = str(c.get("code", ""))
+            if code:
+                return code
+    return None
+
+
+def system_code(cc: Any, system: str) -> str | None:
+    """The code of the first of :func:`codings` of a CodeableConcept in ``system`` (without building the list)."""
+    if not isinstance(cc, dict):
+        return None
+    for c in cc.get("coding") or []:
+        if isinstance(c, dict) and str(c.get("system", "")) == system:
+            return str(c.get("code", ""))
+    return None
+
+
+def first_text(cc: Any) -> str | None:
+    """The first of :func:`texts` of a CodeableConcept (without building the list)."""
+    if not isinstance(cc, dict):
+        return None
+    if cc.get("text"):
+        return str(cc["text"])
+    for c in cc.get("coding") or []:
+        if isinstance(c, dict) and c.get("display"):
+            return str(c["display"])
+    return None
 
 
 def texts(cc: Any) -> list[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.crf.models import MedicalHistory, ProcedureRecord, SourceRef
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.common import codings, identifier_value, latest, texts
+from fhir_adapter.mapping.common import codings, first_code, first_text, identifier_value, latest
 from fhir_adapter.mapping.references import mitigated_by, referenced_identifier, site_qualifiers
 from fhir_adapter.study.timeline import DateError, FhirDate, parse_fhir_date, study_day
 
@@ -33,11 +33,6 @@ def source_ref(r: dict[str, Any]) -> SourceRef:
                      version=(r.get("meta") or {}).get("versionId"))
 
 
-def first_text(cc: Any) -> str | None:
-    t = texts(cc)
-    return t[0] if t else None
-
-
 def _first_code(cc: Any) -> str | None:
     c = codings(cc)
     return f"{c[0][0]}|{c[0][1]}" if c else None
@@ -49,8 +44,8 @@ def _category(r: dict[str, Any]) -> str | None:
         first = cat[0] if cat else None
         if isinstance(first, str):
             return first
-        return next((c for _, c in codings(first) if c), None) or first_text(first)
-    return next((c for _, c in codings(cat) if c), None) or first_text(cat)
+        return first_code(first) or first_text(first)
+    return first_code(cat) or first_text(cat)
 
 
 def _subcategory(r: dict[str, Any]) -> str | None:
@@ -62,7 +57,7 @@ def _subcategory(r: dict[str, Any]) -> str | None:
     second = cat[1]
     if isinstance(second, str):
         return second
-    return next((c for _, c in codings(second) if c), None) or first_text(second)
+    return first_code(second) or first_text(second)
 
 
 #: R5 Procedure.occurrence[x] pre-adopted in R4 (the IG's PRDOSFRQ path ``extension('R5/occurrenceTiming')``)

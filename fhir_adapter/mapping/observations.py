@@ -30,8 +30,8 @@ from typing import Any
 
 from fhir_adapter.crf.models import Finding, SourceRef
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.cdisc_details import finding_details
-from fhir_adapter.mapping.common import Unusable, codings, decimal_text, latest, quantity_unit
+from fhir_adapter.mapping.cdisc_details import finding_details, specimen_details, specimen_id
+from fhir_adapter.mapping.common import Unusable, codings, decimal_text, indexed, latest, quantity_unit
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import Item
 from fhir_adapter.study.timeline import DateError, parse_fhir_date
@@ -60,6 +60,8 @@ class ObservationMapper:
         self._positive = {k: {study.resolve_code(c) for c in it.positive_codes} for k, it in study.items.items()}
         self._negative = {k: {study.resolve_code(c) for c in it.negative_codes} for k, it in study.items.items()}
         self.specimens: dict[str, dict[str, Any]] = {}
+        #: :func:`specimen_details` of the current subject's Specimens by id, as the findings name them
+        self._specimen_details: dict[str, dict[str, Any]] = {}
         self.not_done_obs: list[tuple[dict[str, Any], str]] = []
 
     def map(self, observations: list[dict[str, Any]], subject_id: str,
@@ -69,6 +71,7 @@ class ObservationMapper:
         out: list[Finding] = []
         seen: set[tuple[Any, ...]] = set()
         self.specimens = specimens or {}
+        self._specimen_details = {}
         self.not_done_obs = []
         for obs in latest(observations):
             status = obs.get("status")
@@ -118,15 +121,13 @@ class ObservationMapper:
         """(item, the element holding the value) for the Observation and each matching component."""
         idx = self.study.code_index
         found: list[tuple[str, dict[str, Any]]] = []
-        for key in codings(obs.get("code")):
-            if key in idx:
-                found.append((idx[key], obs))
-                break
+        item = indexed(obs.get("code"), idx)
+        if item is not None:
+            found.append((item, obs))
         for comp in obs.get("component") or []:
-            for key in codings(comp.get("code")):
-                if key in idx:
-                    found.append((idx[key], comp))
-                    break
+            item = indexed(comp.get("code"), idx)
+            if item is not None:
+                found.append((item, comp))
         if not found:
             for system, code in codings(obs.get("code"))[:1]:
                 self.log.count(f"unmapped.{system}|{code}")
@@ -159,11 +160,18 @@ class ObservationMapper:
         return Finding(
             domain=item.domain, item=item_id, datetime=fd.datetime, date=fd.date, partial_date=fd.partial,
             interpretation=interp, status=str(obs.get("status")), preliminary=obs.get("status") == "preliminary",
-            **finding_details(obs, part, self.specimens, self.tz),
+            **finding_details(obs, part, self._specimen(specimen_id(obs))),
             source=SourceRef(resource_type="Observation", id=str(obs.get("id")),
                              version=(obs.get("meta") or {}).get("versionId")),
             **fields,
         )
+
+    def _specimen(self, sid: str) -> dict[str, Any] | None:
+        """:func:`specimen_details` of the subject's Specimen ``sid`` (read once per subject), if it has it."""
+        found = self._specimen_details.get(sid)
+        if found is None and sid in self.specimens:
+            found = self._specimen_details[sid] = specimen_details(self.specimens[sid], self.tz)
+        return found
 
     # -- values ------------------------------------------------------------------------------------
     def _convert(self, value: float, unit: str | None, item: Item, item_id: str) -> float:
