@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
-from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
 
 N = TypeVar("N", int, float)
 
@@ -170,7 +170,7 @@ def item_with_baseline(
     crf: SubjectCRF, item: str, ndigits: int | None = LAB_CHANGE_DIGITS, decimals: int | None = None,
 ) -> tuple[list[VisitValue], BaselineSource | None]:
     """:func:`item_by_visit` and, when the baseline is a result in no visit, where it came from."""
-    rows: list[VisitValue] = []
+    picked: list[tuple[VisitRecord, Finding | None, float | None]] = []  # dated visit, its result, its value
     for v in crf.visits:
         if v.date is None:
             continue
@@ -178,13 +178,10 @@ def item_with_baseline(
         value = f.value if f is not None else None
         if value is not None and decimals is not None:
             value = round_half_up(value, decimals)
-        rows.append(VisitValue(
-            visit=v.visit, date=v.date, study_day=v.study_day, value=value,
-            comparator=f.comparator if f is not None and value is not None else None,
-            unit=f.unit if f is not None else None, source=f.source.reference if f is not None else None,
-        ))
+        picked.append((v, f, value))
     prior = prior_result(crf, item)
-    dates, values = [r.date for r in rows], [r.value for r in rows]
+    dates, values = [v.date for v, _, _ in picked], [value for _, _, value in picked]
+    comparators = [f.comparator if f is not None and value is not None else None for _, f, value in picked]
     pair: tuple[dt.date, float] | None = None
     if prior is not None and prior.value is not None and prior.date is not None:
         pair = (prior.date, round_half_up(prior.value, decimals) if decimals is not None else prior.value)
@@ -192,14 +189,18 @@ def item_with_baseline(
     visit_base = baseline_index(dates, [v is not None for v in values], crf.day1, crf.baseline_from)
     source = (BaselineSource.of(crf, prior, value=pair[1])
               if prior is not None and pair is not None and prior_wins(visit_base, dates, crf.day1, pair) else None)
-    base_censored = (rows[base].comparator is not None if base is not None
+    base_censored = (comparators[base] is not None if base is not None
                      else source is not None and source.comparator is not None)
     out = []
-    for i, r in enumerate(rows):
+    for i, (v, f, value) in enumerate(picked):
         change = diffs[i]
-        if i != base and (base_censored or r.comparator is not None):
+        if i != base and (base_censored or comparators[i] is not None):
             change = None
-        out.append(replace(r, baseline=i == base, change=change))
+        out.append(VisitValue(
+            visit=v.visit, date=v.date, study_day=v.study_day, value=value, comparator=comparators[i],
+            unit=f.unit if f is not None else None, source=f.source.reference if f is not None else None,
+            baseline=i == base, change=change,
+        ))
     return out, source
 
 
