@@ -74,14 +74,14 @@ def candidate(f: Finding, cid: str, visit: str, lloq: float | None) -> dict[str,
     }
 
 
-def _ids(findings: list[Finding]) -> dict[int, str]:
+def _ids(findings: list[Finding]) -> list[str]:
     """A stable id per finding: the source reference, ``#n`` for a resource feeding the item again."""
-    out: dict[int, str] = {}
+    out: list[str] = []
     seen: dict[str, int] = defaultdict(int)
-    for i, f in enumerate(findings):
+    for f in findings:
         base = candidate_id(f)
         seen[base] += 1
-        out[i] = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        out.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
     return out
 
 
@@ -94,42 +94,41 @@ def item_candidates(crf: SubjectCRF, study: Study) -> list[dict[str, Any]]:
     for f in crf.findings:
         if f.study_day is not None and f.item in study.items:
             by_item[f.item].append(f)
-    per_item: dict[str, tuple[dict[int, str], dict[str, list[int]], list[int]]] = {}
+    ids: dict[str, list[str]] = {}
+    outside: dict[str, list[int]] = {}  # item → its results in no visit or in an unscheduled one
+    placed: dict[str, dict[str, list[int]]] = defaultdict(dict)  # visit → item → its results placed there
     for item_id, findings in by_item.items():
-        in_visit: dict[str, list[int]] = defaultdict(list)
-        outside: list[int] = []
+        ids[item_id] = _ids(findings)
+        outside[item_id] = []
         for i, f in enumerate(findings):
             if f.visit is not None:
-                in_visit[f.visit].append(i)
+                placed[f.visit].setdefault(item_id, []).append(i)
             if f.visit is None or f.visit.startswith("UNS"):
-                outside.append(i)
-        per_item[item_id] = (_ids(findings), in_visit, outside)
+                outside[item_id].append(i)
     entries: list[dict[str, Any]] = []
     for rec in crf.visits:
         window = windows.get(rec.visit)
-        for item_id in sorted(by_item):
-            ids, in_visit, outside = per_item[item_id]
-            inside = in_visit.get(rec.visit)
-            if not inside:
-                continue
-            findings = by_item[item_id]
-            near = [i for i in outside if window and i not in inside
-                    and window[0] - OUT_OF_WINDOW_DAYS <= (findings[i].study_day or 0)
-                    <= window[1] + OUT_OF_WINDOW_DAYS]
+        at_visit = placed.get(rec.visit, {})
+        visit_date = rec.date.isoformat() if rec.date else None
+        for item_id in sorted(at_visit):
+            inside, item_ids, findings = at_visit[item_id], ids[item_id], by_item[item_id]
+            near: list[int] = []
+            if window and outside[item_id]:
+                lo, hi = window[0] - OUT_OF_WINDOW_DAYS, window[1] + OUT_OF_WINDOW_DAYS
+                near = [i for i in outside[item_id] if i not in inside and lo <= (findings[i].study_day or 0) <= hi]
             item = study.items[item_id]
             if len(inside) == 1:
-                picked_id = ids[inside[0]]
+                picked_id = item_ids[inside[0]]
             else:
                 picked = select([findings[i] for i in inside], item.select, rec.target_day)
-                picked_id = next(ids[i] for i in inside if findings[i] is picked)
+                picked_id = next(item_ids[i] for i in inside if findings[i] is picked)
             shown = inside + near
             if len(shown) > 1:
                 shown.sort(key=lambda i: (findings[i].study_day or 0, findings[i].datetime is None,
-                                          findings[i].datetime, ids[i]))
-            cands = [candidate(findings[i], ids[i], rec.visit, item.lloq) for i in shown]
+                                          findings[i].datetime, item_ids[i]))
+            cands = [candidate(findings[i], item_ids[i], rec.visit, item.lloq) for i in shown]
             entries.append({
-                "visit": rec.visit, "visit_label": rec.label or rec.visit, "visit_date":
-                    rec.date.isoformat() if rec.date else None,
+                "visit": rec.visit, "visit_label": rec.label or rec.visit, "visit_date": visit_date,
                 "item": item_id, "label": item.label, "domain": item.domain, "unit": item.unit,
                 "rule": item.select, "target_day": rec.target_day,
                 "window": list(window) if window else None,
