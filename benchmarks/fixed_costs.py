@@ -10,7 +10,8 @@ last subject (results/study.json, the exports closed, state, quarantine, run-rep
 moved into OUT). Then, each in a fresh process (its CPU from ``getrusage``): ``fhir-adapter --help``,
 ``run --help`` and ``check`` (the study only). The load average is printed next to the figures: on a shared
 machine CPU seconds move less than wall time but still move with the load. With ``--profile N``: the run
-again under cProfile, and the N functions with the most cumulative time outside the subjects' phase.
+again under cProfile in a fresh process (imports and caches cold, as in the measured run), and the N functions
+with the most cumulative time outside the subjects' phase.
 Prints numbers only; no pass/fail.
 """
 
@@ -81,7 +82,15 @@ def main() -> None:
     ap.add_argument("feed", type=Path)
     ap.add_argument("--study", type=Path, default=ROOT / "mappings" / "lcar-aio")
     ap.add_argument("--profile", type=int, default=0, metavar="N")
+    ap.add_argument("--profile-here", type=int, default=0, help=argparse.SUPPRESS)  # the fresh process of --profile
     args = ap.parse_args()
+    if args.profile_here:
+        work = Path(tempfile.mkdtemp(prefix="fhir-adapter-fixed-costs-"))
+        try:
+            _profile(args.feed, args.study, work / "out", args.profile_here)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     work = Path(tempfile.mkdtemp(prefix="fhir-adapter-fixed-costs-"))
     load = os.getloadavg()[0]
     try:
@@ -96,19 +105,23 @@ def main() -> None:
         for cmd in (["--help"], ["run", "--help"], ["check", "--study", str(args.study)]):
             print(f"{'fhir-adapter ' + ' '.join(cmd[:2]):36} {_child_cpu(cmd):7.2f}  (a fresh process)")
         if args.profile:
-            _profile(args.feed, args.study, work / "out-profiled", args.profile)
+            subprocess.run([sys.executable, __file__, str(args.feed), "--study", str(args.study),
+                            "--profile-here", str(args.profile)], check=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def _profile(feed: Path, study_dir: Path, out: Path, n: int) -> None:
-    """cProfile of load_study and the run, switched off from the roster to the last subject."""
+    """cProfile of the imports, load_study and the run, switched off from the roster to the last subject."""
+    profile = cProfile.Profile()
+    profile.enable()
+    import fhir_adapter.cli.commands  # noqa: F401
+    from fhir_adapter.engine.parallel import default_workers, prepare  # noqa: F401
     from fhir_adapter.job.pipeline import run
     from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.source.files import FileSource
     from fhir_adapter.study.load import load_study
 
-    profile = cProfile.Profile()
     left = [0]
 
     def started(subjects: int) -> None:
@@ -121,14 +134,13 @@ def _profile(feed: Path, study_dir: Path, out: Path, n: int) -> None:
         if left[0] == 0:
             profile.enable()
 
-    profile.enable()
     study = load_study(study_dir)
     log = RunLog()
     run(FileSource(feed, log), study, out, log, on_start=started, on_subject=advanced, workers=1)
     profile.disable()
     text = io.StringIO()
     pstats.Stats(profile, stream=text).sort_stats("cumulative").print_stats(n)
-    print("cProfile of load_study and the run without its subjects (inflates small functions):")
+    print("cProfile of the imports, load_study and the run without its subjects (inflates small functions):")
     print(text.getvalue())
 
 
