@@ -8,6 +8,7 @@ fails is quarantined with the element and the reason, and the subject's other re
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from typing import Any
 
 from fhir_adapter.crf.models import AdverseEvent, Demographics, MedicalHistory, SubjectCRF
@@ -61,8 +62,8 @@ class SubjectMapper:
         not_done = [nd(o, item, self.study.items[item].domain, self.study, e.day1, specimens)
                     for o, item in self.observations.not_done_obs]
         span = participation(e, self.study)
-        before = sum(1 for f in findings if span.position(f.date) == "before")
-        after = sum(1 for f in findings if span.position(f.date) == "after")
+        positions = Counter(span.position(f.date) for f in findings)
+        before, after = positions["before"], positions["after"]
         findings, visits = place(findings, e.day1, self.study, span)
         if before:
             self.log.count("participation.before-start", before)

@@ -37,6 +37,8 @@ def _numeric(f: Finding) -> float:
 
 def select(findings: list[Finding], rule: SelectRule, target_day: int | None) -> Finding:
     """The finding a visit keeps for one item."""
+    if len(findings) == 1:  # what every rule keeps of one
+        return findings[0]
     ordered = sorted(findings, key=_order)
     if rule == "first":
         return ordered[0]

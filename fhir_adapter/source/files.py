@@ -70,13 +70,13 @@ _OUTCOME = "OperationOutcome"
 _SHARED_HINT = re.compile(rb"(?:Medication|Organization|Location|Specimen)/")
 #: a "reference" element and its string value (without escapes) in a JSON line
 _REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*)"')
-#: a "reference" whose value names a shared type (a subset of _REFERENCE's matches)
-_SHARED_REFERENCE = re.compile(rb'"reference"\s*:\s*"([^"\\]*(?:Medication|Organization|Location|Specimen)/[^"\\]*)"')
 _KNOWN = frozenset((*ROSTER_TYPES, *SHARED_TYPES, _OUTCOME))
 #: enrolled subjects' lines kept in memory up to this many bytes; beyond, on disk (FileSource.spool_bytes)
 SPOOL_BYTES = 64 * 1024 * 1024
 #: consecutive subjects per spool file
 SPOOL_SUBJECTS = 32
+#: write buffer of each spool file
+SPOOL_BUFFER = 64 * 1024
 #: a spool record: the subject's index in the run's order, the length of the JSON bytes that follow
 _RECORD = struct.Struct("<II")
 #: what a resource kept parsed (a Bundle entry) is counted as against SPOOL_BYTES
@@ -129,7 +129,7 @@ class _SubjectLines:
         fh = self.files.get(i // SPOOL_SUBJECTS)
         if fh is None:
             path = Path(self.spool.name) / str(i // SPOOL_SUBJECTS)
-            fh = self.files[i // SPOOL_SUBJECTS] = path.open("ab")
+            fh = self.files[i // SPOOL_SUBJECTS] = path.open("ab", buffering=SPOOL_BUFFER)
         fh.write(_RECORD.pack(i, len(data)) + data)
 
     def subjects(self) -> Iterator[tuple[str, list[bytes | Resource]]]:
@@ -250,10 +250,7 @@ class FileSource:
                 continue
             counts[counted] += 1
             raw = line.strip()
-            # (what _SHARED_HINT finds, without a regular expression)
-            found = _line_references(raw) if b"Specimen/" in raw or b"Medication/" in raw \
-                or b"Organization/" in raw or b"Location/" in raw else None
-            yield pid, prefix + b"%d\x00" % n + raw, found
+            yield pid, prefix + b"%d\x00" % n + raw, _line_references(raw)
 
     def _kept(self, f: DataFile, n: int, entry: int | None, res: Resource, raw: bytes | None,
               enrolled: Collection[str], counts: Counter[str], base: str | None,
@@ -524,8 +521,11 @@ def line_references(raw: bytes, res: Resource) -> set[tuple[str, str]]:
 def _line_references(raw: bytes) -> set[tuple[str, str]]:
     """:func:`line_references` of a line without contained resources or JSON escapes."""
     found: set[tuple[str, str]] = set()
-    for m in _SHARED_REFERENCE.finditer(raw):
-        value = m.group(1).decode()
+    for ref in _REFERENCE.findall(raw):  # (each reference's value; those naming a shared type are read)
+        if b"Specimen/" not in ref and b"Medication/" not in ref and b"Organization/" not in ref \
+                and b"Location/" not in ref:
+            continue
+        value = ref.decode()
         if value.startswith("#"):
             continue
         parts = value.split("/_history")[0].split("/")
@@ -611,7 +611,7 @@ def checked_records(records: Iterable[Resource | bytes], patient_id: str, base: 
         if not (isinstance(x, bytes) and x.startswith(_ROUTED)):
             out.append(parsed(x))
             continue
-        name, rtype, n, raw = x[1:].split(b"\x00", 3)
+        _, name, rtype, n, raw = x.split(b"\x00", 4)
         try:
             res = orjson.loads(raw)
         except orjson.JSONDecodeError:
