@@ -272,7 +272,7 @@ def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2
         total = sum(sc.score for sc in scores) if enough else None
         out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin,
                                  descriptors=scores))
-    _apply_baseline(out, crf, prior_assessment(crf, settings))
+    _apply_baseline(out, crf, _prior_assessment(crf, by_item, settings))
     return out
 
 
@@ -307,9 +307,12 @@ def _scored_on(date: dt.date, findings: list[Finding], crf: SubjectCRF, by_item:
 def prior_assessment(crf: SubjectCRF, settings: Sledai2kSettings) -> Sledai2kPrior | None:
     """The last clinician SLEDAI-2K assessment placed in no visit and dated inside the baseline look-back
     (docs/clinical-rules.md#baseline): at least ``min_clinician_descriptors`` descriptors recorded on one date,
-    scored with the usual look-back window ending on that date. None when there is none, or when a visit's
-    assessment on or before Day 1 is as late or later (the visit is then the baseline)."""
-    by_item = _ByItem(crf, settings)
+    scored with the usual look-back window ending on that date; None when there is none. Whether it or a
+    visit's assessment is the baseline is decided by :func:`_apply_baseline` (:func:`baseline_prior`)."""
+    return _prior_assessment(crf, _ByItem(crf, settings), settings)
+
+
+def _prior_assessment(crf: SubjectCRF, by_item: _ByItem, settings: Sledai2kSettings) -> Sledai2kPrior | None:
     per_date = {d: fs for d, fs in _off_visit_dates(crf, by_item, settings).items() if in_lookback(crf, d)}
     if not per_date:
         return None
