@@ -150,10 +150,9 @@ class DatasetJsonWriter:
     def write(self, rendered: dict[str, list[str]]) -> None:
         """Append rows rendered by :func:`render_rows` (here or in a worker)."""
         for domain, texts in rendered.items():
-            fh = self._files[domain]
-            for text in texts:
-                fh.write(("\n" if self.records[domain] == 0 else ",\n") + text)
-                self.records[domain] += 1
+            if texts:  # one write per file: the rows after the array's last one, each on its own line
+                self._files[domain].write(("\n" if self.records[domain] == 0 else ",\n") + ",\n".join(texts))
+                self.records[domain] += len(texts)
 
     def close(self) -> None:
         for domain, fh in self._files.items():
