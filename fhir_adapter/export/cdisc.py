@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
@@ -132,53 +132,76 @@ COLUMNS: dict[str, tuple[str, ...]] = {
            "PRSTRF", "PRENRTPT", "PRENTPT", "PRSTDY", "PRITRPYN", "PRITRPRS", "EPOCH", "SRCSTAT", "SRCREF"),
 }
 
+#: the findings columns without the domain prefix
+_UNPREFIXED = frozenset({"VISITNUM", "VISIT", "VISITDY", "EPOCH", "SRCSTAT", "SRCREF", "REVSTAT"})
+
+
 @dataclass(frozen=True)
 class _FindingColumns:
-    """The names of a findings domain's prefixed columns (``LBORRES`` …), worked out once per domain."""
+    """Where each cell of a findings domain's row goes — its index in ``COLUMNS[domain]`` (``LBORRES`` …) —
+    worked out once per domain. A column the domain does not have (``VSSPEC``) gets the number of columns, an
+    index no cell can be stored at (IndexError)."""
 
-    SPID: str
-    TESTCD: str
-    TEST: str
-    CAT: str
-    ORRES: str
-    ORRESU: str
-    STRESC: str
-    STRESN: str
-    STRESU: str
-    ORNRLO: str
-    ORNRHI: str
-    STNRLO: str
-    STNRHI: str
-    NRIND: str
-    LOINC: str
-    METHOD: str
-    LLOQ: str
-    BLFL: str
-    TPT: str
-    TPTREF: str
-    ELTM: str
-    DTC: str
-    DY: str
-    ORUCUM: str
-    STUCUM: str
-    LOC: str
-    POS: str
-    SPEC: str
-    FAST: str
-    REFID: str
-    SPCCND: str
-    NAM: str
-    STNRC: str
-    ENDTC: str
-    DUR: str
+    SEQ: int
+    SPID: int
+    TESTCD: int
+    TEST: int
+    CAT: int
+    ORRES: int
+    ORRESU: int
+    STRESC: int
+    STRESN: int
+    STRESU: int
+    ORNRLO: int
+    ORNRHI: int
+    STNRLO: int
+    STNRHI: int
+    NRIND: int
+    LOINC: int
+    METHOD: int
+    LLOQ: int
+    BLFL: int
+    VISITNUM: int
+    VISIT: int
+    VISITDY: int
+    EPOCH: int
+    TPT: int
+    TPTREF: int
+    ELTM: int
+    DTC: int
+    DY: int
+    ORUCUM: int
+    STUCUM: int
+    SRCSTAT: int
+    SRCREF: int
+    REVSTAT: int
+    LOC: int
+    POS: int
+    LAT: int
+    DIR: int
+    SPEC: int
+    FAST: int
+    REFID: int
+    SPCCND: int
+    NAM: int
+    STNRC: int
+    ENDTC: int
+    DUR: int
+    TOXGR: int
+    TOX: int
+    ANTREG: int
+    SPCUFL: int
     #: the domain has --POS, and the specimen columns (--SPEC, --FAST, --REFID, …)
     has_pos: bool
     has_specimen: bool
 
     @classmethod
     def of(cls, p: str) -> _FindingColumns:
-        names = {f.name: p + f.name for f in fields(cls) if not f.name.startswith("has_")}
-        return cls(**names, has_pos=f"{p}POS" in COLUMNS[p], has_specimen=f"{p}SPEC" in COLUMNS[p])
+        columns = COLUMNS[p]
+        at = {c: i for i, c in enumerate(columns)}
+        index = {f.name: at.get(f.name if f.name in _UNPREFIXED else p + f.name, len(columns))
+                 for f in fields(cls) if not f.name.startswith("has_")}
+        return cls(**index, has_pos=f"{p}POS" in at, has_specimen=f"{p}SPEC" in at)
 
 
 _FINDING_COLUMNS = {p: _FindingColumns.of(p) for p in FINDINGS_DOMAINS}
@@ -294,6 +317,17 @@ def nrind(f: Finding) -> str:
     return ""
 
 
+@dataclass
+class FindingRows:
+    """One subject's rows of a findings domain: each row's cells in ``COLUMNS[domain]`` order, the visit its
+    value belongs to (``''`` for none; the unscheduled event's repeat key in ODM) and the reviewer's decision
+    on the value, if any."""
+
+    cells: list[list[str]] = field(default_factory=list)
+    visits: list[str] = field(default_factory=list)
+    decisions: list[dict[str, Any] | None] = field(default_factory=list)
+
+
 class RowBuilder:
     """Builds the export rows of one subject's CRF; holds only study-level lookups, the CT tables (with their
     record of values that have no term) and the site's MedDRA dictionary when it has one."""
@@ -313,13 +347,14 @@ class RowBuilder:
         self._blank = {d: dict.fromkeys(COLUMNS[d], "") for d in DOMAINS}
         self._ids_of: tuple[str, str | None, str | None] | None = None
         self._ids_rows: dict[str, dict[str, Any]] = {}
+        self._ids_cells: dict[str, list[str]] = {}
 
     def _ids(self, crf: SubjectCRF, domain: str) -> dict[str, Any]:
         """The start of each row of ``domain``: every column, the identifiers filled (the same dict for the
         subject's rows: unpacked into each row, never changed)."""
         of = (crf.subject_id, crf.dm.site, crf.dm.investigator_id)
         if of != self._ids_of:
-            self._ids_of, self._ids_rows = of, {}
+            self._ids_of, self._ids_rows, self._ids_cells = of, {}, {}
         ids = self._ids_rows.get(domain)
         if ids is None:
             ids = self._ids_rows[domain] = {
@@ -327,6 +362,14 @@ class RowBuilder:
                 "USUBJID": f"{self.study_id}-{crf.subject_id}", "SUBJID": crf.subject_id,
                 "SITEID": crf.dm.site or "", "INVID": crf.dm.investigator_id or ""}
         return ids
+
+    def _template(self, crf: SubjectCRF, domain: str) -> list[str]:
+        """The cells of :meth:`_ids` in column order (copied by each row of ``domain``, never changed)."""
+        ids = self._ids(crf, domain)  # (a new subject's first row starts new caches)
+        cells = self._ids_cells.get(domain)
+        if cells is None:
+            cells = self._ids_cells[domain] = list(ids.values())
+        return cells
 
     def _epoch(self, crf: SubjectCRF, d: dt.date | None) -> str:
         """SCREENING from consent to lymphodepletion (or Day 1), TREATMENT from lymphodepletion to Day 1,
@@ -342,12 +385,10 @@ class RowBuilder:
         return "TREATMENT" if d == crf.day1 else "SCREENING"
 
     def rows(self, crf: SubjectCRF) -> dict[str, list[dict[str, Any]]]:
-        """Every domain's rows for ``crf`` (domains without data give an empty list)."""
-        out: dict[str, list[dict[str, Any]]] = {d: [] for d in DOMAINS}
-        out["DM"].append(self.dm(crf))
+        """The rows of ``crf`` in every domain but the findings (:meth:`findings`), each a dict keyed by column
+        (domains without data give an empty list)."""
+        out: dict[str, list[dict[str, Any]]] = {"DM": [self.dm(crf)]}
         out["EX"] = self.ex(crf)
-        for domain, rows in self.findings(crf).items():
-            out[domain] = rows
         out["CM"] = self.cm(crf)
         out["AE"] = self.ae(crf)
         out["MH"] = self.mh(crf)
@@ -375,11 +416,16 @@ class RowBuilder:
                 return found
         return ""
 
-    def _site_columns(self, p: str, codes: tuple[str, ...]) -> dict[str, str]:
+    def _site(self, p: str, codes: tuple[str, ...]) -> tuple[str, str]:
+        """``--LAT`` and ``--DIR`` of BodyStructure qualifier codes (a code that is neither is remembered)."""
         for code in codes:
             if self.ct.codelists["LAT"].lookup(code) is None and self.ct.codelists["DIR"].lookup(code) is None:
                 self.ct.missing[(f"{p}LAT/{p}DIR", code)] += 1
-        return {f"{p}LAT": self._qualifier(codes, "LAT"), f"{p}DIR": self._qualifier(codes, "DIR")}
+        return self._qualifier(codes, "LAT"), self._qualifier(codes, "DIR")
+
+    def _site_columns(self, p: str, codes: tuple[str, ...]) -> dict[str, str]:
+        lat, direction = self._site(p, codes)
+        return {f"{p}LAT": lat, f"{p}DIR": direction}
 
     def _dy(self, crf: SubjectCRF, d: dt.date | None) -> str:
         return str(study_day(d, crf.day1)) if d and crf.day1 else ""
@@ -448,27 +494,45 @@ class RowBuilder:
                 flagged.add((dated[base].visit, item))
         return flagged, priors
 
-    def findings(self, crf: SubjectCRF) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {d: [] for d in FINDINGS_DOMAINS}
+    def findings(self, crf: SubjectCRF, review: dict[tuple[str, str], str] | None = None,
+                 decisions: dict[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, FindingRows]:
+        """Every findings domain's rows for ``crf``, built straight into their cells; ``review`` = the review
+        status per (visit, item) (``REVSTAT``, else empty), ``decisions`` = the reviewer's decision per
+        (visit, item)."""
+        out = {d: FindingRows() for d in FINDINGS_DOMAINS}
         keys = self._visit_keys(crf.visits)
         flagged, priors = self.baseline_records(crf)
+        items: dict[str, list[str]] = {d: [] for d in FINDINGS_DOMAINS}
+
+        def add(domain: str, cells: list[str], visit: str, item: str) -> None:
+            out[domain].cells.append(cells)
+            out[domain].visits.append(visit)
+            items[domain].append(item)
+
         for f in sorted(priors, key=lambda r: (r.date or dt.date.min, r.item)):
-            out[f.domain].append(self._finding(crf, f, f"NO-VISIT-{f.date}", ("", "", ""), baseline=True))
+            add(f.domain, self._finding(crf, f, ("", "", ""), baseline=True), f"NO-VISIT-{f.date}", f.item)
         for v in sorted(crf.visits, key=lambda r: float(keys[r.visit][0])):
             for f in v.values.values():
-                out[f.domain].append(self._finding(crf, f, v.visit, keys[v.visit], (v.visit, f.item) in flagged))
+                add(f.domain, self._finding(crf, f, keys[v.visit], (v.visit, f.item) in flagged), v.visit, f.item)
         labels = {v.id: v.label or v.id for v in self.study.schedule.visits}
         for nd in crf.not_done:
             key = (str(self.visitnum[nd.visit]), labels[nd.visit], str(self.visit_day[nd.visit])) \
                 if nd.visit in self.visitnum else ("", "", "")
-            out[nd.domain].append(self._not_done(crf, nd, key))
+            add(nd.domain, self._not_done(crf, nd, key), nd.visit or "", nd.item)
         for domain, rows in out.items():
-            for seq, row in enumerate(rows, start=1):
-                row[f"{domain}SEQ"] = str(seq)
+            k = _FINDING_COLUMNS[domain]
+            for seq, cells in enumerate(rows.cells, start=1):
+                cells[k.SEQ] = str(seq)
+            rows.decisions = [None] * len(rows.cells)
+            if review is None:
+                continue
+            for i, (cells, visit, item) in enumerate(zip(rows.cells, rows.visits, items[domain], strict=True)):
+                cells[k.REVSTAT] = review.get((visit, item), "unreviewed")
+                if decisions:
+                    rows.decisions[i] = decisions.get((visit, item))
         return out
 
-    def _finding(self, crf: SubjectCRF, f: Finding, visit: str, key: tuple[str, str, str],
-                 baseline: bool = False) -> dict[str, Any]:
+    def _finding(self, crf: SubjectCRF, f: Finding, key: tuple[str, str, str], baseline: bool = False) -> list[str]:
         p = f.domain
         k = _FINDING_COLUMNS[p]
         item = self.study.items.get(f.item)
@@ -488,18 +552,16 @@ class RowBuilder:
         st_ucum = f.unit or "" if value is not None else ""
         same_unit = f.orig_unit in (None, f.unit)
         dtc = f.collected.isoformat() if f.collected and p == "LB" else _dtc(f)
-        # a copy of the identifiers' row (every column, in column order) with the finding's cells stored into
-        # it: cheaper than a new dict of every column per row
-        row = self._ids(crf, p).copy()
+        row = self._template(crf, p).copy()
         row[k.SPID] = f.spid or ""
         row[k.TESTCD] = self.testcd.get(f.item, f.item.upper()[:8])
         row[k.TEST] = (item.label if item else f.item)[:40]
         row[k.CAT] = (f.category or "").upper()
         row[k.ORRES] = orres
-        row[k.ORRESU] = self.ct.term("UNIT", or_ucum, k.ORRESU)
+        row[k.ORRESU] = self.ct.term("UNIT", or_ucum, p + "ORRESU")
         row[k.STRESC] = stresc
         row[k.STRESN] = num(value) if value is not None and not f.comparator else ""
-        row[k.STRESU] = self.ct.term("UNIT", st_ucum, k.STRESU)
+        row[k.STRESU] = self.ct.term("UNIT", st_ucum, p + "STRESU")
         row[k.ORNRLO] = num(f.ref_low) if same_unit else num(f.orig_ref_low)
         row[k.ORNRHI] = num(f.ref_high) if same_unit else num(f.orig_ref_high)
         row[k.STNRLO] = num(f.ref_low)
@@ -509,8 +571,8 @@ class RowBuilder:
         row[k.METHOD] = (f.method or "").upper()
         row[k.LLOQ] = num(item.lloq) if item and item.lloq is not None else ""
         row[k.BLFL] = "Y" if baseline else ""
-        row["VISITNUM"], row["VISIT"], row["VISITDY"] = key
-        row["EPOCH"] = self._epoch(crf, f.date)
+        row[k.VISITNUM], row[k.VISIT], row[k.VISITDY] = key
+        row[k.EPOCH] = self._epoch(crf, f.date)
         row[k.TPT] = (f.timepoint or "").upper()
         row[k.TPTREF] = (f.timepoint_ref or "").upper()
         row[k.ELTM] = f.elapsed or ""
@@ -518,20 +580,20 @@ class RowBuilder:
         row[k.DY] = "" if f.study_day is None else str(f.study_day)
         row[k.ORUCUM] = or_ucum
         row[k.STUCUM] = st_ucum
-        row["SRCSTAT"] = f.status
-        row["SRCREF"] = f.source.reference
-        row["_visit"] = visit
-        row["_item"] = f.item
+        row[k.SRCSTAT] = f.status
+        row[k.SRCREF] = f.source.reference
         row[k.LOC] = (f.specimen_site or f.body_site or "").upper()
         if k.has_pos:
-            row[k.POS] = self.ct.term("POSITION", f.position, k.POS)
+            row[k.POS] = self.ct.term("POSITION", f.position, p + "POS")
         if p == "VS":
-            row |= self._site_columns(p, f.qualifiers)
+            row[k.LAT], row[k.DIR] = self._site(p, f.qualifiers)
         if p == "LB":
-            row["LBTOXGR"] = "" if f.tox_grade is None else str(f.tox_grade)
-            row["LBTOX"] = f.tox_scale or ""
-            row["LBANTREG"] = (f.specimen_site or "").upper()
-            row["LBSPCUFL"] = "N" if f.specimen_unusable else ""
+            row[k.TOXGR] = "" if f.tox_grade is None else str(f.tox_grade)
+            row[k.TOX] = f.tox_scale or ""
+            row[k.ANTREG] = (f.specimen_site or "").upper()
+            row[k.SPCUFL] = "N" if f.specimen_unusable else ""
+            row[k.ENDTC] = f.collected_end.isoformat() if f.collected_end else ""
+            row[k.DUR] = _duration(f.collected, f.collected_end)
         if k.has_specimen:
             row[k.SPEC] = (f.specimen or "").upper()
             row[k.FAST] = _yn(f.fasting)
@@ -539,15 +601,13 @@ class RowBuilder:
             row[k.SPCCND] = (f.specimen_condition or "").upper()
             row[k.NAM] = f.performer or ""
             row[k.STNRC] = f.ref_text or ""
-            row[k.ENDTC] = f.collected_end.isoformat() if f.collected_end else ""
-            row[k.DUR] = _duration(f.collected, f.collected_end)
         return row
 
-    def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> dict[str, Any]:
+    def _not_done(self, crf: SubjectCRF, nd: NotDone, key: tuple[str, str, str]) -> list[str]:
         p = nd.domain
         item = self.study.items.get(nd.item)
         when = nd.datetime.isoformat() if nd.datetime else _date(nd.date)
-        return {
+        row = {
             **self._ids(crf, p), f"{p}TESTCD": self.testcd.get(nd.item, nd.item.upper()[:8]),
             f"{p}TEST": (item.label if item else nd.item)[:40], f"{p}CAT": (nd.category or "").upper(),
             f"{p}STAT": "NOT DONE", f"{p}REASND": nd.reason, f"{p}LOINC": nd.loinc or "",
@@ -555,8 +615,9 @@ class RowBuilder:
             f"{p}DTC": when, f"{p}DY": "" if nd.study_day is None else str(nd.study_day), "SRCSTAT": nd.status,
             **({"LBSPCUFL": "N" if nd.specimen_unusable else "", "LBREFID": nd.accession or "",
                 "LBSPCCND": (nd.specimen_condition or "").upper()} if p == "LB" else {}),
-            "SRCREF": nd.source.reference, "_visit": nd.visit or "", "_item": nd.item,
+            "SRCREF": nd.source.reference,
         }
+        return [row[c] for c in COLUMNS[p]]
 
     def cm(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []

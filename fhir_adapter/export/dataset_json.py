@@ -102,13 +102,13 @@ def render_tables(domains: dict[str, Table], kinds: dict[str, list[str]]) -> dic
     out: dict[str, list[str]] = {}
     for domain, t in domains.items():
         domain_kinds = kinds[domain]
-        cells = list(zip(domain_kinds, COLUMNS[domain], strict=True))
         numbers = [(i, k, _marked[k]) for i, k in enumerate(domain_kinds) if k != "string"]
         texts: list[str] = []
-        for row, values, plain in zip(t.rows, t.cells, t.plain, strict=True):
+        for values, plain in zip(t.cells, t.plain, strict=True):
             if not plain:
-                texts.append(_ENCODE([None if (text := row.get(c)) is None or text == "" else
-                                      str(text) if k == "string" else _value(k, text) for k, c in cells]))
+                texts.append(_ENCODE([None if (text := v) is None or text == "" else
+                                      str(text) if k == "string" else _value(k, text)
+                                      for k, v in zip(domain_kinds, values, strict=True)]))
                 continue
             marked = list(values)
             for i, k, known in numbers:

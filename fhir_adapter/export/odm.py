@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
@@ -196,8 +196,12 @@ class _FormSpec:
         self.stresn = at[stresn] if split < len(items) else None
         self.stresu = at.get(f"{domain}STRESU")
         self.stresn_oid = f"IT.{domain}.{stresn}"
+        #: every ItemData column with its cell's position (rows that are not plain), and REVSTAT's
+        self.columns = [(at[c], c) for c in ODM_COLUMNS[domain]]
+        self.revstat = at.get("REVSTAT")
         self.key = None if domain == "DM" else at[f"{domain}TESTCD" if domain in FINDINGS_DOMAINS else f"{domain}SEQ"]
         self.group = f'<ItemGroupData ItemGroupOID="IG.{domain}"'
+        self.domain = domain
 
 
 class OdmSubjects:
@@ -230,14 +234,14 @@ class OdmSubjects:
                           f'<StudyEventData StudyEventOID="{SUBJECT_EVENT}">']
         for domain in SUBJECT_FORMS:
             t = domains.get(domain)
-            if t is not None and t.rows:
-                self._form(out, t, range(len(t.rows)))
+            if t is not None and t.cells:
+                self._form(out, t, range(len(t.cells)))
         out.append("</StudyEventData>")
         by_visit: dict[str, dict[str, list[int]]] = {}
         for domain in FINDINGS_DOMAINS:
             if (t := domains.get(domain)) is not None:
-                for i, row in enumerate(t.rows):
-                    by_visit.setdefault(row["_visit"], {}).setdefault(domain, []).append(i)
+                for i, visit in enumerate(t.visits):
+                    by_visit.setdefault(visit, {}).setdefault(domain, []).append(i)
         for visit, forms in by_visit.items():
             if visit in self.scheduled:
                 out.append(f"<StudyEventData StudyEventOID={self._attr('SE.' + visit)}>")
@@ -257,16 +261,17 @@ class OdmSubjects:
         out.append(f'<FormData FormOID="F.{domain}">')
         findings = domain in FINDINGS_DOMAINS
         for i in indices:
-            row, cells = t.rows[i], t.cells[i]
+            cells = t.cells[i]
             if spec.key is None:
                 out.append(spec.group + ">")
             else:
                 key = cells[spec.key]
                 out.append(f'{spec.group} ItemGroupRepeatKey={self._attr(str(key))}>')
-                if findings and row.get("_decision"):
-                    out.append(self._review(row["_decision"], str(row.get("REVSTAT") or "")))
+                if findings and (decision := t.decisions[i]):
+                    status = cells[spec.revstat] if spec.revstat is not None else ""
+                    out.append(self._review(decision, str(status or "")))
             if not t.plain[i]:
-                self._items(out, domain, row)
+                self._items(out, spec, cells)
                 out.append("</ItemGroupData>")
                 continue
             out += [pre + v + '"/>' for n, pre in spec.before if (v := cells[n])]
@@ -279,15 +284,15 @@ class OdmSubjects:
             out.append("</ItemGroupData>")
         out.append("</FormData>")
 
-    def _items(self, out: list[str], domain: str, row: dict[str, Any]) -> None:
+    def _items(self, out: list[str], spec: _FormSpec, cells: Sequence[Any]) -> None:
         """The ItemData of a row that is not plain, value by value (forbidden characters removed, counted)."""
-        stresn, stresu = f"{domain}STRESN", f"{domain}STRESU"
-        for column in ODM_COLUMNS[domain]:
-            value = row.get(column)
+        for at, column in spec.columns:
+            value = cells[at]
             if value is None or value == "":
                 continue
-            unit = self.unit_oids.get(row.get(stresu) or "") if column == stresn else None
-            attrs = f'ItemOID="IT.{domain}.{column}" Value={self._attr(str(value))}'
+            unit = self.unit_oids.get((cells[spec.stresu] if spec.stresu is not None else None) or "") \
+                if at == spec.stresn else None
+            attrs = f'ItemOID="IT.{spec.domain}.{column}" Value={self._attr(str(value))}'
             out.append(f'<ItemData {attrs}><MeasurementUnitRef MeasurementUnitOID="{unit}"/></ItemData>' if unit
                        else f"<ItemData {attrs}/>")
 

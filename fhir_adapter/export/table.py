@@ -1,12 +1,14 @@
 """One subject's export rows of a domain as the cells every export file is written from.
 
-:meth:`RowBuilder.rows <fhir_adapter.export.cdisc.RowBuilder.rows>` gives dicts keyed by column; the CSV
-file, Dataset-JSON and ODM each need the same values in column order, and each needs to know whether a value
-must be sanitised or escaped. A :class:`Table` reads each row's cells once (``''`` where a row has no value)
-and tests each row once, on all its cells joined, whether it is *plain* — every cell a string without a
-character that XML forbids or must escape in an attribute and without one JSON escapes — and whether any
-cell starts like a spreadsheet formula. Plain rows (nearly all) are written without looking at single cells
-again; the others take the per-cell path (:mod:`.sanitize`), which gives the same text for plain values.
+The findings rows come as cells (:meth:`RowBuilder.findings <fhir_adapter.export.cdisc.RowBuilder.findings>`),
+the others as dicts keyed by column (:meth:`RowBuilder.rows <fhir_adapter.export.cdisc.RowBuilder.rows>`); the
+CSV file, Dataset-JSON and ODM each need the same values in column order, and each needs to know whether a
+value must be sanitised or escaped. A :class:`Table` holds each row's cells (of a dict row: read once, ``''``
+where it has no value) and tests each row once, on all its cells joined, whether it is *plain* — every cell a
+string without a character that XML forbids or must escape in an attribute and without one JSON escapes — and
+whether any cell starts like a spreadsheet formula. Plain rows (nearly all) are written without looking at
+single cells again; the others take the per-cell path (:mod:`.sanitize`), which gives the same text for plain
+values.
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ _CELLS = {domain: itemgetter(*columns) for domain, columns in COLUMNS.items()}
 
 @dataclass(frozen=True)
 class Table:
-    """Rows of one domain, each row's cells in ``COLUMNS[domain]`` order and its two tests."""
+    """Rows of one domain, each row's cells in ``COLUMNS[domain]`` order and its tests."""
 
     domain: str
-    rows: list[dict[str, Any]]
     cells: list[Sequence[Any]]
+    #: each row's visit id (findings; ``''`` for none) and the reviewer's decision on its value, if any
+    visits: list[str]
+    decisions: list[dict[str, Any] | None]
     #: the row's cells are all strings that XML attributes and JSON strings take as they are
     plain: list[bool]
     #: no cell of the row may start a spreadsheet formula (all strings, none starting with = + - @ TAB CR)
@@ -84,12 +88,23 @@ def _cells(domain: str, row: dict[str, Any]) -> Sequence[Any]:
     return cells
 
 
-def table(domain: str, rows: list[dict[str, Any]]) -> Table:
-    cells = [_cells(domain, r) for r in rows]
+def table_of_cells(domain: str, cells: list[Sequence[Any]], visits: list[str] | None = None,
+                   decisions: list[dict[str, Any] | None] | None = None) -> Table:
+    """The :class:`Table` of rows given as cells (``visits``: each row's visit id, ``decisions``: each row's
+    reviewer's decision; none without them)."""
     tests = [_tests(c) for c in cells]
-    return Table(domain, rows, cells, [t[0] for t in tests], [t[1] for t in tests], [t[2] for t in tests])
+    return Table(domain, cells, visits if visits is not None else [""] * len(cells),
+                 decisions if decisions is not None else [None] * len(cells),
+                 [t[0] for t in tests], [t[1] for t in tests], [t[2] for t in tests])
+
+
+def table(domain: str, rows: list[dict[str, Any]]) -> Table:
+    """The :class:`Table` of rows given as dicts keyed by column (``_visit``: the row's visit id,
+    ``_decision``: the reviewer's decision on its value)."""
+    return table_of_cells(domain, [_cells(domain, r) for r in rows], [r.get("_visit", "") for r in rows],
+                          [r.get("_decision") for r in rows])
 
 
 def tables(rows: Mapping[str, list[dict[str, Any]]]) -> dict[str, Table]:
-    """Every domain's :class:`Table` of one subject's rows (:meth:`RowBuilder.rows`)."""
+    """Every domain's :class:`Table` of rows given as dicts keyed by column."""
     return {domain: table(domain, domain_rows) for domain, domain_rows in rows.items()}

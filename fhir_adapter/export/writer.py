@@ -23,7 +23,7 @@ from fhir_adapter.export.coverage import Coverage, SubjectCoverage
 from fhir_adapter.export.dataset_json import DatasetJsonWriter, column_kinds, render_tables
 from fhir_adapter.export.meddra import Meddra, MeddraError, meddra_folder
 from fhir_adapter.export.odm import OdmSubjects, OdmWriter
-from fhir_adapter.export.table import tables
+from fhir_adapter.export.table import Table, table, table_of_cells
 from fhir_adapter.job.runlog import Quarantined
 from fhir_adapter.study.load import Study
 
@@ -42,16 +42,12 @@ def _row_builder(study: Study) -> RowBuilder:
 
 
 def _rows(builder: RowBuilder, crf: SubjectCRF, review: dict[tuple[str, str], str] | None,
-          decisions: dict[tuple[str, str], dict[str, Any]] | None) -> dict[str, list[dict[str, Any]]]:
+          decisions: dict[tuple[str, str], dict[str, Any]] | None) -> dict[str, Table]:
+    """Every domain's :class:`Table` of ``crf``, in ``DOMAINS`` order."""
     rows = builder.rows(crf)
-    if review is not None:
-        for domain in FINDINGS_DOMAINS:
-            for row in rows[domain]:
-                key = (row["_visit"], row["_item"])
-                row["REVSTAT"] = review.get(key, "unreviewed")
-                if decisions and key in decisions:
-                    row["_decision"] = decisions[key]
-    return rows
+    findings = builder.findings(crf, review, decisions)
+    return {d: table_of_cells(d, list(f.cells), f.visits, f.decisions) if (f := findings.get(d)) is not None
+            else table(d, rows[d]) for d in DOMAINS}
 
 
 @dataclass
@@ -66,10 +62,10 @@ class SubjectExport:
     #: domain → each row's Dataset-JSON text
     dataset_json: dict[str, list[str]]
     #: SubjectData XML and the characters XML forbids removed from it; None when a row carries a reviewer's
-    #: decision (reviewer OIDs are numbered by the run's ODM writer, which renders ``rows`` then)
+    #: decision (reviewer OIDs are numbered by the run's ODM writer, which renders ``tables`` then)
     odm: str | None
     odm_removed: int = 0
-    rows: dict[str, list[dict[str, Any]]] | None = None
+    tables: dict[str, Table] | None = None
     #: the subject's share of the coverage (with the quarantine entries of its mapping)
     coverage: SubjectCoverage | None = None
     ct_missing: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -94,15 +90,14 @@ class ExportRenderer:
         b = self.rows
         ct_before, meddra_before, serious_before = Counter(b.ct.missing), set(b.meddra_missing), \
             b.serious_without_criteria
-        rows = _rows(b, crf, review, decisions)
-        domains = tables(rows)
+        domains = _rows(b, crf, review, decisions)
         texts = {domain: t.csv_text() for domain, t in domains.items()}
-        reviewed = any(row.get("_decision") for d in FINDINGS_DOMAINS for row in rows.get(d, []))
+        reviewed = any(any(domains[d].decisions) for d in FINDINGS_DOMAINS)
         xml, removed = (None, 0) if reviewed else self.odm.render(crf.subject_id, domains)
         return SubjectExport(
-            subject_id=crf.subject_id, csv=texts, counts={d: len(r) for d, r in rows.items()},
+            subject_id=crf.subject_id, csv=texts, counts={d: len(t.cells) for d, t in domains.items()},
             dataset_json=render_tables(domains, self.kinds), odm=xml, odm_removed=removed,
-            rows=rows if reviewed else None,
+            tables=domains if reviewed else None,
             coverage=self.coverage.subject(crf, quarantined) if quarantined is not None else None,
             ct_missing=Counter(b.ct.missing) - ct_before,
             meddra_missing=b.meddra_missing - meddra_before,
@@ -132,10 +127,10 @@ class ExportWriter:
         """Export one subject's CRF; ``quarantined`` = the quarantine entries added while mapping it;
         ``review`` = the review status per (visit, item) (column REVSTAT); ``decisions`` = the reviewer's
         decision per (visit, item) (ODM AuditRecord and Annotation)."""
-        domains = tables(_rows(self.rows, crf, review, decisions))
+        domains = _rows(self.rows, crf, review, decisions)
         for domain, t in domains.items():
             self._files[domain].write(t.csv_text())
-            self.counts[domain] += len(t.rows)
+            self.counts[domain] += len(t.cells)
         self.odm.add(crf.subject_id, domains)
         self.dataset_json.add(domains)
         self.coverage.add(crf, quarantined)
@@ -150,8 +145,8 @@ class ExportWriter:
         if export.odm is not None:
             self.odm.write(export.subject_id, export.odm, export.odm_removed)
         else:
-            assert export.rows is not None
-            self.odm.add(export.subject_id, export.rows)
+            assert export.tables is not None
+            self.odm.add(export.subject_id, export.tables)
         self.dataset_json.write(export.dataset_json)
         self.rows.ct.missing.update(export.ct_missing)
         self.rows.meddra_missing |= export.meddra_missing

@@ -9,8 +9,9 @@ import io
 import json
 import random
 import xml.etree.ElementTree as ET
+from dataclasses import fields
 
-from fhir_adapter.export.cdisc import COLUMNS
+from fhir_adapter.export.cdisc import _FINDING_COLUMNS, _IDS, COLUMNS, FINDINGS_DOMAINS
 from fhir_adapter.export.dataset_json import column_kinds, render_tables
 from fhir_adapter.export.odm import OdmSubjects
 from fhir_adapter.export.sanitize import csv_cell, csv_safe
@@ -86,3 +87,17 @@ def test_negative_numbers_and_durations_keep_the_fast_path() -> None:
     assert list(csv_safe(t.cells[0], True)) == [csv_cell(row[c]) for c in COLUMNS["PC"]]
     row["PCORRES"] = "-2x"
     assert tables({"PC": [row]})["PC"].formula_free == [False]
+
+
+def test_every_findings_column_has_one_place_in_a_findings_row() -> None:
+    """A findings row is stored cell by cell at the positions of cdisc._FindingColumns: each column a finding
+    fills has a position of its own, and a column the domain lacks has the one past its last column (storing
+    there fails) — the identifiers and the NOT DONE columns come from elsewhere."""
+    for p in FINDINGS_DOMAINS:
+        columns = COLUMNS[p]
+        k = _FINDING_COLUMNS[p]
+        at = [getattr(k, f.name) for f in fields(k) if not f.name.startswith("has_")]
+        placed = [i for i in at if i < len(columns)]
+        assert len(placed) == len(set(placed)), p
+        assert {columns[i] for i in placed} | {*_IDS, f"{p}STAT", f"{p}REASND"} == set(columns), p
+        assert {i for i in at if i >= len(columns)} <= {len(columns)}, p
