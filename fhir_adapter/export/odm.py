@@ -265,8 +265,9 @@ class OdmSubjects:
             if spec.key is None:
                 out.append(spec.group + ">")
             else:
-                key = cells[spec.key]
-                out.append(f'{spec.group} ItemGroupRepeatKey={self._attr(str(key))}>')
+                key = cells[spec.key]  # a plain row's cells are their own attribute values (:meth:`_attr`)
+                out.append(f'{spec.group} ItemGroupRepeatKey="{key}">' if t.plain[i] else
+                           f'{spec.group} ItemGroupRepeatKey={self._attr(str(key))}>')
                 if findings and (decision := t.decisions[i]):
                     status = cells[spec.revstat] if spec.revstat is not None else ""
                     out.append(self._review(decision, str(status or "")))
