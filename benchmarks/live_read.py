@@ -22,8 +22,9 @@ Node process, /proc), and for the adapter the ratios to the baseline (plain read
 client CPU added up; server CPU of the plain reader) and whether its outputs (CRFs, study.json) equal the
 offline run's. With ``--repeat N`` the plain reader and the adapter runs alternate N times on the same server
 and the median ratios (each against the plain reader of its own round) are printed last: one pair of runs can
-differ by several per cent in server CPU. Prints ``uptime`` before and after: the machine may be shared (CPU seconds and requests hold
-under load; wall ratios only within one run). Numbers only; no pass/fail. Needs `make fhir-test-server`.
+differ by several per cent in server CPU. Prints ``uptime`` before and after: the machine may be shared (CPU
+seconds and requests hold under load; wall ratios only within one run). Numbers only; no pass/fail. Needs
+`make fhir-test-server`.
 """
 
 from __future__ import annotations
