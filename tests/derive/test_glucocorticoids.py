@@ -167,7 +167,8 @@ def test_series_changes_on_the_days_the_daily_doses_change() -> None:
     crf = visit_crf({"SCR": (-2, {}), "W6": (42, {})}, cm=cms)
     series = glucocorticoid_series(crf, S)
     expected: list[tuple[dt.date, float | None]] = []
-    day, last = d(-2), -1.0
+    day = d(-2)
+    last: float | None = -1.0
     while day <= d(42):  # the dose worked out on every single day
         mg = pred_eq_on(cms, day, S).mg_per_day
         if mg != last:
