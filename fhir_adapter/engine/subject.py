@@ -23,6 +23,7 @@ from fhir_adapter.export.writer import ExportRenderer, SubjectExport
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import Quarantined, RunLog
 from fhir_adapter.mapping.subject import SubjectMapper
+from fhir_adapter.results.spill import row_json
 from fhir_adapter.results.study_json import subject_row
 from fhir_adapter.results.subject import SubjectResults, derive_subject
 from fhir_adapter.review.apply import SubjectReview, apply_decisions
@@ -76,7 +77,7 @@ class SubjectPieces:
     review: ReviewCounts | None = None
     #: scheduled visits of the CRF
     visits: int = 0
-    #: the subject's row of results/study.json, as JSON (``orjson.dumps``)
+    #: the subject's row of results/study.json, as JSON (:func:`fhir_adapter.results.spill.row_json`)
     row: bytes | None = None
 
     def path(self, kind: str) -> Path:
@@ -186,7 +187,7 @@ class SubjectEngine:
         if out.pieces is not None:  # what the run's process needs of these is in the pieces
             out.review = None
             if out.row is not None:
-                out.pieces.row, out.row = orjson.dumps(out.row), None
+                out.pieces.row, out.row = row_json(out.row), None
         return out
 
     def cached(self, e: Enrollee, crf: SubjectCRF) -> SubjectOutcome:

@@ -1,13 +1,16 @@
 """The subjects' rows of ``results/study.json`` on disk while a run goes on, and the file written from them.
 
-A run keeps no subject row in memory: each row is appended to a spill file as JSON the moment its subject is
-done (:class:`SubjectRows`), the study-level keys are computed reading the rows back one at a time, and
-``results/study.json`` is written streaming (:func:`write_study_json`) — the same bytes as
-``json_file(study_json(study, rows))`` (:mod:`.study_json`), with memory flat in the number of subjects.
+A run keeps no subject row in memory: each row is appended to a spill file the moment its subject is done
+(:class:`SubjectRows`), already as ``results/study.json`` lists it (:func:`row_json`, made where the subject was
+processed); the study-level keys are computed reading the rows back one at a time, and ``results/study.json``
+is written streaming (:func:`write_study_json`: the rows' bytes copied in subject ID order, not parsed again)
+— the same bytes as ``json_file(study_json(study, rows))`` (:mod:`.study_json`), with memory flat in the
+number of subjects.
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, overload
@@ -20,9 +23,14 @@ from fhir_adapter.study.load import Study
 _INDENT = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS
 
 
+def row_json(row: dict[str, Any]) -> bytes:
+    """A subject row as JSON the way ``results/study.json`` lists it: keys sorted, indented two levels down."""
+    return _nested(orjson.dumps(row, option=_INDENT), 2)
+
+
 class SubjectRows(Sequence[dict[str, Any]]):
-    """Subject rows appended to ``path`` (JSON, one after another); read back in the order they came, one at a
-    time. Only each row's subject ID and place in the file stay in memory."""
+    """Subject rows appended to ``path`` (:func:`row_json`, one after another); read back in the order they
+    came, one at a time. Only each row's subject ID and place in the file stay in memory."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
@@ -33,24 +41,30 @@ class SubjectRows(Sequence[dict[str, Any]]):
         self._entries: list[tuple[str, int, int]] = []
 
     def add(self, row: dict[str, Any]) -> None:
-        self.add_json(row["subject_id"], orjson.dumps(row))
+        self.add_json(row["subject_id"], row_json(row))
 
     def add_json(self, subject_id: str, data: bytes) -> None:
-        """Append a row already serialised with ``orjson.dumps`` (where the subject was processed)."""
+        """Append a row already serialised with :func:`row_json` (where the subject was processed)."""
         assert self._out is not None, "rows are read back: no more can be added"
         self._out.write(data)
         self._entries.append((subject_id, self._size, len(data)))
         self._size += len(data)
 
     def _read(self, entries: list[tuple[str, int, int]]) -> Iterator[dict[str, Any]]:
+        for data in self._bytes(entries):
+            row: dict[str, Any] = orjson.loads(data)
+            yield row
+
+    def _bytes(self, entries: list[tuple[str, int, int]]) -> Iterator[bytes]:
+        """The rows' JSON as added (:func:`row_json`), read back through a memory map of the spill file."""
         if self._out is not None:
             self._out.close()
             self._out = None
-        with self.path.open("rb") as fh:
+        if not self._size:  # an empty file cannot be mapped
+            return
+        with self.path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             for _sid, offset, length in entries:
-                fh.seek(offset)
-                row: dict[str, Any] = orjson.loads(fh.read(length))
-                yield row
+                yield mm[offset:offset + length]
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -71,7 +85,14 @@ class SubjectRows(Sequence[dict[str, Any]]):
 
     def by_subject_id(self) -> Iterator[dict[str, Any]]:
         """The rows sorted by subject ID (as ``results/study.json`` lists them)."""
-        return self._read(sorted(self._entries, key=lambda x: x[0]))
+        return self._read(self._sorted())
+
+    def json_by_subject_id(self) -> Iterator[bytes]:
+        """:meth:`by_subject_id` as the rows' JSON (:func:`row_json`)."""
+        return self._bytes(self._sorted())
+
+    def _sorted(self) -> list[tuple[str, int, int]]:
+        return sorted(self._entries, key=lambda x: x[0])
 
     def close(self) -> None:
         if self._out is not None:
@@ -87,7 +108,7 @@ def _nested(data: bytes, depth: int) -> bytes:
 
 def write_study_json(path: Path, study: Study, rows: SubjectRows) -> None:
     """``results/study.json`` from the spilled rows: the study-level keys from the rows read back one at a time,
-    the subjects written one by one in subject ID order."""
+    the subjects' JSON copied one by one in subject ID order."""
     doc: dict[str, Any] = {**study_head(study), "subjects": None, **study_keys(study, rows)}  # subjects: below
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as out:
@@ -100,7 +121,7 @@ def write_study_json(path: Path, study: Study, rows: SubjectRows) -> None:
                 out.write(b"[]")
             else:
                 out.write(b"[")
-                for i, row in enumerate(rows.by_subject_id()):
-                    out.write((b"," if i else b"") + b"\n    " + _nested(orjson.dumps(row, option=_INDENT), 2))
+                for i, data in enumerate(rows.json_by_subject_id()):
+                    out.write((b"," if i else b"") + b"\n    " + data)
                 out.write(b"\n  ]")
         out.write(b"\n}")

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
-
 from fhir_adapter.engine.subject import json_file
-from fhir_adapter.results.spill import SubjectRows, write_study_json
+from fhir_adapter.results.spill import SubjectRows, row_json, write_study_json
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
 from fhir_adapter.study.load import Study
@@ -25,7 +23,7 @@ def test_study_json_from_spilled_rows_is_byte_identical(study: Study, tmp_path: 
         if i % 2:
             spill.add(row)
         else:  # as a worker sends it
-            spill.add_json(row["subject_id"], orjson.dumps(row))
+            spill.add_json(row["subject_id"], row_json(row))
     assert len(spill) == 4 and spill[1] == rows[1] and list(spill) == rows and list(spill[2:]) == rows[2:]
     assert [r["subject_id"] for r in spill.by_subject_id()] == ["T-001", "T-002", "T-003", "T-009"]
     write_study_json(tmp_path / "study.json", study, spill)
