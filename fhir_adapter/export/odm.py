@@ -14,7 +14,7 @@
   ``Annotation`` with the review status; every findings row has the status as ItemData ``REVSTAT``.
 
 The file is written as it goes: each subject's SubjectData is serialised to a side file as soon as its CRF
-exists, after a first head (ODM root and Study metadata by odmlib, a placeholder time), and
+exists, after a first head (ODM root and Study metadata by odmlib, a provisional time), and
 :meth:`OdmWriter.close` writes the final head over the first one and renames the file (the subjects are copied
 after the final head only when it is longer: reviewers' AdminData), so memory does not grow with the number of
 subjects and the subjects are written once. SubjectData is written as XML text with the ODM element names rather
@@ -54,7 +54,7 @@ SUBJECT_FORMS = ("DM", "EX", "CM", "AE", "MH", "PR")
 MDV_OID = "MDV.1"
 REVIEW_LOCATION = "LOC.REVIEW"
 #: the ODM root's time in the head written first (as long as the time of close(), which replaces it)
-_PLACEHOLDER_TIME = "0001-01-01T00:00:00+00:00"
+_PROVISIONAL_TIME = "0001-01-01T00:00:00+00:00"
 _IN_CONTEXT = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID", "VISIT", "VISITNUM", "VISITDY")
 
 
@@ -331,9 +331,9 @@ class OdmWriter(OdmSubjects):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._part = self._part_path.open("wb")
         self._root = self._root_xml()
-        # the head as it reads without reviewers, its time a placeholder of the same length: the subjects follow
+        # the head as it reads without reviewers, its time provisional, of the same length: the subjects follow
         # it in the file that becomes odm.xml, the head of close() overwrites it when it has the same length
-        self._first_head = self._head(_PLACEHOLDER_TIME)
+        self._first_head = self._head(_PROVISIONAL_TIME)
         self._part.write(self._first_head)
         self.subjects = 0
         #: subject ID -> characters XML 1.0 forbids that were removed from that subject's text
@@ -363,10 +363,10 @@ class OdmWriter(OdmSubjects):
         return f"<AdminData StudyOID={sid}>{users}{location}</AdminData>\n"
 
     def _root_xml(self) -> str:
-        """The ODM root with the Study metadata and an empty ClinicalData, :data:`_PLACEHOLDER_TIME` its time."""
+        """The ODM root with the Study metadata and an empty ClinicalData, :data:`_PROVISIONAL_TIME` its time."""
         root = ODM.ODM(
-            FileType="Snapshot", Granularity="All", FileOID=f"FA.{self.study.info.id}.{_PLACEHOLDER_TIME}",
-            CreationDateTime=_PLACEHOLDER_TIME, ODMVersion="1.3.2", Originator="fhir-adapter",
+            FileType="Snapshot", Granularity="All", FileOID=f"FA.{self.study.info.id}.{_PROVISIONAL_TIME}",
+            CreationDateTime=_PROVISIONAL_TIME, ODMVersion="1.3.2", Originator="fhir-adapter",
             SourceSystem="fhir-adapter", SourceSystemVersion=__version__,
         )
         root.Study = [self._study_xml]
@@ -378,7 +378,7 @@ class OdmWriter(OdmSubjects):
     def _head(self, now: str) -> bytes:
         """What precedes the first SubjectData: the ODM root created at ``now``, the Study metadata, AdminData
         (the reviewers met so far) and the ClinicalData start tag."""
-        text = self._root.replace(_PLACEHOLDER_TIME, now, 2)  # FileOID and CreationDateTime: the root's attributes
+        text = self._root.replace(_PROVISIONAL_TIME, now, 2)  # FileOID and CreationDateTime: the root's attributes
         marker = text.rfind("<ClinicalData ")
         end = text.index("/>", marker)
         return (text[:marker] + self._admin_data() + text[marker:end].rstrip() + ">\n").encode("utf-8")

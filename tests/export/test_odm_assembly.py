@@ -37,7 +37,7 @@ def test_odm_xml_is_one_valid_document_timed_at_the_close(study: Study, tmp_path
     validate(tmp_path / "odm.xml")
     root = ET.fromstring(data)
     created = root.get("CreationDateTime")
-    assert created is not None and before <= created <= after  # the placeholder time was replaced
+    assert created is not None and before <= created <= after  # the provisional time was replaced
     assert root.get("FileOID") == f"FA.{study.info.id}.{created}"
     assert data.startswith(b"<?xml") and data.count(b"0001-01-01") == 0
     clinical = root.find(f"{NS}ClinicalData")
