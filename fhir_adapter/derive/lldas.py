@@ -31,6 +31,10 @@ The value at a dated visit; the first case that applies defines it (None comes w
 7. fifth criterion on and not evaluable (a drug with a ceiling whose daily dose is unknown) → None;
 8. True when every criterion is met, else False with the failed ids.
 
+``sources`` of an evaluated visit (the write-back's ``derivedFrom``): the results behind each criterion — the
+visit's SLEDAI-2K descriptors, those of the previous assessment it was compared with (``no_new_features``), the
+PGA, the medication records of the dose and, with the fifth criterion, the active records it looked at.
+
 Response rate at a visit (docs/clinical-rules.md#lldas-rate): n = subjects with a True/False value at that visit,
 responders = subjects with True, rate = responders / n (None when n = 0).
 
@@ -90,7 +94,8 @@ class LldasVisit(BaseModel):
     reason: str | None = Field(None, description="why the visit is not evaluable")
     previous_visit: str | None = Field(None, description="visit of the previous assessment (None: in no visit)")
     previous_date: dt.date | None = Field(None, description="date of the previous SLEDAI-2K assessment")
-    sources: list[str] = Field(default_factory=list, description="SLEDAI-2K, PGA and dose sources")
+    sources: list[str] = Field(default_factory=list, description="sources of the SLEDAI-2K assessment, of the "
+                               "previous one it is compared with, of the PGA, the dose and the fifth criterion")
 
 
 class LldasRate(BaseModel):
@@ -106,20 +111,24 @@ def _scored(v: Sledai2kVisit) -> set[str]:
 
 def _maintenance(
     cms: Sequence[ConMed], day: dt.date, m: MaintenanceSettings,
-) -> tuple[bool | None, str | None]:
+) -> tuple[bool | None, str | None, set[str]]:
+    """(criterion met, why not evaluable, the records it looked at: active excluded or ceiling drugs)."""
     ok = True
+    looked_at: set[str] = set()
     for cm in cms:
         name = cm.drug.strip().lower()
         if not active_on(cm, day) or (cm.status or "") in ("entered-in-error", "not-taken", "cancelled"):
             continue
         if name in m.excluded_drugs:
             ok = False
+            looked_at.add(cm.source.reference)
         elif name in m.max_daily_mg:
             if cm.daily_dose_mg is None:
                 ref = cm.source.reference
-                return None, f"daily dose of {name} ({ref}) unknown for the maintenance criterion"
+                return None, f"daily dose of {name} ({ref}) unknown for the maintenance criterion", set()
             ok = ok and cm.daily_dose_mg <= m.max_daily_mg[name]
-    return ok, None
+            looked_at.add(cm.source.reference)
+    return ok, None, looked_at
 
 
 class _Previous(BaseModel):
@@ -128,6 +137,8 @@ class _Previous(BaseModel):
     visit: str | None
     date: dt.date
     scored: frozenset[str]
+    #: the results of that assessment (a result of the visit's LLDAS: "no new features" is judged against them)
+    sources: frozenset[str] = frozenset()
 
 
 def _previous(assessed: Sequence[_Previous], day: dt.date) -> _Previous | None:
@@ -162,9 +173,11 @@ def derive_lldas(
     """
     pga_by = {p.visit: p for p in pga}
     pred_by = {p.visit: p for p in pred_eq}
-    assessed = [_Previous(visit=v.visit, date=v.date, scored=frozenset(_scored(v)))
+    assessed = [_Previous(visit=v.visit, date=v.date, scored=frozenset(_scored(v)),
+                          sources=frozenset(s for d in v.descriptors for s in d.sources))
                 for v in sledai if v.total is not None and v.date is not None]
-    assessed += [_Previous(visit=None, date=a.date, scored=frozenset(d.code for d in a.descriptors if d.score > 0))
+    assessed += [_Previous(visit=None, date=a.date, scored=frozenset(d.code for d in a.descriptors if d.score > 0),
+                           sources=frozenset(a.sources))
                  for a in off_visit]
     out: list[LldasVisit] = []
     for v in sledai:
@@ -188,8 +201,9 @@ def derive_lldas(
             out.append(_not_evaluable(v, day1, why, prev))
         else:
             maint: bool | None = None
+            maint_sources: set[str] = set()
             if settings.maintenance_criterion:
-                maint, why_m = _maintenance(cm, v.date, settings.maintenance)
+                maint, why_m, maint_sources = _maintenance(cm, v.date, settings.maintenance)
                 if maint is None:
                     why_m = why_m or "maintenance criterion not evaluable"
                     out.append(_not_evaluable(v, day1, why_m, prev))
@@ -205,7 +219,7 @@ def derive_lldas(
             if maint is not None:
                 criteria["maintenance_therapy"] = maint
             failed = [c for c in CRITERIA if c in criteria and not criteria[c]]
-            sources = {s for d in v.descriptors for s in d.sources} | set(dose.sources)
+            sources = {s for d in v.descriptors for s in d.sources} | prev.sources | set(dose.sources) | maint_sources
             if p.source:
                 sources.add(p.source)
             out.append(LldasVisit(

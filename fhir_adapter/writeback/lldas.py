@@ -1,7 +1,8 @@
 """The LLDAS result Observation of a visit: ``lldas`` — ``valueBoolean`` (LLDAS met), one component per
 evaluated criterion (code ``lldas-<criterion id with hyphens>`` of the results CodeSystem, ``valueBoolean`` =
-criterion met), ``derivedFrom`` the SLEDAI-2K descriptor, PGA and medication sources. Written only where LLDAS
-is evaluable (true/false): a null LLDAS has no Observation.
+criterion met), ``derivedFrom`` the sources of every criterion (``LldasVisit.sources``: the SLEDAI-2K
+descriptors of the visit and of the previous assessment, PGA and medication records). Written only where LLDAS is
+evaluable (true/false): a null LLDAS has no Observation.
 
 The PGA is a clinician-entered input already in the EHR, so it is not written back.
 """

@@ -156,3 +156,29 @@ def test_previous_assessment_in_no_visit_is_the_comparator() -> None:
     # on one date a visit's assessment wins over one in no visit
     same = derive_lldas(sl, pg, pr, DAY1, GROUPS, S, off_visit=[off(29, [])])
     assert (same[1].previous_visit, same[1].previous_date) == ("W4", d(29))
+
+
+def test_sources_name_the_results_behind_every_criterion() -> None:
+    """An evaluated visit's sources (the write-back's derivedFrom) include the previous assessment it was compared
+    with for new features, and the records the fifth criterion looked at."""
+    def visit(name: str, day: int, scored: list[str]) -> Sledai2kVisit:
+        desc = [DescriptorScore(code=c, weight=WEIGHTS[c], score=WEIGHTS[c], basis="clinician",
+                                sources=[f"Observation/{c}-{name}"]) for c in scored]
+        return Sledai2kVisit(visit=name, date=d(day), total=sum(x.score for x in desc), descriptors=desc)
+
+    sl = [visit("BL", -7, ["arthritis"]), visit("W4", 29, ["arthritis"])]
+    pg = [pga("BL", -7, 1.0), pga("W4", 29, 0.5)]
+    pr = [PredEqVisit(visit=v, date=d(day), mg_per_day=5, sources=[f"MedicationStatement/pred-{v}"])
+          for v, day in (("BL", -7), ("W4", 29))]
+    w4 = derive_lldas(sl, pg, pr, DAY1, GROUPS, S)[1]
+    assert w4.lldas is True
+    assert w4.sources == ["MedicationStatement/pred-W4", "Observation/arthritis-BL", "Observation/arthritis-W4",
+                          "Observation/pga-W4"]
+    prior = Sledai2kPrior(date=d(10), total=4, sources=["Observation/clinician-day10"],
+                          descriptors=[DescriptorScore(code="arthritis", weight=4, score=4, basis="clinician")])
+    w4 = derive_lldas(sl, pg, pr, DAY1, GROUPS, S, off_visit=[prior])[1]
+    assert "Observation/clinician-day10" in w4.sources and "Observation/arthritis-BL" not in w4.sources
+    on = S.model_copy(update={"maintenance_criterion": True})
+    cms = [conmed("mycophenolate mofetil", 1, None, daily=2000)]
+    w4 = derive_lldas(sl, pg, pr, DAY1, GROUPS, on, cms)[1]
+    assert w4.lldas is True and cms[0].source.reference in w4.sources
