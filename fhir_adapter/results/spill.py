@@ -10,7 +10,7 @@ number of subjects.
 
 from __future__ import annotations
 
-import mmap
+import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, overload
@@ -56,15 +56,15 @@ class SubjectRows(Sequence[dict[str, Any]]):
             yield row
 
     def _bytes(self, entries: list[tuple[str, int, int]]) -> Iterator[bytes]:
-        """The rows' JSON as added (:func:`row_json`), read back through a memory map of the spill file."""
+        """The rows' JSON as added (:func:`row_json`), each read back by one pread (not through a memory map:
+        its pages would stay in the run's resident memory, 200 MB on 3,400 subjects)."""
         if self._out is not None:
             self._out.close()
             self._out = None
-        if not self._size:  # an empty file cannot be mapped
-            return
-        with self.path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        with self.path.open("rb") as fh:
+            fd = fh.fileno()
             for _sid, offset, length in entries:
-                yield mm[offset:offset + length]
+                yield os.pread(fd, length, offset)
 
     def __len__(self) -> int:
         return len(self._entries)
