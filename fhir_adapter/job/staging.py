@@ -4,7 +4,9 @@ has finished. A run that fails, is interrupted or is killed leaves the previous 
 run — or, when it had already finished and was being moved in (``COMPLETE`` marker), moved in first.
 
 Each output (``crf/``, ``results/``, ``run-report.json``, ...) is replaced with one ``os.replace`` — the
-previous one is parked in the staging folder's ``.previous/`` and deleted once everything is in place.
+previous one is parked in the staging folder's ``.previous/`` and deleted once everything is in place. The moves
+happen under the OUT folder's swap lock (:mod:`fhir_adapter.job.outswap`), so a report or the review app reading
+OUT meanwhile sees the previous outputs or the new ones, never a mix.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+
+from fhir_adapter.job.outswap import swapping
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +56,17 @@ class Staging:
 def _move_in(staging: Path, out: Path) -> None:
     outputs = [line for line in (staging / COMPLETE).read_text().splitlines() if line]
     parked = staging / ".previous"
-    for name in outputs:
-        new = staging / name
-        if not new.exists():
-            continue  # not produced by this run (e.g. no state in a dry run) or already moved in
-        target = out / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            (parked / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target, parked / name)
-        os.replace(new, target)
+    with swapping(out):   # readers of OUT (report, review app) see the previous outputs or these, never a mix
+        for name in outputs:
+            new = staging / name
+            if not new.exists():
+                continue  # not produced by this run (e.g. no state in a dry run) or already moved in
+            target = out / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                (parked / name).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, parked / name)
+            os.replace(new, target)
     shutil.rmtree(staging, ignore_errors=True)
 
 

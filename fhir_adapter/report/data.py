@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.job.outswap import reading
+
 JsonDict = dict[str, Any]
 
 
@@ -135,8 +137,14 @@ def _read_json(path: Path) -> Any:
 
 
 def load(results_dir: Path) -> ReportData:
-    """Read a run's output folder. ``results/study.json`` is required; the rest is used when present."""
+    """Read a run's output folder. ``results/study.json`` is required; the rest is used when present. Read under
+    OUT's swap lock (:mod:`fhir_adapter.job.outswap`): study.json, run-report.json and the CRFs are one run's."""
     results_dir = Path(results_dir)
+    with reading(results_dir):
+        return _load(results_dir)
+
+
+def _load(results_dir: Path) -> ReportData:
     study_path = results_dir / "results" / "study.json"
     if not study_path.is_file():
         hint = (f"{results_dir} does not exist" if not results_dir.exists()

@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from fhir_adapter.job.outswap import reading
 from fhir_adapter.review.apply import REVIEWED, status_of
 from fhir_adapter.review.run import CANDIDATES_DIR
 from fhir_adapter.review.store import ACTIONS, DecisionError, DecisionStore, TamperedError, new_decision
@@ -47,7 +48,8 @@ class ReviewConfig:
 
 
 class Workspace:
-    """What the app reads from OUT, read again on each request (a rerun may have replaced it)."""
+    """What the app reads from OUT, read again on each request (a rerun may have replaced it), under OUT's swap
+    lock (:mod:`fhir_adapter.job.outswap`): never while a run moves its outputs in."""
 
     def __init__(self, cfg: ReviewConfig) -> None:
         self.cfg = cfg
@@ -58,21 +60,23 @@ class Workspace:
         """Every subject's candidates document; a file is parsed again only when a run replaced it."""
         folder = self.cfg.results / CANDIDATES_DIR
         docs: dict[str, dict[str, Any]] = {}
-        for path in sorted(folder.glob("*.json")) if folder.exists() else []:
-            st = path.stat()
-            key = (st.st_mtime_ns, st.st_size)
-            cached = self._parsed.get(path)
-            if cached is None or cached[0] != key:
-                cached = (key, orjson.loads(path.read_bytes()))
-                self._parsed[path] = cached
-            docs[cached[1]["subject_id"]] = cached[1]
+        with reading(self.cfg.results):   # not while a run moves its outputs in
+            for path in sorted(folder.glob("*.json")) if folder.exists() else []:
+                st = path.stat()
+                key = (st.st_mtime_ns, st.st_size)
+                cached = self._parsed.get(path)
+                if cached is None or cached[0] != key:
+                    cached = (key, orjson.loads(path.read_bytes()))
+                    self._parsed[path] = cached
+                docs[cached[1]["subject_id"]] = cached[1]
         return docs
 
     def endpoints(self, subject_id: str) -> list[dict[str, Any]]:
         path = self.cfg.results / "results" / "study.json"
-        if not path.exists():
-            return []
-        study = orjson.loads(path.read_bytes())
+        with reading(self.cfg.results):
+            if not path.exists():
+                return []
+            study = orjson.loads(path.read_bytes())
         row = next((s for s in study.get("subjects", []) if s.get("subject_id") == subject_id), None)
         return list(row.get("visits", [])) if row else []
 
