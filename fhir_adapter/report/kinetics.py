@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from matplotlib.axes import Axes
+from matplotlib.ticker import NullLocator
 
 from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, describe, fmt
 from fhir_adapter.report.data import JsonDict, ReportData, arm_of, as_dict, as_list, num
@@ -95,6 +96,40 @@ def _symlog_days(ax: Axes, small: bool) -> None:
     ax.grid(True, which="major")
 
 
+#: the per-subject panels: columns, height of a row and the margins around the grid (inches)
+GRID_COLUMNS, ROW_IN, TOP_IN, BOTTOM_IN = 6, 1.9, 0.3, 0.45
+
+
+def _per_subject(profs: list[Profile], arms: list[str]) -> str:
+    """One small panel per subject, all on the same value axis. Drawn at a cost linear in the number of
+    subjects (a 340-subject cohort gets 340 panels): the common value range is set on each panel rather than
+    shared between them (matplotlib's shared axes autoscale over every sibling: quadratic), major ticks only,
+    and fixed margins instead of a fitted layout."""
+    values = [y for p in profs for _, y, _ in p.points] + [p.cmax for p in profs if p.cmax is not None and p.cmax > 0]
+    low, high = math.log10(min(values)), math.log10(max(values))
+    ylim = (10 ** (low - 0.15), 10 ** (high + 0.15))
+    nrows = math.ceil(len(profs) / GRID_COLUMNS)
+    height = ROW_IN * nrows + TOP_IN + BOTTOM_IN
+    with figure(11, height) as fig:
+        axes = fig.subplots(nrows, GRID_COLUMNS, squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            if i >= len(profs):
+                ax.set_visible(False)
+                continue
+            p = profs[i]
+            _draw(ax, p, arm_color(p.arm, arms), small=True)
+            ax.set_yscale("log")
+            ax.set_ylim(*ylim)
+            _symlog_days(ax, small=True)
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_minor_locator(NullLocator())
+            ax.tick_params(labelsize=6, labelleft=i % GRID_COLUMNS == 0)
+            ax.set_title(f"{p.subject_id} · {p.arm}", fontsize=7, y=1.0, pad=3)   # a set y: no tight-box pass
+        fig.subplots_adjust(left=0.06, right=0.99, top=1 - TOP_IN / height, bottom=BOTTOM_IN / height,
+                            wspace=0.25, hspace=0.6)
+        return to_svg(fig, "CAR-T kinetics per subject", trim=False)
+
+
 def kinetics_section(data: ReportData) -> Section:
     sec = Section("kinetics", "CAR-T cellular kinetics",
                   "CAR transgene copies per µg DNA (or CAR-positive T cells per µL when the results' Cmax "
@@ -124,23 +159,7 @@ def kinetics_section(data: ReportData) -> Section:
         fig.tight_layout()
         sec.blocks.append(FigureBlock(to_svg(fig, "CAR-T kinetics by dose level"),
                                       "Kinetics by dose level (log scale), ★ Cmax at Tmax"))
-    ncols = 6
-    nrows = math.ceil(len(profs) / ncols)
-    with figure(11, 1.9 * nrows) as fig:
-        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
-        for i, ax in enumerate(axes.flat):
-            if i >= len(profs):
-                ax.set_visible(False)
-                continue
-            p = profs[i]
-            _draw(ax, p, arm_color(p.arm, arms), small=True)
-            ax.set_yscale("log")
-            _symlog_days(ax, small=True)
-            ax.tick_params(labelsize=6)
-            ax.set_title(f"{p.subject_id} · {p.arm}", fontsize=7)
-        fig.tight_layout()
-        sec.blocks.append(FigureBlock(to_svg(fig, "CAR-T kinetics per subject"),
-                                      "Kinetics per subject (log scale); dotted line = Tmax"))
+    sec.blocks.append(FigureBlock(_per_subject(profs, arms), "Kinetics per subject (log scale); dotted line = Tmax"))
     if dropped:
         sec.note(f"{dropped} result(s) of zero or below were left off the logarithmic axis.")
 

@@ -67,11 +67,12 @@ def figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> Itera
 _XML_HEAD = re.compile(r"^.*?(?=<svg)", re.S)
 
 
-def to_svg(fig: Figure, title: str) -> str:
-    """The figure as an inline ``<svg>`` element with an accessible title (no XML prolog, no DOCTYPE)."""
+def to_svg(fig: Figure, title: str, *, trim: bool = True) -> str:
+    """The figure as an inline ``<svg>`` element with an accessible title (no XML prolog, no DOCTYPE);
+    ``trim``: cropped to what is drawn (a figure laid out with fixed margins saves a second layout pass)."""
     buf = io.StringIO()
     with matplotlib.style.context(STYLE):
-        fig.savefig(buf, format="svg", metadata=_METADATA, bbox_inches="tight")
+        fig.savefig(buf, format="svg", metadata=_METADATA, bbox_inches="tight" if trim else None)
     svg = _XML_HEAD.sub("", buf.getvalue(), count=1)
     safe = title.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\"", "&quot;")
     return svg.replace(">", f' role="img" aria-label="{safe}">', 1).strip()

@@ -7,6 +7,7 @@ import datetime as dt
 from dataclasses import dataclass, field
 
 from matplotlib.axes import Axes
+from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 
 from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, fmt
@@ -101,27 +102,36 @@ def lanes(data: ReportData) -> list[Lane]:
 
 
 def _draw(ax: Axes, lns: list[Lane], arms: list[str], scale: float, zoom: bool) -> None:
-    for y, ln in enumerate(lns):
-        color = arm_color(ln.arm, arms)
-        end = min(ln.last_day, ZOOM_DAYS) if zoom else ln.last_day
-        ax.barh(y, (end - 1) / scale, left=1 / scale, height=0.55, color=color, alpha=0.45, zorder=1)
-        if ln.ld_day is not None and ln.ld_day < 1:
-            ax.plot([ln.ld_day / scale, 1 / scale], [y, y], color="#555555", linewidth=1, zorder=1)
-        ax.scatter([1 / scale], [y], marker=">", s=22, color="#111111", zorder=4)
-        for eps, color_e, dy in ((ln.crs, CRS_COLOR, 0.18), (ln.icans, ICANS_COLOR, -0.18)):
-            for start, stop, _grade in eps:
-                ax.plot([start / scale, (stop + 0.6) / scale], [y + dy, y + dy], color=color_e, linewidth=3,
-                        solid_capstyle="butt", zorder=3)
-        if ln.dlt_days:
-            ax.scatter([d / scale for d in ln.dlt_days], [y] * len(ln.dlt_days), marker="X", s=40,
-                       color=DLT_COLOR, zorder=5)
-        days = [d for d in ln.lldas_days if not zoom or d <= ZOOM_DAYS]
-        if days:
-            ax.scatter([d / scale for d in days], [y] * len(days), marker="D", s=12, color=LLDAS_COLOR,
-                       edgecolors="white", linewidths=0.4, zorder=4)
-        if not zoom and (ln.dlt_undated or ln.dlt_days):
-            ax.annotate("DLT", (ln.last_day / scale, y), xytext=(4, -3), textcoords="offset points",
-                        fontsize=6, color=DLT_COLOR)
+    """Every lane, each kind of mark in one artist (a bar set, a line collection or one scatter per kind):
+    the cost of drawing does not grow with a matplotlib artist per subject and mark."""
+    if not lns:
+        return
+    ys = range(len(lns))
+    ends = [min(ln.last_day, ZOOM_DAYS) if zoom else ln.last_day for ln in lns]
+    ax.barh(list(ys), [(end - 1) / scale for end in ends], left=1 / scale, height=0.55,
+            color=[arm_color(ln.arm, arms) for ln in lns], alpha=0.45, zorder=1)
+    ld = [[(ln.ld_day / scale, y), (1 / scale, y)] for y, ln in zip(ys, lns, strict=True)
+          if ln.ld_day is not None and ln.ld_day < 1]
+    if ld:
+        ax.add_collection(LineCollection(ld, colors="#555555", linewidths=1, zorder=1))
+    ax.scatter([1 / scale] * len(lns), list(ys), marker=">", s=22, color="#111111", zorder=4)
+    for kind, color_e, dy in (("crs", CRS_COLOR, 0.18), ("icans", ICANS_COLOR, -0.18)):
+        segments = [[(start / scale, y + dy), ((stop + 0.6) / scale, y + dy)]
+                    for y, ln in zip(ys, lns, strict=True) for start, stop, _grade in getattr(ln, kind)]
+        if segments:
+            ax.add_collection(LineCollection(segments, colors=color_e, linewidths=3, capstyle="butt", zorder=3))
+    dlt = [(d / scale, y) for y, ln in zip(ys, lns, strict=True) for d in ln.dlt_days]
+    if dlt:
+        ax.scatter([x for x, _ in dlt], [y for _, y in dlt], marker="X", s=40, color=DLT_COLOR, zorder=5)
+    lldas = [(d / scale, y) for y, ln in zip(ys, lns, strict=True) for d in ln.lldas_days if not zoom or d <= ZOOM_DAYS]
+    if lldas:
+        ax.scatter([x for x, _ in lldas], [y for _, y in lldas], marker="D", s=12, color=LLDAS_COLOR,
+                   edgecolors="white", linewidths=0.4, zorder=4)
+    if not zoom:
+        for y, ln in zip(ys, lns, strict=True):
+            if ln.dlt_undated or ln.dlt_days:
+                ax.annotate("DLT", (ln.last_day / scale, y), xytext=(4, -3), textcoords="offset points",
+                            fontsize=6, color=DLT_COLOR)
 
 
 def swimmer_section(data: ReportData) -> Section:
