@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from fhir_adapter.job.outswap import reading
 
 JsonDict = dict[str, Any]
@@ -130,8 +132,8 @@ def arm_of(subject: JsonDict) -> str:
 
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        return orjson.loads(path.read_bytes())
+    except json.JSONDecodeError as exc:   # orjson's error is one
         raise ReportError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg}); re-run "
                           "`fhir-adapter run` to write it again") from exc
 
@@ -163,10 +165,30 @@ def _load(results_dir: Path) -> ReportData:
     for path in _sorted_files((results_dir / "crf").glob("*.json")):
         crf = _read_json(path)
         if isinstance(crf, dict) and crf.get("subject_id"):
-            data.crfs[str(crf["subject_id"])] = crf
+            data.crfs[str(crf["subject_id"])] = _as_read(crf)
     if not data.crfs:
         data.problems.append("no CRF files in crf/: kinetics, adverse events and completeness use results only")
     return data
+
+
+#: what a section reads of a CRF finding (``findings`` and each visit's ``values``): a CRF's findings carry ~45
+#: fields each, and a report over hundreds of subjects keeps every CRF in memory
+FINDING_FIELDS = ("domain", "item", "value", "comparator", "unit", "study_day")
+
+
+def _as_read(crf: JsonDict) -> JsonDict:
+    """``crf`` with its findings (in ``findings`` and in each visit's ``values``) cut to :data:`FINDING_FIELDS`."""
+    def cut(f: Any) -> Any:
+        return {k: f[k] for k in FINDING_FIELDS if k in f} if isinstance(f, dict) else f
+
+    findings = crf.get("findings")
+    if isinstance(findings, list):
+        crf["findings"] = [cut(f) for f in findings]
+    for v in as_list(crf.get("visits")):
+        values = v.get("values")
+        if isinstance(values, dict):
+            v["values"] = {item: cut(f) for item, f in values.items()}
+    return crf
 
 
 def _sorted_files(paths: Iterable[Path]) -> list[Path]:
