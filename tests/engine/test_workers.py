@@ -93,15 +93,19 @@ def test_the_subjects_of_a_chunk_whose_worker_dies_are_tried_alone(
     assert differences(*trees) == []
 
 
-def _preloaded() -> tuple[bool, int]:
+def _preloaded() -> tuple[bool, int, bool]:
+    from fhir_adapter.fhir import r4_elements
+    from fhir_adapter.fhir.r4 import model_class
     from fhir_adapter.terminology import units
-    return "fhir_adapter.engine.preload" in sys.modules, units._registry.cache_info().currsize
+    return "fhir_adapter.engine.preload" in sys.modules, units._registry.cache_info().currsize, \
+        model_class("Observation") in r4_elements._resource_tables
 
 
 def test_workers_start_with_the_engine_loaded_and_no_ucum_registry_built() -> None:
-    """The registry (a second of CPU) is not built for the workers: the study's units come with the study."""
+    """The registry (a second of CPU) is not built for the workers: the study's units come with the study; the
+    quick R4 check's tables are built before the workers are forked."""
     with ProcessPoolExecutor(1, mp_context=context()) as pool:
-        assert pool.submit(_preloaded).result() == (True, 0)
+        assert pool.submit(_preloaded).result() == (True, 0, True)
 
 
 def test_a_subject_failing_in_a_worker_fails_alone(feed: Path, study: Any) -> None:
