@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c $(CONSTRAINTS) -e .
+	@# an editable install compiles nothing: write the package's bytecode now (a run and the workers' forkserver
+	@# then import it instead of compiling every module, also where PYTHONDONTWRITEBYTECODE is set)
+	$(BIN)/python -m compileall -q fhir_adapter
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml $(CONSTRAINTS)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, os, resource, sys, threading, time
 from pathlib import Path
-from fhir_adapter.engine.parallel import prepare
+from fhir_adapter.engine.forkserver import prepare
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource

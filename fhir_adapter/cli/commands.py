@@ -181,7 +181,10 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       FHIR_ADAPTER_BEARER_TOKEN_FILE=/run/secrets/token \\
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
-    from fhir_adapter.engine.parallel import default_workers, prepare
+    from fhir_adapter.engine.forkserver import default_workers, prepare
+
+    if engine == "local":  # first: the workers' forkserver preloads the engine while this process imports it
+        prepare(workers or default_workers())
     from fhir_adapter.job.pipeline import run as run_pipeline
     from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.review.store import TamperedError
@@ -189,8 +192,6 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     from fhir_adapter.study.load import load_study
     from fhir_adapter.study.yamlfile import MappingError
 
-    if engine == "local":
-        prepare(workers or default_workers())  # the workers' forkserver preloads while the study is loaded
     try:
         st = load_study(study, site)
     except MappingError as exc:

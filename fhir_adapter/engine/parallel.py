@@ -9,13 +9,13 @@ a few subjects per worker are in flight, so memory stays flat in the cohort size
 (killed, out of memory) fails alone: the pool is started again for the subjects after it.
 
 Workers are forked by a forkserver that has imported the engine and built the R4 models once
-(:mod:`fhir_adapter.engine.preload`), and they start while the source is still being read (the first subject
-is ready only when the source has been read through), so their start-up is not added to the run's time.
+(:mod:`fhir_adapter.engine.forkserver`, :mod:`fhir_adapter.engine.preload`), and they start while the source is
+still being read (the first subject is ready only when the source has been read through), so their start-up is
+not added to the run's time.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import select
 import tempfile
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_adapter.engine.collector import run_settings
+from fhir_adapter.engine.forkserver import context, default_workers, prepare
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Enrollee
@@ -39,36 +40,10 @@ from fhir_adapter.writeback.state import source_statuses
 
 #: subjects in flight per worker (enough to keep every worker busy while the source is read)
 IN_FLIGHT_PER_WORKER = 4
-#: modules the forkserver imports before it forks any worker (:mod:`fhir_adapter.engine.preload`)
-PRELOAD = ["fhir_adapter.engine.preload"]
+
+__all__ = ["context", "default_workers", "file_outcomes", "prepare", "subject_outcomes"]
 
 _engine: SubjectEngine | None = None
-
-
-def default_workers() -> int:
-    """The number of cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def context() -> Any:
-    """The start method of the workers: a forkserver preloaded with :data:`PRELOAD` where the platform has
-    one, else spawn."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)  # for a forkserver started from now on
-    return ctx
-
-
-def prepare(workers: int) -> None:
-    """Start the forkserver now (it preloads in the background) when ``workers`` processes will be needed."""
-    if workers > 1 and "forkserver" in multiprocessing.get_all_start_methods():
-        context()
-        from multiprocessing import forkserver
-        forkserver.ensure_running()
 
 
 def _start(work: SubjectWork, run_pid: int) -> None:

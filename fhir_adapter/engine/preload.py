@@ -1,8 +1,9 @@
 """What every worker process needs, built once in the forkserver that starts the workers
-(:mod:`fhir_adapter.engine.parallel`), so each worker is forked with it in memory instead of importing and
-building it again: the per-subject engine's modules (mapping, derivations, exports, write-back) and the FHIR
-R4B models of the resource types a run reads and writes (a model is built on its first use: a quarter of a
-second for these types) with the quick R4 check's element tables of those models (a fifth of a second). Not the UCUM registry (about a second): a worker converts units with the table of
+(:mod:`fhir_adapter.engine.forkserver`), so each worker is forked with it in memory instead of importing and
+building it again: the per-subject engine's modules (mapping, derivations, exports, write-back), the FHIR R4B
+models of the resource types a run reads and writes (a model is built on its first use: a quarter of a second
+for these types) and the quick R4 check's element tables of those models (a fifth of a second). Not the UCUM
+registry (about a second): a worker converts units with the table of
 :mod:`fhir_adapter.terminology.known_units` and the conversions its study computed when it was loaded
 (``Study.unit_conversions``), and builds the registry only for a unit neither holds.
 
