@@ -74,9 +74,12 @@ class Coverage:
         self.visits = [v.id for v in study.schedule.visits]
         self.items = list(study.items)
         self.testcd = testcd_map(study)
+        #: per (item, visit), the subjects in each state (filled in by :meth:`close`)
         self.cells: dict[tuple[str, str], Counter[str]] = {
             (i, v): Counter() for i in self.items for v in self.visits
         }
+        #: per item (the study's order), the subjects with each sequence of states over the visits
+        self._patterns: list[Counter[tuple[str, ...]]] = [Counter() for _ in self.items]
         self.out_of_window: Counter[str] = Counter()
         self.partial_date: Counter[str] = Counter()
         self.per_subject: dict[str, dict[str, Any]] = {}
@@ -160,15 +163,18 @@ class Coverage:
         self.out_of_window.update(sc.out_of_window)
         if sc.summary.get("day1") is None:
             self.without_day1.append(sc.subject_id)
-        for item, states in zip(self.items, sc.states, strict=False):
-            for visit, state in zip(self.visits, states, strict=True):
-                self.cells[(item, visit)][state] += 1
+        for patterns, states in zip(self._patterns, sc.states, strict=False):
+            patterns[tuple(states)] += 1   # an item's states over the visits repeat from subject to subject
         self._fh.write(sc.csv)
         self.per_subject[sc.subject_id] = sc.summary
 
     def close(self, run_counts: dict[str, int]) -> dict[str, Any]:
         """Write ``coverage.csv``; return the ``coverage`` section of the run report."""
         self._fh.close()
+        for item, patterns in zip(self.items, self._patterns, strict=True):
+            for states, n in patterns.items():
+                for visit, state in zip(self.visits, states, strict=True):
+                    self.cells[(item, visit)][state] += n
         vnum = visit_numbers(self.study)
         items_report = []
         with (self.folder / "coverage.csv").open("w", newline="", encoding="utf-8") as fh:
