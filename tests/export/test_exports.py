@@ -304,6 +304,23 @@ def test_coverage_counts_filled_quarantined_and_no_data(out: Path, study: Any) -
     assert (row["W4"], row["W8"], row["SCR"]) == ("filled", "quarantined", "no-data")
 
 
+def test_coverage_cells_count_every_subject_whose_states_repeat(tmp_path: Path, study: Any) -> None:
+    """Subjects with the same states over the visits (the common case) each count in every cell."""
+    from fhir_adapter.export.coverage import FILLED, NO_DATA, Coverage, SubjectCoverage
+
+    cov = Coverage(study, tmp_path)
+    visits, first = cov.visits, cov.items[0]
+    same = [FILLED] + [NO_DATA] * (len(visits) - 1)
+    for n in range(3):
+        cov.merge(SubjectCoverage(subject_id=f"101-00{n}", states=[same] * len(cov.items), summary={"day1": "x"}))
+    cov.merge(SubjectCoverage(subject_id="101-009", states=[[NO_DATA] * len(visits)] * len(cov.items),
+                              summary={"day1": "x"}))
+    report = cov.close({})
+    item = next(i for i in report["items"] if i["item"] == first)
+    assert item["visits"][visits[0]] == {FILLED: 3, "quarantined": 0, NO_DATA: 1}
+    assert item["visits"][visits[1]] == {FILLED: 0, "quarantined": 0, NO_DATA: 4}
+
+
 def test_testcd_is_unique_per_domain_and_sdtm_shaped(study: Any) -> None:
     codes = cdisc.testcd_map(study)
     pairs = [(study.items[k].domain, c) for k, c in codes.items()]
