@@ -115,9 +115,10 @@ def _draw(ax: Axes, lns: list[Lane], arms: list[str], scale: float, zoom: bool) 
     if ld:
         ax.add_collection(LineCollection(ld, colors="#555555", linewidths=1, zorder=1))
     ax.scatter([1 / scale] * len(lns), list(ys), marker=">", s=22, color="#111111", zorder=4)
-    for kind, color_e, dy in (("crs", CRS_COLOR, 0.18), ("icans", ICANS_COLOR, -0.18)):
+    for episodes, color_e, dy in (([ln.crs for ln in lns], CRS_COLOR, 0.18),
+                                  ([ln.icans for ln in lns], ICANS_COLOR, -0.18)):
         segments = [[(start / scale, y + dy), ((stop + 0.6) / scale, y + dy)]
-                    for y, ln in zip(ys, lns, strict=True) for start, stop, _grade in getattr(ln, kind)]
+                    for y, eps in zip(ys, episodes, strict=True) for start, stop, _grade in eps]
         if segments:
             ax.add_collection(LineCollection(segments, colors=color_e, linewidths=3, capstyle="butt", zorder=3))
     dlt = [(d / scale, y) for y, ln in zip(ys, lns, strict=True) for d in ln.dlt_days]
