@@ -55,6 +55,8 @@ class Workspace:
         self.cfg = cfg
         self.store = DecisionStore.under(cfg.results, cfg.state_dir)
         self._parsed: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+        #: results/study.json's (inode, mtime, size) and each subject's visits in it
+        self._visits: tuple[tuple[int, int, int], dict[Any, list[dict[str, Any]]]] | None = None
 
     def subjects(self) -> dict[str, dict[str, Any]]:
         """Every subject's candidates document; a file is parsed again only when a run replaced it."""
@@ -72,13 +74,21 @@ class Workspace:
         return docs
 
     def endpoints(self, subject_id: str) -> list[dict[str, Any]]:
+        """The subject's visits in results/study.json, parsed again only when a run replaced it (the file holds
+        every subject: 23 MB for 340 subjects)."""
         path = self.cfg.results / "results" / "study.json"
         with reading(self.cfg.results):
-            if not path.exists():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
                 return []
-            study = orjson.loads(path.read_bytes())
-        row = next((s for s in study.get("subjects", []) if s.get("subject_id") == subject_id), None)
-        return list(row.get("visits", [])) if row else []
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
+            if self._visits is None or self._visits[0] != key:
+                visits: dict[Any, list[dict[str, Any]]] = {}
+                for row in orjson.loads(path.read_bytes()).get("subjects", []):
+                    visits.setdefault(row.get("subject_id"), list(row.get("visits", [])))
+                self._visits = (key, visits)
+        return list(self._visits[1].get(subject_id, []))
 
     def decided(self) -> tuple[dict[tuple[str, str, str], dict[str, Any]], list[dict[str, Any]], str | None]:
         chain = self.store.read_cached()

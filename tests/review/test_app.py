@@ -138,3 +138,35 @@ def test_cli_review_needs_a_run_first(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "fhir_adapter.cli.commands", "review", "--results", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "run `fhir-adapter run" in r.stderr
+
+
+def test_the_endpoint_table_is_parsed_once_and_again_when_a_run_replaced_it(
+        reviewed: tuple[Path, ReviewConfig, TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """results/study.json holds every subject (23 MB for 340): a subject page does not parse it each time, and
+    never shows a replaced one's values."""
+    import os
+    from typing import Any
+
+    import orjson
+
+    out, _, client = reviewed
+    parsed: list[int] = []
+    real = orjson.loads
+
+    def counting(data: bytes) -> Any:
+        parsed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(orjson, "loads", counting)
+    path = out / "results" / "study.json"
+    first = client.get(f"/s/{SUBJECT}").text
+    client.get(f"/s/{SUBJECT}")
+    assert len([n for n in parsed if n == path.stat().st_size]) == 1
+    study = real(path.read_bytes())
+    row = next(s for s in study["subjects"] if s["subject_id"] == SUBJECT)
+    row["visits"] = [{**row["visits"][0], "visit": "W999-replaced"}]
+    new = out / "results" / "study.json.new"
+    new.write_bytes(orjson.dumps(study))
+    os.replace(new, path)   # as a run moves its results in: a new file
+    page = client.get(f"/s/{SUBJECT}").text
+    assert 'data-visit="W999-replaced"' in page and 'data-visit="W999-replaced"' not in first
