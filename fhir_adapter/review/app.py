@@ -54,41 +54,34 @@ class Workspace:
     def __init__(self, cfg: ReviewConfig) -> None:
         self.cfg = cfg
         self.store = DecisionStore.under(cfg.results, cfg.state_dir)
-        self._parsed: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
-        #: results/study.json's (inode, mtime, size) and each subject's visits in it
-        self._visits: tuple[tuple[int, int, int], dict[Any, list[dict[str, Any]]]] | None = None
+        #: each file read: its (inode, mtime, size) when parsed, and its JSON
+        self._parsed: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+
+    def _json(self, path: Path) -> Any:
+        """``path`` parsed, again only when a run has replaced it (call under :func:`reading`)."""
+        st = path.stat()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._parsed.get(path)
+        if cached is None or cached[0] != key:
+            cached = self._parsed[path] = (key, orjson.loads(path.read_bytes()))
+        return cached[1]
 
     def subjects(self) -> dict[str, dict[str, Any]]:
-        """Every subject's candidates document; a file is parsed again only when a run replaced it."""
+        """Every subject's candidates document."""
         folder = self.cfg.results / CANDIDATES_DIR
-        docs: dict[str, dict[str, Any]] = {}
         with reading(self.cfg.results):   # not while a run moves its outputs in
-            for path in sorted(folder.glob("*.json")) if folder.exists() else []:
-                st = path.stat()
-                key = (st.st_mtime_ns, st.st_size)
-                cached = self._parsed.get(path)
-                if cached is None or cached[0] != key:
-                    cached = (key, orjson.loads(path.read_bytes()))
-                    self._parsed[path] = cached
-                docs[cached[1]["subject_id"]] = cached[1]
-        return docs
+            docs = [self._json(path) for path in (sorted(folder.glob("*.json")) if folder.exists() else [])]
+        return {doc["subject_id"]: doc for doc in docs}
 
     def endpoints(self, subject_id: str) -> list[dict[str, Any]]:
-        """The subject's visits in results/study.json, parsed again only when a run replaced it (the file holds
-        every subject: 23 MB for 340 subjects)."""
+        """The subject's visits in results/study.json (the file holds every subject: 23 MB for 340)."""
         path = self.cfg.results / "results" / "study.json"
         with reading(self.cfg.results):
-            try:
-                st = path.stat()
-            except FileNotFoundError:
+            if not path.exists():
                 return []
-            key = (st.st_ino, st.st_mtime_ns, st.st_size)
-            if self._visits is None or self._visits[0] != key:
-                visits: dict[Any, list[dict[str, Any]]] = {}
-                for row in orjson.loads(path.read_bytes()).get("subjects", []):
-                    visits.setdefault(row.get("subject_id"), list(row.get("visits", [])))
-                self._visits = (key, visits)
-        return list(self._visits[1].get(subject_id, []))
+            study = self._json(path)
+        row = next((s for s in study.get("subjects", []) if s.get("subject_id") == subject_id), None)
+        return list(row.get("visits", [])) if row else []
 
     def decided(self) -> tuple[dict[tuple[str, str, str], dict[str, Any]], list[dict[str, Any]], str | None]:
         chain = self.store.read_cached()
