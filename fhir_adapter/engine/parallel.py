@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_adapter.engine.collector import run_settings
-from fhir_adapter.engine.forkserver import context, default_workers, prepare
+from fhir_adapter.engine.forkserver import context
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Enrollee
@@ -40,8 +40,6 @@ from fhir_adapter.writeback.state import source_statuses
 
 #: subjects in flight per worker (enough to keep every worker busy while the source is read)
 IN_FLIGHT_PER_WORKER = 4
-
-__all__ = ["context", "default_workers", "file_outcomes", "prepare", "subject_outcomes"]
 
 _engine: SubjectEngine | None = None
 

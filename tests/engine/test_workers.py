@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from fhir_adapter.engine import parallel
-from fhir_adapter.engine.parallel import context, subject_outcomes
+from fhir_adapter.engine.forkserver import context
+from fhir_adapter.engine.parallel import subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectWork
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
@@ -150,6 +151,7 @@ _KILLED_RUN = """
 import os, sys, time
 from pathlib import Path
 from fhir_adapter.engine import parallel
+from fhir_adapter.engine.forkserver import context
 from fhir_adapter.engine.subject import SubjectWork
 from fhir_adapter.study.load import load_study
 
@@ -158,7 +160,7 @@ def _pid_after_a_while():
     return os.getpid()
 
 if __name__ == "__main__":
-    pool = parallel._executor(2, SubjectWork(study=load_study(Path(sys.argv[1]))), parallel.context())
+    pool = parallel._executor(2, SubjectWork(study=load_study(Path(sys.argv[1]))), context())
     pids = {f.result() for f in [pool.submit(_pid_after_a_while) for _ in range(4)]}
     print(" ".join(map(str, sorted(pids))), flush=True)
     time.sleep(600)
