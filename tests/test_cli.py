@@ -177,6 +177,30 @@ def test_rich_is_imported_only_to_draw_on_a_terminal() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_an_offline_run_does_not_load_the_http_stack(tmp_path: Path) -> None:
+    """httpx, jwt and cryptography (0.2 s per process) are loaded by live runs only: a run on a folder, and the
+    workers' preload, never import them; the client is still one attribute access away."""
+    script = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from click.testing import CliRunner
+        from fhir_adapter.cli.commands import main
+        from fhir_adapter.synth import write_feed
+        import fhir_adapter.engine.preload
+        write_feed(Path({str(tmp_path / "feed")!r}), subjects=2)
+        done = CliRunner().invoke(main, ["run", "--source", {str(tmp_path / "feed")!r},
+                                         "--out", {str(tmp_path / "out")!r}, "--workers", "1"])
+        assert done.exit_code in (0, 2), done.output
+        http = ("httpx", "jwt", "cryptography", "fhir_adapter.fhir.client")
+        assert not [m for m in sys.modules if m.split(".")[0] in http or m in http], sorted(sys.modules)
+        from fhir_adapter.fhir import FhirClient
+        assert FhirClient.__module__ == "fhir_adapter.fhir.client" and "httpx" in sys.modules
+        print("ok")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_default_study_is_found_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 

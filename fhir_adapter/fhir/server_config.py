@@ -11,7 +11,7 @@ Config file (``--config adapter.yaml``)::
       verify: true                # or a CA bundle path
     read_mode: search             # search (one search per resource type) | batch (one batch Bundle per subject)
                                   # | bulk (a Bulk Data $export, as `run --bulk`)
-    bulk:                         # fhir_adapter.source.bulk.BulkSettings (read_mode: bulk / --bulk)
+    bulk:                         # fhir_adapter.fhir.settings.BulkSettings (read_mode: bulk / --bulk)
       group_id: null              # the study's Group (else ResearchStudy.enrollment, else Patient/$export)
       keep_files: true            # keep the export under OUT/bulk/ for audit (false: removed once read)
       type_filter: true           # _typeFilter with the study's codes (dropped when the server refuses it)
@@ -36,13 +36,15 @@ import difflib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fhir_adapter.fhir import ClientSettings, FhirClient, auth_from_env
-from fhir_adapter.source.bulk import BulkSettings
+from fhir_adapter.fhir.settings import BulkSettings, ClientSettings
 from fhir_adapter.study.yamlfile import read_yaml
+
+if TYPE_CHECKING:
+    from fhir_adapter.fhir.client import FhirClient
 
 #: environment variable -> key under ``client:`` it sets (the environment overrides the file)
 ENV_CLIENT = {
@@ -157,6 +159,9 @@ def _config_error(exc: ValidationError, path: Path | None, doc: Any, from_env: d
 def open_client(base_url: str, config: ServerConfig, env: Mapping[str, str]) -> FhirClient:
     """The client for ``base_url``; incomplete or conflicting credentials in the environment and a malformed
     URL are :class:`ServerConfigError` (the message names the variables, never their secret values)."""
+    from fhir_adapter.fhir.auth import auth_from_env  # the HTTP stack, imported by live runs only
+    from fhir_adapter.fhir.client import FhirClient
+
     try:
         auth = auth_from_env(env, fhir_base_url=base_url)
     except ValueError as exc:

@@ -1,4 +1,5 @@
-"""Settings of the FHIR client (pydantic v2). Nothing secret lives here: credentials come from
+"""Settings of the FHIR client and of Bulk Data exports (pydantic v2): the ``client:`` and ``bulk:`` sections of
+the server config (:mod:`fhir_adapter.fhir.server_config`). Nothing secret lives here: credentials come from
 :func:`fhir_adapter.fhir.auth_from_env`."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_adapter.version import __version__
 
-__all__ = ["ClientSettings"]
+__all__ = ["BulkSettings", "ClientSettings"]
 
 
 class ClientSettings(BaseModel):
@@ -87,3 +88,16 @@ class ClientSettings(BaseModel):
                              "FHIR_ADAPTER_CA_BUNDLE); for a test server on this machine only, set "
                              "insecure_skip_tls_verify: true")
         return self
+
+
+class BulkSettings(BaseModel):
+    """``bulk:`` in the server config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group_id: str | None = None          # the study's Group on the server (else ResearchStudy.enrollment)
+    keep_files: bool = True              # keep OUT/bulk/ for audit; False: removed once read
+    type_filter: bool = True             # send _typeFilter with the study's codes (dropped if refused)
+    poll_limit_seconds: float = 3600.0   # give up waiting for the export after this long (rerun resumes)
+    max_retry_after_seconds: float = 300.0  # cap on a server's Retry-After
+    download_attempts: int = 4

@@ -9,17 +9,19 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fhir_adapter.fhir.server_config import last_run_started, load_server_config, open_client
 from fhir_adapter.job.pipeline import Sink
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Source
-from fhir_adapter.source.bulk import BulkSource
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import Folder
-from fhir_adapter.source.server import ServerSource
 from fhir_adapter.study.load import Study
-from fhir_adapter.writeback.sink import ServerSink
+
+if TYPE_CHECKING:  # the live path's modules load httpx and jwt: imported where a server run starts
+    from fhir_adapter.source.bulk import BulkSource
+    from fhir_adapter.source.server import ServerSource
 
 
 class ConnectError(RuntimeError):
@@ -95,6 +97,10 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
             logging.getLogger(__name__).warning(msg)
             log.warn(msg, rule="config-ignored")
         return Connection(source=FileSource(folder if folder is not None else Path(source), log), sink=None)
+    from fhir_adapter.source.bulk import BulkSource
+    from fhir_adapter.source.server import ServerSource
+    from fhir_adapter.writeback.sink import ServerSink
+
     cfg = load_server_config(config, env)
     client = open_client(source, cfg, env)
     loop = asyncio.new_event_loop()

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ConfigDict
-
 from fhir_adapter.fhir import FhirError
 from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job, load_job, save_job
+from fhir_adapter.fhir.settings import BulkSettings
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import (
     SHARED_TYPES,
@@ -46,19 +45,6 @@ from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
 
 #: longest kick-off URL sent with _typeFilter (8 KB request lines are a common server limit)
 MAX_KICKOFF_URL = 7500
-
-
-class BulkSettings(BaseModel):
-    """``bulk:`` in the server config."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    group_id: str | None = None          # the study's Group on the server (else ResearchStudy.enrollment)
-    keep_files: bool = True              # keep OUT/bulk/ for audit; False: removed once read
-    type_filter: bool = True             # send _typeFilter with the study's codes (dropped if refused)
-    poll_limit_seconds: float = 3600.0   # give up waiting for the export after this long (rerun resumes)
-    max_retry_after_seconds: float = 300.0  # cap on a server's Retry-After
-    download_attempts: int = 4
 
 
 class BulkSource:

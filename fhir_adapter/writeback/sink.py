@@ -31,16 +31,18 @@ import datetime as dt
 import difflib
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirHttpError
-from fhir_adapter.fhir.errors import FhirServerUnavailable
+from fhir_adapter.fhir.errors import FhirAuthError, FhirHttpError, FhirServerUnavailable
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance
+
+if TYPE_CHECKING:
+    from fhir_adapter.fhir.client import FhirClient
 
 #: default share of a subject's results on the server one run may retract without --allow-mass-retraction
 MAX_RETRACTION_SHARE = 0.5
