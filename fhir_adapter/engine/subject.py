@@ -35,6 +35,7 @@ from fhir_adapter.study.load import Study
 from fhir_adapter.terminology import units
 from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sources import result_sources
+from fhir_adapter.writeback.state import content_hash
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,9 @@ class SubjectOutcome:
     #: its R4 problem (None: valid)
     resources: list[dict[str, Any]] = field(default_factory=list)
     problems: list[str | None] = field(default_factory=list)
+    #: per resource, its content hash (writeback/state.py content_hash), made where the resource was: the run's
+    #: process compares it with the written state without hashing every result again
+    hashes: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     warnings: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[Quarantined] = field(default_factory=list)
@@ -221,6 +225,7 @@ class SubjectEngine:
                 resources.insert(0, dict(work.owned_study))
         out.resources = resources
         out.problems = [r4_problem(x, full=True) for x in resources]
+        out.hashes = [content_hash(x) for x in resources]
         if work.render_exports or out.pieces is not None:
             if self._renderer is None:
                 self._renderer = ExportRenderer(work.study)

@@ -317,7 +317,8 @@ def _run(
         problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
-        plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses)
+        plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses,
+                          hashes=o.hashes)
         writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
         if len(writable) < len(bundle_resources):
             reviews.hold(plan, state, {result_id(r) for r in bundle_resources if r not in writable})

@@ -127,15 +127,16 @@ class WrittenState:
         self._committed: dict[str, tuple[int, int]] = {}
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
-             today: dt.date | None = None, statuses: dict[str, str] | None = None) -> Plan:
+             today: dt.date | None = None, statuses: dict[str, str] | None = None,
+             hashes: list[str] | None = None) -> Plan:
         """Compare the subject's new result resources with what was written before (``statuses``: those of
-        :func:`source_statuses` of ``source``, when computed where the source resources are)."""
+        :func:`source_statuses` of ``source``, when computed where the source resources are; ``hashes``: the
+        :func:`content_hash` of each resource, when computed where the resources were made)."""
         today = today or dt.date.today()
         entries: dict[str, dict[str, Any]] = {}
         plan = Plan(subject_id=subject_id, entries=entries)
-        for r in resources:
+        for r, h in zip(resources, hashes if hashes is not None else map(content_hash, resources), strict=True):
             ident = result_id(r)
-            h = content_hash(r)
             old = self.results.get(ident)
             if old is None or old.get("retracted"):
                 plan.changes["new"] += 1

@@ -3,6 +3,7 @@ process; a subject that fails in a worker fails alone."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +25,7 @@ from fhir_adapter.source import parts
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
+from fhir_adapter.writeback.state import WrittenState, content_hash
 from tests.bad_input import build
 from tests.review.review_feed import SUBJECT, run_feed
 
@@ -123,6 +125,21 @@ def test_a_subject_failing_in_a_worker_fails_alone(feed: Path, study: Any) -> No
     failed = {o.subject_id: o.error for _, o, _ in outcomes if o.error}
     assert list(failed) == [broken] and "date" in str(failed[broken])
     assert all(o.row is not None for _, o, _ in outcomes if o.subject_id != broken)
+
+
+def test_a_worker_sends_the_content_hash_of_each_result_it_sends(feed: Path, study: Any, tmp_path: Path) -> None:
+    """The run's process compares these with the written state instead of hashing each result again: they must
+    be the state's own hashes (an earlier run's state would otherwise see every result as updated)."""
+    log = RunLog()
+    source = FileSource(feed, log)
+    roster = build_roster(source.roster(), study, log)
+    subjects = [(roster.enrolled[pid], res) for pid, res in source.subject_resources(roster.patient_ids)][:3]
+    work = SubjectWork(study=study)
+    for _, o, _ in subject_outcomes(subjects, work, SubjectEngine(work), workers=2):
+        assert o.resources and o.hashes == [content_hash(r) for r in o.resources]
+        state = WrittenState(tmp_path / f"state-{o.subject_id}.json")
+        plan = state.plan(o.subject_id, o.resources, [], dt.date(2026, 1, 1), hashes=o.hashes)
+        assert plan.entries == state.plan(o.subject_id, o.resources, [], dt.date(2026, 1, 1)).entries
 
 
 def test_reviewed_values_with_two_workers_write_the_same_out_as_one_process(tmp_path: Path, study: Any) -> None:
