@@ -177,6 +177,19 @@ def test_rich_is_imported_only_to_draw_on_a_terminal() -> None:
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_on_windows_every_command_says_where_to_run_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OUT locks are POSIX (fcntl): on Windows a command fails at once with one line that says what to do,
+    not with an ImportError from deep inside a run; --help still answers."""
+    from click.testing import CliRunner
+
+    from fhir_adapter.cli.commands import main
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    done = CliRunner().invoke(main, ["check", "--study", "lcar-aio"])
+    assert done.exit_code == 1 and "WSL 2 or a Linux container" in done.output, done.output
+    assert CliRunner().invoke(main, ["run", "--help"]).exit_code == 0
+
+
 def test_an_offline_run_does_not_load_the_http_stack(tmp_path: Path) -> None:
     """httpx, jwt and cryptography (0.2 s per process) are loaded by live runs only: a run on a folder, and the
     workers' preload, never import them; the client is still one attribute access away."""

@@ -165,6 +165,15 @@ def summary_table(title: str, rows: Sequence[tuple[str, str]], stream: TextIO | 
         click.echo(f"{key:<{width}}{value}", file=stream)
 
 
+def unsupported_platform() -> str | None:
+    """Why this machine cannot run the adapter (None: it can). It needs POSIX: ``fcntl`` file locks keep one
+    run per OUT and let readers see one run's outputs (job/outlock.py, job/outswap.py, the review store)."""
+    if sys.platform == "win32":
+        return ("fhir-adapter needs a POSIX system such as Linux (it locks OUT with POSIX file locks); on "
+                "Windows, run it in WSL 2 or a Linux container (see README.md, Quickstart)")
+    return None
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions whose message is written for the person running the command."""
     from fhir_adapter.fhir import FhirError
@@ -196,10 +205,24 @@ def report_error(exc: BaseException, verbose: int) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
 
 
+class AdapterCommand(click.Command):
+    """A command of :class:`AdapterGroup`: it fails at once, in one line, on a platform it cannot run on (its
+    ``--help`` still answers)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        why = unsupported_platform()
+        if why is not None:
+            click.secho(f"error: {why}", fg="red", err=True)
+            ctx.exit(exit_codes.FAILED)
+        return super().invoke(ctx)
+
+
 class AdapterGroup(click.Group):
     """A click group whose commands fail with a one-line ``error:`` message and exit code 1, and whose
     usage errors (unknown option, missing argument, a ``--config`` file that does not exist) exit 64
     (:data:`fhir_adapter.job.exit_codes.USAGE`), so that 2 keeps meaning "completed with warnings"."""
+
+    command_class = AdapterCommand
 
     def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
                      **extra: Any) -> click.Context:
