@@ -98,16 +98,28 @@ def _symlog_days(ax: Axes, small: bool) -> None:
 
 #: the per-subject panels: columns, height of a row and the margins around the grid (inches)
 GRID_COLUMNS, ROW_IN, TOP_IN, BOTTOM_IN = 6, 1.9, 0.3, 0.45
+#: panels per figure: a larger cohort gets several figures, one after the other, so the memory matplotlib holds
+#: for the panels stays that of one figure (3,400 subjects in one figure: gigabytes)
+FIGURE_PANELS = 10 * GRID_COLUMNS
 
 
-def _per_subject(profs: list[Profile], arms: list[str]) -> str:
-    """One small panel per subject, all on the same value axis. Drawn at a cost linear in the number of
-    subjects (a 340-subject cohort gets 340 panels): the common value range is set on each panel rather than
-    shared between them (matplotlib's shared axes autoscale over every sibling: quadratic), major ticks only,
-    and fixed margins instead of a fitted layout."""
+def _per_subject(profs: list[Profile], arms: list[str]) -> list[tuple[str, str]]:
+    """One small panel per subject, all on the same value axis, :data:`FIGURE_PANELS` to a figure: (SVG,
+    which subjects) of each figure. Drawn at a cost linear in the number of subjects: the common value range is
+    set on each panel rather than shared between them (matplotlib's shared axes autoscale over every sibling:
+    quadratic), major ticks only, and fixed margins instead of a fitted layout."""
     values = [y for p in profs for _, y, _ in p.points] + [p.cmax for p in profs if p.cmax is not None and p.cmax > 0]
     low, high = math.log10(min(values)), math.log10(max(values))
     ylim = (10 ** (low - 0.15), 10 ** (high + 0.15))
+    figures = []
+    for first in range(0, len(profs), FIGURE_PANELS):
+        part = profs[first:first + FIGURE_PANELS]
+        which = "" if len(profs) <= FIGURE_PANELS else f"subjects {first + 1}–{first + len(part)} of {len(profs)}"
+        figures.append((_panels(part, arms, ylim, which), which))
+    return figures
+
+
+def _panels(profs: list[Profile], arms: list[str], ylim: tuple[float, float], which: str) -> str:
     nrows = math.ceil(len(profs) / GRID_COLUMNS)
     height = ROW_IN * nrows + TOP_IN + BOTTOM_IN
     with figure(11, height) as fig:
@@ -127,7 +139,7 @@ def _per_subject(profs: list[Profile], arms: list[str]) -> str:
             ax.set_title(f"{p.subject_id} · {p.arm}", fontsize=7, y=1.0, pad=3)   # a set y: no tight-box pass
         fig.subplots_adjust(left=0.06, right=0.99, top=1 - TOP_IN / height, bottom=BOTTOM_IN / height,
                             wspace=0.25, hspace=0.6)
-        return to_svg(fig, "CAR-T kinetics per subject", trim=False)
+        return to_svg(fig, f"CAR-T kinetics per subject{', ' + which if which else ''}", trim=False)
 
 
 def kinetics_section(data: ReportData) -> Section:
@@ -159,7 +171,9 @@ def kinetics_section(data: ReportData) -> Section:
         fig.tight_layout()
         sec.blocks.append(FigureBlock(to_svg(fig, "CAR-T kinetics by dose level"),
                                       "Kinetics by dose level (log scale), ★ Cmax at Tmax"))
-    sec.blocks.append(FigureBlock(_per_subject(profs, arms), "Kinetics per subject (log scale); dotted line = Tmax"))
+    for svg, which in _per_subject(profs, arms):
+        sec.blocks.append(FigureBlock(svg, "Kinetics per subject (log scale); dotted line = Tmax"
+                                      + (f" — {which}" if which else "")))
     if dropped:
         sec.note(f"{dropped} result(s) of zero or below were left off the logarithmic axis.")
 

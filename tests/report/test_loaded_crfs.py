@@ -33,3 +33,22 @@ def test_the_page_from_the_cut_findings_is_the_page_from_the_whole_crfs(
     whole = load(out)
     assert len(next(iter(whole.crfs.values()))["findings"][0]) > len(FINDING_FIELDS)
     assert render(whole) == cut
+
+
+def test_the_crfs_are_kept_as_compact_json_and_the_page_is_the_same(tmp_path: Path, study: Study) -> None:
+    """ReportData.crfs parses a CRF on each access (report/data.py CrfStore): no CRF stays in memory as dicts
+    between sections, and the page equals the one drawn from the same CRFs held as dicts."""
+    feed, out = tmp_path / "feed", tmp_path / "out"
+    write_feed(feed, subjects=6, seed=7)
+    log = RunLog()
+    run(FileSource(feed, log), study, out, log, workers=1)
+    data = load(out)
+    assert isinstance(data.crfs, report_data.CrfStore) and len(data.crfs) == 6
+    sid = next(iter(data.crfs))
+    first, again = data.crfs[sid], data.crfs[sid]
+    assert first == again and first is not again
+    first["findings"].clear()   # what a section changes is not kept
+    assert data.crfs[sid]["findings"] and sid in data.crfs and "nobody" not in data.crfs
+    as_dicts = load(out)
+    as_dicts.crfs = dict(as_dicts.crfs.items())
+    assert render(as_dicts) == render(data)

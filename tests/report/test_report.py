@@ -212,3 +212,29 @@ def test_missing_results_is_a_report_error(tmp_path: Path) -> None:
     (tmp_path / "bad" / "results" / "study.json").write_text("{oops")
     with pytest.raises(ReportError, match="not valid JSON"):
         build_report(tmp_path / "bad")
+
+
+def test_a_large_cohort_gets_its_per_subject_kinetics_in_several_figures(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each figure holds at most FIGURE_PANELS panels (matplotlib's memory is one figure's), every subject's panel
+    is drawn once, and the captions say which subjects each figure holds; a cohort that fits one figure keeps
+    the single caption."""
+    from fhir_adapter.report import kinetics
+    from fhir_adapter.report.kinetics import kinetics_section
+
+    data = load(fixture.write(tmp_path / "out"))
+    whole = [b for b in kinetics_section(data).blocks
+             if isinstance(b, FigureBlock) and b.caption.startswith("Kinetics per subject")]
+    assert [b.caption for b in whole] == ["Kinetics per subject (log scale); dotted line = Tmax"]
+    profs, _ = kinetics.profiles(data)
+    assert len(profs) > 2
+    monkeypatch.setattr(kinetics, "FIGURE_PANELS", 2)
+    parts = [b for b in kinetics_section(data).blocks
+             if isinstance(b, FigureBlock) and b.caption.startswith("Kinetics per subject")]
+    n = len(profs)
+    assert len(parts) == (n + 1) // 2
+    assert parts[0].caption.endswith(f"— subjects 1–2 of {n}") and parts[-1].caption.endswith(f" of {n}")
+    for p in profs:
+        title = f"{p.subject_id} · {p.arm}"
+        assert sum(b.svg.count(f">{title}<") for b in parts) == 1, title
+        assert whole[0].svg.count(f">{title}<") == 1
