@@ -56,7 +56,7 @@ class CrfStore(Mapping[str, JsonDict]):
         self._json: dict[str, bytes] = {}
 
     def add(self, subject_id: str, crf: JsonDict) -> None:
-        self._json[subject_id] = orjson.dumps(crf)
+        self._json[subject_id] = bytes(memoryview(orjson.dumps(crf)))   # to its length: orjson over-allocates
 
     def __getitem__(self, subject_id: str) -> JsonDict:
         crf: JsonDict = orjson.loads(self._json[subject_id])

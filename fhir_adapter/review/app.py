@@ -47,31 +47,71 @@ class ReviewConfig:
     token: str = ""
 
 
+@dataclass(frozen=True)
+class _Listing:
+    """What the subjects' list needs of one candidates file: the subject, its arm and Day 1, and per item
+    (visit, item) the candidates as compact JSON (an item's status compares them with its decision's)."""
+
+    path: Path
+    subject_id: str
+    arm: Any
+    day1: Any
+    candidates: dict[tuple[str, str], bytes]
+
+
 class Workspace:
     """What the app reads from OUT, read again on each request (a rerun may have replaced it), under OUT's swap
-    lock (:mod:`fhir_adapter.job.outswap`): never while a run moves its outputs in."""
+    lock (:mod:`fhir_adapter.job.outswap`): never while a run moves its outputs in.
+
+    A file is parsed when it is new or a run replaced it (its inode, mtime and size changed). Of a candidates
+    file the app keeps what the subjects' list needs (:class:`_Listing`: each item's candidates as compact
+    JSON bytes), of results/study.json each subject's visits as compact JSON; a subject's page reads that
+    subject's candidates file again. Memory stays a few bytes per value instead of Python objects for every
+    subject's candidates (340 subjects: 460 MB as objects), and a page parses only the subject it shows."""
 
     def __init__(self, cfg: ReviewConfig) -> None:
         self.cfg = cfg
         self.store = DecisionStore.under(cfg.results, cfg.state_dir)
-        #: each file read: its (inode, mtime, size) when parsed, and its JSON
-        self._parsed: dict[Path, tuple[tuple[int, int, int], Any]] = {}
+        #: each candidates file read: its (inode, mtime, size) when parsed, and what the subjects' list needs
+        self._listings: dict[Path, tuple[tuple[int, int, int], _Listing]] = {}
+        #: results/study.json: its (inode, mtime, size) when parsed, and each subject's visits as compact JSON
+        self._visits: tuple[tuple[int, int, int], dict[str, bytes]] | None = None
 
-    def _json(self, path: Path) -> Any:
-        """``path`` parsed, again only when a run has replaced it (call under :func:`reading`)."""
+    @staticmethod
+    def _key(path: Path) -> tuple[int, int, int]:
         st = path.stat()
-        key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        cached = self._parsed.get(path)
-        if cached is None or cached[0] != key:
-            cached = self._parsed[path] = (key, orjson.loads(path.read_bytes()))
-        return cached[1]
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
-    def subjects(self) -> dict[str, dict[str, Any]]:
-        """Every subject's candidates document."""
+    def _listed(self) -> dict[str, _Listing]:
+        """Each subject's listing, files parsed again only when a run replaced them (call under :func:`reading`)."""
         folder = self.cfg.results / CANDIDATES_DIR
+        paths = sorted(folder.glob("*.json")) if folder.exists() else []
+        for path in paths:
+            key = self._key(path)
+            cached = self._listings.get(path)
+            if cached is None or cached[0] != key:
+                doc = orjson.loads(path.read_bytes())
+                self._listings[path] = key, _Listing(
+                    path, doc["subject_id"], doc.get("arm"), doc.get("day1"),
+                    # copied to their length: orjson's bytes keep a buffer of 4 KB or more
+                    {(e["visit"], e["item"]): bytes(memoryview(orjson.dumps(e["candidates"]))) for e in doc["items"]})
+        for gone in set(self._listings) - set(paths):
+            del self._listings[gone]
+        return {listing.subject_id: listing for _, listing in (self._listings[p] for p in paths)}
+
+    def listings(self) -> list[_Listing]:
+        """Every subject's listing, in file order."""
         with reading(self.cfg.results):   # not while a run moves its outputs in
-            docs = [self._json(path) for path in (sorted(folder.glob("*.json")) if folder.exists() else [])]
-        return {doc["subject_id"]: doc for doc in docs}
+            return list(self._listed().values())
+
+    def subject(self, subject_id: str) -> dict[str, Any] | None:
+        """One subject's candidates document (None: no such subject), read from its file."""
+        with reading(self.cfg.results):
+            listing = self._listed().get(subject_id)
+            if listing is None:
+                return None
+            doc: dict[str, Any] = orjson.loads(listing.path.read_bytes())
+            return doc
 
     def endpoints(self, subject_id: str) -> list[dict[str, Any]]:
         """The subject's visits in results/study.json (the file holds every subject: 23 MB for 340)."""
@@ -79,9 +119,13 @@ class Workspace:
         with reading(self.cfg.results):
             if not path.exists():
                 return []
-            study = self._json(path)
-        row = next((s for s in study.get("subjects", []) if s.get("subject_id") == subject_id), None)
-        return list(row.get("visits", [])) if row else []
+            key = self._key(path)
+            if self._visits is None or self._visits[0] != key:
+                study = orjson.loads(path.read_bytes())
+                self._visits = key, {str(row.get("subject_id")): bytes(memoryview(orjson.dumps(row.get("visits", []))))
+                                     for row in study.get("subjects", [])}
+        data = self._visits[1].get(subject_id)
+        return [] if data is None else list(orjson.loads(data))
 
     def decided(self) -> tuple[dict[tuple[str, str, str], dict[str, Any]], list[dict[str, Any]], str | None]:
         chain = self.store.read_cached()
@@ -97,6 +141,16 @@ def _items(doc: dict[str, Any], current: dict[tuple[str, str, str], dict[str, An
         out.append({**e, "status": status, "changes": diffs, "decision": d,
                     "picked_value": next((c for c in e["candidates"] if c["id"] == e["picked"]), None)})
     return out
+
+
+def _listed_progress(listing: _Listing, current: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, int]:
+    """:func:`_progress` of a subject from its listing: an item's candidates are parsed only when it has a
+    decision to compare them with."""
+    statuses = []
+    for (visit, item), candidates in listing.candidates.items():
+        d = current.get((listing.subject_id, visit, item))
+        statuses.append({"status": status_of({"candidates": orjson.loads(candidates)}, d)[0] if d else "unreviewed"})
+    return _progress(statuses)
 
 
 def _progress(items: list[dict[str, Any]]) -> dict[str, int]:
@@ -123,20 +177,13 @@ def create_app(cfg: ReviewConfig) -> Starlette:
     def problem(message: str, status_code: int) -> HTMLResponse:
         return render("problem.html.j2", status_code=status_code, message=message)
 
-    def load() -> tuple[dict[str, dict[str, Any]], dict[tuple[str, str, str], dict[str, Any]],
-                        list[dict[str, Any]], str | None]:
-        current, entries, torn = ws.decided()
-        return ws.subjects(), current, entries, torn
-
     async def index(request: Request) -> Response:
         try:
-            subjects, current, _, torn = load()
+            current, _, torn = ws.decided()
         except TamperedError as exc:
             return problem(str(exc), 500)
-        rows = []
-        for sid, doc in subjects.items():
-            items = _items(doc, current)
-            rows.append({"subject_id": sid, "arm": doc.get("arm"), "day1": doc.get("day1"), **_progress(items)})
+        rows = [{"subject_id": x.subject_id, "arm": x.arm, "day1": x.day1, **_listed_progress(x, current)}
+                for x in ws.listings()]
         return render("index.html.j2", subjects=rows, results=str(cfg.results), torn=torn,
                       decisions_file=str(ws.store.path))
 
@@ -144,12 +191,13 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         sid = request.path_params["subject"]
         only = request.query_params.get("filter") == "needs-review"
         try:
-            subjects, current, _, torn = load()
+            current, _, torn = ws.decided()
         except TamperedError as exc:
             return problem(str(exc), 500)
-        if sid not in subjects:
+        doc = ws.subject(sid)
+        if doc is None:
             return problem(f"no subject {sid} in {cfg.results / CANDIDATES_DIR}: run `fhir-adapter run` first", 404)
-        items = _items(subjects[sid], current)
+        items = _items(doc, current)
         shown = [i for i in items if not only or i["status"] in NEEDS_REVIEW]
         visits: dict[str, dict[str, Any]] = {}
         for i in shown:
@@ -159,19 +207,20 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         present = {(i["visit"], i["item"]) for i in items}
         orphans = [{**d, "changes": status_of(None, d)[1]} for (s, v, it), d in sorted(current.items())
                    if s == sid and (v, it) not in present]
-        return render("subject.html.j2", subject_id=sid, doc=subjects[sid], visits=list(visits.values()),
+        return render("subject.html.j2", subject_id=sid, doc=doc, visits=list(visits.values()),
                       progress=_progress(items), only=only, endpoints=ws.endpoints(sid), torn=torn,
                       orphans=orphans)
 
     async def item(request: Request) -> Response:
         sid, visit, item_id = (request.path_params[k] for k in ("subject", "visit", "item"))
         try:
-            subjects, current, entries, torn = load()
+            current, entries, torn = ws.decided()
         except TamperedError as exc:
             return problem(str(exc), 500)
-        if sid not in subjects:
+        doc = ws.subject(sid)
+        if doc is None:
             return problem(f"no subject {sid}", 404)
-        items = _items(subjects[sid], current)
+        items = _items(doc, current)
         pos = next((n for n, i in enumerate(items) if i["visit"] == visit and i["item"] == item_id), None)
         if pos is None:
             return problem(f"no item {item_id} at visit {visit} of subject {sid}", 404)
@@ -192,9 +241,8 @@ def create_app(cfg: ReviewConfig) -> Starlette:
             return problem("this form was not made by this review session: reload the page", 403)
         only = form.get("filter") == "needs-review"
         base = _url("s", sid, visit, item_id)
-        subjects = ws.subjects()
-        entry = next((e for e in subjects.get(sid, {}).get("items", [])
-                      if e["visit"] == visit and e["item"] == item_id), None)
+        doc = ws.subject(sid) or {"subject_id": sid, "items": []}
+        entry = next((e for e in doc["items"] if e["visit"] == visit and e["item"] == item_id), None)
         if entry is None:
             return problem(f"no item {item_id} at visit {visit} of subject {sid}", 404)
         action = str(form.get("action", ""))
@@ -208,7 +256,7 @@ def create_app(cfg: ReviewConfig) -> Starlette:
                                     status_code=303)
         # on to the next item that still needs review
         current, _, _ = ws.decided()
-        items = _items(subjects[sid], current)
+        items = _items(doc, current)
         pos = next(n for n, i in enumerate(items) if i["visit"] == visit and i["item"] == item_id)
         after = [i for i in items[pos + 1:] + items[:pos] if i["status"] in NEEDS_REVIEW] if only else items[pos + 1:]
         target = _url("s", sid, after[0]["visit"], after[0]["item"]) if after else _url("s", sid)
@@ -221,13 +269,13 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         if not secrets.compare_digest(str(form.get("token", "")), cfg.token):
             return problem("this form was not made by this review session: reload the page", 403)
         listed = {str(x) for x in form.getlist("item")}
-        subjects = ws.subjects()
+        doc = ws.subject(sid) or {"subject_id": sid, "items": []}
         try:
             current, _, _ = ws.decided()
             ws.store.append_many([
                 new_decision(subject_id=sid, visit=visit, item=i["item"], action="accept", reviewer=cfg.reviewer,
                              shown=i, reason="accepted with the other items of the visit")
-                for i in _items(subjects.get(sid, {"subject_id": sid, "items": []}), current)
+                for i in _items(doc, current)
                 if i["visit"] == visit and i["item"] in listed and i["status"] == "unreviewed"])
         except (DecisionError, TamperedError) as exc:
             return problem(str(exc), 400)

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fhir_adapter.review.app import ReviewConfig, create_app
+from fhir_adapter.review.app import ReviewConfig, Workspace, create_app
 from fhir_adapter.review.store import DecisionStore
 from fhir_adapter.study.load import Study
 from tests.review.review_feed import SUBJECT, run_feed
@@ -170,3 +170,38 @@ def test_the_endpoint_table_is_parsed_once_and_again_when_a_run_replaced_it(
     os.replace(new, path)   # as a run moves its results in: a new file
     page = client.get(f"/s/{SUBJECT}").text
     assert 'data-visit="W999-replaced"' in page and 'data-visit="W999-replaced"' not in first
+
+
+def test_a_subject_page_parses_that_subject_only_and_nothing_is_kept_as_objects(
+        reviewed: tuple[Path, ReviewConfig, TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app keeps of each candidates file only what the subjects' list needs, as compact JSON (app.py
+    Workspace): a subject's page reads and parses that subject's file, not every subject's, and the list's
+    progress counts equal those of the subject's page."""
+    from typing import Any
+
+    import orjson
+
+    out, cfg, client = reviewed
+    files = {p.stem: p.read_bytes() for p in (out / "review" / "candidates").glob("*.json")}
+    assert SUBJECT in files and len(files) == 2
+    other = next(sid for sid in files if sid != SUBJECT)
+    r = client.post(f"/s/{SUBJECT}/W24/c3/decide", follow_redirects=False,
+                    data={"token": cfg.token, "action": "accept", "reason": ""})
+    assert r.status_code == 303
+    index = client.get("/").text   # every file read once
+    assert "1 / 5" in index and "0 / 1" in index
+    parsed: list[bytes] = []
+    real = orjson.loads
+
+    def recording(data: bytes) -> Any:
+        parsed.append(bytes(data))
+        return real(data)
+
+    monkeypatch.setattr(orjson, "loads", recording)
+    assert "1 of 5 items reviewed" in client.get(f"/s/{SUBJECT}").text
+    assert files[SUBJECT] in parsed and files[other] not in parsed
+    ws = Workspace(cfg)
+    first, again = ws.subject(SUBJECT), ws.subject(SUBJECT)
+    assert first == again == real(files[SUBJECT]) and first is not again and ws.subject("nobody") is None
+    assert [x.subject_id for x in ws.listings()] == sorted(files)
+    assert all(type(c) is bytes for x in ws.listings() for c in x.candidates.values())
