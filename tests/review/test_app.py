@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from fhir_adapter.review.app import ReviewConfig, Workspace, create_app
@@ -21,6 +24,19 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """From now on, every JSON text the app parses (``orjson.loads``), in order."""
+    parsed: list[bytes] = []
+    real = orjson.loads
+
+    def recording(data: bytes) -> Any:
+        parsed.append(bytes(data))
+        return real(data)
+
+    monkeypatch.setattr(orjson, "loads", recording)
+    return parsed
 
 
 @pytest.fixture
@@ -144,25 +160,13 @@ def test_the_endpoint_table_is_parsed_once_and_again_when_a_run_replaced_it(
         reviewed: tuple[Path, ReviewConfig, TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
     """results/study.json holds every subject (23 MB for 340): a subject page does not parse it each time, and
     never shows a replaced one's values."""
-    import os
-    from typing import Any
-
-    import orjson
-
     out, _, client = reviewed
-    parsed: list[int] = []
-    real = orjson.loads
-
-    def counting(data: bytes) -> Any:
-        parsed.append(len(data))
-        return real(data)
-
-    monkeypatch.setattr(orjson, "loads", counting)
+    study = orjson.loads((out / "results" / "study.json").read_bytes())
+    parsed = _parses(monkeypatch)
     path = out / "results" / "study.json"
     first = client.get(f"/s/{SUBJECT}").text
     client.get(f"/s/{SUBJECT}")
-    assert len([n for n in parsed if n == path.stat().st_size]) == 1
-    study = real(path.read_bytes())
+    assert len([p for p in parsed if len(p) == path.stat().st_size]) == 1
     row = next(s for s in study["subjects"] if s["subject_id"] == SUBJECT)
     row["visits"] = [{**row["visits"][0], "visit": "W999-replaced"}]
     new = out / "results" / "study.json.new"
@@ -177,10 +181,6 @@ def test_a_subject_page_parses_that_subject_only_and_nothing_is_kept_as_objects(
     """The app keeps of each candidates file only what the subjects' list needs, as compact JSON (app.py
     Workspace): a subject's page reads and parses that subject's file, not every subject's, and the list's
     progress counts equal those of the subject's page."""
-    from typing import Any
-
-    import orjson
-
     out, cfg, client = reviewed
     files = {p.stem: p.read_bytes() for p in (out / "review" / "candidates").glob("*.json")}
     assert SUBJECT in files and len(files) == 2
@@ -190,18 +190,11 @@ def test_a_subject_page_parses_that_subject_only_and_nothing_is_kept_as_objects(
     assert r.status_code == 303
     index = client.get("/").text   # every file read once
     assert "1 / 5" in index and "0 / 1" in index
-    parsed: list[bytes] = []
-    real = orjson.loads
-
-    def recording(data: bytes) -> Any:
-        parsed.append(bytes(data))
-        return real(data)
-
-    monkeypatch.setattr(orjson, "loads", recording)
+    parsed = _parses(monkeypatch)
     assert "1 of 5 items reviewed" in client.get(f"/s/{SUBJECT}").text
     assert files[SUBJECT] in parsed and files[other] not in parsed
     ws = Workspace(cfg)
     first, again = ws.subject(SUBJECT), ws.subject(SUBJECT)
-    assert first == again == real(files[SUBJECT]) and first is not again and ws.subject("nobody") is None
+    assert first == again == orjson.loads(files[SUBJECT]) and first is not again and ws.subject("nobody") is None
     assert [x.subject_id for x in ws.listings()] == sorted(files)
     assert all(type(c) is bytes for x in ws.listings() for c in x.candidates.values())
