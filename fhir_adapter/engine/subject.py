@@ -73,7 +73,8 @@ class SubjectPieces:
     folder: Path
     key: str
     #: the kinds written: ``candidates`` (review/candidates/), ``crf`` (crf/), ``writeback`` (writeback/: the
-    #: bundle of :attr:`SubjectOutcome.resources` as they are, without retractions)
+    #: bundle of :attr:`SubjectOutcome.resources` as they are, without retractions); in a worker the export
+    #: text too, as ``<key>.export`` (:meth:`SubjectExport.to_piece`)
     written: list[str] = field(default_factory=list)
     review: ReviewCounts | None = None
     #: scheduled visits of the CRF
@@ -236,6 +237,8 @@ class SubjectEngine:
             if out.pieces is None:
                 out.crf_json = crf_json
                 return
+            if work.render_exports:  # a worker: the export text goes to a file, not through the pipe
+                out.export.to_piece(out.pieces.folder / f"{out.pieces.key}.export")
             out.pieces.visits = sum(1 for v in review.crf.visits if not v.unscheduled)
             out.pieces.write("crf", crf_json)
             if not any(out.problems):  # else the run's process reports the invalid resource

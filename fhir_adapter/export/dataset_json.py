@@ -154,6 +154,13 @@ class DatasetJsonWriter:
                 self._files[domain].write(("\n" if self.records[domain] == 0 else ",\n") + ",\n".join(texts))
                 self.records[domain] += len(texts)
 
+    def rows_file(self, domain: str, count: int) -> IO[str]:
+        """The domain's file, ready for ``count`` rows joined by ``",\\n"`` to be appended to it (as
+        :meth:`write` appends them): the separator after the rows before is written."""
+        self._files[domain].write("\n" if self.records[domain] == 0 else ",\n")
+        self.records[domain] += count
+        return self._files[domain]
+
     def close(self) -> None:
         for domain, fh in self._files.items():
             fh.write(f'\n], "records": {self.records[domain]}}}\n')

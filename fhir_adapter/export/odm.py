@@ -31,7 +31,7 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from xml.sax.saxutils import escape, quoteattr
 
 import odmlib.odm_1_3_2.model as ODM
@@ -345,10 +345,15 @@ class OdmWriter(OdmSubjects):
 
     def write(self, subject_id: str, xml: str, removed: int) -> None:
         """Append one subject's SubjectData rendered by :meth:`render` (here or in a worker)."""
-        self._part.write(xml.encode("utf-8"))
+        self.subject_file(subject_id, removed).write(xml.encode("utf-8"))
+
+    def subject_file(self, subject_id: str, removed: int) -> IO[bytes]:
+        """The file one subject's SubjectData is appended to (counted here, with ``removed`` characters XML
+        forbids): :meth:`write`, or the export writer's copy of a worker's text."""
         self.subjects += 1
         if removed:
             self.removed[subject_id] = self.removed.get(subject_id, 0) + removed
+        return self._part
 
     def _admin_data(self) -> str:
         """Users (reviewers) and the review Location the AuditRecords refer to."""

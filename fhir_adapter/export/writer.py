@@ -12,6 +12,7 @@ Each subject's rows are written as soon as its CRF exists; nothing but counters 
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,30 @@ class SubjectExport:
     ct_missing: Counter[tuple[str, str]] = field(default_factory=Counter)
     meddra_missing: set[str] = field(default_factory=set)
     serious_without_criteria: int = 0
+    #: after :meth:`to_piece`: the file holding the text, and each part of it in order — (``csv``, ``json``
+    #: or ``odm``, the domain, its length in bytes)
+    piece: Path | None = None
+    segments: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def to_piece(self, path: Path) -> None:
+        """Write the rendered text (CSV, Dataset-JSON rows, SubjectData) to ``path`` and keep only where each
+        part of it is: the run's process then copies the parts into the export files inside the kernel
+        (:meth:`ExportWriter.write`), and the text is neither pickled nor sent from the worker."""
+        parts: list[bytes] = []
+
+        def part(kind: str, domain: str, data: bytes) -> None:
+            parts.append(data)
+            self.segments.append((kind, domain, len(data)))
+
+        for domain, text in self.csv.items():
+            part("csv", domain, text.encode("utf-8"))
+        for domain, texts in self.dataset_json.items():
+            if texts:
+                part("json", domain, ",\n".join(texts).encode("utf-8"))
+        if self.odm is not None:
+            part("odm", "", self.odm.encode("utf-8"))
+        path.write_bytes(b"".join(parts))
+        self.piece, self.csv, self.dataset_json, self.odm = path, {}, {}, None
 
 
 class ExportRenderer:
@@ -102,6 +127,27 @@ class ExportRenderer:
             ct_missing=Counter(b.ct.missing) - ct_before,
             meddra_missing=b.meddra_missing - meddra_before,
             serious_without_criteria=b.serious_without_criteria - serious_before)
+
+
+def _copy_range(src: int, offset: int, dst: int, length: int) -> None:
+    """Append ``length`` bytes of file ``src`` from ``offset`` at the position of file ``dst``, inside the
+    kernel (``copy_file_range``); where the file system cannot (another device, an old kernel), by reading
+    and writing."""
+    while length > 0:
+        try:
+            n = os.copy_file_range(src, dst, length, offset)
+        except OSError:  # EXDEV, ENOSYS, EOPNOTSUPP, EINVAL: the portable way
+            n = 0
+        if n == 0:
+            data = os.pread(src, length, offset)
+            if not data:
+                raise OSError(f"export piece ends {length} bytes early (offset {offset})")
+            view = memoryview(data)
+            while view:
+                view = view[os.write(dst, view):]
+            n = len(data)
+        offset += n
+        length -= n
 
 
 class ExportWriter:
@@ -139,13 +185,15 @@ class ExportWriter:
               quarantined: list[Quarantined] | None = None) -> None:
         """:meth:`add` for a subject whose export a worker rendered (:class:`ExportRenderer`): the same bytes;
         ``crf`` and ``quarantined`` for the coverage when the export carries no share of it."""
+        for domain, n in export.counts.items():
+            self.counts[domain] += n
+        if export.piece is not None:
+            self._copy_piece(export)
         for domain, text in export.csv.items():
             self._files[domain].write(text)
-            self.counts[domain] += export.counts[domain]
         if export.odm is not None:
             self.odm.write(export.subject_id, export.odm, export.odm_removed)
-        else:
-            assert export.tables is not None
+        elif export.tables is not None:
             self.odm.add(export.subject_id, export.tables)
         self.dataset_json.write(export.dataset_json)
         self.rows.ct.missing.update(export.ct_missing)
@@ -156,6 +204,24 @@ class ExportWriter:
         else:
             assert crf is not None and quarantined is not None
             self.coverage.add(crf, quarantined)
+
+    def _copy_piece(self, export: SubjectExport) -> None:
+        """Append the parts of ``export``'s piece file (:meth:`SubjectExport.to_piece`) to the export files,
+        copied from file to file by the kernel, then remove the piece."""
+        assert export.piece is not None
+        with export.piece.open("rb") as src:
+            offset = 0
+            for kind, domain, length in export.segments:
+                if kind == "csv":
+                    dst: IO[Any] = self._files[domain]
+                elif kind == "json":
+                    dst = self.dataset_json.rows_file(domain, export.counts[domain])
+                else:
+                    dst = self.odm.subject_file(export.subject_id, export.odm_removed)
+                dst.flush()  # what the file object holds goes first
+                _copy_range(src.fileno(), offset, dst.fileno(), length)
+                offset += length
+        export.piece.unlink()
 
     def close(self, run_counts: dict[str, int]) -> dict[str, Any]:
         """Finish every file; return the report's ``coverage`` section (with the export row counts)."""

@@ -12,11 +12,13 @@ Input decides file names in two places only, and neither can leave OUT:
   FHIR R4 resource types, anything else ``unknown``.
 
 :func:`inside` is the last guard: a path that would resolve outside OUT raises :class:`UnsafePath`.
+:class:`OutFolders` gives the same answer for a run's many files in a few folders, resolving each folder once.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -63,6 +65,29 @@ def inside(out: Path, path: Path) -> Path:
     if target != root and not target.is_relative_to(root):
         raise UnsafePath(f"refused to write {path}: it is outside the output folder {root}")
     return path
+
+
+class OutFolders:
+    """:func:`inside` for the files one run writes, their folders made: a folder is resolved (and checked to
+    be inside ``out``) once, the first time a file goes into it; after that a file in it is resolved only when
+    it is itself a symbolic link. Resolving every path costs a ``stat`` per path component and file (3,400
+    subjects: 5 s of the run's own process)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = Path(out)
+        self._checked: set[Path] = set()
+
+    def file(self, path: Path) -> Path:
+        """``path`` (a file's path), its folder made; :class:`UnsafePath` when it would resolve outside OUT."""
+        path = Path(path)
+        folder = path.parent
+        if folder in self._checked and path.name not in ("", ".", "..") and "\x00" not in path.name \
+                and not os.path.islink(path):
+            return path
+        inside(self.out, path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._checked.add(inside(self.out, folder))
+        return path
 
 
 class SubjectFileNames:

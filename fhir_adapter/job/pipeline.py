@@ -28,7 +28,7 @@ from fhir_adapter.fhir.flow import is_unavailability
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job import exit_codes
 from fhir_adapter.job.outlock import hold_out
-from fhir_adapter.job.outpaths import SubjectFileNames, inside, quarantine_file_name, subject_file_name
+from fhir_adapter.job.outpaths import OutFolders, SubjectFileNames, inside, quarantine_file_name, subject_file_name
 from fhir_adapter.job.quarantine import quarantine_record
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.job.staging import Staging
@@ -162,15 +162,8 @@ def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str 
     return entry
 
 
-def _dump(out: Path, path: Path, data: Any) -> None:
-    inside(out, path).parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(json_file(data))
-
-
-def _folder_made(out: Path, path: Path) -> Path:
-    """``path`` (inside ``out``), its folder created."""
-    inside(out, path).parent.mkdir(parents=True, exist_ok=True)
-    return path
+def _dump(out: Path | OutFolders, path: Path, data: Any) -> None:
+    (out if isinstance(out, OutFolders) else OutFolders(out)).file(path).write_bytes(json_file(data))
 
 
 def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
@@ -297,6 +290,7 @@ def _run(
                        pieces=pieces, source_base=roster_input.base)
     engine = SubjectEngine(work)
     file_names = SubjectFileNames()
+    folders = OutFolders(work_dir)
     rows = SubjectRows(work_dir / ".rows")  # on disk: memory stays flat in the number of subjects
     done: list[str] = []
 
@@ -342,15 +336,15 @@ def _run(
             rows.add(o.row)
         crf_path, writeback_path = work_dir / "crf" / f"{name}.json", work_dir / "writeback" / f"{name}.json"
         if p is not None:
-            os.replace(p.path("crf"), _folder_made(work_dir, crf_path))
+            os.replace(p.path("crf"), folders.file(crf_path))
         elif o.crf_json is not None:  # rendered by a worker
-            _folder_made(work_dir, crf_path).write_bytes(o.crf_json)
+            folders.file(crf_path).write_bytes(o.crf_json)
         else:
-            _dump(work_dir, crf_path, crf_document(o.crf))
+            _dump(folders, crf_path, crf_document(o.crf))
         if p is not None and "writeback" in p.written and not plan.retractions:
-            os.replace(p.path("writeback"), _folder_made(work_dir, writeback_path))
+            os.replace(p.path("writeback"), folders.file(writeback_path))
         else:
-            _dump(work_dir, writeback_path, offline_transaction(bundle_resources + plan.retractions, e.patient_id))
+            _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions, e.patient_id))
         if w is None or not w.error:  # the state records only what the server confirmed (or the file run)
             state.commit(plan)
         if p is not None:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.job.outpaths import inside
+from fhir_adapter.job.outpaths import OutFolders
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.review.apply import SubjectReview, apply_decisions
 from fhir_adapter.review.store import DecisionStore
@@ -64,6 +64,7 @@ class ReviewRun:
     def __init__(self, out: Path, study: Study, state_dir: Path | None = None, reviewed_only: bool = False,
                  runlog: RunLog | None = None) -> None:
         self.out = Path(out)
+        self._folders = OutFolders(self.out)
         self.runlog = runlog
         self.study = study
         self.store = DecisionStore.under(out, state_dir)
@@ -92,9 +93,7 @@ class ReviewRun:
 
     def candidates_path(self, file_name: str) -> Path:
         """Where the subject's candidates file goes (its folder created)."""
-        path = inside(self.out, self.out / CANDIDATES_DIR / f"{file_name}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self._folders.file(self.out / CANDIDATES_DIR / f"{file_name}.json")
 
     def account(self, counts: ReviewCounts) -> None:
         """Account for one subject's decisions (:meth:`record` without the candidates file)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import xmlschema
 
 from fhir_adapter.crf.models import AdverseEvent, ConMed, Demographics, Exposure, SourceRef, SubjectCRF
 from fhir_adapter.export import ExportWriter, cdisc
+from fhir_adapter.export.writer import ExportRenderer
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, num
 from fhir_adapter.export.odm import schema_path, validate
 from fhir_adapter.job.pipeline import run
@@ -341,3 +344,36 @@ def test_testcd_is_unique_per_domain_and_sdtm_shaped(study: Any) -> None:
 )
 def test_numbers_are_plain_decimals(value: float | None, text: str) -> None:
     assert num(value) == text
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "read-write"])
+def test_a_worker_export_piece_appends_the_bytes_the_run_process_writes(
+        tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch, kernel_copy: bool) -> None:
+    """Workers write their export text to a piece file that the run's process copies into the export files
+    (SubjectExport.to_piece): the files are those of exports written in the run's process, with the copy
+    done by the kernel or, where the file system refuses, by reading and writing."""
+    crfs = [_crf_with_partial_dates().model_copy(update={"subject_id": sid}) for sid in ("T-1", "T-2", "T-3")]
+    direct = ExportWriter(tmp_path / "direct", study)
+    for crf in crfs:
+        direct.add(crf, [])
+    direct.close({})
+    if not kernel_copy:
+        def refuse(*_: Any) -> int:
+            raise OSError(18, "Invalid cross-device link")
+        monkeypatch.setattr(os, "copy_file_range", refuse)
+    renderer, piecewise = ExportRenderer(study), ExportWriter(tmp_path / "pieces", study)
+    for i, crf in enumerate(crfs):
+        export = renderer.render(crf)
+        export.to_piece(tmp_path / f"{i}.export")
+        assert export.piece is not None and not export.csv and not export.dataset_json and export.odm is None
+        piecewise.write(export, crf, [])
+        assert not (tmp_path / f"{i}.export").exists()
+    piecewise.close({})
+    stamp = re.compile(rb"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00")  # when each file was made
+    names = sorted(p.name for p in (tmp_path / "direct").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "pieces").iterdir()) and "odm.xml" in names
+    for name in names:
+        want, got = ((tmp_path / d / name).read_bytes() for d in ("direct", "pieces"))
+        assert stamp.sub(b"", got) == stamp.sub(b"", want), name
+    assert orjson.loads((tmp_path / "pieces" / "CM.json").read_bytes())["records"] == 3
+    validate(tmp_path / "pieces" / "odm.xml")

@@ -12,6 +12,7 @@ import pytest
 
 from fhir_adapter.job.outpaths import (
     MAX_NAME,
+    OutFolders,
     SubjectFileNames,
     UnsafePath,
     inside,
@@ -99,6 +100,24 @@ def test_inside_refuses_paths_outside_out(tmp_path: Path) -> None:
     for bad in (out / ".." / "x", Path("/etc/x"), out / "crf" / ".." / ".." / "x", out / "a\x00b"):
         with pytest.raises(UnsafePath):
             inside(out, bad)
+
+
+def test_out_folders_resolve_a_folder_once_and_still_refuse_what_leaves_out(tmp_path: Path) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folders = OutFolders(out)
+    first = folders.file(out / "crf" / "a.json")  # the folder is made
+    assert first == out / "crf" / "a.json" and (out / "crf").is_dir()
+    (out / "crf" / "b.json").symlink_to(elsewhere / "b.json")  # a file of a checked folder pointing outside
+    (out / "crf" / "c.json").symlink_to(out / "crf" / "a.json")  # ... and one pointing inside
+    with pytest.raises(UnsafePath):
+        folders.file(out / "crf" / "b.json")
+    assert folders.file(out / "crf" / "c.json") == out / "crf" / "c.json"
+    (out / "writeback").symlink_to(elsewhere, target_is_directory=True)  # a folder pointing outside
+    for bad in (out / "writeback" / "x.json", out / "crf" / ".." / ".." / "x", out / "crf" / "a\x00b"):
+        with pytest.raises(UnsafePath):
+            folders.file(bad)
+    assert not list(elsewhere.iterdir())
 
 
 def test_slash_and_underscore_subjects_keep_their_own_files(tmp_path: Path, study: Study) -> None:
