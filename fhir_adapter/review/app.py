@@ -14,7 +14,7 @@ loaded from anywhere: CSS and the few lines of keyboard script are inline.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -57,6 +57,10 @@ class _Listing:
     arm: Any
     day1: Any
     candidates: dict[tuple[str, str], bytes]
+    #: (visit, item) -> (the hashes of the decision it was compared with, the status that gave): the list does
+    #: not parse an item's candidates again until a run replaces the file (a new listing) or the decision (or a
+    #: query raised after it) changes
+    statuses: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict, compare=False)
 
 
 class Workspace:
@@ -145,11 +149,21 @@ def _items(doc: dict[str, Any], current: dict[tuple[str, str, str], dict[str, An
 
 def _listed_progress(listing: _Listing, current: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, int]:
     """:func:`_progress` of a subject from its listing: an item's candidates are parsed only when it has a
-    decision to compare them with."""
+    decision to compare them with, and once per decision (:attr:`_Listing.statuses`)."""
     statuses = []
     for (visit, item), candidates in listing.candidates.items():
         d = current.get((listing.subject_id, visit, item))
-        statuses.append({"status": status_of({"candidates": orjson.loads(candidates)}, d)[0] if d else "unreviewed"})
+        if d is None:
+            statuses.append({"status": "unreviewed"})
+            continue
+        known = listing.statuses.get((visit, item))
+        # the decision (a settling one with a query raised after it: both) by its chain hash
+        mark = f"{d.get('hash')}+{(d.get('open_query') or {}).get('hash')}" if d.get("hash") else None
+        if known is None or mark is None or known[0] != mark:
+            known = (str(mark), status_of({"candidates": orjson.loads(candidates)}, d)[0])
+            if mark is not None:
+                listing.statuses[(visit, item)] = known
+        statuses.append({"status": known[1]})
     return _progress(statuses)
 
 

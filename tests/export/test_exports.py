@@ -16,9 +16,9 @@ import xmlschema
 
 from fhir_adapter.crf.models import AdverseEvent, ConMed, Demographics, Exposure, SourceRef, SubjectCRF
 from fhir_adapter.export import ExportWriter, cdisc
-from fhir_adapter.export.writer import ExportRenderer
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, num
 from fhir_adapter.export.odm import schema_path, validate
+from fhir_adapter.export.writer import ExportRenderer
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource

@@ -198,3 +198,26 @@ def test_a_subject_page_parses_that_subject_only_and_nothing_is_kept_as_objects(
     assert first == again == orjson.loads(files[SUBJECT]) and first is not again and ws.subject("nobody") is None
     assert [x.subject_id for x in ws.listings()] == sorted(files)
     assert all(type(c) is bytes for x in ws.listings() for c in x.candidates.values())
+
+
+def test_the_subjects_list_compares_an_items_candidates_with_its_decision_once(
+        reviewed: tuple[Path, ReviewConfig, TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The list's progress needs each decided item's candidates compared with its decision: parsed on the first
+    request after the decision (or after a run replaced the file), not on every request."""
+    _, cfg, client = reviewed
+    for visit, item in (("W24", "c3"), ("BL", "c3")):
+        r = client.post(f"/s/{SUBJECT}/{visit}/{item}/decide", follow_redirects=False,
+                        data={"token": cfg.token, "action": "accept", "reason": ""})
+        assert r.status_code == 303
+    parsed = _parses(monkeypatch)
+    assert "2 / 5" in client.get("/").text
+    compared = len(parsed)
+    assert compared >= 2   # the two decided items' candidates
+    assert "2 / 5" in client.get("/").text and len(parsed) == compared   # nothing parsed again
+    r = client.post(f"/s/{SUBJECT}/W24/c3/decide", follow_redirects=False,
+                    data={"token": cfg.token, "action": "query", "reason": "check the unit"})
+    assert r.status_code == 303
+    del parsed[:]
+    index = client.get("/").text
+    assert "1 / 5" in index   # a query raised after the decision: compared again, and not reviewed
+    assert len(parsed) == 1
