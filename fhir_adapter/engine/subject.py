@@ -54,7 +54,8 @@ class SubjectWork:
     #: the ResearchStudy the adapter created from study.yaml, if any
     owned_study: dict[str, Any] | None = None
     #: render each subject's export rows into the files' text here (:class:`SubjectOutcome.export`), so the
-    #: run's process only appends them (worker processes)
+    #: run's process only appends them (worker processes: with ``pieces``, the text goes to a file,
+    #: :meth:`SubjectExport.to_piece`)
     render_exports: bool = False
     #: a folder (in the run's staging folder) where each subject's files — CRF, review candidates, write-back
     #: bundle — are written where the subject is processed (:class:`SubjectPieces`); the run's process moves
