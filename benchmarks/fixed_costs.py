@@ -40,7 +40,8 @@ def _run_phases(feed: Path, study_dir: Path, out: Path) -> dict[str, float]:
     """CPU seconds per phase of one run in this process (the first call also pays the imports)."""
     marks: dict[str, float] = {"start": time.process_time()}
     import fhir_adapter.cli.commands  # noqa: F401  (what `fhir-adapter run` imports)
-    from fhir_adapter.engine.forkserver import default_workers, prepare  # noqa: F401
+    from fhir_adapter.engine.cores import default_workers  # noqa: F401
+    from fhir_adapter.engine.forkserver import prepare  # noqa: F401
     from fhir_adapter.job.pipeline import run
     from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.source.files import FileSource
@@ -116,7 +117,8 @@ def _profile(feed: Path, study_dir: Path, out: Path, n: int) -> None:
     profile = cProfile.Profile()
     profile.enable()
     import fhir_adapter.cli.commands  # noqa: F401
-    from fhir_adapter.engine.forkserver import default_workers, prepare  # noqa: F401
+    from fhir_adapter.engine.cores import default_workers  # noqa: F401
+    from fhir_adapter.engine.forkserver import prepare  # noqa: F401
     from fhir_adapter.job.pipeline import run
     from fhir_adapter.job.runlog import RunLog
     from fhir_adapter.source.files import FileSource

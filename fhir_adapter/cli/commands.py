@@ -122,7 +122,8 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes mapping and deriving subjects in parallel (a local folder is read by them too, "
                    "in parts; a server is read in this process); 1 = in this process. Outputs are the same for any "
-                   "number.  [default: number of cores]")
+                   "number.  [default: the CPUs this process may use: its CPU affinity, fewer under a container's "
+                   "CPU limit]")
 @click.option("--allow-mass-retraction", is_flag=True,
               help="With --post: let one run retract more than max_retraction_share (--config; default 0.5) of a "
                    "subject's results on the server. Without it such a subject is not written (exit 2) and the "
@@ -181,7 +182,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       FHIR_ADAPTER_BEARER_TOKEN_FILE=/run/secrets/token \\
         fhir-adapter run --source https://ehr.example.org/fhir --out out --post --since last
     """
-    from fhir_adapter.engine.forkserver import default_workers, prepare
+    from fhir_adapter.engine.cores import default_workers
+    from fhir_adapter.engine.forkserver import prepare
 
     if engine == "local":  # first: the workers' forkserver preloads the engine while this process imports it
         prepare(workers or default_workers())

@@ -10,19 +10,10 @@ asks for them.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from typing import Any
 
 #: modules the forkserver imports before it forks any worker (:mod:`fhir_adapter.engine.preload`)
 PRELOAD = ["fhir_adapter.engine.preload"]
-
-
-def default_workers() -> int:
-    """The number of cores this process may use."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def context() -> Any:
