@@ -225,3 +225,14 @@ def test_default_study_is_found_from_any_directory(tmp_path: Path, monkeypatch: 
     result = CliRunner().invoke(main, ["-q", "run", "--source", "feed", "--out", "out"])
     assert result.exit_code in (0, 2), result.output
     assert (tmp_path / "out" / "results" / "study.json").exists()
+
+
+def test_check_says_how_many_workers_a_run_starts_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fhir_adapter.engine.cores as cores
+
+    monkeypatch.setattr(cores, "cgroup_cpu_limit", lambda root=None: 1.5)
+    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(64)))
+    res = _runner().invoke(main, ["check"])
+    assert res.exit_code == 0, res.output
+    assert "workers       2 by default (run --workers N to choose); this process's CPU quota allows 1.5 CPUs" \
+        in res.output

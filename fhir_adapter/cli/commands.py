@@ -394,6 +394,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     import asyncio
     import os
 
+    from fhir_adapter.engine.cores import cgroup_cpu_limit, default_workers
     from fhir_adapter.fhir.server_config import load_server_config, open_client
     from fhir_adapter.job.preflight import bulk_export_levels, capability_gaps
     from fhir_adapter.study.load import load_study
@@ -404,6 +405,9 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     click.echo(f"              study {st.info.id}, {len(st.items)} CRF items fed by {len(st.code_index)} codes, "
                f"{len(st.schedule.visits)} visits, time zone {st.info.timezone}")
     click.echo(f"              rules: {rules}")
+    limit = cgroup_cpu_limit()
+    click.echo(f"workers       {default_workers()} by default (run --workers N to choose)"
+               + (f"; this process's CPU quota allows {limit:g} CPUs" if limit is not None else ""))
     for o in st.overrides:
         click.echo(f"  override item {o['item']}: factor for {o['unit']} {o['study_factor']} (study) -> "
                    f"{o['site_factor']} (site, {o['where']})")
