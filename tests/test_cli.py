@@ -228,10 +228,12 @@ def test_default_study_is_found_from_any_directory(tmp_path: Path, monkeypatch: 
 
 
 def test_check_says_how_many_workers_a_run_starts_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
     import fhir_adapter.engine.cores as cores
 
     monkeypatch.setattr(cores, "cgroup_cpu_limit", lambda root=None: 1.5)
-    monkeypatch.setattr(cores.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
     res = _runner().invoke(main, ["check"])
     assert res.exit_code == 0, res.output
     assert "workers       2 by default (run --workers N to choose); this process's CPU quota allows 1.5 CPUs" \
