@@ -86,6 +86,10 @@ class SubjectPieces:
     def path(self, kind: str) -> Path:
         return self.folder / f"{self.key}.{kind}.json"
 
+    def export_path(self) -> Path:
+        """Where a worker writes the subject's export text (:meth:`SubjectExport.to_piece`)."""
+        return self.folder / f"{self.key}.export"
+
     def write(self, kind: str, data: bytes) -> None:
         self.path(kind).write_bytes(data)
         self.written.append(kind)
@@ -239,7 +243,7 @@ class SubjectEngine:
                 out.crf_json = crf_json
                 return
             if work.render_exports:  # a worker: the export text goes to a file, not through the pipe
-                out.export.to_piece(out.pieces.folder / f"{out.pieces.key}.export")
+                out.export.to_piece(out.pieces.export_path())
             out.pieces.visits = sum(1 for v in review.crf.visits if not v.unscheduled)
             out.pieces.write("crf", crf_json)
             if not any(out.problems):  # else the run's process reports the invalid resource
