@@ -94,7 +94,8 @@ class SubjectExport:
                 part("json", domain, ",\n".join(texts).encode("utf-8"))
         if self.odm is not None:
             part("odm", "", self.odm.encode("utf-8"))
-        path.write_bytes(b"".join(parts))
+        with path.open("wb") as fh:
+            fh.writelines(parts)
         self.piece, self.csv, self.dataset_json, self.odm = path, {}, {}, None
 
 

@@ -162,8 +162,8 @@ def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str 
     return entry
 
 
-def _dump(out: Path | OutFolders, path: Path, data: Any) -> None:
-    (out if isinstance(out, OutFolders) else OutFolders(out)).file(path).write_bytes(json_file(data))
+def _dump(folders: OutFolders, path: Path, data: Any) -> None:
+    folders.file(path).write_bytes(json_file(data))
 
 
 def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
@@ -460,7 +460,7 @@ def _write_report(work: Path, source: Source, study: Study, runlog: RunLog, summ
                   day1_sources: list[dict[str, Any]] | None = None) -> None:
     summary.quarantined = len(runlog.quarantine)
     summary.warnings = len(runlog.warnings)
-    _dump(work, work / "run-report.json", {
+    _dump(OutFolders(work), work / "run-report.json", {
         "generated_by": f"fhir-adapter {__version__}",
         "started": started.isoformat(timespec="seconds"),
         "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -60,7 +60,7 @@ class _Listing:
     #: (visit, item) -> (the hashes of the decision it was compared with, the status that gave): the list does
     #: not parse an item's candidates again until a run replaces the file (a new listing) or the decision (or a
     #: query raised after it) changes
-    statuses: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict, compare=False)
+    statuses: dict[tuple[str, str], tuple[tuple[Any, Any], str]] = field(default_factory=dict, compare=False)
 
 
 class Workspace:
@@ -156,13 +156,12 @@ def _listed_progress(listing: _Listing, current: dict[tuple[str, str, str], dict
         if d is None:
             statuses.append({"status": "unreviewed"})
             continue
+        # the decision by its chain hash (a settling one with a query raised after it: both hashes)
+        mark = (d.get("hash"), (d.get("open_query") or {}).get("hash"))
         known = listing.statuses.get((visit, item))
-        # the decision (a settling one with a query raised after it: both) by its chain hash
-        mark = f"{d.get('hash')}+{(d.get('open_query') or {}).get('hash')}" if d.get("hash") else None
-        if known is None or mark is None or known[0] != mark:
-            known = (str(mark), status_of({"candidates": orjson.loads(candidates)}, d)[0])
-            if mark is not None:
-                listing.statuses[(visit, item)] = known
+        if known is None or known[0] != mark or mark[0] is None:
+            known = (mark, status_of({"candidates": orjson.loads(candidates)}, d)[0])
+            listing.statuses[(visit, item)] = known
         statuses.append({"status": known[1]})
     return _progress(statuses)
 
