@@ -11,7 +11,8 @@ a few subjects per worker are in flight, so memory stays flat in the cohort size
 Workers are forked by a forkserver that has imported the engine and built the R4 models once
 (:mod:`fhir_adapter.engine.forkserver`, :mod:`fhir_adapter.engine.preload`), and they start while the source is
 still being read (the first subject is ready only when the source has been read through), so their start-up is
-not added to the run's time.
+not added to the run's time; a local folder's parts that this process reads while they start are read by no
+worker (:func:`_routed`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource
 from fhir_adapter.source.files import FileSource, checked_records
-from fhir_adapter.source.parts import PartInput, PartResult, chunk_records, chunks, plan, route
+from fhir_adapter.source.parts import Part, PartInput, PartResult, chunk_records, chunks, plan, route
 from fhir_adapter.writeback.state import source_statuses
 
 #: subjects in flight per worker (enough to keep every worker busy while the source is read)
@@ -86,20 +87,21 @@ def _ready() -> None:
     """A task that only makes the pool start a worker."""
 
 
-def _pool(workers: int, work: SubjectWork, ctx: Any) -> ProcessPoolExecutor:
+def _pool(workers: int, work: SubjectWork, ctx: Any) -> tuple[ProcessPoolExecutor, threading.Event]:
     """A pool of ``workers`` processes, started in the background (a forkserver answers once it has preloaded):
-    the caller goes on reading the source meanwhile."""
+    the caller goes on reading the source meanwhile; the event is set once a worker has started."""
     pool = _executor(workers, work, ctx)
+    started = threading.Event()
 
     def start() -> None:
         try:
             for _ in range(workers):
-                pool.submit(_ready)
+                pool.submit(_ready).add_done_callback(lambda _: started.set())
         except (RuntimeError, BrokenProcessPool):  # the pool was shut down (the run ended or failed early)
-            pass
+            started.set()
 
     threading.Thread(target=start, name="fhir-adapter-workers", daemon=True).start()
-    return pool
+    return pool, started
 
 
 #: one subject's resources, each as a dict or as the JSON bytes of one
@@ -137,7 +139,7 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
             yield e0, outcome, resources
         return
     ctx = context()
-    pool = _pool(workers, work, ctx)
+    pool, _ = _pool(workers, work, ctx)
     pending: deque[tuple[Enrollee, Records, str, Future[SubjectOutcome]]] = deque()
     try:
         it = enumerate(subjects)
@@ -212,11 +214,11 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
     starts.append(len(order))
     ctx = context()
     with tempfile.TemporaryDirectory(prefix="fhir-adapter-parts-") as folder:
-        pool = _pool(workers, work, ctx)
+        pool, started = _pool(workers, work, ctx)
         try:
             given = PartInput(order, chunk_of, source.roster().base, source.known_patients(), Path(folder))
             try:
-                results = [f.result() for f in [pool.submit(route, part, given) for part in plan(source)]]
+                results = _routed(list(plan(source)), pool, given, started)
             except BrokenProcessPool:  # a worker died reading a part: this process reads the folder instead
                 pool.shutdown(wait=False, cancel_futures=True)
                 subjects = ((enrolled[pid], records) for pid, records in source.subject_records(set(order)))
@@ -252,6 +254,23 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
         finally:  # before the part files are removed: a part that failed (a file that is not gzip) may
             # leave others still being written
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+#: this process reads parts of the folder while the workers start (off: the workers read every part)
+READ_PARTS_WHILE_WORKERS_START = True
+
+
+def _routed(planned: list[Part], pool: Executor, given: PartInput, started: threading.Event) -> list[PartResult]:
+    """The parts' results in part order. Until a worker has started (the forkserver preloads for about a second),
+    this process reads parts itself, from the last one back; the workers get the others. What a part keeps does
+    not depend on which process reads it."""
+    here: list[PartResult] = []
+    end = len(planned)
+    while READ_PARTS_WHILE_WORKERS_START and end > 0 and not started.is_set():
+        end -= 1
+        here.append(route(planned[end], given))
+    futures = [pool.submit(route, part, given) for part in planned[:end]]
+    return [*(f.result() for f in futures), *reversed(here)]
 
 
 def _merge(results: list[PartResult], source: FileSource) -> dict[str, set[tuple[str, str]]]:

@@ -84,6 +84,7 @@ def _dies(*_: Any) -> None:
 def test_a_worker_dying_while_reading_a_part_leaves_the_reading_to_the_run_process(
         feed: Path, tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parallel, "route", _dies)  # what the workers are asked to read a part with
+    monkeypatch.setattr(parallel, "READ_PARTS_WHILE_WORKERS_START", False)  # (else this process would die)
     trees = _outs_of_one_and_two_workers(feed, tmp_path, study, 34)
     assert differences(*trees) == []
 
