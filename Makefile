@@ -82,8 +82,11 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy --strict fhir_adapter tests
 
+# in one process per core, at most 4 (pytest-xdist; each process starts its own FHIR server when it needs one);
+# PYTEST_WORKERS=0 runs the suite in this process
+PYTEST_WORKERS ?= auto
 unit: install-test fhir-test-server browser java
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --maxprocesses 4
 
 # Java 17+ for the Spark engine's tests (pyspark starts a local JVM)
 java:
