@@ -121,9 +121,9 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
                    "--config); the files are kept under OUT/bulk/ unless `bulk: {keep_files: false}`.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Worker processes mapping and deriving subjects in parallel (a local folder is read by them too, "
-                   "in parts; a server is read in this process); 1 = in this process. Outputs are the same for any "
-                   "number.  [default: the CPUs this process may use: its CPU affinity, fewer under a container's "
-                   "CPU limit]")
+                   "in parts; a server is read in this process); 1 = in this process; never more than the enrolled "
+                   "subjects. Outputs are the same for any number.  [default: the CPUs this process may use: its "
+                   "CPU affinity, fewer under a container's CPU limit]")
 @click.option("--allow-mass-retraction", is_flag=True,
               help="With --post: let one run retract more than max_retraction_share (--config; default 0.5) of a "
                    "subject's results on the server. Without it such a subject is not written (exit 2) and the "

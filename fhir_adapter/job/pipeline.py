@@ -280,6 +280,7 @@ def _run(
     if sink is not None:
         sink.start(roster.patient_ids)
     dry_run = bool(getattr(sink, "dry_run", False))
+    workers = min(workers, max(1, len(roster.enrolled)))  # never a worker process with no subject to process
     # the subjects' files are written where they are processed (a worker), unless another engine runs them or
     # the write-back is held back per reviewed value (which needs each subject's review here)
     pieces = work_dir / ".subjects" if engine_outcomes is None and not reviewed_only else None

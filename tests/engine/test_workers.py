@@ -77,6 +77,30 @@ def test_bad_input_read_in_parts_by_two_workers_gives_the_same_out_as_one_proces
     assert len(orjson.loads(trees[1]["run-report.json"])["quarantine"]) > 10
 
 
+def test_a_run_starts_no_more_workers_than_it_has_subjects(
+        tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--workers 8`` (or eight cores) on a trial of three enrolled subjects: three worker processes, not eight
+    (each would preload the engine for nothing); one subject: none, the run's own process maps it."""
+    build(tmp_path / "feed")
+    started: list[int] = []
+    pool = parallel._pool
+
+    def counted(workers: int, *args: Any) -> Any:
+        started.append(workers)
+        return pool(workers, *args)
+
+    monkeypatch.setattr(parallel, "_pool", counted)
+    log = RunLog()
+    summary = run(FileSource(tmp_path / "feed", log), study, tmp_path / "out8", log, workers=8)
+    assert summary.subjects == 3 and not summary.subjects_failed
+    assert started == [3]
+    write_feed(tmp_path / "one", subjects=1, seed=7)
+    summary = run(FileSource(tmp_path / "one", RunLog()), study, tmp_path / "one-out", RunLog(), workers=8)
+    assert summary.subjects == 1 and started == [3]
+    trees = _outs_of_one_and_two_workers(tmp_path / "feed", tmp_path, study, 3)
+    assert differences(trees[0], out_tree(tmp_path / "out8")) == []
+
+
 def _dies(*_: Any) -> None:
     os._exit(1)
 
