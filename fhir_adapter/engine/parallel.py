@@ -11,8 +11,8 @@ a few subjects per worker are in flight, so memory stays flat in the cohort size
 Workers are forked by a forkserver that has imported the engine and built the R4 models once
 (:mod:`fhir_adapter.engine.forkserver`, :mod:`fhir_adapter.engine.preload`), and they start while the source is
 still being read (the first subject is ready only when the source has been read through), so their start-up is
-not added to the run's time; a local folder's parts that this process reads while they start are read by no
-worker (:func:`_routed`).
+not added to the run's time; the first parts of a local folder are read by this process while they start
+(:func:`_routed`).
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
         try:
             given = PartInput(order, chunk_of, source.roster().base, source.known_patients(), Path(folder))
             try:
-                results = _routed(list(plan(source)), pool, given, started)
+                results = _routed(plan(source), pool, given, started)
             except BrokenProcessPool:  # a worker died reading a part: this process reads the folder instead
                 pool.shutdown(wait=False, cancel_futures=True)
                 subjects = ((enrolled[pid], records) for pid, records in source.subject_records(set(order)))
@@ -260,17 +260,17 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
 READ_PARTS_WHILE_WORKERS_START = True
 
 
-def _routed(planned: list[Part], pool: Executor, given: PartInput, started: threading.Event) -> list[PartResult]:
+def _routed(planned: Iterable[Part], pool: Executor, given: PartInput, started: threading.Event) -> list[PartResult]:
     """The parts' results in part order. Until a worker has started (the forkserver preloads for about a second),
-    this process reads parts itself, from the last one back; the workers get the others. What a part keeps does
-    not depend on which process reads it."""
+    this process reads the first parts itself; the workers get the others, each as soon as :func:`plan` finds it
+    (a large file is cut while the first parts are read). What a part keeps does not depend on which process
+    reads it."""
     here: list[PartResult] = []
-    end = len(planned)
-    while READ_PARTS_WHILE_WORKERS_START and end > 0 and not started.is_set():
-        end -= 1
-        here.append(route(planned[end], given))
-    futures = [pool.submit(route, part, given) for part in planned[:end]]
-    return [*(f.result() for f in futures), *reversed(here)]
+    parts = iter(planned)
+    while READ_PARTS_WHILE_WORKERS_START and not started.is_set() and (part := next(parts, None)) is not None:
+        here.append(route(part, given))
+    futures = [pool.submit(route, part, given) for part in parts]
+    return [*here, *(f.result() for f in futures)]
 
 
 def _merge(results: list[PartResult], source: FileSource) -> dict[str, set[tuple[str, str]]]:

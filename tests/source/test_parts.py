@@ -107,8 +107,8 @@ class _StartsAfter:
 @pytest.mark.parametrize("read_here", [0, 3, 1000])
 def test_the_parts_read_here_while_the_workers_start_are_those_a_worker_reads(
         tmp_path: Path, study: Study, monkeypatch: pytest.MonkeyPatch, read_here: int) -> None:
-    """engine/parallel.py _routed: until a worker has started, the run's process reads parts itself (from the
-    last one back); the results come in part order and each part keeps what it keeps in a worker."""
+    """engine/parallel.py _routed: until a worker has started, the run's process reads the first parts itself;
+    the results come in part order and each part keeps what it keeps in a worker."""
     from concurrent.futures import ThreadPoolExecutor
 
     from fhir_adapter.engine import parallel
@@ -136,7 +136,7 @@ def test_the_parts_read_here_while_the_workers_start_are_those_a_worker_reads(
 
     with Pool(2) as pool:
         got = parallel._routed(planned, pool, given("split"), _StartsAfter(read_here))  # type: ignore[arg-type]
-    assert submitted == list(range(max(0, len(planned) - read_here)))
+    assert submitted == list(range(min(read_here, len(planned)), len(planned)))
     assert [r.index for r in got] == [p.index for p in planned]
     for want, have in zip(expected, got, strict=True):
         assert (have.sections, have.refs, have.counts, have.log_counts, have.quarantine) == \
