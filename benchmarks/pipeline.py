@@ -5,12 +5,14 @@ Usage: python benchmarks/pipeline.py [--sizes 34 340 3400] [--workers 1 2] [--wo
 For each size: generates the synthetic feed (seed 7), then runs the whole pipeline (roster, mapping,
 derivations, write-back bundles, exports, run report) into a fresh OUT in a fresh child process, first with
 one worker (in process: the baseline) and then with each ``--workers`` count above 1, and prints per run: wall
-seconds, CPU seconds (all processes: the workers are sampled from /proc) and those of the run's own process
-(it routes the source's lines and moves the subjects' files into place: the part that does not spread over
-workers), resources read per wall second and per CPU second, peak resident memory (RSS) of the run's process,
-of its largest worker and of all of them together, the speed-up against the one-worker run, and whether both
-runs wrote the same OUT. The load average is printed before and after: on a shared machine the wall figures
-follow the load, the CPU figures much less. Prints numbers only; no pass/fail.
+seconds; when the first subject was done (``1st subj``: the run's start, i.e. study, roster, reading the
+source, the workers' start-up and their first chunk) and what the run took after the last one (``end s``:
+study.json, the exports, the state, the report), the parts that do not spread over workers; CPU seconds (all
+processes: the workers are sampled from /proc) and those of the run's own process (it moves the subjects' files
+into place); resources read per wall second and per CPU second; peak resident memory (RSS) of the run's
+process, of its largest worker and of all of them together; the speed-up against the one-worker run; and
+whether both runs wrote the same OUT. The load average is printed before and after: on a shared machine the
+wall figures follow the load, the CPU figures much less. Prints numbers only; no pass/fail.
 """
 
 from __future__ import annotations
@@ -77,11 +79,17 @@ def main():
     prepare(workers)  # as the CLI does: the workers' forkserver preloads while the study is loaded
     st = load_study(study)
     log = RunLog()
-    summary = run(FileSource(feed, log), st, out, log, workers=workers)
+    done = []  # when each subject was done, from the start
+
+    def on_subject(_):
+        done.append(time.perf_counter() - t0)
+
+    summary = run(FileSource(feed, log), st, out, log, workers=workers, on_subject=on_subject)
     seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     stop.set()
     read = sum(v for k, v in log.counts.items() if k.startswith("read."))
     print(json.dumps({"seconds": seconds, "cpu": cpu + sum(c for c, _ in seen.values()), "cpu_main": cpu,
+                      "first_subject": done[0] if done else seconds, "after_last": seconds - (done[-1] if done else 0),
                       "resources": read, "subjects": summary.subjects, "results": summary.results_written,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                       "worker_rss_mb": max((r for _, r in seen.values()), default=0.0),
@@ -117,9 +125,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     print(f"{len(os.sched_getaffinity(0))} cores; load average {os.getloadavg()[0]:.1f} "
           f"{os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}")
-    header = ("subjects", "resources", "workers", "wall s", "CPU s", "main CPU", "res/s", "res/CPU-s", "RSS MB",
-              "worker RSS", "all RSS", "speed-up", "same OUT")
-    widths = (8, 10, 7, 7, 7, 8, 8, 9, 7, 10, 7, 8, 8)
+    header = ("subjects", "resources", "workers", "wall s", "1st subj", "end s", "CPU s", "main CPU", "res/s",
+              "res/CPU-s", "RSS MB", "worker RSS", "all RSS", "speed-up", "same OUT")
+    widths = (8, 10, 7, 7, 8, 6, 7, 8, 8, 9, 7, 10, 7, 8, 8)
     print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths, strict=True)))
     for n in args.sizes:
         feed = work / f"feed-{n}"
@@ -132,7 +140,8 @@ def main() -> None:
             base = base or r
             same = "-" if workers == 1 else \
                 ("yes" if not differences(out_tree(work / f"out-{n}-w1"), out_tree(out)) else "NO")
-            print(f"{n:>8} {r['resources']:>10.0f} {workers:>7} {r['seconds']:>7.1f} {r['cpu']:>7.1f} "
+            print(f"{n:>8} {r['resources']:>10.0f} {workers:>7} {r['seconds']:>7.1f} {r['first_subject']:>8.2f} "
+                  f"{r['after_last']:>6.2f} {r['cpu']:>7.1f} "
                   f"{r['cpu_main']:>8.1f} "
                   f"{r['resources'] / r['seconds']:>8.0f} {r['resources'] / r['cpu']:>9.0f} "
                   f"{r['peak_rss_mb']:>7.0f} {r['worker_rss_mb'] if workers > 1 else 0:>10.0f} "
