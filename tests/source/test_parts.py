@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -91,54 +90,3 @@ def test_subjects_read_in_parts_get_the_records_and_log_of_the_one_process_pass(
     assert got == expected
     assert log.counts == serial_log.counts and log.quarantine == serial_log.quarantine
     assert len(log.quarantine) > 10
-
-
-class _StartsAfter:
-    """A worker-started event that is set once it has been asked ``n`` times."""
-
-    def __init__(self, n: int) -> None:
-        self.asked, self.n = 0, n
-
-    def is_set(self) -> bool:
-        self.asked += 1
-        return self.asked > self.n
-
-
-@pytest.mark.parametrize("read_here", [0, 3, 1000])
-def test_the_parts_read_here_while_the_workers_start_are_those_a_worker_reads(
-        tmp_path: Path, study: Study, monkeypatch: pytest.MonkeyPatch, read_here: int) -> None:
-    """engine/parallel.py _routed: until a worker has started, the run's process reads the first parts itself;
-    the results come in part order and each part keeps what it keeps in a worker."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from fhir_adapter.engine import parallel
-
-    build(tmp_path / "feed")
-    monkeypatch.setattr(parts, "PART_BYTES", 300)
-    log = RunLog()
-    source = FileSource(tmp_path / "feed", log)
-    order = sorted(build_roster(source.roster(), study, log).patient_ids)
-    chunk_of = [c for c, size in enumerate(parts.chunks(len(order), 2)) for _ in range(size)]
-    planned = list(parts.plan(source))
-
-    def given(name: str) -> parts.PartInput:
-        (tmp_path / name).mkdir()
-        return parts.PartInput(order, chunk_of, source.roster().base, source.known_patients(), tmp_path / name)
-
-    alone = given("alone")
-    expected = [parts.route(p, alone) for p in planned]
-    submitted: list[int] = []
-
-    class Pool(ThreadPoolExecutor):
-        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-            submitted.append(args[0].index)
-            return super().submit(fn, *args, **kwargs)
-
-    with Pool(2) as pool:
-        got = parallel._routed(planned, pool, given("split"), _StartsAfter(read_here))  # type: ignore[arg-type]
-    assert submitted == list(range(min(read_here, len(planned)), len(planned)))
-    assert [r.index for r in got] == [p.index for p in planned]
-    for want, have in zip(expected, got, strict=True):
-        assert (have.sections, have.refs, have.counts, have.log_counts, have.quarantine) == \
-            (want.sections, want.refs, want.counts, want.log_counts, want.quarantine)
-        assert have.path.read_bytes() == want.path.read_bytes()
