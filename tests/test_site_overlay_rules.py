@@ -1,9 +1,10 @@
 """Site overlays add, and change a study's conversion only explicitly; --site takes a name; --config for a
-folder is reported; converted values keep the item's declared precision."""
+folder is reported; converted values keep their precision."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,10 +96,22 @@ def _upcr(value: float, unit: str) -> dict[str, object]:
             "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
 
 
-def test_converted_values_keep_the_declared_precision() -> None:
+def test_converted_values_keep_their_precision() -> None:
     st = load_study(STUDY)
-    assert st.items["upcr"].decimals == 2
     (f,) = ObservationMapper(st, RunLog()).map([_upcr(10.2, "mg/mmol")], "S")
-    assert f.value == 0.09  # 10.2 x 0.00884017 = 0.090169734 before rounding
+    assert f.value == 0.090169734  # 10.2 x 0.00884017, not the 0.09 a CRF's two decimals would show
     (g,) = ObservationMapper(st, RunLog()).map([_upcr(0.123456, "mg/mg")], "S")
     assert g.value == 0.123456  # a value in the CRF unit is kept as sent
+    (h,) = ObservationMapper(st, RunLog()).map([_upcr(504, "mg/g")], "S")
+    assert h.value == 0.504  # UCUM conversion, no float noise (0.504, not 0.5040000000000001)
+
+
+def test_an_item_that_still_sets_decimals_is_refused_with_the_reason(tmp_path: Path) -> None:
+    study = tmp_path / "study"
+    shutil.copytree(STUDY, study)
+    items = study / "items.yaml"
+    items.write_text(items.read_text().replace('bounds: [0, 40]}', 'bounds: [0, 40], decimals: 2}', 1))
+    with pytest.raises(MappingError, match="decimals.*full precision") as err:
+        load_study(study)
+    assert "converted-precision" in str(err.value)
+

@@ -12,7 +12,8 @@ For each Observation, in order:
 4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``),
    valueInteger, valueBoolean, valueCodeableConcept (positive/negative codes of the item).
 5. **unit** — the item's unit as is; a unit under the item's ``factors`` times its factor; a unit under
-   ``accept_units`` by UCUM conversion; a converted value is rounded to the item's ``decimals``; any other
+   ``accept_units`` by UCUM conversion; a converted value keeps its precision (only binary floating-point
+   noise is dropped), so a strict threshold sees what the lab measured whichever unit it sent; any other
    unit is quarantined (rule ``unknown-unit``).
 6. **date** — ``effectiveDateTime``, ``effectivePeriod.start`` or ``effectiveInstant`` in the site time zone;
    missing or unreadable → quarantined; partial (year, year-month) → kept partial, placed in no visit,
@@ -45,9 +46,11 @@ _POSITIVE_WORDS = {"positive", "pos", "detected", "present", "reactive", "true",
 _NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", "nonreactive", "false", "no"}
 
 
-def _rounded(value: float, item: Item) -> float:
-    """A converted value at the item's declared precision (``decimals``), else without float noise."""
-    return round(value, item.decimals) if item.decimals is not None else float(f"{value:.12g}")
+def _converted(value: float) -> float:
+    """A value converted into the CRF unit, without binary floating-point noise (12 significant digits) and
+    never coarser: 504 mg/(24.h) is 0.504 g/(24.h), so SLEDAI-2K's proteinuria > 0.5 scores as it does for
+    0.504 g/(24.h) sent as such (docs/clinical-rules.md#converted-precision)."""
+    return float(f"{value:.12g}")
 
 
 class ObservationMapper:
@@ -184,9 +187,9 @@ class ObservationMapper:
         if unit == item.unit:
             return value
         if unit in item.factors:
-            return _rounded(value * item.factors[unit], item)
+            return _converted(value * item.factors[unit])
         if unit in item.accept_units:
-            return _rounded(units.convert(value, unit, item.unit), item)
+            return _converted(units.convert(value, unit, item.unit))
         raise Unusable("unknown-unit", f"{item_id}: unit '{unit}' is not accepted (CRF unit {item.unit})",
                        f"add '{unit}' to accept_units (UCUM-convertible) or factors of item {item_id} "
                        "in items.yaml or the site overlay")

@@ -6,7 +6,7 @@ Every model forbids unknown keys, so a typo in a mapping file is an error with i
 from __future__ import annotations
 
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -155,13 +155,20 @@ class Item(Strict):
     factors: dict[str, float] = Field(
         default_factory=dict, description="unit -> factor into `unit` for analyte-specific conversions"
     )
-    decimals: int | None = Field(
-        None, ge=0, le=12, description="precision the CRF keeps: values converted from another unit are rounded to it")
     select: SelectRule = "closest"
     bounds: tuple[float, float] | None = Field(None, description="physiological bounds in `unit`")
     positive_codes: tuple[str, ...] = ()
     negative_codes: tuple[str, ...] = ()
     lloq: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "decimals" in data:
+            raise ValueError("`decimals` is no longer read: a value converted from another unit keeps its full "
+                             "precision, so a strict threshold sees what the lab measured "
+                             "(docs/clinical-rules.md#converted-precision); remove the key")
+        return data
 
     @model_validator(mode="after")
     def _unit_for_quantities(self) -> Item:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from fhir_adapter.crf.models import Finding
 from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kSettings, Sledai2kVisit, derive_sledai2k
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.mapping.observations import ObservationMapper
 from fhir_adapter.study.load import Study
-from tests.helpers import crf, descriptor, finding
+from tests.helpers import crf, d, descriptor, finding
 
 
 def score(study: Study, findings: list[Finding], visit_day: int = 40, **kw: Any) -> Sledai2kVisit:
@@ -43,6 +47,28 @@ def test_thresholds_are_strict(study: Study) -> None:
             finding("leukocytes", 40, 2.9)]
     # proteinuria 4 + hematuria 4 + pyuria 4 + fever 1 + thrombocytopenia 1 + leukopenia 1
     assert score(study, over).total == 15
+
+
+@pytest.mark.parametrize(("code", "value", "unit", "descriptor_code"), [
+    ("2889-4", 504, "mg/(24.h)", "proteinuria"),      # 0.504 g/24 h > 0.5
+    ("2890-2", 57, "mg/mmol", "proteinuria"),         # UPCR 0.5039 mg/mg > 0.5
+    ("777-3", 99600, "/uL", "thrombocytopenia"),      # 99.6 x 10^9/L < 100
+    ("6690-2", 2999, "/uL", "leukopenia"),            # 2.999 x 10^9/L < 3
+    ("8310-5", 100.45, "[degF]", "fever"),            # 38.03 Cel > 38.0
+])
+def test_a_result_in_another_unit_scores_as_the_lab_measured_it(
+        study: Study, code: str, value: float, unit: str, descriptor_code: str) -> None:
+    """A strict threshold sees the converted value at full precision (docs/clinical-rules.md#converted-precision),
+    never one rounded to the CRF's usual digits, which would put each of these on the wrong side of it."""
+    obs = {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p"},
+           "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+           "effectiveDateTime": f"{d(40).isoformat()}T08:00:00Z",
+           "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+    mapped = ObservationMapper(study, RunLog()).map([obs], "S")
+    assert len(mapped) == 1
+    found = [m.model_copy(update={"study_day": 40}) for m in mapped]
+    v = score(study, [descriptor("rash", 40, False), *found])
+    assert by_code(v)[descriptor_code].score > 0, (mapped[0].value, by_code(v)[descriptor_code])
 
 
 def test_look_back_window_is_visit_minus_10_through_visit(study: Study) -> None:
