@@ -133,11 +133,11 @@ class DatasetJsonWriter:
         self.records: dict[str, int] = dict.fromkeys(DOMAINS, 0)
         for domain in DOMAINS:
             head = {
-                "creationDateTime": now, "datasetJSONVersion": VERSION,
-                "fileOID": f"{study.info.id}.{domain}", "asOfDateTime": now,
+                "datasetJSONCreationDateTime": now, "datasetJSONVersion": VERSION,
+                "fileOID": f"{study.info.id}.{domain}",
                 "originator": "fhir-adapter", "sourceSystem": {"name": "fhir-adapter", "version": __version__},
                 "studyOID": f"ST.{study.info.id}", "metaDataVersionOID": MDV_OID, "metaDataRef": "odm.xml",
-                "itemGroupOID": f"IG.{domain}", "isReferenceData": False, "name": domain,
+                "itemGroupOID": f"IG.{domain}", "name": domain,
                 "label": DOMAIN_LABELS[domain], "columns": columns(domain),
             }
             fh = (self.folder / f"{domain}.json").open("w", encoding="utf-8")

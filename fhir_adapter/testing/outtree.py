@@ -12,7 +12,7 @@ from typing import Any
 
 _ODM_TIME = re.compile(rb'(FileOID="[^"]*?\.|CreationDateTime=")\d{4}-\d\d-\d\dT[0-9:+.]+')
 _REPORT_TIME = re.compile(rb'"(started|finished)": "[^"]*"')
-_DATASET_JSON_TIME = re.compile(rb'"(creationDateTime|asOfDateTime)":( ?)"[^"]*"')
+_DATASET_JSON_TIME = re.compile(rb'"(datasetJSONCreationDateTime)":( ?)"[^"]*"')
 
 
 def out_tree(out: Path) -> dict[str, bytes]:

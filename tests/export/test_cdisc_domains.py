@@ -286,10 +286,11 @@ def test_ae_meddra_hierarchy_seriousness_and_ct(out: Path) -> None:
     assert report["meddra"]["dictionary"].endswith("meddra") and report["meddra"]["codes_not_in_dictionary"] == []
 
 
-_ISO = (r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d(:[0-5]\d(\.\d+)?)?"
+_ISO = (r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d+)?"
         r"([+-]([01]\d|2[0-3]):[0-5]\d|Z)?$")
-_TOP = {"creationDateTime", "datasetJSONVersion", "fileOID", "asOfDateTime", "originator", "sourceSystem",
-        "studyOID", "metaDataVersionOID", "metaDataRef", "itemGroupOID", "isReferenceData", "records", "name",
+#: the top-level properties of the published v1.1 schema (tag v1.1, 2024-12-05), which allows no others
+_TOP = {"datasetJSONCreationDateTime", "datasetJSONVersion", "fileOID", "dbLastModifiedDateTime", "originator",
+        "sourceSystem", "studyOID", "metaDataVersionOID", "metaDataRef", "itemGroupOID", "records", "name",
         "label", "columns", "rows"}
 _COLUMN = {"itemOID", "name", "label", "dataType", "targetDataType", "length", "displayFormat", "keySequence"}
 _DATA_TYPES = {"string", "integer", "decimal", "float", "double", "boolean", "datetime", "date", "time", "URI"}
@@ -301,12 +302,12 @@ def validate_dataset_json(doc: dict[str, Any]) -> None:
     dataset.schema.json), checked structurally: the schema file itself is not copied into this repository."""
     import re
 
-    missing = {"creationDateTime", "datasetJSONVersion", "itemGroupOID", "records", "name", "label",
+    missing = {"datasetJSONCreationDateTime", "datasetJSONVersion", "itemGroupOID", "records", "name", "label",
                "columns"} - set(doc)
     assert not missing, missing
     assert set(doc) <= _TOP, set(doc) - _TOP
     assert re.match(r"^1\.1(\.(0|[1-9][0-9]*))?$", doc["datasetJSONVersion"])
-    assert re.match(_ISO, doc["creationDateTime"]) and re.match(_ISO, doc["asOfDateTime"])
+    assert all(re.match(_ISO, doc[k]) for k in ("datasetJSONCreationDateTime", "dbLastModifiedDateTime") if k in doc)
     assert set(doc["sourceSystem"]) == {"name", "version"}
     assert isinstance(doc["records"], int) and doc["records"] == len(doc["rows"]) >= 0
     for col in doc["columns"]:
