@@ -35,7 +35,8 @@ The dose of one counted record on a date D (mg/day of the drug; × factor → pr
 Dose on D = Σ over counted records of daily mg × factor, rounded to 3 decimals. No counted record active on D:
 missing is not zero (docs/clinical-rules.md#missing-is-not-zero); the first case that applies decides:
 
-a. a glucocorticoid MedicationStatement of the table says the drug is not taken on D (status in
+a. a glucocorticoid MedicationStatement of the table, by a systemic route (as in step 3; a topical cream that
+   ended says nothing about systemic steroids), says the drug is not taken on D (status in
    ``not_taken_statuses`` covering D) or was stopped before D (status in ``stopped_statuses``, ended before D)
    → 0, citing those records (``basis`` ``record``);
 b. ``medication_list_complete`` (a site declares its EHR's medication list complete) → 0, citing the
@@ -204,10 +205,12 @@ def _edges(cm: ConMed) -> tuple[dt.date, ...]:
 
 
 def _zero_evidence(cms: Iterable[ConMed], s: GlucocorticoidSettings) -> list[ConMed]:
-    """Glucocorticoid statements that can show a zero dose: not taken, or stopped/completed with an end."""
+    """Systemic glucocorticoid statements that can show a zero dose: not taken, or stopped/completed with an
+    end. A record by another route is no evidence: a finished hydrocortisone cream does not show that no
+    systemic steroid is taken."""
     out = []
     for cm in cms:
-        if cm.source_kind != "statement" or s.lookup(cm) is None or cm.start_date is None:
+        if cm.source_kind != "statement" or s.lookup(cm) is None or cm.start_date is None or not _systemic(cm, s):
             continue
         if (cm.status or "") in s.not_taken_statuses or \
                 ((cm.status or "") in s.stopped_statuses and cm.end_date is not None):

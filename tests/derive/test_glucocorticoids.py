@@ -135,6 +135,12 @@ def test_missing_is_not_zero() -> None:
     # stopped before the date: 0 after its end, its dose while it ran
     stopped = conmed("prednisolone", 1, 5, dose=10, status="stopped")
     assert dose([stopped], 3) == 10 and dose([stopped], 6) == 0
+    # a topical course that ended (or a topical "not taken") is no evidence of 0 for the systemic dose
+    cream = conmed("hydrocortisone", 1, 5, dose=1, route="topical", status="completed")
+    assert dose([cream], 3) is None and dose([cream], 6) is None
+    assert dose([conmed("prednisone", 1, None, dose=None, route="topical", status="not-taken")], 6) is None
+    assert dose([cream, stopped], 6) == 0 and pred_eq_on([cream, stopped], d(6), S).sources == [
+        stopped.source.reference]
     # an order that ended is no evidence of 0; only a statement is
     ended_order = conmed("prednisolone", 1, 5, dose=10, status="completed", kind="request")
     assert dose([ended_order], 6) is None
