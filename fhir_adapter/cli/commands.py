@@ -384,7 +384,8 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     `observation_code_param: auto` (the default) reads with. Writes nothing.
 
     \b
-    Exit code 0 when the run can work, 1 on an error (a gap listed as "error").
+    Exit code 0 when the run can work, 1 on an error (a gap listed as "error"), 3 when the server cannot
+    be reached, 4 when it refuses the credentials.
 
     \b
     Examples:
