@@ -37,6 +37,7 @@ Examples (Day 1 = 2024-02-01, lymphodepletion from day −5): onset day 1 → TE
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 from collections.abc import Sequence
 from typing import Literal
 
@@ -233,6 +234,15 @@ def _grade_counts(values: Sequence[int | None]) -> dict[str, int]:
     return out
 
 
+def _median_range(values: Sequence[int | None]) -> dict[str, float | int | None]:
+    """Median (min–max) over the known values, as CAR-T trials report time to onset and duration; ``n`` = how
+    many subjects had the value (an unresolved episode has no duration)."""
+    known = sorted(v for v in values if v is not None)
+    if not known:
+        return {"n": 0, "median": None, "min": None, "max": None}
+    return {"n": len(known), "median": statistics.median(known), "min": known[0], "max": known[-1]}
+
+
 def _group(arm: str, subjects: Sequence[SafetySubject]) -> dict[str, object]:
     with_teae = [s for s in subjects if s.teae_count]
     terms: dict[str, tuple[str, str | None]] = {}
@@ -252,7 +262,9 @@ def _group(arm: str, subjects: Sequence[SafetySubject]) -> dict[str, object]:
 
     def syndrome(name: Literal["crs", "icans"]) -> dict[str, object]:
         present = [getattr(s, name) for s in subjects if getattr(s, name).present]
-        return {"subjects": len(present), "by_max_grade": _grade_counts([p.max_grade for p in present])}
+        return {"subjects": len(present), "by_max_grade": _grade_counts([p.max_grade for p in present]),
+                "onset_day": _median_range([p.onset_day for p in present]),
+                "duration_days": _median_range([p.duration_days for p in present])}
 
     return {
         "arm": arm,
@@ -271,8 +283,9 @@ def summarize_teae(rows: Sequence[tuple[str | None, bool, SafetySubject]],
                    arm_order: Sequence[str] = ()) -> dict[str, object]:
     """Per arm (in ``arm_order``, then others alphabetically) and overall, over infused subjects:
     subjects with any TEAE, by maximum grade (a subject whose TEAEs are all ungraded counts as
-    ``unknown``), by term (code if coded, else the text), serious, related, CRS/ICANS incidence and
-    maximum grade. ``rows`` = (arm, infused, safety). Pre-infusion AEs are counted over all subjects.
+    ``unknown``), by term (code if coded, else the text), serious, related, CRS/ICANS incidence, maximum
+    grade, and the first episode's onset study day and duration (median, min, max over the subjects who have
+    them). ``rows`` = (arm, infused, safety). Pre-infusion AEs are counted over all subjects.
     """
     infused = [(arm or "unassigned", s) for arm, inf, s in rows if inf]
     arms = [a for a in arm_order if any(x == a for x, _ in infused)]

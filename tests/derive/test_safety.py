@@ -142,7 +142,9 @@ def test_summary_by_arm_grade_term_and_overall() -> None:
     pyrexia = next(t for t in dl1["by_term"] if t["code"] == "meddra|10037660")
     assert (pyrexia["term"], pyrexia["subjects"], pyrexia["events"]) == ("Pyrexia", 1, 2)
     grades = {"1": 0, "2": 1, "3": 0, "4": 0, "5": 0, "unknown": 0}
-    assert dl1["crs"] == {"subjects": 1, "by_max_grade": grades}
+    assert dl1["crs"] == {"subjects": 1, "by_max_grade": grades,
+                          "onset_day": {"n": 1, "median": 2, "min": 2, "max": 2},
+                          "duration_days": {"n": 0, "median": None, "min": None, "max": None}}
     assert dl1["related"] == 1 and dl1["serious"] == 0
     assert dl2["n_subjects"] == 2 and dl2["any_teae"] == 1 and dl2["serious"] == 1
     assert dl2["icans"]["subjects"] == 1 and dl2["by_max_grade"]["4"] == 1
@@ -151,3 +153,13 @@ def test_summary_by_arm_grade_term_and_overall() -> None:
     headache = next(t for t in overall["by_term"] if t["term"] == "Headache")
     assert headache["subjects"] == 2
     assert summary["pre_infusion_aes"] == {"subjects": 2, "events": 2}
+
+
+def test_crs_onset_and_duration_per_dose_level_are_median_and_range() -> None:
+    first = derive_safety(subject([ae("CRS", onset=2, end=5, grade=1, crs=True)]), S)
+    second = derive_safety(subject([ae("CRS", onset=4, end=11, grade=2, crs=True)]), S)
+    third = derive_safety(subject([ae("CRS", onset=9, grade=3, crs=True)]), S)  # unresolved: no duration
+    summary: dict[str, Any] = summarize_teae([("DL1", True, x) for x in (first, second, third)], ["DL1"])
+    crs = summary["by_arm"][0]["crs"]
+    assert crs["onset_day"] == {"n": 3, "median": 4, "min": 2, "max": 9}
+    assert crs["duration_days"] == {"n": 2, "median": 5, "min": 3, "max": 7}
