@@ -111,7 +111,7 @@ def test_an_item_that_still_sets_decimals_is_refused_with_the_reason(tmp_path: P
     shutil.copytree(STUDY, study)
     items = study / "items.yaml"
     items.write_text(items.read_text().replace('bounds: [0, 40]}', 'bounds: [0, 40], decimals: 2}', 1))
-    with pytest.raises(MappingError, match="decimals.*full precision") as err:
+    with pytest.raises(MappingError, match=r"decimals.*full precision") as err:
         load_study(study)
     assert "converted-precision" in str(err.value)
 

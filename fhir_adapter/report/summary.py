@@ -21,8 +21,8 @@ def last_study_day(subject: dict[str, Any], crf: dict[str, Any] | None) -> float
 
 def summary_section(data: ReportData) -> Section:
     sec = Section("summary", "Study summary",
-                  "Enrolled subjects (those with results), infusion (Day 1 known), follow-up (latest study day with data), "
-                  "the dose levels with their escalation decisions, and the recommended phase 2 dose.")
+                  "Enrolled subjects (those with results), infusion (Day 1 known), follow-up (latest study day "
+                  "with data), the dose levels with their escalation decisions, and the recommended phase 2 dose.")
     subjects = data.subjects
     rr = as_dict(data.run_report)
     rr_summary = as_dict(rr.get("summary"))
