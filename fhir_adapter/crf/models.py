@@ -139,6 +139,10 @@ class Demographics(_Model):
     investigator_name: str | None = Field(None, description="that investigator's name")
     death_date: dt.date | None = Field(None, description="Patient.deceasedDateTime (site time zone)")
     deceased: bool | None = Field(None, description="Patient.deceased[x] (None: not sent)")
+    actual_arm: str | None = Field(None, description="ResearchSubject.actualArm: the arm actually received")
+    end_of_participation: dt.date | None = Field(
+        None, description="ResearchSubject.period.end: the end of the subject's participation (None: ongoing)")
+    country: str | None = Field(None, description="ISO 3166-1 alpha-3 code of the site's country (site overlay)")
     source: tuple[SourceRef, ...] = ()
 
 
@@ -147,9 +151,10 @@ class Exposure(_Model):
     kind: Literal["lymphodepletion", "infusion"]
     code: str | None = None
     dose: float | None = None
-    dose_unit: str | None = None
-    dose_level: str | None = None
-    route: str | None = None
+    dose_unit: str | None = Field(None, description="UCUM code of the dose, else its unit as sent")
+    dose_level: str | None = Field(None, description="the subject's dose level (arm) for the study product")
+    route: str | None = Field(None, description="route text or display as sent")
+    route_code: str | None = Field(None, description="route code as sent (SNOMED CT)")
     start: dt.datetime | None = None
     start_date: dt.date | None = None
     end_date: dt.date | None = None
@@ -172,6 +177,7 @@ class ConMed(_Model):
     category: str | None = Field(None, description="category code or text of the source resource")
     dose_text: str | None = Field(None, description="dosage text as sent")
     rxnorm: str | None = None
+    cvx: str | None = Field(None, description="CVX code of an Immunization's vaccineCode (CMCODE)")
     drug_class: Literal["glucocorticoid", "immunosuppressant", "antimalarial", "crs_treatment", "other"] = "other"
     dose: float | None = Field(None, description="dose per administration")
     dose_unit: str | None = None

@@ -10,6 +10,10 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
   managing organisation, by the overlay's ``siteid`` rule); ``INVID`` = the identifier of the principalInvestigator
   of the ResearchStudy the subject is enrolled in (DM also ``INVNAM``).
 * ``DTHDTC``/``DTHFL`` (DM) from Patient.deceased[x]; AE carries ``DTHDTC`` on the fatal event's row.
+* DM ``RFXSTDTC``/``RFXENDTC``: the earliest EXSTDTC / latest EXENDTC; ``RFENDTC`` = ``RFPENDTC`` = the end of
+  participation (ResearchSubject.period.end); ``ACTARMCD``/``ACTARM``: :func:`_actual_arm`; ``COUNTRY``: the
+  site overlay's ISO 3166-1 alpha-3 code.
+* EX ``EXDOSU``/``EXROUTE`` in CDISC UNIT/ROUTE terms; ``EXDOSTXT`` = the dose level when the record has no dose.
 * ``--TPT``/``--TPTREF``/``--ELTM``: the planned time point of a cqf-relativeDateTime extension on the Specimen
   (else on the Observation): ``1 H BEFORE LCAR-AIO INFUSION``, the reference event, ``-PT1H``.
 * ``--ORRES``/``--ORRESU``: the value and unit as the EHR sent them; ``--STRESC``/``--STRESN``/``--STRESU``:
@@ -42,7 +46,7 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
-from fhir_adapter.crf.models import Finding, NotDone, SubjectCRF, VisitRecord
+from fhir_adapter.crf.models import Exposure, Finding, NotDone, SubjectCRF, VisitRecord
 from fhir_adapter.derive.baseline import baseline_index, in_lookback, prior_wins
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
@@ -61,7 +65,9 @@ _IDS = ("STUDYID", "DOMAIN", "USUBJID", "SUBJID", "SITEID", "INVID")
 
 #: ODM DataType of each column (``--`` stands for the domain prefix); any other column is text
 DATA_TYPES: dict[str, str] = {
-    "AGE": "integer", "RFSTDTC": "date", "RFICDTC": "date", "DTHDTC": "date", "VISITNUM": "float", "VISITDY": "integer",
+    "AGE": "integer", "RFSTDTC": "date", "RFICDTC": "date", "DTHDTC": "date", "RFENDTC": "date",
+    "RFPENDTC": "date", "RFXSTDTC": "partialDatetime", "RFXENDTC": "partialDatetime", "VISITNUM": "float",
+    "VISITDY": "integer",
     "--SEQ": "integer", "--STRESN": "float", "--ORNRLO": "float", "--ORNRHI": "float", "--STNRLO": "float",
     "--STNRHI": "float", "--LLOQ": "float", "--DTC": "partialDatetime", "--DY": "integer",
     "--DOSE": "float", "--DOSTOT": "float", "--STDTC": "partialDatetime", "--ENDTC": "partialDate",
@@ -107,9 +113,9 @@ def _findings_columns(p: str) -> tuple[str, ...]:
 _MEDDRA = ("LLT", "LLTCD", "DECOD", "PTCD", "HLT", "HLTCD", "HLGT", "HLGTCD", "SOC", "SOCCD")
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "DM": (*_IDS, "INVNAM", "AGE", "AGEU", "SEX", "RACE", "ETHNIC", "ARMCD", "ARM", "RFSTDTC", "RFICDTC", "DTHDTC",
-           "DTHFL", "SRCREF"),
-    "EX": (*_IDS, "EXSEQ", "EXTRT", "EXCAT", "EXDOSE", "EXDOSU", "EXROUTE", "EXSTDTC", "EXENDTC", "EXSTDY",
+    "DM": (*_IDS, "INVNAM", "AGE", "AGEU", "SEX", "RACE", "ETHNIC", "ARMCD", "ARM", "ACTARMCD", "ACTARM", "COUNTRY",
+           "RFSTDTC", "RFENDTC", "RFXSTDTC", "RFXENDTC", "RFICDTC", "RFPENDTC", "DTHDTC", "DTHFL", "SRCREF"),
+    "EX": (*_IDS, "EXSEQ", "EXTRT", "EXCAT", "EXDOSE", "EXDOSTXT", "EXDOSU", "EXROUTE", "EXSTDTC", "EXENDTC", "EXSTDY",
            "EXENDY", "EPOCH", "SRCREF"),
     **{d: _findings_columns(d) for d in FINDINGS_DOMAINS},
     "CM": (*_IDS, "CMSEQ", "CMSPID", "CMTRT", "CMDECOD", "CMINGRD", "CMCODE", "CMCAT", "CMCLAS", "CMCLASCD", "CMINDC",
@@ -118,7 +124,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
            "CMDOSTXT", "CMDOSU",
            "CMDOSFRM", "CMDOSFRQ", "CMDOSTOT", "CMROUTE", "CMSTDTC", "CMENDTC", "CMSTDY", "CMENDY", "EPOCH",
            "SRCTYPE", "SRCSTAT", "SRCREF"),
-    "AE": (*_IDS, "AESEQ", "AESPID", "AETERM", *(f"AE{m}" for m in _MEDDRA), "AECODE", "AESEV", "AETOXGR",
+    "AE": (*_IDS, "AESEQ", "AESPID", "AETERM", *(f"AE{m}" for m in _MEDDRA[:-2]), "AEBODSYS", "AEBDSYCD", "AESOC",
+           "AESOCCD", "AECODE", "AESEV", "AETOXGR",
            "AETOXAPP", "AESER", "AESDTH", "DTHDTC", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE", "AEACN",
            "AECONTRT", "AEACNOTH", "AEACNOYN", "AEREL",
            "AERELNST", "AEOUT", "AELOC", "AELAT", "AEDIR", "AESTDTC", "AEENDTC", "AEENRTPT", "AEENTPT", "AESTDY",
@@ -296,10 +303,46 @@ def _duration(start: dt.datetime | None, end: dt.datetime | None) -> str:
 
 
 def _strf(d: dt.date | None, day1: dt.date | None) -> str:
-    """--STRF: the start relative to the study reference period (RFSTDTC on; no RFENDTC, so DURING/AFTER)."""
+    """--STRF: the start relative to the study reference period (RFSTDTC on; DURING and AFTER are not told
+    apart: RFENDTC is empty while the subject is on study)."""
     if d is None or day1 is None:
         return ""
     return "BEFORE" if d < day1 else "DURING/AFTER"
+
+
+def _ex_start(x: Exposure) -> str:
+    """EXSTDTC of an exposure: its date-time, else its date, else the partial date as sent."""
+    return x.start.isoformat() if x.start else _date(x.start_date, x.partial_date)
+
+
+def _exposure_span(ex: list[Exposure]) -> tuple[str, str]:
+    """RFXSTDTC and RFXENDTC: the earliest EXSTDTC and the latest EXENDTC (else EXSTDTC) of the subject's EX rows
+    (SDTMIG: first and last exposure to any protocol-specified treatment — lymphodepletion and the product)."""
+    dated = [x for x in ex if x.start_date or x.partial_date]
+    if not dated:
+        return "", ""
+    first = min(dated, key=lambda x: (x.start_date or dt.date.max, _ex_start(x)))
+    ended = [x for x in ex if x.end_date or x.start_date]
+    last = max(ended, key=lambda x: x.end_date or x.start_date or dt.date.min) if ended else None
+    return _ex_start(first), (_date(last.end_date) or _ex_start(last)) if last else ""
+
+
+#: DM.ACTARMCD/ACTARM of an enrolled subject who received no study treatment (SDTMIG 3.2 convention)
+NOT_TREATED = ("NOTTRT", "Not Treated")
+
+
+def _actual_arm(crf: SubjectCRF) -> tuple[str, str]:
+    """ACTARMCD and ACTARM: ResearchSubject.actualArm when the EHR gives it; else the planned arm once the
+    subject has had the infusion (Day 1), NOTTRT / Not Treated without any EX record; empty when only
+    lymphodepletion was given (the arm was only partly received: the sponsor decides)."""
+    if crf.dm.actual_arm:
+        return crf.dm.actual_arm, crf.dm.actual_arm
+    if not crf.ex:
+        return NOT_TREATED
+    if crf.day1 is not None and any(x.kind == "infusion" for x in crf.ex):
+        arm = crf.dm.arm or crf.arm or ""
+        return arm, arm
+    return "", ""
 
 
 def nrind(f: Finding) -> str:
@@ -397,12 +440,16 @@ class RowBuilder:
 
     def dm(self, crf: SubjectCRF) -> dict[str, Any]:
         dm = crf.dm
+        actual_cd, actual = _actual_arm(crf)
+        first, last = _exposure_span(crf.ex)
         return {
             **self._ids(crf, "DM"), "INVNAM": dm.investigator_name or "", "AGE": "" if dm.age is None else str(dm.age),
             "AGEU": "YEARS" if dm.age is not None else "", "SEX": dm.sex,
             "RACE": self.ct.term("RACE", dm.race, "RACE"), "ETHNIC": self.ct.term("ETHNIC", dm.ethnicity, "ETHNIC"),
             "ARMCD": dm.arm or crf.arm or "",
-            "ARM": dm.arm or crf.arm or "", "RFSTDTC": _date(crf.day1), "RFICDTC": _date(dm.consent_date),
+            "ARM": dm.arm or crf.arm or "", "ACTARMCD": actual_cd, "ACTARM": actual, "COUNTRY": dm.country or "",
+            "RFSTDTC": _date(crf.day1), "RFENDTC": _date(dm.end_of_participation), "RFXSTDTC": first,
+            "RFXENDTC": last, "RFICDTC": _date(dm.consent_date), "RFPENDTC": _date(dm.end_of_participation),
             "DTHDTC": _date(dm.death_date), "DTHFL": "Y" if dm.deceased else "",
             "SRCREF": " ".join(s.reference for s in dm.source),
         }
@@ -433,11 +480,12 @@ class RowBuilder:
     def ex(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []
         for seq, x in enumerate(crf.ex, start=1):
-            start = x.start.isoformat() if x.start else _date(x.start_date, x.partial_date)
+            start = _ex_start(x)
             rows.append({
                 **self._ids(crf, "EX"), "EXSEQ": str(seq), "EXTRT": x.treatment, "EXCAT": x.kind.upper(),
-                "EXDOSE": num(x.dose), "EXDOSU": x.dose_unit or "",
-                "EXROUTE": self.ct.term("ROUTE", x.route, "EXROUTE"),
+                "EXDOSE": num(x.dose), "EXDOSTXT": x.dose_level or "" if x.dose is None else "",
+                "EXDOSU": self.ct.term("UNIT", x.dose_unit, "EXDOSU"),
+                "EXROUTE": self.ct.first("ROUTE", [v for v in (x.route_code, x.route) if v], "EXROUTE"),
                 "EXSTDTC": start,
                 "EXENDTC": _date(x.end_date), "EXSTDY": "" if x.study_day is None else str(x.study_day),
                 "EXENDY": self._dy(crf, x.end_date), "EPOCH": self._epoch(crf, x.start_date),
@@ -627,7 +675,7 @@ class RowBuilder:
             rows.append({
                 **self._ids(crf, "CM"), "CMSEQ": str(seq), "CMSPID": c.spid or "",
                 "CMTRT": c.verbatim or c.drug, "CMDECOD": c.drug.upper() if c.drug_class != "other" or c.rxnorm
-                else "", "CMINGRD": c.ingredients or "", "CMCODE": c.rxnorm or "",
+                or c.cvx else "", "CMINGRD": c.ingredients or "", "CMCODE": c.rxnorm or c.cvx or "",
                 "CMCAT": (c.category or "").upper().replace("-", " "), "CMDOSTXT": c.dose_text or "",
                 "CMCLAS": c.drug_class.upper(), "CMCLASCD": c.atc or "", "CMINDC": c.indication or "",
                 "CMOCCUR": "N" if c.status == "not-taken" else "Y", "CMAENO": c.ae_spid or "",
@@ -646,7 +694,7 @@ class RowBuilder:
     def _meddra(self, p: str, code: str | None, term: str | None) -> dict[str, str]:
         """The MedDRA columns of an event: LLT from the EHR's coding; PT and above from the site's dictionary
         (without one the PT columns repeat the coding, read as a PT-level code, and HLT…SOC stay empty)."""
-        out = {f"{p}{m}": "" for m in _MEDDRA}
+        out = {f"{p}{m}": "" for m in _MEDDRA} | ({"AEBODSYS": "", "AEBDSYCD": ""} if p == "AE" else {})
         if not code:
             return out
         out |= {f"{p}LLT": term or "", f"{p}LLTCD": code}
@@ -655,9 +703,12 @@ class RowBuilder:
             if self.meddra is not None:
                 self.meddra_missing.add(code)
             return out | {f"{p}DECOD": term or "", f"{p}PTCD": code}
-        return out | {f"{p}LLT": h.llt, f"{p}DECOD": h.pt, f"{p}PTCD": h.pt_code, f"{p}HLT": h.hlt,
-                      f"{p}HLTCD": h.hlt_code, f"{p}HLGT": h.hlgt, f"{p}HLGTCD": h.hlgt_code, f"{p}SOC": h.soc,
-                      f"{p}SOCCD": h.soc_code}
+        out |= {f"{p}LLT": h.llt, f"{p}DECOD": h.pt, f"{p}PTCD": h.pt_code, f"{p}HLT": h.hlt,
+                f"{p}HLTCD": h.hlt_code, f"{p}HLGT": h.hlgt, f"{p}HLGTCD": h.hlgt_code, f"{p}SOC": h.soc,
+                f"{p}SOCCD": h.soc_code}
+        if p == "AE":  # the body system the analysis uses is the primary SOC
+            out |= {"AEBODSYS": h.soc, "AEBDSYCD": h.soc_code}
+        return out
 
     def ae(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []

@@ -70,11 +70,33 @@ def render(variables: list[Variable]) -> str:
         "* **MH or AE**: a Condition or AllergyIntolerance whose onset (else recorded date) is before Day 1 is "
         "medical history; one starting on or after Day 1 is left to AE (counted `mh.not-used.on-study`).",
         "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX).",
+        "* **EX dose and route**: EXDOSE from the dosage's dose quantity (MedicationAdministration `dosage.dose`, "
+        "else the first `doseAndRate.doseQuantity`), EXDOSU from its UCUM code (else its unit) → CDISC UNIT, EXROUTE "
+        "from `dosage.route` (SNOMED CT code, else text) → CDISC ROUTE; a unit or route with no term is left empty "
+        "and listed under `cdisc.no_ct_term`. The infusion row reads them from the MedicationAdministration of the "
+        "study product that dates Day 1; an infusion recorded as a Procedure has no dosage element, so EXDOSE, "
+        "EXDOSU and EXROUTE stay empty (the dose in its free-text note is not parsed) and **EXDOSTXT** holds the "
+        "subject's dose level (ResearchSubject.actualArm, else assignedArm: `DL3`) — SDTMIG fills EXDOSTXT only "
+        "when EXDOSE is empty.",
         "* **EX of an infusion the roster CSV dates** (`infusion_date`; no Procedure or MedicationAdministration "
         "in the EHR): the same row as a FHIR infusion's — EXTRT = the study product, EXCAT = INFUSION, EXSTDTC = "
-        "EXENDTC = Day 1, EXSTDY = 1 — with EXDOSE, EXDOSU and EXROUTE empty (the roster holds no dose; none is "
-        "invented) and SRCREF = the subject's ResearchSubject; the CRF's EX record names the CSV line "
-        "(`day1_source`).",
+        "EXENDTC = Day 1, EXSTDY = 1, EXDOSTXT = the dose level — with EXDOSE, EXDOSU and EXROUTE empty (the roster "
+        "holds no dose; none is invented) and SRCREF = the subject's ResearchSubject; the CRF's EX record names the "
+        "CSV line (`day1_source`).",
+        "* **DM reference dates**: RFSTDTC = Day 1 (the infusion); RFXSTDTC / RFXENDTC = the earliest EXSTDTC and "
+        "the latest EXENDTC of the subject's EX rows (SDTMIG: any protocol-specified treatment, so lymphodepletion "
+        "starts it); RFENDTC = RFPENDTC = ResearchSubject.period.end (the end of participation), empty while the "
+        "subject is on study — the end of the last visit window is a plan, not a date the subject ended.",
+        "* **DM arms**: ARMCD/ARM = ResearchSubject.assignedArm; ACTARMCD/ACTARM = ResearchSubject.actualArm, else "
+        "the assigned arm once the subject is infused (Day 1), `NOTTRT` / `Not Treated` for an enrolled subject "
+        "with no EX record (SDTMIG 3.2 convention; 3.3+ leaves them null with ARMNRS, which is not exported), and "
+        "empty after lymphodepletion without the infusion (the arm was only partly received: the sponsor decides).",
+        "* **DM COUNTRY**: the site overlay's `country` (ISO 3166-1 alpha-3, e.g. DEU); empty without it — the "
+        "patient's home address is not the site's country and is never read.",
+        "* **AEBODSYS / AEBDSYCD**: the primary SOC of the site's MedDRA dictionary (as AESOC/AESOCCD); empty "
+        "without a dictionary.",
+        "* **Immunization → CM**: CMTRT = vaccineCode text, CMDECOD = the display of its CVX coding (upper case), "
+        "CMCODE = the CVX code, CMINDC = reasonCode, else `Prophylaxis` (a vaccine is given to prevent).",
         "* **NOT DONE**: a cancelled Observation, or one with a dataAbsentReason and no value, gives a row with "
         "`--STAT` = NOT DONE and `--REASND` = the reason; it never feeds a derivation.",
         "* **SITEID**: the site-level ResearchStudy (partOf the study) the ResearchSubject is enrolled in; without "
@@ -105,7 +127,8 @@ def render(variables: list[Variable]) -> str:
         "names. A Condition that an AdverseEvent names as its resultingCondition is that event, never MH "
         "(counted `mh.not-used.adverse-event`).",
         "* **MHCTRL** follows the IG: clinicalStatus inactive, remission or resolved → Y, active, recurrence or "
-        "relapse → N. **PRSTRF** is derived from the start date: BEFORE RFSTDTC, else DURING/AFTER (no RFENDTC).",
+        "relapse → N. **PRSTRF** is derived from the start date: BEFORE RFSTDTC, else DURING/AFTER (RFENDTC is "
+        "empty while subjects are on study, so DURING and AFTER are not told apart).",
         "* **CDISC rules engine (CORE)**: its SDTMIG v3.4 rules come from the CDISC Library (an API key) and its "
         "PyPI package ships none, so it cannot run offline; the four of its checks that need no Library data "
         "run in the test suite on the demo exports (`tests/test_end_to_end.py`): EPOCH in every domain but DM, "

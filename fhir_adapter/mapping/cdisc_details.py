@@ -26,6 +26,7 @@ LOINC = "http://loinc.org"
 US_CORE_RACE = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race"
 US_CORE_ETHNICITY = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-ethnicity"
 ATC = "http://www.whocc.no/atc"
+CVX = "http://hl7.org/fhir/sid/cvx"
 BODY_POSITION = "http://hl7.org/fhir/StructureDefinition/observation-bodyPosition"
 RELATIVE_TIME = "http://hl7.org/fhir/StructureDefinition/cqf-relativeDateTime"
 #: UCUM time units of a Duration → ISO 8601 designators (time part when ``T``)
@@ -222,15 +223,22 @@ def active_ingredients(medication: dict[str, Any]) -> str | None:
     return "; ".join(names) or None
 
 
+#: CMINDC of an Immunization that sends no reasonCode: a vaccine is given to prevent the disease
+PROPHYLAXIS = "Prophylaxis"
+
+
 def immunizations(resources: list[dict[str, Any]], subject_id: str, study: Study, log: RunLog) -> list[ConMed]:
-    """Immunization (status completed) → CM records of class other, source kind ``immunization``."""
+    """Immunization (status completed) → CM records of class other, source kind ``immunization``: CMTRT the
+    vaccineCode text, CMDECOD the display of its CVX coding (the IG reads CMDECOD from vaccineCode; without a CVX
+    coding CMDECOD stays empty) and CMCODE its CVX code; CMINDC the reasonCode, else Prophylaxis."""
     out: list[ConMed] = []
     for r in latest(x for x in resources if x.get("resourceType") == "Immunization"):
         status = str(r.get("status"))
         if status != "completed":
             log.count(f"immunizations.not-used.{status}")
             continue
-        name = first_text(r.get("vaccineCode"))
+        vaccine = r.get("vaccineCode")
+        name = first_text(vaccine)
         when = r.get("occurrenceDateTime")
         if not name or not isinstance(when, str):
             log.reject("Immunization", r.get("id"), "unreadable", "no vaccineCode text or no occurrenceDateTime",
@@ -245,10 +253,12 @@ def immunizations(resources: list[dict[str, Any]], subject_id: str, study: Study
         dose = r.get("doseQuantity") or {}
         reasons = r.get("reasonCode") or []
         route = r.get("route")
+        cvx = next((c for c in (vaccine or {}).get("coding") or []
+                    if isinstance(c, dict) and c.get("system") == CVX and c.get("code")), None)
         out.append(ConMed(
-            drug=name.lower(), verbatim=name, spid=identifier_value(r),
-            indication=first_text(reasons[0]) if reasons else None,
-            rxnorm=None, drug_class="other",
+            drug=str((cvx or {}).get("display") or name).lower(), verbatim=name, spid=identifier_value(r),
+            indication=first_text(reasons[0]) if reasons else PROPHYLAXIS,
+            rxnorm=None, cvx=str(cvx["code"]) if cvx else None, drug_class="other",
             dose=float(dose["value"]) if dose.get("value") is not None else None,
             dose_unit=dose.get("code") or dose.get("unit"),
             route=first_text(route), route_code=next((c for _, c in codings(route)), None),

@@ -5,7 +5,10 @@ carries one of ``study.lymphodepletion_codes``; its first date is the *lymphodep
 SLEDAI-2K cytopenia exclusion and the pre-infusion AE rule. The infusion is the roster's Day-1 record; a Day 1
 known only from the roster CSV's ``infusion_date`` gives the same EX row — the product on Day 1, dose, route and
 time unknown (left empty, never invented) — sourced to the subject's ResearchSubject, ``day1_source`` naming
-the CSV line. A
+the CSV line. Dose and route come from the record's dosage (:func:`dosage`: the dose quantity with its UCUM
+code, the route code and text) — a MedicationAdministration of the product that dates Day 1 gives them to the
+infusion row too; a Procedure carries no dosage, so the infusion row then has the subject's dose level
+(``dose_level``, the arm) and no dose. A
 product given more than once (``repeated_doses: true``) has one EX record per completed MedicationAdministration
 of ``infusion_medication_codes``, Day 1 being the first. Administrations of the product are study treatment,
 never concomitant medication: :func:`without_study_product` keeps them out of CM.
@@ -18,6 +21,7 @@ from typing import Any
 
 from fhir_adapter.crf.models import Exposure, SourceRef
 from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.mapping.common import codings, first_text
 from fhir_adapter.mapping.medication_codes import medication_codings, medication_name
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
@@ -35,6 +39,27 @@ def _when(r: dict[str, Any]) -> tuple[str | None, str | None]:
     period = r.get("effectivePeriod") or {}
     start = r.get("effectiveDateTime") or period.get("start")
     return start, period.get("end")
+
+
+def dosage(r: dict[str, Any]) -> dict[str, Any]:
+    """Dose, dose unit and route of a medication record's (first) dosage: ``dose``/``dose_unit`` from the
+    MedicationAdministration's ``dosage.dose`` or the first ``doseAndRate.doseQuantity`` of a statement or order
+    — the UCUM ``code`` before the display ``unit`` (the export maps it to CDISC UNIT) — and ``route`` (text or
+    display) with ``route_code`` (the first coding's code, SNOMED CT in the feeds) of its route."""
+    lines = r.get("dosage") if r.get("resourceType") != "MedicationRequest" else r.get("dosageInstruction")
+    line = (lines[0] if lines else None) if isinstance(lines, list) else lines
+    if not isinstance(line, dict):
+        return {}
+    qty = line.get("dose")
+    if qty is None:
+        rates = line.get("doseAndRate") or [{}]
+        qty = rates[0].get("doseQuantity") if isinstance(rates[0], dict) else None
+    qty = qty if isinstance(qty, dict) else {}
+    route = line.get("route")
+    value = qty.get("value")
+    return {"dose": float(value) if isinstance(value, int | float) else None,
+            "dose_unit": qty.get("code") or qty.get("unit"),
+            "route": first_text(route), "route_code": next((c for _, c in codings(route) if c), None)}
 
 
 def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> list[Exposure]:
@@ -55,13 +80,11 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
             log.reject(r["resourceType"], r.get("id"), "bad-date", str(exc), "send ISO 8601 dates",
                        subject_id=e.subject_id, raw=r)
             continue
-        dose = (r.get("dosage") or {}).get("dose") if r["resourceType"] == "MedicationAdministration" else None
         out.append(Exposure(
             treatment=medication_name(r, resources) or "lymphodepleting agent", kind="lymphodepletion",
             code=next((f"{s_}|{c}" for s_, c in medication_codings(r, resources)
                        if (s_, c) in study.lymphodepletion_codes), None),
-            dose=(dose or {}).get("value"), dose_unit=(dose or {}).get("unit") or (dose or {}).get("code"),
-            route=None, start=s.datetime if s else None, start_date=s.date if s else None,
+            **dosage(r), start=s.datetime if s else None, start_date=s.date if s else None,
             end_date=en.date if en else (s.date if s else None), partial_date=s.partial if s else None,
             study_day=study_day(s.date, e.day1) if s and s.date and e.day1 else None,
             source=SourceRef(resource_type=r["resourceType"], id=str(r.get("id")),
@@ -70,13 +93,15 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
     doses = _product_doses(e, resources, study, log) if study.info.repeated_doses else []
     out += doses
     if e.day1 and e.infusion and not any(d.source.id == e.infusion.id for d in doses):
+        record = next((r for r in resources if r.get("resourceType") == e.infusion.resource_type
+                       and str(r.get("id")) == e.infusion.id), {}) if e.infusion.resource_type in LD_TYPES else {}
         out.append(Exposure(
-            treatment=study.info.product_name, kind="infusion", dose_level=e.arm, start_date=e.day1,
-            end_date=e.day1, study_day=1, source=e.infusion,
+            treatment=study.info.product_name, kind="infusion", dose_level=e.actual_arm or e.arm, **dosage(record),
+            start_date=e.day1, end_date=e.day1, study_day=1, source=e.infusion,
         ))
     elif e.day1 and e.infusion is None and not doses:   # Day 1 from the roster CSV: no FHIR infusion record
         out.append(Exposure(
-            treatment=study.info.product_name, kind="infusion", dose_level=e.arm, start_date=e.day1,
+            treatment=study.info.product_name, kind="infusion", dose_level=e.actual_arm or e.arm, start_date=e.day1,
             end_date=e.day1, study_day=1, source=e.research_subject, day1_source=e.day1_source,
         ))
     out.sort(key=lambda x: (x.start_date or dt.date.max, x.treatment))
@@ -122,12 +147,11 @@ def _product_doses(e: Enrollee, resources: list[dict[str, Any]], study: Study, l
             log.reject(r["resourceType"], r.get("id"), "bad-date", str(exc), "send ISO 8601 dates",
                        subject_id=e.subject_id, raw=r)
             continue
-        dose = (r.get("dosage") or {}).get("dose") or {}
         out.append(Exposure(
-            treatment=study.info.product_name, kind="infusion", dose_level=e.arm,
+            treatment=study.info.product_name, kind="infusion", dose_level=e.actual_arm or e.arm,
             code=next((f"{s_}|{c}" for s_, c in medication_codings(r, resources)
                        if (s_, c) in study.infusion_medication_codes), None),
-            dose=dose.get("value"), dose_unit=dose.get("unit") or dose.get("code"),
+            **dosage(r),
             start=s.datetime if s else None, start_date=s.date if s else None,
             end_date=en.date if en else (s.date if s else None), partial_date=s.partial if s else None,
             study_day=study_day(s.date, e.day1) if s and s.date and e.day1 else None,

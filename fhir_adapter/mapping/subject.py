@@ -85,6 +85,7 @@ class SubjectMapper:
             race=e.race, ethnicity=e.ethnicity, investigator_id=e.investigator_id,
             investigator_name=e.investigator_name, death_date=e.death_date, deceased=e.deceased,
             age=age_at(e.birth_date, e.consent_date), arm=e.arm, status=e.status, consent_date=e.consent_date,
+            actual_arm=e.actual_arm, end_of_participation=e.end_of_study, country=self.study.country,
             source=(e.research_subject,),
         )
         self.log.count("crf.findings", len(findings))

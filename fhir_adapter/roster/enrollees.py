@@ -49,6 +49,7 @@ class Enrollee:
     investigator_name: str | None = None  # that investigator's name (contained Practitioner) or the display
     death_date: dt.date | None = None     # Patient.deceasedDateTime
     deceased: bool | None = None          # Patient.deceased[x]: True (date or true), False, None (not sent)
+    actual_arm: str | None = None         # ResearchSubject.actualArm: the arm the subject actually received
 
 
 @dataclass
@@ -197,6 +198,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
                                        version=(rs.get("meta") or {}).get("versionId")),
             status=c.status,
             arm=rs.get("assignedArm"),
+            actual_arm=rs.get("actualArm"),
             consent_date=_date((rs.get("period") or {}).get("start"), study),
             end_of_study=_date((rs.get("period") or {}).get("end"), study),
             site=_site(patient),

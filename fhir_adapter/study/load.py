@@ -68,6 +68,8 @@ class Study:
     overrides: list[dict[str, Any]] = field(default_factory=list)
     siteid_rule: str = "research-study"
     meddra_dir: Path | None = None
+    #: DM.COUNTRY: ISO 3166-1 alpha-3 code of the site's country (site overlay ``country``)
+    country: str | None = None
     #: (unit, CRF unit) → (a, b) of ``CRF value = a·value + b`` for every accept_units entry, computed at load
     #: time; worker processes take them (:func:`fhir_adapter.terminology.units.learn`) instead of the registry
     unit_conversions: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, repr=False)
@@ -346,7 +348,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
         overrides=overrides,
         siteid_rule=overlay.siteid if overlay else "research-study",
-        meddra_dir=_meddra_dir(odoc, overlay),
+        meddra_dir=_meddra_dir(odoc, overlay), country=overlay.country if overlay else None,
         unit_conversions=_unit_conversions(items),
     )
 

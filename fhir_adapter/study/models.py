@@ -223,6 +223,9 @@ class SiteOverlay(Strict):
     meddra_dir: str | None = Field(
         None, description="folder of the site's MedDRA release (MedAscii: llt.asc, mdhier.asc), relative to "
         "this file; gives AEHLT/AEHLGT/AESOC")
+    country: str | None = Field(
+        None, pattern=r"^[A-Z]{3}$",
+        description="DM.COUNTRY: the ISO 3166-1 alpha-3 code of the site's country (DEU, FRA, USA)")
 
 
 class SiteItem(Strict):

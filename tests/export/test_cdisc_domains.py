@@ -30,6 +30,8 @@ def _feed() -> Feed:
     f = Feed()
     f.subject("p1", "101-001", name="Cara Quellmarsh", mrn="MRN-1", birth="1990-02-03", day1=DAY1)
     f.subject("p2", "101-002", name="Dov Tivelby", mrn="MRN-2", birth="1985-06-07", day1=DAY1)
+    # 101-003: enrolled, never treated (no infusion, no lymphodepletion)
+    f.subject("p3", "101-003", name="Ebba Sorrowin", mrn="MRN-3", birth="1979-09-10", day1=None, arm="DL2")
     f.add({"resourceType": "ResearchStudy", "id": "site-study", "status": "active",
            "identifier": [{"value": "LCAR-AIO-SLE-SITE-07"}], "partOf": [{"reference": "ResearchStudy/study"}],
            "contained": [{"resourceType": "Practitioner", "id": "pi",
@@ -39,6 +41,21 @@ def _feed() -> Feed:
     for rs in f.resources["ResearchSubject"]:
         if rs["id"] == "rs-p2":
             rs["study"] = {"reference": "ResearchStudy/site-study"}
+            # given DL2 instead of the assigned DL1; participation ended with the death on day 60
+            rs["actualArm"] = "DL2"
+            rs["period"]["end"] = "2024-03-31"
+    # the lymphodepletion as the ward charts it: route SNOMED CT intravenous, dose with its UCUM code; the
+    # feedkit's fludarabine sends mg/m2 (no term in the CT tables here: reported, never passed through)
+    for ma in f.resources["MedicationAdministration"]:
+        ma["dosage"]["route"] = {"coding": [{"system": "http://snomed.info/sct", "code": "47625008",
+                                             "display": "Intravenous route"}]}
+    f.add({"resourceType": "MedicationAdministration", "id": "cy-p1", "status": "completed",
+           "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                                     "code": "3002"}], "text": "Cyclophosphamide"},
+           "subject": {"reference": "Patient/p1"}, "effectiveDateTime": at(DAY1, -3, "12:00:00+00:00"),
+           "dosage": {"route": {"text": "IV"},
+                      "dose": {"value": 850, "unit": "milligram", "system": "http://unitsofmeasure.org",
+                               "code": "mg"}}})
     p1 = next(p for p in f.resources["Patient"] if p["id"] == "p1")
     p1["extension"] = [
         {"url": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-race", "extension": [
@@ -137,7 +154,8 @@ def _feed() -> Feed:
     f.add({"resourceType": "Procedure", "id": "pr2", "status": "not-done", "code": {"text": "Bone marrow biopsy"},
            "statusReason": {"text": "Patient declined"}, "subject": {"reference": "Patient/p1"}})
     f.add({"resourceType": "Immunization", "id": "im1", "status": "completed", "identifier": [{"value": "VAX-1"}],
-           "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "141"}],
+           "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "141",
+                                       "display": "Influenza, seasonal, injectable"}],
                            "text": "Influenza vaccine"},
            "patient": {"reference": "Patient/p1"}, "occurrenceDateTime": "2023-11-02",
            "route": {"coding": [{"system": "http://snomed.info/sct", "code": "78421000"}]},
@@ -163,7 +181,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("cdisc")
     synthetic_meddra(base / "meddra")
     overlay = base / "site.yaml"
-    overlay.write_text("site: test-site\nmeddra_dir: meddra\n", encoding="utf-8")
+    overlay.write_text("site: test-site\nmeddra_dir: meddra\ncountry: DEU\n", encoding="utf-8")
     study = load_study(ROOT / "mappings" / "lcar-aio", overlay)
     feed = _feed().write(base / "feed")
     run(FileSource(feed, RunLog()), study, base / "out", RunLog())
@@ -214,6 +232,39 @@ def test_immunization_in_cm(out: Path) -> None:
     (im,) = [r for r in _rows(out, "CM") if r["SRCTYPE"] == "immunization"]
     assert (im["CMTRT"], im["CMSPID"], im["CMROUTE"], im["CMDOSU"], im["CMSTDTC"]) == (
         "Influenza vaccine", "VAX-1", "INTRAMUSCULAR", "mL", "2023-11-02")
+    assert (im["CMDECOD"], im["CMCODE"]) == ("INFLUENZA, SEASONAL, INJECTABLE", "141"), \
+        "CMDECOD from vaccineCode (the IG): the CVX coding's display, CMCODE its code"
+    assert im["CMINDC"] == "Prophylaxis", "no reasonCode: the documented CMINDC of a vaccine"
+
+
+def test_ex_route_and_dose_unit_in_ct_and_the_dose_level_of_the_infusion(out: Path) -> None:
+    ex = {r["SRCREF"].split("/")[1]: r for r in _rows(out, "EX")}
+    cy = ex["cy-p1"]
+    assert (cy["EXDOSE"], cy["EXDOSU"], cy["EXROUTE"], cy["EXDOSTXT"]) == ("850", "mg", "INTRAVENOUS", ""), \
+        "the UCUM code, not the display 'milligram'; route text IV → ROUTE term"
+    ld = ex["ld-p1"]
+    assert (ld["EXDOSE"], ld["EXDOSU"], ld["EXROUTE"]) == ("30", "", "INTRAVENOUS"), "SNOMED 47625008"
+    no_term = json.loads((out / "run-report.json").read_text())["cdisc"]["no_ct_term"]
+    assert {"column": "EXDOSU", "value": "mg/m2", "rows": 2} in no_term, "a unit with no CT term is reported"
+    assert (ex["inf-p1"]["EXDOSTXT"], ex["inf-p1"]["EXDOSE"], ex["inf-p1"]["EXDOSU"]) == ("DL1", "", ""), \
+        "a Procedure carries no dose: the dose level, as SDTM's dose description"
+    assert ex["inf-p2"]["EXDOSTXT"] == "DL2", "the arm actually received"
+    crf = json.loads((out / "crf" / "101-001.json").read_text())
+    assert {(x["kind"], x["dose_level"], x["route_code"]) for x in crf["ex"]} >= {
+        ("infusion", "DL1", None), ("lymphodepletion", None, "47625008")}, "the CRF holds what EX shows"
+
+
+def test_dm_arms_reference_dates_and_country(out: Path) -> None:
+    dm = {r["SUBJID"]: r for r in _rows(out, "DM")}
+    p1, p2, p3 = dm["101-001"], dm["101-002"], dm["101-003"]
+    assert (p1["ARMCD"], p1["ACTARMCD"], p1["ACTARM"]) == ("DL1", "DL1", "DL1"), "infused: the planned arm"
+    assert (p2["ARMCD"], p2["ACTARMCD"]) == ("DL1", "DL2"), "ResearchSubject.actualArm"
+    assert (p3["ARMCD"], p3["ACTARMCD"], p3["ACTARM"], p3["RFXSTDTC"]) == ("DL2", "NOTTRT", "Not Treated", "")
+    assert {r["COUNTRY"] for r in dm.values()} == {"DEU"}, "the site overlay's country"
+    assert (p1["RFXSTDTC"], p1["RFXENDTC"]) == ("2024-01-27T09:00:00+00:00", "2024-02-01"), \
+        "first lymphodepletion to the infusion (the earliest EXSTDTC, the latest EXENDTC)"
+    assert (p1["RFENDTC"], p1["RFPENDTC"]) == ("", ""), "on study: no end of participation"
+    assert (p2["RFENDTC"], p2["RFPENDTC"]) == ("2024-03-31", "2024-03-31"), "ResearchSubject.period.end"
 
 
 def test_not_done_and_specimen_columns(out: Path) -> None:
@@ -279,6 +330,7 @@ def test_ae_meddra_hierarchy_seriousness_and_ct(out: Path) -> None:
         "AE-001", "Synthetic headache term", "90000001", "Synthetic headache PT", "90000010")
     assert (ae["AEHLT"], ae["AEHLGT"], ae["AESOC"], ae["AESOCCD"]) == (
         "Synthetic pain HLT", "Synthetic pain HLGT", "Synthetic nervous SOC", "90010000")
+    assert (ae["AEBODSYS"], ae["AEBDSYCD"]) == ("Synthetic nervous SOC", "90010000"), "the primary SOC"
     assert (ae["AESER"], ae["AESHOSP"], ae["AESDTH"], ae["AESLIFE"]) == ("Y", "Y", "N", "N")
     assert (ae["AESEV"], ae["AEOUT"], ae["AEACN"], ae["AERELNST"]) == (
         "SEVERE", "RECOVERED/RESOLVED", "NOT APPLICABLE", "")

@@ -133,3 +133,15 @@ def test_overlay_meddra_dir_must_hold_the_ascii_files(tmp_path: Path) -> None:
     overlay.write_text("site: s\nmeddra_dir: nowhere\n", encoding="utf-8")
     with pytest.raises(MappingError, match=r"site\.yaml:2.*llt\.asc"):
         load_study(ROOT / "mappings" / "lcar-aio", overlay)
+
+
+def test_overlay_country_must_be_an_iso_3166_alpha_3_code(tmp_path: Path) -> None:
+    from fhir_adapter.study.load import load_study
+    from fhir_adapter.study.yamlfile import MappingError
+
+    overlay = tmp_path / "site.yaml"
+    overlay.write_text("site: s\ncountry: DE\n", encoding="utf-8")
+    with pytest.raises(MappingError, match=r"site\.yaml:2.*country"):
+        load_study(ROOT / "mappings" / "lcar-aio", overlay)
+    overlay.write_text("site: s\ncountry: DEU\n", encoding="utf-8")
+    assert load_study(ROOT / "mappings" / "lcar-aio", overlay).country == "DEU"
