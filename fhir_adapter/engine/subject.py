@@ -237,7 +237,7 @@ class SubjectEngine:
                 self._renderer = ExportRenderer(work.study)
             crf_json = json_file(crf_document(review.crf))
             out.export = self._renderer.render(
-                review.crf.model_copy(update=out.export_updates), review.status, review.decisions,
+                review.export_crf(out.export_updates), review.status, review.decisions,
                 quarantined=list(self.log.quarantine) if out.pieces is not None else None)
             if out.pieces is None:
                 out.crf_json = crf_json

@@ -31,8 +31,10 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
 * ``--BLFL``: ``Y`` on the one record per test that is its baseline by the rule every derivation uses
   (docs/clinical-rules.md#baseline: the last result on or before Day 1 inside the look-back); a baseline that is
   a result in no visit gets its own row (VISIT empty, ``--BLFL`` = Y) so the flagged record is in the dataset.
-* ``REVSTAT``: the value's review status (``unreviewed``, ``accepted``, ``changed``, ``not-available`` has no
-  row, ``query``, ``re-review``; docs/review.md) — empty when the rows were built without review.
+* ``REVSTAT``: the value's review status (``unreviewed``, ``accepted``, ``changed``, ``not-available``,
+  ``query``, ``re-review``; docs/review.md) — empty when the rows were built without review. An item a reviewer
+  declared not available has a NOT DONE row (``--STAT`` = NOT DONE, ``--REASND`` = the reviewer's reason, no
+  result; ``SRCREF`` = the result set aside) with ``REVSTAT`` = ``not-available``.
 
 No name, MRN, address or birth date is ever written: DM carries the age at consent only.
 """
@@ -565,7 +567,7 @@ class RowBuilder:
         labels = {v.id: v.label or v.id for v in self.study.schedule.visits}
         for nd in crf.not_done:
             key = (str(self.visitnum[nd.visit]), labels[nd.visit], str(self.visit_day[nd.visit])) \
-                if nd.visit in self.visitnum else ("", "", "")
+                if nd.visit in self.visitnum else keys.get(nd.visit or "", ("", "", ""))  # an unscheduled visit
             add(nd.domain, self._not_done(crf, nd, key), nd.visit or "", nd.item)
         for domain, rows in out.items():
             k = _FINDING_COLUMNS[domain]

@@ -98,7 +98,9 @@ def render(variables: list[Variable]) -> str:
         "* **Immunization → CM**: CMTRT = vaccineCode text, CMDECOD = the display of its CVX coding (upper case), "
         "CMCODE = the CVX code, CMINDC = reasonCode, else `Prophylaxis` (a vaccine is given to prevent).",
         "* **NOT DONE**: a cancelled Observation, or one with a dataAbsentReason and no value, gives a row with "
-        "`--STAT` = NOT DONE and `--REASND` = the reason; it never feeds a derivation.",
+        "`--STAT` = NOT DONE and `--REASND` = the reason; it never feeds a derivation. So does an item a reviewer "
+        "declared not available (docs/review.md): `--REASND` = the reviewer's reason, `REVSTAT` = not-available, "
+        "SRCREF = the result set aside.",
         "* **SITEID**: the site-level ResearchStudy (partOf the study) the ResearchSubject is enrolled in; without "
         "one, or with `siteid: organization` in the site overlay, the Patient's managing organisation.",
         "* **INVID** (every domain, beside SITEID) and **INVNAM** (DM): the principalInvestigator of the "

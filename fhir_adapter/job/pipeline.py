@@ -354,11 +354,11 @@ def _run(
             summary.visits += p.visits
         else:
             crf = o.crf
-            exported = crf.model_copy(update=o.export_updates)
+            assert o.review is not None
+            exported = o.review.export_crf(o.export_updates)
             if o.export is not None:  # rendered by a worker
                 exports.write(o.export, exported, o.quarantine)
             else:
-                assert o.review is not None
                 exports.add(exported, o.quarantine, o.review.status, o.review.decisions)
             summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
         summary.results_written += len(bundle_resources)

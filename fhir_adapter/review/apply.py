@@ -5,7 +5,8 @@ Per subject, visit and item, the current decision (:meth:`Chain.current`) gives 
 * ``unreviewed`` — no decision: the rule's pick stays;
 * ``accepted`` — the reviewer accepted the rule's pick;
 * ``changed`` — the reviewer chose another candidate: the visit keeps that one;
-* ``not-available`` — the visit keeps no value for the item (the reason is in the decision);
+* ``not-available`` — the visit keeps no value for the item: the derivations see none, and the exports get a
+  NOT DONE record with the reviewer's reason instead (:attr:`SubjectReview.not_available`);
 * ``query`` — a query is open (the value stays as it was: the rule's pick, or the earlier decision's);
 * ``re-review`` — the EHR changed what the reviewer saw: a candidate's value or version changed, one was
   added, or one is gone. The decision still applies where it can (the chosen resource, at its current
@@ -18,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.crf.models import Finding, NotDone, SourceRef, SubjectCRF, VisitRecord
 from fhir_adapter.review.candidates import finding_for, item_candidates
 
 STATUS_BY_ACTION = {"accept": "accepted", "choose": "changed", "not_available": "not-available", "query": "query"}
@@ -36,6 +37,15 @@ class SubjectReview:
     decisions: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     re_review: list[dict[str, Any]] = field(default_factory=list)
     applied: int = 0
+    #: one NOT DONE record per item a reviewer declared not available: for the exports only (never in the CRF
+    #: the derivations read, nor in crf/<subject>.json)
+    not_available: list[NotDone] = field(default_factory=list)
+
+    def export_crf(self, updates: dict[str, Any] | None = None) -> SubjectCRF:
+        """The CRF the exports are built from: with ``updates`` and the not-available records among the NOT
+        DONE ones."""
+        extra = {"not_done": [*self.crf.not_done, *self.not_available]} if self.not_available else {}
+        return self.crf.model_copy(update={**(updates or {}), **extra})
 
     def reviewed_sources(self) -> set[str]:
         """Source references without version (``Observation/1``) of the values a reviewer accepted or chose."""
@@ -65,6 +75,27 @@ def changes_since(shown: list[dict[str, Any]], now: list[dict[str, Any]]) -> lis
             what = f"value {x0} → {x1}" if x0 != x1 else "same value"
             out.append(f"{cid} changed in the EHR: version {v0} → {v1}, {what}")
     return out
+
+
+def not_available_record(rec: VisitRecord, item: str, domain: str, decision: dict[str, Any],
+                         set_aside: Finding | None) -> NotDone:
+    """The NOT DONE record of an item a reviewer declared not available at visit ``rec``: the reviewer's reason,
+    the visit's date, and as its source the result the reviewer set aside (the value in use, else the rule's
+    pick the reviewer was shown)."""
+    if set_aside is not None:
+        source, status = set_aside.source, set_aside.status
+        category, loinc = set_aside.category, set_aside.loinc
+    else:
+        shown = decision.get("shown") or {}
+        c = next((c for c in shown.get("candidates") or [] if c["id"] == shown.get("picked")), None) or {}
+        src = c.get("source") or {}
+        ref = str(shown.get("picked") or "").split("#")[0].partition("/")
+        source = SourceRef(resource_type=src.get("resource_type") or ref[0], id=src.get("id") or ref[2],
+                           version=src.get("version"))
+        status, category, loinc = c.get("status") or "", None, None
+    return NotDone(domain=domain, item=item, reason=str(decision.get("reason") or ""), date=rec.date,
+                   study_day=rec.study_day, visit=rec.visit, category=category, loinc=loinc, status=status,
+                   source=source)
 
 
 def status_of(entry: dict[str, Any] | None, decision: dict[str, Any] | None) -> tuple[str, list[str]]:
@@ -104,7 +135,10 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
                 new_values[visit][item] = f
                 review.applied += 1
         elif d["action"] == "not_available" and visit in visits:
-            new_values[visit].pop(item, None)
+            set_aside = new_values[visit].pop(item, None)
+            if item in study.items:
+                review.not_available.append(
+                    not_available_record(visits[visit], item, study.items[item].domain, d, set_aside))
             review.applied += 1
         if diffs:
             review.re_review.append({

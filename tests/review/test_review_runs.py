@@ -84,7 +84,8 @@ def test_the_next_run_uses_the_chosen_value_and_recomputes_endpoints(tmp_path: P
     w24 = next(v for v in crf["visits"] if v["visit"] == "W24")
     assert w24["values"]["c3"]["source"]["id"] == "c3-w24b"
     status = {(r["VISIT"], r["LBTESTCD"]): r["REVSTAT"] for r in _rows(out, "LB")}
-    assert status == {("Baseline (pre-lymphodepletion)", "C3"): "accepted", ("Week 24", "C3"): "changed"}
+    assert status == {("Baseline (pre-lymphodepletion)", "C3"): "accepted", ("Week 24", "C3"): "changed",
+                      ("Week 12", "C3"): "not-available"}
     assert [r["REVSTAT"] for r in _rows(out, "PC")] == ["query"]
     report = _json(out / "run-report.json")["review"]
     assert report["decisions"] == 4 and report["applied"] == 3 and report["re_review"] == []
@@ -96,6 +97,37 @@ def test_the_next_run_uses_the_chosen_value_and_recomputes_endpoints(tmp_path: P
     assert "<ReasonForChange>day-169 sample haemolysed</ReasonForChange>" in odm
     assert "review status changed: choose Observation/c3-w24b" in odm
     assert 'ItemOID="IT.LB.REVSTAT" Value="changed"' in odm
+
+
+@pytest.mark.parametrize("reviewed_only", [False, True])  # exports made where the subject is, or in the run's process
+def test_a_value_declared_not_available_is_a_not_done_row_in_every_export(tmp_path: Path, study: Study,
+                                                                          reviewed_only: bool) -> None:
+    out, _ = run_feed(tmp_path, study)
+    _decide(out, "W12", "c3", "not_available", reason="sample from another patient (lab incident 12)")
+    out, _ = run_feed(tmp_path, study, reviewed_only=reviewed_only)
+    # the derivations see no value ...
+    assert _visit(out, "W12")["c3"] is None
+    crf = _json(out / "crf" / f"{SUBJECT}.json")
+    assert "c3" not in next(v for v in crf["visits"] if v["visit"] == "W12")["values"]
+    # ... and the exports carry the decision as a NOT DONE record, as they do a cancelled result
+    [row] = [r for r in _rows(out, "LB") if r["VISIT"] == "Week 12"]
+    assert (row["LBTESTCD"], row["LBSTAT"], row["LBREASND"], row["REVSTAT"]) == (
+        "C3", "NOT DONE", "sample from another patient (lab incident 12)", "not-available")
+    assert (row["LBORRES"], row["LBSTRESC"], row["LBSTRESN"]) == ("", "", "")
+    assert row["SRCREF"] == "Observation/c3-w12/_history/2"  # the result the reviewer set aside
+    ds = _json(out / "export" / "LB.json")  # Dataset-JSON
+    names = [c["name"] for c in ds["columns"]]
+    [ds_row] = [r for r in (dict(zip(names, row, strict=True)) for row in ds["rows"])
+                if r["SUBJID"] == SUBJECT and r["VISIT"] == "Week 12"]
+    assert (ds_row["LBSTAT"], ds_row["REVSTAT"]) == ("NOT DONE", "not-available")
+    validate(out / "export" / "odm.xml")
+    odm = (out / "export" / "odm.xml").read_text()
+    event = odm.split('<StudyEventData StudyEventOID="SE.W12">')[1].split("</StudyEventData>")[0]
+    assert "<ReasonForChange>sample from another patient (lab incident 12)</ReasonForChange>" in event
+    assert "review status not-available: not_available" in event
+    assert 'ItemOID="IT.LB.LBSTAT" Value="NOT DONE"' in event
+    assert 'ItemOID="IT.LB.REVSTAT" Value="not-available"' in event
+    assert "IT.LB.LBSTRESN" not in event
 
 
 def test_a_source_changed_after_adjudication_is_flagged_for_re_review(tmp_path: Path, study: Study) -> None:
