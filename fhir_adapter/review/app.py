@@ -3,7 +3,10 @@
 Pages: ``/`` subjects with progress; ``/s/<subject>`` its visits → items (``?filter=needs-review``) and its
 endpoints from ``results/study.json``; ``/s/<subject>/<visit>/<item>`` one item: the rule's pick, every
 candidate, rule, window and flags, the decision forms and the item's history; ``/audit`` every decision, with
-the hash chain verified. Reads ``OUT/review/candidates/``, ``OUT/results/study.json`` and the decision file;
+the hash chain verified. A path names the subject, visit and item by their file names
+(:func:`~fhir_adapter.job.outpaths.subject_file_name`: ``101/009`` → ``101_2F009``), never by the IDs
+themselves: an ID with ``/``, ``%``, ``?``, ``#`` or a space reaches its page (a server decodes ``%2F`` before
+routing). Reads ``OUT/review/candidates/``, ``OUT/results/study.json`` and the decision file;
 writes only decisions (append-only, :mod:`.store`).
 
 Bound to 127.0.0.1; requests must name 127.0.0.1 or localhost as host (no DNS rebinding) and every form
@@ -28,6 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from fhir_adapter.job.outpaths import subject_file_name
 from fhir_adapter.job.outswap import reading
 from fhir_adapter.review.apply import REVIEWED, status_of
 from fhir_adapter.review.run import CANDIDATES_DIR
@@ -117,6 +121,15 @@ class Workspace:
             doc: dict[str, Any] = orjson.loads(listing.path.read_bytes())
             return doc
 
+    def subject_named(self, name: str) -> dict[str, Any] | None:
+        """The candidates document of the subject whose file name (:func:`segment`) is ``name``."""
+        with reading(self.cfg.results):
+            listing = next((x for x in self._listed().values() if segment(x.subject_id) == name), None)
+            if listing is None:
+                return None
+            doc: dict[str, Any] = orjson.loads(listing.path.read_bytes())
+            return doc
+
     def endpoints(self, subject_id: str) -> list[dict[str, Any]]:
         """The subject's visits in results/study.json (the file holds every subject: 23 MB for 340)."""
         path = self.cfg.results / "results" / "study.json"
@@ -172,8 +185,19 @@ def _progress(items: list[dict[str, Any]]) -> dict[str, int]:
             "pct": round(100 * done / len(items)) if items else 100}
 
 
-def _url(*parts: str) -> str:
-    return "/" + "/".join(quote(p, safe="") for p in parts)
+def segment(text: str) -> str:
+    """A subject, visit or item ID as one path segment: its file name (``[A-Za-z0-9.~_-]`` only)."""
+    return subject_file_name(text)
+
+
+def _url(page: str, *ids: str) -> str:
+    """``/<page>/<id>/…`` with each ID as its :func:`segment`."""
+    return "/" + "/".join([page, *(segment(i) for i in ids)])
+
+
+def _entry(doc: dict[str, Any], visit: str, item: str) -> dict[str, Any] | None:
+    """The subject's (visit, item) entry named by its path segments."""
+    return next((e for e in doc["items"] if segment(e["visit"]) == visit and segment(e["item"]) == item), None)
 
 
 def create_app(cfg: ReviewConfig) -> Starlette:
@@ -201,15 +225,16 @@ def create_app(cfg: ReviewConfig) -> Starlette:
                       decisions_file=str(ws.store.path))
 
     async def subject(request: Request) -> Response:
-        sid = request.path_params["subject"]
+        name = request.path_params["subject"]
         only = request.query_params.get("filter") == "needs-review"
         try:
             current, _, torn = ws.decided()
         except TamperedError as exc:
             return problem(str(exc), 500)
-        doc = ws.subject(sid)
+        doc = ws.subject_named(name)
         if doc is None:
-            return problem(f"no subject {sid} in {cfg.results / CANDIDATES_DIR}: run `fhir-adapter run` first", 404)
+            return problem(f"no subject {name} in {cfg.results / CANDIDATES_DIR}: run `fhir-adapter run` first", 404)
+        sid = doc["subject_id"]
         items = _items(doc, current)
         shown = [i for i in items if not only or i["status"] in NEEDS_REVIEW]
         visits: dict[str, dict[str, Any]] = {}
@@ -225,18 +250,21 @@ def create_app(cfg: ReviewConfig) -> Starlette:
                       orphans=orphans)
 
     async def item(request: Request) -> Response:
-        sid, visit, item_id = (request.path_params[k] for k in ("subject", "visit", "item"))
+        name, visit_name, item_name = (request.path_params[k] for k in ("subject", "visit", "item"))
         try:
             current, entries, torn = ws.decided()
         except TamperedError as exc:
             return problem(str(exc), 500)
-        doc = ws.subject(sid)
+        doc = ws.subject_named(name)
         if doc is None:
-            return problem(f"no subject {sid}", 404)
+            return problem(f"no subject {name}", 404)
+        sid = doc["subject_id"]
+        entry = _entry(doc, visit_name, item_name)
+        if entry is None:
+            return problem(f"no item {item_name} at visit {visit_name} of subject {sid}", 404)
+        visit, item_id = entry["visit"], entry["item"]
         items = _items(doc, current)
-        pos = next((n for n, i in enumerate(items) if i["visit"] == visit and i["item"] == item_id), None)
-        if pos is None:
-            return problem(f"no item {item_id} at visit {visit} of subject {sid}", 404)
+        pos = next(n for n, i in enumerate(items) if i["visit"] == visit and i["item"] == item_id)
         only = request.query_params.get("filter") == "needs-review"
         seq = [n for n, i in enumerate(items) if not only or i["status"] in NEEDS_REVIEW or n == pos]
         k = seq.index(pos)
@@ -248,16 +276,17 @@ def create_app(cfg: ReviewConfig) -> Starlette:
                       error=request.query_params.get("error"))
 
     async def decide(request: Request) -> Response:
-        sid, visit, item_id = (request.path_params[k] for k in ("subject", "visit", "item"))
+        name, visit_name, item_name = (request.path_params[k] for k in ("subject", "visit", "item"))
         form = await request.form()
         if not secrets.compare_digest(str(form.get("token", "")), cfg.token):
             return problem("this form was not made by this review session: reload the page", 403)
         only = form.get("filter") == "needs-review"
+        doc = ws.subject_named(name)
+        entry = _entry(doc, visit_name, item_name) if doc is not None else None
+        if doc is None or entry is None:
+            return problem(f"no item {item_name} at visit {visit_name} of subject {name}", 404)
+        sid, visit, item_id = doc["subject_id"], entry["visit"], entry["item"]
         base = _url("s", sid, visit, item_id)
-        doc = ws.subject(sid) or {"subject_id": sid, "items": []}
-        entry = next((e for e in doc["items"] if e["visit"] == visit and e["item"] == item_id), None)
-        if entry is None:
-            return problem(f"no item {item_id} at visit {visit} of subject {sid}", 404)
         action = str(form.get("action", ""))
         try:
             d = new_decision(subject_id=sid, visit=visit, item=item_id, action=action, reviewer=cfg.reviewer,
@@ -277,12 +306,16 @@ def create_app(cfg: ReviewConfig) -> Starlette:
 
     async def accept_visit(request: Request) -> Response:
         """Accept the rule's pick for the unreviewed items of one visit that the reviewer saw listed."""
-        sid, visit = request.path_params["subject"], request.path_params["visit"]
+        name, visit_name = request.path_params["subject"], request.path_params["visit"]
         form = await request.form()
         if not secrets.compare_digest(str(form.get("token", "")), cfg.token):
             return problem("this form was not made by this review session: reload the page", 403)
         listed = {str(x) for x in form.getlist("item")}
-        doc = ws.subject(sid) or {"subject_id": sid, "items": []}
+        doc = ws.subject_named(name)
+        visit = next((e["visit"] for e in doc["items"] if segment(e["visit"]) == visit_name), None) if doc else None
+        if doc is None or visit is None:
+            return problem(f"no visit {visit_name} of subject {name}", 404)
+        sid = doc["subject_id"]
         try:
             current, _, _ = ws.decided()
             ws.store.append_many([

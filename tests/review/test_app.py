@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -14,10 +15,14 @@ import httpx
 import orjson
 import pytest
 
+from fhir_adapter.job.pipeline import run
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.review.app import ReviewConfig, Workspace, create_app
 from fhir_adapter.review.store import DecisionStore
+from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
-from tests.review.review_feed import SUBJECT, run_feed
+from tests.feedkit import Feed, at
+from tests.review.review_feed import C3, DAY1, SUBJECT, run_feed
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -108,6 +113,40 @@ def test_a_visit_s_unreviewed_items_can_be_accepted_at_once(
     assert [(e["item"], e["action"]) for e in entries] == [("c3", "query"), ("sledai2k.rash", "accept")]
     assert entries[1]["shown"]["picked"] == "Observation/rash-bl" and entries[1]["reviewer"] == "D. Manager"
     assert 'id="accept-visit-BL"' not in client.get(f"/s/{SUBJECT}").text
+
+
+ODD_IDS = ("101/009", "101 010", "101?011", "101#012", "101%013", "101%2F014", "101_2F009")
+
+
+def test_every_subject_id_reaches_its_pages(tmp_path: Path, study: Study) -> None:
+    """IDs with characters a URL path cannot carry as they are: a server decodes %2F before routing, so the
+    app names a subject by its file name in paths; followed from the list, every link opens its page, and a
+    decision through the form lands on the right subject."""
+    f = Feed()
+    for n, sid in enumerate(ODD_IDS):
+        f.subject(f"p{n}", sid, name=f"Test Person{n}", mrn=f"MRN-{n}", birth="1980-01-01", day1=DAY1)
+        f.obs(f"p{n}", C3, at(DAY1, -7), value=0.5 + n / 10, unit="g/L", id_=f"c3-{n}", meta={"versionId": "1"})
+    out = tmp_path / "out"
+    log = RunLog()
+    assert run(FileSource(f.write(tmp_path / "feed"), log), study, out, log).subjects == len(ODD_IDS)
+    cfg = ReviewConfig(results=out, reviewer="D. Manager")
+    client = TestClient(create_app(cfg), base_url="http://127.0.0.1")
+    index = client.get("/").text
+    links = re.findall(r'<td><a href="(/s/[^"?]+)">([^<]+)</a>', index)
+    assert sorted(html.unescape(sid) for _, sid in links) == sorted(ODD_IDS)
+    for link, shown in links:
+        sid = html.unescape(shown)
+        page = client.get(link)
+        assert page.status_code == 200 and f"Subject {shown}" in page.text, (sid, link)
+        item_link = re.search(r'<a href="(/s/[^"?]+/BL/c3)">', page.text)
+        assert item_link, (sid, page.text)
+        item = client.get(item_link.group(1))
+        assert item.status_code == 200 and f"c3-{ODD_IDS.index(sid)}" in item.text, sid
+        r = client.post(item_link.group(1) + "/decide", follow_redirects=False,
+                        data={"token": cfg.token, "action": "accept"})
+        assert r.status_code == 303, (sid, r.text)
+    decided = [(e["subject_id"], e["visit"], e["item"]) for e in DecisionStore.under(out).read().entries]
+    assert sorted(decided) == sorted((sid, "BL", "c3") for sid in ODD_IDS)
 
 
 def test_foreign_posts_and_hosts_are_refused(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
