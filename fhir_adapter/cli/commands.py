@@ -309,7 +309,8 @@ def _reviewed_only_setting(config: Path | None) -> bool:
 @click.option("--results", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
               help="The OUT folder of `fhir-adapter run` (holds review/candidates/, results/study.json).")
 @click.option("--reviewer", default=None, help="Your name, recorded with each decision  [default: the OS user]")
-@click.option("--port", default=0, show_default=True, help="Port on 127.0.0.1 (0: a free one, printed).")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Port on 127.0.0.1 (0: a free one, printed).")
 @click.option("--review-state", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder of the review decision file  [default: RESULTS/state]")
 def review(results: Path, reviewer: str | None, port: int, review_state: Path | None) -> None:
@@ -320,7 +321,7 @@ def review(results: Path, reviewer: str | None, port: int, review_state: Path | 
     date/time, status, source), rule, window and flags. Accept, choose another candidate, enter "not
     available" with a reason, or raise a query; each decision is appended to
     RESULTS/state/review-decisions.jsonl (hash-chained) and applied by the next `fhir-adapter run`.
-    Stop with Ctrl-C. See docs/review.md.
+    Stop with Ctrl-C (exit code 0: every decision is already saved). See docs/review.md.
 
     \b
     Examples:
@@ -328,7 +329,7 @@ def review(results: Path, reviewer: str | None, port: int, review_state: Path | 
       fhir-adapter review --results demo/out --reviewer "A. Example" --port 8765
     """
     from fhir_adapter.review.app import ReviewConfig, serve
-    from fhir_adapter.review.store import default_reviewer
+    from fhir_adapter.review.store import DecisionStore, default_reviewer
 
     name = (reviewer or "").strip() or default_reviewer()
     if not (results / "review" / "candidates").is_dir():
@@ -338,6 +339,10 @@ def review(results: Path, reviewer: str | None, port: int, review_state: Path | 
         serve(cfg, port, on_ready=lambda url: click.echo(f"review app      {url}  (reviewer: {name}; Ctrl-C stops)"))
     except OSError as exc:
         _fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} — choose another --port")
+    except KeyboardInterrupt:  # the server has shut down (uvicorn raises the signal again once it has)
+        pass
+    # a reviewer stopping the app is its normal end: every decision was appended when it was made
+    click.echo(f"review app stopped; the decisions are in {DecisionStore.under(results, review_state).path}")
 
 
 @main.command()

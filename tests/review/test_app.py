@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import os
 import re
+import signal
 import subprocess
 import sys
 import warnings
@@ -187,6 +188,35 @@ def test_cli_review_serves_on_localhost_and_prints_the_url(tmp_path: Path, study
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_cli_review_stopped_with_ctrl_c_ends_normally(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study)
+    proc = subprocess.Popen([sys.executable, "-m", "fhir_adapter.cli.commands", "review", "--results", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        m = re.search(r"http://127\.0\.0\.1:\d+/", proc.stdout.readline())
+        assert m
+        assert httpx.get(m.group(0), timeout=10).status_code == 200  # serving: its signal handlers are in place
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert "Aborted" not in stderr and stderr == ""
+    assert stdout.strip() == f"review app stopped; the decisions are in {out / 'state' / 'review-decisions.jsonl'}"
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_cli_review_port_out_of_range_is_a_usage_error(tmp_path: Path, port: str) -> None:
+    (tmp_path / "review" / "candidates").mkdir(parents=True)
+    r = subprocess.run([sys.executable, "-m", "fhir_adapter.cli.commands", "review", "--results", str(tmp_path),
+                        "--port", port], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 64 and "Invalid value for '--port'" in r.stderr, r.stderr
+    assert "internal error" not in r.stderr
 
 
 def test_cli_review_needs_a_run_first(tmp_path: Path) -> None:
