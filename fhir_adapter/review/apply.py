@@ -4,7 +4,8 @@ Per subject, visit and item, the current decision (:meth:`Chain.current`) gives 
 
 * ``unreviewed`` — no decision: the rule's pick stays;
 * ``accepted`` — the reviewer accepted the rule's pick;
-* ``changed`` — the reviewer chose another candidate: the visit keeps that one;
+* ``changed`` — the reviewer chose another candidate: the visit keeps that one (an out-of-window result the
+  rule had put in an unscheduled visit leaves it: one result, one visit);
 * ``not-available`` — the visit keeps no value for the item: the derivations see none, and the exports get a
   NOT DONE record with the reviewer's reason instead (:attr:`SubjectReview.not_available`);
 * ``query`` — a query is open (the value stays as it was: the rule's pick, or the earlier decision's);
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.crf.models import Finding, NotDone, SourceRef, SubjectCRF, VisitRecord
+from fhir_adapter.mapping.visits import select
 from fhir_adapter.review.candidates import finding_for, item_candidates
 
 STATUS_BY_ACTION = {"accept": "accepted", "choose": "changed", "not_available": "not-available", "query": "query"}
@@ -98,6 +100,21 @@ def not_available_record(rec: VisitRecord, item: str, domain: str, decision: dic
                    source=source)
 
 
+def _take_out(crf: SubjectCRF, study: Any, f: Finding, new_values: dict[str, dict[str, Finding]],
+              visits: dict[str, VisitRecord], moved: list[Finding]) -> None:
+    """A result a decision put in another visit leaves the visit the rule had placed it in (an unscheduled
+    one): that visit keeps the rule's pick among its other results of the item, or none — never the same
+    result twice in the CRF and its exports."""
+    home = f.visit
+    if home is None or home not in new_values or new_values[home].get(f.item) != f:
+        return  # the home visit keeps another result (the rule's pick, or a decision's)
+    rest = [g for g in crf.findings if g.item == f.item and g.visit == home and g not in moved]
+    if rest and f.item in study.items:
+        new_values[home][f.item] = select(rest, study.items[f.item].select, visits[home].target_day)
+    else:
+        del new_values[home][f.item]
+
+
 def status_of(entry: dict[str, Any] | None, decision: dict[str, Any] | None) -> tuple[str, list[str]]:
     """An item's review status given its candidates entry (None: no result any more) and its current
     decision, with what changed in the EHR since the decision (empty unless ``re-review``)."""
@@ -125,6 +142,7 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
         return review
     visits = {v.visit: v for v in crf.visits}
     new_values = {v.visit: dict(v.values) for v in crf.visits}
+    moved: list[Finding] = []  # results a decision put in another visit than the one the rule placed them in
     for (visit, item), d in sorted(mine.items()):
         review.decisions[(visit, item)] = d
         entry = entries.get((visit, item))
@@ -134,6 +152,8 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
             if f is not None and entry is not None and any(c["id"] == d["candidate"] for c in entry["candidates"]):
                 new_values[visit][item] = f
                 review.applied += 1
+                if f.visit is not None and f.visit != visit:
+                    moved.append(f)
         elif d["action"] == "not_available" and visit in visits:
             set_aside = new_values[visit].pop(item, None)
             if item in study.items:
@@ -146,6 +166,8 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
                 "action": d["action"], "reviewer": d["reviewer"], "at": d["at"], "changes": diffs,
             })
         review.status[(visit, item)] = status
+    for f in moved:
+        _take_out(crf, study, f, new_values, visits, moved)
     review.crf = crf.model_copy(update={"visits": [
         v.model_copy(update={"values": new_values[v.visit]}) for v in crf.visits]})
     return review

@@ -16,11 +16,13 @@ from tests.feedkit import CLIN, Feed, at
 DAY1 = dt.date(2024, 3, 1)
 SUBJECT = "101-001"
 C3 = "4485-9"
+TEMPERATURE = "8310-5"
 
 
-def feed(*, amend_chosen: bool = False, retract_w12: bool = False) -> Feed:
+def feed(*, amend_chosen: bool = False, retract_w12: bool = False, fever: bool = False) -> Feed:
     """``amend_chosen``: the EHR later corrects the day-176 C3 (version 2, another value);
-    ``retract_w12``: the week-12 C3 is entered-in-error (version 3)."""
+    ``retract_w12``: the week-12 C3 is entered-in-error (version 3); ``fever``: body temperatures on day 15
+    (week 2) and twice on day 11, outside every window (an unscheduled visit, which keeps the higher)."""
     f = Feed()
     f.subject("p1", SUBJECT, name="Carol Testperson", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     f.subject("p2", "101-002", name="Dana Testperson", mrn="MRN-2", birth="1979-05-05", day1=DAY1)
@@ -38,11 +40,18 @@ def feed(*, amend_chosen: bool = False, retract_w12: bool = False) -> Feed:
           meta={"versionId": "1"})
     f.descriptor("p1", "rash", at(DAY1, -7, "11:00:00+00:00"), True, id_="rash-bl", meta={"versionId": "1"})
     f.obs("p2", C3, at(DAY1, -7), value=0.7, unit="g/L", id_="c3-p2-bl", meta={"versionId": "1"})
+    if fever:
+        f.obs("p1", TEMPERATURE, at(DAY1, 15), value=37.0, unit="Cel", id_="temp-15", meta={"versionId": "1"})
+        f.obs("p1", TEMPERATURE, at(DAY1, 11, "08:00:00+00:00"), value=38.5, unit="Cel", id_="temp-11a",
+              meta={"versionId": "1"})
+        f.obs("p1", TEMPERATURE, at(DAY1, 11, "14:00:00+00:00"), value=38.0, unit="Cel", id_="temp-11b",
+              meta={"versionId": "1"})
     return f
 
 
 def run_feed(tmp: Path, study: Study, out: Path | None = None, **kw: Any) -> tuple[Path, RunSummary]:
-    src = feed(amend_chosen=kw.pop("amend_chosen", False), retract_w12=kw.pop("retract_w12", False)).write(tmp / "feed")
+    src = feed(amend_chosen=kw.pop("amend_chosen", False), retract_w12=kw.pop("retract_w12", False),
+               fever=kw.pop("fever", False)).write(tmp / "feed")
     out = out or tmp / "out"
     log = RunLog()
     return out, run(FileSource(src, log), study, out, log, **kw)

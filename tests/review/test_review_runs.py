@@ -130,6 +130,28 @@ def test_a_value_declared_not_available_is_a_not_done_row_in_every_export(tmp_pa
     assert "IT.LB.LBSTRESN" not in event
 
 
+def test_a_result_chosen_from_an_unscheduled_visit_leaves_it(tmp_path: Path, study: Study) -> None:
+    """Choosing an out-of-window result that the rule placed in an unscheduled visit moves it: the export has
+    it once, in the chosen visit; the unscheduled visit keeps the rule's pick among its other results."""
+    out, _ = run_feed(tmp_path, study, fever=True)
+    before = {(r["VISIT"], r["SRCREF"]) for r in _rows(out, "VS")}
+    assert before == {("Week 2 (day 15)", "Observation/temp-15/_history/1"),
+                      ("Unscheduled (day 11)", "Observation/temp-11a/_history/1")}
+    w2 = _candidates(out, "W2", "temperature")
+    assert [c["id"] for c in w2["candidates"]] == [
+        "Observation/temp-11a", "Observation/temp-11b", "Observation/temp-15"]
+    _decide(out, "W2", "temperature", "choose", candidate="Observation/temp-11a", reason="the fever of day 11")
+    out, _ = run_feed(tmp_path, study, fever=True)
+    rows = [(r["VISIT"], r["SRCREF"], r["VSSTRESN"], r["REVSTAT"]) for r in _rows(out, "VS")]
+    assert sorted(rows) == [("Unscheduled (day 11)", "Observation/temp-11b/_history/1", "38", "unreviewed"),
+                            ("Week 2 (day 15)", "Observation/temp-11a/_history/1", "38.5", "changed")]
+    crf = _json(out / "crf" / f"{SUBJECT}.json")
+    used = [v["values"]["temperature"]["source"]["id"] for v in crf["visits"] if "temperature" in v["values"]]
+    assert sorted(used) == ["temp-11a", "temp-11b"]
+    validate(out / "export" / "odm.xml")
+    assert (out / "export" / "odm.xml").read_text().count('Value="Observation/temp-11a/_history/1"') == 1
+
+
 def test_a_source_changed_after_adjudication_is_flagged_for_re_review(tmp_path: Path, study: Study) -> None:
     out, _ = run_feed(tmp_path, study)
     _decide(out, "W24", "c3", "choose", candidate="Observation/c3-w24b", reason="day-169 sample haemolysed")
