@@ -202,6 +202,8 @@ def new_decision(*, subject_id: str, visit: str, item: str, action: str, reviewe
         raise DecisionError(f"'{action}' needs a reason (free text): say why the value is not available, "
                             "or what the query asks")
     ids = [c["id"] for c in shown.get("candidates", [])]
+    if action == "choose" and candidate is not None and candidate == shown.get("picked"):
+        action = "accept"  # choosing the rule's own pick accepts it: nothing changed (review status accepted)
     if action == "accept":
         candidate = shown.get("picked")
     if action in ("accept", "choose"):

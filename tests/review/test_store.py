@@ -58,6 +58,13 @@ def test_incomplete_decisions_are_refused(kw: dict[str, Any], message: str) -> N
         decision(**kw)
 
 
+def test_choosing_the_rules_own_pick_is_recorded_as_accepting_it() -> None:
+    d = decision(1, "choose", candidate="Observation/a", reason="checked against the lab report")
+    assert (d["action"], d["candidate"], d["value"], d["reason"]) == (
+        "accept", "Observation/a", "0.9", "checked against the lab report")
+    assert decision(1, "choose", candidate="Observation/b")["action"] == "choose"
+
+
 @pytest.mark.parametrize("edit", ["value", "delete", "reorder", "garbage"])
 def test_a_tampered_file_is_detected(tmp_path: Path, edit: str) -> None:
     store = DecisionStore(tmp_path / "d.jsonl")
