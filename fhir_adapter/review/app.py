@@ -155,9 +155,20 @@ def _items(doc: dict[str, Any], current: dict[tuple[str, str, str], dict[str, An
     for e in doc["items"]:
         d = current.get((doc["subject_id"], e["visit"], e["item"]))
         status, diffs = status_of(e, d)
-        out.append({**e, "status": status, "changes": diffs, "decision": d,
-                    "picked_value": next((c for c in e["candidates"] if c["id"] == e["picked"]), None)})
+        picked = next((c for c in e["candidates"] if c["id"] == e["picked"]), None)
+        out.append({**e, "status": status, "changes": diffs, "decision": d, "picked_value": picked,
+                    "not_available": bool(d and d["action"] == "not_available"),
+                    "used_value": _used(e, d) or picked})
     return out
+
+
+def _used(entry: dict[str, Any], decision: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The candidate an accept or choose decision gives the item, as the run has it now (its current value, not
+    the one shown at the decision); None when there is no such decision or the candidate is gone (the run then
+    uses the rule's pick: :func:`fhir_adapter.review.apply.apply_decisions`)."""
+    if decision is None or decision["action"] not in ("accept", "choose"):
+        return None
+    return next((c for c in entry["candidates"] if c["id"] == decision.get("candidate")), None)
 
 
 def _listed_progress(listing: _Listing, current: dict[tuple[str, str, str], dict[str, Any]]) -> dict[str, int]:

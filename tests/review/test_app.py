@@ -101,6 +101,30 @@ def test_changes_in_the_ehr_after_a_decision_show_as_re_review(
     assert "Observation/c3-w12 is no longer a candidate" in page
 
 
+def _value_used(page: str, visit: str, item: str) -> str:
+    """The "Value used" cell (the third) of the item's row on the subject page, as text."""
+    row = page.split(f'data-item="{visit}/{item}"')[1].split("</tr>")[0]
+    cell = re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)[2]
+    return " ".join(re.sub(r"<[^>]+>", " ", cell).split())
+
+
+def test_the_subject_page_shows_the_value_the_run_uses(
+        reviewed: tuple[Path, ReviewConfig, TestClient], study: Study) -> None:
+    """After the EHR amended a chosen result the page shows its current value (what the run used), flagged for
+    re-review — not the value the reviewer saw when deciding."""
+    out, cfg, client = reviewed
+    client.post(f"/s/{SUBJECT}/W24/c3/decide", data={"token": cfg.token, "action": "choose",
+                                                          "candidate": "Observation/c3-w24b"})
+    client.post(f"/s/{SUBJECT}/W12/c3/decide", data={"token": cfg.token, "action": "not_available",
+                                                          "reason": "wrong patient"})
+    page = client.get(f"/s/{SUBJECT}").text
+    assert (_value_used(page, "W24", "c3"), _value_used(page, "W12", "c3")) == ("1.2 g/L", "not available")
+    run_feed(out.parent, study, amend_chosen=True)   # the EHR corrects the chosen result: 1.3 g/L
+    page = client.get(f"/s/{SUBJECT}").text
+    assert _value_used(page, "W24", "c3") == "1.3 g/L EHR changed"
+    assert _value_used(page, "BL", "c3") == "0.5 g/L"   # no decision: the rule's pick
+
+
 def test_a_visit_s_unreviewed_items_can_be_accepted_at_once(
         reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
     out, cfg, client = reviewed
