@@ -10,7 +10,11 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   ``429`` (polled too often: wait longer), ``5xx`` (transient: retried ``status_attempts`` times), other ``4xx``
   (the job failed, expired or is unknown: the OperationOutcome shown); all within ``poll_limit_seconds``;
 * manifest: ``output[]`` and ``error[]`` file URLs, absolute or relative to the base URL; ``link[next]`` pages
-  (v2) followed; ``requiresAccessToken``: the credentials are sent with the downloads only when it is true;
+  (v2) followed; ``requiresAccessToken``: the credentials are sent with the downloads only when it is ``true``;
+* every URL the server names (status URL, redirect, manifest page, file) is checked before it is requested
+  (:meth:`BulkExporter.check_url`): credentials never go over plain http to another machine, nor to another
+  host than the FHIR server's unless ``token_hosts`` lists it, and an https server's export is never fetched
+  over plain http;
 * downloads: gzip transfer encoding accepted, retries on network failures, ``429`` and ``5xx``; a file is
   written under a hidden ``.part`` name and renamed when complete, so an interrupted run resumes where it
   stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``);
@@ -32,15 +36,18 @@ from urllib.parse import urlencode
 
 import httpx
 
-from fhir_adapter.fhir.client import FhirClient
+from fhir_adapter.fhir.client import FhirClient, plain_http_elsewhere
 from fhir_adapter.fhir.errors import FhirError
 from fhir_adapter.fhir.retry import parse_retry_after
+from fhir_adapter.fhir.urls import redact_url, same_origin
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = ".bulk-job.json"
 LABEL = "bulk"
 FHIR_JSON = "application/fhir+json"
+_SHOWN_CHARS = 120
+_SHOWN_URL_CHARS = 300
 
 
 class BulkExportError(FhirError):
@@ -61,6 +68,9 @@ class BulkOptions:
     max_poll_seconds: float = 60.0
     status_attempts: int = 5
     download_attempts: int = 4
+    #: hosts besides the FHIR server's to which the access token may be sent over https when the server names
+    #: them (a status URL, files with requiresAccessToken: true); lower case
+    token_hosts: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -102,7 +112,8 @@ class BulkExporter:
                 if not location:
                     raise BulkExportError(f"GET {job.kickoff}: HTTP 202 without Content-Location: the server gave "
                                           "no status URL; this is not a Bulk Data server answer", url=job.kickoff)
-                job.status_url = self._absolute(location)
+                job.status_url = self.check_url(self._absolute(location), "the kick-off's status URL "
+                                                "(Content-Location)", with_auth=True)
                 return job.status_url
             if response.status_code in (429, 503) and attempt < self.options.status_attempts:
                 await self._sleep(self._retry_after(response, 2.0 ** attempt))
@@ -114,7 +125,7 @@ class BulkExporter:
     async def wait(self, job: Job) -> dict[str, Any]:
         """Poll the status URL until the manifest is there; returns it (pages merged)."""
         assert job.status_url is not None
-        url = job.status_url
+        url = self.check_url(job.status_url, "the export's status URL", with_auth=True)
         started = self._clock()
         interval = self.options.first_poll_seconds
         failures = 0
@@ -127,7 +138,8 @@ class BulkExporter:
                 job.manifest = manifest
                 return manifest
             if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-                url = self._absolute(response.headers["Location"])  # the manifest at another address
+                url = self.check_url(self._absolute(response.headers["Location"]),  # the manifest elsewhere
+                                     "the status URL's redirect (Location)", with_auth=True)
                 continue
             if status == 202:
                 failures = 0
@@ -160,7 +172,7 @@ class BulkExporter:
         seen: set[str] = set()
         while (nxt := next((link.get("url") for link in page.get("link") or []
                             if isinstance(link, dict) and link.get("relation") == "next"), None)):
-            nxt = self._absolute(str(nxt))
+            nxt = self.check_url(self._absolute(str(nxt)), "the manifest's next page", with_auth=True)
             if nxt in seen:
                 break
             seen.add(nxt)
@@ -177,20 +189,27 @@ class BulkExporter:
     # -- files -----------------------------------------------------------------------------------------
     async def download(self, job: Job, folder: Path) -> dict[str, Any]:
         """Every output and error file of the manifest into ``folder``; returns the local manifest (file names
-        instead of URLs), also written to ``folder/manifest.json``. Files already there are not fetched again."""
+        instead of URLs), also written to ``folder/manifest.json``. Files already there are not fetched again.
+
+        Every file URL is checked (:meth:`check_url`) before the first file is fetched: a manifest naming one
+        URL the credentials must not go to stops the download with :class:`BulkExportError`."""
         assert job.manifest is not None
-        folder.mkdir(parents=True, exist_ok=True)
-        with_auth = bool(job.manifest.get("requiresAccessToken"))
+        with_auth = job.manifest.get("requiresAccessToken") is True  # the IG's boolean; anything else: no token
         local: dict[str, Any] = {k: v for k, v in job.manifest.items() if k not in ("output", "error")}
+        fetches: list[tuple[str, str, str, dict[str, Any]]] = []  # (list, url, local stem, entry)
         for key in ("output", "error"):
             local[key] = []
             for n, entry in enumerate(job.manifest.get(key) or [], start=1):
                 if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
                     raise BulkExportError(f"the manifest's {key}[{n}] has no url", url=str(job.status_url))
                 rtype = str(entry.get("type") or "OperationOutcome")
+                url = self.check_url(self._absolute(entry["url"]), f"the manifest's {key}[{n}]", with_auth=with_auth)
                 stem = f"{'error.' if key == 'error' else ''}{n:03d}.{rtype}"
-                name = await self._fetch(job, self._absolute(entry["url"]), folder, stem, with_auth)
-                local[key].append({**entry, "url": name, "source_url": entry["url"]})
+                fetches.append((key, url, stem, {**entry, "source_url": entry["url"]}))
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, url, stem, entry in fetches:
+            name = await self._fetch(job, url, folder, stem, with_auth)
+            local[key].append({**entry, "url": name})
         (folder / "manifest.json").write_text(json.dumps(local, indent=2) + "\n")
         return local
 
@@ -237,7 +256,7 @@ class BulkExporter:
                     attempt < self.options.download_attempts:
                 await self._sleep(self._retry_after(response, 2.0 ** attempt))
                 continue
-            hint = (" (the manifest says requiresAccessToken=false, so no token was sent)"
+            hint = (" (the manifest does not say requiresAccessToken: true, so no token was sent)"
                     if response.status_code in (401, 403) and not with_auth else "")
             raise self._error(f"file download{hint}", url, response)
         raise AssertionError("unreachable")
@@ -246,6 +265,7 @@ class BulkExporter:
         """``DELETE`` the job; returns a warning when the server refused (the files then expire on its own)."""
         if job.status_url is None:
             return None
+        self.check_url(job.status_url, "the export's status URL", with_auth=True)
         job.requests["delete"] += 1
         try:
             response = await self.client.exchange("DELETE", job.status_url, headers={"Accept": FHIR_JSON},
@@ -257,6 +277,48 @@ class BulkExporter:
         return str(self._error("DELETE", job.status_url, response))
 
     # -- helpers ---------------------------------------------------------------------------------------
+    def check_url(self, url: str, what: str, *, with_auth: bool) -> str:
+        """``url`` — named by the server's answer, ``what`` says where — when the adapter may request it:
+
+        * the access token (``with_auth`` and the client has credentials) or a ``user:password@`` in the URL
+          never goes over plain http to another host than this machine;
+        * the access token goes only to the FHIR server's own scheme, host and port, or over https to a host
+          that ``token_hosts`` (``bulk.token_hosts``) lists: a server's answer cannot send it elsewhere;
+        * an https server's export is not fetched over plain http (its data would travel unencrypted).
+
+        Otherwise :class:`BulkExportError` naming the URL and the fix; nothing has been sent to it."""
+        base = self.client.base_url
+        try:
+            parsed = httpx.URL(url)
+        except httpx.InvalidURL as exc:
+            shown_url = shown(url, _SHOWN_URL_CHARS)
+            raise BulkExportError(f"{what} is not a valid URL ({shown_url}): the server's answer is not a Bulk "
+                                  "Data answer the adapter can follow; report it to the hospital", url=shown_url) \
+                from exc
+        safe = shown(redact_url(parsed), _SHOWN_URL_CHARS)
+        token = with_auth and self.client.has_credentials
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise BulkExportError(f"{what} is {safe}, not an http(s) URL: the adapter does not follow it; report "
+                                  "it to the hospital", url=safe)
+        if plain_http_elsewhere(parsed) and (token or parsed.userinfo):
+            raise BulkExportError(
+                f"refusing to send credentials over plain http to {safe} ({what}, named by the server): the "
+                "credentials would travel unencrypted; ask the hospital to serve its Bulk export over https "
+                "(plain http only for a server on this machine: localhost, 127.0.0.1, ::1)", url=safe)
+        if plain_http_elsewhere(parsed) and base.scheme == "https":
+            raise BulkExportError(
+                f"refusing to fetch {safe} ({what}) over plain http: the server {base} is https and the export's "
+                "data would travel unencrypted; ask the hospital to name https URLs (a server behind a TLS proxy "
+                "needs to know its public https address)", url=safe)
+        if token and not same_origin(parsed, base) and not (
+                parsed.scheme == "https" and (parsed.host or "").lower() in self.options.token_hosts):
+            raise BulkExportError(
+                f"refusing to send the access token to {safe} ({what}): {parsed.host} is not the FHIR server "
+                f"{base.scheme}://{base.netloc.decode()} the token is for; if the hospital confirms that this host "
+                f"serves its Bulk exports, list it in the server config (--config): bulk: {{token_hosts: "
+                f"[{parsed.host}]}} (https only)", url=safe)
+        return url
+
     def _absolute(self, url: str) -> str:
         """Absolute URLs as they are; a relative one (some servers write file URLs so) against the base URL."""
         if url.startswith(("http://", "https://")):
@@ -296,6 +358,13 @@ class BulkExporter:
                          else "the server failed: run again later")
         return BulkExportError(f"Bulk Data {what}: GET {url} answered HTTP {response.status_code}: {answer}; {hint}",
                                url=url, status=response.status_code, diagnostics=said)
+
+
+def shown(value: Any, limit: int = _SHOWN_CHARS) -> str:
+    """Text from a server's answer as it may go into a message or report: JSON-quoted when it is not a plain
+    string (control characters, NUL visible as escapes), at most ``limit`` characters."""
+    text = value if isinstance(value, str) and value.isprintable() else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def load_job(folder: Path) -> dict[str, Any] | None:

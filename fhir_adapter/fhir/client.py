@@ -42,7 +42,7 @@ from fhir_adapter.fhir.urls import (
     same_origin,
 )
 
-__all__ = ["FHIR_JSON", "FhirClient", "SearchParams"]
+__all__ = ["FHIR_JSON", "FhirClient", "SearchParams", "is_loopback", "plain_http_elsewhere"]
 
 log = logging.getLogger("fhir_adapter.fhir")
 
@@ -110,13 +110,33 @@ def _body_excerpt(response: httpx.Response) -> str:
     return f"{len(response.content)} bytes of {content_type}"
 
 
+def is_loopback(url: httpx.URL) -> bool:
+    """True when ``url`` names this machine (localhost, 127.0.0.1, ::1)."""
+    return url.host in _LOOPBACK
+
+
+def plain_http_elsewhere(url: httpx.URL) -> bool:
+    """True when a request to ``url`` would travel unencrypted over the network: plain http to another host
+    than this machine."""
+    return url.scheme == "http" and not is_loopback(url)
+
+
+def refuse_credentials_over_plain_http(url: httpx.URL, what: str = "") -> None:
+    """Raise :class:`FhirError` when credentials sent to ``url`` would travel over plain http to another host
+    than this machine (``what`` names where the URL came from, for the message)."""
+    if plain_http_elsewhere(url):
+        shown = redact_url(url)
+        raise FhirError(f"refusing to send credentials over plain http to {shown}{f' ({what})' if what else ''}: "
+                        "use https (plain http only for a server on this machine: localhost, 127.0.0.1, ::1)",
+                        url=shown)
+
+
 def check_transport(base_url: httpx.URL, settings: ClientSettings, *, credentials: bool) -> None:
     """Refuse what would expose the adapter's credentials or data: credentials over plain http to anything
     but this machine, and TLS without certificate verification to another host."""
-    loopback = base_url.host in _LOOPBACK
-    if credentials and base_url.scheme == "http" and not loopback:
-        raise FhirError(f"refusing to send credentials over plain http to {base_url}: use https (plain http only "
-                        "for a server on this machine: localhost, 127.0.0.1, ::1)", url=str(base_url))
+    loopback = is_loopback(base_url)
+    if credentials:
+        refuse_credentials_over_plain_http(base_url)
     if settings.insecure_skip_tls_verify and settings.verify is True:
         if not loopback:
             raise FhirError(f"insecure_skip_tls_verify is refused for {base_url.host}: only a server on this machine "
@@ -202,6 +222,11 @@ class FhirClient:
     def __repr__(self) -> str:
         return f"FhirClient(base_url={str(self.base_url)!r}, auth={self._auth!r})"
 
+    @property
+    def has_credentials(self) -> bool:
+        """True when requests carry credentials (a bearer token, SMART Backend Services)."""
+        return self._auth is not None
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -238,10 +263,17 @@ class FhirClient:
         as it is, whatever its status: counted under ``label``, within the limit of requests in flight and the
         circuit breaker, but not retried (the caller owns that protocol's waits). ``with_auth=False`` sends no
         credentials (a file server that does not require the token); ``stream=True`` leaves the body unread
-        (the caller reads it and closes the response). A network failure raises :class:`FhirTransportError`."""
+        (the caller reads it and closes the response). A network failure raises :class:`FhirTransportError`.
+
+        The URL may come from a server's answer (a status URL, a manifest's file URL): a request that would
+        carry credentials (the client's, when ``with_auth``; a ``user:password@`` in the URL, which httpx
+        sends as Basic auth) over plain http to another host than this machine is refused with
+        :class:`FhirError` before anything is sent."""
         self.breaker.check()
         extensions = {_LABEL_EXTENSION: label} if label is not None else None
         request = self._http.build_request(method, url, headers=headers, extensions=extensions)
+        if (with_auth and self.has_credentials) or request.url.userinfo:
+            refuse_credentials_over_plain_http(request.url)
         await self.limit.acquire()
         throttled: bool | None = None
         try:

@@ -4,13 +4,16 @@ the server config (:mod:`fhir_adapter.fhir.server_config`). Nothing secret lives
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.version import __version__
 
 __all__ = ["BulkSettings", "ClientSettings"]
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
 
 class ClientSettings(BaseModel):
@@ -101,3 +104,17 @@ class BulkSettings(BaseModel):
     poll_limit_seconds: float = 3600.0   # give up waiting for the export after this long (rerun resumes)
     max_retry_after_seconds: float = 300.0  # cap on a server's Retry-After
     download_attempts: int = 4
+    #: hosts besides the FHIR server's own to which the access token may be sent (over https) when the server
+    #: names them: a status URL or export files with requiresAccessToken: true on another host (a file store);
+    #: empty: the token goes to the FHIR server's scheme, host and port only, and a manifest naming another
+    #: host for files that need it stops the run
+    token_hosts: list[str] = []
+
+    @field_validator("token_hosts")
+    @classmethod
+    def _host_names(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not _HOST_NAME.fullmatch(host):
+                raise ValueError(f"bulk.token_hosts: {host!r} is not a host name; give the host alone, e.g. "
+                                 "files.ehr.example.org (no scheme, port or path: the token goes over https only)")
+        return [h.lower() for h in hosts]

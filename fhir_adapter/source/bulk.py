@@ -15,7 +15,9 @@
   ``transactionTime`` is the next ``--since last``.
 
 Files are kept under ``OUT/bulk/`` for audit (``bulk.keep_files``) or removed once read; an interrupted run
-resumes the same job and does not download finished files again.
+resumes the same job and does not download finished files again. The server's answers are untrusted
+(:meth:`~fhir_adapter.fhir.bulk.BulkExporter.check_url`: the URLs they name cannot take the token over plain http
+or to another host than ``bulk.token_hosts`` allows).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class BulkSource:
         self.description = f"bulk:{server.client.base_url}"
         self.exporter = exporter or BulkExporter(server.client, BulkOptions(
             poll_limit_seconds=settings.poll_limit_seconds, max_retry_after_seconds=settings.max_retry_after_seconds,
-            download_attempts=settings.download_attempts))
+            download_attempts=settings.download_attempts, token_hosts=frozenset(settings.token_hosts)))
         self._studies: list[Resource] = []
         self._unchanged: set[str] = set()
         self.job: Job | None = None
