@@ -11,6 +11,10 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   (the job failed, expired or is unknown: the OperationOutcome shown); all within ``poll_limit_seconds``;
 * manifest: ``output[]`` and ``error[]`` file URLs, absolute or relative to the base URL; ``link[next]`` pages
   (v2) followed; ``requiresAccessToken``: the credentials are sent with the downloads only when it is ``true``;
+  an ``output[]`` entry whose ``type`` is not an R4 resource type the kick-off asked for (``_type``) is not
+  downloaded but listed under ``not_downloaded`` for the run report; the local file names are built from the
+  entry's number and its R4 type only (``003.Observation.ndjson``, ``error.001.OperationOutcome.ndjson``), never
+  from what else the server wrote;
 * every URL the server names (status URL, redirect, manifest page, file) is checked before it is requested
   (:meth:`BulkExporter.check_url`): credentials never go over plain http to another machine, nor to another
   host than the FHIR server's unless ``token_hosts`` lists it, and an https server's export is never fetched
@@ -32,12 +36,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import httpx
 
 from fhir_adapter.fhir.client import FhirClient, plain_http_elsewhere
 from fhir_adapter.fhir.errors import FhirError
+from fhir_adapter.fhir.r4 import is_r4_type
 from fhir_adapter.fhir.retry import parse_retry_after
 from fhir_adapter.fhir.urls import redact_url, same_origin
 
@@ -46,6 +51,10 @@ log = logging.getLogger(__name__)
 STATE_FILE = ".bulk-job.json"
 LABEL = "bulk"
 FHIR_JSON = "application/fhir+json"
+OUTCOME = "OperationOutcome"
+#: why a manifest entry was not downloaded (``not_downloaded[].reason``)
+NOT_R4_TYPE = "not-r4-type"
+NOT_REQUESTED = "not-requested"
 _SHOWN_CHARS = 120
 _SHOWN_URL_CHARS = 300
 
@@ -189,23 +198,34 @@ class BulkExporter:
     # -- files -----------------------------------------------------------------------------------------
     async def download(self, job: Job, folder: Path) -> dict[str, Any]:
         """Every output and error file of the manifest into ``folder``; returns the local manifest (file names
-        instead of URLs), also written to ``folder/manifest.json``. Files already there are not fetched again.
+        instead of URLs, and ``not_downloaded``: the output entries whose type is not an R4 resource type the
+        kick-off asked for), also written to ``folder/manifest.json``. Files already there are not fetched again.
 
         Every file URL is checked (:meth:`check_url`) before the first file is fetched: a manifest naming one
         URL the credentials must not go to stops the download with :class:`BulkExportError`."""
         assert job.manifest is not None
         with_auth = job.manifest.get("requiresAccessToken") is True  # the IG's boolean; anything else: no token
+        asked = requested_types(job.kickoff)
         local: dict[str, Any] = {k: v for k, v in job.manifest.items() if k not in ("output", "error")}
+        local["not_downloaded"] = []
         fetches: list[tuple[str, str, str, dict[str, Any]]] = []  # (list, url, local stem, entry)
         for key in ("output", "error"):
             local[key] = []
             for n, entry in enumerate(job.manifest.get(key) or [], start=1):
                 if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
                     raise BulkExportError(f"the manifest's {key}[{n}] has no url", url=str(job.status_url))
-                rtype = str(entry.get("type") or "OperationOutcome")
+                if key == "error":  # OperationOutcome files, whatever type they claim
+                    rtype: str = OUTCOME
+                else:
+                    rtype, refused = _output_type(entry.get("type"), asked)
+                    if refused is not None:
+                        local["not_downloaded"].append({
+                            "list": key, "index": n, "type": shown(entry.get("type")), "reason": refused,
+                            "url": shown(redact_url(entry["url"]), _SHOWN_URL_CHARS)})
+                        continue
                 url = self.check_url(self._absolute(entry["url"]), f"the manifest's {key}[{n}]", with_auth=with_auth)
-                stem = f"{'error.' if key == 'error' else ''}{n:03d}.{rtype}"
-                fetches.append((key, url, stem, {**entry, "source_url": entry["url"]}))
+                stem = f"{'error.' if key == 'error' else ''}{n:03d}.{rtype}"  # a number and an R4 type only
+                fetches.append((key, url, stem, {**entry, "type": rtype, "source_url": entry["url"]}))
         folder.mkdir(parents=True, exist_ok=True)
         for key, url, stem, entry in fetches:
             name = await self._fetch(job, url, folder, stem, with_auth)
@@ -358,6 +378,22 @@ class BulkExporter:
                          else "the server failed: run again later")
         return BulkExportError(f"Bulk Data {what}: GET {url} answered HTTP {response.status_code}: {answer}; {hint}",
                                url=url, status=response.status_code, diagnostics=said)
+
+
+def requested_types(kickoff: str) -> set[str] | None:
+    """The resource types a kick-off URL asked for (``_type``); None when it named none (every type)."""
+    asked = [t for k, v in parse_qsl(urlsplit(kickoff).query) if k == "_type" for t in v.split(",") if t]
+    return set(asked) if asked else None
+
+
+def _output_type(value: Any, asked: set[str] | None) -> tuple[str, str | None]:
+    """(the R4 type of a manifest ``output[]`` entry, None) when it may be downloaded; else ("", the reason).
+    OperationOutcome files are always taken: they carry what the server could not export."""
+    if not isinstance(value, str) or not is_r4_type(value):
+        return "", NOT_R4_TYPE
+    if asked is not None and value not in asked and value != OUTCOME:
+        return "", NOT_REQUESTED
+    return value, None
 
 
 def shown(value: Any, limit: int = _SHOWN_CHARS) -> str:

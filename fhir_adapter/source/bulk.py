@@ -17,7 +17,8 @@
 Files are kept under ``OUT/bulk/`` for audit (``bulk.keep_files``) or removed once read; an interrupted run
 resumes the same job and does not download finished files again. The server's answers are untrusted
 (:meth:`~fhir_adapter.fhir.bulk.BulkExporter.check_url`: the URLs they name cannot take the token over plain http
-or to another host than ``bulk.token_hosts`` allows).
+or to another host than ``bulk.token_hosts`` allows); a manifest entry whose type is not FHIR R4 is quarantined
+(``unknown-resource-type``), one of a type not asked for is a warning, and neither is downloaded.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fhir_adapter.fhir import FhirError
-from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job, load_job, save_job
+from fhir_adapter.fhir.bulk import (
+    NOT_R4_TYPE,
+    BulkExporter,
+    BulkExportError,
+    BulkOptions,
+    Job,
+    load_job,
+    save_job,
+)
 from fhir_adapter.fhir.settings import BulkSettings
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import (
@@ -160,7 +169,8 @@ class BulkSource:
             await self.exporter.wait(job)
             save_job(self.folder, job)
         assert job.manifest is not None
-        await self.exporter.download(job, self.folder)
+        local = await self.exporter.download(job, self.folder)
+        self._report_not_downloaded(local.get("not_downloaded") or [])
         if job.progress:
             self._notes["progress"] = job.progress[-1]
         stamp = job.manifest.get("transactionTime")
@@ -174,6 +184,23 @@ class BulkSource:
             self.log.warn(warning, rule="bulk-export")
         save_job(self.folder, job, deleted=warning is None)
         self.log.count("bulk.files", len(job.manifest.get("output") or []))
+
+    def _report_not_downloaded(self, entries: list[dict[str, Any]]) -> None:
+        """Manifest entries the exporter did not download: a type that is not FHIR R4 is quarantined (its data
+        may be missing), a type the export did not ask for is a warning."""
+        for e in entries:
+            where = f"the export manifest's {e['list']}[{e['index']}] ({e['url']})"
+            if e["reason"] == NOT_R4_TYPE:
+                self.log.reject(e["type"], None, "unknown-resource-type",
+                                f"{where} names the type {e['type']}, which is not a FHIR R4 resource type; the "
+                                "file was not downloaded",
+                                "ask the hospital to fix its Bulk export (the file's data is not read)",
+                                file=f"{self.folder.name}/manifest.json")
+            else:
+                self.log.warn(f"{where} holds {e['type']}, which the export did not ask for (_type); not "
+                              "downloaded", resource=e["type"], rule="bulk-export")
+        if entries:
+            self.log.count("bulk.files_not_downloaded", len(entries))
 
     async def _kickoff(self) -> Job:
         types = await self._types()

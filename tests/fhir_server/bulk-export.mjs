@@ -18,6 +18,8 @@
 //   type_filter ('reject') _typeFilter: 'reject' (400) or 'ignore'
 //   group_404 (false)      Group/[id]/$export answered 404 as if the server knew no Group
 //   fail_file (-1), fail_file_times (0)   file number fail_file answers 503 the next fail_file_times times
+//   extra_types ([])       a hostile manifest: one more output entry per string, with that string as its type
+//                          (NUL, very long, a path with ../), its file one Basic resource
 import { gzipSync } from 'node:zlib';
 import { randomUUID } from 'node:crypto';
 
@@ -27,7 +29,7 @@ const SHARED = new Set(['Medication', 'Organization', 'Location', 'Specimen', 'P
 export function createBulkExport({ repo, baseUrl, outcome, isKnownResourceType }) {
   const knobs = {
     polls_until_done: 1, retry_after: '0', requires_token: false, relative_urls: false, files_per_type: 1,
-    error_text: '', type_filter: 'reject', group_404: false, fail_file: -1, fail_file_times: 0,
+    error_text: '', type_filter: 'reject', group_404: false, fail_file: -1, fail_file_times: 0, extra_types: [],
   };
   const info = (text) => ({ resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text } }] });
   const jobs = new Map();
@@ -86,6 +88,9 @@ export function createBulkExport({ repo, baseUrl, outcome, isKnownResourceType }
         const chunk = lines.slice(i * size, (i + 1) * size);
         if (chunk.length) files.push({ type, body: chunk.join('\n') + '\n', count: chunk.length, name: `${files.length + 1}.${type}.ndjson` });
       }
+    }
+    for (const [i, type] of (knobs.extra_types ?? []).entries()) {
+      files.push({ type, body: JSON.stringify({ resourceType: 'Basic', id: `extra-${i}` }) + '\n', count: 1, name: `extra-${i}.ndjson` });
     }
     const errors = knobs.error_text
       ? [{ type: 'OperationOutcome', body: JSON.stringify(outcome('processing', knobs.error_text)) + '\n', name: 'errors.ndjson' }]

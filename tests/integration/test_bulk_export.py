@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_adapter.cli.commands import main
+from fhir_adapter.fhir.r4_types import R4_RESOURCE_TYPES
 from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.testing.feed_loader import load_feed, put_resources
 from fhir_adapter.testing.fhir_server import ServerHandle
@@ -28,7 +29,7 @@ SUBJECTS = 4
 DEFAULT_KNOBS: dict[str, Any] = {
     "polls_until_done": 1, "retry_after": "0", "requires_token": False, "relative_urls": False,
     "files_per_type": 1, "error_text": "", "type_filter": "reject", "group_404": False, "fail_file": -1,
-    "fail_file_times": 0,
+    "fail_file_times": 0, "extra_types": [],
 }
 
 
@@ -122,6 +123,34 @@ def test_error_files_are_reported_and_the_run_is_not_ok(setup: Setup) -> None:
     assert result.exit_code == 2, result.output
     errors = [q for q in report(out)["quarantine"] if q["rule"] == "export-error"]
     assert len(errors) == 1 and "export failed for 2 resources" in errors[0]["reason"]
+    _same_as_rest(setup, out)
+
+
+def test_a_hostile_manifest_type_is_not_downloaded_and_is_reported(setup: Setup) -> None:
+    """Issue 11: a manifest entry's type never becomes a file name. A NUL, 400 characters, a path out of OUT and a
+    misspelt type are quarantined, a type the export did not ask for is a warning; none is downloaded, nothing
+    is written outside OUT, and the run goes on to the REST path's results."""
+    hostile = ["Obs\u0000ervation", "A" * 400, "x/../../../../escaped", "Observatoin"]
+    setup.bulk(extra_types=[*hostile, "Encounter"])
+    out = setup.tmp / "hostile" / "deep" / "out"
+    # "x/../../../../escaped" under OUT/bulk/ would be setup.tmp/hostile/escaped…
+    before = sorted(p for p in setup.tmp.rglob("*") if p.is_file() and not p.is_relative_to(out))
+    result = CliRunner().invoke(main, ["-q", "run", "--source", setup.server.base_url, "--out", str(out), "--bulk",
+                                       "--config", str(setup.config)])
+    assert result.exit_code == 2, result.output  # completed, with the quarantined entries
+    rep = report(out)
+    quarantined = [q for q in rep["quarantine"] if q["rule"] == "unknown-resource-type"]
+    assert len(quarantined) == 4 and all("was not downloaded" in q["reason"] for q in quarantined)
+    assert any("\\u0000" in q["reason"] for q in quarantined)  # the NUL shown as an escape
+    assert any("x/../../../../escaped" in q["reason"] for q in quarantined)
+    assert any(w["rule"] == "bulk-export" and "Encounter" in w["message"] and "did not ask for" in w["message"]
+               for w in rep["warnings"])
+    assert rep["counts"]["bulk.files_not_downloaded"] == 5
+    assert sorted(p for p in setup.tmp.rglob("*") if p.is_file() and not p.is_relative_to(out)) == before
+    manifest = json.loads((out / "bulk" / "manifest.json").read_text())
+    assert len(manifest["not_downloaded"]) == 5 and not any("escaped" in o["url"] for o in manifest["output"])
+    assert all(q.name.removesuffix(".ndjson") in {*R4_RESOURCE_TYPES, "unknown"}
+               for q in (out / "quarantine").iterdir())
     _same_as_rest(setup, out)
 
 

@@ -1,5 +1,6 @@
 """A Bulk Data server's answers are untrusted input (issue 11): the URLs they name cannot take the access token
-over plain http or to another host. pytest-httpx plays the hostile server."""
+over plain http or to another host, and a manifest's ``type`` cannot choose a file name. pytest-httpx plays
+the hostile server; tests/integration/test_bulk_export.py runs a hostile manifest through a whole run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from fhir_adapter.fhir import BearerToken, FhirClient, FhirError
-from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job
+from fhir_adapter.fhir.bulk import NOT_R4_TYPE, NOT_REQUESTED, BulkExporter, BulkExportError, BulkOptions, Job
 from fhir_adapter.fhir.settings import BulkSettings
 from tests.fhir.fhir_testkit import BASE, FakeClock, FakeSleep
 
@@ -144,3 +145,38 @@ def test_token_hosts_are_host_names() -> None:
     assert BulkSettings(token_hosts=["Files.EHR.example.org"]).token_hosts == ["files.ehr.example.org"]
     with pytest.raises(ValueError, match="not a host name"):
         BulkSettings(token_hosts=["https://files.example.org/x"])
+
+
+# -- file names from the manifest's type -------------------------------------------------------------------
+
+HOSTILE_TYPES = ["Obs\x00ervation", "A" * 400, "x/../../../../escaped", "/etc/passwd", "Observatoin", None, 7]
+
+
+async def test_a_hostile_manifest_type_never_becomes_a_file_name(httpx_mock: HTTPXMock, tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b" / "c" / "out"
+    folder = out / "bulk"
+    httpx_mock.add_response(url=f"{BASE}/files/ok.ndjson", content=LINE)
+    outputs = [(f"{BASE}/files/{i}.ndjson", t) for i, t in enumerate(HOSTILE_TYPES)]
+    outputs += [(f"{BASE}/files/ok.ndjson", "Observation"), (f"{BASE}/files/enc.ndjson", "Encounter")]
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(*outputs))
+    local = await exporter().download(job, folder)
+    assert sent_to(httpx_mock) == [f"{BASE}/files/ok.ndjson"]  # only the Observation file
+    assert [o["url"] for o in local["output"]] == ["008.Observation.ndjson"]
+    skipped = local["not_downloaded"]
+    assert [(e["index"], e["reason"]) for e in skipped] == [(n, NOT_R4_TYPE) for n in range(1, 8)] + [
+        (9, NOT_REQUESTED)]
+    assert skipped[0]["type"] == '"Obs\\u0000ervation"' and len(skipped[1]["type"]) <= 120
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()) == [
+        "a/b/c/out/bulk/008.Observation.ndjson", "a/b/c/out/bulk/manifest.json"]
+
+
+async def test_error_files_are_named_operation_outcome_whatever_type_they_claim(httpx_mock: HTTPXMock,
+                                                                                tmp_path: Path) -> None:
+    httpx_mock.add_response(url=f"{BASE}/files/err.ndjson", content=b'{"resourceType":"OperationOutcome"}\n')
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest={
+        **manifest(), "error": [{"type": "../../x\x00", "url": f"{BASE}/files/err.ndjson"}]})
+    local = await exporter().download(job, tmp_path / "bulk")
+    assert local["error"][0]["url"] == "error.001.OperationOutcome.ndjson"
+    assert local["error"][0]["type"] == "OperationOutcome"
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "error.001.OperationOutcome.ndjson", "manifest.json"]
