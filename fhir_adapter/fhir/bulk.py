@@ -16,9 +16,10 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   entry's number and its R4 type only (``003.Observation.ndjson``, ``error.001.OperationOutcome.ndjson``), never
   from what else the server wrote;
 * every URL the server names (status URL, redirect, manifest page, file) is checked before it is requested
-  (:meth:`BulkExporter.check_url`): credentials never go over plain http to another machine, nor to another
-  host than the FHIR server's unless ``token_hosts`` lists it, and an https server's export is never fetched
-  over plain http;
+  (:meth:`BulkExporter.check_url`): credentials never go over plain http to another machine, the token goes to
+  another host than the FHIR server's only over https and as ``token_hosts`` allows (by default any https host,
+  as the Bulk Data IG asks; a site may name the hosts), and an https server's export is never fetched over
+  plain http;
 * downloads: gzip transfer encoding accepted, retries on network failures, ``429`` and ``5xx``; a file is
   written under a hidden ``.part`` name and renamed when complete, so an interrupted run resumes where it
   stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``);
@@ -79,7 +80,7 @@ class BulkOptions:
     download_attempts: int = 4
     #: hosts besides the FHIR server's to which the access token may be sent over https when the server names
     #: them (a status URL, files with requiresAccessToken: true); lower case
-    token_hosts: frozenset[str] = frozenset()
+    token_hosts: frozenset[str] = frozenset({"*"})  # bulk.token_hosts: "*" any https host
 
 
 @dataclass
@@ -303,7 +304,8 @@ class BulkExporter:
         * the access token (``with_auth`` and the client has credentials) or a ``user:password@`` in the URL
           never goes over plain http to another host than this machine;
         * the access token goes only to the FHIR server's own scheme, host and port, or over https to a host
-          that ``token_hosts`` (``bulk.token_hosts``) lists: a server's answer cannot send it elsewhere;
+          that ``token_hosts`` (``bulk.token_hosts``) allows — by default ``*``, any https host, as the Bulk Data
+          IG asks for files with ``requiresAccessToken: true``; a site may restrict it to named hosts;
         * an https server's export is not fetched over plain http (its data would travel unencrypted).
 
         Otherwise :class:`BulkExportError` naming the URL and the fix; nothing has been sent to it."""
@@ -331,12 +333,13 @@ class BulkExporter:
                 "data would travel unencrypted; ask the hospital to name https URLs (a server behind a TLS proxy "
                 "needs to know its public https address)", url=safe)
         if token and not same_origin(parsed, base) and not (
-                parsed.scheme == "https" and (parsed.host or "").lower() in self.options.token_hosts):
+                parsed.scheme == "https" and ("*" in self.options.token_hosts
+                                              or (parsed.host or "").lower() in self.options.token_hosts)):
             raise BulkExportError(
                 f"refusing to send the access token to {safe} ({what}): {parsed.host} is not the FHIR server "
-                f"{base.scheme}://{base.netloc.decode()} the token is for; if the hospital confirms that this host "
-                f"serves its Bulk exports, list it in the server config (--config): bulk: {{token_hosts: "
-                f"[{parsed.host}]}} (https only)", url=safe)
+                f"{base.scheme}://{base.netloc.decode()} the token is for, and bulk.token_hosts does not list it; if "
+                f"the hospital confirms that this host serves its Bulk exports, add it in the server config "
+                f"(--config): bulk: {{token_hosts: [{parsed.host}]}} (https only)", url=safe)
         return url
 
     def _absolute(self, url: str) -> str:

@@ -105,16 +105,17 @@ class BulkSettings(BaseModel):
     max_retry_after_seconds: float = 300.0  # cap on a server's Retry-After
     download_attempts: int = 4
     #: hosts besides the FHIR server's own to which the access token may be sent (over https) when the server
-    #: names them: a status URL or export files with requiresAccessToken: true on another host (a file store);
-    #: empty: the token goes to the FHIR server's scheme, host and port only, and a manifest naming another
-    #: host for files that need it stops the run
-    token_hosts: list[str] = []
+    #: names them: a status URL or export files with requiresAccessToken: true on another host (a file store).
+    #: "*" (the default) = any https host, as the Bulk Data IG asks (the token goes wherever
+    #: requiresAccessToken: true says); a list of host names restricts it to those; [] = the FHIR server's own
+    #: scheme, host and port only (a manifest naming another host for files that need the token stops the run)
+    token_hosts: list[str] = ["*"]
 
     @field_validator("token_hosts")
     @classmethod
     def _host_names(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
-            if not _HOST_NAME.fullmatch(host):
+            if host != "*" and not _HOST_NAME.fullmatch(host):
                 raise ValueError(f"bulk.token_hosts: {host!r} is not a host name; give the host alone, e.g. "
                                  "files.ehr.example.org (no scheme, port or path: the token goes over https only)")
         return [h.lower() for h in hosts]

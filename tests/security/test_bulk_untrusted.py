@@ -27,6 +27,7 @@ def manifest(*outputs: tuple[str, Any], token: bool | str = True) -> dict[str, A
 
 
 def exporter(base: str = BASE, *, auth: bool = True, token_hosts: frozenset[str] = frozenset()) -> BulkExporter:
+    """An exporter whose site keeps the token on the FHIR server (``token_hosts: []``) unless told otherwise."""
     client = FhirClient(base, auth=BearerToken(TOKEN) if auth else None)
     return BulkExporter(client, BulkOptions(token_hosts=token_hosts), sleep=FakeSleep(), clock=FakeClock())
 
@@ -110,7 +111,7 @@ async def test_the_client_itself_refuses_credentials_over_plain_http(httpx_mock:
 
 # -- the access token and other hosts ---------------------------------------------------------------------
 
-async def test_the_token_does_not_go_to_another_host_unless_listed(httpx_mock: HTTPXMock, tmp_path: Path) -> None:
+async def test_a_site_that_restricts_token_hosts_sends_it_only_to_those(httpx_mock: HTTPXMock, tmp_path: Path) -> None:
     other = "https://storage.example.org/x/2.ndjson"
     job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest((other, "Observation")))
     with pytest.raises(BulkExportError, match=r"refusing to send the access token to https://storage.example.org/"
@@ -139,6 +140,17 @@ async def test_without_requires_access_token_true_no_authorization_is_sent(httpx
     job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest((other, "Observation"), token=flag))
     await exporter().download(job, tmp_path)
     assert [("Authorization" in r.headers) for r in httpx_mock.get_requests()] == [False]
+
+
+async def test_by_default_the_token_follows_requires_access_token_to_another_https_host(
+        httpx_mock: HTTPXMock, tmp_path: Path) -> None:
+    """The Bulk Data IG: files with requiresAccessToken true get the token, wherever the server stores them."""
+    other = "https://storage.example.org/x/2.ndjson"
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest((other, "Observation")))
+    httpx_mock.add_response(url=other, content=LINE)
+    await exporter(token_hosts=frozenset(BulkSettings().token_hosts)).download(job, tmp_path)
+    assert httpx_mock.get_requests()[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert BulkOptions().token_hosts == frozenset(BulkSettings().token_hosts) == {"*"}
 
 
 def test_token_hosts_are_host_names() -> None:
