@@ -24,8 +24,9 @@ or to another host than ``bulk.token_hosts`` allows); a manifest entry whose typ
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -56,6 +57,21 @@ from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
 
 #: longest kick-off URL sent with _typeFilter (8 KB request lines are a common server limit)
 MAX_KICKOFF_URL = 7500
+
+
+def refused_type(types: Sequence[str], messages: Sequence[str]) -> str | None:
+    """The resource type a refused kick-off names, of those asked for: a whole word in the server's messages
+    (``Specimen``, not the ``Medication`` in ``MedicationRequest``); a type other than Patient before Patient
+    ("Resource type Specimen is not supported for Patient level export" refuses Specimen), else the one
+    named first; None when none is named."""
+    where: dict[str, int] = {}
+    for t in types:
+        word = re.compile(rf"(?<![A-Za-z0-9]){re.escape(t)}(?![A-Za-z0-9])")
+        found = [m.start() for text in messages if (m := word.search(text))]
+        if found:
+            where[t] = min(found)
+    named = sorted(where, key=lambda t: (t == "Patient", where[t]))
+    return named[0] if named else None
 
 
 class BulkSource:
@@ -227,7 +243,7 @@ class BulkSource:
                     return job
                 except BulkExportError as exc:
                     last = exc
-                    refused = next((t for t in types if any(t in d for d in exc.diagnostics)), None)
+                    refused = refused_type(types, exc.diagnostics)
                     if exc.status == 400 and filters and any("_typeFilter" in d or "typeFilter" in d
                                                              for d in [*exc.diagnostics, str(exc)]):
                         filters = []  # _typeFilter unsupported: the mapping picks what it needs from _type
