@@ -11,8 +11,8 @@
 * then the files are read as a folder (:class:`~fhir_adapter.source.files.FileSource`): same CRFs and results
   as the REST path;
 * ``--since``: the export asks ``_since``; the patients it names are read again in full (through REST:
-  an export since a time holds only the changed resources), the others are unchanged; the manifest's
-  ``transactionTime`` is the next ``--since last``.
+  an export since a time holds only the changed resources), the others are unchanged. An export with no files
+  is a normal answer: nothing changed. The manifest's ``transactionTime`` is the next ``--since last``.
 
 Files are kept under ``OUT/bulk/`` for audit (``bulk.keep_files``) or removed once read; an interrupted run
 resumes the same job and does not download finished files again. The server's answers are untrusted
@@ -270,10 +270,13 @@ class BulkSource:
         raise last
 
     def _patients_in_export(self) -> set[str]:
-        """Patients any exported resource names (an export ``_since``: the patients with a change)."""
+        """Patients any exported resource names (an export ``_since``: the patients with a change; an export
+        with no output file: nobody changed)."""
         import orjson
 
         found: set[str] = set()
+        if self.job is not None and self.job.manifest is not None and not self.job.manifest.get("output"):
+            return found
         for f in discover(self.folder).data:
             for _n, line in read_lines(f):
                 res = orjson.loads(line)

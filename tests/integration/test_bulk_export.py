@@ -202,6 +202,20 @@ def test_bulk_needs_a_server(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "--bulk" in result.output
 
 
+def test_since_with_nothing_changed_is_ok(setup: Setup) -> None:
+    """An export since the last run with no files (nothing changed) is a normal answer, as on the REST path."""
+    setup.bulk()
+    out = setup.tmp / "since-nothing"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    result = cli_run(setup.server.base_url, out, "--bulk", "--since", "last", "--config", str(setup.config))
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "bulk" / "manifest.json").read_text())["output"] == []
+    rep = report(out)
+    assert rep["counts"]["incremental.changed_subjects"] == 0
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS
+    _same_as_rest(setup, out)
+
+
 # -- the tests below change the server's data: they come last --------------------------------------------------
 
 def test_since_reads_again_only_the_patients_the_export_names(setup: Setup) -> None:
