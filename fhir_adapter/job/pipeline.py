@@ -272,9 +272,9 @@ def _run(
         on_start(len(roster.enrolled))  # the number of on_subject calls to come (progress displays)
     labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}
     source.label_subjects(labels)
-    if hasattr(source, "reusable"):  # an incremental read may skip only subjects whose last CRF is at hand
-        source.reusable = {pid for pid, e in roster.enrolled.items()
-                           if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    # an incremental read may skip only subjects whose last CRF is at hand
+    source.reusable = {pid for pid, e in roster.enrolled.items()
+                       if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
     exports = ExportWriter(work_dir / "export", study)
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)
     if sink is not None:

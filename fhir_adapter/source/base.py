@@ -53,6 +53,9 @@ class Source(Protocol):
     description: str
     #: incremental runs: only subjects changed since this time are read again (None: a full read)
     since: dt.datetime | None
+    #: incremental runs: the enrolled patients whose CRF of the last run is at hand (set by the run before
+    #: :meth:`subject_resources`); only these may be found unchanged, any other is read in full. None: all
+    reusable: set[str] | None
 
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
         """ResearchStudy and ResearchSubject resources, the Patients they name, and the Patients holding one of

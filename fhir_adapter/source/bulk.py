@@ -11,8 +11,10 @@
 * then the files are read as a folder (:class:`~fhir_adapter.source.files.FileSource`): same CRFs and results
   as the REST path;
 * ``--since``: the export asks ``_since``; the patients it names are read again in full (through REST:
-  an export since a time holds only the changed resources), the others are unchanged. An export with no files
-  is a normal answer: nothing changed. The manifest's ``transactionTime`` is the next ``--since last``.
+  an export since a time holds only the changed resources), and so are those whose CRF of the last run is not
+  at hand (:attr:`reusable`: e.g. a patient enrolled since, whose data predate ``_since``), as the REST path
+  reads them; the others are unchanged. An export with no files is a normal answer: nothing changed. The
+  manifest's ``transactionTime`` is the next ``--since last``.
 
 Files are kept under ``OUT/bulk/`` for audit (``bulk.keep_files``) or removed once read; an interrupted run
 resumes the same job and does not download finished files again. The server's answers are untrusted
@@ -83,6 +85,8 @@ class BulkSource:
         self.log = log
         self.since = since
         self.description = f"bulk:{server.client.base_url}"
+        #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
+        self.reusable: set[str] | None = None
         self.exporter = exporter or BulkExporter(server.client, BulkOptions(
             poll_limit_seconds=settings.poll_limit_seconds, max_retry_after_seconds=settings.max_retry_after_seconds,
             download_attempts=settings.download_attempts, token_hosts=frozenset(settings.token_hosts)))
@@ -118,11 +122,14 @@ class BulkSource:
             files = FileSource(self.folder, self.log)
             yield from files.subject_resources(patient_ids)
         else:
-            changed = self._patients_in_export() & patient_ids
-            self._unchanged = patient_ids - changed
-            self.log.count("incremental.changed_subjects", len(changed))
-            self.log.count("incremental.unchanged_subjects", len(self._unchanged))
-            yield from self.server.subject_resources(changed)
+            unchanged = patient_ids - self._patients_in_export()
+            if self.reusable is not None:  # no CRF from the last run (e.g. enrolled since): read in full
+                unchanged &= self.reusable
+            self._unchanged = unchanged
+            todo = patient_ids - unchanged
+            self.log.count("incremental.changed_subjects", len(todo))
+            self.log.count("incremental.unchanged_subjects", len(unchanged))
+            yield from self.server.subject_resources(todo)
         self._finish()
 
     # -- the export ---------------------------------------------------------------------------------

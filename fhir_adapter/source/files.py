@@ -174,6 +174,7 @@ class FileSource:
         self.log = log
         self.description = f"files:{self.folder.location}"
         self.since: dt.datetime | None = None
+        self.reusable: set[str] | None = None  # a folder is read whole: nothing is reused
         self._layout: Layout | None = None
         self._roster: RosterInput | None = None
         self._all_patients: set[str] = set()

@@ -216,6 +216,22 @@ def test_since_with_nothing_changed_is_ok(setup: Setup) -> None:
     _same_as_rest(setup, out)
 
 
+def test_since_reads_in_full_a_subject_with_no_crf_from_the_last_run(setup: Setup) -> None:
+    """A subject whose CRF of the last run is not at hand cannot be reused: it is read in full (through REST, as
+    the patients the export names), as the REST path reads it — on this run and not again on the next."""
+    setup.bulk()
+    out = setup.tmp / "since-no-crf"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    missing = sorted((out / "crf").glob("*.json"))[0]
+    missing.unlink()
+    for _ in range(2):
+        result = cli_run(setup.server.base_url, out, "--bulk", "--since", "last", "--config", str(setup.config))
+        assert result.exit_code == 0, result.output
+        _same_as_rest(setup, out)
+    rep = report(out)  # the second run: every CRF at hand again
+    assert rep["counts"]["incremental.changed_subjects"] == 0 and rep["server_requests"]["per_subject"] == {}
+
+
 # -- the tests below change the server's data: they come last --------------------------------------------------
 
 def test_since_reads_again_only_the_patients_the_export_names(setup: Setup) -> None:
