@@ -152,6 +152,30 @@ def test_progress_lines_count_requests_on_live_server_runs(caplog: pytest.LogCap
     assert "requests" not in caplog.records[-1].getMessage()
 
 
+def test_bulk_export_progress_is_a_progress_line_or_beside_the_bar(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from fhir_adapter.cli.console import RunProgress
+
+    plain = RunProgress(lambda: 0, enabled=True, live=False, requests=lambda: 3)
+    with caplog.at_level(logging.INFO, logger="fhir_adapter.progress"):
+        plain.note("in progress (50%)")
+    assert [r.getMessage() for r in caplog.records] == ["Bulk export: in progress (50%)"]
+    assert getattr(caplog.records[0], "bulk_progress", None) == "in progress (50%)"
+    live = RunProgress(lambda: 0, enabled=True, live=True, requests=lambda: 3)
+    live.start(2)
+    try:
+        live.note("in progress (50%)")
+        assert live._bar is not None and live._bar.tasks[0].fields["note"] == "in progress (50%)"
+        live.advance("101-001")  # subjects are processed: the export is done
+        assert live._bar.tasks[0].fields["note"] == ""
+    finally:
+        live.stop()
+    caplog.clear()
+    RunProgress(lambda: 0, enabled=False, live=False).note("in progress (50%)")  # -q
+    assert not caplog.records
+
+
 def test_rich_is_imported_only_to_draw_on_a_terminal() -> None:
     """--help and runs into logs or pipes start without rich; the terminal's bar and table still draw."""
     script = textwrap.dedent("""

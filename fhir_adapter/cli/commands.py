@@ -230,6 +230,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             try:
                 with progress(lambda: sum(n for k, n in log.counts.items() if k.startswith("read.")),
                               enabled=not ctx.obj.get("quiet"), requests=conn.requests_total) as prog:
+                    if conn.bulk is not None:  # the server's X-Progress while it makes the export
+                        conn.bulk.on_progress = prog.note
                     summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
                                            on_subject=prog.advance, on_start=prog.start, review_state=review_state,
                                            reviewed_only=reviewed_only or _reviewed_only_setting(config),

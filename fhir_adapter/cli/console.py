@@ -4,9 +4,9 @@ summary table, and one-line errors.
 * Logs go to stderr. ``-q`` only errors, default warnings, ``-v`` info, ``-vv`` debug. ``--log-format json``
   writes one JSON object per line (``ts``, ``level``, ``logger``, ``message`` and any extra fields such as
   ``subject_id``), for log collectors.
-* Progress: on a terminal a live bar (subjects done/total, resources read, ETA; redrawn twice a second);
-  elsewhere (CI, a pipe, a log file) plain progress log records about every tenth of the subjects. ``-q``
-  hides both.
+* Progress: on a terminal a live bar (subjects done/total, resources read, ETA; redrawn twice a second; a Bulk
+  export's X-Progress beside it); elsewhere (CI, a pipe, a log file) plain progress log records about every
+  tenth of the subjects, and one per change of a Bulk export's X-Progress. ``-q`` hides both.
 * Errors: a failure prints ``error: <what happened and what to do>`` on one line and exits 1. The stack trace
   is printed only with ``-vv`` (the debug level), where it helps whoever reads the code.
 """
@@ -106,10 +106,11 @@ class RunProgress:
                                  *([TextColumn("{task.fields[requests]} requests")] if self._requests else []),
                                  TimeElapsedColumn(),
                                  TextColumn("ETA"), TimeRemainingColumn(),
+                                 *([TextColumn("{task.fields[note]}")] if self._requests else []),
                                  console=Console(stderr=True), transient=True,
                                  refresh_per_second=BAR_REFRESHES_PER_SECOND)
             self._bar.start()
-            self._task = self._bar.add_task("run", total=total, resources=0, requests=0)
+            self._task = self._bar.add_task("run", total=total, resources=0, requests=0, note="")
         else:
             self._log.info("processing %d subjects", total, extra={"subjects_total": total})
 
@@ -120,7 +121,7 @@ class RunProgress:
         resources = self._resources()
         requests = self._requests() if self._requests else None
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, resources=resources, requests=requests or 0)
+            self._bar.update(self._task, advance=1, resources=resources, requests=requests or 0, note="")
             return
         step = max(1, self._total // 10)
         if self._done % step == 0 or self._done == self._total:
@@ -129,6 +130,16 @@ class RunProgress:
                            via, subject_id, extra={"subjects_done": self._done, "subjects_total": self._total,
                                                    "resources": resources,
                                                    **({"requests": requests} if requests is not None else {})})
+
+    def note(self, text: str) -> None:
+        """What the source is waiting for before the first subject (a Bulk export's X-Progress): beside the bar
+        on a terminal, else one progress log record per call."""
+        if not self._enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(self._task, note=text)
+            return
+        self._log.info("Bulk export: %s", text, extra={"bulk_progress": text})
 
     def stop(self) -> None:
         if self._bar is not None:

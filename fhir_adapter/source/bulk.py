@@ -14,7 +14,9 @@
   an export since a time holds only the changed resources), and so are those whose CRF of the last run is not
   at hand (:attr:`reusable`: e.g. a patient enrolled since, whose data predate ``_since``), as the REST path
   reads them; the others are unchanged. An export with no files is a normal answer: nothing changed. The
-  manifest's ``transactionTime`` is the next ``--since last``.
+  manifest's ``transactionTime`` is the next ``--since last``;
+* the server's ``X-Progress`` while the export is made goes to :attr:`on_progress` (the run's progress display)
+  once per change, else to the log at info level.
 
 Files are kept under ``OUT/bulk/`` for audit (``bulk.keep_files``) or removed once read; an interrupted run
 resumes the same job and does not download finished files again. The server's answers are untrusted
@@ -26,9 +28,10 @@ or to another host than ``bulk.token_hosts`` allows); a manifest entry whose typ
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import shutil
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -56,6 +59,8 @@ from fhir_adapter.source.base import (
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import discover, read_lines
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
+
+log = logging.getLogger(__name__)
 
 #: longest kick-off URL sent with _typeFilter (8 KB request lines are a common server limit)
 MAX_KICKOFF_URL = 7500
@@ -87,9 +92,13 @@ class BulkSource:
         self.description = f"bulk:{server.client.base_url}"
         #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
         self.reusable: set[str] | None = None
+        #: shows the server's X-Progress while the export is made (the run's progress display); None: the log
+        self.on_progress: Callable[[str], None] | None = None
+        self._progress: str | None = None
         self.exporter = exporter or BulkExporter(server.client, BulkOptions(
             poll_limit_seconds=settings.poll_limit_seconds, max_retry_after_seconds=settings.max_retry_after_seconds,
-            download_attempts=settings.download_attempts, token_hosts=frozenset(settings.token_hosts)))
+            download_attempts=settings.download_attempts, token_hosts=frozenset(settings.token_hosts)),
+            on_progress=self._show_progress)
         self._studies: list[Resource] = []
         self._unchanged: set[str] = set()
         self.job: Job | None = None
@@ -131,6 +140,16 @@ class BulkSource:
             self.log.count("incremental.unchanged_subjects", len(unchanged))
             yield from self.server.subject_resources(todo)
         self._finish()
+
+    def _show_progress(self, progress: str) -> None:
+        """The server's X-Progress, shown once per change."""
+        if progress == self._progress:
+            return
+        self._progress = progress
+        if self.on_progress is not None:
+            self.on_progress(progress)
+        else:
+            log.info("Bulk export at %s: %s", self.server.client.base_url, progress)
 
     # -- the export ---------------------------------------------------------------------------------
     def _group_id(self) -> str | None:

@@ -232,6 +232,16 @@ def test_since_reads_in_full_a_subject_with_no_crf_from_the_last_run(setup: Setu
     assert rep["counts"]["incremental.changed_subjects"] == 0 and rep["server_requests"]["per_subject"] == {}
 
 
+def test_export_progress_is_shown_while_polling(setup: Setup) -> None:
+    setup.bulk(polls_until_done=3)
+    out = setup.tmp / "progress"
+    result = CliRunner().invoke(main, ["run", "--source", setup.server.base_url, "--out", str(out), "--bulk",
+                                       "--config", str(setup.config)])
+    assert result.exit_code == 2, result.output  # the feed's deliberate irregularity is quarantined
+    shown = [line for line in result.stderr.splitlines() if "Bulk export: " in line]
+    assert shown == [f"INFO fhir_adapter.progress: Bulk export: in progress ({pct}%)" for pct in (25, 50, 75)]
+
+
 # -- the tests below change the server's data: they come last --------------------------------------------------
 
 def test_since_reads_again_only_the_patients_the_export_names(setup: Setup) -> None:
