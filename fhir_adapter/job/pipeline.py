@@ -404,7 +404,7 @@ def _run(
             if stop is None:
                 raise
             raise stop from exc
-        for pid, read_error in sorted(getattr(source, "failed", {}).items()):
+        for pid, read_error in sorted(source.failed.items()):
             e0 = roster.enrolled[pid]
             runlog.warn(f"subject not processed: reading its data failed: {read_error}", subject_id=e0.subject_id,
                         rule="subject-read-failed")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -69,6 +69,12 @@ class Source(Protocol):
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
         """For each enrolled patient id, the resources of :data:`SUBJECT_TYPES` that reference it, with the
         resources of :data:`SHARED_TYPES` they reference."""
+        ...
+
+    @property
+    def failed(self) -> Mapping[str, Exception]:
+        """Enrolled patients whose reads failed after every retry, with the error (after
+        :meth:`subject_resources`): the run reports each as a subject not processed; the next run reads them."""
         ...
 
     def unchanged_subjects(self) -> set[str]:

@@ -31,7 +31,7 @@ import datetime as dt
 import logging
 import re
 import shutil
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -114,6 +114,11 @@ class BulkSource:
 
     def label_subjects(self, labels: dict[str, str]) -> None:
         self.server.label_subjects(labels)
+
+    @property
+    def failed(self) -> Mapping[str, Exception]:
+        """The changed patients whose REST reads failed (an incremental run reads them from the server)."""
+        return self.server.failed
 
     def unchanged_subjects(self) -> set[str]:
         return set(self._unchanged)

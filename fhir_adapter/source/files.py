@@ -175,6 +175,7 @@ class FileSource:
         self.description = f"files:{self.folder.location}"
         self.since: dt.datetime | None = None
         self.reusable: set[str] | None = None  # a folder is read whole: nothing is reused
+        self.failed: dict[str, Exception] = {}  # a file's problems are quarantined or stop the run, never a read
         self._layout: Layout | None = None
         self._roster: RosterInput | None = None
         self._all_patients: set[str] = set()
