@@ -32,7 +32,7 @@ from typing import Any
 from fhir_adapter.engine.collector import run_settings
 from fhir_adapter.engine.forkserver import context
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
-from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.job.runlog import Locations, RunLog
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource
 from fhir_adapter.source.files import FileSource, checked_records
@@ -119,8 +119,9 @@ def fresh(engine: SubjectEngine, e0: Enrollee, records: Records, key: str) -> tu
     """One subject's outcome from its records (lines routed unparsed are checked here: checked_records), and
     its resources."""
     read = RunLog()
-    resources = checked_records(records, e0.patient_id, engine.work.source_base, read)
-    outcome = engine.fresh(e0, resources, key)
+    where: Locations = {}
+    resources = checked_records(records, e0.patient_id, engine.work.source_base, read, where)
+    outcome = engine.fresh(e0, resources, key, where)
     outcome.read_counts, outcome.read_quarantine = dict(read.counts), read.quarantine
     return outcome, resources
 

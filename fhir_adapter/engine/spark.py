@@ -45,7 +45,7 @@ from fhir_adapter.engine.spark_files import job_failed, spark_errors
 from fhir_adapter.engine.spark_staging import StagedOutcomes, StagingUnreadable, arrow_filesystem, staging_location
 from fhir_adapter.engine.spark_staging import remove as remove_staged
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
-from fhir_adapter.job.runlog import Quarantined, RunLog
+from fhir_adapter.job.runlog import Locations, Quarantined, RunLog
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.base import Resource, shared_references
 from fhir_adapter.source.files import FileSource
@@ -246,7 +246,22 @@ def _file_logs(rows: list[tuple[int, int, int, bytes]], files: list[DataFile]) -
 _engine: tuple[str, SubjectEngine] | None = None
 
 
-def _subject(run: str, work: Any, enrolled: Any, shared: Any, pdf: pd.DataFrame) -> pd.DataFrame:
+#: what names a subject line's place in the export: each file's (name, NDJSON?) by index, and per (file
+#: index, split) the lines of the file's earlier splits (a split numbers its lines from its start)
+Places = tuple[list[tuple[str, bool]], dict[tuple[int, int], int]]
+
+
+def _places(logs: list[tuple[int, int, int, bytes]], files: list[DataFile]) -> Places:
+    """:data:`Places` of the splits' logs (the line counts :func:`_file_logs` adds up)."""
+    skip: dict[tuple[int, int], int] = {}
+    seen: dict[int, int] = {}
+    for i, block, lines, _ in sorted(logs, key=lambda r: (r[0], r[1])):
+        skip[(i, block)] = seen.get(i, 0)
+        seen[i] = seen.get(i, 0) + lines
+    return [(f.name, f.ndjson) for f in files], skip
+
+
+def _subject(run: str, work: Any, enrolled: Any, shared: Any, places: Any, pdf: pd.DataFrame) -> pd.DataFrame:
     """Executor: one subject's lines in file order → its pickled :class:`SubjectOutcome`."""
     import pandas as pd
 
@@ -255,14 +270,23 @@ def _subject(run: str, work: Any, enrolled: Any, shared: Any, pdf: pd.DataFrame)
         _engine = (run, SubjectEngine(work.value))
     pdf = pdf.sort_values(["file", "block", "line", "entry"], kind="stable")
     pid = str(pdf["pid"].iloc[0])
-    outcome = _fresh(_engine[1], enrolled.value[pid], [orjson.loads(bytes(r)) for r in pdf["raw"]], shared.value)
+    resources = [orjson.loads(bytes(r)) for r in pdf["raw"]]
+    files, skip = places.value
+    where: Locations = {}  # as the file source's records give them (source/files.py checked_records)
+    for res, i, block, n, entry in zip(resources, pdf["file"], pdf["block"], pdf["line"], pdf["entry"], strict=True):
+        name, ndjson = files[int(i)]
+        if isinstance(res.get("id"), str):
+            where.setdefault((res["resourceType"], res["id"]),
+                             (name, int(n) + skip.get((int(i), int(block)), 0) if ndjson or not entry else None,
+                              int(entry) or None))
+    outcome = _fresh(_engine[1], enrolled.value[pid], resources, shared.value, where)
     return pd.DataFrame({"pid": [pid], "outcome": [pickle.dumps(outcome)]})
 
 
 def _fresh(engine: SubjectEngine, e0: Enrollee, resources: list[Resource],
-           shared: dict[tuple[str, str], bytes]) -> SubjectOutcome:
+           shared: dict[tuple[str, str], bytes], where: Locations | None = None) -> SubjectOutcome:
     resources.extend(orjson.loads(shared[key]) for key in sorted(shared_references(resources)) if key in shared)
-    outcome = engine.fresh(e0, resources)
+    outcome = engine.fresh(e0, resources, where=where)
     outcome.statuses = source_statuses(resources)
     return outcome
 
@@ -327,12 +351,13 @@ class SparkSubjects:
                 kept |= seen
             shared = source.shared_records(wanted)  # as JSON bytes: a hospital's Specimens go to every executor
             b_work, b_enrolled, b_shared = ship(spark, work), ship(spark, enrolled), ship(spark, shared)
+            b_places = ship(spark, _places(logs, files))
             # subjects in ranges of patient ids (at most SUBJECTS_PER_PARTITION per range), each range's outcomes
             # written by its task into the staging folder: one row group the driver reads at a time
             partitions = max(int(spark.conf.get("spark.sql.shuffle.partitions") or LOCAL_SHUFFLE_PARTITIONS),
                              -(-len(enrolled) // SUBJECTS_PER_PARTITION))
             outcomes = (lines.where("pid is not null").repartitionByRange(partitions, "pid").groupBy("pid")
-                        .applyInPandas(lambda pdf: _subject(run, b_work, b_enrolled, b_shared, pdf),
+                        .applyInPandas(lambda pdf: _subject(run, b_work, b_enrolled, b_shared, b_places, pdf),
                                        OUTCOME_SCHEMA))
             # every subject at once on the executors, each task writing its subjects' outcomes
             outcomes.write.parquet(f"{location}/{run}")

@@ -21,7 +21,7 @@ from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.export.writer import ExportRenderer, SubjectExport
 from fhir_adapter.fhir.r4 import r4_problem
-from fhir_adapter.job.runlog import Quarantined, RunLog
+from fhir_adapter.job.runlog import Locations, Quarantined, RunLog
 from fhir_adapter.mapping.subject import SubjectMapper
 from fhir_adapter.results.spill import row_json
 from fhir_adapter.results.study_json import subject_row
@@ -180,19 +180,26 @@ class SubjectEngine:
         if self._renderer is None and (self.work.render_exports or self.work.pieces is not None):
             self._renderer = ExportRenderer(self.work.study)
 
-    def fresh(self, e0: Enrollee, resources: list[dict[str, Any]], key: str | None = None) -> SubjectOutcome:
+    def fresh(self, e0: Enrollee, resources: list[dict[str, Any]], key: str | None = None,
+              where: Locations | None = None) -> SubjectOutcome:
         """Day 1, map, review decisions, derive, write-back resources from the subject's source resources;
-        with ``key`` and ``SubjectWork.pieces``, the subject's files are written too (:class:`SubjectPieces`)."""
+        with ``key`` and ``SubjectWork.pieces``, the subject's files are written too (:class:`SubjectPieces`).
+        ``where``: the file, line and Bundle entry of the resources (source/files.py checked_records), given to
+        what the mapping quarantines."""
         out = SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id)
         if key is not None and self.work.pieces is not None:
             out.pieces = SubjectPieces(self.work.pieces, key)
         try:
             e = with_day1(e0, resources, self.work.study, self.log, self.work.roster_infusions.get(e0.subject_id))
             crf = self.mapper.map(e, resources)
+            if where:
+                self.log.locate(where)
             self._derive(out, e, crf)
         except Exception as exc:  # one subject's failure never stops the others
             log.debug("subject %s failed", e0.subject_id, exc_info=True)
             out.error = str(exc)
+            if where:
+                self.log.locate(where)
         self._drain(out)
         if out.pieces is not None:  # what the run's process needs of these is in the pieces
             out.review = None

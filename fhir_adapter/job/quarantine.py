@@ -1,8 +1,8 @@
 """``OUT/quarantine/<Type>.ndjson``: what is kept of bad input, one line per quarantined resource or line.
 
 By default only what is needed to fix the export: type, id, file, line (and Bundle entry), the rule, reason
-and fix, and the offending element (its path and value) — not the rest of the resource, which may carry
-names, MRNs and free text. The whole resource (or the unparsable line) is kept only with
+and fix, and the offending element (its path and value; value null for a missing one) — not the rest of the
+resource, which may carry names, MRNs and free text. The whole resource (or the unparsable line) is kept only with
 ``--quarantine-full-copies``.
 """
 
@@ -15,6 +15,15 @@ from fhir_adapter.job.runlog import Quarantined
 
 #: the element that names the patient, for the rules that are about it
 _PATIENT_PATHS = ("subject.reference", "patient.reference", "individual.reference")
+#: the element a rule finds missing, by rule and resource type: the quarantine line names it with value null
+#: (the date a medication record starts on: mapping/medications/dates.py)
+MISSING_ELEMENTS: dict[tuple[str, str], str] = {
+    ("missing-date", "Observation"): "effective[x]",
+    ("missing-date", "MedicationAdministration"): "effective[x]",
+    ("missing-date", "MedicationStatement"): "effective[x]",
+    ("missing-date", "MedicationRequest"): "authoredOn",
+    ("missing-date", "MedicationDispense"): "whenHandedOver",
+}
 _PATH_IN_REASON = re.compile(r"(?:^|FHIR R4: )([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*): ")
 
 
@@ -30,9 +39,12 @@ def _at(node: Any, path: str) -> tuple[bool, Any]:
 
 
 def offending_element(q: Quarantined) -> dict[str, Any] | None:
-    """``{"path": ..., "value": ...}`` of the element the reason is about, when the resource has it."""
+    """``{"path": ..., "value": ...}`` of the element the reason is about, when the resource has it; of the
+    element a rule finds missing (:data:`MISSING_ELEMENTS`), with value None."""
     if not isinstance(q.raw, dict):
         return None
+    if (missing := MISSING_ELEMENTS.get((q.rule, q.resource_type))) is not None:
+        return {"path": missing, "value": None}
     if q.rule in ("unknown-patient", "no-patient"):
         paths: tuple[str, ...] = _PATIENT_PATHS
     else:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
+
+#: where a subject's resource was read: (file, line, Bundle entry), by (resource type, id)
+Locations = dict[tuple[str, str], tuple[str, int | None, int | None]]
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class RunLog:
         entry = {"message": message, "resource": resource, "subject_id": subject_id, "rule": rule}
         with self._lock:
             self.warnings.append({k: v for k, v in entry.items() if v is not None})
+
+    def locate(self, where: Locations) -> None:
+        """Give each quarantined resource that does not say where it was read (quarantined after reading: the
+        mapping's rules) its file, line and Bundle entry from ``where`` (by resource type and id)."""
+        with self._lock:
+            for i, q in enumerate(self.quarantine):
+                if q.file is None and q.id is not None and (found := where.get((q.resource_type, q.id))):
+                    self.quarantine[i] = replace(q, file=found[0], line=found[1], entry=found[2])
 
     def reject(self, resource_type: str, id: str | None, rule: str, reason: str, fix: str, **kw: Any) -> None:
         q = Quarantined(resource_type=resource_type, id=id, rule=rule, reason=reason, fix=fix, **kw)

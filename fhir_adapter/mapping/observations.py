@@ -100,7 +100,7 @@ class ObservationMapper:
                 except (ValueError, TypeError, KeyError, AttributeError) as exc:  # quarantine this one only
                     reason = f"{item_id}: {exc}".splitlines()[0]
                     self.log.reject("Observation", obs.get("id"), "unreadable", reason,
-                                    "correct the Observation in the EHR (it is kept in quarantine/)",
+                                    "correct the Observation in the EHR (quarantine/ names its file and line)",
                                     subject_id=subject_id, raw=obs)
                     continue
                 when = f.datetime or f.date or f.partial_date

@@ -39,7 +39,8 @@ def valid_resources(resources: list[dict[str, Any]], subject_id: str, log: RunLo
         problem = r4_problem(r)
         if problem:
             log.reject(str(r.get("resourceType")), r.get("id"), "r4-invalid", f"not valid FHIR R4: {problem}",
-                       "correct the resource in the EHR (it is kept in quarantine/)", subject_id=subject_id, raw=r)
+                       "correct the resource in the EHR (quarantine/ names its file, line and the offending element)",
+                       subject_id=subject_id, raw=r)
         else:
             ok.append(r)
     return ok

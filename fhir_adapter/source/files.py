@@ -36,7 +36,7 @@ from typing import Any, BinaryIO, Literal, overload
 import orjson
 
 from fhir_adapter.fhir.r4 import is_r4_type
-from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.job.runlog import Locations, RunLog
 from fhir_adapter.source.base import (
     ROSTER_TYPES,
     SHARED_TYPES,
@@ -261,11 +261,13 @@ class FileSource:
         if pid is None:
             return
         # the line's bytes take a fraction of the memory of the parsed dict: a subject's resources are parsed
-        # again (orjson, microseconds) when that subject is processed
+        # again (orjson, microseconds) when that subject is processed; each record names its file and line
+        # (and Bundle entry), so what the mapping quarantines says where it was (checked_records)
         if raw is None:
-            yield pid, res, shared_references([res])
+            yield pid, located_prefix(f, n, entry) + orjson.dumps(res), shared_references([res])
         else:
-            yield pid, raw.strip(), line_references(raw, res) if _SHARED_HINT.search(raw) else None
+            yield pid, located_prefix(f, n, None) + raw.strip(), \
+                line_references(raw, res) if _SHARED_HINT.search(raw) else None
 
     def enrolled_patient(self, f: DataFile, n: int, entry: int | None, res: Resource, enrolled: Collection[str],
                          counts: Counter[str], base: str | None) -> str | None:
@@ -417,8 +419,8 @@ class FileSource:
                 self.log.reject(_OUTCOME, res.get("id"), "export-error",
                                 "the server reported an error exporting data: "
                                 + "; ".join(str(i) for i in issues if i),
-                                "ask the hospital to fix the export (data may be missing); see the "
-                                "OperationOutcome in quarantine/", **_where(f, n, entry), raw=res)
+                                "ask the hospital to fix the export (data may be missing); the reason quotes the "
+                                "OperationOutcome's issues", **_where(f, n, entry), raw=res)
 
     def _resources(self, which: str) -> Iterator[tuple[DataFile, int, int | None, Resource, bytes | None]]:
         """(file, line, Bundle entry, resource, raw line) of the files a pass reads; bad lines are quarantined by
@@ -446,7 +448,8 @@ class FileSource:
             except orjson.JSONDecodeError as exc:
                 if report:
                     self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",
-                                    "fix the export; the line is kept in quarantine/", file=f.name, line=n,
+                                    "fix that line of the export (quarantine/ names the file and line; "
+                                    "run --quarantine-full-copies to keep the line itself)", file=f.name, line=n,
                                     raw=line.decode("utf-8", "replace"))
                 continue
             yield from self._document(doc, f, n, report, line)
@@ -505,7 +508,7 @@ class FileSource:
             if report:
                 rid = doc.get("id") if isinstance(doc.get("id"), str) else None
                 self.log.reject(rtype, rid, "unknown-resource-type", f"'{rtype}' is not a FHIR R4 resource type",
-                                "check the spelling of resourceType; the line is kept in quarantine/",
+                                "check the spelling of resourceType at that file and line",
                                 file=f.name, line=n or 1, raw=doc)
             return
         yield (n or 1), None, doc, raw
@@ -552,6 +555,8 @@ def _adapter_owned(resource: Resource) -> bool:
 def parsed(x: Resource | bytes) -> Resource:
     """A record of :meth:`FileSource.subject_records` as the resource."""
     if isinstance(x, bytes):
+        if x.startswith(_LOCATED):
+            x = x.split(b"\x00", 3)[3]
         res: Resource = orjson.loads(x)
         return res
     return x
@@ -560,6 +565,17 @@ def parsed(x: Resource | bytes) -> Resource:
 #: the start of a record of :meth:`FileSource.subject_records` that is an NDJSON line routed without parsing:
 #: ``\0<file name>\0<resource type>\0<line number>\0<line>`` (a JSON line never starts with NUL)
 _ROUTED = b"\x00"
+#: the start of a record the subjects pass parsed and checked (a line, or a Bundle entry as JSON):
+#: ``\1<file name>\0<line number or empty>\0<Bundle entry or empty>\0<JSON>``
+_LOCATED = b"\x01"
+
+
+def located_prefix(f: DataFile, line: int, entry: int | None) -> bytes:
+    """The start of a checked record of file ``f`` (:data:`_LOCATED`): its line (not for a Bundle file) and
+    Bundle entry."""
+    where = _where(f, line, entry)
+    return b"%b%b\x00%b\x00%b\x00" % (_LOCATED, f.name.encode(), str(where.get("line", "")).encode(),
+                                       str(where.get("entry", "")).encode())
 
 
 def routed_prefix(f: DataFile) -> bytes:
@@ -603,17 +619,29 @@ class LineRouter:
 
 
 def checked_records(records: Iterable[Resource | bytes], patient_id: str, base: str | None,
-                    log: RunLog) -> list[Resource]:
+                    log: RunLog, where: Locations | None = None) -> list[Resource]:
     """The resources of one subject's records (:meth:`FileSource.subject_records`), each routed line
     (:class:`LineRouter`) parsed and checked as the subjects pass checks a line: one that is not the
     patient's valid resource after all is quarantined or counted into ``log`` as it would have been there,
-    and left out."""
+    and left out. ``where`` gets the file, line and Bundle entry of each resource read from a file (the first
+    one of a type and id), for what the mapping quarantines (:meth:`RunLog.locate`)."""
     out: list[Resource] = []
+    names: dict[bytes, str] = {}  # one str per file name, not one per record
     for x in records:
+        if isinstance(x, bytes) and x.startswith(_LOCATED):
+            name, line, entry, raw = x[1:].split(b"\x00", 3)
+            res = orjson.loads(raw)
+            out.append(res)
+            if where is not None and isinstance(rid := res.get("id"), str):
+                file = names.get(name) or names.setdefault(name, name.decode())
+                where.setdefault((res["resourceType"], rid), (file, int(line) if line else None,
+                                                              int(entry) if entry else None))
+            continue
         if not (isinstance(x, bytes) and x.startswith(_ROUTED)):
             out.append(parsed(x))
             continue
         _, name, rtype, n, raw = x.split(b"\x00", 4)
+        file = names.get(name) or names.setdefault(name, name.decode())
         try:
             res = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -621,9 +649,15 @@ def checked_records(records: Iterable[Resource | bytes], patient_id: str, base: 
         if isinstance(res, dict) and res.get("resourceType") == rtype.decode() and isinstance(res.get("id"), str) \
                 and res["id"] and patient_id_of(res, base) == patient_id and not _adapter_owned(res):
             out.append(res)
+            if where is not None:
+                where.setdefault((res["resourceType"], res["id"]), (file, int(n), None))
             continue
-        out.extend(_recheck(DataFile(path=name.decode(), name=name.decode(), rtype=rtype.decode(), ndjson=True),
-                            int(n), raw, patient_id, base, log))
+        kept = _recheck(DataFile(path=file, name=file, rtype=rtype.decode(), ndjson=True), int(n), raw, patient_id,
+                        base, log)
+        out.extend(kept)
+        if where is not None:
+            for res in kept:
+                where.setdefault((res["resourceType"], res["id"]), (file, int(n), None))
     return out
 
 
