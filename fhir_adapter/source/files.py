@@ -496,6 +496,10 @@ class FileSource:
                     rid = id_from_full_url(entry.get("fullUrl"), res["resourceType"])
                     if rid is not None:
                         res["id"] = rid
+                if not _readable_type(res["resourceType"]):
+                    if report:
+                        _unknown_type(self.log, res, _where(f, n or 0, i))
+                    continue
                 yield (n or 0), i, res, None
             return
         if not isinstance(doc, dict) or not isinstance(doc.get("resourceType"), str):
@@ -503,15 +507,25 @@ class FileSource:
                 self.log.reject("unknown", None, "not-a-resource", "JSON object without resourceType",
                                 "export FHIR resources only", file=f.name, line=n or 1, raw=doc)
             return
-        rtype = doc["resourceType"]
-        if rtype not in SUBJECT_TYPES and rtype not in _KNOWN and not is_r4_type(rtype):
+        if not _readable_type(doc["resourceType"]):
             if report:
-                rid = doc.get("id") if isinstance(doc.get("id"), str) else None
-                self.log.reject(rtype, rid, "unknown-resource-type", f"'{rtype}' is not a FHIR R4 resource type",
-                                "check the spelling of resourceType at that file and line",
-                                file=f.name, line=n or 1, raw=doc)
+                _unknown_type(self.log, doc, {"file": f.name, "line": n or 1})
             return
         yield (n or 1), None, doc, raw
+
+
+def _readable_type(rtype: str) -> bool:
+    """A resource type the reader passes on: R4's (those the adapter does not use are counted ``ignored``)."""
+    return rtype in SUBJECT_TYPES or rtype in _KNOWN or is_r4_type(rtype)
+
+
+def _unknown_type(log: RunLog, res: Resource, where: dict[str, Any]) -> None:
+    """Quarantine a resource (an NDJSON line, a Bundle entry) whose resourceType is not an R4 type."""
+    rtype = res["resourceType"]
+    rid = res.get("id") if isinstance(res.get("id"), str) else None
+    log.reject(rtype, rid, "unknown-resource-type", f"'{rtype}' is not a FHIR R4 resource type",
+               "check the spelling of resourceType at that file and line" + (" (Bundle entry)" if "entry" in where
+                                                                            else ""), **where, raw=res)
 
 
 def line_references(raw: bytes, res: Resource) -> set[tuple[str, str]]:

@@ -91,3 +91,23 @@ def test_fix_texts_do_not_promise_a_copy(tmp_path: Path, study: Study) -> None:
     fixes = {q.rule: q.fix for q in log.quarantine}
     assert {"r4-invalid", "malformed-json", "unknown-resource-type", "missing-date"} <= set(fixes)
     assert not [fix for fix in fixes.values() if "kept in quarantine" in fix]
+
+
+def test_a_type_that_is_not_r4_in_a_bundle_is_quarantined_as_on_a_line(tmp_path: Path, study: Study) -> None:
+    feed = _feed(tmp_path / "feed")
+    typo = {"resourceType": "Observaton", "id": "typo", "subject": {"reference": "Patient/p1"}}
+    (feed / "typo.json").write_bytes(orjson.dumps({"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": {"resourceType": "Basic", "id": "b-3", "code": {"text": "x"}}},
+        {"resource": {**typo, "id": "typo-in-file"}}]}))
+    (feed / "typos.ndjson").write_bytes(orjson.dumps({**typo, "id": "typo-on-line"}) + b"\n" + orjson.dumps(
+        {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {**typo, "id": "typo-in-line"}}]})
+        + b"\n")
+    log = RunLog()
+    run(FileSource(feed, log), study, tmp_path / "out", runlog=log)
+    found = {q.id: (q.rule, q.file, q.line, q.entry) for q in log.quarantine if q.resource_type == "Observaton"}
+    assert found == {"typo-in-file": ("unknown-resource-type", "typo.json", None, 2),
+                     "typo-on-line": ("unknown-resource-type", "typos.ndjson", 1, None),
+                     "typo-in-line": ("unknown-resource-type", "typos.ndjson", 2, 1)}
+    assert not [k for k in log.counts if k.startswith("ignored.Observaton")]
+    lines = (tmp_path / "out" / "quarantine" / "unknown.ndjson").read_text().splitlines()
+    assert {json.loads(line)["reason"]["id"] for line in lines} >= set(found)
