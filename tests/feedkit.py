@@ -18,6 +18,7 @@ SLEDAI = "https://fhir-adapter.org/fhir/CodeSystem/sledai-2k-descriptor"
 CLIN = "https://fhir-adapter.org/fhir/CodeSystem/clinical-input"
 SUBJECT_SYSTEM = "https://fhir-adapter.org/fhir/sid/lcar-aio-subject"
 STUDY_ID = "LCAR-AIO-SLE"
+STUDY_SYSTEM = "https://fhir-adapter.org/fhir/sid/research-study"  # study.yaml's study.identifier_system
 
 
 def at(day1: dt.date, study_day: int, time: str = "09:00:00+00:00") -> str:
@@ -38,7 +39,7 @@ class Feed:
                 "resourceType": "ResearchStudy",
                 "id": "study",
                 "status": "active",
-                "identifier": [{"value": STUDY_ID}],
+                "identifier": [{"system": STUDY_SYSTEM, "value": STUDY_ID}],
             }
         )
 

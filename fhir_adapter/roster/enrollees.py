@@ -71,12 +71,26 @@ def _identifier_matches(res: dict[str, Any], value: str, system: str | None) -> 
 
 
 def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
-    """The ResearchStudy ids of the study. Matched on the identifier value alone (no ``identifier_system`` in
-    study.yaml), the match must be unambiguous: studies carrying the value under different systems stop the
-    run."""
+    """The ResearchStudy ids of the study. With ``identifier_system`` (study.yaml, or the site overlay's
+    ``study_identifier_system``), a study carrying the value under another system (or none) is not the study:
+    when no study matches, the run stops naming it. Matched on the identifier value alone (no
+    ``identifier_system``), the match must be unambiguous: studies carrying the value under different systems
+    stop the run."""
     info = study.info
     matches = [s for s in data.studies
                if isinstance(s.get("id"), str) and _identifier_matches(s, info.id, info.identifier_system)]
+    if not matches and info.identifier_system is not None:
+        other = [(s, i) for s in data.studies for i in s.get("identifier") or []
+                 if isinstance(i, dict) and i.get("value") == info.id]
+        if other:
+            named = "; ".join(f"ResearchStudy/{s.get('id')} (system {i.get('system') or 'none'}, value {info.id})"
+                              for s, i in other)
+            raise RosterError(
+                f"no ResearchStudy with identifier {info.identifier_system}|{info.id} in the source: {named} "
+                f"carries the study's value under another system, so it is not taken for this study and none of "
+                f"its subjects is enrolled. If that is the hospital's system for this study, set "
+                f"study_identifier_system: {other[0][1].get('system') or '<system>'} in the site overlay "
+                "(--site mappings/sites/<site>.yaml), or study.identifier_system in mappings/<study>/study.yaml")
     if not matches:
         found = sorted({i.get("value", "?") for s in data.studies for i in s.get("identifier") or []})
         raise RosterError(

@@ -77,8 +77,10 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         rows = list(reader)
     system = subject_id_system(study)
     held = {subject_id(rs, study.subject_id_rule) for rs in data.subjects}
+    study_system = study.info.identifier_system  # the value under another system is not the study
     study_id = next((s["id"] for s in data.studies
-                     if any(i.get("value") == study.info.id for i in s.get("identifier") or [])), None)
+                     if any(i.get("value") == study.info.id and study_system in (None, i.get("system"))
+                            for i in s.get("identifier") or [])), None)
     if study_id is None:
         owned_study = research_study_resource(study)
         data.studies.append(owned_study)

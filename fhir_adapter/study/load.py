@@ -288,6 +288,8 @@ def load_study(root: Path, site: Path | None = None) -> Study:
             item_codes[item_id].extend(add.codes)
         if overlay.timezone:
             info = StudyInfo.model_validate({**info.model_dump(), "timezone": overlay.timezone})
+        if overlay.study_identifier_system:
+            info = StudyInfo.model_validate({**info.model_dump(), "identifier_system": overlay.study_identifier_system})
     id_rule: SubjectIdentifierRule | None = None
     id_origin = f"{sdoc.path}:{sdoc.line_of(('study', 'subject_identifier_system')) or ''}".rstrip(":")
     if info.subject_identifier_system:

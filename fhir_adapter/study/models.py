@@ -213,6 +213,9 @@ class SiteOverlay(Strict):
         default=(), description="the site's own codes (alias|code) of the infusion Procedure, added to the study's")
     subject_identifier: SubjectIdentifierRule | None = Field(
         None, description="which ResearchSubject identifier is the subject ID at this site (overrides study.yaml)")
+    study_identifier_system: str | None = Field(
+        None, description="the identifier system of the study's ResearchStudy in this site's EHR (overrides "
+        "study.yaml's study.identifier_system)")
     medication_list_complete: bool | None = Field(
         None, description="the site's EHR medication list is complete: no glucocorticoid record = 0 mg/day")
     siteid: Literal["research-study", "organization"] = Field(

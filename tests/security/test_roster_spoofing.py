@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from fhir_adapter.cli.commands import main
 from fhir_adapter.job.pipeline import RunSummary, run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import RosterError, build_roster
 from fhir_adapter.source.base import ref_id
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.study.load import Study
-from tests.feedkit import SUBJECT_SYSTEM, Feed, at
+from fhir_adapter.study.load import Study, load_study
+from tests.feedkit import STUDY_SYSTEM, SUBJECT_SYSTEM, Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
 BASE = "https://ehr.hospital.example.org/fhir"
@@ -90,35 +92,69 @@ def _two_studies(f: Feed, system: str) -> None:
            "identifier": [{"system": system, "value": "LCAR-AIO-SLE"}]})
 
 
-def test_study_identifier_under_another_system_stops_the_run(tmp_path: Path, study: Study) -> None:
-    f = Feed()  # its own ResearchStudy carries the value without a system
+def _value_only(study: Study) -> Study:
+    """A study.yaml without ``identifier_system`` (the shipped studies declare it)."""
+    return dataclasses.replace(study, info=study.info.model_copy(update={"identifier_system": None}))
+
+
+def test_the_shipped_studies_declare_their_identifier_system() -> None:
+    root = Path(__file__).resolve().parents[2] / "mappings"
+    assert {name: load_study(root / name).info.identifier_system for name in ("lcar-aio", "syn-ln")} == {
+        "lcar-aio": STUDY_SYSTEM, "syn-ln": STUDY_SYSTEM}
+
+
+def test_study_identifier_under_another_system_stops_a_value_only_run(tmp_path: Path, study: Study) -> None:
+    f = Feed()
+    del f.resources["ResearchStudy"][0]["identifier"][0]["system"]  # its own ResearchStudy: the value alone
     _two_studies(f, "https://other-sponsor.example/studies")
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     log = RunLog()
     with pytest.raises(RosterError, match=r"ResearchStudy/foreign.*ResearchStudy/study"):
-        build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+        build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), _value_only(study), log)
+
+
+def test_a_study_with_the_value_under_another_system_is_not_ours(tmp_path: Path, study: Study) -> None:
+    """The audit's probe: the only ResearchStudy with the study's value is under another system; its subjects
+    are not enrolled, the run stops (exit 1) naming that study and the overlay line that would take it."""
+    f = Feed()
+    f.resources["ResearchStudy"][0]["identifier"][0]["system"] = "https://evil.example/sid"
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    feed = f.write(tmp_path / "feed")
+    log = RunLog()
+    with pytest.raises(RosterError) as err:
+        build_roster(FileSource(feed, log).roster(), study, log)
+    message = str(err.value)
+    assert "ResearchStudy/study (system https://evil.example/sid, value LCAR-AIO-SLE)" in message
+    assert "study_identifier_system: https://evil.example/sid" in message and "site overlay" in message
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "ResearchStudy/study" in res.stderr, res.output
+    # the site overlay that says it is the hospital's system for the study enrols the subject
+    (tmp_path / "site.yaml").write_text("site: hospital\nstudy_identifier_system: https://evil.example/sid\n")
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "out"),
+                                    "--site", str(tmp_path / "site.yaml")])
+    assert res.exit_code in (0, 2) and json.loads((tmp_path / "out" / "run-report.json").read_text())[
+        "summary"]["subjects"] == 1, res.output
 
 
 def test_study_identifier_system_when_configured(tmp_path: Path, study: Study) -> None:
-    system = "https://fhir-adapter.org/fhir/sid/research-study"
     f = Feed()
-    f.resources["ResearchStudy"][0]["identifier"][0]["system"] = system
     _two_studies(f, "https://other-sponsor.example/studies")
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     f.add({**_rs("rs-f", "p9", "103-900"), "study": {"reference": "ResearchStudy/foreign"}})
     f.add({"resourceType": "Patient", "id": "p9", "gender": "male"})
-    strict = dataclasses.replace(study, info=study.info.model_copy(update={"identifier_system": system}))
+    assert study.info.identifier_system == STUDY_SYSTEM
     log = RunLog()
-    roster = build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), strict, log)
+    roster = build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
     assert roster.study_ids == {"study"}
     assert {e.subject_id for e in roster.enrolled.values()} == {"103-001"}
+    assert not [w for w in log.warnings if w.get("rule") == "study-identifier-system"]
 
 
 def test_value_only_match_is_reported(tmp_path: Path, study: Study) -> None:
     f = Feed()
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
     log = RunLog()
-    build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+    build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), _value_only(study), log)
     assert any(w.get("rule") == "study-identifier-system" for w in log.warnings)
 
 

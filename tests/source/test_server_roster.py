@@ -13,6 +13,7 @@ from fhir_adapter.fhir import ClientSettings, FhirClient
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.server import ServerSource
 from fhir_adapter.study.load import Study
+from tests.feedkit import STUDY_SYSTEM
 
 
 def bundle(resources: list[dict[str, Any]]) -> dict[str, Any]:
@@ -32,8 +33,9 @@ def roster(study: Study, include_honoured: bool) -> tuple[Any, list[httpx.Reques
         if kind == "ResearchStudy":
             if "partof" in request.url.params:
                 return httpx.Response(200, json=bundle([]))
+            own = [{"system": STUDY_SYSTEM, "value": "LCAR-AIO-SLE"}]
             return httpx.Response(200, json=bundle([{"resourceType": "ResearchStudy", "id": "s1", "status": "active",
-                                                     "identifier": [{"value": "LCAR-AIO-SLE"}]}]))
+                                                     "identifier": own}]))
         if kind == "ResearchSubject":
             return httpx.Response(200, json=bundle(subjects + (patients if include_honoured else [])))
         if kind == "Patient":

@@ -47,7 +47,8 @@ def synthea(out: Path) -> list[Path]:
 
 def enrolment(patient_ids: list[str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = [{"resourceType": "ResearchStudy", "id": "lcar-aio", "status": "active",
-                                  "identifier": [{"value": "LCAR-AIO-SLE"}]}]
+                                  "identifier": [{"system": "https://fhir-adapter.org/fhir/sid/research-study",
+                                                  "value": "LCAR-AIO-SLE"}]}]
     for n, pid in enumerate(patient_ids, start=1):
         out.append({"resourceType": "ResearchSubject", "id": f"rs-{n}", "status": "on-study",
                     "identifier": [{"system": SUBJECT_SYSTEM, "value": f"901-00{n}"}],

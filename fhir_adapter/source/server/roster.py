@@ -5,6 +5,8 @@ Patients a site roster CSV names by identifier. Requests are counted under the l
 
 from __future__ import annotations
 
+from typing import Any
+
 from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import RosterInput, ref_id
@@ -19,6 +21,10 @@ async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
     info = study.info
     token = f"{info.identifier_system}|{info.id}" if info.identifier_system else info.id
     studies = await client.search_all("ResearchStudy", {"identifier": token}, label=LABEL)
+    others: list[dict[str, Any]] = []
+    if not studies and info.identifier_system:  # read only to name them: the roster refuses a study whose
+        # identifier has the study's value under another system (roster/enrollees.py), and reads no subject of it
+        others = list(await client.search_all("ResearchStudy", {"identifier": info.id}, label=LABEL))
     out = RosterInput(studies=list(studies), base=base)
     ids = [s["id"] for s in studies if "id" in s]
     if ids:
@@ -35,6 +41,7 @@ async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
         out.studies.extend(p for p in parts if p.get("id") not in ids)
     await _patients_by_identifier(client, out, patient_identifiers)
     study_refs = ",".join(f"ResearchStudy/{s['id']}" for s in out.studies if "id" in s)
+    out.studies.extend(others)
     if not study_refs:
         return out
     async for res in client.search(
