@@ -51,6 +51,20 @@ def test_without_the_rule_nobody_is_enrolled_and_the_run_fails_saying_why(hospit
     assert f"subject_identifier: {{system: {HOSPITAL}}}" in err and "site overlay" in err
 
 
+def test_a_source_without_research_subjects_is_a_failed_run(hospital_feed: Path, tmp_path: Path) -> None:
+    """No ResearchSubject of the study at all: nobody processed is exit 1 (the documented table), naming what
+    was looked for and how to enrol — not "subjects 0 enrolled and processed" with exit 0."""
+    feed = tmp_path / "feed"
+    shutil.copytree(hospital_feed, feed)
+    (feed / "ResearchSubject.ndjson").write_text("")
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "out")])
+    assert res.exit_code == exit_codes.FAILED, res.output
+    err = res.stderr
+    assert err.startswith("error: nobody to process") and len(err.strip().splitlines()) == 1
+    assert "https://fhir-adapter.org/fhir/sid/research-study|LCAR-AIO-SLE" in err and "on-study" in err
+    assert "--roster-csv" in err and not (tmp_path / "out" / "crf").exists()
+
+
 def test_the_overlay_line_enrols_them(hospital_feed: Path, tmp_path: Path) -> None:
     site = _overlay(tmp_path, f"subject_identifier: {{system: {HOSPITAL}}}\n")
     res = CliRunner().invoke(main, ["run", "--source", str(hospital_feed), "--out", str(tmp_path / "out"),

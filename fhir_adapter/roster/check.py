@@ -1,5 +1,7 @@
-"""A roster that enrols nobody although the source holds ResearchSubjects of the study is a failed run, not
-an empty one: the message lists what the source holds (identifier systems, statuses) and the line that fixes it.
+"""A roster that enrols nobody is a failed run (exit 1), not an empty one: when the source holds
+ResearchSubjects of the study, the message lists what it holds (identifier systems, statuses) and the line that
+fixes it; when it holds none, what was looked for (the study identifier, the enrolled statuses) and how to
+enrol. An incremental run with nothing changed still enrols its subjects (they are taken from OUT/crf).
 """
 
 from __future__ import annotations
@@ -13,13 +15,20 @@ from fhir_adapter.study.load import Study
 
 
 def nobody_enrolled(data: RosterInput, roster: Roster, study: Study) -> str | None:
-    """The error message when ``roster`` enrolled nobody out of ResearchSubjects of the study; else None."""
+    """The error message when ``roster`` enrolled nobody; else None."""
     if roster.enrolled:
         return None
     of_study = [rs for rs in data.subjects
                 if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base) in roster.study_ids]
     if not of_study:
-        return None
+        info = study.info
+        looked = f"{info.identifier_system}|{info.id}" if info.identifier_system else info.id
+        studies = ", ".join(f"ResearchStudy/{i}" for i in sorted(roster.study_ids))
+        return (f"nobody to process: the source holds no ResearchSubject of study {info.id} ({studies}, "
+                f"identifier {looked}; enrolled statuses {list(info.enrolled_statuses)}). Export the "
+                "ResearchSubjects with the ResearchStudy (a Bulk export: ResearchSubject in _type), or enrol from "
+                "the site roster: --roster-csv roster.csv (its rows must name Patients of the source by "
+                "patient_identifier)")
     systems = Counter(str(i.get("system")) for rs in of_study for i in rs.get("identifier") or []
                       if isinstance(i, dict))
     statuses = Counter(str(rs.get("status") or "(none)") for rs in of_study)
