@@ -48,3 +48,21 @@ def test_the_guide_covers_what_an_integrator_needs() -> None:
                  "infusion_date", "--since last", "OnCalendar", "crontab", "--dry-run", "Go-live checklist",
                  "| 64 |", "| 3 |"):
         assert part in text, part
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_guide_lists_every_resource_type_the_adapter_reads() -> None:
+    """§2's table names (first column) and §3's scopes cover each type the code searches, Bulk-exports or reads
+    by id (fhir_adapter/source: the roster, SUBJECT_SEARCHES, SHARED_TYPES) and Group for a Group export."""
+    text = GUIDE.read_text()
+    types = docgen.read_types()
+    assert {"Condition", "AllergyIntolerance", "Immunization", "Specimen", "Organization", "Location"} <= set(types)
+    rows = [line.split("|")[1] for line in _section(text, "## 2. Resource types").splitlines()
+            if line.startswith("| ") and not line.startswith("| resource")]
+    named = set(re.findall(r"`([A-Z][A-Za-z]+)[`/]", " ".join(rows)))
+    assert set(types) | {"Group"} <= named, set(types) - named
+    scopes = set(re.findall(r"system/([A-Za-z]+)\.rs", _section(text, "## 3. SMART")))
+    assert set(types) | {"Group"} <= scopes, set(types) - scopes

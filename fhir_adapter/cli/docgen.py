@@ -1,6 +1,7 @@
 """Tables of docs/integrator-guide.md generated from the settings models, so the guide cannot drift from the
 code: the server config keys (``ServerConfig`` and ``ClientSettings``: name, type, default, meaning, the
-environment variable that overrides it) and every ``FHIR_ADAPTER_*`` environment variable.
+environment variable that overrides it), every ``FHIR_ADAPTER_*`` environment variable, and the SMART scopes
+of the resource types the adapter reads (:func:`read_types`).
 
     python -m fhir_adapter.cli.docgen            # rewrite the generated blocks of docs/integrator-guide.md
     python -m fhir_adapter.cli.docgen --check    # exit 1 when the guide is stale (what the test suite checks)
@@ -19,6 +20,8 @@ from fhir_adapter.export import meddra
 from fhir_adapter.fhir.auth import AUTH_ENV
 from fhir_adapter.fhir.server_config import ENV_CLIENT, ENV_TOP, ServerConfig
 from fhir_adapter.fhir.settings import ClientSettings
+from fhir_adapter.source.base import ROSTER_TYPES, SHARED_TYPES, SUBJECT_TYPES
+from fhir_adapter.source.server.searches import SUBJECT_SEARCHES
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "integrator-guide.md"
 _FALLBACK = {  # fields the models leave without a description
@@ -79,7 +82,20 @@ def env_table() -> str:
     return "\n".join(rows)
 
 
-BLOCKS = {"config-keys": config_table, "env-vars": env_table}
+def read_types() -> list[str]:
+    """Every resource type the adapter reads from a server (the roster, each subject's searches, the shared
+    resources they reference; a Bulk export's ``_type``), in that order."""
+    return list(dict.fromkeys([*ROSTER_TYPES, *SUBJECT_SEARCHES, *SUBJECT_TYPES, *SHARED_TYPES]))
+
+
+def scopes_text() -> str:
+    """§3's reading scopes: one ``system/<Type>.rs`` per :func:`read_types`, and Group's for a Group export."""
+    scopes = " ".join(f"system/{t}.rs" for t in read_types())
+    return (f"Reading: `{scopes}` (SMART v2 syntax; v1 servers: `system/Observation.read` …); `--bulk` from a "
+            "Group (`bulk.group_id`, or the ResearchStudy's `enrollment`) also needs `system/Group.rs`.")
+
+
+BLOCKS = {"config-keys": config_table, "env-vars": env_table, "read-scopes": scopes_text}
 
 
 def render(text: str) -> str:
