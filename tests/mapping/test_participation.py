@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -147,3 +149,14 @@ def test_baseline_look_back_is_a_setting_defaulting_to_the_screening_window(stud
     assert Schedule(visits=visits, baseline=BaselineRule(lookback_days=None)).baseline_lookback_days() is None
     with pytest.raises(ValueError, match="lookback_days"):
         BaselineRule(lookback_days=-1)
+
+
+def test_the_docs_name_unscheduled_visits_as_the_mapping_does(study: Study) -> None:
+    """``UNS<study day>`` (UNS11, UNS-57): the rulebook, the schedule and the mapping README say what the CRF
+    holds, not ``UNS-<study day>``."""
+    crf = SubjectMapper(study, RunLog()).map(enrollee(None), [temp("c", "2024-03-11")])
+    assert [v.visit for v in crf.visits] == ["UNS11"]
+    root = Path(__file__).resolve().parents[2]
+    for path in ("docs/clinical-rules.md", "mappings/lcar-aio/schedule.yaml", "mappings/README.md"):
+        text = (root / path).read_text()
+        assert "UNS-<" not in text and re.search(r"UNS<(study day|d)>", text), path
