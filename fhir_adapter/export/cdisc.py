@@ -18,6 +18,8 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
   (else on the Observation): ``1 H BEFORE LCAR-AIO INFUSION``, the reference event, ``-PT1H``.
 * ``--ORRES``/``--ORRESU``: the value and unit as the EHR sent them; ``--STRESC``/``--STRESN``/``--STRESU``:
   in the CRF unit of ``items.yaml`` (``--STRESN`` is empty for censored values such as ``<0.2``).
+* ``--LLOQ`` (:func:`lloq`): in the CRF unit — the item's ``lloq`` (items.yaml) on every result of the test,
+  else the limit of a result reported below it (``<0.05`` gives 0.05) on that result's row.
 * ``--ORNRLO``/``--ORNRHI``: the reference range in the original unit, filled only when the value came in
   the CRF unit (the mapping stores ranges converted); ``--STNRLO``/``--STNRHI``: the range in the CRF unit.
 * ``--NRIND``: from the interpretation code (H, HH → HIGH; L, LL → LOW; N → NORMAL; A, AA → ABNORMAL),
@@ -53,6 +55,7 @@ from fhir_adapter.derive.baseline import baseline_index, in_lookback, prior_wins
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study.load import Study
+from fhir_adapter.study.models import Item
 from fhir_adapter.study.timeline import study_day
 
 FINDINGS_DOMAINS = ("LB", "VS", "PC", "QS", "IS")
@@ -347,6 +350,17 @@ def _actual_arm(crf: SubjectCRF) -> tuple[str, str]:
     return "", ""
 
 
+def lloq(item: Item | None, f: Finding) -> float | None:
+    """``--LLOQ`` in the standard (CRF) unit: the item's ``lloq`` (items.yaml: the assay's declared limit, on
+    every result of the test), else — on the row of a result reported below a limit (``<0.05``, comparator
+    ``<`` or ``<=``) — that limit, which the EHR sends as the value; empty otherwise."""
+    if item is not None and item.lloq is not None:
+        return item.lloq
+    if f.comparator in ("<", "<=") and f.value is not None:
+        return f.value
+    return None
+
+
 def nrind(f: Finding) -> str:
     for code in f.interpretation:
         if code in _NRIND:
@@ -619,7 +633,7 @@ class RowBuilder:
         row[k.NRIND] = nrind(f)
         row[k.LOINC] = f.loinc or ""
         row[k.METHOD] = (f.method or "").upper()
-        row[k.LLOQ] = num(item.lloq) if item and item.lloq is not None else ""
+        row[k.LLOQ] = num(lloq(item, f))
         row[k.BLFL] = "Y" if baseline else ""
         row[k.VISITNUM], row[k.VISIT], row[k.VISITDY] = key
         row[k.EPOCH] = self._epoch(crf, f.date)

@@ -106,6 +106,10 @@ def render(variables: list[Variable]) -> str:
         "* **INVID** (every domain, beside SITEID) and **INVNAM** (DM): the principalInvestigator of the "
         "ResearchStudy the subject is enrolled in — the Practitioner (or PractitionerRole) contained in it, else the "
         "Reference's own identifier and display.",
+        "* **--LLOQ** (LB, PC, IS, VS, QS) in the standard (CRF) unit: the item's `lloq` in items.yaml (the assay "
+        "limit the study declares) on every result of the test; for a test without one, the limit of a result "
+        "reported below it — `<0.05` gives --STRESC `<0.05`, --STRESN empty, --LLOQ 0.05 — on that result's row "
+        "only (a quantified result does not say which limit its assay had).",
         "* **--BLFL** = Y on one record per subject and test: the one the derivations take as baseline (the last "
         "result on or before Day 1 inside the look-back, docs/clinical-rules.md#baseline) — a visit's value, or a "
         "result in no visit, which then gets its own row with VISIT empty. Not the schedule's baseline visit.",

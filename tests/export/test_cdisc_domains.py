@@ -72,6 +72,10 @@ def _feed() -> Feed:
           method={"text": "Nephelometry"}, identifier=[{"value": "LAB-c3-29"}],
           category=[{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
                                  "code": "laboratory"}]}])
+    # urine protein/creatinine below the assay's limit, sent in mg/g: "<50" (the item has no `lloq` setting)
+    f.obs("p1", "2890-2", at(DAY1, 29), id_="upcr-29",
+          valueQuantity={"comparator": "<", "value": 50, "unit": "mg/g", "system": "http://unitsofmeasure.org",
+                         "code": "mg/g"})
     f.obs("p1", "2889-4", at(DAY1, 57), status="cancelled", id_="prot-57",
           dataAbsentReason={"text": "Collection not returned"})
     # baselines of 101-002 (consent 2024-01-05 = day -27): C3 at BL and before the infusion on Day 1 -> Day 1;
@@ -276,6 +280,28 @@ def test_not_done_and_specimen_columns(out: Path) -> None:
     assert (c3["LBSPEC"], c3["LBFAST"], c3["LBREFID"], c3["LBMETHOD"], c3["LBSPID"], c3["LBCAT"]) == (
         "SERUM", "Y", "ACC-77", "NEPHELOMETRY", "LAB-c3-29", "LABORATORY")
     assert c3["LBDTC"] == "2024-02-29T07:40:00+00:00", "LBDTC is the collection time of the specimen"
+
+
+def test_lloq_of_a_result_reported_below_the_limit(out: Path) -> None:
+    lb = {r["SRCREF"].split("/")[1]: r for r in _rows(out, "LB") if r["SUBJID"] == "101-001"}
+    upcr = lb["upcr-29"]
+    assert (upcr["LBORRES"], upcr["LBORRESU"], upcr["LBSTRESC"], upcr["LBSTRESN"], upcr["LBSTRESU"]) == (
+        "<50", "g/kg", "<0.05", "", "g/g")
+    assert upcr["LBLLOQ"] == "0.05", "the censored value's limit, in the standard unit (no `lloq` in items.yaml)"
+    assert lb["c3-29"]["LBLLOQ"] == "", "a quantified result of a test without `lloq`: no limit known"
+
+
+def test_lloq_of_the_item_comes_before_the_limit_a_result_names() -> None:
+    from fhir_adapter.crf.models import Finding, SourceRef
+    from fhir_adapter.export.cdisc import lloq
+
+    study = load_study(ROOT / "mappings" / "lcar-aio")
+    src = SourceRef(resource_type="Observation", id="x")
+    below = Finding(domain="PC", item="car_transgene", value=10, comparator="<", source=src)
+    assert lloq(study.items["car_transgene"], below) == 20, "items.yaml `lloq` of the test"
+    assert lloq(study.items["car_transgene"], below.model_copy(update={"comparator": None, "value": 300})) == 20
+    assert lloq(study.items["upcr"], below.model_copy(update={"item": "upcr", "comparator": ">"})) is None, \
+        "a result above a limit names no lower limit"
 
 
 def test_investigator_and_death_from_the_site_study_and_patient(out: Path) -> None:
