@@ -20,10 +20,13 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
   in the CRF unit of ``items.yaml`` (``--STRESN`` is empty for censored values such as ``<0.2``).
 * ``--LLOQ`` (:func:`lloq`): in the CRF unit — the item's ``lloq`` (items.yaml) on every result of the test,
   else the limit of a result reported below it (``<0.05`` gives 0.05) on that result's row.
-* ``--ORNRLO``/``--ORNRHI``: the reference range in the original unit, filled only when the value came in
-  the CRF unit (the mapping stores ranges converted); ``--STNRLO``/``--STNRHI``: the range in the CRF unit.
+* ``--ORNRLO``/``--ORNRHI``: the reference range in the original unit as the EHR sent it (also when the value
+  was converted into the CRF unit); ``--STNRLO``/``--STNRHI``: the range in the CRF unit.
 * ``--NRIND``: from the interpretation code (H, HH → HIGH; L, LL → LOW; N → NORMAL; A, AA → ABNORMAL),
-  else from the range; ``--STAT`` is empty (a CRF row exists only for a result that was done).
+  else from the range.
+* ``--STAT``/``--REASND``: a cancelled Observation, or one with a dataAbsentReason and no value, gives a row
+  with ``--STAT`` = NOT DONE and ``--REASND`` = the reason, without result columns (:meth:`RowBuilder._not_done`);
+  ``--STAT`` is empty on every row with a result.
 * ``--DTC``: ISO 8601 in the site time zone; a partial date stays partial (``2024-03``), never imputed.
 * ``VISITNUM``: the position of the visit in ``schedule.yaml`` (1, 2, …); an unscheduled visit gets the
   number of the last scheduled visit whose target day precedes it plus .01, .02, … (SDTM convention);
