@@ -56,9 +56,10 @@ def render(variables: list[Variable]) -> str:
         f"Coded columns hold CDISC Controlled Terminology only ({ct.package}, `mappings/cdisc/ct.yaml`); a value "
         "with no term is left empty and listed in `run-report.json` under `cdisc.no_ct_term`. `--ORUCUM`/`--STUCUM` "
         "keep the UCUM codes beside the CDISC units (a CDISC synonym such as `ng/mL` becomes its submission value "
-        "`ug/L`). Every term carries the NCI code it was checked against in that release's `SDTM Terminology.txt` "
-        "(in ct.yaml, and as `nci:ExtCodeID` aliases in odm.xml); RACE = MULTIPLE (SDTMIG DM convention) is the "
-        "one value outside its codelist. MedDRA hierarchy (HLT, HLGT, SOC) needs the site's own "
+        "`ug/L`); odm.xml names its MeasurementUnits by the same CDISC UNIT terms (`mmHg`, `10^9/L`), the UCUM "
+        "code an `Alias` (context `UCUM`). Every term carries the NCI code it was checked against in that release's "
+        "`SDTM Terminology.txt` (in ct.yaml, and as `nci:ExtCodeID` aliases in odm.xml); RACE = MULTIPLE (SDTMIG "
+        "DM convention) is the one value outside its codelist. MedDRA hierarchy (HLT, HLGT, SOC) needs the site's own "
         "MedDRA release: `meddra_dir` in the site overlay or `FHIR_ADAPTER_MEDDRA_DIR` (MSSO ASCII files "
         "`llt.asc`, `mdhier.asc`).",
         "",

@@ -5,7 +5,8 @@
   forms (DM, EX, CM, AE); one FormDef and one ItemGroupDef per domain (``F.LB``, ``IG.LB``); one ItemDef per
   column (``IT.LB.LBORRES``) with its ODM DataType — ``partialDate``/``partialDatetime`` wherever a date may
   be partial, so ``2024-03`` stays ``2024-03`` (never imputed); the ``--TESTCD`` values as CodeLists; the CRF
-  units as MeasurementUnits referenced by ``--STRESN``.
+  units as MeasurementUnits referenced by ``--STRESN``, named by the CDISC UNIT term the CSV's ``--STRESU``
+  holds (``mmHg``, ``10^9/L``; the UCUM code of items.yaml an Alias, :func:`measurement_units`).
 * **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD``
   for findings, ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of the CSV files,
   less what the ODM context already states (study, subject and visit identifiers, the test name).
@@ -30,6 +31,7 @@ import datetime as dt
 import os
 import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 from xml.sax.saxutils import escape, quoteattr
@@ -94,19 +96,50 @@ def _unit_oid(i: int) -> str:
     return f"MU.{i}"
 
 
-def unit_oid_map(study: Study) -> dict[str, str]:
-    """Unit → MeasurementUnit OID."""
+@dataclass(frozen=True)
+class Unit:
+    """A CRF unit as an ODM MeasurementUnit: its OID, the CDISC UNIT term the CSV's ``--STRESU`` holds (its Name
+    and Symbol) and the UCUM code of items.yaml (an ``Alias`` in the context ``UCUM``)."""
+
+    oid: str
+    term: str
+    ucum: str
+
+
+def measurement_units(study: Study) -> list[Unit]:
+    """The CRF units of items.yaml as MeasurementUnits: OIDs ``MU.1``, ``MU.2`` … in the order of the UCUM codes
+    (stable whatever the CT release), named by their CDISC UNIT term (:mod:`fhir_adapter.export.ct`). A unit
+    without a term is left out: ``--STRESU`` is empty for it, and the run report lists it under
+    ``cdisc.no_ct_term``."""
+    ct = load_terminology()
     units = sorted({it.unit for it in study.items.values() if it.unit})
-    return {u: _unit_oid(i) for i, u in enumerate(units, start=1)}
+    out = []
+    for i, ucum in enumerate(units, start=1):
+        term = ct.codelists["UNIT"].lookup(ucum)
+        if term is not None:
+            out.append(Unit(oid=_unit_oid(i), term=term, ucum=ucum))
+    return out
+
+
+def unit_oid_map(study: Study) -> dict[str, str]:
+    """CDISC UNIT term (as ``--STRESU`` holds it) → MeasurementUnit OID; a term two UCUM codes share gives the
+    OID of the first."""
+    oids: dict[str, str] = {}
+    for unit in measurement_units(study):
+        oids.setdefault(unit.term, unit.oid)
+    return oids
 
 
 def metadata(study: Study) -> tuple[Any, dict[str, str]]:
-    """The odmlib ``Study`` (GlobalVariables, BasicDefinitions, MetaDataVersion) and the unit → OID map."""
+    """The odmlib ``Study`` (GlobalVariables, BasicDefinitions, MetaDataVersion) and the unit term → OID map."""
+    units = measurement_units(study)
     unit_oids = unit_oid_map(study)
+    by_ucum = {u.ucum: u.oid for u in units}
     basic = ODM.BasicDefinitions(MeasurementUnit=[
-        ODM.MeasurementUnit(OID=oid, Name=u,
-                            Symbol=ODM.Symbol(TranslatedText=[ODM.TranslatedText(_content=u)]))
-        for u, oid in unit_oids.items()
+        ODM.MeasurementUnit(OID=u.oid, Name=u.term,
+                            Symbol=ODM.Symbol(TranslatedText=[ODM.TranslatedText(_content=u.term)]),
+                            Alias=[ODM.Alias(Context="UCUM", Name=u.ucum)])
+        for u in units
     ])
     mdv = ODM.MetaDataVersion(OID=MDV_OID, Name=f"{study.info.id} CRF export",
                               Description=f"fhir-adapter {__version__} EHR-to-EDC export of {study.info.id}")
@@ -159,7 +192,8 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
             if column == f"{domain}STRESN":
                 domain_units = {it.unit for it in study.items.values() if it.domain == domain and it.unit}
                 item.MeasurementUnitRef = [
-                    ODM.MeasurementUnitRef(MeasurementUnitOID=unit_oids[u]) for u in sorted(domain_units)
+                    ODM.MeasurementUnitRef(MeasurementUnitOID=by_ucum[u]) for u in sorted(domain_units)
+                    if u in by_ucum
                 ]
             mdv.ItemDef.append(item)
     for domain in FINDINGS_DOMAINS:

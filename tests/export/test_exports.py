@@ -17,6 +17,7 @@ import xmlschema
 from fhir_adapter.crf.models import AdverseEvent, ConMed, Demographics, Exposure, SourceRef, SubjectCRF
 from fhir_adapter.export import ExportWriter, cdisc
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, num
+from fhir_adapter.export.ct import load_terminology
 from fhir_adapter.export.odm import schema_path, validate
 from fhir_adapter.export.writer import ExportRenderer
 from fhir_adapter.job.pipeline import run
@@ -209,6 +210,32 @@ def test_odm_metadata_matches_the_schedule_and_domains(out: Path, study: Any) ->
     stresn = next(d for d in w4.iter(f"{NS}ItemData") if d.get("ItemOID") == "IT.LB.LBSTRESN")
     unit = stresn.find(f"{NS}MeasurementUnitRef")
     assert unit is not None and unit.get("MeasurementUnitOID", "").startswith("MU.")
+
+
+def test_odm_measurement_units_are_the_cdisc_unit_terms_of_the_csv(out: Path) -> None:
+    """MeasurementUnit/@Name is the CDISC UNIT term the CSV's --STRESU holds (the UCUM code an Alias), and every
+    --STRESN with a unit names the MeasurementUnit of that term."""
+    root = ET.parse(out / "export" / "odm.xml").getroot()
+    units = {u.get("OID"): u for u in root.iter(f"{NS}MeasurementUnit")}
+    names = {oid: u.get("Name") for oid, u in units.items()}
+    aliases = {u.get("Name"): a.get("Name") for u in units.values() for a in u.iter(f"{NS}Alias")
+               if a.get("Context") == "UCUM"}
+    assert aliases["mmHg"] == "mm[Hg]" and aliases["10^9/L"] == "10*9/L" and aliases["g/g"] == "mg/mg"
+    terms = set(load_terminology().codelists["UNIT"].terms)
+    assert set(names.values()) <= terms, set(names.values()) - terms
+    assert len(set(names)) == len(names) and all(oid and oid.startswith("MU.") for oid in names)
+    csv_units = {r[f"{d}STRESU"] for d in ("LB", "VS", "PC", "QS") for r in _rows(out, d)} - {""}
+    assert csv_units <= set(names.values()), csv_units - set(names.values())
+    seen = set()
+    for group in root.iter(f"{NS}ItemGroupData"):
+        items = {d.get("ItemOID", "").rsplit(".", 1)[-1][2:]: d for d in group.iter(f"{NS}ItemData")}
+        if "STRESN" not in items or "STRESU" not in items:
+            continue
+        ref = items["STRESN"].find(f"{NS}MeasurementUnitRef")
+        assert ref is not None, items["STRESU"].get("Value")
+        assert names[ref.get("MeasurementUnitOID")] == items["STRESU"].get("Value")
+        seen.add(items["STRESU"].get("Value"))
+    assert {"10^9/L", "C", "POINT"} <= seen, "units whose UCUM code differs from the CDISC term"
 
 
 def _crf_with_partial_dates() -> SubjectCRF:
