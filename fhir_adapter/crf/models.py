@@ -265,9 +265,12 @@ class ProcedureRecord(_Model):
     term: str
     frequency_per_day: float | None = Field(None, description="sessions per day of an R5 occurrence Timing (PRDOSFRQ)")
     code: str | None = Field(None, description="system|code of the first coding")
+    codes: tuple[str, ...] = Field((), description="system|code of every coding of Procedure.code (PRCODE)")
+    dictionary_term: str | None = Field(
+        None, description="display of its coding in a procedure dictionary: SNOMED CT, ICD-10-PCS, CPT, OPS (PRDECOD)")
     meddra_code: str | None = None
     meddra_term: str | None = None
-    category: str | None = None
+    category: str | None = Field(None, description="Procedure.category text or display (PRCAT)")
     spid: str | None = None
     occurred: bool = True
     status: str

@@ -14,6 +14,9 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
   participation (ResearchSubject.period.end); ``ACTARMCD``/``ACTARM``: :func:`_actual_arm`; ``COUNTRY``: the
   site overlay's ISO 3166-1 alpha-3 code.
 * EX ``EXDOSU``/``EXROUTE`` in CDISC UNIT/ROUTE terms; ``EXDOSTXT`` = the dose level when the record has no dose.
+* PR ``PRDECOD``: the display of the Procedure.code coding in a procedure dictionary (SNOMED CT, ICD-10-PCS, CPT,
+  OPS), else the MedDRA PT; empty for a hospital catalogue code only. ``PRCODE``: every coding as sent
+  (``system|code``, as ``AECODE``); ``PRCAT``: the category's text or display, upper case.
 * ``--TPT``/``--TPTREF``/``--ELTM``: the planned time point of a cqf-relativeDateTime extension on the Specimen
   (else on the Observation): ``1 H BEFORE LCAR-AIO INFUSION``, the reference event, ``-PT1H``.
 * ``--ORRES``/``--ORRESU``: the value and unit as the EHR sent them; ``--STRESC``/``--STRESN``/``--STRESU``:
@@ -141,7 +144,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
            "AETRTEM", "AEPREINF", "AECAT", "SRCREF"),
     "MH": (*_IDS, "MHSEQ", "MHSPID", "MHTERM", *(f"MH{m}" for m in _MEDDRA), "MHCAT", "MHSCAT", "MHOCCUR", "MHDTC",
            "MHSTDTC", "MHENDTC", "MHENRTPT", "MHENTPT", "MHCTRL", "MHLOC", "EPOCH", "SRCTYPE", "SRCREF"),
-    "PR": (*_IDS, "PRSEQ", "PRSPID", "PRTRT", "PRDECOD", *(f"PR{m}" for m in _MEDDRA if m != "DECOD"), "PRCAT",
+    "PR": (*_IDS, "PRSEQ", "PRSPID", "PRTRT", "PRDECOD", *(f"PR{m}" for m in _MEDDRA if m != "DECOD"), "PRCODE",
+           "PRCAT",
            "PROCCUR", "PRDOSFRQ", "PRREASND", "PRREASOC", "PRINDC", "PRAENO", "PRLOC", "PRLAT", "PRDIR", "PRSTDTC",
            "PRENDTC",
            "PRSTRF", "PRENRTPT", "PRENTPT", "PRSTDY", "PRITRPYN", "PRITRPRS", "EPOCH", "SRCSTAT", "SRCREF"),
@@ -791,10 +795,11 @@ class RowBuilder:
         for seq, r in enumerate(crf.pr, start=1):
             start = r.start.isoformat() if r.start else _date(r.start_date, r.start_partial)
             meddra = self._meddra("PR", r.meddra_code, r.meddra_term)
-            meddra.pop("PRDECOD")
+            meddra_pt = meddra.pop("PRDECOD")
             rows.append({
                 **self._ids(crf, "PR"), "PRSEQ": str(seq), "PRSPID": r.spid or "", "PRTRT": r.term,
-                "PRDECOD": r.code or "", **meddra, "PRCAT": (r.category or "").upper(),
+                "PRDECOD": r.dictionary_term or meddra_pt, **meddra, "PRCODE": ";".join(r.codes),
+                "PRCAT": (r.category or "").upper(),
                 "PROCCUR": "Y" if r.occurred else "N",
                 "PRDOSFRQ": "" if r.frequency_per_day is None else self.ct.term(
                     "FREQ", num(r.frequency_per_day), "PRDOSFRQ"),

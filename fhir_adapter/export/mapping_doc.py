@@ -70,7 +70,11 @@ def render(variables: list[Variable]) -> str:
         "(pre-study history) and when the record has no full date.",
         "* **MH or AE**: a Condition or AllergyIntolerance whose onset (else recorded date) is before Day 1 is "
         "medical history; one starting on or after Day 1 is left to AE (counted `mh.not-used.on-study`).",
-        "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX).",
+        "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX). "
+        "PRDECOD is the display of the Procedure.code coding in a procedure dictionary — SNOMED CT, then "
+        "ICD-10-PCS, CPT, OPS — else the MedDRA PT of a MedDRA coding; a code of the hospital's own catalogue is "
+        "no dictionary, so PRDECOD stays empty (SDTMIG: null without a decode) and **PRCODE** keeps every coding "
+        "as sent (`system|code; …`, as AECODE). PRCAT is the category's text or display, never a bare code.",
         "* **EX dose and route**: EXDOSE from the dosage's dose quantity (MedicationAdministration `dosage.dose`, "
         "else the first `doseAndRate.doseQuantity`), EXDOSU from its UCUM code (else its unit) → CDISC UNIT, EXROUTE "
         "from `dosage.route` (SNOMED CT code, else text) → CDISC ROUTE; a unit or route with no term is left empty "

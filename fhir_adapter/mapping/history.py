@@ -7,7 +7,9 @@ FHIR-to-CDISC Joint Mapping IG (MH and PR rows; docs/cdisc-mapping.md).
   (verificationStatus) is not used; ``refuted`` gives MHOCCUR = N. MHENRTPT/ongoing from ``clinicalStatus``
   (active, recurrence, relapse → ongoing; inactive, remission, resolved → not).
 * **PR** — every Procedure except the study infusion and lymphodepletion codes (EX) and ``entered-in-error``;
-  ``not-done`` gives PROCCUR = N with PRREASND from ``statusReason``.
+  ``not-done`` gives PROCCUR = N with PRREASND from ``statusReason``. PRDECOD is the display of a coding in a
+  procedure dictionary (:func:`dictionary_term`), every coding is kept as sent (PRCODE), PRCAT is the
+  category's text or display.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.common import codings, first_code, first_text, identifier_value, latest
 from fhir_adapter.mapping.references import mitigated_by, referenced_identifier, site_qualifiers
 from fhir_adapter.study.timeline import DateError, FhirDate, parse_fhir_date, study_day
+from fhir_adapter.terminology.codes import PROCEDURE_DICTIONARIES
 
 if TYPE_CHECKING:
     from fhir_adapter.study.load import Study
@@ -46,6 +49,27 @@ def _category(r: dict[str, Any]) -> str | None:
             return first
         return first_code(first) or first_text(first)
     return first_code(cat) or first_text(cat)
+
+
+def _procedure_category(r: dict[str, Any]) -> str | None:
+    """PRCAT: the text, else the coding display, of Procedure.category (R4: one CodeableConcept; the first when
+    a list is sent); a bare code (SNOMED CT 387713003) is no readable category: None, counted by the caller."""
+    cat = r.get("category")
+    if isinstance(cat, list):
+        cat = cat[0] if cat else None
+    return first_text(cat)
+
+
+def dictionary_term(cc: Any) -> str | None:
+    """PRDECOD: the display of the first coding of Procedure.code in a procedure dictionary (SNOMED CT, then
+    ICD-10-PCS, CPT, OPS: :data:`~fhir_adapter.terminology.codes.PROCEDURE_DICTIONARIES`); None for a code of
+    the hospital's own catalogue only, or a dictionary coding without display (SDTMIG: no decode → null)."""
+    displayed = _displayed(cc)
+    for system in PROCEDURE_DICTIONARIES:
+        for s, _, display in displayed:
+            if s == system and display:
+                return str(display)
+    return None
 
 
 def _subcategory(r: dict[str, Any]) -> str | None:
@@ -165,10 +189,15 @@ class HistoryMapper:
             end = self._date((r.get("performedPeriod") or {}).get("end"), r, subject_id)
             reason = r.get("reasonCode") or []
             meddra = next(((c, d) for s, c, d in _displayed(r.get("code")) if s in self.meddra_systems), None)
+            category = _procedure_category(r)
+            if category is None and r.get("category"):
+                self.log.count("pr.category-without-text")
             out.append(ProcedureRecord(
                 term=term, code=_first_code(r.get("code")), frequency_per_day=_frequency_per_day(r),
+                codes=tuple(f"{s}|{c}" for s, c, _ in _displayed(r.get("code"))),
+                dictionary_term=dictionary_term(r.get("code")),
                 meddra_code=meddra[0] if meddra else None, meddra_term=meddra[1] if meddra else None,
-                category=_category(r), spid=identifier_value(r),
+                category=category, spid=identifier_value(r),
                 occurred=status != "not-done", status=status,
                 reason_not_done=first_text(r.get("statusReason")) if status in ("not-done", "stopped") else None,
                 indication=first_text(reason[0]) if reason else None,

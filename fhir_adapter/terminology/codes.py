@@ -60,6 +60,12 @@ PROVENANCE_AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-partic
 V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 ROUTE_SNOMED = SNOMED
+ICD10PCS = "http://www.cms.gov/Medicare/Coding/ICD10"
+CPT = "http://www.ama-assn.org/go/cpt"
+OPS = "http://fhir.de/CodeSystem/bfarm/ops"
+#: procedure dictionaries, in the order PRDECOD takes them: the display of a Procedure.code coding in one of these
+#: is the standardized procedure name; a hospital's own catalogue is none
+PROCEDURE_DICTIONARIES = (SNOMED, ICD10PCS, CPT, OPS)
 
 # --- AE Clinical Research R4 backport IG (hl7.fhir.uv.ae-research-backport-ig 1.0.1) ---------------
 AE_BACKPORT = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition"

@@ -147,6 +147,13 @@ def _feed() -> Feed:
            "category": {"coding": [{"code": "387713003", "display": "Surgical procedure"}]},
            "reasonCode": [{"text": "Vascular access for leukapheresis"}], "bodySite": [{"text": "Right jugular vein"}],
            "subject": {"reference": "Patient/p1"}, "performedDateTime": at(DAY1, -20)})
+    # coded in the hospital catalogue and in SNOMED CT; its category sent as a bare SNOMED CT code
+    f.add({"resourceType": "Procedure", "id": "o2", "status": "completed",
+           "code": {"coding": [{"system": "https://hospital.example.org/procedures", "code": "O2"},
+                               {"system": "http://snomed.info/sct", "code": "57485005", "display": "Oxygen therapy"}],
+                    "text": "Oxygen via nasal cannula"},
+           "category": {"coding": [{"system": "http://snomed.info/sct", "code": "277132007"}]},
+           "subject": {"reference": "Patient/p1"}, "performedDateTime": at(DAY1, 5)})
     f.add({"resourceType": "AllergyIntolerance", "id": "a-rtx", "category": ["medication", "biologic"],
            "code": {"text": "Rituximab"}, "patient": {"reference": "Patient/p2"}, "onsetDateTime": "2021-03"})
     f.add({"resourceType": "Procedure", "id": "tpe", "status": "completed",
@@ -221,11 +228,23 @@ def test_mh_from_conditions_and_allergies_before_day1(out: Path) -> None:
 
 def test_pr_excludes_the_infusion_and_keeps_not_done(out: Path) -> None:
     pr = {r["PRTRT"]: r for r in _rows(out, "PR") if r["SUBJID"] == "101-001"}
-    assert set(pr) == {"Central venous catheter insertion", "Bone marrow biopsy"}
+    assert set(pr) == {"Central venous catheter insertion", "Bone marrow biopsy", "Oxygen via nasal cannula"}
     cvc = pr["Central venous catheter insertion"]
-    assert (cvc["PRSPID"], cvc["PRCAT"], cvc["PROCCUR"], cvc["PRINDC"], cvc["PRLOC"], cvc["PRSTDY"], cvc["EPOCH"]) == (
-        "OR-9", "387713003", "Y", "Vascular access for leukapheresis", "RIGHT JUGULAR VEIN", "-20", "SCREENING")
-    assert cvc["PRDECOD"] == "https://hospital.example.org/procedures|CVC"
+    assert (cvc["PRSPID"], cvc["PROCCUR"], cvc["PRINDC"], cvc["PRLOC"], cvc["PRSTDY"], cvc["EPOCH"]) == (
+        "OR-9", "Y", "Vascular access for leukapheresis", "RIGHT JUGULAR VEIN", "-20", "SCREENING")
+
+
+def test_pr_decod_from_a_procedure_dictionary_and_a_readable_category(out: Path) -> None:
+    pr = {r["PRTRT"]: r for r in _rows(out, "PR") if r["SUBJID"] == "101-001"}
+    cvc, o2 = pr["Central venous catheter insertion"], pr["Oxygen via nasal cannula"]
+    assert (cvc["PRDECOD"], cvc["PRCODE"]) == ("", "https://hospital.example.org/procedures|CVC"), \
+        "a hospital catalogue code is no dictionary: PRDECOD null (SDTMIG), the coding kept as sent"
+    assert (o2["PRDECOD"], o2["PRCODE"]) == (
+        "Oxygen therapy", "https://hospital.example.org/procedures|O2;http://snomed.info/sct|57485005"), \
+        "the display of the SNOMED CT coding"
+    assert cvc["PRCAT"] == "SURGICAL PROCEDURE", "the category's display, not its code 387713003"
+    assert o2["PRCAT"] == "", "a category sent as a bare code is no readable category"
+    assert pr["Bone marrow biopsy"]["PRDECOD"] == "" and pr["Bone marrow biopsy"]["PRCODE"] == ""
     assert (pr["Bone marrow biopsy"]["PROCCUR"], pr["Bone marrow biopsy"]["PRREASND"]) == ("N", "Patient declined")
     assert {r["PRDOSFRQ"] for r in pr.values()} == {""}, "no occurrence Timing"
     (tpe,) = [r for r in _rows(out, "PR") if r["SUBJID"] == "101-002"]

@@ -35,6 +35,7 @@ PROCEDURE_CATALOGUE = "https://hospital.example.org/fhir/CodeSystem/procedure-ca
 DIAGNOSTIC = ("103693007", "Diagnostic procedure")
 SURGICAL = ("387713003", "Surgical procedure")
 THERAPEUTIC = ("277132007", "Therapeutic procedure")
+OXYGEN_THERAPY = ("57485005", "Oxygen therapy")
 TARGET_BODY_STRUCTURE = "http://hl7.org/fhir/StructureDefinition/procedure-targetBodyStructure"
 #: SNOMED CT location qualifiers (FHIR value set bodystructure-relative-location)
 LEFT, RIGHT = ("419161000", "Unilateral left"), ("419465000", "Unilateral right")
@@ -308,8 +309,10 @@ def race_ethnicity_extensions(seed: int) -> list[dict[str, Any]]:
 
 def oxygen_therapy(ctx: SubjectContext, start: datetime, reason: str) -> Resource:
     """Supplemental oxygen given for an adverse event (CRS with hypoxia): a therapeutic Procedure the event's
-    mitigatingAction names. Its id comes from its own stream (the subject's main stream stays as it was)."""
+    mitigatingAction names. Its id comes from its own stream (the subject's main stream stays as it was). The
+    ward codes it in the hospital catalogue and in SNOMED CT (PRDECOD from the SNOMED CT display)."""
     rng = Random(f"{ctx.patient_id}-oxygen-{start.isoformat()}")
     res = _procedure(ctx, rng, "O2", "Oxygen therapy", THERAPEUTIC, start.date(), reason=reason, body_site=None)
+    res["code"]["coding"].append({"system": SNOMED, "code": OXYGEN_THERAPY[0], "display": OXYGEN_THERAPY[1]})
     res["performedPeriod"] = {"start": fmt_local(start), "end": fmt_local(start + timedelta(hours=30))}
     return res
