@@ -235,7 +235,7 @@ def test_core_rules_that_need_no_cdisc_library(trial: Trial) -> None:
     """The SDTMIG v3.4 checks of the CDISC rules engine (CORE) that run without the CDISC Library, held here
     because the engine's rules come only from the Library (API key) and its PyPI package ships none: EPOCH in
     every domain but DM, --TEST at most 40 characters, AESER = Y with a seriousness criterion, EXENDTC with
-    EXENDY."""
+    EXENDY (and PRENDTC with PRENDY)."""
     from fhir_adapter.export.cdisc import COLUMNS, FINDINGS_DOMAINS
 
     _, out, _ = trial
@@ -256,6 +256,9 @@ def test_core_rules_that_need_no_cdisc_library(trial: Trial) -> None:
     ex = _csv(out, "EX")
     assert any(r["EXENDTC"] for r in ex)
     assert all(r["EXENDY"] for r in ex if r["EXENDTC"]), "EXENDTC without EXENDY"
+    pr = _csv(out, "PR")
+    assert any(r["PRENDTC"] for r in pr)
+    assert all(r["PRENDY"] for r in pr if r["PRENDTC"]), "PRENDTC without PRENDY"
 
 
 def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:

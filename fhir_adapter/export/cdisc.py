@@ -148,7 +148,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
            "PRCAT",
            "PROCCUR", "PRDOSFRQ", "PRREASND", "PRREASOC", "PRINDC", "PRAENO", "PRLOC", "PRLAT", "PRDIR", "PRSTDTC",
            "PRENDTC",
-           "PRSTRF", "PRENRTPT", "PRENTPT", "PRSTDY", "PRITRPYN", "PRITRPRS", "EPOCH", "SRCSTAT", "SRCREF"),
+           "PRSTRF", "PRENRTPT", "PRENTPT", "PRSTDY", "PRENDY", "PRITRPYN", "PRITRPRS", "EPOCH", "SRCSTAT", "SRCREF"),
 }
 
 #: the findings columns without the domain prefix
@@ -812,7 +812,8 @@ class RowBuilder:
                 "PRITRPRS": (r.status_reason or "") if r.status in ("stopped", "on-hold") else "",
                 "PRENRTPT": "ONGOING" if r.status == "in-progress" else "",
                 "PRENTPT": last if r.status == "in-progress" else "",
-                "PRSTDY": "" if r.study_day is None else str(r.study_day), "EPOCH": self._epoch(crf, r.start_date),
+                "PRSTDY": "" if r.study_day is None else str(r.study_day), "PRENDY": self._dy(crf, r.end_date),
+                "EPOCH": self._epoch(crf, r.start_date),
                 "SRCSTAT": r.status, "SRCREF": r.source.reference,
             })
         return rows

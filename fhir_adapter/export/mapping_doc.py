@@ -143,7 +143,8 @@ def render(variables: list[Variable]) -> str:
         "* **CDISC rules engine (CORE)**: its SDTMIG v3.4 rules come from the CDISC Library (an API key) and its "
         "PyPI package ships none, so it cannot run offline; the four of its checks that need no Library data "
         "run in the test suite on the demo exports (`tests/test_end_to_end.py`): EPOCH in every domain but DM, "
-        "--TEST at most 40 characters, AESER = Y with a seriousness criterion, EXENDTC with EXENDY.",
+        "--TEST at most 40 characters, AESER = Y with a seriousness criterion, EXENDTC with EXENDY (and PRENDTC "
+        "with PRENDY, the study day of the procedure's end, no Day 0 as every --DY).",
         "",
         "## IG variables",
         "",

@@ -232,6 +232,13 @@ def test_pr_excludes_the_infusion_and_keeps_not_done(out: Path) -> None:
     cvc = pr["Central venous catheter insertion"]
     assert (cvc["PRSPID"], cvc["PROCCUR"], cvc["PRINDC"], cvc["PRLOC"], cvc["PRSTDY"], cvc["EPOCH"]) == (
         "OR-9", "Y", "Vascular access for leukapheresis", "RIGHT JUGULAR VEIN", "-20", "SCREENING")
+    assert (pr["Bone marrow biopsy"]["PROCCUR"], pr["Bone marrow biopsy"]["PRREASND"]) == ("N", "Patient declined")
+    assert {r["PRDOSFRQ"] for r in pr.values()} == {""}, "no occurrence Timing"
+    (tpe,) = [r for r in _rows(out, "PR") if r["SUBJID"] == "101-002"]
+    assert (tpe["PRTRT"], tpe["PRDOSFRQ"]) == ("Therapeutic plasma exchange", "QOD"), "R5 occurrence Timing: 1 per 2 d"
+    assert (tpe["PRSTDTC"], tpe["PRENDTC"], tpe["PRSTDY"], tpe["PRENDY"]) == (
+        "2023-06-01T08:00:00+00:00", "2023-06-09", "-245", "-237"), "PRENDY: the study day of PRENDTC (no Day 0)"
+    assert (cvc["PRENDTC"], cvc["PRENDY"]) == ("", ""), "no end: no end day"
 
 
 def test_pr_decod_from_a_procedure_dictionary_and_a_readable_category(out: Path) -> None:
@@ -245,10 +252,6 @@ def test_pr_decod_from_a_procedure_dictionary_and_a_readable_category(out: Path)
     assert cvc["PRCAT"] == "SURGICAL PROCEDURE", "the category's display, not its code 387713003"
     assert o2["PRCAT"] == "", "a category sent as a bare code is no readable category"
     assert pr["Bone marrow biopsy"]["PRDECOD"] == "" and pr["Bone marrow biopsy"]["PRCODE"] == ""
-    assert (pr["Bone marrow biopsy"]["PROCCUR"], pr["Bone marrow biopsy"]["PRREASND"]) == ("N", "Patient declined")
-    assert {r["PRDOSFRQ"] for r in pr.values()} == {""}, "no occurrence Timing"
-    (tpe,) = [r for r in _rows(out, "PR") if r["SUBJID"] == "101-002"]
-    assert (tpe["PRTRT"], tpe["PRDOSFRQ"]) == ("Therapeutic plasma exchange", "QOD"), "R5 occurrence Timing: 1 per 2 d"
 
 
 def test_immunization_in_cm(out: Path) -> None:
