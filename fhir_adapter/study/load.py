@@ -1,8 +1,9 @@
 """Load a study folder (``mappings/<study>/``) and an optional site overlay into one checked :class:`Study`.
 
 Everything is checked here, at load time, so a run never starts on a broken mapping: unknown code systems,
-unknown items, units that are not UCUM or cannot be converted into the item's unit, overlapping visit
-windows, rule files nobody reads. Each error names the file, the line and what to change.
+unknown items, units that are not UCUM or cannot be converted into the item's unit (or only because UCUM
+reads an annotation as 1), overlapping visit windows, rule files nobody reads. Each error names the file, the
+line and what to change.
 """
 
 from __future__ import annotations
@@ -113,6 +114,18 @@ def _code(doc: YamlDoc, loc: tuple[str | int, ...], ref: str, systems: dict[str,
     return systems[alias], code
 
 
+def _annotation_only(doc: YamlDoc, loc: tuple[str | int, ...], item_id: str, unit: str, crf_unit: str) -> None:
+    """Refuse an accepted unit that converts into the CRF unit only because UCUM reads annotations as 1
+    (``mL/min`` as ``mL/min/{1.73_m2}``: a non-indexed clearance stored as an indexed eGFR)."""
+    if units.annotations_differ(unit, crf_unit):
+        raise doc.error(
+            loc, f"item {item_id}: '{unit}' and the CRF unit '{crf_unit}' differ by an annotation in braces; UCUM "
+            "reads annotations as 1, so a UCUM conversion cannot tell whether they measure the same quantity (a "
+            "non-indexed mL/min is not an indexed mL/min/{1.73_m2})",
+            f"remove '{unit}' from accept_units; only if, checked clinically, it measures the same quantity as "
+            f"'{crf_unit}', give it under `factors` of item {item_id} ('{unit}': <factor into {crf_unit}>)")
+
+
 def _check_units(doc: YamlDoc, item_id: str, item: Item, base: tuple[str | int, ...]) -> None:
     if item.value != "quantity" or item.unit is None:
         return
@@ -126,6 +139,8 @@ def _check_units(doc: YamlDoc, item_id: str, item: Item, base: tuple[str | int, 
                 (*base, "accept_units", i), f"item {item_id}: {exc}",
                 f"remove '{u}' or give an analyte factor under `factors` for it",
             ) from None
+        if u not in item.factors:
+            _annotation_only(doc, (*base, "accept_units", i), item_id, u, item.unit)
     for u in item.factors:
         if not units.is_valid(u):
             raise doc.error((*base, "factors", u), f"'{u}' is not a UCUM unit", "use a UCUM code")
@@ -143,6 +158,8 @@ def _check_overlay_units(doc: YamlDoc, item_id: str, base: Item, add: SiteItem) 
         except units.UnitError as exc:
             raise doc.error((*loc, "accept_units", i), f"item {item_id}: {exc}",
                             f"remove '{u}' or give an analyte factor under `factors` for it") from None
+        if u not in {**base.factors, **add.factors, **add.override_factors}:
+            _annotation_only(doc, (*loc, "accept_units", i), item_id, u, str(base.unit))
     for u in add.factors:
         if not units.is_valid(u):
             raise doc.error((*loc, "factors", u), f"'{u}' is not a UCUM unit", "use a UCUM code")

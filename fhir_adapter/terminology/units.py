@@ -3,8 +3,11 @@
 Units are parsed as UCUM (https://ucum.org/ucum) by ``ucumvert`` into ``pint`` quantities; a conversion
 between two units is computed once and cached as an affine map ``y = a·x + b`` (``b`` is non-zero only for
 temperature scales), so the hot path is two float operations. UCUM annotations in braces (``{creat}``,
-``{copies}``) carry no dimension; two units that differ only by annotation convert with factor 1 only when
-the annotations are identical or absent on one side — otherwise the mapping must give an explicit factor.
+``{copies}``, ``{1.73_m2}``) carry no dimension: UCUM reads them as 1. Two units whose annotations differ are
+refused (:class:`UnitError`); when the annotations are absent on one side the registry converts as if they were
+not there (``mL/min`` → ``mL/min/{1.73_m2}``: factor 1), so a study refuses such a unit under ``accept_units``
+when it loads (:func:`annotations_differ`) — only the mapping can say, with an explicit factor, that the two
+measure the same quantity.
 Analyte-specific factors (creatinine mg/dL↔umol/L, PGA mm→score) are data in ``mappings/``, not here.
 
 Building the registry costs about a second of CPU, so the registry's answers for the units the shipped studies
@@ -58,6 +61,19 @@ def _registry() -> Any:
 
 def _annotations(unit: str) -> tuple[str, ...]:
     return tuple(sorted(_ANNOTATION.findall(unit)))
+
+
+def annotations_differ(from_unit: str, to_unit: str) -> bool:
+    """Whether two units carry different annotations, or one carries one the other lacks. UCUM reads an
+    annotation as 1, so :func:`converter` turns a non-indexed clearance into an indexed eGFR unchanged; whether
+    the annotation is a mere label of the same quantity is for the mapping to say.
+
+    >>> annotations_differ("mL/min", "mL/min/{1.73_m2}"), annotations_differ("mg/g{creat}", "mg/mg")
+    (True, True)
+    >>> annotations_differ("mg/g{creat}", "g/g{creat}"), annotations_differ("10*3/uL", "10*9/L")
+    (False, False)
+    """
+    return _annotations(from_unit) != _annotations(to_unit)
 
 
 @lru_cache(maxsize=4096)

@@ -188,3 +188,42 @@ def test_error_message_names_file_line_reason_and_fix(tmp_path: Path) -> None:
     line = _edit(study / "items.yaml", '"loinc|718-7"', '"loinx|718-7"')
     msg = str(_refused(study))
     assert msg.startswith(f"{study / 'items.yaml'}:{line}: unknown code system") and " — use one of " in msg
+
+
+# -- UCUM annotations ({1.73_m2}, {creat}) are read as 1: an accepted unit may not differ by one -----------
+def test_an_overlay_accepting_a_non_indexed_clearance_as_egfr_is_refused(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\nitems:\n  egfr:\n    accept_units: ['mL/min']\n")
+    err = _refused(STUDY, site)
+    assert err.file.endswith("site.yaml") and err.line == 4
+    assert "item egfr: 'mL/min' and the CRF unit 'mL/min/{1.73_m2}' differ by an annotation" in err.reason
+    assert "remove 'mL/min' from accept_units" in err.fix and "`factors` of item egfr" in err.fix
+
+
+def test_an_annotation_only_difference_in_items_yaml_is_refused_at_its_line(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    old = 'unit: "mL/min/{1.73_m2}", bounds: [0, 250]}'
+    line = _edit(study / "items.yaml", old, 'unit: "mL/min/{1.73_m2}",\n  accept_units: ["mL/min"], bounds: [0, 250]}')
+    err = _refused(study)
+    assert err.file.endswith("items.yaml") and err.line == line + 1 and "item egfr: 'mL/min'" in err.reason
+
+
+def test_an_annotated_unit_takes_an_explicit_factor(tmp_path: Path) -> None:
+    """ug/mg{creat} is the CRF's mg/mg ratio in other prefixes: refused under accept_units, taken as a factor."""
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\nitems:\n  upcr:\n    accept_units: ['ug/mg{creat}']\n")
+    assert "'ug/mg{creat}' and the CRF unit 'mg/mg'" in _refused(STUDY, site).reason
+    site.write_text("site: x\nitems:\n  upcr:\n    factors: {'ug/mg{creat}': 0.001}\n")
+    study = load_study(STUDY, site)
+    o = {"resourceType": "Observation", "id": "u1", "status": "final",
+         "code": {"coding": [{"system": "http://loinc.org", "code": "2890-2"}]},
+         "effectiveDateTime": "2024-03-05", "valueQuantity": {"value": 650, "code": "ug/mg{creat}"}}
+    (f,) = ObservationMapper(study, RunLog()).map([o], "T-001")
+    assert (f.item, f.value, f.unit) == ("upcr", 0.65, "mg/mg")
+
+
+def test_the_shipped_studies_give_upcrs_annotated_units_as_factors() -> None:
+    for name in ("lcar-aio", "syn-ln"):
+        upcr = load_study(ROOT / "mappings" / name).items["upcr"]
+        assert not [u for u in upcr.accept_units if "{" in u], name
+        assert (upcr.factors["mg/g{creat}"], upcr.factors["g/g{creat}"]) == (0.001, 1.0)
