@@ -619,7 +619,8 @@ class RowBuilder:
             orres = _yn(f.value_bool)
         if item is not None and item.value == "coded" and f.value_bool is False:
             stresc = "NEGATIVE"
-        or_ucum = (f.orig_unit or f.unit or "") if value is not None else ""
+        # the UCUM code of the unit as sent (a spelling such as µmol/L through the study's unit synonyms)
+        or_ucum = self.study.ucum_unit(f.orig_unit or f.unit or "") if value is not None else ""
         st_ucum = f.unit or "" if value is not None else ""
         same_unit = f.orig_unit in (None, f.unit)
         dtc = f.collected.isoformat() if f.collected and p == "LB" else _dtc(f)

@@ -11,10 +11,12 @@ For each Observation, in order:
    a panel (``hasMember``) is mapped through its members, which are Observations of their own.
 4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``),
    valueInteger, valueBoolean, valueCodeableConcept (positive/negative codes of the item).
-5. **unit** — the item's unit as is; a unit under the item's ``factors`` times its factor; a unit under
-   ``accept_units`` by UCUM conversion; a converted value keeps its precision (only binary floating-point
-   noise is dropped), so a strict threshold sees what the lab measured whichever unit it sent; any other
-   unit is quarantined (rule ``unknown-unit``).
+5. **unit** — first a spelling that is not a UCUM code becomes its UCUM code (``µmol/L`` → ``umol/L``:
+   ``mappings/units/synonyms.yaml`` and the overlay's ``unit_synonyms``; counted as
+   ``units.synonym.<spelling>-><code>``, the finding keeps the unit as sent); then the item's unit as is; a
+   unit under the item's ``factors`` times its factor; a unit under ``accept_units`` by UCUM conversion; a
+   converted value keeps its precision (only binary floating-point noise is dropped), so a strict threshold
+   sees what the lab measured whichever unit it sent; any other unit is quarantined (rule ``unknown-unit``).
 6. **date** — ``effectiveDateTime``, ``effectivePeriod.start`` or ``effectiveInstant`` in the site time zone;
    missing or unreadable → quarantined; partial (year, year-month) → kept partial, placed in no visit,
    warned (``partial-date``).
@@ -177,7 +179,19 @@ class ObservationMapper:
         return found
 
     # -- values ------------------------------------------------------------------------------------
-    def _convert(self, value: float, unit: str | None, item: Item, item_id: str) -> float:
+    def _ucum(self, sent: str | None) -> str | None:
+        """The UCUM code of a unit as sent (its synonym's, counted per spelling so a site sees what its EHR
+        sends), else the unit itself."""
+        if sent is None:
+            return None
+        ucum = self.study.ucum_unit(sent)
+        if ucum != sent:
+            self.log.count(f"units.synonym.{sent}->{ucum}")
+        return ucum
+
+    def _convert(self, value: float, unit: str | None, item: Item, item_id: str, sent: str | None = None) -> float:
+        """``value`` in ``unit`` (a UCUM code: synonyms resolved; ``sent`` is the spelling the EHR used) in the
+        item's CRF unit."""
         assert item.unit is not None
         if unit is None:
             if item.unit.startswith("{") or item.unit == "1":
@@ -190,9 +204,11 @@ class ObservationMapper:
             return _converted(value * item.factors[unit])
         if unit in item.accept_units:
             return _converted(units.convert(value, unit, item.unit))
-        raise Unusable("unknown-unit", f"{item_id}: unit '{unit}' is not accepted (CRF unit {item.unit})",
+        spelt = f"'{sent}' (UCUM '{unit}')" if sent is not None and sent != unit else f"'{unit}'"
+        raise Unusable("unknown-unit", f"{item_id}: unit {spelt} is not accepted (CRF unit {item.unit})",
                        f"add '{unit}' to accept_units (UCUM-convertible) or factors of item {item_id} "
-                       "in items.yaml or the site overlay")
+                       "in items.yaml or the site overlay; a spelling that means one UCUM unit but is not its "
+                       "code goes under unit_synonyms of the site overlay")
 
     def _quantity(self, part: dict[str, Any], item: Item, item_id: str) -> dict[str, Any]:
         comparator: str | None = None
@@ -201,7 +217,8 @@ class ObservationMapper:
             if q.get("value") is None:
                 raise Unusable("no-value", f"{item_id}: valueQuantity without value", "send the numeric value")
             raw = float(q["value"])
-            unit = quantity_unit(q)
+            sent = quantity_unit(q)
+            unit = self._ucum(sent)
             comparator = q.get("comparator")
             if comparator not in (None, "<", "<=", ">", ">="):
                 raise Unusable("bad-comparator", f"{item_id}: comparator '{comparator}' is not an R4 code",
@@ -213,16 +230,17 @@ class ObservationMapper:
                 raise Unusable("non-numeric", f"{item_id}: valueString '{part['valueString']}' is not a number",
                                "send valueQuantity, or a numeric string such as '45' or '<0.2'")
             comparator, raw = m.group(1), float(m.group(2).replace(",", "."))
-            unit, orig = item.unit, str(part["valueString"])
+            unit = sent = item.unit
+            orig = str(part["valueString"])
         elif "valueInteger" in part:
-            raw, unit, orig = float(part["valueInteger"]), None, str(part["valueInteger"])
+            raw, unit, sent, orig = float(part["valueInteger"]), None, None, str(part["valueInteger"])
         else:
             reason = part.get("dataAbsentReason")
             if reason:
                 raise Unusable("data-absent", f"{item_id}: no value ({codings(reason)[:1]})", "nothing to do")
             raise Unusable("no-value", f"{item_id}: no numeric value (valueQuantity expected)",
                            "send the result as valueQuantity with a UCUM unit")
-        value = self._convert(raw, unit, item, item_id)
+        value = self._convert(raw, unit, item, item_id, sent)
         if item.bounds and not item.bounds[0] <= value <= item.bounds[1]:
             raise Unusable("out-of-bounds", f"{item_id}: {value} {item.unit} is outside the physiological bounds "
                            f"{list(item.bounds)}", "check the unit and the value in the EHR")
@@ -234,11 +252,12 @@ class ObservationMapper:
                 high = self._range_value(rr["high"], unit, item, item_id)
             break
         return {"value": value, "comparator": comparator, "unit": item.unit, "orig_value": orig,
-                "orig_unit": unit, "ref_low": low, "ref_high": high}
+                "orig_unit": sent, "ref_low": low, "ref_high": high}
 
     def _range_value(self, q: dict[str, Any], value_unit: str | None, item: Item, item_id: str) -> float | None:
+        sent = quantity_unit(q)
         try:
-            return self._convert(float(q["value"]), quantity_unit(q) or value_unit, item, item_id)
+            return self._convert(float(q["value"]), self.study.ucum_unit(sent) if sent else value_unit, item, item_id)
         except Unusable:
             return None
 

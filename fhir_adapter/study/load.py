@@ -2,8 +2,8 @@
 
 Everything is checked here, at load time, so a run never starts on a broken mapping: unknown code systems,
 unknown items, units that are not UCUM or cannot be converted into the item's unit (or only because UCUM
-reads an annotation as 1), overlapping visit windows, rule files nobody reads. Each error names the file, the
-line and what to change.
+reads an annotation as 1), unit synonyms that name no UCUM unit, overlapping visit windows, rule files nobody
+reads. Each error names the file, the line and what to change.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fhir_adapter.study import plugins
+from fhir_adapter.study import plugins, unit_synonyms
 from fhir_adapter.study.models import (
     Item,
     ItemsFile,
@@ -74,6 +74,12 @@ class Study:
     #: (unit, CRF unit) → (a, b) of ``CRF value = a·value + b`` for every accept_units entry, computed at load
     #: time; worker processes take them (:func:`fhir_adapter.terminology.units.learn`) instead of the registry
     unit_conversions: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict, repr=False)
+    #: unit spellings that are not UCUM codes → their UCUM code (mappings/units/synonyms.yaml and the overlay's)
+    unit_synonyms: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def ucum_unit(self, unit: str) -> str:
+        """The UCUM code of a unit as the EHR spelt it: its synonym's (``µmol/L`` → ``umol/L``), else itself."""
+        return self.unit_synonyms.get(unit, unit)
 
     def rule(self, name: str, model: type[M]) -> M:
         value = self.rules[name]
@@ -339,6 +345,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
             raise docs["schedule"].error(("unscheduled_items", i), f"unknown item '{name}'",
                                          "use an item id of items.yaml")
 
+    synonyms = _unit_synonyms(items, overlay, odoc)
     infusion = frozenset(_code(sdoc, ("study", "infusion_codes", i), r, systems)
                          for i, r in enumerate(info.infusion_codes))
     if overlay is not None and odoc is not None:
@@ -358,6 +365,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         rules[name] = _validate(docs[name], model, data)
 
     files = {f"{name}.yaml": _sha(doc.path) for name, doc in docs.items()}
+    files[f"mappings/units/{unit_synonyms.SYNONYMS_FILE.name}"] = _sha(unit_synonyms.SYNONYMS_FILE)
     if odoc is not None:
         files[str(odoc.path)] = _sha(odoc.path)
     return Study(
@@ -368,8 +376,21 @@ def load_study(root: Path, site: Path | None = None) -> Study:
         overrides=overrides,
         siteid_rule=overlay.siteid if overlay else "research-study",
         meddra_dir=_meddra_dir(odoc, overlay), country=overlay.country if overlay else None,
-        unit_conversions=_unit_conversions(items),
+        unit_conversions=_unit_conversions(items), unit_synonyms=synonyms,
     )
+
+
+def _unit_synonyms(items: dict[str, Item], overlay: SiteOverlay | None, odoc: YamlDoc | None) -> dict[str, str]:
+    """The shared unit synonyms with the overlay's added, checked against the (merged) items; an overlay's
+    mistake is reported at the overlay's line."""
+    shared_doc, shared = unit_synonyms.read_shared()
+    site = overlay.unit_synonyms if overlay is not None else {}
+    table = unit_synonyms.merged(shared, site, odoc)
+    unit_synonyms.check(shared, shared, items, shared_doc, ("synonyms",))
+    if odoc is not None:
+        unit_synonyms.check({s: u for s, u in site.items() if s not in shared}, table, items, odoc,
+                            ("unit_synonyms",))
+    return table
 
 
 def _unit_conversions(items: dict[str, Item]) -> dict[tuple[str, str], tuple[float, float]]:

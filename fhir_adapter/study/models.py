@@ -229,6 +229,10 @@ class SiteOverlay(Strict):
     country: str | None = Field(
         None, pattern=r"^[A-Z]{3}$",
         description="DM.COUNTRY: the ISO 3166-1 alpha-3 code of the site's country (DEU, FRA, USA)")
+    unit_synonyms: dict[str, str] = Field(
+        default_factory=dict,
+        description="unit spellings of this site's EHR that are not UCUM codes → their UCUM code, added to "
+        "mappings/units/synonyms.yaml (only spellings that mean one unit)")
 
 
 class SiteItem(Strict):
