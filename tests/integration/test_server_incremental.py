@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_adapter.synth import write_feed
+from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
 from tests.serverkit import adapter_observations, cli_run, offline_results, report, study_results, write_config, writes
@@ -86,3 +86,45 @@ def test_since_last_rereads_and_rewrites_only_the_changed_subject(loaded: Server
     assert report(out)["server_requests"]["per_subject"] == {}
     assert writes(loaded.stats()) == 0
     assert study_results(out) == after
+
+
+def test_since_last_with_one_subject_failing_fails_that_subject_alone(loaded: ServerHandle, tmp_path: Path) -> None:
+    """Every request naming one patient answers 503 for good: the change probe's searches for many patients
+    fail, are asked again per patient, and only that subject fails (exit 2); a change of another subject in the
+    same probe is still found; the next run picks the failed subject up."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml", "  max_attempts: 3\n")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    bundles = {p.stem: json.loads(p.read_text()) for p in (out / "writeback").glob("*.json")}
+    victim = plan_trial(SUBJECTS, 7).subjects[3]
+    changed = next(s for s in sorted(bundles) if s != victim.subject_id)
+    sledai = next(e["resource"] for e in bundles[changed]["entry"] if e["resource"]["resourceType"] == "Observation"
+                  and e["resource"]["code"]["coding"][0]["code"] == "sledai-2k" and e["resource"]["valueInteger"] > 0)
+    [source] = search_all(loaded.base_url, "Observation", {"_id": sledai["derivedFrom"][0]["reference"].split("/")[1]})
+    put_resources(loaded.base_url, [{k: v for k, v in {**source, "status": "entered-in-error"}.items()
+                                     if k != "meta"}])
+
+    loaded.set_faults(fault_match=victim.patient_id)
+    faulted = cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    loaded.clear_faults()
+    assert faulted.exit_code == 2
+    rep = report(out)
+    assert "stopped" not in rep and rep["exit_code"] == 2
+    assert rep["summary"]["subjects_failed"] == [victim.subject_id]
+    [failure] = rep["subject_failures"]
+    assert failure["subject_id"] == victim.subject_id and failure["stage"] == "read"
+    assert failure["request"].startswith("GET ") and victim.patient_id in failure["request"]
+    assert failure["last_status"] == 503 and failure["attempts"] == 3
+    assert "picks this subject up again" in failure["what_to_do"]
+    assert rep["counts"]["incremental.changed_subjects"] == 1  # the other subject's change was found
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 2
+    assert [w["subject_id"] for w in rep["writes"]] == [changed]
+    assert rep["summary"]["subjects"] == SUBJECTS - 1
+
+    again = cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    assert again.exit_code in (0, 2)
+    rep = report(out)
+    assert rep["subject_failures"] == [] and rep["summary"]["subjects"] == SUBJECTS
+    # a run with a failed subject is not a successful run: `last` is still the first run, so the subject changed
+    # since is read again, and the failed one (its CRF is gone) in full
+    assert rep["counts"]["incremental.changed_subjects"] == 2
+    assert (out / "crf" / f"{victim.subject_id}.json").is_file()

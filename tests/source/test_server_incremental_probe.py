@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from fhir_adapter.fhir import ClientSettings, FhirClient
+from fhir_adapter.fhir import ClientSettings, FhirClient, FhirError, FhirHttpError
+from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
 from fhir_adapter.source.server.incremental import ChangeProbe
@@ -90,3 +91,53 @@ def test_deletions_from_type_level_history_when_offered(study: Study) -> None:
     assert changed == {"p2", "p3"}
     hist = [r for r in seen if r.url.path.endswith("/Observation/_history")]
     assert len(hist) == 1 and hist[0].url.params["_since"] == "2026-11-01T00:00:00Z"
+
+
+def probe_with(study: Study, handler: Any) -> tuple[ChangeProbe, set[str] | BaseException, FhirClient]:
+    async def no_wait(_: float) -> None:
+        return None
+
+    client = FhirClient("https://ehr.example.org/fhir", settings=ClientSettings(max_attempts=2),
+                        transport=httpx.MockTransport(handler), sleep=no_wait)
+    loop = asyncio.new_event_loop()
+    source = ServerSource(client, study, RunLog(), since=SINCE, loop=loop)
+    probe = ChangeProbe(client, source.plan, RunLog(), source.base, SINCE, {"p1": "S-1", "p2": "S-2", "p3": "S-3"})
+    outcome: set[str] | BaseException
+    try:
+        outcome = source.run(probe.changed({"p1", "p2", "p3"}))
+    except FhirError as exc:
+        outcome = exc
+    finally:
+        source.close()
+    return probe, outcome, client
+
+
+def test_a_probe_failing_for_one_patient_is_asked_again_per_patient_and_fails_that_patient_alone(
+        study: Study) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        if "p2" in params_of(request).get(SUBJECT_SEARCHES[search_type(request)][0], ""):
+            return httpx.Response(503, json={"resourceType": "OperationOutcome", "issue": []})
+        if search_type(request) == "Procedure":
+            return httpx.Response(200, json=bundle([
+                {"resourceType": "Procedure", "id": "x", "subject": {"reference": "Patient/p3"}}]))
+        return httpx.Response(200, json=bundle([]))
+
+    probe, changed, client = probe_with(study, handler)
+    assert changed == {"p3"}  # found by the per-patient probe of a group that failed
+    assert set(probe.failed) == {"p2"} and isinstance(probe.failed["p2"], FhirHttpError)
+    assert probe.failed["p2"].status == 503 and probe.failed["p2"].attempts == 2
+    assert not client.breaker.is_open
+    assert client.stats.label("S-2").failures == len(SUBJECT_SEARCHES)  # p2's own probes, under its subject
+    assert client.stats.label("S-1").failures == 0 and client.stats.label("S-1").requests > 0
+
+
+def test_a_server_down_during_the_probes_still_opens_the_circuit_breaker(study: Study) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        return httpx.Response(503, json={"resourceType": "OperationOutcome", "issue": []})
+
+    _, outcome, client = probe_with(study, handler)
+    assert isinstance(outcome, FhirServerUnavailable) and client.breaker.is_open

@@ -120,13 +120,13 @@ class GroupReader:
         alone: set[str] = set()
         for ((rtype, _), part), outcome in zip(jobs, outcomes[:len(jobs)], strict=True):
             if isinstance(outcome, FhirError):
-                _raise_if_fatal(outcome)
+                raise_if_fatal(outcome)
                 alone.update(part)
                 continue
             self._split(rtype, part, outcome, found)
         for ((rtype, _), part), outcome in zip(shared_jobs, outcomes[len(jobs):], strict=True):
             if isinstance(outcome, FhirError):  # read by id instead (below)
-                _raise_if_fatal(outcome)
+                raise_if_fatal(outcome)
                 self._shared_search_failed(rtype, outcome)
                 continue
             for res in outcome:
@@ -136,7 +136,7 @@ class GroupReader:
         try:
             await self.shared.fetch(self._shared_wanted(found), label, trips_breaker=False)
         except FhirError as exc:
-            _raise_if_fatal(exc)
+            raise_if_fatal(exc)
             return {}, set(pids)
         return {p: r for p, r in found.items() if p not in alone}, alone
 
@@ -201,7 +201,7 @@ def _patient_ref(resource: Resource) -> str:
     return "no subject or patient reference"
 
 
-def _raise_if_fatal(exc: FhirError) -> None:
+def raise_if_fatal(exc: FhirError) -> None:
     """The server is down, or the credentials are rejected for good: the run stops."""
     if isinstance(exc, FhirServerUnavailable) or (isinstance(exc, FhirAuthError) and not exc.transient):
         raise exc

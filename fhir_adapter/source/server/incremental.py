@@ -6,20 +6,30 @@ an updated resource; only those are read again in full (a full read also drops d
 ``_history?_since=`` finds deletions where the server's CapabilityStatement offers ``history-type``. A result the
 adapter wrote in the last run does not count as a change. Requests are counted under ``incremental``,
 ``metadata`` and ``history``.
+
+A probe for many patients that fails after its retries does not count toward the circuit breaker: it is asked
+again per patient (counted under that subject, and toward the breaker), as a full run reads a failing group's
+patients alone. A patient whose own probe still fails is :attr:`ChangeProbe.failed`: that subject alone is not
+processed (the next run reads it in full, its CRF being gone); the others go on. The server being down (the
+breaker opens) or the credentials rejected for good still stop the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Coroutine
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any
 
-from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirHttpError
+from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, patient_id_of, ref_id
+from fhir_adapter.source.server.groups import raise_if_fatal
 from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, adapter_owned
+
+log = logging.getLogger(__name__)
 
 PROBE_PATIENTS = 20  # patients per incremental probe search
 
@@ -36,33 +46,51 @@ def first_error(outcomes: list[Any]) -> BaseException | None:
 class ChangeProbe:
     """Finds the patients changed since ``since``; :attr:`deleted` collects the deletions seen (type -> ids)."""
 
-    def __init__(self, client: FhirClient, plan: SearchPlan, log: RunLog, base: str, since: dt.datetime) -> None:
+    def __init__(self, client: FhirClient, plan: SearchPlan, log: RunLog, base: str, since: dt.datetime,
+                 labels: dict[str, str] | None = None) -> None:
         self.client = client
         self.plan = plan
         self.log = log
         self.base = base
         self.since = since
         self.deleted: dict[str, list[str]] = {}
+        #: patient id -> subject ID, the request label of a patient's own probes
+        self.labels = dict(labels or {})
+        #: patients whose own probe failed after its retries (patient id -> why): not read, reported
+        self.failed: dict[str, FhirError] = {}
 
     async def changed(self, pids: set[str]) -> set[str]:
-        """Patients of ``pids`` with a resource updated (or deleted) after ``since``."""
+        """Patients of ``pids`` with a resource updated (or deleted) after ``since``; those whose probe failed
+        are in :attr:`failed` instead."""
         stamp = self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         changed: set[str] = set()
         ordered = sorted(pids)
         groups = [ordered[i:i + PROBE_PATIENTS] for i in range(0, len(ordered), PROBE_PATIENTS)]
 
-        async def probe(rtype: str, params: dict[str, str]) -> None:
-            async for res in self.client.search(rtype, params, label="incremental"):
+        async def probe(rtype: str, params: dict[str, str], label: str, trips_breaker: bool) -> None:
+            async for res in self.client.search(rtype, params, label=label, trips_breaker=trips_breaker):
                 pid = patient_id_of(res, self.base)
                 if pid in pids and not adapter_owned(res):
                     changed.add(pid)
+
+        async def probe_group(rtype: str, params: dict[str, str], group: list[str]) -> None:
+            if len(group) == 1:
+                await probe(rtype, params, self.labels.get(group[0], group[0]), True)
+                return
+            try:
+                await probe(rtype, params, "incremental", False)
+            except FhirError as exc:
+                raise_if_fatal(exc)
+                log.info("a %s change probe for %d patients failed (%s): asked again per patient", rtype,
+                         len(group), exc)
+                await self._per_patient(rtype, params, group, probe)
 
         probes: list[Coroutine[Any, Any, None]] = []
         for group in groups:
             for rtype, params in self.plan.searches(group):
                 query = {k: v for k, v in params.items() if k != "_include"}
                 query.update({"_lastUpdated": f"gt{stamp}", "_elements": "identifier,subject"})
-                probes.append(probe(rtype, query))
+                probes.append(probe_group(rtype, query, group))
         error = first_error(await asyncio.gather(*probes, return_exceptions=True))  # every probe ends first
         if error is not None:
             raise error
@@ -79,6 +107,24 @@ class ChangeProbe:
                 self.log.warn(f"the server cannot list {rtype} deletions since {stamp} ({exc.status}); a deletion "
                               "alone is picked up by the next full run", rule="incremental")
         return changed
+
+    async def _per_patient(self, rtype: str, params: dict[str, str], group: list[str],
+                           probe: Callable[[str, dict[str, str], str, bool], Awaitable[None]]) -> None:
+        """The probe of a group that failed, once per patient of ``group``; a patient whose probe fails is
+        :attr:`failed` (the server down or the credentials rejected for good: raised)."""
+        param = SUBJECT_SEARCHES[rtype][0]
+
+        async def one(pid: str) -> None:
+            try:
+                await probe(rtype, {**params, param: f"Patient/{pid}"}, self.labels.get(pid, pid), True)
+            except FhirError as exc:
+                raise_if_fatal(exc)
+                self.failed.setdefault(pid, exc)
+
+        error = first_error(await asyncio.gather(*(one(p) for p in group if p not in self.failed),
+                                                 return_exceptions=True))
+        if error is not None:
+            raise error
 
     async def _history_types(self) -> set[str]:
         """Resource types whose type-level history the server offers (CapabilityStatement ``history-type``)."""

@@ -159,7 +159,13 @@ class ServerSource:
         todo = set(patient_ids)
         self._settle_code_param(sorted(todo))
         if self.since is not None:
-            changed = self.run(ChangeProbe(self.client, self.plan, self.log, self.base, self.since).changed(todo))
+            probe = ChangeProbe(self.client, self.plan, self.log, self.base, self.since, self._labels)
+            changed = self.run(probe.changed(todo))
+            for pid, error in probe.failed.items():  # this subject only; the others go on
+                log.warning("probing %s for changes failed: %s", self._labels.get(pid, pid), error)
+                self.failed[pid] = error
+                self._read.add(self._labels.get(pid, pid))
+            todo -= set(probe.failed)
             self.unchanged = todo - changed
             if self.reusable is not None:  # no CRF from the last run (e.g. it failed then): read in full
                 self.unchanged &= self.reusable
