@@ -54,8 +54,9 @@ def test_combo_code_missing_points_at_the_setting() -> None:
 
 def test_write_back_needs() -> None:
     gaps = capability_gaps(statement(conditional=False, transaction=False), post=True)
-    assert {g.what for g in gaps} == {"no system transaction interaction", "Observation: no conditional create",
-                                      "Device: no conditional create"}
+    assert {(g.level, g.what) for g in gaps} == {
+        ("error", "no system transaction interaction"), ("error", "Observation: no conditional create"),
+        ("error", "Device: no conditional create"), ("warning", "Provenance: no conditional create")}
     assert capability_gaps(statement(conditional=False, transaction=False), post=False) == []
 
 

@@ -13,7 +13,7 @@ What the adapter needs of a server (FHIR R4 ``CapabilityStatement.rest[mode=serv
 * incremental runs (``--since``): ``_lastUpdated`` on those types; ``history-type`` for deletions;
 * writing back (``--post``): the system ``transaction`` interaction, ``create`` with ``conditionalCreate``
   (``If-None-Exist``) on Observation and Device, ``update`` on Observation (with ``If-Match``), ``create`` on
-  Provenance.
+  Provenance (conditional, on its ``_tag``: else a write sent again may leave its Provenance twice).
 
 A server may support more than it declares: every gap is reported with what happens if it is real.
 """
@@ -111,6 +111,10 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
         prov = resources.get("Provenance") or {}
         if "create" not in {i.get("code") for i in prov.get("interaction") or []}:
             gaps.append(Gap("error", "Provenance: no create", "--post cannot record where results came from"))
+        elif not prov.get("conditionalCreate"):
+            gaps.append(Gap("warning", "Provenance: no conditional create",
+                            "a write sent again (its answer was lost) may leave its Provenance twice "
+                            "(If-None-Exist: _tag=…)"))
     return gaps
 
 

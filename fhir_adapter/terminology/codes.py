@@ -24,6 +24,10 @@ CS_CLINICAL_INPUT = f"{CANONICAL}/CodeSystem/clinical-input"
 CS_RESULTS = f"{CANONICAL}/CodeSystem/results"
 #: meta.tag on every resource the adapter writes to a server (code ``fhir-adapter``)
 CS_TAGS = f"{CANONICAL}/CodeSystem/tags"
+#: meta.tag on each Provenance the adapter writes: its code is the key of that write (a hash of the entries it
+#: records), so a Provenance is a conditional create (``If-None-Exist: _tag=<system>|<key>``) and posting the
+#: same write twice never duplicates it
+CS_WRITE_KEY = f"{CANONICAL}/CodeSystem/write-key"
 
 # --- identifier systems ---------------------------------------------------------------------------
 #: business identifier of every resource the adapter creates; the adapter never updates a resource

@@ -34,7 +34,8 @@ def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dic
     Device, the results with the adapter's owner tag, and the Provenance whose entities are every source the
     results name — so what a site reviews or loads by hand is what the adapter would write. As the file cannot
     know the server's ids and versions, each result is a conditional update matched on its identifier and the
-    subject's Patient (``PUT Observation?identifier=…&patient=Patient/<id>``): loading it twice duplicates
+    subject's Patient (``PUT Observation?identifier=…&patient=Patient/<id>``), the Device and the Provenance
+    are conditional creates (the Provenance on the key of the write it records): loading it twice duplicates
     nothing, and a retraction updates the result it retracts. ``Provenance.recorded`` is the latest effective
     date of the results (00:00 UTC), so the file is the same for the same data; a live write records the moment
     of posting."""

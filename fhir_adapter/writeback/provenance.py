@@ -1,13 +1,21 @@
 """The adapter as a Device, and one Provenance per write transaction (R4 Provenance: target = the results
 written, agent = the adapter Device with its version, entity = the source resources, role ``source``;
-https://hl7.org/fhir/R4/provenance.html)."""
+https://hl7.org/fhir/R4/provenance.html).
+
+R4 Provenance has no identifier, so what makes posting one write twice create one Provenance is a ``meta.tag``
+in :data:`~fhir_adapter.terminology.codes.CS_WRITE_KEY` whose code is :func:`write_key` of the entries it
+records, and the conditional create :func:`provenance_request` (``If-None-Exist: _tag=<system>|<key>``)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
+import orjson
+
 from fhir_adapter.terminology.codes import (
+    CS_WRITE_KEY,
     PROVENANCE_AGENT_TYPE,
     SD_PROVENANCE,
     SID_DEVICE,
@@ -16,6 +24,8 @@ from fhir_adapter.terminology.codes import (
 from fhir_adapter.version import __version__
 
 DEVICE_IDENTIFIER = "fhir-adapter"
+#: hex digits of the SHA-256 kept in a write key (128 bits)
+WRITE_KEY_DIGITS = 32
 
 
 def adapter_device() -> dict[str, Any]:
@@ -29,11 +39,25 @@ def adapter_device() -> dict[str, Any]:
     }
 
 
-def provenance(targets: list[str], sources: list[str], device_ref: str, recorded: dt.datetime) -> dict[str, Any]:
-    """``targets``/``device_ref``: fullUrls (urn:uuid) of entries in the same transaction, or references."""
+def write_key(entries: list[dict[str, Any]]) -> str:
+    """The key of one write: a hash of the resources it writes and the versions it updates (``If-Match``),
+    never of the time — the same write posted again has the same key, any other write another one."""
+    content = [{"resource": e["resource"], "ifMatch": (e.get("request") or {}).get("ifMatch")} for e in entries]
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:WRITE_KEY_DIGITS]
+
+
+def provenance_request(key: str) -> dict[str, str]:
+    """The Provenance's conditional create: created once per write key."""
+    return {"method": "POST", "url": "Provenance", "ifNoneExist": f"_tag={CS_WRITE_KEY}|{key}"}
+
+
+def provenance(targets: list[str], sources: list[str], device_ref: str, recorded: dt.datetime,
+               key: str) -> dict[str, Any]:
+    """``targets``/``device_ref``: fullUrls (urn:uuid) of entries in the same transaction, or references;
+    ``key``: :func:`write_key` of the entries written with it."""
     return {
         "resourceType": "Provenance",
-        "meta": {"profile": [SD_PROVENANCE]},
+        "meta": {"profile": [SD_PROVENANCE], "tag": [{"system": CS_WRITE_KEY, "code": key}]},
         "target": [{"reference": t} for t in targets],
         "recorded": recorded.astimezone(dt.UTC).isoformat(timespec="seconds"),
         "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": "UPDATE", "display": "revise"}]},

@@ -20,8 +20,9 @@ Per subject, one transaction (split by ``max_transaction_entries`` when a server
    &patient=Patient/<id>``), changed and retracted ones as updates of the server's resource
    (``PUT <Type>/<id>`` with ``If-Match`` on the version the adapter read: a resource changed meanwhile gives
    412, reported, never overwritten), the adapter Device (conditional create) and one Provenance naming the
-   sources, in transactions of at most ``max_transaction_entries`` entries (a subject with more changes gets
-   several, each with its own Provenance). ``dry_run`` returns the diff instead.
+   sources (conditional create on the key of the write, :mod:`.provenance`), in transactions of at most
+   ``max_transaction_entries`` entries (a subject with more changes gets several, each with its own
+   Provenance). ``dry_run`` returns the diff instead.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
-from fhir_adapter.writeback.provenance import adapter_device, provenance
+from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
 
 if TYPE_CHECKING:
     from fhir_adapter.fhir.client import FhirClient
@@ -180,7 +181,9 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
                         versions: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Device (conditional create), the resources and a Provenance. A resource with a server id is updated
     with ``If-Match`` on ``versions[identifier]`` (the version the adapter read); one without is created
-    with ``If-None-Exist`` on its identifier (and ``patient_id``, for an Observation)."""
+    with ``If-None-Exist`` on its identifier (and ``patient_id``, for an Observation); the Provenance with
+    ``If-None-Exist`` on the key of this write (:func:`~.provenance.write_key`). Every entry is conditional, so
+    the transaction may be posted again: a replay duplicates nothing (an update already made answers 412)."""
     device = with_owner_tag(adapter_device())
     device_url = full_url(SID_DEVICE, "fhir-adapter")
     entries: list[dict[str, Any]] = [{
@@ -205,9 +208,10 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
                 condition += f"&patient=Patient/{patient_id}"
             request = {"method": "POST", "url": r["resourceType"], "ifNoneExist": condition}
         entries.append({"fullUrl": url, "resource": r, "request": request})
-    prov = with_owner_tag(provenance(targets, sources, device_url, now))
-    entries.append({"fullUrl": full_url(SID_RESULT, f"provenance-{now.isoformat()}-{targets[0]}"),
-                    "resource": prov, "request": {"method": "POST", "url": "Provenance"}})
+    key = write_key(entries[1:])
+    prov = with_owner_tag(provenance(targets, sources, device_url, now, key))
+    entries.append({"fullUrl": full_url(SID_RESULT, f"provenance-{key}"), "resource": prov,
+                    "request": provenance_request(key)})
     return entries
 
 

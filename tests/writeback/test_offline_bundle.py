@@ -15,7 +15,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
 from fhir_adapter.synth import plan_trial, write_feed
-from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
+from fhir_adapter.terminology.codes import CS_WRITE_KEY, SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.sink import transaction_entries
 from fhir_adapter.writeback.sources import result_sources
@@ -46,8 +46,11 @@ def test_the_offline_bundle_is_the_posted_transaction(out: Path) -> None:
             ident = r["identifier"][0]["value"]
             assert e["request"] == {"method": "PUT", "url": f"Observation?identifier={SID_RESULT}|{ident}"
                                                            f"&patient=Patient/{patient}"}
-        assert prov["request"] == {"method": "POST", "url": "Provenance"}
         p = prov["resource"]
+        [key] = [t["code"] for t in p["meta"]["tag"] if t["system"] == CS_WRITE_KEY]
+        # R4 Provenance has no identifier: created once per write, matched on the key of the write it records
+        assert prov["request"] == {"method": "POST", "url": "Provenance",
+                                   "ifNoneExist": f"_tag={CS_WRITE_KEY}|{key}"}
         assert [t["reference"] for t in p["target"]] == [e["fullUrl"] for e in results]
         assert p["agent"][0]["who"]["reference"] == full_url(SID_DEVICE, "fhir-adapter") == device["fullUrl"]
         sources = sorted({s for e in results for s in result_sources(e["resource"])})

@@ -14,9 +14,16 @@ from pytest_httpx import HTTPXMock
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir import ClientSettings, FhirClient
 from fhir_adapter.roster.enrollees import Enrollee
-from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.terminology.codes import CS_WRITE_KEY, SID_RESULT
 from fhir_adapter.writeback.ownership import with_owner_tag
-from fhir_adapter.writeback.sink import UnsafeWrite, WriteResult, check_safe, plan_writes, write_subject
+from fhir_adapter.writeback.sink import (
+    UnsafeWrite,
+    WriteResult,
+    check_safe,
+    plan_writes,
+    transaction_entries,
+    write_subject,
+)
 
 E = Enrollee(subject_id="101-001", patient_id="p1",
              research_subject=SourceRef(resource_type="ResearchSubject", id="r1"),
@@ -119,3 +126,22 @@ async def test_412_on_conditional_update_is_reported_not_raised(httpx_mock: HTTP
         w = await write_subject(client, E, [result("a", 10)], [], {"p1"})
     assert w.error is not None and "412" in w.error and "Multiple resources" in w.error
     assert w.written == []
+
+
+def test_the_provenance_is_created_once_per_write_key() -> None:
+    """R4 Provenance has no identifier: it is a conditional create on a tag whose code is the key of the write —
+    the same at another time (a replay), another for other content or another version updated."""
+    def prov(to_write: list[dict[str, Any]], now: dt.datetime, versions: dict[str, str] | None = None
+             ) -> dict[str, Any]:
+        entries = transaction_entries(to_write, ["Observation/src1"], now, "p1", versions)
+        assert entries[-1]["resource"]["resourceType"] == "Provenance"
+        return entries[-1]
+
+    first = prov([result("a", 10)], dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    [key] = [t["code"] for t in first["resource"]["meta"]["tag"] if t["system"] == CS_WRITE_KEY]
+    assert first["request"] == {"method": "POST", "url": "Provenance", "ifNoneExist": f"_tag={CS_WRITE_KEY}|{key}"}
+    assert prov([result("a", 10)], dt.datetime(2026, 11, 26, tzinfo=dt.UTC))["request"] == first["request"]
+    assert prov([result("a", 11)], dt.datetime(2026, 11, 25, tzinfo=dt.UTC))["request"] != first["request"]
+    update = {**result("a", 10), "id": "x1"}
+    v1 = prov([update], dt.datetime(2026, 11, 25, tzinfo=dt.UTC), {"a": "1"})
+    assert v1["request"] != prov([update], dt.datetime(2026, 11, 25, tzinfo=dt.UTC), {"a": "2"})["request"]
