@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["bundle_link", "split_transaction"]
+__all__ = ["bundle_link", "replay_safe", "split_transaction"]
+
+#: requests that change nothing when repeated (HTTP's idempotent methods); PATCH and a plain POST are not
+_IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 
 def bundle_link(bundle: dict[str, Any], relation: str) -> str | None:
@@ -15,6 +18,22 @@ def bundle_link(bundle: dict[str, Any], relation: str) -> str | None:
             url: str = link["url"]
             return url
     return None
+
+
+def replay_safe(bundle: dict[str, Any]) -> bool:
+    """Whether posting ``bundle`` again after the server may have processed it duplicates nothing: every entry
+    is a read, an update or delete (``PUT``/``DELETE``, idempotent; with ``If-Match`` a replay after the
+    commit answers 412 instead of writing), or a conditional create (``POST`` with ``ifNoneExist``: a replay
+    finds what the first one created). The caller of a replayed Bundle must read a 412 as "maybe already
+    written" and check (:func:`fhir_adapter.writeback.sink.write_subject` does)."""
+    for entry in bundle.get("entry") or []:
+        request = entry.get("request") if isinstance(entry, dict) else None
+        if not isinstance(request, dict):
+            return False
+        method = str(request.get("method", "")).upper()
+        if method not in _IDEMPOTENT_METHODS and not (method == "POST" and request.get("ifNoneExist")):
+            return False
+    return True
 
 
 def _strings(value: Any) -> Iterator[str]:

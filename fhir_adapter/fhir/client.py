@@ -18,7 +18,7 @@ from typing import Any, Self
 import httpx
 
 from fhir_adapter.fhir.auth import AUTH_REQUEST_EXTENSION, BearerToken, SmartBackendServices
-from fhir_adapter.fhir.bundles import bundle_link
+from fhir_adapter.fhir.bundles import bundle_link, replay_safe
 from fhir_adapter.fhir.errors import (
     FhirAuthError,
     FhirError,
@@ -394,13 +394,15 @@ class FhirClient:
     async def transaction(self, bundle: dict[str, Any], *, label: str | None = None) -> dict[str, Any]:
         """POST a ``transaction`` Bundle to the base URL → the ``transaction-response`` Bundle (atomic).
 
-        Retries: the adapter builds its transactions from conditional updates (``PUT
-        Type?identifier=system|value``) with stable identifiers, so its transactions are idempotent and
-        retrying them is safe — a replay converges to the same state instead of duplicating. The client
-        cannot know that of every bundle, though, so a POST is only retried when the server certainly did not
-        process it: 429 and 503 (honouring ``Retry-After``) and connections that could not be opened
-        (nothing was sent). After a 500/502/504 or a connection dropped mid-request the transaction may have
-        been committed; :class:`FhirHttpError` / :class:`FhirTransportError` is raised and the caller re-runs.
+        Retries: a Bundle whose every entry is safe to replay (:func:`~fhir_adapter.fhir.bundles.replay_safe`:
+        reads, ``PUT``/``DELETE``, conditional creates — the adapter's write-back transactions are) is retried
+        like a read: after 429/503, a read timeout, a dropped connection or a 500/502/504 too; a replay after a
+        commit the answer of which was lost duplicates nothing, and an ``If-Match`` update already made answers
+        412, which the caller must check (the write-back reads the results again). Any other Bundle (a plain
+        ``POST`` create) is only retried when the server certainly did not process it: 429 and 503 (honouring
+        ``Retry-After``) and connections that could not be opened (nothing was sent); after a 500/502/504 or a
+        connection dropped mid-request it may have been committed: :class:`FhirHttpError` /
+        :class:`FhirTransportError` is raised and the caller decides.
 
         A Bundle with more than ``settings.max_transaction_entries`` entries is refused (ValueError); split it
         with :func:`split_transaction`.
@@ -426,8 +428,10 @@ class FhirClient:
             raise ValueError(
                 f"{kind} Bundle is not JSON-serialisable ({exc}); dump models with model_dump(mode='json')"
             ) from None
-        response = await self._call("POST", self.base_url, label=label, idempotent=False, content=content,
-                                    trips_breaker=trips_breaker)
+        # a Bundle whose every entry is idempotent or conditional is retried like a read (a read timeout, a
+        # dropped connection, a 5xx); any other only where the server certainly did not process it
+        response = await self._call("POST", self.base_url, label=label, idempotent=replay_safe(bundle),
+                                    content=content, trips_breaker=trips_breaker)
         if response.get("resourceType") != "Bundle":
             raise FhirResponseError(
                 f"POST {redact_url(self.base_url)} ({kind}) returned a {response.get('resourceType')} "

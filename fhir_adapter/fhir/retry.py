@@ -12,6 +12,7 @@ final. The policy is built from tenacity's own building blocks (:meth:`RetryPoli
 
 ======================================  ==========================================  ======================
 What happened                           Wait before the next attempt                GET   batch/transaction
+                                                                                          (not replay-safe)
 ======================================  ==========================================  ======================
 429 Too Many Requests, 503 Unavailable  ``Retry-After`` (seconds or HTTP-date),      yes   yes
                                         capped by ``max_retry_after_seconds``;
@@ -30,14 +31,16 @@ any other 4xx (400, 401, 403, 404,      not retried: :class:`FhirHttpError`     
 409, 410, 412, 422...)                  (401: :class:`FhirAuthError`)
 ======================================  ==========================================  ======================
 
-Why a POST of a batch/transaction is retried only where it is certainly safe: the adapter's write-back
-transactions are built from conditional updates (``PUT Type?identifier=system|value``) with deterministic
-business identifiers, so they are idempotent and even a replay would converge to the same server state.
-But the client does not know how a caller built its bundle (a plain ``POST`` create is *not* idempotent),
-so it only repeats a POST when the server certainly did not process it: 429/503 (rejected before
-processing) or a connection that could not be opened (nothing was sent). A 500/502/504 or a connection
-dropped after sending may hide a committed transaction; the caller gets the error and decides (re-running
-the adapter is the safe retry, because its transactions are idempotent).
+A batch/transaction Bundle whose every entry is safe to replay (:func:`fhir_adapter.fhir.bundles.replay_safe`:
+reads, ``PUT``/``DELETE``, conditional creates with ``ifNoneExist``) is idempotent and is retried like a GET
+(the "GET" column): a read timeout (an answer slower than ``read_timeout``) is retried like a 503. The
+adapter's write-back transactions are such Bundles: a replay after a commit whose answer was lost creates
+nothing again (the conditional creates, the Provenance's included, find what the first attempt created), and
+an ``If-Match`` update already made answers 412, which the write-back recognises by reading its results again
+(:func:`fhir_adapter.writeback.sink.write_subject`). Any other Bundle (a plain ``POST`` create is *not*
+idempotent) is repeated only when the server certainly did not process it (the last column): 429/503
+(rejected before processing) or a connection that could not be opened (nothing was sent). A 500/502/504 or a
+connection dropped after sending may hide a committed transaction; the caller gets the error and decides.
 
 Every logical request is bounded by ``max_attempts`` (first attempt included) and by ``max_total_seconds``
 (the client gives up instead of starting a wait that would end after it). The sleep function is injectable

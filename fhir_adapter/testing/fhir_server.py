@@ -83,7 +83,8 @@ class ServerHandle:
 
     def clear_faults(self) -> None:
         self.set_faults(fault_503_rate=0, fault_429_every=0, fault_reset_every=0, fault_slow_every=0,
-                        fault_slow_only="", fault_down_after=0, fault_match="", fault_401_after=0)
+                        fault_slow_only="", fault_slow_phase="before", fault_down_after=0, fault_match="",
+                        fault_401_after=0)
 
     def stderr(self) -> str:
         """The last lines the server wrote to stderr."""

@@ -31,10 +31,11 @@ import asyncio
 import datetime as dt
 import difflib
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from fhir_adapter.fhir.errors import FhirAuthError, FhirHttpError, FhirServerUnavailable
+from fhir_adapter.fhir.errors import FhirAuthError, FhirHttpError, FhirServerUnavailable, FhirTransportError
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
@@ -44,6 +45,8 @@ from fhir_adapter.writeback.provenance import adapter_device, provenance, proven
 
 if TYPE_CHECKING:
     from fhir_adapter.fhir.client import FhirClient
+
+log = logging.getLogger(__name__)
 
 #: default share of a subject's results on the server one run may retract without --allow-mass-retraction
 MAX_RETRACTION_SHARE = 0.5
@@ -215,6 +218,28 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
     return entries
 
 
+async def already_written(client: FhirClient, e: Enrollee, part: list[dict[str, Any]],
+                          by_id: list[dict[str, Any]]) -> bool:
+    """Whether the server holds every resource of ``part`` (one transaction's resources) as the adapter meant
+    to write it, each once: then that transaction was committed (it is atomic), e.g. by an attempt whose answer
+    was lost. ``by_id``: the resources the adapter writes under a fixed id (:func:`existing_results`)."""
+    duplicates: dict[str, list[str]] = {}
+    held = await existing_results(client, e, by_id, duplicates)
+    if duplicates:
+        return False
+    return all((h := held.get(str(_identifier(r)))) is not None and comparable(h) == comparable(r) for r in part)
+
+
+def maybe_committed(exc: BaseException) -> bool:
+    """A failed transaction the server may have committed all the same: its answer was lost (a timeout, a
+    dropped connection, an answer too large) or a gateway/server error came after it was sent."""
+    if getattr(exc, "method", None) != "POST":
+        return False
+    if isinstance(exc, FhirTransportError):
+        return exc.kind in ("timeout", "dropped", "too-large", "other")
+    return isinstance(exc, FhirHttpError) and exc.status in (500, 502, 504)
+
+
 def check_retraction_share(result: WriteResult, existing: dict[str, dict[str, Any]], max_share: float) -> None:
     """Refuse (before any request) a run that would retract more than ``max_share`` of the subject's results
     on the server."""
@@ -262,10 +287,20 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
         # each part is its own transaction with the Device and a Provenance (2 entries of overhead)
         size = max(1, client.settings.max_transaction_entries - 2)
         for i in range(0, len(to_write), size):
-            entries = transaction_entries(to_write[i:i + size], sources, now or dt.datetime.now(dt.UTC),
-                                          e.patient_id, versions)
-            await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
-                                     label=e.subject_id)
+            part = to_write[i:i + size]
+            entries = transaction_entries(part, sources, now or dt.datetime.now(dt.UTC), e.patient_id, versions)
+            try:
+                await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                                         label=e.subject_id)
+            except FhirHttpError as exc:
+                # every entry is conditional, so the client sends the transaction again when its answer was lost
+                # (a read timeout, a dropped connection, a 5xx); a 412 then may mean the first attempt was
+                # committed (its If-Match updates are done): written when the server holds it all as meant
+                if exc.status != 412 or exc.attempts < 2 or \
+                        not await already_written(client, e, part, [r for r in desired if r.get("id")]):
+                    raise
+                log.info("%s: a transaction sent again answered 412, and the server holds its %d resources as "
+                         "written: the first attempt was committed", e.subject_id, len(part))
     except FhirServerUnavailable:
         raise  # the server is down: the run stops (exit 3), not just this subject
     except Exception as exc:  # reported per subject; never stops the run
@@ -273,6 +308,9 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             raise  # the credentials are rejected: the run stops (exit 4)
         result.error = str(exc)
         result.exception = exc
+        if maybe_committed(exc):
+            result.error = (f"write outcome unknown: the server may have committed ({exc}); the next run reads "
+                            "the subject's results again and writes only what is missing")
         if isinstance(exc, FhirHttpError) and exc.status == 412:
             result.error += (" — a result changed on the server since the adapter read it (If-Match), or a "
                              "conditional create matched several resources: nothing of this transaction was "

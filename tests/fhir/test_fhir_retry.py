@@ -17,6 +17,7 @@ from fhir_adapter.fhir import (
     FhirTransportError,
     parse_retry_after,
 )
+from fhir_adapter.fhir.bundles import replay_safe
 from tests.fhir.fhir_testkit import BASE, FakeClock, FakeSleep, outcome
 
 PATIENT = {"resourceType": "Patient", "id": "p1"}
@@ -213,6 +214,17 @@ async def test_401_without_auth_is_not_retried(httpx_mock: HTTPXMock, fake_sleep
 
 TX = {"resourceType": "Bundle", "type": "transaction", "entry": []}
 TX_RESPONSE = {"resourceType": "Bundle", "type": "transaction-response", "entry": []}
+#: a plain create: posted again after a commit whose answer was lost, it would create a second resource
+PLAIN_CREATE = {"resource": {"resourceType": "Basic"}, "request": {"method": "POST", "url": "Basic"}}
+UNSAFE_TX = {**TX, "entry": [PLAIN_CREATE]}
+#: every entry conditional or idempotent, as the adapter's write-back transactions are
+REPLAY_SAFE_TX = {**TX, "entry": [
+    {"resource": {"resourceType": "Device"},
+     "request": {"method": "POST", "url": "Device", "ifNoneExist": "identifier=s|d"}},
+    {"resource": {"resourceType": "Observation", "id": "o1"},
+     "request": {"method": "PUT", "url": "Observation/o1", "ifMatch": 'W/"3"'}},
+    {"resource": {"resourceType": "Provenance"},
+     "request": {"method": "POST", "url": "Provenance", "ifNoneExist": "_tag=s|k"}}]}
 
 
 @pytest.mark.parametrize("status", [429, 503])
@@ -238,8 +250,34 @@ async def test_transaction_not_retried_on_5xx_that_may_have_committed(
     httpx_mock.add_response(url=BASE, method="POST", status_code=status, json=outcome("backend failure"))
     async with client(fake_sleep) as c:
         with pytest.raises(FhirHttpError, match="backend failure"):
-            await c.transaction(TX)
+            await c.transaction(UNSAFE_TX)
     assert len(httpx_mock.get_requests()) == 1
+
+
+@pytest.mark.parametrize("failure", [httpx.ReadTimeout("read timed out"), httpx.RemoteProtocolError("disconnected"),
+                                     500, 502, 504])
+async def test_a_transaction_safe_to_replay_is_retried_like_a_read(
+    httpx_mock: HTTPXMock, fake_sleep: FakeSleep, failure: Exception | int
+) -> None:
+    """Every entry a conditional create or an If-Match update: a lost answer (a response slower than the read
+    timeout, a dropped connection) or a 5xx is retried like a 503 — a replay after a commit duplicates nothing."""
+    if isinstance(failure, int):
+        httpx_mock.add_response(url=BASE, method="POST", status_code=failure, json=outcome("backend failure"))
+    else:
+        httpx_mock.add_exception(failure, url=BASE, method="POST")
+    httpx_mock.add_response(url=BASE, method="POST", json=TX_RESPONSE)
+    async with client(fake_sleep) as c:
+        assert await c.transaction(REPLAY_SAFE_TX) == TX_RESPONSE
+        assert c.stats.retries == 1
+
+
+def test_replay_safe_bundles() -> None:
+    assert replay_safe(REPLAY_SAFE_TX) and replay_safe(TX)
+    assert replay_safe({**TX, "entry": [{"request": {"method": "GET", "url": "Patient?_id=p1"}},
+                                        {"request": {"method": "DELETE", "url": "Basic/b1"}}]})
+    assert not replay_safe(UNSAFE_TX)
+    assert not replay_safe({**TX, "entry": [{"request": {"method": "PATCH", "url": "Basic/b1"}}]})
+    assert not replay_safe({**TX, "entry": [{"resource": {"resourceType": "Basic"}}]})  # no request at all
 
 
 @pytest.mark.parametrize("exc", [httpx.RemoteProtocolError("Server disconnected"), httpx.ReadTimeout("read timed out")])
@@ -249,7 +287,7 @@ async def test_batch_not_retried_when_dropped_after_sending(
     httpx_mock.add_exception(exc, url=BASE, method="POST")
     async with client(fake_sleep) as c:
         with pytest.raises(FhirTransportError):
-            await c.batch({"resourceType": "Bundle", "type": "batch", "entry": []})
+            await c.batch({"resourceType": "Bundle", "type": "batch", "entry": [PLAIN_CREATE]})
     assert len(httpx_mock.get_requests()) == 1
 
 

@@ -44,6 +44,7 @@ const faults = {
   fault_slow_every: num(env.FAULT_SLOW_EVERY, 0), // every Nth FHIR request answered after fault_slow_ms
   fault_slow_ms: num(env.FAULT_SLOW_MS, 0),
   fault_slow_only: env.FAULT_SLOW_ONLY ?? '', // 'transaction': only batch/transaction POSTs are slowed ('' = any)
+  fault_slow_phase: env.FAULT_SLOW_PHASE ?? 'before', // 'before': held, then processed; 'after': processed at once, the answer held
   fault_down_after: num(env.FAULT_DOWN_AFTER, 0), // from the Nth FHIR request on, the server is down...
   fault_down_ms: num(env.FAULT_DOWN_MS, 0), // ...for this long (0: until the faults are changed): every connection reset
   fault_match: env.FAULT_MATCH ?? '', // FHIR requests whose URL contains this text are always answered 503
@@ -359,7 +360,7 @@ function handleAdmin(method, path, params, body) {
   if (path === '/admin/faults' && (method === 'GET' || method === 'POST')) {
     if (method === 'POST') {
       for (const k of Object.keys(faults)) {
-        if (body && k in body) faults[k] = ['fault_retry_after', 'fault_match', 'fault_slow_only'].includes(k) ? String(body[k]) : Number(body[k]);
+        if (body && k in body) faults[k] = ['fault_retry_after', 'fault_match', 'fault_slow_only', 'fault_slow_phase'].includes(k) ? String(body[k]) : Number(body[k]);
       }
       resetFaults();
     }
@@ -434,9 +435,11 @@ async function onRequest(req, res) {
     return;
   }
   const bundlePost = method === 'POST' && !rel;
+  let holdAnswer = 0; // ms the answer is held after processing (fault_slow_phase 'after')
   if (faults.fault_slow_every > 0 && n % faults.fault_slow_every === 0 && (faults.fault_slow_only !== 'transaction' || bundlePost)) {
     stats.faults.slow++;
-    await new Promise((resolve) => setTimeout(resolve, faults.fault_slow_ms));
+    if (faults.fault_slow_phase === 'after') holdAnswer = faults.fault_slow_ms;
+    else await new Promise((resolve) => setTimeout(resolve, faults.fault_slow_ms));
   }
   if (faults.fault_401_after > 0 && n >= faults.fault_401_after && n < faults.fault_401_after + faults.fault_401_count) {
     stats.faults[401]++;
@@ -467,6 +470,7 @@ async function onRequest(req, res) {
     }
   }
   bump(stats.requests.by_status, String(result.status));
+  if (holdAnswer > 0) await new Promise((resolve) => setTimeout(resolve, holdAnswer)); // committed, answered late
   if (config.logRequests) console.error(`${method} ${req.url} -> ${result.status} (${Date.now() - started} ms)`);
   send(res, result);
 }

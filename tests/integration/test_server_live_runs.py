@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from fhir_adapter.cli.commands import main
 from fhir_adapter.job.outlock import LOCK_NAME
 from fhir_adapter.synth import plan_trial, write_feed
-from fhir_adapter.testing.feed_loader import load_feed
+from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
 from tests.serverkit import (
     adapter_observations,
@@ -182,8 +182,8 @@ def test_connection_resets_and_answers_slower_than_the_read_timeout_stay_with_th
     assert faults["reset"] > 3 and faults["slow"] > 3
     assert first.exit_code in (0, 2)
     rep = report(out)
-    # a read is retried; a transaction whose answer was lost may have been committed: not repeated, that
-    # subject alone is reported as not written, and the next run completes it
+    # a read is retried, and so is a transaction (every entry conditional: a replay duplicates nothing); a
+    # subject whose write still fails is reported alone as not written, and the next run completes it
     assert all(f["stage"] == "write" and "picks this subject up again" in f["what_to_do"]
                for f in rep["subject_failures"])
     assert rep["summary"]["subjects_failed"] == []
@@ -318,3 +318,62 @@ def test_kill_9_anywhere_then_rerun_gives_the_state_of_an_uninterrupted_run(
     assert result.exit_code in (0, 2), result.stderr
     assert not (out / LOCK_NAME).exists()
     assert_like_uninterrupted(fresh.base_url, out, file_out)
+
+
+def _run_clearing_faults(server: ServerHandle, out: Path, config: Path, ready: Callable[[dict[str, Any]], bool]
+                         ) -> int:
+    """``run --post`` in its own process; the server's faults are cleared as soon as ``ready(stats)``."""
+    cmd = [sys.executable, "-c", "from fhir_adapter.cli.commands import main; main()", "-q", "run",
+           "--source", server.base_url, "--out", str(out), "--post", "--config", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline, cleared = time.monotonic() + 300, False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if not cleared and ready(server.stats()):
+            server.clear_faults()
+            cleared = True
+        time.sleep(0.01)
+    assert cleared, "the fault never happened"
+    return proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("phase", ["before", "after"])
+def test_a_transaction_answered_slower_than_the_read_timeout_is_sent_again_and_written_once(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path, phase: str
+) -> None:
+    """The first transaction's answer comes after the read timeout: held before the server processes it, or
+    (``after``) committed at once and only answered late. The client sends it again (every entry is
+    conditional); the subject is written, once — also when the replay's If-Match updates answer 412 because
+    the first attempt was committed."""
+    file_out = trial[1]
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "a.yaml", "  read_timeout: 2\n  max_concurrency: 1\n")
+    slow: dict[str, int | str] = {"fault_slow_every": 1, "fault_slow_ms": 4000, "fault_slow_only": "transaction",
+                                  "fault_slow_phase": phase}
+
+    def first_slow(st: dict[str, Any]) -> bool:
+        return bool(st["faults"]["slow"] >= 1)
+
+    fresh.set_faults(**slow)  # the results are created
+    assert _run_clearing_faults(fresh, out, config, first_slow) in (0, 2)
+    rep = report(out)
+    assert rep["subject_failures"] == [] and rep["summary"]["subjects_not_written"] == []
+    assert rep["server_requests"]["retries"] >= 1
+    time.sleep(4)  # the held attempt has been processed meanwhile (phase before: after its replay)
+    assert_like_uninterrupted(fresh.base_url, out, file_out)
+
+    # every result edited on the server: the next run updates each with If-Match on the version it reads
+    edited = [{**o, "note": [{"text": "edited by hand"}]} for o in adapter_observations(fresh.base_url)]
+    put_resources(fresh.base_url, edited)
+    provenance = len(search_all(fresh.base_url, "Provenance", {}))
+    fresh.reset("stats")  # faults.slow from 0 again
+    fresh.set_faults(**slow)
+    assert _run_clearing_faults(fresh, out, config, first_slow) in (0, 2)
+    rep = report(out)
+    assert rep["subject_failures"] == [] and rep["summary"]["subjects_not_written"] == []
+    assert rep["server_requests"]["retries"] >= 1
+    time.sleep(4)
+    observations = adapter_observations(fresh.base_url)
+    assert not any("note" in o for o in observations) and set(identifier_counts(observations).values()) == {1}
+    assert len(observations) == len(edited)
+    # one Provenance more per subject written, none twice
+    assert len(search_all(fresh.base_url, "Provenance", {})) == provenance + len(rep["writes"])
