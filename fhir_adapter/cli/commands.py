@@ -257,13 +257,15 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             ("subjects", f"{summary.subjects} enrolled and processed"
              + (f", {len(summary.subjects_failed)} failed" if summary.subjects_failed else "")),
             ("visits", str(summary.visits)),
-            ("results", f"{summary.results_written} result resources in writeback/"),
+            ("results", f"{summary.results_written} result resources in writeback/" if not dry_run else
+             f"{summary.would_write['results']} result resources in writeback/ (dry run: none written)"),
             ("quarantined", f"{summary.quarantined} input resources (see run-report.json, quarantine/)"),
             ("warnings", str(summary.warnings)),
         ]
         if post or dry_run:
             verb = "would write" if dry_run else "written"
-            rows.append(("server", f"{summary.server_writes} {verb}, {summary.server_unchanged} unchanged"
+            writes = summary.would_write["server_writes"] if dry_run else summary.server_writes
+            rows.append(("server", f"{writes} {verb}, {summary.server_unchanged} unchanged"
                          + (f", {len(summary.subjects_not_written)} subjects not written"
                             if summary.subjects_not_written else "")
                          + (f" (diffs in {out}/writeback-diff/)" if dry_run else "")))

@@ -86,6 +86,11 @@ class RunSummary:
     failures: list[dict[str, Any]] = field(default_factory=list)
     #: set when the run stopped early (server unavailable, authentication failed): see :class:`Stopped`
     stopped: Stopped | None = None
+    #: ``--dry-run``: nothing is written to the server nor recorded, so ``results_written``, ``server_writes``
+    #: and the ``writeback_state`` changes stay 0; what the run would have written is counted here instead
+    #: (run report: ``summary.would_write``)
+    dry_run: bool = False
+    would_write: dict[str, int] = field(default_factory=lambda: {"results": 0, "server_writes": 0})
 
     @property
     def exit_code(self) -> int:
@@ -279,7 +284,7 @@ def _run(
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)
     if sink is not None:
         sink.start(roster.patient_ids)
-    dry_run = bool(getattr(sink, "dry_run", False))
+    dry_run = summary.dry_run = bool(getattr(sink, "dry_run", False))
     workers = min(workers, max(1, len(roster.enrolled)))  # never a worker process with no subject to process
     # the subjects' files are written where they are processed (a worker), unless another engine runs them or
     # the write-back is held back per reviewed value (which needs each subject's review here)
@@ -361,7 +366,10 @@ def _run(
             else:
                 exports.add(exported, o.quarantine, o.review.status, o.review.decisions)
             summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
-        summary.results_written += len(bundle_resources)
+        if dry_run:
+            summary.would_write["results"] += len(bundle_resources)
+        else:
+            summary.results_written += len(bundle_resources)
         summary.subjects += 1
         if sink is not None and w is None:
             summary.server_unchanged += len(bundle_resources)
@@ -475,6 +483,7 @@ def _write_report(work: Path, source: Source, study: Study, runlog: RunLog, summ
             "server_writes": summary.server_writes, "server_unchanged": summary.server_unchanged,
             "subjects_not_written": summary.subjects_not_written,
             "warnings": summary.warnings, "excluded_research_subjects": summary.excluded,
+            **({"would_write": summary.would_write} if summary.dry_run else {}),
         },
         "subject_failures": summary.failures,
         **({"stopped": summary.stopped.as_report()} if summary.stopped is not None else {}),
@@ -485,18 +494,33 @@ def _write_report(work: Path, source: Source, study: Study, runlog: RunLog, summ
         **({"coverage": coverage} if coverage is not None else {}),
         **({"cdisc": cdisc} if cdisc is not None else {}),
         "day1_sources": day1_sources or [],
-        "writeback_state": state.report(),
+        "writeback_state": _state_report(state, dry_run=summary.dry_run),
         **({"review": review} if review is not None else {}),
         **({"server_requests": requests} if (requests := source.request_stats()) is not None else {}),
     })
 
 
+def _state_report(state: WrittenState, *, dry_run: bool) -> dict[str, Any]:
+    """The run report's ``writeback_state``; a dry run records nothing: its changes are under ``would_write``."""
+    report = state.report()
+    if not dry_run:
+        return report
+    would = {k: report[k] for k in ("new", "updated", "retracted", "retractions")}
+    return {**report, "new": 0, "updated": 0, "retracted": 0, "retractions": [], "would_write": would}
+
+
 def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path: Path) -> None:
-    """Account for one subject's write to the server: counts, the diff (dry runs and real ones), failures."""
-    summary.server_writes += len(w.written) + len(w.retracted)
+    """Account for one subject's write to the server: counts, the diff (dry runs and real ones), failures. A
+    dry run's writes are counted as what it would write (``would_write``), never as written."""
+    if summary.dry_run:
+        summary.would_write["server_writes"] += len(w.written) + len(w.retracted)
+        counts = {"written": 0, "retracted": 0, "would_write": len(w.written), "would_retract": len(w.retracted)}
+    else:
+        summary.server_writes += len(w.written) + len(w.retracted)
+        counts = {"written": len(w.written), "retracted": len(w.retracted)}
     summary.server_unchanged += w.unchanged
-    summary.writes.append({"subject_id": w.subject_id, "written": len(w.written), "retracted": len(w.retracted),
-                           "unchanged": w.unchanged, **({"error": w.error} if w.error else {})})
+    summary.writes.append({"subject_id": w.subject_id, **counts, "unchanged": w.unchanged,
+                           **({"error": w.error} if w.error else {})})
     if w.diff:
         diff_path.parent.mkdir(parents=True, exist_ok=True)
         diff_path.write_text(w.diff)

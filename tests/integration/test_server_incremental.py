@@ -38,7 +38,14 @@ def test_dry_run_writes_nothing_and_shows_the_diff(loaded: ServerHandle, tmp_pat
     for subject, ids in expected.items():
         for ident in ids:
             assert f"+++ adapter:{ident}" in diffs[subject]
-    assert report(out)["summary"]["server_writes"] == sum(len(v) for v in expected.values())  # would write
+    rep = report(out)
+    # nothing written, nothing recorded; what would be written under its own key
+    assert rep["summary"]["server_writes"] == rep["summary"]["results_written"] == 0
+    assert rep["summary"]["would_write"] == {"server_writes": sum(len(v) for v in expected.values()),
+                                             "results": sum(len(v) for v in expected.values())}
+    assert (rep["writeback_state"]["new"], rep["writeback_state"]["updated"]) == (0, 0)
+    assert rep["writeback_state"]["would_write"]["new"] == sum(len(v) for v in expected.values())
+    assert all(w["written"] == 0 and w["would_write"] > 0 for w in rep["writes"])
     assert not (out / "state" / "last-run.json").exists() and not (out / "state" / "written.json").exists()
 
 
