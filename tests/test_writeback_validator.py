@@ -15,9 +15,13 @@ import pytest
 
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.site_csv import research_study_resource
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
 from fhir_adapter.synth import write_feed
+from fhir_adapter.terminology.codes import SD_ADAPTER_DEVICE, SD_RESEARCH_STUDY
+from fhir_adapter.writeback.ownership import with_owner_tag
+from fhir_adapter.writeback.provenance import adapter_device
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER_DIR = ROOT / "tests" / "fhir_server"
@@ -80,3 +84,31 @@ def test_profiles_carry_up_to_date_snapshots() -> None:
         sd = json.loads(path.read_text())
         assert sd["snapshot"]["element"][0]["id"] == sd["type"], path.name
         assert not any(":" in e["path"] for e in sd["differential"]["element"]), path.name  # slice name in id only
+
+
+def test_every_written_resource_declares_its_profile(demo_out: Path) -> None:
+    """Issue 5.5: every resource written declares its profile in meta.profile — the Device and Provenance
+    that travel with the results included."""
+    for path in sorted((demo_out / "writeback").glob("*.json")):
+        for entry in json.loads(path.read_text())["entry"]:
+            profile = entry["resource"].get("meta", {}).get("profile") or []
+            assert len(profile) == 1 and (PROFILES / f"StructureDefinition-{profile[0].rsplit('/', 1)[1]}.json"
+                                          ).is_file(), (path.name, entry["resource"]["resourceType"])
+
+
+def test_the_adapter_device_and_study_pass_their_profiles(tmp_path: Path, study: Study) -> None:
+    """The Device (every --post) and the ResearchStudy the adapter writes for an EHR without one (roster CSV)
+    claim their profiles and pass them."""
+    resources = [with_owner_tag(adapter_device()), with_owner_tag(research_study_resource(study))]
+    path = tmp_path / "adapter.json"
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": r, "request": {"method": "POST", "url": r["resourceType"]}} for r in resources]}))
+    result = validate([path])
+    assert [r["meta"]["profile"] for r in resources] == [[SD_ADAPTER_DEVICE], [SD_RESEARCH_STUDY]]
+    assert result["checked"] == 1 + len(resources) and result["issues"] == []  # the Bundle, then each profile
+    bad = json.loads(json.dumps(resources[1]))
+    del bad["title"]  # the profile requires it
+    path.write_text(json.dumps({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": bad, "request": {"method": "POST", "url": "ResearchStudy"}}]}))
+    assert any(i["profile"] == SD_RESEARCH_STUDY and "title" in (i["where"] + i["message"]).lower()
+               for i in validate([path])["issues"])

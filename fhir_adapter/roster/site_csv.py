@@ -33,7 +33,7 @@ from fhir_adapter.roster.subject_ids import subject_id, subject_id_system
 from fhir_adapter.source.base import RosterInput
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import DateError, parse_fhir_date
-from fhir_adapter.terminology.codes import SD_RESEARCH_SUBJECT, SID_RESULT
+from fhir_adapter.terminology.codes import SD_RESEARCH_STUDY, SD_RESEARCH_SUBJECT, SID_RESULT
 from fhir_adapter.writeback.identifiers import result_identifier
 
 REQUIRED = ("subject_id", "patient_identifier", "consent_date", "arm", "status")
@@ -126,6 +126,7 @@ def research_study_resource(study: Study) -> dict[str, Any]:
     return {
         "resourceType": "ResearchStudy",
         "id": str(uuid.uuid5(_NS, "ResearchStudy|" + study.info.id)),
+        "meta": {"profile": [SD_RESEARCH_STUDY]},
         "identifier": [{"system": study.info.identifier_system or SID_RESEARCH_STUDY, "value": study.info.id},
                        {"system": SID_RESULT, "value": result_identifier(study.info.id, "study", "study",
                                                                          "research-study")}],

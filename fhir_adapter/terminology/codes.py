@@ -40,6 +40,10 @@ SID_DEVICE = f"{CANONICAL}/sid/device"
 SD_RESULT_OBSERVATION = f"{CANONICAL}/StructureDefinition/result-observation"
 SD_RESEARCH_SUBJECT = f"{CANONICAL}/StructureDefinition/research-subject"
 SD_PROVENANCE = f"{CANONICAL}/StructureDefinition/result-provenance"
+#: the adapter itself as a Device (the agent of its Provenance)
+SD_ADAPTER_DEVICE = f"{CANONICAL}/StructureDefinition/adapter-device"
+#: the ResearchStudy the adapter writes for an EHR that holds none (from study.yaml)
+SD_RESEARCH_STUDY = f"{CANONICAL}/StructureDefinition/research-study"
 #: extension naming the ResearchSubject on a result Observation (besides Observation.focus)
 EXT_RESEARCH_SUBJECT = f"{CANONICAL}/StructureDefinition/research-subject-ref"
 #: extension naming an EHR resource a result was derived from whose type R4 does not allow in

@@ -17,6 +17,7 @@ import orjson
 from fhir_adapter.terminology.codes import (
     CS_WRITE_KEY,
     PROVENANCE_AGENT_TYPE,
+    SD_ADAPTER_DEVICE,
     SD_PROVENANCE,
     SID_DEVICE,
     V3_DATA_OPERATION,
@@ -31,6 +32,7 @@ WRITE_KEY_DIGITS = 32
 def adapter_device() -> dict[str, Any]:
     return {
         "resourceType": "Device",
+        "meta": {"profile": [SD_ADAPTER_DEVICE]},
         "identifier": [{"system": SID_DEVICE, "value": DEVICE_IDENTIFIER}],
         "status": "active",
         "manufacturer": "fhir-adapter project",

@@ -14,8 +14,8 @@ Per subject, one transaction (split by ``max_transaction_entries`` when a server
    ``status = entered-in-error`` — unless that would retract more than ``max_retraction_share`` of the
    subject's results on the server in one run, which needs ``allow_mass_retraction``
    (``--allow-mass-retraction``) and is otherwise reported for the subject before anything is sent.
-3. **Validate**: each resource to write is parsed as FHIR R4; a failure stops that subject's write (with the
-   reason in the report), not the run.
+3. **Validate**: each resource to write is parsed as FHIR R4 — the results and the Device and Provenance that
+   go with them; a failure stops that subject's write (with the reason in the report), not the run.
 4. **Write**: new resources as conditional creates (``POST`` with ``If-None-Exist: identifier=<system>|<value>
    &patient=Patient/<id>``), changed and retracted ones as updates of the server's resource
    (``PUT <Type>/<id>`` with ``If-Match`` on the version the adapter read: a resource changed meanwhile gives
@@ -289,6 +289,10 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
         for i in range(0, len(to_write), size):
             part = to_write[i:i + size]
             entries = transaction_entries(part, sources, now or dt.datetime.now(dt.UTC), e.patient_id, versions)
+            for entry in (entries[0], entries[-1]):  # the Device and the Provenance, validated as the results are
+                if problem := r4_problem(entry["resource"], full=True):
+                    raise ValueError(f"{entry['resource']['resourceType']} of this write is not valid FHIR R4: "
+                                     f"{problem}")
             try:
                 await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
                                          label=e.subject_id)

@@ -145,3 +145,15 @@ def test_the_provenance_is_created_once_per_write_key() -> None:
     update = {**result("a", 10), "id": "x1"}
     v1 = prov([update], dt.datetime(2026, 11, 25, tzinfo=dt.UTC), {"a": "1"})
     assert v1["request"] != prov([update], dt.datetime(2026, 11, 25, tzinfo=dt.UTC), {"a": "2"})["request"]
+
+
+async def test_an_invalid_device_or_provenance_stops_that_subjects_write(httpx_mock: HTTPXMock,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Device and the Provenance are validated before posting, as the results are: nothing is sent."""
+    import fhir_adapter.writeback.sink as sink
+    monkeypatch.setattr(sink, "adapter_device", lambda: {"resourceType": "Device", "version": "not a list"})
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})
+    async with FhirClient("http://ehr.test/fhir") as client:
+        w = await write_subject(client, E, [result("a", 10)], ["Observation/src1"], {"p1"})
+    assert w.error is not None and "Device of this write is not valid FHIR R4" in w.error and "version" in w.error
+    assert w.written == [] and httpx_mock.get_requests(method="POST") == []
