@@ -136,6 +136,20 @@ def test_administration_is_one_record_with_the_dose_given(study: Study) -> None:
     assert c.start_date == c.end_date == dt.date(2024, 1, 12)
 
 
+@pytest.mark.parametrize("unit", ["mcg", "µg", "μg"])
+def test_a_dose_unit_spelt_as_ehrs_do_is_read_as_its_ucum_code(study: Study, unit: str) -> None:
+    """The unit synonyms of the Observations (mappings/units/synonyms.yaml) hold for doses: 5000 mcg is 5 mg."""
+    dose = {"value": 5000, "unit": unit}
+    (c,), log = run(study, [statement("s1", PRED, [dosage({"doseQuantity": dose}, timing=daily())])])
+    assert (c.dose, c.dose_unit, c.daily_dose_mg) == (5.0, "mg", 5.0) and not log.quarantine
+    assert log.counts[f"units.synonym.{unit}->ug"] == 1
+    r = {"resourceType": "MedicationAdministration", "id": "a1", "status": "completed",
+         "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": cc("6902", "methylprednisolone"),
+         "effectiveDateTime": "2024-01-12T08:00:00Z", "dosage": {"route": IV, "dose": dose}}
+    (a,), _ = run(study, [r])
+    assert (a.dose, a.dose_unit, a.daily_dose_mg) == (5.0, "mg", 5.0)
+
+
 def test_administration_by_rate_over_its_period(study: Study) -> None:
     r = {"resourceType": "MedicationAdministration", "id": "a2", "status": "completed",
          "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": cc("612865", "tocilizumab"),
