@@ -85,12 +85,18 @@ def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
         if other:
             named = "; ".join(f"ResearchStudy/{s.get('id')} (system {i.get('system') or 'none'}, value {info.id})"
                               for s, i in other)
+            system = other[0][1].get("system")
+            fix = (f"If that is the hospital's system for this study, set study_identifier_system: {system} in the "
+                   "site overlay (--site mappings/sites/<site>.yaml), or study.identifier_system in "
+                   "mappings/<study>/study.yaml") if system else (
+                   "Its identifier has no system, so nothing tells it from another study with the same value: ask "
+                   "the hospital to send the system in ResearchStudy.identifier (then set study_identifier_system "
+                   "to it in the site overlay), or, knowingly, remove study.identifier_system from "
+                   "mappings/<study>/study.yaml to match on the value alone (a warning on every run)")
             raise RosterError(
                 f"no ResearchStudy with identifier {info.identifier_system}|{info.id} in the source: {named} "
                 f"carries the study's value under another system, so it is not taken for this study and none of "
-                f"its subjects is enrolled. If that is the hospital's system for this study, set "
-                f"study_identifier_system: {other[0][1].get('system') or '<system>'} in the site overlay "
-                "(--site mappings/sites/<site>.yaml), or study.identifier_system in mappings/<study>/study.yaml")
+                f"its subjects is enrolled. {fix}")
     if not matches:
         found = sorted({i.get("value", "?") for s in data.studies for i in s.get("identifier") or []})
         raise RosterError(

@@ -136,6 +136,23 @@ def test_a_study_with_the_value_under_another_system_is_not_ours(tmp_path: Path,
         "summary"]["subjects"] == 1, res.output
 
 
+def test_a_study_identifier_without_a_system_is_not_ours_and_the_error_says_how_to_proceed(
+        tmp_path: Path, study: Study) -> None:
+    """No system at all: no overlay system can take it; the error says to get the system sent, or to match on
+    the value alone knowingly (study.yaml without identifier_system)."""
+    f = Feed()
+    del f.resources["ResearchStudy"][0]["identifier"][0]["system"]
+    f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    log = RunLog()
+    with pytest.raises(RosterError) as err:
+        build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+    message = str(err.value)
+    assert "(system none, value LCAR-AIO-SLE)" in message and "study_identifier_system: None" not in message
+    assert "send the system in ResearchStudy.identifier" in message and "remove study.identifier_system" in message
+    roster = build_roster(FileSource(f.write(tmp_path / "feed2"), log).roster(), _value_only(study), log)
+    assert {e.subject_id for e in roster.enrolled.values()} == {"103-001"}
+
+
 def test_study_identifier_system_when_configured(tmp_path: Path, study: Study) -> None:
     f = Feed()
     _two_studies(f, "https://other-sponsor.example/studies")
