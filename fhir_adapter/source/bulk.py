@@ -136,6 +136,9 @@ class BulkSource:
             files = FileSource(self.folder, self.log)
             yield from files.subject_resources(patient_ids)
         else:
+            if self.job is not None and (self.job.manifest or {}).get("error"):
+                # what the server could not export since the last run is reported as on a full export
+                FileSource(self.folder, self.log).export_errors()
             unchanged = patient_ids - self._patients_in_export()
             if self.reusable is not None:  # no CRF from the last run (e.g. enrolled since): read in full
                 unchanged &= self.reusable

@@ -348,7 +348,7 @@ class FileSource:
         roster CSV's identifiers) name; Patients in files of mixed types (Bundles) are all kept."""
         roster = RosterInput(base=export_base(self._files().manifest))
         first_seen: dict[str, tuple[bytes, str]] = {}  # Patient id -> (its content, file:line)
-        self._export_errors()
+        self.export_errors()
         files = [f for f in self._files().data if f.rtype is None or f.rtype in ROSTER_TYPES]
         patient_files = [f for f in files if f.rtype == "Patient"]
         named: set[str] = set()
@@ -405,7 +405,7 @@ class FileSource:
                     raw.strip() if raw is not None else orjson.dumps(res)
         return found
 
-    def _export_errors(self) -> None:
+    def export_errors(self) -> None:
         """The export's OperationOutcome files (a manifest's ``error[]``): each one quarantined with its issues,
         so the run reports what the server could not export."""
         layout = self._files()

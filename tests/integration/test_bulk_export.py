@@ -126,6 +126,18 @@ def test_error_files_are_reported_and_the_run_is_not_ok(setup: Setup) -> None:
     _same_as_rest(setup, out)
 
 
+def test_error_files_of_an_export_since_the_last_run_are_reported_too(setup: Setup) -> None:
+    setup.bulk()
+    out = setup.tmp / "since-errors"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    setup.bulk(error_text="Observation: export failed for 1 resource")
+    result = CliRunner().invoke(main, ["-q", "run", "--source", setup.server.base_url, "--out", str(out), "--bulk",
+                                       "--since", "last", "--config", str(setup.config)])
+    assert result.exit_code == 2, result.output
+    errors = [q for q in report(out)["quarantine"] if q["rule"] == "export-error"]
+    assert len(errors) == 1 and "export failed for 1 resource" in errors[0]["reason"]
+
+
 def test_a_hostile_manifest_type_is_not_downloaded_and_is_reported(setup: Setup) -> None:
     """Issue 11: a manifest entry's type never becomes a file name. A NUL, 400 characters, a path out of OUT and a
     misspelt type are quarantined, a type the export did not ask for is a warning; none is downloaded, nothing
