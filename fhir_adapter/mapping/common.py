@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import DateError, FhirDate, parse_fhir_date
 from fhir_adapter.terminology.codes import UCUM
 
@@ -128,6 +130,18 @@ def quantity_unit(q: dict[str, Any]) -> str | None:
     if q.get("unit"):
         return str(q["unit"])
     return str(q["code"]) if q.get("code") else None
+
+
+def ucum_unit(study: Study, sent: str | None, log: RunLog) -> str | None:
+    """The UCUM code of a unit as the EHR spelt it (a result's, a dose's): its synonym's (``µmol/L`` →
+    ``umol/L``, :meth:`Study.ucum_unit`), counted per spelling (``units.synonym.<spelling>-><code>``) so a site
+    sees what its EHR sends; else the unit itself."""
+    if sent is None:
+        return None
+    ucum = study.ucum_unit(sent)
+    if ucum != sent:
+        log.count(f"units.synonym.{sent}->{ucum}")
+    return ucum
 
 
 def check_code_refs(refs: Iterable[str], code_systems: dict[str, str]) -> None:

@@ -34,7 +34,15 @@ from typing import Any
 from fhir_adapter.crf.models import Finding, SourceRef
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.cdisc_details import finding_details, specimen_details, specimen_id
-from fhir_adapter.mapping.common import Unusable, codings, decimal_text, indexed, latest, quantity_unit
+from fhir_adapter.mapping.common import (
+    Unusable,
+    codings,
+    decimal_text,
+    indexed,
+    latest,
+    quantity_unit,
+    ucum_unit,
+)
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import Item
 from fhir_adapter.study.timeline import DateError, parse_fhir_date
@@ -179,16 +187,6 @@ class ObservationMapper:
         return found
 
     # -- values ------------------------------------------------------------------------------------
-    def _ucum(self, sent: str | None) -> str | None:
-        """The UCUM code of a unit as sent (its synonym's, counted per spelling so a site sees what its EHR
-        sends), else the unit itself."""
-        if sent is None:
-            return None
-        ucum = self.study.ucum_unit(sent)
-        if ucum != sent:
-            self.log.count(f"units.synonym.{sent}->{ucum}")
-        return ucum
-
     def _convert(self, value: float, unit: str | None, item: Item, item_id: str, sent: str | None = None) -> float:
         """``value`` in ``unit`` (a UCUM code: synonyms resolved; ``sent`` is the spelling the EHR used) in the
         item's CRF unit."""
@@ -218,7 +216,7 @@ class ObservationMapper:
                 raise Unusable("no-value", f"{item_id}: valueQuantity without value", "send the numeric value")
             raw = float(q["value"])
             sent = quantity_unit(q)
-            unit = self._ucum(sent)
+            unit = ucum_unit(self.study, sent, self.log)
             comparator = q.get("comparator")
             if comparator not in (None, "<", "<=", ">", ">="):
                 raise Unusable("bad-comparator", f"{item_id}: comparator '{comparator}' is not an R4 code",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from fhir_adapter.crf.models import ConMed, SourceRef
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.cdisc_details import medication_details
-from fhir_adapter.mapping.common import Unusable, latest, quantity_unit
+from fhir_adapter.mapping.common import Unusable, latest, quantity_unit, ucum_unit
 from fhir_adapter.mapping.medications.dates import MedicationDates, Step
 from fhir_adapter.mapping.medications.dose import Problem, dose_mg, line_dose, rate_daily
 from fhir_adapter.mapping.medications.identify import DrugIdentifier, IdentifiedDrug
@@ -41,17 +41,10 @@ class MedicationMapper:
         self.dates = MedicationDates(self.s, study.info.timezone)
         self.routes = RouteReader(self.s)
         self._tablets = set(self.s.tablet_units)
-        self._ucum_unit = study.ucum_unit
+        self.study = study
 
-    def _unit(self, sent: str | None) -> str | None:
-        """A dose unit as the EHR spelt it, as its UCUM code (``mcg`` → ``ug``: the unit synonyms the
-        Observations use, counted per spelling), else itself."""
-        if sent is None:
-            return None
-        ucum = self._ucum_unit(sent)
-        if ucum != sent:
-            self.log.count(f"units.synonym.{sent}->{ucum}")
-        return ucum
+    def _dose_unit(self, sent: str | None) -> str | None:
+        return ucum_unit(self.study, sent, self.log)  # mcg -> ug: the unit synonyms the results use
 
     def map(self, resources: list[dict[str, Any]], subject_id: str) -> list[ConMed]:
         out: list[ConMed] = []
@@ -113,7 +106,7 @@ class MedicationMapper:
         timing = line.get("timing") or {}
         route = self.routes.route(line.get("route")) or drug.code_route
         dose, unit, is_rate = line_dose(line, self.s.range_choice)
-        unit = self._unit(unit)
+        unit = self._dose_unit(unit)
         per_day = frequency_per_day(timing, self.s)
         if per_day is None and self.s.default_frequency_per_day and dose is not None and not timing:
             per_day = self.s.default_frequency_per_day
@@ -159,13 +152,13 @@ class MedicationMapper:
         daily: float | None = None
         problem: Problem | None = None
         if isinstance(dosage.get("dose"), dict) and dosage["dose"].get("value") is not None:
-            dose, unit = float(dosage["dose"]["value"]), self._unit(quantity_unit(dosage["dose"]))
+            dose, unit = float(dosage["dose"]["value"]), self._dose_unit(quantity_unit(dosage["dose"]))
             daily, problem = dose_mg(dose, unit, drug.strength_mg, self._tablets)
             if daily is not None:
                 dose, unit = daily, "mg"
         elif any(k in dosage for k in ("rateQuantity", "rateRatio")):
             dose, unit, _ = line_dose({"doseAndRate": [dosage]}, self.s.range_choice)
-            unit = self._unit(unit)
+            unit = self._dose_unit(unit)
             daily, problem = self._administered_by_rate(r, dose, unit)
         else:
             problem = ("the administration has no dosage.dose", "send dosage.dose with a mass unit (mg)")
