@@ -96,11 +96,12 @@ def test_report_command_and_its_errors(tmp_path: Path) -> None:
         "`fhir-adapter run --out OUT`"]
 
 
-def test_stack_trace_only_with_vv(tmp_path: Path) -> None:
+def test_stack_trace_only_with_v(tmp_path: Path) -> None:
     quiet = _runner().invoke(main, ["report", "--results", str(tmp_path / "missing")])
-    loud = _runner().invoke(main, ["-vv", "report", "--results", str(tmp_path / "missing")])
     assert "Traceback" not in quiet.stderr
-    assert "Traceback" in loud.stderr and loud.exit_code == 1
+    for flag in ("-v", "-vv"):  # issue 6: "nothing prints a stack trace unless -v"
+        loud = _runner().invoke(main, [flag, "report", "--results", str(tmp_path / "missing")])
+        assert "Traceback" in loud.stderr and loud.exit_code == 1, flag
 
 
 def test_internal_errors_are_one_line_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -112,7 +113,7 @@ def test_internal_errors_are_one_line_too(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(rep, "build_report", boom)
     res = _runner().invoke(main, ["report", "--results", str(tmp_path)])
     assert res.exit_code == 1
-    assert res.stderr.startswith("error: internal error (KeyError") and "-vv" in res.stderr
+    assert res.stderr.startswith("error: internal error (KeyError") and "run again with -v " in res.stderr
     assert "Traceback" not in res.stderr
 
 

@@ -2,7 +2,7 @@
 
 Exit codes: fhir_adapter/job/exit_codes.py (0 ok, 1 failed, 2 completed with warnings, 3 server unavailable,
 4 authentication failed, 64 usage error).
-Errors print one line (``error: ...``); the stack trace only with ``-vv`` (fhir_adapter/cli/console.py).
+Errors print one line (``error: ...``); the stack trace only with ``-v`` (fhir_adapter/cli/console.py).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ EXIT_CODES = exit_codes.help_table()
 @click.group(cls=AdapterGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, prog_name="fhir-adapter")
 @click.option("-v", "--verbose", count=True,
-              help="More detail: -v info, -vv debug with stack traces on errors.")
+              help="More detail: -v info and stack traces on errors, -vv debug.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, no summary.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="Logs on stderr as text, or as one JSON object per line (for log collectors).")

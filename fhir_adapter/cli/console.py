@@ -8,7 +8,8 @@ summary table, and one-line errors.
   export's X-Progress beside it); elsewhere (CI, a pipe, a log file) plain progress log records about every
   tenth of the subjects, and one per change of a Bulk export's X-Progress. ``-q`` hides both.
 * Errors: a failure prints ``error: <what happened and what to do>`` on one line and exits 1. The stack trace
-  is printed only with ``-vv`` (the debug level), where it helps whoever reads the code.
+  is printed only with ``-v`` or more (issue 6: "nothing prints a stack trace unless -v"), where it helps
+  whoever reads the code.
 """
 
 from __future__ import annotations
@@ -205,14 +206,14 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def report_error(exc: BaseException, verbose: int) -> None:
-    """Print a failure for a person: one line, the stack trace only with ``-vv``."""
-    if verbose >= 2:
+    """Print a failure for a person: one line, the stack trace only with ``-v`` (or ``-vv``)."""
+    if verbose >= 1:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, user_error_types()):
         message = str(exc) or type(exc).__name__
     else:
         message = (f"internal error ({type(exc).__name__}: {exc}); this is a bug in fhir-adapter — "
-                   "run again with -vv for the stack trace and report it")
+                   "run again with -v for the stack trace and report it")
     click.secho(f"error: {message}", fg="red", err=True)
 
 
