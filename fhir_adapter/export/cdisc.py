@@ -341,16 +341,26 @@ def _exposure_span(ex: list[Exposure]) -> tuple[str, str]:
 
 #: DM.ACTARMCD/ACTARM of an enrolled subject who received no study treatment (SDTMIG 3.2 convention)
 NOT_TREATED = ("NOTTRT", "Not Treated")
+#: DM.ARMCD/ARM (and ACTARMCD/ACTARM) of a subject the EHR assigns no arm (SDTMIG 3.2 convention)
+NOT_ASSIGNED = ("NOTASSGN", "Not Assigned")
+
+
+def _planned_arm(crf: SubjectCRF) -> tuple[str, str]:
+    """ARMCD and ARM: ResearchSubject.assignedArm (or the CRF's arm), ``NOTASSGN`` / ``Not Assigned`` without one."""
+    arm = crf.dm.arm or crf.arm
+    return (arm, arm) if arm else NOT_ASSIGNED
 
 
 def _actual_arm(crf: SubjectCRF) -> tuple[str, str]:
     """ACTARMCD and ACTARM: ResearchSubject.actualArm when the EHR gives it; else the planned arm once the
     subject has had the infusion (Day 1), NOTTRT / Not Treated without any EX record; empty when only
-    lymphodepletion was given (the arm was only partly received: the sponsor decides)."""
+    lymphodepletion was given (the arm was only partly received: the sponsor decides). A subject with no
+    assigned arm and no EX record is ``NOTASSGN`` here too (SDTMIG 3.2); one treated without an assigned arm is
+    empty (the sponsor decides)."""
     if crf.dm.actual_arm:
         return crf.dm.actual_arm, crf.dm.actual_arm
     if not crf.ex:
-        return NOT_TREATED
+        return NOT_TREATED if (crf.dm.arm or crf.arm) else NOT_ASSIGNED
     if crf.day1 is not None and any(x.kind == "infusion" for x in crf.ex):
         arm = crf.dm.arm or crf.arm or ""
         return arm, arm
@@ -464,13 +474,13 @@ class RowBuilder:
     def dm(self, crf: SubjectCRF) -> dict[str, Any]:
         dm = crf.dm
         actual_cd, actual = _actual_arm(crf)
+        arm_cd, arm = _planned_arm(crf)
         first, last = _exposure_span(crf.ex)
         return {
             **self._ids(crf, "DM"), "INVNAM": dm.investigator_name or "", "AGE": "" if dm.age is None else str(dm.age),
             "AGEU": "YEARS" if dm.age is not None else "", "SEX": dm.sex,
             "RACE": self.ct.term("RACE", dm.race, "RACE"), "ETHNIC": self.ct.term("ETHNIC", dm.ethnicity, "ETHNIC"),
-            "ARMCD": dm.arm or crf.arm or "",
-            "ARM": dm.arm or crf.arm or "", "ACTARMCD": actual_cd, "ACTARM": actual, "COUNTRY": dm.country or "",
+            "ARMCD": arm_cd, "ARM": arm, "ACTARMCD": actual_cd, "ACTARM": actual, "COUNTRY": dm.country or "",
             "RFSTDTC": _date(crf.day1), "RFENDTC": _date(dm.end_of_participation), "RFXSTDTC": first,
             "RFXENDTC": last, "RFICDTC": _date(dm.consent_date), "RFPENDTC": _date(dm.end_of_participation),
             "DTHDTC": _date(dm.death_date), "DTHFL": "Y" if dm.deceased else "",

@@ -92,7 +92,8 @@ def render(variables: list[Variable]) -> str:
         "the latest EXENDTC of the subject's EX rows (SDTMIG: any protocol-specified treatment, so lymphodepletion "
         "starts it); RFENDTC = RFPENDTC = ResearchSubject.period.end (the end of participation), empty while the "
         "subject is on study — the end of the last visit window is a plan, not a date the subject ended.",
-        "* **DM arms**: ARMCD/ARM = ResearchSubject.assignedArm; ACTARMCD/ACTARM = ResearchSubject.actualArm, else "
+        "* **DM arms**: ARMCD/ARM = ResearchSubject.assignedArm, `NOTASSGN` / `Not Assigned` without one (and "
+        "ACTARMCD/ACTARM too when there is no EX record); ACTARMCD/ACTARM = ResearchSubject.actualArm, else "
         "the assigned arm once the subject is infused (Day 1), `NOTTRT` / `Not Treated` for an enrolled subject "
         "with no EX record (SDTMIG 3.2 convention; 3.3+ leaves them null with ARMNRS, which is not exported), and "
         "empty after lymphodepletion without the infusion (the arm was only partly received: the sponsor decides).",

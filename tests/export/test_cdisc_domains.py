@@ -293,6 +293,18 @@ def test_dm_arms_reference_dates_and_country(out: Path) -> None:
     assert (p2["RFENDTC"], p2["RFPENDTC"]) == ("2024-03-31", "2024-03-31"), "ResearchSubject.period.end"
 
 
+def test_dm_arms_of_a_subject_with_no_assigned_arm(out: Path) -> None:
+    """SDTMIG 3.2: a subject assigned no arm is NOTASSGN / Not Assigned in ARMCD/ARM, and in ACTARMCD/ACTARM
+    while untreated (not NOTTRT, which says an arm was assigned)."""
+    from fhir_adapter.crf.models import SubjectCRF
+    from fhir_adapter.export.cdisc import _actual_arm, _planned_arm
+
+    crf = SubjectCRF.model_validate_json((out / "crf" / "101-003.json").read_bytes())
+    assert (_planned_arm(crf), _actual_arm(crf)) == (("DL2", "DL2"), ("NOTTRT", "Not Treated"))
+    none = crf.model_copy(update={"arm": None, "dm": crf.dm.model_copy(update={"arm": None})})
+    assert (_planned_arm(none), _actual_arm(none)) == (("NOTASSGN", "Not Assigned"), ("NOTASSGN", "Not Assigned"))
+
+
 def test_not_done_and_specimen_columns(out: Path) -> None:
     lb = [r for r in _rows(out, "LB") if r["SUBJID"] == "101-001"]
     (nd,) = [r for r in lb if r["LBSTAT"]]
