@@ -298,6 +298,9 @@ def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:
     assert {r["PROCCUR"] for r in _csv(out, "PR")} == {"Y", "N"}
     lb = _csv(out, "LB")
     assert {r["LBDUR"] for r in lb if r["LBDUR"]} == {"PT24H"}, "the 24-hour urine collection"
+    timed = [r for r in lb if r["LBENDTC"]]
+    assert timed and all(r["LBENDY"] not in ("", "0") and 0 <= int(r["LBENDY"]) - int(r["LBDY"]) <= 2
+                         for r in timed), "LBENDY: the study day of the collection's end (no day 0)"
     assert {r["LBTESTCD"] for r in lb if r["LBTOXGR"]} <= {"NEUT", "PLAT"} and all(
         r["LBTOX"] == "NCI CTCAE v5.0" and r["LBNRIND"] == "LOW" for r in lb if r["LBTOXGR"]), "cytopenia grades"
     assert all(r["LBSTAT"] == "NOT DONE" for r in lb if r["LBSPCUFL"] == "N")

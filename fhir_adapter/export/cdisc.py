@@ -117,7 +117,7 @@ def _findings_columns(p: str) -> tuple[str, ...]:
             f"{p}STRESC", f"{p}STRESN", f"{p}STRESU", f"{p}ORNRLO", f"{p}ORNRHI", f"{p}STNRLO", f"{p}STNRHI",
             f"{p}NRIND", f"{p}STAT", f"{p}REASND", *extra, f"{p}LLOQ", f"{p}BLFL", "VISITNUM", "VISIT", "VISITDY",
             "EPOCH", f"{p}TPT", f"{p}TPTREF", f"{p}ELTM", f"{p}DTC", *((f"{p}ENDTC", f"{p}DUR") if p == "LB" else ()),
-            f"{p}DY", f"{p}ORUCUM", f"{p}STUCUM",
+            f"{p}DY", *((f"{p}ENDY",) if p == "LB" else ()), f"{p}ORUCUM", f"{p}STUCUM",
             "SRCSTAT", "SRCREF", "REVSTAT")
 
 
@@ -205,6 +205,7 @@ class _FindingColumns:
     NAM: int
     STNRC: int
     ENDTC: int
+    ENDY: int
     DUR: int
     TOXGR: int
     TOX: int
@@ -675,6 +676,7 @@ class RowBuilder:
             row[k.ANTREG] = (f.specimen_site or "").upper()
             row[k.SPCUFL] = "N" if f.specimen_unusable else ""
             row[k.ENDTC] = f.collected_end.isoformat() if f.collected_end else ""
+            row[k.ENDY] = self._dy(crf, f.collected_end.date()) if f.collected_end else ""
             row[k.DUR] = _duration(f.collected, f.collected_end)
         if k.has_specimen:
             row[k.SPEC] = (f.specimen or "").upper()
