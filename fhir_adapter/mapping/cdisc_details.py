@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.crf.models import ConMed, NotDone
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.mapping.common import codings, first_code, first_text, identifier_value, latest, system_code
+from fhir_adapter.mapping.common import (
+    codings,
+    first_code,
+    first_text,
+    identifier_value,
+    latest,
+    normal_range,
+    system_code,
+)
 from fhir_adapter.mapping.history import source_ref
 from fhir_adapter.mapping.medication_codes import medication_concept, medication_resource
 from fhir_adapter.mapping.references import referenced_identifier, site_qualifiers
@@ -63,12 +71,12 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimen: dict[st
                            if isinstance(p, dict) and p.get("display")
                            and str(p.get("reference", "")).startswith("Organization/")), None),
     }
-    for rr in part.get("referenceRange") or []:
+    ranges = part.get("referenceRange") or []
+    if (rr := normal_range(ranges)) is not None:  # the same range the CRF's ref_low/ref_high come from
         low, high = rr.get("low") or {}, rr.get("high") or {}
         details["orig_ref_low"] = float(low["value"]) if low.get("value") is not None else None
         details["orig_ref_high"] = float(high["value"]) if high.get("value") is not None else None
-        details["ref_text"] = rr.get("text")
-        break
+    details["ref_text"] = next((rr["text"] for rr in ranges if isinstance(rr, dict) and rr.get("text")), None)
     if specimen is not None:
         position = details["position"]
         details |= specimen

@@ -108,6 +108,25 @@ def texts(cc: Any) -> list[str]:
     return out
 
 
+#: referenceRange.type codes that make a range the normal range (R4 referencerange-meaning; no type = normal)
+_NORMAL_RANGE = frozenset({"normal"})
+
+
+def normal_range(ranges: Any) -> dict[str, Any] | None:
+    """The Observation's normal range: the first ``referenceRange`` with a numeric ``low`` or ``high`` whose
+    ``type`` is absent (R4: "normal" is the default meaning) or ``normal``. A text-only entry, or one for
+    another meaning (``recommended``, ``treatment``, ``therapeutic``…), does not hide a numeric normal range after
+    it; None when there is none."""
+    for rr in ranges if isinstance(ranges, list) else []:
+        if not isinstance(rr, dict):
+            continue
+        numeric = any(isinstance(rr.get(k), dict) and rr[k].get("value") is not None for k in ("low", "high"))
+        meaning = {c for _, c in codings(rr.get("type"))}
+        if numeric and (not meaning or meaning & _NORMAL_RANGE):
+            return rr
+    return None
+
+
 def decimal_text(value: Any) -> str:
     """A FHIR decimal as text, the same whichever JSON parser or server carried it.
 

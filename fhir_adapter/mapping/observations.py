@@ -40,6 +40,7 @@ from fhir_adapter.mapping.common import (
     decimal_text,
     indexed,
     latest,
+    normal_range,
     quantity_unit,
     ucum_unit,
 )
@@ -243,12 +244,11 @@ class ObservationMapper:
             raise Unusable("out-of-bounds", f"{item_id}: {value} {item.unit} is outside the physiological bounds "
                            f"{list(item.bounds)}", "check the unit and the value in the EHR")
         low = high = None
-        for rr in part.get("referenceRange") or []:
+        if (rr := normal_range(part.get("referenceRange"))) is not None:
             if isinstance(rr.get("low"), dict) and rr["low"].get("value") is not None:
                 low = self._range_value(rr["low"], unit, item, item_id)
             if isinstance(rr.get("high"), dict) and rr["high"].get("value") is not None:
                 high = self._range_value(rr["high"], unit, item, item_id)
-            break
         return {"value": value, "comparator": comparator, "unit": item.unit, "orig_value": orig,
                 "orig_unit": sent, "ref_low": low, "ref_high": high}
 

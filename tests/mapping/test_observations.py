@@ -69,6 +69,25 @@ def test_reference_range_converted_with_the_value(study: Study) -> None:
     assert (f.value, f.ref_low, f.ref_high) == (0.8, 0.9, 1.8)
 
 
+RR_MEANING = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
+
+
+@pytest.mark.parametrize(("ranges", "expected"), [
+    ([{"text": "see the laboratory's manual"}, {"low": {"value": 1.1, "unit": "g/L"}, "high": {"value": 1.8}}],
+     (1.1, 1.8)),
+    ([{"type": {"coding": [{"system": RR_MEANING, "code": "therapeutic"}]}, "low": {"value": 2.0, "unit": "g/L"}},
+      {"type": {"coding": [{"system": RR_MEANING, "code": "normal"}]}, "low": {"value": 1.1, "unit": "g/L"}}],
+     (1.1, None)),
+    ([{"text": "no numbers"}], (None, None)),
+])
+def test_the_normal_range_is_read_whatever_entry_comes_first(study: Study, ranges: list[dict[str, Any]],
+                                                            expected: tuple[float | None, float | None]) -> None:
+    """decisions.md judges low complement against the result's own range low: a text-only entry or a range of
+    another meaning placed first must not hide the normal range (C3 1.0 g/L is low against 1.1)."""
+    (f,), _ = mapped(study, [obs("o1", "4485-9", 1.0, "g/L", referenceRange=ranges)])
+    assert (f.ref_low, f.ref_high) == expected
+
+
 def test_unknown_unit_is_quarantined_with_the_fix(study: Study) -> None:
     fs, log = mapped(study, [obs("o1", "4485-9", 95, "mmol/L"), obs("o2", "777-3", 150, "10*9/L")])
     assert [f.item for f in fs] == ["platelets"]
