@@ -30,7 +30,7 @@ def test_a_factor_the_study_defines_cannot_change_quietly(tmp_path: Path) -> Non
     site = _overlay(tmp_path, '  upcr:\n    factors: {"mg/mmol": 0.0088}\n')
     with pytest.raises(MappingError, match="override_factors") as err:
         load_study(STUDY, site)
-    assert f"{site}:4" in str(err.value) and "0.00884017" in str(err.value)
+    assert f"{site}:4" in str(err.value) and str(1 / 113.12) in str(err.value)
     res = CliRunner().invoke(main, ["check", "--site", str(site)])
     assert res.exit_code == 1 and "mapping ok" not in res.stdout
 
@@ -46,9 +46,9 @@ def test_an_explicit_override_is_applied_and_reported(tmp_path: Path) -> None:
     st = load_study(STUDY, site)
     assert st.items["upcr"].factors["mg/mmol"] == 0.0088
     (o,) = st.overrides
-    assert o["item"] == "upcr" and o["study_factor"] == 0.00884017 and o["site_factor"] == 0.0088
+    assert o["item"] == "upcr" and o["study_factor"] == 1 / 113.12 and o["site_factor"] == 0.0088
     res = CliRunner().invoke(main, ["check", "--site", str(site)])
-    assert res.exit_code == 0 and "override item upcr: factor for mg/mmol 0.00884017 (study) -> 0.0088" in res.stdout
+    assert res.exit_code == 0 and f"override item upcr: factor for mg/mmol {1 / 113.12} (study) -> 0.0088" in res.stdout
     with pytest.raises(MappingError, match="defines no factor"):
         load_study(STUDY, _overlay(tmp_path, '  upcr:\n    override_factors: {"ug/mmol": 1.0}\n'))
 
@@ -99,7 +99,9 @@ def _upcr(value: float, unit: str) -> dict[str, object]:
 def test_converted_values_keep_their_precision() -> None:
     st = load_study(STUDY)
     (f,) = ObservationMapper(st, RunLog()).map([_upcr(10.2, "mg/mmol")], "S")
-    assert f.value == 0.090169734  # 10.2 x 0.00884017, not the 0.09 a CRF's two decimals would show
+    assert f.value == 0.0901697312588  # 10.2 / 113.12, not the 0.09 a CRF's two decimals would show
+    (t,) = ObservationMapper(st, RunLog()).map([_upcr(56.56, "mg/mmol")], "S")
+    assert t.value == 0.5, "÷ 113.12 exactly (decisions.md): a rounded 0.00884017 gives 0.5000000152 > 0.5"
     (g,) = ObservationMapper(st, RunLog()).map([_upcr(0.123456, "mg/mg")], "S")
     assert g.value == 0.123456  # a value in the CRF unit is kept as sent
     (h,) = ObservationMapper(st, RunLog()).map([_upcr(504, "mg/g")], "S")

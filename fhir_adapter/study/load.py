@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,7 +177,7 @@ def _factor_overrides(doc: YamlDoc, item_id: str, base: Item, add: SiteItem) -> 
     (and is reported), so a study's conversion is never changed by a line that looks like an addition."""
     loc: tuple[str | int, ...] = ("items", item_id)
     for u, f in add.factors.items():
-        if u in base.factors and base.factors[u] != f:
+        if u in base.factors and not math.isclose(base.factors[u], f, rel_tol=1e-6):  # the same, to 6 digits
             raise doc.error((*loc, "factors", u),
                             f"item {item_id}: the study defines the factor for '{u}' ({base.factors[u]}); "
                             f"`factors` only adds units",

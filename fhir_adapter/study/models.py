@@ -5,10 +5,26 @@ Every model forbids unknown keys, so a typo in a mapping file is an error with i
 
 from __future__ import annotations
 
+import re
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+_RATIO = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*/\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*$")
+
+
+def _ratio(value: Any) -> Any:
+    """A conversion factor given as a ratio, ``"1/113.12"`` (mg/mmol → mg/mg: ÷ the molar mass of creatinine),
+    is that quotient: written as the rule says, not rounded to a few digits (× 0.00884017 puts 56.56 mg/mmol at
+    0.5000000152, above a strict 0.5 threshold; ÷ 113.12 gives 0.5)."""
+    if isinstance(value, str) and (m := _RATIO.match(value)):
+        return float(m.group(1)) / float(m.group(2))
+    return value
+
+
+#: a unit's conversion factor into the CRF unit: a number, or a ratio written ``"a/b"``
+Factor = Annotated[float, BeforeValidator(_ratio)]
 
 
 class Strict(BaseModel):
@@ -152,8 +168,9 @@ class Item(Strict):
     value: ValueType = "quantity"
     unit: str | None = Field(None, description="UCUM unit the CRF stores the item in")
     accept_units: tuple[str, ...] = Field(default=(), description="other UCUM units converted by UCUM rules")
-    factors: dict[str, float] = Field(
-        default_factory=dict, description="unit -> factor into `unit` for analyte-specific conversions"
+    factors: dict[str, Factor] = Field(
+        default_factory=dict, description="unit -> factor into `unit` for analyte-specific conversions (a number, "
+        "or a ratio such as \"1/113.12\")"
     )
     select: SelectRule = "closest"
     bounds: tuple[float, float] | None = Field(None, description="physiological bounds in `unit`")
@@ -238,8 +255,8 @@ class SiteOverlay(Strict):
 class SiteItem(Strict):
     codes: tuple[str, ...] = ()
     accept_units: tuple[str, ...] = ()
-    factors: dict[str, float] = Field(default_factory=dict, description="factors for units the study has none for")
-    override_factors: dict[str, float] = Field(
+    factors: dict[str, Factor] = Field(default_factory=dict, description="factors for units the study has none for")
+    override_factors: dict[str, Factor] = Field(
         default_factory=dict,
         description="a different factor for a unit the study defines one for; reported by check and the run report")
 
