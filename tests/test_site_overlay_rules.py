@@ -96,24 +96,34 @@ def _upcr(value: float, unit: str) -> dict[str, object]:
             "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
 
 
-def test_converted_values_keep_their_precision() -> None:
+def test_converted_values_are_rounded_to_the_declared_precision() -> None:
+    """Issue 16: UPCR converted from mg/mmol is stored at the item's precision (0.09, not 0.090169734); the
+    shipped precision is fine enough that no rounding crosses a strict threshold (504 mg/g stays 0.504 > 0.5)."""
     st = load_study(STUDY)
     (f,) = ObservationMapper(st, RunLog()).map([_upcr(10.2, "mg/mmol")], "S")
-    assert f.value == 0.0901697312588  # 10.2 / 113.12, not the 0.09 a CRF's two decimals would show
-    (t,) = ObservationMapper(st, RunLog()).map([_upcr(56.56, "mg/mmol")], "S")
-    assert t.value == 0.5, "÷ 113.12 exactly (decisions.md): a rounded 0.00884017 gives 0.5000000152 > 0.5"
+    assert f.value == 0.09  # 10.2 / 113.12 = 0.0901697…, at upcr's decimals: 3
     (g,) = ObservationMapper(st, RunLog()).map([_upcr(0.123456, "mg/mg")], "S")
     assert g.value == 0.123456  # a value in the CRF unit is kept as sent
     (h,) = ObservationMapper(st, RunLog()).map([_upcr(504, "mg/g")], "S")
-    assert h.value == 0.504  # UCUM conversion, no float noise (0.504, not 0.5040000000000001)
+    assert h.value == 0.504  # not 0.50: the declared precision keeps what the lab measured
 
 
-def test_an_item_that_still_sets_decimals_is_refused_with_the_reason(tmp_path: Path) -> None:
+def test_a_ratio_factor_is_the_exact_quotient() -> None:
+    st = load_study(STUDY)
+    factor = st.items["upcr"].factors["mg/mmol"]
+    assert factor == 1 / 113.12 and 56.56 * factor == 0.5, \
+        "÷ 113.12 exactly (decisions.md): a rounded 0.00884017 gives 0.5000000152 > 0.5"
+
+
+def test_an_item_without_decimals_keeps_twelve_significant_digits(tmp_path: Path) -> None:
     study = tmp_path / "study"
     shutil.copytree(STUDY, study)
     items = study / "items.yaml"
-    items.write_text(items.read_text().replace('bounds: [0, 40]}', 'bounds: [0, 40], decimals: 2}', 1))
-    with pytest.raises(MappingError, match=r"decimals.*full precision") as err:
-        load_study(study)
-    assert "converted-precision" in str(err.value)
+    text = items.read_text()
+    assert 'bounds: [0, 40], decimals: 3}' in text
+    items.write_text(text.replace('"1000/113.12"}, bounds: [0, 40], decimals: 3}', '"1000/113.12"}, bounds: [0, 40]}'))
+    st = load_study(study)
+    assert st.items["upcr"].decimals is None
+    (f,) = ObservationMapper(st, RunLog()).map([_upcr(10.2, "mg/mmol")], "S")
+    assert f.value == 0.0901697312588
 

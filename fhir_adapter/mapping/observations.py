@@ -57,10 +57,15 @@ _POSITIVE_WORDS = {"positive", "pos", "detected", "present", "reactive", "true",
 _NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", "nonreactive", "false", "no"}
 
 
-def _converted(value: float) -> float:
-    """A value converted into the CRF unit, without binary floating-point noise (12 significant digits) and
-    never coarser: 504 mg/(24.h) is 0.504 g/(24.h), so SLEDAI-2K's proteinuria > 0.5 scores as it does for
-    0.504 g/(24.h) sent as such (docs/clinical-rules.md#converted-precision)."""
+def _converted(value: float, item: Item) -> float:
+    """A value converted into the CRF unit, at the item's declared precision (``decimals``: UPCR 10.2 mg/mmol is
+    0.09 mg/mg, not 0.090169734), else without binary floating-point noise (12 significant digits). The shipped
+    items declare one digit more than the CRF unit's thresholds and the accepted units' reporting need, so the
+    rounding never moves a result across a strict threshold that the lab's own figure is on the other side of:
+    504 mg/(24.h) is 0.504 g/(24.h) and scores proteinuria > 0.5 as 0.504 g/(24.h) sent as such does
+    (docs/clinical-rules.md#converted-precision)."""
+    if item.decimals is not None:
+        return round(value, item.decimals)
     return float(f"{value:.12g}")
 
 
@@ -200,9 +205,9 @@ class ObservationMapper:
         if unit == item.unit:
             return value
         if unit in item.factors:
-            return _converted(value * item.factors[unit])
+            return _converted(value * item.factors[unit], item)
         if unit in item.accept_units:
-            return _converted(units.convert(value, unit, item.unit))
+            return _converted(units.convert(value, unit, item.unit), item)
         spelt = f"'{sent}' (UCUM '{unit}')" if sent is not None and sent != unit else f"'{unit}'"
         raise Unusable("unknown-unit", f"{item_id}: unit {spelt} is not accepted (CRF unit {item.unit})",
                        f"add '{unit}' to accept_units (UCUM-convertible) or factors of item {item_id} "

@@ -172,20 +172,14 @@ class Item(Strict):
         default_factory=dict, description="unit -> factor into `unit` for analyte-specific conversions (a number, "
         "or a ratio such as \"1/113.12\")"
     )
+    decimals: int | None = Field(
+        None, ge=0, le=12, description="the precision the CRF keeps: a value converted from another unit is rounded "
+        "to it (docs/clinical-rules.md#converted-precision); without it, 12 significant digits")
     select: SelectRule = "closest"
     bounds: tuple[float, float] | None = Field(None, description="physiological bounds in `unit`")
     positive_codes: tuple[str, ...] = ()
     negative_codes: tuple[str, ...] = ()
     lloq: float | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _retired_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "decimals" in data:
-            raise ValueError("`decimals` is no longer read: a value converted from another unit keeps its full "
-                             "precision, so a strict threshold sees what the lab measured "
-                             "(docs/clinical-rules.md#converted-precision); remove the key")
-        return data
 
     @model_validator(mode="after")
     def _unit_for_quantities(self) -> Item:

@@ -44,8 +44,8 @@ def mapped(study: Study, resources: list[dict[str, Any]]) -> tuple[list[Finding]
 # (LOINC code, valueQuantity as the EHR sends it, item, the spelling read, its UCUM code, the CRF value)
 SENT = [
     ("2160-0", {"value": 88.4, "unit": "µmol/L", "system": LOCAL, "code": "UMOLL"}, "creatinine",
-     "µmol/L", "umol/L", 0.99999848),                                       # micro sign U+00B5 in the unit text
-    ("2160-0", {"value": 88.4, "unit": "μmol/L"}, "creatinine", "μmol/L", "umol/L", 0.99999848),   # Greek mu U+03BC
+     "µmol/L", "umol/L", 1.0),                                       # micro sign U+00B5 in the unit text
+    ("2160-0", {"value": 88.4, "unit": "μmol/L"}, "creatinine", "μmol/L", "umol/L", 1.0),   # Greek mu U+03BC
     ("777-3", {"value": 150, "unit": "10^3/uL", "system": UCUM, "code": "10^3/uL"}, "platelets",
      "10^3/uL", "10*3/uL", 150.0),                                   # in Quantity.code, system UCUM
     ("6690-2", {"value": 3.5, "unit": "x10^9/L"}, "leukocytes", "x10^9/L", "10*9/L", 3.5),
@@ -56,7 +56,7 @@ SENT = [
     ("2889-4", {"value": 650, "unit": "mg/24h"}, "protein_24h", "mg/24h", "mg/(24.h)", 0.65),
     ("2889-4", {"value": 0.65, "unit": "g/24 h"}, "protein_24h", "g/24 h", "g/(24.h)", 0.65),
     ("718-7", {"value": 8.0, "unit": "mmol/l", "system": UCUM, "code": "mmol/l"}, "hemoglobin",
-     "mmol/l", "mmol/L", 12.888),                                    # lower-case litre, then the Hb factor
+     "mmol/l", "mmol/L", 12.89),                                    # lower-case litre, then the Hb factor
     ("8116-6", {"value": 120, "unit": "cells/uL"}, "cd19", "cells/uL", "/uL", 120.0),
     ("2276-4", {"value": 250, "unit": "mcg/L"}, "ferritin", "mcg/L", "ug/L", 250.0),
     ("62238-1", {"value": 92, "unit": "mL/min/1.73m2"}, "egfr", "mL/min/1.73m2", "mL/min/{1.73_m2}", 92.0),
@@ -147,4 +147,4 @@ def test_a_run_reports_the_spellings_and_exports_the_ucum_code(study: Study, tmp
     with (tmp_path / "out" / "export" / "LB.csv").open(newline="", encoding="utf-8") as fh:
         (row,) = [r for r in csv.DictReader(fh) if r["LBTESTCD"] == "CREAT"]
     assert (row["LBORRES"], row["LBORUCUM"], row["LBORRESU"]) == ("88.4", "umol/L", "umol/L")
-    assert (row["LBSTRESN"], row["LBSTUCUM"], row["LBSTRESU"]) == ("0.99999848", "mg/dL", "mg/dL")
+    assert (row["LBSTRESN"], row["LBSTUCUM"], row["LBSTRESU"]) == ("1", "mg/dL", "mg/dL")
