@@ -23,6 +23,11 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
 * downloads: gzip transfer encoding accepted, retries on network failures, ``429`` and ``5xx``; a file is
   written under a hidden ``.part`` name and renamed when complete, so an interrupted run resumes where it
   stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``);
+* a file URL answered with a redirect (``301``/``302``/``303``/``307``/``308``, e.g. to a pre-signed URL of a
+  blob store) is followed by the adapter itself, at most :data:`MAX_FILE_REDIRECTS` hops, each hop checked
+  with :meth:`BulkExporter.check_url`; the token goes only to a hop on the origin (scheme, host, port) of the
+  manifest's file URL, and only when ``requiresAccessToken`` is ``true`` — a pre-signed URL elsewhere gets no
+  ``Authorization`` header; a redirect loop or too many hops is an error naming the file;
 * ``DELETE`` of the status URL once the files are down (the server may then free them).
 """
 
@@ -56,6 +61,9 @@ OUTCOME = "OperationOutcome"
 #: why a manifest entry was not downloaded (``not_downloaded[].reason``)
 NOT_R4_TYPE = "not-r4-type"
 NOT_REQUESTED = "not-requested"
+#: redirects a file download follows (a pre-signed blob-store URL is one hop)
+MAX_FILE_REDIRECTS = 5
+REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 _SHOWN_CHARS = 120
 _SHOWN_URL_CHARS = 300
 
@@ -147,7 +155,7 @@ class BulkExporter:
                 manifest = await self._manifest_pages(job, self._json(url, response))
                 job.manifest = manifest
                 return manifest
-            if status in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+            if status in REDIRECT_STATUSES and response.headers.get("Location"):
                 url = self.check_url(self._absolute(response.headers["Location"]),  # the manifest elsewhere
                                      "the status URL's redirect (Location)", with_auth=True)
                 continue
@@ -240,11 +248,10 @@ class BulkExporter:
                 return done  # finished by an earlier, interrupted run
         part = folder / f".{stem}.part"
         for attempt in range(1, self.options.download_attempts + 1):
-            job.requests["files"] += 1
             try:
-                response = await self.client.exchange(
-                    "GET", url, headers={"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip"},
-                    label=LABEL, with_auth=with_auth, stream=True)
+                response, sent_token = await self._get_file(job, url, with_auth)
+            except BulkExportError:
+                raise  # a redirect the adapter must not follow, or a loop: not retried
             except FhirError as exc:
                 if attempt == self.options.download_attempts:
                     raise BulkExportError(f"{url}: download failed: {exc}", url=url) from exc
@@ -277,9 +284,50 @@ class BulkExporter:
                     attempt < self.options.download_attempts:
                 await self._sleep(self._retry_after(response, 2.0 ** attempt))
                 continue
-            hint = (" (the manifest does not say requiresAccessToken: true, so no token was sent)"
-                    if response.status_code in (401, 403) and not with_auth else "")
+            hint = ""
+            if response.status_code in (401, 403) and not sent_token:
+                hint = (" (the manifest does not say requiresAccessToken: true, so no token was sent)" if not with_auth
+                        else " (redirected to another origin than the manifest's file URL, so no token was sent)")
+            if str(response.request.url) != url:
+                hint += f" (redirected to {shown(redact_url(response.request.url), _SHOWN_URL_CHARS)})"
             raise self._error(f"file download{hint}", url, response)
+        raise AssertionError("unreachable")
+
+    async def _get_file(self, job: Job, url: str, with_auth: bool) -> tuple[httpx.Response, bool]:
+        """``GET`` a file (the body left unread), following redirects — at most :data:`MAX_FILE_REDIRECTS` hops,
+        each checked with :meth:`check_url` before it is requested; returns the last answer and whether the
+        token went with it. The token goes only to a hop on the origin of ``url`` (the manifest's file URL, which
+        the credentials were allowed for) and only when ``with_auth`` (``requiresAccessToken: true``): a
+        pre-signed URL on a blob store gets no ``Authorization`` header. The adapter follows the hops itself
+        (the client does not), so that this is decided per hop."""
+        origin = httpx.URL(url)
+        hop, hop_auth = url, with_auth
+        seen = {url}
+        for hops in range(MAX_FILE_REDIRECTS + 1):
+            job.requests["files"] += 1
+            response = await self.client.exchange(
+                "GET", hop, headers={"Accept": "application/fhir+ndjson", "Accept-Encoding": "gzip"},
+                label=LABEL, with_auth=hop_auth, stream=True)
+            location = response.headers.get("Location")
+            if response.status_code not in REDIRECT_STATUSES or not location:
+                return response, hop_auth and self.client.has_credentials
+            await response.aclose()
+            what = f"the redirect (Location) of the file {shown(redact_url(url), _SHOWN_URL_CHARS)}"
+            try:
+                nxt = str(httpx.URL(hop).join(location))
+            except httpx.InvalidURL:
+                nxt = location  # check_url names it and refuses it
+            if nxt in seen:
+                raise BulkExportError(
+                    f"{what} loops: {shown(redact_url(nxt), _SHOWN_URL_CHARS)} again after {hops + 1} "
+                    "redirect(s); the file cannot be downloaded: report it to the hospital", url=redact_url(url))
+            if hops == MAX_FILE_REDIRECTS:
+                raise BulkExportError(
+                    f"{what}: more than {MAX_FILE_REDIRECTS} redirects; the file cannot be downloaded: report "
+                    "it to the hospital", url=redact_url(url))
+            seen.add(nxt)
+            hop_auth = with_auth and _same_origin_text(nxt, origin)
+            hop = self.check_url(nxt, what, with_auth=hop_auth)
         raise AssertionError("unreachable")
 
     async def delete(self, job: Job) -> str | None:
@@ -381,6 +429,13 @@ class BulkExporter:
                          else "the server failed: run again later")
         return BulkExportError(f"Bulk Data {what}: GET {url} answered HTTP {response.status_code}: {answer}; {hint}",
                                url=url, status=response.status_code, diagnostics=said)
+
+
+def _same_origin_text(url: str, origin: httpx.URL) -> bool:
+    try:
+        return same_origin(httpx.URL(url), origin)
+    except httpx.InvalidURL:
+        return False
 
 
 def requested_types(kickoff: str) -> set[str] | None:

@@ -1,6 +1,8 @@
 """The Bulk Data $export protocol paths a real server does not produce on demand (pytest-httpx): 5xx while
 polling, an expired job, a manifest file that 404s, Retry-After as an HTTP-date or far in the future, 429 on
-the status URL, a redirect to the manifest, paged manifests, requiresAccessToken true/false, relative URLs."""
+the status URL, a redirect to the manifest, paged manifests, requiresAccessToken true/false, relative URLs,
+file URLs answered with redirects (a pre-signed URL elsewhere gets no token; plain http
+refused; loops and too many hops stop)."""
 
 from __future__ import annotations
 
@@ -167,3 +169,64 @@ async def test_delete_refused_is_a_warning(httpx_mock: HTTPXMock, clock: FakeClo
     httpx_mock.add_response(method="DELETE", url=STATUS, status_code=500, json=outcome("cannot delete"))
     warning = await exporter(clock, sleep).delete(Job(kickoff=KICKOFF, status_url=STATUS))
     assert warning is not None and "cannot delete" in warning
+
+
+SIGNED = "https://blobs.example.net/exports/1.ndjson?sig=abc&se=2026-11-02"
+
+
+@pytest.mark.parametrize("status", [302, 303, 307])
+async def test_a_redirect_to_a_presigned_url_is_followed_without_the_token(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path, status: int) -> None:
+    """A file URL answered with a redirect to a pre-signed blob-store URL: the file is fetched from there, and
+    the access token (requiresAccessToken: true) goes only to the FHIR server's origin, never to the store."""
+    httpx_mock.add_response(url=f"{BASE}/files/1.ndjson", status_code=status, headers={"Location": SIGNED})
+    httpx_mock.add_response(url=SIGNED, content=LINE)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(f"{BASE}/files/1.ndjson", token=True))
+    local = await exporter(clock, sleep, auth=BearerToken("s3cret")).download(job, tmp_path)
+    assert (tmp_path / local["output"][0]["url"]).read_bytes() == LINE
+    first, second = httpx_mock.get_requests()
+    assert first.headers["Authorization"] == "Bearer s3cret"
+    assert str(second.url) == SIGNED and "Authorization" not in second.headers
+    assert job.requests["files"] == 2
+
+
+async def test_a_redirect_on_the_same_origin_keeps_the_token(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                             sleep: FakeSleep, tmp_path: Path) -> None:
+    httpx_mock.add_response(url=f"{BASE}/files/1.ndjson", status_code=307, headers={"Location": "2.ndjson"})
+    httpx_mock.add_response(url=f"{BASE}/files/2.ndjson", content=LINE)  # relative to the hop's URL
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(f"{BASE}/files/1.ndjson", token=True))
+    await exporter(clock, sleep, auth=BearerToken("s3cret")).download(job, tmp_path)
+    assert [r.headers.get("Authorization") for r in httpx_mock.get_requests()] == ["Bearer s3cret"] * 2
+
+
+async def test_a_redirect_to_plain_http_elsewhere_is_refused(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                             sleep: FakeSleep, tmp_path: Path) -> None:
+    httpx_mock.add_response(url=f"{BASE}/files/1.ndjson", status_code=302,
+                            headers={"Location": "http://blobs.example.net/1.ndjson"})
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(f"{BASE}/files/1.ndjson"))
+    with pytest.raises(BulkExportError, match=r"refusing to fetch http://blobs.example.net/1.ndjson \(the redirect"):
+        await exporter(clock, sleep).download(job, tmp_path)
+    assert len(httpx_mock.get_requests()) == 1  # nothing sent to the http URL, and not retried
+    assert not list(tmp_path.glob("*.ndjson"))
+
+
+async def test_a_redirect_loop_stops_with_an_error(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep,
+                                                   tmp_path: Path) -> None:
+    httpx_mock.add_response(url=f"{BASE}/files/1.ndjson", status_code=302,
+                            headers={"Location": "https://blobs.example.net/a"})
+    httpx_mock.add_response(url="https://blobs.example.net/a", status_code=302,
+                            headers={"Location": f"{BASE}/files/1.ndjson"})
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(f"{BASE}/files/1.ndjson"))
+    with pytest.raises(BulkExportError, match=r"redirect .*files/1.ndjson loops: .*files/1.ndjson again after 2"):
+        await exporter(clock, sleep).download(job, tmp_path)
+    assert len(httpx_mock.get_requests()) == 2
+
+
+async def test_too_many_redirects_stop_with_an_error(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep,
+                                                     tmp_path: Path) -> None:
+    for n in range(1, 7):
+        httpx_mock.add_response(url=f"{BASE}/files/{n}", status_code=302, headers={"Location": f"{n + 1}"})
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(f"{BASE}/files/1"))
+    with pytest.raises(BulkExportError, match=r"more than 5 redirects"):
+        await exporter(clock, sleep).download(job, tmp_path)
+    assert len(httpx_mock.get_requests()) == 6
