@@ -9,12 +9,17 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   ``max_retry_after_seconds``; exponential backoff without it), ``200`` + the manifest (or a redirect to it),
   ``429`` (polled too often: wait longer), ``5xx`` (transient: retried ``status_attempts`` times), other ``4xx``
   (the job failed, expired or is unknown: the OperationOutcome shown); all within ``poll_limit_seconds``;
-* manifest: ``output[]`` and ``error[]`` file URLs, absolute or relative to the base URL; ``link[next]`` pages
-  (v2) followed; ``requiresAccessToken``: the credentials are sent with the downloads only when it is ``true``;
-  an ``output[]`` entry whose ``type`` is not an R4 resource type the kick-off asked for (``_type``) is not
-  downloaded but listed under ``not_downloaded`` for the run report; the local file names are built from the
-  entry's number and its R4 type only (``003.Observation.ndjson``, ``error.001.OperationOutcome.ndjson``), never
-  from what else the server wrote;
+* manifest: ``output[]``, ``error[]`` and ``deleted[]`` file URLs, absolute or relative to the base URL;
+  ``link[next]`` pages (v2) followed; ``requiresAccessToken``: the credentials are sent with the downloads only
+  when it is ``true``; an ``output[]`` entry whose ``type`` is not an R4 resource type the kick-off asked for
+  (``_type``) is not downloaded but listed under ``not_downloaded`` for the run report; the local file names
+  are built from the entry's number and a fixed word or its R4 type only (``003.Observation.ndjson``,
+  ``error.001.OperationOutcome.ndjson``, ``deleted.001.Bundle.ndjson``), never from what else the server wrote;
+* ``deleted[]`` (IG v2.0.0, "Response - Complete Status"): with ``_since``, files of the resources deleted since
+  then, each line a ``transaction`` Bundle whose entries carry ``request.method`` ``DELETE`` and
+  ``request.url`` ``Type/id``; downloaded as the output files are (same URL checks, token rule and retries),
+  whatever ``type`` the entry claims; reading them is the source's job
+  (:mod:`fhir_adapter.source.bulk_deletions`);
 * every URL the server names (status URL, redirect, manifest page, file) is checked before it is requested
   (:meth:`BulkExporter.check_url`): credentials never go over plain http to another machine, the token goes to
   another host than the FHIR server's only over https and as ``token_hosts`` allows (by default any https host,
@@ -61,9 +66,13 @@ OUTCOME = "OperationOutcome"
 #: why a manifest entry was not downloaded (``not_downloaded[].reason``)
 NOT_R4_TYPE = "not-r4-type"
 NOT_REQUESTED = "not-requested"
+#: what a manifest's ``deleted[]`` files hold: transaction Bundles of DELETE entries (IG v2.0.0)
+DELETED_TYPE = "Bundle"
 #: redirects a file download follows (a pre-signed blob-store URL is one hop)
 MAX_FILE_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+#: the local file name's prefix per manifest list (``output[]`` files: none)
+_LOCAL_PREFIX = {"error": "error.", "deleted": "deleted."}
 _SHOWN_CHARS = 120
 _SHOWN_URL_CHARS = 300
 
@@ -206,25 +215,29 @@ class BulkExporter:
 
     # -- files -----------------------------------------------------------------------------------------
     async def download(self, job: Job, folder: Path) -> dict[str, Any]:
-        """Every output and error file of the manifest into ``folder``; returns the local manifest (file names
-        instead of URLs, and ``not_downloaded``: the output entries whose type is not an R4 resource type the
-        kick-off asked for), also written to ``folder/manifest.json``. Files already there are not fetched again.
+        """Every output, error and deleted file of the manifest into ``folder``; returns the local manifest (file
+        names instead of URLs, and ``not_downloaded``: the output entries whose type is not an R4 resource type
+        the kick-off asked for), also written to ``folder/manifest.json``. Files already there are not fetched
+        again.
 
         Every file URL is checked (:meth:`check_url`) before the first file is fetched: a manifest naming one
         URL the credentials must not go to stops the download with :class:`BulkExportError`."""
         assert job.manifest is not None
         with_auth = job.manifest.get("requiresAccessToken") is True  # the IG's boolean; anything else: no token
         asked = requested_types(job.kickoff)
-        local: dict[str, Any] = {k: v for k, v in job.manifest.items() if k not in ("output", "error")}
+        lists = ("output", "error", "deleted")
+        local: dict[str, Any] = {k: v for k, v in job.manifest.items() if k not in lists}
         local["not_downloaded"] = []
         fetches: list[tuple[str, str, str, dict[str, Any]]] = []  # (list, url, local stem, entry)
-        for key in ("output", "error"):
+        for key in lists:
             local[key] = []
             for n, entry in enumerate(job.manifest.get(key) or [], start=1):
                 if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
                     raise BulkExportError(f"the manifest's {key}[{n}] has no url", url=str(job.status_url))
                 if key == "error":  # OperationOutcome files, whatever type they claim
                     rtype: str = OUTCOME
+                elif key == "deleted":  # transaction Bundles of DELETE entries, whatever type they claim
+                    rtype = DELETED_TYPE
                 else:
                     rtype, refused = _output_type(entry.get("type"), asked)
                     if refused is not None:
@@ -233,7 +246,7 @@ class BulkExporter:
                             "url": shown(redact_url(entry["url"]), _SHOWN_URL_CHARS)})
                         continue
                 url = self.check_url(self._absolute(entry["url"]), f"the manifest's {key}[{n}]", with_auth=with_auth)
-                stem = f"{'error.' if key == 'error' else ''}{n:03d}.{rtype}"  # a number and an R4 type only
+                stem = f"{_LOCAL_PREFIX.get(key, '')}{n:03d}.{rtype}"  # a fixed word, a number, an R4 type only
                 fetches.append((key, url, stem, {**entry, "type": rtype, "source_url": entry["url"]}))
         folder.mkdir(parents=True, exist_ok=True)
         for key, url, stem, entry in fetches:

@@ -15,6 +15,12 @@
   at hand (:attr:`reusable`: e.g. a patient enrolled since, whose data predate ``_since``), as the REST path
   reads them; the others are unchanged. An export with no files is a normal answer: nothing changed. The
   manifest's ``transactionTime`` is the next ``--since last``;
+* ``--since`` and the manifest's ``deleted[]`` (the resources deleted since ``_since``, IG v2.0.0): the subject
+  whose last CRF (``last_crf``, ``OUT/crf``) names a deleted resource is read again in full; a deletion no CRF
+  names, or a ``deleted[]`` file the adapter cannot read, makes every enrolled subject read again in full
+  (warning ``incremental``): no CRF holding a deleted record is reused
+  (:mod:`fhir_adapter.source.bulk_deletions`); counted as ``bulk.deleted`` in the run log and under
+  ``server_requests.bulk.deleted``;
 * the server's ``X-Progress`` while the export is made goes to :attr:`on_progress` (the run's progress display)
   once per change, else to the log at info level.
 
@@ -56,6 +62,7 @@ from fhir_adapter.source.base import (
     patient_id_of,
     ref_id,
 )
+from fhir_adapter.source.bulk_deletions import attribute, read_deleted, shown_problems, shown_refs
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import discover, read_lines
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
@@ -83,8 +90,12 @@ def refused_type(types: Sequence[str], messages: Sequence[str]) -> str | None:
 
 class BulkSource:
     def __init__(self, server: ServerSource, settings: BulkSettings, folder: Path, log: RunLog, *,
-                 since: dt.datetime | None = None, exporter: BulkExporter | None = None) -> None:
+                 since: dt.datetime | None = None, exporter: BulkExporter | None = None,
+                 last_crf: Callable[[str], Path] | None = None) -> None:
         self.server = server
+        #: a subject ID's CRF of the last run (``OUT/crf/<name>.json``): whose a resource the export lists as
+        #: deleted was; None: not known (a deletion then makes every subject read again)
+        self.last_crf = last_crf
         self.settings = settings
         self.folder = Path(folder)
         self.log = log
@@ -105,6 +116,9 @@ class BulkSource:
         self.transaction_time: dt.datetime | None = None
         self._notes: dict[str, Any] = {}
         self._kickoffs = 0
+        self._labels: dict[str, str] = {}
+        #: the downloaded export's manifest (local file names)
+        self._local: dict[str, Any] = {}
 
     # -- the Source interface ---------------------------------------------------------------------
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
@@ -113,6 +127,7 @@ class BulkSource:
         return roster
 
     def label_subjects(self, labels: dict[str, str]) -> None:
+        self._labels = dict(labels)
         self.server.label_subjects(labels)
 
     @property
@@ -142,6 +157,7 @@ class BulkSource:
             unchanged = patient_ids - self._patients_in_export()
             if self.reusable is not None:  # no CRF from the last run (e.g. enrolled since): read in full
                 unchanged &= self.reusable
+            unchanged -= self._deletions(patient_ids, unchanged)
             self._unchanged = unchanged
             todo = patient_ids - unchanged
             self.log.count("incremental.changed_subjects", len(todo))
@@ -220,6 +236,7 @@ class BulkSource:
             save_job(self.folder, job)
         assert job.manifest is not None
         local = await self.exporter.download(job, self.folder)
+        self._local = local
         self._report_not_downloaded(local.get("not_downloaded") or [])
         if job.progress:
             self._notes["progress"] = job.progress[-1]
@@ -318,6 +335,45 @@ class BulkSource:
                 if pid:
                     found.add(pid)
         return found
+
+    def _deletions(self, patient_ids: set[str], unchanged: set[str]) -> set[str]:
+        """The subjects of ``unchanged`` to read again because of the export's ``deleted[]``: those whose last CRF
+        names a deleted resource, or all of them when a deletion cannot be attributed."""
+        names = [str(e["url"]) for e in self._local.get("deleted") or [] if isinstance(e, dict) and e.get("url")]
+        if not names:
+            return set()
+        deletions = read_deleted(self.folder, names)
+        since = self.since.isoformat(timespec="seconds") if self.since else "the last run"
+        self.log.count("bulk.deleted", len(deletions.refs))
+        self._notes["deleted"] = len(deletions.refs)
+        crfs: dict[str, Path] = {}
+        if self.last_crf is not None:
+            crfs = {pid: path for pid in patient_ids if (path := self.last_crf(self._labels.get(pid, pid))).is_file()}
+        found = attribute(deletions.refs, crfs, patient_ids)
+        for pid, refs in sorted(found.subjects.items()):
+            log.info("%s: read again in full: its last CRF holds %s, deleted since %s",
+                     self._labels.get(pid, pid), shown_refs(refs), since)
+        why = []
+        if deletions.unreadable:
+            why.append(f"{len(deletions.unreadable)} entry(ies) of the export's deleted[] files could not be read "
+                       f"({shown_problems(deletions.unreadable)})")
+        if found.unattributed:
+            why.append(f"{len(found.unattributed)} deleted resource(s) ({shown_refs(found.unattributed)}) are named "
+                       "by no subject's CRF of the last run (a resource the mapping did not use, a shared "
+                       "Medication/Organization/Location/Specimen, or one of a subject with no CRF), so whose "
+                       "they were is not known")
+        if found.unreadable_crfs:
+            why.append(f"{len(found.unreadable_crfs)} CRF(s) of the last run could not be read "
+                       f"({shown_problems(list(found.unreadable_crfs.values()))})")
+        if why:
+            self.log.warn(f"the export since {since} lists {len(deletions.refs)} deleted resource(s); "
+                          f"{'; '.join(why)}: every enrolled subject is read again in full, no CRF of the last run "
+                          "is reused", rule="incremental")
+            self.log.count("incremental.deletion_subjects", len(unchanged))
+            return set(unchanged)
+        again = set(found.subjects) & unchanged
+        self.log.count("incremental.deletion_subjects", len(again))
+        return again
 
     def _finish(self) -> None:
         if self.job is not None:

@@ -3,7 +3,8 @@
 * ``Observation.ndjson``, ``Observation.ndjson.gz``, ``Observation.000.ndjson`` … ``Observation.NNN.ndjson(.gz)``,
   ``1.Observation.ndjson`` (the SMART reference server and its client), files in sub-folders;
 * Bundle JSON files (``*.json``, ``*.json.gz``), e.g. one Bundle per patient;
-* a Bulk ``manifest.json``: its ``output[]`` lists the data files, its ``error[]`` the OperationOutcome files.
+* a Bulk ``manifest.json``: its ``output[]`` lists the data files, its ``error[]`` the OperationOutcome files,
+  its ``deleted[]`` (an export ``_since``) the files of deleted resources, which are not data.
 
 A file the adapter cannot read is an error naming the file (never skipped): an unknown extension next to the
 data files, a manifest entry whose file is missing, a damaged or truncated gzip file. Hidden files (a name
@@ -21,7 +22,7 @@ import gzip
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 from urllib.parse import urlsplit
@@ -112,6 +113,8 @@ class Layout:
     #: OperationOutcome files listed in a manifest's ``error[]``
     errors: list[DataFile]
     manifest: dict[str, Any] | None = None
+    #: files of deleted resources (transaction Bundles of DELETE entries) listed in a manifest's ``deleted[]``
+    deleted: list[DataFile] = field(default_factory=list)
 
 
 def _stem(name: str) -> str:
@@ -154,9 +157,10 @@ def discover(where: Path | Folder) -> Layout:
     manifest = _read_manifest(folder, manifest_path) if MANIFEST in names else None
     data: dict[str, DataFile] = {}
     errors: dict[str, DataFile] = {}
+    deleted: dict[str, DataFile] = {}
     if manifest is not None:
         listed = set(found)
-        for key, target in (("output", data), ("error", errors)):
+        for key, target in (("output", data), ("error", errors), ("deleted", deleted)):
             for n, entry in enumerate(manifest.get(key) or [], start=1):
                 if not isinstance(entry, dict) or not isinstance(entry.get("url"), str):
                     raise SourceError(f"{manifest_path}: {key}[{n}] has no url; the manifest is not a Bulk Data "
@@ -168,12 +172,13 @@ def discover(where: Path | Folder) -> Layout:
                 rtype = entry.get("type") if isinstance(entry.get("type"), str) else None
                 target[listed_name] = _data_file(folder, listed_name, rtype)
     for name in found:
-        if name not in data and name not in errors:
+        if name not in data and name not in errors and name not in deleted:
             data[name] = _data_file(folder, name)
     if not data and not errors:
         raise FileNotFoundError(f"no FHIR data files ({', '.join(DATA_SUFFIXES)}) in {folder.location}")
     return Layout(data=sorted(data.values(), key=lambda f: f.sort_key),
-                  errors=sorted(errors.values(), key=lambda f: f.name), manifest=manifest)
+                  errors=sorted(errors.values(), key=lambda f: f.name), manifest=manifest,
+                  deleted=sorted(deleted.values(), key=lambda f: f.name))
 
 
 def _read_manifest(folder: Folder, path: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The Bulk Data $export protocol paths a real server does not produce on demand (pytest-httpx): 5xx while
 polling, an expired job, a manifest file that 404s, Retry-After as an HTTP-date or far in the future, 429 on
 the status URL, a redirect to the manifest, paged manifests, requiresAccessToken true/false, relative URLs,
-file URLs answered with redirects (a pre-signed URL elsewhere gets no token; plain http
+deleted[] files, file URLs answered with redirects (a pre-signed URL elsewhere gets no token; plain http
 refused; loops and too many hops stop)."""
 
 from __future__ import annotations
@@ -169,6 +169,33 @@ async def test_delete_refused_is_a_warning(httpx_mock: HTTPXMock, clock: FakeClo
     httpx_mock.add_response(method="DELETE", url=STATUS, status_code=500, json=outcome("cannot delete"))
     warning = await exporter(clock, sleep).delete(Job(kickoff=KICKOFF, status_url=STATUS))
     assert warning is not None and "cannot delete" in warning
+
+
+async def test_deleted_files_are_downloaded_under_a_fixed_name(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                               sleep: FakeSleep, tmp_path: Path) -> None:
+    """An export _since lists deleted[] files (transaction Bundles of DELETE entries): downloaded as the output
+    files are, named from a fixed word and the entry's number whatever type or URL the server wrote."""
+    gone = b'{"resourceType":"Bundle","type":"transaction","entry":[{"request":{"method":"DELETE",' \
+           b'"url":"Observation/o9"}}]}\n'
+    httpx_mock.add_response(url=f"{BASE}/files/1.ndjson", content=LINE)
+    httpx_mock.add_response(url=f"{BASE}/files/gone/../x.ndjson", content=gone)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(
+        f"{BASE}/files/1.ndjson", deleted=[{"type": "../Evil", "url": f"{BASE}/files/gone/../x.ndjson"}]))
+    local = await exporter(clock, sleep).download(job, tmp_path)
+    assert [d["url"] for d in local["deleted"]] == ["deleted.001.Bundle.ndjson"]
+    assert local["deleted"][0]["type"] == "Bundle"
+    assert (tmp_path / "deleted.001.Bundle.ndjson").read_bytes() == gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["001.Observation.ndjson", "deleted.001.Bundle.ndjson",
+                                                          "manifest.json"]
+
+
+async def test_a_deleted_file_url_is_checked_as_the_output_files(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                                 sleep: FakeSleep, tmp_path: Path) -> None:
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(
+        deleted=[{"type": "Bundle", "url": "http://files.example.org/deleted.ndjson"}], token=True))
+    with pytest.raises(BulkExportError, match=r"refusing to send credentials over plain http.*deleted\[1\]"):
+        await exporter(clock, sleep, auth=BearerToken("s3cret")).download(job, tmp_path)
+    assert httpx_mock.get_requests() == []
 
 
 SIGNED = "https://blobs.example.net/exports/1.ndjson?sig=abc&se=2026-11-02"

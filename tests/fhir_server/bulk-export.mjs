@@ -1,6 +1,6 @@
 // FHIR Bulk Data Access (IG v2.0.0) $export for the test server: kick-off, status polling with
 // Retry-After and X-Progress, a manifest, NDJSON files (gzip'd when the client accepts it), error files,
-// DELETE of a job. Jobs live in memory; the export is taken at kick-off (transactionTime).
+// deleted[] files (with _since: one transaction Bundle of DELETE entries per line), DELETE of a job. Jobs live in memory; the export is taken at kick-off (transactionTime).
 //
 //   GET [base]/Patient/$export | [base]/Group/[id]/$export | [base]/$export   (Prefer: respond-async)
 //       _type, _since, _outputFormat; _typeFilter is refused with 400 unless typeFilter is 'ignore'
@@ -20,6 +20,8 @@
 //   fail_file (-1), fail_file_times (0)   file number fail_file answers 503 the next fail_file_times times
 //   extra_types ([])       a hostile manifest: one more output entry per string, with that string as its type
 //                          (NUL, very long, a path with ../), its file one Basic resource
+//   deleted (true)         with _since: the manifest's deleted[] lists the resources deleted since then (of the
+//                          types asked for, of the Group's members by their last version); false: left out
 import { gzipSync } from 'node:zlib';
 import { randomUUID } from 'node:crypto';
 
@@ -30,6 +32,7 @@ export function createBulkExport({ repo, baseUrl, outcome, isKnownResourceType }
   const knobs = {
     polls_until_done: 1, retry_after: '0', requires_token: false, relative_urls: false, files_per_type: 1,
     error_text: '', type_filter: 'reject', group_404: false, fail_file: -1, fail_file_times: 0, extra_types: [],
+    deleted: true,
   };
   const info = (text) => ({ resourceType: 'OperationOutcome', issue: [{ severity: 'information', code: 'informational', details: { text } }] });
   const jobs = new Map();
@@ -92,11 +95,25 @@ export function createBulkExport({ repo, baseUrl, outcome, isKnownResourceType }
     for (const [i, type] of (knobs.extra_types ?? []).entries()) {
       files.push({ type, body: JSON.stringify({ resourceType: 'Basic', id: `extra-${i}` }) + '\n', count: 1, name: `extra-${i}.ndjson` });
     }
+    const gone = [];
+    if (since !== null && knobs.deleted) {
+      for (const [key, { at, last }] of [...repo.deletedAt].sort(([a], [b]) => a.localeCompare(b))) {
+        const type = key.split('/')[0];
+        if (Date.parse(at) <= since || (types.length && !types.includes(type))) continue;
+        const pid = patientOf(last);
+        if (members && pid !== undefined && !members.has(pid)) continue;
+        gone.push(JSON.stringify({
+          resourceType: 'Bundle', type: 'transaction', meta: { lastUpdated: at },
+          entry: [{ request: { method: 'DELETE', url: key } }],
+        }));
+      }
+    }
+    const deleted = gone.length ? [{ type: 'Bundle', body: gone.join('\n') + '\n', count: gone.length, name: 'deleted.ndjson' }] : [];
     const errors = knobs.error_text
       ? [{ type: 'OperationOutcome', body: JSON.stringify(outcome('processing', knobs.error_text)) + '\n', name: 'errors.ndjson' }]
       : [];
     const request = `${baseUrl()}/${level === 'group' ? `Group/${groupId}/` : level === 'patient' ? 'Patient/' : ''}$export?${params}`;
-    jobs.set(id, { polls: 0, files, errors, transactionTime, request, auth: headers.authorization ?? null });
+    jobs.set(id, { polls: 0, files, errors, deleted, transactionTime, request, auth: headers.authorization ?? null });
     return { status: 202, body: info('export accepted'), headers: { 'Content-Location': `${baseUrl()}/$export-status/${id}` } };
   }
 
@@ -127,6 +144,7 @@ export function createBulkExport({ repo, baseUrl, outcome, isKnownResourceType }
         requiresAccessToken: Boolean(knobs.requires_token),
         output: job.files.map((f, i) => ({ type: f.type, url: fileUrl(id, i), count: f.count })),
         error: job.errors.map((f, i) => ({ type: 'OperationOutcome', url: fileUrl(id, `error-${i}`) })),
+        deleted: job.deleted.map((f, i) => ({ type: 'Bundle', url: fileUrl(id, `deleted-${i}`), count: f.count })),
       },
       contentType: 'application/json',
     };
@@ -135,7 +153,8 @@ export function createBulkExport({ repo, baseUrl, outcome, isKnownResourceType }
   function file(id, n, headers) {
     const job = jobs.get(id);
     if (!job) return { status: 404, body: outcome('not-found', `No export job ${id}`) };
-    const f = n.startsWith('error-') ? job.errors[Number(n.slice(6))] : job.files[Number(n)];
+    const f = n.startsWith('error-') ? job.errors[Number(n.slice(6))]
+      : n.startsWith('deleted-') ? job.deleted[Number(n.slice(8))] : job.files[Number(n)];
     if (!f) return { status: 404, body: outcome('not-found', `No file ${n} in export ${id}`) };
     if (String(knobs.fail_file) === n && knobs.fail_file_times > 0) {
       knobs.fail_file_times--;

@@ -70,6 +70,7 @@ export class TestRepository extends MemoryRepository {
     this.clear(); // base: resources + history
     this.indexes = new Map(); // type -> code -> key -> Set<id>
     this.deleted = new Map(); // type -> Set<id> (tombstones, for 410 Gone)
+    this.deletedAt = new Map(); // 'Type/id' -> { at: ISO time of the deletion, last: the version deleted } (Bulk deleted[])
     this.journal = null; // undo log while a transaction Bundle is running
     this.resetWriteStats();
   }
@@ -124,6 +125,7 @@ export class TestRepository extends MemoryRepository {
     if (!prev) this.createdResults.add(result); // lets the HTTP layer answer 201 for update-as-create
     this.reindex(type, prev, store.get(id));
     const wasDeleted = this.deleted.get(type)?.delete(id) ?? false;
+    this.deletedAt.delete(`${type}/${id}`);
     this.record({ kind: prev ? 'updated' : 'created', type, id, prev, histLen, wasDeleted });
     return result;
   }
@@ -138,6 +140,7 @@ export class TestRepository extends MemoryRepository {
     let tomb = this.deleted.get(type);
     if (!tomb) this.deleted.set(type, (tomb = new Set()));
     tomb.add(id);
+    this.deletedAt.set(`${type}/${id}`, { at: new Date().toISOString(), last: prev });
     const histLen = this.history.get(type)?.get(id)?.length ?? 0;
     this.record({ kind: 'deleted', type, id, prev, histLen, wasDeleted: false });
   }
@@ -192,7 +195,10 @@ export class TestRepository extends MemoryRepository {
         hist.get(j.id).length = j.histLen;
         if (j.histLen === 0) hist.delete(j.id);
       }
-      if (j.kind === 'deleted') this.deleted.get(j.type)?.delete(j.id);
+      if (j.kind === 'deleted') {
+        this.deleted.get(j.type)?.delete(j.id);
+        this.deletedAt.delete(`${j.type}/${j.id}`);
+      }
       if (j.wasDeleted) this.deleted.get(j.type)?.add(j.id);
     }
   }

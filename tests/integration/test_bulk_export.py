@@ -1,7 +1,8 @@
 """The Bulk Data $export client against the running test server (tests/fhir_server/bulk-export.mjs): the same
 CRFs and results as the REST path on the same server, Group and Patient level, the server's quirks handled
 (_typeFilter refused, no such Group, relative file URLs, several files per type, error files, polling with
-Retry-After/X-Progress), the job deleted, an interrupted download resumed."""
+Retry-After/X-Progress), the job deleted, an interrupted download resumed, an export since the last run whose
+deleted[] names a subject's record."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ SUBJECTS = 4
 DEFAULT_KNOBS: dict[str, Any] = {
     "polls_until_done": 1, "retry_after": "0", "requires_token": False, "relative_urls": False,
     "files_per_type": 1, "error_text": "", "type_filter": "reject", "group_404": False, "fail_file": -1,
-    "fail_file_times": 0, "extra_types": [],
+    "fail_file_times": 0, "extra_types": [], "deleted": True,
 }
 
 
@@ -275,6 +276,64 @@ def test_since_reads_again_only_the_patients_the_export_names(setup: Setup) -> N
     manifest = json.loads((out / "bulk" / "manifest.json").read_text())
     assert "_since=" in manifest["request"] and {o["type"] for o in manifest["output"]} == {"Observation"}
     assert len(rep["server_requests"]["per_subject"]) == 1  # only the changed subject read in full (REST)
+
+
+def _deleted(setup: Setup, reference: str) -> None:
+    httpx.delete(f"{setup.server.base_url}/{reference}", timeout=30).raise_for_status()
+
+
+def _fresh_rest_run(setup: Setup, name: str) -> Path:
+    """A full REST run on the server's data as it is now: what an incremental run must equal."""
+    out = setup.tmp / name
+    cli_run(setup.server.base_url, out, "--config", str(setup.config))
+    return out
+
+
+def test_since_reads_again_a_subject_whose_only_change_is_a_deleted_record(setup: Setup) -> None:
+    """A deleted Observation is in no output[] file of an export _since: its subject is found from the manifest's
+    deleted[] and its last CRF, read again in full, and its CRF no longer holds the deleted record (before: the
+    subject counted as unchanged and its last CRF, with the deleted value, was reused)."""
+    setup.bulk()
+    out = setup.tmp / "since-deleted"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    crf_path = sorted((out / "crf").glob("*.json"))[0]
+    finding = next(f for f in json.loads(crf_path.read_text())["findings"]
+                   if f["source"]["resource_type"] == "Observation")
+    gone = ("Observation", finding["source"]["id"])
+    _deleted(setup, "/".join(gone))
+    cli_run(setup.server.base_url, out, "--bulk", "--since", "last", "--config", str(setup.config))
+    rep = report(out)
+    assert rep["counts"]["bulk.deleted"] == 1 and rep["server_requests"]["bulk"]["deleted"] == 1
+    assert rep["counts"]["incremental.changed_subjects"] == 1
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 1
+    assert list(rep["server_requests"]["per_subject"]) == [json.loads(crf_path.read_text())["subject_id"]]
+    manifest = json.loads((out / "bulk" / "manifest.json").read_text())
+    assert manifest["output"] == [] and [d["url"] for d in manifest["deleted"]] == ["deleted.001.Bundle.ndjson"]
+    sources = json.dumps(json.loads(crf_path.read_text()))
+    assert f'"resource_type": "Observation", "id": "{gone[1]}"' not in sources
+    rest = _fresh_rest_run(setup, "rest-after-delete")
+    assert server_read_crfs(out) == server_read_crfs(rest)
+    assert study_results(out) == study_results(rest)
+
+
+def test_since_reads_every_subject_again_when_a_deletion_cannot_be_attributed(setup: Setup) -> None:
+    """A deleted shared Specimen may be referenced by any subject's records, and no CRF names it: every subject
+    is read again in full, with a warning saying why; no CRF of the last run is reused."""
+    setup.bulk()
+    put_resources(setup.server.base_url, [{"resourceType": "Specimen", "id": "sp-deleted", "type": {"text": "serum"}}])
+    out = setup.tmp / "since-deleted-shared"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    _deleted(setup, "Specimen/sp-deleted")
+    cli_run(setup.server.base_url, out, "--bulk", "--since", "last", "--config", str(setup.config))
+    rep = report(out)
+    assert rep["counts"]["bulk.deleted"] == 1
+    assert rep["counts"]["incremental.changed_subjects"] == SUBJECTS
+    assert rep["counts"]["incremental.unchanged_subjects"] == 0
+    assert rep["counts"]["read.Observation"] > 0  # read again over REST, not taken from the last CRFs
+    [warning] = [w for w in rep["warnings"] if w["rule"] == "incremental"]
+    assert "Specimen/sp-deleted" in warning["message"] and "every enrolled subject is read again in full" \
+        in warning["message"]
+    assert server_read_crfs(out) == server_read_crfs(_fresh_rest_run(setup, "rest-after-specimen"))
 
 
 def test_server_reads_shared_resources_by_id(setup: Setup, study: Any) -> None:

@@ -1,0 +1,161 @@
+"""The resources a Bulk export since the last run lists as deleted, and the subjects they may have belonged to.
+
+The Bulk Data Access IG v2.0.0 ("Response - Complete Status", the manifest's ``deleted``): when the kick-off
+gave ``_since``, ``deleted[]`` lists files (the structure of ``output[]``) of the resources that would have been
+exported but were deleted since then; each line is a Bundle of type ``transaction`` with one or more entries,
+each with ``request.method`` ``DELETE`` and ``request.url`` (``Observation/123``). A server may leave the list
+out or empty when nothing was deleted. A deleted resource is in no ``output[]`` file, so the patients the
+export's data name do not include its patient: without reading ``deleted[]``, a subject whose only change is a
+deleted record would keep its last run's CRF, stale, with the deleted record in it.
+
+Which subject a deleted resource was is read from what the last run left, each subject's CRF (``OUT/crf``),
+which names the resources its values came from (``source``: type and id):
+
+* a deleted resource a CRF names belonged to that subject, which is read again in full (so is the subject of a
+  deleted ``Patient/<id>``);
+* one no CRF names (a resource the mapping did not use, one of a subject whose CRF is not at hand), a shared
+  Medication/Organization/Location/Specimen (records of any subject may reference it), or a line that is not
+  such a Bundle cannot be attributed: then every enrolled subject is read again in full (warning
+  ``incremental``), never a CRF that may be stale reused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+
+from fhir_adapter.fhir.r4 import is_r4_type
+from fhir_adapter.source.base import SHARED_TYPES, SourceError
+from fhir_adapter.source.layout import DataFile, read_lines
+
+#: a FHIR id (R4 ``id`` datatype)
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+#: problems shown in a warning, the rest counted
+_SHOWN = 3
+
+Ref = tuple[str, str]  # (resource type, id)
+
+
+@dataclass
+class Deletions:
+    """What the ``deleted[]`` files say: the deleted resources, and what could not be read (file, line, why)."""
+
+    refs: set[Ref] = field(default_factory=set)
+    unreadable: list[str] = field(default_factory=list)
+
+
+def deleted_ref(url: Any) -> Ref | None:
+    """``Observation/123`` (relative, absolute, or with ``/_history/N``) → ``("Observation", "123")``; None when it
+    names no R4 resource type and id."""
+    if not isinstance(url, str):
+        return None
+    path = urlsplit(url).path if "://" in url else url.split("?", 1)[0]
+    parts = [p for p in path.split("/") if p]
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) < 2 or not is_r4_type(parts[-2]) or not _FHIR_ID.fullmatch(parts[-1]):
+        return None
+    return parts[-2], parts[-1]
+
+
+def read_deleted(folder: Path, names: Iterable[str]) -> Deletions:
+    """The deleted resources the files ``names`` (local names under ``folder``, NDJSON, gzip'd or not) list."""
+    found = Deletions()
+    for name in names:
+        f = DataFile(path=str(folder / name), name=name, rtype="Bundle", ndjson=True)
+        try:
+            for n, line in read_lines(f):
+                _read_line(found, f"{name} line {n}", line)
+        except SourceError as exc:
+            found.unreadable.append(str(exc))
+    return found
+
+
+def _read_line(found: Deletions, where: str, line: bytes) -> None:
+    try:
+        bundle = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        found.unreadable.append(f"{where}: not JSON")
+        return
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle" \
+            or not isinstance(bundle.get("entry"), list):
+        found.unreadable.append(f"{where}: not a Bundle with entries")
+        return
+    for k, entry in enumerate(bundle["entry"], start=1):
+        request = entry.get("request") if isinstance(entry, dict) else None
+        ref = deleted_ref(request.get("url")) if isinstance(request, dict) else None
+        if ref is None or request is None or request.get("method") != "DELETE":
+            found.unreadable.append(f"{where}, entry {k}: not a DELETE of Type/id")
+            continue
+        found.refs.add(ref)
+
+
+def crf_sources(path: Path) -> set[Ref]:
+    """The resources a CRF file (``OUT/crf/<subject>.json``) names as the sources of its values (every
+    ``{"resource_type": …, "id": …}`` in it)."""
+    found: set[Ref] = set()
+    todo: list[Any] = [orjson.loads(path.read_bytes())]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            rtype, rid = node.get("resource_type"), node.get("id")
+            if isinstance(rtype, str) and isinstance(rid, str):
+                found.add((rtype, rid))
+            todo.extend(node.values())
+        elif isinstance(node, list):
+            todo.extend(node)
+    return found
+
+
+@dataclass
+class Attribution:
+    #: patient id -> the deleted resources its last CRF named (or its own Patient)
+    subjects: dict[str, list[Ref]]
+    #: deleted resources no subject can be named for
+    unattributed: list[Ref]
+    #: CRFs that could not be read (patient id -> why)
+    unreadable_crfs: dict[str, str]
+
+
+def attribute(refs: Iterable[Ref], crfs: Mapping[str, Path], enrolled: Iterable[str]) -> Attribution:
+    """Which subject each deleted resource was, from the last CRFs ``crfs`` (patient id -> CRF file at hand);
+    a deleted Patient of ``enrolled`` is its own subject."""
+    patients = set(enrolled)
+    owners: dict[Ref, set[str]] = {}
+    bad: dict[str, str] = {}
+    for pid, path in sorted(crfs.items()):
+        try:
+            sources = crf_sources(path)
+        except (OSError, orjson.JSONDecodeError) as exc:
+            bad[pid] = f"{path.name}: {exc}"
+            continue
+        for ref in sources:
+            owners.setdefault(ref, set()).add(pid)
+    subjects: dict[str, list[Ref]] = {}
+    unattributed: list[Ref] = []
+    for ref in sorted(refs):
+        named = set() if ref[0] in SHARED_TYPES else set(owners.get(ref, ()))
+        if ref[0] == "Patient" and ref[1] in patients:
+            named.add(ref[1])
+        if not named:
+            unattributed.append(ref)
+        for pid in named:
+            subjects.setdefault(pid, []).append(ref)
+    return Attribution(subjects, unattributed, bad)
+
+
+def shown_refs(refs: Iterable[Ref]) -> str:
+    listed = [f"{t}/{i}" for t, i in refs]
+    more = f" and {len(listed) - _SHOWN} more" if len(listed) > _SHOWN else ""
+    return ", ".join(listed[:_SHOWN]) + more
+
+
+def shown_problems(problems: list[str]) -> str:
+    more = f" and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+    return "; ".join(problems[:_SHOWN]) + more

@@ -1,0 +1,111 @@
+"""The resources a Bulk export since the last run lists as deleted (the manifest's ``deleted[]``): read from the
+transaction Bundles, attributed to the subjects whose last CRF names them, every subject read again when one
+cannot be attributed; ``deleted[]`` files are never read as data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+from fhir_adapter.fhir import FhirClient
+from fhir_adapter.fhir.settings import BulkSettings
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.source.bulk import BulkSource
+from fhir_adapter.source.bulk_deletions import attribute, deleted_ref, read_deleted
+from fhir_adapter.source.layout import discover
+from fhir_adapter.source.server import ServerSource
+from fhir_adapter.study.load import Study
+
+
+def bundle(*urls: str, method: str = "DELETE") -> str:
+    return json.dumps({"resourceType": "Bundle", "type": "transaction",
+                       "entry": [{"request": {"method": method, "url": u}} for u in urls]})
+
+
+def crf(path: Path, *sources: tuple[str, str]) -> Path:
+    path.write_text(json.dumps({"subject_id": path.stem, "findings": [
+        {"item": "HGB", "source": {"resource_type": t, "id": i, "version": "1"}} for t, i in sources]}))
+    return path
+
+
+def test_deleted_ref_reads_relative_absolute_and_versioned_urls() -> None:
+    assert deleted_ref("Observation/o-1") == ("Observation", "o-1")
+    assert deleted_ref("https://ehr.example.org/fhir/Observation/o-1") == ("Observation", "o-1")
+    assert deleted_ref("Observation/o-1/_history/3") == ("Observation", "o-1")
+    for bad in ("Observatoin/o-1", "Observation", "Observation/" + "x" * 65, "Observation/a b", None, 3):
+        assert deleted_ref(bad) is None
+
+
+def test_read_deleted_takes_every_delete_entry_and_reports_the_rest(tmp_path: Path) -> None:
+    (tmp_path / "deleted.001.Bundle.ndjson").write_text(
+        bundle("Observation/o1", "Procedure/p1") + "\n\n" + bundle("Observation/o2", method="PUT") + "\nnot json\n")
+    (tmp_path / "deleted.002.Bundle.ndjson.gz").write_bytes(gzip.compress(bundle("Patient/pt1").encode() + b"\n"))
+    found = read_deleted(tmp_path, ["deleted.001.Bundle.ndjson", "deleted.002.Bundle.ndjson.gz"])
+    assert found.refs == {("Observation", "o1"), ("Procedure", "p1"), ("Patient", "pt1")}
+    assert found.unreadable == ["deleted.001.Bundle.ndjson line 3, entry 1: not a DELETE of Type/id",
+                                "deleted.001.Bundle.ndjson line 4: not JSON"]
+
+
+def test_attribute_names_the_subject_whose_crf_holds_the_resource(tmp_path: Path) -> None:
+    crfs = {"pa": crf(tmp_path / "S1.json", ("Observation", "o1")), "pb": crf(tmp_path / "S2.json",
+                                                                              ("Observation", "o2"))}
+    got = attribute({("Observation", "o1"), ("Patient", "pc"), ("Specimen", "sp1"), ("Observation", "o9")}, crfs,
+                    ["pa", "pb", "pc"])
+    assert got.subjects == {"pa": [("Observation", "o1")], "pc": [("Patient", "pc")]}
+    # a shared resource (any subject's records may reference it) and one no CRF names: not attributable
+    assert got.unattributed == [("Observation", "o9"), ("Specimen", "sp1")]
+
+
+def test_deleted_files_in_a_manifest_are_not_data(tmp_path: Path) -> None:
+    (tmp_path / "001.Observation.ndjson").write_text('{"resourceType":"Observation","id":"o1"}\n')
+    (tmp_path / "deleted.001.Bundle.ndjson").write_text(bundle("Observation/o2") + "\n")
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "output": [{"type": "Observation", "url": "001.Observation.ndjson"}], "error": [],
+        "deleted": [{"type": "Bundle", "url": "deleted.001.Bundle.ndjson"}]}))
+    layout = discover(tmp_path)
+    assert [f.name for f in layout.data] == ["001.Observation.ndjson"]
+    assert [f.name for f in layout.deleted] == ["deleted.001.Bundle.ndjson"]
+
+
+def since_source(study: Study, tmp_path: Path, log: RunLog, *urls: str) -> BulkSource:
+    import datetime as dt
+
+    server = ServerSource(FhirClient("https://ehr.example.org/fhir"), study, log)
+    crfs = tmp_path / "crf"
+    crfs.mkdir()
+    crf(crfs / "S1.json", ("Observation", "o1"))
+    crf(crfs / "S2.json", ("Observation", "o2"))
+    source = BulkSource(server, BulkSettings(), tmp_path / "bulk", log,
+                        since=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), last_crf=lambda sid: crfs / f"{sid}.json")
+    source.label_subjects({"pa": "S1", "pb": "S2", "pc": "S3"})
+    (tmp_path / "bulk").mkdir()
+    (tmp_path / "bulk" / "deleted.001.Bundle.ndjson").write_text(bundle(*urls) + "\n")
+    source._local = {"output": [], "deleted": [{"type": "Bundle", "url": "deleted.001.Bundle.ndjson"}]}
+    return source
+
+
+def test_a_subject_whose_crf_holds_a_deleted_resource_is_read_again(study: Study, tmp_path: Path) -> None:
+    log = RunLog()
+    source = since_source(study, tmp_path, log, "Observation/o2")
+    assert source._deletions({"pa", "pb", "pc"}, {"pa", "pb"}) == {"pb"}
+    assert log.counts["bulk.deleted"] == 1 and log.counts["incremental.deletion_subjects"] == 1
+    stats = source.request_stats()
+    assert stats is not None and stats["bulk"]["deleted"] == 1
+    assert not log.warnings
+
+
+def test_a_deletion_no_crf_names_reads_every_subject_again(study: Study, tmp_path: Path) -> None:
+    log = RunLog()
+    source = since_source(study, tmp_path, log, "Observation/o2", "Observation/o-unknown")
+    assert source._deletions({"pa", "pb", "pc"}, {"pa", "pb"}) == {"pa", "pb"}
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "Observation/o-unknown" in warning["message"] and "every enrolled subject is read again in full" \
+        in warning["message"] and "named by no subject's CRF" in warning["message"]
+
+
+def test_a_deletion_without_the_last_crfs_reads_every_subject_again(study: Study, tmp_path: Path) -> None:
+    log = RunLog()
+    source = since_source(study, tmp_path, log, "Observation/o1")
+    source.last_crf = None
+    assert source._deletions({"pa", "pb"}, {"pa", "pb"}) == {"pa", "pb"}
