@@ -70,3 +70,39 @@ def test_without_a_roster_the_error_says_how_to_enrol(no_trial_feed: tuple[Path,
     feed, _, _ = no_trial_feed
     res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "o")])
     assert res.exit_code == 1 and "--roster-csv" in res.stderr
+
+
+def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
+    rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
+    header = list(rows[0])
+    if edit == "no-status":
+        header.remove("status")
+    for r in rows:
+        if edit == "bad-date":
+            r["consent_date"] = "2024-13-01"
+        if edit == "unknown-patient":
+            r["patient_identifier"] = "https://nowhere.example|nobody"
+    path = tmp_path / f"roster-{edit}.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ("no-status", "missing column(s) ['status']"),
+    ("bad-date", "consent_date '2024-13-01' is not a date; write YYYY-MM-DD"),
+    ("unknown-patient", "no Patient with identifier https://nowhere.example|nobody"),
+])
+def test_a_roster_csv_that_enrols_nobody_says_why_in_one_line(no_trial_feed: tuple[Path, Path, dict[str, str]],
+                                                            tmp_path: Path, edit: str, said: str) -> None:
+    """A roster CSV mistake is the integrator's to fix (exit 1, one line naming the file, line and fix), not an
+    internal error; a run that enrols nobody writes no OUT, so the message itself quotes the roster's reasons."""
+    feed, roster, _ = no_trial_feed
+    bad = _broken_roster(roster, tmp_path, edit)
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "o"),
+                                    "--roster-csv", str(bad)])
+    assert res.exit_code == 1, res.output
+    assert said in res.stderr and f"{bad.name}" in res.stderr and "internal error" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1

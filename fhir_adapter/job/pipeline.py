@@ -267,7 +267,7 @@ def _run(
     owned_study = next((s for s in roster_input.studies if is_owned(s)), None)  # from study.yaml
     day1_sources: list[dict[str, Any]] = []
     roster = build_roster(roster_input, study, runlog)
-    if (empty := nobody_enrolled(roster_input, roster, study)) is not None:
+    if (empty := nobody_enrolled(roster_input, roster, study, runlog, roster_csv=roster_csv is not None)) is not None:
         raise RosterError(empty)
     owned = {str(ref_id((rs.get("individual") or {}).get("reference"), "Patient", roster_input.base)): rs
              for rs in roster_input.subjects

@@ -8,14 +8,34 @@ from __future__ import annotations
 
 from collections import Counter
 
+from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import Roster
 from fhir_adapter.roster.subject_ids import describe, overlay_line, subject_id
 from fhir_adapter.source.base import RosterInput, ref_id
 from fhir_adapter.study.load import Study
 
+#: roster problems quoted in the message of a run that enrolled nobody (a failed run writes no OUT to look in)
+_QUOTED = 3
 
-def nobody_enrolled(data: RosterInput, roster: Roster, study: Study) -> str | None:
-    """The error message when ``roster`` enrolled nobody; else None."""
+
+def _why(log: RunLog | None) -> str:
+    """The roster's own reasons, quoted: the quarantined roster resources and the roster warnings (a roster
+    CSV row naming no Patient of the source, …), at most :data:`_QUOTED` of each kind."""
+    if log is None:
+        return ""
+    reasons = [f"{q.resource_type}/{q.id}: {q.reason} ({q.fix})" for q in log.quarantine[:_QUOTED]]
+    reasons += [w["message"] for w in log.warnings[:_QUOTED]]
+    more = max(0, len(log.quarantine) - _QUOTED) + max(0, len(log.warnings) - _QUOTED)
+    if not reasons:
+        return ""
+    return " Why: " + "; ".join(reasons) + (f"; and {more} more" if more else "")
+
+
+def nobody_enrolled(data: RosterInput, roster: Roster, study: Study, log: RunLog | None = None,
+                    *, roster_csv: bool = False) -> str | None:
+    """The error message when ``roster`` enrolled nobody; else None. ``log``: the run's log so far, whose roster
+    reasons the message quotes (no run report is written when nobody is enrolled); ``roster_csv``: the run
+    enrols from a site roster CSV (then the fix is in its rows, not in passing one)."""
     if roster.enrolled:
         return None
     of_study = [rs for rs in data.subjects
@@ -24,11 +44,15 @@ def nobody_enrolled(data: RosterInput, roster: Roster, study: Study) -> str | No
         info = study.info
         looked = f"{info.identifier_system}|{info.id}" if info.identifier_system else info.id
         studies = ", ".join(f"ResearchStudy/{i}" for i in sorted(roster.study_ids))
+        if roster_csv:
+            return (f"nobody to process: no row of the roster CSV enrolled a subject of study {info.id}. Check "
+                    "that each row's patient_identifier (system|value) names a Patient of the source and that "
+                    f"its dates and status are valid.{_why(log)}")
         return (f"nobody to process: the source holds no ResearchSubject of study {info.id} ({studies}, "
                 f"identifier {looked}; enrolled statuses {list(info.enrolled_statuses)}). Export the "
                 "ResearchSubjects with the ResearchStudy (a Bulk export: ResearchSubject in _type), or enrol from "
                 "the site roster: --roster-csv roster.csv (its rows must name Patients of the source by "
-                "patient_identifier)")
+                f"patient_identifier).{_why(log)}")
     systems = Counter(str(i.get("system")) for rs in of_study for i in rs.get("identifier") or []
                       if isinstance(i, dict))
     statuses = Counter(str(rs.get("status") or "(none)") for rs in of_study)
@@ -44,7 +68,7 @@ def nobody_enrolled(data: RosterInput, roster: Roster, study: Study) -> str | No
                 f"({study.subject_id_rule_origin or 'study.yaml'}). If the hospital keeps the trial ID under its "
                 f"own identifier system, add to your site overlay (--site mappings/sites/<site>.yaml): "
                 f"{overlay_line(sorted(systems))}")
-    return f"{seen}. See OUT/run-report.json → quarantine for why each was not enrolled"
+    return f"{seen}.{_why(log) or ' The roster gave no reason: run again with -v for the roster log'}"
 
 
 def _fmt(c: Counter[str]) -> str:

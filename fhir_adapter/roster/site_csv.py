@@ -29,6 +29,7 @@ from typing import Any
 
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.day1 import RosterInfusion
+from fhir_adapter.roster.enrollees import RosterError
 from fhir_adapter.roster.subject_ids import subject_id, subject_id_system
 from fhir_adapter.source.base import RosterInput
 from fhir_adapter.study.load import Study
@@ -40,8 +41,8 @@ REQUIRED = ("subject_id", "patient_identifier", "consent_date", "arm", "status")
 _NS = uuid.UUID("0b3c1f2e-8d4a-5e6f-9a1b-2c3d4e5f6a7b")
 
 
-class RosterCsvError(ValueError):
-    pass
+class RosterCsvError(RosterError):
+    """The roster CSV cannot be read as a roster (a missing column): the message names the file and the fix."""
 
 
 def owned_identifier(study: Study, subject_id: str) -> str:
@@ -94,6 +95,15 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         if sid in held:
             log.count("roster_csv.held_by_ehr")
             continue
+        consent = (row.get("consent_date") or "").strip()
+        try:
+            consent_ok = not parse_fhir_date(consent, study.info.timezone).partial
+        except DateError:
+            consent_ok = False
+        if not consent_ok:
+            log.warn(f"{path}:{n}: subject {sid}: consent_date {consent!r} is not a date; write YYYY-MM-DD (the row "
+                     "is skipped until it is)", rule="roster-csv", subject_id=sid)
+            continue
         pid = _find_patient(data.patients, (row.get("patient_identifier") or "").strip())
         if pid is None or study_id is None:
             log.warn(f"{path}:{n}: subject {sid}: "
@@ -109,7 +119,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
             "meta": {"profile": [SD_RESEARCH_SUBJECT]},
             "identifier": ident,
             "status": row["status"].strip(),
-            "period": {"start": row["consent_date"].strip()},
+            "period": {"start": consent},
             "study": {"reference": f"ResearchStudy/{study_id}"},
             "individual": {"reference": f"Patient/{pid}"},
             "assignedArm": row["arm"].strip(),
