@@ -206,6 +206,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     from fhir_adapter.fhir.server_config import ServerConfigError, record_run
     from fhir_adapter.job.connect import ConnectError, connect, is_url
     from fhir_adapter.job.outlock import OutInUse, hold_out
+    from fhir_adapter.job.outpaths import UnsafePath
     from fhir_adapter.source.base import SourceError
 
     log = RunLog()
@@ -243,7 +244,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             finally:
                 conn.close()
         except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
-                TamperedError, SourceError) as exc:
+                TamperedError, SourceError, UnsafePath) as exc:
             if ctx.obj.get("verbose", 0) >= 2:
                 raise
             _fail(str(exc))
@@ -251,7 +252,10 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             click.secho(f"error: {summary.stopped.message}", fg="red", err=True)
             sys.exit(summary.exit_code)
         if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
-            record_run(out, conn.next_since or started, source)
+            try:
+                record_run(out, conn.next_since or started, source)
+            except UnsafePath as exc:   # state/ turned into a symbolic link while the run went on
+                _fail(str(exc))
     if not ctx.obj.get("quiet"):
         rows = [
             ("subjects", f"{summary.subjects} enrolled and processed"
@@ -332,12 +336,17 @@ def review(results: Path, reviewer: str | None, port: int, review_state: Path | 
       fhir-adapter review --results demo/out
       fhir-adapter review --results demo/out --reviewer "A. Example" --port 8765
     """
+    from fhir_adapter.job.outpaths import UnsafePath
     from fhir_adapter.review.app import ReviewConfig, serve
     from fhir_adapter.review.store import DecisionStore, default_reviewer
 
     name = (reviewer or "").strip() or default_reviewer()
     if not (results / "review" / "candidates").is_dir():
         _fail(f"{results} holds no review/candidates/: run `fhir-adapter run --out {results}` first")
+    try:  # decisions are never appended through a symbolic link in RESULTS (state/ or the file)
+        DecisionStore.under(results, review_state).check_writable()
+    except UnsafePath as exc:
+        _fail(str(exc))
     cfg = ReviewConfig(results=results, reviewer=name, state_dir=review_state)
     try:
         serve(cfg, port, on_ready=lambda url: click.echo(f"review app      {url}  (reviewer: {name}; Ctrl-C stops)"))
@@ -368,9 +377,13 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
       fhir-adapter report --results demo/out
       fhir-adapter report --results demo/out --out /srv/www/lcar-aio
     """
+    from fhir_adapter.job.outpaths import UnsafePath
     from fhir_adapter.report import build_report
 
-    path = build_report(results, out)
+    try:
+        path = build_report(results, out)
+    except UnsafePath as exc:
+        _fail(str(exc))
     if not ctx.obj.get("quiet"):
         click.echo(f"report          {path}")
 

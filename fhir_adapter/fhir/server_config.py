@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fhir_adapter.fhir.settings import BulkSettings, ClientSettings
+from fhir_adapter.job.outpaths import replaced_output
 from fhir_adapter.study.yamlfile import read_yaml
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ def last_run_started(out: Path) -> dt.datetime | None:
 
 
 def record_run(out: Path, started: dt.datetime, source: str) -> None:
-    path = Path(out) / STATE_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``OUT/state/last-run.json``; a symbolic link there is replaced, never written through (a link in
+    place of ``state/`` is refused: :class:`~fhir_adapter.job.outpaths.UnsafePath`)."""
+    path = replaced_output(Path(out), Path(out) / STATE_FILE)
     path.write_text(json.dumps({"started": started.isoformat(), "source": source}, indent=2) + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fhir_adapter.fhir.server_config import last_run_started, load_server_config, open_client
-from fhir_adapter.job.outpaths import subject_file_name
+from fhir_adapter.job.outpaths import subject_file_name, without_links
 from fhir_adapter.job.pipeline import Sink
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Source
@@ -111,7 +111,8 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
         rest = ServerSource(client, study, log, read_mode="search", loop=loop,
                             observation_code_param=cfg.observation_code_param,
                             patients_per_search=cfg.patients_per_search)
-        exported = BulkSource(rest, cfg.bulk, out / "bulk", log, since=parse_since(since, out),
+        # the export's files go into OUT/bulk/, never through a symbolic link (UnsafePath names it)
+        exported = BulkSource(rest, cfg.bulk, without_links(out, out / "bulk"), log, since=parse_since(since, out),
                               last_crf=lambda subject_id: out / "crf" / f"{subject_file_name(subject_id)}.json")
         return Connection(source=exported, sink=sink, server=rest, bulk=exported)
     server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop,

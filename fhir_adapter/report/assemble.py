@@ -7,6 +7,7 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
+from fhir_adapter.job.outpaths import replaced_output, without_links
 from fhir_adapter.report.baselines import baselines_section
 from fhir_adapter.report.blocks import Section
 from fhir_adapter.report.completeness import completeness_section
@@ -64,11 +65,16 @@ def render(data: ReportData) -> str:
 
 
 def build_report(results: Path, out: Path | None = None) -> Path:
-    """Write ``index.html`` for the run output folder ``results`` into ``out`` (default ``results/report``)."""
+    """Write ``index.html`` for the run output folder ``results`` into ``out`` (default ``results/report``).
+
+    Never through a symbolic link below ``results`` (or below ``out``, when ``out`` is elsewhere: ``out`` itself
+    is the operator's choice): a link in place of ``index.html`` is replaced, a link in place of a folder on
+    the way (``report/``) stops with :class:`~fhir_adapter.job.outpaths.UnsafePath` before anything is written."""
     results = Path(results)
     out = Path(out) if out is not None else results / "report"
+    root = results if out.is_relative_to(results) else out
+    without_links(root, out)  # a link in the way stops before the report is made
     html = render(load(results))
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "index.html"
+    path = replaced_output(root, out / "index.html")
     path.write_text(html, encoding="utf-8")
     return path

@@ -30,6 +30,8 @@ from typing import Any, Literal
 
 import orjson
 
+from fhir_adapter.job.outpaths import real_folder, without_links
+
 GENESIS = "0" * 64
 ACTIONS = ("accept", "choose", "not_available", "query")
 Action = Literal["accept", "choose", "not_available", "query"]
@@ -85,13 +87,24 @@ class Chain:
 
 
 class DecisionStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, root: Path | None = None) -> None:
+        """``root``: the folder below which no symbolic link is followed to write ``path`` (default its folder)."""
         self.path = Path(path)
+        self.root = Path(root) if root is not None else self.path.parent
         self._cache: tuple[tuple[int, int, int], Chain] | None = None
 
     @classmethod
     def under(cls, out: Path, state_dir: Path | None = None) -> DecisionStore:
-        return cls((state_dir or Path(out) / "state") / FILE_NAME)
+        """The decision file of the results folder ``out`` (``OUT/state/``), or in ``state_dir`` when given."""
+        if state_dir is not None:
+            return cls(Path(state_dir) / FILE_NAME, state_dir)
+        return cls(Path(out) / "state" / FILE_NAME, out)
+
+    def check_writable(self) -> None:
+        """:class:`~fhir_adapter.job.outpaths.UnsafePath` when the decision file or a folder between
+        :attr:`root` and it is a symbolic link: decisions are appended to a real file, never through a link
+        (and a link cannot be replaced: the decisions are in what it points to)."""
+        without_links(self.root, self.path)
 
     # -- reading -------------------------------------------------------------------------------------
     def read(self) -> Chain:
@@ -140,8 +153,9 @@ class DecisionStore:
     # -- writing -------------------------------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[int]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        self.check_writable()
+        real_folder(self.root, self.path.parent)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o640)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd

@@ -144,3 +144,166 @@ def test_case_clash_fails_the_second_subject_naming_both(tmp_path: Path, study: 
     msg = next(w["message"] for w in report["warnings"] if w.get("rule") == "subject-failed")
     assert "'AB-1'" in msg and "'ab-1'" in msg
     assert report["exit_code"] == 2
+
+
+# -- symbolic links already inside OUT (or a report's folder) are never written through --------------------------
+# A link where an output the adapter replaces whole goes is replaced like a previous output (its target untouched);
+# a link in place of a folder the adapter writes into stops the command, naming the link, before anything is
+# written (fhir_adapter/job/outpaths.py: without_links, real_folder, replaced_output).
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def synth_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fhir_adapter.synth import write_feed
+
+    feed = tmp_path_factory.mktemp("feed")
+    write_feed(feed, subjects=3, seed=7)
+    return feed
+
+
+def _cli_run(feed: Path, out: Path) -> Any:
+    from click.testing import CliRunner
+
+    from fhir_adapter.cli.commands import main
+
+    return CliRunner().invoke(main, ["-q", "run", "--source", str(feed), "--out", str(out), "--workers", "1",
+                                     "--study", str(ROOT / "mappings" / "lcar-aio")])
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_link_in_place_of_last_run_json_is_replaced_not_written_through(synth_feed: Path, tmp_path: Path) -> None:
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    victim.write_text("ORIGINAL\n")
+    (out / "state").mkdir(parents=True)
+    (out / "state" / "last-run.json").symlink_to(victim)
+    res = _cli_run(synth_feed, out)
+    assert res.exit_code in (0, 2), res.output
+    assert victim.read_text() == "ORIGINAL\n"
+    last_run = out / "state" / "last-run.json"
+    assert not last_run.is_symlink() and "started" in json.loads(last_run.read_text())
+
+
+@pytest.mark.parametrize("folder", ["state", "review"])
+def test_a_linked_output_folder_stops_the_run_before_it_writes(synth_feed: Path, tmp_path: Path, folder: str) -> None:
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "kept.txt").write_text("not the adapter's\n")
+    out.mkdir()
+    (out / folder).symlink_to(elsewhere, target_is_directory=True)
+    res = _cli_run(synth_feed, out)
+    assert res.exit_code == 1
+    assert f"{out / folder} is a symbolic link" in res.output and "replace the link by a real folder" in res.output
+    assert _tree(elsewhere) == {"kept.txt": b"not the adapter's\n"}  # state/written.json, review/candidates: none
+    assert sorted(p.name for p in out.iterdir()) == [folder]  # nothing moved in, no staging folder left
+
+
+def test_a_dangling_link_in_place_of_an_output_folder_is_replaced(synth_feed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "crf").symlink_to(tmp_path / "nowhere", target_is_directory=True)
+    res = _cli_run(synth_feed, out)
+    assert res.exit_code in (0, 2), res.output
+    assert (out / "crf").is_dir() and not (out / "crf").is_symlink() and any((out / "crf").glob("*.json"))
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_link_in_place_of_the_lock_file_is_replaced(tmp_path: Path) -> None:
+    from fhir_adapter.job.outlock import LOCK_NAME, hold_out
+
+    out, victim = tmp_path / "out", tmp_path / "victim.txt"
+    victim.write_text("ORIGINAL\n")
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(victim)
+    with hold_out(out):
+        assert not (out / LOCK_NAME).is_symlink()
+    assert victim.read_text() == "ORIGINAL\n"
+
+
+def test_a_linked_staging_folder_is_left_alone(tmp_path: Path) -> None:
+    from fhir_adapter.job.staging import COMPLETE, PREFIX, Staging
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    (elsewhere / "crf").mkdir(parents=True)
+    (elsewhere / "crf" / "x.json").write_text("{}")
+    (elsewhere / COMPLETE).write_text("crf\n")  # looks like a finished run's staging folder
+    out.mkdir()
+    (out / f"{PREFIX}planted").symlink_to(elsewhere, target_is_directory=True)
+    Staging(out).open()
+    assert _tree(elsewhere) == {"crf/x.json": b"{}", COMPLETE: b"crf\n"} and not (out / "crf").exists()
+
+
+def test_report_never_writes_through_a_link(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fhir_adapter.cli.commands import main
+    from tests.report import report_fixture
+
+    results = report_fixture.write(tmp_path / "results")
+    elsewhere, victim = tmp_path / "elsewhere", tmp_path / "victim.html"
+    elsewhere.mkdir()
+    victim.write_text("ORIGINAL\n")
+    (results / "report").symlink_to(elsewhere, target_is_directory=True)
+    res = CliRunner().invoke(main, ["report", "--results", str(results)])
+    assert res.exit_code == 1 and f"{results / 'report'} is a symbolic link" in res.output
+    assert not list(elsewhere.iterdir())
+    (results / "report").unlink()
+    (results / "report").mkdir()
+    (results / "report" / "index.html").symlink_to(victim)  # a link in place of the output file: replaced
+    res = CliRunner().invoke(main, ["report", "--results", str(results)])
+    assert res.exit_code == 0, res.output
+    assert victim.read_text() == "ORIGINAL\n"
+    index = results / "report" / "index.html"
+    assert not index.is_symlink() and "<html" in index.read_text()
+
+
+def test_review_decisions_are_never_appended_through_a_link(tmp_path: Path) -> None:
+    from fhir_adapter.review.store import DecisionStore, new_decision
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "state").symlink_to(elsewhere, target_is_directory=True)
+    shown = {"rule": "closest", "picked": "Observation/a",
+             "candidates": [{"id": "Observation/a", "value": "0.9", "unit": "g/L"}]}
+    d = new_decision(subject_id="101-001", visit="W24", item="c3", action="accept", reviewer="R. One", shown=shown)
+    with pytest.raises(UnsafePath, match="is a symbolic link"):
+        DecisionStore.under(out).append(d)
+    (out / "state").unlink()
+    (out / "state").mkdir()
+    (out / "state" / "review-decisions.jsonl").symlink_to(elsewhere / "decisions.jsonl")
+    with pytest.raises(UnsafePath, match="is a symbolic link"):
+        DecisionStore.under(out).append(d)
+    assert not list(elsewhere.iterdir())
+
+
+def test_bulk_downloads_never_go_through_a_link(tmp_path: Path, study: Study) -> None:
+    from fhir_adapter.job.connect import connect
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "bulk").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(UnsafePath, match="is a symbolic link"):
+        connect("http://127.0.0.1:9/fhir", study, RunLog(), out, bulk=True)
+    assert not list(elsewhere.iterdir())
+
+
+def test_without_links_and_replaced_output(tmp_path: Path) -> None:
+    from fhir_adapter.job.outpaths import real_folder, replaced_output, without_links
+
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "f").write_text("kept")
+    assert real_folder(out, out / "a" / "b").is_dir()
+    (out / "a" / "link").symlink_to(elsewhere / "f")
+    (out / "a" / "dir").symlink_to(out / "a" / "b", target_is_directory=True)  # even one pointing inside OUT
+    for bad in (out / "a" / "link", out / "a" / "dir" / "x", out / ".." / "x", out / "a\x00", tmp_path / "x"):
+        with pytest.raises(UnsafePath):
+            without_links(out, bad)
+    assert replaced_output(out, out / "a" / "link") == out / "a" / "link" and not (out / "a" / "link").exists()
+    assert (elsewhere / "f").read_text() == "kept"
