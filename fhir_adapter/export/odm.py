@@ -3,8 +3,10 @@
 * **MetaDataVersion** (odmlib object model) — one StudyEventDef per scheduled visit (``SE.<visit>``), a
   repeating ``SE.UNS`` for unscheduled visits and a common ``SE.SUBJECT`` event holding the subject-level
   forms (DM, EX, CM, AE); one FormDef and one ItemGroupDef per domain (``F.LB``, ``IG.LB``); one ItemDef per
-  column (``IT.LB.LBORRES``) with its ODM DataType — ``partialDate``/``partialDatetime`` wherever a date may
-  be partial, so ``2024-03`` stays ``2024-03`` (never imputed); the ``--TESTCD`` values as CodeLists; the CRF
+  export column (``IT.LB.LBORRES``) with its ODM DataType — ``partialDate``/``partialDatetime`` wherever a
+  date may be partial, so ``2024-03`` stays ``2024-03`` (never imputed) — also for the columns the ODM context
+  states (STUDYID, USUBJID, VISIT, the test name …): no ItemGroupDef refers to those and no ItemData carries
+  them, but the Dataset-JSON columns do (``itemOID``); the ``--TESTCD`` values as CodeLists; the CRF
   units as MeasurementUnits referenced by ``--STRESN``, named by the CDISC UNIT term the CSV's ``--STRESU``
   holds (``mmHg``, ``10^9/L``; the UCUM code of items.yaml an Alias, :func:`measurement_units`).
 * **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD``
@@ -130,6 +132,27 @@ def unit_oid_map(study: Study) -> dict[str, str]:
     return oids
 
 
+def _item_def(study: Study, domain: str, column: str, by_ucum: dict[str, str], used_codelists: set[str]) -> Any:
+    """The ItemDef of one export column (``IT.LB.LBORRES``): its ODM DataType, its label, the CT CodeList
+    (recorded in ``used_codelists``), the --TESTCD CodeList, the MeasurementUnits of --STRESN."""
+    item = ODM.ItemDef(OID=f"IT.{domain}.{column}", Name=column, DataType=data_type(column),
+                       Description=_text(label(domain, column)))
+    ct_list = codelist(column)
+    if ct_list is not None:
+        item.CodeListRef = ODM.CodeListRef(CodeListOID=f"CL.{ct_list}")
+        used_codelists.add(ct_list)
+    if len(column) <= 8:
+        item.SASFieldName = column
+    if column == f"{domain}TESTCD":
+        item.CodeListRef = ODM.CodeListRef(CodeListOID=f"CL.{domain}TESTCD")
+    if column == f"{domain}STRESN":
+        domain_units = {it.unit for it in study.items.values() if it.domain == domain and it.unit}
+        item.MeasurementUnitRef = [
+            ODM.MeasurementUnitRef(MeasurementUnitOID=by_ucum[u]) for u in sorted(domain_units) if u in by_ucum
+        ]
+    return item
+
+
 def metadata(study: Study) -> tuple[Any, dict[str, str]]:
     """The odmlib ``Study`` (GlobalVariables, BasicDefinitions, MetaDataVersion) and the unit term → OID map."""
     units = measurement_units(study)
@@ -178,24 +201,10 @@ def metadata(study: Study) -> tuple[Any, dict[str, str]]:
             ItemRef=[ODM.ItemRef(ItemOID=f"IT.{domain}.{c}", OrderNumber=i,
                                  Mandatory="Yes" if c in ("USUBJID", f"{domain}TESTCD") else "No")
                      for i, c in enumerate(ODM_COLUMNS[domain], start=1)]))
-        for column in ODM_COLUMNS[domain]:
-            item = ODM.ItemDef(OID=f"IT.{domain}.{column}", Name=column, DataType=data_type(column),
-                               Description=_text(label(domain, column)))
-            ct_list = codelist(column)
-            if ct_list is not None:
-                item.CodeListRef = ODM.CodeListRef(CodeListOID=f"CL.{ct_list}")
-                used_codelists.add(ct_list)
-            if len(column) <= 8:
-                item.SASFieldName = column
-            if column == f"{domain}TESTCD":
-                item.CodeListRef = ODM.CodeListRef(CodeListOID=f"CL.{domain}TESTCD")
-            if column == f"{domain}STRESN":
-                domain_units = {it.unit for it in study.items.values() if it.domain == domain and it.unit}
-                item.MeasurementUnitRef = [
-                    ODM.MeasurementUnitRef(MeasurementUnitOID=by_ucum[u]) for u in sorted(domain_units)
-                    if u in by_ucum
-                ]
-            mdv.ItemDef.append(item)
+        # every export column, also those the ODM context states (no ItemRef, no ItemData): the Dataset-JSON
+        # columns of the domain refer to them by OID (dataset_json.columns)
+        for column in COLUMNS[domain]:
+            mdv.ItemDef.append(_item_def(study, domain, column, by_ucum, used_codelists))
     for domain in FINDINGS_DOMAINS:
         mdv.CodeList.append(ODM.CodeList(
             OID=f"CL.{domain}TESTCD", Name=f"{domain} test codes", DataType="text",

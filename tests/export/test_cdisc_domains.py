@@ -451,9 +451,14 @@ def test_dataset_json_per_domain_matches_csv_and_odm(out: Path) -> None:
         assert odm_items <= {c["itemOID"] for c in doc["columns"]}, "every ODM item is a Dataset-JSON column"
         assert [c["name"] for c in doc["columns"]] == list(COLUMNS[domain])
         for c in doc["columns"]:
-            if c["itemOID"] in item_defs:  # one label for both
-                text = item_defs[c["itemOID"]].find(f"{ns}Description/{ns}TranslatedText")
-                assert text is not None and text.text == c["label"]
+            # every column refers to an ItemDef of odm.xml (metaDataRef), the keys and the columns ODM's context
+            # states (STUDYID, USUBJID, VISIT, --TEST …) too, with one name, label and data type for both
+            assert c["itemOID"] in item_defs, f"{domain}.{c['name']}: no ItemDef {c['itemOID']} in odm.xml"
+            item = item_defs[c["itemOID"]]
+            text = item.find(f"{ns}Description/{ns}TranslatedText")
+            assert text is not None and text.text == c["label"]
+            assert item.get("Name") == c["name"]
+            assert c["dataType"] == {"integer": "integer", "float": "double"}.get(item.get("DataType", ""), "string")
         csv_rows = _rows(out, domain)
         assert len(csv_rows) == doc["records"]
         for csv_row, row in zip(csv_rows, doc["rows"], strict=True):
