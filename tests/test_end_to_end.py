@@ -261,6 +261,35 @@ def test_core_rules_that_need_no_cdisc_library(trial: Trial) -> None:
     assert all(r["PRENDY"] for r in pr if r["PRENDTC"]), "PRENDTC without PRENDY"
 
 
+def test_every_export_value_has_its_declared_data_type(trial: Trial) -> None:
+    """Every cell of every export (the CSV text, which the Dataset-JSON rows repeat) against the DataType its
+    column's ItemDef in odm.xml declares, as the ODM 1.3.2 schema defines the type: date, partialDate,
+    partialDatetime, integer, float. Every column has an ItemDef: the Dataset-JSON columns refer to them."""
+    import xml.etree.ElementTree as ET
+
+    import xmlschema
+
+    from fhir_adapter.export.cdisc import COLUMNS
+    from fhir_adapter.export.odm import schema_path
+
+    _, out, _ = trial
+    ns = "{http://www.cdisc.org/ns/odm/v1.3}"
+    types = xmlschema.XMLSchema(str(schema_path())).maps.types
+    declared = {e.get("OID", ""): e.get("DataType", "")
+                for e in ET.parse(out / "export" / "odm.xml").getroot().iter(f"{ns}ItemDef")}
+    checked: set[str] = set()
+    for domain, columns in COLUMNS.items():
+        rows = _csv(out, domain)
+        for column in columns:
+            dtype = declared[f"IT.{domain}.{column}"]
+            values = {r[column] for r in rows if r[column]}
+            wrong = sorted(v for v in values if not types[f"{ns}{dtype}"].is_valid(v))
+            assert not wrong, f"{domain}.{column} is declared {dtype} but holds {wrong[:3]}"
+            if values:
+                checked.add(dtype)
+    assert {"date", "partialDate", "partialDatetime", "integer", "float", "text"} <= checked
+
+
 def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:
     _, out, _ = trial
     filled = {

@@ -82,6 +82,7 @@ DATA_TYPES: dict[str, str] = {
     "--SEQ": "integer", "--STRESN": "float", "--ORNRLO": "float", "--ORNRHI": "float", "--STNRLO": "float",
     "--STNRHI": "float", "--LLOQ": "float", "--DTC": "partialDatetime", "--DY": "integer",
     "--DOSE": "float", "--DOSTOT": "float", "--STDTC": "partialDatetime", "--ENDTC": "partialDate",
+    "LBENDTC": "partialDatetime",  # the end of a timed collection (Specimen.collection.collectedPeriod.end)
     "--STDY": "integer", "--ENDY": "integer", "--TOXGR": "integer",
 }
 
