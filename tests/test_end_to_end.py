@@ -290,6 +290,36 @@ def test_every_export_value_has_its_declared_data_type(trial: Trial) -> None:
     assert {"date", "partialDate", "partialDatetime", "integer", "float", "text"} <= checked
 
 
+def test_every_study_day_is_the_study_day_of_its_date(trial: Trial) -> None:
+    """SDTM derives --DY from --DTC, --STDY from --STDTC and --ENDY from --ENDTC (no Day 0); LB is dated by its
+    Specimen's collection, so LBDY follows it also where the collection began on another day than the
+    Observation's effective date (the 24-hour urine)."""
+    import datetime as dt
+
+    from fhir_adapter.export.cdisc import COLUMNS
+    from fhir_adapter.study.timeline import study_day
+
+    _, out, _ = trial
+    day1 = {r["USUBJID"]: r["RFSTDTC"] for r in _csv(out, "DM")}
+    checked = 0
+    for domain, columns in COLUMNS.items():
+        for dtc, dy in ((f"{domain}{a}", f"{domain}{b}") for a, b in (("DTC", "DY"), ("STDTC", "STDY"),
+                                                                         ("ENDTC", "ENDY"))):
+            if dtc not in columns or dy not in columns:
+                continue
+            for r in _csv(out, domain):
+                if len(r[dtc]) < 10 or not day1[r["USUBJID"]]:  # a partial date has no study day
+                    continue
+                want = study_day(dt.date.fromisoformat(r[dtc][:10]), dt.date.fromisoformat(day1[r["USUBJID"]]))
+                assert r[dy] == str(want), f"{domain} {r['USUBJID']} {dtc} {r[dtc]}: {dy} = {r[dy]}, not {want}"
+                checked += 1
+    assert checked > 1000
+    effective = {f["source"]["id"]: f["date"] for p in (out / "crf").glob("*.json") for f in load(p)["findings"]}
+    moved = [r for r in _csv(out, "LB")
+             if r["LBDTC"] and r["LBDTC"][:10] != effective.get(r["SRCREF"].split("/")[1], r["LBDTC"][:10])]
+    assert moved, "the feed has LB results whose specimen was collected on another day than the result's date"
+
+
 def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:
     _, out, _ = trial
     filled = {

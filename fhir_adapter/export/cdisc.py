@@ -635,7 +635,10 @@ class RowBuilder:
         or_ucum = self.study.ucum_unit(f.orig_unit or f.unit or "") if value is not None else ""
         st_ucum = f.unit or "" if value is not None else ""
         same_unit = f.orig_unit in (None, f.unit)
-        dtc = f.collected.isoformat() if f.collected and p == "LB" else _dtc(f)
+        # LB is timed by the specimen's collection: LBDTC, and LBDY and EPOCH from LBDTC's date
+        collected = f.collected if p == "LB" else None
+        dtc = collected.isoformat() if collected else _dtc(f)
+        day = collected.date() if collected else f.date
         row = self._template(crf, p).copy()
         row[k.SPID] = f.spid or ""
         row[k.TESTCD] = self.testcd.get(f.item, f.item.upper()[:8])
@@ -656,12 +659,12 @@ class RowBuilder:
         row[k.LLOQ] = num(lloq(item, f))
         row[k.BLFL] = "Y" if baseline else ""
         row[k.VISITNUM], row[k.VISIT], row[k.VISITDY] = key
-        row[k.EPOCH] = self._epoch(crf, f.date)
+        row[k.EPOCH] = self._epoch(crf, day)
         row[k.TPT] = (f.timepoint or "").upper()
         row[k.TPTREF] = (f.timepoint_ref or "").upper()
         row[k.ELTM] = f.elapsed or ""
         row[k.DTC] = dtc
-        row[k.DY] = "" if f.study_day is None else str(f.study_day)
+        row[k.DY] = self._dy(crf, day) if collected else ("" if f.study_day is None else str(f.study_day))
         row[k.ORUCUM] = or_ucum
         row[k.STUCUM] = st_ucum
         row[k.SRCSTAT] = f.status

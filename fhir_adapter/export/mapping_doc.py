@@ -68,6 +68,11 @@ def render(variables: list[Variable]) -> str:
         "* **EPOCH** (every domain but DM): SCREENING from consent (RFICDTC) to the day before lymphodepletion, "
         "TREATMENT from lymphodepletion to Day 1 (the infusion), FOLLOW-UP after Day 1; empty before consent "
         "(pre-study history) and when the record has no full date.",
+        "* **LB timing**: LBDTC is the Specimen's collection time (collectedDateTime, else the start of "
+        "collectedPeriod; without a Specimen, Observation.effective[x]) and LBENDTC the end of a timed collection; "
+        "LBDY and EPOCH follow LBDTC's date, LBENDY LBENDTC's (SDTM derives --DY from --DTC), so a 24-hour urine "
+        "started the day before its result is dated by its start. VISIT stays the window of the Observation's "
+        "effective date, the date the derivations use.",
         "* **MH or AE**: a Condition or AllergyIntolerance whose onset (else recorded date) is before Day 1 is "
         "medical history; one starting on or after Day 1 is left to AE (counted `mh.not-used.on-study`).",
         "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX). "

@@ -14,7 +14,16 @@ import orjson
 import pytest
 import xmlschema
 
-from fhir_adapter.crf.models import AdverseEvent, ConMed, Demographics, Exposure, SourceRef, SubjectCRF
+from fhir_adapter.crf.models import (
+    AdverseEvent,
+    ConMed,
+    Demographics,
+    Exposure,
+    Finding,
+    SourceRef,
+    SubjectCRF,
+    VisitRecord,
+)
 from fhir_adapter.export import ExportWriter, cdisc
 from fhir_adapter.export.cdisc import COLUMNS, DOMAINS, num
 from fhir_adapter.export.ct import load_terminology
@@ -301,6 +310,24 @@ def test_cm_and_ae_partial_dates_in_csv_and_odm(tmp_path: Path, study: Any) -> N
     assert ("IT.AE.AESTDTC", "2024-02") in values and types["IT.AE.AESTDTC"].startswith("partialDate")
     assert report["unmapped_codes"] == [{"system": "http://loinc.org", "code": "1-8", "count": 3}]
     assert report["export_rows"]["CM"] == 1 and report["export_rows"]["AE"] == 1
+
+
+def test_lb_study_day_and_epoch_follow_the_specimen_collection(study: Any) -> None:
+    """SDTM derives --DY from --DTC: an LB result dated by its Specimen's collection (LBDTC) takes LBDY and EPOCH
+    from that date, not from the Observation's effective date — a 24-hour urine begun the day before Day 1 and
+    reported on Day 1 is on day -1, in SCREENING; its end (LBENDTC) is on Day 1."""
+    begun = dt.datetime.combine(DAY1 - dt.timedelta(days=1), dt.time(7, 30), dt.UTC)
+    result = Finding(domain="LB", item="creatinine", value=0.9, unit="mg/dL", date=DAY1, study_day=1, visit="D1",
+                     datetime=begun + dt.timedelta(hours=25), collected=begun,
+                     collected_end=begun + dt.timedelta(hours=24),
+                     source=SourceRef(resource_type="Observation", id="cr-24h"))
+    crf = SubjectCRF(subject_id="T-9", day1=DAY1, findings=[result],
+                     dm=Demographics(subject_id="T-9", status="on-study", consent_date=DAY1 - dt.timedelta(days=20)),
+                     visits=[VisitRecord(visit="D1", date=DAY1, study_day=1, values={"creatinine": result})])
+    (cells,) = cdisc.RowBuilder(study).findings(crf)["LB"].cells
+    row = dict(zip(COLUMNS["LB"], cells, strict=True))
+    assert (row["LBDTC"], row["LBDY"], row["EPOCH"]) == ("2024-01-31T07:30:00+00:00", "-1", "SCREENING")
+    assert (row["LBENDTC"], row["LBENDY"], row["VISIT"]) == ("2024-02-01T07:30:00+00:00", "1", "D1")
 
 
 def test_coverage_counts_filled_quarantined_and_no_data(out: Path, study: Any) -> None:
