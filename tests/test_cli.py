@@ -96,6 +96,16 @@ def test_report_command_and_its_errors(tmp_path: Path) -> None:
         "`fhir-adapter run --out OUT`"]
 
 
+@pytest.mark.parametrize("command", ["report", "review"])
+def test_a_missing_results_folder_is_exit_1_in_every_command(tmp_path: Path, command: str) -> None:
+    """docs/cli.md: a missing study or results folder is exit 1 with one line, whichever command reads it."""
+    res = _runner().invoke(main, [command, "--results", str(tmp_path / "missing")])
+    assert res.exit_code == 1, res.output
+    assert res.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'missing'} does not exist: pass --results the OUT folder of "
+        "`fhir-adapter run --out OUT`"]
+
+
 def test_stack_trace_only_with_v(tmp_path: Path) -> None:
     quiet = _runner().invoke(main, ["report", "--results", str(tmp_path / "missing")])
     assert "Traceback" not in quiet.stderr

@@ -314,7 +314,7 @@ def _reviewed_only_setting(config: Path | None) -> bool:
 
 
 @main.command()
-@click.option("--results", type=click.Path(path_type=Path, file_okay=False, exists=True), required=True,
+@click.option("--results", type=click.Path(path_type=Path, file_okay=False), required=True,
               help="The OUT folder of `fhir-adapter run` (holds review/candidates/, results/study.json).")
 @click.option("--reviewer", default=None, help="Your name, recorded with each decision  [default: the OS user]")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
@@ -341,6 +341,8 @@ def review(results: Path, reviewer: str | None, port: int, review_state: Path | 
     from fhir_adapter.review.store import DecisionStore, default_reviewer
 
     name = (reviewer or "").strip() or default_reviewer()
+    if not results.is_dir():  # exit 1 as `report` does (docs/cli.md: a missing results folder), not click's 64
+        _fail(f"{results} does not exist: pass --results the OUT folder of `fhir-adapter run --out OUT`")
     if not (results / "review" / "candidates").is_dir():
         _fail(f"{results} holds no review/candidates/: run `fhir-adapter run --out {results}` first")
     try:  # decisions are never appended through a symbolic link in RESULTS (state/ or the file)
