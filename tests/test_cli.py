@@ -273,3 +273,13 @@ def test_check_says_how_many_workers_a_run_starts_by_default(monkeypatch: pytest
     assert res.exit_code == 0, res.output
     assert "workers       2 by default (run --workers N to choose); this process's CPU quota allows 1.5 CPUs" \
         in res.output
+
+
+def test_check_loads_the_server_variables_without_a_server(tmp_path: Path) -> None:
+    """docs/cli.md: check says whether the server config and the FHIR_ADAPTER_* variables are right, also when it
+    has no server to ask (no --source, or a folder): a bad variable is exit 1 naming it, a good one is named."""
+    bad = _runner().invoke(main, ["check"], env={"FHIR_ADAPTER_MAX_CONCURRENCY": "abc"})
+    assert bad.exit_code == 1 and "FHIR_ADAPTER_MAX_CONCURRENCY='abc'" in bad.stderr, bad.output
+    (tmp_path / "f.ndjson").write_text("")
+    good = _runner().invoke(main, ["check", "--source", str(tmp_path)], env={"FHIR_ADAPTER_MAX_CONCURRENCY": "4"})
+    assert good.exit_code == 0 and "config ok     FHIR_ADAPTER_MAX_CONCURRENCY" in good.stdout, good.output

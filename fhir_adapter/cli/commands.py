@@ -436,15 +436,12 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     for o in st.overrides:
         click.echo(f"  override item {o['item']}: factor for {o['unit']} {o['study_factor']} (study) -> "
                    f"{o['site_factor']} (site, {o['where']})")
-    if source is None:
-        if config is not None:
-            load_server_config(config, os.environ)  # a mistake in it is reported now, not on the first run
-            click.echo(f"config ok     {config}")
-        return
     from fhir_adapter.job.connect import is_url
 
-    if not is_url(source):
-        _check_file_source(Path(source), config)
+    if source is None or not is_url(source):
+        _check_server_settings(config)  # a mistake in them is reported now, not on the first live run
+        if source is not None:
+            _check_file_source(Path(source), config)
         return
     cfg = load_server_config(config, os.environ)
 
@@ -498,6 +495,21 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study) -> str:
     then = ("`observation_code_param: auto` reads with it" if setting == "auto"
             else f"the config sets observation_code_param: {setting} (auto would read with {timing.chosen})")
     return f"{timing.summary()}; {then}"
+
+
+def _check_server_settings(config: Path | None) -> None:
+    """``check`` without a server to ask: the server config file and the ``FHIR_ADAPTER_*`` variables set here are
+    still loaded (a mistake exits 1 naming the file and key or the variable), and named when they are fine."""
+    import os
+
+    from fhir_adapter.fhir.server_config import ENV_CLIENT, ENV_TOP, load_server_config
+
+    variables = sorted(v for v in {*ENV_CLIENT, *ENV_TOP} if os.environ.get(v))
+    if config is None and not variables:
+        return
+    load_server_config(config, os.environ)
+    given = ([str(config)] if config is not None else []) + variables
+    click.echo(f"config ok     {', '.join(given)}")
 
 
 def _check_file_source(folder: Path, config: Path | None) -> None:
