@@ -218,8 +218,12 @@ class AdverseEvent(_Model):
     relatedness: str | None = Field(None, description="relatedness as recorded")
     onset_date: dt.date | None = None
     onset_partial: str | None = None
+    onset_datetime: dt.datetime | None = Field(
+        None, description="onset time in the study time zone, when the EHR sent a dateTime (else only onset_date)")
     resolution_date: dt.date | None = None
     resolution_partial: str | None = None
+    resolution_datetime: dt.datetime | None = Field(
+        None, description="resolution time in the study time zone, when the EHR sent a dateTime")
     outcome: str | None = None
     study_day: int | None = None
     end_study_day: int | None = None

@@ -84,6 +84,7 @@ DATA_TYPES: dict[str, str] = {
     "--DOSE": "float", "--DOSTOT": "float", "--STDTC": "partialDatetime", "--ENDTC": "partialDate",
     "LBENDTC": "partialDatetime",  # the end of a timed collection (Specimen.collection.collectedPeriod.end)
     "--STDY": "integer", "--ENDY": "integer", "--TOXGR": "integer",
+    "AEENDTC": "partialDatetime",   # the resolution time, when the EHR sent one
 }
 
 #: the CDISC CT codelist (mappings/cdisc/ct.yaml) of each coded column (``--`` = the domain prefix)
@@ -295,6 +296,11 @@ def _dtc(f: Finding) -> str:
 
 def _date(d: dt.date | None, partial: str | None = None) -> str:
     return d.isoformat() if d else (partial or "")
+
+
+def _moment(at: dt.datetime | None) -> str:
+    """A dateTime in the study time zone (ISO 8601 with its offset), "" when only a date is known."""
+    return at.isoformat() if at is not None else ""
 
 
 def _yn(flag: bool | None) -> str:
@@ -777,8 +783,9 @@ class RowBuilder:
                 "AEACNOYN": _yn(bool(a.other_actions)) if a.mitigation_recorded else "",
                 "AEREL": _yn(a.related), "AERELNST": "",
                 "AEOUT": self.ct.term("OUT", a.outcome, "AEOUT"), "AELOC": (a.body_site or "").upper(),
-                **self._site_columns("AE", a.qualifiers), "AESTDTC": _date(a.onset_date, a.onset_partial),
-                "AEENDTC": _date(a.resolution_date, a.resolution_partial),
+                **self._site_columns("AE", a.qualifiers),
+                "AESTDTC": _moment(a.onset_datetime) or _date(a.onset_date, a.onset_partial),
+                "AEENDTC": _moment(a.resolution_datetime) or _date(a.resolution_date, a.resolution_partial),
                 "AEENRTPT": "ONGOING" if ongoing else "", "AEENTPT": last if ongoing else "",
                 "AESTDY": "" if a.study_day is None else str(a.study_day),
                 "AEENDY": "" if a.end_study_day is None else str(a.end_study_day),

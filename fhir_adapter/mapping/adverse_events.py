@@ -27,7 +27,9 @@ For each AdverseEvent, in order:
    unassessable/unknown → None; of several assessments, True wins over False (conservative).
 7. **dates** — onset = ``date``, else an ``onset_extension_urls`` extension (valueDateTime or
    valuePeriod.start), else ``detected``; resolution = the ``resolve-date`` extension, else the end of the
-   onset extension's valuePeriod when the outcome is resolved. Partial dates stay partial. ``study_day`` and
+   onset extension's valuePeriod when the outcome is resolved. Partial dates stay partial; a dateTime also
+   keeps its time (``onset_datetime``/``resolution_datetime``, in the study time zone) for durations in hours
+   (DLT) and the exports' AESTDTC/AEENDTC. ``study_day`` and
    ``end_study_day`` count from Day 1 with no Day 0; ``pre_infusion`` = onset on or after lymphodepletion
    start and before Day 1. ``teae`` is left None: the flag is derived (the safety results hold it).
 8. **flags** — ``crs``, ``icans``, ``hematologic`` from exact codes, code prefixes (ICD-10-CM D89.83x, G92.0x)
@@ -349,8 +351,10 @@ class AdverseEventMapper:
             relatedness=relatedness,
             onset_date=onset_d,
             onset_partial=onset.partial if onset else None,
+            onset_datetime=onset.datetime if onset else None,
             resolution_date=end_d,
             resolution_partial=end.partial if end else None,
+            resolution_datetime=end.datetime if end else None,
             outcome=self._outcome(r),
             study_day=study_day(onset_d, day1) if onset_d and day1 else None,
             end_study_day=study_day(end_d, day1) if end_d and day1 else None,

@@ -330,6 +330,29 @@ def test_lb_study_day_and_epoch_follow_the_specimen_collection(study: Any) -> No
     assert (row["LBENDTC"], row["LBENDY"], row["VISIT"]) == ("2024-02-01T07:30:00+00:00", "1", "D1")
 
 
+def test_ae_start_and_end_carry_the_times_the_ehr_sent(tmp_path: Path, study: Any) -> None:
+    """AESTDTC/AEENDTC: the dateTime in the study time zone when the EHR sent one, else the date."""
+    crf = _crf_with_partial_dates()
+    utc = dt.UTC
+    timed = AdverseEvent(term="Cytokine release syndrome", grade=3, crs=True, teae=True,
+                         onset_date=dt.date(2024, 2, 2), onset_datetime=dt.datetime(2024, 2, 2, 20, 0, tzinfo=utc),
+                         resolution_date=dt.date(2024, 2, 5),
+                         resolution_datetime=dt.datetime(2024, 2, 5, 8, 0, tzinfo=utc),
+                         source=SourceRef(resource_type="AdverseEvent", id="ae2"))
+    dated = AdverseEvent(term="Headache", grade=1, onset_date=dt.date(2024, 2, 3),
+                         resolution_date=dt.date(2024, 2, 4), source=SourceRef(resource_type="AdverseEvent", id="ae3"))
+    w = ExportWriter(tmp_path, study)
+    w.add(crf.model_copy(update={"ae": [timed, dated]}), [])
+    w.close({})
+    rows = list(csv.DictReader((tmp_path / "AE.csv").open(encoding="utf-8")))
+    assert [(r["AESTDTC"], r["AEENDTC"]) for r in rows] == [
+        ("2024-02-02T20:00:00+00:00", "2024-02-05T08:00:00+00:00"), ("2024-02-03", "2024-02-04")]
+    validate(tmp_path / "odm.xml")
+    types, values = _item_values(tmp_path / "odm.xml")
+    assert ("IT.AE.AEENDTC", "2024-02-05T08:00:00+00:00") in values
+    assert types["IT.AE.AEENDTC"] == types["IT.AE.AESTDTC"] == "partialDatetime"
+
+
 def test_coverage_counts_filled_quarantined_and_no_data(out: Path, study: Any) -> None:
     report = orjson.loads((out / "run-report.json").read_bytes())
     cov = report["coverage"]

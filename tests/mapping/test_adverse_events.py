@@ -3,8 +3,10 @@ CRS/ICANS/haematological flags, exclusions."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -304,6 +306,21 @@ def test_onset_extension_period_gives_resolution_when_resolved(study: Study) -> 
            outcome=cc("http://terminology.hl7.org/CodeSystem/adverse-event-outcome", "resolved"))
     (a,), _ = run(study, [r])
     assert (a.onset_date, a.resolution_date, a.end_study_day) == (dt.date(2024, 2, 4), dt.date(2024, 2, 12), 12)
+
+
+def test_times_are_kept_in_the_site_time_zone_and_dates_stay_dates(study: Study) -> None:
+    berlin = dataclasses.replace(study, info=study.info.model_copy(update={"timezone": "Europe/Berlin"}))
+    r = ae("a", date="2024-02-03T23:30:00Z", extension=[
+        {"url": EXT_AE_RESOLVE_DATE, "valueDateTime": "2024-02-06T08:15:00+01:00"}])
+    (a,), _ = run(berlin, [r])
+    assert a.onset_datetime == dt.datetime(2024, 2, 4, 0, 30, tzinfo=ZoneInfo("Europe/Berlin"))
+    assert a.onset_datetime is not None and a.onset_datetime.utcoffset() == dt.timedelta(hours=1)
+    assert (a.onset_date, a.study_day) == (dt.date(2024, 2, 4), 4), "the calendar date in the site time zone"
+    assert a.resolution_datetime == dt.datetime(2024, 2, 6, 8, 15, tzinfo=ZoneInfo("Europe/Berlin"))
+    (b,), _ = run(berlin, [ae("b", date="2024-02-03", extension=[
+        {"url": EXT_AE_RESOLVE_DATE, "valueDate": "2024-02-06"}])])
+    assert (b.onset_date, b.onset_datetime, b.resolution_date, b.resolution_datetime) == (
+        dt.date(2024, 2, 3), None, dt.date(2024, 2, 6), None)
 
 
 # -- flags -------------------------------------------------------------------------------------------------
