@@ -21,13 +21,18 @@ Rule vocabulary (``when``; every key given must hold — a key left out does not
 * ``duration_over_hours``: onset to resolution lasts strictly longer than this many hours;
 * ``persists_after_day``: the event is still present on a study day after this one.
 
-Time from dates: the AE CRF keeps one record per event at its maximum grade, with onset and resolution
-dates, so a duration is (resolution date − onset date) × 24 h, and "not resolved to ≤ grade 2 within 72 h"
-is read as **the grade-3 record lasts more than 72 h from onset to resolution** (exactly 72 h, i.e. 3 days,
-is not a DLT). When a site records each change of grade as its own record, that record's duration is the
-time at that grade; otherwise it is an upper bound of it (the conservative reading). An unresolved event
-lasts at least until the subject's last data date (``last contact``): a DLT when that alone exceeds the
-limit, otherwise undecided.
+Durations in hours (docs/clinical-rules.md#dlt-durations): the AE CRF keeps one record per event at its
+maximum grade, with onset and resolution dates and, when the EHR sent a dateTime, their times in the site time
+zone (``onset_datetime``, ``resolution_datetime``). "Not resolved to ≤ grade 2 within 72 h" is read as **the
+grade-3 record lasts more than 72 h from onset to resolution** (exactly 72 h is not a DLT). With both times
+the duration is exact (60 h → no, 84 h → DLT). An end given as a date only may be at any time of that day,
+so the duration is a range: decided when the whole range is on one side of the limit (dates 2 days apart:
+at most 72 h → no; 4 days apart: more than 72 h → DLT), otherwise **"duration ambiguous"** — undecided, as
+decisions.md requires for an unknown duration (dates 3 days apart → not evaluable). When a site records each
+change of grade as its own record, that record's duration is the time at that grade; otherwise it is an upper
+bound of it (the conservative reading). An unresolved event lasts at least from its onset until the start of
+the subject's last data date (``last contact``): a DLT when that alone exceeds the limit, otherwise
+undecided. "Still present after Day 30" and the window compare calendar study days (decisions.md "Time").
 
 Each condition is True, False or unknown. An event meets a rule when all its conditions are True, cannot
 meet it when any is False, and is **undecided** otherwise (grade, relatedness, onset or duration unknown),
@@ -47,10 +52,12 @@ Subject result; the first case that applies defines the value:
 "No DLT" therefore needs evidence that the subject was seen during the window and through its end: years of
 routine-care data after the infusion with nothing in days 2–30 do not show that no DLT happened.
 
-Examples (Day 1 = 2024-02-01): CRS grade 3 from day 2 to day 6 (96 h) → DLT; the same to day 5 (72 h) → no;
-grade-3 rash related from day 3 to day 11 (8 days) → DLT; to day 10 (7 days) → no; grade 4 neutropenia
-from day 10 resolved on day 31 → DLT, resolved on day 30 → no; grade 3 diarrhoea with relatedness missing,
-lasting 10 days → not evaluable; a grade-2 event with unknown relatedness → no DLT (cannot meet any rule).
+Examples (Day 1 = 2024-02-01): CRS grade 3 from 2024-02-02T08:00 to 2024-02-05T20:00 (84 h) → DLT; from
+2024-02-02T20:00 to 2024-02-05T08:00 (60 h) → no; dates only, day 2 to day 6 → DLT, to day 5 → not evaluable
+(duration ambiguous), to day 4 → no; grade-3 rash related from day 3 to day 11 (dates only) → DLT; to day 10 →
+not evaluable; to day 9 → no; grade 4 neutropenia from day 10 resolved on day 31 → DLT, resolved on day 30 →
+no; grade 3 diarrhoea with relatedness missing, lasting 10 days → not evaluable; a grade-2 event with unknown
+relatedness → no DLT (cannot meet any rule).
 """
 
 from __future__ import annotations
@@ -216,19 +223,61 @@ def _related(ae: AdverseEvent, w: When, _c: _Ctx) -> Outcome:
     return ae.related, "related" if ae.related else "unrelated"
 
 
+#: the last instant of a calendar date (a date-only end may be at any time up to it)
+_REST_OF_DAY = dt.timedelta(days=1, microseconds=-1)
+
+
+def _bounds(day: dt.date, moment: dt.datetime | None, tz: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    """The earliest and latest instant (UTC) an AE onset or end can be: its time when the EHR sent one, else
+    any time of its calendar date in the site time zone."""
+    if moment is not None:
+        at = moment.astimezone(dt.UTC)
+        return at, at
+    start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
+    return start.astimezone(dt.UTC), (start + _REST_OF_DAY).astimezone(dt.UTC)
+
+
+def _hours(delta: dt.timedelta) -> float:
+    return delta.total_seconds() / 3600
+
+
+def _h(hours: float) -> str:
+    return f"{round(hours, 1):g}"
+
+
+def _dates_only(ae: AdverseEvent) -> str:
+    if ae.onset_datetime is None and ae.resolution_datetime is None:
+        return "dates only"
+    return "onset date only" if ae.onset_datetime is None else "resolution date only"
+
+
 def _duration(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
+    """Onset to resolution > ``limit`` h: in hours from the times when both ends have one; from a date-only end
+    the duration is a range (any time of that day), decided only when the whole range is on one side of the
+    limit and otherwise undecided ("duration ambiguous", docs/clinical-rules.md#dlt-durations)."""
     limit = w.duration_over_hours
     assert limit is not None
     if ae.onset_date is None:
         return None, "duration unknown (no onset date)"
+    tz = next((m.tzinfo for m in (ae.onset_datetime, ae.resolution_datetime) if m and m.tzinfo), dt.UTC)
+    onset_first, onset_last = _bounds(ae.onset_date, ae.onset_datetime, tz)
     if ae.resolution_date is not None:
-        hours = (ae.resolution_date - ae.onset_date).days * 24
-        return hours > limit, f"lasting {hours} h ({'>' if hours > limit else '≤'} {limit:g} h)"
+        end_first, end_last = _bounds(ae.resolution_date, ae.resolution_datetime, tz)
+        shortest, longest = _hours(end_first - onset_last), _hours(end_last - onset_first)
+        if shortest == longest:
+            return shortest > limit, f"lasting {_h(shortest)} h ({'>' if shortest > limit else '≤'} {limit:g} h)"
+        span = f"{_h(shortest)}-{_h(longest)} h"
+        if shortest > limit:
+            return True, f"lasting more than {limit:g} h ({span} from {_dates_only(ae)})"
+        if longest <= limit:
+            return False, f"lasting at most {limit:g} h ({span} from {_dates_only(ae)})"
+        return None, f"duration ambiguous ({_dates_only(ae)}): {span}, could be ≤ or > {limit:g} h"
     if c.ongoing(ae) and c.last_contact is not None:
-        hours = (c.last_contact - ae.onset_date).days * 24
+        seen_first, _ = _bounds(c.last_contact, None, tz)
+        hours = max(0.0, _hours(seen_first - onset_last))
         if hours > limit:
-            return True, f"unresolved, lasting at least {hours} h (> {limit:g} h)"
-        return None, f"unresolved at the last data ({hours} h so far): duration unknown"
+            return True, f"unresolved, lasting at least {_h(hours)} h (> {limit:g} h)"
+        return None, f"unresolved at the last data (at least {_h(hours)} h so far): duration unknown"
     return None, "duration unknown (no resolution date)"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 from fhir_adapter.crf.models import AdverseEvent, SourceRef
 from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt
 from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import parse_fhir_date
 from tests.helpers import crf, d, finding
 
 _ids = itertools.count(1)
@@ -49,13 +51,68 @@ def test_grade_4_crs_or_icans_is_a_dlt(rules: DltSettings) -> None:
     assert rule_ids(r) == ["crs-icans-grade-4"]
 
 
-@pytest.mark.parametrize(("end", "dlt"), [(5, False), (6, True), (3, False)])
-def test_grade_3_crs_72_hours_boundary(rules: DltSettings, end: int, dlt: bool) -> None:
-    # onset day 2: resolved day 5 = 72 h exactly (not > 72 h), day 6 = 96 h
+@pytest.mark.parametrize(("end", "dlt"), [(3, False), (4, False), (5, None), (6, True)])
+def test_grade_3_crs_72_hours_from_dates_only(rules: DltSettings, end: int, dlt: bool | None) -> None:
+    # onset day 2, dates only (any time of each day): to day 4 at most 72 h; to day 5 between 48 and 96 h,
+    # ambiguous, so not evaluable; to day 6 more than 72 h whatever the times
     r = evaluate(rules, crs(2, end, 3))
     assert r.dlt is dlt
     if dlt:
-        assert rule_ids(r) == ["crs-icans-grade-3-over-72h"] and "96 h" in r.dlt_events[0].reason
+        assert rule_ids(r) == ["crs-icans-grade-3-over-72h"]
+        assert "more than 72 h (72-120 h from dates only)" in r.dlt_events[0].reason
+    if dlt is None:
+        (why,) = r.not_evaluable
+        assert "duration ambiguous (dates only): 48-96 h, could be ≤ or > 72 h" in why
+        assert "crs-icans-grade-3-over-72h" in why
+
+
+def timed(term: str, onset: str, end: str | None, grade: int, *, tz: str = "UTC", **kw: Any) -> AdverseEvent:
+    """An AE with the onset and resolution the EHR sent (a date or a dateTime), read as the AE mapping does."""
+    start, stop = parse_fhir_date(onset, tz), parse_fhir_date(end, tz) if end else None
+    return AdverseEvent(term=term, grade=grade, onset_date=start.date, onset_datetime=start.datetime,
+                        resolution_date=stop.date if stop else None,
+                        resolution_datetime=stop.datetime if stop else None,
+                        source=SourceRef(resource_type="AdverseEvent", id=f"ae{next(_ids)}"), **kw)
+
+
+def evaluate_april(rules: DltSettings, *aes: AdverseEvent) -> DltResult:
+    """A subject infused on 2024-04-08, followed weekly to day 60, with these AEs."""
+    day1 = dt.date(2024, 4, 8)
+    results = [finding("crp", x, 1.0, day1=day1) for x in (8, 15, 22, 29, 60)]
+    return derive_dlt(crf(results, {}, day1=day1, ae=list(aes)), rules)
+
+
+@pytest.mark.parametrize(("onset", "end", "dlt", "said"), [
+    ("2024-04-09T20:00:00Z", "2024-04-12T08:00:00Z", False, None),       # 60 h
+    ("2024-04-09T08:00:00Z", "2024-04-12T20:00:00Z", True, "lasting 84 h (> 72 h)"),  # 3 calendar days apart
+    ("2024-04-09T20:00:00Z", "2024-04-13T08:00:00Z", True, "lasting 84 h (> 72 h)"),  # 4 calendar days apart
+    ("2024-04-09T08:00:00Z", "2024-04-12T08:00:00Z", False, None),       # exactly 72 h
+    ("2024-04-09T08:00:00Z", "2024-04-12T08:01:00Z", True, "lasting 72 h (> 72 h)"),
+    # onset time, resolution date only: 76 to 100 h → DLT; 64 to 88 h → ambiguous
+    ("2024-04-09T20:00:00Z", "2024-04-13", True, "more than 72 h (76-100 h from resolution date only)"),
+    ("2024-04-09T08:00:00Z", "2024-04-12", None, "duration ambiguous (resolution date only): 64-88 h"),
+])
+def test_grade_3_crs_72_hours_from_times(rules: DltSettings, onset: str, end: str, dlt: bool | None,
+                                         said: str | None) -> None:
+    r = evaluate_april(rules, timed("Cytokine release syndrome", onset, end, 3, crs=True))
+    assert r.dlt is dlt
+    if dlt:
+        assert said is not None and said in r.dlt_events[0].reason
+        assert rule_ids(r) == ["crs-icans-grade-3-over-72h"]
+    if dlt is None:
+        assert said is not None and said in r.not_evaluable[0]
+
+
+def test_durations_are_elapsed_hours_across_a_daylight_saving_change(rules: DltSettings) -> None:
+    # Europe/Berlin moves to summer time on 2024-03-31: 20:00+01:00 to 21:00+02:00 three days on is 72 h
+    onset, end = "2024-03-30T20:00:00+01:00", "2024-04-02T21:00:00+02:00"
+    day1 = dt.date(2024, 3, 29)
+    results = [finding("crp", x, 1.0, day1=day1) for x in (8, 15, 22, 29, 60)]
+    event = timed("ICANS", onset, end, 3, tz="Europe/Berlin", icans=True)
+    assert event.onset_datetime is not None and event.onset_datetime.hour == 20
+    assert derive_dlt(crf(results, {}, day1=day1, ae=[event]), rules).dlt is False
+    later = timed("ICANS", onset, "2024-04-02T21:30:00+02:00", 3, tz="Europe/Berlin", icans=True)
+    assert derive_dlt(crf(results, {}, day1=day1, ae=[later]), rules).dlt is True
 
 
 def test_grade_3_icans_unresolved_beyond_72h_is_a_dlt_and_unresolved_short_is_not_evaluable(
@@ -66,10 +123,28 @@ def test_grade_3_icans_unresolved_beyond_72h_is_a_dlt_and_unresolved_short_is_no
     assert r.dlt is None and any("unresolved" in x for x in r.not_evaluable)
 
 
-@pytest.mark.parametrize(("end", "dlt"), [(10, False), (11, True)])
-def test_related_non_haematological_grade_3_over_7_days(rules: DltSettings, end: int, dlt: bool) -> None:
-    # onset day 3: to day 10 = exactly 7 days (168 h, not > 7 days), to day 11 = 8 days
+@pytest.mark.parametrize(("end", "dlt"), [(9, False), (10, None), (11, True)])
+def test_related_non_haematological_grade_3_over_7_days_from_dates_only(rules: DltSettings, end: int,
+                                                                        dlt: bool | None) -> None:
+    # onset day 3, dates only: to day 9 at most 168 h; to day 10 (7 calendar days) 144 to 192 h, ambiguous;
+    # to day 11 more than 168 h
     r = evaluate(rules, ae("Hepatotoxicity", 3, end, 3, related=True))
+    assert r.dlt is dlt
+    if dlt:
+        assert rule_ids(r) == ["non-hematologic-grade-3-related-over-7d"]
+    if dlt is None:
+        assert "duration ambiguous (dates only): 144-192 h, could be ≤ or > 168 h" in r.not_evaluable[0]
+
+
+@pytest.mark.parametrize(("onset", "end", "dlt"), [
+    ("2024-04-10T08:00:00Z", "2024-04-17T08:00:00Z", False),   # exactly 7 days = 168 h
+    ("2024-04-10T08:00:00Z", "2024-04-17T09:00:00Z", True),    # 169 h
+    ("2024-04-10T20:00:00Z", "2024-04-17T08:00:00Z", False),   # 156 h, 7 calendar days apart
+    ("2024-04-10T02:00:00Z", "2024-04-17T20:00:00Z", True),    # 186 h, 7 calendar days apart
+])
+def test_related_non_haematological_grade_3_over_7_days_from_times(rules: DltSettings, onset: str, end: str,
+                                                                   dlt: bool) -> None:
+    r = evaluate_april(rules, timed("Hepatotoxicity", onset, end, 3, related=True))
     assert r.dlt is dlt
     if dlt:
         assert rule_ids(r) == ["non-hematologic-grade-3-related-over-7d"]
@@ -80,8 +155,8 @@ def test_non_haematological_not_related_or_grade_2_is_no_dlt(rules: DltSettings)
     assert evaluate(rules, ae("Rash", 3, 20, 2)).dlt is False          # relatedness unknown but grade 2
     # haematological grade 3 related for weeks: not the non-haematological rule, not grade 4
     assert evaluate(rules, ae("Anaemia", 3, 40, 3, related=True, hematologic=True)).dlt is False
-    # CRS is excluded from the non-haematological rule: grade 3 related CRS for 3 days only
-    assert evaluate(rules, crs(3, 6, 3, related=True)).dlt is False
+    # CRS is excluded from the non-haematological rule: grade 3 related CRS for 2 days only
+    assert evaluate(rules, crs(3, 5, 3, related=True)).dlt is False
 
 
 def test_unknown_grade_relatedness_or_duration_is_not_evaluable(rules: DltSettings) -> None:
