@@ -9,7 +9,8 @@
 * Visit date = the date of the clinician's assessment at that visit (the latest QS result in the visit),
   else the date of its earliest result — never the schedule's target date.
 * Per item, the selection rule of ``items.yaml`` picks the value the visit keeps when it holds several:
-  ``closest`` to the target day (ties: the earlier), ``first``, ``last``, ``max``, ``min``, ``any_true``.
+  ``closest`` to the target day (ties: the earlier), ``first``, ``last``, ``max``, ``min``, ``any_true``, and
+  ``worst``: the most abnormal value, the highest or the lowest as the item's ``worse`` says (ties: the earlier).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections import defaultdict
 from fhir_adapter.crf.models import Finding, VisitRecord
 from fhir_adapter.mapping.participation import Span
 from fhir_adapter.study.load import Study
-from fhir_adapter.study.models import SelectRule
+from fhir_adapter.study.models import SelectRule, Worse
 from fhir_adapter.study.timeline import study_day
 
 
@@ -35,8 +36,12 @@ def _numeric(f: Finding) -> float:
     return 1.0 if f.value_bool else 0.0
 
 
-def select(findings: list[Finding], rule: SelectRule, target_day: int | None) -> Finding:
-    """The finding a visit keeps for one item."""
+def select(findings: list[Finding], rule: SelectRule, target_day: int | None, worse: Worse | None = None) -> Finding:
+    """The finding a visit keeps for one item; ``worse`` is the item's direction, which ``worst`` needs."""
+    if rule == "worst":
+        if worse is None:
+            raise ValueError("select: worst needs the item's direction (worse: high or low)")
+        rule = "max" if worse == "high" else "min"
     if len(findings) == 1:  # what every rule keeps of one
         return findings[0]
     ordered = sorted(findings, key=_order)
@@ -94,7 +99,8 @@ def place(findings: list[Finding], day1: dt.date | None, study: Study,
         per_item: dict[str, list[Finding]] = defaultdict(list)
         for f in fs:
             per_item[f.item].append(f)
-        values = {item: select(group, study.items[item].select, target) for item, group in sorted(per_item.items())}
+        values = {item: select(group, study.items[item].select, target, study.items[item].worse)
+                  for item, group in sorted(per_item.items())}
         records.append(VisitRecord(
             visit=vid, label=sched.label if sched else f"Unscheduled (day {target})", target_day=target,
             date=date, study_day=study_day(date, day1), unscheduled=sched is None, values=values,

@@ -110,7 +110,8 @@ def _take_out(crf: SubjectCRF, study: Any, f: Finding, new_values: dict[str, dic
         return  # the home visit keeps another result (the rule's pick, or a decision's)
     rest = [g for g in crf.findings if g.item == f.item and g.visit == home and g not in moved]
     if rest and f.item in study.items:
-        new_values[home][f.item] = select(rest, study.items[f.item].select, visits[home].target_day)
+        item = study.items[f.item]
+        new_values[home][f.item] = select(rest, item.select, visits[home].target_day, item.worse)
     else:
         del new_values[home][f.item]
 

@@ -120,7 +120,7 @@ def item_candidates(crf: SubjectCRF, study: Study) -> list[dict[str, Any]]:
             if len(inside) == 1:
                 picked_id = item_ids[inside[0]]
             else:
-                picked = select([findings[i] for i in inside], item.select, rec.target_day)
+                picked = select([findings[i] for i in inside], item.select, rec.target_day, item.worse)
                 picked_id = next(item_ids[i] for i in inside if findings[i] is picked)
             shown = inside + near
             if len(shown) > 1:

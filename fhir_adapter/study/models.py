@@ -150,7 +150,9 @@ class Schedule(Strict):
         return self
 
 
-SelectRule = Literal["closest", "first", "last", "max", "min", "any_true"]
+SelectRule = Literal["closest", "first", "last", "max", "min", "worst", "any_true"]
+#: which way an item's value is more abnormal (``select: worst`` keeps the most abnormal value of the window)
+Worse = Literal["high", "low"]
 ValueType = Literal["quantity", "boolean", "coded", "text"]
 Domain = Literal["LB", "VS", "PC", "QS", "IS"]
 
@@ -176,6 +178,8 @@ class Item(Strict):
         None, ge=0, le=12, description="the precision the CRF keeps: a value converted from another unit is rounded "
         "to it (docs/clinical-rules.md#converted-precision); without it, 12 significant digits")
     select: SelectRule = "closest"
+    worse: Worse | None = Field(None, description="which way a value is more abnormal (high or low); required by "
+                                "select: worst, read by nothing else")
     bounds: tuple[float, float] | None = Field(None, description="physiological bounds in `unit`")
     positive_codes: tuple[str, ...] = ()
     negative_codes: tuple[str, ...] = ()
@@ -187,6 +191,19 @@ class Item(Strict):
             raise ValueError(f"item '{self.label}': a quantity item needs `unit` (UCUM)")
         if self.value != "quantity" and (self.accept_units or self.factors):
             raise ValueError(f"item '{self.label}': units apply to quantity items only")
+        return self
+
+    @model_validator(mode="after")
+    def _direction_for_worst(self) -> Item:
+        if self.select == "worst" and self.value != "quantity":
+            raise ValueError(f"item '{self.label}': select: worst compares quantities; a {self.value} item takes "
+                             "first, last, closest or any_true")
+        if self.select == "worst" and self.worse is None:
+            raise ValueError(f"item '{self.label}': select: worst needs the direction that is worse — add "
+                             "`worse: high` (a higher value is more abnormal) or `worse: low` to the item")
+        if self.worse is not None and self.select != "worst":
+            raise ValueError(f"item '{self.label}': `worse` is read only by select: worst (this item selects "
+                             f"{self.select}) — remove `worse`, or set `select: worst`")
         return self
 
 

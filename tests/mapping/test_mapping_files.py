@@ -158,6 +158,44 @@ def test_inconvertible_unit_in_an_overlay_names_the_overlay_line(tmp_path: Path)
     assert err.file.endswith("site.yaml") and err.line == 6 and "mg/dL" in err.reason
 
 
+CRP_SELECT = 'accept_units: ["mg/dL"], select: max, bounds: [0, 1000]}'
+
+
+def test_select_worst_needs_the_items_direction(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    _edit(study / "items.yaml", CRP_SELECT, CRP_SELECT.replace("select: max", "select: worst"))
+    err = _refused(study)
+    assert err.file.endswith("items.yaml") and err.line == _line_of(study / "items.yaml", "  crp:")
+    assert "items.crp" in err.reason and "select: worst needs" in err.reason
+    assert "`worse: high`" in err.reason and "`worse: low`" in err.reason
+
+
+def test_select_worst_with_its_direction_loads(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    _edit(study / "items.yaml", CRP_SELECT, CRP_SELECT.replace("select: max", "select: worst, worse: high"))
+    crp = load_study(study).items["crp"]
+    assert (crp.select, crp.worse) == ("worst", "high")
+
+
+@pytest.mark.parametrize(("edit", "said"), [
+    ("select: max, worse: high", "`worse` is read only by select: worst"),
+    ("select: maximum", "items.crp.select"),
+])
+def test_a_direction_without_worst_or_an_unknown_rule_is_refused(tmp_path: Path, edit: str, said: str) -> None:
+    study = _copy(tmp_path)
+    _edit(study / "items.yaml", CRP_SELECT, CRP_SELECT.replace("select: max", edit))
+    err = _refused(study)
+    assert err.file.endswith("items.yaml") and err.line is not None and said in err.reason
+
+
+def test_select_worst_is_for_quantities(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    old = 'codes: ["sledai|fever"], value: boolean, select: last}'
+    _edit(study / "items.yaml", old, old.replace("select: last", "select: worst, worse: high"))
+    err = _refused(study)
+    assert "sledai2k.fever" in err.reason and "compares quantities" in err.reason
+
+
 def test_overlapping_windows(tmp_path: Path) -> None:
     study = _copy(tmp_path)
     line = _edit(study / "schedule.yaml", "day: 8,   window: [6, 10]}", "day: 8,   window: [5, 10]}")
