@@ -112,7 +112,7 @@ def test_a_ratio_factor_is_the_exact_quotient() -> None:
     st = load_study(STUDY)
     factor = st.items["upcr"].factors["mg/mmol"]
     assert factor == 1 / 113.12 and 56.56 * factor == 0.5, \
-        "÷ 113.12 exactly (decisions.md): a rounded 0.00884017 gives 0.5000000152 > 0.5"
+        "÷ 113.12 exactly (docs/clinical-rules.md#renal-units): a rounded 0.00884017 gives 0.5000000152 > 0.5"
 
 
 def test_an_item_without_decimals_keeps_twelve_significant_digits(tmp_path: Path) -> None:

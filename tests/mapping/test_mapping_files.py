@@ -158,7 +158,7 @@ def test_inconvertible_unit_in_an_overlay_names_the_overlay_line(tmp_path: Path)
     assert err.file.endswith("site.yaml") and err.line == 6 and "mg/dL" in err.reason
 
 
-CRP_SELECT = 'accept_units: ["mg/dL"], select: max, bounds: [0, 1000]}'
+CRP_SELECT = 'accept_units: ["mg/dL"], select: max, bounds: [0, 1000], decimals: 2}'
 
 
 def test_select_worst_needs_the_items_direction(tmp_path: Path) -> None:

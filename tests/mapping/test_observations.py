@@ -82,7 +82,8 @@ RR_MEANING = "http://terminology.hl7.org/CodeSystem/referencerange-meaning"
 ])
 def test_the_normal_range_is_read_whatever_entry_comes_first(study: Study, ranges: list[dict[str, Any]],
                                                             expected: tuple[float | None, float | None]) -> None:
-    """decisions.md judges low complement against the result's own range low: a text-only entry or a range of
+    """docs/clinical-rules.md#sledai2k-reference-ranges: low complement is judged against the result's own range
+    low: a text-only entry or a range of
     another meaning placed first must not hide the normal range (C3 1.0 g/L is low against 1.1)."""
     (f,), _ = mapped(study, [obs("o1", "4485-9", 1.0, "g/L", referenceRange=ranges)])
     assert (f.ref_low, f.ref_high) == expected
