@@ -27,12 +27,13 @@ grade, with onset and resolution dates and, when the EHR sent a dateTime, their 
 record lasts more than 72 h from onset to resolution** (exactly 72 h is not a DLT). With both times the duration
 is exact (60 h → no, 84 h → DLT). An end given as a date only may be at any time of that day, so the duration is a
 range: decided when the whole range is on one side of the limit (dates 2 days apart: at most 72 h → no; 4 days
-apart: more than 72 h → DLT), otherwise **"duration ambiguous"** — undecided, as docs/clinical-rules.md#dlt-not-
-evaluable requires for an unknown duration (dates 3 days apart → not evaluable). When a site records each change
-of grade as its own record, that record's duration is the time at that grade; otherwise it is an upper bound of it
-(the conservative reading). An unresolved event lasts at least from its onset until the start of the subject's
-last data date (``last contact``): a DLT when that alone exceeds the limit, otherwise undecided. "Still present
-after Day 30" and the window compare calendar study days (docs/clinical-rules.md#dlt-window).
+apart: more than 72 h → DLT), otherwise **"duration ambiguous"** — undecided, as
+docs/clinical-rules.md#dlt-not-evaluable requires for an unknown duration (dates 3 days apart → not evaluable).
+When a site records each change of grade as its own record, that record's duration is the time at that grade;
+otherwise it is an upper bound of it (the conservative reading). An unresolved event lasts at least from its onset
+until the start of the subject's last data date (``last contact``): a DLT when that alone exceeds the limit,
+otherwise undecided. "Still present after Day 30" and the window compare calendar study days
+(docs/clinical-rules.md#dlt-window).
 
 Each condition is True, False or unknown. An event meets a rule when all its conditions are True, cannot
 meet it when any is False, and is **undecided** otherwise (grade, relatedness, onset or duration unknown),
