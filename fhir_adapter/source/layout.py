@@ -176,9 +176,27 @@ def discover(where: Path | Folder) -> Layout:
             data[name] = _data_file(folder, name)
     if not data and not errors:
         raise FileNotFoundError(f"no FHIR data files ({', '.join(DATA_SUFFIXES)}) in {folder.location}")
+    for f in (*data.values(), *errors.values(), *deleted.values()):
+        if f.name.endswith(".gz"):
+            _check_gzip(folder, f)
     return Layout(data=sorted(data.values(), key=lambda f: f.sort_key),
                   errors=sorted(errors.values(), key=lambda f: f.name), manifest=manifest,
                   deleted=sorted(deleted.values(), key=lambda f: f.name))
+
+
+#: the first bytes of every gzip stream (RFC 1952)
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _check_gzip(folder: Folder, f: DataFile) -> None:
+    """A ``.gz`` file must start a gzip stream: Python's gzip reads a 0-byte file as empty data, so an export whose
+    ``Observation.ndjson.gz`` was cut to nothing would run "ok" without a single lab (issue 17)."""
+    with folder.open(f.path) as fh:
+        head = fh.read(len(_GZIP_MAGIC))
+    if head != _GZIP_MAGIC:
+        what = "is empty (0 bytes)" if not head else "does not start with the gzip header"
+        raise SourceError(f"{f.path}: {what}, but a .gz file holds gzip data: the file is damaged or truncated: "
+                          "export or download it again")
 
 
 def _read_manifest(folder: Folder, path: str) -> dict[str, Any]:
