@@ -154,7 +154,8 @@ class BulkSource:
             if self.job is not None and (self.job.manifest or {}).get("error"):
                 # what the server could not export since the last run is reported as on a full export
                 FileSource(self.folder, self.log).export_errors()
-            unchanged = patient_ids - self._patients_in_export()
+            changed, unattributed = self._patients_in_export()
+            unchanged = set() if unattributed else patient_ids - changed
             if self.reusable is not None:  # no CRF from the last run (e.g. enrolled since): read in full
                 unchanged &= self.reusable
             unchanged -= self._deletions(patient_ids, unchanged)
@@ -320,21 +321,50 @@ class BulkSource:
         assert last is not None
         raise last
 
-    def _patients_in_export(self) -> set[str]:
+    def _patients_in_export(self) -> tuple[set[str], bool]:
         """Patients any exported resource names (an export ``_since``: the patients with a change; an export
-        with no output file: nobody changed)."""
+        with no output file: nobody changed), and whether some change cannot be given a patient: a line that is
+        not JSON (quarantined ``malformed-json``, as a full run does) or a changed shared resource that names no
+        patient (a Medication, Organization or Location any subject's records may name). Then every subject is
+        read again in full (a warning says why), never a CRF that may be stale reused. A Bundle on a line is read
+        entry by entry."""
         import orjson
 
         found: set[str] = set()
         if self.job is not None and self.job.manifest is not None and not self.job.manifest.get("output"):
-            return found
+            return found, False
+        malformed = 0
+        shared: set[str] = set()
         for f in discover(self.folder).data:
-            for _n, line in read_lines(f):
-                res = orjson.loads(line)
-                pid = patient_id_of(res) if isinstance(res, dict) else None
-                if pid:
-                    found.add(pid)
-        return found
+            for n, line in read_lines(f):
+                try:
+                    doc = orjson.loads(line)
+                except orjson.JSONDecodeError as exc:
+                    malformed += 1
+                    self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",
+                                    "fix that line of the export (quarantine/ names the file and line)",
+                                    file=f.name, line=n)
+                    continue
+                entries = (doc.get("entry") or []) if isinstance(doc, dict) and doc.get("resourceType") == \
+                    "Bundle" else [{"resource": doc}]
+                for entry in entries:
+                    res = entry.get("resource") if isinstance(entry, dict) else None
+                    if not isinstance(res, dict):
+                        continue
+                    if (pid := patient_id_of(res)) is not None:  # a Specimen names its subject
+                        found.add(pid)
+                    elif res.get("resourceType") in SHARED_TYPES:
+                        shared.add(f"{res.get('resourceType')}/{res.get('id')}")
+        why = []
+        if malformed:
+            why.append(f"{malformed} line(s) of the export are not JSON (quarantined)")
+        if shared:
+            names = ", ".join(sorted(shared)[:3]) + (f" and {len(shared) - 3} more" if len(shared) > 3 else "")
+            why.append(f"shared resource(s) changed ({names}) that any subject's records may name")
+        if why:
+            self.log.warn(f"the export since the last run: {'; '.join(why)}: every enrolled subject is read again "
+                          "in full, no CRF of the last run is reused", rule="incremental")
+        return found, bool(why)
 
     def _deletions(self, patient_ids: set[str], unchanged: set[str]) -> set[str]:
         """The subjects of ``unchanged`` to read again because of the export's ``deleted[]``: those whose last CRF

@@ -109,3 +109,28 @@ def test_a_deletion_without_the_last_crfs_reads_every_subject_again(study: Study
     source = since_source(study, tmp_path, log, "Observation/o1")
     source.last_crf = None
     assert source._deletions({"pa", "pb"}, {"pa", "pb"}) == {"pa", "pb"}
+
+
+def test_the_changed_patients_of_an_export_since_the_last_run(study: Study, tmp_path: Path) -> None:
+    """An export _since names the changed patients: also inside a Bundle on a line, and through a Specimen's
+    subject. A line that is not JSON, or a changed Medication (any subject's records may name it), cannot be
+    given a patient: quarantined / warned, and every subject is read again (no stale CRF reused)."""
+    log = RunLog()
+    source = since_source(study, tmp_path, log)
+    data = tmp_path / "bulk" / "001.Observation.ndjson"
+    lines = [{"resourceType": "Observation", "id": "o9", "subject": {"reference": "Patient/pa"}},
+             {"resourceType": "Bundle", "type": "collection", "entry": [
+                 {"resource": {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/pb"}}}]},
+             {"resourceType": "Specimen", "id": "sp1", "subject": {"reference": "Patient/pc"}}]
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert source._patients_in_export() == ({"pa", "pb", "pc"}, False)
+    assert not log.warnings and not log.quarantine
+    with data.open("a") as fh:
+        fh.write('{"resourceType": "Observation", "id": "trunc\n')
+        fh.write(json.dumps({"resourceType": "Medication", "id": "m1"}) + "\n")
+    assert source._patients_in_export() == ({"pa", "pb", "pc"}, True)
+    (q,) = log.quarantine
+    assert (q.rule, q.file, q.line) == ("malformed-json", "001.Observation.ndjson", 4)
+    (w,) = log.warnings
+    assert "1 line(s) of the export are not JSON" in w["message"] and "Medication/m1" in w["message"] \
+        and "every enrolled subject is read again in full" in w["message"]
