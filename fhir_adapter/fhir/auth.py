@@ -491,11 +491,17 @@ def auth_from_env(
         raise ValueError("FHIR_ADAPTER_SMART_TOKEN_URL is not set and no FHIR base URL was given for discovery")
     kid = get("FHIR_ADAPTER_SMART_KID") or ""
     if key_file:
-        key = load_private_key(Path(key_file), kid=kid, password=get("FHIR_ADAPTER_SMART_KEY_PASSWORD"))
+        try:
+            key = load_private_key(Path(key_file), kid=kid, password=get("FHIR_ADAPTER_SMART_KEY_PASSWORD"))
+        except ValueError as exc:  # name the variable and the file (a path is no secret; the key never shown)
+            raise ValueError(f"FHIR_ADAPTER_SMART_KEY_FILE={key_file}: {exc}") from None
     else:
         if not _looks_inline(key_inline or ""):
             raise ValueError("FHIR_ADAPTER_SMART_KEY must hold PEM or JWK JSON text (use _KEY_FILE for a path)")
-        key = load_private_key(key_inline or "", kid=kid, password=get("FHIR_ADAPTER_SMART_KEY_PASSWORD"))
+        try:
+            key = load_private_key(key_inline or "", kid=kid, password=get("FHIR_ADAPTER_SMART_KEY_PASSWORD"))
+        except ValueError as exc:
+            raise ValueError(f"FHIR_ADAPTER_SMART_KEY: {exc}") from None
     return SmartBackendServices(
         client_id=get("FHIR_ADAPTER_SMART_CLIENT_ID") or "",
         private_key=key,

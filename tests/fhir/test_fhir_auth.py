@@ -487,3 +487,18 @@ def test_auth_from_env_errors_name_variables_not_values() -> None:
                 "FHIR_ADAPTER_SMART_ALG": "HS256",
             }
         )
+
+
+def test_a_key_that_cannot_be_loaded_names_its_variable_and_file(tmp_path: Path) -> None:
+    """Issue 16: an error names the environment variable (and the file; never the key text)."""
+    not_a_key = tmp_path / "adapter.yaml"
+    not_a_key.write_text("client:\n  max_concurrency: 4\n")
+    env = {"FHIR_ADAPTER_SMART_CLIENT_ID": "c", "FHIR_ADAPTER_SMART_KID": "k", "FHIR_ADAPTER_SMART_SCOPE": "s",
+           "FHIR_ADAPTER_SMART_TOKEN_URL": TOKEN_URL, "FHIR_ADAPTER_SMART_KEY_FILE": str(not_a_key)}
+    with pytest.raises(ValueError, match=rf"^FHIR_ADAPTER_SMART_KEY_FILE={re.escape(str(not_a_key))}: cannot load"):
+        auth_from_env(env)
+    inline = {**{k: v for k, v in env.items() if k != "FHIR_ADAPTER_SMART_KEY_FILE"},
+              "FHIR_ADAPTER_SMART_KEY": "-----BEGIN PRIVATE KEY-----\nnot base64\n-----END PRIVATE KEY-----"}
+    with pytest.raises(ValueError, match=r"^FHIR_ADAPTER_SMART_KEY: cannot load") as info:
+        auth_from_env(inline)
+    assert "not base64" not in str(info.value)
