@@ -283,3 +283,13 @@ def test_check_loads_the_server_variables_without_a_server(tmp_path: Path) -> No
     (tmp_path / "f.ndjson").write_text("")
     good = _runner().invoke(main, ["check", "--source", str(tmp_path)], env={"FHIR_ADAPTER_MAX_CONCURRENCY": "4"})
     assert good.exit_code == 0 and "config ok     FHIR_ADAPTER_MAX_CONCURRENCY" in good.stdout, good.output
+
+
+def test_bulk_client_errors_take_the_exit_codes_of_the_table() -> None:
+    """A Bulk Data 401 is rejected credentials (4) and a 5xx the server failing (3), as on the REST path."""
+    from fhir_adapter.cli.console import exit_code_of
+    from fhir_adapter.fhir.bulk import BulkExportError
+
+    url = "https://ehr.example.org/fhir/Patient/$export"
+    assert [exit_code_of(BulkExportError("x", url=url, status=s)) for s in (401, 403, 404, 500, 503, None)] == \
+        [4, 1, 1, 3, 3, 1]

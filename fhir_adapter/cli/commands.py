@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fhir_adapter.cli.console import AdapterGroup, progress, setup_logging, summary_table
+from fhir_adapter.cli.console import AdapterGroup, exit_code_of, progress, setup_logging, summary_table
 from fhir_adapter.job import exit_codes
 from fhir_adapter.version import __version__
 
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
 DEFAULT_STUDY = Path("mappings/lcar-aio")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 1) -> None:
     click.secho(f"error: {message}", fg="red", err=True)
-    sys.exit(1)
+    sys.exit(code)
 
 
 EXIT_CODES = exit_codes.help_table()
@@ -245,9 +245,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                 conn.close()
         except (RosterError, FileNotFoundError, ConnectError, FhirError, MappingError, ServerConfigError,
                 TamperedError, SourceError, UnsafePath) as exc:
-            if ctx.obj.get("verbose", 0) >= 2:
-                raise
-            _fail(str(exc))
+            if ctx.obj.get("verbose", 0) >= 1:
+                raise  # the group's handler prints the stack trace (-v) and the same line, with the same code
+            _fail(str(exc), exit_code_of(exc))
         if summary.stopped is not None:
             click.secho(f"error: {summary.stopped.message}", fg="red", err=True)
             sys.exit(summary.exit_code)

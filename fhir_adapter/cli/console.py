@@ -260,7 +260,8 @@ class AdapterGroup(click.Group):
 
 def exit_code_of(exc: BaseException) -> int:
     """A failure's exit code: 4 rejected credentials, 3 a server that is down or cannot be reached (connection
-    refused, timeouts, 5xx after every retry; not a name that does not resolve), else 1."""
+    refused, timeouts, 5xx after every retry; not a name that does not resolve), else 1 — for the Bulk Data
+    client's errors too (a 401 at kick-off, status or download is 4, a 5xx is 3)."""
     from fhir_adapter.fhir import FhirAuthError
     from fhir_adapter.fhir.flow import is_unavailability
 
@@ -268,4 +269,11 @@ def exit_code_of(exc: BaseException) -> int:
         return exit_codes.AUTH_FAILED
     if is_unavailability(exc):
         return exit_codes.SERVER_UNAVAILABLE
+    if type(exc).__name__ == "BulkExportError":  # the Bulk client (imported by Bulk runs only): its HTTP status
+        from fhir_adapter.fhir.bulk import BulkExportError
+
+        if isinstance(exc, BulkExportError) and exc.status == 401:
+            return exit_codes.AUTH_FAILED  # as a 401 on the REST path
+        if isinstance(exc, BulkExportError) and exc.status in (500, 502, 503, 504):
+            return exit_codes.SERVER_UNAVAILABLE  # "the server failed: run again later"
     return exit_codes.FAILED

@@ -173,7 +173,7 @@ def test_interrupted_download_resumes_without_fetching_finished_files(setup: Set
     config = write_config(setup.tmp / "resume.yaml", "bulk:\n  download_attempts: 1\n")
     result = CliRunner().invoke(main, ["-q", "run", "--source", setup.server.base_url, "--out", str(out), "--bulk",
                                        "--config", str(config)])
-    assert result.exit_code == 1 and "503" in result.output and "$export-file" in result.output
+    assert result.exit_code == 3 and "503" in result.output and "$export-file" in result.output
     state = json.loads((out / "bulk" / ".bulk-job.json").read_text())
     assert state["manifest"] is not None and not state.get("done")
     finished = sorted(p.name for p in (out / "bulk").glob("*.ndjson*"))
@@ -208,6 +208,18 @@ def test_files_removed_when_the_user_says_so(setup: Setup) -> None:
     cli_run(setup.server.base_url, out, "--bulk", "--config", str(config))
     _same_as_rest(setup, out)
     assert not (out / "bulk").exists()
+
+
+def test_a_failing_export_file_is_exit_3_as_a_failing_server_is(setup: Setup) -> None:
+    """The exit-code table holds for Bulk runs too: a download still answered 5xx after its retries is the server
+    failing (3, "run again later"), not a bad configuration (1)."""
+    setup.bulk(fail_file=1, fail_file_times=100)
+    config = write_config(setup.tmp / "one-attempt.yaml", "bulk:\n  download_attempts: 1\n")
+    result = CliRunner().invoke(main, ["-q", "run", "--source", setup.server.base_url, "--out",
+                                       str(setup.tmp / "failing-file"), "--bulk", "--config", str(config)])
+    setup.bulk()
+    assert result.exit_code == 3, result.output
+    assert "answered HTTP 503" in result.output and "run again later" in result.output
 
 
 def test_bulk_needs_a_server(tmp_path: Path) -> None:
