@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fhir_adapter.export.writer import ExportWriter, SubjectExport
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.job.staging import COMPLETE, Staging, recover
@@ -88,3 +90,25 @@ def test_a_run_interrupted_leaves_the_previous_outputs_exactly_as_they_were(tmp_
         run(Interrupted(feed, RunLog()), study, out)
     after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert after == before
+
+
+def test_a_subject_failing_after_its_crf_was_written_leaves_no_crf_so_no_later_run_reuses_it(
+    tmp_path: Path, study: Study, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed subject's CRF is not among the run's outputs, also when it failed after the CRF was written: an
+    incremental run reuses only CRFs at hand (``reusable``), so it reads that subject in full."""
+    feed, out = tmp_path / "feed", tmp_path / "out"
+    write_feed(feed, subjects=3, seed=7)
+    run(FileSource(feed, RunLog()), study, out)
+    [victim, *others] = sorted(p.stem for p in (out / "crf").iterdir())
+    write = ExportWriter.write
+
+    def failing(self: ExportWriter, export: SubjectExport, *args: Any, **kwargs: Any) -> None:
+        if export.subject_id == victim:
+            raise OSError("disk full")
+        write(self, export, *args, **kwargs)
+
+    monkeypatch.setattr(ExportWriter, "write", failing)
+    summary = run(FileSource(feed, RunLog()), study, out)
+    assert summary.subjects_failed == [victim]
+    assert sorted(p.stem for p in (out / "crf").iterdir()) == others

@@ -103,7 +103,8 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
 @click.option("--post", is_flag=True, help="Write the results back to the FHIR server (only what changed).")
 @click.option("--dry-run", is_flag=True, help="Show what --post would write, as a diff (OUT/writeback-diff/).")
 @click.option("--since", default=None,
-              help="Incremental: read only subjects changed since this ISO time, or 'last' (last successful run).")
+              help="Incremental: read only subjects changed since this ISO time, or 'last' (the last run that "
+                   "completed, exit 0 or 2; subjects that failed in it are read in full).")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
               help="Server settings YAML (concurrency, page size, timeouts, read mode, observation_code_param: "
                    "auto by default, each run times a code-filtered and an unfiltered Observation search once and "
@@ -251,7 +252,10 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         if summary.stopped is not None:
             click.secho(f"error: {summary.stopped.message}", fg="red", err=True)
             sys.exit(summary.exit_code)
-        if not summary.subjects_failed and not summary.subjects_not_written and not dry_run:
+        # a base for the next --since last also when some subjects failed or were not written: a failed subject
+        # has no CRF in OUT/crf, so that run reads it in full (pipeline.py, reusable); a subject not written is
+        # written by it (state/written.json holds only the writes the server confirmed)
+        if summary.exit_code != exit_codes.FAILED and not dry_run:
             try:
                 record_run(out, conn.next_since or started, source)
             except UnsafePath as exc:   # state/ turned into a symbolic link while the run went on

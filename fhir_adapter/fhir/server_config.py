@@ -181,7 +181,7 @@ STATE_FILE = Path("state") / "last-run.json"
 
 
 def last_run_started(out: Path) -> dt.datetime | None:
-    """Start time of the last successful run writing to ``out`` (for ``--since last``)."""
+    """Start time of the last completed run (exit 0 or 2) writing to ``out`` (for ``--since last``)."""
     path = Path(out) / STATE_FILE
     if not path.exists():
         return None

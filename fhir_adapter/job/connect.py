@@ -71,7 +71,7 @@ def parse_since(value: str | None, out: Path) -> dt.datetime | None:
     if value == "last":
         started = last_run_started(out)
         if started is None:
-            raise ConnectError(f"--since last: no earlier successful run recorded in {out}/state/; run once without "
+            raise ConnectError(f"--since last: no earlier completed run recorded in {out}/state/; run once without "
                                "--since first")
         return started
     try:

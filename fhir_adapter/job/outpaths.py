@@ -154,3 +154,8 @@ class SubjectFileNames:
             raise UnsafePath(f"subject {subject_id!r} would share the file name '{name}' with subject {other!r} "
                              "(file names are case-insensitive on some systems): give the subjects distinct IDs")
         return name
+
+    def held_by(self, subject_id: str) -> str | None:
+        """The file name handed out to ``subject_id`` in this run (None: none, or another subject holds it)."""
+        name = subject_file_name(subject_id)
+        return name if self._by_key.get(name.casefold()) == subject_id else None

@@ -385,6 +385,10 @@ def _run(
             if stop is not None:
                 raise stop from exc
             log.debug("subject %s failed", e.subject_id, exc_info=True)
+            # a failed subject leaves no CRF in this run's outputs (when it failed after writing it): the next
+            # incremental run (--since last) then reads it in full, never reusing it as unchanged
+            if (name := file_names.held_by(e.subject_id)) is not None:
+                inside(work_dir, work_dir / "crf" / f"{name}.json").unlink(missing_ok=True)
             runlog.warn(f"subject not processed: {exc}", subject_id=e.subject_id, rule="subject-failed")
             summary.subjects_failed.append(e.subject_id)
             summary.failures.append(_failure(e.subject_id, "map", exc))

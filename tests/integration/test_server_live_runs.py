@@ -107,8 +107,8 @@ def test_a_subject_whose_reads_keep_failing_fails_alone_and_the_next_runs_pick_i
     on_server = per_subject_on_server(fresh.base_url, expected)
     assert on_server[victim.subject_id] == 0
     assert all(on_server[s] == len(ids) for s, ids in expected.items() if s != victim.subject_id)
-    assert not (out / "crf" / f"{victim.subject_id}.json").exists()
-    assert not (out / "state" / "last-run.json").exists()
+    assert not (out / "crf" / f"{victim.subject_id}.json").exists()  # so no later run can reuse it as unchanged
+    assert (out / "state" / "last-run.json").exists()  # a base for --since last all the same
 
     fresh.clear_faults()  # the next full run picks the subject up
     assert invoke(fresh.base_url, out, "--post", "--config", config).exit_code in (0, 2)
@@ -121,6 +121,38 @@ def test_a_subject_whose_reads_keep_failing_fails_alone_and_the_next_runs_pick_i
     assert invoke(fresh.base_url, out, "--post", "--since", "last", "--config", config).exit_code in (0, 2)
     rep = report(out)
     assert rep["subject_failures"] == [] and rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 1
+    assert_like_uninterrupted(fresh.base_url, out, file_out)
+
+
+def test_since_last_after_a_run_in_which_one_subject_failed_part_way_through_its_reads_reads_it_in_full(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Issue 12 item 1: "the next run (full or --since last) picks the subject up again" — a run with a failed
+    subject is a base for --since last, and the failed subject is read in full by it, never found unchanged."""
+    file_out = trial[1]
+    expected = offline_results(file_out)
+    victim = plan_trial(SUBJECTS, 7).subjects[3]
+    config = str(write_config(tmp_path / "a.yaml", FAST + "  page_size: 50\n"))
+    out = tmp_path / "out"
+
+    fresh.set_faults(fault_match=f"{victim.patient_id}&_count=50&_offset=100")  # page 3 of its Observations
+    first = invoke(fresh.base_url, out, "--post", "--config", config)
+    assert first.exit_code == 2, first.stderr
+    rep = report(out)
+    assert rep["summary"]["subjects_failed"] == [victim.subject_id]
+    [failure] = rep["subject_failures"]
+    assert "_offset=100" in failure["request"] and "--since last" in failure["what_to_do"]
+    assert per_subject_on_server(fresh.base_url, expected)[victim.subject_id] == 0
+
+    fresh.clear_faults()
+    again = invoke(fresh.base_url, out, "--post", "--since", "last", "--config", config)
+    assert again.exit_code in (0, 2), again.stderr
+    rep = report(out)
+    assert rep["subject_failures"] == [] and rep["summary"]["subjects_not_written"] == []
+    assert rep["counts"]["incremental.changed_subjects"] == 1
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 1
+    assert [w["subject_id"] for w in rep["writes"]] == [victim.subject_id]
+    assert per_subject_on_server(fresh.base_url, expected)[victim.subject_id] == len(expected[victim.subject_id])
     assert_like_uninterrupted(fresh.base_url, out, file_out)
 
 
