@@ -69,8 +69,13 @@ class ClientSettings(BaseModel):
                     "(FHIR R4 http.html#search: servers SHALL support both); proxies and EHRs often cap URLs.",
     )
     max_transaction_entries: int = Field(
-        100, ge=1, description="Largest batch/transaction sent; split larger ones with split_transaction."
-    )
+        100, ge=1,
+        description="Largest batch/transaction sent (at least 3: a subject's write-back transaction holds the "
+                    "adapter Device, a Provenance and its results). Only one transaction per subject is atomic: "
+                    "a subject with more results than this - 2 is written in several transactions and can end "
+                    "written in part when the server fails between them (recorded in state/written.json, "
+                    "completed by the next run); set it to at least a subject's results + 2 if the server "
+                    "accepts transactions that large.")
 
     http2: bool = Field(False, description="Use HTTP/2 when the 'h2' package is installed.")
     verify: bool | Path = Field(

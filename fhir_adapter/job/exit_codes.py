@@ -18,8 +18,9 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
                               "read run-report.json (quarantine, subject_failures); the next run picks those "
                               "subjects up again"),
     SERVER_UNAVAILABLE: ("server unavailable: the run stopped early, completed subjects kept",
-                         "run again later (same command); nothing to repair"),
-    AUTH_FAILED: ("authentication failed: the run stopped, nothing half-written",
+                         "run again later (same command); nothing to repair (a subject written in part, when "
+                         "max_transaction_entries splits its write, is recorded and completed by the rerun)"),
+    AUTH_FAILED: ("authentication failed: the run stopped; what the server confirmed is recorded",
                   "check the client id, key and scopes with the token endpoint named in the error; rerun"),
     USAGE: ("usage error on the command line", "correct the command (see --help)"),
 }

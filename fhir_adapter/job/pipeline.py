@@ -44,7 +44,7 @@ from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.bundle import offline_transaction
-from fhir_adapter.writeback.sink import WriteResult
+from fhir_adapter.writeback.sink import PARTIAL_WHAT_TO_DO, WriteResult
 from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import WrittenState, result_id
 
@@ -117,20 +117,27 @@ class Stopped:
     subjects_done: list[str] = field(default_factory=list)
     subjects_left: list[str] = field(default_factory=list)
     roster_read: bool = True
+    #: subjects of ``subjects_left`` whose write, split into several transactions, stopped part-way (the parts
+    #: the server confirmed are recorded in state/written.json; the rerun writes the rest)
+    subjects_partly_written: list[str] = field(default_factory=list)
 
     @property
     def message(self) -> str:
-        """The one line the command prints."""
+        """The one line the command prints. ``subjects done``: processed and, with ``--post``, written."""
         done = f"{len(self.subjects_done)} subjects done, " + (
             f"{len(self.subjects_left)} left" if self.roster_read else "roster not read")
+        partly = f"{len(self.subjects_partly_written)} partly written (recorded: the rerun completes them)" \
+            if self.subjects_partly_written else "nothing half-written"
         if self.reason == "auth-failed":
-            return f"authentication failed: {self.error}; {done}; nothing half-written — fix it, then rerun"
+            return f"authentication failed: {self.error}; {done}; {partly} — fix it, then rerun"
+        if self.subjects_partly_written:
+            done += f", {partly}"
         return f"server unavailable since {self.since}; {done}; rerun ({self.error})"
 
     def as_report(self) -> dict[str, Any]:
         return {"reason": self.reason, "exit_code": self.exit_code, "since": self.since, "error": self.error,
                 "message": self.message, "subjects_done": len(self.subjects_done),
-                "subjects_left": self.subjects_left}
+                "subjects_left": self.subjects_left, "subjects_partly_written": self.subjects_partly_written}
 
 
 class _Stop(Exception):
@@ -332,8 +339,13 @@ def _run(
         unchanged_since_last = source_resources is None and not plan.retractions and \
             plan.changes["new"] == plan.changes["updated"] == 0
         w: WriteResult | None = None
+        diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
         if sink is not None and not unchanged_since_last:
             w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))  # may stop the run
+            if w.stop is not None:  # the server went down part-way through a split write: what it confirmed
+                state.commit(plan, pending=w.pending)
+                _record_write(w, summary, runlog, diff_path)
+                raise w.stop
         if p is not None:
             assert p.row is not None
             rows.add_json(o.subject_id, p.row)
@@ -351,8 +363,8 @@ def _run(
             os.replace(p.path("writeback"), folders.file(writeback_path))
         else:
             _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions, e.patient_id))
-        if w is None or not w.error:  # the state records only what the server confirmed (or the file run)
-            state.commit(plan)
+        if w is None or not w.error or w.partial:  # the state records only what the server confirmed (or the
+            state.commit(plan, pending=w.pending if w is not None else ())  # file run), part by part
         if p is not None:
             assert o.export is not None and o.export.coverage is not None
             exports.write(o.export)
@@ -374,8 +386,9 @@ def _run(
         if sink is not None and w is None:
             summary.server_unchanged += len(bundle_resources)
         elif w is not None:
-            _record_write(w, summary, runlog, inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff"))
-        done.append(e.subject_id)
+            _record_write(w, summary, runlog, diff_path)
+        if w is None or not w.error:  # done: processed, and written when there is a server to write to
+            done.append(e.subject_id)
 
     def guarded(e: Enrollee, step: Callable[[], None]) -> None:
         try:
@@ -438,6 +451,8 @@ def _run(
     except _Stop as stop:
         left = sorted(e.subject_id for e in roster.enrolled.values() if e.subject_id not in done)
         summary.stopped = _stopped(stop.error, done, left)
+        summary.stopped.subjects_partly_written = sorted(w["subject_id"] for w in summary.writes
+                                                         if w.get("partly_written"))
         if not dry_run:
             state.save(work_dir / "state" / "written.json")
         _write_report(work_dir, source, study, runlog, summary, state, started, review=reviews.report(),
@@ -524,14 +539,18 @@ def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path
         counts = {"written": len(w.written), "retracted": len(w.retracted)}
     summary.server_unchanged += w.unchanged
     summary.writes.append({"subject_id": w.subject_id, **counts, "unchanged": w.unchanged,
-                           **({"error": w.error} if w.error else {})})
+                           **({"error": w.error} if w.error else {}),
+                           **({"partly_written": True, "not_confirmed": len(w.pending)} if w.partial else {})})
     if w.diff:
         diff_path.parent.mkdir(parents=True, exist_ok=True)
         diff_path.write_text(w.diff)
     if w.error:
         runlog.warn(f"results not written to the server: {w.error}", subject_id=w.subject_id, rule="write-failed")
         summary.subjects_not_written.append(w.subject_id)
-        summary.failures.append(_failure(w.subject_id, "write", w.exception, w.error))
+        failure = _failure(w.subject_id, "write", w.exception, w.error)
+        if w.partial:
+            failure["what_to_do"] = PARTIAL_WHAT_TO_DO
+        summary.failures.append(failure)
 
 
 def _write_quarantine(out: Path, runlog: RunLog, *, full_copies: bool = False) -> None:

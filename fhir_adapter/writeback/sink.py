@@ -23,6 +23,15 @@ Per subject, one transaction (split by ``max_transaction_entries`` when a server
    sources (conditional create on the key of the write, :mod:`.provenance`), in transactions of at most
    ``max_transaction_entries`` entries (a subject with more changes gets several, each with its own
    Provenance). ``dry_run`` returns the diff instead.
+
+Only one transaction is atomic. A write split into several cannot be all-or-nothing: when a later part fails
+the earlier ones stay on the server. The result then says which (:attr:`WriteResult.written` holds the confirmed
+parts' identifiers, :attr:`WriteResult.pending` the others, the error "partially written: n of N results"), the
+pipeline records just those in ``state/written.json``, and the next run writes the rest (its diff against the
+server finds the confirmed parts unchanged). No part is sent once the circuit breaker is open; the server going
+down part-way (or the credentials rejected) still stops the run, after what was confirmed is recorded
+(:attr:`WriteResult.stop`). Undoing the confirmed parts instead (deleting what they created) was not done: it
+cannot undo their updates of earlier results, and it would be sent to a server that is failing.
 """
 
 from __future__ import annotations
@@ -71,6 +80,24 @@ class WriteResult:
     diff: str = ""
     error: str | None = None
     exception: BaseException | None = field(default=None, repr=False)  # what ended the write, for the report
+    #: a write split into several transactions that ended part-way: the identifier values planned but not
+    #: confirmed by the server (``written``/``retracted`` then hold only the confirmed ones)
+    pending: list[str] = field(default_factory=list)
+    #: the server went down (or the credentials were rejected) after some of the transactions were confirmed:
+    #: the run stops once those are recorded
+    stop: BaseException | None = field(default=None, repr=False)
+
+    @property
+    def partial(self) -> bool:
+        """Some of the subject's writes were confirmed, others not."""
+        return bool(self.pending) and bool(self.written or self.retracted)
+
+
+#: what the run report says to do about a subject written in part (``max_transaction_entries`` split its write)
+PARTIAL_WHAT_TO_DO = ("the transactions the server confirmed are recorded in state/written.json; the next run "
+                      "(full or --since last) writes the rest and nothing twice. Only one transaction per subject "
+                      "is atomic: set max_transaction_entries (server config) to at least the subject's results + "
+                      "2, if the server accepts transactions that large, so that a subject goes in one")
 
 
 def _identifier(res: dict[str, Any], system: str = SID_RESULT) -> str | None:
@@ -257,6 +284,8 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
                         max_retraction_share: float = MAX_RETRACTION_SHARE) -> WriteResult:
     result = WriteResult(subject_id=e.subject_id)
+    confirmed: set[str] = set()  # identifier values of the transactions the server confirmed
+    done, parts = 0, list[list[dict[str, Any]]]()
     duplicates: dict[str, list[str]] = {}
     foreign: dict[str, list[str]] = {}
     try:
@@ -284,10 +313,12 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
         if not to_write or dry_run:
             return result
         versions = {ident: str((r.get("meta") or {}).get("versionId") or "") for ident, r in existing.items()}
-        # each part is its own transaction with the Device and a Provenance (2 entries of overhead)
+        # each part is its own transaction with the Device and a Provenance (2 entries of overhead; the setting
+        # is at least 3): only one transaction is atomic, so a split subject is recorded part by part
         size = max(1, client.settings.max_transaction_entries - 2)
-        for i in range(0, len(to_write), size):
-            part = to_write[i:i + size]
+        parts = [to_write[i:i + size] for i in range(0, len(to_write), size)]
+        for part in parts:
+            client.breaker.check()  # the server seen down: no further part is sent (a subject is not started)
             entries = transaction_entries(part, sources, now or dt.datetime.now(dt.UTC), e.patient_id, versions)
             for entry in (entries[0], entries[-1]):  # the Device and the Provenance, validated as the results are
                 if problem := r4_problem(entry["resource"], full=True):
@@ -305,11 +336,12 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                     raise
                 log.info("%s: a transaction sent again answered 412, and the server holds its %d resources as "
                          "written: the first attempt was committed", e.subject_id, len(part))
-    except FhirServerUnavailable:
-        raise  # the server is down: the run stops (exit 3), not just this subject
-    except Exception as exc:  # reported per subject; never stops the run
-        if isinstance(exc, FhirAuthError) and not exc.transient:
-            raise  # the credentials are rejected: the run stops (exit 4)
+            confirmed.update(str(_identifier(r)) for r in part)
+            done += 1
+    except Exception as exc:  # reported per subject; the server down or the credentials rejected stop the run
+        stops = isinstance(exc, FhirServerUnavailable) or (isinstance(exc, FhirAuthError) and not exc.transient)
+        if stops and not confirmed:
+            raise  # exit 3 (server unavailable) or 4 (authentication failed); nothing of this subject written
         result.error = str(exc)
         result.exception = exc
         if maybe_committed(exc):
@@ -319,8 +351,16 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             result.error += (" — a result changed on the server since the adapter read it (If-Match), or a "
                              "conditional create matched several resources: nothing of this transaction was "
                              "written; run again")
-        result.written = []
-        result.retracted = []
+        planned = result.written + result.retracted
+        result.pending = [i for i in planned if i not in confirmed]
+        result.written = [i for i in result.written if i in confirmed]
+        result.retracted = [i for i in result.retracted if i in confirmed]
+        if confirmed:
+            result.error = (f"partially written: {len(confirmed)} of {len(planned)} results, in {done} of "
+                            f"{len(parts)} transactions (only one transaction per subject is atomic); then "
+                            f"{result.error}; the next run completes it")
+        if stops:
+            result.stop = exc
     return result
 
 

@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import os
 import tempfile
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -104,6 +105,8 @@ class Plan:
     retractions: list[dict[str, Any]] = field(default_factory=list)
     report: list[dict[str, Any]] = field(default_factory=list)
     changes: dict[str, int] = field(default_factory=lambda: {"new": 0, "updated": 0, "unchanged": 0})
+    #: identifier -> new | unchanged | updated (the results the subject has now)
+    kinds: dict[str, str] = field(default_factory=dict)
 
 
 class WrittenState:
@@ -138,12 +141,9 @@ class WrittenState:
         for r, h in zip(resources, hashes if hashes is not None else map(content_hash, resources), strict=True):
             ident = result_id(r)
             old = self.results.get(ident)
-            if old is None or old.get("retracted"):
-                plan.changes["new"] += 1
-            elif old["hash"] == h:
-                plan.changes["unchanged"] += 1
-            else:
-                plan.changes["updated"] += 1
+            kind = "new" if old is None or old.get("retracted") else "unchanged" if old["hash"] == h else "updated"
+            plan.changes[kind] += 1
+            plan.kinds[ident] = kind
             entries[ident] = {
                 "subject_id": subject_id, "hash": h, "sources": _sources(r),
                 "resource": {k: v for k, v in r.items() if k in _KEEP},
@@ -171,8 +171,12 @@ class WrittenState:
             entries[ident] = {**old, "retracted": today.isoformat()}
         return plan
 
-    def commit(self, plan: Plan) -> None:
-        """Record a subject's plan once its write-back bundle is written."""
+    def commit(self, plan: Plan, pending: Collection[str] = ()) -> None:
+        """Record a subject's plan once its write-back bundle is written. ``pending``: identifiers whose write
+        the server did not confirm (a write split into several transactions that stopped part-way): their
+        earlier entries stay as they were, so the next run writes them."""
+        if pending:
+            plan = self._confirmed(plan, set(pending))
         # written first, recorded after: a failed write (disk full) leaves the state as it was
         data = [orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) for entry in plan.entries.values()]
         at = self._spill.seek(0, os.SEEK_END)
@@ -190,6 +194,16 @@ class WrittenState:
         for k, n in plan.changes.items():
             self.changes[k] += n
         self.changes["retracted"] += len(plan.report)
+
+    def _confirmed(self, plan: Plan, pending: set[str]) -> Plan:
+        """The part of ``plan`` the server confirmed: the entries of ``pending`` identifiers are those of the
+        earlier runs (none when never written)."""
+        entries = {i: (self.results[i] if i in pending else e) for i, e in plan.entries.items()
+                   if i not in pending or i in self.results}
+        kinds = {i: k for i, k in plan.kinds.items() if i not in pending}
+        changes = {k: sum(1 for kind in kinds.values() if kind == k) for k in plan.changes}
+        return Plan(subject_id=plan.subject_id, entries=entries, changes=changes, kinds=kinds,
+                    report=[r for r in plan.report if r["identifier"] not in pending])
 
     def save(self, path: Path | None = None) -> None:
         """Write the state to ``path`` (default: where it was read from; the pipeline saves into its staging

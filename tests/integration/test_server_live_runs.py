@@ -32,6 +32,7 @@ from tests.serverkit import (
     identifier_counts,
     offline_results,
     report,
+    study_results,
     wipe_adapter_writes,
     write_config,
 )
@@ -195,6 +196,50 @@ def test_a_server_going_down_mid_run_stops_it_with_exit_3_and_keeps_what_is_comp
 
     assert invoke(fresh.base_url, out, "--post", "--config", config).exit_code in (0, 2)
     assert_like_uninterrupted(fresh.base_url, out, file_out)
+
+
+def test_a_server_going_down_between_the_transactions_of_a_split_subject_records_the_parts_it_confirmed(
+    fresh: ServerHandle, trial: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A subject's write split by max_transaction_entries cannot be atomic across its transactions: when the
+    server goes down between them, the parts it confirmed are on the server, and state/written.json and the run
+    report say exactly which ("partially written: n of N"); the next run writes the rest, nothing twice."""
+    file_out = trial[1]
+    expected = offline_results(file_out)
+    out = tmp_path / "out"
+    # 7 entries a transaction: the Device, 5 results, the Provenance; one subject written at a time
+    config = str(write_config(tmp_path / "a.yaml", FAST + "  max_concurrency: 1\n  max_transaction_entries: 7\n"))
+    fresh.set_faults(fault_down_after=66)  # down for good in the middle of a subject's transactions
+    stopped = invoke(fresh.base_url, out, "--post", "--config", config, "--workers", "1")
+    assert stopped.exit_code == 3, stopped.stderr
+    fresh.clear_faults()
+    on_server = per_subject_on_server(fresh.base_url, expected)
+    [half] = [s for s, n in on_server.items() if 0 < n < len(expected[s])]
+    n, total = on_server[half], len(expected[half])
+    rep = report(out)
+    [entry] = [w for w in rep["writes"] if w["subject_id"] == half]
+    assert entry["written"] == n and f"partially written: {n} of {total} results" in entry["error"]
+    assert "the next run completes it" in entry["error"]
+    [failure] = [f for f in rep["subject_failures"] if f["subject_id"] == half]
+    assert "max_transaction_entries" in failure["what_to_do"] and "one transaction" in failure["what_to_do"]
+    [line] = [x for x in stopped.stderr.splitlines() if x.strip()]
+    written = [s for s, k in on_server.items() if k == len(expected[s])]  # done: written in full
+    assert f"; {len(written)} subjects done, {SUBJECTS - len(written)} left, 1 partly written " in line
+    assert rep["stopped"]["subjects_partly_written"] == [half] and half in rep["stopped"]["subjects_left"]
+    state = json.loads((out / "state" / "written.json").read_text())["results"]
+    on_server_ids = set(identifier_counts(adapter_observations(fresh.base_url)))
+    assert {i for i, e in state.items() if e["subject_id"] == half} == \
+        {i for i in expected[half] if i in on_server_ids}  # exactly the confirmed parts
+
+    again = invoke(fresh.base_url, out, "--post", "--config", config)
+    assert again.exit_code in (0, 2), again.stderr
+    rep = report(out)
+    assert rep["subject_failures"] == [] and rep["summary"]["subjects_not_written"] == []
+    [entry] = [w for w in rep["writes"] if w["subject_id"] == half]
+    assert entry["written"] == total - n and entry["unchanged"] >= n  # the rest only
+    counts = identifier_counts(adapter_observations(fresh.base_url))
+    assert sorted(counts) == sorted(i for ids in expected.values() for i in ids) and set(counts.values()) == {1}
+    assert study_results(out) == study_results(file_out)
 
 
 def test_connection_resets_and_answers_slower_than_the_read_timeout_stay_with_their_subject(

@@ -13,6 +13,7 @@ from pytest_httpx import HTTPXMock
 
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir import ClientSettings, FhirClient
+from fhir_adapter.fhir.errors import FhirHttpError, FhirServerUnavailable
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import CS_WRITE_KEY, SID_RESULT
 from fhir_adapter.writeback.ownership import with_owner_tag
@@ -157,3 +158,39 @@ async def test_an_invalid_device_or_provenance_stops_that_subjects_write(httpx_m
         w = await write_subject(client, E, [result("a", 10)], ["Observation/src1"], {"p1"})
     assert w.error is not None and "Device of this write is not valid FHIR R4" in w.error and "version" in w.error
     assert w.written == [] and httpx_mock.get_requests(method="POST") == []
+
+
+async def test_a_split_write_failing_part_way_keeps_the_confirmed_part_and_says_so(httpx_mock: HTTPXMock) -> None:
+    """max_transaction_entries 3: one result a transaction. The second fails (refused): the first stays
+    confirmed, the rest is pending, and the error says "partially written"."""
+    base = "http://ehr.test/fhir"
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})
+    httpx_mock.add_response(method="POST", json={"resourceType": "Bundle", "type": "transaction-response"})
+    httpx_mock.add_response(method="POST", status_code=400, json={
+        "resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "no"}]})
+    async with FhirClient(base, settings=ClientSettings(max_transaction_entries=3)) as client:
+        w = await write_subject(client, E, [result("a", 1), result("b", 2), result("c", 3)], [], {"p1"})
+    assert w.written == ["a"] and w.pending == ["b", "c"] and w.partial and w.stop is None
+    assert w.error is not None and w.error.startswith("partially written: 1 of 3 results, in 1 of 3 transactions")
+    assert len(httpx_mock.get_requests(method="POST")) == 2  # the third part is not sent after a failed one
+
+
+async def test_a_split_write_sends_no_part_once_the_server_is_seen_down(httpx_mock: HTTPXMock) -> None:
+    base = "http://ehr.test/fhir"
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})
+    httpx_mock.add_response(method="POST", json={"resourceType": "Bundle", "type": "transaction-response"})
+    async with FhirClient(base, settings=ClientSettings(max_transaction_entries=3, circuit_breaker_failures=1,
+                                                        circuit_breaker_subjects=1)) as client:
+        posted = client.transaction
+
+        async def then_down(bundle: dict[str, Any], *, label: str | None = None) -> dict[str, Any]:
+            answer = await posted(bundle, label=label)
+            down = FhirHttpError(method="GET", url=f"{base}/metadata", status=503, reason="Service Unavailable")
+            client.breaker.failed(down, "other")  # the server is seen down after this part
+            return answer
+
+        client.transaction = then_down  # type: ignore[method-assign]
+        w = await write_subject(client, E, [result("a", 1), result("b", 2)], [], {"p1"})
+    assert isinstance(w.stop, FhirServerUnavailable) and w.written == ["a"] and w.pending == ["b"]
+    assert "partially written: 1 of 2 results" in (w.error or "")
+    assert len(httpx_mock.get_requests(method="POST")) == 1

@@ -43,3 +43,28 @@ def test_saved_state_is_one_dump_of_every_entry(tmp_path: Path) -> None:
     assert again["results"]["s1-a"]["hash"] != data["results"]["s1-a"]["hash"]
     assert again["results"]["s2-b"]["retracted"] == "2025-02-01"
     assert second.changes == {"new": 0, "updated": 1, "unchanged": 2, "retracted": 1}
+
+
+def test_a_write_confirmed_in_part_records_only_the_confirmed_results(tmp_path: Path) -> None:
+    """A subject's write split into transactions that stopped part-way: the results not confirmed keep their
+    earlier entry (or none), so the next run plans them again and only them."""
+    path = tmp_path / "written.json"
+    first = WrittenState(path)
+    first.commit(first.plan("s1", [result("s1", "a", 1), result("s1", "b", 1)], [], dt.date(2025, 1, 1)))
+    first.save()
+
+    second = WrittenState(path)  # a changes, b retracted, c and d new; only a and c were confirmed
+    plan = second.plan("s1", [result("s1", "a", 2), result("s1", "c", 1), result("s1", "d", 1)], [],
+                       dt.date(2025, 2, 1))
+    second.commit(plan, pending=["s1-b", "s1-d"])
+    second.save()
+    saved = orjson.loads(path.read_bytes())["results"]
+    assert sorted(saved) == ["s1-a", "s1-b", "s1-c"]
+    assert "retracted" not in saved["s1-b"]  # its retraction was not confirmed
+    assert second.changes == {"new": 1, "updated": 1, "unchanged": 0, "retracted": 0}
+
+    third = WrittenState(path)
+    again = third.plan("s1", [result("s1", "a", 2), result("s1", "c", 1), result("s1", "d", 1)], [],
+                       dt.date(2025, 3, 1))
+    assert again.changes == {"new": 1, "updated": 0, "unchanged": 2}
+    assert [r["identifier"] for r in again.report] == ["s1-b"]
