@@ -31,6 +31,10 @@ def _check(tmp_path: Path, config_text: str | None, env: dict[str, str] | None =
     ("client:\n  max_concurrency: eight\n", ["adapter.yaml:2", "client.max_concurrency", "integer", "'eight'"]),
     ("read_mode: fast\n", ["adapter.yaml:1", "read_mode", "Input should be 'search'", "'fast'"]),
     ("client:\n  read_mode: batch\n", ["client.read_mode", "move it to the top level"]),
+    # the Device and a Provenance go with every write-back transaction: 1 or 2 leaves no room for a result
+    ("client:\n  page_size: 50\n  max_transaction_entries: 2\n",
+     ["adapter.yaml:3", "client.max_transaction_entries: 2", "Device and a Provenance", "at least 3",
+      "one atomic transaction"]),
 ])
 def test_a_config_file_mistake_is_a_one_line_user_error(tmp_path: Path, text: str, expected: list[str]) -> None:
     code, err = _check(tmp_path, text)
@@ -44,7 +48,8 @@ def test_a_config_file_mistake_is_a_one_line_user_error(tmp_path: Path, text: st
 @pytest.mark.parametrize(("var", "value"), [("FHIR_ADAPTER_MAX_CONCURRENCY", "abc"),
                                             ("FHIR_ADAPTER_MAX_CONCURRENCY", "0"),
                                             ("FHIR_ADAPTER_READ_MODE", "fast"),
-                                            ("FHIR_ADAPTER_CA_BUNDLE", "/no/such/ca.pem")])
+                                            ("FHIR_ADAPTER_CA_BUNDLE", "/no/such/ca.pem"),
+                                            ("FHIR_ADAPTER_MAX_TRANSACTION_ENTRIES", "1")])
 def test_a_bad_environment_variable_is_named(tmp_path: Path, var: str, value: str) -> None:
     code, err = _check(tmp_path, "client:\n  page_size: 50\n", env={var: value})
     assert code == exit_codes.FAILED

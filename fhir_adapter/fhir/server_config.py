@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fhir_adapter.fhir.settings import BulkSettings, ClientSettings
 from fhir_adapter.job.outpaths import replaced_output
@@ -58,6 +58,10 @@ ENV_CLIENT = {
 }
 #: environment variable -> top-level key it sets
 ENV_TOP = {"FHIR_ADAPTER_READ_MODE": "read_mode"}
+
+
+#: the smallest max_transaction_entries a write-back can use: the Device, one result, the Provenance
+MIN_TRANSACTION_ENTRIES = 3
 
 
 class ServerConfigError(ValueError):
@@ -88,6 +92,19 @@ class ServerConfig(BaseModel):
     max_retraction_share: float = Field(
         0.5, ge=0, le=1, description="Largest share of a subject's results on the server one run may retract "
                                      "(set to entered-in-error); more needs --allow-mass-retraction.")
+
+    @field_validator("client")
+    @classmethod
+    def _room_for_a_result(cls, client: ClientSettings) -> ClientSettings:
+        """A write-back transaction holds the adapter Device and a Provenance besides the results."""
+        n = client.max_transaction_entries
+        if n < MIN_TRANSACTION_ENTRIES:
+            raise ValueError(
+                f"max_transaction_entries: {n} leaves no room for a result — each write-back transaction holds "
+                "the adapter Device and a Provenance besides a subject's results, so it must be at least "
+                f"{MIN_TRANSACTION_ENTRIES}; set it to a subject's results + 2 or more (default 100) so that each "
+                "subject is written in one atomic transaction, or to the largest the server accepts")
+        return client
 
 
 def load_server_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
@@ -144,6 +161,9 @@ def _config_error(exc: ValidationError, path: Path | None, doc: Any, from_env: d
         return ServerConfigError(f"environment variable {var}={env.get(var)!r}: {msg} — set it to a valid value "
                                  f"(key {key} of the server config; see docs/integrator-guide.md) or unset it")
     where = _where(path, doc, loc)
+    if len(loc) == 1 and loc[0] == "client" and (name := msg.split(":", 1)[0]) in client_keys:
+        # a check of a client key made where the keys are seen together: the message starts with the key
+        return ServerConfigError(f"{_where(path, doc, ('client', name))}client.{msg}")
     if err["type"] == "extra_forbidden":
         name = loc[-1]
         if len(loc) == 1 and name in client_keys:
