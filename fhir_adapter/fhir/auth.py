@@ -48,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ec import SECP384R1, EllipticCurv
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from pydantic import SecretStr
 
-from fhir_adapter.fhir.errors import FhirAuthError
+from fhir_adapter.fhir.errors import FhirAuthError, outcome_messages
 from fhir_adapter.fhir.retry import parse_retry_after
 from fhir_adapter.fhir.urls import normalise_base_url, redact_url
 
@@ -209,6 +209,20 @@ def _json_object(response: httpx.Response) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------------------------- SMART
 
 
+def _token_error_detail(body: dict[str, Any] | None, content: bytes, status: int) -> str:
+    """What a token endpoint's refusal says: the RFC 6749 §5.2 error object (error + error_description carry no
+    secret), else an OperationOutcome's texts (a FHIR server answering at that URL), else what the status
+    suggests."""
+    oauth = [str(body[k]) for k in ("error", "error_description") if isinstance(body.get(k), str)] if body else []
+    said = oauth or outcome_messages(content)
+    if said:
+        return ": " + " ".join(said)
+    if status in (404, 405):
+        return (" and no OAuth error: nothing issues tokens at that URL — check FHIR_ADAPTER_SMART_TOKEN_URL (or "
+                "the token_endpoint of the server's .well-known/smart-configuration)")
+    return " and no OAuth error in the answer"
+
+
 class SmartBackendServices(_RedactingAuth):
     """SMART Backend Services (``client_credentials`` + ``private_key_jwt``) as an :class:`httpx.Auth` flow.
 
@@ -362,13 +376,8 @@ class SmartBackendServices(_RedactingAuth):
         url = self.token_url or "?"
         body = _json_object(response)
         if response.status_code != 200:
-            # RFC 6749 §5.2 error object: error + error_description carry no secret
-            detail = ""
-            if body:
-                detail = ": " + " ".join(
-                    str(body[k]) for k in ("error", "error_description") if isinstance(body.get(k), str)
-                )
             status = response.status_code
+            detail = _token_error_detail(body, response.content, status)
             raise FhirAuthError(
                 self.redact(f"SMART token request POST {url} for client id {self.client_id!r} failed with HTTP "
                             f"{status}{detail}"),

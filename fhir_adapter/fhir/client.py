@@ -27,6 +27,7 @@ from fhir_adapter.fhir.errors import (
     FhirResponseError,
     FhirServerUnavailable,
     FhirTransportError,
+    outcome_messages,
 )
 from fhir_adapter.fhir.flow import AdaptiveLimit, CircuitBreaker
 from fhir_adapter.fhir.retry import RETRY_AFTER_STATUSES, RetryPolicy, Sleep, parse_retry_after, transport_failure
@@ -71,33 +72,6 @@ def _query_items(params: SearchParams | None) -> list[tuple[str, str]]:
     else:
         items.extend((key, text(value)) for key, value in params)
     return items
-
-
-def _outcome_messages(content: bytes) -> list[str]:
-    """``issue[].diagnostics`` and ``issue[].details.text`` of an OperationOutcome body (empty otherwise)."""
-    try:
-        body = json.loads(content)
-    except (ValueError, UnicodeDecodeError):
-        return []
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return []
-    messages: list[str] = []
-    for issue in body.get("issue") or ():
-        if not isinstance(issue, dict):
-            continue
-        details = issue.get("details")
-        texts = [
-            t
-            for t in (issue.get("diagnostics"), details.get("text") if isinstance(details, dict) else None)
-            if isinstance(t, str) and t.strip()
-        ]
-        if not texts:
-            continue
-        if len(texts) == 2 and texts[0].strip() == texts[1].strip():
-            texts = texts[:1]
-        prefix = "/".join(str(issue[k]) for k in ("severity", "code") if isinstance(issue.get(k), str))
-        messages.append((f"[{prefix}] " if prefix else "") + " — ".join(t.strip() for t in texts))
-    return messages
 
 
 def _body_excerpt(response: httpx.Response) -> str:
@@ -290,7 +264,7 @@ class FhirClient:
 
     def outcome_messages(self, content: bytes) -> list[str]:
         """The diagnostics/details texts of an OperationOutcome body (credentials redacted)."""
-        return [self._redact(d) for d in _outcome_messages(content)]
+        return [self._redact(d) for d in outcome_messages(content)]
 
     async def search_bundles(
         self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None,
@@ -371,7 +345,7 @@ class FhirClient:
                     continue
                 mode = (entry.get("search") or {}).get("mode")
                 if mode == "outcome" or (mode is None and resource.get("resourceType") == "OperationOutcome"):
-                    warnings = _outcome_messages(json.dumps(resource).encode())
+                    warnings = outcome_messages(json.dumps(resource).encode())
                     log.warning("%s search: server reported %s", resource_type, "; ".join(warnings) or "an outcome")
                     continue
                 yield resource
@@ -562,7 +536,7 @@ class FhirClient:
         status = response.status_code
         if 200 <= status < 300:
             return self._json_body(method, safe_url, response)
-        diagnostics = [self._redact(d) for d in _outcome_messages(response.content)]
+        diagnostics = [self._redact(d) for d in outcome_messages(response.content)]
         excerpt = self._redact(_body_excerpt(response))
         if 300 <= status < 400 and "Location" in response.headers:
             location = redact_url(response.headers["Location"])

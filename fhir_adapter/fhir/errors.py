@@ -6,6 +6,7 @@ and, where it helps, what the user can do. No message ever contains a token, a c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 __all__ = [
@@ -129,3 +130,30 @@ class FhirServerUnavailable(FhirError):
         super().__init__(message)
         self.since = since
         self.last_error = last_error
+
+
+def outcome_messages(content: bytes) -> list[str]:
+    """``issue[].diagnostics`` and ``issue[].details.text`` of an OperationOutcome body (empty otherwise)."""
+    try:
+        body = json.loads(content)
+    except (ValueError, UnicodeDecodeError):
+        return []
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return []
+    messages: list[str] = []
+    for issue in body.get("issue") or ():
+        if not isinstance(issue, dict):
+            continue
+        details = issue.get("details")
+        texts = [
+            t
+            for t in (issue.get("diagnostics"), details.get("text") if isinstance(details, dict) else None)
+            if isinstance(t, str) and t.strip()
+        ]
+        if not texts:
+            continue
+        if len(texts) == 2 and texts[0].strip() == texts[1].strip():
+            texts = texts[:1]
+        prefix = "/".join(str(issue[k]) for k in ("severity", "code") if isinstance(issue.get(k), str))
+        messages.append((f"[{prefix}] " if prefix else "") + " — ".join(t.strip() for t in texts))
+    return messages

@@ -314,6 +314,24 @@ async def test_token_endpoint_rejection_is_an_auth_error(
     assert fake_sleep.delays == []  # not retried
 
 
+@pytest.mark.parametrize(("answer", "says"), [
+    ({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found"}]},
+     "failed with HTTP 404 and no OAuth error: nothing issues tokens at that URL — check "
+     "FHIR_ADAPTER_SMART_TOKEN_URL"),
+    ({"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-found",
+                                                     "diagnostics": "Unknown path auth/tokn"}]},
+     "failed with HTTP 404: [error/not-found] Unknown path auth/tokn"),
+])
+async def test_a_token_url_where_a_fhir_server_answers_404_says_what_to_check(
+    httpx_mock: HTTPXMock, rsa_key: rsa.RSAPrivateKey, fake_sleep: FakeSleep, answer: dict[str, Any], says: str
+) -> None:
+    httpx_mock.add_response(url=TOKEN_URL, method="POST", status_code=404, json=answer)
+    async with FhirClient(BASE, auth=smart(rsa_key), sleep=fake_sleep) as c:
+        with pytest.raises(FhirAuthError) as info:
+            await c.read("Patient", "p1")
+    assert says in str(info.value) and ": ;" not in str(info.value) and not str(info.value).endswith(": ")
+
+
 async def test_token_endpoint_503_is_retried(
     httpx_mock: HTTPXMock, rsa_key: rsa.RSAPrivateKey, fake_sleep: FakeSleep
 ) -> None:
