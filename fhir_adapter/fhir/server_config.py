@@ -17,8 +17,10 @@ Config file (``--config adapter.yaml``)::
       type_filter: true           # _typeFilter with the study's codes (dropped when the server refuses it)
       poll_limit_seconds: 3600    # stop waiting for the export after this long (a rerun resumes the job)
       max_retry_after_seconds: 300
-      token_hosts: []             # other hosts that may get the access token (https) when the server names
-                                  # them (files with requiresAccessToken: true); default: the server's only
+      token_hosts: ["*"]          # hosts besides the server's own that may get the access token (https) when
+                                  # the server names them (files with requiresAccessToken: true): "*" (the
+                                  # default) any https host, as the Bulk Data IG asks; a list of host names
+                                  # only those; [] the server's own scheme, host and port only
     observation_code_param: auto  # auto | combo-code | code | none (auto: timed once per run, the faster of
                                   # combo-code and none; `fhir-adapter check --source URL` prints the timing)
     patients_per_search: 50       # patients per multi-patient search (1: one search per patient and type)
