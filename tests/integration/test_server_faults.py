@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fhir_adapter.synth import write_feed
@@ -84,7 +85,21 @@ def test_412_on_write_back_is_reported_for_that_subject_only(clean_fhir_server: 
     others = [i for s, ids in expected.items() if s != victim for i in ids]
     assert sorted(i for i in counts if i not in expected[victim]) == sorted(others)  # the others were written
     assert counts[ident] == 2 and all(counts[i] == 0 for i in expected[victim][1:])  # nothing of the victim's
-    assert not (out / "state" / "last-run.json").exists()  # a failed write-back is no base for --since last
+    state = json.loads((out / "state" / "written.json").read_text())["results"]
+    assert not any(e["subject_id"] == victim for e in state.values())  # only confirmed writes are recorded
+
+    # the copies removed, the next --since last writes the victim: the run above is its base (issue 12 item 1),
+    # and the victim's results are new to state/written.json although its data did not change
+    with httpx.Client(base_url=clean_fhir_server.base_url, timeout=60) as client:
+        for copy in copies:
+            client.delete(f"/Observation/{copy['id']}").raise_for_status()
+    again = cli_run(clean_fhir_server.base_url, out, "--post", "--since", "last",
+                    "--config", str(write_config(tmp_path / "a.yaml")))
+    rep = report(out)
+    assert rep["summary"]["subjects_not_written"] == [] and rep["counts"]["incremental.changed_subjects"] == 0
+    assert [w["subject_id"] for w in rep["writes"]] == [victim] and again.exit_code in (0, 2)
+    counts = identifier_counts(adapter_observations(clean_fhir_server.base_url))
+    assert all(counts[i] == 1 for i in expected[victim])
 
 
 @pytest.mark.parametrize("own_server", [{"MAX_TRANSACTION_ENTRIES": "12"}], indirect=True)
