@@ -4,7 +4,8 @@
 derived from, a content hash and the few elements needed to address it again (identifier, code, subject,
 focus, category). It survives between runs. With a FHIR server as sink it records only writes the server
 confirmed, subject by subject (a subject written in several transactions that stopped part-way: the results of
-the confirmed ones, :meth:`WrittenState.commit` ``pending``); a run that fails or is killed leaves it as it was (fhir_adapter/job/staging.py).
+the confirmed ones, :meth:`WrittenState.commit` ``pending``); a run that fails or is killed leaves it as it was
+(fhir_adapter/job/staging.py).
 
 For each subject processed in a run, comparing its new result resources with the state gives, the first
 case that applies:
