@@ -70,8 +70,8 @@ class ServerHandle:
         return result
 
     def reset(self, scope: str = "all") -> None:
-        """POST /admin/reset: scope "all" empties the store and counters, "stats" only the counters.
-        Fault counters restart too (fault settings are kept)."""
+        """POST /admin/reset: scope "all" empties the store and counters (and offers no type-level history
+        again), "stats" only the counters. Fault counters restart too (fault settings are kept)."""
         self._admin.post("/admin/reset", params={"scope": scope}).raise_for_status()
 
     def set_faults(self, **faults: float | int | str) -> dict[str, Any]:
@@ -80,6 +80,12 @@ class ServerHandle:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
+
+    def set_history(self, type_level: bool) -> None:
+        """POST /admin/history: offer type-level history (``[type]/_history``, ``history-type`` in the
+        CapabilityStatement, deletions as DELETE entries without a resource) or not (the default; a reset of
+        everything sets it back)."""
+        self._admin.post("/admin/history", json={"type_level": type_level}).raise_for_status()
 
     def clear_faults(self) -> None:
         self.set_faults(fault_503_rate=0, fault_429_every=0, fault_reset_every=0, fault_slow_every=0,

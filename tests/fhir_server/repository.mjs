@@ -163,6 +163,41 @@ export class TestRepository extends MemoryRepository {
     };
   }
 
+  /**
+   * Type-level history since `sinceMs` (ms; null: all), newest first: every stored version as a POST (version 1)
+   * or PUT entry with the resource, every deletion as a DELETE entry with request.url and no resource (as FHIR
+   * R4 http.html#history and HAPI write them). A deletion is listed while the resource stays deleted.
+   */
+  typeHistory(type, sinceMs) {
+    const found = [];
+    for (const [id, versions] of this.history.get(type) ?? []) {
+      for (const v of versions) {
+        const at = Date.parse(v.meta?.lastUpdated ?? '');
+        if (sinceMs !== null && !(at >= sinceMs)) continue;
+        const created = v.meta?.versionId === '1';
+        found.push({
+          at,
+          entry: {
+            fullUrl: `${this.baseUrl}/${type}/${id}`,
+            resource: deepClone(v),
+            request: { method: created ? 'POST' : 'PUT', url: created ? type : `${type}/${id}` },
+            response: { status: created ? '201 Created' : '200 OK', etag: `W/"${v.meta?.versionId}"` },
+          },
+        });
+      }
+    }
+    for (const [key, { at: when }] of this.deletedAt) {
+      const [t, id] = key.split('/');
+      const at = Date.parse(when);
+      if (t !== type || (sinceMs !== null && !(at >= sinceMs))) continue;
+      found.push({
+        at,
+        entry: { fullUrl: `${this.baseUrl}/${key}`, request: { method: 'DELETE', url: `${t}/${id}` }, response: { status: '204 No Content' } },
+      });
+    }
+    return found.sort((a, b) => b.at - a.at).map((f) => f.entry);
+  }
+
   // ------------------------------------------------------ transaction journal
 
   record(entry) {

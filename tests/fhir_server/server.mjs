@@ -33,7 +33,11 @@ const config = {
   maxBodyBytes: num(env.MAX_BODY_MB, 512) * 1024 * 1024,
   logRequests: env.LOG_REQUESTS === '1',
   exitOnStdinClose: env.EXIT_ON_STDIN_CLOSE === '1',
+  historyType: env.HISTORY_TYPE === '1', // type-level history ([type]/_history) offered at start and after a reset
 };
+// Type-level history ([type]/_history, CapabilityStatement history-type): off unless HISTORY_TYPE=1 or
+// POST /admin/history {"type_level": true}; a reset of everything sets it back to HISTORY_TYPE.
+const history = { type_level: config.historyType };
 // Fault injection; also changeable at runtime via POST /admin/faults.
 const faults = {
   fault_503_rate: num(env.FAULT_503_RATE, 0), // fraction of FHIR requests answered 503
@@ -166,7 +170,8 @@ function splitUrl(url) {
 }
 
 function capabilityStatement() {
-  const interactions = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type'];
+  const interactions = ['read', 'vread', 'update', 'patch', 'delete', 'history-instance', 'create', 'search-type',
+    ...(history.type_level ? ['history-type'] : [])];
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -214,6 +219,9 @@ async function handleFhir(method, rel, params, body, headers) {
   if (bulkAnswer) return bulkAnswer;
   if (type && !type.startsWith('$') && !isKnownResourceType(type)) {
     return { status: 404, body: outcome('not-supported', `Unknown resource type: ${type}`) };
+  }
+  if (method === 'GET' && segments.length === 2 && segments[1] === '_history' && history.type_level) {
+    return typeHistory(type, params);
   }
   if (segments[1] === '_history' || (!type && params.has('_type'))) {
     return { status: 400, body: outcome('not-supported', 'Type/system-level history and search are not supported') };
@@ -331,13 +339,37 @@ async function runBundle(bundle, entries, headers, isTransaction) {
   return { status: 200, body: result };
 }
 
+/** GET [type]/_history?_since=&_count=&_offset=: a history Bundle, newest first, paged with next links. */
+function typeHistory(type, params) {
+  const unknown = [...params.keys()].filter((k) => !['_since', '_count', '_offset'].includes(k));
+  if (unknown.length) return { status: 400, body: outcome('not-supported', `Type-level history supports _since and _count only, not ${unknown.join(', ')}`) };
+  const sinceText = params.get('_since');
+  const sinceMs = sinceText ? Date.parse(sinceText) : null;
+  if (sinceText && !Number.isFinite(sinceMs)) return { status: 400, body: outcome('invalid', `_since is not an instant: ${sinceText}`) };
+  const count = Math.min(Math.max(1, num(params.get('_count'), config.defaultPageSize)), config.maxPageSize);
+  const offset = Math.max(0, num(params.get('_offset'), 0));
+  const all = repo.typeHistory(type, sinceMs);
+  const page = (off) => {
+    const p = new URLSearchParams([...params].filter(([k]) => k !== '_offset' && k !== '_count'));
+    p.set('_count', String(count));
+    p.set('_offset', String(off));
+    return `${baseUrl}/${type}/_history?${p}`;
+  };
+  const link = [{ relation: 'self', url: page(offset) }, { relation: 'first', url: page(0) }];
+  if (offset + count < all.length) link.push({ relation: 'next', url: page(offset + count) });
+  return { status: 200, body: { resourceType: 'Bundle', type: 'history', total: all.length, link, entry: all.slice(offset, offset + count) } };
+}
+
 // ------------------------------------------------------------------ admin
 function handleAdmin(method, path, params, body) {
   if (method === 'GET' && path === '/admin/health') return { status: 200, body: { status: 'ok' } };
   if (path === '/admin/bulk') return bulk.admin(method, body);
   if (method === 'POST' && path === '/admin/reset') {
     const scope = params.get('scope') ?? 'all';
-    if (scope === 'all') repo.reset();
+    if (scope === 'all') {
+      repo.reset();
+      history.type_level = config.historyType;
+    }
     resetStats();
     resetFaults();
     bulk.reset();
@@ -356,6 +388,10 @@ function handleAdmin(method, path, params, body) {
         memory_mb: Math.round(process.memoryUsage().heapUsed / 1048576),
       },
     };
+  }
+  if (path === '/admin/history' && (method === 'GET' || method === 'POST')) {
+    if (method === 'POST' && body && 'type_level' in body) history.type_level = Boolean(body.type_level);
+    return { status: 200, body: { ...history } };
   }
   if (path === '/admin/faults' && (method === 'GET' || method === 'POST')) {
     if (method === 'POST') {
