@@ -107,15 +107,18 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
     loop = asyncio.new_event_loop()
     sink = ServerSink(client, loop, dry_run=dry_run, allow_mass_retraction=allow_mass_retraction,
                       max_retraction_share=cfg.max_retraction_share) if (post or dry_run) else None
+    def last_crf(subject_id: str) -> Path:
+        return out / "crf" / f"{subject_file_name(subject_id)}.json"
+
     if bulk or cfg.read_mode == "bulk":
         rest = ServerSource(client, study, log, read_mode="search", loop=loop,
                             observation_code_param=cfg.observation_code_param,
                             patients_per_search=cfg.patients_per_search)
         # the export's files go into OUT/bulk/, never through a symbolic link (UnsafePath names it)
         exported = BulkSource(rest, cfg.bulk, without_links(out, out / "bulk"), log, since=parse_since(since, out),
-                              last_crf=lambda subject_id: out / "crf" / f"{subject_file_name(subject_id)}.json")
+                              last_crf=last_crf)
         return Connection(source=exported, sink=sink, server=rest, bulk=exported)
     server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop,
                           observation_code_param=cfg.observation_code_param,
-                          patients_per_search=cfg.patients_per_search)
+                          patients_per_search=cfg.patients_per_search, last_crf=last_crf)
     return Connection(source=server, sink=sink, server=server)

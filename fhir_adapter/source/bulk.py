@@ -62,7 +62,14 @@ from fhir_adapter.source.base import (
     patient_id_of,
     ref_id,
 )
-from fhir_adapter.source.bulk_deletions import attribute, read_deleted, shown_problems, shown_refs
+from fhir_adapter.source.bulk_deletions import (
+    attribute,
+    crfs_at_hand,
+    read_deleted,
+    shown_problems,
+    shown_refs,
+    unattributable,
+)
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import discover, read_lines
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
@@ -376,10 +383,7 @@ class BulkSource:
         since = self.since.isoformat(timespec="seconds") if self.since else "the last run"
         self.log.count("bulk.deleted", len(deletions.refs))
         self._notes["deleted"] = len(deletions.refs)
-        crfs: dict[str, Path] = {}
-        if self.last_crf is not None:
-            crfs = {pid: path for pid in patient_ids if (path := self.last_crf(self._labels.get(pid, pid))).is_file()}
-        found = attribute(deletions.refs, crfs, patient_ids)
+        found = attribute(deletions.refs, crfs_at_hand(patient_ids, self._labels, self.last_crf), patient_ids)
         for pid, refs in sorted(found.subjects.items()):
             log.info("%s: read again in full: its last CRF holds %s, deleted since %s",
                      self._labels.get(pid, pid), shown_refs(refs), since)
@@ -387,14 +391,7 @@ class BulkSource:
         if deletions.unreadable:
             why.append(f"{len(deletions.unreadable)} entry(ies) of the export's deleted[] files could not be read "
                        f"({shown_problems(deletions.unreadable)})")
-        if found.unattributed:
-            why.append(f"{len(found.unattributed)} deleted resource(s) ({shown_refs(found.unattributed)}) are named "
-                       "by no subject's CRF of the last run (a resource the mapping did not use, a shared "
-                       "Medication/Organization/Location/Specimen, or one of a subject with no CRF), so whose "
-                       "they were is not known")
-        if found.unreadable_crfs:
-            why.append(f"{len(found.unreadable_crfs)} CRF(s) of the last run could not be read "
-                       f"({shown_problems(list(found.unreadable_crfs.values()))})")
+        why += unattributable(found)
         if why:
             self.log.warn(f"the export since {since} lists {len(deletions.refs)} deleted resource(s); "
                           f"{'; '.join(why)}: every enrolled subject is read again in full, no CRF of the last run "

@@ -22,7 +22,7 @@ which names the resources its values came from (``source``: type and id):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,29 @@ def attribute(refs: Iterable[Ref], crfs: Mapping[str, Path], enrolled: Iterable[
         for pid in named:
             subjects.setdefault(pid, []).append(ref)
     return Attribution(subjects, unattributed, bad)
+
+
+def crfs_at_hand(patient_ids: Iterable[str], labels: Mapping[str, str],
+                 last_crf: Callable[[str], Path] | None) -> dict[str, Path]:
+    """Patient id -> its subject's CRF of the last run (``last_crf`` of the subject ID ``labels`` gives it), for
+    those whose CRF is at hand; none when ``last_crf`` is None (not known)."""
+    if last_crf is None:
+        return {}
+    return {pid: path for pid in patient_ids if (path := last_crf(labels.get(pid, pid))).is_file()}
+
+
+def unattributable(found: Attribution) -> list[str]:
+    """Why some deletions cannot be attributed to a subject (empty: each one can)."""
+    why = []
+    if found.unattributed:
+        why.append(f"{len(found.unattributed)} deleted resource(s) ({shown_refs(found.unattributed)}) are named "
+                   "by no subject's CRF of the last run (a resource the mapping did not use, a shared "
+                   "Medication/Organization/Location/Specimen, or one of a subject with no CRF), so whose "
+                   "they were is not known")
+    if found.unreadable_crfs:
+        why.append(f"{len(found.unreadable_crfs)} CRF(s) of the last run could not be read "
+                   f"({shown_problems(list(found.unreadable_crfs.values()))})")
+    return why
 
 
 def shown_refs(refs: Iterable[Ref]) -> str:

@@ -1,15 +1,20 @@
-"""``--dry-run`` and ``--since last`` against the real local FHIR server (10 synthetic subjects)."""
+"""``--dry-run`` and ``--since last`` against the real local FHIR server (10 synthetic subjects); a deletion found
+through the server's type-level history (DELETE entries without the resource)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from fhir_adapter.source.bulk_deletions import crf_sources
 from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
+from fhir_adapter.testing.outtree import server_read_crfs
 from tests.serverkit import adapter_observations, cli_run, offline_results, report, study_results, write_config, writes
 
 pytestmark = pytest.mark.server
@@ -23,6 +28,14 @@ def loaded(clean_fhir_server: ServerHandle, tmp_path: Path) -> ServerHandle:
     load_feed(clean_fhir_server.base_url, tmp_path / "feed")
     clean_fhir_server.reset("stats")
     return clean_fhir_server
+
+
+@pytest.fixture
+def with_history(loaded: ServerHandle) -> Iterator[ServerHandle]:
+    """The loaded server offering type-level history (deletions as DELETE entries without the resource)."""
+    loaded.set_history(True)
+    yield loaded
+    loaded.set_history(False)
 
 
 def test_dry_run_writes_nothing_and_shows_the_diff(loaded: ServerHandle, tmp_path: Path) -> None:
@@ -136,3 +149,35 @@ def test_since_last_with_one_subject_failing_fails_that_subject_alone(loaded: Se
     assert rep["counts"]["incremental.changed_subjects"] == 1
     assert [w["subject_id"] for w in rep["writes"]] == [victim.subject_id]
     assert (out / "crf" / f"{victim.subject_id}.json").is_file()
+
+
+def test_since_last_reads_again_a_subject_whose_only_change_is_a_deleted_record(with_history: ServerHandle,
+                                                                                 tmp_path: Path) -> None:
+    """An Observation deleted on the server is in no ``_lastUpdated`` search; the type-level history lists it as a
+    DELETE entry without the resource, whose Type/id the subject's last CRF names: that subject alone is read
+    again, its CRF no longer holds the deleted record, and the outputs equal a fresh full run's (before: the
+    deletion was dropped, the subject counted as unchanged and its stale CRF was reused)."""
+    server = with_history
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(server.base_url, out, "--config", str(config))
+    crf_path = sorted((out / "crf").glob("*.json"))[0]
+    subject = json.loads(crf_path.read_text())["subject_id"]
+    finding = next(f for f in json.loads(crf_path.read_text())["findings"]
+                   if f["source"]["resource_type"] == "Observation")
+    gone, before = finding["source"]["id"], crf_sources(crf_path)
+    httpx.delete(f"{server.base_url}/Observation/{gone}", timeout=30).raise_for_status()
+    server.reset("stats")
+
+    cli_run(server.base_url, out, "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert ("Observation", gone) in before and ("Observation", gone) not in crf_sources(crf_path)
+    assert list(rep["server_requests"]["per_subject"]) == [subject]
+    assert rep["counts"]["incremental.changed_subjects"] == 1
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS - 1
+    assert rep["counts"]["incremental.deleted"] == 1 and rep["counts"]["incremental.deletion_subjects"] == 1
+    assert rep["server_requests"]["shared"]["history"] > 0
+    assert [w for w in rep["warnings"] if w["rule"] == "incremental"] == []
+    fresh = tmp_path / "fresh"
+    cli_run(server.base_url, fresh, "--config", str(config))
+    assert server_read_crfs(out) == server_read_crfs(fresh)
+    assert study_results(out) == study_results(fresh)

@@ -1,10 +1,13 @@
 """ServerSource incremental probes against a mocked server: batched per resource type, the adapter's own
-results are no change, deletions come from type-level history only where the CapabilityStatement offers it."""
+results are no change, deletions come from type-level history only where the CapabilityStatement offers it, a
+DELETE entry without the resource attributed through the last CRFs."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -141,3 +144,63 @@ def test_a_server_down_during_the_probes_still_opens_the_circuit_breaker(study: 
 
     _, outcome, client = probe_with(study, handler)
     assert isinstance(outcome, FhirServerUnavailable) and client.breaker.is_open
+
+
+def crf(path: Path, *sources: tuple[str, str]) -> Path:
+    path.write_text(json.dumps({"subject_id": path.stem, "findings": [
+        {"item": "HGB", "source": {"resource_type": t, "id": i, "version": "1"}} for t, i in sources]}))
+    return path
+
+
+def probe_deletions(study: Study, tmp_path: Path, *entries: dict[str, Any]) -> tuple[set[str], RunLog]:
+    """A probe where nothing was updated and the Observation history lists ``entries``; the last CRFs: S-1 names
+    Observation/o1, S-2 Observation/o2, S-3 none at hand."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(True))
+        if request.url.path.endswith("/Observation/_history"):
+            return httpx.Response(200, json=bundle([], "history") | {"entry": list(entries)})
+        return httpx.Response(200, json=bundle([]))
+
+    crf(tmp_path / "S-1.json", ("Observation", "o1"))
+    crf(tmp_path / "S-2.json", ("Observation", "o2"))
+    client = FhirClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(handler))
+    log = RunLog()
+    loop = asyncio.new_event_loop()
+    source = ServerSource(client, study, log, since=SINCE, loop=loop)
+    probe = ChangeProbe(client, source.plan, log, source.base, SINCE, {"p1": "S-1", "p2": "S-2", "p3": "S-3"},
+                        last_crf=lambda subject_id: tmp_path / f"{subject_id}.json")
+    try:
+        return source.run(probe.changed({"p1", "p2", "p3"})), log
+    finally:
+        source.close()
+
+
+def test_a_delete_entry_without_the_resource_reads_again_the_subject_whose_last_crf_names_it(
+        study: Study, tmp_path: Path) -> None:
+    """A history DELETE entry carries no resource (FHIR R4 http.html#history, HAPI): its Type/id is matched to the
+    last CRFs (before: the deletion was seen and dropped, and the subject's stale CRF was reused)."""
+    changed, log = probe_deletions(study, tmp_path, {
+        "fullUrl": "https://ehr.example.org/fhir/Observation/o2",
+        "request": {"method": "DELETE", "url": "Observation/o2/_history/3"}, "response": {"status": "204"}})
+    assert changed == {"p2"}
+    assert log.counts["incremental.deleted"] == 1 and log.counts["incremental.deletion_subjects"] == 1
+    assert not [w for w in log.warnings if w["rule"] == "incremental"]
+
+
+def test_a_delete_entry_no_last_crf_names_reads_every_subject_again(study: Study, tmp_path: Path) -> None:
+    changed, log = probe_deletions(study, tmp_path,
+                                   {"request": {"method": "DELETE", "url": "Observation/o1"}},
+                                   {"request": {"method": "DELETE", "url": "Observation/o9"}})
+    assert changed == {"p1", "p2", "p3"}
+    assert log.counts["incremental.deleted"] == 2 and log.counts["incremental.deletion_subjects"] == 3
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "Observation/o9" in warning["message"] and "every enrolled subject is read again in full" \
+        in warning["message"]
+
+
+def test_a_delete_entry_naming_no_resource_reads_every_subject_again(study: Study, tmp_path: Path) -> None:
+    changed, log = probe_deletions(study, tmp_path, {"request": {"method": "DELETE", "url": "Observation"}})
+    assert changed == {"p1", "p2", "p3"}
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "name no Type/id" in warning["message"]

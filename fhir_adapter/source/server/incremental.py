@@ -2,10 +2,23 @@
 
 Per resource type, one search for up to :data:`PROBE_PATIENTS` patients at a time
 (``patient=Patient/a,Patient/b,..&_lastUpdated=gt<since>&_elements=identifier,subject``) finds the patients with
-an updated resource; only those are read again in full (a full read also drops deleted resources). Type-level
-``_history?_since=`` finds deletions where the server's CapabilityStatement offers ``history-type``. A result the
+an updated resource; only those are read again in full (a full read also drops deleted resources). A result the
 adapter wrote in the last run does not count as a change. Requests are counted under ``incremental``,
 ``metadata`` and ``history``.
+
+A deleted resource is in no search: deletions are read from type-level ``[type]/_history?_since=`` where the
+server's CapabilityStatement offers ``history-type`` (elsewhere a warning ``incremental`` says a deletion alone
+waits for the next full run). A DELETE entry of a history Bundle has ``request.method`` ``DELETE`` and
+``request.url`` and normally no resource (FHIR R4 http.html#history; HAPI writes them so):
+
+* an entry that does carry the deleted resource (its last version) names its patient, who counts as changed;
+* one without is attributed as the Bulk path attributes the manifest's ``deleted[]``
+  (:mod:`fhir_adapter.source.bulk_deletions`): the subject whose last CRF (``last_crf``, ``OUT/crf``) names the
+  deleted Type/id is read again in full; a deletion no CRF names (a resource the mapping did not use, another
+  patient's — type-level history lists the whole server's), a CRF that cannot be read, or a DELETE entry naming
+  no Type/id makes every subject read again in full (warning ``incremental`` saying why): no CRF holding a
+  deleted record is reused. Counted as ``incremental.deleted`` (the deletions listed) and
+  ``incremental.deletion_subjects`` (the subjects read again for them alone).
 
 A probe for many patients that fails after its retries does not count toward the circuit breaker: it is asked
 again per patient (counted under that subject, and toward the breaker), as a full run reads a failing group's
@@ -20,12 +33,22 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.source.base import Resource, patient_id_of, ref_id
+from fhir_adapter.source.base import Resource, patient_id_of
+from fhir_adapter.source.bulk_deletions import (
+    Ref,
+    attribute,
+    crfs_at_hand,
+    deleted_ref,
+    shown_problems,
+    shown_refs,
+    unattributable,
+)
 from fhir_adapter.source.server.groups import raise_if_fatal
 from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, adapter_owned
 
@@ -44,16 +67,24 @@ def first_error(outcomes: list[Any]) -> BaseException | None:
 
 
 class ChangeProbe:
-    """Finds the patients changed since ``since``; :attr:`deleted` collects the deletions seen (type -> ids)."""
+    """Finds the patients changed since ``since``; :attr:`deleted` collects the deletions seen."""
 
     def __init__(self, client: FhirClient, plan: SearchPlan, log: RunLog, base: str, since: dt.datetime,
-                 labels: dict[str, str] | None = None) -> None:
+                 labels: dict[str, str] | None = None, last_crf: Callable[[str], Path] | None = None) -> None:
         self.client = client
         self.plan = plan
         self.log = log
         self.base = base
         self.since = since
-        self.deleted: dict[str, list[str]] = {}
+        #: every deletion the server's history lists since ``since``
+        self.deleted: set[Ref] = set()
+        #: those listed without the deleted resource: whose they were is read from the last CRFs
+        self.bare: set[Ref] = set()
+        #: DELETE entries naming no Type/id (where: why)
+        self.unreadable: list[str] = []
+        #: a subject ID's CRF of the last run (``OUT/crf/<name>.json``); None: not known (a deletion listed
+        #: without its resource then makes every subject read again)
+        self.last_crf = last_crf
         #: patient id -> subject ID, the request label of a patient's own probes
         self.labels = dict(labels or {})
         #: patients whose own probe failed after its retries (patient id -> why): not read, reported
@@ -106,7 +137,32 @@ class ChangeProbe:
             except FhirHttpError as exc:
                 self.log.warn(f"the server cannot list {rtype} deletions since {stamp} ({exc.status}); a deletion "
                               "alone is picked up by the next full run", rule="incremental")
-        return changed
+        if history:
+            self.log.count("incremental.deleted", len(self.deleted))
+        return changed | self._deletion_subjects(pids, changed, stamp)
+
+    def _deletion_subjects(self, pids: set[str], changed: set[str], stamp: str) -> set[str]:
+        """The patients of ``pids`` not otherwise ``changed`` to read again because of a deletion listed without
+        its resource: those whose last CRF names it, or all of them when one cannot be attributed."""
+        if not self.bare and not self.unreadable:
+            return set()
+        found = attribute(self.bare, crfs_at_hand(pids, self.labels, self.last_crf), pids)
+        for pid, refs in sorted(found.subjects.items()):
+            log.info("%s: read again in full: its last CRF holds %s, deleted since %s",
+                     self.labels.get(pid, pid), shown_refs(refs), stamp)
+        why = []
+        if self.unreadable:
+            why.append(f"{len(self.unreadable)} DELETE entry(ies) of the server's history name no Type/id "
+                       f"({shown_problems(self.unreadable)})")
+        why += unattributable(found)
+        unchanged = pids - changed
+        again = set(unchanged) if why else set(found.subjects) & unchanged
+        if why:
+            self.log.warn(f"the server's history lists {len(self.bare) + len(self.unreadable)} deletion(s) since "
+                          f"{stamp} without the deleted resource; {'; '.join(why)}: every enrolled subject is read "
+                          "again in full, no CRF of the last run is reused", rule="incremental")
+        self.log.count("incremental.deletion_subjects", len(again))
+        return again
 
     async def _per_patient(self, rtype: str, params: dict[str, str], group: list[str],
                            probe: Callable[[str, dict[str, str], str, bool], Awaitable[None]]) -> None:
@@ -142,11 +198,19 @@ class ChangeProbe:
         return offered
 
     async def _history(self, rtype: str, stamp: str) -> AsyncIterator[Resource]:
-        """Resources of ``rtype`` deleted since ``stamp`` (their last version before deletion, when given)."""
+        """Resources of ``rtype`` deleted since ``stamp`` that the history gives (their last version); a DELETE
+        entry without the resource goes to :attr:`bare` (or :attr:`unreadable`)."""
         async for page in self.client.search_bundles(rtype, {"_since": stamp}, label="history", history=True):
-            for entry in page.get("entry") or []:
-                if (entry.get("request") or {}).get("method") == "DELETE":
-                    rid = ref_id(entry["request"].get("url"), rtype, self.base)
-                    self.deleted.setdefault(rtype, []).append(str(rid))
-                    if isinstance(entry.get("resource"), dict):
-                        yield entry["resource"]
+            for n, entry in enumerate(page.get("entry") or [], start=1):
+                request = entry.get("request") if isinstance(entry, dict) else None
+                if not isinstance(request, dict) or request.get("method") != "DELETE":
+                    continue
+                ref = deleted_ref(request.get("url")) or deleted_ref(entry.get("fullUrl"))
+                if ref is not None:
+                    self.deleted.add(ref)
+                if isinstance(entry.get("resource"), dict):
+                    yield entry["resource"]
+                elif ref is None:
+                    self.unreadable.append(f"{rtype}/_history entry {n}: {str(request.get('url'))[:80]!r}")
+                else:
+                    self.bare.add(ref)

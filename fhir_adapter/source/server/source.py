@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-from collections.abc import Collection, Coroutine, Iterator
+from collections.abc import Callable, Collection, Coroutine, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError
@@ -46,7 +47,8 @@ class ServerSource:
 
     def __init__(self, client: FhirClient, study: Study, log_: RunLog, *, since: dt.datetime | None = None,
                  read_mode: str = "search", loop: asyncio.AbstractEventLoop | None = None,
-                 observation_code_param: str = "combo-code", patients_per_search: int = 1) -> None:
+                 observation_code_param: str = "combo-code", patients_per_search: int = 1,
+                 last_crf: Callable[[str], Path] | None = None) -> None:
         self.client = client
         self.study = study
         self.log = log_
@@ -70,6 +72,9 @@ class ServerSource:
         #: how ``auto`` was settled (None: not ``auto``, or nothing read yet)
         self.timing: SearchTiming | None = None
         self._probe_failed: str | None = None
+        #: a subject ID's CRF of the last run (``OUT/crf/<name>.json``): whose a resource deleted since was
+        #: (:mod:`.incremental`); None: not known
+        self.last_crf = last_crf
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
@@ -159,7 +164,8 @@ class ServerSource:
         todo = set(patient_ids)
         self._settle_code_param(sorted(todo))
         if self.since is not None:
-            probe = ChangeProbe(self.client, self.plan, self.log, self.base, self.since, self._labels)
+            probe = ChangeProbe(self.client, self.plan, self.log, self.base, self.since, self._labels,
+                                last_crf=self.last_crf)
             changed = self.run(probe.changed(todo))
             for pid, error in probe.failed.items():  # this subject only; the others go on
                 log.warning("probing %s for changes failed: %s", self._labels.get(pid, pid), error)
