@@ -269,6 +269,16 @@ def full_run(tmp_path_factory: pytest.TempPathFactory, feed: Path) -> Path:
     return out
 
 
+#: the per-record values the endpoints derive into the CRF file (``annotate``): domain → fields
+DERIVED_FIELDS = {"ae": ("teae", "pre_infusion"), "cm": ("pred_eq_daily_mg",)}
+
+
+def _mapped_part(doc: dict[str, Any]) -> dict[str, Any]:
+    """A CRF file without the fields the endpoints derive."""
+    return {k: [{f: x for f, x in rec.items() if f not in DERIVED_FIELDS[k]} for rec in v]
+            if k in DERIVED_FIELDS else v for k, v in doc.items()}
+
+
 def test_deriving_every_endpoint_leaves_the_crf_as_mapped(full_run: Path) -> None:
     from fhir_adapter.crf.models import SubjectCRF
     from fhir_adapter.results.subject import derive_subject
@@ -281,16 +291,43 @@ def test_deriving_every_endpoint_leaves_the_crf_as_mapped(full_run: Path) -> Non
         results = derive_subject(crf, study)
         assert crf.model_dump(mode="json") == before, f"a derivation changed the CRF of {crf.subject_id}"
         assert set(results.results) == set(BUILTIN) - {"escalation"}
-        assert all(ae.teae is None for ae in crf.ae)  # the TEAE flag lives in the safety results
+        # the CRF file carries the safety endpoint's flags, which deriving again from it reproduces
+        assert [ae.teae for ae in crf.ae] == [ae.teae for ae in results.export_updates()["ae"]]
+        assert all(ae.teae is not None for ae in crf.ae)
+
+
+def test_crf_teae_and_crs_icans_flags_equal_the_ae_export_and_the_results(full_run: Path) -> None:
+    """One TEAE rule (derive/safety.py): the CRF file's ``teae``/``pre_infusion``/``crs``/``icans`` of every AE
+    equal AETRTEM/AEPREINF/AECAT of its AE.csv row and the TEAE listing of results/study.json."""
+    rows = {r["SRCREF"]: r for r in _csv(full_run / "export" / "AE.csv")}
+    study = json.loads((full_run / "results" / "study.json").read_text())
+    listed = {s["subject_id"]: {t["source"] for t in s["teaes"]} for s in study["subjects"]}
+    yn = {True: "Y", False: "N", None: ""}
+    seen = {True: 0, False: 0}
+    for path in sorted((full_run / "crf").glob("*.json")):
+        doc = json.loads(path.read_text())
+        for ae in doc["ae"]:
+            src = ae["source"]
+            ref = f"{src['resource_type']}/{src['id']}" + (f"/_history/{src['version']}" if src["version"] else "")
+            row = rows.pop(ref)
+            assert (yn[ae["teae"]], yn[ae["pre_infusion"] or None]) == (row["AETRTEM"], row["AEPREINF"]), ref
+            assert ae["teae"] == (ref in listed[doc["subject_id"]]), ref
+            assert row["AECAT"] == ("CRS" if ae["crs"] else "ICANS" if ae["icans"] else ""), ref
+            seen[ae["teae"]] += 1
+    assert rows == {}  # every AE row is a CRF AE
+    assert seen[True] and seen[False]  # both values occur in the demo trial
 
 
 def test_the_crf_does_not_depend_on_the_endpoints(tmp_path: Path, feed: Path, full_run: Path) -> None:
-    """The CRF a run writes is the mapping's output: the same whether the study derives every endpoint or
-    none; the exports' AE domain shows the TEAE flag of the safety results."""
+    """The CRF a run writes is the mapping's output but for the per-record values the endpoints derive
+    (``DERIVED_FIELDS``): the rest is the same whether the study derives every endpoint or none; with none,
+    the TEAE flag and the prednisolone-equivalent dose stay null in the CRF file and AETRTEM is empty."""
     log = RunLog()
     run(FileSource(feed, log), load_study(study_folder(tmp_path, [])), tmp_path / "out", log)
     for path in sorted((full_run / "crf").glob("*.json")):
-        assert (tmp_path / "out" / "crf" / path.name).read_bytes() == path.read_bytes(), path.name
+        bare = json.loads((tmp_path / "out" / "crf" / path.name).read_text())
+        assert _mapped_part(bare) == _mapped_part(json.loads(path.read_text())), path.name
+        assert all(a["teae"] is None for a in bare["ae"]) and all(c["pred_eq_daily_mg"] is None for c in bare["cm"])
     flags = {r["AETRTEM"] for r in _csv(full_run / "export" / "AE.csv")}
     assert "Y" in flags
     assert {r["AETRTEM"] for r in _csv(tmp_path / "out" / "export" / "AE.csv")} == {""}
@@ -365,3 +402,21 @@ def test_the_report_reads_only_keys_the_endpoints_declare(full_run: Path) -> Non
     assert {"lldas_rate", "dose_levels", "rp2d", "teae_summary"} <= seen["top"]
     undeclared = {where: sorted(seen[where] - declared[where]) for where in seen}
     assert undeclared == {"top": [], "subject": [], "visit": []}
+
+
+def test_crf_cm_records_carry_their_prednisolone_equivalent_daily_dose(full_run: Path) -> None:
+    """The CRF file's glucocorticoid records: ``pred_eq_daily_mg`` = daily mg × the factor of glucocorticoids.yaml
+    (the one table) for systemic ones; None for a topical one and for any other drug."""
+    from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings
+
+    table = load_study(LCAR).rule("glucocorticoids", GlucocorticoidSettings)
+    factor = {g.name: g.factor for g in table.drugs}
+    seen = set()
+    for path in sorted((full_run / "crf").glob("*.json")):
+        for cm in json.loads(path.read_text())["cm"]:
+            if cm["drug"] in factor and cm["route"] != "topical" and cm["daily_dose_mg"] is not None:
+                assert cm["pred_eq_daily_mg"] == round(cm["daily_dose_mg"] * factor[cm["drug"]], 3), cm
+                seen.add(cm["drug"])
+            else:
+                assert cm["pred_eq_daily_mg"] is None, cm
+    assert {"prednisone", "methylprednisolone"} <= seen

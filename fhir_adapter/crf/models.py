@@ -9,8 +9,14 @@ Domains (CDASH v2.x naming in the exports, see ``fhir_adapter/export``):
 * EX  :class:`Exposure` — lymphodepleting agents and the LCAR-AIO infusion with dose level.
 * LB, VS, PC, QS, IS  :class:`Finding` — one row per result: labs, vital signs, cellular kinetics (PC),
   SLEDAI-2K descriptors and PGA (QS), immunogenicity (IS: anti-drug antibodies).
-* CM  :class:`ConMed` — concomitant medications with the daily prednisolone-equivalent dose.
-* AE  :class:`AdverseEvent` — term, code, CTCAE/ASTCT grade, seriousness, relatedness, dates, TEAE flag.
+* CM  :class:`ConMed` — concomitant medications with the daily prednisolone-equivalent dose
+  (``pred_eq_daily_mg``, from the glucocorticoids endpoint).
+* AE  :class:`AdverseEvent` — term, code, CTCAE/ASTCT grade, seriousness, relatedness, dates, TEAE flag
+  (``teae``, from the safety endpoint), CRS/ICANS flags.
+
+Per-record values an endpoint derives (``teae``, ``pre_infusion``, ``pred_eq_daily_mg``) are set in the CRF file
+(``OUT/crf``) and the exports by the endpoint's ``annotate`` (one owner of each rule: fhir_adapter/derive); the
+CRF the derivations read is the mapping's output.
 
 Dates: ``date`` is the calendar date in the study's site time zone; ``partial_date`` keeps a partial date
 ("2024" or "2024-03") as it came, never imputed (docs/clinical-rules.md#dates).
@@ -182,7 +188,11 @@ class ConMed(_Model):
     dose: float | None = Field(None, description="dose per administration")
     dose_unit: str | None = None
     frequency_per_day: float | None = Field(None, description="administrations per day (0.5 = every other day)")
-    daily_dose_mg: float | None = None
+    daily_dose_mg: float | None = Field(None, description="mg/day of the drug itself")
+    pred_eq_daily_mg: float | None = Field(
+        None, description="prednisolone-equivalent mg/day of a glucocorticoid record the dose counts (systemic, "
+                          "in glucocorticoids.yaml); set by the glucocorticoids endpoint, None for any other record "
+                          "or an unknown dose")
     route: str | None = None
     systemic: bool | None = None
     start_date: dt.date | None = None
@@ -227,9 +237,11 @@ class AdverseEvent(_Model):
     outcome: str | None = None
     study_day: int | None = None
     end_study_day: int | None = None
-    #: None in the CRF (the mapping's output): the TEAE flag is derived, it lives in the safety results and the
-    #: exports' AE domain (AETRTEM)
+    #: the TEAE flag of the safety endpoint (derive/safety.py teae_flag), as in the CRF file, the exports' AE
+    #: domain (AETRTEM) and the safety results; None in the CRF the mapping gives the derivations, and when the
+    #: study derives no safety endpoint
     teae: bool | None = None
+    #: onset from lymphodepletion start to before Day 1; the safety endpoint's flag (AEPREINF) when it is derived
     pre_infusion: bool = False
     crs: bool = False
     icans: bool = False

@@ -272,6 +272,23 @@ def pred_eq_on(cms: Iterable[ConMed], day: dt.date, settings: GlucocorticoidSett
                     [cm.source.reference for cm in cms])
 
 
+def record_pred_eq(cms: Iterable[ConMed], settings: GlucocorticoidSettings) -> list[ConMed]:
+    """Copies of ``cms`` with ``pred_eq_daily_mg``: the prednisolone-equivalent mg/day a record adds to the
+    dose on a day it is active — its daily mg (:func:`_daily_mg`) × the table's factor, rounded to
+    ``decimals`` — for each record the dose counts (steps 1-3 of the module docstring: status, source kind,
+    in the table, systemic route); None for any other record (not a glucocorticoid of the table, topical,
+    a dispense, entered-in-error...) and for a counted record whose daily dose cannot be computed.
+    Methylprednisolone 16 mg daily → 20; prednisone 20 mg every other day → 10."""
+    cms = list(cms)
+    factor = {id(cm): g.factor for cm, g in _counted(cms, settings)}
+    out = []
+    for cm in cms:
+        mg = _daily_mg(cm)[0] if id(cm) in factor else None
+        value = round(mg * factor[id(cm)], settings.decimals) if mg is not None else None
+        out.append(cm.model_copy(update={"pred_eq_daily_mg": value}))
+    return out
+
+
 def derive_pred_eq(crf: SubjectCRF, settings: GlucocorticoidSettings) -> list[PredEqVisit]:
     """Prednisolone-equivalent mg/day on the date of every dated visit of ``crf``."""
     counted = _counted(crf.cm, settings)

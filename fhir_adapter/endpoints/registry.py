@@ -120,8 +120,9 @@ class Endpoint:
     * ``observations``: the result as write-back Observations (codes of ``profiles/CodeSystem-results.json``,
       listed in ``codes``);
     * ``check``: load-time cross-file checks of the settings (items exist, groups exist...);
-    * ``annotate``: CRF fields as the exports show them with this endpoint's derived flags (e.g. the AEs with
-      their TEAE flag), applied to a copy for the exports only; the CRF file stays the mapping's output.
+    * ``annotate``: CRF fields with this endpoint's per-record derived values (e.g. the AEs with their TEAE
+      flag), applied to a copy that the CRF file (``OUT/crf``) and the exports show; the CRF the derivations
+      read stays the mapping's output, so a derivation never reads another's annotations.
     """
 
     name: str

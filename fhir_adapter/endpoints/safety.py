@@ -1,8 +1,9 @@
 """Treatment-emergent adverse events, CRS and ICANS (:mod:`fhir_adapter.derive.safety`).
 
 The TEAE and pre-infusion flags of each AE live in this result (``flagged_ae``: copies of the CRF's AEs with
-``teae`` and ``pre_infusion`` set); the CRF itself is never changed, the exports' AE domain shows the flags
-(``annotate``) and the report reads the TEAEs from ``teaes``.
+``teae`` and ``pre_infusion`` set); the CRF the derivations read is never changed, the CRF file (``OUT/crf``)
+and the exports' AE domain (AETRTEM, AEPREINF) show the flags (``annotate``: one rule, one value everywhere)
+and the report reads the TEAEs from ``teaes``.
 
 Per subject: ``teae_count``, ``serious_teae_count``, ``related_teae_count``, ``max_teae_grade``,
 ``teae_grade_unknown``, ``crs_max_grade``, ``icans_max_grade``, ``crs`` and ``icans`` ({present, episodes,

@@ -105,8 +105,9 @@ class SubjectOutcome:
     enrollee: Enrollee | None = None
     review: SubjectReview | None = None
     row: dict[str, Any] | None = None
-    #: CRF fields the exports show with the endpoints' derived flags (the AEs' TEAE flag); the CRF file is
-    #: the mapping's output (with the reviewers' decisions)
+    #: CRF fields with the endpoints' per-record derived values (the AEs' TEAE flag, the glucocorticoid records'
+    #: prednisolone-equivalent dose): the CRF file and the exports show them (the CRF the derivations read is
+    #: the mapping's output with the reviewers' decisions)
     export_updates: dict[str, Any] = field(default_factory=dict)
     #: write-back resources (before the state's retractions and reviewed-only hold-back) and, per resource,
     #: its R4 problem (None: valid)
@@ -242,7 +243,7 @@ class SubjectEngine:
         if work.render_exports or out.pieces is not None:
             if self._renderer is None:
                 self._renderer = ExportRenderer(work.study)
-            crf_json = json_file(crf_document(review.crf))
+            crf_json = json_file(crf_document(review.crf_file(out.export_updates)))
             out.export = self._renderer.render(
                 review.export_crf(out.export_updates), review.status, review.decisions,
                 quarantined=list(self.log.quarantine) if out.pieces is not None else None)

@@ -358,7 +358,8 @@ def _run(
         elif o.crf_json is not None:  # rendered by a worker
             folders.file(crf_path).write_bytes(o.crf_json)
         else:
-            _dump(folders, crf_path, crf_document(o.crf))
+            assert o.review is not None
+            _dump(folders, crf_path, crf_document(o.review.crf_file(o.export_updates)))
         if p is not None and "writeback" in p.written and not plan.retractions:
             os.replace(p.path("writeback"), folders.file(writeback_path))
         else:

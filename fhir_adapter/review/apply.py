@@ -43,6 +43,12 @@ class SubjectReview:
     #: the derivations read, nor in crf/<subject>.json)
     not_available: list[NotDone] = field(default_factory=list)
 
+    def crf_file(self, updates: dict[str, Any] | None = None) -> SubjectCRF:
+        """The CRF of ``OUT/crf/<subject>.json``: the CRF the derivations read, with ``updates`` — the
+        per-record values the endpoints derive (``Endpoint.annotate``: each AE's TEAE and pre-infusion flags,
+        each glucocorticoid record's prednisolone-equivalent daily dose), the same records the exports show."""
+        return self.crf.model_copy(update=updates) if updates else self.crf
+
     def export_crf(self, updates: dict[str, Any] | None = None) -> SubjectCRF:
         """The CRF the exports are built from: with ``updates`` and the not-available records among the NOT
         DONE ones."""

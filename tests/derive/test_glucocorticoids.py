@@ -13,6 +13,7 @@ from fhir_adapter.derive.glucocorticoids import (
     derive_pred_eq,
     glucocorticoid_series,
     pred_eq_on,
+    record_pred_eq,
 )
 from tests.efficacy_helpers import conmed, rule, visit_crf
 from tests.helpers import d
@@ -185,3 +186,23 @@ def test_series_changes_on_the_days_the_daily_doses_change() -> None:
     assert expected[:3] == [(d(-2), None), (d(1), 20), (d(3), 645)]
     assert expected[7:11] == [(d(20), None), (d(21), 0), (d(23), None), (d(24), 5)]  # not taken on 21-22
     assert glucocorticoid_series(crf, S, start=d(20), end=d(19)).points == []
+
+
+def test_each_counted_record_carries_its_own_prednisolone_equivalent_daily_dose() -> None:
+    """``ConMed.pred_eq_daily_mg`` (the CRF's CM domain): daily mg of the drug × the table's factor, for the
+    records the dose counts; None for any other record and for an unknown daily dose."""
+    cms = [conmed("methylprednisolone", 1, None, dose=16),                 # 16 mg/day of the drug itself
+           conmed("prednisone", 1, 60, dose=20, freq=0.5),                   # every other day
+           conmed("dexamethasone", 1, 1, dose=10, freq=None, kind="administration"),
+           conmed("prednisone", 1, None, daily=7.5, freq=None),
+           conmed("hydrocortisone", 1, None, dose=20, route="topical"),     # not systemic
+           conmed("prednisone", 1, None, dose=10, kind="dispense"),         # not counted: duplicates its order
+           conmed("prednisone", 1, None, dose=10, status="entered-in-error"),
+           conmed("prednisone", 1, None, dose=None),                        # unknown dose
+           conmed("prednisone", 1, None, dose=2, unit="{tbl}"),             # not a mass
+           conmed("tacrolimus", 1, None, dose=2, drug_class="immunosuppressant")]
+    out = record_pred_eq(cms, S)
+    assert [c.pred_eq_daily_mg for c in out] == [20, 10, 66.7, 7.5, None, None, None, None, None, None]
+    assert [c.daily_dose_mg for c in out][:1] == [None] and all(c.pred_eq_daily_mg is None for c in cms)
+    # the records' own doses add up to the day's dose
+    assert pred_eq_on(cms[:2], d(10), S).mg_per_day == sum(c.pred_eq_daily_mg or 0 for c in out[:2]) == 30

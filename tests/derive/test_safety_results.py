@@ -14,6 +14,7 @@ from fhir_adapter.endpoints.safety import SafetyResult
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.results.study_json import study_json, subject_row
 from fhir_adapter.results.subject import derive_subject
+from fhir_adapter.review.apply import SubjectReview
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import UCUM
@@ -121,3 +122,27 @@ def test_result_codes_are_in_the_codesystem() -> None:
     cs = json.loads(path.read_text())
     assert {"dlt", "cart-cmax", "cart-tmax", "cart-auc0-28d"} <= {c["code"] for c in cs["concept"]}
     assert cs["count"] == len(cs["concept"])
+
+
+def test_the_crf_file_carries_the_teae_flag_of_the_safety_endpoint(study: Study) -> None:
+    """The CRF file's AEs (``SubjectReview.crf_file``) have ``teae``/``pre_infusion`` set by the one TEAE rule
+    (derive/safety.py teae_flag), the same records the exports' AE domain is built from; lymphodepletion
+    starts on day -5."""
+    no_onset = AdverseEvent(term="Fatigue", grade=1, source=SourceRef(resource_type="AdverseEvent", id="sae-x"))
+    aes = [ae("Cytokine release syndrome", 1, 4, 2, crs=True), ae("Nausea", -2, -1, 1),
+           ae("Headache", -10, -8, 1), ae("Arthralgia", -10, None, 3, baseline_grade=1), no_onset]
+    c = subject("T-001", "DL1", aes)
+    res = derive_subject(c, study)
+    review = SubjectReview(crf=c, candidates=[])
+    filed = review.crf_file(res.export_updates())
+    assert [(a.term, a.teae, a.pre_infusion) for a in filed.ae] == [
+        ("Cytokine release syndrome", True, False),  # onset on Day 1
+        ("Nausea", False, True),                     # after lymphodepletion start, before Day 1
+        ("Headache", False, False),                  # before lymphodepletion
+        ("Arthralgia", True, False),                 # worsened above its baseline grade
+        ("Fatigue", True, False),                    # onset unknown (listed)
+    ]
+    assert [a.crs for a in filed.ae] == [a.crs for a in c.ae]  # the mapping's CRS/ICANS flags are kept
+    assert [a.teae for a in review.export_crf(res.export_updates()).ae] == [a.teae for a in filed.ae]
+    assert all(a.teae is None for a in c.ae)  # the CRF the derivations read stays as mapped
+    assert review.crf_file({}) is c
