@@ -49,8 +49,10 @@ class RunLog:
             self.counts[key] += n
 
     def warn(self, message: str, *, resource: str | None = None, subject_id: str | None = None,
-             rule: str | None = None) -> None:
-        entry = {"message": message, "resource": resource, "subject_id": subject_id, "rule": rule}
+             rule: str | None = None, fix: str | None = None) -> None:
+        """A resource that is used but worth a look: the message, the resource (``Type/id``), the subject,
+        the rule and, where the EHR can do something about it, ``fix``."""
+        entry = {"message": message, "resource": resource, "subject_id": subject_id, "rule": rule, "fix": fix}
         with self._lock:
             self.warnings.append({k: v for k, v in entry.items() if v is not None})
 

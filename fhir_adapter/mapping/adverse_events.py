@@ -13,7 +13,8 @@ For each AdverseEvent, in order:
    ``system|code``. An AdverseEvent without ``event`` is quarantined (``no-event``).
 4. **grade** — the first case that applies: the backport ``ae-grade`` extension (NCIt CTCAE grade code of
    ``grade_codes``, or a text "Grade N"); a study-configured extension (``grade_extension_urls``);
-   ``severity`` mild/moderate/severe → 1/2/3 with ``grade_approximate``; else None (counted ``ae.no-grade``).
+   ``severity`` mild/moderate/severe → 1/2/3 with ``grade_approximate``; else None (counted ``ae.no-grade``
+   and a warning ``ae-no-grade`` naming the AdverseEvent; the event is kept).
 5. **seriousness** — ``seriousness`` code or text, any casing ("Serious", "non-serious"); else True when a
    ``seriousness-criteria`` extension has ``criterionPresent`` true; ``serious_criteria`` lists the present
    criteria as ``system|code``.
@@ -26,12 +27,14 @@ For each AdverseEvent, in order:
    then by text: possibly/probably/definitely/certain/related → True, unlikely/not related → False,
    unassessable/unknown → None; of several assessments, True wins over False (conservative).
 7. **dates** — onset = ``date``, else an ``onset_extension_urls`` extension (valueDateTime or
-   valuePeriod.start), else ``detected``; resolution = the ``resolve-date`` extension, else the end of the
-   onset extension's valuePeriod when the outcome is resolved. Partial dates stay partial; a dateTime also
-   keeps its time (``onset_datetime``/``resolution_datetime``, in the study time zone) for durations in hours
-   (DLT) and the exports' AESTDTC/AEENDTC. ``study_day`` and
-   ``end_study_day`` count from Day 1 with no Day 0; ``pre_infusion`` = onset on or after lymphodepletion
-   start and before Day 1. ``teae`` is left None: the flag is derived (the safety results hold it).
+   valuePeriod.start), else ``detected``; none of them: onset None (counted ``ae.no-onset`` and a warning
+   ``ae-no-onset`` naming the AdverseEvent; the event is kept: the safety rules list it as onset unknown).
+   Resolution = the ``resolve-date`` extension, else the end of the onset extension's valuePeriod when the
+   outcome is resolved. Partial dates stay partial; a dateTime also keeps its time
+   (``onset_datetime``/``resolution_datetime``, in the study time zone) for durations in hours (DLT) and the
+   exports' AESTDTC/AEENDTC. ``study_day`` and ``end_study_day`` count from Day 1 with no Day 0;
+   ``pre_infusion`` = onset on or after lymphodepletion start and before Day 1. ``teae`` is left None here: the
+   safety endpoint derives it (derive/safety.py), and the CRF file shows its flag.
 8. **flags** — ``crs``, ``icans``, ``hematologic`` from exact codes, code prefixes (ICD-10-CM D89.83x, G92.0x)
    and term patterns (``not_terms`` veto: "febrile neutropenia" is not haematological).
 
@@ -318,11 +321,24 @@ class AdverseEventMapper:
         grade, approximate = self._grade(r)
         if grade is None:
             self.log.count("ae.no-grade")
+            self.log.warn(
+                f"adverse event '{term}' has no grade (no ae-grade extension, grade extension or severity): "
+                "kept with grade unknown; a TEAE counts under teae_grade_unknown and a DLT cannot be judged",
+                resource=ref, subject_id=subject_id, rule="ae-no-grade",
+                fix="record the CTCAE/ASTCT grade (the ae-grade extension, or severity) in the EHR",
+            )
         serious, criteria = self._seriousness(r)
         related, relatedness = self._relatedness(r, siblings, infusion_id, subject_id, ref)
         onset, end = self._dates(r)
         if onset is None:
             self.log.count("ae.no-onset")
+            self.log.warn(
+                f"adverse event '{term}' has no onset date (no date, onset extension or detected): kept "
+                "without a study day; the safety rules treat it as onset unknown (treatment-emergent unless "
+                "it ended before Day 1, safety.yaml missing_onset_is_teae; listed in onset_unknown_aes)",
+                resource=ref, subject_id=subject_id, rule="ae-no-onset",
+                fix="record the onset date (AdverseEvent.date) in the EHR",
+            )
         onset_d = onset.date if onset else None
         end_d = end.date if end else None
         term_all = " ".join([*terms, term])

@@ -128,6 +128,22 @@ def test_missing_grade_is_none_and_counted(study: Study) -> None:
     assert (a.grade, a.grade_approximate) == (None, False) and log.counts["ae.no-grade"] == 1
 
 
+def test_an_event_without_grade_or_onset_is_kept_and_reported_with_its_resource_and_fix(study: Study) -> None:
+    """run-report.json names each: the AdverseEvent, the rule and what to do; the events stay in the CRF."""
+    (dated, undated), log = run(study, [ae("no-grade"), ae("no-onset", date=None, severity=severity("mild"))])
+    assert (dated.source.id, dated.grade, dated.onset_date) == ("no-grade", None, dt.date(2024, 2, 3))
+    assert (undated.source.id, undated.grade, undated.onset_date, undated.study_day) == ("no-onset", 1, None, None)
+    warned = {w["rule"]: w for w in log.warnings}
+    assert set(warned) == {"ae-no-grade", "ae-no-onset"} and not log.quarantine
+    assert warned["ae-no-grade"]["resource"] == "AdverseEvent/no-grade"
+    assert warned["ae-no-onset"]["resource"] == "AdverseEvent/no-onset"
+    assert all(w["subject_id"] == "T-001" and "Cytokine release syndrome" in w["message"] for w in warned.values())
+    assert "grade" in warned["ae-no-grade"]["fix"] and "AdverseEvent.date" in warned["ae-no-onset"]["fix"]
+    assert (log.counts["ae.no-grade"], log.counts["ae.no-onset"]) == (1, 1)
+    _, quiet = run(study, [ae("fine", severity=severity("mild"))])
+    assert quiet.warnings == []
+
+
 @pytest.mark.parametrize(("code", "display", "expected"), [
     ("serious", "Serious", True), ("serious", "serious", True), ("Serious", "", True),
     ("non-serious", "Non-serious", False), ("Non-serious", "", False), ("nonserious", "", False),
@@ -185,7 +201,7 @@ def test_unidentified_single_entity_is_read_as_the_product(study: Study) -> None
     r = ae("a", suspectEntity=[core_entity("Possible", ref="Medication/not-in-source")])
     (a,), log = run(study, [r])
     assert a.related is True
-    assert log.warnings[0]["rule"] == "unidentified-suspect-entity"
+    assert [w["rule"] for w in log.warnings] == ["ae-no-grade", "unidentified-suspect-entity"]
     off = study.rule("adverse_events", AdverseEventSettings).model_copy(
         update={"unidentified_single_entity_is_product": False})
     (b,), _ = run(study, [r], off)
@@ -233,7 +249,7 @@ def test_each_backport_relatedness_code(study: Study, code: str, display: str, r
 
 def test_backport_entity_without_instance(study: Study) -> None:
     (a,), log = run(study, [ae("a", extension=[backport_entity("C53260", "Related")])])
-    assert a.related is True and log.warnings[0]["rule"] == "unidentified-suspect-entity"
+    assert a.related is True and [w["rule"] for w in log.warnings] == ["ae-no-grade", "unidentified-suspect-entity"]
 
 
 @pytest.mark.parametrize(("code", "grade"), [("C41338", 1), ("C41339", 2), ("C41340", 3), ("C41337", 4),
