@@ -9,8 +9,10 @@ For each Observation, in order:
    quarantined); a status that is no R4 ObservationStatus code is quarantined (``unknown-status``).
 3. **code** — every coding of ``code`` (and of each ``component.code``) is looked up in the mapping;
    a panel (``hasMember``) is mapped through its members, which are Observations of their own.
-4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``),
-   valueInteger, valueBoolean, valueCodeableConcept (positive/negative codes of the item).
+4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``,
+   ``"≤0.2"`` as ``<=``; a decimal point only: a comma or digit grouping — ``"1,200"``, ``"1,2"``,
+   ``"1 200"`` — is quarantined as ``ambiguous-number``, never guessed), valueInteger, valueBoolean,
+   valueCodeableConcept (positive/negative codes of the item).
 5. **unit** — first a spelling that is not a UCUM code becomes its UCUM code (``µmol/L`` → ``umol/L``:
    ``mappings/units/synonyms.yaml`` and the overlay's ``unit_synonyms``; counted as
    ``units.synonym.<spelling>-><code>``, the finding keeps the unit as sent); then the item's unit as is; a
@@ -52,7 +54,13 @@ from fhir_adapter.terminology import units
 USED_STATUSES = {"final", "amended", "corrected", "preliminary"}
 #: the R4 ObservationStatus codes; any other status is quarantined (``unknown-status``)
 R4_STATUSES = {*USED_STATUSES, "registered", "cancelled", "entered-in-error", "unknown"}
-_NUMERIC = re.compile(r"^\s*(<=|>=|<|>)?\s*([-+]?\d+(?:[.,]\d+)?)\s*$")
+#: a number sent as text: an optional comparator, digits with at most one decimal point
+_NUMERIC = re.compile(r"^\s*(<=|>=|<|>)?\s*([-+]?\d+(?:\.\d+)?)\s*$")
+#: digits with a comma, grouping (space, apostrophe, thin space) or several points: "1,200" may be 1200 or 1.2,
+#: "1.200.000" is grouped; never read as a number (``ambiguous-number``)
+_GROUPED = re.compile(r"^\s*(<=|>=|<|>)?\s*[-+]?\d[\d.,'\u2019\u00a0\u202f ]*\d\s*$")
+#: comparator signs sent as one character
+_SIGNS = {"\u2264": "<=", "\u2265": ">="}
 _POSITIVE_WORDS = {"positive", "pos", "detected", "present", "reactive", "true", "yes"}
 _NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", "nonreactive", "false", "no"}
 
@@ -229,11 +237,21 @@ class ObservationMapper:
                                "send one of <, <=, >, >= (or none)")
             orig = f"{comparator or ''}{decimal_text(q['value'])}"
         elif "valueString" in part:
-            m = _NUMERIC.match(str(part["valueString"]))
+            text = str(part["valueString"])
+            for sign, comparator_code in _SIGNS.items():
+                text = text.replace(sign, comparator_code)
+            m = _NUMERIC.match(text)
+            if not m and _GROUPED.match(text):
+                raise Unusable("ambiguous-number",
+                               f"{item_id}: valueString '{part['valueString']}' has a comma or digit grouping: a "
+                               "decimal comma cannot be told from a thousands separator ('1,200' may be 1200 or "
+                               "1.2), so it is not read",
+                               "send valueQuantity (a JSON number), or the number with a decimal point and no "
+                               "grouping ('1200', '1.2')")
             if not m:
                 raise Unusable("non-numeric", f"{item_id}: valueString '{part['valueString']}' is not a number",
                                "send valueQuantity, or a numeric string such as '45' or '<0.2'")
-            comparator, raw = m.group(1), float(m.group(2).replace(",", "."))
+            comparator, raw = m.group(1), float(m.group(2))
             unit = sent = item.unit
             orig = str(part["valueString"])
         elif "valueInteger" in part:

@@ -142,6 +142,34 @@ def test_string_numbers_comparators_and_components(study: Study) -> None:
     assert not log.quarantine
 
 
+@pytest.mark.parametrize("text", ["1,200", "1,2", "0,5", "1.200,5", "1 200", "1\u202f200", "1'200", "1.200.000",
+                                  "<1,5", "\u22641,5"])
+def test_a_string_number_with_a_comma_or_grouping_is_quarantined_never_guessed(study: Study, text: str) -> None:
+    """"1,200" ferritin may be 1200 or 1.2 (a decimal comma): neither is read; the resource is named with the
+    rule and the fix."""
+    fs, log = mapped(study, [obs("f", "2276-4", valueString=text)])
+    assert fs == []
+    (q,) = log.quarantine
+    assert (q.resource_type, q.id, q.rule) == ("Observation", "f", "ambiguous-number")
+    assert text in q.reason and "valueQuantity" in q.fix
+
+
+@pytest.mark.parametrize(("text", "value", "comparator"), [
+    ("1200", 1200.0, None), ("1200.5", 1200.5, None), (" 45 ", 45.0, None), ("<0.2", 0.2, "<"),
+    ("<=0.2", 0.2, "<="), ("\u22640.2", 0.2, "<="), ("\u2265 300", 300.0, ">="), (">=300", 300.0, ">="),
+])
+def test_a_string_number_with_a_decimal_point_and_comparator_signs(study: Study, text: str, value: float,
+                                                                  comparator: str | None) -> None:
+    (f,), log = mapped(study, [obs("f", "2276-4", valueString=text)])
+    assert (f.item, f.value, f.comparator, f.unit, f.orig_value) == ("ferritin", value, comparator, "ug/L", text)
+    assert not log.quarantine
+
+
+def test_a_string_that_is_no_number_stays_non_numeric(study: Study) -> None:
+    _, log = mapped(study, [obs("f", "2276-4", valueString="see comment"), obs("g", "2276-4", valueString="1,")])
+    assert [q.rule for q in log.quarantine] == ["non-numeric", "non-numeric"]
+
+
 def test_coded_and_boolean_values(study: Study) -> None:
     pos = obs("p", "anti-car-antibody", system=CLIN, valueCodeableConcept={
         "coding": [{"system": "http://snomed.info/sct", "code": "10828004", "display": "Positive"}]})
