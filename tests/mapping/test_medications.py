@@ -183,6 +183,28 @@ def test_referenced_medication_with_scd_code(study: Study) -> None:
     assert (c.route, c.systemic) == ("oral", True)
 
 
+@pytest.mark.parametrize(("ref", "where"), [("Medication/nope", "the export"), ("#gone", "the resource contains")])
+def test_a_medication_reference_that_does_not_resolve_has_its_own_rule(study: Study, ref: str, where: str) -> None:
+    """A dangling medicationReference is not "names no medication": the reason quotes the reference and the fix
+    says to send the Medication or correct the reference."""
+    r = statement("s9", None, [dosage({"doseQuantity": mg(5)}, timing=daily())], medicationReference={"reference": ref})
+    held = {"resourceType": "Medication", "id": "other", "code": cc("8640", "prednisone")}
+    cms, log = run(study, [r, held])
+    assert cms == []
+    (q,) = log.quarantine
+    assert (q.resource_type, q.id, q.rule) == ("MedicationStatement", "s9", "unresolved-medication-reference")
+    assert f"'{ref}' does not resolve" in q.reason and where in q.reason
+    assert "include the Medication in the export" in q.fix and "correct the reference" in q.fix
+
+
+def test_a_resource_naming_no_medication_at_all_is_still_no_medication(study: Study) -> None:
+    empty = {"resourceType": "Medication", "id": "blank", "status": "active"}
+    r = statement("s8", None, [dosage({"doseQuantity": mg(5)}, timing=daily())],
+                  medicationReference={"reference": "Medication/blank"})
+    _, log = run(study, [r, empty])
+    assert [(q.id, q.rule) for q in log.quarantine] == [("s8", "no-medication")]
+
+
 def test_scd_code_tablets_bid(study: Study) -> None:
     r = statement("s4", cc("312617", "predniSONE 5 MG Oral Tablet"),
                   [dosage({"doseQuantity": mg(2, "{tbl}")}, timing={"code": cc("BID", system=GTS)})])

@@ -3,11 +3,12 @@
 Every coding of ``medicationCodeableConcept``, or of the code and the ingredients of a contained or referenced
 Medication, is looked up among the drugs' ingredient RxCUIs, SCD codes and site codes; else the medication
 text is searched for a drug's ``names``. Unknown drugs are kept with class ``other``; a resource naming no
-medication at all is quarantined (``no-medication``). The strength per tablet comes from the matched SCD/site
-code, else the Medication's ``ingredient.strength``, else the strength in the RxNorm clinical drug name of the
-coding display or text (``predniSONE 5 MG Oral Tablet`` → 5 mg per tablet; :mod:`.clinical_drug`) when its
-dose form is listed under ``dose_forms`` with ``unit_dose: true``; the route implied by the code or dose form
-comes along.
+medication at all is quarantined (``no-medication``), one whose ``medicationReference`` names a Medication that
+is neither contained nor in the export as ``unresolved-medication-reference``. The strength per tablet comes
+from the matched SCD/site code, else the Medication's ``ingredient.strength``, else the strength in the RxNorm
+clinical drug name of the coding display or text (``predniSONE 5 MG Oral Tablet`` → 5 mg per tablet;
+:mod:`.clinical_drug`) when its dose form is listed under ``dose_forms`` with ``unit_dose: true``; the route
+implied by the code or dose form comes along.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def _label(clinical: ClinicalDrug | None, words: list[str], keys: list[tuple[str
     if clinical is not None:
         return clinical.ingredient
     return words[0].lower() if words else f"{keys[0][0]}|{keys[0][1]}"
+
+
+def _dangling_reference(r: dict[str, Any], med: dict[str, Any] | None) -> str | None:
+    """The ``medicationReference.reference`` of a resource whose Medication is not at hand (neither contained
+    nor among the subject's resources), else None."""
+    if med is not None or isinstance(r.get("medicationCodeableConcept"), dict):
+        return None
+    ref = (r.get("medicationReference") or {}).get("reference")
+    return ref if isinstance(ref, str) and ref else None
 
 
 class DrugIdentifier:
@@ -87,6 +97,16 @@ class DrugIdentifier:
             d = self.s.drugs[name]
             return IdentifiedDrug(name, d.rxnorm, d.drug_class, strength, route)
         if not keys and not words:
+            reference = _dangling_reference(r, med)
+            if reference is not None:
+                raise Unusable(
+                    "unresolved-medication-reference",
+                    f"medicationReference '{reference}' does not resolve: "
+                    + ("the resource contains no such Medication" if reference.startswith("#")
+                       else "the export holds no such Medication"),
+                    "include the Medication in the export (or contain it in the resource), or correct the "
+                    "reference",
+                )
             raise Unusable(
                 "no-medication",
                 "the resource names no medication (no code, no text)",
