@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from fhir_adapter.terminology.codes import AE_SEVERITY
 from tests.feedkit import CLIN, LOINC, RXNORM, SNOMED, SUBJECT_SYSTEM, Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
@@ -251,6 +252,24 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
     f.obs("p1", "sle-pga", at(DAY1, 29), system=CLIN, value=7, unit="{score}", id_="o-pga-7")
     q("PGA outside 0-3", "out-of-bounds", "Observation", "o-pga-7")
 
+    f.obs("p2", "2276-4", at(DAY1, 29), id_="o-ferritin-comma", valueString="1,200")
+    q("valueString number with a comma (1,200: 1200 or 1.2?)", "ambiguous-number", "Observation",
+      "o-ferritin-comma")
+
+    # -- concomitant medications -----------------------------------------------------------------------
+    f.add(
+        {
+            "resourceType": "MedicationStatement",
+            "id": "cm-dangling",
+            "status": "active",
+            "medicationReference": {"reference": "Medication/nope"},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-01-10",
+        }
+    )
+    q("medicationReference to a Medication not in the export", "unresolved-medication-reference",
+      "MedicationStatement", "cm-dangling")
+
     # -- exposure --------------------------------------------------------------------------------------
     f.add(
         {
@@ -307,6 +326,15 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
         }
     )
     exp.append(Expect("two infusions", "warning", "day1", None, None))
+    mild = {"coding": [{"system": AE_SEVERITY, "code": "mild"}]}
+    undated_or_ungraded: list[tuple[str, str, dict[str, Any]]] = [
+        ("ae-no-onset", "p1", {"severity": mild}), ("ae-no-grade", "p2", {"date": at(DAY1, 5)})]
+    for aid, pid, extra in undated_or_ungraded:
+        f.add({"resourceType": "AdverseEvent", "id": aid, "actuality": "actual",
+               "subject": {"reference": f"Patient/{pid}"}, "event": {"text": "Headache"}, **extra})
+    exp.append(Expect("adverse event without onset date (kept)", "warning", "ae-no-onset", "AdverseEvent",
+                      "ae-no-onset"))
+    exp.append(Expect("adverse event without grade (kept)", "warning", "ae-no-grade", "AdverseEvent", "ae-no-grade"))
     f.obs("p1", "9999-9", at(DAY1, 29), value=1, unit="mg/L", id_="c-unmapped")
     exp.append(Expect("code the mapping does not know", "count", "unmapped.http://loinc.org|9999-9"))
 

@@ -109,6 +109,15 @@ def test_no_quarantined_resource_feeds_a_crf(corpus: dict[str, Any]) -> None:
         assert not bad & {f["source"]["id"] for f in crf["findings"]}
 
 
+def test_adverse_events_without_onset_or_grade_are_kept(corpus: dict[str, Any]) -> None:
+    kept = {a["source"]["id"]: a for crf in corpus["crfs"].values() for a in crf["ae"]}
+    assert kept["ae-no-onset"]["onset_date"] is None and kept["ae-no-onset"]["grade"] == 1
+    assert kept["ae-no-grade"]["grade"] is None and kept["ae-no-grade"]["onset_date"] == "2024-02-05"
+    warned = {w["resource"]: w for w in corpus["report"]["warnings"] if w.get("rule", "").startswith("ae-no-")}
+    assert set(warned) == {"AdverseEvent/ae-no-onset", "AdverseEvent/ae-no-grade"}
+    assert all(w["fix"] and w["subject_id"] for w in warned.values())
+
+
 def test_day1_survives_a_second_infusion_and_an_undated_one(corpus: dict[str, Any]) -> None:
     for crf in corpus["crfs"].values():
         assert crf["day1"] == "2024-02-01"
