@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fhir_adapter.fhir.settings import BulkSettings, ClientSettings
-from fhir_adapter.job.outpaths import replaced_output
+from fhir_adapter.safe_paths import replaced_output
 from fhir_adapter.study.yamlfile import read_yaml
 
 if TYPE_CHECKING:

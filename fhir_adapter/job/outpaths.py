@@ -13,17 +13,9 @@ Input decides file names in two places only, and neither can leave OUT:
 
 :func:`inside` is the last guard: a path that would resolve outside OUT raises :class:`UnsafePath`.
 :class:`OutFolders` gives the same answer for a run's many files in a few folders, resolving each folder once.
-
-Nothing is written through a symbolic link below OUT (one already there, whoever put it there):
-
-* an output the adapter replaces whole (``crf/``, ..., ``run-report.json``, ``state/last-run.json``, the lock
-  file, a report's ``index.html``) replaces a link standing in its place as it replaces a previous output: the
-  link is removed, what it points to is not touched (:func:`replaced_output`; the staging move-in renames over
-  it);
-* a folder the adapter writes into (``state/``, ``review/``, ``bulk/``, ``report/``) or a file it appends to
-  (``state/review-decisions.jsonl``) cannot be replaced without losing what it holds: a link there, or in any
-  folder between OUT and it, stops the command before it writes, naming the link and the fix
-  (:func:`without_links`, :func:`real_folder`).
+Nothing is written through a symbolic link below OUT: the guards (:func:`inside`, :func:`without_links`,
+:func:`real_folder`, :func:`replaced_output`) live in ``fhir_adapter/safe_paths.py``, below every layer, as the
+report, the review decision file and the server state use them too.
 """
 
 from __future__ import annotations
@@ -34,16 +26,15 @@ import re
 from pathlib import Path
 
 from fhir_adapter.fhir.r4 import is_r4_type
+from fhir_adapter.safe_paths import UnsafePath, inside, real_folder, replaced_output, without_links
+
+__all__ = ["UnsafePath", "inside", "real_folder", "replaced_output", "without_links"]
 
 #: longest file name stem built from a subject ID (file systems allow 255 bytes; suffixes are added)
 MAX_NAME = 120
 UNKNOWN_TYPE = "unknown"
 _KEEP = re.compile(r"[A-Za-z0-9.-]")
 _TYPE_NAME = re.compile(r"[A-Z][A-Za-z]{1,63}")
-
-
-class UnsafePath(ValueError):
-    """A path built from input would leave OUT, or two subjects would share a file."""
 
 
 def subject_file_name(subject_id: str) -> str:
@@ -65,56 +56,6 @@ def quarantine_file_name(resource_type: str) -> str:
     """``<Type>.ndjson`` for a FHIR R4 resource type, ``unknown.ndjson`` for anything else."""
     ok = isinstance(resource_type, str) and _TYPE_NAME.fullmatch(resource_type) and is_r4_type(resource_type)
     return f"{resource_type if ok else UNKNOWN_TYPE}.ndjson"
-
-
-def inside(out: Path, path: Path) -> Path:
-    """``path`` unchanged when it stays inside ``out``; else :class:`UnsafePath`."""
-    if "\x00" in str(path):
-        raise UnsafePath(f"refused to write {str(path)!r}: the path contains a NUL character")
-    root = Path(out).resolve()
-    target = Path(path).resolve()
-    if target != root and not target.is_relative_to(root):
-        raise UnsafePath(f"refused to write {path}: it is outside the output folder {root}")
-    return path
-
-
-def without_links(out: Path, path: Path) -> Path:
-    """``path`` unchanged when it is inside ``out`` and neither it nor a folder between ``out`` and it is a
-    symbolic link (missing parts are fine); else :class:`UnsafePath` naming the link and the fix. ``out`` itself
-    may be a link: it is the operator's choice."""
-    out, path = Path(out), Path(path)
-    if "\x00" in str(path):
-        return inside(out, path)  # UnsafePath
-    try:
-        parts = path.relative_to(out).parts
-    except ValueError:
-        raise UnsafePath(f"refused to write {path}: it is not under the output folder {out}") from None
-    here = out
-    for part in parts:
-        here = here / part
-        if os.path.islink(here):
-            raise UnsafePath(
-                f"refused to write {path}: {here} is a symbolic link (to {os.readlink(here)}) and fhir-adapter "
-                f"never writes through one inside its output folder {out} — replace the link by a real "
-                "folder (or file) holding what it points to, or remove it, and run again")
-    return inside(out, path)  # no link on the way: what is left to refuse is a '..' leaving OUT
-
-
-def real_folder(out: Path, folder: Path) -> Path:
-    """``folder`` made when missing, after :func:`without_links`: a real folder inside ``out``."""
-    without_links(out, folder)
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return Path(folder)
-
-
-def replaced_output(out: Path, path: Path) -> Path:
-    """``path`` ready to be written anew: its folder a :func:`real_folder`; a symbolic link standing at ``path``
-    itself is removed (what it points to is not touched), as a previous output would be replaced."""
-    path = Path(path)
-    real_folder(out, path.parent)
-    if os.path.islink(path):
-        os.unlink(path)
-    return path
 
 
 class OutFolders:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
-from fhir_adapter.job.outpaths import replaced_output, without_links
 from fhir_adapter.report.baselines import baselines_section
 from fhir_adapter.report.blocks import Section
 from fhir_adapter.report.completeness import completeness_section
@@ -19,6 +18,7 @@ from fhir_adapter.report.renal_response import has_renal_response, renal_respons
 from fhir_adapter.report.safety import safety_section
 from fhir_adapter.report.summary import settings_section, summary_section
 from fhir_adapter.report.swimmer import swimmer_section
+from fhir_adapter.safe_paths import replaced_output, without_links
 
 #: the sections in page order, each with the endpoints it reports (empty: every study gets it)
 SECTIONS: tuple[tuple[Callable[[ReportData], Section], frozenset[str]], ...] = (

@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import orjson
 
-from fhir_adapter.job.outpaths import real_folder, without_links
+from fhir_adapter.safe_paths import real_folder, without_links
 
 GENESIS = "0" * 64
 ACTIONS = ("accept", "choose", "not_available", "query")
