@@ -346,6 +346,13 @@ def test_delete(fhir: httpx.Client) -> None:
     assert fhir.get(f"Observation/{obs_id}").status_code == 410
     assert fhir.get("Observation", params={"identifier": "del"}).json()["total"] == 0
     assert fhir.delete(f"Observation/{obs_id}").status_code == 200  # idempotent
+    # the instance history of a deleted resource stays readable (FHIR R4 http.html#history): a DELETE entry
+    # without the resource, then the versions, newest first
+    history = fhir.get(f"Observation/{obs_id}/_history").json()
+    deleted, version = history["entry"]
+    assert deleted["request"] == {"method": "DELETE", "url": f"Observation/{obs_id}"} and "resource" not in deleted
+    assert version["resource"]["id"] == obs_id and version["resource"]["meta"]["versionId"] == "1"
+    assert fhir.get("Observation/never-stored/_history").status_code == 404
 
 
 def test_transaction_limits_are_lifted(fhir: httpx.Client) -> None:

@@ -10,8 +10,9 @@
 //    _elements; the base class scans and deep-clones every match before paging
 //  * an undo journal so a transaction Bundle is all-or-nothing (the base class's
 //    withTransaction() is a no-op)
-//  * 410 Gone for deleted resources, a non-mutating history (the base reverses its
-//    history array in place on every call) and write counters for /admin/stats.
+//  * 410 Gone for deleted resources (their instance history stays readable, under a DELETE entry), a
+//    non-mutating history (the base reverses its history array in place on every call) and write counters
+//    for /admin/stats.
 import {
   OperationOutcomeError,
   badRequest,
@@ -151,16 +152,24 @@ export class TestRepository extends MemoryRepository {
     return deepClone(r);
   }
 
-  /** Newest version first; unlike the base class this does not reverse the stored array. */
+  /**
+   * Newest version first; unlike the base class this does not reverse the stored array. A deleted resource's
+   * history is its versions under a DELETE entry with request.url and no resource (FHIR R4 http.html#history:
+   * the history of a deleted resource stays readable; HAPI answers so); one never stored: 404.
+   */
   async readHistory(type, id) {
-    await this.readResource(type, id);
+    const deletion = this.deletedAt.get(`${type}/${id}`);
+    if (!deletion) await this.readResource(type, id);
     const versions = [...(this.history.get(type)?.get(id) ?? [])].reverse();
-    return {
-      resourceType: 'Bundle',
-      type: 'history',
-      total: versions.length,
-      entry: versions.map((v) => ({ resource: deepClone(v) })),
-    };
+    const entry = versions.map((v) => ({ resource: deepClone(v) }));
+    if (deletion) {
+      entry.unshift({
+        fullUrl: `${this.baseUrl}/${type}/${id}`,
+        request: { method: 'DELETE', url: `${type}/${id}` },
+        response: { status: '204 No Content', lastModified: deletion.at },
+      });
+    }
+    return { resourceType: 'Bundle', type: 'history', total: entry.length, entry };
   }
 
   /**
