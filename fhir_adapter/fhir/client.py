@@ -268,10 +268,12 @@ class FhirClient:
 
     async def search_bundles(
         self, resource_type: str, params: SearchParams | None = None, *, label: str | None = None,
-        history: bool = False, trips_breaker: bool = True,
+        history: bool = False, trips_breaker: bool = True, resource_id: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield the searchset Bundle pages of ``GET [base]/[type]?params`` (with ``history``: the history
-        Bundle pages of ``GET [base]/[type]/_history?params``, e.g. ``_since``).
+        Bundle pages of ``GET [base]/[type]/_history?params``, e.g. ``_since``; with ``history`` and
+        ``resource_id``: those of one resource's, ``GET [base]/[type]/[id]/_history``, newest version first,
+        a deleted resource's too).
 
         ``_count`` is set to ``settings.page_size`` unless ``params`` has one. Pages after the first are read
         from ``Bundle.link[relation=next]`` only; relative links are resolved against the base URL (its path
@@ -284,7 +286,13 @@ class FhirClient:
         items = _query_items(params)
         if self.settings.page_size is not None and not any(key == "_count" for key, _ in items):
             items.append(("_count", str(self.settings.page_size)))
-        segments = (check_type(resource_type), "_history") if history else (check_type(resource_type),)
+        if resource_id is not None and not history:
+            raise ValueError("resource_id names an instance history: give history=True")
+        segments: tuple[str, ...] = (check_type(resource_type),)
+        if resource_id is not None:
+            segments += (check_id(resource_id),)
+        if history:
+            segments += ("_history",)
         url = resource_path(self.base_url, *segments).copy_merge_params(httpx.QueryParams(tuple(items)))
         seen: dict[str, int] = {}
         page_number = 1
