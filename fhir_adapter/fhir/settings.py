@@ -77,6 +77,13 @@ class ClientSettings(BaseModel):
                     "completed by the next run); set it to at least a subject's results + 2 if the server "
                     "accepts transactions that large.")
 
+    max_deletion_lookups: int = Field(
+        200, ge=0,
+        description="An incremental run (--since last) reads the instance history (GET [type]/[id]/_history) of "
+                    "at most this many deleted resources that no CRF of the last run names, to find whose they "
+                    "were (an enrolled subject is read again, another patient's deletion is ignored); with more "
+                    "such deletions, or 0, every enrolled subject is read again in full (warning incremental).")
+
     http2: bool = Field(False, description="Use HTTP/2 when the 'h2' package is installed.")
     verify: bool | Path = Field(
         True, description="TLS verification: True, or the path of a CA bundle for a server with a private CA. "

@@ -4,6 +4,7 @@ through the server's type-level history (DELETE entries without the resource).""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -181,3 +182,48 @@ def test_since_last_reads_again_a_subject_whose_only_change_is_a_deleted_record(
     cli_run(server.base_url, fresh, "--config", str(config))
     assert server_read_crfs(out) == server_read_crfs(fresh)
     assert study_results(out) == study_results(fresh)
+
+
+def test_since_last_finds_whose_a_deletion_no_crf_names_was_from_its_instance_history(with_history: ServerHandle,
+                                                                                      tmp_path: Path) -> None:
+    """Type-level history lists the whole server's deletions. One no CRF of the last run names is looked up in its
+    instance history (``Observation/<id>/_history``: the version before the DELETE names its patient): (b) a
+    patient not enrolled → nobody is read again, no warning, the deletion counted as ignored; (a) an enrolled
+    subject's Observation its CRF does not name → that subject alone is read again (before: either made every
+    enrolled subject read again in full, warning ``incremental``)."""
+    server = with_history
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    with httpx.Client(base_url=server.base_url, timeout=30) as fhir:
+        stranger = fhir.post("/Patient", json={"resourceType": "Patient", "gender": "female"}).json()["id"]
+        theirs = fhir.post("/Observation", json={
+            "resourceType": "Observation", "status": "final", "subject": {"reference": f"Patient/{stranger}"},
+            "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+            "valueQuantity": {"value": 12.5, "unit": "g/dL"}}).json()["id"]
+    cli_run(server.base_url, out, "--config", str(config))
+
+    # (b) another patient's Observation, deleted: not the trial's
+    httpx.delete(f"{server.base_url}/Observation/{theirs}", timeout=30).raise_for_status()
+    time.sleep(1.1)  # _since is sent to the second: a deletion in the second a run starts is listed by the next too
+    cli_run(server.base_url, out, "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert [w for w in rep["warnings"] if w["rule"] == "incremental"] == []
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS  # nobody read again
+    assert rep["counts"]["incremental.changed_subjects"] == rep["counts"]["incremental.deletion_subjects"] == 0
+    assert rep["counts"]["incremental.deleted"] == 1 and rep["counts"]["incremental.deletions_ignored"] == 1
+    assert rep["counts"]["incremental.deletion_lookups"] == 1
+
+    # (a) an enrolled subject's Observation its CRF does not name (the mapping did not use it), deleted
+    subject = plan_trial(SUBJECTS, 7).subjects[2]
+    named = crf_sources(out / "crf" / f"{subject.subject_id}.json")
+    unused = next(o["id"] for o in search_all(server.base_url, "Observation", {"patient": subject.patient_id})
+                  if ("Observation", o["id"]) not in named)
+    httpx.delete(f"{server.base_url}/Observation/{unused}", timeout=30).raise_for_status()
+    server.reset("stats")
+    cli_run(server.base_url, out, "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert [w for w in rep["warnings"] if w["rule"] == "incremental"] == []
+    assert list(rep["server_requests"]["per_subject"]) == [subject.subject_id]
+    assert rep["counts"]["incremental.changed_subjects"] == 1
+    assert rep["counts"]["incremental.deleted"] == 1 and rep["counts"]["incremental.deletion_subjects"] == 1
+    assert rep["counts"]["incremental.deletion_lookups"] == 1 and rep["counts"]["incremental.deletions_ignored"] == 0
+    assert server.stats()["requests"]["by_interaction"]["history-instance"] == 1

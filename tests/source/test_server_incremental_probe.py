@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -152,28 +153,63 @@ def crf(path: Path, *sources: tuple[str, str]) -> Path:
     return path
 
 
+InstanceHistory = Callable[[str], httpx.Response]
+
+
 def probe_deletions(study: Study, tmp_path: Path, *entries: dict[str, Any]) -> tuple[set[str], RunLog]:
     """A probe where nothing was updated and the Observation history lists ``entries``; the last CRFs: S-1 names
     Observation/o1, S-2 Observation/o2, S-3 none at hand."""
+    changed, log, _ = probe_deletion_lookups(study, tmp_path, entries)
+    return changed, log
+
+
+def probe_deletion_lookups(study: Study, tmp_path: Path, entries: Iterable[dict[str, Any]],
+                           instance: InstanceHistory | None = None, settings: ClientSettings | None = None
+                           ) -> tuple[set[str], RunLog, list[str]]:
+    """:func:`probe_deletions`, the instance history of ``Observation/<id>`` answered by ``instance(id)``
+    (default: an empty history); also the instance-history paths requested."""
+    looked: list[str] = []
+
     def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("/metadata"):
+        path = request.url.path
+        if path.endswith("/metadata"):
             return httpx.Response(200, json=capability(True))
-        if request.url.path.endswith("/Observation/_history"):
+        if path.endswith("/Observation/_history"):
             return httpx.Response(200, json=bundle([], "history") | {"entry": list(entries)})
+        if path.startswith("/fhir/Observation/") and path.endswith("/_history"):  # one resource's
+            looked.append(path.removeprefix("/fhir/"))
+            rid = path.split("/")[-2]
+            return instance(rid) if instance is not None else httpx.Response(200, json=bundle([], "history"))
         return httpx.Response(200, json=bundle([]))
+
+    async def no_wait(_: float) -> None:
+        return None
 
     crf(tmp_path / "S-1.json", ("Observation", "o1"))
     crf(tmp_path / "S-2.json", ("Observation", "o2"))
-    client = FhirClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(handler))
+    client = FhirClient("https://ehr.example.org/fhir", settings=settings or ClientSettings(),
+                        transport=httpx.MockTransport(handler), sleep=no_wait)
     log = RunLog()
     loop = asyncio.new_event_loop()
     source = ServerSource(client, study, log, since=SINCE, loop=loop)
     probe = ChangeProbe(client, source.plan, log, source.base, SINCE, {"p1": "S-1", "p2": "S-2", "p3": "S-3"},
                         last_crf=lambda subject_id: tmp_path / f"{subject_id}.json")
     try:
-        return source.run(probe.changed({"p1", "p2", "p3"})), log
+        return source.run(probe.changed({"p1", "p2", "p3"})), log, looked
     finally:
         source.close()
+
+
+def deleted_versions(rid: str, patient: str, *extra: dict[str, Any]) -> httpx.Response:
+    """An instance history of a deleted Observation: the DELETE entry, then its version about ``patient``."""
+    return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": [
+        {"request": {"method": "DELETE", "url": f"Observation/{rid}"}},
+        {"resource": {"resourceType": "Observation", "id": rid, "subject": {"reference": f"Patient/{patient}"},
+                      **{k: v for e in extra for k, v in e.items()}}}]})
+
+
+def deletion(rid: str) -> dict[str, Any]:
+    return {"request": {"method": "DELETE", "url": f"Observation/{rid}"}}
 
 
 def test_a_delete_entry_without_the_resource_reads_again_the_subject_whose_last_crf_names_it(
@@ -204,3 +240,59 @@ def test_a_delete_entry_naming_no_resource_reads_every_subject_again(study: Stud
     assert changed == {"p1", "p2", "p3"}
     [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
     assert "name no Type/id" in warning["message"]
+
+
+def test_a_deletion_no_crf_names_is_attributed_through_its_instance_history(study: Study, tmp_path: Path) -> None:
+    """Type-level history lists the whole server's deletions: the instance history of one no CRF names gives
+    its patient: an enrolled one is read again alone, another patient's (or an adapter result) is ignored
+    (before: any of them made every subject read again in full)."""
+    owners = {"o7": "p3", "o8": "stranger"}
+
+    def instance(rid: str) -> httpx.Response:
+        if rid == "r1":
+            return deleted_versions(rid, "p1", {"identifier": [{"system": SID_RESULT, "value": "x"}]})
+        return deleted_versions(rid, owners[rid])
+
+    changed, log, looked = probe_deletion_lookups(study, tmp_path, [deletion("o7"), deletion("o8"), deletion("r1")],
+                                                  instance)
+    assert changed == {"p3"}
+    assert sorted(looked) == ["Observation/o7/_history", "Observation/o8/_history", "Observation/r1/_history"]
+    assert log.counts["incremental.deletion_lookups"] == 3 and log.counts["incremental.deletions_ignored"] == 2
+    assert log.counts["incremental.deletion_subjects"] == 1
+    assert not [w for w in log.warnings if w["rule"] == "incremental"]
+
+
+def test_an_instance_history_that_cannot_be_read_reads_every_subject_again(study: Study, tmp_path: Path) -> None:
+    def instance(rid: str) -> httpx.Response:
+        if rid == "o7":
+            return deleted_versions(rid, "p3")
+        return httpx.Response(500, json={"resourceType": "OperationOutcome", "issue": []})
+
+    changed, log, looked = probe_deletion_lookups(study, tmp_path, [deletion("o7"), deletion("o8")], instance,
+                                                  ClientSettings(max_attempts=2))
+    assert changed == {"p1", "p2", "p3"} and set(looked) == {"Observation/o7/_history", "Observation/o8/_history"}
+    assert log.counts["incremental.deletion_subjects"] == 3
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "Observation/o8: its history could not be read" in warning["message"]
+    assert "every enrolled subject is read again in full" in warning["message"]
+
+
+def test_an_instance_history_naming_no_patient_reads_every_subject_again(study: Study, tmp_path: Path) -> None:
+    def instance(rid: str) -> httpx.Response:
+        return deleted_versions(rid, "p3", {"subject": {"reference": "Group/g1"}})
+
+    changed, log, _ = probe_deletion_lookups(study, tmp_path, [deletion("o7")], instance)
+    assert changed == {"p1", "p2", "p3"}
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "Observation/o7: a version of it names no Patient of this server" in warning["message"]
+
+
+def test_more_deletions_than_the_lookup_bound_read_every_subject_again(study: Study, tmp_path: Path) -> None:
+    changed, log, looked = probe_deletion_lookups(
+        study, tmp_path, [deletion("o7"), deletion("o8"), deletion("o9")],
+        lambda rid: deleted_versions(rid, "stranger"), ClientSettings(max_deletion_lookups=2))
+    assert changed == {"p1", "p2", "p3"} and looked == []  # none is read: every subject is read again anyway
+    assert log.counts["incremental.deletion_lookups"] == 0
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "3 deleted resource(s)" in warning["message"] and "client.max_deletion_lookups" in warning["message"]
+    assert "every enrolled subject is read again in full" in warning["message"]

@@ -14,11 +14,19 @@ waits for the next full run). A DELETE entry of a history Bundle has ``request.m
 * an entry that does carry the deleted resource (its last version) names its patient, who counts as changed;
 * one without is attributed as the Bulk path attributes the manifest's ``deleted[]``
   (:mod:`fhir_adapter.source.bulk_deletions`): the subject whose last CRF (``last_crf``, ``OUT/crf``) names the
-  deleted Type/id is read again in full; a deletion no CRF names (a resource the mapping did not use, another
-  patient's — type-level history lists the whole server's), a CRF that cannot be read, or a DELETE entry naming
-  no Type/id makes every subject read again in full (warning ``incremental`` saying why): no CRF holding a
-  deleted record is reused. Counted as ``incremental.deleted`` (the deletions listed) and
-  ``incremental.deletion_subjects`` (the subjects read again for them alone).
+  deleted Type/id is read again in full;
+* a deletion no CRF names (a resource the mapping did not use, another patient's, the adapter's own result —
+  type-level history lists the whole server's) is looked up in its instance history ``[type]/[id]/_history``
+  (:mod:`.deletion_owners`, at most ``client.max_deletion_lookups`` per run): a version naming an enrolled
+  patient has that subject read again in full; one of a patient not enrolled, or an adapter result, is ignored
+  (``incremental.deletions_ignored``);
+* a deletion whose history names no patient (none readable, the read failing, a shared resource), more of them
+  than ``client.max_deletion_lookups``, a CRF that cannot be read, or a DELETE entry naming no Type/id makes
+  every subject read again in full (warning ``incremental`` saying why): no CRF holding a deleted record is
+  reused.
+
+Counted as ``incremental.deleted`` (the deletions listed), ``incremental.deletion_lookups`` (the instance
+histories read) and ``incremental.deletion_subjects`` (the subjects read again for deletions alone).
 
 A probe for many patients that fails after its retries does not count toward the circuit breaker: it is asked
 again per patient (counted under that subject, and toward the breaker), as a full run reads a failing group's
@@ -41,6 +49,7 @@ from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, patient_id_of
 from fhir_adapter.source.bulk_deletions import (
+    Attribution,
     Ref,
     attribute,
     crfs_at_hand,
@@ -49,6 +58,7 @@ from fhir_adapter.source.bulk_deletions import (
     shown_refs,
     unattributable,
 )
+from fhir_adapter.source.server.deletion_owners import deletion_owners
 from fhir_adapter.source.server.groups import raise_if_fatal
 from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, adapter_owned
 
@@ -139,11 +149,12 @@ class ChangeProbe:
                               "alone is picked up by the next full run", rule="incremental")
         if history:
             self.log.count("incremental.deleted", len(self.deleted))
-        return changed | self._deletion_subjects(pids, changed, stamp)
+        return changed | await self._deletion_subjects(pids, changed, stamp)
 
-    def _deletion_subjects(self, pids: set[str], changed: set[str], stamp: str) -> set[str]:
+    async def _deletion_subjects(self, pids: set[str], changed: set[str], stamp: str) -> set[str]:
         """The patients of ``pids`` not otherwise ``changed`` to read again because of a deletion listed without
-        its resource: those whose last CRF names it, or all of them when one cannot be attributed."""
+        its resource: those whose last CRF names it, else whose patient its instance history names, or all of
+        them when one cannot be attributed."""
         if not self.bare and not self.unreadable:
             return set()
         found = attribute(self.bare, crfs_at_hand(pids, self.labels, self.last_crf), pids)
@@ -154,9 +165,25 @@ class ChangeProbe:
         if self.unreadable:
             why.append(f"{len(self.unreadable)} DELETE entry(ies) of the server's history name no Type/id "
                        f"({shown_problems(self.unreadable)})")
-        why += unattributable(found)
+        why += unattributable(Attribution(found.subjects, [], found.unreadable_crfs))
+        subjects = set(found.subjects)
+        if found.unattributed and not why:  # else every subject is read again: nothing to look up
+            owners = await deletion_owners(self.client, found.unattributed, pids, self.base,
+                                           self.client.settings.max_deletion_lookups)
+            self.log.count("incremental.deletion_lookups", owners.lookups)
+            self.log.count("incremental.deletions_ignored", len(owners.ignored))
+            for pid, refs in sorted(owners.subjects.items()):
+                log.info("%s: read again in full: its record %s was deleted since %s (its history names it)",
+                         self.labels.get(pid, pid), shown_refs(refs), stamp)
+            if owners.ignored:
+                log.info("%d deletion(s) since %s of patients not enrolled or of the adapter's results ignored "
+                         "(%s)", len(owners.ignored), stamp, shown_refs(owners.ignored))
+            subjects |= set(owners.subjects)
+            why += owners.why()
+        elif found.unattributed:
+            why += unattributable(Attribution({}, found.unattributed, {}))
         unchanged = pids - changed
-        again = set(unchanged) if why else set(found.subjects) & unchanged
+        again = set(unchanged) if why else subjects & unchanged
         if why:
             self.log.warn(f"the server's history lists {len(self.bare) + len(self.unreadable)} deletion(s) since "
                           f"{stamp} without the deleted resource; {'; '.join(why)}: every enrolled subject is read "
