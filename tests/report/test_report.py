@@ -238,3 +238,13 @@ def test_a_large_cohort_gets_its_per_subject_kinetics_in_several_figures(
         title = f"{p.subject_id} · {p.arm}"
         assert sum(b.svg.count(f">{title}<") for b in parts) == 1, title
         assert whole[0].svg.count(f">{title}<") == 1
+
+
+def test_table_numbers_round_half_up_as_study_json_shows_them() -> None:
+    """A median of 1.15 and one of 0.45 round the same way (1.2, 0.5): formatting the binary float gave 1.1 and
+    0.5, as the nearest doubles happen to lie."""
+    from fhir_adapter.report.blocks import fmt
+
+    assert [fmt(v) for v in (1.15, 0.45, 0.75, 0.55, -1.15, 2.0, 0.04)] == \
+        ["1.2", "0.5", "0.8", "0.6", "-1.2", "2.0", "0.04"]
+    assert (fmt(1234.5), fmt(1.005, 2), fmt(3, 0), fmt(None)) == ("1,235", "1.01", "3", "–")
