@@ -163,6 +163,24 @@ def test_progress_lines_count_requests_on_live_server_runs(caplog: pytest.LogCap
     assert "requests" not in caplog.records[-1].getMessage()
 
 
+def test_progress_lines_give_the_elapsed_time_and_the_eta(caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 6: progress (subjects, requests, resources, ETA) degrades to plain log lines off a terminal."""
+    import logging
+
+    from fhir_adapter.cli.console import RunProgress
+
+    ticks = iter([100.0, 130.0, 160.0, 190.0, 220.0])  # start, then 30 s per subject
+    p = RunProgress(lambda: 9, enabled=True, live=False, clock=lambda: next(ticks))
+    with caplog.at_level(logging.INFO, logger="fhir_adapter.progress"):
+        p.start(4)
+        for sid in ("a", "b", "c", "d"):
+            p.advance(sid)
+    lines = [r for r in caplog.records if getattr(r, "subjects_done", None) == 1]
+    assert "elapsed 0:00:30, ETA 0:01:30" in lines[0].getMessage()
+    assert (getattr(lines[0], "elapsed_s", None), getattr(lines[0], "eta_s", None)) == (30.0, 90.0)
+    assert "elapsed 0:02:00, ETA 0:00:00" in caplog.records[-1].getMessage()
+
+
 def test_bulk_export_progress_is_a_progress_line_or_beside_the_bar(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 

@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -76,8 +77,10 @@ class RunProgress:
     """Progress of the subjects of one run: ``start(total)`` then ``advance(subject_id)`` per subject."""
 
     def __init__(self, resources: Callable[[], int], *, enabled: bool = True, live: bool | None = None,
-                 requests: Callable[[], int] | None = None) -> None:
+                 requests: Callable[[], int] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._resources = resources
+        self._clock = clock
+        self._started = 0.0
         self._requests = requests  # HTTP requests to the FHIR server (live-server runs only)
         self._enabled = enabled
         self._live = is_terminal(sys.stderr) if live is None else live
@@ -89,6 +92,7 @@ class RunProgress:
 
     def start(self, total: int) -> None:
         self._total = total
+        self._started = self._clock()
         if not self._enabled:
             return
         if self._live:
@@ -127,10 +131,13 @@ class RunProgress:
         step = max(1, self._total // 10)
         if self._done % step == 0 or self._done == self._total:
             via = f", {requests} requests" if requests is not None else ""
-            self._log.info("%d/%d subjects, %d resources read%s (last: %s)", self._done, self._total, resources,
-                           via, subject_id, extra={"subjects_done": self._done, "subjects_total": self._total,
-                                                   "resources": resources,
-                                                   **({"requests": requests} if requests is not None else {})})
+            elapsed = max(0.0, self._clock() - self._started)
+            eta = elapsed / self._done * (self._total - self._done)  # at the pace so far, as the bar's ETA
+            self._log.info("%d/%d subjects, %d resources read%s, elapsed %s, ETA %s (last: %s)", self._done,
+                           self._total, resources, via, _clock_text(elapsed), _clock_text(eta), subject_id,
+                           extra={"subjects_done": self._done, "subjects_total": self._total,
+                                  "resources": resources, "elapsed_s": round(elapsed, 1), "eta_s": round(eta, 1),
+                                  **({"requests": requests} if requests is not None else {})})
 
     def note(self, text: str) -> None:
         """What the source is waiting for before the first subject (a Bulk export's X-Progress): beside the bar
@@ -146,6 +153,12 @@ class RunProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def _clock_text(seconds: float) -> str:
+    """``h:mm:ss``, as the live bar shows elapsed time and ETA."""
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 @contextmanager
