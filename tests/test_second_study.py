@@ -153,6 +153,14 @@ def test_no_output_names_lcar_aio(second: SecondStudy) -> None:
     assert named == []
 
 
+def test_no_export_names_an_endpoint_the_study_does_not_have(second: SecondStudy) -> None:
+    """syn-ln derives no SLEDAI-2K or PGA: its QS dataset is labelled as SDTM labels it, "Questionnaires"."""
+    named = [str(p.relative_to(second.out)) for p in _text_files(second.out / "export")
+             if re.search(r"SLEDAI|\bPGA\b", p.read_text(encoding="utf-8"))]
+    assert named == []
+    assert json.loads((second.out / "export" / "QS.json").read_text())["label"] == "Questionnaires"
+
+
 def test_no_lcar_aio_file_is_read_and_no_lcar_aio_module_imported(second: SecondStudy) -> None:
     lcar_files = [f for f in second.opened if "lcar-aio" in f.lower()]
     assert lcar_files == []

@@ -66,9 +66,10 @@ from fhir_adapter.study.timeline import study_day
 
 FINDINGS_DOMAINS = ("LB", "VS", "PC", "QS", "IS")
 DOMAINS = ("DM", "EX", *FINDINGS_DOMAINS, "CM", "AE", "MH", "PR")
+#: the SDTMIG dataset labels: the same for every study (a second trial's QS holds no SLEDAI-2K)
 DOMAIN_LABELS = {
     "DM": "Demographics", "EX": "Exposure", "LB": "Laboratory Test Results", "VS": "Vital Signs",
-    "PC": "Pharmacokinetics Concentrations (cellular kinetics)", "QS": "Questionnaires (SLEDAI-2K, PGA)",
+    "PC": "Pharmacokinetics Concentrations", "QS": "Questionnaires",
     "IS": "Immunogenicity Specimen Assessments", "CM": "Concomitant Medications", "AE": "Adverse Events",
     "MH": "Medical History", "PR": "Procedures",
 }
