@@ -129,6 +129,19 @@ class VisitRecord(_Model):
     study_day: int | None = None
     unscheduled: bool = False
     values: dict[str, Finding] = Field(default_factory=dict)
+    #: the items a reviewer settled at this visit (accepted, chose another candidate, or declared not
+    #: available: fhir_adapter/review/apply.py); not in the CRF file. See :meth:`settled_results`.
+    settled: frozenset[str] = Field(frozenset(), exclude=True)
+
+    def settled_results(self, item: str) -> list[Finding] | None:
+        """The results of ``item`` this visit's derivations use when a reviewer settled it: the adjudicated
+        value in :attr:`values` (``[]``: declared not available) — whatever the derivation's own look-back
+        would take (other results of the window, a result the reviewer set aside). None: not settled, the
+        derivation takes its results by its own rule."""
+        if item not in self.settled:
+            return None
+        value = self.values.get(item)
+        return [value] if value is not None else []
 
 
 class Demographics(_Model):

@@ -24,6 +24,9 @@ The visit total is reported only when the visit holds its own clinician SLEDAI-2
 ``min_clinician_descriptors`` descriptors recorded at that visit (placed in it, or dated on the visit date) —
 so a visit with routine labs only is not scored, and an assessment is never reused for a later visit through
 the look-back window. 0 scores every visit that has any data.
+A reviewer's decision on an item at a visit (:mod:`fhir_adapter.review.apply`) replaces the look-back of that
+item at that visit: the adjudicated result is the only one scored and cited (wherever it is dated), and an item
+declared not available has none there.
 Baseline = the last assessment dated on or before Day 1 inside the baseline look-back (``crf.baseline_from``):
 a visit with a total, or — when later — a clinician assessment placed in no visit, such as one recorded
 before consent (:func:`prior_assessment`: scored on its date, never turned into a visit); change = total −
@@ -42,7 +45,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
 from fhir_adapter.derive.baseline import (
     BaselineSource,
     baseline_index,
@@ -198,9 +201,33 @@ def _date(f: Finding) -> dt.date:
     return f.date
 
 
+class _AtVisit:
+    """The look-back of one visit: :class:`_ByItem`, except that an item a reviewer settled at the visit has
+    its adjudicated result only, or none (:meth:`fhir_adapter.crf.models.VisitRecord.settled_results`)."""
+
+    def __init__(self, by_item: _ByItem, visit: VisitRecord | None = None) -> None:
+        self.by_item, self.visit = by_item, visit
+
+    def in_window(self, item: str, start: dt.date, end: dt.date) -> list[Finding]:
+        settled = self.visit.settled_results(item) if self.visit is not None else None
+        return settled if settled is not None else self.by_item.in_window(item, start, end)
+
+    def clinician_at(self, settings: Sledai2kSettings) -> int:
+        """How many clinician descriptor results the visit holds: placed in it, or dated on its date and
+        placed in no visit."""
+        assert self.visit is not None
+        v, n = self.visit, 0
+        for d in settings.descriptors:
+            settled = v.settled_results(d.item)
+            found = settled if settled is not None else [
+                f for f in self.by_item.get(d.item) if f.visit == v.visit or (f.visit is None and f.date == v.date)]
+            n += sum(1 for f in found if f.value_bool is not None)
+        return n
+
+
 def _score_descriptor(
     d: Descriptor,
-    by_item: _ByItem,
+    by_item: _AtVisit,
     start: dt.date,
     end: dt.date,
     exclusion: tuple[dt.date, dt.date] | None,
@@ -240,7 +267,7 @@ def _exclusion(crf: SubjectCRF, settings: Sledai2kSettings) -> tuple[dt.date, dt
     return None
 
 
-def _scores(date: dt.date, by_item: _ByItem, exclusion: tuple[dt.date, dt.date] | None,
+def _scores(date: dt.date, by_item: _AtVisit, exclusion: tuple[dt.date, dt.date] | None,
             settings: Sledai2kSettings) -> list[DescriptorScore]:
     start = date - dt.timedelta(days=settings.window_days)
     return [_score_descriptor(d, by_item, start, date, exclusion, settings) for d in settings.descriptors]
@@ -250,24 +277,14 @@ def derive_sledai2k(crf: SubjectCRF, settings: Sledai2kSettings) -> list[Sledai2
     """SLEDAI-2K of every dated visit of ``crf``, with baseline flag and change from baseline."""
     by_item = _ByItem(crf, settings)
     exclusion = _exclusion(crf, settings)
-    # clinician descriptor results per visit they are placed in, and per date of those placed in no visit
-    placed: dict[str, int] = {}
-    unplaced: dict[dt.date | None, int] = {}
-    for d in settings.descriptors:
-        for f in by_item.get(d.item):
-            if f.value_bool is None:
-                continue
-            if f.visit is not None:
-                placed[f.visit] = placed.get(f.visit, 0) + 1
-            else:
-                unplaced[f.date] = unplaced.get(f.date, 0) + 1
     out: list[Sledai2kVisit] = []
     for v in crf.visits:
         if v.date is None:
             continue
-        scores = _scores(v.date, by_item, exclusion, settings)
+        at = _AtVisit(by_item, v)
+        scores = _scores(v.date, at, exclusion, settings)
         n_clin = sum(1 for sc in scores if sc.basis == "clinician")
-        at_visit = placed.get(v.visit, 0) + unplaced.get(v.date, 0)
+        at_visit = at.clinician_at(settings)
         enough = at_visit >= settings.min_clinician_descriptors and any(sc.basis != "not-assessed" for sc in scores)
         total = sum(sc.score for sc in scores) if enough else None
         out.append(Sledai2kVisit(visit=v.visit, date=v.date, total=total, clinician_descriptors=n_clin,
@@ -299,7 +316,7 @@ def _off_visit_dates(crf: SubjectCRF, by_item: _ByItem,
 
 def _scored_on(date: dt.date, findings: list[Finding], crf: SubjectCRF, by_item: _ByItem,
                settings: Sledai2kSettings) -> Sledai2kPrior:
-    scores = _scores(date, by_item, _exclusion(crf, settings), settings)
+    scores = _scores(date, _AtVisit(by_item), _exclusion(crf, settings), settings)
     return Sledai2kPrior(date=date, total=sum(sc.score for sc in scores),
                          sources=sorted(f.source.reference for f in findings), descriptors=scores)
 

@@ -13,6 +13,13 @@ Per subject, visit and item, the current decision (:meth:`Chain.current`) gives 
   added, or one is gone. The decision still applies where it can (the chosen resource, at its current
   version; "not available" stays) and is listed in the run report and the review app until a reviewer
   decides again; when the chosen resource is no longer a candidate, the rule's pick is used.
+
+An item a decision settles at a visit (accepted, changed, not-available, and a re-review whose decision still
+applies) is listed in the visit's ``settled`` (:meth:`fhir_adapter.crf.models.VisitRecord.settled_results`):
+every derivation of that visit uses the adjudicated value of the item — or none — instead of the results its
+own look-back would take (SLEDAI-2K's lab descriptors read every result of the window from ``crf.findings``),
+so a result the reviewer set aside is neither scored nor cited as a source at that visit, and a chosen one is
+the only one of its item there. This module is the one place the rule is applied.
 """
 
 from __future__ import annotations
@@ -149,6 +156,7 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
         return review
     visits = {v.visit: v for v in crf.visits}
     new_values = {v.visit: dict(v.values) for v in crf.visits}
+    settled: dict[str, set[str]] = {v.visit: set() for v in crf.visits}  # visit → items its decision settles
     moved: list[Finding] = []  # results a decision put in another visit than the one the rule placed them in
     for (visit, item), d in sorted(mine.items()):
         review.decisions[(visit, item)] = d
@@ -158,11 +166,13 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
             f = finding_for(crf, study, visit, item, d["candidate"])
             if f is not None and entry is not None and any(c["id"] == d["candidate"] for c in entry["candidates"]):
                 new_values[visit][item] = f
+                settled[visit].add(item)
                 review.applied += 1
                 if f.visit is not None and f.visit != visit:
                     moved.append(f)
         elif d["action"] == "not_available" and visit in visits:
             set_aside = new_values[visit].pop(item, None)
+            settled[visit].add(item)
             if item in study.items:
                 review.not_available.append(
                     not_available_record(visits[visit], item, study.items[item].domain, d, set_aside))
@@ -176,5 +186,6 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
     for f in moved:
         _take_out(crf, study, f, new_values, visits, moved)
     review.crf = crf.model_copy(update={"visits": [
-        v.model_copy(update={"values": new_values[v.visit]}) for v in crf.visits]})
+        v.model_copy(update={"values": new_values[v.visit], "settled": frozenset(settled[v.visit])})
+        for v in crf.visits]})
     return review

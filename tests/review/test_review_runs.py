@@ -13,6 +13,7 @@ import pytest
 from fhir_adapter.export.odm import validate
 from fhir_adapter.review.store import DecisionStore, TamperedError, new_decision
 from fhir_adapter.study.load import Study
+from fhir_adapter.writeback.sources import result_sources
 from tests.review.review_feed import SUBJECT, run_feed
 
 
@@ -222,3 +223,61 @@ def test_cli_reviewed_only_setting_from_the_config_file(tmp_path: Path, study: S
     r = CliRunner().invoke(main, ["-q", "run", "--source", str(src), "--out", str(out), "--review-state", str(state)])
     assert r.exit_code == 0, r.output
     assert _json(out / "run-report.json")["review"]["decisions_file"] == str(state / "review-decisions.jsonl")
+
+
+def _descriptor(out: Path, visit: str, code: str) -> dict[str, Any]:
+    return next(d for d in _visit(out, visit)["sledai2k_descriptors"] if d["code"] == code)
+
+
+def _written(out: Path, ident: str) -> dict[str, Any]:
+    """The result resource the write-back bundle holds with identifier ``ident``."""
+    return next(e["resource"] for e in _json(out / "writeback" / f"{SUBJECT}.json")["entry"]
+                if e["resource"].get("identifier", [{}])[0].get("value") == ident)
+
+
+def test_a_result_declared_not_available_is_neither_scored_nor_cited_by_the_sledai(tmp_path: Path,
+                                                                                  study: Study) -> None:
+    """SLEDAI-2K reads every result of its look-back window, not the visit's value: a decision must reach it."""
+    out, _ = run_feed(tmp_path, study, sledai=True)
+    dna = _descriptor(out, "W24", "increased-dna-binding")
+    assert (dna["score"], dna["sources"]) == (2, ["Observation/dsdna-w24/_history/1"])
+    assert _visit(out, "W24")["sledai2k"] == 2
+    _decide(out, "W24", "anti_dsdna", "not_available", reason="sample mislabelled")
+    out, _ = run_feed(tmp_path, study, sledai=True)
+    assert _visit(out, "W24")["anti_dsdna"] is None
+    dna = _descriptor(out, "W24", "increased-dna-binding")
+    assert (dna["score"], dna["basis"], dna["sources"]) == (0, "not-assessed", [])
+    assert _visit(out, "W24")["sledai2k"] == 0
+    sledai = _written(out, "LCAR-AIO-SLE.101-001.W24.sledai-2k")
+    assert sledai["valueInteger"] == 0
+    assert not any("dsdna-w24" in ref for ref in result_sources(sledai))
+    assert "Observation/rash-w24" in result_sources(sledai)
+
+
+def test_a_chosen_c3_is_the_one_the_sledai_scores_at_that_visit(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study, sledai=True)
+    # week 24: the rule's pick (0.9, day 169) is not below range; the day-178 0.7 is after the visit date
+    low = _descriptor(out, "W24", "low-complement")
+    assert (low["score"], low["sources"]) == (0, ["Observation/c3-w24a/_history/1"])
+    # baseline: the rule's pick (0.5, day -7) is below range; the day -9 1.1 is not
+    assert _descriptor(out, "BL", "low-complement")["score"] == 2
+    _decide(out, "W24", "c3", "choose", candidate="Observation/c3-w24low", reason="day-169 sample clotted")
+    _decide(out, "BL", "c3", "choose", candidate="Observation/c3-bl-rpt", reason="day -7 sample haemolysed")
+    out, _ = run_feed(tmp_path, study, sledai=True)
+    low = _descriptor(out, "W24", "low-complement")
+    assert (low["score"], low["sources"]) == (2, ["Observation/c3-w24low/_history/1"])
+    low = _descriptor(out, "BL", "low-complement")
+    assert (low["score"], low["sources"]) == (0, ["Observation/c3-bl-rpt/_history/1"])
+    assert not any("c3-bl/" in ref for ref in result_sources(_written(out, "LCAR-AIO-SLE.101-001.BL.sledai-2k")))
+
+
+def test_reviewed_only_writes_the_sledai_once_all_its_sources_are_reviewed(tmp_path: Path, study: Study) -> None:
+    out, _ = run_feed(tmp_path, study, sledai=True, reviewed_only=True)
+    assert "LCAR-AIO-SLE.101-001.W24.sledai-2k" in _json(out / "run-report.json")["review"]["held_back"]
+    _decide(out, "W24", "c3", "accept")
+    _decide(out, "W24", "sledai2k.rash", "accept")
+    _decide(out, "W24", "anti_dsdna", "not_available", reason="sample mislabelled")
+    out, _ = run_feed(tmp_path, study, sledai=True, reviewed_only=True)
+    assert "LCAR-AIO-SLE.101-001.W24.sledai-2k" not in _json(out / "run-report.json")["review"]["held_back"]
+    assert sorted(result_sources(_written(out, "LCAR-AIO-SLE.101-001.W24.sledai-2k"))) == [
+        "Observation/c3-w24a", "Observation/rash-w24"]
