@@ -12,6 +12,10 @@ writes only decisions (append-only, :mod:`.store`).
 Bound to 127.0.0.1; requests must name 127.0.0.1 or localhost as host (no DNS rebinding) and every form
 carries a token made at start (no cross-site posts from other pages open in the browser). No asset is
 loaded from anywhere: CSS and the few lines of keyboard script are inline.
+
+A decision form also carries what it was made against — the item's latest entry number (``seen_seq``) and
+:func:`~.store.shown_hash` of its candidates; a POST from a page older than either is refused with 409
+("changed since you opened it: reload"), never recorded over another reviewer's newer decision or query.
 """
 
 from __future__ import annotations
@@ -35,7 +39,15 @@ from fhir_adapter.job.outpaths import subject_file_name
 from fhir_adapter.job.outswap import reading
 from fhir_adapter.review.apply import REVIEWED, status_of
 from fhir_adapter.review.run import CANDIDATES_DIR
-from fhir_adapter.review.store import ACTIONS, DecisionError, DecisionStore, TamperedError, new_decision
+from fhir_adapter.review.store import (
+    ACTIONS,
+    DecisionError,
+    DecisionStore,
+    StaleError,
+    TamperedError,
+    new_decision,
+    shown_hash,
+)
 from fhir_adapter.version import __version__
 
 NEEDS_REVIEW = ("unreviewed", "query", "re-review")
@@ -225,6 +237,11 @@ def create_app(cfg: ReviewConfig) -> Starlette:
     def problem(message: str, status_code: int) -> HTMLResponse:
         return render("problem.html.j2", status_code=status_code, message=message)
 
+    def stale(reload: str, message: str, only: bool) -> HTMLResponse:
+        """409: the page a decision came from is out of date; nothing was recorded."""
+        return render("problem.html.j2", status_code=409, message=message,
+                      reload=reload + ("?filter=needs-review" if only else ""))
+
     async def index(request: Request) -> Response:
         try:
             current, _, torn = ws.decided()
@@ -252,7 +269,7 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         for i in shown:
             v = visits.setdefault(i["visit"], {"visit": i["visit"], "label": i["visit_label"],
                                                "date": i["visit_date"], "rows": []})
-            v["rows"].append(i)
+            v["rows"].append({**i, "shown_hash": shown_hash(i)} if i["status"] == "unreviewed" else i)
         present = {(i["visit"], i["item"]) for i in items}
         orphans = [{**d, "changes": status_of(None, d)[1]} for (s, v, it), d in sorted(current.items())
                    if s == sid and (v, it) not in present]
@@ -284,7 +301,8 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         history = [e for e in entries if (e["subject_id"], e["visit"], e["item"]) == (sid, visit, item_id)]
         return render("item.html.j2", subject_id=sid, it=items[pos], prev_i=prev_i, next_i=next_i, only=only,
                       history=history, progress=_progress(items), torn=torn,
-                      error=request.query_params.get("error"))
+                      error=request.query_params.get("error"),
+                      seen_seq=history[-1]["seq"] if history else 0, shown_hash=shown_hash(entry))
 
     async def decide(request: Request) -> Response:
         name, visit_name, item_name = (request.path_params[k] for k in ("subject", "visit", "item"))
@@ -299,11 +317,21 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         sid, visit, item_id = doc["subject_id"], entry["visit"], entry["item"]
         base = _url("s", sid, visit, item_id)
         action = str(form.get("action", ""))
+        seen = str(form.get("seen_seq", ""))
+        if not seen.isdigit() or not form.get("shown_hash"):
+            return problem(f"{sid} {visit} {item_id}: this form does not say what it was made against (the item's "
+                           "last decision and the candidates shown): reload the page and decide again", 400)
+        if not secrets.compare_digest(str(form.get("shown_hash")), shown_hash(entry)):
+            return stale(base, f"{sid} {visit} {item_id} changed since you opened it: the candidates are not the "
+                               "ones you were shown (a run has replaced them). Reload the page, look at them and "
+                               "decide again; nothing was recorded.", only)
         try:
             d = new_decision(subject_id=sid, visit=visit, item=item_id, action=action, reviewer=cfg.reviewer,
                              shown=entry, candidate=str(form.get("candidate") or "") or None,
-                             reason=str(form.get("reason") or ""))
-            ws.store.append(d)
+                             reason=str(form.get("reason") or ""), seen_seq=int(seen))
+            ws.store.append(d)  # refused (StaleError) when the item got another entry since the page was made
+        except StaleError as exc:
+            return stale(base, str(exc), only)
         except (DecisionError, TamperedError) as exc:
             return RedirectResponse(f"{base}?error={quote(str(exc))}" + ("&filter=needs-review" if only else ""),
                                     status_code=303)
@@ -322,21 +350,30 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         if not secrets.compare_digest(str(form.get("token", "")), cfg.token):
             return problem("this form was not made by this review session: reload the page", 403)
         listed = {str(x) for x in form.getlist("item")}
+
         doc = ws.subject_named(name)
         visit = next((e["visit"] for e in doc["items"] if segment(e["visit"]) == visit_name), None) if doc else None
         if doc is None or visit is None:
             return problem(f"no visit {visit_name} of subject {name}", 404)
         sid = doc["subject_id"]
+        only = form.get("filter") == "needs-review"
         try:
             current, _, _ = ws.decided()
+            todo = [i for i in _items(doc, current) if i["visit"] == visit and i["item"] in listed]
+            changed = [i["item"] for i in todo if i["status"] != "unreviewed"
+                       or not secrets.compare_digest(str(form.get(f"shown-{i['item']}", "")), shown_hash(i))]
+            if changed:
+                return stale(_url("s", sid), f"{sid} {visit}: {', '.join(changed)} changed since you opened the "
+                                             "page (decided by someone else, or new candidates from a run). Reload "
+                                             "the page and decide again; nothing was recorded.", only)
             ws.store.append_many([
                 new_decision(subject_id=sid, visit=visit, item=i["item"], action="accept", reviewer=cfg.reviewer,
-                             shown=i, reason="accepted with the other items of the visit")
-                for i in _items(doc, current)
-                if i["visit"] == visit and i["item"] in listed and i["status"] == "unreviewed"])
+                             shown=i, reason="accepted with the other items of the visit", seen_seq=0)
+                for i in todo])
+        except StaleError as exc:
+            return stale(_url("s", sid), str(exc), only)
         except (DecisionError, TamperedError) as exc:
             return problem(str(exc), 400)
-        only = form.get("filter") == "needs-review"
         return RedirectResponse(_url("s", sid) + ("?filter=needs-review" if only else ""), status_code=303)
 
     async def audit(request: Request) -> Response:

@@ -7,6 +7,10 @@
   an entry breaks the chain at that line; :meth:`DecisionStore.read` reports where (:class:`TamperedError`).
 * **Concurrent reviewers**: an append takes an exclusive ``flock`` on the file, reads the chain's head,
   writes one line and ``fsync``\\s before releasing it, so two reviewers writing at once both land, chained.
+* **Stale pages**: a decision made from a page carries ``seen_seq``, the number of the item's latest entry
+  when the page was made (0: none); an append refuses it (:class:`StaleError`, under the lock) when another
+  entry on the item came since, so a reviewer never silently replaces a newer decision or closes a query
+  they did not see. The app also compares the candidates shown with the current ones (:func:`shown_hash`).
 * **A crash mid-write** leaves at most a torn last line (no newline at the end). Reading reports it
   (``torn``) and keeps every complete entry before it; the next append moves the torn bytes to
   ``<file>.torn-<UTC time>`` (kept for inspection) before writing, so the chain goes on intact.
@@ -42,6 +46,19 @@ class TamperedError(Exception):
     """The decision file was changed after it was written: the line and what is wrong."""
 
 
+SHOWN_KEYS = ("rule", "window", "target_day", "picked", "candidates")
+
+
+def shown_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """What a reviewer is shown of an item's candidates entry (and what a decision records as ``shown``)."""
+    return {k: entry.get(k) for k in SHOWN_KEYS}
+
+
+def shown_hash(entry: dict[str, Any]) -> str:
+    """SHA-256 of :func:`shown_of` ``entry``: a form carries it to tell whether the candidates changed since."""
+    return hashlib.sha256(orjson.dumps(shown_of(entry), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
 class DecisionError(ValueError):
     """A decision that cannot be recorded (missing reason, unknown action…)."""
 
@@ -58,6 +75,10 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
+class StaleError(DecisionError):
+    """A decision made from a page older than the item's latest entry."""
+
+
 @dataclass
 class Chain:
     """What :meth:`DecisionStore.read` found."""
@@ -68,6 +89,11 @@ class Chain:
     @property
     def head(self) -> str:
         return self.entries[-1]["hash"] if self.entries else GENESIS
+
+    def latest(self, subject_id: str, visit: str, item: str) -> dict[str, Any] | None:
+        """The item's latest entry (a decision or a query), None when it has none."""
+        key = (subject_id, visit, item)
+        return next((e for e in reversed(self.entries) if (e["subject_id"], e["visit"], e["item"]) == key), None)
 
     def current(self) -> dict[tuple[str, str, str], dict[str, Any]]:
         """Per (subject, visit, item) the latest decision that settles the value (accept, choose, not
@@ -177,6 +203,9 @@ class DecisionStore:
                 stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
                 self.path.with_name(f"{self.path.name}.torn-{stamp}").write_bytes(data[keep:])
                 os.ftruncate(fd, keep)
+            for decision in decisions:
+                if decision.get("seen_seq") is not None:
+                    stale_check(chain, decision)
             prev, seq, written, lines = chain.head, len(chain.entries), [], []
             for decision in decisions:
                 seq += 1
@@ -188,6 +217,18 @@ class DecisionStore:
             _write_all(fd, b"".join(lines))
             os.fsync(fd)
         return written
+
+
+def stale_check(chain: Chain, decision: dict[str, Any]) -> None:
+    """:class:`StaleError` when the item got an entry after the one the decision was made against."""
+    latest = chain.latest(decision["subject_id"], decision["visit"], decision["item"])
+    if (latest["seq"] if latest else 0) != decision["seen_seq"]:
+        assert latest is not None
+        raise StaleError(
+            f"{decision['subject_id']} {decision['visit']} {decision['item']} changed since you opened it: "
+            f"#{latest['seq']} {latest['action'].replace('_', ' ')} by {latest['reviewer']} at {latest['at']}"
+            f"{' — “' + latest['reason'] + '”' if latest.get('reason') else ''}. Reload the page, look at it "
+            "and decide again; nothing was recorded.")
 
 
 def _read_all(fd: int) -> bytes:
@@ -207,8 +248,9 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def new_decision(*, subject_id: str, visit: str, item: str, action: str, reviewer: str,
                  shown: dict[str, Any], candidate: str | None = None, reason: str = "",
-                 at: dt.datetime | None = None) -> dict[str, Any]:
-    """A decision as stored: who, when, what was shown (the candidates entry), what was decided and why."""
+                 at: dt.datetime | None = None, seen_seq: int | None = None) -> dict[str, Any]:
+    """A decision as stored: who, when, what was shown (the candidates entry), what was decided and why;
+    ``seen_seq``: the number of the item's latest entry the reviewer saw (0: none), checked when appended."""
     if action not in ACTIONS:
         raise DecisionError(f"unknown action '{action}': use one of {', '.join(ACTIONS)}")
     reason = reason.strip()
@@ -218,6 +260,10 @@ def new_decision(*, subject_id: str, visit: str, item: str, action: str, reviewe
     ids = [c["id"] for c in shown.get("candidates", [])]
     if action == "choose" and candidate is not None and candidate == shown.get("picked"):
         action = "accept"  # choosing the rule's own pick accepts it: nothing changed (review status accepted)
+    if action == "choose" and not reason:
+        # overruling the rule needs a why; accepting its pick does not (the rule is the why)
+        raise DecisionError("choosing another candidate than the rule's pick needs a reason (free text): say why "
+                            "the rule's pick is not the visit's value")
     if action == "accept":
         candidate = shown.get("picked")
     if action in ("accept", "choose"):
@@ -237,5 +283,6 @@ def new_decision(*, subject_id: str, visit: str, item: str, action: str, reviewe
         "value": chosen["value"] if chosen else None,
         "unit": chosen["unit"] if chosen else None,
         "reason": reason,
-        "shown": {k: shown.get(k) for k in ("rule", "window", "target_day", "picked", "candidates")},
+        "shown": shown_of(shown),
+        **({"seen_seq": seen_seq} if seen_seq is not None else {}),
     }

@@ -32,6 +32,14 @@ with warnings.catch_warnings():
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
+def _form(client: TestClient, item_page: str) -> dict[str, str]:
+    """What the item page's decision forms carry: the session's token and what they were made against (the
+    item's last entry, the candidates shown)."""
+    page = client.get(item_page).text
+    return {name: re.search(rf'name="{name}" value="([^"]*)"', page).group(1)  # type: ignore[union-attr]
+            for name in ("token", "seen_seq", "shown_hash")}
+
+
 def _parses(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """From now on, every JSON text the app parses (``orjson.loads``), in order."""
     parsed: list[bytes] = []
@@ -65,9 +73,10 @@ def test_pages_show_subjects_items_candidates_and_progress(reviewed: tuple[Path,
 
 
 def test_decisions_are_recorded_with_who_when_what_and_why(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
-    out, cfg, client = reviewed
+    out, _, client = reviewed
     r = client.post(f"/s/{SUBJECT}/W24/c3/decide", follow_redirects=False,
-                    data={"token": cfg.token, "action": "choose", "candidate": "Observation/c3-w24b",
+                    data={**_form(client, f"/s/{SUBJECT}/W24/c3"), "action": "choose",
+                          "candidate": "Observation/c3-w24b",
                           "reason": "day-169 sample haemolysed", "filter": "needs-review"})
     assert r.status_code == 303 and r.headers["location"].endswith("?filter=needs-review")
     [entry] = DecisionStore.under(out).read().entries
@@ -81,17 +90,19 @@ def test_decisions_are_recorded_with_who_when_what_and_why(reviewed: tuple[Path,
     audit = client.get("/audit").text
     assert "D. Manager" in audit and "day-169 sample haemolysed" in audit and "chose another candidate" in audit
     # not available without a reason is refused and says why
-    r = client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": cfg.token, "action": "not_available"})
+    r = client.post(f"/s/{SUBJECT}/BL/c3/decide",
+                    data={**_form(client, f"/s/{SUBJECT}/BL/c3"), "action": "not_available"})
     assert r.status_code == 200 and "needs a reason" in r.text
     assert len(DecisionStore.under(out).read().entries) == 1
 
 
 def test_changes_in_the_ehr_after_a_decision_show_as_re_review(
         reviewed: tuple[Path, ReviewConfig, TestClient], study: Study) -> None:
-    out, cfg, client = reviewed
+    out, _, client = reviewed
     for visit, candidate in (("W24", "Observation/c3-w24b"), ("W12", "Observation/c3-w12")):
-        client.post(f"/s/{SUBJECT}/{visit}/c3/decide", data={"token": cfg.token, "action": "choose",
-                                                              "candidate": candidate})
+        client.post(f"/s/{SUBJECT}/{visit}/c3/decide", data={**_form(client, f"/s/{SUBJECT}/{visit}/c3"),
+                                                              "action": "choose",
+                                                              "candidate": candidate, "reason": "recheck"})
     run_feed(out.parent, study, amend_chosen=True, retract_w12=True)
     item = client.get(f"/s/{SUBJECT}/W24/c3").text
     assert 'id="status">re-review<' in item
@@ -112,10 +123,12 @@ def test_the_subject_page_shows_the_value_the_run_uses(
         reviewed: tuple[Path, ReviewConfig, TestClient], study: Study) -> None:
     """After the EHR amended a chosen result the page shows its current value (what the run used), flagged for
     re-review — not the value the reviewer saw when deciding."""
-    out, cfg, client = reviewed
-    client.post(f"/s/{SUBJECT}/W24/c3/decide", data={"token": cfg.token, "action": "choose",
-                                                          "candidate": "Observation/c3-w24b"})
-    client.post(f"/s/{SUBJECT}/W12/c3/decide", data={"token": cfg.token, "action": "not_available",
+    out, _, client = reviewed
+    client.post(f"/s/{SUBJECT}/W24/c3/decide", data={**_form(client, f"/s/{SUBJECT}/W24/c3"),
+                                                          "action": "choose",
+                                                          "candidate": "Observation/c3-w24b", "reason": "recheck"})
+    client.post(f"/s/{SUBJECT}/W12/c3/decide", data={**_form(client, f"/s/{SUBJECT}/W12/c3"),
+                                                          "action": "not_available",
                                                           "reason": "wrong patient"})
     page = client.get(f"/s/{SUBJECT}").text
     assert (_value_used(page, "W24", "c3"), _value_used(page, "W12", "c3")) == ("1.2 g/L", "not available")
@@ -128,11 +141,16 @@ def test_the_subject_page_shows_the_value_the_run_uses(
 def test_a_visit_s_unreviewed_items_can_be_accepted_at_once(
         reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
     out, cfg, client = reviewed
-    client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": cfg.token, "action": "query", "reason": "fasting?"})
+    client.post(f"/s/{SUBJECT}/BL/c3/decide",
+                data={**_form(client, f"/s/{SUBJECT}/BL/c3"), "action": "query", "reason": "fasting?"})
     page = client.get(f"/s/{SUBJECT}").text
     assert 'id="accept-visit-BL"' in page and "for the 1 unreviewed item above" in page
+    form = page.split("/BL/accept-unreviewed")[1].split("</form>")[0]
+    items, shown = re.findall(r'name="item" value="([^"]+)"', form), re.findall(r'name="(shown-[^"]+)"', form)
+    assert (items, shown) == (["sledai2k.rash"], ["shown-sledai2k.rash"])   # the item with a query is left alone
     r = client.post(f"/s/{SUBJECT}/BL/accept-unreviewed", follow_redirects=False,
-                    data={"token": cfg.token, "item": ["c3", "sledai2k.rash"]})
+                    data={"token": cfg.token, "item": items, **dict(re.findall(r'name="(shown-[^"]+)" value="([^"]*)"',
+                                                                               form))})
     assert r.status_code == 303
     entries = DecisionStore.under(out).read().entries
     assert [(e["item"], e["action"]) for e in entries] == [("c3", "query"), ("sledai2k.rash", "accept")]
@@ -168,7 +186,7 @@ def test_every_subject_id_reaches_its_pages(tmp_path: Path, study: Study) -> Non
         item = client.get(item_link.group(1))
         assert item.status_code == 200 and f"c3-{ODD_IDS.index(sid)}" in item.text, sid
         r = client.post(item_link.group(1) + "/decide", follow_redirects=False,
-                        data={"token": cfg.token, "action": "accept"})
+                        data={**_form(client, item_link.group(1)), "action": "accept"})
         assert r.status_code == 303, (sid, r.text)
     decided = [(e["subject_id"], e["visit"], e["item"]) for e in DecisionStore.under(out).read().entries]
     assert sorted(decided) == sorted((sid, "BL", "c3") for sid in ODD_IDS)
@@ -183,8 +201,8 @@ def test_foreign_posts_and_hosts_are_refused(reviewed: tuple[Path, ReviewConfig,
 
 
 def test_a_tampered_decision_file_is_shown_not_ignored(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
-    out, cfg, client = reviewed
-    client.post(f"/s/{SUBJECT}/BL/c3/decide", data={"token": cfg.token, "action": "accept"})
+    out, _, client = reviewed
+    client.post(f"/s/{SUBJECT}/BL/c3/decide", data={**_form(client, f"/s/{SUBJECT}/BL/c3"), "action": "accept"})
     path = DecisionStore.under(out).path
     path.write_bytes(path.read_bytes().replace(b'"accept"', b'"choose"'))
     r = client.get(f"/s/{SUBJECT}")
@@ -279,7 +297,7 @@ def test_a_subject_page_parses_that_subject_only_and_nothing_is_kept_as_objects(
     assert SUBJECT in files and len(files) == 2
     other = next(sid for sid in files if sid != SUBJECT)
     r = client.post(f"/s/{SUBJECT}/W24/c3/decide", follow_redirects=False,
-                    data={"token": cfg.token, "action": "accept", "reason": ""})
+                    data={**_form(client, f"/s/{SUBJECT}/W24/c3"), "action": "accept", "reason": ""})
     assert r.status_code == 303
     index = client.get("/").text   # every file read once
     assert "1 / 5" in index and "0 / 1" in index
@@ -297,10 +315,10 @@ def test_the_subjects_list_compares_an_items_candidates_with_its_decision_once(
         reviewed: tuple[Path, ReviewConfig, TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
     """The list's progress needs each decided item's candidates compared with its decision: parsed on the first
     request after the decision (or after a run replaced the file), not on every request."""
-    _, cfg, client = reviewed
+    _, _, client = reviewed
     for visit, item in (("W24", "c3"), ("BL", "c3")):
         r = client.post(f"/s/{SUBJECT}/{visit}/{item}/decide", follow_redirects=False,
-                        data={"token": cfg.token, "action": "accept", "reason": ""})
+                        data={**_form(client, f"/s/{SUBJECT}/{visit}/{item}"), "action": "accept", "reason": ""})
         assert r.status_code == 303
     parsed = _parses(monkeypatch)
     assert "2 / 5" in client.get("/").text
@@ -308,9 +326,82 @@ def test_the_subjects_list_compares_an_items_candidates_with_its_decision_once(
     assert compared >= 2   # the two decided items' candidates
     assert "2 / 5" in client.get("/").text and len(parsed) == compared   # nothing parsed again
     r = client.post(f"/s/{SUBJECT}/W24/c3/decide", follow_redirects=False,
-                    data={"token": cfg.token, "action": "query", "reason": "check the unit"})
+                    data={**_form(client, f"/s/{SUBJECT}/W24/c3"), "action": "query", "reason": "check the unit"})
     assert r.status_code == 303
     del parsed[:]
     index = client.get("/").text
     assert "1 / 5" in index   # a query raised after the decision: compared again, and not reviewed
     assert len(parsed) == 1
+
+
+def test_choosing_another_candidate_needs_a_reason_accepting_the_pick_does_not(
+        reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    out, _, client = reviewed
+    url = f"/s/{SUBJECT}/W24/c3"
+    page = client.get(url).text
+    assert re.search(r'<input type="text" name="reason" id="choose-reason" size="40" required>', page)
+    assert re.search(r'id="accept" formnovalidate', page)  # the browser asks for a reason only to choose
+    r = client.post(url + "/decide", data={**_form(client, url), "action": "choose",
+                                            "candidate": "Observation/c3-w24b", "reason": "  "})
+    assert r.status_code == 200 and "another candidate than the rule&#39;s pick needs a reason" in r.text
+    assert DecisionStore.under(out).read().entries == []
+    r = client.post(url + "/decide", follow_redirects=False,
+                    data={**_form(client, url), "action": "accept", "reason": ""})
+    assert r.status_code == 303
+    assert [(e["action"], e["reason"]) for e in DecisionStore.under(out).read().entries] == [("accept", "")]
+
+
+def test_a_decision_from_a_stale_page_is_refused(reviewed: tuple[Path, ReviewConfig, TestClient],
+                                                 study: Study) -> None:
+    """Two reviewers on one item: the one whose page is older than the other's decision (or query), or than
+    the candidates a run wrote since, is told to reload; nothing of theirs is recorded."""
+    out, cfg, client = reviewed
+    w24, bl = f"/s/{SUBJECT}/W24/c3", f"/s/{SUBJECT}/BL/c3"
+    a_w24, a_bl = _form(client, w24), _form(client, bl)   # reviewer A opens two items
+    # reviewer B chooses another candidate at W24 and raises a query at BL
+    client.post(w24 + "/decide", data={**_form(client, w24), "action": "choose",
+                                        "candidate": "Observation/c3-w24b", "reason": "day-169 sample haemolysed"})
+    client.post(bl + "/decide", data={**_form(client, bl), "action": "query",
+                                       "reason": "fasting sample?"})
+    store = DecisionStore.under(out)
+    assert [e["seq"] for e in store.read().entries] == [1, 2]
+    # A's stale accept would replace B's newer choice; A's stale accept at BL would close B's query
+    r = client.post(w24 + "/decide", data={**a_w24, "token": cfg.token, "action": "accept"})
+    assert r.status_code == 409
+    assert "changed since you opened it" in r.text and "#1 choose by D. Manager" in r.text
+    assert "Reload" in r.text and f'href="{w24}"' in r.text
+    r = client.post(bl + "/decide", data={**a_bl, "token": cfg.token, "action": "accept"})
+    assert r.status_code == 409 and "#2 query by D. Manager" in r.text and "fasting sample?" in r.text
+    current = store.read().current()
+    assert len(store.read().entries) == 2
+    assert current[(SUBJECT, "W24", "c3")]["candidate"] == "Observation/c3-w24b"
+    assert current[(SUBJECT, "BL", "c3")]["action"] == "query"
+    # reloaded, A decides on what B did; the decision records what A was shown and the entry it was made on
+    r = client.post(bl + "/decide", follow_redirects=False,
+                    data={**_form(client, bl), "action": "accept"})
+    assert r.status_code == 303
+    entry = store.read().entries[-1]
+    assert (entry["seq"], entry["seen_seq"], entry["shown"]["picked"]) == (3, 2, "Observation/c3-bl")
+    # a run replaced the candidates since A opened W24: refused too
+    a_w24 = _form(client, w24)
+    run_feed(out.parent, study, amend_chosen=True)
+    r = client.post(w24 + "/decide", data={**a_w24, "token": cfg.token, "action": "accept"})
+    assert r.status_code == 409 and "the candidates are not the ones you were shown" in r.text
+    # a form that does not say what it was made against is refused
+    r = client.post(w24 + "/decide", data={"token": cfg.token, "action": "accept"})
+    assert r.status_code == 400 and "reload the page" in r.text
+    assert len(store.read().entries) == 3
+
+
+def test_accepting_a_visit_from_a_stale_page_is_refused(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    out, cfg, client = reviewed
+    page = client.get(f"/s/{SUBJECT}").text
+    form = page.split("/BL/accept-unreviewed")[1].split("</form>")[0]
+    shown = dict(re.findall(r'name="(shown-[^"]+)" value="([^"]*)"', form))
+    rash = f"/s/{SUBJECT}/BL/sledai2k.rash"
+    client.post(rash + "/decide", data={**_form(client, rash),
+                                         "action": "not_available", "reason": "not examined"})
+    r = client.post(f"/s/{SUBJECT}/BL/accept-unreviewed",
+                    data={"token": cfg.token, "item": ["c3", "sledai2k.rash"], **shown})
+    assert r.status_code == 409 and "sledai2k.rash changed since you opened the page" in r.text
+    assert [e["action"] for e in DecisionStore.under(out).read().entries] == ["not_available"]

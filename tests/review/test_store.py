@@ -14,6 +14,7 @@ from fhir_adapter.review.store import (
     GENESIS,
     DecisionError,
     DecisionStore,
+    StaleError,
     TamperedError,
     new_decision,
 )
@@ -49,7 +50,9 @@ def test_entries_are_chained_and_superseded_not_replaced(tmp_path: Path) -> None
 @pytest.mark.parametrize(("kw", "message"), [
     ({"action": "not_available"}, "needs a reason"),
     ({"action": "query", "reason": "  "}, "needs a reason"),
-    ({"action": "choose", "candidate": "Observation/zzz"}, "not among the values shown"),
+    ({"action": "choose", "candidate": "Observation/zzz", "reason": "x"}, "not among the values shown"),
+    ({"action": "choose", "candidate": "Observation/b"}, "another candidate than the rule's pick needs a reason"),
+    ({"action": "choose", "candidate": "Observation/b", "reason": " \n"}, "needs a reason"),
     ({"action": "delete"}, "unknown action"),
     ({"action": "accept", "reviewer": " "}, "reviewer's name"),
 ])
@@ -62,7 +65,9 @@ def test_choosing_the_rules_own_pick_is_recorded_as_accepting_it() -> None:
     d = decision(1, "choose", candidate="Observation/a", reason="checked against the lab report")
     assert (d["action"], d["candidate"], d["value"], d["reason"]) == (
         "accept", "Observation/a", "0.9", "checked against the lab report")
-    assert decision(1, "choose", candidate="Observation/b")["action"] == "choose"
+    assert decision(1, "choose", candidate="Observation/b", reason="a")["action"] == "choose"
+    # accepting the rule's pick (or choosing it) needs no reason: the rule is the why
+    assert decision(1, "accept")["reason"] == decision(1, "choose", candidate="Observation/a")["reason"] == ""
 
 
 @pytest.mark.parametrize("edit", ["value", "delete", "reorder", "garbage"])
@@ -146,3 +151,16 @@ def test_several_decisions_in_one_append_are_chained_in_order(tmp_path: Path) ->
     assert store.read_cached() is store.read_cached()  # verified once while the file is unchanged
     store.append(decision(4))
     assert len(store.read_cached().entries) == 5
+
+
+def test_a_decision_made_against_an_older_entry_is_refused(tmp_path: Path) -> None:
+    """The check runs under the file lock: two reviewers who saw the same entry cannot both land."""
+    store = DecisionStore(tmp_path / "d.jsonl")
+    store.append(decision(1, seen_seq=0))
+    with pytest.raises(StaleError, match=r"changed since you opened it: #1 accept by R. One"):
+        store.append(decision(1, "query", reason="fasting?", seen_seq=0))
+    store.append(decision(2, seen_seq=0))   # another item: not concerned
+    assert store.append(decision(1, "query", reason="fasting?", seen_seq=1))["seen_seq"] == 1
+    with pytest.raises(StaleError):
+        store.append_many([decision(3, seen_seq=0), decision(1, seen_seq=1)])   # all or nothing
+    assert [e["seq"] for e in store.read().entries] == [1, 2, 3]
