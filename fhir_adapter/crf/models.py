@@ -129,8 +129,9 @@ class VisitRecord(_Model):
     study_day: int | None = None
     unscheduled: bool = False
     values: dict[str, Finding] = Field(default_factory=dict)
-    #: the items a reviewer settled at this visit (accepted, chose another candidate, or declared not
-    #: available: fhir_adapter/review/apply.py); not in the CRF file. See :meth:`settled_results`.
+    #: the items a reviewer changed at this visit (chose another candidate, or declared not available:
+    #: fhir_adapter/review/apply.py; an accepted pick changes nothing); not in the CRF file. See
+    #: :meth:`settled_results`.
     settled: frozenset[str] = Field(frozenset(), exclude=True)
 
     def settled_results(self, item: str) -> list[Finding] | None:

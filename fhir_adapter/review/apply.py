@@ -14,12 +14,16 @@ Per subject, visit and item, the current decision (:meth:`Chain.current`) gives 
   version; "not available" stays) and is listed in the run report and the review app until a reviewer
   decides again; when the chosen resource is no longer a candidate, the rule's pick is used.
 
-An item a decision settles at a visit (accepted, changed, not-available, and a re-review whose decision still
-applies) is listed in the visit's ``settled`` (:meth:`fhir_adapter.crf.models.VisitRecord.settled_results`):
-every derivation of that visit uses the adjudicated value of the item — or none — instead of the results its
-own look-back would take (SLEDAI-2K's lab descriptors read every result of the window from ``crf.findings``),
-so a result the reviewer set aside is neither scored nor cited as a source at that visit, and a chosen one is
-the only one of its item there. This module is the one place the rule is applied.
+An item a decision changes at a visit (another candidate chosen, or declared not available, and a re-review
+whose decision still applies) is listed in the visit's ``settled``
+(:meth:`fhir_adapter.crf.models.VisitRecord.settled_results`): every derivation of that visit uses the
+adjudicated value of the item — or none — instead of the results its own look-back would take (SLEDAI-2K's lab
+descriptors read every result of the window from ``crf.findings``), so a result the reviewer set aside is
+neither scored nor cited as a source at that visit, and a chosen one is the only one of its item there.
+Accepting the rule's pick changes nothing a derivation reads (it confirms the value; SLEDAI-2K still judges
+its whole look-back, as without a decision) — an accept never moves a score. Every candidate the reviewer saw
+when accepting counts as reviewed (:meth:`SubjectReview.reviewed_sources`, for ``--reviewed-only``). This
+module is the one place the rule is applied.
 """
 
 from __future__ import annotations
@@ -63,12 +67,17 @@ class SubjectReview:
         return self.crf.model_copy(update={**(updates or {}), **extra})
 
     def reviewed_sources(self) -> set[str]:
-        """Source references without version (``Observation/1``) of the values a reviewer accepted or chose."""
+        """Source references without version (``Observation/1``) a reviewer has seen and settled: the value
+        chosen, and — for an accepted pick — every candidate shown with it (the reviewer saw them and kept the
+        pick; the derivations' look-back may still use them, so they count as reviewed)."""
         refs: set[str] = set()
         for v in self.crf.visits:
             for item, f in v.values.items():
                 if self.status.get((v.visit, item)) in ("accepted", "changed"):
                     refs.add(f"{f.source.resource_type}/{f.source.id}")
+        for e in self.candidates:
+            if self.status.get((e["visit"], e["item"])) == "accepted":
+                refs.update(f"{c['source']['resource_type']}/{c['source']['id']}" for c in e["candidates"])
         return refs
 
 
@@ -166,7 +175,8 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
             f = finding_for(crf, study, visit, item, d["candidate"])
             if f is not None and entry is not None and any(c["id"] == d["candidate"] for c in entry["candidates"]):
                 new_values[visit][item] = f
-                settled[visit].add(item)
+                if d["action"] == "choose":  # an accept confirms the pick: the look-back stays the rule's
+                    settled[visit].add(item)
                 review.applied += 1
                 if f.visit is not None and f.visit != visit:
                     moved.append(f)

@@ -281,3 +281,16 @@ def test_reviewed_only_writes_the_sledai_once_all_its_sources_are_reviewed(tmp_p
     assert "LCAR-AIO-SLE.101-001.W24.sledai-2k" not in _json(out / "run-report.json")["review"]["held_back"]
     assert sorted(result_sources(_written(out, "LCAR-AIO-SLE.101-001.W24.sledai-2k"))) == [
         "Observation/c3-w24a", "Observation/rash-w24"]
+
+
+def test_accepting_the_pick_never_moves_a_score(tmp_path: Path, study: Study) -> None:
+    """An accept confirms the rule's pick: SLEDAI-2K still judges its whole look-back, as without a decision.
+    Week 24 picks the day-169 C3 (in range); the day-165 C3 below range, in the look-back, scores low complement
+    before and after the accept."""
+    out, _ = run_feed(tmp_path, study, sledai=True, low_in_lookback=True)
+    before = _descriptor(out, "W24", "low-complement")
+    assert (before["score"], before["sources"]) == (2, ["Observation/c3-w24-165/_history/1"])
+    total = _visit(out, "W24")["sledai2k"]
+    _decide(out, "W24", "c3", "accept")
+    out, _ = run_feed(tmp_path, study, sledai=True, low_in_lookback=True)
+    assert (_descriptor(out, "W24", "low-complement"), _visit(out, "W24")["sledai2k"]) == (before, total)
