@@ -204,11 +204,15 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     from fhir_adapter.fhir import FhirError
     from fhir_adapter.fhir.server_config import ServerConfigError
     from fhir_adapter.report import ReportError
+    from fhir_adapter.review.store import TamperedError
     from fhir_adapter.roster.enrollees import RosterError
+    from fhir_adapter.safe_paths import UnsafePath
+    from fhir_adapter.source.base import SourceError
     from fhir_adapter.study.yamlfile import MappingError
 
+    # the same as `run` reports in one line: with -v it re-raises them here (the stack trace, then the same line)
     types: list[type[BaseException]] = [MappingError, RosterError, FhirError, ReportError, OSError,
-                                        ServerConfigError]
+                                        ServerConfigError, SourceError, UnsafePath, TamperedError]
     try:
         from fhir_adapter.job.connect import ConnectError
 

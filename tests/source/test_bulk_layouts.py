@@ -139,15 +139,17 @@ def test_truncated_gzip_is_an_error_naming_the_file(plain: Path, tmp_path: Path)
     assert "Observation.ndjson.gz" in result.output and "truncated" in result.output
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_an_empty_gzip_file_is_an_error_naming_the_file(plain: Path, tmp_path: Path, workers: str) -> None:
-    """Issue 17: labs that vanish silently. Python's gzip reads a 0-byte .gz as no data: the run must stop."""
+@pytest.mark.parametrize(("workers", "verbose"), [("1", []), ("2", []), ("1", ["-v"])])
+def test_an_empty_gzip_file_is_an_error_naming_the_file(plain: Path, tmp_path: Path, workers: str,
+                                                         verbose: list[str]) -> None:
+    """Issue 17: labs that vanish silently. Python's gzip reads a 0-byte .gz as no data: the run must stop. With
+    -v the same line follows the stack trace (a user's error, not "internal error … a bug")."""
     all_gzipped(plain / "feed", tmp_path / "feed")
     (tmp_path / "feed" / "Observation.ndjson.gz").write_bytes(b"")
-    result = CliRunner().invoke(main, ["run", "--source", str(tmp_path / "feed"), "--out", str(tmp_path / "out"),
-                                       "--workers", workers])
+    result = CliRunner().invoke(main, [*verbose, "run", "--source", str(tmp_path / "feed"), "--out",
+                                       str(tmp_path / "out"), "--workers", workers])
     assert result.exit_code == 1, result.output
-    assert "Observation.ndjson.gz: is empty (0 bytes)" in result.output
+    assert "Observation.ndjson.gz: is empty (0 bytes)" in result.output and "internal error" not in result.output
 
 
 def test_unknown_extension_next_to_data_files_is_an_error(plain: Path, tmp_path: Path) -> None:
