@@ -87,6 +87,12 @@ def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
         w = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    if edit == "short-row":  # fewer cells than the header: no arm, no status
+        lines = path.read_text(encoding="utf-8").splitlines()
+        path.write_text("\n".join([lines[0], *(",".join(line.split(",")[:3]) for line in lines[1:])]) + "\n",
+                        encoding="utf-8")
+    if edit == "latin-1":
+        path.write_bytes(path.read_bytes().replace(b"subject_id", b"subject_id" + "é".encode("latin-1"), 1))
     return path
 
 
@@ -94,6 +100,8 @@ def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
     ("no-status", "missing column(s) ['status']"),
     ("bad-date", "consent_date '2024-13-01' is not a date; write YYYY-MM-DD"),
     ("unknown-patient", "no Patient with identifier https://nowhere.example|nobody"),
+    ("short-row", "no arm, status; the row is skipped until it has them"),
+    ("latin-1", "not UTF-8 text"),
 ])
 def test_a_roster_csv_that_enrols_nobody_says_why_in_one_line(no_trial_feed: tuple[Path, Path, dict[str, str]],
                                                             tmp_path: Path, edit: str, said: str) -> None:

@@ -70,12 +70,18 @@ def csv_identifiers(path: Path) -> frozenset[str]:
 
 def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> RosterInput:
     """Add a ResearchSubject for every roster row the EHR does not hold; returns ``data`` extended."""
-    with Path(path).open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
-        if missing:
-            raise RosterCsvError(f"{path}: missing column(s) {missing}; the header must have {list(REQUIRED)}")
-        rows = list(reader)
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            if missing:
+                raise RosterCsvError(f"{path}: missing column(s) {missing}; the header must have {list(REQUIRED)}")
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise RosterCsvError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the roster as UTF-8 "
+                             "CSV (e.g. 'CSV UTF-8' in a spreadsheet program)") from None
+    except csv.Error as exc:
+        raise RosterCsvError(f"{path}: not a readable CSV ({exc}); save it as comma-separated UTF-8 CSV") from None
     system = subject_id_system(study)
     held = {subject_id(rs, study.subject_id_rule) for rs in data.subjects}
     study_system = study.info.identifier_system  # the value under another system is not the study
@@ -94,6 +100,11 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
             continue
         if sid in held:
             log.count("roster_csv.held_by_ehr")
+            continue
+        empty = [c for c in REQUIRED if not (row.get(c) or "").strip()]
+        if empty:  # a short row (fewer cells than the header) or a blank cell
+            log.warn(f"{path}:{n}: subject {sid}: no {', '.join(empty)}; the row is skipped until it has them",
+                     rule="roster-csv", subject_id=sid)
             continue
         consent = (row.get("consent_date") or "").strip()
         try:
