@@ -127,3 +127,18 @@ def test_an_item_without_decimals_keeps_twelve_significant_digits(tmp_path: Path
     (f,) = ObservationMapper(st, RunLog()).map([_upcr(10.2, "mg/mmol")], "S")
     assert f.value == 0.0901697312588
 
+
+
+def test_a_site_factor_equal_to_the_study_s_to_six_digits_keeps_the_study_s_exact_one(tmp_path: Path) -> None:
+    """An overlay repeating the rounded 0.00884017 for mg/mmol is an addition, not an override: the study's
+    exact 1/113.12 stays in force (else 56.56 mg/mmol would score proteinuria again)."""
+    st = load_study(STUDY, _overlay(tmp_path, '  upcr:\n    factors: {"mg/mmol": 0.00884017}\n'))
+    assert st.items["upcr"].factors["mg/mmol"] == 1 / 113.12 and st.overrides == []
+
+
+@pytest.mark.parametrize("factor", ['"1/0"', '"0/5"', "0", "-0.5"])
+def test_a_factor_must_be_a_positive_number(tmp_path: Path, factor: str) -> None:
+    site = _overlay(tmp_path, f'  upcr:\n    factors: {{"ug/mmol": {factor}}}\n')
+    with pytest.raises(MappingError) as err:
+        load_study(STUDY, site)
+    assert f"{site}:" in str(err.value)

@@ -307,7 +307,8 @@ def load_study(root: Path, site: Path | None = None) -> Study:
             overrides += _factor_overrides(odoc, item_id, base, add)
             items[item_id] = base.model_copy(update={
                 "accept_units": (*base.accept_units, *add.accept_units),
-                "factors": {**base.factors, **add.factors, **add.override_factors},
+                # a site factor for a unit the study defines is the same one (checked above): the study's wins
+                "factors": {**add.factors, **base.factors, **add.override_factors},
             })
             item_codes[item_id].extend(add.codes)
         if overlay.timezone:

@@ -19,12 +19,16 @@ def _ratio(value: Any) -> Any:
     is that quotient: written as the rule says, not rounded to a few digits (× 0.00884017 puts 56.56 mg/mmol at
     0.5000000152, above a strict 0.5 threshold; ÷ 113.12 gives 0.5)."""
     if isinstance(value, str) and (m := _RATIO.match(value)):
-        return float(m.group(1)) / float(m.group(2))
+        numerator, denominator = float(m.group(1)), float(m.group(2))
+        if numerator == 0 or denominator == 0:
+            raise ValueError(f"the factor {value!r} is {'undefined' if denominator == 0 else 'zero'}: a unit's "
+                             "factor into the CRF unit is a positive number or ratio, e.g. \"1/113.12\"")
+        return numerator / denominator
     return value
 
 
 #: a unit's conversion factor into the CRF unit: a number, or a ratio written ``"a/b"``
-Factor = Annotated[float, BeforeValidator(_ratio)]
+Factor = Annotated[float, BeforeValidator(_ratio), Field(gt=0)]
 
 
 class Strict(BaseModel):
