@@ -142,3 +142,22 @@ def test_a_factor_must_be_a_positive_number(tmp_path: Path, factor: str) -> None
     with pytest.raises(MappingError) as err:
         load_study(STUDY, site)
     assert f"{site}:" in str(err.value)
+
+
+def _obs(code: str, value: float, unit: str, system: str = "http://loinc.org") -> dict[str, object]:
+    return {"resourceType": "Observation", "id": "o1", "status": "final", "subject": {"reference": "Patient/p"},
+            "code": {"coding": [{"system": system, "code": code}]}, "effectiveDateTime": "2024-03-01T08:00:00Z",
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org", "code": unit}}
+
+
+def test_the_declared_precision_rounds_half_up_once() -> None:
+    """Platelets keep three decimals (99,996/µL stays below 100 × 10⁹/L); PGA is not rounded by the mapping, its
+    derivation rounds once (a 34.9 mm VAS is 1.047, PGA 1.0 — 1.05 first would have made it 1.1)."""
+    st = load_study(STUDY)
+    mapper = ObservationMapper(st, RunLog())
+    (plt,) = mapper.map([_obs("777-3", 99996, "/uL")], "S")
+    assert plt.value == 99.996
+    (pga,) = mapper.map([_obs("sle-pga", 34.9, "mm", "https://fhir-adapter.org/fhir/CodeSystem/clinical-input")], "S")
+    assert pga.value == 1.047
+    (wbc,) = mapper.map([_obs("6690-2", 2999.5, "/uL")], "S")
+    assert wbc.value == 3.0  # 2.9995 half up at three decimals (Python's round gives 2.999 or 3.0 by the float)

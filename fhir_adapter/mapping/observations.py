@@ -31,6 +31,7 @@ Any other element that cannot be read quarantines that Observation (``unreadable
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from fhir_adapter.crf.models import Finding, SourceRef
@@ -67,13 +68,14 @@ _NEGATIVE_WORDS = {"negative", "neg", "not detected", "absent", "non-reactive", 
 
 def _converted(value: float, item: Item) -> float:
     """A value converted into the CRF unit, at the item's declared precision (``decimals``: UPCR 10.2 mg/mmol is
-    0.09 mg/mg, not 0.090169734), else without binary floating-point noise (12 significant digits). The shipped
-    items declare one digit more than the CRF unit's thresholds and the accepted units' reporting need, so the
-    rounding never moves a result across a strict threshold that the lab's own figure is on the other side of:
-    504 mg/(24.h) is 0.504 g/(24.h) and scores proteinuria > 0.5 as 0.504 g/(24.h) sent as such does
-    (docs/clinical-rules.md#converted-precision)."""
-    if item.decimals is not None:
-        return round(value, item.decimals)
+    0.09 mg/mg, not 0.090169734; half up), else without binary floating-point noise (12 significant digits).
+    The shipped items declare a digit more than their thresholds show, so what the lab measured stays on its
+    side of a strict threshold — 504 mg/(24.h) is 0.504 g/(24.h), proteinuria > 0.5 as 0.504 sent as such — except
+    a value within half a unit of the last declared digit above a threshold, which the rounding puts on it
+    (56.6 mg/mmol = 0.50035 mg/mg is stored 0.500: no proteinuria; docs/clinical-rules.md#converted-precision)."""
+    if item.decimals is not None:  # half up on the decimal number (0.00125 -> 0.0013), not the binary float's
+        exact = Decimal(f"{value:.12g}")
+        return float(exact.quantize(Decimal(1).scaleb(-item.decimals), rounding=ROUND_HALF_UP))
     return float(f"{value:.12g}")
 
 
