@@ -25,10 +25,13 @@ Durations in hours (docs/clinical-rules.md#dlt-durations): the AE CRF keeps one 
 grade, with onset and resolution dates and, when the EHR sent a dateTime, their times in the site time zone
 (``onset_datetime``, ``resolution_datetime``). "Not resolved to ≤ grade 2 within 72 h" is read as **the grade-3
 record lasts more than 72 h from onset to resolution** (exactly 72 h is not a DLT). With both times the duration
-is exact (60 h → no, 84 h → DLT). An end given as a date only may be at any time of that day, so the duration is a
-range: decided when the whole range is on one side of the limit (dates 2 days apart: at most 72 h → no; 4 days
-apart: more than 72 h → DLT), otherwise **"duration ambiguous"** — undecided, as
-docs/clinical-rules.md#dlt-not-evaluable requires for an unknown duration (dates 3 days apart → not evaluable).
+is exact (60 h → no, 84 h → DLT), whatever zone object the times carry. An end given as a date only may be at any
+time of that calendar day in the site time zone (``study.yaml`` ``timezone``, never the zone of another time; a
+daylight-saving day has 23 or 25 h), so the duration is a range: decided when the whole range is on one side
+of the limit (dates 2 days apart: at most 72 h → no; 4 days apart: more than 72 h → DLT), otherwise **"duration
+ambiguous"** — undecided, as docs/clinical-rules.md#dlt-not-evaluable requires for an unknown duration (dates 3
+days apart → not evaluable; in Europe/Berlin 2024-03-28 to 2024-04-01, across the spring change: 71-119 h → not
+evaluable).
 When a site records each change of grade as its own record, that record's duration is the time at that grade;
 otherwise it is an upper bound of it (the conservative reading). An unresolved event lasts at least from its onset
 until the start of the subject's last data date (``last contact``): a DLT when that alone exceeds the limit,
@@ -71,7 +74,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
-from fhir_adapter.study.timeline import partial_period, study_day
+from fhir_adapter.study.timeline import partial_period, study_day, zone
 
 Category = Literal["crs", "icans", "hematologic", "non_hematologic", "any"]
 
@@ -159,10 +162,11 @@ Outcome = tuple[bool | None, str]
 
 
 class _Ctx:
-    def __init__(self, crf: SubjectCRF, s: DltSettings) -> None:
+    def __init__(self, crf: SubjectCRF, s: DltSettings, tz: str) -> None:
         assert crf.day1 is not None
         self.day1: dt.date = crf.day1
         self.s = s
+        self.site_tz = zone(tz)
         self.last_contact = _last_contact(crf)
 
     def day(self, d: dt.date) -> int:
@@ -224,18 +228,19 @@ def _related(ae: AdverseEvent, w: When, _c: _Ctx) -> Outcome:
     return ae.related, "related" if ae.related else "unrelated"
 
 
-#: the last instant of a calendar date (a date-only end may be at any time up to it)
-_REST_OF_DAY = dt.timedelta(days=1, microseconds=-1)
+def _midnight(day: dt.date, site_tz: dt.tzinfo) -> dt.datetime:
+    """The instant (UTC) a calendar date starts in the site time zone."""
+    return dt.datetime.combine(day, dt.time(), tzinfo=site_tz).astimezone(dt.UTC)
 
 
-def _bounds(day: dt.date, moment: dt.datetime | None, tz: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
-    """The earliest and latest instant (UTC) an AE onset or end can be: its time when the EHR sent one, else
-    any time of its calendar date in the site time zone."""
+def _bounds(day: dt.date, moment: dt.datetime | None, site_tz: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
+    """The earliest and latest instant (UTC) an AE onset or end can be: its time when the EHR sent one (whatever
+    offset or zone object it carries, e.g. a fixed offset after a CRF's JSON round-trip), else any time of its
+    calendar date in the site time zone (``study.yaml`` ``timezone``: 23 or 25 h on a daylight-saving change)."""
     if moment is not None:
         at = moment.astimezone(dt.UTC)
         return at, at
-    start = dt.datetime.combine(day, dt.time(), tzinfo=tz)
-    return start.astimezone(dt.UTC), (start + _REST_OF_DAY).astimezone(dt.UTC)
+    return _midnight(day, site_tz), _midnight(day + dt.timedelta(days=1), site_tz) - dt.timedelta(microseconds=1)
 
 
 def _hours(delta: dt.timedelta) -> float:
@@ -260,10 +265,9 @@ def _duration(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
     assert limit is not None
     if ae.onset_date is None:
         return None, "duration unknown (no onset date)"
-    tz = next((m.tzinfo for m in (ae.onset_datetime, ae.resolution_datetime) if m and m.tzinfo), dt.UTC)
-    onset_first, onset_last = _bounds(ae.onset_date, ae.onset_datetime, tz)
+    onset_first, onset_last = _bounds(ae.onset_date, ae.onset_datetime, c.site_tz)
     if ae.resolution_date is not None:
-        end_first, end_last = _bounds(ae.resolution_date, ae.resolution_datetime, tz)
+        end_first, end_last = _bounds(ae.resolution_date, ae.resolution_datetime, c.site_tz)
         shortest, longest = _hours(end_first - onset_last), _hours(end_last - onset_first)
         if shortest == longest:
             return shortest > limit, f"lasting {_h(shortest)} h ({'>' if shortest > limit else '≤'} {limit:g} h)"
@@ -274,7 +278,7 @@ def _duration(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
             return False, f"lasting at most {limit:g} h ({span} from {_dates_only(ae)})"
         return None, f"duration ambiguous ({_dates_only(ae)}): {span}, could be ≤ or > {limit:g} h"
     if c.ongoing(ae) and c.last_contact is not None:
-        seen_first, _ = _bounds(c.last_contact, None, tz)
+        seen_first = _midnight(c.last_contact, c.site_tz)
         hours = max(0.0, _hours(seen_first - onset_last))
         if hours > limit:
             return True, f"unresolved, lasting at least {_h(hours)} h (> {limit:g} h)"
@@ -344,11 +348,12 @@ def evaluate_rule(ae: AdverseEvent, rule: Rule, ctx: _Ctx) -> Outcome:
     return True, ", ".join(why for _, why in outcomes)
 
 
-def derive_dlt(crf: SubjectCRF, s: DltSettings) -> DltResult:
-    """DLT evaluation of one subject (the cases of the module docstring, in order)."""
+def derive_dlt(crf: SubjectCRF, s: DltSettings, tz: str) -> DltResult:
+    """DLT evaluation of one subject (the cases of the module docstring, in order); ``tz`` is the site time zone
+    (IANA name, ``study.yaml`` ``timezone``) in which a date-only onset, end or last contact is a calendar day."""
     if crf.day1 is None:
         return DltResult(dlt=None, not_evaluable=["not infused"])
-    ctx = _Ctx(crf, s)
+    ctx = _Ctx(crf, s, tz)
     events: list[DltEvent] = []
     undecided: list[str] = []
     evaluated: list[str] = []

@@ -20,7 +20,7 @@ class DltSubjectKeys(TypedDict):
 
 
 def derive(x: SubjectInput) -> DltResult:
-    return derive_dlt(x.crf, x.rules(DltSettings))
+    return derive_dlt(x.crf, x.rules(DltSettings), x.study.info.timezone)
 
 
 def subject_keys(r: DltResult) -> DltSubjectKeys:

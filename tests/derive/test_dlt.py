@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from fhir_adapter.crf.models import AdverseEvent, SourceRef
+from fhir_adapter.crf.models import AdverseEvent, SourceRef, SubjectCRF
 from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import parse_fhir_date
@@ -31,7 +32,7 @@ def ae(term: str, onset: int | None, end: int | None, grade: int | None, **kw: A
 def evaluate(rules: DltSettings, *aes: AdverseEvent, last_day: int = 60) -> DltResult:
     """A subject followed up to ``last_day`` (a lab result weekly from day 8, and on that day) with these AEs."""
     days = sorted({x for x in (8, 15, 22, 29) if x < last_day} | {last_day})
-    return derive_dlt(crf([finding("crp", x, 1.0) for x in days], {}, ae=list(aes)), rules)
+    return derive_dlt(crf([finding("crp", x, 1.0) for x in days], {}, ae=list(aes)), rules, "UTC")
 
 
 def crs(onset: int, end: int | None, grade: int | None, **kw: Any) -> AdverseEvent:
@@ -79,7 +80,7 @@ def evaluate_april(rules: DltSettings, *aes: AdverseEvent) -> DltResult:
     """A subject infused on 2024-04-08, followed weekly to day 60, with these AEs."""
     day1 = dt.date(2024, 4, 8)
     results = [finding("crp", x, 1.0, day1=day1) for x in (8, 15, 22, 29, 60)]
-    return derive_dlt(crf(results, {}, day1=day1, ae=list(aes)), rules)
+    return derive_dlt(crf(results, {}, day1=day1, ae=list(aes)), rules, "UTC")
 
 
 @pytest.mark.parametrize(("onset", "end", "dlt", "said"), [
@@ -110,9 +111,50 @@ def test_durations_are_elapsed_hours_across_a_daylight_saving_change(rules: DltS
     results = [finding("crp", x, 1.0, day1=day1) for x in (8, 15, 22, 29, 60)]
     event = timed("ICANS", onset, end, 3, tz="Europe/Berlin", icans=True)
     assert event.onset_datetime is not None and event.onset_datetime.hour == 20
-    assert derive_dlt(crf(results, {}, day1=day1, ae=[event]), rules).dlt is False
+    assert derive_dlt(crf(results, {}, day1=day1, ae=[event]), rules, "Europe/Berlin").dlt is False
     later = timed("ICANS", onset, "2024-04-02T21:30:00+02:00", 3, tz="Europe/Berlin", icans=True)
-    assert derive_dlt(crf(results, {}, day1=day1, ae=[later]), rules).dlt is True
+    assert derive_dlt(crf(results, {}, day1=day1, ae=[later]), rules, "Europe/Berlin").dlt is True
+
+
+def berlin_subject(aes: list[AdverseEvent], last_day: int = 60, day1: dt.date = dt.date(2024, 3, 26)) -> SubjectCRF:
+    """A subject infused on ``day1`` (2024-03-26: Europe/Berlin moves to summer time on 2024-03-31, study day 6),
+    seen weekly up to ``last_day``."""
+    days = sorted({x for x in (8, 15, 22, 29) if x < last_day} | {last_day})
+    return crf([finding("crp", x, 1.0, day1=day1) for x in days], {}, day1=day1, ae=aes)
+
+
+@pytest.mark.parametrize(("onset", "end", "dlt", "said"), [
+    # the day after the change starts at 22:00Z, not 23:00Z: the shortest duration is 71 h, not 72 h
+    ("2024-03-28", "2024-04-01", None, "duration ambiguous (dates only): 71-119 h"),
+    # the change falls on the end date after its first instant: still more than 72 h, one hour less at most
+    ("2024-03-27", "2024-03-31", True, "more than 72 h (72-119 h from dates only)"),
+    # autumn: 2024-10-27 has 25 h, so two dates 2 days apart may be 73 h apart
+    ("2024-10-25", "2024-10-27", None, "duration ambiguous (dates only): 24-73 h"),
+])
+def test_date_only_ends_are_days_in_the_site_time_zone(rules: DltSettings, onset: str, end: str,
+                                                       dlt: bool | None, said: str) -> None:
+    event = timed("Cytokine release syndrome", onset, end, 3, tz="Europe/Berlin", crs=True)
+    r = derive_dlt(berlin_subject([event], day1=dt.date.fromisoformat(onset) - dt.timedelta(days=2)), rules,
+                   "Europe/Berlin")
+    assert r.dlt is dlt
+    assert said in (r.dlt_events[0].reason if dlt else r.not_evaluable[0])
+
+
+@pytest.mark.parametrize("resolved", [True, False])
+def test_a_crf_read_back_from_its_json_gives_the_same_dlt_answer(rules: DltSettings, resolved: bool) -> None:
+    # an incremental run reuses the CRF file: JSON keeps the onset time's offset (+01:00), not its zone, but the
+    # resolution date (or the last data date, 2024-04-01, study day 7) is a day of summer time in Europe/Berlin
+    event = timed("Cytokine release syndrome", "2024-03-28T23:30:00+01:00", "2024-04-01" if resolved else None,
+                  3, tz="Europe/Berlin", crs=True)
+    fresh = berlin_subject([event], last_day=60 if resolved else 7)
+    read_back = SubjectCRF.model_validate_json(fresh.model_dump_json())
+    moment = read_back.ae[0].onset_datetime
+    assert moment is not None and not isinstance(moment.tzinfo, ZoneInfo)  # the zone became a fixed offset
+    first, second = (derive_dlt(c, rules, "Europe/Berlin") for c in (fresh, read_back))
+    assert first == second
+    assert first.dlt is None
+    said = "71.5-95.5 h" if resolved else "at least 71.5 h so far"
+    assert said in first.not_evaluable[0]
 
 
 def test_grade_3_icans_unresolved_beyond_72h_is_a_dlt_and_unresolved_short_is_not_evaluable(
@@ -220,7 +262,7 @@ def test_approximate_grade_is_used_and_said(rules: DltSettings) -> None:
 
 def test_not_infused_and_incomplete_window(rules: DltSettings) -> None:
     c = crf([], {}).model_copy(update={"day1": None})
-    r = derive_dlt(c, rules)
+    r = derive_dlt(c, rules, "UTC")
     assert r.dlt is None and r.not_evaluable == ["not infused"]
     r = evaluate(rules, last_day=29)
     assert r.dlt is None and "not completed" in r.not_evaluable[0]
@@ -235,16 +277,17 @@ def test_not_infused_and_incomplete_window(rules: DltSettings) -> None:
 def test_no_follow_up_through_the_window_is_not_evaluable(rules: DltSettings, days: list[int],
                                                           reason: str) -> None:
     # routine-care data long after the infusion, with nothing in the window, is no evidence of "no DLT"
-    r = derive_dlt(crf([finding("weight", x, 60.0, domain="VS") for x in days], {}), rules)
+    r = derive_dlt(crf([finding("weight", x, 60.0, domain="VS") for x in days], {}), rules, "UTC")
     assert r.dlt is None and len(r.not_evaluable) == 1 and reason in r.not_evaluable[0]
 
 
 def test_follow_up_in_and_through_the_window_is_evaluable(rules: DltSettings) -> None:
     # seen in the window (an AE resolving on day 12) and on day 30: no DLT
-    r = derive_dlt(crf([finding("weight", 30, 60.0, domain="VS")], {}, ae=[ae("Headache", 10, 12, 1)]), rules)
+    seen = [finding("weight", 30, 60.0, domain="VS")]
+    r = derive_dlt(crf(seen, {}, ae=[ae("Headache", 10, 12, 1)]), rules, "UTC")
     assert r.dlt is False
     # a DLT needs no follow-up beyond the event
-    r = derive_dlt(crf([], {}, ae=[crs(3, 4, 4)]), rules)
+    r = derive_dlt(crf([], {}, ae=[crs(3, 4, 4)]), rules, "UTC")
     assert r.dlt is True
 
 
