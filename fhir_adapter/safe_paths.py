@@ -6,7 +6,9 @@ decision file, the server state) use them, so they sit below every layer and imp
 
 * :func:`inside`: a path that would resolve outside OUT raises :class:`UnsafePath`.
 * An output the adapter replaces whole replaces a link standing in its place as it replaces a previous
-  output: the link is removed, what it points to is not touched (:func:`replaced_output`).
+  output: the link is removed, what it points to is not touched (:func:`replaced_output`); a file written anew
+  by a writer that may find a link planted at its name at any time (the Bulk Data download folder, resumed by a
+  later run) is opened without following one (:func:`open_new`).
 * A folder the adapter writes into, or a file it appends to, cannot be replaced without losing what it holds:
   a link there, or in any folder between OUT and it, stops the command before it writes, naming the link and
   the fix (:func:`without_links`, :func:`real_folder`).
@@ -14,8 +16,10 @@ decision file, the server state) use them, so they sit below every layer and imp
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 
 class UnsafePath(ValueError):
@@ -70,3 +74,19 @@ def replaced_output(out: Path, path: Path) -> Path:
     if os.path.islink(path):
         os.unlink(path)
     return path
+
+
+def open_new(path: Path) -> BinaryIO:
+    """``path`` opened for writing anew (created, or emptied), never through a symbolic link: the open itself
+    refuses to follow one (``O_NOFOLLOW``), and a link standing at ``path`` is removed — what it points to is not
+    touched — as a previous file would be replaced. Returns the binary file (the caller closes it)."""
+    path = Path(path)
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP or not os.path.islink(path):
+                raise
+            os.unlink(path)  # the link, not what it points to
+            continue
+        return os.fdopen(fd, "wb")

@@ -27,7 +27,10 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   plain http;
 * downloads: gzip transfer encoding accepted, retries on network failures, ``429`` and ``5xx``; a file is
   written under a hidden ``.part`` name and renamed when complete, so an interrupted run resumes where it
-  stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``);
+  stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``); every file
+  the client writes in the folder (a ``.part``, ``manifest.json``, the job's state) is opened without following a
+  symbolic link (issue 11: a link planted there is replaced, what it points to is not touched), and a link
+  standing at a finished file's name is not taken for a finished file;
 * a file URL answered with a redirect (``301``/``302``/``303``/``307``/``308``, e.g. to a pre-signed URL of a
   blob store) is followed by the adapter itself, at most :data:`MAX_FILE_REDIRECTS` hops, each hop checked
   with :meth:`BulkExporter.check_url`; the token goes only to a hop on the origin (scheme, host, port) of the
@@ -56,6 +59,7 @@ from fhir_adapter.fhir.errors import FhirError
 from fhir_adapter.fhir.r4 import is_r4_type
 from fhir_adapter.fhir.retry import parse_retry_after
 from fhir_adapter.fhir.urls import redact_url, same_origin
+from fhir_adapter.safe_paths import open_new
 
 log = logging.getLogger(__name__)
 
@@ -252,13 +256,14 @@ class BulkExporter:
         for key, url, stem, entry in fetches:
             name = await self._fetch(job, url, folder, stem, with_auth)
             local[key].append({**entry, "url": name})
-        (folder / "manifest.json").write_text(json.dumps(local, indent=2) + "\n")
+        with open_new(folder / "manifest.json") as fh:
+            fh.write((json.dumps(local, indent=2) + "\n").encode("utf-8"))
         return local
 
     async def _fetch(self, job: Job, url: str, folder: Path, stem: str, with_auth: bool) -> str:
         for done in (f"{stem}.ndjson", f"{stem}.ndjson.gz"):
-            if (folder / done).is_file():
-                return done  # finished by an earlier, interrupted run
+            if (folder / done).is_file() and not (folder / done).is_symlink():
+                return done  # finished by an earlier, interrupted run (a link there is not: the rename replaces it)
         part = folder / f".{stem}.part"
         for attempt in range(1, self.options.download_attempts + 1):
             try:
@@ -274,7 +279,7 @@ class BulkExporter:
                 if response.status_code == 200:
                     size = 0
                     head = b""
-                    with part.open("wb") as fh:
+                    with open_new(part) as fh:
                         async for chunk in response.aiter_bytes():
                             if not head:
                                 head = chunk[:2]
@@ -476,7 +481,7 @@ def shown(value: Any, limit: int = _SHOWN_CHARS) -> str:
 
 def load_job(folder: Path) -> dict[str, Any] | None:
     path = folder / STATE_FILE
-    if not path.is_file():
+    if not path.is_file() or path.is_symlink():  # a link is no job this client saved
         return None
     try:
         doc: dict[str, Any] = json.loads(path.read_text())
@@ -489,6 +494,7 @@ def save_job(folder: Path, job: Job, **extra: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     state = {"kickoff": job.kickoff, "status_url": job.status_url, "manifest": job.manifest, **extra}
     tmp = folder / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
+    with open_new(tmp) as fh:  # never through a link; the rename replaces a link at STATE_FILE, not its target
+        fh.write(json.dumps(state, indent=2).encode("utf-8"))
     tmp.replace(folder / STATE_FILE)
 

@@ -2,10 +2,12 @@
 polling, an expired job, a manifest file that 404s, Retry-After as an HTTP-date or far in the future, 429 on
 the status URL, a redirect to the manifest, paged manifests, requiresAccessToken true/false, relative URLs,
 deleted[] files, file URLs answered with redirects (a pre-signed URL elsewhere gets no token; plain http
-refused; loops and too many hops stop)."""
+refused; loops and too many hops stop), and links planted in the download folder before a resumed download
+(issue 11)."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -16,12 +18,13 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from fhir_adapter.fhir import BearerToken, FhirClient
-from fhir_adapter.fhir.bulk import BulkExporter, BulkExportError, BulkOptions, Job
+from fhir_adapter.fhir.bulk import STATE_FILE, BulkExporter, BulkExportError, BulkOptions, Job, load_job, save_job
 from tests.fhir.fhir_testkit import BASE, FakeClock, FakeSleep, outcome
 
 STATUS = f"{BASE}/$export-status/job-1"
 KICKOFF = f"{BASE}/Patient/$export?_type=Observation"
 LINE = b'{"resourceType":"Observation","id":"o1","subject":{"reference":"Patient/p1"}}\n'
+FILE = f"{BASE}/files/1.ndjson"
 
 
 def manifest(*urls: str, token: bool = False, **extra: Any) -> dict[str, Any]:
@@ -257,3 +260,39 @@ async def test_too_many_redirects_stop_with_an_error(httpx_mock: HTTPXMock, cloc
     with pytest.raises(BulkExportError, match=r"more than 5 redirects"):
         await exporter(clock, sleep).download(job, tmp_path)
     assert len(httpx_mock.get_requests()) == 6
+
+
+# -- links planted in the download folder (issue 11: nothing is written through a link inside OUT) ----------
+
+async def test_a_resumed_download_writes_through_no_link_planted_in_its_folder(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path) -> None:
+    """As a resumed run does (source/bulk.py ``_complete``): the job's state read and saved, the files
+    downloaded, the state saved again — with a link at every name the client writes, and at a finished
+    file's name, each pointing to a file outside OUT."""
+    httpx_mock.add_response(url=FILE, content=LINE)
+    httpx_mock.add_response(url=f"{BASE}/files/2.ndjson", content=LINE)
+    folder, elsewhere = tmp_path / "out" / "bulk", tmp_path / "elsewhere"
+    folder.mkdir(parents=True)
+    elsewhere.mkdir()
+    save_job(folder, Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE, f"{BASE}/files/2.ndjson")))
+    planted = ["manifest.json", ".001.Observation.part", f"{STATE_FILE}.tmp", "002.Observation.ndjson"]
+    for name in planted:
+        (elsewhere / name).write_text("precious\n")
+        (folder / name).symlink_to(elsewhere / name)
+    state = load_job(folder)
+    assert state is not None
+    job = Job(kickoff=state["kickoff"], status_url=state["status_url"], manifest=state["manifest"])
+    save_job(folder, job)
+    local = await exporter(clock, sleep).download(job, folder)
+    save_job(folder, job, deleted=True)
+    assert [(elsewhere / name).read_text() for name in planted] == ["precious\n"] * len(planted)
+    assert not [p.name for p in folder.iterdir() if p.is_symlink()]
+    assert [e["url"] for e in local["output"]] == ["001.Observation.ndjson", "002.Observation.ndjson"]
+    assert (folder / "002.Observation.ndjson").read_bytes() == LINE  # the link was no finished file
+    assert json.loads((folder / "manifest.json").read_text())["output"][0]["url"] == "001.Observation.ndjson"
+
+
+async def test_a_link_in_place_of_the_job_state_is_no_job(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere.json").write_text(json.dumps({"kickoff": KICKOFF, "status_url": STATUS}))
+    (tmp_path / STATE_FILE).symlink_to(tmp_path / "elsewhere.json")
+    assert load_job(tmp_path) is None

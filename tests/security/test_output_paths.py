@@ -295,6 +295,7 @@ def test_bulk_downloads_never_go_through_a_link(tmp_path: Path, study: Study) ->
 
 def test_without_links_and_replaced_output(tmp_path: Path) -> None:
     from fhir_adapter.job.outpaths import real_folder, replaced_output, without_links
+    from fhir_adapter.safe_paths import open_new
 
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -306,4 +307,9 @@ def test_without_links_and_replaced_output(tmp_path: Path) -> None:
         with pytest.raises(UnsafePath):
             without_links(out, bad)
     assert replaced_output(out, out / "a" / "link") == out / "a" / "link" and not (out / "a" / "link").exists()
+    assert (elsewhere / "f").read_text() == "kept"
+    (out / "a" / "new").symlink_to(elsewhere / "f")  # open_new: written anew in the link's place, not through it
+    with open_new(out / "a" / "new") as fh:
+        fh.write(b"new")
+    assert not (out / "a" / "new").is_symlink() and (out / "a" / "new").read_bytes() == b"new"
     assert (elsewhere / "f").read_text() == "kept"
