@@ -304,10 +304,20 @@ def test_check_loads_the_server_variables_without_a_server(tmp_path: Path) -> No
 
 
 def test_bulk_client_errors_take_the_exit_codes_of_the_table() -> None:
-    """A Bulk Data 401 is rejected credentials (4) and a 5xx the server failing (3), as on the REST path."""
+    """A Bulk Data 401 is rejected credentials (4), a 429 or 5xx after the retries the server failing (3), as on
+    the REST path; so is a download that failed for a network failure of the server's (its ``__cause__``), but
+    not for a name that does not resolve."""
     from fhir_adapter.cli.console import exit_code_of
     from fhir_adapter.fhir.bulk import BulkExportError
+    from fhir_adapter.fhir.errors import FhirTransportError
 
     url = "https://ehr.example.org/fhir/Patient/$export"
-    assert [exit_code_of(BulkExportError("x", url=url, status=s)) for s in (401, 403, 404, 500, 503, None)] == \
-        [4, 1, 1, 3, 3, 1]
+    assert [exit_code_of(BulkExportError("x", url=url, status=s)) for s in (401, 403, 404, 429, 500, 501, 503, None)] \
+        == [4, 1, 1, 3, 3, 1, 3, 1]
+
+    def failed_for(kind: str) -> BulkExportError:
+        err = BulkExportError(f"{url}: download failed", url=url)
+        err.__cause__ = FhirTransportError("GET failed", url=url, kind=kind)
+        return err
+
+    assert [exit_code_of(failed_for(k)) for k in ("refused", "timeout", "dropped", "dns", "tls")] == [3, 3, 3, 1, 1]

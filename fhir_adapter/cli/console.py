@@ -278,7 +278,8 @@ class AdapterGroup(click.Group):
 def exit_code_of(exc: BaseException) -> int:
     """A failure's exit code: 4 rejected credentials, 3 a server that is down or cannot be reached (connection
     refused, timeouts, 5xx after every retry; not a name that does not resolve), else 1 — for the Bulk Data
-    client's errors too (a 401 at kick-off, status or download is 4, a 5xx is 3)."""
+    client's errors too (a 401 at kick-off, status or download is 4; a 429 or 5xx after the retries, or a
+    download that failed or was interrupted by such a network failure, is 3)."""
     from fhir_adapter.fhir import FhirAuthError
     from fhir_adapter.fhir.flow import is_unavailability
 
@@ -291,6 +292,7 @@ def exit_code_of(exc: BaseException) -> int:
 
         if isinstance(exc, BulkExportError) and exc.status == 401:
             return exit_codes.AUTH_FAILED  # as a 401 on the REST path
-        if isinstance(exc, BulkExportError) and exc.status in (500, 502, 503, 504):
-            return exit_codes.SERVER_UNAVAILABLE  # "the server failed: run again later"
+        if isinstance(exc, BulkExportError) and (exc.status in (429, 500, 502, 503, 504) or (
+                exc.__cause__ is not None and is_unavailability(exc.__cause__))):
+            return exit_codes.SERVER_UNAVAILABLE  # "run again later": the download resumes
     return exit_codes.FAILED

@@ -31,6 +31,11 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   the client writes in the folder (a ``.part``, ``manifest.json``, the job's state) is opened without following a
   symbolic link (issue 11: a link planted there is replaced, what it points to is not touched), and a link
   standing at a finished file's name is not taken for a finished file;
+* a download that fails for the server's reasons after its retries (connection refused or dropped, timeouts,
+  ``429``, ``5xx``) raises :class:`BulkExportError` with the HTTP status, or with the network failure as its
+  ``__cause__``, so that the command exits 3 (run again later: the download resumes); credentials refused
+  (:class:`~fhir_adapter.fhir.errors.FhirAuthError`) and an open circuit breaker
+  (:class:`~fhir_adapter.fhir.errors.FhirServerUnavailable`) are raised as they are, not retried;
 * a file URL answered with a redirect (``301``/``302``/``303``/``307``/``308``, e.g. to a pre-signed URL of a
   blob store) is followed by the adapter itself, at most :data:`MAX_FILE_REDIRECTS` hops, each hop checked
   with :meth:`BulkExporter.check_url`; the token goes only to a hop on the origin (scheme, host, port) of the
@@ -55,9 +60,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import httpx
 
 from fhir_adapter.fhir.client import FhirClient, plain_http_elsewhere
-from fhir_adapter.fhir.errors import FhirError
+from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirServerUnavailable, FhirTransportError
 from fhir_adapter.fhir.r4 import is_r4_type
-from fhir_adapter.fhir.retry import parse_retry_after
+from fhir_adapter.fhir.retry import parse_retry_after, transport_failure
 from fhir_adapter.fhir.urls import redact_url, same_origin
 from fhir_adapter.safe_paths import open_new
 
@@ -271,6 +276,8 @@ class BulkExporter:
             except BulkExportError:
                 raise  # a redirect the adapter must not follow, or a loop: not retried
             except FhirError as exc:
+                if isinstance(exc, FhirServerUnavailable) or (isinstance(exc, FhirAuthError) and not exc.transient):
+                    raise  # breaker open (exit 3) or credentials refused (exit 4): not retried, not wrapped
                 if attempt == self.options.download_attempts:
                     raise BulkExportError(f"{url}: download failed: {exc}", url=url) from exc
                 await self._sleep(2.0 ** attempt)
@@ -292,8 +299,11 @@ class BulkExporter:
                 await response.aread()
             except httpx.HTTPError as exc:
                 if attempt == self.options.download_attempts:
+                    dropped = FhirTransportError(f"GET {redact_url(url)} interrupted: {type(exc).__name__}: {exc}",
+                                                 method="GET", url=redact_url(url), kind=transport_failure(exc))
+                    dropped.__cause__ = exc  # what the network said; its kind makes the exit code 3
                     raise BulkExportError(f"{url}: download interrupted ({exc}); run again to resume",
-                                          url=url) from exc
+                                          url=url) from dropped
                 await self._sleep(2.0 ** attempt)
                 continue
             finally:
@@ -442,6 +452,7 @@ class BulkExporter:
             404: "the server does not know it (an unknown Group, or an expired or deleted job): check "
                  "bulk.group_id, or run again to start a new export",
             410: "the job or its files expired: run again to start a new export",
+            429: "the server is busy (too many requests, also after waiting): run again later",
         }
         hint = hints.get(response.status_code, "see the server's answer" if response.status_code < 500
                          else "the server failed: run again later")

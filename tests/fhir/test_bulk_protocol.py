@@ -2,12 +2,13 @@
 polling, an expired job, a manifest file that 404s, Retry-After as an HTTP-date or far in the future, 429 on
 the status URL, a redirect to the manifest, paged manifests, requiresAccessToken true/false, relative URLs,
 deleted[] files, file URLs answered with redirects (a pre-signed URL elsewhere gets no token; plain http
-refused; loops and too many hops stop), and links planted in the download folder before a resumed download
-(issue 11)."""
+refused; loops and too many hops stop), a download that fails for the server's reasons (exit 3) or for the
+credentials (exit 4), and links planted in the download folder before a resumed download (issue 11)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator, Generator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -17,8 +18,11 @@ import httpx
 import pytest
 from pytest_httpx import HTTPXMock
 
-from fhir_adapter.fhir import BearerToken, FhirClient
+from fhir_adapter.cli.console import exit_code_of
+from fhir_adapter.fhir import BearerToken, FhirAuthError, FhirClient
 from fhir_adapter.fhir.bulk import STATE_FILE, BulkExporter, BulkExportError, BulkOptions, Job, load_job, save_job
+from fhir_adapter.fhir.errors import FhirServerUnavailable
+from fhir_adapter.job import exit_codes
 from tests.fhir.fhir_testkit import BASE, FakeClock, FakeSleep, outcome
 
 STATUS = f"{BASE}/$export-status/job-1"
@@ -260,6 +264,76 @@ async def test_too_many_redirects_stop_with_an_error(httpx_mock: HTTPXMock, cloc
     with pytest.raises(BulkExportError, match=r"more than 5 redirects"):
         await exporter(clock, sleep).download(job, tmp_path)
     assert len(httpx_mock.get_requests()) == 6
+
+
+# -- a download that fails: the exit code of the table (docs/cli.md) ---------------------------------------
+
+
+async def test_a_download_refused_on_every_attempt_exits_3(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                           sleep: FakeSleep, tmp_path: Path) -> None:
+    for _ in range(4):
+        httpx_mock.add_exception(httpx.ConnectError("[Errno 111] Connection refused"), url=FILE)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE))
+    with pytest.raises(BulkExportError, match=r"download failed: .*Connection refused") as err:
+        await exporter(clock, sleep).download(job, tmp_path)
+    assert len(sleep.delays) == 3 and exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE
+
+
+async def test_a_download_throttled_after_every_retry_exits_3(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                              sleep: FakeSleep, tmp_path: Path) -> None:
+    for _ in range(4):
+        httpx_mock.add_response(url=FILE, status_code=429)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE))
+    with pytest.raises(BulkExportError, match=r"HTTP 429: .*run again later") as err:
+        await exporter(clock, sleep).download(job, tmp_path)
+    assert err.value.status == 429 and exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE
+
+
+class _DroppedMidway(httpx.AsyncByteStream):
+    """A file whose connection drops after its first line."""
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield LINE
+        raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+
+
+async def test_a_download_interrupted_on_every_attempt_exits_3(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                               sleep: FakeSleep, tmp_path: Path) -> None:
+    for _ in range(4):
+        httpx_mock.add_response(url=FILE, stream=_DroppedMidway())
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE))
+    with pytest.raises(BulkExportError, match=r"download interrupted .*run again to resume") as err:
+        await exporter(clock, sleep).download(job, tmp_path)
+    assert exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE
+    assert not list(tmp_path.glob("*.ndjson"))  # the .part is kept for no one: the next run downloads it again
+
+
+class _TokenRefused(httpx.Auth):
+    """Credentials whose token refresh the token endpoint refuses."""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise FhirAuthError("the token endpoint refused the client (HTTP 400 invalid_client)", status=400)
+        yield request  # a generator, as httpx asks
+
+
+async def test_credentials_refused_during_a_download_stop_it_unwrapped_and_unretried(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path) -> None:
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE, token=True))
+    with pytest.raises(FhirAuthError, match="invalid_client") as err:
+        await exporter(clock, sleep, auth=_TokenRefused()).download(job, tmp_path)
+    assert type(err.value) is FhirAuthError and sleep.delays == [] and job.requests["files"] == 1
+    assert exit_code_of(err.value) == exit_codes.AUTH_FAILED
+
+
+async def test_an_open_circuit_breaker_stops_a_download_unwrapped_and_unretried(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path) -> None:
+    bulk = exporter(clock, sleep)
+    bulk.client.breaker.error = FhirServerUnavailable("server unavailable since 2026-11-01T00:00:00Z",
+                                                      since="2026-11-01T00:00:00Z")
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE))
+    with pytest.raises(FhirServerUnavailable) as err:
+        await bulk.download(job, tmp_path)
+    assert sleep.delays == [] and exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE
 
 
 # -- links planted in the download folder (issue 11: nothing is written through a link inside OUT) ----------
