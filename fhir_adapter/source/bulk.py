@@ -15,12 +15,16 @@
   at hand (:attr:`reusable`: e.g. a patient enrolled since, whose data predate ``_since``), as the REST path
   reads them; the others are unchanged. An export with no files is a normal answer: nothing changed. The
   manifest's ``transactionTime`` is the next ``--since last``;
-* ``--since`` and the manifest's ``deleted[]`` (the resources deleted since ``_since``, IG v2.0.0): the subject
-  whose last CRF (``last_crf``, ``OUT/crf``) names a deleted resource is read again in full; a deletion no CRF
-  names, or a ``deleted[]`` file the adapter cannot read, makes every enrolled subject read again in full
-  (warning ``incremental``): no CRF holding a deleted record is reused
-  (:mod:`fhir_adapter.source.bulk_deletions`); counted as ``bulk.deleted`` in the run log and under
-  ``server_requests.bulk.deleted``;
+* ``--since`` and the manifest's ``deleted[]`` (the resources deleted since ``_since``, IG v2.0.0,
+  :mod:`fhir_adapter.source.bulk_deletions`), by the REST path's rule
+  (:mod:`fhir_adapter.source.server.deletion_subjects`): the subject whose last CRF (``last_crf``, ``OUT/crf``)
+  names a deleted resource is read again in full; a deletion no CRF names is looked up in its instance history
+  through REST (``[type]/[id]/_history``, at most ``client.max_deletion_lookups`` per run): an enrolled
+  patient's has that subject read again, another patient's or an adapter result is ignored
+  (``incremental.deletions_ignored``); a deletion whose history names no patient, more of them than the bound,
+  a CRF or a ``deleted[]`` line the adapter cannot read makes every enrolled subject read again in full (warning
+  ``incremental``): no CRF holding a deleted record is reused; counted as ``bulk.deleted`` in the run log and
+  under ``server_requests.bulk.deleted``;
 * the server's ``X-Progress`` while the export is made goes to :attr:`on_progress` (the run's progress display)
   once per change, else to the log at info level.
 
@@ -62,17 +66,11 @@ from fhir_adapter.source.base import (
     patient_id_of,
     ref_id,
 )
-from fhir_adapter.source.bulk_deletions import (
-    attribute,
-    crfs_at_hand,
-    read_deleted,
-    shown_problems,
-    shown_refs,
-    unattributable,
-)
+from fhir_adapter.source.bulk_deletions import read_deleted, shown_problems
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import discover, read_lines
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
+from fhir_adapter.source.server.deletion_subjects import DeletionContext, deletion_subjects
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +373,8 @@ class BulkSource:
 
     def _deletions(self, patient_ids: set[str], unchanged: set[str]) -> set[str]:
         """The subjects of ``unchanged`` to read again because of the export's ``deleted[]``: those whose last CRF
-        names a deleted resource, or all of them when a deletion cannot be attributed."""
+        or (through REST) instance history names a deleted resource, or all of them when a deletion cannot be
+        attributed (:func:`~fhir_adapter.source.server.deletion_subjects.deletion_subjects`, as the REST path)."""
         names = [str(e["url"]) for e in self._local.get("deleted") or [] if isinstance(e, dict) and e.get("url")]
         if not names:
             return set()
@@ -383,24 +382,15 @@ class BulkSource:
         since = self.since.isoformat(timespec="seconds") if self.since else "the last run"
         self.log.count("bulk.deleted", len(deletions.refs))
         self._notes["deleted"] = len(deletions.refs)
-        found = attribute(deletions.refs, crfs_at_hand(patient_ids, self._labels, self.last_crf), patient_ids)
-        for pid, refs in sorted(found.subjects.items()):
-            log.info("%s: read again in full: its last CRF holds %s, deleted since %s",
-                     self._labels.get(pid, pid), shown_refs(refs), since)
-        why = []
+        problems = []
         if deletions.unreadable:
-            why.append(f"{len(deletions.unreadable)} entry(ies) of the export's deleted[] files could not be read "
-                       f"({shown_problems(deletions.unreadable)})")
-        why += unattributable(found)
-        if why:
-            self.log.warn(f"the export since {since} lists {len(deletions.refs)} deleted resource(s); "
-                          f"{'; '.join(why)}: every enrolled subject is read again in full, no CRF of the last run "
-                          "is reused", rule="incremental")
-            self.log.count("incremental.deletion_subjects", len(unchanged))
-            return set(unchanged)
-        again = set(found.subjects) & unchanged
-        self.log.count("incremental.deletion_subjects", len(again))
-        return again
+            problems.append(f"{len(deletions.unreadable)} entry(ies) of the export's deleted[] files could not be "
+                            f"read ({shown_problems(deletions.unreadable)})")
+        ctx = DeletionContext(self.server.client, self.log, self.server.base, patient_ids, self._labels,
+                              self.last_crf, since)
+        return self.server.run(deletion_subjects(ctx, deletions.refs, unchanged, problems,
+                                                 f"the export since {since} lists {len(deletions.refs)} deleted "
+                                                 "resource(s)"))
 
     def _finish(self) -> None:
         if self.job is not None:

@@ -13,10 +13,16 @@ which names the resources its values came from (``source``: type and id):
 
 * a deleted resource a CRF names belonged to that subject, which is read again in full (so is the subject of a
   deleted ``Patient/<id>``);
-* one no CRF names (a resource the mapping did not use, one of a subject whose CRF is not at hand), a shared
-  Medication/Organization/Location/Specimen (records of any subject may reference it), or a line that is not
-  such a Bundle cannot be attributed: then every enrolled subject is read again in full (warning
-  ``incremental``), never a CRF that may be stale reused.
+* one no CRF names (a resource the mapping did not use, another patient's, one of a subject whose CRF is not at
+  hand) is looked up in its instance history (:mod:`fhir_adapter.source.server.deletion_owners`): an enrolled
+  patient's has that subject read again, another patient's is ignored;
+* a shared Medication/Organization/Location/Specimen (records of any subject may reference it), one whose
+  history names no patient, a CRF that cannot be read, or a line that is not such a Bundle cannot be
+  attributed: then every enrolled subject is read again in full (warning ``incremental``), never a CRF that may
+  be stale reused.
+
+The REST path attributes the deletions its type-level history lists by the same rule
+(:mod:`fhir_adapter.source.server.deletion_subjects`).
 """
 
 from __future__ import annotations

@@ -348,6 +348,32 @@ def test_since_reads_every_subject_again_when_a_deletion_cannot_be_attributed(se
     assert server_read_crfs(out) == server_read_crfs(_fresh_rest_run(setup, "rest-after-specimen"))
 
 
+def test_since_ignores_a_deletion_of_a_patient_not_enrolled(setup: Setup) -> None:
+    """A Patient-level export _since lists the whole server's deletions; one no CRF names is looked up in its
+    instance history through REST, as the REST path does: another patient's Observation → nobody is read again,
+    no warning, the deletion counted as ignored (before: every enrolled subject read again in full, warning
+    ``incremental``)."""
+    setup.bulk()
+    put_resources(setup.server.base_url, [
+        {"resourceType": "Patient", "id": "not-enrolled", "gender": "female"},
+        {"resourceType": "Observation", "id": "obs-not-enrolled", "status": "final",
+         "code": {"coding": [{"system": "http://loinc.org", "code": "718-7"}]},
+         "subject": {"reference": "Patient/not-enrolled"}, "effectiveDateTime": "2024-03-20",
+         "valueQuantity": {"value": 12.5, "unit": "g/dL", "system": "http://unitsofmeasure.org", "code": "g/dL"}}])
+    out = setup.tmp / "since-deleted-not-enrolled"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    _deleted(setup, "Observation/obs-not-enrolled")
+    cli_run(setup.server.base_url, out, "--bulk", "--since", "last", "--config", str(setup.config))
+    rep = report(out)
+    assert [w for w in rep["warnings"] if w["rule"] == "incremental"] == []
+    assert rep["counts"]["bulk.deleted"] == 1
+    assert rep["counts"]["incremental.deletion_lookups"] == 1 and rep["counts"]["incremental.deletions_ignored"] == 1
+    assert rep["counts"]["incremental.changed_subjects"] == rep["counts"]["incremental.deletion_subjects"] == 0
+    assert rep["counts"]["incremental.unchanged_subjects"] == SUBJECTS
+    assert not rep["server_requests"].get("per_subject")  # nobody read again in full
+    assert rep["server_requests"]["shared"]["history"] == 1  # the one instance history read
+
+
 def test_server_reads_shared_resources_by_id(setup: Setup, study: Any) -> None:
     """A Specimen (or Organization, Location) a subject's resource references is read by id, once, as the file
     source takes it from the export."""

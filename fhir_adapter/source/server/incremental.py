@@ -12,8 +12,8 @@ waits for the next full run). A DELETE entry of a history Bundle has ``request.m
 ``request.url`` and normally no resource (FHIR R4 http.html#history; HAPI writes them so):
 
 * an entry that does carry the deleted resource (its last version) names its patient, who counts as changed;
-* one without is attributed as the Bulk path attributes the manifest's ``deleted[]``
-  (:mod:`fhir_adapter.source.bulk_deletions`): the subject whose last CRF (``last_crf``, ``OUT/crf``) names the
+* one without is attributed as the Bulk path attributes the manifest's ``deleted[]`` (one rule for both,
+  :mod:`.deletion_subjects`): the subject whose last CRF (``last_crf``, ``OUT/crf``) names the
   deleted Type/id is read again in full;
 * a deletion no CRF names (a resource the mapping did not use, another patient's, the adapter's own result —
   type-level history lists the whole server's) is looked up in its instance history ``[type]/[id]/_history``
@@ -48,17 +48,8 @@ from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpErro
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, patient_id_of
-from fhir_adapter.source.bulk_deletions import (
-    Attribution,
-    Ref,
-    attribute,
-    crfs_at_hand,
-    deleted_ref,
-    shown_problems,
-    shown_refs,
-    unattributable,
-)
-from fhir_adapter.source.server.deletion_owners import deletion_owners
+from fhir_adapter.source.bulk_deletions import Ref, deleted_ref, shown_problems
+from fhir_adapter.source.server.deletion_subjects import DeletionContext, deletion_subjects
 from fhir_adapter.source.server.groups import raise_if_fatal
 from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, adapter_owned
 
@@ -153,43 +144,17 @@ class ChangeProbe:
 
     async def _deletion_subjects(self, pids: set[str], changed: set[str], stamp: str) -> set[str]:
         """The patients of ``pids`` not otherwise ``changed`` to read again because of a deletion listed without
-        its resource: those whose last CRF names it, else whose patient its instance history names, or all of
-        them when one cannot be attributed."""
+        its resource (:func:`.deletion_subjects.deletion_subjects`)."""
         if not self.bare and not self.unreadable:
             return set()
-        found = attribute(self.bare, crfs_at_hand(pids, self.labels, self.last_crf), pids)
-        for pid, refs in sorted(found.subjects.items()):
-            log.info("%s: read again in full: its last CRF holds %s, deleted since %s",
-                     self.labels.get(pid, pid), shown_refs(refs), stamp)
-        why = []
+        problems = []
         if self.unreadable:
-            why.append(f"{len(self.unreadable)} DELETE entry(ies) of the server's history name no Type/id "
-                       f"({shown_problems(self.unreadable)})")
-        why += unattributable(Attribution(found.subjects, [], found.unreadable_crfs))
-        subjects = set(found.subjects)
-        if found.unattributed and not why:  # else every subject is read again: nothing to look up
-            owners = await deletion_owners(self.client, found.unattributed, pids, self.base,
-                                           self.client.settings.max_deletion_lookups)
-            self.log.count("incremental.deletion_lookups", owners.lookups)
-            self.log.count("incremental.deletions_ignored", len(owners.ignored))
-            for pid, refs in sorted(owners.subjects.items()):
-                log.info("%s: read again in full: its record %s was deleted since %s (its history names it)",
-                         self.labels.get(pid, pid), shown_refs(refs), stamp)
-            if owners.ignored:
-                log.info("%d deletion(s) since %s of patients not enrolled or of the adapter's results ignored "
-                         "(%s)", len(owners.ignored), stamp, shown_refs(owners.ignored))
-            subjects |= set(owners.subjects)
-            why += owners.why()
-        elif found.unattributed:
-            why += unattributable(Attribution({}, found.unattributed, {}))
-        unchanged = pids - changed
-        again = set(unchanged) if why else subjects & unchanged
-        if why:
-            self.log.warn(f"the server's history lists {len(self.bare) + len(self.unreadable)} deletion(s) since "
-                          f"{stamp} without the deleted resource; {'; '.join(why)}: every enrolled subject is read "
-                          "again in full, no CRF of the last run is reused", rule="incremental")
-        self.log.count("incremental.deletion_subjects", len(again))
-        return again
+            problems.append(f"{len(self.unreadable)} DELETE entry(ies) of the server's history name no Type/id "
+                            f"({shown_problems(self.unreadable)})")
+        ctx = DeletionContext(self.client, self.log, self.base, pids, self.labels, self.last_crf, stamp)
+        return await deletion_subjects(ctx, self.bare, pids - changed, problems,
+                                       f"the server's history lists {len(self.bare) + len(self.unreadable)} "
+                                       f"deletion(s) since {stamp} without the deleted resource")
 
     async def _per_patient(self, rtype: str, params: dict[str, str], group: list[str],
                            probe: Callable[[str, dict[str, str], str, bool], Awaitable[None]]) -> None:
