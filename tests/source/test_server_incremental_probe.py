@@ -17,6 +17,7 @@ from fhir_adapter.fhir import ClientSettings, FhirClient, FhirError, FhirHttpErr
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
+from fhir_adapter.source.server.deletion_owners import MAX_HISTORY_PAGES
 from fhir_adapter.source.server.incremental import ChangeProbe
 from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import SID_RESULT
@@ -296,3 +297,50 @@ def test_more_deletions_than_the_lookup_bound_read_every_subject_again(study: St
     [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
     assert "3 deleted resource(s)" in warning["message"] and "client.max_deletion_lookups" in warning["message"]
     assert "every enrolled subject is read again in full" in warning["message"]
+
+
+def paged_history(rid: str, pages: list[list[dict[str, Any]]]) -> InstanceHistory:
+    """An instance history of ``Observation/<rid>`` in ``pages`` (entries), each but the last with a ``next``
+    link; the first request gets the first page, each later one the next."""
+    served = [0]
+
+    def instance(asked: str) -> httpx.Response:
+        assert asked == rid
+        n = served[0]
+        served[0] += 1
+        link = [{"relation": "next", "url": f"https://ehr.example.org/fhir/Observation/{rid}/_history?page={n + 2}"}]
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": pages[n],
+                                         "link": link if n + 1 < len(pages) else []})
+
+    return instance
+
+
+def test_an_instance_history_is_followed_past_a_version_naming_nobody(study: Study, tmp_path: Path) -> None:
+    """The newest version of a deleted resource may name no patient (its subject removed before the deletion),
+    the older one on the next page does: that subject alone is read again (before: only the first page holding
+    a version was read, and the deletion made every subject read again)."""
+    pages = [[deletion("o7"), {"resource": {"resourceType": "Observation", "id": "o7", "status": "cancelled"}}],
+             [{"resource": {"resourceType": "Observation", "id": "o7", "subject": {"reference": "Patient/p3"}}}]]
+    changed, log, looked = probe_deletion_lookups(study, tmp_path, [deletion("o7")], paged_history("o7", pages))
+    assert changed == {"p3"} and looked == ["Observation/o7/_history"] * 2
+    assert log.counts["incremental.deletion_subjects"] == 1 and log.counts["incremental.deletions_ignored"] == 0
+    assert not [w for w in log.warnings if w["rule"] == "incremental"]
+
+
+def test_an_instance_history_is_read_at_most_five_pages(study: Study, tmp_path: Path) -> None:
+    """Pages with no version naming a patient are followed at most :data:`MAX_HISTORY_PAGES` deep: then the
+    deletion stays unattributable and every subject is read again."""
+    pages = [[deletion("o7")]] * 8
+    changed, log, looked = probe_deletion_lookups(study, tmp_path, [deletion("o7")], paged_history("o7", pages))
+    assert changed == {"p1", "p2", "p3"} and len(looked) == MAX_HISTORY_PAGES == 5
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "Observation/o7: its history lists no version of it in the first 5 pages" in warning["message"]
+
+
+def test_a_version_naming_no_patient_with_none_naming_one_reads_every_subject_again(study: Study,
+                                                                                   tmp_path: Path) -> None:
+    pages = [[deletion("o7"), {"resource": {"resourceType": "Observation", "id": "o7", "status": "cancelled"}}]]
+    changed, log, looked = probe_deletion_lookups(study, tmp_path, [deletion("o7")], paged_history("o7", pages))
+    assert changed == {"p1", "p2", "p3"} and looked == ["Observation/o7/_history"]
+    [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
+    assert "Observation/o7: a version of it names no Patient of this server" in warning["message"]

@@ -4,14 +4,17 @@ Type-level history (``[type]/_history?_since=``) lists the whole server's deleti
 records the mapping did not use, the adapter's own results — as DELETE entries without the resource. A server
 keeps the versions of a deleted resource: ``GET [type]/[id]/_history`` lists them under the DELETE entry,
 newest first (FHIR R4 http.html#history), and a version names the resource's patient (``subject``/``patient``).
-So, for each deletion no CRF of the last run names (:func:`fhir_adapter.source.bulk_deletions.attribute`):
+Its ``next`` pages are followed until a version names someone, at most :data:`MAX_HISTORY_PAGES` pages (a
+version with no ``subject``/``patient`` at all, e.g. one whose subject was removed, says nothing: the older ones
+are read). So, for each deletion no CRF of the last run names
+(:func:`fhir_adapter.source.bulk_deletions.attribute`):
 
 * a version names an enrolled patient → that subject is read again in full;
 * its versions name only patients not enrolled, or it is a result the adapter wrote → the deletion does not
   concern the trial: ignored (counted as ``incremental.deletions_ignored``);
-* no version readable, a version naming no Patient of this server, a shared resource
-  (Medication/Organization/Location/Specimen) or the read failing → it stays unattributable: every enrolled
-  subject is read again in full, as without this look-up.
+* no version readable (none within :data:`MAX_HISTORY_PAGES` pages), a version naming no Patient of this server
+  (or only versions naming nobody), a shared resource (Medication/Organization/Location/Specimen) or the read
+  failing → it stays unattributable: every enrolled subject is read again in full, as without this look-up.
 
 At most ``client.max_deletion_lookups`` resources are looked up per run (none when there are more: every
 subject is read again anyway); they are read as many at a time as the client sends, and the look-ups stop at
@@ -26,10 +29,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fhir_adapter.fhir import FhirClient, FhirError
-from fhir_adapter.source.base import SHARED_TYPES, Resource, patient_id_of
+from fhir_adapter.source.base import SHARED_TYPES, SUBJECT_TYPES, Resource, patient_id_of
 from fhir_adapter.source.bulk_deletions import Ref, shown_problems
 from fhir_adapter.source.server.groups import raise_if_fatal
 from fhir_adapter.source.server.searches import adapter_owned
+
+#: instance-history pages read per deleted resource, at most
+MAX_HISTORY_PAGES = 5
 
 
 @dataclass
@@ -88,20 +94,33 @@ async def deletion_owners(client: FhirClient, refs: Iterable[Ref], enrolled: set
 
 
 async def _versions(client: FhirClient, ref: Ref) -> list[Resource] | str:
-    """The versions the first page of ``ref``'s instance history that holds one lists (newest first), or why
-    none could be read."""
+    """The versions ``ref``'s instance history lists (newest first), its ``next`` pages followed until a version
+    names someone (its ``subject``/``patient``), at most :data:`MAX_HISTORY_PAGES` pages; or why none could be
+    read."""
     rtype, rid = ref
+    versions: list[Resource] = []
+    pages = 0
     try:
         async for page in client.search_bundles(rtype, label="history", history=True, resource_id=rid,
                                                 trips_breaker=False):
-            versions = [e["resource"] for e in page.get("entry") or []
-                        if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
-            if versions:
-                return versions
+            pages += 1
+            versions += [e["resource"] for e in page.get("entry") or []
+                         if isinstance(e, dict) and isinstance(e.get("resource"), dict)]
+            if any(_names_someone(v) for v in versions) or pages >= MAX_HISTORY_PAGES:
+                break
     except FhirError as exc:
         raise_if_fatal(exc)
         return f"its history could not be read ({exc})"
-    return "its history lists no version of it"
+    if versions:
+        return versions
+    return "its history lists no version of it" + (f" in the first {pages} pages" if pages >= MAX_HISTORY_PAGES
+                                                   else "")
+
+
+def _names_someone(version: Resource) -> bool:
+    """Whether a version names whom it is about (a Patient, or its ``subject``/``patient`` element is there)."""
+    rtype = str(version.get("resourceType"))
+    return rtype == "Patient" or any(isinstance(version.get(k), dict) for k in SUBJECT_TYPES.get(rtype, ("subject",)))
 
 
 def _settle(owners: Owners, ref: Ref, answer: list[Resource] | str, enrolled: set[str], base: str) -> None:
@@ -110,8 +129,9 @@ def _settle(owners: Owners, ref: Ref, answer: list[Resource] | str, enrolled: se
         owners.unknown.append(f"{shown}: {answer}")
         return
     inputs = [v for v in answer if not adapter_owned(v)]
-    patients = {patient_id_of(v, base) for v in inputs}
-    if None in patients:
+    naming = [v for v in inputs if _names_someone(v)]  # a version naming nobody says nothing about whose it was
+    patients = {patient_id_of(v, base) for v in naming}
+    if None in patients or (inputs and not naming):
         owners.unknown.append(f"{shown}: a version of it names no Patient of this server")
         return
     ours = sorted(p for p in patients if p is not None and p in enrolled)
