@@ -27,12 +27,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
 from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
+from fhir_adapter.numbers import round_half_up
 
 N = TypeVar("N", int, float)
 
@@ -203,12 +203,3 @@ def item_with_baseline(
         ))
     return out, source
 
-
-def round_half_up(value: float, decimals: int) -> float:
-    """Round half away from zero on the decimal value (35 mm × 0.03 = 1.0499999999999998 → 1.05 → 1.1).
-
-    The value is first rounded to 9 decimals to drop binary noise, then rounded half-up on its decimal text,
-    so a half is never lost to a binary representation just below it.
-    """
-    exact = Decimal(repr(round(value, 9)))
-    return float(exact.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP))

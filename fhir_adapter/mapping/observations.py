@@ -31,7 +31,6 @@ Any other element that cannot be read quarantines that Observation (``unreadable
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from fhir_adapter.crf.models import Finding, SourceRef
@@ -47,6 +46,7 @@ from fhir_adapter.mapping.common import (
     quantity_unit,
     ucum_unit,
 )
+from fhir_adapter.numbers import round_half_up
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import Item
 from fhir_adapter.study.timeline import DateError, parse_fhir_date
@@ -74,8 +74,7 @@ def _converted(value: float, item: Item) -> float:
     a value within half a unit of the last declared digit above a threshold, which the rounding puts on it
     (56.6 mg/mmol = 0.50035 mg/mg is stored 0.500: no proteinuria; docs/clinical-rules.md#converted-precision)."""
     if item.decimals is not None:  # half up on the decimal number (0.00125 -> 0.0013), not the binary float's
-        exact = Decimal(f"{value:.12g}")
-        return float(exact.quantize(Decimal(1).scaleb(-item.decimals), rounding=ROUND_HALF_UP))
+        return round_half_up(value, item.decimals)
     return float(f"{value:.12g}")
 
 

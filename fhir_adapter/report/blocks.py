@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
+
+from fhir_adapter.numbers import half_up
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,12 @@ def fmt(value: float | int | None, digits: int = 1) -> str:
     if isinstance(value, int) or (float(value).is_integer() and digits == 0):
         return f"{int(value)}"
     if abs(value) >= 1000:
-        return f"{Decimal(repr(float(value))).quantize(Decimal(1), rounding=ROUND_HALF_UP):,f}"
+        return f"{half_up(value, 0):,f}"
     if 0 < abs(value) < 10 ** -digits:
         return f"{value:.2g}"
     # half up on the number as study.json shows it (1.15 -> 1.2, 0.45 -> 0.5): formatting the binary float
     # rounded 1.15 down and 0.45 up, as their nearest doubles happen to lie
-    shown = Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
-    return f"{shown:f}"
+    return f"{half_up(value, digits):f}"
 
 
 def pct(k: int, n: int) -> str:
