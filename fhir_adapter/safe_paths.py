@@ -76,17 +76,20 @@ def replaced_output(out: Path, path: Path) -> Path:
     return path
 
 
-def open_new(path: Path) -> BinaryIO:
-    """``path`` opened for writing anew (created, or emptied), never through a symbolic link: the open itself
-    refuses to follow one (``O_NOFOLLOW``), and a link standing at ``path`` is removed — what it points to is not
-    touched — as a previous file would be replaced. Returns the binary file (the caller closes it)."""
+def open_no_link(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open(path, flags)`` never through a symbolic link: the open itself refuses to follow one
+    (``O_NOFOLLOW``), and a link standing at ``path`` is removed — what it points to is not touched — as a previous
+    file would be replaced. Returns the file descriptor."""
     path = Path(path)
     while True:
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            return os.open(path, flags | os.O_NOFOLLOW, mode)
         except OSError as exc:
             if exc.errno != errno.ELOOP or not os.path.islink(path):
                 raise
             os.unlink(path)  # the link, not what it points to
-            continue
-        return os.fdopen(fd, "wb")
+
+
+def open_new(path: Path) -> BinaryIO:
+    """``path`` opened for writing anew (created, or emptied) by :func:`open_no_link`; the caller closes it."""
+    return os.fdopen(open_no_link(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")

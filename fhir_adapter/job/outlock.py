@@ -27,6 +27,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from fhir_adapter.safe_paths import open_no_link
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".fhir-adapter.lock"
@@ -61,13 +63,7 @@ def _holder(fd: int) -> str:
 
 def _acquire(path: Path, command: str) -> int | None:
     while True:
-        try:  # never through a symbolic link: one standing in the lock file's place is replaced
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as exc:
-            if exc.errno != errno.ELOOP or not os.path.islink(path):
-                raise
-            os.unlink(path)   # the link, not what it points to
-            continue
+        fd = open_no_link(path, os.O_RDWR | os.O_CREAT)  # a link in the lock file's place is replaced
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
