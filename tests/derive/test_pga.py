@@ -7,8 +7,9 @@ import datetime as dt
 import pytest
 
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.derive.baseline import changes, item_by_visit, round_half_up
+from fhir_adapter.derive.baseline import changes, item_by_visit
 from fhir_adapter.derive.pga import PgaSettings, PgaVisit, derive_pga
+from fhir_adapter.numbers import round_half_up
 from tests.efficacy_helpers import rule, visit_crf
 from tests.helpers import finding
 
