@@ -8,7 +8,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable
 
-from fhir_adapter.fhir.errors import FhirError, FhirHttpError, FhirServerUnavailable, FhirTransportError
+from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, FhirServerUnavailable, FhirTransportError
 
 __all__ = ["AdaptiveLimit", "CircuitBreaker", "is_unavailability"]
 
@@ -66,9 +66,14 @@ class AdaptiveLimit:
 
 
 def is_unavailability(exc: BaseException) -> bool:
-    """A failure that says the server is down or overloaded (not a problem of one request)."""
+    """A failure that says the server is down or overloaded (not a problem of one request) — the FHIR server's,
+    or its authorization server's: a token endpoint answering 429 or 5xx after the retries (a transient
+    :class:`FhirAuthError`) leaves no request that can be sent, so it counts toward the circuit breaker and ends
+    the run as "server unavailable" (exit 3), not one subject after another."""
     if isinstance(exc, FhirHttpError):
         return exc.status in (429, 500, 502, 503, 504)
+    if isinstance(exc, FhirAuthError):
+        return exc.transient
     if isinstance(exc, FhirTransportError):
         return exc.kind in ("refused", "timeout", "dropped", "other")
     return isinstance(exc, FhirServerUnavailable)

@@ -54,8 +54,9 @@ class ClientSettings(BaseModel):
     backoff_jitter_seconds: float = Field(0.5, ge=0, description="Extra random wait added to each backoff.")
     circuit_breaker_failures: int = Field(
         4, ge=1,
-        description="Consecutive requests failing for the server's reasons (after their retries) that make the "
-                    "client stop sending: the run ends with exit code 3 (server unavailable).")
+        description="Consecutive requests failing for the server's reasons (after their retries; the token "
+                    "endpoint's 429/5xx included) that make the client stop sending: the run ends with exit code 3 "
+                    "(server unavailable).")
     circuit_breaker_subjects: int = Field(
         2, ge=1, description="Different subjects (request labels) those consecutive failures must span before the "
                              "client stops sending.")

@@ -325,6 +325,22 @@ async def test_credentials_refused_during_a_download_stop_it_unwrapped_and_unret
     assert exit_code_of(err.value) == exit_codes.AUTH_FAILED
 
 
+class _TokenEndpointDown(httpx.Auth):
+    """Credentials whose token endpoint answers 503 (transient) to every request."""
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise FhirAuthError("SMART token request failed with HTTP 503", status=503, transient=True)
+        yield request  # a generator, as httpx asks
+
+
+async def test_a_token_endpoint_down_for_every_attempt_of_a_download_exits_3(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path) -> None:
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE, token=True))
+    with pytest.raises(BulkExportError, match=r"download failed: .*HTTP 503") as err:
+        await exporter(clock, sleep, auth=_TokenEndpointDown()).download(job, tmp_path)
+    assert len(sleep.delays) == 3 and exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE
+
+
 async def test_an_open_circuit_breaker_stops_a_download_unwrapped_and_unretried(
         httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path) -> None:
     bulk = exporter(clock, sleep)

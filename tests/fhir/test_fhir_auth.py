@@ -343,6 +343,29 @@ async def test_token_endpoint_503_is_retried(
     assert fake_sleep.delays == [3.0]
 
 
+async def test_a_token_endpoint_that_stays_down_is_a_server_that_is_down(
+    httpx_mock: HTTPXMock, rsa_key: rsa.RSAPrivateKey, fake_sleep: FakeSleep
+) -> None:
+    # the EHR's authorization server answering 503 to every token request: no request can be sent, so after
+    # the breaker's run of failures across subjects the run stops (exit 3), instead of failing every subject
+    # after its whole retry budget (exit 2)
+    from fhir_adapter.cli.console import exit_code_of
+    from fhir_adapter.job.exit_codes import SERVER_UNAVAILABLE
+    from fhir_adapter.fhir.errors import FhirServerUnavailable
+
+    httpx_mock.add_response(url=TOKEN_URL, method="POST", status_code=503, is_reusable=True)
+    settings = ClientSettings(max_attempts=2, circuit_breaker_failures=3, circuit_breaker_subjects=2)
+    async with FhirClient(BASE, auth=smart(rsa_key), settings=settings, sleep=fake_sleep) as c:
+        for label in ("S-001", "S-001", "S-002"):
+            with pytest.raises(FhirAuthError) as failed:
+                await c.read("Patient", "p1", label=label)
+            assert failed.value.transient and exit_code_of(failed.value) == SERVER_UNAVAILABLE
+        sent = len(httpx_mock.get_requests())
+        with pytest.raises(FhirServerUnavailable, match="server unavailable since .*token request"):
+            await c.read("Patient", "p1", label="S-003")
+        assert len(httpx_mock.get_requests()) == sent
+
+
 # ------------------------------------------------------------------------------------------ secrecy
 
 
