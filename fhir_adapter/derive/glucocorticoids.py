@@ -58,6 +58,7 @@ from collections.abc import Iterable, Sequence
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fhir_adapter.crf.models import ConMed, SubjectCRF
+from fhir_adapter.numbers import round_half_up
 from fhir_adapter.study.timeline import study_day
 
 _MG_PER_UNIT = {"mg": 1.0, "g": 1000.0, "ug": 0.001, "mcg": 0.001, "µg": 0.001}
@@ -262,7 +263,7 @@ def _dose_on(
                               reason=f"{cm.drug} ({cm.source.reference}): {why}")
         total += mg * g.factor
         sources.append(cm.source.reference)
-    return PredEqDose(date=day, mg_per_day=round(total, s.decimals), sources=sorted(set(sources)), basis="doses")
+    return PredEqDose(date=day, mg_per_day=round_half_up(total, s.decimals), sources=sorted(set(sources)), basis="doses")
 
 
 def pred_eq_on(cms: Iterable[ConMed], day: dt.date, settings: GlucocorticoidSettings) -> PredEqDose:
@@ -284,7 +285,7 @@ def record_pred_eq(cms: Iterable[ConMed], settings: GlucocorticoidSettings) -> l
     out = []
     for cm in cms:
         mg = _daily_mg(cm)[0] if id(cm) in factor else None
-        value = round(mg * factor[id(cm)], settings.decimals) if mg is not None else None
+        value = round_half_up(mg * factor[id(cm)], settings.decimals) if mg is not None else None
         out.append(cm.model_copy(update={"pred_eq_daily_mg": value}))
     return out
 

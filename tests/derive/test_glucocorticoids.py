@@ -206,3 +206,12 @@ def test_each_counted_record_carries_its_own_prednisolone_equivalent_daily_dose(
     assert [c.daily_dose_mg for c in out][:1] == [None] and all(c.pred_eq_daily_mg is None for c in cms)
     # the records' own doses add up to the day's dose
     assert pred_eq_on(cms[:2], d(10), S).mg_per_day == sum(c.pred_eq_daily_mg or 0 for c in out[:2]) == 30
+
+
+def test_a_dose_on_a_half_is_rounded_half_up_as_every_stored_value() -> None:
+    """0.75 mg dexamethasone × 6.67 = 5.0025 mg/day (a standard tablet), 5.0024999999999995 as a float: rounded
+    half up to the three decimals (docs/clinical-rules.md#glucocorticoid-daily-dose), 5.003 — the day's dose and
+    the record's own, as the CRF's converted values and PGA are rounded (fhir_adapter/numbers.py)."""
+    dex = [conmed("dexamethasone", 1, None, dose=0.75)]
+    assert dose(dex) == 5.003
+    assert record_pred_eq(dex, S)[0].pred_eq_daily_mg == 5.003
