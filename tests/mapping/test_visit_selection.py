@@ -45,3 +45,16 @@ def test_a_visit_keeps_the_worst_value_of_its_window(study: Study, worse: str, k
     assert (entry["rule"], picked["source"]["id"]) == ("worst", w1.values["crp"].source.id)
     _, shipped = place(results, DAY1, study)   # the shipped crp selects max
     assert next(v for v in shipped if v.visit == "W1").values["crp"].value == 40.0
+
+
+@pytest.mark.parametrize("rule", ["first", "last", "closest", "max"])
+def test_a_date_only_and_a_timed_result_on_one_day_are_ordered_not_a_failure(rule: str) -> None:
+    """A repeated or hand-entered result is often sent with a date only beside the timed one of the same day.
+    Both stay candidates; the date-only one counts as taken at 00:00 of its date (as a date-only sample in
+    docs/clinical-rules.md#kinetics), so it is the earlier. Comparing a missing time with a time had failed the whole subject."""
+    import datetime as dt
+
+    dated = finding("upcr", 14, 0.61)
+    timed = finding("upcr", 14, 0.62, datetime=dt.datetime.combine(dated.date, dt.time(7), tzinfo=dt.UTC))
+    kept = select([timed, dated], rule, 14, None)
+    assert kept is {"first": dated, "last": timed, "closest": dated, "max": timed}[rule]
