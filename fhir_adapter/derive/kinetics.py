@@ -55,6 +55,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.study.timeline import zone
 
 AucMethod = Literal["lin-up/log-down", "linear"]
 
@@ -192,19 +193,23 @@ def time_zero(crf: SubjectCRF) -> dt.datetime | None:
     return crf.infusion_time or dt.datetime.combine(crf.day1, dt.time())
 
 
-def elapsed_days(when: dt.datetime, time0: dt.datetime) -> float:
-    """Fractional days from ``time0`` to ``when``; a naive value is read on the site clock of the other."""
-    if (when.tzinfo is None) != (time0.tzinfo is None):
-        when, time0 = when.replace(tzinfo=None), time0.replace(tzinfo=None)
-    return round((when - time0).total_seconds() / 86400, 6)
+def elapsed_days(when: dt.datetime, time0: dt.datetime, site_tz: dt.tzinfo = dt.UTC) -> float:
+    """Fractional days of elapsed time from ``time0`` to ``when`` (a daylight-saving change in between is an
+    hour more or less, not the wall clock's difference: two times of one zone object subtract on the wall clock
+    in Python); a naive value (a date-only sample, Day 1 00:00) is on the site clock."""
+    def instant(t: dt.datetime) -> dt.datetime:
+        return (t if t.tzinfo is not None else t.replace(tzinfo=site_tz)).astimezone(dt.UTC)
+
+    return round((instant(when) - instant(time0)).total_seconds() / 86400, 6)
 
 
-def _usable(findings: list[Finding], time0: dt.datetime, notes: list[str]) -> list[tuple[float, Finding]]:
+def _usable(findings: list[Finding], time0: dt.datetime, notes: list[str],
+            site_tz: dt.tzinfo) -> list[tuple[float, Finding]]:
     by_time: dict[float, Finding] = {}
     for f in findings:
         if f.date is None or (f.value is None and f.comparator is None):
             continue
-        t = elapsed_days(f.datetime or dt.datetime.combine(f.date, dt.time()), time0)
+        t = elapsed_days(f.datetime or dt.datetime.combine(f.date, dt.time()), time0, site_tz)
         if t < 0:
             continue
         if t in by_time:
@@ -215,14 +220,15 @@ def _usable(findings: list[Finding], time0: dt.datetime, notes: list[str]) -> li
 
 
 def derive_series(crf: SubjectCRF, series: SeriesSettings, lloq: float | None, unit: str | None,
-                  settings: KineticsSettings) -> KineticsSeries | None:
-    """NCA of one series of ``crf``; None when the subject was not infused or has no sample of the item."""
+                  settings: KineticsSettings, site_tz: str = "UTC") -> KineticsSeries | None:
+    """NCA of one series of ``crf``; None when the subject was not infused or has no sample of the item.
+    ``site_tz``: the site time zone (IANA name), the clock of a date-only sample and of Day 1 00:00."""
     time0 = time_zero(crf)
     if time0 is None:
         return None
     lloq = series.lloq if series.lloq is not None else lloq
     out = KineticsSeries(item=series.item, unit=unit, lloq=lloq, auc_method=settings.auc_method, time0=time0)
-    samples = _usable(crf.findings_for(series.item), time0, out.notes)
+    samples = _usable(crf.findings_for(series.item), time0, out.notes, zone(site_tz))
     date_at = {t: f.date for t, f in samples}
     if not samples:
         return None
@@ -263,12 +269,13 @@ def derive_series(crf: SubjectCRF, series: SeriesSettings, lloq: float | None, u
 
 
 def derive_kinetics(crf: SubjectCRF, settings: KineticsSettings,
-                    items: dict[str, tuple[float | None, str | None]]) -> Kinetics:
-    """Primary (transgene) and secondary (CAR+ cells) series; ``items`` gives each item's (lloq, unit)."""
+                    items: dict[str, tuple[float | None, str | None]], site_tz: str = "UTC") -> Kinetics:
+    """Primary (transgene) and secondary (CAR+ cells) series; ``items`` gives each item's (lloq, unit);
+    ``site_tz`` the site time zone (``study.yaml`` ``timezone``)."""
     def one(s: SeriesSettings | None) -> KineticsSeries | None:
         if s is None:
             return None
         lloq, unit = items.get(s.item, (None, None))
-        return derive_series(crf, s, lloq, unit, settings)
+        return derive_series(crf, s, lloq, unit, settings, site_tz)
 
     return Kinetics(primary=one(settings.primary), secondary=one(settings.secondary))

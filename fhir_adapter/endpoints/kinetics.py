@@ -33,7 +33,7 @@ class KineticsSubjectKeys(TypedDict):
 
 def derive(x: SubjectInput) -> Kinetics:
     items = {k: (v.lloq, v.unit) for k, v in x.study.items.items()}
-    return derive_kinetics(x.crf, x.rules(KineticsSettings), items)
+    return derive_kinetics(x.crf, x.rules(KineticsSettings), items, x.study.info.timezone)
 
 
 def series_keys(k: KineticsSeries | None) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import Item
-from fhir_adapter.study.timeline import study_day
+from fhir_adapter.study.timeline import elapsed, study_day
 
 FINDINGS_DOMAINS = ("LB", "VS", "PC", "QS", "IS")
 DOMAINS = ("DM", "EX", *FINDINGS_DOMAINS, "CM", "AE", "MH", "PR")
@@ -318,7 +318,7 @@ def _duration(start: dt.datetime | None, end: dt.datetime | None) -> str:
     """ISO 8601 duration of a collection period (PT24H, PT1H30M); empty without both ends."""
     if start is None or end is None or end < start:
         return ""
-    minutes = int((end - start).total_seconds() // 60)
+    minutes = int(elapsed(start, end).total_seconds() // 60)
     hours, mins = divmod(minutes, 60)
     return "PT" + (f"{hours}H" if hours else "") + (f"{mins}M" if mins or not hours else "")
 

@@ -82,6 +82,15 @@ def _parsed(value: str, tz: str) -> FhirDate:
     return FhirDate(date=local.date(), datetime=local)
 
 
+def elapsed(start: dt.datetime, end: dt.datetime) -> dt.timedelta:
+    """``end − start`` as elapsed time. Python subtracts two times that share one zone object on the wall clock
+    (a night the clocks go back would be an hour short); as instants, a 24-h collection is 24 h whatever the
+    clocks did. Both aware (a CRF's times are, in the site time zone) or both naive."""
+    if start.tzinfo is not None and end.tzinfo is not None:
+        return end.astimezone(dt.UTC) - start.astimezone(dt.UTC)
+    return end - start
+
+
 def study_day(d: dt.date, day1: dt.date) -> int:
     """SDTM --DY: ``d − day1 + 1`` on or after Day 1, ``d − day1`` before it (no Day 0).
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import math
+import zoneinfo
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -189,3 +190,21 @@ def test_actual_sampling_times_in_fractional_days_from_the_infusion_time() -> No
     # without an infusion time, time 0 is Day 1 00:00: the 16:00 sample of Day 1 is at 0.666667
     k = derive_kinetics(crf(samples, {}), KineticsSettings(), ITEMS).primary
     assert k is not None and k.times[:3] == [0.0, 0.333333, 0.666667] and k.tmax_day == 1.666667
+
+
+def test_times_are_elapsed_time_across_a_daylight_saving_change() -> None:
+    """Time = (sample date-time − time 0) in fractional days (docs/clinical-rules.md#kinetics): elapsed time,
+    not the wall clock. Europe/Berlin leaves summer time on 2024-10-27: from 2024-08-21 11:50 (+02:00) to
+    2025-01-29 10:50 (+01:00) is exactly 161 days. Python subtracts two times of one zone object on the wall
+    clock (160.958333); a reused CRF's fixed offsets gave 161: one rule whichever way the CRF was made."""
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    infused = dt.datetime(2024, 8, 21, 11, 50, tzinfo=berlin)
+    late = dt.datetime(2025, 1, 29, 10, 50, tzinfo=berlin)
+    subject = crf([_timed(infused + dt.timedelta(days=1), 500.0), _timed(late, 20.0)], {},
+                  day1=infused.date(), infusion_time=infused)
+    k = derive_kinetics(subject, KineticsSettings(), ITEMS, site_tz="Europe/Berlin").primary
+    assert k is not None and k.tlast_day == 161.0
+    # without an infusion time, time 0 is Day 1 00:00 in the site time zone (+02:00 that day)
+    k = derive_kinetics(subject.model_copy(update={"infusion_time": None}), KineticsSettings(), ITEMS,
+                        site_tz="Europe/Berlin").primary
+    assert k is not None and k.tlast_day == round(161 + (11 * 60 + 50) / 1440, 6)

@@ -454,3 +454,20 @@ def test_a_worker_export_piece_appends_the_bytes_the_run_process_writes(
         assert stamp.sub(b"", got) == stamp.sub(b"", want), name
     assert orjson.loads((tmp_path / "pieces" / "CM.json").read_bytes())["records"] == 3
     validate(tmp_path / "pieces" / "odm.xml")
+
+
+def test_a_collection_period_is_elapsed_time_across_a_daylight_saving_change() -> None:
+    """LBDUR is the elapsed time of the collection, as the lab measured it. Over the night Europe/Berlin
+    leaves summer time (2024-10-27), 08:00 (+02:00) to 07:00 the next morning (+01:00) is 24 h and 08:00 to
+    08:00 is 25 h; Python subtracts two times of one zone object on the wall clock (23 h and 24 h)."""
+    import datetime as dt
+    import zoneinfo
+
+    from fhir_adapter.export.cdisc import _duration
+    from fhir_adapter.study.timeline import elapsed
+
+    berlin = zoneinfo.ZoneInfo("Europe/Berlin")
+    start = dt.datetime(2024, 10, 26, 8, 0, tzinfo=berlin)
+    assert _duration(start, dt.datetime(2024, 10, 27, 7, 0, tzinfo=berlin)) == "PT24H"
+    assert _duration(start, dt.datetime(2024, 10, 27, 8, 0, tzinfo=berlin)) == "PT25H"
+    assert elapsed(start, start + dt.timedelta(days=1)) == dt.timedelta(hours=25)

@@ -17,6 +17,7 @@ from fhir_adapter.mapping.medications.routes import RouteReader
 from fhir_adapter.mapping.medications.settings import CmClass, MedicationSettings
 from fhir_adapter.mapping.medications.timing import frequency_per_day
 from fhir_adapter.mapping.references import mitigated_by
+from fhir_adapter.study.timeline import elapsed
 
 if TYPE_CHECKING:
     from fhir_adapter.study.load import Study
@@ -179,7 +180,7 @@ class MedicationMapper:
         if mg_day is not None and period.get("start") and period.get("end"):
             a, b = self.dates.parse(period["start"]).datetime, self.dates.parse(period["end"]).datetime
             if a is not None and b is not None and b > a:
-                return float(f"{mg_day * (b - a).total_seconds() / 86400:.10g}"), None
+                return float(f"{mg_day * elapsed(a, b).total_seconds() / 86400:.10g}"), None
         return mg_day, problem
 
     def _record(
