@@ -174,11 +174,15 @@ class _Matcher:
     not_terms: tuple[re.Pattern[str], ...]
 
     def __call__(self, codes: list[tuple[str, str]], term: str) -> bool:
+        """A code, a code prefix or a term matches, and no ``not_terms`` pattern is in the term: the veto holds
+        against a code too (febrile neutropenia is coded ICD-10-CM D70.9, neutropenia, with R50.81 fever)."""
+        if any(p.search(term) for p in self.not_terms):
+            return False
         if any(k in self.codes for k in codes):
             return True
         if any(s == ps and c.startswith(pc) for s, c in codes for ps, pc in self.prefixes):
             return True
-        return any(p.search(term) for p in self.terms) and not any(p.search(term) for p in self.not_terms)
+        return any(p.search(term) for p in self.terms)
 
 
 def _ext(r: dict[str, Any], url: str, key: str = "extension") -> list[dict[str, Any]]:

@@ -353,6 +353,10 @@ def test_times_are_kept_in_the_site_time_zone_and_dates_stay_dates(study: Study)
     ("Leukopenia", None, False, False, True),
     ("Lymphopenia", None, False, False, True),
     ("Febrile neutropenia", None, False, False, False),
+    # ICD-10-CM has no code of its own for it (D70.9 neutropenia + R50.81 fever): the term's veto (not_terms)
+    # holds against a code or prefix match too, so the grade >= 3 non-haematological DLT rule reviews it
+    ("Febrile neutropenia", (ICD10CM, "D70.9"), False, False, False),
+    ("Neutropenia", (ICD10CM, "D70.9"), False, False, True),
     ("Pyrexia", None, False, False, False),
 ])
 def test_event_flags(study: Study, term: str, code: tuple[str, str], crs: bool, icans: bool,
