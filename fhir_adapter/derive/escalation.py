@@ -62,6 +62,8 @@ class BoinSettings(_Strict):
     phi2_factor: float = Field(1.4, gt=1, description="φ2 = factor × target (lowest 'too toxic' rate)")
     elimination_cutoff: float = Field(0.95, gt=0.5, lt=1)
     elimination_min_treated: int = Field(3, ge=1)
+    min_evaluable_at_mtd: int = Field(
+        6, ge=1, description="DLT-evaluable subjects the selected MTD needs before it is named the RP2D (as 3+3's 6)")
 
 
 class EscalationSettings(_Strict):
@@ -326,9 +328,22 @@ def _boin(levels: list[tuple[str, int, int, int]], target: float,
         return decisions, Rp2d(arm=None, method=method, rationale=rationale), bounds
     est = sel.estimates[sel.index]
     assert est is not None
-    arm = levels[sel.index][0]
-    rationale = (f"MTD = {arm}: isotonic DLT estimate {est:.3f} closest to the target {target:g} "
-                 f"(λe {lam_e:.4f}, λd {lam_d:.4f}). Data: {data}")
+    arm, n_at = levels[sel.index][0], levels[sel.index][2]
+    estimate = (f"isotonic DLT estimate {est:.3f} closest to the target {target:g} "
+                f"(λe {lam_e:.4f}, λd {lam_d:.4f})")
+    # dose finding is not over while the design escalates to a level nobody was evaluated at (and not
+    # eliminated), nor while the selected level has fewer evaluable subjects than the setting asks
+    untried = next((levels[i + 1][0] for i in range(top) if decisions[i] == "escalate" and levels[i + 1][2] == 0
+                    and not sel.eliminated[i + 1]), None)
+    if untried is not None:
+        rationale = (f"escalation ongoing: BOIN escalates to {untried}, not yet evaluated; MTD estimate so far "
+                     f"{arm} ({estimate}). Data: {data}")
+        return decisions, Rp2d(arm=None, method=method, rationale=rationale), bounds
+    if n_at < s.min_evaluable_at_mtd:
+        rationale = (f"MTD not yet determined: the estimate {arm} ({estimate}) needs {s.min_evaluable_at_mtd} "
+                     f"DLT-evaluable subjects ({n_at} so far). Data: {data}")
+        return decisions, Rp2d(arm=None, method=method, rationale=rationale), bounds
+    rationale = f"MTD = {arm}: {estimate}. Data: {data}"
     return decisions, Rp2d(arm=arm, method=method, rationale=rationale), bounds
 
 

@@ -218,6 +218,8 @@ def test_boin_eliminated_levels_reported() -> None:
     s = EscalationSettings(method="boin", dose_levels=("D1", "D2", "D3"))
     r = derive_escalation(cohort("D1", [False] * 3) + cohort("D2", [True] * 3), s)
     assert [x.decision for x in r.dose_levels] == ["escalate", "eliminated", "eliminated"]
+    assert r.rp2d.arm is None and "needs 6 DLT-evaluable subjects (3 so far)" in r.rp2d.rationale
+    r = derive_escalation(cohort("D1", [False] * 6) + cohort("D2", [True] * 3), s)
     assert r.rp2d.arm == "D1"
     r = derive_escalation(cohort("D1", [True] * 3), s)
     assert r.rp2d.arm is None and "lowest level is eliminated" in r.rp2d.rationale
@@ -228,3 +230,18 @@ def test_settings_reject_inconsistent_arms() -> None:
         EscalationSettings(dose_levels=("DL1",), expansion_arms={"EXP": "DL9"})
     with pytest.raises(ValueError, match="unique"):
         EscalationSettings(dose_levels=("DL1", "DL1"))
+
+
+def test_boin_names_no_rp2d_while_escalation_is_ongoing() -> None:
+    """docs/clinical-rules.md#rp2d: none while escalation is ongoing — BOIN escalating to a level nobody was
+    evaluated at is ongoing, whatever the isotonic estimate of the data so far (the rationale gives it)."""
+    s = EscalationSettings(method="boin", dose_levels=("D1", "D2", "D3"))
+    r = derive_escalation(cohort("D1", [False] * 6), s)
+    assert [x.decision for x in r.dose_levels][:1] == ["escalate"]
+    assert r.rp2d.arm is None and r.rp2d.rationale.startswith("escalation ongoing: BOIN escalates to D2")
+    assert "MTD estimate so far D1" in r.rp2d.rationale
+    # a level that stays with 3 subjects: an estimate, not yet the RP2D; with 6 it is
+    r = derive_escalation(cohort("D1", [False] * 3) + cohort("D2", [False] * 3) + cohort("D3", [True] + [False] * 2), s)
+    assert r.dose_levels[2].decision.startswith("stay") and r.rp2d.arm is None
+    r = derive_escalation(cohort("D1", [False] * 3) + cohort("D2", [False] * 3) + cohort("D3", [True] + [False] * 5), s)
+    assert r.rp2d.arm == "D3"
