@@ -247,8 +247,14 @@ def _hours(delta: dt.timedelta) -> float:
     return delta.total_seconds() / 3600
 
 
-def _h(hours: float) -> str:
-    return f"{round(hours, 1):g}"
+def _h(hours: float, limit: float | None = None) -> str:
+    """Hours as a reason shows them (84, 72.5); to the minute when a tenth would show the limit itself for a
+    duration that is not (72 h 1 min is "72 h 1 min", not "72 h (> 72 h)")."""
+    tenth = f"{round(hours, 1):g}"
+    if limit is None or float(tenth) != limit or hours == limit:
+        return f"{tenth} h"
+    whole, minutes = divmod(round(hours * 60), 60)
+    return f"{whole} h {minutes} min" if minutes else f"{whole} h {round((hours - whole) * 3600)} s"
 
 
 def _dates_only(ae: AdverseEvent) -> str:
@@ -270,8 +276,8 @@ def _duration(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
         end_first, end_last = _bounds(ae.resolution_date, ae.resolution_datetime, c.site_tz)
         shortest, longest = _hours(end_first - onset_last), _hours(end_last - onset_first)
         if shortest == longest:
-            return shortest > limit, f"lasting {_h(shortest)} h ({'>' if shortest > limit else '≤'} {limit:g} h)"
-        span = f"{_h(shortest)}-{_h(longest)} h"
+            return shortest > limit, f"lasting {_h(shortest, limit)} ({'>' if shortest > limit else '≤'} {limit:g} h)"
+        span = f"{round(shortest, 1):g}-{_h(longest)}"
         if shortest > limit:
             return True, f"lasting more than {limit:g} h ({span} from {_dates_only(ae)})"
         if longest <= limit:
@@ -281,8 +287,8 @@ def _duration(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
         seen_first = _midnight(c.last_contact, c.site_tz)
         hours = max(0.0, _hours(seen_first - onset_last))
         if hours > limit:
-            return True, f"unresolved, lasting at least {_h(hours)} h (> {limit:g} h)"
-        return None, f"unresolved at the last data (at least {_h(hours)} h so far): duration unknown"
+            return True, f"unresolved, lasting at least {_h(hours, limit)} (> {limit:g} h)"
+        return None, f"unresolved at the last data (at least {_h(hours)} so far): duration unknown"
     return None, "duration unknown (no resolution date)"
 
 
