@@ -281,16 +281,36 @@ def test_rate_with_duration_and_frequency(study: Study) -> None:
 
 def test_glucocorticoid_dose_not_in_mg_is_quarantined(study: Study) -> None:
     r = statement("s12", PRED, [dosage({"doseQuantity": mg(1, "{tbl}")}, timing=daily())])
-    cms, log = run(study, [r])
-    assert cms == []
+    (c,), log = run(study, [r])
     (q,) = log.quarantine
     assert (q.resource_type, q.id, q.rule) == ("MedicationStatement", "s12", "dose-not-mg")
     assert "strength" in q.reason and "strength_mg" in q.fix
+    # the record stays, without a dose: the drug was taken, in a dose nobody can read
+    assert (c.drug, c.start_date, c.dose, c.daily_dose_mg, c.source.id) == ("prednisone", dt.date(2024, 1, 10),
+                                                                            None, None, "s12")
 
 
 def test_glucocorticoid_without_timing_is_quarantined(study: Study) -> None:
-    cms, log = run(study, [statement("s13", PRED, [dosage({"doseQuantity": mg(10)})])])
-    assert cms == [] and log.quarantine[0].rule == "dose-not-mg" and "timing" in log.quarantine[0].reason
+    (c,), log = run(study, [statement("s13", PRED, [dosage({"doseQuantity": mg(10)})])])
+    assert log.quarantine[0].rule == "dose-not-mg" and "timing" in log.quarantine[0].reason
+    assert c.daily_dose_mg is None
+
+
+@pytest.mark.parametrize("dose", [mg(10, "MG"), mg(2, "TAB")])
+def test_a_quarantined_glucocorticoid_dose_is_not_evaluable_never_0(study: Study, dose: dict[str, Any]) -> None:
+    """docs/clinical-rules.md#glucocorticoid-daily-dose: a record whose dose cannot be worked out makes the dose
+    on its dates not evaluable — never 0. Quarantined and dropped, it had left an older stopped course as the
+    evidence of 0 mg/day, and LLDAS met on prednisone in an unreadable dose ('MG' as some EHRs write it, a
+    tablet count without the tablet's strength)."""
+    from fhir_adapter.derive.glucocorticoids import GlucocorticoidSettings, pred_eq_on
+
+    old = statement("s20", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())], status="completed",
+                    start="2023-10-01", end="2023-12-31")
+    now = statement("s21", PRED, [dosage({"doseQuantity": dose}, timing=daily())], start="2024-01-10")
+    cms, log = run(study, [old, now])
+    assert [q.id for q in log.quarantine] == ["s21"]
+    got = pred_eq_on(cms, dt.date(2024, 2, 1), study.rule("glucocorticoids", GlucocorticoidSettings))
+    assert got.mg_per_day is None and "MedicationStatement/s21" in (got.reason or "")
 
 
 # -- timings -----------------------------------------------------------------------------------------

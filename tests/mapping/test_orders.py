@@ -86,10 +86,14 @@ def test_strength_from_the_medication_resource(study: Study) -> None:
 
 def test_an_order_whose_dose_cannot_be_worked_out_is_quarantined(study: Study) -> None:
     # a concentration is not a tablet strength: "1" of it is no dose in mg
+    # quarantined with the reason, and never read as 0: kept without a dose, the order makes the dose on its
+    # dates not evaluable
+    gc = study.rule("glucocorticoids", GlucocorticoidSettings)
     cms, log = mapped(study, [order("o3", "000001", "prednisolone 3 MG/ML Oral Solution", 1)])
-    assert cms == [] and [q.rule for q in log.quarantine] == ["dose-not-mg"]
+    assert [c.daily_dose_mg for c in cms] == [None] and [q.rule for q in log.quarantine] == ["dose-not-mg"]
+    assert cms[0].start_date is not None and pred_eq_on(cms, cms[0].start_date, gc).mg_per_day is None
     cms, log = mapped(study, [order("o4", "312617", "predniSONE 5 MG Oral Tablet", None)])
-    assert cms == [] and [q.rule for q in log.quarantine] == ["dose-not-mg"]
+    assert [c.daily_dose_mg for c in cms] == [None] and [q.rule for q in log.quarantine] == ["dose-not-mg"]
 
 
 def test_only_orders_count_and_statements_beat_orders(study: Study) -> None:

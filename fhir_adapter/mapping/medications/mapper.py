@@ -69,6 +69,7 @@ class MedicationMapper:
             if rtype == "MedicationRequest" and r.get("intent") not in self.s.request_intents:
                 self.log.count(f"medications.not-used.intent-{r.get('intent')}")
                 continue
+            drug: IdentifiedDrug | None = None
             try:
                 drug = self.drugs.identify(r, resources)
                 if drug.drug_class == "lymphodepletion":
@@ -79,6 +80,8 @@ class MedicationMapper:
                 records = [c.model_copy(update=details) for c in records]
             except Unusable as rej:
                 self.log.reject(rtype, r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r)
+                if drug is not None and drug.drug_class in self.s.dose_required_classes and rej.rule != "missing-date":
+                    out.extend(self._undosed(r, drug))
                 continue
             out.extend(records)
         out.sort(key=lambda c: (c.start_date or dt.date.max, c.drug, c.source.id))
@@ -102,6 +105,24 @@ class MedicationMapper:
         if len({x.get("sequence") for x in lines if isinstance(x.get("sequence"), int)}) > 1:
             self.log.count("medications.taper-steps", len(lines))
         return out
+
+    def _undosed(self, r: dict[str, Any], drug: IdentifiedDrug) -> list[ConMed]:
+        """A record whose dose was quarantined (no dose in mg, no timing, unsequenced taper lines) still says the
+        drug was taken over its dates: kept with no dose, so the prednisolone-equivalent dose on those dates is
+        not evaluable instead of 0 from an older record (docs/clinical-rules.md#glucocorticoid-daily-dose)."""
+        lines = r.get("dosage") or r.get("dosageInstruction") or [r.get("dosage")]
+        line = next((x for x in lines if isinstance(x, dict)), {})
+        route = self.routes.route(line.get("route")) or drug.code_route
+        try:
+            if r["resourceType"] == "MedicationAdministration":
+                when = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")
+                day = self.dates.parse(when) if when else None
+                step = Step(day, day)
+            else:
+                step = Step(*self.dates.resource_dates(r))
+            return [self._record(r, drug, step, route, None, None, None, None)]
+        except Unusable:
+            return []  # no date to place it: quarantined only
 
     def _line_record(self, r: dict[str, Any], drug: IdentifiedDrug, line: dict[str, Any], step: Step) -> ConMed:
         timing = line.get("timing") or {}
