@@ -78,6 +78,21 @@ def _converted(value: float, item: Item) -> float:
     return float(f"{value:.12g}")
 
 
+def _dimensionless(item: Item) -> bool:
+    """A score or count without a unit of measure (``1``, ``{score}``): a number needs no unit to be read."""
+    return item.unit is not None and (item.unit.startswith("{") or item.unit == "1")
+
+
+def _range_unit(ranges: Any) -> str | None:
+    """The unit of a result's normal reference range (its low, else its high), as the EHR spelt it."""
+    rr = normal_range(ranges)
+    for end in ("low", "high"):
+        q = rr.get(end) if rr is not None else None
+        if isinstance(q, dict) and (unit := quantity_unit(q)):
+            return unit
+    return None
+
+
 class ObservationMapper:
     """Maps the Observations of one subject; holds no state between subjects but the study."""
 
@@ -91,6 +106,8 @@ class ObservationMapper:
         #: :func:`specimen_details` of the current subject's Specimens by id, as the findings name them
         self._specimen_details: dict[str, dict[str, Any]] = {}
         self.not_done_obs: list[tuple[dict[str, Any], str]] = []
+        #: reference range limits of the finding being read that could not be used: (message, fix)
+        self.range_dropped: list[tuple[str, str]] = []
 
     def map(self, observations: list[dict[str, Any]], subject_id: str,
             specimens: dict[str, dict[str, Any]] | None = None) -> list[Finding]:
@@ -114,6 +131,7 @@ class ObservationMapper:
                     self.not_done_obs += [(obs, item_id) for item_id, _ in self._matches(obs)]
                 continue
             for item_id, part in self._matches(obs):
+                self.range_dropped.clear()
                 try:
                     f = self._finding(obs, part, item_id)
                 except Unusable as rej:
@@ -141,6 +159,9 @@ class ObservationMapper:
                     self.log.warn(f"{item_id}: partial date {f.partial_date} kept as is, placed in no visit",
                                   resource=f"Observation/{obs.get('id')}", subject_id=subject_id,
                                   rule="partial-date")
+                for message, fix in self.range_dropped:
+                    self.log.warn(message, resource=f"Observation/{obs.get('id')}", subject_id=subject_id,
+                                  rule="reference-range-unit", fix=fix)
                 out.append(f)
         out.sort(key=lambda f: (f.date is None, f.date, f.datetime is None, f.datetime, f.item))
         return out
@@ -184,7 +205,7 @@ class ObservationMapper:
             if text is None:
                 raise Unusable("no-value", f"{item_id}: no valueString", "send the result as text")
             fields = {"value_text": str(text), "orig_value": str(text)}
-        interp = tuple(c for _, c in codings((obs.get("interpretation") or [None])[0]))
+        interp = tuple(c for cc in obs.get("interpretation") or [] for _, c in codings(cc))  # every element
         return Finding(
             domain=item.domain, item=item_id, datetime=fd.datetime, date=fd.date, partial_date=fd.partial,
             interpretation=interp, status=str(obs.get("status")), preliminary=obs.get("status") == "preliminary",
@@ -207,7 +228,7 @@ class ObservationMapper:
         item's CRF unit."""
         assert item.unit is not None
         if unit is None:
-            if item.unit.startswith("{") or item.unit == "1":
+            if _dimensionless(item):
                 return value
             raise Unusable("missing-unit", f"{item_id}: value {value} has no unit",
                            f"send the UCUM unit; the CRF stores {item_id} in {item.unit}")
@@ -253,7 +274,16 @@ class ObservationMapper:
                 raise Unusable("non-numeric", f"{item_id}: valueString '{part['valueString']}' is not a number",
                                "send valueQuantity, or a numeric string such as '45' or '<0.2'")
             comparator, raw = m.group(1), float(m.group(2))
-            unit = sent = item.unit
+            # a string has no unit: the one of its reference range is the lab's (a range is in the result's
+            # unit); without one it is never assumed to be the CRF's ("25" may be mg/mmol: 0.221 mg/mg)
+            sent = _range_unit(part.get("referenceRange"))
+            unit = ucum_unit(self.study, sent, self.log)
+            if unit is None and not _dimensionless(item):
+                raise Unusable("missing-unit",
+                               f"{item_id}: valueString '{part['valueString']}' carries no unit and its "
+                               "referenceRange names none",
+                               f"send valueQuantity with the UCUM unit (the CRF stores {item_id} in {item.unit}), "
+                               "or a referenceRange low/high with the unit")
             orig = str(part["valueString"])
         elif "valueInteger" in part:
             raw, unit, sent, orig = float(part["valueInteger"]), None, None, str(part["valueInteger"])
@@ -280,7 +310,11 @@ class ObservationMapper:
         sent = quantity_unit(q)
         try:
             return self._convert(float(q["value"]), self.study.ucum_unit(sent) if sent else value_unit, item, item_id)
-        except Unusable:
+        except Unusable as rej:
+            # the derivations then fall back to the interpretation, else the study's default range: said, so
+            # that the site can map the spelling (a result scored against another range than its lab's)
+            self.range_dropped.append((f"{item_id}: reference range limit {q.get('value')} {sent or ''} not used "
+                                       f"({rej.reason})", rej.fix))
             return None
 
     def _boolean(self, part: dict[str, Any], item_id: str) -> dict[str, Any]:

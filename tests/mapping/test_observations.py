@@ -127,7 +127,7 @@ def test_duplicates_count_once(study: Study) -> None:
 
 
 def test_string_numbers_comparators_and_components(study: Study) -> None:
-    s = obs("s", "5130-0", valueString="45")
+    s = obs("s", "5130-0", valueString="45", referenceRange=[{"high": {"value": 30, "unit": "[IU]/mL"}}])
     lloq = obs("q", "2890-2", 0.2, "mg/mg")
     lloq["valueQuantity"]["comparator"] = "<"
     bp = obs("bp", "85354-9", component=[
@@ -160,9 +160,26 @@ def test_a_string_number_with_a_comma_or_grouping_is_quarantined_never_guessed(s
 ])
 def test_a_string_number_with_a_decimal_point_and_comparator_signs(study: Study, text: str, value: float,
                                                                   comparator: str | None) -> None:
-    (f,), log = mapped(study, [obs("f", "2276-4", valueString=text)])
+    (f,), log = mapped(study, [obs("f", "2276-4", valueString=text, referenceRange=[FERRITIN_RANGE])])
     assert (f.item, f.value, f.comparator, f.unit, f.orig_value) == ("ferritin", value, comparator, "ug/L", text)
     assert not log.quarantine
+
+
+FERRITIN_RANGE = {"low": {"value": 15, "unit": "ug/L", "system": UCUM, "code": "ug/L"},
+                  "high": {"value": 150, "unit": "ug/L", "system": UCUM, "code": "ug/L"}}
+
+
+def test_a_string_number_takes_the_unit_of_its_reference_range_never_the_crfs_by_assumption(study: Study) -> None:
+    """A valueString has no unit (docs/clinical-rules.md#unit-spellings: never guessed). A European lab's UPCR
+    "25" is 25 mg/mmol, 0.221 mg/mg: read in its reference range's unit, converted; with no unit anywhere it is
+    quarantined — it had been stored as 25 mg/mg, proteinuria."""
+    mmol = {"high": {"value": 3, "unit": "mg/mmol"}}
+    (f,), log = mapped(study, [obs("u", "2890-2", valueString="25", referenceRange=[mmol])])
+    assert (f.item, f.value, f.orig_unit) == ("upcr", 0.221, "mg/mmol") and not log.quarantine
+    fs, log = mapped(study, [obs("v", "2890-2", valueString="25")])
+    assert fs == [] and [(q.id, q.rule) for q in log.quarantine] == [("v", "missing-unit")]
+    assert "valueString '25' carries no unit" in log.quarantine[0].reason
+    assert "valueQuantity" in log.quarantine[0].fix
 
 
 def test_a_string_that_is_no_number_stays_non_numeric(study: Study) -> None:
@@ -195,3 +212,23 @@ def test_original_value_text_does_not_depend_on_how_json_carried_the_number(stud
     (c,), _ = mapped(study, [obs("o2", "8310-5", 37.25, "Cel")])
     assert a.orig_value == b.orig_value == "37"
     assert c.orig_value == "37.25"
+
+
+def test_a_reference_range_limit_in_a_unit_not_understood_is_said_not_dropped_silently(study: Study) -> None:
+    """An Epic-style range high "IU/mL" (not UCUM, and "IU" is no synonym: which international unit?) cannot be
+    compared: the derivations fall back to the interpretation, else the study's default range
+    (docs/clinical-rules.md#sledai2k-reference-ranges) — and the run report says so, naming the result."""
+    o = obs("d", "5130-0", 16, "[IU]/mL", referenceRange=[{"high": {"value": 15, "unit": "IU/mL"}}])
+    (f,), log = mapped(study, [o])
+    assert (f.value, f.ref_high) == (16.0, None)
+    (w,) = [w for w in log.warnings if w["rule"] == "reference-range-unit"]
+    assert w["resource"] == "Observation/d" and "15 IU/mL not used" in w["message"] and w["fix"]
+
+
+def test_every_interpretation_element_is_read(study: Study) -> None:
+    """Observation.interpretation is 0..*: a C3 flagged [N, L] carries L (low complement by the lab's flag)."""
+    v2 = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+    o = obs("c", "4485-9", 0.85, "g/L", interpretation=[{"coding": [{"system": v2, "code": "N"}]},
+                                                        {"coding": [{"system": v2, "code": "L"}]}])
+    (f,), _ = mapped(study, [o])
+    assert f.interpretation == ("N", "L")
