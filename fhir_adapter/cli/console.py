@@ -278,8 +278,8 @@ class AdapterGroup(click.Group):
 def exit_code_of(exc: BaseException) -> int:
     """A failure's exit code: 4 rejected credentials, 3 a server that is down or cannot be reached (connection
     refused, timeouts, 5xx after every retry, the token endpoint's 429/5xx too; not a name that does not
-    resolve), else 1 — for the Bulk Data client's errors too (a 401 at kick-off, status or download is 4; a 429 or 5xx after the retries, or a
-    download that failed or was interrupted by such a network failure, is 3)."""
+    resolve), else 1 — for the Bulk Data client's errors too (a 401 at kick-off, status or download is 4; a 429
+    or 5xx after the retries, or a download that failed or was interrupted by such a network failure, is 3)."""
     from fhir_adapter.fhir import FhirAuthError
     from fhir_adapter.fhir.flow import is_unavailability
 

@@ -263,7 +263,8 @@ def _dose_on(
                               reason=f"{cm.drug} ({cm.source.reference}): {why}")
         total += mg * g.factor
         sources.append(cm.source.reference)
-    return PredEqDose(date=day, mg_per_day=round_half_up(total, s.decimals), sources=sorted(set(sources)), basis="doses")
+    return PredEqDose(date=day, mg_per_day=round_half_up(total, s.decimals), sources=sorted(set(sources)),
+                      basis="doses")
 
 
 def pred_eq_on(cms: Iterable[ConMed], day: dt.date, settings: GlucocorticoidSettings) -> PredEqDose:

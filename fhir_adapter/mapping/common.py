@@ -4,6 +4,7 @@ mappings, so nothing here may import :mod:`fhir_adapter.study`."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -23,10 +24,23 @@ class Unusable(Exception):
         self.rule, self.reason, self.fix = rule, reason, fix
 
 
-def _version_key(r: dict[str, Any]) -> tuple[int, str]:
+def _instant(value: Any) -> float:
+    """``meta.lastUpdated`` as a point in time (seconds since the epoch; 0 when absent or unreadable): compared
+    as text, 2024-05-03T10:00:00+08:00 (02:00Z) would be newer than 2024-05-03T03:00:00Z."""
+    if not isinstance(value, str) or not value:
+        return 0.0
+    try:
+        at = dt.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return 0.0
+    return (at if at.tzinfo is not None else at.replace(tzinfo=dt.UTC)).timestamp()
+
+
+def version_key(r: dict[str, Any]) -> tuple[int, float]:
+    """How new a version of a resource is: ``meta.versionId`` (a number), then ``meta.lastUpdated`` (an instant)."""
     meta = r.get("meta") or {}
     v = str(meta.get("versionId") or "0")
-    return (int(v) if v.isdigit() else 0, str(meta.get("lastUpdated") or ""))
+    return (int(v) if v.isdigit() else 0, _instant(meta.get("lastUpdated")))
 
 
 def latest(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -36,7 +50,7 @@ def latest(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     for r in resources:
         key = (str(r.get("resourceType")), str(r.get("id")))
         kept = best.get(key)
-        if kept is None or _version_key(r) > _version_key(kept):
+        if kept is None or version_key(r) > version_key(kept):
             best[key] = r
     return list(best.values())
 

@@ -24,7 +24,6 @@ from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import SelectRule, Worse
 from fhir_adapter.study.timeline import study_day
 
-
 _MIDNIGHT_OF_NO_DAY = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 

@@ -35,6 +35,7 @@ from typing import IO, Any
 
 import orjson
 
+from fhir_adapter.mapping.common import version_key
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.sources import derived_from_allowed, result_sources
@@ -73,13 +74,11 @@ def _value_text(entry: dict[str, Any]) -> str:
 
 def source_statuses(resources: list[dict[str, Any]]) -> dict[str, str]:
     """``Type/id`` → status of the latest version present in this run's source."""
-    best: dict[str, tuple[tuple[int, str], str]] = {}
+    best: dict[str, tuple[tuple[int, float], str]] = {}
     for r in resources:
         if not isinstance(r.get("id"), str):
             continue
-        meta = r.get("meta") or {}
-        v = str(meta.get("versionId") or "0")
-        key = (int(v) if v.isdigit() else 0, str(meta.get("lastUpdated") or ""))
+        key = version_key(r)
         ref = f"{r.get('resourceType')}/{r['id']}"
         if ref not in best or key > best[ref][0]:
             best[ref] = (key, str(r.get("status") or "unknown"))

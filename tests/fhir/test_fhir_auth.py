@@ -350,8 +350,8 @@ async def test_a_token_endpoint_that_stays_down_is_a_server_that_is_down(
     # the breaker's run of failures across subjects the run stops (exit 3), instead of failing every subject
     # after its whole retry budget (exit 2)
     from fhir_adapter.cli.console import exit_code_of
-    from fhir_adapter.job.exit_codes import SERVER_UNAVAILABLE
     from fhir_adapter.fhir.errors import FhirServerUnavailable
+    from fhir_adapter.job.exit_codes import SERVER_UNAVAILABLE
 
     httpx_mock.add_response(url=TOKEN_URL, method="POST", status_code=503, is_reusable=True)
     settings = ClientSettings(max_attempts=2, circuit_breaker_failures=3, circuit_breaker_subjects=2)
@@ -361,7 +361,7 @@ async def test_a_token_endpoint_that_stays_down_is_a_server_that_is_down(
                 await c.read("Patient", "p1", label=label)
             assert failed.value.transient and exit_code_of(failed.value) == SERVER_UNAVAILABLE
         sent = len(httpx_mock.get_requests())
-        with pytest.raises(FhirServerUnavailable, match="server unavailable since .*token request"):
+        with pytest.raises(FhirServerUnavailable, match=r"server unavailable since .*token request"):
             await c.read("Patient", "p1", label="S-003")
         assert len(httpx_mock.get_requests()) == sent
 

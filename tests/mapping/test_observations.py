@@ -232,3 +232,13 @@ def test_every_interpretation_element_is_read(study: Study) -> None:
                                                         {"coding": [{"system": v2, "code": "L"}]}])
     (f,), _ = mapped(study, [o])
     assert f.interpretation == ("N", "L")
+
+
+def test_the_latest_version_is_the_latest_instant_whatever_the_offset(study: Study) -> None:
+    """Without versionIds, meta.lastUpdated decides as a point in time: 10:00+08:00 is 02:00Z, before 03:00Z
+    (compared as text it had looked later)."""
+    later = obs("a", "2890-2", 2.8, "mg/mg", meta={"lastUpdated": "2024-05-03T03:00:00Z"})
+    earlier = obs("a", "2890-2", 0.95, "mg/mg", meta={"lastUpdated": "2024-05-03T10:00:00+08:00"})
+    for order in ([later, earlier], [earlier, later]):
+        (f,), _ = mapped(study, order)
+        assert f.value == 2.8

@@ -10,6 +10,7 @@ import pytest
 from fhir_adapter.mapping.visits import place, select
 from fhir_adapter.review.candidates import item_candidates
 from fhir_adapter.study.load import Study
+from fhir_adapter.study.models import SelectRule
 from tests.helpers import DAY1, crf, finding
 
 
@@ -48,13 +49,15 @@ def test_a_visit_keeps_the_worst_value_of_its_window(study: Study, worse: str, k
 
 
 @pytest.mark.parametrize("rule", ["first", "last", "closest", "max"])
-def test_a_date_only_and_a_timed_result_on_one_day_are_ordered_not_a_failure(rule: str) -> None:
+def test_a_date_only_and_a_timed_result_on_one_day_are_ordered_not_a_failure(rule: SelectRule) -> None:
     """A repeated or hand-entered result is often sent with a date only beside the timed one of the same day.
     Both stay candidates; the date-only one counts as taken at 00:00 of its date (as a date-only sample in
-    docs/clinical-rules.md#kinetics), so it is the earlier. Comparing a missing time with a time had failed the whole subject."""
+    docs/clinical-rules.md#kinetics), so it is the earlier. Comparing a missing time with a time had failed
+    the whole subject."""
     import datetime as dt
 
     dated = finding("upcr", 14, 0.61)
+    assert dated.date is not None
     timed = finding("upcr", 14, 0.62, datetime=dt.datetime.combine(dated.date, dt.time(7), tzinfo=dt.UTC))
     kept = select([timed, dated], rule, 14, None)
     assert kept is {"first": dated, "last": timed, "closest": dated, "max": timed}[rule]

@@ -69,9 +69,9 @@ class MedicationMapper:
             if rtype == "MedicationRequest" and r.get("intent") not in self.s.request_intents:
                 self.log.count(f"medications.not-used.intent-{r.get('intent')}")
                 continue
-            drug: IdentifiedDrug | None = None
+            named: IdentifiedDrug | None = None
             try:
-                drug = self.drugs.identify(r, resources)
+                drug = named = self.drugs.identify(r, resources)
                 if drug.drug_class == "lymphodepletion":
                     self.log.count("medications.study-treatment")
                     continue
@@ -80,8 +80,9 @@ class MedicationMapper:
                 records = [c.model_copy(update=details) for c in records]
             except Unusable as rej:
                 self.log.reject(rtype, r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r)
-                if drug is not None and drug.drug_class in self.s.dose_required_classes and rej.rule != "missing-date":
-                    out.extend(self._undosed(r, drug))
+                if named is not None and named.drug_class in self.s.dose_required_classes \
+                        and rej.rule != "missing-date":
+                    out.extend(self._undosed(r, named))
                 continue
             out.extend(records)
         out.sort(key=lambda c: (c.start_date or dt.date.max, c.drug, c.source.id))
