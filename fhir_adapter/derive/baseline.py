@@ -5,14 +5,18 @@ baseline = the last assessment dated on or before Day 1 (before the infusion) an
 look-back start ``crf.baseline_from`` (Day 1 − ``schedule.yaml`` ``baseline.lookback_days``); change =
 value − baseline. The assessment may be a visit's value, or a result placed in no visit — dated before the
 subject's consent (screening labs drawn before the form was signed, the last routine-care value), or between
-visit windows. Such a result is the baseline without becoming a visit: no visit row is flagged, and
-:class:`BaselineSource` names its date and resource (``before_participation`` when it precedes consent).
+visit windows — or another result of a visit's window than the one the visit keeps (:func:`prior_result`).
+Such a result is the baseline without becoming a visit: no visit row is flagged, and :class:`BaselineSource`
+names its date and resource (``before_participation`` when it precedes consent, ``visit`` when a visit's
+window holds it).
 
 For a subject's dated visits and one value per visit, the first case that applies defines the change:
 
 1. Day 1 unknown, or no value on or before Day 1 inside the look-back → no baseline: every change is None;
 2. the baseline is a visit (the latest valued visit dated on or before Day 1; of two on the same date the
-   first in the list; a result in no visit on the same date yields to the visit) → change 0 at it;
+   first in the list; a result in no visit on the same date yields to the visit — unless
+   :func:`prior_result`, comparing dates and times with the visits' own results, found it later) → change 0
+   at it;
 3. a visit with a value dated after the baseline → value − baseline (rounded to ``ndigits`` when given,
    which strips binary noise such as 0.8 − 1.2 = −0.39999999999999997);
 4. anything else (no value, undated, dated before the baseline) → None.
@@ -66,15 +70,18 @@ def changes(
     *,
     since: dt.date | None = None,
     prior: tuple[dt.date, N] | None = None,
+    prior_decided: bool = False,
 ) -> tuple[int | None, list[N | None]]:
     """The baseline index and the change from baseline of every entry (cases 1–4 of the module docstring).
 
     ``prior`` = (date, value) of the last result in no visit inside the look-back: it is the baseline when it
-    is later than every valued entry on or before Day 1; the index returned is then None and the changes are
-    against it (see :func:`prior_wins`)."""
+    is later than every valued entry on or before Day 1 (see :func:`prior_wins`), or whenever given with
+    ``prior_decided`` (:func:`prior_result` compared it with the visits' results themselves); the index
+    returned is then None and the changes are against it."""
     base = baseline_index(dates, [v is not None for v in values], day1, since)
     out: list[N | None] = [None] * len(values)
-    if prior_wins(base, dates, day1, prior):
+    if (prior is not None and prior_decided and day1 is not None and prior[0] <= day1) \
+            or prior_wins(base, dates, day1, prior):
         assert prior is not None
         base_date, base_value = prior
         base = None
@@ -107,12 +114,28 @@ def in_lookback(crf: SubjectCRF, d: dt.date | None) -> bool:
             and (crf.baseline_from is None or d >= crf.baseline_from))
 
 
+_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
 def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] | None = None) -> Finding | None:
-    """The last result of ``item`` placed in no visit and dated inside the baseline look-back (None if none).
-    ``valued`` says which results count (default: a numeric value)."""
+    """The baseline of ``item`` when it is not a visit's value: the last result dated inside the baseline
+    look-back (by date, then time; a date-only result is at 00:00 of its date) when it is no visit's pick —
+    placed in no visit (before consent, between windows) or another result of a visit's window than the one the
+    visit keeps (``select``). None when the last result is a visit's value (a tie goes to the visit's) or there
+    is none. ``valued`` says which results count (default: a numeric value)."""
     ok = valued or (lambda f: f.value is not None)
-    found = [f for f in crf.findings if f.item == item and f.visit is None and ok(f) and in_lookback(crf, f.date)]
-    return max(found, key=lambda f: (f.date, f.source.id)) if found else None
+    kept = {v.values[item].source.reference for v in crf.visits if item in v.values}
+    best: Finding | None = None
+    best_key: tuple[dt.date, bool, dt.datetime, bool, str] | None = None
+    for f in crf.findings:
+        if f.item != item or not ok(f) or not in_lookback(crf, f.date):
+            continue
+        assert f.date is not None
+        is_kept = f.source.reference in kept
+        key = (f.date, f.datetime is not None, f.datetime or _NO_TIME, is_kept, f.source.id)
+        if best_key is None or key > best_key:
+            best, best_key = (None if is_kept else f), key
+    return best
 
 
 class BaselineSource(BaseModel):
@@ -124,6 +147,8 @@ class BaselineSource(BaseModel):
     study_day: int | None
     sources: tuple[str, ...]
     before_participation: bool = Field(description="dated before the subject's consent (participation start)")
+    visit: str | None = Field(None, description="the visit whose window holds it when that visit kept another "
+                                                "result (select); None: placed in no visit")
     comparator: str | None = None
     unit: str | None = None
 
@@ -132,7 +157,8 @@ class BaselineSource(BaseModel):
         assert f.date is not None
         return cls(item=f.item, value=f.value if value is None else value, date=f.date,
                    study_day=f.study_day, sources=(f.source.reference,),
-                   before_participation=before_participation(crf, f.date), comparator=f.comparator, unit=f.unit)
+                   before_participation=before_participation(crf, f.date), comparator=f.comparator, unit=f.unit,
+                   visit=f.visit)
 
 
 def before_participation(crf: SubjectCRF, d: dt.date) -> bool:
@@ -185,10 +211,8 @@ def item_with_baseline(
     pair: tuple[dt.date, float] | None = None
     if prior is not None and prior.value is not None and prior.date is not None:
         pair = (prior.date, round_half_up(prior.value, decimals) if decimals is not None else prior.value)
-    base, diffs = changes(dates, values, crf.day1, ndigits, since=crf.baseline_from, prior=pair)
-    visit_base = baseline_index(dates, [v is not None for v in values], crf.day1, crf.baseline_from)
-    source = (BaselineSource.of(crf, prior, value=pair[1])
-              if prior is not None and pair is not None and prior_wins(visit_base, dates, crf.day1, pair) else None)
+    base, diffs = changes(dates, values, crf.day1, ndigits, since=crf.baseline_from, prior=pair, prior_decided=True)
+    source = BaselineSource.of(crf, prior, value=pair[1]) if prior is not None and pair is not None else None
     base_censored = (comparators[base] is not None if base is not None
                      else source is not None and source.comparator is not None)
     out = []

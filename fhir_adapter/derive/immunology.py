@@ -167,8 +167,9 @@ def seroconversion(crf: SubjectCRF, items: tuple[str, ...], s: ImmunologySetting
     priors = [f for i in items if (f := prior_result(crf, i, lambda f: antibody_status(f, s) is not None))]
     prior = max(priors, key=lambda f: (f.date, f.source.id)) if priors else None
     prior_status = antibody_status(prior, s) if prior is not None else None
-    if prior is not None and prior.date is not None and prior_wins(base, dates, crf.day1,
-                                                                   (prior.date, prior_status)):
+    # of several items (assays) of one antibody, a visit's value of another item may be later than the prior
+    if prior is not None and prior.date is not None and (len(items) == 1 or prior_wins(
+            base, dates, crf.day1, (prior.date, prior_status))):
         out = Seroconversion(baseline_status=prior_status, baseline_source=prior.source.reference)
     elif base is None or crf.day1 is None:
         return Seroconversion(reason="no baseline result")
@@ -199,9 +200,8 @@ def b_cell_aplasia(crf: SubjectCRF, s: ImmunologySettings) -> BCellAplasia:
     rows = [(v, v.values[s.cd19_item]) for v in crf.visits if v.date is not None and s.cd19_item in v.values]
     dates = [v.date for v, _ in rows]
     base_i = baseline_index(dates, [f.value is not None for _, f in rows], crf.day1, crf.baseline_from)
-    prior = prior_result(crf, s.cd19_item)
-    if prior is not None and prior.date is not None and prior_wins(base_i, dates, crf.day1,
-                                                                   (prior.date, prior.value)):
+    prior = prior_result(crf, s.cd19_item)  # later than every visit's value when found
+    if prior is not None:
         res.baseline_cd19, res.baseline_source = prior.value, prior.source.reference
     elif base_i is not None:
         res.baseline_cd19 = rows[base_i][1].value

@@ -229,7 +229,8 @@ class SubjectEngine:
             out.pieces.write("candidates", candidates_file(review))
         res = derive_subject(review.crf, work.study)
         for b in res.baselines():  # listed in results/study.json `baselines`; counted in the run report
-            self.log.count("baseline.before-participation" if b.before_participation else "baseline.outside-visits")
+            self.log.count("baseline.before-participation" if b.before_participation
+                           else "baseline.not-the-visits-pick" if b.visit else "baseline.outside-visits")
         out.row = subject_row(res)
         out.export_updates = res.export_updates()
         resources = writeback_resources(res, e, work.study, self.log)

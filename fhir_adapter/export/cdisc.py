@@ -57,7 +57,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhir_adapter.crf.models import Exposure, Finding, NotDone, SubjectCRF, VisitRecord
-from fhir_adapter.derive.baseline import baseline_index, in_lookback, prior_wins
+from fhir_adapter.derive.baseline import baseline_index, in_lookback, prior_result
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study.load import Study
@@ -565,20 +565,15 @@ class RowBuilder:
         dated = [v for v in crf.visits if v.date is not None]
         dates = [v.date for v in dated]
         in_visits = {i for v in crf.visits for i in v.values}
-        no_visit: dict[str, list[Finding]] = {}
-        for f in crf.findings:
-            if f.visit is None and in_lookback(crf, f.date):
-                no_visit.setdefault(f.item, []).append(f)
+        looked_back = {f.item for f in crf.findings if in_lookback(crf, f.date)}
         flagged: set[tuple[str, str]] = set()
         priors: list[Finding] = []
-        for item in sorted(in_visits | set(no_visit)):
+        for item in sorted(in_visits | looked_back):
             ok = self._valued(item)
             base = baseline_index(dates, [item in v.values and ok(v.values[item]) for v in dated], crf.day1,
                                   crf.baseline_from)
-            # derive.baseline.prior_result over this item's results in no visit only
-            candidates = [f for f in no_visit.get(item, ()) if ok(f)]
-            prior = max(candidates, key=lambda f: (f.date, f.source.id)) if candidates else None
-            if prior is not None and prior.date is not None and prior_wins(base, dates, crf.day1, (prior.date, 0)):
+            prior = prior_result(crf, item, ok)  # later than every visit's value when found
+            if prior is not None:
                 priors.append(prior)
             elif base is not None:
                 flagged.add((dated[base].visit, item))

@@ -129,3 +129,27 @@ def test_lldas_compares_new_features_with_an_assessment_in_no_visit(study: Study
     visits = {v["visit"]: v for v in subject_row(derive_subject(crf, study))["visits"]}
     assert (visits["W4"]["lldas"], visits["W4"]["lldas_reason"]) == (True, None)
     assert visits["W12"]["lldas_failed"] == ["sledai_le_4"]   # rash scored on day 50 already: not new
+
+
+def test_the_last_result_is_the_baseline_even_when_its_visit_kept_another() -> None:
+    """docs/clinical-rules.md#baseline: the last assessment on or before Day 1, whatever visit it falls in. A
+    BL window with results on days -8 and -6 keeps the one closest to its target (-8, the tie going to the
+    earlier); the baseline is still day -6's — as pharmaverse admiral flags ABLFL on the last record before
+    the first dose. It had been the visit's pick: every change from baseline off by their difference."""
+    kept = finding("upcr", -8, 1.0)
+    later = finding("upcr", -6, 2.0, visit="BL")
+    crf = subject({"BL": (-8, {"upcr": kept}), "W4": (29, {"upcr": 0.5})}, [later])
+    rows, source = item_with_baseline(crf, "upcr")
+    assert [(r.visit, r.baseline, r.change) for r in rows] == [("BL", False, None), ("W4", False, -1.5)]
+    assert source is not None and (source.value, source.date, source.visit) == (2.0, d(-6), "BL")
+    # the same day: the later time is the later result; the visit's pick wins only a tie
+    early = finding("upcr", -1, 0.4, datetime=dt.datetime.combine(d(-1), dt.time(0, 30), tzinfo=dt.UTC))
+    late = finding("upcr", -1, 0.16, visit="D1",
+                   datetime=dt.datetime.combine(d(-1), dt.time(9, 51), tzinfo=dt.UTC))
+    crf = subject({"D1": (-1, {"upcr": early}), "W4": (29, {"upcr": 0.5})}, [late])
+    rows, source = item_with_baseline(crf, "upcr")
+    assert source is not None and source.value == 0.16 and rows[1].change == 0.34
+    tie = finding("upcr", -1, 0.3, visit="D1", datetime=early.datetime)
+    crf = subject({"D1": (-1, {"upcr": early}), "W4": (29, {"upcr": 0.5})}, [tie])
+    rows, source = item_with_baseline(crf, "upcr")
+    assert source is None and rows[0].baseline and rows[1].change == 0.1
