@@ -1,8 +1,8 @@
 """Complement, autoantibodies, immunoglobulins, B cells and anti-drug antibodies
 (:mod:`fhir_adapter.derive.immunology`).
 
-Per visit: ``c3``, ``c4``, ``anti_dsdna``, ``anti_sm``, ``igg``, ``iga``, ``igm`` each with ``<item>_change``,
-and ``cd19``. Per subject: ``seroconversion`` ({anti_dsdna, anti_sm}), ``b_cell_aplasia``, ``ada_status``.
+Per visit: ``c3``, ``c4``, ``anti_dsdna``, ``anti_sm``, ``igg``, ``iga``, ``igm`` and ``cd19``, each with
+``<item>_change`` (docs/clinical-rules.md#immunology). Per subject: ``seroconversion`` ({anti_dsdna, anti_sm}), ``b_cell_aplasia``, ``ada_status``.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from fhir_adapter.derive.baseline import VisitValue
 from fhir_adapter.derive.immunology import ImmunologyResults, ImmunologySettings, derive_immunology
 from fhir_adapter.endpoints.registry import CheckInput, Contracts, Endpoint, SubjectInput, check_items
 
-#: immunology items reported per visit with their change (``cd19`` is reported without one)
-WITH_CHANGE = ("c3", "c4", "anti_dsdna", "anti_sm", "igg", "iga", "igm")
+#: immunology items reported per visit with their change from baseline
+WITH_CHANGE = ("c3", "c4", "anti_dsdna", "anti_sm", "igg", "iga", "igm", "cd19")
 
 
 
@@ -36,6 +36,7 @@ class ImmunologyVisitKeys(TypedDict):
     igm: float | None
     igm_change: float | None
     cd19: float | None
+    cd19_change: float | None
 
 
 class ImmunologySubjectKeys(TypedDict):
@@ -50,11 +51,10 @@ def derive(x: SubjectInput) -> ImmunologyResults:
 
 def visit_keys(r: ImmunologyResults, visit: str) -> ImmunologyVisitKeys:
     row: dict[str, Any] = {}
-    for item in (*WITH_CHANGE, "cd19"):
+    for item in WITH_CHANGE:
         vv: VisitValue | None = next((x for x in r.values.get(item, []) if x.visit == visit), None)
         row[item] = vv.value if vv else None
-        if item != "cd19":
-            row[f"{item}_change"] = vv.change if vv else None
+        row[f"{item}_change"] = vv.change if vv else None
     return cast(ImmunologyVisitKeys, row)
 
 

@@ -103,6 +103,11 @@ def test_serology_and_b_cells_against_a_pre_consent_baseline() -> None:
     assert sero.baseline_source is not None and sero.baseline_source.startswith("Observation/")
     assert res.b_cell_aplasia.baseline_cd19 == 120.0 and res.b_cell_aplasia.baseline_source is not None
     assert res.values["anti_dsdna"][0].change == -140.0
+    # docs/clinical-rules.md#immunology: CD19+ B cells per visit with their change from baseline too
+    from fhir_adapter.endpoints.immunology import visit_keys
+
+    row = visit_keys(res, "W4")
+    assert (row["cd19"], row["cd19_change"], row["anti_dsdna_change"]) == (0.0, -120.0, -140.0)
 
 
 def test_renal_response_against_a_pre_consent_upcr() -> None:
