@@ -78,6 +78,10 @@ def _converted(value: float, item: Item) -> float:
     return float(f"{value:.12g}")
 
 
+#: the "system" under which an Observation coded by ``code.text`` alone is counted as unmapped
+TEXT_ONLY = "(code.text only)"
+
+
 def _dimensionless(item: Item) -> bool:
     """A score or count without a unit of measure (``1``, ``{score}``): a number needs no unit to be read."""
     return item.unit is not None and (item.unit.startswith("{") or item.unit == "1")
@@ -178,8 +182,12 @@ class ObservationMapper:
             if item is not None:
                 found.append((item, comp))
         if not found:
-            for system, code in codings(obs.get("code"))[:1]:
+            coded = codings(obs.get("code"))[:1]
+            for system, code in coded:
                 self.log.count(f"unmapped.{system}|{code}")
+            text = (obs.get("code") or {}).get("text") if isinstance(obs.get("code"), dict) else None
+            if not coded and isinstance(text, str) and text.strip():  # a local test named in words only
+                self.log.count(f"unmapped.{TEXT_ONLY}|{' '.join(text.split())[:80]}")
         return found
 
     def _finding(self, obs: dict[str, Any], part: dict[str, Any], item_id: str) -> Finding:

@@ -242,3 +242,16 @@ def test_the_latest_version_is_the_latest_instant_whatever_the_offset(study: Stu
     for order in ([later, earlier], [earlier, later]):
         (f,), _ = mapped(study, order)
         assert f.value == 2.8
+
+
+def test_an_observation_named_by_text_alone_is_counted_unmapped_not_lost(study: Study) -> None:
+    """A local test sent with code.text and no coding feeds no item (no code to map) — and the run report's
+    coverage.unmapped_codes says so, as for a code no item knows."""
+    from fhir_adapter.export.coverage import unmapped_codes
+    from fhir_adapter.mapping.observations import TEXT_ONLY
+
+    o = obs("t", "x")
+    o["code"] = {"text": "Urine  protein/creatinine"}
+    fs, log = mapped(study, [o])
+    assert fs == [] and log.counts[f"unmapped.{TEXT_ONLY}|Urine protein/creatinine"] == 1
+    assert {"system": TEXT_ONLY, "code": "Urine protein/creatinine"}.items() <= unmapped_codes(log.counts)[0].items()
