@@ -2,7 +2,8 @@
 (:mod:`fhir_adapter.derive.immunology`).
 
 Per visit: ``c3``, ``c4``, ``anti_dsdna``, ``anti_sm``, ``igg``, ``iga``, ``igm`` and ``cd19``, each with
-``<item>_change`` (docs/clinical-rules.md#immunology). Per subject: ``seroconversion`` ({anti_dsdna, anti_sm}), ``b_cell_aplasia``, ``ada_status``.
+``<item>_change`` (docs/clinical-rules.md#immunology). Per subject: ``seroconversion`` ({anti_dsdna,
+anti_sm}), ``b_cell_aplasia``, ``ada_status``.
 """
 
 from __future__ import annotations
