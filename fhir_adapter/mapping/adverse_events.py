@@ -332,6 +332,19 @@ class AdverseEventMapper:
                 fix="record the CTCAE/ASTCT grade (the ae-grade extension, or severity) in the EHR",
             )
         serious, criteria = self._seriousness(r)
+        if serious is False and criteria:
+            self.log.warn(
+                f"adverse event '{term}' is recorded non-serious with a seriousness criterion present "
+                f"({', '.join(criteria)}): kept non-serious as recorded (AESER N beside the criterion's flag)",
+                resource=ref, subject_id=subject_id, rule="ae-seriousness-conflict",
+                fix="correct the seriousness or the criterion in the EHR")
+        outcome = self._outcome(r)
+        if outcome == "fatal" and grade is not None and grade < 5:
+            self.log.warn(
+                f"adverse event '{term}' has the outcome fatal but grade {grade}: the grade is used as recorded "
+                "(the grade 5 DLT rule does not see it)",
+                resource=ref, subject_id=subject_id, rule="ae-fatal-grade",
+                fix="check the CTCAE grade (grade 5 = death related to the event) or the outcome in the EHR")
         related, relatedness = self._relatedness(r, siblings, infusion_id, subject_id, ref)
         onset, end = self._dates(r)
         if onset is None:
@@ -375,7 +388,7 @@ class AdverseEventMapper:
             resolution_date=end_d,
             resolution_partial=end.partial if end else None,
             resolution_datetime=end.datetime if end else None,
-            outcome=self._outcome(r),
+            outcome=outcome,
             study_day=study_day(onset_d, day1) if onset_d and day1 else None,
             end_study_day=study_day(end_d, day1) if end_d and day1 else None,
             pre_infusion=bool(onset_d and day1 and ld_start and ld_start <= onset_d < day1),

@@ -363,3 +363,18 @@ def test_event_flags(study: Study, term: str, code: tuple[str, str], crs: bool, 
                 haem: bool) -> None:
     (a,), _ = run(study, [ae("a", term, code=code)])
     assert (a.crs, a.icans, a.hematologic) == (crs, icans, haem)
+
+
+def test_contradictions_a_data_manager_must_resolve_are_flagged(study: Study) -> None:
+    """Kept as recorded, and said: non-serious with a hospitalisation criterion present; outcome fatal with a
+    grade below 5 (the grade 5 DLT rule reads the grade)."""
+    outcome = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
+    hosp = ae("s1", "Pneumonia", code=None, seriousness=seriousness("non-serious", "Non-serious"),
+              extension=[criterion("C83052")])
+    fatal = ae("f1", "Pneumonia", code=None, extension=[grade_ext("C41339", "Grade 2")],
+               outcome=cc(outcome, "fatal"))
+    aes, log = run(study, [hosp, fatal])
+    a, b = sorted(aes, key=lambda x: x.source.id, reverse=True)
+    assert (a.serious, b.grade, b.outcome) == (False, 2, "fatal")
+    rules = {(w["rule"], w["resource"]) for w in log.warnings}
+    assert ("ae-seriousness-conflict", "AdverseEvent/s1") in rules and ("ae-fatal-grade", "AdverseEvent/f1") in rules
