@@ -279,7 +279,7 @@ class AdverseEventMapper:
         infusion_id: str | None,
     ) -> list[AdverseEvent]:
         out: list[AdverseEvent] = []
-        for r in latest(x for x in resources if x.get("resourceType") == "AdverseEvent"):
+        for r in latest((x for x in resources if x.get("resourceType") == "AdverseEvent"), self.log, subject_id):
             status = next(
                 (str(x.get("valueCode")) for x in _ext(r, EXT_AE_STATUS, "modifierExtension")), None
             )

@@ -43,15 +43,22 @@ def version_key(r: dict[str, Any]) -> tuple[int, float]:
     return (int(v) if v.isdigit() else 0, _instant(meta.get("lastUpdated")))
 
 
-def latest(resources: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def latest(resources: Iterable[dict[str, Any]], log: RunLog | None = None,
+           subject_id: str | None = None) -> list[dict[str, Any]]:
     """The latest version (``meta.versionId``, then ``meta.lastUpdated``) of each resource type/id, in order
-    of first appearance."""
+    of first appearance. Two different resources with one type/id and nothing to tell which is newer: the first
+    is kept, and ``log`` (when given) warns (``same-id-different-content``)."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in resources:
         key = (str(r.get("resourceType")), str(r.get("id")))
         kept = best.get(key)
         if kept is None or version_key(r) > version_key(kept):
             best[key] = r
+        elif log is not None and version_key(r) == version_key(kept) and r != kept:
+            log.warn(f"{key[0]}/{key[1]} is in the input twice with different content and the same version "
+                     "(meta.versionId, meta.lastUpdated): the first is used",
+                     resource=f"{key[0]}/{key[1]}", subject_id=subject_id, rule="same-id-different-content",
+                     fix="send each version with its meta.versionId or meta.lastUpdated, or only the current one")
     return list(best.values())
 
 

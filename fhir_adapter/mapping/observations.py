@@ -122,7 +122,7 @@ class ObservationMapper:
         self.specimens = specimens or {}
         self._specimen_details = {}
         self.not_done_obs = []
-        for obs in latest(observations):
+        for obs in latest(observations, self.log, subject_id):
             status = obs.get("status")
             if status not in R4_STATUSES:
                 self.log.reject("Observation", obs.get("id"), "unknown-status",

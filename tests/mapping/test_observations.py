@@ -255,3 +255,14 @@ def test_an_observation_named_by_text_alone_is_counted_unmapped_not_lost(study: 
     fs, log = mapped(study, [o])
     assert fs == [] and log.counts[f"unmapped.{TEXT_ONLY}|Urine protein/creatinine"] == 1
     assert {"system": TEXT_ONLY, "code": "Urine protein/creatinine"}.items() <= unmapped_codes(log.counts)[0].items()
+
+
+def test_one_id_twice_with_different_values_and_no_version_is_said(study: Study) -> None:
+    """Nothing tells which of two different Observation/a is current: the first is used, and the run report
+    names the resource (an identical copy is no news)."""
+    first, second = obs("a", "2890-2", 0.4, "mg/mg"), obs("a", "2890-2", 2.4, "mg/mg")
+    (f,), log = mapped(study, [first, second, dict(first)])
+    assert f.value == 0.4
+    assert [(w["rule"], w["resource"]) for w in log.warnings] == [("same-id-different-content", "Observation/a")]
+    _, log = mapped(study, [first, dict(first)])
+    assert log.warnings == []

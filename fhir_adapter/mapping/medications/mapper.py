@@ -49,7 +49,7 @@ class MedicationMapper:
 
     def map(self, resources: list[dict[str, Any]], subject_id: str) -> list[ConMed]:
         out: list[ConMed] = []
-        meds = latest(r for r in resources if r.get("resourceType") in KINDS)
+        meds = latest((r for r in resources if r.get("resourceType") in KINDS), self.log, subject_id)
         mitigated = mitigated_by(resources)
         for r in meds:
             rtype = str(r["resourceType"])
