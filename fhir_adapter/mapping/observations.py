@@ -31,7 +31,7 @@ Any other element that cannot be read quarantines that Observation (``unreadable
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NoReturn
 
 from fhir_adapter.crf.models import Finding, SourceRef
 from fhir_adapter.job.runlog import RunLog
@@ -80,6 +80,15 @@ def _converted(value: float, item: Item) -> float:
 
 #: the "system" under which an Observation coded by ``code.text`` alone is counted as unmapped
 TEXT_ONLY = "(code.text only)"
+
+
+def _no_value(part: dict[str, Any], item_id: str, missing: str, fix: str) -> NoReturn:
+    """A result without a value: not done when it says why (``dataAbsentReason``: a NOT DONE row), else
+    unusable — whatever the item's kind of value."""
+    reason = part.get("dataAbsentReason")
+    if reason:
+        raise Unusable("data-absent", f"{item_id}: no value ({codings(reason)[:1]})", "nothing to do")
+    raise Unusable("no-value", f"{item_id}: {missing}", fix)
 
 
 def _dimensionless(item: Item) -> bool:
@@ -211,7 +220,7 @@ class ObservationMapper:
         else:
             text = part.get("valueString")
             if text is None:
-                raise Unusable("no-value", f"{item_id}: no valueString", "send the result as text")
+                _no_value(part, item_id, "no valueString", "send the result as text")
             fields = {"value_text": str(text), "orig_value": str(text)}
         interp = tuple(c for cc in obs.get("interpretation") or [] for _, c in codings(cc))  # every element
         return Finding(
@@ -296,11 +305,8 @@ class ObservationMapper:
         elif "valueInteger" in part:
             raw, unit, sent, orig = float(part["valueInteger"]), None, None, str(part["valueInteger"])
         else:
-            reason = part.get("dataAbsentReason")
-            if reason:
-                raise Unusable("data-absent", f"{item_id}: no value ({codings(reason)[:1]})", "nothing to do")
-            raise Unusable("no-value", f"{item_id}: no numeric value (valueQuantity expected)",
-                           "send the result as valueQuantity with a UCUM unit")
+            _no_value(part, item_id, "no numeric value (valueQuantity expected)",
+                      "send the result as valueQuantity with a UCUM unit")
         value = self._convert(raw, unit, item, item_id, sent)
         if item.bounds and not item.bounds[0] <= value <= item.bounds[1]:
             raise Unusable("out-of-bounds", f"{item_id}: {value} {item.unit} is outside the physiological bounds "
@@ -347,7 +353,7 @@ class ObservationMapper:
         elif isinstance(part.get("valueBoolean"), bool):
             return {"value_bool": part["valueBoolean"], "orig_value": str(part["valueBoolean"]).lower()}
         else:
-            raise Unusable("no-value", f"{item_id}: no coded value", "send valueCodeableConcept positive/negative")
+            _no_value(part, item_id, "no coded value", "send valueCodeableConcept positive/negative")
         if word in _POSITIVE_WORDS:
             return {"value_bool": True, "value_text": text, "orig_value": text}
         if word in _NEGATIVE_WORDS:

@@ -266,3 +266,13 @@ def test_one_id_twice_with_different_values_and_no_version_is_said(study: Study)
     assert [(w["rule"], w["resource"]) for w in log.warnings] == [("same-id-different-content", "Observation/a")]
     _, log = mapped(study, [first, dict(first)])
     assert log.warnings == []
+
+
+def test_a_coded_result_not_done_is_data_absent_like_a_quantity(study: Study) -> None:
+    """ANA (a coded item) with a dataAbsentReason and no value: not done (kept for the NOT DONE row), as a
+    quantity is — it had been quarantined as having no value."""
+    absent = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}
+    mapper = ObservationMapper(study, RunLog())
+    fs = mapper.map([obs("n", "8061-4", dataAbsentReason=absent)], "T-001")
+    assert fs == [] and [q.rule for q in mapper.log.quarantine] == ["data-absent"]
+    assert [(o["id"], item) for o, item in mapper.not_done_obs] == [("n", "ana")]
