@@ -210,6 +210,10 @@ class ObservationMapper:
             fd = parse_fhir_date(when, self.tz)
         except DateError as exc:
             raise Unusable("bad-date", f"{item_id}: {exc}", "send an ISO 8601 date or dateTime with offset") from None
+        if part.get("dataAbsentReason") and any(k.startswith("value") for k in part):
+            raise Unusable("value-and-data-absent",
+                           f"{item_id}: a value and a dataAbsentReason together (R4 invariant obs-6): is it a "
+                           "result or a placeholder?", "send either the value or the reason it is missing")
         fields: dict[str, Any] = {}
         if item.value == "quantity":
             fields = self._quantity(part, item, item_id)

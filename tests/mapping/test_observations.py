@@ -276,3 +276,10 @@ def test_a_coded_result_not_done_is_data_absent_like_a_quantity(study: Study) ->
     fs = mapper.map([obs("n", "8061-4", dataAbsentReason=absent)], "T-001")
     assert fs == [] and [q.rule for q in mapper.log.quarantine] == ["data-absent"]
     assert [(o["id"], item) for o, item in mapper.not_done_obs] == [("n", "ana")]
+
+
+def test_a_value_beside_a_data_absent_reason_is_quarantined(study: Study) -> None:
+    """R4 obs-6: dataAbsentReason only when there is no value. Both together (a 0 placeholder?) is not read."""
+    absent = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}
+    fs, log = mapped(study, [obs("b", "2890-2", 0, "mg/mg", dataAbsentReason=absent)])
+    assert fs == [] and [(q.id, q.rule) for q in log.quarantine] == [("b", "value-and-data-absent")]
