@@ -29,7 +29,7 @@ day 29: baseline 2.0 from day −25 (before participation), change −1.5 at day
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -117,17 +117,19 @@ def in_lookback(crf: SubjectCRF, d: dt.date | None) -> bool:
 _NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
-def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] | None = None) -> Finding | None:
+def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] | None = None,
+                 findings: Iterable[Finding] | None = None) -> Finding | None:
     """The baseline of ``item`` when it is not a visit's value: the last result dated inside the baseline
     look-back (by date, then time; a date-only result is at 00:00 of its date) when it is no visit's pick —
     placed in no visit (before consent, between windows) or another result of a visit's window than the one the
     visit keeps (``select``). None when the last result is a visit's value (a tie goes to the visit's) or there
-    is none. ``valued`` says which results count (default: a numeric value)."""
+    is none. ``valued`` says which results count (default: a numeric value); ``findings``, the subject's results
+    of ``item`` when the caller has them by item (else all of ``crf.findings`` are looked at)."""
     ok = valued or (lambda f: f.value is not None)
     kept = {v.values[item].source.reference for v in crf.visits if item in v.values}
     best: Finding | None = None
     best_key: tuple[dt.date, bool, dt.datetime, bool, str] | None = None
-    for f in crf.findings:
+    for f in crf.findings if findings is None else findings:
         if f.item != item or not ok(f) or not in_lookback(crf, f.date):
             continue
         assert f.date is not None

@@ -565,14 +565,18 @@ class RowBuilder:
         dated = [v for v in crf.visits if v.date is not None]
         dates = [v.date for v in dated]
         in_visits = {i for v in crf.visits for i in v.values}
-        looked_back = {f.item for f in crf.findings if in_lookback(crf, f.date)}
+        looked_back: dict[str, list[Finding]] = {}
+        for f in crf.findings:
+            if in_lookback(crf, f.date):
+                looked_back.setdefault(f.item, []).append(f)
         flagged: set[tuple[str, str]] = set()
         priors: list[Finding] = []
-        for item in sorted(in_visits | looked_back):
+        for item in sorted(in_visits | set(looked_back)):
             ok = self._valued(item)
             base = baseline_index(dates, [item in v.values and ok(v.values[item]) for v in dated], crf.day1,
                                   crf.baseline_from)
-            prior = prior_result(crf, item, ok)  # later than every visit's value when found
+            # later than every visit's value when found
+            prior = prior_result(crf, item, ok, looked_back.get(item, ()))
             if prior is not None:
                 priors.append(prior)
             elif base is not None:
