@@ -292,12 +292,14 @@ def record_pred_eq(cms: Iterable[ConMed], settings: GlucocorticoidSettings) -> l
 
 
 def derive_pred_eq(crf: SubjectCRF, settings: GlucocorticoidSettings) -> list[PredEqVisit]:
-    """Prednisolone-equivalent mg/day on the date of every dated visit of ``crf``."""
+    """Prednisolone-equivalent mg/day on the date of every dated scheduled visit of ``crf`` — the visits of
+    ``results/study.json``: an unscheduled visit (``UNS<day>``, made by a result outside every window) is kept
+    off the results, and so off the write-back."""
     counted = _counted(crf.cm, settings)
     evidence, read = _zero_evidence(crf.cm, settings), [cm.source.reference for cm in crf.cm]
     out = []
     for v in crf.visits:
-        if v.date is None:
+        if v.date is None or v.unscheduled:
             continue
         dose = _dose_on(counted, v.date, settings, evidence, read)
         out.append(PredEqVisit(visit=v.visit, date=v.date, study_day=v.study_day, mg_per_day=dose.mg_per_day,

@@ -215,3 +215,12 @@ def test_a_dose_on_a_half_is_rounded_half_up_as_every_stored_value() -> None:
     dex = [conmed("dexamethasone", 1, None, dose=0.75)]
     assert dose(dex) == 5.003
     assert record_pred_eq(dex, S)[0].pred_eq_daily_mg == 5.003
+
+
+def test_no_dose_for_an_unscheduled_visit_which_the_results_leave_out() -> None:
+    """An unscheduled visit (UNS<day>, made by a CRP outside every window) is not in results/study.json: no
+    prednisolone-equivalent dose is derived, so none is written back for it either."""
+    crf = visit_crf({"W4": (29, {}), "UNS40": (40, {"crp": 3.0})}, cm=[conmed("prednisone", 1, None, dose=5)])
+    crf = crf.model_copy(update={"visits": [v.model_copy(update={"unscheduled": v.visit.startswith("UNS")})
+                                            for v in crf.visits]})
+    assert [(v.visit, v.mg_per_day) for v in derive_pred_eq(crf, S)] == [("W4", 5)]
