@@ -355,7 +355,7 @@ class SmartBackendServices(_RedactingAuth):
                 method="GET",
                 url=url,
                 status=response.status_code,
-                transient=response.status_code in (429, 502, 503, 504),
+                transient=response.status_code == 429 or response.status_code >= 500,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         doc = _json_object(response)

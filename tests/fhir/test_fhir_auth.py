@@ -196,6 +196,22 @@ async def test_discovery_without_token_endpoint_is_a_clear_error(
             await c.read("Patient", "p1")
 
 
+@pytest.mark.parametrize("status", [500, 503])
+async def test_a_discovery_endpoint_answering_5xx_is_transient_not_bad_credentials(
+    httpx_mock: HTTPXMock, rsa_key: rsa.RSAPrivateKey, fake_sleep: FakeSleep, status: int
+) -> None:
+    """An authorization server failing (5xx) is a server unavailable (exit 3), as at the token endpoint —
+    not rejected credentials (exit 4)."""
+    from fhir_adapter.cli.console import exit_code_of
+
+    httpx_mock.add_response(url=f"{BASE}/.well-known/smart-configuration", status_code=status, is_reusable=True)
+    auth = smart(rsa_key, token_url=None, fhir_base_url=BASE)
+    async with FhirClient(BASE, auth=auth, settings=ClientSettings(max_attempts=2), sleep=fake_sleep) as c:
+        with pytest.raises(FhirAuthError) as info:
+            await c.read("Patient", "p1")
+    assert info.value.transient and exit_code_of(info.value) == 3
+
+
 # ------------------------------------------------------------------------------------------ renewal
 
 
