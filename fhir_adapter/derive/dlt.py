@@ -253,8 +253,9 @@ def _h(hours: float, limit: float | None = None) -> str:
     tenth = f"{round(hours, 1):g}"
     if limit is None or float(tenth) != limit or hours == limit:
         return f"{tenth} h"
-    whole, minutes = divmod(round(hours * 60), 60)
-    return f"{whole} h {minutes} min" if minutes else f"{whole} h {round((hours - whole) * 3600)} s"
+    whole, rest = divmod(round(hours * 3600), 3600)
+    minutes, seconds = divmod(rest, 60)
+    return " ".join([f"{whole} h", *([f"{minutes} min"] if minutes else []), *([f"{seconds} s"] if seconds else [])])
 
 
 def _dates_only(ae: AdverseEvent) -> str:

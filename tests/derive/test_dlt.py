@@ -89,6 +89,7 @@ def evaluate_april(rules: DltSettings, *aes: AdverseEvent) -> DltResult:
     ("2024-04-09T20:00:00Z", "2024-04-13T08:00:00Z", True, "lasting 84 h (> 72 h)"),  # 4 calendar days apart
     ("2024-04-09T08:00:00Z", "2024-04-12T08:00:00Z", False, None),       # exactly 72 h
     ("2024-04-09T08:00:00Z", "2024-04-12T08:01:00Z", True, "lasting 72 h 1 min (> 72 h)"),
+    ("2024-04-09T08:00:00Z", "2024-04-12T07:59:59Z", False, "lasting 71 h 59 min 59 s (≤ 72 h)"),
     # onset time, resolution date only: 76 to 100 h → DLT; 64 to 88 h → ambiguous
     ("2024-04-09T20:00:00Z", "2024-04-13", True, "more than 72 h (76-100 h from resolution date only)"),
     ("2024-04-09T08:00:00Z", "2024-04-12", None, "duration ambiguous (resolution date only): 64-88 h"),
