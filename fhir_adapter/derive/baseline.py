@@ -117,23 +117,36 @@ def in_lookback(crf: SubjectCRF, d: dt.date | None) -> bool:
 _NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
+def _after_infusion(crf: SubjectCRF, f: Finding) -> bool:
+    """A result of Day 1 timed after the infusion (when the EHR recorded its time): not a baseline ("on or before
+    Day 1, before the infusion")."""
+    at, infused = f.datetime, crf.infusion_time
+    if at is None or infused is None or f.date != crf.day1 or (at.tzinfo is None) != (infused.tzinfo is None):
+        return False
+    return at > infused
+
+
 def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] | None = None,
                  findings: Iterable[Finding] | None = None) -> Finding | None:
     """The baseline of ``item`` when it is not a visit's value: the last result dated inside the baseline
     look-back (by date, then time; a date-only result is at 00:00 of its date) when it is no visit's pick —
     placed in no visit (before consent, between windows) or another result of a visit's window than the one the
     visit keeps (``select``). None when the last result is a visit's value (a tie goes to the visit's) or there
-    is none. ``valued`` says which results count (default: a numeric value); ``findings``, the subject's results
+    is none. Not candidates: a result of Day 1 timed after the infusion, and the results of a visit whose item a
+    reviewer settled other than the one it keeps (set aside: docs/review.md). ``valued`` says which results count (default: a numeric value); ``findings``, the subject's results
     of ``item`` when the caller has them by item (else all of ``crf.findings`` are looked at)."""
     ok = valued or (lambda f: f.value is not None)
     kept = {v.values[item].source.reference for v in crf.visits if item in v.values}
+    settled = {v.visit for v in crf.visits if item in v.settled}  # a reviewer's decision: the rest set aside
     best: Finding | None = None
     best_key: tuple[dt.date, bool, dt.datetime, bool, str] | None = None
     for f in crf.findings if findings is None else findings:
-        if f.item != item or not ok(f) or not in_lookback(crf, f.date):
+        if f.item != item or not ok(f) or not in_lookback(crf, f.date) or _after_infusion(crf, f):
             continue
         assert f.date is not None
         is_kept = f.source.reference in kept
+        if not is_kept and f.visit in settled:
+            continue
         key = (f.date, f.datetime is not None, f.datetime or _NO_TIME, is_kept, f.source.id)
         if best_key is None or key > best_key:
             best, best_key = (None if is_kept else f), key

@@ -38,7 +38,8 @@ Column conventions (SDTM IG v3.4 names; ``--`` is the domain prefix):
   status (``final``, ``amended``, ``corrected``, ``preliminary``).
 * ``--BLFL``: ``Y`` on the one record per test that is its baseline by the rule every derivation uses
   (docs/clinical-rules.md#baseline: the last result on or before Day 1 inside the look-back); a baseline that is
-  a result in no visit gets its own row (VISIT empty, ``--BLFL`` = Y) so the flagged record is in the dataset.
+  no visit's value (a result in no visit, or a later result of a window than the one its visit kept) gets its
+  own row (VISIT empty, ``--BLFL`` = Y) so the flagged record is in the dataset.
 * ``REVSTAT``: the value's review status (``unreviewed``, ``accepted``, ``changed``, ``not-available``,
   ``query``, ``re-review``; docs/review.md) — empty when the rows were built without review. An item a reviewer
   declared not available has a NOT DONE row (``--STAT`` = NOT DONE, ``--REASND`` = the reviewer's reason, no

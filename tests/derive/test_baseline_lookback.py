@@ -158,3 +158,38 @@ def test_the_last_result_is_the_baseline_even_when_its_visit_kept_another() -> N
     crf = subject({"D1": (-1, {"upcr": early}), "W4": (29, {"upcr": 0.5})}, [tie])
     rows, source = item_with_baseline(crf, "upcr")
     assert source is None and rows[0].baseline and rows[1].change == 0.1
+
+
+def test_a_result_a_reviewer_set_aside_is_never_the_baseline(study: Study) -> None:
+    """docs/review.md: a result the reviewer set aside is neither scored nor cited — the last-result baseline
+    too. BL keeps c3 on day -7 (5.0, closest to its target); the reviewer chooses day -8's 1.0, or declares the
+    item not available: the set-aside 5.0 is no baseline either way."""
+    from fhir_adapter.mapping.visits import place
+    from fhir_adapter.review.apply import apply_decisions
+    from fhir_adapter.review.candidates import item_candidates
+
+    placed, visits = place([finding("c3", -8, 1.0), finding("c3", -7, 5.0), finding("c3", 29, 1.2)], DAY1, study)
+    crf = visit_crf({}).model_copy(update={"findings": placed, "visits": visits, "baseline_from": LOOKBACK_FROM})
+    entry = next(e for e in item_candidates(crf, study) if (e["visit"], e["item"]) == ("BL", "c3"))
+    chosen = next(c["id"] for c in entry["candidates"] if c["value"] == "1")
+    got = {}
+    for action in ("choose", "not_available"):
+        decision = {"action": action, "candidate": chosen if action == "choose" else None, "seq": 1, "reviewer": "r",
+                    "at": "2024-03-01T00:00:00Z", "shown": {"candidates": entry["candidates"]}, "item": "c3",
+                    "visit": "BL", "reason": "haemolysed"}
+        reviewed = apply_decisions(crf, study, {(crf.subject_id, "BL", "c3"): decision}).crf
+        rows, source = item_with_baseline(reviewed, "c3")
+        got[action] = (source, [(r.visit, r.value, r.baseline, r.change) for r in rows])
+    assert got["choose"] == (None, [("BL", 1.0, True, 0.0), ("W4", 1.2, False, 0.2)])
+    assert got["not_available"] == (None, [("BL", None, False, None), ("W4", 1.2, False, None)])
+
+
+def test_a_day1_result_after_the_infusion_is_not_the_baseline() -> None:
+    """decisions: baseline on or before Day 1, before the infusion. Day 1 at 08:00 (kept by D1) and 20:00, the
+    infusion at 12:00: the 08:00 result is the baseline, not the later one."""
+    at = lambda h: dt.datetime.combine(DAY1, dt.time(h), tzinfo=dt.UTC)  # noqa: E731
+    before, after = finding("c3", 1, 0.9, datetime=at(8)), finding("c3", 1, 0.5, datetime=at(20), visit="D1")
+    crf = subject({"D1": (1, {"c3": before}), "W4": (29, {"c3": 1.0})}, [after], infusion_time=at(12))
+    rows, source = item_with_baseline(crf, "c3")
+    assert source is None and [(r.visit, r.baseline, r.change) for r in rows] == [("D1", True, 0.0),
+                                                                                ("W4", False, 0.1)]
