@@ -133,8 +133,9 @@ def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] |
     placed in no visit (before consent, between windows) or another result of a visit's window than the one the
     visit keeps (``select``). None when the last result is a visit's value (a tie goes to the visit's) or there
     is none. Not candidates: a result of Day 1 timed after the infusion, and the results of a visit whose item a
-    reviewer settled other than the one it keeps (set aside: docs/review.md). ``valued`` says which results count (default: a numeric value); ``findings``, the subject's results
-    of ``item`` when the caller has them by item (else all of ``crf.findings`` are looked at)."""
+    reviewer settled other than the one it keeps (set aside: docs/review.md). ``valued`` says which results
+    count (default: a numeric value); ``findings``, the subject's results of ``item`` when the caller has them
+    by item (else all of ``crf.findings`` are looked at)."""
     ok = valued or (lambda f: f.value is not None)
     kept = {v.values[item].source.reference for v in crf.visits if item in v.values}
     settled = {v.visit for v in crf.visits if item in v.settled}  # a reviewer's decision: the rest set aside

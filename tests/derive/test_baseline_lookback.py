@@ -187,7 +187,9 @@ def test_a_result_a_reviewer_set_aside_is_never_the_baseline(study: Study) -> No
 def test_a_day1_result_after_the_infusion_is_not_the_baseline() -> None:
     """decisions: baseline on or before Day 1, before the infusion. Day 1 at 08:00 (kept by D1) and 20:00, the
     infusion at 12:00: the 08:00 result is the baseline, not the later one."""
-    at = lambda h: dt.datetime.combine(DAY1, dt.time(h), tzinfo=dt.UTC)  # noqa: E731
+    def at(hour: int) -> dt.datetime:
+        return dt.datetime.combine(DAY1, dt.time(hour), tzinfo=dt.UTC)
+
     before, after = finding("c3", 1, 0.9, datetime=at(8)), finding("c3", 1, 0.5, datetime=at(20), visit="D1")
     crf = subject({"D1": (1, {"c3": before}), "W4": (29, {"c3": 1.0})}, [after], infusion_time=at(12))
     rows, source = item_with_baseline(crf, "c3")
