@@ -453,3 +453,18 @@ def test_unknown_code_system_alias_is_a_load_error_with_its_line(tmp_path: Path)
     with pytest.raises(MappingError) as exc:
         load_study(tmp_path / "s")
     assert "medications.yaml" in str(exc.value) and "pharmacy|312617" in str(exc.value)
+
+
+def test_a_record_kept_without_its_dose_keeps_its_dates_and_route(study: Study) -> None:
+    """The undosed record spans what the dosed one would: the dosage line's boundsDuration (5 days, not for
+    ever after), and an administration's route from its dosage object (intravenous: systemic)."""
+    five_days = {"value": 5, "unit": "d", "system": "http://unitsofmeasure.org", "code": "d"}
+    r = statement("s1", PRED, [dosage({"doseQuantity": mg(2, "{tbl}")}, timing=daily(boundsDuration=five_days))])
+    (c,), _ = run(study, [r])
+    assert (c.start_date, c.end_date, c.daily_dose_mg) == (dt.date(2024, 1, 10), dt.date(2024, 1, 14), None)
+    given = {"resourceType": "MedicationAdministration", "id": "a1", "status": "completed",
+             "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": PRED,
+             "effectiveDateTime": "2024-01-10T08:00:00Z", "dosage": {"route": IV, "dose": mg(2, "{tbl}")}}
+    (c,), log = run(study, [given])
+    assert (c.start_date, c.route, c.systemic) == (dt.date(2024, 1, 10), "intravenous", True)
+    assert "medications.unknown-route" not in log.counts

@@ -110,18 +110,26 @@ class MedicationMapper:
     def _undosed(self, r: dict[str, Any], drug: IdentifiedDrug) -> list[ConMed]:
         """A record whose dose was quarantined (no dose in mg, no timing, unsequenced taper lines) still says the
         drug was taken over its dates: kept with no dose, so the prednisolone-equivalent dose on those dates is
-        not evaluable instead of 0 from an older record (docs/clinical-rules.md#glucocorticoid-daily-dose)."""
-        lines = r.get("dosage") or r.get("dosageInstruction") or [r.get("dosage")]
-        line = next((x for x in lines if isinstance(x, dict)), {})
-        route = self.routes.route(line.get("route")) or drug.code_route
+        not evaluable instead of 0 from an older record (docs/clinical-rules.md#glucocorticoid-daily-dose). Its
+        dates and route are read as for a dosed record: each dosage line's own period (boundsDuration,
+        boundsPeriod, count) when the lines can be placed, else the resource's dates."""
         try:
             if r["resourceType"] == "MedicationAdministration":
+                dosage: dict[str, Any] = r["dosage"] if isinstance(r.get("dosage"), dict) else {}
                 when = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")
                 day = self.dates.parse(when) if when else None
-                step = Step(day, day)
-            else:
-                step = Step(*self.dates.resource_dates(r))
-            return [self._record(r, drug, step, route, None, None, None, None)]
+                route = self.routes.route(dosage.get("route")) or drug.code_route
+                return [self._record(r, drug, Step(day, day), route, None, None, None, None)]
+            key = "dosage" if r["resourceType"] == "MedicationStatement" else "dosageInstruction"
+            lines = [x for x in r.get(key) or [] if isinstance(x, dict)]
+            start, end = self.dates.resource_dates(r)
+            try:
+                steps = self.dates.steps(lines, start, end) if lines else [Step(start, end)]
+            except Unusable:  # taper lines that cannot be placed: the resource's own dates
+                lines, steps = [], [Step(start, end)]
+            return [self._record(r, drug, step, self.routes.route(line.get("route")) or drug.code_route,
+                                 None, None, None, None)
+                    for line, step in zip(lines or [{}], steps, strict=True)]
         except Unusable:
             return []  # no date to place it: quarantined only
 
