@@ -176,6 +176,8 @@ def _daily_mg(cm: ConMed) -> tuple[float | None, str | None]:
     """Daily mg of the drug itself and, when unknown, why."""
     if cm.daily_dose_mg is not None:
         return cm.daily_dose_mg, None
+    if cm.dose is None:
+        return None, "no dose that can be read (the record is in the quarantine with the reason)"
     mg = _dose_mg(cm)
     if mg is None:
         return None, f"dose {cm.dose!r} {cm.dose_unit!r} is not a mass in mg/g/ug"

@@ -105,7 +105,7 @@ def test_statuses_and_kinds_not_counted() -> None:
 
 def test_unknown_dose_is_not_evaluable_with_reason() -> None:
     r = pred_eq_on([conmed("prednisone", 1, None, dose=None), conmed("prednisolone", 1, None, dose=5)], d(10), S)
-    assert r.mg_per_day is None and "prednisone" in (r.reason or "")
+    assert r.mg_per_day is None and "prednisone" in (r.reason or "") and "no dose that can be read" in (r.reason or "")
     r = pred_eq_on([conmed("prednisone", 1, None, dose=2, unit="{tbl}")], d(10), S)
     assert r.mg_per_day is None and "{tbl}" in (r.reason or "")
     r = pred_eq_on([conmed("prednisone", 1, None, dose=20, freq=None)], d(10), S)
