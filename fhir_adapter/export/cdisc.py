@@ -64,6 +64,7 @@ from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import Item
 from fhir_adapter.study.timeline import elapsed, study_day
+from fhir_adapter.terminology.codes import FATAL_OUTCOMES
 
 FINDINGS_DOMAINS = ("LB", "VS", "PC", "QS", "IS")
 DOMAINS = ("DM", "EX", *FINDINGS_DOMAINS, "CM", "AE", "MH", "PR")
@@ -775,7 +776,7 @@ class RowBuilder:
                 "AETOXGR": "" if a.grade is None else str(a.grade),
                 "AETOXAPP": _yn(a.grade_approximate or None),
                 "AESER": _yn(a.serious),
-                "DTHDTC": _date(crf.dm.death_date) if a.outcome == "fatal" or "AESDTH" in flags else "",
+                "DTHDTC": _date(crf.dm.death_date) if a.outcome in FATAL_OUTCOMES or "AESDTH" in flags else "",
                 **{f: ("Y" if f in flags else "N") if known else ""
                    for f in ("AESDTH", "AESLIFE", "AESHOSP", "AESDISAB", "AESCONG", "AESMIE")},
                 "AEACN": self.ct.term("ACN", a.action_taken, "AEACN"),

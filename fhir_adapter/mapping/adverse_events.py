@@ -73,6 +73,7 @@ from fhir_adapter.terminology.codes import (
     EXT_AE_SERIOUSNESS_CRITERIA,
     EXT_AE_STATUS,
     EXT_AE_SUSPECT_ENTITY,
+    FATAL_OUTCOMES,
 )
 
 if TYPE_CHECKING:
@@ -339,7 +340,8 @@ class AdverseEventMapper:
                 resource=ref, subject_id=subject_id, rule="ae-seriousness-conflict",
                 fix="correct the seriousness or the criterion in the EHR")
         outcome = self._outcome(r)
-        if outcome == "fatal" and grade is not None and grade < 5:
+        fatal = any(c in FATAL_OUTCOMES for _, c in codings(r.get("outcome")))
+        if fatal and grade is not None and grade < 5:
             self.log.warn(
                 f"adverse event '{term}' has the outcome fatal but grade {grade}: the grade is used as recorded "
                 "(the grade 5 DLT rule does not see it)",

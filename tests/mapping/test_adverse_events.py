@@ -373,8 +373,13 @@ def test_contradictions_a_data_manager_must_resolve_are_flagged(study: Study) ->
               extension=[criterion("C83052")])
     fatal = ae("f1", "Pneumonia", code=None, extension=[grade_ext("C41339", "Grade 2")],
                outcome=cc(outcome, "fatal"))
-    aes, log = run(study, [hosp, fatal])
-    a, b = sorted(aes, key=lambda x: x.source.id, reverse=True)
+    # CDISC OUT FATAL (NCIt C48275), second of two codings
+    ncit_fatal = {"coding": [{"system": "https://example.org/local-outcome", "code": "D"},
+                             {"system": NCIT, "code": "C48275", "display": "FATAL"}]}
+    fatal2 = ae("f2", "Sepsis", code=None, extension=[grade_ext("C41340", "Grade 3")], outcome=ncit_fatal)
+    aes, log = run(study, [hosp, fatal, fatal2])
+    a, b = next(x for x in aes if x.source.id == "s1"), next(x for x in aes if x.source.id == "f1")
     assert (a.serious, b.grade, b.outcome) == (False, 2, "fatal")
     rules = {(w["rule"], w["resource"]) for w in log.warnings}
     assert ("ae-seriousness-conflict", "AdverseEvent/s1") in rules and ("ae-fatal-grade", "AdverseEvent/f1") in rules
+    assert ("ae-fatal-grade", "AdverseEvent/f2") in rules
