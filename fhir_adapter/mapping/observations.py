@@ -172,9 +172,9 @@ class ObservationMapper:
                     self.log.warn(f"{item_id}: partial date {f.partial_date} kept as is, placed in no visit",
                                   resource=f"Observation/{obs.get('id')}", subject_id=subject_id,
                                   rule="partial-date")
-                for message, fix in self.range_dropped:
-                    self.log.warn(message, resource=f"Observation/{obs.get('id')}", subject_id=subject_id,
-                                  rule="reference-range-unit", fix=fix)
+                if self.range_dropped:  # one warning per result, its limits together
+                    self.log.warn("; ".join(m for m, _ in self.range_dropped), resource=f"Observation/{obs.get('id')}",
+                                  subject_id=subject_id, rule="reference-range-unit", fix=self.range_dropped[0][1])
                 out.append(f)
         out.sort(key=lambda f: (f.date is None, f.date, f.datetime is None, f.datetime, f.item))
         return out
@@ -196,7 +196,8 @@ class ObservationMapper:
                 self.log.count(f"unmapped.{system}|{code}")
             text = (obs.get("code") or {}).get("text") if isinstance(obs.get("code"), dict) else None
             if not coded and isinstance(text, str) and text.strip():  # a local test named in words only
-                self.log.count(f"unmapped.{TEXT_ONLY}|{' '.join(text.split())[:80]}")
+                # one line, at most 80 characters, no "|" (the counter's separator of system and code)
+                self.log.count(f"unmapped.{TEXT_ONLY}|{' '.join(text.replace('|', '/').split())[:80]}")
         return found
 
     def _finding(self, obs: dict[str, Any], part: dict[str, Any], item_id: str) -> Finding:
@@ -311,7 +312,13 @@ class ObservationMapper:
         else:
             _no_value(part, item_id, "no numeric value (valueQuantity expected)",
                       "send the result as valueQuantity with a UCUM unit")
-        value = self._convert(raw, unit, item, item_id, sent)
+        try:
+            value = self._convert(raw, unit, item, item_id, sent)
+        except Unusable as rej:
+            if "valueString" in part and sent is not None:  # say where the unit came from
+                raise Unusable(rej.rule, f"{rej.reason} (the unit of its reference range: a valueString has none)",
+                               rej.fix) from None
+            raise
         if item.bounds and not item.bounds[0] <= value <= item.bounds[1]:
             raise Unusable("out-of-bounds", f"{item_id}: {value} {item.unit} is outside the physiological bounds "
                            f"{list(item.bounds)}", "check the unit and the value in the EHR")

@@ -218,11 +218,13 @@ def test_a_reference_range_limit_in_a_unit_not_understood_is_said_not_dropped_si
     """An Epic-style range high "IU/mL" (not UCUM, and "IU" is no synonym: which international unit?) cannot be
     compared: the derivations fall back to the interpretation, else the study's default range
     (docs/clinical-rules.md#sledai2k-reference-ranges) — and the run report says so, naming the result."""
-    o = obs("d", "5130-0", 16, "[IU]/mL", referenceRange=[{"high": {"value": 15, "unit": "IU/mL"}}])
+    o = obs("d", "5130-0", 16, "[IU]/mL", referenceRange=[{"low": {"value": 0, "unit": "IU/mL"},
+                                                          "high": {"value": 15, "unit": "IU/mL"}}])
     (f,), log = mapped(study, [o])
-    assert (f.value, f.ref_high) == (16.0, None)
-    (w,) = [w for w in log.warnings if w["rule"] == "reference-range-unit"]
+    assert (f.value, f.ref_low, f.ref_high) == (16.0, None, None)
+    (w,) = [w for w in log.warnings if w["rule"] == "reference-range-unit"]  # one per result, both limits in it
     assert w["resource"] == "Observation/d" and "15 IU/mL not used" in w["message"] and w["fix"]
+    assert "limit 0 IU/mL not used" in w["message"]
 
 
 def test_every_interpretation_element_is_read(study: Study) -> None:
@@ -251,7 +253,7 @@ def test_an_observation_named_by_text_alone_is_counted_unmapped_not_lost(study: 
     from fhir_adapter.mapping.observations import TEXT_ONLY
 
     o = obs("t", "x")
-    o["code"] = {"text": "Urine  protein/creatinine"}
+    o["code"] = {"text": "Urine  protein|creatinine"}
     fs, log = mapped(study, [o])
     assert fs == [] and log.counts[f"unmapped.{TEXT_ONLY}|Urine protein/creatinine"] == 1
     assert {"system": TEXT_ONLY, "code": "Urine protein/creatinine"}.items() <= unmapped_codes(log.counts)[0].items()
@@ -283,3 +285,10 @@ def test_a_value_beside_a_data_absent_reason_is_quarantined(study: Study) -> Non
     absent = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/data-absent-reason", "code": "error"}]}
     fs, log = mapped(study, [obs("b", "2890-2", 0, "mg/mg", dataAbsentReason=absent)])
     assert fs == [] and [(q.id, q.rule) for q in log.quarantine] == [("b", "value-and-data-absent")]
+
+
+def test_a_string_number_whose_range_unit_is_not_understood_says_where_the_unit_came_from(study: Study) -> None:
+    fs, log = mapped(study, [obs("s", "5130-0", valueString="45", referenceRange=[{"high": {"value": 30,
+                                                                                            "unit": "IU/mL"}}])])
+    assert fs == [] and log.quarantine[0].rule == "unknown-unit"
+    assert "the unit of its reference range: a valueString has none" in log.quarantine[0].reason
