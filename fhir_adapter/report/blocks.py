@@ -67,7 +67,8 @@ def fmt(value: float | int | None, digits: int = 1) -> str:
 
 
 def pct(k: int, n: int) -> str:
-    return f"{k} ({100 * k / n:.0f}%)" if n else "–"
+    """``k (p%)``, p rounded half up as every shown number (1 of 8: 13%)."""
+    return f"{k} ({half_up(100 * k / n, 0):f}%)" if n else "–"
 
 
 def describe(values: list[float]) -> tuple[int, float | None, float | None, float | None, float | None,

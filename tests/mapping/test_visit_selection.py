@@ -61,3 +61,16 @@ def test_a_date_only_and_a_timed_result_on_one_day_are_ordered_not_a_failure(rul
     timed = finding("upcr", 14, 0.62, datetime=dt.datetime.combine(dated.date, dt.time(7), tzinfo=dt.UTC))
     kept = select([timed, dated], rule, 14, None)
     assert kept is {"first": dated, "last": timed, "closest": dated, "max": timed}[rule]
+
+
+def test_the_review_app_lists_a_window_s_candidates_in_the_visit_s_order(study: Study) -> None:
+    """A date-only result is at 00:00 of its date in the review list too, before a timed one of that day."""
+    import datetime as dt
+
+    dated = finding("crp", 8, 3.0)
+    assert dated.date is not None
+    timed = finding("crp", 8, 5.0, datetime=dt.datetime.combine(dated.date, dt.time(7), tzinfo=dt.UTC))
+    placed, visits = place([timed, dated], DAY1, study)
+    subject = crf(placed, {}).model_copy(update={"visits": visits})
+    (entry,) = [e for e in item_candidates(subject, study) if e["visit"] == "W1" and e["item"] == "crp"]
+    assert [c["source"]["id"] for c in entry["candidates"]] == [dated.source.id, timed.source.id]

@@ -248,3 +248,9 @@ def test_table_numbers_round_half_up_as_study_json_shows_them() -> None:
     assert [fmt(v) for v in (1.15, 0.45, 0.75, 0.55, -1.15, 2.0, 0.04)] == \
         ["1.2", "0.5", "0.8", "0.6", "-1.2", "2.0", "0.04"]
     assert (fmt(1234.5), fmt(1.005, 2), fmt(3, 0), fmt(None)) == ("1,235", "1.01", "3", "–")
+
+
+def test_percentages_round_half_up_as_every_shown_number() -> None:
+    from fhir_adapter.report.blocks import pct
+
+    assert [pct(1, 8), pct(3, 8), pct(1, 200), pct(0, 0)] == ["1 (13%)", "3 (38%)", "1 (1%)", "–"]
