@@ -120,7 +120,7 @@ def test_teae_by_term_counts_subjects_once_at_worst_grade(built: dict[str, Secti
     assert derived.rows[2][:4] == ["DL3", "2", "2 (100%)", "2 (100%)"]
     assert _table(sec.blocks, "TEAEs by term per arm").rows == [["Neutropenia", "2 (2)", "2 (2)", "2 (2)", "2 (2)"]]
     overview = {r[0]: r for r in _table(sec.blocks, "Subjects with TEAEs by dose level").rows}
-    assert overview["DLT"][1:] == ["0 (0%)", "0 (0%)", "1 (50%)", "0 (0%)", "1 (12%)"]
+    assert overview["DLT"][1:] == ["0 (0%)", "0 (0%)", "1 (50%)", "0 (0%)", "1 (13%)"]
 
 
 def test_baselines_from_results_in_no_visit_per_subject_and_parameter(built: dict[str, Section]) -> None:
