@@ -290,6 +290,29 @@ def test_every_export_value_has_its_declared_data_type(trial: Trial) -> None:
     assert {"date", "partialDate", "partialDatetime", "integer", "float", "text"} <= checked
 
 
+def test_odm_item_group_repeat_keys_are_unique_within_each_form(trial: Trial) -> None:
+    """ODM 1.3.2: ItemGroupRepeatKey tells apart repeats of one item group within a single form. A NOT DONE
+    record beside a value of the same test at one visit (the demo has some: a cancelled weight, an incomplete
+    24-h collection) had repeated the test code, which an EDC import merges or rejects."""
+    import xml.etree.ElementTree as ET
+    from collections import Counter
+
+    _, out, _ = trial
+    ns = "{http://www.cdisc.org/ns/odm/v1.3}"
+    repeated: list[tuple[str | None, str | None, tuple[str | None, str | None]]] = []
+    second_rows = 0
+    for subject in ET.parse(out / "export" / "odm.xml").getroot().iter(f"{ns}SubjectData"):
+        for event in subject.iter(f"{ns}StudyEventData"):
+            for form in event.iter(f"{ns}FormData"):
+                keys = Counter((g.get("ItemGroupOID"), g.get("ItemGroupRepeatKey"))
+                               for g in form.iter(f"{ns}ItemGroupData"))
+                repeated += [(subject.get("SubjectKey"), event.get("StudyEventOID"), k) for k, n in keys.items()
+                             if n > 1]
+                second_rows += sum(1 for _, key in keys if key and "." in key)
+    assert not repeated, repeated[:3]
+    assert second_rows > 0  # the demo's NOT DONE records beside a value: keyed with their sequence number
+
+
 def test_every_study_day_is_the_study_day_of_its_date(trial: Trial) -> None:
     """SDTM derives --DY from --DTC, --STDY from --STDTC and --ENDY from --ENDTC (no Day 0); LB is dated by its
     Specimen's collection, so LBDY follows it also where the collection began on another day than the

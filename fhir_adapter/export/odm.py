@@ -10,7 +10,8 @@
   units as MeasurementUnits referenced by ``--STRESN``, named by the CDISC UNIT term the CSV's ``--STRESU``
   holds (``mmHg``, ``10^9/L``; the UCUM code of items.yaml an Alias, :func:`measurement_units`).
 * **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD``
-  for findings, ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of the CSV files,
+  for findings — ``--TESTCD.--SEQ`` for a second row of the test in one form, e.g. a NOT DONE record beside a
+  value, so the key stays unique within the form — ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of the CSV files,
   less what the ODM context already states (study, subject and visit identifiers, the test name).
 * **Review** — a findings row a reviewer decided on (docs/review.md) carries an ``AuditRecord`` (the reviewer
   as a ``User`` of ``AdminData``, the time, the reason, the decision's number in the decision file) and an
@@ -248,6 +249,7 @@ class _FormSpec:
         self.columns = [(at[c], c) for c in ODM_COLUMNS[domain]]
         self.revstat = at.get("REVSTAT")
         self.key = None if domain == "DM" else at[f"{domain}TESTCD" if domain in FINDINGS_DOMAINS else f"{domain}SEQ"]
+        self.seq = at.get(f"{domain}SEQ")
         self.group = f'<ItemGroupData ItemGroupOID="IG.{domain}"'
         self.domain = domain
 
@@ -308,14 +310,18 @@ class OdmSubjects:
         spec = self._specs[domain]
         out.append(f'<FormData FormOID="F.{domain}">')
         findings = domain in FINDINGS_DOMAINS
+        keys: set[str] = set()
         for i in indices:
             cells = t.cells[i]
             if spec.key is None:
                 out.append(spec.group + ">")
             else:
-                key = cells[spec.key]  # a plain row's cells are their own attribute values (:meth:`_attr`)
+                key = str(cells[spec.key])  # a plain row's cells are their own attribute values (:meth:`_attr`)
+                if key in keys and spec.seq is not None:  # a second row of the test in this form (a NOT DONE
+                    key = f"{key}.{cells[spec.seq]}"       # record beside a value): the key stays unique
+                keys.add(key)
                 out.append(f'{spec.group} ItemGroupRepeatKey="{key}">' if t.plain[i] else
-                           f'{spec.group} ItemGroupRepeatKey={self._attr(str(key))}>')
+                           f'{spec.group} ItemGroupRepeatKey={self._attr(key)}>')
                 if findings and (decision := t.decisions[i]):
                     status = cells[spec.revstat] if spec.revstat is not None else ""
                     out.append(self._review(decision, str(status or "")))
