@@ -9,10 +9,10 @@
   them, but the Dataset-JSON columns do (``itemOID``); the ``--TESTCD`` values as CodeLists; the CRF
   units as MeasurementUnits referenced by ``--STRESN``, named by the CDISC UNIT term the CSV's ``--STRESU``
   holds (``mmHg``, ``10^9/L``; the UCUM code of items.yaml an Alias, :func:`measurement_units`).
-* **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD``
-  for findings — ``--TESTCD.--SEQ`` for a second row of the test in one form, e.g. a NOT DONE record beside a
-  value, so the key stays unique within the form — ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of the CSV files,
-  less what the ODM context already states (study, subject and visit identifiers, the test name).
+* **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD`` for
+  findings — ``--TESTCD.--SEQ`` for a second row of the test in one form, e.g. a NOT DONE record beside a value, so
+  the key stays unique within the form — ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of
+  the CSV files, less what the ODM context already states (study, subject and visit identifiers, the test name).
 * **Review** — a findings row a reviewer decided on (docs/review.md) carries an ``AuditRecord`` (the reviewer
   as a ``User`` of ``AdminData``, the time, the reason, the decision's number in the decision file) and an
   ``Annotation`` with the review status; every findings row has the status as ItemData ``REVSTAT``.
