@@ -4,6 +4,7 @@ in part leaves in state/written.json (fhir_adapter/job/pipeline.py), with a sink
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ class Server:
     def start(self, enrolled_patients: set[str]) -> None:
         pass
 
-    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str]) -> WriteResult:
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
+              retractions: Sequence[dict[str, Any]] = ()) -> WriteResult:
         self.calls += 1
         ids = [result_id(r) for r in resources]
         if self.calls == 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -65,7 +65,8 @@ class Sink(Protocol):
 
     def start(self, enrolled_patients: set[str]) -> None: ...
 
-    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str]) -> WriteResult: ...
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
+              retractions: Sequence[dict[str, Any]] = ()) -> WriteResult: ...
 
 
 @dataclass
@@ -341,7 +342,8 @@ def _run(
         w: WriteResult | None = None
         diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
         if sink is not None and not unchanged_since_last:
-            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources))  # may stop the run
+            # may stop the run; a retraction is the one the offline bundle holds
+            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources), plan.retractions)
             if w.stop is not None:  # the server went down part-way through a split write: what it confirmed
                 state.commit(plan, pending=w.pending)
                 _record_write(w, summary, runlog, diff_path)

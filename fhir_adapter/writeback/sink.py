@@ -41,6 +41,7 @@ import datetime as dt
 import difflib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +52,7 @@ from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
+from fhir_adapter.writeback.state import server_retraction
 
 if TYPE_CHECKING:
     from fhir_adapter.fhir.client import FhirClient
@@ -177,9 +179,12 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
 
 
 def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any]],
-                result: WriteResult) -> list[dict[str, Any]]:
-    """The resources that must be written: new, changed, or retracted."""
+                result: WriteResult, retractions: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The resources that must be written: new, changed, or retracted — by the planned retraction of that
+    result when there is one (its reason, its sources: what the offline bundle holds), else
+    :func:`~.state.server_retraction` of the server's copy."""
     wanted = {_identifier(r): r for r in desired}
+    planned = {_identifier(r): r for r in retractions}
     to_write: list[dict[str, Any]] = []
     diffs: list[str] = []
     for ident, res in wanted.items():
@@ -194,10 +199,7 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
     for ident, before in sorted(existing.items()):
         if ident in wanted or before.get("status") == "entered-in-error" or before.get("resourceType") != "Observation":
             continue
-        retracted = with_owner_tag({k: v for k, v in before.items() if k not in ("meta", "text")})
-        retracted["status"] = "entered-in-error"
-        retracted["note"] = [{"text": "Retracted by fhir-adapter: the EHR data this result was derived from was "
-                                      "corrected or entered in error."}]
+        retracted = {**with_owner_tag(planned.get(ident) or server_retraction(before)), "id": before["id"]}
         to_write.append(retracted)
         result.retracted.append(ident)
         diffs.extend(difflib.unified_diff(_pretty(before), _pretty(retracted), f"server:{ident}",
@@ -282,7 +284,12 @@ def check_retraction_share(result: WriteResult, existing: dict[str, dict[str, An
 async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str, Any]], sources: list[str],
                         enrolled_patients: set[str], *, dry_run: bool = False,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
-                        max_retraction_share: float = MAX_RETRACTION_SHARE) -> WriteResult:
+                        max_retraction_share: float = MAX_RETRACTION_SHARE,
+                        retractions: Sequence[dict[str, Any]] = ()) -> WriteResult:
+    """Write one subject's results: compare with what the server holds, then create, update and retract.
+    ``retractions``: the retractions the write-back state planned (:meth:`WrittenState.plan`, the ones the
+    offline bundle holds) — a result the server holds and the run no longer derives is retracted with that
+    resource, so the server gets what ``OUT/writeback`` shows."""
     result = WriteResult(subject_id=e.subject_id)
     confirmed: set[str] = set()  # identifier values of the transactions the server confirmed
     done, parts = 0, list[list[dict[str, Any]]]()
@@ -306,7 +313,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             held = "; ".join(f"{ident} by {', '.join(refs)}" for ident, refs in sorted(duplicates.items()))
             raise UnsafeWrite(f"the server holds adapter identifiers more than once ({held}): remove the "
                               "duplicates, then run again")
-        to_write = plan_writes(desired, existing, result)
+        to_write = plan_writes(desired, existing, result, retractions)
         check_safe(e, to_write, enrolled_patients)
         if not allow_mass_retraction:
             check_retraction_share(result, existing, max_retraction_share)
@@ -379,8 +386,9 @@ class ServerSink:
     def start(self, enrolled_patients: set[str]) -> None:
         self.enrolled = set(enrolled_patients)
 
-    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str]) -> WriteResult:
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
+              retractions: Sequence[dict[str, Any]] = ()) -> WriteResult:
         return self.loop.run_until_complete(
             write_subject(self.client, e, resources, sources, self.enrolled, dry_run=self.dry_run,
                           allow_mass_retraction=self.allow_mass_retraction,
-                          max_retraction_share=self.max_retraction_share))
+                          max_retraction_share=self.max_retraction_share, retractions=retractions))

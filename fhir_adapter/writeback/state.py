@@ -97,6 +97,21 @@ def retraction(entry: dict[str, Any], reason: str, on: dt.date) -> dict[str, Any
     return obs
 
 
+def server_retraction(held: dict[str, Any]) -> dict[str, Any]:
+    """The entered-in-error update of an adapter result the server holds that the state does not know (the
+    state file was lost, or another OUT wrote it): the same elements as :func:`retraction` keeps, from the
+    server's copy (its profile without the server's own meta), with the sources it names."""
+    obs = {k: v for k, v in held.items() if k in _KEEP and k != "meta"}
+    if profile := (held.get("meta") or {}).get("profile"):
+        obs["meta"] = {"profile": profile}
+    obs["status"] = "entered-in-error"
+    if held.get("derivedFrom"):
+        obs["derivedFrom"] = held["derivedFrom"]
+    obs["note"] = [{"text": f"Retracted by fhir-adapter {__version__}: the EHR data this result was derived from "
+                            "was corrected or entered in error."}]
+    return obs
+
+
 @dataclass
 class Plan:
     """What one subject's write-back does compared with the state (applied by :meth:`WrittenState.commit`)."""

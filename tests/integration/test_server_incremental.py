@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -227,3 +228,30 @@ def test_since_last_finds_whose_a_deletion_no_crf_names_was_from_its_instance_hi
     assert rep["counts"]["incremental.deleted"] == 1 and rep["counts"]["incremental.deletion_subjects"] == 1
     assert rep["counts"]["incremental.deletion_lookups"] == 1 and rep["counts"]["incremental.deletions_ignored"] == 0
     assert server.stats()["requests"]["by_interaction"]["history-instance"] == 1
+
+
+def test_a_live_retraction_is_the_one_the_writeback_file_shows(loaded: ServerHandle, tmp_path: Path) -> None:
+    """OUT/writeback is the transaction --post sends: a result retracted on the server (its PGA source entered in
+    error, so the visit's LLDAS is no longer derived) is the writeback file's retraction — its reason naming
+    the source, its profile, no stale value — not a copy of the old result with a generic note."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    bundles = {p.stem: json.loads(p.read_text()) for p in (out / "writeback").glob("*.json")}
+    subject, lldas = next((s, e["resource"]) for s in sorted(bundles) for e in bundles[s]["entry"]
+                          if e["resource"]["resourceType"] == "Observation"
+                          and e["resource"]["code"]["coding"][0]["code"] == "lldas")
+    sources = [search_all(loaded.base_url, "Observation", {"_id": x["reference"].split("/")[1]})[0]
+               for x in lldas["derivedFrom"]]
+    pga = next(o for o in sources if o["code"]["coding"][0]["code"] == "sle-pga")
+    put_resources(loaded.base_url, [{k: v for k, v in {**pga, "status": "entered-in-error"}.items() if k != "meta"}])
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    [held] = [o for o in adapter_observations(loaded.base_url) if o["identifier"] == lldas["identifier"]]
+    [shown] = [e["resource"] for e in json.loads((out / "writeback" / f"{subject}.json").read_text())["entry"]
+               if e["resource"].get("identifier") == lldas["identifier"]]
+
+    def content(r: dict[str, Any]) -> dict[str, Any]:
+        return {**{k: v for k, v in r.items() if k not in ("id", "meta")}, "profile": r["meta"].get("profile")}
+
+    assert held["status"] == shown["status"] == "entered-in-error"
+    assert content(held) == content(shown) and "valueBoolean" not in held
+    assert f"Observation/{pga['id']}" in held["note"][0]["text"]

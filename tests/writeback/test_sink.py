@@ -80,8 +80,15 @@ def test_changed_new_and_retracted() -> None:
     assert r.written == ["a", "c"] and r.retracted == ["old"]
     assert out[0]["id"] == "x1" and "id" not in out[1]  # an update addresses the server's resource
     retracted = out[-1]
-    assert retracted["status"] == "entered-in-error" and retracted["id"] == "x3" and retracted["valueInteger"] == 5
+    # a result the state does not know: the server's copy, as a retraction keeps it (identity, no stale value)
+    assert retracted["status"] == "entered-in-error" and retracted["id"] == "x3" and "valueInteger" not in retracted
+    assert retracted["identifier"] == existing["old"]["identifier"] and "Retracted" in retracted["note"][0]["text"]
     assert '-  "valueInteger": 12' in r.diff and '+  "valueInteger": 10' in r.diff
+    # one the state planned (the offline bundle's, with its reason): that resource, at the server's id
+    planned = {**{k: v for k, v in result("old", 5).items() if k != "valueInteger"}, "status": "entered-in-error",
+               "note": [{"text": "Retracted: Observation/s9 is now entered-in-error"}]}
+    out = plan_writes(desired, existing, WriteResult(subject_id="101-001"), [planned])
+    assert out[-1]["note"] == planned["note"] and out[-1]["id"] == "x3"
 
 
 async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_mock: HTTPXMock) -> None:
