@@ -71,14 +71,17 @@ def changes(
     since: dt.date | None = None,
     prior: tuple[dt.date, N] | None = None,
     prior_decided: bool = False,
+    eligible: Sequence[bool] | None = None,
 ) -> tuple[int | None, list[N | None]]:
     """The baseline index and the change from baseline of every entry (cases 1–4 of the module docstring).
 
     ``prior`` = (date, value) of the last result in no visit inside the look-back: it is the baseline when it
     is later than every valued entry on or before Day 1 (see :func:`prior_wins`), or whenever given with
     ``prior_decided`` (:func:`prior_result` compared it with the visits' results themselves); the index
-    returned is then None and the changes are against it."""
-    base = baseline_index(dates, [v is not None for v in values], day1, since)
+    returned is then None and the changes are against it. ``eligible``: which entries may be the baseline
+    (False: a Day 1 value taken after the infusion, :func:`after_infusion`); every entry when None."""
+    base = baseline_index(dates, [v is not None and (eligible is None or eligible[i]) for i, v in enumerate(values)],
+                          day1, since)
     out: list[N | None] = [None] * len(values)
     if (prior is not None and prior_decided and day1 is not None and prior[0] <= day1) \
             or prior_wins(base, dates, day1, prior):
@@ -117,7 +120,7 @@ def in_lookback(crf: SubjectCRF, d: dt.date | None) -> bool:
 _NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
-def _after_infusion(crf: SubjectCRF, f: Finding) -> bool:
+def after_infusion(crf: SubjectCRF, f: Finding) -> bool:
     """A result of Day 1 timed after the infusion (when the EHR recorded its time): not a baseline ("on or before
     Day 1, before the infusion")."""
     at, infused = f.datetime, crf.infusion_time
@@ -142,7 +145,7 @@ def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] |
     best: Finding | None = None
     best_key: tuple[dt.date, bool, dt.datetime, bool, str] | None = None
     for f in crf.findings if findings is None else findings:
-        if f.item != item or not ok(f) or not in_lookback(crf, f.date) or _after_infusion(crf, f):
+        if f.item != item or not ok(f) or not in_lookback(crf, f.date) or after_infusion(crf, f):
             continue
         assert f.date is not None
         is_kept = f.source.reference in kept
@@ -227,7 +230,9 @@ def item_with_baseline(
     pair: tuple[dt.date, float] | None = None
     if prior is not None and prior.value is not None and prior.date is not None:
         pair = (prior.date, round_half_up(prior.value, decimals) if decimals is not None else prior.value)
-    base, diffs = changes(dates, values, crf.day1, ndigits, since=crf.baseline_from, prior=pair, prior_decided=True)
+    eligible = [f is None or not after_infusion(crf, f) for _, f, _ in picked]
+    base, diffs = changes(dates, values, crf.day1, ndigits, since=crf.baseline_from, prior=pair, prior_decided=True,
+                          eligible=eligible)
     source = BaselineSource.of(crf, prior, value=pair[1]) if prior is not None and pair is not None else None
     base_censored = (comparators[base] is not None if base is not None
                      else source is not None and source.comparator is not None)

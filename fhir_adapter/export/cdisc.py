@@ -58,7 +58,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhir_adapter.crf.models import Exposure, Finding, NotDone, SubjectCRF, VisitRecord
-from fhir_adapter.derive.baseline import baseline_index, in_lookback, prior_result
+from fhir_adapter.derive.baseline import after_infusion, baseline_index, in_lookback, prior_result
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
 from fhir_adapter.study.load import Study
@@ -575,7 +575,8 @@ class RowBuilder:
         priors: list[Finding] = []
         for item in sorted(in_visits | set(looked_back)):
             ok = self._valued(item)
-            base = baseline_index(dates, [item in v.values and ok(v.values[item]) for v in dated], crf.day1,
+            base = baseline_index(dates, [item in v.values and ok(v.values[item])
+                                          and not after_infusion(crf, v.values[item]) for v in dated], crf.day1,
                                   crf.baseline_from)
             # later than every visit's value when found
             prior = prior_result(crf, item, ok, looked_back.get(item, ()))

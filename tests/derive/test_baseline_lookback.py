@@ -195,3 +195,14 @@ def test_a_day1_result_after_the_infusion_is_not_the_baseline() -> None:
     rows, source = item_with_baseline(crf, "c3")
     assert source is None and [(r.visit, r.baseline, r.change) for r in rows] == [("D1", True, 0.0),
                                                                                 ("W4", False, 0.1)]
+
+
+def test_a_visits_own_day1_value_after_the_infusion_is_not_the_baseline() -> None:
+    """D1 keeps only a 20:00 result, the infusion was at 12:00: the baseline is BL's (day -7), and D1 has a
+    change like any later visit."""
+    after = finding("c3", 1, 0.5, datetime=dt.datetime.combine(DAY1, dt.time(20), tzinfo=dt.UTC))
+    crf = subject({"BL": (-7, {"c3": 0.7}), "D1": (1, {"c3": after}), "W4": (29, {"c3": 1.0})},
+                  infusion_time=dt.datetime.combine(DAY1, dt.time(12), tzinfo=dt.UTC))
+    rows, source = item_with_baseline(crf, "c3")
+    assert source is None and [(r.visit, r.baseline, r.change) for r in rows] == [
+        ("BL", True, 0.0), ("D1", False, -0.2), ("W4", False, 0.3)]
