@@ -340,8 +340,7 @@ class AdverseEventMapper:
                 resource=ref, subject_id=subject_id, rule="ae-seriousness-conflict",
                 fix="correct the seriousness or the criterion in the EHR")
         outcome = self._outcome(r)
-        fatal = any(c in FATAL_OUTCOMES for _, c in codings(r.get("outcome")))
-        if fatal and grade is not None and grade < 5:
+        if outcome in FATAL_OUTCOMES and grade is not None and grade < 5:
             self.log.warn(
                 f"adverse event '{term}' has the outcome fatal but grade {grade}: the grade is used as recorded "
                 "(the grade 5 DLT rule does not see it)",
@@ -580,8 +579,11 @@ class AdverseEventMapper:
         return parse_date_or_reject(value, self.tz)
 
     def _outcome(self, r: dict[str, Any]) -> str | None:
+        """The outcome's code — a fatal one wherever it is among the codings (a local code first, CDISC FATAL
+        second), else the first — or its text."""
         oc = r.get("outcome")
-        return first_code(oc) or first_text(oc)
+        fatal = next((c for _, c in codings(oc) if c in FATAL_OUTCOMES), None)
+        return fatal or first_code(oc) or first_text(oc)
 
     def _dates(self, r: dict[str, Any]) -> tuple[FhirDate | None, FhirDate | None]:
         onset_ext = next((x for url in self.s.onset_extension_urls for x in _ext(r, url)), None)

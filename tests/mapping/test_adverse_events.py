@@ -383,3 +383,4 @@ def test_contradictions_a_data_manager_must_resolve_are_flagged(study: Study) ->
     rules = {(w["rule"], w["resource"]) for w in log.warnings}
     assert ("ae-seriousness-conflict", "AdverseEvent/s1") in rules and ("ae-fatal-grade", "AdverseEvent/f1") in rules
     assert ("ae-fatal-grade", "AdverseEvent/f2") in rules
+    assert next(x for x in aes if x.source.id == "f2").outcome == "C48275"  # the export's AEOUT FATAL, DTHDTC
