@@ -4,7 +4,7 @@ in part leaves in state/written.json (fhir_adapter/job/pipeline.py), with a sink
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ class Server:
         pass
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
-              retractions: Sequence[dict[str, Any]] = ()) -> WriteResult:
+              retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
         self.calls += 1
         ids = [result_id(r) for r in resources]
         if self.calls == 1:

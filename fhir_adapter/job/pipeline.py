@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,7 +66,7 @@ class Sink(Protocol):
     def start(self, enrolled_patients: set[str]) -> None: ...
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
-              retractions: Sequence[dict[str, Any]] = ()) -> WriteResult: ...
+              retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult: ...
 
 
 @dataclass
@@ -328,8 +328,10 @@ def _run(
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses,
                           hashes=o.hashes)
         writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
+        held: set[str] = set()
         if len(writable) < len(bundle_resources):
-            reviews.hold(plan, state, {result_id(r) for r in bundle_resources if r not in writable})
+            held = {result_id(r) for r in bundle_resources if r not in writable}
+            reviews.hold(plan, state, held)
             bundle_resources = writable
         invalid = [p for p in [problems[id(x)] for x in bundle_resources]
                    + [r4_problem(x, full=True) for x in plan.retractions] if p]
@@ -342,8 +344,10 @@ def _run(
         w: WriteResult | None = None
         diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
         if sink is not None and not unchanged_since_last:
-            # may stop the run; a retraction is the one the offline bundle holds
-            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources), plan.retractions)
+            # may stop the run; a retraction is the one the offline bundle holds, and the Provenance names its
+            # sources too (as the bundle's does); a result held back for review is neither written nor retracted
+            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources + plan.retractions),
+                           plan.retractions, held)
             if w.stop is not None:  # the server went down part-way through a split write: what it confirmed
                 state.commit(plan, pending=w.pending)
                 _record_write(w, summary, runlog, diff_path)

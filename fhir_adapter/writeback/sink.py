@@ -41,7 +41,7 @@ import datetime as dt
 import difflib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -285,11 +285,12 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                         enrolled_patients: set[str], *, dry_run: bool = False,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
                         max_retraction_share: float = MAX_RETRACTION_SHARE,
-                        retractions: Sequence[dict[str, Any]] = ()) -> WriteResult:
+                        retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
     """Write one subject's results: compare with what the server holds, then create, update and retract.
     ``retractions``: the retractions the write-back state planned (:meth:`WrittenState.plan`, the ones the
     offline bundle holds) — a result the server holds and the run no longer derives is retracted with that
-    resource, so the server gets what ``OUT/writeback`` shows."""
+    resource, so the server gets what ``OUT/writeback`` shows. ``held``: identifiers of results held back for
+    review (``--reviewed-only``): the server's copy stays as it is, neither updated nor retracted."""
     result = WriteResult(subject_id=e.subject_id)
     confirmed: set[str] = set()  # identifier values of the transactions the server confirmed
     done, parts = 0, list[list[dict[str, Any]]]()
@@ -313,7 +314,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             held = "; ".join(f"{ident} by {', '.join(refs)}" for ident, refs in sorted(duplicates.items()))
             raise UnsafeWrite(f"the server holds adapter identifiers more than once ({held}): remove the "
                               "duplicates, then run again")
-        to_write = plan_writes(desired, existing, result, retractions)
+        to_write = plan_writes(desired, {i: r for i, r in existing.items() if i not in held}, result, retractions)
         check_safe(e, to_write, enrolled_patients)
         if not allow_mass_retraction:
             check_retraction_share(result, existing, max_retraction_share)
@@ -387,8 +388,8 @@ class ServerSink:
         self.enrolled = set(enrolled_patients)
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
-              retractions: Sequence[dict[str, Any]] = ()) -> WriteResult:
+              retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
         return self.loop.run_until_complete(
             write_subject(self.client, e, resources, sources, self.enrolled, dry_run=self.dry_run,
                           allow_mass_retraction=self.allow_mass_retraction,
-                          max_retraction_share=self.max_retraction_share, retractions=retractions))
+                          max_retraction_share=self.max_retraction_share, retractions=retractions, held=held))

@@ -255,3 +255,9 @@ def test_a_live_retraction_is_the_one_the_writeback_file_shows(loaded: ServerHan
     assert held["status"] == shown["status"] == "entered-in-error"
     assert content(held) == content(shown) and "valueBoolean" not in held
     assert f"Observation/{pga['id']}" in held["note"][0]["text"]
+    # the Provenance of that write names the retraction's evidence too, as the file's does
+    recorded = [p for p in search_all(loaded.base_url, "Provenance", {})
+                if any(t["reference"].endswith(f"Observation/{held['id']}") or t["reference"] == f"Observation/"
+                       f"{held['id']}" for t in p["target"])]
+    latest = max(recorded, key=lambda p: p["recorded"])  # the retraction's write, not the first run's
+    assert f"Observation/{pga['id']}" in {e["what"]["reference"] for e in latest["entity"]}

@@ -114,6 +114,21 @@ async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_m
     assert prov["entity"] == [{"role": "source", "what": {"reference": "Observation/src1"}}]
 
 
+async def test_a_result_held_back_for_review_is_neither_updated_nor_retracted(httpx_mock: HTTPXMock) -> None:
+    """docs/review.md (--reviewed-only): a result held back keeps the server's copy as it is — the run no longer
+    writing it is no reason to retract it."""
+    base = "http://ehr.test/fhir"
+    held = on_server(result("h", 7), "x9")
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset",
+                                                "entry": [{"resource": on_server(result("a", 10), "x1")},
+                                                          {"resource": held}]}, is_reusable=True)
+    async with FhirClient(base) as client:
+        w = await write_subject(client, E, [result("a", 10)], [], {"p1"}, held={"h"})
+        assert w.retracted == [] and httpx_mock.get_requests(method="POST") == []
+        w = await write_subject(client, E, [result("a", 10)], [], {"p1"}, dry_run=True)
+        assert w.retracted == ["h"]  # without the hold it would be
+
+
 async def test_nothing_posted_when_nothing_changed(httpx_mock: HTTPXMock) -> None:
     base = "http://ehr.test/fhir"
     httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset",
