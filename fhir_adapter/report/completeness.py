@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fhir_adapter.numbers import half_up
 from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock
 from fhir_adapter.report.data import ReportData, as_dict, as_list, num
 from fhir_adapter.report.plotting import figure, to_svg
@@ -116,7 +117,7 @@ def completeness_section(data: ReportData) -> Section:
         for i in range(len(items)):
             for j in range(len(order)):
                 if not np.isnan(grid[i, j]):
-                    ax.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", fontsize=5.5,
+                    ax.text(j, i, f"{half_up(float(grid[i, j]), 0):f}", ha="center", va="center", fontsize=5.5,
                             color="white" if grid[i, j] > 70 else "#222222")
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels(order, fontsize=7)
@@ -139,7 +140,7 @@ def completeness_section(data: ReportData) -> Section:
         n, n_items = cov.counts.get(v, (0, 0))
         vals = [cov.cells[i][v] for i in items if v in cov.cells[i]]
         mean = 100 * sum(vals) / len(vals) if vals else None
-        rows.append([v, str(n) if n else "–", str(n_items), f"{mean:.0f}%" if mean is not None else "–"])
+        rows.append([v, str(n) if n else "–", str(n_items), f"{half_up(mean, 0):f}%" if mean is not None else "–"])
     sec.blocks.append(TableBlock(["Visit", "Subjects (denominator)", "Items with any value",
                                   "Mean completeness of those items"], rows, f"Completeness per visit — {cov.source}"))
     return sec
