@@ -255,6 +255,8 @@ def _h(hours: float, limit: float | None = None) -> str:
         return f"{tenth} h"
     whole, rest = divmod(round(hours * 3600), 3600)
     minutes, seconds = divmod(rest, 60)
+    if whole == limit and not rest:  # within half a second of the limit (a date-only end is the day's last µs)
+        return f"{limit:g} h {'and a fraction of a second' if hours > limit else 'less a fraction of a second'}"
     return " ".join([f"{whole} h", *([f"{minutes} min"] if minutes else []), *([f"{seconds} s"] if seconds else [])])
 
 

@@ -310,3 +310,11 @@ def test_rule_vocabulary_validation() -> None:
                                          "rules": [{"id": "any-g3", "when": {"grade_min": 3}}]})
     assert evaluate(custom, ae("Rash", 28, 29, 3)).dlt is True
     assert evaluate(custom, ae("Rash", 29, 30, 3)).dlt is False
+
+
+def test_a_duration_a_microsecond_over_its_limit_does_not_read_as_the_limit(rules: DltSettings) -> None:
+    """Unresolved grade 3 ICANS from a date-only onset on day 5 with the last data on day 9: at least 72 h and
+    the last microsecond of the onset day — a DLT, and the reason does not read "72 h (> 72 h)"."""
+    r = evaluate(rules, ae("ICANS", 5, None, 3, icans=True), last_day=9)
+    (reason,) = [e.reason for e in r.dlt_events]
+    assert "72 h and a fraction of a second (> 72 h)" in reason
