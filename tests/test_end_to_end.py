@@ -304,13 +304,18 @@ def test_odm_item_group_repeat_keys_are_unique_within_each_form(trial: Trial) ->
     for subject in ET.parse(out / "export" / "odm.xml").getroot().iter(f"{ns}SubjectData"):
         for event in subject.iter(f"{ns}StudyEventData"):
             for form in event.iter(f"{ns}FormData"):
-                keys = Counter((g.get("ItemGroupOID"), g.get("ItemGroupRepeatKey"))
-                               for g in form.iter(f"{ns}ItemGroupData"))
+                groups = list(form.iter(f"{ns}ItemGroupData"))
+                keys = Counter((g.get("ItemGroupOID"), g.get("ItemGroupRepeatKey")) for g in groups)
                 repeated += [(subject.get("SubjectKey"), event.get("StudyEventOID"), k) for k, n in keys.items()
                              if n > 1]
-                second_rows += sum(1 for _, key in keys if key and "." in key)
+                for g in groups:
+                    key = g.get("ItemGroupRepeatKey") or ""
+                    if "." in key:  # the second row of a test: keyed by the resource it came from (stable)
+                        second_rows += 1
+                        ref = next(d.get("Value") for d in g if str(d.get("ItemOID")).endswith(".SRCREF"))
+                        assert key.split(".", 1)[1] == str(ref).split("/_history/")[0].rpartition("/")[2]
     assert not repeated, repeated[:3]
-    assert second_rows > 0  # the demo's NOT DONE records beside a value: keyed with their sequence number
+    assert second_rows > 0  # the demo's NOT DONE records beside a value
 
 
 def test_every_study_day_is_the_study_day_of_its_date(trial: Trial) -> None:

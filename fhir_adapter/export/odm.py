@@ -10,8 +10,9 @@
   units as MeasurementUnits referenced by ``--STRESN``, named by the CDISC UNIT term the CSV's ``--STRESU``
   holds (``mmHg``, ``10^9/L``; the UCUM code of items.yaml an Alias, :func:`measurement_units`).
 * **ClinicalData** — one SubjectData per subject, an ItemGroupData per export row (repeat key: ``--TESTCD`` for
-  findings — ``--TESTCD.--SEQ`` for a second row of the test in one form, e.g. a NOT DONE record beside a value, so
-  the key stays unique within the form — ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of
+  findings — ``--TESTCD.<id>`` for a second row of the test in one form, e.g. a NOT DONE record beside a value,
+  with the id of the resource it came from, so the key is unique within the form and stable from one export to
+  the next — ``--SEQ`` otherwise) with an ItemData per non-empty column: the values of
   the CSV files, less what the ODM context already states (study, subject and visit identifiers, the test name).
 * **Review** — a findings row a reviewer decided on (docs/review.md) carries an ``AuditRecord`` (the reviewer
   as a ``User`` of ``AdminData``, the time, the reason, the decision's number in the decision file) and an
@@ -250,6 +251,7 @@ class _FormSpec:
         self.revstat = at.get("REVSTAT")
         self.key = None if domain == "DM" else at[f"{domain}TESTCD" if domain in FINDINGS_DOMAINS else f"{domain}SEQ"]
         self.seq = at.get(f"{domain}SEQ")
+        self.srcref = at.get("SRCREF")
         self.group = f'<ItemGroupData ItemGroupOID="IG.{domain}"'
         self.domain = domain
 
@@ -305,6 +307,16 @@ class OdmSubjects:
         out.append("</SubjectData>\n")
         return "".join(out), self._removed
 
+    @staticmethod
+    def _second_key(key: str, cells: Sequence[Any], spec: _FormSpec, keys: set[str]) -> str:
+        """A unique repeat key for a second row of a test in one form that stays the same from one export to
+        the next: the test code and the id of the resource the row came from (``SRCREF``), else its ``--SEQ``."""
+        ref = str(cells[spec.srcref] or "") if spec.srcref is not None else ""
+        rid = ref.split("/_history/")[0].rpartition("/")[2]
+        if rid and f"{key}.{rid}" not in keys:
+            return f"{key}.{rid}"
+        return f"{key}.{cells[spec.seq]}" if spec.seq is not None else f"{key}.{len(keys)}"
+
     def _form(self, out: list[str], t: Table, indices: Iterable[int]) -> None:
         domain = t.domain
         spec = self._specs[domain]
@@ -317,8 +329,8 @@ class OdmSubjects:
                 out.append(spec.group + ">")
             else:
                 key = str(cells[spec.key])  # a plain row's cells are their own attribute values (:meth:`_attr`)
-                if key in keys and spec.seq is not None:  # a second row of the test in this form (a NOT DONE
-                    key = f"{key}.{cells[spec.seq]}"       # record beside a value): the key stays unique
+                if key in keys:  # a second row of the test in this form (a NOT DONE record beside a value)
+                    key = self._second_key(key, cells, spec, keys)
                 keys.add(key)
                 out.append(f'{spec.group} ItemGroupRepeatKey="{key}">' if t.plain[i] else
                            f'{spec.group} ItemGroupRepeatKey={self._attr(key)}>')
