@@ -37,6 +37,7 @@ eGFR 100 → 84 (−16 %) = none.
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -123,6 +124,29 @@ def _baseline(rows: list[VisitValue], prior: BaselineSource | None = None) -> Vi
                       comparator=prior.comparator, unit=prior.unit, source=prior.sources[0], baseline=True)
 
 
+def _dec(x: float) -> Decimal:
+    """A measured value as the decimal number it was sent as (12 significant digits, as stored)."""
+    return Decimal(f"{x:.12g}")
+
+
+def _stable(egfr: VisitValue, base: VisitValue, max_decline: float) -> bool | None:
+    """Kidney function stable: visit eGFR >= baseline x (1 - max_decline), on the decimal numbers. A censored
+    value (">90", a lab's usual way) decides it only when its bound does: a visit ">60" against an exact
+    baseline whose limit is <= 60 is stable, a visit below the limit of a ">" baseline is not; else None."""
+    assert egfr.value is not None and base.value is not None
+    factor = 1 - _dec(max_decline)
+    visit, limit = _dec(egfr.value), _dec(base.value) * factor
+    above_visit = egfr.comparator in (">", ">=")
+    above_base = base.comparator in (">", ">=")
+    if egfr.comparator is None and base.comparator is None:
+        return visit >= limit
+    if above_visit and base.comparator is None:
+        return True if visit >= limit else None  # the true value is above its bound
+    if above_base and egfr.comparator in (None, "<", "<="):
+        return False if visit < limit else None  # the true limit is above the bound's
+    return None
+
+
 def _grade(
     r: VisitValue,
     base: VisitValue,
@@ -138,13 +162,20 @@ def _grade(
     if r.comparator in (">", ">="):
         out.reason = f"censored result {r.comparator}{r.value}: reduction unknown"
         return out
-    out.reduction = round((base.value - r.value) / base.value, 6) if base.value > 0 else None
-    stable = True
+    # decided on the decimal numbers (0.85 x 21.1 = 17.935 exactly, not 17.935000000000002), stored rounded
+    reduction = (_dec(base.value) - _dec(r.value)) / _dec(base.value) if base.value > 0 else None
+    out.reduction = round(float(reduction), 6) if reduction is not None else None
+    stable: bool | None = True
     used: list[VisitValue] = [r, base]
     if egfr is not None and egfr.value is not None and base_egfr is not None and base_egfr.value:
         used += [egfr, base_egfr]
-        out.egfr_change = round((egfr.value - base_egfr.value) / base_egfr.value, 6)
-        stable = egfr.value >= base_egfr.value * (1 - s.egfr_max_decline)
+        if egfr.comparator is None and base_egfr.comparator is None:
+            out.egfr_change = round((egfr.value - base_egfr.value) / base_egfr.value, 6)
+        stable = _stable(egfr, base_egfr, s.egfr_max_decline)
+        if stable is None:
+            out.reason = (f"eGFR censored ({egfr.comparator or ''}{egfr.value} against the baseline "
+                          f"{base_egfr.comparator or ''}{base_egfr.value}): kidney function stability unknown")
+            return out
     elif s.require_egfr:
         out.reason = "eGFR missing at this visit or at baseline"
         return out
@@ -154,7 +185,7 @@ def _grade(
     out.sources = sorted({v.source for v in used if v.source})
     if stable and below_complete:
         out.response = "complete"
-    elif stable and below_partial and out.reduction is not None and out.reduction >= s.partial_reduction:
+    elif stable and below_partial and reduction is not None and reduction >= _dec(s.partial_reduction):
         out.response = "partial"
     else:
         out.response = "none"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fhir_adapter.crf.models import Finding
 from fhir_adapter.derive.renal import RenalResponse, RenalSettings, derive_renal
 from tests.efficacy_helpers import rule, visit_crf
 from tests.helpers import finding
@@ -99,3 +100,31 @@ def test_censored_results() -> None:
                      "W52": (365, {"upcr": finding("upcr", 365, 3.0, comparator=">"), "egfr": 90})})
     r = derive_renal(crf, ON).response
     assert r is not None and [v.response for v in r.visits] == ["complete", None]
+
+
+def test_a_censored_egfr_decides_stability_only_when_its_bound_does() -> None:
+    """Labs report eGFR as ">90" or ">60". Against an exact baseline 100 (limit 85): a visit ">90" is stable,
+    ">60" may or may not be — not evaluable, not "none". Against a baseline ">90": a visit of 77 may be stable
+    or not (the true limit is above 76.5) — not evaluable, not "complete"; 70 is certainly below. No eGFR change
+    is stored against a censored value."""
+    def graded(egfr_bl: Finding | float, egfr_w: Finding | float) -> tuple[str | None, float | None]:
+        crf = visit_crf({"BL": (-7, {"upcr": 2.0, "egfr": egfr_bl}), "W24": (169, {"upcr": 0.3, "egfr": egfr_w})})
+        r = derive_renal(crf, ON).response
+        assert r is not None
+        return r.visits[0].response, r.visits[0].egfr_change
+
+    assert graded(100, finding("egfr", 169, 90, comparator=">")) == ("complete", None)
+    assert graded(100, finding("egfr", 169, 60, comparator=">")) == (None, None)
+    assert graded(finding("egfr", -7, 90, comparator=">"), 77) == (None, None)
+    assert graded(finding("egfr", -7, 90, comparator=">"), 70) == ("none", None)
+
+
+def test_limits_are_compared_on_the_decimal_numbers() -> None:
+    """0.85 x 21.1 = 17.935: a visit eGFR of 17.935 is stable (the float product is 17.935000000000002); a
+    reduction of 49.99995 % is not 50 % (it had been rounded before the comparison)."""
+    stable = visit_crf({"BL": (-7, {"upcr": 2.0, "egfr": 21.1}), "W24": (169, {"upcr": 0.3, "egfr": 17.935})})
+    r = derive_renal(stable, ON).response
+    assert r is not None and r.visits[0].response == "complete"
+    short = visit_crf({"BL": (-7, {"upcr": 2.0, "egfr": 90}), "W24": (169, {"upcr": 1.000001, "egfr": 90})})
+    r = derive_renal(short, ON).response
+    assert r is not None and r.visits[0].response == "none" and 0.4999 < (r.visits[0].reduction or 0) < 0.5
