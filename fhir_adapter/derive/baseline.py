@@ -225,7 +225,10 @@ def item_with_baseline(
             value = round_half_up(value, decimals)
         picked.append((v, f, value))
     prior = prior_result(crf, item)
-    dates, values = [v.date for v, _, _ in picked], [value for _, _, value in picked]
+    # a visit's value is dated by its own result (a window's earliest result dates the visit): a D1 visit
+    # keeping a Day 1 result is after a baseline of Day -1 in the same window
+    dates = [f.date if f is not None and f.date is not None else v.date for v, f, _ in picked]
+    values = [value for _, _, value in picked]
     comparators = [f.comparator if f is not None and value is not None else None for _, f, value in picked]
     pair: tuple[dt.date, float] | None = None
     if prior is not None and prior.value is not None and prior.date is not None:

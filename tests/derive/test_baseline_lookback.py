@@ -206,3 +206,15 @@ def test_a_visits_own_day1_value_after_the_infusion_is_not_the_baseline() -> Non
     rows, source = item_with_baseline(crf, "c3")
     assert source is None and [(r.visit, r.baseline, r.change) for r in rows] == [
         ("BL", True, 0.0), ("D1", False, -0.2), ("W4", False, 0.3)]
+
+
+def test_a_visits_change_is_against_its_own_results_date_not_the_windows_first() -> None:
+    """D1's window holds day -1 (the baseline, not kept) and Day 1 (kept, after the infusion): D1's value is
+    dated Day 1, after the baseline, so it has a change (the visit is dated by its window's earliest result)."""
+    infused = dt.datetime.combine(DAY1, dt.time(9), tzinfo=dt.UTC)
+    base = finding("upcr", -1, 2.5, visit="D1")
+    kept = finding("upcr", 1, 0.3, datetime=infused + dt.timedelta(hours=3))
+    crf = subject({"D1": (-1, {"upcr": kept}), "W4": (29, {"upcr": 0.5})}, [base], infusion_time=infused)
+    rows, source = item_with_baseline(crf, "upcr")
+    assert source is not None and source.value == 2.5
+    assert [(r.visit, r.baseline, r.change) for r in rows] == [("D1", False, -2.2), ("W4", False, -2.0)]
