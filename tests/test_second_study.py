@@ -147,6 +147,24 @@ def test_every_dose_of_the_study_drug_is_exposure_not_a_concomitant_medication(s
     assert doses == feed_doses
 
 
+def test_epochs_follow_the_study_drug_not_a_single_infusion(second: SecondStudy) -> None:
+    """EPOCH (docs/cdisc-mapping.md): TREATMENT through the last dose of the study product — every dose of a
+    repeated-dose study is in it, a result after the last dose is FOLLOW-UP (not FOLLOW-UP after Day 1)."""
+    import csv
+
+    export = second.out / "export"
+    ex = list(csv.DictReader((export / "EX.csv").open(encoding="utf-8")))
+    assert ex and {r["EPOCH"] for r in ex} == {"TREATMENT"}
+    last = {}
+    for r in ex:
+        last[r["USUBJID"]] = max(last.get(r["USUBJID"], ""), r["EXENDTC"][:10] or r["EXSTDTC"][:10])
+    lb = [r for r in csv.DictReader((export / "LB.csv").open(encoding="utf-8")) if r["LBDTC"] and r["EPOCH"]]
+    after = [r for r in lb if r["LBDTC"][:10] > last[r["USUBJID"]]]
+    during = [r for r in lb if r["LBDY"] and int(r["LBDY"]) > 1 and r["LBDTC"][:10] <= last[r["USUBJID"]]]
+    assert after and {r["EPOCH"] for r in after} == {"FOLLOW-UP"}
+    assert during and {r["EPOCH"] for r in during} == {"TREATMENT"}
+
+
 def test_no_output_names_lcar_aio(second: SecondStudy) -> None:
     named = [str(p.relative_to(second.out.parent)) for folder in (second.feed, second.out)
              for p in _text_files(folder) if "lcar" in p.read_text(encoding="utf-8", errors="replace").lower()]

@@ -459,17 +459,27 @@ class RowBuilder:
         return cells
 
     def _epoch(self, crf: SubjectCRF, d: dt.date | None) -> str:
-        """SCREENING from consent to lymphodepletion (or Day 1), TREATMENT from lymphodepletion to Day 1,
-        FOLLOW-UP after Day 1; empty before consent (pre-study) or without a date."""
+        """SCREENING from consent to lymphodepletion (or Day 1), TREATMENT from lymphodepletion through the last
+        dose of the study product (Day 1 for a single infusion; the last of repeated doses), FOLLOW-UP after
+        it; empty before consent (pre-study) or without a date."""
         if d is None or crf.day1 is None:
             return ""
         if crf.dm.consent_date and d < crf.dm.consent_date:
             return ""
-        if d > crf.day1:
+        if d > self._last_dose(crf):
             return "FOLLOW-UP"
+        if d > crf.day1:
+            return "TREATMENT"
         if crf.lymphodepletion_start and d >= crf.lymphodepletion_start:
             return "TREATMENT"
         return "TREATMENT" if d == crf.day1 else "SCREENING"
+
+    @staticmethod
+    def _last_dose(crf: SubjectCRF) -> dt.date:
+        """The last day the study product was given (its infusions' end, else start dates), at least Day 1."""
+        assert crf.day1 is not None
+        days = [x.end_date or x.start_date for x in crf.ex if x.kind == "infusion"]
+        return max([crf.day1, *(d for d in days if d is not None)])
 
     def rows(self, crf: SubjectCRF) -> dict[str, list[dict[str, Any]]]:
         """The rows of ``crf`` in every domain but the findings (:meth:`findings`), each a dict keyed by column

@@ -65,9 +65,10 @@ def render(variables: list[Variable]) -> str:
         "",
         "## Rules the exports apply",
         "",
-        "* **EPOCH** (every domain but DM): SCREENING from consent (RFICDTC) to the day before lymphodepletion, "
-        "TREATMENT from lymphodepletion to Day 1 (the infusion), FOLLOW-UP after Day 1; empty before consent "
-        "(pre-study history) and when the record has no full date.",
+        "* **EPOCH** (every domain but DM): SCREENING from consent (RFICDTC) to the day before lymphodepletion "
+        "(or Day 1), TREATMENT from lymphodepletion through the last dose of the study product (Day 1 for a single "
+        "infusion; the last of repeated doses), FOLLOW-UP after it; empty before consent (pre-study history) and "
+        "when the record has no full date.",
         "* **LB timing**: LBDTC is the Specimen's collection time (collectedDateTime, else the start of "
         "collectedPeriod; without a Specimen, Observation.effective[x]) and LBENDTC the end of a timed collection; "
         "LBDY and EPOCH follow LBDTC's date, LBENDY LBENDTC's (SDTM derives --DY from --DTC), so a 24-hour urine "
