@@ -56,12 +56,18 @@ class SubjectMapper:
         self.history = HistoryMapper(study, log, self.adverse_events.meddra_systems)
 
     def map(self, e: Enrollee, resources: list[dict[str, Any]]) -> SubjectCRF:
-        resources = valid_resources(resources, e.subject_id, self.log)
+        # by type and id, whatever order the source sent them in (a server's search order, a Bulk file's line
+        # order are their own): of two equal results the same one is kept, the same data give the same CRF
+        resources = sorted(valid_resources(resources, e.subject_id, self.log),
+                           key=lambda r: (str(r.get("resourceType")), str(r.get("id"))))
         obs = [r for r in resources if r.get("resourceType") == "Observation"]
         specimens = {str(r.get("id")): r for r in resources if r.get("resourceType") == "Specimen"}
         findings = self.observations.map(obs, e.subject_id, specimens)
-        not_done = [nd(o, item, self.study.items[item].domain, self.study, e.day1, specimens)
-                    for o, item in self.observations.not_done_obs]
+        # in an order of their own, not the order the source sent them in (a server's search order is arbitrary):
+        # the same data give the same CRF and the same --SEQ
+        not_done = sorted((nd(o, item, self.study.items[item].domain, self.study, e.day1, specimens)
+                           for o, item in self.observations.not_done_obs),
+                          key=lambda n: (n.date or dt.date.max, n.item, n.source.id if n.source else ""))
         span = participation(e, self.study)
         positions = Counter(span.position(f.date) for f in findings)
         before, after = positions["before"], positions["after"]
@@ -74,8 +80,9 @@ class SubjectMapper:
                           f"{span.end_basis}) were not used", subject_id=e.subject_id, rule="participation")
         ex = map_exposure(e, resources, self.study, self.log)
         ld_start = lymphodepletion_start(ex)
-        cm = self.medications.map(without_study_product(resources, self.study), e.subject_id) + immunizations(
-            resources, e.subject_id, self.study, self.log)
+        cm = sorted(self.medications.map(without_study_product(resources, self.study), e.subject_id)
+                    + immunizations(resources, e.subject_id, self.study, self.log),
+                    key=lambda c: (c.start_date or dt.date.max, c.drug, c.source.id))
         mh = self.history.medical_history(resources, e.subject_id, e.day1)
         pr = self.history.procedures(resources, e.subject_id, e.day1)
         ae = self.adverse_events.map(resources, e.subject_id, day1=e.day1, lymphodepletion_start=ld_start,

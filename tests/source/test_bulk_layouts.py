@@ -1,6 +1,6 @@
 """Every layout a Bulk Data export produces reads the same: gzip'd files, numbered parts, ``N.Type`` names,
-sub-folders, a manifest with absolute URLs and error files — same CRFs, results and write-back bundles, byte
-for byte, as the plain NDJSON of the same data. A file the adapter cannot read is an error naming it."""
+sub-folders, a manifest with absolute URLs and error files, lines in another order — same CRFs, results,
+write-back bundles and CDISC rows, byte for byte, as the plain NDJSON of the same data. A file the adapter cannot read is an error naming it."""
 
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def plain(tmp_path_factory: pytest.TempPathFactory, study: Any) -> Path:
 
 
 def _outputs(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes()
-            for sub in COMPARED for p in sorted((out / sub).rglob("*")) if p.is_file()}
+    files = [p for sub in COMPARED for p in sorted((out / sub).rglob("*")) if p.is_file()]
+    files += sorted((out / "export").glob("*.csv"))  # the CDISC rows and their --SEQ (the JSON and XML: dated)
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in files}
 
 
 def _lines(path: Path) -> list[bytes]:
@@ -93,9 +94,17 @@ def smart_manifest(feed: Path, dst: Path) -> None:
     (dst / "manifest.json").write_text(json.dumps(manifest))
 
 
+def reversed_lines(feed: Path, dst: Path) -> None:
+    """Every file's lines in the reverse order: a server's search order, or a Bulk file's, is its own — the same
+    data must give the same CRFs (their NOT DONE records and medications), results and exports (--SEQ)."""
+    shutil.copytree(feed, dst)
+    for p in dst.glob("*.ndjson"):
+        p.write_bytes(b"\n".join(reversed(_lines(p))) + b"\n")
+
+
 LAYOUTS: dict[str, Callable[[Path, Path], None]] = {
     "gzip": all_gzipped, "only-observations-gzip": only_observations_gzipped, "numbered-parts": numbered_parts,
-    "smart-manifest": smart_manifest,
+    "smart-manifest": smart_manifest, "reversed-lines": reversed_lines,
 }
 
 
