@@ -155,7 +155,7 @@ def test_epochs_follow_the_study_drug_not_a_single_infusion(second: SecondStudy)
     export = second.out / "export"
     ex = list(csv.DictReader((export / "EX.csv").open(encoding="utf-8")))
     assert ex and {r["EPOCH"] for r in ex} == {"TREATMENT"}
-    last = {}
+    last: dict[str, str] = {}
     for r in ex:
         last[r["USUBJID"]] = max(last.get(r["USUBJID"], ""), r["EXENDTC"][:10] or r["EXSTDTC"][:10])
     lb = [r for r in csv.DictReader((export / "LB.csv").open(encoding="utf-8")) if r["LBDTC"] and r["EPOCH"]]
