@@ -68,12 +68,14 @@ from fhir_adapter.mapping.common import (
 from fhir_adapter.mapping.references import mitigating_actions, resolve, site_qualifiers
 from fhir_adapter.study.timeline import FhirDate, study_day
 from fhir_adapter.terminology.codes import (
+    AE_OUTCOME,
     EXT_AE_GRADE,
     EXT_AE_RESOLVE_DATE,
     EXT_AE_SERIOUSNESS_CRITERIA,
     EXT_AE_STATUS,
     EXT_AE_SUSPECT_ENTITY,
     FATAL_OUTCOMES,
+    NCIT,
 )
 
 if TYPE_CHECKING:
@@ -579,11 +581,14 @@ class AdverseEventMapper:
         return parse_date_or_reject(value, self.tz)
 
     def _outcome(self, r: dict[str, Any]) -> str | None:
-        """The outcome's code — a fatal one wherever it is among the codings (a local code first, CDISC FATAL
-        second), else the first — or its text."""
+        """The outcome's code — a fatal one wherever it is among the codings, else one of a standard system (HL7
+        adverse-event-outcome, NCIt: what the export's OUT terms know) before a hospital's own code, else the
+        first — or its text."""
         oc = r.get("outcome")
-        fatal = next((c for _, c in codings(oc) if c in FATAL_OUTCOMES), None)
-        return fatal or first_code(oc) or first_text(oc)
+        coded = codings(oc)
+        fatal = next((c for _, c in coded if c in FATAL_OUTCOMES), None)
+        standard = next((c for s, c in coded if s in (AE_OUTCOME, NCIT) and c), None)
+        return fatal or standard or first_code(oc) or first_text(oc)
 
     def _dates(self, r: dict[str, Any]) -> tuple[FhirDate | None, FhirDate | None]:
         onset_ext = next((x for url in self.s.onset_extension_urls for x in _ext(r, url)), None)

@@ -384,3 +384,12 @@ def test_contradictions_a_data_manager_must_resolve_are_flagged(study: Study) ->
     assert ("ae-seriousness-conflict", "AdverseEvent/s1") in rules and ("ae-fatal-grade", "AdverseEvent/f1") in rules
     assert ("ae-fatal-grade", "AdverseEvent/f2") in rules
     assert next(x for x in aes if x.source.id == "f2").outcome == "C48275"  # the export's AEOUT FATAL, DTHDTC
+
+
+def test_the_outcome_is_read_from_its_standard_coding_before_a_local_one(study: Study) -> None:
+    """outcome [hospital LOC-resolved, HL7 resolved]: the CRF keeps 'resolved' (AEOUT RECOVERED/RESOLVED)."""
+    local_first = {"coding": [{"system": "https://hospital.example.org/ae-outcome", "code": "LOC-resolved"},
+                              {"system": "http://terminology.hl7.org/CodeSystem/adverse-event-outcome",
+                               "code": "resolved"}]}
+    (a,), _ = run(study, [ae("o1", "Headache", code=None, outcome=local_first)])
+    assert a.outcome == "resolved"
