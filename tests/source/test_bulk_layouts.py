@@ -1,6 +1,7 @@
 """Every layout a Bulk Data export produces reads the same: gzip'd files, numbered parts, ``N.Type`` names,
 sub-folders, a manifest with absolute URLs and error files, lines in another order — same CRFs, results,
-write-back bundles and CDISC rows, byte for byte, as the plain NDJSON of the same data. A file the adapter cannot read is an error naming it."""
+write-back bundles and CDISC rows, byte for byte, as the plain NDJSON of the same data. A file the adapter
+cannot read is an error naming it."""
 
 from __future__ import annotations
 
