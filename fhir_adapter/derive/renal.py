@@ -131,19 +131,21 @@ def _dec(x: float) -> Decimal:
 
 def _stable(egfr: VisitValue, base: VisitValue, max_decline: float) -> bool | None:
     """Kidney function stable: visit eGFR >= baseline x (1 - max_decline), on the decimal numbers. A censored
-    value (">90", a lab's usual way) decides it only when its bound does: a visit ">60" against an exact
-    baseline whose limit is <= 60 is stable, a visit below the limit of a ">" baseline is not; else None."""
+    value (">90", "<15") is the range its bound allows: stable when every visit value is at or above every limit
+    the baseline allows, not stable when every visit value is below every such limit, else unknown (None)."""
     assert egfr.value is not None and base.value is not None
-    factor = 1 - _dec(max_decline)
-    visit, limit = _dec(egfr.value), _dec(base.value) * factor
-    above_visit = egfr.comparator in (">", ">=")
-    above_base = base.comparator in (">", ">=")
-    if egfr.comparator is None and base.comparator is None:
-        return visit >= limit
-    if above_visit and base.comparator is None:
-        return True if visit >= limit else None  # the true value is above its bound
-    if above_base and egfr.comparator in (None, "<", "<="):
-        return False if visit < limit else None  # the true limit is above the bound's
+    visit, limit = _dec(egfr.value), _dec(base.value) * (1 - _dec(max_decline))
+    # the visit's lowest and highest possible value, and the limit's (None: unbounded); open: the bound itself
+    # is not possible ("<15" never is 15)
+    v_low = visit if egfr.comparator in (None, ">", ">=") else None
+    v_high = visit if egfr.comparator in (None, "<", "<=") else None
+    l_low = limit if base.comparator in (None, ">", ">=") else None
+    l_high = limit if base.comparator in (None, "<", "<=") else None
+    if v_low is not None and l_high is not None and v_low >= l_high:
+        return True
+    if v_high is not None and l_low is not None and (
+            v_high < l_low or (v_high == l_low and (egfr.comparator == "<" or base.comparator == ">"))):
+        return False
     return None
 
 
@@ -172,10 +174,6 @@ def _grade(
         if egfr.comparator is None and base_egfr.comparator is None:
             out.egfr_change = round((egfr.value - base_egfr.value) / base_egfr.value, 6)
         stable = _stable(egfr, base_egfr, s.egfr_max_decline)
-        if stable is None:
-            out.reason = (f"eGFR censored ({egfr.comparator or ''}{egfr.value} against the baseline "
-                          f"{base_egfr.comparator or ''}{base_egfr.value}): kidney function stability unknown")
-            return out
     elif s.require_egfr:
         out.reason = "eGFR missing at this visit or at baseline"
         return out
@@ -183,6 +181,13 @@ def _grade(
     below_complete = r.value < s.complete_below or (r.comparator is not None and r.value <= s.complete_below)
     below_partial = r.value < s.partial_below or (r.comparator is not None and r.value <= s.partial_below)
     out.sources = sorted({v.source for v in used if v.source})
+    could_respond = below_complete or (below_partial and reduction is not None
+                                       and reduction >= _dec(s.partial_reduction))
+    if stable is None and could_respond:  # proteinuria alone does not decide: the censored eGFR would
+        assert egfr is not None and base_egfr is not None
+        out.reason = (f"eGFR censored ({egfr.comparator or ''}{egfr.value} against the baseline "
+                      f"{base_egfr.comparator or ''}{base_egfr.value}): kidney function stability unknown")
+        return out
     if stable and below_complete:
         out.response = "complete"
     elif stable and below_partial and reduction is not None and reduction >= _dec(s.partial_reduction):

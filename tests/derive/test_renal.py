@@ -117,6 +117,13 @@ def test_a_censored_egfr_decides_stability_only_when_its_bound_does() -> None:
     assert graded(100, finding("egfr", 169, 60, comparator=">")) == (None, None)
     assert graded(finding("egfr", -7, 90, comparator=">"), 77) == (None, None)
     assert graded(finding("egfr", -7, 90, comparator=">"), 70) == ("none", None)
+    assert graded(100, finding("egfr", 169, 15, comparator="<")) == ("none", None)   # certainly below 85
+    assert graded(finding("egfr", -7, 30, comparator="<"), 80) == ("complete", None)  # limit below 25.5
+    # proteinuria that meets neither threshold decides alone: "none", whatever the eGFR
+    crf = visit_crf({"BL": (-7, {"upcr": 4.0, "egfr": 100}),
+                     "W24": (169, {"upcr": 3.8, "egfr": finding("egfr", 169, 60, comparator=">")})})
+    r = derive_renal(crf, ON).response
+    assert r is not None and r.visits[0].response == "none"
 
 
 def test_limits_are_compared_on_the_decimal_numbers() -> None:
