@@ -37,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
 from fhir_adapter.numbers import round_half_up
+from fhir_adapter.study.timeline import elapsed
 
 N = TypeVar("N", int, float)
 
@@ -237,6 +238,14 @@ def item_with_baseline(
     base, diffs = changes(dates, values, crf.day1, ndigits, since=crf.baseline_from, prior=pair, prior_decided=True,
                           eligible=eligible)
     source = BaselineSource.of(crf, prior, value=pair[1]) if prior is not None and pair is not None else None
+    if prior is not None and pair is not None and prior.datetime is not None:
+        # a value of the baseline's own date, taken later that day (a Day 1 result after the infusion, the
+        # baseline drawn that morning): after it, so it has a change — "last" is by date, then time
+        for i, (_, f, value) in enumerate(picked):
+            if diffs[i] is None and value is not None and f is not None and f.date == prior.date \
+                    and f.datetime is not None and elapsed(prior.datetime, f.datetime) > dt.timedelta(0):
+                diff = value - pair[1]
+                diffs[i] = round(diff, ndigits) if ndigits is not None else diff
     base_censored = (comparators[base] is not None if base is not None
                      else source is not None and source.comparator is not None)
     out = []

@@ -575,7 +575,6 @@ class RowBuilder:
         """The baseline record of each test (docs/clinical-rules.md#baseline, :mod:`fhir_adapter.derive.baseline`):
         (visit id, item) when it is a visit's value, else the result in no visit that the derivations take."""
         dated = [v for v in crf.visits if v.date is not None]
-        dates = [v.date for v in dated]
         in_visits = {i for v in crf.visits for i in v.values}
         looked_back: dict[str, list[Finding]] = {}
         for f in crf.findings:
@@ -585,6 +584,9 @@ class RowBuilder:
         priors: list[Finding] = []
         for item in sorted(in_visits | set(looked_back)):
             ok = self._valued(item)
+            # each visit's value dated by its own result, as derive.baseline.item_with_baseline dates it
+            dates = [kept.date if (kept := v.values.get(item)) is not None and kept.date is not None else v.date
+                     for v in dated]
             base = baseline_index(dates, [item in v.values and ok(v.values[item])
                                           and not after_infusion(crf, v.values[item]) for v in dated], crf.day1,
                                   crf.baseline_from)

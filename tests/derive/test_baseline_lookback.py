@@ -218,3 +218,34 @@ def test_a_visits_change_is_against_its_own_results_date_not_the_windows_first()
     rows, source = item_with_baseline(crf, "upcr")
     assert source is not None and source.value == 2.5
     assert [(r.visit, r.baseline, r.change) for r in rows] == [("D1", False, -2.2), ("W4", False, -2.0)]
+
+
+def test_the_exports_flag_the_baseline_the_derivations_take(study: Study) -> None:
+    """--BLFL and the change from baseline date a visit's value by its own result: a screening visit dated by a
+    clinician's assessment inside a 28-day look-back whose platelets were drawn outside it has no baseline in
+    either; one dated by an earlier result whose kept platelets are inside has it in both."""
+    from fhir_adapter.export.cdisc import RowBuilder
+
+    since = DAY1 - dt.timedelta(days=28)
+    rows_of = RowBuilder(study)
+    for drawn, visit_day, expected in ((-40, -20, None), (-20, -40, "SCR")):
+        crf = visit_crf({"SCR": (visit_day, {"platelets": finding("platelets", drawn, 150.0)}),
+                         "W4": (29, {"platelets": 200.0})}).model_copy(update={"baseline_from": since})
+        rows, _ = item_with_baseline(crf, "platelets")
+        derived = next((r.visit for r in rows if r.baseline), None)
+        flagged, _ = rows_of.baseline_records(crf)
+        assert derived == expected and {v for v, i in flagged if i == "platelets"} == ({expected} - {None})
+
+
+def test_a_value_later_on_the_baselines_own_day_has_a_change() -> None:
+    """The baseline drawn at 08:00 on Day 1 (not kept), D1 keeping the 20:00 result after the 12:00 infusion:
+    D1's value is after the baseline — a change, as at any later visit."""
+    def at(hour: int) -> dt.datetime:
+        return dt.datetime.combine(DAY1, dt.time(hour), tzinfo=dt.UTC)
+
+    morning = finding("c3", 1, 0.9, datetime=at(8), visit="D1")
+    evening = finding("c3", 1, 0.5, datetime=at(20))
+    crf = subject({"D1": (1, {"c3": evening}), "W4": (29, {"c3": 1.0})}, [morning], infusion_time=at(12))
+    rows, source = item_with_baseline(crf, "c3")
+    assert source is not None and source.value == 0.9
+    assert [(r.visit, r.baseline, r.change) for r in rows] == [("D1", False, -0.4), ("W4", False, 0.1)]
