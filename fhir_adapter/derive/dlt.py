@@ -253,10 +253,10 @@ def _h(hours: float, limit: float | None = None) -> str:
     tenth = f"{round(hours, 1):g}"
     if limit is None or float(tenth) != limit or hours == limit:
         return f"{tenth} h"
+    if round(hours * 3600) == round(limit * 3600):  # within half a second (a date-only end: the day's last µs)
+        return f"{limit:g} h {'and a fraction of a second' if hours > limit else 'less a fraction of a second'}"
     whole, rest = divmod(round(hours * 3600), 3600)
     minutes, seconds = divmod(rest, 60)
-    if whole == limit and not rest:  # within half a second of the limit (a date-only end is the day's last µs)
-        return f"{limit:g} h {'and a fraction of a second' if hours > limit else 'less a fraction of a second'}"
     return " ".join([f"{whole} h", *([f"{minutes} min"] if minutes else []), *([f"{seconds} s"] if seconds else [])])
 
 

@@ -315,7 +315,10 @@ class OdmSubjects:
         rid = ref.split("/_history/")[0].rpartition("/")[2]
         if rid and f"{key}.{rid}" not in keys:
             return f"{key}.{rid}"
-        return f"{key}.{cells[spec.seq]}" if spec.seq is not None else f"{key}.{len(keys)}"
+        n = cells[spec.seq] if spec.seq is not None else len(keys)
+        while f"{key}.{n}" in keys:  # never a key already used (a numeric resource id equal to a SEQ)
+            n = f"{n}.1"
+        return f"{key}.{n}"
 
     def _form(self, out: list[str], t: Table, indices: Iterable[int]) -> None:
         domain = t.domain

@@ -66,9 +66,14 @@ def fmt(value: float | int | None, digits: int = 1) -> str:
     return f"{half_up(value, digits):f}"
 
 
+def percent(share: float) -> str:
+    """A share (0.125) in whole percent, rounded half up as every shown number ("13%")."""
+    return f"{half_up(100 * share, 0):f}%"
+
+
 def pct(k: int, n: int) -> str:
-    """``k (p%)``, p rounded half up as every shown number (1 of 8: 13%)."""
-    return f"{k} ({half_up(100 * k / n, 0):f}%)" if n else "–"
+    """``k (p%)`` (1 of 8: "1 (13%)")."""
+    return f"{k} ({percent(k / n)})" if n else "–"
 
 
 def describe(values: list[float]) -> tuple[int, float | None, float | None, float | None, float | None,

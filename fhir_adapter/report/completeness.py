@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fhir_adapter.numbers import half_up
-from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock
+from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, percent
 from fhir_adapter.report.data import ReportData, as_dict, as_list, num
 from fhir_adapter.report.plotting import figure, to_svg
 
@@ -140,7 +140,7 @@ def completeness_section(data: ReportData) -> Section:
         n, n_items = cov.counts.get(v, (0, 0))
         vals = [cov.cells[i][v] for i in items if v in cov.cells[i]]
         mean = 100 * sum(vals) / len(vals) if vals else None
-        rows.append([v, str(n) if n else "–", str(n_items), f"{half_up(mean, 0):f}%" if mean is not None else "–"])
+        rows.append([v, str(n) if n else "–", str(n_items), percent(mean / 100) if mean is not None else "–"])
     sec.blocks.append(TableBlock(["Visit", "Subjects (denominator)", "Items with any value",
                                   "Mean completeness of those items"], rows, f"Completeness per visit — {cov.source}"))
     return sec

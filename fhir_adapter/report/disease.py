@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from fhir_adapter.numbers import half_up
-from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, describe, fmt
+from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, describe, fmt, percent
 from fhir_adapter.report.data import ReportData, arm_of, as_list, num
 from fhir_adapter.report.plotting import figure, to_svg
 from fhir_adapter.report.visitplots import arm_legend, visit_panel
@@ -86,6 +85,6 @@ def lldas_section(data: ReportData) -> Section:
     sec.blocks.append(TableBlock(
         ["Visit", "n assessed", "Responders", "Rate"],
         [[r["visit"], fmt(num(r.get("n")), 0), fmt(num(r.get("responders")), 0),
-          f"{half_up(100 * v, 0):f}%" if (v := num(r.get("rate"))) is not None else "–"] for r in rates],
+          percent(v) if (v := num(r.get("rate"))) is not None else "–"] for r in rates],
         "LLDAS response per visit (results/study.json lldas_rate)"))
     return sec

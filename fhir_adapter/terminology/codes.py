@@ -84,10 +84,10 @@ EXT_AE_RESOLVE_DATE = f"{AE_BACKPORT}/resolve-date"
 EXT_AE_STATUS = f"{AE_BACKPORT}/status"
 PROFILE_AE_CLINICAL_RESEARCH = f"{AE_BACKPORT}/AdverseEvent-clinical-research"
 
-#: NCIt CTCAE grade concepts used by the backport IG examples (C41338 grade 1 ... C48275 grade 5)
 AE_OUTCOME = "http://terminology.hl7.org/CodeSystem/adverse-event-outcome"
 #: codes of a fatal AdverseEvent.outcome: HL7 adverse-event-outcome ``fatal``; CDISC OUT ``FATAL`` (NCIt C48275)
 FATAL_OUTCOMES = frozenset({"fatal", "C48275"})
+#: NCIt CTCAE grade concepts used by the backport IG examples (C41338 grade 1 ... C48275 grade 5)
 NCIT_CTCAE_GRADE = {"C41338": 1, "C41339": 2, "C41340": 3, "C41337": 4, "C48275": 5}
 
 #: The 24 SLEDAI-2K descriptor codes of CS_SLEDAI2K_DESCRIPTOR, in the order of Gladman 2002.

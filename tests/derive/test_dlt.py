@@ -318,3 +318,11 @@ def test_a_duration_a_microsecond_over_its_limit_does_not_read_as_the_limit(rule
     r = evaluate(rules, ae("ICANS", 5, None, 3, icans=True), last_day=9)
     (reason,) = [e.reason for e in r.dlt_events]
     assert "72 h and a fraction of a second (> 72 h)" in reason
+
+
+def test_duration_text_says_which_side_of_a_fractional_limit_it_is_on() -> None:
+    from fhir_adapter.derive.dlt import _h
+
+    assert _h(72.5 + 1e-7, 72.5) == "72.5 h and a fraction of a second"
+    assert _h(72.5 - 1e-7, 72.5) == "72.5 h less a fraction of a second"
+    assert _h(72.5 + 1 / 60, 72.5) == "72 h 31 min" and _h(84) == "84 h"

@@ -257,6 +257,9 @@ def test_table_numbers_round_half_up_as_study_json_shows_them() -> None:
 
 
 def test_percentages_round_half_up_as_every_shown_number() -> None:
-    from fhir_adapter.report.blocks import pct
+    """The LLDAS rate and completeness tables and the counts share one formatter: 1 of 8 is 13% (Python's
+    half-to-even formatting had shown 12%), 0.5% is 1%."""
+    from fhir_adapter.report.blocks import pct, percent
 
     assert [pct(1, 8), pct(3, 8), pct(1, 200), pct(0, 0)] == ["1 (13%)", "3 (38%)", "1 (1%)", "–"]
+    assert [percent(0.125), percent(0.375), percent(0.005), percent(1.0)] == ["13%", "38%", "1%", "100%"]
