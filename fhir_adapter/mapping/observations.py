@@ -214,7 +214,7 @@ class ObservationMapper:
         if part.get("dataAbsentReason") and any(k.startswith("value") for k in part):
             raise Unusable("value-and-data-absent",
                            f"{item_id}: a value and a dataAbsentReason together (R4 invariant obs-6): is it a "
-                           "result or a placeholder?", "send either the value or the reason it is missing")
+                           "result or a stand-in value?", "send either the value or the reason it is missing")
         fields: dict[str, Any] = {}
         if item.value == "quantity":
             fields = self._quantity(part, item, item_id)
