@@ -468,3 +468,16 @@ def test_a_record_kept_without_its_dose_keeps_its_dates_and_route(study: Study) 
     (c,), log = run(study, [given])
     assert (c.start_date, c.route, c.systemic) == (dt.date(2024, 1, 10), "intravenous", True)
     assert "medications.unknown-route" not in log.counts
+
+
+def test_a_dose_resting_on_an_assumption_is_said(study: Study) -> None:
+    """docs/clinical-rules.md#glucocorticoid-daily-dose: a completed statement with no end date counts as ongoing,
+    an as-needed dose as taken every day — counted on the side that does not understate the dose, and said."""
+    done = statement("s30", PRED, [dosage({"doseQuantity": mg(10)}, timing=daily())], status="completed")
+    prn = statement("s31", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily(), asNeededBoolean=True)])
+    dated = statement("s32", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())], status="completed",
+                      end="2024-02-01")
+    cms, log = run(study, [done, prn, dated])
+    assert len(cms) == 3
+    assert sorted((w["rule"], w["resource"]) for w in log.warnings) == [
+        ("medication-as-needed", "MedicationStatement/s31"), ("medication-no-end-date", "MedicationStatement/s30")]

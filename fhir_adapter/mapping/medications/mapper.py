@@ -84,10 +84,29 @@ class MedicationMapper:
                         and rej.rule != "missing-date":
                     out.extend(self._undosed(r, named))
                 continue
+            if drug.drug_class in self.s.dose_required_classes:
+                self._flag_assumptions(r, records, subject_id)
             out.extend(records)
         out.sort(key=lambda c: (c.start_date or dt.date.max, c.drug, c.source.id))
         self.log.count("crf.cm", len(out))
         return out
+
+    def _flag_assumptions(self, r: dict[str, Any], records: list[ConMed], subject_id: str) -> None:
+        """Say where a counted dose rests on a reading the record does not state: a statement completed or
+        stopped with no end date counts as ongoing, and an as-needed dose counts as taken every day in full —
+        both the side that does not understate the dose (docs/clinical-rules.md#glucocorticoid-daily-dose)."""
+        ref = f"{r['resourceType']}/{r.get('id')}"
+        if r.get("status") in ("completed", "stopped") and any(c.end_date is None and c.start_date for c in records):
+            self.log.warn(f"{ref}: status {r.get('status')} with no end date: counted as ongoing from its start",
+                          resource=ref, subject_id=subject_id, rule="medication-no-end-date",
+                          fix="send the date the medication stopped (effectivePeriod.end)")
+        lines = r.get("dosage") if r["resourceType"] != "MedicationRequest" else r.get("dosageInstruction")
+        lines = [lines] if isinstance(lines, dict) else lines or []
+        if any(isinstance(x, dict) and (x.get("asNeededBoolean") or x.get("asNeededCodeableConcept"))
+               for x in lines):
+            self.log.warn(f"{ref}: an as-needed dose, counted as taken every day in full", resource=ref,
+                          subject_id=subject_id, rule="medication-as-needed",
+                          fix="record the doses taken (MedicationAdministration or a statement per course)")
 
     def _records(self, r: dict[str, Any], drug: IdentifiedDrug) -> list[ConMed]:
         if r["resourceType"] == "MedicationAdministration":
