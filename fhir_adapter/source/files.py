@@ -179,6 +179,7 @@ class FileSource:
         self._layout: Layout | None = None
         self._roster: RosterInput | None = None
         self._all_patients: set[str] = set()
+        self._links_said: set[frozenset[str]] = set()  # Patient pairs a patient-link warning named
 
     # -- the Source interface ---------------------------------------------------------------------
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
@@ -370,10 +371,29 @@ class FileSource:
                                     "export resources with ids", **_where(f, n, entry), raw=res)
                 else:
                     self._note_patient(res, f"{f.name}:{n}" + (f"#{entry}" if entry else ""), first_seen, roster)
+                    self._note_links(res, named, roster.base)
                     self._all_patients.add(res["id"])
                     if f.rtype is None or res["id"] in named or (identifiers and identifier_matches(res, identifiers)):
                         roster.patients[res["id"]] = res
         return roster
+
+    def _note_links(self, res: Resource, named: set[str], base: str | None) -> None:
+        """A Patient linked to a subject's Patient (``Patient.link``: a merged or duplicate record of the same
+        person, the EHR's master patient index) — its resources are filed under another id, which the adapter
+        does not read as the subject's (a link is the EHR's claim about identity; following it would let any
+        record pose as a subject): said, so the site merges or re-files them."""
+        for link in res.get("link") or []:
+            other = ref_id(((link if isinstance(link, dict) else {}).get("other") or {}).get("reference"), "Patient",
+                           base)
+            pair = {res["id"], other} & named if other else set()
+            if other and other != res["id"] and pair and frozenset((res["id"], other)) not in self._links_said:
+                self._links_said.add(frozenset((res["id"], other)))
+                enrolled, unread = (res["id"], other) if res["id"] in named else (other, res["id"])
+                self.log.warn(f"Patient/{unread} is linked to the enrolled Patient/{enrolled} (link type "
+                              f"{link.get('type')}): resources filed under Patient/{unread} are not read as that "
+                              "subject's", resource=f"Patient/{enrolled}", rule="patient-link",
+                              fix=f"merge or re-file Patient/{unread}'s records under Patient/{enrolled} in the EHR "
+                                  "(or enrol it) if they are the same person's")
 
     @staticmethod
     def _note_patient(res: Resource, where: str, first_seen: dict[str, tuple[bytes, str]],

@@ -191,3 +191,25 @@ def test_hidden_files_are_not_data(plain: Path, tmp_path: Path, study: Any) -> N
     log = RunLog()
     run(FileSource(tmp_path / "feed", log), study, tmp_path / "out", log)
     assert _outputs(tmp_path / "out") == _outputs(plain / "out")
+
+
+def test_a_patient_linked_to_a_subjects_patient_is_said_not_read(plain: Path, tmp_path: Path) -> None:
+    """A merged record of a subject (Patient.link replaced-by the subject's Patient, the EHR's master patient
+    index): its resources are not read as the subject's — a link is the EHR's claim, and following it would let
+    any record pose as a subject — and the run report names both records, once, with what to do."""
+    shutil.copytree(plain / "feed", tmp_path / "feed")
+    subject = orjson.loads(_lines(tmp_path / "feed" / "ResearchSubject.ndjson")[0])
+    enrolled = subject["individual"]["reference"].split("/")[1]
+    old = {"resourceType": "Patient", "id": "merged-away-1", "active": False,
+           "link": [{"other": {"reference": f"Patient/{enrolled}"}, "type": "replaced-by"}]}
+    patients = tmp_path / "feed" / "Patient.ndjson"
+    lines = [orjson.loads(x) for x in _lines(patients)]
+    for p in lines:
+        if p["id"] == enrolled:
+            p["link"] = [{"other": {"reference": "Patient/merged-away-1"}, "type": "replaces"}]
+    patients.write_bytes(b"\n".join(orjson.dumps(p) for p in [*lines, old]) + b"\n")
+    log = RunLog()
+    FileSource(tmp_path / "feed", log).roster()
+    said = [w for w in log.warnings if w["rule"] == "patient-link"]
+    assert len(said) == 1 and said[0]["resource"] == f"Patient/{enrolled}"
+    assert "Patient/merged-away-1" in said[0]["message"] and "merge or re-file" in said[0]["fix"]
