@@ -12,11 +12,17 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Decimal
 
 
+def exact(value: float) -> Decimal:
+    """``value`` as the decimal number it stands for: binary noise dropped at 12 significant digits
+    (0.85 × 21.1 = 17.935000000000002 is 17.935), so a comparison or a rounding sees the number as written."""
+    return Decimal(f"{value:.12g}")
+
+
 def half_up(value: float, decimals: int) -> Decimal:
     """``value`` rounded half away from zero to ``decimals`` places, as a :class:`~decimal.Decimal` (for
     formatting). Binary noise is dropped first (12 significant digits: 35 mm × 0.03 = 1.0499999999999998 is
     1.05, which rounds to 1.1), so a half is never lost to a representation just below it."""
-    return Decimal(f"{value:.12g}").quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    return exact(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
 
 
 def round_half_up(value: float, decimals: int) -> float:

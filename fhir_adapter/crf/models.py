@@ -50,6 +50,9 @@ class SourceRef(_Model):
         return f"{base}/_history/{self.version}" if self.version else base
 
 
+_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
 class Finding(_Model):
     """One result in a findings domain (LB, VS, PC, QS, IS), in the item's CRF unit."""
 
@@ -97,6 +100,13 @@ class Finding(_Model):
     orig_ref_low: float | None = Field(None, description="reference range low as sent, in orig_unit")
     orig_ref_high: float | None = Field(None, description="reference range high as sent, in orig_unit")
     source: SourceRef
+
+    @property
+    def time_order(self) -> tuple[bool, dt.datetime]:
+        """Its place among the results of its date: a date-only result at 00:00 of the date, before a timed
+        one — a missing time is never compared with a time (the one order visits, baselines and the review
+        list use)."""
+        return (self.datetime is not None, self.datetime or _NO_TIME)
 
 
 class NotDone(_Model):

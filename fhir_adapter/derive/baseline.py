@@ -118,9 +118,6 @@ def in_lookback(crf: SubjectCRF, d: dt.date | None) -> bool:
             and (crf.baseline_from is None or d >= crf.baseline_from))
 
 
-_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
-
-
 def after_infusion(crf: SubjectCRF, f: Finding) -> bool:
     """A result of Day 1 timed after the infusion (when the EHR recorded its time): not a baseline ("on or before
     Day 1, before the infusion")."""
@@ -144,7 +141,7 @@ def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] |
     kept = {v.values[item].source.reference for v in crf.visits if item in v.values}
     settled = {v.visit for v in crf.visits if item in v.settled}  # a reviewer's decision: the rest set aside
     best: Finding | None = None
-    best_key: tuple[dt.date, bool, dt.datetime, bool, str] | None = None
+    best_key: tuple[dt.date, tuple[bool, dt.datetime], bool, str] | None = None
     for f in crf.findings if findings is None else findings:
         if f.item != item or not ok(f) or not in_lookback(crf, f.date) or after_infusion(crf, f):
             continue
@@ -152,7 +149,7 @@ def prior_result(crf: SubjectCRF, item: str, valued: Callable[[Finding], bool] |
         is_kept = f.source.reference in kept
         if not is_kept and f.visit in settled:
             continue
-        key = (f.date, f.datetime is not None, f.datetime or _NO_TIME, is_kept, f.source.id)
+        key = (f.date, f.time_order, is_kept, f.source.id)
         if best_key is None or key > best_key:
             best, best_key = (None if is_kept else f), key
     return best

@@ -232,7 +232,7 @@ def ada_status(crf: SubjectCRF, s: ImmunologySettings) -> AdaStatus:
     day1 = crf.day1
     results = sorted((f for f in crf.findings_for(s.ada_item)
                       if f.date is not None and f.date > day1 and f.value_bool is not None),
-                     key=lambda f: (f.date or day1, f.datetime or dt.datetime.min.replace(tzinfo=dt.UTC)))
+                     key=lambda f: (f.date or day1, f.time_order))
     if not results:
         return AdaStatus()
     first = next((f for f in results if f.value_bool), None)

@@ -37,13 +37,13 @@ eGFR 100 → 84 (−16 %) = none.
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import SubjectCRF
 from fhir_adapter.derive.baseline import BaselineSource, VisitValue, item_with_baseline
+from fhir_adapter.numbers import exact
 
 Measure = Literal["upcr", "protein_24h"]
 Response = Literal["complete", "partial", "none"]
@@ -124,17 +124,12 @@ def _baseline(rows: list[VisitValue], prior: BaselineSource | None = None) -> Vi
                       comparator=prior.comparator, unit=prior.unit, source=prior.sources[0], baseline=True)
 
 
-def _dec(x: float) -> Decimal:
-    """A measured value as the decimal number it was sent as (12 significant digits, as stored)."""
-    return Decimal(f"{x:.12g}")
-
-
 def _stable(egfr: VisitValue, base: VisitValue, max_decline: float) -> bool | None:
     """Kidney function stable: visit eGFR >= baseline x (1 - max_decline), on the decimal numbers. A censored
     value (">90", "<15") is the range its bound allows: stable when every visit value is at or above every limit
     the baseline allows, not stable when every visit value is below every such limit, else unknown (None)."""
     assert egfr.value is not None and base.value is not None
-    visit, limit = _dec(egfr.value), _dec(base.value) * (1 - _dec(max_decline))
+    visit, limit = exact(egfr.value), exact(base.value) * (1 - exact(max_decline))
     # the visit's lowest and highest possible value, and the limit's (None: unbounded); open: the bound itself
     # is not possible ("<15" never is 15)
     v_low = visit if egfr.comparator in (None, ">", ">=") else None
@@ -165,7 +160,7 @@ def _grade(
         out.reason = f"censored result {r.comparator}{r.value}: reduction unknown"
         return out
     # decided on the decimal numbers (0.85 x 21.1 = 17.935 exactly, not 17.935000000000002), stored rounded
-    reduction = (_dec(base.value) - _dec(r.value)) / _dec(base.value) if base.value > 0 else None
+    reduction = (exact(base.value) - exact(r.value)) / exact(base.value) if base.value > 0 else None
     out.reduction = round(float(reduction), 6) if reduction is not None else None
     stable: bool | None = True
     used: list[VisitValue] = [r, base]
@@ -182,7 +177,7 @@ def _grade(
     below_partial = r.value < s.partial_below or (r.comparator is not None and r.value <= s.partial_below)
     out.sources = sorted({v.source for v in used if v.source})
     could_respond = below_complete or (below_partial and reduction is not None
-                                       and reduction >= _dec(s.partial_reduction))
+                                       and reduction >= exact(s.partial_reduction))
     if stable is None and could_respond:  # proteinuria alone does not decide: the censored eGFR would
         assert egfr is not None and base_egfr is not None
         out.reason = (f"eGFR censored ({egfr.comparator or ''}{egfr.value} against the baseline "
@@ -190,7 +185,7 @@ def _grade(
         return out
     if stable and below_complete:
         out.response = "complete"
-    elif stable and below_partial and reduction is not None and reduction >= _dec(s.partial_reduction):
+    elif stable and below_partial and reduction is not None and reduction >= exact(s.partial_reduction):
         out.response = "partial"
     else:
         out.response = "none"

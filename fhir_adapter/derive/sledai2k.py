@@ -235,7 +235,7 @@ def _score_descriptor(
 ) -> DescriptorScore:
     entries = [f for f in by_item.in_window(d.item, start, end) if f.value_bool is not None]
     if entries:
-        latest = max(entries, key=lambda f: (f.date, f.datetime or dt.datetime.min.replace(tzinfo=dt.UTC)))
+        latest = max(entries, key=lambda f: (f.date, f.time_order))
         assert latest.value_bool is not None
         return DescriptorScore(
             code=d.code, weight=d.weight, score=d.weight if latest.value_bool else 0, basis="clinician",

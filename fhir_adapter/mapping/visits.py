@@ -24,14 +24,11 @@ from fhir_adapter.study.load import Study
 from fhir_adapter.study.models import SelectRule, Worse
 from fhir_adapter.study.timeline import study_day
 
-_MIDNIGHT_OF_NO_DAY = dt.datetime.min.replace(tzinfo=dt.UTC)
 
-
-def _order(f: Finding) -> tuple[dt.date, bool, dt.datetime, str]:
-    """Earlier first: by date, then time — a date-only result is at 00:00 of its date, before a timed one of the
-    same day (a missing time is never compared with a time)."""
+def _order(f: Finding) -> tuple[dt.date, tuple[bool, dt.datetime], str]:
+    """Earlier first: by date, then time (:attr:`Finding.time_order`)."""
     assert f.date is not None
-    return (f.date, f.datetime is not None, f.datetime or _MIDNIGHT_OF_NO_DAY, f.source.id)
+    return (f.date, f.time_order, f.source.id)
 
 
 def _numeric(f: Finding) -> float:

@@ -17,15 +17,12 @@ resource feeds the item twice); its version and value tell when the EHR changed 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import defaultdict
 from typing import Any
 
 from fhir_adapter.crf.models import Finding, SubjectCRF
 from fhir_adapter.mapping.visits import select
 from fhir_adapter.study.load import Study
-
-_NO_TIME = dt.datetime.min.replace(tzinfo=dt.UTC)
 
 #: results of an item this many days outside a visit's window are shown as (out-of-window) candidates
 OUT_OF_WINDOW_DAYS = 7
@@ -128,8 +125,7 @@ def item_candidates(crf: SubjectCRF, study: Study) -> list[dict[str, Any]]:
             shown = inside + near
             if len(shown) > 1:
                 # as the visit orders them (fhir_adapter.mapping.visits): a date-only result at 00:00 of its date
-                shown.sort(key=lambda i: (findings[i].study_day or 0, findings[i].datetime is not None,
-                                          findings[i].datetime or _NO_TIME, item_ids[i]))
+                shown.sort(key=lambda i: (findings[i].study_day or 0, findings[i].time_order, item_ids[i]))
             cands = [candidate(findings[i], item_ids[i], rec.visit, item.lloq) for i in shown]
             entries.append({
                 "visit": rec.visit, "visit_label": rec.label or rec.visit, "visit_date": visit_date,
