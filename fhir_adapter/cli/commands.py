@@ -403,13 +403,18 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
               help="Server settings YAML, as for `run` (observation_code_param, timeouts...).")
 @click.option("--post", is_flag=True, help="Also check what writing results back (--post) needs.")
+@click.option("--codes", is_flag=True,
+              help="Also read every Observation of the enrolled subjects unfiltered and list the codes no study "
+                   "item maps (a site's local codes, for its overlay), most frequent first.")
 @click.pass_context
 def check(ctx: click.Context, study: Path, site: Path | None, source: str | None, config: Path | None,
-          post: bool) -> None:
+          post: bool, codes: bool) -> None:
     """Check a mapping, and what a FHIR server offers, before the first run. Reads the server's
     CapabilityStatement (GET [base]/metadata), and times the study's Observation searches for its first
     enrolled patient, filtered by code (combo-code) and unfiltered (none): the faster is what
-    `observation_code_param: auto` (the default) reads with. Writes nothing.
+    `observation_code_param: auto` (the default) reads with. With --codes, lists the Observation codes of the
+    enrolled subjects that no study item maps (what a run's coverage.unmapped_codes lists for an export
+    folder; a run against a server asks for the study's codes only). Writes nothing.
 
     \b
     Exit code 0 when the run can work, 1 on an error (a gap listed as "error"), 3 when the server cannot
@@ -419,6 +424,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     Examples:
       fhir-adapter check --site mappings/sites/example-site.yaml
       fhir-adapter check --source https://ehr.example.org/fhir/R4 --post
+      fhir-adapter check --source https://ehr.example.org/fhir/R4 --site my-site --codes
     """
     import asyncio
     import os
@@ -446,6 +452,9 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
         _check_server_settings(config)  # a mistake in them is reported now, not on the first live run
         if source is not None:
             _check_file_source(Path(source), config)
+        if codes:
+            click.echo("codes         --codes reads a FHIR server (--source URL); for a folder of files, run it "
+                       "and read run-report.json -> coverage.unmapped_codes")
         return
     cfg = load_server_config(config, os.environ)
 
@@ -468,6 +477,9 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
                    "the server through a Bulk Data export, fewer requests for large cohorts")
     else:
         click.echo("bulk          no $export declared: `run` reads through searches")
+    if codes:
+        for n, line in enumerate(_survey_codes(source, cfg, st)):
+            click.echo(f"{'codes' if n == 0 else '':<14}{line}")
     errors = [g for g in gaps if g.level == "error"]
     click.echo(f"              {len(errors)} errors, {len(gaps) - len(errors)} warnings"
                + ("" if errors else ": the adapter can run against this server"))
@@ -499,6 +511,28 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study) -> str:
     then = ("`observation_code_param: auto` reads with it" if setting == "auto"
             else f"the config sets observation_code_param: {setting} (auto would read with {timing.chosen})")
     return f"{timing.summary()}; {then}"
+
+
+def _survey_codes(source: str, cfg: ServerConfig, st: Study) -> list[str]:
+    """``check --codes``: the enrolled subjects' Observation codes no study item maps
+    (:mod:`fhir_adapter.job.code_survey`), as lines to print."""
+    import asyncio
+    import os
+
+    from fhir_adapter.fhir import FhirError
+    from fhir_adapter.fhir.server_config import open_client
+    from fhir_adapter.job.code_survey import CodeSurvey, survey_codes
+    from fhir_adapter.job.runlog import RunLog
+    from fhir_adapter.roster.enrollees import RosterError
+
+    async def survey() -> CodeSurvey:
+        async with open_client(source, cfg, os.environ) as client:
+            return await survey_codes(client, st, RunLog())
+
+    try:
+        return asyncio.run(survey()).lines()
+    except (FhirError, RosterError) as exc:
+        return [f"not surveyed: {exc}"]
 
 
 def _check_server_settings(config: Path | None) -> None:

@@ -31,6 +31,7 @@ Any other element that cannot be read quarantines that Observation (``unreadable
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, NoReturn
 
 from fhir_adapter.crf.models import Finding, SourceRef
@@ -80,6 +81,28 @@ def _converted(value: float, item: Item) -> float:
 
 #: the "system" under which an Observation coded by ``code.text`` alone is counted as unmapped
 TEXT_ONLY = "(code.text only)"
+
+
+def unmapped_code(obs: dict[str, Any], index: Mapping[tuple[str, str], str]) -> str | None:
+    """How ``coverage.unmapped_codes`` names an Observation none of whose codes (its own, a component's) the
+    study maps: ``system|code`` of its first coding, else ``(code.text only)|<its text>`` (one line, at most 80
+    characters, no ``|``); None when the study maps one of its codes, or it names no code at all. The one rule
+    of a run's counts and of ``fhir-adapter check --codes``."""
+    if indexed(obs.get("code"), index) is not None or any(
+            indexed(c.get("code"), index) is not None for c in obs.get("component") or [] if isinstance(c, dict)):
+        return None
+    return _code_name(obs.get("code"))
+
+
+def _code_name(code: Any) -> str | None:
+    """``system|code`` of the first coding of an Observation's code, else ``(code.text only)|<its text>``."""
+    for system, value in codings(code)[:1]:
+        return f"{system}|{value}"
+    text = code.get("text") if isinstance(code, dict) else None
+    if isinstance(text, str) and text.strip():  # a local test named in words only
+        # one line, at most 80 characters, no "|" (the counter's separator of system and code)
+        return f"{TEXT_ONLY}|{' '.join(text.replace('|', '/').split())[:80]}"
+    return None
 
 
 def _no_value(part: dict[str, Any], item_id: str, missing: str, fix: str) -> NoReturn:
@@ -190,14 +213,8 @@ class ObservationMapper:
             item = indexed(comp.get("code"), idx)
             if item is not None:
                 found.append((item, comp))
-        if not found:
-            coded = codings(obs.get("code"))[:1]
-            for system, code in coded:
-                self.log.count(f"unmapped.{system}|{code}")
-            text = (obs.get("code") or {}).get("text") if isinstance(obs.get("code"), dict) else None
-            if not coded and isinstance(text, str) and text.strip():  # a local test named in words only
-                # one line, at most 80 characters, no "|" (the counter's separator of system and code)
-                self.log.count(f"unmapped.{TEXT_ONLY}|{' '.join(text.replace('|', '/').split())[:80]}")
+        if not found and (name := _code_name(obs.get("code"))) is not None:  # unmapped_code's name
+            self.log.count(f"unmapped.{name}")
         return found
 
     def _finding(self, obs: dict[str, Any], part: dict[str, Any], item_id: str) -> Finding:

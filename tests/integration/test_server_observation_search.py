@@ -5,10 +5,12 @@ of the other ways and the CRFs those of the file run; `check` prints the timing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -111,3 +113,49 @@ def test_check_without_subjects_on_the_server_says_so(tmp_path: Path) -> None:
         result = CliRunner().invoke(main, ["check", "--source", empty.base_url])
     assert result.exit_code == 0, result.output
     assert "observations  not timed: no subject of study" in result.output
+
+
+def _listed_codes(output: str) -> list[tuple[str, int, int]]:
+    """(system|code, observations, subjects) of each code line `check --codes` printed."""
+    lines = output.split("observations  subjects  code  (display)\n")[1].splitlines() if "(display)" in output else []
+    rows = [r for r in (line.split() for line in lines) if len(r) >= 3 and r[0].isdigit() and r[1].isdigit()]
+    return [(r[2], int(r[0]), int(r[1])) for r in rows]
+
+
+def test_check_codes_lists_the_codes_a_file_run_finds_unmapped(trial: tuple[ServerHandle, Path],
+                                                               tmp_path: Path) -> None:
+    """A server run asks for the study's codes only, so its run report never lists a site's unmapped codes:
+    `check --codes` reads every Observation of the enrolled subjects unfiltered and lists what the run of the
+    same data as an export folder lists (codes, counts, order); the adapter's own results are not input; a
+    local code is listed until the site overlay maps it; nothing is written."""
+    _, file_out = trial
+    expected = [(f"{c['system']}|{c['code']}", c["count"]) for c in report(file_out)["coverage"]["unmapped_codes"]]
+    assert {code for code, _ in expected} == set(OUTSIDE_STUDY)
+    with start_fhir_server() as fresh:
+        load_feed(fresh.base_url, file_out.parent / "feed")
+        cli_run(fresh.base_url, tmp_path / "posted", "--post")  # the server now holds the adapter's results too
+        subject = json.loads((file_out.parent / "feed" / "ResearchSubject.ndjson").read_text().splitlines()[0])
+        local = {"resourceType": "Observation", "status": "final", "effectiveDateTime": "2024-05-02",
+                 "code": {"coding": [{"system": "urn:oid:2.16.840.1.113883.3.9999.1.2", "code": "UCAST-HG",
+                                      "display": "Heme-granular casts"}]},
+                 "subject": subject["individual"], "valueQuantity": {"value": 1}}
+        httpx.post(f"{fresh.base_url}/Observation", json=local).raise_for_status()
+        writes = fresh.stats()["writes"]["total"]
+        result = CliRunner().invoke(main, ["check", "--source", fresh.base_url, "--codes"])
+        assert result.exit_code == 0, result.output
+        listed = _listed_codes(result.output)
+        assert [(c, n) for c, n, _ in listed] == [*expected, ("urn:oid:2.16.840.1.113883.3.9999.1.2|UCAST-HG", 1)]
+        assert dict((c, s) for c, _, s in listed)["http://loinc.org|8302-2"] == SUBJECTS  # a height per subject
+        assert "(Heme-granular casts)" in result.output and f"of {SUBJECTS} enrolled subjects" in result.output
+        with_site = CliRunner().invoke(main, ["check", "--source", fresh.base_url, "--codes", "--site",
+                                              "example-site"])
+        assert [(c, n) for c, n, _ in _listed_codes(with_site.output)] == expected  # its overlay maps UCAST-HG
+        assert fresh.stats()["writes"]["total"] == writes
+
+
+def test_check_codes_on_a_folder_says_where_its_unmapped_codes_are(trial: tuple[ServerHandle, Path]) -> None:
+    _, file_out = trial
+    result = CliRunner().invoke(main, ["check", "--source", str(file_out.parent / "feed"), "--codes"])
+    assert result.exit_code == 0, result.output
+    assert "codes         --codes reads a FHIR server (--source URL); for a folder of files, run it and read " \
+           "run-report.json -> coverage.unmapped_codes" in result.output

@@ -1,0 +1,104 @@
+"""``fhir-adapter check --source URL --codes``: which Observation codes a FHIR server holds for the study's
+enrolled subjects that no study item maps — a site's local lab codes, before they are added to a site overlay.
+
+A run against a server cannot list them: it asks the server for the study's codes only (or drops the others an
+unfiltered search returns), so ``coverage.unmapped_codes`` of a server run stays empty. This survey reads every
+Observation of each enrolled subject unfiltered (``Observation?patient=…``, as ``observation_code_param: none``
+does, requests counted under ``codes``) and names each one none of whose codes the study maps the way a run on an
+export folder does (:func:`fhir_adapter.mapping.observations.unmapped_code`: its first coding, else its text),
+over the statuses the run reads. The adapter's own results are not input and are left out. Nothing is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+
+from fhir_adapter.fhir import FhirClient
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.mapping.observations import USED_STATUSES, unmapped_code
+from fhir_adapter.roster.enrollees import build_roster
+from fhir_adapter.source.server.roster import read_roster
+from fhir_adapter.source.server.searches import SearchPlan, adapter_owned
+from fhir_adapter.study.load import Study
+
+LABEL = "codes"
+#: the statuses whose Observations a run names in ``unmapped_codes``: those it reads, and cancelled orders (read
+#: for their NOT DONE rows); entered-in-error and unknown statuses are not data
+COUNTED_STATUSES = frozenset({*USED_STATUSES, "cancelled"})
+
+
+@dataclass
+class UnmappedCode:
+    """One code no study item maps: how many Observations and subjects carry it, and a display to recognise it."""
+
+    name: str  # system|code, or (code.text only)|text
+    observations: int = 0
+    subjects: set[str] = field(default_factory=set)
+    display: str = ""
+
+
+@dataclass
+class CodeSurvey:
+    subjects: int
+    observations: int  # Observations read (the statuses counted), mapped or not
+    unmapped: list[UnmappedCode]  # most frequent first, then by name
+
+    def lines(self) -> list[str]:
+        """The survey as ``check`` prints it: a summary line, then one line per code."""
+        head = (f"{self.observations} Observations of {self.subjects} enrolled subjects read unfiltered: "
+                f"{len(self.unmapped)} codes no study item maps")
+        if not self.unmapped:
+            return [head]
+        out = [head + " (add them to a site overlay: mappings/README.md)",
+               f"  {'observations':>12}  {'subjects':>8}  code  (display)"]
+        out += [f"  {c.observations:>12}  {len(c.subjects):>8}  {c.name}" + (f"  ({c.display})" if c.display else "")
+                for c in self.unmapped]
+        return out
+
+
+def _display(code: object) -> str:
+    """The first coding's display, else the code's text (one line, at most 80 characters)."""
+    if not isinstance(code, dict):
+        return ""
+    coding = next((c for c in code.get("coding") or [] if isinstance(c, dict)), {})
+    text = coding.get("display") or code.get("text")
+    return " ".join(text.split())[:80] if isinstance(text, str) else ""
+
+
+async def survey_codes(client: FhirClient, study: Study, log: RunLog) -> CodeSurvey:
+    """Every Observation of the study's enrolled subjects on the server, read unfiltered, and the codes among
+    them no study item maps."""
+    base = str(client.base_url).rstrip("/")
+    roster = build_roster(await read_roster(client, study, log, base, []), study, log)
+    plan = SearchPlan(study, "none")
+    pids = sorted(roster.enrolled)
+
+    async def observations(pid: str) -> list[dict[str, object]]:
+        found: list[dict[str, object]] = []
+        for rtype, params in plan.type_searches("Observation", pid):
+            found += await client.search_all(rtype, params, label=LABEL)
+        return found
+
+    read = await asyncio.gather(*(observations(pid) for pid in pids))
+    codes: dict[str, UnmappedCode] = {}
+    counted: Counter[str] = Counter()
+    for pid, found in zip(pids, read, strict=True):
+        seen: set[str] = set()
+        for obs in found:
+            oid = str(obs.get("id"))
+            if (obs.get("resourceType") != "Observation" or oid in seen or adapter_owned(obs)
+                    or obs.get("status") not in COUNTED_STATUSES):
+                continue
+            seen.add(oid)
+            counted[pid] += 1
+            name = unmapped_code(obs, study.code_index)
+            if name is None:
+                continue
+            entry = codes.setdefault(name, UnmappedCode(name, display=_display(obs.get("code"))))
+            entry.observations += 1
+            entry.subjects.add(roster.enrolled[pid].subject_id)
+    # the order of the run report's unmapped_codes (fhir_adapter/export/coverage.py): count, system, code
+    ranked = sorted(codes.values(), key=lambda c: (-c.observations, *c.name.rpartition("|")[::2]))
+    return CodeSurvey(subjects=len(pids), observations=sum(counted.values()), unmapped=ranked)
