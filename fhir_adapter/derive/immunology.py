@@ -50,7 +50,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fhir_adapter.crf.models import Finding, SubjectCRF
+from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
 from fhir_adapter.derive.baseline import (
     BaselineSource,
     VisitValue,
@@ -155,6 +155,17 @@ def _event(crf: SubjectCRF, visit: str, f: Finding | None = None) -> VisitEvent:
                       study_day=f.study_day if f and f.study_day is not None else v.study_day)
 
 
+def _later_same_day(prior: Finding, dated: list[VisitRecord], base: int | None, items: tuple[str, ...],
+                    s: ImmunologySettings) -> bool:
+    """Is the result in no visit timed later on the date of the baseline visit's value (of another assay of the
+    antibody) — the last result of that date, so the baseline (a tie in time goes to the visit's)?"""
+    if base is None:
+        return False
+    shown = next((f for i in items if (f := dated[base].values.get(i)) is not None
+                  and antibody_status(f, s) is not None), None)
+    return shown is not None and shown.date == prior.date and prior.time_order > shown.time_order
+
+
 def seroconversion(crf: SubjectCRF, items: tuple[str, ...], s: ImmunologySettings) -> Seroconversion:
     """Positive → negative conversion of one antibody (cases 1–5 of the module docstring)."""
     dated = [v for v in crf.visits if v.date is not None]
@@ -165,11 +176,12 @@ def seroconversion(crf: SubjectCRF, items: tuple[str, ...], s: ImmunologySetting
     dates = [v.date for v in dated]
     base = baseline_index(dates, [st is not None for st in statuses], crf.day1, crf.baseline_from)
     priors = [f for i in items if (f := prior_result(crf, i, lambda f: antibody_status(f, s) is not None))]
-    prior = max(priors, key=lambda f: (f.date, f.source.id)) if priors else None
+    # the last by date, then time (Finding.time_order), as every baseline
+    prior = max(priors, key=lambda f: (f.date, f.time_order, f.source.id)) if priors else None
     prior_status = antibody_status(prior, s) if prior is not None else None
     # of several items (assays) of one antibody, a visit's value of another item may be later than the prior
     if prior is not None and prior.date is not None and (len(items) == 1 or prior_wins(
-            base, dates, crf.day1, (prior.date, prior_status))):
+            base, dates, crf.day1, (prior.date, prior_status)) or _later_same_day(prior, dated, base, items, s)):
         out = Seroconversion(baseline_status=prior_status, baseline_source=prior.source.reference)
     elif base is None or crf.day1 is None:
         return Seroconversion(reason="no baseline result")

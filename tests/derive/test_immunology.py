@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from fhir_adapter.crf.models import Finding
@@ -120,3 +121,32 @@ def test_ada_status() -> None:
     a = ada((1, True), (29, False), (85, True), (169, True))
     assert a.status == "positive" and a.first_positive_day == 85 and a.n_tested == 3   # Day 1 is not after Day 1
     assert ada((29, False), (85, False)).status == "negative"
+
+
+def test_of_two_assays_the_baseline_is_the_last_result_by_time() -> None:
+    """Anti-Sm measured by two assays (anti_sm, anti_sm_presence): the baseline is the last result by date, then
+    time (docs/clinical-rules.md#baseline), also when the two are on one date — not the order of their ids."""
+    def at(item: str, day: int, hour: int, **kw: Any) -> Finding:
+        f = finding(item, day, **kw)
+        assert f.date is not None
+        return f.model_copy(update={"datetime": dt.datetime.combine(f.date, dt.time(hour), dt.UTC)})
+
+    # a result in no visit timed after the baseline visit's value of the other assay, on the same date
+    neg_later = at("anti_sm", -7, 14, value=3.0, ref_high=7.0)
+    crf = visit_crf({"BL": (-7, {"anti_sm_presence": at("anti_sm_presence", -7, 8, value_bool=True)}),
+                     "W12": (85, {"anti_sm": finding("anti_sm", 85, 3.0, ref_high=7.0)})}, findings=[neg_later])
+    s = derive_immunology(crf, S).seroconversion["anti_sm"]
+    assert (s.baseline_status, s.baseline_source, s.reason) == (
+        "negative", neg_later.source.reference, "negative at baseline")
+    # timed before it: the visit's value stays the baseline
+    neg_earlier = at("anti_sm", -7, 6, value=3.0, ref_high=7.0)
+    crf = visit_crf({"BL": (-7, {"anti_sm_presence": at("anti_sm_presence", -7, 8, value_bool=True)}),
+                     "W12": (85, {"anti_sm": finding("anti_sm", 85, 3.0, ref_high=7.0)})}, findings=[neg_earlier])
+    s = derive_immunology(crf, S).seroconversion["anti_sm"]
+    assert (s.baseline_status, s.baseline_visit, s.seroconverted) == ("positive", "BL", True)
+    # two results in no visit, one per assay, on one date: the later-timed one, whatever the ids
+    first, second = at("anti_sm", -3, 15, value=20.0, ref_high=7.0), at("anti_sm_presence", -3, 9, value_bool=False)
+    assert first.source.id < second.source.id  # the id order alone would pick the 09:00 negative
+    crf = visit_crf({"W12": (85, {"anti_sm": finding("anti_sm", 85, 3.0, ref_high=7.0)})}, findings=[first, second])
+    s = derive_immunology(crf, S).seroconversion["anti_sm"]
+    assert (s.baseline_status, s.baseline_source, s.seroconverted) == ("positive", first.source.reference, True)
