@@ -138,7 +138,9 @@ def completeness_section(data: ReportData) -> Section:
     rows = []
     for v in order:
         n, n_items = cov.counts.get(v, (0, 0))
-        vals = [cov.cells[i][v] for i in items if v in cov.cells[i]]
+        # "those items": the items with any value at the visit (an item no subject has there is not collected
+        # at that visit and does not lower the mean)
+        vals = [x for i in items if (x := cov.cells[i].get(v)) is not None and x > 0]
         mean = 100 * sum(vals) / len(vals) if vals else None
         rows.append([v, str(n) if n else "–", str(n_items), percent(mean / 100) if mean is not None else "–"])
     sec.blocks.append(TableBlock(["Visit", "Subjects (denominator)", "Items with any value",

@@ -18,12 +18,16 @@ def _overview(data: ReportData, arms: list[str]) -> TableBlock | None:
         return None
     cols = [*arms, "Total"]
 
-    def row(label: str, test: Any) -> list[str]:
+    def row(label: str, test: Any, among: Any = None) -> list[str]:
+        """n (%) of the arm's subjects (``among``: of those it accepts) that ``test`` accepts."""
         cells = []
         for arm in cols:
-            members = [s for s in subjects if arm == "Total" or arm_of(s) == arm]
+            members = [s for s in subjects if (arm == "Total" or arm_of(s) == arm) and (among is None or among(s))]
             cells.append(pct(sum(1 for s in members if test(s)), len(members)))
         return [label, *cells]
+
+    def dlt_evaluable(s: dict[str, Any]) -> bool:  # dlt null: not evaluable, counted neither way
+        return s.get("dlt") is not None
 
     def grade_at_least(key: str, g: int) -> Any:
         return lambda s: (num(s.get(key)) or 0) >= g
@@ -38,12 +42,15 @@ def _overview(data: ReportData, arms: list[str]) -> TableBlock | None:
         row("CRS grade ≥ 3", grade_at_least("crs_max_grade", 3)),
         row("ICANS, any grade", grade_at_least("icans_max_grade", 1)),
         row("ICANS grade ≥ 3", grade_at_least("icans_max_grade", 3)),
-        row("DLT", lambda s: s.get("dlt") is True),
+        ["DLT-evaluable subjects (N)",
+         *[str(sum(1 for s in subjects if (c == "Total" or arm_of(s) == c) and dlt_evaluable(s))) for c in cols]],
+        row("DLT, n (%) of the DLT-evaluable", lambda s: s.get("dlt") is True, dlt_evaluable),
     ]
     for g in range(1, 6):
         rows.append(row(f"Maximum TEAE grade = {g}", lambda s, g=g: num(s.get("max_teae_grade")) == g))
     return TableBlock(["Subjects with …", *cols], rows,
-                      "Subjects with TEAEs by dose level, n (%) of N (results/study.json per-subject counts)")
+                      "Subjects with TEAEs by dose level, n (%) of N (results/study.json per-subject counts); DLTs "
+                      "of the subjects evaluable for DLT (a subject not evaluable counts neither way)")
 
 
 def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]:
@@ -67,7 +74,9 @@ def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]
             per[sid] = max(per.get(sid, 0), g)
     if not worst:
         return None, unflagged
-    n_arm = {a: sum(1 for s in arm_by_subject.values() if s == a) for a in arms}
+    # N: the subjects whose TEAEs are counted (a CRF without results is only in the note below)
+    n_arm = {a: sum(1 for sid, s in arm_by_subject.items() if s == a and "teaes" in rows_by_id.get(sid, {}))
+             for a in arms}
     rows = []
     for term in sorted(worst, key=lambda t: (-len(worst[t]), t)):
         per = worst[term]
@@ -77,12 +86,38 @@ def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]
             cells.append(f"{len(grades)} / {sum(1 for g in grades if g >= 3)}" if grades else "–")
         total = list(per.values())
         cells.append(f"{len(total)} / {sum(1 for g in total if g >= 3)}")
-        cells.append(" ".join(f"G{g}:{sum(1 for x in total if x == g)}" for g in range(1, 6)
-                              if any(x == g for x in total)) or "grade not recorded")
+        unknown = sum(1 for x in total if x == 0)  # no known grade for the term (a known one is the worst)
+        cells.append(" ".join([*(f"G{g}:{sum(1 for x in total if x == g)}" for g in range(1, 6)
+                                 if any(x == g for x in total)), *([f"unknown:{unknown}"] if unknown else [])])
+                     if unknown < len(total) else "grade not recorded")
         rows.append(cells)
     header = ["TEAE term", *[f"{a} (N={n_arm[a]})" for a in arms], "Total", "Subjects by maximum grade"]
     return TableBlock(header, rows, "TEAEs by term: subjects with the term, any grade / grade ≥ 3, per dose level "
                                     "(CRF AE domain, events flagged treatment-emergent)"), unflagged
+
+
+def _set_apart(data: ReportData) -> TableBlock | None:
+    """The AEs and DLT assessments a reader must not miss because no count shows them: AEs with no onset date
+    (counted treatment-emergent, docs/clinical-rules.md), AEs before Day 1 (not treatment-emergent) and the
+    subjects not evaluable for DLT, with the reason the derivation gives."""
+    rows = []
+    for s in data.subjects:
+        sid, arm = str(s.get("subject_id")), arm_of(s)
+        for key, what in (("onset_unknown_aes", "onset date unknown: counted as a TEAE"),
+                          ("pre_infusion_aes", "before Day 1: not a TEAE")):
+            for ae in as_list(s.get(key)):
+                grade = num(ae.get("grade"))
+                rows.append([sid, arm, what, f"{ae.get('term') or '(no term)'}"
+                             + (f", grade {fmt(grade, 0)}" if grade is not None else ", grade not recorded"),
+                             str(ae.get("source") or "–")])
+        reasons = s.get("dlt_not_evaluable")
+        for reason in reasons if isinstance(reasons, list) else []:
+            rows.append([sid, arm, "not evaluable for DLT", str(reason), "–"])
+    if not rows:
+        return None
+    return TableBlock(["Subject", "Arm", "What", "Event / reason", "Source"], rows,
+                      "Adverse events outside the TEAE counts or counted without an onset date, and subjects not "
+                      "evaluable for DLT (results/study.json onset_unknown_aes, pre_infusion_aes, dlt_not_evaluable)")
 
 
 def _teae_summary(data: ReportData, arms: list[str]) -> list[TableBlock]:
@@ -151,7 +186,11 @@ def safety_section(data: ReportData) -> Section:
                   "their worst grade, from the CRF AE records flagged treatment-emergent. Grades are CTCAE "
                   "(ASTCT consensus grading for CRS and ICANS).")
     arms = data.arms
-    sec.blocks.extend(_teae_summary(data, arms))
+    summary = _teae_summary(data, arms)
+    sec.blocks.extend(summary)
+    if not summary:
+        sec.no_data("teae_summary (subjects with TEAEs per arm, by maximum grade and term) is not in "
+                    "results/study.json")
     overview = _overview(data, arms)
     if overview:
         sec.blocks.append(overview)
@@ -165,4 +204,7 @@ def safety_section(data: ReportData) -> Section:
         sec.no_data("no CRF adverse event flagged treatment-emergent")
     if unflagged:
         sec.note(f"{unflagged} CRF adverse event(s) carry no TEAE flag and are not counted by term.")
+    apart = _set_apart(data)
+    if apart:
+        sec.blocks.append(apart)
     return sec

@@ -11,11 +11,14 @@ from fhir_adapter.report.data import ReportData, arm_of, as_dict, as_list, num
 
 
 def last_study_day(subject: dict[str, Any], crf: dict[str, Any] | None) -> float | None:
-    """The latest study day with data of a subject: its visits in the results, else its CRF timeline."""
+    """The latest study day with data of a subject: its visits in the results and its CRF timeline — results,
+    visits, and the onset and end of its adverse events (an AE's dates are dated data the safety tables count)."""
     days = [d for v in as_list(subject.get("visits")) if (d := num(v.get("study_day"))) is not None]
     if crf:
         days += [d for f in as_list(crf.get("findings")) if (d := num(f.get("study_day"))) is not None]
         days += [d for v in as_list(crf.get("visits")) if (d := num(v.get("study_day"))) is not None]
+        days += [d for ae in as_list(crf.get("ae")) for k in ("study_day", "end_study_day")
+                 if (d := num(ae.get(k))) is not None]
     return max(days) if days else None
 
 

@@ -32,6 +32,7 @@ class Lane:
     icans: list[tuple[float, float, int | None]] = field(default_factory=list)
     dlt_days: list[float] = field(default_factory=list)
     dlt_undated: bool = False
+    dlt_not_evaluable: bool = False  # results/study.json ``dlt`` null: neither a DLT nor none (not evaluable)
     lldas_days: list[float] = field(default_factory=list)
 
 
@@ -94,6 +95,7 @@ def lanes(data: ReportData) -> list[Lane]:
             if day is not None:
                 lane.dlt_days.append(day)
         lane.dlt_undated = s.get("dlt") is True and not lane.dlt_days
+        lane.dlt_not_evaluable = "dlt" in s and s.get("dlt") is None
         lane.lldas_days = [d for v in as_list(s.get("visits"))
                            if v.get("lldas") is True and (d := num(v.get("study_day"))) is not None]
         out.append(lane)
@@ -177,7 +179,8 @@ def swimmer_section(data: ReportData) -> Section:
         rows.append([ln.subject_id, ln.arm, fmt(ln.last_day, 0),
                      ", ".join(f"d{fmt(a, 0)}–{fmt(b, 0)} G{g or '?'}" for a, b, g in ln.crs) or "–",
                      ", ".join(f"d{fmt(a, 0)}–{fmt(b, 0)} G{g or '?'}" for a, b, g in ln.icans) or "–",
-                     ", ".join(f"d{fmt(d, 0)}" for d in ln.dlt_days) or ("yes (no day)" if ln.dlt_undated else "–"),
+                     ", ".join(f"d{fmt(d, 0)}" for d in ln.dlt_days)
+                     or ("yes (no day)" if ln.dlt_undated else "not evaluable" if ln.dlt_not_evaluable else "–"),
                      fmt(first_lldas, 0)])
     sec.blocks.append(TableBlock(["Subject", "Arm", "Last study day", "CRS", "ICANS", "DLT", "First LLDAS day"],
                                  rows, "Events per subject, as plotted"))

@@ -126,7 +126,86 @@ def test_teae_by_term_counts_subjects_once_at_worst_grade(built: dict[str, Secti
     assert derived.rows[2][:4] == ["DL3", "2", "2 (100%)", "2 (100%)"]
     assert _table(sec.blocks, "TEAEs by term per arm").rows == [["Neutropenia", "2 (2)", "2 (2)", "2 (2)", "2 (2)"]]
     overview = {r[0]: r for r in _table(sec.blocks, "Subjects with TEAEs by dose level").rows}
-    assert overview["DLT"][1:] == ["0 (0%)", "0 (0%)", "1 (50%)", "0 (0%)", "1 (13%)"]
+    assert overview["DLT-evaluable subjects (N)"][1:] == ["2", "2", "2", "2", "8"]
+    assert overview["DLT, n (%) of the DLT-evaluable"][1:] == ["0 (0%)", "0 (0%)", "1 (50%)", "0 (0%)", "1 (13%)"]
+
+
+def _edit_study(out: Path, edit: object) -> None:
+    path = out / "results" / "study.json"
+    study = json.loads(path.read_text(encoding="utf-8"))
+    edit(study)  # type: ignore[operator]
+    path.write_text(json.dumps(study), encoding="utf-8")
+
+
+def test_dlt_rates_are_of_the_evaluable_and_what_no_count_shows_is_listed(tmp_path: Path) -> None:
+    """A subject not evaluable for DLT (``dlt`` null) counts neither way: the DLT rate is of the evaluable
+    subjects, as the dose-level table's; the swimmer table says "not evaluable", not "–" (no DLT); AEs before
+    Day 1, AEs without an onset date (counted as TEAEs) and the reasons a subject is not evaluable for DLT are
+    listed (docs/clinical-rules.md: the report lists them)."""
+    out = fixture.write(tmp_path / "out")
+    pre = {"term": "Nausea", "grade": 2, "source": "AdverseEvent/pre-1/_history/1", "teae_case": "pre-infusion"}
+    unknown_onset = {"term": "Rash", "grade": None, "source": "AdverseEvent/rash-1/_history/1"}
+
+    def edit(study: dict[str, object]) -> None:
+        rows = study["subjects"]
+        assert isinstance(rows, list)
+        rows[4].update(dlt=None, dlt_not_evaluable=["DLT window not completed: last data on study day 5"])
+        rows[0].update(pre_infusion_aes=[pre], onset_unknown_aes=[unknown_onset])
+
+    _edit_study(out, edit)
+    built = {s.id: s for s in sections(load(out))}
+    overview = {r[0]: r for r in _table(built["safety"].blocks, "Subjects with TEAEs by dose level").rows}
+    assert overview["Subjects (N)"][1:] == ["2", "2", "2", "2", "8"]
+    assert overview["DLT-evaluable subjects (N)"][1:] == ["2", "2", "1", "2", "7"]
+    assert overview["DLT, n (%) of the DLT-evaluable"][1:] == ["0 (0%)", "0 (0%)", "1 (100%)", "0 (0%)", "1 (14%)"]
+    swimmer = {r[0]: r for r in _table(built["swimmer"].blocks, "Events per subject").rows}
+    assert swimmer[fixture.subject_id(4)][5] == "not evaluable" and swimmer[fixture.subject_id(1)][5] == "–"
+    apart = _table(built["safety"].blocks, "Adverse events outside the TEAE counts").rows
+    assert apart == [
+        [fixture.subject_id(0), "DL1", "onset date unknown: counted as a TEAE", "Rash, grade not recorded",
+         "AdverseEvent/rash-1/_history/1"],
+        [fixture.subject_id(0), "DL1", "before Day 1: not a TEAE", "Nausea, grade 2", "AdverseEvent/pre-1/_history/1"],
+        [fixture.subject_id(4), "DL3", "not evaluable for DLT", "DLT window not completed: last data on study day 5",
+         "–"]]
+
+
+def test_by_term_counts_an_unknown_worst_grade_and_only_subjects_with_results(tmp_path: Path) -> None:
+    """A subject whose only grade for a term is unknown is counted under "unknown" (the grades add up to the
+    subjects); the N of a dose level is the subjects whose TEAEs are counted, not a CRF without results."""
+    out = fixture.write(tmp_path / "out")
+
+    def edit(study: dict[str, object]) -> None:
+        rows = study["subjects"]
+        assert isinstance(rows, list)
+        for ae in rows[0]["teaes"]:
+            if ae["term"] == "Neutropenia":
+                ae["grade"] = None
+        del rows[7]  # its CRF stays: a subject without results
+
+    _edit_study(out, edit)
+    sec = next(s for s in sections(load(out)) if s.id == "safety")
+    by_term = _table(sec.blocks, "TEAEs by term: subjects with")
+    assert by_term.columns[1:5] == ["DL1 (N=2)", "DL2 (N=2)", "DL3 (N=2)", "EXP (N=1)"]
+    row = next(r for r in by_term.rows if r[0] == "Neutropenia")
+    assert row[5:] == ["7 / 3", "G2:3 G3:3 unknown:1"]
+    assert any(isinstance(b, NoteBlock) and "2 CRF adverse event(s) carry no TEAE flag" in b.text
+               for b in sec.blocks)
+
+
+def test_follow_up_reaches_the_last_adverse_event(tmp_path: Path) -> None:
+    """The latest study day with data counts an AE's onset and end (a TEAE the safety tables count is data),
+    in the summary's follow-up and the swimmer's last study day."""
+    out = fixture.write(tmp_path / "out")
+    path = out / "crf" / f"{fixture.subject_id(0)}.json"
+    crf = json.loads(path.read_text(encoding="utf-8"))
+    crf["ae"].append({**crf["ae"][1], "term": "Upper respiratory tract infection", "grade": 1, "study_day": 400,
+                      "end_study_day": 407})
+    path.write_text(json.dumps(crf), encoding="utf-8")
+    built = {s.id: s for s in sections(load(out))}
+    swimmer = {r[0]: r for r in _table(built["swimmer"].blocks, "Events per subject").rows}
+    assert swimmer[fixture.subject_id(0)][2] == "407" and swimmer[fixture.subject_id(1)][2] == "365"
+    summary = {r[0]: r[1] for r in _table(built["summary"].blocks, "").rows}
+    assert summary["Follow-up, latest study day with data: median (range)"] == "365 (365–407) days, n=8"
 
 
 def test_baselines_from_results_in_no_visit_per_subject_and_parameter(built: dict[str, Section]) -> None:
@@ -175,7 +254,8 @@ def test_completeness_from_crfs_and_from_run_report_coverage(run_out: Path) -> N
     rr_path.write_text(json.dumps(rr))
     sec = next(s for s in sections(load(run_out)) if s.id == "completeness")
     per_visit = {r[0]: r for r in _table(sec.blocks, "Completeness per visit").rows}
-    assert per_visit["BL"] == ["BL", "4", "1", "38%"]  # (75% + 0%) / 2
+    # the mean of the items with any value (c3 75%); ch50, which no subject has at BL, does not lower it
+    assert per_visit["BL"] == ["BL", "4", "1", "75%"]
     assert ["c3", "1"] in _table(sec.blocks, "Cells whose only input was quarantined").rows
     assert any(isinstance(b, NoteBlock) and "ch50" in b.text for b in sec.blocks)
 
@@ -191,6 +271,7 @@ def test_missing_keys_say_no_data_never_crash(tmp_path: Path, dropped: tuple[str
     assert "No data: lldas_rate is not in results/study.json" in _section_html(html, "lldas")
     assert "No data: rp2d" in _section_html(html, "summary")
     assert "No data: settings" in _section_html(html, "settings")
+    assert "No data: teae_summary (subjects with TEAEs per arm" in _section_html(html, "safety")
     # what the CRFs still hold is shown: kinetics profiles and C3 from the CRF visit values
     assert "<svg" in _section_html(html, "kinetics")
     assert "Complement C3: CRF visit values" in _section_html(html, "labs")
