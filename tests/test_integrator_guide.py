@@ -9,6 +9,7 @@ from pathlib import Path
 from fhir_adapter.cli import docgen
 from fhir_adapter.fhir.server_config import ServerConfig
 from fhir_adapter.fhir.settings import ClientSettings
+from fhir_adapter.study.load import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDE = ROOT / "docs" / "integrator-guide.md"
@@ -66,3 +67,30 @@ def test_the_guide_lists_every_resource_type_the_adapter_reads() -> None:
     assert set(types) | {"Group"} <= named, set(types) - named
     scopes = set(re.findall(r"system/([A-Za-z]+)\.rs", _section(text, "## 3. SMART")))
     assert set(types) | {"Group"} <= scopes, set(types) - scopes
+
+
+def _block(text: str, heading: str, lang: str) -> str:
+    return _section(text, heading).split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_site_overlay_example_loads(tmp_path: Path) -> None:
+    """§7's overlay, copied as it is, is a site overlay `check --site` reads (`mapping ok`, go-live step 1)."""
+    overlay = tmp_path / "my-hospital.yaml"
+    overlay.write_text(_block(GUIDE.read_text(), "## 7. Site overlay essentials", "yaml"))
+    study = load_study(ROOT / "mappings" / "lcar-aio", overlay)
+    assert study.site == "my-hospital" and study.info.timezone == "Europe/Berlin"
+    assert study.code_index[("urn:oid:2.16.840.1.113883.3.9999.1.2", "PLT")] == "platelets"
+
+
+def test_the_schedule_examples_request_every_scope_and_are_valid_unit_files() -> None:
+    """§9's cron example asks for every reading scope of §3 and the write-back scopes its `--post` needs; its
+    systemd unit has comments on their own lines only (systemd reads `KEY=value # …` as part of the value)."""
+    text = GUIDE.read_text()
+    cron = _block(text, "## 9. Running on a schedule", "cron")
+    [scope_line] = [line for line in cron.splitlines() if line.startswith("FHIR_ADAPTER_SMART_SCOPE=")]
+    asked = set(scope_line.split("=", 1)[1].split())
+    needed = {f"system/{t}.rs" for t in docgen.read_types()} | {
+        "system/Observation.cu", "system/Device.cu", "system/Provenance.c"}
+    assert needed <= asked, needed - asked
+    unit = _block(text, "## 9. Running on a schedule", "ini")
+    assert not [line for line in unit.splitlines() if "=" in line and "#" in line.split("=", 1)[1]]

@@ -244,10 +244,11 @@ def resolve_site(site: Path, study_root: Path) -> Path:
     for candidate in (study_root.parent / "sites" / name, PROJECT_ROOT / "mappings" / "sites" / name):
         if candidate.is_file():
             return candidate
-    known = sorted(p.stem for p in (study_root.parent / "sites").glob("*.yaml"))
+    folders = list(dict.fromkeys([study_root.parent / "sites", PROJECT_ROOT / "mappings" / "sites"]))
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})
     raise MappingError(site, None, "no such site overlay",
-                       "pass a file (--site mappings/sites/<site>.yaml) or a site name of "
-                       f"{known or 'mappings/sites/'}")
+                       f"no {name} in {' or '.join(str(f) for f in folders)}: pass the overlay's file "
+                       f"(--site path/to/<site>.yaml) or a site name of {known or 'those folders'}")
 
 
 def load_study(root: Path, site: Path | None = None) -> Study:
