@@ -14,6 +14,7 @@ there without it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import tempfile
@@ -106,6 +107,8 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
     ``ServerConfigError``, ``ConnectError``, ``FhirError``, ``OutInUse`` when another run holds ``out``) with the
     same one-line messages as the CLI.
     """
+    from fhir_adapter.fhir.server_config import record_run
+    from fhir_adapter.job import exit_codes
     from fhir_adapter.job.connect import connect
     from fhir_adapter.job.outlock import hold_out
     from fhir_adapter.job.pipeline import run as run_pipeline
@@ -115,6 +118,7 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
     st = load_study(Path(study), Path(site) if site is not None else None)
     log = RunLog()
     with hold_out(out_dir, "fhir_adapter.run"):
+        started = dt.datetime.now(dt.UTC)
         conn = connect(str(source), st, log, out_dir, post=post, dry_run=dry_run, since=since,
                        config=Path(config) if config is not None else None,
                        env=env if env is not None else os.environ)
@@ -123,6 +127,10 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
                                    roster_csv=Path(roster_csv) if roster_csv is not None else None)
         finally:
             conn.close()
+        # the base of the next since="last" (or `run --since last`), as the command records it: a run that
+        # completed (exit 0 or 2; a failed subject has no CRF, so that run reads it in full), not a dry run
+        if summary.stopped is None and summary.exit_code != exit_codes.FAILED and not dry_run:
+            record_run(out_dir, conn.next_since or started, str(source))
         crfs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out_dir / "crf").glob("*.json"))]
         return RunResult(
             out=out_dir, summary=summary, exit_code=summary.exit_code,

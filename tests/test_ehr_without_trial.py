@@ -114,3 +114,29 @@ def test_a_roster_csv_that_enrols_nobody_says_why_in_one_line(no_trial_feed: tup
     assert res.exit_code == 1, res.output
     assert said in res.stderr and f"{bad.name}" in res.stderr and "internal error" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Path, Path, dict[str, str]],
+                                                         tmp_path: Path) -> None:
+    """One row of the site roster with a consent date that is no date: the other subjects run, and the one the
+    site enrolled is a subject not processed — exit 2 (not 0: a scheduler would take it for "nothing to do"),
+    listed in summary.subjects_failed and subject_failures with the file, line and what to do."""
+    feed, roster, given = no_trial_feed
+    rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
+    rows[1]["consent_date"] = "12/01/2024"
+    bad = tmp_path / "roster.csv"
+    with bad.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
+                                    "--site", given["site"]])
+    assert res.exit_code == 2, res.output
+    report = json.loads((out / "run-report.json").read_text())
+    skipped = rows[1]["subject_id"]
+    assert report["summary"]["subjects"] == 2 and report["summary"]["subjects_failed"] == [skipped]
+    [failure] = report["subject_failures"]
+    assert failure["subject_id"] == skipped and failure["stage"] == "roster-csv"
+    assert f"{bad}:3: subject {skipped}: consent_date '12/01/2024' is not a date" in failure["error"]
+    assert "correct the subject's row of the roster CSV" in failure["what_to_do"]

@@ -281,6 +281,11 @@ def _run(
              for rs in roster_input.subjects
              if any(i.get("system") == SID_RESULT for i in rs.get("identifier") or [])}
     summary.excluded = dict(roster.excluded)
+    for sid, why in roster_input.roster_rows_skipped.items():  # enrolled by the site, not processed
+        summary.subjects_failed.append(sid)
+        summary.failures.append({"subject_id": sid, "stage": "roster-csv", "error": why,
+                                 "what_to_do": "correct the subject's row of the roster CSV (the error names the "
+                                               "line); the next run enrols the subject"})
     if on_start:
         on_start(len(roster.enrolled))  # the number of on_subject calls to come (progress displays)
     labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}

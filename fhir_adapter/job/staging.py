@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 PREFIX = ".staging-"
 COMPLETE = "COMPLETE"
 
-#: what a run produces in OUT, each replaced as a whole (state/: written.json only; last-run.json is the CLI's)
+#: what a run produces in OUT, each replaced as a whole (state/: written.json only; last-run.json is recorded
+#: after the run by the command and the Python API)
 OUTPUTS = ("crf", "results", "writeback", "writeback-diff", "quarantine", "export", "review/candidates",
            "run-report.json", "state/written.json")
 

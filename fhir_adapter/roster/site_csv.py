@@ -68,6 +68,27 @@ def csv_identifiers(path: Path) -> frozenset[str]:
         return frozenset()
 
 
+def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
+                 study: Study) -> tuple[str | None, str | None]:
+    """(why the roster row is skipped, else None; the id of its Patient)."""
+    empty = [c for c in REQUIRED if not (row.get(c) or "").strip()]
+    if empty:  # a short row (fewer cells than the header) or a blank cell
+        return f"no {', '.join(empty)}; the row is skipped until it has them", None
+    consent = (row.get("consent_date") or "").strip()
+    try:
+        consent_ok = not parse_fhir_date(consent, study.info.timezone).partial
+    except DateError:
+        consent_ok = False
+    if not consent_ok:
+        return f"consent_date {consent!r} is not a date; write YYYY-MM-DD (the row is skipped until it is)", None
+    pid = _find_patient(data.patients, (row.get("patient_identifier") or "").strip())
+    if pid is None:
+        return "no Patient with identifier " + row.get("patient_identifier", ""), None
+    if study_id is None:
+        return "ResearchStudy not found", None
+    return None, pid
+
+
 def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> RosterInput:
     """Add a ResearchSubject for every roster row the EHR does not hold; returns ``data`` extended."""
     try:
@@ -101,25 +122,11 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         if sid in held:
             log.count("roster_csv.held_by_ehr")
             continue
-        empty = [c for c in REQUIRED if not (row.get(c) or "").strip()]
-        if empty:  # a short row (fewer cells than the header) or a blank cell
-            log.warn(f"{path}:{n}: subject {sid}: no {', '.join(empty)}; the row is skipped until it has them",
-                     rule="roster-csv", subject_id=sid)
-            continue
-        consent = (row.get("consent_date") or "").strip()
-        try:
-            consent_ok = not parse_fhir_date(consent, study.info.timezone).partial
-        except DateError:
-            consent_ok = False
-        if not consent_ok:
-            log.warn(f"{path}:{n}: subject {sid}: consent_date {consent!r} is not a date; write YYYY-MM-DD (the row "
-                     "is skipped until it is)", rule="roster-csv", subject_id=sid)
-            continue
-        pid = _find_patient(data.patients, (row.get("patient_identifier") or "").strip())
-        if pid is None or study_id is None:
-            log.warn(f"{path}:{n}: subject {sid}: "
-                     + ("no Patient with identifier " + row.get("patient_identifier", "") if pid is None
-                        else "ResearchStudy not found"), rule="roster-csv", subject_id=sid)
+        why, pid = _row_problem(row, data, study_id, study)
+        if why is not None or pid is None:
+            message = f"{path}:{n}: subject {sid}: {why}"
+            log.warn(message, rule="roster-csv", subject_id=sid)
+            data.roster_rows_skipped[sid] = message
             continue
         ident = [{"system": SID_RESULT, "value": owned_identifier(study, sid)}]
         if system:
@@ -130,7 +137,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
             "meta": {"profile": [SD_RESEARCH_SUBJECT]},
             "identifier": ident,
             "status": row["status"].strip(),
-            "period": {"start": consent},
+            "period": {"start": row["consent_date"].strip()},
             "study": {"reference": f"ResearchStudy/{study_id}"},
             "individual": {"reference": f"Patient/{pid}"},
             "assignedArm": row["arm"].strip(),

@@ -261,3 +261,21 @@ def test_a_live_retraction_is_the_one_the_writeback_file_shows(loaded: ServerHan
                        f"{held['id']}" for t in p["target"])]
     latest = max(recorded, key=lambda p: p["recorded"])  # the retraction's write, not the first run's
     assert f"Observation/{pga['id']}" in {e["what"]["reference"] for e in latest["entity"]}
+
+
+def test_a_python_api_run_is_the_base_of_the_next_since_last(loaded: ServerHandle, tmp_path: Path) -> None:
+    """`fhir_adapter.run` records the run as the command does (state/last-run.json): a notebook's run is the
+    base of the next `since="last"` — of the API or of `run --since last` — which then reads no unchanged
+    subject; a dry run records nothing."""
+    import fhir_adapter
+
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    fhir_adapter.run(loaded.base_url, tmp_path / "dry", config=config, dry_run=True)
+    assert not (tmp_path / "dry" / "state" / "last-run.json").exists()
+    first = fhir_adapter.run(loaded.base_url, out, config=config)
+    assert first.exit_code in (0, 2) and (out / "state" / "last-run.json").is_file()
+    again = fhir_adapter.run(loaded.base_url, out, config=config, since="last")
+    assert again.run_report["counts"]["incremental.unchanged_subjects"] == SUBJECTS
+    assert again.run_report["server_requests"]["per_subject"] == {}
+    cli_run(loaded.base_url, out, "--since", "last", "--config", str(config))
+    assert report(out)["counts"]["incremental.unchanged_subjects"] == SUBJECTS
