@@ -35,6 +35,18 @@ def statement(drop_type: str | None = None, drop_param: tuple[str, str] | None =
     return {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [rest]}
 
 
+def test_check_asks_of_every_type_a_run_reads_what_the_run_searches_by() -> None:
+    """`check` and `run` agree: every type a subject's searches read is checked (its search parameter, and
+    `_lastUpdated` and history for --since), so check warns of the same types the run's incremental warning
+    names."""
+    from fhir_adapter.source.server.searches import SUBJECT_SEARCHES
+
+    for rtype, (param, _) in SUBJECT_SEARCHES.items():
+        assert rtype in READS and param in READS[rtype][0], rtype
+    gaps = capability_gaps(statement(drop_type="Condition"))
+    assert [(g.level, g.what) for g in gaps] == [("warning", "Condition: no search")]
+
+
 def test_a_complete_server_has_no_gaps() -> None:
     assert capability_gaps(statement(), post=True) == []
 

@@ -9,7 +9,8 @@ What the adapter needs of a server (FHIR R4 ``CapabilityStatement.rest[mode=serv
 * reading (every run): search on ResearchStudy (``identifier``), ResearchSubject (``study``), Patient
   (``_id``), Observation (``patient`` + the ``observation_code_param`` setting; ``auto`` needs no code
   parameter: a server that refuses ``combo-code`` is read unfiltered), Procedure (``patient``,
-  ``code``), the four medication types and AdverseEvent (``patient``/``subject``);
+  ``code``), the four medication types, AdverseEvent, Condition, AllergyIntolerance and Immunization
+  (``patient``/``subject``);
 * incremental runs (``--since``): ``_lastUpdated`` on those types; ``history-type`` for deletions;
 * writing back (``--post``): the system ``transaction`` interaction, ``create`` with ``conditionalCreate``
   (``If-None-Exist``) on Observation and Device, ``update`` on Observation (with ``If-Match``), ``create`` on
@@ -35,6 +36,9 @@ READS: dict[str, tuple[tuple[str, ...], str]] = {
     "MedicationAdministration": (("patient",), "no lymphodepletion or administrations"),
     "MedicationDispense": (("patient",), "no concomitant medications from dispenses"),
     "AdverseEvent": (("subject",), "no adverse events: TEAE and DLT not derivable"),
+    "Condition": (("patient",), "no medical history (MH) from conditions"),
+    "AllergyIntolerance": (("patient",), "no allergies in the medical history (MH)"),
+    "Immunization": (("patient",), "no vaccinations among the concomitant medications (CM)"),
 }
 CRITICAL = {"ResearchStudy", "ResearchSubject", "Observation", "Procedure"}
 #: the per-subject data an incremental run probes for changes and deletions
