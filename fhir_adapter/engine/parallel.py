@@ -214,7 +214,7 @@ def file_outcomes(source: FileSource, enrolled: dict[str, Enrollee], work: Subje
         chunk_of.extend([c] * size)
     starts.append(len(order))
     ctx = context()
-    with tempfile.TemporaryDirectory(prefix="fhir-adapter-parts-") as folder:
+    with tempfile.TemporaryDirectory(prefix="fhir-adapter-parts-", dir=source.scratch) as folder:
         pool, started = _pool(workers, work, ctx)
         try:
             given = PartInput(order, chunk_of, source.roster().base, source.known_patients(), Path(folder))

@@ -293,6 +293,7 @@ def _run(
     # an incremental read may skip only subjects whose last CRF is at hand
     source.reusable = {pid for pid, e in roster.enrolled.items()
                        if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    source.scratch = work_dir  # what the source spools of the chart is removed with the staging folder
     exports = ExportWriter(work_dir / "export", study)
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)
     if sink is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 Resource = dict[str, Any]
@@ -59,6 +60,10 @@ class Source(Protocol):
     #: incremental runs: the enrolled patients whose CRF of the last run is at hand (set by the run before
     #: :meth:`subject_resources`); only these may be found unchanged, any other is read in full. None: all
     reusable: set[str] | None
+    #: a folder for what the source writes to disk while it reads (subjects' lines spooled, a local folder's
+    #: parts): set by the run to its staging folder, so that what a killed run leaves of the chart is removed
+    #: with that folder by the next run (job/staging.py); None: the system's temporary folder
+    scratch: Path | None
 
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
         """ResearchStudy and ResearchSubject resources, the Patients they name, and the Patients holding one of

@@ -105,6 +105,8 @@ class BulkSource:
         self.folder = Path(folder)
         self.log = log
         self.since = since
+        #: where the downloaded files' subjects wait on disk when they do not fit in memory (FileSource.scratch)
+        self.scratch: Path | None = None
         self.description = f"bulk:{server.client.base_url}"
         #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
         self.reusable: set[str] | None = None
@@ -154,6 +156,7 @@ class BulkSource:
         self.server.run(self._export())
         if self.since is None:
             files = FileSource(self.folder, self.log)
+            files.scratch = self.scratch
             yield from files.subject_resources(patient_ids)
         else:
             if self.job is not None and (self.job.manifest or {}).get("error"):

@@ -100,8 +100,9 @@ class _SubjectLines:
     subject in ``order``: in memory up to ``limit`` bytes, beyond that in spool files on disk, one per
     :data:`SPOOL_SUBJECTS` consecutive subjects of ``order`` (so one file at a time is read back)."""
 
-    def __init__(self, order: list[str], limit: int) -> None:
+    def __init__(self, order: list[str], limit: int, scratch: Path | None = None) -> None:
         self.order = order
+        self.scratch = scratch  # where the spool files go (None: the system's temporary folder)
         self.index = {pid: i for i, pid in enumerate(order)}
         self.limit = limit
         self.size = 0
@@ -116,7 +117,7 @@ class _SubjectLines:
         self.memory[pid].append(record)
         self.size += len(record) if isinstance(record, bytes) else _DICT_SIZE
         if self.size > self.limit:
-            self.spool = tempfile.TemporaryDirectory(prefix="fhir-adapter-subjects-")
+            self.spool = tempfile.TemporaryDirectory(prefix="fhir-adapter-subjects-", dir=self.scratch)
             for p, records in self.memory.items():
                 for r in records:
                     self._write(p, r)
@@ -175,6 +176,7 @@ class FileSource:
         self.description = f"files:{self.folder.location}"
         self.since: dt.datetime | None = None
         self.reusable: set[str] | None = None  # a folder is read whole: nothing is reused
+        self.scratch: Path | None = None  # where subjects' lines wait on disk: spool files, the workers' parts
         self.failed: dict[str, Exception] = {}  # a file's problems are quarantined or stop the run, never a read
         self._layout: Layout | None = None
         self._roster: RosterInput | None = None
@@ -207,7 +209,7 @@ class FileSource:
         Beyond :attr:`spool_bytes` of enrolled subjects' lines, they wait in spool files on disk
         (:class:`_SubjectLines`), so memory stays flat in the cohort size."""
         base = self.roster().base
-        lines = _SubjectLines(sorted(patient_ids), self.spool_bytes)
+        lines = _SubjectLines(sorted(patient_ids), self.spool_bytes, self.scratch)
         refs: dict[str, set[tuple[str, str]]] = {pid: set() for pid in patient_ids}
         counts: Counter[str] = Counter()  # counted here, added to the run log once (a lock per line is slow)
         try:

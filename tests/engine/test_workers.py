@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sys
+import tempfile
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -294,3 +295,29 @@ def test_workers_and_their_forkserver_end_when_the_run_process_is_killed(tmp_pat
     finally:
         if run.poll() is None:
             run.kill()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_what_a_run_spools_of_the_chart_stays_in_its_staging_folder(feed: Path, tmp_path: Path, study: Any,
+                                                                    workers: int,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The subjects' lines a run writes to disk — spool files (one process), a local folder's parts (workers) —
+    are in OUT's staging folder while it runs, never in the system's temporary folder: a run killed there leaves
+    raw EHR lines only inside OUT, where the next run removes its unfinished staging folder (job/staging.py)."""
+    system_tmp = tmp_path / "tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    monkeypatch.setattr(FileSource, "spool_bytes", 0)  # every subject's lines go to a spool file
+    out = tmp_path / "out"
+    during: list[tuple[list[str], list[str]]] = []
+
+    def look(_subject: str) -> None:
+        staged = [p.name.rsplit("-", 1)[0] for p in out.glob(".staging-*/fhir-adapter-*")]
+        # (multiprocessing keeps its forkserver's socket in a pymp-* folder there: no chart content)
+        during.append((staged, [p.name for p in system_tmp.glob("fhir-adapter-*")]))
+
+    summary = run(FileSource(feed, RunLog()), study, out, RunLog(), on_subject=look, workers=workers)
+    assert summary.subjects > 0 and during
+    spooled = "fhir-adapter-subjects" if workers == 1 else "fhir-adapter-parts"
+    assert all(staged == [spooled] and not elsewhere for staged, elsewhere in during), during[:2]
+    assert not list(out.glob(".staging-*")) and not list(system_tmp.glob("fhir-adapter-*"))

@@ -69,6 +69,7 @@ class ServerSource:
         self.failed: dict[str, FhirError] = {}
         #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
         self.reusable: set[str] | None = None
+        self.scratch: Path | None = None  # nothing of a subject is written to disk while it is read
         #: how ``auto`` was settled (None: not ``auto``, or nothing read yet)
         self.timing: SearchTiming | None = None
         self._probe_failed: str | None = None
