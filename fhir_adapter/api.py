@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 DEFAULT_STUDY = Path("mappings/lcar-aio")
-DOMAINS = ("DM", "EX", "LB", "VS", "PC", "QS", "IS", "CM", "AE")
+DOMAINS = ("DM", "EX", "LB", "VS", "PC", "QS", "IS", "CM", "AE", "MH", "PR")
 _FINDINGS = {"LB", "VS", "PC", "QS", "IS"}
 
 

@@ -51,6 +51,8 @@ def test_crf_domains_as_dataframes(result: RunResult) -> None:
     n_lb = sum(1 for c in result.crfs for f in c["findings"] if f["domain"] == "LB")
     assert len(lb) == n_lb
     assert set(domains["EX"]["kind"]) >= {"infusion"}
+    for name in ("MH", "PR"):  # medical history and procedures, as the README's example names them
+        assert len(domains[name]) == sum(len(c[name.lower()]) for c in result.crfs) > 0, name
     with pytest.raises(ValueError, match="unknown CRF domain"):
         result.domain("XX")
 
