@@ -88,6 +88,13 @@ def test_usage_errors_exit_64_not_2(args: list[str]) -> None:
     assert "Usage:" in res.stderr
 
 
+def test_an_option_of_the_command_given_after_run_says_where_it_goes() -> None:
+    res = CliRunner().invoke(main, ["run", "-q", "--source", "x", "--out", "y"])
+    assert res.exit_code == 64
+    assert "-q is an option of fhir-adapter itself: put it before the command, e.g. fhir-adapter -q run" in res.stderr
+    assert "itself" not in CliRunner().invoke(main, ["run", "--bogus"]).stderr
+
+
 def test_usage_error_exit_code_in_a_real_process(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "fhir_adapter.cli.commands", "run", "--bogus"], capture_output=True,
                           text=True, cwd=tmp_path, check=False)

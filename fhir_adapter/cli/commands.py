@@ -159,7 +159,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       results/study.json           endpoints per subject and visit
       writeback/<subject_id>.json  FHIR R4 transaction Bundle of the results
       run-report.json              counts, warnings, quarantined input (also in quarantine/), coverage
-      export/                      <DOMAIN>.csv (CDISC-style), odm.xml (CDISC ODM 1.3.2), coverage*.csv
+      export/                      <DOMAIN>.csv (CDISC-style), <DOMAIN>.json (Dataset-JSON), odm.xml
+                                 (CDISC ODM 1.3.2), coverage*.csv
+    quarantine/                  what the run could not use, per resource type, with the reason
       state/written.json           what the server confirmed was written back, to retract results whose
                                    inputs are gone (keep it)
       review/candidates/<subject>.json  every candidate value per visit and item (`fhir-adapter review`)
@@ -399,7 +401,9 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
               help="Study mapping folder.")
 @click.option("--site", type=click.Path(path_type=Path), default=None,
               help="Site overlay: a file, or a site name (example-site = mappings/sites/example-site.yaml).")
-@click.option("--source", default=None, help="A FHIR R4 server base URL whose CapabilityStatement to check.")
+@click.option("--source", default=None,
+              help="A FHIR R4 server base URL whose CapabilityStatement to check (or a folder of NDJSON/Bundle "
+                   "files: only checked to hold such files).")
 @click.option("--config", type=click.Path(path_type=Path, exists=True), default=None,
               help="Server settings YAML, as for `run` (observation_code_param, timeouts...).")
 @click.option("--post", is_flag=True, help="Also check what writing results back (--post) needs.")

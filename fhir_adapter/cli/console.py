@@ -266,6 +266,16 @@ class AdapterGroup(click.Group):
             return super().invoke(ctx)
         except click.exceptions.UsageError as exc:
             exc.exit_code = exit_codes.USAGE  # type: ignore[misc]  # click reads it per instance
+            own = {o for p in self.params for o in (*p.opts, *p.secondary_opts)}
+            if isinstance(exc, click.exceptions.NoSuchOption) and exc.option_name in own and exc.ctx is not None:
+                # `fhir-adapter run -q`: an option of fhir-adapter itself given after the command
+                where = click.exceptions.NoSuchOption(
+                    exc.option_name, ctx=exc.ctx,
+                    message=f"No such option '{exc.option_name}' ({exc.option_name} is an option of fhir-adapter "
+                            f"itself: put it before the command, e.g. fhir-adapter {exc.option_name} "
+                            f"{exc.ctx.info_name} …).")
+                where.exit_code = exit_codes.USAGE  # type: ignore[misc]
+                raise where from None
             raise
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
