@@ -66,7 +66,7 @@ from fhir_adapter.source.base import (
     patient_id_of,
     ref_id,
 )
-from fhir_adapter.source.bulk_deletions import read_deleted, shown_problems
+from fhir_adapter.source.bulk_deletions import Ref, former_owners, read_deleted, shown_problems
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import discover, read_lines
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
@@ -123,6 +123,8 @@ class BulkSource:
         self.transaction_time: dt.datetime | None = None
         self._notes: dict[str, Any] = {}
         self._kickoffs = 0
+        #: the patients' resources the export since the last run holds (type, id)
+        self._exported: set[Ref] = set()
         self._labels: dict[str, str] = {}
         #: the downloaded export's manifest (local file names)
         self._local: dict[str, Any] = {}
@@ -167,6 +169,9 @@ class BulkSource:
             if self.reusable is not None:  # no CRF from the last run (e.g. enrolled since): read in full
                 unchanged &= self.reusable
             unchanged -= self._deletions(patient_ids, unchanged)
+            moved, _ = former_owners(self._exported, unchanged, self._labels, self.last_crf)
+            self.log.count("incremental.former_owner_subjects", len(moved))
+            unchanged -= moved
             self._unchanged = unchanged
             todo = patient_ids - unchanged
             self.log.count("incremental.changed_subjects", len(todo))
@@ -361,6 +366,8 @@ class BulkSource:
                         continue
                     if (pid := patient_id_of(res)) is not None:  # a Specimen names its subject
                         found.add(pid)
+                        if isinstance(res.get("id"), str):  # a CRF of another subject naming it was its owner's
+                            self._exported.add((str(res.get("resourceType")), res["id"]))
                     elif res.get("resourceType") in SHARED_TYPES:
                         shared.add(f"{res.get('resourceType')}/{res.get('id')}")
         why = []

@@ -165,6 +165,19 @@ def crfs_at_hand(patient_ids: Iterable[str], labels: Mapping[str, str],
     return {pid: path for pid in patient_ids if (path := last_crf(labels.get(pid, pid))).is_file()}
 
 
+def former_owners(changed: Iterable[Ref], unchanged: set[str], labels: Mapping[str, str],
+                  last_crf: Callable[[str], Path] | None) -> tuple[set[str], dict[str, list[Ref]]]:
+    """The patients of ``unchanged`` whose last CRF names a resource found changed since the last run under
+    another patient — a record the EHR moved between patients (filed under the wrong one, corrected) — or whose
+    CRF cannot be read: they are read again in full, never a CRF that may be stale reused (the REST probe and
+    the Bulk export since the last run, one rule). Also returns what each one's CRF named."""
+    refs = set(changed)
+    if not refs or not unchanged:
+        return set(), {}
+    found = attribute(refs, crfs_at_hand(unchanged, labels, last_crf), unchanged)
+    return set(found.subjects) | set(found.unreadable_crfs), found.subjects
+
+
 def unattributable(found: Attribution) -> list[str]:
     """Why some deletions cannot be attributed to a subject (empty: each one can)."""
     why = []

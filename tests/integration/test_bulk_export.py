@@ -20,7 +20,7 @@ from fhir_adapter.cli.commands import main
 from fhir_adapter.fhir.r4_types import R4_RESOURCE_TYPES
 from fhir_adapter.source.bulk_deletions import crf_sources
 from fhir_adapter.synth import plan_trial, write_feed
-from fhir_adapter.testing.feed_loader import load_feed, put_resources
+from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
 from fhir_adapter.testing.outtree import server_read_crfs
 from tests.serverkit import cli_run, report, study_results, write_config
@@ -398,3 +398,29 @@ def test_server_reads_shared_resources_by_id(setup: Setup, study: Any) -> None:
     assert [r for r in again if r["resourceType"] == "Specimen"] == \
         [r for r in first if r["resourceType"] == "Specimen"]
     assert setup.server.stats()["requests"]["by_resource_type"]["Specimen"] == 1  # read once, kept for the run
+
+
+def test_since_reads_again_the_former_owner_of_a_record_moved_to_another_patient(setup: Setup) -> None:
+    """An Observation the EHR moved to another enrolled patient (filed under the wrong one, corrected): an
+    export _since names only its new patient; the subject whose last CRF named it is read again too, so its CRF
+    no longer holds it and the outputs equal a fresh run's (before: that subject's stale CRF was reused)."""
+    setup.bulk()
+    out = setup.tmp / "since-moved"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    owner, other = plan_trial(SUBJECTS, 7).subjects[:2]
+    crf = json.loads((out / "crf" / f"{owner.subject_id}.json").read_text())
+    rid = next(f["source"]["id"] for f in crf["findings"] if f["item"] == "anti_dsdna")
+    [obs] = search_all(setup.server.base_url, "Observation", {"_id": rid})
+    put_resources(setup.server.base_url, [{**{k: v for k, v in obs.items() if k != "meta"},
+                                           "subject": {"reference": f"Patient/{other.patient_id}"}}])
+    try:
+        cli_run(setup.server.base_url, out, "--bulk", "--since", "last", "--config", str(setup.config))
+        rep = report(out)
+        assert rep["counts"]["incremental.former_owner_subjects"] == 1
+        assert rep["counts"]["incremental.changed_subjects"] == 2
+        assert ("Observation", rid) not in crf_sources(out / "crf" / f"{owner.subject_id}.json")
+        rest = _fresh_rest_run(setup, "rest-after-move")
+        assert server_read_crfs(out) == server_read_crfs(rest)
+        assert study_results(out) == study_results(rest)
+    finally:
+        put_resources(setup.server.base_url, [{k: v for k, v in obs.items() if k != "meta"}])

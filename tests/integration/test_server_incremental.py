@@ -3,6 +3,7 @@ through the server's type-level history (DELETE entries without the resource).""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from collections.abc import Iterator
@@ -279,3 +280,82 @@ def test_a_python_api_run_is_the_base_of_the_next_since_last(loaded: ServerHandl
     assert again.run_report["server_requests"]["per_subject"] == {}
     cli_run(loaded.base_url, out, "--since", "last", "--config", str(config))
     assert report(out)["counts"]["incremental.unchanged_subjects"] == SUBJECTS
+
+
+def _first_source(out: Path, subject: str, item: str) -> str:
+    crf = json.loads((out / "crf" / f"{subject}.json").read_text())
+    return str(next(f["source"]["id"] for f in crf["findings"] if f["item"] == item))
+
+
+def _edit(base: str, rtype: str, rid: str, change: Any) -> None:
+    [res] = search_all(base, rtype, {"_id": rid})
+    change(res)
+    put_resources(base, [{k: v for k, v in res.items() if k != "meta"}])
+
+
+def _move_observation(base: str, out: Path, subjects: list[Any]) -> None:
+    """An anti-dsDNA result corrected in the EHR: it was filed under the wrong patient."""
+    rid = _first_source(out, subjects[0].subject_id, "anti_dsdna")
+    _edit(base, "Observation", rid, lambda r: r.update(subject={"reference": f"Patient/{subjects[1].patient_id}"}))
+
+
+def _patient_details(base: str, out: Path, subjects: list[Any]) -> None:
+    """The birth date and sex corrected on the Patient (the CRF's age and sex; no other record changes)."""
+    def change(p: dict[str, Any]) -> None:
+        p.update(birthDate=f"{int(p['birthDate'][:4]) - 7}{p['birthDate'][4:]}",
+                 gender="male" if p.get("gender") == "female" else "female")
+    _edit(base, "Patient", subjects[0].patient_id, change)
+
+
+def _specimen(base: str, out: Path, subjects: list[Any]) -> None:
+    """A Specimen's accession number corrected (its Observations' own lastUpdated stay as they were)."""
+    [spec, *_] = search_all(base, "Specimen", {"patient": f"Patient/{subjects[0].patient_id}"})
+    _edit(base, "Specimen", spec["id"], lambda s: s.update(accessionIdentifier={"value": "ACC-CORRECTED-1"}))
+
+
+def _medication(base: str, out: Path, subjects: list[Any]) -> None:
+    """A shared Medication renamed in the formulary (the records naming it are unchanged)."""
+    used = [m for m in search_all(base, "Medication", {})
+            if search_all(base, "MedicationStatement", {"medication": f"Medication/{m['id']}"})]
+    _edit(base, "Medication", used[0]["id"],
+          lambda m: m.update(code={**m.get("code", {}), "text": "renamed in the formulary",
+                                   "coding": [{**c, "display": "renamed in the formulary"}
+                                              for c in m.get("code", {}).get("coding", [])]}))
+
+
+@pytest.mark.parametrize("change", [_move_observation, _patient_details, _specimen, _medication],
+                         ids=["moved-observation", "patient", "specimen", "medication"])
+def test_since_last_after_a_change_no_record_of_the_subject_shows_gives_a_fresh_runs_outputs(
+        loaded: ServerHandle, tmp_path: Path, change: Any) -> None:
+    """Changes an incremental run found no trace of in the subjects' own records (an independent audit): an
+    Observation moved to another patient (its former owner's CRF named it), a Patient's details, a Specimen, a
+    shared Medication. `--since last` reads the subjects concerned again: its CRFs and results are a fresh run's."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--config", str(config))
+    first = server_read_crfs(out)
+    change(loaded.base_url, out, plan_trial(SUBJECTS, 7).subjects)
+    cli_run(loaded.base_url, out, "--since", "last", "--config", str(config))
+    fresh = tmp_path / "fresh"
+    cli_run(loaded.base_url, fresh, "--config", str(config))
+    assert server_read_crfs(fresh) != first  # the change is one the outputs show
+    assert server_read_crfs(out) == server_read_crfs(fresh)
+    assert study_results(out) == study_results(fresh)
+    assert 0 < report(out)["counts"]["incremental.changed_subjects"] < SUBJECTS
+
+
+def test_since_within_a_second_of_a_change_finds_it(loaded: ServerHandle, tmp_path: Path) -> None:
+    """`--since` a moment before a change made in the same second: the change is found (a probe cut to the
+    second with `gt` missed the rest of that second)."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--config", str(config))
+    subject = plan_trial(SUBJECTS, 7).subjects[0]
+    rid = _first_source(out, subject.subject_id, "c3")
+    [res] = search_all(loaded.base_url, "Observation", {"_id": rid})
+    put_resources(loaded.base_url, [{k: v for k, v in {**res, "status": "entered-in-error"}.items() if k != "meta"}])
+    [after] = search_all(loaded.base_url, "Observation", {"_id": rid})
+    changed_at = dt.datetime.fromisoformat(after["meta"]["lastUpdated"].replace("Z", "+00:00"))
+    since = (changed_at - dt.timedelta(milliseconds=1)).isoformat()
+    cli_run(loaded.base_url, out, "--since", since, "--config", str(config))
+    assert report(out)["counts"]["incremental.changed_subjects"] == 1
+    assert rid not in {f["source"]["id"] for f in json.loads((out / "crf" / f"{subject.subject_id}.json")
+                                                             .read_text())["findings"]}

@@ -29,10 +29,20 @@ def bundle(resources: list[dict[str, Any]], kind: str = "searchset") -> dict[str
     return {"resourceType": "Bundle", "type": kind, "entry": [{"resource": r} for r in resources]}
 
 
-def capability(history: bool) -> dict[str, Any]:
+#: the shared types whose changes the probe also looks for: a subject's Specimens, the Medications named
+SHARED_PROBES = {"Specimen": ("patient", "_lastUpdated"), "Medication": ("_lastUpdated",)}
+
+
+def capability(history: bool, shared: bool = True) -> dict[str, Any]:
     interactions = [{"code": "search-type"}] + ([{"code": "history-type"}] if history else [])
     return {"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": [
-        {"type": t, "interaction": interactions} for t in SUBJECT_SEARCHES]}]}
+        *({"type": t, "interaction": interactions} for t in SUBJECT_SEARCHES),
+        *({"type": t, "interaction": [{"code": "search-type"}], "searchParam": [{"name": n} for n in names]}
+          for t, names in SHARED_PROBES.items() if shared)]}]}
+
+
+def patient_param(rtype: str) -> str:
+    return SUBJECT_SEARCHES[rtype][0] if rtype in SUBJECT_SEARCHES else "patient"
 
 
 def params_of(request: httpx.Request) -> httpx.QueryParams:
@@ -82,10 +92,15 @@ def test_probe_is_one_search_per_type_and_ignores_the_adapter_results(study: Stu
     changed, seen, log = run_probe(study, history=False)
     assert changed == {"p2"}
     searches = [r for r in seen if not r.url.path.endswith("/metadata")]
-    assert len(searches) == len(SUBJECT_SEARCHES)  # three patients, one search per resource type
+    # three patients, one search per resource type, and the shared types' (no Medication changed: no more)
+    assert sorted(search_type(r) for r in searches) == sorted([*SUBJECT_SEARCHES, *SHARED_PROBES])
     obs = params_of(next(r for r in searches if search_type(r) == "Observation"))
     assert obs["patient"] == "Patient/p1,Patient/p2,Patient/p3"
-    assert obs["_lastUpdated"] == "gt2026-11-01T00:00:00Z"
+    # to the millisecond, with ge: `gt` of a time cut to the second misses the rest of that second
+    assert obs["_lastUpdated"] == "ge2026-11-01T00:00:00.000Z"
+    specimens = params_of(next(r for r in searches if search_type(r) == "Specimen"))
+    assert (specimens["patient"], specimens["_lastUpdated"]) == ("Patient/p1,Patient/p2,Patient/p3",
+                                                                 "ge2026-11-01T00:00:00.000Z")
     assert "combo-code" in obs and "_include" not in obs
     assert not any("_history" in r.url.path for r in seen)
     assert any("no type-level history" in w["message"] for w in log.warnings)
@@ -95,7 +110,7 @@ def test_deletions_from_type_level_history_when_offered(study: Study) -> None:
     changed, seen, _ = run_probe(study, history=True)
     assert changed == {"p2", "p3"}
     hist = [r for r in seen if r.url.path.endswith("/Observation/_history")]
-    assert len(hist) == 1 and hist[0].url.params["_since"] == "2026-11-01T00:00:00Z"
+    assert len(hist) == 1 and hist[0].url.params["_since"] == "2026-11-01T00:00:00.000Z"
 
 
 def probe_with(study: Study, handler: Any) -> tuple[ChangeProbe, set[str] | BaseException, FhirClient]:
@@ -122,7 +137,7 @@ def test_a_probe_failing_for_one_patient_is_asked_again_per_patient_and_fails_th
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/metadata"):
             return httpx.Response(200, json=capability(False))
-        if "p2" in params_of(request).get(SUBJECT_SEARCHES[search_type(request)][0], ""):
+        if "p2" in params_of(request).get(patient_param(search_type(request)), ""):
             return httpx.Response(503, json={"resourceType": "OperationOutcome", "issue": []})
         if search_type(request) == "Procedure":
             return httpx.Response(200, json=bundle([
@@ -134,7 +149,8 @@ def test_a_probe_failing_for_one_patient_is_asked_again_per_patient_and_fails_th
     assert set(probe.failed) == {"p2"} and isinstance(probe.failed["p2"], FhirHttpError)
     assert probe.failed["p2"].status == 503 and probe.failed["p2"].attempts == 2
     assert not client.breaker.is_open
-    assert client.stats.label("S-2").failures == len(SUBJECT_SEARCHES)  # p2's own probes, under its subject
+    # p2's own probes, under its subject: one per type and its Specimens'
+    assert client.stats.label("S-2").failures == len(SUBJECT_SEARCHES) + 1
     assert client.stats.label("S-1").failures == 0 and client.stats.label("S-1").requests > 0
 
 

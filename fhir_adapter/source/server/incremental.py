@@ -1,10 +1,14 @@
 """Which patients changed since the last run (``--since``).
 
 Per resource type, one search for up to :data:`PROBE_PATIENTS` patients at a time
-(``patient=Patient/a,Patient/b,..&_lastUpdated=gt<since>&_elements=identifier,subject``) finds the patients with
-an updated resource; only those are read again in full (a full read also drops deleted resources). A result the
-adapter wrote in the last run does not count as a change. Requests are counted under ``incremental``,
-``metadata`` and ``history``.
+(``patient=Patient/a,Patient/b,..&_lastUpdated=ge<since>&_elements=identifier,subject``, ``since`` to the
+millisecond: :func:`since_stamp`) finds the patients with an updated resource; only those are read again in full
+(a full read also drops deleted resources). A result the adapter wrote in the last run does not count as a
+change. Changes that leave a subject's own records as they were count too: its Patient or ResearchSubject
+updated (:func:`updated_in_roster`, from the roster the run read), a Specimen of its, a Medication its records
+name; and a subject whose last CRF names a record found changed under another patient (moved between patients)
+is read again (:func:`~fhir_adapter.source.bulk_deletions.former_owners`). Requests are counted under
+``incremental``, ``metadata`` and ``history``.
 
 A deleted resource is in no search: deletions are read from type-level ``[type]/_history?_since=`` where the
 server's CapabilityStatement offers ``history-type`` (elsewhere a warning ``incremental`` says a deletion alone
@@ -47,8 +51,8 @@ from typing import Any
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.source.base import Resource, patient_id_of
-from fhir_adapter.source.bulk_deletions import Ref, deleted_ref, shown_problems
+from fhir_adapter.source.base import Resource, RosterInput, patient_id_of, ref_id
+from fhir_adapter.source.bulk_deletions import Ref, deleted_ref, former_owners, shown_problems, shown_refs
 from fhir_adapter.source.server.deletion_subjects import DeletionContext, deletion_subjects
 from fhir_adapter.source.server.groups import raise_if_fatal
 from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, adapter_owned
@@ -56,6 +60,59 @@ from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, ad
 log = logging.getLogger(__name__)
 
 PROBE_PATIENTS = 20  # patients per incremental probe search
+
+
+#: the medication records whose ``medication`` reference names a Medication resource
+MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest", "MedicationAdministration", "MedicationDispense")
+
+
+def _searchable(cap: dict[str, Any], rtype: str, params: tuple[str, ...]) -> bool:
+    """Does the CapabilityStatement declare a search of ``rtype`` by each of ``params``?"""
+    for rest in cap.get("rest") or []:
+        for res in rest.get("resource") or []:
+            if res.get("type") == rtype and any(i.get("code") == "search-type" for i in res.get("interaction") or []):
+                declared = {p.get("name") for p in res.get("searchParam") or []}
+                return all(p in declared for p in params)
+    return False
+
+
+def since_floor(since: dt.datetime) -> dt.datetime:
+    """``since`` in UTC, cut down to the millisecond: the instant the probes search from."""
+    utc = since.astimezone(dt.UTC)
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)
+
+
+def since_stamp(since: dt.datetime) -> str:
+    """``since`` as the probes send it (``_lastUpdated=ge…``, history ``_since=…``): to the millisecond, with
+    ``ge`` — a server compares at the precision given, so a time cut to the second with ``gt`` would miss the
+    rest of that second (a change made after the last run started, in the second it started); a change of that
+    very millisecond is read again, never missed."""
+    return since_floor(since).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def updated_in_roster(roster: RosterInput, pids: set[str], since: dt.datetime, base: str) -> set[str]:
+    """Patients of ``pids`` whose Patient or ResearchSubject (as the roster read them) was updated at or after
+    ``since`` (to the millisecond), or carries no ``meta.lastUpdated`` to tell: their CRF's demographics, arm and
+    participation dates come from those and are read again."""
+    floor = since_floor(since)
+    out: set[str] = set()
+
+    def updated(res: Resource) -> bool:
+        stamp = (res.get("meta") or {}).get("lastUpdated") if isinstance(res.get("meta"), dict) else None
+        try:
+            when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+        except ValueError:
+            return True  # no readable lastUpdated: not known to be unchanged
+        return when.tzinfo is None or when >= floor
+
+    for pid in pids:
+        if (patient := roster.patients.get(pid)) is not None and updated(patient):
+            out.add(pid)
+    for rs in roster.subjects:
+        individual = ref_id((rs.get("individual") or {}).get("reference"), "Patient", base)
+        if individual in pids and updated(rs):
+            out.add(individual)
+    return out
 
 
 def first_error(outcomes: list[Any]) -> BaseException | None:
@@ -91,11 +148,15 @@ class ChangeProbe:
         #: patients whose own probe failed after its retries (patient id -> why): not read, reported
         self.failed: dict[str, FhirError] = {}
 
-    async def changed(self, pids: set[str]) -> set[str]:
-        """Patients of ``pids`` with a resource updated (or deleted) after ``since``; those whose probe failed
-        are in :attr:`failed` instead."""
-        stamp = self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        changed: set[str] = set()
+    async def changed(self, pids: set[str], roster: RosterInput | None = None) -> set[str]:
+        """Patients of ``pids`` with a resource updated (or deleted) at or after ``since`` — also their Patient
+        or ResearchSubject (``roster``, read by this run), a Specimen of theirs, a Medication their records name,
+        and a resource their last CRF names that now belongs to another patient; those whose probe failed are
+        in :attr:`failed` instead."""
+        stamp = since_stamp(self.since)
+        changed: set[str] = set(updated_in_roster(roster, pids, self.since, self.base)) if roster else set()
+        #: the resources found changed (their type and id): a CRF of another subject naming one was its owner's
+        found: set[Ref] = set()
         ordered = sorted(pids)
         groups = [ordered[i:i + PROBE_PATIENTS] for i in range(0, len(ordered), PROBE_PATIENTS)]
 
@@ -104,6 +165,8 @@ class ChangeProbe:
                 pid = patient_id_of(res, self.base)
                 if pid in pids and not adapter_owned(res):
                     changed.add(pid)
+                    if isinstance(res.get("id"), str):
+                        found.add((str(res.get("resourceType")), res["id"]))
 
         async def probe_group(rtype: str, params: dict[str, str], group: list[str]) -> None:
             if len(group) == 1:
@@ -117,16 +180,26 @@ class ChangeProbe:
                          len(group), exc)
                 await self._per_patient(rtype, params, group, probe)
 
+        cap = await self._capabilities()
+        # a Specimen of theirs (fasting, site, condition): a change leaves their records' lastUpdated as it was
+        specimens = _searchable(cap, "Specimen", ("patient", "_lastUpdated"))
+        if not specimens:
+            self.log.warn("the server declares no Specimen search by patient and _lastUpdated: a Specimen change "
+                          "alone is picked up by the next full run", rule="incremental")
         probes: list[Coroutine[Any, Any, None]] = []
         for group in groups:
-            for rtype, params in self.plan.searches(group):
+            refs = ",".join(f"Patient/{p}" for p in group)
+            for rtype, params in [*self.plan.searches(group), *([("Specimen", {"patient": refs})] if specimens
+                                                                  else [])]:
                 query = {k: v for k, v in params.items() if k != "_include"}
-                query.update({"_lastUpdated": f"gt{stamp}", "_elements": "identifier,subject"})
+                query.update({"_lastUpdated": f"ge{stamp}", "_elements": "identifier,subject"})
                 probes.append(probe_group(rtype, query, group))
         error = first_error(await asyncio.gather(*probes, return_exceptions=True))  # every probe ends first
         if error is not None:
             raise error
-        history = await self._history_types()
+        changed |= await self._medication_users(cap, pids, stamp)
+        changed |= self._former_owners(found, pids - changed)
+        history = self._history_types(cap)
         for rtype in SUBJECT_SEARCHES:
             if rtype not in history:
                 continue
@@ -141,6 +214,43 @@ class ChangeProbe:
         if history:
             self.log.count("incremental.deleted", len(self.deleted))
         return changed | await self._deletion_subjects(pids, changed, stamp)
+
+    async def _medication_users(self, cap: dict[str, Any], pids: set[str], stamp: str) -> set[str]:
+        """Patients of ``pids`` whose medication records name a Medication updated since ``stamp`` (its code or
+        strength: the drug, the steroid dose); a Medication names no patient, and its change leaves their
+        records' lastUpdated as it was. A search that keeps failing has every subject read again in full."""
+        if not _searchable(cap, "Medication", ("_lastUpdated",)):
+            self.log.warn("the server declares no Medication search by _lastUpdated: a Medication change alone is "
+                          "picked up by the next full run", rule="incremental")
+            return set()
+        users: set[str] = set()
+        try:
+            meds = [str(m["id"]) async for m in self.client.search(
+                "Medication", {"_lastUpdated": f"ge{stamp}", "_elements": "id"}, label="incremental")
+                if isinstance(m.get("id"), str)]
+            for i in range(0, len(meds), PROBE_PATIENTS):
+                refs = ",".join(f"Medication/{m}" for m in meds[i:i + PROBE_PATIENTS])
+                for rtype in MEDICATION_TYPES:
+                    async for res in self.client.search(rtype, {"medication": refs, "_elements": "subject"},
+                                                        label="incremental"):
+                        if (pid := patient_id_of(res, self.base)) in pids:
+                            users.add(pid)
+        except FhirError as exc:
+            raise_if_fatal(exc)
+            self.log.warn(f"finding the records that name a Medication changed since {stamp} failed ({exc}): every "
+                          "subject is read again in full", rule="incremental")
+            return set(pids)
+        return users
+
+    def _former_owners(self, found: set[Ref], unchanged: set[str]) -> set[str]:
+        """Patients of ``unchanged`` whose last CRF names a resource found changed under another patient: a
+        record moved between patients (corrected in the EHR) leaves its former owner's CRF stale otherwise."""
+        again, named = former_owners(found, unchanged, self.labels, self.last_crf)
+        for pid, refs in sorted(named.items()):
+            log.info("%s: read again in full: its last CRF holds %s, changed since %s under another patient",
+                     self.labels.get(pid, pid), shown_refs(refs), self.since)
+        self.log.count("incremental.former_owner_subjects", len(again))
+        return again
 
     async def _deletion_subjects(self, pids: set[str], changed: set[str], stamp: str) -> set[str]:
         """The patients of ``pids`` not otherwise ``changed`` to read again because of a deletion listed without
@@ -160,7 +270,7 @@ class ChangeProbe:
                            probe: Callable[[str, dict[str, str], str, bool], Awaitable[None]]) -> None:
         """The probe of a group that failed, once per patient of ``group``; a patient whose probe fails is
         :attr:`failed` (the server down or the credentials rejected for good: raised)."""
-        param = SUBJECT_SEARCHES[rtype][0]
+        param = SUBJECT_SEARCHES[rtype][0] if rtype in SUBJECT_SEARCHES else "patient"  # Specimen
 
         async def one(pid: str) -> None:
             try:
@@ -174,12 +284,15 @@ class ChangeProbe:
         if error is not None:
             raise error
 
-    async def _history_types(self) -> set[str]:
-        """Resource types whose type-level history the server offers (CapabilityStatement ``history-type``)."""
+    async def _capabilities(self) -> dict[str, Any]:
+        """The server's CapabilityStatement (empty when it cannot be read)."""
         try:
-            cap = await self.client.capabilities(label="metadata")
+            return await self.client.capabilities(label="metadata")
         except FhirHttpError:
-            cap = {}
+            return {}
+
+    def _history_types(self, cap: dict[str, Any]) -> set[str]:
+        """Resource types whose type-level history the server offers (CapabilityStatement ``history-type``)."""
         offered = {str(r.get("type")) for rest in cap.get("rest") or [] for r in rest.get("resource") or []
                    if any(i.get("code") == "history-type" for i in r.get("interaction") or [])}
         missing = sorted(set(SUBJECT_SEARCHES) - offered)

@@ -70,6 +70,8 @@ class ServerSource:
         #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
         self.reusable: set[str] | None = None
         self.scratch: Path | None = None  # nothing of a subject is written to disk while it is read
+        #: what the roster read (an incremental run reads a subject whose Patient or ResearchSubject changed)
+        self._roster: RosterInput | None = None
         #: how ``auto`` was settled (None: not ``auto``, or nothing read yet)
         self.timing: SearchTiming | None = None
         self._probe_failed: str | None = None
@@ -136,7 +138,9 @@ class ServerSource:
         return str(self.client.base_url).rstrip("/")
 
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
-        return self.run(read_roster(self.client, self.study, self.log, self.base, sorted(set(patient_identifiers))))
+        self._roster = self.run(read_roster(self.client, self.study, self.log, self.base,
+                                            sorted(set(patient_identifiers))))
+        return self._roster
 
     def label_subjects(self, labels: dict[str, str]) -> None:
         """Patient id -> subject ID, used as the request label (requests per subject in the report)."""
@@ -167,7 +171,7 @@ class ServerSource:
         if self.since is not None:
             probe = ChangeProbe(self.client, self.plan, self.log, self.base, self.since, self._labels,
                                 last_crf=self.last_crf)
-            changed = self.run(probe.changed(todo))
+            changed = self.run(probe.changed(todo, self._roster))
             for pid, error in probe.failed.items():  # this subject only; the others go on
                 log.warning("probing %s for changes failed: %s", self._labels.get(pid, pid), error)
                 self.failed[pid] = error
