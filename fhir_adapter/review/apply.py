@@ -182,6 +182,10 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
                     moved.append(f)
         elif d["action"] == "not_available" and visit in visits:
             set_aside = new_values[visit].pop(item, None)
+            if set_aside is None and entry is not None and entry.get("picked"):
+                # a CRF an earlier run wrote with this decision applied (an incremental run's unchanged subject):
+                # its value was set aside then — the rule's pick among its findings, the same result
+                set_aside = finding_for(crf, study, visit, item, entry["picked"])
             settled[visit].add(item)
             if item in study.items:
                 review.not_available.append(

@@ -131,6 +131,31 @@ def test_a_value_declared_not_available_is_a_not_done_row_in_every_export(tmp_pa
     assert "IT.LB.LBSTRESN" not in event
 
 
+def test_a_not_available_decision_applied_again_to_the_crf_it_left_gives_the_same_record(tmp_path: Path,
+                                                                                      study: Study) -> None:
+    """An incremental run derives an unchanged subject again from its CRF file, where the decision already took
+    the value out: applied again there, the NOT DONE record still names the result set aside with its category
+    and LOINC code (before: empty LBCAT/LBLOINC on the second incremental run)."""
+    from fhir_adapter.crf.models import SubjectCRF
+    from fhir_adapter.review.apply import apply_decisions
+
+    out, _ = run_feed(tmp_path, study)
+    _decide(out, "W12", "c3", "not_available", reason="sample from another patient (lab incident 12)")
+    out, _ = run_feed(tmp_path, study)
+    [row] = [r for r in _rows(out, "LB") if r["VISIT"] == "Week 12"]
+    written = SubjectCRF.model_validate_json((out / "crf" / f"{SUBJECT}.json").read_bytes())
+    assert "c3" not in next(v for v in written.visits if v.visit == "W12").values
+    decisions = DecisionStore.under(out).read().current()
+    # the CRF as the mapping made it (the value in its visit) and as the run wrote it give the same record
+    value = next(f for f in written.findings if f.source.reference == row["SRCREF"])
+    mapped = written.model_copy(update={"visits": [
+        v.model_copy(update={"values": {**v.values, "c3": value}}) if v.visit == "W12" else v
+        for v in written.visits]})
+    [fresh] = apply_decisions(mapped, study, decisions).not_available
+    [again] = apply_decisions(written, study, decisions).not_available
+    assert again == fresh and again.source.reference == row["SRCREF"] and again.loinc == row["LBLOINC"] != ""
+
+
 def test_a_result_chosen_from_an_unscheduled_visit_leaves_it(tmp_path: Path, study: Study) -> None:
     """Choosing an out-of-window result that the rule placed in an unscheduled visit moves it: the export has
     it once, in the chosen visit; the unscheduled visit keeps the rule's pick among its other results."""
