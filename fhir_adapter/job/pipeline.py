@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -421,6 +423,25 @@ def _run(
         if on_subject:
             on_subject(e.subject_id)
 
+    def cached(e0: Enrollee) -> None:
+        path = inside(out, out / "crf" / f"{subject_file_name(e0.subject_id)}.json")
+        crf = SubjectCRF.model_validate_json(path.read_bytes())
+        e = replace(e0, day1=crf.day1, infusion=infusion_record(crf.ex),
+                    day1_source="previous run (OUT/crf)" if crf.day1 else None)
+        finish(engine.cached(e, crf))
+
+    reused: deque[str] | None = None  # an incremental run's unchanged subjects, known once the source reads
+
+    def reuse_before(pid: str | None) -> None:
+        """Derive the unchanged subjects (from their last CRF) that come before ``pid`` (None: all that are
+        left), so that every subject's rows are in the exports in the order of a full run (by patient id)."""
+        nonlocal reused
+        if reused is None:
+            reused = deque(sorted(source.unchanged_subjects()))
+        while reused and (pid is None or reused[0] < pid):
+            e0 = roster.enrolled[reused.popleft()]
+            guarded(e0, partial(cached, e0))
+
     try:
         try:
             if engine_outcomes is not None:  # another engine (Spark) reads the subjects' resources, runs the engine
@@ -436,6 +457,7 @@ def _run(
                 def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:
                     finish(o, resources)
 
+                reuse_before(e0.patient_id)
                 guarded(e0, fresh)
         except FhirError as exc:  # raised by the source between subjects (e.g. the incremental probes)
             stop = _stop_for(exc) or (_Stop(exc) if is_unavailability(exc) else None)
@@ -450,17 +472,7 @@ def _run(
             summary.failures.append(_failure(e0.subject_id, "read", read_error))
             if on_subject:
                 on_subject(e0.subject_id)
-        for pid in sorted(source.unchanged_subjects()):
-            e0 = roster.enrolled[pid]
-
-            def cached(e0: Enrollee = e0) -> None:
-                path = inside(out, out / "crf" / f"{subject_file_name(e0.subject_id)}.json")
-                crf = SubjectCRF.model_validate_json(path.read_bytes())
-                e = replace(e0, day1=crf.day1, infusion=infusion_record(crf.ex),
-                            day1_source="previous run (OUT/crf)" if crf.day1 else None)
-                finish(engine.cached(e, crf))
-
-            guarded(e0, cached)
+        reuse_before(None)
     except _Stop as stop:
         left = sorted(e.subject_id for e in roster.enrolled.values() if e.subject_id not in done)
         summary.stopped = _stopped(stop.error, done, left)
