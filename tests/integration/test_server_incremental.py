@@ -323,8 +323,19 @@ def _medication(base: str, out: Path, subjects: list[Any]) -> None:
                                               for c in m.get("code", {}).get("coding", [])]}))
 
 
-@pytest.mark.parametrize("change", [_move_observation, _patient_details, _specimen, _medication],
-                         ids=["moved-observation", "patient", "specimen", "medication"])
+def _site_investigator(base: str, out: Path, subjects: list[Any]) -> None:
+    """A site's principal investigator replaced on its site-level ResearchStudy (DM INVID/INVNAM of its
+    subjects; their own records are unchanged)."""
+    [site] = [s for s in search_all(base, "ResearchStudy", {}) if s.get("partOf") and s.get("contained")][:1]
+
+    def change(st: dict[str, Any]) -> None:
+        st["contained"][0].update(identifier=[{"system": "https://hospital.example.org/sid/investigator",
+                                               "value": "INV-NEW"}], name=[{"family": "Newcombe", "given": ["Ada"]}])
+    _edit(base, "ResearchStudy", site["id"], change)
+
+
+@pytest.mark.parametrize("change", [_move_observation, _patient_details, _specimen, _medication, _site_investigator],
+                         ids=["moved-observation", "patient", "specimen", "medication", "site-investigator"])
 def test_since_last_after_a_change_no_record_of_the_subject_shows_gives_a_fresh_runs_outputs(
         loaded: ServerHandle, tmp_path: Path, change: Any) -> None:
     """Changes an incremental run found no trace of in the subjects' own records (an independent audit): an

@@ -91,9 +91,10 @@ def since_stamp(since: dt.datetime) -> str:
 
 
 def updated_in_roster(roster: RosterInput, pids: set[str], since: dt.datetime, base: str) -> set[str]:
-    """Patients of ``pids`` whose Patient or ResearchSubject (as the roster read them) was updated at or after
-    ``since`` (to the millisecond), or carries no ``meta.lastUpdated`` to tell: their CRF's demographics, arm and
-    participation dates come from those and are read again."""
+    """Patients of ``pids`` whose Patient, ResearchSubject or the ResearchStudy it enrols them in (as the roster
+    read them) was updated at or after ``since`` (to the millisecond), or carries no ``meta.lastUpdated`` to tell:
+    their CRF's demographics, arm, participation dates, site and investigator come from those and are read
+    again."""
     floor = since_floor(since)
     out: set[str] = set()
 
@@ -108,9 +109,11 @@ def updated_in_roster(roster: RosterInput, pids: set[str], since: dt.datetime, b
     for pid in pids:
         if (patient := roster.patients.get(pid)) is not None and updated(patient):
             out.add(pid)
+    studies = {str(st.get("id")) for st in roster.studies if updated(st)}  # its site, investigator: every subject's
     for rs in roster.subjects:
         individual = ref_id((rs.get("individual") or {}).get("reference"), "Patient", base)
-        if individual in pids and updated(rs):
+        study = ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", base)
+        if individual in pids and (updated(rs) or study in studies):
             out.add(individual)
     return out
 
