@@ -174,8 +174,29 @@ def former_owners(changed: Iterable[Ref], unchanged: set[str], labels: Mapping[s
     refs = set(changed)
     if not refs or not unchanged:
         return set(), {}
-    found = attribute(refs, crfs_at_hand(unchanged, labels, last_crf), unchanged)
+    found = attribute(refs, crfs_naming(refs, crfs_at_hand(unchanged, labels, last_crf)), unchanged)
     return set(found.subjects) | set(found.unreadable_crfs), found.subjects
+
+
+def crfs_naming(refs: Iterable[Ref], crfs: Mapping[str, Path]) -> dict[str, Path]:
+    """The CRFs of ``crfs`` whose text has the id of one of ``refs`` as an ``"id"`` (or that cannot be read):
+    the only ones :func:`attribute` can find naming one, found in a fraction of the time parsing them takes (a
+    CRF is 1-2 MB; 340 of them: 0.9 s against 11 s); :func:`attribute` then checks type and id."""
+    ids = {rid.encode() for _, rid in refs}
+    return {pid: path for pid, path in crfs.items() if _may_name(path, ids)}
+
+
+#: an ``"id": "…"`` member as a CRF file writes it
+_ID_MEMBER = re.compile(rb'"id": ?"([^"]*)"')
+
+
+def _may_name(path: Path, ids: set[bytes]) -> bool:
+    """Might the CRF file name one of ``ids``? (True when it cannot be read: :func:`attribute` says why.)"""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return True
+    return not ids.isdisjoint(_ID_MEMBER.findall(data))
 
 
 def unattributable(found: Attribution) -> list[str]:

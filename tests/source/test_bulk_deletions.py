@@ -12,7 +12,7 @@ from fhir_adapter.fhir import FhirClient
 from fhir_adapter.fhir.settings import BulkSettings
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.bulk import BulkSource
-from fhir_adapter.source.bulk_deletions import attribute, deleted_ref, read_deleted
+from fhir_adapter.source.bulk_deletions import attribute, crfs_naming, deleted_ref, former_owners, read_deleted
 from fhir_adapter.source.layout import discover
 from fhir_adapter.source.server import ServerSource
 from fhir_adapter.study.load import Study
@@ -55,6 +55,24 @@ def test_attribute_names_the_subject_whose_crf_holds_the_resource(tmp_path: Path
     assert got.subjects == {"pa": [("Observation", "o1")], "pc": [("Patient", "pc")]}
     # a shared resource (any subject's records may reference it) and one no CRF names: not attributable
     assert got.unattributed == [("Observation", "o9"), ("Specimen", "sp1")]
+
+
+def test_only_the_crfs_whose_text_names_an_id_are_parsed_and_the_answer_is_the_same(tmp_path: Path) -> None:
+    """crfs_naming() keeps the CRFs whose text has one of the ids as an "id" — written as a run writes them
+    (indented, keys sorted: engine/subject.py json_file) or compact — and those it cannot read; attribute() gives
+    the same answer on them as on every CRF."""
+    from fhir_adapter.engine.subject import json_file
+
+    sa = crf(tmp_path / "S1.json", ("Observation", "o1"))
+    sa.write_bytes(json_file(json.loads(sa.read_text())))
+    crfs = {"pa": sa, "pb": crf(tmp_path / "S2.json", ("Observation", "o2"), ("Observation", "o1x")),
+            "pc": tmp_path / "missing.json"}
+    refs = {("Observation", "o1"), ("Observation", "o3")}
+    kept = crfs_naming(refs, crfs)
+    assert set(kept) == {"pa", "pc"}  # pb has o2 and o1x, neither an id of refs; pc cannot be read
+    assert attribute(refs, kept, crfs) == attribute(refs, crfs, crfs)
+    again, named = former_owners(refs, {"pa", "pb"}, {"pa": "S1", "pb": "S2"}, lambda sid: tmp_path / f"{sid}.json")
+    assert again == {"pa"} and named == {"pa": [("Observation", "o1")]}
 
 
 def test_deleted_files_in_a_manifest_are_not_data(tmp_path: Path) -> None:

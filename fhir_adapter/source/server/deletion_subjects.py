@@ -23,7 +23,15 @@ from pathlib import Path
 
 from fhir_adapter.fhir import FhirClient
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.source.bulk_deletions import Attribution, Ref, attribute, crfs_at_hand, shown_refs, unattributable
+from fhir_adapter.source.bulk_deletions import (
+    Attribution,
+    Ref,
+    attribute,
+    crfs_at_hand,
+    crfs_naming,
+    shown_refs,
+    unattributable,
+)
 from fhir_adapter.source.server.deletion_owners import deletion_owners
 
 log = logging.getLogger(__name__)
@@ -52,7 +60,8 @@ async def deletion_subjects(ctx: DeletionContext, refs: Iterable[Ref], unchanged
     """The patients of ``unchanged`` to read again because of the deleted resources ``refs``: those whose last
     CRF or instance history names one, or all of them when a deletion cannot be attributed. ``problems``: why
     some listed deletions could not be read at all; ``listed``: what the warning says was listed."""
-    found = attribute(refs, crfs_at_hand(ctx.pids, ctx.labels, ctx.last_crf), ctx.pids)
+    refs = list(refs)
+    found = attribute(refs, crfs_naming(refs, crfs_at_hand(ctx.pids, ctx.labels, ctx.last_crf)), ctx.pids)
     for pid, named in sorted(found.subjects.items()):
         log.info("%s: read again in full: its last CRF holds %s, deleted since %s",
                  ctx.labels.get(pid, pid), shown_refs(named), ctx.since)
