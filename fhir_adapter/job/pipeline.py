@@ -295,6 +295,9 @@ def _run(
     # an incremental read may skip only subjects whose last CRF is at hand
     source.reusable = {pid for pid, e in roster.enrolled.items()
                        if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    if roster_csv is not None and source.since is not None and \
+            dt.datetime.fromtimestamp(roster_csv.stat().st_mtime, dt.UTC) >= source.since:
+        source.reusable -= set(owned)  # the site edited its roster since: its subjects' arm or dates may differ
     source.scratch = work_dir  # what the source spools of the chart is removed with the staging folder
     exports = ExportWriter(work_dir / "export", study)
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)

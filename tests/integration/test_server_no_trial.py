@@ -42,3 +42,27 @@ def test_roster_csv_and_study_yaml_enrol_and_write_back(clean_fhir_server: Serve
     second = report(out)
     assert second["summary"]["server_writes"] == 0, json.dumps(second["writes"])[:500]
     assert len(search_all(clean_fhir_server.base_url, "ResearchStudy", {})) == 1
+
+
+def test_since_last_with_a_roster_csv_reuses_the_unchanged_subjects(clean_fhir_server: ServerHandle,
+                                                                    tmp_path: Path) -> None:
+    """The ResearchStudy and ResearchSubjects the adapter makes from study.yaml and the roster CSV are not EHR
+    changes: `--since last` with nothing changed reuses every subject; once the site edits its roster CSV, its
+    subjects are read again (their arm or dates may differ)."""
+    import os
+    import time
+
+    feed, roster, expected = build_no_trial_feed(tmp_path / "feed")
+    site = expected.pop("site")
+    load_feed(clean_fhir_server.base_url, feed)
+    out, config = tmp_path / "out", write_config(tmp_path / "adapter.yaml")
+    args = ("--roster-csv", str(roster), "--site", site, "--config", str(config))
+    os.utime(roster, (time.time() - 3600, time.time() - 3600))  # written before the first run
+    cli_run(clean_fhir_server.base_url, out, *args)
+    for _ in range(2):
+        cli_run(clean_fhir_server.base_url, out, "--since", "last", *args)
+        counts = report(out)["counts"]
+        assert (counts["incremental.changed_subjects"], counts["incremental.unchanged_subjects"]) == (0, 3)
+    roster.write_text(roster.read_text())  # the site saves its roster again
+    cli_run(clean_fhir_server.base_url, out, "--since", "last", *args)
+    assert report(out)["counts"]["incremental.changed_subjects"] == 3

@@ -35,10 +35,13 @@ SHARED_PROBES = {"Specimen": ("patient", "_lastUpdated"), "Medication": ("_lastU
 
 def capability(history: bool, shared: bool = True) -> dict[str, Any]:
     interactions = [{"code": "search-type"}] + ([{"code": "history-type"}] if history else [])
-    return {"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": [
-        *({"type": t, "interaction": interactions} for t in SUBJECT_SEARCHES),
-        *({"type": t, "interaction": [{"code": "search-type"}], "searchParam": [{"name": n} for n in names]}
-          for t, names in SHARED_PROBES.items() if shared)]}]}
+    resources = [{"type": t, "interaction": interactions,
+                  **({"searchParam": [{"name": "medication"}]} if t.startswith("Medication") else {})}
+                 for t in SUBJECT_SEARCHES]
+    if shared:
+        resources += [{"type": t, "interaction": [{"code": "search-type"}],
+                       "searchParam": [{"name": n} for n in names]} for t, names in SHARED_PROBES.items()]
+    return {"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "resource": resources}]}
 
 
 def patient_param(rtype: str) -> str:
@@ -360,3 +363,32 @@ def test_a_version_naming_no_patient_with_none_naming_one_reads_every_subject_ag
     assert changed == {"p1", "p2", "p3"} and looked == ["Observation/o7/_history"]
     [warning] = [w for w in log.warnings if w["rule"] == "incremental"]
     assert "Observation/o7: a version of it names no Patient of this server" in warning["message"]
+
+
+def test_a_refused_specimen_probe_is_warned_of_and_fails_no_subject(study: Study) -> None:
+    """A server that declares the Specimen search but refuses it (400): warned once — a full run reads Specimens
+    by id then — never each patient's read failure (every subject not processed)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        if search_type(request) == "Specimen":
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": []})
+        if search_type(request) == "Procedure":
+            return httpx.Response(200, json=bundle([
+                {"resourceType": "Procedure", "id": "x", "subject": {"reference": "Patient/p3"}}]))
+        return httpx.Response(200, json=bundle([]))
+
+    probe, changed, _ = probe_with(study, handler)
+    assert changed == {"p3"} and probe.failed == {}
+    assert [w["message"] for w in probe.log.warnings if "Specimen" in w["message"]] == [
+        "the server refuses the Specimen change search (400): a Specimen change alone is picked up by the next "
+        "full run"]
+
+
+def test_a_record_moved_to_a_patient_not_enrolled_reads_its_former_owner_again(study: Study, tmp_path: Path) -> None:
+    """The probes search enrolled patients only; the type-level history lists the update of Observation/o1 under
+    Patient/x9 (not enrolled): S-1, whose last CRF names o1, is read again."""
+    moved = {"request": {"method": "PUT", "url": "Observation/o1"},
+             "resource": {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/x9"}}}
+    changed, log = probe_deletions(study, tmp_path, moved)
+    assert changed == {"p1"} and log.counts["incremental.former_owner_subjects"] == 1

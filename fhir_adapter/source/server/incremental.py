@@ -66,6 +66,11 @@ PROBE_PATIENTS = 20  # patients per incremental probe search
 MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest", "MedicationAdministration", "MedicationDispense")
 
 
+def _refusal(exc: FhirHttpError) -> bool:
+    """The server refuses the search itself (4xx other than authentication and rate limits)."""
+    return 400 <= exc.status < 500 and exc.status not in (401, 429)
+
+
 def _searchable(cap: dict[str, Any], rtype: str, params: tuple[str, ...]) -> bool:
     """Does the CapabilityStatement declare a search of ``rtype`` by each of ``params``?"""
     for rest in cap.get("rest") or []:
@@ -99,12 +104,15 @@ def updated_in_roster(roster: RosterInput, pids: set[str], since: dt.datetime, b
     out: set[str] = set()
 
     def updated(res: Resource) -> bool:
+        if adapter_owned(res):  # made by the adapter from study.yaml and the site roster CSV (the run checks it)
+            return False
         stamp = (res.get("meta") or {}).get("lastUpdated") if isinstance(res.get("meta"), dict) else None
         try:
             when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
         except ValueError:
             return True  # no readable lastUpdated: not known to be unchanged
-        return when.tzinfo is None or when >= floor
+        # a server that gives the second only: an update in the second the last run started may be after it
+        return when.tzinfo is None or when >= (floor if "." in str(stamp) else floor.replace(microsecond=0))
 
     for pid in pids:
         if (patient := roster.patients.get(pid)) is not None and updated(patient):
@@ -143,6 +151,8 @@ class ChangeProbe:
         self.bare: set[Ref] = set()
         #: DELETE entries naming no Type/id (where: why)
         self.unreadable: list[str] = []
+        #: the resources the type-level history lists created or updated since (type, id): whoever they belong to
+        self.updated: set[Ref] = set()
         #: a subject ID's CRF of the last run (``OUT/crf/<name>.json``); None: not known (a deletion listed
         #: without its resource then makes every subject read again)
         self.last_crf = last_crf
@@ -189,19 +199,38 @@ class ChangeProbe:
         if not specimens:
             self.log.warn("the server declares no Specimen search by patient and _lastUpdated: a Specimen change "
                           "alone is picked up by the next full run", rule="incremental")
+        refused: list[str] = []
+
+        async def specimen_group(params: dict[str, str], group: list[str]) -> None:
+            """A Specimen probe: a server that refuses it (4xx) is warned of once — a full run reads Specimens
+            by id then (groups.py) — never a subject's failure; the server failing otherwise: as the others."""
+            if refused:
+                return
+            try:
+                await probe("Specimen", params, "incremental", False)
+            except FhirHttpError as exc:
+                raise_if_fatal(exc)
+                if not _refusal(exc):
+                    await probe_group("Specimen", params, group)
+                elif not refused:
+                    refused.append(str(exc.status))
+                    self.log.warn(f"the server refuses the Specimen change search ({exc.status}): a Specimen change "
+                                  "alone is picked up by the next full run", rule="incremental")
+
         probes: list[Coroutine[Any, Any, None]] = []
         for group in groups:
-            refs = ",".join(f"Patient/{p}" for p in group)
-            for rtype, params in [*self.plan.searches(group), *([("Specimen", {"patient": refs})] if specimens
-                                                                  else [])]:
+            for rtype, params in self.plan.searches(group):
                 query = {k: v for k, v in params.items() if k != "_include"}
                 query.update({"_lastUpdated": f"ge{stamp}", "_elements": "identifier,subject"})
                 probes.append(probe_group(rtype, query, group))
+            if specimens:
+                probes.append(specimen_group({"patient": ",".join(f"Patient/{p}" for p in group),
+                                              "_lastUpdated": f"ge{stamp}", "_elements": "identifier,subject"},
+                                             group))
         error = first_error(await asyncio.gather(*probes, return_exceptions=True))  # every probe ends first
         if error is not None:
             raise error
         changed |= await self._medication_users(cap, pids, stamp)
-        changed |= self._former_owners(found, pids - changed)
         history = self._history_types(cap)
         for rtype in SUBJECT_SEARCHES:
             if rtype not in history:
@@ -216,6 +245,9 @@ class ChangeProbe:
                               "alone is picked up by the next full run", rule="incremental")
         if history:
             self.log.count("incremental.deleted", len(self.deleted))
+        # a record found changed under another patient — also one the history lists updated under a patient who
+        # is not enrolled (a record moved out of the trial's patients): its former owner's CRF names it
+        changed |= self._former_owners(found | self.updated, pids - changed)
         return changed | await self._deletion_subjects(pids, changed, stamp)
 
     async def _medication_users(self, cap: dict[str, Any], pids: set[str], stamp: str) -> set[str]:
@@ -227,13 +259,18 @@ class ChangeProbe:
                           "picked up by the next full run", rule="incremental")
             return set()
         users: set[str] = set()
+        types = [t for t in MEDICATION_TYPES if _searchable(cap, t, ("medication",))]
+        if len(types) < len(MEDICATION_TYPES):
+            self.log.warn(f"the server declares no search by medication on "
+                          f"{', '.join(t for t in MEDICATION_TYPES if t not in types)}: a Medication change alone "
+                          "is picked up there by the next full run", rule="incremental")
         try:
             meds = [str(m["id"]) async for m in self.client.search(
                 "Medication", {"_lastUpdated": f"ge{stamp}", "_elements": "id"}, label="incremental")
                 if isinstance(m.get("id"), str)]
             for i in range(0, len(meds), PROBE_PATIENTS):
                 refs = ",".join(f"Medication/{m}" for m in meds[i:i + PROBE_PATIENTS])
-                for rtype in MEDICATION_TYPES:
+                for rtype in types:
                     async for res in self.client.search(rtype, {"medication": refs, "_elements": "subject"},
                                                         label="incremental"):
                         if (pid := patient_id_of(res, self.base)) in pids:
@@ -311,7 +348,12 @@ class ChangeProbe:
         async for page in self.client.search_bundles(rtype, {"_since": stamp}, label="history", history=True):
             for n, entry in enumerate(page.get("entry") or [], start=1):
                 request = entry.get("request") if isinstance(entry, dict) else None
-                if not isinstance(request, dict) or request.get("method") != "DELETE":
+                if not isinstance(request, dict):
+                    continue
+                if request.get("method") != "DELETE":
+                    res = entry.get("resource")
+                    if isinstance(res, dict) and isinstance(res.get("id"), str) and not adapter_owned(res):
+                        self.updated.add((str(res.get("resourceType") or rtype), res["id"]))
                     continue
                 ref = deleted_ref(request.get("url")) or deleted_ref(entry.get("fullUrl"))
                 if ref is not None:
