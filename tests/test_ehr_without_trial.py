@@ -140,3 +140,15 @@ def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Pa
     assert failure["subject_id"] == skipped and failure["stage"] == "roster-csv"
     assert f"{bad}:3: subject {skipped}: consent_date '12/01/2024' is not a date" in failure["error"]
     assert "correct the subject's row of the roster CSV" in failure["what_to_do"]
+    # a screen failure's row (status not enrolled) with no arm: a warning, not a subject the run should process
+    rows[1].update(consent_date=rows[0]["consent_date"], arm="", status="ineligible")
+    with bad.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
+                                    "--site", given["site"]])
+    assert res.exit_code == 2 and "quarantined  1 input" in res.output  # the feed's own quarantined record
+    report = json.loads((out / "run-report.json").read_text())
+    assert report["summary"]["subjects_failed"] == [] and report["subject_failures"] == []
+    assert any(w["rule"] == "roster-csv" and w["subject_id"] == skipped for w in report["warnings"])

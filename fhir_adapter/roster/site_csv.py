@@ -126,7 +126,9 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         if why is not None or pid is None:
             message = f"{path}:{n}: subject {sid}: {why}"
             log.warn(message, rule="roster-csv", subject_id=sid)
-            data.roster_rows_skipped[sid] = message
+            status = (row.get("status") or "").strip()
+            if not status or status in study.info.enrolled_statuses:  # enrolled (or not known): not processed
+                data.roster_rows_skipped[sid] = message
             continue
         ident = [{"system": SID_RESULT, "value": owned_identifier(study, sid)}]
         if system:

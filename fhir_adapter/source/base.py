@@ -45,8 +45,9 @@ class RosterInput:
     base: str | None = None
     #: Patient id -> where each of its differing copies was read (``file:line``); such a Patient is ambiguous
     duplicate_patients: dict[str, list[str]] = field(default_factory=dict)
-    #: subject ID -> why its row of the site roster CSV was skipped (a subject the site enrolled that the run
-    #: does not process: counted among the subjects not processed, exit 2)
+    #: subject ID -> why its row of the site roster CSV was skipped, for a row with an enrolled status (or none):
+    #: a subject the site enrolled that the run does not process, counted among the subjects not processed (exit
+    #: 2); a screen failure's incomplete row is a warning only
     roster_rows_skipped: dict[str, str] = field(default_factory=dict)
 
 
