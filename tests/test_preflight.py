@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from fhir_adapter.job.preflight import READS, capability_gaps
+from fhir_adapter.source.base import MEDICATION_TYPES
 from fhir_adapter.testing.fhir_server import ServerHandle
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +22,8 @@ def statement(drop_type: str | None = None, drop_param: tuple[str, str] | None =
     for rtype, (params, _) in READS.items():
         if rtype == drop_type:
             continue
-        names = [*params, "_lastUpdated", "combo-code", "code"]
+        # (and what --since also searches: the medication records by medication)
+        names = [*params, "_lastUpdated", "combo-code", "code", *(["medication"] if rtype in MEDICATION_TYPES else [])]
         names = [n for n in names if (rtype, n) != drop_param]
         resources.append({"type": rtype, "interaction": [{"code": c} for c in ("search-type", "history-type",
                                                                                "update", "create")],
@@ -30,6 +32,10 @@ def statement(drop_type: str | None = None, drop_param: tuple[str, str] | None =
                           **({"searchInclude": ["ResearchSubject:individual"]} if rtype == "ResearchSubject" else {})})
     resources += [{"type": t, "interaction": [{"code": "update"}, {"code": "create"}], "conditionalCreate": conditional}
                   for t in ("Device", "Provenance")]
+    resources += [{"type": t, "interaction": [{"code": "search-type"}],
+                   "searchParam": [{"name": n, "type": "token"} for n in names]}
+                  for t, names in (("Specimen", ("patient", "_lastUpdated")), ("Medication", ("_lastUpdated",)))
+                  if t != drop_type]
     rest = {"mode": "server", "resource": resources,
             "interaction": [{"code": "transaction"}] if transaction else []}
     return {"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1", "rest": [rest]}
@@ -45,6 +51,11 @@ def test_check_asks_of_every_type_a_run_reads_what_the_run_searches_by() -> None
         assert rtype in READS and param in READS[rtype][0], rtype
     gaps = capability_gaps(statement(drop_type="Condition"))
     assert [(g.level, g.what) for g in gaps] == [("warning", "Condition: no search")]
+    # and what --since asks of shared types: a subject's Specimens, the Medications its records name
+    gaps = capability_gaps(statement(drop_type="Specimen"))
+    assert [(g.what, g.consequence) for g in gaps] == [
+        ("Specimen: no search by patient, _lastUpdated",
+         "under --since a Specimen change alone is picked up by the next full run")]
 
 
 def test_a_complete_server_has_no_gaps() -> None:

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fhir_adapter.source.base import MEDICATION_TYPES
+
 #: resource type -> (search parameters every run needs, what is lost without the type)
 READS: dict[str, tuple[tuple[str, ...], str]] = {
     "ResearchStudy": (("identifier",), "the study cannot be found: nothing runs"),
@@ -97,6 +99,17 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
     if no_history:
         gaps.append(Gap("warning", f"no history-type on {', '.join(no_history)}",
                         "under --since a deletion alone is picked up by the next full run"))
+    # what --since also asks (source/server/incremental.py): a subject's Specimens changed, a Medication its
+    # records name changed
+    for rtype, params, what in (("Specimen", ("patient", "_lastUpdated"), "a Specimen change"),
+                                ("Medication", ("_lastUpdated",), "a Medication change"),
+                                *((t, ("medication",), f"a Medication change (on {t})") for t in MEDICATION_TYPES)):
+        res = resources.get(rtype) or {}
+        declared = {q.get("name") for q in res.get("searchParam") or []}
+        searchable = "search-type" in {i.get("code") for i in res.get("interaction") or []}
+        if not searchable or not set(params) <= declared:
+            gaps.append(Gap("warning", f"{rtype}: no search by {', '.join(params)}",
+                            f"under --since {what} alone is picked up by the next full run"))
     rs = resources.get("ResearchSubject") or {}
     if "ResearchSubject:individual" not in (rs.get("searchInclude") or []):
         gaps.append(Gap("warning", "ResearchSubject: _include ResearchSubject:individual not declared",

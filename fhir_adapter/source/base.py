@@ -51,6 +51,10 @@ class RosterInput:
     roster_rows_skipped: dict[str, str] = field(default_factory=dict)
 
 
+#: the medication records whose ``medication`` reference names a Medication resource
+MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest", "MedicationAdministration", "MedicationDispense")
+
+
 class Source(Protocol):
     """A place to read FHIR R4 resources from: a folder of files, a server's REST API, a Bulk Data export."""
 

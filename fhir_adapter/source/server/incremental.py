@@ -51,7 +51,7 @@ from typing import Any
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.source.base import Resource, RosterInput, patient_id_of, ref_id
+from fhir_adapter.source.base import MEDICATION_TYPES, Resource, RosterInput, patient_id_of, ref_id
 from fhir_adapter.source.bulk_deletions import Ref, deleted_ref, former_owners, shown_problems, shown_refs
 from fhir_adapter.source.server.deletion_subjects import DeletionContext, deletion_subjects
 from fhir_adapter.source.server.groups import raise_if_fatal
@@ -60,10 +60,6 @@ from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, ad
 log = logging.getLogger(__name__)
 
 PROBE_PATIENTS = 20  # patients per incremental probe search
-
-
-#: the medication records whose ``medication`` reference names a Medication resource
-MEDICATION_TYPES = ("MedicationStatement", "MedicationRequest", "MedicationAdministration", "MedicationDispense")
 
 
 def _refusal(exc: FhirHttpError) -> bool:
