@@ -12,13 +12,13 @@ over the statuses the run reads. The adapter's own results are not input and are
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from dataclasses import dataclass, field
 
-from fhir_adapter.fhir import FhirClient
+from fhir_adapter.fhir import FhirClient, FhirError
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import USED_STATUSES, unmapped_code
 from fhir_adapter.roster.enrollees import build_roster
+from fhir_adapter.source.server.groups import raise_if_fatal
 from fhir_adapter.source.server.roster import read_roster
 from fhir_adapter.source.server.searches import SearchPlan, adapter_owned
 from fhir_adapter.study.load import Study
@@ -44,11 +44,16 @@ class CodeSurvey:
     subjects: int
     observations: int  # Observations read (the statuses counted), mapped or not
     unmapped: list[UnmappedCode]  # most frequent first, then by name
+    not_read: dict[str, str] = field(default_factory=dict)  # subject ID -> why its Observations could not be read
 
     def lines(self) -> list[str]:
         """The survey as ``check`` prints it: a summary line, then one line per code."""
-        head = (f"{self.observations} Observations of {self.subjects} enrolled subjects read unfiltered: "
-                f"{len(self.unmapped)} codes no study item maps")
+        head = (f"{self.observations} Observations of {self.subjects - len(self.not_read)} enrolled subjects read "
+                f"unfiltered: {len(self.unmapped)} codes no study item maps")
+        if self.not_read:
+            first = next(iter(sorted(self.not_read.items())))
+            head += (f" ({len(self.not_read)} subject(s) not read: {', '.join(sorted(self.not_read))}; "
+                     f"{first[0]}: {first[1][:200]})")
         if not self.unmapped:
             return [head]
         out = [head + " (add them to a site overlay: mappings/README.md)",
@@ -69,11 +74,15 @@ def _display(code: object) -> str:
 
 async def survey_codes(client: FhirClient, study: Study, log: RunLog) -> CodeSurvey:
     """Every Observation of the study's enrolled subjects on the server, read unfiltered, and the codes among
-    them no study item maps."""
+    them no study item maps. Subjects are read a few at a time (the client's ``max_concurrency``), each one's
+    Observations counted and let go; a subject whose read fails after the retries is named, the others go on
+    (the server down or the credentials refused: raised)."""
     base = str(client.base_url).rstrip("/")
     roster = build_roster(await read_roster(client, study, log, base, []), study, log)
     plan = SearchPlan(study, "none")
     pids = sorted(roster.enrolled)
+    codes: dict[str, UnmappedCode] = {}
+    survey = CodeSurvey(subjects=len(pids), observations=0, unmapped=[])
 
     async def observations(pid: str) -> list[dict[str, object]]:
         found: list[dict[str, object]] = []
@@ -81,24 +90,32 @@ async def survey_codes(client: FhirClient, study: Study, log: RunLog) -> CodeSur
             found += await client.search_all(rtype, params, label=LABEL)
         return found
 
-    read = await asyncio.gather(*(observations(pid) for pid in pids))
-    codes: dict[str, UnmappedCode] = {}
-    counted: Counter[str] = Counter()
-    for pid, found in zip(pids, read, strict=True):
-        seen: set[str] = set()
-        for obs in found:
-            oid = str(obs.get("id"))
-            if (obs.get("resourceType") != "Observation" or oid in seen or adapter_owned(obs)
-                    or obs.get("status") not in COUNTED_STATUSES):
+    step = max(1, client.settings.max_concurrency)
+    for i in range(0, len(pids), step):
+        part = pids[i:i + step]
+        read = await asyncio.gather(*(observations(pid) for pid in part), return_exceptions=True)
+        for pid, found in zip(part, read, strict=True):
+            subject_id = roster.enrolled[pid].subject_id
+            if isinstance(found, BaseException):
+                if not isinstance(found, FhirError):
+                    raise found
+                raise_if_fatal(found)
+                survey.not_read[subject_id] = str(found)
                 continue
-            seen.add(oid)
-            counted[pid] += 1
-            name = unmapped_code(obs, study.code_index)
-            if name is None:
-                continue
-            entry = codes.setdefault(name, UnmappedCode(name, display=_display(obs.get("code"))))
-            entry.observations += 1
-            entry.subjects.add(roster.enrolled[pid].subject_id)
+            seen: set[str] = set()
+            for obs in found:
+                oid = str(obs.get("id"))
+                if (obs.get("resourceType") != "Observation" or oid in seen or adapter_owned(obs)
+                        or obs.get("status") not in COUNTED_STATUSES):
+                    continue
+                seen.add(oid)
+                survey.observations += 1
+                name = unmapped_code(obs, study.code_index)
+                if name is None:
+                    continue
+                entry = codes.setdefault(name, UnmappedCode(name, display=_display(obs.get("code"))))
+                entry.observations += 1
+                entry.subjects.add(subject_id)
     # the order of the run report's unmapped_codes (fhir_adapter/export/coverage.py): count, system, code
-    ranked = sorted(codes.values(), key=lambda c: (-c.observations, *c.name.rpartition("|")[::2]))
-    return CodeSurvey(subjects=len(pids), observations=sum(counted.values()), unmapped=ranked)
+    survey.unmapped = sorted(codes.values(), key=lambda c: (-c.observations, *c.name.rpartition("|")[::2]))
+    return survey

@@ -151,6 +151,15 @@ def test_check_codes_lists_the_codes_a_file_run_finds_unmapped(trial: tuple[Serv
                                               "example-site"])
         assert [(c, n) for c, n, _ in _listed_codes(with_site.output)] == expected  # its overlay maps UCAST-HG
         assert fresh.stats()["writes"]["total"] == writes
+        # a subject whose Observations cannot be read (503 after the retries) is named; the others are surveyed
+        victim = subject["individual"]["reference"].split("/")[1]
+        fresh.set_faults(fault_match=victim)
+        config = write_config(tmp_path / "fast.yaml", "  max_attempts: 2\n")
+        partial = CliRunner().invoke(main, ["check", "--source", fresh.base_url, "--codes", "--config", str(config)])
+        fresh.clear_faults()
+        sid = subject["identifier"][0]["value"]
+        assert f"Observations of {SUBJECTS - 1} enrolled subjects read unfiltered" in partial.output
+        assert f"(1 subject(s) not read: {sid}; {sid}: " in partial.output and "503" in partial.output
 
 
 def test_check_codes_on_a_folder_says_where_its_unmapped_codes_are(trial: tuple[ServerHandle, Path]) -> None:
