@@ -39,7 +39,7 @@ from fhir_adapter.results.spill import SubjectRows, write_study_json
 from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster.check import nobody_enrolled
 from fhir_adapter.roster.enrollees import Enrollee, RosterError, build_roster
-from fhir_adapter.roster.site_csv import csv_identifiers, infusion_dates, is_owned, reconcile
+from fhir_adapter.roster.site_csv import csv_identifiers, csv_subject_ids, infusion_dates, is_owned, reconcile
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.source.parts import splittable
 from fhir_adapter.study.load import Study
@@ -297,7 +297,9 @@ def _run(
                        if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
     if roster_csv is not None and source.since is not None and \
             dt.datetime.fromtimestamp(roster_csv.stat().st_mtime, dt.UTC) >= source.since:
-        source.reusable -= set(owned)  # the site edited its roster since: its subjects' arm or dates may differ
+        # the site saved its roster since: the arm, dates or infusion date of the subjects it names may differ
+        named = csv_subject_ids(roster_csv)
+        source.reusable -= {pid for pid, e in roster.enrolled.items() if e.subject_id in named}
     source.scratch = work_dir  # what the source spools of the chart is removed with the staging folder
     exports = ExportWriter(work_dir / "export", study)
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)

@@ -58,6 +58,15 @@ def _find_patient(patients: dict[str, dict[str, Any]], ident: str) -> str | None
     return None
 
 
+def csv_subject_ids(path: Path) -> frozenset[str]:
+    """The subject IDs a roster CSV names (its rows enrol them, or date their infusion)."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            return frozenset(v for row in csv.DictReader(fh) if (v := (row.get("subject_id") or "").strip()))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return frozenset()
+
+
 def csv_identifiers(path: Path) -> frozenset[str]:
     """The ``patient_identifier`` values of a roster CSV: the Patients a source must read besides those its
     ResearchSubjects name (an unreadable or malformed CSV is reported by :func:`reconcile`)."""
@@ -104,7 +113,10 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
     except csv.Error as exc:
         raise RosterCsvError(f"{path}: not a readable CSV ({exc}); save it as comma-separated UTF-8 CSV") from None
     system = subject_id_system(study)
-    held = {subject_id(rs, study.subject_id_rule) for rs in data.subjects}
+    # the EHR's own ResearchSubjects win over the CSV; one the adapter wrote from this CSV before (--post) is
+    # made again from the row as it is now (an edited row takes effect, the next --post updates it)
+    owned_held = {subject_id(rs, study.subject_id_rule): rs for rs in data.subjects if is_owned(rs)}
+    held = {subject_id(rs, study.subject_id_rule) for rs in data.subjects if not is_owned(rs)}
     study_system = study.info.identifier_system  # the value under another system is not the study
     study_id = next((s["id"] for s in data.studies
                      if any(i.get("value") == study.info.id and study_system in (None, i.get("system"))
@@ -124,12 +136,18 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
             continue
         why, pid = _row_problem(row, data, study_id, study)
         if why is not None or pid is None:
+            if sid in owned_held:  # the ResearchSubject an earlier run made from the row stands
+                log.warn(f"{path}:{n}: subject {sid}: {why}; the ResearchSubject made from its earlier row is used",
+                         rule="roster-csv", subject_id=sid)
+                continue
             message = f"{path}:{n}: subject {sid}: {why}"
             log.warn(message, rule="roster-csv", subject_id=sid)
             status = (row.get("status") or "").strip()
             if not status or status in study.info.enrolled_statuses:  # enrolled (or not known): not processed
                 data.roster_rows_skipped[sid] = message
             continue
+        if sid in owned_held:
+            data.subjects.remove(owned_held[sid])
         ident = [{"system": SID_RESULT, "value": owned_identifier(study, sid)}]
         if system:
             ident.insert(0, {"system": system, "value": sid})

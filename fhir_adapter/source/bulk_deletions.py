@@ -191,12 +191,15 @@ _ID_MEMBER = re.compile(rb'"id": ?"([^"]*)"')
 
 
 def _may_name(path: Path, ids: set[bytes]) -> bool:
-    """Might the CRF file name one of ``ids``? (True when it cannot be read: :func:`attribute` says why.)"""
+    """Might the CRF file name one of ``ids``? True too when it may not be a whole CRF as a run writes it —
+    unreadable, or not ending with the closing brace of its indented JSON (engine/subject.py json_file): empty,
+    cut short, written otherwise — so that :func:`attribute` parses it (and reports it if it cannot be read: its
+    subject is read again in full)."""
     try:
         data = path.read_bytes()
     except OSError:
         return True
-    return not ids.isdisjoint(_ID_MEMBER.findall(data))
+    return not data.endswith(b"\n}") or not ids.isdisjoint(_ID_MEMBER.findall(data))
 
 
 def unattributable(found: Attribution) -> list[str]:

@@ -58,11 +58,21 @@ def test_since_last_with_a_roster_csv_reuses_the_unchanged_subjects(clean_fhir_s
     out, config = tmp_path / "out", write_config(tmp_path / "adapter.yaml")
     args = ("--roster-csv", str(roster), "--site", site, "--config", str(config))
     os.utime(roster, (time.time() - 3600, time.time() - 3600))  # written before the first run
-    cli_run(clean_fhir_server.base_url, out, *args)
+    cli_run(clean_fhir_server.base_url, out, "--post", *args)  # the server now holds the adapter's ResearchSubjects
     for _ in range(2):
-        cli_run(clean_fhir_server.base_url, out, "--since", "last", *args)
+        cli_run(clean_fhir_server.base_url, out, "--post", "--since", "last", *args)
         counts = report(out)["counts"]
         assert (counts["incremental.changed_subjects"], counts["incremental.unchanged_subjects"]) == (0, 3)
-    roster.write_text(roster.read_text())  # the site saves its roster again
-    cli_run(clean_fhir_server.base_url, out, "--since", "last", *args)
+    # the site corrects a consent date in its roster: the next run uses it (not the ResearchSubject it wrote
+    # from the old row), and --post updates that ResearchSubject
+    rows = roster.read_text().splitlines()
+    sid, consent = rows[1].split(",")[0], rows[1].split(",")[2]
+    corrected = f"{int(consent[:4]) - 1}{consent[4:]}"
+    roster.write_text("\n".join([rows[0], rows[1].replace(consent, corrected), *rows[2:]]) + "\n")
+    cli_run(clean_fhir_server.base_url, out, "--post", "--since", "last", *args)
     assert report(out)["counts"]["incremental.changed_subjects"] == 3
+    crf = json.loads((out / "crf" / f"{sid}.json").read_text())
+    assert crf["participation_start"] == corrected
+    [held] = [rs for rs in search_all(clean_fhir_server.base_url, "ResearchSubject", {})
+              if any(i.get("value") == sid for i in rs.get("identifier") or [])]
+    assert held["period"]["start"] == corrected

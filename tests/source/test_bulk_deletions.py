@@ -63,14 +63,20 @@ def test_only_the_crfs_whose_text_names_an_id_are_parsed_and_the_answer_is_the_s
     the same answer on them as on every CRF."""
     from fhir_adapter.engine.subject import json_file
 
-    sa = crf(tmp_path / "S1.json", ("Observation", "o1"))
-    sa.write_bytes(json_file(json.loads(sa.read_text())))
-    crfs = {"pa": sa, "pb": crf(tmp_path / "S2.json", ("Observation", "o2"), ("Observation", "o1x")),
-            "pc": tmp_path / "missing.json"}
+    def written(path: Path, *sources: tuple[str, str]) -> Path:  # as a run writes it (indented, keys sorted)
+        path.write_bytes(json_file(json.loads(crf(path, *sources).read_text())))
+        return path
+
+    sa = written(tmp_path / "S1.json", ("Observation", "o1"))
+    cut = written(tmp_path / "S4.json", ("Observation", "o4"))
+    cut.write_bytes(cut.read_bytes()[:-6])  # cut short (a disk full, a copy interrupted)
+    crfs = {"pa": sa, "pb": written(tmp_path / "S2.json", ("Observation", "o2"), ("Observation", "o1x")),
+            "pc": tmp_path / "missing.json", "pd": cut}
     refs = {("Observation", "o1"), ("Observation", "o3")}
     kept = crfs_naming(refs, crfs)
-    assert set(kept) == {"pa", "pc"}  # pb has o2 and o1x, neither an id of refs; pc cannot be read
+    assert set(kept) == {"pa", "pc", "pd"}  # pb has o2 and o1x, neither an id of refs; pc, pd cannot be read
     assert attribute(refs, kept, crfs) == attribute(refs, crfs, crfs)
+    assert set(attribute(refs, kept, crfs).unreadable_crfs) == {"pc", "pd"}  # read again in full
     again, named = former_owners(refs, {"pa", "pb"}, {"pa": "S1", "pb": "S2"}, lambda sid: tmp_path / f"{sid}.json")
     assert again == {"pa"} and named == {"pa": [("Observation", "o1")]}
 

@@ -392,3 +392,20 @@ def test_a_record_moved_to_a_patient_not_enrolled_reads_its_former_owner_again(s
              "resource": {"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/x9"}}}
     changed, log = probe_deletions(study, tmp_path, moved)
     assert changed == {"p1"} and log.counts["incremental.former_owner_subjects"] == 1
+
+
+def test_a_specimen_probe_timing_out_for_many_patients_is_asked_again_per_patient(study: Study) -> None:
+    """A Specimen probe for several patients that times out after its retries is asked again per patient, as
+    every other probe (before: the timeout stopped the run as a server that is down)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        if search_type(request) == "Specimen" and "," in params_of(request).get("patient", ""):
+            raise httpx.ReadTimeout("too slow", request=request)
+        if search_type(request) == "Specimen" and params_of(request).get("patient") == "Patient/p2":
+            return httpx.Response(200, json=bundle([
+                {"resourceType": "Specimen", "id": "s2", "subject": {"reference": "Patient/p2"}}]))
+        return httpx.Response(200, json=bundle([]))
+
+    probe, changed, client = probe_with(study, handler)
+    assert changed == {"p2"} and probe.failed == {} and not client.breaker.is_open

@@ -32,6 +32,12 @@ waits for the next full run). A DELETE entry of a history Bundle has ``request.m
 Counted as ``incremental.deleted`` (the deletions listed), ``incremental.deletion_lookups`` (the instance
 histories read) and ``incremental.deletion_subjects`` (the subjects read again for deletions alone).
 
+The type-level history is read for its updates too: a record listed updated under a patient who is not enrolled
+(moved out of the trial's patients) has its former owner, the subject whose last CRF names it, read again. A
+Specimen probe the server refuses (4xx), a server that declares no Specimen or Medication search, or a
+medication record type without a ``medication`` search is warned of (``incremental``): a change of that kind
+alone waits for the next full run.
+
 A probe for many patients that fails after its retries does not count toward the circuit breaker: it is asked
 again per patient (counted under that subject, and toward the breaker), as a full run reads a failing group's
 patients alone. A patient whose own probe still fails is :attr:`ChangeProbe.failed`: that subject alone is not
@@ -204,10 +210,12 @@ class ChangeProbe:
                 return
             try:
                 await probe("Specimen", params, "incremental", False)
-            except FhirHttpError as exc:
+            except FhirError as exc:
                 raise_if_fatal(exc)
-                if not _refusal(exc):
-                    await probe_group("Specimen", params, group)
+                if not isinstance(exc, FhirHttpError) or not _refusal(exc):  # as the others: again per patient
+                    log.info("a Specimen change probe for %d patients failed (%s): asked again per patient",
+                             len(group), exc)
+                    await self._per_patient("Specimen", params, group, probe)
                 elif not refused:
                     refused.append(str(exc.status))
                     self.log.warn(f"the server refuses the Specimen change search ({exc.status}): a Specimen change "
