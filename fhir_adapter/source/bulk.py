@@ -71,6 +71,7 @@ from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.layout import discover, read_lines
 from fhir_adapter.source.server import SUBJECT_SEARCHES, ServerSource
 from fhir_adapter.source.server.deletion_subjects import DeletionContext, deletion_subjects
+from fhir_adapter.source.server.incremental import since_stamp
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ class BulkSource:
             while True:
                 params: list[tuple[str, str]] = [("_type", ",".join(types))]
                 if self.since is not None:
-                    params.append(("_since", self.since.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")))
+                    params.append(("_since", since_stamp(self.since)))  # to the millisecond, as the REST probe
                 params += [("_typeFilter", f) for f in filters]
                 job = Job(kickoff=self.exporter.kickoff_url(path, params))
                 if filters and len(job.kickoff) > MAX_KICKOFF_URL:
