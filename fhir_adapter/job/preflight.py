@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fhir_adapter.fhir.capability import interactions, search_params, searchable
 from fhir_adapter.source.base import MEDICATION_TYPES
 
 #: resource type -> (search parameters every run needs, what is lost without the type)
@@ -77,10 +78,10 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
             needed.append(observation_code_param)
         level: Literal["error", "warning"] = "error" if rtype in CRITICAL else "warning"
         res = resources.get(rtype)
-        if res is None or "search-type" not in {i.get("code") for i in res.get("interaction") or []}:
+        if res is None or "search-type" not in interactions(res):
             gaps.append(Gap(level, f"{rtype}: no search", lost))
             continue
-        declared = {p.get("name") for p in res.get("searchParam") or []}
+        declared = search_params(res)
         for p in needed:
             if p in declared:
                 continue
@@ -91,7 +92,7 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
                 gaps.append(Gap(level, f"{rtype}: search parameter '{p}' not declared", lost))
         if rtype in SUBJECT_DATA and "_lastUpdated" not in declared:
             no_last_updated.append(rtype)
-        if rtype in SUBJECT_DATA and "history-type" not in {i.get("code") for i in res.get("interaction") or []}:
+        if rtype in SUBJECT_DATA and "history-type" not in interactions(res):
             no_history.append(rtype)
     if no_last_updated:
         gaps.append(Gap("warning", f"_lastUpdated not declared on {', '.join(no_last_updated)}",
@@ -104,10 +105,7 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
     for rtype, params, what in (("Specimen", ("patient", "_lastUpdated"), "a Specimen change"),
                                 ("Medication", ("_lastUpdated",), "a Medication change"),
                                 *((t, ("medication",), f"a Medication change (on {t})") for t in MEDICATION_TYPES)):
-        res = resources.get(rtype) or {}
-        declared = {q.get("name") for q in res.get("searchParam") or []}
-        searchable = "search-type" in {i.get("code") for i in res.get("interaction") or []}
-        if not searchable or not set(params) <= declared:
+        if not searchable(cs, rtype, params):
             gaps.append(Gap("warning", f"{rtype}: no search by {', '.join(params)}",
                             f"under --since {what} alone is picked up by the next full run"))
     rs = resources.get("ResearchSubject") or {}

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError, FhirHttpError
+from fhir_adapter.fhir.capability import interactions, resource_entry, searchable
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import MEDICATION_TYPES, Resource, RosterInput, patient_id_of, ref_id
@@ -71,16 +72,6 @@ PROBE_PATIENTS = 20  # patients per incremental probe search
 def _refusal(exc: FhirHttpError) -> bool:
     """The server refuses the search itself (4xx other than authentication and rate limits)."""
     return 400 <= exc.status < 500 and exc.status not in (401, 429)
-
-
-def _searchable(cap: dict[str, Any], rtype: str, params: tuple[str, ...]) -> bool:
-    """Does the CapabilityStatement declare a search of ``rtype`` by each of ``params``?"""
-    for rest in cap.get("rest") or []:
-        for res in rest.get("resource") or []:
-            if res.get("type") == rtype and any(i.get("code") == "search-type" for i in res.get("interaction") or []):
-                declared = {p.get("name") for p in res.get("searchParam") or []}
-                return all(p in declared for p in params)
-    return False
 
 
 def since_floor(since: dt.datetime) -> dt.datetime:
@@ -197,7 +188,7 @@ class ChangeProbe:
 
         cap = await self._capabilities()
         # a Specimen of theirs (fasting, site, condition): a change leaves their records' lastUpdated as it was
-        specimens = _searchable(cap, "Specimen", ("patient", "_lastUpdated"))
+        specimens = searchable(cap, "Specimen", ("patient", "_lastUpdated"))
         if not specimens:
             self.log.warn("the server declares no Specimen search by patient and _lastUpdated: a Specimen change "
                           "alone is picked up by the next full run", rule="incremental")
@@ -258,12 +249,12 @@ class ChangeProbe:
         """Patients of ``pids`` whose medication records name a Medication updated since ``stamp`` (its code or
         strength: the drug, the steroid dose); a Medication names no patient, and its change leaves their
         records' lastUpdated as it was. A search that keeps failing has every subject read again in full."""
-        if not _searchable(cap, "Medication", ("_lastUpdated",)):
+        if not searchable(cap, "Medication", ("_lastUpdated",)):
             self.log.warn("the server declares no Medication search by _lastUpdated: a Medication change alone is "
                           "picked up by the next full run", rule="incremental")
             return set()
         users: set[str] = set()
-        types = [t for t in MEDICATION_TYPES if _searchable(cap, t, ("medication",))]
+        types = [t for t in MEDICATION_TYPES if searchable(cap, t, ("medication",))]
         if len(types) < len(MEDICATION_TYPES):
             self.log.warn(f"the server declares no search by medication on "
                           f"{', '.join(t for t in MEDICATION_TYPES if t not in types)}: a Medication change alone "
@@ -337,8 +328,7 @@ class ChangeProbe:
 
     def _history_types(self, cap: dict[str, Any]) -> set[str]:
         """Resource types whose type-level history the server offers (CapabilityStatement ``history-type``)."""
-        offered = {str(r.get("type")) for rest in cap.get("rest") or [] for r in rest.get("resource") or []
-                   if any(i.get("code") == "history-type" for i in r.get("interaction") or [])}
+        offered = {t for t in SUBJECT_SEARCHES if "history-type" in interactions(resource_entry(cap, t))}
         missing = sorted(set(SUBJECT_SEARCHES) - offered)
         if missing:
             self.log.warn(f"the server offers no type-level history for {', '.join(missing)}: a deletion alone "
