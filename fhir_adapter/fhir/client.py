@@ -31,6 +31,7 @@ from fhir_adapter.fhir.errors import (
 )
 from fhir_adapter.fhir.flow import AdaptiveLimit, CircuitBreaker
 from fhir_adapter.fhir.retry import RETRY_AFTER_STATUSES, RetryPolicy, Sleep, parse_retry_after, transport_failure
+from fhir_adapter.fhir.server_clock import ClockOffset
 from fhir_adapter.fhir.settings import ClientSettings
 from fhir_adapter.fhir.stats import ClientStats
 from fhir_adapter.fhir.urls import (
@@ -142,7 +143,7 @@ class FhirClient:
 
     ``transport`` replaces the network (tests); when given, ``verify``/``http2`` are the transport's business.
     ``sleep`` replaces ``asyncio.sleep`` between attempts and ``clock`` (UNIX time) is used to read HTTP-date
-    ``Retry-After`` headers — both for tests.
+    ``Retry-After`` headers and the server's ``Date`` (:attr:`clock_offset`) — both for tests.
     """
 
     def __init__(
@@ -161,6 +162,8 @@ class FhirClient:
         self._auth = auth
         self._clock = clock
         self._retry = RetryPolicy(self.settings, sleep=sleep)
+        #: the server's clock against this machine's, from the answers' Date headers (None: none yet)
+        self.clock_offset: ClockOffset | None = None
         s = self.settings
         self.limit = AdaptiveLimit(s.max_concurrency, adaptive=s.adaptive_concurrency)
         self.breaker = CircuitBreaker(s.circuit_breaker_failures, s.circuit_breaker_subjects)
@@ -477,10 +480,13 @@ class FhirClient:
         await self.limit.acquire()
         throttled: bool | None = None
         started = time.monotonic()
+        sent = self._clock()
         try:
             try:
                 async with asyncio.timeout(self.settings.max_response_seconds):
                     response = await self._receive(request, safe_url)
+                answer = ClockOffset.from_answer(response.headers.get("Date"), sent, self._clock())
+                self.clock_offset = answer if self.clock_offset is None else self.clock_offset.narrowed(answer)
             except TimeoutError:
                 slow = httpx.ReadTimeout(f"the answer was not complete within max_response_seconds="
                                          f"{self.settings.max_response_seconds:g}", request=request)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fhir_adapter.fhir.server_clock import since_base
 from fhir_adapter.fhir.server_config import last_run_started, load_server_config, open_client
 from fhir_adapter.job.outpaths import subject_file_name, without_links
 from fhir_adapter.job.pipeline import Sink
@@ -36,11 +37,15 @@ class Connection:
     server: ServerSource | None = None
     bulk: BulkSource | None = None
 
-    @property
-    def next_since(self) -> dt.datetime | None:
-        """The time the next ``--since last`` starts from when the source says (a Bulk export's
-        transactionTime); None: the start of this run."""
-        return self.bulk.transaction_time if self.bulk is not None else None
+    def next_since(self, started: dt.datetime) -> dt.datetime:
+        """The time the next ``--since last`` starts from: a Bulk export's transactionTime; else ``started``
+        (this run's start on this machine's clock), moved back when the server's clock is behind this machine's
+        (:mod:`fhir_adapter.fhir.server_clock`)."""
+        if self.bulk is not None and self.bulk.transaction_time is not None:
+            return self.bulk.transaction_time
+        if self.server is None:
+            return started
+        return since_base(started, self.server.client.clock_offset)
 
     def close(self) -> None:
         if self.server is not None:

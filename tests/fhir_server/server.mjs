@@ -35,6 +35,21 @@ const config = {
   exitOnStdinClose: env.EXIT_ON_STDIN_CLOSE === '1',
   historyType: env.HISTORY_TYPE === '1', // type-level history ([type]/_history) offered at start and after a reset
 };
+// A server clock off the machine's (CLOCK_OFFSET_MS, e.g. -120000: two minutes behind): every time the server
+// takes (meta.lastUpdated, deletions, a Bulk export's transactionTime, the Date header) is shifted by it.
+const clockOffsetMs = num(env.CLOCK_OFFSET_MS, 0);
+if (clockOffsetMs) {
+  const MachineDate = Date;
+  globalThis.Date = class ServerDate extends MachineDate {
+    constructor(...args) {
+      if (args.length === 0) super(MachineDate.now() + clockOffsetMs);
+      else super(...args);
+    }
+    static now() {
+      return MachineDate.now() + clockOffsetMs;
+    }
+  };
+}
 // Type-level history ([type]/_history, CapabilityStatement history-type): off unless HISTORY_TYPE=1 or
 // POST /admin/history {"type_level": true}; a reset of everything sets it back to HISTORY_TYPE.
 const history = { type_level: config.historyType };
@@ -512,6 +527,7 @@ async function onRequest(req, res) {
 }
 
 const server = http.createServer((req, res) => {
+  if (clockOffsetMs) res.setHeader('Date', new Date().toUTCString()); // node's own Date header ignores the shift
   onRequest(req, res).catch((err) => {
     const oo = err instanceof OperationOutcomeError ? err.outcome : normalizeOperationOutcome(err);
     if (!(err instanceof OperationOutcomeError)) console.error(err);

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,9 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from fhir_adapter.cli.commands import main
 from fhir_adapter.source.bulk_deletions import crf_sources
 from fhir_adapter.synth import plan_trial, write_feed
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
@@ -373,5 +376,38 @@ def test_since_within_a_second_of_a_change_finds_it(loaded: ServerHandle, tmp_pa
     since = (changed_at - dt.timedelta(milliseconds=1)).isoformat()
     cli_run(loaded.base_url, out, "--since", since, "--config", str(config))
     assert report(out)["counts"]["incremental.changed_subjects"] == 1
+    assert rid not in {f["source"]["id"] for f in json.loads((out / "crf" / f"{subject.subject_id}.json")
+                                                             .read_text())["findings"]}
+
+
+def test_since_last_against_a_server_whose_clock_is_behind_finds_a_change_made_after_the_run(
+        tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A server whose clock is two minutes behind this machine's stamps a change made after the run with a time
+    before the run's start on this machine's clock: the run records its base on the server's clock (its Date
+    header), so the next ``--since last`` reads the changed subject again."""
+    from fhir_adapter.testing.fhir_server import start_fhir_server
+
+    subjects = 3
+    write_feed(tmp_path / "feed", subjects=subjects, seed=7)
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    with start_fhir_server(CLOCK_OFFSET_MS=-120_000) as server:
+        load_feed(server.base_url, tmp_path / "feed")
+        time.sleep(1.5)  # the base is found to about a request's round trip: the load is well before it
+        first = CliRunner().invoke(main, ["run", "--source", server.base_url, "--out", str(out), "--config",
+                                          str(config)], catch_exceptions=False)
+        warned = first.output + capfd.readouterr().err  # the log's handler writes to the process's stderr
+        assert first.exit_code in (0, 2) and re.search(r"the server's clock is at least 1[12]\d s behind", warned)
+        assert [bool(re.match(r"the server's clock is at least 1[12]\d s behind", w["message"]))
+                for w in report(out)["warnings"] if w.get("rule") == "server-clock"] == [True]
+        recorded = dt.datetime.fromisoformat(json.loads((out / "state" / "last-run.json").read_text())["started"])
+        assert recorded < dt.datetime.now(dt.UTC) - dt.timedelta(seconds=110)
+        subject = plan_trial(subjects, 7).subjects[0]
+        rid = _first_source(out, subject.subject_id, "c3")
+        _edit(server.base_url, "Observation", rid, lambda r: r.update(status="entered-in-error"))
+        cli_run(server.base_url, out, "--since", "last", "--config", str(config))
+        assert report(out)["counts"]["incremental.changed_subjects"] == 1
+        fresh = tmp_path / "fresh"
+        cli_run(server.base_url, fresh, "--config", str(config))
+    assert server_read_crfs(out) == server_read_crfs(fresh)
     assert rid not in {f["source"]["id"] for f in json.loads((out / "crf" / f"{subject.subject_id}.json")
                                                              .read_text())["findings"]}

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
+from fhir_adapter.fhir.server_clock import lag_warning
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, RosterInput
 from fhir_adapter.source.server.batch import batch_search
@@ -140,6 +141,10 @@ class ServerSource:
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
         self._roster = self.run(read_roster(self.client, self.study, self.log, self.base,
                                             sorted(set(patient_identifiers))))
+        lag = lag_warning(self.client.clock_offset)  # known from the roster's answers
+        if lag is not None:
+            log.warning(lag)
+            self.log.warn(lag, rule="server-clock", fix="synchronise the server's and this machine's clocks (NTP)")
         return self._roster
 
     def label_subjects(self, labels: dict[str, str]) -> None:

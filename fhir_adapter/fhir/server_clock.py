@@ -1,0 +1,78 @@
+"""The server's clock against this machine's, read from the ``Date`` header of the server's first answer.
+
+``--since last`` searches ``_lastUpdated=ge<the last run's start>``, and ``_lastUpdated`` is stamped by the
+server's clock. A run's start read from this machine's clock is a safe base only when the server's clock is not
+behind it: were the server's clock two minutes behind, the changes the EHR made in the two minutes before the
+run's reads would be stamped before the recorded start, and no later ``--since last`` would read them again.
+
+An HTTP ``Date`` (RFC 9110 §6.6.1) is whole seconds: the server's time when it answered lies in
+``[Date, Date + 1 s)``, and on this machine's clock that moment lies between sending the request and
+receiving the answer. The difference server − machine therefore lies in ``[Date − received, Date + 1 − sent)``;
+every answer of the run narrows these bounds (:meth:`ClockOffset.narrowed`).
+:func:`since_base` moves the recorded start back only when that difference is certainly negative (the server
+certainly behind), by its largest possible value, so the base is never later on the server's clock than the
+run's start. A server whose clock agrees with this machine's within the header's one second keeps this
+machine's start as before; a Bulk run keeps the export's ``transactionTime`` (already the server's clock).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+from dataclasses import dataclass
+
+#: a server's clock behind this machine's by more than this is warned of (a lag within it is ordinary drift)
+WARN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class ClockOffset:
+    """Bounds, in seconds, of the server's clock minus this machine's."""
+
+    low: float
+    high: float
+
+    @classmethod
+    def from_answer(cls, date_header: str | None, sent: float, received: float) -> ClockOffset | None:
+        """From one answer's ``Date`` header and this machine's UNIX times around its request (None: no
+        usable header)."""
+        if not date_header:
+            return None
+        try:
+            when = email.utils.parsedate_to_datetime(date_header)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # RFC 9110 dates are GMT; a header without a zone is read as GMT
+            when = when.replace(tzinfo=dt.UTC)
+        server = when.timestamp()
+        return cls(low=server - received, high=server + 1.0 - sent)
+
+    def narrowed(self, other: ClockOffset | None) -> ClockOffset:
+        """Both answers' bounds at once (each answer's second is cut at another point, so a run's answers narrow
+        the bounds to about a request's round trip); bounds that do not meet (the server's clock was set while
+        the run went on) keep the earlier answers'."""
+        if other is None or other.low > self.high or other.high < self.low:
+            return self
+        return ClockOffset(low=max(self.low, other.low), high=min(self.high, other.high))
+
+    @property
+    def server_behind(self) -> bool:
+        """The server's clock is behind this machine's, whatever the header's rounding and the request's time."""
+        return self.high < 0
+
+
+def since_base(started: dt.datetime, offset: ClockOffset | None) -> dt.datetime:
+    """The base a REST run records for the next ``--since last``: the run's start on this machine's clock,
+    moved back by the server's lag when the server's clock is certainly behind."""
+    if offset is None or not offset.server_behind:
+        return started
+    return started + dt.timedelta(seconds=offset.low)
+
+
+def lag_warning(offset: ClockOffset | None) -> str | None:
+    """The run report's warning when the server's clock is more than :data:`WARN_SECONDS` behind (None: not)."""
+    if offset is None or offset.high >= -WARN_SECONDS:
+        return None
+    return (f"the server's clock is at least {-offset.high:.0f} s behind this machine's (its Date header): the next "
+            "--since last counts from this run's start on the server's clock, so no change is missed; an EHR "
+            "whose clocks disagree also stamps its records inconsistently")

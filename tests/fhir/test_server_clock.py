@@ -1,0 +1,86 @@
+"""The server's clock read from its Date header (``fhir_adapter.fhir.server_clock``): the base a REST run records
+for the next ``--since last`` is never later, on the server's clock, than the run's start."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+
+import pytest
+from pytest_httpx import HTTPXMock
+
+from fhir_adapter.fhir import FhirClient
+from fhir_adapter.fhir.server_clock import ClockOffset, since_base
+from tests.fhir.fhir_testkit import BASE, FakeSleep
+
+START = dt.datetime(2026, 11, 2, 8, 0, 0, 400000, tzinfo=dt.UTC)
+
+
+def http_date(when: dt.datetime) -> str:
+    return email.utils.format_datetime(when.astimezone(dt.UTC), usegmt=True)
+
+
+def offset(server_lag_s: float, sent: dt.datetime = START, rtt_s: float = 0.05) -> ClockOffset | None:
+    """The offset one answer gives when the server's clock is ``server_lag_s`` behind (negative: ahead)."""
+    received = sent + dt.timedelta(seconds=rtt_s)
+    return ClockOffset.from_answer(http_date(sent + dt.timedelta(seconds=rtt_s / 2 - server_lag_s)),
+                                   sent.timestamp(), received.timestamp())
+
+
+def test_a_server_two_minutes_behind_moves_the_base_back_by_at_least_its_lag() -> None:
+    base = since_base(START, offset(120))
+    assert START - dt.timedelta(seconds=122) < base <= START - dt.timedelta(seconds=120)
+
+
+@pytest.mark.parametrize("lag", [0, 0.3, -0.5, -300])
+def test_a_server_in_step_within_the_headers_second_or_ahead_keeps_this_machines_start(lag: float) -> None:
+    assert since_base(START, offset(lag)) == START
+
+
+def test_from_a_lag_of_one_second_the_base_is_never_later_on_the_servers_clock_than_the_start() -> None:
+    for lag_ms in range(1000, 400_000, 997):
+        lag = dt.timedelta(milliseconds=lag_ms)
+        assert START - lag - dt.timedelta(seconds=1.1) < since_base(START, offset(lag_ms / 1000)) <= START - lag
+
+
+def test_the_bounds_hold_the_true_offset_whatever_the_rounding() -> None:
+    for lag_ms in range(0, 3000, 37):
+        found = offset(lag_ms / 1000)
+        assert found is not None and found.low <= -lag_ms / 1000 < found.high
+
+
+@pytest.mark.parametrize("header", [None, "", "yesterday", "Mon, 99 Foo 2026 25:61:00 GMT"])
+def test_no_usable_date_header_keeps_this_machines_start(header: str | None) -> None:
+    found = ClockOffset.from_answer(header, START.timestamp(), START.timestamp())
+    assert found is None and since_base(START, found) == START
+
+
+def test_answers_at_other_points_of_the_second_narrow_the_bounds_to_the_round_trip() -> None:
+    lag = 120.3
+    found = offset(lag)
+    assert found is not None
+    for ms in range(0, 1000, 50):
+        found = found.narrowed(offset(lag, sent=START + dt.timedelta(seconds=3, milliseconds=ms)))
+    assert found.low <= -lag < found.high and found.high - found.low <= 0.1
+    assert START - dt.timedelta(seconds=lag + 0.1) <= since_base(START, found) <= START - dt.timedelta(seconds=lag)
+
+
+def test_bounds_that_do_not_meet_keep_the_earlier_answers() -> None:
+    first = offset(120)
+    assert first is not None and first.narrowed(offset(0)) == first and first.narrowed(None) == first
+
+
+async def test_the_client_narrows_the_offset_with_each_answer(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:
+    now = dt.datetime.now(dt.UTC)
+    for i in range(3):
+        httpx_mock.add_response(url=f"{BASE}/Patient/p-{i}", json={"resourceType": "Patient", "id": f"p-{i}"},
+                                headers={"Date": http_date(now - dt.timedelta(minutes=10))})
+    async with FhirClient(BASE, sleep=fake_sleep) as client:
+        assert client.clock_offset is None
+        await client.read("Patient", "p-0")
+        first = client.clock_offset
+        await client.read("Patient", "p-1")
+        await client.read("Patient", "p-2")
+    assert first is not None and client.clock_offset is not None and client.clock_offset.server_behind
+    assert first.low <= client.clock_offset.low < client.clock_offset.high <= first.high
+    assert -602 < client.clock_offset.low < client.clock_offset.high < -598
