@@ -130,7 +130,7 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
         # the base of the next since="last" (or `run --since last`), as the command records it: a run that
         # completed (exit 0 or 2; a failed subject has no CRF, so that run reads it in full), not a dry run
         if summary.stopped is None and summary.exit_code != exit_codes.FAILED and not dry_run:
-            record_run(out_dir, conn.next_since(started), str(source))
+            record_run(out_dir, conn.next_since(started), str(source), summary.roster_csv_sha256)
         crfs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out_dir / "crf").glob("*.json"))]
         return RunResult(
             out=out_dir, summary=summary, exit_code=summary.exit_code,

@@ -259,7 +259,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         # written by it (state/written.json holds only the writes the server confirmed)
         if summary.exit_code != exit_codes.FAILED and not dry_run:
             try:
-                record_run(out, conn.next_since(started), source)
+                record_run(out, conn.next_since(started), source, summary.roster_csv_sha256)
             except UnsafePath as exc:   # state/ turned into a symbolic link while the run went on
                 _fail(str(exc))
     if not ctx.obj.get("quiet"):

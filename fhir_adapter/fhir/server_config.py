@@ -202,16 +202,27 @@ def open_client(base_url: str, config: ServerConfig, env: Mapping[str, str]) -> 
 STATE_FILE = Path("state") / "last-run.json"
 
 
-def last_run_started(out: Path) -> dt.datetime | None:
-    """Start time of the last completed run (exit 0 or 2) writing to ``out`` (for ``--since last``)."""
+def last_run(out: Path) -> dict[str, Any] | None:
+    """What ``OUT/state/last-run.json`` records of the last completed run (exit 0 or 2) writing to ``out``."""
     path = Path(out) / STATE_FILE
     if not path.exists():
         return None
-    return dt.datetime.fromisoformat(json.loads(path.read_text())["started"])
+    record: dict[str, Any] = json.loads(path.read_text())
+    return record
 
 
-def record_run(out: Path, started: dt.datetime, source: str) -> None:
+def last_run_started(out: Path) -> dt.datetime | None:
+    """Start time of the last completed run (exit 0 or 2) writing to ``out`` (for ``--since last``)."""
+    record = last_run(out)
+    return dt.datetime.fromisoformat(record["started"]) if record is not None else None
+
+
+def record_run(out: Path, started: dt.datetime, source: str, roster_csv_sha256: str | None = None) -> None:
     """Write ``OUT/state/last-run.json``; a symbolic link there is replaced, never written through (a link in
-    place of ``state/`` is refused: :class:`~fhir_adapter.job.outpaths.UnsafePath`)."""
+    place of ``state/`` is refused: :class:`~fhir_adapter.job.outpaths.UnsafePath`). ``roster_csv_sha256``: the
+    content of the roster CSV the run read (an incremental run compares it with the CSV it reads)."""
     path = replaced_output(Path(out), Path(out) / STATE_FILE)
-    path.write_text(json.dumps({"started": started.isoformat(), "source": source}, indent=2) + "\n")
+    record: dict[str, Any] = {"started": started.isoformat(), "source": source}
+    if roster_csv_sha256 is not None:
+        record["roster_csv_sha256"] = roster_csv_sha256
+    path.write_text(json.dumps(record, indent=2) + "\n")

@@ -8,6 +8,7 @@ never stopping the others.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import os
 from collections import deque
@@ -28,6 +29,7 @@ from fhir_adapter.export import ExportWriter
 from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirHttpError, FhirServerUnavailable
 from fhir_adapter.fhir.flow import is_unavailability
 from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.fhir.server_config import last_run
 from fhir_adapter.job import exit_codes
 from fhir_adapter.job.outlock import hold_out
 from fhir_adapter.job.outpaths import OutFolders, SubjectFileNames, inside, quarantine_file_name, subject_file_name
@@ -94,6 +96,8 @@ class RunSummary:
     #: (run report: ``summary.would_write``)
     dry_run: bool = False
     would_write: dict[str, int] = field(default_factory=lambda: {"results": 0, "server_writes": 0})
+    #: the SHA-256 of the roster CSV as the run read it (recorded in ``state/last-run.json``), None: no CSV
+    roster_csv_sha256: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -261,6 +265,8 @@ def _run(
     started = dt.datetime.now(dt.UTC)
     summary = RunSummary(out=out)
     state = WrittenState(out / "state" / "written.json")
+    if roster_csv is not None:  # before the CSV is read: an edit made meanwhile differs from what is recorded
+        summary.roster_csv_sha256 = hashlib.sha256(roster_csv.read_bytes()).hexdigest()
     try:
         roster_input = source.roster(csv_identifiers(roster_csv) if roster_csv is not None else ())
     except FhirError as exc:
@@ -295,9 +301,9 @@ def _run(
     # an incremental read may skip only subjects whose last CRF is at hand
     source.reusable = {pid for pid, e in roster.enrolled.items()
                        if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
-    if roster_csv is not None and source.since is not None and \
-            dt.datetime.fromtimestamp(roster_csv.stat().st_mtime, dt.UTC) >= source.since:
-        # the site saved its roster since: the arm, dates or infusion date of the subjects it names may differ
+    if roster_csv is not None and source.since is not None and _roster_csv_changed(roster_csv, summary, out,
+                                                                               source.since):
+        # the site edited its roster since: the arm, dates or infusion date of the subjects it names may differ
         named = csv_subject_ids(roster_csv)
         source.reusable -= {pid for pid, e in roster.enrolled.items() if e.subject_id in named}
     source.scratch = work_dir  # what the source spools of the chart is removed with the staging folder
@@ -510,6 +516,18 @@ def _stopped(error: FhirError, done: list[str], left: list[str], *, roster_read:
     since = error.since if isinstance(error, FhirServerUnavailable) else now
     cause = error.last_error if isinstance(error, FhirServerUnavailable) and error.last_error else error
     return Stopped(exit_codes.SERVER_UNAVAILABLE, "server-unavailable", since, str(cause), done, left, roster_read)
+
+
+def _roster_csv_changed(roster_csv: Path, summary: RunSummary, out: Path, since: dt.datetime) -> bool:
+    """The roster CSV may differ from the one the CRFs of the last run were made from: its content differs from
+    what ``state/last-run.json`` records of that run (also a copy that kept an old modification time), or,
+    with nothing recorded, it was saved at or after ``since``."""
+    last = last_run(out)
+    if last is not None and (recorded := last.get("roster_csv_sha256")) is not None:
+        return bool(recorded != summary.roster_csv_sha256)
+    if last is not None and "started" in last:  # the last run read no roster CSV
+        return True
+    return dt.datetime.fromtimestamp(roster_csv.stat().st_mtime, dt.UTC) >= since
 
 
 def _write_report(work: Path, source: Source, study: Study, runlog: RunLog, summary: RunSummary,

@@ -50,6 +50,7 @@ def test_since_last_with_a_roster_csv_reuses_the_unchanged_subjects(clean_fhir_s
     changes: `--since last` with nothing changed reuses every subject; once the site edits its roster CSV, its
     subjects are read again (their arm or dates may differ)."""
     import os
+    import shutil
     import time
 
     feed, roster, expected = build_no_trial_feed(tmp_path / "feed")
@@ -76,3 +77,17 @@ def test_since_last_with_a_roster_csv_reuses_the_unchanged_subjects(clean_fhir_s
     [held] = [rs for rs in search_all(clean_fhir_server.base_url, "ResearchSubject", {})
               if any(i.get("value") == sid for i in rs.get("identifier") or [])]
     assert held["period"]["start"] == corrected
+    # the site edits its roster elsewhere and copies it over with the modification time of an hour ago (cp -p,
+    # rsync -t): the content differs from what the last run read, so its subjects are read again all the same
+    again = f"{int(consent[:4]) - 2}{consent[4:]}"
+    edited = tmp_path / "roster-edited.csv"
+    edited.write_text(roster.read_text().replace(corrected, again))
+    os.utime(edited, (time.time() - 3600, time.time() - 3600))
+    shutil.copy2(edited, roster)
+    cli_run(clean_fhir_server.base_url, out, "--post", "--since", "last", *args)
+    assert report(out)["counts"]["incremental.changed_subjects"] == 3
+    assert json.loads((out / "crf" / f"{sid}.json").read_text())["participation_start"] == again
+    # and the same CSV saved again unchanged (a newer modification time) reads nobody again
+    roster.write_text(roster.read_text())
+    cli_run(clean_fhir_server.base_url, out, "--post", "--since", "last", *args)
+    assert report(out)["counts"]["incremental.changed_subjects"] == 0
