@@ -321,3 +321,19 @@ def test_bulk_client_errors_take_the_exit_codes_of_the_table() -> None:
         return err
 
     assert [exit_code_of(failed_for(k)) for k in ("refused", "timeout", "dropped", "dns", "tls")] == [3, 3, 3, 1, 1]
+
+
+def test_a_reader_that_closes_the_output_ends_the_command_quietly_with_141() -> None:
+    """`fhir-adapter check | head -1`: once the reader has gone, the command stops without an `error:` line or
+    a traceback, with the shell's code for a command stopped by SIGPIPE."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: every write fails
+    try:
+        done = subprocess.run([sys.executable, "-c", "from fhir_adapter.cli.commands import main; main()", "check",
+                               "--study", str(ROOT / "mappings" / "lcar-aio")],
+                              stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -279,10 +280,25 @@ class AdapterGroup(click.Group):
             raise
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except BrokenPipeError:  # `check | head -1`: the reader has what it wanted; no error line, no traceback
+            output_closed()
+            ctx.exit(exit_codes.OUTPUT_CLOSED)
         except Exception as exc:
             verbose = int((ctx.obj or {}).get("verbose", ctx.params.get("verbose") or 0))
             report_error(exc, verbose)
             ctx.exit(exit_code_of(exc))
+
+
+def output_closed() -> None:
+    """Point standard output at ``os.devnull``: the interpreter's last flush at exit then writes nowhere instead
+    of failing again on the closed pipe (the Python documentation's note on SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, OSError, ValueError):  # a stdout with no descriptor (a test runner's)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def exit_code_of(exc: BaseException) -> int:

@@ -8,6 +8,7 @@ COMPLETED_WITH_WARNINGS = 2
 SERVER_UNAVAILABLE = 3
 AUTH_FAILED = 4
 USAGE = 64
+OUTPUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a command its reader stopped reading
 
 #: code -> (meaning, what the site does next)
 EXIT_CODES: dict[int, tuple[str, str]] = {
@@ -23,6 +24,8 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     AUTH_FAILED: ("authentication failed: the run stopped; what the server confirmed is recorded",
                   "check the client id, key and scopes with the token endpoint named in the error; rerun"),
     USAGE: ("usage error on the command line", "correct the command (see --help)"),
+    OUTPUT_CLOSED: ("the reader of the output closed it (e.g. | head): the rest was not printed",
+                    "nothing, or run it again without cutting its output"),
 }
 
 
@@ -34,5 +37,5 @@ def help_table() -> str:
     """The table shown in ``fhir-adapter --help`` (Click's ``\\b`` keeps the lines as they are)."""
     lines = ["\b", "Exit codes (what to do next):"]
     for code, (what, then) in EXIT_CODES.items():
-        lines += [f"  {code:>2}  {what}", f"      then: {then}"]
+        lines += [f"  {code:>3}  {what}", f"       then: {then}"]
     return "\n".join(lines)
