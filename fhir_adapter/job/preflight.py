@@ -96,7 +96,8 @@ def capability_gaps(cs: dict[str, Any], *, observation_code_param: str = "combo-
             no_history.append(rtype)
     if no_last_updated:
         gaps.append(Gap("warning", f"_lastUpdated not declared on {', '.join(no_last_updated)}",
-                        "--since cannot find changes of these types: run without --since"))
+                        "--since may not find changes of these types: a server that refuses or ignores the "
+                        "parameter has every subject read in full, as a run without --since"))
     if no_history:
         gaps.append(Gap("warning", f"no history-type on {', '.join(no_history)}",
                         "under --since a deletion alone is picked up by the next full run"))

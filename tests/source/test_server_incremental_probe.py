@@ -116,7 +116,8 @@ def test_deletions_from_type_level_history_when_offered(study: Study) -> None:
     assert len(hist) == 1 and hist[0].url.params["_since"] == "2026-11-01T00:00:00.000Z"
 
 
-def probe_with(study: Study, handler: Any) -> tuple[ChangeProbe, set[str] | BaseException, FhirClient]:
+def probe_with(study: Study, handler: Any, pids: Iterable[str] = ("p1", "p2", "p3")
+               ) -> tuple[ChangeProbe, set[str] | BaseException, FhirClient]:
     async def no_wait(_: float) -> None:
         return None
 
@@ -127,7 +128,7 @@ def probe_with(study: Study, handler: Any) -> tuple[ChangeProbe, set[str] | Base
     probe = ChangeProbe(client, source.plan, RunLog(), source.base, SINCE, {"p1": "S-1", "p2": "S-2", "p3": "S-3"})
     outcome: set[str] | BaseException
     try:
-        outcome = source.run(probe.changed({"p1", "p2", "p3"}))
+        outcome = source.run(probe.changed(set(pids)))
     except FhirError as exc:
         outcome = exc
     finally:
@@ -409,3 +410,43 @@ def test_a_specimen_probe_timing_out_for_many_patients_is_asked_again_per_patien
 
     probe, changed, client = probe_with(study, handler)
     assert changed == {"p2"} and probe.failed == {} and not client.breaker.is_open
+
+
+def test_a_server_refusing_a_change_search_reads_those_subjects_in_full_and_fails_none(study: Study) -> None:
+    """A server that refuses `_lastUpdated` on Observation (400, also per patient: some EHRs do not offer it on
+    every type) cannot say what changed: every patient counts as changed and is read in full by the searches a
+    full run makes, with one warning — not every subject failed at every `--since last` run."""
+    client_requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        client_requests.append(request)
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        if search_type(request) == "Observation":
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "not-supported",
+                 "diagnostics": "Unknown search parameter _lastUpdated"}]})
+        return httpx.Response(200, json=bundle([]))
+
+    probe, changed, client = probe_with(study, handler)
+    assert changed == {"p1", "p2", "p3"} and probe.failed == {} and not client.breaker.is_open
+    assert [w["message"][:56] for w in probe.log.warnings if "refuses" in w["message"]] == [
+        "the server refuses the Observation change search (400): "]
+    # asked for the group, then for each patient alone: once refused for one, not asked for the others again
+    observation_probes = [r for r in client_requests if search_type(r) == "Observation"]
+    assert 2 <= len(observation_probes) <= 4
+    assert probe.log.counts["incremental.refused_subjects"] == 3
+
+
+def test_the_probe_of_a_single_patient_failing_fails_that_subject_not_the_run(study: Study) -> None:
+    """A group of one patient (a cohort of one, or the last of 21 patients) whose probe fails after its retries:
+    that subject alone is not processed, as in a larger group (before: the failure ended the whole probe)."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        if search_type(request) == "Observation":
+            return httpx.Response(503, json={"resourceType": "OperationOutcome", "issue": []})
+        return httpx.Response(200, json=bundle([]))
+
+    probe, changed, client = probe_with(study, handler, pids=["p1"])
+    assert changed == set() and set(probe.failed) == {"p1"} and not client.breaker.is_open

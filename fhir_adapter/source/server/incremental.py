@@ -41,7 +41,10 @@ alone waits for the next full run.
 A probe for many patients that fails after its retries does not count toward the circuit breaker: it is asked
 again per patient (counted under that subject, and toward the breaker), as a full run reads a failing group's
 patients alone. A patient whose own probe still fails is :attr:`ChangeProbe.failed`: that subject alone is not
-processed (the next run reads it in full, its CRF being gone); the others go on. The server being down (the
+processed (the next run reads it in full, its CRF being gone); the others go on. A probe the server refuses (4xx)
+for a patient alone too is a search it does not offer on that type (``_lastUpdated``, ``_elements``): that type
+is not asked again, and every patient whose changes it could not say is read in full (warning ``incremental``,
+counted ``incremental.refused_subjects``). The server being down (the
 breaker opens) or the credentials rejected for good still stop the run.
 """
 
@@ -153,6 +156,10 @@ class ChangeProbe:
         self.labels = dict(labels or {})
         #: patients whose own probe failed after its retries (patient id -> why): not read, reported
         self.failed: dict[str, FhirError] = {}
+        #: resource types whose change search the server refuses (4xx) for a single patient too -> the status
+        self.refused: dict[str, int] = {}
+        #: patients whose changes could not be asked for (a refused change search): read in full
+        self.unknown: set[str] = set()
 
     async def changed(self, pids: set[str], roster: RosterInput | None = None) -> set[str]:
         """Patients of ``pids`` with a resource updated (or deleted) at or after ``since`` — also their Patient
@@ -175,8 +182,11 @@ class ChangeProbe:
                         found.add((str(res.get("resourceType")), res["id"]))
 
         async def probe_group(rtype: str, params: dict[str, str], group: list[str]) -> None:
+            if rtype in self.refused:  # refused for a patient alone already: not asked again
+                self.unknown.update(group)
+                return
             if len(group) == 1:
-                await probe(rtype, params, self.labels.get(group[0], group[0]), True)
+                await self._per_patient(rtype, params, group, probe)
                 return
             try:
                 await probe(rtype, params, "incremental", False)
@@ -225,6 +235,13 @@ class ChangeProbe:
         error = first_error(await asyncio.gather(*probes, return_exceptions=True))  # every probe ends first
         if error is not None:
             raise error
+        for rtype, status in sorted(self.refused.items()):
+            self.log.warn(f"the server refuses the {rtype} change search ({status}): the subjects whose {rtype} "
+                          "changes it could not say are read in full (`check --source` lists the search "
+                          "parameters the server declares)", rule="incremental")
+        if self.unknown:
+            self.log.count("incremental.refused_subjects", len(self.unknown - set(self.failed)))
+            changed |= self.unknown - set(self.failed)
         changed |= await self._medication_users(cap, pids, stamp)
         history = self._history_types(cap)
         for rtype in SUBJECT_SEARCHES:
@@ -304,15 +321,25 @@ class ChangeProbe:
     async def _per_patient(self, rtype: str, params: dict[str, str], group: list[str],
                            probe: Callable[[str, dict[str, str], str, bool], Awaitable[None]]) -> None:
         """The probe of a group that failed, once per patient of ``group``; a patient whose probe fails is
-        :attr:`failed` (the server down or the credentials rejected for good: raised)."""
+        :attr:`failed` (the server down or the credentials rejected for good: raised). A probe the server
+        refuses (4xx) for a patient alone is a search it does not offer (``_lastUpdated`` or ``_elements`` on
+        that type): the patient's changes are unknown, so it is read in full (:attr:`unknown`), and the type is
+        not asked for the other patients again (:attr:`refused`)."""
         param = SUBJECT_SEARCHES[rtype][0] if rtype in SUBJECT_SEARCHES else "patient"  # Specimen
 
         async def one(pid: str) -> None:
+            if rtype in self.refused:
+                self.unknown.add(pid)
+                return
             try:
                 await probe(rtype, {**params, param: f"Patient/{pid}"}, self.labels.get(pid, pid), True)
             except FhirError as exc:
                 raise_if_fatal(exc)
-                self.failed.setdefault(pid, exc)
+                if isinstance(exc, FhirHttpError) and _refusal(exc):
+                    self.refused.setdefault(rtype, exc.status)
+                    self.unknown.add(pid)
+                else:
+                    self.failed.setdefault(pid, exc)
 
         error = first_error(await asyncio.gather(*(one(p) for p in group if p not in self.failed),
                                                  return_exceptions=True))
