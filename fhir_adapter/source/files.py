@@ -60,6 +60,7 @@ from fhir_adapter.source.layout import (
     read_document,
     read_lines,
 )
+from fhir_adapter.source.patient_links import links, replaced, warn_link
 from fhir_adapter.terminology.codes import SID_RESULT
 
 #: which pass reads (and quarantines the bad lines of) a file of a given type; mixed files: every pass reads
@@ -380,22 +381,15 @@ class FileSource:
         return roster
 
     def _note_links(self, res: Resource, named: set[str], base: str | None) -> None:
-        """A Patient linked to a subject's Patient (``Patient.link``: a merged or duplicate record of the same
-        person, the EHR's master patient index) — its resources are filed under another id, which the adapter
-        does not read as the subject's (a link is the EHR's claim about identity; following it would let any
-        record pose as a subject): said, so the site merges or re-files them."""
-        for link in res.get("link") or []:
-            other = ref_id(((link if isinstance(link, dict) else {}).get("other") or {}).get("reference"), "Patient",
-                           base)
-            pair = {res["id"], other} & named if other else set()
-            if other and other != res["id"] and pair and frozenset((res["id"], other)) not in self._links_said:
+        """A Patient linked to a subject's Patient, either way round: said once per pair, not followed
+        (:mod:`fhir_adapter.source.patient_links`)."""
+        for other, kind in links(res, base):
+            pair = {res["id"], other} & named
+            if pair and frozenset((res["id"], other)) not in self._links_said:
                 self._links_said.add(frozenset((res["id"], other)))
-                enrolled, unread = (res["id"], other) if res["id"] in named else (other, res["id"])
-                self.log.warn(f"Patient/{unread} is linked to the enrolled Patient/{enrolled} (link type "
-                              f"{link.get('type')}): resources filed under Patient/{unread} are not read as that "
-                              "subject's", resource=f"Patient/{enrolled}", rule="patient-link",
-                              fix=f"merge or re-file Patient/{unread}'s records under Patient/{enrolled} in the EHR "
-                                  "(or enrol it) if they are the same person's")
+                on_enrolled = res["id"] in named
+                enrolled, unread = (res["id"], other) if on_enrolled else (other, res["id"])
+                warn_link(self.log, enrolled, unread, kind, enrolled_replaced=replaced(on_enrolled, kind))
 
     @staticmethod
     def _note_patient(res: Resource, where: str, first_seen: dict[str, tuple[bytes, str]],

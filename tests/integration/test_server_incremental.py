@@ -411,3 +411,40 @@ def test_since_last_against_a_server_whose_clock_is_behind_finds_a_change_made_a
     assert server_read_crfs(out) == server_read_crfs(fresh)
     assert rid not in {f["source"]["id"] for f in json.loads((out / "crf" / f"{subject.subject_id}.json")
                                                              .read_text())["findings"]}
+
+
+def test_a_subjects_patient_merged_away_in_the_ehr_is_said_and_read_again_once_the_subject_is_repointed(
+        loaded: ServerHandle, tmp_path: Path) -> None:
+    """The EHR merges a subject's Patient into another (the master patient index: the old Patient gets
+    `link: replaced-by`, the records move): the server run says so, naming both Patients and what to change — it
+    does not follow the link — and once the ResearchSubject points at the surviving Patient, its records are the
+    subject's again."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    subject = plan_trial(SUBJECTS, 7).subjects[0]
+    cli_run(loaded.base_url, out, "--config", str(config))
+    rid = _first_source(out, subject.subject_id, "c3")
+    [old] = search_all(loaded.base_url, "Patient", {"_id": subject.patient_id})
+    survivor = {k: v for k, v in old.items() if k not in ("meta", "id", "link")} | {
+        "id": "merged-survivor-1", "link": [{"other": {"reference": f"Patient/{subject.patient_id}"},
+                                             "type": "replaces"}]}
+    put_resources(loaded.base_url, [survivor, {k: v for k, v in old.items() if k != "meta"} | {
+        "active": False, "link": [{"other": {"reference": "Patient/merged-survivor-1"}, "type": "replaced-by"}]}])
+    _edit(loaded.base_url, "Observation", rid, lambda r: r.update(subject={"reference": "Patient/merged-survivor-1"}))
+
+    cli_run(loaded.base_url, out, "--config", str(config))
+    [said] = [w for w in report(out)["warnings"] if w.get("rule") == "patient-link"]
+    assert said["resource"] == f"Patient/{subject.patient_id}"
+    assert "was replaced by Patient/merged-survivor-1" in said["message"]
+    assert "ResearchSubject.individual" in said["fix"]
+    assert rid not in {f["source"]["id"] for f in json.loads((out / "crf" / f"{subject.subject_id}.json")
+                                                             .read_text())["findings"]}
+    # the site repoints the subject at the surviving Patient: its records (the moved one too) are read again
+    [rs] = [r for r in search_all(loaded.base_url, "ResearchSubject", {})
+            if r["individual"]["reference"].endswith(f"/{subject.patient_id}")]
+    put_resources(loaded.base_url, [{k: v for k, v in rs.items() if k != "meta"}
+                                    | {"individual": {"reference": "Patient/merged-survivor-1"}}])
+    cli_run(loaded.base_url, out, "--config", str(config))
+    assert rid in {f["source"]["id"] for f in json.loads((out / "crf" / f"{subject.subject_id}.json")
+                                                         .read_text())["findings"]}
+    [said] = [w for w in report(out)["warnings"] if w.get("rule") == "patient-link"]
+    assert said["resource"] == "Patient/merged-survivor-1" and "merge or re-file" in said["fix"]

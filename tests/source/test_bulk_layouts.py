@@ -213,3 +213,25 @@ def test_a_patient_linked_to_a_subjects_patient_is_said_not_read(plain: Path, tm
     said = [w for w in log.warnings if w["rule"] == "patient-link"]
     assert len(said) == 1 and said[0]["resource"] == f"Patient/{enrolled}"
     assert "Patient/merged-away-1" in said[0]["message"] and "merge or re-file" in said[0]["fix"]
+
+
+def test_a_subjects_patient_merged_away_is_said_with_the_patient_to_repoint_it_at(plain: Path, tmp_path: Path) -> None:
+    """The subject's own Patient is the one merged away (`replaced-by` on it, `replaces` on the survivor): the
+    person's records now live under the survivor, so the warning says to point the subject at it."""
+    shutil.copytree(plain / "feed", tmp_path / "feed")
+    subject = orjson.loads(_lines(tmp_path / "feed" / "ResearchSubject.ndjson")[0])
+    enrolled = subject["individual"]["reference"].split("/")[1]
+    survivor = {"resourceType": "Patient", "id": "survivor-1",
+                "link": [{"other": {"reference": f"Patient/{enrolled}"}, "type": "replaces"}]}
+    patients = tmp_path / "feed" / "Patient.ndjson"
+    lines = [orjson.loads(x) for x in _lines(patients)]
+    for p in lines:
+        if p["id"] == enrolled:
+            p.update(active=False, link=[{"other": {"reference": "Patient/survivor-1"}, "type": "replaced-by"}])
+    patients.write_bytes(b"\n".join(orjson.dumps(p) for p in [survivor, *lines]) + b"\n")
+    log = RunLog()
+    FileSource(tmp_path / "feed", log).roster()
+    [said] = [w for w in log.warnings if w["rule"] == "patient-link"]
+    assert said["resource"] == f"Patient/{enrolled}"
+    assert f"the enrolled Patient/{enrolled} was replaced by Patient/survivor-1" in said["message"]
+    assert "ResearchSubject.individual" in said["fix"]
