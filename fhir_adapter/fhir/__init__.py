@@ -23,7 +23,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from fhir_adapter.fhir.auth import BearerToken, SmartBackendServices, auth_from_env, load_private_key
+    from fhir_adapter.fhir.auth import BearerToken, ClientSecret, SmartBackendServices, auth_from_env, load_private_key
     from fhir_adapter.fhir.bundles import split_transaction
     from fhir_adapter.fhir.client import FhirClient, SearchParams
     from fhir_adapter.fhir.errors import (
@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 #: each public name → the module that defines it, imported on first use (PEP 562): an offline run, which only
 #: needs the R4 checks (``fhir_adapter.fhir.r4``), never loads httpx, jwt and cryptography
 _HOME = {
-    "BearerToken": "auth", "SmartBackendServices": "auth", "auth_from_env": "auth", "load_private_key": "auth",
+    "BearerToken": "auth", "ClientSecret": "auth", "SmartBackendServices": "auth", "auth_from_env": "auth",
+    "load_private_key": "auth",
     "split_transaction": "bundles",
     "FhirClient": "client", "SearchParams": "client",
     "FhirAuthError": "errors", "FhirError": "errors", "FhirHttpError": "errors", "FhirPagingError": "errors",
@@ -63,6 +64,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BearerToken",
+    "ClientSecret",
     "ClientSettings",
     "ClientStats",
     "FhirAuthError",

@@ -1,6 +1,9 @@
 """Authentication flows for the FHIR client, as :class:`httpx.Auth` implementations.
 
 * :class:`BearerToken` — a static access token (e.g. issued out of band for a test server).
+* :class:`ClientSecret` — OAuth 2.0 ``client_credentials`` with a client secret (``client_secret_basic`` or
+  ``client_secret_post``), for FHIR servers behind an identity provider (Entra ID, Keycloak, Okta); the token
+  life cycle below is the same (:class:`TokenFlow`).
 * :class:`SmartBackendServices` — SMART App Launch v2 "Backend Services": ``client_credentials`` grant with a
   ``private_key_jwt`` client assertion signed RS384 or ES384. The token endpoint is discovered from
   ``{base}/.well-known/smart-configuration`` unless given; the token is cached, renewed
@@ -23,19 +26,23 @@ Variable                            Meaning
 ``FHIR_ADAPTER_SMART_ALG``          ``RS384`` (default) or ``ES384``
 ``FHIR_ADAPTER_SMART_SCOPE``        requested scopes, e.g. ``system/Patient.rs system/Observation.rs``
 ``FHIR_ADAPTER_SMART_TOKEN_URL``    token endpoint; when unset it is discovered from the FHIR base URL
+``FHIR_ADAPTER_OAUTH_*``            the client-secret flow: ``_CLIENT_ID``, ``_CLIENT_SECRET`` (or
+                                    ``_CLIENT_SECRET_FILE``), ``_SCOPE``, ``_TOKEN_URL``, ``_AUTH_METHOD``
 ==================================  =====================================================================
 
-Bearer and SMART variables are mutually exclusive. Tokens, keys and client assertions never appear in log
+Bearer, SMART and OAuth variables are mutually exclusive. Tokens, keys and client assertions never appear in log
 records, exception messages or ``repr()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping
 from pathlib import Path
@@ -55,7 +62,9 @@ from fhir_adapter.fhir.urls import normalise_base_url, redact_url
 __all__ = [
     "AUTH_REQUEST_EXTENSION",
     "BearerToken",
+    "ClientSecret",
     "PrivateKey",
+    "RedactingAuth",
     "SmartBackendServices",
     "auth_from_env",
     "load_private_key",
@@ -71,7 +80,7 @@ _MAX_ASSERTION_LIFETIME = 300  # SMART: exp no more than five minutes in the fut
 _REDACTED = "<redacted>"
 
 
-class _RedactingAuth(httpx.Auth):
+class RedactingAuth(httpx.Auth):
     """Base of the adapter's auth flows: knows its secrets so that error messages can be scrubbed."""
 
     def _secrets(self) -> list[str]:
@@ -85,7 +94,7 @@ class _RedactingAuth(httpx.Auth):
         return text
 
 
-class BearerToken(_RedactingAuth):
+class BearerToken(RedactingAuth):
     """A static bearer token. It cannot be renewed: a 401 raises :class:`FhirAuthError` at once."""
 
     def __init__(self, token: str | SecretStr) -> None:
@@ -223,13 +232,14 @@ def _token_error_detail(body: dict[str, Any] | None, content: bytes, status: int
     return " and no OAuth error in the answer"
 
 
-class SmartBackendServices(_RedactingAuth):
-    """SMART Backend Services (``client_credentials`` + ``private_key_jwt``) as an :class:`httpx.Auth` flow.
+class TokenFlow(RedactingAuth):
+    """OAuth 2.0 ``client_credentials`` (RFC 6749 §4.4) as an :class:`httpx.Auth` flow: the token life cycle
+    shared by :class:`SmartBackendServices` and :class:`ClientSecret`, which differ in how the client
+    authenticates to the token endpoint (:meth:`_authenticate`).
 
-    ``private_key`` is a key object or anything :func:`load_private_key` accepts. Give ``token_url`` or
-    ``fhir_base_url`` (the token endpoint is then discovered from
-    ``{fhir_base_url}/.well-known/smart-configuration``).
-    ``clock`` returns the current UNIX time (``time.time``); tests inject a fake one.
+    Give ``token_url`` or ``fhir_base_url`` (the token endpoint is then discovered from
+    ``{fhir_base_url}/.well-known/smart-configuration``). ``clock`` returns the current UNIX time
+    (``time.time``); tests inject a fake one.
 
     Token life cycle: the access token is requested on first use, reused while
     ``clock() < issued + expires_in - skew`` (``skew`` = ``refresh_skew_seconds``, at most half the token's
@@ -237,6 +247,162 @@ class SmartBackendServices(_RedactingAuth):
     401 from the FHIR server the token is renewed once (unless a concurrent request already renewed it) and
     the request is sent once more. Concurrent requests share one renewal.
     """
+
+    #: how the flow is named in messages, and the variable that sets its token endpoint
+    kind = "OAuth"
+    token_url_variable = "FHIR_ADAPTER_OAUTH_TOKEN_URL"
+
+    def __init__(self, client_id: str, scope: str, token_url: str | None, fhir_base_url: str | None, *,
+                 refresh_skew_seconds: float, clock: Callable[[], float]) -> None:
+        if not client_id:
+            raise ValueError(f"{self.kind} client_id is empty")
+        if token_url is None and fhir_base_url is None:
+            raise ValueError("give token_url or fhir_base_url (to discover the token endpoint)")
+        self.client_id = client_id
+        self.scope = " ".join(scope.split())
+        self.fhir_base_url = str(normalise_base_url(fhir_base_url)) if fhir_base_url is not None else None
+        self.token_url = _check_endpoint(token_url, "token endpoint") if token_url is not None else None
+        self.refresh_skew_seconds = refresh_skew_seconds
+        self._clock = clock
+        self._token: SecretStr | None = None
+        self._renew_at = 0.0
+        self._lock = asyncio.Lock()
+        #: number of tokens obtained so far (for reports and tests)
+        self.tokens_issued = 0
+
+    def _authenticate(self, form: dict[str, str], headers: dict[str, str], audience: str) -> None:
+        """Add the client's authentication to the token request (its form and headers)."""
+        raise NotImplementedError
+
+    # -- token life cycle --------------------------------------------------------------------------------
+
+    def _token_is_fresh(self) -> bool:
+        return self._token is not None and self._clock() < self._renew_at
+
+    def _token_steps(self) -> Generator[httpx.Request, httpx.Response, None]:
+        """Discovery (when needed) and the token request; receives each response with its body read."""
+        if self.token_url is None:
+            assert self.fhir_base_url is not None
+            well_known = self.fhir_base_url.rstrip("/") + "/.well-known/smart-configuration"
+            response = yield httpx.Request(
+                "GET",
+                well_known,
+                headers={"Accept": "application/json"},
+                extensions={AUTH_REQUEST_EXTENSION: True},
+            )
+            self._accept_discovery(well_known, response)
+        assert self.token_url is not None
+        log.debug("requesting a %s access token from %s for client_id %s", self.kind, self.token_url,
+                  self.client_id)
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        headers = {"Accept": "application/json"}
+        self._authenticate(form, headers, self.token_url)
+        response = yield httpx.Request(
+            "POST",
+            self.token_url,
+            data=form,
+            headers=headers,
+            extensions={AUTH_REQUEST_EXTENSION: True},
+        )
+        self._accept_token(response)
+
+    def _accept_discovery(self, url: str, response: httpx.Response) -> None:
+        if response.status_code != 200:
+            raise FhirAuthError(
+                f"SMART discovery GET {url} failed with HTTP {response.status_code}; set the token endpoint "
+                f"explicitly ({self.token_url_variable}) if the server does not publish it",
+                method="GET",
+                url=url,
+                status=response.status_code,
+                transient=response.status_code == 429 or response.status_code >= 500,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        doc = _json_object(response)
+        endpoint = doc.get("token_endpoint") if doc else None
+        if not isinstance(endpoint, str) or not endpoint:
+            raise FhirAuthError(
+                f"SMART discovery document {url} has no token_endpoint; set {self.token_url_variable}",
+                method="GET",
+                url=url,
+            )
+        assert doc is not None
+        self._check_discovery(url, doc)
+        self.token_url = _check_endpoint(endpoint, "token endpoint")
+
+    def _check_discovery(self, url: str, doc: dict[str, Any]) -> None:
+        """What the flow checks in the server's SMART configuration besides its token endpoint."""
+
+    def _accept_token(self, response: httpx.Response) -> None:
+        url = self.token_url or "?"
+        body = _json_object(response)
+        if response.status_code != 200:
+            status = response.status_code
+            detail = _token_error_detail(body, response.content, status)
+            raise FhirAuthError(
+                self.redact(f"{self.kind} token request POST {url} for client id {self.client_id!r} failed with "
+                            f"HTTP {status}{detail}"),
+                method="POST",
+                url=url,
+                status=status,
+                transient=status == 429 or status >= 500,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        token = body.get("access_token") if body else None
+        if not isinstance(token, str) or not token:
+            raise FhirAuthError(f"{self.kind} token endpoint {url} answered 200 without an access_token", url=url)
+        assert body is not None
+        token_type = body.get("token_type", "bearer")
+        if not isinstance(token_type, str) or token_type.lower() != "bearer":
+            raise FhirAuthError(f"{self.kind} token endpoint {url} issued a {token_type!r} token, not bearer",
+                                url=url)
+        expires_in = body.get("expires_in", 300)
+        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 300.0
+        skew = min(self.refresh_skew_seconds, lifetime / 2)
+        self._token = SecretStr(token)
+        self._renew_at = self._clock() + lifetime - skew
+        self.tokens_issued += 1
+        log.info("obtained %s access token #%d (expires in %.0f s)", self.kind, self.tokens_issued, lifetime)
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        rejected: SecretStr | None = None
+        for attempt in (1, 2):
+            async with self._lock:
+                if rejected is not None and self._token is rejected:
+                    self._token = None  # renew once on a 401, unless a concurrent request already did
+                if not self._token_is_fresh():
+                    steps = self._token_steps()
+                    step = next(steps)
+                    while True:
+                        response = yield step
+                        await response.aread()
+                        try:
+                            step = steps.send(response)
+                        except StopIteration:
+                            break
+                token = self._token
+            assert token is not None
+            request.headers["Authorization"] = f"Bearer {token.get_secret_value()}"
+            response = yield request
+            if response.status_code != 401 or attempt == 2:
+                return
+            log.info("%s %s answered 401; renewing the access token once", request.method, redact_url(request.url))
+            rejected = token
+
+    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        raise RuntimeError(f"{type(self).__name__} works with httpx.AsyncClient (FhirClient) only")
+        yield request  # pragma: no cover - makes this a generator
+
+
+class SmartBackendServices(TokenFlow):
+    """SMART Backend Services (``client_credentials`` + ``private_key_jwt``): the client authenticates with a
+    signed JWT (:meth:`client_assertion`). ``private_key`` is a key object or anything :func:`load_private_key`
+    accepts. The token life cycle is :class:`TokenFlow`'s.
+    """
+
+    kind = "SMART"
+    token_url_variable = "FHIR_ADAPTER_SMART_TOKEN_URL"
 
     def __init__(
         self,
@@ -266,22 +432,13 @@ class SmartBackendServices(_RedactingAuth):
             else (load_private_key(private_key, kid=kid))
         )
         _check_key(key, alg)
-        self.client_id = client_id
+        super().__init__(client_id, scope, token_url, fhir_base_url, refresh_skew_seconds=refresh_skew_seconds,
+                         clock=clock)
         self.kid = kid
         self.alg: Algorithm = alg
-        self.scope = " ".join(scope.split())
-        self.fhir_base_url = str(normalise_base_url(fhir_base_url)) if fhir_base_url is not None else None
-        self.token_url = _check_endpoint(token_url, "token endpoint") if token_url is not None else None
-        self.refresh_skew_seconds = refresh_skew_seconds
         self.assertion_lifetime_seconds = max(1, min(int(assertion_lifetime_seconds), _MAX_ASSERTION_LIFETIME))
         self._key = key
-        self._clock = clock
-        self._token: SecretStr | None = None
-        self._renew_at = 0.0
         self._last_assertion: SecretStr | None = None
-        self._lock = asyncio.Lock()
-        #: number of tokens obtained so far (for reports and tests)
-        self.tokens_issued = 0
 
     def __repr__(self) -> str:
         return (
@@ -294,8 +451,6 @@ class SmartBackendServices(_RedactingAuth):
 
     def _secrets(self) -> list[str]:
         return [s.get_secret_value() for s in (self._token, self._last_assertion) if s is not None]
-
-    # -- the assertion -----------------------------------------------------------------------------------
 
     def client_assertion(self, audience: str) -> str:
         """A fresh signed authentication JWT for the token endpoint ``audience``: header ``alg``, ``kid``,
@@ -313,128 +468,81 @@ class SmartBackendServices(_RedactingAuth):
         self._last_assertion = SecretStr(token)
         return token
 
-    # -- token life cycle --------------------------------------------------------------------------------
+    def _authenticate(self, form: dict[str, str], headers: dict[str, str], audience: str) -> None:
+        form["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        form["client_assertion"] = self.client_assertion(audience)
 
-    def _token_is_fresh(self) -> bool:
-        return self._token is not None and self._clock() < self._renew_at
-
-    def _token_steps(self) -> Generator[httpx.Request, httpx.Response, None]:
-        """Discovery (when needed) and the token request; receives each response with its body read."""
-        if self.token_url is None:
-            assert self.fhir_base_url is not None
-            well_known = self.fhir_base_url.rstrip("/") + "/.well-known/smart-configuration"
-            response = yield httpx.Request(
-                "GET",
-                well_known,
-                headers={"Accept": "application/json"},
-                extensions={AUTH_REQUEST_EXTENSION: True},
-            )
-            self._accept_discovery(well_known, response)
-        assert self.token_url is not None
-        log.debug("requesting a SMART access token from %s for client_id %s", self.token_url, self.client_id)
-        form = {
-            "grant_type": "client_credentials",
-            "scope": self.scope,
-            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-            "client_assertion": self.client_assertion(self.token_url),
-        }
-        response = yield httpx.Request(
-            "POST",
-            self.token_url,
-            data=form,
-            headers={"Accept": "application/json"},
-            extensions={AUTH_REQUEST_EXTENSION: True},
-        )
-        self._accept_token(response)
-
-    def _accept_discovery(self, url: str, response: httpx.Response) -> None:
-        if response.status_code != 200:
-            raise FhirAuthError(
-                f"SMART discovery GET {url} failed with HTTP {response.status_code}; set the token endpoint "
-                "explicitly (FHIR_ADAPTER_SMART_TOKEN_URL) if the server does not publish it",
-                method="GET",
-                url=url,
-                status=response.status_code,
-                transient=response.status_code == 429 or response.status_code >= 500,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        doc = _json_object(response)
-        endpoint = doc.get("token_endpoint") if doc else None
-        if not isinstance(endpoint, str) or not endpoint:
-            raise FhirAuthError(
-                f"SMART discovery document {url} has no token_endpoint; set FHIR_ADAPTER_SMART_TOKEN_URL",
-                method="GET",
-                url=url,
-            )
-        assert doc is not None
+    def _check_discovery(self, url: str, doc: dict[str, Any]) -> None:
         algs = doc.get("token_endpoint_auth_signing_alg_values_supported")
         if isinstance(algs, list) and algs and self.alg not in algs:
             log.warning("server %s advertises signing algorithms %s, not %s", url, algs, self.alg)
-        self.token_url = _check_endpoint(endpoint, "token endpoint")
 
-    def _accept_token(self, response: httpx.Response) -> None:
-        url = self.token_url or "?"
-        body = _json_object(response)
-        if response.status_code != 200:
-            status = response.status_code
-            detail = _token_error_detail(body, response.content, status)
-            raise FhirAuthError(
-                self.redact(f"SMART token request POST {url} for client id {self.client_id!r} failed with HTTP "
-                            f"{status}{detail}"),
-                method="POST",
-                url=url,
-                status=status,
-                transient=status == 429 or status >= 500,
-                retry_after=parse_retry_after(response.headers.get("Retry-After")),
-            )
-        token = body.get("access_token") if body else None
-        if not isinstance(token, str) or not token:
-            raise FhirAuthError(f"SMART token endpoint {url} answered 200 without an access_token", url=url)
-        assert body is not None
-        token_type = body.get("token_type", "bearer")
-        if not isinstance(token_type, str) or token_type.lower() != "bearer":
-            raise FhirAuthError(f"SMART token endpoint {url} issued a {token_type!r} token, not bearer", url=url)
-        expires_in = body.get("expires_in", 300)
-        lifetime = float(expires_in) if isinstance(expires_in, int | float) and expires_in > 0 else 300.0
-        skew = min(self.refresh_skew_seconds, lifetime / 2)
-        self._token = SecretStr(token)
-        self._renew_at = self._clock() + lifetime - skew
-        self.tokens_issued += 1
-        log.info("obtained SMART access token #%d (expires in %.0f s)", self.tokens_issued, lifetime)
 
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        rejected: SecretStr | None = None
-        for attempt in (1, 2):
-            async with self._lock:
-                if rejected is not None and self._token is rejected:
-                    self._token = None  # renew once on a 401, unless a concurrent request already did
-                if not self._token_is_fresh():
-                    steps = self._token_steps()
-                    step = next(steps)
-                    while True:
-                        response = yield step
-                        await response.aread()
-                        try:
-                            step = steps.send(response)
-                        except StopIteration:
-                            break
-                token = self._token
-            assert token is not None
-            request.headers["Authorization"] = f"Bearer {token.get_secret_value()}"
-            response = yield request
-            if response.status_code != 401 or attempt == 2:
-                return
-            log.info("%s %s answered 401; renewing the access token once", request.method, redact_url(request.url))
-            rejected = token
+ClientSecretMethod = Literal["client_secret_basic", "client_secret_post"]
 
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        raise RuntimeError("SmartBackendServices works with httpx.AsyncClient (FhirClient) only")
-        yield request  # pragma: no cover - makes this a generator
+
+class ClientSecret(TokenFlow):
+    """OAuth 2.0 ``client_credentials`` with a client secret — the FHIR servers behind an identity provider
+    (Microsoft Entra ID for Azure Health Data Services, Keycloak, Okta) rather than SMART Backend Services.
+    ``method``: ``client_secret_basic`` (RFC 6749 §2.3.1: HTTP Basic with the form-encoded id and secret, which
+    every authorization server supports) or ``client_secret_post`` (the two in the form). ``scope`` may be empty
+    (a server with a default scope); Entra ID wants ``<FHIR service URL>/.default``. The token life cycle is
+    :class:`TokenFlow`'s.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        secret: str | SecretStr,
+        scope: str = "",
+        token_url: str | None = None,
+        fhir_base_url: str | None = None,
+        *,
+        method: ClientSecretMethod = "client_secret_basic",
+        refresh_skew_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        value = (secret.get_secret_value() if isinstance(secret, SecretStr) else secret).strip()
+        if not value or any(c in value for c in "\r\n"):
+            raise ValueError("OAuth client secret is empty or contains line breaks")
+        if method not in ("client_secret_basic", "client_secret_post"):
+            raise ValueError(f"OAuth client authentication must be client_secret_basic or client_secret_post, "
+                             f"not {method!r}")
+        super().__init__(client_id, scope, token_url, fhir_base_url, refresh_skew_seconds=refresh_skew_seconds,
+                         clock=clock)
+        self.method: ClientSecretMethod = method
+        self._secret = SecretStr(value)
+        pair = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(value)}"
+        self._basic = SecretStr(base64.b64encode(pair.encode()).decode("ascii"))
+
+    def __repr__(self) -> str:
+        return (f"ClientSecret(client_id={self.client_id!r}, method={self.method!r}, scope={self.scope!r}, "
+                f"token_url={self.token_url!r}, secret={_REDACTED!r}, token={_REDACTED if self._token else None!r})")
+
+    __str__ = __repr__
+
+    def _secrets(self) -> list[str]:
+        return [s.get_secret_value() for s in (self._token, self._secret, self._basic) if s is not None]
+
+    def _authenticate(self, form: dict[str, str], headers: dict[str, str], audience: str) -> None:
+        if self.method == "client_secret_basic":
+            headers["Authorization"] = f"Basic {self._basic.get_secret_value()}"
+        else:
+            form["client_id"] = self.client_id
+            form["client_secret"] = self._secret.get_secret_value()
 
 
 # --------------------------------------------------------------------------------------------- from env
 
 _BEARER_VARS = ("FHIR_ADAPTER_BEARER_TOKEN", "FHIR_ADAPTER_BEARER_TOKEN_FILE")
+_OAUTH_VARS = (
+    "FHIR_ADAPTER_OAUTH_CLIENT_ID",
+    "FHIR_ADAPTER_OAUTH_CLIENT_SECRET",
+    "FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE",
+    "FHIR_ADAPTER_OAUTH_SCOPE",
+    "FHIR_ADAPTER_OAUTH_TOKEN_URL",
+    "FHIR_ADAPTER_OAUTH_AUTH_METHOD",
+)
 _SMART_VARS = (
     "FHIR_ADAPTER_SMART_CLIENT_ID",
     "FHIR_ADAPTER_SMART_KEY_FILE",
@@ -452,7 +560,7 @@ def auth_from_env(
     *,
     fhir_base_url: str | None = None,
     clock: Callable[[], float] = time.time,
-) -> BearerToken | SmartBackendServices | None:
+) -> BearerToken | SmartBackendServices | ClientSecret | None:
     """Build the auth flow described by the environment (see the module docstring for the variables).
 
     Returns None when no auth variable is set (an open server, e.g. a local HAPI). ``fhir_base_url`` is used
@@ -466,8 +574,14 @@ def auth_from_env(
 
     bearer = [n for n in _BEARER_VARS if get(n)]
     smart = [n for n in _SMART_VARS if get(n)]
-    if bearer and smart:
-        raise ValueError(f"both bearer ({', '.join(bearer)}) and SMART ({', '.join(smart)}) variables are set")
+    oauth = [n for n in _OAUTH_VARS if get(n)]
+    kinds = [(what, names) for what, names in (("bearer", bearer), ("SMART", smart), ("OAuth", oauth)) if names]
+    if len(kinds) > 1:
+        said = [f"{what} ({', '.join(names)})" for what, names in kinds]
+        raise ValueError(("both " if len(said) == 2 else "") + ", ".join(said[:-1]) + f" and {said[-1]} variables "
+                         "are set: set those of one way of authenticating only")
+    if oauth:
+        return _client_secret_from_env(get, fhir_base_url, clock)
     if bearer:
         if len(bearer) == 2:
             raise ValueError("set FHIR_ADAPTER_BEARER_TOKEN or FHIR_ADAPTER_BEARER_TOKEN_FILE, not both")
@@ -523,6 +637,39 @@ def auth_from_env(
     )
 
 
+def _client_secret_from_env(get: Callable[[str], str | None], fhir_base_url: str | None,
+                            clock: Callable[[], float]) -> ClientSecret:
+    """The OAuth client-secret flow the ``FHIR_ADAPTER_OAUTH_*`` variables describe."""
+    client_id = get("FHIR_ADAPTER_OAUTH_CLIENT_ID")
+    inline, file = get("FHIR_ADAPTER_OAUTH_CLIENT_SECRET"), get("FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE")
+    missing = ([] if client_id else ["FHIR_ADAPTER_OAUTH_CLIENT_ID"]) + \
+        ([] if inline or file else ["FHIR_ADAPTER_OAUTH_CLIENT_SECRET (or FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE)"])
+    if missing:
+        raise ValueError(f"OAuth client credentials configuration incomplete; missing: {', '.join(missing)}")
+    if inline and file:
+        raise ValueError("set FHIR_ADAPTER_OAUTH_CLIENT_SECRET or FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE, not both")
+    if file:
+        try:
+            secret = Path(file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE: cannot read {file}: {exc.strerror}") from None
+    else:
+        secret = inline or ""
+    method = get("FHIR_ADAPTER_OAUTH_AUTH_METHOD") or "client_secret_basic"
+    if method not in ("client_secret_basic", "client_secret_post"):
+        raise ValueError(f"FHIR_ADAPTER_OAUTH_AUTH_METHOD must be client_secret_basic or client_secret_post, got "
+                         f"{method!r}")
+    token_url = get("FHIR_ADAPTER_OAUTH_TOKEN_URL")
+    if token_url is None and fhir_base_url is None:
+        raise ValueError("FHIR_ADAPTER_OAUTH_TOKEN_URL is not set and no FHIR base URL was given for discovery")
+    try:
+        return ClientSecret(client_id or "", secret, get("FHIR_ADAPTER_OAUTH_SCOPE") or "", token_url,
+                            fhir_base_url, method="client_secret_post" if method == "client_secret_post"
+                            else "client_secret_basic", clock=clock)
+    except ValueError as exc:
+        raise ValueError(f"FHIR_ADAPTER_OAUTH_*: {exc}") from None
+
+
 #: every environment variable :func:`auth_from_env` reads, and its meaning (docs/integrator-guide.md is
 #: generated from it by fhir_adapter/cli/docgen.py)
 AUTH_ENV: dict[str, str] = {
@@ -537,4 +684,14 @@ AUTH_ENV: dict[str, str] = {
     "FHIR_ADAPTER_SMART_SCOPE": "SMART: requested scopes, e.g. system/Patient.rs system/Observation.rs",
     "FHIR_ADAPTER_SMART_TOKEN_URL": "SMART: token endpoint; when unset it is discovered from "
                                     "[base]/.well-known/smart-configuration",
+    "FHIR_ADAPTER_OAUTH_CLIENT_ID": "OAuth 2.0 client credentials with a client secret (an identity provider such "
+                                    "as Entra ID, Keycloak or Okta in front of the FHIR server): the client id",
+    "FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "OAuth: the client secret (value); not with the bearer or SMART variables",
+    "FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE": "OAuth: file holding the client secret (surrounding whitespace ignored)",
+    "FHIR_ADAPTER_OAUTH_SCOPE": "OAuth: requested scopes (optional), e.g. https://example.fhir.azurehealthcareapis.com/"
+                                ".default for Entra ID",
+    "FHIR_ADAPTER_OAUTH_TOKEN_URL": "OAuth: token endpoint; when unset it is discovered from "
+                                    "[base]/.well-known/smart-configuration",
+    "FHIR_ADAPTER_OAUTH_AUTH_METHOD": "OAuth: client_secret_basic (default: HTTP Basic, RFC 6749 2.3.1) or "
+                                      "client_secret_post (id and secret in the form)",
 }

@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import httpx
 
-from fhir_adapter.fhir.auth import AUTH_REQUEST_EXTENSION, BearerToken, SmartBackendServices
+from fhir_adapter.fhir.auth import AUTH_REQUEST_EXTENSION, BearerToken, ClientSecret, RedactingAuth, TokenFlow
 from fhir_adapter.fhir.bundles import bundle_link, replay_safe
 from fhir_adapter.fhir.errors import (
     FhirAuthError,
@@ -435,7 +435,7 @@ class FhirClient:
         self.stats.add(label if isinstance(label, str) else None, requests=1, bytes_sent=len(body))
 
     def _redact(self, text: str) -> str:
-        if isinstance(self._auth, BearerToken | SmartBackendServices):
+        if isinstance(self._auth, RedactingAuth):
             return self._auth.redact(text)
         return text
 
@@ -576,15 +576,18 @@ class FhirClient:
         said = "; ".join(answer) + (f" (WWW-Authenticate: {self._redact(challenge)})" if challenge else "")
         if self._auth is None:
             hint = (
-                "the server requires authentication: set FHIR_ADAPTER_BEARER_TOKEN(_FILE) or the "
-                "FHIR_ADAPTER_SMART_* variables"
+                "the server requires authentication: set FHIR_ADAPTER_BEARER_TOKEN(_FILE), the "
+                "FHIR_ADAPTER_SMART_* variables (SMART Backend Services) or the FHIR_ADAPTER_OAUTH_* variables "
+                "(a client secret)"
             )
-        elif isinstance(self._auth, SmartBackendServices):
+        elif isinstance(self._auth, TokenFlow):
+            what = "secret" if isinstance(self._auth, ClientSecret) else "key"
             hint = (f"rejected again after renewing the access token once at the token endpoint "
                     f"{self._auth.token_url or '(discovered from ' + str(self.base_url) + ')'} for client id "
-                    f"{self._auth.client_id!r}: check that client's registration, key and scopes there")
+                    f"{self._auth.client_id!r}: check that client's registration, {what} and scopes there")
         elif isinstance(self._auth, BearerToken):
-            hint = "a static bearer token cannot be renewed: provide a valid one or use SMART Backend Services"
+            hint = ("a static bearer token cannot be renewed: provide a valid one, or let the adapter obtain tokens "
+                    "(the FHIR_ADAPTER_SMART_* or FHIR_ADAPTER_OAUTH_* variables)")
         else:
             hint = "the credentials were rejected"
         return FhirAuthError(

@@ -7,7 +7,7 @@ the server exactly as in the files. Sent as transaction Bundles of ``chunk`` ent
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +58,13 @@ def prior_versions(feed_dir: Path) -> list[list[dict[str, Any]]]:
     return rounds
 
 
-def load_feed(base_url: str, feed_dir: Path, *, chunk: int = 500, timeout: float = 300) -> int:
+def load_feed(base_url: str, feed_dir: Path, *, chunk: int = 500, timeout: float = 300,
+              headers: Mapping[str, str] | None = None) -> int:
     """PUT every resource of ``feed_dir`` to ``base_url`` (earlier versions first, see :func:`prior_versions`);
-    returns the number of resources of the feed."""
+    returns the number of resources of the feed. ``headers``: sent with every request (an access token)."""
     sent = 0
     batch: list[dict[str, Any]] = []
-    with httpx.Client(base_url=base_url, timeout=timeout, headers={"Accept": FHIR_JSON}) as client:
+    with httpx.Client(base_url=base_url, timeout=timeout, headers={"Accept": FHIR_JSON, **(headers or {})}) as client:
         for earlier in prior_versions(feed_dir):
             for i in range(0, len(earlier), chunk):
                 post_bundle(client, put_bundle(earlier[i:i + chunk]))

@@ -559,3 +559,65 @@ def test_a_key_that_cannot_be_loaded_names_its_variable_and_file(tmp_path: Path)
     with pytest.raises(ValueError, match=r"^FHIR_ADAPTER_SMART_KEY: cannot load") as info:
         auth_from_env(inline)
     assert "not base64" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------------- client secret
+
+
+async def test_a_client_secret_is_sent_form_encoded_in_http_basic_and_tokens_renewed_before_expiry(
+        httpx_mock: HTTPXMock) -> None:
+    import base64
+    from urllib.parse import unquote_plus
+
+    from fhir_adapter.fhir import ClientSecret
+
+    clock = FakeClock()
+    tokens = TokenServer(clock=clock).register(httpx_mock)
+    httpx_mock.add_response(url=f"{BASE}/Patient/p1", json=PATIENT, is_reusable=True)
+    auth = ClientSecret("id with space", "sec:ret%+SECRET", token_url=TOKEN_URL, clock=clock)
+    async with FhirClient(BASE, auth=auth) as c:
+        await c.read("Patient", "p1")
+        clock.now += 290  # within the renewal skew of the 300 s token
+        await c.read("Patient", "p1")
+    token_requests = [r for r in httpx_mock.get_requests() if str(r.url) == TOKEN_URL]
+    assert len(token_requests) == 2 and tokens.forms[0] == {"grant_type": "client_credentials"}  # no scope asked
+    user, _, password = base64.b64decode(token_requests[0].headers["Authorization"].removeprefix("Basic ")) \
+        .decode().partition(":")
+    assert (unquote_plus(user), unquote_plus(password)) == ("id with space", "sec:ret%+SECRET")
+    assert "SECRET" not in repr(auth) and auth.redact("x sec:ret%+SECRET y") == "x <redacted> y"
+
+
+async def test_client_secret_post_sends_the_pair_in_the_form_with_the_scope(httpx_mock: HTTPXMock) -> None:
+    from fhir_adapter.fhir import ClientSecret
+
+    tokens = TokenServer().register(httpx_mock)
+    httpx_mock.add_response(url=f"{BASE}/Patient/p1", json=PATIENT)
+    auth = ClientSecret("c1", "s-SECRET", "https://fhir.example.org/.default", token_url=TOKEN_URL,
+                        method="client_secret_post")
+    async with FhirClient(BASE, auth=auth) as c:
+        await c.read("Patient", "p1")
+    assert tokens.forms == [{"grant_type": "client_credentials", "scope": "https://fhir.example.org/.default",
+                             "client_id": "c1", "client_secret": "s-SECRET"}]
+    token_request = next(r for r in httpx_mock.get_requests() if str(r.url) == TOKEN_URL)
+    assert "Authorization" not in token_request.headers
+
+
+def test_client_secret_from_env_and_its_errors_name_variables_not_values(tmp_path: Path) -> None:
+    from fhir_adapter.fhir import ClientSecret
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("file-SECRET\n")
+    found = auth_from_env({"FHIR_ADAPTER_OAUTH_CLIENT_ID": "c", "FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE":
+                           str(secret_file)}, fhir_base_url=BASE)
+    assert isinstance(found, ClientSecret) and found.method == "client_secret_basic" and found.token_url is None
+    for env, said in (
+            ({"FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "env-SECRET"}, "missing: FHIR_ADAPTER_OAUTH_CLIENT_ID"),
+            ({"FHIR_ADAPTER_OAUTH_CLIENT_ID": "c", "FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "env-SECRET",
+              "FHIR_ADAPTER_OAUTH_AUTH_METHOD": "private_key_jwt"}, "FHIR_ADAPTER_OAUTH_AUTH_METHOD must be"),
+            ({"FHIR_ADAPTER_OAUTH_CLIENT_ID": "c", "FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "env-SECRET",
+              "FHIR_ADAPTER_SMART_CLIENT_ID": "c"}, "both SMART (FHIR_ADAPTER_SMART_CLIENT_ID) and OAuth"),
+            ({"FHIR_ADAPTER_OAUTH_CLIENT_ID": "c", "FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "env-SECRET",
+              "FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE": str(secret_file)}, "not both")):
+        with pytest.raises(ValueError, match=re.escape(said)) as info:
+            auth_from_env(env, fhir_base_url=BASE)
+        assert "env-SECRET" not in str(info.value) and "file-SECRET" not in str(info.value)

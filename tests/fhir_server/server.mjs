@@ -34,6 +34,10 @@ const config = {
   logRequests: env.LOG_REQUESTS === '1',
   exitOnStdinClose: env.EXIT_ON_STDIN_CLOSE === '1',
   historyType: env.HISTORY_TYPE === '1', // type-level history ([type]/_history) offered at start and after a reset
+  // the token endpoint checks a client secret (client_secret_basic or client_secret_post) when both are set
+  tokenClientId: env.TOKEN_CLIENT_ID ?? '',
+  tokenClientSecret: env.TOKEN_CLIENT_SECRET ?? '',
+  requireToken: env.REQUIRE_TOKEN === '1', // FHIR requests (not /metadata) need a token the endpoint issued
 };
 // A server clock off the machine's (CLOCK_OFFSET_MS, e.g. -120000: two minutes behind): every time the server
 // takes (meta.lastUpdated, deletions, a Bulk export's transactionTime, the Date header) is shifted by it.
@@ -458,7 +462,35 @@ async function onRequest(req, res) {
     return send(res, handleAdmin(method, url.pathname, url.searchParams, json), 'application/json');
   }
   if (method === 'POST' && url.pathname === '/auth/token') {
-    // a stand-in SMART token endpoint: any client_credentials request gets a fresh token (nothing is verified)
+    // a stand-in token endpoint: any client_credentials request gets a fresh token; with TOKEN_CLIENT_ID and
+    // TOKEN_CLIENT_SECRET set, only a client authenticating with that secret (RFC 6749 2.3.1: HTTP Basic of the
+    // form-encoded id and secret, or both in the form) — a SMART client assertion is never verified
+    const form = new URLSearchParams(text);
+    if (form.get('grant_type') !== 'client_credentials') {
+      return send(res, { status: 400, body: { error: 'unsupported_grant_type' } }, 'application/json');
+    }
+    if (config.tokenClientSecret) {
+      const decode = (v) => {
+        try {
+          return decodeURIComponent(v.replace(/\+/g, ' '));
+        } catch {
+          return null; // not form-encoded as RFC 6749 2.3.1 asks: no client
+        }
+      };
+      let client = null;
+      const basic = /^Basic\s+(.+)$/i.exec(String(req.headers.authorization ?? ''));
+      if (basic) {
+        const pair = Buffer.from(basic[1], 'base64').toString('utf8');
+        const at = pair.indexOf(':');
+        client = at < 0 ? null : { id: decode(pair.slice(0, at)), secret: decode(pair.slice(at + 1)), method: 'client_secret_basic' };
+      } else if (form.has('client_secret')) {
+        client = { id: form.get('client_id'), secret: form.get('client_secret'), method: 'client_secret_post' };
+      }
+      if (!client || client.id !== config.tokenClientId || client.secret !== config.tokenClientSecret) {
+        return send(res, { status: 401, body: { error: 'invalid_client', error_description: 'client authentication failed' }, headers: { 'WWW-Authenticate': 'Basic realm="token"' } }, 'application/json');
+      }
+      stats.token_auth = client.method;
+    }
     stats.tokens_issued++;
     return send(res, { status: 200, body: { access_token: `test-token-${stats.tokens_issued}`, token_type: 'bearer', expires_in: 300, scope: 'system/*.rs' } }, 'application/json');
   }
@@ -492,7 +524,11 @@ async function onRequest(req, res) {
     if (faults.fault_slow_phase === 'after') holdAnswer = faults.fault_slow_ms;
     else await new Promise((resolve) => setTimeout(resolve, faults.fault_slow_ms));
   }
-  if (faults.fault_401_after > 0 && n >= faults.fault_401_after && n < faults.fault_401_after + faults.fault_401_count) {
+  const bearer = /^Bearer\s+test-token-(\d+)$/.exec(String(req.headers.authorization ?? ''));
+  if (config.requireToken && rel !== 'metadata' && !(bearer && Number(bearer[1]) >= 1 && Number(bearer[1]) <= stats.tokens_issued)) {
+    bump(stats.requests.by_status, 401);
+    result = { status: 401, body: outcome('login', 'No valid access token'), headers: { 'WWW-Authenticate': 'Bearer error="invalid_token"' } };
+  } else if (faults.fault_401_after > 0 && n >= faults.fault_401_after && n < faults.fault_401_after + faults.fault_401_count) {
     stats.faults[401]++;
     result = { status: 401, body: outcome('login', 'Injected fault: access token expired'), headers: { 'WWW-Authenticate': 'Bearer error="invalid_token"' } };
   } else if (faults.fault_match && req.url.includes(faults.fault_match)) {
