@@ -299,8 +299,9 @@ class FhirClient:
         url = resource_path(self.base_url, *segments).copy_merge_params(httpx.QueryParams(tuple(items)))
         seen: dict[str, int] = {}
         page_number = 1
-        # a first page whose URL is too long for the server's or a proxy's limit: POST [type]/_search, same
-        # parameters as a form body (a search, so as safe to retry as the GET); later pages follow `next` links
+        # a first page whose URL is too long for the server's or a proxy's limit (longer than max_get_url_length,
+        # or answered 414): POST [type]/_search, same parameters as a form body (a search, so as safe to retry as
+        # the GET); later pages follow `next` links
         post_body: bytes | None = None
         if not history and len(str(url)) > self.settings.max_get_url_length:
             post_body = str(httpx.QueryParams(tuple(items))).encode()
@@ -312,7 +313,17 @@ class FhirClient:
                                           content_type=FORM, trips_breaker=trips_breaker)
                 post_body = None
             else:
-                bundle = await self._call("GET", url, label=label, idempotent=True, trips_breaker=trips_breaker)
+                try:
+                    bundle = await self._call("GET", url, label=label, idempotent=True, trips_breaker=trips_breaker)
+                except FhirHttpError as exc:
+                    if exc.status != 414 or page_number != 1 or history:
+                        raise
+                    # the server (or a proxy) caps URLs below client.max_get_url_length: this search as a POST
+                    log.info("%s answered 414 URI Too Long; sending the search as POST %s/_search (lower "
+                             "client.max_get_url_length to send such searches so at once)", redact_url(url),
+                             resource_type)
+                    post_body = str(httpx.QueryParams(tuple(items))).encode()
+                    continue
             if bundle.get("resourceType") != "Bundle":
                 raise FhirResponseError(
                     f"GET {redact_url(url)} returned a {bundle.get('resourceType')}, not a searchset Bundle",

@@ -162,6 +162,16 @@ def _stop_for(exc: BaseException) -> _Stop | None:
     return None
 
 
+#: a request the server refused for its size, and the setting that makes it smaller
+_TOO_LARGE = {
+    413: "the server refused a request body this large (HTTP 413 Content Too Large): lower "
+         "client.max_transaction_entries in the --config file (a subject's results are then written in several "
+         "transactions), or have the server's (or its proxy's) body limit raised",
+    414: "the server refused a URL this long (HTTP 414 URI Too Long): lower client.max_get_url_length in the "
+         "--config file (longer searches are then sent as POST [type]/_search)",
+}
+
+
 def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str | None = None) -> dict[str, Any]:
     """A subject not processed / not written, for the run report: the request, last status, what to do."""
     entry: dict[str, Any] = {"subject_id": subject_id, "stage": stage, "error": error or str(exc)}
@@ -172,7 +182,9 @@ def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str 
         entry["last_status"] = status if status is not None else getattr(exc, "kind", "network")
         entry["attempts"] = exc.attempts
     again = "the next run (full or --since last) picks this subject up again"
-    if isinstance(exc, FhirHttpError) and exc.status < 500 and exc.status != 429:
+    if isinstance(exc, FhirHttpError) and exc.status in _TOO_LARGE:
+        entry["what_to_do"] = f"{_TOO_LARGE[exc.status]}; {again}"
+    elif isinstance(exc, FhirHttpError) and exc.status < 500 and exc.status != 429:
         entry["what_to_do"] = f"the server refused the request (HTTP {exc.status}): fix what the error names; {again}"
     elif isinstance(exc, FhirError):
         entry["what_to_do"] = f"the server kept failing after every retry: {again}; nothing to repair"

@@ -115,6 +115,10 @@ def test_a_server_with_small_transactions_gets_them_split_per_subject(own_server
     assert refused.exit_code == 2
     assert own_server.stats()["requests"]["by_status"].get("413", 0) > 0
     assert adapter_observations(own_server.base_url) == []
+    # each subject not written says which setting to lower
+    failures = report(tmp_path / "refused")["subject_failures"]
+    assert failures and all(f["last_status"] == 413 and "lower client.max_transaction_entries" in f["what_to_do"]
+                            for f in failures)
 
     out = tmp_path / "out"
     config = write_config(tmp_path / "small.yaml", "  max_transaction_entries: 12\n")
