@@ -615,6 +615,11 @@ class RowBuilder:
 
         for f in sorted(priors, key=lambda r: (r.date or dt.date.min, r.item)):
             add(f.domain, self._finding(crf, f, ("", "", ""), baseline=True), f"NO-VISIT-{f.date}", f.item)
+        # a result dated to the year or month only is placed in no visit (never imputed): still a record of its
+        # domain, --DTC as it came, no visit and no study day
+        for f in sorted((f for f in crf.findings if f.partial_date and f.date is None and f.domain in out),
+                        key=lambda r: (r.partial_date or "", r.item, r.source.reference)):
+            add(f.domain, self._finding(crf, f, ("", "", "")), f"NO-VISIT-{f.partial_date}", f.item)
         for v in sorted(crf.visits, key=lambda r: float(keys[r.visit][0])):
             for f in v.values.values():
                 add(f.domain, self._finding(crf, f, keys[v.visit], (v.visit, f.item) in flagged), v.visit, f.item)

@@ -125,6 +125,9 @@ def render(variables: list[Variable]) -> str:
         "* **--BLFL** = Y on one record per subject and test: the one the derivations take as baseline (the last "
         "result on or before Day 1 inside the look-back, docs/clinical-rules.md#baseline) — a visit's value, or a "
         "result in no visit, which then gets its own row with VISIT empty. Not the schedule's baseline visit.",
+        "* **Partial dates**: a result dated to the year or month only is placed in no visit (never imputed, "
+        "docs/clinical-rules.md#dates) and is still a record of its findings domain: --DTC as it came (`2024-04`), "
+        "VISITNUM, VISIT and --DY empty.",
         "* **--TPT / --TPTREF / --ELTM**: the cqf-relativeDateTime extension of the Specimen (LB, PC, IS; the IG's "
         "path), else of the Observation (VS): `1 H BEFORE LCAR-AIO INFUSION`, the event it is relative to, `-PT1H`.",
         "* **Death**: DM.DTHDTC from Patient.deceasedDateTime, DM.DTHFL = Y also for deceasedBoolean true; AE "

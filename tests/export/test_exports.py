@@ -47,6 +47,8 @@ def _feed() -> Feed:
     for pid, sid, name, mrn, birth in PEOPLE:
         f.subject(pid, sid, name=name, mrn=mrn, birth=birth, day1=DAY1)
     f.obs("p1", "777-3", at(DAY1, 29), value=150, unit="10*3/uL", id_="plt-29")
+    # a result dated to the month only (transcribed from an outside lab): in no visit, still a record of LB
+    f.obs("p1", "4485-9", "2024-04", value=0.7, unit="g/L", id_="c3-month")
     f.obs("p1", "777-3", at(DAY1, 27), value=120, unit="10*3/uL", id_="plt-27", meta={"versionId": "2"})
     f.obs(
         "p1",
@@ -137,7 +139,7 @@ def test_findings_rows_are_the_values_selected_per_visit(out: Path) -> None:
     assert w4["LBDY"] == "27" and w4["LBLOINC"] == "777-3" and w4["EPOCH"] == "FOLLOW-UP"
     assert w4["LBDTC"] == "2024-02-27T09:00:00+00:00"
     assert w4["SRCREF"] == "Observation/plt-27/_history/2" and w4["SRCSTAT"] == "final"
-    (c3,) = [r for r in lb if r["LBTESTCD"] == "C3"]
+    (c3,) = [r for r in lb if r["LBTESTCD"] == "C3" and r["VISIT"]]  # (and one dated to the month: below)
     assert c3["LBORRES"] == "95" and c3["LBORRESU"] == "mg/dL" and c3["LBSTRESN"] == "0.95"
     assert c3["LBSTNRLO"] == "0.9" and c3["LBORNRLO"] == "90", "original-unit range kept beside the standard one"
     assert c3["LBNRIND"] == "NORMAL"
@@ -163,6 +165,14 @@ def test_partial_dates_stay_partial_in_csv(out: Path) -> None:
     assert partial and partial[0]["EXSTDTC"] == "2024-01" and partial[0]["EXSTDY"] == ""
     infusion = [r for r in ex if r["EXCAT"] == "INFUSION" and r["SUBJID"] == "101-001"]
     assert infusion[0]["EXSTDTC"] == "2024-02-01" and infusion[0]["EXSTDY"] == "1"
+
+
+def test_a_result_with_a_partial_date_is_a_record_of_its_domain_in_no_visit(out: Path) -> None:
+    """SDTM holds every result collected: one dated to the month is kept as it came (LBDTC 2024-04), with no
+    visit and no study day (never imputed: docs/clinical-rules.md#dates)."""
+    [row] = [r for r in _rows(out, "LB") if r["SRCREF"] == "Observation/c3-month"]
+    assert (row["LBTESTCD"], row["LBSTRESN"], row["LBDTC"]) == ("C3", "0.7", "2024-04")
+    assert (row["VISITNUM"], row["VISIT"], row["LBDY"], row["LBBLFL"]) == ("", "", "", "")
 
 
 def test_no_name_mrn_address_or_birth_date_in_any_export(out: Path) -> None:
