@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from fhir_adapter.job.preflight import READS, capability_gaps
 from fhir_adapter.source.base import MEDICATION_TYPES
-from fhir_adapter.testing.fhir_server import ServerHandle
+from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +96,20 @@ def test_check_against_the_real_server(fhir_server: ServerHandle) -> None:
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "mapping ok" in run.stdout and "FHIR 4.0.1" in run.stdout and "0 errors" in run.stdout
+    assert "clock         in step with this machine's" in run.stdout
     assert fhir_server.stats()["writes"]["total"] == writes
+
+
+@pytest.mark.server
+def test_check_says_how_far_behind_the_servers_clock_is() -> None:
+    """A server two minutes behind this machine: `check` says so on the first day, before --since last relies on
+    it (docs/integrator-guide.md, running on a schedule)."""
+    with start_fhir_server(CLOCK_OFFSET_MS=-120_000) as server:
+        cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", server.base_url]
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    [line] = [x for x in run.stdout.splitlines() if x.startswith("clock ")]
+    assert re.search(r"the server's clock is at least 1[12]\d s behind this machine's", line), line
 
 
 def test_check_reports_a_bad_mapping(tmp_path: Path) -> None:

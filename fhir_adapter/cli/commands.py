@@ -434,6 +434,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     import os
 
     from fhir_adapter.engine.cores import cgroup_cpu_limit, default_workers
+    from fhir_adapter.fhir.server_clock import ClockOffset, described
     from fhir_adapter.fhir.server_config import load_server_config, open_client
     from fhir_adapter.job.preflight import bulk_export_levels, capability_gaps
     from fhir_adapter.study.load import load_study
@@ -462,11 +463,11 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
         return
     cfg = load_server_config(config, os.environ)
 
-    async def metadata() -> dict[str, Any]:
+    async def metadata() -> tuple[dict[str, Any], ClockOffset | None]:
         async with open_client(source, cfg, os.environ) as client:
-            return await client.capabilities(label="check")
+            return await client.capabilities(label="check"), client.clock_offset
 
-    cs = asyncio.run(metadata())
+    cs, clock = asyncio.run(metadata())
     timing = _time_searches(source, cfg, st)
     gaps = capability_gaps(cs, observation_code_param=cfg.observation_code_param, post=post)
     software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
@@ -474,6 +475,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
     for g in gaps:
         click.echo(f"  {g.level:<8} {g.what}: {g.consequence}")
+    click.echo(f"clock         {described(clock)}")
     click.echo(f"observations  {timing}")
     levels = bulk_export_levels(cs)
     if levels:

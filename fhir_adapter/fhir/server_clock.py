@@ -76,3 +76,16 @@ def lag_warning(offset: ClockOffset | None) -> str | None:
     return (f"the server's clock is at least {-offset.high:.0f} s behind this machine's (its Date header): the next "
             "--since last counts from this run's start on the server's clock, so no change is missed; an EHR "
             "whose clocks disagree also stamps its records inconsistently")
+
+
+def described(offset: ClockOffset | None) -> str:
+    """The server's clock against this machine's, as ``fhir-adapter check`` prints it."""
+    if offset is None:
+        return "the server sends no Date header: --since last counts on this machine's clock (keep both in step: NTP)"
+    if offset.server_behind:
+        return (f"the server's clock is at least {-offset.high:.0f} s behind this machine's: --since last counts on "
+                "the server's clock (no change is missed), but have both synchronised (NTP)")
+    if offset.low > 0:
+        return (f"the server's clock is at least {offset.low:.0f} s ahead of this machine's: --since last reads "
+                "again the subjects changed in the gap; have both synchronised (NTP)")
+    return "in step with this machine's (within the Date header's second)"
