@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -323,17 +324,57 @@ def test_bulk_client_errors_take_the_exit_codes_of_the_table() -> None:
     assert [exit_code_of(failed_for(k)) for k in ("refused", "timeout", "dropped", "dns", "tls")] == [3, 3, 3, 1, 1]
 
 
-def test_a_reader_that_closes_the_output_ends_the_command_quietly_with_141() -> None:
-    """`fhir-adapter check | head -1`: once the reader has gone, the command stops without an `error:` line or
-    a traceback, with the shell's code for a command stopped by SIGPIPE."""
+def _closed_pipe() -> tuple[int, Any]:
+    """The write end of a pipe whose reader has gone (every write to it fails), and a closer."""
     import os
 
     read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first line: every write fails
+    os.close(read_end)
+    return write_end, lambda: os.close(write_end)
+
+
+CLI = [sys.executable, "-c", "from fhir_adapter.cli.commands import main; main()"]
+
+
+def test_a_reader_that_closes_the_output_ends_the_command_quietly_with_141() -> None:
+    """`fhir-adapter check | head -1`: once the reader has gone, the command stops without an `error:` line or
+    a traceback, with the shell's code for a command stopped by SIGPIPE."""
+    write_end, close = _closed_pipe()
     try:
-        done = subprocess.run([sys.executable, "-c", "from fhir_adapter.cli.commands import main; main()", "check",
-                               "--study", str(ROOT / "mappings" / "lcar-aio")],
+        done = subprocess.run([*CLI, "check", "--study", str(ROOT / "mappings" / "lcar-aio")],
                               stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT, timeout=120)
     finally:
-        os.close(write_end)
+        close()
     assert (done.returncode, done.stderr) == (141, "")
+
+
+def test_a_run_whose_summary_reader_has_gone_keeps_its_own_exit_code(quarantining_feed: Path,
+                                                                       tmp_path: Path) -> None:
+    """`run … | head -1`: OUT is complete before the summary is printed, so the run's code (2: quarantined input)
+    stands, not 141."""
+    write_end, close = _closed_pipe()
+    try:
+        done = subprocess.run([*CLI, "run", "--source", str(quarantining_feed), "--out", str(tmp_path / "out"),
+                               "--workers", "1"], stdout=write_end, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              timeout=300)
+    finally:
+        close()
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert (tmp_path / "out" / "state" / "last-run.json").is_file() and len(list((tmp_path / "out" / "crf")
+                                                                                 .glob("*.json"))) == 3
+
+
+def test_an_error_line_whose_reader_has_gone_keeps_the_commands_exit_code(tmp_path: Path) -> None:
+    """A run against nothing listening exits 3 (server unavailable) also when its stderr reader has gone: the
+    code a scheduler acts on is not turned into 141 ("nothing to do")."""
+    from tests.serverkit import write_config
+
+    config = write_config(tmp_path / "a.yaml", "  max_attempts: 2\n")
+    write_end, close = _closed_pipe()
+    try:
+        done = subprocess.run([*CLI, "run", "--source", "http://127.0.0.1:9/fhir", "--out", str(tmp_path / "out"),
+                               "--config", str(config)], stdout=subprocess.DEVNULL, stderr=write_end, cwd=ROOT,
+                              timeout=300)
+    finally:
+        close()
+    assert done.returncode == 3

@@ -8,6 +8,8 @@ from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
@@ -78,3 +80,20 @@ def test_a_subject_written_in_part_when_the_server_goes_down_is_recorded_part_by
     state = json.loads((out / "state" / "written.json").read_text())["results"]
     per_subject = {s: sum(1 for e in state.values() if e["subject_id"] == s) for s in (written, partly)}
     assert per_subject[partly] == 3 and per_subject[written] > 3
+
+
+@pytest.mark.parametrize(("method", "url", "status", "said"), [
+    ("POST", "https://ehr.example.org/fhir", 413, "lower client.max_transaction_entries"),
+    ("POST", "https://ehr.example.org/fhir/Observation/_search", 413, "lower patients_per_search"),
+    ("GET", "https://ehr.example.org/fhir/Observation?_getpages=abc&_page=2", 414, "ask its administrators"),
+])
+def test_a_subject_refused_for_a_requests_size_says_which_setting_helps(method: str, url: str, status: int,
+                                                                        said: str) -> None:
+    """413 on a write: smaller transactions; 413 on a search: fewer patients a search; 414 (a first search page is
+    sent again as POST, so a page link or a history query the server built): the server's limit."""
+    from fhir_adapter.fhir import FhirHttpError
+    from fhir_adapter.job.pipeline import _failure
+
+    entry = _failure("S-1", "read", FhirHttpError(method=method, url=url, status=status, reason="", diagnostics=[],
+                                                  body_excerpt=""))
+    assert said in entry["what_to_do"] and entry["last_status"] == status

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fhir_adapter.cli.console import AdapterGroup, exit_code_of, progress, setup_logging, summary_table
+from fhir_adapter.cli.console import (
+    AdapterGroup,
+    exit_code_of,
+    progress,
+    say_error,
+    setup_logging,
+    stream_closed,
+    summary_table,
+)
 from fhir_adapter.job import exit_codes
 from fhir_adapter.version import __version__
 
@@ -26,7 +34,7 @@ DEFAULT_STUDY = Path("mappings/lcar-aio")
 
 
 def _fail(message: str, code: int = 1) -> None:
-    click.secho(f"error: {message}", fg="red", err=True)
+    say_error(f"error: {message}")
     sys.exit(code)
 
 
@@ -252,7 +260,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                 raise  # the group's handler prints the stack trace (-v) and the same line, with the same code
             _fail(str(exc), exit_code_of(exc))
         if summary.stopped is not None:
-            click.secho(f"error: {summary.stopped.message}", fg="red", err=True)
+            say_error(f"error: {summary.stopped.message}")
             sys.exit(summary.exit_code)
         # a base for the next --since last also when some subjects failed or were not written: a failed subject
         # has no CRF in OUT/crf, so that run reads it in full (pipeline.py, reusable); a subject not written is
@@ -281,7 +289,10 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                          + (f" (diffs in {out}/writeback-diff/)" if dry_run else "")))
         rows.append(("outputs", f"{out}/results/study.json  {out}/crf/  {out}/writeback/  {out}/run-report.json"))
         rows.append(("exit code", f"{summary.exit_code} ({exit_codes.meaning(summary.exit_code)})"))
-        summary_table(f"fhir-adapter run — {st.info.id}", rows)
+        try:
+            summary_table(f"fhir-adapter run — {st.info.id}", rows)
+        except BrokenPipeError:  # `run … | head -1`: OUT is complete; the run's own exit code says how it went
+            stream_closed(sys.stdout)
     sys.exit(summary.exit_code)
 
 

@@ -232,7 +232,16 @@ def report_error(exc: BaseException, verbose: int) -> None:
     else:
         message = (f"internal error ({type(exc).__name__}: {exc}); this is a bug in fhir-adapter — "
                    "run again with -v for the stack trace and report it")
-    click.secho(f"error: {message}", fg="red", err=True)
+    say_error(f"error: {message}")
+
+
+def say_error(line: str) -> None:
+    """Print an error line on stderr; a reader of stderr that has gone away does not change the exit code the
+    caller is about to give (a run's 3 stays 3), nor turn into a traceback."""
+    try:
+        click.secho(line, fg="red", err=True)
+    except BrokenPipeError:
+        stream_closed(sys.stderr)
 
 
 class AdapterCommand(click.Command):
@@ -242,7 +251,7 @@ class AdapterCommand(click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         why = unsupported_platform()
         if why is not None:
-            click.secho(f"error: {why}", fg="red", err=True)
+            say_error(f"error: {why}")
             ctx.exit(exit_codes.FAILED)
         return super().invoke(ctx)
 
@@ -281,7 +290,7 @@ class AdapterGroup(click.Group):
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except BrokenPipeError:  # `check | head -1`: the reader has what it wanted; no error line, no traceback
-            output_closed()
+            stream_closed(sys.stdout)  # (stderr's errors are said by say_error, which keeps the exit code)
             ctx.exit(exit_codes.OUTPUT_CLOSED)
         except Exception as exc:
             verbose = int((ctx.obj or {}).get("verbose", ctx.params.get("verbose") or 0))
@@ -289,13 +298,14 @@ class AdapterGroup(click.Group):
             ctx.exit(exit_code_of(exc))
 
 
-def output_closed() -> None:
-    """Point standard output at ``os.devnull``: the interpreter's last flush at exit then writes nowhere instead
-    of failing again on the closed pipe (the Python documentation's note on SIGPIPE)."""
+def stream_closed(stream: TextIO) -> None:
+    """Point ``stream`` (stdout or stderr, whose reader has gone) at ``os.devnull``: the interpreter's last flush
+    at exit then writes nowhere instead of failing again on the closed pipe (the Python documentation's note on
+    SIGPIPE)."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (AttributeError, OSError, ValueError):  # a stdout with no descriptor (a test runner's)
+        os.dup2(devnull, stream.fileno())
+    except (AttributeError, OSError, ValueError):  # a stream with no descriptor (a test runner's)
         pass
     finally:
         os.close(devnull)

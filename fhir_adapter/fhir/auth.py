@@ -484,6 +484,8 @@ ClientSecretMethod = Literal["client_secret_basic", "client_secret_post"]
 class ClientSecret(TokenFlow):
     """OAuth 2.0 ``client_credentials`` with a client secret — the FHIR servers behind an identity provider
     (Microsoft Entra ID for Azure Health Data Services, Keycloak, Okta) rather than SMART Backend Services.
+    ``token_url`` is required: a long-lived secret is sent only to the endpoint the operator names, never to one
+    a discovery document (which the FHIR server serves without authentication) names.
     ``method``: ``client_secret_basic`` (RFC 6749 §2.3.1: HTTP Basic with the form-encoded id and secret, which
     every authorization server supports) or ``client_secret_post`` (the two in the form). ``scope`` may be empty
     (a server with a default scope); Entra ID wants ``<FHIR service URL>/.default``. The token life cycle is
@@ -495,8 +497,7 @@ class ClientSecret(TokenFlow):
         client_id: str,
         secret: str | SecretStr,
         scope: str = "",
-        token_url: str | None = None,
-        fhir_base_url: str | None = None,
+        token_url: str = "",
         *,
         method: ClientSecretMethod = "client_secret_basic",
         refresh_skew_seconds: float = 30.0,
@@ -508,8 +509,10 @@ class ClientSecret(TokenFlow):
         if method not in ("client_secret_basic", "client_secret_post"):
             raise ValueError(f"OAuth client authentication must be client_secret_basic or client_secret_post, "
                              f"not {method!r}")
-        super().__init__(client_id, scope, token_url, fhir_base_url, refresh_skew_seconds=refresh_skew_seconds,
-                         clock=clock)
+        if not token_url:
+            raise ValueError("OAuth client secret: give the token endpoint (token_url); a secret is never sent to a "
+                             "discovered one")
+        super().__init__(client_id, scope, token_url, None, refresh_skew_seconds=refresh_skew_seconds, clock=clock)
         self.method: ClientSecretMethod = method
         self._secret = SecretStr(value)
         pair = f"{urllib.parse.quote_plus(client_id)}:{urllib.parse.quote_plus(value)}"
@@ -660,11 +663,13 @@ def _client_secret_from_env(get: Callable[[str], str | None], fhir_base_url: str
         raise ValueError(f"FHIR_ADAPTER_OAUTH_AUTH_METHOD must be client_secret_basic or client_secret_post, got "
                          f"{method!r}")
     token_url = get("FHIR_ADAPTER_OAUTH_TOKEN_URL")
-    if token_url is None and fhir_base_url is None:
-        raise ValueError("FHIR_ADAPTER_OAUTH_TOKEN_URL is not set and no FHIR base URL was given for discovery")
+    if token_url is None:  # a long-lived secret goes only where the operator says, never where a document says
+        raise ValueError("OAuth client credentials configuration incomplete; missing: FHIR_ADAPTER_OAUTH_TOKEN_URL "
+                         "(the identity provider's token endpoint; a client secret is never sent to a discovered "
+                         "one)")
     try:
         return ClientSecret(client_id or "", secret, get("FHIR_ADAPTER_OAUTH_SCOPE") or "", token_url,
-                            fhir_base_url, method="client_secret_post" if method == "client_secret_post"
+                            method="client_secret_post" if method == "client_secret_post"
                             else "client_secret_basic", clock=clock)
     except ValueError as exc:
         raise ValueError(f"FHIR_ADAPTER_OAUTH_*: {exc}") from None
@@ -690,8 +695,8 @@ AUTH_ENV: dict[str, str] = {
     "FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE": "OAuth: file holding the client secret (surrounding whitespace ignored)",
     "FHIR_ADAPTER_OAUTH_SCOPE": "OAuth: requested scopes (optional), e.g. https://example.fhir.azurehealthcareapis.com/"
                                 ".default for Entra ID",
-    "FHIR_ADAPTER_OAUTH_TOKEN_URL": "OAuth: token endpoint; when unset it is discovered from "
-                                    "[base]/.well-known/smart-configuration",
+    "FHIR_ADAPTER_OAUTH_TOKEN_URL": "OAuth: the identity provider's token endpoint (required: a client secret is "
+                                    "never sent to a discovered one)",
     "FHIR_ADAPTER_OAUTH_AUTH_METHOD": "OAuth: client_secret_basic (default: HTTP Basic, RFC 6749 2.3.1) or "
                                       "client_secret_post (id and secret in the form)",
 }

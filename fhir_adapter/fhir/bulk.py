@@ -446,8 +446,8 @@ class BulkExporter:
             said = []
         answer = "; ".join(said) if said else "no OperationOutcome"
         hints = {
-            401: "the credentials were refused: check FHIR_ADAPTER_BEARER_TOKEN / FHIR_ADAPTER_SMART_* and the "
-                 "client's bulk scopes (system/*.read)",
+            401: "the credentials were refused: check FHIR_ADAPTER_BEARER_TOKEN / FHIR_ADAPTER_SMART_* / "
+                 "FHIR_ADAPTER_OAUTH_* and the client's bulk scopes (system/*.read)",
             403: "the client is not allowed to export: ask the hospital to grant the bulk export scope",
             404: "the server does not know it (an unknown Group, or an expired or deleted job): check "
                  "bulk.group_id, or run again to start a new export",

@@ -162,7 +162,7 @@ class FhirClient:
         self._auth = auth
         self._clock = clock
         self._retry = RetryPolicy(self.settings, sleep=sleep)
-        #: the server's clock against this machine's, from the answers' Date headers (None: none yet)
+        #: the server's clock against this machine's, from its successful answers' Date headers (None: none yet)
         self.clock_offset: ClockOffset | None = None
         s = self.settings
         self.limit = AdaptiveLimit(s.max_concurrency, adaptive=s.adaptive_concurrency)
@@ -314,7 +314,8 @@ class FhirClient:
                 post_body = None
             else:
                 try:
-                    bundle = await self._call("GET", url, label=label, idempotent=True, trips_breaker=trips_breaker)
+                    bundle = await self._call("GET", url, label=label, idempotent=True, trips_breaker=trips_breaker,
+                                              handled=(414,) if page_number == 1 and not history else ())
                 except FhirHttpError as exc:
                     if exc.status != 414 or page_number != 1 or history:
                         raise
@@ -460,8 +461,10 @@ class FhirClient:
         content: bytes | None = None,
         content_type: str = FHIR_JSON,
         trips_breaker: bool = True,
+        handled: tuple[int, ...] = (),
     ) -> dict[str, Any]:
-        """One logical request under the retry policy → the JSON object of a 2xx answer."""
+        """One logical request under the retry policy → the JSON object of a 2xx answer. ``handled``: statuses
+        the caller answers itself (a 414 sent again as POST): raised, but counted as no failure."""
 
         async def attempt() -> dict[str, Any]:
             self.breaker.check()  # the server is down: nothing more is sent, retries included
@@ -475,6 +478,8 @@ class FhirClient:
         except FhirServerUnavailable:
             raise
         except FhirError as exc:
+            if isinstance(exc, FhirHttpError) and exc.status in handled:
+                raise
             self.stats.add(label, failures=1)
             if trips_breaker:
                 self.breaker.failed(exc, label)
@@ -496,8 +501,9 @@ class FhirClient:
             try:
                 async with asyncio.timeout(self.settings.max_response_seconds):
                     response = await self._receive(request, safe_url)
-                answer = ClockOffset.from_answer(response.headers.get("Date"), sent, self._clock())
-                self.clock_offset = answer if self.clock_offset is None else self.clock_offset.narrowed(answer)
+                if 200 <= response.status_code < 300 and "Age" not in response.headers:  # the server's own answer
+                    answer = ClockOffset.from_answer(response.headers.get("Date"), sent, self._clock())
+                    self.clock_offset = answer if self.clock_offset is None else self.clock_offset.narrowed(answer)
             except TimeoutError:
                 slow = httpx.ReadTimeout(f"the answer was not complete within max_response_seconds="
                                          f"{self.settings.max_response_seconds:g}", request=request)

@@ -8,7 +8,9 @@ run's reads would be stamped before the recorded start, and no later ``--since l
 An HTTP ``Date`` (RFC 9110 §6.6.1) is whole seconds: the server's time when it answered lies in
 ``[Date, Date + 1 s)``, and on this machine's clock that moment lies between sending the request and
 receiving the answer. The difference server − machine therefore lies in ``[Date − received, Date + 1 − sent)``;
-every answer of the run narrows these bounds (:meth:`ClockOffset.narrowed`).
+every successful answer of the run narrows these bounds (:meth:`ClockOffset.narrowed`) — not an error answer (a
+gateway's) nor one a cache kept (an ``Age`` header). Answers whose bounds do not meet leave the bounds spanning
+them all, and the base is moved back by the most any of them allows.
 :func:`since_base` moves the recorded start back only when that difference is certainly negative (the server
 certainly behind), by its largest possible value, so the base is never later on the server's clock than the
 run's start. A server whose clock agrees with this machine's within the header's one second keeps this
@@ -27,10 +29,14 @@ WARN_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class ClockOffset:
-    """Bounds, in seconds, of the server's clock minus this machine's."""
+    """Bounds, in seconds, of the server's clock minus this machine's. ``disagree``: answers whose bounds do not
+    meet (a proxy or a cache answering with another clock, servers behind a balancer whose clocks differ, or the
+    server's clock set during the run) — ``low`` is then the most behind and ``high`` the most ahead any answer
+    allows."""
 
     low: float
     high: float
+    disagree: bool = False
 
     @classmethod
     def from_answer(cls, date_header: str | None, sent: float, received: float) -> ClockOffset | None:
@@ -49,10 +55,13 @@ class ClockOffset:
 
     def narrowed(self, other: ClockOffset | None) -> ClockOffset:
         """Both answers' bounds at once (each answer's second is cut at another point, so a run's answers narrow
-        the bounds to about a request's round trip); bounds that do not meet (the server's clock was set while
-        the run went on) keep the earlier answers'."""
-        if other is None or other.low > self.high or other.high < self.low:
+        the bounds to about a request's round trip). Bounds that do not meet cannot say which clock stamps the
+        records: from then on the bounds span every answer's (``disagree``), the safe side for
+        :func:`since_base` whichever answer was right."""
+        if other is None:
             return self
+        if self.disagree or other.disagree or other.low > self.high or other.high < self.low:
+            return ClockOffset(low=min(self.low, other.low), high=max(self.high, other.high), disagree=True)
         return ClockOffset(low=max(self.low, other.low), high=min(self.high, other.high))
 
     @property
@@ -63,15 +72,26 @@ class ClockOffset:
 
 def since_base(started: dt.datetime, offset: ClockOffset | None) -> dt.datetime:
     """The base a REST run records for the next ``--since last``: the run's start on this machine's clock,
-    moved back by the server's lag when the server's clock is certainly behind."""
-    if offset is None or not offset.server_behind:
+    moved back by the server's lag when the server's clock is certainly behind — and, when the answers
+    disagree, by the most any of them allows, so that whichever clock stamps the records none is missed."""
+    if offset is None:
+        return started
+    if offset.disagree:
+        return started + dt.timedelta(seconds=min(0.0, offset.low))
+    if not offset.server_behind:
         return started
     return started + dt.timedelta(seconds=offset.low)
 
 
 def lag_warning(offset: ClockOffset | None) -> str | None:
-    """The run report's warning when the server's clock is more than :data:`WARN_SECONDS` behind (None: not)."""
-    if offset is None or offset.high >= -WARN_SECONDS:
+    """The run report's warning when the server's clock is more than :data:`WARN_SECONDS` behind, or its answers'
+    Date headers disagree by more than that (None: neither)."""
+    if offset is not None and offset.disagree and offset.high - offset.low > WARN_SECONDS + 1:
+        return (f"the Date headers of the server's answers disagree by up to {offset.high - offset.low:.0f} s (a "
+                "proxy or cache answering with another clock, or servers whose clocks differ): the next --since "
+                f"last counts from {max(0.0, -offset.low):.0f} s before this run's start, so that no change is "
+                "missed whichever clock stamps the records")
+    if offset is None or offset.disagree or offset.high >= -WARN_SECONDS:
         return None
     return (f"the server's clock is at least {-offset.high:.0f} s behind this machine's (its Date header): the next "
             "--since last counts from this run's start on the server's clock, so no change is missed; an EHR "

@@ -162,14 +162,20 @@ def _stop_for(exc: BaseException) -> _Stop | None:
     return None
 
 
-#: a request the server refused for its size, and the setting that makes it smaller
-_TOO_LARGE = {
-    413: "the server refused a request body this large (HTTP 413 Content Too Large): lower "
-         "client.max_transaction_entries in the --config file (a subject's results are then written in several "
-         "transactions), or have the server's (or its proxy's) body limit raised",
-    414: "the server refused a URL this long (HTTP 414 URI Too Long): lower client.max_get_url_length in the "
-         "--config file (longer searches are then sent as POST [type]/_search)",
-}
+def _too_large(exc: FhirHttpError) -> str | None:
+    """What to do about a request the server refused for its size (413, 414), by the kind of request; None for
+    another status."""
+    if exc.status == 414:  # a first search page it refuses goes again as POST: a next-page link or a history query
+        return ("the server refused a URL this long (HTTP 414 URI Too Long) — one it built itself (a next-page link) "
+                "or a history query; ask its administrators to raise the URL limit of the server or its proxy")
+    if exc.status != 413:
+        return None
+    if (exc.url or "").split("?", 1)[0].endswith("/_search"):
+        return ("the server refused a search this large (HTTP 413 Content Too Large): lower patients_per_search in "
+                "the --config file (fewer patients per search), or have the server's body limit raised")
+    return ("the server refused a request body this large (HTTP 413 Content Too Large): lower "
+            "client.max_transaction_entries in the --config file (a subject's results are then written in several "
+            "transactions), or have the server's (or its proxy's) body limit raised")
 
 
 def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str | None = None) -> dict[str, Any]:
@@ -182,8 +188,8 @@ def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str 
         entry["last_status"] = status if status is not None else getattr(exc, "kind", "network")
         entry["attempts"] = exc.attempts
     again = "the next run (full or --since last) picks this subject up again"
-    if isinstance(exc, FhirHttpError) and exc.status in _TOO_LARGE:
-        entry["what_to_do"] = f"{_TOO_LARGE[exc.status]}; {again}"
+    if isinstance(exc, FhirHttpError) and (too_large := _too_large(exc)) is not None:
+        entry["what_to_do"] = f"{too_large}; {again}"
     elif isinstance(exc, FhirHttpError) and exc.status < 500 and exc.status != 429:
         entry["what_to_do"] = f"the server refused the request (HTTP {exc.status}): fix what the error names; {again}"
     elif isinstance(exc, FhirError):

@@ -389,7 +389,8 @@ class FileSource:
                 self._links_said.add(frozenset((res["id"], other)))
                 on_enrolled = res["id"] in named
                 enrolled, unread = (res["id"], other) if on_enrolled else (other, res["id"])
-                warn_link(self.log, enrolled, unread, kind, enrolled_replaced=replaced(on_enrolled, kind))
+                warn_link(self.log, enrolled, unread, kind, enrolled_replaced=replaced(on_enrolled, kind),
+                          both_enrolled=len(pair) == 2)
 
     @staticmethod
     def _note_patient(res: Resource, where: str, first_seen: dict[str, tuple[bytes, str]],

@@ -27,17 +27,25 @@ def links(patient: Resource, base: str | None) -> Iterator[tuple[str, str | None
             yield other, kind if isinstance(kind, str) else None
 
 
-def warn_link(log: RunLog, enrolled: str, unread: str, kind: str | None, *, enrolled_replaced: bool) -> None:
+def warn_link(log: RunLog, enrolled: str, unread: str, kind: str | None, *, enrolled_replaced: bool,
+              both_enrolled: bool = False) -> None:
     """The run report's warning for the enrolled Patient ``enrolled`` linked to ``unread`` (link type ``kind``);
-    ``enrolled_replaced``: the enrolled Patient is the one merged away into ``unread``."""
+    ``enrolled_replaced``: the enrolled Patient is the one merged away into ``unread``; ``both_enrolled``: the
+    other is a subject's Patient too (one person enrolled twice?)."""
+    how = f"link type {kind}" if kind else "no link type"
+    if both_enrolled:
+        log.warn(f"the enrolled Patients {enrolled} and {unread} are linked as the same person ({how}): each is "
+                 "read as its own subject's", resource=f"Patient/{enrolled}", rule="patient-link",
+                 fix="check that the two subjects are two people; if not, withdraw one of them in the EHR")
+        return
     if enrolled_replaced:
-        log.warn(f"the enrolled Patient/{enrolled} was replaced by Patient/{unread} (a merge in the EHR, link type "
-                 f"{kind}): the person's records filed under Patient/{unread} are not read as that subject's",
+        log.warn(f"the enrolled Patient/{enrolled} was replaced by Patient/{unread} (a merge in the EHR, {how}): "
+                 f"the person's records filed under Patient/{unread} are not read as that subject's",
                  resource=f"Patient/{enrolled}", rule="patient-link",
                  fix=f"once the merge is confirmed, point the subject's ResearchSubject.individual (or its row of the "
                      f"roster CSV) at Patient/{unread}")
         return
-    log.warn(f"Patient/{unread} is linked to the enrolled Patient/{enrolled} (link type {kind}): resources filed "
+    log.warn(f"Patient/{unread} is linked to the enrolled Patient/{enrolled} ({how}): resources filed "
              f"under Patient/{unread} are not read as that subject's", resource=f"Patient/{enrolled}",
              rule="patient-link",
              fix=f"merge or re-file Patient/{unread}'s records under Patient/{enrolled} in the EHR (or enrol it) if "

@@ -608,9 +608,12 @@ def test_client_secret_from_env_and_its_errors_name_variables_not_values(tmp_pat
     secret_file = tmp_path / "secret"
     secret_file.write_text("file-SECRET\n")
     found = auth_from_env({"FHIR_ADAPTER_OAUTH_CLIENT_ID": "c", "FHIR_ADAPTER_OAUTH_CLIENT_SECRET_FILE":
-                           str(secret_file)}, fhir_base_url=BASE)
-    assert isinstance(found, ClientSecret) and found.method == "client_secret_basic" and found.token_url is None
+                           str(secret_file), "FHIR_ADAPTER_OAUTH_TOKEN_URL": TOKEN_URL}, fhir_base_url=BASE)
+    assert isinstance(found, ClientSecret) and found.method == "client_secret_basic" and found.token_url == TOKEN_URL
     for env, said in (
+            # a long-lived secret is never sent to a token endpoint a discovery document names
+            ({"FHIR_ADAPTER_OAUTH_CLIENT_ID": "c", "FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "env-SECRET"},
+             "missing: FHIR_ADAPTER_OAUTH_TOKEN_URL"),
             ({"FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "env-SECRET"}, "missing: FHIR_ADAPTER_OAUTH_CLIENT_ID"),
             ({"FHIR_ADAPTER_OAUTH_CLIENT_ID": "c", "FHIR_ADAPTER_OAUTH_CLIENT_SECRET": "env-SECRET",
               "FHIR_ADAPTER_OAUTH_AUTH_METHOD": "private_key_jwt"}, "FHIR_ADAPTER_OAUTH_AUTH_METHOD must be"),

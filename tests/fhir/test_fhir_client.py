@@ -376,3 +376,4 @@ async def test_a_search_answered_414_is_sent_again_as_post_search(httpx_mock: HT
     assert (get.method, post.method) == ("GET", "POST")
     assert httpx.QueryParams(post.content.decode()) == get.url.params
     assert post.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert c.stats.total.failures == 0  # answered by the POST: no failure of the search

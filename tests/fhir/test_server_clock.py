@@ -10,7 +10,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from fhir_adapter.fhir import FhirClient
-from fhir_adapter.fhir.server_clock import ClockOffset, since_base
+from fhir_adapter.fhir.server_clock import ClockOffset, lag_warning, since_base
 from tests.fhir.fhir_testkit import BASE, FakeSleep
 
 START = dt.datetime(2026, 11, 2, 8, 0, 0, 400000, tzinfo=dt.UTC)
@@ -65,9 +65,48 @@ def test_answers_at_other_points_of_the_second_narrow_the_bounds_to_the_round_tr
     assert START - dt.timedelta(seconds=lag + 0.1) <= since_base(START, found) <= START - dt.timedelta(seconds=lag)
 
 
-def test_bounds_that_do_not_meet_keep_the_earlier_answers() -> None:
-    first = offset(120)
-    assert first is not None and first.narrowed(offset(0)) == first and first.narrowed(None) == first
+@pytest.mark.parametrize("first_lag", [-600, 3600], ids=["a-clock-ahead-first", "an-hour-old-answer-first"])
+def test_answers_that_disagree_move_the_base_back_by_the_most_any_allows(first_lag: float) -> None:
+    """A proxy or a cache answering with another clock, then the server itself two minutes behind: the bounds
+    no longer say which clock stamps the records, so the base is moved back as far as any answer allows — never
+    later, on the server's clock, than the run's start — and the run report says why."""
+    found = offset(first_lag)
+    assert found is not None
+    for ms in range(0, 1000, 250):
+        found = found.narrowed(offset(120, sent=START + dt.timedelta(seconds=2, milliseconds=ms)))
+    assert found.disagree
+    base = since_base(START, found)
+    assert base <= START - dt.timedelta(seconds=max(120, first_lag))
+    said = lag_warning(found)
+    assert said is not None and said.startswith("the Date headers of the server's answers disagree by up to")
+
+
+def test_answers_of_a_clock_a_fraction_of_a_second_behind_neither_disagree_nor_warn() -> None:
+    """Answers at other points of the second narrow a 0.2 s lag to the round trip: the base moves back by it."""
+    found = offset(0.2)
+    assert found is not None
+    for ms in range(0, 1000, 100):
+        found = found.narrowed(offset(0.2, sent=START + dt.timedelta(milliseconds=ms)))
+    assert not found.disagree and lag_warning(found) is None
+    assert START - dt.timedelta(seconds=0.3) <= since_base(START, found) <= START - dt.timedelta(seconds=0.2)
+
+
+async def test_the_client_reads_the_clock_from_the_servers_own_answers_only(httpx_mock: HTTPXMock,
+                                                                           fake_sleep: FakeSleep) -> None:
+    """A gateway's 503 and an answer a cache kept (an Age header) carry other clocks: not read."""
+    now = dt.datetime.now(dt.UTC)
+    httpx_mock.add_response(url=f"{BASE}/Patient/p-1", status_code=503,
+                            headers={"Date": http_date(now + dt.timedelta(minutes=10))})
+    httpx_mock.add_response(url=f"{BASE}/Patient/p-1", json={"resourceType": "Patient", "id": "p-1"},
+                            headers={"Date": http_date(now - dt.timedelta(hours=1)), "Age": "3600"})
+    httpx_mock.add_response(url=f"{BASE}/Patient/p-2", json={"resourceType": "Patient", "id": "p-2"},
+                            headers={"Date": http_date(now - dt.timedelta(minutes=2))})
+    async with FhirClient(BASE, sleep=fake_sleep) as client:
+        await client.read("Patient", "p-1")
+        assert client.clock_offset is None
+        await client.read("Patient", "p-2")
+    assert client.clock_offset is not None and not client.clock_offset.disagree
+    assert -122 < client.clock_offset.low < client.clock_offset.high < -118
 
 
 async def test_the_client_narrows_the_offset_with_each_answer(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:

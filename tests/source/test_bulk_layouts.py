@@ -235,3 +235,22 @@ def test_a_subjects_patient_merged_away_is_said_with_the_patient_to_repoint_it_a
     assert said["resource"] == f"Patient/{enrolled}"
     assert f"the enrolled Patient/{enrolled} was replaced by Patient/survivor-1" in said["message"]
     assert "ResearchSubject.individual" in said["fix"]
+
+
+def test_two_enrolled_patients_linked_as_one_person_are_said_as_such(plain: Path, tmp_path: Path) -> None:
+    """Two subjects' Patients linked (no link type): each is still read as its own subject's, and the warning asks
+    whether one person was enrolled twice — not that one's records go unread."""
+    shutil.copytree(plain / "feed", tmp_path / "feed")
+    first, second = (orjson.loads(x)["individual"]["reference"].split("/")[1]
+                     for x in _lines(tmp_path / "feed" / "ResearchSubject.ndjson")[:2])
+    patients = tmp_path / "feed" / "Patient.ndjson"
+    lines = [orjson.loads(x) for x in _lines(patients)]
+    for p in lines:
+        if p["id"] == first:
+            p["link"] = [{"other": {"reference": f"Patient/{second}"}}]
+    patients.write_bytes(b"\n".join(orjson.dumps(p) for p in lines) + b"\n")
+    log = RunLog()
+    FileSource(tmp_path / "feed", log).roster()
+    [said] = [w for w in log.warnings if w["rule"] == "patient-link"]
+    assert f"the enrolled Patients {first} and {second} are linked as the same person (no link type)" in \
+        said["message"] and "two people" in said["fix"]

@@ -450,3 +450,37 @@ def test_the_probe_of_a_single_patient_failing_fails_that_subject_not_the_run(st
 
     probe, changed, client = probe_with(study, handler, pids=["p1"])
     assert changed == set() and set(probe.failed) == {"p1"} and not client.breaker.is_open
+
+
+def test_one_patients_403_fails_that_patient_and_no_other_is_read_in_full(study: Study) -> None:
+    """A 403 for one consent-restricted patient (or 404/410 for one merged or gone) is about that patient, not
+    the search: that subject alone fails, the others' probes go on and nobody is read in full for it."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        if "p2" in params_of(request).get(patient_param(search_type(request)), ""):
+            return httpx.Response(403, json={"resourceType": "OperationOutcome", "issue": []})
+        return httpx.Response(200, json=bundle([]))
+
+    probe, changed, _ = probe_with(study, handler)
+    assert changed == set() and set(probe.failed) == {"p2"} and probe.unknown == set()
+    assert set(probe.refused) <= {"Specimen"}  # a Specimen probe refused for the group: warned, as documented
+
+
+def test_a_specimen_probe_refused_only_per_patient_reads_nobody_in_full(study: Study) -> None:
+    """The group's Specimen probe times out, each patient's is refused (400): as when the group's is refused — one
+    warning, a Specimen change alone waits for the next full run, nobody read in full or failed."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(200, json=capability(False))
+        if search_type(request) == "Specimen" and "," in params_of(request).get("patient", ""):
+            raise httpx.ReadTimeout("too slow", request=request)
+        if search_type(request) == "Specimen":
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": []})
+        return httpx.Response(200, json=bundle([]))
+
+    probe, changed, _ = probe_with(study, handler)
+    assert changed == set() and probe.failed == {} and probe.unknown == set()
+    assert [w["message"] for w in probe.log.warnings if "Specimen" in w["message"]] == [
+        "the server refuses the Specimen change search (400): a Specimen change alone is picked up by the next "
+        "full run"]

@@ -41,11 +41,11 @@ alone waits for the next full run.
 A probe for many patients that fails after its retries does not count toward the circuit breaker: it is asked
 again per patient (counted under that subject, and toward the breaker), as a full run reads a failing group's
 patients alone. A patient whose own probe still fails is :attr:`ChangeProbe.failed`: that subject alone is not
-processed (the next run reads it in full, its CRF being gone); the others go on. A probe the server refuses (4xx)
+processed (the next run reads it in full, its CRF being gone); the others go on. A probe the server answers 400
 for a patient alone too is a search it does not offer on that type (``_lastUpdated``, ``_elements``): that type
 is not asked again, and every patient whose changes it could not say is read in full (warning ``incremental``,
-counted ``incremental.refused_subjects``). The server being down (the
-breaker opens) or the credentials rejected for good still stop the run.
+counted ``incremental.refused_subjects``); another 4xx for one patient (403, 404, 410) fails that patient alone.
+The server being down (the breaker opens) or the credentials rejected for good still stop the run.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from fhir_adapter.source.server.searches import SUBJECT_SEARCHES, SearchPlan, ad
 log = logging.getLogger(__name__)
 
 PROBE_PATIENTS = 20  # patients per incremental probe search
+SPECIMEN = "Specimen"
 
 
 def _refusal(exc: FhirHttpError) -> bool:
@@ -156,7 +157,8 @@ class ChangeProbe:
         self.labels = dict(labels or {})
         #: patients whose own probe failed after its retries (patient id -> why): not read, reported
         self.failed: dict[str, FhirError] = {}
-        #: resource types whose change search the server refuses (4xx) for a single patient too -> the status
+        #: resource types whose change search the server refuses (400 for a single patient too; a Specimen probe:
+        #: any 4xx for a group) -> the status
         self.refused: dict[str, int] = {}
         #: patients whose changes could not be asked for (a refused change search): read in full
         self.unknown: set[str] = set()
@@ -183,7 +185,7 @@ class ChangeProbe:
 
         async def probe_group(rtype: str, params: dict[str, str], group: list[str]) -> None:
             if rtype in self.refused:  # refused for a patient alone already: not asked again
-                self.unknown.update(group)
+                self._not_asked(rtype, group)
                 return
             if len(group) == 1:
                 await self._per_patient(rtype, params, group, probe)
@@ -202,25 +204,23 @@ class ChangeProbe:
         if not specimens:
             self.log.warn("the server declares no Specimen search by patient and _lastUpdated: a Specimen change "
                           "alone is picked up by the next full run", rule="incremental")
-        refused: list[str] = []
 
         async def specimen_group(params: dict[str, str], group: list[str]) -> None:
             """A Specimen probe: a server that refuses it (4xx) is warned of once — a full run reads Specimens
-            by id then (groups.py) — never a subject's failure; the server failing otherwise: as the others."""
-            if refused:
+            by id then (groups.py) — never a subject's failure nor a reason to read one in full; the server
+            failing otherwise: as the others."""
+            if SPECIMEN in self.refused:
                 return
             try:
-                await probe("Specimen", params, "incremental", False)
+                await probe(SPECIMEN, params, "incremental", False)
             except FhirError as exc:
                 raise_if_fatal(exc)
                 if not isinstance(exc, FhirHttpError) or not _refusal(exc):  # as the others: again per patient
                     log.info("a Specimen change probe for %d patients failed (%s): asked again per patient",
                              len(group), exc)
-                    await self._per_patient("Specimen", params, group, probe)
-                elif not refused:
-                    refused.append(str(exc.status))
-                    self.log.warn(f"the server refuses the Specimen change search ({exc.status}): a Specimen change "
-                                  "alone is picked up by the next full run", rule="incremental")
+                    await self._per_patient(SPECIMEN, params, group, probe)
+                else:
+                    self.refused.setdefault(SPECIMEN, exc.status)
 
         probes: list[Coroutine[Any, Any, None]] = []
         for group in groups:
@@ -236,9 +236,13 @@ class ChangeProbe:
         if error is not None:
             raise error
         for rtype, status in sorted(self.refused.items()):
-            self.log.warn(f"the server refuses the {rtype} change search ({status}): the subjects whose {rtype} "
-                          "changes it could not say are read in full (`check --source` lists the search "
-                          "parameters the server declares)", rule="incremental")
+            if rtype == SPECIMEN:
+                self.log.warn(f"the server refuses the Specimen change search ({status}): a Specimen change alone "
+                              "is picked up by the next full run", rule="incremental")
+            else:
+                self.log.warn(f"the server refuses the {rtype} change search ({status}): the subjects whose "
+                              f"{rtype} changes it could not say are read in full (`check --source` lists the "
+                              "search parameters the server declares)", rule="incremental")
         if self.unknown:
             self.log.count("incremental.refused_subjects", len(self.unknown - set(self.failed)))
             changed |= self.unknown - set(self.failed)
@@ -322,22 +326,24 @@ class ChangeProbe:
                            probe: Callable[[str, dict[str, str], str, bool], Awaitable[None]]) -> None:
         """The probe of a group that failed, once per patient of ``group``; a patient whose probe fails is
         :attr:`failed` (the server down or the credentials rejected for good: raised). A probe the server
-        refuses (4xx) for a patient alone is a search it does not offer (``_lastUpdated`` or ``_elements`` on
-        that type): the patient's changes are unknown, so it is read in full (:attr:`unknown`), and the type is
-        not asked for the other patients again (:attr:`refused`)."""
+        answers 400 Bad Request for a patient alone is a search it does not offer (``_lastUpdated`` or
+        ``_elements`` on that type): the type is not asked for the other patients again (:attr:`refused`) and
+        their changes are unknown, so they are read in full (:attr:`unknown`) — but a Specimen change alone waits
+        for the next full run, as when the group's Specimen probe is refused. Another 4xx (403 for one patient's
+        records, 404 or 410 for a patient merged or gone) is that patient's failure."""
         param = SUBJECT_SEARCHES[rtype][0] if rtype in SUBJECT_SEARCHES else "patient"  # Specimen
 
         async def one(pid: str) -> None:
             if rtype in self.refused:
-                self.unknown.add(pid)
+                self._not_asked(rtype, [pid])
                 return
             try:
                 await probe(rtype, {**params, param: f"Patient/{pid}"}, self.labels.get(pid, pid), True)
             except FhirError as exc:
                 raise_if_fatal(exc)
-                if isinstance(exc, FhirHttpError) and _refusal(exc):
+                if isinstance(exc, FhirHttpError) and exc.status == 400:
                     self.refused.setdefault(rtype, exc.status)
-                    self.unknown.add(pid)
+                    self._not_asked(rtype, [pid])
                 else:
                     self.failed.setdefault(pid, exc)
 
@@ -345,6 +351,12 @@ class ChangeProbe:
                                                  return_exceptions=True))
         if error is not None:
             raise error
+
+    def _not_asked(self, rtype: str, pids: list[str]) -> None:
+        """Patients whose ``rtype`` changes the server would not say (a refused search): read in full — but for
+        a Specimen, whose change alone waits for the next full run."""
+        if rtype != SPECIMEN:
+            self.unknown.update(pids)
 
     async def _capabilities(self) -> dict[str, Any]:
         """The server's CapabilityStatement (empty when it cannot be read)."""

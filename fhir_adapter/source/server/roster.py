@@ -66,7 +66,8 @@ def _say_links(out: RosterInput, base: str, log: RunLog) -> None:
         for other, kind in links(out.patients[pid], base):
             if frozenset((pid, other)) not in said:
                 said.add(frozenset((pid, other)))
-                warn_link(log, pid, other, kind, enrolled_replaced=replaced(True, kind))
+                warn_link(log, pid, other, kind, enrolled_replaced=replaced(True, kind),
+                          both_enrolled=other in out.patients)
 
 
 async def _missing_patients(client: FhirClient, out: RosterInput, base: str, log: RunLog) -> None:
