@@ -84,13 +84,14 @@ def test_a_subject_written_in_part_when_the_server_goes_down_is_recorded_part_by
 
 @pytest.mark.parametrize(("method", "url", "status", "said"), [
     ("POST", "https://ehr.example.org/fhir", 413, "lower client.max_transaction_entries"),
-    ("POST", "https://ehr.example.org/fhir/Observation/_search", 413, "lower patients_per_search"),
+    ("POST", "https://ehr.example.org/fhir/Observation/_search", 413, "raise the request body limit"),
     ("GET", "https://ehr.example.org/fhir/Observation?_getpages=abc&_page=2", 414, "ask its administrators"),
 ])
 def test_a_subject_refused_for_a_requests_size_says_which_setting_helps(method: str, url: str, status: int,
                                                                         said: str) -> None:
-    """413 on a write: smaller transactions; 413 on a search: fewer patients a search; 414 (a first search page is
-    sent again as POST, so a page link or a history query the server built): the server's limit."""
+    """413 on a write: smaller transactions; 413 on a search (one patient's: a group's is asked again per patient)
+    or 414 (a first search page is sent again as POST, so a page link or a history query the server built): the
+    server's limit."""
     from fhir_adapter.fhir import FhirHttpError
     from fhir_adapter.job.pipeline import _failure
 

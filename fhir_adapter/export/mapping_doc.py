@@ -127,7 +127,8 @@ def render(variables: list[Variable]) -> str:
         "result in no visit, which then gets its own row with VISIT empty. Not the schedule's baseline visit.",
         "* **Partial dates**: a result dated to the year or month only is placed in no visit (never imputed, "
         "docs/clinical-rules.md#dates) and is still a record of its findings domain: --DTC as it came (`2024-04`), "
-        "VISITNUM, VISIT and --DY empty.",
+        "VISITNUM, VISIT and --DY empty — but in LB, timed by its specimen's collection, a Specimen with a full "
+        "collection time gives LBDTC, LBDY and EPOCH (the visit still comes from the result's own date).",
         "* **--TPT / --TPTREF / --ELTM**: the cqf-relativeDateTime extension of the Specimen (LB, PC, IS; the IG's "
         "path), else of the Observation (VS): `1 H BEFORE LCAR-AIO INFUSION`, the event it is relative to, `-PT1H`.",
         "* **Death**: DM.DTHDTC from Patient.deceasedDateTime, DM.DTHFL = Y also for deceasedBoolean true; AE "

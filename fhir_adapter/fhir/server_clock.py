@@ -5,16 +5,18 @@ server's clock. A run's start read from this machine's clock is a safe base only
 behind it: were the server's clock two minutes behind, the changes the EHR made in the two minutes before the
 run's reads would be stamped before the recorded start, and no later ``--since last`` would read them again.
 
-An HTTP ``Date`` (RFC 9110 §6.6.1) is whole seconds: the server's time when it answered lies in
-``[Date, Date + 1 s)``, and on this machine's clock that moment lies between sending the request and
-receiving the answer. The difference server − machine therefore lies in ``[Date − received, Date + 1 − sent)``;
+An HTTP ``Date`` (RFC 9110 §6.6.1) is whole seconds, and servers cache it (:data:`DATE_STALENESS`): the
+server's time when it answered lies in ``[Date, Date + 1 s + staleness)``, and on this machine's clock that
+moment lies between sending the request and receiving the answer. The difference server − machine therefore
+lies in ``[Date − received, Date + 1 + staleness − sent)``;
 every successful answer of the run narrows these bounds (:meth:`ClockOffset.narrowed`) — not an error answer (a
 gateway's) nor one a cache kept (an ``Age`` header). Answers whose bounds do not meet leave the bounds spanning
 them all, and the base is moved back by the most any of them allows.
 :func:`since_base` moves the recorded start back only when that difference is certainly negative (the server
 certainly behind), by its largest possible value, so the base is never later on the server's clock than the
-run's start. A server whose clock agrees with this machine's within the header's one second keeps this
-machine's start as before; a Bulk run keeps the export's ``transactionTime`` (already the server's clock).
+run's start. A server whose clock agrees with this machine's within the header's precision (about three
+seconds) keeps this machine's start as before; a Bulk run keeps the export's ``transactionTime`` (already the
+server's clock).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass
 
 #: a server's clock behind this machine's by more than this is warned of (a lag within it is ordinary drift)
 WARN_SECONDS = 5.0
+#: how stale a Date header may be: servers cache it (Node and Jetty format it once a second, later when busy)
+DATE_STALENESS = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class ClockOffset:
         if when.tzinfo is None:  # RFC 9110 dates are GMT; a header without a zone is read as GMT
             when = when.replace(tzinfo=dt.UTC)
         server = when.timestamp()
-        return cls(low=server - received, high=server + 1.0 - sent)
+        return cls(low=server - received, high=server + 1.0 + DATE_STALENESS - sent)
 
     def narrowed(self, other: ClockOffset | None) -> ClockOffset:
         """Both answers' bounds at once (each answer's second is cut at another point, so a run's answers narrow
@@ -83,29 +87,39 @@ def since_base(started: dt.datetime, offset: ClockOffset | None) -> dt.datetime:
     return started + dt.timedelta(seconds=offset.low)
 
 
-def lag_warning(offset: ClockOffset | None) -> str | None:
-    """The run report's warning when the server's clock is more than :data:`WARN_SECONDS` behind, or its answers'
-    Date headers disagree by more than that (None: neither)."""
-    if offset is not None and offset.disagree and offset.high - offset.low > WARN_SECONDS + 1:
-        return (f"the Date headers of the server's answers disagree by up to {offset.high - offset.low:.0f} s (a "
-                "proxy or cache answering with another clock, or servers whose clocks differ): the next --since "
-                f"last counts from {max(0.0, -offset.low):.0f} s before this run's start, so that no change is "
-                "missed whichever clock stamps the records")
-    if offset is None or offset.disagree or offset.high >= -WARN_SECONDS:
-        return None
-    return (f"the server's clock is at least {-offset.high:.0f} s behind this machine's (its Date header): the next "
-            "--since last counts from this run's start on the server's clock, so no change is missed; an EHR "
-            "whose clocks disagree also stamps its records inconsistently")
+def clock_warnings(offset: ClockOffset | None) -> dict[str, str]:
+    """The run report's warnings, by kind: ``behind`` when the server's clock is more than :data:`WARN_SECONDS`
+    behind this machine's, ``disagree`` when its answers' Date headers disagree by more than that."""
+    if offset is None:
+        return {}
+    if offset.disagree:
+        if offset.high - offset.low <= WARN_SECONDS + 1:
+            return {}
+        return {"disagree": f"the Date headers of the server's answers disagree by up to "
+                            f"{offset.high - offset.low:.0f} s (a proxy or cache answering with another clock, or "
+                            "servers whose clocks differ): the next --since last counts from "
+                            f"{max(0.0, -offset.low):.0f} s before this run's start, so that no change is missed "
+                            "whichever clock stamps the records"}
+    if offset.high >= -WARN_SECONDS:
+        return {}
+    return {"behind": f"the server's clock is at least {-offset.high:.0f} s behind this machine's (its Date "
+                      "header): the next --since last counts from this run's start on the server's clock, so no "
+                      "change is missed; an EHR whose clocks disagree also stamps its records inconsistently"}
 
 
 def described(offset: ClockOffset | None) -> str:
     """The server's clock against this machine's, as ``fhir-adapter check`` prints it."""
     if offset is None:
         return "the server sends no Date header: --since last counts on this machine's clock (keep both in step: NTP)"
+    if offset.disagree:
+        return (f"the Date headers of the server's answers disagree by up to {offset.high - offset.low:.0f} s (a "
+                "proxy or cache with another clock?): --since last counts from the earliest they allow")
     if offset.server_behind:
-        return (f"the server's clock is at least {-offset.high:.0f} s behind this machine's: --since last counts on "
-                "the server's clock (no change is missed), but have both synchronised (NTP)")
+        lag = f"at least {-offset.high:.0f} s" if -offset.high >= 1 else "up to a second"
+        return (f"the server's clock is {lag} behind this machine's: --since last counts on the server's clock (no "
+                "change is missed), but have both synchronised (NTP)")
     if offset.low > 0:
-        return (f"the server's clock is at least {offset.low:.0f} s ahead of this machine's: --since last reads "
-                "again the subjects changed in the gap; have both synchronised (NTP)")
-    return "in step with this machine's (within the Date header's second)"
+        lead = f"at least {offset.low:.0f} s" if offset.low >= 1 else "up to a second"
+        return (f"the server's clock is {lead} ahead of this machine's: --since last reads again the subjects "
+                "changed in the gap; have both synchronised (NTP)")
+    return "in step with this machine's (within the Date header's precision, about three seconds)"

@@ -45,7 +45,7 @@ class Connection:
             return self.bulk.transaction_time
         if self.server is None:
             return started
-        return since_base(started, self.server.client.clock_offset)
+        return since_base(started, self.server.read_clock)
 
     def close(self) -> None:
         if self.server is not None:

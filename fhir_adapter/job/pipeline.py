@@ -170,9 +170,9 @@ def _too_large(exc: FhirHttpError) -> str | None:
                 "or a history query; ask its administrators to raise the URL limit of the server or its proxy")
     if exc.status != 413:
         return None
-    if (exc.url or "").split("?", 1)[0].endswith("/_search"):
-        return ("the server refused a search this large (HTTP 413 Content Too Large): lower patients_per_search in "
-                "the --config file (fewer patients per search), or have the server's body limit raised")
+    if (exc.url or "").split("?", 1)[0].endswith("/_search"):  # a subject's own search (a group's is re-asked)
+        return ("the server refused a search of a few kilobytes (HTTP 413 Content Too Large): ask its administrators "
+                "to raise the request body limit of the server or its proxy")
     return ("the server refused a request body this large (HTTP 413 Content Too Large): lower "
             "client.max_transaction_entries in the --config file (a subject's results are then written in several "
             "transactions), or have the server's (or its proxy's) body limit raised")

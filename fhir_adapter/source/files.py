@@ -356,6 +356,7 @@ class FileSource:
         files = [f for f in self._files().data if f.rtype is None or f.rtype in ROSTER_TYPES]
         patient_files = [f for f in files if f.rtype == "Patient"]
         named: set[str] = set()
+        linked: list[Resource] = []  # Patients with a Patient.link
         for f in [f for f in files if f.rtype != "Patient"] + patient_files:
             for n, entry, res, _raw in self._read_file(f, report=f.rtype is not None):
                 rtype = res["resourceType"]
@@ -374,10 +375,13 @@ class FileSource:
                                     "export resources with ids", **_where(f, n, entry), raw=res)
                 else:
                     self._note_patient(res, f"{f.name}:{n}" + (f"#{entry}" if entry else ""), first_seen, roster)
-                    self._note_links(res, named, roster.base)
+                    if res.get("link"):
+                        linked.append(res)
                     self._all_patients.add(res["id"])
                     if f.rtype is None or res["id"] in named or (identifiers and identifier_matches(res, identifiers)):
                         roster.patients[res["id"]] = res
+        for res in linked:  # once every subject is known (a Bundle may hold a Patient before its ResearchSubject)
+            self._note_links(res, named, roster.base)
         return roster
 
     def _note_links(self, res: Resource, named: set[str], base: str | None) -> None:

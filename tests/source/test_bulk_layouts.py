@@ -254,3 +254,22 @@ def test_two_enrolled_patients_linked_as_one_person_are_said_as_such(plain: Path
     [said] = [w for w in log.warnings if w["rule"] == "patient-link"]
     assert f"the enrolled Patients {first} and {second} are linked as the same person (no link type)" in \
         said["message"] and "two people" in said["fix"]
+
+
+def test_a_bundle_with_the_patient_before_its_research_subject_says_the_link_the_same_way(tmp_path: Path) -> None:
+    """Folders of Bundles: whether a linked Patient is a subject's is decided once every subject is read, not by
+    the order of a Bundle's entries."""
+    def bundle(pid: str, other: str) -> dict[str, Any]:
+        return {"resourceType": "Bundle", "type": "collection", "entry": [
+            {"resource": {"resourceType": "Patient", "id": pid,
+                          "link": [{"other": {"reference": f"Patient/{other}"}, "type": "seealso"}]}},
+            {"resource": {"resourceType": "ResearchSubject", "id": f"rs-{pid}", "status": "on-study",
+                          "study": {"reference": "ResearchStudy/s1"}, "individual": {"reference": f"Patient/{pid}"}}}]}
+
+    (tmp_path / "a.json").write_bytes(orjson.dumps(bundle("A", "B")))
+    (tmp_path / "b.json").write_bytes(orjson.dumps(bundle("B", "A")))
+    log = RunLog()
+    FileSource(tmp_path, log).roster()
+    assert [w["message"] for w in log.warnings if w["rule"] == "patient-link"] == [
+        "the enrolled Patients A and B are linked as the same person (link type seealso): each is read as its own "
+        "subject's"]

@@ -162,6 +162,10 @@ class ChangeProbe:
         self.refused: dict[str, int] = {}
         #: patients whose changes could not be asked for (a refused change search): read in full
         self.unknown: set[str] = set()
+        #: resource types a change probe was answered for (a 400 for one patient is then about that patient)
+        self.answered: set[str] = set()
+        #: per resource type, the patients whose own probe the server answered 400 (and why)
+        self.bad_request: dict[str, dict[str, FhirError]] = {}
 
     async def changed(self, pids: set[str], roster: RosterInput | None = None) -> set[str]:
         """Patients of ``pids`` with a resource updated (or deleted) at or after ``since`` — also their Patient
@@ -182,6 +186,7 @@ class ChangeProbe:
                     changed.add(pid)
                     if isinstance(res.get("id"), str):
                         found.add((str(res.get("resourceType")), res["id"]))
+            self.answered.add(rtype)
 
         async def probe_group(rtype: str, params: dict[str, str], group: list[str]) -> None:
             if rtype in self.refused:  # refused for a patient alone already: not asked again
@@ -235,6 +240,7 @@ class ChangeProbe:
         error = first_error(await asyncio.gather(*probes, return_exceptions=True))  # every probe ends first
         if error is not None:
             raise error
+        self._settle_bad_requests()
         for rtype, status in sorted(self.refused.items()):
             if rtype == SPECIMEN:
                 self.log.warn(f"the server refuses the Specimen change search ({status}): a Specimen change alone "
@@ -326,11 +332,13 @@ class ChangeProbe:
                            probe: Callable[[str, dict[str, str], str, bool], Awaitable[None]]) -> None:
         """The probe of a group that failed, once per patient of ``group``; a patient whose probe fails is
         :attr:`failed` (the server down or the credentials rejected for good: raised). A probe the server
-        answers 400 Bad Request for a patient alone is a search it does not offer (``_lastUpdated`` or
-        ``_elements`` on that type): the type is not asked for the other patients again (:attr:`refused`) and
-        their changes are unknown, so they are read in full (:attr:`unknown`) — but a Specimen change alone waits
-        for the next full run, as when the group's Specimen probe is refused. Another 4xx (403 for one patient's
-        records, 404 or 410 for a patient merged or gone) is that patient's failure."""
+        answers 400 Bad Request for patients alone, and never answers for any, is a search it does not offer
+        (``_lastUpdated`` or ``_elements`` on that type): once two patients' are refused so, the type is not asked
+        for others again (:attr:`refused`) and their changes are unknown, so they are read in full
+        (:attr:`unknown`) — but a Specimen change alone waits for the next full run, as when the group's Specimen
+        probe is refused. A 400 where the same search was answered for others, or another 4xx (403 for one
+        patient's records, 404 or 410 for a patient merged or gone), is that patient's failure
+        (:meth:`_settle_bad_requests`)."""
         param = SUBJECT_SEARCHES[rtype][0] if rtype in SUBJECT_SEARCHES else "patient"  # Specimen
 
         async def one(pid: str) -> None:
@@ -341,9 +349,11 @@ class ChangeProbe:
                 await probe(rtype, {**params, param: f"Patient/{pid}"}, self.labels.get(pid, pid), True)
             except FhirError as exc:
                 raise_if_fatal(exc)
-                if isinstance(exc, FhirHttpError) and exc.status == 400:
-                    self.refused.setdefault(rtype, exc.status)
-                    self._not_asked(rtype, [pid])
+                if isinstance(exc, FhirHttpError) and exc.status == 400:  # settled once every probe has ended
+                    bad = self.bad_request.setdefault(rtype, {})
+                    bad[pid] = exc
+                    if len(bad) >= 2 and rtype not in self.answered:  # not asked again meanwhile
+                        self.refused.setdefault(rtype, exc.status)
                 else:
                     self.failed.setdefault(pid, exc)
 
@@ -351,6 +361,19 @@ class ChangeProbe:
                                                  return_exceptions=True))
         if error is not None:
             raise error
+
+    def _settle_bad_requests(self) -> None:
+        """The patients whose own probe was answered 400: where the same search was answered for others, the 400
+        is about that patient (a failure, as another 4xx); where it never was, the server does not offer it —
+        those patients are read in full, and the type is refused."""
+        for rtype, bad in sorted(self.bad_request.items()):
+            if rtype in self.answered:
+                self.refused.pop(rtype, None)
+                for pid, exc in bad.items():
+                    self.failed.setdefault(pid, exc)
+            else:
+                self.refused.setdefault(rtype, 400)
+                self._not_asked(rtype, list(bad))
 
     def _not_asked(self, rtype: str, pids: list[str]) -> None:
         """Patients whose ``rtype`` changes the server would not say (a refused search): read in full — but for

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
-from fhir_adapter.fhir.server_clock import lag_warning
+from fhir_adapter.fhir.server_clock import ClockOffset, clock_warnings
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, RosterInput
 from fhir_adapter.source.server.batch import batch_search
@@ -66,6 +66,9 @@ class ServerSource:
         self.groups = GroupReader(client, self.plan, self.shared, log_, self.base, batch=read_mode == "batch",
                                   most=patients_per_search)
         self._read: set[str] = set()
+        self._clock_said: set[str] = set()  # kinds of server-clock warnings said
+        self._reads_done = False
+        self._read_clock: ClockOffset | None = None
         #: patients whose reads failed after every retry (the pipeline reports them; the next run reads them)
         self.failed: dict[str, FhirError] = {}
         #: patients an incremental run may skip when unchanged (their last CRF is at hand); None: all
@@ -141,11 +144,24 @@ class ServerSource:
     def roster(self, patient_identifiers: Collection[str] = ()) -> RosterInput:
         self._roster = self.run(read_roster(self.client, self.study, self.log, self.base,
                                             sorted(set(patient_identifiers))))
-        lag = lag_warning(self.client.clock_offset)  # known from the roster's answers
-        if lag is not None:
-            log.warning(lag)
-            self.log.warn(lag, rule="server-clock", fix="synchronise the server's and this machine's clocks (NTP)")
+        self._say_clock()  # known from the roster's answers
         return self._roster
+
+    def _say_clock(self) -> None:
+        """The server's clock behind this machine's, or its answers disagreeing, in the run report — each once;
+        after the roster, and again once the subjects are read (a disagreement may come later in the run)."""
+        for kind, said in clock_warnings(self.client.clock_offset).items():
+            if kind not in self._clock_said:
+                self._clock_said.add(kind)
+                log.warning(said)
+                self.log.warn(said, rule="server-clock",
+                              fix="synchronise the server's and this machine's clocks (NTP)")
+
+    @property
+    def read_clock(self) -> ClockOffset | None:
+        """The server's clock as the reads found it: the base of the next ``--since last`` (writes after the
+        reads have no say in it)."""
+        return self._read_clock if self._reads_done else self.client.clock_offset
 
     def label_subjects(self, labels: dict[str, str]) -> None:
         """Patient id -> subject ID, used as the request label (requests per subject in the report)."""
@@ -211,6 +227,8 @@ class ServerSource:
                 for r in resources:
                     self.log.count(f"read.{r.get('resourceType')}")
                 yield pid, resources
+        self._say_clock()  # every read's answer is in: the run report says what the base of --since last is
+        self._read_clock, self._reads_done = self.client.clock_offset, True
 
     async def _read_part(self, pids: list[str]) -> list[list[Resource] | BaseException]:
         """The resources of each patient of ``pids`` (or why they could not be read), in that order."""
