@@ -563,7 +563,9 @@ async function onRequest(req, res) {
 }
 
 const server = http.createServer((req, res) => {
-  if (clockOffsetMs) res.setHeader('Date', new Date().toUTCString()); // node's own Date header ignores the shift
+  // node's own Date header ignores the shift, and is formatted once a second by a timer (late after a long
+  // synchronous transaction): the time of this answer instead
+  res.setHeader('Date', new Date().toUTCString());
   onRequest(req, res).catch((err) => {
     const oo = err instanceof OperationOutcomeError ? err.outcome : normalizeOperationOutcome(err);
     if (!(err instanceof OperationOutcomeError)) console.error(err);
