@@ -36,6 +36,7 @@ records, exception messages or ``repr()``.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import json
@@ -232,7 +233,7 @@ def _token_error_detail(body: dict[str, Any] | None, content: bytes, status: int
     return " and no OAuth error in the answer"
 
 
-class TokenFlow(RedactingAuth):
+class TokenFlow(RedactingAuth, abc.ABC):
     """OAuth 2.0 ``client_credentials`` (RFC 6749 §4.4) as an :class:`httpx.Auth` flow: the token life cycle
     shared by :class:`SmartBackendServices` and :class:`ClientSecret`, which differ in how the client
     authenticates to the token endpoint (:meth:`_authenticate`).
@@ -270,9 +271,9 @@ class TokenFlow(RedactingAuth):
         #: number of tokens obtained so far (for reports and tests)
         self.tokens_issued = 0
 
+    @abc.abstractmethod
     def _authenticate(self, form: dict[str, str], headers: dict[str, str], audience: str) -> None:
         """Add the client's authentication to the token request (its form and headers)."""
-        raise NotImplementedError
 
     # -- token life cycle --------------------------------------------------------------------------------
 
