@@ -42,9 +42,10 @@ A probe for many patients that fails after its retries does not count toward the
 again per patient (counted under that subject, and toward the breaker), as a full run reads a failing group's
 patients alone. A patient whose own probe still fails is :attr:`ChangeProbe.failed`: that subject alone is not
 processed (the next run reads it in full, its CRF being gone); the others go on. A probe the server answers 400
-for a patient alone too is a search it does not offer on that type (``_lastUpdated``, ``_elements``): that type
-is not asked again, and every patient whose changes it could not say is read in full (warning ``incremental``,
-counted ``incremental.refused_subjects``); another 4xx for one patient (403, 404, 410) fails that patient alone.
+for patients alone too, and for no patient otherwise, is a search it does not offer on that type
+(``_lastUpdated``, ``_elements``): that type is not asked again, and every patient whose changes it could not say
+is read in full (warning ``incremental``, counted ``incremental.refused_subjects``); a 400 where others' were
+answered, or another 4xx for one patient (403, 404, 410), fails that patient alone.
 The server being down (the breaker opens) or the credentials rejected for good still stop the run.
 """
 
