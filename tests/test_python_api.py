@@ -60,3 +60,15 @@ def test_crf_domains_as_dataframes(result: RunResult) -> None:
 def test_errors_are_the_adapters_own(tmp_path: Path) -> None:
     with pytest.raises(MappingError, match="study folder not found"):
         fhir_adapter.run(tmp_path, tmp_path / "out", study=tmp_path / "nope")
+
+
+def test_a_roster_csv_that_cannot_be_read_is_a_roster_error_naming_it(tmp_path: Path) -> None:
+    """As `run --roster-csv` refuses a file that does not exist (usage), the Python API says which file and why,
+    as the adapter's own error — not a bare FileNotFoundError from deep in the run."""
+    from fhir_adapter.roster.enrollees import RosterError
+    from fhir_adapter.synth import write_feed
+
+    write_feed(tmp_path / "feed", subjects=1, seed=7)
+    missing = tmp_path / "site-roster.csv"
+    with pytest.raises(RosterError, match=r"roster CSV .*site-roster\.csv cannot be read: No such file"):
+        fhir_adapter.run(tmp_path / "feed", tmp_path / "out", roster_csv=missing)

@@ -284,7 +284,11 @@ def _run(
     summary = RunSummary(out=out)
     state = WrittenState(out / "state" / "written.json")
     if roster_csv is not None:  # before the CSV is read: an edit made meanwhile differs from what is recorded
-        summary.roster_csv_sha256 = hashlib.sha256(roster_csv.read_bytes()).hexdigest()
+        try:
+            summary.roster_csv_sha256 = hashlib.sha256(roster_csv.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise RosterError(f"roster CSV {roster_csv} cannot be read: {exc.strerror or exc} — give the site's "
+                              "roster CSV (docs/integrator-guide.md, the roster CSV)") from None
     try:
         roster_input = source.roster(csv_identifiers(roster_csv) if roster_csv is not None else ())
     except FhirError as exc:
