@@ -60,7 +60,7 @@ from fhir_adapter.source.layout import (
     read_document,
     read_lines,
 )
-from fhir_adapter.source.patient_links import links, replaced, warn_link
+from fhir_adapter.source.patient_links import say_links
 from fhir_adapter.terminology.codes import SID_RESULT
 
 #: which pass reads (and quarantines the bad lines of) a file of a given type; mixed files: every pass reads
@@ -380,21 +380,9 @@ class FileSource:
                     self._all_patients.add(res["id"])
                     if f.rtype is None or res["id"] in named or (identifiers and identifier_matches(res, identifiers)):
                         roster.patients[res["id"]] = res
-        for res in linked:  # once every subject is known (a Bundle may hold a Patient before its ResearchSubject)
-            self._note_links(res, named, roster.base)
+        # once every subject is known (a Bundle may hold a Patient before its ResearchSubject); not followed
+        say_links(self.log, linked, named, roster.base, self._links_said)
         return roster
-
-    def _note_links(self, res: Resource, named: set[str], base: str | None) -> None:
-        """A Patient linked to a subject's Patient, either way round: said once per pair, not followed
-        (:mod:`fhir_adapter.source.patient_links`)."""
-        for other, kind in links(res, base):
-            pair = {res["id"], other} & named
-            if pair and frozenset((res["id"], other)) not in self._links_said:
-                self._links_said.add(frozenset((res["id"], other)))
-                on_enrolled = res["id"] in named
-                enrolled, unread = (res["id"], other) if on_enrolled else (other, res["id"])
-                warn_link(self.log, enrolled, unread, kind, enrolled_replaced=replaced(on_enrolled, kind),
-                          both_enrolled=len(pair) == 2)
 
     @staticmethod
     def _note_patient(res: Resource, where: str, first_seen: dict[str, tuple[bytes, str]],

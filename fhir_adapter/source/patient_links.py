@@ -10,7 +10,7 @@ CSV row) must be pointed at that Patient, or the subject's data is missing from 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, ref_id
@@ -50,6 +50,21 @@ def warn_link(log: RunLog, enrolled: str, unread: str, kind: str | None, *, enro
              rule="patient-link",
              fix=f"merge or re-file Patient/{unread}'s records under Patient/{enrolled} in the EHR (or enrol it) if "
                  "they are the same person's")
+
+
+def say_links(log: RunLog, patients: Iterable[Resource], named: set[str], base: str | None,
+              said: set[frozenset[str]]) -> None:
+    """Every link of ``patients`` to or from a subject's Patient (``named``: the Patients the subjects name),
+    said once per pair (``said``: the pairs said so far)."""
+    for res in patients:
+        for other, kind in links(res, base):
+            pair = {res["id"], other} & named
+            if pair and frozenset((res["id"], other)) not in said:
+                said.add(frozenset((res["id"], other)))
+                on_enrolled = res["id"] in named
+                enrolled, unread = (res["id"], other) if on_enrolled else (other, res["id"])
+                warn_link(log, enrolled, unread, kind, enrolled_replaced=replaced(on_enrolled, kind),
+                          both_enrolled=len(pair) == 2)
 
 
 def replaced(enrolled_side: bool, kind: str | None) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import RosterInput, ref_id
-from fhir_adapter.source.patient_links import links, replaced, warn_link
+from fhir_adapter.source.patient_links import say_links
 from fhir_adapter.study.load import Study
 
 LABEL = "roster"
@@ -53,21 +53,10 @@ async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
         elif res.get("resourceType") == "Patient" and isinstance(res.get("id"), str):
             out.patients[res["id"]] = res
     await _missing_patients(client, out, base, log)
-    _say_links(out, base, log)
+    # a subject's Patient linked to another (merged or duplicate in the EHR): said, not followed — this read
+    # holds only the Patients a ResearchSubject or the roster CSV names
+    say_links(log, [out.patients[p] for p in sorted(out.patients)], set(out.patients), base, set())
     return out
-
-
-def _say_links(out: RosterInput, base: str, log: RunLog) -> None:
-    """A subject's Patient (one a ResearchSubject or the roster CSV names: the only Patients this read holds)
-    linked to another, merged or duplicate in the EHR: said once per pair, not followed
-    (:mod:`fhir_adapter.source.patient_links`)."""
-    said: set[frozenset[str]] = set()
-    for pid in sorted(out.patients):
-        for other, kind in links(out.patients[pid], base):
-            if frozenset((pid, other)) not in said:
-                said.add(frozenset((pid, other)))
-                warn_link(log, pid, other, kind, enrolled_replaced=replaced(True, kind),
-                          both_enrolled=other in out.patients)
 
 
 async def _missing_patients(client: FhirClient, out: RosterInput, base: str, log: RunLog) -> None:
