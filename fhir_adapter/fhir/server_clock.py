@@ -59,9 +59,9 @@ class ClockOffset:
 
     def narrowed(self, other: ClockOffset | None) -> ClockOffset:
         """Both answers' bounds at once (each answer's second is cut at another point, so a run's answers narrow
-        the bounds to about a request's round trip). Bounds that do not meet cannot say which clock stamps the
-        records: from then on the bounds span every answer's (``disagree``), the safe side for
-        :func:`since_base` whichever answer was right."""
+        the bounds to about a request's round trip plus :data:`DATE_STALENESS`). Bounds that do not meet cannot
+        say which clock stamps the records: from then on the bounds span every answer's (``disagree``), the safe
+        side for :func:`since_base` whichever answer was right."""
         if other is None:
             return self
         if self.disagree or other.disagree or other.low > self.high or other.high < self.low:
