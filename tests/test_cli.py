@@ -36,6 +36,20 @@ def test_help_documents_exit_codes_and_options() -> None:
     assert "--log-format" in out and "-vv" in out and "--quiet" in out
 
 
+def test_run_help_lists_each_output_at_one_indent() -> None:
+    """The `Writes to OUT` list of `run --help`: every entry starts at the same column, and a continuation line
+    sits under its entry's text (an entry out of line reads as another list)."""
+    out = _runner().invoke(main, ["run", "--help"]).output
+    block = out.split("Writes to OUT:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    entries = [line for line in block if not line.lstrip().startswith("(") and "  " in line.strip()]
+    assert len(entries) >= 7, block
+    assert len({len(line) - len(line.lstrip()) for line in entries}) == 1, block
+    text_column = entries[0].index("CRF per subject")
+    for line in block:
+        if line not in entries:
+            assert len(line) - len(line.lstrip()) == text_column, line
+
+
 @pytest.fixture(scope="module")
 def quarantining_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic feed plus one Observation without a date (always quarantined)."""

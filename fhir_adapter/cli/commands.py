@@ -168,8 +168,8 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
       writeback/<subject_id>.json  FHIR R4 transaction Bundle of the results
       run-report.json              counts, warnings, quarantined input (also in quarantine/), coverage
       export/                      <DOMAIN>.csv (CDISC-style), <DOMAIN>.json (Dataset-JSON), odm.xml
-                                 (CDISC ODM 1.3.2), coverage*.csv
-    quarantine/                  what the run could not use, per resource type, with the reason
+                                   (CDISC ODM 1.3.2), coverage*.csv
+      quarantine/                  what the run could not use, per resource type, with the reason
       state/written.json           what the server confirmed was written back, to retract results whose
                                    inputs are gone (keep it)
       review/candidates/<subject>.json  every candidate value per visit and item (`fhir-adapter review`)
