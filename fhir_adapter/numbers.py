@@ -9,7 +9,7 @@ nothing of the adapter.
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal, localcontext
 
 
 def exact(value: float) -> Decimal:
@@ -21,8 +21,15 @@ def exact(value: float) -> Decimal:
 def half_up(value: float, decimals: int) -> Decimal:
     """``value`` rounded half away from zero to ``decimals`` places, as a :class:`~decimal.Decimal` (for
     formatting). Binary noise is dropped first (12 significant digits: 35 mm × 0.03 = 1.0499999999999998 is
-    1.05, which rounds to 1.1), so a half is never lost to a representation just below it."""
-    return exact(value).quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    1.05, which rounds to 1.1), so a half is never lost to a representation just below it. Any finite value
+    is rounded, however large (the precision follows its digits: 1e308 at three places has 312); an infinite
+    one raises ``ValueError``."""
+    number = exact(value)
+    if not number.is_finite():
+        raise ValueError(f"{value} is not a finite number")
+    with localcontext() as ctx:
+        ctx.prec = max(ctx.prec, number.adjusted() + decimals + 2)
+        return number.quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
 
 
 def round_half_up(value: float, decimals: int) -> float:

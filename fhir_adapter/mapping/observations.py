@@ -30,6 +30,7 @@ Any other element that cannot be read quarantines that Observation (``unreadable
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any, NoReturn
@@ -273,10 +274,12 @@ class ObservationMapper:
                            f"send the UCUM unit; the CRF stores {item_id} in {item.unit}")
         if unit == item.unit:
             return value
-        if unit in item.factors:
-            return _converted(value * item.factors[unit], item)
-        if unit in item.accept_units:
-            return _converted(units.convert(value, unit, item.unit), item)
+        if unit in item.factors or unit in item.accept_units:
+            converted = value * item.factors[unit] if unit in item.factors else units.convert(value, unit, item.unit)
+            if not math.isfinite(converted):
+                raise Unusable("out-of-bounds", f"{item_id}: {value} {unit} is too large to convert into {item.unit}",
+                               "check the unit and the value in the EHR")
+            return _converted(converted, item)
         spelt = f"'{sent}' (UCUM '{unit}')" if sent is not None and sent != unit else f"'{unit}'"
         raise Unusable("unknown-unit", f"{item_id}: unit {spelt} is not accepted (CRF unit {item.unit})",
                        f"add '{unit}' to accept_units (UCUM-convertible) or factors of item {item_id} "

@@ -78,7 +78,10 @@ def _parsed(value: str, tz: str) -> FhirDate:
     if stamp.tzinfo is None:
         local = stamp.replace(tzinfo=site)
         return FhirDate(date=local.date(), datetime=local, had_offset=False)
-    local = stamp.astimezone(site)
+    try:
+        local = stamp.astimezone(site)
+    except OverflowError:  # 0001-01-01T00:30:00+14:00 is still year 0 in UTC; 9999-12-31T23:30-12:00 is year 10000
+        raise DateError(f"{value!r} lies outside years 1 to 9999 in the site time zone ({tz})") from None
     return FhirDate(date=local.date(), datetime=local)
 
 
