@@ -275,6 +275,35 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
     )
     q("medicationReference to a Medication not in the export", "unresolved-medication-reference",
       "MedicationStatement", "cm-dangling")
+    for cm_id, pid, dose, repeat in [
+        ("cm-negative-dose", "p1", -7.5, {"frequency": 1, "period": 1, "periodUnit": "d"}),
+        ("cm-micrograms-as-mg", "p2", 7500, {"frequency": 1, "period": 1, "periodUnit": "d"}),
+        ("cm-period-zero", "p3", 7.5, {"frequency": 1, "period": 0, "periodUnit": "d"}),
+    ]:
+        f.add(
+            {
+                "resourceType": "MedicationStatement",
+                "id": cm_id,
+                "status": "active",
+                "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "8638"}]},
+                "subject": {"reference": f"Patient/{pid}"},
+                "effectivePeriod": {"start": "2024-01-10"},
+                "dosage": [
+                    {
+                        "timing": {"repeat": repeat},
+                        "route": {"coding": [{"system": SNOMED, "code": "26643006"}]},
+                        "doseAndRate": [
+                            {"doseQuantity": {"value": dose, "unit": "mg", "system": "http://unitsofmeasure.org",
+                                              "code": "mg"}}
+                        ],
+                    }
+                ],
+            }
+        )
+    q("a negative glucocorticoid dose (-7.5 mg)", "implausible-dose", "MedicationStatement", "cm-negative-dose")
+    q("a glucocorticoid dose above max_daily_dose_mg (7,500 micrograms sent as mg)", "implausible-dose",
+      "MedicationStatement", "cm-micrograms-as-mg")
+    q("a dosage timing with period 0", "implausible-dose", "MedicationStatement", "cm-period-zero")
 
     # -- exposure --------------------------------------------------------------------------------------
     f.add(
@@ -293,6 +322,18 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
         "MedicationAdministration",
         "ld-bad-date",
     )
+    f.add(
+        {
+            "resourceType": "MedicationAdministration",
+            "id": "ld-negative-dose",
+            "status": "completed",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "3002"}]},
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-01-28",
+            "dosage": {"dose": {"value": -5, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}},
+        }
+    )
+    q("lymphodepletion with a negative dose", "implausible-dose", "MedicationAdministration", "ld-negative-dose")
 
     # -- used but reported (warnings) -------------------------------------------------------------------
     _pl(f, "p1", at(DAY1, 8), "w-prelim", status="preliminary")

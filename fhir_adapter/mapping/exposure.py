@@ -17,6 +17,7 @@ never concomitant medication: :func:`without_study_product` keeps them out of CM
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 from fhir_adapter.crf.models import Exposure, SourceRef
@@ -57,9 +58,37 @@ def dosage(r: dict[str, Any]) -> dict[str, Any]:
     qty = qty if isinstance(qty, dict) else {}
     route = line.get("route")
     value = qty.get("value")
-    return {"dose": float(value) if isinstance(value, int | float) else None,
+    dose = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return {"dose": dose if dose is not None and math.isfinite(dose) and dose >= 0 else None,
             "dose_unit": qty.get("code") or qty.get("unit"),
             "route": first_text(route), "route_code": next((c for _, c in codings(route) if c), None)}
+
+
+def implausible_dose(r: dict[str, Any]) -> str | None:
+    """Why the dose of a medication record's (first) dosage is not a dose (negative, or not a finite number):
+    :func:`dosage` leaves such a dose out; the EX records quarantine the record."""
+    lines = r.get("dosage") if r.get("resourceType") != "MedicationRequest" else r.get("dosageInstruction")
+    line = (lines[0] if lines else None) if isinstance(lines, list) else lines
+    if not isinstance(line, dict):
+        return None
+    qty = line.get("dose")
+    if qty is None:
+        rates = line.get("doseAndRate") or [{}]
+        qty = rates[0].get("doseQuantity") if isinstance(rates[0], dict) else None
+    qty = qty if isinstance(qty, dict) else {}
+    value = qty.get("value")
+    if isinstance(value, int | float) and not isinstance(value, bool) and (not math.isfinite(value) or value < 0):
+        return f"a dose of {value:g} {qty.get('code') or qty.get('unit') or ''}".rstrip() + " is not a dose"
+    return None
+
+
+def _dose_rejected(r: dict[str, Any], e: Enrollee, log: RunLog) -> bool:
+    """Quarantine an EX record whose dose is not a dose (:func:`implausible_dose`)."""
+    problem = implausible_dose(r)
+    if problem is not None:
+        log.reject(r["resourceType"], r.get("id"), "implausible-dose", problem,
+                   "correct the dose in the EHR (a positive number, with its unit)", subject_id=e.subject_id, raw=r)
+    return problem is not None
 
 
 def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> list[Exposure]:
@@ -70,7 +99,7 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
             continue
         if not set(medication_codings(r, resources)) & study.lymphodepletion_codes:
             continue
-        if r.get("status") in ("entered-in-error", "not-done", "cancelled", "not-taken"):
+        if r.get("status") in ("entered-in-error", "not-done", "cancelled", "not-taken") or _dose_rejected(r, e, log):
             continue
         start, end = _when(r)
         try:
@@ -137,7 +166,7 @@ def without_study_product(resources: list[dict[str, Any]], study: Study) -> list
 def _product_doses(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> list[Exposure]:
     out: list[Exposure] = []
     for r in resources:
-        if not is_study_product(r, resources, study) or r.get("status") in _NOT_GIVEN:
+        if not is_study_product(r, resources, study) or r.get("status") in _NOT_GIVEN or _dose_rejected(r, e, log):
             continue
         start, end = _when(r)
         try:

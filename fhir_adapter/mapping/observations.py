@@ -177,7 +177,7 @@ class ObservationMapper:
                     if rej.rule == "data-absent":
                         self.not_done_obs.append((obs, item_id))
                     continue
-                except (ValueError, TypeError, KeyError, AttributeError) as exc:  # quarantine this one only
+                except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # this one only
                     reason = f"{item_id}: {exc}".splitlines()[0]
                     self.log.reject("Observation", obs.get("id"), "unreadable", reason,
                                     "correct the Observation in the EHR (quarantine/ names its file and line)",

@@ -4,6 +4,7 @@ taper step, and what is quarantined (the steps are described in :mod:`fhir_adapt
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from fhir_adapter.crf.models import ConMed, SourceRef
@@ -157,6 +158,8 @@ class MedicationMapper:
         route = self.routes.route(line.get("route")) or drug.code_route
         dose, unit, is_rate = line_dose(line, self.s.range_choice)
         unit = self._dose_unit(unit)
+        self._plausible(drug, dose, unit)
+        _check_period(timing)
         per_day = frequency_per_day(timing, self.s)
         if per_day is None and self.s.default_frequency_per_day and dose is not None and not timing:
             per_day = self.s.default_frequency_per_day
@@ -181,6 +184,8 @@ class MedicationMapper:
             assert problem is not None
             self._require_dose(drug, self.routes.systemic(route), *problem)
             self.log.count("medications.dose-not-mg")
+        else:
+            self._plausible(drug, daily, "mg/d")
         shown_dose = mg if mg is not None else dose
         shown_unit = "mg" if mg is not None else unit
         return self._record(r, drug, step, route, shown_dose, shown_unit, freq, daily)
@@ -203,12 +208,14 @@ class MedicationMapper:
         problem: Problem | None = None
         if isinstance(dosage.get("dose"), dict) and dosage["dose"].get("value") is not None:
             dose, unit = float(dosage["dose"]["value"]), self._dose_unit(quantity_unit(dosage["dose"]))
+            self._plausible(drug, dose, unit)
             daily, problem = dose_mg(dose, unit, drug.strength_mg, self._tablets)
             if daily is not None:
                 dose, unit = daily, "mg"
         elif any(k in dosage for k in ("rateQuantity", "rateRatio")):
             dose, unit, _ = line_dose({"doseAndRate": [dosage]}, self.s.range_choice)
             unit = self._dose_unit(unit)
+            self._plausible(drug, dose, unit)
             daily, problem = self._administered_by_rate(r, dose, unit)
         else:
             problem = ("the administration has no dosage.dose", "send dosage.dose with a mass unit (mg)")
@@ -216,6 +223,8 @@ class MedicationMapper:
             assert problem is not None
             self._require_dose(drug, self.routes.systemic(route), *problem)
             self.log.count("medications.dose-not-mg")
+        else:
+            self._plausible(drug, daily, "mg/d")
         return self._record(r, drug, Step(day, day), route, dose, unit, None, daily)
 
     def _administered_by_rate(
@@ -275,8 +284,38 @@ class MedicationMapper:
             ),
         )
 
+    def _plausible(self, drug: IdentifiedDrug, value: float | None, unit: str | None) -> None:
+        """Quarantine a dose or rate that is negative or not a finite number, and a daily dose above the class's
+        ``max_daily_dose_mg`` (``unit`` ``mg/d``): read as it came, it would lower or swamp the day's sum
+        (docs/clinical-rules.md#dose-plausibility)."""
+        if value is None:
+            return
+        shown = f"{value:g} {unit or '(no unit)'}"
+        if not math.isfinite(value) or value < 0:
+            raise Unusable("implausible-dose", f"{drug.name}: a dose of {shown} is not a dose",
+                           "correct the dose in the EHR (a positive number, with its unit)")
+        ceiling = self.s.max_daily_dose_mg.get(drug.drug_class)
+        if unit == "mg/d" and ceiling is not None and value > ceiling:
+            raise Unusable("implausible-dose",
+                           f"{drug.name}: {shown} is above the {ceiling:g} mg/day a {drug.drug_class} record may "
+                           "give (max_daily_dose_mg in medications.yaml): a unit error, e.g. micrograms sent as mg?",
+                           "check the dose and its unit in the EHR")
+
     def _require_dose(self, drug: IdentifiedDrug, systemic: bool | None, reason: str, fix: str) -> None:
         """Quarantine a dose that cannot be read in mg/day when its class needs one (on a systemic or unknown
         route); other classes keep the record with ``daily_dose_mg`` None."""
         if drug.drug_class in self.s.dose_required_classes and systemic is not False:
             raise Unusable("dose-not-mg", f"{drug.name}: {reason}; the daily dose in mg cannot be computed", fix)
+
+
+def _check_period(timing: dict[str, Any]) -> None:
+    """A ``Timing.repeat`` whose period or frequency is zero or negative says no schedule (R4 requires a
+    positive period): quarantined rather than read as once a day."""
+    rep = timing.get("repeat") if isinstance(timing, dict) else None
+    if not isinstance(rep, dict):
+        return
+    for key in ("period", "periodMax", "frequency", "frequencyMax"):
+        value = rep.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value <= 0:
+            raise Unusable("implausible-dose", f"timing.repeat.{key} is {value}: no schedule can be read from it",
+                           f"send a positive timing.repeat.{key} (e.g. frequency 1, period 1, periodUnit d)")

@@ -62,6 +62,10 @@ class MedicationSettings(_Strict):
     systemic_routes: tuple[str, ...] = Field(
         description="routes that count as systemic; owned by glucocorticoids.yaml, filled in by the study loader")
     dose_required_classes: tuple[DrugClass, ...] = ("glucocorticoid",)
+    max_daily_dose_mg: dict[DrugClass, float] = Field(
+        default_factory=dict,
+        description="per drug class, the most mg a day a record may give: above it the record is quarantined "
+                    "(implausible-dose: a unit error such as micrograms sent as mg)")
     default_frequency_per_day: float | None = Field(None, gt=0)
     dose_forms: dict[str, DoseForm] = Field(default_factory=dict)
     request_intents: tuple[str, ...] = ("order", "original-order", "reflex-order", "filler-order", "instance-order")
