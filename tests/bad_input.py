@@ -373,6 +373,19 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
         }
     )
     exp.append(Expect("two infusions", "warning", "day1", None, None))
+    f.add(
+        {
+            "resourceType": "Procedure",
+            "id": "inf-invalid-earlier",
+            "status": "completed",
+            "code": {"coding": [{"system": SNOMED, "code": "1156961008"}]},
+            "subject": {"reference": "Patient/p1"},
+            "performedDateTime": at(DAY1, -2),
+            "notAnR4Element": True,
+        }
+    )
+    q("an invalid infusion Procedure dated before the valid one (it must not date Day 1)", "r4-invalid",
+      "Procedure", "inf-invalid-earlier")
     mild = {"coding": [{"system": AE_SEVERITY, "code": "mild"}]}
     undated_or_ungraded: list[tuple[str, str, dict[str, Any]]] = [
         ("ae-no-onset", "p1", {"severity": mild}), ("ae-no-grade", "p2", {"date": at(DAY1, 5)})]

@@ -76,6 +76,27 @@ def test_only_enrolled_subjects_of_the_study(feed: Path, study: Study) -> None:
     assert roster.excluded == {"ineligible": 1, "withdrawn": 1}
 
 
+@pytest.mark.parametrize(("birth", "why"), [
+    ("1990-05-01", None), ("2004-02-30", "is not a full date"), ("1990", "is not a full date"),
+    ("2099-01-01", "is after consent (2024-01-10)"), ("0001-01-01", "older than 120 at consent")])
+def test_a_birth_date_that_gives_no_true_age_is_warned_of_and_left_out(feed: Path, study: Study, birth: str,
+                                                                     why: str | None) -> None:
+    """DM's AGE comes from Patient.birthDate at consent: a birth date that is not a date, falls after consent or
+    makes the subject older than 120 would give a wrong age (-75 for 2099-01-01), so AGE stays empty, with a
+    warning naming the Patient."""
+    log = RunLog()
+    data = FileSource(feed, log).roster()
+    data.patients["p1"] = {**data.patients["p1"], "birthDate": birth}
+    roster = build_roster(data, study, log)
+    warned = [w for w in log.warnings if w.get("rule") == "birth-date"]
+    if why is None:
+        assert roster.enrolled["p1"].birth_date is not None and not warned
+    else:
+        assert roster.enrolled["p1"].birth_date is None
+        assert [(w["resource"], w["subject_id"]) for w in warned] == [("Patient/p1", "101-001")]
+        assert why in warned[0]["message"] and birth in warned[0]["message"]
+
+
 def test_nobody_elses_data_in_any_output(feed: Path, study: Study, tmp_path: Path) -> None:
     out = tmp_path / "out"
     log = RunLog()

@@ -191,8 +191,9 @@ class SubjectEngine:
         if key is not None and self.work.pieces is not None:
             out.pieces = SubjectPieces(self.work.pieces, key)
         try:
+            resources = self.mapper.checked(e0.subject_id, resources)  # Day 1 from valid records only
             e = with_day1(e0, resources, self.work.study, self.log, self.work.roster_infusions.get(e0.subject_id))
-            crf = self.mapper.map(e, resources)
+            crf = self.mapper.map(e, resources, checked=True)
             if where:
                 self.log.locate(where)
             self._derive(out, e, crf)

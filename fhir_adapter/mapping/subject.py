@@ -55,11 +55,18 @@ class SubjectMapper:
         self.adverse_events = AdverseEventMapper(study, log)
         self.history = HistoryMapper(study, log, self.adverse_events.meddra_systems)
 
-    def map(self, e: Enrollee, resources: list[dict[str, Any]]) -> SubjectCRF:
-        # by type and id, whatever order the source sent them in (a server's search order, a Bulk file's line
-        # order are their own): of two equal results the same one is kept, the same data give the same CRF
-        resources = sorted(valid_resources(resources, e.subject_id, self.log),
-                           key=lambda r: (str(r.get("resourceType")), str(r.get("id"))))
+    def checked(self, subject_id: str, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The subject's valid R4 resources (the others quarantined ``r4-invalid``), by type and id whatever order
+        the source sent them in (a server's search order, a Bulk file's line order are their own): of two equal
+        results the same one is kept, the same data give the same CRF. Day 1 is read from these too
+        (roster/day1.py ``with_day1``): a quarantined infusion record never dates the infusion."""
+        return sorted(valid_resources(resources, subject_id, self.log),
+                      key=lambda r: (str(r.get("resourceType")), str(r.get("id"))))
+
+    def map(self, e: Enrollee, resources: list[dict[str, Any]], checked: bool = False) -> SubjectCRF:
+        """The subject's CRF; ``checked``: ``resources`` are :meth:`checked`'s already."""
+        if not checked:
+            resources = self.checked(e.subject_id, resources)
         obs = [r for r in resources if r.get("resourceType") == "Observation"]
         specimens = {str(r.get("id")): r for r in resources if r.get("resourceType") == "Specimen"}
         findings = self.observations.map(obs, e.subject_id, specimens)

@@ -211,6 +211,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
         enrolled_in = str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base))
         inv_id, inv_name = investigators.get(enrolled_in, (None, None))
         death_date, deceased = _death(patient, study)
+        consent = _date((rs.get("period") or {}).get("start"), study)
         enrolled[c.patient_id] = Enrollee(
             subject_id=c.subject_id,
             patient_id=c.patient_id,
@@ -219,11 +220,11 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
             status=c.status,
             arm=rs.get("assignedArm"),
             actual_arm=rs.get("actualArm"),
-            consent_date=_date((rs.get("period") or {}).get("start"), study),
+            consent_date=consent,
             end_of_study=_date((rs.get("period") or {}).get("end"), study),
             site=_site(patient),
             sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
-            birth_date=_date(patient.get("birthDate"), study),
+            birth_date=_birth_date(patient, c.patient_id, c.subject_id, consent, study, log),
             site_study=site_studies.get(enrolled_in),
             race=race_ethnicity(patient)[0],
             ethnicity=race_ethnicity(patient)[1],
@@ -237,6 +238,30 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
 
 def _date(value: Any, study: Study) -> dt.date | None:
     return site_date(value, study.info.timezone)
+
+
+#: an age at consent above this is no one's: the birth date is a data-entry error (e.g. 0001-01-01)
+MAX_AGE_YEARS = 120
+
+
+def _birth_date(patient: dict[str, Any], pid: str, subject_id: str, consent: dt.date | None, study: Study,
+                log: RunLog) -> dt.date | None:
+    """``Patient.birthDate`` as a date for DM's AGE, None — with a warning ``birth-date`` — when it is not a full
+    date, falls after consent, or makes the subject older than :data:`MAX_AGE_YEARS` at consent: an age read from
+    it would be wrong (−75 for 2099-01-01)."""
+    sent = patient.get("birthDate")
+    if sent is None:
+        return None
+    birth = _date(sent, study)
+    problem = ("is not a full date" if birth is None else
+               f"is after consent ({consent})" if consent is not None and birth > consent else
+               f"makes the subject older than {MAX_AGE_YEARS} at consent ({consent})"
+               if consent is not None and consent.year - birth.year > MAX_AGE_YEARS else None)
+    if problem is None:
+        return birth
+    log.warn(f"birthDate {sent!r} {problem}: AGE is left empty", resource=f"Patient/{pid}", subject_id=subject_id,
+             rule="birth-date", fix="correct Patient.birthDate in the EHR")
+    return None
 
 
 def _site(patient: dict[str, Any]) -> str | None:
