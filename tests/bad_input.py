@@ -373,6 +373,14 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
         }
     )
     exp.append(Expect("two infusions", "warning", "day1", None, None))
+    f.add({"resourceType": "Specimen", "id": "spec-of-p2", "subject": {"reference": "Patient/p2"},
+           "accessionIdentifier": {"value": "ACC-OF-P2"},
+           "collection": {"collectedDateTime": at(DAY1, 40)}})
+    _pl(f, "p1", at(DAY1, 29, "09:30:00+00:00"), "o-other-specimen", value=181,
+        specimen={"reference": "Specimen/spec-of-p2"})
+    valid["101-001"].add("o-other-specimen")
+    exp.append(Expect("a result naming another patient's Specimen (its details not used)", "warning",
+                      "specimen-patient", "Specimen", "spec-of-p2"))
     f.add(
         {
             "resourceType": "Procedure",

@@ -33,6 +33,14 @@ def age_at(birth: dt.date | None, on: dt.date | None) -> int | None:
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
+def _names_patient(reference: str, patient_id: str) -> bool:
+    """``reference`` (relative, versioned or absolute) names ``Patient/<patient_id>``."""
+    parts = reference.split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return len(parts) >= 2 and parts[-2] == "Patient" and parts[-1] == patient_id
+
+
 def valid_resources(resources: list[dict[str, Any]], subject_id: str, log: RunLog) -> list[dict[str, Any]]:
     ok = []
     for r in resources:
@@ -68,7 +76,7 @@ class SubjectMapper:
         if not checked:
             resources = self.checked(e.subject_id, resources)
         obs = [r for r in resources if r.get("resourceType") == "Observation"]
-        specimens = {str(r.get("id")): r for r in resources if r.get("resourceType") == "Specimen"}
+        specimens = self._own_specimens(e, resources)
         findings = self.observations.map(obs, e.subject_id, specimens)
         # in an order of their own, not the order the source sent them in (a server's search order is arbitrary):
         # the same data give the same CRF and the same --SEQ
@@ -134,6 +142,25 @@ class SubjectMapper:
     def _baseline_from(self, day1: dt.date | None) -> dt.date | None:
         lookback = self.study.schedule.baseline_lookback_days()
         return day1 - dt.timedelta(days=lookback) if day1 is not None and lookback is not None else None
+
+    def _own_specimens(self, e: Enrollee, resources: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The Specimens the subject's results may take their collection details from (time, fasting,
+        accession, site): a Specimen is read because a result names it, and one whose ``subject`` is another
+        Patient is not the subject's sample — its details are not used (warning ``specimen-patient``), the
+        result keeps its own date."""
+        own: dict[str, dict[str, Any]] = {}
+        for r in resources:
+            if r.get("resourceType") != "Specimen":
+                continue
+            ref = (r.get("subject") or {}).get("reference") if isinstance(r.get("subject"), dict) else None
+            if isinstance(ref, str) and "Patient/" in ref and not _names_patient(ref, e.patient_id):
+                self.log.warn(f"Specimen/{r.get('id')} is the sample of {ref}, not of this subject's Patient: its "
+                              "collection time, fasting status, accession and site are not used for the results "
+                              "that name it", resource=f"Specimen/{r.get('id')}", subject_id=e.subject_id,
+                              rule="specimen-patient", fix="correct Observation.specimen or Specimen.subject")
+                continue
+            own[str(r.get("id"))] = r
+        return own
 
     def _site(self, e: Enrollee) -> str | None:
         """SITEID by the site overlay's rule (``siteid``): the site-level ResearchStudy's identifier (the

@@ -121,3 +121,11 @@ def test_adverse_events_without_onset_or_grade_are_kept(corpus: dict[str, Any]) 
 def test_day1_survives_a_second_infusion_and_an_undated_one(corpus: dict[str, Any]) -> None:
     for crf in corpus["crfs"].values():
         assert crf["day1"] == "2024-02-01"
+
+
+def test_a_result_never_takes_another_patients_specimen_details(corpus: dict[str, Any]) -> None:
+    """o-other-specimen (101-001) names 101-002's Specimen: it keeps its own date, and neither that Specimen's
+    collection time nor its accession reaches the CRF or LB."""
+    (finding,) = [f for f in corpus["crfs"]["101-001"]["findings"] if f["source"]["id"] == "o-other-specimen"]
+    assert finding["date"] == "2024-02-29" and finding["collected"] is None and finding["accession"] is None
+    assert "ACC-OF-P2" not in (corpus["out"] / "export" / "LB.csv").read_text()
