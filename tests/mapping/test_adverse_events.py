@@ -259,6 +259,21 @@ def test_ae_grade_codes(study: Study, code: str, grade: int) -> None:
     assert (a.grade, a.grade_approximate) == (grade, False)
 
 
+@pytest.mark.parametrize("order", [("C41339", "C41337"), ("C41337", "C41339")])
+def test_two_different_recorded_grades_give_the_worst_and_a_warning(study: Study, order: tuple[str, str]) -> None:
+    """Grade 2 and grade 4 on one CRS event, in either order: grade 4 (a CRS DLT), never the first one read
+    silently (docs/clinical-rules.md#ae-grade)."""
+    (a,), log = run(study, [ae("a", extension=[grade_ext(order[0]), grade_ext(order[1])])])
+    assert (a.grade, a.grade_approximate) == (4, False)
+    (w,) = [w for w in log.warnings if w["rule"] == "ae-grade-conflict"]
+    assert w["resource"] == "AdverseEvent/a" and w["subject_id"] == "T-001" and "(2, 4)" in w["message"]
+
+
+def test_the_same_grade_recorded_twice_is_no_conflict(study: Study) -> None:
+    (a,), log = run(study, [ae("a", extension=[grade_ext("C41339"), grade_ext("C41339")])])
+    assert a.grade == 2 and not [w for w in log.warnings if w["rule"] == "ae-grade-conflict"]
+
+
 def test_ae_grade_as_text(study: Study) -> None:
     ext = {"url": EXT_AE_GRADE, "valueCodeableConcept": {"text": "Grade 4"}}
     (a,), _ = run(study, [ae("a", extension=[ext])])
