@@ -206,6 +206,15 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
         valueCodeableConcept={"coding": [{"system": SNOMED, "code": "42425007"}], "text": "equivocal"},
     )
     q("coded result neither positive nor negative", "unknown-code", "Observation", "o-equivocal")
+    f.obs("p2", "8061-4", at(DAY1, 29), id_="o-pos-and-neg", valueCodeableConcept={"coding": [
+        {"system": SNOMED, "code": "10828004"}, {"system": SNOMED, "code": "260385009"}]})
+    q("coded result with both the positive and the negative code", "ambiguous-code", "Observation", "o-pos-and-neg")
+    _pl(f, "p3", at(DAY1, 29), "o-two-items")["code"]["coding"].insert(0, {"system": LOINC, "code": "6690-2"})
+    q("a code naming two items (leukocytes and platelets)", "ambiguous-code", "Observation", "o-two-items")
+    _pl(f, "p3", at(DAY1, 29), "o-value-and-component", component=[
+        {"code": {"coding": [{"system": LOINC, "code": "777-3"}]},
+         "valueQuantity": {"value": 50, "unit": "10*9/L", "system": "http://unitsofmeasure.org", "code": "10*9/L"}}])
+    q("a value and a component of the same item", "ambiguous-code", "Observation", "o-value-and-component")
     f.obs(
         "p2",
         "718-7",

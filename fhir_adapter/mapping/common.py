@@ -86,6 +86,19 @@ def indexed(cc: Any, index: Mapping[tuple[str, str], T]) -> T | None:
     return None
 
 
+def indexed_all(cc: Any, index: Mapping[tuple[str, str], T]) -> list[T]:
+    """Every distinct value ``index`` holds for the codings of a CodeableConcept, in coding order (a code
+    whose codings name two items of a study is ambiguous; two codings of one item are one)."""
+    found: list[T] = []
+    if isinstance(cc, dict):
+        for c in cc.get("coding") or []:
+            if isinstance(c, dict):
+                value = index.get((str(c.get("system", "")), str(c.get("code", ""))))
+                if value is not None and value not in found:
+                    found.append(value)
+    return found
+
+
 def first_code(cc: Any) -> str | None:
     """The first non-empty code among :func:`codings` of a CodeableConcept (without building the list)."""
     if not isinstance(cc, dict):

@@ -43,6 +43,7 @@ from fhir_adapter.mapping.common import (
     codings,
     decimal_text,
     indexed,
+    indexed_all,
     latest,
     normal_range,
     quantity_unit,
@@ -165,9 +166,9 @@ class ObservationMapper:
             if status not in USED_STATUSES:
                 self.log.count(f"observations.not-used.{status}")
                 if status == "cancelled":
-                    self.not_done_obs += [(obs, item_id) for item_id, _ in self._matches(obs)]
+                    self.not_done_obs += [(obs, item_id) for item_id, _ in self._matches(obs, subject_id)]
                 continue
-            for item_id, part in self._matches(obs):
+            for item_id, part in self._matches(obs, subject_id):
                 self.range_dropped.clear()
                 try:
                     f = self._finding(obs, part, item_id)
@@ -203,20 +204,31 @@ class ObservationMapper:
         out.sort(key=lambda f: (f.date is None, f.date, f.datetime is None, f.datetime, f.item))
         return out
 
-    def _matches(self, obs: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-        """(item, the element holding the value) for the Observation and each matching component."""
+    def _matches(self, obs: dict[str, Any], subject_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(item, the element holding the value) for the Observation and each matching component. A code whose
+        codings name two items, or an item named twice (the Observation's code and a component's, or two
+        components), cannot say which value is whose: the Observation is quarantined ``ambiguous-code``."""
         idx = self.study.code_index
         found: list[tuple[str, dict[str, Any]]] = []
-        item = indexed(obs.get("code"), idx)
-        if item is not None:
-            found.append((item, obs))
-        for comp in obs.get("component") or []:
-            item = indexed(comp.get("code"), idx)
-            if item is not None:
-                found.append((item, comp))
+        for part in (obs, *(c for c in obs.get("component") or [] if isinstance(c, dict))):
+            items = indexed_all(part.get("code"), idx)
+            if len(items) > 1:
+                return self._ambiguous(obs, subject_id, f"its codes name the items {' and '.join(items)}")
+            if items:
+                found.append((items[0], part))
+        if len({item for item, _ in found}) < len(found):
+            twice = sorted({item for item, _ in found if sum(1 for i, _ in found if i == item) > 1})
+            return self._ambiguous(obs, subject_id, f"it gives {' and '.join(twice)} more than one value (its code "
+                                                    "and a component's, or two components)")
         if not found and (name := _code_name(obs.get("code"))) is not None:  # unmapped_code's name
             self.log.count(f"unmapped.{name}")
         return found
+
+    def _ambiguous(self, obs: dict[str, Any], subject_id: str, why: str) -> list[tuple[str, dict[str, Any]]]:
+        self.log.reject("Observation", obs.get("id"), "ambiguous-code", f"the Observation is ambiguous: {why}",
+                        "send one result per Observation (or per component), coded for one item",
+                        subject_id=subject_id, raw=obs)
+        return []
 
     def _finding(self, obs: dict[str, Any], part: dict[str, Any], item_id: str) -> Finding:
         item = self.study.items[item_id]
@@ -370,12 +382,19 @@ class ObservationMapper:
     def _coded(self, part: dict[str, Any], item_id: str) -> dict[str, Any]:
         if "valueCodeableConcept" in part:
             cc = part["valueCodeableConcept"]
-            codes = set(codings(cc))
+            in_order = codings(cc)
+            codes = set(in_order)
+            # the first code in the order sent, not a set's (which differs from one process to the next)
             text = (cc.get("text") or next((c.get("display") for c in cc.get("coding") or [] if c.get("display")), "")
-                    or next(iter(codes), ("", ""))[1])
-            if codes & self._positive.get(item_id, set()):
+                    or next(iter(in_order), ("", ""))[1])
+            positive, negative = codes & self._positive.get(item_id, set()), codes & self._negative.get(item_id, set())
+            if positive and negative:
+                pos, neg = ("|".join(min(codes_)) for codes_ in (positive, negative))
+                raise Unusable("ambiguous-code", f"{item_id}: result '{text}' carries both a positive code ({pos}) "
+                               f"and a negative one ({neg})", "send the result with the codes of one answer")
+            if positive:
                 return {"value_bool": True, "value_text": text, "orig_value": text}
-            if codes & self._negative.get(item_id, set()):
+            if negative:
                 return {"value_bool": False, "value_text": text, "orig_value": text}
             word = str(text).strip().lower()
         elif "valueString" in part:

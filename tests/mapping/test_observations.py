@@ -292,3 +292,15 @@ def test_a_string_number_whose_range_unit_is_not_understood_says_where_the_unit_
                                                                                             "unit": "IU/mL"}}])])
     assert fs == [] and log.quarantine[0].rule == "unknown-unit"
     assert "the unit of its reference range: a valueString has none" in log.quarantine[0].reason
+
+
+def test_a_coded_result_without_text_shows_its_first_code_in_the_order_sent(study: Study) -> None:
+    """A valueCodeableConcept with no text or display shows the first of its codes as sent: a set's order differs
+    from one process to the next, and one worker's CRF and LB rows differed from another's."""
+    snomed = "http://snomed.info/sct"
+    others = ["1000001", "1000002", "1000003", "1000004", "1000005", "1000006"]
+    for first in others:
+        rest = [c for c in others if c != first]
+        value = {"coding": [{"system": snomed, "code": c} for c in [first, "10828004", *rest]]}
+        (f,), _ = mapped(study, [obs(f"ana-{first}", "8061-4", valueCodeableConcept=value)])
+        assert (f.value_bool, f.value_text, f.orig_value) == (True, first, first)
