@@ -390,6 +390,14 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
     valid["101-001"].add("o-other-specimen")
     exp.append(Expect("a result naming another patient's Specimen (its details not used)", "warning",
                       "specimen-patient", "Specimen", "spec-of-p2"))
+    for collected in (at(DAY1, 29, "08:00:00+00:00"), at(DAY1, 43, "08:00:00+00:00")):
+        f.add({"resourceType": "Specimen", "id": "spec-twice", "subject": {"reference": "Patient/p3"},
+               "collection": {"collectedDateTime": collected}})
+    _pl(f, "p3", at(DAY1, 29, "09:30:00+00:00"), "o-spec-twice", value=182,
+        specimen={"reference": "Specimen/spec-twice"})
+    valid["101-003"].add("o-spec-twice")
+    exp.append(Expect("a Specimen twice with different content (the first is used)", "warning",
+                      "same-id-different-content", "Specimen", "spec-twice"))
     f.add(
         {
             "resourceType": "Procedure",

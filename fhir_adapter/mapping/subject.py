@@ -17,6 +17,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper
 from fhir_adapter.mapping.cdisc_details import immunizations
 from fhir_adapter.mapping.cdisc_details import not_done as nd
+from fhir_adapter.mapping.common import latest
 from fhir_adapter.mapping.exposure import lymphodepletion_start, map_exposure, without_study_product
 from fhir_adapter.mapping.history import HistoryMapper
 from fhir_adapter.mapping.medications.mapper import MedicationMapper
@@ -149,9 +150,8 @@ class SubjectMapper:
         Patient is not the subject's sample — its details are not used (warning ``specimen-patient``), the
         result keeps its own date."""
         own: dict[str, dict[str, Any]] = {}
-        for r in resources:
-            if r.get("resourceType") != "Specimen":
-                continue
+        # one Specimen id twice: its latest version, else the first (a warning same-id-different-content)
+        for r in latest((r for r in resources if r.get("resourceType") == "Specimen"), self.log, e.subject_id):
             ref = (r.get("subject") or {}).get("reference") if isinstance(r.get("subject"), dict) else None
             if isinstance(ref, str) and "Patient/" in ref and not _names_patient(ref, e.patient_id):
                 self.log.warn(f"Specimen/{r.get('id')} is the sample of {ref}, not of this subject's Patient: its "

@@ -36,6 +36,7 @@ from typing import Any, BinaryIO, Literal, overload
 import orjson
 
 from fhir_adapter.fhir.r4 import is_r4_type
+from fhir_adapter.fhir.versions import version_key
 from fhir_adapter.job.runlog import Locations, RunLog
 from fhir_adapter.source.base import (
     ROSTER_TYPES,
@@ -406,12 +407,23 @@ class FileSource:
         found: dict[tuple[str, str], Any] = {}
         if not wanted:
             return found
+        kept: dict[tuple[str, str], Resource] = {}  # a resource read twice: its latest version, else the first
         for _f, _n, _entry, res, raw in self._resources(_SHARED):
             key = (res["resourceType"], res.get("id"))
             if key in wanted:
                 self.log.count(f"read.{key[0]}")
-                found[(key[0], str(key[1]))] = res if not as_bytes else \
-                    raw.strip() if raw is not None else orjson.dumps(res)
+                at = (key[0], str(key[1]))
+                first = kept.get(at)
+                if first is not None and version_key(res) <= version_key(first):
+                    if version_key(res) == version_key(first) and res != first:
+                        self.log.warn(f"{at[0]}/{at[1]} is in the input twice with different content and the same "
+                                      "version (meta.versionId, meta.lastUpdated): the first is used",
+                                      resource=f"{at[0]}/{at[1]}", rule="same-id-different-content",
+                                      fix="send each version with its meta.versionId or meta.lastUpdated, or only "
+                                          "the current one")
+                    continue
+                kept[at] = res
+                found[at] = res if not as_bytes else raw.strip() if raw is not None else orjson.dumps(res)
         return found
 
     def export_errors(self) -> None:

@@ -35,7 +35,7 @@ from typing import IO, Any
 
 import orjson
 
-from fhir_adapter.mapping.common import version_key
+from fhir_adapter.fhir.versions import version_key
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.sources import derived_from_allowed, result_sources

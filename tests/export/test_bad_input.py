@@ -129,3 +129,10 @@ def test_a_result_never_takes_another_patients_specimen_details(corpus: dict[str
     (finding,) = [f for f in corpus["crfs"]["101-001"]["findings"] if f["source"]["id"] == "o-other-specimen"]
     assert finding["date"] == "2024-02-29" and finding["collected"] is None and finding["accession"] is None
     assert "ACC-OF-P2" not in (corpus["out"] / "export" / "LB.csv").read_text()
+
+
+def test_a_specimen_read_twice_gives_its_first_copy(corpus: dict[str, Any]) -> None:
+    """spec-twice is in the export twice, same version, different collection times: the first is used (and warned
+    of), not the copy read last."""
+    (finding,) = [f for f in corpus["crfs"]["101-003"]["findings"] if f["source"]["id"] == "o-spec-twice"]
+    assert finding["collected"] == "2024-02-29T08:00:00Z"
