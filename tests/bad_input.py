@@ -284,16 +284,17 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
     )
     q("medicationReference to a Medication not in the export", "unresolved-medication-reference",
       "MedicationStatement", "cm-dangling")
-    for cm_id, pid, dose, repeat in [
-        ("cm-negative-dose", "p1", -7.5, {"frequency": 1, "period": 1, "periodUnit": "d"}),
-        ("cm-micrograms-as-mg", "p2", 7500, {"frequency": 1, "period": 1, "periodUnit": "d"}),
-        ("cm-period-zero", "p3", 7.5, {"frequency": 1, "period": 0, "periodUnit": "d"}),
+    for cm_id, pid, dose, repeat, status in [
+        ("cm-negative-dose", "p1", -7.5, {"frequency": 1, "period": 1, "periodUnit": "d"}, "active"),
+        ("cm-micrograms-as-mg", "p2", 7500, {"frequency": 1, "period": 1, "periodUnit": "d"}, "active"),
+        ("cm-period-zero", "p3", 7.5, {"frequency": 1, "period": 0, "periodUnit": "d"}, "active"),
+        ("cm-taking", "p2", 5, {"frequency": 1, "period": 1, "periodUnit": "d"}, "taking"),
     ]:
         f.add(
             {
                 "resourceType": "MedicationStatement",
                 "id": cm_id,
-                "status": "active",
+                "status": status,
                 "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "8638"}]},
                 "subject": {"reference": f"Patient/{pid}"},
                 "effectivePeriod": {"start": "2024-01-10"},
@@ -313,6 +314,8 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
     q("a glucocorticoid dose above max_daily_dose_mg (7,500 micrograms sent as mg)", "implausible-dose",
       "MedicationStatement", "cm-micrograms-as-mg")
     q("a dosage timing with period 0", "implausible-dose", "MedicationStatement", "cm-period-zero")
+    q("a MedicationStatement status that is not an R4 code ('taking')", "unknown-status", "MedicationStatement",
+      "cm-taking")
 
     # -- exposure --------------------------------------------------------------------------------------
     f.add(

@@ -481,3 +481,25 @@ def test_a_dose_resting_on_an_assumption_is_said(study: Study) -> None:
     assert len(cms) == 3
     assert sorted((w["rule"], w["resource"]) for w in log.warnings) == [
         ("medication-as-needed", "MedicationStatement/s31"), ("medication-no-end-date", "MedicationStatement/s30")]
+
+
+@pytest.mark.parametrize(("dose", "repeat", "why"), [
+    (mg(-7.5), {}, "-7.5 mg is not a dose"), (mg(1e308), {}, "1e+308 mg/d is above the 5000 mg/day"),
+    (mg(7500), {}, "above the 5000 mg/day"), (mg(7.5), {"period": 0}, "timing.repeat.period is 0")])
+def test_a_dose_that_is_not_a_dose_leaves_the_drug_on_record_without_one(
+        study: Study, dose: dict[str, Any], repeat: dict[str, Any], why: str) -> None:
+    """docs/clinical-rules.md#dose-plausibility: quarantined, and the prednisone stays on record undosed, so its
+    dates have no dose (LLDAS criterion 4 not assessable) instead of -7.5 mg/day lowering the sum."""
+    (c,), log = run(study, [statement("s", PRED, [dosage({"doseQuantity": dose}, timing=daily(**repeat))])])
+    assert c.daily_dose_mg is None and c.start_date == dt.date(2024, 1, 10)
+    (q,) = log.quarantine
+    assert (q.rule, q.id) == ("implausible-dose", "s") and why in q.reason, q.reason
+
+
+def test_a_status_outside_r4_is_quarantined_and_keeps_the_drug_undosed(study: Study) -> None:
+    """'taking' is no MedicationStatement status: whether the drug was taken cannot be told, so the record is
+    quarantined (unknown-status) and the prednisone's dates have no dose, rather than the other records' sum."""
+    (c,), log = run(study, [statement("s", PRED, [dosage({"doseQuantity": mg(5)}, timing=daily())],
+                                      status="taking")])
+    assert c.daily_dose_mg is None
+    assert [(q.rule, q.id) for q in log.quarantine] == [("unknown-status", "s")]

@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 
 SourceKind = Literal["statement", "request", "administration", "dispense"]
 
+#: the status codes of each medication resource (FHIR R4 required bindings: medication-statement-status,
+#: medicationrequest-status, medication-admin-status, medicationdispense-status)
+R4_STATUSES: dict[str, frozenset[str]] = {
+    "MedicationStatement": frozenset({"active", "completed", "entered-in-error", "intended", "stopped", "on-hold",
+                                      "unknown", "not-taken"}),
+    "MedicationRequest": frozenset({"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped",
+                                    "draft", "unknown"}),
+    "MedicationAdministration": frozenset({"in-progress", "not-done", "on-hold", "completed", "entered-in-error",
+                                           "stopped", "unknown"}),
+    "MedicationDispense": frozenset({"preparation", "in-progress", "cancelled", "on-hold", "completed",
+                                     "entered-in-error", "stopped", "declined", "unknown"}),
+}
+
 KINDS: dict[str, SourceKind] = {
     "MedicationStatement": "statement",
     "MedicationRequest": "request",
@@ -64,6 +77,9 @@ class MedicationMapper:
                 except Unusable as rej:
                     self.log.reject(rtype, r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r)
                 continue
+            if status not in R4_STATUSES.get(rtype, (status,)):
+                self._unknown_status(r, resources, subject_id, out)
+                continue
             if status not in self.s.used_statuses:
                 self.log.count(f"medications.not-used.{status}")
                 continue
@@ -91,6 +107,21 @@ class MedicationMapper:
         out.sort(key=lambda c: (c.start_date or dt.date.max, c.drug, c.source.id))
         self.log.count("crf.cm", len(out))
         return out
+
+    def _unknown_status(self, r: dict[str, Any], resources: list[dict[str, Any]], subject_id: str,
+                        out: list[ConMed]) -> None:
+        """A status outside the R4 codes ("taking") cannot say whether the drug was taken: quarantined
+        (``unknown-status``); a glucocorticoid stays on record without a dose, so the dose on its dates is not
+        evaluable rather than the sum of the other records (:meth:`_undosed`)."""
+        rtype, status = str(r["resourceType"]), r.get("status")
+        self.log.reject(rtype, r.get("id"), "unknown-status", f"status '{status}' is not an R4 {rtype} status code",
+                        f"send one of {sorted(R4_STATUSES[rtype])}", subject_id=subject_id, raw=r)
+        try:
+            drug = self.drugs.identify(r, resources)
+        except Unusable:
+            return
+        if drug.drug_class in self.s.dose_required_classes:
+            out.extend(self._undosed(r, drug))
 
     def _flag_assumptions(self, r: dict[str, Any], records: list[ConMed], subject_id: str) -> None:
         """Say where a counted dose rests on a reading the record does not state: a statement completed or
