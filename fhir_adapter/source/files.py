@@ -60,6 +60,7 @@ from fhir_adapter.source.layout import (
     discover,
     read_document,
     read_lines,
+    without_bom,
 )
 from fhir_adapter.source.patient_links import say_links
 from fhir_adapter.terminology.codes import SID_RESULT
@@ -465,7 +466,7 @@ class FileSource:
         """(line, Bundle entry, resource, raw line) of an NDJSON file's (line number, line) pairs."""
         for n, line in lines:
             try:
-                doc = orjson.loads(line)
+                doc = orjson.loads(without_bom(line) if n == 1 else line)
             except orjson.JSONDecodeError as exc:
                 if report:
                     self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",

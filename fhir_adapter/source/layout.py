@@ -222,10 +222,22 @@ def _listed_file(listed: set[str], url: str) -> str | None:
     return next((c for c in candidates if c in listed), None)
 
 
+#: the UTF-8 byte order mark some Windows tools write at the start of a file (not JSON: RFC 8259 §8.1 lets a
+#: parser ignore it, orjson does not)
+BOM = b"\xef\xbb\xbf"
+
+
+def without_bom(data: bytes) -> bytes:
+    """``data`` (a file's first line, or a whole JSON file) without a leading UTF-8 byte order mark."""
+    return data[3:] if data.startswith(BOM) else data
+
+
 def read_lines(f: DataFile, folder: Folder | None = None) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of an NDJSON file, gzip'd or not; blank lines skipped."""
+    """(line number, line) of an NDJSON file, gzip'd or not; blank lines skipped, a byte order mark dropped."""
     try:
         for n, line in enumerate(folder.lines(f) if folder is not None else _local_lines(f), start=1):
+            if n == 1:
+                line = without_bom(line)
             if line.strip():
                 yield n, line
     except UNREADABLE as exc:
@@ -241,7 +253,7 @@ def read_document(f: DataFile, folder: Folder | None = None) -> bytes:
     try:
         with _open(f, folder) as fh:
             data: bytes = fh.read()
-            return data
+            return without_bom(data)
     except UNREADABLE as exc:
         raise unreadable(f, exc) from exc
 

@@ -26,7 +26,7 @@ import orjson
 from fhir_adapter.job.runlog import Quarantined, RunLog
 from fhir_adapter.source.base import SUBJECT_TYPES, Resource
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.source.layout import UNREADABLE, DataFile, LocalFolder, unreadable
+from fhir_adapter.source.layout import UNREADABLE, DataFile, LocalFolder, unreadable, without_bom
 
 #: a large file is cut into parts of about this many bytes
 PART_BYTES = 8 * 1024 * 1024
@@ -138,6 +138,8 @@ def _lines(part: Part) -> Iterator[tuple[int, bytes]]:
     except UNREADABLE as exc:
         raise unreadable(part.file, exc) from exc
     for n, line in enumerate(io.BytesIO(data), start=part.first_line):
+        if n == 1:
+            line = without_bom(line)
         if line.strip():
             yield n, line
 

@@ -65,6 +65,28 @@ def _outs_of_one_and_two_workers(feed: Path, root: Path, study: Any, subjects: i
     return trees
 
 
+def test_files_that_start_with_a_byte_order_mark_read_as_without_it(tmp_path: Path, study: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows tools save UTF-8 with a byte order mark: the first line of every file kept its BOM and was
+    quarantined as malformed JSON (in ResearchSubject.ndjson that dropped a subject). In one process and in
+    parts read by two workers, the OUT is the one of the same files without it."""
+    write_feed(tmp_path / "plain", subjects=3, seed=11)
+    (tmp_path / "bom").mkdir()
+    for f in (tmp_path / "plain").iterdir():
+        data = f.read_bytes()
+        (tmp_path / "bom" / f.name).write_bytes(b"\xef\xbb\xbf" + data if f.suffix == ".ndjson" else data)
+    monkeypatch.setattr(parts, "PART_BYTES", 2000)
+    log = RunLog()
+    plain = run(FileSource(tmp_path / "plain", log), study, tmp_path / "out-plain", log)
+    assert plain.subjects == 3
+    expected = out_tree(tmp_path / "out-plain")
+    for one, two in [_outs_of_one_and_two_workers(tmp_path / "bom", tmp_path, study, 3)]:
+        assert differences(expected, one) == ["run-report.json"]  # which names its source folder
+        report, expected_report = orjson.loads(one["run-report.json"]), orjson.loads(expected["run-report.json"])
+        assert (report["counts"], report["quarantine"]) == (expected_report["counts"], expected_report["quarantine"])
+        assert differences(one, two) == []
+
+
 def test_bad_input_read_in_parts_by_two_workers_gives_the_same_out_as_one_process(
         tmp_path: Path, study: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers read the folder in parts (source/parts.py): the quarantine, counts and every file are the
