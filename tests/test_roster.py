@@ -97,6 +97,27 @@ def test_a_birth_date_that_gives_no_true_age_is_warned_of_and_left_out(feed: Pat
         assert why in warned[0]["message"] and birth in warned[0]["message"]
 
 
+def test_an_arm_dose_escalation_does_not_know_is_warned_of(feed: Path, study: Study, tmp_path: Path) -> None:
+    """101-002 enrolled in arm 'DL9' (a typo) and 101-001 in none: dose escalation would leave their DLTs out
+    of every decision without a word, so each gets a warning `arm` naming the arms escalation.yaml knows."""
+    lines = (feed / "ResearchSubject.ndjson").read_text().splitlines()
+    edited = []
+    for line in lines:
+        r = json.loads(line)
+        if r["id"] == "r2":
+            r["assignedArm"] = "DL9"
+        elif r["id"] == "r1":
+            del r["assignedArm"]
+        edited.append(json.dumps(r))
+    (feed / "ResearchSubject.ndjson").write_text("\n".join(edited) + "\n")
+    log = RunLog()
+    run(FileSource(feed, log), study, tmp_path / "out", log)
+    warned = {w["subject_id"]: w["message"] for w in log.warnings if w.get("rule") == "arm"}
+    assert set(warned) == {"101-001", "101-002"}
+    assert "'DL9' is not an arm of escalation.yaml (dose levels DL1, DL2, DL3; expansion arms EXP)" in warned["101-002"]
+    assert "has no arm" in warned["101-001"]
+
+
 def test_nobody_elses_data_in_any_output(feed: Path, study: Study, tmp_path: Path) -> None:
     out = tmp_path / "out"
     log = RunLog()

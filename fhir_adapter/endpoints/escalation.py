@@ -33,6 +33,18 @@ def study_keys(x: StudyInput) -> EscalationStudyKeys:
     }
 
 
+def arms_outside(settings: EscalationSettings, arms: dict[str, str | None]) -> dict[str, str]:
+    """Per subject ID, why its arm (``ResearchSubject.assignedArm``) has no place in dose escalation — neither a
+    dose level nor an expansion arm of escalation.yaml, or none at all — so its DLTs would count nowhere."""
+    known = (*settings.dose_levels, *settings.expansion_arms)
+    where = f"dose levels {', '.join(settings.dose_levels)}" + (
+        f"; expansion arms {', '.join(settings.expansion_arms)}" if settings.expansion_arms else "")
+    return {sid: (f"subject {sid} has no arm (ResearchSubject.assignedArm)" if not arm else
+                  f"subject {sid}'s arm '{arm}' is not an arm of escalation.yaml ({where})")
+            + ": its DLTs count in no dose level's decision"
+            for sid, arm in sorted(arms.items()) if arm not in known}
+
+
 ENDPOINT = Endpoint(
     name="escalation", settings=EscalationSettings, level="study", needs=("dlt",),
     summary="dose-level decisions (3+3 or BOIN) and the recommended phase 2 dose",

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -22,6 +22,8 @@ import orjson
 
 from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.derive.escalation import EscalationSettings
+from fhir_adapter.endpoints.escalation import arms_outside
 from fhir_adapter.engine.collector import fewer_collections
 from fhir_adapter.engine.parallel import file_outcomes, subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork, json_file
@@ -311,6 +313,7 @@ def _run(
              for rs in roster_input.subjects
              if any(i.get("system") == SID_RESULT for i in rs.get("identifier") or [])}
     summary.excluded = dict(roster.excluded)
+    _warn_arms_outside_escalation(study, roster.enrolled.values(), runlog)
     for sid, why in roster_input.roster_rows_skipped.items():  # enrolled by the site, not processed
         summary.subjects_failed.append(sid)
         summary.failures.append({"subject_id": sid, "stage": "roster-csv", "error": why,
@@ -538,6 +541,18 @@ def _stopped(error: FhirError, done: list[str], left: list[str], *, roster_read:
     since = error.since if isinstance(error, FhirServerUnavailable) else now
     cause = error.last_error if isinstance(error, FhirServerUnavailable) and error.last_error else error
     return Stopped(exit_codes.SERVER_UNAVAILABLE, "server-unavailable", since, str(cause), done, left, roster_read)
+
+
+def _warn_arms_outside_escalation(study: Study, enrolled: Iterable[Enrollee], runlog: RunLog) -> None:
+    """A warning ``arm`` per enrolled subject whose arm dose escalation does not know (a typo such as 'DL9', or
+    no arm): its DLTs would otherwise be left out of the decisions silently."""
+    if "escalation" not in study.rules:
+        return
+    outside = arms_outside(study.rule("escalation", EscalationSettings), {e.subject_id: e.arm for e in enrolled})
+    for sid, why in outside.items():
+        runlog.warn(why, subject_id=sid, rule="arm",
+                    fix="correct ResearchSubject.assignedArm (or the roster CSV's arm), or add the arm to "
+                        "escalation.yaml")
 
 
 def _roster_csv_changed(roster_csv: Path, summary: RunSummary, out: Path, since: dt.datetime) -> bool:
