@@ -8,7 +8,9 @@ For each Observation, in order:
    ``registered``, ``unknown``, ``cancelled`` and ``entered-in-error`` never feed a CRF (counted, not
    quarantined); a status that is no R4 ObservationStatus code is quarantined (``unknown-status``).
 3. **code** — every coding of ``code`` (and of each ``component.code``) is looked up in the mapping;
-   a panel (``hasMember``) is mapped through its members, which are Observations of their own.
+   a panel (``hasMember``) is mapped through its members, which are Observations of their own. A code whose
+   codings name two items is quarantined (``ambiguous-code``) and the other parts are read; a part without a
+   value under an item another part gives a value heads it (a single-test order's code above its result).
 4. **value** — valueQuantity (with comparator), valueString holding a number (``"45"``, ``"<0.2"``,
    ``"≤0.2"`` as ``<=``; a decimal point only: a comma or digit grouping — ``"1,200"``, ``"1,2"``,
    ``"1 200"`` — is quarantined as ``ambiguous-number``, never guessed), valueInteger, valueBoolean,
@@ -23,7 +25,9 @@ For each Observation, in order:
    missing or unreadable → quarantined; partial (year, year-month) → kept partial, placed in no visit,
    warned (``partial-date``).
 7. **bounds** — a value outside the item's physiological bounds is quarantined (``out-of-bounds``).
-8. **duplicates** — same item, same time, same value: counted once.
+8. **duplicates** — same item, same time, same value: counted once; one Observation giving an item two
+   different values (its own value and a component's, or two components) quarantines that item
+   (``ambiguous-code``), not the Observation's other items.
 
 Any other element that cannot be read quarantines that Observation (``unreadable``), never the subject.
 """
@@ -96,6 +100,22 @@ def unmapped_code(obs: dict[str, Any], index: Mapping[tuple[str, str], str]) -> 
     return _code_name(obs.get("code"))
 
 
+def _carries_value(part: dict[str, Any]) -> bool:
+    return "dataAbsentReason" in part or any(k.startswith("value") for k in part)
+
+
+def _value_of(f: Finding) -> tuple[Any, ...]:
+    """What two results of one item must share to be one result."""
+    return (f.value, f.value_bool, f.value_text, f.comparator)
+
+
+def _shown(value: tuple[Any, ...]) -> str:
+    number, flag, text, comparator = value
+    if number is not None:
+        return f"{comparator or ''}{number:g}"
+    return str(text if text is not None else flag)
+
+
 def _code_name(code: Any) -> str | None:
     """``system|code`` of the first coding of an Observation's code, else ``(code.text only)|<its text>``."""
     for system, value in codings(code)[:1]:
@@ -165,10 +185,12 @@ class ObservationMapper:
                 continue
             if status not in USED_STATUSES:
                 self.log.count(f"observations.not-used.{status}")
-                if status == "cancelled":
-                    self.not_done_obs += [(obs, item_id) for item_id, _ in self._matches(obs, subject_id)]
+                if status == "cancelled":  # each item once, for its NOT DONE row
+                    items = dict.fromkeys(item_id for item_id, _ in self._matches(obs, subject_id, report=False))
+                    self.not_done_obs += [(obs, item_id) for item_id in items]
                 continue
-            for item_id, part in self._matches(obs, subject_id):
+            read: dict[str, list[tuple[Finding, list[tuple[str, str]]]]] = {}
+            for item_id, part in self._valued(self._matches(obs, subject_id)):
                 self.range_dropped.clear()
                 try:
                     f = self._finding(obs, part, item_id)
@@ -184,6 +206,18 @@ class ObservationMapper:
                                     "correct the Observation in the EHR (quarantine/ names its file and line)",
                                     subject_id=subject_id, raw=obs)
                     continue
+                read.setdefault(item_id, []).append((f, list(self.range_dropped)))
+            for item_id, results in read.items():
+                values = {_value_of(f) for f, _ in results}
+                if len(values) > 1:  # the code's value and a component's, or two components: which one is it?
+                    self.log.reject("Observation", obs.get("id"), "ambiguous-code",
+                                    f"{item_id}: the Observation gives it {len(values)} different values "
+                                    f"({', '.join(sorted(_shown(v) for v in values))}: its own value and a "
+                                    "component's, or two components)",
+                                    "send one value per item (or the item's result in an Observation of its own)",
+                                    subject_id=subject_id, raw=obs)
+                    continue
+                f, range_dropped = results[0]
                 when = f.datetime or f.date or f.partial_date
                 key = (f.item, when, f.value, f.value_bool, f.value_text, f.comparator)
                 if key in seen:
@@ -197,38 +231,42 @@ class ObservationMapper:
                     self.log.warn(f"{item_id}: partial date {f.partial_date} kept as is, placed in no visit",
                                   resource=f"Observation/{obs.get('id')}", subject_id=subject_id,
                                   rule="partial-date")
-                if self.range_dropped:  # one warning per result, its limits together
-                    self.log.warn("; ".join(m for m, _ in self.range_dropped), resource=f"Observation/{obs.get('id')}",
-                                  subject_id=subject_id, rule="reference-range-unit", fix=self.range_dropped[0][1])
+                if range_dropped:  # one warning per result, its limits together
+                    self.log.warn("; ".join(m for m, _ in range_dropped), resource=f"Observation/{obs.get('id')}",
+                                  subject_id=subject_id, rule="reference-range-unit", fix=range_dropped[0][1])
                 out.append(f)
         out.sort(key=lambda f: (f.date is None, f.date, f.datetime is None, f.datetime, f.item))
         return out
 
-    def _matches(self, obs: dict[str, Any], subject_id: str) -> list[tuple[str, dict[str, Any]]]:
+    def _matches(self, obs: dict[str, Any], subject_id: str,
+                 report: bool = True) -> list[tuple[str, dict[str, Any]]]:
         """(item, the element holding the value) for the Observation and each matching component. A code whose
-        codings name two items, or an item named twice (the Observation's code and a component's, or two
-        components), cannot say which value is whose: the Observation is quarantined ``ambiguous-code``."""
+        codings name two items cannot say whose its value is: that part is quarantined ``ambiguous-code`` (when
+        ``report``; a cancelled Observation is never used), the other parts are read."""
         idx = self.study.code_index
         found: list[tuple[str, dict[str, Any]]] = []
         for part in (obs, *(c for c in obs.get("component") or [] if isinstance(c, dict))):
             items = indexed_all(part.get("code"), idx)
             if len(items) > 1:
-                return self._ambiguous(obs, subject_id, f"its codes name the items {' and '.join(items)}")
+                if report:
+                    self.log.reject("Observation", obs.get("id"), "ambiguous-code",
+                                    f"{' and '.join(items)}: one code of the Observation"
+                                    f"{'' if part is obs else ' (a component)'} names both items",
+                                    "code each result for one item", subject_id=subject_id, raw=obs)
+                continue
             if items:
                 found.append((items[0], part))
-        if len({item for item, _ in found}) < len(found):
-            twice = sorted({item for item, _ in found if sum(1 for i, _ in found if i == item) > 1})
-            return self._ambiguous(obs, subject_id, f"it gives {' and '.join(twice)} more than one value (its code "
-                                                    "and a component's, or two components)")
         if not found and (name := _code_name(obs.get("code"))) is not None:  # unmapped_code's name
             self.log.count(f"unmapped.{name}")
         return found
 
-    def _ambiguous(self, obs: dict[str, Any], subject_id: str, why: str) -> list[tuple[str, dict[str, Any]]]:
-        self.log.reject("Observation", obs.get("id"), "ambiguous-code", f"the Observation is ambiguous: {why}",
-                        "send one result per Observation (or per component), coded for one item",
-                        subject_id=subject_id, raw=obs)
-        return []
+    @staticmethod
+    def _valued(matches: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+        """``matches`` less the parts that only head an item another part gives a value (a single-test order's
+        code above the component holding its result, as HL7 v2 feeds convert): a part carries a value when it has
+        a ``value[x]`` or a ``dataAbsentReason``."""
+        carried = {item for item, part in matches if _carries_value(part)}
+        return [(item, part) for item, part in matches if _carries_value(part) or item not in carried]
 
     def _finding(self, obs: dict[str, Any], part: dict[str, Any], item_id: str) -> Finding:
         item = self.study.items[item_id]

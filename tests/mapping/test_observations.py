@@ -304,3 +304,31 @@ def test_a_coded_result_without_text_shows_its_first_code_in_the_order_sent(stud
         value = {"coding": [{"system": snomed, "code": c} for c in [first, "10828004", *rest]]}
         (f,), _ = mapped(study, [obs(f"ana-{first}", "8061-4", valueCodeableConcept=value)])
         assert (f.value_bool, f.value_text, f.orig_value) == (True, first, first)
+
+
+def _component(code: str, value: float, unit: str) -> dict[str, Any]:
+    return {"code": {"coding": [{"system": LOINC, "code": code}]},
+            "valueQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
+
+
+def test_a_code_without_value_heading_its_result_is_a_header(study: Study) -> None:
+    """A single-test order converted from HL7 v2: the Observation's code is the test's, its result a component
+    of the same code. Read as the result, never quarantined as ambiguous."""
+    header = obs("h", "777-3", component=[_component("777-3", 237, "10*9/L")])
+    same = obs("s", "777-3", 237, "10*9/L", when="2024-03-06T09:00:00+01:00",
+               component=[_component("777-3", 237, "10*9/L")])
+    fs, log = mapped(study, [header, same])
+    assert [(f.source.id, f.item, f.value) for f in fs] == [("h", "platelets", 237), ("s", "platelets", 237)]
+    assert log.quarantine == []
+
+
+def test_an_item_given_two_values_by_one_observation_is_quarantined_alone(study: Study) -> None:
+    """A panel whose components give lymphocytes twice (automated 731-0 and manual 26474-7, both the study's
+    lymphocytes codes) with different values: which is the result cannot be told, so lymphocytes is quarantined
+    (ambiguous-code, both values named) and the panel's other components are read."""
+    panel = obs("cbc", "58410-2", component=[_component("777-3", 237, "10*9/L"), _component("731-0", 1.1, "10*9/L"),
+                                              _component("26474-7", 1.2, "10*9/L")])
+    fs, log = mapped(study, [panel])
+    assert [(f.item, f.value) for f in fs] == [("platelets", 237)]
+    (q,) = log.quarantine
+    assert (q.rule, q.id) == ("ambiguous-code", "cbc") and "lymphocytes" in q.reason and "1.1, 1.2" in q.reason
