@@ -345,7 +345,20 @@ def build(folder: Path) -> tuple[list[Expect], dict[str, set[str]]]:
             "dosage": {"dose": {"value": -5, "unit": "mg", "system": "http://unitsofmeasure.org", "code": "mg"}},
         }
     )
-    q("lymphodepletion with a negative dose", "implausible-dose", "MedicationAdministration", "ld-negative-dose")
+    exp.append(Expect("lymphodepletion with a negative dose (kept without it)", "warning", "implausible-dose",
+                      "MedicationAdministration", "ld-negative-dose"))
+    f.add(
+        {
+            "resourceType": "MedicationAdministration",
+            "id": "ld-given",
+            "status": "given",
+            "medicationCodeableConcept": {"coding": [{"system": RXNORM, "code": "3002"}]},
+            "subject": {"reference": "Patient/p2"},
+            "effectiveDateTime": "2024-01-27",
+        }
+    )
+    q("lymphodepletion whose status is not an R4 code ('given')", "unknown-status", "MedicationAdministration",
+      "ld-given")
 
     # -- used but reported (warnings) -------------------------------------------------------------------
     _pl(f, "p1", at(DAY1, 8), "w-prelim", status="preliminary")

@@ -27,6 +27,7 @@ from fhir_adapter.mapping.medication_codes import medication_codings, medication
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import DateError, parse_fhir_date, study_day
+from fhir_adapter.terminology.codes import R4_MEDICATION_STATUSES
 
 LD_TYPES = ("MedicationAdministration", "MedicationStatement", "MedicationRequest")
 
@@ -66,7 +67,7 @@ def dosage(r: dict[str, Any]) -> dict[str, Any]:
 
 def implausible_dose(r: dict[str, Any]) -> str | None:
     """Why the dose of a medication record's (first) dosage is not a dose (negative, or not a finite number):
-    :func:`dosage` leaves such a dose out; the EX records quarantine the record."""
+    :func:`dosage` leaves such a dose out, and :func:`_unusable` warns of it."""
     lines = r.get("dosage") if r.get("resourceType") != "MedicationRequest" else r.get("dosageInstruction")
     line = (lines[0] if lines else None) if isinstance(lines, list) else lines
     if not isinstance(line, dict):
@@ -82,13 +83,22 @@ def implausible_dose(r: dict[str, Any]) -> str | None:
     return None
 
 
-def _dose_rejected(r: dict[str, Any], e: Enrollee, log: RunLog) -> bool:
-    """Quarantine an EX record whose dose is not a dose (:func:`implausible_dose`)."""
+def _unusable(r: dict[str, Any], e: Enrollee, log: RunLog) -> bool:
+    """An EX record that cannot say it was given (a status outside the R4 codes, e.g. 'given') is quarantined
+    (``unknown-status``), so neither its row nor its date (lymphodepletion start) is used. One whose dose is not
+    a dose (:func:`implausible_dose`) keeps its row and date without the dose, with a warning
+    ``implausible-dose`` (docs/clinical-rules.md#dose-plausibility)."""
+    rtype, status = str(r["resourceType"]), r.get("status")
+    if rtype in R4_MEDICATION_STATUSES and status not in R4_MEDICATION_STATUSES[rtype]:
+        log.reject(rtype, r.get("id"), "unknown-status", f"status '{status}' is not an R4 {rtype} status code",
+                   f"send one of {sorted(R4_MEDICATION_STATUSES[rtype])}", subject_id=e.subject_id, raw=r)
+        return True
     problem = implausible_dose(r)
     if problem is not None:
-        log.reject(r["resourceType"], r.get("id"), "implausible-dose", problem,
-                   "correct the dose in the EHR (a positive number, with its unit)", subject_id=e.subject_id, raw=r)
-    return problem is not None
+        log.warn(f"{problem}: the record is kept without its dose", resource=f"{rtype}/{r.get('id')}",
+                 subject_id=e.subject_id, rule="implausible-dose",
+                 fix="correct the dose in the EHR (a positive number, with its unit)")
+    return False
 
 
 def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> list[Exposure]:
@@ -99,7 +109,7 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
             continue
         if not set(medication_codings(r, resources)) & study.lymphodepletion_codes:
             continue
-        if r.get("status") in ("entered-in-error", "not-done", "cancelled", "not-taken") or _dose_rejected(r, e, log):
+        if r.get("status") in ("entered-in-error", "not-done", "cancelled", "not-taken") or _unusable(r, e, log):
             continue
         start, end = _when(r)
         try:
@@ -124,6 +134,8 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
     if e.day1 and e.infusion and not any(d.source.id == e.infusion.id for d in doses):
         record = next((r for r in resources if r.get("resourceType") == e.infusion.resource_type
                        and str(r.get("id")) == e.infusion.id), {}) if e.infusion.resource_type in LD_TYPES else {}
+        if record:
+            _unusable(record, e, log)  # the infusion dates Day 1 whatever its dose: a dose not a dose is warned of
         out.append(Exposure(
             treatment=study.info.product_name, kind="infusion", dose_level=e.actual_arm or e.arm, **dosage(record),
             start_date=e.day1, end_date=e.day1, study_day=1, source=e.infusion,
@@ -166,7 +178,7 @@ def without_study_product(resources: list[dict[str, Any]], study: Study) -> list
 def _product_doses(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> list[Exposure]:
     out: list[Exposure] = []
     for r in resources:
-        if not is_study_product(r, resources, study) or r.get("status") in _NOT_GIVEN or _dose_rejected(r, e, log):
+        if not is_study_product(r, resources, study) or r.get("status") in _NOT_GIVEN or _unusable(r, e, log):
             continue
         start, end = _when(r)
         try:

@@ -110,3 +110,17 @@ def codesystem_displays(name: str) -> dict[str, str]:
         raise RuntimeError(f"cannot read the CodeSystem {path}: {exc}; run from the project checkout, "
                            "which ships profiles/") from exc
     return {str(c["code"]): str(c["display"]) for c in concepts}
+
+
+#: the status codes of each medication resource (FHIR R4 required bindings: medication-statement-status,
+#: medicationrequest-status, medication-admin-status, medicationdispense-status)
+R4_MEDICATION_STATUSES: dict[str, frozenset[str]] = {
+    "MedicationStatement": frozenset({"active", "completed", "entered-in-error", "intended", "stopped", "on-hold",
+                                      "unknown", "not-taken"}),
+    "MedicationRequest": frozenset({"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped",
+                                    "draft", "unknown"}),
+    "MedicationAdministration": frozenset({"in-progress", "not-done", "on-hold", "completed", "entered-in-error",
+                                           "stopped", "unknown"}),
+    "MedicationDispense": frozenset({"preparation", "in-progress", "cancelled", "on-hold", "completed",
+                                     "entered-in-error", "stopped", "declined", "unknown"}),
+}

@@ -136,3 +136,12 @@ def test_a_specimen_read_twice_gives_its_first_copy(corpus: dict[str, Any]) -> N
     of), not the copy read last."""
     (finding,) = [f for f in corpus["crfs"]["101-003"]["findings"] if f["source"]["id"] == "o-spec-twice"]
     assert finding["collected"] == "2024-02-29T08:00:00Z"
+
+
+def test_lymphodepletion_with_a_dose_not_a_dose_keeps_its_date_and_one_with_no_r4_status_neither(
+        corpus: dict[str, Any]) -> None:
+    """ld-negative-dose (101-001) is an EX row dated 2024-01-28 without a dose; ld-given (101-002, status 'given')
+    is quarantined and is in no EX row, so it dates no lymphodepletion start."""
+    ex1 = {x["source"]["id"]: x for x in corpus["crfs"]["101-001"]["ex"]}
+    assert ex1["ld-negative-dose"]["start_date"] == "2024-01-28" and ex1["ld-negative-dose"]["dose"] is None
+    assert "ld-given" not in {x["source"]["id"] for x in corpus["crfs"]["101-002"]["ex"]}

@@ -19,24 +19,12 @@ from fhir_adapter.mapping.medications.settings import CmClass, MedicationSetting
 from fhir_adapter.mapping.medications.timing import frequency_per_day
 from fhir_adapter.mapping.references import mitigated_by
 from fhir_adapter.study.timeline import elapsed
+from fhir_adapter.terminology.codes import R4_MEDICATION_STATUSES
 
 if TYPE_CHECKING:
     from fhir_adapter.study.load import Study
 
 SourceKind = Literal["statement", "request", "administration", "dispense"]
-
-#: the status codes of each medication resource (FHIR R4 required bindings: medication-statement-status,
-#: medicationrequest-status, medication-admin-status, medicationdispense-status)
-R4_STATUSES: dict[str, frozenset[str]] = {
-    "MedicationStatement": frozenset({"active", "completed", "entered-in-error", "intended", "stopped", "on-hold",
-                                      "unknown", "not-taken"}),
-    "MedicationRequest": frozenset({"active", "on-hold", "cancelled", "completed", "entered-in-error", "stopped",
-                                    "draft", "unknown"}),
-    "MedicationAdministration": frozenset({"in-progress", "not-done", "on-hold", "completed", "entered-in-error",
-                                           "stopped", "unknown"}),
-    "MedicationDispense": frozenset({"preparation", "in-progress", "cancelled", "on-hold", "completed",
-                                     "entered-in-error", "stopped", "declined", "unknown"}),
-}
 
 KINDS: dict[str, SourceKind] = {
     "MedicationStatement": "statement",
@@ -77,7 +65,7 @@ class MedicationMapper:
                 except Unusable as rej:
                     self.log.reject(rtype, r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r)
                 continue
-            if status not in R4_STATUSES.get(rtype, (status,)):
+            if status not in R4_MEDICATION_STATUSES.get(rtype, (status,)):
                 self._unknown_status(r, resources, subject_id, out)
                 continue
             if status not in self.s.used_statuses:
@@ -114,13 +102,15 @@ class MedicationMapper:
         (``unknown-status``); a glucocorticoid stays on record without a dose, so the dose on its dates is not
         evaluable rather than the sum of the other records (:meth:`_undosed`)."""
         rtype, status = str(r["resourceType"]), r.get("status")
-        self.log.reject(rtype, r.get("id"), "unknown-status", f"status '{status}' is not an R4 {rtype} status code",
-                        f"send one of {sorted(R4_STATUSES[rtype])}", subject_id=subject_id, raw=r)
         try:
             drug = self.drugs.identify(r, resources)
         except Unusable:
-            return
-        if drug.drug_class in self.s.dose_required_classes:
+            drug = None
+        if drug is not None and drug.drug_class == "lymphodepletion":
+            return  # EX's, which quarantines it (mapping/exposure.py)
+        self.log.reject(rtype, r.get("id"), "unknown-status", f"status '{status}' is not an R4 {rtype} status code",
+                        f"send one of {sorted(R4_MEDICATION_STATUSES[rtype])}", subject_id=subject_id, raw=r)
+        if drug is not None and drug.drug_class in self.s.dose_required_classes:
             out.extend(self._undosed(r, drug))
 
     def _flag_assumptions(self, r: dict[str, Any], records: list[ConMed], subject_id: str) -> None:
