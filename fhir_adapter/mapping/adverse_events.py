@@ -427,24 +427,24 @@ class AdverseEventMapper:
 
     def _grade(self, r: dict[str, Any], term: str = "", subject_id: str | None = None) -> tuple[int | None, bool]:
         """(grade, approximate): the recorded grade; different grades recorded on one event (the ``ae-grade``
-        extension twice, or a configured extension twice) give the worst — a CTCAE event is graded by its worst
+        extension twice, or it and a configured grade extension) give the worst — a CTCAE event is graded by its worst
         grade — with a warning ``ae-grade-conflict`` (docs/clinical-rules.md#ae-grade)."""
+        grades: list[int] = []
         for url in (EXT_AE_GRADE, *self.s.grade_extension_urls):
-            grades: list[int] = []
             for ext in _ext(r, url):
                 g = self._grade_of(ext)
                 if g is None:
                     self.log.count("ae.unreadable-grade")
                 else:
                     grades.append(g)
-            if grades:
-                if len(set(grades)) > 1:
-                    self.log.warn(f"adverse event '{term}' records different grades "
-                                  f"({', '.join(str(g) for g in sorted(set(grades)))}): graded by the worst, "
-                                  f"{max(grades)}",
-                                  resource=f"AdverseEvent/{r.get('id')}", subject_id=subject_id,
-                                  rule="ae-grade-conflict", fix="record one grade per event (the worst) in the EHR")
-                return max(grades), False
+        if grades:
+            if len(set(grades)) > 1:
+                self.log.warn(f"adverse event '{term}' records different grades "
+                              f"({', '.join(str(g) for g in sorted(set(grades)))}): graded by the worst, "
+                              f"{max(grades)}",
+                              resource=f"AdverseEvent/{r.get('id')}", subject_id=subject_id,
+                              rule="ae-grade-conflict", fix="record one grade per event (the worst) in the EHR")
+            return max(grades), False
         sev = r.get("severity")
         words = [c for _, c in codings(sev)] + texts(sev)
         for w in words:

@@ -269,6 +269,15 @@ def test_two_different_recorded_grades_give_the_worst_and_a_warning(study: Study
     assert w["resource"] == "AdverseEvent/a" and w["subject_id"] == "T-001" and "(2, 4)" in w["message"]
 
 
+@pytest.mark.parametrize("ae_grade_first", [True, False])
+def test_a_configured_grade_extension_that_disagrees_gives_the_worst(study: Study, ae_grade_first: bool) -> None:
+    url = "https://hospital.example.org/fhir/StructureDefinition/ctcae-grade"
+    settings = study.rule("adverse_events", AdverseEventSettings).model_copy(update={"grade_extension_urls": (url,)})
+    exts = [grade_ext("C41339"), {"url": url, "valueInteger": 4}]
+    (a,), log = run(study, [ae("a", extension=exts if ae_grade_first else exts[::-1])], settings)
+    assert a.grade == 4 and [w["rule"] for w in log.warnings] == ["ae-grade-conflict"]
+
+
 def test_the_same_grade_recorded_twice_is_no_conflict(study: Study) -> None:
     (a,), log = run(study, [ae("a", extension=[grade_ext("C41339"), grade_ext("C41339")])])
     assert a.grade == 2 and not [w for w in log.warnings if w["rule"] == "ae-grade-conflict"]
