@@ -55,6 +55,26 @@ def test_study_yaml_and_roster_csv_are_enough(no_trial_feed: tuple[Path, Path, d
     assert row["day1_source"] == expected[by_csv] and row["dose"] is None
 
 
+def test_a_roster_csv_saved_with_a_byte_order_mark_enrols_the_same_subjects(
+        no_trial_feed: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts the file with a byte order mark: the first header is still subject_id, and the
+    run enrols and dates the same subjects as from the file without it."""
+    feed, roster, given = no_trial_feed
+    site = given["site"]
+    bom = tmp_path / "with-bom" / roster.name  # the same name: the run report names the file
+    bom.parent.mkdir()
+    bom.write_bytes(b"\xef\xbb\xbf" + roster.read_bytes())
+    reports = []
+    for name, csv_file in (("plain", roster), ("bom", bom)):
+        res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / name),
+                                        "--roster-csv", str(csv_file), "--site", site])
+        assert res.exit_code in (0, 2), res.output
+        reports.append(json.loads((tmp_path / name / "run-report.json").read_text()))
+    plain, with_bom = reports
+    assert with_bom["summary"]["subjects"] == plain["summary"]["subjects"] == 3
+    assert with_bom["day1_sources"] == plain["day1_sources"] and with_bom["quarantine"] == plain["quarantine"]
+
+
 def test_without_the_site_code_that_subject_has_no_day1(no_trial_feed: tuple[Path, Path, dict[str, str]],
                                                         tmp_path: Path) -> None:
     feed, roster, _ = no_trial_feed

@@ -61,7 +61,7 @@ def _find_patient(patients: dict[str, dict[str, Any]], ident: str) -> str | None
 def csv_subject_ids(path: Path) -> frozenset[str]:
     """The subject IDs a roster CSV names (its rows enrol them, or date their infusion)."""
     try:
-        with Path(path).open(newline="", encoding="utf-8") as fh:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             return frozenset(v for row in csv.DictReader(fh) if (v := (row.get("subject_id") or "").strip()))
     except (OSError, UnicodeDecodeError, csv.Error):
         return frozenset()
@@ -71,7 +71,7 @@ def csv_identifiers(path: Path) -> frozenset[str]:
     """The ``patient_identifier`` values of a roster CSV: the Patients a source must read besides those its
     ResearchSubjects name (an unreadable or malformed CSV is reported by :func:`reconcile`)."""
     try:
-        with Path(path).open(newline="", encoding="utf-8") as fh:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             return frozenset(v for row in csv.DictReader(fh) if (v := (row.get("patient_identifier") or "").strip()))
     except (OSError, UnicodeDecodeError, csv.Error):
         return frozenset()
@@ -101,7 +101,7 @@ def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
 def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> RosterInput:
     """Add a ResearchSubject for every roster row the EHR does not hold; returns ``data`` extended."""
     try:
-        with Path(path).open(newline="", encoding="utf-8") as fh:
+        with Path(path).open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
@@ -190,7 +190,7 @@ def is_owned(resource: dict[str, Any]) -> bool:
 def infusion_dates(path: Path, study: Study, log: RunLog) -> dict[str, RosterInfusion]:
     """subject_id -> the ``infusion_date`` of the roster CSV (the column is optional)."""
     out: dict[str, RosterInfusion] = {}
-    with Path(path).open(newline="", encoding="utf-8") as fh:
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         if "infusion_date" not in (reader.fieldnames or []):
             return out

@@ -202,7 +202,7 @@ def _check_gzip(folder: Folder, f: DataFile) -> None:
 def _read_manifest(folder: Folder, path: str) -> dict[str, Any]:
     try:
         with folder.open(path) as fh:
-            doc = orjson.loads(fh.read())
+            doc = orjson.loads(without_bom(fh.read()))
     except orjson.JSONDecodeError as exc:
         raise SourceError(f"{path}: not JSON ({exc.msg}); a Bulk Data manifest is a JSON object with output[]") \
             from exc

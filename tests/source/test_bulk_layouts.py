@@ -103,9 +103,16 @@ def reversed_lines(feed: Path, dst: Path) -> None:
         p.write_bytes(b"\n".join(reversed(_lines(p))) + b"\n")
 
 
+def byte_order_marks(feed: Path, dst: Path) -> None:
+    """Every file, the manifest too, saved with a UTF-8 byte order mark (as Windows tools write them)."""
+    shutil.copytree(feed, dst)
+    for p in [*dst.glob("*.ndjson"), dst / "manifest.json"]:
+        p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+
+
 LAYOUTS: dict[str, Callable[[Path, Path], None]] = {
     "gzip": all_gzipped, "only-observations-gzip": only_observations_gzipped, "numbered-parts": numbered_parts,
-    "smart-manifest": smart_manifest, "reversed-lines": reversed_lines,
+    "smart-manifest": smart_manifest, "reversed-lines": reversed_lines, "byte-order-marks": byte_order_marks,
 }
 
 
