@@ -78,7 +78,8 @@ def test_only_enrolled_subjects_of_the_study(feed: Path, study: Study) -> None:
 
 @pytest.mark.parametrize(("birth", "why"), [
     ("1990-05-01", None), ("2004-02-30", "is not a full date"), ("1990", "is not a full date"),
-    ("2099-01-01", "is after consent (2024-01-10)"), ("0001-01-01", "older than 120 at consent")])
+    ("2099-01-01", "is after consent (2024-01-10)"), ("0001-01-01", "older than 120 at consent"),
+    ("1903-12-31", None), ("1903-01-09", "older than 120 at consent")])
 def test_a_birth_date_that_gives_no_true_age_is_warned_of_and_left_out(feed: Path, study: Study, birth: str,
                                                                      why: str | None) -> None:
     """DM's AGE comes from Patient.birthDate at consent: a birth date that is not a date, falls after consent or

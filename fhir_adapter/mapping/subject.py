@@ -36,7 +36,7 @@ def age_at(birth: dt.date | None, on: dt.date | None) -> int | None:
 
 def _names_patient(reference: str, patient_id: str) -> bool:
     """``reference`` (relative, versioned or absolute) names ``Patient/<patient_id>``."""
-    parts = reference.split("/")
+    parts = reference.rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
     return len(parts) >= 2 and parts[-2] == "Patient" and parts[-1] == patient_id

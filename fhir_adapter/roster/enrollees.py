@@ -256,12 +256,17 @@ def _birth_date(patient: dict[str, Any], pid: str, subject_id: str, consent: dt.
     problem = ("is not a full date" if birth is None else
                f"is after consent ({consent})" if consent is not None and birth > consent else
                f"makes the subject older than {MAX_AGE_YEARS} at consent ({consent})"
-               if consent is not None and consent.year - birth.year > MAX_AGE_YEARS else None)
+               if consent is not None and _years(birth, consent) > MAX_AGE_YEARS else None)
     if problem is None:
         return birth
     log.warn(f"birthDate {sent!r} {problem}: AGE is left empty", resource=f"Patient/{pid}", subject_id=subject_id,
              rule="birth-date", fix="correct Patient.birthDate in the EHR")
     return None
+
+
+def _years(birth: dt.date, on: dt.date) -> int:
+    """Whole years from ``birth`` to ``on`` (an age)."""
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
 def _site(patient: dict[str, Any]) -> str | None:

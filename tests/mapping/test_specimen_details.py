@@ -82,3 +82,15 @@ def test_one_pass_reads_agree_with_codings_and_texts(cc: Any) -> None:
         assert system_code(cc, system) == next((c for s, c in codings(cc) if s == system), None)
     for index in ({("b", "2"): "B", ("a", "1"): "A"}, {("b", "2"): "B"}, {("s", ""): "E"}, {}):
         assert indexed(cc, index) == next((index[k] for k in codings(cc) if k in index), None)
+
+
+@pytest.mark.parametrize(("reference", "own"), [
+    ("Patient/p1", True), ("Patient/p1/", True), ("Patient/p1/_history/3", True),
+    ("https://ehr.example.org/fhir/Patient/p1", True), ("Patient/p2", False), ("Patient/p10", False),
+    ("https://ehr.example.org/fhir/Patient/p2/_history/1", False)])
+def test_a_specimen_subject_names_the_subjects_patient_in_any_reference_form(reference: str, own: bool) -> None:
+    """Which Specimens a subject's results may take details from (mapping/subject.py: another Patient's are
+    warned of, specimen-patient): relative, versioned, absolute or with a trailing slash."""
+    from fhir_adapter.mapping.subject import _names_patient
+
+    assert _names_patient(reference, "p1") is own

@@ -330,8 +330,8 @@ class MedicationMapper:
 
 
 def _check_period(timing: dict[str, Any]) -> None:
-    """A ``Timing.repeat`` whose period or frequency is zero or negative says no schedule (R4 requires a
-    positive period): quarantined rather than read as once a day."""
+    """A ``Timing.repeat`` whose period or frequency is zero or negative says no schedule (a dose every 0 days):
+    quarantined rather than read as once a day."""
     rep = timing.get("repeat") if isinstance(timing, dict) else None
     if not isinstance(rep, dict):
         return
