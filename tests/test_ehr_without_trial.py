@@ -100,6 +100,10 @@ def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
     for r in rows:
         if edit == "bad-date":
             r["consent_date"] = "2024-13-01"
+        if edit == "basic-iso-date":
+            r["consent_date"] = r["consent_date"].replace("-", "")
+        if edit == "status-not-r4":
+            r["status"] = "enrolled"
         if edit == "unknown-patient":
             r["patient_identifier"] = "https://nowhere.example|nobody"
     path = tmp_path / f"roster-{edit}.csv"
@@ -122,6 +126,8 @@ def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
     ("unknown-patient", "no Patient with identifier https://nowhere.example|nobody"),
     ("short-row", "no arm, status; the row is skipped until it has them"),
     ("latin-1", "not UTF-8 text"),
+    ("basic-iso-date", "is not a date; write YYYY-MM-DD"),
+    ("status-not-r4", "status 'enrolled' is not an R4 ResearchSubject status; write one of candidate"),
 ])
 def test_a_roster_csv_that_enrols_nobody_says_why_in_one_line(no_trial_feed: tuple[Path, Path, dict[str, str]],
                                                             tmp_path: Path, edit: str, said: str) -> None:
@@ -172,3 +178,29 @@ def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Pa
     report = json.loads((out / "run-report.json").read_text())
     assert report["summary"]["subjects_failed"] == [] and report["subject_failures"] == []
     assert any(w["rule"] == "roster-csv" and w["subject_id"] == skipped for w in report["warnings"])
+
+
+def test_a_roster_row_is_named_by_its_line_and_its_status_read_in_any_case(
+        no_trial_feed: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    """A blank line and a quoted cell holding a line break above a bad row: the warning names the row's own line
+    (csv's, not a row count). A status written Follow-Up is the R4 code follow-up: its subject is enrolled."""
+    feed, roster, given = no_trial_feed
+    rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
+    rows[0]["status"] = rows[0]["status"].title()  # e.g. Follow-Up
+    rows[2]["consent_date"] = "12/01/2024"
+    bad = tmp_path / "roster.csv"
+    with bad.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), quoting=csv.QUOTE_ALL)
+        w.writeheader()
+        w.writerow(rows[0])
+        fh.write("\n")  # line 3: blank
+        w.writerow({**rows[1], "arm": rows[1]["arm"] + "\n"})  # lines 4-5: a cell with a line break
+        w.writerow(rows[2])  # line 6
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
+                                    "--site", given["site"]])
+    assert res.exit_code == 2, res.output
+    report = json.loads((out / "run-report.json").read_text())
+    [failure] = report["subject_failures"]
+    assert f"{bad}:6: subject {rows[2]['subject_id']}: consent_date" in failure["error"]
+    assert rows[0]["subject_id"] not in report["summary"]["subjects_failed"]

@@ -23,6 +23,7 @@ whatever the server holds under that id first).
 from __future__ import annotations
 
 import csv
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ from fhir_adapter.terminology.codes import SD_RESEARCH_STUDY, SD_RESEARCH_SUBJEC
 from fhir_adapter.writeback.identifiers import result_identifier
 
 REQUIRED = ("subject_id", "patient_identifier", "consent_date", "arm", "status")
+#: ResearchSubject.status (FHIR R4 required binding research-subject-status)
+R4_STATUSES = ("candidate", "eligible", "follow-up", "ineligible", "not-registered", "off-study", "on-study",
+               "on-study-intervention", "on-study-observation", "pending-on-study", "potential-candidate",
+               "screening", "withdrawn")
+#: a consent_date as the guide asks for it (Python reads 20240117 or 2024-W03-3 too; FHIR does not)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _NS = uuid.UUID("0b3c1f2e-8d4a-5e6f-9a1b-2c3d4e5f6a7b")
 
 
@@ -77,6 +84,20 @@ def csv_identifiers(path: Path) -> frozenset[str]:
         return frozenset()
 
 
+def row_status(row: dict[str, str]) -> str:
+    """The row's status as an R4 code: spaces around it dropped, in lower case (``Follow-Up`` is ``follow-up``)."""
+    return (row.get("status") or "").strip().lower()
+
+
+def _rows(reader: csv.DictReader[str]) -> list[tuple[int, dict[str, str]]]:
+    """(line, row) of a CSV: the line the row starts on, counting blank lines and cells that hold a line break."""
+    out: list[tuple[int, dict[str, str]]] = []
+    for row in reader:  # line_num is the row's last line
+        breaks = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+        out.append((reader.line_num - breaks, row))
+    return out
+
+
 def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
                  study: Study) -> tuple[str | None, str | None]:
     """(why the roster row is skipped, else None; the id of its Patient)."""
@@ -85,11 +106,14 @@ def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
         return f"no {', '.join(empty)}; the row is skipped until it has them", None
     consent = (row.get("consent_date") or "").strip()
     try:
-        consent_ok = not parse_fhir_date(consent, study.info.timezone).partial
+        consent_ok = _ISO_DATE.fullmatch(consent) is not None and parse_fhir_date(consent, study.info.timezone).date
     except DateError:
         consent_ok = False
     if not consent_ok:
         return f"consent_date {consent!r} is not a date; write YYYY-MM-DD (the row is skipped until it is)", None
+    if row_status(row) not in R4_STATUSES:
+        return (f"status {(row.get('status') or '').strip()!r} is not an R4 ResearchSubject status; write one of "
+                f"{', '.join(R4_STATUSES)} (the row is skipped until it is)"), None
     pid = _find_patient(data.patients, (row.get("patient_identifier") or "").strip())
     if pid is None:
         return "no Patient with identifier " + row.get("patient_identifier", ""), None
@@ -106,7 +130,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
                 raise RosterCsvError(f"{path}: missing column(s) {missing}; the header must have {list(REQUIRED)}")
-            rows = list(reader)
+            rows = _rows(reader)
     except UnicodeDecodeError as exc:
         raise RosterCsvError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the roster as UTF-8 "
                              "CSV (e.g. 'CSV UTF-8' in a spreadsheet program)") from None
@@ -126,7 +150,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         data.studies.append(owned_study)
         study_id = owned_study["id"]
         log.count("roster_csv.research_study_from_study_yaml")
-    for n, row in enumerate(rows, start=2):
+    for n, row in rows:
         sid = (row.get("subject_id") or "").strip()
         if not sid:
             log.warn(f"{path}:{n}: row without subject_id skipped", rule="roster-csv")
@@ -142,9 +166,9 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
                 continue
             message = f"{path}:{n}: subject {sid}: {why}"
             log.warn(message, rule="roster-csv", subject_id=sid)
-            status = (row.get("status") or "").strip()
-            if not status or status in study.info.enrolled_statuses:  # enrolled (or not known): not processed
-                data.roster_rows_skipped[sid] = message
+            status = row_status(row)
+            if status not in R4_STATUSES or status in study.info.enrolled_statuses:  # enrolled, or not known:
+                data.roster_rows_skipped[sid] = message                             # a subject not processed
             continue
         if sid in owned_held:
             data.subjects.remove(owned_held[sid])
@@ -156,7 +180,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
             "id": str(uuid.uuid5(_NS, study.info.id + "|" + sid)),
             "meta": {"profile": [SD_RESEARCH_SUBJECT]},
             "identifier": ident,
-            "status": row["status"].strip(),
+            "status": row_status(row),
             "period": {"start": row["consent_date"].strip()},
             "study": {"reference": f"ResearchStudy/{study_id}"},
             "individual": {"reference": f"Patient/{pid}"},
@@ -194,7 +218,7 @@ def infusion_dates(path: Path, study: Study, log: RunLog) -> dict[str, RosterInf
         reader = csv.DictReader(fh)
         if "infusion_date" not in (reader.fieldnames or []):
             return out
-        for n, row in enumerate(reader, start=2):
+        for n, row in _rows(reader):
             sid, value = (row.get("subject_id") or "").strip(), (row.get("infusion_date") or "").strip()
             if not sid or not value:
                 continue
