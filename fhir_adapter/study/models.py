@@ -59,13 +59,7 @@ class StudyInfo(Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, v: str) -> str:
-        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone '{v}': use an IANA name such as Europe/Berlin or UTC") from exc
-        return v
+        return known_zone(v)
 
 
 class Visit(Strict):
@@ -234,6 +228,19 @@ class SubjectIdentifierRule(Strict):
         return self
 
 
+def known_zone(v: str) -> str:
+    """``v`` when it is an IANA time zone name this machine knows (``Europe/Berlin``, ``UTC``), else a
+    ValueError saying what to write (an offset such as ``+08:00`` is not a zone: it has no daylight saving)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone '{v}': use an IANA name such as Europe/Berlin, Asia/Shanghai or UTC "
+                         "(as written, without spaces; an offset such as +08:00 is not a zone)") from exc
+    return v
+
+
 class SiteOverlay(Strict):
     """``--site mappings/sites/<name>.yaml``: local codes and units added to the study mapping."""
 
@@ -241,6 +248,12 @@ class SiteOverlay(Strict):
     code_systems: dict[str, str] = Field(default_factory=dict)
     items: dict[str, SiteItem] = Field(default_factory=dict)
     timezone: str | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _site_zone(cls, v: str | None) -> str | None:
+        return None if v is None else known_zone(v)
+
     infusion_codes: tuple[str, ...] = Field(
         default=(), description="the site's own codes (alias|code) of the infusion Procedure, added to the study's")
     subject_identifier: SubjectIdentifierRule | None = Field(

@@ -77,6 +77,10 @@ def read_yaml(path: Path) -> YamlDoc:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise MappingError(path, None, f"cannot read the file ({exc.strerror})", "check the path") from exc
+    except UnicodeDecodeError as exc:
+        at = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise MappingError(path, at, f"not UTF-8 text (byte {exc.start}: {exc.reason})",
+                           "save the file as UTF-8") from None
     try:
         node, data = _parsed(text, _FAST_LOADER)
     except yaml.YAMLError:

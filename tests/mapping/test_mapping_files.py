@@ -117,6 +117,23 @@ def test_unknown_item_in_an_overlay(tmp_path: Path) -> None:
     assert err.file.endswith("site.yaml") and err.line == 3 and "unknown item 'platelet'" in err.reason
 
 
+@pytest.mark.parametrize("zone", ["Mars/Olympus", "+08:00", "europe/berlin", "'Europe/Berlin '", "''"])
+def test_a_site_time_zone_that_is_no_zone_is_refused_at_its_line(tmp_path: Path, zone: str) -> None:
+    """It was an internal error (the study's info validated again outside the overlay's checks), or for '' UTC
+    silently."""
+    site = tmp_path / "site.yaml"
+    site.write_text(f"site: x\ntimezone: {zone}\n")
+    err = _refused(STUDY, site)
+    assert err.file.endswith("site.yaml") and err.line == 2 and "unknown time zone" in err.reason
+
+
+def test_a_site_overlay_that_is_not_utf8_is_refused_at_its_line(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_bytes("site: x\n# M\u00fcller\ntimezone: UTC\n".encode("latin-1"))
+    err = _refused(STUDY, site)
+    assert err.file.endswith("site.yaml") and err.line == 2 and "not UTF-8" in err.reason
+
+
 def test_unknown_item_in_the_schedule(tmp_path: Path) -> None:
     study = _copy(tmp_path)
     _edit(study / "schedule.yaml", "unscheduled_items: [temperature,", "unscheduled_items: [temperatur,")
