@@ -172,6 +172,9 @@ class DecisionStore:
             if entry.get("hash") != entry_hash(entry):
                 raise TamperedError(f"{self.path}:{n}: the entry does not match its hash (it was edited after it "
                                     "was written) — restore the file from a copy")
+            if (problem := _not_a_decision(entry)) is not None:
+                raise TamperedError(f"{self.path}:{n}: {problem} — the review app never writes such an entry; "
+                                    "restore the file from a copy")
             prev = entry["hash"]
             chain.entries.append(entry)
         return chain
@@ -217,6 +220,16 @@ class DecisionStore:
             _write_all(fd, b"".join(lines))
             os.fsync(fd)
         return written
+
+
+def _not_a_decision(entry: dict[str, Any]) -> str | None:
+    """What makes a hash-valid entry no decision a run can apply (a key missing, an unknown action)."""
+    missing = [k for k in ("subject_id", "visit", "item", "action") if not isinstance(entry.get(k), str)]
+    if missing:
+        return f"the entry has no {', '.join(missing)}"
+    if entry["action"] not in ACTIONS:
+        return f"unknown action '{entry['action']}' (one of {', '.join(ACTIONS)})"
+    return None
 
 
 def stale_check(chain: Chain, decision: dict[str, Any]) -> None:

@@ -16,6 +16,7 @@ from fhir_adapter.review.store import (
     DecisionStore,
     StaleError,
     TamperedError,
+    entry_hash,
     new_decision,
 )
 
@@ -91,6 +92,28 @@ def test_a_tampered_file_is_detected(tmp_path: Path, edit: str) -> None:
         store.read()
     with pytest.raises(TamperedError):  # nothing is appended to a broken chain either
         store.append(decision(9))
+
+
+@pytest.mark.parametrize(("edit", "said"), [("no-item", "the entry has no item"),
+                                            ("unknown-action", "unknown action 'delete'")])
+def test_a_hash_valid_entry_that_is_no_decision_is_named_not_an_internal_error(tmp_path: Path, edit: str,
+                                                                               said: str) -> None:
+    """Written by a script that kept the chain (the app never writes one): a missing key was a KeyError, an
+    unknown action failed a subject with the bare message 'delete'. Both name the file and line."""
+    store = DecisionStore(tmp_path / "d.jsonl")
+    store.append(decision(1))
+    entry = decision(2)
+    if edit == "no-item":
+        del entry["item"]
+    else:
+        entry["action"] = "delete"
+    prev = store.read().head
+    forged = {**entry, "seq": 2, "prev": prev}
+    forged["hash"] = entry_hash(forged)
+    with store.path.open("ab") as fh:
+        fh.write(orjson.dumps(forged, option=orjson.OPT_SORT_KEYS) + b"\n")
+    with pytest.raises(TamperedError, match=rf"d\.jsonl:2: {said}"):
+        store.read()
 
 
 def _append_many(path: str, worker: int, n: int) -> None:
