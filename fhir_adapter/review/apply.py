@@ -180,6 +180,10 @@ def apply_decisions(crf: SubjectCRF, study: Any, current: dict[tuple[str, str, s
                 review.applied += 1
                 if f.visit is not None and f.visit != visit:
                     moved.append(f)
+            elif not diffs:  # a result the decision names that is no candidate (nor was when it was shown): the
+                # rule's pick stands, so the item is not "changed" — it needs a reviewer again
+                status, diffs = "re-review", [f"{d['candidate']} is not a candidate of {item} at {visit}: the "
+                                              "rule's pick is used"]
         elif d["action"] == "not_available" and visit in visits:
             set_aside = new_values[visit].pop(item, None)
             if set_aside is None and entry is not None and entry.get("picked"):

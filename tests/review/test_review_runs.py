@@ -197,6 +197,23 @@ def test_a_source_changed_after_adjudication_is_flagged_for_re_review(tmp_path: 
     assert _visit(out, "W24")["c3"] == 0.9
 
 
+def test_a_decision_naming_a_result_that_is_no_candidate_is_re_review_not_changed(tmp_path: Path,
+                                                                                  study: Study) -> None:
+    """A decision (written by something else than the app, its chain kept) choosing Observation/nope, which was
+    never a candidate: the rule's pick stays, and the item is re-review with the reason — not 'changed' in LB
+    and odm.xml while the value is the rule's."""
+    out, _ = run_feed(tmp_path, study)
+    store = DecisionStore.under(out)
+    decision = new_decision(subject_id=SUBJECT, visit="W24", item="c3", action="accept", reviewer="D. Manager",
+                            shown=_candidates(out, "W24", "c3"))
+    store.append({**decision, "action": "choose", "candidate": "Observation/nope", "reason": "scripted"})
+    out, _ = run_feed(tmp_path, study)
+    [flag] = _json(out / "run-report.json")["review"]["re_review"]
+    assert flag["changes"] == ["Observation/nope is not a candidate of c3 at W24: the rule's pick is used"]
+    assert _visit(out, "W24")["c3"] == 0.9
+    assert [r["REVSTAT"] for r in _rows(out, "LB") if r["VISIT"] == "Week 24"] == ["re-review"]
+
+
 def test_writeback_can_be_limited_to_reviewed_results(tmp_path: Path, study: Study) -> None:
     default, _ = run_feed(tmp_path, study, out=tmp_path / "default")  # default: everything goes back, as before
     everything = [e["resource"]["identifier"][0]["value"]
