@@ -85,6 +85,13 @@ class SubjectMapper:
                            for o, item in self.observations.not_done_obs),
                           key=lambda n: (n.date or dt.date.max, n.item, n.source.id if n.source else ""))
         span = participation(e, self.study)
+        if e.consent_date is not None and e.day1 is not None and e.consent_date > e.day1:
+            self.log.warn(f"consent date {e.consent_date} is after Day 1 ({e.day1}, {e.day1_source or 'infusion'}): "
+                          "the participation starts at consent, so what the subject had between Day 1 and consent "
+                          "(adverse events included) is read as before it — no treatment-emergent event, no visit",
+                          resource=f"{e.research_subject.resource_type}/{e.research_subject.id}",
+                          subject_id=e.subject_id, rule="consent-after-day1",
+                          fix="check the consent date (ResearchSubject.period.start, or the roster CSV's) and Day 1")
         positions = Counter(span.position(f.date) for f in findings)
         before, after = positions["before"], positions["after"]
         findings, visits = place(findings, e.day1, self.study, span)

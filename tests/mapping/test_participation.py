@@ -160,3 +160,16 @@ def test_the_docs_name_unscheduled_visits_as_the_mapping_does(study: Study) -> N
     for path in ("docs/clinical-rules.md", "mappings/lcar-aio/schedule.yaml", "mappings/README.md"):
         text = (root / path).read_text()
         assert "UNS-<" not in text and re.search(r"UNS<(study day|d)>", text), path
+
+
+def test_a_consent_after_day1_is_warned_of(study: Study) -> None:
+    """A consent after the infusion is impossible (a typo?): the adverse events between Day 1 and consent would
+    be read as before participation, so the run says so for the subject; a consent before Day 1 says nothing."""
+    for consent, warned in ((DAY1 + dt.timedelta(days=9), True), (DAY1 - dt.timedelta(days=30), False)):
+        log = RunLog()
+        SubjectMapper(study, log).map(enrollee(consent), [temp("t", "2024-03-05")])
+        found = [w for w in log.warnings if w.get("rule") == "consent-after-day1"]
+        assert bool(found) is warned
+        if warned:
+            assert found[0]["subject_id"] == "P-001" and found[0]["resource"] == "ResearchSubject/rs1"
+            assert f"consent date {consent} is after Day 1 ({DAY1}" in found[0]["message"]
