@@ -22,8 +22,6 @@ import orjson
 
 from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
-from fhir_adapter.derive.escalation import EscalationSettings
-from fhir_adapter.endpoints.escalation import arms_outside
 from fhir_adapter.engine.collector import fewer_collections
 from fhir_adapter.engine.parallel import file_outcomes, subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork, json_file
@@ -548,6 +546,10 @@ def _warn_arms_outside_escalation(study: Study, enrolled: Iterable[Enrollee], ru
     no arm): its DLTs would otherwise be left out of the decisions silently."""
     if "escalation" not in study.rules:
         return
+    # imported only for a study that escalates doses: a study naming some endpoints imports only those
+    from fhir_adapter.derive.escalation import EscalationSettings
+    from fhir_adapter.endpoints.escalation import arms_outside
+
     outside = arms_outside(study.rule("escalation", EscalationSettings), {e.subject_id: e.arm for e in enrolled})
     for sid, why in outside.items():
         runlog.warn(why, subject_id=sid, rule="arm",
