@@ -44,16 +44,23 @@ class YamlDoc:
         return MappingError(self.path, self.line_of(loc), reason, fix)
 
 
-def _walk(node: yaml.Node, here: Path_, lines: dict[Path_, int]) -> None:
+def _walk(node: yaml.Node, here: Path_, lines: dict[Path_, int], twice: list[tuple[str, int, int]]) -> None:
+    """Record the line of every key and item; a key that appears twice in one mapping goes to ``twice`` (name,
+    first line, second line): YAML keeps the last silently, so a second ``timezone:`` would win unseen."""
     lines.setdefault(here, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key, value in node.value:
-            child = (*here, str(key.value))
+            name = str(key.value)
+            if name in seen and name != "<<":
+                twice.append((name, seen[name], key.start_mark.line + 1))
+            seen.setdefault(name, key.start_mark.line + 1)
+            child = (*here, name)
             lines[child] = key.start_mark.line + 1
-            _walk(value, child, lines)
+            _walk(value, child, lines, twice)
     elif isinstance(node, yaml.SequenceNode):
         for i, value in enumerate(node.value):
-            _walk(value, (*here, i), lines)
+            _walk(value, (*here, i), lines, twice)
 
 
 #: libyaml's parser where PyYAML was built with it (the same nodes and data, a fraction of the CPU)
@@ -91,5 +98,10 @@ def read_yaml(path: Path) -> YamlDoc:
             raise MappingError(path, line, f"not valid YAML: {exc.problem}", "fix the YAML syntax") from exc
     lines: dict[Path_, int] = {}
     if node is not None:
-        _walk(node, (), lines)
+        twice: list[tuple[str, int, int]] = []
+        _walk(node, (), lines, twice)
+        if twice:
+            name, first, again = twice[0]
+            raise MappingError(path, again, f"'{name}' is given twice (lines {first} and {again}); YAML would "
+                               "keep the second silently", "keep one of them")
     return YamlDoc(path=path, data=data if data is not None else {}, lines=lines)

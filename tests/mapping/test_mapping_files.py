@@ -127,6 +127,15 @@ def test_a_site_time_zone_that_is_no_zone_is_refused_at_its_line(tmp_path: Path,
     assert err.file.endswith("site.yaml") and err.line == 2 and "unknown time zone" in err.reason
 
 
+def test_a_key_given_twice_is_refused_not_kept_last(tmp_path: Path) -> None:
+    """YAML keeps the second of two equal keys silently: a second timezone moved Day 1 to another zone unseen."""
+    site = tmp_path / "site.yaml"
+    site.write_text("site: x\ntimezone: Europe/Berlin\ncode_systems: {}\ntimezone: Pacific/Kiritimati\n")
+    err = _refused(STUDY, site)
+    assert err.file.endswith("site.yaml") and err.line == 4
+    assert "'timezone' is given twice (lines 2 and 4)" in err.reason
+
+
 def test_a_site_overlay_that_is_not_utf8_is_refused_at_its_line(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_bytes("site: x\n# M\u00fcller\ntimezone: UTC\n".encode("latin-1"))
