@@ -204,3 +204,32 @@ def test_a_roster_row_is_named_by_its_line_and_its_status_read_in_any_case(
     [failure] = report["subject_failures"]
     assert f"{bad}:6: subject {rows[2]['subject_id']}: consent_date" in failure["error"]
     assert rows[0]["subject_id"] not in report["summary"]["subjects_failed"]
+
+
+def test_a_subject_given_on_two_rows_uses_identical_ones_once_and_none_of_differing_ones(
+        no_trial_feed: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    """The same row pasted twice enrolled nobody (two ResearchSubjects with one subject ID: both refused, "correct
+    the EHR"); identical rows are one, with a warning; rows that differ name both lines, and that subject is not
+    processed (exit 2)."""
+    feed, roster, given = no_trial_feed
+    rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
+    for edit in ("identical", "differing"):
+        again = dict(rows[0]) if edit == "identical" else {**rows[0], "arm": "DL2"}
+        bad = tmp_path / edit / "roster.csv"
+        bad.parent.mkdir()
+        with bad.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows([rows[0], *rows[1:], again])
+        out = tmp_path / edit / "out"
+        res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
+                                        "--site", given["site"]])
+        report = json.loads((out / "run-report.json").read_text())
+        sid, last = rows[0]["subject_id"], len(rows) + 2
+        said = [w["message"] for w in report["warnings"] if w.get("subject_id") == sid and w["rule"] == "roster-csv"]
+        if edit == "identical":
+            assert res.exit_code in (0, 2) and report["summary"]["subjects"] == 3
+            assert said == [f"{bad}:2,{last}: subject {sid} is given on 2 identical rows; the first is used"]
+        else:
+            assert res.exit_code == 2 and report["summary"]["subjects_failed"] == [sid]
+            assert said == [f"{bad}:2,{last}: subject {sid} is given on 2 rows that differ: none is used"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import re
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,37 @@ def _rows(reader: csv.DictReader[str]) -> list[tuple[int, dict[str, str]]]:
     return out
 
 
+def _one_row_per_subject(rows: list[tuple[int, dict[str, str]]], path: Path, data: RosterInput, log: RunLog,
+                         held: Collection[str | None]) -> list[tuple[int, dict[str, str]]]:
+    """The rows, a subject ID given on several lines once: the first of identical rows (a warning), none of rows
+    that differ — which one is right cannot be told, so the subject is not processed (named with its lines).
+    A subject the EHR's own ResearchSubject enrols (``held``) keeps its rows: the CSV does not count for it."""
+    lines_of: dict[str, list[tuple[int, dict[str, str]]]] = {}
+    for n, row in rows:
+        lines_of.setdefault((row.get("subject_id") or "").strip(), []).append((n, row))
+    out: list[tuple[int, dict[str, str]]] = []
+    for n, row in rows:
+        sid = (row.get("subject_id") or "").strip()
+        same = lines_of.get(sid, [])
+        if not sid or len(same) == 1 or sid in held:
+            out.append((n, row))
+            continue
+        if n != same[0][0]:
+            continue
+        where = f"{path}:{','.join(str(k) for k, _ in same)}"
+        contents = {tuple((k, (v or "").strip()) for k, v in sorted(r.items(), key=lambda kv: str(kv[0])))
+                    for _, r in same}
+        if len(contents) == 1:
+            log.warn(f"{where}: subject {sid} is given on {len(same)} identical rows; the first is used",
+                     rule="roster-csv", subject_id=sid)
+            out.append((n, row))
+        else:
+            message = f"{where}: subject {sid} is given on {len(same)} rows that differ: none is used"
+            log.warn(message, rule="roster-csv", subject_id=sid)
+            data.roster_rows_skipped[sid] = message
+    return out
+
+
 def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
                  study: Study) -> tuple[str | None, str | None]:
     """(why the roster row is skipped, else None; the id of its Patient)."""
@@ -150,6 +182,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
         data.studies.append(owned_study)
         study_id = owned_study["id"]
         log.count("roster_csv.research_study_from_study_yaml")
+    rows = _one_row_per_subject(rows, path, data, log, held)
     for n, row in rows:
         sid = (row.get("subject_id") or "").strip()
         if not sid:
