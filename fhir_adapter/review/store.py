@@ -13,7 +13,8 @@
   they did not see. The app also compares the candidates shown with the current ones (:func:`shown_hash`).
 * **A crash mid-write** leaves at most a torn last line (no newline at the end). Reading reports it
   (``torn``) and keeps every complete entry before it; the next append moves the torn bytes to
-  ``<file>.torn-<UTC time>`` (kept for inspection) before writing, so the chain goes on intact.
+  ``<file>.torn-<UTC time>`` (kept for inspection) before writing, so the chain goes on intact. A last line
+  that is a whole entry and only lacks its line end (a text editor's save) is an entry, not torn.
 
 What the chain does not prove: who typed the name (no authentication, no e-signature), and that nobody
 removed the *last* entries and rewrote nothing else (keep copies of the file; docs/review.md).
@@ -156,6 +157,9 @@ class DecisionStore:
             return chain
         lines = data.split(b"\n")
         tail = lines.pop()  # b"" when the file ends with a newline
+        if tail and _whole_entry(tail):  # only its line end is missing (an editor's save): an entry, not torn
+            lines.append(tail)
+            tail = b""
         if tail:
             chain.torn = (f"{self.path}: the last line ({len(tail)} bytes) is incomplete — a write was "
                           "interrupted; the entries before it are intact, the next decision moves it aside")
@@ -217,9 +221,20 @@ class DecisionStore:
                 written.append(entry)
                 lines.append(orjson.dumps(entry, option=orjson.OPT_SORT_KEYS) + b"\n")
             os.lseek(fd, 0, os.SEEK_END)
-            _write_all(fd, b"".join(lines))
+            # a whole last entry saved without its line end (chain.torn is None then) gets one first
+            end = b"\n" if data and not data.endswith(b"\n") and not chain.torn else b""
+            _write_all(fd, end + b"".join(lines))
             os.fsync(fd)
         return written
+
+
+def _whole_entry(line: bytes) -> bool:
+    """A last line without its line end that is nonetheless a whole entry (JSON matching its hash)."""
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(entry, dict) and entry.get("hash") == entry_hash(entry)
 
 
 def _not_a_decision(entry: dict[str, Any]) -> str | None:

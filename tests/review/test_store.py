@@ -116,6 +116,21 @@ def test_a_hash_valid_entry_that_is_no_decision_is_named_not_an_internal_error(t
         store.read()
 
 
+def test_a_last_entry_saved_without_its_line_end_is_an_entry_and_the_next_one_follows_it(tmp_path: Path) -> None:
+    """An editor that saves without a final newline: the last decision was read as torn, so no run applied it
+    (only review.torn_last_line said so), and the next decision moved it aside."""
+    store = DecisionStore(tmp_path / "d.jsonl")
+    store.append(decision(1))
+    last = store.append(decision(2))
+    store.path.write_bytes(store.path.read_bytes().rstrip(b"\n"))
+    chain = store.read()
+    assert chain.torn is None and chain.entries[-1] == last
+    third = store.append(decision(3))
+    chain = store.read()
+    assert [e["seq"] for e in chain.entries] == [1, 2, 3] and chain.entries[-1] == third and chain.torn is None
+    assert not list(tmp_path.glob("d.jsonl.torn-*"))
+
+
 def _append_many(path: str, worker: int, n: int) -> None:
     store = DecisionStore(Path(path))
     for i in range(n):
