@@ -55,10 +55,10 @@ def test_study_yaml_and_roster_csv_are_enough(no_trial_feed: tuple[Path, Path, d
     assert row["day1_source"] == expected[by_csv] and row["dose"] is None
 
 
-def test_a_roster_csv_saved_with_a_byte_order_mark_enrols_the_same_subjects(
+def test_a_roster_csv_saved_by_a_spreadsheet_enrols_the_same_subjects(
         no_trial_feed: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
-    """Excel's "CSV UTF-8" starts the file with a byte order mark: the first header is still subject_id, and the
-    run enrols and dates the same subjects as from the file without it."""
+    """Excel's "CSV UTF-8" starts the file with a byte order mark, and a header may come in title case with spaces
+    after the commas: the columns are still subject_id, …, and the run enrols and dates the same subjects."""
     feed, roster, given = no_trial_feed
     site = given["site"]
     bom = tmp_path / "with-bom" / roster.name  # the same name: the run report names the file
@@ -73,6 +73,15 @@ def test_a_roster_csv_saved_with_a_byte_order_mark_enrols_the_same_subjects(
     plain, with_bom = reports
     assert with_bom["summary"]["subjects"] == plain["summary"]["subjects"] == 3
     assert with_bom["day1_sources"] == plain["day1_sources"] and with_bom["quarantine"] == plain["quarantine"]
+    # a header a spreadsheet wrote in title case, with a space after each comma: the same columns
+    messy = tmp_path / "messy" / roster.name
+    messy.parent.mkdir()
+    header, rest = roster.read_text(encoding="utf-8").split("\n", 1)
+    messy.write_text(", ".join(name.title() for name in header.split(",")) + "\n" + rest, encoding="utf-8")
+    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "messy-out"),
+                                    "--roster-csv", str(messy), "--site", site])
+    assert res.exit_code in (0, 2), res.output
+    assert json.loads((tmp_path / "messy-out" / "run-report.json").read_text())["day1_sources"] == plain["day1_sources"]
 
 
 def test_without_the_site_code_that_subject_has_no_day1(no_trial_feed: tuple[Path, Path, dict[str, str]],

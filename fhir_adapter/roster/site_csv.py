@@ -27,7 +27,7 @@ import re
 import uuid
 from collections.abc import Collection
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.day1 import RosterInfusion
@@ -66,11 +66,20 @@ def _find_patient(patients: dict[str, dict[str, Any]], ident: str) -> str | None
     return None
 
 
+def _reader(fh: TextIO) -> csv.DictReader[str]:
+    """The rows of a roster CSV, its column names as the guide writes them whatever the spreadsheet did to them
+    (``Subject_ID``, `` consent_date`` after ``, ``)."""
+    reader = csv.DictReader(fh)
+    if reader.fieldnames is not None:
+        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
+    return reader
+
+
 def csv_subject_ids(path: Path) -> frozenset[str]:
     """The subject IDs a roster CSV names (its rows enrol them, or date their infusion)."""
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-            return frozenset(v for row in csv.DictReader(fh) if (v := (row.get("subject_id") or "").strip()))
+            return frozenset(v for row in _reader(fh) if (v := (row.get("subject_id") or "").strip()))
     except (OSError, UnicodeDecodeError, csv.Error):
         return frozenset()
 
@@ -80,7 +89,7 @@ def csv_identifiers(path: Path) -> frozenset[str]:
     ResearchSubjects name (an unreadable or malformed CSV is reported by :func:`reconcile`)."""
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-            return frozenset(v for row in csv.DictReader(fh) if (v := (row.get("patient_identifier") or "").strip()))
+            return frozenset(v for row in _reader(fh) if (v := (row.get("patient_identifier") or "").strip()))
     except (OSError, UnicodeDecodeError, csv.Error):
         return frozenset()
 
@@ -158,7 +167,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
     """Add a ResearchSubject for every roster row the EHR does not hold; returns ``data`` extended."""
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
+            reader = _reader(fh)
             missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
             if missing:
                 raise RosterCsvError(f"{path}: missing column(s) {missing}; the header must have {list(REQUIRED)}")
@@ -248,7 +257,7 @@ def infusion_dates(path: Path, study: Study, log: RunLog) -> dict[str, RosterInf
     """subject_id -> the ``infusion_date`` of the roster CSV (the column is optional)."""
     out: dict[str, RosterInfusion] = {}
     with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
+        reader = _reader(fh)
         if "infusion_date" not in (reader.fieldnames or []):
             return out
         for n, row in _rows(reader):
