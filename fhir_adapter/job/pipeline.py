@@ -42,6 +42,7 @@ from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster.check import nobody_enrolled
 from fhir_adapter.roster.enrollees import Enrollee, RosterError, build_roster
 from fhir_adapter.roster.site_csv import csv_identifiers, csv_subject_ids, infusion_dates, is_owned, reconcile
+from fhir_adapter.roster.subject_ids import subject_id
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.source.parts import splittable
 from fhir_adapter.study.load import Study
@@ -341,6 +342,11 @@ def _run(
     pieces = work_dir / ".subjects" if engine_outcomes is None and not reviewed_only else None
     if pieces is not None:
         pieces.mkdir()
+    known = {subject_id(rs, study.subject_id_rule) for rs in roster_input.subjects}  # withdrawn ones too
+    for sid in sorted({s for s, _, _ in reviews.current} - known - {e.subject_id for e in roster.enrolled.values()}):
+        runlog.warn(f"the review decisions name subject {sid}, whom no ResearchSubject of the study names: they are "
+                    "not applied", subject_id=sid, rule="review-subject",
+                    fix="check the subject ID in the decisions (fhir-adapter review) and the ResearchSubjects")
     work = SubjectWork(study=study, decisions=reviews.current, roster_infusions=roster_infusions, owned=owned,
                        owned_study=owned_study, render_exports=workers > 1 and engine_outcomes is None,
                        pieces=pieces, source_base=roster_input.base)

@@ -214,6 +214,19 @@ def test_a_decision_naming_a_result_that_is_no_candidate_is_re_review_not_change
     assert [r["REVSTAT"] for r in _rows(out, "LB") if r["VISIT"] == "Week 24"] == ["re-review"]
 
 
+def test_decisions_for_a_subject_no_research_subject_names_are_warned_of(tmp_path: Path, study: Study) -> None:
+    """A decision for 999-999 (a typo, or another study's file): not applied, and said, not silently ignored."""
+    out, _ = run_feed(tmp_path, study)
+    store = DecisionStore.under(out)
+    shown = _candidates(out, "W24", "c3")
+    store.append(new_decision(subject_id="999-999", visit="W24", item="c3", action="accept", reviewer="D. Manager",
+                              shown=shown))
+    _decide(out, "W24", "c3", "accept")
+    out, _ = run_feed(tmp_path, study)
+    warned = [w for w in _json(out / "run-report.json")["warnings"] if w["rule"] == "review-subject"]
+    assert [w["subject_id"] for w in warned] == ["999-999"]
+
+
 def test_writeback_can_be_limited_to_reviewed_results(tmp_path: Path, study: Study) -> None:
     default, _ = run_feed(tmp_path, study, out=tmp_path / "default")  # default: everything goes back, as before
     everything = [e["resource"]["identifier"][0]["value"]
