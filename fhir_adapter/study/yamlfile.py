@@ -44,38 +44,52 @@ class YamlDoc:
         return MappingError(self.path, self.line_of(loc), reason, fix)
 
 
-def _walk(node: yaml.Node, here: Path_, lines: dict[Path_, int], twice: list[tuple[str, int, int]]) -> None:
-    """Record the line of every key and item; a key that appears twice in one mapping goes to ``twice`` (name,
-    first line, second line): YAML keeps the last silently, so a second ``timezone:`` would win unseen."""
+def _walk(node: yaml.Node, here: Path_, lines: dict[Path_, int]) -> None:
     lines.setdefault(here, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = (*here, str(key.value))
+            lines[child] = key.start_mark.line + 1
+            _walk(value, child, lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value in enumerate(node.value):
+            _walk(value, (*here, i), lines)
+
+
+def _twice(node: yaml.Node, found: list[tuple[str, int, int]]) -> None:
+    """Keys written twice in one mapping (name, first line, second line), on the tree as composed — before the
+    constructor copies merged (``<<: *anchor``) keys in beside the ones that override them. YAML keeps the
+    second silently: a second ``timezone:`` would win unseen."""
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for key, value in node.value:
             name = str(key.value)
             if name in seen and name != "<<":
-                twice.append((name, seen[name], key.start_mark.line + 1))
+                found.append((name, seen[name], key.start_mark.line + 1))
             seen.setdefault(name, key.start_mark.line + 1)
-            child = (*here, name)
-            lines[child] = key.start_mark.line + 1
-            _walk(value, child, lines, twice)
+            _twice(value, found)
     elif isinstance(node, yaml.SequenceNode):
-        for i, value in enumerate(node.value):
-            _walk(value, (*here, i), lines, twice)
+        for value in node.value:
+            _twice(value, found)
 
 
 #: libyaml's parser where PyYAML was built with it (the same nodes and data, a fraction of the CPU)
 _FAST_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _parsed(text: str, loader_class: Any) -> tuple[yaml.Node | None, Any]:
-    """The node tree of one YAML document (for the lines) and its data, from one parse."""
+def _parsed(text: str, loader_class: Any) -> tuple[yaml.Node | None, Any, list[tuple[str, int, int]]]:
+    """The node tree of one YAML document (for the lines), its data and the keys written twice, from one
+    parse."""
     loader = loader_class(text)
+    twice: list[tuple[str, int, int]] = []
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _twice(node, twice)
         data = loader.construct_document(node) if node is not None else None
     finally:
         loader.dispose()
-    return node, data
+    return node, data, twice
 
 
 def read_yaml(path: Path) -> YamlDoc:
@@ -89,19 +103,18 @@ def read_yaml(path: Path) -> YamlDoc:
         raise MappingError(path, at, f"not UTF-8 text (byte {exc.start}: {exc.reason})",
                            "save the file as UTF-8") from None
     try:
-        node, data = _parsed(text, _FAST_LOADER)
+        node, data, twice = _parsed(text, _FAST_LOADER)
     except yaml.YAMLError:
         try:  # the pure-Python parser names the problem (libyaml's wording differs)
-            node, data = _parsed(text, yaml.SafeLoader)
+            node, data, twice = _parsed(text, yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             line = exc.problem_mark.line + 1 if exc.problem_mark else None
             raise MappingError(path, line, f"not valid YAML: {exc.problem}", "fix the YAML syntax") from exc
+    if twice:
+        name, first, again = twice[0]
+        raise MappingError(path, again, f"'{name}' is given twice (lines {first} and {again}); YAML would keep "
+                           "the second silently", "keep one of them")
     lines: dict[Path_, int] = {}
     if node is not None:
-        twice: list[tuple[str, int, int]] = []
-        _walk(node, (), lines, twice)
-        if twice:
-            name, first, again = twice[0]
-            raise MappingError(path, again, f"'{name}' is given twice (lines {first} and {again}); YAML would "
-                               "keep the second silently", "keep one of them")
+        _walk(node, (), lines)
     return YamlDoc(path=path, data=data if data is not None else {}, lines=lines)

@@ -136,6 +136,16 @@ def test_a_key_given_twice_is_refused_not_kept_last(tmp_path: Path) -> None:
     assert "'timezone' is given twice (lines 2 and 4)" in err.reason
 
 
+def test_a_merged_key_overridden_beside_its_merge_is_no_key_given_twice(tmp_path: Path) -> None:
+    """`<<: *defaults` then `unit:` overrides the merged unit, as YAML means it (the constructor copies the merged
+    keys in beside it: checked on the tree as written)."""
+    from fhir_adapter.study.yamlfile import read_yaml
+
+    path = tmp_path / "m.yaml"
+    path.write_text("defaults: &d\n  unit: mg/dL\n  select: closest\nitems:\n  creat:\n    <<: *d\n    unit: umol/L\n")
+    assert read_yaml(path).data["items"]["creat"] == {"unit": "umol/L", "select": "closest"}
+
+
 def test_a_site_overlay_that_is_not_utf8_is_refused_at_its_line(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_bytes("site: x\n# M\u00fcller\ntimezone: UTC\n".encode("latin-1"))
