@@ -111,6 +111,8 @@ def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
             r["consent_date"] = "2024-13-01"
         if edit == "basic-iso-date":
             r["consent_date"] = r["consent_date"].replace("-", "")
+        if edit == "date-time-without-offset":
+            r["consent_date"] = r["consent_date"] + "T09:30:00"
         if edit == "status-not-r4":
             r["status"] = "enrolled"
         if edit == "unknown-patient":
@@ -136,6 +138,7 @@ def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
     ("short-row", "no arm, status; the row is skipped until it has them"),
     ("latin-1", "not UTF-8 text"),
     ("basic-iso-date", "is not a date; write YYYY-MM-DD"),
+    ("date-time-without-offset", "is not a date; write YYYY-MM-DD"),
     ("status-not-r4", "status 'enrolled' is not an R4 ResearchSubject status; write one of candidate"),
 ])
 def test_a_roster_csv_that_enrols_nobody_says_why_in_one_line(no_trial_feed: tuple[Path, Path, dict[str, str]],
@@ -242,3 +245,24 @@ def test_a_subject_given_on_two_rows_uses_identical_ones_once_and_none_of_differ
         else:
             assert res.exit_code == 2 and report["summary"]["subjects_failed"] == [sid]
             assert said == [f"{bad}:2,{last}: subject {sid} is given on 2 rows that differ: none is used"]
+
+
+def test_read_roster_names_each_row_by_its_first_line_and_each_column_as_the_guide_does() -> None:
+    """read_roster: a quoted column name after ", ", title case; a blank line; a cell holding a line break; a
+    row with a cell too many (a list under DictReader's None key crashed the duplicate-row check); a quote
+    left open, which takes the rest of the file — each row named by the line it starts on."""
+    import io
+
+    from fhir_adapter.roster.site_csv import read_roster
+
+    text = ('Subject_ID, "Patient_Identifier", consent_date,arm,status\n'
+            "101-001,MRN1,2024-01-10,DL1,on-study,EXTRA\n"
+            "\n"
+            '101-002,MRN2,2024-01-11,"DL\n1",on-study\n'
+            '101-003,MRN3,"2024-01-12,DL1,on-study\n'
+            "101-004,MRN4,2024-01-13,DL1,on-study\n")
+    header, rows = read_roster(io.StringIO(text, newline=""))
+    assert header == ["subject_id", "patient_identifier", "consent_date", "arm", "status"]
+    assert [(n, r["subject_id"]) for n, r in rows] == [(2, "101-001"), (4, "101-002"), (6, "101-003")]
+    assert rows[0][1]["status"] == "on-study" and all(isinstance(v, str) for _, r in rows for v in r.values())
+    assert rows[2][1]["arm"] == "" and rows[2][1]["consent_date"].startswith("2024-01-12,DL1")

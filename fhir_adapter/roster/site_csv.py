@@ -44,8 +44,9 @@ REQUIRED = ("subject_id", "patient_identifier", "consent_date", "arm", "status")
 R4_STATUSES = ("candidate", "eligible", "follow-up", "ineligible", "not-registered", "off-study", "on-study",
                "on-study-intervention", "on-study-observation", "pending-on-study", "potential-candidate",
                "screening", "withdrawn")
-#: a consent_date as the guide asks for it (Python reads 20240117 or 2024-W03-3 too; FHIR does not)
-_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+#: a consent_date as the guide asks for it: a date, or a FHIR dateTime with its offset (Python reads 20240117,
+#: 2024-W03-3 or a time without offset too; FHIR does not, and ResearchSubject.period.start is a FHIR dateTime)
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2}))?")
 _NS = uuid.UUID("0b3c1f2e-8d4a-5e6f-9a1b-2c3d4e5f6a7b")
 
 
@@ -66,13 +67,46 @@ def _find_patient(patients: dict[str, dict[str, Any]], ident: str) -> str | None
     return None
 
 
-def _reader(fh: TextIO) -> csv.DictReader[str]:
-    """The rows of a roster CSV, its column names as the guide writes them whatever the spreadsheet did to them
-    (``Subject_ID``, `` consent_date`` after ``, ``)."""
-    reader = csv.DictReader(fh)
-    if reader.fieldnames is not None:
-        reader.fieldnames = [name.strip().lower() for name in reader.fieldnames]
-    return reader
+class _Lines:
+    """A file's lines, counted as the CSV reader takes them (a record may span several)."""
+
+    def __init__(self, fh: TextIO) -> None:
+        self.fh, self.taken = fh, 0
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.fh)
+        self.taken += 1
+        return line
+
+
+def read_roster(fh: TextIO) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """The column names of a roster CSV and its rows as (the line the row starts on, {column: cell}). Column names
+    are read as the guide writes them whatever a spreadsheet did to them (``Subject_ID``, a space or a quoted
+    name after ``, ``); blank lines are skipped but counted, as are cells holding a line break or a quote left
+    open; cells beyond the header's are not any column's, a missing cell is empty."""
+    lines = _Lines(fh)
+    records = csv.reader(lines, skipinitialspace=True)
+    header: list[str] = []
+    rows: list[tuple[int, dict[str, str]]] = []
+    while True:
+        start = lines.taken + 1
+        try:
+            record = next(records)
+        except StopIteration:
+            return header, rows
+        if not any(cell.strip() for cell in record):
+            continue
+        if not header:
+            header = [name.strip().lower() for name in record]
+            continue
+        rows.append((start, {name: (record[i] if i < len(record) else "") for i, name in enumerate(header)}))
+
+
+def _reader(fh: TextIO) -> list[dict[str, str]]:
+    return [row for _, row in read_roster(fh)[1]]
 
 
 def csv_subject_ids(path: Path) -> frozenset[str]:
@@ -97,15 +131,6 @@ def csv_identifiers(path: Path) -> frozenset[str]:
 def row_status(row: dict[str, str]) -> str:
     """The row's status as an R4 code: spaces around it dropped, in lower case (``Follow-Up`` is ``follow-up``)."""
     return (row.get("status") or "").strip().lower()
-
-
-def _rows(reader: csv.DictReader[str]) -> list[tuple[int, dict[str, str]]]:
-    """(line, row) of a CSV: the line the row starts on, counting blank lines and cells that hold a line break."""
-    out: list[tuple[int, dict[str, str]]] = []
-    for row in reader:  # line_num is the row's last line
-        breaks = sum(v.count("\n") for v in row.values() if isinstance(v, str))
-        out.append((reader.line_num - breaks, row))
-    return out
 
 
 def _one_row_per_subject(rows: list[tuple[int, dict[str, str]]], path: Path, data: RosterInput, log: RunLog,
@@ -151,7 +176,8 @@ def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
     except DateError:
         consent_ok = False
     if not consent_ok:
-        return f"consent_date {consent!r} is not a date; write YYYY-MM-DD (the row is skipped until it is)", None
+        return (f"consent_date {consent!r} is not a date; write YYYY-MM-DD (or a date-time with its offset, "
+                "2024-01-17T09:30:00+01:00; the row is skipped until it is)"), None
     if row_status(row) not in R4_STATUSES:
         return (f"status {(row.get('status') or '').strip()!r} is not an R4 ResearchSubject status; write one of "
                 f"{', '.join(R4_STATUSES)} (the row is skipped until it is)"), None
@@ -167,11 +193,10 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
     """Add a ResearchSubject for every roster row the EHR does not hold; returns ``data`` extended."""
     try:
         with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-            reader = _reader(fh)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
+            header, rows = read_roster(fh)
+            missing = [c for c in REQUIRED if c not in header]
             if missing:
                 raise RosterCsvError(f"{path}: missing column(s) {missing}; the header must have {list(REQUIRED)}")
-            rows = _rows(reader)
     except UnicodeDecodeError as exc:
         raise RosterCsvError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the roster as UTF-8 "
                              "CSV (e.g. 'CSV UTF-8' in a spreadsheet program)") from None
@@ -257,10 +282,10 @@ def infusion_dates(path: Path, study: Study, log: RunLog) -> dict[str, RosterInf
     """subject_id -> the ``infusion_date`` of the roster CSV (the column is optional)."""
     out: dict[str, RosterInfusion] = {}
     with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-        reader = _reader(fh)
-        if "infusion_date" not in (reader.fieldnames or []):
+        header, rows = read_roster(fh)
+        if "infusion_date" not in header:
             return out
-        for n, row in _rows(reader):
+        for n, row in rows:
             sid, value = (row.get("subject_id") or "").strip(), (row.get("infusion_date") or "").strip()
             if not sid or not value:
                 continue
