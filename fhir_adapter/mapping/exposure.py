@@ -178,7 +178,9 @@ def without_study_product(resources: list[dict[str, Any]], study: Study) -> list
 def _product_doses(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: RunLog) -> list[Exposure]:
     out: list[Exposure] = []
     for r in resources:
-        if not is_study_product(r, resources, study) or r.get("status") in _NOT_GIVEN or _unusable(r, e, log):
+        if not is_study_product(r, resources, study) or r.get("status") in _NOT_GIVEN \
+                or r.get("status") not in R4_MEDICATION_STATUSES["MedicationAdministration"] \
+                or _unusable(r, e, log):  # a status that is no R4 code: quarantined by roster/day1.py
             continue
         start, end = _when(r)
         try:

@@ -189,33 +189,44 @@ class ObservationMapper:
                     items = dict.fromkeys(item_id for item_id, _ in self._matches(obs, subject_id, report=False))
                     self.not_done_obs += [(obs, item_id) for item_id in items]
                 continue
-            read: dict[str, list[tuple[Finding, list[tuple[str, str]]]]] = {}
+            parts_of: dict[str, list[dict[str, Any]]] = {}
             for item_id, part in self._valued(self._matches(obs, subject_id)):
-                self.range_dropped.clear()
-                try:
-                    f = self._finding(obs, part, item_id)
-                except Unusable as rej:
-                    self.log.reject("Observation", obs.get("id"), rej.rule, rej.reason, rej.fix,
-                                    subject_id=subject_id, raw=obs)
-                    if rej.rule == "data-absent":
-                        self.not_done_obs.append((obs, item_id))
-                    continue
-                except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # this one only
-                    reason = f"{item_id}: {exc}".splitlines()[0]
-                    self.log.reject("Observation", obs.get("id"), "unreadable", reason,
-                                    "correct the Observation in the EHR (quarantine/ names its file and line)",
-                                    subject_id=subject_id, raw=obs)
-                    continue
-                read.setdefault(item_id, []).append((f, list(self.range_dropped)))
-            for item_id, results in read.items():
+                parts_of.setdefault(item_id, []).append(part)
+            for item_id, parts in parts_of.items():
+                results: list[tuple[Finding, list[tuple[str, str]]]] = []
+                unread: str | None = None
+                for part in parts:
+                    self.range_dropped.clear()
+                    try:
+                        f = self._finding(obs, part, item_id)
+                    except Unusable as rej:
+                        unread = rej.reason
+                        if len(parts) == 1:
+                            self.log.reject("Observation", obs.get("id"), rej.rule, rej.reason, rej.fix,
+                                            subject_id=subject_id, raw=obs)
+                            if rej.rule == "data-absent":
+                                self.not_done_obs.append((obs, item_id))
+                        break
+                    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError) as exc:  # this one only
+                        unread = f"{item_id}: {exc}".splitlines()[0]
+                        if len(parts) == 1:
+                            self.log.reject("Observation", obs.get("id"), "unreadable", unread,
+                                            "correct the Observation in the EHR (quarantine/ names its file and line)",
+                                            subject_id=subject_id, raw=obs)
+                        break
+                    results.append((f, list(self.range_dropped)))
                 values = {_value_of(f) for f, _ in results}
-                if len(values) > 1:  # the code's value and a component's, or two components: which one is it?
+                if len(parts) > 1 and (unread is not None or len(values) > 1):
+                    # the code's value and a component's, or two components: which one is the result?
+                    why = (f"one of which cannot be read ({unread})" if unread is not None else
+                           ", ".join(sorted(_shown(v) for v in values)))
                     self.log.reject("Observation", obs.get("id"), "ambiguous-code",
-                                    f"{item_id}: the Observation gives it {len(values)} different values "
-                                    f"({', '.join(sorted(_shown(v) for v in values))}: its own value and a "
-                                    "component's, or two components)",
+                                    f"{item_id}: the Observation gives it {len(parts)} values ({why}: its own value "
+                                    "and a component's, or two components)",
                                     "send one value per item (or the item's result in an Observation of its own)",
                                     subject_id=subject_id, raw=obs)
+                    continue
+                if not results:
                     continue
                 f, range_dropped = results[0]
                 when = f.datetime or f.date or f.partial_date

@@ -85,7 +85,8 @@ class SubjectMapper:
                            for o, item in self.observations.not_done_obs),
                           key=lambda n: (n.date or dt.date.max, n.item, n.source.id if n.source else ""))
         span = participation(e, self.study)
-        if e.consent_date is not None and e.day1 is not None and e.consent_date > e.day1:
+        if span.start_basis == "consent" and e.consent_date is not None and e.day1 is not None \
+                and e.consent_date > e.day1:  # (a schedule whose participation starts otherwise reads it all)
             self.log.warn(f"consent date {e.consent_date} is after Day 1 ({e.day1}, {e.day1_source or 'infusion'}): "
                           "the participation starts at consent, so what the subject had between Day 1 and consent "
                           "(adverse events included) is read as before it — no treatment-emergent event, no visit",

@@ -27,6 +27,7 @@ from fhir_adapter.mapping.medication_codes import medication_codings
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import DateError, parse_fhir_date, site_date
+from fhir_adapter.terminology.codes import R4_MEDICATION_STATUSES
 
 _NOT_GIVEN = {"entered-in-error", "not-done", "stopped", "preparation", "on-hold", "cancelled", "unknown"}
 
@@ -69,7 +70,8 @@ def _records(resources: list[dict[str, Any]], study: Study) -> list[tuple[dict[s
         if rtype == "Procedure" and set(codings(r.get("code"))) & study.infusion_codes:
             out.append((r, r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")))
         elif rtype == "MedicationAdministration" and study.infusion_medication_codes and \
-                set(medication_codings(r, resources)) & study.infusion_medication_codes:
+                r.get("status") in R4_MEDICATION_STATUSES[rtype] and \
+                set(medication_codings(r, resources)) & study.infusion_medication_codes:  # else quarantined (EX)
             out.append((r, r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")))
     return out
 
@@ -79,6 +81,15 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
     """``e`` with Day 1 and the record it came from (``infusion``, ``day1_source``)."""
     found: list[tuple[int, dt.date, dict[str, Any]]] = []
     times: dict[int, dt.datetime | None] = {}
+    for r in resources:  # a dose of the product whose status is no R4 code cannot say it was given
+        if r.get("resourceType") == "MedicationAdministration" and study.infusion_medication_codes and \
+                r.get("status") not in R4_MEDICATION_STATUSES["MedicationAdministration"] and \
+                set(medication_codings(r, resources)) & study.infusion_medication_codes:
+            log.reject("MedicationAdministration", r.get("id"), "unknown-status",
+                       f"status '{r.get('status')}' is not an R4 MedicationAdministration status code: the dose of "
+                       f"{study.info.product_name} it records dates nothing",
+                       f"send one of {sorted(R4_MEDICATION_STATUSES['MedicationAdministration'])}",
+                       subject_id=e.subject_id, raw=r)
     for r, when in _records(resources, study):
         d = _date(when, study)
         if d is None:

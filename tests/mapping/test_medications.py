@@ -503,3 +503,17 @@ def test_a_status_outside_r4_is_quarantined_and_keeps_the_drug_undosed(study: St
                                       status="taking")])
     assert c.daily_dose_mg is None
     assert [(q.rule, q.id) for q in log.quarantine] == [("unknown-status", "s")]
+
+
+def test_a_lymphodepleting_record_with_no_r4_status_is_quarantined_by_whoever_reads_it(study: Study) -> None:
+    """Cyclophosphamide (lymphodepletion) with status 'given': an administration is EX's to quarantine
+    (mapping/exposure.py), so CM leaves it; a dispense, which EX does not read, CM quarantines — never neither."""
+    cyclo = cc("3002", "cyclophosphamide")
+    administration = {"resourceType": "MedicationAdministration", "id": "ma", "status": "given",
+                      "medicationCodeableConcept": cyclo, "subject": {"reference": "Patient/p1"},
+                      "effectiveDateTime": "2024-01-28"}
+    dispense = {"resourceType": "MedicationDispense", "id": "md", "status": "given",
+                "medicationCodeableConcept": cyclo, "subject": {"reference": "Patient/p1"},
+                "whenHandedOver": "2024-01-27"}
+    _, log = run(study, [administration, dispense])
+    assert [(q.rule, q.id) for q in log.quarantine] == [("unknown-status", "md")]

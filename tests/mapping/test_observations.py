@@ -332,3 +332,14 @@ def test_an_item_given_two_values_by_one_observation_is_quarantined_alone(study:
     assert [(f.item, f.value) for f in fs] == [("platelets", 237)]
     (q,) = log.quarantine
     assert (q.rule, q.id) == ("ambiguous-code", "cbc") and "lymphocytes" in q.reason and "1.1, 1.2" in q.reason
+
+
+def test_an_item_given_two_values_one_unreadable_is_ambiguous_not_the_readable_one(study: Study) -> None:
+    """Its own platelet value in a unit no one reads, and a component of the same code giving 150: the 150 was
+    used as the platelet count, silently (review finding). Either could be the result: the item is quarantined
+    ambiguous-code, naming what could not be read."""
+    o = obs("x", "777-3", 237, "xyz", component=[_component("777-3", 150, "10*9/L")])
+    fs, log = mapped(study, [o])
+    assert fs == []
+    (q,) = log.quarantine
+    assert q.rule == "ambiguous-code" and "one of which cannot be read" in q.reason and "xyz" in q.reason

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from pathlib import Path
@@ -165,9 +166,14 @@ def test_the_docs_name_unscheduled_visits_as_the_mapping_does(study: Study) -> N
 def test_a_consent_after_day1_is_warned_of(study: Study) -> None:
     """A consent after the infusion is impossible (a typo?): the adverse events between Day 1 and consent would
     be read as before participation, so the run says so for the subject; a consent before Day 1 says nothing."""
-    for consent, warned in ((DAY1 + dt.timedelta(days=9), True), (DAY1 - dt.timedelta(days=30), False)):
+    from fhir_adapter.study.models import Participation
+
+    schedule_start = study.schedule.model_copy(update={"participation": Participation(start=("screening_window",))})
+    by_schedule = dataclasses.replace(study, schedule=schedule_start)  # a participation that ignores consent
+    for s, consent, warned in ((study, DAY1 + dt.timedelta(days=9), True), (study, DAY1 - dt.timedelta(days=30), False),
+                               (by_schedule, DAY1 + dt.timedelta(days=9), False)):
         log = RunLog()
-        SubjectMapper(study, log).map(enrollee(consent), [temp("t", "2024-03-05")])
+        SubjectMapper(s, log).map(enrollee(consent), [temp("t", "2024-03-05")])
         found = [w for w in log.warnings if w.get("rule") == "consent-after-day1"]
         assert bool(found) is warned
         if warned:

@@ -65,3 +65,16 @@ def test_every_given_dose_is_in_ex_and_none_in_cm(study: Study) -> None:
     single = _study(study, repeated=False)
     assert [x.source.id for x in map_exposure(with_day1(_enrollee(), RESOURCES, single, log), RESOURCES, single,
                                               log)] == ["d1"]
+
+
+def test_a_dose_whose_status_is_no_r4_code_is_quarantined_once_and_dates_nothing(study: Study) -> None:
+    """'given' is no MedicationAdministration status: the first dose with it was Day 1 and the infusion's EX row
+    while the run quarantined it too (review finding); now it is quarantined once and the next dose is Day 1."""
+    for repeated in (True, False):
+        s, log = _study(study, repeated), RunLog()
+        resources = [_dose("d0", "2024-12-20", status="given"), *RESOURCES]
+        e = with_day1(_enrollee(), resources, s, log)
+        ex = map_exposure(e, resources, s, log)
+        assert e.day1 == dt.date(2025, 1, 6) and e.infusion is not None and e.infusion.id == "d1"
+        assert "d0" not in {x.source.id for x in ex}
+        assert [(q.rule, q.id) for q in log.quarantine] == [("unknown-status", "d0")]

@@ -11,6 +11,8 @@ from fhir_adapter.crf.models import ConMed, SourceRef
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.cdisc_details import medication_details
 from fhir_adapter.mapping.common import Unusable, latest, quantity_unit, ucum_unit
+from fhir_adapter.mapping.exposure import LD_TYPES
+from fhir_adapter.mapping.medication_codes import medication_codings
 from fhir_adapter.mapping.medications.dates import MedicationDates, Step
 from fhir_adapter.mapping.medications.dose import Problem, dose_mg, line_dose, rate_daily
 from fhir_adapter.mapping.medications.identify import DrugIdentifier, IdentifiedDrug
@@ -102,12 +104,12 @@ class MedicationMapper:
         (``unknown-status``); a glucocorticoid stays on record without a dose, so the dose on its dates is not
         evaluable rather than the sum of the other records (:meth:`_undosed`)."""
         rtype, status = str(r["resourceType"]), r.get("status")
+        if rtype in LD_TYPES and set(medication_codings(r, resources)) & self.study.lymphodepletion_codes:
+            return  # EX reads it, and quarantines it (mapping/exposure.py)
         try:
             drug = self.drugs.identify(r, resources)
         except Unusable:
             drug = None
-        if drug is not None and drug.drug_class == "lymphodepletion":
-            return  # EX's, which quarantines it (mapping/exposure.py)
         self.log.reject(rtype, r.get("id"), "unknown-status", f"status '{status}' is not an R4 {rtype} status code",
                         f"send one of {sorted(R4_MEDICATION_STATUSES[rtype])}", subject_id=subject_id, raw=r)
         if drug is not None and drug.drug_class in self.s.dose_required_classes:
