@@ -116,3 +116,13 @@ def test_incomplete_smart_credentials_are_a_user_error(tmp_path: Path) -> None:
     assert res.exit_code == exit_codes.FAILED
     assert res.stderr.startswith("error: credentials in the environment") and "FHIR_ADAPTER_SMART_KID" in res.stderr
     assert "internal error" not in res.stderr
+
+
+def test_a_setting_appended_to_the_server_config_overrides_the_one_above(tmp_path: Path) -> None:
+    """The server config reads a key given twice as YAML does, the second winning (a setting appended to a
+    shared file overrides it); mapping files and site overlays refuse one (docs/integrator-guide.md)."""
+    from fhir_adapter.fhir.server_config import load_server_config
+
+    path = tmp_path / "adapter.yaml"
+    path.write_text("client:\n  max_attempts: 2\n  read_timeout: 5\n  max_attempts: 7\n")
+    assert load_server_config(path, {}).client.max_attempts == 7

@@ -115,7 +115,7 @@ def load_server_config(path: Path | None, env: Mapping[str, str]) -> ServerConfi
     data: dict[str, Any] = {}
     doc = None
     if path is not None:
-        doc = read_yaml(Path(path))
+        doc = read_yaml(Path(path), unique_keys=False)  # a setting appended to the file overrides, as YAML reads it
         if not isinstance(doc.data, dict):
             raise ServerConfigError(f"{path}: the server config must be a YAML mapping (keys: "
                                     f"{', '.join(ServerConfig.model_fields)}) — see docs/adapter.example.yaml")

@@ -92,8 +92,10 @@ def _parsed(text: str, loader_class: Any) -> tuple[yaml.Node | None, Any, list[t
     return node, data, twice
 
 
-def read_yaml(path: Path) -> YamlDoc:
-    """Parse ``path``; a syntax error becomes a :class:`MappingError` with its line."""
+def read_yaml(path: Path, unique_keys: bool = True) -> YamlDoc:
+    """Parse ``path``; a syntax error becomes a :class:`MappingError` with its line, and so does a key given twice
+    in one mapping unless ``unique_keys`` is False (the server config: settings appended to a file override it,
+    as YAML reads them)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -110,7 +112,7 @@ def read_yaml(path: Path) -> YamlDoc:
         except yaml.MarkedYAMLError as exc:
             line = exc.problem_mark.line + 1 if exc.problem_mark else None
             raise MappingError(path, line, f"not valid YAML: {exc.problem}", "fix the YAML syntax") from exc
-    if twice:
+    if twice and unique_keys:
         name, first, again = twice[0]
         raise MappingError(path, again, f"'{name}' is given twice (lines {first} and {again}); YAML would keep "
                            "the second silently", "keep one of them")
