@@ -43,31 +43,9 @@ def _when(r: dict[str, Any]) -> tuple[str | None, str | None]:
     return start, period.get("end")
 
 
-def dosage(r: dict[str, Any]) -> dict[str, Any]:
-    """Dose, dose unit and route of a medication record's (first) dosage: ``dose``/``dose_unit`` from the
-    MedicationAdministration's ``dosage.dose`` or the first ``doseAndRate.doseQuantity`` of a statement or order
-    — the UCUM ``code`` before the display ``unit`` (the export maps it to CDISC UNIT) — and ``route`` (text or
-    display) with ``route_code`` (the first coding's code, SNOMED CT in the feeds) of its route."""
-    lines = r.get("dosage") if r.get("resourceType") != "MedicationRequest" else r.get("dosageInstruction")
-    line = (lines[0] if lines else None) if isinstance(lines, list) else lines
-    if not isinstance(line, dict):
-        return {}
-    qty = line.get("dose")
-    if qty is None:
-        rates = line.get("doseAndRate") or [{}]
-        qty = rates[0].get("doseQuantity") if isinstance(rates[0], dict) else None
-    qty = qty if isinstance(qty, dict) else {}
-    route = line.get("route")
-    value = qty.get("value")
-    dose = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-    return {"dose": dose if dose is not None and math.isfinite(dose) and dose >= 0 else None,
-            "dose_unit": qty.get("code") or qty.get("unit"),
-            "route": first_text(route), "route_code": next((c for _, c in codings(route) if c), None)}
-
-
-def implausible_dose(r: dict[str, Any]) -> str | None:
-    """Why the dose of a medication record's (first) dosage is not a dose (negative, or not a finite number):
-    :func:`dosage` leaves such a dose out, and :func:`_unusable` warns of it."""
+def _first_dosage(r: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(the first dosage line, its dose quantity) of a medication record: the MedicationAdministration's
+    ``dosage.dose`` or the first ``doseAndRate.doseQuantity`` of a statement or order; None without a dosage."""
     lines = r.get("dosage") if r.get("resourceType") != "MedicationRequest" else r.get("dosageInstruction")
     line = (lines[0] if lines else None) if isinstance(lines, list) else lines
     if not isinstance(line, dict):
@@ -76,11 +54,37 @@ def implausible_dose(r: dict[str, Any]) -> str | None:
     if qty is None:
         rates = line.get("doseAndRate") or [{}]
         qty = rates[0].get("doseQuantity") if isinstance(rates[0], dict) else None
-    qty = qty if isinstance(qty, dict) else {}
-    value = qty.get("value")
-    if isinstance(value, int | float) and not isinstance(value, bool) and (not math.isfinite(value) or value < 0):
-        return f"a dose of {value:g} {qty.get('code') or qty.get('unit') or ''}".rstrip() + " is not a dose"
-    return None
+    return line, qty if isinstance(qty, dict) else {}
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def dosage(r: dict[str, Any]) -> dict[str, Any]:
+    """Dose, dose unit and route of a medication record's (first) dosage (:func:`_first_dosage`) — the UCUM
+    ``code`` before the display ``unit`` (the export maps it to CDISC UNIT), a dose that is not a dose
+    (:func:`implausible_dose`) left out — and ``route`` (text or display) with ``route_code`` (the first coding's
+    code, SNOMED CT in the feeds) of its route."""
+    found = _first_dosage(r)
+    if found is None:
+        return {}
+    line, qty = found
+    route = line.get("route")
+    dose = _number(qty.get("value"))
+    return {"dose": dose if dose is not None and math.isfinite(dose) and dose >= 0 else None,
+            "dose_unit": qty.get("code") or qty.get("unit"),
+            "route": first_text(route), "route_code": next((c for _, c in codings(route) if c), None)}
+
+
+def implausible_dose(r: dict[str, Any]) -> str | None:
+    """Why the dose of a medication record's (first) dosage is not a dose (negative, or not a finite number):
+    :func:`dosage` leaves such a dose out, and :func:`_unusable` warns of it."""
+    found = _first_dosage(r)
+    dose = _number(found[1].get("value")) if found is not None else None
+    if found is None or dose is None or (math.isfinite(dose) and dose >= 0):
+        return None
+    return f"a dose of {dose:g} {found[1].get('code') or found[1].get('unit') or ''}".rstrip() + " is not a dose"
 
 
 def _unusable(r: dict[str, Any], e: Enrollee, log: RunLog) -> bool:
