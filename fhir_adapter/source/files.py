@@ -408,22 +408,24 @@ class FileSource:
         found: dict[tuple[str, str], Any] = {}
         if not wanted:
             return found
-        kept: dict[tuple[str, str], Resource] = {}  # a resource read twice: its latest version, else the first
+        # a resource read twice: its latest version, else the first (only the version is kept of each: as bytes,
+        # a hospital's Specimens are a fraction of their parsed size)
+        versions: dict[tuple[str, str], tuple[int, float]] = {}
         for _f, _n, _entry, res, raw in self._resources(_SHARED):
             key = (res["resourceType"], res.get("id"))
             if key in wanted:
                 self.log.count(f"read.{key[0]}")
                 at = (key[0], str(key[1]))
-                first = kept.get(at)
-                if first is not None and version_key(res) <= version_key(first):
-                    if version_key(res) == version_key(first) and res != first:
+                version, first = version_key(res), versions.get(at)
+                if first is not None and version <= first:
+                    if version == first and res != (orjson.loads(found[at]) if as_bytes else found[at]):
                         self.log.warn(f"{at[0]}/{at[1]} is in the input twice with different content and the same "
                                       "version (meta.versionId, meta.lastUpdated): the first is used",
                                       resource=f"{at[0]}/{at[1]}", rule="same-id-different-content",
                                       fix="send each version with its meta.versionId or meta.lastUpdated, or only "
                                           "the current one")
                     continue
-                kept[at] = res
+                versions[at] = version
                 found[at] = res if not as_bytes else raw.strip() if raw is not None else orjson.dumps(res)
         return found
 
@@ -465,8 +467,10 @@ class FileSource:
                          report: bool) -> Iterator[tuple[int, int | None, Resource, bytes | None]]:
         """(line, Bundle entry, resource, raw line) of an NDJSON file's (line number, line) pairs."""
         for n, line in lines:
+            if n == 1:  # (the raw line too: what is kept of it as bytes is parsed again later)
+                line = without_bom(line)
             try:
-                doc = orjson.loads(without_bom(line) if n == 1 else line)
+                doc = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
                 if report:
                     self.log.reject("unknown", None, "malformed-json", f"line is not JSON ({exc.msg})",
