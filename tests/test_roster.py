@@ -173,3 +173,23 @@ def test_site_roster_csv_creates_owned_research_subjects(feed: Path, study: Stud
     # idempotent: a second run produces the same bundle
     run(FileSource(feed, RunLog()), study, out, RunLog(), roster_csv=csv)
     assert json.loads((out / "writeback" / "101-006.json").read_text()) == bundle
+
+
+def test_a_roster_row_that_disagrees_with_the_ehr_is_warned_of_and_the_ehr_wins(feed: Path, study: Study,
+                                                                                 tmp_path: Path) -> None:
+    csv = tmp_path / "roster.csv"
+    csv.write_text("subject_id,patient_identifier,consent_date,arm,status\n"
+                   "101-001,https://hospital.example.org/mrn|MRN-1,2024-01-10,DL2,On-Study\n"
+                   "101-002,https://hospital.example.org/mrn|MRN-2,2024-01-10T09:30:00+01:00,DL1,"
+                   "on-study-intervention\n")
+    log = RunLog()
+    run(FileSource(feed, log), study, tmp_path / "out", log, roster_csv=csv)
+    conflicts = [w for w in log.warnings if w.get("rule") == "roster-csv-conflict"]
+    assert [(w["subject_id"], w["resource"]) for w in conflicts] == [("101-001", "ResearchSubject/r1")]
+    message = conflicts[0]["message"]
+    assert f"{csv}:2" in message and "arm 'DL2' (EHR: 'DL1')" in message
+    assert "status 'on-study' (EHR: 'follow-up')" in message and "consent_date" not in message  # the same date
+    assert "ResearchSubject/r1 is used" in message
+    study_json = json.loads((tmp_path / "out" / "results" / "study.json").read_text())
+    arms = {s["subject_id"]: s.get("arm") for s in study_json["subjects"]}
+    assert arms["101-001"] == "DL1"  # the EHR's arm

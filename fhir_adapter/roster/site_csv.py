@@ -164,6 +164,30 @@ def _one_row_per_subject(rows: list[tuple[int, dict[str, str]]], path: Path, dat
     return out
 
 
+def _warn_disagreement(row: dict[str, str], rs: dict[str, Any], where: str, sid: str, log: RunLog) -> None:
+    """A warning ``roster-csv-conflict`` when the row of a subject the EHR's own ResearchSubject enrols gives
+    another arm, status or consent date than that ResearchSubject: the EHR's is used, and a data manager who
+    keeps the CSV learns which of the two to correct."""
+    period: dict[str, Any] = rs["period"] if isinstance(rs.get("period"), dict) else {}
+    ehr: dict[str, Any] = {"arm": rs.get("assignedArm"), "status": rs.get("status"),
+                           "consent_date": period.get("start")}
+    csv_values = {"arm": (row.get("arm") or "").strip(), "status": row_status(row),
+                  "consent_date": (row.get("consent_date") or "").strip()}
+
+    def same(column: str) -> bool:  # a consent date: the same day, whether either gives a time or not
+        theirs, ours = ehr[column], csv_values[column]
+        return isinstance(theirs, str) and (theirs[:10] == ours[:10] if column == "consent_date" else theirs == ours)
+
+    differ = [f"{column} {csv_values[column]!r} (EHR: {ehr[column]!r})" for column in ("arm", "status", "consent_date")
+              if csv_values[column] and not same(column)]
+    if differ:
+        log.warn(f"{where}: subject {sid}: the roster CSV gives {'; '.join(differ)}; the EHR's "
+                 f"ResearchSubject/{rs.get('id')} is used", rule="roster-csv-conflict", subject_id=sid,
+                 resource=f"ResearchSubject/{rs.get('id')}",
+                 fix="correct the EHR's ResearchSubject or the CSV row, whichever is wrong (the CSV stands in only "
+                     "for subjects the EHR does not hold)")
+
+
 def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
                  study: Study) -> tuple[str | None, str | None]:
     """(why the roster row is skipped, else None; the id of its Patient)."""
@@ -206,7 +230,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
     # the EHR's own ResearchSubjects win over the CSV; one the adapter wrote from this CSV before (--post) is
     # made again from the row as it is now (an edited row takes effect, the next --post updates it)
     owned_held = {subject_id(rs, study.subject_id_rule): rs for rs in data.subjects if is_owned(rs)}
-    held = {subject_id(rs, study.subject_id_rule) for rs in data.subjects if not is_owned(rs)}
+    held = {subject_id(rs, study.subject_id_rule): rs for rs in data.subjects if not is_owned(rs)}
     study_system = study.info.identifier_system  # the value under another system is not the study
     study_id = next((s["id"] for s in data.studies
                      if any(i.get("value") == study.info.id and study_system in (None, i.get("system"))
@@ -224,6 +248,7 @@ def reconcile(data: RosterInput, path: Path, study: Study, log: RunLog) -> Roste
             continue
         if sid in held:
             log.count("roster_csv.held_by_ehr")
+            _warn_disagreement(row, held[sid], f"{path}:{n}", sid, log)
             continue
         why, pid = _row_problem(row, data, study_id, study)
         if why is not None or pid is None:
