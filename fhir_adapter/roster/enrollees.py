@@ -180,7 +180,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
             log.reject("ResearchSubject", rid, "r4-invalid", problem, "correct the ResearchSubject in the EHR", raw=rs)
             continue
         status = rs.get("status", "")
-        if status not in info.enrolled_statuses:
+        if status not in info.enrolled_statuses:  # withdrawn, off-study…: docs/clinical-rules.md#withdrawn-subjects
             excluded[status] = excluded.get(status, 0) + 1
             continue
         ref = (rs.get("individual") or {}).get("reference")

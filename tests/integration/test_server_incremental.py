@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from fhir_adapter.cli.commands import main
 from fhir_adapter.source.bulk_deletions import crf_sources
 from fhir_adapter.synth import plan_trial, write_feed
+from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
 from fhir_adapter.testing.outtree import server_read_crfs
@@ -448,3 +449,39 @@ def test_a_subjects_patient_merged_away_in_the_ehr_is_said_and_read_again_once_t
                                                          .read_text())["findings"]}
     [said] = [w for w in report(out)["warnings"] if w.get("rule") == "patient-link"]
     assert said["resource"] == "Patient/merged-survivor-1" and "merge or re-file" in said["fix"]
+
+
+
+def test_a_subject_withdrawn_after_a_post_is_not_read_again_and_keeps_what_was_written(loaded: ServerHandle,
+                                                                                        tmp_path: Path) -> None:
+    """docs/clinical-rules.md#withdrawn-subjects: once the EHR records a subject as withdrawn, the next run reads
+    none of its records, retracts and updates none of its results on the server, keeps its write-back state,
+    and its OUT holds no CRF or results of it."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    subject = sorted(p.stem for p in (out / "crf").glob("*.json"))[0]
+    withdrawn_before = report(out)["summary"]["excluded_research_subjects"].get("withdrawn", 0)
+
+    def written_of(state: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in state["results"].items() if v.get("subject_id") == subject}
+
+    state_before = written_of(json.loads((out / "state" / "written.json").read_text()))
+    mine = {o["id"]: o["meta"]["versionId"] for o in adapter_observations(loaded.base_url)
+            if any(f".{subject}." in i["value"] for i in o["identifier"] if i["system"] == SID_RESULT)}
+    assert mine and len(state_before) == len(mine)
+    [rs] = [r for r in search_all(loaded.base_url, "ResearchSubject", {})
+            if any(i.get("value") == subject for i in r.get("identifier") or [])]
+    _edit(loaded.base_url, "ResearchSubject", rs["id"], lambda r: r.update(status="withdrawn"))
+    loaded.reset("stats")
+
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    rep = report(out)
+    assert rep["summary"]["excluded_research_subjects"].get("withdrawn") == withdrawn_before + 1
+    assert subject not in rep["server_requests"]["per_subject"] and len(rep["server_requests"]["per_subject"]) > 0
+    assert subject not in {w["subject_id"] for w in rep["writes"]}
+    assert not (out / "crf" / f"{subject}.json").exists()
+    assert subject not in {s["subject_id"] for s in study_results(out)["subjects"]}
+    after = {o["id"]: o for o in adapter_observations(loaded.base_url) if o["id"] in mine}
+    assert {k: o["meta"]["versionId"] for k, o in after.items()} == mine  # neither retracted nor updated
+    assert all(o["status"] != "entered-in-error" for o in after.values())
+    assert written_of(json.loads((out / "state" / "written.json").read_text())) == state_before
