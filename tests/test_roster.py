@@ -193,3 +193,28 @@ def test_a_roster_row_that_disagrees_with_the_ehr_is_warned_of_and_the_ehr_wins(
     study_json = json.loads((tmp_path / "out" / "results" / "study.json").read_text())
     arms = {s["subject_id"]: s.get("arm") for s in study_json["subjects"]}
     assert arms["101-001"] == "DL1"  # the EHR's arm
+
+
+def test_one_patient_given_two_subject_ids_by_the_roster_csv_is_named_by_its_rows(feed: Path, study: Study,
+                                                                                  tmp_path: Path) -> None:
+    """The roster CSV's own mistake names its rows and says to correct the CSV (not the EHR, which holds none of
+    these ResearchSubjects)."""
+    lines = (feed / "Patient.ndjson").read_text().splitlines()
+    pat = json.loads(lines[5])
+    assert pat["id"] == "p6"
+    pat["identifier"] = [{"system": "https://hospital.example.org/mrn", "value": "MRN-6"}]
+    lines[5] = json.dumps(pat)
+    (feed / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+    csv = tmp_path / "roster.csv"
+    csv.write_text("subject_id,patient_identifier,consent_date,arm,status\n"
+                   "101-006,https://hospital.example.org/mrn|MRN-6,2024-01-12,DL2,on-study\n"
+                   "101-007,https://hospital.example.org/mrn|MRN-6,2024-01-12,DL2,on-study\n")
+    log = RunLog()
+    summary = run(FileSource(feed, log), study, tmp_path / "out", log, roster_csv=csv)
+    refused = [q for q in log.quarantine if q.rule == "duplicate-subject"]
+    assert sorted(str(q.subject_id) for q in refused) == ["101-006", "101-007"]
+    for q in refused:
+        assert "the roster CSV row of subject 101-006 (subject 101-006)" in q.reason
+        assert "the roster CSV row of subject 101-007" in q.reason and "Patient/p6" in q.reason
+        assert q.fix.startswith("correct the roster CSV")
+    assert summary.subjects == 2  # 101-001 and 101-002, from the EHR

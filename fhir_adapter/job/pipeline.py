@@ -40,8 +40,8 @@ from fhir_adapter.mapping.exposure import infusion_record
 from fhir_adapter.results.spill import SubjectRows, write_study_json
 from fhir_adapter.review.run import ReviewRun
 from fhir_adapter.roster.check import nobody_enrolled
-from fhir_adapter.roster.enrollees import Enrollee, RosterError, build_roster
-from fhir_adapter.roster.site_csv import csv_identifiers, csv_subject_ids, infusion_dates, is_owned, reconcile
+from fhir_adapter.roster.enrollees import Enrollee, RosterError, build_roster, is_owned
+from fhir_adapter.roster.site_csv import csv_identifiers, csv_subject_ids, infusion_dates, reconcile
 from fhir_adapter.roster.subject_ids import subject_id
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.source.parts import splittable

@@ -20,6 +20,7 @@ from fhir_adapter.roster import subject_ids
 from fhir_adapter.source.base import RosterInput, ref_id
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import site_date
+from fhir_adapter.terminology.codes import SID_RESULT
 
 
 class RosterError(RuntimeError):
@@ -134,31 +135,45 @@ class _Claim:
     subject_id: str
 
 
-def _ambiguous(claims: list[_Claim], data: RosterInput) -> dict[str, tuple[str, str]]:
-    """ResearchSubject id -> (rule, reason) for every claim the roster cannot attribute to one person: a
-    subject ID claimed by several ResearchSubjects, a Patient enrolled by several, or a Patient the source
-    holds in differing copies. Every claimant is refused, never the first one kept."""
+def is_owned(resource: dict[str, Any]) -> bool:
+    """A resource the adapter made (an identifier in its system): a ResearchSubject from the roster CSV."""
+    return any(i.get("system") == SID_RESULT for i in resource.get("identifier") or [])
+
+
+def _claimant(c: _Claim) -> str:
+    """A ResearchSubject as whoever must correct it knows it: the EHR's by its id, the adapter's by its CSV row."""
+    return f"the roster CSV row of subject {c.subject_id}" if is_owned(c.rs) else f"ResearchSubject/{c.rid}"
+
+
+def _ambiguous(claims: list[_Claim], data: RosterInput) -> dict[str, tuple[str, str, bool]]:
+    """ResearchSubject id -> (rule, reason, whether a roster CSV row is among the claimants) for every claim the
+    roster cannot attribute to one person: a subject ID claimed by several ResearchSubjects, a Patient enrolled
+    by several, or a Patient the source holds in differing copies. Every claimant is refused, never the first
+    one kept."""
     by_sid: dict[str, list[_Claim]] = {}
     by_pid: dict[str, list[_Claim]] = {}
     for c in claims:
         by_sid.setdefault(c.subject_id, []).append(c)
         by_pid.setdefault(c.patient_id, []).append(c)
-    out: dict[str, tuple[str, str]] = {}
+    out: dict[str, tuple[str, str, bool]] = {}
     for sid, group in by_sid.items():
         if len(group) > 1:
-            named = ", ".join(f"ResearchSubject/{c.rid} (Patient/{c.patient_id})" for c in group)
+            named = ", ".join(f"{_claimant(c)} (Patient/{c.patient_id})" for c in group)
+            csv = any(is_owned(c.rs) for c in group)
             for c in group:
-                out[c.rid] = ("duplicate-subject-id", f"subject ID {sid} is claimed by {named}")
+                out[c.rid] = ("duplicate-subject-id", f"subject ID {sid} is claimed by {named}", csv)
     for pid, group in by_pid.items():
         if len(group) > 1:
-            named = ", ".join(f"ResearchSubject/{c.rid} (subject {c.subject_id})" for c in group)
+            named = ", ".join(f"{_claimant(c)} (subject {c.subject_id})" for c in group)
+            csv = any(is_owned(c.rs) for c in group)
             for c in group:
-                out.setdefault(c.rid, ("duplicate-subject", f"Patient/{pid} is enrolled twice in the study: {named}"))
+                out.setdefault(c.rid, ("duplicate-subject", f"Patient/{pid} is enrolled twice in the study: {named}",
+                                       csv))
         if pid in data.duplicate_patients:
             where = ", ".join(data.duplicate_patients[pid])
             for c in group:
                 out.setdefault(c.rid, ("duplicate-patient",
-                                       f"the source holds differing Patient resources with id {pid} ({where})"))
+                                       f"the source holds differing Patient resources with id {pid} ({where})", False))
     return out
 
 
@@ -202,8 +217,10 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
     enrolled: dict[str, Enrollee] = {}
     for c in claims:
         if c.rid in refused:
-            rule, reason = refused[c.rid]
+            rule, reason, from_csv = refused[c.rid]
             log.reject("ResearchSubject", c.rid, rule, f"{reason}: none of them is processed",
+                       "correct the roster CSV (or the EHR, where one of them is the EHR's ResearchSubject) so that "
+                       "each subject ID names one patient and each patient one subject ID" if from_csv else
                        "correct the EHR so that each subject ID belongs to one ResearchSubject of one Patient",
                        subject_id=c.subject_id)
             continue

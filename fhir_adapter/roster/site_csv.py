@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.day1 import RosterInfusion
-from fhir_adapter.roster.enrollees import RosterError
+from fhir_adapter.roster.enrollees import RosterError, is_owned
 from fhir_adapter.roster.subject_ids import subject_id, subject_id_system
 from fhir_adapter.source.base import RosterInput
 from fhir_adapter.study.load import Study
@@ -297,10 +297,6 @@ def research_study_resource(study: Study) -> dict[str, Any]:
         "title": study.info.name or study.info.id,
         "status": "active",
     }
-
-
-def is_owned(resource: dict[str, Any]) -> bool:
-    return any(i.get("system") == SID_RESULT for i in resource.get("identifier") or [])
 
 
 def infusion_dates(path: Path, study: Study, log: RunLog) -> dict[str, RosterInfusion]:
