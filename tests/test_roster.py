@@ -140,14 +140,19 @@ def test_missing_study_is_a_clear_error(feed: Path, study: Study) -> None:
         build_roster(src, study, log)
 
 
-def test_site_roster_csv_creates_owned_research_subjects(feed: Path, study: Study, tmp_path: Path) -> None:
-    # p6 has no ResearchSubject in the EHR; the site roster enrols it. 101-001 is already held by the EHR.
-    pat = json.loads((feed / "Patient.ndjson").read_text().splitlines()[5])
+def _give_p6_an_mrn(feed: Path) -> None:
+    """Patient p6 (no ResearchSubject in the EHR) gets the MRN a roster CSV row can name: MRN-6."""
+    lines = (feed / "Patient.ndjson").read_text().splitlines()
+    pat = json.loads(lines[5])
     assert pat["id"] == "p6"
     pat["identifier"] = [{"system": "https://hospital.example.org/mrn", "value": "MRN-6"}]
-    lines = (feed / "Patient.ndjson").read_text().splitlines()
     lines[5] = json.dumps(pat)
     (feed / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+
+
+def test_site_roster_csv_creates_owned_research_subjects(feed: Path, study: Study, tmp_path: Path) -> None:
+    # p6 has no ResearchSubject in the EHR; the site roster enrols it. 101-001 is already held by the EHR.
+    _give_p6_an_mrn(feed)
     csv = tmp_path / "roster.csv"
     csv.write_text("subject_id,patient_identifier,consent_date,arm,status\n"
                    "101-001,https://hospital.example.org/mrn|MRN-1,2024-01-10,DL1,follow-up\n"
@@ -199,12 +204,7 @@ def test_one_patient_given_two_subject_ids_by_the_roster_csv_is_named_by_its_row
                                                                                   tmp_path: Path) -> None:
     """The roster CSV's own mistake names its rows and says to correct the CSV (not the EHR, which holds none of
     these ResearchSubjects)."""
-    lines = (feed / "Patient.ndjson").read_text().splitlines()
-    pat = json.loads(lines[5])
-    assert pat["id"] == "p6"
-    pat["identifier"] = [{"system": "https://hospital.example.org/mrn", "value": "MRN-6"}]
-    lines[5] = json.dumps(pat)
-    (feed / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+    _give_p6_an_mrn(feed)
     csv = tmp_path / "roster.csv"
     csv.write_text("subject_id,patient_identifier,consent_date,arm,status\n"
                    "101-006,https://hospital.example.org/mrn|MRN-6,2024-01-12,DL2,on-study\n"
