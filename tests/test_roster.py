@@ -74,6 +74,29 @@ def test_only_enrolled_subjects_of_the_study(feed: Path, study: Study) -> None:
     roster = build_roster(FileSource(feed, log).roster(), study, log)
     assert {e.subject_id for e in roster.enrolled.values()} == {"101-001", "101-002"}
     assert roster.excluded == {"ineligible": 1, "withdrawn": 1}
+    # the withdrawn subject took part and left: kept apart, never read (docs/clinical-rules.md#withdrawn-subjects)
+    assert {pid: e.subject_id for pid, e in roster.left.items()} == {"p4": "101-004"}
+    assert roster.patient_ids == {"p1", "p2"}
+
+
+def test_who_left_is_kept_apart_only_when_it_names_one_person_no_one_enrolled(feed: Path, study: Study) -> None:
+    """A leaver's ResearchSubject naming an enrolled patient or subject ID (a patient enrolled again) is not
+    kept apart, nor refused; two leavers' ResearchSubjects naming one patient are neither of them kept."""
+    log = RunLog()
+    data = FileSource(feed, log).roster()
+    data.subjects += [rs("r1-old", "p1", "withdrawn", "101-001"), rs("r6a", "p6", "off-study", "101-006"),
+                      rs("r6b", "p6", "withdrawn", "101-016"), rs("r5b", "p5", "off-study", "101-005"),
+                      rs("r3b", "p3", "not-registered", "101-903")]
+    roster = build_roster(data, study, log)
+    assert {e.subject_id for e in roster.enrolled.values()} == {"101-001", "101-002"} and not log.quarantine
+    assert {pid: (e.subject_id, e.status) for pid, e in roster.left.items()} == {
+        "p4": ("101-004", "withdrawn"), "p5": ("101-005", "off-study")}
+
+
+def test_a_status_both_enrolled_and_left_is_refused(study: Study) -> None:
+    info = study.info.model_dump()
+    with pytest.raises(ValueError, match="off-study is in both enrolled_statuses and left_statuses"):
+        type(study.info).model_validate({**info, "enrolled_statuses": [*info["enrolled_statuses"], "off-study"]})
 
 
 @pytest.mark.parametrize(("birth", "why"), [

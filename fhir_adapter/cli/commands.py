@@ -273,7 +273,9 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     if not ctx.obj.get("quiet"):
         rows = [
             ("subjects", f"{summary.subjects} enrolled and processed"
-             + (f", {len(summary.subjects_failed)} failed" if summary.subjects_failed else "")),
+             + (f", {len(summary.subjects_failed)} failed" if summary.subjects_failed else "")
+             + (f", {len(summary.carried_forward)} who left carried forward (not read)"
+                if summary.carried_forward else "")),
             ("visits", str(summary.visits)),
             ("results", f"{summary.results_written} result resources in writeback/" if not dry_run else
              f"{summary.would_write['results']} result resources in writeback/ (dry run: none written)"),

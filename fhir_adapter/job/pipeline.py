@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import shutil
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,7 +52,7 @@ from fhir_adapter.version import __version__
 from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sink import PARTIAL_WHAT_TO_DO, WriteResult
 from fhir_adapter.writeback.sources import result_sources
-from fhir_adapter.writeback.state import WrittenState, result_id
+from fhir_adapter.writeback.state import Plan, WrittenState, result_id
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,9 @@ class RunSummary:
     would_write: dict[str, int] = field(default_factory=lambda: {"results": 0, "server_writes": 0})
     #: the SHA-256 of the roster CSV as the run read it (recorded in ``state/last-run.json``), None: no CSV
     roster_csv_sha256: str | None = None
+    #: subjects who left (withdrawn, off-study) whose CRF of an earlier run is in the outputs again, not read
+    #: (docs/clinical-rules.md#withdrawn-subjects); not counted in ``subjects``
+    carried_forward: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -107,7 +111,7 @@ class RunSummary:
         (fhir_adapter/job/exit_codes.py)."""
         if self.stopped is not None:
             return self.stopped.exit_code
-        if self.subjects == 0 and self.subjects_failed:
+        if self.subjects == 0 and not self.carried_forward and self.subjects_failed:
             return exit_codes.FAILED
         if self.quarantined or self.subjects_failed or self.subjects_not_written:
             return exit_codes.COMPLETED_WITH_WARNINGS
@@ -306,7 +310,11 @@ def _run(
     owned_study = next((s for s in roster_input.studies if is_owned(s)), None)  # from study.yaml
     day1_sources: list[dict[str, Any]] = []
     roster = build_roster(roster_input, study, runlog)
-    if (empty := nobody_enrolled(roster_input, roster, study, runlog, roster_csv=roster_csv is not None)) is not None:
+    # subjects who left, whose CRF of the last run that read them is in OUT: carried forward, never read
+    carried = {pid: e for pid, e in roster.left.items()
+               if inside(out, out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    if not carried and (empty := nobody_enrolled(roster_input, roster, study, runlog,
+                                                 roster_csv=roster_csv is not None)) is not None:
         raise RosterError(empty)
     owned = {str(ref_id((rs.get("individual") or {}).get("reference"), "Patient", roster_input.base)): rs
              for rs in roster_input.subjects
@@ -319,7 +327,7 @@ def _run(
                                  "what_to_do": "correct the subject's row of the roster CSV (the error names the "
                                                "line); the next run enrols the subject"})
     if on_start:
-        on_start(len(roster.enrolled))  # the number of on_subject calls to come (progress displays)
+        on_start(len(roster.enrolled) + len(carried))  # the number of on_subject calls to come (progress)
     labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}
     source.label_subjects(labels)
     # an incremental read may skip only subjects whose last CRF is at hand
@@ -342,6 +350,10 @@ def _run(
     pieces = work_dir / ".subjects" if engine_outcomes is None and not reviewed_only else None
     if pieces is not None:
         pieces.mkdir()
+    # a finished run replaces these even when it writes nothing into them (every subject carried forward; no
+    # diff against the server): what an earlier run left there is never taken for this run's
+    for produced in ("writeback", *(("writeback-diff",) if sink is not None else ())):
+        (work_dir / produced).mkdir()
     known = {subject_id(rs, study.subject_id_rule) for rs in roster_input.subjects}  # withdrawn ones too
     for sid in sorted({s for s, _, _ in reviews.current} - known - {e.subject_id for e in roster.enrolled.values()}):
         runlog.warn(f"the review decisions name subject {sid}, whom no ResearchSubject of the study names: they are "
@@ -356,23 +368,11 @@ def _run(
     rows = SubjectRows(work_dir / ".rows")  # on disk: memory stays flat in the number of subjects
     done: list[str] = []
 
-    def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None) -> None:
-        o.merge_log(runlog)
-        name = file_names.name(o.subject_id) if o.enrollee is not None else ""
-        p = o.pieces  # the subject's files, written where it was processed
-        if o.review is not None:
-            reviews.record(o.review, name)
-        elif p is not None and p.review is not None:
-            reviews.account(p.review)
-            os.replace(p.path("candidates"), reviews.candidates_path(name))
-        if o.error is not None:
-            raise SubjectFailed(o.error)
-        assert o.enrollee is not None and ((o.row is not None and o.review is not None) or p is not None)
-        e = o.enrollee
+    def write_back(o: SubjectOutcome, e: Enrollee, source_resources: list[dict[str, Any]] | None,
+                   name: str) -> tuple[list[dict[str, Any]], Plan, WriteResult | None]:
+        """The subject's results: planned against the write-back state, written to the server (if any)."""
         bundle_resources = list(o.resources)
         problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
-        day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
-                             "source": e.day1_source})
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses,
                           hashes=o.hashes)
         writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
@@ -400,6 +400,27 @@ def _run(
                 state.commit(plan, pending=w.pending)
                 _record_write(w, summary, runlog, diff_path)
                 raise w.stop
+        return bundle_resources, plan, w
+
+    def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None, *,
+               carried: bool = False) -> None:
+        """One subject's outputs into the staging folder (and its results to the server). ``carried``: a subject
+        who left, carried forward from its last CRF: nothing is planned or written back for it."""
+        o.merge_log(runlog)
+        name = file_names.name(o.subject_id) if o.enrollee is not None else ""
+        p = o.pieces  # the subject's files, written where it was processed
+        if o.review is not None:
+            reviews.record(o.review, name)
+        elif p is not None and p.review is not None:
+            reviews.account(p.review)
+            os.replace(p.path("candidates"), reviews.candidates_path(name))
+        if o.error is not None:
+            raise SubjectFailed(o.error)
+        assert o.enrollee is not None and ((o.row is not None and o.review is not None) or p is not None)
+        e = o.enrollee
+        day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
+                             "source": e.day1_source})
+        bundle_resources, plan, w = ([], None, None) if carried else write_back(o, e, source_resources, name)
         if p is not None:
             assert p.row is not None
             rows.add_json(o.subject_id, p.row)
@@ -414,16 +435,18 @@ def _run(
         else:
             assert o.review is not None
             _dump(folders, crf_path, crf_document(o.review.crf_file(o.export_updates)))
-        if p is not None and "writeback" in p.written and not plan.retractions:
-            os.replace(p.path("writeback"), folders.file(writeback_path))
-        else:
-            _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions, e.patient_id))
-        if w is None or not w.error or w.partial:  # the state records only what the server confirmed (or the
-            state.commit(plan, pending=w.pending if w is not None else ())  # file run), part by part
+        if plan is not None:  # carried forward: no results of it are written, so no bundle and no state either
+            if p is not None and "writeback" in p.written and not plan.retractions:
+                os.replace(p.path("writeback"), folders.file(writeback_path))
+            else:
+                _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions,
+                                                                   e.patient_id))
+            if w is None or not w.error or w.partial:  # the state records only what the server confirmed (or
+                state.commit(plan, pending=w.pending if w is not None else ())  # the file run), part by part
         if p is not None:
             assert o.export is not None and o.export.coverage is not None
             exports.write(o.export)
-            summary.visits += p.visits
+            visits = p.visits
         else:
             crf = o.crf
             assert o.review is not None
@@ -432,7 +455,11 @@ def _run(
                 exports.write(o.export, exported, o.quarantine)
             else:
                 exports.add(exported, o.quarantine, o.review.status, o.review.decisions)
-            summary.visits += sum(1 for v in crf.visits if not v.unscheduled)
+            visits = sum(1 for v in crf.visits if not v.unscheduled)
+        if carried:
+            summary.carried_forward.append(e.subject_id)
+            return
+        summary.visits += visits
         if dry_run:
             summary.would_write["results"] += len(bundle_resources)
         else:
@@ -441,7 +468,7 @@ def _run(
         if sink is not None and w is None:
             summary.server_unchanged += len(bundle_resources)
         elif w is not None:
-            _record_write(w, summary, runlog, diff_path)
+            _record_write(w, summary, runlog, inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff"))
         if w is None or not w.error:  # done: processed, and written when there is a server to write to
             done.append(e.subject_id)
 
@@ -453,11 +480,17 @@ def _run(
             if stop is not None:
                 raise stop from exc
             log.debug("subject %s failed", e.subject_id, exc_info=True)
-            # a failed subject leaves no CRF in this run's outputs (when it failed after writing it): the next
-            # incremental run (--since last) then reads it in full, never reusing it as unchanged
-            if (name := file_names.held_by(e.subject_id)) is not None:
-                inside(work_dir, work_dir / "crf" / f"{name}.json").unlink(missing_ok=True)
-            runlog.warn(f"subject not processed: {exc}", subject_id=e.subject_id, rule="subject-failed")
+            if e.patient_id in carried:  # its last CRF is all there is of it (it is never read again): kept as is
+                previous = inside(out, out / "crf" / f"{subject_file_name(e.subject_id)}.json")
+                shutil.copyfile(previous, folders.file(work_dir / "crf" / f"{file_names.name(e.subject_id)}.json"))
+                runlog.warn(f"subject who left not carried forward: {exc}; its CRF of an earlier run is kept in "
+                            "OUT/crf as it was", subject_id=e.subject_id, rule="subject-failed")
+            else:
+                # a failed subject leaves no CRF in this run's outputs (when it failed after writing it): the next
+                # incremental run (--since last) then reads it in full, never reusing it as unchanged
+                if (name := file_names.held_by(e.subject_id)) is not None:
+                    inside(work_dir, work_dir / "crf" / f"{name}.json").unlink(missing_ok=True)
+                runlog.warn(f"subject not processed: {exc}", subject_id=e.subject_id, rule="subject-failed")
             summary.subjects_failed.append(e.subject_id)
             summary.failures.append(_failure(e.subject_id, "map", exc))
         if on_subject:
@@ -468,7 +501,10 @@ def _run(
         crf = SubjectCRF.model_validate_json(path.read_bytes())
         e = replace(e0, day1=crf.day1, infusion=infusion_record(crf.ex),
                     day1_source="previous run (OUT/crf)" if crf.day1 else None)
-        finish(engine.cached(e, crf))
+        if e0.patient_id in carried:  # the roster's ResearchSubject says since when and why it left
+            crf = crf.model_copy(update={"dm": crf.dm.model_copy(update={
+                "status": e0.status, "end_of_participation": e0.end_of_study or crf.dm.end_of_participation})})
+        finish(engine.cached(e, crf), carried=e0.patient_id in carried)
 
     reused: deque[str] | None = None  # an incremental run's unchanged subjects, known once the source reads
 
@@ -477,14 +513,17 @@ def _run(
         left), so that every subject's rows are in the exports in the order of a full run (by patient id)."""
         nonlocal reused
         if reused is None:
-            reused = deque(sorted(source.unchanged_subjects()))
+            reused = deque(sorted(source.unchanged_subjects() | carried.keys()))
         while reused and (pid is None or reused[0] < pid):
-            e0 = roster.enrolled[reused.popleft()]
+            e0 = roster.enrolled.get(reused[0]) or carried[reused[0]]
+            reused.popleft()
             guarded(e0, partial(cached, e0))
 
     try:
         try:
-            if engine_outcomes is not None:  # another engine (Spark) reads the subjects' resources, runs the engine
+            if not roster.enrolled:  # only subjects who left, carried forward: nothing is read
+                outcomes: Iterable[tuple[Enrollee, SubjectOutcome, list[dict[str, Any]]]] = ()
+            elif engine_outcomes is not None:  # another engine (Spark) reads the subjects' resources, runs it
                 outcomes = engine_outcomes(roster.enrolled, work)
             else:
                 read = getattr(source, "subject_records", source.subject_resources)  # files: unparsed lines
@@ -595,6 +634,7 @@ def _write_report(work: Path, source: Source, study: Study, runlog: RunLog, summ
             "server_writes": summary.server_writes, "server_unchanged": summary.server_unchanged,
             "subjects_not_written": summary.subjects_not_written,
             "warnings": summary.warnings, "excluded_research_subjects": summary.excluded,
+            "subjects_carried_forward": summary.carried_forward,
             **({"would_write": summary.would_write} if summary.dry_run else {}),
         },
         "subject_failures": summary.failures,

@@ -2,14 +2,17 @@
 
 Enrolled = a ResearchSubject of the study (ResearchStudy whose identifier value is the study id, or a
 site-level ResearchStudy ``partOf`` it — the FHIR-to-CDISC mapping IG's STUDYID rule) with a status listed
-in ``study.enrolled_statuses``. Data of anyone else is never read past this point, and never written.
+in ``study.enrolled_statuses``. Data of anyone else is never read past this point, and never written. A subject
+who took part and left (a status in ``study.left_statuses``) is kept apart (:attr:`Roster.left`): never read,
+carried forward from the last run that read it (docs/clinical-rules.md#withdrawn-subjects).
 Day 1 = the date of the completed infusion Procedure (docs/clinical-rules.md#day-1).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.crf.models import SourceRef
@@ -58,6 +61,9 @@ class Roster:
     study_ids: set[str]
     enrolled: dict[str, Enrollee]  # by patient id
     excluded: dict[str, int]       # ResearchSubject status -> count
+    #: subjects who took part and left (``study.left_statuses``: withdrawn, off-study), by patient id: never read;
+    #: the pipeline carries forward the CRF of the last run that read them (docs/clinical-rules.md#withdrawn-subjects)
+    left: dict[str, Enrollee] = field(default_factory=dict)
 
     @property
     def patient_ids(self) -> set[str]:
@@ -125,7 +131,8 @@ def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
 
 @dataclass(frozen=True)
 class _Claim:
-    """An enrolled-status ResearchSubject of the study, before ambiguity is ruled out."""
+    """An enrolled-status ResearchSubject of the study, before ambiguity is ruled out (or one of a subject who
+    left, before the enrolled ones are known)."""
 
     rs: dict[str, Any]
     rid: str
@@ -186,6 +193,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
     investigators = {str(s["id"]): _investigator(s) for s in data.studies if s.get("id") in study_ids}
     excluded: dict[str, int] = {}
     claims: list[_Claim] = []
+    left_claims: list[_Claim] = []
     for rs in data.subjects:
         if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base) not in study_ids:
             continue
@@ -197,6 +205,8 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
         status = rs.get("status", "")
         if status not in info.enrolled_statuses:  # withdrawn, off-study…: docs/clinical-rules.md#withdrawn-subjects
             excluded[status] = excluded.get(status, 0) + 1
+            if status in info.left_statuses and (left := _left_claim(rs, str(rid), status, data, study)) is not None:
+                left_claims.append(left)
             continue
         ref = (rs.get("individual") or {}).get("reference")
         pid = ref_id(ref, "Patient", data.base)
@@ -224,33 +234,65 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
                        "correct the EHR so that each subject ID belongs to one ResearchSubject of one Patient",
                        subject_id=c.subject_id)
             continue
-        rs, patient = c.rs, c.patient
-        enrolled_in = str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base))
-        inv_id, inv_name = investigators.get(enrolled_in, (None, None))
-        death_date, deceased = _death(patient, study)
-        consent = _date((rs.get("period") or {}).get("start"), study)
-        enrolled[c.patient_id] = Enrollee(
-            subject_id=c.subject_id,
-            patient_id=c.patient_id,
-            research_subject=SourceRef(resource_type="ResearchSubject", id=c.rid,
-                                       version=(rs.get("meta") or {}).get("versionId")),
-            status=c.status,
-            arm=rs.get("assignedArm"),
-            actual_arm=rs.get("actualArm"),
-            consent_date=consent,
-            end_of_study=_date((rs.get("period") or {}).get("end"), study),
-            site=_site(patient),
-            sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
-            birth_date=_birth_date(patient, c.patient_id, c.subject_id, consent, study, log),
-            site_study=site_studies.get(enrolled_in),
-            race=race_ethnicity(patient)[0],
-            ethnicity=race_ethnicity(patient)[1],
-            investigator_id=inv_id, investigator_name=inv_name, death_date=death_date, deceased=deceased,
-        )
+        enrolled[c.patient_id] = _enrollee(c, data, study, investigators, site_studies, log)
     log.count("roster.enrolled", len(enrolled))
     for status, n in excluded.items():
         log.count(f"roster.excluded.{status or 'no-status'}", n)
-    return Roster(study_ids=study_ids, enrolled=enrolled, excluded=excluded)
+    return Roster(study_ids=study_ids, enrolled=enrolled, excluded=excluded,
+                  left=_left(left_claims, enrolled, data, study, investigators, site_studies))
+
+
+def _left_claim(rs: dict[str, Any], rid: str, status: str, data: RosterInput, study: Study) -> _Claim | None:
+    """A ResearchSubject of a subject who left (withdrawn, off-study), when it names a Patient of the source and
+    a subject ID; else None, without a word: nothing of such a subject is read, so nothing of it is refused."""
+    pid = ref_id((rs.get("individual") or {}).get("reference"), "Patient", data.base)
+    patient = data.patients.get(pid or "")
+    sid = subject_ids.subject_id(rs, study.subject_id_rule)
+    if pid is None or patient is None or sid is None:
+        return None
+    return _Claim(rs=rs, rid=rid, status=status, patient_id=pid, patient=patient, subject_id=sid)
+
+
+def _left(claims: list[_Claim], enrolled: dict[str, Enrollee], data: RosterInput, study: Study,
+          investigators: dict[str, tuple[str | None, str | None]], site_studies: dict[str, str]) -> dict[str, Enrollee]:
+    """The subjects who left, by patient id: one ResearchSubject each, naming neither an enrolled patient nor an
+    enrolled subject ID (a patient enrolled again, under a new ResearchSubject, is the enrolled one) nor a
+    patient or subject ID another leaver's ResearchSubject names too (then none of them is carried forward)."""
+    taken_sids = {e.subject_id for e in enrolled.values()}
+    mine = [c for c in claims if c.patient_id not in enrolled and c.subject_id not in taken_sids]
+    pids = Counter(c.patient_id for c in mine)
+    sids = Counter(c.subject_id for c in mine)
+    scratch = RunLog()  # what building them would warn of concerns data no longer read
+    return {c.patient_id: _enrollee(c, data, study, investigators, site_studies, scratch) for c in mine
+            if pids[c.patient_id] == 1 and sids[c.subject_id] == 1}
+
+
+def _enrollee(c: _Claim, data: RosterInput, study: Study, investigators: dict[str, tuple[str | None, str | None]],
+              site_studies: dict[str, str], log: RunLog) -> Enrollee:
+    """The :class:`Enrollee` of one ResearchSubject the roster keeps."""
+    rs, patient = c.rs, c.patient
+    enrolled_in = str(ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base))
+    inv_id, inv_name = investigators.get(enrolled_in, (None, None))
+    death_date, deceased = _death(patient, study)
+    consent = _date((rs.get("period") or {}).get("start"), study)
+    return Enrollee(
+        subject_id=c.subject_id,
+        patient_id=c.patient_id,
+        research_subject=SourceRef(resource_type="ResearchSubject", id=c.rid,
+                                   version=(rs.get("meta") or {}).get("versionId")),
+        status=c.status,
+        arm=rs.get("assignedArm"),
+        actual_arm=rs.get("actualArm"),
+        consent_date=consent,
+        end_of_study=_date((rs.get("period") or {}).get("end"), study),
+        site=_site(patient),
+        sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
+        birth_date=_birth_date(patient, c.patient_id, c.subject_id, consent, study, log),
+        site_study=site_studies.get(enrolled_in),
+        race=race_ethnicity(patient)[0],
+        ethnicity=race_ethnicity(patient)[1],
+        investigator_id=inv_id, investigator_name=inv_name, death_date=death_date, deceased=deceased,
+    )
 
 
 def _date(value: Any, study: Study) -> dt.date | None:

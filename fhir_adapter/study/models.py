@@ -45,6 +45,10 @@ class StudyInfo(Strict):
         None, description="ResearchSubject.identifier system holding the subject ID; else the first identifier"
     )
     enrolled_statuses: tuple[str, ...] = ("on-study", "on-study-intervention", "on-study-observation", "follow-up")
+    left_statuses: tuple[str, ...] = Field(
+        ("withdrawn", "off-study"),
+        description="statuses of a subject who took part and left: the CRF of the last run that read it is "
+                    "carried forward, never read again (docs/clinical-rules.md#withdrawn-subjects)")
     timezone: str = Field("UTC", description="site time zone in which dates are compared (IANA name)")
     infusion_codes: tuple[str, ...] = Field(description="codes (alias|code) of the Procedure that is Day 1")
     infusion_medication_codes: tuple[str, ...] = Field(
@@ -60,6 +64,14 @@ class StudyInfo(Strict):
     @classmethod
     def _known_zone(cls, v: str) -> str:
         return known_zone(v)
+
+    @model_validator(mode="after")
+    def _left_is_not_enrolled(self) -> StudyInfo:
+        both = sorted(set(self.left_statuses) & set(self.enrolled_statuses))
+        if both:
+            raise ValueError(f"status {', '.join(both)} is in both enrolled_statuses and left_statuses: a subject "
+                             "is either read (enrolled) or has left; remove it from one of them")
+        return self
 
 
 class Visit(Strict):

@@ -456,7 +456,7 @@ def test_a_subject_withdrawn_after_a_post_is_not_read_again_and_keeps_what_was_w
                                                                                         tmp_path: Path) -> None:
     """docs/clinical-rules.md#withdrawn-subjects: once the EHR records a subject as withdrawn, the next run reads
     none of its records, retracts and updates none of its results on the server, keeps its write-back state,
-    and its OUT holds no CRF or results of it."""
+    and its OUT carries its last CRF and results forward."""
     out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
     cli_run(loaded.base_url, out, "--post", "--config", str(config))
     subject = sorted(p.stem for p in (out / "crf").glob("*.json"))[0]
@@ -479,8 +479,10 @@ def test_a_subject_withdrawn_after_a_post_is_not_read_again_and_keeps_what_was_w
     assert rep["summary"]["excluded_research_subjects"].get("withdrawn") == withdrawn_before + 1
     assert subject not in rep["server_requests"]["per_subject"] and len(rep["server_requests"]["per_subject"]) > 0
     assert subject not in {w["subject_id"] for w in rep["writes"]}
-    assert not (out / "crf" / f"{subject}.json").exists()
-    assert subject not in {s["subject_id"] for s in study_results(out)["subjects"]}
+    assert rep["summary"]["subjects_carried_forward"] == [subject]
+    assert json.loads((out / "crf" / f"{subject}.json").read_text())["dm"]["status"] == "withdrawn"
+    assert subject in {s["subject_id"] for s in study_results(out)["subjects"]}
+    assert not (out / "writeback" / f"{subject}.json").exists()
     after = {o["id"]: o for o in adapter_observations(loaded.base_url) if o["id"] in mine}
     assert {k: o["meta"]["versionId"] for k, o in after.items()} == mine  # neither retracted nor updated
     assert all(o["status"] != "entered-in-error" for o in after.values())

@@ -1,0 +1,184 @@
+"""docs/clinical-rules.md#withdrawn-subjects: a subject who took part and left (withdrawn, off-study) is never
+read again, and the CRF of the last run that read it is carried forward — in the CRFs, the exports and the
+study-level results (a DLT before a withdrawal still counts in dose escalation) — without anything written
+back for it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from fhir_adapter.job.pipeline import RunSummary, run
+from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.source.files import FileSource
+from fhir_adapter.study.load import Study
+from fhir_adapter.synth import write_feed
+from fhir_adapter.testing.outtree import differences, out_tree
+from tests.feedkit import Feed, at
+
+WITHDRAWN = "101-004"  # a DL3 subject with a DLT in the synthetic feed of 34 subjects (seed 7)
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("leave")
+    write_feed(root / "feed", subjects=34, seed=7)
+    return root / "feed"
+
+
+def _run(feed: Path, study: Study, out: Path, workers: int = 1) -> RunSummary:
+    log = RunLog()
+    return run(FileSource(feed, log), study, out, log, workers=workers)
+
+
+def _json(path: Path) -> Any:
+    return orjson.loads(path.read_bytes())
+
+
+def _lines(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def _write_lines(path: Path, resources: list[dict[str, Any]]) -> None:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in resources))
+
+
+def _subject_of(rs: dict[str, Any]) -> str:
+    return str(rs["identifier"][0]["value"])
+
+
+def _leave(feed: Path, to: Path, subjects: dict[str, str], end: str = "2024-09-30") -> None:
+    """A copy of ``feed`` where each subject of ``subjects`` has the status given, its participation ended on
+    ``end``, and none of its clinical records (so that reading any would show)."""
+    shutil.copytree(feed, to)
+    rs_path = to / "ResearchSubject.ndjson"
+    rss = _lines(rs_path)
+    gone = set()
+    for rs in rss:
+        if _subject_of(rs) in subjects:
+            rs["status"] = subjects[_subject_of(rs)]
+            rs["period"] = {**rs.get("period", {}), "end": end}
+            gone.add(f"Patient/{rs['individual']['reference'].split('/')[-1]}")
+    _write_lines(rs_path, rss)
+    for rtype in ("Observation", "AdverseEvent", "MedicationStatement", "MedicationAdministration", "Procedure"):
+        path = to / f"{rtype}.ndjson"
+        kept = [r for r in _lines(path) if (r.get("subject") or r.get("patient") or {}).get("reference") not in gone]
+        _write_lines(path, kept)
+
+
+def test_a_subject_who_withdraws_after_a_dlt_is_carried_forward_and_still_counts(feed: Path, study: Study,
+                                                                                 tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _run(feed, study, out)
+    before = _json(out / "results" / "study.json")
+    crf_before = _json(out / "crf" / f"{WITHDRAWN}.json")
+    [row_before] = [s for s in before["subjects"] if s["subject_id"] == WITHDRAWN]
+    assert row_before["dlt"] is True and row_before["arm"] == "DL3"
+    state_before = {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
+                    if v.get("subject_id") == WITHDRAWN}
+    assert state_before
+
+    _leave(feed, tmp_path / "feed2", {WITHDRAWN: "withdrawn"})
+    shutil.copytree(out, tmp_path / "out-workers")
+    summary = _run(tmp_path / "feed2", study, out)
+    _run(tmp_path / "feed2", study, tmp_path / "out-workers", workers=2)  # the carried subject merged in order
+    assert differences(out_tree(out), out_tree(tmp_path / "out-workers")) == []
+    report = _json(out / "run-report.json")
+    assert summary.carried_forward == [WITHDRAWN] and report["summary"]["subjects_carried_forward"] == [WITHDRAWN]
+    assert report["summary"]["subjects"] == 33 and WITHDRAWN not in report["summary"]["subjects_failed"]
+    after = _json(out / "results" / "study.json")
+    assert WITHDRAWN in {s["subject_id"] for s in after["subjects"]}
+    # the DLT before the withdrawal still counts: the escalation decisions and the RP2D are those of before
+    assert after["dose_levels"] == before["dose_levels"] and after["rp2d"] == before["rp2d"]
+    crf = _json(out / "crf" / f"{WITHDRAWN}.json")
+    assert crf["findings"] == crf_before["findings"] and crf["ae"] == crf_before["ae"]  # none of it was read
+    assert crf["dm"]["status"] == "withdrawn" and crf["dm"]["end_of_participation"] == "2024-09-30"
+    # nothing written back for it, and what was written before stays recorded as it was
+    assert not (out / "writeback" / f"{WITHDRAWN}.json").exists()
+    assert {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
+            if v.get("subject_id") == WITHDRAWN} == state_before
+    dm = (out / "export" / "DM.csv").read_text(encoding="utf-8")
+    assert any(WITHDRAWN in line and "2024-09-30" in line for line in dm.splitlines())
+    assert any(WITHDRAWN in line for line in (out / "export" / "LB.csv").read_text(encoding="utf-8").splitlines())
+
+    # once more on the same OUT: carried again, unchanged
+    _run(tmp_path / "feed2", study, out)
+    assert _json(out / "crf" / f"{WITHDRAWN}.json") == crf
+    assert _json(out / "results" / "study.json")["dose_levels"] == before["dose_levels"]
+
+    # a fresh OUT holds no earlier CRF of the subject: there is nothing to carry, and it is not read
+    fresh = tmp_path / "fresh"
+    summary = _run(tmp_path / "feed2", study, fresh)
+    assert summary.carried_forward == [] and not (fresh / "crf" / f"{WITHDRAWN}.json").exists()
+    assert _json(fresh / "results" / "study.json")["dose_levels"] != before["dose_levels"]
+
+
+def _two_subjects() -> Feed:
+    f = Feed()
+    for n, pid in enumerate(("p1", "p2"), start=1):
+        day1 = dt.date(2024, 2, n)
+        f.subject(pid, f"101-00{n}", name=f"Subject{n} Testperson", mrn=f"MRN-{n}", birth="1980-01-01", day1=day1)
+        f.obs(pid, "777-3", at(day1, 29), value=210, unit="10*9/L", id_=f"plt-{pid}")
+    return f
+
+
+def _set_status(feed: Path, status: dict[str, str]) -> None:
+    path = feed / "ResearchSubject.ndjson"
+    rss = _lines(path)
+    for rs in rss:
+        rs["status"] = status.get(rs["id"], rs["status"])
+    _write_lines(path, rss)
+
+
+def test_when_every_subject_has_left_the_run_carries_them_all(study: Study, tmp_path: Path) -> None:
+    """The last run of a trial, every subject off-study: the OUT still holds everyone, exit 0."""
+    feed, out = _two_subjects().write(tmp_path / "feed"), tmp_path / "out"
+    assert _run(feed, study, out).exit_code == 0
+    _set_status(feed, {"rs-p1": "off-study", "rs-p2": "withdrawn"})
+    summary = _run(feed, study, out)
+    assert summary.exit_code == 0 and summary.subjects == 0 and summary.carried_forward == ["101-001", "101-002"]
+    assert {s["subject_id"] for s in _json(out / "results" / "study.json")["subjects"]} == {"101-001", "101-002"}
+    assert sorted(p.name for p in (out / "crf").iterdir()) == ["101-001.json", "101-002.json"]
+    assert not list((out / "writeback").glob("*.json"))
+
+
+def test_a_status_that_is_not_leaving_is_not_carried(study: Study, tmp_path: Path) -> None:
+    """``ineligible`` (enrolled by mistake) is not a subject who took part and left: its CRF is dropped."""
+    feed, out = _two_subjects().write(tmp_path / "feed"), tmp_path / "out"
+    _run(feed, study, out)
+    _set_status(feed, {"rs-p2": "ineligible"})
+    summary = _run(feed, study, out)
+    assert summary.carried_forward == [] and not (out / "crf" / "101-002.json").exists()
+
+
+def test_a_patient_enrolled_again_is_read_under_the_new_research_subject(study: Study, tmp_path: Path) -> None:
+    """The old ResearchSubject withdrawn, a new one enrolled with the same subject ID: the subject is read (the
+    enrolled one wins), neither refused as claimed twice nor carried forward."""
+    f = _two_subjects()
+    feed, out = f.write(tmp_path / "feed"), tmp_path / "out"
+    _run(feed, study, out)
+    _set_status(feed, {"rs-p2": "withdrawn"})
+    again = {**_lines(feed / "ResearchSubject.ndjson")[1], "id": "rs-p2-again", "status": "on-study"}
+    assert again["individual"] == {"reference": "Patient/p2"}
+    with (feed / "ResearchSubject.ndjson").open("ab") as fh:
+        fh.write(orjson.dumps(again) + b"\n")
+    summary = _run(feed, study, out)
+    assert summary.carried_forward == [] and summary.subjects == 2 and summary.exit_code == 0
+    assert _json(out / "crf" / "101-002.json")["dm"]["status"] == "on-study"
+
+
+def test_a_carried_crf_that_cannot_be_read_is_kept_as_it_was(study: Study, tmp_path: Path) -> None:
+    feed, out = _two_subjects().write(tmp_path / "feed"), tmp_path / "out"
+    _run(feed, study, out)
+    _set_status(feed, {"rs-p2": "withdrawn"})
+    (out / "crf" / "101-002.json").write_bytes(b'{"subject_id": "101-002"}')  # e.g. written by another version
+    summary = _run(feed, study, out)
+    assert summary.exit_code == 2 and summary.subjects_failed == ["101-002"] and summary.carried_forward == []
+    assert (out / "crf" / "101-002.json").read_bytes() == b'{"subject_id": "101-002"}'
+    [warned] = [w for w in _json(out / "run-report.json")["warnings"] if w.get("subject_id") == "101-002"]
+    assert "kept in OUT/crf as it was" in warned["message"]
