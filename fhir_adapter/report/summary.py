@@ -44,6 +44,10 @@ def summary_section(data: ReportData) -> Section:
         failed = rr_summary.get("subjects_failed")
         rows.append(["Subjects not processed (see run-report.json)",
                      str(len(failed)) if isinstance(failed, list) else "–"])
+        carried = rr_summary.get("subjects_carried_forward")
+        if isinstance(carried, list) and carried:  # docs/clinical-rules.md#withdrawn-subjects
+            rows.append(["Left the study (withdrawn, off-study): data read before, carried forward",
+                         str(len(carried))])
         rows.append(["Quarantined input resources", fmt(num(rr_summary.get("quarantined")), 0)])
     sec.blocks.append(TableBlock(["Item", "Value"], rows, "Enrolment and follow-up"))
 

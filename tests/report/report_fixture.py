@@ -175,7 +175,8 @@ def write(out: Path, *, drop: tuple[str, ...] = (), run_report: bool = True, crf
     if run_report:
         (out / "run-report.json").write_text(json.dumps({
             "generated_by": "fhir-adapter 0.1.0", "exit_code": 0,
-            "summary": {"subjects": len(ARMS), "subjects_failed": [], "visits": len(ARMS) * len(VISITS),
-                        "results_written": 0, "quarantined": 0, "warnings": 0},
+            "summary": {"subjects": len(ARMS) - 1, "subjects_failed": [], "visits": len(ARMS) * len(VISITS),
+                        "results_written": 0, "quarantined": 0, "warnings": 0,
+                        "subjects_carried_forward": [subject_id(len(ARMS) - 1)]},
         }), encoding="utf-8")
     return out

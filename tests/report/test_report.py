@@ -82,6 +82,7 @@ def test_summary_shows_dose_escalation_and_rp2d(built: dict[str, Section]) -> No
     enrol = dict(_table(summary.blocks, "Enrolment").rows)
     assert enrol["Infused (Day 1 known)"] == "8"
     assert enrol["Follow-up, latest study day with data: median (range)"] == "365 (365–365) days, n=8"
+    assert enrol["Left the study (withdrawn, off-study): data read before, carried forward"] == "1"
 
 
 def test_lldas_rate_table_reads_the_results(built: dict[str, Section]) -> None:
