@@ -487,3 +487,10 @@ def test_a_subject_withdrawn_after_a_post_is_not_read_again_and_keeps_what_was_w
     assert {k: o["meta"]["versionId"] for k, o in after.items()} == mine  # neither retracted nor updated
     assert all(o["status"] != "entered-in-error" for o in after.values())
     assert written_of(json.loads((out / "state" / "written.json").read_text())) == state_before
+    # an incremental run carries it forward too, still without a request for it
+    crf = (out / "crf" / f"{subject}.json").read_bytes()
+    cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert rep["summary"]["subjects_carried_forward"] == [subject] and rep["exit_code"] == 0
+    assert subject not in rep["server_requests"]["per_subject"]
+    assert (out / "crf" / f"{subject}.json").read_bytes() == crf
