@@ -209,18 +209,19 @@ class SubjectEngine:
                 out.pieces.row, out.row = row_json(out.row), None
         return out
 
-    def cached(self, e: Enrollee, crf: SubjectCRF) -> SubjectOutcome:
-        """The same from a CRF of an earlier run (an incremental run's unchanged subject)."""
+    def cached(self, e: Enrollee, crf: SubjectCRF, *, write_back: bool = True) -> SubjectOutcome:
+        """The same from a CRF of an earlier run (an incremental run's unchanged subject). ``write_back=False``:
+        no write-back resources (a subject who left, carried forward: nothing is written for it)."""
         out = SubjectOutcome(subject_id=e.subject_id, patient_id=e.patient_id)
         try:
-            self._derive(out, e, crf)
+            self._derive(out, e, crf, write_back=write_back)
         except Exception as exc:
             log.debug("subject %s failed", e.subject_id, exc_info=True)
             out.error = str(exc)
         self._drain(out)
         return out
 
-    def _derive(self, out: SubjectOutcome, e: Enrollee, crf: SubjectCRF) -> None:
+    def _derive(self, out: SubjectOutcome, e: Enrollee, crf: SubjectCRF, *, write_back: bool = True) -> None:
         work = self.work
         out.enrollee = e
         review = apply_decisions(crf, work.study, work.decisions)  # the reviewers' decisions replace the picks
@@ -234,8 +235,8 @@ class SubjectEngine:
                            else "baseline.not-the-visits-pick" if b.visit else "baseline.outside-visits")
         out.row = subject_row(res)
         out.export_updates = res.export_updates()
-        resources = writeback_resources(res, e, work.study, self.log)
-        if e.patient_id in work.owned:  # a ResearchSubject the adapter created from the site roster CSV
+        resources = writeback_resources(res, e, work.study, self.log) if write_back else []
+        if write_back and e.patient_id in work.owned:  # a ResearchSubject the adapter created from the site roster CSV
             resources.insert(0, research_subject_resource(work.owned[e.patient_id], infused=e.day1 is not None))
             if work.owned_study is not None:  # ... of the ResearchStudy it created from study.yaml
                 resources.insert(0, dict(work.owned_study))

@@ -501,10 +501,11 @@ def _run(
         crf = SubjectCRF.model_validate_json(path.read_bytes())
         e = replace(e0, day1=crf.day1, infusion=infusion_record(crf.ex),
                     day1_source="previous run (OUT/crf)" if crf.day1 else None)
-        if e0.patient_id in carried:  # the roster's ResearchSubject says since when and why it left
+        leaver = e0.patient_id in carried
+        if leaver:  # the roster's ResearchSubject says since when and why it left
             crf = crf.model_copy(update={"dm": crf.dm.model_copy(update={
                 "status": e0.status, "end_of_participation": e0.end_of_study or crf.dm.end_of_participation})})
-        finish(engine.cached(e, crf), carried=e0.patient_id in carried)
+        finish(engine.cached(e, crf, write_back=not leaver), carried=leaver)
 
     reused: deque[str] | None = None  # an incremental run's unchanged subjects, known once the source reads
 
