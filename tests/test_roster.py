@@ -75,22 +75,34 @@ def test_only_enrolled_subjects_of_the_study(feed: Path, study: Study) -> None:
     assert {e.subject_id for e in roster.enrolled.values()} == {"101-001", "101-002"}
     assert roster.excluded == {"ineligible": 1, "withdrawn": 1}
     # the withdrawn subject took part and left: kept apart, never read (docs/clinical-rules.md#withdrawn-subjects)
-    assert {pid: e.subject_id for pid, e in roster.left.items()} == {"p4": "101-004"}
+    assert {sid: e.patient_id for sid, e in roster.left.items()} == {"101-004": "p4"}
     assert roster.patient_ids == {"p1", "p2"}
 
 
-def test_who_left_is_kept_apart_only_when_it_names_one_person_no_one_enrolled(feed: Path, study: Study) -> None:
-    """A leaver's ResearchSubject naming an enrolled patient or subject ID (a patient enrolled again) is not
-    kept apart, nor refused; two leavers' ResearchSubjects naming one patient are neither of them kept."""
+def test_who_left_is_known_by_the_research_subject_alone(feed: Path, study: Study) -> None:
+    """A leaver is kept apart by its ResearchSubject alone (its Patient need not be in the source); a subject ID
+    enrolled under another ResearchSubject is the enrolled subject; several leaver ResearchSubjects of one subject
+    and patient give the latest version; ones naming different patients, or a patient enrolled under another
+    subject ID, cannot be carried (with why). Nothing of it is refused or quarantined."""
     log = RunLog()
     data = FileSource(feed, log).roster()
-    data.subjects += [rs("r1-old", "p1", "withdrawn", "101-001"), rs("r6a", "p6", "off-study", "101-006"),
-                      rs("r6b", "p6", "withdrawn", "101-016"), rs("r5b", "p5", "off-study", "101-005"),
+    old_p5 = rs("r5b", "p5", "off-study", "101-005") | {"meta": {"versionId": "1"}}
+    new_p5 = rs("r5c", "p5", "withdrawn", "101-005") | {"meta": {"versionId": "2"}, "period": {"end": "2024-06-01"}}
+    data.subjects += [rs("r1-old", "p1", "withdrawn", "101-001"),          # enrolled again under r1
+                      rs("r9", "p9", "withdrawn", "101-009"),              # Patient/p9 is not in the source
+                      new_p5, old_p5,                                      # two versions of one leaver
+                      rs("r7a", "p7", "off-study", "101-007"), rs("r7b", "p8", "withdrawn", "101-007"),
+                      rs("r2-old", "p2", "withdrawn", "101-012"),          # p2 is enrolled as 101-002
                       rs("r3b", "p3", "not-registered", "101-903")]
     roster = build_roster(data, study, log)
     assert {e.subject_id for e in roster.enrolled.values()} == {"101-001", "101-002"} and not log.quarantine
-    assert {pid: (e.subject_id, e.status) for pid, e in roster.left.items()} == {
-        "p4": ("101-004", "withdrawn"), "p5": ("101-005", "off-study")}
+    assert {sid: (e.patient_id, e.status, e.research_subject.id) for sid, e in roster.left.items()} == {
+        "101-004": ("p4", "withdrawn", "r4"), "101-005": ("p5", "withdrawn", "r5c"),
+        "101-009": ("p9", "withdrawn", "r9")}
+    assert str(roster.left["101-005"].end_of_study) == "2024-06-01"
+    assert set(roster.left_unsure) == {"101-007", "101-012"}
+    assert "name different patients (Patient/p7, Patient/p8)" in roster.left_unsure["101-007"]
+    assert "Patient/p2 is enrolled as subject 101-002" in roster.left_unsure["101-012"]
 
 
 def test_a_status_both_enrolled_and_left_is_refused(study: Study) -> None:

@@ -21,7 +21,8 @@ from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
 from tests.feedkit import Feed, at
 
-WITHDRAWN = "101-004"  # a DL3 subject with a DLT in the synthetic feed of 34 subjects (seed 7)
+WITHDRAWN = "101-004"  # a DL3 subject with a DLT in the synthetic feed of 34 subjects (seed 7), Day 1 2024-11-06
+END = "2025-06-30"  # its withdrawal: after its DLT, before its last results and two of its adverse events
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def _subject_of(rs: dict[str, Any]) -> str:
     return str(rs["identifier"][0]["value"])
 
 
-def _leave(feed: Path, to: Path, subjects: dict[str, str], end: str = "2024-09-30") -> None:
+def _leave(feed: Path, to: Path, subjects: dict[str, str], end: str = END) -> None:
     """A copy of ``feed`` where each subject of ``subjects`` has the status given, its participation ended on
     ``end``, and none of its clinical records (so that reading any would show)."""
     shutil.copytree(feed, to)
@@ -63,6 +64,7 @@ def _leave(feed: Path, to: Path, subjects: dict[str, str], end: str = "2024-09-3
         if _subject_of(rs) in subjects:
             rs["status"] = subjects[_subject_of(rs)]
             rs["period"] = {**rs.get("period", {}), "end": end}
+            rs["meta"] = {**rs["meta"], "versionId": str(int(rs["meta"]["versionId"]) + 1)}  # the EHR's update
             gone.add(f"Patient/{rs['individual']['reference'].split('/')[-1]}")
     _write_lines(rs_path, rss)
     for rtype in ("Observation", "AdverseEvent", "MedicationStatement", "MedicationAdministration", "Procedure"):
@@ -96,14 +98,20 @@ def test_a_subject_who_withdraws_after_a_dlt_is_carried_forward_and_still_counts
     # the DLT before the withdrawal still counts: the escalation decisions and the RP2D are those of before
     assert after["dose_levels"] == before["dose_levels"] and after["rp2d"] == before["rp2d"]
     crf = _json(out / "crf" / f"{WITHDRAWN}.json")
-    assert crf["findings"] == crf_before["findings"] and crf["ae"] == crf_before["ae"]  # none of it was read
-    assert crf["dm"]["status"] == "withdrawn" and crf["dm"]["end_of_participation"] == "2024-09-30"
+    # none of it was read again; what is dated after the end of participation is taken out, as when read
+    assert crf["findings"] == [f for f in crf_before["findings"] if not f["date"] or f["date"] <= END]
+    assert 0 < len(crf["findings"]) < len(crf_before["findings"])
+    assert crf["ae"] == [a for a in crf_before["ae"] if a["onset_date"] <= END] and len(crf["ae"]) == 4
+    assert {v["visit"] for v in crf["visits"]} < {v["visit"] for v in crf_before["visits"]}
+    assert report["counts"]["participation.ae-after-end"] == 2 and report["counts"]["participation.after-end"] > 0
+    assert crf["dm"]["status"] == "withdrawn" and crf["dm"]["end_of_participation"] == END
+    assert crf["dm"]["source"][0]["version"] == "3"  # the ResearchSubject as it now is
     # nothing written back for it, and what was written before stays recorded as it was
     assert not (out / "writeback" / f"{WITHDRAWN}.json").exists()
     assert {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
             if v.get("subject_id") == WITHDRAWN} == state_before
     dm = (out / "export" / "DM.csv").read_text(encoding="utf-8")
-    assert any(WITHDRAWN in line and "2024-09-30" in line for line in dm.splitlines())
+    assert any(WITHDRAWN in line and END in line for line in dm.splitlines())
     assert any(WITHDRAWN in line for line in (out / "export" / "LB.csv").read_text(encoding="utf-8").splitlines())
 
     # once more on the same OUT: carried again, unchanged
@@ -182,3 +190,79 @@ def test_a_carried_crf_that_cannot_be_read_is_kept_as_it_was(study: Study, tmp_p
     assert (out / "crf" / "101-002.json").read_bytes() == b'{"subject_id": "101-002"}'
     [warned] = [w for w in _json(out / "run-report.json")["warnings"] if w.get("subject_id") == "101-002"]
     assert "kept in OUT/crf as it was" in warned["message"]
+
+
+def test_a_leaver_whose_patient_the_export_no_longer_holds_is_carried(study: Study, tmp_path: Path) -> None:
+    """A hospital may stop exporting a withdrawn patient's records, its Patient too: the ResearchSubject is enough."""
+    feed, out = _two_subjects().write(tmp_path / "feed"), tmp_path / "out"
+    _run(feed, study, out)
+    _set_status(feed, {"rs-p2": "withdrawn"})
+    for rtype in ("Patient", "Observation", "Procedure", "MedicationAdministration"):
+        path = feed / f"{rtype}.ndjson"
+        _write_lines(path, [r for r in _lines(path) if "p2" not in (r.get("id"), (r.get("subject") or {})
+                                                                     .get("reference", "").split("/")[-1])])
+    summary = _run(feed, study, out)
+    assert summary.exit_code == 0 and summary.carried_forward == ["101-002"]
+    assert _json(out / "crf" / "101-002.json")["findings"]
+
+
+def test_a_leaver_that_cannot_be_carried_keeps_its_crf_and_is_said(study: Study, tmp_path: Path) -> None:
+    """Two withdrawn ResearchSubjects give subject 101-002 to different patients: which patient's data the CRF
+    holds is not sure, so it is not carried (not in the results) — but kept in OUT/crf, never dropped."""
+    feed, out = _two_subjects().write(tmp_path / "feed"), tmp_path / "out"
+    _run(feed, study, out)
+    crf = (out / "crf" / "101-002.json").read_bytes()
+    _set_status(feed, {"rs-p2": "withdrawn"})
+    other = {**_lines(feed / "ResearchSubject.ndjson")[1], "id": "rs-p1-b", "individual": {"reference": "Patient/p1"}}
+    with (feed / "ResearchSubject.ndjson").open("ab") as fh:
+        fh.write(orjson.dumps(other) + b"\n")
+    summary = _run(feed, study, out)
+    assert summary.exit_code == 2 and summary.carried_forward == [] and summary.subjects_failed == ["101-002"]
+    assert (out / "crf" / "101-002.json").read_bytes() == crf
+    assert "101-002" not in {s["subject_id"] for s in _json(out / "results" / "study.json")["subjects"]}
+    [failure] = _json(out / "run-report.json")["subject_failures"]
+    assert failure["stage"] == "carry-forward" and "name different patients" in failure["error"]
+    assert "never read again" in failure["what_to_do"]
+
+
+def test_exit_1_when_every_subject_read_fails_even_with_one_carried(study: Study, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit code 1 says the run's main job failed (every subject read failed): one subject carried forward does
+    not turn it into a run that completed with warnings."""
+    from fhir_adapter.mapping.subject import SubjectMapper
+
+    feed, out = _two_subjects().write(tmp_path / "feed"), tmp_path / "out"
+    _run(feed, study, out)
+    _set_status(feed, {"rs-p2": "withdrawn"})
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("a mapping defect")
+
+    monkeypatch.setattr(SubjectMapper, "map", broken)
+    summary = _run(feed, study, out)
+    assert summary.carried_forward == ["101-002"] and summary.subjects_failed == ["101-001"]
+    assert summary.exit_code == 1
+
+
+def test_a_leaver_whose_file_name_another_subject_now_holds_fails_alone(study: Study, tmp_path: Path) -> None:
+    """Subject 101-00a leaves and a new patient is enrolled as 101-00A (the same file name on a case-insensitive
+    disk), who comes first: the clash fails the subject who left, and the run goes on (it stopped the run)."""
+    f = Feed()
+    day1 = dt.date(2024, 2, 1)
+    f.subject("p5", "101-00a", name="Subject1 Testperson", mrn="MRN-1", birth="1980-01-01", day1=day1)
+    f.obs("p5", "777-3", at(day1, 29), value=210, unit="10*9/L", id_="plt-p5")
+    feed, out = f.write(tmp_path / "feed"), tmp_path / "out"
+    _run(feed, study, out)
+    _set_status(feed, {"rs-p5": "withdrawn"})
+    f2 = Feed()
+    f2.subject("p2", "101-00A", name="Subject2 Testperson", mrn="MRN-2", birth="1980-01-01", day1=day1)
+    f2.subject("p3", "101-003", name="Subject3 Testperson", mrn="MRN-3", birth="1980-01-01", day1=day1)
+    for rtype, resources in f2.resources.items():
+        if rtype != "ResearchStudy":
+            with (feed / f"{rtype}.ndjson").open("ab") as fh:
+                fh.write(b"".join(orjson.dumps(r) + b"\n" for r in resources))
+    summary = _run(feed, study, out)
+    assert summary.exit_code == 2 and summary.subjects == 2 and summary.carried_forward == []
+    assert summary.subjects_failed == ["101-00a"]
+    [warned] = [w for w in _json(out / "run-report.json")["warnings"] if w.get("subject_id") == "101-00a"]
+    assert "could not be kept" in warned["message"] and "would share the file name" in warned["message"]

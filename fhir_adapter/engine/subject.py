@@ -120,6 +120,8 @@ class SubjectOutcome:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[Quarantined] = field(default_factory=list)
     error: str | None = None
+    #: a subject who left, carried forward from its last CRF: no write-back resources, nothing written for it
+    carried: bool = False
     #: ``Type/id`` → status of the subject's source resources, when the caller does not keep the resources
     #: (writeback/state.py source_statuses)
     statuses: dict[str, str] | None = None
@@ -209,12 +211,13 @@ class SubjectEngine:
                 out.pieces.row, out.row = row_json(out.row), None
         return out
 
-    def cached(self, e: Enrollee, crf: SubjectCRF, *, write_back: bool = True) -> SubjectOutcome:
-        """The same from a CRF of an earlier run (an incremental run's unchanged subject). ``write_back=False``:
-        no write-back resources (a subject who left, carried forward: nothing is written for it)."""
-        out = SubjectOutcome(subject_id=e.subject_id, patient_id=e.patient_id)
+    def cached(self, e: Enrollee, crf: SubjectCRF, *, left: bool = False) -> SubjectOutcome:
+        """The same from a CRF of an earlier run (an incremental run's unchanged subject). ``left``: a subject who
+        has left, carried forward — its CRF bounded by its ResearchSubject now (:meth:`SubjectMapper.left`), no
+        write-back resources (nothing is written for it)."""
+        out = SubjectOutcome(subject_id=e.subject_id, patient_id=e.patient_id, carried=left)
         try:
-            self._derive(out, e, crf, write_back=write_back)
+            self._derive(out, e, self.mapper.left(crf, e) if left else crf, write_back=not left)
         except Exception as exc:
             log.debug("subject %s failed", e.subject_id, exc_info=True)
             out.error = str(exc)

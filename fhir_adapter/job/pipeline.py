@@ -33,7 +33,14 @@ from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.fhir.server_config import last_run
 from fhir_adapter.job import exit_codes
 from fhir_adapter.job.outlock import hold_out
-from fhir_adapter.job.outpaths import OutFolders, SubjectFileNames, inside, quarantine_file_name, subject_file_name
+from fhir_adapter.job.outpaths import (
+    OutFolders,
+    SubjectFileNames,
+    UnsafePath,
+    inside,
+    quarantine_file_name,
+    subject_file_name,
+)
 from fhir_adapter.job.quarantine import quarantine_record
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.job.staging import Staging
@@ -103,16 +110,21 @@ class RunSummary:
     #: subjects who left (withdrawn, off-study) whose CRF of an earlier run is in the outputs again, not read
     #: (docs/clinical-rules.md#withdrawn-subjects); not counted in ``subjects``
     carried_forward: list[str] = field(default_factory=list)
+    #: subjects who left whose CRF could not be carried forward (kept in OUT/crf as it was); also in
+    #: ``subjects_failed``
+    carried_failed: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        """0 ok, 1 nobody processed (every enrolled subject failed), 2 completed with quarantined input or
+        """0 ok, 1 nobody processed (every enrolled subject read failed, or nothing at all, not even a subject who
+        left, could be processed), 2 completed with quarantined input or
         subjects not processed / not written, 3 server unavailable (stopped early), 4 authentication failed
         (fhir_adapter/job/exit_codes.py)."""
         if self.stopped is not None:
             return self.stopped.exit_code
-        if self.subjects == 0 and not self.carried_forward and self.subjects_failed:
-            return exit_codes.FAILED
+        read_failed = len(self.subjects_failed) - len(self.carried_failed)
+        if self.subjects == 0 and self.subjects_failed and (read_failed or not self.carried_forward):
+            return exit_codes.FAILED  # every subject read failed, or nothing at all could be processed
         if self.quarantined or self.subjects_failed or self.subjects_not_written:
             return exit_codes.COMPLETED_WITH_WARNINGS
         return exit_codes.OK
@@ -310,9 +322,14 @@ def _run(
     owned_study = next((s for s in roster_input.studies if is_owned(s)), None)  # from study.yaml
     day1_sources: list[dict[str, Any]] = []
     roster = build_roster(roster_input, study, runlog)
+
+    def previous_crf(sid: str) -> Path:
+        """The subject's CRF in OUT from the last run (an unchanged or carried subject is derived from it)."""
+        return inside(out, out / "crf" / f"{subject_file_name(sid)}.json")
+
     # subjects who left, whose CRF of the last run that read them is in OUT: carried forward, never read
-    carried = {pid: e for pid, e in roster.left.items()
-               if inside(out, out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    carried = {sid: e for sid, e in roster.left.items() if previous_crf(sid).is_file()}
+    not_carried = {sid: why for sid, why in roster.left_unsure.items() if previous_crf(sid).is_file()}
     if not carried and (empty := nobody_enrolled(roster_input, roster, study, runlog,
                                                  roster_csv=roster_csv is not None)) is not None:
         raise RosterError(empty)
@@ -327,7 +344,7 @@ def _run(
                                  "what_to_do": "correct the subject's row of the roster CSV (the error names the "
                                                "line); the next run enrols the subject"})
     if on_start:
-        on_start(len(roster.enrolled) + len(carried))  # the number of on_subject calls to come (progress)
+        on_start(len(roster.enrolled) + len(carried) + len(not_carried))  # on_subject calls to come (progress)
     labels = {pid: e.subject_id for pid, e in roster.enrolled.items()}
     source.label_subjects(labels)
     # an incremental read may skip only subjects whose last CRF is at hand
@@ -369,7 +386,7 @@ def _run(
     done: list[str] = []
 
     def write_back(o: SubjectOutcome, e: Enrollee, source_resources: list[dict[str, Any]] | None,
-                   name: str) -> tuple[list[dict[str, Any]], Plan, WriteResult | None]:
+                   diff_path: Path) -> tuple[list[dict[str, Any]], Plan, WriteResult | None]:
         """The subject's results: planned against the write-back state, written to the server (if any)."""
         bundle_resources = list(o.resources)
         problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
@@ -390,7 +407,6 @@ def _run(
         unchanged_since_last = source_resources is None and not plan.retractions and \
             plan.changes["new"] == plan.changes["updated"] == 0
         w: WriteResult | None = None
-        diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
         if sink is not None and not unchanged_since_last:
             # may stop the run; a retraction is the one the offline bundle holds, and the Provenance names its
             # sources too (as the bundle's does); a result held back for review is neither written nor retracted
@@ -402,10 +418,9 @@ def _run(
                 raise w.stop
         return bundle_resources, plan, w
 
-    def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None, *,
-               carried: bool = False) -> None:
-        """One subject's outputs into the staging folder (and its results to the server). ``carried``: a subject
-        who left, carried forward from its last CRF: nothing is planned or written back for it."""
+    def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None) -> None:
+        """One subject's outputs into the staging folder (and its results to the server); for a subject who left,
+        carried forward from its last CRF (``o.carried``), nothing is planned or written back."""
         o.merge_log(runlog)
         name = file_names.name(o.subject_id) if o.enrollee is not None else ""
         p = o.pieces  # the subject's files, written where it was processed
@@ -420,7 +435,8 @@ def _run(
         e = o.enrollee
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
-        bundle_resources, plan, w = ([], None, None) if carried else write_back(o, e, source_resources, name)
+        diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
+        bundle_resources, plan, w = ([], None, None) if o.carried else write_back(o, e, source_resources, diff_path)
         if p is not None:
             assert p.row is not None
             rows.add_json(o.subject_id, p.row)
@@ -456,7 +472,7 @@ def _run(
             else:
                 exports.add(exported, o.quarantine, o.review.status, o.review.decisions)
             visits = sum(1 for v in crf.visits if not v.unscheduled)
-        if carried:
+        if o.carried:
             summary.carried_forward.append(e.subject_id)
             return
         summary.visits += visits
@@ -468,7 +484,7 @@ def _run(
         if sink is not None and w is None:
             summary.server_unchanged += len(bundle_resources)
         elif w is not None:
-            _record_write(w, summary, runlog, inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff"))
+            _record_write(w, summary, runlog, diff_path)
         if w is None or not w.error:  # done: processed, and written when there is a server to write to
             done.append(e.subject_id)
 
@@ -480,45 +496,58 @@ def _run(
             if stop is not None:
                 raise stop from exc
             log.debug("subject %s failed", e.subject_id, exc_info=True)
-            if e.patient_id in carried:  # its last CRF is all there is of it (it is never read again): kept as is
-                previous = inside(out, out / "crf" / f"{subject_file_name(e.subject_id)}.json")
-                shutil.copyfile(previous, folders.file(work_dir / "crf" / f"{file_names.name(e.subject_id)}.json"))
-                runlog.warn(f"subject who left not carried forward: {exc}; its CRF of an earlier run is kept in "
-                            "OUT/crf as it was", subject_id=e.subject_id, rule="subject-failed")
+            if e.subject_id in carried:  # its last CRF is all there is of it (it is never read again): kept as is
+                keep_left_crf(e.subject_id, str(exc))
             else:
                 # a failed subject leaves no CRF in this run's outputs (when it failed after writing it): the next
                 # incremental run (--since last) then reads it in full, never reusing it as unchanged
                 if (name := file_names.held_by(e.subject_id)) is not None:
                     inside(work_dir, work_dir / "crf" / f"{name}.json").unlink(missing_ok=True)
                 runlog.warn(f"subject not processed: {exc}", subject_id=e.subject_id, rule="subject-failed")
-            summary.subjects_failed.append(e.subject_id)
-            summary.failures.append(_failure(e.subject_id, "map", exc))
+                summary.subjects_failed.append(e.subject_id)
+                summary.failures.append(_failure(e.subject_id, "map", exc))
         if on_subject:
             on_subject(e.subject_id)
 
-    def cached(e0: Enrollee) -> None:
-        path = inside(out, out / "crf" / f"{subject_file_name(e0.subject_id)}.json")
-        crf = SubjectCRF.model_validate_json(path.read_bytes())
+    def keep_left_crf(sid: str, why: str) -> None:
+        """A subject who left whose CRF cannot be carried forward: the file is kept in OUT/crf as it was (it is
+        all there is of the subject: it is never read again), and the subject counts as not processed."""
+        try:
+            shutil.copyfile(previous_crf(sid), folders.file(work_dir / "crf" / f"{file_names.name(sid)}.json"))
+            kept = "its CRF of an earlier run is kept in OUT/crf as it was"
+        except UnsafePath as exc:  # its file name is another subject's in this run
+            kept = f"its CRF of an earlier run could not be kept: {exc}"
+        runlog.warn(f"subject who left not carried forward: {why}; {kept}", subject_id=sid, rule="subject-failed",
+                    fix="restore OUT/crf/<subject>.json from a backup of OUT (or run the adapter version that wrote "
+                        "it), or correct the subject's ResearchSubjects in the EHR")
+        summary.subjects_failed.append(sid)
+        summary.carried_failed.append(sid)
+        summary.failures.append({"subject_id": sid, "stage": "carry-forward", "error": f"{why}; {kept}",
+                                 "what_to_do": "the subject has left and is never read again: restore its CRF "
+                                               "(OUT/crf) from a backup of OUT, or run the adapter version that "
+                                               "wrote it, or correct its ResearchSubjects in the EHR; the next run "
+                                               "carries it forward then"})
+
+    def cached(e0: Enrollee, left: bool = False) -> None:
+        crf = SubjectCRF.model_validate_json(previous_crf(e0.subject_id).read_bytes())
         e = replace(e0, day1=crf.day1, infusion=infusion_record(crf.ex),
                     day1_source="previous run (OUT/crf)" if crf.day1 else None)
-        leaver = e0.patient_id in carried
-        if leaver:  # the roster's ResearchSubject says since when and why it left
-            crf = crf.model_copy(update={"dm": crf.dm.model_copy(update={
-                "status": e0.status, "end_of_participation": e0.end_of_study or crf.dm.end_of_participation})})
-        finish(engine.cached(e, crf, write_back=not leaver), carried=leaver)
+        finish(engine.cached(e, crf, left=left))
 
-    reused: deque[str] | None = None  # an incremental run's unchanged subjects, known once the source reads
+    #: an incremental run's unchanged subjects (known once the source reads) and the subjects who left
+    reused: deque[tuple[str, str, bool]] | None = None
 
     def reuse_before(pid: str | None) -> None:
         """Derive the unchanged subjects (from their last CRF) that come before ``pid`` (None: all that are
         left), so that every subject's rows are in the exports in the order of a full run (by patient id)."""
         nonlocal reused
-        if reused is None:
-            reused = deque(sorted(source.unchanged_subjects() | carried.keys()))
-        while reused and (pid is None or reused[0] < pid):
-            e0 = roster.enrolled.get(reused[0]) or carried[reused[0]]
-            reused.popleft()
-            guarded(e0, partial(cached, e0))
+        if reused is None:  # unchanged enrolled subjects, and subjects who left, by patient id
+            reused = deque(sorted([(p, roster.enrolled[p].subject_id, False) for p in source.unchanged_subjects()]
+                                  + [(e.patient_id, sid, True) for sid, e in carried.items()]))
+        while reused and (pid is None or reused[0][0] < pid):
+            p, sid, left = reused.popleft()
+            e0 = carried[sid] if left else roster.enrolled[p]
+            guarded(e0, partial(cached, e0, left))
 
     try:
         try:
@@ -553,6 +582,10 @@ def _run(
             if on_subject:
                 on_subject(e0.subject_id)
         reuse_before(None)
+        for sid, why in sorted(not_carried.items()):  # subjects who left, whose last CRF cannot be carried
+            keep_left_crf(sid, why)
+            if on_subject:
+                on_subject(sid)
     except _Stop as stop:
         left = sorted(e.subject_id for e in roster.enrolled.values() if e.subject_id not in done)
         summary.stopped = _stopped(stop.error, done, left)

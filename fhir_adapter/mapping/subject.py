@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import Counter
+from dataclasses import replace
 from typing import Any
 
-from fhir_adapter.crf.models import AdverseEvent, Demographics, MedicalHistory, SubjectCRF
+from fhir_adapter.crf.models import AdverseEvent, Demographics, Finding, MedicalHistory, SubjectCRF, VisitRecord
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper
@@ -93,15 +94,7 @@ class SubjectMapper:
                           resource=f"{e.research_subject.resource_type}/{e.research_subject.id}",
                           subject_id=e.subject_id, rule="consent-after-day1",
                           fix="check the consent date (ResearchSubject.period.start, or the roster CSV's) and Day 1")
-        positions = Counter(span.position(f.date) for f in findings)
-        before, after = positions["before"], positions["after"]
-        findings, visits = place(findings, e.day1, self.study, span)
-        if before:
-            self.log.count("participation.before-start", before)
-        if after:
-            self.log.count("participation.after-end", after)
-            self.log.warn(f"{after} result(s) dated after the end of participation ({span.end}, "
-                          f"{span.end_basis}) were not used", subject_id=e.subject_id, rule="participation")
+        findings, visits = self._placed(findings, span, e)
         ex = map_exposure(e, resources, self.study, self.log)
         ld_start = lymphodepletion_start(ex)
         cm = sorted(self.medications.map(without_study_product(resources, self.study), e.subject_id)
@@ -128,6 +121,33 @@ class SubjectMapper:
             baseline_from=self._baseline_from(e.day1),
             dm=dm, ex=ex, findings=findings, visits=visits, cm=cm, ae=ae, mh=mh, pr=pr, not_done=not_done,
         )
+
+    def left(self, crf: SubjectCRF, e: Enrollee) -> SubjectCRF:
+        """The CRF an earlier run made of a subject who has since left (docs/clinical-rules.md#withdrawn-subjects),
+        as its ResearchSubject now bounds it: results and adverse events after the end of participation are taken
+        out (counted and warned of as when read), and DM takes the ResearchSubject's status, end and version."""
+        e = replace(e, day1=crf.day1)
+        now = participation(e, self.study)  # the start stays the one the CRF was read with
+        span = Span(crf.participation_start, now.end, now.start_basis, now.end_basis)
+        findings, visits = self._placed(list(crf.findings), span, e)
+        ae, mh = self._bound_adverse_events(list(crf.ae), list(crf.mh), span, e)
+        dm = crf.dm.model_copy(update={"status": e.status, "end_of_participation": e.end_of_study,
+                                       "source": (e.research_subject,)})
+        return crf.model_copy(update={"dm": dm, "findings": findings, "visits": visits, "ae": ae, "mh": mh})
+
+    def _placed(self, findings: list[Finding], span: Span, e: Enrollee) -> tuple[list[Finding], list[VisitRecord]]:
+        """The findings inside ``span`` placed in visits (:func:`place`); those outside it counted, and those after
+        its end — taken out — warned of."""
+        positions = Counter(span.position(f.date) for f in findings)
+        before, after = positions["before"], positions["after"]
+        placed = place(findings, e.day1, self.study, span)
+        if before:
+            self.log.count("participation.before-start", before)
+        if after:
+            self.log.count("participation.after-end", after)
+            self.log.warn(f"{after} result(s) dated after the end of participation ({span.end}, "
+                          f"{span.end_basis}) were not used", subject_id=e.subject_id, rule="participation")
+        return placed
 
     def _bound_adverse_events(self, ae: list[AdverseEvent], mh: list[MedicalHistory], span: Span,
                               e: Enrollee) -> tuple[list[AdverseEvent], list[MedicalHistory]]:

@@ -11,12 +11,12 @@ Day 1 = the date of the completed infusion Procedure (docs/clinical-rules.md#day
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.crf.models import SourceRef
 from fhir_adapter.fhir.r4 import r4_problem
+from fhir_adapter.fhir.versions import version_key
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.cdisc_details import race_ethnicity
 from fhir_adapter.roster import subject_ids
@@ -61,9 +61,12 @@ class Roster:
     study_ids: set[str]
     enrolled: dict[str, Enrollee]  # by patient id
     excluded: dict[str, int]       # ResearchSubject status -> count
-    #: subjects who took part and left (``study.left_statuses``: withdrawn, off-study), by patient id: never read;
+    #: subjects who took part and left (``study.left_statuses``: withdrawn, off-study), by subject ID: never read;
     #: the pipeline carries forward the CRF of the last run that read them (docs/clinical-rules.md#withdrawn-subjects)
     left: dict[str, Enrollee] = field(default_factory=dict)
+    #: subject ID -> why a subject who left cannot be carried forward (its ResearchSubjects name different
+    #: patients, or none, or its patient is enrolled under another subject ID)
+    left_unsure: dict[str, str] = field(default_factory=dict)
 
     @property
     def patient_ids(self) -> set[str]:
@@ -131,8 +134,7 @@ def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
 
 @dataclass(frozen=True)
 class _Claim:
-    """An enrolled-status ResearchSubject of the study, before ambiguity is ruled out (or one of a subject who
-    left, before the enrolled ones are known)."""
+    """An enrolled-status ResearchSubject of the study, before ambiguity is ruled out."""
 
     rs: dict[str, Any]
     rid: str
@@ -193,7 +195,7 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
     investigators = {str(s["id"]): _investigator(s) for s in data.studies if s.get("id") in study_ids}
     excluded: dict[str, int] = {}
     claims: list[_Claim] = []
-    left_claims: list[_Claim] = []
+    left_rss: list[dict[str, Any]] = []
     for rs in data.subjects:
         if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base) not in study_ids:
             continue
@@ -205,8 +207,8 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
         status = rs.get("status", "")
         if status not in info.enrolled_statuses:  # withdrawn, off-study…: docs/clinical-rules.md#withdrawn-subjects
             excluded[status] = excluded.get(status, 0) + 1
-            if status in info.left_statuses and (left := _left_claim(rs, str(rid), status, data, study)) is not None:
-                left_claims.append(left)
+            if status in info.left_statuses:
+                left_rss.append(rs)
             continue
         ref = (rs.get("individual") or {}).get("reference")
         pid = ref_id(ref, "Patient", data.base)
@@ -238,33 +240,44 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
     log.count("roster.enrolled", len(enrolled))
     for status, n in excluded.items():
         log.count(f"roster.excluded.{status or 'no-status'}", n)
-    return Roster(study_ids=study_ids, enrolled=enrolled, excluded=excluded,
-                  left=_left(left_claims, enrolled, data, study, investigators, site_studies))
+    left, unsure = _leavers(left_rss, enrolled, data, study)
+    return Roster(study_ids=study_ids, enrolled=enrolled, excluded=excluded, left=left, left_unsure=unsure)
 
 
-def _left_claim(rs: dict[str, Any], rid: str, status: str, data: RosterInput, study: Study) -> _Claim | None:
-    """A ResearchSubject of a subject who left (withdrawn, off-study), when it names a Patient of the source and
-    a subject ID; else None, without a word: nothing of such a subject is read, so nothing of it is refused."""
-    pid = ref_id((rs.get("individual") or {}).get("reference"), "Patient", data.base)
-    patient = data.patients.get(pid or "")
-    sid = subject_ids.subject_id(rs, study.subject_id_rule)
-    if pid is None or patient is None or sid is None:
-        return None
-    return _Claim(rs=rs, rid=rid, status=status, patient_id=pid, patient=patient, subject_id=sid)
-
-
-def _left(claims: list[_Claim], enrolled: dict[str, Enrollee], data: RosterInput, study: Study,
-          investigators: dict[str, tuple[str | None, str | None]], site_studies: dict[str, str]) -> dict[str, Enrollee]:
-    """The subjects who left, by patient id: one ResearchSubject each, naming neither an enrolled patient nor an
-    enrolled subject ID (a patient enrolled again, under a new ResearchSubject, is the enrolled one) nor a
-    patient or subject ID another leaver's ResearchSubject names too (then none of them is carried forward)."""
-    taken_sids = {e.subject_id for e in enrolled.values()}
-    mine = [c for c in claims if c.patient_id not in enrolled and c.subject_id not in taken_sids]
-    pids = Counter(c.patient_id for c in mine)
-    sids = Counter(c.subject_id for c in mine)
-    scratch = RunLog()  # what building them would warn of concerns data no longer read
-    return {c.patient_id: _enrollee(c, data, study, investigators, site_studies, scratch) for c in mine
-            if pids[c.patient_id] == 1 and sids[c.subject_id] == 1}
+def _leavers(rss: list[dict[str, Any]], enrolled: dict[str, Enrollee], data: RosterInput,
+             study: Study) -> tuple[dict[str, Enrollee], dict[str, str]]:
+    """The subjects who left, by subject ID, from their ResearchSubjects alone (their Patient need not be in the
+    source: nothing of them is read), and the subject IDs that cannot be carried forward, with why. A subject ID
+    enrolled under another ResearchSubject is the enrolled subject (a patient enrolled again); several
+    ResearchSubjects of one subject ID and one patient give the latest version's status and dates."""
+    enrolled_sids = {e.subject_id for e in enrolled.values()}
+    by_sid: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+    for rs in rss:
+        sid = subject_ids.subject_id(rs, study.subject_id_rule)
+        if sid is not None and sid not in enrolled_sids:
+            pid = ref_id((rs.get("individual") or {}).get("reference"), "Patient", data.base)
+            by_sid.setdefault(sid, []).append((rs, pid))
+    left: dict[str, Enrollee] = {}
+    unsure: dict[str, str] = {}
+    for sid, group in by_sid.items():
+        named = ", ".join(f"ResearchSubject/{rs.get('id')}" for rs, _ in group)
+        pids = {pid for _, pid in group}
+        if None in pids:
+            unsure[sid] = f"{named} names no Patient (individual)"
+        elif len(pids) > 1:
+            unsure[sid] = f"{named} name different patients ({', '.join(sorted(f'Patient/{p}' for p in pids))})"
+        elif (pid := str(next(iter(pids)))) in enrolled:
+            unsure[sid] = f"its Patient/{pid} is enrolled as subject {enrolled[pid].subject_id}"
+        else:
+            rs = max((rs for rs, _ in group), key=lambda r: (version_key(r), str(r.get("id"))))
+            period = rs.get("period") or {}
+            left[sid] = Enrollee(
+                subject_id=sid, patient_id=pid, status=str(rs.get("status")), arm=rs.get("assignedArm"),
+                research_subject=SourceRef(resource_type="ResearchSubject", id=str(rs.get("id")),
+                                           version=(rs.get("meta") or {}).get("versionId")),
+                consent_date=_date(period.get("start"), study), end_of_study=_date(period.get("end"), study),
+                site=None, sex="U", birth_date=None, actual_arm=rs.get("actualArm"))
+    return left, unsure
 
 
 def _enrollee(c: _Claim, data: RosterInput, study: Study, investigators: dict[str, tuple[str | None, str | None]],
