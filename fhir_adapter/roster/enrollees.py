@@ -273,11 +273,16 @@ def _leavers(rss: list[dict[str, Any]], enrolled: dict[str, Enrollee], data: Ros
             period = rs.get("period") or {}
             left[sid] = Enrollee(
                 subject_id=sid, patient_id=pid, status=str(rs.get("status")), arm=rs.get("assignedArm"),
-                research_subject=SourceRef(resource_type="ResearchSubject", id=str(rs.get("id")),
-                                           version=(rs.get("meta") or {}).get("versionId")),
+                research_subject=_reference(rs),
                 consent_date=_date(period.get("start"), study), end_of_study=_date(period.get("end"), study),
                 site=None, sex="U", birth_date=None, actual_arm=rs.get("actualArm"))
     return left, unsure
+
+
+def _reference(rs: dict[str, Any]) -> SourceRef:
+    """The ResearchSubject as the CRF cites it (DM's source): id and version."""
+    return SourceRef(resource_type="ResearchSubject", id=str(rs.get("id")),
+                     version=(rs.get("meta") or {}).get("versionId"))
 
 
 def _enrollee(c: _Claim, data: RosterInput, study: Study, investigators: dict[str, tuple[str | None, str | None]],
@@ -291,8 +296,7 @@ def _enrollee(c: _Claim, data: RosterInput, study: Study, investigators: dict[st
     return Enrollee(
         subject_id=c.subject_id,
         patient_id=c.patient_id,
-        research_subject=SourceRef(resource_type="ResearchSubject", id=c.rid,
-                                   version=(rs.get("meta") or {}).get("versionId")),
+        research_subject=_reference(rs),
         status=c.status,
         arm=rs.get("assignedArm"),
         actual_arm=rs.get("actualArm"),
