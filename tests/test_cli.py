@@ -87,6 +87,29 @@ def test_missing_study_folder_is_one_line_exit_1(tmp_path: Path) -> None:
     assert "Traceback" not in res.output + res.stderr
 
 
+@pytest.mark.parametrize("option", [["--post"], ["--dry-run"], ["--since", "last"], ["--since", "2026-01-01"],
+                                    ["--bulk"]])
+def test_server_only_options_on_a_folder_stop_before_anything_is_written(quarantining_feed: Path, tmp_path: Path,
+                                                                         option: list[str]) -> None:
+    """docs/cli.md: a scheduled job that believes it posts or reads incrementally never runs as something else."""
+    out = tmp_path / "out"
+    res = _runner().invoke(main, ["run", "--source", str(quarantining_feed), "--out", str(out), *option])
+    assert res.exit_code == 1, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "need a FHIR server" in lines[0] and "--source https://" in lines[0]
+    assert not (out / "run-report.json").exists() and not (out / "crf").exists()
+
+
+def test_config_on_a_folder_is_ignored_with_a_warning(quarantining_feed: Path, tmp_path: Path) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text("read_mode: batch\n")
+    res = _runner().invoke(main, ["run", "--source", str(quarantining_feed), "--out", str(tmp_path / "out"),
+                                  "--config", str(config)])
+    assert res.exit_code == 2, res.output  # the feed's quarantined line, as without --config
+    report = json.loads((tmp_path / "out" / "run-report.json").read_text())
+    assert any(w.get("rule") == "config-ignored" for w in report["warnings"])
+
+
 def test_bad_mapping_names_file_and_line(tmp_path: Path) -> None:
     study = tmp_path / "study"
     shutil.copytree(ROOT / "mappings" / "lcar-aio", study)
