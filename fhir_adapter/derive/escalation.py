@@ -24,11 +24,14 @@ escalation data alone decide, as in the protocol; expansion safety is reviewed s
 
 1. n = 0 → ``not treated`` (``no DLT-evaluable subjects`` when some were infused);
 2. y ≥ 2 → ``exceeds MTD: de-escalate``;
-3. n < 3 → ``cohort incomplete (n/3 evaluable)``;
-4. n = 3, y = 1 → ``expand to 6``; n = 3, y = 0 → ``escalate`` (``expand to 6: next level exceeds MTD``
+3. a level above the lowest level that exceeds the MTD → ``closed: <that level> exceeds MTD``: 3+3 never doses
+   above a level that exceeds the MTD, so a DLT reported late at a lower level (after the next cohort was dosed)
+   closes the levels above it whatever their own counts;
+4. n < 3 → ``cohort incomplete (n/3 evaluable)``;
+5. n = 3, y = 1 → ``expand to 6``; n = 3, y = 0 → ``escalate`` (``expand to 6: next level exceeds MTD``
    when the next level exceeds the MTD; ``highest level: MTD not reached`` at the top level);
-5. n = 4–5 → ``cohort incomplete (n/6 evaluable)``;
-6. n ≥ 6 (y ≤ 1) → ``escalate``; ``MTD`` when the next level exceeds the MTD; ``highest level: MTD not
+6. n = 4–5 → ``cohort incomplete (n/6 evaluable)``;
+7. n ≥ 6 (y ≤ 1) → ``escalate``; ``MTD`` when the next level exceeds the MTD; ``highest level: MTD not
    reached`` at the top level.
 
 BOIN decision of one level; the first case that applies defines the value: not treated; ``eliminated``
@@ -253,6 +256,7 @@ def _three_plus_three(levels: list[tuple[str, int, int, int]]) -> tuple[list[str
     """Decisions and RP2D under 3+3; ``levels`` = (arm, n_treated, n_evaluable, n_dlt), lowest first."""
     exceeds = [y >= 2 for _, _, _, y in levels]
     top = len(levels) - 1
+    first_bad = next((i for i, e in enumerate(exceeds) if e), None)
     decisions = []
     for i, (_arm, nt, n, y) in enumerate(levels):
         nxt_exceeds = i < top and exceeds[i + 1]
@@ -260,6 +264,8 @@ def _three_plus_three(levels: list[tuple[str, int, int, int]]) -> tuple[list[str
             dec = "no DLT-evaluable subjects" if nt else "not treated"
         elif y >= 2:
             dec = "exceeds MTD: de-escalate"
+        elif first_bad is not None and i > first_bad:  # no subject is dosed above a level that exceeds the MTD
+            dec = f"closed: {levels[first_bad][0]} exceeds MTD"
         elif n < 3:
             dec = f"cohort incomplete ({n}/3 evaluable)"
         elif n == 3 and y == 1:
@@ -274,7 +280,6 @@ def _three_plus_three(levels: list[tuple[str, int, int, int]]) -> tuple[list[str
         decisions.append(dec)
     data = ", ".join(f"{a} {y}/{n}" for a, _, n, y in levels if n)
     method = "3+3"
-    first_bad = next((i for i, e in enumerate(exceeds) if e), None)
     if first_bad == 0:
         return decisions, Rp2d(arm=None, method=method,
                                rationale=f"the lowest level {levels[0][0]} exceeds the MTD ({data}): no RP2D")

@@ -183,6 +183,20 @@ def test_three_plus_three_expand_lower_level_when_next_exceeds_and_mtd_pending()
     assert r.rp2d.arm is None and "needs 6 evaluable" in r.rp2d.rationale
 
 
+@pytest.mark.parametrize("dl3", [[True, False, False], [False] * 3, [True] + [False] * 5, [False, False]])
+def test_three_plus_three_never_doses_above_a_level_that_exceeds_the_mtd(dl3: list[bool]) -> None:
+    """A DLT reported late at DL2, after DL3 was dosed: DL3 is closed whatever its own counts (it said "expand to
+    6", "escalate" or "cohort incomplete" before), a level above that exceeds the MTD itself says so, and a level
+    never treated stays "not treated"."""
+    s = EscalationSettings(dose_levels=("DL1", "DL2", "DL3", "DL4", "DL5"))
+    r = derive_escalation(cohort("DL1", [False] * 3) + cohort("DL2", [True, True] + [False] * 4)
+                          + cohort("DL3", dl3) + cohort("DL4", [True, True, False]), s)
+    assert [x.decision for x in r.dose_levels] == [
+        "expand to 6: next level exceeds MTD", "exceeds MTD: de-escalate", "closed: DL2 exceeds MTD",
+        "exceeds MTD: de-escalate", "not treated"]
+    assert r.rp2d.arm is None and "DL2 exceeds the MTD, DL1 needs 6" in r.rp2d.rationale
+
+
 def test_three_plus_three_lowest_level_too_toxic_and_mtd_not_reached() -> None:
     r = derive_escalation(cohort("DL1", [True, True, False]), S33)
     assert r.rp2d.arm is None and "lowest level" in r.rp2d.rationale
