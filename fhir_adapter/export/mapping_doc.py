@@ -59,9 +59,11 @@ def render(variables: list[Variable]) -> str:
         "`ug/L`); odm.xml names its MeasurementUnits by the same CDISC UNIT terms (`mmHg`, `10^9/L`), the UCUM "
         "code an `Alias` (context `UCUM`). Every term carries the NCI code it was checked against in that release's "
         "`SDTM Terminology.txt` (in ct.yaml, and as `nci:ExtCodeID` aliases in odm.xml); RACE = MULTIPLE (SDTMIG "
-        "DM convention) is the one value outside its codelist. MedDRA hierarchy (HLT, HLGT, SOC) needs the site's own "
-        "MedDRA release: `meddra_dir` in the site overlay or `FHIR_ADAPTER_MEDDRA_DIR` (MSSO ASCII files "
-        "`llt.asc`, `mdhier.asc`).",
+        "DM convention) is the one value outside its codelist. RACE and ETHNIC follow the US Core `ombCategory` "
+        "*code* (CDC Race & Ethnicity, or the null flavours UNK and ASKU, both UNKNOWN), whatever display text the "
+        "EHR sent with it; a code outside those value sets falls back to its display. MedDRA hierarchy (HLT, HLGT, "
+        "SOC) needs the site's own MedDRA release: `meddra_dir` in the site overlay or `FHIR_ADAPTER_MEDDRA_DIR` "
+        "(MSSO ASCII files `llt.asc`, `mdhier.asc`).",
         "",
         "## Rules the exports apply",
         "",

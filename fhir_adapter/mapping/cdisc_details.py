@@ -25,7 +25,7 @@ from fhir_adapter.mapping.medication_codes import medication_concept, medication
 from fhir_adapter.mapping.references import referenced_identifier, site_qualifiers
 from fhir_adapter.source.base import ref_id
 from fhir_adapter.study.timeline import DateError, parse_fhir_date, study_day
-from fhir_adapter.terminology.codes import NCIT, NCIT_CTCAE_GRADE
+from fhir_adapter.terminology.codes import NCIT, NCIT_CTCAE_GRADE, OMB_CATEGORY_DISPLAYS
 
 if TYPE_CHECKING:
     from fhir_adapter.study.load import Study
@@ -278,7 +278,9 @@ def immunizations(resources: list[dict[str, Any]], subject_id: str, study: Study
 
 
 def race_ethnicity(patient: dict[str, Any] | None) -> tuple[str | None, str | None]:
-    """US Core race and ethnicity: the ``ombCategory`` display, else the ``text`` sub-extension."""
+    """US Core race and ethnicity: the ``ombCategory`` code's own display (:data:`OMB_CATEGORY_DISPLAYS`: the
+    code decides, whatever display the EHR sent with it), else the coding's display, else the ``text``
+    sub-extension; more than one ``ombCategory`` is MULTIPLE."""
     def read(url: str) -> str | None:
         for ext in (patient or {}).get("extension") or []:
             if ext.get("url") != url:
@@ -287,8 +289,10 @@ def race_ethnicity(patient: dict[str, Any] | None) -> tuple[str | None, str | No
             omb = [s.get("valueCoding") or {} for s in subs if s.get("url") == "ombCategory"]
             if len(omb) > 1:
                 return "MULTIPLE"
-            if omb and omb[0].get("display"):
-                return str(omb[0]["display"])
+            if omb:
+                official = OMB_CATEGORY_DISPLAYS.get((str(omb[0].get("system")), str(omb[0].get("code"))))
+                if official or omb[0].get("display"):
+                    return official or str(omb[0]["display"])
             text = next((s.get("valueString") for s in subs if s.get("url") == "text"), None)
             return str(text) if text else None
         return None

@@ -75,6 +75,27 @@ OPS = "http://fhir.de/CodeSystem/bfarm/ops"
 #: is the standardized procedure name; a hospital's own catalogue is none
 PROCEDURE_DICTIONARIES = (SNOMED, ICD10PCS, CPT, OPS)
 
+# --- US Core race and ethnicity (us-core-race, us-core-ethnicity: ombCategory) ----------------------
+#: CDC Race & Ethnicity code system
+CDC_RACE_ETHNICITY = "urn:oid:2.16.840.1.113883.6.238"
+V3_NULL_FLAVOR = "http://terminology.hl7.org/CodeSystem/v3-NullFlavor"
+#: the OMB categories of the US Core value sets omb-race-category and omb-ethnicity-category, with the code
+#: systems' own displays: the code, not the EHR's display text, says which category is meant (an EHR may send
+#: 1002-5 with a local display such as "native"); the CDISC export maps these displays to RACE and ETHNIC terms
+#: (mappings/cdisc/ct.yaml)
+OMB_CATEGORY_DISPLAYS = {
+    (CDC_RACE_ETHNICITY, "1002-5"): "American Indian or Alaska Native",
+    (CDC_RACE_ETHNICITY, "2028-9"): "Asian",
+    (CDC_RACE_ETHNICITY, "2054-5"): "Black or African American",
+    (CDC_RACE_ETHNICITY, "2076-8"): "Native Hawaiian or Other Pacific Islander",
+    (CDC_RACE_ETHNICITY, "2106-3"): "White",
+    (CDC_RACE_ETHNICITY, "2131-1"): "Other Race",
+    (CDC_RACE_ETHNICITY, "2135-2"): "Hispanic or Latino",
+    (CDC_RACE_ETHNICITY, "2186-5"): "Not Hispanic or Latino",
+    (V3_NULL_FLAVOR, "UNK"): "Unknown",
+    (V3_NULL_FLAVOR, "ASKU"): "Asked but unknown",
+}
+
 # --- AE Clinical Research R4 backport IG (hl7.fhir.uv.ae-research-backport-ig 1.0.1) ---------------
 AE_BACKPORT = "http://hl7.org/fhir/uv/ae-research-backport-ig/StructureDefinition"
 EXT_AE_GRADE = f"{AE_BACKPORT}/ae-grade"

@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 
+from fhir_adapter.export.ct import load_terminology
 from fhir_adapter.export.odm import validate
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.mapping.cdisc_details import US_CORE_ETHNICITY, US_CORE_RACE, race_ethnicity
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import load_study
 from tests.export.test_cdisc_ig import synthetic_meddra
@@ -210,6 +212,33 @@ def test_dm_race_ethnicity_and_siteid_by_site_study(out: Path) -> None:
     assert dm["101-001"]["SITEID"] == "site-01", "no site-level study: the managing organisation"
     assert dm["101-002"]["SITEID"] == "LCAR-AIO-SLE-SITE-07", "the site-level ResearchStudy (IG rule)"
     assert dm["101-002"]["RACE"] == ""
+
+
+def _us_core(url: str, system: str, code: str, display: str) -> dict[str, Any]:
+    return {"url": url, "extension": [{"url": "ombCategory",
+                                       "valueCoding": {"system": system, "code": code, "display": display}}]}
+
+
+@pytest.mark.parametrize(("race", "ethnicity", "expected"), [
+    # the code decides: an EHR's local display ("native") is not a CDISC term, the code's category is
+    (("urn:oid:2.16.840.1.113883.6.238", "1002-5", "native"),
+     ("urn:oid:2.16.840.1.113883.6.238", "2135-2", "hisp"), ("AMERICAN INDIAN OR ALASKA NATIVE", "HISPANIC OR LATINO")),
+    (("urn:oid:2.16.840.1.113883.6.238", "2131-1", "Other Race"),
+     ("http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "ASKU", "asked but no answer"), ("OTHER", "UNKNOWN")),
+    (("http://terminology.hl7.org/CodeSystem/v3-NullFlavor", "UNK", "unknown"),
+     ("urn:oid:2.16.840.1.113883.6.238", "2186-5", "Not Hispanic"), ("UNKNOWN", "NOT HISPANIC OR LATINO")),
+    # a code the value sets do not have: its display, as before
+    (("urn:oid:2.16.840.1.113883.6.238", "2029-7", "Asian"),
+     ("urn:oid:2.16.840.1.113883.6.238", "9999-9", "Not Hispanic or Latino"), ("ASIAN", "NOT HISPANIC OR LATINO")),
+])
+def test_race_and_ethnicity_follow_the_omb_code_not_the_local_display(
+        race: tuple[str, str, str], ethnicity: tuple[str, str, str], expected: tuple[str, str]) -> None:
+    patient = {"resourceType": "Patient", "extension": [_us_core(US_CORE_RACE, *race),
+                                                        _us_core(US_CORE_ETHNICITY, *ethnicity)]}
+    r, e = race_ethnicity(patient)
+    ct = load_terminology()
+    assert (ct.term("RACE", r, "RACE"), ct.term("ETHNIC", e, "ETHNIC")) == expected
+    assert not ct.missing
 
 
 def test_mh_from_conditions_and_allergies_before_day1(out: Path) -> None:
