@@ -116,7 +116,9 @@ def render(variables: list[Variable]) -> str:
         "declared not available (docs/review.md): `--REASND` = the reviewer's reason, `REVSTAT` = not-available, "
         "SRCREF = the result set aside.",
         "* **SITEID**: the site-level ResearchStudy (partOf the study) the ResearchSubject is enrolled in; without "
-        "one, or with `siteid: organization` in the site overlay, the Patient's managing organisation.",
+        "one, or with `siteid: organization` in the site overlay, the Patient's managing organisation. With "
+        "neither, SITEID (Required in DM) is empty and `run-report.json` warns of it per subject (rule "
+        "`no-siteid`, with what to do).",
         "* **INVID** (every domain, beside SITEID) and **INVNAM** (DM): the principalInvestigator of the "
         "ResearchStudy the subject is enrolled in — the Practitioner (or PractitionerRole) contained in it, else the "
         "Reference's own identifier and display.",

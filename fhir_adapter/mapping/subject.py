@@ -113,6 +113,13 @@ class SubjectMapper:
             actual_arm=e.actual_arm, end_of_participation=e.end_of_study, country=self.study.country,
             source=(e.research_subject,),
         )
+        if dm.site is None:
+            self.log.warn(f"subject {e.subject_id} has no site: SITEID (Required in SDTM DM) is empty in its exports",
+                          resource=f"ResearchSubject/{e.research_subject.id}", subject_id=e.subject_id,
+                          rule="no-siteid",
+                          fix="enrol the subject in a site-level ResearchStudy (partOf the study, its identifier the "
+                              "site number), or give the Patient a managingOrganization (docs/cdisc-mapping.md, "
+                              "SITEID)")
         self.log.count("crf.findings", len(findings))
         self.log.count("crf.visits", len(visits))
         return SubjectCRF(

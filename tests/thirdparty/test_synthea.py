@@ -6,6 +6,7 @@ outside a subject's participation. Nothing generated is committed: it is written
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import subprocess
@@ -124,6 +125,19 @@ def test_what_is_quarantined_and_why(synthea_run: SyntheaRun) -> None:
     assert counts["observations.duplicates"] == 297
     assert counts["unmapped.http://loinc.org|8302-2"] == 198          # body height: not a CRF item
     assert counts["ignored.Encounter"] == counts["ignored.Claim"] == 544
+
+
+def test_a_subject_without_a_site_is_said(synthea_run: SyntheaRun) -> None:
+    """Synthea's Patients have no managingOrganization and the enrolment no site-level ResearchStudy: SITEID, a
+    Required DM variable, is empty, and the run report says so per subject with what to do."""
+    out, _, _, _ = synthea_run
+    rep = json.loads((out / "run-report.json").read_text())
+    said = {w["subject_id"]: w for w in rep["warnings"] if w.get("rule") == "no-siteid"}
+    assert set(said) == {"901-001", "901-002", "901-003"}
+    assert all("site-level ResearchStudy" in w["fix"] and w["resource"].startswith("ResearchSubject/")
+               for w in said.values())
+    with (out / "export" / "DM.csv").open(newline="", encoding="utf-8") as fh:
+        assert {r["SITEID"] for r in csv.DictReader(fh)} == {""}
 
 
 def test_nothing_outside_participation(synthea_run: SyntheaRun) -> None:
