@@ -212,6 +212,8 @@ class ConMed(_Model):
     dose: float | None = Field(None, description="dose per administration")
     dose_unit: str | None = None
     frequency_per_day: float | None = Field(None, description="administrations per day (0.5 = every other day)")
+    as_needed: bool = Field(False, description="the dosage line is taken as needed (asNeeded[x]): CMDOSFRQ PRN; "
+                                               "frequency_per_day is then its most")
     daily_dose_mg: float | None = Field(None, description="mg/day of the drug itself")
     pred_eq_daily_mg: float | None = Field(
         None, description="prednisolone-equivalent mg/day of a glucocorticoid record the dose counts (systemic, "

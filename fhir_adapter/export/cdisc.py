@@ -748,7 +748,8 @@ class RowBuilder:
                 "CMMHNO": c.mh_spid or "", "CMDOSE": num(c.dose),
                 "CMDOSU": self.ct.term("UNIT", c.dose_unit, "CMDOSU"),
                 "CMDOSFRM": self.ct.term("FRM", c.dose_form, "CMDOSFRM"),
-                "CMDOSFRQ": "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ"),
+                "CMDOSFRQ": self.ct.term("FREQ", "PRN", "CMDOSFRQ") if c.as_needed
+                else "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ"),
                 "CMDOSTOT": num(c.daily_dose_mg), "CMROUTE": route,
                 "CMSTDTC": _date(c.start_date, c.partial_start), "CMENDTC": _date(c.end_date, c.partial_end),
                 "CMSTDY": self._dy(crf, c.start_date), "CMENDY": self._dy(crf, c.end_date),

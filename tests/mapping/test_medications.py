@@ -479,6 +479,9 @@ def test_a_dose_resting_on_an_assumption_is_said(study: Study) -> None:
                       end="2024-02-01")
     cms, log = run(study, [done, prn, dated])
     assert len(cms) == 3
+    # CMDOSFRQ: an as-needed line is PRN, however often it may be taken (its daily dose still counts in full)
+    assert {c.source.id: (c.as_needed, c.daily_dose_mg) for c in cms} == {
+        "s30": (False, 10.0), "s31": (True, 5.0), "s32": (False, 5.0)}
     assert sorted((w["rule"], w["resource"]) for w in log.warnings) == [
         ("medication-as-needed", "MedicationStatement/s31"), ("medication-no-end-date", "MedicationStatement/s30")]
 

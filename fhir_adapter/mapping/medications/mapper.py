@@ -211,7 +211,10 @@ class MedicationMapper:
             self._plausible(drug, daily, "mg/d")
         shown_dose = mg if mg is not None else dose
         shown_unit = "mg" if mg is not None else unit
-        return self._record(r, drug, step, route, shown_dose, shown_unit, freq, daily)
+        record = self._record(r, drug, step, route, shown_dose, shown_unit, freq, daily)
+        if line.get("asNeededBoolean") or line.get("asNeededCodeableConcept"):
+            record.as_needed = True  # CMDOSFRQ PRN; its daily dose still counts in full (_flag_assumptions)
+        return record
 
     def _administration(self, r: dict[str, Any], drug: IdentifiedDrug) -> ConMed:
         """A MedicationAdministration: one record on its date with the dose given that day."""
