@@ -749,7 +749,7 @@ class RowBuilder:
                 "CMDOSU": self.ct.term("UNIT", c.dose_unit, "CMDOSU"),
                 "CMDOSFRM": self.ct.term("FRM", c.dose_form, "CMDOSFRM"),
                 "CMDOSFRQ": self.ct.term("FREQ", "PRN", "CMDOSFRQ") if c.as_needed
-                else "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ"),
+                else "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ", f"{num(freq)} per day"),
                 "CMDOSTOT": num(c.daily_dose_mg), "CMROUTE": route,
                 "CMSTDTC": _date(c.start_date, c.partial_start), "CMENDTC": _date(c.end_date, c.partial_end),
                 "CMSTDY": self._dy(crf, c.start_date), "CMENDY": self._dy(crf, c.end_date),
@@ -847,7 +847,7 @@ class RowBuilder:
                 "PRCAT": (r.category or "").upper(),
                 "PROCCUR": "Y" if r.occurred else "N",
                 "PRDOSFRQ": "" if r.frequency_per_day is None else self.ct.term(
-                    "FREQ", num(r.frequency_per_day), "PRDOSFRQ"),
+                    "FREQ", num(r.frequency_per_day), "PRDOSFRQ", f"{num(r.frequency_per_day)} per day"),
                 "PRREASND": r.reason_not_done or "",
                 "PRREASOC": (r.status_reason if r.status == "not-done" else r.indication) or "",
                 "PRINDC": r.indication or "", "PRAENO": r.ae_spid or "", "PRLOC": (r.body_site or "").upper(),

@@ -59,13 +59,14 @@ class Terminology:
                     found.add(flag)
         return found
 
-    def term(self, codelist: str, value: str | None, column: str) -> str:
-        """The submission value of ``value`` in ``codelist``; "" (and remembered) when it has none."""
+    def term(self, codelist: str, value: str | None, column: str, shown: str | None = None) -> str:
+        """The submission value of ``value`` in ``codelist``; "" (and remembered, as ``shown`` when the value
+        looked up is not what a reader would recognise, e.g. "6 per day" for a FREQ count) when it has none."""
         if value is None or value == "":
             return ""
         found = self.codelists[codelist].lookup(str(value))
         if found is None:
-            self.missing[(column, str(value))] += 1
+            self.missing[(column, shown or str(value))] += 1
             return ""
         return found
 

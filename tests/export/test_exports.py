@@ -302,12 +302,15 @@ def _crf_with_partial_dates() -> SubjectCRF:
 def test_an_as_needed_medication_is_prn_whatever_its_most_per_day(tmp_path: Path, study: Any) -> None:
     crf = _crf_with_partial_dates()
     crf.cm = [crf.cm[0].model_copy(update={"frequency_per_day": 1.0, "as_needed": True}),
-              crf.cm[0].model_copy(update={"frequency_per_day": 1.0})]
+              crf.cm[0].model_copy(update={"frequency_per_day": 1.0}),
+              crf.cm[0].model_copy(update={"frequency_per_day": 6.0})]
     w = ExportWriter(tmp_path, study)
     w.add(crf, [])
     w.close({})
     rows = list(csv.DictReader((tmp_path / "CM.csv").open(encoding="utf-8")))
-    assert [r["CMDOSFRQ"] for r in rows] == ["PRN", "QD"]
+    assert [r["CMDOSFRQ"] for r in rows] == ["PRN", "QD", ""]
+    # a count with no FREQ term is listed as what it is, not as a bare number
+    assert {"column": "CMDOSFRQ", "value": "6 per day", "rows": 1} in w.cdisc_report()["no_ct_term"]
 
 
 def test_cm_and_ae_partial_dates_in_csv_and_odm(tmp_path: Path, study: Any) -> None:
