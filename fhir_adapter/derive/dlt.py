@@ -48,9 +48,11 @@ Subject result; the first case that applies defines the value:
 1. not infused → ``dlt`` None, not evaluable "not infused";
 2. an event meets a rule → ``dlt`` True, with every such event in ``dlt_events``;
 3. an event is undecided for a rule → ``dlt`` None, with the reasons in ``not_evaluable``;
-4. ``require_complete_window`` and the subject was not followed through the window → None: no data dated
-   after the infusion day inside the window (study days 2 .. ``window.last_day``: a result, a visit, an AE
-   onset or resolution), or the last such data before ``window.last_day`` (docs/clinical-rules.md#dlt-window);
+4. ``require_complete_window`` and the subject was not followed through the window → None: its participation
+   ended, or it died, before ``window.last_day`` without data to the window's end (final); or, still followed,
+   no data dated after the infusion day inside the window (study days 2 .. ``window.last_day``: a result, a
+   visit, an AE onset or resolution), or the last such data before ``window.last_day`` — these may still come
+   (:func:`follow_up_pending`; docs/clinical-rules.md#dlt-window);
 5. otherwise → ``dlt`` False.
 
 "No DLT" therefore needs evidence that the subject was seen during the window and through its end: years of
@@ -68,7 +70,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -397,12 +399,32 @@ def _contact_days(crf: SubjectCRF, ctx: _Ctx) -> list[int]:
     return sorted({ctx.day(x) for x in dates})
 
 
+#: how a not-evaluable reason of :func:`_followup_gap` begins when the subject may still be followed through the
+#: window (later data can make it evaluable: dose escalation waits for it, :func:`follow_up_pending`)
+_GAP_OPEN = ("DLT window not followed: no data", "DLT window not completed:")
+
+
+def follow_up_pending(not_evaluable: Sequence[str]) -> bool:
+    """True when a subject is not DLT-evaluable only because its follow-up through the window may still come:
+    no data yet after the infusion day or to the window's end, while its participation has not ended (and it
+    has not died) before the window's end. An undecided event or an ended follow-up is final as far as the
+    data go (``dlt`` None, replaced in escalation)."""
+    return bool(not_evaluable) and all(r.startswith(_GAP_OPEN) for r in not_evaluable)
+
+
 def _followup_gap(crf: SubjectCRF, ctx: _Ctx) -> str | None:
     """Why the subject was not followed through the DLT window (case 4), or None when it was."""
     w = ctx.s.window
     days = _contact_days(crf, ctx)
     after = [x for x in days if x > 1]
     in_window = [x for x in after if x <= w.last_day]
+    ended = [(f"participation ended on study day {ctx.day(d)}", d) for d in (crf.dm.end_of_participation,)
+             if d is not None] + [(f"died on study day {ctx.day(d)}", d) for d in (crf.dm.death_date,)
+                                  if d is not None]
+    ended = [(why, d) for why, d in ended if ctx.day(d) < w.last_day]
+    if ended and (not after or after[-1] < w.last_day):
+        why = min(ended, key=lambda e: e[1])[0]
+        return f"DLT window not followed to its end: {why} (window ends day {w.last_day})"
     if not after:
         return (f"DLT window not followed: no data after the infusion day (window study days "
                 f"{w.first_day}-{w.last_day})")

@@ -34,13 +34,17 @@ escalation data alone decide, as in the protocol; expansion safety is reviewed s
 7. n ≥ 6 (y ≤ 1) → ``escalate``; ``MTD`` when the next level exceeds the MTD; ``highest level: MTD not
    reached`` at the top level.
 
-BOIN decision of one level; the first case that applies defines the value: not treated; ``eliminated``
-(this level met the elimination rule, or a lower one did); y ≤ escalation cutoff → ``escalate`` (``stay:
-highest level`` at the top); y ≥ de-escalation cutoff → ``de-escalate``; otherwise ``stay``.
+BOIN decision of one level, as the R package's ``get.oc`` moves the dose; the first case that applies defines
+the value: not treated; ``eliminated`` (this level met the elimination rule, or a lower one did); y ≤
+escalation cutoff → ``escalate`` (``stay: highest level`` at the top, ``stay: next level eliminated`` below an
+eliminated level); y ≥ de-escalation cutoff → ``de-escalate`` (``stay: lowest level (at the de-escalation
+boundary)`` at the lowest); otherwise ``stay``.
 
 RP2D: the MTD, ``method`` naming the design; when 3+3 reaches the top level without exceeding the MTD, the
-highest level tested (MTD not reached); None while escalation is ongoing or when the lowest level is too
-toxic, with the rationale saying so.
+highest level tested (MTD not reached); None while escalation is ongoing, while a subject of an escalation
+level is still in its DLT window (``DltOutcome.pending``: a DLT still to come can change the MTD), or when the
+lowest level is too toxic, with the rationale saying so. BOIN selects the MTD only among the doses whose
+isotonic estimate is below λd (``boin.bound_mtd``, the package's boundMTD = TRUE).
 
 Examples: DL1 0/3, DL2 1/6, DL3 2/3 → DL1 escalate, DL2 MTD, DL3 exceeds MTD → RP2D DL2 (3+3).
 BOIN φ = 0.30: λe 0.2365, λd 0.3585; n = (3, 6, 12, 6), y = (0, 1, 3, 3) → MTD dose 3.
@@ -67,6 +71,9 @@ class BoinSettings(_Strict):
     elimination_min_treated: int = Field(3, ge=1)
     min_evaluable_at_mtd: int = Field(
         6, ge=1, description="DLT-evaluable subjects the selected MTD needs before it is named the RP2D (as 3+3's 6)")
+    bound_mtd: bool = Field(
+        True, description="the selected MTD's isotonic estimate must be below the de-escalation boundary λd "
+                          "(BOIN select.mtd boundMTD=TRUE): a dose the design de-escalates from is never the MTD")
 
 
 class EscalationSettings(_Strict):
@@ -190,8 +197,9 @@ class BoinMtd:
 
 def boin_select_mtd(target: float, n: Sequence[int], y: Sequence[int],
                     s: BoinSettings = _DEFAULT_BOIN) -> BoinMtd:
-    """MTD as BOIN ``select.mtd`` (boundMTD = FALSE): elimination, PAVA of p̂, closest to the target with
-    the j·1e-10 tie-breaker (ties below φ → higher dose, above φ → lower dose)."""
+    """MTD as BOIN ``select.mtd``: elimination, PAVA of p̂, closest to the target with the j·1e-10 tie-breaker
+    (ties below φ → higher dose, above φ → lower dose); with ``bound_mtd`` (boundMTD = TRUE) only among the doses
+    whose estimate is below λd, and no MTD when none is."""
     k = len(n)
     elim = [False] * k
     for i in range(k):
@@ -208,7 +216,13 @@ def boin_select_mtd(target: float, n: Sequence[int], y: Sequence[int],
     for j, i in enumerate(adm):
         est[i] = iso[j]
     ranked = [iso[j] + (j + 1) * 1e-10 for j in range(len(adm))]
-    best = min(range(len(adm)), key=lambda j: (abs(ranked[j] - target), j))
+    candidates = list(range(len(adm)))
+    if s.bound_mtd:
+        lam_d = boin_boundaries(target, s.phi1_factor, s.phi2_factor)[1]
+        candidates = [j for j in candidates if ranked[j] < lam_d]
+        if not candidates:
+            return BoinMtd(None, elim, est)
+    best = min(candidates, key=lambda j: (abs(ranked[j] - target), j))
     return BoinMtd(adm[best], elim, est)
 
 
@@ -217,11 +231,13 @@ def boin_select_mtd(target: float, n: Sequence[int], y: Sequence[int],
 
 @dataclass(frozen=True)
 class DltOutcome:
-    """What escalation needs of one subject."""
+    """What escalation needs of one subject; ``pending``: not DLT-evaluable yet, still followed through the DLT
+    window (:func:`fhir_adapter.derive.dlt.follow_up_pending`)."""
 
     arm: str | None
     infused: bool
     dlt: bool | None
+    pending: bool = False
 
 
 class DoseLevel(BaseModel):
@@ -316,11 +332,12 @@ def _boin(levels: list[tuple[str, int, int, int]], target: float,
             dec = "no DLT-evaluable subjects" if nt else "not treated"
             dec = "eliminated" if sel.eliminated[i] else dec
         else:
-            row = boin_row(ni, target, s)
+            row = boin_row(ni, target, s)  # as BOIN get.oc: never to an eliminated level, nothing below the lowest
             if yi <= row.escalate_max:
-                dec = "stay: highest level" if i == top else "escalate"
+                dec = ("stay: highest level" if i == top else
+                       "stay: next level eliminated" if sel.eliminated[i + 1] else "escalate")
             elif yi >= row.deescalate_min:
-                dec = "de-escalate"
+                dec = "stay: lowest level (at the de-escalation boundary)" if i == 0 else "de-escalate"
             else:
                 dec = "stay"
         decisions.append(dec)
@@ -328,7 +345,8 @@ def _boin(levels: list[tuple[str, int, int, int]], target: float,
     method = f"BOIN (target {target:g})"
     bounds = {"lambda_e": lam_e, "lambda_d": lam_d}
     if sel.index is None:
-        why = "the lowest level is eliminated" if sel.eliminated[0] else "no DLT-evaluable subjects"
+        why = ("the lowest level is eliminated" if sel.eliminated[0] else "no DLT-evaluable subjects"
+               if not any(n) else f"every level's isotonic DLT estimate is at or above λd {lam_d:.4f}")
         rationale = f"no MTD: {why}. Data: {data or 'none'}"
         return decisions, Rp2d(arm=None, method=method, rationale=rationale), bounds
     est = sel.estimates[sel.index]
@@ -368,6 +386,14 @@ def derive_escalation(subjects: Sequence[DltOutcome], settings: EscalationSettin
         rows.append(DoseLevel(arm=arm, role="expansion", dose_level=level, n_treated=nt, n_dlt_evaluable=n,
                               n_dlt=y, n_dlt_not_evaluable=nt - n,
                               decision=f"expansion at {level}: not used for escalation decisions"))
+    waiting = {arm: sum(1 for x in subjects if x.arm == arm and x.infused and x.dlt is None and x.pending)
+               for arm in settings.dose_levels}
+    waiting = {arm: k for arm, k in waiting.items() if k}
+    if rp2d.arm is not None and waiting:  # a DLT still to come at any escalation level can change the MTD
+        at = ", ".join(f"{k} at {arm}" for arm, k in waiting.items())
+        rp2d = Rp2d(arm=None, method=rp2d.method, rationale=(
+            f"RP2D pending: subjects still in their DLT window ({at}); on the data so far it would be "
+            f"{rp2d.arm}: {rp2d.rationale}"))
     if rp2d.arm is not None:
         exp = [a for a, lv in settings.expansion_arms.items() if lv == rp2d.arm]
         others = sorted(set(settings.expansion_arms) - set(exp))

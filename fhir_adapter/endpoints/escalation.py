@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
+from fhir_adapter.derive.dlt import follow_up_pending
 from fhir_adapter.derive.escalation import DltOutcome, EscalationSettings, derive_escalation
 from fhir_adapter.endpoints.registry import Contracts, Endpoint, StudyInput
 
@@ -24,8 +25,9 @@ def study_keys(x: StudyInput) -> EscalationStudyKeys:
     esc = x.settings
     assert isinstance(esc, EscalationSettings)
     # one pass over the rows, keeping only what the decision needs (the rows may be read back from disk)
-    result = derive_escalation([DltOutcome(r["arm"], r["day1"] is not None, r["dlt"]) for r in x.rows if "dlt" in r],
-                               esc)
+    result = derive_escalation([DltOutcome(r["arm"], r["day1"] is not None, r["dlt"],
+                                           r["dlt"] is None and follow_up_pending(r.get("dlt_not_evaluable") or []))
+                                for r in x.rows if "dlt" in r], esc)
     return {
         "dose_levels": [d.model_dump(mode="json") for d in result.dose_levels],
         "rp2d": result.rp2d.model_dump(mode="json"),

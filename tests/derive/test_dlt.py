@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef, SubjectCRF
-from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt
+from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt, follow_up_pending
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import parse_fhir_date
 from tests.helpers import crf, d, finding
@@ -280,6 +280,31 @@ def test_no_follow_up_through_the_window_is_not_evaluable(rules: DltSettings, da
     # routine-care data long after the infusion, with nothing in the window, is no evidence of "no DLT"
     r = derive_dlt(crf([finding("weight", x, 60.0, domain="VS") for x in days], {}), rules, "UTC")
     assert r.dlt is None and len(r.not_evaluable) == 1 and reason in r.not_evaluable[0]
+    assert follow_up_pending(r.not_evaluable), "still followed: the data may come, dose escalation waits"
+
+
+@pytest.mark.parametrize(("ended", "reason"), [
+    ({"end_of_participation": d(20)}, "participation ended on study day 20"),
+    ({"death_date": d(12)}, "died on study day 12"),
+    ({"end_of_participation": d(20), "death_date": d(18)}, "died on study day 18"),
+])
+def test_follow_up_that_ended_in_the_window_is_final(rules: DltSettings, ended: dict[str, Any],
+                                                     reason: str) -> None:
+    """A subject who left the study (or died, without a DLT) before day 30 will never be followed to the end of
+    the window: not evaluable for good (replaced in escalation), not "pending"."""
+    c = crf([finding("weight", x, 60.0, domain="VS") for x in (-7, 8, 15)], {})
+    c = c.model_copy(update={"dm": c.dm.model_copy(update=ended)})
+    r = derive_dlt(c, rules, "UTC")
+    assert r.dlt is None and r.not_evaluable == [f"DLT window not followed to its end: {reason} (window ends day 30)"]
+    assert not follow_up_pending(r.not_evaluable)
+    # ended after the window, or with data to its end: evaluated as before
+    c = crf([finding("weight", x, 60.0, domain="VS") for x in (-7, 8, 30)], {})
+    assert derive_dlt(c.model_copy(update={"dm": c.dm.model_copy(update=ended)}), rules, "UTC").dlt is False
+
+
+def test_an_undecided_event_is_not_pending_follow_up(rules: DltSettings) -> None:
+    r = evaluate(rules, ae("Diarrhoea", 3, 13, 3))  # relatedness unknown
+    assert r.dlt is None and not follow_up_pending(r.not_evaluable)
 
 
 def test_follow_up_in_and_through_the_window_is_evaluable(rules: DltSettings) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,9 @@ from fhir_adapter.derive.escalation import (
     pava,
     prob_above,
 )
+from fhir_adapter.endpoints import escalation as escalation_endpoint
+from fhir_adapter.endpoints.registry import StudyInput
+from fhir_adapter.study.load import Study
 
 # --- regularised incomplete beta -------------------------------------------------------------------------
 
@@ -231,12 +235,52 @@ def test_boin_method_per_level_and_rp2d() -> None:
 def test_boin_eliminated_levels_reported() -> None:
     s = EscalationSettings(method="boin", dose_levels=("D1", "D2", "D3"))
     r = derive_escalation(cohort("D1", [False] * 3) + cohort("D2", [True] * 3), s)
-    assert [x.decision for x in r.dose_levels] == ["escalate", "eliminated", "eliminated"]
+    # D1's own data would escalate, but BOIN (get.oc) never moves to an eliminated level: it stays
+    assert [x.decision for x in r.dose_levels] == ["stay: next level eliminated", "eliminated", "eliminated"]
     assert r.rp2d.arm is None and "needs 6 DLT-evaluable subjects (3 so far)" in r.rp2d.rationale
     r = derive_escalation(cohort("D1", [False] * 6) + cohort("D2", [True] * 3), s)
     assert r.rp2d.arm == "D1"
     r = derive_escalation(cohort("D1", [True] * 3), s)
     assert r.rp2d.arm is None and "lowest level is eliminated" in r.rp2d.rationale
+
+
+def test_boin_never_escalates_into_an_eliminated_level_nor_de_escalates_below_the_lowest() -> None:
+    s = EscalationSettings(method="boin", dose_levels=("D1", "D2", "D3"))
+    r = derive_escalation(cohort("D1", [False] * 3) + cohort("D2", [True] + [False] * 5) + cohort("D3", [True] * 3), s)
+    assert [x.decision for x in r.dose_levels] == ["escalate", "stay: next level eliminated", "eliminated"]
+    r = derive_escalation(cohort("D1", [True, True] + [False] * 4), s)  # 2/6: between the boundaries
+    assert r.dose_levels[0].decision == "stay"
+    r = derive_escalation(cohort("D1", [True] * 3 + [False] * 5), s)  # 3/8 ≥ ceiling(0.3585·8) = 3: de-escalate
+    assert r.dose_levels[0].decision == "stay: lowest level (at the de-escalation boundary)"
+
+
+def test_boin_mtd_is_never_a_dose_the_design_de_escalates_from() -> None:
+    """boundMTD = TRUE (docs/clinical-rules.md#boin): DL2 3/6 has the isotonic estimate 0.5 ≥ λd; closest to 0.3
+    it would be the MTD (boundMTD = FALSE), but the design de-escalates from it."""
+    s = EscalationSettings(method="boin", dose_levels=("D1", "D2"))
+    r = derive_escalation(cohort("D1", [False] * 6) + cohort("D2", [True] * 3 + [False] * 3), s)
+    assert [x.decision for x in r.dose_levels] == ["escalate", "de-escalate"]
+    assert r.rp2d.arm == "D1"
+    r = derive_escalation(cohort("D1", [True] * 4 + [False] * 4), s)
+    assert r.rp2d.arm is None and "at or above λd 0.3585" in r.rp2d.rationale
+    unbounded = s.model_copy(update={"boin": s.boin.model_copy(update={"bound_mtd": False})})
+    r = derive_escalation(cohort("D1", [False] * 6) + cohort("D2", [True] * 3 + [False] * 3), unbounded)
+    assert r.rp2d.arm == "D2", "the package's default, when a study asks for it"
+
+
+@pytest.mark.parametrize("method", ["3+3", "boin"])
+def test_no_rp2d_while_a_subject_is_still_in_its_dlt_window(method: str) -> None:
+    """A DLT still to come at any escalation level can change the MTD: the RP2D waits for it and says what it
+    would be on the data so far. A subject whose follow-up ended (replaced) does not make it wait."""
+    s = EscalationSettings(method=method, dose_levels=("D1", "D2", "D3"))
+    base = cohort("D1", [False] * 3) + cohort("D2", [True] + [False] * 5) + cohort("D3", [True, True, False])
+    assert derive_escalation(base, s).rp2d.arm == "D2"
+    waiting = derive_escalation([*base, DltOutcome("D3", True, None, pending=True)], s)
+    assert waiting.rp2d.arm is None
+    assert waiting.rp2d.rationale.startswith("RP2D pending: subjects still in their DLT window (1 at D3); on the "
+                                             "data so far it would be D2")
+    replaced = derive_escalation([*base, DltOutcome("D3", True, None, pending=False)], s)
+    assert replaced.rp2d.arm == "D2"
 
 
 def test_settings_reject_inconsistent_arms() -> None:
@@ -259,3 +303,23 @@ def test_boin_names_no_rp2d_while_escalation_is_ongoing() -> None:
     assert r.dose_levels[2].decision.startswith("stay") and r.rp2d.arm is None
     r = derive_escalation(cohort("D1", [False] * 3) + cohort("D2", [False] * 3) + cohort("D3", [True] + [False] * 5), s)
     assert r.rp2d.arm == "D3"
+
+
+def test_the_study_step_reads_pending_follow_up_from_the_subject_rows(study: Study) -> None:
+    """results/study.json rows (as read back from disk) carry the DLT reasons; the escalation step makes a subject
+    still in its window wait for the RP2D, and one whose participation ended not."""
+    rows: list[dict[str, Any]] = [{"arm": "DL1", "day1": "2024-01-01", "dlt": False} for _ in range(3)]
+    rows += [{"arm": "DL2", "day1": "2024-02-01", "dlt": x} for x in [True] + [False] * 5]
+    rows += [{"arm": "DL3", "day1": "2024-03-01", "dlt": x} for x in (True, True, False)]
+    settings = study.rule("escalation", EscalationSettings)
+    keys = escalation_endpoint.study_keys(StudyInput(study=study, settings=settings, rows=rows))
+    assert keys["rp2d"]["arm"] == "DL2"
+    still = {"arm": "DL3", "day1": "2024-03-20", "dlt": None,
+             "dlt_not_evaluable": ["DLT window not completed: last data on study day 12 (window ends day 30)"]}
+    keys = escalation_endpoint.study_keys(StudyInput(study=study, settings=settings, rows=[*rows, still]))
+    assert keys["rp2d"]["arm"] is None and keys["rp2d"]["rationale"].startswith("RP2D pending")
+    left = {**still, "dlt_not_evaluable": [
+        "DLT window not followed to its end: participation ended on study day 12 (window ends day 30)"]}
+    keys = escalation_endpoint.study_keys(StudyInput(study=study, settings=settings, rows=[*rows, left]))
+    assert keys["rp2d"]["arm"] == "DL2"
+
