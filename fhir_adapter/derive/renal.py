@@ -21,7 +21,7 @@ Who is assessed, and with which measure; the first case that applies decides (pe
 
 1. response disabled → no result (null);
 2. no baseline value of any measure in ``measures`` (preference order; default UPCR, then 24-h protein: KDIGO
-   states its thresholds as PCR in g/g) → not evaluable;
+   states its thresholds as PCR in g/g) → not evaluable, the reason saying "no Day 1" for a subject not dosed;
 3. ``ln_at_baseline: proteinuria`` and baseline proteinuria ≤ ``ln_min_proteinuria`` (0.5; lupus nephritis
    at baseline needs **> 0.5**, the SLEDAI-2K proteinuria threshold) → not applicable (no LN at baseline);
    ``ln_at_baseline: all`` treats every subject as having LN (an LN cohort);
@@ -204,6 +204,8 @@ def renal_response(
     pr = priors or {}
     chosen = next(((m, b) for m in s.measures if (b := _baseline(by_measure[m], pr.get(m))) is not None), None)
     if chosen is None:
+        if crf.day1 is None:  # a baseline is the last value before Day 1: none without one (not dosed yet)
+            return RenalResponse(ln_at_baseline=None, reason="no Day 1 (not dosed): no baseline, no response")
         return RenalResponse(ln_at_baseline=None, reason=f"no baseline value of {', '.join(s.measures)}")
     measure, base = chosen
     assert base.value is not None

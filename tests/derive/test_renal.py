@@ -78,6 +78,10 @@ def test_missing_egfr_and_missing_values() -> None:
     assert r is not None and r.visits[0].response == "complete"
     none = derive_renal(visit_crf({"W4": (29, {"upcr": 1.0})}), ON).response
     assert none is not None and none.ln_at_baseline is None and "no baseline" in (none.reason or "")
+    # consented, screened, not dosed yet: the reason is the missing Day 1, not a missing value
+    screened = visit_crf({"SCR": (-30, {"upcr": 2.3})})
+    r = derive_renal(screened.model_copy(update={"day1": None}), ON).response
+    assert r is not None and r.reason == "no Day 1 (not dosed): no baseline, no response"
 
 
 def test_measure_preference_and_first_and_last_response() -> None:
