@@ -109,6 +109,8 @@ def test_the_report_shows_the_study_s_endpoints_only(second: SecondStudy) -> Non
     assert "Renal response" in titles and "Renal and serological markers" in titles
     assert not [t for t in titles if any(w in t for w in ("SLEDAI", "LLDAS", "kinetics", "adverse events"))]
     assert "Renal response per visit" in html
+    # no dose escalation in this study: nothing to miss, no "No data: dose_levels / rp2d"
+    assert "dose_levels" not in html and "No data: rp2d" not in html and "escalation decisions" not in html
 
 
 def test_renal_response_is_derived_from_the_study_yaml(second: SecondStudy) -> None:

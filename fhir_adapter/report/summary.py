@@ -23,9 +23,13 @@ def last_study_day(subject: dict[str, Any], crf: dict[str, Any] | None) -> float
 
 
 def summary_section(data: ReportData) -> Section:
+    named = data.study.get("endpoints")
+    # a study that names its endpoints without dose escalation has no decisions or RP2D to miss
+    escalates = not isinstance(named, list) or "escalation" in named
     sec = Section("summary", "Study summary",
                   "Enrolled subjects (those with results), infusion (Day 1 known), follow-up (latest study day "
-                  "with data), the dose levels with their escalation decisions, and the recommended phase 2 dose.")
+                  "with data)" + (", the dose levels with their escalation decisions, and the recommended phase 2 "
+                                  "dose." if escalates else ", and the subjects per arm."))
     subjects = data.subjects
     rr = as_dict(data.run_report)
     rr_summary = as_dict(rr.get("summary"))
@@ -70,7 +74,8 @@ def summary_section(data: ReportData) -> Section:
             ["Dose level", "With results", "Infused"],
             [[a, str(enrolled_by_arm.get(a, 0)), str(infused_by_arm.get(a, 0))] for a in data.arms],
             "Subjects per dose level (counted from the subjects' arms)"))
-        sec.no_data("dose_levels (DLT-evaluable, DLTs, escalation decisions) is not in results/study.json")
+        if escalates:
+            sec.no_data("dose_levels (DLT-evaluable, DLTs, escalation decisions) is not in results/study.json")
 
     rp2d = as_dict(data.study.get("rp2d"))
     if rp2d:
@@ -79,7 +84,7 @@ def summary_section(data: ReportData) -> Section:
             [[str(rp2d.get("arm") or "not declared"), str(rp2d.get("method") or "–"),
               str(rp2d.get("rationale") or "–")]],
             "Recommended phase 2 dose (results/study.json rp2d)"))
-    else:
+    elif escalates:
         sec.no_data("rp2d is not in results/study.json")
     return sec
 
