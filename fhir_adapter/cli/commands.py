@@ -262,12 +262,12 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
         if summary.stopped is not None:
             say_error(f"error: {summary.stopped.message}")
             sys.exit(summary.exit_code)
-        # a base for the next --since last also when some subjects failed or were not written: a failed subject
-        # has no CRF in OUT/crf, so that run reads it in full (pipeline.py, reusable); a subject not written is
-        # written by it (state/written.json holds only the writes the server confirmed)
+        # a base for the next --since last also when some subjects failed or were not written: that run reads
+        # them in full and compares their results with the server (subjects_to_recheck; pipeline.py, reusable)
         if summary.exit_code != exit_codes.FAILED and not dry_run:
             try:
-                record_run(out, conn.next_since(started), source, summary.roster_csv_sha256)
+                record_run(out, conn.next_since(started), source, summary.roster_csv_sha256,
+                           recheck=summary.subjects_failed + summary.subjects_not_written)
             except UnsafePath as exc:   # state/ turned into a symbolic link while the run went on
                 _fail(str(exc))
     if not ctx.obj.get("quiet"):

@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -217,12 +217,16 @@ def last_run_started(out: Path) -> dt.datetime | None:
     return dt.datetime.fromisoformat(record["started"]) if record is not None else None
 
 
-def record_run(out: Path, started: dt.datetime, source: str, roster_csv_sha256: str | None = None) -> None:
+def record_run(out: Path, started: dt.datetime, source: str, roster_csv_sha256: str | None = None,
+               recheck: Collection[str] = ()) -> None:
     """Write ``OUT/state/last-run.json``; a symbolic link there is replaced, never written through (a link in
     place of ``state/`` is refused: :class:`~fhir_adapter.job.outpaths.UnsafePath`). ``roster_csv_sha256``: the
-    content of the roster CSV the run read (an incremental run compares it with the CSV it reads)."""
+    content of the roster CSV the run read (an incremental run compares it with the CSV it reads);
+    ``recheck``: the subject IDs the run failed or did not write (``subjects_to_recheck``: the next incremental
+    run reads them in full and compares their results with the server, whatever its state file says)."""
     path = replaced_output(Path(out), Path(out) / STATE_FILE)
     record: dict[str, Any] = {"started": started.isoformat(), "source": source}
     if roster_csv_sha256 is not None:
         record["roster_csv_sha256"] = roster_csv_sha256
+    record["subjects_to_recheck"] = sorted(set(recheck))
     path.write_text(json.dumps(record, indent=2) + "\n")

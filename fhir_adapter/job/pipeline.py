@@ -350,6 +350,15 @@ def _run(
     # an incremental read may skip only subjects whose last CRF is at hand
     source.reusable = {pid for pid, e in roster.enrolled.items()
                        if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    if source.since is not None:
+        # a subject the last run failed or did not write (the server refused its write: duplicates, a foreign
+        # resource with the adapter's identifier) may match the state file and still differ on the server: read
+        # it in full, so its results are compared with the server again
+        again = set((last_run(out) or {}).get("subjects_to_recheck") or [])
+        recheck = {pid for pid, e in roster.enrolled.items() if e.subject_id in again}
+        source.reusable -= recheck
+        if recheck:
+            runlog.count("incremental.rechecked_subjects", len(recheck))
     if roster_csv is not None and source.since is not None and _roster_csv_changed(roster_csv, summary, out,
                                                                                source.since):
         # the site edited its roster since: the arm, dates or infusion date of the subjects it names may differ

@@ -22,7 +22,16 @@ from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
 from fhir_adapter.testing.outtree import server_read_crfs
-from tests.serverkit import adapter_observations, cli_run, offline_results, report, study_results, write_config, writes
+from tests.serverkit import (
+    adapter_observations,
+    cli_run,
+    identifier_counts,
+    offline_results,
+    report,
+    study_results,
+    write_config,
+    writes,
+)
 
 pytestmark = pytest.mark.server
 
@@ -113,6 +122,41 @@ def test_since_last_rereads_and_rewrites_only_the_changed_subject(loaded: Server
     assert report(out)["server_requests"]["per_subject"] == {}
     assert writes(loaded.stats()) == 0
     assert study_results(out) == after
+
+
+def test_a_subject_the_server_refused_is_compared_with_the_server_again_by_the_next_since_last(
+        loaded: ServerHandle, tmp_path: Path) -> None:
+    """A write refused for the server's state (a second resource with one of the adapter's identifiers) is not a
+    change of the subject's data: the state file still matches the subject's results. The next --since last reads
+    it in full and compares it with the server again (exit 2 again while the duplicate stays), and writes it once
+    the duplicate is gone, instead of calling it unchanged (exit 0) while the chart shows two values."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    ours = adapter_observations(loaded.base_url)
+    sledai = next(o for o in ours if o["code"]["coding"][0]["code"] == "sledai-2k")
+    duplicate = {k: v for k, v in sledai.items() if k not in ("id", "meta")}
+    duplicate.update(id="not-the-adapters-copy", valueInteger=sledai["valueInteger"] + 8)
+    put_resources(loaded.base_url, [duplicate])
+
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    rep = report(out)
+    assert rep["exit_code"] == 2 and len(rep["summary"]["subjects_not_written"]) == 1
+    [subject] = rep["summary"]["subjects_not_written"]
+    assert json.loads((out / "state" / "last-run.json").read_text())["subjects_to_recheck"] == [subject]
+
+    cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert rep["exit_code"] == 2 and rep["summary"]["subjects_not_written"] == [subject]
+    assert rep["counts"]["incremental.rechecked_subjects"] == 1
+    assert list(rep["server_requests"]["per_subject"]) == [subject]  # read in full, the others not at all
+
+    httpx.delete(f"{loaded.base_url}/Observation/not-the-adapters-copy").raise_for_status()
+    cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert rep["summary"]["subjects_not_written"] == [] and rep["subject_failures"] == []
+    assert [w["subject_id"] for w in rep["writes"]] == [subject]  # compared with the server again
+    assert identifier_counts(adapter_observations(loaded.base_url)).most_common(1)[0][1] == 1
+    assert json.loads((out / "state" / "last-run.json").read_text())["subjects_to_recheck"] == []
 
 
 def test_since_last_with_one_subject_failing_fails_that_subject_alone(loaded: ServerHandle, tmp_path: Path) -> None:
