@@ -33,8 +33,11 @@ class Server:
         self.second = second
         self.calls = 0
 
-    def start(self, enrolled_patients: set[str]) -> None:
+    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
         pass
+
+    def retract_left(self, e: Enrollee, retractions: Sequence[dict[str, Any]], sources: list[str]) -> WriteResult:
+        raise AssertionError("no subject has left in this feed")
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
               retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:

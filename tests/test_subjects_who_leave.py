@@ -106,17 +106,30 @@ def test_a_subject_who_withdraws_after_a_dlt_is_carried_forward_and_still_counts
     assert report["counts"]["participation.ae-after-end"] == 2 and report["counts"]["participation.after-end"] > 0
     assert crf["dm"]["status"] == "withdrawn" and crf["dm"]["end_of_participation"] == END
     assert crf["dm"]["source"][0]["version"] == "3"  # the ResearchSubject as it now is
-    # nothing written back for it, and what was written before stays recorded as it was
-    assert not (out / "writeback" / f"{WITHDRAWN}.json").exists()
-    assert {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
-            if v.get("subject_id") == WITHDRAWN} == state_before
+    # written back for it: only the retraction of its results dated after the end of participation (the
+    # participation rule, as for an enrolled subject); what is dated before stays as it was written
+    bundle = _json(out / "writeback" / f"{WITHDRAWN}.json")
+    retracted = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    after_end = {k for k, v in state_before.items() if v["resource"].get("effectiveDateTime", "")[:10] > END}
+    assert after_end and len(retracted) == len(after_end)
+    assert all(r["status"] == "entered-in-error" and "participation ended on " + END in r["note"][0]["text"]
+               for r in retracted)
+    state_after = {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
+                   if v.get("subject_id") == WITHDRAWN}
+    assert {k for k, v in state_after.items() if v.get("retracted")} == after_end
+    assert {k: v for k, v in state_after.items() if k not in after_end} == \
+        {k: v for k, v in state_before.items() if k not in after_end}
+    assert report["writeback_state"]["retracted"] == len(after_end)
     dm = (out / "export" / "DM.csv").read_text(encoding="utf-8")
     assert any(WITHDRAWN in line and END in line for line in dm.splitlines())
     assert any(WITHDRAWN in line for line in (out / "export" / "LB.csv").read_text(encoding="utf-8").splitlines())
 
-    # once more on the same OUT: carried again, unchanged
+    # once more on the same OUT: carried again, unchanged, nothing more to retract
     _run(tmp_path / "feed2", study, out)
     assert _json(out / "crf" / f"{WITHDRAWN}.json") == crf
+    assert not (out / "writeback" / f"{WITHDRAWN}.json").exists()
+    assert {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
+            if v.get("subject_id") == WITHDRAWN} == state_after
     assert _json(out / "results" / "study.json")["dose_levels"] == before["dose_levels"]
 
     # a fresh OUT holds no earlier CRF of the subject: there is nothing to carry, and it is not read

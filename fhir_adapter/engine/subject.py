@@ -120,7 +120,8 @@ class SubjectOutcome:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[Quarantined] = field(default_factory=list)
     error: str | None = None
-    #: a subject who left, carried forward from its last CRF: no write-back resources, nothing written for it
+    #: a subject who left, carried forward from its last CRF: no write-back resources (job/pipeline.py retracts
+    #: only its results dated after the end of its participation)
     carried: bool = False
     #: ``Type/id`` → status of the subject's source resources, when the caller does not keep the resources
     #: (writeback/state.py source_statuses)

@@ -76,10 +76,12 @@ class SubjectFailed(Exception):
 class Sink(Protocol):
     """Where results are written besides OUT (a FHIR server)."""
 
-    def start(self, enrolled_patients: set[str]) -> None: ...
+    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None: ...
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
               retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult: ...
+
+    def retract_left(self, e: Enrollee, retractions: Sequence[dict[str, Any]], sources: list[str]) -> WriteResult: ...
 
 
 @dataclass
@@ -368,7 +370,7 @@ def _run(
     exports = ExportWriter(work_dir / "export", study)
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)
     if sink is not None:
-        sink.start(roster.patient_ids)
+        sink.start(roster.patient_ids, {e.patient_id for e in carried.values() if e.patient_id})
     dry_run = summary.dry_run = bool(getattr(sink, "dry_run", False))
     workers = min(workers, max(1, len(roster.enrolled)))  # never a worker process with no subject to process
     # the subjects' files are written where they are processed (a worker), unless another engine runs them or
@@ -427,9 +429,27 @@ def _run(
                 raise w.stop
         return bundle_resources, plan, w
 
+    def retract_after_leaving(e: Enrollee) -> tuple[Plan | None, WriteResult | None]:
+        """A subject who left (carried forward): the results written before and dated after the end of its
+        participation are retracted, nothing else of it is written (docs/clinical-rules.md#withdrawn-subjects)."""
+        if e.end_of_study is None:
+            return None, None
+        plan = state.retract_after(e.subject_id, e.end_of_study)
+        if not plan.retractions:
+            return None, None
+        invalid = [p for p in (r4_problem(x, full=True) for x in plan.retractions) if p]
+        if invalid:
+            raise ValueError(f"a retraction is not valid FHIR R4: {invalid[0]}")
+        w = None
+        if sink is not None:
+            w = sink.retract_left(e, plan.retractions, _derived_sources(plan.retractions))
+            if w.stop is not None:
+                raise w.stop
+        return plan, w
+
     def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None) -> None:
         """One subject's outputs into the staging folder (and its results to the server); for a subject who left,
-        carried forward from its last CRF (``o.carried``), nothing is planned or written back."""
+        carried forward from its last CRF (``o.carried``), only the retraction of its results after its end."""
         o.merge_log(runlog)
         name = file_names.name(o.subject_id) if o.enrollee is not None else ""
         p = o.pieces  # the subject's files, written where it was processed
@@ -445,7 +465,11 @@ def _run(
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
         diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
-        bundle_resources, plan, w = ([], None, None) if o.carried else write_back(o, e, source_resources, diff_path)
+        bundle_resources: list[dict[str, Any]] = []
+        if o.carried:
+            plan, w = retract_after_leaving(e)
+        else:
+            bundle_resources, plan, w = write_back(o, e, source_resources, diff_path)
         if p is not None:
             assert p.row is not None
             rows.add_json(o.subject_id, p.row)
@@ -460,7 +484,7 @@ def _run(
         else:
             assert o.review is not None
             _dump(folders, crf_path, crf_document(o.review.crf_file(o.export_updates)))
-        if plan is not None:  # carried forward: no results of it are written, so no bundle and no state either
+        if plan is not None:  # carried forward: a bundle (and state) only for the retractions after its end
             if p is not None and "writeback" in p.written and not plan.retractions:
                 os.replace(p.path("writeback"), folders.file(writeback_path))
             else:
@@ -483,6 +507,8 @@ def _run(
             visits = sum(1 for v in crf.visits if not v.unscheduled)
         if o.carried:
             summary.carried_forward.append(e.subject_id)
+            if w is not None:
+                _record_write(w, summary, runlog, diff_path)
             return
         summary.visits += visits
         if dry_run:

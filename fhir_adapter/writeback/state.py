@@ -187,6 +187,27 @@ class WrittenState:
             entries[ident] = {**old, "retracted": today.isoformat()}
         return plan
 
+    def retract_after(self, subject_id: str, end: dt.date, today: dt.date | None = None) -> Plan:
+        """A subject who left the study (never read again): its results written before and dated after the end
+        of its participation (``end``, ResearchSubject.period.end) are retracted; the others stay as written
+        (docs/clinical-rules.md#withdrawn-subjects)."""
+        today = today or dt.date.today()
+        plan = Plan(subject_id=subject_id, entries={})
+        for ident in sorted(self.by_subject.get(subject_id, set())):
+            old = self.results[ident]
+            when = str((old.get("resource") or {}).get("effectiveDateTime") or "")[:10]
+            plan.entries[ident] = old
+            if old.get("retracted") or not when or when <= end.isoformat():
+                continue
+            reason = (f"the subject's participation ended on {end.isoformat()} (ResearchSubject.period.end): a "
+                      f"result dated {when} lies outside it")
+            plan.retractions.append(retraction(old, reason, today))
+            plan.report.append({"subject_id": subject_id, "identifier": ident,
+                                "sources": old.get("sources") or [], "previous_value": _value_text(old),
+                                "reason": reason})
+            plan.entries[ident] = {**old, "retracted": today.isoformat()}
+        return plan
+
     def commit(self, plan: Plan, pending: Collection[str] = ()) -> None:
         """Record a subject's plan once its write-back bundle is written. ``pending``: identifiers whose write
         the server did not confirm (a write split into several transactions that stopped part-way): their

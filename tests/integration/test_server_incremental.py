@@ -538,3 +538,47 @@ def test_a_subject_withdrawn_after_a_post_is_not_read_again_and_keeps_what_was_w
     assert rep["summary"]["subjects_carried_forward"] == [subject] and rep["exit_code"] == 0
     assert subject not in rep["server_requests"]["per_subject"]
     assert (out / "crf" / f"{subject}.json").read_bytes() == crf
+
+
+def test_a_subject_withdrawn_with_an_earlier_end_has_its_results_after_the_end_retracted(loaded: ServerHandle,
+                                                                                          tmp_path: Path) -> None:
+    """docs/clinical-rules.md#withdrawn-subjects: a withdrawal recorded with a ResearchSubject.period.end before
+    results the adapter already wrote: those results lie outside the subject's participation and are retracted
+    on the server (as an enrolled subject's would be), with no read of the subject; what is dated up to the end
+    is neither retracted nor updated."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    subject = sorted(p.stem for p in (out / "crf").glob("*.json"))[0]
+    mine = {o["id"]: o for o in adapter_observations(loaded.base_url)
+            if any(f".{subject}." in i["value"] for i in o["identifier"] if i["system"] == SID_RESULT)}
+    dates = sorted({o["effectiveDateTime"][:10] for o in mine.values() if o.get("effectiveDateTime")})
+    end = dates[len(dates) // 2]
+    after_end = {k for k, o in mine.items() if o.get("effectiveDateTime", "")[:10] > end}
+    assert after_end and len(after_end) < len(mine)
+    [rs] = [r for r in search_all(loaded.base_url, "ResearchSubject", {})
+            if any(i.get("value") == subject for i in r.get("identifier") or [])]
+    _edit(loaded.base_url, "ResearchSubject", rs["id"],
+          lambda r: r.update(status="withdrawn", period={**r.get("period", {}), "end": end}))
+    loaded.reset("stats")
+
+    cli_run(loaded.base_url, out, "--post", "--config", str(config), "--allow-mass-retraction")
+    rep = report(out)
+    assert rep["summary"]["subjects_carried_forward"] == [subject]
+    [w] = [w for w in rep["writes"] if w["subject_id"] == subject]
+    assert (w["written"], w["retracted"]) == (0, len(after_end))
+    now = {o["id"]: o for o in adapter_observations(loaded.base_url) if o["id"] in mine}
+    assert {k for k, o in now.items() if o["status"] == "entered-in-error"} == after_end
+    assert all("participation ended on " + end in now[k]["note"][0]["text"] for k in after_end)
+    assert {k: o["meta"]["versionId"] for k, o in now.items() if k not in after_end} == \
+        {k: o["meta"]["versionId"] for k, o in mine.items() if k not in after_end}  # untouched
+    bundle = json.loads((out / "writeback" / f"{subject}.json").read_text())
+    # the offline bundle holds the same retractions (by identifier)
+    offline = {i["value"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
+               for i in e["resource"]["identifier"] if i["system"] == SID_RESULT}
+    assert offline == {next(i["value"] for i in mine[k]["identifier"] if i["system"] == SID_RESULT)
+                       for k in after_end}
+    # nothing more on the next run
+    loaded.reset("stats")
+    cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
+    assert subject not in {w["subject_id"] for w in report(out)["writes"]}
+    assert writes(loaded.stats()) == 0
