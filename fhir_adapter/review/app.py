@@ -66,7 +66,8 @@ class ReviewConfig:
 @dataclass(frozen=True)
 class _Listing:
     """What the subjects' list needs of one candidates file: the subject, its arm and Day 1, and per item
-    (visit, item) the candidates as compact JSON (an item's status compares them with its decision's)."""
+    (visit, item) the rule's pick and the candidates as compact JSON (an item's status compares them with its
+    decision's)."""
 
     path: Path
     subject_id: str
@@ -114,7 +115,8 @@ class Workspace:
                 self._listings[path] = key, _Listing(
                     path, doc["subject_id"], doc.get("arm"), doc.get("day1"),
                     # copied to their length: orjson's bytes keep a buffer of 4 KB or more
-                    {(e["visit"], e["item"]): bytes(memoryview(orjson.dumps(e["candidates"]))) for e in doc["items"]})
+                    {(e["visit"], e["item"]): bytes(memoryview(orjson.dumps(
+                        {"picked": e.get("picked"), "candidates": e["candidates"]}))) for e in doc["items"]})
         for gone in set(self._listings) - set(paths):
             del self._listings[gone]
         return {listing.subject_id: listing for _, listing in (self._listings[p] for p in paths)}
@@ -196,7 +198,7 @@ def _listed_progress(listing: _Listing, current: dict[tuple[str, str, str], dict
         mark = (d.get("hash"), (d.get("open_query") or {}).get("hash"))
         known = listing.statuses.get((visit, item))
         if known is None or known[0] != mark or mark[0] is None:
-            known = (mark, status_of({"candidates": orjson.loads(candidates)}, d)[0])
+            known = (mark, status_of(orjson.loads(candidates), d)[0])
             listing.statuses[(visit, item)] = known
         statuses.append({"status": known[1]})
     return _progress(statuses)

@@ -81,12 +81,14 @@ class SubjectReview:
         return refs
 
 
-def _fingerprint(cands: list[dict[str, Any]]) -> dict[str, tuple[Any, Any]]:
-    return {c["id"]: ((c.get("source") or {}).get("version"), c.get("value")) for c in cands}
+def _fingerprint(cands: list[dict[str, Any]]) -> dict[str, tuple[Any, Any, Any]]:
+    return {c["id"]: ((c.get("source") or {}).get("version"), c.get("value"), c.get("study_day")) for c in cands}
 
 
 def changes_since(shown: list[dict[str, Any]], now: list[dict[str, Any]]) -> list[str]:
-    """What differs between the candidates a reviewer saw and the current ones (empty: nothing)."""
+    """What differs between the candidates a reviewer saw and the current ones (empty: nothing): a candidate
+    gone or new, another version or value, or another study day (Day 1 corrected: the visit's distances to its
+    target, which the rule picks by, are not what the reviewer saw)."""
     before, after = _fingerprint(shown), _fingerprint(now)
     out = []
     for cid in sorted(before.keys() | after.keys()):
@@ -95,9 +97,12 @@ def changes_since(shown: list[dict[str, Any]], now: list[dict[str, Any]]) -> lis
         elif cid not in before:
             out.append(f"{cid} is a new candidate ({after[cid][1]})")
         elif before[cid] != after[cid]:
-            (v0, x0), (v1, x1) = before[cid], after[cid]
-            what = f"value {x0} → {x1}" if x0 != x1 else "same value"
-            out.append(f"{cid} changed in the EHR: version {v0} → {v1}, {what}")
+            (v0, x0, d0), (v1, x1, d1) = before[cid], after[cid]
+            if (v0, x0) != (v1, x1):
+                what = f"value {x0} → {x1}" if x0 != x1 else "same value"
+                out.append(f"{cid} changed in the EHR: version {v0} → {v1}, {what}")
+            if d0 != d1:
+                out.append(f"{cid} is now on study day {d1} (was {d0}): Day 1 changed")
     return out
 
 
@@ -146,6 +151,10 @@ def status_of(entry: dict[str, Any] | None, decision: dict[str, Any] | None) -> 
     diffs = changes_since(decision["shown"].get("candidates") or [], entry["candidates"] if entry else [])
     if entry is None:
         diffs = diffs or [f"no result of {decision['item']} at {decision['visit']} any more"]
+    elif decision["action"] == "accept" and entry.get("picked") != decision["shown"].get("picked"):
+        # an accept confirms the rule's pick the reviewer saw: a pick the rule now makes was never confirmed
+        diffs.append(f"the rule now picks {entry.get('picked')} (the reviewer accepted "
+                     f"{decision['shown'].get('picked')})")
     if diffs:
         return "re-review", diffs
     if decision.get("open_query"):

@@ -238,12 +238,22 @@ def _whole_entry(line: bytes) -> bool:
 
 
 def _not_a_decision(entry: dict[str, Any]) -> str | None:
-    """What makes a hash-valid entry no decision a run can apply (a key missing, an unknown action)."""
-    missing = [k for k in ("subject_id", "visit", "item", "action") if not isinstance(entry.get(k), str)]
+    """What makes a hash-valid entry no decision a run can apply (a key missing or of the wrong type, an unknown
+    action): everything :mod:`fhir_adapter.review.apply` reads of it."""
+    missing = [k for k in ("subject_id", "visit", "item", "action", "reviewer", "at")
+               if not isinstance(entry.get(k), str)]
+    if not isinstance(entry.get("seq"), int) or isinstance(entry.get("seq"), bool):
+        missing.append("seq")
     if missing:
         return f"the entry has no {', '.join(missing)}"
     if entry["action"] not in ACTIONS:
         return f"unknown action '{entry['action']}' (one of {', '.join(ACTIONS)})"
+    shown = entry.get("shown")
+    if not isinstance(shown, dict) or not isinstance(shown.get("candidates"), list) \
+            or not all(isinstance(c, dict) and isinstance(c.get("id"), str) for c in shown["candidates"]):
+        return "the entry has no 'shown' with the candidates the reviewer saw"
+    if entry["action"] in ("accept", "choose") and not isinstance(entry.get("candidate"), str):
+        return f"the entry has no candidate for its action '{entry['action']}'"
     return None
 
 

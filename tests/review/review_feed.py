@@ -21,16 +21,19 @@ TEMPERATURE = "8310-5"
 
 
 def feed(*, amend_chosen: bool = False, retract_w12: bool = False, fever: bool = False, sledai: bool = False,
-         low_in_lookback: bool = False) -> Feed:
+         low_in_lookback: bool = False, day1_shift: int = 0) -> Feed:
     """``amend_chosen``: the EHR later corrects the day-176 C3 (version 2, another value);
     ``retract_w12``: the week-12 C3 is entered-in-error (version 3); ``fever``: body temperatures on day 15
     (week 2) and twice on day 11, outside every window (an unscheduled visit, which keeps the higher);
     ``sledai``: a SLEDAI-2K assessment at week 24 (rash absent, day 169) with an anti-dsDNA above range that day
     and a third in-window C3 below range on day 178 (after the visit date: outside the 10-day look-back), and a
     second baseline C3 in range (day −9; the rule keeps the day −7 one, below range); ``low_in_lookback``: a C3
-    below range on day 165, in week 24's window and SLEDAI-2K look-back but not the rule's pick (day 169)."""
+    below range on day 165, in week 24's window and SLEDAI-2K look-back but not the rule's pick (day 169);
+    ``day1_shift``: subject 101-001's infusion recorded that many days later (a corrected infusion date), the
+    results on the same dates (+4: the week-24 C3s on study days 165 and 172, so the rule picks the second)."""
     f = Feed()
-    f.subject("p1", SUBJECT, name="Carol Testperson", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.subject("p1", SUBJECT, name="Carol Testperson", mrn="MRN-1", birth="1980-01-01",
+              day1=DAY1 + dt.timedelta(days=day1_shift))
     f.subject("p2", "101-002", name="Dana Testperson", mrn="MRN-2", birth="1979-05-05", day1=DAY1)
     f.obs("p1", C3, at(DAY1, -7), value=0.5, unit="g/L", id_="c3-bl", meta={"versionId": "1"})
     f.obs("p1", C3, at(DAY1, 85), value=0.8, unit="g/L", id_="c3-w12", meta={"versionId": "2"},
@@ -65,7 +68,8 @@ def feed(*, amend_chosen: bool = False, retract_w12: bool = False, fever: bool =
 def run_feed(tmp: Path, study: Study, out: Path | None = None, **kw: Any) -> tuple[Path, RunSummary]:
     src = feed(amend_chosen=kw.pop("amend_chosen", False), retract_w12=kw.pop("retract_w12", False),
                fever=kw.pop("fever", False), sledai=kw.pop("sledai", False),
-               low_in_lookback=kw.pop("low_in_lookback", False)).write(tmp / "feed")
+               low_in_lookback=kw.pop("low_in_lookback", False),
+               day1_shift=kw.pop("day1_shift", 0)).write(tmp / "feed")
     out = out or tmp / "out"
     log = RunLog()
     return out, run(FileSource(src, log), study, out, log, **kw)

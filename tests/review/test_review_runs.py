@@ -197,6 +197,24 @@ def test_a_source_changed_after_adjudication_is_flagged_for_re_review(tmp_path: 
     assert _visit(out, "W24")["c3"] == 0.9
 
 
+def test_a_corrected_infusion_date_that_changes_the_rules_pick_asks_for_re_review(tmp_path: Path,
+                                                                                    study: Study) -> None:
+    """An accept confirms the rule's pick the reviewer saw. Day 1 corrected four days later: the candidates are on
+    other study days and the rule now picks another one — what the reviewer confirmed no longer describes the
+    CRF, so the item is asked again (it was kept 'accepted', out of every re-review list)."""
+    out, _ = run_feed(tmp_path, study)
+    assert _candidates(out, "W24", "c3")["picked"] == "Observation/c3-w24a"
+    _decide(out, "W24", "c3", "accept")
+    out, _ = run_feed(tmp_path, study, day1_shift=4)
+    assert _candidates(out, "W24", "c3")["picked"] == "Observation/c3-w24b"
+    report = _json(out / "run-report.json")
+    [flag] = [f for f in report["review"]["re_review"] if (f["visit"], f["item"]) == ("W24", "c3")]
+    assert "Observation/c3-w24a is now on study day 165 (was 169): Day 1 changed" in flag["changes"]
+    assert flag["changes"][-1] == ("the rule now picks Observation/c3-w24b (the reviewer accepted "
+                                   "Observation/c3-w24a)")
+    assert [r["REVSTAT"] for r in _rows(out, "LB") if r["VISIT"] == "Week 24"] == ["re-review"]
+
+
 def test_a_decision_naming_a_result_that_is_no_candidate_is_re_review_not_changed(tmp_path: Path,
                                                                                   study: Study) -> None:
     """A decision (written by something else than the app, its chain kept) choosing Observation/nope, which was

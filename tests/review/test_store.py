@@ -94,8 +94,13 @@ def test_a_tampered_file_is_detected(tmp_path: Path, edit: str) -> None:
         store.append(decision(9))
 
 
-@pytest.mark.parametrize(("edit", "said"), [("no-item", "the entry has no item"),
-                                            ("unknown-action", "unknown action 'delete'")])
+@pytest.mark.parametrize(("edit", "said"), [
+    ("no-item", "the entry has no item"), ("unknown-action", "unknown action 'delete'"),
+    # what a run reads of an entry besides: a missing one dropped the subject (a KeyError) instead of stopping
+    ("no-shown", "the entry has no 'shown'"), ("shown-not-an-object", "the entry has no 'shown'"),
+    ("no-seq", "the entry has no seq"), ("no-reviewer", "the entry has no reviewer"),
+    ("no-candidate", "the entry has no candidate for its action 'accept'"),
+])
 def test_a_hash_valid_entry_that_is_no_decision_is_named_not_an_internal_error(tmp_path: Path, edit: str,
                                                                                said: str) -> None:
     """Written by a script that kept the chain (the app never writes one): a missing key was a KeyError, an
@@ -105,10 +110,20 @@ def test_a_hash_valid_entry_that_is_no_decision_is_named_not_an_internal_error(t
     entry = decision(2)
     if edit == "no-item":
         del entry["item"]
-    else:
+    elif edit == "unknown-action":
         entry["action"] = "delete"
+    elif edit == "no-shown":
+        del entry["shown"]
+    elif edit == "shown-not-an-object":
+        entry["shown"] = "Observation/a"
+    elif edit == "no-reviewer":
+        del entry["reviewer"]
+    elif edit == "no-candidate":
+        entry["candidate"] = None
     prev = store.read().head
     forged = {**entry, "seq": 2, "prev": prev}
+    if edit == "no-seq":
+        del forged["seq"]
     forged["hash"] = entry_hash(forged)
     with store.path.open("ab") as fh:
         fh.write(orjson.dumps(forged, option=orjson.OPT_SORT_KEYS) + b"\n")
