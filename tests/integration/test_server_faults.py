@@ -89,14 +89,16 @@ def test_412_on_write_back_is_reported_for_that_subject_only(clean_fhir_server: 
     assert not any(e["subject_id"] == victim for e in state.values())  # only confirmed writes are recorded
 
     # the copies removed, the next --since last writes the victim: the run above is its base (issue 12 item 1),
-    # and the victim's results are new to state/written.json although its data did not change
+    # and the victim, not written by it, is read in full again (subjects_to_recheck) although its data did not
+    # change: its results are new to state/written.json
     with httpx.Client(base_url=clean_fhir_server.base_url, timeout=60) as client:
         for copy in copies:
             client.delete(f"/Observation/{copy['id']}").raise_for_status()
     again = cli_run(clean_fhir_server.base_url, out, "--post", "--since", "last",
                     "--config", str(write_config(tmp_path / "a.yaml")))
     rep = report(out)
-    assert rep["summary"]["subjects_not_written"] == [] and rep["counts"]["incremental.changed_subjects"] == 0
+    assert rep["summary"]["subjects_not_written"] == [] and rep["counts"]["incremental.rechecked_subjects"] == 1
+    assert list(rep["server_requests"]["per_subject"]) == [victim]  # the others are not read
     assert [w["subject_id"] for w in rep["writes"]] == [victim] and again.exit_code in (0, 2)
     counts = identifier_counts(adapter_observations(clean_fhir_server.base_url))
     assert all(counts[i] == 1 for i in expected[victim])
