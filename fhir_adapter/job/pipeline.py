@@ -329,6 +329,9 @@ def _run(
         """The subject's CRF in OUT from the last run (an unchanged or carried subject is derived from it)."""
         return inside(out, out / "crf" / f"{subject_file_name(sid)}.json")
 
+    # each subject's Day 1 in the last run into this OUT: a Day 1 that moves is said (every date of the subject
+    # is counted from it)
+    before_day1 = _previous_day1(out)
     # subjects who left, whose CRF of the last run that read them is in OUT: carried forward, never read
     carried = {sid: e for sid, e in roster.left.items() if previous_crf(sid).is_file()}
     not_carried = {sid: why for sid, why in roster.left_unsure.items() if previous_crf(sid).is_file()}
@@ -462,6 +465,13 @@ def _run(
             raise SubjectFailed(o.error)
         assert o.enrollee is not None and ((o.row is not None and o.review is not None) or p is not None)
         e = o.enrollee
+        was = before_day1.get(e.subject_id)  # None: no Day 1 then (not infused yet), nothing moved
+        if was and was != (e.day1.isoformat() if e.day1 else None):
+            runlog.warn(f"Day 1 of {e.subject_id} moved from {was} to "
+                        f"{e.day1.isoformat() if e.day1 else 'none'} ({e.day1_source or 'no infusion record'}): "
+                        "its study days, visits, baseline, DLT window, TEAE flags and kinetics follow it, and its "
+                        "results of visits that moved are retracted", subject_id=e.subject_id, rule="day1-changed",
+                        fix="nothing, if the infusion record was corrected; else correct the record that is wrong")
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
         diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
@@ -728,6 +738,17 @@ def _state_report(state: WrittenState, *, dry_run: bool) -> dict[str, Any]:
         return report
     would = {k: report[k] for k in ("new", "updated", "retracted", "retractions")}
     return {**report, "new": 0, "updated": 0, "retracted": 0, "retractions": [], "would_write": would}
+
+
+def _previous_day1(out: Path) -> dict[str, str | None]:
+    """Subject ID → Day 1 (ISO date, None: none) in the run report of the last run into ``out`` (empty when
+    there is none or it cannot be read: nothing to compare with)."""
+    try:
+        report = orjson.loads((out / "run-report.json").read_bytes())
+        return {str(d["subject_id"]): d.get("day1") for d in report.get("day1_sources") or []
+                if isinstance(d, dict) and "subject_id" in d}
+    except (OSError, orjson.JSONDecodeError, AttributeError, TypeError):
+        return {}
 
 
 def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path: Path) -> None:

@@ -142,12 +142,12 @@ def map_exposure(e: Enrollee, resources: list[dict[str, Any]], study: Study, log
             _unusable(record, e, log)  # the infusion dates Day 1 whatever its dose: a dose not a dose is warned of
         out.append(Exposure(
             treatment=study.info.product_name, kind="infusion", dose_level=e.actual_arm or e.arm, **dosage(record),
-            start_date=e.day1, end_date=e.day1, study_day=1, source=e.infusion,
+            start=e.infusion_time, start_date=e.day1, end_date=e.day1, study_day=1, source=e.infusion,
         ))
     elif e.day1 and e.infusion is None and not doses:   # Day 1 from the roster CSV: no FHIR infusion record
         out.append(Exposure(
-            treatment=study.info.product_name, kind="infusion", dose_level=e.actual_arm or e.arm, start_date=e.day1,
-            end_date=e.day1, study_day=1, source=e.research_subject, day1_source=e.day1_source,
+            treatment=study.info.product_name, kind="infusion", dose_level=e.actual_arm or e.arm, start=e.infusion_time,
+            start_date=e.day1, end_date=e.day1, study_day=1, source=e.research_subject, day1_source=e.day1_source,
         ))
     out.sort(key=lambda x: (x.start_date or dt.date.max, x.treatment))
     return out

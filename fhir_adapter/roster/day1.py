@@ -11,7 +11,8 @@ In order of preference:
 
 The earliest record of the first kind found wins; where each subject's Day 1 came from is reported
 (``run-report.json`` → ``day1_sources``). Several records are warned about unless the study gives its product
-more than once (``study.yaml`` ``repeated_doses: true``: Day 1 is the first dose).
+more than once (``study.yaml`` ``repeated_doses: true``: Day 1 is the first dose), and so is an infusion record
+that is not completed (it dates nothing) or a dose of the product on another date than the infusion Procedure.
 """
 
 from __future__ import annotations
@@ -29,7 +30,11 @@ from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import DateError, parse_fhir_date, site_date
 from fhir_adapter.terminology.codes import R4_MEDICATION_STATUSES
 
-_NOT_GIVEN = {"entered-in-error", "not-done", "stopped", "preparation", "on-hold", "cancelled", "unknown"}
+#: the one status of a Procedure or MedicationAdministration that says the product was given (R4 ``completed``);
+#: another is warned of (an infusion planned, started, interrupted, or in a status no R4 code names), except an
+#: entry in error
+_GIVEN = "completed"
+_SILENT = {"entered-in-error"}
 
 
 @dataclass(frozen=True)
@@ -60,19 +65,25 @@ def _ref(r: dict[str, Any]) -> SourceRef:
                      version=(r.get("meta") or {}).get("versionId"))
 
 
-def _records(resources: list[dict[str, Any]], study: Study) -> list[tuple[dict[str, Any], str | None]]:
-    """The infusion records of the subject: (resource, its performed/effective time)."""
+def _records(resources: list[dict[str, Any]], study: Study,
+             not_given: list[dict[str, Any]] | None = None) -> list[tuple[dict[str, Any], str | None]]:
+    """The infusion records of the subject (completed): (resource, its performed/effective time); ``not_given``
+    collects the infusion records in another status (an entry in error aside)."""
     out: list[tuple[dict[str, Any], str | None]] = []
     for r in resources:
         rtype = r.get("resourceType")
-        if r.get("status") in _NOT_GIVEN:
-            continue
         if rtype == "Procedure" and set(codings(r.get("code"))) & study.infusion_codes:
-            out.append((r, r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")))
+            when = r.get("performedDateTime") or (r.get("performedPeriod") or {}).get("start")
         elif rtype == "MedicationAdministration" and study.infusion_medication_codes and \
                 r.get("status") in R4_MEDICATION_STATUSES[rtype] and \
                 set(medication_codings(r, resources)) & study.infusion_medication_codes:  # else quarantined (EX)
-            out.append((r, r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")))
+            when = r.get("effectiveDateTime") or (r.get("effectivePeriod") or {}).get("start")
+        else:
+            continue
+        if r.get("status") == _GIVEN:
+            out.append((r, when))
+        elif not_given is not None and r.get("status") not in _SILENT:
+            not_given.append(r)
     return out
 
 
@@ -90,7 +101,8 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
                        f"{study.info.product_name} it records dates nothing",
                        f"send one of {sorted(R4_MEDICATION_STATUSES['MedicationAdministration'])}",
                        subject_id=e.subject_id, raw=r)
-    for r, when in _records(resources, study):
+    not_given: list[dict[str, Any]] = []
+    for r, when in _records(resources, study, not_given):
         d = _date(when, study)
         if d is None:
             log.warn(f"infusion {r.get('resourceType')} without a full date: not used for Day 1",
@@ -98,6 +110,11 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
             continue
         found.append((0 if r.get("resourceType") == "Procedure" else 1, d, r))
         times[id(r)] = _datetime(when, study)
+    for r in not_given:  # said, never a Day 1: a planned, started or interrupted infusion is not the infusion
+        log.warn(f"infusion {r.get('resourceType')} with status '{r.get('status')}': not taken as the infusion "
+                 "(Day 1 needs a completed one)", resource=f"{r.get('resourceType')}/{r.get('id')}",
+                 subject_id=e.subject_id, rule="day1",
+                 fix="record the infusion as completed once it is given (or entered-in-error if it was not)")
     if found:
         kind = min(k for k, _, _ in found)
         first = sorted((d, str(r.get("id"))) for k, d, r in found if k == kind)
@@ -106,6 +123,12 @@ def with_day1(e: Enrollee, resources: list[dict[str, Any]], study: Study, log: R
         if len(first) > 1 and not study.info.repeated_doses:
             log.warn(f"{len(first)} infusion {r['resourceType']}s; Day 1 = the first ({day1})",
                      subject_id=e.subject_id, rule="day1")
+        other = sorted({(d, f"{x['resourceType']}/{x.get('id')}") for k, d, x in found if k != kind and d != day1})
+        if other and not study.info.repeated_doses:  # a dose of the product on another date than the infusion
+            log.warn(f"the infusion {r['resourceType']}/{r.get('id')} dates Day 1 {day1}, but "
+                     + ", ".join(f"{ref} records the {study.info.product_name} given on {d}" for d, ref in other)
+                     + "; Day 1 = the Procedure's", subject_id=e.subject_id, rule="day1",
+                     fix="correct the record whose date is wrong (or mark it entered-in-error)")
         if roster_infusion is not None and roster_infusion.date != day1:
             log.warn(f"the roster CSV gives infusion date {roster_infusion.date} ({roster_infusion.where}) but the "
                      f"EHR records {day1} ({r['resourceType']}/{r.get('id')}); Day 1 = the EHR's",

@@ -164,7 +164,8 @@ def test_partial_dates_stay_partial_in_csv(out: Path) -> None:
     partial = [r for r in ex if r["SRCREF"] == "MedicationAdministration/ld2-p1"]
     assert partial and partial[0]["EXSTDTC"] == "2024-01" and partial[0]["EXSTDY"] == ""
     infusion = [r for r in ex if r["EXCAT"] == "INFUSION" and r["SUBJID"] == "101-001"]
-    assert infusion[0]["EXSTDTC"] == "2024-02-01" and infusion[0]["EXSTDY"] == "1"
+    # the infusion's time of day, as the EHR records it (kinetics time 0), as the lymphodepletion rows keep theirs
+    assert infusion[0]["EXSTDTC"] == "2024-02-01T10:00:00+00:00" and infusion[0]["EXSTDY"] == "1"
 
 
 def test_a_result_with_a_partial_date_is_a_record_of_its_domain_in_no_visit(out: Path) -> None:
