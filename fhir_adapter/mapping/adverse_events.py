@@ -299,6 +299,12 @@ class AdverseEventMapper:
                     "AdverseEvent", r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r
                 )
                 continue
+            if (ae.crs or ae.icans) and ae.onset_date is not None and day1 is not None and ae.onset_date < day1:
+                # a reaction to the CAR-T cells before they were given: the onset or Day 1 is wrong (not a TEAE)
+                self.log.warn(f"{'CRS' if ae.crs else 'ICANS'} with onset {ae.onset_date}, before Day 1 {day1}: "
+                              "check the event's onset and the infusion date", resource=ae.source.reference,
+                              subject_id=subject_id, rule="crs-before-infusion",
+                              fix="correct the AE onset or the infusion record, whichever is wrong")
             out.append(ae)
         out.sort(key=lambda a: (a.onset_date is None, a.onset_date or dt.date.max, a.term, a.source.id))
         self.log.count("crf.ae", len(out))

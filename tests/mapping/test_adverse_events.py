@@ -335,6 +335,15 @@ def test_pre_infusion_window(study: Study, date: str, pre: bool, day: int) -> No
     assert (a.pre_infusion, a.study_day) == (pre, day)
 
 
+@pytest.mark.parametrize(("date", "said"), [("2024-01-31", True), ("2024-02-01", False), ("2024-02-03", False)])
+def test_crs_before_the_infusion_is_mapped_and_said(study: Study, date: str, said: bool) -> None:
+    """A reaction to the CAR-T cells before they were given: the onset or Day 1 (2024-02-01) is wrong."""
+    (a,), log = run(study, [ae("a", "Cytokine release syndrome", date=date)])
+    assert a.crs and a.study_day is not None
+    assert [w["rule"] for w in log.warnings if w.get("rule") == "crs-before-infusion"] == \
+        (["crs-before-infusion"] if said else [])
+
+
 def test_detected_when_no_date(study: Study) -> None:
     (a,), _ = run(study, [ae("a", date=None, detected="2024-02-10")])
     assert (a.onset_date, a.study_day) == (dt.date(2024, 2, 10), 10)
