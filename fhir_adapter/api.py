@@ -131,7 +131,8 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
         # completed (exit 0 or 2; the subjects it failed or did not write are read in full then), not a dry run
         if summary.stopped is None and summary.exit_code != exit_codes.FAILED and not dry_run:
             record_run(out_dir, conn.next_since(started), str(source), summary.roster_csv_sha256,
-                       recheck=summary.subjects_failed + summary.subjects_not_written)
+                       recheck=summary.subjects_failed + summary.subjects_not_written,
+                       mapping_fingerprint=summary.mapping_fingerprint)
         crfs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out_dir / "crf").glob("*.json"))]
         return RunResult(
             out=out_dir, summary=summary, exit_code=summary.exit_code,

@@ -109,6 +109,10 @@ class RunSummary:
     would_write: dict[str, int] = field(default_factory=lambda: {"results": 0, "server_writes": 0})
     #: the SHA-256 of the roster CSV as the run read it (recorded in ``state/last-run.json``), None: no CSV
     roster_csv_sha256: str | None = None
+    #: the study's mapping files (and site overlay) and this version, as one hash (recorded in
+    #: ``state/last-run.json``): an incremental run whose CRFs of unchanged subjects were mapped by other rules
+    #: reads every subject in full (:func:`mapping_fingerprint`)
+    mapping_fingerprint: str = ""
     #: subjects who left (withdrawn, off-study) whose CRF of an earlier run is in the outputs again, not read
     #: (docs/clinical-rules.md#withdrawn-subjects); not counted in ``subjects``
     carried_forward: list[str] = field(default_factory=list)
@@ -300,7 +304,7 @@ def _run(
 ) -> RunSummary:
     """The run itself: reads ``out`` (the previous CRFs, state), writes only into the staging folder."""
     started = dt.datetime.now(dt.UTC)
-    summary = RunSummary(out=out)
+    summary = RunSummary(out=out, mapping_fingerprint=mapping_fingerprint(study))
     state = WrittenState(out / "state" / "written.json")
     if roster_csv is not None:  # before the CSV is read: an edit made meanwhile differs from what is recorded
         try:
@@ -355,6 +359,14 @@ def _run(
     # an incremental read may skip only subjects whose last CRF is at hand
     source.reusable = {pid for pid, e in roster.enrolled.items()
                        if (out / "crf" / f"{subject_file_name(e.subject_id)}.json").is_file()}
+    if source.since is not None and _mapping_changed(summary, out):
+        # the CRF of an unchanged subject was mapped by the last run's mapping files (or version): reused, it
+        # would keep the old mapping beside subjects mapped by the new one
+        source.reusable = set()
+        runlog.warn("the study's mapping files, its site overlay or the adapter version changed since the last "
+                    "run: every subject is read in full (an unchanged subject's CRF of that run was mapped by the "
+                    "old ones)", rule="incremental")
+        runlog.count("incremental.mapping_changed")
     if source.since is not None:
         # a subject the last run failed or did not write (the server refused its write: duplicates, a foreign
         # resource with the adapter's identifier) may match the state file and still differ on the server: read
@@ -679,6 +691,20 @@ def _warn_arms_outside_escalation(study: Study, enrolled: Iterable[Enrollee], ru
         runlog.warn(why, subject_id=sid, rule="arm",
                     fix="correct ResearchSubject.assignedArm (or the roster CSV's arm), or add the arm to "
                         "escalation.yaml")
+
+
+def mapping_fingerprint(study: Study) -> str:
+    """One hash of the study's mapping files (and site overlay, by path and content) and the adapter version:
+    what an unchanged subject's CRF was mapped by."""
+    return hashlib.sha256(orjson.dumps({"files": study.files, "version": __version__},
+                                       option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _mapping_changed(summary: RunSummary, out: Path) -> bool:
+    """The last run into ``out`` mapped with other mapping files or another version (or recorded none: a run of
+    an earlier version)."""
+    last = last_run(out)
+    return last is not None and last.get("mapping_fingerprint") != summary.mapping_fingerprint
 
 
 def _roster_csv_changed(roster_csv: Path, summary: RunSummary, out: Path, since: dt.datetime) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -582,3 +583,24 @@ def test_a_subject_withdrawn_with_an_earlier_end_has_its_results_after_the_end_r
     cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
     assert subject not in {w["subject_id"] for w in report(out)["writes"]}
     assert writes(loaded.stats()) == 0
+
+
+def test_since_last_after_the_mapping_changed_reads_every_subject_in_full(loaded: ServerHandle,
+                                                                          tmp_path: Path) -> None:
+    """An unchanged subject's CRF of the last run was mapped by that run's mapping files: after the study's files
+    (or the site overlay, or the adapter version) changed, reusing it would keep the old mapping beside subjects
+    mapped by the new one. The next --since last reads everyone in full, and says why."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    study = tmp_path / "study"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "mappings" / "lcar-aio", study)
+    cli_run(loaded.base_url, out, "--study", str(study), "--config", str(config))
+    assert json.loads((out / "state" / "last-run.json").read_text())["mapping_fingerprint"]
+    cli_run(loaded.base_url, out, "--study", str(study), "--since", "last", "--config", str(config))
+    assert report(out)["counts"]["incremental.changed_subjects"] == 0  # nothing changed: nobody read
+    with (study / "items.yaml").open("a", encoding="utf-8") as fh:
+        fh.write("\n# a site's correction of the mapping\n")
+    cli_run(loaded.base_url, out, "--study", str(study), "--since", "last", "--config", str(config))
+    rep = report(out)
+    assert rep["counts"]["incremental.mapping_changed"] == 1
+    assert rep["counts"]["incremental.changed_subjects"] == SUBJECTS
+    assert any(w.get("rule") == "incremental" and "mapping files" in w["message"] for w in rep["warnings"])
