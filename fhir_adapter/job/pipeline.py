@@ -57,6 +57,7 @@ from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.bundle import offline_transaction
+from fhir_adapter.writeback.identifiers import SUBJECT_SCOPE, result_identifier
 from fhir_adapter.writeback.sink import PARTIAL_WHAT_TO_DO, WriteResult
 from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import Plan, WrittenState, result_id
@@ -449,7 +450,8 @@ def _run(
         participation are retracted, nothing else of it is written (docs/clinical-rules.md#withdrawn-subjects)."""
         if e.end_of_study is None:
             return None, None
-        plan = state.retract_after(e.subject_id, e.end_of_study)
+        plan = state.retract_after(e.subject_id, e.end_of_study,
+                                   keep_prefix=result_identifier(study.info.id, e.subject_id, SUBJECT_SCOPE, ""))
         if not plan.retractions:
             return None, None
         invalid = [p for p in (r4_problem(x, full=True) for x in plan.retractions) if p]

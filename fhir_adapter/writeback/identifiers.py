@@ -14,6 +14,9 @@ from urllib.parse import quote
 from fhir_adapter.terminology.codes import SID_RESULT
 
 _NAMESPACE = uuid.UUID("6f1c7d4e-3b7a-5c2e-9d1f-0a4b8e6c2d10")
+#: the scope of a per-subject result (DLT evaluation, kinetics) in its identifier, where a visit's id stands
+#: for a visit's result
+SUBJECT_SCOPE = "subject"
 
 
 def _part(text: str) -> str:

@@ -23,9 +23,10 @@ from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.study.timeline import date_of_study_day
 from fhir_adapter.terminology.codes import UCUM
 from fhir_adapter.version import __version__
+from fhir_adapter.writeback.identifiers import SUBJECT_SCOPE
 from fhir_adapter.writeback.observations import result_observation
 
-SCOPE = "subject"
+SCOPE = SUBJECT_SCOPE
 TRANSGENE_UNIT = "{copies}/ug{DNA}"
 
 

@@ -187,17 +187,19 @@ class WrittenState:
             entries[ident] = {**old, "retracted": today.isoformat()}
         return plan
 
-    def retract_after(self, subject_id: str, end: dt.date, today: dt.date | None = None) -> Plan:
-        """A subject who left the study (never read again): its results written before and dated after the end
-        of its participation (``end``, ResearchSubject.period.end) are retracted; the others stay as written
-        (docs/clinical-rules.md#withdrawn-subjects)."""
+    def retract_after(self, subject_id: str, end: dt.date, keep_prefix: str, today: dt.date | None = None) -> Plan:
+        """A subject who left the study (never read again): its visit results written before and dated after the
+        end of its participation (``end``, ResearchSubject.period.end) are retracted — the visits it no longer
+        has; the others stay as written, and so do its per-subject results (identifiers starting with
+        ``keep_prefix``: the DLT evaluation dated at the window's end, kinetics), which count what happened before
+        the end (docs/clinical-rules.md#withdrawn-subjects)."""
         today = today or dt.date.today()
         plan = Plan(subject_id=subject_id, entries={})
         for ident in sorted(self.by_subject.get(subject_id, set())):
             old = self.results[ident]
             when = str((old.get("resource") or {}).get("effectiveDateTime") or "")[:10]
             plan.entries[ident] = old
-            if old.get("retracted") or not when or when <= end.isoformat():
+            if old.get("retracted") or not when or when <= end.isoformat() or ident.startswith(keep_prefix):
                 continue
             reason = (f"the subject's participation ended on {end.isoformat()} (ResearchSubject.period.end): a "
                       f"result dated {when} lies outside it")
