@@ -49,10 +49,12 @@ Subject result; the first case that applies defines the value:
 2. an event meets a rule → ``dlt`` True, with every such event in ``dlt_events``;
 3. an event is undecided for a rule → ``dlt`` None, with the reasons in ``not_evaluable``;
 4. ``require_complete_window`` and the subject was not followed through the window → None: its participation
-   ended, or it died, before ``window.last_day`` without data to the window's end (final); or, still followed,
-   no data dated after the infusion day inside the window (study days 2 .. ``window.last_day``: a result, a
-   visit, an AE onset or resolution), or the last such data before ``window.last_day`` — these may still come
-   (:func:`follow_up_pending`; docs/clinical-rules.md#dlt-window);
+   has an end, or it died, without data to the window's end (final); or, still followed, no data dated after
+   the infusion day inside the window (study days 2 .. ``window.last_day``: a result, a visit, an AE onset or
+   resolution), or the last such data before ``window.last_day`` (docs/clinical-rules.md#dlt-window).
+
+In cases 3 and 4 ``pending`` says whether data still to come can decide it (the subject is followed: no end of
+participation, no death): dose escalation names no RP2D while a subject is pending.
 5. otherwise → ``dlt`` False.
 
 "No DLT" therefore needs evidence that the subject was seen during the window and through its end: years of
@@ -70,7 +72,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -156,6 +158,10 @@ class DltResult(BaseModel):
     dlt_events: list[DltEvent] = Field(default_factory=list)
     not_evaluable: list[str] = Field(default_factory=list)
     evaluated: list[str] = Field(default_factory=list, description="AEs that could fall in the DLT window")
+    pending: bool = Field(False, description="not evaluable yet while the subject is still followed (its "
+                                             "participation has no end, it has not died): later data — a "
+                                             "resolution, a relatedness, follow-up to the window's end — can "
+                                             "decide it; dose escalation names no RP2D meanwhile")
 
 
 # --- conditions: each returns (True | False | None, what was seen) --------------------------------------
@@ -383,12 +389,13 @@ def derive_dlt(crf: SubjectCRF, s: DltSettings, tz: str) -> DltResult:
                 undecided.append(f"{ae.source.reference} '{ae.term}': {why} (could meet {', '.join(ids)})")
     if events:
         return DltResult(dlt=True, dlt_events=events, not_evaluable=undecided, evaluated=evaluated)
-    if undecided:
-        return DltResult(dlt=None, not_evaluable=undecided, evaluated=evaluated)
+    ended = _followup_ended(crf, ctx)
+    if undecided:  # an event still open (unresolved, grade or relatedness unknown): data to come may decide it
+        return DltResult(dlt=None, not_evaluable=undecided, evaluated=evaluated, pending=ended is None)
     if s.require_complete_window:
-        gap = _followup_gap(crf, ctx)
+        gap = _followup_gap(crf, ctx, ended)
         if gap is not None:
-            return DltResult(dlt=None, evaluated=evaluated, not_evaluable=[gap])
+            return DltResult(dlt=None, evaluated=evaluated, not_evaluable=[gap], pending=ended is None)
     return DltResult(dlt=False, evaluated=evaluated)
 
 
@@ -399,32 +406,24 @@ def _contact_days(crf: SubjectCRF, ctx: _Ctx) -> list[int]:
     return sorted({ctx.day(x) for x in dates})
 
 
-#: how a not-evaluable reason of :func:`_followup_gap` begins when the subject may still be followed through the
-#: window (later data can make it evaluable: dose escalation waits for it, :func:`follow_up_pending`)
-_GAP_OPEN = ("DLT window not followed: no data", "DLT window not completed:")
+def _followup_ended(crf: SubjectCRF, ctx: _Ctx) -> str | None:
+    """Why no more data of the subject will come (its participation has an end, it died), the earliest; None
+    while it is followed."""
+    ended = [(d, f"participation ended on study day {ctx.day(d)}") for d in (crf.dm.end_of_participation,)
+             if d is not None] + [(d, f"died on study day {ctx.day(d)}") for d in (crf.dm.death_date,)
+                                  if d is not None]
+    return min(ended)[1] if ended else None
 
 
-def follow_up_pending(not_evaluable: Sequence[str]) -> bool:
-    """True when a subject is not DLT-evaluable only because its follow-up through the window may still come:
-    no data yet after the infusion day or to the window's end, while its participation has not ended (and it
-    has not died) before the window's end. An undecided event or an ended follow-up is final as far as the
-    data go (``dlt`` None, replaced in escalation)."""
-    return bool(not_evaluable) and all(r.startswith(_GAP_OPEN) for r in not_evaluable)
-
-
-def _followup_gap(crf: SubjectCRF, ctx: _Ctx) -> str | None:
-    """Why the subject was not followed through the DLT window (case 4), or None when it was."""
+def _followup_gap(crf: SubjectCRF, ctx: _Ctx, ended: str | None) -> str | None:
+    """Why the subject was not followed through the DLT window (case 4), or None when it was; ``ended``: why
+    no more data will come (:func:`_followup_ended`), which makes the gap final."""
     w = ctx.s.window
     days = _contact_days(crf, ctx)
     after = [x for x in days if x > 1]
     in_window = [x for x in after if x <= w.last_day]
-    ended = [(f"participation ended on study day {ctx.day(d)}", d) for d in (crf.dm.end_of_participation,)
-             if d is not None] + [(f"died on study day {ctx.day(d)}", d) for d in (crf.dm.death_date,)
-                                  if d is not None]
-    ended = [(why, d) for why, d in ended if ctx.day(d) < w.last_day]
     if ended and (not after or after[-1] < w.last_day):
-        why = min(ended, key=lambda e: e[1])[0]
-        return f"DLT window not followed to its end: {why} (window ends day {w.last_day})"
+        return f"DLT window not followed to its end: {ended} (window ends day {w.last_day})"
     if not after:
         return (f"DLT window not followed: no data after the infusion day (window study days "
                 f"{w.first_day}-{w.last_day})")

@@ -22,16 +22,17 @@ escalation data alone decide, as in the protocol; expansion safety is reviewed s
 
 3+3 decision of one level with n evaluable and y DLTs; the first case that applies defines the value:
 
-1. n = 0 → ``not treated`` (``no DLT-evaluable subjects`` when some were infused);
+1. nobody infused → ``not treated``;
 2. y ≥ 2 → ``exceeds MTD: de-escalate``;
 3. a level above the lowest level that exceeds the MTD → ``closed: <that level> exceeds MTD``: 3+3 never doses
    above a level that exceeds the MTD, so a DLT reported late at a lower level (after the next cohort was dosed)
    closes the levels above it whatever their own counts;
-4. n < 3 → ``cohort incomplete (n/3 evaluable)``;
-5. n = 3, y = 1 → ``expand to 6``; n = 3, y = 0 → ``escalate`` (``expand to 6: next level exceeds MTD``
+4. n = 0 → ``no DLT-evaluable subjects``;
+5. n < 3 → ``cohort incomplete (n/3 evaluable)``;
+6. n = 3, y = 1 → ``expand to 6``; n = 3, y = 0 → ``escalate`` (``expand to 6: next level exceeds MTD``
    when the next level exceeds the MTD; ``highest level: MTD not reached`` at the top level);
-6. n = 4–5 → ``cohort incomplete (n/6 evaluable)``;
-7. n ≥ 6 (y ≤ 1) → ``escalate``; ``MTD`` when the next level exceeds the MTD; ``highest level: MTD not
+7. n = 4–5 → ``cohort incomplete (n/6 evaluable)``;
+8. n ≥ 6 (y ≤ 1) → ``escalate``; ``MTD`` when the next level exceeds the MTD; ``highest level: MTD not
    reached`` at the top level.
 
 BOIN decision of one level, as the R package's ``get.oc`` moves the dose; the first case that applies defines
@@ -276,12 +277,14 @@ def _three_plus_three(levels: list[tuple[str, int, int, int]]) -> tuple[list[str
     decisions = []
     for i, (_arm, nt, n, y) in enumerate(levels):
         nxt_exceeds = i < top and exceeds[i + 1]
-        if n == 0:
-            dec = "no DLT-evaluable subjects" if nt else "not treated"
+        if n == 0 and nt == 0:
+            dec = "not treated"
         elif y >= 2:
             dec = "exceeds MTD: de-escalate"
         elif first_bad is not None and i > first_bad:  # no subject is dosed above a level that exceeds the MTD
             dec = f"closed: {levels[first_bad][0]} exceeds MTD"
+        elif n == 0:
+            dec = "no DLT-evaluable subjects"
         elif n < 3:
             dec = f"cohort incomplete ({n}/3 evaluable)"
         elif n == 3 and y == 1:
@@ -386,8 +389,13 @@ def derive_escalation(subjects: Sequence[DltOutcome], settings: EscalationSettin
         rows.append(DoseLevel(arm=arm, role="expansion", dose_level=level, n_treated=nt, n_dlt_evaluable=n,
                               n_dlt=y, n_dlt_not_evaluable=nt - n,
                               decision=f"expansion at {level}: not used for escalation decisions"))
+    # the levels where a DLT still to come can change the MTD: all of them under BOIN (more data can lift an
+    # elimination), under 3+3 those below the lowest level that exceeds the MTD (more DLTs cannot undo it, and
+    # the levels above are closed)
+    exceeding = next((i for i, (_, _, _, y) in enumerate(levels) if y >= 2), len(levels))
+    open_levels = settings.dose_levels if settings.method == "boin" else settings.dose_levels[:exceeding]
     waiting = {arm: sum(1 for x in subjects if x.arm == arm and x.infused and x.dlt is None and x.pending)
-               for arm in settings.dose_levels}
+               for arm in open_levels}
     waiting = {arm: k for arm, k in waiting.items() if k}
     if rp2d.arm is not None and waiting:  # a DLT still to come at any escalation level can change the MTD
         at = ", ".join(f"{k} at {arm}" for arm, k in waiting.items())

@@ -17,6 +17,7 @@ class DltSubjectKeys(TypedDict):
     dlt: bool | None
     dlt_events: list[dict[str, Any]]
     dlt_not_evaluable: list[str]
+    dlt_pending: bool
 
 
 def derive(x: SubjectInput) -> DltResult:
@@ -25,7 +26,7 @@ def derive(x: SubjectInput) -> DltResult:
 
 def subject_keys(r: DltResult) -> DltSubjectKeys:
     return {"dlt": r.dlt, "dlt_events": [e.model_dump(mode="json") for e in r.dlt_events],
-            "dlt_not_evaluable": list(r.not_evaluable)}
+            "dlt_not_evaluable": list(r.not_evaluable), "dlt_pending": r.pending}
 
 
 def observations(o: OutputInput) -> list[dict[str, Any]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any, TypedDict
 
-from fhir_adapter.derive.dlt import follow_up_pending
 from fhir_adapter.derive.escalation import DltOutcome, EscalationSettings, derive_escalation
 from fhir_adapter.endpoints.registry import Contracts, Endpoint, StudyInput
 
@@ -26,7 +25,7 @@ def study_keys(x: StudyInput) -> EscalationStudyKeys:
     assert isinstance(esc, EscalationSettings)
     # one pass over the rows, keeping only what the decision needs (the rows may be read back from disk)
     result = derive_escalation([DltOutcome(r["arm"], r["day1"] is not None, r["dlt"],
-                                           r["dlt"] is None and follow_up_pending(r.get("dlt_not_evaluable") or []))
+                                           r["dlt"] is None and bool(r.get("dlt_pending")))
                                 for r in x.rows if "dlt" in r], esc)
     return {
         "dose_levels": [d.model_dump(mode="json") for d in result.dose_levels],

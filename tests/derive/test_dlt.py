@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from fhir_adapter.crf.models import AdverseEvent, SourceRef, SubjectCRF
-from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt, follow_up_pending
+from fhir_adapter.derive.dlt import DltResult, DltSettings, derive_dlt
 from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import parse_fhir_date
 from tests.helpers import crf, d, finding
@@ -280,13 +280,16 @@ def test_no_follow_up_through_the_window_is_not_evaluable(rules: DltSettings, da
     # routine-care data long after the infusion, with nothing in the window, is no evidence of "no DLT"
     r = derive_dlt(crf([finding("weight", x, 60.0, domain="VS") for x in days], {}), rules, "UTC")
     assert r.dlt is None and len(r.not_evaluable) == 1 and reason in r.not_evaluable[0]
-    assert follow_up_pending(r.not_evaluable), "still followed: the data may come, dose escalation waits"
+    assert r.pending, "still followed: the data may come, dose escalation waits"
 
 
 @pytest.mark.parametrize(("ended", "reason"), [
     ({"end_of_participation": d(20)}, "participation ended on study day 20"),
     ({"death_date": d(12)}, "died on study day 12"),
     ({"end_of_participation": d(20), "death_date": d(18)}, "died on study day 18"),
+    # an end on or after the window's last day, the data stopping before it: no more will come either
+    ({"end_of_participation": d(30)}, "participation ended on study day 30"),
+    ({"end_of_participation": d(40)}, "participation ended on study day 40"),
 ])
 def test_follow_up_that_ended_in_the_window_is_final(rules: DltSettings, ended: dict[str, Any],
                                                      reason: str) -> None:
@@ -296,15 +299,22 @@ def test_follow_up_that_ended_in_the_window_is_final(rules: DltSettings, ended: 
     c = c.model_copy(update={"dm": c.dm.model_copy(update=ended)})
     r = derive_dlt(c, rules, "UTC")
     assert r.dlt is None and r.not_evaluable == [f"DLT window not followed to its end: {reason} (window ends day 30)"]
-    assert not follow_up_pending(r.not_evaluable)
+    assert not r.pending
     # ended after the window, or with data to its end: evaluated as before
     c = crf([finding("weight", x, 60.0, domain="VS") for x in (-7, 8, 30)], {})
     assert derive_dlt(c.model_copy(update={"dm": c.dm.model_copy(update=ended)}), rules, "UTC").dlt is False
 
 
-def test_an_undecided_event_is_not_pending_follow_up(rules: DltSettings) -> None:
-    r = evaluate(rules, ae("Diarrhoea", 3, 13, 3))  # relatedness unknown
-    assert r.dlt is None and not follow_up_pending(r.not_evaluable)
+def test_an_undecided_event_is_pending_while_the_subject_is_followed(rules: DltSettings) -> None:
+    """An event still open — a grade-3 CRS unresolved at the last data, a relatedness not recorded — may be a
+    DLT: data still to come decide it, and the RP2D waits; once the participation ended, it is final."""
+    for event in (crs(3, None, 3), ae("Diarrhoea", 3, 13, 3)):  # unresolved; relatedness unknown
+        r = derive_dlt(crf([finding("crp", x, 1.0) for x in (3, 5)], {}, ae=[event]), rules, "UTC")
+        assert r.dlt is None and r.pending, event.term
+        ended = crf([finding("crp", x, 1.0) for x in (3, 5)], {}, ae=[event])
+        ended = ended.model_copy(update={"dm": ended.dm.model_copy(update={"end_of_participation": d(6)})})
+        r = derive_dlt(ended, rules, "UTC")
+        assert r.dlt is None and not r.pending, event.term
 
 
 def test_follow_up_in_and_through_the_window_is_evaluable(rules: DltSettings) -> None:

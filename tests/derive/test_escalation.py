@@ -275,12 +275,26 @@ def test_no_rp2d_while_a_subject_is_still_in_its_dlt_window(method: str) -> None
     s = EscalationSettings(method=method, dose_levels=("D1", "D2", "D3"))
     base = cohort("D1", [False] * 3) + cohort("D2", [True] + [False] * 5) + cohort("D3", [True, True, False])
     assert derive_escalation(base, s).rp2d.arm == "D2"
-    waiting = derive_escalation([*base, DltOutcome("D3", True, None, pending=True)], s)
+    waiting = derive_escalation([*base, DltOutcome("D2", True, None, pending=True)], s)
     assert waiting.rp2d.arm is None
-    assert waiting.rp2d.rationale.startswith("RP2D pending: subjects still in their DLT window (1 at D3); on the "
+    assert waiting.rp2d.rationale.startswith("RP2D pending: subjects still in their DLT window (1 at D2); on the "
                                              "data so far it would be D2")
     replaced = derive_escalation([*base, DltOutcome("D3", True, None, pending=False)], s)
     assert replaced.rp2d.arm == "D2"
+
+
+def test_under_3_3_a_subject_pending_at_a_level_that_exceeds_the_mtd_or_above_it_changes_nothing() -> None:
+    """More DLTs cannot undo "exceeds MTD", and the levels above are closed: only a subject pending at or below
+    the MTD holds the RP2D back; a closed level with nobody evaluable yet says it is closed."""
+    s = EscalationSettings(dose_levels=("D1", "D2", "D3"))
+    base = cohort("D1", [False] * 6) + cohort("D2", [True, True, False])
+    for arm in ("D2", "D3"):
+        r = derive_escalation([*base, DltOutcome(arm, True, None, pending=True)], s)
+        assert r.rp2d.arm == "D1", arm
+    r = derive_escalation([*base, DltOutcome("D3", True, None, pending=True)], s)
+    assert r.dose_levels[2].decision == "closed: D2 exceeds MTD"
+    r = derive_escalation([*base, DltOutcome("D1", True, None, pending=True)], s)
+    assert r.rp2d.arm is None and r.rp2d.rationale.startswith("RP2D pending")
 
 
 def test_settings_reject_inconsistent_arms() -> None:
@@ -314,11 +328,11 @@ def test_the_study_step_reads_pending_follow_up_from_the_subject_rows(study: Stu
     settings = study.rule("escalation", EscalationSettings)
     keys = escalation_endpoint.study_keys(StudyInput(study=study, settings=settings, rows=rows))
     assert keys["rp2d"]["arm"] == "DL2"
-    still = {"arm": "DL3", "day1": "2024-03-20", "dlt": None,
+    still = {"arm": "DL2", "day1": "2024-03-20", "dlt": None, "dlt_pending": True,
              "dlt_not_evaluable": ["DLT window not completed: last data on study day 12 (window ends day 30)"]}
     keys = escalation_endpoint.study_keys(StudyInput(study=study, settings=settings, rows=[*rows, still]))
     assert keys["rp2d"]["arm"] is None and keys["rp2d"]["rationale"].startswith("RP2D pending")
-    left = {**still, "dlt_not_evaluable": [
+    left = {**still, "dlt_pending": False, "dlt_not_evaluable": [
         "DLT window not followed to its end: participation ended on study day 12 (window ends day 30)"]}
     keys = escalation_endpoint.study_keys(StudyInput(study=study, settings=settings, rows=[*rows, left]))
     assert keys["rp2d"]["arm"] == "DL2"
