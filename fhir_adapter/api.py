@@ -132,7 +132,7 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
         if summary.stopped is None and summary.exit_code != exit_codes.FAILED and not dry_run:
             record_run(out_dir, conn.next_since(started), str(source), summary.roster_csv_sha256,
                        recheck=summary.subjects_failed + summary.subjects_not_written,
-                       mapping_fingerprint=summary.mapping_fingerprint)
+                       mapping_fingerprint=summary.mapping_fingerprint, day1=summary.day1)
         crfs = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((out_dir / "crf").glob("*.json"))]
         return RunResult(
             out=out_dir, summary=summary, exit_code=summary.exit_code,

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_adapter.cli.commands import main
+from fhir_adapter.job.pipeline import mapping_fingerprint
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import ObservationMapper
 from fhir_adapter.study.load import load_study
@@ -161,3 +162,17 @@ def test_the_declared_precision_rounds_half_up_once() -> None:
     assert pga.value == 1.047
     (wbc,) = mapper.map([_obs("6690-2", 2999.5, "/uL")], "S")
     assert wbc.value == 3.0  # 2.9995 half up at three decimals (Python's round gives 2.999 or 3.0 by the float)
+
+
+def test_the_mapping_fingerprint_is_the_overlays_content_not_how_its_path_is_spelled(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--since last reads everyone in full when the mapping changed (docs/cli.md); a scheduler naming the overlay
+    by its absolute path and a person by a relative one must not make every run a full one."""
+    overlay = ROOT / "mappings" / "sites" / "example-site.yaml"
+    monkeypatch.chdir(ROOT)
+    relative = load_study(ROOT / "mappings" / "lcar-aio", Path("mappings/sites/example-site.yaml"))
+    absolute = load_study(ROOT / "mappings" / "lcar-aio", overlay)
+    assert mapping_fingerprint(relative) == mapping_fingerprint(absolute)
+    changed = tmp_path / "site.yaml"
+    changed.write_text(overlay.read_text() + "\n# corrected\n")
+    assert mapping_fingerprint(load_study(ROOT / "mappings" / "lcar-aio", changed)) != mapping_fingerprint(absolute)

@@ -268,7 +268,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             try:
                 record_run(out, conn.next_since(started), source, summary.roster_csv_sha256,
                            recheck=summary.subjects_failed + summary.subjects_not_written,
-                           mapping_fingerprint=summary.mapping_fingerprint)
+                           mapping_fingerprint=summary.mapping_fingerprint, day1=summary.day1)
             except UnsafePath as exc:   # state/ turned into a symbolic link while the run went on
                 _fail(str(exc))
     if not ctx.obj.get("quiet"):

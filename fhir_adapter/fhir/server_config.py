@@ -218,14 +218,15 @@ def last_run_started(out: Path) -> dt.datetime | None:
 
 
 def record_run(out: Path, started: dt.datetime, source: str, roster_csv_sha256: str | None = None,
-               recheck: Collection[str] = (), mapping_fingerprint: str | None = None) -> None:
+               recheck: Collection[str] = (), mapping_fingerprint: str | None = None,
+               day1: Mapping[str, str | None] | None = None) -> None:
     """Write ``OUT/state/last-run.json``; a symbolic link there is replaced, never written through (a link in
     place of ``state/`` is refused: :class:`~fhir_adapter.job.outpaths.UnsafePath`). ``roster_csv_sha256``: the
     content of the roster CSV the run read (an incremental run compares it with the CSV it reads);
     ``recheck``: the subject IDs the run failed or did not write (``subjects_to_recheck``: the next incremental
     run reads them in full and compares their results with the server, whatever its state file says);
     ``mapping_fingerprint``: what the run's CRFs were mapped by (another one makes the next incremental run read
-    every subject in full)."""
+    every subject in full); ``day1``: each subject's Day 1 in the run (the next one says which moved)."""
     path = replaced_output(Path(out), Path(out) / STATE_FILE)
     record: dict[str, Any] = {"started": started.isoformat(), "source": source}
     if roster_csv_sha256 is not None:
@@ -233,4 +234,6 @@ def record_run(out: Path, started: dt.datetime, source: str, roster_csv_sha256: 
     record["subjects_to_recheck"] = sorted(set(recheck))
     if mapping_fingerprint is not None:
         record["mapping_fingerprint"] = mapping_fingerprint
+    if day1 is not None:
+        record["day1"] = dict(sorted(day1.items()))
     path.write_text(json.dumps(record, indent=2) + "\n")

@@ -114,6 +114,9 @@ class RunSummary:
     #: ``state/last-run.json``): an incremental run whose CRFs of unchanged subjects were mapped by other rules
     #: reads every subject in full (:func:`mapping_fingerprint`)
     mapping_fingerprint: str = ""
+    #: subject ID → its Day 1 (ISO date, None: none) in this run, recorded in ``state/last-run.json``: the next
+    #: run says when a subject's Day 1 moved
+    day1: dict[str, str | None] = field(default_factory=dict)
     #: subjects who left (withdrawn, off-study) whose CRF of an earlier run is in the outputs again, not read
     #: (docs/clinical-rules.md#withdrawn-subjects); not counted in ``subjects``
     carried_forward: list[str] = field(default_factory=list)
@@ -334,9 +337,9 @@ def _run(
         """The subject's CRF in OUT from the last run (an unchanged or carried subject is derived from it)."""
         return inside(out, out / "crf" / f"{subject_file_name(sid)}.json")
 
-    # each subject's Day 1 in the last run into this OUT: a Day 1 that moves is said (every date of the subject
-    # is counted from it)
-    before_day1 = _previous_day1(out)
+    # each subject's Day 1 in the last recorded run into this OUT (state/last-run.json: not a dry run's nor a
+    # stopped one's): a Day 1 that moves is said (every date of the subject is counted from it)
+    before_day1 = (last_run(out) or {}).get("day1") or {}
     # subjects who left, whose CRF of the last run that read them is in OUT: carried forward, never read
     carried = {sid: e for sid, e in roster.left.items() if previous_crf(sid).is_file()}
     not_carried = {sid: why for sid, why in roster.left_unsure.items() if previous_crf(sid).is_file()}
@@ -486,6 +489,7 @@ def _run(
                         "its study days, visits, baseline, DLT window, TEAE flags and kinetics follow it, and its "
                         "results of visits that moved are retracted", subject_id=e.subject_id, rule="day1-changed",
                         fix="nothing, if the infusion record was corrected; else correct the record that is wrong")
+        summary.day1[e.subject_id] = e.day1.isoformat() if e.day1 else None
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
         diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
@@ -696,10 +700,10 @@ def _warn_arms_outside_escalation(study: Study, enrolled: Iterable[Enrollee], ru
 
 
 def mapping_fingerprint(study: Study) -> str:
-    """One hash of the study's mapping files (and site overlay, by path and content) and the adapter version:
-    what an unchanged subject's CRF was mapped by."""
-    return hashlib.sha256(orjson.dumps({"files": study.files, "version": __version__},
-                                       option=orjson.OPT_SORT_KEYS)).hexdigest()
+    """One hash of the contents of the study's mapping files and site overlay, and of the adapter version: what
+    an unchanged subject's CRF was mapped by (by content only: the overlay named by a relative or an absolute path
+    is the same mapping)."""
+    return hashlib.sha256(orjson.dumps({"files": sorted(study.files.values()), "version": __version__})).hexdigest()
 
 
 def _mapping_changed(summary: RunSummary, out: Path) -> bool:
@@ -766,17 +770,6 @@ def _state_report(state: WrittenState, *, dry_run: bool) -> dict[str, Any]:
         return report
     would = {k: report[k] for k in ("new", "updated", "retracted", "retractions")}
     return {**report, "new": 0, "updated": 0, "retracted": 0, "retractions": [], "would_write": would}
-
-
-def _previous_day1(out: Path) -> dict[str, str | None]:
-    """Subject ID → Day 1 (ISO date, None: none) in the run report of the last run into ``out`` (empty when
-    there is none or it cannot be read: nothing to compare with)."""
-    try:
-        report = orjson.loads((out / "run-report.json").read_bytes())
-        return {str(d["subject_id"]): d.get("day1") for d in report.get("day1_sources") or []
-                if isinstance(d, dict) and "subject_id" in d}
-    except (OSError, orjson.JSONDecodeError, AttributeError, TypeError):
-        return {}
 
 
 def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path: Path) -> None:
