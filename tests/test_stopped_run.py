@@ -36,9 +36,6 @@ class Server:
     def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
         pass
 
-    def retract_left(self, e: Enrollee, retractions: Sequence[dict[str, Any]], sources: list[str]) -> WriteResult:
-        raise AssertionError("no subject has left in this feed")
-
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
               retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
         self.calls += 1

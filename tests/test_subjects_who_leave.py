@@ -106,19 +106,22 @@ def test_a_subject_who_withdraws_after_a_dlt_is_carried_forward_and_still_counts
     assert report["counts"]["participation.ae-after-end"] == 2 and report["counts"]["participation.after-end"] > 0
     assert crf["dm"]["status"] == "withdrawn" and crf["dm"]["end_of_participation"] == END
     assert crf["dm"]["source"][0]["version"] == "3"  # the ResearchSubject as it now is
-    # written back for it: only the retraction of its results dated after the end of participation (the
-    # participation rule, as for an enrolled subject); what is dated before stays as it was written
+    # its results are planned as any subject's, from the carried CRF: what it derives from its data up to the end
+    # of participation is unchanged (not written again), its results of visits after the end are retracted (the
+    # participation rule, as for an enrolled subject), its DLT still counts
     bundle = _json(out / "writeback" / f"{WITHDRAWN}.json")
-    retracted = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    observations = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
+    retracted = [r for r in observations if r["status"] == "entered-in-error"]
     after_end = {k for k, v in state_before.items() if v["resource"].get("effectiveDateTime", "")[:10] > END}
-    assert after_end and len(retracted) == len(after_end)
-    assert all(r["status"] == "entered-in-error" and "participation ended on " + END in r["note"][0]["text"]
-               for r in retracted)
+    assert after_end and {r["identifier"][0]["value"] for r in retracted} == after_end
+    assert all("participation ended on " + END in r["note"][0]["text"] for r in retracted)
+    dlt = next(r for r in observations if r["identifier"][0]["value"].endswith(".subject.dlt"))
+    assert dlt["status"] == "final" and dlt["valueBoolean"] is True
     state_after = {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
                    if v.get("subject_id") == WITHDRAWN}
     assert {k for k, v in state_after.items() if v.get("retracted")} == after_end
     assert {k: v for k, v in state_after.items() if k not in after_end} == \
-        {k: v for k, v in state_before.items() if k not in after_end}
+        {k: v for k, v in state_before.items() if k not in after_end}, "the rest unchanged"
     assert report["writeback_state"]["retracted"] == len(after_end)
     dm = (out / "export" / "DM.csv").read_text(encoding="utf-8")
     assert any(WITHDRAWN in line and END in line for line in dm.splitlines())
@@ -127,7 +130,7 @@ def test_a_subject_who_withdraws_after_a_dlt_is_carried_forward_and_still_counts
     # once more on the same OUT: carried again, unchanged, nothing more to retract
     _run(tmp_path / "feed2", study, out)
     assert _json(out / "crf" / f"{WITHDRAWN}.json") == crf
-    assert not (out / "writeback" / f"{WITHDRAWN}.json").exists()
+    assert _json(out / "run-report.json")["writeback_state"]["retracted"] == 0
     assert {k: v for k, v in _json(out / "state" / "written.json")["results"].items()
             if v.get("subject_id") == WITHDRAWN} == state_after
     assert _json(out / "results" / "study.json")["dose_levels"] == before["dose_levels"]
@@ -165,7 +168,10 @@ def test_when_every_subject_has_left_the_run_carries_them_all(study: Study, tmp_
     assert summary.exit_code == 0 and summary.subjects == 0 and summary.carried_forward == ["101-001", "101-002"]
     assert {s["subject_id"] for s in _json(out / "results" / "study.json")["subjects"]} == {"101-001", "101-002"}
     assert sorted(p.name for p in (out / "crf").iterdir()) == ["101-001.json", "101-002.json"]
-    assert not list((out / "writeback").glob("*.json"))
+    # their results as written before: no end of participation recorded, nothing lies outside it
+    assert sorted(p.name for p in (out / "writeback").glob("*.json")) == ["101-001.json", "101-002.json"]
+    report = _json(out / "run-report.json")["writeback_state"]
+    assert (report["new"], report["updated"], report["retracted"]) == (0, 0, 0)
 
 
 def test_a_status_that_is_not_leaving_is_not_carried(study: Study, tmp_path: Path) -> None:

@@ -120,8 +120,8 @@ class SubjectOutcome:
     warnings: list[dict[str, Any]] = field(default_factory=list)
     quarantine: list[Quarantined] = field(default_factory=list)
     error: str | None = None
-    #: a subject who left, carried forward from its last CRF: no write-back resources (job/pipeline.py retracts
-    #: only its results dated after the end of its participation)
+    #: a subject who left, carried forward from its last CRF (never read again; its results planned as any
+    #: subject's: docs/clinical-rules.md#withdrawn-subjects)
     carried: bool = False
     #: ``Type/id`` → status of the subject's source resources, when the caller does not keep the resources
     #: (writeback/state.py source_statuses)
@@ -214,18 +214,18 @@ class SubjectEngine:
 
     def cached(self, e: Enrollee, crf: SubjectCRF, *, left: bool = False) -> SubjectOutcome:
         """The same from a CRF of an earlier run (an incremental run's unchanged subject). ``left``: a subject who
-        has left, carried forward — its CRF bounded by its ResearchSubject now (:meth:`SubjectMapper.left`), no
-        write-back resources (nothing is written for it)."""
+        has left, carried forward — its CRF bounded by its ResearchSubject now (:meth:`SubjectMapper.left`), its
+        results derived from it as from any CRF (what is unchanged is not written again)."""
         out = SubjectOutcome(subject_id=e.subject_id, patient_id=e.patient_id, carried=left)
         try:
-            self._derive(out, e, self.mapper.left(crf, e) if left else crf, write_back=not left)
+            self._derive(out, e, self.mapper.left(crf, e) if left else crf, left=left)
         except Exception as exc:
             log.debug("subject %s failed", e.subject_id, exc_info=True)
             out.error = str(exc)
         self._drain(out)
         return out
 
-    def _derive(self, out: SubjectOutcome, e: Enrollee, crf: SubjectCRF, *, write_back: bool = True) -> None:
+    def _derive(self, out: SubjectOutcome, e: Enrollee, crf: SubjectCRF, *, left: bool = False) -> None:
         work = self.work
         out.enrollee = e
         review = apply_decisions(crf, work.study, work.decisions)  # the reviewers' decisions replace the picks
@@ -239,8 +239,8 @@ class SubjectEngine:
                            else "baseline.not-the-visits-pick" if b.visit else "baseline.outside-visits")
         out.row = subject_row(res)
         out.export_updates = res.export_updates()
-        resources = writeback_resources(res, e, work.study, self.log) if write_back else []
-        if write_back and e.patient_id in work.owned:  # a ResearchSubject the adapter created from the site roster CSV
+        resources = writeback_resources(res, e, work.study, self.log)
+        if not left and e.patient_id in work.owned:  # a ResearchSubject the adapter created from the site roster CSV
             resources.insert(0, research_subject_resource(work.owned[e.patient_id], infused=e.day1 is not None))
             if work.owned_study is not None:  # ... of the ResearchStudy it created from study.yaml
                 resources.insert(0, dict(work.owned_study))

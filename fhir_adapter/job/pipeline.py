@@ -57,7 +57,6 @@ from fhir_adapter.study.load import Study
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.bundle import offline_transaction
-from fhir_adapter.writeback.identifiers import SUBJECT_SCOPE, result_identifier
 from fhir_adapter.writeback.sink import PARTIAL_WHAT_TO_DO, WriteResult
 from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import Plan, WrittenState, result_id
@@ -81,8 +80,6 @@ class Sink(Protocol):
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
               retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult: ...
-
-    def retract_left(self, e: Enrollee, retractions: Sequence[dict[str, Any]], sources: list[str]) -> WriteResult: ...
 
 
 @dataclass
@@ -420,8 +417,12 @@ def _run(
         """The subject's results: planned against the write-back state, written to the server (if any)."""
         bundle_resources = list(o.resources)
         problems = {id(r): p for r, p in zip(o.resources, o.problems, strict=True)}
+        # a subject who left: what it no longer has lies after the end of its participation
+        ended = (f"the subject's participation ended on {e.end_of_study.isoformat()} (ResearchSubject.period.end): "
+                 "the result is not derived from its data up to then" if o.carried and e.end_of_study is not None
+                 else None)
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses,
-                          hashes=o.hashes)
+                          hashes=o.hashes, retract_reason=ended)
         writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
         held: set[str] = set()
         if len(writable) < len(bundle_resources):
@@ -448,28 +449,9 @@ def _run(
                 raise w.stop
         return bundle_resources, plan, w
 
-    def retract_after_leaving(e: Enrollee) -> tuple[Plan | None, WriteResult | None]:
-        """A subject who left (carried forward): the results written before and dated after the end of its
-        participation are retracted, nothing else of it is written (docs/clinical-rules.md#withdrawn-subjects)."""
-        if e.end_of_study is None:
-            return None, None
-        plan = state.retract_after(e.subject_id, e.end_of_study,
-                                   keep_prefix=result_identifier(study.info.id, e.subject_id, SUBJECT_SCOPE, ""))
-        if not plan.retractions:
-            return None, None
-        invalid = [p for p in (r4_problem(x, full=True) for x in plan.retractions) if p]
-        if invalid:
-            raise ValueError(f"a retraction is not valid FHIR R4: {invalid[0]}")
-        w = None
-        if sink is not None:
-            w = sink.retract_left(e, plan.retractions, _derived_sources(plan.retractions))
-            if w.stop is not None:
-                raise w.stop
-        return plan, w
-
     def finish(o: SubjectOutcome, source_resources: list[dict[str, Any]] | None = None) -> None:
         """One subject's outputs into the staging folder (and its results to the server); for a subject who left,
-        carried forward from its last CRF (``o.carried``), only the retraction of its results after its end."""
+        carried forward from its last CRF (``o.carried``), never read again, its results planned as any subject's."""
         o.merge_log(runlog)
         name = file_names.name(o.subject_id) if o.enrollee is not None else ""
         p = o.pieces  # the subject's files, written where it was processed
@@ -493,11 +475,7 @@ def _run(
         day1_sources.append({"subject_id": e.subject_id, "day1": e.day1.isoformat() if e.day1 else None,
                              "source": e.day1_source})
         diff_path = inside(work_dir, work_dir / "writeback-diff" / f"{name}.diff")
-        bundle_resources: list[dict[str, Any]] = []
-        if o.carried:
-            plan, w = retract_after_leaving(e)
-        else:
-            bundle_resources, plan, w = write_back(o, e, source_resources, diff_path)
+        bundle_resources, plan, w = write_back(o, e, None if o.carried else source_resources, diff_path)
         if p is not None:
             assert p.row is not None
             rows.add_json(o.subject_id, p.row)
@@ -512,7 +490,7 @@ def _run(
         else:
             assert o.review is not None
             _dump(folders, crf_path, crf_document(o.review.crf_file(o.export_updates)))
-        if plan is not None:  # carried forward: a bundle (and state) only for the retractions after its end
+        if plan is not None:
             if p is not None and "writeback" in p.written and not plan.retractions:
                 os.replace(p.path("writeback"), folders.file(writeback_path))
             else:

@@ -285,15 +285,12 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                         enrolled_patients: set[str], *, dry_run: bool = False,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
                         max_retraction_share: float = MAX_RETRACTION_SHARE,
-                        retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = (),
-                        only: Collection[str] | None = None) -> WriteResult:
+                        retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
     """Write one subject's results: compare with what the server holds, then create, update and retract.
     ``retractions``: the retractions the write-back state planned (:meth:`WrittenState.plan`, the ones the
     offline bundle holds) — a result the server holds and the run no longer derives is retracted with that
     resource, so the server gets what ``OUT/writeback`` shows. ``held``: identifiers of results held back for
-    review (``--reviewed-only``): the server's copy stays as it is, neither updated nor retracted. ``only``: the
-    identifiers the write may touch (a subject who left the study: the retractions of its results dated after
-    its participation, nothing else; the share of retractions is still counted on all its results)."""
+    review (``--reviewed-only``): the server's copy stays as it is, neither updated nor retracted."""
     result = WriteResult(subject_id=e.subject_id)
     confirmed: set[str] = set()  # identifier values of the transactions the server confirmed
     done, parts = 0, list[list[dict[str, Any]]]()
@@ -317,8 +314,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             held = "; ".join(f"{ident} by {', '.join(refs)}" for ident, refs in sorted(duplicates.items()))
             raise UnsafeWrite(f"the server holds adapter identifiers more than once ({held}): remove the "
                               "duplicates, then run again")
-        touchable = {i: r for i, r in existing.items() if i not in held and (only is None or i in only)}
-        to_write = plan_writes(desired, touchable, result, retractions)
+        to_write = plan_writes(desired, {i: r for i, r in existing.items() if i not in held}, result, retractions)
         check_safe(e, to_write, enrolled_patients)
         if not allow_mass_retraction:
             check_retraction_share(result, existing, max_retraction_share)
@@ -387,8 +383,8 @@ class ServerSink:
         self.allow_mass_retraction = allow_mass_retraction
         self.max_retraction_share = max_retraction_share
         self.enrolled: set[str] = set()
-        #: patients of subjects who left the study: only the retraction of their results after the end of their
-        #: participation is written for them (docs/clinical-rules.md#withdrawn-subjects)
+        #: patients of subjects who left the study, carried forward: their results are written as any subject's
+        #: (docs/clinical-rules.md#withdrawn-subjects)
         self.left: set[str] = set()
 
     def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
@@ -398,16 +394,6 @@ class ServerSink:
     def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
               retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
         return self.loop.run_until_complete(
-            write_subject(self.client, e, resources, sources, self.enrolled, dry_run=self.dry_run,
+            write_subject(self.client, e, resources, sources, self.enrolled | self.left, dry_run=self.dry_run,
                           allow_mass_retraction=self.allow_mass_retraction,
                           max_retraction_share=self.max_retraction_share, retractions=retractions, held=held))
-
-    def retract_left(self, e: Enrollee, retractions: Sequence[dict[str, Any]], sources: list[str]) -> WriteResult:
-        """A subject who left the study: retract these results of it (dated after its participation) and touch
-        nothing else of it."""
-        allowed = self.enrolled | ({e.patient_id} & self.left)
-        return self.loop.run_until_complete(
-            write_subject(self.client, e, [], sources, allowed, dry_run=self.dry_run,
-                          allow_mass_retraction=self.allow_mass_retraction,
-                          max_retraction_share=self.max_retraction_share, retractions=retractions,
-                          only={i for r in retractions if (i := _identifier(r)) is not None}))

@@ -147,7 +147,7 @@ class WrittenState:
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
              today: dt.date | None = None, statuses: dict[str, str] | None = None,
-             hashes: list[str] | None = None) -> Plan:
+             hashes: list[str] | None = None, retract_reason: str | None = None) -> Plan:
         """Compare the subject's new result resources with what was written before (``statuses``: those of
         :func:`source_statuses` of ``source``, when computed where the source resources are; ``hashes``: the
         :func:`content_hash` of each resource, when computed where the resources were made)."""
@@ -178,36 +178,13 @@ class WrittenState:
                     why.append(f"{ref} is no longer in the source")
                 elif status in ("entered-in-error", "cancelled"):
                     why.append(f"{ref} is now {status}")
-            reason = ("its source data changed: " + "; ".join(why)) if why else \
-                "the result is no longer derived from the current source data"
+            reason = retract_reason or (("its source data changed: " + "; ".join(why)) if why else
+                                        "the result is no longer derived from the current source data")
             plan.retractions.append(retraction(old, reason, today))
             plan.report.append({"subject_id": subject_id, "identifier": ident,
                                 "sources": old.get("sources") or [], "previous_value": _value_text(old),
                                 "reason": reason})
             entries[ident] = {**old, "retracted": today.isoformat()}
-        return plan
-
-    def retract_after(self, subject_id: str, end: dt.date, keep_prefix: str, today: dt.date | None = None) -> Plan:
-        """A subject who left the study (never read again): its visit results written before and dated after the
-        end of its participation (``end``, ResearchSubject.period.end) are retracted — the visits it no longer
-        has; the others stay as written, and so do its per-subject results (identifiers starting with
-        ``keep_prefix``: the DLT evaluation dated at the window's end, kinetics), which count what happened before
-        the end (docs/clinical-rules.md#withdrawn-subjects)."""
-        today = today or dt.date.today()
-        plan = Plan(subject_id=subject_id, entries={})
-        for ident in sorted(self.by_subject.get(subject_id, set())):
-            old = self.results[ident]
-            when = str((old.get("resource") or {}).get("effectiveDateTime") or "")[:10]
-            plan.entries[ident] = old
-            if old.get("retracted") or not when or when <= end.isoformat() or ident.startswith(keep_prefix):
-                continue
-            reason = (f"the subject's participation ended on {end.isoformat()} (ResearchSubject.period.end): a "
-                      f"result dated {when} lies outside it")
-            plan.retractions.append(retraction(old, reason, today))
-            plan.report.append({"subject_id": subject_id, "identifier": ident,
-                                "sources": old.get("sources") or [], "previous_value": _value_text(old),
-                                "reason": reason})
-            plan.entries[ident] = {**old, "retracted": today.isoformat()}
         return plan
 
     def commit(self, plan: Plan, pending: Collection[str] = ()) -> None:

@@ -527,7 +527,7 @@ def test_a_subject_withdrawn_after_a_post_is_not_read_again_and_keeps_what_was_w
     assert rep["summary"]["subjects_carried_forward"] == [subject]
     assert json.loads((out / "crf" / f"{subject}.json").read_text())["dm"]["status"] == "withdrawn"
     assert subject in {s["subject_id"] for s in study_results(out)["subjects"]}
-    assert not (out / "writeback" / f"{subject}.json").exists()
+    assert rep["writeback_state"]["retracted"] == 0  # no end of participation: nothing lies outside it
     after = {o["id"]: o for o in adapter_observations(loaded.base_url) if o["id"] in mine}
     assert {k: o["meta"]["versionId"] for k, o in after.items()} == mine  # neither retracted nor updated
     assert all(o["status"] != "entered-in-error" for o in after.values())
@@ -544,18 +544,25 @@ def test_a_subject_withdrawn_after_a_post_is_not_read_again_and_keeps_what_was_w
 def test_a_subject_withdrawn_with_an_earlier_end_has_its_results_after_the_end_retracted(loaded: ServerHandle,
                                                                                           tmp_path: Path) -> None:
     """docs/clinical-rules.md#withdrawn-subjects: a withdrawal recorded with a ResearchSubject.period.end before
-    results the adapter already wrote: those results lie outside the subject's participation and are retracted
-    on the server (as an enrolled subject's would be), with no read of the subject; what is dated up to the end
-    is neither retracted nor updated."""
+    results the adapter already wrote. Never read again, the subject's results are planned from its carried CRF
+    as any subject's: its visit results after the end lie outside its participation and are retracted on the
+    server; its per-subject results follow its data up to the end (updated, or retracted when no longer derived);
+    its visit results up to the end are untouched. The server then holds what OUT/writeback says."""
     out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
     cli_run(loaded.base_url, out, "--post", "--config", str(config))
     subject = sorted(p.stem for p in (out / "crf").glob("*.json"))[0]
     mine = {o["id"]: o for o in adapter_observations(loaded.base_url)
             if any(f".{subject}." in i["value"] for i in o["identifier"] if i["system"] == SID_RESULT)}
-    dates = sorted({o["effectiveDateTime"][:10] for o in mine.values() if o.get("effectiveDateTime")})
+
+    def ident(o: dict[str, Any]) -> str:
+        return str(next(i["value"] for i in o["identifier"] if i["system"] == SID_RESULT))
+
+    visits = {k: o for k, o in mine.items() if ".subject." not in ident(o)}
+    dates = sorted({o["effectiveDateTime"][:10] for o in visits.values()})
     end = dates[len(dates) // 2]
-    after_end = {k for k, o in mine.items() if o.get("effectiveDateTime", "")[:10] > end}
-    assert after_end and len(after_end) < len(mine)
+    after_end = {k for k, o in visits.items() if o["effectiveDateTime"][:10] > end}
+    before_end = set(visits) - after_end
+    assert after_end and before_end
     [rs] = [r for r in search_all(loaded.base_url, "ResearchSubject", {})
             if any(i.get("value") == subject for i in r.get("identifier") or [])]
     _edit(loaded.base_url, "ResearchSubject", rs["id"],
@@ -565,19 +572,18 @@ def test_a_subject_withdrawn_with_an_earlier_end_has_its_results_after_the_end_r
     cli_run(loaded.base_url, out, "--post", "--config", str(config), "--allow-mass-retraction")
     rep = report(out)
     assert rep["summary"]["subjects_carried_forward"] == [subject]
-    [w] = [w for w in rep["writes"] if w["subject_id"] == subject]
-    assert (w["written"], w["retracted"]) == (0, len(after_end))
     now = {o["id"]: o for o in adapter_observations(loaded.base_url) if o["id"] in mine}
-    assert {k for k, o in now.items() if o["status"] == "entered-in-error"} == after_end
-    assert all("participation ended on " + end in now[k]["note"][0]["text"] for k in after_end)
-    assert {k: o["meta"]["versionId"] for k, o in now.items() if k not in after_end} == \
-        {k: o["meta"]["versionId"] for k, o in mine.items() if k not in after_end}  # untouched
+    retracted = {k for k, o in now.items() if o["status"] == "entered-in-error"}
+    assert after_end <= retracted and not retracted & before_end
+    assert all("participation ended on " + end in now[k]["note"][0]["text"] for k in retracted)
+    assert {k: now[k]["meta"]["versionId"] for k in before_end} == \
+        {k: mine[k]["meta"]["versionId"] for k in before_end}  # untouched
+    # the server holds what the subject's bundle says, result by result
     bundle = json.loads((out / "writeback" / f"{subject}.json").read_text())
-    # the offline bundle holds the same retractions (by identifier)
-    offline = {i["value"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"
-               for i in e["resource"]["identifier"] if i["system"] == SID_RESULT}
-    assert offline == {next(i["value"] for i in mine[k]["identifier"] if i["system"] == SID_RESULT)
-                       for k in after_end}
+    offline = {ident(e["resource"]): (e["resource"]["status"], e["resource"].get("valueInteger"),
+                                      e["resource"].get("valueBoolean"))
+               for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"}
+    assert offline == {ident(o): (o["status"], o.get("valueInteger"), o.get("valueBoolean")) for o in now.values()}
     # nothing more on the next run
     loaded.reset("stats")
     cli_run(loaded.base_url, out, "--post", "--since", "last", "--config", str(config))
