@@ -127,3 +127,14 @@ def test_a_day1_that_moves_between_runs_is_said(tmp_path: Path, study: Study) ->
     _run(feed, out)  # once said, not again
     assert not [w for w in json.loads((out / "run-report.json").read_text())["warnings"]
                 if w.get("rule") == "day1-changed"]
+
+
+def test_an_unreadable_record_of_the_last_run_is_no_record(tmp_path: Path) -> None:
+    """A state/last-run.json left torn or edited: the run goes on as after no recorded run (nothing compared)."""
+    feed, out = tmp_path / "feed", tmp_path / "out"
+    write_feed(feed, subjects=2, seed=7)
+    (out / "state").mkdir(parents=True)
+    for garbage in (b"{torn", b"[1, 2]", b'{"day1": "not a map", "subjects_to_recheck": 3}'):
+        (out / "state" / "last-run.json").write_bytes(garbage)
+        _run(feed, out)
+        assert json.loads((out / "state" / "last-run.json").read_text())["day1"]  # recorded anew
