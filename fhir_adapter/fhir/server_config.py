@@ -203,18 +203,25 @@ STATE_FILE = Path("state") / "last-run.json"
 
 
 def last_run(out: Path) -> dict[str, Any] | None:
-    """What ``OUT/state/last-run.json`` records of the last completed run (exit 0 or 2) writing to ``out``."""
+    """What ``OUT/state/last-run.json`` records of the last completed run (exit 0 or 2) writing to ``out``; None
+    when there is none, or it is unreadable or a link (what a crash or a hand left): as after no recorded run."""
     path = Path(out) / STATE_FILE
-    if not path.exists():
+    try:
+        if path.is_symlink():
+            return None
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    record: dict[str, Any] = json.loads(path.read_text())
-    return record
+    return record if isinstance(record, dict) else None
 
 
 def last_run_started(out: Path) -> dt.datetime | None:
     """Start time of the last completed run (exit 0 or 2) writing to ``out`` (for ``--since last``)."""
     record = last_run(out)
-    return dt.datetime.fromisoformat(record["started"]) if record is not None else None
+    try:
+        return dt.datetime.fromisoformat(record["started"]) if record is not None else None
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def record_run(out: Path, started: dt.datetime, source: str, roster_csv_sha256: str | None = None,

@@ -372,7 +372,7 @@ def _run(
         # a subject the last run failed or did not write (the server refused its write: duplicates, a foreign
         # resource with the adapter's identifier) may match the state file and still differ on the server: read
         # it in full, so its results are compared with the server again
-        again = {str(s) for s in _recorded(out).get("subjects_to_recheck") or [] if isinstance(s, str)}
+        again = {str(s) for s in (last_run(out) or {}).get("subjects_to_recheck") or [] if isinstance(s, str)}
         recheck = {pid for pid, e in roster.enrolled.items() if e.subject_id in again}
         source.reusable -= recheck
         if recheck:
@@ -687,7 +687,7 @@ def mapping_fingerprint(study: Study) -> str:
 def _mapping_changed(summary: RunSummary, out: Path) -> bool:
     """The last run into ``out`` mapped with other mapping files or another version (or recorded none: a run of
     an earlier version)."""
-    last = _recorded(out)
+    last = last_run(out) or {}
     return bool(last) and last.get("mapping_fingerprint") != summary.mapping_fingerprint
 
 
@@ -750,22 +750,9 @@ def _state_report(state: WrittenState, *, dry_run: bool) -> dict[str, Any]:
     return {**report, "new": 0, "updated": 0, "retracted": 0, "retractions": [], "would_write": would}
 
 
-def _recorded(out: Path) -> dict[str, Any]:
-    """What ``state/last-run.json`` records of the last run into ``out``; empty when there is none, or it is
-    unreadable or a link (what a crash or a hand left): nothing to compare with, as for a first run."""
-    path = out / "state" / "last-run.json"
-    try:
-        if path.is_symlink():
-            return {}
-        record = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def _previous_day1(out: Path) -> dict[str, str | None]:
     """Subject ID → Day 1 (ISO date, None: none) of the last recorded run into ``out``."""
-    recorded = _recorded(out).get("day1")
+    recorded = (last_run(out) or {}).get("day1")
     if not isinstance(recorded, dict):
         return {}
     return {str(k): v for k, v in recorded.items() if v is None or isinstance(v, str)}

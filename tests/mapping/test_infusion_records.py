@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from fhir_adapter.cli.commands import main
 from fhir_adapter.crf.models import SourceRef
+from fhir_adapter.fhir.server_config import last_run, last_run_started
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.day1 import with_day1
@@ -136,5 +137,6 @@ def test_an_unreadable_record_of_the_last_run_is_no_record(tmp_path: Path) -> No
     (out / "state").mkdir(parents=True)
     for garbage in (b"{torn", b"[1, 2]", b'{"day1": "not a map", "subjects_to_recheck": 3}'):
         (out / "state" / "last-run.json").write_bytes(garbage)
+        assert last_run(out) is None or last_run_started(out) is None  # --since last: "run once without --since"
         _run(feed, out)
         assert json.loads((out / "state" / "last-run.json").read_text())["day1"]  # recorded anew
