@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,3 +37,19 @@ def clean_fhir_server(fhir_server: ServerHandle) -> ServerHandle:
     fhir_server.clear_faults()
     fhir_server.reset()
     return fhir_server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_folders_removed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """What a module's tests wrote under the session's temporary folder (its shared runs from
+    ``tmp_path_factory.mktemp``, its tests' ``tmp_path``) is removed once the module is done and none of its tests
+    failed, so the suite needs the disk of a few modules at a time, not of all of them (a full run wrote 5.4 GB, and
+    a CI machine ran out of disk). A failed module's folders stay, to be looked at."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed = request.session.testsfailed
+    yield
+    if request.session.testsfailed != failed:
+        return
+    for path in set(base.iterdir()) - before:
+        shutil.rmtree(path, ignore_errors=True)
