@@ -16,7 +16,8 @@ How a series is prepared from the CRF (PC findings of the series item); the firs
 defines what happens to a sample:
 
 1. no full date, or taken before the infusion (time < 0, including a Day-1 sample drawn before the infusion's
-   time) → not used (pre-infusion samples are baseline);
+   time) → not used (pre-infusion samples are baseline); a quantifiable one is listed in ``notes`` (the product
+   cannot be in the blood before it is given: the sample's subject, date or assay is wrong);
 2. below the limit of quantification — comparator ``<``/``<=``, or value < LLOQ (the item's ``lloq`` in
    items.yaml) — **before** the first quantifiable sample → level 0;
 3. below LLOQ **after** the first quantifiable sample → excluded (neither 0 nor LLOQ/2);
@@ -204,13 +205,17 @@ def elapsed_days(when: dt.datetime, time0: dt.datetime, site_tz: dt.tzinfo = dt.
 
 
 def _usable(findings: list[Finding], time0: dt.datetime, notes: list[str],
-            site_tz: dt.tzinfo) -> list[tuple[float, Finding]]:
+            site_tz: dt.tzinfo, lloq: float | None) -> list[tuple[float, Finding]]:
     by_time: dict[float, Finding] = {}
     for f in findings:
         if f.date is None or (f.value is None and f.comparator is None):
             continue
         t = elapsed_days(f.datetime or dt.datetime.combine(f.date, dt.time()), time0, site_tz)
         if t < 0:
+            if not _is_blq(f, lloq) and f.value is not None and f.value > 0:
+                notes.append(f"quantifiable level {f.value:g} before the infusion ({f.date}, "
+                             f"{f.source.reference}): not used; no CAR-T cells can be in the blood before they "
+                             "are given — check the sample's subject, date and assay")
             continue
         if t in by_time:
             notes.append(f"two samples at day {t:g}: {by_time[t].source.reference} replaced by the later "
@@ -228,7 +233,7 @@ def derive_series(crf: SubjectCRF, series: SeriesSettings, lloq: float | None, u
         return None
     lloq = series.lloq if series.lloq is not None else lloq
     out = KineticsSeries(item=series.item, unit=unit, lloq=lloq, auc_method=settings.auc_method, time0=time0)
-    samples = _usable(crf.findings_for(series.item), time0, out.notes, zone(site_tz))
+    samples = _usable(crf.findings_for(series.item), time0, out.notes, zone(site_tz), lloq)
     date_at = {t: f.date for t, f in samples}
     if not samples:
         return None

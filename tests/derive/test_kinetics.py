@@ -150,8 +150,16 @@ def test_tmax_first_of_tied_maxima_and_value_at_lloq_is_quantifiable() -> None:
 
 
 def test_pre_infusion_samples_not_used_and_no_day1_gives_none() -> None:
-    s = _series([_pc(-5, 300), _pc(0, 0, comparator="<"), _pc(7, 100)])
+    early = _pc(-5, 300)
+    s = _series([early, _pc(0, 0, comparator="<"), _pc(7, 100)])
     assert s is not None and s.times == [0, 7]
+    # a quantifiable level before the product was given is impossible: named in the notes for the data manager
+    assert [n for n in s.notes if "before the infusion" in n] == [
+        f"quantifiable level 300 before the infusion ({early.date}, {early.source.reference}): not used; no CAR-T "
+        "cells can be in the blood before they are given — check the sample's subject, date and assay"]
+    # below the LLOQ before the infusion is the expected baseline: nothing to say
+    blq = _series([_pc(-5, 12), _pc(-3, 20, comparator="<"), _pc(7, 100)])
+    assert blq is not None and not [n for n in blq.notes if "before the infusion" in n]
     k = derive_kinetics(crf([_pc(7, 100)], {}).model_copy(update={"day1": None}), KineticsSettings(), ITEMS)
     assert k.primary is None
 
