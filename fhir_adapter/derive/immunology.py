@@ -54,6 +54,7 @@ from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
 from fhir_adapter.derive.baseline import (
     BaselineSource,
     VisitValue,
+    after_infusion,
     baseline_index,
     item_with_baseline,
     prior_result,
@@ -170,11 +171,15 @@ def seroconversion(crf: SubjectCRF, items: tuple[str, ...], s: ImmunologySetting
     """Positive → negative conversion of one antibody (cases 1–5 of the module docstring)."""
     dated = [v for v in crf.visits if v.date is not None]
     statuses: list[Status | None] = []
+    eligible: list[bool] = []  # a Day 1 result taken after the infusion is no baseline
     for v in dated:
-        found = (antibody_status(v.values[i], s) for i in items if i in v.values)
-        statuses.append(next((st for st in found if st is not None), None))
+        found = next(((st, v.values[i]) for i in items if i in v.values
+                      and (st := antibody_status(v.values[i], s)) is not None), None)
+        statuses.append(found[0] if found else None)
+        eligible.append(found is None or not after_infusion(crf, found[1]))
     dates = [v.date for v in dated]
-    base = baseline_index(dates, [st is not None for st in statuses], crf.day1, crf.baseline_from)
+    base = baseline_index(dates, [st is not None and ok for st, ok in zip(statuses, eligible, strict=True)],
+                          crf.day1, crf.baseline_from)
     priors = [f for i in items if (f := prior_result(crf, i, lambda f: antibody_status(f, s) is not None))]
     # the last by date, then time (Finding.time_order), as every baseline
     prior = max(priors, key=lambda f: (f.date, f.time_order, f.source.id)) if priors else None
@@ -211,7 +216,8 @@ def b_cell_aplasia(crf: SubjectCRF, s: ImmunologySettings) -> BCellAplasia:
     res = BCellAplasia(threshold=s.b_cell_aplasia_below)
     rows = [(v, v.values[s.cd19_item]) for v in crf.visits if v.date is not None and s.cd19_item in v.values]
     dates = [v.date for v, _ in rows]
-    base_i = baseline_index(dates, [f.value is not None for _, f in rows], crf.day1, crf.baseline_from)
+    base_i = baseline_index(dates, [f.value is not None and not after_infusion(crf, f) for _, f in rows], crf.day1,
+                            crf.baseline_from)
     prior = prior_result(crf, s.cd19_item)  # later than every visit's value when found
     if prior is not None:
         res.baseline_cd19, res.baseline_source = prior.value, prior.source.reference

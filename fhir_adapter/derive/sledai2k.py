@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from fhir_adapter.crf.models import Finding, SubjectCRF, VisitRecord
 from fhir_adapter.derive.baseline import (
     BaselineSource,
+    after_infusion,
     baseline_index,
     before_participation,
     changes,
@@ -330,7 +331,9 @@ def prior_assessment(crf: SubjectCRF, settings: Sledai2kSettings) -> Sledai2kPri
 
 
 def _prior_assessment(crf: SubjectCRF, by_item: _ByItem, settings: Sledai2kSettings) -> Sledai2kPrior | None:
-    per_date = {d: fs for d, fs in _off_visit_dates(crf, by_item, settings).items() if in_lookback(crf, d)}
+    # a Day 1 assessment recorded after the infusion is no baseline
+    per_date = {d: kept for d, fs in _off_visit_dates(crf, by_item, settings).items() if in_lookback(crf, d)
+                if len(kept := [f for f in fs if not after_infusion(crf, f)]) >= settings.min_clinician_descriptors}
     if not per_date:
         return None
     date = max(per_date)
@@ -347,11 +350,20 @@ def off_visit_assessments(crf: SubjectCRF, settings: Sledai2kSettings) -> list[S
     return [_scored_on(d, per_date[d], crf, by_item, settings) for d in sorted(per_date) if d not in visit_dates]
 
 
+def _eligible(visits: list[Sledai2kVisit], crf: SubjectCRF) -> list[bool]:
+    """Which visits' assessments may be the baseline: not one scored from a Day 1 result taken after the
+    infusion (docs/clinical-rules.md#baseline: "on or before Day 1, before the infusion")."""
+    late = {f.source.reference for f in crf.findings if f.date == crf.day1 and after_infusion(crf, f)}
+    return [not late or not any(r in late for sc in v.descriptors for r in sc.sources) for v in visits]
+
+
 def _apply_baseline(visits: list[Sledai2kVisit], crf: SubjectCRF, prior: Sledai2kPrior | None) -> None:
-    """Baseline = last assessment on or before Day 1 inside the look-back — a visit's total, or ``prior``
-    when it is later; change = total − baseline after it (:func:`fhir_adapter.derive.baseline.changes`)."""
+    """Baseline = last assessment on or before Day 1 (before the infusion) inside the look-back — a visit's
+    total, or ``prior`` when it is later; change = total − baseline after it
+    (:func:`fhir_adapter.derive.baseline.changes`)."""
     base, diffs = changes([v.date for v in visits], [v.total for v in visits], crf.day1, since=crf.baseline_from,
-                          prior=(prior.date, prior.total) if prior is not None else None)
+                          prior=(prior.date, prior.total) if prior is not None else None,
+                          eligible=_eligible(visits, crf))
     for i, v in enumerate(visits):
         v.baseline = i == base
         v.change = diffs[i]
@@ -364,7 +376,9 @@ def baseline_prior(visits: list[Sledai2kVisit], crf: SubjectCRF,
     if prior is None:
         return None
     dates = [v.date for v in visits]
-    base = baseline_index(dates, [v.total is not None for v in visits], crf.day1, crf.baseline_from)
+    base = baseline_index(dates, [v.total is not None and ok for v, ok in zip(visits, _eligible(visits, crf),
+                                                                              strict=True)],
+                          crf.day1, crf.baseline_from)
     return prior if prior_wins(base, dates, crf.day1, (prior.date, prior.total)) else None
 
 

@@ -249,3 +249,38 @@ def test_a_value_later_on_the_baselines_own_day_has_a_change() -> None:
     rows, source = item_with_baseline(crf, "c3")
     assert source is not None and source.value == 0.9
     assert [(r.visit, r.baseline, r.change) for r in rows] == [("D1", False, -0.4), ("W4", False, 0.1)]
+
+
+def test_no_endpoint_takes_a_day1_assessment_after_the_infusion_as_its_baseline() -> None:
+    """docs/clinical-rules.md#baseline: "on or before Day 1, before the infusion" serves SLEDAI-2K, serology and
+    B-cell aplasia as it serves a lab value. BL (day -7): arthritis, anti-dsDNA 100 (positive), CD19 150; D1 at
+    15:00, after the 10:00 infusion: no arthritis but a rash, anti-dsDNA 20, CD19 0.5; W4: arthritis, anti-dsDNA
+    20. The baselines are BL's: SLEDAI-2K 6 (arthritis 4, DNA binding 2; W4 change -2, not 0 against D1's 4),
+    anti-dsDNA positive (it seroconverts at W4), CD19 150."""
+    infused = dt.datetime.combine(DAY1, dt.time(10), tzinfo=dt.UTC)
+    late = dt.datetime.combine(DAY1, dt.time(15), tzinfo=dt.UTC)
+
+    def at_d1(f: Finding) -> Finding:
+        return f.model_copy(update={"datetime": late, "visit": "D1"})
+
+    findings = [descriptor("arthritis", -7, True).model_copy(update={"visit": "BL"}),
+                at_d1(descriptor("arthritis", 1, False)), at_d1(descriptor("rash", 1, True)),
+                descriptor("arthritis", 29, True).model_copy(update={"visit": "W4"})]
+    crf = subject({"BL": (-7, {"anti_dsdna": 100.0, "cd19": 150.0}),
+                   "D1": (1, {"anti_dsdna": at_d1(finding("anti_dsdna", 1, 20.0)),
+                              "cd19": at_d1(finding("cd19", 1, 0.5))}),
+                   "W4": (29, {"anti_dsdna": 20.0, "cd19": 0.4})}, findings, infusion_time=infused)
+    sledai = derive_sledai2k(crf, rule("sledai2k", Sledai2kSettings))
+    assert [(v.visit, v.total, v.baseline, v.change) for v in sledai] == [
+        ("BL", 6, True, 0), ("D1", 4, False, -2), ("W4", 4, False, -2)]
+    assert baseline_prior(sledai, crf, rule("sledai2k", Sledai2kSettings)) is None
+    immunology = derive_immunology(crf, rule("immunology", ImmunologySettings))
+    sero = immunology.seroconversion["anti_dsdna"]
+    assert (sero.baseline_visit, sero.baseline_status, sero.seroconverted) == ("BL", "positive", True)
+    assert immunology.b_cell_aplasia.baseline_cd19 == 150
+    # a clinician's assessment of that afternoon placed in no visit is no baseline either
+    off_visit = [f.model_copy(update={"visit": None}) if f.date == DAY1 else f for f in findings]
+    crf = subject({"BL": (-7, {}), "W4": (29, {})}, off_visit, infusion_time=infused)
+    sledai = derive_sledai2k(crf, rule("sledai2k", Sledai2kSettings))
+    assert baseline_prior(sledai, crf, rule("sledai2k", Sledai2kSettings)) is None
+    assert [(v.visit, v.total, v.baseline, v.change) for v in sledai] == [("BL", 4, True, 0), ("W4", 4, False, 0)]
