@@ -213,6 +213,22 @@ class _AtVisit:
         settled = self.visit.settled_results(item) if self.visit is not None else None
         return settled if settled is not None else self.by_item.in_window(item, start, end)
 
+    def own(self, item: str, date: dt.date) -> list[Finding]:
+        """The clinician's results of ``item`` for this assessment: what the visit keeps for it (a reviewer's
+        adjudicated result, else its ``select: last`` pick) or, with none, its results placed in it or dated on
+        its date and placed in no visit; for an assessment in no visit (no :attr:`visit`), the results dated on
+        ``date``."""
+        if self.visit is not None:
+            settled = self.visit.settled_results(item)
+            if settled is not None:
+                return settled
+            kept = self.visit.values.get(item)
+            if kept is not None:
+                return [kept]
+            return [f for f in self.by_item.get(item)
+                    if f.visit == self.visit.visit or (f.visit is None and f.date == date)]
+        return [f for f in self.by_item.get(item) if f.date == date]
+
     def clinician_at(self, settings: Sledai2kSettings) -> int:
         """How many clinician descriptor results the visit holds: placed in it, or dated on its date and
         placed in no visit."""
@@ -234,14 +250,20 @@ def _score_descriptor(
     exclusion: tuple[dt.date, dt.date] | None,
     s: Sledai2kSettings,
 ) -> DescriptorScore:
+    # 1. the clinician's entry for this visit (it applies the exclusions; the one the CRF shows)
+    own = [f for f in by_item.own(d.item, end) if f.value_bool is not None]
+    if own:
+        latest = max(own, key=_last)
+        return DescriptorScore(code=d.code, weight=d.weight, score=d.weight if latest.value_bool else 0,
+                               basis="clinician", sources=[latest.source.reference])
+    # 2. present at another entry of the look-back window: present in the window (Gladman 2002)
     entries = [f for f in by_item.in_window(d.item, start, end) if f.value_bool is not None]
-    if entries:
-        latest = max(entries, key=lambda f: (f.date, f.time_order))
-        assert latest.value_bool is not None
-        return DescriptorScore(
-            code=d.code, weight=d.weight, score=d.weight if latest.value_bool else 0, basis="clinician",
-            sources=[latest.source.reference],
-        )
+    present = [f for f in entries if f.value_bool]
+    if present:
+        return DescriptorScore(code=d.code, weight=d.weight, score=d.weight, basis="clinician",
+                               sources=[max(present, key=_last).source.reference])
+    # 3. the labs of the window; 4. an earlier "absent" speaks for its own date only: it scores 0 when no lab
+    # says otherwise
     excluded_any = False
     for rules in (d.lab, d.lab_fallback):
         results: list[tuple[Finding, LabRule]] = []
@@ -258,7 +280,16 @@ def _score_descriptor(
                 code=d.code, weight=d.weight, score=d.weight if hits else 0, basis="lab",
                 sources=sorted({f.source.reference for f in decided}),
             )
+    if entries:
+        return DescriptorScore(code=d.code, weight=d.weight, score=0, basis="clinician",
+                               sources=[max(entries, key=_last).source.reference])
     return DescriptorScore(code=d.code, weight=d.weight, score=0, basis="excluded" if excluded_any else "not-assessed")
+
+
+def _last(f: Finding) -> tuple[dt.date, tuple[bool, dt.datetime], str]:
+    """The order of ``select: last`` (fhir_adapter/mapping/visits.py): by date, then time, then resource id —
+    of two entries of one date and time the score takes the one the CRF shows."""
+    return (_date(f), f.time_order, f.source.id)
 
 
 def _exclusion(crf: SubjectCRF, settings: Sledai2kSettings) -> tuple[dt.date, dt.date] | None:

@@ -10,6 +10,7 @@ from fhir_adapter.crf.models import Finding
 from fhir_adapter.derive.sledai2k import DescriptorScore, Sledai2kSettings, Sledai2kVisit, derive_sledai2k
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import ObservationMapper
+from fhir_adapter.mapping.visits import select
 from fhir_adapter.study.load import Study
 from tests.helpers import crf, d, descriptor, finding
 
@@ -99,6 +100,26 @@ def test_latest_clinician_entry_in_window_wins(study: Study) -> None:
     assert by_code(v)["arthritis"].score == 0
 
 
+def test_an_earlier_visits_absent_does_not_outweigh_the_labs_of_this_visit(study: Study) -> None:
+    """docs/clinical-rules.md#sledai2k-clinician-first: the clinician's entry *for the visit* wins over the labs.
+    W3 (day 33) recorded no proteinuria; W4 (day 40) recorded arthritis only, and a 24-h protein of 2.0 g is dated
+    day 39: proteinuria scores 4 from the lab, not 0 from W3's entry (which speaks for its own date)."""
+    earlier = descriptor("proteinuria", 33, False).model_copy(update={"visit": "W3"})
+    v = score(study, [earlier, descriptor("arthritis", 40, True), finding("protein_24h", 39, 2.0)])
+    assert (by_code(v)["proteinuria"].score, by_code(v)["proteinuria"].basis) == (4, "lab")
+    assert v.total == 8
+    # with no lab in the window, the earlier "absent" is what there is: 0, by the clinician
+    v = score(study, [earlier, descriptor("arthritis", 40, True)])
+    assert (by_code(v)["proteinuria"].score, by_code(v)["proteinuria"].basis) == (0, "clinician")
+    # an earlier "present" inside the window is present in the window (and wins over a normal lab)
+    present = descriptor("proteinuria", 33, True).model_copy(update={"visit": "W3"})
+    v = score(study, [present, descriptor("arthritis", 40, True), finding("protein_24h", 39, 0.1)])
+    assert (by_code(v)["proteinuria"].score, by_code(v)["proteinuria"].sources) == (4, [present.source.reference])
+    # the visit's own "absent" still wins over a high lab (the clinician applies the exclusions)
+    v = score(study, [present, descriptor("proteinuria", 40, False), finding("protein_24h", 39, 2.0)])
+    assert by_code(v)["proteinuria"].score == 0
+
+
 def test_window_edges_and_order_of_results_in_the_crf(study: Study) -> None:
     # results arrive in any date order; the window V-10 … V is inclusive at both ends whatever the order
     rash = descriptor("rash", 40, False)
@@ -107,10 +128,11 @@ def test_window_edges_and_order_of_results_in_the_crf(study: Study) -> None:
     assert score(study, [finding("protein_24h", 41, 1.0), rash, finding("protein_24h", 29, 1.0)]).total == 0
     late, early = descriptor("arthritis", 40, False), descriptor("arthritis", 31, True)
     assert by_code(score(study, [late, early]))["arthritis"].score == 0
-    # two entries of one date and no time: the first in the CRF's order is the latest
+    # two entries of one date and no time: the score takes the one the visit keeps (select: last), in any order
     yes, no = descriptor("arthritis", 40, True), descriptor("arthritis", 40, False)
-    assert by_code(score(study, [early, yes, no]))["arthritis"].score == 4
-    assert by_code(score(study, [no, early, yes]))["arthritis"].score == 0
+    kept = select([yes, no], "last", None)
+    for order in ([early, yes, no], [no, early, yes], [yes, no], [no, yes]):
+        assert by_code(score(study, order))["arthritis"].sources == [kept.source.reference]
     high = finding("protein_24h", 35, 1.0)
     v = score(study, [finding("protein_24h", 41, 0.1), rash, high, finding("protein_24h", 30, 0.2)])
     assert by_code(v)["proteinuria"].sources == [high.source.reference]
