@@ -78,7 +78,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
-from fhir_adapter.study.timeline import partial_period, study_day, zone
+from fhir_adapter.study.timeline import before_infusion, partial_period, study_day, zone
 
 Category = Literal["crs", "icans", "hematologic", "non_hematologic", "any"]
 
@@ -173,6 +173,7 @@ class _Ctx:
     def __init__(self, crf: SubjectCRF, s: DltSettings, tz: str) -> None:
         assert crf.day1 is not None
         self.day1: dt.date = crf.day1
+        self.infusion_time = crf.infusion_time
         self.s = s
         self.site_tz = zone(tz)
         self.last_contact = _last_contact(crf)
@@ -319,6 +320,8 @@ def _persists(ae: AdverseEvent, w: When, c: _Ctx) -> Outcome:
 
 def _window(ae: AdverseEvent, c: _Ctx) -> Outcome:
     lo, hi = c.s.window.first_day, c.s.window.last_day
+    if before_infusion(ae.onset_date, ae.onset_datetime, c.day1, c.infusion_time):
+        return False, "onset on Day 1 before the infusion"
     if ae.onset_date is not None:
         day = c.day(ae.onset_date)
         return lo <= day <= hi, f"onset day {day}"

@@ -12,14 +12,16 @@ Settings: ``mappings/<study>/safety.yaml``.
 TEAE flag of one AE (study day as SDTM --DY, no Day 0); the first case that applies defines the value:
 
 1. **not infused** (no Day 1): not a TEAE; pre-infusion when its onset is on/after lymphodepletion start;
-2. **onset date known**, study day in ``first_day`` .. ``last_day`` → TEAE (``onset``);
-3. onset date known, after ``last_day`` (end of follow-up) → not a TEAE;
-4. onset before Day 1, ``baseline_grade`` recorded (the grade on Day 1 of an event present at the
+2. onset on Day 1 timed before the infusion (both times known) → not a TEAE: pre-infusion (on/after
+   lymphodepletion start), else before treatment;
+3. **onset date known**, study day in ``first_day`` .. ``last_day`` → TEAE (``onset``);
+4. onset date known, after ``last_day`` (end of follow-up) → not a TEAE;
+5. onset before Day 1, ``baseline_grade`` recorded (the grade on Day 1 of an event present at the
    infusion), the event not ended before Day 1 and its grade higher than the baseline grade → TEAE
    (``worsened``);
-5. onset before Day 1, on/after lymphodepletion start → pre-infusion AE, not a TEAE;
-6. onset before Day 1 and before lymphodepletion (or none) → not a TEAE (before treatment);
-7. **no full onset date**: ended before Day 1 → not a TEAE; a partial onset (year or year-month) whose whole
+6. onset before Day 1, on/after lymphodepletion start → pre-infusion AE, not a TEAE;
+7. onset before Day 1 and before lymphodepletion (or none) → not a TEAE (before treatment);
+8. **no full onset date**: ended before Day 1 → not a TEAE; a partial onset (year or year-month) whose whole
    period lies before Day 1 → not a TEAE (pre-infusion when it lies wholly on/after lymphodepletion start),
    or after ``last_day`` → not a TEAE; otherwise → TEAE (``onset-unknown``), and listed in
    ``onset_unknown_aes``. A partial date is never imputed: only its whole period is compared.
@@ -44,7 +46,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fhir_adapter.crf.models import AdverseEvent, SubjectCRF
-from fhir_adapter.study.timeline import partial_period, study_day
+from fhir_adapter.study.timeline import before_infusion, partial_period, study_day
 
 TeaeCase = Literal[
     "not-infused", "onset", "after-follow-up", "worsened", "pre-infusion", "before-treatment",
@@ -95,14 +97,18 @@ class TeaeFlag(BaseModel):
 
 
 def teae_flag(ae: AdverseEvent, day1: dt.date | None, ld_start: dt.date | None,
-              s: SafetySettings) -> TeaeFlag:
-    """The TEAE flag of one AE (see the module docstring for the cases, in order)."""
+              s: SafetySettings, infusion_time: dt.datetime | None = None) -> TeaeFlag:
+    """The TEAE flag of one AE (see the module docstring for the cases, in order); ``infusion_time``: the
+    infusion's date-time when the EHR recorded one."""
     if day1 is None:
         pre = ae.onset_date is not None and ld_start is not None and ae.onset_date >= ld_start
         return TeaeFlag(teae=False, pre_infusion=pre, case="not-infused")
     first = day1 + dt.timedelta(days=s.first_day - 1)
     last = day1 + dt.timedelta(days=s.last_day - 1) if s.last_day is not None else None
     onset = ae.onset_date
+    if onset is not None and before_infusion(onset, ae.onset_datetime, day1, infusion_time):
+        pre = ld_start is not None and onset >= ld_start
+        return TeaeFlag(teae=False, pre_infusion=pre, case="pre-infusion" if pre else "before-treatment")
     if onset is not None:
         if onset >= first and (last is None or onset <= last):
             return TeaeFlag(teae=True, pre_infusion=False, case="onset")
@@ -130,7 +136,7 @@ def flag_teae(crf: SubjectCRF, s: SafetySettings) -> list[AdverseEvent]:
     """``crf.ae`` with ``teae`` and ``pre_infusion`` set by :func:`teae_flag` (copies of the records)."""
     out = []
     for ae in crf.ae:
-        f = teae_flag(ae, crf.day1, crf.lymphodepletion_start, s)
+        f = teae_flag(ae, crf.day1, crf.lymphodepletion_start, s, crf.infusion_time)
         out.append(ae.model_copy(update={"teae": f.teae, "pre_infusion": f.pre_infusion}))
     return out
 
@@ -204,7 +210,7 @@ def derive_safety(crf: SubjectCRF, s: SafetySettings) -> SafetySubject:
     out = SafetySubject()
     teaes: list[AdverseEvent] = []
     for ae in crf.ae:
-        f = teae_flag(ae, crf.day1, crf.lymphodepletion_start, s)
+        f = teae_flag(ae, crf.day1, crf.lymphodepletion_start, s, crf.infusion_time)
         row = _listing(ae, crf.day1, f.case)
         if f.pre_infusion:
             out.pre_infusion_aes.append(row)

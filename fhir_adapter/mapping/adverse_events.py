@@ -33,7 +33,8 @@ For each AdverseEvent, in order:
    outcome is resolved. Partial dates stay partial; a dateTime also keeps its time
    (``onset_datetime``/``resolution_datetime``, in the study time zone) for durations in hours (DLT) and the
    exports' AESTDTC/AEENDTC. ``study_day`` and ``end_study_day`` count from Day 1 with no Day 0;
-   ``pre_infusion`` = onset on or after lymphodepletion start and before Day 1. ``teae`` is left None here: the
+   ``pre_infusion`` = onset on or after lymphodepletion start and before the infusion (before Day 1, or on Day 1
+   timed before the infusion's recorded time). ``teae`` is left None here: the
    safety endpoint derives it (derive/safety.py), and the CRF file shows its flag.
 8. **flags** — ``crs``, ``icans``, ``hematologic`` from exact codes, code prefixes (ICD-10-CM D89.83x, G92.0x)
    and term patterns (``not_terms`` veto: "febrile neutropenia" is not haematological).
@@ -66,7 +67,7 @@ from fhir_adapter.mapping.common import (
     texts,
 )
 from fhir_adapter.mapping.references import mitigating_actions, resolve, site_qualifiers
-from fhir_adapter.study.timeline import FhirDate, study_day
+from fhir_adapter.study.timeline import FhirDate, before_infusion, study_day
 from fhir_adapter.terminology.codes import (
     AE_OUTCOME,
     EXT_AE_GRADE,
@@ -280,7 +281,9 @@ class AdverseEventMapper:
         day1: dt.date | None,
         lymphodepletion_start: dt.date | None,
         infusion_id: str | None,
+        infusion_time: dt.datetime | None = None,
     ) -> list[AdverseEvent]:
+        """The subject's AEs; ``infusion_time``: the infusion's date-time when the EHR recorded one."""
         out: list[AdverseEvent] = []
         for r in latest((x for x in resources if x.get("resourceType") == "AdverseEvent"), self.log, subject_id):
             status = next(
@@ -299,10 +302,18 @@ class AdverseEventMapper:
                     "AdverseEvent", r.get("id"), rej.rule, rej.reason, rej.fix, subject_id=subject_id, raw=r
                 )
                 continue
-            if (ae.crs or ae.icans) and ae.onset_date is not None and day1 is not None and ae.onset_date < day1:
+            early = ae.onset_date is not None and day1 is not None and ae.onset_date < day1
+            morning = before_infusion(ae.onset_date, ae.onset_datetime, day1, infusion_time)
+            if morning and lymphodepletion_start is not None and ae.onset_date is not None \
+                    and lymphodepletion_start <= ae.onset_date:
+                ae = ae.model_copy(update={"pre_infusion": True})  # from lymphodepletion to the infusion
+            if (ae.crs or ae.icans) and (early or morning):
                 # a reaction to the CAR-T cells before they were given: the onset or Day 1 is wrong (not a TEAE)
-                self.log.warn(f"{'CRS' if ae.crs else 'ICANS'} with onset {ae.onset_date}, before Day 1 {day1}: "
-                              "check the event's onset and the infusion date", resource=ae.source.reference,
+                when = (f"before Day 1 {day1}" if early else
+                        f"on Day 1 before the infusion at {infusion_time.isoformat() if infusion_time else ''}")
+                self.log.warn(f"{'CRS' if ae.crs else 'ICANS'} with onset "
+                              f"{ae.onset_datetime.isoformat() if ae.onset_datetime and not early else ae.onset_date}"
+                              f", {when}: check the event's onset and the infusion date", resource=ae.source.reference,
                               subject_id=subject_id, rule="crs-before-infusion",
                               fix="correct the AE onset or the infusion record, whichever is wrong")
             out.append(ae)

@@ -103,7 +103,8 @@ class SubjectMapper:
         mh = self.history.medical_history(resources, e.subject_id, e.day1)
         pr = self.history.procedures(resources, e.subject_id, e.day1)
         ae = self.adverse_events.map(resources, e.subject_id, day1=e.day1, lymphodepletion_start=ld_start,
-                                     infusion_id=e.infusion.id if e.infusion else None)
+                                     infusion_id=e.infusion.id if e.infusion else None,
+                                     infusion_time=e.infusion_time)
         ae, mh = self._bound_adverse_events(ae, mh, span, e)
         dm = Demographics(
             subject_id=e.subject_id, site=self._site(e), sex=e.sex,  # type: ignore[arg-type,unused-ignore]

@@ -104,7 +104,7 @@ def _set_apart(data: ReportData) -> TableBlock | None:
     for s in data.subjects:
         sid, arm = str(s.get("subject_id")), arm_of(s)
         for key, what in (("onset_unknown_aes", "onset date unknown: counted as a TEAE"),
-                          ("pre_infusion_aes", "before Day 1: not a TEAE")):
+                          ("pre_infusion_aes", "before the infusion: not a TEAE")):
             for ae in as_list(s.get(key)):
                 grade = num(ae.get("grade"))
                 rows.append([sid, arm, what, f"{ae.get('term') or '(no term)'}"

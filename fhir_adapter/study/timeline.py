@@ -94,6 +94,23 @@ def elapsed(start: dt.datetime, end: dt.datetime) -> dt.timedelta:
     return end - start
 
 
+def before_infusion(on: dt.date | None, at: dt.datetime | None, day1: dt.date | None,
+                    infused: dt.datetime | None) -> bool:
+    """Is an event of Day 1 (date ``on``, time ``at``) timed before the infusion (``infused``)? Only when both
+    times are known, both with an offset or both without: a date alone is never before the infusion of its day.
+
+    >>> import datetime as dt
+    >>> infused = dt.datetime(2024, 2, 1, 10, tzinfo=dt.UTC)
+    >>> before_infusion(dt.date(2024, 2, 1), dt.datetime(2024, 2, 1, 8, tzinfo=dt.UTC), dt.date(2024, 2, 1), infused)
+    True
+    >>> before_infusion(dt.date(2024, 2, 1), None, dt.date(2024, 2, 1), infused)
+    False
+    """
+    if on is None or on != day1 or at is None or infused is None or (at.tzinfo is None) != (infused.tzinfo is None):
+        return False
+    return elapsed(at, infused) > dt.timedelta(0)
+
+
 def study_day(d: dt.date, day1: dt.date) -> int:
     """SDTM --DY: ``d − day1 + 1`` on or after Day 1, ``d − day1`` before it (no Day 0).
 

@@ -43,6 +43,20 @@ def rule_ids(r: DltResult) -> list[str]:
     return [e.rule for e in r.dlt_events]
 
 
+def test_a_crs_on_day1_before_the_infusions_time_is_no_dlt(rules: DltSettings) -> None:
+    """A grade-4 CRS from 08:00 to 09:00 on Day 1, the cells given at 10:00: not a reaction to them (outside the
+    DLT window, which starts with the infusion); the same CRS at 11:00 is a DLT."""
+    infused = dt.datetime.combine(d(1), dt.time(10), tzinfo=dt.UTC)
+
+    def at(hour: int) -> AdverseEvent:
+        return crs(1, 1, 4, onset_datetime=dt.datetime.combine(d(1), dt.time(hour), tzinfo=dt.UTC))
+
+    for hour, dlt in ((8, False), (11, True)):
+        subject = crf([finding("crp", x, 1.0) for x in (8, 15, 22, 29, 60)], {}, ae=[at(hour)],
+                      infusion_time=infused)
+        assert derive_dlt(subject, rules, "UTC").dlt is dlt, hour
+
+
 def test_grade_4_crs_or_icans_is_a_dlt(rules: DltSettings) -> None:
     r = evaluate(rules, crs(3, 4, 4))
     assert r.dlt is True and rule_ids(r) == ["crs-icans-grade-4"]

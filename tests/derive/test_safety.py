@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 from typing import Any
 
@@ -88,6 +89,22 @@ def test_partial_period() -> None:
     february = partial_period("2024-02")
     assert february is not None and february[1].day == 29  # leap year
     assert partial_period(None) is None and partial_period("x") is None
+
+
+def test_an_onset_on_day1_before_the_infusions_time_is_pre_infusion() -> None:
+    """decisions: events from lymphodepletion start *to the infusion* are pre-infusion AEs. Infusion at 10:00 on
+    Day 1: a headache from 08:00 is pre-infusion, one from 12:00 (or of Day 1 with no time) a TEAE."""
+    infused = dt.datetime.combine(d(1), dt.time(10), tzinfo=dt.UTC)
+
+    def at(hour: int) -> AdverseEvent:
+        return ae(onset=1, onset_datetime=dt.datetime.combine(d(1), dt.time(hour), tzinfo=dt.UTC))
+
+    c = subject([at(8), at(12), ae(onset=1)], infusion_time=infused)
+    out = flag_teae(c, S)
+    assert [(a.teae, a.pre_infusion) for a in out] == [(False, True), (True, False), (True, False)]
+    assert teae_flag(at(8), d(1), None, S, infused).case == "before-treatment"  # no lymphodepletion recorded
+    summary = derive_safety(c, S)
+    assert [x.source for x in summary.pre_infusion_aes] == [c.ae[0].source.reference]
 
 
 def test_flag_teae_sets_the_crf_flags() -> None:

@@ -93,13 +93,14 @@ def seriousness(code: str, display: str = "") -> dict[str, Any]:
     return cc(AE_SERIOUSNESS, code, display)
 
 
-def run(study: Study, resources: list[dict[str, Any]], settings: AdverseEventSettings | None = None
-        ) -> tuple[list[AdverseEvent], RunLog]:
+def run(study: Study, resources: list[dict[str, Any]], settings: AdverseEventSettings | None = None,
+        infusion_time: dt.datetime | None = None) -> tuple[list[AdverseEvent], RunLog]:
     for r in resources:
         assert r4_problem(r) is None, (r.get("id"), r4_problem(r))
     log = RunLog()
     out = AdverseEventMapper(study, log, settings).map(resources, "T-001", day1=DAY1,
-                                                       lymphodepletion_start=LD_START, infusion_id=INFUSION)
+                                                       lymphodepletion_start=LD_START, infusion_id=INFUSION,
+                                                       infusion_time=infusion_time)
     return out, log
 
 
@@ -342,6 +343,21 @@ def test_crs_before_the_infusion_is_mapped_and_said(study: Study, date: str, sai
     assert a.crs and a.study_day is not None
     assert [w["rule"] for w in log.warnings if w.get("rule") == "crs-before-infusion"] == \
         (["crs-before-infusion"] if said else [])
+
+
+@pytest.mark.parametrize(("onset", "said"), [("2024-02-01T08:00:00Z", True), ("2024-02-01T12:00:00Z", False),
+                                             ("2024-02-01", False)])
+def test_crs_on_day1_before_the_infusions_time_is_pre_infusion_and_said(study: Study, onset: str,
+                                                                        said: bool) -> None:
+    """The infusion at 10:00 on Day 1: a CRS at 08:00 is before the cells were given (from lymphodepletion to the
+    infusion: pre-infusion, decisions); at 12:00, or with no time, it is not."""
+    infused = dt.datetime(2024, 2, 1, 10, tzinfo=dt.UTC)
+    (a,), log = run(study, [ae("a", "Cytokine release syndrome", date=onset)], infusion_time=infused)
+    assert a.pre_infusion is said and a.study_day == 1
+    warned = [w["message"] for w in log.warnings if w.get("rule") == "crs-before-infusion"]
+    assert warned == ([f"CRS with onset {a.onset_datetime.isoformat() if a.onset_datetime else ''}, on Day 1 "
+                       "before the infusion at 2024-02-01T10:00:00+00:00: check the event's onset and the infusion "
+                       "date"] if said else [])
 
 
 def test_detected_when_no_date(study: Study) -> None:
