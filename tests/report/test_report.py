@@ -165,7 +165,8 @@ def test_dlt_rates_are_of_the_evaluable_and_what_no_count_shows_is_listed(tmp_pa
     assert apart == [
         [fixture.subject_id(0), "DL1", "onset date unknown: counted as a TEAE", "Rash, grade not recorded",
          "AdverseEvent/rash-1/_history/1"],
-        [fixture.subject_id(0), "DL1", "before the infusion: not a TEAE", "Nausea, grade 2", "AdverseEvent/pre-1/_history/1"],
+        [fixture.subject_id(0), "DL1", "before the infusion: not a TEAE", "Nausea, grade 2",
+         "AdverseEvent/pre-1/_history/1"],
         [fixture.subject_id(4), "DL3", "not evaluable for DLT", "DLT window not completed: last data on study day 5",
          "–"]]
 
