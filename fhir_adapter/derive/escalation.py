@@ -42,9 +42,10 @@ eliminated level); y ≥ de-escalation cutoff → ``de-escalate`` (``stay: lowes
 boundary)`` at the lowest); otherwise ``stay``.
 
 RP2D: the MTD, ``method`` naming the design; when 3+3 reaches the top level without exceeding the MTD, the
-highest level tested (MTD not reached); None while escalation is ongoing, while a subject of an escalation
-level is still in its DLT window (``DltOutcome.pending``: a DLT still to come can change the MTD), or when the
-lowest level is too toxic, with the rationale saying so. BOIN selects the MTD only among the doses whose
+highest level tested (MTD not reached); None while escalation is ongoing (under 3+3 also while a level below
+the candidate still has to expand to 6 or complete its cohort: it can still exceed the MTD), while a subject of
+an escalation level is still in its DLT window (``DltOutcome.pending``: a DLT still to come can change the MTD),
+or when the lowest level is too toxic, with the rationale saying so. BOIN selects the MTD only among the doses whose
 isotonic estimate is below λd (``boin.bound_mtd``, the package's boundMTD = TRUE).
 
 Examples: DL1 0/3, DL2 1/6, DL3 2/3 → DL1 escalate, DL2 MTD, DL3 exceeds MTD → RP2D DL2 (3+3).
@@ -298,26 +299,46 @@ def _three_plus_three(levels: list[tuple[str, int, int, int]]) -> tuple[list[str
             dec = "MTD" if nxt_exceeds else ("highest level: MTD not reached" if i == top else "escalate")
         decisions.append(dec)
     data = ", ".join(f"{a} {y}/{n}" for a, _, n, y in levels if n)
+    rp2d = _three_plus_three_rp2d(levels, first_bad, data)
+    if rp2d.arm is not None:
+        # a lower level still to expand or complete can yet exceed the MTD, which would close the candidate
+        k = next(i for i, lv in enumerate(levels) if lv[0] == rp2d.arm)
+        open_ = [f"{levels[i][0]} {decisions[i]}" for i in range(k) if decisions[i].startswith(_UNSETTLED)]
+        if open_:
+            return decisions, Rp2d(arm=None, method=rp2d.method, rationale=(
+                f"escalation ongoing: {'; '.join(open_)} — a lower level can still exceed the MTD; on the data so "
+                f"far it would be {rp2d.arm}: {rp2d.rationale}"))
+    return decisions, rp2d
+
+
+#: 3+3 decisions of a level whose cohort is not settled: more subjects or data can still make it exceed the MTD
+_UNSETTLED = ("expand to 6", "cohort incomplete", "no DLT-evaluable subjects")
+
+
+def _three_plus_three_rp2d(levels: list[tuple[str, int, int, int]], first_bad: int | None, data: str) -> Rp2d:
+    """The 3+3 RP2D from the counts (the MTD, or the highest level when none exceeds it); the caller checks that
+    the levels below it are settled."""
     method = "3+3"
     if first_bad == 0:
-        return decisions, Rp2d(arm=None, method=method,
-                               rationale=f"the lowest level {levels[0][0]} exceeds the MTD ({data}): no RP2D")
+        return Rp2d(arm=None, method=method,
+                    rationale=f"the lowest level {levels[0][0]} exceeds the MTD ({data}): no RP2D")
     if first_bad is not None:
         arm, _, n, y = levels[first_bad - 1]
         above = levels[first_bad]
         if n >= 6:
-            return decisions, Rp2d(arm=arm, method=method, rationale=(
+            return Rp2d(arm=arm, method=method, rationale=(
                 f"MTD = {arm} ({y}/{n} DLT); {above[0]} exceeds the MTD ({above[3]}/{above[2]} DLT). "
                 f"Data: {data}"))
-        return decisions, Rp2d(arm=None, method=method, rationale=(
+        return Rp2d(arm=None, method=method, rationale=(
             f"MTD not yet determined: {above[0]} exceeds the MTD, {arm} needs 6 evaluable subjects "
             f"({n} so far). Data: {data}"))
+    top = len(levels) - 1
     n_top, y_top = levels[top][2], levels[top][3]
     if (n_top >= 6 and y_top <= 1) or (n_top == 3 and y_top == 0):
-        return decisions, Rp2d(arm=levels[top][0], method=method, rationale=(
+        return Rp2d(arm=levels[top][0], method=method, rationale=(
             f"MTD not reached: the highest level {levels[top][0]} was tested with {y_top}/{n_top} DLT; "
             f"RP2D = highest level tested. Data: {data}"))
-    return decisions, Rp2d(arm=None, method=method, rationale=f"escalation ongoing. Data: {data or 'none'}")
+    return Rp2d(arm=None, method=method, rationale=f"escalation ongoing. Data: {data or 'none'}")
 
 
 def _boin(levels: list[tuple[str, int, int, int]], target: float,

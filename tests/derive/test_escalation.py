@@ -201,6 +201,26 @@ def test_three_plus_three_never_doses_above_a_level_that_exceeds_the_mtd(dl3: li
     assert r.rp2d.arm is None and "DL2 exceeds the MTD, DL1 needs 6" in r.rp2d.rationale
 
 
+def test_three_plus_three_names_no_rp2d_while_a_lower_level_must_still_expand() -> None:
+    """docs/clinical-rules.md#rp2d: none while escalation is ongoing. DL2 1/3 (a DLT reported late, after DL3 was
+    dosed) must expand to 6; if it then has 2/6, DL3 is closed — so DL3 (0/3, the top) is no RP2D yet, nor is the
+    MTD DL3 below a DL4 that exceeds it."""
+    r = derive_escalation(cohort("DL1", [False] * 3) + cohort("DL2", [True, False, False])
+                          + cohort("DL3", [False] * 3), S33)
+    assert [x.decision for x in r.dose_levels][:3] == ["escalate", "expand to 6", "highest level: MTD not reached"]
+    assert r.rp2d.arm is None and r.rp2d.rationale.startswith(
+        "escalation ongoing: DL2 expand to 6 — a lower level can still exceed the MTD; on the data so far it would "
+        "be DL3: MTD not reached")
+    s = EscalationSettings(dose_levels=("DL1", "DL2", "DL3", "DL4"))
+    r = derive_escalation(cohort("DL1", [False] * 3) + cohort("DL2", [True, False]) + cohort("DL3", [False] * 6)
+                          + cohort("DL4", [True, True, False]), s)
+    assert r.rp2d.arm is None and "DL2 cohort incomplete (2/3 evaluable)" in r.rp2d.rationale
+    # once DL2 has its six with one DLT, DL3 is the MTD
+    r = derive_escalation(cohort("DL1", [False] * 3) + cohort("DL2", [True] + [False] * 5)
+                          + cohort("DL3", [False] * 6) + cohort("DL4", [True, True, False]), s)
+    assert r.rp2d.arm == "DL3"
+
+
 def test_three_plus_three_lowest_level_too_toxic_and_mtd_not_reached() -> None:
     r = derive_escalation(cohort("DL1", [True, True, False]), S33)
     assert r.rp2d.arm is None and "lowest level" in r.rp2d.rationale
