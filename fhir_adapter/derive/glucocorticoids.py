@@ -237,9 +237,9 @@ def _zero_on(evidence: Sequence[ConMed], read: Sequence[str], day: dt.date,
     if s.medication_list_complete:
         return PredEqDose(date=day, mg_per_day=0.0, sources=sorted(set(read)), basis="medication-list-complete")
     return PredEqDose(date=day, mg_per_day=None, basis=None,
-                      reason="no glucocorticoid record covers the date: the dose is missing, not 0 (a record "
-                             "of the drug stopped or not taken, or a site declaring its medication list "
-                             "complete, would make it 0)")
+                      reason=f"no glucocorticoid record by a counted route ({', '.join(s.systemic_routes)}) covers "
+                             "the date: the dose is missing, not 0 (a record of the drug stopped or not taken, or "
+                             "a site declaring its medication list complete, would make it 0)")
 
 
 def _dose_on(

@@ -73,6 +73,9 @@ def test_routes() -> None:
     assert dose([conmed("triamcinolone", 1, None, dose=4, route="intramuscular")]) == 5
     # subcutaneous is not in the study's list (docs/clinical-rules.md#glucocorticoid-routes); a site adds it
     assert dose([conmed("dexamethasone", 1, None, dose=3, route="subcutaneous")]) is None
+    missing = pred_eq_on([conmed("dexamethasone", 1, None, dose=3, route="subcutaneous")], d(10), S)
+    assert (missing.reason or "").startswith(
+        "no glucocorticoid record by a counted route (oral, intravenous, intramuscular) covers the date")
     with_sc = S.model_copy(update={"systemic_routes": (*S.systemic_routes, "subcutaneous")})
     sc = [conmed("dexamethasone", 1, None, dose=3, route="subcutaneous")]
     assert pred_eq_on(sc, d(10), with_sc).mg_per_day == 20.01   # 3 mg x 6.67
