@@ -3,7 +3,8 @@
 The identifier value is built from study, subject, visit (or ``subject`` for per-subject results) and
 result code, so a re-run finds and updates the same resource instead of creating a new one, and the
 conditional update ``PUT Observation?identifier=system|value`` never duplicates. Characters outside
-``[A-Za-z0-9.-]`` in the parts are percent-encoded so the value is safe inside a search URL.
+``[A-Za-z0-9.-]`` in the parts are percent-encoded so the value is safe inside a search URL (where its own
+``%`` is escaped again: :func:`in_query`).
 """
 
 from __future__ import annotations
@@ -33,5 +34,13 @@ def full_url(system: str, value: str) -> str:
     return f"urn:uuid:{uuid.uuid5(_NAMESPACE, system + '|' + value)}"
 
 
+def in_query(value: str) -> str:
+    """An identifier value as it goes into a query string (a conditional create's ``If-None-Exist``, a
+    conditional update's URL): the server decodes the query once, so the ``%`` of a value's own percent-encoding
+    (subject ``101/001`` → ``101%2F001``) is sent as ``%25`` — else the condition looks for ``101/001`` and never
+    matches, and a replay duplicates the result."""
+    return value.replace("%", "%25")
+
+
 def conditional_url(resource_type: str, value: str, system: str = SID_RESULT) -> str:
-    return f"{resource_type}?identifier={system}|{value}"
+    return f"{resource_type}?identifier={system}|{in_query(value)}"

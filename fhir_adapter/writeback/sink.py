@@ -49,7 +49,7 @@ from fhir_adapter.fhir.errors import FhirAuthError, FhirHttpError, FhirServerUna
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
-from fhir_adapter.writeback.identifiers import full_url
+from fhir_adapter.writeback.identifiers import full_url, in_query
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
 from fhir_adapter.writeback.state import server_retraction
@@ -235,7 +235,7 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
             if version:
                 request["ifMatch"] = f'W/"{version}"'
         else:
-            condition = f"identifier={SID_RESULT}|{ident}"
+            condition = f"identifier={SID_RESULT}|{in_query(ident)}"
             if patient_id is not None and r["resourceType"] == "Observation":
                 condition += f"&patient=Patient/{patient_id}"
             request = {"method": "POST", "url": r["resourceType"], "ifNoneExist": condition}
