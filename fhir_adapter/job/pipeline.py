@@ -54,6 +54,7 @@ from fhir_adapter.roster.subject_ids import subject_id
 from fhir_adapter.source.base import Source, ref_id
 from fhir_adapter.source.parts import splittable
 from fhir_adapter.study.load import Study
+from fhir_adapter.study.timeline import zone
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.bundle import offline_transaction
@@ -385,6 +386,7 @@ def _run(
     source.scratch = work_dir  # what the source spools of the chart is removed with the staging folder
     exports = ExportWriter(work_dir / "export", study)
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)
+    site_today = dt.datetime.now(zone(study.info.timezone)).date()  # the date a retraction note gives
     if sink is not None:
         sink.start(roster.patient_ids, {e.patient_id for e in carried.values() if e.patient_id})
     dry_run = summary.dry_run = bool(getattr(sink, "dry_run", False))
@@ -422,7 +424,7 @@ def _run(
                  "the result is not derived from its data up to then" if o.carried and e.end_of_study is not None
                  else None)
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses,
-                          hashes=o.hashes, retract_reason=ended)
+                          hashes=o.hashes, retract_reason=ended, today=site_today)
         writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
         held: set[str] = set()
         if len(writable) < len(bundle_resources):

@@ -150,8 +150,9 @@ class WrittenState:
              hashes: list[str] | None = None, retract_reason: str | None = None) -> Plan:
         """Compare the subject's new result resources with what was written before (``statuses``: those of
         :func:`source_statuses` of ``source``, when computed where the source resources are; ``hashes``: the
-        :func:`content_hash` of each resource, when computed where the resources were made)."""
-        today = today or dt.date.today()
+        :func:`content_hash` of each resource, when computed where the resources were made; ``today``: the
+        date a retraction gives, the site's — else today in UTC, never the machine's own time zone)."""
+        today = today or dt.datetime.now(dt.UTC).date()
         entries: dict[str, dict[str, Any]] = {}
         plan = Plan(subject_id=subject_id, entries=entries)
         for r, h in zip(resources, hashes if hashes is not None else map(content_hash, resources), strict=True):

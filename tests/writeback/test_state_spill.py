@@ -4,10 +4,12 @@ one orjson dump of all entries (keys sorted), with earlier runs' entries kept or
 from __future__ import annotations
 
 import datetime as dt
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.writeback.state import STATE_VERSION, WrittenState
@@ -68,3 +70,24 @@ def test_a_write_confirmed_in_part_records_only_the_confirmed_results(tmp_path: 
                        dt.date(2025, 3, 1))
     assert again.changes == {"new": 1, "updated": 0, "unchanged": 2}
     assert [r["identifier"] for r in again.report] == ["s1-b"]
+
+
+def test_a_retraction_is_dated_in_utc_not_in_the_machines_time_zone(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no date given (the pipeline gives the site's), a retraction's date is today in UTC: a machine set to
+    a zone whose date differs from UTC's right now must not change the note, the state or the write key."""
+    utc = dt.datetime.now(dt.UTC)
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati" if utc.hour >= 10 else "Etc/GMT+12")  # another date than UTC's
+    time.tzset()
+    try:
+        assert dt.date.today() != dt.datetime.now(dt.UTC).date()  # the machine's date is another day
+        first = WrittenState(tmp_path / "written.json")
+        first.commit(first.plan("s1", [result("s1", "a", 1)], [], dt.date(2025, 1, 1)))
+        first.save()
+        plan = WrittenState(tmp_path / "written.json").plan("s1", [], [])
+        today = dt.datetime.now(dt.UTC).date().isoformat()
+        assert f" on {today}: " in plan.retractions[0]["note"][0]["text"]
+        assert plan.entries["s1-a"]["retracted"] == today
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
