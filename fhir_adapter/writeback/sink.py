@@ -119,7 +119,9 @@ def comparable(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def _pretty(res: dict[str, Any] | None) -> list[str]:
-    return json.dumps(comparable(res), indent=2, sort_keys=True).splitlines(keepends=True) if res else []
+    """The lines a diff compares, each with its newline (the last one too: the next result's diff starts on a
+    line of its own, so OUT/writeback-diff is a unified diff that patch tools read)."""
+    return [f"{line}\n" for line in json.dumps(comparable(res), indent=2, sort_keys=True).splitlines()] if res else []
 
 
 def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: set[str]) -> None:

@@ -84,6 +84,11 @@ def test_changed_new_and_retracted() -> None:
     assert retracted["status"] == "entered-in-error" and retracted["id"] == "x3" and "valueInteger" not in retracted
     assert retracted["identifier"] == existing["old"]["identifier"] and "Retracted" in retracted["note"][0]["text"]
     assert '-  "valueInteger": 12' in r.diff and '+  "valueInteger": 10' in r.diff
+    # one unified diff per result, each header on a line of its own: a file patch tools read
+    headers = [line for line in r.diff.splitlines() if line.startswith(("--- ", "+++ "))]
+    assert headers == ["--- server:a", "+++ adapter:a", "--- server:c", "+++ adapter:c", "--- server:old",
+                       "+++ adapter:old"]
+    assert all(line[:1] in " +-@" for line in r.diff.splitlines())
     # one the state planned (the offline bundle's, with its reason): that resource, at the server's id
     planned = {**{k: v for k, v in result("old", 5).items() if k != "valueInteger"}, "status": "entered-in-error",
                "note": [{"text": "Retracted: Observation/s9 is now entered-in-error"}]}
