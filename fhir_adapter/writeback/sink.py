@@ -273,8 +273,11 @@ def maybe_committed(exc: BaseException) -> bool:
 
 def check_retraction_share(result: WriteResult, existing: dict[str, dict[str, Any]], max_share: float) -> None:
     """Refuse (before any request) a run that would retract more than ``max_share`` of the subject's results
-    on the server."""
-    live = sum(1 for r in existing.values() if r.get("status") != "entered-in-error")
+    on the server — its result Observations not retracted yet (the adapter's own ResearchSubject and
+    ResearchStudy, also in ``existing``, are no results: counting them let a run retract all of a roster-CSV
+    subject's results)."""
+    live = sum(1 for r in existing.values()
+               if r.get("resourceType") == "Observation" and r.get("status") != "entered-in-error")
     if result.retracted and len(result.retracted) > max_share * live:
         raise MassRetraction(
             f"this run would retract {len(result.retracted)} of the subject's {live} results on the server "

@@ -18,8 +18,10 @@ from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import CS_WRITE_KEY, SID_RESULT
 from fhir_adapter.writeback.ownership import with_owner_tag
 from fhir_adapter.writeback.sink import (
+    MassRetraction,
     UnsafeWrite,
     WriteResult,
+    check_retraction_share,
     check_safe,
     plan_writes,
     transaction_entries,
@@ -70,6 +72,19 @@ def test_unchanged_content_is_not_written() -> None:
     existing = {"a": on_server(desired[0], "x1"), "b": on_server(desired[1], "x2", "3")}
     assert plan_writes(desired, existing, r) == []
     assert r.unchanged == 2 and r.diff == ""
+
+
+def test_the_retraction_share_counts_results_only() -> None:
+    """A roster-CSV subject: the adapter's own ResearchStudy and ResearchSubject are on the server beside its 2
+    results; a run that derives nothing would retract both — 2 of 2 results, refused (not 2 of 4 resources)."""
+    existing = {"a": on_server(result("a", 1), "x1"), "b": on_server(result("b", 2), "x2"),
+                "rs": {"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study"},
+                "study": {"resourceType": "ResearchStudy", "id": "st1", "status": "active"}}
+    r = WriteResult(subject_id="101-001")
+    plan_writes([], existing, r)
+    assert r.retracted == ["a", "b"]
+    with pytest.raises(MassRetraction, match="retract 2 of the subject's 2 results"):
+        check_retraction_share(r, existing, 0.5)
 
 
 def test_changed_new_and_retracted() -> None:
