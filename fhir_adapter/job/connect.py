@@ -111,7 +111,8 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
     client = open_client(source, cfg, env)
     loop = asyncio.new_event_loop()
     sink = ServerSink(client, loop, dry_run=dry_run, allow_mass_retraction=allow_mass_retraction,
-                      max_retraction_share=cfg.max_retraction_share) if (post or dry_run) else None
+                      max_retraction_share=cfg.max_retraction_share, study_id=study.info.id) if (post or dry_run) \
+        else None
     def last_crf(subject_id: str) -> Path:
         return out / "crf" / f"{subject_file_name(subject_id)}.json"
 

@@ -29,6 +29,11 @@ def result_identifier(study_id: str, subject_id: str, scope: str, code: str) -> 
     return ".".join(_part(p) for p in (study_id, subject_id, scope, code))
 
 
+def study_prefix(study_id: str) -> str:
+    """What every identifier value of the study's results starts with (``LCAR-AIO-SLE.``)."""
+    return f"{_part(study_id)}."
+
+
 def full_url(system: str, value: str) -> str:
     """Deterministic ``urn:uuid`` for a bundle entry, derived from the identifier."""
     return f"urn:uuid:{uuid.uuid5(_NAMESPACE, system + '|' + value)}"

@@ -49,7 +49,7 @@ from fhir_adapter.fhir.errors import FhirAuthError, FhirHttpError, FhirServerUna
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
-from fhir_adapter.writeback.identifiers import full_url, in_query
+from fhir_adapter.writeback.identifiers import full_url, in_query, study_prefix
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
 from fhir_adapter.writeback.state import server_retraction
@@ -141,12 +141,16 @@ def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: 
 
 async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str, Any]] | None = None,
                            duplicates: dict[str, list[str]] | None = None,
-                           foreign: dict[str, list[str]] | None = None) -> dict[str, dict[str, Any]]:
+                           foreign: dict[str, list[str]] | None = None,
+                           study_id: str | None = None) -> dict[str, dict[str, Any]]:
     """The adapter's resources already on the server for this Patient, by identifier value: its Observations
     (one search) and the resources it writes under a fixed id (its own ResearchSubject), which must be the
     adapter's (:func:`~.ownership.why_not_owned`). ``duplicates`` collects identifier values held by more than
     one Observation (``Observation/id`` list); ``foreign`` the identifier values held by Observations that are
-    not the adapter's (``Observation/id (why)``): never part of the result, never touched."""
+    not the adapter's (``Observation/id (why)``): never part of the result, never touched. ``study_id``: only
+    that study's results (their identifier starts with it): a patient in two trials holds the other study's
+    results too, which this study's write never counts, updates nor retracts."""
+    prefix = study_prefix(study_id) if study_id is not None else ""
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
         try:
@@ -166,7 +170,7 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     async for res in client.search("Observation", {"patient": f"Patient/{e.patient_id}",
                                                    "identifier": f"{SID_RESULT}|"}, label=e.subject_id):
         ident = _identifier(res)
-        if ident is None or res.get("resourceType") != "Observation":
+        if ident is None or res.get("resourceType") != "Observation" or not ident.startswith(prefix):
             continue
         holders.setdefault(ident, []).append(f"Observation/{res.get('id')}")
         why = why_not_owned(res, e.patient_id)
@@ -250,12 +254,12 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
 
 
 async def already_written(client: FhirClient, e: Enrollee, part: list[dict[str, Any]],
-                          by_id: list[dict[str, Any]]) -> bool:
+                          by_id: list[dict[str, Any]], study_id: str | None = None) -> bool:
     """Whether the server holds every resource of ``part`` (one transaction's resources) as the adapter meant
     to write it, each once: then that transaction was committed (it is atomic), e.g. by an attempt whose answer
     was lost. ``by_id``: the resources the adapter writes under a fixed id (:func:`existing_results`)."""
     duplicates: dict[str, list[str]] = {}
-    held = await existing_results(client, e, by_id, duplicates)
+    held = await existing_results(client, e, by_id, duplicates, study_id=study_id)
     if duplicates:
         return False
     return all((h := held.get(str(_identifier(r)))) is not None and comparable(h) == comparable(r) for r in part)
@@ -290,12 +294,14 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                         enrolled_patients: set[str], *, dry_run: bool = False,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
                         max_retraction_share: float = MAX_RETRACTION_SHARE,
-                        retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
+                        retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = (),
+                        study_id: str | None = None) -> WriteResult:
     """Write one subject's results: compare with what the server holds, then create, update and retract.
     ``retractions``: the retractions the write-back state planned (:meth:`WrittenState.plan`, the ones the
     offline bundle holds) — a result the server holds and the run no longer derives is retracted with that
     resource, so the server gets what ``OUT/writeback`` shows. ``held``: identifiers of results held back for
-    review (``--reviewed-only``): the server's copy stays as it is, neither updated nor retracted."""
+    review (``--reviewed-only``): the server's copy stays as it is, neither updated nor retracted. ``study_id``:
+    the study whose results these are (another study's results on the same Patient are left alone)."""
     result = WriteResult(subject_id=e.subject_id)
     confirmed: set[str] = set()  # identifier values of the transactions the server confirmed
     done, parts = 0, list[list[dict[str, Any]]]()
@@ -308,7 +314,8 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             problem = r4_problem(r, full=True)
             if problem:
                 raise ValueError(f"{r['resourceType']} {_identifier(r)} is not valid FHIR R4: {problem}")
-        existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates, foreign)
+        existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates, foreign,
+                                          study_id=study_id)
         wanted = {_identifier(r) for r in desired}
         if clash := sorted(i for i in foreign if i in wanted):
             held = "; ".join(f"{i} by {', '.join(foreign[i])}" for i in clash)
@@ -345,7 +352,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                 # (a read timeout, a dropped connection, a 5xx); a 412 then may mean the first attempt was
                 # committed (its If-Match updates are done): written when the server holds it all as meant
                 if exc.status != 412 or exc.attempts < 2 or \
-                        not await already_written(client, e, part, [r for r in desired if r.get("id")]):
+                        not await already_written(client, e, part, [r for r in desired if r.get("id")], study_id):
                     raise
                 log.info("%s: a transaction sent again answered 412, and the server holds its %d resources as "
                          "written: the first attempt was committed", e.subject_id, len(part))
@@ -381,8 +388,10 @@ class ServerSink:
     """The pipeline's sink for a FHIR server: drives :func:`write_subject` on the given event loop."""
 
     def __init__(self, client: FhirClient, loop: asyncio.AbstractEventLoop, *, dry_run: bool = False,
-                 allow_mass_retraction: bool = False, max_retraction_share: float = MAX_RETRACTION_SHARE) -> None:
+                 allow_mass_retraction: bool = False, max_retraction_share: float = MAX_RETRACTION_SHARE,
+                 study_id: str | None = None) -> None:
         self.client = client
+        self.study_id = study_id
         self.loop = loop
         self.dry_run = dry_run
         self.allow_mass_retraction = allow_mass_retraction
@@ -401,4 +410,5 @@ class ServerSink:
         return self.loop.run_until_complete(
             write_subject(self.client, e, resources, sources, self.enrolled | self.left, dry_run=self.dry_run,
                           allow_mass_retraction=self.allow_mass_retraction,
-                          max_retraction_share=self.max_retraction_share, retractions=retractions, held=held))
+                          max_retraction_share=self.max_retraction_share, retractions=retractions, held=held,
+                          study_id=self.study_id))

@@ -121,6 +121,21 @@ async def test_mass_retraction_needs_the_flag_and_is_refused_before_anything_is_
         "r-0": "final", "r-1": "entered-in-error", "r-2": "entered-in-error", "r-3": "entered-in-error"}
 
 
+async def test_two_studies_on_one_patient_leave_each_others_results_alone(server: str) -> None:
+    """A patient in LCAR-AIO and in a second trial: each study's write counts, updates and retracts only its own
+    results (identifiers starting with its study id) — the other's are neither retracted nor a reason to refuse."""
+    lcar = [result("LCAR-AIO-SLE.101-001.W4.sledai-2k", 4), result("LCAR-AIO-SLE.101-001.W8.sledai-2k", 2)]
+    w = await write(server, lcar, study_id="LCAR-AIO-SLE")
+    assert w.error is None and len(w.written) == 2
+    w = await write(server, [result("SYN-LN.101-001.W4.renal-response", 1)], study_id="SYN-LN")
+    assert w.error is None and w.retracted == [] and w.written == ["SYN-LN.101-001.W4.renal-response"]
+    w = await write(server, lcar[:1], study_id="LCAR-AIO-SLE")  # W8 no longer derived: retracted, SYN-LN's kept
+    assert w.error is None and w.retracted == ["LCAR-AIO-SLE.101-001.W8.sledai-2k"] and w.unchanged == 1
+    assert {k: r["status"] for k, r in on_server(server).items()} == {
+        "LCAR-AIO-SLE.101-001.W4.sledai-2k": "final", "LCAR-AIO-SLE.101-001.W8.sledai-2k": "entered-in-error",
+        "SYN-LN.101-001.W4.renal-response": "final"}
+
+
 async def test_a_result_about_another_patient_is_not_the_adapters(server: str) -> None:
     # an adapter-tagged result about p2 found in p1's search would not be touched either
     from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
