@@ -36,8 +36,8 @@ class Server:
     def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
         pass
 
-    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
-              retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
+              held: Collection[str] = ()) -> WriteResult:
         self.calls += 1
         ids = [result_id(r) for r in resources]
         if self.calls == 1:

@@ -59,7 +59,6 @@ from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.bundle import offline_transaction
 from fhir_adapter.writeback.sink import PARTIAL_WHAT_TO_DO, WriteResult
-from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import Plan, WrittenState, result_id
 
 log = logging.getLogger(__name__)
@@ -79,8 +78,8 @@ class Sink(Protocol):
 
     def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None: ...
 
-    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
-              retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult: ...
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
+              held: Collection[str] = ()) -> WriteResult: ...
 
 
 @dataclass
@@ -226,10 +225,6 @@ def _failure(subject_id: str, stage: str, exc: BaseException | None, error: str 
 
 def _dump(folders: OutFolders, path: Path, data: Any) -> None:
     folders.file(path).write_bytes(json_file(data))
-
-
-def _derived_sources(resources: list[dict[str, Any]]) -> list[str]:
-    return sorted({ref for r in resources for ref in result_sources(r)})
 
 
 def run(
@@ -443,8 +438,7 @@ def _run(
         if sink is not None and not unchanged_since_last:
             # may stop the run; a retraction is the one the offline bundle holds, and the Provenance names its
             # sources too (as the bundle's does); a result held back for review is neither written nor retracted
-            w = sink.write(e, bundle_resources, _derived_sources(bundle_resources + plan.retractions),
-                           plan.retractions, held)
+            w = sink.write(e, bundle_resources, plan.retractions, held)
             if w.stop is not None:  # the server went down part-way through a split write: what it confirmed
                 state.commit(plan, pending=w.pending)
                 _record_write(w, summary, runlog, diff_path)

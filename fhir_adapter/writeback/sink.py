@@ -20,7 +20,8 @@ Per subject, one transaction (split by ``max_transaction_entries`` when a server
    &patient=Patient/<id>``), changed and retracted ones as updates of the server's resource
    (``PUT <Type>/<id>`` with ``If-Match`` on the version the adapter read: a resource changed meanwhile gives
    412, reported, never overwritten), the adapter Device (conditional create) and one Provenance naming the
-   sources (conditional create on the key of the write, :mod:`.provenance`), in transactions of at most
+   sources of the results it writes (conditional create on the key of the write, :mod:`.provenance`), in
+   transactions of at most
    ``max_transaction_entries`` entries (a subject with more changes gets several, each with its own
    Provenance). ``dry_run`` returns the diff instead.
 
@@ -52,6 +53,7 @@ from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url, in_query, study_prefix
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
+from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import server_retraction
 
 if TYPE_CHECKING:
@@ -290,7 +292,7 @@ def check_retraction_share(result: WriteResult, existing: dict[str, dict[str, An
             "--allow-mass-retraction")
 
 
-async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str, Any]], sources: list[str],
+async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str, Any]],
                         enrolled_patients: set[str], *, dry_run: bool = False,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
                         max_retraction_share: float = MAX_RETRACTION_SHARE,
@@ -339,7 +341,9 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
         parts = [to_write[i:i + size] for i in range(0, len(to_write), size)]
         for part in parts:
             client.breaker.check()  # the server seen down: no further part is sent (a subject is not started)
-            entries = transaction_entries(part, sources, now or dt.datetime.now(dt.UTC), e.patient_id, versions)
+            # its Provenance names the sources of the results it writes, not those of the subject's other results
+            part_sources = sorted({ref for r in part for ref in result_sources(r)})
+            entries = transaction_entries(part, part_sources, now or dt.datetime.now(dt.UTC), e.patient_id, versions)
             for entry in (entries[0], entries[-1]):  # the Device and the Provenance, validated as the results are
                 if problem := r4_problem(entry["resource"], full=True):
                     raise ValueError(f"{entry['resource']['resourceType']} of this write is not valid FHIR R4: "
@@ -405,10 +409,10 @@ class ServerSink:
         self.enrolled = set(enrolled_patients)
         self.left = set(left_patients or ())
 
-    def write(self, e: Enrollee, resources: list[dict[str, Any]], sources: list[str],
-              retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = ()) -> WriteResult:
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
+              held: Collection[str] = ()) -> WriteResult:
         return self.loop.run_until_complete(
-            write_subject(self.client, e, resources, sources, self.enrolled | self.left, dry_run=self.dry_run,
+            write_subject(self.client, e, resources, self.enrolled | self.left, dry_run=self.dry_run,
                           allow_mass_retraction=self.allow_mass_retraction,
                           max_retraction_share=self.max_retraction_share, retractions=retractions, held=held,
                           study_id=self.study_id))

@@ -41,7 +41,7 @@ def on_server(base: str) -> dict[str, dict[str, Any]]:
 
 async def write(base: str, desired: list[dict[str, Any]], **kw: Any) -> WriteResult:
     async with FhirClient(base) as client:
-        return await write_subject(client, E, desired, ["Observation/src1"], {"p1"}, now=NOW, **kw)
+        return await write_subject(client, E, desired, {"p1"}, now=NOW, **kw)
 
 
 @pytest.fixture

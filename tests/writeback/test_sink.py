@@ -119,8 +119,9 @@ async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_m
         json={"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": existing}]})
     httpx_mock.add_response(method="POST", url=base, json={"resourceType": "Bundle", "type": "transaction-response"})
     async with FhirClient(base, settings=ClientSettings()) as client:
-        w = await write_subject(client, E, [result("a", 10), result("b", 3)], ["Observation/src1"], {"p1"},
-                                now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+        # the Provenance of the write names the sources of what it writes (b's), not the unchanged a's
+        b = {**result("b", 3), "derivedFrom": [{"reference": "Observation/src-b"}]}
+        w = await write_subject(client, E, [result("a", 10), b], {"p1"}, now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
     assert w.error is None and w.written == ["b"] and w.unchanged == 1
     posted = httpx_mock.get_requests(method="POST")[0]
     import json
@@ -131,7 +132,7 @@ async def test_transaction_posts_only_changes_with_device_and_provenance(httpx_m
                                              "ifNoneExist": f"identifier={SID_RESULT}|b&patient=Patient/p1"}
     prov = bundle["entry"][2]["resource"]
     assert prov["target"] == [{"reference": bundle["entry"][1]["fullUrl"]}]
-    assert prov["entity"] == [{"role": "source", "what": {"reference": "Observation/src1"}}]
+    assert prov["entity"] == [{"role": "source", "what": {"reference": "Observation/src-b"}}]
 
 
 async def test_a_result_held_back_for_review_is_neither_updated_nor_retracted(httpx_mock: HTTPXMock) -> None:
@@ -143,9 +144,9 @@ async def test_a_result_held_back_for_review_is_neither_updated_nor_retracted(ht
                                                 "entry": [{"resource": on_server(result("a", 10), "x1")},
                                                           {"resource": held}]}, is_reusable=True)
     async with FhirClient(base) as client:
-        w = await write_subject(client, E, [result("a", 10)], [], {"p1"}, held={"h"})
+        w = await write_subject(client, E, [result("a", 10)], {"p1"}, held={"h"})
         assert w.retracted == [] and httpx_mock.get_requests(method="POST") == []
-        w = await write_subject(client, E, [result("a", 10)], [], {"p1"}, dry_run=True)
+        w = await write_subject(client, E, [result("a", 10)], {"p1"}, dry_run=True)
         assert w.retracted == ["h"]  # without the hold it would be
 
 
@@ -154,7 +155,7 @@ async def test_nothing_posted_when_nothing_changed(httpx_mock: HTTPXMock) -> Non
     httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset",
                                                 "entry": [{"resource": on_server(result("a", 10), "x1")}]})
     async with FhirClient(base) as client:
-        w = await write_subject(client, E, [result("a", 10)], [], {"p1"})
+        w = await write_subject(client, E, [result("a", 10)], {"p1"})
     assert w.written == [] and w.unchanged == 1
     assert httpx_mock.get_requests(method="POST") == []
 
@@ -166,7 +167,7 @@ async def test_412_on_conditional_update_is_reported_not_raised(httpx_mock: HTTP
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "duplicate", "diagnostics": "Multiple resources match the condition"}]})
     async with FhirClient(base) as client:
-        w = await write_subject(client, E, [result("a", 10)], [], {"p1"})
+        w = await write_subject(client, E, [result("a", 10)], {"p1"})
     assert w.error is not None and "412" in w.error and "Multiple resources" in w.error
     assert w.written == []
 
@@ -197,7 +198,7 @@ async def test_an_invalid_device_or_provenance_stops_that_subjects_write(httpx_m
     monkeypatch.setattr(sink, "adapter_device", lambda: {"resourceType": "Device", "version": "not a list"})
     httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset"})
     async with FhirClient("http://ehr.test/fhir") as client:
-        w = await write_subject(client, E, [result("a", 10)], ["Observation/src1"], {"p1"})
+        w = await write_subject(client, E, [result("a", 10)], {"p1"})
     assert w.error is not None and "Device of this write is not valid FHIR R4" in w.error and "version" in w.error
     assert w.written == [] and httpx_mock.get_requests(method="POST") == []
 
@@ -211,7 +212,7 @@ async def test_a_split_write_failing_part_way_keeps_the_confirmed_part_and_says_
     httpx_mock.add_response(method="POST", status_code=400, json={
         "resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "invalid", "diagnostics": "no"}]})
     async with FhirClient(base, settings=ClientSettings(max_transaction_entries=3)) as client:
-        w = await write_subject(client, E, [result("a", 1), result("b", 2), result("c", 3)], [], {"p1"})
+        w = await write_subject(client, E, [result("a", 1), result("b", 2), result("c", 3)], {"p1"})
     assert w.written == ["a"] and w.pending == ["b", "c"] and w.partial and w.stop is None
     assert w.error is not None and w.error.startswith("partially written: 1 of 3 results, in 1 of 3 transactions")
     assert len(httpx_mock.get_requests(method="POST")) == 2  # the third part is not sent after a failed one
@@ -232,7 +233,7 @@ async def test_a_split_write_sends_no_part_once_the_server_is_seen_down(httpx_mo
             return answer
 
         client.transaction = then_down  # type: ignore[method-assign]
-        w = await write_subject(client, E, [result("a", 1), result("b", 2)], [], {"p1"})
+        w = await write_subject(client, E, [result("a", 1), result("b", 2)], {"p1"})
     assert isinstance(w.stop, FhirServerUnavailable) and w.written == ["a"] and w.pending == ["b"]
     assert "partially written: 1 of 2 results" in (w.error or "")
     assert len(httpx_mock.get_requests(method="POST")) == 1
