@@ -37,7 +37,7 @@ class Server:
         pass
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
-              held: Collection[str] = ()) -> WriteResult:
+              held: Collection[str] = (), former_patients: Collection[str] = ()) -> WriteResult:
         self.calls += 1
         ids = [result_id(r) for r in resources]
         if self.calls == 1:

@@ -79,7 +79,7 @@ class Sink(Protocol):
     def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None: ...
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
-              held: Collection[str] = ()) -> WriteResult: ...
+              held: Collection[str] = (), former_patients: Collection[str] = ()) -> WriteResult: ...
 
 
 @dataclass
@@ -438,7 +438,8 @@ def _run(
         if sink is not None and not unchanged_since_last:
             # may stop the run; a retraction is the one the offline bundle holds, and the Provenance names its
             # sources too (as the bundle's does); a result held back for review is neither written nor retracted
-            w = sink.write(e, bundle_resources, plan.retractions, held)
+            # results written about another Patient (the ResearchSubject was repointed since) are retracted there
+            w = sink.write(e, bundle_resources, plan.retractions, held, state.patients_of(e.subject_id))
             if w.stop is not None:  # the server went down part-way through a split write: what it confirmed
                 state.commit(plan, pending=w.pending)
                 _record_write(w, summary, runlog, diff_path)
@@ -758,11 +759,20 @@ def _record_write(w: WriteResult, summary: RunSummary, runlog: RunLog, diff_path
     """Account for one subject's write to the server: counts, the diff (dry runs and real ones), failures. A
     dry run's writes are counted as what it would write (``would_write``), never as written."""
     if summary.dry_run:
-        summary.would_write["server_writes"] += len(w.written) + len(w.retracted)
+        summary.would_write["server_writes"] += len(w.written) + len(w.retracted) + len(w.moved)
         counts = {"written": 0, "retracted": 0, "would_write": len(w.written), "would_retract": len(w.retracted)}
+        counts |= {"would_retract_on_former_patients": len(w.moved)} if w.moved else {}
     else:
-        summary.server_writes += len(w.written) + len(w.retracted)
+        summary.server_writes += len(w.written) + len(w.retracted) + len(w.moved)
         counts = {"written": len(w.written), "retracted": len(w.retracted)}
+        counts |= {"retracted_on_former_patients": len(w.moved)} if w.moved else {}
+    if w.moved:
+        patients = sorted({m.split(":")[0] for m in w.moved})
+        runlog.warn(f"{len(w.moved)} results of the subject on {', '.join(patients)}, a Patient its ResearchSubject no "
+                    f"longer names, {'would be' if summary.dry_run else 'were'} retracted there (entered-in-error): "
+                    "they were written while the subject was linked to that Patient", subject_id=w.subject_id,
+                    rule="subject-moved", fix="check that the ResearchSubject names the right Patient; the results "
+                    "on the current Patient are written as usual")
     summary.server_unchanged += w.unchanged
     summary.writes.append({"subject_id": w.subject_id, **counts, "unchanged": w.unchanged,
                            **({"error": w.error} if w.error else {}),

@@ -34,6 +34,11 @@ def study_prefix(study_id: str) -> str:
     return f"{_part(study_id)}."
 
 
+def subject_prefix(study_id: str, subject_id: str) -> str:
+    """What every identifier value of one subject's results starts with (``LCAR-AIO-SLE.101-001.``)."""
+    return f"{study_prefix(study_id)}{_part(subject_id)}."
+
+
 def full_url(system: str, value: str) -> str:
     """Deterministic ``urn:uuid`` for a bundle entry, derived from the identifier."""
     return f"urn:uuid:{uuid.uuid5(_NAMESPACE, system + '|' + value)}"

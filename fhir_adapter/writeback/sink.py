@@ -43,14 +43,14 @@ import difflib
 import json
 import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from fhir_adapter.fhir.errors import FhirAuthError, FhirHttpError, FhirServerUnavailable, FhirTransportError
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
-from fhir_adapter.writeback.identifiers import full_url, in_query, study_prefix
+from fhir_adapter.writeback.identifiers import full_url, in_query, study_prefix, subject_prefix
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
 from fhir_adapter.writeback.sources import result_sources
@@ -90,6 +90,9 @@ class WriteResult:
     #: the server went down (or the credentials were rejected) after some of the transactions were confirmed:
     #: the run stops once those are recorded
     stop: BaseException | None = field(default=None, repr=False)
+    #: results of the subject on a Patient it is no longer about (its ResearchSubject was pointed at another
+    #: Patient), retracted there: ``Patient/<id>: <identifier>`` (:func:`moved_away`)
+    moved: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -216,6 +219,38 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
     return to_write
 
 
+async def moved_away(client: FhirClient, e: Enrollee, former: Collection[str], study_id: str,
+                     result: WriteResult) -> list[tuple[str, list[dict[str, Any]], dict[str, str]]]:
+    """The subject's results on Patients it is no longer about — its ResearchSubject named another Patient when
+    they were written (``former``: the Patients the write-back state has them on), and was corrected since — as
+    entered-in-error updates of the server's copies, per Patient with the versions read (for ``If-Match``): a
+    result about the wrong patient must not stay current in that patient's chart. Only the adapter's own results
+    of this study and subject (identifier, tag and that Patient) are touched, and only to retract them."""
+    mine = subject_prefix(study_id, e.subject_id)
+    why = (f"the trial subject's ResearchSubject now names Patient/{e.patient_id}, not this Patient: this result "
+           "is not about this patient.")
+    out = []
+    for pid in sorted(set(former) - {e.patient_id}):
+        there = await existing_results(client, replace(e, patient_id=pid), study_id=study_id)
+        retract, versions = [], {}
+        for ident, held in sorted(there.items()):
+            if held.get("resourceType") != "Observation" or held.get("status") == "entered-in-error" \
+                    or not ident.startswith(mine):
+                continue
+            retraction = {**with_owner_tag(server_retraction(held, why)), "id": held["id"]}
+            if (retraction.get("subject") or {}).get("reference") != f"Patient/{pid}":
+                raise UnsafeWrite(f"Observation/{held['id']} ({ident}) is not about Patient/{pid}: not retracted")
+            retract.append(retraction)
+            versions[ident] = str((held.get("meta") or {}).get("versionId") or "")
+            result.moved.append(f"Patient/{pid}: {ident}")  # planned; what a failed write did not send is dropped
+            where = f"Patient/{pid}:{ident}"
+            result.diff += "".join(difflib.unified_diff(_pretty(held), _pretty(retraction), f"server:{where}",
+                                                        f"adapter:{where}"))
+        if retract:
+            out.append((pid, retract, versions))
+    return out
+
+
 def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now: dt.datetime,
                         patient_id: str | None = None,
                         versions: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -297,15 +332,18 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
                         max_retraction_share: float = MAX_RETRACTION_SHARE,
                         retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = (),
-                        study_id: str | None = None) -> WriteResult:
+                        study_id: str | None = None, former_patients: Collection[str] = ()) -> WriteResult:
     """Write one subject's results: compare with what the server holds, then create, update and retract.
     ``retractions``: the retractions the write-back state planned (:meth:`WrittenState.plan`, the ones the
     offline bundle holds) — a result the server holds and the run no longer derives is retracted with that
     resource, so the server gets what ``OUT/writeback`` shows. ``held``: identifiers of results held back for
     review (``--reviewed-only``): the server's copy stays as it is, neither updated nor retracted. ``study_id``:
-    the study whose results these are (another study's results on the same Patient are left alone)."""
+    the study whose results these are (another study's results on the same Patient are left alone).
+    ``former_patients``: Patients the subject's results were written about before (:func:`moved_away`, with
+    ``study_id``): its results there are retracted first."""
     result = WriteResult(subject_id=e.subject_id)
     confirmed: set[str] = set()  # identifier values of the transactions the server confirmed
+    moved_sent: list[str] = []  # the results on former Patients whose retraction the server confirmed
     done, parts = 0, list[list[dict[str, Any]]]()
     duplicates: dict[str, list[str]] = {}
     foreign: dict[str, list[str]] = {}
@@ -330,14 +368,27 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                               "duplicates, then run again")
         to_write = plan_writes(desired, {i: r for i, r in existing.items() if i not in held}, result, retractions)
         check_safe(e, to_write, enrolled_patients)
+        moved = await moved_away(client, e, former_patients, study_id, result) \
+            if study_id is not None and set(former_patients) - {e.patient_id} else []
         if not allow_mass_retraction:
             check_retraction_share(result, existing, max_retraction_share)
-        if not to_write or dry_run:
+        if (not to_write and not moved) or dry_run:
             return result
-        versions = {ident: str((r.get("meta") or {}).get("versionId") or "") for ident, r in existing.items()}
         # each part is its own transaction with the Device and a Provenance (2 entries of overhead; the setting
         # is at least 3): only one transaction is atomic, so a split subject is recorded part by part
         size = max(1, client.settings.max_transaction_entries - 2)
+        for pid, retract, former_versions in moved:  # the wrong chart first, whatever happens to the right one
+            for i in range(0, len(retract), size):
+                client.breaker.check()
+                chunk = retract[i:i + size]
+                entries = transaction_entries(chunk, sorted({ref for r in chunk for ref in result_sources(r)}),
+                                              now or dt.datetime.now(dt.UTC), None, former_versions)
+                await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
+                                         label=e.subject_id)
+                moved_sent += [f"Patient/{pid}: {_identifier(r)}" for r in chunk]
+            log.info("%s: %d results on Patient/%s, which the subject is no longer about, retracted", e.subject_id,
+                     len(retract), pid)
+        versions = {ident: str((r.get("meta") or {}).get("versionId") or "") for ident, r in existing.items()}
         parts = [to_write[i:i + size] for i in range(0, len(to_write), size)]
         for part in parts:
             client.breaker.check()  # the server seen down: no further part is sent (a subject is not started)
@@ -375,6 +426,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             result.error += (" — a result changed on the server since the adapter read it (If-Match), or a "
                              "conditional create matched several resources: nothing of this transaction was "
                              "written; run again")
+        result.moved = moved_sent
         planned = result.written + result.retracted
         result.pending = [i for i in planned if i not in confirmed]
         result.written = [i for i in result.written if i in confirmed]
@@ -410,9 +462,9 @@ class ServerSink:
         self.left = set(left_patients or ())
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
-              held: Collection[str] = ()) -> WriteResult:
+              held: Collection[str] = (), former_patients: Collection[str] = ()) -> WriteResult:
         return self.loop.run_until_complete(
             write_subject(self.client, e, resources, self.enrolled | self.left, dry_run=self.dry_run,
                           allow_mass_retraction=self.allow_mass_retraction,
                           max_retraction_share=self.max_retraction_share, retractions=retractions, held=held,
-                          study_id=self.study_id))
+                          study_id=self.study_id, former_patients=former_patients))

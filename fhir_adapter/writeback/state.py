@@ -97,18 +97,19 @@ def retraction(entry: dict[str, Any], reason: str, on: dt.date) -> dict[str, Any
     return obs
 
 
-def server_retraction(held: dict[str, Any]) -> dict[str, Any]:
+def server_retraction(held: dict[str, Any], why: str | None = None) -> dict[str, Any]:
     """The entered-in-error update of an adapter result the server holds that the state does not know (the
-    state file was lost, or another OUT wrote it): the same elements as :func:`retraction` keeps, from the
-    server's copy (its profile without the server's own meta), with the sources it names."""
+    state file was lost, or another OUT wrote it), or that is on a Patient the subject no longer is (``why``):
+    the same elements as :func:`retraction` keeps, from the server's copy (its profile without the server's own
+    meta), with the sources it names."""
     obs = {k: v for k, v in held.items() if k in _KEEP and k != "meta"}
     if profile := (held.get("meta") or {}).get("profile"):
         obs["meta"] = {"profile": profile}
     obs["status"] = "entered-in-error"
     if held.get("derivedFrom"):
         obs["derivedFrom"] = held["derivedFrom"]
-    obs["note"] = [{"text": f"Retracted by fhir-adapter {__version__}: the EHR data this result was derived from "
-                            "was corrected or entered in error."}]
+    obs["note"] = [{"text": f"Retracted by fhir-adapter {__version__}: " + (
+        why or "the EHR data this result was derived from was corrected or entered in error.")}]
     return obs
 
 
@@ -144,6 +145,13 @@ class WrittenState:
         # lives as long as the state (an anonymous file: gone when closed or when the process ends)
         self._spill: IO[bytes] = tempfile.TemporaryFile(prefix="fhir-adapter-state-")  # noqa: SIM115
         self._committed: dict[str, tuple[int, int]] = {}
+
+    def patients_of(self, subject_id: str) -> set[str]:
+        """The Patient ids the subject's results written by earlier runs are about (more than the current one:
+        its ResearchSubject was pointed at another Patient since, and those results are on the wrong chart)."""
+        refs = {str(((self.results[i].get("resource") or {}).get("subject") or {}).get("reference") or "")
+                for i in self.by_subject.get(subject_id, ())}
+        return {r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")}
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
              today: dt.date | None = None, statuses: dict[str, str] | None = None,

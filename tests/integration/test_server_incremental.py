@@ -610,3 +610,37 @@ def test_since_last_after_the_mapping_changed_reads_every_subject_in_full(loaded
     assert rep["counts"]["incremental.mapping_changed"] == 1
     assert rep["counts"]["incremental.changed_subjects"] == SUBJECTS
     assert any(w.get("rule") == "incremental" and "mapping files" in w["message"] for w in rep["warnings"])
+
+
+def test_results_written_about_the_wrong_patient_are_retracted_there_once_the_subject_is_repointed(
+        loaded: ServerHandle, tmp_path: Path) -> None:
+    """A ResearchSubject linked to the wrong Patient, corrected after a --post: the subject's results on that
+    Patient's chart are set to entered-in-error there (a result about another patient must not stay current), the
+    run says so (`subject-moved`), and the next run writes nothing more. The other subjects' results stay."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    assert cli_run(loaded.base_url, out, "--post", "--config", str(config)).exit_code in (0, 2)
+    subject = plan_trial(SUBJECTS, 7).subjects[0]
+    mine = f"LCAR-AIO-SLE.{subject.subject_id}."
+
+    def results_on(patient: str) -> dict[str, str]:
+        return {next(i["value"] for i in o["identifier"] if i["system"] == SID_RESULT): o["status"]
+                for o in adapter_observations(loaded.base_url) if o["subject"]["reference"] == f"Patient/{patient}"}
+
+    before = results_on(subject.patient_id)
+    assert before and all(i.startswith(mine) for i in before) and set(before.values()) == {"final"}
+    others = {i: s for o in plan_trial(SUBJECTS, 7).subjects[1:] for i, s in results_on(o.patient_id).items()}
+    [old] = search_all(loaded.base_url, "Patient", {"_id": subject.patient_id})
+    put_resources(loaded.base_url, [{k: v for k, v in old.items() if k not in ("meta", "id")} | {"id": "right-1"}])
+    [rs] = [r for r in search_all(loaded.base_url, "ResearchSubject", {})
+            if r["individual"]["reference"].endswith(f"/{subject.patient_id}")]
+    _edit(loaded.base_url, "ResearchSubject", rs["id"], lambda r: r.update(individual={"reference": "Patient/right-1"}))
+
+    assert cli_run(loaded.base_url, out, "--post", "--config", str(config)).exit_code in (0, 2)
+    assert set(results_on(subject.patient_id).values()) == {"entered-in-error"}
+    assert set(results_on(subject.patient_id)) == set(before)
+    [said] = [w for w in report(out)["warnings"] if w.get("rule") == "subject-moved"]
+    assert said["subject_id"] == subject.subject_id and f"Patient/{subject.patient_id}" in said["message"]
+    assert {i: s for o in plan_trial(SUBJECTS, 7).subjects[1:] for i, s in results_on(o.patient_id).items()} == others
+    loaded.reset("stats")
+    assert cli_run(loaded.base_url, out, "--post", "--config", str(config)).exit_code in (0, 2)
+    assert report(out)["summary"]["server_writes"] == 0
