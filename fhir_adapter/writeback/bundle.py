@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.terminology.codes import CS_TAGS, SID_RESULT
 from fhir_adapter.writeback.identifiers import conditional_url
-from fhir_adapter.writeback.ownership import tagged
+from fhir_adapter.writeback.ownership import OWNER_TAG, tagged
 from fhir_adapter.writeback.sink import transaction_entries
 from fhir_adapter.writeback.sources import result_sources
 
@@ -18,8 +18,9 @@ def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dic
     Device, the results with the adapter's owner tag, and the Provenance whose entities are every source the
     results name — so what a site reviews or loads by hand is what the adapter would write. As the file cannot
     know the server's ids and versions, each result is a conditional update matched on its identifier and the
-    subject's Patient (``PUT Observation?identifier=…&patient=Patient/<id>``), the Device and the Provenance
-    are conditional creates (the Provenance on the key of the write it records): loading it twice duplicates
+    subject's Patient and carrying the adapter's tag (``PUT Observation?identifier=…&patient=Patient/<id>&_tag=…``:
+    a hospital resource holding the identifier is never overwritten, as ``--post`` never touches one), the Device
+    and the Provenance are conditional creates (the Provenance on the key of the write it records): loading it twice duplicates
     nothing, and a retraction updates the result it retracts. ``Provenance.recorded`` is the latest effective
     date of the results (00:00 UTC), so the file is the same for the same data; a live write records the moment
     of posting."""
@@ -38,5 +39,7 @@ def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dic
             url = conditional_url(r["resourceType"], ident)
             if r["resourceType"] == "Observation":
                 url += f"&patient=Patient/{patient_id}"
-            entry["request"] = {"method": "PUT", "url": url}
+            # only the adapter's own copy matches: a hospital resource holding the identifier is never overwritten
+            # (a new one is created beside it, and the next --post names the clash)
+            entry["request"] = {"method": "PUT", "url": f"{url}&_tag={CS_TAGS}|{OWNER_TAG['code']}"}
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}

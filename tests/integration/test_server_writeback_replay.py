@@ -73,3 +73,21 @@ def test_a_subject_id_with_characters_a_url_escapes_is_matched_on_replay(clean_f
             post_bundle(client, bundle)
     counts = identifier_counts(adapter_observations(clean_fhir_server.base_url))
     assert sorted(counts.values()) == [1, 1] and len(counts) == 2
+
+
+def test_the_offline_bundle_never_overwrites_a_hospital_resource_holding_the_adapters_identifier(
+        clean_fhir_server: ServerHandle) -> None:
+    """A hospital Observation (no adapter tag) carries the identifier of an adapter result: --post refuses to
+    touch it, and so does the offline bundle loaded by hand — its conditional update matches the adapter's own
+    copy only, so the hospital's keeps its version and value."""
+    ident = result_identifier("LCAR-AIO-SLE", "101-001", "W4", "sledai-2k")
+    ours = {"resourceType": "Observation", "identifier": [{"system": SID_RESULT, "value": ident}],
+            "status": "final", "code": {"coding": [{"system": "https://fhir-adapter.org/fhir/CodeSystem/results",
+                                                    "code": "sledai-2k"}]},
+            "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-02-29", "valueInteger": 4}
+    hospital = {**ours, "id": "hosp1", "valueInteger": 9}
+    with httpx.Client(base_url=clean_fhir_server.base_url, timeout=60) as client:
+        client.put("/Observation/hosp1", json=hospital).raise_for_status()
+        post_bundle(client, offline_transaction([ours], "p1"))
+        [held] = [o for o in search_all(clean_fhir_server.base_url, "Observation", {"_id": "hosp1"})]
+    assert held["valueInteger"] == 9 and held["meta"]["versionId"] == "1"

@@ -15,7 +15,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
 from fhir_adapter.synth import plan_trial, write_feed
-from fhir_adapter.terminology.codes import CS_WRITE_KEY, SID_DEVICE, SID_RESULT
+from fhir_adapter.terminology.codes import CS_TAGS, CS_WRITE_KEY, SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.sink import transaction_entries
 from fhir_adapter.writeback.sources import result_sources
@@ -44,8 +44,10 @@ def test_the_offline_bundle_is_the_posted_transaction(out: Path) -> None:
             r = e["resource"]
             assert r["subject"] == {"reference": f"Patient/{patient}"}
             ident = r["identifier"][0]["value"]
+            # only the adapter's own copy matches (its tag): a hospital resource with the identifier is never
+            # overwritten
             assert e["request"] == {"method": "PUT", "url": f"Observation?identifier={SID_RESULT}|{ident}"
-                                                           f"&patient=Patient/{patient}"}
+                                                           f"&patient=Patient/{patient}&_tag={CS_TAGS}|fhir-adapter"}
         p = prov["resource"]
         [key] = [t["code"] for t in p["meta"]["tag"] if t["system"] == CS_WRITE_KEY]
         # R4 Provenance has no identifier: created once per write, matched on the key of the write it records
