@@ -20,10 +20,10 @@ def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dic
     know the server's ids and versions, each result is a conditional update matched on its identifier and the
     subject's Patient and carrying the adapter's tag (``PUT Observation?identifier=…&patient=Patient/<id>&_tag=…``:
     a hospital resource holding the identifier is never overwritten, as ``--post`` never touches one), the Device
-    and the Provenance are conditional creates (the Provenance on the key of the write it records): loading it twice duplicates
-    nothing, and a retraction updates the result it retracts. ``Provenance.recorded`` is the latest effective
-    date of the results (00:00 UTC), so the file is the same for the same data; a live write records the moment
-    of posting."""
+    and the Provenance are conditional creates (the Provenance on the key of the write it records): loading it
+    twice duplicates nothing, and a retraction updates the result it retracts. ``Provenance.recorded`` is the
+    latest effective date of the results (00:00 UTC), so the file is the same for the same data; a live write
+    records the moment of posting."""
     if not resources:
         return {"resourceType": "Bundle", "type": "transaction", "entry": []}
     sources = sorted({s for r in resources for s in result_sources(r)})
