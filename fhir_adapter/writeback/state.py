@@ -36,7 +36,7 @@ from typing import IO, Any
 import orjson
 
 from fhir_adapter.fhir.versions import version_key
-from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.terminology.codes import EXT_RESULT_SOURCE, SID_RESULT
 from fhir_adapter.version import __version__
 from fhir_adapter.writeback.sources import derived_from_allowed, result_sources
 
@@ -85,11 +85,21 @@ def source_statuses(resources: list[dict[str, Any]]) -> dict[str, str]:
     return {ref: status for ref, (_, status) in best.items()}
 
 
-def retraction(entry: dict[str, Any], reason: str, on: dt.date) -> dict[str, Any]:
-    """The entered-in-error update of a result written by an earlier run."""
+def retraction(entry: dict[str, Any], reason: str, on: dt.date, gone: Collection[str] = ()) -> dict[str, Any]:
+    """The entered-in-error update of a result written by an earlier run. ``gone``: its sources no longer in the
+    source data (``Type/id``): the retraction names them in its note, not in a reference — a server that checks
+    references (HAPI's referential integrity on write) would refuse a reference to a deleted resource, and the
+    stale result would stay current."""
     obs = {k: v for k, v in entry["resource"].items() if k in _KEEP}
+    if gone and obs.get("extension"):
+        obs["extension"] = [x for x in obs["extension"] if x.get("url") != EXT_RESULT_SOURCE
+                            or str((x.get("valueReference") or {}).get("reference") or "").split("/_history/")[0]
+                            not in gone]
+        if not obs["extension"]:
+            del obs["extension"]
     obs["status"] = "entered-in-error"
-    allowed = [r for r in entry.get("sources") or [] if derived_from_allowed(r)]
+    allowed = [r for r in entry.get("sources") or []
+               if derived_from_allowed(r) and r.split("/_history/")[0] not in gone]
     if allowed:
         obs["derivedFrom"] = [{"reference": r} for r in allowed]
     obs["note"] = [{"text": (f"Retracted by fhir-adapter {__version__} on {on.isoformat()}: {reason}. "
@@ -181,15 +191,18 @@ class WrittenState:
                 continue
             statuses = statuses if statuses is not None else source_statuses(source)
             why = []
+            gone = set()
             for ref in old.get("sources") or []:
                 status = statuses.get(ref.split("/_history/")[0])
                 if status is None:
                     why.append(f"{ref} is no longer in the source")
+                    if retract_reason is None:  # read this run (a subject who left is not: its sources stay named)
+                        gone.add(ref.split("/_history/")[0])
                 elif status in ("entered-in-error", "cancelled"):
                     why.append(f"{ref} is now {status}")
             reason = retract_reason or (("its source data changed: " + "; ".join(why)) if why else
                                         "the result is no longer derived from the current source data")
-            plan.retractions.append(retraction(old, reason, today))
+            plan.retractions.append(retraction(old, reason, today, gone))
             plan.report.append({"subject_id": subject_id, "identifier": ident,
                                 "sources": old.get("sources") or [], "previous_value": _value_text(old),
                                 "reason": reason})

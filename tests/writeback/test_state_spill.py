@@ -91,3 +91,19 @@ def test_a_retraction_is_dated_in_utc_not_in_the_machines_time_zone(tmp_path: Pa
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_retraction_names_a_source_gone_from_the_data_in_its_note_not_in_a_reference(tmp_path: Path) -> None:
+    """A server that checks references (HAPI's referential integrity on write) refuses a reference to a deleted
+    resource, and the stale result would stay current: a source no longer in the data is named in the note only;
+    one that is there (entered-in-error) keeps its reference."""
+    first = WrittenState(tmp_path / "written.json")
+    both = {**result("s1", "a", 1), "derivedFrom": [{"reference": "Observation/kept/_history/2"},
+                                                    {"reference": "Observation/gone"}]}
+    first.commit(first.plan("s1", [both], [], dt.date(2025, 1, 1)))
+    first.save()
+    source = [{"resourceType": "Observation", "id": "kept", "status": "entered-in-error",
+               "meta": {"versionId": "3"}}]
+    [retraction] = WrittenState(tmp_path / "written.json").plan("s1", [], source, dt.date(2025, 2, 1)).retractions
+    assert retraction["derivedFrom"] == [{"reference": "Observation/kept/_history/2"}]
+    assert "Observation/gone is no longer in the source" in retraction["note"][0]["text"]
