@@ -13,7 +13,7 @@ from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
-from fhir_adapter.terminology.codes import SID_RESULT
+from fhir_adapter.terminology.codes import CS_TAGS, SID_RESULT
 from tests.feedkit import Feed, at
 
 DAY1 = dt.date(2024, 2, 1)
@@ -139,8 +139,8 @@ def test_bundle_holds_the_entered_in_error_update(runs: list[dict[str, Any]]) ->
     entry = _entries(runs[1]["bundle"])[W4]
     obs = entry["resource"]
     assert obs["status"] == "entered-in-error" and "valueInteger" not in obs
-    assert entry["request"] == {"method": "PUT",
-                                "url": f"Observation?identifier={SID_RESULT}|{W4}&patient=Patient/p1"}
+    assert entry["request"] == {"method": "PUT", "url": f"Observation?identifier={SID_RESULT}|{W4}&patient=Patient/p1"
+                                                        f"&_tag={CS_TAGS}|fhir-adapter"}
     assert obs["identifier"] == [{"system": SID_RESULT, "value": W4}]
     assert obs["subject"] == {"reference": "Patient/p1"}
     assert obs["code"]["coding"][0]["code"] == "sledai-2k"
