@@ -22,6 +22,7 @@ from fhir_adapter.cli.console import (
     stream_closed,
     summary_table,
 )
+from fhir_adapter.disk_full import disk_full_message, is_disk_full
 from fhir_adapter.job import exit_codes
 from fhir_adapter.version import __version__
 
@@ -259,6 +260,10 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
             if ctx.obj.get("verbose", 0) >= 1:
                 raise  # the group's handler prints the stack trace (-v) and the same line, with the same code
             _fail(str(exc), exit_code_of(exc))
+        except OSError as exc:  # a full disk: where, what was kept, what to do (the error itself may name no file)
+            if not is_disk_full(exc) or ctx.obj.get("verbose", 0) >= 1:
+                raise
+            _fail(disk_full_message(exc, out))
         if summary.stopped is not None:
             say_error(f"error: {summary.stopped.message}")
             sys.exit(summary.exit_code)

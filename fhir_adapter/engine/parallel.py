@@ -29,6 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
+from fhir_adapter.disk_full import is_disk_full
 from fhir_adapter.engine.collector import run_settings
 from fhir_adapter.engine.forkserver import context
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork
@@ -164,6 +165,8 @@ def subject_outcomes(subjects: Iterable[tuple[Enrollee, Records]], work: Subject
                 pool = _executor(workers, work, ctx)
                 pending = deque((e, r, k, pool.submit(_fresh, e, r, k)) for e, r, k, _ in pending)
             except Exception as exc:  # e.g. an outcome that could not be sent back
+                if is_disk_full(exc):  # the run's failure, not the subject's
+                    raise
                 outcome = SubjectOutcome(subject_id=e0.subject_id, patient_id=e0.patient_id, error=str(exc))
             yield e0, outcome, []
     finally:

@@ -19,6 +19,7 @@ import orjson
 
 from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.disk_full import is_disk_full
 from fhir_adapter.export.writer import ExportRenderer, SubjectExport
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import Locations, Quarantined, RunLog
@@ -200,7 +201,9 @@ class SubjectEngine:
             if where:
                 self.log.locate(where)
             self._derive(out, e, crf)
-        except Exception as exc:  # one subject's failure never stops the others
+        except Exception as exc:  # one subject's failure never stops the others (a full disk stops them all)
+            if is_disk_full(exc):
+                raise
             log.debug("subject %s failed", e0.subject_id, exc_info=True)
             out.error = str(exc)
             if where:
@@ -220,6 +223,8 @@ class SubjectEngine:
         try:
             self._derive(out, e, self.mapper.left(crf, e) if left else crf, left=left)
         except Exception as exc:
+            if is_disk_full(exc):
+                raise
             log.debug("subject %s failed", e.subject_id, exc_info=True)
             out.error = str(exc)
         self._drain(out)

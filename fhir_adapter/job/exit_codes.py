@@ -13,7 +13,7 @@ OUTPUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a command its rea
 #: code -> (meaning, what the site does next)
 EXIT_CODES: dict[int, tuple[str, str]] = {
     OK: ("ok", "nothing"),
-    FAILED: ("failed: bad mapping/config, unreadable source, nothing processed",
+    FAILED: ("failed: bad mapping/config, unreadable source, no room for the outputs, nothing processed",
              "fix what the one-line error names, then run again"),
     COMPLETED_WITH_WARNINGS: ("completed with warnings: quarantined input, or subjects not processed / not written",
                               "read run-report.json (quarantine, subject_failures); the next run picks those "

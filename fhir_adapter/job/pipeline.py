@@ -23,6 +23,7 @@ import orjson
 
 from fhir_adapter.crf.document import crf_document
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.disk_full import is_disk_full
 from fhir_adapter.engine.collector import fewer_collections
 from fhir_adapter.engine.parallel import file_outcomes, subject_outcomes
 from fhir_adapter.engine.subject import SubjectEngine, SubjectOutcome, SubjectWork, json_file
@@ -257,9 +258,11 @@ def run(
     Outputs are atomic (:mod:`fhir_adapter.job.staging`): everything is written into ``OUT/.staging-<run id>/`` and
     moved into OUT when the run has finished. A run that stops early (server unavailable, authentication
     failed: :attr:`RunSummary.stopped`) keeps the previous outputs and replaces only ``run-report.json`` and
-    ``state/written.json`` (which records the writes the server confirmed); a run that fails with an exception,
-    is interrupted or killed changes nothing in OUT. The run holds the lock of OUT throughout
-    (:mod:`fhir_adapter.job.outlock`): :class:`~fhir_adapter.job.outlock.OutInUse` when another process holds it.
+    ``state/written.json`` (which records the writes the server confirmed); a run that processed nobody (exit 1)
+    replaces only ``run-report.json``; a run that fails with an exception (a full disk among them:
+    :mod:`fhir_adapter.disk_full`), is interrupted or killed changes nothing in OUT. The run holds the lock of
+    OUT throughout (:mod:`fhir_adapter.job.outlock`): :class:`~fhir_adapter.job.outlock.OutInUse` when another
+    process holds it.
     """
     for o in study.overrides:
         log.warning("site overlay overrides the study's factor of item %s for %s: %s -> %s (%s)", o["item"],
@@ -278,6 +281,8 @@ def run(
             raise
         if summary.stopped is not None:
             staging.commit(("run-report.json", "state/written.json"))
+        elif summary.exit_code == exit_codes.FAILED:  # nobody processed: the previous outputs stay, with the report
+            staging.commit(("run-report.json",))
         else:
             staging.commit()
     return summary
@@ -529,7 +534,9 @@ def _run(
     def guarded(e: Enrollee, step: Callable[[], None]) -> None:
         try:
             step()
-        except Exception as exc:  # one subject's failure never stops the others
+        except Exception as exc:  # one subject's failure never stops the others (a full disk stops them all)
+            if is_disk_full(exc):
+                raise
             stop = _stop_for(exc)
             if stop is not None:
                 raise stop from exc
