@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from fhir_adapter.disk_full import is_disk_full
 from fhir_adapter.job.outpaths import subject_file_name
 from fhir_adapter.job.outswap import reading
 from fhir_adapter.review.apply import REVIEWED, status_of
@@ -337,6 +338,8 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         except (DecisionError, TamperedError) as exc:
             return RedirectResponse(f"{base}?error={quote(str(exc))}" + ("&filter=needs-review" if only else ""),
                                     status_code=303)
+        except OSError as exc:
+            return not_recorded(exc)
         # on to the next item that still needs review
         current, _, _ = ws.decided()
         items = _items(doc, current)
@@ -344,6 +347,14 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         after = [i for i in items[pos + 1:] + items[:pos] if i["status"] in NEEDS_REVIEW] if only else items[pos + 1:]
         target = _url("s", sid, after[0]["visit"], after[0]["item"]) if after else _url("s", sid)
         return RedirectResponse(target + ("?filter=needs-review" if only else ""), status_code=303)
+
+    def not_recorded(exc: OSError) -> Response:
+        """The decision file could not be written (a full disk): the reviewer is told the decision is lost."""
+        full = is_disk_full(exc)
+        return problem(f"your decision was NOT recorded: {exc.strerror or exc} writing {ws.store.path}. "
+                       + ("Free space on that disk, then reload the page and decide again." if full else
+                          "Tell the person who runs the review app, then reload the page and decide again."),
+                       507 if full else 500)
 
     async def accept_visit(request: Request) -> Response:
         """Accept the rule's pick for the unreviewed items of one visit that the reviewer saw listed."""
@@ -376,6 +387,8 @@ def create_app(cfg: ReviewConfig) -> Starlette:
             return stale(_url("s", sid), str(exc), only)
         except (DecisionError, TamperedError) as exc:
             return problem(str(exc), 400)
+        except OSError as exc:
+            return not_recorded(exc)
         return RedirectResponse(_url("s", sid) + ("?filter=needs-review" if only else ""), status_code=303)
 
     async def audit(request: Request) -> Response:

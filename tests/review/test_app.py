@@ -405,3 +405,30 @@ def test_accepting_a_visit_from_a_stale_page_is_refused(reviewed: tuple[Path, Re
                     data={"token": cfg.token, "item": ["c3", "sledai2k.rash"], **shown})
     assert r.status_code == 409 and "sledai2k.rash changed since you opened the page" in r.text
     assert [e["action"] for e in DecisionStore.under(out).read().entries] == ["not_available"]
+
+
+def test_a_decision_the_disk_has_no_room_for_says_it_was_not_recorded(
+        reviewed: tuple[Path, ReviewConfig, TestClient], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while the decision file is written: 507 and "NOT recorded", not a bare 500 — the reviewer must
+    know the decision is lost."""
+    import errno
+
+    out, _, client = reviewed
+
+    def full(self: DecisionStore, *a: Any, **kw: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(DecisionStore, "append", full)
+    monkeypatch.setattr(DecisionStore, "append_many", full)
+    r = client.post(f"/s/{SUBJECT}/W24/c3/decide", follow_redirects=False,
+                    data={**_form(client, f"/s/{SUBJECT}/W24/c3"), "action": "accept"})
+    assert r.status_code == 507 and "your decision was NOT recorded: No space left on device" in html.unescape(r.text)
+    assert "Free space on that disk" in r.text
+    # accepting a visit's unreviewed items at once: the same
+    _, cfg, _ = reviewed
+    form = client.get(f"/s/{SUBJECT}").text.split("/BL/accept-unreviewed")[1].split("</form>")[0]
+    r = client.post(f"/s/{SUBJECT}/BL/accept-unreviewed", follow_redirects=False,
+                    data={"token": cfg.token, "item": re.findall(r'name="item" value="([^"]+)"', form),
+                          **dict(re.findall(r'name="(shown-[^"]+)" value="([^"]*)"', form))})
+    assert r.status_code == 507 and "NOT recorded" in r.text
+    assert not DecisionStore.under(out).path.exists() or not DecisionStore.under(out).read().entries
