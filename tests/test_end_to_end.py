@@ -14,7 +14,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
 from fhir_adapter.synth import TrialPlan, plan_trial, write_feed
-from fhir_adapter.terminology.codes import CS_RESULTS, SID_RESULT
+from fhir_adapter.terminology.codes import CS_RESULTS, CS_TAGS, SID_RESULT
 from fhir_adapter.writeback.sources import result_sources
 
 Trial = tuple[TrialPlan, Path, RunSummary]
@@ -149,7 +149,8 @@ def test_writeback_bundles_are_valid_conditional_transactions(trial: Trial) -> N
             ident = next(i["value"] for i in res["identifier"] if i["system"] == SID_RESULT)
             assert ident not in seen
             seen.add(ident)
-            url = f"{res['resourceType']}?identifier={SID_RESULT}|{ident}&patient={res['subject']['reference']}"
+            url = (f"{res['resourceType']}?identifier={SID_RESULT}|{ident}&patient={res['subject']['reference']}"
+                   f"&_tag={CS_TAGS}|fhir-adapter")  # the adapter's own copy only
             assert entry["request"] == {"method": "PUT", "url": url}
             code = res["code"]["coding"][0]
             assert code["system"] == CS_RESULTS and code["code"] in codes

@@ -159,8 +159,10 @@ class WrittenState:
     def patients_of(self, subject_id: str) -> set[str]:
         """The Patient ids the subject's results written by earlier runs are about (more than the current one:
         its ResearchSubject was pointed at another Patient since, and those results are on the wrong chart)."""
-        refs = {str(((self.results[i].get("resource") or {}).get("subject") or {}).get("reference") or "")
-                for i in self.by_subject.get(subject_id, ())}
+        # (an identifier several subjects share, the adapter's own ResearchStudy, may have left ``results`` when
+        # another subject committed it)
+        refs = {str(((entry.get("resource") or {}).get("subject") or {}).get("reference") or "")
+                for i in self.by_subject.get(subject_id, ()) if (entry := self.results.get(i)) is not None}
         return {r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")}
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],

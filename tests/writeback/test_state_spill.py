@@ -107,3 +107,17 @@ def test_a_retraction_names_a_source_gone_from_the_data_in_its_note_not_in_a_ref
     [retraction] = WrittenState(tmp_path / "written.json").plan("s1", [], source, dt.date(2025, 2, 1)).retractions
     assert retraction["derivedFrom"] == [{"reference": "Observation/kept/_history/2"}]
     assert "Observation/gone is no longer in the source" in retraction["note"][0]["text"]
+
+
+def test_the_patients_of_a_subject_survive_a_result_another_subject_committed(tmp_path: Path) -> None:
+    """Roster-CSV subjects share one result identifier (the adapter's own ResearchStudy): once a subject commits
+    it, asking the Patients of another subject that had it must not fail that subject (a KeyError did)."""
+    shared = {**result("s1", "study", 1), "identifier": [{"system": SID_RESULT, "value": "study"}]}
+    first = WrittenState(tmp_path / "written.json")
+    for subject in ("s1", "s2"):
+        first.commit(first.plan(subject, [result(subject, "a", 1), {**shared, "subject": {
+            "reference": f"Patient/{subject}"}}], [], dt.date(2025, 1, 1)))
+    first.save()
+    second = WrittenState(tmp_path / "written.json")
+    second.commit(second.plan("s1", [result("s1", "a", 1), shared], [], dt.date(2025, 2, 1)))
+    assert second.patients_of("s2") == {"s2"}
