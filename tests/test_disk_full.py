@@ -89,7 +89,7 @@ def test_a_full_disk_while_the_results_file_is_closed_names_out(
 def test_a_run_that_processes_nobody_keeps_the_previous_outputs_and_replaces_only_its_report(
         previous: tuple[Path, Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """Exit 1 (every subject failed): the earlier CRFs, results, exports and review files stay; the report says
-    what happened."""
+    what happened (and the state what the server confirmed: nothing here)."""
     feed, out, before = previous
 
     def broken(self: SubjectMapper, *a: Any, **kw: Any) -> Any:
@@ -99,6 +99,7 @@ def test_a_run_that_processes_nobody_keeps_the_previous_outputs_and_replaces_onl
     assert run(feed, out, "--workers", "1").exit_code == 1
     after = files(out)
     assert after["run-report.json"] != before["run-report.json"]
+    assert after["state/written.json"] == before["state/written.json"]  # nothing was written: the same state
     assert {k: v for k, v in after.items() if k != "run-report.json"} == \
         {k: v for k, v in before.items() if k != "run-report.json"}
     report = json.loads((out / "run-report.json").read_text())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,13 @@ import pytest
 
 from fhir_adapter.job.pipeline import RunSummary, run
 from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
 from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
+from fhir_adapter.writeback.sink import WriteResult
+from fhir_adapter.writeback.state import result_id
 from tests.feedkit import Feed, at
 
 WITHDRAWN = "101-004"  # a DL3 subject with a DLT in the synthetic feed of 34 subjects (seed 7), Day 1 2024-11-06
@@ -285,3 +289,44 @@ def test_a_leaver_whose_file_name_another_subject_now_holds_fails_alone(study: S
     assert summary.subjects_failed == ["101-00a"]
     [warned] = [w for w in _json(out / "run-report.json")["warnings"] if w.get("subject_id") == "101-00a"]
     assert "could not be kept" in warned["message"] and "would share the file name" in warned["message"]
+
+
+class _Confirming:
+    """A server that confirms every write it is sent."""
+
+    dry_run = False
+
+    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
+        pass
+
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
+              held: Collection[str] = (), former_patients: Collection[str] = ()) -> WriteResult:
+        return WriteResult(subject_id=e.subject_id, written=[result_id(r) for r in resources],
+                           retracted=[result_id(r) for r in retractions])
+
+
+def test_an_exit_1_run_keeps_the_record_of_what_the_server_confirmed(feed: Path, study: Study, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every subject read fails (exit 1) while the one who withdrew is carried and its results after its end are
+    retracted on the server: the previous outputs stay, but state/written.json records those retractions (else
+    the next run would not know the server holds them)."""
+    from fhir_adapter.mapping.subject import SubjectMapper
+
+    out = tmp_path / "out"
+    log = RunLog()
+    run(FileSource(feed, log), study, out, log, sink=_Confirming())
+    _leave(feed, tmp_path / "feed2", {WITHDRAWN: "withdrawn"})
+    crfs = {p.name: p.read_bytes() for p in (out / "crf").iterdir()}
+
+    def broken(*args: Any, **kw: Any) -> Any:
+        raise RuntimeError("a mapping defect")
+
+    monkeypatch.setattr(SubjectMapper, "map", broken)
+    log = RunLog()
+    summary = run(FileSource(tmp_path / "feed2", log), study, out, log, sink=_Confirming())
+    assert summary.exit_code == 1 and summary.server_writes > 0
+    assert {p.name: p.read_bytes() for p in (out / "crf").iterdir()} == crfs  # the previous outputs stay
+    retracted = {k for k, v in _json(out / "state" / "written.json")["results"].items()
+                 if v.get("subject_id") == WITHDRAWN and v.get("retracted")}
+    [written] = summary.writes
+    assert written["subject_id"] == WITHDRAWN and len(retracted) == written["retracted"] > 0

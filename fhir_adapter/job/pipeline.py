@@ -258,11 +258,11 @@ def run(
     Outputs are atomic (:mod:`fhir_adapter.job.staging`): everything is written into ``OUT/.staging-<run id>/`` and
     moved into OUT when the run has finished. A run that stops early (server unavailable, authentication
     failed: :attr:`RunSummary.stopped`) keeps the previous outputs and replaces only ``run-report.json`` and
-    ``state/written.json`` (which records the writes the server confirmed); a run that processed nobody (exit 1)
-    replaces only ``run-report.json``; a run that fails with an exception (a full disk among them:
-    :mod:`fhir_adapter.disk_full`), is interrupted or killed changes nothing in OUT. The run holds the lock of
-    OUT throughout (:mod:`fhir_adapter.job.outlock`): :class:`~fhir_adapter.job.outlock.OutInUse` when another
-    process holds it.
+    ``state/written.json`` (which records the writes the server confirmed); so does a run that processed nobody
+    (exit 1) — its state only when a server confirmed writes; a run that fails with an exception (a full disk
+    among them: :mod:`fhir_adapter.disk_full`), is interrupted or killed changes nothing in OUT. The run holds
+    the lock of OUT throughout (:mod:`fhir_adapter.job.outlock`): :class:`~fhir_adapter.job.outlock.OutInUse`
+    when another process holds it.
     """
     for o in study.overrides:
         log.warning("site overlay overrides the study's factor of item %s for %s: %s -> %s (%s)", o["item"],
@@ -281,8 +281,12 @@ def run(
             raise
         if summary.stopped is not None:
             staging.commit(("run-report.json", "state/written.json"))
-        elif summary.exit_code == exit_codes.FAILED:  # nobody processed: the previous outputs stay, with the report
-            staging.commit(("run-report.json",))
+        elif summary.exit_code == exit_codes.FAILED:
+            # nobody processed: the previous outputs stay; the report says why, and — when a server confirmed
+            # writes meanwhile (a subject who left is written while the others fail) — the state records them
+            # (without a server the state follows OUT/writeback, which stays as it was)
+            staging.commit(("run-report.json", "state/written.json") if summary.server_writes
+                           else ("run-report.json",))
         else:
             staging.commit()
     return summary
