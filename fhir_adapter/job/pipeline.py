@@ -441,14 +441,17 @@ def _run(
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
         # an incremental run's unchanged subject (source_resources None) whose results equal what the last run
         # wrote needs no request to the server at all
-        unchanged_since_last = source_resources is None and not plan.retractions and \
+        former = state.patients_of(e.subject_id) - {e.patient_id}  # its results may be on another Patient's chart
+        unchanged_since_last = source_resources is None and not plan.retractions and not former and \
             plan.changes["new"] == plan.changes["updated"] == 0
         w: WriteResult | None = None
         if sink is not None and not unchanged_since_last:
             # may stop the run; a retraction is the one the offline bundle holds, and the Provenance names its
             # sources too (as the bundle's does); a result held back for review is neither written nor retracted
             # results written about another Patient (the ResearchSubject was repointed since) are retracted there
-            w = sink.write(e, bundle_resources, plan.retractions, held, state.patients_of(e.subject_id))
+            w = sink.write(e, bundle_resources, plan.retractions, held, former)
+            if not w.error and not summary.dry_run:
+                plan.moved_away_done()
             if w.stop is not None:  # the server went down part-way through a split write: what it confirmed
                 state.commit(plan, pending=w.pending)
                 _record_write(w, summary, runlog, diff_path)

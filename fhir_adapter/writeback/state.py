@@ -135,6 +135,29 @@ class Plan:
     #: identifier -> new | unchanged | updated (the results the subject has now)
     kinds: dict[str, str] = field(default_factory=dict)
 
+    def moved_away_done(self) -> None:
+        """The server confirmed the subject's write, its results on former Patients retracted first: the entries
+        need not remember those Patients any more."""
+        for entry in self.entries.values():
+            entry.pop("former_patients", None)
+
+
+def _patient_of(entry: dict[str, Any]) -> str:
+    return str(((entry.get("resource") or {}).get("subject") or {}).get("reference") or "")
+
+
+def _former_patients(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The Patients (ids) a result was written about before and is not about now — kept in its entry, whatever
+    runs come in between (a run without a server records the new Patient too), until a write to the server has
+    retracted it there (:meth:`Plan.moved_away_done`)."""
+    was = _patient_of(old)
+    now = str((new.get("subject") or {}).get("reference") or "")
+    former = {str(p) for p in old.get("former_patients") or []}
+    if was.startswith("Patient/") and now.startswith("Patient/") and was != now:
+        former.add(was.removeprefix("Patient/"))
+    former.discard(now.removeprefix("Patient/"))
+    return sorted(former)
+
 
 class WrittenState:
     def __init__(self, path: Path) -> None:
@@ -161,9 +184,10 @@ class WrittenState:
         its ResearchSubject was pointed at another Patient since, and those results are on the wrong chart)."""
         # (an identifier several subjects share, the adapter's own ResearchStudy, may have left ``results`` when
         # another subject committed it)
-        refs = {str(((entry.get("resource") or {}).get("subject") or {}).get("reference") or "")
-                for i in self.by_subject.get(subject_id, ()) if (entry := self.results.get(i)) is not None}
-        return {r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")}
+        entries = [entry for i in self.by_subject.get(subject_id, ()) if (entry := self.results.get(i)) is not None]
+        refs = {_patient_of(entry) for entry in entries}
+        return {r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")} \
+            | {str(p) for entry in entries for p in entry.get("former_patients") or []}
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
              today: dt.date | None = None, statuses: dict[str, str] | None = None,
@@ -186,6 +210,8 @@ class WrittenState:
                 "resource": {k: v for k, v in r.items() if k in _KEEP},
                 "value": {k: r[k] for k in _VALUE_KEYS if k in r},
             }
+            if old is not None and (former := _former_patients(old, r)):
+                entries[ident]["former_patients"] = former
         for ident in sorted(self.by_subject.get(subject_id, set()) - set(entries)):
             old = self.results[ident]
             if old.get("retracted"):

@@ -612,11 +612,14 @@ def test_since_last_after_the_mapping_changed_reads_every_subject_in_full(loaded
     assert any(w.get("rule") == "incremental" and "mapping files" in w["message"] for w in rep["warnings"])
 
 
+@pytest.mark.parametrize("between", [(), ("--since", "last")])
 def test_results_written_about_the_wrong_patient_are_retracted_there_once_the_subject_is_repointed(
-        loaded: ServerHandle, tmp_path: Path) -> None:
+        loaded: ServerHandle, tmp_path: Path, between: tuple[str, ...]) -> None:
     """A ResearchSubject linked to the wrong Patient, corrected after a --post: the subject's results on that
     Patient's chart are set to entered-in-error there (a result about another patient must not stay current), the
-    run says so (`subject-moved`), and the next run writes nothing more. The other subjects' results stay."""
+    run says so (`subject-moved`), and the next run writes nothing more. The other subjects' results stay. A run
+    without --post in between (which records the new Patient in the state) does not make the adapter forget them,
+    nor does a --post that is incremental."""
     out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
     assert cli_run(loaded.base_url, out, "--post", "--config", str(config)).exit_code in (0, 2)
     subject = plan_trial(SUBJECTS, 7).subjects[0]
@@ -635,7 +638,15 @@ def test_results_written_about_the_wrong_patient_are_retracted_there_once_the_su
             if r["individual"]["reference"].endswith(f"/{subject.patient_id}")]
     _edit(loaded.base_url, "ResearchSubject", rs["id"], lambda r: r.update(individual={"reference": "Patient/right-1"}))
 
-    assert cli_run(loaded.base_url, out, "--post", "--config", str(config)).exit_code in (0, 2)
+    if between:  # the corrected Patient holds the subject's records too: a read run records them as its
+        for rtype in ("Observation", "AdverseEvent", "MedicationStatement", "MedicationAdministration", "Procedure"):
+            moved = [r for r in search_all(loaded.base_url, rtype, {"subject": f"Patient/{subject.patient_id}"})
+                     if SID_RESULT not in json.dumps(r.get("identifier"))]  # the records, not the results
+            put_resources(loaded.base_url, [{k: v for k, v in r.items() if k != "meta"} | {
+                k: {"reference": "Patient/right-1"} for k in ("subject", "patient") if k in r} for r in moved])
+        assert cli_run(loaded.base_url, out, "--config", str(config)).exit_code in (0, 2)
+        assert set(results_on(subject.patient_id).values()) == {"final"}  # nothing posted yet
+    assert cli_run(loaded.base_url, out, "--post", "--config", str(config), *between).exit_code in (0, 2)
     assert set(results_on(subject.patient_id).values()) == {"entered-in-error"}
     assert set(results_on(subject.patient_id)) == set(before)
     [said] = [w for w in report(out)["warnings"] if w.get("rule") == "subject-moved"]
