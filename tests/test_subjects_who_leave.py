@@ -330,3 +330,44 @@ def test_an_exit_1_run_keeps_the_record_of_what_the_server_confirmed(feed: Path,
                  if v.get("subject_id") == WITHDRAWN and v.get("retracted")}
     [written] = summary.writes
     assert written["subject_id"] == WITHDRAWN and len(retracted) == written["retracted"] > 0
+
+
+class _Recording(_Confirming):
+    def __init__(self) -> None:
+        self.calls: dict[str, tuple[list[dict[str, Any]], set[str]]] = {}
+
+    def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
+              held: Collection[str] = (), former_patients: Collection[str] = ()) -> WriteResult:
+        self.calls[e.subject_id] = (resources, set(former_patients))
+        return super().write(e, resources, retractions, held, former_patients)
+
+
+def test_a_subject_who_left_and_is_linked_to_another_patient_writes_nothing_to_that_patient(
+        feed: Path, study: Study, tmp_path: Path) -> None:
+    """Withdrawn, and its ResearchSubject pointed at another Patient: the carried CRF was read from the first
+    Patient's records, so none of its results goes to the new Patient's chart; the sink is asked to retract them
+    on the first one, the offline bundle retracts them there, and the run says so (`subject-moved`)."""
+    out = tmp_path / "out"
+    log = RunLog()
+    run(FileSource(feed, log), study, out, log, sink=_Confirming())
+    _leave(feed, tmp_path / "feed2", {WITHDRAWN: "withdrawn"})
+    rss = _lines(tmp_path / "feed2" / "ResearchSubject.ndjson")
+    [old] = [rs["individual"]["reference"] for rs in rss if _subject_of(rs) == WITHDRAWN]
+    for rs in rss:
+        if _subject_of(rs) == WITHDRAWN:
+            rs["individual"] = {"reference": "Patient/right-1"}
+    _write_lines(tmp_path / "feed2" / "ResearchSubject.ndjson", rss)
+    patients = _lines(tmp_path / "feed2" / "Patient.ndjson")
+    [first] = [p for p in patients if f"Patient/{p['id']}" == old]
+    _write_lines(tmp_path / "feed2" / "Patient.ndjson", [*patients, {**first, "id": "right-1"}])
+
+    sink, log = _Recording(), RunLog()
+    run(FileSource(tmp_path / "feed2", log), study, out, log, sink=sink)
+    resources, former = sink.calls[WITHDRAWN]
+    assert resources == [] and former == {old.removeprefix("Patient/")}
+    assert [w["subject_id"] for w in log.warnings if w.get("rule") == "subject-moved"] == [WITHDRAWN]
+    bundle = _json(out / "writeback" / f"{WITHDRAWN}.json")
+    results = bundle["entry"][1:-1]
+    assert results and {e["resource"]["status"] for e in results} == {"entered-in-error"}
+    assert {e["resource"]["subject"]["reference"] for e in results} == {old}
+    assert all(f"&patient={old}&" in e["request"]["url"] for e in results)

@@ -427,8 +427,22 @@ def _run(
         ended = (f"the subject's participation ended on {e.end_of_study.isoformat()} (ResearchSubject.period.end): "
                  "the result is not derived from its data up to then" if o.carried and e.end_of_study is not None
                  else None)
+        hashes = o.hashes
+        elsewhere = sorted(state.patients_of(e.subject_id) - {e.patient_id}) if o.carried else []
+        if elsewhere:
+            # a subject who left, its ResearchSubject repointed: the carried CRF was read from another Patient's
+            # records, so none of its results goes to this Patient's chart (those on the other are retracted)
+            bundle_resources, hashes = [], []
+            ended = (f"the subject's ResearchSubject now names Patient/{e.patient_id}: the result was derived from "
+                     f"the records of Patient/{', Patient/'.join(elsewhere)}")
+            runlog.warn(f"subject who left, now linked to Patient/{e.patient_id}: its carried data were read from "
+                        f"Patient/{', Patient/'.join(elsewhere)}, so no result of it is written to Patient/"
+                        f"{e.patient_id} (a subject who left is never read again); its results on the other Patient "
+                        "are retracted with --post", subject_id=e.subject_id, rule="subject-moved",
+                        fix="if the new link is right, the carried CRF is another patient's data: tell the trial's "
+                            "data manager")
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses,
-                          hashes=o.hashes, retract_reason=ended, today=site_today)
+                          hashes=hashes, retract_reason=ended, today=site_today)
         writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
         held: set[str] = set()
         if len(writable) < len(bundle_resources):

@@ -37,8 +37,8 @@ def offline_transaction(resources: list[dict[str, Any]], patient_id: str) -> dic
         if not r.get("id"):  # the file cannot know the server's ids and versions: a conditional update
             ident = next(i["value"] for i in r["identifier"] if i.get("system") == SID_RESULT)
             url = conditional_url(r["resourceType"], ident)
-            if r["resourceType"] == "Observation":
-                url += f"&patient=Patient/{patient_id}"
+            if r["resourceType"] == "Observation":  # the Patient it is about (a retraction may be about another)
+                url += f"&patient={(r.get('subject') or {}).get('reference') or f'Patient/{patient_id}'}"
             # only the adapter's own copy matches: a hospital resource holding the identifier is never overwritten
             # (a new one is created beside it, and the next --post names the clash)
             entry["request"] = {"method": "PUT", "url": f"{url}&_tag={CS_TAGS}|{OWNER_TAG['code']}"}
