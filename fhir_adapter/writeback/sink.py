@@ -147,14 +147,16 @@ def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: 
 async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str, Any]] | None = None,
                            duplicates: dict[str, list[str]] | None = None,
                            foreign: dict[str, list[str]] | None = None,
-                           study_id: str | None = None) -> dict[str, dict[str, Any]]:
+                           study_id: str | None = None, former: Collection[str] = ()) -> dict[str, dict[str, Any]]:
     """The adapter's resources already on the server for this Patient, by identifier value: its Observations
     (one search) and the resources it writes under a fixed id (its own ResearchSubject), which must be the
     adapter's (:func:`~.ownership.why_not_owned`). ``duplicates`` collects identifier values held by more than
     one Observation (``Observation/id`` list); ``foreign`` the identifier values held by Observations that are
     not the adapter's (``Observation/id (why)``): never part of the result, never touched. ``study_id``: only
     that study's results (their identifier starts with it): a patient in two trials holds the other study's
-    results too, which this study's write never counts, updates nor retracts."""
+    results too, which this study's write never counts, updates nor retracts. ``former``: Patients the subject
+    was linked to before (:func:`moved_away`): a resource written under a fixed id about one of them is the
+    adapter's too (its own ResearchSubject, moved with the subject)."""
     prefix = study_prefix(study_id) if study_id is not None else ""
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
@@ -165,6 +167,8 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
                 continue
             raise
         why = why_not_owned(held, e.patient_id)
+        if why is not None and any(why_not_owned(held, pid) is None for pid in former):
+            why = None  # the adapter's own, about the Patient the subject was linked to before: it moves too
         if why is not None:
             raise UnsafeWrite(f"{want['resourceType']}/{want['id']} exists on the server and is not the adapter's "
                               f"({why}): it is left untouched")
@@ -355,7 +359,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             if problem:
                 raise ValueError(f"{r['resourceType']} {_identifier(r)} is not valid FHIR R4: {problem}")
         existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates, foreign,
-                                          study_id=study_id)
+                                          study_id=study_id, former=set(former_patients) - {e.patient_id})
         wanted = {_identifier(r) for r in desired}
         if clash := sorted(i for i in foreign if i in wanted):
             held = "; ".join(f"{i} by {', '.join(foreign[i])}" for i in clash)

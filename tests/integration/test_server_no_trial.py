@@ -41,6 +41,7 @@ def test_roster_csv_and_study_yaml_enrol_and_write_back(clean_fhir_server: Serve
             "--config", str(config))
     second = report(out)
     assert second["summary"]["server_writes"] == 0, json.dumps(second["writes"])[:500]
+    assert second["summary"]["subjects_failed"] == []  # (a failed subject writes nothing either)
     assert len(search_all(clean_fhir_server.base_url, "ResearchStudy", {})) == 1
 
 
@@ -91,3 +92,38 @@ def test_since_last_with_a_roster_csv_reuses_the_unchanged_subjects(clean_fhir_s
     roster.write_text(roster.read_text())
     cli_run(clean_fhir_server.base_url, out, "--post", "--since", "last", *args)
     assert report(out)["counts"]["incremental.changed_subjects"] == 0
+
+
+def test_a_roster_row_pointed_at_another_patient_moves_the_subject_and_retracts_its_old_results(
+        clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    """The site corrects a roster row's patient identifier (it named the wrong patient): the next --post updates
+    the adapter's own ResearchSubject to the new Patient and retracts the subject's results on the old one — it
+    was refused as "not the adapter's" and the old results stayed final."""
+    from fhir_adapter.testing.feed_loader import put_resources
+
+    feed, roster, expected = build_no_trial_feed(tmp_path / "feed")
+    site = expected.pop("site")
+    load_feed(clean_fhir_server.base_url, feed)
+    out, config = tmp_path / "out", write_config(tmp_path / "adapter.yaml")
+    args = ("--post", "--roster-csv", str(roster), "--site", site, "--config", str(config))
+    cli_run(clean_fhir_server.base_url, out, *args)
+    rows = roster.read_text().splitlines()
+    sid, ident = rows[1].split(",")[0], rows[1].split(",")[1]
+    system, value = ident.split("|")
+    [old] = [p for p in search_all(clean_fhir_server.base_url, "Patient", {}) if any(
+        i.get("value") == value for i in p.get("identifier") or [])]
+    put_resources(clean_fhir_server.base_url, [{k: v for k, v in old.items() if k not in ("meta", "id")} | {
+        "id": "right-1", "identifier": [{"system": system, "value": "RIGHT-1"}]}])
+    roster.write_text("\n".join([rows[0], rows[1].replace(ident, f"{system}|RIGHT-1"), *rows[2:]]) + "\n")
+
+    cli_run(clean_fhir_server.base_url, out, *args)
+    rep = report(out)
+    assert rep["summary"]["subjects_not_written"] == [], json.dumps(rep["writes"])[:800]
+    [moved] = [w for w in rep["writes"] if w["subject_id"] == sid]
+    assert moved["retracted_on_former_patients"] > 0
+    on_old = [o for o in search_all(clean_fhir_server.base_url, "Observation", {"subject": f"Patient/{old['id']}"})
+              if any(i.get("system") == SID_RESULT for i in o.get("identifier") or [])]
+    assert on_old and {o["status"] for o in on_old} == {"entered-in-error"}
+    [rs] = [r for r in search_all(clean_fhir_server.base_url, "ResearchSubject", {})
+            if any(i.get("value") == sid for i in r.get("identifier") or [])]
+    assert rs["individual"]["reference"] == "Patient/right-1"
