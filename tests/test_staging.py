@@ -71,6 +71,40 @@ def test_a_finished_run_killed_while_moving_in_is_completed_by_the_next(tmp_path
     assert not killed.exists()
 
 
+def test_a_reader_finishes_a_move_a_killed_run_left_half_done(tmp_path: Path) -> None:
+    """Killed between two renames of its move-in, a run leaves a mix of two runs' outputs: a reader (fhir-adapter
+    report, the review app) finishes the move before reading, as the next run would — unless a run holds OUT."""
+    import subprocess
+    import sys
+
+    from fhir_adapter.job.outswap import reading
+
+    out = tmp_path / "out"
+    previous(out)
+    killed = Staging(out, "killed").open()
+    (killed / "crf").mkdir()
+    (killed / "crf" / "101-001.json").write_text("new crf")
+    (killed / "run-report.json").write_text("new report")
+    (killed / COMPLETE).write_text("crf\nrun-report.json\n")
+    (killed / ".previous").mkdir()
+    (out / "crf").rename(killed / ".previous" / "crf")  # killed after parking the old crf/: no crf/ at all
+    # another process (a run) holds OUT: the folder may be its own, about to be moved in — left alone
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+                               "from fhir_adapter.job.outlock import hold_out\n"
+                               f"with hold_out(Path({str(out)!r})):\n    print('held', flush=True)\n"
+                               "    sys.stdin.read()\n"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with reading(out):
+            assert not (out / "crf").exists()
+    finally:
+        holder.communicate("")
+    with reading(out):
+        assert (out / "crf" / "101-001.json").read_text() == "new crf"
+        assert (out / "run-report.json").read_text() == "new report"
+    assert not killed.exists()
+
+
 class Interrupted(FileSource):
     """Ctrl-C after the first subject."""
 

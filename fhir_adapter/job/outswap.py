@@ -34,9 +34,37 @@ _NO_LOCKS = (errno.ENOLCK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF, errno.E
 
 @contextmanager
 def reading(out: Path) -> Iterator[None]:
-    """Read OUT's outputs in this block: a run does not move new ones in meanwhile (a missing OUT: no lock)."""
+    """Read OUT's outputs in this block: a run does not move new ones in meanwhile (a missing OUT: no lock).
+    A move a killed run left half done is finished first (:func:`finish_interrupted_move`)."""
+    finish_interrupted_move(Path(out))
     with _flock(Path(out), fcntl.LOCK_SH, "waiting while a run moves its outputs into"):
         yield
+
+
+def finish_interrupted_move(out: Path) -> None:
+    """A run killed while it moved its outputs in leaves OUT a mix of two runs' outputs and a completed staging
+    folder: the reader finishes the move, as the next run would (:func:`fhir_adapter.job.staging.recover`), so a
+    report or a review page never shows the mix. Not while a run holds OUT (the folder is that run's, about to be
+    moved in), and not where the reader may not write (a read-only copy of OUT reads as it is)."""
+    from fhir_adapter.job.staging import COMPLETE, PREFIX  # the staging module moves under this module's lock
+
+    try:
+        left = any((f / COMPLETE).is_file() for f in out.glob(f"{PREFIX}*") if not f.is_symlink())
+    except OSError:
+        return
+    if not left:
+        return
+    from fhir_adapter.job.outlock import OutInUse, hold_out
+    from fhir_adapter.job.staging import recover
+
+    try:
+        with hold_out(out, "fhir-adapter (finishing the move of an interrupted run's outputs)"):
+            recover(out)
+    except OutInUse:
+        return
+    except OSError as exc:
+        log.warning("the outputs of a run interrupted while moving them into %s could not be moved in (%s): "
+                    "what is read may mix two runs' outputs until the next run", out, exc)
 
 
 @contextmanager
