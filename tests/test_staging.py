@@ -55,8 +55,9 @@ def test_an_unfinished_staging_folder_is_removed_and_the_previous_outputs_stay(t
     assert (out / "crf" / "101-001.json").read_text() == "old crf"
 
 
-def test_a_finished_run_killed_while_moving_in_is_completed_by_the_next(tmp_path: Path) -> None:
-    out = tmp_path / "out"
+def killed_while_moving_in(out: Path) -> Path:
+    """OUT as a run killed while moving its outputs in leaves it: its staging folder complete, the old ``crf/``
+    parked and the new one not moved in yet (no ``crf/`` in OUT at all); the staging folder."""
     previous(out)
     killed = Staging(out, "killed").open()
     (killed / "crf").mkdir()
@@ -64,7 +65,13 @@ def test_a_finished_run_killed_while_moving_in_is_completed_by_the_next(tmp_path
     (killed / "run-report.json").write_text("new report")
     (killed / COMPLETE).write_text("crf\nrun-report.json\n")
     (killed / ".previous").mkdir()
-    (out / "crf").rename(killed / ".previous" / "crf")  # killed after parking the old crf/
+    (out / "crf").rename(killed / ".previous" / "crf")
+    return killed
+
+
+def test_a_finished_run_killed_while_moving_in_is_completed_by_the_next(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    killed = killed_while_moving_in(out)
     recover(out)
     assert (out / "crf" / "101-001.json").read_text() == "new crf"
     assert (out / "run-report.json").read_text() == "new report"
@@ -80,14 +87,7 @@ def test_a_reader_finishes_a_move_a_killed_run_left_half_done(tmp_path: Path) ->
     from fhir_adapter.job.outswap import reading
 
     out = tmp_path / "out"
-    previous(out)
-    killed = Staging(out, "killed").open()
-    (killed / "crf").mkdir()
-    (killed / "crf" / "101-001.json").write_text("new crf")
-    (killed / "run-report.json").write_text("new report")
-    (killed / COMPLETE).write_text("crf\nrun-report.json\n")
-    (killed / ".previous").mkdir()
-    (out / "crf").rename(killed / ".previous" / "crf")  # killed after parking the old crf/: no crf/ at all
+    killed = killed_while_moving_in(out)
     # another process (a run) holds OUT: the folder may be its own, about to be moved in — left alone
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
                                "from fhir_adapter.job.outlock import hold_out\n"
