@@ -428,7 +428,7 @@ def _run(
                  "the result is not derived from its data up to then" if o.carried and e.end_of_study is not None
                  else None)
         hashes = o.hashes
-        elsewhere = sorted(state.patients_of(e.subject_id) - {e.patient_id}) if o.carried else []
+        elsewhere = sorted(state.written_about(e.subject_id) - {e.patient_id}) if o.carried else []
         if elsewhere:
             # a subject who left, its ResearchSubject repointed: the carried CRF was read from another Patient's
             # records, so none of its results goes to this Patient's chart (those on the other are retracted)
@@ -442,7 +442,7 @@ def _run(
                         fix="if the new link is right, the carried CRF is another patient's data: tell the trial's "
                             "data manager")
         plan = state.plan(e.subject_id, bundle_resources, source_resources or [], statuses=o.statuses,
-                          hashes=hashes, retract_reason=ended, today=site_today)
+                          hashes=hashes, retract_reason=ended, today=site_today, patient_id=e.patient_id)
         writable = reviews.writable(o.review, bundle_resources) if o.review is not None else bundle_resources
         held: set[str] = set()
         if len(writable) < len(bundle_resources):
@@ -514,10 +514,10 @@ def _run(
             assert o.review is not None
             _dump(folders, crf_path, crf_document(o.review.crf_file(o.export_updates)))
         if plan is not None:
-            if p is not None and "writeback" in p.written and not plan.retractions:
+            if p is not None and "writeback" in p.written and not plan.retractions and not plan.moved:
                 os.replace(p.path("writeback"), folders.file(writeback_path))
-            else:
-                _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions,
+            else:  # with the retractions, on the Patients the subject is no longer about too
+                _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions + plan.moved,
                                                                    e.patient_id))
             if w is None or not w.error or w.partial:  # the state records only what the server confirmed (or
                 state.commit(plan, pending=w.pending if w is not None else ())  # the file run), part by part

@@ -273,7 +273,10 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
     for r in to_write:
         ident = _identifier(r)
         assert ident is not None
-        url = full_url(SID_RESULT, ident)
+        about = (r.get("subject") or {}).get("reference")
+        # a retraction on a Patient the subject is no longer about has the identifier of its result on this one
+        url = full_url(SID_RESULT, ident if patient_id is None or about in (None, f"Patient/{patient_id}")
+                       else f"{ident}|{about}")
         targets.append(url)
         request: dict[str, str]
         if r.get("id"):

@@ -41,7 +41,7 @@ from fhir_adapter.version import __version__
 from fhir_adapter.writeback.sources import derived_from_allowed, result_sources
 
 STATE_VERSION = 1
-_KEEP = ("resourceType", "meta", "extension", "identifier", "category", "code", "subject", "focus",
+_KEEP = ("resourceType", "meta", "extension", "identifier", "category", "code", "subject", "individual", "focus",
          "effectiveDateTime")
 _VALUE_KEYS = ("valueInteger", "valueQuantity", "valueBoolean", "valueString", "valueCodeableConcept")
 
@@ -134,6 +134,9 @@ class Plan:
     changes: dict[str, int] = field(default_factory=lambda: {"new": 0, "updated": 0, "unchanged": 0})
     #: identifier -> new | unchanged | updated (the results the subject has now)
     kinds: dict[str, str] = field(default_factory=dict)
+    #: the subject's results on Patients it is no longer about, as retractions there — for the offline bundle; a
+    #: server write searches those Patients itself (fhir_adapter/writeback/sink.py moved_away)
+    moved: list[dict[str, Any]] = field(default_factory=list)
 
     def moved_away_done(self) -> None:
         """The server confirmed the subject's write, its results on former Patients retracted first: the entries
@@ -142,8 +145,13 @@ class Plan:
             entry.pop("former_patients", None)
 
 
+def _about(resource: dict[str, Any]) -> str:
+    """The Patient reference a result (``subject``) or the adapter's ResearchSubject (``individual``) is about."""
+    return str((resource.get("subject") or resource.get("individual") or {}).get("reference") or "")
+
+
 def _patient_of(entry: dict[str, Any]) -> str:
-    return str(((entry.get("resource") or {}).get("subject") or {}).get("reference") or "")
+    return _about(entry.get("resource") or {})
 
 
 def _former_patients(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -151,7 +159,7 @@ def _former_patients(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     runs come in between (a run without a server records the new Patient too), until a write to the server has
     retracted it there (:meth:`Plan.moved_away_done`)."""
     was = _patient_of(old)
-    now = str((new.get("subject") or {}).get("reference") or "")
+    now = _about(new)
     former = {str(p) for p in old.get("former_patients") or []}
     if was.startswith("Patient/") and now.startswith("Patient/") and was != now:
         former.add(was.removeprefix("Patient/"))
@@ -179,23 +187,34 @@ class WrittenState:
         self._spill: IO[bytes] = tempfile.TemporaryFile(prefix="fhir-adapter-state-")  # noqa: SIM115
         self._committed: dict[str, tuple[int, int]] = {}
 
-    def patients_of(self, subject_id: str) -> set[str]:
-        """The Patient ids the subject's results written by earlier runs are about (more than the current one:
-        its ResearchSubject was pointed at another Patient since, and those results are on the wrong chart)."""
+    def _entries_of(self, subject_id: str) -> list[dict[str, Any]]:
         # (an identifier several subjects share, the adapter's own ResearchStudy, may have left ``results`` when
         # another subject committed it)
-        entries = [entry for i in self.by_subject.get(subject_id, ()) if (entry := self.results.get(i)) is not None]
-        refs = {_patient_of(entry) for entry in entries}
-        return {r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")} \
-            | {str(p) for entry in entries for p in entry.get("former_patients") or []}
+        return [entry for i in self.by_subject.get(subject_id, ()) if (entry := self.results.get(i)) is not None]
+
+    def written_about(self, subject_id: str) -> set[str]:
+        """The Patient ids the subject's current results (written by earlier runs, not retracted) are about: the
+        Patient its last CRF was read from."""
+        refs = {_patient_of(entry) for entry in self._entries_of(subject_id) if not entry.get("retracted")}
+        return {r.removeprefix("Patient/") for r in refs if r.startswith("Patient/")}
+
+    def patients_of(self, subject_id: str) -> set[str]:
+        """The Patient ids the subject's results may be on: :meth:`written_about`, and the Patients its results
+        were written about before its ResearchSubject was pointed at another (``former_patients``, until a write
+        to the server has retracted them there)."""
+        return self.written_about(subject_id) | {str(p) for entry in self._entries_of(subject_id)
+                                                  for p in entry.get("former_patients") or []}
 
     def plan(self, subject_id: str, resources: list[dict[str, Any]], source: list[dict[str, Any]],
              today: dt.date | None = None, statuses: dict[str, str] | None = None,
-             hashes: list[str] | None = None, retract_reason: str | None = None) -> Plan:
+             hashes: list[str] | None = None, retract_reason: str | None = None,
+             patient_id: str | None = None) -> Plan:
         """Compare the subject's new result resources with what was written before (``statuses``: those of
         :func:`source_statuses` of ``source``, when computed where the source resources are; ``hashes``: the
         :func:`content_hash` of each resource, when computed where the resources were made; ``today``: the
-        date a retraction gives, the site's — else today in UTC, never the machine's own time zone)."""
+        date a retraction gives, the site's — else today in UTC, never the machine's own time zone;
+        ``patient_id``: the Patient the subject's ResearchSubject names now — results written about another are
+        remembered there (``former_patients``) and retracted there in the offline bundle (:attr:`Plan.moved`))."""
         today = today or dt.datetime.now(dt.UTC).date()
         entries: dict[str, dict[str, Any]] = {}
         plan = Plan(subject_id=subject_id, entries=entries)
@@ -235,6 +254,23 @@ class WrittenState:
                                 "sources": old.get("sources") or [], "previous_value": _value_text(old),
                                 "reason": reason})
             entries[ident] = {**old, "retracted": today.isoformat()}
+            was = _patient_of(old)
+            if patient_id is not None and was.startswith("Patient/") and was != f"Patient/{patient_id}":
+                entries[ident]["former_patients"] = sorted({*(old.get("former_patients") or []),
+                                                            was.removeprefix("Patient/")})
+        if patient_id is not None:
+            moved_why = (f"the subject's ResearchSubject now names Patient/{patient_id}: this result is about "
+                         "another patient")
+            retracted_now = {result_id(r) for r in plan.retractions}
+            for ident, entry in sorted(entries.items()):
+                if (entry.get("resource") or {}).get("resourceType") != "Observation":
+                    continue
+                for pid in entry.get("former_patients") or []:
+                    if ident not in retracted_now or _patient_of(entry) != f"Patient/{pid}":
+                        # (a result retracted this run and about that Patient is in ``retractions`` already)
+                        about = {**entry, "resource": {**entry["resource"],
+                                                       "subject": {"reference": f"Patient/{pid}"}}}
+                        plan.moved.append(retraction(about, moved_why, today))
         return plan
 
     def commit(self, plan: Plan, pending: Collection[str] = ()) -> None:

@@ -121,3 +121,60 @@ def test_the_patients_of_a_subject_survive_a_result_another_subject_committed(tm
     second = WrittenState(tmp_path / "written.json")
     second.commit(second.plan("s1", [result("s1", "a", 1), shared], [], dt.date(2025, 2, 1)))
     assert second.patients_of("s2") == {"s2"}
+
+
+def _about(resource: dict[str, Any], patient: str) -> dict[str, Any]:
+    return {**resource, "subject": {"reference": f"Patient/{patient}"}}
+
+
+def test_a_subject_linked_to_another_patient_is_remembered_until_retracted_there(tmp_path: Path) -> None:
+    """Results a and b written about Patient A; the ResearchSubject then names B, whose records give a only. The
+    state remembers A (a run without a server in between must not make it forget), says the current results are
+    about B (what a subject who leaves then carries), and the offline bundle retracts a and b on A — never with
+    the identifier's fullUrl of a's result on B."""
+    from fhir_adapter.writeback.bundle import offline_transaction
+
+    path = tmp_path / "written.json"
+    first = WrittenState(path)
+    first.commit(first.plan("s1", [_about(result("s1", "a", 1), "A"), _about(result("s1", "b", 2), "A")], [],
+                            dt.date(2025, 1, 1), patient_id="A"))
+    first.save()
+    second = WrittenState(path)
+    plan = second.plan("s1", [_about(result("s1", "a", 1), "B")], [], dt.date(2025, 2, 1), patient_id="B")
+    assert [r["subject"]["reference"] for r in plan.retractions] == ["Patient/A"]   # b, on A
+    assert [(r["identifier"][0]["value"], r["subject"]["reference"], r["status"]) for r in plan.moved] == [
+        ("s1-a", "Patient/A", "entered-in-error")]                                   # a, on A
+    bundle = offline_transaction([_about(result("s1", "a", 1), "B"), *plan.retractions, *plan.moved], "B")
+    urls = [e["fullUrl"] for e in bundle["entry"]]
+    assert len(urls) == len(set(urls))
+    assert sorted(e["request"]["url"].split("&patient=")[1].split("&")[0] for e in bundle["entry"][1:-1]) == [
+        "Patient/A", "Patient/A", "Patient/B"]
+    second.commit(plan)
+    second.save()
+    third = WrittenState(path)  # a run without a server in between: A is still remembered
+    assert third.written_about("s1") == {"B"} and third.patients_of("s1") == {"A", "B"}
+    plan = third.plan("s1", [_about(result("s1", "a", 1), "B")], [], dt.date(2025, 3, 1), patient_id="B")
+    assert {r["identifier"][0]["value"] for r in plan.moved} == {"s1-a", "s1-b"}  # still in the bundle
+    plan.moved_away_done()  # a --post retracted them on A
+    third.commit(plan)
+    third.save()
+    assert WrittenState(path).patients_of("s1") == {"B"}
+
+
+def test_the_adapters_own_research_subject_remembers_its_former_patient(tmp_path: Path) -> None:
+    """A roster-CSV subject with no result yet: its only entry is the adapter's ResearchSubject, about a Patient
+    by ``individual`` — pointed at another Patient, the former one is remembered (to move it on the server)."""
+    def research_subject(patient: str) -> dict[str, Any]:
+        return {"resourceType": "ResearchSubject", "id": "rs1", "status": "on-study",
+                "identifier": [{"system": SID_RESULT, "value": "s1-rs"}],
+                "individual": {"reference": f"Patient/{patient}"}}
+
+    path = tmp_path / "written.json"
+    first = WrittenState(path)
+    first.commit(first.plan("s1", [research_subject("A")], [], dt.date(2025, 1, 1), patient_id="A"))
+    first.save()
+    second = WrittenState(path)
+    assert second.patients_of("s1") == {"A"}
+    second.commit(second.plan("s1", [research_subject("B")], [], dt.date(2025, 2, 1), patient_id="B"))
+    second.save()
+    assert WrittenState(path).patients_of("s1") == {"A", "B"}
