@@ -212,9 +212,12 @@ def _usable(findings: list[Finding], time0: dt.datetime, notes: list[str],
             continue
         t = elapsed_days(f.datetime or dt.datetime.combine(f.date, dt.time()), time0, site_tz)
         if t < 0:
-            # (a date-only sample of the infusion's own day is not known to be before it: no note)
-            if not _is_blq(f, lloq) and f.value is not None and f.value > 0 \
-                    and (f.datetime is not None or f.date < time0.date()):
+            quantifiable = not _is_blq(f, lloq) and f.value is not None and f.value > 0
+            if quantifiable and f.datetime is None and f.date == time0.date():
+                notes.append(f"level {f.value:g} on the infusion's day with a date only ({f.date}, "
+                             f"{f.source.reference}): not known to be after the infusion, not used — record the "
+                             "sample's time")
+            elif quantifiable:
                 notes.append(f"quantifiable level {f.value:g} before the infusion ({f.date}, "
                              f"{f.source.reference}): not used; no CAR-T cells can be in the blood before they "
                              "are given — check the sample's subject, date and assay")

@@ -58,13 +58,20 @@ def finish_interrupted_move(out: Path) -> None:
     from fhir_adapter.job.staging import recover
 
     try:
-        with hold_out(out, "fhir-adapter (finishing the move of an interrupted run's outputs)"):
+        with hold_out(out, "a reader of OUT (fhir-adapter report or review) finishing the move of an interrupted "
+                           "run's outputs"):
             recover(out)
     except OutInUse:
         return
     except OSError as exc:
-        log.warning("the outputs of a run interrupted while moving them into %s could not be moved in (%s): "
-                    "what is read may mix two runs' outputs until the next run", out, exc)
+        if out not in _warned:  # once per folder: the review app reads on every request
+            _warned.add(out)
+            log.warning("the outputs of a run interrupted while moving them into %s could not be moved in (%s): "
+                        "what is read may mix two runs' outputs until the next run", out, exc)
+
+
+#: the folders whose interrupted move could not be finished, already warned of
+_warned: set[Path] = set()
 
 
 @contextmanager

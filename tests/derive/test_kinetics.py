@@ -157,11 +157,15 @@ def test_pre_infusion_samples_not_used_and_no_day1_gives_none() -> None:
     assert [n for n in s.notes if "before the infusion" in n] == [
         f"quantifiable level 300 before the infusion ({early.date}, {early.source.reference}): not used; no CAR-T "
         "cells can be in the blood before they are given — check the sample's subject, date and assay"]
-    # a date-only sample of Day 1 is not known to be before the infusion (at 10:00): no note
+    # a date-only sample of Day 1 is not known to be before the infusion (at 10:00), nor after it: not used, and
+    # said so (not as a level before the infusion)
     infused = dt.datetime.combine(DAY1, dt.time(10), tzinfo=dt.UTC)
-    day1_only = derive_kinetics(crf([_pc(0, 900), _pc(7, 100)], {}, infusion_time=infused), KineticsSettings(),
+    day1 = _pc(0, 900)
+    day1_only = derive_kinetics(crf([day1, _pc(7, 100)], {}, infusion_time=infused), KineticsSettings(),
                                 ITEMS).primary
     assert day1_only is not None and not [n for n in day1_only.notes if "before the infusion" in n]
+    assert f"level 900 on the infusion's day with a date only ({day1.date}, {day1.source.reference}): not known " \
+           "to be after the infusion, not used — record the sample's time" in day1_only.notes
     # below the LLOQ before the infusion is the expected baseline: nothing to say
     blq = _series([_pc(-5, 12), _pc(-3, 20, comparator="<"), _pc(7, 100)])
     assert blq is not None and not [n for n in blq.notes if "before the infusion" in n]
