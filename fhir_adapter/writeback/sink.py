@@ -50,7 +50,7 @@ from fhir_adapter.fhir.errors import FhirAuthError, FhirHttpError, FhirServerUna
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
-from fhir_adapter.writeback.identifiers import full_url, in_query, study_prefix, subject_prefix
+from fhir_adapter.writeback.identifiers import full_url, in_query, subject_prefix
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
 from fhir_adapter.writeback.sources import result_sources
@@ -153,11 +153,14 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     adapter's (:func:`~.ownership.why_not_owned`). ``duplicates`` collects identifier values held by more than
     one Observation (``Observation/id`` list); ``foreign`` the identifier values held by Observations that are
     not the adapter's (``Observation/id (why)``): never part of the result, never touched. ``study_id``: only
-    that study's results (their identifier starts with it): a patient in two trials holds the other study's
-    results too, which this study's write never counts, updates nor retracts. ``former``: Patients the subject
+    the subject's results of that study (their identifier starts with both): a patient in two trials holds the
+    other study's results too, and a patient enrolled again under a new subject ID the first subject's, which
+    this subject's write never counts, updates nor retracts. ``former``: Patients the subject
     was linked to before (:func:`moved_away`): a resource written under a fixed id about one of them is the
     adapter's too (its own ResearchSubject, moved with the subject)."""
-    prefix = study_prefix(study_id) if study_id is not None else ""
+    # this subject's results only: another study's on the same Patient, or another subject's of this study (a
+    # patient enrolled again under a new subject ID keeps the first subject's results)
+    prefix = subject_prefix(study_id, e.subject_id) if study_id is not None else ""
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
         try:

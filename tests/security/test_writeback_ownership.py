@@ -136,6 +136,22 @@ async def test_two_studies_on_one_patient_leave_each_others_results_alone(server
         "SYN-LN.101-001.W4.renal-response": "final"}
 
 
+async def test_a_patient_enrolled_again_keeps_the_first_subjects_results(server: str) -> None:
+    """A patient withdrawn as 101-001 and enrolled again as 101-009 (docs/clinical-rules.md#withdrawn-subjects):
+    the new subject's write counts, updates and retracts its own results only — 101-001's stay final."""
+    from dataclasses import replace
+
+    first = [result("LCAR-AIO-SLE.101-001.W4.sledai-2k", 4)]
+    assert (await write(server, first, study_id="LCAR-AIO-SLE")).written == [first[0]["identifier"][0]["value"]]
+    again = replace(E, subject_id="101-009")
+    async with FhirClient(server) as client:
+        w = await write_subject(client, again, [result("LCAR-AIO-SLE.101-009.W4.sledai-2k", 2)], {"p1"}, now=NOW,
+                                study_id="LCAR-AIO-SLE")
+    assert w.error is None and w.retracted == [] and w.written == ["LCAR-AIO-SLE.101-009.W4.sledai-2k"]
+    assert {k: r["status"] for k, r in on_server(server).items()} == {
+        "LCAR-AIO-SLE.101-001.W4.sledai-2k": "final", "LCAR-AIO-SLE.101-009.W4.sledai-2k": "final"}
+
+
 async def test_a_result_about_another_patient_is_not_the_adapters(server: str) -> None:
     # an adapter-tagged result about p2 found in p1's search would not be touched either
     from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
