@@ -233,16 +233,15 @@ async def moved_away(client: FhirClient, e: Enrollee, former: Collection[str], s
     entered-in-error updates of the server's copies, per Patient with the versions read (for ``If-Match``): a
     result about the wrong patient must not stay current in that patient's chart. Only the adapter's own results
     of this study and subject (identifier, tag and that Patient) are touched, and only to retract them."""
-    mine = subject_prefix(study_id, e.subject_id)
     why = (f"the trial subject's ResearchSubject now names Patient/{e.patient_id}, not this Patient: this result "
            "is not about this patient.")
     out = []
     for pid in sorted(set(former) - {e.patient_id}):
+        # (existing_results keeps this subject's results of this study only)
         there = await existing_results(client, replace(e, patient_id=pid), study_id=study_id)
         retract, versions = [], {}
         for ident, held in sorted(there.items()):
-            if held.get("resourceType") != "Observation" or held.get("status") == "entered-in-error" \
-                    or not ident.startswith(mine):
+            if held.get("resourceType") != "Observation" or held.get("status") == "entered-in-error":
                 continue
             retraction = {**with_owner_tag(server_retraction(held, why)), "id": held["id"]}
             if (retraction.get("subject") or {}).get("reference") != f"Patient/{pid}":
