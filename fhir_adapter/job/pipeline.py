@@ -453,6 +453,7 @@ def _run(
                    + [r4_problem(x, full=True) for x in plan.retractions] if p]
         if invalid:
             raise ValueError(f"a result resource is not valid FHIR R4: {invalid[0]}")
+        bundle_resources = plan.amend(bundle_resources)  # a value that replaces one written before is amended
         # an incremental run's unchanged subject (source_resources None) whose results equal what the last run
         # wrote needs no request to the server at all
         former = state.patients_of(e.subject_id) - {e.patient_id}  # its results may be on another Patient's chart
@@ -514,7 +515,8 @@ def _run(
             assert o.review is not None
             _dump(folders, crf_path, crf_document(o.review.crf_file(o.export_updates)))
         if plan is not None:
-            if p is not None and "writeback" in p.written and not plan.retractions and not plan.moved:
+            if p is not None and "writeback" in p.written and not plan.retractions and not plan.moved and \
+                    not any(entry.get("amended") for entry in plan.entries.values()):
                 os.replace(p.path("writeback"), folders.file(writeback_path))
             else:  # with the retractions, on the Patients the subject is no longer about too
                 _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions + plan.moved,

@@ -123,6 +123,32 @@ def comparable(res: dict[str, Any]) -> dict[str, Any]:
     return normal
 
 
+#: statuses of a result the chart shows as current: a new value of it is ``amended``
+_SHOWN = ("final", "amended", "corrected")
+
+
+def as_revision(res: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
+    """``res`` as it goes to the server that holds ``before`` (None: nothing): a result Observation that replaces a
+    value the chart showed (``before`` final, amended or corrected) is ``amended`` — R4 Observation.status:
+    "subsequent to being final, the observation has been modified" — so a clinician sees that the score changed;
+    one the server does not hold, or that replaces a retracted one (``entered-in-error``: as if it never
+    existed), is ``final``. The server's copy decides: the write-back state may say otherwise (it was lost, or
+    another OUT wrote)."""
+    if res.get("resourceType") != "Observation" or res.get("status") not in ("final", "amended"):
+        return res
+    status = "amended" if before is not None and before.get("status") in _SHOWN else "final"
+    return res if res["status"] == status else {**res, "status": status}
+
+
+def same_result(before: dict[str, Any], res: dict[str, Any]) -> bool:
+    """Whether the server's ``before`` holds ``res``: the same content, ``final`` and ``amended`` alike (an
+    amendment is the status of an update, not a value: :func:`as_revision`)."""
+    def content(r: dict[str, Any]) -> dict[str, Any]:
+        return {**r, "status": "final"} if r.get("status") == "amended" else r
+
+    return comparable(content(before)) == comparable(content(res))
+
+
 def _pretty(res: dict[str, Any] | None) -> list[str]:
     """The lines a diff compares, each with its newline (the last one too: the next result's diff starts on a
     line of its own, so OUT/writeback-diff is a unified diff that patch tools read)."""
@@ -208,10 +234,11 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
     for ident, res in wanted.items():
         assert ident is not None
         before = existing.get(ident)
-        if before is not None and comparable(before) == comparable(res):
+        if before is not None and same_result(before, res):
             result.unchanged += 1
             continue
-        to_write.append(res if before is None else {**res, "id": before["id"]})
+        res = as_revision(res, before) if before is None else {**as_revision(res, before), "id": before["id"]}
+        to_write.append(res)
         result.written.append(ident)
         diffs.extend(difflib.unified_diff(_pretty(before), _pretty(res), f"server:{ident}", f"adapter:{ident}"))
     for ident, before in sorted(existing.items()):

@@ -138,6 +138,14 @@ class Plan:
     #: server write searches those Patients itself (fhir_adapter/writeback/sink.py moved_away)
     moved: list[dict[str, Any]] = field(default_factory=list)
 
+    def amend(self, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``resources`` with the result Observations that replace a value written before — changed since
+        (``updated``), or unchanged since they were — ``amended`` (R4 Observation.status), as the server write
+        makes them (fhir_adapter/writeback/sink.py as_revision): the offline bundle shows what ``--post``
+        sends."""
+        return [{**r, "status": "amended"} if r.get("resourceType") == "Observation" and r.get("status") == "final"
+                and self.entries.get(result_id(r), {}).get("amended") else r for r in resources]
+
     def moved_away_done(self) -> None:
         """The server confirmed the subject's write, its results on former Patients retracted first: the entries
         need not remember those Patients any more."""
@@ -229,6 +237,9 @@ class WrittenState:
                 "resource": {k: v for k, v in r.items() if k in _KEEP},
                 "value": {k: r[k] for k in _VALUE_KEYS if k in r},
             }
+            amended = kind == "updated" or (kind == "unchanged" and old is not None and bool(old.get("amended")))
+            if amended and r.get("resourceType") == "Observation":
+                entries[ident]["amended"] = True  # its value replaced one written before: Plan.amend
             if old is not None and (former := _former_patients(old, r)):
                 entries[ident]["former_patients"] = former
         for ident in sorted(self.by_subject.get(subject_id, set()) - set(entries)):

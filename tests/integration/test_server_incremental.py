@@ -313,6 +313,44 @@ def test_a_live_retraction_is_the_one_the_writeback_file_shows(loaded: ServerHan
     assert f"Observation/{pga['id']}" in {e["what"]["reference"] for e in latest["entity"]}
 
 
+def test_a_changed_result_is_amended_on_the_server_as_the_writeback_file_shows(loaded: ServerHandle,
+                                                                               tmp_path: Path) -> None:
+    """A result whose value changes is updated `amended` (R4 Observation.status: modified after being final), so a
+    clinician sees the score changed; OUT/writeback shows it so; the next run over the same data writes nothing."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    first = {o["id"]: o for o in adapter_observations(loaded.base_url)}
+    assert {o["status"] for o in first.values()} == {"final"}
+    subject, sledai = next((p.stem, e["resource"]) for p in sorted((out / "writeback").glob("*.json"))
+                           for e in json.loads(p.read_text())["entry"]
+                           if e["resource"]["resourceType"] == "Observation"
+                           and e["resource"]["code"]["coding"][0]["code"] == "sledai-2k"
+                           and e["resource"]["valueInteger"] > 0)
+    [source] = search_all(loaded.base_url, "Observation", {"_id": sledai["derivedFrom"][0]["reference"].split("/")[1]})
+    put_resources(loaded.base_url, [{k: v for k, v in {**source, "status": "entered-in-error"}.items()
+                                     if k != "meta"}])
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    now = {o["id"]: o for o in adapter_observations(loaded.base_url)}
+    updated = [o for i, o in now.items() if o["meta"]["versionId"] != first[i]["meta"]["versionId"]
+               and o["status"] != "entered-in-error"]
+    assert sledai["identifier"] in [o["identifier"] for o in updated]
+    assert all(o["status"] == "amended" for o in updated)
+    assert all(o["status"] == "final" for i, o in now.items()
+               if o["meta"]["versionId"] == first[i]["meta"]["versionId"])
+    shown = {e["resource"]["identifier"][0]["value"]: e["resource"]["status"]
+             for e in json.loads((out / "writeback" / f"{subject}.json").read_text())["entry"]
+             if e["resource"]["resourceType"] == "Observation"}
+    held = {o["identifier"][0]["value"]: o["status"] for o in now.values()
+            if o["subject"] == sledai["subject"]}
+    assert shown == held
+    assert '+  "status": "amended"' in (out / "writeback-diff" / f"{subject}.diff").read_text()
+    loaded.reset("stats")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    assert writes(loaded.stats()) == 0
+    assert {o["id"]: o["status"] for o in adapter_observations(loaded.base_url)} == \
+        {i: o["status"] for i, o in now.items()}
+
+
 def test_a_python_api_run_is_the_base_of_the_next_since_last(loaded: ServerHandle, tmp_path: Path) -> None:
     """`fhir_adapter.run` records the run as the command does (state/last-run.json): a notebook's run is the
     base of the next `since="last"` — of the API or of `run --since last` — which then reads no unchanged

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -90,3 +92,37 @@ def test_same_data_same_file(out: Path, study: Study, tmp_path: Path) -> None:
     run(FileSource(feed, log), study, tmp_path / "again", log)
     for path in sorted((out / "writeback").glob("*.json")):
         assert (tmp_path / "again" / "writeback" / path.name).read_bytes() == path.read_bytes()
+
+
+def test_a_changed_result_is_amended_and_stays_amended(out: Path, study: Study, tmp_path: Path) -> None:
+    """A result whose value replaces one written before is `amended` in the offline bundle (as --post makes it on
+    the server), and stays so while its value stays; the others stay `final`."""
+    shutil.copytree(out.parent / "feed", tmp_path / "feed")
+    shutil.copytree(out, tmp_path / "out")
+    first = {p.stem: _results(p) for p in sorted((out / "writeback").glob("*.json"))}
+    subject, sledai = next((s, r) for s, rs in first.items() for r in rs.values()
+                           if r["code"]["coding"][0]["code"] == "sledai-2k" and r["valueInteger"] > 0)
+    source = sledai["derivedFrom"][0]["reference"].split("/")[1]
+    feed = tmp_path / "feed" / "Observation.ndjson"
+    lines = [json.loads(line) for line in feed.read_text().splitlines()]
+    feed.write_text("".join(json.dumps({**o, "status": "entered-in-error"} if o["id"] == source else o) + "\n"
+                            for o in lines))
+    for _ in range(2):  # changed, then unchanged since
+        log = RunLog()
+        run(FileSource(tmp_path / "feed", log), study, tmp_path / "out", log)
+        now = {p.stem: _results(p) for p in sorted((tmp_path / "out" / "writeback").glob("*.json"))}
+        changed = {(s, i) for s, rs in now.items() for i, r in rs.items() if i in first[s]
+                   and _but_status(r) != _but_status(first[s][i])}
+        assert (subject, sledai["identifier"][0]["value"]) in changed
+        for s, rs in now.items():
+            for i, r in rs.items():
+                assert r["status"] == ("amended" if (s, i) in changed else "final"), (s, i)
+
+
+def _but_status(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "status"}
+
+
+def _results(path: Path) -> dict[str, dict[str, Any]]:
+    return {e["resource"]["identifier"][0]["value"]: e["resource"] for e in json.loads(path.read_text())["entry"]
+            if e["resource"]["resourceType"] == "Observation" and e["resource"].get("status") != "entered-in-error"}

@@ -74,6 +74,29 @@ def test_unchanged_content_is_not_written() -> None:
     assert r.unchanged == 2 and r.diff == ""
 
 
+def test_a_changed_value_is_amended_and_stays_unchanged_once_amended() -> None:
+    """A result that replaces a value the chart showed is `amended` (R4 Observation.status), so a clinician sees
+    the score changed; the next run derives it `final` again and must not write it once more for that."""
+    r = WriteResult(subject_id="101-001")
+    desired = [with_owner_tag(result("a", 10))]
+    [update] = plan_writes(desired, {"a": on_server(result("a", 12), "x1")}, r)
+    assert update["status"] == "amended" and update["id"] == "x1" and update["valueInteger"] == 10
+    assert '-  "status": "final"' in r.diff and '+  "status": "amended"' in r.diff
+    again = WriteResult(subject_id="101-001")
+    assert plan_writes(desired, {"a": on_server(update, "x1", "2")}, again) == [] and again.unchanged == 1
+    # amended once, changed again: amended again
+    [update2] = plan_writes([with_owner_tag(result("a", 7))], {"a": on_server(update, "x1", "2")},
+                            WriteResult(subject_id="101-001"))
+    assert update2["status"] == "amended" and update2["valueInteger"] == 7
+    # a value again after a retraction (entered-in-error: as if it never existed) is a final one
+    retracted = {**on_server(result("a", 12), "x1", "3"), "status": "entered-in-error"}
+    [back] = plan_writes(desired, {"a": retracted}, WriteResult(subject_id="101-001"))
+    assert back["status"] == "final" and back["id"] == "x1"
+    # new results are final
+    [new] = plan_writes(desired, {}, WriteResult(subject_id="101-001"))
+    assert new["status"] == "final"
+
+
 def test_the_retraction_share_counts_results_only() -> None:
     """A roster-CSV subject: the adapter's own ResearchStudy and ResearchSubject are on the server beside its 2
     results; a run that derives nothing would retract both — 2 of 2 results, refused (not 2 of 4 resources)."""
