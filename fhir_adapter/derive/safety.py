@@ -286,19 +286,20 @@ def _group(arm: str, subjects: Sequence[SafetySubject]) -> dict[str, object]:
 
 
 def summarize_teae(rows: Sequence[tuple[str | None, bool, SafetySubject]],
-                   arm_order: Sequence[str] = ()) -> dict[str, object]:
+                   arm_order: Sequence[str] = (), product: str = "the study product") -> dict[str, object]:
     """Per arm (in ``arm_order``, then others alphabetically) and overall, over infused subjects:
     subjects with any TEAE, by maximum grade (a subject whose TEAEs are all ungraded counts as
     ``unknown``), by term (code if coded, else the text), serious, related, CRS/ICANS incidence, maximum
     grade, and the first episode's onset study day and duration (median, min, max over the subjects who have
-    them). ``rows`` = (arm, infused, safety). Pre-infusion AEs are counted over all subjects.
+    them). ``rows`` = (arm, infused, safety); ``product``: the study's product (study.yaml ``product_name``).
+    Pre-infusion AEs are counted over all subjects.
     """
     infused = [(arm or "unassigned", s) for arm, inf, s in rows if inf]
     arms = [a for a in arm_order if any(x == a for x, _ in infused)]
     arms += sorted({a for a, _ in infused} - set(arms))
     pre = [s for _, _, s in rows if s.pre_infusion_aes]
     return {
-        "population": "subjects infused with LCAR-AIO (safety population); counts are subjects, "
+        "population": f"subjects infused with {product} (safety population); counts are subjects, "
                       "except `events`",
         "by_arm": [_group(a, [s for x, s in infused if x == a]) for a in arms],
         "overall": _group("overall", [s for _, s in infused]),

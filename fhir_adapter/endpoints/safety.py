@@ -97,7 +97,7 @@ def study_keys(x: StudyInput) -> SafetyStudyKeys:
     arm_order = [*getattr(esc, "dose_levels", ()), *getattr(esc, "expansion_arms", {})]
     # one pass over the rows, keeping only what the summary needs (the rows may be read back from disk)
     return {"teae_summary": summarize_teae([(r["arm"], r["day1"] is not None, from_row(r)) for r in x.rows
-                                            if "teae_count" in r], arm_order)}
+                                            if "teae_count" in r], arm_order, x.study.info.product_name)}
 
 
 def annotate(r: SafetyResult) -> dict[str, Any]:

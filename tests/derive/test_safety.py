@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import itertools
+import json
 from typing import Any
 
 import pytest
@@ -17,6 +19,9 @@ from fhir_adapter.derive.safety import (
     summarize_teae,
     teae_flag,
 )
+from fhir_adapter.endpoints import safety as safety_endpoint
+from fhir_adapter.endpoints.registry import StudyInput
+from fhir_adapter.study.load import Study
 from fhir_adapter.study.timeline import partial_period
 from tests.helpers import crf, d
 
@@ -180,3 +185,13 @@ def test_crs_onset_and_duration_per_dose_level_are_median_and_range() -> None:
     crs = summary["by_arm"][0]["crs"]
     assert crs["onset_day"] == {"n": 3, "median": 4, "min": 2, "max": 9}
     assert crs["duration_days"] == {"n": 2, "median": 5, "min": 3, "max": 7}
+
+
+def test_the_safety_population_names_the_study_s_product(study: Study) -> None:
+    """teae_summary.population names the product of study.yaml (product_name), not LCAR-AIO: a second study's
+    safety population is its own product's."""
+    other = dataclasses.replace(study, info=study.info.model_copy(update={"product_name": "NX-19"}))
+    keys = safety_endpoint.study_keys(StudyInput(study=other, settings=other.rule("safety", SafetySettings),
+                                                 rows=[]))
+    assert keys["teae_summary"]["population"].startswith("subjects infused with NX-19 (safety population)")
+    assert "LCAR" not in json.dumps(keys)
