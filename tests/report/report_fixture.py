@@ -109,8 +109,9 @@ def subject_row(i: int) -> dict[str, Any]:
 
 
 def baselines(i: int) -> list[dict[str, Any]]:
-    """Baselines from results in no visit, as derive/baseline.py writes them: a UPCR before consent (subjects 1
-    and 6), a censored C3 between the windows (subject 3); the others' baselines are visit values."""
+    """Baselines that are no visit's value, as derive/baseline.py writes them: a UPCR before consent (subjects 1
+    and 6), a censored C3 between the windows (subject 3), a UPCR in the BL window that BL did not keep (subject
+    4); the others' baselines are visit values."""
     out: list[dict[str, Any]] = []
     if i in (1, 6):
         out.append({"item": "upcr", "value": 1.84, "date": "2024-01-02", "study_day": -30 - i,
@@ -120,6 +121,10 @@ def baselines(i: int) -> list[dict[str, Any]]:
         out.append({"item": "c3", "value": 0.2, "date": "2024-02-20", "study_day": -4,
                     "sources": [f"Observation/c3-{i}", f"Observation/c3b-{i}"], "before_participation": False,
                     "comparator": "<", "unit": "g/L"})
+    if i == 4:
+        out.append({"item": "upcr", "value": 0.9, "date": "2024-02-23", "study_day": -1,
+                    "sources": [f"Observation/upcr-{i}"], "before_participation": False, "visit": "BL",
+                    "comparator": None, "unit": "mg/mg"})
     return out
 
 

@@ -210,15 +210,18 @@ def test_follow_up_reaches_the_last_adverse_event(tmp_path: Path) -> None:
     assert summary["Follow-up, latest study day with data: median (range)"] == "365 (365–407) days, n=8"
 
 
-def test_baselines_from_results_in_no_visit_per_subject_and_parameter(built: dict[str, Section]) -> None:
+def test_baselines_that_are_no_visit_s_value_per_subject_and_parameter(built: dict[str, Section]) -> None:
     sec = built["baselines"]
-    assert _table(sec.blocks, "Baselines from results in no visit, per parameter").rows == [
-        ["c3", "1", "0", "1"], ["upcr", "2", "2", "0"]]
+    assert _table(sec.blocks, "Baselines that are no visit's value, per parameter").rows == [
+        ["c3", "1", "0", "0", "1"], ["upcr", "3", "2", "1", "0"]]
     rows = _table(sec.blocks, "Per subject and parameter").rows
     assert [fixture.subject_id(3), "c3", "< 0.2 g/L", "2024-02-20", "-4", "in no visit window",
             "2 Observation"] in rows
     assert [fixture.subject_id(1), "upcr", "1.84 mg/mg", "2024-01-02", "-31", "before consent",
-            "1 Observation"] in rows and len(rows) == 3
+            "1 Observation"] in rows
+    # a result of the BL window that BL did not keep (its select rule kept another): where it lies, not "no window"
+    assert [fixture.subject_id(4), "upcr", "0.9 mg/mg", "2024-02-23", "-1", "in the BL window, not the visit's pick",
+            "1 Observation"] in rows and len(rows) == 4
 
 
 def test_baselines_are_escaped_and_absent_ones_said(tmp_path: Path) -> None:
@@ -236,7 +239,7 @@ def test_baselines_are_escaped_and_absent_ones_said(tmp_path: Path) -> None:
     study_file.write_text(json.dumps(study), encoding="utf-8")
     sec = next(s for s in sections(load(out)) if s.id == "baselines")
     assert [b.text for b in sec.blocks if isinstance(b, NoteBlock)] == [
-        "Every baseline of this run is a visit's own value: none was taken from a result in no visit."]
+        "Every baseline of this run is a visit's own value."]
     for s in study["subjects"]:
         del s["baselines"]
     study_file.write_text(json.dumps(study), encoding="utf-8")
