@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -49,6 +50,21 @@ def test_synth_study_of_lcar_aio_is_the_cart_generator_byte_for_byte(tmp_path: P
                                        "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert _hashes(tmp_path / "cli") == _hashes(tmp_path / "direct")
+
+
+def test_synth_refuses_the_cart_generator_for_another_study_id(tmp_path: Path) -> None:
+    """The CAR-T generator writes LCAR-AIO's trial (its ResearchStudy, arms, schedule): for a study of another id
+    that names its endpoints, synth says so (exit 1) instead of writing a feed the run then finds no study in."""
+    study = tmp_path / "nx"
+    shutil.copytree(LCAR, study)
+    yaml_file = study / "study.yaml"
+    yaml_file.write_text(yaml_file.read_text(encoding="utf-8").replace("id: LCAR-AIO-SLE", "id: NX-LN-202", 1),
+                         encoding="utf-8")
+    result = CliRunner().invoke(main, ["synth", "--study", str(study), "--subjects", "2", "--out",
+                                       str(tmp_path / "feed")])
+    assert result.exit_code == 1
+    assert "writes the trial LCAR-AIO-SLE" in result.output and "not NX-LN-202" in result.output
+    assert str(yaml_file) in result.output and not (tmp_path / "feed").exists()
 
 
 def test_the_generic_feed_loads_no_plugin_module(tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ class GeneratorPlugin:
     #: "module:function" of a writer (out_dir, subjects, seed) -> counts per resource type
     writer: str
     description: str
+    #: the study whose trial the writer draws (its ResearchStudy identifier, sites, arms and schedule are the
+    #: writer's own): a feed for another study id would match no ResearchStudy of that study
+    study_id: str
 
 
 PLUGINS: tuple[GeneratorPlugin, ...] = (
@@ -37,6 +40,7 @@ PLUGINS: tuple[GeneratorPlugin, ...] = (
         writer="fhir_adapter.synth.cart_sle.feed:write_feed",
         description="CAR-T cell therapy in SLE: SLEDAI-2K descriptors, CRS/ICANS, cellular kinetics, DLT "
                     "scenarios, lymphodepletion, dose escalation",
+        study_id="LCAR-AIO-SLE",
     ),
 )
 
@@ -53,6 +57,12 @@ def study_endpoints(study_dir: Path) -> frozenset[str]:
     return frozenset(p.stem for p in study_dir.glob("*.yaml"))
 
 
+def _study_id(study_dir: Path) -> str | None:
+    doc = read_yaml(study_dir / "study.yaml")
+    study = doc.data.get("study") if isinstance(doc.data, dict) else None
+    return str(study["id"]) if isinstance(study, dict) and study.get("id") is not None else None
+
+
 def plugin_for(study_dir: Path) -> GeneratorPlugin | None:
     endpoints = study_endpoints(study_dir)
     return next((p for p in PLUGINS if p.endpoints & endpoints), None)
@@ -63,6 +73,15 @@ def write_synthetic_feed(study_dir: Path, out_dir: Path, subjects: int, seed: in
     study_dir = resolve_study_dir(Path(study_dir))
     plugin = plugin_for(study_dir)
     if plugin is not None:
+        study_id = _study_id(study_dir)
+        if study_id != plugin.study_id:
+            needs = ", ".join(sorted(plugin.endpoints & study_endpoints(study_dir)))
+            raise ValueError(
+                f"{study_dir / 'study.yaml'}: the study names {needs}, whose clinical detail only the "
+                f"{plugin.name!r} generator draws ({plugin.description}), and that generator writes the trial "
+                f"{plugin.study_id} (its ResearchStudy, sites, arms and visit schedule), not {study_id}: its feed "
+                f"would match no ResearchStudy of {study_id}. Use it with a study whose study.id is "
+                f"{plugin.study_id} (mappings/lcar-aio), or test {study_id} with a feed of your own synthetic data")
         module, function = plugin.writer.split(":")
         writer: FeedWriter = getattr(importlib.import_module(module), function)
         return writer(Path(out_dir), subjects, seed)
