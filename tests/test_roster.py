@@ -171,8 +171,10 @@ def test_missing_study_is_a_clear_error(feed: Path, study: Study) -> None:
     log = RunLog()
     src = FileSource(feed, log).roster()
     src.studies = [s for s in src.studies if s["id"] != "rs-study"]
-    with pytest.raises(RosterError, match="LCAR-AIO-SLE"):
+    with pytest.raises(RosterError, match="LCAR-AIO-SLE") as caught:
         build_roster(src, study, log)
+    # the fix names the study.yaml of the run (a second study's own folder), not a pattern of a path
+    assert f"Check study.id in {study.root / 'study.yaml'}," in str(caught.value)
 
 
 def _give_p6_an_mrn(feed: Path) -> None:

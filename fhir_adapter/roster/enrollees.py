@@ -87,6 +87,7 @@ def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
     ``identifier_system``), the match must be unambiguous: studies carrying the value under different systems
     stop the run."""
     info = study.info
+    where = study.root / "study.yaml"
     matches = [s for s in data.studies
                if isinstance(s.get("id"), str) and _identifier_matches(s, info.id, info.identifier_system)]
     if not matches and info.identifier_system is not None:
@@ -97,12 +98,12 @@ def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
                               for s, i in other)
             system = other[0][1].get("system")
             fix = (f"If that is the hospital's system for this study, set study_identifier_system: {system} in the "
-                   "site overlay (--site mappings/sites/<site>.yaml), or study.identifier_system in "
-                   "mappings/<study>/study.yaml") if system else (
+                   f"site overlay (--site mappings/sites/<site>.yaml), or study.identifier_system in {where}") \
+                if system else (
                    "Its identifier has no system, so nothing tells it from another study with the same value: ask "
                    "the hospital to send the system in ResearchStudy.identifier (then set study_identifier_system "
                    "to it in the site overlay), or, knowingly, remove study.identifier_system from "
-                   "mappings/<study>/study.yaml to match on the value alone (a warning on every run)")
+                   f"{where} to match on the value alone (a warning on every run)")
             raise RosterError(
                 f"no ResearchStudy with identifier {info.identifier_system}|{info.id} in the source: {named} "
                 f"carries the study's value under another system, so it is not taken for this study and none of "
@@ -111,7 +112,7 @@ def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
         found = sorted({i.get("value", "?") for s in data.studies for i in s.get("identifier") or []})
         raise RosterError(
             f"no ResearchStudy with identifier '{info.id}' in the source (found: {found or 'none'}). "
-            "Check study.id in mappings/<study>/study.yaml, or that the export includes ResearchStudy; an EHR "
+            f"Check study.id in {where}, or that the export includes ResearchStudy; an EHR "
             "that holds no research resources enrols from the site roster: pass --roster-csv roster.csv"
         )
     if info.identifier_system is None:
@@ -123,7 +124,7 @@ def _study_ids(data: RosterInput, study: Study, log: RunLog) -> set[str]:
             named = "; ".join(f"{ref} ({', '.join(v)})" for ref, v in sorted(systems.items()))
             raise RosterError(
                 f"the study identifier '{info.id}' is ambiguous: {named}. Set study.identifier_system in "
-                "mappings/<study>/study.yaml to the system of the study's own identifier.")
+                f"{where} to the system of the study's own identifier.")
         log.warn(f"ResearchStudy matched on the identifier value '{info.id}' alone; set study.identifier_system "
                  "in study.yaml so a study with the same value under another system is never taken for it",
                  rule="study-identifier-system")
