@@ -8,6 +8,7 @@ reads. Each error names the file, the line and what to change.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import itertools
 import math
@@ -18,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from fhir_adapter.study import plugins, unit_synonyms
+from fhir_adapter.study import keys_doc, plugins, unit_synonyms
 from fhir_adapter.study.models import (
     Item,
     ItemsFile,
@@ -92,19 +93,32 @@ class Study:
         return self.code_systems[alias], code
 
 
-def _validate(doc: YamlDoc, model: type[M], data: Any, prefix: tuple[str | int, ...] = ()) -> M:
+def _validate(doc: YamlDoc, model: type[M], data: Any, prefix: tuple[str | int, ...] = (),
+              anchor: str | None = None) -> M:
+    """``data`` read into ``model``, or the first problem as an error naming the file, line and key, and the fix:
+    an unknown key with the keys that go there (a misspelt required key is named as the unknown key it is, with
+    the key it likely meant), else the reference of the file's keys (docs/study-files.md)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+        # a typo makes both an unknown key and a missing one: the unknown key is the mistake to name
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = (*prefix, *err["loc"])
         where = ".".join(str(p) for p in loc) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        reference = f"{keys_doc.DOC_NAME}#{anchor or keys_doc.anchor(doc.path.name)}"
         if err["type"] == "extra_forbidden":
-            raise doc.error(loc, f"unknown key '{loc[-1]}'", f"remove it or check its spelling ({where})") from None
+            here = keys_doc.accepted_keys(model, tuple(err["loc"][:-1])) or []
+            meant = [m[-1] for m in missing if m[:-1] == tuple(err["loc"][:-1])] or here
+            close = difflib.get_close_matches(str(loc[-1]), [str(k) for k in meant], n=1)
+            fix = (f"did you mean '{close[0]}'? " if close else "remove it or check its spelling; ") + (
+                f"the keys here are {', '.join(here)} ({where}; {reference})" if here else f"({where}; {reference})")
+            raise doc.error(loc, f"unknown key '{loc[-1]}'", fix) from None
         if err["type"] == "missing":
-            raise doc.error(loc[:-1], f"missing required key '{loc[-1]}'", f"add it ({where})") from None
-        raise doc.error(loc, f"{where}: {msg}", "see mappings/README.md for what this key takes") from None
+            raise doc.error(loc[:-1], f"missing required key '{loc[-1]}'", f"add it ({where}; {reference})") from None
+        raise doc.error(loc, f"{where}: {msg}", f"see {reference} for what this key takes") from None
 
 
 def _code(doc: YamlDoc, loc: tuple[str | int, ...], ref: str, systems: dict[str, str]) -> tuple[str, str]:
@@ -293,7 +307,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     overrides: list[dict[str, Any]] = []
     if site is not None:
         odoc = read_yaml(resolve_site(Path(site), root))
-        overlay = _validate(odoc, SiteOverlay, odoc.data)
+        overlay = _validate(odoc, SiteOverlay, odoc.data, anchor=keys_doc.SITE_ANCHOR)
         for alias, uri in overlay.code_systems.items():
             if alias in systems and systems[alias] != uri:
                 raise odoc.error(("code_systems", alias), f"alias '{alias}' already means {systems[alias]}",

@@ -3,6 +3,7 @@ time with the file, the line and the reason."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,43 @@ def test_unknown_key(tmp_path: Path) -> None:
     assert err.file.endswith("items.yaml") and err.line == line and "unknown key 'domian'" in err.reason
 
 
+def test_a_misspelt_required_key_is_named_with_the_key_it_meant_and_the_keys_that_go_there(tmp_path: Path) -> None:
+    """A typo in a required key makes both an unknown and a missing key: the unknown one is the mistake; the fix
+    names the key it likely meant, the keys that go there and the reference of the file's keys."""
+    study = _copy(tmp_path)
+    line = _edit(study / "items.yaml", "  ch50:        {domain: LB,", "  ch50:        {domian: LB,")
+    err = _refused(study)
+    assert err.line == line and err.reason == "unknown key 'domian'"
+    assert err.fix.startswith("did you mean 'domain'? the keys here are domain, label, testcd, codes,")
+    assert "docs/study-files.md#itemsyaml" in err.fix
+
+
+def test_a_value_error_points_to_the_reference_of_the_file_s_keys(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    text = (study / "escalation.yaml").read_text(encoding="utf-8")
+    (study / "escalation.yaml").write_text(re.sub(r"(?m)^method: .*$", "method: 4+4", text), encoding="utf-8")
+    err = _refused(study)
+    assert err.file.endswith("escalation.yaml") and "method: Input should be '3+3' or 'boin'" in err.reason
+    assert err.fix == "see docs/study-files.md#escalationyaml for what this key takes"
+
+
+def test_the_reference_of_the_study_files_is_current_and_has_every_anchor_an_error_names() -> None:
+    from fhir_adapter.study import keys_doc
+
+    text = keys_doc.DOC.read_text(encoding="utf-8")
+    assert text == keys_doc.render(), "docs/study-files.md is stale: run python -m fhir_adapter.study.keys_doc"
+    headings = {keys_doc.anchor(line.removeprefix("### ").strip()).replace(" ", "-")
+                for line in text.splitlines() if line.startswith("### ")}
+    assert {keys_doc.anchor(p.name) for p in STUDY.glob("*.yaml")} | {keys_doc.SITE_ANCHOR} <= headings
+
+
 def test_unknown_key_in_an_overlay(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     site.write_text("site: x\nitems:\n  platelets:\n    codes: ['loinc|999-1']\n    unit: mg/dL\n")
     err = _refused(STUDY, site)
     assert err.line == 5 and "unknown key 'unit'" in err.reason
+    assert err.fix.endswith("(items.platelets.unit; docs/study-files.md#site-overlay)")
+    assert "the keys here are codes, accept_units," in err.fix
 
 
 def test_inconvertible_unit(tmp_path: Path) -> None:
