@@ -153,6 +153,15 @@ class Schedule(Strict):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"visit ids must be unique: {sorted(dup)}")
+        flagged = [v.id for v in self.visits if v.baseline]
+        if len(flagged) > 1:
+            raise ValueError(f"visits {', '.join(flagged)} are all flagged baseline: true; flag the one visit the "
+                             "protocol calls baseline (the baseline of a measure is its last value on or before Day 1 "
+                             "whatever the flag: docs/clinical-rules.md#baseline)")
+        late = [v.id for v in self.visits if v.baseline and v.window[0] > 1]
+        if late:
+            raise ValueError(f"visit {late[0]} is flagged baseline: true but its window starts after Day 1: a "
+                             "baseline lies on or before Day 1 (docs/clinical-rules.md#baseline)")
         spans = sorted((v.window[0], v.window[1], v.id) for v in self.visits)
         for (_a0, a1, a), (b0, _b1, b) in pairwise(spans):
             if b0 <= a1:

@@ -273,6 +273,27 @@ def test_overlapping_windows(tmp_path: Path) -> None:
     assert "D4 and W1 overlap" in err.reason
 
 
+@pytest.mark.parametrize(("old", "new", "said"), [
+    ("day: -28, window: [-56, -11]}", "day: -28, window: [-56, -11], baseline: true}",
+     "visits SCR, BL are all flagged baseline: true"),
+    ("day: 29,  window: [26, 32]}", "day: 29,  window: [26, 32], baseline: true}", "visits BL, W4 are all flagged"),
+])
+def test_one_baseline_visit_at_most(tmp_path: Path, old: str, new: str, said: str) -> None:
+    """baseline: true names the one visit the protocol calls baseline: two flags are a mistake said, not ignored."""
+    study = _copy(tmp_path)
+    _edit(study / "schedule.yaml", old, new)
+    err = _refused(study)
+    assert err.file.endswith("schedule.yaml") and said in err.reason
+
+
+def test_a_baseline_visit_after_day_1_is_refused(tmp_path: Path) -> None:
+    study = _copy(tmp_path)
+    _edit(study / "schedule.yaml", "window: [-10, -6], baseline: true}", "window: [-10, -6]}")
+    _edit(study / "schedule.yaml", "day: 29,  window: [26, 32]}", "day: 29,  window: [26, 32], baseline: true}")
+    err = _refused(study)
+    assert "visit W4 is flagged baseline: true but its window starts after Day 1" in err.reason
+
+
 def test_bad_threshold_unit(tmp_path: Path) -> None:
     study = _copy(tmp_path)
     old = '{item: platelets, op: "<", value: 100, unit: "10*9/L"}'
