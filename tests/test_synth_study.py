@@ -143,3 +143,41 @@ def test_synth_study_by_name_on_the_command_line(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "for 2 enrolled subjects" in result.output
     assert (tmp_path / "feed" / "manifest.json").is_file()
+
+
+def test_a_schedule_without_a_day1_visit_still_doses_on_day1_and_once_without_repeated_doses(
+        tmp_path: Path) -> None:
+    """The first dose is Day 1 whatever the schedule: a study with no Day 1 visit (screening, W12, W24) gets its
+    dose on each subject's Day 1, not at W12 (which moved every study day by ~84 and put the screening labs out of
+    their window), and a study without repeated_doses gets one dose, not one per visit."""
+    study_dir = tmp_path / "study"
+    shutil.copytree(SYN_LN, study_dir)
+    (study_dir / "schedule.yaml").write_text(
+        "visits:\n"
+        "  - {id: SCR, label: Screening, day: -21, window: [-42, -1]}\n"
+        "  - {id: W12, label: Week 12, day: 85, window: [71, 99]}\n"
+        "  - {id: W24, label: Week 24, day: 169, window: [155, 183]}\n", encoding="utf-8")
+    info = study_dir / "study.yaml"
+    info.write_text(info.read_text(encoding="utf-8").replace("repeated_doses: true", "repeated_doses: false"),
+                    encoding="utf-8")
+    study = load_study(study_dir)
+    assert not study.info.repeated_doses
+    write_study_feed(study_dir, tmp_path / "feed", subjects=6, seed=3)
+    doses: dict[str, list[date]] = {}
+    for ma in _lines(tmp_path / "feed", "MedicationAdministration"):
+        if (ma["medicationCodeableConcept"]["coding"][0]["code"]) == next(iter(study.infusion_medication_codes))[1]:
+            doses.setdefault(ma["subject"]["reference"], []).append(
+                date.fromisoformat(ma["effectivePeriod"]["start"][:10]))
+    assert doses and all(len(d) == 1 for d in doses.values()), doses
+    windows = {v.id: v.window for v in study.schedule.visits}
+    seen = Counter()
+    for obs in _lines(tmp_path / "feed", "Observation"):
+        ref = obs["subject"]["reference"]
+        if ref not in doses:
+            continue
+        when = obs.get("effectiveDateTime") or obs["effectivePeriod"]["end"]
+        sd = study_day(date.fromisoformat(str(when)[:10]), doses[ref][0])
+        [visit] = [v for v, (lo, hi) in windows.items() if lo <= sd <= hi] or [None]
+        assert visit is not None, (ref, sd)
+        seen[visit] += 1
+    assert seen["SCR"] and seen["W12"]

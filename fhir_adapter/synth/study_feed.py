@@ -2,7 +2,8 @@
 
 The study folder decides what the feed holds: ``study.yaml`` the ResearchStudy identifier, the subject
 identifier system and the study product whose first dose is Day 1 (a MedicationAdministration of one of
-``infusion_medication_codes``, else a Procedure with one of ``infusion_codes``); ``schedule.yaml`` the visits
+``infusion_medication_codes``, else a Procedure with one of ``infusion_codes``; given again at the scheduled
+visits up to day 169 only with ``repeated_doses``); ``schedule.yaml`` the visits
 (one visit date per scheduled visit, near its target day and inside its window); ``items.yaml`` which lab
 results are drawn at every visit (each quantity item whose LOINC code the lab catalogue knows, in the unit the
 site reports it). Every subject also has a glucocorticoid taper and background mycophenolate, RxNorm-coded as
@@ -267,16 +268,29 @@ def enrolled_resources(study: Study, plan: StudyFeedPlan, ps: PlannedSubject, pr
     if mmf is not None:
         sink.add(mmf)
     _glucocorticoids(rng, ps, sink, ps.day1)
+
+    def give(when: datetime) -> None:
+        dose = _product_dose(rng, ps, product, when)
+        if dose is not None:
+            sink.add(dose)
+
+    # the first dose is Day 1 whether or not the schedule has a Day 1 visit (after that visit's labs when it has
+    # one); later doses at the scheduled visits only for a study whose product is given more than once
+    dosed = False
     for visit, sd in _visit_days(rng, study.schedule.visits, date_to_study_day(ps.day1, ps.screening)):
+        if not dosed and sd > 1:
+            give(at(ps.day1, rng.randint(9 * 60, 11 * 60)))
+            dosed = True
         day = study_day_to_date(ps.day1, sd)
         if day >= DATA_CUT:
             break
         when = at(day, rng.randint(7 * 60 + 30, 10 * 60 + 30))
         _draw_labs(obs, course, labs, when, sd, rng)
-        if 1 <= visit.day <= DOSING_UNTIL_DAY:
-            dose = _product_dose(rng, ps, product, when + timedelta(minutes=rng.randint(60, 150)))
-            if dose is not None:
-                sink.add(dose)
+        if (visit.day == 1 and not dosed) or (study.info.repeated_doses and 1 < visit.day <= DOSING_UNTIL_DAY):
+            give(when + timedelta(minutes=rng.randint(60, 150)))
+            dosed = True
+    if not dosed and ps.day1 < DATA_CUT:
+        give(at(ps.day1, rng.randint(9 * 60, 11 * 60)))
 
 
 def screen_failure_resources(study: Study, plan: StudyFeedPlan, ps: PlannedSubject, labs: dict[str, str],
