@@ -33,7 +33,8 @@ class Server:
         self.second = second
         self.calls = 0
 
-    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
+    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None,
+              subject_ids: Collection[str] = ()) -> None:
         pass
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),

@@ -296,7 +296,8 @@ class _Confirming:
 
     dry_run = False
 
-    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
+    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None,
+              subject_ids: Collection[str] = ()) -> None:
         pass
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),

@@ -77,7 +77,9 @@ class SubjectFailed(Exception):
 class Sink(Protocol):
     """Where results are written besides OUT (a FHIR server)."""
 
-    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None: ...
+    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None,
+              subject_ids: Collection[str] = ()) -> None:
+        """``subject_ids``: every subject ID of the study the run knows (enrolled, left, written before)."""
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
               held: Collection[str] = (), former_patients: Collection[str] = ()) -> WriteResult: ...
@@ -392,7 +394,11 @@ def _run(
     reviews = ReviewRun(work_dir, study, review_state, reviewed_only, runlog)
     site_today = dt.datetime.now(zone(study.info.timezone)).date()  # the date a retraction note gives
     if sink is not None:
-        sink.start(roster.patient_ids, {e.patient_id for e in carried.values() if e.patient_id})
+        # every subject ID of the study the run knows: a write counts as the subject's only its own results, not
+        # those of a subject whose ID extends its own (101 and 101.2: identifiers keep the '.')
+        sink.start(roster.patient_ids, {e.patient_id for e in carried.values() if e.patient_id},
+                   {x for x in (subject_id(rs, study.subject_id_rule) for rs in roster_input.subjects) if x}
+                   | {e.subject_id for e in roster.enrolled.values()} | set(roster.left) | set(state.by_subject))
     dry_run = summary.dry_run = bool(getattr(sink, "dry_run", False))
     workers = min(workers, max(1, len(roster.enrolled)))  # never a worker process with no subject to process
     # the subjects' files are written where they are processed (a worker), unless another engine runs them or

@@ -173,7 +173,8 @@ def check_safe(e: Enrollee, resources: list[dict[str, Any]], enrolled_patients: 
 async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str, Any]] | None = None,
                            duplicates: dict[str, list[str]] | None = None,
                            foreign: dict[str, list[str]] | None = None,
-                           study_id: str | None = None, former: Collection[str] = ()) -> dict[str, dict[str, Any]]:
+                           study_id: str | None = None, former: Collection[str] = (),
+                           others: Collection[str] = ()) -> dict[str, dict[str, Any]]:
     """The adapter's resources already on the server for this Patient, by identifier value: its Observations
     (one search) and the resources it writes under a fixed id (its own ResearchSubject), which must be the
     adapter's (:func:`~.ownership.why_not_owned`). ``duplicates`` collects identifier values held by more than
@@ -183,10 +184,15 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     other study's results too, and a patient enrolled again under a new subject ID the first subject's, which
     this subject's write never counts, updates nor retracts. ``former``: Patients the subject
     was linked to before (:func:`moved_away`): a resource written under a fixed id about one of them is the
-    adapter's too (its own ResearchSubject, moved with the subject)."""
+    adapter's too (its own ResearchSubject, moved with the subject). ``others``: the study's other subject IDs the
+    run knows: an identifier that starts with another subject's prefix too, longer than this one's, is that
+    subject's (identifiers keep the ``.`` of an ID: ``101`` and ``101.2``, both ``<study>.101.…``)."""
     # this subject's results only: another study's on the same Patient, or another subject's of this study (a
     # patient enrolled again under a new subject ID keeps the first subject's results)
     prefix = subject_prefix(study_id, e.subject_id) if study_id is not None else ""
+    # another subject whose ID extends this one's with a '.': its identifiers start with this prefix too
+    longer = tuple(p for s in others if s != e.subject_id and study_id is not None
+                   and (p := subject_prefix(study_id, s)).startswith(prefix)) if prefix else ()
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
         try:
@@ -208,7 +214,8 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     async for res in client.search("Observation", {"patient": f"Patient/{e.patient_id}",
                                                    "identifier": f"{SID_RESULT}|"}, label=e.subject_id):
         ident = _identifier(res)
-        if ident is None or res.get("resourceType") != "Observation" or not ident.startswith(prefix):
+        if ident is None or res.get("resourceType") != "Observation" or not ident.startswith(prefix) \
+                or ident.startswith(longer):
             continue
         holders.setdefault(ident, []).append(f"Observation/{res.get('id')}")
         why = why_not_owned(res, e.patient_id)
@@ -254,7 +261,8 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
 
 
 async def moved_away(client: FhirClient, e: Enrollee, former: Collection[str], study_id: str,
-                     result: WriteResult) -> list[tuple[str, list[dict[str, Any]], dict[str, str]]]:
+                     result: WriteResult, others: Collection[str] = ()) -> list[tuple[str, list[dict[str, Any]],
+                                                                                     dict[str, str]]]:
     """The subject's results on Patients it is no longer about — its ResearchSubject named another Patient when
     they were written (``former``: the Patients the write-back state has them on), and was corrected since — as
     entered-in-error updates of the server's copies, per Patient with the versions read (for ``If-Match``): a
@@ -265,7 +273,7 @@ async def moved_away(client: FhirClient, e: Enrollee, former: Collection[str], s
     out = []
     for pid in sorted(set(former) - {e.patient_id}):
         # (existing_results keeps this subject's results of this study only)
-        there = await existing_results(client, replace(e, patient_id=pid), study_id=study_id)
+        there = await existing_results(client, replace(e, patient_id=pid), study_id=study_id, others=others)
         retract, versions = [], {}
         for ident, held in sorted(there.items()):
             if held.get("resourceType") != "Observation" or held.get("status") == "entered-in-error":
@@ -327,12 +335,13 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
 
 
 async def already_written(client: FhirClient, e: Enrollee, part: list[dict[str, Any]],
-                          by_id: list[dict[str, Any]], study_id: str | None = None) -> bool:
+                          by_id: list[dict[str, Any]], study_id: str | None = None,
+                          others: Collection[str] = ()) -> bool:
     """Whether the server holds every resource of ``part`` (one transaction's resources) as the adapter meant
     to write it, each once: then that transaction was committed (it is atomic), e.g. by an attempt whose answer
     was lost. ``by_id``: the resources the adapter writes under a fixed id (:func:`existing_results`)."""
     duplicates: dict[str, list[str]] = {}
-    held = await existing_results(client, e, by_id, duplicates, study_id=study_id)
+    held = await existing_results(client, e, by_id, duplicates, study_id=study_id, others=others)
     if duplicates:
         return False
     return all((h := held.get(str(_identifier(r)))) is not None and comparable(h) == comparable(r) for r in part)
@@ -368,7 +377,8 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                         now: dt.datetime | None = None, allow_mass_retraction: bool = False,
                         max_retraction_share: float = MAX_RETRACTION_SHARE,
                         retractions: Sequence[dict[str, Any]] = (), held: Collection[str] = (),
-                        study_id: str | None = None, former_patients: Collection[str] = ()) -> WriteResult:
+                        study_id: str | None = None, former_patients: Collection[str] = (),
+                        others: Collection[str] = ()) -> WriteResult:
     """Write one subject's results: compare with what the server holds, then create, update and retract.
     ``retractions``: the retractions the write-back state planned (:meth:`WrittenState.plan`, the ones the
     offline bundle holds) — a result the server holds and the run no longer derives is retracted with that
@@ -376,7 +386,8 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
     review (``--reviewed-only``): the server's copy stays as it is, neither updated nor retracted. ``study_id``:
     the study whose results these are (another study's results on the same Patient are left alone).
     ``former_patients``: Patients the subject's results were written about before (:func:`moved_away`, with
-    ``study_id``): its results there are retracted first."""
+    ``study_id``): its results there are retracted first. ``others``: the study's other subject IDs
+    (:func:`existing_results`)."""
     result = WriteResult(subject_id=e.subject_id)
     confirmed: set[str] = set()  # identifier values of the transactions the server confirmed
     moved_sent: list[str] = []  # the results on former Patients whose retraction the server confirmed
@@ -391,7 +402,8 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             if problem:
                 raise ValueError(f"{r['resourceType']} {_identifier(r)} is not valid FHIR R4: {problem}")
         existing = await existing_results(client, e, [r for r in desired if r.get("id")], duplicates, foreign,
-                                          study_id=study_id, former=set(former_patients) - {e.patient_id})
+                                          study_id=study_id, former=set(former_patients) - {e.patient_id},
+                                          others=others)
         wanted = {_identifier(r) for r in desired}
         if clash := sorted(i for i in foreign if i in wanted):
             held = "; ".join(f"{i} by {', '.join(foreign[i])}" for i in clash)
@@ -404,7 +416,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                               "duplicates, then run again")
         to_write = plan_writes(desired, {i: r for i, r in existing.items() if i not in held}, result, retractions)
         check_safe(e, to_write, enrolled_patients)
-        moved = await moved_away(client, e, former_patients, study_id, result) \
+        moved = await moved_away(client, e, former_patients, study_id, result, others) \
             if study_id is not None and set(former_patients) - {e.patient_id} else []
         if not allow_mass_retraction:
             check_retraction_share(result, existing, max_retraction_share)
@@ -443,7 +455,8 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                 # (a read timeout, a dropped connection, a 5xx); a 412 then may mean the first attempt was
                 # committed (its If-Match updates are done): written when the server holds it all as meant
                 if exc.status != 412 or exc.attempts < 2 or \
-                        not await already_written(client, e, part, [r for r in desired if r.get("id")], study_id):
+                        not await already_written(client, e, part, [r for r in desired if r.get("id")], study_id,
+                                                  others):
                     raise
                 log.info("%s: a transaction sent again answered 412, and the server holds its %d resources as "
                          "written: the first attempt was committed", e.subject_id, len(part))
@@ -492,10 +505,14 @@ class ServerSink:
         #: patients of subjects who left the study, carried forward: their results are written as any subject's
         #: (docs/clinical-rules.md#withdrawn-subjects)
         self.left: set[str] = set()
+        #: every subject ID of the study the run knows (:func:`existing_results` ``others``)
+        self.subject_ids: frozenset[str] = frozenset()
 
-    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None) -> None:
+    def start(self, enrolled_patients: set[str], left_patients: set[str] | None = None,
+              subject_ids: Collection[str] = ()) -> None:
         self.enrolled = set(enrolled_patients)
         self.left = set(left_patients or ())
+        self.subject_ids = frozenset(subject_ids)
 
     def write(self, e: Enrollee, resources: list[dict[str, Any]], retractions: Sequence[dict[str, Any]] = (),
               held: Collection[str] = (), former_patients: Collection[str] = ()) -> WriteResult:
@@ -503,4 +520,4 @@ class ServerSink:
             write_subject(self.client, e, resources, self.enrolled | self.left, dry_run=self.dry_run,
                           allow_mass_retraction=self.allow_mass_retraction,
                           max_retraction_share=self.max_retraction_share, retractions=retractions, held=held,
-                          study_id=self.study_id, former_patients=former_patients))
+                          study_id=self.study_id, former_patients=former_patients, others=self.subject_ids))

@@ -4,6 +4,7 @@ zero writes when nothing changed, retraction of results no longer produced."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 from typing import Any
 
@@ -171,6 +172,28 @@ async def test_a_result_held_back_for_review_is_neither_updated_nor_retracted(ht
         assert w.retracted == [] and httpx_mock.get_requests(method="POST") == []
         w = await write_subject(client, E, [result("a", 10)], {"p1"}, dry_run=True)
         assert w.retracted == ["h"]  # without the hold it would be
+
+
+async def test_a_subject_whose_id_extends_another_s_keeps_to_its_own_results(httpx_mock: HTTPXMock) -> None:
+    """Identifiers keep the '.' of a subject ID: on one Patient, subject 101 (withdrawn) and 101.2 (enrolled again)
+    both have results starting with `S.101.`. Subject 101's write counts, updates and retracts only its own; before,
+    it took 101.2's for its own and retracted them as no longer derived."""
+    base = "http://ehr.test/fhir"
+    first, second = "S.101.W4.sledai-2k", "S.101.2.W4.sledai-2k"
+    httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset",
+                                                "entry": [{"resource": on_server(result(first, 4), "x1")},
+                                                          {"resource": on_server(result(second, 2), "x2")}]},
+                            is_reusable=True)
+    withdrawn, again = dataclasses.replace(E, subject_id="101"), dataclasses.replace(E, subject_id="101.2")
+    async with FhirClient(base) as client:
+        w = await write_subject(client, withdrawn, [result(first, 4)], {"p1"}, study_id="S",
+                                others={"101", "101.2"}, dry_run=True)
+        assert w.retracted == [] and w.unchanged == 1
+        w = await write_subject(client, withdrawn, [result(first, 4)], {"p1"}, study_id="S", dry_run=True)
+        assert w.retracted == [second]  # without the other subject IDs the prefix alone cannot tell
+        w = await write_subject(client, again, [result(second, 2)], {"p1"}, study_id="S", others={"101", "101.2"},
+                                dry_run=True)
+        assert w.retracted == [] and w.unchanged == 1
 
 
 async def test_nothing_posted_when_nothing_changed(httpx_mock: HTTPXMock) -> None:
