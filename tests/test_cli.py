@@ -339,6 +339,15 @@ def test_check_loads_the_server_variables_without_a_server(tmp_path: Path) -> No
     (tmp_path / "f.ndjson").write_text("")
     good = _runner().invoke(main, ["check", "--source", str(tmp_path)], env={"FHIR_ADAPTER_MAX_CONCURRENCY": "4"})
     assert good.exit_code == 0 and "config ok     FHIR_ADAPTER_MAX_CONCURRENCY" in good.stdout, good.output
+    # the credential variables too: two ways of authenticating at once is exit 1 naming them (never the values)
+    both = _runner().invoke(main, ["check"], env={"FHIR_ADAPTER_BEARER_TOKEN": "s3cr3t-value",
+                                                  "FHIR_ADAPTER_OAUTH_CLIENT_ID": "adapter"})
+    assert both.exit_code == 1, both.output
+    assert "FHIR_ADAPTER_BEARER_TOKEN" in both.stderr and "FHIR_ADAPTER_OAUTH_CLIENT_ID" in both.stderr
+    assert "s3cr3t-value" not in both.output + both.stderr
+    one = _runner().invoke(main, ["check"], env={"FHIR_ADAPTER_BEARER_TOKEN": "s3cr3t-value"})
+    assert one.exit_code == 0 and "config ok     FHIR_ADAPTER_BEARER_TOKEN" in one.stdout, one.output
+    assert "s3cr3t-value" not in one.output
 
 
 def test_bulk_client_errors_take_the_exit_codes_of_the_table() -> None:

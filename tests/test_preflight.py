@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import pytest
 
 from fhir_adapter.job.preflight import READS, capability_gaps
 from fhir_adapter.source.base import MEDICATION_TYPES
+from fhir_adapter.synth import write_feed
+from fhir_adapter.testing.feed_loader import load_feed
 from fhir_adapter.testing.fhir_server import ServerHandle, start_fhir_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,22 +93,61 @@ def test_not_r4() -> None:
 
 
 @pytest.mark.server
-def test_check_against_the_real_server(fhir_server: ServerHandle) -> None:
-    writes = fhir_server.stats()["writes"]["total"]  # the session server may hold earlier tests' writes
-    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", fhir_server.base_url, "--post"]
+def test_check_against_the_real_server(clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    write_feed(tmp_path / "feed", subjects=3, seed=7)
+    load_feed(clean_fhir_server.base_url, tmp_path / "feed")
+    writes = clean_fhir_server.stats()["writes"]["total"]
+    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url,
+           "--post"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "mapping ok" in run.stdout and "FHIR 4.0.1" in run.stdout and "0 errors" in run.stdout
     assert "clock         in step with this machine's" in run.stdout
-    assert fhir_server.stats()["writes"]["total"] == writes
+    assert re.search(r"(?m)^observations  (?!not timed)", run.stdout), run.stdout
+    assert clean_fhir_server.stats()["writes"]["total"] == writes
 
 
 @pytest.mark.server
-def test_check_says_how_far_behind_the_servers_clock_is() -> None:
+def test_check_of_a_server_with_no_subject_of_the_study_is_an_error_unless_the_site_enrols_from_a_roster_csv(
+        clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    """The go-live gate says what the run would meet: a server with no ResearchStudy/ResearchSubject of the study
+    makes a run stop (exit 1), so check says so (exit 1) — unless the site enrols from its roster CSV."""
+    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "error    no subject of study LCAR-AIO-SLE on the server: a run finds no ResearchStudy" in run.stdout
+    assert "1 errors" in run.stdout and "the adapter can run" not in run.stdout
+    roster = tmp_path / "roster.csv"
+    roster.write_text("subject_id,patient_identifier,consent_date,arm,status\n", encoding="utf-8")
+    run = subprocess.run([*cmd, "--roster-csv", str(roster)], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "observations  not timed: no subject of study LCAR-AIO-SLE on the server" in run.stdout
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("token", ["bogus", None])
+def test_check_against_a_server_that_refuses_the_credentials_exits_4_as_a_run_does(token: str | None) -> None:
+    """Its CapabilityStatement is public; its searches answer 401: check ends as a run would (exit 4), instead of
+    "not timed: … 401" and "0 errors: the adapter can run against this server"."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FHIR_ADAPTER_")}
+    if token is not None:
+        env["FHIR_ADAPTER_BEARER_TOKEN"] = token
+    with start_fhir_server(REQUIRE_TOKEN=1) as server:
+        cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", server.base_url, "--post"]
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
+    assert run.returncode == 4, run.stdout + run.stderr
+    assert "the adapter can run" not in run.stdout and "401" in run.stderr
+
+
+@pytest.mark.server
+def test_check_says_how_far_behind_the_servers_clock_is(tmp_path: Path) -> None:
     """A server two minutes behind this machine: `check` says so on the first day, before --since last relies on
     it (docs/integrator-guide.md, running on a schedule)."""
+    roster = tmp_path / "roster.csv"  # an empty server: the site enrols from its roster
+    roster.write_text("subject_id,patient_identifier,consent_date,arm,status\n", encoding="utf-8")
     with start_fhir_server(CLOCK_OFFSET_MS=-120_000) as server:
-        cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", server.base_url]
+        cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", server.base_url,
+               "--roster-csv", str(roster)]
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     [line] = [x for x in run.stdout.splitlines() if x.startswith("clock ")]
@@ -160,8 +202,11 @@ def test_bulk_export_is_offered_when_declared() -> None:
 
 
 @pytest.mark.server
-def test_check_offers_bulk_on_the_real_server(fhir_server: ServerHandle) -> None:
-    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", fhir_server.base_url]
+def test_check_offers_bulk_on_the_real_server(clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    roster = tmp_path / "roster.csv"  # an empty server: the site enrols from its roster
+    roster.write_text("subject_id,patient_identifier,consent_date,arm,status\n", encoding="utf-8")
+    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url,
+           "--roster-csv", str(roster)]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stderr
     assert "$export declared (Group, Patient, system): `run --bulk`" in run.stdout

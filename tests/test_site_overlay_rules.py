@@ -85,9 +85,19 @@ def test_config_with_a_folder_source_is_a_reported_warning(tmp_path: Path) -> No
     cfg.write_text("client: {max_concurrency: 2}\n")
     res = CliRunner().invoke(main, ["run", "--source", str(tmp_path / "feed"), "--out", str(tmp_path / "out"),
                                     "--config", str(cfg)])
-    assert res.exit_code in (0, 2) and "is ignored" in res.stderr
+    assert res.exit_code in (0, 2) and "its server settings are ignored" in res.stderr
+    assert "writeback_reviewed_only" not in res.stderr
     report = json.loads((tmp_path / "out" / "run-report.json").read_text())
     assert any(w.get("rule") == "config-ignored" for w in report["warnings"])
+    assert any(e["resource"]["resourceType"] == "Observation" for p in (tmp_path / "out" / "writeback").glob("*.json")
+               for e in json.loads(p.read_text()).get("entry", []))
+    # a write-back setting is not a server setting: it holds for OUT/writeback, and the warning says so
+    cfg.write_text("writeback_reviewed_only: true\n")
+    res = CliRunner().invoke(main, ["run", "--source", str(tmp_path / "feed"), "--out", str(tmp_path / "out"),
+                                    "--config", str(cfg)])
+    assert "its writeback_reviewed_only: true applies (OUT/writeback holds reviewed results only)" in res.stderr
+    bundles = [json.loads(p.read_text()) for p in (tmp_path / "out" / "writeback").glob("*.json")]
+    assert not [e for b in bundles for e in b.get("entry", []) if e["resource"]["resourceType"] == "Observation"]
 
 
 def _upcr(value: float, unit: str) -> dict[str, object]:

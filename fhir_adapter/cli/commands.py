@@ -429,9 +429,12 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
 @click.option("--codes", is_flag=True,
               help="Also read every Observation of the enrolled subjects unfiltered and list the codes no study "
                    "item maps (a site's local codes, for its overlay), most frequent first.")
+@click.option("--roster-csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="The site roster CSV the runs enrol from (an EHR without ResearchStudy/ResearchSubject): a "
+                   "server holding no subject of the study is then no error.")
 @click.pass_context
 def check(ctx: click.Context, study: Path, site: Path | None, source: str | None, config: Path | None,
-          post: bool, codes: bool) -> None:
+          post: bool, codes: bool, roster_csv: Path | None) -> None:
     """Check a mapping, and what a FHIR server offers, before the first run. Reads the server's
     CapabilityStatement (GET [base]/metadata), and times the study's Observation searches for its first
     enrolled patient, filtered by code (combo-code) and unfiltered (none): the faster is what
@@ -455,7 +458,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     from fhir_adapter.engine.cores import cgroup_cpu_limit, default_workers
     from fhir_adapter.fhir.server_clock import ClockOffset, described
     from fhir_adapter.fhir.server_config import load_server_config, open_client
-    from fhir_adapter.job.preflight import bulk_export_levels, capability_gaps
+    from fhir_adapter.job.preflight import Gap, bulk_export_levels, capability_gaps
     from fhir_adapter.study.load import load_study
 
     st = load_study(study, site)
@@ -489,6 +492,13 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     cs, clock = asyncio.run(metadata())
     timing = _time_searches(source, cfg, st)
     gaps = capability_gaps(cs, observation_code_param=cfg.observation_code_param, post=post)
+    if timing is None:
+        timing = f"not timed: no subject of study {st.info.id} on the server"
+        if roster_csv is None:
+            gaps.append(Gap("error", f"no subject of study {st.info.id} on the server",
+                            "a run finds no ResearchStudy or ResearchSubject of the study there and stops (exit 1): "
+                            "check study.id (and identifier_system) in study.yaml, or, for an EHR that holds no "
+                            "research resources, enrol from the site roster (run --roster-csv; check --roster-csv)"))
     software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
     click.echo(f"server        {source}: FHIR {cs.get('fhirVersion')} "
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
@@ -512,8 +522,18 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
         sys.exit(1)
 
 
-def _time_searches(source: str, cfg: ServerConfig, st: Study) -> str:
-    """``check``: the timed Observation searches (:mod:`fhir_adapter.source.server.probe`), as one line."""
+def _stops_a_run(exc: BaseException) -> bool:
+    """The credentials refused or the server down: what ends ``check`` as it ends a run (exit 4 or 3), not a line
+    of its report."""
+    from fhir_adapter.cli.console import exit_code_of
+    from fhir_adapter.job import exit_codes
+
+    return exit_code_of(exc) in (exit_codes.AUTH_FAILED, exit_codes.SERVER_UNAVAILABLE)
+
+
+def _time_searches(source: str, cfg: ServerConfig, st: Study) -> str | None:
+    """``check``: the timed Observation searches (:mod:`fhir_adapter.source.server.probe`), as one line; None when
+    the server holds no subject of the study. Credentials refused or the server down raise (exit 4 or 3)."""
     import asyncio
     import os
 
@@ -529,9 +549,11 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study) -> str:
     try:
         timing = asyncio.run(probe())
     except FhirError as exc:
+        if _stops_a_run(exc):
+            raise
         return f"not timed: {exc}"
     if timing is None:
-        return f"not timed: no subject of study {st.info.id} on the server"
+        return None
     setting = cfg.observation_code_param
     then = ("`observation_code_param: auto` reads with it" if setting == "auto"
             else f"the config sets observation_code_param: {setting} (auto would read with {timing.chosen})")
@@ -557,20 +579,29 @@ def _survey_codes(source: str, cfg: ServerConfig, st: Study) -> list[str]:
     try:
         return asyncio.run(survey()).lines()
     except (FhirError, RosterError) as exc:
+        if _stops_a_run(exc):
+            raise
         return [f"not surveyed: {exc}"]
 
 
 def _check_server_settings(config: Path | None) -> None:
     """``check`` without a server to ask: the server config file and the ``FHIR_ADAPTER_*`` variables set here are
-    still loaded (a mistake exits 1 naming the file and key or the variable), and named when they are fine."""
+    still loaded (a mistake exits 1 naming the file and key or the variable), the credential variables too (two
+    ways of authenticating at once, one incomplete, a key file that does not load), and named when they are
+    fine."""
     import os
 
+    from fhir_adapter.fhir.auth import AUTH_VARS, auth_from_env
     from fhir_adapter.fhir.server_config import ENV_CLIENT, ENV_TOP, load_server_config
 
-    variables = sorted(v for v in {*ENV_CLIENT, *ENV_TOP} if os.environ.get(v))
+    variables = sorted(v for v in {*ENV_CLIENT, *ENV_TOP, *AUTH_VARS} if os.environ.get(v))
     if config is None and not variables:
         return
     load_server_config(config, os.environ)
+    try:  # as a run builds them (no request is made; a SMART token URL may come from the server's discovery)
+        auth_from_env(os.environ, fhir_base_url="https://fhir-server.invalid/")
+    except ValueError as exc:
+        _fail(f"credentials: {exc}")
     given = ([str(config)] if config is not None else []) + variables
     click.echo(f"config ok     {', '.join(given)}")
 

@@ -62,6 +62,7 @@ from fhir_adapter.fhir.urls import normalise_base_url, redact_url
 
 __all__ = [
     "AUTH_REQUEST_EXTENSION",
+    "AUTH_VARS",
     "BearerToken",
     "ClientSecret",
     "PrivateKey",
@@ -557,6 +558,8 @@ _SMART_VARS = (
     "FHIR_ADAPTER_SMART_SCOPE",
     "FHIR_ADAPTER_SMART_TOKEN_URL",
 )
+#: every variable of the three ways of authenticating
+AUTH_VARS = (*_BEARER_VARS, *_SMART_VARS, *_OAUTH_VARS)
 
 
 def auth_from_env(

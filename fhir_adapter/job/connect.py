@@ -98,8 +98,11 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
             raise ConnectError("--post, --dry-run, --since and --bulk need a FHIR server: give --source "
                                "https://host/fhir")
         if config is not None:
-            msg = (f"--config {config} is ignored: server settings apply to a FHIR server source, and "
-                   f"{source} is a folder of files")
+            # loaded all the same (a mistake in it is an error): writeback_reviewed_only holds for OUT/writeback
+            reviewed_only = load_server_config(config, env).writeback_reviewed_only
+            msg = (f"--config {config}: its server settings are ignored, as they apply to a FHIR server source and "
+                   f"{source} is a folder of files" + ("; its writeback_reviewed_only: true applies (OUT/writeback "
+                                                        "holds reviewed results only)" if reviewed_only else ""))
             logging.getLogger(__name__).warning(msg)
             log.warn(msg, rule="config-ignored")
         return Connection(source=FileSource(folder if folder is not None else Path(source), log), sink=None)

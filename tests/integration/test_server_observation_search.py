@@ -109,9 +109,11 @@ def test_check_prints_the_timing(trial: tuple[ServerHandle, Path], tmp_path: Pat
 
 
 def test_check_without_subjects_on_the_server_says_so(tmp_path: Path) -> None:
+    """A run against it would stop (no ResearchStudy of the study): an error of check, unless the site enrols
+    from its roster CSV (test_preflight.py has both)."""
     with start_fhir_server() as empty:
         result = CliRunner().invoke(main, ["check", "--source", empty.base_url])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output
     assert "observations  not timed: no subject of study" in result.output
 
 
