@@ -88,15 +88,24 @@ class _Strict(BaseModel):
 
 
 class When(_Strict):
-    category: tuple[Category, ...] = ("any",)
+    category: tuple[Category, ...] = Field(
+        ("any",), description="the event is in one of these classes: crs, icans, hematologic, non_hematologic (none of "
+        "the three), any")
     terms: tuple[str, ...] = Field((), description="regular expressions searched in the term, any case")
     codes: tuple[str, ...] = Field((), description="system|code, or a bare code")
     code_prefixes: tuple[str, ...] = Field((), description="system|prefix, or a bare code prefix")
-    grade_min: int | None = Field(None, ge=1, le=5)
-    grade_eq: int | None = Field(None, ge=1, le=5)
-    related: Literal["related", "not_unrelated"] | None = None
-    duration_over_hours: float | None = Field(None, ge=0)
-    persists_after_day: int | None = Field(None, ge=1)
+    grade_min: int | None = Field(None, ge=1, le=5, description="the event's recorded (maximum) grade is at least "
+                                  "this")
+    grade_eq: int | None = Field(None, ge=1, le=5, description="the event's recorded (maximum) grade is exactly this; "
+                                 "not with grade_min")
+    related: Literal["related", "not_unrelated"] | None = Field(
+        None, description="related: assessed as related to the study product; not_unrelated: related or relatedness "
+        "missing")
+    duration_over_hours: float | None = Field(
+        None, ge=0, description="onset to resolution lasts strictly longer than this many hours "
+        "(docs/clinical-rules.md#dlt-durations)")
+    persists_after_day: int | None = Field(
+        None, ge=1, description="the event is still present on a study day after this one")
 
     @field_validator("terms")
     @classmethod
@@ -116,24 +125,31 @@ class When(_Strict):
 
 
 class Rule(_Strict):
-    id: str
-    description: str = ""
-    when: When
+    id: str = Field(description="the rule's id, named in dlt_events and in the not-evaluable reasons; unique")
+    description: str = Field("", description="the rule in words, echoed in results/study.json settings; the "
+                             "evaluation does not read it")
+    when: When = Field(description="the conditions, all of which must hold (with the window); a key left out does "
+                       "not constrain")
 
 
 class Window(_Strict):
-    first_day: int = Field(1, ge=1)
-    last_day: int = Field(30, ge=1)
+    first_day: int = Field(1, ge=1, description="first study day of the DLT window, inclusive (Day 1 = the infusion)")
+    last_day: int = Field(30, ge=1, description="last study day of the DLT window, inclusive")
 
 
 class DltSettings(_Strict):
-    window: Window = Window()
-    require_complete_window: bool = True
+    window: Window = Field(Window(), description="an event is DLT-relevant when its onset study day lies in the window "
+                           "(docs/clinical-rules.md#dlt-window)")
+    require_complete_window: bool = Field(
+        True, description="a subject without a DLT is DLT-evaluable only with data on study days 2..last_day and "
+        "on or after last_day; else not evaluable")
     resolved_outcomes: tuple[str, ...] = Field(
         ("resolved", "recovered", "resolvedWithSequelae", "fatal", "C49498", "C49495", "C48275"),
         description="outcomes meaning the event ended (its duration is unknown without a resolution date)",
     )
-    rules: tuple[Rule, ...] = Field(min_length=1)
+    rules: tuple[Rule, ...] = Field(
+        min_length=1, description="the DLT rules: an event in the window meeting every condition of a rule is a DLT "
+        "(docs/clinical-rules.md#dlt-rules)")
 
     @model_validator(mode="after")
     def _unique_ids(self) -> DltSettings:

@@ -69,8 +69,11 @@ class _Strict(BaseModel):
 class BoinSettings(_Strict):
     phi1_factor: float = Field(0.6, gt=0, lt=1, description="φ1 = factor × target (highest 'too low' rate)")
     phi2_factor: float = Field(1.4, gt=1, description="φ2 = factor × target (lowest 'too toxic' rate)")
-    elimination_cutoff: float = Field(0.95, gt=0.5, lt=1)
-    elimination_min_treated: int = Field(3, ge=1)
+    elimination_cutoff: float = Field(
+        0.95, gt=0.5, lt=1, description="a level and all above it are eliminated when Pr(DLT rate > target) exceeds "
+        "this (Beta(1, 1) prior)")
+    elimination_min_treated: int = Field(
+        3, ge=1, description="DLT-evaluable subjects a level needs before the elimination rule applies to it")
     min_evaluable_at_mtd: int = Field(
         6, ge=1, description="DLT-evaluable subjects the selected MTD needs before it is named the RP2D (as 3+3's 6)")
     bound_mtd: bool = Field(
@@ -79,11 +82,14 @@ class BoinSettings(_Strict):
 
 
 class EscalationSettings(_Strict):
-    method: Literal["3+3", "boin"] = "3+3"
-    target_dlt_rate: float = Field(0.30, gt=0.05, lt=0.6)
+    method: Literal["3+3", "boin"] = Field(
+        "3+3", description="the design: 3+3 (docs/clinical-rules.md#three-plus-three) or boin "
+        "(docs/clinical-rules.md#boin)")
+    target_dlt_rate: float = Field(0.30, gt=0.05, lt=0.6, description="BOIN's target DLT rate φ (0.30 → λe 0.2365, "
+                                   "λd 0.3585); not used by 3+3")
     dose_levels: tuple[str, ...] = Field(min_length=1, description="escalation arms, lowest dose first")
     expansion_arms: dict[str, str] = Field(default_factory=dict, description="expansion arm -> dose level")
-    boin: BoinSettings = BoinSettings()
+    boin: BoinSettings = Field(BoinSettings(), description="the BOIN design's parameters, read only with method: boin")
 
     @model_validator(mode="after")
     def _arms(self) -> EscalationSettings:

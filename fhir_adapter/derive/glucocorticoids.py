@@ -72,21 +72,45 @@ class Glucocorticoid(_Strict):
     name: str = Field(description="ingredient name, lower case")
     rxnorm: str | None = Field(None, description="RxNorm ingredient RxCUI")
     factor: float = Field(gt=0, description="prednisolone-equivalent mg per mg of this drug")
-    aliases: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = Field(
+        default=(), description="other names of the ingredient a record may carry (lower case), matched like `name` "
+        "when no RxCUI matches")
 
 
 class GlucocorticoidSettings(_Strict):
-    drugs: tuple[Glucocorticoid, ...]
-    systemic_routes: tuple[str, ...] = ("oral", "intravenous", "intramuscular")
-    count_unknown_route: bool = True
-    source_kinds: tuple[str, ...] = ("statement", "request", "administration")
-    administrations_replace_orders: bool = True
-    statements_replace_orders: bool = True
-    excluded_statuses: tuple[str, ...] = ("entered-in-error", "not-taken", "not-done", "cancelled", "draft")
-    decimals: int = Field(3, ge=0, le=6)
-    not_taken_statuses: tuple[str, ...] = ("not-taken",)
-    stopped_statuses: tuple[str, ...] = ("stopped", "completed")
-    medication_list_complete: bool = False
+    drugs: tuple[Glucocorticoid, ...] = Field(
+        description="the glucocorticoids, one row per ingredient: the one list (medications.yaml takes their class and "
+        "RxCUI from it)")
+    systemic_routes: tuple[str, ...] = Field(
+        ("oral", "intravenous", "intramuscular"),
+        description="route names whose doses count; CM's systemic flag is set from them too "
+        "(docs/clinical-rules.md#glucocorticoid-routes)")
+    count_unknown_route: bool = Field(
+        True, description="a record without a route counts (true) or not (false), unless the mapping set its systemic "
+        "flag")
+    source_kinds: tuple[str, ...] = Field(
+        ("statement", "request", "administration"),
+        description="which records count: statement, request, administration, dispense (a dispense repeats the "
+        "request it fills)")
+    administrations_replace_orders: bool = Field(
+        True, description="on a date with an administration of a drug, that drug's other records are not counted "
+        "that day")
+    statements_replace_orders: bool = Field(
+        True, description="on a date with an active statement of a drug, that drug's requests (orders) are not counted "
+        "that day (docs/clinical-rules.md#glucocorticoid-records)")
+    excluded_statuses: tuple[str, ...] = Field(
+        ("entered-in-error", "not-taken", "not-done", "cancelled", "draft"),
+        description="record statuses that never count toward the dose")
+    decimals: int = Field(3, ge=0, le=6, description="decimals the mg/day dose is rounded to (half up)")
+    not_taken_statuses: tuple[str, ...] = Field(
+        ("not-taken",), description="statement statuses that show a dose of 0 on the dates the statement covers "
+        "(docs/clinical-rules.md#missing-is-not-zero)")
+    stopped_statuses: tuple[str, ...] = Field(
+        ("stopped", "completed"), description="statement statuses that show a dose of 0 after the statement's end "
+        "date")
+    medication_list_complete: bool = Field(
+        False, description="the EHR's medication list is complete: with no counted record on a date, the dose is 0 "
+        "(a site overlay may set it)")
 
     @model_validator(mode="after")
     def _unique_keys(self) -> GlucocorticoidSettings:

@@ -70,17 +70,25 @@ class _Strict(BaseModel):
 
 
 class ImmunologySettings(_Strict):
-    items: tuple[str, ...] = ("c3", "c4", "anti_dsdna", "anti_sm", "igg", "iga", "igm", "cd19")
+    items: tuple[str, ...] = Field(
+        ("c3", "c4", "anti_dsdna", "anti_sm", "igg", "iga", "igm", "cd19"),
+        description="items given per visit with change from baseline; results/study.json has visit keys for "
+        "c3, c4, anti_dsdna, anti_sm, igg, iga, igm and cd19 only")
     seroconversion: dict[str, tuple[str, ...]] = Field(
         default_factory=lambda: {"anti_dsdna": ("anti_dsdna",), "anti_sm": ("anti_sm", "anti_sm_presence")},
         description="antibody -> CRF items tried in order at each visit",
     )
-    positive_interpretations: tuple[str, ...] = ("H", "HH", "POS")
-    negative_interpretations: tuple[str, ...] = ("N", "NEG", "L", "LL")
+    positive_interpretations: tuple[str, ...] = Field(
+        ("H", "HH", "POS"),
+        description="interpretation codes that make an antibody result positive when it has no reference-range high")
+    negative_interpretations: tuple[str, ...] = Field(
+        ("N", "NEG", "L", "LL"),
+        description="interpretation codes that make an antibody result negative when it has no reference-range high")
     default_upper_limits: dict[str, float] = Field(default_factory=dict, description="item -> ULN, its unit")
-    cd19_item: str = "cd19"
+    cd19_item: str = Field("cd19", description="CRF item of the CD19+ B-cell count (B-cell aplasia and recovery)")
     b_cell_aplasia_below: float = Field(1.0, gt=0, description="CD19+ cells /uL below which: aplasia")
-    ada_item: str = "anti_car_antibody"
+    ada_item: str = Field("anti_car_antibody", description="CRF item of the anti-drug (anti-CAR) antibody result: any "
+                          "positive after Day 1 makes the status positive")
 
 
 class VisitEvent(BaseModel):

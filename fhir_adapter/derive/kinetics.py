@@ -71,11 +71,21 @@ class SeriesSettings(_Strict):
 
 
 class KineticsSettings(_Strict):
-    primary: SeriesSettings = SeriesSettings(item="car_transgene")
-    secondary: SeriesSettings | None = SeriesSettings(item="car_cells")
-    auc_end_day: float = Field(28, gt=0)
-    auc_method: AucMethod = "lin-up/log-down"
-    zero_at_infusion: bool = True
+    primary: SeriesSettings = Field(
+        SeriesSettings(item="car_transgene"),
+        description="the main series (CAR transgene copies): `kinetics` in results/study.json, and written back (Cmax, "
+        "Tmax, AUC0-28d)")
+    secondary: SeriesSettings | None = Field(
+        SeriesSettings(item="car_cells"),
+        description="a second series reported alongside (CAR+ cells: kinetics.car_cells); null for none")
+    auc_end_day: float = Field(28, gt=0, description="days after the infusion the AUC runs to (reported as auc0_28); "
+                               "interpolated between two samples, else not evaluable")
+    auc_method: AucMethod = Field(
+        "lin-up/log-down", description="trapezoid rule: lin-up/log-down (log trapezoid where the level falls) or "
+        "linear (docs/clinical-rules.md#kinetics)")
+    zero_at_infusion: bool = Field(
+        True, description="with no sample at time 0, the level at time 0 is 0 (no CAR-T cells before the infusion); "
+        "false: AUC0-28d not evaluable")
 
 
 # --- the NCA engine on plain arrays -------------------------------------------------------------------

@@ -76,12 +76,20 @@ class MaintenanceSettings(_Strict):
 
 
 class LldasSettings(_Strict):
-    sledai_max: int = Field(4, ge=0)
-    major_organ_groups: tuple[str, ...] = ("cns", "vascular", "renal", "cardiorespiratory", "constitutional")
-    pga_max: float = Field(1.0, ge=0, le=3)
-    pred_eq_max_mg: float = Field(7.5, ge=0)
-    maintenance_criterion: bool = False
-    maintenance: MaintenanceSettings = MaintenanceSettings()
+    sledai_max: int = Field(4, ge=0, description="criterion 1: SLEDAI-2K total at most this (inclusive)")
+    major_organ_groups: tuple[str, ...] = Field(
+        ("cns", "vascular", "renal", "cardiorespiratory", "constitutional"),
+        description="criterion 1: no descriptor scoring in these groups (`group` in sledai2k.yaml; "
+        "docs/clinical-rules.md#lldas-major-organs)")
+    pga_max: float = Field(1.0, ge=0, le=3, description="criterion 3: PGA (0-3, as stored) at most this (inclusive)")
+    pred_eq_max_mg: float = Field(7.5, ge=0, description="criterion 4: prednisolone-equivalent mg/day on the visit "
+                                  "date at most this (inclusive)")
+    maintenance_criterion: bool = Field(
+        False, description="apply Franklyn's fifth criterion, maintenance therapy (`maintenance`; "
+        "docs/clinical-rules.md#lldas-maintenance)")
+    maintenance: MaintenanceSettings = Field(
+        MaintenanceSettings(), description="the fifth criterion's drug lists, read only with maintenance_criterion: "
+        "true")
 
 
 class LldasVisit(BaseModel):

@@ -54,22 +54,33 @@ class _Strict(BaseModel):
 
 
 class RenalResponseSettings(_Strict):
-    enabled: bool = False
-    ln_at_baseline: Literal["proteinuria", "all"] = "proteinuria"
+    enabled: bool = Field(False, description="derive the renal response (docs/clinical-rules.md#renal-response); off: "
+                          "no response result")
+    ln_at_baseline: Literal["proteinuria", "all"] = Field(
+        "proteinuria", description="who has lupus nephritis at baseline: proteinuria (baseline proteinuria > "
+        "ln_min_proteinuria) or all (every subject: an LN cohort)")
     ln_min_proteinuria: float = Field(0.5, ge=0, description="LN at baseline needs proteinuria > this")
-    measures: tuple[Measure, ...] = ("upcr", "protein_24h")
+    measures: tuple[Measure, ...] = Field(
+        ("upcr", "protein_24h"),
+        description="proteinuria measures in order of preference: the first with a baseline value grades every visit "
+        "of the subject")
     complete_below: float = Field(0.5, gt=0, description="complete: proteinuria < this")
     partial_reduction: float = Field(0.5, gt=0, le=1, description="partial: reduction >= this fraction")
     partial_below: float = Field(3.0, gt=0, description="partial: proteinuria < this")
     egfr_max_decline: float = Field(0.15, ge=0, lt=1, description="stable: eGFR >= baseline x (1 - this)")
-    require_egfr: bool = True
+    require_egfr: bool = Field(
+        True, description="a visit without eGFR, or a subject without a baseline eGFR, is not graded; false: "
+        "proteinuria alone decides")
 
 
 class RenalSettings(_Strict):
-    upcr_item: str = "upcr"
-    protein_24h_item: str = "protein_24h"
-    egfr_item: str = "egfr"
-    response: RenalResponseSettings = RenalResponseSettings()
+    upcr_item: str = Field("upcr", description="CRF item of the urine protein/creatinine ratio (UPCR)")
+    protein_24h_item: str = Field("protein_24h", description="CRF item of the 24-h urine protein")
+    egfr_item: str = Field("egfr", description="CRF item of the eGFR, reported per visit and used for kidney-function "
+                           "stability in the renal response")
+    response: RenalResponseSettings = Field(
+        RenalResponseSettings(),
+        description="the lupus nephritis renal response (KDIGO 2024), derived only with enabled: true")
 
 
 class RenalVisit(BaseModel):

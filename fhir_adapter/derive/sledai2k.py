@@ -67,10 +67,13 @@ class _Strict(BaseModel):
 
 
 class LabRule(_Strict):
-    item: str
-    op: Literal[">", ">=", "<", "<=", "present", "below_range", "above_range"]
-    value: float | None = None
-    unit: str | None = None
+    item: str = Field(description="CRF item (items.yaml) whose results in the window the rule tests")
+    op: Literal[">", ">=", "<", "<=", "present", "below_range", "above_range"] = Field(
+        description="the test: compared with `value`; present (positive or above 0); below_range/above_range (the "
+        "result's range, else interpretation, else default_ranges)")
+    value: float | None = Field(None, description="the threshold of >, >=, < and <=, in `unit`")
+    unit: str | None = Field(None, description="the unit of `value`, converted to the item's CRF unit when the mapping "
+                             "loads; without it, the item's unit")
 
     @model_validator(mode="after")
     def _value_for_thresholds(self) -> LabRule:
@@ -80,13 +83,19 @@ class LabRule(_Strict):
 
 
 class Descriptor(_Strict):
-    code: str
-    weight: int
-    group: str
-    label: str = ""
-    cytopenia: bool = False
-    lab: tuple[LabRule, ...] = ()
-    lab_fallback: tuple[LabRule, ...] = ()
+    code: str = Field(description="the descriptor's code (one of the 24); the clinician's entry is the CRF item "
+                      "sledai2k.<code>")
+    weight: int = Field(description="the score when the descriptor is present (the 24 weights add up to 105)")
+    group: str = Field(description="the descriptor's organ group, which lldas.yaml major_organ_groups names")
+    label: str = Field("", description="the descriptor's name for the reader of the file; the adapter does not read it")
+    cytopenia: bool = Field(
+        False, description="its lab results dated from lymphodepletion start to cytopenia_exclusion_days after it are "
+        "not scored (an expected drug effect)")
+    lab: tuple[LabRule, ...] = Field(
+        default=(), description="lab rules: the descriptor scores when any rule holds for any result of its item in "
+        "the window")
+    lab_fallback: tuple[LabRule, ...] = Field(
+        default=(), description="lab rules used only when the window holds no result of the `lab` rules' items")
 
     @property
     def item(self) -> str:
@@ -95,18 +104,32 @@ class Descriptor(_Strict):
 
 
 class Range(_Strict):
-    low: float | None = None
-    high: float | None = None
+    low: float | None = Field(None, description="the default lower limit, in the item's CRF unit (below_range)")
+    high: float | None = Field(None, description="the default upper limit, in the item's CRF unit (above_range)")
 
 
 class Sledai2kSettings(_Strict):
-    window_days: Literal[10, 28, 30] = 10
-    cytopenia_exclusion_days: int = Field(30, ge=0)
-    min_clinician_descriptors: int = Field(1, ge=0)
-    low_interpretations: tuple[str, ...] = ("L", "LL")
-    high_interpretations: tuple[str, ...] = ("H", "HH", "POS")
-    default_ranges: dict[str, Range] = Field(default_factory=dict)
-    descriptors: tuple[Descriptor, ...]
+    window_days: Literal[10, 28, 30] = Field(
+        10, description="a descriptor counts when present from this many days before the visit date through that "
+        "date (docs/clinical-rules.md#sledai2k-window)")
+    cytopenia_exclusion_days: int = Field(
+        30, ge=0, description="lab results of cytopenia descriptors dated from lymphodepletion start to this many days "
+        "after it are not scored; 0: no exclusion")
+    min_clinician_descriptors: int = Field(
+        1, ge=0, description="clinician descriptor results a visit must hold to get a SLEDAI-2K total; 0: labs "
+        "suffice")
+    low_interpretations: tuple[str, ...] = Field(
+        ("L", "LL"), description="interpretation codes meaning below range, for a result without a reference-range low "
+        "(below_range)")
+    high_interpretations: tuple[str, ...] = Field(
+        ("H", "HH", "POS"), description="interpretation codes meaning above range, for a result without a "
+        "reference-range high (above_range)")
+    default_ranges: dict[str, Range] = Field(
+        default_factory=dict, description="item → the study's range, used only for a result with neither a "
+        "reference range nor an interpretation code")
+    descriptors: tuple[Descriptor, ...] = Field(
+        description="the 24 SLEDAI-2K descriptors of Gladman 2002, with their weights, groups and lab rules "
+        "(docs/clinical-rules.md#sledai2k-descriptors)")
 
     @model_validator(mode="after")
     def _the_24_descriptors(self) -> Sledai2kSettings:

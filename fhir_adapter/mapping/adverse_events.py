@@ -92,10 +92,15 @@ class _Strict(BaseModel):
 class EventClass(_Strict):
     """Codes, code prefixes and term patterns that put an event in a class (CRS, ICANS, haematological)."""
 
-    codes: tuple[str, ...] = ()
-    code_prefixes: tuple[str, ...] = ()
+    codes: tuple[str, ...] = Field(default=(), description="AdverseEvent.event codes (alias|code) that put the event "
+                                   "in the class")
+    code_prefixes: tuple[str, ...] = Field(
+        default=(),
+        description="alias|prefix: an event code of that system starting with the prefix puts the event in the class")
     terms: tuple[str, ...] = Field(default=(), description="regular expressions, case-insensitive")
-    not_terms: tuple[str, ...] = ()
+    not_terms: tuple[str, ...] = Field(
+        default=(), description="regular expressions (case-insensitive) that, found in the event's term, keep it out "
+        "of the class even when a code matches")
 
     @field_validator("terms", "not_terms")
     @classmethod
@@ -111,27 +116,65 @@ class EventClass(_Strict):
 class AdverseEventSettings(_Strict):
     """``mappings/<study>/adverse_events.yaml``."""
 
-    code_systems: dict[str, str]
-    grade_extension_urls: tuple[str, ...] = ()
-    grade_codes: dict[str, int]
-    severity_grades: dict[str, int] = Field(default_factory=lambda: {"mild": 1, "moderate": 2, "severe": 3})
-    serious_words: tuple[str, ...] = ("serious",)
-    non_serious_words: tuple[str, ...] = ("nonserious",)
-    related_codes: tuple[str, ...] = ()
-    not_related_codes: tuple[str, ...] = ()
-    unknown_codes: tuple[str, ...] = ()
-    related_words: tuple[str, ...] = ()
-    not_related_words: tuple[str, ...] = ()
-    unknown_words: tuple[str, ...] = ()
-    product_codes: tuple[str, ...] = ()
-    product_names: tuple[str, ...] = ()
-    unidentified_single_entity_is_product: bool = True
-    onset_extension_urls: tuple[str, ...] = ()
-    resolved_outcomes: tuple[str, ...] = ("resolved", "resolvedWithSequelae")
-    excluded_statuses: tuple[str, ...] = ("entered-in-error",)
-    crs: EventClass = EventClass()
-    icans: EventClass = EventClass()
-    hematologic: EventClass = EventClass()
+    code_systems: dict[str, str] = Field(
+        description="alias → URI of the code systems this file's codes name (alias|code); an alias starting with "
+        "meddra marks a MedDRA system (AE MedDRA code and term)")
+    grade_extension_urls: tuple[str, ...] = Field(
+        default=(), description="URLs of the site's own grade extensions, read beside the backport ae-grade "
+        "extension; different grades on one event: the worst (docs/clinical-rules.md#ae-grade)")
+    grade_codes: dict[str, int] = Field(
+        description="grade codes (alias|code, e.g. NCIt CTCAE grade terms) → grade 1-5, read in the grade extensions")
+    severity_grades: dict[str, int] = Field(
+        default_factory=lambda: {"mild": 1, "moderate": 2, "severe": 3},
+        description="AdverseEvent.severity code or text (lower case) → grade, used when no grade extension gives "
+        "one; such a grade is flagged approximate")
+    serious_words: tuple[str, ...] = Field(
+        ("serious",), description="AdverseEvent.seriousness codes or texts meaning serious (case, spaces, - and _ "
+        "ignored)")
+    non_serious_words: tuple[str, ...] = Field(
+        ("nonserious",), description="AdverseEvent.seriousness codes or texts meaning not serious (case, spaces, - and "
+        "_ ignored); they win over serious_words")
+    related_codes: tuple[str, ...] = Field(
+        default=(), description="causality assessment codes (alias|code) meaning related to the study product "
+        "(docs/clinical-rules.md#ae-relatedness)")
+    not_related_codes: tuple[str, ...] = Field(
+        default=(), description="causality assessment codes (alias|code) meaning not related to the study product")
+    unknown_codes: tuple[str, ...] = Field(
+        default=(), description="causality assessment codes (alias|code) meaning relatedness cannot be assessed "
+        "(related stays unknown)")
+    related_words: tuple[str, ...] = Field(
+        default=(), description="assessment texts meaning related, compared in lower case with - and _ as spaces; "
+        "read when no listed code matches")
+    not_related_words: tuple[str, ...] = Field(
+        default=(), description="assessment texts meaning not related, compared in lower case with - and _ as spaces")
+    unknown_words: tuple[str, ...] = Field(
+        default=(), description="assessment texts meaning relatedness cannot be assessed (related stays unknown)")
+    product_codes: tuple[str, ...] = Field(
+        default=(), description="codes (alias|code) of the study product: a suspect entity carrying one, or one of "
+        "study.yaml's infusion_codes, is the product")
+    product_names: tuple[str, ...] = Field(
+        default=(), description="names of the study product, found as whole words in any case in a suspect entity's "
+        "display or text, or its resource's code text")
+    unidentified_single_entity_is_product: bool = Field(
+        True, description="an AE's only suspect entity names nothing identifiable: its causality is read as about the "
+        "study product (with a warning); false: ignored")
+    onset_extension_urls: tuple[str, ...] = Field(
+        default=(), description="extension URLs giving the onset (valueDateTime or valuePeriod.start) when "
+        "AdverseEvent.date is missing; the first present is used")
+    resolved_outcomes: tuple[str, ...] = Field(
+        ("resolved", "resolvedWithSequelae"),
+        description="outcome codes (plain or alias|code) meaning resolved: then, without a resolve-date extension, "
+        "the onset extension's valuePeriod.end is the resolution")
+    excluded_statuses: tuple[str, ...] = Field(
+        ("entered-in-error",),
+        description="backport status modifierExtension codes whose AdverseEvents are counted and never mapped")
+    crs: EventClass = Field(
+        EventClass(), description="what makes an event CRS (its crs flag; docs/clinical-rules.md#ae-categories)")
+    icans: EventClass = Field(
+        EventClass(), description="what makes an event ICANS (its icans flag; docs/clinical-rules.md#ae-categories)")
+    hematologic: EventClass = Field(
+        EventClass(),
+        description="what makes an event haematological (its hematologic flag; docs/clinical-rules.md#ae-categories)")
 
     @field_validator("grade_codes", "severity_grades")
     @classmethod

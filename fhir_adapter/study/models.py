@@ -39,12 +39,15 @@ class StudyInfo(Strict):
     """``study.yaml`` → ``study``: who is in the trial and what marks Day 1."""
 
     id: str = Field(description="ResearchStudy.identifier value, e.g. SYN-LN-0001")
-    name: str = ""
+    name: str = Field("", description="the study's full name: ODM StudyDescription and the title of a ResearchStudy "
+                      "the adapter writes for it (roster CSV, synth); without it, study.id")
     identifier_system: str | None = Field(None, description="if set, ResearchStudy.identifier.system must match")
     subject_identifier_system: str | None = Field(
         None, description="ResearchSubject.identifier system holding the subject ID; else the first identifier"
     )
-    enrolled_statuses: tuple[str, ...] = ("on-study", "on-study-intervention", "on-study-observation", "follow-up")
+    enrolled_statuses: tuple[str, ...] = Field(
+        ("on-study", "on-study-intervention", "on-study-observation", "follow-up"),
+        description="ResearchSubject.status values that make a subject enrolled: only enrolled subjects' data are read")
     left_statuses: tuple[str, ...] = Field(
         ("withdrawn", "off-study"),
         description="statuses of a subject who took part and left: the CRF of the last run that read it is "
@@ -75,11 +78,15 @@ class StudyInfo(Strict):
 
 
 class Visit(Strict):
-    id: str
-    label: str = ""
+    id: str = Field(description="the visit id in the CRF, results, exports and write-back identifiers (never rename a "
+                    "published one)")
+    label: str = Field("", description="the visit's name in the exports (VISIT, ODM) and the review pages; without "
+                       "it, the id")
     day: int = Field(description="target study day")
-    window: tuple[int, int]
-    baseline: bool = False
+    window: tuple[int, int] = Field(description="[earliest, latest] study day that belongs to the visit, both "
+                                    "inclusive; holds `day`, never overlaps another window")
+    baseline: bool = Field(False, description="marks the protocol's baseline visit for the reader; no rule reads it "
+                           "(the baseline is the last value on or before Day 1, docs/clinical-rules.md#baseline)")
 
     @model_validator(mode="after")
     def _window_contains_target(self) -> Visit:
@@ -106,8 +113,14 @@ class Participation(Strict):
     known of ``end_of_study`` (ResearchSubject.period.end) and ``last_window`` (the end of the latest window).
     """
 
-    start: tuple[ParticipationStart, ...] = ("consent", "screening_window")
-    end: tuple[ParticipationEnd, ...] = ("end_of_study", "last_window")
+    start: tuple[ParticipationStart, ...] = Field(
+        ("consent", "screening_window"),
+        description="participation starts at the first known of: consent (ResearchSubject.period.start), "
+                    "screening_window (start of the earliest window); must list screening_window")
+    end: tuple[ParticipationEnd, ...] = Field(
+        ("end_of_study", "last_window"),
+        description="participation ends at the first known of: end_of_study (ResearchSubject.period.end), "
+                    "last_window (end of the latest window); must list last_window")
 
     @model_validator(mode="after")
     def _has_fallback(self) -> Participation:
@@ -123,7 +136,10 @@ class BaselineRule(Strict):
     in no visit (before consent, or between visit windows). ``screening_window`` (the default): as far back as
     the earliest visit window starts; null: no limit."""
 
-    lookback_days: int | Literal["screening_window"] | None = "screening_window"
+    lookback_days: int | Literal["screening_window"] | None = Field(
+        "screening_window",
+        description="how many days before Day 1 a baseline value may lie: a number ≥ 0, screening_window (as far "
+                    "back as the earliest visit window starts) or null (no limit)")
 
     @field_validator("lookback_days")
     @classmethod
@@ -134,10 +150,16 @@ class BaselineRule(Strict):
 
 
 class Schedule(Strict):
-    visits: tuple[Visit, ...]
-    unscheduled_items: tuple[str, ...] = ()
-    participation: Participation = Participation()
-    baseline: BaselineRule = BaselineRule()
+    visits: tuple[Visit, ...] = Field(description="the scheduled visits, in study days (Day 1 = the infusion or first "
+                                      "dose, the day before is -1, no Day 0)")
+    unscheduled_items: tuple[str, ...] = Field(
+        default=(), description="items whose results outside every window become unscheduled visits (UNS<study day>); "
+        "another item's stay in no visit (coverage: out of window)")
+    participation: Participation = Field(
+        Participation(),
+        description="the span in which visits and results may lie (docs/clinical-rules.md#participation)")
+    baseline: BaselineRule = Field(
+        BaselineRule(), description="how far before Day 1 a baseline may lie (docs/clinical-rules.md#baseline)")
 
     def baseline_lookback_days(self) -> int | None:
         """Days before Day 1 a baseline may lie (None: no limit); ``screening_window`` resolved."""
@@ -179,14 +201,16 @@ Domain = Literal["LB", "VS", "PC", "QS", "IS"]
 class Item(Strict):
     """One CRF item of a findings domain and the EHR codes that feed it."""
 
-    domain: Domain
-    label: str
+    domain: Domain = Field(description="SDTM findings domain: LB lab, VS vital sign, PC cellular kinetics, QS "
+                           "questionnaire or score, IS immunogenicity")
+    label: str = Field(description="the item's name in the exports (--TEST, ODM) and the review pages")
     testcd: str | None = Field(
         None, pattern=r"^[A-Z][A-Z0-9_]{0,7}$",
         description="CDISC --TESTCD in the exports (SDTM CT where one exists); default: derived from the item id",
     )
     codes: tuple[str, ...] = Field(description="alias|code, e.g. loinc|777-3; any number of site-local codes")
-    value: ValueType = "quantity"
+    value: ValueType = Field("quantity", description="the result's value: quantity (a number with a unit), boolean, "
+                             "coded (positive or negative, by positive_codes/negative_codes) or text")
     unit: str | None = Field(None, description="UCUM unit the CRF stores the item in")
     accept_units: tuple[str, ...] = Field(default=(), description="other UCUM units converted by UCUM rules")
     factors: dict[str, Factor] = Field(
@@ -196,13 +220,18 @@ class Item(Strict):
     decimals: int | None = Field(
         None, ge=0, le=12, description="the precision the CRF keeps: a value converted from another unit is rounded "
         "to it (docs/clinical-rules.md#converted-precision); without it, 12 significant digits")
-    select: SelectRule = "closest"
+    select: SelectRule = Field(
+        "closest", description="which result a visit keeps when its window holds several: closest to the target day, "
+        "first, last, max, min, worst (needs `worse`) or any_true")
     worse: Worse | None = Field(None, description="which way a value is more abnormal (high or low); required by "
                                 "select: worst, read by nothing else")
     bounds: tuple[float, float] | None = Field(None, description="physiological bounds in `unit`")
-    positive_codes: tuple[str, ...] = ()
-    negative_codes: tuple[str, ...] = ()
-    lloq: float | None = None
+    positive_codes: tuple[str, ...] = Field(
+        default=(), description="codes (alias|code) of a coded result that mean positive (present)")
+    negative_codes: tuple[str, ...] = Field(
+        default=(), description="codes (alias|code) of a coded result that mean negative (absent)")
+    lloq: float | None = Field(None, description="lower limit of quantification in `unit`: a result below it is below "
+                               "LLOQ (kinetics, review); --LLOQ in the exports")
 
     @model_validator(mode="after")
     def _unit_for_quantities(self) -> Item:
@@ -227,8 +256,10 @@ class Item(Strict):
 
 
 class ItemsFile(Strict):
-    code_systems: dict[str, str]
-    items: dict[str, Item]
+    code_systems: dict[str, str] = Field(description="alias → URI of every code system the study's codes name (a "
+                                         "code is written alias|code); a site overlay adds its own")
+    items: dict[str, Item] = Field(description="the CRF items of the findings domains, by item id, and the EHR codes "
+                                   "that feed them")
 
 
 class SubjectIdentifierRule(Strict):
@@ -265,10 +296,15 @@ def known_zone(v: str) -> str:
 class SiteOverlay(Strict):
     """``--site mappings/sites/<name>.yaml``: local codes and units added to the study mapping."""
 
-    site: str
-    code_systems: dict[str, str] = Field(default_factory=dict)
-    items: dict[str, SiteItem] = Field(default_factory=dict)
-    timezone: str | None = None
+    site: str = Field(description="the site's name, echoed in results/study.json (settings.site_overlay) and by check")
+    code_systems: dict[str, str] = Field(
+        default_factory=dict,
+        description="alias → URI of the site's local code systems; an alias the study declares cannot change")
+    items: dict[str, SiteItem] = Field(
+        default_factory=dict,
+        description="items of items.yaml this site adds codes or units to (it cannot create items)")
+    timezone: str | None = Field(
+        None, description="site time zone (IANA name) in which dates are compared; overrides study.yaml's timezone")
 
     @field_validator("timezone")
     @classmethod
@@ -302,8 +338,9 @@ class SiteOverlay(Strict):
 
 
 class SiteItem(Strict):
-    codes: tuple[str, ...] = ()
-    accept_units: tuple[str, ...] = ()
+    codes: tuple[str, ...] = Field(default=(), description="the site's own codes (alias|code), added to the item's")
+    accept_units: tuple[str, ...] = Field(
+        default=(), description="more UCUM units converted by UCUM rules into the item's CRF unit, added to the item's")
     factors: dict[str, Factor] = Field(default_factory=dict, description="factors for units the study has none for")
     override_factors: dict[str, Factor] = Field(
         default_factory=dict,
