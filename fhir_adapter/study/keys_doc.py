@@ -53,6 +53,17 @@ def _model(ann: Any) -> type[BaseModel] | None:
     return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
 
 
+def _key(name: str, field: FieldInfo) -> str:
+    """The key a file writes for a field: its alias when it has one (``class`` for ``drug_class``)."""
+    alias = field.validation_alias if isinstance(field.validation_alias, str) else field.alias
+    return alias or name
+
+
+def _fields(model: type[BaseModel]) -> dict[str, FieldInfo]:
+    """A model's fields by the key a file writes."""
+    return {_key(name, field): field for name, field in model.model_fields.items()}
+
+
 def accepted_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[str] | None:
     """The keys the mapping at ``loc`` (keys and list indexes from the model's top) takes, or None when ``loc``
     is not a mapping the model describes."""
@@ -61,7 +72,7 @@ def accepted_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[st
         here = _unwrap(here)
         origin = get_origin(here)
         if isinstance(here, type) and issubclass(here, BaseModel):
-            field = here.model_fields.get(str(part))
+            field = _fields(here).get(str(part))
             if field is None:
                 return None
             here = field.annotation
@@ -72,7 +83,7 @@ def accepted_keys(model: type[BaseModel], loc: tuple[str | int, ...]) -> list[st
         else:
             return None
     found = _model(here)
-    return list(found.model_fields) if found is not None else None
+    return list(_fields(found)) if found is not None else None
 
 
 def _type(ann: Any) -> str:
@@ -125,7 +136,7 @@ def _cell(text: str) -> str:
 
 
 def _rows(model: type[BaseModel], prefix: str, seen: tuple[type[BaseModel], ...] = ()) -> Iterator[list[str]]:
-    for name, field in model.model_fields.items():
+    for name, field in _fields(model).items():
         key = f"{prefix}{name}"
         yield [f"`{key}`", _cell(_type(field.annotation)), _default(field), _cell(_limits(field)),
                _cell(field.description or "")]

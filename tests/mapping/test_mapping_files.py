@@ -184,6 +184,18 @@ def test_a_misspelt_required_key_is_named_with_the_key_it_meant_and_the_keys_tha
     assert "docs/study-files.md#itemsyaml" in err.fix
 
 
+def test_an_aliased_key_is_named_as_the_file_writes_it(tmp_path: Path) -> None:
+    """medications.yaml writes `class:` (the model's field is drug_class): the hint and the reference say `class`."""
+    study = _copy(tmp_path)
+    _edit(study / "medications.yaml", "    class: antimalarial", "    clas: antimalarial")
+    err = _refused(study)
+    assert err.reason == "unknown key 'clas'" and err.fix.startswith("did you mean 'class'?")
+    assert "drug_class" not in err.fix
+    from fhir_adapter.study import keys_doc
+
+    assert "| `drugs.<text>.class` |" in keys_doc.render()
+
+
 def test_a_value_error_points_to_the_reference_of_the_file_s_keys(tmp_path: Path) -> None:
     study = _copy(tmp_path)
     text = (study / "escalation.yaml").read_text(encoding="utf-8")
