@@ -12,7 +12,8 @@ For each AdverseEvent, in order:
 3. **term** — ``event.text``, else the first coding display, else its code; ``codes`` = every coding as
    ``system|code``. An AdverseEvent without ``event`` is quarantined (``no-event``).
 4. **grade** — the first case that applies: the backport ``ae-grade`` extension (NCIt CTCAE grade code of
-   ``grade_codes``, or a text "Grade N"); a study-configured extension (``grade_extension_urls``);
+   ``grade_codes``, or a text "Grade N") and the study-configured extensions (``grade_extension_urls``), the
+   worst of their grades when they differ (warning ``ae-grade-conflict``);
    ``severity`` mild/moderate/severe → 1/2/3 with ``grade_approximate``; else None (counted ``ae.no-grade``
    and a warning ``ae-no-grade`` naming the AdverseEvent; the event is kept).
 5. **seriousness** — ``seriousness`` code or text, any casing ("Serious", "non-serious"); else True when a
