@@ -99,3 +99,29 @@ def test_a_subject_refused_for_a_requests_size_says_which_setting_helps(method: 
     entry = _failure("S-1", "read", FhirHttpError(method=method, url=url, status=status, reason="", diagnostics=[],
                                                   body_excerpt=""))
     assert said in entry["what_to_do"] and entry["last_status"] == status
+
+
+@pytest.mark.parametrize("parts", [True, False], ids=["folder-read-by-workers", "subjects-sent-to-workers"])
+def test_a_run_the_server_stops_shuts_its_worker_pool_down_before_it_returns(
+        tmp_path: Path, study: Study, monkeypatch: pytest.MonkeyPatch, parts: bool) -> None:
+    """With workers, the run that stops (exit 3) shuts its pool down itself: left to the collection of the abandoned
+    generator at exit, the shutdown met closed pipes and Python printed "Exception ignored in <generator
+    subject_outcomes> … OSError" under the one-line error (docs/cli.md: a failure prints one line)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    shut: list[bool] = []
+    real = ProcessPoolExecutor.shutdown
+
+    def shutdown(self: ProcessPoolExecutor, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        shut.append(wait)
+        real(self, wait=wait, cancel_futures=cancel_futures)
+
+    monkeypatch.setattr(ProcessPoolExecutor, "shutdown", shutdown)
+    feed, out = tmp_path / "feed", tmp_path / "out"
+    write_feed(feed, subjects=6, seed=7)
+    source = FileSource(feed, RunLog())
+    if not parts:
+        monkeypatch.setattr("fhir_adapter.job.pipeline.splittable", lambda _: False)  # subject_outcomes
+    summary = run(source, study, out, sink=Server("not written"), workers=2)
+    assert summary.stopped is not None and summary.exit_code == 3
+    assert True in shut

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 from collections import deque
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -635,13 +635,20 @@ def _run(
                 # a local folder with workers: the workers read it too, in parts
                 outcomes = file_outcomes(source, roster.enrolled, work, workers) \
                     if workers > 1 and splittable(source) else subject_outcomes(subjects, work, engine, workers)
-            for e0, outcome, resources in outcomes:
+            try:
+                for e0, outcome, resources in outcomes:
 
-                def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:
-                    finish(o, resources)
+                    def fresh(o: SubjectOutcome = outcome, resources: list[dict[str, Any]] = resources) -> None:
+                        finish(o, resources)
 
-                reuse_before(e0.patient_id)
-                guarded(e0, fresh)
+                    reuse_before(e0.patient_id)
+                    guarded(e0, fresh)
+            finally:
+                # the run stopped early (the server down, a full disk): the worker pool is shut down now, not
+                # when the abandoned generator is collected at exit — by then its pipes may be closed, and Python
+                # printed "Exception ignored in <generator subject_outcomes>" after the one-line error
+                if isinstance(outcomes, Generator):
+                    outcomes.close()
         except FhirError as exc:  # raised by the source between subjects (e.g. the incremental probes)
             stop = _stop_for(exc) or (_Stop(exc) if is_unavailability(exc) else None)
             if stop is None:
