@@ -82,6 +82,20 @@ def test_the_site_overlay_example_loads(tmp_path: Path) -> None:
     assert study.code_index[("urn:oid:2.16.840.1.113883.3.9999.1.2", "PLT")] == "platelets"
 
 
+def test_the_overlay_of_the_mappings_readme_loads(tmp_path: Path) -> None:
+    """mappings/README.md "Adding a site: the overlay", copied as it is, loads with the study (its meddra_dir names
+    the site's own MedDRA release: pointed at a made-up one in the same layout)."""
+    from tests.export.test_cdisc_ig import synthetic_meddra
+
+    text = _block((ROOT / "mappings" / "README.md").read_text(), "## Adding a site: the overlay", "yaml")
+    assert "/srv/meddra/27.1/MedAscii" in text
+    overlay = tmp_path / "example.yaml"
+    overlay.write_text(text.replace("/srv/meddra/27.1/MedAscii", str(synthetic_meddra(tmp_path / "meddra"))))
+    study = load_study(ROOT / "mappings" / "lcar-aio", overlay)
+    assert study.site == "example-site" and study.info.timezone == "Europe/Berlin"
+    assert ("https://hospital.example.org/procedure-code", "CART-INF") in study.infusion_codes
+
+
 def test_the_schedule_examples_request_every_scope_and_are_valid_unit_files() -> None:
     """§9's cron example asks for every reading scope of §3 and the write-back scopes its `--post` needs; its
     systemd unit has comments on their own lines only (systemd reads `KEY=value # …` as part of the value)."""

@@ -182,7 +182,7 @@ def test_the_documented_example_config_loads() -> None:
     from fhir_adapter.fhir.server_config import load_server_config
 
     cfg = load_server_config(ROOT / "docs" / "adapter.example.yaml", {"FHIR_ADAPTER_MAX_CONCURRENCY": "2"})
-    assert cfg.client.page_size == 200 and cfg.observation_code_param == "auto"
+    assert cfg.client.page_size == 1000 and cfg.observation_code_param == "auto"
     assert cfg.client.max_concurrency == 2  # the environment overrides the file
 
 

@@ -76,8 +76,9 @@ class ServerConfig(BaseModel):
 
     client: ClientSettings = ClientSettings()
     read_mode: Literal["search", "batch", "bulk"] = Field(
-        "search", description="search: one search per resource type and subject; batch: one batch Bundle of "
-                              "those searches per subject; bulk: a Bulk Data $export (as `run --bulk`)")
+        "search", description="search: one search per resource type and group of patients_per_search patients; "
+                              "batch: one batch Bundle of those searches per group; bulk: a Bulk Data $export "
+                              "(as `run --bulk`)")
     bulk: BulkSettings = Field(BulkSettings(), description="Bulk Data $export settings (read_mode: bulk)")
     observation_code_param: Literal["auto", "combo-code", "code", "none"] = Field(
         "auto", description="how Observations are filtered by the mapping's codes: combo-code (on the server, "
