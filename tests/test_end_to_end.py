@@ -399,3 +399,40 @@ def test_ig_columns_are_filled_from_the_feed(trial: Trial) -> None:
     assert {r["CMAENO"] for r in cm if r["CMAENO"]} | {r["PRAENO"] for r in pr if r["PRAENO"]} <= treated <= ae_ids, \
         "CMAENO/PRAENO name events whose mitigatingAction names the treatment"
     assert {r["CMMHNO"] for r in cm if r["CMMHNO"]} <= {r["MHSPID"] for r in _csv(out, "MH")}
+
+
+def test_the_readme_results_example_is_what_the_demo_derives(trial: Trial) -> None:
+    """README "The results contract" shows subject 101-001 of the 34-subject demo: every value it writes out is
+    the demo's (a number to the decimals the README gives), so the example cannot drift from the product."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## The results contract", 1)[1].split("```jsonc\n", 1)[1].split("```", 1)[0]
+    _, out, _ = trial
+    results = load(out / "results" / "study.json")
+    s = next(x for x in results["subjects"] if x["subject_id"] == "101-001")
+    w24 = next(v for v in s["visits"] if v["visit"] == "W24")
+    head, subject = block.split('"subjects": [', 1)
+    subject_keys, visit = subject.split('"visits": [', 1)
+    outside, kinetics = subject_keys.split('"kinetics": {', 1)
+    scalar = r'"(\w+)": ("[^"]*"|-?\d+(?:\.\d+)?|true|false|null)'
+
+    def same(shown: str, actual: Any) -> bool:
+        value = json.loads(shown)
+        if isinstance(value, float) and isinstance(actual, int | float) and not isinstance(actual, bool):
+            decimals = len(shown.split(".")[1])
+            return round(float(actual), decimals) == value
+        return bool(value == actual)
+
+    checked = 0
+    for part, where in ((outside, s), (kinetics, s["kinetics"]), (visit, w24)):
+        for key, shown in re.findall(scalar, part):
+            assert key in where and same(shown, where[key]), (key, shown, where.get(key))
+            checked += 1
+    [rate] = [r for r in results["lldas_rate"] if r["visit"] == "W24"]
+    for key, shown in re.findall(scalar, head.split('"lldas_rate": [', 1)[1].split("]", 1)[0]):
+        assert same(shown, rate[key]), (key, shown)
+    for key, shown in re.findall(scalar, head.split('"dose_levels": [', 1)[1].split("]", 1)[0]):
+        assert same(shown, results["dose_levels"][0][key]), (key, shown)
+    assert f'"arm": "{results["rp2d"]["arm"]}", "method": "{results["rp2d"]["method"]}"' in head
+    assert checked >= 30
