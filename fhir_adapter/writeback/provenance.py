@@ -53,16 +53,30 @@ def provenance_request(key: str) -> dict[str, str]:
     return {"method": "POST", "url": "Provenance", "ifNoneExist": f"_tag={CS_WRITE_KEY}|{key}"}
 
 
+#: Provenance.activity (HL7 v3 DataOperation): a write that only makes new results creates them; one that changes
+#: or retracts a result the chart held (an update, an amended or an entered-in-error result) revises
+CREATE = {"system": V3_DATA_OPERATION, "code": "CREATE", "display": "create"}
+UPDATE = {"system": V3_DATA_OPERATION, "code": "UPDATE", "display": "revise"}
+
+
+def activity(written: list[dict[str, Any]]) -> dict[str, str]:
+    """The activity of a write of ``written``: CREATE when every resource is new (no server id, status neither
+    amended nor entered-in-error), else UPDATE. The offline bundle and ``--post`` give the same for the same
+    results: both mark a changed result amended and a retraction entered-in-error."""
+    revises = any(r.get("id") or r.get("status") in ("amended", "entered-in-error") for r in written)
+    return UPDATE if revises else CREATE
+
+
 def provenance(targets: list[str], sources: list[str], device_ref: str, recorded: dt.datetime,
-               key: str) -> dict[str, Any]:
+               key: str, done: dict[str, str] = UPDATE) -> dict[str, Any]:
     """``targets``/``device_ref``: fullUrls (urn:uuid) of entries in the same transaction, or references;
-    ``key``: :func:`write_key` of the entries written with it."""
+    ``key``: :func:`write_key` of the entries written with it; ``done``: its :func:`activity`."""
     return {
         "resourceType": "Provenance",
         "meta": {"profile": [SD_PROVENANCE], "tag": [{"system": CS_WRITE_KEY, "code": key}]},
         "target": [{"reference": t} for t in targets],
         "recorded": recorded.astimezone(dt.UTC).isoformat(timespec="seconds"),
-        "activity": {"coding": [{"system": V3_DATA_OPERATION, "code": "UPDATE", "display": "revise"}]},
+        "activity": {"coding": [dict(done)]},
         "agent": [{
             "type": {"coding": [{"system": PROVENANCE_AGENT_TYPE, "code": "assembler", "display": "Assembler"}]},
             "who": {"reference": device_ref, "display": f"fhir-adapter {__version__}"},

@@ -52,7 +52,7 @@ from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.terminology.codes import SID_DEVICE, SID_RESULT
 from fhir_adapter.writeback.identifiers import full_url, in_query, subject_prefix
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
-from fhir_adapter.writeback.provenance import adapter_device, provenance, provenance_request, write_key
+from fhir_adapter.writeback.provenance import activity, adapter_device, provenance, provenance_request, write_key
 from fhir_adapter.writeback.sources import result_sources
 from fhir_adapter.writeback.state import server_retraction
 
@@ -328,7 +328,7 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
             request = {"method": "POST", "url": r["resourceType"], "ifNoneExist": condition}
         entries.append({"fullUrl": url, "resource": r, "request": request})
     key = write_key(entries[1:])
-    prov = with_owner_tag(provenance(targets, sources, device_url, now, key))
+    prov = with_owner_tag(provenance(targets, sources, device_url, now, key, activity(to_write)))
     entries.append({"fullUrl": full_url(SID_RESULT, f"provenance-{key}"), "resource": prov,
                     "request": provenance_request(key)})
     return entries

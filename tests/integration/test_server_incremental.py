@@ -321,6 +321,8 @@ def test_a_changed_result_is_amended_on_the_server_as_the_writeback_file_shows(l
     cli_run(loaded.base_url, out, "--post", "--config", str(config))
     first = {o["id"]: o for o in adapter_observations(loaded.base_url)}
     assert {o["status"] for o in first.values()} == {"final"}
+    created = search_all(loaded.base_url, "Provenance", {})
+    assert {p["activity"]["coding"][0]["code"] for p in created} == {"CREATE"}  # new results only
     subject, sledai = next((p.stem, e["resource"]) for p in sorted((out / "writeback").glob("*.json"))
                            for e in json.loads(p.read_text())["entry"]
                            if e["resource"]["resourceType"] == "Observation"
@@ -344,6 +346,8 @@ def test_a_changed_result_is_amended_on_the_server_as_the_writeback_file_shows(l
             if o["subject"] == sledai["subject"]}
     assert shown == held
     assert '+  "status": "amended"' in (out / "writeback-diff" / f"{subject}.diff").read_text()
+    revised = [p for p in search_all(loaded.base_url, "Provenance", {}) if p["id"] not in {c["id"] for c in created}]
+    assert revised and {p["activity"]["coding"][0]["code"] for p in revised} == {"UPDATE"}  # it revises
     loaded.reset("stats")
     cli_run(loaded.base_url, out, "--post", "--config", str(config))
     assert writes(loaded.stats()) == 0

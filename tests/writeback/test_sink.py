@@ -98,6 +98,25 @@ def test_a_changed_value_is_amended_and_stays_unchanged_once_amended() -> None:
     assert new["status"] == "final"
 
 
+def test_the_provenance_says_whether_a_write_creates_or_revises() -> None:
+    """Provenance.activity (v3 DataOperation): CREATE for a write of new results only; UPDATE ("revise") for one
+    that updates a result the server holds, amends or retracts one."""
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def done(to_write: list[dict[str, Any]]) -> dict[str, Any]:
+        prov = transaction_entries(to_write, ["Observation/src1"], now, "p1")[-1]["resource"]
+        coding: dict[str, Any] = prov["activity"]["coding"][0]
+        return coding
+
+    new = with_owner_tag(result("a", 1))
+    assert done([new]) == {"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE",
+                           "display": "create"}
+    assert done([new, {**new, "id": "x1"}])["code"] == "UPDATE"
+    assert done([{**new, "status": "amended"}])["code"] == "UPDATE"
+    assert done([{**new, "status": "entered-in-error"}]) == {
+        "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE", "display": "revise"}
+
+
 def test_the_retraction_share_counts_results_only() -> None:
     """A roster-CSV subject: the adapter's own ResearchStudy and ResearchSubject are on the server beside its 2
     results; a run that derives nothing would retract both — 2 of 2 results, refused (not 2 of 4 resources)."""
