@@ -424,3 +424,32 @@ def test_an_error_line_whose_reader_has_gone_keeps_the_commands_exit_code(tmp_pa
     finally:
         close()
     assert done.returncode == 3
+
+
+def test_ctrl_c_ends_a_run_with_130_and_one_line_keeping_the_previous_outputs(tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) in the middle of a run: one `error:` line saying OUT keeps the previous run's outputs, the
+    shell's code for it (130), no "Aborted!" and no traceback; OUT holds the first run's outputs, unchanged."""
+    import signal
+    import time
+
+    from fhir_adapter.synth import write_feed
+
+    write_feed(tmp_path / "feed", subjects=12, seed=7)
+    out = tmp_path / "out"
+    first = subprocess.run([*CLI, "-q", "run", "--source", str(tmp_path / "feed"), "--out", str(out),
+                            "--workers", "1"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert first.returncode in (0, 2), first.stderr
+    before = {p: p.read_bytes() for p in (out / "crf").glob("*.json")}
+    proc = subprocess.Popen([*CLI, "-q", "run", "--source", str(tmp_path / "feed"), "--out", str(out),
+                             "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".staging-*/crf/*.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # interrupted once it is writing its subjects' files
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["error: interrupted: OUT keeps the previous run's outputs (a run replaces "
+                                           "them only once it has finished); run the same command again"]
+    assert {p: p.read_bytes() for p in (out / "crf").glob("*.json")} == before
+    assert not list(out.glob(".staging-*"))

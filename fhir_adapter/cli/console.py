@@ -289,6 +289,12 @@ class AdapterGroup(click.Group):
             raise
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
+        except KeyboardInterrupt:  # Ctrl-C: one line saying what became of OUT (click would print "Aborted!", exit 1)
+            running = ctx.invoked_subcommand or ctx.info_name
+            say_error("error: interrupted" + (": OUT keeps the previous run's outputs (a run replaces them only "
+                                              "once it has finished); run the same command again"
+                                              if running == "run" else ""))
+            ctx.exit(exit_codes.INTERRUPTED)
         except BrokenPipeError:  # `check | head -1`: the reader has what it wanted; no error line, no traceback
             stream_closed(sys.stdout)  # (stderr's errors are said by say_error, which keeps the exit code)
             ctx.exit(exit_codes.OUTPUT_CLOSED)

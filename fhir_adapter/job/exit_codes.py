@@ -8,6 +8,7 @@ COMPLETED_WITH_WARNINGS = 2
 SERVER_UNAVAILABLE = 3
 AUTH_FAILED = 4
 USAGE = 64
+INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped with Ctrl-C
 OUTPUT_CLOSED = 141  # 128 + SIGPIPE: what a shell reports for a command its reader stopped reading
 
 #: code -> (meaning, what the site does next)
@@ -24,6 +25,8 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
     AUTH_FAILED: ("authentication failed: the run stopped; what the server confirmed is recorded",
                   "check the client id, key and scopes with the token endpoint named in the error; rerun"),
     USAGE: ("usage error on the command line", "correct the command (see --help)"),
+    INTERRUPTED: ("interrupted (Ctrl-C, SIGINT): OUT keeps the previous run's outputs",
+                  "run the same command again (what a server confirmed stays written; nothing is written twice)"),
     OUTPUT_CLOSED: ("the reader of the output closed it (e.g. | head): the rest was not printed",
                     "nothing, or run it again without cutting its output"),
 }
