@@ -170,14 +170,14 @@ def test_a_schedule_without_a_day1_visit_still_doses_on_day1_and_once_without_re
                 date.fromisoformat(ma["effectivePeriod"]["start"][:10]))
     assert doses and all(len(d) == 1 for d in doses.values()), doses
     windows = {v.id: v.window for v in study.schedule.visits}
-    seen = Counter()
+    seen: Counter[str] = Counter()
     for obs in _lines(tmp_path / "feed", "Observation"):
         ref = obs["subject"]["reference"]
         if ref not in doses:
             continue
         when = obs.get("effectiveDateTime") or obs["effectivePeriod"]["end"]
         sd = study_day(date.fromisoformat(str(when)[:10]), doses[ref][0])
-        [visit] = [v for v, (lo, hi) in windows.items() if lo <= sd <= hi] or [None]
-        assert visit is not None, (ref, sd)
-        seen[visit] += 1
+        inside = [v for v, (lo, hi) in windows.items() if lo <= sd <= hi]
+        assert len(inside) == 1, (ref, sd)
+        seen[inside[0]] += 1
     assert seen["SCR"] and seen["W12"]

@@ -193,5 +193,5 @@ def test_the_safety_population_names_the_study_s_product(study: Study) -> None:
     other = dataclasses.replace(study, info=study.info.model_copy(update={"product_name": "NX-19"}))
     keys = safety_endpoint.study_keys(StudyInput(study=other, settings=other.rule("safety", SafetySettings),
                                                  rows=[]))
-    assert keys["teae_summary"]["population"].startswith("subjects infused with NX-19 (safety population)")
+    assert str(keys["teae_summary"]["population"]).startswith("subjects infused with NX-19 (safety population)")
     assert "LCAR" not in json.dumps(keys)
