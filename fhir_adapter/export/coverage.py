@@ -8,8 +8,10 @@ Per subject, item and scheduled visit the cell is, the first case that applies:
 3. ``no-data`` — no result for the item in the window.
 
 A subject without Day 1 (no completed infusion) has no visits to fill: it is listed under
-``subjects_without_day1`` and counted in no cell. Per item, results outside every window (``out_of_window``)
-and results with a partial date (``partial_date``, never placed in a visit) are counted as well.
+``subjects_without_day1`` and counted in no cell. Per item, results outside every window (``out_of_window``;
+of them ``out_of_window_before_consent``, dated before the subject's consent: routine care before the trial, not
+a visit the site missed) and results with a partial date (``partial_date``, never placed in a visit) are counted
+as well.
 
 Written to ``run-report.json`` → ``coverage`` (counts across subjects, per-subject totals, unmapped codes)
 and to ``OUT/export/coverage.csv`` (one row per item and visit) and ``OUT/export/coverage-subjects.csv``
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from fhir_adapter.crf.models import SubjectCRF
+from fhir_adapter.derive.baseline import before_participation
 from fhir_adapter.export.cdisc import testcd_map, visit_numbers
 from fhir_adapter.export.sanitize import csv_cells
 from fhir_adapter.job.runlog import Quarantined
@@ -59,6 +62,8 @@ class SubjectCoverage:
     subject_id: str
     partial_date: Counter[str] = field(default_factory=Counter)
     out_of_window: Counter[str] = field(default_factory=Counter)
+    #: of ``out_of_window``, those dated before the subject's consent (participation start)
+    before_consent: Counter[str] = field(default_factory=Counter)
     #: per item of the study (its order), the state per scheduled visit; empty without Day 1
     states: list[list[str]] = field(default_factory=list)
     csv: str = ""
@@ -81,6 +86,7 @@ class Coverage:
         #: per item (the study's order), the subjects with each sequence of states over the visits
         self._patterns: list[Counter[tuple[str, ...]]] = [Counter() for _ in self.items]
         self.out_of_window: Counter[str] = Counter()
+        self.before_consent: Counter[str] = Counter()
         self.partial_date: Counter[str] = Counter()
         self.per_subject: dict[str, dict[str, Any]] = {}
         self.without_day1: list[str] = []
@@ -132,6 +138,8 @@ class Coverage:
                 sc.partial_date[f.item] += 1
             elif f.visit is None and crf.day1 is not None:
                 sc.out_of_window[f.item] += 1
+                if f.date is not None and before_participation(crf, f.date):
+                    sc.before_consent[f.item] += 1
         if crf.day1 is None:
             sc.summary = {"day1": None}
             return sc
@@ -161,6 +169,7 @@ class Coverage:
         """Count one subject's share (:meth:`subject`): the cells, the totals, its rows of coverage-subjects.csv."""
         self.partial_date.update(sc.partial_date)
         self.out_of_window.update(sc.out_of_window)
+        self.before_consent.update(sc.before_consent)
         if sc.summary.get("day1") is None:
             self.without_day1.append(sc.subject_id)
         for patterns, states in zip(self._patterns, sc.states, strict=False):
@@ -196,7 +205,8 @@ class Coverage:
                     FILLED: sum(v[FILLED] for v in per_visit.values()),
                     QUARANTINED: sum(v[QUARANTINED] for v in per_visit.values()),
                     NO_DATA: sum(v[NO_DATA] for v in per_visit.values()),
-                    "out_of_window": self.out_of_window[item], "partial_date": self.partial_date[item],
+                    "out_of_window": self.out_of_window[item],
+                    "out_of_window_before_consent": self.before_consent[item], "partial_date": self.partial_date[item],
                     "visits": per_visit,
                 })
         return {

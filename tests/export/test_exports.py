@@ -496,3 +496,18 @@ def test_a_collection_period_is_elapsed_time_across_a_daylight_saving_change() -
     assert _duration(start, dt.datetime(2024, 10, 27, 7, 0, tzinfo=berlin)) == "PT24H"
     assert _duration(start, dt.datetime(2024, 10, 27, 8, 0, tzinfo=berlin)) == "PT25H"
     assert elapsed(start, start + dt.timedelta(days=1)) == dt.timedelta(hours=25)
+
+
+def test_coverage_tells_results_from_before_consent_among_those_out_of_window(tmp_path: Path, study: Any) -> None:
+    """coverage.items[].out_of_window counts an item's results in no visit; out_of_window_before_consent those of
+    them dated before consent (routine care before the trial, not a visit the site missed)."""
+    from fhir_adapter.export.coverage import Coverage
+    from tests.helpers import DAY1, crf, d, finding
+
+    cov = Coverage(study, tmp_path)
+    before, between = finding("platelets", -90, 200.0), finding("platelets", 20, 180.0)  # day -90: before consent
+    subject = crf([before, between], {}, participation_start=d(-60, DAY1))
+    cov.merge(cov.subject(subject, []))
+    report = cov.close({})
+    item = next(i for i in report["items"] if i["item"] == "platelets")
+    assert (item["out_of_window"], item["out_of_window_before_consent"]) == (2, 1)

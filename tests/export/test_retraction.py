@@ -131,7 +131,8 @@ def test_derived_results_change_or_are_retracted(runs: list[dict[str, Any]]) -> 
     assert _visit(runs[0], "W8")["sledai2k"] == 3 and _visit(runs[1], "W8")["sledai2k"] == 2
     assert _visit(runs[0], "W4")["sledai2k"] == 4 and _visit(runs[1], "W4")["sledai2k"] is None
     w8 = _entries(runs[1]["bundle"])[W8]["resource"]
-    assert w8["status"] == "final" and w8["valueInteger"] == 2
+    # a value that replaces one written before is amended (R4 Observation.status)
+    assert w8["status"] == "amended" and w8["valueInteger"] == 2
     assert {"reference": "Observation/plt-57"} not in w8.get("derivedFrom", [])
 
 
