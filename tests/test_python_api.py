@@ -72,3 +72,17 @@ def test_a_roster_csv_that_cannot_be_read_is_a_roster_error_naming_it(tmp_path: 
     missing = tmp_path / "site-roster.csv"
     with pytest.raises(RosterError, match=r"roster CSV .*site-roster\.csv cannot be read: No such file"):
         fhir_adapter.run(tmp_path / "feed", tmp_path / "out", roster_csv=missing)
+
+
+def test_the_config_s_writeback_reviewed_only_holds_for_the_python_api_as_for_the_cli(
+        result: RunResult, tmp_path: Path) -> None:
+    """`writeback_reviewed_only: true` in the config: fhir_adapter.run holds back unreviewed results as
+    `fhir-adapter run --config` does (it wrote them all, while its warning said the setting applied)."""
+    config = tmp_path / "adapter.yaml"
+    config.write_text("writeback_reviewed_only: true\n", encoding="utf-8")
+    held = fhir_adapter.run(result.out.parent / "feed", tmp_path / "out", site="example-site", config=config)
+    written = [e for p in (tmp_path / "out" / "writeback").glob("*.json")
+               for e in json.loads(p.read_text()).get("entry", []) if e["resource"]["resourceType"] == "Observation"]
+    assert written == [] and held.run_report["review"]["held_back"]
+    assert any(e["resource"]["resourceType"] == "Observation" for p in (result.out / "writeback").glob("*.json")
+               for e in json.loads(p.read_text()).get("entry", []))
