@@ -471,6 +471,8 @@ def _run(
             # sources too (as the bundle's does); a result held back for review is neither written nor retracted
             # results written about another Patient (the ResearchSubject was repointed since) are retracted there
             w = sink.write(e, bundle_resources, plan.retractions, held, former)
+            # final or amended as the server holds each result now (its copy decides, not this state's history)
+            bundle_resources = plan.settle(bundle_resources, w.statuses)
             if not w.error and not summary.dry_run:
                 plan.moved_away_done()
             if w.stop is not None:  # the server went down part-way through a split write: what it confirmed
@@ -522,7 +524,7 @@ def _run(
             _dump(folders, crf_path, crf_document(o.review.crf_file(o.export_updates)))
         if plan is not None:
             if p is not None and "writeback" in p.written and not plan.retractions and not plan.moved and \
-                    not any(entry.get("amended") for entry in plan.entries.values()):
+                    not any(r.get("status") == "amended" for r in bundle_resources):
                 os.replace(p.path("writeback"), folders.file(writeback_path))
             else:  # with the retractions, on the Patients the subject is no longer about too
                 _dump(folders, writeback_path, offline_transaction(bundle_resources + plan.retractions + plan.moved,

@@ -54,7 +54,7 @@ from fhir_adapter.writeback.identifiers import full_url, in_query, subject_prefi
 from fhir_adapter.writeback.ownership import why_not_owned, with_owner_tag
 from fhir_adapter.writeback.provenance import activity, adapter_device, provenance, provenance_request, write_key
 from fhir_adapter.writeback.sources import result_sources
-from fhir_adapter.writeback.state import server_retraction
+from fhir_adapter.writeback.state import result_value, server_retraction
 
 if TYPE_CHECKING:
     from fhir_adapter.fhir.client import FhirClient
@@ -93,6 +93,9 @@ class WriteResult:
     #: results of the subject on a Patient it is no longer about (its ResearchSubject was pointed at another
     #: Patient), retracted there: ``Patient/<id>: <identifier>`` (:func:`moved_away`)
     moved: list[str] = field(default_factory=list)
+    #: identifier → the status (final, amended) the server holds for each result once the write is done: what was
+    #: sent, or the server's copy of an unchanged result (:meth:`~.state.Plan.settle`)
+    statuses: dict[str, str] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -128,15 +131,19 @@ _SHOWN = ("final", "amended", "corrected")
 
 
 def as_revision(res: dict[str, Any], before: dict[str, Any] | None) -> dict[str, Any]:
-    """``res`` as it goes to the server that holds ``before`` (None: nothing): a result Observation that replaces a
-    value the chart showed (``before`` final, amended or corrected) is ``amended`` — R4 Observation.status:
-    "subsequent to being final, the observation has been modified" — so a clinician sees that the score changed;
-    one the server does not hold, or that replaces a retracted one (``entered-in-error``: as if it never
-    existed), is ``final``. The server's copy decides: the write-back state may say otherwise (it was lost, or
-    another OUT wrote)."""
+    """``res`` as it goes to the server that holds ``before`` (None: nothing): a result Observation whose value
+    replaces another value the chart showed (``before`` final, amended or corrected) is ``amended`` — R4
+    Observation.status: "subsequent to being final, the observation has been modified" — so a clinician sees that
+    the score changed, and stays so (an amended result whose method text changes is still amended); one whose value
+    is the chart's (only its method text, sources or profile differ: a new adapter version), one the server does
+    not hold, or one that replaces a retracted result (``entered-in-error``: as if it never existed) is ``final``.
+    The server's copy decides: the write-back state may say otherwise (it was lost, or another OUT wrote)."""
     if res.get("resourceType") != "Observation" or res.get("status") not in ("final", "amended"):
         return res
-    status = "amended" if before is not None and before.get("status") in _SHOWN else "final"
+    shown = before is not None and before.get("status") in _SHOWN
+    revised = shown and before is not None and (before.get("status") in ("amended", "corrected")
+                                                or result_value(before) != result_value(res))
+    status = "amended" if revised else "final"
     return res if res["status"] == status else {**res, "status": status}
 
 
@@ -185,14 +192,17 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     this subject's write never counts, updates nor retracts. ``former``: Patients the subject
     was linked to before (:func:`moved_away`): a resource written under a fixed id about one of them is the
     adapter's too (its own ResearchSubject, moved with the subject). ``others``: the study's other subject IDs the
-    run knows: an identifier that starts with another subject's prefix too, longer than this one's, is that
-    subject's (identifiers keep the ``.`` of an ID: ``101`` and ``101.2``, both ``<study>.101.…``)."""
+    run knows. Identifiers keep the ``.`` of an ID, so one may fit two subjects (``101``'s visit ``2`` and
+    ``101.2``'s results both start with ``<study>.101.2.``): such a result is this subject's only when its
+    ``focus`` names this subject's ResearchSubject, as every result the adapter writes does."""
     # this subject's results only: another study's on the same Patient, or another subject's of this study (a
     # patient enrolled again under a new subject ID keeps the first subject's results)
     prefix = subject_prefix(study_id, e.subject_id) if study_id is not None else ""
-    # another subject whose ID extends this one's with a '.': its identifiers start with this prefix too
-    longer = tuple(p for s in others if s != e.subject_id and study_id is not None
-                   and (p := subject_prefix(study_id, s)).startswith(prefix)) if prefix else ()
+    # another subject whose ID and this one's differ by a '.' suffix: an identifier may fit both
+    rivals = tuple(p for s in others if s != e.subject_id and study_id is not None
+                   and ((p := subject_prefix(study_id, s)).startswith(prefix) or prefix.startswith(p))) \
+        if prefix else ()
+    focus = f"ResearchSubject/{e.research_subject.id}"
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
         try:
@@ -214,9 +224,10 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     async for res in client.search("Observation", {"patient": f"Patient/{e.patient_id}",
                                                    "identifier": f"{SID_RESULT}|"}, label=e.subject_id):
         ident = _identifier(res)
-        if ident is None or res.get("resourceType") != "Observation" or not ident.startswith(prefix) \
-                or ident.startswith(longer):
+        if ident is None or res.get("resourceType") != "Observation" or not ident.startswith(prefix):
             continue
+        if ident.startswith(rivals) and focus not in [(f or {}).get("reference") for f in res.get("focus") or []]:
+            continue  # fits another subject's identifiers too, and is about that subject's ResearchSubject
         holders.setdefault(ident, []).append(f"Observation/{res.get('id')}")
         why = why_not_owned(res, e.patient_id)
         if why is not None:
@@ -243,8 +254,10 @@ def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any
         before = existing.get(ident)
         if before is not None and same_result(before, res):
             result.unchanged += 1
+            result.statuses[ident] = str(before.get("status"))
             continue
         res = as_revision(res, before) if before is None else {**as_revision(res, before), "id": before["id"]}
+        result.statuses[ident] = str(res.get("status"))
         to_write.append(res)
         result.written.append(ident)
         diffs.extend(difflib.unified_diff(_pretty(before), _pretty(res), f"server:{ident}", f"adapter:{ident}"))

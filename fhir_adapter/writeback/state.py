@@ -46,6 +46,12 @@ _KEEP = ("resourceType", "meta", "extension", "identifier", "category", "code", 
 _VALUE_KEYS = ("valueInteger", "valueQuantity", "valueBoolean", "valueString", "valueCodeableConcept")
 
 
+def result_value(resource: dict[str, Any]) -> dict[str, Any]:
+    """A result's value (``value[x]``): what makes an update an amendment (R4 Observation.status ``amended``);
+    another method text, source list or profile is no new value."""
+    return {k: resource[k] for k in _VALUE_KEYS if k in resource}
+
+
 def content_hash(resource: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(resource, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
@@ -139,12 +145,31 @@ class Plan:
     moved: list[dict[str, Any]] = field(default_factory=list)
 
     def amend(self, resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``resources`` with the result Observations that replace a value written before — changed since
-        (``updated``), or unchanged since they were — ``amended`` (R4 Observation.status), as the server write
-        makes them (fhir_adapter/writeback/sink.py as_revision): the offline bundle shows what ``--post``
-        sends."""
+        """``resources`` with the result Observations whose value replaced one written before — this run, or
+        since — ``amended`` (R4 Observation.status), as the server write makes them
+        (fhir_adapter/writeback/sink.py as_revision): the offline bundle shows what ``--post`` sends."""
         return [{**r, "status": "amended"} if r.get("resourceType") == "Observation" and r.get("status") == "final"
                 and self.entries.get(result_id(r), {}).get("amended") else r for r in resources]
+
+    def settle(self, resources: list[dict[str, Any]], held: dict[str, str]) -> list[dict[str, Any]]:
+        """After a write to a server: ``resources`` with the status the server holds for each result (``held``,
+        identifier → final or amended: the server's copy decides, :func:`~.sink.as_revision`), and the
+        entries' ``amended`` flags as the server has them — so ``OUT/writeback`` and the next run's plan follow
+        what was sent, not this state's history (runs without --post, a subject moved to another Patient)."""
+        out = []
+        for r in resources:
+            ident = result_id(r)
+            status = held.get(ident)
+            if r.get("resourceType") == "Observation" and r.get("status") in ("final", "amended") and status in (
+                    "final", "amended"):
+                r = r if r["status"] == status else {**r, "status": status}
+                if ident in self.entries:
+                    if status == "amended":
+                        self.entries[ident]["amended"] = True
+                    else:
+                        self.entries[ident].pop("amended", None)
+            out.append(r)
+        return out
 
     def moved_away_done(self) -> None:
         """The server confirmed the subject's write, its results on former Patients retracted first: the entries
@@ -235,11 +260,13 @@ class WrittenState:
             entries[ident] = {
                 "subject_id": subject_id, "hash": h, "sources": _sources(r),
                 "resource": {k: v for k, v in r.items() if k in _KEEP},
-                "value": {k: r[k] for k in _VALUE_KEYS if k in r},
+                "value": result_value(r),
             }
-            amended = kind == "updated" or (kind == "unchanged" and old is not None and bool(old.get("amended")))
+            # its value replaced one written before (not only its method text or sources), now or since
+            amended = kind != "new" and old is not None and (bool(old.get("amended")) or (
+                kind == "updated" and (old.get("value") or {}) != result_value(r)))
             if amended and r.get("resourceType") == "Observation":
-                entries[ident]["amended"] = True  # its value replaced one written before: Plan.amend
+                entries[ident]["amended"] = True  # Plan.amend
             if old is not None and (former := _former_patients(old, r)):
                 entries[ident]["former_patients"] = former
         for ident in sorted(self.by_subject.get(subject_id, set()) - set(entries)):

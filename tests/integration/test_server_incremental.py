@@ -23,6 +23,7 @@ from fhir_adapter.terminology.codes import SID_RESULT
 from fhir_adapter.testing.feed_loader import load_feed, put_resources, search_all
 from fhir_adapter.testing.fhir_server import ServerHandle
 from fhir_adapter.testing.outtree import server_read_crfs
+from fhir_adapter.writeback.state import result_value
 from tests.serverkit import (
     adapter_observations,
     cli_run,
@@ -313,30 +314,43 @@ def test_a_live_retraction_is_the_one_the_writeback_file_shows(loaded: ServerHan
     assert f"Observation/{pga['id']}" in {e["what"]["reference"] for e in latest["entity"]}
 
 
+def _rash_corrected_to_absent(base: str, out: Path) -> tuple[str, dict[str, Any]]:
+    """The EHR corrects a clinician's "rash present" behind a SLEDAI-2K total of OUT/writeback to absent (rash has no
+    lab rule: the total drops by its weight). The subject and that total as the bundle held it."""
+    for path in sorted((out / "writeback").glob("*.json")):
+        for e in json.loads(path.read_text())["entry"]:
+            r = e["resource"]
+            if r["resourceType"] != "Observation" or r["code"]["coding"][0]["code"] != "sledai-2k":
+                continue
+            for ref in r.get("derivedFrom", []):
+                [held] = search_all(base, "Observation", {"_id": ref["reference"].split("/")[1]})
+                if held.get("valueBoolean") is True and held["code"]["coding"][0]["code"] == "rash":
+                    put_resources(base, [{k: v for k, v in {**held, "valueBoolean": False}.items() if k != "meta"}])
+                    return path.stem, r
+    raise AssertionError("no SLEDAI-2K total rests on a clinician's rash")
+
+
 def test_a_changed_result_is_amended_on_the_server_as_the_writeback_file_shows(loaded: ServerHandle,
                                                                                tmp_path: Path) -> None:
     """A result whose value changes is updated `amended` (R4 Observation.status: modified after being final), so a
-    clinician sees the score changed; OUT/writeback shows it so; the next run over the same data writes nothing."""
+    clinician sees the score changed; one whose sources alone changed stays final; OUT/writeback shows them so;
+    the next run over the same data writes nothing."""
     out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
     cli_run(loaded.base_url, out, "--post", "--config", str(config))
     first = {o["id"]: o for o in adapter_observations(loaded.base_url)}
     assert {o["status"] for o in first.values()} == {"final"}
     created = search_all(loaded.base_url, "Provenance", {})
     assert {p["activity"]["coding"][0]["code"] for p in created} == {"CREATE"}  # new results only
-    subject, sledai = next((p.stem, e["resource"]) for p in sorted((out / "writeback").glob("*.json"))
-                           for e in json.loads(p.read_text())["entry"]
-                           if e["resource"]["resourceType"] == "Observation"
-                           and e["resource"]["code"]["coding"][0]["code"] == "sledai-2k"
-                           and e["resource"]["valueInteger"] > 0)
-    [source] = search_all(loaded.base_url, "Observation", {"_id": sledai["derivedFrom"][0]["reference"].split("/")[1]})
-    put_resources(loaded.base_url, [{k: v for k, v in {**source, "status": "entered-in-error"}.items()
-                                     if k != "meta"}])
+    subject, sledai = _rash_corrected_to_absent(loaded.base_url, out)
     cli_run(loaded.base_url, out, "--post", "--config", str(config))
     now = {o["id"]: o for o in adapter_observations(loaded.base_url)}
     updated = [o for i, o in now.items() if o["meta"]["versionId"] != first[i]["meta"]["versionId"]
                and o["status"] != "entered-in-error"]
-    assert sledai["identifier"] in [o["identifier"] for o in updated]
-    assert all(o["status"] == "amended" for o in updated)
+    [total] = [o for o in updated if o["identifier"] == sledai["identifier"]]
+    assert total["status"] == "amended" and total["valueInteger"] < sledai["valueInteger"]
+    # amended where the value changed; an update of its sources alone leaves it final (no amendment for the chart)
+    assert all(o["status"] == ("amended" if result_value(o) != result_value(first[o["id"]]) else "final")
+               for o in updated)
     assert all(o["status"] == "final" for i, o in now.items()
                if o["meta"]["versionId"] == first[i]["meta"]["versionId"])
     shown = {e["resource"]["identifier"][0]["value"]: e["resource"]["status"]
@@ -353,6 +367,30 @@ def test_a_changed_result_is_amended_on_the_server_as_the_writeback_file_shows(l
     assert writes(loaded.stats()) == 0
     assert {o["id"]: o["status"] for o in adapter_observations(loaded.base_url)} == \
         {i: o["status"] for i, o in now.items()}
+
+
+def test_the_first_post_after_runs_that_did_not_post_shows_what_the_server_holds(loaded: ServerHandle,
+                                                                                 tmp_path: Path) -> None:
+    """Runs without --post amend a changed result in OUT/writeback (the state's history); the first --post creates
+    it on a server that never held it, so final: OUT/writeback and the state follow what the server holds."""
+    out, config = tmp_path / "out", write_config(tmp_path / "a.yaml")
+    cli_run(loaded.base_url, out, "--config", str(config))
+    subject, _ = _rash_corrected_to_absent(loaded.base_url, out)
+    cli_run(loaded.base_url, out, "--config", str(config))
+
+    def statuses() -> set[str]:
+        return {e["resource"]["status"] for e in json.loads((out / "writeback" / f"{subject}.json").read_text())
+                ["entry"] if e["resource"]["resourceType"] == "Observation"}
+
+    assert "amended" in statuses()  # offline: the value replaced the one the last bundle held
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    assert {o["status"] for o in adapter_observations(loaded.base_url)} == {"final"}  # created: never shown before
+    assert statuses() == {"final"}
+    state = json.loads((out / "state" / "written.json").read_text())
+    assert not [i for i, entry in state["results"].items() if entry.get("amended")]
+    loaded.reset("stats")
+    cli_run(loaded.base_url, out, "--post", "--config", str(config))
+    assert writes(loaded.stats()) == 0 and statuses() == {"final"}
 
 
 def test_a_python_api_run_is_the_base_of_the_next_since_last(loaded: ServerHandle, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from fhir_adapter.terminology.codes import CS_TAGS, CS_WRITE_KEY, SID_DEVICE, SI
 from fhir_adapter.writeback.identifiers import full_url
 from fhir_adapter.writeback.sink import transaction_entries
 from fhir_adapter.writeback.sources import result_sources
+from fhir_adapter.writeback.state import result_value
 
 
 @pytest.fixture(scope="module")
@@ -100,20 +101,23 @@ def test_a_changed_result_is_amended_and_stays_amended(out: Path, study: Study, 
     shutil.copytree(out.parent / "feed", tmp_path / "feed")
     shutil.copytree(out, tmp_path / "out")
     first = {p.stem: _results(p) for p in sorted((out / "writeback").glob("*.json"))}
-    subject, sledai = next((s, r) for s, rs in first.items() for r in rs.values()
-                           if r["code"]["coding"][0]["code"] == "sledai-2k" and r["valueInteger"] > 0)
-    source = sledai["derivedFrom"][0]["reference"].split("/")[1]
     feed = tmp_path / "feed" / "Observation.ndjson"
     lines = [json.loads(line) for line in feed.read_text().splitlines()]
-    feed.write_text("".join(json.dumps({**o, "status": "entered-in-error"} if o["id"] == source else o) + "\n"
+    by_id = {o["id"]: o for o in lines}
+    # the clinician's "present" of a descriptor no lab rule scores (rash), corrected to absent: the total drops
+    subject, sledai, source = next(
+        (s, r, src) for s, rs in first.items() for r in rs.values() if r["code"]["coding"][0]["code"] == "sledai-2k"
+        for src in (x["reference"].split("/")[1] for x in r.get("derivedFrom", []))
+        if by_id.get(src, {}).get("valueBoolean") is True and by_id[src]["code"]["coding"][0]["code"] == "rash")
+    feed.write_text("".join(json.dumps({**o, "valueBoolean": False} if o["id"] == source else o) + "\n"
                             for o in lines))
     for _ in range(2):  # changed, then unchanged since
         log = RunLog()
         run(FileSource(tmp_path / "feed", log), study, tmp_path / "out", log)
         now = {p.stem: _results(p) for p in sorted((tmp_path / "out" / "writeback").glob("*.json"))}
         changed = {(s, i) for s, rs in now.items() for i, r in rs.items() if i in first[s]
-                   and _but_status(r) != _but_status(first[s][i])}
-        assert (subject, sledai["identifier"][0]["value"]) in changed
+                   and result_value(r) != result_value(first[s][i])}
+        assert (subject, sledai["identifier"][0]["value"]) in changed and all(s == subject for s, _ in changed)
         for s, rs in now.items():
             for i, r in rs.items():
                 assert r["status"] == ("amended" if (s, i) in changed else "final"), (s, i)

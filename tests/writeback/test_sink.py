@@ -96,6 +96,14 @@ def test_a_changed_value_is_amended_and_stays_unchanged_once_amended() -> None:
     # new results are final
     [new] = plan_writes(desired, {}, WriteResult(subject_id="101-001"))
     assert new["status"] == "final"
+    # the same value with another method text (a new adapter version) or other sources: updated, not amended
+    relabelled = {**with_owner_tag(result("a", 12)), "method": {"text": "fhir-adapter 0.1.1"}}
+    [update] = plan_writes([relabelled], {"a": on_server(result("a", 12), "x1")}, WriteResult(subject_id="101-001"))
+    assert update["status"] == "final" and update["method"] == {"text": "fhir-adapter 0.1.1"}
+    # ... but one amended before stays amended
+    [update] = plan_writes([relabelled], {"a": {**on_server(result("a", 12), "x1"), "status": "amended"}},
+                           WriteResult(subject_id="101-001"))
+    assert update["status"] == "amended"
 
 
 def test_the_provenance_says_whether_a_write_creates_or_revises() -> None:
@@ -194,25 +202,38 @@ async def test_a_result_held_back_for_review_is_neither_updated_nor_retracted(ht
 
 
 async def test_a_subject_whose_id_extends_another_s_keeps_to_its_own_results(httpx_mock: HTTPXMock) -> None:
-    """Identifiers keep the '.' of a subject ID: on one Patient, subject 101 (withdrawn) and 101.2 (enrolled again)
-    both have results starting with `S.101.`. Subject 101's write counts, updates and retracts only its own; before,
-    it took 101.2's for its own and retracted them as no longer derived."""
+    """Identifiers keep the '.' of a subject ID: on one Patient, subject 101 (withdrawn; visits named 1, 2, …) and
+    101.2 (enrolled again) both have results starting with `S.101.2.`. Each subject's write counts, updates and
+    retracts only its own — told apart by the ResearchSubject each result's focus names; before, 101's write took
+    101.2's results for its own and retracted them as no longer derived."""
     base = "http://ehr.test/fhir"
-    first, second = "S.101.W4.sledai-2k", "S.101.2.W4.sledai-2k"
+    withdrawn = dataclasses.replace(E, subject_id="101")
+    again = dataclasses.replace(E, subject_id="101.2",
+                                research_subject=SourceRef(resource_type="ResearchSubject", id="r2"))
+
+    def about(res: dict[str, Any], rs: str) -> dict[str, Any]:
+        return {**res, "focus": [{"reference": f"ResearchSubject/{rs}"}]}
+
+    visit_2, other = about(result("S.101.2.sledai-2k", 4), "r1"), about(result("S.101.2.W4.sledai-2k", 2), "r2")
+    visit_1 = about(result("S.101.1.sledai-2k", 6), "r1")
     httpx_mock.add_response(method="GET", json={"resourceType": "Bundle", "type": "searchset",
-                                                "entry": [{"resource": on_server(result(first, 4), "x1")},
-                                                          {"resource": on_server(result(second, 2), "x2")}]},
+                                                "entry": [{"resource": on_server(r, f"x{n}")}
+                                                          for n, r in enumerate((visit_1, visit_2, other))]},
                             is_reusable=True)
-    withdrawn, again = dataclasses.replace(E, subject_id="101"), dataclasses.replace(E, subject_id="101.2")
     async with FhirClient(base) as client:
-        w = await write_subject(client, withdrawn, [result(first, 4)], {"p1"}, study_id="S",
+        w = await write_subject(client, withdrawn, [visit_1, visit_2], {"p1"}, study_id="S",
                                 others={"101", "101.2"}, dry_run=True)
-        assert w.retracted == [] and w.unchanged == 1
-        w = await write_subject(client, withdrawn, [result(first, 4)], {"p1"}, study_id="S", dry_run=True)
-        assert w.retracted == [second]  # without the other subject IDs the prefix alone cannot tell
-        w = await write_subject(client, again, [result(second, 2)], {"p1"}, study_id="S", others={"101", "101.2"},
+        assert (w.retracted, w.unchanged) == ([], 2)
+        w = await write_subject(client, withdrawn, [visit_1, visit_2], {"p1"}, study_id="S", dry_run=True)
+        assert w.retracted == [other["identifier"][0]["value"]]  # without the other subject IDs: not told apart
+        w = await write_subject(client, again, [other], {"p1"}, study_id="S", others={"101", "101.2"},
                                 dry_run=True)
-        assert w.retracted == [] and w.unchanged == 1
+        assert (w.retracted, w.unchanged) == ([], 1)  # 101's visit-2 total is not 101.2's to retract
+        # 101's visit-2 total changed: an update of its own copy (not a create its condition would swallow)
+        w = await write_subject(client, withdrawn, [visit_1, {**visit_2, "valueInteger": 8}], {"p1"}, study_id="S",
+                                others={"101", "101.2"}, dry_run=True)
+        assert w.written == ["S.101.2.sledai-2k"] and w.retracted == []
+        assert '-  "valueInteger": 4' in w.diff and '+  "valueInteger": 8' in w.diff
 
 
 async def test_nothing_posted_when_nothing_changed(httpx_mock: HTTPXMock) -> None:

@@ -178,3 +178,29 @@ def test_the_adapters_own_research_subject_remembers_its_former_patient(tmp_path
     second.commit(second.plan("s1", [research_subject("B")], [], dt.date(2025, 2, 1), patient_id="B"))
     second.save()
     assert WrittenState(path).patients_of("s1") == {"A", "B"}
+
+
+def test_the_state_amends_a_changed_value_not_a_changed_method_text(tmp_path: Path) -> None:
+    """OUT/writeback marks amended a result whose value replaced one written before (and keeps it so), not one whose
+    method text or sources changed (a new adapter version): no amendment for the chart."""
+    from fhir_adapter.terminology.codes import SID_RESULT
+    from fhir_adapter.writeback.state import WrittenState
+
+    def res(value: int, method: str) -> dict[str, Any]:
+        return {"resourceType": "Observation", "status": "final", "identifier": [{"system": SID_RESULT,
+                                                                                  "value": "S.1.W4.x"}],
+                "subject": {"reference": "Patient/p1"}, "valueInteger": value, "method": {"text": method}}
+
+    def run(value: int, method: str) -> str:
+        """One run: the state as the last run left it, this run's plan of the result, committed and saved."""
+        state = WrittenState(tmp_path / "written.json")
+        plan = state.plan("1", [res(value, method)], [])
+        status = str(plan.amend([res(value, method)])[0]["status"])
+        state.commit(plan)
+        state.save()
+        return status
+
+    assert run(4, "v1") == "final"
+    assert run(4, "v2") == "final"    # the same value, another method text: updated, not amended
+    assert run(5, "v2") == "amended"  # another value
+    assert run(5, "v3") == "amended"  # amended once: stays amended
