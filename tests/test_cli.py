@@ -348,6 +348,9 @@ def test_check_loads_the_server_variables_without_a_server(tmp_path: Path) -> No
     one = _runner().invoke(main, ["check"], env={"FHIR_ADAPTER_BEARER_TOKEN": "s3cr3t-value"})
     assert one.exit_code == 0 and "config ok     FHIR_ADAPTER_BEARER_TOKEN" in one.stdout, one.output
     assert "s3cr3t-value" not in one.output
+    blank = _runner().invoke(main, ["check"], env={"FHIR_ADAPTER_BEARER_TOKEN": "  "})
+    assert blank.exit_code == 0 and "config ok" not in blank.stdout, blank.output
+    assert "credentials   FHIR_ADAPTER_BEARER_TOKEN set but blank: ignored, as a run ignores it" in blank.stdout
 
 
 def test_bulk_client_errors_take_the_exit_codes_of_the_table() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -115,13 +116,35 @@ def test_check_of_a_server_with_no_subject_of_the_study_is_an_error_unless_the_s
     cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 1, run.stdout + run.stderr
-    assert "error    no subject of study LCAR-AIO-SLE on the server: a run finds no ResearchStudy" in run.stdout
+    assert "error    no subject of study LCAR-AIO-SLE is enrolled on the server: no ResearchStudy with identifier" \
+        in run.stdout  # the run's own message, with its fix
     assert "1 errors" in run.stdout and "the adapter can run" not in run.stdout
     roster = tmp_path / "roster.csv"
     roster.write_text("subject_id,patient_identifier,consent_date,arm,status\n", encoding="utf-8")
     run = subprocess.run([*cmd, "--roster-csv", str(roster)], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "observations  not timed: no subject of study LCAR-AIO-SLE on the server" in run.stdout
+    assert "observations  not timed: no subject of study LCAR-AIO-SLE is enrolled on the server" in run.stdout
+
+
+@pytest.mark.server
+def test_check_of_a_server_whose_subjects_have_no_enrolled_status_is_the_run_s_error(
+        clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    """The study's enrolled_statuses match none of the server's ResearchSubjects (follow-up, ineligible): a run
+    enrols nobody and stops (exit 1), so check says so, with the run's own message — not "0 errors"."""
+    write_feed(tmp_path / "feed", subjects=3, seed=7)
+    load_feed(clean_fhir_server.base_url, tmp_path / "feed")
+    study = tmp_path / "study"
+    shutil.copytree(ROOT / "mappings" / "lcar-aio", study)
+    info = study / "study.yaml"
+    text = info.read_text(encoding="utf-8")
+    info.write_text(re.sub(r"(?m)^  enrolled_statuses: .*$", "  enrolled_statuses: [on-study]", text),
+                    encoding="utf-8")
+    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--study", str(study), "--source",
+           clean_fhir_server.base_url]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "error    no subject of study LCAR-AIO-SLE is enrolled on the server:" in run.stdout
+    assert "None has an enrolled status" in run.stdout and "the adapter can run" not in run.stdout
 
 
 @pytest.mark.server

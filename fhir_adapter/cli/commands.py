@@ -490,15 +490,10 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
             return await client.capabilities(label="check"), client.clock_offset
 
     cs, clock = asyncio.run(metadata())
-    timing = _time_searches(source, cfg, st)
+    timing, nobody = _time_searches(source, cfg, st)
     gaps = capability_gaps(cs, observation_code_param=cfg.observation_code_param, post=post)
-    if timing is None:
-        timing = f"not timed: no subject of study {st.info.id} on the server"
-        if roster_csv is None:
-            gaps.append(Gap("error", f"no subject of study {st.info.id} on the server",
-                            "a run finds no ResearchStudy or ResearchSubject of the study there and stops (exit 1): "
-                            "check study.id (and identifier_system) in study.yaml, or, for an EHR that holds no "
-                            "research resources, enrol from the site roster (run --roster-csv; check --roster-csv)"))
+    if nobody is not None and roster_csv is None:  # as the run would stop (exit 1), with its message
+        gaps.append(Gap("error", f"no subject of study {st.info.id} is enrolled on the server", nobody))
     software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
     click.echo(f"server        {source}: FHIR {cs.get('fhirVersion')} "
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
@@ -523,41 +518,42 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
 
 
 def _stops_a_run(exc: BaseException) -> bool:
-    """The credentials refused or the server down: what ends ``check`` as it ends a run (exit 4 or 3), not a line
-    of its report."""
-    from fhir_adapter.cli.console import exit_code_of
-    from fhir_adapter.job import exit_codes
+    """The credentials refused, or the server seen down (its requests failing in a row: the client's circuit
+    breaker): what ends ``check`` as it ends a run (exit 4 or 3), not a line of its report. One search failing
+    after its retries (a 503 for one patient) is a line: a run would fail that subject alone."""
+    from fhir_adapter.fhir.errors import FhirAuthError, FhirServerUnavailable
 
-    return exit_code_of(exc) in (exit_codes.AUTH_FAILED, exit_codes.SERVER_UNAVAILABLE)
+    return (isinstance(exc, FhirAuthError) and not exc.transient) or isinstance(exc, FhirServerUnavailable)
 
 
-def _time_searches(source: str, cfg: ServerConfig, st: Study) -> str | None:
-    """``check``: the timed Observation searches (:mod:`fhir_adapter.source.server.probe`), as one line; None when
-    the server holds no subject of the study. Credentials refused or the server down raise (exit 4 or 3)."""
+def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, str | None]:
+    """``check``: the roster as a run reads it, and the timed Observation searches on its first enrolled patient
+    (:func:`fhir_adapter.job.preflight.probe_study`): (the ``observations`` line, why the run would enrol nobody or
+    None). Credentials refused or the server down raise (exit 4 or 3)."""
     import asyncio
     import os
 
     from fhir_adapter.fhir import FhirError
     from fhir_adapter.fhir.server_config import open_client
+    from fhir_adapter.job.preflight import probe_study
     from fhir_adapter.job.runlog import RunLog
-    from fhir_adapter.source.server.probe import time_study_searches
 
-    async def probe() -> SearchTiming | None:
+    async def probe() -> tuple[SearchTiming | None, str | None]:
         async with open_client(source, cfg, os.environ) as client:
-            return await time_study_searches(client, st, RunLog())
+            return await probe_study(client, st, RunLog())
 
     try:
-        timing = asyncio.run(probe())
+        timing, nobody = asyncio.run(probe())
     except FhirError as exc:
         if _stops_a_run(exc):
             raise
-        return f"not timed: {exc}"
+        return f"not timed: {exc}", None
     if timing is None:
-        return None
+        return f"not timed: no subject of study {st.info.id} is enrolled on the server", nobody
     setting = cfg.observation_code_param
     then = ("`observation_code_param: auto` reads with it" if setting == "auto"
             else f"the config sets observation_code_param: {setting} (auto would read with {timing.chosen})")
-    return f"{timing.summary()}; {then}"
+    return f"{timing.summary()}; {then}", None
 
 
 def _survey_codes(source: str, cfg: ServerConfig, st: Study) -> list[str]:
@@ -594,7 +590,10 @@ def _check_server_settings(config: Path | None) -> None:
     from fhir_adapter.fhir.auth import AUTH_VARS, auth_from_env
     from fhir_adapter.fhir.server_config import ENV_CLIENT, ENV_TOP, load_server_config
 
-    variables = sorted(v for v in {*ENV_CLIENT, *ENV_TOP, *AUTH_VARS} if os.environ.get(v))
+    variables = sorted(v for v in {*ENV_CLIENT, *ENV_TOP, *AUTH_VARS} if (os.environ.get(v) or "").strip())
+    blank = sorted(v for v in AUTH_VARS if v in os.environ and not os.environ[v].strip())
+    if blank:  # a run reads a blank credential variable as not set: it sends no credentials from it
+        click.echo(f"credentials   {', '.join(blank)} set but blank: ignored, as a run ignores it")
     if config is None and not variables:
         return
     load_server_config(config, os.environ)

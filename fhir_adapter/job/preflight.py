@@ -1,8 +1,9 @@
 """Before the first run against an EHR: does the mapping load, and does the FHIR server offer what the
 adapter will ask of it? ``fhir-adapter check`` prints the answers; nothing is written.
 
-``check`` also times the study's Observation searches on one enrolled patient, filtered and unfiltered
-(:func:`fhir_adapter.source.server.probe.time_study_searches`): what ``observation_code_param: auto`` picks.
+``check`` also reads the roster as a run does — a server where the run would enrol nobody is an error
+(:func:`probe_study`) — and times the study's Observation searches on its first enrolled patient, filtered and
+unfiltered: what ``observation_code_param: auto`` picks.
 
 What the adapter needs of a server (FHIR R4 ``CapabilityStatement.rest[mode=server]``):
 
@@ -22,10 +23,16 @@ A server may support more than it declares: every gap is reported with what happ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fhir_adapter.fhir.capability import interactions, search_params, searchable
 from fhir_adapter.source.base import MEDICATION_TYPES
+
+if TYPE_CHECKING:
+    from fhir_adapter.fhir import FhirClient
+    from fhir_adapter.job.runlog import RunLog
+    from fhir_adapter.source.server.probe import SearchTiming
+    from fhir_adapter.study.load import Study
 
 #: resource type -> (search parameters every run needs, what is lost without the type)
 READS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -152,3 +159,25 @@ def bulk_export_levels(cs: dict[str, Any]) -> list[str]:
                 for op in res.get("operation") or []):
             levels.add(str(res["type"]))
     return sorted(levels)
+
+
+async def probe_study(client: FhirClient, study: Study, log: RunLog) -> tuple[SearchTiming | None, str | None]:
+    """The roster as a run reads and builds it, and the Observation searches timed on its first enrolled patients
+    (:func:`~fhir_adapter.source.server.probe.time_observation_searches`). (timing, None); or (None, why) when the
+    run would enrol nobody — no ResearchStudy of the study, or no subject with an enrolled status — naming what it
+    found, as the run's own error does."""
+    from fhir_adapter.roster.check import nobody_enrolled
+    from fhir_adapter.roster.enrollees import RosterError, build_roster
+    from fhir_adapter.source.server.probe import PROBE_PATIENTS, time_observation_searches
+    from fhir_adapter.source.server.roster import read_roster
+    from fhir_adapter.source.server.searches import SearchPlan
+
+    data = await read_roster(client, study, log, str(client.base_url).rstrip("/"), [])
+    try:
+        roster = build_roster(data, study, log)
+    except RosterError as exc:
+        return None, str(exc)
+    if (why := nobody_enrolled(data, roster, study, log)) is not None:
+        return None, why
+    pids = sorted(roster.enrolled)[:PROBE_PATIENTS]
+    return await time_observation_searches(client, SearchPlan(study, "auto"), pids), None

@@ -16,11 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fhir_adapter.fhir import FhirClient, FhirHttpError
-from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.source.base import ref_id
-from fhir_adapter.source.server.roster import read_roster
 from fhir_adapter.source.server.searches import SearchPlan
-from fhir_adapter.study.load import Study
 
 LABEL = "probe"
 #: the two ways compared
@@ -81,15 +77,3 @@ async def time_observation_searches(client: FhirClient, plan: SearchPlan, pids: 
             break
     chosen = UNFILTERED if best[UNFILTERED] <= best[FILTERED] else FILTERED
     return SearchTiming(chosen, list(pids), dict(best), dict(found))
-
-
-async def time_study_searches(client: FhirClient, study: Study, log: RunLog) -> SearchTiming | None:
-    """The probe as a run would make it, on the first of the study's subjects on the server (the roster is
-    read for that); None when the server holds no subject of the study."""
-    base = str(client.base_url).rstrip("/")
-    roster = await read_roster(client, study, log, base, [])
-    pids = sorted({pid for rs in roster.subjects
-                   if (pid := ref_id((rs.get("individual") or {}).get("reference"), "Patient", base))})
-    if not pids:
-        return None
-    return await time_observation_searches(client, SearchPlan(study, "auto"), pids[:PROBE_PATIENTS])
