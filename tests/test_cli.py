@@ -429,9 +429,12 @@ def test_an_error_line_whose_reader_has_gone_keeps_the_commands_exit_code(tmp_pa
     assert done.returncode == 3
 
 
-def test_ctrl_c_ends_a_run_with_130_and_one_line_keeping_the_previous_outputs(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_ends_a_run_with_130_and_one_line_keeping_the_previous_outputs(tmp_path: Path, workers: str) -> None:
     """Ctrl-C (SIGINT) in the middle of a run: one `error:` line saying OUT keeps the previous run's outputs, the
-    shell's code for it (130), no "Aborted!" and no traceback; OUT holds the first run's outputs, unchanged."""
+    shell's code for it (130), no "Aborted!" and no traceback (the workers' neither); OUT holds the first run's
+    outputs, unchanged."""
+    import os
     import signal
     import time
 
@@ -444,12 +447,13 @@ def test_ctrl_c_ends_a_run_with_130_and_one_line_keeping_the_previous_outputs(tm
     assert first.returncode in (0, 2), first.stderr
     before = {p: p.read_bytes() for p in (out / "crf").glob("*.json")}
     proc = subprocess.Popen([*CLI, "-q", "run", "--source", str(tmp_path / "feed"), "--out", str(out),
-                             "--workers", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                             "--workers", workers], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(out.glob(".staging-*/crf/*.json")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # interrupted once it is writing its subjects' files
     assert proc.poll() is None, "the run ended before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the whole process group, workers too
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert stderr.strip().splitlines() == ["error: interrupted: OUT keeps the previous run's outputs (a run replaces "

@@ -148,6 +148,24 @@ def test_check_of_a_server_whose_subjects_have_no_enrolled_status_is_the_run_s_e
 
 
 @pytest.mark.server
+def test_check_of_a_server_that_stops_answering_after_its_metadata_exits_3_as_a_run_does(
+        clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    """The CapabilityStatement read, then every request dropped: the roster cannot be read, which stops a run
+    (exit 3: run again later); check said "not timed" and "0 errors: the adapter can run against this server"."""
+    config = tmp_path / "server.yaml"
+    config.write_text("client:\n  max_attempts: 2\n", encoding="utf-8")
+    clean_fhir_server.set_faults(fault_down_after=2)
+    try:
+        cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url,
+               "--config", str(config)]
+        run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    finally:
+        clean_fhir_server.clear_faults()
+    assert run.returncode == 3, run.stdout + run.stderr
+    assert "the adapter can run" not in run.stdout
+
+
+@pytest.mark.server
 @pytest.mark.parametrize("token", ["bogus", None])
 def test_check_against_a_server_that_refuses_the_credentials_exits_4_as_a_run_does(token: str | None) -> None:
     """Its CapabilityStatement is public; its searches answer 401: check ends as a run would (exit 4), instead of

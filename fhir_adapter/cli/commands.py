@@ -473,8 +473,12 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     for o in st.overrides:
         click.echo(f"  override item {o['item']}: factor for {o['unit']} {o['study_factor']} (study) -> "
                    f"{o['site_factor']} (site, {o['where']})")
+    from fhir_adapter.fhir.auth import AUTH_VARS
     from fhir_adapter.job.connect import is_url
 
+    blank = sorted(v for v in AUTH_VARS if v in os.environ and not os.environ[v].strip())
+    if blank:  # a run reads a blank credential variable as not set: it sends no credentials from it
+        click.echo(f"credentials   {', '.join(blank)} set but blank: ignored, as a run ignores it")
     if source is None or not is_url(source):
         _check_server_settings(config)  # a mistake in them is reported now, not on the first live run
         if source is not None:
@@ -493,7 +497,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     timing, nobody = _time_searches(source, cfg, st)
     gaps = capability_gaps(cs, observation_code_param=cfg.observation_code_param, post=post)
     if nobody is not None and roster_csv is None:  # as the run would stop (exit 1), with its message
-        gaps.append(Gap("error", f"no subject of study {st.info.id} is enrolled on the server", nobody))
+        gaps.append(Gap("error", *nobody))
     software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
     click.echo(f"server        {source}: FHIR {cs.get('fhirVersion')} "
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
@@ -518,18 +522,19 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
 
 
 def _stops_a_run(exc: BaseException) -> bool:
-    """The credentials refused, or the server seen down (its requests failing in a row: the client's circuit
-    breaker): what ends ``check`` as it ends a run (exit 4 or 3), not a line of its report. One search failing
-    after its retries (a 503 for one patient) is a line: a run would fail that subject alone."""
-    from fhir_adapter.fhir.errors import FhirAuthError, FhirServerUnavailable
+    """What ends ``check`` as it ends a run (exit 4 or 3), not a line of its report: the credentials refused, the
+    server down or not answering (reading the roster or the CapabilityStatement failing after the retries)."""
+    from fhir_adapter.cli.console import exit_code_of
+    from fhir_adapter.job import exit_codes
 
-    return (isinstance(exc, FhirAuthError) and not exc.transient) or isinstance(exc, FhirServerUnavailable)
+    return exit_code_of(exc) in (exit_codes.AUTH_FAILED, exit_codes.SERVER_UNAVAILABLE)
 
 
-def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, str | None]:
+def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, tuple[str, str] | None]:
     """``check``: the roster as a run reads it, and the timed Observation searches on its first enrolled patient
-    (:func:`fhir_adapter.job.preflight.probe_study`): (the ``observations`` line, why the run would enrol nobody or
-    None). Credentials refused or the server down raise (exit 4 or 3)."""
+    (:func:`fhir_adapter.job.preflight.probe_study`): (the ``observations`` line, (what, why) a run would stop
+    on — it enrols nobody, or its roster cannot be read — or None). The roster unread for the credentials or the server
+    down raises (exit 4 or 3); a failed timing search is a line (a run would fail that subject alone)."""
     import asyncio
     import os
 
@@ -538,7 +543,7 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, str 
     from fhir_adapter.job.preflight import probe_study
     from fhir_adapter.job.runlog import RunLog
 
-    async def probe() -> tuple[SearchTiming | None, str | None]:
+    async def probe() -> tuple[SearchTiming | str | None, str | None]:
         async with open_client(source, cfg, os.environ) as client:
             return await probe_study(client, st, RunLog())
 
@@ -547,9 +552,13 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, str 
     except FhirError as exc:
         if _stops_a_run(exc):
             raise
-        return f"not timed: {exc}", None
+        return f"not timed: {exc}", ("the roster (ResearchStudy, ResearchSubject) could not be read",
+                                     f"a run stops there (exit 1): {exc}")
     if timing is None:
-        return f"not timed: no subject of study {st.info.id} is enrolled on the server", nobody
+        return (f"not timed: no subject of study {st.info.id} is enrolled on the server",
+                (f"no subject of study {st.info.id} is enrolled on the server", nobody or ""))
+    if isinstance(timing, str):
+        return f"not timed: {timing}", None
     setting = cfg.observation_code_param
     then = ("`observation_code_param: auto` reads with it" if setting == "auto"
             else f"the config sets observation_code_param: {setting} (auto would read with {timing.chosen})")
@@ -591,9 +600,6 @@ def _check_server_settings(config: Path | None) -> None:
     from fhir_adapter.fhir.server_config import ENV_CLIENT, ENV_TOP, load_server_config
 
     variables = sorted(v for v in {*ENV_CLIENT, *ENV_TOP, *AUTH_VARS} if (os.environ.get(v) or "").strip())
-    blank = sorted(v for v in AUTH_VARS if v in os.environ and not os.environ[v].strip())
-    if blank:  # a run reads a blank credential variable as not set: it sends no credentials from it
-        click.echo(f"credentials   {', '.join(blank)} set but blank: ignored, as a run ignores it")
     if config is None and not variables:
         return
     load_server_config(config, os.environ)

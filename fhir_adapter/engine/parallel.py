@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import tempfile
 import threading
 import time
@@ -47,6 +48,9 @@ _engine: SubjectEngine | None = None
 
 
 def _start(work: SubjectWork, run_pid: int) -> None:
+    # Ctrl-C reaches the whole process group: the run's process handles it (one line, exit 130) and shuts the pool
+    # down; a worker leaves it to that (else each printed a KeyboardInterrupt traceback)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _end_with(run_pid)
     global _engine
     _engine = SubjectEngine(work)

@@ -161,11 +161,14 @@ def bulk_export_levels(cs: dict[str, Any]) -> list[str]:
     return sorted(levels)
 
 
-async def probe_study(client: FhirClient, study: Study, log: RunLog) -> tuple[SearchTiming | None, str | None]:
+async def probe_study(client: FhirClient, study: Study,
+                      log: RunLog) -> tuple[SearchTiming | str | None, str | None]:
     """The roster as a run reads and builds it, and the Observation searches timed on its first enrolled patients
-    (:func:`~fhir_adapter.source.server.probe.time_observation_searches`). (timing, None); or (None, why) when the
-    run would enrol nobody — no ResearchStudy of the study, or no subject with an enrolled status — naming what it
-    found, as the run's own error does."""
+    (:func:`~fhir_adapter.source.server.probe.time_observation_searches`). (timing, None) — the timing is the
+    error's text when those searches failed (a run would fail that subject, not stop); or (None, why) when the run
+    would enrol nobody — no ResearchStudy of the study, or no subject with an enrolled status — naming what it
+    found, as the run's own error does. Reading the roster failing raises, as it stops a run."""
+    from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirServerUnavailable
     from fhir_adapter.roster.check import nobody_enrolled
     from fhir_adapter.roster.enrollees import RosterError, build_roster
     from fhir_adapter.source.server.probe import PROBE_PATIENTS, time_observation_searches
@@ -180,4 +183,9 @@ async def probe_study(client: FhirClient, study: Study, log: RunLog) -> tuple[Se
     if (why := nobody_enrolled(data, roster, study, log)) is not None:
         return None, why
     pids = sorted(roster.enrolled)[:PROBE_PATIENTS]
-    return await time_observation_searches(client, SearchPlan(study, "auto"), pids), None
+    try:
+        return await time_observation_searches(client, SearchPlan(study, "auto"), pids), None
+    except (FhirServerUnavailable, FhirAuthError):
+        raise  # the server seen down, the credentials refused: as a run stops
+    except FhirError as exc:
+        return str(exc), None

@@ -59,11 +59,13 @@ CREATE = {"system": V3_DATA_OPERATION, "code": "CREATE", "display": "create"}
 UPDATE = {"system": V3_DATA_OPERATION, "code": "UPDATE", "display": "revise"}
 
 
-def activity(written: list[dict[str, Any]]) -> dict[str, str]:
-    """The activity of a write of ``written``: CREATE when every resource is new (no server id, status neither
-    amended nor entered-in-error), else UPDATE. The offline bundle and ``--post`` give the same for the same
-    results: both mark a changed result amended and a retraction entered-in-error."""
-    revises = any(r.get("id") or r.get("status") in ("amended", "entered-in-error") for r in written)
+def activity(written: list[dict[str, Any]], revises: bool | None = None) -> dict[str, str]:
+    """The activity of a write of ``written``: UPDATE when it ``revises`` what the server holds (a live write knows:
+    it updates a resource the server holds), else CREATE. Without that knowledge (the offline bundle, which cannot
+    know what the server holds) it is read from the results: UPDATE when one is amended or entered-in-error (it
+    replaces or retracts a value written before), else CREATE."""
+    if revises is None:
+        revises = any(r.get("status") in ("amended", "entered-in-error") for r in written)
     return UPDATE if revises else CREATE
 
 

@@ -192,17 +192,17 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     this subject's write never counts, updates nor retracts. ``former``: Patients the subject
     was linked to before (:func:`moved_away`): a resource written under a fixed id about one of them is the
     adapter's too (its own ResearchSubject, moved with the subject). ``others``: the study's other subject IDs the
-    run knows. Identifiers keep the ``.`` of an ID, so one may fit two subjects (``101``'s visit ``2`` and
-    ``101.2``'s results both start with ``<study>.101.2.``): such a result is this subject's only when its
-    ``focus`` names this subject's ResearchSubject, as every result the adapter writes does."""
+    run knows. Identifiers keep the ``.`` of an ID, so one may start as two subjects' do (``101``'s visit ``2`` and
+    ``101.2``'s results both start with ``<study>.101.2.``): it is the subject's whose prefix leaves
+    ``<scope>.<code>`` (one ``.``: visit ids and result codes have none), and when that does not tell (both or
+    neither), the subject's whose ResearchSubject its ``focus`` names (:func:`_whose`)."""
     # this subject's results only: another study's on the same Patient, or another subject's of this study (a
     # patient enrolled again under a new subject ID keeps the first subject's results)
     prefix = subject_prefix(study_id, e.subject_id) if study_id is not None else ""
-    # another subject whose ID and this one's differ by a '.' suffix: an identifier may fit both
+    # another subject whose ID and this one's differ by a '.' suffix: an identifier may start as both do
     rivals = tuple(p for s in others if s != e.subject_id and study_id is not None
                    and ((p := subject_prefix(study_id, s)).startswith(prefix) or prefix.startswith(p))) \
         if prefix else ()
-    focus = f"ResearchSubject/{e.research_subject.id}"
     found: dict[str, dict[str, Any]] = {}
     for want in by_id or []:
         try:
@@ -226,8 +226,8 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
         ident = _identifier(res)
         if ident is None or res.get("resourceType") != "Observation" or not ident.startswith(prefix):
             continue
-        if ident.startswith(rivals) and focus not in [(f or {}).get("reference") for f in res.get("focus") or []]:
-            continue  # fits another subject's identifiers too, and is about that subject's ResearchSubject
+        if ident.startswith(rivals) and not _whose(ident, res, prefix, rivals, e):
+            continue  # the result of a subject whose ID and this one's differ by a dotted suffix
         holders.setdefault(ident, []).append(f"Observation/{res.get('id')}")
         why = why_not_owned(res, e.patient_id)
         if why is not None:
@@ -238,6 +238,18 @@ async def existing_results(client: FhirClient, e: Enrollee, by_id: list[dict[str
     if duplicates is not None:
         duplicates.update({i: refs for i, refs in holders.items() if len(refs) > 1})
     return found
+
+
+def _whose(ident: str, res: dict[str, Any], prefix: str, rivals: tuple[str, ...], e: Enrollee) -> bool:
+    """Whether the result ``ident`` — which starts with this subject's ``prefix`` and a rival subject's — is this
+    subject's: the prefix after which ``<scope>.<code>`` is left (one ``.``) owns it; when that does not tell
+    (visit ids with a '.'), the ResearchSubject its ``focus`` names does."""
+    def fits(p: str) -> bool:
+        return ident.startswith(p) and ident[len(p):].count(".") == 1
+
+    if fits(prefix) != any(fits(p) for p in rivals):
+        return fits(prefix)
+    return f"ResearchSubject/{e.research_subject.id}" in [(f or {}).get("reference") for f in res.get("focus") or []]
 
 
 def plan_writes(desired: list[dict[str, Any]], existing: dict[str, dict[str, Any]],
@@ -306,8 +318,8 @@ async def moved_away(client: FhirClient, e: Enrollee, former: Collection[str], s
 
 
 def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now: dt.datetime,
-                        patient_id: str | None = None,
-                        versions: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                        patient_id: str | None = None, versions: dict[str, str] | None = None,
+                        revises: bool | None = None) -> list[dict[str, Any]]:
     """Device (conditional create), the resources and a Provenance. A resource with a server id is updated
     with ``If-Match`` on ``versions[identifier]`` (the version the adapter read); one without is created
     with ``If-None-Exist`` on its identifier (and ``patient_id``, for an Observation); the Provenance with
@@ -341,7 +353,7 @@ def transaction_entries(to_write: list[dict[str, Any]], sources: list[str], now:
             request = {"method": "POST", "url": r["resourceType"], "ifNoneExist": condition}
         entries.append({"fullUrl": url, "resource": r, "request": request})
     key = write_key(entries[1:])
-    prov = with_owner_tag(provenance(targets, sources, device_url, now, key, activity(to_write)))
+    prov = with_owner_tag(provenance(targets, sources, device_url, now, key, activity(to_write, revises)))
     entries.append({"fullUrl": full_url(SID_RESULT, f"provenance-{key}"), "resource": prov,
                     "request": provenance_request(key)})
     return entries
@@ -443,7 +455,7 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
                 client.breaker.check()
                 chunk = retract[i:i + size]
                 entries = transaction_entries(chunk, sorted({ref for r in chunk for ref in result_sources(r)}),
-                                              now or dt.datetime.now(dt.UTC), None, former_versions)
+                                              now or dt.datetime.now(dt.UTC), None, former_versions, revises=True)
                 await client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": entries},
                                          label=e.subject_id)
                 moved_sent += [f"Patient/{pid}: {_identifier(r)}" for r in chunk]
@@ -455,7 +467,11 @@ async def write_subject(client: FhirClient, e: Enrollee, desired: list[dict[str,
             client.breaker.check()  # the server seen down: no further part is sent (a subject is not started)
             # its Provenance names the sources of the results it writes, not those of the subject's other results
             part_sources = sorted({ref for r in part for ref in result_sources(r)})
-            entries = transaction_entries(part, part_sources, now or dt.datetime.now(dt.UTC), e.patient_id, versions)
+            # it revises when it updates a resource the server holds (what the server holds decides: the adapter's
+            # own ResearchSubject has its fixed id from its first write on)
+            revises = any(str(_identifier(r)) in existing for r in part)
+            entries = transaction_entries(part, part_sources, now or dt.datetime.now(dt.UTC), e.patient_id, versions,
+                                          revises)
             for entry in (entries[0], entries[-1]):  # the Device and the Provenance, validated as the results are
                 if problem := r4_problem(entry["resource"], full=True):
                     raise ValueError(f"{entry['resource']['resourceType']} of this write is not valid FHIR R4: "

@@ -46,10 +46,20 @@ _KEEP = ("resourceType", "meta", "extension", "identifier", "category", "code", 
 _VALUE_KEYS = ("valueInteger", "valueQuantity", "valueBoolean", "valueString", "valueCodeableConcept")
 
 
+#: what a result reports besides value[x]: a SLEDAI-2K total's descriptors, an LLDAS result's criteria
+_REPORTED_KEYS = ("component", "dataAbsentReason")
+
+
 def result_value(resource: dict[str, Any]) -> dict[str, Any]:
-    """A result's value (``value[x]``): what makes an update an amendment (R4 Observation.status ``amended``);
-    another method text, source list or profile is no new value."""
-    return {k: resource[k] for k in _VALUE_KEYS if k in resource}
+    """What a result reports — ``value[x]``, its components (a SLEDAI-2K total's descriptors) and a data-absent
+    reason: a change of it makes an update an amendment (R4 Observation.status ``amended``); another method text,
+    source list or profile is no new value."""
+    return {k: resource[k] for k in (*_VALUE_KEYS, *_REPORTED_KEYS) if k in resource}
+
+
+def _reported(resource: dict[str, Any]) -> str:
+    """:func:`result_value` as a hash, kept in the state (the components themselves are not)."""
+    return content_hash(result_value(resource))
 
 
 def content_hash(resource: dict[str, Any]) -> str:
@@ -260,11 +270,15 @@ class WrittenState:
             entries[ident] = {
                 "subject_id": subject_id, "hash": h, "sources": _sources(r),
                 "resource": {k: v for k, v in r.items() if k in _KEEP},
-                "value": result_value(r),
+                "value": {k: r[k] for k in _VALUE_KEYS if k in r}, "reported": (reported := _reported(r)),
             }
-            # its value replaced one written before (not only its method text or sources), now or since
-            amended = kind != "new" and old is not None and (bool(old.get("amended")) or (
-                kind == "updated" and (old.get("value") or {}) != result_value(r)))
+            # what it reports replaced what was written before (not only its method text or sources), now or since
+            # (an entry of an older version has no "reported": its value[x] is compared)
+            was = old.get("reported") if old is not None else None
+            changed = was != reported if was is not None else (
+                old is not None and (old.get("value") or {}) != {k: r[k] for k in _VALUE_KEYS if k in r})
+            amended = kind != "new" and old is not None and (bool(old.get("amended"))
+                                                             or (kind == "updated" and changed))
             if amended and r.get("resourceType") == "Observation":
                 entries[ident]["amended"] = True  # Plan.amend
             if old is not None and (former := _former_patients(old, r)):

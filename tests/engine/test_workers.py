@@ -343,3 +343,17 @@ def test_what_a_run_spools_of_the_chart_stays_in_its_staging_folder(feed: Path, 
     spooled = "fhir-adapter-subjects" if workers == 1 else "fhir-adapter-parts"
     assert all(staged == [spooled] and not elsewhere for staged, elsewhere in during), during[:2]
     assert not list(out.glob(".staging-*")) and not list(system_tmp.glob("fhir-adapter-*"))
+
+
+def test_a_worker_leaves_ctrl_c_to_the_run_process(study: Any) -> None:
+    """Ctrl-C reaches the run's whole process group: a worker ignores it (the run's process says one line and
+    shuts the pool down); a worker that took it ended with a KeyboardInterrupt traceback on stderr."""
+    import signal
+    import time
+
+    with parallel._executor(1, SubjectWork(study=study), context()) as pool:
+        pid = pool.submit(os.getpid).result(timeout=120)
+        assert pool.submit(signal.getsignal, signal.SIGINT).result(timeout=60) == signal.SIG_IGN
+        os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert pool.submit(os.getpid).result(timeout=60) == pid  # the same worker, alive and working

@@ -100,7 +100,12 @@ def test_a_changed_value_is_amended_and_stays_unchanged_once_amended() -> None:
     relabelled = {**with_owner_tag(result("a", 12)), "method": {"text": "fhir-adapter 0.1.1"}}
     [update] = plan_writes([relabelled], {"a": on_server(result("a", 12), "x1")}, WriteResult(subject_id="101-001"))
     assert update["status"] == "final" and update["method"] == {"text": "fhir-adapter 0.1.1"}
-    # ... but one amended before stays amended
+    # the same total from other descriptors (its components): what it reports changed, amended
+    parts = {**with_owner_tag(result("a", 4)), "component": [{"code": {"text": "hematuria"}, "valueInteger": 4}]}
+    [update] = plan_writes([{**parts, "component": [{"code": {"text": "proteinuria"}, "valueInteger": 4}]}],
+                           {"a": on_server(parts, "x1")}, WriteResult(subject_id="101-001"))
+    assert update["status"] == "amended"
+    # ... and one amended before stays amended
     [update] = plan_writes([relabelled], {"a": {**on_server(result("a", 12), "x1"), "status": "amended"}},
                            WriteResult(subject_id="101-001"))
     assert update["status"] == "amended"
@@ -108,18 +113,21 @@ def test_a_changed_value_is_amended_and_stays_unchanged_once_amended() -> None:
 
 def test_the_provenance_says_whether_a_write_creates_or_revises() -> None:
     """Provenance.activity (v3 DataOperation): CREATE for a write of new results only; UPDATE ("revise") for one
-    that updates a result the server holds, amends or retracts one."""
+    that updates a resource the server holds (a live write knows), or — without that knowledge, as in the offline
+    bundle — one that amends or retracts a result."""
     now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
-    def done(to_write: list[dict[str, Any]]) -> dict[str, Any]:
-        prov = transaction_entries(to_write, ["Observation/src1"], now, "p1")[-1]["resource"]
+    def done(to_write: list[dict[str, Any]], revises: bool | None = None) -> dict[str, Any]:
+        prov = transaction_entries(to_write, ["Observation/src1"], now, "p1", revises=revises)[-1]["resource"]
         coding: dict[str, Any] = prov["activity"]["coding"][0]
         return coding
 
     new = with_owner_tag(result("a", 1))
     assert done([new]) == {"system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "CREATE",
                            "display": "create"}
-    assert done([new, {**new, "id": "x1"}])["code"] == "UPDATE"
+    assert done([new, {**new, "id": "x1"}], revises=True)["code"] == "UPDATE"
+    # a resource under a fixed id the server does not hold yet (a roster-CSV subject's own ResearchSubject)
+    assert done([{**new, "id": "fixed-uuid5"}], revises=False)["code"] == "CREATE"
     assert done([{**new, "status": "amended"}])["code"] == "UPDATE"
     assert done([{**new, "status": "entered-in-error"}]) == {
         "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation", "code": "UPDATE", "display": "revise"}
@@ -234,6 +242,12 @@ async def test_a_subject_whose_id_extends_another_s_keeps_to_its_own_results(htt
                                 others={"101", "101.2"}, dry_run=True)
         assert w.written == ["S.101.2.sledai-2k"] and w.retracted == []
         assert '-  "valueInteger": 4' in w.diff and '+  "valueInteger": 8' in w.diff
+        # 101.2's ResearchSubject recreated (r3; its results on the server name r2): still its own by their shape
+        recreated = dataclasses.replace(again, research_subject=SourceRef(resource_type="ResearchSubject", id="r3"))
+        w = await write_subject(client, recreated, [about({**other, "valueInteger": 5}, "r3")], {"p1"}, study_id="S",
+                                others={"101", "101.2"}, dry_run=True)
+        assert w.written == ["S.101.2.W4.sledai-2k"] and w.retracted == []
+        assert '"id": "x2"' not in w.diff and '-  "valueInteger": 2' in w.diff  # an update of its copy, not a create
 
 
 async def test_nothing_posted_when_nothing_changed(httpx_mock: HTTPXMock) -> None:

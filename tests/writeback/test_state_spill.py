@@ -186,21 +186,25 @@ def test_the_state_amends_a_changed_value_not_a_changed_method_text(tmp_path: Pa
     from fhir_adapter.terminology.codes import SID_RESULT
     from fhir_adapter.writeback.state import WrittenState
 
-    def res(value: int, method: str) -> dict[str, Any]:
+    def res(value: int, method: str, descriptor: str = "rash") -> dict[str, Any]:
         return {"resourceType": "Observation", "status": "final", "identifier": [{"system": SID_RESULT,
                                                                                   "value": "S.1.W4.x"}],
-                "subject": {"reference": "Patient/p1"}, "valueInteger": value, "method": {"text": method}}
+                "subject": {"reference": "Patient/p1"}, "valueInteger": value, "method": {"text": method},
+                "component": [{"code": {"text": descriptor}, "valueInteger": value}]}
 
-    def run(value: int, method: str) -> str:
+    def run(value: int, method: str, descriptor: str = "rash") -> str:
         """One run: the state as the last run left it, this run's plan of the result, committed and saved."""
         state = WrittenState(tmp_path / "written.json")
-        plan = state.plan("1", [res(value, method)], [])
-        status = str(plan.amend([res(value, method)])[0]["status"])
+        plan = state.plan("1", [res(value, method, descriptor)], [])
+        status = str(plan.amend([res(value, method, descriptor)])[0]["status"])
         state.commit(plan)
         state.save()
         return status
 
     assert run(4, "v1") == "final"
     assert run(4, "v2") == "final"    # the same value, another method text: updated, not amended
+    assert run(4, "v2", "alopecia") == "amended"  # the same total from another descriptor: what it reports changed
+    (tmp_path / "written.json").unlink()
+    assert run(4, "v1") == "final"
     assert run(5, "v2") == "amended"  # another value
     assert run(5, "v3") == "amended"  # amended once: stays amended
