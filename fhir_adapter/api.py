@@ -107,7 +107,7 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
     ``ServerConfigError``, ``ConnectError``, ``FhirError``, ``OutInUse`` when another run holds ``out``) with the
     same one-line messages as the CLI.
     """
-    from fhir_adapter.fhir.server_config import load_server_config, record_run
+    from fhir_adapter.fhir.server_config import record_run
     from fhir_adapter.job import exit_codes
     from fhir_adapter.job.connect import connect
     from fhir_adapter.job.outlock import hold_out
@@ -116,18 +116,16 @@ def run(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = Non
 
     out_dir = Path(out) if out is not None else Path(tempfile.mkdtemp(prefix="fhir-adapter-"))
     st = load_study(Path(study), Path(site) if site is not None else None)
-    environ = env if env is not None else os.environ
-    # the config's write-back setting holds for OUT/writeback and the server, as for `fhir-adapter run`
-    reviewed_only = load_server_config(Path(config) if config is not None else None, environ).writeback_reviewed_only
     log = RunLog()
     with hold_out(out_dir, "fhir_adapter.run"):
         started = dt.datetime.now(dt.UTC)
         conn = connect(str(source), st, log, out_dir, post=post, dry_run=dry_run, since=since,
-                       config=Path(config) if config is not None else None, env=environ)
+                       config=Path(config) if config is not None else None,
+                       env=env if env is not None else os.environ)
         try:
             summary = run_pipeline(conn.source, st, out_dir, log, sink=conn.sink,
                                    roster_csv=Path(roster_csv) if roster_csv is not None else None,
-                                   reviewed_only=reviewed_only)
+                                   reviewed_only=conn.reviewed_only)  # the config's, as for `fhir-adapter run`
         finally:
             conn.close()
         # the base of the next since="last" (or `run --since last`), as the command records it: a run that

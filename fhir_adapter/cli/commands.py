@@ -247,7 +247,7 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                         conn.bulk.on_progress = prog.note
                     summary = run_pipeline(conn.source, st, out, log, sink=conn.sink, roster_csv=roster_csv,
                                            on_subject=prog.advance, on_start=prog.start, review_state=review_state,
-                                           reviewed_only=reviewed_only or _reviewed_only_setting(config),
+                                           reviewed_only=reviewed_only or conn.reviewed_only,
                                            workers=workers or default_workers(),
                                            quarantine_full_copies=quarantine_full_copies,
                                            engine_outcomes=_spark_engine(spark, conn.source, log, out,
@@ -328,14 +328,6 @@ def _spark_engine(spark: Any, source: object, log: object, out: Path, staging: s
     if staging is None:  # OUT's own: the run holds OUT's lock
         return SparkSubjects(spark, source, log, str(out / ".spark-staging"), own=True)
     return SparkSubjects(spark, source, log, staging)
-
-
-def _reviewed_only_setting(config: Path | None) -> bool:
-    import os
-
-    from fhir_adapter.fhir.server_config import load_server_config
-
-    return load_server_config(config, os.environ).writeback_reviewed_only
 
 
 @main.command()

@@ -36,6 +36,8 @@ class Connection:
     sink: Sink | None
     server: ServerSource | None = None
     bulk: BulkSource | None = None
+    #: the config's ``writeback_reviewed_only``: a write-back setting, for a folder source too (OUT/writeback)
+    reviewed_only: bool = False
 
     def next_since(self, started: dt.datetime) -> dt.datetime:
         """The time the next ``--since last`` starts from: a Bulk export's transactionTime; else ``started``
@@ -93,24 +95,25 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
     """``folder``: where a non-URL ``source`` is read from when not from the local file system (the Spark
     engine's folder)."""
     env = env if env is not None else {}
+    if not is_url(source) and (post or dry_run or since or bulk):
+        raise ConnectError("--post, --dry-run, --since and --bulk need a FHIR server: give --source "
+                           "https://host/fhir")
+    # loaded for a folder too (a mistake in it is an error): writeback_reviewed_only holds for OUT/writeback
+    cfg = load_server_config(config, env)
     if not is_url(source):
-        if post or dry_run or since or bulk:
-            raise ConnectError("--post, --dry-run, --since and --bulk need a FHIR server: give --source "
-                               "https://host/fhir")
         if config is not None:
-            # loaded all the same (a mistake in it is an error): writeback_reviewed_only holds for OUT/writeback
-            reviewed_only = load_server_config(config, env).writeback_reviewed_only
             msg = (f"--config {config}: its server settings are ignored, as they apply to a FHIR server source and "
                    f"{source} is a folder of files" + ("; its writeback_reviewed_only: true applies (OUT/writeback "
-                                                        "holds reviewed results only)" if reviewed_only else ""))
+                                                        "holds reviewed results only)"
+                                                        if cfg.writeback_reviewed_only else ""))
             logging.getLogger(__name__).warning(msg)
             log.warn(msg, rule="config-ignored")
-        return Connection(source=FileSource(folder if folder is not None else Path(source), log), sink=None)
+        return Connection(source=FileSource(folder if folder is not None else Path(source), log), sink=None,
+                          reviewed_only=cfg.writeback_reviewed_only)
     from fhir_adapter.source.bulk import BulkSource
     from fhir_adapter.source.server import ServerSource
     from fhir_adapter.writeback.sink import ServerSink
 
-    cfg = load_server_config(config, env)
     client = open_client(source, cfg, env)
     loop = asyncio.new_event_loop()
     sink = ServerSink(client, loop, dry_run=dry_run, allow_mass_retraction=allow_mass_retraction,
@@ -126,8 +129,9 @@ def connect(source: str, study: Study, log: RunLog, out: Path, *, post: bool = F
         # the export's files go into OUT/bulk/, never through a symbolic link (UnsafePath names it)
         exported = BulkSource(rest, cfg.bulk, without_links(out, out / "bulk"), log, since=parse_since(since, out),
                               last_crf=last_crf)
-        return Connection(source=exported, sink=sink, server=rest, bulk=exported)
+        return Connection(source=exported, sink=sink, server=rest, bulk=exported,
+                          reviewed_only=cfg.writeback_reviewed_only)
     server = ServerSource(client, study, log, since=parse_since(since, out), read_mode=cfg.read_mode, loop=loop,
                           observation_code_param=cfg.observation_code_param,
                           patients_per_search=cfg.patients_per_search, last_crf=last_crf)
-    return Connection(source=server, sink=sink, server=server)
+    return Connection(source=server, sink=sink, server=server, reviewed_only=cfg.writeback_reviewed_only)

@@ -270,13 +270,12 @@ class WrittenState:
             entries[ident] = {
                 "subject_id": subject_id, "hash": h, "sources": _sources(r),
                 "resource": {k: v for k, v in r.items() if k in _KEEP},
-                "value": {k: r[k] for k in _VALUE_KEYS if k in r}, "reported": (reported := _reported(r)),
+                "value": (value := {k: r[k] for k in _VALUE_KEYS if k in r}), "reported": (reported := _reported(r)),
             }
             # what it reports replaced what was written before (not only its method text or sources), now or since
             # (an entry of an older version has no "reported": its value[x] is compared)
             was = old.get("reported") if old is not None else None
-            changed = was != reported if was is not None else (
-                old is not None and (old.get("value") or {}) != {k: r[k] for k in _VALUE_KEYS if k in r})
+            changed = was != reported if was is not None else (old is not None and (old.get("value") or {}) != value)
             amended = kind != "new" and old is not None and (bool(old.get("amended"))
                                                              or (kind == "updated" and changed))
             if amended and r.get("resourceType") == "Observation":
