@@ -419,12 +419,16 @@ def serve(cfg: ReviewConfig, port: int = 0, on_ready: Any = None) -> None:
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
-    if on_ready:
-        on_ready(url)
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), log_level="warning", access_log=False))
-    server.run(sockets=[sock])
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)  # connections from now on wait in the backlog until uvicorn accepts them
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+        if on_ready:
+            on_ready(url)
+        server = uvicorn.Server(uvicorn.Config(create_app(cfg), log_level="warning", access_log=False))
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 __all__ = ["ACTIONS", "ReviewConfig", "create_app", "serve"]

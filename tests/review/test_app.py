@@ -18,7 +18,7 @@ import pytest
 
 from fhir_adapter.job.pipeline import run
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.review.app import ReviewConfig, Workspace, create_app
+from fhir_adapter.review.app import ReviewConfig, Workspace, create_app, serve
 from fhir_adapter.review.store import DecisionStore
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.study.load import Study
@@ -218,18 +218,30 @@ def test_cli_review_serves_on_localhost_and_prints_the_url(tmp_path: Path, study
         line = proc.stdout.readline()
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert m, line
-        for _ in range(50):
-            try:
-                page = httpx.get(m.group(0), timeout=5)
-                break
-            except httpx.ConnectError:
-                import time
-
-                time.sleep(0.1)
+        page = httpx.get(m.group(0), timeout=10)  # at once: the socket listens before the URL is printed
         assert page.status_code == 200 and "reviewing as <strong id=\"reviewer\">D. Manager</strong>" in page.text
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_the_url_is_announced_once_the_socket_listens(tmp_path: Path, study: Study) -> None:
+    """A browser (or script) opening the printed URL at once is queued, not refused: CI once saw
+    "Connection refused" because the socket was bound but not yet listening when the URL was printed."""
+    import socket
+
+    out, _ = run_feed(tmp_path, study)
+
+    class Connected(Exception):
+        pass
+
+    def connect(url: str) -> None:
+        port = int(re.search(r":(\d+)/$", url).group(1))  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            raise Connected
+
+    with pytest.raises(Connected):
+        serve(ReviewConfig(results=out, reviewer="D. Manager"), on_ready=connect)
 
 
 def test_cli_review_stopped_with_ctrl_c_ends_normally(tmp_path: Path, study: Study) -> None:

@@ -30,6 +30,7 @@ def app_url(tmp_path: Path, study: Study) -> Iterator[tuple[str, Path]]:
     out, _ = run_feed(tmp_path, study)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
+    sock.listen(128)  # the browser's first request waits in the backlog if uvicorn is still starting
     server = uvicorn.Server(uvicorn.Config(create_app(ReviewConfig(results=out, reviewer="D. Manager")),
                                            log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
