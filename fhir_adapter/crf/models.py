@@ -212,6 +212,9 @@ class ConMed(_Model):
     dose: float | None = Field(None, description="dose per administration")
     dose_unit: str | None = None
     frequency_per_day: float | None = Field(None, description="administrations per day (0.5 = every other day)")
+    interval_hours: float | None = Field(
+        None, description="hours between administrations when the timing is a fixed interval (Timing.repeat "
+                          "frequency 1 per period N h, or Timing.code Q<N>H): CMDOSFRQ Q<N>H rather than a count")
     as_needed: bool = Field(False, description="the dosage line is taken as needed (asNeeded[x]): CMDOSFRQ PRN; "
                                                "frequency_per_day is then its most")
     daily_dose_mg: float | None = Field(None, description="mg/day of the drug itself")

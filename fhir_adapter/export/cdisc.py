@@ -57,7 +57,7 @@ from dataclasses import dataclass, field, fields
 from decimal import Decimal
 from typing import Any
 
-from fhir_adapter.crf.models import Exposure, Finding, NotDone, SubjectCRF, VisitRecord
+from fhir_adapter.crf.models import ConMed, Exposure, Finding, NotDone, SubjectCRF, VisitRecord
 from fhir_adapter.derive.baseline import after_infusion, baseline_index, in_lookback, prior_result
 from fhir_adapter.export.ct import Terminology, load_terminology
 from fhir_adapter.export.meddra import Meddra
@@ -733,10 +733,18 @@ class RowBuilder:
         }
         return [row[c] for c in COLUMNS[p]]
 
+    def _cm_frequency(self, c: ConMed) -> str:
+        """CMDOSFRQ: PRN; else the fixed interval (Q<N>H) when the timing is one; else the count per day."""
+        if c.as_needed:
+            return self.ct.term("FREQ", "PRN", "CMDOSFRQ")
+        if c.interval_hours is not None:
+            return self.ct.term("FREQ", f"Q{num(c.interval_hours)}H", "CMDOSFRQ")
+        freq = c.frequency_per_day
+        return "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ", f"{num(freq)} per day")
+
     def cm(self, crf: SubjectCRF) -> list[dict[str, Any]]:
         rows = []
         for seq, c in enumerate(crf.cm, start=1):
-            freq = c.frequency_per_day
             route = self.ct.first("ROUTE", [v for v in (c.route_code, c.route) if v], "CMROUTE")
             rows.append({
                 **self._ids(crf, "CM"), "CMSEQ": str(seq), "CMSPID": c.spid or "",
@@ -748,8 +756,7 @@ class RowBuilder:
                 "CMMHNO": c.mh_spid or "", "CMDOSE": num(c.dose),
                 "CMDOSU": self.ct.term("UNIT", c.dose_unit, "CMDOSU"),
                 "CMDOSFRM": self.ct.term("FRM", c.dose_form, "CMDOSFRM"),
-                "CMDOSFRQ": self.ct.term("FREQ", "PRN", "CMDOSFRQ") if c.as_needed
-                else "" if freq is None else self.ct.term("FREQ", num(freq), "CMDOSFRQ", f"{num(freq)} per day"),
+                "CMDOSFRQ": self._cm_frequency(c),
                 "CMDOSTOT": num(c.daily_dose_mg), "CMROUTE": route,
                 "CMSTDTC": _date(c.start_date, c.partial_start), "CMENDTC": _date(c.end_date, c.partial_end),
                 "CMSTDY": self._dy(crf, c.start_date), "CMENDY": self._dy(crf, c.end_date),

@@ -304,14 +304,34 @@ def test_an_as_needed_medication_is_prn_whatever_its_most_per_day(tmp_path: Path
     crf = _crf_with_partial_dates()
     crf.cm = [crf.cm[0].model_copy(update={"frequency_per_day": 1.0, "as_needed": True}),
               crf.cm[0].model_copy(update={"frequency_per_day": 1.0}),
-              crf.cm[0].model_copy(update={"frequency_per_day": 6.0})]
+              crf.cm[0].model_copy(update={"frequency_per_day": 10.0})]
     w = ExportWriter(tmp_path, study)
     w.add(crf, [])
     w.close({})
     rows = list(csv.DictReader((tmp_path / "CM.csv").open(encoding="utf-8")))
     assert [r["CMDOSFRQ"] for r in rows] == ["PRN", "QD", ""]
     # a count with no FREQ term is listed as what it is, not as a bare number
-    assert {"column": "CMDOSFRQ", "value": "6 per day", "rows": 1} in w.cdisc_report()["no_ct_term"]
+    assert {"column": "CMDOSFRQ", "value": "10 per day", "rows": 1} in w.cdisc_report()["no_ct_term"]
+
+
+def test_a_fixed_interval_is_named_as_such_not_as_a_count(tmp_path: Path, study: Any) -> None:
+    """Every 6 hours is CDISC Q6H, not QID (four times a day, as the patient likes); every 4 hours Q4H, not
+    "6 TIMES PER DAY"; a count the interval does not say stays a count (mappings/cdisc/ct.yaml FREQ)."""
+    crf = _crf_with_partial_dates()
+    base = crf.cm[0]
+    crf.cm = [base.model_copy(update={"frequency_per_day": 4.0, "interval_hours": 6.0}),
+              base.model_copy(update={"frequency_per_day": 6.0, "interval_hours": 4.0}),
+              base.model_copy(update={"frequency_per_day": 2.0, "interval_hours": 12.0}),
+              base.model_copy(update={"frequency_per_day": 24.0, "interval_hours": 1.0}),
+              base.model_copy(update={"frequency_per_day": 6.0}),
+              base.model_copy(update={"frequency_per_day": 16.0, "interval_hours": 1.5}),
+              base.model_copy(update={"frequency_per_day": 6.0, "interval_hours": 4.0, "as_needed": True})]
+    w = ExportWriter(tmp_path, study)
+    w.add(crf, [])
+    w.close({})
+    rows = list(csv.DictReader((tmp_path / "CM.csv").open(encoding="utf-8")))
+    assert [r["CMDOSFRQ"] for r in rows] == ["Q6H", "Q4H", "Q12H", "QH", "6 TIMES PER DAY", "", "PRN"]
+    assert {"column": "CMDOSFRQ", "value": "Q1.5H", "rows": 1} in w.cdisc_report()["no_ct_term"]
 
 
 def test_cm_and_ae_partial_dates_in_csv_and_odm(tmp_path: Path, study: Any) -> None:

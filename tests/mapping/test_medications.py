@@ -340,6 +340,23 @@ def test_timing_forms(study: Study, timing: dict[str, Any], per_day: float) -> N
     assert c.daily_dose_mg == pytest.approx(20 * per_day)
 
 
+@pytest.mark.parametrize(("timing", "hours"), [
+    ({"repeat": {"frequency": 1, "period": 6, "periodUnit": "h"}}, 6.0),
+    ({"repeat": {"period": 12, "periodUnit": "h"}}, 12.0),
+    ({"code": {"coding": [{"system": GTS, "code": "Q4H"}]}}, 4.0),
+    ({"code": {"text": "q8h"}}, 8.0),
+    ({"repeat": {"frequency": 4, "period": 1, "periodUnit": "d"}}, None),  # QID: a count, not an interval
+    ({"repeat": {"frequency": 2, "period": 12, "periodUnit": "h"}}, None),
+    ({"repeat": {"frequency": 1, "period": 4, "periodMax": 6, "periodUnit": "h"}}, None),
+    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}, None),
+    ({"code": {"coding": [{"system": GTS, "code": "QID"}]}}, None),
+])
+def test_a_fixed_interval_is_kept_beside_the_count(study: Study, timing: dict[str, Any], hours: float | None) -> None:
+    r = statement("t1", PRED, [dosage({"doseQuantity": mg(20)}, timing=timing)])
+    (c,), _ = run(study, [r])
+    assert c.interval_hours == hours
+
+
 def test_prednisone_every_other_day_is_10_mg_per_day(study: Study) -> None:
     timing = {"repeat": {"frequency": 1, "period": 2, "periodUnit": "d"}}
     (c,), _ = run(study, [statement("t2", PRED, [dosage({"doseQuantity": mg(20)}, timing=timing)])])

@@ -23,7 +23,8 @@ For each resource, in order (the module that holds each step in brackets):
 5. **dose** — ``doseQuantity``, ``doseRange`` by ``range_choice`` (default ``high``), rates; mass units by
    UCUM, tablets (``tablet_units``, or no unit) by the identified strength [dose].
 6. **frequency per day** — ``Timing.repeat`` or ``Timing.code`` via ``timing_codes``; ``daily_dose_mg`` = dose
-   in mg × frequency per day (20 mg QOD = 10 mg/day) [timing].
+   in mg × frequency per day (20 mg QOD = 10 mg/day); a fixed interval in hours (one administration per N h, or
+   the code Q<N>H) is kept as ``interval_hours`` for CMDOSFRQ Q<N>H [timing].
 7. **dates** — bounds of the line, else the resource's own dates; partial dates stay partial [dates].
 8. **route** — ``route_codes``/``route_text``, else the route of the matched code or dose form; ``systemic``
    from the ``systemic_routes`` that ``glucocorticoids.yaml`` owns [routes].

@@ -18,7 +18,7 @@ from fhir_adapter.mapping.medications.dose import Problem, dose_mg, line_dose, r
 from fhir_adapter.mapping.medications.identify import DrugIdentifier, IdentifiedDrug
 from fhir_adapter.mapping.medications.routes import RouteReader
 from fhir_adapter.mapping.medications.settings import CmClass, MedicationSettings
-from fhir_adapter.mapping.medications.timing import frequency_per_day
+from fhir_adapter.mapping.medications.timing import frequency_per_day, interval_hours
 from fhir_adapter.mapping.references import mitigated_by
 from fhir_adapter.study.timeline import elapsed
 from fhir_adapter.terminology.codes import R4_MEDICATION_STATUSES
@@ -212,6 +212,7 @@ class MedicationMapper:
         shown_dose = mg if mg is not None else dose
         shown_unit = "mg" if mg is not None else unit
         record = self._record(r, drug, step, route, shown_dose, shown_unit, freq, daily)
+        record.interval_hours = interval_hours(timing)
         if line.get("asNeededBoolean") or line.get("asNeededCodeableConcept"):
             record.as_needed = True  # CMDOSFRQ PRN; its daily dose still counts in full (_flag_assumptions)
         return record

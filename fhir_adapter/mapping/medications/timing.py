@@ -2,11 +2,14 @@
 
 ``Timing.repeat``: frequency (``frequencyMax`` by ``range_choice``; else the number of ``timeOfDay`` or
 ``when`` entries; else 1) / (period × ``period_days[periodUnit]``), times *k*/7 when ``dayOfWeek`` lists *k*
-days of a daily schedule; else ``Timing.code`` via ``timing_codes``.
+days of a daily schedule; else ``Timing.code`` via ``timing_codes``. A fixed interval in hours (one
+administration per period of N h, or the code Q<N>H) is kept beside it as the interval, which CDISC names
+(CMDOSFRQ Q4H is not "6 TIMES PER DAY").
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from fhir_adapter.mapping.common import codings
@@ -76,3 +79,32 @@ def frequency_per_day(timing: dict[str, Any], s: MedicationSettings) -> float | 
             return s.timing_codes[code.upper()]
     text = str(cc.get("text") or "").strip().upper()
     return s.timing_codes.get(text)
+
+
+_EVERY_N_HOURS = re.compile(r"Q(\d+)H")
+
+
+def interval_hours(timing: dict[str, Any]) -> float | None:
+    """Hours between administrations when ``timing`` is a fixed interval: ``repeat`` of one administration per
+    period of N hours (no range, times of day, events or weekdays), else a ``Timing.code`` (a coding or the text)
+    Q<N>H; None otherwise.
+
+    >>> interval_hours({"repeat": {"frequency": 1, "period": 4, "periodUnit": "h"}})
+    4.0
+    >>> interval_hours({"code": {"text": "q6h"}}), interval_hours({"repeat": {"frequency": 2, "periodUnit": "d"}})
+    (6.0, None)
+    """
+    rep = timing.get("repeat") or {}
+    if any(rep.get(k) for k in ("frequency", "period", "timeOfDay", "when", "dayOfWeek")):
+        fixed = (rep.get("periodUnit") == "h" and rep.get("period") and not rep.get("periodMax")
+                 and (rep.get("frequency") or 1) == 1 and (rep.get("frequencyMax") or 1) == 1
+                 and not any(rep.get(k) for k in ("timeOfDay", "when", "dayOfWeek")))
+        return float(rep["period"]) if fixed else None
+    cc = timing.get("code")
+    if not isinstance(cc, dict):
+        return None
+    for value in [code for _, code in codings(cc)] + [str(cc.get("text") or "")]:
+        m = _EVERY_N_HOURS.fullmatch(value.strip().upper())
+        if m:
+            return float(m.group(1))
+    return None
