@@ -80,7 +80,9 @@ class Finding(_Model):
     method: str | None = Field(None, description="Observation.method text or display")
     specimen: str | None = Field(None, description="Specimen.type display of Observation.specimen")
     fasting: bool | None = Field(None, description="Specimen.collection.fastingStatus: fasting (True) or not")
-    collected: dt.datetime | None = Field(None, description="Specimen.collection.collected[x] in the study time zone")
+    collected: dt.datetime | None = Field(
+        None, description="Specimen.collection.collected[x] in the study time zone (else the start of the "
+                          "Observation's effectivePeriod when it has an end: a timed collection)")
     spid: str | None = Field(None, description="Observation.identifier value")
     accession: str | None = Field(None, description="Specimen.accessionIdentifier value")
     specimen_condition: str | None = Field(None, description="Specimen.condition text or display")
@@ -88,7 +90,9 @@ class Finding(_Model):
     timepoint: str | None = Field(None, description="planned time point (cqf-relativeDateTime), e.g. 1 h before …")
     timepoint_ref: str | None = Field(None, description="the event the time point is relative to (its display)")
     elapsed: str | None = Field(None, description="planned elapsed time from that event, ISO 8601 (-PT1H, PT6H)")
-    collected_end: dt.datetime | None = Field(None, description="Specimen.collection.collectedPeriod.end")
+    collected_end: dt.datetime | None = Field(
+        None, description="end of a timed collection: Specimen.collection.collectedPeriod.end, else the "
+                          "Observation's effectivePeriod.end when no Specimen dates the collection")
     body_site: str | None = Field(None, description="Observation.bodySite text or display")
     qualifiers: tuple[str, ...] = Field((), description="locationQualifier codes of the body site's BodyStructure")
     position: str | None = Field(None, description="observation-bodyPosition code (Observation, else Specimen)")

@@ -3,6 +3,7 @@ and the one-pass reads of a CodeableConcept agreeing with :func:`codings` and :f
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -60,6 +61,26 @@ def test_observations_naming_one_specimen_share_its_details_and_keep_their_own_p
     other = {**SPECIMEN, "type": {"text": "Plasma"}, "status": "available"}
     again = mapper.map([shared], "T-002", {"s1": other})
     assert (again[0].specimen, again[0].specimen_unusable) == ("Plasma", False)
+
+
+def test_a_timed_collection_without_a_specimen_is_dated_by_the_observation_s_own_period(study: Study) -> None:
+    """A 24-h urine protein sent with effectivePeriod and no Specimen (as the generic synthetic feed and many
+    EHRs send it) has its start and end (LBDTC, LBENDTC, LBDUR); a Specimen that dates the collection wins."""
+    period = {"start": "2024-03-04T08:00:00+01:00", "end": "2024-03-05T08:00:00+01:00"}
+    alone = obs("o1", "2889-4", 650, "mg/(24.h)", when=None, effectivePeriod=period)
+    with_specimen = obs("o2", "2889-4", 700, "mg/(24.h)", when=None, effectivePeriod=period,
+                        specimen={"reference": "Specimen/s1"})
+    point = obs("o3", "2889-4", 720, "mg/(24.h)", when=None, effectivePeriod={"start": period["start"]})
+    found = {f.source.id: f for f in ObservationMapper(study, RunLog()).map(
+        [alone, with_specimen, point], "T-001", {"s1": SPECIMEN})}
+    a = found["o1"]
+    assert a.collected is not None and a.collected_end is not None
+    assert (a.collected_end - a.collected).total_seconds() == 24 * 3600
+    assert a.collected == a.datetime  # the period's start: the same instant the finding is dated by
+    s = found["o2"]
+    assert s.collected == datetime.fromisoformat("2024-03-05T08:30:00+01:00")  # the Specimen's
+    assert s.collected_end is None
+    assert (found["o3"].collected, found["o3"].collected_end) == (None, None)  # no end: no timed collection
 
 
 CONCEPTS: list[Any] = [
