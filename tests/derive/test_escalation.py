@@ -164,6 +164,8 @@ def test_three_plus_three_synthetic_trial() -> None:
     ([True, True] + [False] * 4, "exceeds MTD: de-escalate"),
     ([False, False], "cohort incomplete (2/3 evaluable)"),
     ([True, False, False, False], "cohort incomplete (4/6 evaluable)"),
+    ([False] * 4, "cohort incomplete (4/6 evaluable)"),  # docs/clinical-rules.md#three-plus-three: the choice
+    ([False] * 5, "cohort incomplete (5/6 evaluable)"),
     ([], "not treated"),
 ])
 def test_three_plus_three_level_decisions(dlts: list[bool], decision: str) -> None:
