@@ -109,10 +109,10 @@ def test_check_against_the_real_server(clean_fhir_server: ServerHandle, tmp_path
 
 
 @pytest.mark.server
-def test_check_of_a_server_with_no_subject_of_the_study_is_an_error_unless_the_site_enrols_from_a_roster_csv(
+def test_check_of_a_server_with_no_subject_of_the_study_is_an_error_as_is_a_roster_csv_enrolling_nobody(
         clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
     """The go-live gate says what the run would meet: a server with no ResearchStudy/ResearchSubject of the study
-    makes a run stop (exit 1), so check says so (exit 1) — unless the site enrols from its roster CSV."""
+    makes a run stop (exit 1), so check says so (exit 1); so does a site roster CSV that enrols nobody."""
     cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 1, run.stdout + run.stderr
@@ -122,8 +122,46 @@ def test_check_of_a_server_with_no_subject_of_the_study_is_an_error_unless_the_s
     roster = tmp_path / "roster.csv"
     roster.write_text("subject_id,patient_identifier,consent_date,arm,status\n", encoding="utf-8")
     run = subprocess.run([*cmd, "--roster-csv", str(roster)], capture_output=True, text=True, cwd=ROOT)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "observations  not timed: no subject of study LCAR-AIO-SLE is enrolled on the server" in run.stdout
+    assert run.returncode == 1, run.stdout + run.stderr  # a roster CSV that enrols nobody stops a run too
+    assert "nobody to process: no row of the roster CSV enrolled a subject of study LCAR-AIO-SLE" in run.stdout
+
+
+@pytest.mark.server
+def test_check_reads_the_roster_csv_as_a_run_does(clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
+    """A site that enrols from its roster CSV (an EHR with Patients and their data, no ResearchStudy or
+    ResearchSubject): check reads the CSV as a run would — a CSV the run cannot read is an error (the run exits
+    1), a row naming no Patient a warning (the run skips that subject, exit 2), and the CSV's subjects are the
+    ones timed and surveyed. It once never opened the CSV and said "0 errors" for all three."""
+    import json
+
+    feed = tmp_path / "feed"
+    write_feed(feed, subjects=2, seed=7)
+    for research in ("ResearchStudy", "ResearchSubject"):
+        (feed / f"{research}.ndjson").unlink()
+    load_feed(clean_fhir_server.base_url, feed)
+    patients = [json.loads(line) for line in (feed / "Patient.ndjson").read_text(encoding="utf-8").splitlines()]
+    rows = [f"1{n:02d}-001,{p['identifier'][0]['system']}|{p['identifier'][0]['value']},2024-01-10,DL1,follow-up"
+            for n, p in enumerate(patients[:2], start=1)]
+    header = "subject_id,patient_identifier,consent_date,arm,status\n"
+    cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url]
+
+    def check(text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        roster = tmp_path / "roster.csv"
+        roster.write_text(text, encoding="utf-8")
+        return subprocess.run([*cmd, "--roster-csv", str(roster), *extra], capture_output=True, text=True, cwd=ROOT)
+
+    good = check(header + "\n".join(rows) + "\n", "--codes")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert re.search(r"(?m)^observations  (?!not timed)", good.stdout), good.stdout
+    assert re.search(r"(?m)^codes +\S", good.stdout) and "not surveyed" not in good.stdout, good.stdout
+    garbage = check("foo,bar\n1,2\n")
+    assert garbage.returncode == 1, garbage.stdout + garbage.stderr
+    assert "missing column(s) ['subject_id'" in garbage.stdout and "the adapter can run" not in garbage.stdout
+    unknown = check(header + rows[0] + "\n109-001,https://hospital.example.org/mrn|0000000000,2024-01-10,DL1,"
+                    "follow-up\n")
+    assert unknown.returncode == 0, unknown.stdout + unknown.stderr
+    assert re.search(r"warning +roster CSV: .*roster\.csv:3: subject 109-001: ", unknown.stdout), unknown.stdout
+    assert re.search(r"0 errors, \d+ warnings: the adapter can run", unknown.stdout), unknown.stdout
 
 
 @pytest.mark.server
@@ -184,13 +222,13 @@ def test_check_against_a_server_that_refuses_the_credentials_exits_4_as_a_run_do
 def test_check_says_how_far_behind_the_servers_clock_is(tmp_path: Path) -> None:
     """A server two minutes behind this machine: `check` says so on the first day, before --since last relies on
     it (docs/integrator-guide.md, running on a schedule)."""
-    roster = tmp_path / "roster.csv"  # an empty server: the site enrols from its roster
+    roster = tmp_path / "roster.csv"  # an empty server and an empty roster
     roster.write_text("subject_id,patient_identifier,consent_date,arm,status\n", encoding="utf-8")
     with start_fhir_server(CLOCK_OFFSET_MS=-120_000) as server:
         cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", server.base_url,
                "--roster-csv", str(roster)]
         run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # nobody enrolled (an empty roster): the lines are printed all the same
     [line] = [x for x in run.stdout.splitlines() if x.startswith("clock ")]
     assert re.search(r"the server's clock is at least 1[12]\d s behind this machine's", line), line
 
@@ -244,10 +282,10 @@ def test_bulk_export_is_offered_when_declared() -> None:
 
 @pytest.mark.server
 def test_check_offers_bulk_on_the_real_server(clean_fhir_server: ServerHandle, tmp_path: Path) -> None:
-    roster = tmp_path / "roster.csv"  # an empty server: the site enrols from its roster
+    roster = tmp_path / "roster.csv"  # an empty server and an empty roster
     roster.write_text("subject_id,patient_identifier,consent_date,arm,status\n", encoding="utf-8")
     cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url,
            "--roster-csv", str(roster)]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 1, run.stderr  # nobody enrolled (an empty roster): the lines are printed all the same
     assert "$export declared (Group, Patient, system): `run --bulk`" in run.stdout

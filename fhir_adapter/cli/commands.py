@@ -422,8 +422,9 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
               help="Also read every Observation of the enrolled subjects unfiltered and list the codes no study "
                    "item maps (a site's local codes, for its overlay), most frequent first.")
 @click.option("--roster-csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="The site roster CSV the runs enrol from (an EHR without ResearchStudy/ResearchSubject): a "
-                   "server holding no subject of the study is then no error.")
+              help="The site roster CSV the runs enrol from (an EHR without ResearchStudy/ResearchSubject), read "
+                   "as a run reads it: its subjects are timed (and surveyed with --codes); a CSV a run cannot read, "
+                   "or one that enrols nobody, is an error; a row a run would skip, a warning.")
 @click.pass_context
 def check(ctx: click.Context, study: Path, site: Path | None, source: str | None, config: Path | None,
           post: bool, codes: bool, roster_csv: Path | None) -> None:
@@ -486,10 +487,11 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
             return await client.capabilities(label="check"), client.clock_offset
 
     cs, clock = asyncio.run(metadata())
-    timing, nobody = _time_searches(source, cfg, st)
+    timing, nobody, roster_warnings = _time_searches(source, cfg, st, roster_csv)
     gaps = capability_gaps(cs, observation_code_param=cfg.observation_code_param, post=post)
-    if nobody is not None and roster_csv is None:  # as the run would stop (exit 1), with its message
+    if nobody is not None:  # as the run would stop (exit 1), with its message
         gaps.append(Gap("error", *nobody))
+    gaps += [Gap("warning", "roster CSV", w) for w in roster_warnings]  # rows a run would not process
     software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
     click.echo(f"server        {source}: FHIR {cs.get('fhirVersion')} "
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
@@ -504,7 +506,7 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
     else:
         click.echo("bulk          no $export declared: `run` reads through searches")
     if codes:
-        for n, line in enumerate(_survey_codes(source, cfg, st)):
+        for n, line in enumerate(_survey_codes(source, cfg, st, roster_csv)):
             click.echo(f"{'codes' if n == 0 else '':<14}{line}")
     errors = [g for g in gaps if g.level == "error"]
     click.echo(f"              {len(errors)} errors, {len(gaps) - len(errors)} warnings"
@@ -522,11 +524,14 @@ def _stops_a_run(exc: BaseException) -> bool:
     return exit_code_of(exc) in (exit_codes.AUTH_FAILED, exit_codes.SERVER_UNAVAILABLE)
 
 
-def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, tuple[str, str] | None]:
-    """``check``: the roster as a run reads it, and the timed Observation searches on its first enrolled patient
-    (:func:`fhir_adapter.job.preflight.probe_study`): (the ``observations`` line, (what, why) a run would stop
-    on — it enrols nobody, or its roster cannot be read — or None). The roster unread for the credentials or the server
-    down raises (exit 4 or 3); a failed timing search is a line (a run would fail that subject alone)."""
+def _time_searches(source: str, cfg: ServerConfig, st: Study,
+                   roster_csv: Path | None) -> tuple[str, tuple[str, str] | None, list[str]]:
+    """``check``: the roster as a run reads it (with the site's roster CSV, when given), and the timed Observation
+    searches on its first enrolled patient (:func:`fhir_adapter.job.preflight.probe_study`): (the ``observations``
+    line, (what, why) a run would stop on — it enrols nobody, or its roster or roster CSV cannot be read — or None,
+    the roster CSV's warnings: rows a run would skip or read otherwise than written). The roster unread for the
+    credentials or the server down raises (exit 4 or 3); a failed timing search is a line (a run would fail that
+    subject alone)."""
     import asyncio
     import os
 
@@ -535,9 +540,11 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, tupl
     from fhir_adapter.job.preflight import probe_study
     from fhir_adapter.job.runlog import RunLog
 
+    log = RunLog()
+
     async def probe() -> tuple[SearchTiming | str | None, str | None]:
         async with open_client(source, cfg, os.environ) as client:
-            return await probe_study(client, st, RunLog())
+            return await probe_study(client, st, log, roster_csv)
 
     try:
         timing, nobody = asyncio.run(probe())
@@ -545,21 +552,23 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study) -> tuple[str, tupl
         if _stops_a_run(exc):
             raise
         return f"not timed: {exc}", ("the roster (ResearchStudy, ResearchSubject) could not be read",
-                                     f"a run stops there (exit 1): {exc}")
+                                     f"a run stops there (exit 1): {exc}"), []
+    csv_warnings = [str(w["message"]) for w in log.warnings if w.get("rule") == "roster-csv"]
     if timing is None:
-        return (f"not timed: no subject of study {st.info.id} is enrolled on the server",
-                (f"no subject of study {st.info.id} is enrolled on the server", nobody or ""))
+        where = "in the roster CSV or on the server" if roster_csv is not None else "on the server"
+        return (f"not timed: no subject of study {st.info.id} is enrolled {where}",
+                (f"no subject of study {st.info.id} is enrolled {where}", nobody or ""), csv_warnings)
     if isinstance(timing, str):
-        return f"not timed: {timing}", None
+        return f"not timed: {timing}", None, csv_warnings
     setting = cfg.observation_code_param
     then = ("`observation_code_param: auto` reads with it" if setting == "auto"
             else f"the config sets observation_code_param: {setting} (auto would read with {timing.chosen})")
-    return f"{timing.summary()}; {then}", None
+    return f"{timing.summary()}; {then}", None, csv_warnings
 
 
-def _survey_codes(source: str, cfg: ServerConfig, st: Study) -> list[str]:
-    """``check --codes``: the enrolled subjects' Observation codes no study item maps
-    (:mod:`fhir_adapter.job.code_survey`), as lines to print."""
+def _survey_codes(source: str, cfg: ServerConfig, st: Study, roster_csv: Path | None) -> list[str]:
+    """``check --codes``: the enrolled subjects' (those of the site's roster CSV too) Observation codes no study
+    item maps (:mod:`fhir_adapter.job.code_survey`), as lines to print."""
     import asyncio
     import os
 
@@ -571,7 +580,7 @@ def _survey_codes(source: str, cfg: ServerConfig, st: Study) -> list[str]:
 
     async def survey() -> CodeSurvey:
         async with open_client(source, cfg, os.environ) as client:
-            return await survey_codes(client, st, RunLog())
+            return await survey_codes(client, st, RunLog(), roster_csv)
 
     try:
         return asyncio.run(survey()).lines()

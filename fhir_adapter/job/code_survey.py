@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fhir_adapter.fhir import FhirClient, FhirError
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.observations import USED_STATUSES, unmapped_code
-from fhir_adapter.roster.enrollees import build_roster
 from fhir_adapter.source.server.groups import raise_if_fatal
-from fhir_adapter.source.server.roster import read_roster
 from fhir_adapter.source.server.searches import SearchPlan, adapter_owned
 from fhir_adapter.study.load import Study
 
@@ -72,13 +71,14 @@ def _display(code: object) -> str:
     return " ".join(text.split())[:80] if isinstance(text, str) else ""
 
 
-async def survey_codes(client: FhirClient, study: Study, log: RunLog) -> CodeSurvey:
-    """Every Observation of the study's enrolled subjects on the server, read unfiltered, and the codes among
-    them no study item maps. Subjects are read a few at a time (the client's ``max_concurrency``), each one's
-    Observations counted and let go; a subject whose read fails after the retries is named, the others go on
-    (the server down or the credentials refused: raised)."""
-    base = str(client.base_url).rstrip("/")
-    roster = build_roster(await read_roster(client, study, log, base, []), study, log)
+async def survey_codes(client: FhirClient, study: Study, log: RunLog, roster_csv: Path | None = None) -> CodeSurvey:
+    """Every Observation of the study's enrolled subjects on the server (those of the site's roster CSV too, when
+    it enrols from one), read unfiltered, and the codes among them no study item maps. Subjects are read a few at
+    a time (the client's ``max_concurrency``), each one's Observations counted and let go; a subject whose read
+    fails after the retries is named, the others go on (the server down or the credentials refused: raised)."""
+    from fhir_adapter.job.preflight import study_roster
+
+    _, roster = await study_roster(client, study, log, roster_csv)
     plan = SearchPlan(study, "none")
     pids = sorted(roster.enrolled)
     codes: dict[str, UnmappedCode] = {}

@@ -29,8 +29,12 @@ from fhir_adapter.fhir.capability import interactions, search_params, searchable
 from fhir_adapter.source.base import MEDICATION_TYPES
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from fhir_adapter.fhir import FhirClient
     from fhir_adapter.job.runlog import RunLog
+    from fhir_adapter.roster.enrollees import Roster
+    from fhir_adapter.source.base import RosterInput
     from fhir_adapter.source.server.probe import SearchTiming
     from fhir_adapter.study.load import Study
 
@@ -161,26 +165,43 @@ def bulk_export_levels(cs: dict[str, Any]) -> list[str]:
     return sorted(levels)
 
 
-async def probe_study(client: FhirClient, study: Study,
-                      log: RunLog) -> tuple[SearchTiming | str | None, str | None]:
-    """The roster as a run reads and builds it, and the Observation searches timed on its first enrolled patients
+async def study_roster(client: FhirClient, study: Study, log: RunLog,
+                       roster_csv: Path | None = None) -> tuple[RosterInput, Roster]:
+    """The roster as a run reads and builds it from a server: its ResearchStudy and ResearchSubjects, and the
+    rows of the site's roster CSV reconciled into them (the Patients the CSV names read by identifier). A CSV
+    the run could not read raises :class:`~fhir_adapter.roster.site_csv.RosterCsvError`; its rows the run would
+    not process are in ``RosterInput.roster_rows_skipped``, its warnings in ``log``."""
+    from fhir_adapter.roster.enrollees import build_roster
+    from fhir_adapter.roster.site_csv import csv_identifiers, reconcile
+    from fhir_adapter.source.server.roster import read_roster
+
+    wanted = sorted(csv_identifiers(roster_csv)) if roster_csv is not None else []
+    data = await read_roster(client, study, log, str(client.base_url).rstrip("/"), wanted)
+    if roster_csv is not None:
+        data = reconcile(data, roster_csv, study, log)
+    return data, build_roster(data, study, log)
+
+
+async def probe_study(client: FhirClient, study: Study, log: RunLog,
+                      roster_csv: Path | None = None) -> tuple[SearchTiming | str | None, str | None]:
+    """The roster as a run reads and builds it (:func:`study_roster`, with the site's roster CSV when it enrols
+    from one), and the Observation searches timed on its first enrolled patients
     (:func:`~fhir_adapter.source.server.probe.time_observation_searches`). (timing, None) — the timing is the
     error's text when those searches failed (a run would fail that subject, not stop); or (None, why) when the run
-    would enrol nobody — no ResearchStudy of the study, or no subject with an enrolled status — naming what it
-    found, as the run's own error does. Reading the roster failing raises, as it stops a run."""
+    would enrol nobody — no ResearchStudy of the study, no subject with an enrolled status, no usable row of the
+    roster CSV — or could not read the CSV, naming what it found, as the run's own error does. Reading the roster
+    failing raises, as it stops a run."""
     from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirServerUnavailable
     from fhir_adapter.roster.check import nobody_enrolled
-    from fhir_adapter.roster.enrollees import RosterError, build_roster
+    from fhir_adapter.roster.enrollees import RosterError
     from fhir_adapter.source.server.probe import PROBE_PATIENTS, time_observation_searches
-    from fhir_adapter.source.server.roster import read_roster
     from fhir_adapter.source.server.searches import SearchPlan
 
-    data = await read_roster(client, study, log, str(client.base_url).rstrip("/"), [])
     try:
-        roster = build_roster(data, study, log)
+        data, roster = await study_roster(client, study, log, roster_csv)
     except RosterError as exc:
         return None, str(exc)
-    if (why := nobody_enrolled(data, roster, study, log)) is not None:
+    if (why := nobody_enrolled(data, roster, study, log, roster_csv=roster_csv is not None)) is not None:
         return None, why
     pids = sorted(roster.enrolled)[:PROBE_PATIENTS]
     try:
