@@ -165,6 +165,31 @@ def test_internal_errors_are_one_line_too(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert "Traceback" not in res.stderr
 
 
+def test_py4j_records_are_shown_with_v_only() -> None:
+    """py4j logs through the root logger, with a stack trace, every call to Spark's JVM a Ctrl-C cuts short
+    (docs/cli.md: stack traces only with -v)."""
+    import io
+    import logging
+    import os
+
+    from fhir_adapter.cli.console import setup_logging
+
+    def shown(verbose: int) -> str:
+        out = io.StringIO()
+        setup_logging(verbose, False, "text", out)
+        record = logging.LogRecord("root", logging.ERROR, os.path.join("site-packages", "py4j", "java_gateway.py"),
+                                   1, "KeyboardInterrupt while sending command.", None, None)
+        logging.getLogger().handle(record)
+        logging.getLogger().error("an error of the adapter's own")
+        return out.getvalue()
+
+    try:
+        assert shown(0) == "ERROR root: an error of the adapter's own\n"
+        assert "KeyboardInterrupt while sending command." in shown(1)
+    finally:
+        setup_logging(0, False, "text")
+
+
 def test_json_logs(quarantining_feed: Path, tmp_path: Path) -> None:
     res = _runner().invoke(main, ["-v", "--log-format", "json", "run", "--source", str(quarantining_feed),
                                   "--out", str(tmp_path / "out"), "--study", str(ROOT / "mappings" / "lcar-aio")])

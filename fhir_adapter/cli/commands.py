@@ -232,6 +232,10 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
                                "give one (a Spark Connect server has its own master)")
     spark = _spark(spark_master, spark_remote) if engine == "spark" else None
     with ExitStack() as held:   # one run per OUT at a time, from connecting to recording the run
+        if spark is not None:
+            from fhir_adapter.engine.spark import jvm_ended_on_interrupt
+
+            held.enter_context(jvm_ended_on_interrupt(spark))  # left last: after OUT's lock
         try:
             held.enter_context(hold_out(out))
         except OutInUse as exc:

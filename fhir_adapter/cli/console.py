@@ -54,10 +54,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+def _not_py4j(record: logging.LogRecord) -> bool:
+    """py4j (the bridge to Spark's JVM) logs through the root logger, with a stack trace, what it meets while a
+    call to the JVM is cut short — every Ctrl-C of an ``--engine spark`` run; the error that matters reaches the
+    command's own one-line message. Its records are shown with ``-v``."""
+    return f"{os.sep}py4j{os.sep}" not in record.pathname
+
+
 def setup_logging(verbose: int, quiet: bool, fmt: str, stream: TextIO | None = None) -> None:
     """Configure the root logger once per command (replacing handlers of an earlier call)."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
     handler = logging.StreamHandler(stream or sys.stderr)
+    if verbose == 0:
+        handler.addFilter(_not_py4j)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for h in list(root.handlers):

@@ -31,11 +31,13 @@ import gzip
 import io
 import os
 import pickle
+import subprocess
 import sys
 import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote
 
@@ -106,6 +108,62 @@ def spark_session(master: str | None = None, remote: str | None = None) -> Spark
             not conf.contains("spark.sql.shuffle.partitions"):
         builder = builder.config("spark.sql.shuffle.partitions", str(LOCAL_SHUFFLE_PARTITIONS))
     return builder.getOrCreate()
+
+
+@contextmanager
+def jvm_ended_on_interrupt(spark: SparkSession | None) -> Iterator[None]:
+    """Ctrl-C during a run on a classic session: the local JVM (Spark's driver: its jobs end with it) is ended
+    before the command says its one line. pyspark's own SIGINT handler is set back to Python's while the run
+    lasts: it asks the JVM to cancel every job first, which the JVM logs as errors with stack traces (as it does
+    the Python workers the same Ctrl-C stopped), around that line on stderr. A Spark Connect session has no JVM
+    here."""
+    import signal
+    import threading
+
+    restore = None
+    if spark is not None and threading.current_thread() is threading.main_thread():
+        restore = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    except BaseException as exc:
+        if not _interrupted(exc):
+            raise
+        if spark is not None and not is_connect(spark):
+            sc = spark.sparkContext
+            proc = getattr(getattr(sc, "_gateway", None), "proc", None)
+            if proc is not None and proc.poll() is None:
+                accumulators = getattr(sc, "_accumulatorServer", None)
+                if accumulators is not None:  # its connection to the JVM ends: a traceback on stderr otherwise
+                    accumulators.handle_error = lambda request, client_address: None
+                try:  # stopped as Spark stops (its temporary files removed), saying nothing of the jobs cut short
+                    sc.setLogLevel("OFF")
+                    spark.stop()
+                except Exception:  # the gateway cut off by the same Ctrl-C: the JVM is ended all the same
+                    pass
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        raise KeyboardInterrupt from exc
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGINT, restore)
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Ctrl-C, or an error raised while pyspark handled it (its socket reader, cut short, fails in its own
+    ``finally``: UnboundLocalError with the KeyboardInterrupt as its context): the run was interrupted."""
+    seen: set[int] = set()
+    at: BaseException | None = exc
+    while at is not None and id(at) not in seen:
+        if isinstance(at, KeyboardInterrupt):
+            return True
+        seen.add(id(at))
+        at = at.__context__ or at.__cause__
+    return False
 
 
 def is_connect(spark: SparkSession) -> bool:

@@ -310,6 +310,57 @@ def test_a_python_worker_that_dies_is_retried_by_spark_and_reported(small: Path,
     assert diff == ["run-report.json"]  # the retry's warning and count; every other file is the local engine's
 
 
+def test_ctrl_c_ends_a_spark_run_with_one_line_and_no_jvm_left(feed: Path, tmp_path: Path) -> None:
+    """Ctrl-C while Spark runs the subjects: exit 130 and the `error: interrupted` line last on stderr — no py4j
+    or pyspark stack trace (pyspark's own handler cancelled the JVM's jobs in the middle of a call to it, and its
+    socket reader failed in its own ``finally``: UnboundLocalError, an "internal error", exit 1), no JVM log or
+    Java stack trace after that line, no JVM of the run left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "fhir_adapter.cli.commands", "run", "--engine", "spark",
+                             "--spark-master", "local[2]", "--source", str(feed), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    lines: list[str] = []
+    for line in proc.stderr:  # the 34 subjects take Spark several seconds after this line
+        lines.append(line)
+        if "progress: processing" in line:
+            break
+    time.sleep(1)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children  # the JVM Spark started
+    proc.send_signal(signal.SIGINT)
+    try:
+        _, rest = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = "".join(lines) + rest
+    assert proc.returncode == 130, stderr
+    assert stderr.rstrip().endswith("error: interrupted: OUT keeps the previous run's outputs (a run replaces them "
+                                    "only once it has finished); run the same command again"), stderr[-2000:]
+    assert "Traceback" not in stderr and "ERROR root" not in stderr and "internal error" not in stderr, stderr
+    assert not (tmp_path / "out").exists()
+    for pid in children:  # the JVM ended with the run (not orphaned, still logging)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
+
+
+def test_an_error_raised_while_pyspark_handled_ctrl_c_is_the_ctrl_c() -> None:
+    from fhir_adapter.engine.spark import _interrupted
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        finally:
+            raise UnboundLocalError("cannot access local variable 'sockfile'")  # as pyspark's own finally does
+    except UnboundLocalError as exc:
+        assert _interrupted(exc)
+    assert not _interrupted(ValueError("not an interrupt"))
+
+
 _CONNECT_ENV = ("SPARK_TESTING", "SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE",
                 "SPARK_CONNECT_AUTHENTICATE_TOKEN")
 
