@@ -244,14 +244,14 @@ def test_check_reports_a_bad_mapping(tmp_path: Path) -> None:
 def test_check_of_a_server_nobody_answers_exits_3_as_its_help_says(tmp_path: Path) -> None:
     import socket
 
-    with socket.socket() as sock:  # a loopback port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     cfg = tmp_path / "server.yaml"
     cfg.write_text("client:\n  max_attempts: 1\n")
     cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check"]
-    run = subprocess.run([*cmd, "--source", f"http://127.0.0.1:{port}/fhir", "--config", str(cfg)],
-                         capture_output=True, text=True, cwd=ROOT)
+    with socket.socket() as sock:  # a loopback port nothing listens on: held (bound, not listening) meanwhile,
+        sock.bind(("127.0.0.1", 0))  # so no other process (a pytest-xdist worker's server) can listen there
+        port = sock.getsockname()[1]
+        run = subprocess.run([*cmd, "--source", f"http://127.0.0.1:{port}/fhir", "--config", str(cfg)],
+                             capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 3 and f"127.0.0.1:{port}" in run.stderr
     helped = subprocess.run([*cmd, "--help"], capture_output=True, text=True, cwd=ROOT).stdout
     assert "3 when the server cannot" in " ".join(helped.split())

@@ -1,7 +1,7 @@
 """An OUT folder as {relative path: bytes}, without what legitimately differs between two runs (the start and
 finish times of run-report.json and state/last-run.json, the creation times of
-the ODM and Dataset-JSON files, the OUT folder's path), and the CRFs of a run that read a FHIR server compared
-with those of a run that read the same feed from files."""
+the ODM and Dataset-JSON files, the date of the ODM's review Location, the OUT folder's path), and the CRFs of a
+run that read a FHIR server compared with those of a run that read the same feed from files."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 _ODM_TIME = re.compile(rb'(FileOID="[^"]*?\.|CreationDateTime=")\d{4}-\d\d-\d\dT[0-9:+.]+')
+_ODM_DATE = re.compile(rb'(EffectiveDate=")\d{4}-\d\d-\d\d')  # the run's date: two runs may straddle midnight
 _REPORT_TIME = re.compile(rb'"(started|finished)": "[^"]*"')
 _DATASET_JSON_TIME = re.compile(rb'"(datasetJSONCreationDateTime)":( ?)"[^"]*"')
 
@@ -27,7 +28,7 @@ def normalized(out: Path, p: Path, data: bytes) -> bytes:
     """``data`` of file ``p`` of OUT (the whole file or any of its lines) without what legitimately differs."""
     data = data.replace(str(out).encode(), b"OUT")
     if p.name == "odm.xml":
-        data = _ODM_TIME.sub(rb"\1TIME", data)
+        data = _ODM_DATE.sub(rb"\1DATE", _ODM_TIME.sub(rb"\1TIME", data))
     if p.parent.name == "export" and p.suffix == ".json":  # Dataset-JSON
         data = _DATASET_JSON_TIME.sub(rb'"\1":\2"TIME"', data)
     if p.name in ("run-report.json", "last-run.json"):

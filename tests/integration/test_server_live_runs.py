@@ -272,12 +272,12 @@ def test_connection_resets_and_answers_slower_than_the_read_timeout_stay_with_th
 
 def test_nothing_listening_exits_3_naming_the_url_and_what_to_check(tmp_path: Path) -> None:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again: nothing listens there
-    url = f"http://127.0.0.1:{port}/fhir/R4"
-    config = str(write_config(tmp_path / "a.yaml", "  max_attempts: 2\n"))
-    out = tmp_path / "out"
-    result = invoke(url, out, "--config", config)
+        s.bind(("127.0.0.1", 0))  # bound, never listening: refused, and no other process can listen there
+        port = s.getsockname()[1]
+        url = f"http://127.0.0.1:{port}/fhir/R4"
+        config = str(write_config(tmp_path / "a.yaml", "  max_attempts: 2\n"))
+        out = tmp_path / "out"
+        result = invoke(url, out, "--config", config)
     assert result.exit_code == 3
     [line] = [x for x in result.stderr.splitlines() if x.strip()]
     assert line.startswith("error: server unavailable since ") and "0 subjects done, roster not read" in line
@@ -287,11 +287,11 @@ def test_nothing_listening_exits_3_naming_the_url_and_what_to_check(tmp_path: Pa
 
 
 def test_check_against_nothing_listening_exits_3_and_a_name_that_does_not_resolve_exits_1(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     config = str(write_config(tmp_path / "a.yaml", "  max_attempts: 2\n"))
-    refused = CliRunner().invoke(main, ["check", "--source", f"http://127.0.0.1:{port}/fhir", "--config", config])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))  # bound, never listening: refused, and no other process can listen there
+        port = s.getsockname()[1]
+        refused = CliRunner().invoke(main, ["check", "--source", f"http://127.0.0.1:{port}/fhir", "--config", config])
     assert refused.exit_code == 3 and f"nothing accepts connections at 127.0.0.1:{port}" in refused.stderr
     unknown = CliRunner().invoke(main, ["check", "--source", "http://fhir.invalid/fhir", "--config", config])
     assert unknown.exit_code == 1 and "'fhir.invalid' does not resolve" in unknown.stderr

@@ -49,7 +49,11 @@ def test_spooled_lines_come_back_per_subject_in_order(limit: int) -> None:
     assert not folder.exists()
 
 
-def test_a_feed_read_through_the_spool_gives_the_same_subjects(tmp_path: Path, study: Study) -> None:
+def test_a_feed_read_through_the_spool_gives_the_same_subjects(tmp_path: Path, study: Study,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # a temporary folder of this test's own: another process (a pytest-xdist worker, another CI job) spools there too
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     write_feed(tmp_path / "feed", subjects=4, seed=7)
     results = []
     for spool_bytes in (FileSource.spool_bytes, 0):
