@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
@@ -91,7 +92,8 @@ async def test_max_total_seconds_stops_before_a_wait_that_would_exceed_it(httpx_
             await c.read("Patient", "p1")
     assert len(httpx_mock.get_requests()) == 2
     assert info.value.attempts == 2
-    assert "gave up after 2 attempts over 1 s" in str(info.value)
+    # the 1-s wait really waited: "over 1 s" (or 2, rounded, on a machine too busy to wake the test on time)
+    assert re.search(r"gave up after 2 attempts over [12] s", str(info.value)), str(info.value)
 
 
 async def test_500_backs_off_exponentially_with_full_jitter(httpx_mock: HTTPXMock, fake_sleep: FakeSleep) -> None:
