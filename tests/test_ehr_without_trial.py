@@ -56,6 +56,30 @@ def test_study_yaml_and_roster_csv_are_enough(no_trial_feed: tuple[Path, Path, d
     assert row["day1_source"] == expected[by_csv] and row["dose"] is None
 
 
+def test_the_shared_research_study_is_one_result_of_the_state_not_new_every_run(
+        no_trial_feed: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
+    """The adapter's own ResearchStudy is in every subject's bundle under one identifier: the state compares the
+    second subject's with the first's of the same run, so a run with nothing changed has nothing new (it said
+    "2 new" every night) and a dry run does not count the ResearchStudy once per subject as a write."""
+    feed, roster, given = no_trial_feed
+    site = dict(given)["site"]
+    out = tmp_path / "out"
+
+    def run(*extra: str) -> dict[str, object]:
+        res = CliRunner().invoke(main, ["-q", "run", "--source", str(feed), "--out", str(out), "--roster-csv",
+                                        str(roster), "--site", site, *extra])
+        assert res.exit_code in (0, 2), res.output
+        state: dict[str, object] = json.loads((out / "run-report.json").read_text())["writeback_state"]
+        return state
+
+    first = run()
+    written = json.loads((out / "state" / "written.json").read_text())["results"]
+    assert first["new"] == len(written)  # each identifier new once: the ResearchStudy too
+    assert sum(e["resource"]["resourceType"] == "ResearchStudy" for e in written.values()) == 1
+    second = run()
+    assert (second["new"], second["updated"], second["retracted"]) == (0, 0, 0)
+
+
 def test_a_roster_csv_saved_by_a_spreadsheet_enrols_the_same_subjects(
         no_trial_feed: tuple[Path, Path, dict[str, str]], tmp_path: Path) -> None:
     """Excel's "CSV UTF-8" starts the file with a byte order mark, and a header may come in title case with spaces

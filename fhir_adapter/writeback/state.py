@@ -263,7 +263,7 @@ class WrittenState:
         plan = Plan(subject_id=subject_id, entries=entries)
         for r, h in zip(resources, hashes if hashes is not None else map(content_hash, resources), strict=True):
             ident = result_id(r)
-            old = self.results.get(ident)
+            old = self.results.get(ident) or self._committed_entry(ident)
             kind = "new" if old is None or old.get("retracted") else "unchanged" if old["hash"] == h else "updated"
             plan.changes[kind] += 1
             plan.kinds[ident] = kind
@@ -323,6 +323,13 @@ class WrittenState:
                                                        "subject": {"reference": f"Patient/{pid}"}}}
                         plan.moved.append(retraction(about, moved_why, today))
         return plan
+
+    def _committed_entry(self, ident: str) -> dict[str, Any] | None:
+        """The entry another subject committed in this run under ``ident`` (an identifier several subjects share:
+        the adapter's own ResearchStudy of a roster-CSV site, in every subject's bundle) — written, or planned to
+        be, once: the next subject's is no new result."""
+        at = self._committed.get(ident)
+        return None if at is None else orjson.loads(os.pread(self._spill.fileno(), at[1], at[0]))
 
     def commit(self, plan: Plan, pending: Collection[str] = ()) -> None:
         """Record a subject's plan once its write-back bundle is written. ``pending``: identifiers whose write
