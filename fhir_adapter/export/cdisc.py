@@ -82,11 +82,12 @@ DATA_TYPES: dict[str, str] = {
     "AGE": "integer", "RFSTDTC": "date", "RFICDTC": "date", "DTHDTC": "date", "RFENDTC": "date",
     "RFPENDTC": "date", "RFXSTDTC": "partialDatetime", "RFXENDTC": "partialDatetime", "VISITNUM": "float",
     "VISITDY": "integer",
-    "--SEQ": "integer", "--STRESN": "float", "--ORNRLO": "float", "--ORNRHI": "float", "--STNRLO": "float",
+    # --ORNRLO/--ORNRHI and --TOXGR are Char in the SDTMIG (a limit as sent may be ">60"): text, as any column
+    "--SEQ": "integer", "--STRESN": "float", "--STNRLO": "float",
     "--STNRHI": "float", "--LLOQ": "float", "--DTC": "partialDatetime", "--DY": "integer",
     "--DOSE": "float", "--DOSTOT": "float", "--STDTC": "partialDatetime", "--ENDTC": "partialDate",
     "LBENDTC": "partialDatetime",  # the end of a timed collection (Specimen.collection.collectedPeriod.end)
-    "--STDY": "integer", "--ENDY": "integer", "--TOXGR": "integer",
+    "--STDY": "integer", "--ENDY": "integer",
     "AEENDTC": "partialDatetime",   # the resolution time, when the EHR sent one
 }
 

@@ -59,6 +59,18 @@ def test_sdtm_required_and_expected_variables_are_columns() -> None:
         assert var in COLUMNS[r["Domain"]], f"{r['Domain']}: SDTM {r['SDTM Core']} variable {var} missing"
 
 
+def test_no_variable_the_ig_types_char_is_declared_numeric() -> None:
+    """Dataset-JSON dataType and ODM DataType follow the SDTMIG's type: LBORNRLO (a limit as sent may be ">60")
+    and LBTOXGR are Char — a validator flags a Num declaration (P21 SD0055); dates are ISO 8601 Char."""
+    from fhir_adapter.export.cdisc import data_type
+
+    numeric = {"integer", "float"}
+    char = {(r["Domain"], r["SDTM Element"].rstrip("*")) for r in _ig_rows() if r["SDTM Type"] == "Char"}
+    wrong = sorted(f"{d}.{v}: {data_type(v)}" for d, v in char if v in COLUMNS.get(d, ()) and data_type(v) in numeric)
+    assert wrong == []
+    assert data_type("LBSTNRLO") == "float" and data_type("LBSTRESN") == "float"  # Num in the IG
+
+
 def test_ct_tables_translate_and_report_values_without_a_term() -> None:
     ct = load_terminology()
     assert ct.package.startswith("SDTM CT ")
