@@ -203,7 +203,9 @@ class Item(Strict):
 
     domain: Domain = Field(description="SDTM findings domain: LB lab, VS vital sign, PC cellular kinetics, QS "
                            "questionnaire or score, IS immunogenicity")
-    label: str = Field(description="the item's name in the exports (--TEST, ODM) and the review pages")
+    label: str = Field(min_length=1, max_length=40,
+                       description="the item's name in the exports (--TEST, at most 40 characters in the SDTMIG; "
+                                   "ODM) and the review pages")
     testcd: str | None = Field(
         None, pattern=r"^[A-Z][A-Z0-9_]{0,7}$",
         description="CDISC --TESTCD in the exports (SDTM CT where one exists); default: derived from the item id",

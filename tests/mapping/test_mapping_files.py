@@ -205,6 +205,17 @@ def test_a_value_error_points_to_the_reference_of_the_file_s_keys(tmp_path: Path
     assert err.fix == "see docs/study-files.md#escalationyaml for what this key takes"
 
 
+def test_an_item_label_longer_than_sdtm_test_allows_is_refused_at_its_line(tmp_path: Path) -> None:
+    """--TEST holds at most 40 characters (SDTMIG): a longer label was cut mid-word in the CSV and Dataset-JSON
+    while the ODM decode kept it whole."""
+    study = _copy(tmp_path)
+    line = _edit(study / "items.yaml", "label: Anti-CAR antibodies (ADA),",
+                 "label: Anti-CAR antibodies (anti-drug antibodies),")
+    err = _refused(study)
+    assert err.file.endswith("items.yaml") and err.line == line
+    assert "items.anti_car_antibody.label: String should have at most 40 characters" in err.reason
+
+
 def test_the_reference_of_the_study_files_is_current_and_has_every_anchor_an_error_names() -> None:
     from fhir_adapter.study import keys_doc
 
