@@ -424,6 +424,17 @@ class AdverseEventMapper:
         end_d = end.date if end else None
         term_all = " ".join([*terms, term])
         meddra = next(((c, d) for sys_, c, d in _displayed(event) if sys_ in self.meddra_systems), None)
+        if meddra is None:  # AEDECOD is Required in SDTM: an event coded otherwise is missing from tables by PT
+            self.log.count("ae.not-meddra-coded")
+            self.log.warn(
+                f"adverse event '{term}' has no MedDRA coding"
+                + (f" (coded {', '.join(f'{s}|{c}' for s, c in codes)})" if codes else "")
+                + ": AEDECOD, AELLT and the MedDRA hierarchy stay empty in export/AE, so the event is missing "
+                "from tables by preferred term until it is coded", resource=ref, subject_id=subject_id,
+                rule="ae-not-meddra-coded",
+                fix="code the event in MedDRA in the EHR (AdverseEvent.event coding, system "
+                    "http://terminology.hl7.org/CodeSystem/mdr), or name the system the site codes MedDRA with in "
+                    "adverse_events.yaml code_systems (an alias starting with 'meddra')")
         sev = r.get("severity")
         actions = _other_actions(r)
         condition = next((c for ref in r.get("resultingCondition") or []

@@ -104,6 +104,19 @@ def run(study: Study, resources: list[dict[str, Any]], settings: AdverseEventSet
     return out, log
 
 
+def test_an_event_without_meddra_coding_is_named_with_what_it_is_coded_in(study: Study) -> None:
+    """AEDECOD is Required in SDTM: an event coded only in ICD-10-CM (or not at all) leaves it empty, and the
+    event would be missing from every table by preferred term without a word."""
+    events, log = run(study, [ae("a1", "Hypogammaglobulinaemia", code=(ICD10CM, "D80.1")), ae("a2"),
+                              ae("a3", "Headache", code=None)])
+    assert {e.source.id: e.meddra_code for e in events} == {"a1": None, "a2": "10052015", "a3": None}
+    named = {w["resource"]: w for w in log.warnings if w.get("rule") == "ae-not-meddra-coded"}
+    assert set(named) == {"AdverseEvent/a1", "AdverseEvent/a3"}
+    assert f"(coded {ICD10CM}|D80.1)" in named["AdverseEvent/a1"]["message"]
+    assert "AEDECOD" in named["AdverseEvent/a3"]["message"] and "MedDRA" in named["AdverseEvent/a3"]["fix"]
+    assert log.counts["ae.not-meddra-coded"] == 2
+
+
 # -- plain R4 ----------------------------------------------------------------------------------------
 def test_plain_r4_event(study: Study) -> None:
     r = ae("a1", severity=severity("moderate"), seriousness=seriousness("serious", "Serious"),
