@@ -115,10 +115,13 @@ def render(variables: list[Variable]) -> str:
         "`--STAT` = NOT DONE and `--REASND` = the reason; it never feeds a derivation. So does an item a reviewer "
         "declared not available (docs/review.md): `--REASND` = the reviewer's reason, `REVSTAT` = not-available, "
         "SRCREF = the result set aside.",
-        "* **SITEID**: the site-level ResearchStudy (partOf the study) the ResearchSubject is enrolled in; without "
-        "one, or with `siteid: organization` in the site overlay, the Patient's managing organisation. With "
-        "neither, SITEID (Required in DM) is empty and `run-report.json` warns of it per subject (rule "
-        "`no-siteid`, with what to do).",
+        "* **SITEID**: the identifier of the site-level ResearchStudy (partOf the study) the ResearchSubject is "
+        "enrolled in; without one, or with `siteid: organization` in the site overlay, the Patient's managing "
+        "organisation — the id its `managingOrganization` reference names (the EHR's resource id, not the "
+        "Organization's identifier: the Organization resource is not read), else the reference's display. An EHR "
+        "whose Organization ids are not its site numbers enrols its subjects in site-level ResearchStudies, whose "
+        "identifier is the site number. With neither, SITEID (Required in DM) is empty and `run-report.json` warns "
+        "of it per subject (rule `no-siteid`, with what to do).",
         "* **INVID** (every domain, beside SITEID) and **INVNAM** (DM): the principalInvestigator of the "
         "ResearchStudy the subject is enrolled in — the Practitioner (or PractitionerRole) contained in it, else the "
         "Reference's own identifier and display.",
