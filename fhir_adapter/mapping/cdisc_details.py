@@ -55,11 +55,12 @@ def _moment(value: Any, tz: str) -> dt.datetime | None:
 
 
 def finding_details(obs: dict[str, Any], part: dict[str, Any], specimen: dict[str, Any] | None,
-                    tz: str) -> dict[str, Any]:
+                    tz: str, timed: bool = False) -> dict[str, Any]:
     """Category, LOINC, method, specimen, identifier and the as-sent reference range of one Observation;
     ``specimen``: :func:`specimen_details` of the Specimen it names (:func:`specimen_id`), if the subject has it.
     A timed collection (a 24-h urine) is dated by the Specimen's collectedPeriod; when no Specimen dates it, by
-    the Observation's own ``effectivePeriod`` (start and end: LBDTC, LBENDTC, LBDUR)."""
+    the Observation's own ``effectivePeriod`` (start and end: LBDTC, LBENDTC, LBDUR) — ``timed``: a lab result
+    (LB); a period whose end is before its start (R4 per-1) dates nothing."""
     cat = (obs.get("category") or [None])[0]
     details: dict[str, Any] = {
         "category": first_code(cat) or first_text(cat),
@@ -87,9 +88,10 @@ def finding_details(obs: dict[str, Any], part: dict[str, Any], specimen: dict[st
     if "timepoint" not in details:  # vital signs have no Specimen: the Observation's own extension
         details |= relative_time(obs)
     period = obs.get("effectivePeriod")
-    if isinstance(period, dict) and period.get("end") and details.get("collected") is None:
-        details["collected"] = _moment(period.get("start"), tz)
-        details["collected_end"] = _moment(period.get("end"), tz)
+    if timed and isinstance(period, dict) and period.get("end") and details.get("collected") is None:
+        start, end = _moment(period.get("start"), tz), _moment(period.get("end"), tz)
+        if start is not None and end is not None and end >= start:
+            details["collected"], details["collected_end"] = start, end
     return details
 
 

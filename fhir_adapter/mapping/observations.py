@@ -310,7 +310,7 @@ class ObservationMapper:
         return Finding(
             domain=item.domain, item=item_id, datetime=fd.datetime, date=fd.date, partial_date=fd.partial,
             interpretation=interp, status=str(obs.get("status")), preliminary=obs.get("status") == "preliminary",
-            **finding_details(obs, part, self._specimen(specimen_id(obs)), self.tz),
+            **finding_details(obs, part, self._specimen(specimen_id(obs)), self.tz, timed=item.domain == "LB"),
             source=SourceRef(resource_type="Observation", id=str(obs.get("id")),
                              version=(obs.get("meta") or {}).get("versionId")),
             **fields,

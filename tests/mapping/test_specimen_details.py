@@ -81,6 +81,12 @@ def test_a_timed_collection_without_a_specimen_is_dated_by_the_observation_s_own
     assert s.collected == datetime.fromisoformat("2024-03-05T08:30:00+01:00")  # the Specimen's
     assert s.collected_end is None
     assert (found["o3"].collected, found["o3"].collected_end) == (None, None)  # no end: no timed collection
+    backwards = obs("o4", "2889-4", 650, "mg/(24.h)", when=None,
+                    effectivePeriod={"start": period["end"], "end": period["start"]})  # R4 per-1 broken
+    temperature = obs("o5", "8310-5", 37.0, "Cel", when=None, effectivePeriod=period)
+    other = {f.source.id: f for f in ObservationMapper(study, RunLog()).map([backwards, temperature], "T-002", {})}
+    assert (other["o4"].collected, other["o4"].collected_end) == (None, None)  # never an end before the start
+    assert (other["o5"].collected, other["o5"].collected_end) == (None, None)  # a vital sign is no collection
 
 
 CONCEPTS: list[Any] = [
