@@ -283,9 +283,11 @@ class WrittenState:
             if old is not None and (former := _former_patients(old, r)):
                 entries[ident]["former_patients"] = former
         for ident in sorted(self.by_subject.get(subject_id, set()) - set(entries)):
-            old = self.results[ident]
-            if old.get("retracted"):
-                entries[ident] = old
+            old = self.results.get(ident)
+            if old is None:  # an identifier several subjects share, committed by another this run: theirs now
+                continue
+            if old.get("retracted") or (old.get("resource") or {}).get("resourceType") == "ResearchStudy":
+                entries[ident] = old  # the adapter's own ResearchStudy is the study's: never retracted with a subject
                 continue
             statuses = statuses if statuses is not None else source_statuses(source)
             why = []
@@ -343,8 +345,9 @@ class WrittenState:
         self._spill.write(b"".join(data))
         self._spill.flush()
         for ident in self.by_subject.get(plan.subject_id, set()):
+            # (a subject commits once per run: what ``_committed`` holds of its earlier identifiers is another
+            # subject's this run — the shared ResearchStudy — and stays)
             self.results.pop(ident, None)
-            self._committed.pop(ident, None)
         for ident, d in zip(plan.entries, data, strict=True):
             self.results.pop(ident, None)
             self._committed[ident] = (at, len(d))

@@ -123,6 +123,51 @@ def test_the_patients_of_a_subject_survive_a_result_another_subject_committed(tm
     assert second.patients_of("s2") == {"s2"}
 
 
+def _study() -> dict[str, Any]:
+    return {"resourceType": "ResearchStudy", "status": "active",
+            "identifier": [{"system": SID_RESULT, "value": "study"}]}
+
+
+def _recorded_under(path: Path) -> str:
+    return str(orjson.loads(path.read_bytes())["results"]["study"]["subject_id"])
+
+
+def test_the_shared_research_study_survives_the_subject_it_was_recorded_under(tmp_path: Path) -> None:
+    """The adapter's own ResearchStudy is in every roster-CSV subject's bundle under one identifier and recorded
+    under one of them. That subject's next plan without it (withdrawn: carried forward) failed with a KeyError
+    when another subject had committed it this run, or retracted the study when planned first; its write left
+    pending erased the entry another subject had committed."""
+    path = tmp_path / "written.json"
+    first = WrittenState(path)
+    for subject in ("s1", "s2"):
+        first.commit(first.plan(subject, [_study(), result(subject, "a", 1)], [], dt.date(2025, 1, 1)))
+    first.save()
+    owner = _recorded_under(path)
+    other = "s1" if owner == "s2" else "s2"
+    # the other subject first, then the owner without the study (carried forward, nothing new of it)
+    state = WrittenState(path)
+    state.commit(state.plan(other, [_study(), result(other, "a", 1)], [], dt.date(2025, 2, 1)))
+    plan = state.plan(owner, [result(owner, "a", 1)], [], dt.date(2025, 2, 1))
+    assert plan.retractions == []
+    state.commit(plan)
+    state.save()
+    assert "study" in orjson.loads(path.read_bytes())["results"]
+    # the owner first: the study is kept, never retracted with the subject
+    state = WrittenState(path)
+    owner = _recorded_under(path)
+    plan = state.plan(owner, [result(owner, "a", 1)], [], dt.date(2025, 3, 1))
+    assert plan.retractions == [] and "study" in plan.entries and not plan.entries["study"].get("retracted")
+    # the study's write left pending by its owner after another subject committed it: the other's entry stays
+    state = WrittenState(path)
+    owner = _recorded_under(path)
+    other = "s1" if owner == "s2" else "s2"
+    state.commit(state.plan(other, [_study(), result(other, "a", 1)], [], dt.date(2025, 4, 1)))
+    state.commit(state.plan(owner, [_study(), result(owner, "a", 1)], [], dt.date(2025, 4, 1)), pending={"study"})
+    state.save()
+    again = WrittenState(path)
+    assert again.plan(owner, [_study(), result(owner, "a", 1)], [], dt.date(2025, 5, 1)).kinds["study"] == "unchanged"
+
+
 def _about(resource: dict[str, Any], patient: str) -> dict[str, Any]:
     return {**resource, "subject": {"reference": f"Patient/{patient}"}}
 
