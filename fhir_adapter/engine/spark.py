@@ -155,15 +155,9 @@ def jvm_ended_on_interrupt(spark: SparkSession | None) -> Iterator[None]:
 
 def _interrupted(exc: BaseException) -> bool:
     """Ctrl-C, or an error raised while pyspark handled it (its socket reader, cut short, fails in its own
-    ``finally``: UnboundLocalError with the KeyboardInterrupt as its context): the run was interrupted."""
-    seen: set[int] = set()
-    at: BaseException | None = exc
-    while at is not None and id(at) not in seen:
-        if isinstance(at, KeyboardInterrupt):
-            return True
-        seen.add(id(at))
-        at = at.__context__ or at.__cause__
-    return False
+    ``finally``: UnboundLocalError whose context is the KeyboardInterrupt itself): the run was interrupted. An
+    error whose chain holds a Ctrl-C handled long before is that error."""
+    return isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
 
 
 def is_connect(spark: SparkSession) -> bool:

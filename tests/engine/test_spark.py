@@ -359,6 +359,16 @@ def test_an_error_raised_while_pyspark_handled_ctrl_c_is_the_ctrl_c() -> None:
     except UnboundLocalError as exc:
         assert _interrupted(exc)
     assert not _interrupted(ValueError("not an interrupt"))
+    try:  # a Ctrl-C handled long before: the error raised later is that error
+        try:
+            try:
+                raise KeyboardInterrupt
+            except KeyboardInterrupt:
+                raise RuntimeError("handled") from None
+        except RuntimeError:
+            raise ValueError("a real error") from None
+    except ValueError as exc:
+        assert not _interrupted(exc)
 
 
 _CONNECT_ENV = ("SPARK_TESTING", "SPARK_LOCAL_REMOTE", "SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE",
