@@ -348,7 +348,8 @@ def test_timing_forms(study: Study, timing: dict[str, Any], per_day: float) -> N
     ({"repeat": {"frequency": 4, "period": 1, "periodUnit": "d"}}, None),  # QID: a count, not an interval
     ({"repeat": {"frequency": 2, "period": 12, "periodUnit": "h"}}, None),
     ({"repeat": {"frequency": 1, "period": 4, "periodMax": 6, "periodUnit": "h"}}, None),
-    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}, None),
+    ({"repeat": {"frequency": 1, "period": 1, "periodUnit": "d"}}, None),  # QD, not Q24H
+    ({"repeat": {"frequency": 1, "period": 240, "periodUnit": "min"}}, 4.0),
     ({"code": {"coding": [{"system": GTS, "code": "QID"}]}}, None),
 ])
 def test_a_fixed_interval_is_kept_beside_the_count(study: Study, timing: dict[str, Any], hours: float | None) -> None:

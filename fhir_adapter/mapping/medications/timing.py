@@ -96,10 +96,11 @@ def interval_hours(timing: dict[str, Any]) -> float | None:
     """
     rep = timing.get("repeat") or {}
     if any(rep.get(k) for k in ("frequency", "period", "timeOfDay", "when", "dayOfWeek")):
-        fixed = (rep.get("periodUnit") == "h" and rep.get("period") and not rep.get("periodMax")
+        hours = {"h": 1.0, "min": 1 / 60}.get(str(rep.get("periodUnit")))  # a period in days is a count (QD, QOD)
+        fixed = (hours is not None and rep.get("period") and not rep.get("periodMax")
                  and (rep.get("frequency") or 1) == 1 and (rep.get("frequencyMax") or 1) == 1
                  and not any(rep.get(k) for k in ("timeOfDay", "when", "dayOfWeek")))
-        return float(rep["period"]) if fixed else None
+        return float(f"{float(rep['period']) * hours:.10g}") if fixed and hours is not None else None
     cc = timing.get("code")
     if not isinstance(cc, dict):
         return None
