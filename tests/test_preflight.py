@@ -162,6 +162,14 @@ def test_check_reads_the_roster_csv_as_a_run_does(clean_fhir_server: ServerHandl
     assert unknown.returncode == 0, unknown.stdout + unknown.stderr
     assert re.search(r"warning +roster CSV: .*roster\.csv:3: subject 109-001: ", unknown.stdout), unknown.stdout
     assert re.search(r"0 errors, \d+ warnings: the adapter can run", unknown.stdout), unknown.stdout
+    dated = check(header.replace("status", "status,infusion_date") + rows[0] + ",2024-13-45\n")
+    assert re.search(r"warning +roster CSV: .*infusion_date", dated.stdout), dated.stdout  # a run does not use it
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes((header + rows[0].replace("101-001", "101-\u00e9") + "\n").encode("latin-1"))
+    unreadable = subprocess.run([*cmd, "--roster-csv", str(latin1)], capture_output=True, text=True, cwd=ROOT)
+    assert unreadable.returncode == 1, unreadable.stdout + unreadable.stderr
+    assert "error    the roster CSV cannot be read: a run stops there (exit 1): " in unreadable.stdout
+    assert "not UTF-8" in unreadable.stdout and "no subject of study" not in unreadable.stdout
 
 
 @pytest.mark.server

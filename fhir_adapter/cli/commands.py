@@ -427,8 +427,8 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
                    "item maps (a site's local codes, for its overlay), most frequent first.")
 @click.option("--roster-csv", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="The site roster CSV the runs enrol from (an EHR without ResearchStudy/ResearchSubject), read "
-                   "as a run reads it: its subjects are timed (and surveyed with --codes); a CSV a run cannot read, "
-                   "or one that enrols nobody, is an error; a row a run would skip, a warning.")
+                   "as a run reads it (with --source URL): its subjects are timed (and surveyed with --codes); a CSV "
+                   "a run cannot read, or one that enrols nobody, is an error; a row a run would skip, a warning.")
 @click.pass_context
 def check(ctx: click.Context, study: Path, site: Path | None, source: str | None, config: Path | None,
           post: bool, codes: bool, roster_csv: Path | None) -> None:
@@ -550,6 +550,8 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study,
         async with open_client(source, cfg, os.environ) as client:
             return await probe_study(client, st, log, roster_csv)
 
+    from fhir_adapter.roster.site_csv import RosterCsvError
+
     try:
         timing, nobody = asyncio.run(probe())
     except FhirError as exc:
@@ -557,7 +559,11 @@ def _time_searches(source: str, cfg: ServerConfig, st: Study,
             raise
         return f"not timed: {exc}", ("the roster (ResearchStudy, ResearchSubject) could not be read",
                                      f"a run stops there (exit 1): {exc}"), []
-    csv_warnings = [str(w["message"]) for w in log.warnings if w.get("rule") == "roster-csv"]
+    except RosterCsvError as exc:
+        return "not timed: the roster CSV cannot be read", ("the roster CSV cannot be read",
+                                                            f"a run stops there (exit 1): {exc}"), []
+    # what the roster CSV's rows make a run say: rows skipped or read otherwise, disagreements with the EHR
+    csv_warnings = [str(w["message"]) for w in log.warnings if str(w.get("rule", "")).startswith("roster-csv")]
     if timing is None:
         where = "in the roster CSV or on the server" if roster_csv is not None else "on the server"
         return (f"not timed: no subject of study {st.info.id} is enrolled {where}",

@@ -172,13 +172,14 @@ async def study_roster(client: FhirClient, study: Study, log: RunLog,
     the run could not read raises :class:`~fhir_adapter.roster.site_csv.RosterCsvError`; its rows the run would
     not process are in ``RosterInput.roster_rows_skipped``, its warnings in ``log``."""
     from fhir_adapter.roster.enrollees import build_roster
-    from fhir_adapter.roster.site_csv import csv_identifiers, reconcile
+    from fhir_adapter.roster.site_csv import csv_identifiers, infusion_dates, reconcile
     from fhir_adapter.source.server.roster import read_roster
 
     wanted = sorted(csv_identifiers(roster_csv)) if roster_csv is not None else []
     data = await read_roster(client, study, log, str(client.base_url).rstrip("/"), wanted)
     if roster_csv is not None:
         data = reconcile(data, roster_csv, study, log)
+        infusion_dates(roster_csv, study, log)  # its warnings: an infusion_date a run would not use
     return data, build_roster(data, study, log)
 
 
@@ -194,11 +195,14 @@ async def probe_study(client: FhirClient, study: Study, log: RunLog,
     from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirServerUnavailable
     from fhir_adapter.roster.check import nobody_enrolled
     from fhir_adapter.roster.enrollees import RosterError
+    from fhir_adapter.roster.site_csv import RosterCsvError
     from fhir_adapter.source.server.probe import PROBE_PATIENTS, time_observation_searches
     from fhir_adapter.source.server.searches import SearchPlan
 
     try:
         data, roster = await study_roster(client, study, log, roster_csv)
+    except RosterCsvError:
+        raise  # the CSV cannot be read: said as such, not as "nobody enrolled"
     except RosterError as exc:
         return None, str(exc)
     if (why := nobody_enrolled(data, roster, study, log, roster_csv=roster_csv is not None)) is not None:
