@@ -145,9 +145,9 @@ def test_check_reads_the_roster_csv_as_a_run_does(clean_fhir_server: ServerHandl
     header = "subject_id,patient_identifier,consent_date,arm,status\n"
     cmd = [sys.executable, "-m", "fhir_adapter.cli.commands", "check", "--source", clean_fhir_server.base_url]
 
-    def check(text: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    def check(text: str, *extra: str, encoding: str = "utf-8") -> subprocess.CompletedProcess[str]:
         roster = tmp_path / "roster.csv"
-        roster.write_text(text, encoding="utf-8")
+        roster.write_bytes(text.encode(encoding))
         return subprocess.run([*cmd, "--roster-csv", str(roster), *extra], capture_output=True, text=True, cwd=ROOT)
 
     good = check(header + "\n".join(rows) + "\n", "--codes")
@@ -164,9 +164,7 @@ def test_check_reads_the_roster_csv_as_a_run_does(clean_fhir_server: ServerHandl
     assert re.search(r"0 errors, \d+ warnings: the adapter can run", unknown.stdout), unknown.stdout
     dated = check(header.replace("status", "status,infusion_date") + rows[0] + ",2024-13-45\n")
     assert re.search(r"warning +roster CSV: .*infusion_date", dated.stdout), dated.stdout  # a run does not use it
-    latin1 = tmp_path / "latin1.csv"
-    latin1.write_bytes((header + rows[0].replace("101-001", "101-\u00e9") + "\n").encode("latin-1"))
-    unreadable = subprocess.run([*cmd, "--roster-csv", str(latin1)], capture_output=True, text=True, cwd=ROOT)
+    unreadable = check(header + rows[0].replace("101-001", "101-\u00e9") + "\n", encoding="latin-1")
     assert unreadable.returncode == 1, unreadable.stdout + unreadable.stderr
     assert "error    the roster CSV cannot be read: a run stops there (exit 1): " in unreadable.stdout
     assert "not UTF-8" in unreadable.stdout and "no subject of study" not in unreadable.stdout
