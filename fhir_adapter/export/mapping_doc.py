@@ -117,11 +117,13 @@ def render(variables: list[Variable]) -> str:
         "SRCREF = the result set aside.",
         "* **SITEID**: the identifier of the site-level ResearchStudy (partOf the study) the ResearchSubject is "
         "enrolled in; without one, or with `siteid: organization` in the site overlay, the Patient's managing "
-        "organisation — the id its `managingOrganization` reference names (the EHR's resource id, not the "
-        "Organization's identifier: the Organization resource is not read), else the reference's display. An EHR "
-        "whose Organization ids are not its site numbers enrols its subjects in site-level ResearchStudies, whose "
-        "identifier is the site number. With neither, SITEID (Required in DM) is empty and `run-report.json` warns "
-        "of it per subject (rule `no-siteid`, with what to do).",
+        "organisation, as its site number: the identifier the `managingOrganization` reference carries, else the "
+        "first identifier of the Organization it names (read with the roster: from the Organization files or "
+        "Bundles, or `Organization?_id=` on a server); an Organization the source does not hold, or one without "
+        "an identifier, gives its id as the reference names it (a server that refuses to read Organizations is "
+        "warned once, rule `roster-organization`), and a reference without one its display. With neither, SITEID "
+        "(Required in DM) is empty and `run-report.json` warns of it per subject (rule `no-siteid`, with what to "
+        "do).",
         "* **INVID** (every domain, beside SITEID) and **INVNAM** (DM): the principalInvestigator of the "
         "ResearchStudy the subject is enrolled in — the Practitioner (or PractitionerRole) contained in it, else the "
         "Reference's own identifier and display.",

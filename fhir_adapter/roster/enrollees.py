@@ -190,8 +190,7 @@ def _ambiguous(claims: list[_Claim], data: RosterInput) -> dict[str, tuple[str, 
 def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
     info = study.info
     study_ids = _study_ids(data, study, log)
-    site_studies = {str(s["id"]): str(next((i.get("value") for i in s.get("identifier") or []
-                                             if isinstance(i, dict) and i.get("value")), s["id"]))
+    site_studies = {str(s["id"]): _first_value(s.get("identifier") or []) or str(s["id"])
                     for s in data.studies if s.get("id") in study_ids and s.get("partOf")}
     investigators = {str(s["id"]): _investigator(s) for s in data.studies if s.get("id") in study_ids}
     excluded: dict[str, int] = {}
@@ -303,7 +302,7 @@ def _enrollee(c: _Claim, data: RosterInput, study: Study, investigators: dict[st
         actual_arm=rs.get("actualArm"),
         consent_date=consent,
         end_of_study=_date((rs.get("period") or {}).get("end"), study),
-        site=_site(patient),
+        site=_site(patient, data),
         sex={"male": "M", "female": "F"}.get(patient.get("gender", ""), "U"),
         birth_date=_birth_date(patient, c.patient_id, c.subject_id, consent, study, log),
         site_study=site_studies.get(enrolled_in),
@@ -346,9 +345,21 @@ def _years(birth: dt.date, on: dt.date) -> int:
     return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
 
 
-def _site(patient: dict[str, Any]) -> str | None:
-    org = (patient.get("managingOrganization") or {})
-    return ref_id(org.get("reference"), "Organization") or org.get("display")
+def _site(patient: dict[str, Any], data: RosterInput) -> str | None:
+    """SITEID from the Patient's managing organisation: the site number — the identifier the reference carries,
+    else the first identifier of the Organization it names (read by the source with the roster) — else the
+    Organization's id, else the reference's display (docs/cdisc-mapping.md)."""
+    org = patient.get("managingOrganization") or {}
+    oid = ref_id(org.get("reference"), "Organization", data.base)
+    number = _first_value([org.get("identifier")])
+    if number is None and oid in data.organizations:
+        number = _first_value(data.organizations[oid].get("identifier") or [])
+    return number or oid or org.get("display")
+
+
+def _first_value(identifiers: list[Any]) -> str | None:
+    """The value of the first Identifier that has one (the rule of a site-level ResearchStudy's identifier too)."""
+    return next((str(i["value"]) for i in identifiers if isinstance(i, dict) and i.get("value")), None)
 
 
 def _investigator(research_study: dict[str, Any]) -> tuple[str | None, str | None]:

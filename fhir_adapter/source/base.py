@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +49,9 @@ class RosterInput:
     #: a subject the site enrolled that the run does not process, counted among the subjects not processed (exit
     #: 2); a screen failure's incomplete row is a warning only
     roster_rows_skipped: dict[str, str] = field(default_factory=dict)
+    #: Organization id -> the Organization, for the managing organisations of the Patients above (SITEID: the
+    #: Organization's identifier, the site number; :func:`managing_organization_ids`)
+    organizations: dict[str, Resource] = field(default_factory=dict)
 
 
 #: the medication records whose ``medication`` reference names a Medication resource
@@ -197,6 +200,17 @@ def shared_references(resources: list[Resource]) -> set[tuple[str, str]]:
 
     for r in resources:
         walk(r)
+    return found
+
+
+def managing_organization_ids(patients: Iterable[Resource], base: str | None) -> set[str]:
+    """The ids of the Organizations the ``patients`` name as ``managingOrganization`` (the source's own references
+    only, :func:`ref_id`): the roster reads them for SITEID."""
+    found = set()
+    for p in patients:
+        org = p.get("managingOrganization")
+        if isinstance(org, dict) and (oid := ref_id(org.get("reference"), "Organization", base)):
+            found.add(oid)
     return found
 
 

@@ -25,6 +25,7 @@ entry, for a Bundle).
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import re
 import struct
 import tempfile
@@ -47,6 +48,7 @@ from fhir_adapter.source.base import (
     export_base,
     id_from_full_url,
     identifier_matches,
+    managing_organization_ids,
     patient_id_of,
     ref_id,
     resolve_bundle_references,
@@ -359,10 +361,13 @@ class FileSource:
         patient_files = [f for f in files if f.rtype == "Patient"]
         named: set[str] = set()
         linked: list[Resource] = []  # Patients with a Patient.link
+        in_bundles: list[Resource] = []  # Organizations of the Bundles read here (a managing organisation)
         for f in [f for f in files if f.rtype != "Patient"] + patient_files:
             for n, entry, res, _raw in self._read_file(f, report=f.rtype is not None):
                 rtype = res["resourceType"]
                 if rtype not in ROSTER_TYPES:
+                    if rtype == "Organization":
+                        in_bundles.append(res)
                     continue
                 self.log.count(f"read.{rtype}")
                 if rtype == "ResearchStudy":
@@ -384,7 +389,23 @@ class FileSource:
                         roster.patients[res["id"]] = res
         # once every subject is known (a Bundle may hold a Patient before its ResearchSubject); not followed
         say_links(self.log, linked, named, roster.base, self._links_said)
+        wanted = managing_organization_ids(roster.patients.values(), roster.base)
+        if wanted:
+            roster.organizations = self._organizations(wanted, in_bundles)
         return roster
+
+    def _organizations(self, wanted: set[str], in_bundles: list[Resource]) -> dict[str, Resource]:
+        """The Organizations of ``wanted`` (ids), from the Organization files and ``in_bundles``: the latest
+        version of each. A bad line is left to the pass that owns the file (reported once)."""
+        candidates = itertools.chain(in_bundles, (res for f in self._files().data if f.rtype == "Organization"
+                                                  for _n, _entry, res, _raw in self._read_file(f, report=False)))
+        found: dict[str, Resource] = {}
+        for res in candidates:
+            oid = res.get("id")
+            if res.get("resourceType") == "Organization" and oid in wanted \
+                    and (oid not in found or version_key(res) > version_key(found[oid])):
+                found[oid] = res
+        return found
 
     @staticmethod
     def _note_patient(res: Resource, where: str, first_seen: dict[str, tuple[bytes, str]],

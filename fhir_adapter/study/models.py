@@ -326,7 +326,7 @@ class SiteOverlay(Strict):
         "research-study",
         description="SITEID: the identifier of the site-level ResearchStudy the subject is enrolled in (the "
         "FHIR-to-CDISC IG's rule; the Patient's managing organisation when there is none), or always the "
-        "managing organisation")
+        "managing organisation (its identifier: the site number)")
     meddra_dir: str | None = Field(
         None, description="folder of the site's MedDRA release (MedAscii: llt.asc, mdhier.asc), relative to "
         "this file; gives AEHLT/AEHLGT/AESOC")

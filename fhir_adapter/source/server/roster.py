@@ -1,7 +1,8 @@
 """The roster from a FHIR server: ``ResearchStudy?identifier=<study id>`` (and its site sub-studies,
 ``ResearchStudy?partof=``), then ``ResearchSubject?study=...&_include=ResearchSubject:individual`` (Patients come
-with their ResearchSubjects; those the server did not include are read by ``Patient?_id=a,b,...``), and the
-Patients a site roster CSV names by identifier. Requests are counted under the label ``roster``."""
+with their ResearchSubjects; those the server did not include are read by ``Patient?_id=a,b,...``), the Patients
+a site roster CSV names by identifier, and the Patients' managing Organizations (``Organization?_id=``: SITEID).
+Requests are counted under the label ``roster``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from fhir_adapter.fhir import FhirClient, FhirHttpError
 from fhir_adapter.job.runlog import RunLog
-from fhir_adapter.source.base import RosterInput, ref_id
+from fhir_adapter.source.base import RosterInput, managing_organization_ids, ref_id
 from fhir_adapter.source.patient_links import say_links
 from fhir_adapter.study.load import Study
 
@@ -44,6 +45,7 @@ async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
     study_refs = ",".join(f"ResearchStudy/{s['id']}" for s in out.studies if "id" in s)
     out.studies.extend(others)
     if not study_refs:
+        await _site_organizations(client, out, base, log)
         return out
     async for res in client.search(
         "ResearchSubject", {"study": study_refs, "_include": "ResearchSubject:individual"}, label=LABEL
@@ -56,7 +58,29 @@ async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
     # a subject's Patient linked to another (merged or duplicate in the EHR): said, not followed — this read
     # holds only the Patients a ResearchSubject or the roster CSV names
     say_links(log, [out.patients[p] for p in sorted(out.patients)], set(out.patients), base, set())
+    await _site_organizations(client, out, base, log)
     return out
+
+
+async def _site_organizations(client: FhirClient, out: RosterInput, base: str, log: RunLog) -> None:
+    """The Organizations the Patients name as managing organisation (``Organization?_id=a,b,...``: SITEID is the
+    Organization's identifier). A server that refuses the search (4xx) is said once; SITEID is then the
+    Organization's id, as the reference gives it."""
+    wanted = sorted(managing_organization_ids(out.patients.values(), base))
+    try:
+        for i in range(0, len(wanted), PATIENTS_PER_SEARCH):
+            async for res in client.search("Organization", {"_id": ",".join(wanted[i:i + PATIENTS_PER_SEARCH])},
+                                           label=LABEL):
+                if res.get("resourceType") == "Organization" and res.get("id") in wanted:
+                    out.organizations[res["id"]] = res
+    except FhirHttpError as exc:
+        if not 400 <= exc.status < 500:
+            raise
+        log.warn(f"the server refused to read the Patients' managing Organizations ({exc.status}): SITEID is "
+                 "the Organization's id where no site-level ResearchStudy gives it",
+                 rule="roster-organization",
+                 fix="allow reading Organization, or enrol the subjects in site-level ResearchStudies "
+                     "(docs/cdisc-mapping.md)")
 
 
 async def _missing_patients(client: FhirClient, out: RosterInput, base: str, log: RunLog) -> None:
