@@ -504,6 +504,21 @@ def test_a_dose_resting_on_an_assumption_is_said(study: Study) -> None:
         ("medication-as-needed", "MedicationStatement/s31"), ("medication-no-end-date", "MedicationStatement/s30")]
 
 
+def test_an_order_stopped_with_no_end_date_is_told_the_element_an_order_has(study: Study) -> None:
+    """The fix of ``medication-no-end-date`` names an element of the record's own type: an order has no
+    effectivePeriod (R4 rejects it); following the fix ends the order and the warning."""
+    order = {"resourceType": "MedicationRequest", "id": "r40", "status": "stopped", "intent": "order",
+             "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": PRED, "authoredOn": "2024-01-05",
+             "dosageInstruction": [dosage({"doseQuantity": mg(20)}, timing=daily())]}
+    (c,), log = run(study, [order])
+    [said] = log.warnings
+    assert (said["rule"], c.end_date) == ("medication-no-end-date", None)
+    assert said["fix"].startswith("send the date the medication stopped (dispenseRequest.validityPeriod.end")
+    fixed = {**order, "dispenseRequest": {"validityPeriod": {"end": "2024-01-20"}}}  # run() checks it is R4
+    (c,), log = run(study, [fixed])
+    assert (c.end_date, log.warnings) == (dt.date(2024, 1, 20), [])
+
+
 @pytest.mark.parametrize(("dose", "repeat", "why"), [
     (mg(-7.5), {}, "-7.5 mg is not a dose"), (mg(1e308), {}, "1e+308 mg/d is above the 5000 mg/day"),
     (mg(7500), {}, "above the 5000 mg/day"), (mg(7.5), {"period": 0}, "timing.repeat.period is 0")])

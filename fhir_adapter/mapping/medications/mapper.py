@@ -36,6 +36,17 @@ KINDS: dict[str, SourceKind] = {
 }
 
 
+
+#: where each medication record type says when it stopped (what :meth:`MedicationMapper._flag_assumptions` asks for:
+#: the elements the mapping reads, mapping/medications/dates.py)
+END_ELEMENT = {
+    "MedicationStatement": "effectivePeriod.end",
+    "MedicationAdministration": "effectivePeriod.end",
+    "MedicationRequest": "dispenseRequest.validityPeriod.end, or the dosageInstruction's "
+                         "timing.repeat.boundsPeriod.end",
+    "MedicationDispense": "daysSupply",
+}
+
 class MedicationMapper:
     """Maps the medication resources of one subject; holds no state between subjects but the settings."""
 
@@ -123,7 +134,7 @@ class MedicationMapper:
         if r.get("status") in ("completed", "stopped") and any(c.end_date is None and c.start_date for c in records):
             self.log.warn(f"{ref}: status {r.get('status')} with no end date: counted as ongoing from its start",
                           resource=ref, subject_id=subject_id, rule="medication-no-end-date",
-                          fix="send the date the medication stopped (effectivePeriod.end)")
+                          fix=f"send the date the medication stopped ({END_ELEMENT[r['resourceType']]})")
         lines = r.get("dosage") if r["resourceType"] != "MedicationRequest" else r.get("dosageInstruction")
         lines = [lines] if isinstance(lines, dict) else lines or []
         if any(isinstance(x, dict) and (x.get("asNeededBoolean") or x.get("asNeededCodeableConcept"))
