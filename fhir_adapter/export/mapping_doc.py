@@ -77,7 +77,13 @@ def render(variables: list[Variable]) -> str:
         "started the day before its result is dated by its start. VISIT stays the window of the Observation's "
         "effective date, the date the derivations use.",
         "* **MH or AE**: a Condition or AllergyIntolerance whose onset (else recorded date) is before Day 1 is "
-        "medical history; one starting on or after Day 1 is left to AE (counted `mh.not-used.on-study`).",
+        "medical history; one starting on or after Day 1 is not: an AdverseEvent naming it as `resultingCondition` is "
+        "the AE, and any other one up to the end of participation is listed in `run-report.json` (warning "
+        "`condition-on-study`, counted `mh.not-used.on-study`) for the investigator to judge whether it is an "
+        "adverse event — an infection charted only as a diagnosis is never an AE row without that judgement; after "
+        "the end of participation it is counted (`mh.not-used.after-end`). CM and PR keep what began before consent "
+        "(prior medications and procedures, counted `participation.cm-before-start`, `participation.pr-before-start`) "
+        "and leave out what began after the end of participation (docs/clinical-rules.md#participation).",
         "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX). "
         "PRDECOD is the display of the Procedure.code coding in a procedure dictionary — SNOMED CT, then "
         "ICD-10-PCS, CPT, OPS — else the MedDRA PT of a MedDRA coding; a code of the hospital's own catalogue is "

@@ -121,7 +121,11 @@ class HistoryMapper:
             return None
 
     def medical_history(self, resources: list[dict[str, Any]], subject_id: str,
-                        day1: dt.date | None) -> list[MedicalHistory]:
+                        day1: dt.date | None, participation_end: dt.date | None = None) -> list[MedicalHistory]:
+        """Conditions and allergies before Day 1. One that began on or after Day 1 is not history: an
+        AdverseEvent that names it (``resultingCondition``) is the AE; any other one is listed in the run
+        report (warning ``condition-on-study``) for the investigator to judge whether it is an adverse event —
+        up to ``participation_end`` (after it: counted only)."""
         out: list[MedicalHistory] = []
         of_events = {str(ref.get("reference")) for r in resources if r.get("resourceType") == "AdverseEvent"
                      for ref in r.get("resultingCondition") or [] if isinstance(ref, dict)}
@@ -144,7 +148,12 @@ class HistoryMapper:
             recorded = self._date(r.get("recordedDate"), r, subject_id)
             start = onset or recorded
             if day1 and start and start.date and start.date >= day1:
-                self.log.count("mh.not-used.on-study")  # on/after Day 1: an adverse event, not history
+                if participation_end is not None and start.date > participation_end:
+                    self.log.count("mh.not-used.after-end")
+                else:
+                    self.log.count("mh.not-used.on-study")  # on/after Day 1: an adverse event, not history
+                    if "refuted" not in verification:
+                        self._on_study(r, term, start.date, day1, subject_id)
                 continue
             end = self._date(r.get("abatementDateTime") or (r.get("abatementPeriod") or {}).get("end")
                              or r.get("lastOccurrence"), r, subject_id)
@@ -166,6 +175,14 @@ class HistoryMapper:
         out.sort(key=lambda m: (m.start_date or dt.date.min, m.term, m.source.id))
         self.log.count("crf.mh", len(out))
         return out
+
+    def _on_study(self, r: dict[str, Any], term: str, start: dt.date, day1: dt.date, subject_id: str) -> None:
+        what = "allergy" if r.get("resourceType") == "AllergyIntolerance" else "condition"
+        ref = f"{r.get('resourceType')}/{r.get('id')}"
+        self.log.warn(f"{what} '{term}' began on study day {study_day(start, day1)} ({start}), after Day 1, and no "
+                      "AdverseEvent names it: it is not medical history, and not an AE of the trial unless the "
+                      "EHR records one", resource=ref, subject_id=subject_id, rule="condition-on-study",
+                      fix=f"if it is an adverse event, record an AdverseEvent whose resultingCondition is {ref}")
 
     def procedures(self, resources: list[dict[str, Any]], subject_id: str,
                    day1: dt.date | None) -> list[ProcedureRecord]:

@@ -12,7 +12,16 @@ from collections import Counter
 from dataclasses import replace
 from typing import Any
 
-from fhir_adapter.crf.models import AdverseEvent, Demographics, Finding, MedicalHistory, SubjectCRF, VisitRecord
+from fhir_adapter.crf.models import (
+    AdverseEvent,
+    ConMed,
+    Demographics,
+    Finding,
+    MedicalHistory,
+    ProcedureRecord,
+    SubjectCRF,
+    VisitRecord,
+)
 from fhir_adapter.fhir.r4 import r4_problem
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.mapping.adverse_events import AdverseEventMapper
@@ -100,8 +109,9 @@ class SubjectMapper:
         cm = sorted(self.medications.map(without_study_product(resources, self.study), e.subject_id)
                     + immunizations(resources, e.subject_id, self.study, self.log),
                     key=lambda c: (c.start_date or dt.date.max, c.drug, c.source.id))
-        mh = self.history.medical_history(resources, e.subject_id, e.day1)
+        mh = self.history.medical_history(resources, e.subject_id, e.day1, span.end)
         pr = self.history.procedures(resources, e.subject_id, e.day1)
+        cm, pr = self._bound_records(cm, pr, span, e)
         ae = self.adverse_events.map(resources, e.subject_id, day1=e.day1, lymphodepletion_start=ld_start,
                                      infusion_id=e.infusion.id if e.infusion else None,
                                      infusion_time=e.infusion_time)
@@ -139,9 +149,11 @@ class SubjectMapper:
         span = Span(crf.participation_start, now.end, now.start_basis, now.end_basis)
         findings, visits = self._placed(list(crf.findings), span, e)
         ae, mh = self._bound_adverse_events(list(crf.ae), list(crf.mh), span, e)
+        cm, pr = self._bound_records(list(crf.cm), list(crf.pr), span, e)
         dm = crf.dm.model_copy(update={"status": e.status, "end_of_participation": e.end_of_study,
                                        "source": (e.research_subject,)})
-        return crf.model_copy(update={"dm": dm, "findings": findings, "visits": visits, "ae": ae, "mh": mh})
+        return crf.model_copy(update={"dm": dm, "findings": findings, "visits": visits, "ae": ae, "mh": mh,
+                                      "cm": cm, "pr": pr})
 
     def _placed(self, findings: list[Finding], span: Span, e: Enrollee) -> tuple[list[Finding], list[VisitRecord]]:
         """The findings inside ``span`` placed in visits (:func:`place`); those outside it counted, and those after
@@ -175,6 +187,25 @@ class SubjectMapper:
         if bounded.history:
             mh = sorted([*mh, *bounded.history], key=lambda m: (m.start_date or dt.date.min, m.term, m.source.id))
         return bounded.kept, mh
+
+    def _bound_records(self, cm: list[ConMed], pr: list[ProcedureRecord], span: Span,
+                       e: Enrollee) -> tuple[list[ConMed], list[ProcedureRecord]]:
+        """Concomitant medications and procedures begun after the end of participation are left out, counted
+        (``participation.cm-after-end``, ``participation.pr-after-end``) and said per subject; those begun
+        before consent stay (prior medications and procedures: CM and PR hold them) and are counted
+        (``participation.cm-before-start``, ``participation.pr-before-start``)
+        (docs/clinical-rules.md#participation)."""
+        kept: list[list[Any]] = []
+        for key, what, records in (("cm", "concomitant medication(s)", cm), ("pr", "procedure(s)", pr)):
+            where = Counter(span.position(r.start_date) for r in records)
+            if where["before"]:
+                self.log.count(f"participation.{key}-before-start", where["before"])
+            if where["after"]:
+                self.log.count(f"participation.{key}-after-end", where["after"])
+                self.log.warn(f"{where['after']} {what} begun after the end of participation ({span.end}, "
+                              f"{span.end_basis}) were not used", subject_id=e.subject_id, rule="participation")
+            kept.append([r for r in records if span.position(r.start_date) != "after"])
+        return kept[0], kept[1]
 
     def _baseline_from(self, day1: dt.date | None) -> dt.date | None:
         lookback = self.study.schedule.baseline_lookback_days()

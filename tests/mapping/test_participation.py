@@ -105,6 +105,60 @@ def test_adverse_events_before_consent_are_history_and_after_end_of_study_are_ou
     assert "medical history" in said["AdverseEvent/before"] and "not used" in said["AdverseEvent/late"]
 
 
+def _records(when: str, id_: str) -> list[dict[str, Any]]:
+    """A concomitant medication, a vaccination and a procedure, each begun on ``when``."""
+    patient = {"reference": "Patient/p1"}
+    return [
+        {"resourceType": "MedicationStatement", "id": f"cm-{id_}", "status": "active", "subject": patient,
+         "medicationCodeableConcept": {"text": "Naproxen"}, "effectiveDateTime": when},
+        {"resourceType": "Immunization", "id": f"im-{id_}", "status": "completed", "patient": patient,
+         "vaccineCode": {"text": "Influenza vaccine"}, "occurrenceDateTime": when},
+        {"resourceType": "Procedure", "id": f"pr-{id_}", "status": "completed", "subject": patient,
+         "code": {"text": "Depression screening"}, "performedDateTime": when},
+    ]
+
+
+def test_medications_and_procedures_begun_after_the_end_of_study_are_left_out(study: Study) -> None:
+    """docs/clinical-rules.md#participation: data after the end of study never become CRF records; what began
+    before consent stays (prior medications and procedures) and is counted."""
+    log = RunLog()
+    resources = _records("1985-05-01", "prior") + _records("2024-04-02", "on") + _records("2024-10-01", "late")
+    crf = SubjectMapper(study, log).map(enrollee(dt.date(2024, 1, 20), dt.date(2024, 9, 1)), resources)
+    assert sorted(c.source.id for c in crf.cm) == ["cm-on", "cm-prior", "im-on", "im-prior"]
+    assert sorted(p.source.id for p in crf.pr) == ["pr-on", "pr-prior"]
+    assert (log.counts["participation.cm-after-end"], log.counts["participation.pr-after-end"]) == (2, 1)
+    assert (log.counts["participation.cm-before-start"], log.counts["participation.pr-before-start"]) == (2, 1)
+    said = sorted(w["message"] for w in log.warnings if w.get("rule") == "participation")
+    assert said == ["1 procedure(s) begun after the end of participation (2024-09-01, end_of_study) were not used",
+                    "2 concomitant medication(s) begun after the end of participation (2024-09-01, end_of_study) "
+                    "were not used"]
+
+
+def test_a_condition_begun_after_day1_that_no_adverse_event_names_is_listed(study: Study) -> None:
+    """A Condition on study is not history; unless an AdverseEvent names it, it is listed one by one for the
+    investigator (an infection charted as a diagnosis after CAR-T must not vanish). After the end of study:
+    counted only; refuted: not listed."""
+    def condition(id_: str, when: str, term: str, **extra: Any) -> dict[str, Any]:
+        return {"resourceType": "Condition", "id": id_, "subject": {"reference": "Patient/p1"},
+                "code": {"text": term}, "onsetDateTime": when, **extra}
+    refuted = {"verificationStatus": {"coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/condition-ver-status", "code": "refuted"}]}}
+    resources = [condition("hist", "2020-02-01", "Lupus nephritis"),
+                 condition("sinus", "2024-03-14", "Viral sinusitis"),
+                 condition("ae-cond", "2024-03-05", "Cytokine release syndrome"),
+                 condition("ruled-out", "2024-03-20", "Pneumonia", **refuted),
+                 condition("late", "2024-10-01", "Acute bronchitis"),
+                 {**adverse_event("ae", "2024-03-05", "Cytokine release syndrome"),
+                  "resultingCondition": [{"reference": "Condition/ae-cond"}]}]
+    log = RunLog()
+    crf = SubjectMapper(study, log).map(enrollee(dt.date(2024, 1, 20), dt.date(2024, 9, 1)), resources)
+    assert [m.source.id for m in crf.mh] == ["hist"] and [a.source.id for a in crf.ae] == ["ae"]
+    [said] = [w for w in log.warnings if w.get("rule") == "condition-on-study"]
+    assert said["resource"] == "Condition/sinus" and "'Viral sinusitis' began on study day 14" in said["message"]
+    assert said["fix"].endswith("resultingCondition is Condition/sinus")
+    assert (log.counts["mh.not-used.on-study"], log.counts["mh.not-used.after-end"]) == (2, 1)
+
+
 def test_a_pre_existing_event_that_worsens_after_day1_stays_an_adverse_event() -> None:
     span = Span(dt.date(2024, 1, 20), dt.date(2024, 9, 1))
     worse = AdverseEvent(term="Arthralgia", grade=3, baseline_grade=1, onset_date=dt.date(2023, 12, 1),
