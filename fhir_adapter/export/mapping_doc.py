@@ -83,7 +83,11 @@ def render(variables: list[Variable]) -> str:
         "adverse event — an infection charted only as a diagnosis is never an AE row without that judgement; after "
         "the end of participation it is counted (`mh.not-used.after-end`). CM and PR keep what began before consent "
         "(prior medications and procedures, counted `participation.cm-before-start`, `participation.pr-before-start`) "
-        "and leave out what began after the end of participation (docs/clinical-rules.md#participation).",
+        "and leave out what began after the end of participation (docs/clinical-rules.md#participation). A Condition "
+        "whose category or code is one of `history_excluded_codes` (study.yaml, added to by the site overlay: "
+        "LCAR-AIO lists US Core's `sdoh` category) is no medical history — social circumstances, administrative "
+        "entries — and never leaves the hospital in an export (counted `mh.not-used.excluded`); a site whose EHR "
+        "charts social findings as diagnoses lists their codes in its overlay.",
         "* **PR**: every Procedure except the infusion and lymphodepletion codes of study.yaml (those are EX). "
         "PRDECOD is the display of the Procedure.code coding in a procedure dictionary — SNOMED CT, then "
         "ICD-10-PCS, CPT, OPS — else the MedDRA PT of a MedDRA coding; a code of the hospital's own catalogue is "

@@ -137,6 +137,9 @@ class HistoryMapper:
             if "entered-in-error" in verification:
                 self.log.count("mh.not-used.entered-in-error")
                 continue
+            if self._not_history(r):
+                self.log.count("mh.not-used.excluded")
+                continue
             code = r.get("code")
             term = first_text(code)
             if not term:
@@ -175,6 +178,16 @@ class HistoryMapper:
         out.sort(key=lambda m: (m.start_date or dt.date.min, m.term, m.source.id))
         self.log.count("crf.mh", len(out))
         return out
+
+    def _not_history(self, r: dict[str, Any]) -> bool:
+        """A Condition whose category or code is one of the study's ``history_excluded_codes`` (social
+        circumstances, administrative entries): not medical history, never exported."""
+        excluded = self.study.history_excluded_codes
+        if not excluded or r.get("resourceType") != "Condition":
+            return False
+        category = r.get("category")
+        concepts: list[Any] = [*(category if isinstance(category, list) else []), r.get("code")]
+        return any(c in excluded for cc in concepts for c in codings(cc))
 
     def _on_study(self, r: dict[str, Any], term: str, start: dt.date, day1: dt.date, subject_id: str) -> None:
         what = "allergy" if r.get("resourceType") == "AllergyIntolerance" else "condition"

@@ -60,6 +60,8 @@ class Study:
     lymphodepletion_codes: frozenset[tuple[str, str]]
     #: settings per rule file: the domain mappings (medications, adverse_events) and the named endpoints
     rules: dict[str, BaseModel]
+    #: Condition categories and codes that are not medical history (study.yaml + the site overlay)
+    history_excluded_codes: frozenset[tuple[str, str]] = frozenset()
     files: dict[str, str] = field(default_factory=dict, repr=False)
     #: the endpoints study.yaml names, in its order (outputs follow it; they run in the order their needs give)
     endpoints: tuple[str, ...] = ()
@@ -368,6 +370,11 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     if overlay is not None and odoc is not None:
         infusion |= frozenset(_code(odoc, ("infusion_codes", i), r, systems)
                               for i, r in enumerate(overlay.infusion_codes))
+    not_history = frozenset(_code(sdoc, ("study", "history_excluded_codes", i), r, systems)
+                            for i, r in enumerate(info.history_excluded_codes))
+    if overlay is not None and odoc is not None:
+        not_history |= frozenset(_code(odoc, ("history_excluded_codes", i), r, systems)
+                                 for i, r in enumerate(overlay.history_excluded_codes))
     infusion_meds = frozenset(_code(sdoc, ("study", "infusion_medication_codes", i), r, systems)
                               for i, r in enumerate(info.infusion_medication_codes))
     ld = frozenset(_code(sdoc, ("study", "lymphodepletion_codes", i), r, systems)
@@ -388,7 +395,7 @@ def load_study(root: Path, site: Path | None = None) -> Study:
     return Study(
         root=root, info=info, schedule=schedule, code_systems=systems, items=items, code_index=code_index,
         infusion_codes=infusion, infusion_medication_codes=infusion_meds, lymphodepletion_codes=ld,
-        rules=rules, files=files, endpoints=tuple(named),
+        history_excluded_codes=not_history, rules=rules, files=files, endpoints=tuple(named),
         site=overlay.site if overlay else None, subject_id_rule=id_rule, subject_id_rule_origin=id_origin,
         overrides=overrides,
         siteid_rule=overlay.siteid if overlay else "research-study",

@@ -59,6 +59,10 @@ class StudyInfo(Strict):
     lymphodepletion_codes: tuple[str, ...] = Field(
         default=(), description="codes of the lymphodepleting agents (medication resources)"
     )
+    history_excluded_codes: tuple[str, ...] = Field(
+        default=(), description="codes (alias|code) of Condition categories or Condition codes that are not medical "
+        "history (social circumstances, administrative entries): such a Condition is left out of MH (counted "
+        "mh.not-used.excluded), so it never leaves the hospital in an export")
     product_name: str = Field("the study product", description="the study product as outputs name it")
     repeated_doses: bool = Field(
         False, description="the product is given more than once: Day 1 is its first dose, the others are expected")
@@ -315,6 +319,9 @@ class SiteOverlay(Strict):
 
     infusion_codes: tuple[str, ...] = Field(
         default=(), description="the site's own codes (alias|code) of the infusion Procedure, added to the study's")
+    history_excluded_codes: tuple[str, ...] = Field(
+        default=(), description="the site's own codes (alias|code) of Condition categories or codes that are not "
+        "medical history (social findings its EHR records as diagnoses), added to the study's")
     subject_identifier: SubjectIdentifierRule | None = Field(
         None, description="which ResearchSubject identifier is the subject ID at this site (overrides study.yaml)")
     study_identifier_system: str | None = Field(

@@ -135,6 +135,11 @@ def _feed() -> Feed:
            "code": {"coding": [{"system": MDR, "code": "90000001", "display": "Synthetic headache term"}],
                     "text": "Chronic headache"},
            "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2019-05", "recordedDate": "2019-06-01"})
+    # a social determinant the EHR charts as a Condition (US Core's sdoh category): no medical history
+    f.add({"resourceType": "Condition", "id": "c-sdoh", "code": {"text": "Food insecurity"},
+           "category": [{"coding": [{"system": "http://hl7.org/fhir/us/core/CodeSystem/us-core-category",
+                                     "code": "sdoh"}]}],
+           "subject": {"reference": "Patient/p1"}, "onsetDateTime": "2021-03-01"})
     f.add({"resourceType": "Condition", "id": "c-on-study", "code": {"text": "Herpes zoster"},
            "subject": {"reference": "Patient/p1"}, "onsetDateTime": at(DAY1, 40)})
     f.add({"resourceType": "Condition", "id": "c-refuted", "code": {"text": "Antiphospholipid syndrome"},
@@ -244,7 +249,7 @@ def test_race_and_ethnicity_follow_the_omb_code_not_the_local_display(
 def test_mh_from_conditions_and_allergies_before_day1(out: Path) -> None:
     mh = {r["MHSPID"] or r["MHTERM"]: r for r in _rows(out, "MH")}
     assert set(mh) == {"PROB-1", "Antiphospholipid syndrome", "Penicillin", "Rituximab"}, \
-        "on-study conditions are AEs"
+        "on-study conditions are AEs; a social determinant (US Core sdoh category) is no history"
     assert (mh["Rituximab"]["MHCAT"], mh["Rituximab"]["MHSCAT"]) == ("MEDICATION", "BIOLOGIC")
     assert mh["Penicillin"]["MHSCAT"] == "" and mh["PROB-1"]["MHSCAT"] == "", "one category: no subcategory"
     c = mh["PROB-1"]

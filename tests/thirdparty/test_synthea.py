@@ -27,12 +27,21 @@ SEED, PATIENTS, REFERENCE_DATE = 42, 3, "20240101"
 CONSENT, INFUSION = "2022-07-01", "2022-08-15T10:30:00+00:00"
 DAY1 = dt.date(2022, 8, 15)
 SUBJECT_SYSTEM = "https://fhir-adapter.org/fhir/sid/lcar-aio-subject"
-OVERLAY = """\
+#: what Synthea charts as diagnoses (category encounter-diagnosis) that is no medical history: social circumstances
+#: and an administrative reminder (SNOMED CT, as Synthea codes them)
+SOCIAL = {"314529007": "Medication review due", "224299000": "Received higher education",
+          "160903007": "Full-time employment", "160904001": "Part-time employment", "741062008": "Not in labor force",
+          "446654005": "Refugee", "706893006": "Victim of intimate partner abuse", "266948004": "Has a criminal record",
+          "424393004": "Reports of violence in the environment", "423315002": "Limited social contact",
+          "422650009": "Social isolation"}
+OVERLAY = f"""\
 # Synthea's codes for items the study maps under other LOINC codes
 site: synthea
 items:
-  creatinine: {codes: ["loinc|38483-4"]}
-  temperature: {codes: ["loinc|8331-1"]}
+  creatinine: {{codes: ["loinc|38483-4"]}}
+  temperature: {{codes: ["loinc|8331-1"]}}
+# Synthea's social findings: not medical history, never exported
+history_excluded_codes: [{", ".join(f'"snomed|{c}"' for c in SOCIAL)}]
 """
 
 
@@ -125,6 +134,19 @@ def test_what_is_quarantined_and_why(synthea_run: SyntheaRun) -> None:
     assert counts["observations.duplicates"] == 297
     assert counts["unmapped.http://loinc.org|8302-2"] == 198          # body height: not a CRF item
     assert counts["ignored.Encounter"] == counts["ignored.Claim"] == 544
+
+
+def test_social_findings_charted_as_diagnoses_are_not_medical_history(synthea_run: SyntheaRun) -> None:
+    """The site overlay's history_excluded_codes keep Synthea's social findings (employment, refugee status,
+    intimate partner abuse…) out of MH and the exports; its disorders stay."""
+    out, _, log, _ = synthea_run
+    with (out / "export" / "MH.csv").open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    terms = {r["MHTERM"] for r in rows}
+    assert not {t for t in terms for s in SOCIAL.values() if t.startswith(s)}, terms
+    mh = [m for c in _crfs(out).values() for m in c["mh"]]
+    assert not {m["code"] for m in mh} & {f"http://snomed.info/sct|{c}" for c in SOCIAL}
+    assert log.counts["mh.not-used.excluded"] > 0 and any("(disorder)" in t for t in terms)
 
 
 def test_a_subject_without_a_site_is_said(synthea_run: SyntheaRun) -> None:
