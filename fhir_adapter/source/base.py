@@ -203,13 +203,21 @@ def shared_references(resources: list[Resource]) -> set[tuple[str, str]]:
     return found
 
 
-def managing_organization_ids(patients: Iterable[Resource], base: str | None) -> set[str]:
-    """The ids of the Organizations the ``patients`` name as ``managingOrganization`` (the source's own references
-    only, :func:`ref_id`): the roster reads them for SITEID."""
+def managing_organization_ids(data: RosterInput, *, every: bool = True) -> set[str]:
+    """The ids of the Organizations the Patients of ``data`` name as ``managingOrganization`` (the source's own
+    references only, :func:`ref_id`): the roster reads them for SITEID. ``every`` False: only those of Patients
+    that no ResearchSubject enrolled in a site-level ResearchStudy names (SITEID is that study's identifier)."""
+    patients: Iterable[Resource] = data.patients.values()
+    if not every:
+        in_site_studies = {str(s.get("id")) for s in data.studies if s.get("partOf")}
+        covered = {ref_id((rs.get("individual") or {}).get("reference"), "Patient", data.base)
+                   for rs in data.subjects
+                   if ref_id((rs.get("study") or {}).get("reference"), "ResearchStudy", data.base) in in_site_studies}
+        patients = [p for pid, p in data.patients.items() if pid not in covered]
     found = set()
     for p in patients:
         org = p.get("managingOrganization")
-        if isinstance(org, dict) and (oid := ref_id(org.get("reference"), "Organization", base)):
+        if isinstance(org, dict) and (oid := ref_id(org.get("reference"), "Organization", data.base)):
             found.add(oid)
     return found
 

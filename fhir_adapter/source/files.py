@@ -389,7 +389,7 @@ class FileSource:
                         roster.patients[res["id"]] = res
         # once every subject is known (a Bundle may hold a Patient before its ResearchSubject); not followed
         say_links(self.log, linked, named, roster.base, self._links_said)
-        wanted = managing_organization_ids(roster.patients.values(), roster.base)
+        wanted = managing_organization_ids(roster)  # every Patient's: a local read costs next to nothing
         if wanted:
             roster.organizations = self._organizations(wanted, in_bundles)
         return roster

@@ -18,7 +18,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.roster.enrollees import build_roster
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.source.server.source import ServerSource
-from fhir_adapter.study.load import load_study
+from fhir_adapter.study.load import Study, load_study
 from fhir_adapter.testing.feed_loader import load_feed
 from fhir_adapter.testing.fhir_server import ServerHandle
 from tests.feedkit import Feed
@@ -89,15 +89,17 @@ def test_the_server_gives_the_organizations_identifier(loaded: str) -> None:
         source.close()
 
 
-def test_a_server_that_refuses_organizations_is_said_once_and_siteid_is_the_id(tmp_path: Path) -> None:
-    feed = _feed()
-    by_type = feed.resources
+def _mock_roster(feed: Feed, study: Study, *, refuse: bool = False) -> tuple[dict[str, str | None], RunLog, list[str]]:
+    """The subjects' SITEID from a server answering with ``feed`` (refusing Organization reads with 403), the
+    run log and the resource types the roster asked for."""
+    by_type, asked = feed.resources, []
 
     def handler(request: httpx.Request) -> httpx.Response:
         rtype = request.url.path.rstrip("/").split("/")[-1]
+        asked.append(rtype)
         if rtype == "metadata":
             return httpx.Response(200, json={"resourceType": "CapabilityStatement", "status": "active"})
-        if rtype == "Organization":
+        if rtype == "Organization" and refuse:
             return httpx.Response(403, json={"resourceType": "OperationOutcome", "issue": [
                 {"severity": "error", "code": "forbidden", "diagnostics": "no access to Organization"}]})
         entries = [{"resource": r, "search": {"mode": "match"}} for r in by_type.get(rtype, [])]
@@ -105,7 +107,6 @@ def test_a_server_that_refuses_organizations_is_said_once_and_siteid_is_the_id(t
             entries += [{"resource": p, "search": {"mode": "include"}} for p in by_type["Patient"]]
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": entries})
 
-    study = load_study(ROOT / "mappings" / "lcar-aio")
     log = RunLog()
     source = ServerSource(FhirClient("https://ehr.example.org/fhir", transport=httpx.MockTransport(handler)),
                           study, log)
@@ -113,6 +114,29 @@ def test_a_server_that_refuses_organizations_is_said_once_and_siteid_is_the_id(t
         roster = build_roster(source.roster(), study, log)
     finally:
         source.close()
-    assert {e.subject_id: e.site for e in roster.enrolled.values()} == {**EXPECTED, "103-001": "org-103"}
+    return {e.subject_id: e.site for e in roster.enrolled.values()}, log, asked
+
+
+def test_a_server_that_refuses_organizations_is_said_once_and_siteid_is_the_id() -> None:
+    sites, log, _ = _mock_roster(_feed(), load_study(ROOT / "mappings" / "lcar-aio"), refuse=True)
+    assert sites == {**EXPECTED, "103-001": "org-103"}
     [said] = [w for w in log.warnings if w.get("rule") == "roster-organization"]
     assert "(403)" in said["message"] and "Organization" in said["fix"]
+
+
+def test_subjects_of_site_studies_need_no_organization_read_unless_the_site_says_so(tmp_path: Path) -> None:
+    """SITEID of a subject enrolled in a site-level ResearchStudy is that study's identifier: the server is not
+    asked for Organizations (no request, no warning from a server that refuses them), unless the site overlay
+    says ``siteid: organization``."""
+    feed = _feed()
+    feed.add({"resourceType": "ResearchStudy", "id": "site-103", "status": "active",
+              "identifier": [{"value": "SITE-103"}], "partOf": [{"reference": "ResearchStudy/study"}]})
+    for rs in feed.resources["ResearchSubject"]:
+        rs["study"] = {"reference": "ResearchStudy/site-103"}
+    sites, log, asked = _mock_roster(feed, load_study(ROOT / "mappings" / "lcar-aio"), refuse=True)
+    assert "Organization" not in asked and not log.warnings
+    assert sites == {"103-001": "org-103", "103-002": "103B", "103-003": "org-gone"}, "not read: the ids"
+    overlay = tmp_path / "site.yaml"
+    overlay.write_text("site: ward-3\nsiteid: organization\n", encoding="utf-8")
+    sites, log, asked = _mock_roster(feed, load_study(ROOT / "mappings" / "lcar-aio", overlay))
+    assert sites == EXPECTED and asked.count("Organization") == 1 and not log.warnings

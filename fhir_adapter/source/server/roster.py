@@ -45,7 +45,7 @@ async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
     study_refs = ",".join(f"ResearchStudy/{s['id']}" for s in out.studies if "id" in s)
     out.studies.extend(others)
     if not study_refs:
-        await _site_organizations(client, out, base, log)
+        await _site_organizations(client, out, study, log)
         return out
     async for res in client.search(
         "ResearchSubject", {"study": study_refs, "_include": "ResearchSubject:individual"}, label=LABEL
@@ -58,15 +58,17 @@ async def read_roster(client: FhirClient, study: Study, log: RunLog, base: str,
     # a subject's Patient linked to another (merged or duplicate in the EHR): said, not followed — this read
     # holds only the Patients a ResearchSubject or the roster CSV names
     say_links(log, [out.patients[p] for p in sorted(out.patients)], set(out.patients), base, set())
-    await _site_organizations(client, out, base, log)
+    await _site_organizations(client, out, study, log)
     return out
 
 
-async def _site_organizations(client: FhirClient, out: RosterInput, base: str, log: RunLog) -> None:
+async def _site_organizations(client: FhirClient, out: RosterInput, study: Study, log: RunLog) -> None:
     """The Organizations the Patients name as managing organisation (``Organization?_id=a,b,...``: SITEID is the
-    Organization's identifier). A server that refuses the search (4xx) is said once; SITEID is then the
-    Organization's id, as the reference gives it."""
-    wanted = sorted(managing_organization_ids(out.patients.values(), base))
+    Organization's identifier) — only those SITEID may come from: with the site overlay's ``siteid:
+    organization`` every Patient's, else those of subjects enrolled in no site-level ResearchStudy. A server
+    that refuses the search (4xx) is said once; SITEID is then the Organization's id, as the reference gives
+    it."""
+    wanted = sorted(managing_organization_ids(out, every=study.siteid_rule == "organization"))
     try:
         for i in range(0, len(wanted), PATIENTS_PER_SEARCH):
             async for res in client.search("Organization", {"_id": ",".join(wanted[i:i + PATIENTS_PER_SEARCH])},
