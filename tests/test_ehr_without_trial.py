@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,6 +216,44 @@ def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Pa
     report = json.loads((out / "run-report.json").read_text())
     assert report["summary"]["subjects_failed"] == [] and report["subject_failures"] == []
     assert any(w["rule"] == "roster-csv" and w["subject_id"] == skipped for w in report["warnings"])
+
+
+@pytest.mark.parametrize("bare", [False, True], ids=["system|value", "bare value"])
+def test_a_roster_identifier_two_patients_hold_enrols_neither(no_trial_feed: tuple[Path, Path, dict[str, str]],
+                                                              tmp_path: Path, bare: bool) -> None:
+    """A second Patient holding a row's identifier (a decoy placed first, or an MRN reused under another system
+    when the row gives a bare value) never becomes the subject: the row is skipped naming both Patients, so no
+    result of the subject can go to the wrong chart."""
+    feed, roster, given = no_trial_feed
+    copy = tmp_path / "feed"
+    shutil.copytree(feed, copy)
+    rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
+    system, _, value = rows[0]["patient_identifier"].rpartition("|")
+    real = next(json.loads(x) for x in (copy / "Patient.ndjson").read_text().splitlines()
+                if value in x and json.loads(x)["identifier"][0]["value"] == value)
+    decoy = {"resourceType": "Patient", "id": "decoy", "gender": "female", "birthDate": "1950-01-01",
+             "identifier": [{"system": "https://other.example.org/mrn" if bare else system, "value": value}]}
+    (copy / "Patient.ndjson").write_text(json.dumps(decoy) + "\n" + (copy / "Patient.ndjson").read_text())
+    if bare:
+        rows[0]["patient_identifier"] = value
+    csv_path = tmp_path / "roster.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    out = tmp_path / "out"
+    res = CliRunner().invoke(main, ["run", "--source", str(copy), "--out", str(out), "--roster-csv", str(csv_path),
+                                    "--site", given["site"]])
+    assert res.exit_code == 2, res.output
+    report = json.loads((out / "run-report.json").read_text())
+    sid = rows[0]["subject_id"]
+    assert report["summary"]["subjects_failed"] == [sid]
+    [failure] = report["subject_failures"]
+    both = ", ".join(f"Patient/{p}" for p in sorted(["decoy", real["id"]]))
+    assert f"names 2 Patients ({both})" in failure["error"], failure["error"]
+    assert ("write the identifier as system|value" in failure["error"]) is bare
+    assert not (out / "crf" / f"{sid}.json").exists()
+    assert not any("Patient/decoy" in p.read_text() for p in (out / "writeback").glob("*.json"))
 
 
 def test_a_roster_row_is_named_by_its_line_and_its_status_read_in_any_case(

@@ -58,13 +58,12 @@ def owned_identifier(study: Study, subject_id: str) -> str:
     return result_identifier(study.info.id, subject_id, "subject", "research-subject")
 
 
-def _find_patient(patients: dict[str, dict[str, Any]], ident: str) -> str | None:
+def _find_patients(patients: dict[str, dict[str, Any]], ident: str) -> list[str]:
+    """The ids of every Patient holding ``ident`` (``system|value``, or a bare value: any system), sorted."""
     system, _, value = ident.rpartition("|")
-    for pid, p in patients.items():
-        for i in p.get("identifier") or []:
-            if i.get("value") == value and (not system or i.get("system") == system):
-                return pid
-    return None
+    return sorted(pid for pid, p in patients.items()
+                  if any(isinstance(i, dict) and i.get("value") == value and (not system or i.get("system") == system)
+                         for i in p.get("identifier") or []))
 
 
 class _Lines:
@@ -205,9 +204,17 @@ def _row_problem(row: dict[str, str], data: RosterInput, study_id: str | None,
     if row_status(row) not in R4_STATUSES:
         return (f"status {(row.get('status') or '').strip()!r} is not an R4 ResearchSubject status; write one of "
                 f"{', '.join(R4_STATUSES)} (the row is skipped until it is)"), None
-    pid = _find_patient(data.patients, (row.get("patient_identifier") or "").strip())
-    if pid is None:
+    ident = (row.get("patient_identifier") or "").strip()
+    found = _find_patients(data.patients, ident)
+    if not found:
         return "no Patient with identifier " + row.get("patient_identifier", ""), None
+    if len(found) > 1:  # never the first of several: the subject's results would go to whichever came first
+        fix = "merge the duplicate Patients in the EHR" if "|" in ident \
+            else "write the identifier as system|value (the MRN's system), or merge the duplicate Patients in the EHR"
+        named = ", ".join(f"Patient/{p}" for p in found)
+        return (f"patient_identifier {ident!r} names {len(found)} Patients ({named}); the row is skipped until it "
+                f"names one: {fix}"), None
+    pid = found[0]
     if study_id is None:
         return "ResearchStudy not found", None
     return None, pid
