@@ -187,7 +187,13 @@ def open_client(base_url: str, config: ServerConfig, env: Mapping[str, str]) -> 
     URL are :class:`ServerConfigError` (the message names the variables, never their secret values)."""
     from fhir_adapter.fhir.auth import auth_from_env  # the HTTP stack, imported by live runs only
     from fhir_adapter.fhir.client import FhirClient
+    from fhir_adapter.fhir.urls import normalise_base_url, redact_url
 
+    try:
+        normalise_base_url(base_url)
+    except ValueError as exc:
+        raise ServerConfigError(f"--source {redact_url(base_url)}: {exc} — give the server's base URL, e.g. "
+                                "https://ehr.example.org/fhir/R4") from None
     try:
         auth = auth_from_env(env, fhir_base_url=base_url)
     except ValueError as exc:
@@ -196,7 +202,7 @@ def open_client(base_url: str, config: ServerConfig, env: Mapping[str, str]) -> 
     try:
         return FhirClient(base_url, auth=auth, settings=config.client)
     except ValueError as exc:
-        raise ServerConfigError(f"--source {base_url}: {exc} — give the server's base URL, e.g. "
+        raise ServerConfigError(f"--source {redact_url(base_url)}: {exc} — give the server's base URL, e.g. "
                                 "https://ehr.example.org/fhir/R4") from None
 
 

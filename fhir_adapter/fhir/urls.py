@@ -25,10 +25,15 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def normalise_base_url(base_url: str | httpx.URL) -> httpx.URL:
-    """Return the FHIR base as an absolute http(s) URL without query, fragment or trailing slash."""
+    """Return the FHIR base as an absolute http(s) URL without query, fragment, user info or trailing slash."""
     url = httpx.URL(str(base_url))
     if url.scheme not in ("http", "https") or not url.host:
         raise ValueError(f"FHIR base URL must be an absolute http(s) URL, got {redact_url(url)!r}")
+    if url.userinfo:  # httpx would send it as Basic auth, to any host, and it would stay in shell history
+        raise ValueError(f"FHIR base URL {redact_url(url)!r} carries a user name or password (user:…@): credentials "
+                         "are never taken from a URL or an argument; remove them and give the server's credentials "
+                         "in the environment (FHIR_ADAPTER_BEARER_TOKEN_FILE, FHIR_ADAPTER_OAUTH_*: "
+                         "docs/integrator-guide.md)")
     if url.query or url.fragment:
         raise ValueError(f"FHIR base URL must not carry a query or fragment: {redact_url(url)!r}")
     return url.copy_with(path=url.path.rstrip("/") or "/")

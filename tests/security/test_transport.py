@@ -3,7 +3,10 @@ loudly named setting, and only for a server on this machine."""
 
 from __future__ import annotations
 
+import http.server
 import logging
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +79,63 @@ def test_cli_refuses_verify_false_in_the_config(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--source", "https://ehr.example.org/fhir", "--out", str(tmp_path / "o"),
                                        "--config", str(config)])
     assert result.exit_code == 1 and "insecure_skip_tls_verify" in result.output
+
+
+@pytest.mark.parametrize("url", ["http://alice:S3cretPW@127.0.0.1:9/fhir", "https://alice:S3cretPW@ehr.example.org/fhir"])
+def test_a_password_in_the_source_url_is_refused_and_never_shown(url: str, tmp_path: Path) -> None:
+    """httpx would send a URL's user:password as Basic auth (to any host, over plain http too), and it would
+    stay in the run report: credentials are never taken from a URL."""
+    with pytest.raises(ValueError, match="user name or password"):
+        FhirClient(url)
+    result = CliRunner().invoke(main, ["run", "--source", url, "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "carries a user name or password" in result.output
+    assert "S3cretPW" not in result.output and not (tmp_path / "o").exists()
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    """Answers every GET with a CapabilityStatement and counts it (with its Authorization header)."""
+    seen: list[str | None]
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        body = b'{"resourceType": "CapabilityStatement", "status": "active"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/fhir+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[int, list[str | None]]]:
+    seen: list[str | None] = []
+    server = http.server.HTTPServer(("127.0.0.1", 0), type("H", (_Counting,), {"seen": seen}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_port, seen
+    server.shutdown()
+    server.server_close()
+
+
+async def test_a_server_on_this_machine_is_reached_directly_never_through_a_proxy(
+        listener: tuple[int, list[str | None]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The plain-http exception for this machine holds only if the request stays on it: a proxy the environment
+    names (HTTP_PROXY on a hospital workstation, a tunnel to the EHR on localhost) must not receive the token."""
+    server_port, at_server = listener
+    proxy_seen: list[str | None] = []
+    proxy = http.server.HTTPServer(("127.0.0.1", 0), type("P", (_Counting,), {"seen": proxy_seen}))
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(var, f"http://127.0.0.1:{proxy.server_port}")
+        for var in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(var, raising=False)
+        for host in ("localhost", "127.0.0.1"):
+            async with FhirClient(f"http://{host}:{server_port}/fhir", auth=BearerToken("tok-1")) as client:
+                await client.capabilities()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert proxy_seen == [] and at_server == ["Bearer tok-1", "Bearer tok-1"]

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 from fhir_adapter.fhir import FhirAuthError, FhirClient, FhirError
 from fhir_adapter.fhir.errors import FhirServerUnavailable
 from fhir_adapter.fhir.server_clock import ClockOffset, clock_warnings
+from fhir_adapter.fhir.urls import redact_url
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import Resource, RosterInput
 from fhir_adapter.source.server.batch import batch_search
@@ -56,7 +57,7 @@ class ServerSource:
         self.since = since
         self.read_mode = read_mode
         self.plan = SearchPlan(study, observation_code_param)
-        self.description = f"server:{client.base_url}"
+        self.description = f"server:{redact_url(client.base_url)}"
         self._loop = loop or asyncio.new_event_loop()
         self._labels: dict[str, str] = {}
         self.unchanged: set[str] = set()
