@@ -11,6 +11,7 @@ Day 1 = the date of the completed infusion Procedure (docs/clinical-rules.md#day
 from __future__ import annotations
 
 import datetime as dt
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,13 @@ def _claimant(c: _Claim) -> str:
     return f"the roster CSV row of subject {c.subject_id}" if is_owned(c.rs) else f"ResearchSubject/{c.rid}"
 
 
+def _look_alike(subject_id: str) -> str:
+    """What a subject ID is to a reader: without surrounding blanks, in one Unicode form (NFC). Two subject IDs
+    alike in this are one subject ID claimed twice. (IDs that differ in letter case only are two subjects whose
+    file names clash on some disks: the second one fails naming both, job/outpaths.py.)"""
+    return unicodedata.normalize("NFC", subject_id).strip()
+
+
 def _ambiguous(claims: list[_Claim], data: RosterInput) -> dict[str, tuple[str, str, bool]]:
     """ResearchSubject id -> (rule, reason, whether a roster CSV row is among the claimants) for every claim the
     roster cannot attribute to one person: a subject ID claimed by several ResearchSubjects, a Patient enrolled
@@ -163,15 +171,19 @@ def _ambiguous(claims: list[_Claim], data: RosterInput) -> dict[str, tuple[str, 
     by_sid: dict[str, list[_Claim]] = {}
     by_pid: dict[str, list[_Claim]] = {}
     for c in claims:
-        by_sid.setdefault(c.subject_id, []).append(c)
+        by_sid.setdefault(_look_alike(c.subject_id), []).append(c)
         by_pid.setdefault(c.patient_id, []).append(c)
     out: dict[str, tuple[str, str, bool]] = {}
-    for sid, group in by_sid.items():
+    for group in by_sid.values():
         if len(group) > 1:
             named = ", ".join(f"{_claimant(c)} (Patient/{c.patient_id})" for c in group)
             csv = any(is_owned(c.rs) for c in group)
+            ids = sorted({c.subject_id for c in group})
+            what = f"subject ID {ids[0]} is" if len(ids) == 1 else \
+                (f"subject IDs {', '.join(repr(i) for i in ids)}, which differ only in Unicode form or surrounding "
+                 "blanks (one subject ID to a reader and to a data manager's tools), are")
             for c in group:
-                out[c.rid] = ("duplicate-subject-id", f"subject ID {sid} is claimed by {named}", csv)
+                out[c.rid] = ("duplicate-subject-id", f"{what} claimed by {named}", csv)
     for pid, group in by_pid.items():
         if len(group) > 1:
             named = ", ".join(f"{_claimant(c)} (subject {c.subject_id})" for c in group)

@@ -63,6 +63,24 @@ def test_a_second_research_subject_cannot_take_a_subject_id(tmp_path: Path, stud
     assert summary.exit_code == 2
 
 
+@pytest.mark.parametrize("look_alike", ["103-001 ", "103-Jos\u0065\u0301"], ids=["blank", "nfd"])
+def test_subject_ids_a_reader_cannot_tell_apart_are_one_id_claimed_twice(tmp_path: Path, study: Study,
+                                                                          look_alike: str) -> None:
+    """A trailing blank (SAS ignores it when it compares USUBJIDs) or another Unicode form of the same letters
+    (NFD: e + combining acute) is the same subject ID to a reader: both claimants are refused, naming both IDs,
+    never two subjects exported as one. (Letter case only: tests/security/test_output_paths.py.)"""
+    first = "103-Jos\u00e9" if look_alike.startswith("103-Jos") else "103-001"
+    f = Feed()
+    f.subject("real", first, name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.subject("twin", look_alike, name="Twin Subject", mrn="MRN-3", birth="1982-01-01", day1=DAY1)
+    f.subject("other", "103-002", name="Other Subject", mrn="MRN-2", birth="1981-01-01", day1=DAY1)
+    summary, report = _run(tmp_path, f, study)
+    assert set(_crf_ids(tmp_path / "out")) == {"103-002"} and summary.exit_code == 2
+    refused = [q for q in report["quarantine"] if q["rule"] == "duplicate-subject-id"]
+    assert {q["id"] for q in refused} == {"rs-real", "rs-twin"}
+    assert all(repr(first) in q["reason"] and repr(look_alike) in q["reason"] for q in refused), refused
+
+
 def test_one_patient_enrolled_twice_is_refused(tmp_path: Path, study: Study) -> None:
     f = Feed()
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
