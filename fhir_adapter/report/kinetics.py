@@ -25,7 +25,9 @@ class Profile:
     unit: str
     points: list[tuple[float, float, bool]]  # (study day, value, below LLOQ)
     cmax: float | None
-    tmax: float | None
+    #: the study day of the sample Cmax was measured in (the first with Cmax's value: Tmax is the first time
+    #: when tied), where ★ and the Tmax line go — Tmax itself is days after the infusion, not a study day
+    cmax_day: float | None
 
 
 def _item_for(crf: JsonDict, cmax_unit: str | None) -> str | None:
@@ -39,10 +41,12 @@ def _item_for(crf: JsonDict, cmax_unit: str | None) -> str | None:
     return next((i for i in PC_ITEMS if i in present), None)
 
 
-def profiles(data: ReportData) -> tuple[list[Profile], int]:
-    """Each subject's profile, and the number of non-positive values left off the log scale."""
+def profiles(data: ReportData) -> tuple[list[Profile], int, list[str]]:
+    """Each subject's profile, the number of non-positive values left off the log scale, and the subjects whose
+    results have no study day (no Day 1) and so no profile."""
     out: list[Profile] = []
     dropped = 0
+    undated: list[str] = []
     results = {str(s.get("subject_id")): s for s in data.subjects}
     for sid in data.subject_ids():
         crf = data.crf(sid)
@@ -55,10 +59,12 @@ def profiles(data: ReportData) -> tuple[list[Profile], int]:
             continue
         pts: list[tuple[float, float, bool]] = []
         unit = ""
+        no_day = False
         for f in as_list(crf.get("findings")):
             if f.get("item") != item:
                 continue
             day, value = num(f.get("study_day")), num(f.get("value"))
+            no_day = no_day or (day is None and value is not None)
             if day is None or value is None:
                 continue
             if value <= 0:
@@ -67,10 +73,14 @@ def profiles(data: ReportData) -> tuple[list[Profile], int]:
             unit = str(f.get("unit") or unit)
             pts.append((day, value, f.get("comparator") in ("<", "<=")))
         if not pts:
+            if no_day:
+                undated.append(sid)
             continue
         pts.sort()
-        out.append(Profile(sid, arm_of(res or crf), item, unit, pts, num(kin.get("cmax")), num(kin.get("tmax_day"))))
-    return out, dropped
+        cmax = num(kin.get("cmax"))
+        cmax_day = next((x for x, y, blq in pts if not blq and y == cmax), None)
+        out.append(Profile(sid, arm_of(res or crf), item, unit, pts, cmax, cmax_day))
+    return out, dropped, undated
 
 
 def _draw(ax: Axes, p: Profile, color: str, small: bool) -> None:
@@ -81,11 +91,11 @@ def _draw(ax: Axes, p: Profile, color: str, small: bool) -> None:
     if blq:
         ax.scatter([x for x, _ in blq], [y for _, y in blq], s=10, facecolors="white", edgecolors=color,
                    linewidths=0.7, zorder=2)
-    if p.cmax is not None and p.cmax > 0 and p.tmax is not None:
-        ax.scatter([p.tmax], [p.cmax], marker="*", s=60 if small else 40, color=color, edgecolors="#111111",
+    if p.cmax is not None and p.cmax > 0 and p.cmax_day is not None:
+        ax.scatter([p.cmax_day], [p.cmax], marker="*", s=60 if small else 40, color=color, edgecolors="#111111",
                    linewidths=0.5, zorder=3)
         if small:
-            ax.axvline(p.tmax, color=color, linestyle=":", linewidth=0.8)
+            ax.axvline(p.cmax_day, color=color, linestyle=":", linewidth=0.8)
 
 
 def _symlog_days(ax: Axes, small: bool) -> None:
@@ -146,10 +156,14 @@ def kinetics_section(data: ReportData) -> Section:
     sec = Section("kinetics", "CAR-T cellular kinetics",
                   "CAR transgene copies per µg DNA (or CAR-positive T cells per µL when the results' Cmax "
                   "is in that unit) from the CRF PC findings, against study day (axis linear to day 28, "
-                  "logarithmic after). The value axis is logarithmic. ★ = Cmax at Tmax as derived in "
-                  "results/study.json (kinetics); open circles = below the lower limit of quantification "
-                  "(plotted at the reported limit).")
-    profs, dropped = profiles(data)
+                  "logarithmic after). The value axis is logarithmic. ★ = Cmax as derived in results/study.json "
+                  "(kinetics), on the sample it was measured in (Tmax, in the tables, is the time after the "
+                  "infusion in days; the axis is the study day, Day 1 the infusion's); open circles = below the "
+                  "lower limit of quantification (plotted at the reported limit).")
+    profs, dropped, undated = profiles(data)
+    if undated:
+        sec.note(f"Not plotted, their results having no study day (no Day 1: no infusion record): "
+                 f"{', '.join(undated)}.")
     if not profs:
         sec.no_data("no CAR transgene / CAR-positive cell result (PC findings) in the CRFs")
         return sec
@@ -170,9 +184,9 @@ def kinetics_section(data: ReportData) -> Section:
         axes[0, 0].set_ylabel(ylabel)
         fig.tight_layout()
         sec.blocks.append(FigureBlock(to_svg(fig, "CAR-T kinetics by dose level"),
-                                      "Kinetics by dose level (log scale), ★ Cmax at Tmax"))
+                                      "Kinetics by dose level (log scale), ★ Cmax"))
     for svg, which in _per_subject(profs, arms):
-        sec.blocks.append(FigureBlock(svg, "Kinetics per subject (log scale); dotted line = Tmax"
+        sec.blocks.append(FigureBlock(svg, "Kinetics per subject (log scale); ★ and dotted line = the Cmax sample"
                                       + (f" — {which}" if which else "")))
     if dropped:
         sec.note(f"{dropped} result(s) of zero or below were left off the logarithmic axis.")
@@ -202,9 +216,11 @@ def kinetics_section(data: ReportData) -> Section:
         _, _, _, amed, _, _ = describe(auc)
         by_arm.append([arm, str(n), f"{fmt(cmed, 1)} ({fmt(clo, 1)}–{fmt(chi, 1)})",
                        f"{fmt(tmed, 0)} ({fmt(tlo, 0)}–{fmt(thi, 0)})", fmt(amed, 0)])
-    sec.blocks.append(TableBlock(["Dose level", "n with Cmax", "Cmax median (range)", "Tmax day median (range)",
+    sec.blocks.append(TableBlock(["Dose level", "n with Cmax", "Cmax median (range)",
+                                  "Tmax (days after infusion) median (range)",
                                   "AUC0–28 median"], by_arm, "Kinetic parameters by dose level"))
-    sec.blocks.append(TableBlock(["Subject", "Arm", "Cmax", "Unit", "Tmax (day)", "Clast", "Tlast (day)",
-                                  "AUC0–28", "Persistence (day)"], kin_rows,
+    sec.blocks.append(TableBlock(["Subject", "Arm", "Cmax", "Unit", "Tmax (days after infusion)", "Clast",
+                                  "Tlast (days after infusion)", "AUC0–28", "Persistence (days after infusion)"],
+                                 kin_rows,
                                  "Kinetic parameters per subject (results/study.json kinetics)"))
     return sec

@@ -102,8 +102,9 @@ def subject_row(i: int) -> dict[str, Any]:
         # as derive/dlt.py writes them: the rule and the source AE, no study day (the report looks it up)
         "dlt_events": [{"term": "ICANS", "rule": "icans-grade-3-over-72h",
                         "source": "AdverseEvent/adverseevent-5-3/_history/1"}] if i == 5 else [],
-        "kinetics": {"cmax": peak, "cmax_unit": "{copies}/ug{DNA}", "tmax_day": 11, "clast": _kinetic(i, 169),
-                     "tlast_day": 169, "auc0_28": round(peak * 20), "persistence_day": 169},
+        # times after the infusion (Day 1 00:00: the samples are dated only): the sample of study day 11 is 10.0 days
+        "kinetics": {"cmax": peak, "cmax_unit": "{copies}/ug{DNA}", "tmax_day": 10, "clast": _kinetic(i, 169),
+                     "tlast_day": 168, "auc0_28": round(peak * 20), "persistence_day": 168},
         "baselines": baselines(i),
     }
 

@@ -103,11 +103,50 @@ def test_kinetics_marks_cmax_and_tables_by_dose_level(built: dict[str, Section])
     sec = built["kinetics"]
     per_subject = _table(sec.blocks, "Kinetic parameters per subject")
     first = per_subject.rows[0]
-    assert first[:5] == ["LCAR-101", "DL1", "10,000", "{copies}/ug{DNA}", "11"]
+    assert first[:5] == ["LCAR-101", "DL1", "10,000", "{copies}/ug{DNA}", "10"]
     svg = next(b.svg for b in sec.blocks if isinstance(b, FigureBlock))
     assert "symlog" not in svg and "<svg" in svg
     by_arm = _table(sec.blocks, "Kinetic parameters by dose level")
     assert [r[0] for r in by_arm.rows] == ["DL1", "DL2", "DL3", "EXP"]
+
+
+def test_the_cmax_star_sits_on_the_sample_it_was_measured_in(tmp_path: Path) -> None:
+    """Tmax is days after the infusion (11.0 in the fixture), the axis the study day (Day 1 = the infusion's day):
+    ★ and the Tmax line go on the peak sample's study day, never at x = Tmax (a day early)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from fhir_adapter.report import kinetics
+
+    data = load(fixture.write(tmp_path / "out"))
+    profs, _, _ = kinetics.profiles(data)
+    assert profs
+    for p in profs:
+        peak = max(y for _, y, blq in p.points if not blq)
+        assert p.cmax == peak and p.cmax_day == next(x for x, y, blq in p.points if y == peak and not blq)
+        fig, ax = plt.subplots()
+        try:
+            kinetics._draw(ax, p, "#000000", small=True)
+            assert np.asarray(ax.collections[-1].get_offsets()).tolist() == [[p.cmax_day, peak]]
+            dotted = [np.asarray(line.get_xdata()).tolist() for line in ax.lines[1:]]
+            assert dotted == [[p.cmax_day, p.cmax_day]]
+        finally:
+            plt.close(fig)
+    tmax = {str(s["subject_id"]): s["kinetics"]["tmax_day"] for s in data.subjects}
+    assert any(p.cmax_day != tmax[p.subject_id] for p in profs), "the fixture tells study day from Tmax"
+
+
+def test_a_subject_without_day1_is_named_not_silently_left_off_the_kinetics(tmp_path: Path) -> None:
+    out = fixture.write(tmp_path / "out")
+    path = next((out / "crf").glob("*.json"))
+    crf = json.loads(path.read_text(encoding="utf-8"))
+    for f in crf["findings"]:
+        f["study_day"] = None  # no Day 1: no study day
+    path.write_text(json.dumps(crf), encoding="utf-8")
+    from fhir_adapter.report.kinetics import kinetics_section
+
+    notes = [b.text for b in kinetics_section(load(out)).blocks if isinstance(b, NoteBlock)]
+    assert any(crf["subject_id"] in n and "no Day 1" in n for n in notes), notes
 
 
 def test_swimmer_lists_crs_icans_and_dlt(built: dict[str, Section]) -> None:
@@ -317,8 +356,8 @@ def test_a_large_cohort_gets_its_per_subject_kinetics_in_several_figures(
     data = load(fixture.write(tmp_path / "out"))
     whole = [b for b in kinetics_section(data).blocks
              if isinstance(b, FigureBlock) and b.caption.startswith("Kinetics per subject")]
-    assert [b.caption for b in whole] == ["Kinetics per subject (log scale); dotted line = Tmax"]
-    profs, _ = kinetics.profiles(data)
+    assert [b.caption for b in whole] == ["Kinetics per subject (log scale); ★ and dotted line = the Cmax sample"]
+    profs, _, _ = kinetics.profiles(data)
     assert len(profs) > 2
     monkeypatch.setattr(kinetics, "FIGURE_PANELS", 2)
     parts = [b for b in kinetics_section(data).blocks
