@@ -11,7 +11,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 
 from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, fmt
-from fhir_adapter.report.data import JsonDict, ReportData, arm_of, as_list, num
+from fhir_adapter.report.data import JsonDict, ReportData, arm_of, as_dict, as_list, num
 from fhir_adapter.report.plotting import arm_color, figure, to_svg
 from fhir_adapter.report.summary import last_study_day
 
@@ -20,6 +20,8 @@ ICANS_COLOR = "#9467bd"
 DLT_COLOR = "#d62728"
 LLDAS_COLOR = "#2ca02c"
 ZOOM_DAYS = 35
+#: AE outcomes of an event not over (HL7 adverse-event-outcome; NCIt: not recovered, recovering — ct.yaml OUT)
+ONGOING_OUTCOMES = frozenset({"ongoing", "recovering", "C49494", "C49496"})
 
 
 @dataclass
@@ -28,12 +30,15 @@ class Lane:
     arm: str
     last_day: float
     ld_day: float | None = None
-    crs: list[tuple[float, float, int | None]] = field(default_factory=list)  # start, end, grade
-    icans: list[tuple[float, float, int | None]] = field(default_factory=list)
+    #: start, end (None: no end date — ongoing, or its end not recorded), grade, the AE's outcome
+    crs: list[tuple[float, float | None, int | None, str | None]] = field(default_factory=list)
+    icans: list[tuple[float, float | None, int | None, str | None]] = field(default_factory=list)
     dlt_days: list[float] = field(default_factory=list)
     dlt_undated: bool = False
     dlt_not_evaluable: bool = False  # results/study.json ``dlt`` null: neither a DLT nor none (not evaluable)
     lldas_days: list[float] = field(default_factory=list)
+    #: a subject who left the study (carried forward): its status and end of participation, as DM has them
+    left: str | None = None
 
 
 def _study_day(day1: dt.date, d: dt.date) -> int:
@@ -41,15 +46,23 @@ def _study_day(day1: dt.date, d: dt.date) -> int:
     return delta + 1 if delta >= 0 else delta
 
 
-def _episodes(crf: JsonDict | None, flag: str) -> list[tuple[float, float, int | None]]:
+def _episodes(crf: JsonDict | None, flag: str) -> list[tuple[float, float | None, int | None, str | None]]:
     out = []
     for ae in as_list(crf.get("ae") if crf else None):
         start = num(ae.get("study_day"))
         if ae.get(flag) is True and start is not None:
             end = num(ae.get("end_study_day"))
             grade = num(ae.get("grade"))
-            out.append((start, end if end is not None and end >= start else start, int(grade) if grade else None))
+            outcome = ae.get("outcome") if isinstance(ae.get("outcome"), str) else None
+            out.append((start, end if end is not None and end >= start else None, int(grade) if grade else None,
+                        outcome))
     return out
+
+
+def _episode_text(start: float, end: float | None, grade: int | None, outcome: str | None) -> str:
+    """``d4–8 G3``; with no end date ``d3–ongoing G2`` (outcome ongoing) or ``d3–end not recorded G2``."""
+    until = fmt(end, 0) if end is not None else "ongoing" if outcome in ONGOING_OUTCOMES else "end not recorded"
+    return f"d{fmt(start, 0)}–{until} G{grade or '?'}"
 
 
 def _strip_history(reference: str) -> str:
@@ -70,6 +83,9 @@ def _ae_days_by_source(crf: JsonDict | None) -> dict[str, float]:
 
 def lanes(data: ReportData) -> list[Lane]:
     out = []
+    summary = (data.run_report or {}).get("summary")
+    carried = summary.get("subjects_carried_forward") if isinstance(summary, dict) else None
+    left = {str(x) for x in carried} if isinstance(carried, list) else set()
     for s in data.subjects:
         if not s.get("day1"):
             continue
@@ -85,13 +101,23 @@ def lanes(data: ReportData) -> list[Lane]:
                 lane.ld_day = None
         lane.crs = _episodes(crf, "crs")
         lane.icans = _episodes(crf, "icans")
+        if sid in left and crf is not None:
+            dm = as_dict(crf.get("dm"))
+            end = dm.get("end_of_participation")
+            lane.left = f"{dm.get('status') or 'left'}{f' ({end})' if end else ''}"
         ae_days = _ae_days_by_source(crf)
+        events: set[str] = set()  # one event that meets two DLT rules is one DLT
         for ev in s.get("dlt_events") or []:
             day = None
             if isinstance(ev, dict):
+                source = ev.get("source")
+                if isinstance(source, str):
+                    if _strip_history(source) in events:
+                        continue
+                    events.add(_strip_history(source))
                 day = num(ev.get("study_day"))
-                if day is None and isinstance(ev.get("source"), str):
-                    day = ae_days.get(_strip_history(ev["source"]))
+                if day is None and isinstance(source, str):
+                    day = ae_days.get(_strip_history(source))
             if day is not None:
                 lane.dlt_days.append(day)
         lane.dlt_undated = s.get("dlt") is True and not lane.dlt_days
@@ -119,8 +145,10 @@ def _draw(ax: Axes, lns: list[Lane], arms: list[str], scale: float, zoom: bool) 
     ax.scatter([1 / scale] * len(lns), list(ys), marker=">", s=22, color="#111111", zorder=4)
     for episodes, color_e, dy in (([ln.crs for ln in lns], CRS_COLOR, 0.18),
                                   ([ln.icans for ln in lns], ICANS_COLOR, -0.18)):
-        segments = [[(start / scale, y + dy), ((stop + 0.6) / scale, y + dy)]
-                    for y, eps in zip(ys, episodes, strict=True) for start, stop, _grade in eps]
+        # an episode without an end date runs to the end of the lane (ongoing at the last follow-up, or its
+        # end not recorded: the table says which)
+        segments = [[(start / scale, y + dy), (((stop if stop is not None else ln.last_day) + 0.6) / scale, y + dy)]
+                    for y, eps, ln in zip(ys, episodes, lns, strict=True) for start, stop, _grade, _out in eps]
         if segments:
             ax.add_collection(LineCollection(segments, colors=color_e, linewidths=3, capstyle="butt", zorder=3))
     dlt = [(d / scale, y) for y, ln in zip(ys, lns, strict=True) for d in ln.dlt_days]
@@ -141,7 +169,8 @@ def swimmer_section(data: ReportData) -> Section:
     sec = Section("swimmer", "Follow-up per subject (swimmer plot)",
                   "One lane per infused subject, grouped by dose level: bar from Day 1 (▶ infusion) to the "
                   "latest study day with data; grey line = lymphodepletion before Day 1; orange = CRS and "
-                  "purple = ICANS episodes (onset to resolution, CRF AE domain); red ✕ = DLT (results "
+                  "purple = ICANS episodes (onset to resolution, CRF AE domain; one without an end date runs to the "
+                  "end of the lane, the table saying ongoing or end not recorded); red ✕ = DLT (results "
                   "dlt_events); green ◆ = visits in LLDAS. Left: the first five weeks in days; right: the "
                   "whole follow-up in weeks.")
     lns = lanes(data)
@@ -158,7 +187,8 @@ def swimmer_section(data: ReportData) -> Section:
         ax_all.set_xlim(-2, max(ln.last_day for ln in lns) / 7 + 8)
         ax_all.set_xlabel("study week")
         ax_zoom.set_yticks(range(len(lns)))
-        ax_zoom.set_yticklabels([f"{ln.subject_id} {ln.arm}" for ln in lns], fontsize=7)
+        ax_zoom.set_yticklabels([f"{ln.subject_id} {ln.arm}{' (left)' if ln.left else ''}" for ln in lns],
+                                fontsize=7)
         ax_zoom.set_ylim(-0.7, len(lns) - 0.3)
         for ax in (ax_zoom, ax_all):
             ax.grid(True, axis="x")
@@ -177,11 +207,11 @@ def swimmer_section(data: ReportData) -> Section:
     for ln in sorted(lns, key=lambda x: x.subject_id):
         first_lldas = min(ln.lldas_days) if ln.lldas_days else None
         rows.append([ln.subject_id, ln.arm, fmt(ln.last_day, 0),
-                     ", ".join(f"d{fmt(a, 0)}–{fmt(b, 0)} G{g or '?'}" for a, b, g in ln.crs) or "–",
-                     ", ".join(f"d{fmt(a, 0)}–{fmt(b, 0)} G{g or '?'}" for a, b, g in ln.icans) or "–",
+                     ", ".join(_episode_text(*e) for e in ln.crs) or "–",
+                     ", ".join(_episode_text(*e) for e in ln.icans) or "–",
                      ", ".join(f"d{fmt(d, 0)}" for d in ln.dlt_days)
                      or ("yes (no day)" if ln.dlt_undated else "not evaluable" if ln.dlt_not_evaluable else "–"),
-                     fmt(first_lldas, 0)])
-    sec.blocks.append(TableBlock(["Subject", "Arm", "Last study day", "CRS", "ICANS", "DLT", "First LLDAS day"],
-                                 rows, "Events per subject, as plotted"))
+                     fmt(first_lldas, 0), ln.left or "–"])
+    sec.blocks.append(TableBlock(["Subject", "Arm", "Last study day", "CRS", "ICANS", "DLT", "First LLDAS day",
+                                  "Left the study"], rows, "Events per subject, as plotted"))
     return sec

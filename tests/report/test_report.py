@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +15,7 @@ from fhir_adapter.report import ReportError, build_report
 from fhir_adapter.report.assemble import SECTIONS, sections
 from fhir_adapter.report.blocks import FigureBlock, NoteBlock, Section, TableBlock
 from fhir_adapter.report.data import load
+from fhir_adapter.report.swimmer import swimmer_section
 from tests.report import report_fixture as fixture
 
 SECTION_IDS = ["summary", "disease-activity", "lldas", "kinetics", "swimmer", "safety", "labs", "baselines",
@@ -154,6 +156,38 @@ def test_swimmer_lists_crs_icans_and_dlt(built: dict[str, Section]) -> None:
     rows = {r[0]: r for r in _table(sec.blocks, "Events per subject").rows}
     assert rows["LCAR-106"][3:6] == ["d4–8 G3", "d7–10 G3", "d7"]
     assert rows["LCAR-101"][5] == "–"
+
+
+def test_swimmer_says_an_open_episode_a_subject_who_left_and_one_dlt_per_event(tmp_path: Path) -> None:
+    """A CRS with no end date is not drawn or listed as resolved on its onset day: the table says ongoing (or
+    end not recorded) and the bar runs to the end of the lane; a subject who left is named as such; one event
+    that meets two DLT rules is one DLT."""
+    from fhir_adapter.report.swimmer import lanes
+
+    out = fixture.write(tmp_path / "out")
+    first = json.loads((out / "crf" / "LCAR-101.json").read_text(encoding="utf-8"))
+    crs = next(a for a in first["ae"] if a["crs"])
+    crs.update(end_study_day=None, outcome="ongoing")
+    (out / "crf" / "LCAR-101.json").write_text(json.dumps(first), encoding="utf-8")
+    second = json.loads((out / "crf" / "LCAR-102.json").read_text(encoding="utf-8"))
+    next(a for a in second["ae"] if a["crs"]).update(end_study_day=None, outcome=None)
+    (out / "crf" / "LCAR-102.json").write_text(json.dumps(second), encoding="utf-8")
+
+    def twice(study: dict[str, Any]) -> None:
+        s = next(x for x in study["subjects"] if x["dlt_events"])
+        s["dlt_events"].append({**s["dlt_events"][0], "rule": "another-rule"})
+    _edit_study(out, twice)
+    data = load(out)
+    rows = {r[0]: r for r in _table(swimmer_section(data).blocks, "Events per subject").rows}
+    assert rows["LCAR-101"][3] == f"d{crs['study_day']}–ongoing G{crs['grade']}"
+    assert rows["LCAR-102"][3].startswith("d") and "–end not recorded G" in rows["LCAR-102"][3]
+    lane = next(ln for ln in lanes(data) if ln.subject_id == "LCAR-101")
+    assert lane.crs[0][1] is None and lane.last_day > crs["study_day"]
+    dlt = next(r for r in rows.values() if r[5].startswith("d"))
+    assert "," not in dlt[5], dlt
+    left = [r for r in rows.values() if r[7] != "–"]
+    carried = json.loads((out / "run-report.json").read_text())["summary"]["subjects_carried_forward"]
+    assert [r[0] for r in left] == carried and first["subject_id"] not in carried
 
 
 def test_teae_by_term_counts_subjects_once_at_worst_grade(built: dict[str, Section]) -> None:
