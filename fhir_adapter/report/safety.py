@@ -4,6 +4,7 @@ TEAEs by term and maximum grade from the CRF AE domain."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fhir_adapter.report.blocks import Section, TableBlock, fmt, pct
@@ -12,8 +13,19 @@ from fhir_adapter.report.data import ReportData, arm_of, as_dict, as_list, num
 SUBJECT_KEYS = ("teae_count", "serious_teae_count", "max_teae_grade", "crs_max_grade", "icans_max_grade", "dlt")
 
 
+def _infused(s: dict[str, Any]) -> bool:
+    """A subject with Day 1: only an infused subject can have a treatment-emergent event (the denominator of
+    every TEAE rate, as results/study.json teae_summary counts them)."""
+    return bool(s.get("day1"))
+
+
+def _present(key: str) -> Any:
+    """A CRS or ICANS the subject had, whatever its grade (one with no grade recorded is one too)."""
+    return lambda s: as_dict(s.get(key)).get("present") is True or (num(s.get(f"{key}_max_grade")) or 0) >= 1
+
+
 def _overview(data: ReportData, arms: list[str]) -> TableBlock | None:
-    subjects = [s for s in data.subjects if any(k in s for k in SUBJECT_KEYS)]
+    subjects = [s for s in data.subjects if any(k in s for k in SUBJECT_KEYS) and _infused(s)]
     if not subjects:
         return None
     cols = [*arms, "Total"]
@@ -38,9 +50,9 @@ def _overview(data: ReportData, arms: list[str]) -> TableBlock | None:
         row("Any TEAE", lambda s: (num(s.get("teae_count")) or 0) > 0),
         row("Serious TEAE", lambda s: (num(s.get("serious_teae_count")) or 0) > 0),
         row("TEAE grade ≥ 3", grade_at_least("max_teae_grade", 3)),
-        row("CRS, any grade", grade_at_least("crs_max_grade", 1)),
+        row("CRS, any grade", _present("crs")),
         row("CRS grade ≥ 3", grade_at_least("crs_max_grade", 3)),
-        row("ICANS, any grade", grade_at_least("icans_max_grade", 1)),
+        row("ICANS, any grade", _present("icans")),
         row("ICANS grade ≥ 3", grade_at_least("icans_max_grade", 3)),
         ["DLT-evaluable subjects (N)",
          *[str(sum(1 for s in subjects if (c == "Total" or arm_of(s) == c) and dlt_evaluable(s))) for c in cols]],
@@ -49,8 +61,10 @@ def _overview(data: ReportData, arms: list[str]) -> TableBlock | None:
     for g in range(1, 6):
         rows.append(row(f"Maximum TEAE grade = {g}", lambda s, g=g: num(s.get("max_teae_grade")) == g))
     return TableBlock(["Subjects with …", *cols], rows,
-                      "Subjects with TEAEs by dose level, n (%) of N (results/study.json per-subject counts); DLTs "
-                      "of the subjects evaluable for DLT (a subject not evaluable counts neither way)")
+                      "Subjects with TEAEs by dose level, n (%) of N infused subjects (Day 1 known; "
+                      "results/study.json per-subject counts); CRS/ICANS of any grade include one whose grade is "
+                      "not recorded; DLTs of the subjects evaluable for DLT (a subject not evaluable counts "
+                      "neither way)")
 
 
 def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]:
@@ -75,7 +89,8 @@ def _by_term(data: ReportData, arms: list[str]) -> tuple[TableBlock | None, int]
     if not worst:
         return None, unflagged
     # N: the subjects whose TEAEs are counted (a CRF without results is only in the note below)
-    n_arm = {a: sum(1 for sid, s in arm_by_subject.items() if s == a and "teaes" in rows_by_id.get(sid, {}))
+    n_arm = {a: sum(1 for sid, s in arm_by_subject.items()
+                    if s == a and "teaes" in rows_by_id.get(sid, {}) and _infused(rows_by_id[sid]))
              for a in arms}
     rows = []
     for term in sorted(worst, key=lambda t: (-len(worst[t]), t)):
@@ -103,21 +118,47 @@ def _set_apart(data: ReportData) -> TableBlock | None:
     rows = []
     for s in data.subjects:
         sid, arm = str(s.get("subject_id")), arm_of(s)
+        spids = _ae_spids(data.crf(sid))
         for key, what in (("onset_unknown_aes", "onset date unknown: counted as a TEAE"),
                           ("pre_infusion_aes", "before the infusion: not a TEAE")):
             for ae in as_list(s.get(key)):
                 grade = num(ae.get("grade"))
+                source = ae.get("source")
                 rows.append([sid, arm, what, f"{ae.get('term') or '(no term)'}"
                              + (f", grade {fmt(grade, 0)}" if grade is not None else ", grade not recorded"),
-                             str(ae.get("source") or "–")])
+                             spids.get(_without_version(source), "–") if isinstance(source, str) else "–"])
         reasons = s.get("dlt_not_evaluable")
         for reason in reasons if isinstance(reasons, list) else []:
-            rows.append([sid, arm, "not evaluable for DLT", str(reason), "–"])
+            rows.append([sid, arm, "not evaluable for DLT", _without_references(str(reason), spids), "–"])
     if not rows:
         return None
-    return TableBlock(["Subject", "Arm", "What", "Event / reason", "Source"], rows,
+    return TableBlock(["Subject", "Arm", "What", "Event / reason", "AE (CRF AESPID)"], rows,
                       "Adverse events outside the TEAE counts or counted without an onset date, and subjects not "
                       "evaluable for DLT (results/study.json onset_unknown_aes, pre_infusion_aes, dlt_not_evaluable)")
+
+
+#: an EHR reference to an adverse event, as the derivations cite one (``AdverseEvent/<id>/_history/<version>``)
+_AE_REFERENCE = re.compile(r"AdverseEvent/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
+
+
+def _without_version(reference: str) -> str:
+    return reference.split("/_history/")[0]
+
+
+def _ae_spids(crf: dict[str, Any] | None) -> dict[str, str]:
+    """``AdverseEvent/<id>`` -> the CRF AE's sponsor id (AESPID), else its term: what the report shows in place
+    of an EHR identifier (docs/report.md: the report shows none)."""
+    out: dict[str, str] = {}
+    for ae in as_list((crf or {}).get("ae")):
+        src = as_dict(ae.get("source"))
+        if src.get("id"):
+            out[f"{src.get('resource_type')}/{src.get('id')}"] = str(ae.get("spid") or ae.get("term") or "–")
+    return out
+
+
+def _without_references(text: str, spids: dict[str, str]) -> str:
+    """``text`` with each EHR adverse-event reference replaced by the AE's AESPID (else "an adverse event")."""
+    return _AE_REFERENCE.sub(lambda m: spids.get(_without_version(m.group(0)), "an adverse event"), text)
 
 
 def _teae_summary(data: ReportData, arms: list[str]) -> list[TableBlock]:

@@ -215,33 +215,62 @@ def test_dlt_rates_are_of_the_evaluable_and_what_no_count_shows_is_listed(tmp_pa
     """A subject not evaluable for DLT (``dlt`` null) counts neither way: the DLT rate is of the evaluable
     subjects, as the dose-level table's; the swimmer table says "not evaluable", not "–" (no DLT); AEs before
     Day 1, AEs without an onset date (counted as TEAEs) and the reasons a subject is not evaluable for DLT are
-    listed (docs/clinical-rules.md: the report lists them)."""
+    listed (docs/clinical-rules.md: the report lists them) — by the CRF AE's AESPID, never the EHR's reference
+    (docs/report.md: the report shows no EHR identifiers)."""
     out = fixture.write(tmp_path / "out")
+    crf_path = out / "crf" / f"{fixture.subject_id(0)}.json"
+    crf = json.loads(crf_path.read_text(encoding="utf-8"))
+    crf["ae"][0]["spid"] = "101-AE007"
+    crf_path.write_text(json.dumps(crf), encoding="utf-8")
+    in_crf = f"AdverseEvent/{crf['ae'][0]['source']['id']}/_history/1"
     pre = {"term": "Nausea", "grade": 2, "source": "AdverseEvent/pre-1/_history/1", "teae_case": "pre-infusion"}
-    unknown_onset = {"term": "Rash", "grade": None, "source": "AdverseEvent/rash-1/_history/1"}
+    unknown_onset = {"term": "Rash", "grade": None, "source": in_crf}
 
     def edit(study: dict[str, object]) -> None:
         rows = study["subjects"]
         assert isinstance(rows, list)
         rows[4].update(dlt=None, dlt_not_evaluable=["DLT window not completed: last data on study day 5"])
-        rows[0].update(pre_infusion_aes=[pre], onset_unknown_aes=[unknown_onset])
+        rows[0].update(pre_infusion_aes=[pre], onset_unknown_aes=[unknown_onset],
+                       dlt_not_evaluable=[f"{in_crf}: grade 3 CRS resolution not recorded"])
 
     _edit_study(out, edit)
     built = {s.id: s for s in sections(load(out))}
     overview = {r[0]: r for r in _table(built["safety"].blocks, "Subjects with TEAEs by dose level").rows}
     assert overview["Subjects (N)"][1:] == ["2", "2", "2", "2", "8"]
-    assert overview["DLT-evaluable subjects (N)"][1:] == ["2", "2", "1", "2", "7"]
+    assert overview["DLT-evaluable subjects (N)"][1:] == ["2", "2", "1", "2", "7"]  # (row 0: still evaluable)
     assert overview["DLT, n (%) of the DLT-evaluable"][1:] == ["0 (0%)", "0 (0%)", "1 (100%)", "0 (0%)", "1 (14%)"]
     swimmer = {r[0]: r for r in _table(built["swimmer"].blocks, "Events per subject").rows}
     assert swimmer[fixture.subject_id(4)][5] == "not evaluable" and swimmer[fixture.subject_id(1)][5] == "–"
     apart = _table(built["safety"].blocks, "Adverse events outside the TEAE counts").rows
     assert apart == [
         [fixture.subject_id(0), "DL1", "onset date unknown: counted as a TEAE", "Rash, grade not recorded",
-         "AdverseEvent/rash-1/_history/1"],
-        [fixture.subject_id(0), "DL1", "before the infusion: not a TEAE", "Nausea, grade 2",
-         "AdverseEvent/pre-1/_history/1"],
+         "101-AE007"],
+        [fixture.subject_id(0), "DL1", "before the infusion: not a TEAE", "Nausea, grade 2", "–"],
+        [fixture.subject_id(0), "DL1", "not evaluable for DLT", "101-AE007: grade 3 CRS resolution not recorded", "–"],
         [fixture.subject_id(4), "DL3", "not evaluable for DLT", "DLT window not completed: last data on study day 5",
          "–"]]
+    assert "AdverseEvent/" not in build_report(out).read_text(encoding="utf-8")
+
+
+def test_teae_rates_are_of_infused_subjects_and_a_crs_without_grade_is_a_crs(tmp_path: Path) -> None:
+    """N of every TEAE rate is the infused subjects (Day 1 known), as teae_summary counts them: a subject never
+    infused cannot have a TEAE and must not lower the rates; a CRS whose grade is not recorded is a CRS of any
+    grade."""
+    out = fixture.write(tmp_path / "out")
+    base = {s.id: s for s in sections(load(out))}
+    before = {r[0]: r for r in _table(base["safety"].blocks, "Subjects with TEAEs by dose level").rows}
+
+    def edit(study: dict[str, Any]) -> None:
+        rows = study["subjects"]
+        rows.append({**rows[0], "subject_id": "LCAR-199", "day1": None, "teae_count": 0, "teaes": []})
+        rows[1].update(crs={"present": True, "max_grade": None}, crs_max_grade=None)
+    _edit_study(out, edit)
+    built = {s.id: s for s in sections(load(out))}
+    overview = {r[0]: r for r in _table(built["safety"].blocks, "Subjects with TEAEs by dose level").rows}
+    assert overview["Subjects (N)"] == before["Subjects (N)"]
+    assert overview["CRS, any grade"] == before["CRS, any grade"]  # the ungraded CRS still counted
+    by_term = _table(built["safety"].blocks, "TEAEs by term")
+    assert by_term.columns == _table(base["safety"].blocks, "TEAEs by term").columns  # N per arm: infused only
 
 
 def test_by_term_counts_an_unknown_worst_grade_and_only_subjects_with_results(tmp_path: Path) -> None:
