@@ -115,6 +115,9 @@ class Job:
 
     kickoff: str
     status_url: str | None = None
+    #: the kick-off the run meant to send before any fallback (a refused _type or _typeFilter dropped, a Group
+    #: unknown): what a resumed run compares with its own before it resumes the job (``asked`` in the state)
+    asked: str | None = None
     manifest: dict[str, Any] | None = None
     progress: list[str] = field(default_factory=list)
     requests: dict[str, int] = field(default_factory=lambda: {"kickoff": 0, "status": 0, "files": 0, "delete": 0})
@@ -503,7 +506,8 @@ def load_job(folder: Path) -> dict[str, Any] | None:
 
 def save_job(folder: Path, job: Job, **extra: Any) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    state = {"kickoff": job.kickoff, "status_url": job.status_url, "manifest": job.manifest, **extra}
+    state = {"kickoff": job.kickoff, "asked": job.asked or job.kickoff, "status_url": job.status_url,
+             "manifest": job.manifest, **extra}
     tmp = folder / f"{STATE_FILE}.tmp"
     with open_new(tmp) as fh:  # never through a link; the rename replaces a link at STATE_FILE, not its target
         fh.write(json.dumps(state, indent=2).encode("utf-8"))

@@ -29,7 +29,9 @@
   once per change, else to the log at info level.
 
 Files are kept under ``OUT/bulk/`` for audit (``bulk.keep_files``) or removed once read; an interrupted run
-resumes the same job and does not download finished files again. The server's answers are untrusted
+resumes the same job and does not download finished files again — when this run asks for the same export (server,
+Group, ``_type``, ``_typeFilter``, ``_since``): another job is cancelled and a new export made
+(docs/integrator-guide.md#bulk-resume). The server's answers are untrusted
 (:meth:`~fhir_adapter.fhir.bulk.BulkExporter.check_url`: the URLs they name cannot take the token over plain http
 or to another host than ``bulk.token_hosts`` allows); a manifest entry whose type is not FHIR R4 is quarantined
 (``unknown-resource-type``), one of a type not asked for is a warning, and neither is downloaded.
@@ -42,9 +44,10 @@ import logging
 import re
 import shutil
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from fhir_adapter.fhir import FhirError
 from fhir_adapter.fhir.bulk import (
@@ -92,6 +95,23 @@ def refused_type(types: Sequence[str], messages: Sequence[str]) -> str | None:
             where[t] = min(found)
     named = sorted(where, key=lambda t: (t == "Patient", where[t]))
     return named[0] if named else None
+
+
+@dataclass(frozen=True)
+class KickoffPlan:
+    types: list[str]
+    group: str | None
+    filters: list[str]
+    #: the first kick-off URL the plan sends
+    asked: str
+
+
+def same_kickoff(a: str, b: str) -> bool:
+    """Two kick-off URLs ask for the same export: the same server, level (Group) and query parameters
+    (``_type``, ``_since``, ``_typeFilter``), whatever their order."""
+    sa, sb = urlsplit(a), urlsplit(b)
+    return (sa.scheme, sa.netloc, sa.path.rstrip("/")) == (sb.scheme, sb.netloc, sb.path.rstrip("/")) and \
+        sorted(parse_qsl(sa.query, keep_blank_values=True)) == sorted(parse_qsl(sb.query, keep_blank_values=True))
 
 
 class BulkSource:
@@ -226,21 +246,42 @@ class BulkSource:
         return filters
 
     async def _export(self) -> None:
+        plan = await self._plan()
         state = load_job(self.folder)
         if state and not state.get("done") and state.get("status_url"):
-            self._notes["resumed"] = True
-            try:
-                await self._complete(Job(kickoff=str(state["kickoff"]), status_url=str(state["status_url"]),
-                                         manifest=state.get("manifest")))
-                return
-            except BulkExportError as exc:
-                if exc.status not in (404, 410):
-                    raise
-                self.log.warn(f"the export job of the interrupted run is gone (HTTP {exc.status}): a new export is "
-                              "made", rule="bulk-export")
+            saved = Job(kickoff=str(state["kickoff"]), status_url=str(state["status_url"]),
+                        manifest=state.get("manifest"), asked=str(state.get("asked") or state["kickoff"]))
+            if same_kickoff(str(saved.asked), plan.asked):
+                self._notes["resumed"] = True
+                try:
+                    await self._complete(saved)
+                    return
+                except BulkExportError as exc:
+                    if exc.status not in (404, 410):
+                        raise
+                    self.log.warn(f"the export job of the interrupted run is gone (HTTP {exc.status}): a new export "
+                                  "is made", rule="bulk-export")
+            else:
+                await self._abandon(saved, plan.asked)
         if self.folder.exists():
             shutil.rmtree(self.folder)  # the files of an earlier, finished run
-        await self._complete(await self._kickoff())
+        await self._complete(await self._kickoff(plan))
+
+    async def _abandon(self, saved: Job, asked: str) -> None:
+        """The interrupted run's job exported something else than this run asks for (another ``_since``, Group,
+        ``_type``, ``_typeFilter`` or server): its files would be read as this run's export (issue: a full run
+        resuming an interrupted ``--since`` job read the changes as the whole EHR). It is cancelled on the server
+        (``DELETE`` of its status URL; a refusal is a warning) and forgotten; this run kicks off its own."""
+        self._notes["abandoned_job"] = saved.status_url
+        self.log.warn(f"the export job of the interrupted run ({saved.status_url}) was kicked off as {saved.asked}, "
+                      f"but this run asks for {asked}: it is not resumed (its files are not this run's export); "
+                      "cancelled on the server and a new export is made", rule="bulk-export")
+        try:
+            warning = await self.exporter.delete(saved)
+        except BulkExportError as exc:  # a status URL the adapter must not send the token to: not cancelled
+            warning = str(exc)
+        if warning:
+            self.log.warn(f"the abandoned export job could not be cancelled: {warning}", rule="bulk-export")
 
     async def _complete(self, job: Job) -> None:
         """Wait for the job (unless its manifest is known), download what is not down yet, delete the job."""
@@ -284,20 +325,32 @@ class BulkSource:
         if entries:
             self.log.count("bulk.files_not_downloaded", len(entries))
 
-    async def _kickoff(self) -> Job:
+    async def _plan(self) -> KickoffPlan:
+        """What this run's export asks for, before any fallback: the types, the Group (else Patient level), the
+        ``_typeFilter`` queries; ``asked`` is the first kick-off URL it would send."""
         types = await self._types()
         group = self._group_id()
         filters = self._type_filters() if self.settings.type_filter else []
+        path = f"Group/{group}/$export" if group else "Patient/$export"
+        asked = self.exporter.kickoff_url(path, self._params(types, filters))
+        return KickoffPlan(types, group, filters, asked)
+
+    def _params(self, types: Sequence[str], filters: Sequence[str]) -> list[tuple[str, str]]:
+        params: list[tuple[str, str]] = [("_type", ",".join(types))]
+        if self.since is not None:
+            params.append(("_since", since_stamp(self.since)))  # to the millisecond, as the REST probe
+        params += [("_typeFilter", f) for f in filters]
+        return params
+
+    async def _kickoff(self, plan: KickoffPlan | None = None) -> Job:
+        plan = plan or await self._plan()
+        types, group, filters = list(plan.types), plan.group, list(plan.filters)
         paths = [f"Group/{group}/$export"] if group else []
         paths.append("Patient/$export")
         last: BulkExportError | None = None
         for path in paths:
             while True:
-                params: list[tuple[str, str]] = [("_type", ",".join(types))]
-                if self.since is not None:
-                    params.append(("_since", since_stamp(self.since)))  # to the millisecond, as the REST probe
-                params += [("_typeFilter", f) for f in filters]
-                job = Job(kickoff=self.exporter.kickoff_url(path, params))
+                job = Job(kickoff=self.exporter.kickoff_url(path, self._params(types, filters)), asked=plan.asked)
                 if filters and len(job.kickoff) > MAX_KICKOFF_URL:
                     filters = []  # a request line most servers refuse: whole types instead
                     self._notes["type_filter_too_long"] = True

@@ -202,6 +202,28 @@ def test_a_resumed_job_that_is_gone_starts_a_new_export(setup: Setup) -> None:
     _same_as_rest(setup, out)
 
 
+def test_an_interrupted_job_of_another_kickoff_is_cancelled_not_resumed(setup: Setup) -> None:
+    """A full run after an interrupted ``--since`` run must not resume that job: its files hold the changes only,
+    read as the whole EHR they would empty every CRF. The job is cancelled (DELETE) and a new export made."""
+    setup.bulk()
+    out = setup.tmp / "mismatch"
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    state_path = out / "bulk" / ".bulk-job.json"
+    full = json.loads(state_path.read_text())["kickoff"]
+    since = f"{full}&_since=2999-01-01T00:00:00.000Z"  # an export of the changes since then: none
+    answer = httpx.get(since, headers={"Prefer": "respond-async", "Accept": "application/fhir+json"}, timeout=10)
+    assert answer.status_code == 202
+    state_path.write_text(json.dumps({"kickoff": since, "asked": since, "manifest": None,
+                                      "status_url": answer.headers["Content-Location"]}))  # as left by Ctrl-C
+    before = setup.bulk()["counters"]
+    cli_run(setup.server.base_url, out, "--bulk", "--config", str(setup.config))
+    after = setup.bulk()["counters"]
+    assert after["kickoffs"] > before["kickoffs"] and after["deletes"] - before["deletes"] == 2
+    warning = next(w["message"] for w in report(out)["warnings"] if "interrupted run" in w["message"])
+    assert "_since" in warning and "not resumed" in warning and "cancelled" in warning
+    _same_as_rest(setup, out)
+
+
 def test_files_removed_when_the_user_says_so(setup: Setup) -> None:
     setup.bulk()
     out = setup.tmp / "removed"
