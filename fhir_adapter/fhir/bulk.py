@@ -26,7 +26,9 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   as the Bulk Data IG asks; a site may name the hosts), and an https server's export is never fetched over
   plain http;
 * downloads: gzip transfer encoding accepted, retries on network failures, ``429`` and ``5xx``; a file is
-  written under a hidden ``.part`` name and renamed when complete, so an interrupted run resumes where it
+  written under a hidden ``.part`` name and renamed when complete — checked first: a gzip file served as is
+  must decompress to its end (:func:`_damaged`), else it is removed and fetched again within
+  ``download_attempts``, then an error naming it (exit 3) — so an interrupted run resumes where it
   stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``); every file
   the client writes in the folder (a ``.part``, ``manifest.json``, the job's state) is opened without following a
   symbolic link (issue 11: a link planted there is replaced, what it points to is not touched), and a link
@@ -41,7 +43,8 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   with :meth:`BulkExporter.check_url`; the token goes only to a hop on the origin (scheme, host, port) of the
   manifest's file URL, and only when ``requiresAccessToken`` is ``true`` — a pre-signed URL elsewhere gets no
   ``Authorization`` header; a redirect loop or too many hops is an error naming the file;
-* ``DELETE`` of the status URL once the files are down (the server may then free them).
+* ``DELETE`` of the status URL once the files are down and checked (the server may then free them): the files
+  kept in the folder are complete, so a run stopped while reading them reads them again without the server.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ import datetime as dt
 import json
 import logging
 import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +84,9 @@ DELETED_TYPE = "Bundle"
 #: redirects a file download follows (a pre-signed blob-store URL is one hop)
 MAX_FILE_REDIRECTS = 5
 REDIRECT_STATUSES = (301, 302, 303, 307, 308)
+#: the first bytes of every gzip stream (RFC 1952)
+GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
 #: the local file name's prefix per manifest list (``output[]`` files: none)
 _LOCAL_PREFIX = {"error": "error.", "deleted": "deleted."}
 _SHOWN_CHARS = 120
@@ -296,9 +303,22 @@ class BulkExporter:
                             size += len(chunk)
                             fh.write(chunk)
                     self.client.stats.add(LABEL, bytes_received=size)
-                    name = f"{stem}.ndjson.gz" if head == b"\x1f\x8b" else f"{stem}.ndjson"  # a gzip'd file as is
-                    part.rename(folder / name)
-                    return name
+                    gzipped = head == GZIP_MAGIC
+                    name = f"{stem}.ndjson.gz" if gzipped else f"{stem}.ndjson"  # a gzip'd file as is
+                    problem = _damaged(part, gzipped)
+                    if problem is None:
+                        part.rename(folder / name)  # complete: never fetched again
+                        return name
+                    part.unlink(missing_ok=True)
+                    if attempt < self.options.download_attempts:
+                        await self._sleep(2.0 ** attempt)
+                        continue
+                    cut = FhirTransportError(f"GET {redact_url(url)}: the body arrived incomplete ({problem})",
+                                             method="GET", url=redact_url(url), kind="dropped")
+                    raise BulkExportError(
+                        f"{url}: the downloaded file {name} {problem} on each of {attempt} attempt(s): the server "
+                        "sent it incomplete; it was not kept: run again later (the download resumes), or report it "
+                        "to the hospital", url=url) from cut
                 await response.aread()
             except httpx.HTTPError as exc:
                 if attempt == self.options.download_attempts:
@@ -461,6 +481,31 @@ class BulkExporter:
                          else "the server failed: run again later")
         return BulkExportError(f"Bulk Data {what}: GET {url} answered HTTP {response.status_code}: {answer}; {hint}",
                                url=url, status=response.status_code, diagnostics=said)
+
+
+def _damaged(path: Path, gzipped: bool) -> str | None:
+    """What is wrong with a downloaded file, or None. A gzip file (served as is) must decompress to the end of its
+    last gzip member (its length and CRC checked): a download cut short would otherwise be kept as finished and
+    never fetched again. Read in chunks: a file of any size is never held whole."""
+    if not gzipped:
+        return None
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                while chunk:
+                    if inflater.eof:  # another gzip member follows (zero bytes between them are padding)
+                        chunk = chunk.lstrip(b"\0")
+                        if not chunk:
+                            break
+                        inflater = zlib.decompressobj(wbits=31)
+                    inflater.decompress(chunk, _CHUNK)
+                    chunk = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+    except zlib.error as exc:
+        return f"is not valid gzip data ({exc})"
+    if not inflater.eof:
+        return "ends before the end of its gzip data (truncated)"
+    return None
 
 
 def _same_origin_text(url: str, origin: httpx.URL) -> bool:

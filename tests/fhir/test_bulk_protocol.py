@@ -172,6 +172,49 @@ async def test_a_gzip_file_served_as_is_is_kept_gzipped(httpx_mock: HTTPXMock, c
     assert gzip.decompress((tmp_path / "001.Observation.ndjson.gz").read_bytes()) == LINE
 
 
+GZ_FILE = f"{BASE}/files/1.ndjson.gz"
+
+
+async def test_a_truncated_gzip_download_is_fetched_again(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep,
+                                                          tmp_path: Path) -> None:
+    """A gzip file served as is and cut short (the connection closed at a clean boundary) is not kept as
+    finished: it would never be fetched again. It is fetched again, within the download attempts."""
+    import gzip
+
+    whole = gzip.compress(LINE * 50)
+    httpx_mock.add_response(url=GZ_FILE, content=whole[: len(whole) // 2])
+    httpx_mock.add_response(url=GZ_FILE, content=whole)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(GZ_FILE))
+    await exporter(clock, sleep).download(job, tmp_path)
+    assert gzip.decompress((tmp_path / "001.Observation.ndjson.gz").read_bytes()) == LINE * 50
+    assert job.requests["files"] == 2 and not list(tmp_path.glob(".*.part"))
+
+
+async def test_a_gzip_download_truncated_on_every_attempt_is_an_error_and_not_kept(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path) -> None:
+    import gzip
+
+    whole = gzip.compress(LINE * 50)
+    for _ in range(2):
+        httpx_mock.add_response(url=GZ_FILE, content=whole[:-5])  # the CRC and length are missing
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(GZ_FILE))
+    with pytest.raises(BulkExportError, match=r"1.ndjson.gz: the downloaded file 001.Observation.ndjson.gz ends "
+                                              r"before the end of its gzip data .*run again later") as err:
+        await exporter(clock, sleep, download_attempts=2).download(job, tmp_path)
+    assert exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE
+    assert not list(tmp_path.iterdir())  # nothing kept: the next run downloads it again
+
+
+async def test_a_gzip_download_of_several_members_is_complete(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                              sleep: FakeSleep, tmp_path: Path) -> None:
+    import gzip
+
+    httpx_mock.add_response(url=GZ_FILE, content=gzip.compress(LINE) + gzip.compress(LINE) + b"\0" * 8)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(GZ_FILE))
+    await exporter(clock, sleep).download(job, tmp_path)
+    assert gzip.decompress((tmp_path / "001.Observation.ndjson.gz").read_bytes()) == LINE * 2
+
+
 async def test_delete_refused_is_a_warning(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
     httpx_mock.add_response(method="DELETE", url=STATUS, status_code=500, json=outcome("cannot delete"))
     warning = await exporter(clock, sleep).delete(Job(kickoff=KICKOFF, status_url=STATUS))
