@@ -27,6 +27,22 @@ def at(day1: dt.date, study_day: int, time: str = "09:00:00+00:00") -> str:
     return f"{d.isoformat()}T{time}"
 
 
+def recount_manifest(feed: Path) -> Path:
+    """A synthetic feed edited by a test (lines added or removed) keeps a true ``manifest.json``: each output's
+    ``count`` (the resources in the file, Bulk Data IG v2), which a local folder's reader checks, set to the
+    file's lines again."""
+    path = feed / "manifest.json"
+    if not path.exists():
+        return feed
+    manifest = orjson.loads(path.read_bytes())
+    for entry in manifest["output"]:
+        if "count" in entry:
+            lines = (feed / entry["url"]).read_bytes().splitlines()
+            entry["count"] = sum(1 for line in lines if line.strip())
+    path.write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n")
+    return feed
+
+
 class Feed:
     """Resources grouped by type, written as ``<Type>.ndjson`` (plus raw extra lines)."""
 

@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.feedkit import recount_manifest
+
 SNOMED_INFUSION = "1156961008"
 CLIN = "https://fhir-adapter.org/fhir/CodeSystem/clinical-input"
 
@@ -56,6 +58,7 @@ def build_no_trial_feed(feed: Path) -> tuple[Path, Path, dict[str, str]]:
         kept.append(p)
     _write(feed / "Procedure.ndjson", kept)
     _write(feed / "MedicationAdministration.ndjson", admins)
+    recount_manifest(feed)
     lines = ["subject_id,patient_identifier,consent_date,arm,status,infusion_date"]
     for sid, pid, s in zip(sids, pids, subjects, strict=True):
         ident = patients[pid]["identifier"][0]

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from fhir_adapter.cli.commands import main
+from tests.feedkit import recount_manifest
 from tests.report import report_fixture
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ def quarantining_feed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     first["id"] = "no-date-for-the-cli-test"
     with obs_file.open("a") as fh:
         fh.write(json.dumps(first) + "\n")
-    return feed
+    return recount_manifest(feed)
 
 
 def test_quarantined_input_exits_2_with_a_summary(quarantining_feed: Path, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from fhir_adapter.roster.subject_ids import subject_id
 from fhir_adapter.study.load import load_study
 from fhir_adapter.study.models import SubjectIdentifierRule
 from fhir_adapter.study.yamlfile import MappingError
+from tests.feedkit import recount_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 HOSPITAL = "https://hospital.example.org/trial-id"
@@ -57,6 +58,7 @@ def test_a_source_without_research_subjects_is_a_failed_run(hospital_feed: Path,
     feed = tmp_path / "feed"
     shutil.copytree(hospital_feed, feed)
     (feed / "ResearchSubject.ndjson").write_text("")
+    recount_manifest(feed)
     res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(tmp_path / "out")])
     assert res.exit_code == exit_codes.FAILED, res.output
     err = res.stderr

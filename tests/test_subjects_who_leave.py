@@ -23,7 +23,7 @@ from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
 from fhir_adapter.writeback.sink import WriteResult
 from fhir_adapter.writeback.state import result_id
-from tests.feedkit import Feed, at
+from tests.feedkit import Feed, at, recount_manifest
 
 WITHDRAWN = "101-004"  # a DL3 subject with a DLT in the synthetic feed of 34 subjects (seed 7), Day 1 2024-11-06
 END = "2025-06-30"  # its withdrawal: after its DLT, before its last results and two of its adverse events
@@ -75,6 +75,7 @@ def _leave(feed: Path, to: Path, subjects: dict[str, str], end: str = END) -> No
         path = to / f"{rtype}.ndjson"
         kept = [r for r in _lines(path) if (r.get("subject") or r.get("patient") or {}).get("reference") not in gone]
         _write_lines(path, kept)
+    recount_manifest(to)
 
 
 def test_a_subject_who_withdraws_after_a_dlt_is_carried_forward_and_still_counts(feed: Path, study: Study,
@@ -361,6 +362,7 @@ def test_a_subject_who_left_and_is_linked_to_another_patient_writes_nothing_to_t
     patients = _lines(tmp_path / "feed2" / "Patient.ndjson")
     [first] = [p for p in patients if f"Patient/{p['id']}" == old]
     _write_lines(tmp_path / "feed2" / "Patient.ndjson", [*patients, {**first, "id": "right-1"}])
+    recount_manifest(tmp_path / "feed2")
 
     sink, log = _Recording(), RunLog()
     run(FileSource(tmp_path / "feed2", log), study, out, log, sink=sink)

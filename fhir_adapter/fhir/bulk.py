@@ -27,7 +27,8 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   plain http;
 * downloads: gzip transfer encoding accepted, retries on network failures, ``429`` and ``5xx``; a file is
   written under a hidden ``.part`` name and renamed when complete — checked first: a gzip file served as is
-  must decompress to its end (:func:`_damaged`), else it is removed and fetched again within
+  must decompress to its end, and hold as many lines as the manifest entry's ``count`` when it gives one
+  (:func:`_damaged`), else it is removed and fetched again within
   ``download_attempts``, then an error naming it (exit 3) — so an interrupted run resumes where it
   stopped (finished files are not downloaded again; the job's state is kept in ``.bulk-job.json``); every file
   the client writes in the folder (a ``.part``, ``manifest.json``, the job's state) is opened without following a
@@ -55,7 +56,7 @@ import json
 import logging
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ import httpx
 
 from fhir_adapter.fhir.client import FhirClient, plain_http_elsewhere
 from fhir_adapter.fhir.errors import FhirAuthError, FhirError, FhirServerUnavailable, FhirTransportError
+from fhir_adapter.fhir.ndjson_lines import COUNTS_CHECKED, ndjson_lines
 from fhir_adapter.fhir.r4 import is_r4_type
 from fhir_adapter.fhir.retry import parse_retry_after, transport_failure
 from fhir_adapter.fhir.urls import redact_url, same_origin
@@ -269,13 +271,17 @@ class BulkExporter:
                 fetches.append((key, url, stem, {**entry, "type": rtype, "source_url": entry["url"]}))
         folder.mkdir(parents=True, exist_ok=True)
         for key, url, stem, entry in fetches:
-            name = await self._fetch(job, url, folder, stem, with_auth)
+            count = entry.get("count")
+            name = await self._fetch(job, url, folder, stem, with_auth,
+                                     count if isinstance(count, int) and not isinstance(count, bool) else None)
             local[key].append({**entry, "url": name})
+        local[COUNTS_CHECKED] = True  # the files' lines matched their count when downloaded: not counted again
         with open_new(folder / "manifest.json") as fh:
             fh.write((json.dumps(local, indent=2) + "\n").encode("utf-8"))
         return local
 
-    async def _fetch(self, job: Job, url: str, folder: Path, stem: str, with_auth: bool) -> str:
+    async def _fetch(self, job: Job, url: str, folder: Path, stem: str, with_auth: bool,
+                     count: int | None = None) -> str:
         for done in (f"{stem}.ndjson", f"{stem}.ndjson.gz"):
             if (folder / done).is_file() and not (folder / done).is_symlink():
                 return done  # finished by an earlier, interrupted run (a link there is not: the rename replaces it)
@@ -305,7 +311,7 @@ class BulkExporter:
                     self.client.stats.add(LABEL, bytes_received=size)
                     gzipped = head == GZIP_MAGIC
                     name = f"{stem}.ndjson.gz" if gzipped else f"{stem}.ndjson"  # a gzip'd file as is
-                    problem = _damaged(part, gzipped)
+                    problem = _damaged(part, gzipped, count)
                     if problem is None:
                         part.rename(folder / name)  # complete: never fetched again
                         return name
@@ -483,29 +489,48 @@ class BulkExporter:
                                url=url, status=response.status_code, diagnostics=said)
 
 
-def _damaged(path: Path, gzipped: bool) -> str | None:
+class _Cut(Exception):
+    """A gzip file ends before the end of its gzip data."""
+
+
+def _damaged(path: Path, gzipped: bool, count: int | None = None) -> str | None:
     """What is wrong with a downloaded file, or None. A gzip file (served as is) must decompress to the end of its
     last gzip member (its length and CRC checked): a download cut short would otherwise be kept as finished and
-    never fetched again. Read in chunks: a file of any size is never held whole."""
-    if not gzipped:
-        return None
-    inflater = zlib.decompressobj(wbits=31)
+    never fetched again. With the manifest's ``count`` (Bulk Data IG v2: the resources in the file), the file
+    must hold that many lines: a download cut at a line end is no valid file otherwise. Read in chunks: a file
+    of any size is never held whole."""
     try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(_CHUNK):
-                while chunk:
-                    if inflater.eof:  # another gzip member follows (zero bytes between them are padding)
-                        chunk = chunk.lstrip(b"\0")
-                        if not chunk:
-                            break
-                        inflater = zlib.decompressobj(wbits=31)
-                    inflater.decompress(chunk, _CHUNK)
-                    chunk = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+        lines = ndjson_lines(lambda: _content(path, gzipped), count)
     except zlib.error as exc:
         return f"is not valid gzip data ({exc})"
-    if not inflater.eof:
+    except _Cut:
         return "ends before the end of its gzip data (truncated)"
+    if count is not None and lines != count:
+        return f"holds {lines} line(s) where the manifest's count says {count} (incomplete)"
     return None
+
+
+def _content(path: Path, gzipped: bool) -> Iterator[bytes]:
+    """A downloaded file's bytes, decompressed when ``gzipped`` (every gzip member; zero bytes between them are
+    padding, as Python's gzip reads them), in chunks of at most :data:`_CHUNK` bytes; :class:`_Cut` when the gzip
+    data ends early, ``zlib.error`` when it is damaged."""
+    with open(path, "rb") as fh:
+        if not gzipped:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
+            return
+        inflater = zlib.decompressobj(wbits=31)
+        while chunk := fh.read(_CHUNK):
+            while chunk:
+                if inflater.eof:  # another gzip member follows
+                    chunk = chunk.lstrip(b"\0")
+                    if not chunk:
+                        break
+                    inflater = zlib.decompressobj(wbits=31)
+                yield inflater.decompress(chunk, _CHUNK)
+                chunk = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
+        if not inflater.eof:
+            raise _Cut
 
 
 def _same_origin_text(url: str, origin: httpx.URL) -> bool:

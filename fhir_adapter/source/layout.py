@@ -7,7 +7,8 @@
   its ``deleted[]`` (an export ``_since``) the files of deleted resources, which are not data.
 
 A file the adapter cannot read is an error naming the file (never skipped): an unknown extension next to the
-data files, a manifest entry whose file is missing, a damaged or truncated gzip file. Hidden files (a name
+data files, a manifest entry whose file is missing, a damaged or truncated gzip file, a local folder's file whose
+manifest entry gives a ``count`` (Bulk Data IG v2) other than its lines. Hidden files (a name
 starting with ``.``: partial downloads, the Bulk client's job state) are not data.
 
 Where the files are is a :class:`Folder`: a local folder (:class:`LocalFolder`), or any location another reader
@@ -29,6 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from fhir_adapter.fhir.ndjson_lines import COUNTS_CHECKED, ndjson_lines
 from fhir_adapter.fhir.r4 import is_r4_type
 from fhir_adapter.source.base import SourceError
 
@@ -158,7 +160,9 @@ def discover(where: Path | Folder) -> Layout:
     data: dict[str, DataFile] = {}
     errors: dict[str, DataFile] = {}
     deleted: dict[str, DataFile] = {}
+    counts: dict[str, int] = {}  # a local folder's files whose manifest entry gives the count of resources
     if manifest is not None:
+        counted = isinstance(folder, LocalFolder) and manifest.get(COUNTS_CHECKED) is not True
         listed = set(found)
         for key, target in (("output", data), ("error", errors), ("deleted", deleted)):
             for n, entry in enumerate(manifest.get(key) or [], start=1):
@@ -171,6 +175,9 @@ def discover(where: Path | Folder) -> Layout:
                                       f"{folder.location}; download the export again (or remove the entry)")
                 rtype = entry.get("type") if isinstance(entry.get("type"), str) else None
                 target[listed_name] = _data_file(folder, listed_name, rtype)
+                count = entry.get("count")
+                if isinstance(count, int) and not isinstance(count, bool) and counted:
+                    counts[listed_name] = count
     for name in found:
         if name not in data and name not in errors and name not in deleted:
             data[name] = _data_file(folder, name)
@@ -179,6 +186,8 @@ def discover(where: Path | Folder) -> Layout:
     for f in (*data.values(), *errors.values(), *deleted.values()):
         if f.name.endswith(".gz"):
             _check_gzip(folder, f)
+        if f.name in counts and f.ndjson:
+            _check_count(folder, f, counts[f.name], manifest_path)
     return Layout(data=sorted(data.values(), key=lambda f: f.sort_key),
                   errors=sorted(errors.values(), key=lambda f: f.name), manifest=manifest,
                   deleted=sorted(deleted.values(), key=lambda f: f.name))
@@ -197,6 +206,23 @@ def _check_gzip(folder: Folder, f: DataFile) -> None:
         what = "is empty (0 bytes)" if not head else "does not start with the gzip header"
         raise SourceError(f"{f.path}: {what}, but a .gz file holds gzip data: the file is damaged or truncated: "
                           "export or download it again")
+
+
+def _check_count(folder: Folder, f: DataFile, count: int, manifest_path: str) -> None:
+    """A file the manifest gives the ``count`` of (Bulk Data IG v2: the resources in it) holds that many lines:
+    fewer or more is a file cut short (also at a line end, which reads as valid NDJSON) or not the one listed."""
+    def chunks() -> Iterator[bytes]:
+        with _open(f, folder) as fh:
+            while chunk := fh.read(1 << 20):
+                yield chunk
+
+    try:
+        lines = ndjson_lines(chunks, count)
+    except UNREADABLE as exc:
+        raise unreadable(f, exc) from exc
+    if lines != count:
+        raise SourceError(f"{f.path}: holds {lines} line(s), but its entry in {manifest_path} gives count {count}: "
+                          "the file is incomplete (or not the one listed): export or download it again")
 
 
 def _read_manifest(folder: Folder, path: str) -> dict[str, Any]:

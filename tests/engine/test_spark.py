@@ -30,6 +30,7 @@ from fhir_adapter.roster.enrollees import Enrollee
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
 from fhir_adapter.testing.outtree import differences, out_tree
+from tests.feedkit import recount_manifest
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +157,7 @@ def test_lines_of_a_file_spark_splits_are_numbered_as_the_file_source_numbers_th
     for at in sorted(bad, reverse=True):
         lines.insert(at, bad[at])
     obs.write_bytes(b"".join(lines))
+    recount_manifest(tmp_path / "feed")
     expected = [n for n, line in enumerate(lines, start=1) if line in (malformed, no_id)]
     assert len(expected) == 2
     spark = spark_session("local[2]")

@@ -215,6 +215,34 @@ async def test_a_gzip_download_of_several_members_is_complete(httpx_mock: HTTPXM
     assert gzip.decompress((tmp_path / "001.Observation.ndjson.gz").read_bytes()) == LINE * 2
 
 
+def counted(url: str, count: int) -> dict[str, Any]:
+    return manifest(url, output=[{"type": "Observation", "url": url, "count": count}])
+
+
+async def test_a_download_cut_at_a_line_end_is_fetched_again(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                             sleep: FakeSleep, tmp_path: Path) -> None:
+    """A file cut at a line end is valid NDJSON: the manifest's count (IG v2) says it is not all of it."""
+    httpx_mock.add_response(url=FILE, content=LINE * 30)
+    httpx_mock.add_response(url=FILE, content=LINE * 50 + b"\n")  # a blank line is no resource
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=counted(FILE, 50))
+    local = await exporter(clock, sleep).download(job, tmp_path)
+    assert (tmp_path / "001.Observation.ndjson").read_bytes() == LINE * 50 + b"\n" and job.requests["files"] == 2
+    assert local["output"][0]["count"] == 50 and local["counts_checked"] is True
+
+
+async def test_a_download_short_of_its_count_on_every_attempt_is_an_error(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                                          sleep: FakeSleep, tmp_path: Path) -> None:
+    import gzip
+
+    for _ in range(2):
+        httpx_mock.add_response(url=GZ_FILE, content=gzip.compress(LINE * 30))
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=counted(GZ_FILE, 50))
+    with pytest.raises(BulkExportError, match=r"the downloaded file 001.Observation.ndjson.gz holds 30 line\(s\) "
+                                              r"where the manifest's count says 50 \(incomplete\)") as err:
+        await exporter(clock, sleep, download_attempts=2).download(job, tmp_path)
+    assert exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE and not list(tmp_path.iterdir())
+
+
 async def test_delete_refused_is_a_warning(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
     httpx_mock.add_response(method="DELETE", url=STATUS, status_code=500, json=outcome("cannot delete"))
     warning = await exporter(clock, sleep).delete(Job(kickoff=KICKOFF, status_url=STATUS))

@@ -22,6 +22,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import SourceError
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
+from tests.feedkit import recount_manifest
 
 COMPARED = ("crf", "results", "writeback")
 
@@ -85,7 +86,8 @@ def smart_manifest(feed: Path, dst: Path) -> None:
     for n, p in enumerate(sorted(feed.glob("*.ndjson")), start=1):
         name = f"{n}.{p.stem}.ndjson"
         shutil.copy(p, dst / name)
-        manifest["output"].append({"type": p.stem, "url": f"https://bulk.example.org/files/{name}"})
+        manifest["output"].append({"type": p.stem, "url": f"https://bulk.example.org/files/{name}",
+                                   "count": len(_lines(p))})
     (dst / "errors").mkdir()
     outcome = {"resourceType": "OperationOutcome", "id": "e1", "issue": [
         {"severity": "error", "code": "processing", "diagnostics": "Condition export failed: timeout"}]}
@@ -185,6 +187,24 @@ def test_a_manifest_entry_whose_file_is_missing_is_an_error(plain: Path, tmp_pat
     assert result.exit_code == 1 and "Observation.ndjson" in result.output
 
 
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_a_file_with_fewer_lines_than_its_manifest_count_is_an_error(plain: Path, tmp_path: Path,
+                                                                      gzipped: bool) -> None:
+    """A file cut at a line end reads as valid NDJSON: the manifest's count (Bulk Data IG v2) tells it is not all."""
+    smart_manifest(plain / "feed", tmp_path / "feed")
+    path = next(tmp_path.glob("feed/*.Observation.ndjson"))
+    lines = _lines(path)
+    path.write_bytes(b"\n".join(lines[:-3]) + b"\n\n")  # cut at a line end (a blank line is no resource)
+    if gzipped:
+        _gz(path.with_name(path.name + ".gz"), _lines(path))
+        path.unlink()
+    with pytest.raises(SourceError, match=rf"{path.name}(.gz)?: holds {len(lines) - 3} line\(s\), but its entry in "
+                                          rf".*manifest.json gives count {len(lines)}: the file is incomplete"):
+        FileSource(tmp_path / "feed", RunLog()).roster()
+    result = _cli_run(tmp_path / "feed", tmp_path / "out")
+    assert result.exit_code == 1 and path.name in result.output
+
+
 def test_gzip_that_is_not_gzip_is_an_error(plain: Path, tmp_path: Path) -> None:
     shutil.copytree(plain / "feed", tmp_path / "feed")
     (tmp_path / "feed" / "Observation.ndjson").rename(tmp_path / "feed" / "Observation.ndjson.gz")
@@ -215,6 +235,7 @@ def test_a_patient_linked_to_a_subjects_patient_is_said_not_read(plain: Path, tm
         if p["id"] == enrolled:
             p["link"] = [{"other": {"reference": "Patient/merged-away-1"}, "type": "replaces"}]
     patients.write_bytes(b"\n".join(orjson.dumps(p) for p in [*lines, old]) + b"\n")
+    recount_manifest(tmp_path / "feed")
     log = RunLog()
     FileSource(tmp_path / "feed", log).roster()
     said = [w for w in log.warnings if w["rule"] == "patient-link"]
@@ -236,6 +257,7 @@ def test_a_subjects_patient_merged_away_is_said_with_the_patient_to_repoint_it_a
         if p["id"] == enrolled:
             p.update(active=False, link=[{"other": {"reference": "Patient/survivor-1"}, "type": "replaced-by"}])
     patients.write_bytes(b"\n".join(orjson.dumps(p) for p in [survivor, *lines]) + b"\n")
+    recount_manifest(tmp_path / "feed")
     log = RunLog()
     FileSource(tmp_path / "feed", log).roster()
     [said] = [w for w in log.warnings if w["rule"] == "patient-link"]

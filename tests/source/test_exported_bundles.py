@@ -16,6 +16,7 @@ from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import shared_references
 from fhir_adapter.source.files import FileSource
 from fhir_adapter.synth import write_feed
+from tests.feedkit import recount_manifest
 
 COMPARED = ("crf", "results", "writeback")
 BASE = "https://ehr.example.org/fhir"
@@ -112,6 +113,7 @@ def test_standalone_medications_are_resolved_across_the_export(plain: Path, tmp_
     formulary = _resources(feed / "Medication.ndjson")  # the feed's own shared Medications stay
     (feed / "Medication.ndjson").write_bytes(
         b"\n".join(orjson.dumps(m) for m in [*formulary, *medications.values(), unused]) + b"\n")
+    recount_manifest(feed)
     log = RunLog()
     run(FileSource(feed, log), study, tmp_path / "out", log)
     assert not [q for q in log.quarantine if q.rule == "no-medication"]
