@@ -7,7 +7,9 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   OperationOutcome is shown; ``429``/``503`` with ``Retry-After`` are waited out;
 * status: ``202`` (``X-Progress`` reported, ``Retry-After`` as seconds or an HTTP-date, capped at
   ``max_retry_after_seconds``; exponential backoff without it), ``200`` + the manifest (or a redirect to it),
-  ``429`` (polled too often: wait longer), ``5xx`` (transient: retried ``status_attempts`` times), other ``4xx``
+  ``429`` (polled too often: wait longer), ``5xx`` (transient: retried ``status_attempts`` times — but one whose
+  OperationOutcome has issue codes none of which is transient, :data:`TRANSIENT_CODES`, says the job failed:
+  :class:`BulkExportError` with ``job_failed``, not retried), other ``4xx``
   (the job failed, expired or is unknown: the OperationOutcome shown); all within ``poll_limit_seconds``;
 * manifest: ``output[]``, ``error[]`` and ``deleted[]`` file URLs, absolute or relative to the base URL;
   ``link[next]`` pages (v2) followed; ``requiresAccessToken``: the credentials are sent with the downloads only
@@ -99,10 +101,13 @@ class BulkExportError(FhirError):
     """The export could not be made or fetched; the message says what the server answered and what to do."""
 
     def __init__(self, message: str, *, url: str, status: int | None = None,
-                 diagnostics: Sequence[str] = ()) -> None:
+                 diagnostics: Sequence[str] = (), job_failed: bool = False) -> None:
         super().__init__(message, method="GET", url=url)
         self.status = status
         self.diagnostics = list(diagnostics)
+        #: the server said the export job failed (a status error whose issue code is not transient): the job is
+        #: not to be resumed, the next run kicks off a new export
+        self.job_failed = job_failed
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,12 @@ class BulkExporter:
             elif status == 429:
                 delay = self._retry_after(response, interval * 2)
                 interval = min(interval * 2, self.options.max_poll_seconds)
+            elif status >= 500 and (codes := _failed_job_codes(response)):
+                error = self._error("status", url, response)
+                raise BulkExportError(
+                    f"{error}; the issue code ({', '.join(codes)}) is not transient, so the server says the export "
+                    "job failed (Bulk Data IG): it is not resumed, run again to start a new export", url=url,
+                    status=status, diagnostics=error.diagnostics, job_failed=True)
             elif status >= 500 and failures + 1 < self.options.status_attempts:
                 failures += 1
                 delay = self._retry_after(response, interval * 2 ** failures)
@@ -531,6 +542,25 @@ def _content(path: Path, gzipped: bool) -> Iterator[bytes]:
                 chunk = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
         if not inflater.eof:
             raise _Cut
+
+
+#: OperationOutcome issue codes of a status error that does not mean the job failed: ``transient`` (the Bulk Data
+#: IG) and those of its sub-codes that say "try again" (``exception``, an unexpected error, means it failed)
+TRANSIENT_CODES = frozenset({"transient", "lock-error", "no-store", "timeout", "incomplete", "throttled"})
+
+
+def _failed_job_codes(response: httpx.Response) -> list[str]:
+    """The issue codes of a 5xx status answer's OperationOutcome when none is transient (the job failed, IG v2
+    "Response - Error Status"); [] when the answer has no OperationOutcome with codes, or one is transient (the
+    poll is retried)."""
+    try:
+        doc = json.loads(response.content)
+    except (ValueError, httpx.ResponseNotRead):
+        return []
+    if not isinstance(doc, dict) or doc.get("resourceType") != OUTCOME:
+        return []
+    codes = [str(i["code"]) for i in doc.get("issue") or [] if isinstance(i, dict) and isinstance(i.get("code"), str)]
+    return [] if not codes or TRANSIENT_CODES & set(codes) else [shown(c, 40) for c in dict.fromkeys(codes)]
 
 
 def _same_origin_text(url: str, origin: httpx.URL) -> bool:

@@ -52,6 +52,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from fhir_adapter.fhir import FhirError
 from fhir_adapter.fhir.bulk import (
     NOT_R4_TYPE,
+    STATE_FILE,
     BulkExporter,
     BulkExportError,
     BulkOptions,
@@ -284,11 +285,17 @@ class BulkSource:
             self.log.warn(f"the abandoned export job could not be cancelled: {warning}", rule="bulk-export")
 
     async def _complete(self, job: Job) -> None:
-        """Wait for the job (unless its manifest is known), download what is not down yet, delete the job."""
+        """Wait for the job (unless its manifest is known), download what is not down yet, delete the job. A job
+        the server says failed is forgotten (the next run kicks off a new export)."""
         self.job = job
         save_job(self.folder, job)
         if job.manifest is None:
-            await self.exporter.wait(job)
+            try:
+                await self.exporter.wait(job)
+            except BulkExportError as exc:
+                if exc.job_failed:
+                    (self.folder / STATE_FILE).unlink(missing_ok=True)
+                raise
             save_job(self.folder, job)
         assert job.manifest is not None
         local = await self.exporter.download(job, self.folder)

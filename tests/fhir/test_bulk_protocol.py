@@ -81,9 +81,22 @@ async def test_5xx_while_polling_is_retried(httpx_mock: HTTPXMock, clock: FakeCl
 
 async def test_5xx_that_persists_is_an_error(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
     for _ in range(3):
-        httpx_mock.add_response(url=STATUS, status_code=503, json=outcome("export worker crashed"))
+        httpx_mock.add_response(url=STATUS, status_code=503, json=outcome("export worker crashed", code="transient"))
     with pytest.raises(BulkExportError, match=r"HTTP 503: .*export worker crashed; the server failed"):
         await exporter(clock, sleep, status_attempts=3).wait(Job(kickoff=KICKOFF, status_url=STATUS))
+
+
+@pytest.mark.parametrize("code", ["exception", "processing"])
+async def test_a_status_error_that_is_not_transient_is_a_failed_job(httpx_mock: HTTPXMock, clock: FakeClock,
+                                                                     sleep: FakeSleep, code: str) -> None:
+    """The IG: a status error that does not mean the job failed SHOULD carry a transient issue code; another
+    code says the job failed: not polled again (it would fail forever), the job is to be forgotten."""
+    httpx_mock.add_response(url=STATUS, status_code=202)
+    httpx_mock.add_response(url=STATUS, status_code=500, json=outcome("export of Observation failed", code=code))
+    with pytest.raises(BulkExportError, match=rf"HTTP 500: .*export of Observation failed.*issue code \({code}\) "
+                                              r"is not transient.*run again to start a new export") as err:
+        await exporter(clock, sleep).wait(Job(kickoff=KICKOFF, status_url=STATUS))
+    assert err.value.job_failed and len(httpx_mock.get_requests()) == 2
 
 
 async def test_an_expired_job_is_an_error_naming_it(httpx_mock: HTTPXMock, clock: FakeClock,

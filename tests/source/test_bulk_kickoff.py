@@ -11,7 +11,7 @@ import pytest
 from pytest_httpx import HTTPXMock
 
 from fhir_adapter.fhir import FhirClient
-from fhir_adapter.fhir.bulk import BulkExportError
+from fhir_adapter.fhir.bulk import BulkExportError, load_job
 from fhir_adapter.fhir.settings import BulkSettings
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.bulk import BulkSource, refused_type
@@ -87,3 +87,24 @@ def test_refused_type_matches_whole_words_and_prefers_a_type_other_than_patient(
     assert refused_type(types, ["Patients are exported only by Group"]) is None
     assert refused_type(types, ["Patient level export is disabled"]) == "Patient"
     assert refused_type(types, ["too many requests"]) is None
+
+
+def test_an_export_job_the_server_says_failed_is_forgotten(httpx_mock: HTTPXMock, study: Study,
+                                                           tmp_path: Path) -> None:
+    """A status answer 5xx with a non-transient issue code: the job failed; its state is not kept, so the next run
+    kicks off a new export instead of polling the failed job run after run."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(404)
+        if request.url.path.endswith("/$export"):
+            return httpx.Response(202, headers={"Content-Location": STATUS})
+        return httpx.Response(500, json=outcome("the export of Observation failed", code="exception"))
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    source = bulk_source(study, tmp_path, RunLog())
+    try:
+        with pytest.raises(BulkExportError, match="job failed") as err:
+            source.server.run(source._export())
+    finally:
+        source.close()
+    assert err.value.job_failed and load_job(tmp_path / "bulk") is None
