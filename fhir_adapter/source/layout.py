@@ -7,7 +7,8 @@
   its ``deleted[]`` (an export ``_since``) the files of deleted resources, which are not data.
 
 A file the adapter cannot read is an error naming the file (never skipped): an unknown extension next to the
-data files, a manifest entry whose file is missing, a damaged or truncated gzip file, a local folder's file whose
+data files, a manifest entry whose file is missing, a damaged or truncated gzip file, gzip data in a file not
+named ``.gz``, a local folder's file whose
 manifest entry gives a ``count`` (Bulk Data IG v2) other than its lines. Hidden files (a name
 starting with ``.``: partial downloads, the Bulk client's job state) are not data.
 
@@ -186,6 +187,8 @@ def discover(where: Path | Folder) -> Layout:
     for f in (*data.values(), *errors.values(), *deleted.values()):
         if f.name.endswith(".gz"):
             _check_gzip(folder, f)
+        else:
+            _check_not_gzip(folder, f)
         if f.name in counts and f.ndjson:
             _check_count(folder, f, counts[f.name], manifest_path)
     return Layout(data=sorted(data.values(), key=lambda f: f.sort_key),
@@ -206,6 +209,17 @@ def _check_gzip(folder: Folder, f: DataFile) -> None:
         what = "is empty (0 bytes)" if not head else "does not start with the gzip header"
         raise SourceError(f"{f.path}: {what}, but a .gz file holds gzip data: the file is damaged or truncated: "
                           "export or download it again")
+
+
+def _check_not_gzip(folder: Folder, f: DataFile) -> None:
+    """A ``.ndjson``/``.json`` file that holds gzip data (a download saved without its ``.gz``) would be read as
+    text: every line "not valid UTF-8", thousands of quarantine entries instead of one error naming the file."""
+    with folder.open(f.path) as fh:
+        head = fh.read(len(_GZIP_MAGIC))
+    if head == _GZIP_MAGIC:
+        raise SourceError(f"{f.path}: holds gzip data (it starts with the gzip header 1f 8b), but its name does not "
+                          f"end in .gz, so it would be read as text: rename it to {f.name.rsplit('/', 1)[-1]}.gz "
+                          "(or decompress it)")
 
 
 def _check_count(folder: Folder, f: DataFile, count: int, manifest_path: str) -> None:

@@ -205,6 +205,18 @@ def test_a_file_with_fewer_lines_than_its_manifest_count_is_an_error(plain: Path
     assert result.exit_code == 1 and path.name in result.output
 
 
+@pytest.mark.parametrize("name", ["Observation.ndjson", "bundle.json"])
+def test_gzip_data_in_a_file_not_named_gz_is_an_error_naming_the_fix(plain: Path, tmp_path: Path, name: str) -> None:
+    """Not thousands of "not valid UTF-8" quarantine lines: one error naming the file and the name it needs."""
+    shutil.copytree(plain / "feed", tmp_path / "feed")
+    (tmp_path / "feed" / name).write_bytes(gzip.compress((tmp_path / "feed" / "Observation.ndjson").read_bytes()))
+    with pytest.raises(SourceError, match=rf"{name}: holds gzip data .*rename it to {name}.gz"):
+        FileSource(tmp_path / "feed", RunLog()).roster()
+    result = _cli_run(tmp_path / "feed", tmp_path / "out")
+    assert result.exit_code == 1 and f"rename it to {name}.gz" in result.output
+    assert not (tmp_path / "out" / "quarantine").exists()
+
+
 def test_gzip_that_is_not_gzip_is_an_error(plain: Path, tmp_path: Path) -> None:
     shutil.copytree(plain / "feed", tmp_path / "feed")
     (tmp_path / "feed" / "Observation.ndjson").rename(tmp_path / "feed" / "Observation.ndjson.gz")
