@@ -46,6 +46,9 @@ As the IG and the servers hospitals run (SMART's reference server, HAPI FHIR, Ep
   with :meth:`BulkExporter.check_url`; the token goes only to a hop on the origin (scheme, host, port) of the
   manifest's file URL, and only when ``requiresAccessToken`` is ``true`` — a pre-signed URL elsewhere gets no
   ``Authorization`` header; a redirect loop or too many hops is an error naming the file;
+* a file larger than ``max_file_bytes`` (``bulk.max_file_bytes``) once decompressed — written under a gzip
+  ``Content-Encoding``, or a gzip file served as is — stops the download with an error naming the file and the
+  setting (a decompression bomb would fill the disk; ``client.max_response_bytes`` bounds other answers);
 * ``DELETE`` of the status URL once the files are down and checked (the server may then free them): the files
   kept in the folder are complete, so a run stopped while reading them reads them again without the server.
 """
@@ -118,6 +121,8 @@ class BulkOptions:
     max_poll_seconds: float = 60.0
     status_attempts: int = 5
     download_attempts: int = 4
+    #: the largest a file may be once decompressed (``bulk.max_file_bytes``)
+    max_file_bytes: int = 50 * 1024 ** 3
     #: hosts besides the FHIR server's to which the access token may be sent over https when the server names
     #: them (a status URL, files with requiresAccessToken: true); lower case
     token_hosts: frozenset[str] = frozenset({"*"})  # bulk.token_hosts: "*" any https host
@@ -314,15 +319,24 @@ class BulkExporter:
                     size = 0
                     head = b""
                     with open_new(part) as fh:
-                        async for chunk in response.aiter_bytes():
+                        async for chunk in response.aiter_bytes():  # a Content-Encoding decompressed
                             if not head:
                                 head = chunk[:2]
                             size += len(chunk)
+                            if size > self.options.max_file_bytes:
+                                break
                             fh.write(chunk)
+                    if size > self.options.max_file_bytes:
+                        part.unlink(missing_ok=True)
+                        raise self._too_big(url, f"{stem}.ndjson")
                     self.client.stats.add(LABEL, bytes_received=size)
                     gzipped = head == GZIP_MAGIC
                     name = f"{stem}.ndjson.gz" if gzipped else f"{stem}.ndjson"  # a gzip'd file as is
-                    problem = _damaged(part, gzipped, count)
+                    try:
+                        problem = _damaged(part, gzipped, count, self.options.max_file_bytes)
+                    except _TooBig:
+                        part.unlink(missing_ok=True)
+                        raise self._too_big(url, f"{stem}.ndjson.gz") from None
                     if problem is None:
                         part.rename(folder / name)  # complete: never fetched again
                         return name
@@ -360,6 +374,13 @@ class BulkExporter:
                 hint += f" (redirected to {shown(redact_url(response.request.url), _SHOWN_URL_CHARS)})"
             raise self._error(f"file download{hint}", url, response)
         raise AssertionError("unreachable")
+
+    def _too_big(self, url: str, name: str) -> BulkExportError:
+        limit = self.options.max_file_bytes
+        return BulkExportError(
+            f"{url}: the export file {name} is larger than bulk.max_file_bytes ({limit:,} bytes) once decompressed: "
+            "it was not kept and the run stops; if the hospital confirms a file that large, raise bulk.max_file_bytes "
+            "in the server config (--config), else report it to the hospital", url=url)
 
     async def _get_file(self, job: Job, url: str, with_auth: bool) -> tuple[httpx.Response, bool]:
         """``GET`` a file (the body left unread), following redirects — at most :data:`MAX_FILE_REDIRECTS` hops,
@@ -504,14 +525,18 @@ class _Cut(Exception):
     """A gzip file ends before the end of its gzip data."""
 
 
-def _damaged(path: Path, gzipped: bool, count: int | None = None) -> str | None:
+class _TooBig(Exception):
+    """A gzip file decompresses to more than the bound."""
+
+
+def _damaged(path: Path, gzipped: bool, count: int | None = None, limit: int | None = None) -> str | None:
     """What is wrong with a downloaded file, or None. A gzip file (served as is) must decompress to the end of its
     last gzip member (its length and CRC checked): a download cut short would otherwise be kept as finished and
     never fetched again. With the manifest's ``count`` (Bulk Data IG v2: the resources in the file), the file
     must hold that many lines: a download cut at a line end is no valid file otherwise. Read in chunks: a file
     of any size is never held whole."""
     try:
-        lines = ndjson_lines(lambda: _content(path, gzipped), count)
+        lines = ndjson_lines(lambda: _content(path, gzipped, limit), count)
     except zlib.error as exc:
         return f"is not valid gzip data ({exc})"
     except _Cut:
@@ -521,16 +546,18 @@ def _damaged(path: Path, gzipped: bool, count: int | None = None) -> str | None:
     return None
 
 
-def _content(path: Path, gzipped: bool) -> Iterator[bytes]:
+def _content(path: Path, gzipped: bool, limit: int | None = None) -> Iterator[bytes]:
     """A downloaded file's bytes, decompressed when ``gzipped`` (every gzip member; zero bytes between them are
     padding, as Python's gzip reads them), in chunks of at most :data:`_CHUNK` bytes; :class:`_Cut` when the gzip
-    data ends early, ``zlib.error`` when it is damaged."""
+    data ends early, ``zlib.error`` when it is damaged, :class:`_TooBig` when it decompresses to more than
+    ``limit`` bytes."""
     with open(path, "rb") as fh:
         if not gzipped:
             while chunk := fh.read(_CHUNK):
                 yield chunk
             return
         inflater = zlib.decompressobj(wbits=31)
+        size = 0
         while chunk := fh.read(_CHUNK):
             while chunk:
                 if inflater.eof:  # another gzip member follows
@@ -538,7 +565,11 @@ def _content(path: Path, gzipped: bool) -> Iterator[bytes]:
                     if not chunk:
                         break
                     inflater = zlib.decompressobj(wbits=31)
-                yield inflater.decompress(chunk, _CHUNK)
+                data = inflater.decompress(chunk, _CHUNK)
+                size += len(data)
+                if limit is not None and size > limit:
+                    raise _TooBig
+                yield data
                 chunk = inflater.unused_data if inflater.eof else inflater.unconsumed_tail
         if not inflater.eof:
             raise _Cut

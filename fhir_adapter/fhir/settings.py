@@ -117,6 +117,10 @@ class BulkSettings(BaseModel):
     poll_limit_seconds: float = 3600.0   # give up waiting for the export after this long (rerun resumes)
     max_retry_after_seconds: float = 300.0  # cap on a server's Retry-After
     download_attempts: int = 4
+    #: the largest an export file may be, in bytes, once decompressed (as written to OUT/bulk/ under a gzip
+    #: Content-Encoding, or as read from a gzip file served as is): a file beyond it stops the run (a
+    #: decompression bomb would fill the disk); 50 GiB by default
+    max_file_bytes: int = Field(50 * 1024 ** 3, gt=0)
     #: hosts besides the FHIR server's own to which the access token may be sent (over https) when the server
     #: names them: a status URL or export files with requiresAccessToken: true on another host (a file store).
     #: "*" (the default) = any https host, as the Bulk Data IG asks (the token goes wherever

@@ -137,7 +137,8 @@ class BulkSource:
         self._progress: str | None = None
         self.exporter = exporter or BulkExporter(server.client, BulkOptions(
             poll_limit_seconds=settings.poll_limit_seconds, max_retry_after_seconds=settings.max_retry_after_seconds,
-            download_attempts=settings.download_attempts, token_hosts=frozenset(settings.token_hosts)),
+            download_attempts=settings.download_attempts, max_file_bytes=settings.max_file_bytes,
+            token_hosts=frozenset(settings.token_hosts)),
             on_progress=self._show_progress)
         self._studies: list[Resource] = []
         self._unchanged: set[str] = set()

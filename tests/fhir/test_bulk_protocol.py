@@ -256,6 +256,38 @@ async def test_a_download_short_of_its_count_on_every_attempt_is_an_error(httpx_
     assert exit_code_of(err.value) == exit_codes.SERVER_UNAVAILABLE and not list(tmp_path.iterdir())
 
 
+class _Chunks(httpx.AsyncByteStream):
+    """A body sent in chunks of 1 KB, as a network delivers it."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for at in range(0, len(self.body), 1024):
+            yield self.body[at:at + 1024]
+
+
+@pytest.mark.parametrize("served", ["content-encoding", "as-is"])
+async def test_a_file_larger_than_the_bound_once_decompressed_stops_the_download(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path, served: str) -> None:
+    """A gzip "bomb": a few KB on the wire, far more once decompressed. client.max_response_bytes does not bound a
+    download; bulk.max_file_bytes does — for a Content-Encoding written out and for a gzip file served as is."""
+    import gzip
+
+    bomb = gzip.compress(LINE * 20_000)  # 1.6 MB of lines in a few KB
+    assert len(bomb) < 20_000
+    headers = {"Content-Encoding": "gzip"} if served == "content-encoding" else {}
+    httpx_mock.add_response(url=FILE, stream=_Chunks(bomb), headers=headers)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE))
+    with pytest.raises(BulkExportError, match=r"the export file 001.Observation.ndjson(.gz)? is larger than "
+                                              r"bulk.max_file_bytes \(1,000,000 bytes\) once decompressed"):
+        await exporter(clock, sleep, max_file_bytes=1_000_000, download_attempts=1).download(job, tmp_path)
+    assert not list(tmp_path.iterdir()) and job.requests["files"] == 1  # nothing kept, not fetched again
+    httpx_mock.add_response(url=FILE, stream=_Chunks(bomb), headers=headers)
+    await exporter(clock, sleep, max_file_bytes=2_000_000).download(job, tmp_path)  # within the bound: kept
+    assert len(list(tmp_path.glob("001.Observation.ndjson*"))) == 1
+
+
 async def test_delete_refused_is_a_warning(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
     httpx_mock.add_response(method="DELETE", url=STATUS, status_code=500, json=outcome("cannot delete"))
     warning = await exporter(clock, sleep).delete(Job(kickoff=KICKOFF, status_url=STATUS))
