@@ -510,7 +510,9 @@ class BulkExporter:
             401: "the credentials were refused: check FHIR_ADAPTER_BEARER_TOKEN / FHIR_ADAPTER_SMART_* / "
                  "FHIR_ADAPTER_OAUTH_* and the client's bulk scopes (system/*.read)",
             403: "the client is not allowed to export: ask the hospital to grant the bulk export scope",
-            404: "the server does not know it (an unknown Group, or an expired or deleted job): check "
+            404: "the server does not know the file (expired, or deleted with its job): run again to start a "
+                 "new export" if what.startswith("file download") else
+                 "the server does not know it (an unknown Group, or an expired or deleted job): check "
                  "bulk.group_id, or run again to start a new export",
             410: "the job or its files expired: run again to start a new export",
             429: "the server is busy (too many requests, also after waiting): run again later",

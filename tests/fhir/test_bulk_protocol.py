@@ -168,9 +168,10 @@ async def test_a_manifest_file_that_404s_is_an_error_naming_it(httpx_mock: HTTPX
     url = f"{BASE}/files/gone.ndjson"
     httpx_mock.add_response(url=url, status_code=404, json=outcome("file expired"))
     job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(url))
-    with pytest.raises(BulkExportError, match=r"files/gone.ndjson answered HTTP 404: .*file expired"):
+    with pytest.raises(BulkExportError, match=r"files/gone.ndjson answered HTTP 404: .*file expired") as err:
         await exporter(clock, sleep).download(job, tmp_path)
     assert not list(tmp_path.glob("*.ndjson"))
+    assert "run again to start a new export" in str(err.value) and "group_id" not in str(err.value)  # a file, no Group
 
 
 async def test_a_gzip_file_served_as_is_is_kept_gzipped(httpx_mock: HTTPXMock, clock: FakeClock,
