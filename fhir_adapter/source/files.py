@@ -346,6 +346,10 @@ class FileSource:
     def _files(self) -> Layout:
         if self._layout is None:
             self._layout = discover(self.folder)
+            for path, said in self._layout.count_mismatches:
+                self.log.warn(said, resource=path, rule="manifest-count",
+                              fix="export or download the file again; if the folder was filtered or edited on "
+                                  "purpose, update or remove the manifest's count")
             skipped = [f for f in self._layout.data if _pass_of(f.rtype) == "none" and f.rtype != _OUTCOME]
             for f in skipped:
                 self.log.count(f"ignored.file.{f.rtype}")

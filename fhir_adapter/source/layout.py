@@ -8,8 +8,10 @@
 
 A file the adapter cannot read is an error naming the file (never skipped): an unknown extension next to the
 data files, a manifest entry whose file is missing, a damaged or truncated gzip file, gzip data in a file not
-named ``.gz``, a local folder's file whose
-manifest entry gives a ``count`` (Bulk Data IG v2) other than its lines. Hidden files (a name
+named ``.gz``. A local folder's file whose manifest entry gives a ``count`` (Bulk Data IG v2) other than its
+lines is read and said (:attr:`Layout.count_mismatches`: a warning of the run, ``manifest-count``) — an export
+cut at a line end, or a file edited since (a site that filtered its export keeps the manifest's old counts).
+Hidden files (a name
 starting with ``.``: partial downloads, the Bulk client's job state) are not data.
 
 Where the files are is a :class:`Folder`: a local folder (:class:`LocalFolder`), or any location another reader
@@ -118,6 +120,8 @@ class Layout:
     manifest: dict[str, Any] | None = None
     #: files of deleted resources (transaction Bundles of DELETE entries) listed in a manifest's ``deleted[]``
     deleted: list[DataFile] = field(default_factory=list)
+    #: (file, what its manifest count says against its lines) of a local folder's files that disagree
+    count_mismatches: list[tuple[str, str]] = field(default_factory=list)
 
 
 def _stem(name: str) -> str:
@@ -184,16 +188,17 @@ def discover(where: Path | Folder) -> Layout:
             data[name] = _data_file(folder, name)
     if not data and not errors:
         raise FileNotFoundError(f"no FHIR data files ({', '.join(DATA_SUFFIXES)}) in {folder.location}")
+    mismatches: list[tuple[str, str]] = []
     for f in (*data.values(), *errors.values(), *deleted.values()):
         if f.name.endswith(".gz"):
             _check_gzip(folder, f)
         else:
             _check_not_gzip(folder, f)
-        if f.name in counts and f.ndjson:
-            _check_count(folder, f, counts[f.name], manifest_path)
+        if f.name in counts and f.ndjson and (said := _check_count(folder, f, counts[f.name], manifest_path)):
+            mismatches.append((f.path, said))
     return Layout(data=sorted(data.values(), key=lambda f: f.sort_key),
                   errors=sorted(errors.values(), key=lambda f: f.name), manifest=manifest,
-                  deleted=sorted(deleted.values(), key=lambda f: f.name))
+                  deleted=sorted(deleted.values(), key=lambda f: f.name), count_mismatches=mismatches)
 
 
 #: the first bytes of every gzip stream (RFC 1952)
@@ -222,9 +227,10 @@ def _check_not_gzip(folder: Folder, f: DataFile) -> None:
                           "(or decompress it)")
 
 
-def _check_count(folder: Folder, f: DataFile, count: int, manifest_path: str) -> None:
-    """A file the manifest gives the ``count`` of (Bulk Data IG v2: the resources in it) holds that many lines:
-    fewer or more is a file cut short (also at a line end, which reads as valid NDJSON) or not the one listed."""
+def _check_count(folder: Folder, f: DataFile, count: int, manifest_path: str) -> str | None:
+    """What is wrong when a file the manifest gives the ``count`` of (Bulk Data IG v2: the resources in it) does
+    not hold that many lines (None: it does): a file cut short (also at a line end, which reads as valid
+    NDJSON), edited since, or not the one listed."""
     def chunks() -> Iterator[bytes]:
         with _open(f, folder) as fh:
             while chunk := fh.read(1 << 20):
@@ -235,8 +241,9 @@ def _check_count(folder: Folder, f: DataFile, count: int, manifest_path: str) ->
     except UNREADABLE as exc:
         raise unreadable(f, exc) from exc
     if lines != count:
-        raise SourceError(f"{f.path}: holds {lines} line(s), but its entry in {manifest_path} gives count {count}: "
-                          "the file is incomplete (or not the one listed): export or download it again")
+        return (f"{f.path}: holds {lines} line(s), but its entry in {manifest_path} gives count {count}: the file is "
+                f"{'incomplete' if lines < count else 'not the one the export listed'} (or was edited since)")
+    return None
 
 
 def _read_manifest(folder: Folder, path: str) -> dict[str, Any]:
