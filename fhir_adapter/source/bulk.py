@@ -61,6 +61,7 @@ from fhir_adapter.fhir.bulk import (
     save_job,
 )
 from fhir_adapter.fhir.settings import BulkSettings
+from fhir_adapter.fhir.urls import redact_url
 from fhir_adapter.job.runlog import RunLog
 from fhir_adapter.source.base import (
     SHARED_TYPES,
@@ -274,8 +275,10 @@ class BulkSource:
         ``_type``, ``_typeFilter`` or server): its files would be read as this run's export (issue: a full run
         resuming an interrupted ``--since`` job read the changes as the whole EHR). It is cancelled on the server
         (``DELETE`` of its status URL; a refusal is a warning) and forgotten; this run kicks off its own."""
-        self._notes["abandoned_job"] = saved.status_url
-        self.log.warn(f"the export job of the interrupted run ({saved.status_url}) was kicked off as {saved.asked}, "
+        shown = redact_url(saved.status_url or "")
+        self._notes["abandoned_job"] = shown
+        self.log.warn(f"the export job of the interrupted run ({shown}) was kicked off as "
+                      f"{saved.asked}, "
                       f"but this run asks for {asked}: it is not resumed (its files are not this run's export); "
                       "cancelled on the server and a new export is made", rule="bulk-export")
         try:
