@@ -11,7 +11,7 @@ from matplotlib.ticker import NullLocator
 
 from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, describe, fmt
 from fhir_adapter.report.data import JsonDict, ReportData, arm_of, as_dict, as_list, num
-from fhir_adapter.report.plotting import arm_color, figure, to_svg
+from fhir_adapter.report.plotting import arm_color, figure, log_y, to_svg
 
 #: PC items in preference order (mappings/lcar-aio/items.yaml)
 PC_ITEMS = ("car_transgene", "car_cells")
@@ -140,7 +140,7 @@ def _panels(profs: list[Profile], arms: list[str], ylim: tuple[float, float], wh
                 continue
             p = profs[i]
             _draw(ax, p, arm_color(p.arm, arms), small=True)
-            ax.set_yscale("log")
+            log_y(ax)
             ax.set_ylim(*ylim)
             _symlog_days(ax, small=True)
             ax.xaxis.set_minor_locator(NullLocator())
@@ -177,7 +177,7 @@ def kinetics_section(data: ReportData) -> Section:
             members = [p for p in profs if p.arm == arm]
             for p in members:
                 _draw(ax, p, arm_color(arm, arms), small=False)
-            ax.set_yscale("log")
+            log_y(ax)
             _symlog_days(ax, small=False)
             ax.set_title(f"{arm} (n={len(members)})")
             ax.set_xlabel("study day")

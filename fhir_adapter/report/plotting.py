@@ -1,8 +1,10 @@
 """Matplotlib set-up shared by every figure: Agg backend, one style, reproducible SVG output.
 
 A figure becomes an inline ``<svg>`` string (text kept as text, no external fonts or images), so the report
-is one self-contained file. Output is byte-for-byte reproducible: ``svg.hashsalt`` fixes the ids matplotlib
-generates and the metadata carries no date.
+is one self-contained file. Every text is drawn as it is (``text.parse_math`` off): a subject ID, arm, visit or
+unit from the data holding ``$`` is shown literally, never read as matplotlib mathtext (which would draw
+another text, or fail on an unknown macro); log-axis tick labels are plain text for the same reason. Output
+is byte-for-byte reproducible: ``svg.hashsalt`` fixes the ids matplotlib generates and the metadata carries no date.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import matplotlib.style
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatterSciNotation
 
 #: colour per dose level (arms not listed here take the next colour of the cycle)
 ARM_COLORS = {"DL1": "#4c78a8", "DL2": "#f58518", "DL3": "#e45756", "EXP": "#54a24b"}
@@ -39,6 +43,7 @@ STYLE: dict[str, Any] = {
     "grid.linewidth": 0.6,
     "legend.frameon": False,
     "figure.dpi": 100,
+    "text.parse_math": False,   # every text literal: data (subject IDs, arms, visits, units) may hold '$'
 }
 
 _METADATA: dict[str, str | None] = {"Date": None, "Creator": "fhir-adapter report"}
@@ -62,6 +67,30 @@ def figure(width: float, height: float, nrows: int = 1, ncols: int = 1) -> Itera
             yield fig
         finally:
             plt.close(fig)
+
+
+_SUPERSCRIPT = str.maketrans("0123456789-\N{MINUS SIGN}", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁻")
+_MATHDEFAULT = re.compile(r"\$\\mathdefault\{(.*)\}\$")
+
+
+class LogTicks(LogFormatterSciNotation):
+    """Matplotlib's log-axis tick labels as plain text (``10⁴``, ``2×10³``) instead of mathtext, which the
+    report does not parse (:data:`STYLE`)."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        label = str(super().__call__(x, pos))
+        m = _MATHDEFAULT.fullmatch(label)
+        if not m:
+            return label
+        body = m.group(1).replace("\\times", "×")
+        return re.sub(r"\^\{([^}]*)\}", lambda e: e.group(1).translate(_SUPERSCRIPT), body)
+
+
+def log_y(ax: Axes) -> None:
+    """A logarithmic value axis with plain-text tick labels (:class:`LogTicks`)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(LogTicks())
+    ax.yaxis.set_minor_formatter(LogTicks(labelOnlyBase=False))
 
 
 _XML_HEAD = re.compile(r"^.*?(?=<svg)", re.S)

@@ -9,7 +9,7 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from fhir_adapter.report.blocks import describe, quartiles
-from fhir_adapter.report.plotting import arm_color
+from fhir_adapter.report.plotting import arm_color, log_y
 
 Summary = Literal["mean_sd", "median_iqr"]
 
@@ -64,7 +64,7 @@ def visit_panel(ax: Axes, values: dict[str, dict[str, float]], order: list[str],
     ax.set_xticklabels([f"{v}\nn={len(values[v])}" for v in visits], fontsize=7)
     ax.set_xlim(-0.5, max(len(visits) - 0.5, 0.5))
     if log:
-        ax.set_yscale("log")
+        log_y(ax)
     ax.set_title(title)
     ax.set_ylabel(ylabel)
 

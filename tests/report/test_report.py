@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
+from fhir_adapter.cli.commands import main
 from fhir_adapter.report import ReportError, build_report
 from fhir_adapter.report.assemble import SECTIONS, sections
 from fhir_adapter.report.blocks import FigureBlock, NoteBlock, Section, TableBlock
@@ -397,6 +399,25 @@ def test_only_pseudonymised_ids(run_out: Path) -> None:
     assert "LCAR-101" in html
     for crf_only in ('"age"', ">F<", "consent_date", "Observation/"):
         assert crf_only not in html
+
+
+def test_ids_holding_dollar_signs_are_drawn_as_they_are(tmp_path: Path) -> None:
+    """A subject ID is EHR data: '$...$' in it is neither matplotlib mathtext (an unknown macro failed the
+    report, 'a$x^2$b' was drawn as a formula) nor lost; tick labels of log axes are plain text too."""
+    out = fixture.write(tmp_path / "out")
+    ids = {fixture.subject_id(2): r"$\undefinedmacro{x}$", fixture.subject_id(3): "a$x^2$b"}   # both DL2
+    for path in [out / "results" / "study.json", out / "run-report.json", *(out / "crf").glob("*.json")]:
+        text = path.read_text(encoding="utf-8")
+        for old, new in ids.items():
+            text = text.replace(old, json.dumps(new)[1:-1])
+        path.write_text(text, encoding="utf-8")
+    res = CliRunner().invoke(main, ["report", "--results", str(out)])
+    assert res.exit_code == 0, res.output
+    html = (out / "report" / "index.html").read_text(encoding="utf-8")
+    for sid in ids.values():
+        assert f">{sid} · DL2</text>" in _section_html(html, "kinetics")   # the per-subject panel's title
+        assert f">{sid} DL2</text>" in _section_html(html, "swimmer")      # the lane's label
+    assert "mathdefault" not in html and ">10⁴</text>" in _section_html(html, "kinetics")
 
 
 def test_missing_results_is_a_report_error(tmp_path: Path) -> None:
