@@ -10,8 +10,10 @@ routing). Reads ``OUT/review/candidates/``, ``OUT/results/study.json`` and the d
 writes only decisions (append-only, :mod:`.store`).
 
 Bound to 127.0.0.1; requests must name 127.0.0.1 or localhost as host (no DNS rebinding) and every form
-carries a token made at start (no cross-site posts from other pages open in the browser). No asset is
-loaded from anywhere: CSS and the few lines of keyboard script are inline.
+carries a token made at start (no cross-site posts from other pages open in the browser). No page can be
+shown in another site's frame (``X-Frame-Options: DENY`` and CSP ``frame-ancestors 'none'`` on every
+response: no clickjacking of the decision buttons). No asset is loaded from anywhere: CSS and the few lines of
+keyboard script are inline.
 
 A decision form also carries what it was made against — the item's latest entry number (``seen_seq``) and
 :func:`~.store.shown_hash` of its candidates; a POST from a page older than either is refused with 409
@@ -29,11 +31,13 @@ from urllib.parse import quote
 import orjson
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_adapter.disk_full import is_disk_full
 from fhir_adapter.job.outpaths import subject_file_name
@@ -226,6 +230,40 @@ def _entry(doc: dict[str, Any], visit: str, item: str) -> dict[str, Any] | None:
     return next((e for e in doc["items"] if segment(e["visit"]) == visit and segment(e["item"]) == item), None)
 
 
+NO_FRAMING = "frame-ancestors 'none'"
+
+
+class _NotFramed:
+    """ASGI wrapper: every response says no other page may frame it (``X-Frame-Options: DENY``, and
+    ``frame-ancestors 'none'`` added to the response's Content-Security-Policy, its other directives kept)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_not_framed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["X-Frame-Options"] = "DENY"
+                csp = [d.strip() for d in headers.get("Content-Security-Policy", "").split(";")
+                       if d.strip() and not d.strip().lower().startswith("frame-ancestors")]
+                headers["Content-Security-Policy"] = "; ".join([*csp, NO_FRAMING])
+            await send(message)
+
+        await self.app(scope, receive, send_not_framed)
+
+
+class _ReviewApp(Starlette):
+    """The app, its error pages (400 of a foreign host, 500) included, inside :class:`_NotFramed`."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return _NotFramed(super().build_middleware_stack())
+
+
 def create_app(cfg: ReviewConfig) -> Starlette:
     cfg.token = cfg.token or secrets.token_urlsafe(24)
     ws = Workspace(cfg)
@@ -408,7 +446,7 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         Route("/s/{subject}/{visit}/accept-unreviewed", accept_visit, methods=["POST"]),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost"])]
-    return Starlette(routes=routes, middleware=middleware)
+    return _ReviewApp(routes=routes, middleware=middleware)
 
 
 def serve(cfg: ReviewConfig, port: int = 0, on_ready: Any = None) -> None:

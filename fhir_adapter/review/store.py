@@ -258,15 +258,23 @@ def _not_a_decision(entry: dict[str, Any]) -> str | None:
 
 
 def stale_check(chain: Chain, decision: dict[str, Any]) -> None:
-    """:class:`StaleError` when the item got an entry after the one the decision was made against."""
+    """:class:`StaleError` when the item got an entry after the one the decision was made against, or when the
+    decision was made on an entry of the item that the file does not hold (a page from another decision file,
+    or a forged form): refused as out of date, never an internal error."""
     latest = chain.latest(decision["subject_id"], decision["visit"], decision["item"])
-    if (latest["seq"] if latest else 0) != decision["seen_seq"]:
-        assert latest is not None
+    if (latest["seq"] if latest else 0) == decision["seen_seq"]:
+        return
+    if latest is None or latest["seq"] < decision["seen_seq"]:   # made on an entry this file does not hold
         raise StaleError(
-            f"{decision['subject_id']} {decision['visit']} {decision['item']} changed since you opened it: "
-            f"#{latest['seq']} {latest['action'].replace('_', ' ')} by {latest['reviewer']} at {latest['at']}"
-            f"{' — “' + latest['reason'] + '”' if latest.get('reason') else ''}. Reload the page, look at it "
-            "and decide again; nothing was recorded.")
+            f"{decision['subject_id']} {decision['visit']} {decision['item']}: the page was made on entry "
+            f"#{decision['seen_seq']} of the item, which the decision file does not hold (its latest entry for "
+            f"the item is {'#' + str(latest['seq']) if latest else 'none'}: the page came from another or a "
+            "replaced decision file). Reload the page, look at it and decide again; nothing was recorded.")
+    raise StaleError(
+        f"{decision['subject_id']} {decision['visit']} {decision['item']} changed since you opened it: "
+        f"#{latest['seq']} {latest['action'].replace('_', ' ')} by {latest['reviewer']} at {latest['at']}"
+        f"{' — “' + latest['reason'] + '”' if latest.get('reason') else ''}. Reload the page, look at it "
+        "and decide again; nothing was recorded.")
 
 
 def _read_all(fd: int) -> bytes:

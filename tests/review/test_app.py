@@ -200,6 +200,41 @@ def test_foreign_posts_and_hosts_are_refused(reviewed: tuple[Path, ReviewConfig,
     assert not DecisionStore.under(out).path.exists()
 
 
+def test_no_page_can_be_framed_by_another_site(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    """Clickjacking: every response, refusals and errors included, forbids framing (docs/review.md)."""
+    out, cfg, client = reviewed
+    item = f"/s/{SUBJECT}/BL/c3"
+    responses = [client.get("/"), client.get(f"/s/{SUBJECT}"), client.get(item), client.get("/audit"),
+                 client.get(f"/s/{SUBJECT}/BL/no-such-item"),
+                 client.post(item + "/decide", data={"token": "from-another-page", "action": "accept"}),
+                 client.post(item + "/decide", follow_redirects=False,
+                             data={**_form(client, item), "action": "accept"}),
+                 TestClient(create_app(cfg), base_url="http://rebound.example").get("/")]
+    assert [r.status_code for r in responses] == [200, 200, 200, 200, 404, 403, 303, 400]
+    path = DecisionStore.under(out).path
+    path.write_bytes(path.read_bytes().replace(b'"accept"', b'"choose"'))
+    responses.append(client.get("/"))
+    assert responses[-1].status_code == 500
+    for r in responses:
+        assert r.headers["x-frame-options"] == "DENY", r.request.url
+        assert r.headers["content-security-policy"] == "frame-ancestors 'none'", r.request.url
+
+
+def test_a_form_made_on_an_entry_the_file_does_not_hold_is_out_of_date(
+        reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
+    """A seen_seq past the item's latest entry (a page from another decision file, a forged form) is a 409 like
+    any out-of-date page, not an internal error; nothing is recorded."""
+    out, _, client = reviewed
+    item = f"/s/{SUBJECT}/BL/c3"
+    r = client.post(item + "/decide", data={**_form(client, item), "seen_seq": "7", "action": "query", "reason": "hi"})
+    assert r.status_code == 409 and "entry #7 of the item, which the decision file does not hold" in r.text
+    assert "its latest entry for the item is none" in r.text and f'href="{item}"' in r.text
+    client.post(item + "/decide", data={**_form(client, item), "action": "accept"})
+    r = client.post(item + "/decide", data={**_form(client, item), "seen_seq": "2", "action": "accept"})
+    assert r.status_code == 409 and "its latest entry for the item is #1" in r.text
+    assert [e["seq"] for e in DecisionStore.under(out).read().entries] == [1]
+
+
 def test_a_tampered_decision_file_is_shown_not_ignored(reviewed: tuple[Path, ReviewConfig, TestClient]) -> None:
     out, _, client = reviewed
     client.post(f"/s/{SUBJECT}/BL/c3/decide", data={**_form(client, f"/s/{SUBJECT}/BL/c3"), "action": "accept"})
