@@ -201,6 +201,71 @@ def test_json_logs(quarantining_feed: Path, tmp_path: Path) -> None:
     assert progress[-1]["subjects_done"] == progress[-1]["subjects_total"] == 3
 
 
+#: a subject ID that would erase the line, retitle the terminal, ring its bell and start a C1 CSI sequence
+HOSTILE_ID = "101-001\x1b[2K\x1b]0;owned\x07\x9b31m\nERROR forged line\r"
+
+
+def _raw_controls(text: str) -> list[str]:
+    return sorted({c for c in text if (ord(c) < 0x20 and c != "\n") or 0x7f <= ord(c) <= 0x9f})
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_control_characters_of_a_subject_id_reach_the_terminal_escaped(tmp_path: Path, log_format: str) -> None:
+    """A subject ID is EHR data: what the console prints of it (progress lines, warnings) shows its control
+    characters escaped (\\x1b), never sends them to the terminal, and cannot start a line of its own."""
+    from fhir_adapter.synth import write_feed
+
+    feed = tmp_path / "feed"
+    write_feed(feed, subjects=3, seed=7)
+    path = feed / "ResearchSubject.ndjson"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[0]["identifier"][0]["value"] = HOSTILE_ID
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = _runner().invoke(main, ["--log-format", log_format, "run", "--source", str(feed),
+                                  "--out", str(tmp_path / "out"), "--study", str(ROOT / "mappings" / "lcar-aio")])
+    assert res.exit_code in (0, 2), res.output
+    assert _raw_controls(res.stderr) == [] and _raw_controls(res.stdout) == []
+    shown = [line for line in res.stderr.splitlines() if "101-001" in line]
+    assert shown and not any(line.startswith("ERROR forged") for line in res.stderr.splitlines())
+    if log_format == "text":
+        assert "(last: 101-001\\x1b[2K\\x1b]0;owned\\x07\\x9b31m\\nERROR forged line\\r)" in res.stderr
+    else:
+        records = [json.loads(line) for line in res.stderr.splitlines() if line.startswith("{")]
+        assert any(HOSTILE_ID in r["message"] for r in records)   # the JSON holds the ID, escaped
+
+
+def test_error_lines_bar_and_summary_show_control_characters_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from fhir_adapter.cli.console import RunProgress, say_error, summary_table
+
+    say_error(f"error: subject {HOSTILE_ID} is not enrolled")
+    assert capsys.readouterr().err == "error: subject 101-001\\x1b[2K\\x1b]0;owned\\x07\\x9b31m\\nERROR forged " \
+                                      "line\\r is not enrolled\n"
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    summary_table("run", [("subject", f"[bold red]{HOSTILE_ID}")], stream=screen)
+    drawn = screen.getvalue()   # rich's own styling sequences (bold keys) aside, the value is text
+    assert "[bold red]101-001\\x1b[2K" in drawn and not any(c in drawn for c in "\x07\x9b\r")
+    assert "\x1b[2K" not in drawn and "\x1b]0" not in drawn
+    plain = io.StringIO()
+    summary_table("run", [("subject", HOSTILE_ID)], stream=plain)
+    assert _raw_controls(plain.getvalue()) == [] and len(plain.getvalue().splitlines()) == 1
+    bar = RunProgress(lambda: 0, enabled=True, live=True, requests=lambda: 1)
+    bar.start(1)
+    try:
+        bar.note(f"[blink]{HOSTILE_ID}")
+        assert bar._bar is not None
+        note = bar._bar.tasks[0].fields["note"]
+    finally:
+        bar.stop()
+    assert _raw_controls(note) == [] and note.startswith("\\[blink]101-001\\x1b")   # no rich markup either
+
+
 def test_quiet_prints_nothing_but_keeps_the_exit_code(quarantining_feed: Path, tmp_path: Path) -> None:
     res = _runner().invoke(main, ["-q", "run", "--source", str(quarantining_feed), "--out", str(tmp_path / "o"),
                                   "--study", str(ROOT / "mappings" / "lcar-aio")])

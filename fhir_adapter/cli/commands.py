@@ -17,6 +17,7 @@ from fhir_adapter.cli.console import (
     AdapterGroup,
     exit_code_of,
     progress,
+    say,
     say_error,
     setup_logging,
     stream_closed,
@@ -95,9 +96,9 @@ def synth(study: Path, subjects: int, seed: int, out: Path) -> None:
         _fail(str(exc))
         return
     total = sum(counts.values())
-    click.echo(f"wrote {total} resources for {subjects} enrolled subjects to {out}")
+    say(f"wrote {total} resources for {subjects} enrolled subjects to {out}")
     for rtype, n in sorted(counts.items()):
-        click.echo(f"  {rtype:<26} {n:>8}")
+        say(f"  {rtype:<26} {n:>8}")
 
 
 @main.command()
@@ -372,13 +373,13 @@ def review(results: Path, reviewer: str | None, port: int, review_state: Path | 
         _fail(str(exc))
     cfg = ReviewConfig(results=results, reviewer=name, state_dir=review_state)
     try:
-        serve(cfg, port, on_ready=lambda url: click.echo(f"review app      {url}  (reviewer: {name}; Ctrl-C stops)"))
+        serve(cfg, port, on_ready=lambda url: say(f"review app      {url}  (reviewer: {name}; Ctrl-C stops)"))
     except OSError as exc:
         _fail(f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc} — choose another --port")
     except KeyboardInterrupt:  # the server has shut down (uvicorn raises the signal again once it has)
         pass
     # a reviewer stopping the app is its normal end: every decision was appended when it was made
-    click.echo(f"review app stopped; the decisions are in {DecisionStore.under(results, review_state).path}")
+    say(f"review app stopped; the decisions are in {DecisionStore.under(results, review_state).path}")
 
 
 @main.command()
@@ -408,7 +409,7 @@ def report(ctx: click.Context, results: Path, out: Path | None) -> None:
     except UnsafePath as exc:
         _fail(str(exc))
     if not ctx.obj.get("quiet"):
-        click.echo(f"report          {path}")
+        say(f"report          {path}")
 
 
 @main.command()
@@ -460,28 +461,28 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
 
     st = load_study(study, site)
     rules = ", ".join(sorted(st.rules))
-    click.echo(f"mapping ok    {st.root}" + (f" + site {st.site}" if st.site else ""))
-    click.echo(f"              study {st.info.id}, {len(st.items)} CRF items fed by {len(st.code_index)} codes, "
+    say(f"mapping ok    {st.root}" + (f" + site {st.site}" if st.site else ""))
+    say(f"              study {st.info.id}, {len(st.items)} CRF items fed by {len(st.code_index)} codes, "
                f"{len(st.schedule.visits)} visits, time zone {st.info.timezone}")
-    click.echo(f"              rules: {rules}")
+    say(f"              rules: {rules}")
     limit = cgroup_cpu_limit()
-    click.echo(f"workers       {default_workers()} by default (run --workers N to choose)"
+    say(f"workers       {default_workers()} by default (run --workers N to choose)"
                + (f"; this process's CPU quota allows {limit:g} CPUs" if limit is not None else ""))
     for o in st.overrides:
-        click.echo(f"  override item {o['item']}: factor for {o['unit']} {o['study_factor']} (study) -> "
+        say(f"  override item {o['item']}: factor for {o['unit']} {o['study_factor']} (study) -> "
                    f"{o['site_factor']} (site, {o['where']})")
     from fhir_adapter.fhir.auth import AUTH_VARS
     from fhir_adapter.job.connect import is_url
 
     blank = sorted(v for v in AUTH_VARS if v in os.environ and not os.environ[v].strip())
     if blank:  # a run reads a blank credential variable as not set: it sends no credentials from it
-        click.echo(f"credentials   {', '.join(blank)} set but blank: ignored, as a run ignores it")
+        say(f"credentials   {', '.join(blank)} set but blank: ignored, as a run ignores it")
     if source is None or not is_url(source):
         _check_server_settings(config)  # a mistake in them is reported now, not on the first live run
         if source is not None:
             _check_file_source(Path(source), config)
         if codes:
-            click.echo("codes         --codes reads a FHIR server (--source URL); for a folder of files, run it "
+            say("codes         --codes reads a FHIR server (--source URL); for a folder of files, run it "
                        "and read run-report.json -> coverage.unmapped_codes")
         return
     cfg = load_server_config(config, os.environ)
@@ -497,23 +498,23 @@ def check(ctx: click.Context, study: Path, site: Path | None, source: str | None
         gaps.append(Gap("error", *nobody))
     gaps += [Gap("warning", "roster CSV", w) for w in roster_warnings]  # rows a run would not process
     software: dict[str, Any] = cs["software"] if isinstance(cs.get("software"), dict) else {}
-    click.echo(f"server        {source}: FHIR {cs.get('fhirVersion')} "
+    say(f"server        {source}: FHIR {cs.get('fhirVersion')} "
                f"{software.get('name', '')} {software.get('version', '')}".rstrip())
     for g in gaps:
-        click.echo(f"  {g.level:<8} {g.what}: {g.consequence}")
-    click.echo(f"clock         {described(clock)}")
-    click.echo(f"observations  {timing}")
+        say(f"  {g.level:<8} {g.what}: {g.consequence}")
+    say(f"clock         {described(clock)}")
+    say(f"observations  {timing}")
     levels = bulk_export_levels(cs)
     if levels:
-        click.echo(f"bulk          $export declared ({', '.join(levels)}): `run --bulk` (or read_mode: bulk) reads "
+        say(f"bulk          $export declared ({', '.join(levels)}): `run --bulk` (or read_mode: bulk) reads "
                    "the server through a Bulk Data export, fewer requests for large cohorts")
     else:
-        click.echo("bulk          no $export declared: `run` reads through searches")
+        say("bulk          no $export declared: `run` reads through searches")
     if codes:
         for n, line in enumerate(_survey_codes(source, cfg, st, roster_csv)):
-            click.echo(f"{'codes' if n == 0 else '':<14}{line}")
+            say(f"{'codes' if n == 0 else '':<14}{line}")
     errors = [g for g in gaps if g.level == "error"]
-    click.echo(f"              {len(errors)} errors, {len(gaps) - len(errors)} warnings"
+    say(f"              {len(errors)} errors, {len(gaps) - len(errors)} warnings"
                + ("" if errors else ": the adapter can run against this server"))
     if errors:
         sys.exit(1)
@@ -619,7 +620,7 @@ def _check_server_settings(config: Path | None) -> None:
     except ValueError as exc:
         _fail(f"credentials: {exc}")
     given = ([str(config)] if config is not None else []) + variables
-    click.echo(f"config ok     {', '.join(given)}")
+    say(f"config ok     {', '.join(given)}")
 
 
 def _check_file_source(folder: Path, config: Path | None) -> None:
@@ -631,10 +632,10 @@ def _check_file_source(folder: Path, config: Path | None) -> None:
     if not files:
         _fail(f"--source {folder}: the folder holds no .ndjson or .json files — give the folder of a Bulk Data "
               "export (one NDJSON file per resource type) or a folder of Bundles")
-    click.echo(f"source        {folder}: folder of {len(files)} NDJSON/Bundle files; no server to check "
+    say(f"source        {folder}: folder of {len(files)} NDJSON/Bundle files; no server to check "
                "(files are read as they are)")
     if config is not None:
-        click.echo(f"  warning  --config {config} applies to a FHIR server source only; it is ignored for a folder")
+        say(f"  warning  --config {config} applies to a FHIR server source only; it is ignored for a folder")
 
 
 if __name__ == "__main__":

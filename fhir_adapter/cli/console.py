@@ -10,6 +10,10 @@ summary table, and one-line errors.
 * Errors: a failure prints ``error: <what happened and what to do>`` on one line and exits 1. The stack trace
   is printed only with ``-v`` or more (issue 6: "nothing prints a stack trace unless -v"), where it helps
   whoever reads the code.
+* Text from the data (subject IDs, codes, a server's messages) may hold control characters: everything this
+  module prints — log lines, the bar, the summary, error lines, and the commands' own lines (:func:`say`) —
+  passes through :func:`printable`, which shows each C0/C1 control character escaped (``\x1b``, ``\n``) as
+  ``--log-format json`` does, so no ID can move the cursor, erase or forge a line, or retitle the terminal.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import sys
 import time
 import traceback
@@ -36,6 +41,39 @@ PROGRESS_LOGGER = "fhir_adapter.progress"
 #: redraws of the live bar per second (rich's default, 10, costs a run 1.3 % of a core for as long as it runs)
 BAR_REFRESHES_PER_SECOND = 2
 _STD_ATTRS = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+_C1 = re.compile("[\x7f-\x9f]")   # what json.dumps(ensure_ascii=False) leaves as it is
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escaped(m: re.Match[str]) -> str:
+    return _SHORT.get(m.group(0)) or f"\\x{ord(m.group(0)):02x}"
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with every C0 and C1 control character (and DEL) escaped: ``\\n``, ``\\r``, ``\\t``, else
+    ``\\xNN`` (ESC is ``\\x1b``); ``newlines``: line ends kept (a stack trace)."""
+    return (_CONTROL_BUT_NEWLINE if newlines else _CONTROL).sub(_escaped, text)
+
+
+def say(text: str, *, err: bool = False) -> None:
+    """A command's line of output, its control characters escaped (:func:`printable`)."""
+    click.echo(printable(text), err=err)
+
+
+class TextFormatter(logging.Formatter):
+    """``LEVEL logger: message``, the message's control characters escaped (a subject ID cannot forge a line or
+    send the terminal a sequence); a stack trace keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+    def format(self, record: logging.LogRecord) -> str:
+        return printable(super().format(record), newlines=True)
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,7 +89,8 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in record.__dict__.items() if k not in _STD_ATTRS and not k.startswith("_")})
         if record.exc_info:
             out["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
+        # C0 characters are escaped by json.dumps; C1 ones (a terminal may read U+009B as CSI) here, as \\u0080
+        return _C1.sub(lambda m: f"\\u{ord(m.group(0)):04x}", json.dumps(out, ensure_ascii=False, default=str))
 
 
 def _not_py4j(record: logging.LogRecord) -> bool:
@@ -67,7 +106,7 @@ def setup_logging(verbose: int, quiet: bool, fmt: str, stream: TextIO | None = N
     handler = logging.StreamHandler(stream or sys.stderr)
     if verbose == 0:
         handler.addFilter(_not_py4j)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -155,7 +194,9 @@ class RunProgress:
         if not self._enabled:
             return
         if self._bar is not None:
-            self._bar.update(self._task, note=text)
+            from rich.markup import escape
+
+            self._bar.update(self._task, note=escape(printable(text)))   # the server's text, drawn as it is
             return
         self._log.info("Bulk export: %s", text, extra={"bulk_progress": text})
 
@@ -187,17 +228,18 @@ def summary_table(title: str, rows: Sequence[tuple[str, str]], stream: TextIO | 
     if is_terminal(stream):
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=title, show_header=False, title_justify="left")
+        table = Table(title=Text(printable(title)), show_header=False, title_justify="left")
         table.add_column(style="bold")
         table.add_column()
         for key, value in rows:
-            table.add_row(key, value)
+            table.add_row(Text(printable(key)), Text(printable(value)))   # text, never rich markup
         Console(file=stream).print(table)
         return
     width = max(len(k) for k, _ in rows) + 2
     for key, value in rows:
-        click.echo(f"{key:<{width}}{value}", file=stream)
+        click.echo(printable(f"{key:<{width}}{value}"), file=stream)
 
 
 def unsupported_platform() -> str | None:
@@ -235,7 +277,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 def report_error(exc: BaseException, verbose: int) -> None:
     """Print a failure for a person: one line, the stack trace only with ``-v`` (or ``-vv``)."""
     if verbose >= 1:
-        traceback.print_exception(exc, file=sys.stderr)
+        sys.stderr.write(printable("".join(traceback.format_exception(exc)), newlines=True))
     if isinstance(exc, user_error_types()):
         message = str(exc) or type(exc).__name__
     else:
@@ -248,7 +290,7 @@ def say_error(line: str) -> None:
     """Print an error line on stderr; a reader of stderr that has gone away does not change the exit code the
     caller is about to give (a run's 3 stays 3), nor turn into a traceback."""
     try:
-        click.secho(line, fg="red", err=True)
+        click.secho(printable(line), fg="red", err=True)
     except BrokenPipeError:
         stream_closed(sys.stderr)
 
