@@ -231,16 +231,18 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     if engine == "spark" and spark_master and spark_remote:
         raise click.UsageError(f"--spark-master {spark_master} and --spark-remote (or SPARK_REMOTE) {spark_remote}: "
                                "give one (a Spark Connect server has its own master)")
-    spark = _spark(spark_master, spark_remote) if engine == "spark" else None
+    spark = None
     with ExitStack() as held:   # one run per OUT at a time, from connecting to recording the run
-        if spark is not None:
-            from fhir_adapter.engine.spark import jvm_ended_on_interrupt
-
-            held.enter_context(jvm_ended_on_interrupt(spark))  # left last: after OUT's lock
         try:
             held.enter_context(hold_out(out))
         except OutInUse as exc:
             _fail(str(exc))
+        if engine == "spark":   # started in OUT's lock: Spark's local folder is in OUT (docs/spark.md)
+            from fhir_adapter.engine.spark import jvm_ended_on_interrupt, local_dir_in
+
+            scratch = held.enter_context(local_dir_in(out))   # left after the JVM has ended
+            spark = scratch.session = _spark(spark_master, spark_remote, str(scratch.path))
+            held.enter_context(jvm_ended_on_interrupt(spark))
         try:
             conn = connect(source, st, log, out, post=post, dry_run=dry_run, since=since, config=config,
                            env=os.environ, bulk=bulk, allow_mass_retraction=allow_mass_retraction,
@@ -309,11 +311,11 @@ def run(ctx: click.Context, source: str, out: Path, study: Path, site: Path | No
     sys.exit(summary.exit_code)
 
 
-def _spark(master: str | None, remote: str | None) -> Any:
+def _spark(master: str | None, remote: str | None, local_dir: str) -> Any:
     from fhir_adapter.engine.spark import SparkUnavailable, spark_session
 
     try:
-        return spark_session(master, remote)
+        return spark_session(master, remote, local_dir)
     except SparkUnavailable as exc:
         _fail(str(exc))
 

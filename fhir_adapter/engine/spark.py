@@ -31,13 +31,15 @@ import gzip
 import io
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import unquote
 
@@ -71,6 +73,8 @@ LOCAL_SHUFFLE_PARTITIONS = 8
 #: outcomes are one row group the driver holds at a time): a large cohort gets more partitions than
 #: ``spark.sql.shuffle.partitions``
 SUBJECTS_PER_PARTITION = 50
+#: the ``spark.local.dir`` values :func:`spark_session` has set in this process
+_LOCAL_DIRS_SET: set[str] = set()
 
 
 class SparkUnavailable(RuntimeError):
@@ -79,10 +83,17 @@ class SparkUnavailable(RuntimeError):
 
 
 
-def spark_session(master: str | None = None, remote: str | None = None) -> SparkSession:
+def spark_session(master: str | None = None, remote: str | None = None,
+                  local_dir: str | None = None) -> SparkSession:
     """A Spark session: Spark Connect to ``remote`` (``sc://host:15002``, or ``local[N]`` for a Connect server
     in this process); else a classic session on ``master``; else on spark-submit's master; else ``local[*]``.
-    Executors run this interpreter unless PYSPARK_PYTHON says otherwise."""
+    Executors run this interpreter unless PYSPARK_PYTHON says otherwise.
+
+    ``local_dir``: Spark's local folder (``spark.local.dir``: the block manager's files, shuffle files, pyspark's
+    broadcast files — lines of the chart) for a classic session on a local master, unless ``spark.local.dir`` is
+    configured (SparkConf: spark-submit ``--conf``, ``spark-defaults.conf``) or ``SPARK_LOCAL_DIRS`` is set
+    (which Spark puts first); else Spark's default, the system's temporary folder. Spark fixes that folder
+    when its context starts, so a context this process already runs is stopped first (:func:`stop_local`)."""
     try:
         from pyspark import SparkConf
         from pyspark.sql import SparkSession
@@ -104,10 +115,104 @@ def spark_session(master: str | None = None, remote: str | None = None) -> Spark
         builder = builder.master(master)
     elif not conf.contains("spark.master"):
         builder = builder.master("local[*]")
-    if (master or conf.get("spark.master", "local")).startswith("local") and \
-            not conf.contains("spark.sql.shuffle.partitions"):
+    local = (master or conf.get("spark.master", "local")).startswith("local")
+    if local and not conf.contains("spark.sql.shuffle.partitions"):
         builder = builder.config("spark.sql.shuffle.partitions", str(LOCAL_SHUFFLE_PARTITIONS))
+    # an earlier run of this process set its own (pyspark passes a session's settings to the JVM it starts as
+    # system properties, which every later SparkConf reads): not the user's
+    earlier = conf.get("spark.local.dir") in _LOCAL_DIRS_SET
+    configured = conf.contains("spark.local.dir") and not earlier
+    if local and local_dir is None and earlier:   # Spark's default again, not an earlier run's OUT
+        builder = builder.config("spark.local.dir", tempfile.gettempdir())
+    if local_dir is not None and local and not configured and not os.environ.get("SPARK_LOCAL_DIRS"):
+        _LOCAL_DIRS_SET.add(local_dir)
+        from pyspark import SparkContext
+
+        active = SparkContext._active_spark_context
+        if active is not None:
+            _stop_context(active)
+        builder = builder.config("spark.local.dir", local_dir)
+        session = builder.getOrCreate()
+        kept = os.path.realpath(getattr(session.sparkContext, "_temp_dir", None) or local_dir)
+        if os.path.commonpath([kept, os.path.realpath(local_dir)]) != os.path.realpath(local_dir):
+            stop_local(session)
+            raise SparkUnavailable(f"Spark keeps this process's temporary files (pyspark's broadcasts) in {kept}, "
+                                   f"a folder of an earlier Spark context, not in {local_dir}: run each "
+                                   "--engine spark run in a process of its own (as the command line does)")
+        return session
     return builder.getOrCreate()
+
+
+def local_dir_of(spark: SparkSession) -> str | None:
+    """The ``spark.local.dir`` a classic session was started with (None: Spark's default, or Spark Connect)."""
+    if is_connect(spark):
+        return None
+    value: str | None = spark.sparkContext.getConf().get("spark.local.dir")
+    return value
+
+
+def stop_local(spark: SparkSession) -> None:
+    """Stop a classic session and forget the local root folder its JVM keeps for later contexts (Spark keeps
+    the first context's for the JVM's life: pyspark's broadcast files of a next context would go there)."""
+    jvm: Any = spark.sparkContext._jvm
+    spark.stop()
+    _forget_local_root(jvm)
+
+
+def _stop_context(sc: Any) -> None:
+    jvm = sc._jvm
+    sc.stop()
+    _forget_local_root(jvm)
+
+
+def _forget_local_root(jvm: Any) -> None:
+    # Spark's own reset of that folder (org.apache.spark.util.Utils.clearLocalRootDirs); a Spark without it: the
+    # next context of this JVM keeps the first folder, which spark_session refuses
+    with suppress(Exception):
+        getattr(getattr(jvm.org.apache.spark.util, "Utils$"), "MODULE$").clearLocalRootDirs()
+
+
+#: Spark's local folder of a run on a local master, in OUT (:func:`local_dir_in`)
+LOCAL_DIR = ".spark-local"
+
+
+@dataclasses.dataclass
+class Scratch:
+    """Spark's local folder of one run, and the session started with it (set once it is)."""
+
+    path: Path
+    session: Any = None
+
+
+@contextmanager
+def local_dir_in(out: Path) -> Iterator[Scratch]:
+    """``OUT/.spark-local``, Spark's local folder for a run on ``out`` (:func:`spark_session` ``local_dir``): the
+    export's lines Spark persists and shuffles and pyspark's broadcast files stay in OUT, never in the system's
+    temporary folder. The run holds OUT's lock, so what a killed run left there is removed first; at the end the
+    session is stopped (Spark removes its own files) and the folder removed."""
+    folder = Path(out) / LOCAL_DIR
+    _remove_tree(folder)
+    folder.mkdir(mode=0o700)
+    scratch = Scratch(folder)
+    try:
+        yield scratch
+    finally:
+        try:
+            from pyspark import SparkContext
+
+            if scratch.session is not None and SparkContext._active_spark_context is not None and \
+                    local_dir_of(scratch.session) == str(folder):
+                stop_local(scratch.session)
+        except Exception:  # a JVM already ended (Ctrl-C): nothing of it to stop
+            pass
+        _remove_tree(folder)
+
+
+def _remove_tree(folder: Path) -> None:
+    if folder.is_symlink():   # not a folder of the adapter: the link goes, not what it points to
+        folder.unlink()
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextmanager

@@ -110,6 +110,41 @@ def test_spark_local2_writes_the_same_out_as_the_local_engine(feed: Path, tmp_pa
     assert not (tmp_path / "spark" / ".spark-staging").exists()
 
 
+def test_spark_keeps_the_lines_it_spills_in_out_not_in_the_temporary_folder(
+        small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local master's block manager and shuffle files (the export's lines) and pyspark's broadcast files (the
+    roster, the shared resources) are in OUT/.spark-local while the run lasts, not in the system's temporary
+    folder (Spark's default), and gone after it (SECURITY.md), with what a killed run had left there."""
+    from pyspark import SparkContext
+
+    from fhir_adapter.cli.console import RunProgress
+
+    out = tmp_path / "spark"
+    (out / ".spark-local" / "blockmgr-of-a-killed-run").mkdir(parents=True)
+    seen: list[tuple[list[Path], Path, list[Path]]] = []
+    advance = RunProgress.advance
+
+    def looking(progress: RunProgress, subject_id: str) -> None:   # while the subjects' outcomes come back
+        sc = SparkContext._active_spark_context
+        assert sc is not None and sc._jsc is not None and sc._jvm is not None
+        # the folders Spark's block manager uses (its settings and SPARK_LOCAL_DIRS, as Spark reads them)
+        roots = [Path(d) for d in sc._jvm.org.apache.spark.util.Utils.getConfiguredLocalDirs(sc._jsc.sc().conf())]
+        spilled = [p for p in out.glob(".spark-local/blockmgr-*/**/*") if p.is_file()]
+        seen.append((roots, Path(sc._temp_dir), spilled))
+        advance(progress, subject_id)
+
+    monkeypatch.setattr(RunProgress, "advance", looking)
+    r = CliRunner().invoke(main, ["run", "--engine", "spark", "--spark-master", "local[2]",
+                                  "--source", str(small / "export"), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert len(seen) == 6
+    for roots, broadcasts, spilled in seen:
+        assert roots == [out / ".spark-local"] and broadcasts.is_relative_to(out / ".spark-local")
+        assert spilled   # the export's lines Spark persisted (DISK_ONLY) are there
+    assert not (out / ".spark-local").exists()
+    assert SparkContext._active_spark_context is None   # stopped with the run, its files removed
+
+
 def test_spark_reads_a_file_uri_in_every_bulk_layout(small: Path, tmp_path: Path) -> None:
     """The whole export (roster, shared resources, error file, manifest and subject files) read through Spark's
     readers from a ``file://`` URI: gzip'd numbered parts in a sub-folder, ``N.Type`` names, a manifest."""
@@ -287,22 +322,26 @@ def test_a_python_worker_that_dies_is_retried_by_spark_and_reported(small: Path,
     on the executors' PYTHONPATH — test code only) fails its task; Spark runs the task again
     (``local[2,2]``: two attempts per task), the run's outputs are the local engine's and the run report says
     a task was retried."""
-    from pyspark.sql import SparkSession
+    from pyspark import SparkContext
 
-    active = SparkSession.getActiveSession()
-    if active is not None:  # local[2] runs a task once; a new context with two attempts per task
-        active.stop()
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_CRASH_ONCE)
     marker = tmp_path / "crashed"
-    spark = spark_session("local[2,2]")
-    try:  # the executors' Python workers of this context start with the hook
-        spark.sparkContext.environment.update({"PYTHONPATH": str(hook), "FA_TEST_CRASH_MARKER": str(marker)})
+    # the executors' Python workers of the run's context start with the hook: set as spark-submit --conf sets
+    # it (a JVM system property, which the context the run starts reads)
+    SparkContext._ensure_initialized()
+    assert SparkContext._jvm is not None
+    system = SparkContext._jvm.java.lang.System
+    hooked = {"spark.executorEnv.PYTHONPATH": str(hook), "spark.executorEnv.FA_TEST_CRASH_MARKER": str(marker)}
+    try:
+        for key, value in hooked.items():
+            system.setProperty(key, value)
         r = CliRunner().invoke(main, ["-q", "run", "--engine", "spark", "--spark-master", "local[2,2]",
                                       "--source", str(small / "export"), "--out", str(tmp_path / "spark")])
     finally:
-        spark.stop()
+        for key in hooked:
+            system.clearProperty(key)
     assert r.exit_code == 2, r.output
     assert marker.exists()  # a worker died
     report = orjson.loads((tmp_path / "spark" / "run-report.json").read_bytes())
