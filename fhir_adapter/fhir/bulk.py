@@ -519,8 +519,11 @@ class BulkExporter:
         }
         hint = hints.get(response.status_code, "see the server's answer" if response.status_code < 500
                          else "the server failed: run again later")
-        return BulkExportError(f"Bulk Data {what}: GET {url} answered HTTP {response.status_code}: {answer}; {hint}",
-                               url=url, status=response.status_code, diagnostics=said)
+        # the URL cut to _SHOWN_URL_CHARS: a kick-off's _typeFilter runs to thousands of characters and buried
+        # the server's answer and the hint (-v logs the request in full)
+        return BulkExportError(f"Bulk Data {what}: GET {shown(redact_url(url), _SHOWN_URL_CHARS)} answered HTTP "
+                               f"{response.status_code}: {answer}; {hint}", url=url, status=response.status_code,
+                               diagnostics=said)
 
 
 class _Cut(Exception):

@@ -79,6 +79,20 @@ async def test_5xx_while_polling_is_retried(httpx_mock: HTTPXMock, clock: FakeCl
     assert sleep.delays[0] == 5 and len(sleep.delays) == 3 and job.requests["status"] == 4
 
 
+async def test_a_kickoff_refused_with_a_long_type_filter_keeps_the_answer_in_view(
+        httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
+    """A kick-off whose _typeFilter runs to thousands of characters: the error line shows the URL cut short, so
+    the server's answer and the hint are not buried after it."""
+    long_kickoff = KICKOFF + "&_typeFilter=" + ",".join(f"Observation%3Fcode%3Dhttp://loinc.org|{n}-1"
+                                                         for n in range(200))
+    httpx_mock.add_response(url=long_kickoff, status_code=500, json=outcome("export subsystem offline"))
+    with pytest.raises(BulkExportError) as err:
+        await exporter(clock, sleep).kickoff(Job(kickoff=long_kickoff))
+    message = str(err.value)
+    assert len(long_kickoff) > 5000 and len(message) < 600, len(message)
+    assert "export subsystem offline; the server failed: run again later" in message and "…" in message
+
+
 async def test_5xx_that_persists_is_an_error(httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep) -> None:
     for _ in range(3):
         httpx_mock.add_response(url=STATUS, status_code=503, json=outcome("export worker crashed", code="transient"))
