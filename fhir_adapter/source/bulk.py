@@ -59,6 +59,7 @@ from fhir_adapter.fhir.bulk import (
     Job,
     load_job,
     save_job,
+    shown,
 )
 from fhir_adapter.fhir.settings import BulkSettings
 from fhir_adapter.fhir.urls import redact_url
@@ -68,6 +69,7 @@ from fhir_adapter.source.base import (
     SUBJECT_TYPES,
     Resource,
     RosterInput,
+    SourceError,
     patient_id_of,
     ref_id,
 )
@@ -181,6 +183,13 @@ class BulkSource:
     def subject_resources(self, patient_ids: set[str]) -> Iterator[tuple[str, list[Resource]]]:
         self.server.run(self._export())
         if self.since is None:
+            manifest = self.job.manifest if self.job is not None else None
+            if manifest is not None and not manifest.get("output") and not manifest.get("error"):
+                raise SourceError(
+                    f"the server's Bulk export ({shown(redact_url(self.job.kickoff if self.job else ''), 300)}) "
+                    "listed no file: it holds nothing of the types asked for the patients it covers — check "
+                    "bulk.group_id (the Group's members) and that the server exports those types, or run without "
+                    "--bulk")
             files = FileSource(self.folder, self.log)
             files.scratch = self.scratch
             yield from files.subject_resources(patient_ids)

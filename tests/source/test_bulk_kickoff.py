@@ -14,6 +14,7 @@ from fhir_adapter.fhir import FhirClient
 from fhir_adapter.fhir.bulk import BulkExportError, load_job
 from fhir_adapter.fhir.settings import BulkSettings
 from fhir_adapter.job.runlog import RunLog
+from fhir_adapter.source.base import SourceError
 from fhir_adapter.source.bulk import BulkSource, refused_type
 from fhir_adapter.source.server import ServerSource
 from fhir_adapter.study.load import Study
@@ -108,3 +109,27 @@ def test_an_export_job_the_server_says_failed_is_forgotten(httpx_mock: HTTPXMock
     finally:
         source.close()
     assert err.value.job_failed and load_job(tmp_path / "bulk") is None
+
+
+def test_a_full_export_that_lists_no_file_says_what_to_check(httpx_mock: HTTPXMock, study: Study,
+                                                             tmp_path: Path) -> None:
+    """An export with no output and no error file: the error names the server's export and what to check (the
+    Group, the types), not the local download folder."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/metadata"):
+            return httpx.Response(404)
+        if request.url.path.endswith("$export"):
+            return httpx.Response(202, headers={"Content-Location": STATUS})
+        if request.method == "DELETE":
+            return httpx.Response(202)
+        return httpx.Response(200, json={"transactionTime": "2024-05-01T00:00:00Z", "request": str(request.url),
+                                         "requiresAccessToken": False, "output": [], "error": []})
+
+    httpx_mock.add_callback(answer, is_reusable=True)
+    source = bulk_source(study, tmp_path, RunLog())
+    try:
+        with pytest.raises(SourceError, match=r"the server's Bulk export \(.*\$export.*\) listed no file.*"
+                                              r"bulk.group_id"):
+            next(iter(source.subject_resources({"p1"})))
+    finally:
+        source.close()
