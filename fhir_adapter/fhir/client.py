@@ -183,13 +183,16 @@ class FhirClient:
             http2 = s.http2 and importlib.util.find_spec("h2") is not None
             if s.http2 and not http2:
                 log.warning("http2 requested but the 'h2' package is not installed; using HTTP/1.1")
-            verify = False if s.insecure_skip_tls_verify and s.verify is True else self._ssl_verify(s.verify)
+            verify = self._ssl_verify(s.verify)
+            # insecure_skip_tls_verify is for a server on this machine only: every other host (a Bulk file server,
+            # a token endpoint) is verified whatever the setting
+            local_verify = False if s.insecure_skip_tls_verify and s.verify is True else verify
             limits = httpx.Limits(max_connections=s.max_concurrency, max_keepalive_connections=s.max_concurrency)
             # this machine is reached directly, never through a proxy of the environment (HTTP_PROXY…): the
             # exceptions for a server on this machine (credentials over plain http, no TLS verification) hold
             # only if the request does not leave it
             direct = {f"all://{host if ':' not in host else f'[{host}]'}":
-                      httpx.AsyncHTTPTransport(http2=http2, verify=verify, limits=limits) for host in _LOOPBACK}
+                      httpx.AsyncHTTPTransport(http2=http2, verify=local_verify, limits=limits) for host in _LOOPBACK}
             self._http = httpx.AsyncClient(http2=http2, verify=verify, limits=limits, mounts=direct, **common)
 
     @staticmethod

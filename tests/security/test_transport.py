@@ -3,6 +3,7 @@ loudly named setting, and only for a server on this machine."""
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import logging
 import threading
@@ -139,3 +140,55 @@ async def test_a_server_on_this_machine_is_reached_directly_never_through_a_prox
         proxy.shutdown()
         proxy.server_close()
     assert proxy_seen == [] and at_server == ["Bearer tok-1", "Bearer tok-1"]
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate no CA signed (for localhost and 127.0.0.2) and its key, as PEM files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.2"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+async def test_skipping_verification_for_this_machine_never_skips_it_for_another_host(tmp_path: Path) -> None:
+    """insecure_skip_tls_verify is accepted for a server on this machine only, so only requests to this machine
+    skip the certificate check: a Bulk file or token endpoint elsewhere (here 127.0.0.2, which the adapter does
+    not count as this machine) is verified, and a certificate no CA signed is refused there."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    seen: list[str | None] = []
+    server = http.server.HTTPServer(("0.0.0.0", 0), type("H", (_Counting,), {"seen": seen}))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_port
+    try:
+        settings = ClientSettings(insecure_skip_tls_verify=True)
+        async with FhirClient(f"https://localhost:{port}/fhir", auth=BearerToken("tok-2"), settings=settings) as c:
+            await c.capabilities()
+            with pytest.raises(FhirError, match=r"127\.0\.0\.2"):
+                await c.exchange("GET", f"https://127.0.0.2:{port}/files/1.ndjson")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert seen == ["Bearer tok-2"]
