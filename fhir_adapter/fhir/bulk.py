@@ -105,7 +105,7 @@ class BulkExportError(FhirError):
 
     def __init__(self, message: str, *, url: str, status: int | None = None,
                  diagnostics: Sequence[str] = (), job_failed: bool = False) -> None:
-        super().__init__(message, method="GET", url=url)
+        super().__init__(message, method="GET", url=redact_url(url) if url else url)  # a pre-signed file URL's sig
         self.status = status
         self.diagnostics = list(diagnostics)
         #: the server said the export job failed (a status error whose issue code is not transient): the job is
@@ -311,7 +311,7 @@ class BulkExporter:
                 if isinstance(exc, FhirServerUnavailable) or (isinstance(exc, FhirAuthError) and not exc.transient):
                     raise  # breaker open (exit 3) or credentials refused (exit 4): not retried, not wrapped
                 if attempt == self.options.download_attempts:
-                    raise BulkExportError(f"{url}: download failed: {exc}", url=url) from exc
+                    raise BulkExportError(f"{redact_url(url)}: download failed: {exc}", url=url) from exc
                 await self._sleep(2.0 ** attempt)
                 continue
             try:
@@ -347,16 +347,16 @@ class BulkExporter:
                     cut = FhirTransportError(f"GET {redact_url(url)}: the body arrived incomplete ({problem})",
                                              method="GET", url=redact_url(url), kind="dropped")
                     raise BulkExportError(
-                        f"{url}: the downloaded file {name} {problem} on each of {attempt} attempt(s): the server "
-                        "sent it incomplete; it was not kept: run again later (the download resumes), or report it "
-                        "to the hospital", url=url) from cut
+                        f"{redact_url(url)}: the downloaded file {name} {problem} on each of {attempt} attempt(s): the "
+                        "server sent it incomplete; it was not kept: run again later (the download resumes), or report "
+                        "it to the hospital", url=url) from cut
                 await response.aread()
             except httpx.HTTPError as exc:
                 if attempt == self.options.download_attempts:
                     dropped = FhirTransportError(f"GET {redact_url(url)} interrupted: {type(exc).__name__}: {exc}",
                                                  method="GET", url=redact_url(url), kind=transport_failure(exc))
                     dropped.__cause__ = exc  # what the network said; its kind makes the exit code 3
-                    raise BulkExportError(f"{url}: download interrupted ({exc}); run again to resume",
+                    raise BulkExportError(f"{redact_url(url)}: download interrupted ({exc}); run again to resume",
                                           url=url) from dropped
                 await self._sleep(2.0 ** attempt)
                 continue
@@ -378,9 +378,9 @@ class BulkExporter:
     def _too_big(self, url: str, name: str) -> BulkExportError:
         limit = self.options.max_file_bytes
         return BulkExportError(
-            f"{url}: the export file {name} is larger than bulk.max_file_bytes ({limit:,} bytes) once decompressed: "
-            "it was not kept and the run stops; if the hospital confirms a file that large, raise bulk.max_file_bytes "
-            "in the server config (--config), else report it to the hospital", url=url)
+            f"{redact_url(url)}: the export file {name} is larger than bulk.max_file_bytes ({limit:,} bytes) once "
+            "decompressed: it was not kept and the run stops; if the hospital confirms a file that large, raise "
+            "bulk.max_file_bytes in the server config (--config), else report it to the hospital", url=url)
 
     async def _get_file(self, job: Job, url: str, with_auth: bool) -> tuple[httpx.Response, bool]:
         """``GET`` a file (the body left unread), following redirects — at most :data:`MAX_FILE_REDIRECTS` hops,
@@ -494,10 +494,11 @@ class BulkExporter:
         try:
             doc = json.loads(response.content)
         except ValueError as exc:
-            raise BulkExportError(f"GET {url}: HTTP 200 but the manifest is not JSON", url=url) from exc
+            raise BulkExportError(f"GET {redact_url(url)}: HTTP 200 but the manifest is not JSON",
+                                  url=url) from exc
         if not isinstance(doc, dict) or not isinstance(doc.get("output"), list):
-            raise BulkExportError(f"GET {url}: HTTP 200 but the body is not a Bulk Data manifest (no output[])",
-                                  url=url)
+            raise BulkExportError(f"GET {redact_url(url)}: HTTP 200 but the body is not a Bulk Data manifest "
+                                  "(no output[])", url=url)
         return doc
 
     def _error(self, what: str, url: str, response: httpx.Response) -> BulkExportError:

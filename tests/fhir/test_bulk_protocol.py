@@ -286,19 +286,22 @@ class _Chunks(httpx.AsyncByteStream):
 async def test_a_file_larger_than_the_bound_once_decompressed_stops_the_download(
         httpx_mock: HTTPXMock, clock: FakeClock, sleep: FakeSleep, tmp_path: Path, served: str) -> None:
     """A gzip "bomb": a few KB on the wire, far more once decompressed. client.max_response_bytes does not bound a
-    download; bulk.max_file_bytes does — for a Content-Encoding written out and for a gzip file served as is."""
+    download; bulk.max_file_bytes does — for a Content-Encoding written out and for a gzip file served as is. The
+    error names a pre-signed URL without its signature."""
     import gzip
 
     bomb = gzip.compress(LINE * 20_000)  # 1.6 MB of lines in a few KB
     assert len(bomb) < 20_000
     headers = {"Content-Encoding": "gzip"} if served == "content-encoding" else {}
-    httpx_mock.add_response(url=FILE, stream=_Chunks(bomb), headers=headers)
-    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(FILE))
+    signed = f"{FILE}?se=2026-12-09&sig=SECRETSIGNATURE"
+    httpx_mock.add_response(url=signed, stream=_Chunks(bomb), headers=headers)
+    job = Job(kickoff=KICKOFF, status_url=STATUS, manifest=manifest(signed))
     with pytest.raises(BulkExportError, match=r"the export file 001.Observation.ndjson(.gz)? is larger than "
-                                              r"bulk.max_file_bytes \(1,000,000 bytes\) once decompressed"):
+                                              r"bulk.max_file_bytes \(1,000,000 bytes\) once decompressed") as err:
         await exporter(clock, sleep, max_file_bytes=1_000_000, download_attempts=1).download(job, tmp_path)
+    assert "SECRETSIGNATURE" not in str(err.value) and "SECRETSIGNATURE" not in str(err.value.url)
     assert not list(tmp_path.iterdir()) and job.requests["files"] == 1  # nothing kept, not fetched again
-    httpx_mock.add_response(url=FILE, stream=_Chunks(bomb), headers=headers)
+    httpx_mock.add_response(url=signed, stream=_Chunks(bomb), headers=headers)
     await exporter(clock, sleep, max_file_bytes=2_000_000).download(job, tmp_path)  # within the bound: kept
     assert len(list(tmp_path.glob("001.Observation.ndjson*"))) == 1
 
