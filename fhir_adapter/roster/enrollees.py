@@ -249,10 +249,20 @@ def build_roster(data: RosterInput, study: Study, log: RunLog) -> Roster:
                        subject_id=c.subject_id)
             continue
         enrolled[c.patient_id] = _enrollee(c, data, study, investigators, site_studies, log)
+    left, unsure = _leavers(left_rss, enrolled, data, study)
+    for sid in unsure:  # a subject who left and an enrolled one whose IDs a reader cannot tell apart: neither
+        twin = next((e for e in enrolled.values() if e.subject_id != sid
+                     and _look_alike(e.subject_id) == _look_alike(sid)), None)
+        if twin is not None:
+            del enrolled[twin.patient_id]
+            log.reject("ResearchSubject", twin.research_subject.id, "duplicate-subject-id",
+                       f"subject ID {twin.subject_id!r} differs only in Unicode form or surrounding blanks from "
+                       f"{sid!r}, a subject who left the study: none of them is processed",
+                       "correct the EHR so that each subject ID belongs to one ResearchSubject of one Patient",
+                       subject_id=twin.subject_id)
     log.count("roster.enrolled", len(enrolled))
     for status, n in excluded.items():
         log.count(f"roster.excluded.{status or 'no-status'}", n)
-    left, unsure = _leavers(left_rss, enrolled, data, study)
     return Roster(study_ids=study_ids, enrolled=enrolled, excluded=excluded, left=left, left_unsure=unsure)
 
 
@@ -263,14 +273,18 @@ def _leavers(rss: list[dict[str, Any]], enrolled: dict[str, Enrollee], data: Ros
     enrolled under another ResearchSubject is the enrolled subject (a patient enrolled again); several
     ResearchSubjects of one subject ID and one patient give the latest version's status and dates."""
     enrolled_sids = {e.subject_id for e in enrolled.values()}
+    alike = {_look_alike(s): s for s in enrolled_sids}
     by_sid: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+    unsure: dict[str, str] = {}
     for rs in rss:
         sid = subject_ids.subject_id(rs, study.subject_id_rule)
-        if sid is not None and sid not in enrolled_sids:
+        if sid is not None and sid not in enrolled_sids and _look_alike(sid) in alike:
+            unsure[sid] = (f"its subject ID differs only in Unicode form or surrounding blanks from the enrolled "
+                           f"subject {alike[_look_alike(sid)]!r} (one subject ID to a reader)")
+        elif sid is not None and sid not in enrolled_sids:
             pid = ref_id((rs.get("individual") or {}).get("reference"), "Patient", data.base)
             by_sid.setdefault(sid, []).append((rs, pid))
     left: dict[str, Enrollee] = {}
-    unsure: dict[str, str] = {}
     for sid, group in by_sid.items():
         named = ", ".join(f"ResearchSubject/{rs.get('id')}" for rs, _ in group)
         pids = {pid for _, pid in group}

@@ -81,6 +81,24 @@ def test_subject_ids_a_reader_cannot_tell_apart_are_one_id_claimed_twice(tmp_pat
     assert all(repr(first) in q["reason"] and repr(look_alike) in q["reason"] for q in refused), refused
 
 
+def test_a_look_alike_of_a_subject_who_left_is_refused_with_it(tmp_path: Path, study: Study) -> None:
+    """103-001 left the study (carried forward) and another Patient is enrolled as '103-001 ': never two
+    subjects a data manager reads as one — the newcomer is refused and the leaver not carried forward, both
+    named."""
+    f = Feed()
+    f.subject("real", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
+    f.subject("twin", "103-001 ", name="Twin Subject", mrn="MRN-3", birth="1982-01-01", day1=DAY1)
+    for rs in f.resources["ResearchSubject"]:
+        if rs["id"] == "rs-real":
+            rs["status"] = "withdrawn"
+    log = RunLog()
+    roster = build_roster(FileSource(f.write(tmp_path / "feed"), log).roster(), study, log)
+    assert roster.enrolled == {} and roster.left == {}
+    assert "differs only in Unicode form or surrounding blanks" in roster.left_unsure["103-001"]
+    [refused] = [q for q in log.quarantine if q.rule == "duplicate-subject-id"]
+    assert refused.id == "rs-twin" and "'103-001 '" in refused.reason and "'103-001'" in refused.reason
+
+
 def test_one_patient_enrolled_twice_is_refused(tmp_path: Path, study: Study) -> None:
     f = Feed()
     f.subject("p1", "103-001", name="Real Subject", mrn="MRN-1", birth="1980-01-01", day1=DAY1)
