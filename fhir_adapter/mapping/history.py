@@ -192,10 +192,13 @@ class HistoryMapper:
     def _on_study(self, r: dict[str, Any], term: str, start: dt.date, day1: dt.date, subject_id: str) -> None:
         what = "allergy" if r.get("resourceType") == "AllergyIntolerance" else "condition"
         ref = f"{r.get('resourceType')}/{r.get('id')}"
+        # R4 links an AdverseEvent to the Condition it resulted in (resultingCondition), never to an allergy
+        fix = (f"if it is an adverse event, record an AdverseEvent whose resultingCondition is {ref}" if what ==
+               "condition" else "if it is an adverse event (a new allergy), record it as an AdverseEvent; R4 cannot "
+               "link an AdverseEvent to an AllergyIntolerance, so this allergy stays listed: review it once")
         self.log.warn(f"{what} '{term}' began on study day {study_day(start, day1)} ({start}), after Day 1, and no "
                       "AdverseEvent names it: it is not medical history, and not an AE of the trial unless the "
-                      "EHR records one", resource=ref, subject_id=subject_id, rule="condition-on-study",
-                      fix=f"if it is an adverse event, record an AdverseEvent whose resultingCondition is {ref}")
+                      "EHR records one", resource=ref, subject_id=subject_id, rule="condition-on-study", fix=fix)
 
     def procedures(self, resources: list[dict[str, Any]], subject_id: str,
                    day1: dt.date | None) -> list[ProcedureRecord]:

@@ -156,6 +156,12 @@ def test_a_condition_begun_after_day1_that_no_adverse_event_names_is_listed(stud
     [said] = [w for w in log.warnings if w.get("rule") == "condition-on-study"]
     assert said["resource"] == "Condition/sinus" and "'Viral sinusitis' began on study day 14" in said["message"]
     assert said["fix"].endswith("resultingCondition is Condition/sinus")
+    allergy = {"resourceType": "AllergyIntolerance", "id": "new-allergy", "patient": {"reference": "Patient/p1"},
+               "code": {"text": "Tocilizumab"}, "onsetDateTime": "2024-03-20"}
+    allergy_log = RunLog()
+    SubjectMapper(study, allergy_log).map(enrollee(dt.date(2024, 1, 20), dt.date(2024, 9, 1)), [allergy])
+    [said] = [w for w in allergy_log.warnings if w.get("rule") == "condition-on-study"]
+    assert "resultingCondition" not in said["fix"] and "record it as an AdverseEvent" in said["fix"], said["fix"]
     assert (log.counts["mh.not-used.on-study"], log.counts["mh.not-used.after-end"]) == (2, 1)
 
 
