@@ -359,7 +359,8 @@ def create_app(cfg: ReviewConfig) -> Starlette:
         base = _url("s", sid, visit, item_id)
         action = str(form.get("action", ""))
         seen = str(form.get("seen_seq", ""))
-        if not seen.isdigit() or not form.get("shown_hash"):
+        # ASCII digits only, and no longer than a sequence number can be (str.isdigit takes "²", int() fails on it)
+        if not (seen.isascii() and seen.isdigit() and len(seen) <= 18) or not form.get("shown_hash"):
             return problem(f"{sid} {visit} {item_id}: this form does not say what it was made against (the item's "
                            "last decision and the candidates shown): reload the page and decide again", 400)
         if not secrets.compare_digest(str(form.get("shown_hash")), shown_hash(entry)):

@@ -232,6 +232,9 @@ def test_a_form_made_on_an_entry_the_file_does_not_hold_is_out_of_date(
     client.post(item + "/decide", data={**_form(client, item), "action": "accept"})
     r = client.post(item + "/decide", data={**_form(client, item), "seen_seq": "2", "action": "accept"})
     assert r.status_code == 409 and "its latest entry for the item is #1" in r.text
+    for forged in ("²", "9" * 5000):  # a digit int() cannot read, a number past Python's digit limit: 400, not 500
+        r = client.post(item + "/decide", data={**_form(client, item), "seen_seq": forged, "action": "accept"})
+        assert r.status_code == 400 and "reload the page and decide again" in r.text
     assert [e["seq"] for e in DecisionStore.under(out).read().entries] == [1]
 
 
