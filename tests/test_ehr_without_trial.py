@@ -127,6 +127,14 @@ def test_without_a_roster_the_error_says_how_to_enrol(no_trial_feed: tuple[Path,
     assert res.exit_code == 1 and "--roster-csv" in res.stderr
 
 
+def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
+    """``rows`` as a roster CSV (the header from the first row's columns), as a site would save it."""
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
 def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
     rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
     header = list(rows[0])
@@ -189,10 +197,7 @@ def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Pa
     rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
     rows[1]["consent_date"] = "12/01/2024"
     bad = tmp_path / "roster.csv"
-    with bad.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_rows(bad, rows)
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
                                     "--site", given["site"]])
@@ -206,10 +211,7 @@ def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Pa
     assert "correct the subject's row of the roster CSV" in failure["what_to_do"]
     # a screen failure's row (status not enrolled) with no arm: a warning, not a subject the run should process
     rows[1].update(consent_date=rows[0]["consent_date"], arm="", status="ineligible")
-    with bad.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_rows(bad, rows)
     res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
                                     "--site", given["site"]])
     assert res.exit_code == 2 and "quarantined  1 input" in res.output  # the feed's own quarantined record
@@ -237,10 +239,7 @@ def test_a_roster_identifier_two_patients_hold_enrols_neither(no_trial_feed: tup
     if bare:
         rows[0]["patient_identifier"] = value
     csv_path = tmp_path / "roster.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
+    _write_rows(csv_path, rows)
     out = tmp_path / "out"
     res = CliRunner().invoke(main, ["run", "--source", str(copy), "--out", str(out), "--roster-csv", str(csv_path),
                                     "--site", given["site"]])
@@ -293,10 +292,7 @@ def test_a_subject_given_on_two_rows_uses_identical_ones_once_and_none_of_differ
         again = dict(rows[0]) if edit == "identical" else {**rows[0], "arm": "DL2"}
         bad = tmp_path / edit / "roster.csv"
         bad.parent.mkdir()
-        with bad.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows([rows[0], *rows[1:], again])
+        _write_rows(bad, [rows[0], *rows[1:], again])
         out = tmp_path / edit / "out"
         res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
                                         "--site", given["site"]])
