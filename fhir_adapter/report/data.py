@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from fhir_adapter.job.outswap import reading
+from fhir_adapter.report.blocks import Section
 
 JsonDict = dict[str, Any]
 
@@ -105,6 +106,16 @@ class ReportData:
         """Every subject with results or a CRF."""
         ids = {str(s["subject_id"]) for s in self.subjects if s.get("subject_id")}
         return sorted(ids | set(self.crfs))
+
+    def without_day1(self) -> list[str]:
+        """The subjects with results but no Day 1 (no infusion record): they have no study visits, so the
+        per-visit figures and tables cannot hold them — a section names them rather than leave them out unsaid."""
+        return [str(s["subject_id"]) for s in self.subjects if s.get("subject_id") and not s.get("day1")]
+
+    def note_without_day1(self, sec: Section) -> None:
+        if missing := self.without_day1():
+            sec.note(f"Not in these figures and tables, having no Day 1 (no infusion record) and so no study "
+                     f"visits: {', '.join(missing)}.")
 
     # --- visits -------------------------------------------------------------------------------------
     def visit_order(self) -> list[str]:

@@ -52,6 +52,7 @@ def disease_activity_section(data: ReportData) -> Section:
                 _summary_rows(data, key, order), f"{label} per visit"))
     for label in missing:
         sec.no_data(f"no {label} value in results/study.json visits")
+    data.note_without_day1(sec)
     return sec
 
 

@@ -86,4 +86,5 @@ def labs_section(data: ReportData) -> Section:
     origins = "; ".join(f"{label}: {origin}" for label, _, _, _, origin in series)
     sec.blocks.append(TableBlock(["Visit", *[f"{s[0]} ({s[1]})" for s in series]], rows,
                                  f"Median (IQR) per visit — source: {origins}"))
+    data.note_without_day1(sec)
     return sec

@@ -160,6 +160,23 @@ def test_swimmer_lists_crs_icans_and_dlt(built: dict[str, Section]) -> None:
     assert rows["LCAR-101"][5] == "–"
 
 
+def test_per_visit_sections_name_the_subjects_without_day1(tmp_path: Path) -> None:
+    """A subject with results but no Day 1 has no study visits: the disease activity and the markers sections
+    name it instead of showing n smaller than the enrolled without a word."""
+    out = fixture.write(tmp_path / "out")
+    before = {s.id: s for s in sections(load(out))}
+    assert not any(isinstance(b, NoteBlock) and "no Day 1" in b.text
+                   for sid in ("disease-activity", "labs") for b in before[sid].blocks)
+
+    def no_day1(study: dict[str, Any]) -> None:
+        study["subjects"][0]["day1"] = None
+    _edit_study(out, no_day1)
+    built = {s.id: s for s in sections(load(out))}
+    for sid in ("disease-activity", "labs"):
+        notes = [b.text for b in built[sid].blocks if isinstance(b, NoteBlock)]
+        assert any("no Day 1" in n and fixture.subject_id(0) in n for n in notes), (sid, notes)
+
+
 def test_swimmer_says_an_open_episode_a_subject_who_left_and_one_dlt_per_event(tmp_path: Path) -> None:
     """A CRS with no end date is not drawn or listed as resolved on its onset day: the table says ongoing (or
     end not recorded) and the bar runs to the end of the lane; a subject who left is named as such; one event
