@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from fhir_adapter.cli.commands import main
 from tests.no_trial_feed import build_no_trial_feed
@@ -135,6 +135,12 @@ def _write_rows(path: Path, rows: list[dict[str, str]]) -> None:
         w.writerows(rows)
 
 
+def _run_roster(feed: Path, out: Path, roster: Path, site: str) -> Result:
+    """``fhir-adapter run`` of ``feed`` into ``out`` enrolling from the roster CSV, with the site overlay."""
+    return CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(roster),
+                                     "--site", site])
+
+
 def _broken_roster(roster: Path, tmp_path: Path, edit: str) -> Path:
     rows = list(csv.DictReader(roster.open(newline="", encoding="utf-8")))
     header = list(rows[0])
@@ -199,8 +205,7 @@ def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Pa
     bad = tmp_path / "roster.csv"
     _write_rows(bad, rows)
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
-                                    "--site", given["site"]])
+    res = _run_roster(feed, out, bad, given["site"])
     assert res.exit_code == 2, res.output
     report = json.loads((out / "run-report.json").read_text())
     skipped = rows[1]["subject_id"]
@@ -212,8 +217,7 @@ def test_a_roster_row_skipped_is_a_subject_not_processed(no_trial_feed: tuple[Pa
     # a screen failure's row (status not enrolled) with no arm: a warning, not a subject the run should process
     rows[1].update(consent_date=rows[0]["consent_date"], arm="", status="ineligible")
     _write_rows(bad, rows)
-    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
-                                    "--site", given["site"]])
+    res = _run_roster(feed, out, bad, given["site"])
     assert res.exit_code == 2 and "quarantined  1 input" in res.output  # the feed's own quarantined record
     report = json.loads((out / "run-report.json").read_text())
     assert report["summary"]["subjects_failed"] == [] and report["subject_failures"] == []
@@ -241,8 +245,7 @@ def test_a_roster_identifier_two_patients_hold_enrols_neither(no_trial_feed: tup
     csv_path = tmp_path / "roster.csv"
     _write_rows(csv_path, rows)
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["run", "--source", str(copy), "--out", str(out), "--roster-csv", str(csv_path),
-                                    "--site", given["site"]])
+    res = _run_roster(copy, out, csv_path, given["site"])
     assert res.exit_code == 2, res.output
     report = json.loads((out / "run-report.json").read_text())
     sid = rows[0]["subject_id"]
@@ -272,8 +275,7 @@ def test_a_roster_row_is_named_by_its_line_and_its_status_read_in_any_case(
         w.writerow({**rows[1], "arm": rows[1]["arm"] + "\n"})  # lines 4-5: a cell with a line break
         w.writerow(rows[2])  # line 6
     out = tmp_path / "out"
-    res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
-                                    "--site", given["site"]])
+    res = _run_roster(feed, out, bad, given["site"])
     assert res.exit_code == 2, res.output
     report = json.loads((out / "run-report.json").read_text())
     [failure] = report["subject_failures"]
@@ -294,8 +296,7 @@ def test_a_subject_given_on_two_rows_uses_identical_ones_once_and_none_of_differ
         bad.parent.mkdir()
         _write_rows(bad, [rows[0], *rows[1:], again])
         out = tmp_path / edit / "out"
-        res = CliRunner().invoke(main, ["run", "--source", str(feed), "--out", str(out), "--roster-csv", str(bad),
-                                        "--site", given["site"]])
+        res = _run_roster(feed, out, bad, given["site"])
         report = json.loads((out / "run-report.json").read_text())
         sid, last = rows[0]["subject_id"], len(rows) + 2
         said = [w["message"] for w in report["warnings"] if w.get("subject_id") == sid and w["rule"] == "roster-csv"]

@@ -165,6 +165,22 @@ class ReportData:
         return any(key in v for s in self.subjects for v in as_list(s.get("visits")))
 
 
+def without_history(reference: str) -> str:
+    """``AdverseEvent/1/_history/2`` -> ``AdverseEvent/1``: how results cite a record, as the CRF names it."""
+    return reference.split("/_history/")[0]
+
+
+def aes_by_source(crf: JsonDict | None) -> dict[str, JsonDict]:
+    """The CRF's adverse events by their source reference (``AdverseEvent/<id>``): what a result naming its source
+    AE is looked up with (its onset day, its AESPID)."""
+    out: dict[str, JsonDict] = {}
+    for ae in as_list(crf.get("ae") if crf else None):
+        src = as_dict(ae.get("source"))
+        if src.get("id"):
+            out[f"{src.get('resource_type')}/{src.get('id')}"] = ae
+    return out
+
+
 def arm_of(subject: JsonDict) -> str:
     from fhir_adapter.report.plotting import NO_ARM
 

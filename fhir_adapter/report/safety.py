@@ -8,7 +8,7 @@ import re
 from typing import Any
 
 from fhir_adapter.report.blocks import Section, TableBlock, fmt, pct
-from fhir_adapter.report.data import ReportData, arm_of, as_dict, as_list, num
+from fhir_adapter.report.data import ReportData, aes_by_source, arm_of, as_dict, as_list, num, without_history
 
 SUBJECT_KEYS = ("teae_count", "serious_teae_count", "max_teae_grade", "crs_max_grade", "icans_max_grade", "dlt")
 
@@ -126,7 +126,7 @@ def _set_apart(data: ReportData) -> TableBlock | None:
                 source = ae.get("source")
                 rows.append([sid, arm, what, f"{ae.get('term') or '(no term)'}"
                              + (f", grade {fmt(grade, 0)}" if grade is not None else ", grade not recorded"),
-                             spids.get(_without_version(source), "–") if isinstance(source, str) else "–"])
+                             spids.get(without_history(source), "–") if isinstance(source, str) else "–"])
         reasons = s.get("dlt_not_evaluable")
         for reason in reasons if isinstance(reasons, list) else []:
             rows.append([sid, arm, "not evaluable for DLT", _without_references(str(reason), spids), "–"])
@@ -141,24 +141,15 @@ def _set_apart(data: ReportData) -> TableBlock | None:
 _AE_REFERENCE = re.compile(r"AdverseEvent/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?")
 
 
-def _without_version(reference: str) -> str:
-    return reference.split("/_history/")[0]
-
-
 def _ae_spids(crf: dict[str, Any] | None) -> dict[str, str]:
     """``AdverseEvent/<id>`` -> the CRF AE's sponsor id (AESPID), else its term: what the report shows in place
     of an EHR identifier (docs/report.md: the report shows none)."""
-    out: dict[str, str] = {}
-    for ae in as_list((crf or {}).get("ae")):
-        src = as_dict(ae.get("source"))
-        if src.get("id"):
-            out[f"{src.get('resource_type')}/{src.get('id')}"] = str(ae.get("spid") or ae.get("term") or "–")
-    return out
+    return {ref: str(ae.get("spid") or ae.get("term") or "–") for ref, ae in aes_by_source(crf).items()}
 
 
 def _without_references(text: str, spids: dict[str, str]) -> str:
     """``text`` with each EHR adverse-event reference replaced by the AE's AESPID (else "an adverse event")."""
-    return _AE_REFERENCE.sub(lambda m: spids.get(_without_version(m.group(0)), "an adverse event"), text)
+    return _AE_REFERENCE.sub(lambda m: spids.get(without_history(m.group(0)), "an adverse event"), text)
 
 
 def _teae_summary(data: ReportData, arms: list[str]) -> list[TableBlock]:

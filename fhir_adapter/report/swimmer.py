@@ -11,7 +11,16 @@ from matplotlib.collections import LineCollection
 from matplotlib.lines import Line2D
 
 from fhir_adapter.report.blocks import FigureBlock, Section, TableBlock, fmt
-from fhir_adapter.report.data import JsonDict, ReportData, arm_of, as_dict, as_list, num
+from fhir_adapter.report.data import (
+    JsonDict,
+    ReportData,
+    aes_by_source,
+    arm_of,
+    as_dict,
+    as_list,
+    num,
+    without_history,
+)
 from fhir_adapter.report.plotting import arm_color, figure, to_svg
 from fhir_adapter.report.summary import last_study_day
 
@@ -65,20 +74,10 @@ def _episode_text(start: float, end: float | None, grade: int | None, outcome: s
     return f"d{fmt(start, 0)}–{until} G{grade or '?'}"
 
 
-def _strip_history(reference: str) -> str:
-    return reference.split("/_history/")[0]
-
-
 def _ae_days_by_source(crf: JsonDict | None) -> dict[str, float]:
-    """Onset study day of each CRF AE by its source reference (``AdverseEvent/<id>``), to place DLT events
-    that name their source instead of a day."""
-    out: dict[str, float] = {}
-    for ae in as_list(crf.get("ae") if crf else None):
-        src = ae.get("source")
-        day = num(ae.get("study_day"))
-        if isinstance(src, dict) and day is not None:
-            out[f"{src.get('resource_type')}/{src.get('id')}"] = day
-    return out
+    """Onset study day of each CRF AE by its source reference, to place DLT events that name their source
+    instead of a day."""
+    return {ref: day for ref, ae in aes_by_source(crf).items() if (day := num(ae.get("study_day"))) is not None}
 
 
 def lanes(data: ReportData) -> list[Lane]:
@@ -112,12 +111,12 @@ def lanes(data: ReportData) -> list[Lane]:
             if isinstance(ev, dict):
                 source = ev.get("source")
                 if isinstance(source, str):
-                    if _strip_history(source) in events:
+                    if without_history(source) in events:
                         continue
-                    events.add(_strip_history(source))
+                    events.add(without_history(source))
                 day = num(ev.get("study_day"))
                 if day is None and isinstance(source, str):
-                    day = ae_days.get(_strip_history(source))
+                    day = ae_days.get(without_history(source))
             if day is not None:
                 lane.dlt_days.append(day)
         lane.dlt_undated = s.get("dlt") is True and not lane.dlt_days
